@@ -1,0 +1,35 @@
+"""Who and where, for the current request or task: read by `audit_event_record` when the caller gives none.
+
+Set by `portal.middleware.RequestIdMiddleware` for HTTP requests and by `task_context` for Celery tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    request_id: str = ""
+    source_address: str | None = None
+    system_principal: str = ""
+
+
+_context: ContextVar[AuditContext] = ContextVar("enclave_audit_context", default=AuditContext())
+
+
+def current() -> AuditContext:
+    return _context.get()
+
+
+@contextmanager
+def audit_context(**values: str | None) -> Iterator[AuditContext]:
+    merged = AuditContext(**{**current().__dict__, **values})
+    token = _context.set(merged)
+    try:
+        yield merged
+    finally:
+        _context.reset(token)

@@ -1,0 +1,129 @@
+"""The one table of audit events: each business verb, with its DICOM PS3.15 A.5 codes.
+
+Verbs are grouped by app in numbered ranges (as Zulip groups its realm audit log types); nothing else invents
+codes. DICOM codes come from CID 400 (Audit Event ID) and CID 401-403 (Event Type Codes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+@dataclass(frozen=True)
+class Code:
+    value: str
+    display: str
+
+
+# CID 400 Audit Event IDs
+APPLICATION_ACTIVITY = Code("110100", "Application Activity")
+AUDIT_LOG_USED = Code("110101", "Audit Log Used")
+INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
+INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
+EXPORT = Code("110106", "Export")
+QUERY = Code("110112", "Query")
+SECURITY_ALERT = Code("110113", "Security Alert")
+USER_AUTHENTICATION = Code("110114", "User Authentication")
+
+# CID 401-403 Event Type Codes
+LOGIN = Code("110122", "Login")
+LOGOUT = Code("110123", "Logout")
+NODE_AUTHENTICATION = Code("110126", "Node Authentication")
+SECURITY_CONFIGURATION = Code("110129", "Security Configuration")
+USE_OF_RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
+SECURITY_ROLES_CHANGED = Code("110136", "Security Roles Changed")
+USER_SECURITY_ATTRIBUTES_CHANGED = Code("110137", "User Security Attributes Changed")
+
+
+class Action:
+    CREATE = "C"
+    READ = "R"
+    UPDATE = "U"
+    DELETE = "D"
+    EXECUTE = "E"
+
+
+class Outcome:
+    """EventOutcomeIndicator."""
+
+    SUCCESS = 0
+    MINOR_FAILURE = 4
+    SERIOUS_FAILURE = 8
+    MAJOR_FAILURE = 12
+
+    LABELS = {0: "Success", 4: "Minor failure", 8: "Serious failure", 12: "Major failure"}
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    event_id: Code
+    event_type: Code | None
+    action: str
+    description: str
+
+
+class EventType(IntEnum):
+    # 100-199: accounts and sessions
+    LOGIN_SUCCEEDED = 101
+    LOGIN_FAILED = 102
+    LOGOUT = 103
+    SESSION_EXPIRED = 104
+    MFA_ENROLLED = 105
+    MFA_FAILED = 106
+    LOCKED_OUT = 107
+    # 200-299: tenants, members, tokens
+    TENANT_CREATED = 201
+    MEMBER_ADDED = 202
+    MEMBER_ROLE_CHANGED = 203
+    MEMBER_END_DATE_SET = 204
+    MEMBERSHIP_ENDED = 205
+    USER_DEACTIVATED = 206
+    API_TOKEN_CREATED = 207
+    API_TOKEN_REVOKED = 208
+    ACCESS_DENIED = 209
+    # 300-399: the audit trail itself
+    AUDIT_LOG_USED = 301
+
+    @property
+    def spec(self) -> EventSpec:
+        return EVENTS[self]
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", " ").capitalize()
+
+
+EVENTS: dict[EventType, EventSpec] = {
+    EventType.LOGIN_SUCCEEDED: EventSpec(USER_AUTHENTICATION, LOGIN, Action.EXECUTE, "Signed in with password and MFA"),
+    EventType.LOGIN_FAILED: EventSpec(USER_AUTHENTICATION, LOGIN, Action.EXECUTE, "Sign-in refused"),
+    EventType.LOGOUT: EventSpec(USER_AUTHENTICATION, LOGOUT, Action.EXECUTE, "Signed out"),
+    EventType.SESSION_EXPIRED: EventSpec(USER_AUTHENTICATION, LOGOUT, Action.EXECUTE, "Signed out automatically"),
+    EventType.MFA_ENROLLED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "Enrolled an authenticator"
+    ),
+    EventType.MFA_FAILED: EventSpec(USER_AUTHENTICATION, LOGIN, Action.EXECUTE, "Wrong or reused MFA code"),
+    EventType.LOCKED_OUT: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.EXECUTE, "Locked out after repeated failures"
+    ),
+    EventType.TENANT_CREATED: EventSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, Action.CREATE, "Tenant created"),
+    EventType.MEMBER_ADDED: EventSpec(SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.CREATE, "Member added"),
+    EventType.MEMBER_ROLE_CHANGED: EventSpec(SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.UPDATE, "Role changed"),
+    EventType.MEMBER_END_DATE_SET: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "Membership end date set"
+    ),
+    EventType.MEMBERSHIP_ENDED: EventSpec(SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.DELETE, "Membership ended"),
+    EventType.USER_DEACTIVATED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "User deactivated"
+    ),
+    EventType.API_TOKEN_CREATED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.CREATE, "API token created"
+    ),
+    EventType.API_TOKEN_REVOKED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.DELETE, "API token revoked"
+    ),
+    EventType.ACCESS_DENIED: EventSpec(
+        SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "A request was refused"
+    ),
+    EventType.AUDIT_LOG_USED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Audit trail read"),
+}

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from audit.events import EventType, Outcome
+from tenants.models import Tenant
+from tenants.scoping import TenantScopedManager
+
+GENESIS_HASH = "0" * 64
+
+
+class AuditChain(models.Model):
+    """The head of one hash chain: one per tenant, and one for the platform (sign-in attempts that name no
+    tenant). `audit_event_record` locks this row to append, so concurrent writers keep the chain whole."""
+
+    PLATFORM_KEY = "platform"
+
+    key = models.CharField(max_length=64, unique=True)
+    tenant = models.OneToOneField(Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    last_sequence = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, default=GENESIS_HASH)
+
+    def __str__(self) -> str:
+        return self.key
+
+    @staticmethod
+    def key_for(tenant: Tenant | None) -> str:
+        return f"tenant:{tenant.pk}" if tenant is not None else AuditChain.PLATFORM_KEY
+
+
+class AuditEvent(models.Model):
+    """What happened, shaped after a DICOM PS3.15 A.5 audit message. Append-only and hash-chained.
+
+    The database refuses UPDATE and DELETE (a trigger, see migration 0002); `save()` refuses to change a
+    stored row. `hash` is SHA-256 over the canonical form of the row and `prev_hash`, so an edited or missing
+    row is found by `manage.py audit_verify`.
+    """
+
+    # Identification
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+", editable=False)
+    tenant = models.ForeignKey(Tenant, null=True, on_delete=models.PROTECT, related_name="+", editable=False)
+    sequence = models.BigIntegerField(editable=False)
+    occurred_at = models.DateTimeField(default=timezone.now, editable=False)
+    # EventIdentification
+    event_type = models.PositiveIntegerField(choices=[(e.value, e.label) for e in EventType])
+    event_id = models.CharField(max_length=16)
+    event_id_display = models.CharField(max_length=64)
+    event_type_code = models.CharField(max_length=16, blank=True)
+    event_type_display = models.CharField(max_length=64, blank=True)
+    action = models.CharField(max_length=1)
+    outcome = models.PositiveSmallIntegerField(default=Outcome.SUCCESS)
+    outcome_description = models.CharField(max_length=300, blank=True)
+    # ActiveParticipant (the requestor)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor_username = models.CharField(max_length=150, blank=True)
+    actor_role = models.CharField(max_length=32, blank=True)
+    system_principal = models.CharField(max_length=100, blank=True)
+    source_address = models.GenericIPAddressField(null=True, blank=True)
+    # ParticipantObjectIdentification: [{"type": ..., "id": ..., "name": ..., "role": ..., "detail": {...}}]
+    target_type = models.CharField(max_length=40, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    participants = models.JSONField(default=list, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    extra = models.JSONField(default=dict, blank=True)
+    # Tamper evidence
+    prev_hash = models.CharField(max_length=64, editable=False)
+    hash = models.CharField(max_length=64, editable=False)
+
+    objects = TenantScopedManager()
+    unscoped_objects = models.Manager()
+
+    class Meta:
+        ordering = ["-occurred_at", "-sequence"]
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "sequence"], name="audit_auditevent_chain_sequence_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "-occurred_at"], name="audit_event_tenant_time"),
+            models.Index(fields=["tenant", "event_type", "-occurred_at"], name="audit_event_tenant_type_time"),
+            models.Index(fields=["tenant", "actor_user", "-occurred_at"], name="audit_event_tenant_user_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain_id}#{self.sequence} {self.get_event_type_display()}"
+
+    # Fields that the hash covers, in a fixed order. Adding a field here changes every hash: only append.
+    HASHED_FIELDS = (
+        "public_id", "tenant_id", "sequence", "occurred_at", "event_type", "event_id", "event_type_code",
+        "action", "outcome", "outcome_description", "actor_user_id", "actor_username", "actor_role",
+        "system_principal", "source_address", "target_type", "target_id", "participants", "request_id", "extra",
+    )  # fmt: skip
+
+    def canonical(self) -> bytes:
+        data: dict[str, Any] = {}
+        for name in self.HASHED_FIELDS:
+            value = getattr(self, name)
+            if name == "occurred_at":
+                value = value.astimezone(UTC).isoformat(timespec="microseconds")
+            elif name == "public_id":
+                value = str(value)
+            data[name] = value
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
+
+    def compute_hash(self, prev_hash: str) -> str:
+        return hashlib.sha256(prev_hash.encode() + b"\n" + self.canonical()).hexdigest()
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("Audit events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("Audit events are append-only.")
+
+    @property
+    def outcome_label(self) -> str:
+        return Outcome.LABELS.get(self.outcome, str(self.outcome))

@@ -1,0 +1,182 @@
+"""The one function that writes audit events."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit import context as audit_context
+from audit.events import EventType, Outcome
+from audit.models import AuditChain, AuditEvent
+from tenants.models import Membership, Tenant, TenantOwnedModel, User
+from tenants.scoping import current_tenant_or_none
+
+
+def participant(obj: Any, *, role: str = "", name: str = "", detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A ParticipantObject entry for a model instance (or a ready dict)."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, User):
+        entry = {"type": "user", "id": str(obj.subject_uuid), "name": name or obj.username}
+    else:
+        object_id = getattr(obj, "public_id", None) or obj.pk
+        entry = {"type": obj._meta.label_lower, "id": str(object_id), "name": name or str(obj)}
+    if role:
+        entry["role"] = role
+    if detail:
+        entry["detail"] = dict(detail)
+    return entry
+
+
+def _chain_locked(tenant: Tenant | None) -> AuditChain:
+    """The chain's head row, locked until the transaction ends (a per-tenant lock)."""
+    key = AuditChain.key_for(tenant)
+    try:
+        return AuditChain.objects.select_for_update().get(key=key)
+    except AuditChain.DoesNotExist:
+        pass
+    try:
+        with transaction.atomic():
+            AuditChain.objects.create(key=key, tenant=tenant)
+    except IntegrityError:
+        pass  # another writer created it first
+    return AuditChain.objects.select_for_update().get(key=key)
+
+
+def _normalized_address(address: str | None) -> str | None:
+    if not address:
+        return None
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+
+
+@transaction.atomic
+def audit_event_record(
+    *,
+    event: EventType,
+    actor: Any = None,
+    tenant: Tenant | None = None,
+    target: Any = None,
+    participants: Iterable[Any] = (),
+    outcome: int = Outcome.SUCCESS,
+    outcome_description: str = "",
+    actor_role: str = "",
+    actor_username: str = "",
+    source_address: str | None = None,
+    system_principal: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to its tenant's hash chain and return it.
+
+    Contract: `tenant` defaults to the target's tenant, then the active scope; with none, the event goes to the
+    platform chain. Request id, source address and system principal default to the current audit context.
+    Runs inside the caller's transaction, so a change and its audit row commit or roll back together. The
+    chain head is locked for the rest of that transaction: keep the transaction short.
+    """
+    if tenant is None and isinstance(target, TenantOwnedModel):
+        tenant = target.tenant
+    if tenant is None and isinstance(target, Tenant):
+        tenant = target
+    if tenant is None:
+        tenant = current_tenant_or_none()
+    ctx = audit_context.current()
+    spec = event.spec
+    user = actor if isinstance(actor, User) and actor.pk is not None else None
+    if user is not None and not actor_role and tenant is not None:
+        actor_role = (
+            Membership.unscoped_objects.filter(tenant=tenant, user=user).values_list("role", flat=True).first() or ""
+        )
+
+    entries = [participant(p) for p in participants]
+    target_type = target_id = ""
+    if target is not None:
+        target_entry = participant(target)
+        target_type, target_id = target_entry["type"], target_entry["id"]
+        entries.insert(0, target_entry)
+
+    chain = _chain_locked(tenant)
+    row = AuditEvent(
+        chain=chain,
+        tenant=tenant,
+        sequence=chain.last_sequence + 1,
+        occurred_at=timezone.now(),
+        event_type=event.value,
+        event_id=spec.event_id.value,
+        event_id_display=spec.event_id.display,
+        event_type_code=spec.event_type.value if spec.event_type else "",
+        event_type_display=spec.event_type.display if spec.event_type else "",
+        action=spec.action,
+        outcome=outcome,
+        outcome_description=outcome_description[:300],
+        actor_user=user,
+        actor_username=(user.username if user is not None else actor_username)[:150],
+        actor_role=actor_role,
+        system_principal=system_principal or ctx.system_principal,
+        source_address=_normalized_address(source_address or ctx.source_address),
+        target_type=target_type,
+        target_id=target_id,
+        participants=entries,
+        request_id=ctx.request_id,
+        extra=dict(extra or {}),
+        prev_hash=chain.last_hash,
+    )
+    row.hash = row.compute_hash(chain.last_hash)
+    row.save(force_insert=True)
+    chain.last_sequence = row.sequence
+    chain.last_hash = row.hash
+    chain.save(update_fields=["last_sequence", "last_hash"])
+    return row
+
+
+def audit_chain_create(*, tenant: Tenant) -> AuditChain:
+    """Create a tenant's chain head. Idempotent."""
+    chain, _ = AuditChain.objects.get_or_create(key=AuditChain.key_for(tenant), defaults={"tenant": tenant})
+    return chain
+
+
+
+def access_denied_record(*, actor: Any, where: str, method: str) -> AuditEvent:
+    """A member was refused a function of their tenant (a 403): on the trail for intrusion review."""
+    return audit_event_record(
+        event=EventType.ACCESS_DENIED,
+        actor=actor,
+        outcome=Outcome.MINOR_FAILURE,
+        outcome_description="permission denied",
+        extra={"where": where, "method": method},
+    )
+
+
+def auth_event_record(
+    *,
+    event: EventType,
+    user: Any = None,
+    username: str = "",
+    outcome: int = Outcome.SUCCESS,
+    outcome_description: str = "",
+    system_principal: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> list[AuditEvent]:
+    """A sign-in, sign-out or lockout: recorded in the chain of every tenant where the person is a current
+    member, so each tenant's reviewers see their own people; with no such tenant (an unknown user name, a
+    platform operator), in the platform chain."""
+    from tenants.selectors import tenant_list_for_user
+
+    tenants = [tenant for tenant, _ in tenant_list_for_user(user=user)] if isinstance(user, User) else []
+    common: dict[str, Any] = {
+        "event": event,
+        "actor": user,
+        "actor_username": username,
+        "outcome": outcome,
+        "outcome_description": outcome_description,
+        "system_principal": system_principal,
+        "extra": extra,
+    }
+    if not tenants:
+        return [audit_event_record(tenant=None, **common)]
+    return [audit_event_record(tenant=tenant, **common) for tenant in tenants]

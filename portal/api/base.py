@@ -1,0 +1,64 @@
+"""The base class of every tenant API: authentication, membership, tenant scope and auditlog actor, in that order.
+
+Every routed API under /api/v1/t/<tenant>/ subclasses `TenantApi` (tests/test_architecture.py checks it).
+Subclasses may not override the methods that enforce this (the guard PostHog's team-scoped mixin uses).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from auditlog.context import set_actor
+from django.http import HttpRequest
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tenants import access
+from tenants.models import ApiToken, Membership, Tenant
+from tenants.scoping import tenant_scope
+from tenants.selectors import tenant_get_for_member
+
+GUARDED = ("initial", "dispatch", "get_permissions", "get_authenticators", "finalize_response")
+
+
+class TenantApi(APIView):
+    """`self.tenant` and `self.membership` are set, and the tenant scope is open, when a handler runs."""
+
+    tenant: Tenant
+    membership: Membership
+    PUBLIC: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overridden = [name for name in GUARDED if name in cls.__dict__]
+        if overridden:
+            raise TypeError(f"{cls.__name__} may not override {', '.join(overridden)}: TenantApi enforces them.")
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # authentication, IsAuthenticated, throttles
+        try:
+            tenant, membership = tenant_get_for_member(user=request.user, slug=kwargs.get("tenant", ""))
+        except access.NotVisible as exc:
+            raise NotFound() from exc
+        if isinstance(request.auth, ApiToken) and request.auth.tenant_id != tenant.pk:
+            raise NotFound()  # a token works only for its own tenant: elsewhere it is as if nothing were there
+        self.tenant, self.membership = tenant, membership
+        request.tenant = tenant  # type: ignore[attr-defined]
+        request.membership = membership  # type: ignore[attr-defined]
+        self._scope = tenant_scope(tenant)
+        self._scope.__enter__()
+        self._actor = set_actor(request.user, remote_addr=request.META.get("REMOTE_ADDR"))
+        self._actor.__enter__()
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Response:
+        self._scope = self._actor = None  # type: ignore[assignment]
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        finally:
+            # Closed in reverse order; both were opened in initial() only if the caller got that far.
+            if self._actor is not None:
+                self._actor.__exit__(None, None, None)
+            if self._scope is not None:
+                self._scope.__exit__(None, None, None)

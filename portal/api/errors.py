@@ -1,0 +1,77 @@
+"""One error shape for the whole API (RFC 7807 problem details), whatever raised the error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from audit.services import access_denied_record
+from tenants.access import Forbidden, NotVisible
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+TITLES = {
+    400: "Invalid request",
+    401: "Not authenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    415: "Unsupported media type",
+    429: "Too many requests",
+}
+
+
+def problem(status_code: int, detail: Any, *, code: str = "", errors: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": TITLES.get(status_code, "Error"),
+        "status": status_code,
+        "detail": detail,
+    }
+    if code:
+        body["code"] = code
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Map service and access errors onto DRF's, then render every error as one problem document.
+
+    `NotVisible` and Django's `Http404` become exactly the body of a missing object, so another tenant's id and a
+    made-up one cannot be told apart.
+    """
+    if isinstance(exc, NotVisible | Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, Forbidden):
+        view = context.get("view")
+        request = context.get("request")
+        if request is not None and getattr(view, "tenant", None) is not None:
+            access_denied_record(actor=request.user, where=type(view).__name__, method=request.method)
+        exc = exceptions.PermissionDenied(detail=str(exc), code=exc.code)
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(as_serializer_error(exc))
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        body = problem(status.HTTP_400_BAD_REQUEST, "The request has invalid fields.", code="invalid", errors=errors)
+    else:
+        detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
+        code = getattr(detail, "code", "") or ""
+        body = problem(response.status_code, str(detail), code=str(code))
+    response.data = body
+    response.content_type = PROBLEM_CONTENT_TYPE
+    return response

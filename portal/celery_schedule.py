@@ -1,0 +1,13 @@
+"""Every periodic job, in one list. django-celery-beat's database scheduler loads it at start."""
+
+from django.conf import settings
+
+BEAT_SCHEDULE = {
+    # End memberships whose end date has passed (auditors' engagements, leavers), with their sessions and
+    # tokens. Access is already refused at the end date by the membership check; this makes it final.
+    "memberships-end-due": {
+        "task": "tenants.tasks.memberships_end_due",
+        "schedule": float(settings.MEMBERSHIP_EXPIRY_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
+}

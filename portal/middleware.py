@@ -1,0 +1,83 @@
+"""Request-wide security: request ids and audit context, automatic logoff, security headers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from django.conf import settings
+from django.contrib.auth import logout
+from django.http import HttpRequest, HttpResponse
+
+from audit.context import audit_context
+from audit.events import EventType
+from audit.services import auth_event_record
+
+SESSION_AUTH_AT = "enclave_auth_at"
+SESSION_LAST_SEEN = "enclave_last_seen"
+
+
+class RequestIdMiddleware:
+    """Give every request an id (kept from X-Request-ID when well-formed) and open the audit context with it and
+    the caller's address, so every audit event of the request carries both."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = incoming if 8 <= len(incoming) <= 64 and incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+        request.request_id = request_id  # type: ignore[attr-defined]
+        with audit_context(request_id=request_id, source_address=request.META.get("REMOTE_ADDR")):
+            response = self.get_response(request)
+        response["X-Request-ID"] = request_id
+        return response
+
+
+class SessionTimeoutMiddleware:
+    """Automatic logoff (HIPAA 164.312(a)(2)(iii)): after SESSION_IDLE_TIMEOUT without a request, or
+    SESSION_ABSOLUTE_TIMEOUT after sign-in whatever the activity. The session is deleted on the server and the
+    logoff is on the audit trail; the request goes on as anonymous (a page redirects to sign-in, the API 401s)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.user.is_authenticated:
+            now = time.time()
+            session = request.session
+            last_seen = session.get(SESSION_LAST_SEEN, now)
+            auth_at = session.get(SESSION_AUTH_AT, now)
+            reason = ""
+            if now - last_seen > settings.SESSION_IDLE_TIMEOUT.total_seconds():
+                reason = "idle"
+            elif now - auth_at > settings.SESSION_ABSOLUTE_TIMEOUT.total_seconds():
+                reason = "absolute"
+            if reason:
+                user = request.user
+                logout(request)
+                auth_event_record(
+                    event=EventType.SESSION_EXPIRED, user=user, system_principal="enclave:session-timeout",
+                    extra={"reason": reason},
+                )
+                request.session_expired = reason  # type: ignore[attr-defined]
+            else:
+                session[SESSION_LAST_SEEN] = now
+                session.setdefault(SESSION_AUTH_AT, now)
+        return self.get_response(request)
+
+
+class SecurityHeadersMiddleware:
+    """Headers Django 5.2 does not send itself: CSP, Permissions-Policy, and no caching of signed-in pages."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if not request.path.startswith(settings.STATIC_URL):
+            response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
+            response.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=()")
+            response["Cache-Control"] = "no-store"
+        return response

@@ -1,0 +1,57 @@
+"""The test suite: PostgreSQL and Redis as in production, fast hashing, eager tasks for unit tests.
+
+Integration tests start a real Celery worker and switch eager mode off for themselves.
+"""
+
+import base64
+import tempfile
+from pathlib import Path
+
+from .base import *  # noqa: F403
+from .base import env
+
+ENCLAVE_ENV = "test"
+DEBUG = False
+SECRET_KEY = "test-secret-key-not-for-production-0123456789abcdefghijklmnopqrstuvwxyz"  # noqa: S105
+MASTER_KEY = base64.b64encode(b"\x01" * 32).decode()
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+
+# DATABASES: PostgreSQL, as in production
+# ------------------------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default="postgres://enclave@127.0.0.1:5432/enclave")}
+
+# PASSWORDS: a fast hasher; tests/portal/test_settings.py checks the production list starts with Argon2
+# ------------------------------------------------------------------------------
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # noqa: S303
+
+# CACHES: real Redis, one key prefix per run so parallel test processes do not share throttles
+# ------------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"test-{Path(tempfile.mkdtemp(prefix='enclave-')).name}",
+    }
+}
+
+# CELERY: eager and propagating for unit tests
+# ------------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_EAGER_PROPAGATES = True
+
+# EMAIL
+# ------------------------------------------------------------------------------
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+# STATIC: no manifest needed in tests
+# ------------------------------------------------------------------------------
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tempfile.mkdtemp()}},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# THROTTLES: high enough that the suite is never throttled by accident; throttle tests lower them
+# ------------------------------------------------------------------------------
+REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"anon": "10000/min", "user": "10000/min"}}  # noqa: F405

@@ -1,0 +1,30 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from audit import urls as audit_urls
+from portal import views
+from tenants import urls as tenants_urls
+
+tenant_pages = [
+    path("", views.TenantHomeView.as_view(), name="tenant_home"),
+    *tenants_urls.page_patterns,
+    *audit_urls.page_patterns,
+]
+tenant_api = [
+    *tenants_urls.api_patterns,
+    *audit_urls.api_patterns,
+]
+portal_pages = [
+    path("", views.HomeView.as_view(), name="home"),
+    path("t/<slug:tenant>/", include(tenant_pages)),
+]
+
+urlpatterns = [
+    path("", include((portal_pages, "portal"))),
+    path("accounts/", include(("portal.accounts.urls", "accounts"))),
+    path("api/v1/t/<slug:tenant>/", include((tenant_api, "api"))),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("ops/", admin.site.urls),
+]

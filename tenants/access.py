@@ -1,0 +1,150 @@
+"""The one permission decision. No other module imports django-guardian.
+
+Two layers:
+1. Membership: an active, current `Membership` in the tenant (checked by `TenantApi` / `TenantPageView`).
+2. Permissions: tenant-wide permissions are django-guardian object permissions on the `Tenant` row, granted to
+   the role group `<tenant slug>:<role>` (guardian's "roles with groups" pattern); grants on single objects
+   (shares, in later work) are guardian object permissions on that object.
+
+Superusers and platform staff get no shortcut: guardian's superuser bypass is never used.
+An object the actor may not see is `NotVisible` (a 404, like a missing one); a visible object the actor may
+not act on is `Forbidden` (a 403).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser, Group
+from django.db import models
+from guardian.core import ObjectPermissionChecker
+from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
+
+from tenants.models import Membership, Role, Tenant, TenantOwnedModel, User
+from tenants.scoping import current_tenant_or_none
+
+
+class NotVisible(Exception):
+    """The object does not exist for this actor. Shown as a 404, the same as a missing object."""
+
+
+class Forbidden(Exception):
+    """The actor sees the object but may not do this to it. Shown as a 403."""
+
+    def __init__(self, message: str = "You do not have permission to do this.", code: str = "forbidden") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# The role -> tenant permission table. Minimum necessary: admins manage people but see no images, auditors
+# read the trail for a limited time, clinicians get image permissions in the work that adds images.
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    Role.TENANT_ADMIN: frozenset({"tenants.view_members", "tenants.manage_members", "tenants.view_audit"}),
+    Role.COMPLIANCE_OFFICER: frozenset({"tenants.view_members", "tenants.view_audit"}),
+    Role.AUDITOR: frozenset({"tenants.view_members", "tenants.view_audit"}),
+    Role.RADIOLOGIST: frozenset(),
+    Role.TECHNOLOGIST: frozenset(),
+    Role.REFERRING_PHYSICIAN: frozenset(),
+}
+
+
+def role_group_name(tenant: Tenant, role: str) -> str:
+    return f"{tenant.slug}:{role}"
+
+
+def role_groups_install(*, tenant: Tenant) -> None:
+    """Create the tenant's role groups and grant each its permissions on the tenant. Idempotent."""
+    for role in Role.values:
+        group, _ = Group.objects.get_or_create(name=role_group_name(tenant, role))
+        wanted = ROLE_PERMISSIONS[role]
+        held = {f"tenants.{codename}" for codename in ObjectPermissionChecker(group).get_group_perms(tenant)}
+        for perm in wanted - held:
+            assign_perm(perm, group, tenant)
+        for perm in held - wanted:
+            remove_perm(perm, group, tenant)
+
+
+def membership_groups_sync(*, membership: Membership) -> None:
+    """Put the user in exactly the role group their membership gives, or in none once it has ended."""
+    tenant = membership.tenant
+    prefix = f"{tenant.slug}:"
+    user = membership.user
+    for group in user.groups.filter(name__startswith=prefix):
+        user.groups.remove(group)
+    if membership.is_current():
+        user.groups.add(Group.objects.get(name=role_group_name(tenant, membership.role)))
+
+
+def _tenant_of(obj: Any) -> Tenant | None:
+    if isinstance(obj, Tenant):
+        return obj
+    if isinstance(obj, TenantOwnedModel):
+        return obj.tenant
+    return None
+
+
+def _is_person(actor: Any) -> bool:
+    return isinstance(actor, User) and actor.is_active and not isinstance(actor, AnonymousUser)
+
+
+def has_perm(actor: Any, perm: str, obj: Any) -> bool:
+    """True when `actor` holds `perm` on `obj`: through its role in the object's tenant, or a grant on `obj`."""
+    if not _is_person(actor):
+        return False
+    tenant = _tenant_of(obj)
+    if tenant is None:
+        return False
+    scope = current_tenant_or_none()
+    if scope is not None and scope.pk != tenant.pk:
+        return False
+    app_label, _, codename = perm.rpartition(".")
+    checker = ObjectPermissionChecker(actor)
+    # get_user_perms / get_group_perms carry no superuser shortcut, unlike has_perm / get_perms.
+    if app_label == "tenants" and codename in set(checker.get_group_perms(tenant)) | set(
+        checker.get_user_perms(tenant)
+    ):
+        return True
+    if not isinstance(obj, Tenant):
+        return codename in set(checker.get_user_perms(obj)) | set(checker.get_group_perms(obj))
+    return False
+
+
+def require(actor: Any, perm: str, obj: Any, *, visible_perm: str | None = None) -> None:
+    """Raise unless `actor` may do `perm` to `obj`.
+
+    `visible_perm`, when given, is the permission that makes the object visible at all: without it the
+    answer is `NotVisible` (404), with it but without `perm` the answer is `Forbidden` (403).
+    """
+    if has_perm(actor, perm, obj):
+        return
+    if visible_perm is not None and not has_perm(actor, visible_perm, obj):
+        raise NotVisible()
+    raise Forbidden()
+
+
+def visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[Any]:
+    """The rows of the scoped queryset `qs` that `actor` may see under `perm`.
+
+    A tenant-wide permission shows every row of the scope; otherwise only rows with a guardian grant.
+    """
+    if not _is_person(actor):
+        return qs.none()
+    tenant = current_tenant_or_none()
+    if tenant is None:
+        return qs.none()
+    app_label, _, codename = perm.rpartition(".")
+    tenant_perm = f"tenants.{codename}" if app_label == "tenants" else None
+    if tenant_perm is not None:
+        return qs if has_perm(actor, tenant_perm, tenant) else qs.none()
+    return get_objects_for_user(
+        actor, perm, klass=qs, accept_global_perms=False, with_superuser=False, use_groups=True
+    )
+
+
+def tenant_permissions(actor: Any, tenant: Tenant) -> frozenset[str]:
+    """Every tenant-wide permission `actor` holds in `tenant`, for pages that show or hide actions."""
+    if not _is_person(actor):
+        return frozenset()
+    checker = ObjectPermissionChecker(actor)
+    held = set(checker.get_group_perms(tenant)) | set(checker.get_user_perms(tenant))
+    return frozenset(f"tenants.{codename}" for codename in held)

@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser, UserManager
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from tenants.scoping import TenantScopedManager, TenantScopeError, current_tenant_or_none
+
+
+class CaseInsensitiveUserManager(UserManager):
+    def get_by_natural_key(self, username: str | None) -> Any:
+        return self.get(username__iexact=username)
+
+
+class User(AbstractUser):
+    """A person or a service principal. Unique by username in any case (HIPAA 164.312(a)(2)(i)).
+
+    Users are deactivated, never deleted, so that the audit trail always names someone.
+    """
+
+    subject_uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+
+    objects = CaseInsensitiveUserManager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(Lower("username"), name="tenants_user_username_ci_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.username
+
+
+class Tenant(models.Model):
+    """A hospital group. Not tenant-owned itself: it is the owner."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        # Tenant-wide permissions. They are granted as django-guardian object permissions on the Tenant row to
+        # the role groups `<slug>:<role>` (tenants.access.ROLE_PERMISSIONS), never globally.
+        default_permissions = ()
+        permissions = [
+            ("view_members", "See the members of the tenant"),
+            ("manage_members", "Add members, change roles and end dates, deactivate"),
+            ("view_audit", "Read the tenant's audit trail"),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class TenantOwnedModel(models.Model):
+    """Base of every row that belongs to one tenant.
+
+    `objects` is scoped to the active tenant and fails closed; `unscoped_objects` is the allow-listed bypass.
+    Saving checks that the row, and every foreign key it points at, belongs to the scope's tenant: forward
+    foreign keys are read through Django's unfiltered base manager, so this is where a cross-tenant link
+    would otherwise slip in.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, editable=False, related_name="+")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = TenantScopedManager()
+    unscoped_objects = models.Manager()
+
+    class Meta:
+        abstract = True
+
+    def clean(self) -> None:
+        super().clean()
+        for field in self._meta.concrete_fields:
+            if not isinstance(field, models.ForeignKey) or field.name == "tenant":
+                continue
+            target = getattr(self, field.name, None)
+            target_tenant = getattr(target, "tenant_id", None)
+            if target is not None and target_tenant is not None and target_tenant != self.tenant_id:
+                raise ValidationError({field.name: "This belongs to another tenant."})
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        scope = current_tenant_or_none()
+        if scope is None:
+            raise TenantScopeError(f"Saving a {type(self).__name__} needs an active tenant scope.")
+        if self.tenant_id is None:
+            self.tenant = scope
+        elif self.tenant_id != scope.pk:
+            raise TenantScopeError(f"This {type(self).__name__} belongs to another tenant than the scope.")
+        self.clean()
+        super().save(*args, **kwargs)
+
+    def get_additional_data(self) -> dict[str, Any]:
+        """django-auditlog stores this with every change, so a tenant's audit page can find its own entries."""
+        return {"tenant_id": self.tenant_id}
+
+
+class Role(models.TextChoices):
+    TENANT_ADMIN = "tenant_admin", "Tenant administrator"
+    COMPLIANCE_OFFICER = "compliance_officer", "Compliance officer"
+    RADIOLOGIST = "radiologist", "Radiologist"
+    TECHNOLOGIST = "technologist", "Technologist"
+    REFERRING_PHYSICIAN = "referring_physician", "Referring physician"
+    AUDITOR = "auditor", "Auditor"
+
+
+class Membership(TenantOwnedModel):
+    """A user's place in a tenant: one role, and for auditors a date when it ends."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        ENDED = "ended", "Ended"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="memberships")
+    role = models.CharField(max_length=32, choices=Role.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True, editable=False)
+    ended_reason = models.CharField(max_length=200, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["user__username"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user"], name="tenants_membership_tenant_user_unique"),
+            models.CheckConstraint(
+                condition=~models.Q(role="auditor") | models.Q(ends_at__isnull=False),
+                name="tenants_membership_auditor_has_end",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}@{self.tenant_id}:{self.role}"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.role == Role.AUDITOR and self.ends_at is None:
+            raise ValidationError({"ends_at": "An auditor's membership must have an end date."})
+
+    def is_current(self, at: Any = None) -> bool:
+        at = at or timezone.now()
+        return self.status == self.Status.ACTIVE and (self.ends_at is None or self.ends_at > at)
+
+
+class ApiToken(TenantOwnedModel):
+    """A bearer token for the REST API: bound to one user and one tenant, expiring, stored as a SHA-256 digest.
+
+    The token itself is 256 random bits, so a plain digest (not a slow hash) is enough to make a stolen
+    database row useless.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name})"
+
+    @staticmethod
+    def digest_of(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def is_usable(self, at: Any = None) -> bool:
+        at = at or timezone.now()
+        return self.revoked_at is None and self.expires_at > at
+
+
+class UserSession(models.Model):
+    """Which browser sessions a user holds, so that deactivation and ended memberships can end them at once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    session_key = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"session of {self.user_id}"

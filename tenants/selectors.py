@@ -1,0 +1,106 @@
+"""Reads about tenants, members and API tokens.
+
+This module is allow-listed for `unscoped_objects` where a read must happen before a scope can exist: finding a
+user's memberships across tenants (to list their tenants, and to open the scope of a request) and finding a
+bearer token by its digest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from tenants import access
+from tenants.models import ApiToken, Membership, Tenant, User
+from tenants.scoping import current_tenant
+
+
+def membership_current_get(*, user: Any, tenant: Tenant) -> Membership | None:
+    """The user's current membership in `tenant`, or None. Used to open a scope, so it reads unscoped."""
+    if not isinstance(user, User) or not user.is_active or not tenant.is_active:
+        return None
+    membership = (
+        Membership.unscoped_objects.filter(tenant=tenant, user=user, status=Membership.Status.ACTIVE)
+        .select_related("tenant")
+        .first()
+    )
+    if membership is None or not membership.is_current():
+        return None
+    return membership
+
+
+def tenant_get_for_member(*, user: Any, slug: str) -> tuple[Tenant, Membership]:
+    """The tenant named in a URL and the user's membership in it; a non-member gets `NotVisible`, the same as
+    for a tenant that does not exist."""
+    tenant = Tenant.objects.filter(slug=slug).first()
+    if tenant is None:
+        raise access.NotVisible()
+    membership = membership_current_get(user=user, tenant=tenant)
+    if membership is None:
+        raise access.NotVisible()
+    return tenant, membership
+
+
+def tenant_list_for_user(*, user: Any) -> list[tuple[Tenant, Membership]]:
+    """The tenants where `user` is a current member, with the membership, by tenant name."""
+    if not isinstance(user, User) or not user.is_active:
+        return []
+    now = timezone.now()
+    memberships = (
+        Membership.unscoped_objects.filter(user=user, status=Membership.Status.ACTIVE, tenant__status=Tenant.Status.ACTIVE)
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+        .select_related("tenant")
+        .order_by("tenant__name")
+    )
+    return [(m.tenant, m) for m in memberships]
+
+
+def membership_list(*, actor: Any, include_ended: bool = True) -> models.QuerySet[Membership]:
+    """The current tenant's memberships that `actor` may see (`tenants.view_members`)."""
+    qs = access.visible(actor, "tenants.view_members", Membership.objects.all())
+    if not include_ended:
+        qs = qs.filter(status=Membership.Status.ACTIVE)
+    return qs.select_related("user").order_by("status", "user__username")
+
+
+def membership_get(*, actor: Any, public_id: UUID | str) -> Membership:
+    """One membership of the current tenant by public id, or `NotVisible`."""
+    try:
+        return membership_list(actor=actor).get(public_id=public_id)
+    except (Membership.DoesNotExist, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
+
+
+def api_token_list(*, actor: Any) -> models.QuerySet[ApiToken]:
+    """The actor's own tokens in the current tenant, newest first."""
+    if not isinstance(actor, User):
+        return ApiToken.objects.none()
+    return ApiToken.objects.filter(user=actor).order_by("-created_at")
+
+
+def api_token_get(*, actor: Any, public_id: UUID | str) -> ApiToken:
+    """One token of the current tenant: the actor's own, or any for a member with `tenants.manage_members`."""
+    qs = ApiToken.objects.all()
+    if not access.has_perm(actor, "tenants.manage_members", current_tenant()):
+        qs = qs.filter(user=actor)
+    try:
+        return qs.select_related("user").get(public_id=public_id)
+    except (ApiToken.DoesNotExist, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
+
+
+def api_token_authenticate(*, raw: str) -> ApiToken | None:
+    """The usable token whose digest matches `raw`, with its user and tenant; None otherwise.
+
+    Runs before any scope (the tenant comes from the token), so it reads unscoped.
+    """
+    token = (
+        ApiToken.unscoped_objects.filter(digest=ApiToken.digest_of(raw)).select_related("user", "tenant").first()
+    )
+    if token is None or not token.is_usable() or not token.user.is_active:
+        return None
+    return token

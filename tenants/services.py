@@ -1,0 +1,351 @@
+"""Writes about tenants, members, sessions and API tokens. Each writes its audit event in its transaction."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.tokens import default_token_generator
+from django.contrib.sessions.backends.db import SessionStore
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
+
+from audit.events import EventType
+from audit.services import audit_chain_create, audit_event_record, participant
+from tenants import access
+from tenants.models import ApiToken, Membership, Role, Tenant, User, UserSession
+from tenants.scoping import tenant_scope
+
+API_TOKEN_PREFIX = "enc_"
+
+
+# Tenants
+# ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def tenant_create(*, slug: str, name: str) -> Tenant:
+    """Create a tenant with its role groups and its audit chain. Platform work: no tenant actor.
+
+    Idempotent by slug: an existing tenant is returned unchanged (its groups are re-checked).
+    """
+    tenant = Tenant.objects.filter(slug=slug).first()
+    created = tenant is None
+    if tenant is None:
+        tenant = Tenant(slug=slug, name=name)
+        tenant.full_clean()
+        tenant.save()
+    access.role_groups_install(tenant=tenant)
+    audit_chain_create(tenant=tenant)
+    if created:
+        audit_event_record(event=EventType.TENANT_CREATED, tenant=tenant, target=tenant)
+    return tenant
+
+
+# Members
+# ------------------------------------------------------------------------------
+
+
+def _validate_role_and_end(role: str, ends_at: datetime | None) -> None:
+    if role not in Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}."})
+    if role == Role.AUDITOR and ends_at is None:
+        raise ValidationError({"ends_at": "An auditor's membership must have an end date."})
+    if ends_at is not None and ends_at <= timezone.now():
+        raise ValidationError({"ends_at": "The end date must be in the future."})
+
+
+def _invite(*, user: User, tenant: Tenant) -> None:
+    """Email a new user a link to choose their own password: admins never set or see it."""
+    uid = urlsafe_base64_encode(force_bytes(user.pk))
+    token = default_token_generator.make_token(user)
+    path = reverse("accounts:set_password", kwargs={"uidb64": uid, "token": token})
+    send_mail(
+        subject=f"You have been added to {tenant.name} on Enclave",
+        message=(
+            f"Hello {user.get_full_name() or user.username},\n\n"
+            f"An administrator of {tenant.name} created an Enclave account for you (user name: {user.username}).\n"
+            f"Choose your password here: {settings.PORTAL_BASE_URL}{path}\n"
+            "After that you will set up an authenticator app for two-factor sign-in.\n"
+        ),
+        from_email=None,
+        recipient_list=[user.email],
+    )
+
+
+@transaction.atomic
+def membership_add(
+    *,
+    actor: Any,
+    tenant: Tenant,
+    username: str,
+    role: str,
+    email: str = "",
+    first_name: str = "",
+    last_name: str = "",
+    ends_at: datetime | None = None,
+) -> Membership:
+    """Add a person to the current tenant (`tenants.manage_members`).
+
+    A new user name creates the account (no usable password; an invitation email lets the person choose one).
+    An existing user joins with this role; a former member is reinstated. Adding a current member again is a
+    validation error. Records MEMBER_ADDED.
+    """
+    access.require(actor, "tenants.manage_members", tenant, visible_perm="tenants.view_members")
+    _validate_role_and_end(role, ends_at)
+    user = User.objects.filter(username__iexact=username).first()
+    new_user = user is None
+    if user is None:
+        if not email:
+            raise ValidationError({"email": "A new user needs an email address for the invitation."})
+        user = User(username=username, email=email, first_name=first_name, last_name=last_name)
+        user.set_unusable_password()
+        user.full_clean()
+        user.save()
+    elif not user.is_active:
+        raise ValidationError({"username": "This account is deactivated."})
+
+    membership = Membership.objects.filter(user=user).first()
+    if membership is not None and membership.is_current():
+        raise ValidationError({"username": "This person is already a member."})
+    if membership is None:
+        membership = Membership(tenant=tenant, user=user, role=role, ends_at=ends_at)
+    else:
+        membership.role, membership.ends_at = role, ends_at
+        membership.status, membership.ended_at, membership.ended_reason = Membership.Status.ACTIVE, None, ""
+    membership.full_clean()
+    membership.save()
+    access.membership_groups_sync(membership=membership)
+    audit_event_record(
+        event=EventType.MEMBER_ADDED,
+        actor=actor,
+        target=membership,
+        participants=[participant(user, role="member")],
+        extra={"role": role, "ends_at": ends_at.isoformat() if ends_at else None, "new_account": new_user},
+    )
+    if new_user:
+        transaction.on_commit(lambda: _invite(user=user, tenant=tenant))
+    return membership
+
+
+@transaction.atomic
+def membership_change_role(*, actor: Any, membership: Membership, role: str) -> Membership:
+    """Change a member's role (`tenants.manage_members`). Idempotent. Records MEMBER_ROLE_CHANGED."""
+    access.require(actor, "tenants.manage_members", membership, visible_perm="tenants.view_members")
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    if not membership.is_current():
+        raise ValidationError({"role": "This membership has ended."})
+    if membership.user_id == getattr(actor, "pk", None) and role != Role.TENANT_ADMIN:
+        raise ValidationError({"role": "You cannot remove your own administrator role."})
+    _validate_role_and_end(role, membership.ends_at)
+    if membership.role == role:
+        return membership
+    old = membership.role
+    membership.role = role
+    membership.full_clean()
+    membership.save(update_fields=["role", "updated_at"])
+    access.membership_groups_sync(membership=membership)
+    audit_event_record(
+        event=EventType.MEMBER_ROLE_CHANGED,
+        actor=actor,
+        target=membership,
+        participants=[participant(membership.user, role="member")],
+        extra={"from": old, "to": role},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_set_end(*, actor: Any, membership: Membership, ends_at: datetime | None) -> Membership:
+    """Set or clear when a membership ends (`tenants.manage_members`). Records MEMBER_END_DATE_SET.
+
+    The periodic job `tenant_memberships_end_due` ends it when the date comes.
+    """
+    access.require(actor, "tenants.manage_members", membership, visible_perm="tenants.view_members")
+    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    if not membership.is_current():
+        raise ValidationError({"ends_at": "This membership has ended."})
+    _validate_role_and_end(membership.role, ends_at)
+    if membership.ends_at == ends_at:
+        return membership
+    membership.ends_at = ends_at
+    membership.full_clean()
+    membership.save(update_fields=["ends_at", "updated_at"])
+    audit_event_record(
+        event=EventType.MEMBER_END_DATE_SET,
+        actor=actor,
+        target=membership,
+        participants=[participant(membership.user, role="member")],
+        extra={"ends_at": ends_at.isoformat() if ends_at else None},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_end(*, actor: Any, membership: Membership, reason: str) -> Membership:
+    """End a membership now, with the user's sessions and this tenant's API tokens of that user.
+
+    `actor` None means the system (the end-date job); a person needs `tenants.manage_members`. Idempotent.
+    If the user has no other current membership, the account is deactivated too. Records MEMBERSHIP_ENDED.
+    """
+    if actor is not None:
+        access.require(actor, "tenants.manage_members", membership, visible_perm="tenants.view_members")
+        if membership.user_id == actor.pk:
+            raise ValidationError({"membership": "You cannot end your own membership."})
+    membership = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
+    if membership.status == Membership.Status.ENDED:
+        return membership
+    now = timezone.now()
+    membership.status, membership.ended_at, membership.ended_reason = Membership.Status.ENDED, now, reason[:200]
+    membership.save(update_fields=["status", "ended_at", "ended_reason", "updated_at"])
+    access.membership_groups_sync(membership=membership)
+    revoked = _tokens_revoke(ApiToken.objects.filter(user=membership.user), at=now)
+    sessions = sessions_end_for_user(user=membership.user)
+    user = membership.user
+    deactivated = False
+    others = Membership.unscoped_objects.filter(user=user, status=Membership.Status.ACTIVE).exclude(pk=membership.pk)
+    if user.is_active and not any(m.is_current(now) for m in others):
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+        deactivated = True
+    audit_event_record(
+        event=EventType.MEMBERSHIP_ENDED,
+        actor=actor,
+        target=membership,
+        participants=[participant(user, role="member")],
+        system_principal="" if actor is not None else "enclave:membership-expiry",
+        extra={"reason": reason, "tokens_revoked": revoked, "sessions_ended": sessions, "deactivated": deactivated},
+    )
+    return membership
+
+
+def memberships_end_due(*, at: datetime | None = None) -> int:
+    """End every membership of the current tenant whose end date has passed. System job; idempotent."""
+    at = at or timezone.now()
+    due = Membership.objects.filter(status=Membership.Status.ACTIVE, ends_at__lte=at).values_list("pk", flat=True)
+    ended = 0
+    for pk in list(due):
+        membership = Membership.objects.get(pk=pk)
+        membership_end(actor=None, membership=membership, reason="end date reached")
+        ended += 1
+    return ended
+
+
+@transaction.atomic
+def user_deactivate(*, user: User, reason: str, operator: Any = None) -> User:
+    """Platform operators only: deactivate an account everywhere (HIPAA 164.308(a)(3)(ii)(C)).
+
+    Ends every membership (each with its audit event in its tenant), every session and every token in this one
+    request; it does not wait for any queue. Idempotent.
+    """
+    for membership in Membership.unscoped_objects.filter(user=user, status=Membership.Status.ACTIVE):
+        with tenant_scope(membership.tenant):
+            membership_end(actor=None, membership=membership, reason=reason)
+    if user.is_active:
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+    revoked = 0
+    for token in ApiToken.unscoped_objects.filter(user=user, revoked_at__isnull=True).select_related("tenant"):
+        with tenant_scope(token.tenant):
+            revoked += _tokens_revoke(ApiToken.objects.filter(pk=token.pk), at=timezone.now())
+    sessions = sessions_end_for_user(user=user)
+    audit_event_record(
+        event=EventType.USER_DEACTIVATED,
+        actor=operator,
+        tenant=None,
+        participants=[participant(user, role="deactivated")],
+        extra={"reason": reason, "tokens_revoked": revoked, "sessions_ended": sessions},
+    )
+    return user
+
+
+# Sessions
+# ------------------------------------------------------------------------------
+
+
+def session_register(*, user: User, session_key: str) -> None:
+    """Remember that `session_key` belongs to `user` (called at sign-in)."""
+    UserSession.objects.update_or_create(session_key=session_key, defaults={"user": user})
+
+
+def sessions_end_for_user(*, user: User) -> int:
+    """Delete every browser session of `user` from the session store. Returns how many were ended."""
+    ended = 0
+    for record in UserSession.objects.filter(user=user):
+        store = SessionStore(session_key=record.session_key)
+        if store.exists(record.session_key):
+            ended += 1
+        store.delete(record.session_key)
+        record.delete()
+    return ended
+
+
+# API tokens
+# ------------------------------------------------------------------------------
+
+
+def _tokens_revoke(qs: Any, *, at: datetime) -> int:
+    count = 0
+    for token in qs.filter(revoked_at__isnull=True):
+        token.revoked_at = at
+        token.save(update_fields=["revoked_at", "updated_at"])
+        count += 1
+    return count
+
+
+@transaction.atomic
+def api_token_create(*, actor: User, tenant: Tenant, name: str, days: int | None = None) -> tuple[ApiToken, str]:
+    """Create a bearer token for `actor` in the current tenant. Returns the row and the token, shown once.
+
+    Needs a current membership (checked by the caller's base class or command). Records API_TOKEN_CREATED.
+    """
+    days = settings.API_TOKEN_DEFAULT_DAYS if days is None else days
+    if not 1 <= days <= settings.API_TOKEN_MAX_DAYS:
+        raise ValidationError({"days": f"A token lives from 1 to {settings.API_TOKEN_MAX_DAYS} days."})
+    if not name.strip():
+        raise ValidationError({"name": "Give the token a name, such as what will use it."})
+    raw = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        tenant=tenant,
+        user=actor,
+        name=name.strip(),
+        prefix=raw[: len(API_TOKEN_PREFIX) + 6],
+        digest=ApiToken.digest_of(raw),
+        expires_at=timezone.now() + timedelta(days=days),
+    )
+    token.full_clean()
+    token.save()
+    audit_event_record(
+        event=EventType.API_TOKEN_CREATED,
+        actor=actor,
+        target=token,
+        extra={"expires_at": token.expires_at.isoformat(), "days": days},
+    )
+    return token, raw
+
+
+@transaction.atomic
+def api_token_revoke(*, actor: User, token: ApiToken) -> ApiToken:
+    """Revoke a token: its owner may, and so may a member with `tenants.manage_members`. Idempotent."""
+    if token.user_id != actor.pk:
+        access.require(actor, "tenants.manage_members", token, visible_perm="tenants.manage_members")
+    if token.revoked_at is not None:
+        return token
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at", "updated_at"])
+    audit_event_record(event=EventType.API_TOKEN_REVOKED, actor=actor, target=token)
+    return token
+
+
+def api_token_touch(*, token: ApiToken) -> None:
+    """Note a token's use, at most once a minute so that busy integrations do not write on every call."""
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        ApiToken.unscoped_objects.filter(pk=token.pk).update(last_used_at=now)

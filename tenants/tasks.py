@@ -1,0 +1,39 @@
+"""Celery tasks of the tenants app. Each takes keyword-only primitives and calls one service."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.utils import timezone
+
+from tenants import services
+from tenants.models import Membership, Tenant
+from tenants.scoping import task_context
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="tenants.tasks.memberships_end_due")
+def memberships_end_due_task() -> int:
+    """Fan out: one task per tenant that has memberships past their end date. Allow-listed for
+    `unscoped_objects`, because finding which tenants have work is the one cross-tenant read."""
+    tenant_ids = (
+        Membership.unscoped_objects.filter(status=Membership.Status.ACTIVE, ends_at__lte=timezone.now())
+        .values_list("tenant_id", flat=True)
+        .distinct()
+    )
+    tenant_ids = sorted(set(tenant_ids))
+    for tenant_id in tenant_ids:
+        tenant_memberships_end_due_task.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="tenants.tasks.tenant_memberships_end_due")
+def tenant_memberships_end_due_task(*, tenant_id: int) -> int:
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:membership-expiry"):
+            return services.memberships_end_due()
+    except Tenant.DoesNotExist:
+        logger.info("tenant %s is gone; nothing to end", tenant_id)
+        return 0
