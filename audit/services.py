@@ -12,8 +12,9 @@ from django.utils import timezone
 from audit import context as audit_context
 from audit.events import EventType, Outcome
 from audit.models import AuditChain, AuditEvent
-from tenants.models import Membership, Tenant, TenantOwnedModel, User
+from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none
+from tenants.selectors import membership_current_get, tenant_list_for_user
 
 
 def participant(obj: Any, *, role: str = "", name: str = "", detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -89,9 +90,8 @@ def audit_event_record(
     spec = event.spec
     user = actor if isinstance(actor, User) and actor.pk is not None else None
     if user is not None and not actor_role and tenant is not None:
-        actor_role = (
-            Membership.unscoped_objects.filter(tenant=tenant, user=user).values_list("role", flat=True).first() or ""
-        )
+        membership = membership_current_get(user=user, tenant=tenant)
+        actor_role = membership.role if membership is not None else ""
 
     entries = [participant(p) for p in participants]
     target_type = target_id = ""
@@ -165,8 +165,6 @@ def auth_event_record(
     """A sign-in, sign-out or lockout: recorded in the chain of every tenant where the person is a current
     member, so each tenant's reviewers see their own people; with no such tenant (an unknown user name, a
     platform operator), in the platform chain."""
-    from tenants.selectors import tenant_list_for_user
-
     tenants = [tenant for tenant, _ in tenant_list_for_user(user=user)] if isinstance(user, User) else []
     common: dict[str, Any] = {
         "event": event,

@@ -59,6 +59,16 @@ def tenant_list_for_user(*, user: Any) -> list[tuple[Tenant, Membership]]:
     return [(m.tenant, m) for m in memberships]
 
 
+def membership_list_across_tenants(*, user: User) -> models.QuerySet[Membership]:
+    """Every active membership of `user` in any tenant, with its tenant: for platform work (deactivation)."""
+    return Membership.unscoped_objects.filter(user=user, status=Membership.Status.ACTIVE).select_related("tenant")
+
+
+def api_token_list_across_tenants(*, user: User) -> models.QuerySet[ApiToken]:
+    """Every unrevoked token of `user` in any tenant, with its tenant: for platform work (deactivation)."""
+    return ApiToken.unscoped_objects.filter(user=user, revoked_at__isnull=True).select_related("tenant")
+
+
 def membership_list(*, actor: Any, include_ended: bool = True) -> models.QuerySet[Membership]:
     """The current tenant's memberships that `actor` may see (`tenants.view_members`)."""
     qs = access.visible(actor, "tenants.view_members", Membership.objects.all())

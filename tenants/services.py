@@ -19,7 +19,7 @@ from django.utils.http import urlsafe_base64_encode
 
 from audit.events import EventType
 from audit.services import audit_chain_create, audit_event_record, participant
-from tenants import access
+from tenants import access, selectors
 from tenants.models import ApiToken, Membership, Role, Tenant, User, UserSession
 from tenants.scoping import tenant_scope
 
@@ -210,7 +210,7 @@ def membership_end(*, actor: Any, membership: Membership, reason: str) -> Member
     sessions = sessions_end_for_user(user=membership.user)
     user = membership.user
     deactivated = False
-    others = Membership.unscoped_objects.filter(user=user, status=Membership.Status.ACTIVE).exclude(pk=membership.pk)
+    others = selectors.membership_list_across_tenants(user=user).exclude(pk=membership.pk)
     if user.is_active and not any(m.is_current(now) for m in others):
         user.is_active = False
         user.save(update_fields=["is_active"])
@@ -245,14 +245,14 @@ def user_deactivate(*, user: User, reason: str, operator: Any = None) -> User:
     Ends every membership (each with its audit event in its tenant), every session and every token in this one
     request; it does not wait for any queue. Idempotent.
     """
-    for membership in Membership.unscoped_objects.filter(user=user, status=Membership.Status.ACTIVE):
+    for membership in selectors.membership_list_across_tenants(user=user):
         with tenant_scope(membership.tenant):
             membership_end(actor=None, membership=membership, reason=reason)
     if user.is_active:
         user.is_active = False
         user.save(update_fields=["is_active"])
     revoked = 0
-    for token in ApiToken.unscoped_objects.filter(user=user, revoked_at__isnull=True).select_related("tenant"):
+    for token in selectors.api_token_list_across_tenants(user=user):
         with tenant_scope(token.tenant):
             revoked += _tokens_revoke(ApiToken.objects.filter(pk=token.pk), at=timezone.now())
     sessions = sessions_end_for_user(user=user)
@@ -348,4 +348,34 @@ def api_token_touch(*, token: ApiToken) -> None:
     """Note a token's use, at most once a minute so that busy integrations do not write on every call."""
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
-        ApiToken.unscoped_objects.filter(pk=token.pk).update(last_used_at=now)
+        with tenant_scope(token.tenant):
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+
+
+@transaction.atomic
+def membership_grant_by_operator(
+    *, tenant: Tenant, user: User, role: str, ends_at: datetime | None = None, operator: Any = None, reason: str
+) -> Membership:
+    """Platform work: give `user` a role in `tenant` without a tenant admin (a new tenant's first admin, the
+    demo). Idempotent for the same role. Records MEMBER_ADDED with the operator or the system as actor."""
+    _validate_role_and_end(role, ends_at)
+    with tenant_scope(tenant):
+        membership = Membership.objects.filter(user=user).first()
+        if membership is not None and membership.is_current() and membership.role == role:
+            return membership
+        if membership is None:
+            membership = Membership(tenant=tenant, user=user)
+        membership.role, membership.ends_at = role, ends_at
+        membership.status, membership.ended_at, membership.ended_reason = Membership.Status.ACTIVE, None, ""
+        membership.full_clean()
+        membership.save()
+        access.membership_groups_sync(membership=membership)
+        audit_event_record(
+            event=EventType.MEMBER_ADDED,
+            actor=operator,
+            target=membership,
+            participants=[participant(user, role="member")],
+            system_principal="" if operator is not None else "enclave:platform",
+            extra={"role": role, "reason": reason, "by_operator": True},
+        )
+    return membership

@@ -38,7 +38,7 @@ CACHES = {
 # CELERY: eager and propagating for unit tests
 # ------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
-CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
 CELERY_TASK_EAGER_PROPAGATES = True
 
 # EMAIL
@@ -47,6 +47,7 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 # STATIC: no manifest needed in tests
 # ------------------------------------------------------------------------------
+STATIC_ROOT = Path(tempfile.mkdtemp(prefix="enclave-static-"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tempfile.mkdtemp()}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

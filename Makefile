@@ -1,0 +1,31 @@
+# Enclave. `make run` serves the portal with the demo; `make test` runs the whole suite on PostgreSQL and Redis.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WEB_PORT ?= 8000
+
+.PHONY: install run test lint bench services clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+run: install
+	WEB_PORT=$(WEB_PORT) scripts/run.sh
+
+test: install
+	scripts/test.sh
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check portal tenants audit
+	$(VENV)/bin/mypy portal tenants audit
+
+services:
+	scripts/services.sh
+
+clean:
+	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,121 @@
+"""Shared fixtures: two tenants, personas in each, and clients signed in the way each door expects.
+
+Personas follow the style guide: `radiologist_a` and `technologist_a` (tenant A), `outsider_b` (tenant B only),
+`platform_staff` (operators, no membership), plus an admin, a compliance officer and an auditor of tenant A.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+from django_otp import DEVICE_ID_SESSION_KEY
+from rest_framework.test import APIClient
+
+from tenants import services
+from tenants.models import Membership, Role, Tenant, User
+from tenants.scoping import tenant_scope
+from tests.tenants.factories import UserFactory, totp_device_for
+
+
+@pytest.fixture
+def tenant_a(db: Any) -> Tenant:
+    return services.tenant_create(slug="north", name="North Hospital Group")
+
+
+@pytest.fixture
+def tenant_b(db: Any) -> Tenant:
+    return services.tenant_create(slug="south", name="South Hospital Group")
+
+
+def _member(tenant: Tenant, role: str, username: str, *, ends_in_days: int | None = None) -> User:
+    """A user with a current membership, made through the real services by a bootstrap admin."""
+    user = UserFactory(username=username)
+    ends_at = timezone.now() + timedelta(days=ends_in_days) if ends_in_days else None
+    with tenant_scope(tenant):
+        membership = Membership(tenant=tenant, user=user, role=role, ends_at=ends_at)
+        membership.full_clean()
+        membership.save()
+        from tenants.access import membership_groups_sync
+
+        membership_groups_sync(membership=membership)
+    return user
+
+
+@pytest.fixture
+def make_member(db: Any) -> Callable[..., User]:
+    return _member
+
+
+@pytest.fixture
+def admin_a(tenant_a: Tenant) -> User:
+    return _member(tenant_a, Role.TENANT_ADMIN, "north-admin")
+
+
+@pytest.fixture
+def compliance_a(tenant_a: Tenant) -> User:
+    return _member(tenant_a, Role.COMPLIANCE_OFFICER, "north-compliance")
+
+
+@pytest.fixture
+def auditor_a(tenant_a: Tenant) -> User:
+    return _member(tenant_a, Role.AUDITOR, "north-auditor", ends_in_days=30)
+
+
+@pytest.fixture
+def radiologist_a(tenant_a: Tenant) -> User:
+    return _member(tenant_a, Role.RADIOLOGIST, "north-radiologist")
+
+
+@pytest.fixture
+def technologist_a(tenant_a: Tenant) -> User:
+    return _member(tenant_a, Role.TECHNOLOGIST, "north-technologist")
+
+
+@pytest.fixture
+def admin_b(tenant_b: Tenant) -> User:
+    return _member(tenant_b, Role.TENANT_ADMIN, "south-admin")
+
+
+@pytest.fixture
+def outsider_b(tenant_b: Tenant) -> User:
+    return _member(tenant_b, Role.RADIOLOGIST, "south-radiologist")
+
+
+@pytest.fixture
+def platform_staff(db: Any) -> User:
+    return UserFactory(username="ops-staff", is_staff=True, is_superuser=True)
+
+
+def verified_client(user: User) -> Client:
+    """A browser session signed in with password and TOTP, as the login pages leave it."""
+    client = Client()
+    client.force_login(user)
+    device = totp_device_for(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+    return client
+
+
+@pytest.fixture
+def client_for() -> Callable[[User], Client]:
+    return verified_client
+
+
+@pytest.fixture
+def api_client_for(db: Any) -> Iterator[Callable[[User, Tenant], APIClient]]:
+    """An API client with a fresh bearer token of `user` in `tenant`, made by the real service."""
+
+    def make(user: User, tenant: Tenant) -> APIClient:
+        with tenant_scope(tenant):
+            _, raw = services.api_token_create(actor=user, tenant=tenant, name="test")
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return client
+
+    yield make

@@ -1,0 +1,22 @@
+import pytest
+
+from audit.models import AuditEvent
+from audit.selectors import audit_chain_verify
+from audit.models import AuditChain
+from tenants import access
+from tenants.models import Membership
+from tenants.scoping import TenantScopeError, tenant_scope
+
+
+def test_scope_fails_closed(tenant_a):
+    with pytest.raises(TenantScopeError):
+        list(Membership.objects.all())
+
+
+def test_roles_and_chain(tenant_a, admin_a, radiologist_a):
+    assert access.has_perm(admin_a, "tenants.manage_members", tenant_a)
+    assert not access.has_perm(radiologist_a, "tenants.manage_members", tenant_a)
+    chain = AuditChain.objects.get(tenant=tenant_a)
+    assert audit_chain_verify(chain=chain).ok
+    with tenant_scope(tenant_a):
+        assert AuditEvent.objects.count() == 1
