@@ -18,7 +18,9 @@ class AuditContext:
     system_principal: str = ""
 
 
-_context: ContextVar[AuditContext] = ContextVar("enclave_audit_context", default=AuditContext())
+_context: ContextVar[AuditContext] = ContextVar(
+    "enclave_audit_context", default=AuditContext()  # noqa: B039 -- frozen dataclass, immutable
+)
 
 
 def current() -> AuditContext:

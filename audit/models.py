@@ -67,7 +67,7 @@ class AuditEvent(models.Model):
     actor_role = models.CharField(max_length=32, blank=True)
     system_principal = models.CharField(max_length=100, blank=True)
     source_address = models.GenericIPAddressField(null=True, blank=True)
-    # ParticipantObjectIdentification: [{"type": ..., "id": ..., "name": ..., "role": ..., "detail": {...}}]
+    # ParticipantObjectIdentification: a list of entries with type, id, name, role and detail
     target_type = models.CharField(max_length=40, blank=True)
     target_id = models.CharField(max_length=64, blank=True)
     participants = models.JSONField(default=list, blank=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from auditlog.models import LogEntry
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from audit.models import GENESIS_HASH, AuditChain, AuditEvent
@@ -89,7 +91,9 @@ def audit_chain_verify(*, chain: AuditChain) -> ChainVerification:
     expected_sequence = 1
     prev_hash = GENESIS_HASH
     count = 0
-    rows = AuditEvent.unscoped_objects.filter(chain=chain).order_by("sequence")
+    # Only up to the head as read by the caller: writers append after it while we read, and a writer updates the
+    # head in the same transaction as its row, so a committed row is never beyond the head read after it.
+    rows = AuditEvent.unscoped_objects.filter(chain=chain, sequence__lte=chain.last_sequence).order_by("sequence")
     for row in rows.iterator(chunk_size=2000):
         if row.sequence != expected_sequence:
             return ChainVerification(chain.key, count, expected_sequence, "missing event")
@@ -104,6 +108,15 @@ def audit_chain_verify(*, chain: AuditChain) -> ChainVerification:
         return ChainVerification(chain.key, count, expected_sequence, "missing event")
     if chain.last_sequence and chain.last_hash != prev_hash:
         return ChainVerification(chain.key, count, chain.last_sequence, "chain head does not match the last event")
+    head = AuditChain.objects.get(pk=chain.pk)
+    stray = (
+        AuditEvent.unscoped_objects.filter(chain=chain, sequence__gt=head.last_sequence)
+        .order_by("sequence")
+        .values_list("sequence", flat=True)
+        .first()
+    )
+    if stray is not None:
+        return ChainVerification(chain.key, count, stray, "event beyond the chain head")
     return ChainVerification(chain.key, count, None, "")
 
 
@@ -112,3 +125,82 @@ def audit_chain_list(*, tenant: Tenant | None = None) -> models.QuerySet[AuditCh
     if tenant is not None:
         qs = qs.filter(tenant=tenant)
     return qs
+
+
+def audit_event_get(*, actor: Any, public_id: Any) -> AuditEvent:
+    """One audit event of the current tenant by public id (`tenants.view_audit`), or `NotVisible`."""
+    try:
+        return audit_event_list(actor=actor).get(public_id=public_id)
+    except (AuditEvent.DoesNotExist, ValueError, TypeError, ValidationError) as exc:
+        raise access.NotVisible() from exc
+
+
+# The merged trail: AuditEvent rows and django-auditlog field changes in one list, newest first
+# ------------------------------------------------------------------------------
+
+TRAIL_EVENT = "event"
+TRAIL_CHANGE = "change"
+
+
+@dataclass(frozen=True)
+class TrailEntry:
+    """One line of the merged trail: an AuditEvent (`event`) or a django-auditlog LogEntry (`change`)."""
+
+    kind: str
+    at: datetime
+    event: AuditEvent | None = None
+    change: LogEntry | None = None
+
+
+def audit_trail_keys(
+    *,
+    actor: Any,
+    username: str = "",
+    event_type: int | None = None,
+    changes_only: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> models.QuerySet[Any]:
+    """The current tenant's audit events and field changes as one list of `(kind, at, row id)`, newest first.
+
+    The database merges the two tables (UNION ALL, ordered, so slicing gives any page correctly without reading
+    the rows before it into Python); `audit_trail_entries` then loads the rows of one page or batch.
+    `event_type` keeps only events of that verb (a field change has none); `changes_only` keeps only changes.
+    Needs `tenants.view_audit`; without it the list is empty.
+    """
+    kind = models.CharField(max_length=8)
+    events = audit_event_list(actor=actor, username=username, event_type=event_type, since=since, until=until)
+    changes = audit_change_list(actor=actor, username=username, since=since, until=until)
+    if changes_only:
+        events = events.none()
+    if event_type is not None:
+        changes = changes.none()
+    event_keys = (
+        events.order_by()
+        .annotate(trail_kind=models.Value(TRAIL_EVENT, output_field=kind), trail_at=models.F("occurred_at"),
+                  trail_id=models.F("pk"))
+        .values_list("trail_kind", "trail_at", "trail_id")
+    )  # fmt: skip
+    change_keys = (
+        changes.order_by()
+        .annotate(trail_kind=models.Value(TRAIL_CHANGE, output_field=kind), trail_at=models.F("timestamp"),
+                  trail_id=models.F("pk"))
+        .values_list("trail_kind", "trail_at", "trail_id")
+    )  # fmt: skip
+    return event_keys.union(change_keys, all=True).order_by("-trail_at", "-trail_id")
+
+
+def audit_trail_entries(keys: Iterable[tuple[str, datetime, int]]) -> list[TrailEntry]:
+    """Load the rows behind trail keys (one page or batch), in the keys' order. Runs inside the tenant scope."""
+    keys = list(keys)
+    event_ids = [row_id for kind, _, row_id in keys if kind == TRAIL_EVENT]
+    change_ids = [row_id for kind, _, row_id in keys if kind == TRAIL_CHANGE]
+    events = AuditEvent.objects.select_related("actor_user").in_bulk(event_ids) if event_ids else {}
+    changes = LogEntry.objects.select_related("actor", "content_type").in_bulk(change_ids) if change_ids else {}
+    entries = []
+    for kind, at, row_id in keys:
+        if kind == TRAIL_EVENT and row_id in events:
+            entries.append(TrailEntry(kind, at, event=events[row_id]))
+        elif kind == TRAIL_CHANGE and row_id in changes:
+            entries.append(TrailEntry(kind, at, change=changes[row_id]))
+    return entries

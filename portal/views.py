@@ -73,7 +73,9 @@ class TenantPageView(View):
                 response.render()  # templates read the scope: render inside it
             return response
 
-    def render(self, request: HttpRequest, template: str, context: dict[str, Any] | None = None, **kw: Any) -> HttpResponse:
+    def render(
+        self, request: HttpRequest, template: str, context: dict[str, Any] | None = None, **kw: Any
+    ) -> HttpResponse:
         base = {"tenant": self.tenant, "membership": self.membership, "perms": self.perms}
         return render(request, template, {**base, **(context or {})}, **kw)
 

@@ -191,6 +191,13 @@ class ApiToken(TenantOwnedModel):
         at = at or timezone.now()
         return self.revoked_at is None and self.expires_at > at
 
+    @property
+    def status(self) -> str:
+        """"revoked", "expired" or "active", for pages and API output."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "active" if self.expires_at > timezone.now() else "expired"
+
 
 class UserSession(models.Model):
     """Which browser sessions a user holds, so that deactivation and ended memberships can end them at once."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -51,7 +52,9 @@ def tenant_list_for_user(*, user: Any) -> list[tuple[Tenant, Membership]]:
         return []
     now = timezone.now()
     memberships = (
-        Membership.unscoped_objects.filter(user=user, status=Membership.Status.ACTIVE, tenant__status=Tenant.Status.ACTIVE)
+        Membership.unscoped_objects.filter(
+            user=user, status=Membership.Status.ACTIVE, tenant__status=Tenant.Status.ACTIVE
+        )
         .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
         .select_related("tenant")
         .order_by("tenant__name")
@@ -69,19 +72,26 @@ def api_token_list_across_tenants(*, user: User) -> models.QuerySet[ApiToken]:
     return ApiToken.unscoped_objects.filter(user=user, revoked_at__isnull=True).select_related("tenant")
 
 
-def membership_list(*, actor: Any, include_ended: bool = True) -> models.QuerySet[Membership]:
-    """The current tenant's memberships that `actor` may see (`tenants.view_members`)."""
+def membership_list(
+    *, actor: Any, include_ended: bool = True, role: str | None = None, status: str | None = None
+) -> models.QuerySet[Membership]:
+    """The current tenant's memberships that `actor` may see (`tenants.view_members`), optionally only those
+    with `role` and/or `status`."""
     qs = access.visible(actor, "tenants.view_members", Membership.objects.all())
     if not include_ended:
         qs = qs.filter(status=Membership.Status.ACTIVE)
+    if role:
+        qs = qs.filter(role=role)
+    if status:
+        qs = qs.filter(status=status)
     return qs.select_related("user").order_by("status", "user__username")
 
 
 def membership_get(*, actor: Any, public_id: UUID | str) -> Membership:
-    """One membership of the current tenant by public id, or `NotVisible`."""
+    """One membership of the current tenant by public id, or `NotVisible` (also for a malformed id)."""
     try:
         return membership_list(actor=actor).get(public_id=public_id)
-    except (Membership.DoesNotExist, ValueError, TypeError) as exc:
+    except (Membership.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise access.NotVisible() from exc
 
 
@@ -99,7 +109,16 @@ def api_token_get(*, actor: Any, public_id: UUID | str) -> ApiToken:
         qs = qs.filter(user=actor)
     try:
         return qs.select_related("user").get(public_id=public_id)
-    except (ApiToken.DoesNotExist, ValueError, TypeError) as exc:
+    except (ApiToken.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
+
+
+def api_token_get_for_operator(*, public_id: UUID | str) -> ApiToken:
+    """Any token of the current tenant, for platform operators' commands (`manage.py api_token revoke`), which
+    act as the system, not as a member. Raises `NotVisible` when the tenant has no such token."""
+    try:
+        return ApiToken.objects.select_related("user").get(public_id=public_id)
+    except (ApiToken.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise access.NotVisible() from exc
 
 

@@ -6,7 +6,7 @@ Personas follow the style guide: `radiologist_a` and `technologist_a` (tenant A)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -108,7 +108,7 @@ def client_for() -> Callable[[User], Client]:
 
 
 @pytest.fixture
-def api_client_for(db: Any) -> Iterator[Callable[[User, Tenant], APIClient]]:
+def api_client_for(db: Any) -> Callable[[User, Tenant], APIClient]:
     """An API client with a fresh bearer token of `user` in `tenant`, made by the real service."""
 
     def make(user: User, tenant: Tenant) -> APIClient:
@@ -118,4 +118,4 @@ def api_client_for(db: Any) -> Iterator[Callable[[User, Tenant], APIClient]]:
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
         return client
 
-    yield make
+    return make

@@ -84,18 +84,23 @@ def test_every_tenant_route_uses_the_base_class():
     for route, pattern in _walk(get_resolver().url_patterns):
         view = _view_class(pattern)
         if route.startswith("api/v1/t/<slug:tenant>/"):
-            assert view is not None and issubclass(view, TenantApi), route
+            assert view is not None, route
+            assert issubclass(view, TenantApi), route
             api_routes += 1
         elif route.startswith("t/<slug:tenant>/"):
-            assert view is not None and issubclass(view, TenantPageView), route
+            assert view is not None, route
+            assert issubclass(view, TenantPageView), route
             page_routes += 1
         elif route.startswith("api/"):
-            assert view is not None and view.__name__ in PUBLIC_VIEWS, route
+            assert view is not None, route
+            assert view.__name__ in PUBLIC_VIEWS, route
     assert page_routes >= 1
     del api_routes
 
 
-@pytest.mark.parametrize(("word", "allowed"), [("unscoped_objects", UNSCOPED_ALLOWED), ("dangerously_", DANGEROUS_ALLOWED)])
+@pytest.mark.parametrize(
+    ("word", "allowed"), [("unscoped_objects", UNSCOPED_ALLOWED), ("dangerously_", DANGEROUS_ALLOWED)]
+)
 def test_escape_hatches_only_in_allow_listed_files(word, allowed):
     offenders = [
         str(p.relative_to(ROOT))

@@ -7,7 +7,8 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -75,3 +76,34 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     response.data = body
     response.content_type = PROBLEM_CONTENT_TYPE
     return response
+
+
+class ProblemSerializer(serializers.Serializer):
+    """The error body, for the OpenAPI schema (`extend_schema(responses=...)`); not used to render."""
+
+    type = serializers.CharField()
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField()
+    code = serializers.CharField(required=False)
+    errors = serializers.DictField(required=False, help_text="For 400: the invalid fields, each with its messages.")
+
+    class Meta:
+        ref_name = "Problem"
+
+
+PROBLEM_DESCRIPTIONS = {
+    400: "Invalid request: `errors` names each invalid field with its messages.",
+    401: "No valid credentials: a bearer token that is unknown, expired or revoked, or no MFA-verified session.",
+    403: "The caller is a member of the tenant but may not do this.",
+    404: "No such object, or one the caller may not see (the same body either way); also for a tenant the caller "
+    "is not a member of.",
+}
+
+
+def problem_responses(*codes: int) -> dict[tuple[int, str], OpenApiResponse]:
+    """The documented error responses of an operation, for `extend_schema(responses={...})`."""
+    return {
+        (code, PROBLEM_CONTENT_TYPE): OpenApiResponse(ProblemSerializer, description=PROBLEM_DESCRIPTIONS[code])
+        for code in codes
+    }

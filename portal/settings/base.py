@@ -168,7 +168,7 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
-# CACHES (throttles, lockouts)
+# CACHES, for throttles and lockouts
 # ------------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -215,7 +215,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-# DJANGO-OTP (MFA)
+# DJANGO-OTP: second factor
 # ------------------------------------------------------------------------------
 OTP_TOTP_ISSUER = "Enclave"
 OTP_TOTP_TOLERANCE = 1

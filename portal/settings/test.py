@@ -22,7 +22,7 @@ DATABASES = {"default": env.db("DATABASE_URL", default="postgres://enclave@127.0
 
 # PASSWORDS: a fast hasher; tests/portal/test_settings.py checks the production list starts with Argon2
 # ------------------------------------------------------------------------------
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # noqa: S303
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # CACHES: real Redis, one key prefix per run so parallel test processes do not share throttles
 # ------------------------------------------------------------------------------

@@ -41,13 +41,15 @@ def test_celery_configuration_is_what_we_meant():
     assert conf.task_serializer == "json"
     assert conf.result_serializer == "json"
     assert list(conf.accept_content) == ["json"]
-    assert conf.task_time_limit and conf.task_soft_time_limit
+    assert conf.task_time_limit
+    assert conf.task_soft_time_limit
     assert conf.task_soft_time_limit < conf.task_time_limit
     # Redis gives an unacknowledged task back after the visibility timeout: it must outlast any task (H2).
     assert conf.broker_transport_options["visibility_timeout"] >= 2 * conf.task_time_limit
     assert conf.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
     assert celery_app.task_cls == "celery.contrib.django.task:DjangoTask"
     assert conf.beat_schedule["memberships-end-due"]["task"] == "tenants.tasks.memberships_end_due"
+    celery_app.loader.import_default_modules()  # what a worker does at start: autodiscovery
     assert "tenants.tasks.memberships_end_due" in celery_app.tasks
 
 
@@ -80,9 +82,8 @@ def test_demo_is_refused_in_production():
 
 
 def test_query_strings_never_reach_plain_logs():
-    record = logging.LogRecord(
-        "django.server", logging.INFO, __file__, 1, '"%s" %s %s', ("GET /dicomweb/north/studies?PatientName=DOE^JANE HTTP/1.1", 200, 12), None
-    )
+    line = "GET /dicomweb/north/studies?PatientName=DOE^JANE HTTP/1.1"
+    record = logging.LogRecord("django.server", logging.INFO, __file__, 1, '"%s" %s %s', (line, 200, 12), None)
     StripQueryStringFilter().filter(record)
     assert "DOE" not in record.getMessage()
     assert "/dicomweb/north/studies?" in record.getMessage()
@@ -112,5 +113,5 @@ def test_openapi_schema_needs_sign_in(client, admin_a, client_for):
 def test_settings_name_no_secret_defaults_in_base():
     from portal.settings import base
 
-    assert base.SECRET_KEY == os.environ.get("SECRET_KEY", "")
+    assert os.environ.get("SECRET_KEY", "") == base.SECRET_KEY
     assert settings.ENCLAVE_ENV == "test"
