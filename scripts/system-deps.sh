@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the test suite drives for real: Chromium (through Playwright; never a downloaded browser).
+# Debian packages the test suite drives for real: Chromium (through Playwright; never a downloaded browser),
+# ClamAV's daemon (malware scanning, with a test signature the tests write) and dcmtk (a second DICOM client).
 # Installs what is missing when run as root; otherwise says what to install.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
+command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = "0" ]; then
   echo "Installing ${missing[*]} from Debian's packages"

@@ -1,0 +1,159 @@
+"""Envelope encryption, pure functions over bytes (no ORM, no settings).
+
+The master key wraps one key-encryption key (KEK) per tenant; each blob has its own random data key, wrapped by
+its tenant's KEK. Blobs are AES-256-GCM in independent chunks (the STREAM construction): each chunk's nonce is a
+random per-blob prefix plus the chunk counter, and its associated data binds the tenant id, the blob id, the
+chunk index and whether it is the last chunk. So a chunk cannot be moved to another blob, another tenant or
+another position, and a blob cut short is detected; and a blob can be decrypted as a stream, chunk by chunk,
+without holding it whole in memory.
+
+Format of an encrypted blob: MAGIC (4) | chunk size (4, big-endian) | nonce prefix (8) | chunks, each the
+ciphertext of up to `chunk size` bytes followed by its 16-byte tag.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Iterator
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"ENC1"
+HEADER = struct.Struct(">4sI8s")
+TAG_BYTES = 16
+KEY_BYTES = 32
+DEFAULT_CHUNK = 1 << 20
+
+
+class DecryptionError(Exception):
+    """The bytes were altered, truncated, reordered or belong to another blob or tenant."""
+
+
+def new_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def _wrap(wrapping_key: bytes, key: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(wrapping_key).encrypt(nonce, key, aad)
+
+
+def _unwrap(wrapping_key: bytes, wrapped: bytes, aad: bytes) -> bytes:
+    try:
+        return AESGCM(wrapping_key).decrypt(wrapped[:12], wrapped[12:], aad)
+    except InvalidTag as exc:
+        raise DecryptionError("a wrapped key does not open with this key") from exc
+
+
+def _kek_aad(tenant_id: int, version: int) -> bytes:
+    return f"enclave:kek:{tenant_id}:{version}".encode()
+
+
+def _data_key_aad(tenant_id: int, blob_id: str) -> bytes:
+    return f"enclave:dek:{tenant_id}:{blob_id}".encode()
+
+
+def wrap_tenant_key(*, master_key: bytes, tenant_key: bytes, tenant_id: int, version: int) -> bytes:
+    return _wrap(master_key, tenant_key, _kek_aad(tenant_id, version))
+
+
+def unwrap_tenant_key(*, master_key: bytes, wrapped: bytes, tenant_id: int, version: int) -> bytes:
+    return _unwrap(master_key, wrapped, _kek_aad(tenant_id, version))
+
+
+def wrap_data_key(*, tenant_key: bytes, data_key: bytes, tenant_id: int, blob_id: str) -> bytes:
+    return _wrap(tenant_key, data_key, _data_key_aad(tenant_id, blob_id))
+
+
+def unwrap_data_key(*, tenant_key: bytes, wrapped: bytes, tenant_id: int, blob_id: str) -> bytes:
+    return _unwrap(tenant_key, wrapped, _data_key_aad(tenant_id, blob_id))
+
+
+def _chunk_aad(tenant_id: int, blob_id: str, index: int, last: bool) -> bytes:
+    return f"enclave:blob:{tenant_id}:{blob_id}:{index}:{int(last)}".encode()
+
+
+def _nonce(prefix: bytes, index: int) -> bytes:
+    return prefix + struct.pack(">I", index)
+
+
+def encrypt_chunks(
+    chunks: Iterable[bytes], *, data_key: bytes, tenant_id: int, blob_id: str, chunk_size: int = DEFAULT_CHUNK
+) -> Iterator[bytes]:
+    """Encrypt a stream of plaintext (any chunking) into the blob format, yielding the output piece by piece."""
+    prefix = os.urandom(8)
+    aead = AESGCM(data_key)
+    yield HEADER.pack(MAGIC, chunk_size, prefix)
+    pending = b""
+    index = 0
+    source = iter(chunks)
+    exhausted = False
+    while not exhausted or pending:
+        while len(pending) <= chunk_size and not exhausted:
+            try:
+                pending += next(source)
+            except StopIteration:
+                exhausted = True
+        piece, pending = pending[:chunk_size], pending[chunk_size:]
+        last = exhausted and not pending
+        yield aead.encrypt(_nonce(prefix, index), piece, _chunk_aad(tenant_id, blob_id, index, last))
+        index += 1
+        if last:
+            return  # empty input gives one empty final chunk, so an empty blob still authenticates
+
+
+def encrypt(
+    plaintext: bytes, *, data_key: bytes, tenant_id: int, blob_id: str, chunk_size: int = DEFAULT_CHUNK
+) -> bytes:
+    return b"".join(
+        encrypt_chunks([plaintext], data_key=data_key, tenant_id=tenant_id, blob_id=blob_id, chunk_size=chunk_size)
+    )
+
+
+def decrypt_stream(read: Iterable[bytes], *, data_key: bytes, tenant_id: int, blob_id: str) -> Iterator[bytes]:
+    """Decrypt a blob given as a stream of ciphertext pieces, yielding plaintext chunk by chunk.
+
+    Raises DecryptionError as soon as a chunk fails, and at the end if the final chunk never came.
+    """
+    buffer = b""
+    source = iter(read)
+    exhausted = False
+
+    def fill(n: int) -> None:
+        nonlocal buffer, exhausted
+        while len(buffer) < n and not exhausted:
+            try:
+                buffer += next(source)
+            except StopIteration:
+                exhausted = True
+
+    fill(HEADER.size)
+    if len(buffer) < HEADER.size:
+        raise DecryptionError("too short to be an encrypted blob")
+    magic, chunk_size, prefix = HEADER.unpack(buffer[: HEADER.size])
+    if magic != MAGIC or chunk_size <= 0:
+        raise DecryptionError("not an encrypted blob")
+    buffer = buffer[HEADER.size :]
+    aead = AESGCM(data_key)
+    sealed = chunk_size + TAG_BYTES
+    index = 0
+    while True:
+        fill(sealed + 1)  # one byte more tells whether this chunk is the last
+        if not buffer:
+            raise DecryptionError("the blob ends before its final chunk")
+        piece, rest = buffer[:sealed], buffer[sealed:]
+        last = exhausted and not rest
+        try:
+            yield aead.decrypt(_nonce(prefix, index), piece, _chunk_aad(tenant_id, blob_id, index, last))
+        except InvalidTag as exc:
+            raise DecryptionError(f"chunk {index} was altered, moved or cut") from exc
+        if last:
+            return
+        buffer = rest
+        index += 1
+
+
+def decrypt(ciphertext: bytes, *, data_key: bytes, tenant_id: int, blob_id: str) -> bytes:
+    return b"".join(decrypt_stream([ciphertext], data_key=data_key, tenant_id=tenant_id, blob_id=blob_id))

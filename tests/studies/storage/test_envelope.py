@@ -1,0 +1,85 @@
+"""Envelope encryption: round trips, and every way a blob can be tampered with is refused."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from studies.storage import envelope as env
+
+TENANT, BLOB = 7, "3f0b6a7e-blob"
+
+
+@pytest.fixture
+def key() -> bytes:
+    return env.new_key()
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4096, 4095, 4097, 3 * 4096, 10_000])
+def test_round_trip_at_every_boundary(key, size):
+    data = os.urandom(size)
+    sealed = env.encrypt(data, data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    assert env.decrypt(sealed, data_key=key, tenant_id=TENANT, blob_id=BLOB) == data
+
+
+def test_stream_decrypts_piece_by_piece(key):
+    data = os.urandom(50_000)
+    sealed = env.encrypt(data, data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    pieces = [sealed[i : i + 777] for i in range(0, len(sealed), 777)]
+    out = list(env.decrypt_stream(pieces, data_key=key, tenant_id=TENANT, blob_id=BLOB))
+    assert b"".join(out) == data
+    assert len(out) == 13  # one plaintext chunk at a time, never the whole blob
+
+
+def test_ciphertext_shows_nothing_of_the_plaintext(key):
+    data = b"\0" * 128 + b"DICM" + b"DOE^JANE" * 100
+    sealed = env.encrypt(data, data_key=key, tenant_id=TENANT, blob_id=BLOB)
+    assert b"DICM" not in sealed
+    assert b"DOE^JANE" not in sealed
+
+
+def test_flipped_byte_is_refused(key):
+    sealed = bytearray(env.encrypt(os.urandom(10_000), data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096))
+    sealed[5000] ^= 1
+    with pytest.raises(env.DecryptionError):
+        env.decrypt(bytes(sealed), data_key=key, tenant_id=TENANT, blob_id=BLOB)
+
+
+@pytest.mark.parametrize("cut", [1, 16, 4096 + 16])
+def test_truncated_blob_is_refused_even_at_a_chunk_boundary(key, cut):
+    sealed = env.encrypt(os.urandom(3 * 4096), data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    with pytest.raises(env.DecryptionError):
+        env.decrypt(sealed[:-cut], data_key=key, tenant_id=TENANT, blob_id=BLOB)
+
+
+def test_blob_bound_to_its_tenant_and_id(key):
+    sealed = env.encrypt(b"pixels", data_key=key, tenant_id=TENANT, blob_id=BLOB)
+    with pytest.raises(env.DecryptionError):
+        env.decrypt(sealed, data_key=key, tenant_id=TENANT + 1, blob_id=BLOB)
+    with pytest.raises(env.DecryptionError):
+        env.decrypt(sealed, data_key=key, tenant_id=TENANT, blob_id="another")
+
+
+def test_reordered_chunks_are_refused(key):
+    sealed = env.encrypt(os.urandom(3 * 4096), data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    header, size = sealed[: env.HEADER.size], 4096 + env.TAG_BYTES
+    body = sealed[env.HEADER.size :]
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    swapped = header + chunks[1] + chunks[0] + b"".join(chunks[2:])
+    with pytest.raises(env.DecryptionError):
+        env.decrypt(swapped, data_key=key, tenant_id=TENANT, blob_id=BLOB)
+
+
+def test_keys_wrap_and_unwrap_only_in_their_context():
+    master, kek, dek = env.new_key(), env.new_key(), env.new_key()
+    wrapped_kek = env.wrap_tenant_key(master_key=master, tenant_key=kek, tenant_id=TENANT, version=1)
+    assert env.unwrap_tenant_key(master_key=master, wrapped=wrapped_kek, tenant_id=TENANT, version=1) == kek
+    with pytest.raises(env.DecryptionError):
+        env.unwrap_tenant_key(master_key=master, wrapped=wrapped_kek, tenant_id=TENANT + 1, version=1)
+    with pytest.raises(env.DecryptionError):
+        env.unwrap_tenant_key(master_key=env.new_key(), wrapped=wrapped_kek, tenant_id=TENANT, version=1)
+    wrapped_dek = env.wrap_data_key(tenant_key=kek, data_key=dek, tenant_id=TENANT, blob_id=BLOB)
+    assert env.unwrap_data_key(tenant_key=kek, wrapped=wrapped_dek, tenant_id=TENANT, blob_id=BLOB) == dek
+    with pytest.raises(env.DecryptionError):
+        env.unwrap_data_key(tenant_key=kek, wrapped=wrapped_dek, tenant_id=TENANT, blob_id="other")
