@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,12 +19,17 @@ from audit.models import AuditEvent
 from audit.selectors import audit_change_list, audit_event_get, audit_event_list
 from audit.services import audit_event_record
 from portal.api.base import TenantApi
+from portal.api.errors import problem_responses
 from portal.api.pagination import Pagination
 from tenants import access
 
 VIEW_AUDIT = "tenants.view_audit"
 CHANGE_ACTIONS = {0: "create", 1: "update", 2: "delete", 3: "access"}
-PROBLEM = OpenApiResponse(description="Problem details (RFC 7807): forbidden, not found or invalid filters.")
+PAGE_PARAMETERS = [
+    OpenApiParameter("limit", OpenApiTypes.INT, description=f"Rows per page (at most {Pagination.max_limit})."),
+    OpenApiParameter("offset", OpenApiTypes.INT, description="Rows to skip."),
+]
+PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The event's id.")
 
 
 def _paginated(name: str, item: serializers.Serializer) -> serializers.Serializer:
@@ -51,6 +57,12 @@ def _log_used(request: Request, api: TenantApi, extra: dict[str, Any]) -> None:
 
 def _filters_recorded(data: dict[str, Any]) -> dict[str, str]:
     return {key: value.isoformat() if hasattr(value, "isoformat") else str(value) for key, value in data.items()}
+
+
+def _event_type(value: str) -> int | None:
+    if not value:
+        return None
+    return int(value) if value.isdigit() else EventType[value].value
 
 
 class AuditEventOutputSerializer(serializers.Serializer):
@@ -100,7 +112,9 @@ class AuditEventListApi(TenantApi):
     class FilterSerializer(serializers.Serializer):
         user = serializers.CharField(required=False, max_length=150, help_text="User name (any case).")
         event_type = serializers.ChoiceField(
-            required=False, choices=[e.name for e in EventType], help_text="Our verb, such as LOGIN_FAILED."
+            required=False,
+            choices=[e.name for e in EventType] + [str(e.value) for e in EventType],
+            help_text="Our verb, by name (LOGIN_FAILED) or number (102).",
         )
         since = serializers.DateTimeField(required=False, help_text="From this time (inclusive).")
         until = serializers.DateTimeField(required=False, help_text="Before this time (exclusive).")
@@ -114,8 +128,11 @@ class AuditEventListApi(TenantApi):
 
     @extend_schema(
         operation_id="audit_events_list",
-        parameters=[FilterSerializer],
-        responses={200: _paginated("PaginatedAuditEventList", AuditEventOutputSerializer(many=True)), 403: PROBLEM},
+        parameters=[FilterSerializer, *PAGE_PARAMETERS],
+        responses={
+            200: _paginated("AuditEventPage", AuditEventOutputSerializer(many=True)),
+            **problem_responses(400, 401, 403, 404),
+        },
     )
     def get(self, request: Request, tenant: str) -> Response:
         access.require(request.user, VIEW_AUDIT, self.tenant)
@@ -125,7 +142,7 @@ class AuditEventListApi(TenantApi):
         events = audit_event_list(
             actor=request.user,
             username=data.get("user", ""),
-            event_type=EventType[data["event_type"]].value if data.get("event_type") else None,
+            event_type=_event_type(data.get("event_type", "")),
             since=data.get("since"),
             until=data.get("until"),
         )
@@ -142,7 +159,9 @@ class AuditEventDetailApi(TenantApi):
     OutputSerializer = AuditEventOutputSerializer
 
     @extend_schema(
-        operation_id="audit_events_retrieve", responses={200: AuditEventOutputSerializer, 403: PROBLEM, 404: PROBLEM}
+        operation_id="audit_events_retrieve",
+        parameters=[PUBLIC_ID],
+        responses={200: AuditEventOutputSerializer, **problem_responses(401, 403, 404)},
     )
     def get(self, request: Request, tenant: str, public_id: str) -> Response:
         access.require(request.user, VIEW_AUDIT, self.tenant)
@@ -195,8 +214,11 @@ class AuditChangeListApi(TenantApi):
 
     @extend_schema(
         operation_id="audit_changes_list",
-        parameters=[FilterSerializer],
-        responses={200: _paginated("PaginatedAuditChangeList", AuditChangeOutputSerializer(many=True)), 403: PROBLEM},
+        parameters=[FilterSerializer, *PAGE_PARAMETERS],
+        responses={
+            200: _paginated("AuditChangePage", AuditChangeOutputSerializer(many=True)),
+            **problem_responses(400, 401, 403, 404),
+        },
     )
     def get(self, request: Request, tenant: str) -> Response:
         access.require(request.user, VIEW_AUDIT, self.tenant)

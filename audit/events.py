@@ -30,6 +30,7 @@ USER_AUTHENTICATION = Code("110114", "User Authentication")
 LOGIN = Code("110122", "Login")
 LOGOUT = Code("110123", "Logout")
 NODE_AUTHENTICATION = Code("110126", "Node Authentication")
+NETWORK_CONFIGURATION = Code("110128", "Network Configuration")
 SECURITY_CONFIGURATION = Code("110129", "Security Configuration")
 USE_OF_RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
 SECURITY_ROLES_CHANGED = Code("110136", "Security Roles Changed")
@@ -84,6 +85,15 @@ class EventType(IntEnum):
     ACCESS_DENIED = 209
     # 300-399: the audit trail itself
     AUDIT_LOG_USED = 301
+    # 400-499: devices
+    DEVICE_REGISTERED = 401
+    DEVICE_APPROVED = 402
+    ASSOCIATION_REJECTED = 403
+    # 500-599: studies
+    INSTANCES_STORED = 501
+    INGEST_REJECTED = 502
+    MALWARE_DETECTED = 503
+    INGEST_CONFLICT = 504
 
     @property
     def spec(self) -> EventSpec:
@@ -126,4 +136,17 @@ EVENTS: dict[EventType, EventSpec] = {
         SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "A request was refused"
     ),
     EventType.AUDIT_LOG_USED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Audit trail read"),
+    EventType.DEVICE_REGISTERED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Device registered"),
+    EventType.DEVICE_APPROVED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device approved"),
+    EventType.ASSOCIATION_REJECTED: EventSpec(
+        SECURITY_ALERT, NODE_AUTHENTICATION, Action.EXECUTE, "DICOM association from an unknown device refused"
+    ),
+    EventType.INSTANCES_STORED: EventSpec(INSTANCES_TRANSFERRED, None, Action.CREATE, "Instances stored"),
+    EventType.INGEST_REJECTED: EventSpec(INSTANCES_TRANSFERRED, None, Action.CREATE, "Incoming object rejected"),
+    EventType.MALWARE_DETECTED: EventSpec(
+        SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "Malware or an executable preamble refused"
+    ),
+    EventType.INGEST_CONFLICT: EventSpec(
+        INSTANCES_TRANSFERRED, None, Action.UPDATE, "Different bytes under a stored SOP Instance UID kept apart"
+    ),
 }

@@ -51,7 +51,8 @@ class AuditEvent(models.Model):
     sequence = models.BigIntegerField(editable=False)
     occurred_at = models.DateTimeField(default=timezone.now, editable=False)
     # EventIdentification
-    event_type = models.PositiveIntegerField(choices=[(e.value, e.label) for e in EventType])
+    # Our verb (audit.events.EventType). No `choices`: a new verb must not need a migration of this table.
+    event_type = models.PositiveIntegerField()
     event_id = models.CharField(max_length=16)
     event_id_display = models.CharField(max_length=64)
     event_type_code = models.CharField(max_length=16, blank=True)
@@ -92,7 +93,7 @@ class AuditEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.chain_id}#{self.sequence} {self.get_event_type_display()}"
+        return f"{self.chain_id}#{self.sequence} {self.verb}"
 
     # Fields that the hash covers, in a fixed order. Adding a field here changes every hash: only append.
     HASHED_FIELDS = (
@@ -124,5 +125,51 @@ class AuditEvent(models.Model):
         raise PermissionError("Audit events are append-only.")
 
     @property
+    def verb(self) -> str:
+        """Our business verb in words, such as "Member added"."""
+        try:
+            return EventType(self.event_type).spec.description
+        except ValueError:
+            return str(self.event_type)
+
+    @property
     def outcome_label(self) -> str:
         return Outcome.LABELS.get(self.outcome, str(self.outcome))
+
+
+class SecurityAlert(models.Model):
+    """Something a person must look at: malware sent in, a device that is not approved, a refused tenant escape.
+
+    Raised by `audit.services.security_alert_raise`, always together with the audit event that records it.
+    """
+
+    class Severity(models.TextChoices):
+        WARNING = "warning", "Warning"
+        HIGH = "high", "High"
+        CRITICAL = "critical", "Critical"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        ACKNOWLEDGED = "acknowledged", "Acknowledged"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    tenant = models.ForeignKey(Tenant, null=True, on_delete=models.PROTECT, related_name="+", editable=False)
+    raised_at = models.DateTimeField(default=timezone.now, editable=False)
+    kind = models.CharField(max_length=40)
+    severity = models.CharField(max_length=16, choices=Severity.choices, default=Severity.HIGH)
+    summary = models.CharField(max_length=300)
+    event = models.ForeignKey(AuditEvent, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantScopedManager()
+    unscoped_objects = models.Manager()
+
+    class Meta:
+        ordering = ["-raised_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.severity})"

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from audit import context as audit_context
 from audit.events import EventType, Outcome
-from audit.models import AuditChain, AuditEvent
+from audit.models import AuditChain, AuditEvent, SecurityAlert
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none
 from tenants.selectors import membership_current_get, tenant_list_for_user
@@ -178,3 +178,28 @@ def auth_event_record(
     if not tenants:
         return [audit_event_record(tenant=None, **common)]
     return [audit_event_record(tenant=tenant, **common) for tenant in tenants]
+
+
+@transaction.atomic
+def security_alert_raise(
+    *,
+    kind: str,
+    summary: str,
+    event: EventType,
+    severity: str = "high",
+    actor: Any = None,
+    tenant: Tenant | None = None,
+    target: Any = None,
+    participants: Iterable[Any] = (),
+    extra: Mapping[str, Any] | None = None,
+    outcome: int = Outcome.SERIOUS_FAILURE,
+) -> SecurityAlert:
+    """Record the audit event and open a SecurityAlert pointing at it, in one transaction. `summary` is shown to
+    reviewers: never put patient data in it (the event's participants carry what is needed)."""
+    row = audit_event_record(
+        event=event, actor=actor, tenant=tenant, target=target, participants=participants,
+        outcome=outcome, outcome_description=summary, extra=extra,
+    )  # fmt: skip
+    alert = SecurityAlert(tenant=row.tenant, kind=kind, summary=summary[:300], severity=severity, event=row)
+    alert.save()
+    return alert

@@ -1,4 +1,15 @@
 """Routes of the audit app: pages under /t/<tenant>/ and API under /api/v1/t/<tenant>/."""
 
-page_patterns: list = []
-api_patterns: list = []
+from django.urls import path
+
+from audit import apis, views
+
+page_patterns = [
+    path("audit/", views.AuditView.as_view(), name="audit"),
+    path("audit/export.csv", views.AuditExportView.as_view(), name="audit_export"),
+]
+api_patterns = [
+    path("audit-events/", apis.AuditEventListApi.as_view(), name="audit_event_list"),
+    path("audit-events/<str:public_id>/", apis.AuditEventDetailApi.as_view(), name="audit_event_detail"),
+    path("audit-changes/", apis.AuditChangeListApi.as_view(), name="audit_change_list"),
+]

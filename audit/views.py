@@ -39,6 +39,8 @@ class AuditFilterForm(forms.Form):
     event = forms.ChoiceField(required=False, label="Event")
     start = forms.DateField(required=False, label="From (UTC)", widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, label="To (UTC)", widget=forms.DateInput(attrs={"type": "date"}))
+    # The moment the first page was read: later pages stay the same list while new entries keep arriving.
+    asof = forms.DateTimeField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,16 +57,19 @@ class AuditFilterForm(forms.Form):
             raise forms.ValidationError("The start date is after the end date.")
         return data
 
-    def selector_filters(self) -> dict[str, Any]:
+    def selector_filters(self, *, asof: datetime | None = None) -> dict[str, Any]:
         """The cleaned filters as `audit_trail_keys` takes them; the end date counts whole (until its midnight)."""
         data = self.cleaned_data
         event = data.get("event") or ""
+        until = _midnight_utc(data["end"] + timedelta(days=1)) if data.get("end") else None
+        if asof is not None:
+            until = min(until, asof) if until is not None else asof
         return {
             "username": data.get("user", "").strip(),
             "event_type": int(event) if event and event != CHANGES else None,
             "changes_only": event == CHANGES,
             "since": _midnight_utc(data["start"]) if data.get("start") else None,
-            "until": _midnight_utc(data["end"] + timedelta(days=1)) if data.get("end") else None,
+            "until": until,
         }
 
     def recorded_filters(self) -> dict[str, str]:
@@ -98,6 +103,15 @@ def _change_lines(entry: TrailEntry) -> list[tuple[str, str, str]]:
     return [(field, str(values[0]), str(values[1])) for field, values in (entry.change.changes_dict or {}).items()]
 
 
+def _change_text(action: str, old: str, new: str) -> str:
+    """How a changed field reads on the page: a created row has only new values, a deleted one only old ones."""
+    if action == "C":
+        return new
+    if action == "D":
+        return f"was {old}"
+    return f"{old} → {new}"
+
+
 def trail_row(entry: TrailEntry) -> dict[str, Any]:
     """One line of the page or the export, the same columns for both layers (SECURITY.md, minimum columns)."""
     if entry.kind == TRAIL_EVENT:
@@ -111,7 +125,7 @@ def trail_row(entry: TrailEntry) -> dict[str, Any]:
             "event_display": event.event_id_display,
             "event_type_code": event.event_type_code,
             "event_type_display": event.event_type_display,
-            "verb": event.get_event_type_display(),
+            "verb": event.verb,
             "action": event.action,
             "action_label": ACTION_LABELS.get(event.action, event.action),
             "outcome": event.outcome,
@@ -128,6 +142,7 @@ def trail_row(entry: TrailEntry) -> dict[str, Any]:
             "model": "",
             "object": "",
             "changes": [],
+            "change_texts": [],
             "hash": event.hash,
         }
     change = entry.change
@@ -158,6 +173,7 @@ def trail_row(entry: TrailEntry) -> dict[str, Any]:
         "model": f"{change.content_type.app_label}.{change.content_type.model}",
         "object": change.object_repr,
         "changes": _change_lines(entry),
+        "change_texts": [(field, _change_text(action, old, new)) for field, old, new in _change_lines(entry)],
         "hash": "",
     }
 
@@ -172,7 +188,8 @@ class AuditView(TenantPageView):
         form = AuditFilterForm(request.GET)
         if not form.is_valid():
             return self.render(request, "audit/audit.html", {"form": form, "rows": [], "page_obj": None}, status=400)
-        paginator = Paginator(audit_trail_keys(actor=request.user, **form.selector_filters()), PAGE_SIZE)
+        asof = form.cleaned_data.get("asof") or timezone.now()
+        paginator = Paginator(audit_trail_keys(actor=request.user, **form.selector_filters(asof=asof)), PAGE_SIZE)
         page_obj = paginator.get_page(request.GET.get("page"))
         rows = [trail_row(entry) for entry in audit_trail_entries(page_obj.object_list)]
         audit_event_record(
@@ -184,11 +201,14 @@ class AuditView(TenantPageView):
         )
         export_query = request.GET.copy()
         export_query.pop("page", None)
-        return self.render(
-            request,
-            "audit/audit.html",
-            {"form": form, "rows": rows, "page_obj": page_obj, "export_query": export_query.urlencode()},
-        )
+        context = {
+            "form": form,
+            "rows": rows,
+            "page_obj": page_obj,
+            "asof": asof.astimezone(UTC).isoformat(timespec="microseconds"),
+            "export_query": export_query.urlencode(),
+        }
+        return self.render(request, "audit/audit.html", context)
 
 
 CSV_COLUMNS = [
@@ -246,7 +266,7 @@ class AuditExportView(TenantPageView):
         if not form.is_valid():
             errors = "; ".join(str(error) for errors in form.errors.values() for error in errors)
             return HttpResponse(f"Invalid filters: {errors}\n", status=400, content_type="text/plain; charset=utf-8")
-        keys = audit_trail_keys(actor=request.user, **form.selector_filters())
+        keys = audit_trail_keys(actor=request.user, **form.selector_filters(asof=form.cleaned_data.get("asof")))
         audit_event_record(
             event=EventType.AUDIT_LOG_USED,
             actor=request.user,

@@ -10,4 +10,11 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.MEMBERSHIP_EXPIRY_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Queue again any ingest item left `received` or `processing` too long (a lost broker message, a killed
+    # worker): the database, not Redis, is the record of work to do.
+    "ingest-sweep": {
+        "task": "studies.tasks.ingest_sweep",
+        "schedule": float(settings.INGEST_SWEEP_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
 }

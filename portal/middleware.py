@@ -16,6 +16,7 @@ from audit.services import auth_event_record
 
 SESSION_AUTH_AT = "enclave_auth_at"
 SESSION_LAST_SEEN = "enclave_last_seen"
+SESSION_EXPIRED_REASON = "enclave_expired"  # in the new anonymous session: the sign-in page says why
 
 
 class RequestIdMiddleware:
@@ -62,6 +63,7 @@ class SessionTimeoutMiddleware:
                     extra={"reason": reason},
                 )
                 request.session_expired = reason  # type: ignore[attr-defined]
+                request.session[SESSION_EXPIRED_REASON] = reason
             else:
                 session[SESSION_LAST_SEEN] = now
                 session.setdefault(SESSION_AUTH_AT, now)

@@ -36,14 +36,17 @@ class Forbidden(Exception):
         self.code = code
 
 
-# The role -> tenant permission table. Minimum necessary: admins manage people but see no images, auditors
-# read the trail for a limited time, clinicians get image permissions in the work that adds images.
+# The role -> tenant permission table. Minimum necessary: admins manage people and devices but see no images,
+# auditors read the trail for a limited time, radiologists and technologists see and send every study of the
+# tenant; referring physicians see only studies that name them or are shared with them (per-study grants).
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    Role.TENANT_ADMIN: frozenset({"tenants.view_members", "tenants.manage_members", "tenants.view_audit"}),
+    Role.TENANT_ADMIN: frozenset(
+        {"tenants.view_members", "tenants.manage_members", "tenants.view_audit", "tenants.manage_devices"}
+    ),
     Role.COMPLIANCE_OFFICER: frozenset({"tenants.view_members", "tenants.view_audit"}),
     Role.AUDITOR: frozenset({"tenants.view_members", "tenants.view_audit"}),
-    Role.RADIOLOGIST: frozenset(),
-    Role.TECHNOLOGIST: frozenset(),
+    Role.RADIOLOGIST: frozenset({"tenants.view_studies", "tenants.upload_studies"}),
+    Role.TECHNOLOGIST: frozenset({"tenants.view_studies", "tenants.upload_studies"}),
     Role.REFERRING_PHYSICIAN: frozenset(),
 }
 

@@ -48,6 +48,8 @@ class Tenant(models.Model):
     slug = models.SlugField(max_length=40, unique=True)
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    # The called AE title that DICOM peers use to reach this tenant's archive (one per tenant).
+    ae_title = models.CharField(max_length=16, unique=True, null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -60,6 +62,9 @@ class Tenant(models.Model):
             ("view_members", "See the members of the tenant"),
             ("manage_members", "Add members, change roles and end dates, deactivate"),
             ("view_audit", "Read the tenant's audit trail"),
+            ("manage_devices", "Register and approve devices"),
+            ("view_studies", "See every study of the tenant"),
+            ("upload_studies", "Send studies into the archive"),
         ]
 
     def __str__(self) -> str:
@@ -193,7 +198,7 @@ class ApiToken(TenantOwnedModel):
 
     @property
     def status(self) -> str:
-        """"revoked", "expired" or "active", for pages and API output."""
+        """The token's state for pages and API output: "revoked", "expired" or "active"."""
         if self.revoked_at is not None:
             return "revoked"
         return "active" if self.expires_at > timezone.now() else "expired"

@@ -46,6 +46,12 @@ def tenant_get_for_member(*, user: Any, slug: str) -> tuple[Tenant, Membership]:
     return tenant, membership
 
 
+def tenant_for_called_ae(*, ae_title: str) -> Tenant | None:
+    """The active tenant whose archive answers to this called AE title (the DICOM listener's one way in)."""
+    tenant = Tenant.objects.filter(ae_title=(ae_title or "").strip().upper()).first()
+    return tenant if tenant is not None and tenant.is_active else None
+
+
 def tenant_list_for_user(*, user: Any) -> list[tuple[Tenant, Membership]]:
     """The tenants where `user` is a current member, with the membership, by tenant name."""
     if not isinstance(user, User) or not user.is_active:

@@ -31,15 +31,16 @@ API_TOKEN_PREFIX = "enc_"  # noqa: S105 -- a marker for secret scanners, not a s
 
 
 @transaction.atomic
-def tenant_create(*, slug: str, name: str) -> Tenant:
+def tenant_create(*, slug: str, name: str, ae_title: str | None = None) -> Tenant:
     """Create a tenant with its role groups and its audit chain. Platform work: no tenant actor.
 
+    `ae_title` is the called AE title DICOM peers use to reach this tenant's archive.
     Idempotent by slug: an existing tenant is returned unchanged (its groups are re-checked).
     """
     tenant = Tenant.objects.filter(slug=slug).first()
     created = tenant is None
     if tenant is None:
-        tenant = Tenant(slug=slug, name=name)
+        tenant = Tenant(slug=slug, name=name, ae_title=ae_title.upper() if ae_title else None)
         tenant.full_clean()
         tenant.save()
     access.role_groups_install(tenant=tenant)

@@ -24,6 +24,7 @@ UNSCOPED_ALLOWED = {
     "audit/models.py": "defines the bypass on AuditEvent",
     "tenants/selectors.py": "reads that open a scope: a user's memberships, a bearer token by digest",
     "tenants/tasks.py": "fan-out: which tenants have expired memberships",
+    "studies/tasks.py": "fan-out: which tenants have stuck ingest items",
     "audit/selectors.py": "the chain verifier walks every tenant's chain",
     "audit/admin.py": "operators' read-only view of events across tenants (no patient fields)",
     "tenants/admin.py": "operators' view of memberships across tenants",
@@ -35,7 +36,7 @@ PUBLIC_VIEWS = {
     "SpectacularAPIView": "OpenAPI schema: requires authentication, holds no tenant data",
     "SpectacularSwaggerView": "the schema's browser",
 }
-FANOUT_TASKS = {"tenants.tasks.memberships_end_due"}
+FANOUT_TASKS = {"tenants.tasks.memberships_end_due", "studies.tasks.ingest_sweep"}
 # Models with a tenant column that are not tenant data, each with its reason.
 UNSCOPED_MODELS = {
     "audit.AuditChain": "the lock row of a hash chain, also of the platform chain (no tenant); only audit.services "

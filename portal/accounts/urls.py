@@ -1,8 +1,11 @@
 from django.urls import path
-from django.views.generic import TemplateView
+
+from portal.accounts import views
 
 urlpatterns = [
-    path("login/", TemplateView.as_view(template_name="accounts/login.html"), name="login"),
-    path("mfa/", TemplateView.as_view(template_name="accounts/login.html"), name="mfa"),
-    path("set-password/<uidb64>/<token>/", TemplateView.as_view(template_name="accounts/login.html"), name="set_password"),
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("mfa/", views.MfaView.as_view(), name="mfa"),
+    path("mfa/setup/", views.MfaSetupView.as_view(), name="mfa_setup"),
+    path("logout/", views.LogoutView.as_view(), name="logout"),
+    path("set-password/<uidb64>/<token>/", views.SetPasswordView.as_view(), name="set_password"),
 ]

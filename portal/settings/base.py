@@ -66,6 +66,8 @@ THIRD_PARTY_APPS = [
 LOCAL_APPS = [
     "tenants",
     "audit",
+    "devices",
+    "studies",
     "portal",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
@@ -163,9 +165,25 @@ TEMPLATES = [
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+
+
+def blob_store(url: str, default_dir: Path) -> dict:
+    """A storage from a URL: `file:///path` (a folder) or `s3://bucket/prefix` (django-storages)."""
+    if url.startswith("s3://"):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {"bucket_name": bucket, "location": prefix}}
+    location = url.removeprefix("file://") if url else str(default_dir)
+    return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": location}}
+
+
+# Blob stores hold only ciphertext (studies.storage): the primary, its replica for disaster recovery, and the
+# quarantine where incoming bytes wait for their checks.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "blobs": blob_store(env.str("BLOB_STORE", default=""), VAR_DIR / "blobs"),
+    "replica": blob_store(env.str("REPLICA_STORE", default=""), VAR_DIR / "replica"),
+    "quarantine": blob_store(env.str("QUARANTINE_STORE", default=""), VAR_DIR / "quarantine"),
 }
 
 # CACHES, for throttles and lockouts
@@ -213,6 +231,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several outputs have a `status` with different choices: name each set rather than let a hash name it.
+    "ENUM_NAME_OVERRIDES": {
+        "MembershipStatusEnum": "tenants.models.Membership.Status",
+        "ApiTokenStatusEnum": ["active", "expired", "revoked"],
+    },
 }
 
 # DJANGO-OTP: second factor
@@ -229,6 +252,10 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = False
 AXES_VERBOSE = False
+# One counter per user name in any case; the lockout page of portal.accounts (429) for our login and the admin's.
+AXES_USERNAME_CALLABLE = "portal.accounts.lockout.axes_username"
+AXES_LOCKOUT_CALLABLE = "portal.accounts.lockout.lockout_response"
+AXES_SENSITIVE_PARAMETERS = ["username", "ip_address", "otp_token"]  # never stored in axes' attempt rows
 
 # DJANGO-GUARDIAN
 # ------------------------------------------------------------------------------
@@ -277,6 +304,11 @@ CELERY_TASK_TIME_LIMIT = 360
 # Redis redelivers an unacknowledged task after this; it must outlast the longest task (SECURITY.md H2).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * CELERY_TASK_TIME_LIMIT + 60}
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="default")
+# Ingestion has its own queue so that a flood of incoming images never delays the other jobs. A test worker that
+# must take everything from one private queue sets CELERY_SINGLE_QUEUE.
+CELERY_TASK_ROUTES = (
+    {} if env.bool("CELERY_SINGLE_QUEUE", default=False) else {"studies.tasks.ingest_process": {"queue": "ingest"}}
+)
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -299,6 +331,26 @@ LOGGING = {
         "django.request": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+
+# DICOM AND INGESTION
+# ------------------------------------------------------------------------------
+DICOM_HOST = env.str("DICOM_HOST", default="127.0.0.1")
+DICOM_PORT = env.int("DICOM_PORT", default=11112)
+DICOM_AE_TITLE = "ENCLAVE"
+# clamd's socket: unix:///run/clamav/clamd.ctl or tcp://127.0.0.1:3310. Empty: the built-in EICAR-only scanner
+# (the embedded default of `make run`, which says so on the ingest page); production requires clamd.
+CLAMD_ADDRESS = env.str("CLAMD_ADDRESS", default="")
+INGEST_MAX_BYTES = env.int("INGEST_MAX_BYTES", default=2 * 1024**3)
+INGEST_MAX_ROWS = env.int("INGEST_MAX_ROWS", default=16384)
+INGEST_MAX_COLUMNS = env.int("INGEST_MAX_COLUMNS", default=16384)
+INGEST_MAX_FRAMES = env.int("INGEST_MAX_FRAMES", default=5000)
+INGEST_MAX_PIXEL_BYTES = env.int("INGEST_MAX_PIXEL_BYTES", default=4 * 1024**3)
+INGEST_ZIP_MAX_ENTRIES = env.int("INGEST_ZIP_MAX_ENTRIES", default=5000)
+INGEST_ZIP_MAX_UNPACKED_BYTES = env.int("INGEST_ZIP_MAX_UNPACKED_BYTES", default=8 * 1024**3)
+INGEST_ZIP_MAX_RATIO = env.int("INGEST_ZIP_MAX_RATIO", default=100)
+# An item left `received` or `processing` longer than this is queued again by the sweeper.
+INGEST_STALE_SECONDS = env.int("INGEST_STALE_SECONDS", default=120)
+INGEST_SWEEP_INTERVAL_SECONDS = env.int("INGEST_SWEEP_INTERVAL_SECONDS", default=60)
 
 # ENCLAVE
 # ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ def _required(name: str) -> str:
 # ------------------------------------------------------------------------------
 SECRET_KEY = _required("SECRET_KEY")
 MASTER_KEY = _required("MASTER_KEY")
+CLAMD_ADDRESS = _required("CLAMD_ADDRESS")
 ALLOWED_HOSTS = [h for h in _required("ALLOWED_HOSTS").split(",") if h]
 DATABASES = {"default": env.db_url_config(_required("DATABASE_URL"))}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)

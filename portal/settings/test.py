@@ -48,9 +48,17 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # STATIC: no manifest needed in tests
 # ------------------------------------------------------------------------------
 STATIC_ROOT = Path(tempfile.mkdtemp(prefix="enclave-static-"))
+_STORE_ROOT = Path(tempfile.mkdtemp(prefix="enclave-stores-"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tempfile.mkdtemp()}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "blobs": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": _STORE_ROOT / "blobs"}},
+    "replica": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": _STORE_ROOT / "replica"}
+    },
+    "quarantine": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": _STORE_ROOT / "quarantine"}
+    },
 }
 
 # THROTTLES: high enough that the suite is never throttled by accident; throttle tests lower them

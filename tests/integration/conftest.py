@@ -53,6 +53,7 @@ def celery_worker_process(transactional_db: Any, tmp_path: Path) -> Iterator[Wor
         "DATABASE_URL": _test_database_url(),
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "CELERY_TASK_DEFAULT_QUEUE": queue,
+        "CELERY_SINGLE_QUEUE": "true",
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -60,13 +61,18 @@ def celery_worker_process(transactional_db: Any, tmp_path: Path) -> Iterator[Wor
              "-n", f"{queue}@localhost", "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    previous = celery_app.conf.task_always_eager, celery_app.conf.task_default_queue
+    previous = celery_app.conf.task_always_eager, celery_app.conf.task_default_queue, celery_app.conf.task_routes
     celery_app.conf.task_always_eager = False
     celery_app.conf.task_default_queue = queue
+    celery_app.conf.task_routes = {}
     try:
         yield WorkerProcess(queue=queue, process=process, log=log)
     finally:
-        celery_app.conf.task_always_eager, celery_app.conf.task_default_queue = previous
+        (
+            celery_app.conf.task_always_eager,
+            celery_app.conf.task_default_queue,
+            celery_app.conf.task_routes,
+        ) = previous
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:

@@ -22,6 +22,7 @@ PRODUCTION_ENV = {
     "ALLOWED_HOSTS": "enclave.example.org",
     "DATABASE_URL": "postgres://enclave@127.0.0.1:5432/enclave",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "CLAMD_ADDRESS": "unix:///run/clamav/clamd.ctl",
 }
 
 

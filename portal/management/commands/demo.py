@@ -17,10 +17,15 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.context import audit_context
 from tenants import services
+from devices.models import Device
+from devices.services import device_register_approved_by_operator
 from tenants.models import Role, User
+from tenants.scoping import tenant_scope
 
 DEMO_PASSWORD = "enclave-demo-passphrase"  # noqa: S105 -- demo only; the command refuses production settings
-TENANTS = [("north", "North Hospital Group"), ("south", "South Hospital Group")]
+TENANTS = [("north", "North Hospital Group", "NORTH"), ("south", "South Hospital Group", "SOUTH")]
+# The demo's approved modalities: a CT that sends to NORTH, an MR that sends to SOUTH, both from this machine.
+MODALITIES = {"north": ("DEMO_CT", "Demo CT scanner"), "south": ("DEMO_MR", "Demo MR scanner")}
 ROLE_NAMES = {
     "admin": Role.TENANT_ADMIN,
     "compliance": Role.COMPLIANCE_OFFICER,
@@ -39,8 +44,14 @@ class Command(BaseCommand):
             raise CommandError("The demo is refused under production settings.")
         rows = []
         with audit_context(system_principal="manage.py demo"), transaction.atomic():
-            for slug, name in TENANTS:
-                tenant = services.tenant_create(slug=slug, name=name)
+            for slug, name, ae_title in TENANTS:
+                tenant = services.tenant_create(slug=slug, name=name, ae_title=ae_title)
+                modality_ae, modality_name = MODALITIES[slug]
+                with tenant_scope(tenant):
+                    device_register_approved_by_operator(
+                        kind=Device.Kind.MODALITY, name=modality_name, ae_title=modality_ae, host="127.0.0.1",
+                        reason="demo",
+                    )
                 for short, role in ROLE_NAMES.items():
                     user = self._user(f"{slug}-{short}", tenant_name=name, role_label=Role(role).label)
                     ends_at = None
@@ -56,6 +67,8 @@ class Command(BaseCommand):
                     secret = base64.b32encode(device.bin_key).decode().rstrip("=")
                     rows.append((user.username, secret))
         self.stdout.write(f"Demo loaded. Every demo user's password: {DEMO_PASSWORD}")
+        self.stdout.write("DICOM: send to AE title NORTH or SOUTH at 127.0.0.1 (DICOM_PORT, default 11112), calling")
+        self.stdout.write("as DEMO_CT (north) or DEMO_MR (south), the approved demo modalities.")
         self.stdout.write("Each user signs in with a TOTP code from an authenticator app set up with this secret:")
         for username, secret in rows:
             self.stdout.write(f"  {username:<22} {secret}")

@@ -1,0 +1,50 @@
+"""`manage.py audit_verify [--tenant SLUG]`: recompute every audit hash chain (or one tenant's).
+
+Exits 0 when every chain is whole. Otherwise exits 1 and names, for each broken chain, the first broken
+sequence number and why (an altered event, a missing one, a broken link): evidence that someone with the
+database's keys changed the trail (SECURITY.md E6). An unknown tenant exits 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from audit.models import AuditChain
+from audit.selectors import audit_chain_list, audit_chain_verify
+from tenants.models import Tenant
+
+
+def chain_label(chain: AuditChain) -> str:
+    return f"tenant {chain.tenant.slug}" if chain.tenant is not None else chain.key
+
+
+class Command(BaseCommand):
+    help = "Verify the audit events' hash chains; exit 1 naming the first broken sequence of each broken chain."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--tenant", metavar="SLUG", help="Verify only this tenant's chain.")
+
+    def handle(self, *args: Any, tenant: str | None = None, **options: Any) -> None:
+        only = None
+        if tenant is not None:
+            only = Tenant.objects.filter(slug=tenant).first()
+            if only is None:
+                raise CommandError(f"No tenant with the slug {tenant!r}.", returncode=2)
+        chains = audit_chain_list(tenant=only).select_related("tenant")
+        broken = []
+        for chain in chains:
+            result = audit_chain_verify(chain=chain)
+            label = chain_label(chain)
+            if result.ok:
+                self.stdout.write(f"{label} ({chain.key}): {result.events} events, OK")
+            else:
+                broken.append(
+                    f"{label}: chain broken at sequence {result.first_broken_sequence} ({result.reason}); "
+                    f"{result.events} events verified before it"
+                )
+        if not broken and only is not None and not chains:
+            self.stdout.write(f"tenant {only.slug}: no audit chain yet, nothing to verify")
+        if broken:
+            raise CommandError("\n".join(broken), returncode=1)

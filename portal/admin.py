@@ -1,0 +1,60 @@
+"""The operators' admin at /ops/: platform staff only, with MFA, and no patient data.
+
+django-otp's `OTPAdminSite` (as its docs say: `admin.site.__class__ = OTPAdminSite`) treats a staff user whose
+session has not passed TOTP as not staff at all. Its sign-in goes through the portal's own sign-in pages, so
+operators meet the same lockout, MFA and audit trail as everyone else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django_otp.admin import OTPAdminSite
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from portal.views import mfa_gate
+
+
+class OpsAdminSite(OTPAdminSite):
+    site_header = "Enclave operations"
+    site_title = "Enclave operations"
+    index_title = "Platform administration"
+
+    def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        gate = mfa_gate(request)
+        if gate is not None:
+            return gate
+        return super().login(request, extra_context)
+
+
+admin.site.__class__ = OpsAdminSite
+
+
+class AuthenticatorAdmin(admin.ModelAdmin):
+    """Which authenticators people have, without their secrets: read-only."""
+
+    list_display = ["user", "name", "confirmed", "created_at", "last_used_at"]
+    list_filter = ["confirmed"]
+    search_fields = ["user__username"]
+    fields = ["user", "name", "confirmed", "created_at", "last_used_at"]
+    readonly_fields = fields
+    list_select_related = ["user"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# django-otp's own admins show TOTP keys and QR codes and let staff create authenticators for others.
+for model in (TOTPDevice, StaticDevice):
+    if admin.site.is_registered(model):
+        admin.site.unregister(model)
+    admin.site.register(model, AuthenticatorAdmin)

@@ -1,0 +1,412 @@
+"""Parse and validate one incoming DICOM Part-10 file, before anything is stored.
+
+Pure code: no ORM, no settings. Limits come in as arguments so the ingest service decides them.
+
+pydicom is lenient on purpose: it stops quietly at a cut element header, returns a short last value, and drops the
+whole data set when an undefined-length value lacks its delimiter. An archive must not store such files as if they
+were whole, so the structure is walked here first (without decoding anything), and only then handed to pydicom.
+Refusal reasons are read by people; they name attributes and sizes, never values of patient data.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from datetime import date, time
+from io import BytesIO
+from struct import error as struct_error
+from struct import unpack_from
+from typing import Any
+
+import pydicom
+from pydicom.datadict import dictionary_description, tag_for_keyword
+from pydicom.encaps import generate_fragmented_frames, parse_basic_offsets, parse_fragments
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+from pydicom.uid import UID
+from pydicom.valuerep import DA, TM
+
+__all__ = ["InvalidDicom", "Limits", "ParsedInstance", "parse"]
+
+_PREAMBLE_LENGTH = 128
+_MAGIC = b"DICM"
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_REQUIRED_UIDS = (
+    ("SOPClassUID", "SOP Class UID"),
+    ("SOPInstanceUID", "SOP Instance UID"),
+    ("StudyInstanceUID", "Study Instance UID"),
+    ("SeriesInstanceUID", "Series Instance UID"),
+)
+_IMAGE_ATTRIBUTES = (
+    ("Rows", "Rows"),
+    ("Columns", "Columns"),
+    ("BitsAllocated", "Bits Allocated"),
+    ("SamplesPerPixel", "Samples per Pixel"),
+)
+# A deeper nest of sequences is an attack on the parser, not an image.
+_MAX_SEQUENCE_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int
+    max_rows: int = 16384
+    max_columns: int = 16384
+    max_frames: int = 5000
+    max_pixel_bytes: int = 2 * 1024**3
+
+
+class InvalidDicom(ValueError):
+    """The file is refused. `reason` is a sentence for a person, free of patient data."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ParsedInstance:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient_id: str
+    patient_name: str
+    patient_birth_date: date | None
+    patient_sex: str
+    study_date: date | None
+    study_time: time | None
+    accession_number: str
+    study_description: str
+    referring_physician: str
+    modality: str
+    series_description: str
+    series_number: int | None
+    instance_number: int | None
+    rows: int
+    columns: int
+    frames: int
+    bits_allocated: int
+    samples_per_pixel: int
+    is_image: bool
+
+
+def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Dataset]:
+    """Validate `data` as one DICOM Part-10 file and return its index fields and the pydicom data set.
+
+    Raises InvalidDicom for anything the archive must not store. Pixel data is never decoded here.
+    """
+    if len(data) > limits.max_bytes:
+        raise InvalidDicom(f"file too large: {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes")
+    if len(data) < _PREAMBLE_LENGTH + len(_MAGIC) or data[_PREAMBLE_LENGTH : _PREAMBLE_LENGTH + 4] != _MAGIC:
+        raise InvalidDicom("not a DICOM Part-10 file: no DICM marker at offset 128")
+
+    view = memoryview(data)
+    dataset_start, meta = _walk_file_meta(view)
+    transfer_syntax = _transfer_syntax(view, meta)
+    body = view[dataset_start:]
+    if transfer_syntax.is_deflated:
+        body = memoryview(_inflate(body, limit=limits.max_bytes + limits.max_pixel_bytes))
+    _Walker(body, implicit=transfer_syntax.is_implicit_VR, little=transfer_syntax.is_little_endian).dataset()
+
+    try:
+        ds = pydicom.dcmread(BytesIO(data), force=False)
+    except Exception as exc:
+        raise InvalidDicom(f"unreadable DICOM data ({type(exc).__name__})") from exc
+
+    for keyword, name in _REQUIRED_UIDS:
+        _require_uid(ds, keyword, name)
+
+    is_image = any(keyword in ds for keyword in _PIXEL_DATA_TAGS)
+    if not is_image and "Image Storage" in UID(str(ds.SOPClassUID)).name:
+        raise _missing(ds, "PixelData", "Pixel Data")
+    rows = columns = frames = bits = samples = 0
+    if is_image:
+        rows, columns, frames, bits, samples = _image_geometry(ds, limits)
+        _check_pixel_data(ds, transfer_syntax, rows=rows, columns=columns, frames=frames, bits=bits, samples=samples)
+
+    parsed = ParsedInstance(
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(transfer_syntax),
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        patient_birth_date=_date(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex"),
+        study_date=_date(ds, "StudyDate"),
+        study_time=_time(ds, "StudyTime"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician=_text(ds, "ReferringPhysicianName"),
+        modality=_text(ds, "Modality"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds, "SeriesNumber"),
+        instance_number=_int(ds, "InstanceNumber"),
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        bits_allocated=bits,
+        samples_per_pixel=samples,
+        is_image=is_image,
+    )
+    return parsed, ds
+
+
+# --- structure -------------------------------------------------------------------------------------------------
+
+
+def _element_name(tag: int) -> str:
+    try:
+        return f"{dictionary_description(tag)} {Tag(tag)}"
+    except KeyError:
+        return f"element {Tag(tag)}"
+
+
+class _Walker:
+    """Walks data elements by their declared lengths and raises InvalidDicom where the bytes run out.
+
+    Only undefined-length values (sequences, encapsulated pixel data) are entered; everything else is skipped.
+    """
+
+    def __init__(self, buf: memoryview, *, implicit: bool, little: bool) -> None:
+        self.buf = buf
+        self.implicit = implicit
+        self.endian = "<" if little else ">"
+
+    def header(self, pos: int) -> tuple[int, int, int]:
+        """(tag, length, value position) of the element header at `pos`."""
+        buf, end = self.buf, len(self.buf)
+        if pos + 8 > end:
+            raise InvalidDicom("truncated: the file ends inside a data element header")
+        group, elem = unpack_from(self.endian + "HH", buf, pos)
+        tag = group << 16 | elem
+        if self.implicit or group == 0xFFFE:
+            return tag, unpack_from(self.endian + "L", buf, pos + 4)[0], pos + 8
+        vr = bytes(buf[pos + 4 : pos + 6])
+        if vr in _LONG_LENGTH_VRS:
+            if pos + 12 > end:
+                raise InvalidDicom(f"truncated: the file ends inside the header of {_element_name(tag)}")
+            return tag, unpack_from(self.endian + "L", buf, pos + 8)[0], pos + 12
+        if not (b"AA" <= vr <= b"ZZ"):
+            # pydicom reads a non-letter VR as a switch to implicit VR; walk it the same way.
+            return tag, unpack_from(self.endian + "L", buf, pos + 4)[0], pos + 8
+        return tag, unpack_from(self.endian + "H", buf, pos + 6)[0], pos + 8
+
+    def dataset(self, pos: int = 0, *, depth: int = 0) -> int:
+        """Walk a data set from `pos`: to the end of the buffer, or (depth > 0) to its item delimiter."""
+        end = len(self.buf)
+        while pos < end:
+            tag, length, value = self.header(pos)
+            if tag == _ITEM_END:
+                return value
+            if length == _UNDEFINED:
+                pos = self.items(value, tag, depth=depth + 1)
+                continue
+            if value + length > end:
+                if tag == _PIXEL_DATA:
+                    raise InvalidDicom(f"truncated: pixel data has {end - value} of {length} bytes")
+                raise InvalidDicom(f"truncated: the file ends inside {_element_name(tag)}")
+            pos = value + length
+        if depth:
+            raise InvalidDicom("truncated: the file ends inside a sequence item")
+        return pos
+
+    def items(self, pos: int, parent: int, *, depth: int) -> int:
+        """Walk the items of an undefined-length value up to and past its sequence delimiter."""
+        if depth > _MAX_SEQUENCE_DEPTH:
+            raise InvalidDicom(f"damaged: sequences are nested more than {_MAX_SEQUENCE_DEPTH} deep")
+        what = "compressed pixel data" if parent == _PIXEL_DATA else _element_name(parent)
+        end = len(self.buf)
+        while True:
+            if pos + 8 > end:
+                raise InvalidDicom(f"truncated: the file ends before the end of {what}")
+            group, elem = unpack_from(self.endian + "HH", self.buf, pos)
+            tag = group << 16 | elem
+            length = unpack_from(self.endian + "L", self.buf, pos + 4)[0]
+            value = pos + 8
+            if tag == _SEQUENCE_END:
+                return value
+            if tag != _ITEM:
+                raise InvalidDicom(f"damaged: unexpected {_element_name(tag)} inside {what}")
+            if length == _UNDEFINED:
+                pos = self.dataset(value, depth=depth)
+                continue
+            if value + length > end:
+                raise InvalidDicom(f"truncated: an item of {what} has {end - value} of {length} bytes")
+            pos = value + length
+
+
+def _walk_file_meta(buf: memoryview) -> tuple[int, dict[int, bytes]]:
+    """Walk group 0002 (always explicit VR little endian). Returns where the data set starts and the meta values."""
+    walker = _Walker(buf, implicit=False, little=True)
+    pos = _PREAMBLE_LENGTH + len(_MAGIC)
+    meta: dict[int, bytes] = {}
+    while pos + 2 <= len(buf) and unpack_from("<H", buf, pos)[0] == 0x0002:
+        try:
+            tag, length, value = walker.header(pos)
+        except InvalidDicom:
+            length = value = _UNDEFINED
+        if length == _UNDEFINED or value + length > len(buf):
+            raise InvalidDicom("truncated: the file ends inside the file meta information")
+        meta[tag] = bytes(buf[value : value + length])
+        pos = value + length
+    return pos, meta
+
+
+def _transfer_syntax(buf: memoryview, meta: dict[int, bytes]) -> UID:
+    raw = meta.get(0x00020010)
+    if raw is None:
+        raise InvalidDicom("missing required attribute Transfer Syntax UID (file meta information)")
+    uid = UID(raw.rstrip(b"\x00 ").decode("ascii", errors="replace"))
+    if not uid.is_valid:
+        raise InvalidDicom("invalid Transfer Syntax UID in the file meta information")
+    if uid.is_private or not uid.is_transfer_syntax:
+        raise InvalidDicom(f"unsupported transfer syntax {uid}")
+    return uid
+
+
+def _inflate(body: memoryview, *, limit: int) -> bytes:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit)
+    except zlib.error as exc:
+        raise InvalidDicom("damaged: the deflated data set cannot be inflated") from exc
+    if inflater.unconsumed_tail:
+        raise InvalidDicom(f"file too large: the deflated data set inflates past {limit} bytes")
+    if not inflater.eof:
+        raise InvalidDicom("truncated: the deflated data set ends early")
+    return out
+
+
+# --- attributes ------------------------------------------------------------------------------------------------
+
+
+def _missing(ds: pydicom.Dataset, keyword: str, name: str) -> InvalidDicom:
+    # Elements are stored in ascending tag order, so a data set that stops before the missing tag was likely cut.
+    tags = list(ds.keys())
+    cut = not tags or tag_for_keyword(keyword) > max(tags)
+    return InvalidDicom(f"missing required attribute {name}" + (" (the file may be truncated)" if cut else ""))
+
+
+def _require_uid(ds: pydicom.Dataset, keyword: str, name: str) -> None:
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        raise _missing(ds, keyword, name)
+    if not UID(str(value)).is_valid:
+        raise InvalidDicom(f"invalid {name}: not a valid DICOM UID")
+
+
+def _image_geometry(ds: pydicom.Dataset, limits: Limits) -> tuple[int, int, int, int, int]:
+    """Rows, columns, frames, bits allocated and samples per pixel, checked against the limits from the header."""
+    values = []
+    for keyword, name in _IMAGE_ATTRIBUTES:
+        if ds.get(keyword) in (None, ""):
+            raise _missing(ds, keyword, name)
+        value = _int(ds, keyword)
+        if value is None or value < 1:
+            raise InvalidDicom(f"invalid {name}")
+        values.append(value)
+    rows, columns, bits, samples = values
+    frames = _int(ds, "NumberOfFrames") if ds.get("NumberOfFrames") not in (None, "") else 1
+    if frames is None or frames < 1:
+        raise InvalidDicom("invalid Number of Frames")
+    if bits not in (1, 8, 16, 32, 64) or samples > 4:
+        raise InvalidDicom(f"unsupported pixel format: {bits} bits allocated, {samples} samples per pixel")
+    pixel_bytes = math.ceil(rows * columns * frames * samples * bits / 8)
+    if (
+        rows > limits.max_rows
+        or columns > limits.max_columns
+        or frames > limits.max_frames
+        or pixel_bytes > limits.max_pixel_bytes
+    ):
+        raise InvalidDicom(f"image too large: {rows} x {columns} x {frames} frames exceeds the limits")
+    return rows, columns, frames, bits, samples
+
+
+def _check_pixel_data(
+    ds: pydicom.Dataset, transfer_syntax: UID, *, rows: int, columns: int, frames: int, bits: int, samples: int
+) -> None:
+    if "PixelData" not in ds or not transfer_syntax.is_encapsulated:
+        keyword = next(k for k in _PIXEL_DATA_TAGS if k in ds)
+        expected = math.ceil(rows * columns * frames * samples * bits / 8)
+        present = len(ds[keyword].value or b"")
+        if present < expected:
+            raise InvalidDicom(f"truncated: pixel data has {present} of {expected} bytes")
+        return
+    if transfer_syntax.name.startswith(("MPEG", "HEVC")):
+        return  # a video stream spans fragments freely; the walk already checked it is whole
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    endianness = "<" if transfer_syntax.is_little_endian else ">"
+    stream = BytesIO(ds.PixelData)
+    try:
+        basic_offsets = parse_basic_offsets(stream, endianness=endianness)
+        fragments, _ = parse_fragments(stream, endianness=endianness)
+    except (ValueError, struct_error) as exc:
+        raise InvalidDicom("damaged: the compressed pixel data is not a sequence of fragments") from exc
+    if not extended and not basic_offsets and fragments < frames:
+        raise InvalidDicom(f"truncated: compressed pixel data has {fragments} fragment(s) for {frames} frames")
+    try:
+        found = sum(
+            1
+            for _ in generate_fragmented_frames(
+                ds.PixelData,
+                number_of_frames=frames,
+                extended_offsets=extended,
+                endianness=endianness,
+            )
+        )
+    except (ValueError, StopIteration, struct_error) as exc:
+        raise InvalidDicom(f"damaged: the compressed pixel data does not hold {frames} frame(s)") from exc
+    if found < frames:
+        raise InvalidDicom(f"truncated: compressed pixel data has {found} of {frames} frames")
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    try:
+        value: Any = ds.get(keyword)
+    except Exception:
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value).strip()
+    return str(value).strip()
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        return int(ds.get(keyword))
+    except Exception:
+        return None
+
+
+def _date(ds: pydicom.Dataset, keyword: str) -> date | None:
+    raw = _text(ds, keyword)
+    try:
+        value = DA(raw)
+    except (TypeError, ValueError):
+        return None
+    return None if value is None else date(value.year, value.month, value.day)
+
+
+def _time(ds: pydicom.Dataset, keyword: str) -> time | None:
+    raw = _text(ds, keyword)
+    try:
+        value = TM(raw)
+    except (TypeError, ValueError):
+        return None
+    return None if value is None else time(value.hour, value.minute, value.second, value.microsecond)

@@ -1,0 +1,186 @@
+"""The archive: patients, studies, series, instances, their encrypted blobs, tenant keys and the ingest log."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from tenants.models import TenantOwnedModel
+
+
+class TenantKey(TenantOwnedModel):
+    """A tenant's key-encryption key, wrapped by the master key. Rotating adds a version; destroying every
+    version shreds the tenant's blobs, in every backup too."""
+
+    version = models.PositiveIntegerField()
+    wrapped = models.BinaryField()
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "version"], name="studies_tenantkey_tenant_version_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"key v{self.version} of tenant {self.tenant_id}"
+
+
+class Blob(TenantOwnedModel):
+    """One encrypted object in the blob store (and its replica). Its data key, wrapped by the tenant key, lives
+    here beside it: deleting this row's key shreds the blob. `sha256` and `size` are of the plaintext and are
+    checked on every read."""
+
+    class Kind(models.TextChoices):
+        QUARANTINE = "quarantine", "Quarantined upload"
+        INSTANCE = "instance", "DICOM instance"
+        THUMBNAIL = "thumbnail", "Thumbnail"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    storage_name = models.CharField(max_length=255, unique=True)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    wrapped_key = models.BinaryField()
+    key_version = models.PositiveIntegerField()
+    replicated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} blob {self.public_id}"
+
+
+class Patient(TenantOwnedModel):
+    patient_id = models.CharField(max_length=64)
+    issuer = models.CharField(max_length=64, blank=True)
+    name = models.CharField(max_length=324, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    sex = models.CharField(max_length=16, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "patient_id", "issuer"], name="studies_patient_tenant_id_issuer_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"patient {self.public_id}"  # never the name: str() reaches logs and admin pages
+
+
+class Study(TenantOwnedModel):
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    study_instance_uid = models.CharField(max_length=64)
+    study_date = models.DateField(null=True, blank=True)
+    study_time = models.TimeField(null=True, blank=True)
+    accession_number = models.CharField(max_length=64, blank=True)
+    description = models.CharField(max_length=256, blank=True)
+    referring_physician = models.CharField(max_length=324, blank=True)
+    modalities = models.CharField(max_length=64, blank=True)
+    number_of_series = models.PositiveIntegerField(default=0)
+    number_of_instances = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-study_date", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "study_instance_uid"], name="studies_study_tenant_uid_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "-study_date"], name="studies_study_tenant_date"),
+            models.Index(fields=["tenant", "accession_number"], name="studies_study_tenant_accession"),
+        ]
+
+    def __str__(self) -> str:
+        return f"study {self.public_id}"
+
+
+class Series(TenantOwnedModel):
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="series")
+    series_instance_uid = models.CharField(max_length=64)
+    modality = models.CharField(max_length=16, blank=True)
+    description = models.CharField(max_length=256, blank=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    number_of_instances = models.PositiveIntegerField(default=0)
+    thumbnail = models.ForeignKey(Blob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        verbose_name_plural = "series"
+        ordering = ["series_number", "created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "series_instance_uid"], name="studies_series_tenant_uid_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"series {self.public_id}"
+
+
+class Instance(TenantOwnedModel):
+    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances")
+    sop_instance_uid = models.CharField(max_length=64)
+    sop_class_uid = models.CharField(max_length=64)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    instance_number = models.IntegerField(null=True, blank=True)
+    rows = models.PositiveIntegerField(null=True, blank=True)
+    columns = models.PositiveIntegerField(null=True, blank=True)
+    frames = models.PositiveIntegerField(default=1)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    blob = models.OneToOneField(Blob, on_delete=models.PROTECT, related_name="instance")
+
+    class Meta:
+        ordering = ["instance_number", "created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "sop_instance_uid"], name="studies_instance_tenant_uid_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"instance {self.public_id}"
+
+
+class IngestItem(TenantOwnedModel):
+    """One object that came in through a door, from receipt to its end state. The database, never the broker,
+    is the record of work to do: the sweeper queues again any item left `received` or `processing` too long."""
+
+    class State(models.TextChoices):
+        RECEIVED = "received", "Received"
+        PROCESSING = "processing", "Processing"
+        STORED = "stored", "Stored"
+        DUPLICATE = "duplicate", "Already stored"
+        CONFLICT = "conflict", "Conflict kept for review"
+        REJECTED = "rejected", "Rejected"
+
+    class Source(models.TextChoices):
+        CSTORE = "cstore", "DICOM C-STORE"
+        STOWRS = "stowrs", "DICOMweb STOW-RS"
+        UPLOAD = "upload", "Browser upload"
+
+    FINAL_STATES = (State.STORED, State.DUPLICATE, State.CONFLICT, State.REJECTED)
+
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    batch = models.UUIDField(help_text="The association, STOW-RS request or upload the item came with")
+    filename = models.CharField(max_length=255, blank=True)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    quarantine = models.ForeignKey(Blob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    device = models.ForeignKey(
+        "devices.Device", null=True, blank=True, on_delete=models.PROTECT, related_name="ingest_items"
+    )
+    source_address = models.GenericIPAddressField(null=True, blank=True)
+    reason = models.CharField(max_length=300, blank=True)
+    sop_instance_uid = models.CharField(max_length=64, blank=True)
+    instance = models.ForeignKey(Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["tenant", "state", "-created_at"], name="studies_ingest_tenant_state"),
+            models.Index(fields=["tenant", "batch"], name="studies_ingest_tenant_batch"),
+            models.Index(fields=["state", "updated_at"], name="studies_ingest_sweep"),
+        ]
+
+    def __str__(self) -> str:
+        return f"ingest {self.public_id} ({self.state})"

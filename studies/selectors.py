@@ -1,0 +1,73 @@
+"""Reads of the archive. Every list is filtered by the permission decision and the tenant scope."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+from uuid import UUID
+
+from django.db import models
+from django.db.models import Q
+
+from studies.models import IngestItem, Series, Study
+from tenants import access
+from tenants.scoping import current_tenant
+
+
+def study_list(
+    *,
+    actor: Any,
+    text: str = "",
+    modality: str = "",
+    date_from: date | None = None,
+    date_to: date | None = None,
+) -> models.QuerySet[Study]:
+    """The studies of the current tenant that `actor` may see (`tenants.view_studies`), newest first.
+
+    `text` matches patient name or id, accession number or description (case-insensitive, anywhere).
+    """
+    qs = access.visible(actor, "tenants.view_studies", Study.objects.all())
+    if text:
+        qs = qs.filter(
+            Q(patient__name__icontains=text)
+            | Q(patient__patient_id__iexact=text)
+            | Q(accession_number__iexact=text)
+            | Q(description__icontains=text)
+        )
+    if modality:
+        qs = qs.filter(modalities__icontains=modality.upper())
+    if date_from:
+        qs = qs.filter(study_date__gte=date_from)
+    if date_to:
+        qs = qs.filter(study_date__lte=date_to)
+    return qs.select_related("patient").prefetch_related(
+        models.Prefetch("series", queryset=Series.objects.order_by("series_number", "pk"))
+    )
+
+
+def study_get(*, actor: Any, public_id: UUID | str) -> Study:
+    try:
+        return study_list(actor=actor).get(public_id=public_id)
+    except (Study.DoesNotExist, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
+
+
+def ingest_item_list(*, actor: Any, state: str = "", batch: UUID | None = None) -> models.QuerySet[IngestItem]:
+    """The current tenant's ingest activity, newest first, for members who may send studies
+    (`tenants.upload_studies`); nothing for the others."""
+    tenant = current_tenant()
+    qs = IngestItem.objects.all()
+    if not access.has_perm(actor, "tenants.upload_studies", tenant):
+        return qs.none()
+    if state:
+        qs = qs.filter(state=state)
+    if batch is not None:
+        qs = qs.filter(batch=batch)
+    return qs.select_related("actor", "device").order_by("-created_at", "-pk")
+
+
+def ingest_state_counts(*, actor: Any) -> dict[str, int]:
+    counts = {state: 0 for state in IngestItem.State.values}
+    for row in ingest_item_list(actor=actor).order_by().values("state").annotate(n=models.Count("pk")):
+        counts[row["state"]] = row["n"]
+    return counts

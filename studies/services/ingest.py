@@ -1,0 +1,382 @@
+"""The one ingestion pipeline. Three doors (C-STORE, STOW-RS, browser upload) call `ingest_receive`; the Celery
+task calls `ingest_process`; the sweeper calls `ingest_requeue_stale`.
+
+Receive: the bytes go to the quarantine store (encrypted, never served) and an IngestItem is created, in one
+transaction; the task is queued when it commits. Process: claim the item (compare-and-set), then limits, malware
+scan, preamble, parse and validate, store encrypted in the archive and its replica, index, audit, mark stored.
+Any failure marks the item rejected with a reason a person can read and keeps the quarantined bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from audit.events import EventType, Outcome
+from audit.services import audit_event_record, participant, security_alert_raise
+from studies import scanning
+from studies.dicom import parse as dicom_parse
+from studies.dicom import preamble as dicom_preamble
+from studies.models import Blob, IngestItem, Instance, Patient, Series, Study
+from studies.storage.blobs import BlobUnreadable, blob_delete, blob_read, blob_write
+from tenants.models import Tenant
+from tenants.scoping import current_tenant
+
+logger = logging.getLogger(__name__)
+
+
+class Rejected(Exception):
+    """The object cannot enter the archive; `reason` is shown to people, so it never holds patient data."""
+
+    def __init__(self, reason: str, *, malware: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.malware = malware
+
+
+def ingest_limits() -> dicom_parse.Limits:
+    return dicom_parse.Limits(
+        max_bytes=settings.INGEST_MAX_BYTES,
+        max_rows=settings.INGEST_MAX_ROWS,
+        max_columns=settings.INGEST_MAX_COLUMNS,
+        max_frames=settings.INGEST_MAX_FRAMES,
+        max_pixel_bytes=settings.INGEST_MAX_PIXEL_BYTES,
+    )
+
+
+# Receive
+# ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def ingest_receive(
+    *,
+    source: str,
+    batch: uuid.UUID,
+    data: bytes,
+    filename: str = "",
+    actor: Any = None,
+    device: Any = None,
+    source_address: str | None = None,
+) -> IngestItem:
+    """Quarantine `data` and record it as received, in the current tenant. The caller has checked that the actor
+    or device may send. Processing is queued when the transaction commits. Never raises for bad content: that is
+    the task's verdict, recorded on the item."""
+    from studies.tasks import ingest_process_task
+
+    tenant = current_tenant()
+    if len(data) > settings.INGEST_MAX_BYTES:
+        raise Rejected(f"The object is larger than the limit of {settings.INGEST_MAX_BYTES} bytes.")
+    quarantine = blob_write(kind=Blob.Kind.QUARANTINE, data=data, replicate=False)
+    item = IngestItem(
+        tenant=tenant,
+        source=source,
+        batch=batch,
+        filename=filename[:255],
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        quarantine=quarantine,
+        actor=actor if getattr(actor, "pk", None) else None,
+        device=device,
+        source_address=source_address,
+    )
+    item.full_clean()
+    item.save()
+    ingest_process_task.delay_on_commit(tenant_id=tenant.pk, item_id=item.pk)
+    return item
+
+
+# Process
+# ------------------------------------------------------------------------------
+
+
+def _claim(item_id: int) -> bool:
+    """Take the item for processing if nobody holds it: `received`, or `processing` claimed too long ago (its
+    worker died). Exactly one caller wins."""
+    stale = timezone.now() - timedelta(seconds=settings.INGEST_STALE_SECONDS)
+    claimable = Q(state=IngestItem.State.RECEIVED) | Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
+    won = (
+        IngestItem.objects.filter(claimable, pk=item_id)
+        .update(state=IngestItem.State.PROCESSING, claimed_at=timezone.now(), attempts=F("attempts") + 1)
+    )
+    return won == 1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    data: bytes
+    parsed: dicom_parse.ParsedInstance
+    dataset: Any
+    preamble_zeroed: bool
+
+
+def _check(data: bytes) -> Verdict:
+    """Every check an object passes before it may enter the archive, cheapest first."""
+    verdict = dicom_preamble.inspect_preamble(data)
+    if verdict.kind == "executable":
+        raise Rejected(f"Suspected malware: the DICOM preamble holds an executable header ({verdict.detail}).", malware=True)
+    result = scanning.scan(data, address=settings.CLAMD_ADDRESS or None)
+    if not result.clean:
+        raise Rejected(f"Malware found by the virus scanner ({result.signature}).", malware=True)
+    try:
+        parsed, dataset = dicom_parse.parse(data, limits=ingest_limits())
+    except dicom_parse.InvalidDicom as exc:
+        raise Rejected(exc.reason) from exc
+    zeroed = verdict.kind == "nonzero"
+    if zeroed:
+        data = dicom_preamble.zero_preamble(data)
+    return Verdict(data=data, parsed=parsed, dataset=dataset, preamble_zeroed=zeroed)
+
+
+def _get_or_create(model: Any, *, lookup: dict[str, Any], defaults: dict[str, Any]) -> Any:
+    """get_or_create that survives a concurrent insert of the same unique key by another worker."""
+    try:
+        with transaction.atomic():
+            return model.objects.get_or_create(**lookup, defaults=defaults)[0]
+    except IntegrityError:
+        return model.objects.get(**lookup)
+
+
+def _index(*, tenant: Tenant, parsed: dicom_parse.ParsedInstance, blob: Blob, size: int, sha256: str) -> Instance:
+    patient = _get_or_create(
+        Patient,
+        lookup={"tenant": tenant, "patient_id": parsed.patient_id, "issuer": ""},
+        defaults={"name": parsed.patient_name, "birth_date": parsed.patient_birth_date, "sex": parsed.patient_sex},
+    )
+    study = _get_or_create(
+        Study,
+        lookup={"tenant": tenant, "study_instance_uid": parsed.study_instance_uid},
+        defaults={
+            "patient": patient,
+            "study_date": parsed.study_date,
+            "study_time": parsed.study_time,
+            "accession_number": parsed.accession_number,
+            "description": parsed.study_description,
+            "referring_physician": parsed.referring_physician,
+        },
+    )
+    series = _get_or_create(
+        Series,
+        lookup={"tenant": tenant, "series_instance_uid": parsed.series_instance_uid},
+        defaults={
+            "study": study,
+            "modality": parsed.modality,
+            "description": parsed.series_description,
+            "series_number": parsed.series_number,
+        },
+    )
+    instance = Instance(
+        tenant=tenant,
+        series=series,
+        sop_instance_uid=parsed.sop_instance_uid,
+        sop_class_uid=parsed.sop_class_uid,
+        transfer_syntax_uid=parsed.transfer_syntax_uid,
+        instance_number=parsed.instance_number,
+        rows=parsed.rows or None,
+        columns=parsed.columns or None,
+        frames=parsed.frames or 1,
+        size=size,
+        sha256=sha256,
+        blob=blob,
+    )
+    instance.save()
+    _recount(study_id=study.pk, series_id=series.pk)
+    return instance
+
+
+def _recount(*, study_id: int, series_id: int) -> None:
+    """Counts and modalities from the rows themselves, under the study's row lock, so concurrent workers adding
+    instances to one study never lose an increment."""
+    study = Study.objects.select_for_update().get(pk=study_id)
+    series = Series.objects.get(pk=series_id)
+    series.number_of_instances = Instance.objects.filter(series_id=series_id).count()
+    series.save(update_fields=["number_of_instances", "updated_at"])
+    study.number_of_series = Series.objects.filter(study_id=study_id).count()
+    study.number_of_instances = Instance.objects.filter(series__study_id=study_id).count()
+    modalities = sorted({m for m in Series.objects.filter(study_id=study_id).values_list("modality", flat=True) if m})
+    study.modalities = "\\".join(modalities)[:64]
+    study.save(update_fields=["number_of_series", "number_of_instances", "modalities", "updated_at"])
+
+
+def _finish(item: IngestItem, state: str, *, reason: str = "", instance: Instance | None = None) -> None:
+    item.state, item.reason, item.finished_at = state, reason[:300], timezone.now()
+    fields = ["state", "reason", "finished_at", "updated_at"]
+    if instance is not None:
+        item.instance = instance
+        item.sop_instance_uid = instance.sop_instance_uid
+        fields += ["instance", "sop_instance_uid"]
+    item.save(update_fields=fields)
+
+
+def _study_participants(instance: Instance) -> list[dict[str, Any]]:
+    study = instance.series.study
+    return [
+        participant({"type": "patient", "id": study.patient.patient_id, "name": study.patient.name}),
+        participant(
+            {
+                "type": "study",
+                "id": study.study_instance_uid,
+                "detail": {"accession": study.accession_number, "sop_class": instance.sop_class_uid},
+            }
+        ),
+    ]
+
+
+def ingest_process(*, item_id: int) -> IngestItem | None:
+    """Run one received item through every check into the archive. Idempotent: a second call for an item that
+    another worker holds or has finished does nothing and returns None.
+
+    Side effects: the instance blob in the primary and replica stores, Patient/Study/Series/Instance rows, one
+    INSTANCES_STORED audit event per stored instance (with patient and study), a thumbnail task for a series
+    that has none; on rejection, an INGEST_REJECTED event and for malware a SecurityAlert.
+    """
+    if not _claim(item_id):
+        return None
+    item = IngestItem.objects.select_related("quarantine", "actor", "device").get(pk=item_id)
+    tenant = current_tenant()
+    try:
+        if item.quarantine is None:
+            raise Rejected("The received bytes are gone from quarantine.")
+        try:
+            data = blob_read(blob=item.quarantine)
+        except BlobUnreadable as exc:
+            raise Rejected("The received bytes in quarantine are damaged.") from exc
+        verdict = _check(data)
+        sha256 = hashlib.sha256(verdict.data).hexdigest()
+        try:
+            return _store(item, verdict, sha256, tenant)
+        except IntegrityError:
+            # Another worker stored the same SOP Instance UID between our look and our insert.
+            item = IngestItem.objects.select_related("quarantine", "actor", "device").get(pk=item_id)
+            existing = Instance.objects.get(sop_instance_uid=verdict.parsed.sop_instance_uid)
+            with transaction.atomic():
+                return _resolve_existing(item, existing, sha256)
+    except Rejected as exc:
+        _reject(item, exc)
+        return item
+
+
+def _store(item: IngestItem, verdict: Verdict, sha256: str, tenant: Tenant) -> IngestItem:
+    from studies.tasks import series_thumbnail_task
+
+    with transaction.atomic():
+        existing = Instance.objects.filter(sop_instance_uid=verdict.parsed.sop_instance_uid).first()
+        if existing is not None:
+            return _resolve_existing(item, existing, sha256)
+        blob = blob_write(kind=Blob.Kind.INSTANCE, data=verdict.data)
+        instance = _index(tenant=tenant, parsed=verdict.parsed, blob=blob, size=len(verdict.data), sha256=sha256)
+        _finish(item, IngestItem.State.STORED, instance=instance,
+                reason="preamble zeroed" if verdict.preamble_zeroed else "")  # fmt: skip
+        audit_event_record(
+            event=EventType.INSTANCES_STORED,
+            actor=item.actor,
+            target=instance,
+            participants=_study_participants(instance),
+            system_principal=_principal(item),
+            source_address=item.source_address,
+            extra={"source": item.source, "batch": str(item.batch), "count": 1, "bytes": len(verdict.data)},
+        )
+        quarantine = item.quarantine
+        item.quarantine = None
+        item.save(update_fields=["quarantine", "updated_at"])
+        blob_delete(blob=quarantine)
+        if instance.series.thumbnail_id is None:
+            series_thumbnail_task.delay_on_commit(tenant_id=tenant.pk, series_id=instance.series_id)
+    return item
+
+
+def _principal(item: IngestItem) -> str:
+    if item.device is not None:
+        return f"dicom:{item.device.ae_title}"
+    return "" if item.actor is not None else f"enclave:{item.source}"
+
+
+def _resolve_existing(item: IngestItem, existing: Instance, sha256: str) -> IngestItem:
+    """The same SOP Instance UID again: the same bytes are a no-op; different bytes are kept apart as a conflict,
+    never silently replacing what is stored."""
+    if existing.sha256 == sha256:
+        _finish(item, IngestItem.State.DUPLICATE, reason="already stored with the same content", instance=existing)
+        quarantine = item.quarantine
+        item.quarantine = None
+        item.save(update_fields=["quarantine", "updated_at"])
+        if quarantine is not None:
+            blob_delete(blob=quarantine)
+        return item
+    _finish(
+        item,
+        IngestItem.State.CONFLICT,
+        reason="different content under a SOP Instance UID that is already stored; kept in quarantine for review",
+    )
+    item.instance = existing
+    item.sop_instance_uid = existing.sop_instance_uid
+    item.save(update_fields=["instance", "sop_instance_uid", "updated_at"])
+    audit_event_record(
+        event=EventType.INGEST_CONFLICT,
+        actor=item.actor,
+        target=existing,
+        participants=_study_participants(existing),
+        outcome=Outcome.MINOR_FAILURE,
+        outcome_description="conflicting content kept apart",
+        system_principal=_principal(item),
+        source_address=item.source_address,
+        extra={"source": item.source, "batch": str(item.batch), "ingest_item": str(item.public_id)},
+    )
+    return item
+
+
+@transaction.atomic
+def _reject(item: IngestItem, exc: Rejected) -> None:
+    _finish(item, IngestItem.State.REJECTED, reason=exc.reason)
+    details = {"source": item.source, "batch": str(item.batch), "ingest_item": str(item.public_id), "sha256": item.sha256}
+    if exc.malware:
+        security_alert_raise(
+            kind="malware",
+            summary=exc.reason,
+            event=EventType.MALWARE_DETECTED,
+            actor=item.actor,
+            target=item,
+            extra=details,
+        )
+    else:
+        audit_event_record(
+            event=EventType.INGEST_REJECTED,
+            actor=item.actor,
+            target=item,
+            outcome=Outcome.MINOR_FAILURE,
+            outcome_description=exc.reason,
+            system_principal=_principal(item),
+            source_address=item.source_address,
+            extra=details,
+        )
+
+
+# Sweeper
+# ------------------------------------------------------------------------------
+
+
+def ingest_requeue_stale() -> int:
+    """Queue again every item of the current tenant left `received` or `processing` too long: the broker lost the
+    message or the worker died. Processing claims by compare-and-set, so a message that was not lost after all
+    only finds the item taken."""
+    from studies.tasks import ingest_process_task
+
+    tenant = current_tenant()
+    stale = timezone.now() - timedelta(seconds=settings.INGEST_STALE_SECONDS)
+    ids = list(
+        IngestItem.objects.filter(
+            Q(state=IngestItem.State.RECEIVED, updated_at__lt=stale)
+            | Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
+        ).values_list("pk", flat=True)
+    )
+    for item_id in ids:
+        ingest_process_task.delay(tenant_id=tenant.pk, item_id=item_id)
+    return len(ids)

@@ -1,0 +1,143 @@
+"""Encrypted blobs in Django storages: the primary store, its replica, and the quarantine.
+
+Every blob is written encrypted (studies.storage.envelope) under a name that starts with its tenant's id, with a
+fresh data key wrapped by the tenant key; every read decrypts, checks size and SHA-256 against the row, and falls
+back to the replica when the primary copy is missing or damaged. Callers run inside a tenant scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import uuid
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from studies.models import Blob, TenantKey
+from studies.storage import envelope
+from tenants.models import Tenant
+from tenants.scoping import current_tenant
+
+logger = logging.getLogger(__name__)
+
+PRIMARY, REPLICA, QUARANTINE = "blobs", "replica", "quarantine"
+
+
+class BlobUnreadable(Exception):
+    """Neither the primary nor the replica copy decrypts to the bytes the row describes."""
+
+
+def _master_key() -> bytes:
+    key = base64.b64decode(settings.MASTER_KEY)
+    if len(key) != envelope.KEY_BYTES:
+        raise RuntimeError("MASTER_KEY must be 32 bytes, base64-encoded.")
+    return key
+
+
+def tenant_key_ensure(*, tenant: Tenant) -> TenantKey:
+    """The tenant's active key-encryption key row, created on first use. Safe under concurrent first use."""
+    key = TenantKey.objects.filter(active=True).order_by("-version").first()
+    if key is not None:
+        return key
+    wrapped = envelope.wrap_tenant_key(
+        master_key=_master_key(), tenant_key=envelope.new_key(), tenant_id=tenant.pk, version=1
+    )
+    try:
+        with transaction.atomic():
+            return TenantKey.objects.create(tenant=tenant, version=1, wrapped=wrapped, active=True)
+    except IntegrityError:
+        return TenantKey.objects.get(version=1)
+
+
+def _tenant_key(version: int) -> bytes:
+    tenant = current_tenant()
+    row = TenantKey.objects.get(version=version)
+    return envelope.unwrap_tenant_key(
+        master_key=_master_key(), wrapped=bytes(row.wrapped), tenant_id=tenant.pk, version=version
+    )
+
+
+def blob_write(*, kind: str, data: bytes, replicate: bool = True) -> Blob:
+    """Encrypt `data` and write it to its store (quarantine for incoming bytes, else the primary and the replica).
+
+    The row is saved by the caller's transaction; if that rolls back, the ciphertext left behind cannot be read
+    by anyone, since its key went with the row.
+    """
+    tenant = current_tenant()
+    tenant_key_row = tenant_key_ensure(tenant=tenant)
+    kek = _tenant_key(tenant_key_row.version)
+    blob_id = uuid.uuid4()
+    data_key = envelope.new_key()
+    sealed = envelope.encrypt(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
+    name = f"t{tenant.pk}/{kind}/{blob_id.hex[:2]}/{blob_id.hex}"
+    store = QUARANTINE if kind == Blob.Kind.QUARANTINE else PRIMARY
+    stored_name = storages[store].save(name, ContentFile(sealed))
+    blob = Blob(
+        tenant=tenant,
+        public_id=blob_id,
+        kind=kind,
+        storage_name=stored_name,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        wrapped_key=envelope.wrap_data_key(
+            tenant_key=kek, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
+        ),
+        key_version=tenant_key_row.version,
+    )
+    if replicate and store == PRIMARY:
+        storages[REPLICA].save(stored_name, ContentFile(sealed))
+        blob.replicated_at = timezone.now()
+    blob.save()
+    return blob
+
+
+def _stores_for(blob: Blob) -> list[str]:
+    return [QUARANTINE] if blob.kind == Blob.Kind.QUARANTINE else [PRIMARY, REPLICA]
+
+
+def _decrypt_from(store: str, blob: Blob, data_key: bytes) -> bytes:
+    with storages[store].open(blob.storage_name, "rb") as handle:
+        sealed = handle.read()
+    data = envelope.decrypt(sealed, data_key=data_key, tenant_id=blob.tenant_id, blob_id=str(blob.public_id))
+    if len(data) != blob.size or hashlib.sha256(data).hexdigest() != blob.sha256:
+        raise envelope.DecryptionError("the decrypted bytes do not match the stored hash")
+    return data
+
+
+def blob_read(*, blob: Blob) -> bytes:
+    """The plaintext of `blob`, hash checked; from the replica when the primary copy is gone or damaged."""
+    data_key = envelope.unwrap_data_key(
+        tenant_key=_tenant_key(blob.key_version),
+        wrapped=bytes(blob.wrapped_key),
+        tenant_id=blob.tenant_id,
+        blob_id=str(blob.public_id),
+    )
+    failures = []
+    for store in _stores_for(blob):
+        try:
+            return _decrypt_from(store, blob, data_key)
+        except (OSError, envelope.DecryptionError) as exc:
+            failures.append(f"{store}: {exc.__class__.__name__}")
+            logger.warning("blob %s unreadable from %s (%s)", blob.public_id, store, exc.__class__.__name__)
+    raise BlobUnreadable(f"blob {blob.public_id} is unreadable ({'; '.join(failures)})")
+
+
+def blob_delete(*, blob: Blob) -> None:
+    """Delete the row with its wrapped key now (which alone shreds the blob), and the ciphertext from every store
+    once the transaction commits, so that a rollback never loses bytes that are still referenced."""
+    stores, name, public_id = _stores_for(blob), blob.storage_name, blob.public_id
+
+    def remove_files() -> None:
+        for store in stores:
+            try:
+                storages[store].delete(name)
+            except OSError:
+                logger.warning("could not delete blob %s from %s", public_id, store)
+
+    blob.delete()
+    transaction.on_commit(remove_files)

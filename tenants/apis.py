@@ -1,0 +1,318 @@
+"""REST API of members and API tokens, under /api/v1/t/<tenant>/.
+
+One class per operation (shared/STYLE.md §7). Each parses its input, calls one selector or service and
+serializes the result; objects are found by `public_id` through the selectors, so another tenant's id is a 404
+with the same body as a made-up one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from portal.api.base import TenantApi
+from portal.api.errors import problem_responses
+from portal.api.pagination import Pagination
+from tenants import access, selectors, services
+from tenants.models import ApiToken, Membership, Role
+
+PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The object's id.")
+PAGE_PARAMETERS = [
+    OpenApiParameter("limit", OpenApiTypes.INT, description=f"Rows per page (at most {Pagination.max_limit})."),
+    OpenApiParameter("offset", OpenApiTypes.INT, description="Rows to skip."),
+]
+
+
+def page_of(serializer: type[serializers.Serializer], name: str) -> serializers.Serializer:
+    """The schema of one page of a list (what `Pagination.get_paginated_response` returns)."""
+    return inline_serializer(
+        name=name,
+        fields={
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer(many=True),
+        },
+    )
+
+
+def paginated(api: TenantApi, request: Request, rows: Any, serializer: type[serializers.Serializer]) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(rows, request, view=api)
+    return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
+# Members
+# ------------------------------------------------------------------------------
+
+
+class MemberOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField(source="public_id")
+    username = serializers.CharField(source="user.username")
+    first_name = serializers.CharField(source="user.first_name")
+    last_name = serializers.CharField(source="user.last_name")
+    email = serializers.EmailField(source="user.email")
+    role = serializers.ChoiceField(choices=Role.choices)
+    status = serializers.ChoiceField(choices=Membership.Status.choices)
+    is_current = serializers.SerializerMethodField(help_text="Active and before its end date: the member has access.")
+    ends_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(allow_null=True)
+    ended_reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "Member"
+
+    def get_is_current(self, membership: Membership) -> bool:
+        return membership.is_current()
+
+
+def _require_view_members(request: Request, api: TenantApi) -> None:
+    """Members who may not see the member list get a 403 (and an audit event) from every member endpoint,
+    whatever the id, rather than an empty list or a 404."""
+    access.require(request.user, "tenants.view_members", api.tenant)
+
+
+class MemberListApi(TenantApi):
+    class FilterSerializer(serializers.Serializer):
+        role = serializers.ChoiceField(choices=Role.choices, required=False)
+        status = serializers.ChoiceField(choices=Membership.Status.choices, required=False)
+
+    OutputSerializer = MemberOutputSerializer
+
+    @extend_schema(
+        operation_id="member_list",
+        tags=["members"],
+        summary="List the tenant's members (tenants.view_members)",
+        description="Everyone who has or had access to the tenant, active first, by user name; filter by `role` "
+        "and `status`.",
+        parameters=[FilterSerializer, *PAGE_PARAMETERS],
+        responses={200: page_of(MemberOutputSerializer, "MemberPage"), **problem_responses(400, 401, 403, 404)},
+    )
+    def get(self, request: Request, tenant: str) -> Response:
+        _require_view_members(request, self)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        rows = selectors.membership_list(actor=request.user, **filters.validated_data)
+        return paginated(self, request, rows, self.OutputSerializer)
+
+
+class MemberAddApi(TenantApi):
+    class InputSerializer(serializers.Serializer):
+        username = serializers.CharField(max_length=150)
+        email = serializers.EmailField(
+            required=False, allow_blank=True, help_text="Required for a new account: the invitation goes there."
+        )
+        first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+        last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+        role = serializers.ChoiceField(choices=Role.choices)
+        ends_at = serializers.DateTimeField(
+            required=False, allow_null=True, help_text="When access ends; required for an auditor."
+        )
+
+        class Meta:
+            ref_name = "MemberAdd"
+
+    OutputSerializer = MemberOutputSerializer
+
+    @extend_schema(
+        operation_id="member_add",
+        tags=["members"],
+        summary="Add a member (tenants.manage_members)",
+        description="A new user name creates the account and emails an invitation to choose a password; an "
+        "existing user joins with this role; a former member is reinstated.",
+        request=InputSerializer,
+        responses={201: MemberOutputSerializer, **problem_responses(400, 401, 403, 404)},
+    )
+    def post(self, request: Request, tenant: str) -> Response:
+        _require_view_members(request, self)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.membership_add(actor=request.user, tenant=self.tenant, **data.validated_data)
+        return Response(self.OutputSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberGetApi(TenantApi):
+    OutputSerializer = MemberOutputSerializer
+
+    @extend_schema(
+        operation_id="member_get",
+        tags=["members"],
+        summary="One member (tenants.view_members)",
+        description="A membership by its id. Another tenant's id is a 404, the same as an id that does not exist.",
+        parameters=[PUBLIC_ID],
+        responses={200: MemberOutputSerializer, **problem_responses(401, 403, 404)},
+    )
+    def get(self, request: Request, tenant: str, public_id: str) -> Response:
+        _require_view_members(request, self)
+        membership = selectors.membership_get(actor=request.user, public_id=public_id)
+        return Response(self.OutputSerializer(membership).data)
+
+
+class MemberUpdateApi(TenantApi):
+    class InputSerializer(serializers.Serializer):
+        role = serializers.ChoiceField(choices=Role.choices, required=False)
+        ends_at = serializers.DateTimeField(
+            required=False, allow_null=True, help_text="A new end date, or null to clear it (not for auditors)."
+        )
+
+        class Meta:
+            ref_name = "MemberUpdate"
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if not attrs:
+                raise serializers.ValidationError("Send `role`, `ends_at` or both.")
+            return attrs
+
+    OutputSerializer = MemberOutputSerializer
+
+    @extend_schema(
+        operation_id="member_update",
+        tags=["members"],
+        summary="Change a member's role and/or end date (tenants.manage_members)",
+        description="Send `role`, `ends_at` or both; both change or neither does. `ends_at: null` clears the end "
+        "date (an auditor must keep one). You cannot remove your own administrator role.",
+        parameters=[PUBLIC_ID],
+        request=InputSerializer,
+        responses={200: MemberOutputSerializer, **problem_responses(400, 401, 403, 404)},
+    )
+    def patch(self, request: Request, tenant: str, public_id: str) -> Response:
+        _require_view_members(request, self)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        changes = data.validated_data
+        membership = selectors.membership_get(actor=request.user, public_id=public_id)
+        # Both changes or neither. The order matters only for auditors, whose membership must always have an end
+        # date: set a new date before becoming an auditor, clear it only after the role no longer needs it.
+        with transaction.atomic():
+            if "ends_at" in changes and changes["ends_at"] is not None:
+                membership = services.membership_set_end(
+                    actor=request.user, membership=membership, ends_at=changes["ends_at"]
+                )
+            if "role" in changes:
+                membership = services.membership_change_role(
+                    actor=request.user, membership=membership, role=changes["role"]
+                )
+            if "ends_at" in changes and changes["ends_at"] is None:
+                membership = services.membership_set_end(actor=request.user, membership=membership, ends_at=None)
+        return Response(self.OutputSerializer(membership).data)
+
+
+class MemberEndApi(TenantApi):
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=200, help_text="Why access ends; kept on the audit trail.")
+
+        class Meta:
+            ref_name = "MemberEnd"
+
+    OutputSerializer = MemberOutputSerializer
+
+    @extend_schema(
+        operation_id="member_end",
+        tags=["members"],
+        summary="End a membership now (tenants.manage_members)",
+        description="Ends the member's sessions and revokes their API tokens of this tenant in the same request. "
+        "An account with no other organisation is deactivated. You cannot end your own membership.",
+        parameters=[PUBLIC_ID],
+        request=InputSerializer,
+        responses={200: MemberOutputSerializer, **problem_responses(400, 401, 403, 404)},
+    )
+    def post(self, request: Request, tenant: str, public_id: str) -> Response:
+        _require_view_members(request, self)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = selectors.membership_get(actor=request.user, public_id=public_id)
+        membership = services.membership_end(actor=request.user, membership=membership, **data.validated_data)
+        return Response(self.OutputSerializer(membership).data)
+
+
+# API tokens
+# ------------------------------------------------------------------------------
+
+
+class ApiTokenOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField(source="public_id")
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="The token's first characters, to recognise it; never the token.")
+    status = serializers.ChoiceField(choices=["active", "expired", "revoked"])
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+    class Meta:
+        ref_name = "ApiToken"
+
+
+class ApiTokenListApi(TenantApi):
+    OutputSerializer = ApiTokenOutputSerializer
+
+    @extend_schema(
+        operation_id="api_token_list",
+        tags=["api tokens"],
+        summary="My API tokens in this tenant",
+        description="Every token of the caller in this tenant, newest first, with its state. Never the token itself.",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_of(ApiTokenOutputSerializer, "ApiTokenPage"), **problem_responses(401, 404)},
+    )
+    def get(self, request: Request, tenant: str) -> Response:
+        rows = selectors.api_token_list(actor=request.user)
+        return paginated(self, request, rows, self.OutputSerializer)
+
+
+class ApiTokenCreateApi(TenantApi):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100, help_text="What will use the token.")
+        days = serializers.IntegerField(
+            min_value=1,
+            required=False,
+            help_text=f"Days until it expires: 1 to API_TOKEN_MAX_DAYS ({settings.API_TOKEN_MAX_DAYS} here), "
+            f"{settings.API_TOKEN_DEFAULT_DAYS} when left out.",
+        )
+
+        class Meta:
+            ref_name = "ApiTokenCreate"
+
+    class OutputSerializer(ApiTokenOutputSerializer):
+        token = serializers.CharField(help_text="The token itself. Shown this once: only its digest is stored.")
+
+        class Meta:
+            ref_name = "ApiTokenCreated"
+
+    @extend_schema(
+        operation_id="api_token_create",
+        tags=["api tokens"],
+        summary="Create an API token for myself",
+        description="Send it as `Authorization: Bearer <token>`. It works only for this tenant.",
+        request=InputSerializer,
+        responses={201: OutputSerializer, **problem_responses(400, 401, 404)},
+    )
+    def post(self, request: Request, tenant: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        token, raw = services.api_token_create(actor=request.user, tenant=self.tenant, **data.validated_data)
+        token.token = raw  # type: ignore[attr-defined]
+        return Response(self.OutputSerializer(token).data, status=status.HTTP_201_CREATED)
+
+
+class ApiTokenRevokeApi(TenantApi):
+    @extend_schema(
+        operation_id="api_token_revoke",
+        tags=["api tokens"],
+        summary="Revoke one of my API tokens",
+        description="Idempotent. A tenant admin may revoke any member's token.",
+        parameters=[PUBLIC_ID],
+        request=None,
+        responses={204: None, **problem_responses(401, 403, 404)},
+    )
+    def delete(self, request: Request, tenant: str, public_id: str) -> Response:
+        token: ApiToken = selectors.api_token_get(actor=request.user, public_id=public_id)
+        services.api_token_revoke(actor=request.user, token=token)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from audit.events import EventType
+from tenants import selectors, services
+from tenants.access import NotVisible
+from tenants.models import ApiToken
+from tenants.scoping import tenant_scope
+from tests.tenants.helpers import events
+
+
+def test_create_stores_only_a_digest_and_audits(tenant_a, radiologist_a):
+    with tenant_scope(tenant_a):
+        token, raw = services.api_token_create(actor=radiologist_a, tenant=tenant_a, name=" export ", days=3)
+        stored = ApiToken.objects.get(pk=token.pk)
+
+    assert raw.startswith(services.API_TOKEN_PREFIX) and raw.startswith(stored.prefix)
+    assert stored.digest == ApiToken.digest_of(raw) != raw
+    assert stored.name == "export"
+    assert timedelta(days=2, hours=23) < stored.expires_at - timezone.now() <= timedelta(days=3)
+    assert selectors.api_token_authenticate(raw=raw) == stored
+    (event,) = events(tenant_a, EventType.API_TOKEN_CREATED)
+    assert event.actor_user == radiologist_a
+    assert event.target_id == str(token.public_id)
+    assert raw not in str(event.extra)
+
+
+@pytest.mark.parametrize(("name", "days", "field"), [("x", 0, "days"), ("x", 100000, "days"), ("  ", 5, "name")])
+def test_create_validates(tenant_a, radiologist_a, name, days, field):
+    with tenant_scope(tenant_a), pytest.raises(ValidationError) as caught:
+        services.api_token_create(actor=radiologist_a, tenant=tenant_a, name=name, days=days)
+    assert field in caught.value.message_dict
+    assert events(tenant_a, EventType.API_TOKEN_CREATED) == []
+
+
+def test_revoke_is_idempotent_and_stops_authentication(tenant_a, radiologist_a):
+    with tenant_scope(tenant_a):
+        token, raw = services.api_token_create(actor=radiologist_a, tenant=tenant_a, name="x")
+        services.api_token_revoke(actor=radiologist_a, token=token)
+        services.api_token_revoke(actor=radiologist_a, token=token)
+
+    assert token.status == "revoked"
+    assert selectors.api_token_authenticate(raw=raw) is None
+    (event,) = events(tenant_a, EventType.API_TOKEN_REVOKED)
+    assert event.actor_user == radiologist_a
+
+
+def test_only_the_owner_or_a_tenant_admin_may_revoke(tenant_a, admin_a, radiologist_a, technologist_a):
+    with tenant_scope(tenant_a):
+        token, _ = services.api_token_create(actor=technologist_a, tenant=tenant_a, name="x")
+        with pytest.raises(NotVisible):
+            selectors.api_token_get(actor=radiologist_a, public_id=token.public_id)
+        with pytest.raises(NotVisible):
+            services.api_token_revoke(actor=radiologist_a, token=token)
+        services.api_token_revoke(actor=admin_a, token=selectors.api_token_get(actor=admin_a, public_id=token.public_id))
+
+    assert events(tenant_a, EventType.API_TOKEN_REVOKED)[0].actor_user == admin_a
+
+
+def test_token_status(tenant_a, radiologist_a):
+    with tenant_scope(tenant_a):
+        token, _ = services.api_token_create(actor=radiologist_a, tenant=tenant_a, name="x")
+        assert token.status == "active"
+        token.expires_at = timezone.now() - timedelta(seconds=1)
+        assert token.status == "expired"
+        token.revoked_at = timezone.now()
+        assert token.status == "revoked"
+
+
+def test_malformed_ids_are_not_visible(tenant_a, radiologist_a):
+    with tenant_scope(tenant_a):
+        with pytest.raises(NotVisible):
+            selectors.api_token_get(actor=radiologist_a, public_id="not-a-uuid")
+        with pytest.raises(NotVisible):
+            selectors.membership_get(actor=radiologist_a, public_id="not-a-uuid")
+        with pytest.raises(NotVisible):
+            selectors.api_token_get_for_operator(public_id="not-a-uuid")
