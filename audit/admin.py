@@ -37,8 +37,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ["occurred_at", "tenant", "sequence", "verb", "event_id", "action", "outcome",
-                    "actor_username", "system_principal"]  # fmt: skip
+    list_display = ("occurred_at", "tenant", "sequence", "verb", "event_id", "action", "outcome",
+                    "actor_username", "system_principal")  # fmt: skip
     fields = list_display
     readonly_fields = list_display
     list_filter = ["tenant", "outcome"]
@@ -67,7 +67,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
 @admin.register(AuditChain)
 class AuditChainAdmin(ReadOnlyAdmin):
-    list_display = ["key", "tenant", "last_sequence", "last_hash"]
+    list_display = ("key", "tenant", "last_sequence", "last_hash")
     fields = list_display
     readonly_fields = list_display
     list_select_related = ["tenant"]

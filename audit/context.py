@@ -27,6 +27,12 @@ def current() -> AuditContext:
     return _context.get()
 
 
+def current_request_id() -> str | None:
+    """django-auditlog's correlation id (AUDITLOG_CID_GETTER): our request id, so a field change and the audit
+    event of the same request can be matched."""
+    return _context.get().request_id or None
+
+
 @contextmanager
 def audit_context(**values: str | None) -> Iterator[AuditContext]:
     merged = AuditContext(**{**current().__dict__, **values})

@@ -14,7 +14,7 @@ from typing import Any
 
 from django import forms
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 
 from audit.events import EventType
@@ -44,14 +44,17 @@ class AuditFilterForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["event"].choices = [
+        event = self.fields["event"]
+        assert isinstance(event, forms.ChoiceField)
+        event.choices = [
             ("", "All events and changes"),
             (CHANGES, "Field changes (every model)"),
-            *[(str(e.value), f"{e.label} ({e.spec.event_id.value})") for e in EventType],
+            *[(str(e.value), f"{e.spec.description} ({e.spec.event_id.value})") for e in EventType],
         ]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         start, end = data.get("start"), data.get("end")
         if start and end and start > end:
             raise forms.ValidationError("The start date is after the end date.")
@@ -261,7 +264,7 @@ class AuditExportView(TenantPageView):
 
     required_permission = "tenants.view_audit"
 
-    def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+    def get(self, request: HttpRequest, tenant: str) -> HttpResponseBase:
         form = AuditFilterForm(request.GET)
         if not form.is_valid():
             errors = "; ".join(str(error) for errors in form.errors.values() for error in errors)

@@ -36,11 +36,11 @@ admin.site.__class__ = OpsAdminSite
 class AuthenticatorAdmin(admin.ModelAdmin):
     """Which authenticators people have, without their secrets: read-only."""
 
-    list_display = ["user", "name", "confirmed", "created_at", "last_used_at"]
-    list_filter = ["confirmed"]
-    search_fields = ["user__username"]
-    fields = ["user", "name", "confirmed", "created_at", "last_used_at"]
-    readonly_fields = fields
+    list_display = ("user", "name", "confirmed", "created_at", "last_used_at")
+    list_filter = ("confirmed",)
+    search_fields = ("user__username",)
+    fields = list_display
+    readonly_fields = list_display
     list_select_related = ["user"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

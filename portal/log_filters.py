@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
+from typing import Any
 
 _QUERY = re.compile(r"\?[^\s\"]*")
 
 
+def _strip(value: Any) -> Any:
+    return _QUERY.sub("?…", value) if isinstance(value, str) else value
+
+
 class StripQueryStringFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.args = tuple(_QUERY.sub("?…", a) if isinstance(a, str) else a for a in record.args)  # type: ignore[assignment]
+        if isinstance(record.args, Mapping):
+            record.args = {key: _strip(value) for key, value in record.args.items()}
+        elif record.args:
+            record.args = tuple(_strip(a) for a in record.args)
         if isinstance(record.msg, str):
-            record.msg = _QUERY.sub("?…", record.msg)
+            record.msg = _strip(record.msg)
         return True

@@ -22,13 +22,13 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "status", "created_at"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
-    fields = ["slug", "name"]
+    fields = ("slug", "name")
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["slug", "name", "status", "created_at"] if obj is not None else []
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("slug", "name", "status", "created_at") if obj is not None else ()
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["slug", "name", "status", "created_at"] if obj is not None else ["slug", "name"]
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("slug", "name", "status", "created_at") if obj is not None else ("slug", "name")
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -50,8 +50,8 @@ class UserAdmin(admin.ModelAdmin):
     list_display = ["username", "email", "first_name", "last_name", "is_active", "is_staff", "last_login"]
     list_filter = ["is_active", "is_staff", "is_superuser"]
     search_fields = ["username", "email", "first_name", "last_name"]
-    fields = ["username", "email", "first_name", "last_name", "subject_uuid", "is_active", "is_staff",
-              "is_superuser", "last_login", "date_joined", "memberships"]  # fmt: skip
+    fields = ("username", "email", "first_name", "last_name", "subject_uuid", "is_active", "is_staff",
+              "is_superuser", "last_login", "date_joined", "memberships")  # fmt: skip
     readonly_fields = fields
     ordering = ["username"]
     actions = ["deactivate"]

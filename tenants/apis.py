@@ -7,7 +7,7 @@ with the same body as a made-up one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import transaction
@@ -21,7 +21,7 @@ from portal.api.base import TenantApi
 from portal.api.errors import problem_responses
 from portal.api.pagination import Pagination
 from tenants import access, selectors, services
-from tenants.models import ApiToken, Membership, Role
+from tenants.models import ApiToken, Membership, Role, User
 
 PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The object's id.")
 PAGE_PARAMETERS = [
@@ -45,7 +45,7 @@ def page_of(serializer: type[serializers.Serializer], name: str) -> serializers.
 
 def paginated(api: TenantApi, request: Request, rows: Any, serializer: type[serializers.Serializer]) -> Response:
     paginator = Pagination()
-    page = paginator.paginate_queryset(rows, request, view=api)
+    page: list[Any] | None = paginator.paginate_queryset(rows, request, view=api)
     return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
@@ -297,7 +297,9 @@ class ApiTokenCreateApi(TenantApi):
     def post(self, request: Request, tenant: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        token, raw = services.api_token_create(actor=request.user, tenant=self.tenant, **data.validated_data)
+        token, raw = services.api_token_create(
+            actor=cast(User, request.user), tenant=self.tenant, **data.validated_data
+        )
         token.token = raw  # type: ignore[attr-defined]
         return Response(self.OutputSerializer(token).data, status=status.HTTP_201_CREATED)
 
@@ -314,5 +316,5 @@ class ApiTokenRevokeApi(TenantApi):
     )
     def delete(self, request: Request, tenant: str, public_id: str) -> Response:
         token: ApiToken = selectors.api_token_get(actor=request.user, public_id=public_id)
-        services.api_token_revoke(actor=request.user, token=token)
+        services.api_token_revoke(actor=cast(User, request.user), token=token)
         return Response(status=status.HTTP_204_NO_CONTENT)

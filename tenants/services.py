@@ -190,7 +190,9 @@ def membership_set_end(*, actor: Any, membership: Membership, ends_at: datetime 
 
 
 @transaction.atomic
-def membership_end(*, actor: Any, membership: Membership, reason: str) -> Membership:
+def membership_end(
+    *, actor: Any, membership: Membership, reason: str, system_principal: str = "enclave:membership-expiry"
+) -> Membership:
     """End a membership now, with the user's sessions and this tenant's API tokens of that user.
 
     `actor` None means the system (the end-date job); a person needs `tenants.manage_members`. Idempotent.
@@ -221,7 +223,7 @@ def membership_end(*, actor: Any, membership: Membership, reason: str) -> Member
         actor=actor,
         target=membership,
         participants=[participant(user, role="member")],
-        system_principal="" if actor is not None else "enclave:membership-expiry",
+        system_principal="" if actor is not None else system_principal,
         extra={"reason": reason, "tokens_revoked": revoked, "sessions_ended": sessions, "deactivated": deactivated},
     )
     return membership
@@ -248,7 +250,9 @@ def user_deactivate(*, user: User, reason: str, operator: Any = None) -> User:
     """
     for membership in selectors.membership_list_across_tenants(user=user):
         with tenant_scope(membership.tenant):
-            membership_end(actor=None, membership=membership, reason=reason)
+            membership_end(
+                actor=None, membership=membership, reason=reason, system_principal="enclave:operator-deactivation"
+            )
     if user.is_active:
         user.is_active = False
         user.save(update_fields=["is_active"])

@@ -7,7 +7,7 @@ access, not of patient data, so it writes no audit event; every change does, in 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from uuid import UUID
 
 from django import forms
@@ -27,13 +27,13 @@ from tenants.forms import (
     MemberRoleForm,
     errors_apply,
 )
-from tenants.models import ApiToken, Membership, Role
+from tenants.models import ApiToken, Membership, Role, User
 
 MEMBERS_PER_PAGE = 50
 
 
 def _messages_of(form: forms.Form) -> list[str]:
-    return [message for errors in form.errors.values() for message in errors]
+    return [str(message) for errors in form.errors.values() for message in errors]
 
 
 def members_page(
@@ -178,7 +178,7 @@ class ApiTokensView(TenantPageView):
         if form.is_valid():
             try:
                 token, raw = services.api_token_create(
-                    actor=request.user,
+                    actor=cast(User, request.user),
                     tenant=self.tenant,
                     name=form.cleaned_data["name"],
                     days=form.cleaned_data["days"],
@@ -195,6 +195,6 @@ class ApiTokensView(TenantPageView):
 class ApiTokenRevokeView(TenantPageView):
     def post(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
         token = selectors.api_token_get(actor=request.user, public_id=public_id)
-        services.api_token_revoke(actor=request.user, token=token)
+        services.api_token_revoke(actor=cast(User, request.user), token=token)
         messages.success(request, f"The token “{token.name}” ({token.prefix}…) is revoked: it no longer works.")
         return redirect("portal:api_tokens", tenant=self.tenant.slug)

@@ -86,7 +86,7 @@ class ProblemSerializer(serializers.Serializer):
     status = serializers.IntegerField()
     detail = serializers.CharField()
     code = serializers.CharField(required=False)
-    errors = serializers.DictField(required=False, help_text="For 400: the invalid fields, each with its messages.")
+    errors = serializers.DictField(required=False, help_text="For 400: the invalid fields, each with its messages.")  # type: ignore[assignment]
 
     class Meta:
         ref_name = "Problem"

@@ -284,7 +284,7 @@ AUDITLOG_EXCLUDE_TRACKING_MODELS = (
 AUDITLOG_MASK_TRACKING_FIELDS = ("password", "key", "token", "digest")
 AUDITLOG_EXCLUDE_TRACKING_FIELDS = ("last_login", "updated_at", "last_used_at", "throttling_failure_timestamp",
                                     "throttling_failure_count", "last_t", "last_used")
-AUDITLOG_CID_HEADER = "x-request-id"
+AUDITLOG_CID_GETTER = "audit.context.current_request_id"
 AUDITLOG_STORE_JSON_CHANGES = True
 
 # CELERY

@@ -116,14 +116,20 @@ def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Datas
     transfer_syntax = _transfer_syntax(view, meta)
     body = view[dataset_start:]
     if transfer_syntax.is_deflated:
-        body = memoryview(_inflate(body, limit=limits.max_bytes + limits.max_pixel_bytes))
+        body = memoryview(_inflate(body, limit=limits.max_bytes))
     _Walker(body, implicit=transfer_syntax.is_implicit_VR, little=transfer_syntax.is_little_endian).dataset()
 
     try:
         ds = pydicom.dcmread(BytesIO(data), force=False)
+        return _validate(ds, transfer_syntax, limits)
+    except InvalidDicom:
+        raise
     except Exception as exc:
+        # pydicom converts values lazily, so a malformed value can fail anywhere below; the caller is owed a verdict.
         raise InvalidDicom(f"unreadable DICOM data ({type(exc).__name__})") from exc
 
+
+def _validate(ds: pydicom.Dataset, transfer_syntax: UID, limits: Limits) -> tuple[ParsedInstance, pydicom.Dataset]:
     for keyword, name in _REQUIRED_UIDS:
         _require_uid(ds, keyword, name)
 

@@ -47,9 +47,9 @@ def thumbnail_png(ds: pydicom.Dataset, *, size: int = 128) -> bytes:
 
 def _grayscale_to_8bit(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     values = frame.astype(np.float64)
-    slope = _number(_attribute(ds, "PixelValueTransformationSequence", "RescaleSlope"), default=1.0)
-    intercept = _number(_attribute(ds, "PixelValueTransformationSequence", "RescaleIntercept"), default=0.0)
-    values = values * slope + intercept
+    slope = _number(_attribute(ds, "PixelValueTransformationSequence", "RescaleSlope"))
+    intercept = _number(_attribute(ds, "PixelValueTransformationSequence", "RescaleIntercept"))
+    values = values * (1.0 if slope is None else slope) + (intercept or 0.0)
 
     center = _number(_attribute(ds, "FrameVOILUTSequence", "WindowCenter"))
     width = _number(_attribute(ds, "FrameVOILUTSequence", "WindowWidth"))
@@ -57,10 +57,9 @@ def _grayscale_to_8bit(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
         low, high = center - width / 2, center + width / 2
     else:
         low, high = float(values.min()), float(values.min() + np.ptp(values))
-    if high > low:
-        scaled = np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0
-    else:
-        scaled = np.zeros_like(values)
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)  # a uniform image has nothing to show
+    scaled = np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0
     if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
         scaled = 255.0 - scaled
     return np.round(scaled).astype(np.uint8)
@@ -90,13 +89,13 @@ def _attribute(ds: pydicom.Dataset, functional_group: str, keyword: str) -> Any:
     return None
 
 
-def _number(value: Any, *, default: float | None = None) -> float | None:
+def _number(value: Any) -> float | None:
     """A float from a DS/IS value; a multi-valued window takes its first value."""
-    if value is None or value == "":
-        return default
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if len(value) else None
+    if value is None or value == "":
+        return None
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
     except (TypeError, ValueError):
-        return default
+        return None

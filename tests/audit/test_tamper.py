@@ -8,6 +8,10 @@ number where the chain breaks.
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -42,6 +46,17 @@ def _verify(*args):
     out = io.StringIO()
     call_command("audit_verify", *args, stdout=out)
     return out.getvalue()
+
+
+def _verify_in_a_process() -> subprocess.CompletedProcess:
+    """`manage.py audit_verify` as an operator runs it, against the test database: the real exit code."""
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "portal.settings.test"}
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "manage.py", "audit_verify"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _verify_fails(*args):
@@ -88,9 +103,10 @@ def test_the_model_refuses_save_and_delete_of_a_stored_event(tenant_a):
 # ------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_verify_passes_whole_chains(tenant_a, tenant_b):
     _seed(tenant_a)
+    assert _verify_in_a_process().returncode == 0
     out = _verify()
     assert "tenant north (tenant:" in out
     assert f"tenant north (tenant:{tenant_a.pk}): 6 events, OK" in out
@@ -118,6 +134,10 @@ def test_a_row_edited_by_a_superuser_is_found_at_its_sequence(tenant_a, tenant_b
 
     message = _verify_fails()
     assert "tenant north: chain broken at sequence 4 (event altered)" in message
+    process = _verify_in_a_process()
+    assert process.returncode == 1
+    assert "tenant north: chain broken at sequence 4 (event altered)" in process.stderr
+    assert "tenant south" in process.stdout
     assert "south" not in message
     assert "OK" in _verify("--tenant", "south")
     assert "sequence 4" in _verify_fails("--tenant", "north")

@@ -116,3 +116,10 @@ def test_settings_name_no_secret_defaults_in_base():
 
     assert os.environ.get("SECRET_KEY", "") == base.SECRET_KEY
     assert settings.ENCLAVE_ENV == "test"
+
+
+def test_log_filter_keeps_mapping_arguments():
+    record = logging.LogRecord("celery", logging.INFO, __file__, 1, "Task %(name)s: %(path)s", None, None)
+    record.args = {"name": "t", "path": "/dicomweb/north/studies?PatientID=123"}
+    StripQueryStringFilter().filter(record)
+    assert record.getMessage() == "Task t: /dicomweb/north/studies?…"

@@ -80,9 +80,7 @@ def start_clamd(workdir: Path) -> ClamdDaemon:
     )
     log = workdir / "clamd.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603 - a fixed binary and our own config file
-            [str(CLAMD), f"--config-file={conf}"], stdout=out, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen([str(CLAMD), f"--config-file={conf}"], stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -109,7 +107,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="session")
 def clamd_daemon() -> Iterator[ClamdDaemon]:
     """A real clamd on a Unix socket (short path, under /tmp) and on a loopback TCP port, for the whole session."""
-    workdir = Path(tempfile.mkdtemp(prefix="ecl-", dir="/tmp"))  # noqa: S108 - Unix socket paths max 108 bytes
+    # Under /tmp, not pytest's deep tmp_path: a Unix socket path may be at most 108 bytes.
+    workdir = Path(tempfile.mkdtemp(prefix="ecl-", dir="/tmp"))
     try:
         daemon = start_clamd(workdir)
         try:

@@ -44,7 +44,7 @@ class Command(BaseCommand):
                     f"{label}: chain broken at sequence {result.first_broken_sequence} ({result.reason}); "
                     f"{result.events} events verified before it"
                 )
-        if not broken and only is not None and not chains:
-            self.stdout.write(f"tenant {only.slug}: no audit chain yet, nothing to verify")
+        if not chains:
+            self.stdout.write("No audit chain yet: nothing to verify.")
         if broken:
             raise CommandError("\n".join(broken), returncode=1)

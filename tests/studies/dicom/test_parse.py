@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 from datetime import date, time
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.decoders.base import Decoder
+from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -330,8 +332,6 @@ def test_truncated_compressed_stream(syntax: str):
 def test_fewer_fragments_than_frames():
     data = make_instance(transfer_syntax=RLELossless, frames=3, bits=8)
     ds = pydicom.dcmread(io.BytesIO(data))
-    from pydicom.encaps import generate_frames
-
     frames = list(generate_frames(ds.PixelData, number_of_frames=3))
     ds.PixelData = encapsulate(frames[:2], has_bot=False)
     out = io.BytesIO()
@@ -366,3 +366,71 @@ def test_huge_declared_length_in_header():
     at = data.index(b"Synthetic study") - 2  # the 2-byte length of Study Description (LO)
     data[at : at + 2] = struct.pack("<H", 60000)
     assert _refused(bytes(data)).startswith("truncated: the file ends inside")
+
+
+def _with_undefined_length_sequences() -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(make_instance(bits=8, rows=8, columns=8)))
+    code = Dataset()
+    code.CodeValue = "X"
+    code.CodingSchemeDesignator = "99SYN"
+    code.CodeMeaning = "Synthetic"
+    code.is_undefined_length_sequence_item = True
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    reference.ReferencedSOPInstanceUID = generate_uid()
+    reference.PurposeOfReferenceCodeSequence = Sequence([code])
+    reference["PurposeOfReferenceCodeSequence"].is_undefined_length = True
+    reference.is_undefined_length_sequence_item = True
+    ds.ReferencedImageSequence = Sequence([reference])
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_nested_undefined_length_sequences():
+    data = _with_undefined_length_sequences()
+    assert data.count(b"\xfe\xff\xdd\xe0") == 2  # two sequence delimiters: the lengths really are undefined
+    _, ds = parse(data, limits=LIMITS)
+    assert ds.ReferencedImageSequence[0].PurposeOfReferenceCodeSequence[0].CodeValue == "X"
+
+    end_of_inner = data.index(b"\xfe\xff\xdd\xe0")
+    assert _refused(data[: data.index(b"99SYN") + 2]) == (
+        "truncated: the file ends inside Coding Scheme Designator (0008,0102)"
+    )
+    assert _refused(data[:end_of_inner]) == (
+        "truncated: the file ends before the end of Purpose of Reference Code Sequence (0040,A170)"
+    )
+    assert _refused(data[: end_of_inner + 8]) == "truncated: the file ends inside a sequence item"
+
+
+def test_deflate_bomb_is_refused():
+    data = _rewrite(make_instance(rows=256, columns=256, bits=16), PixelData=bytes(256 * 256 * 2))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    deflated = out.getvalue()
+    assert len(deflated) < 5000
+
+    reason = _refused(deflated, Limits(max_bytes=100_000))
+
+    assert reason == "file too large: the deflated data set inflates past 100000 bytes"
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless])
+def test_damaged_headers_give_a_verdict_never_a_crash(syntax: str):
+    """Random byte changes in the header either parse or raise InvalidDicom; nothing else escapes."""
+    rng = random.Random(20240102)
+    base = make_instance(transfer_syntax=syntax, rows=16, columns=16, bits=8, frames=2)
+    reasons = []
+    for _ in range(400):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(128, 1100)] = rng.randrange(256)
+        try:
+            parse(bytes(data), limits=LIMITS)
+        except InvalidDicom as exc:
+            reasons.append(exc.reason)
+    assert reasons
+    assert not [reason for reason in reasons if any(fragment in reason for fragment in PATIENT_DATA)]

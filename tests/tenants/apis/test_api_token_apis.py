@@ -59,7 +59,8 @@ def test_create_returns_the_token_once_and_it_works(api_client_for, tenant_a, ra
     assert event.actor_user == radiologist_a
     assert event.target_id == body["id"]
     assert event.extra["days"] == 7
-    assert raw not in str(event.extra) and raw not in str(event.participants)
+    assert raw not in str(event.extra)
+    assert raw not in str(event.participants)
 
 
 def test_create_uses_the_default_lifetime(api_client_for, tenant_a, radiologist_a):

@@ -19,7 +19,9 @@ def test_ending_a_membership_ends_sessions_and_tokens_in_the_same_request(
     script = api_client_for(radiologist_a, tenant_a)
     assert script.get("/api/v1/t/north/tokens/").status_code == 200
 
-    response = api_client_for(admin_a, tenant_a).post(end_url(radiologist_a, tenant_a), {"reason": "left"}, format="json")
+    response = api_client_for(admin_a, tenant_a).post(
+        end_url(radiologist_a, tenant_a), {"reason": "left"}, format="json"
+    )
 
     assert response.status_code == 200
     assert response.json()["status"] == "ended"
@@ -41,9 +43,7 @@ def test_ending_a_membership_ends_sessions_and_tokens_in_the_same_request(
     }
 
 
-def test_a_member_of_another_tenant_stays_active_there(
-    api_client_for, tenant_a, tenant_b, admin_a, make_member
-):
+def test_a_member_of_another_tenant_stays_active_there(api_client_for, tenant_a, tenant_b, admin_a, make_member):
     both = make_member(tenant_a, Role.RADIOLOGIST, "both-radiologist")
     make_member(tenant_b, Role.RADIOLOGIST, "both-radiologist-b")  # noise
     from tenants.access import membership_groups_sync
@@ -92,7 +92,9 @@ def test_ending_twice_is_harmless(api_client_for, tenant_a, admin_a, radiologist
 
 
 def test_compliance_officer_is_refused(api_client_for, tenant_a, compliance_a, radiologist_a):
-    response = api_client_for(compliance_a, tenant_a).post(end_url(radiologist_a, tenant_a), {"reason": "x"}, format="json")
+    response = api_client_for(compliance_a, tenant_a).post(
+        end_url(radiologist_a, tenant_a), {"reason": "x"}, format="json"
+    )
 
     assert response.status_code == 403
     assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user == compliance_a

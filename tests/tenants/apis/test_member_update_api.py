@@ -53,7 +53,9 @@ def test_becoming_an_auditor_and_back_in_one_request_each(api_client_for, tenant
     client = api_client_for(admin_a, tenant_a)
     ends_at = (timezone.now() + timedelta(days=30)).isoformat()
 
-    to_auditor = client.patch(url_of(radiologist_a, tenant_a), {"role": Role.AUDITOR, "ends_at": ends_at}, format="json")
+    to_auditor = client.patch(
+        url_of(radiologist_a, tenant_a), {"role": Role.AUDITOR, "ends_at": ends_at}, format="json"
+    )
     back = client.patch(url_of(radiologist_a, tenant_a), {"role": Role.RADIOLOGIST, "ends_at": None}, format="json")
 
     assert to_auditor.status_code == back.status_code == 200
@@ -61,7 +63,9 @@ def test_becoming_an_auditor_and_back_in_one_request_each(api_client_for, tenant
     assert back.json()["ends_at"] is None
 
 
-def test_an_auditor_without_an_end_date_is_refused_and_nothing_changes(api_client_for, tenant_a, admin_a, auditor_a, radiologist_a):
+def test_an_auditor_without_an_end_date_is_refused_and_nothing_changes(
+    api_client_for, tenant_a, admin_a, auditor_a, radiologist_a
+):
     client = api_client_for(admin_a, tenant_a)
 
     to_auditor = client.patch(url_of(radiologist_a, tenant_a), {"role": Role.AUDITOR}, format="json")
@@ -81,7 +85,9 @@ def test_an_auditor_without_an_end_date_is_refused_and_nothing_changes(api_clien
 
 
 def test_an_admin_cannot_drop_their_own_admin_role(api_client_for, tenant_a, admin_a):
-    response = api_client_for(admin_a, tenant_a).patch(url_of(admin_a, tenant_a), {"role": Role.RADIOLOGIST}, format="json")
+    response = api_client_for(admin_a, tenant_a).patch(
+        url_of(admin_a, tenant_a), {"role": Role.RADIOLOGIST}, format="json"
+    )
 
     assert response.status_code == 400
     assert problem(response)["errors"] == {"role": ["You cannot remove your own administrator role."]}
@@ -95,7 +101,9 @@ def test_an_empty_change_is_a_400(api_client_for, tenant_a, admin_a, radiologist
     assert problem(response)["errors"] == {"non_field_errors": ["Send `role`, `ends_at` or both."]}
 
 
-def test_members_without_manage_members_are_refused(api_client_for, tenant_a, compliance_a, radiologist_a, technologist_a):
+def test_members_without_manage_members_are_refused(
+    api_client_for, tenant_a, compliance_a, radiologist_a, technologist_a
+):
     target = url_of(technologist_a, tenant_a)
     for user in (compliance_a, radiologist_a):
         response = api_client_for(user, tenant_a).patch(target, {"role": Role.RADIOLOGIST}, format="json")
@@ -110,7 +118,9 @@ def test_another_tenants_member_is_a_404(api_client_for, tenant_a, tenant_b, adm
     other = client.patch(url_of(outsider_b, tenant_b), {"role": Role.TECHNOLOGIST}, format="json")
     missing = client.patch(f"{URL}{random_id()}/", {"role": Role.TECHNOLOGIST}, format="json")
     other_tenant_url = client.patch(
-        f"/api/v1/t/south/members/{membership_of(outsider_b, tenant_b).public_id}/", {"role": "technologist"}, format="json"
+        f"/api/v1/t/south/members/{membership_of(outsider_b, tenant_b).public_id}/",
+        {"role": "technologist"},
+        format="json",
     )
 
     assert other.status_code == missing.status_code == other_tenant_url.status_code == 404

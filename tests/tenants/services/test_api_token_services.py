@@ -19,7 +19,8 @@ def test_create_stores_only_a_digest_and_audits(tenant_a, radiologist_a):
         token, raw = services.api_token_create(actor=radiologist_a, tenant=tenant_a, name=" export ", days=3)
         stored = ApiToken.objects.get(pk=token.pk)
 
-    assert raw.startswith(services.API_TOKEN_PREFIX) and raw.startswith(stored.prefix)
+    assert raw.startswith(services.API_TOKEN_PREFIX)
+    assert raw.startswith(stored.prefix)
     assert stored.digest == ApiToken.digest_of(raw) != raw
     assert stored.name == "export"
     assert timedelta(days=2, hours=23) < stored.expires_at - timezone.now() <= timedelta(days=3)
@@ -57,7 +58,9 @@ def test_only_the_owner_or_a_tenant_admin_may_revoke(tenant_a, admin_a, radiolog
             selectors.api_token_get(actor=radiologist_a, public_id=token.public_id)
         with pytest.raises(NotVisible):
             services.api_token_revoke(actor=radiologist_a, token=token)
-        services.api_token_revoke(actor=admin_a, token=selectors.api_token_get(actor=admin_a, public_id=token.public_id))
+        services.api_token_revoke(
+            actor=admin_a, token=selectors.api_token_get(actor=admin_a, public_id=token.public_id)
+        )
 
     assert events(tenant_a, EventType.API_TOKEN_REVOKED)[0].actor_user == admin_a
 

@@ -44,7 +44,9 @@ def test_add_creates_the_account_joins_the_role_group_and_invites(
 
 def test_add_nothing_is_written_when_the_invitation_would_be_rolled_back(tenant_a, admin_a):
     with tenant_scope(tenant_a), pytest.raises(ValidationError):
-        services.membership_add(actor=admin_a, tenant=tenant_a, username="Bad Name!", email="x@example.org", role="radiologist")
+        services.membership_add(
+            actor=admin_a, tenant=tenant_a, username="Bad Name!", email="x@example.org", role="radiologist"
+        )
     assert not User.objects.filter(username="Bad Name!").exists()
     assert mail.outbox == []
     assert events(tenant_a, EventType.MEMBER_ADDED) == []
