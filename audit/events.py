@@ -94,6 +94,7 @@ class EventType(IntEnum):
     INGEST_REJECTED = 502
     MALWARE_DETECTED = 503
     INGEST_CONFLICT = 504
+    STUDIES_QUERIED = 505
 
     @property
     def spec(self) -> EventSpec:
@@ -149,4 +150,5 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.INGEST_CONFLICT: EventSpec(
         INSTANCES_TRANSFERRED, None, Action.UPDATE, "Different bytes under a stored SOP Instance UID kept apart"
     ),
+    EventType.STUDIES_QUERIED: EventSpec(QUERY, None, Action.EXECUTE, "Studies searched"),
 }

@@ -13,14 +13,11 @@ from tenants import access
 def dicom_peer_get(*, ae_title: str, address: str | None) -> Device | None:
     """The approved modality or workstation of the current tenant with this calling AE title, if it connects from
     its registered host (a device registered without a host may connect from anywhere). None otherwise."""
-    device = (
-        Device.objects.filter(
-            ae_title=(ae_title or "").strip().upper(),
-            status=Device.Status.APPROVED,
-            kind__in=[Device.Kind.MODALITY, Device.Kind.WORKSTATION],
-        )
-        .first()
-    )
+    device = Device.objects.filter(
+        ae_title=(ae_title or "").strip().upper(),
+        status=Device.Status.APPROVED,
+        kind__in=[Device.Kind.MODALITY, Device.Kind.WORKSTATION],
+    ).first()
     if device is None:
         return None
     if device.host and device.host != address:

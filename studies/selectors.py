@@ -67,7 +67,7 @@ def ingest_item_list(*, actor: Any, state: str = "", batch: UUID | None = None) 
 
 
 def ingest_state_counts(*, actor: Any) -> dict[str, int]:
-    counts = {state: 0 for state in IngestItem.State.values}
+    counts = dict.fromkeys(IngestItem.State.values, 0)
     for row in ingest_item_list(actor=actor).order_by().values("state").annotate(n=models.Count("pk")):
         counts[row["state"]] = row["n"]
     return counts

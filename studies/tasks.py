@@ -9,13 +9,20 @@ from celery import shared_task
 
 from studies import services
 from studies.models import IngestItem, Series
+from studies.scanning import ScanError
 from tenants.models import Tenant
 from tenants.scoping import task_context
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="studies.tasks.ingest_process")
+@shared_task(
+    name="studies.tasks.ingest_process",
+    autoretry_for=(ScanError,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    max_retries=10,
+)
 def ingest_process_task(*, tenant_id: int, item_id: int) -> str:
     try:
         with task_context(tenant_id=tenant_id, principal="enclave:ingest"):

@@ -48,7 +48,8 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # STATIC: no manifest needed in tests
 # ------------------------------------------------------------------------------
 STATIC_ROOT = Path(tempfile.mkdtemp(prefix="enclave-static-"))
-_STORE_ROOT = Path(tempfile.mkdtemp(prefix="enclave-stores-"))
+# A fresh folder per process, unless the test process hands its own to the worker and listener it starts.
+_STORE_ROOT = Path(env.str("ENCLAVE_TEST_STORE_ROOT", default="") or tempfile.mkdtemp(prefix="enclave-stores-"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tempfile.mkdtemp()}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -8,6 +8,7 @@ from studies.services.ingest import (
     ingest_requeue_stale,
 )
 from studies.services.thumbnails import series_thumbnail_make
+from studies.services.uploads import upload_receive, upload_reject
 
 __all__ = [
     "Rejected",
@@ -16,4 +17,6 @@ __all__ = [
     "ingest_receive",
     "ingest_requeue_stale",
     "series_thumbnail_make",
+    "upload_receive",
+    "upload_reject",
 ]

@@ -104,9 +104,8 @@ def _claim(item_id: int) -> bool:
     worker died). Exactly one caller wins."""
     stale = timezone.now() - timedelta(seconds=settings.INGEST_STALE_SECONDS)
     claimable = Q(state=IngestItem.State.RECEIVED) | Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
-    won = (
-        IngestItem.objects.filter(claimable, pk=item_id)
-        .update(state=IngestItem.State.PROCESSING, claimed_at=timezone.now(), attempts=F("attempts") + 1)
+    won = IngestItem.objects.filter(claimable, pk=item_id).update(
+        state=IngestItem.State.PROCESSING, claimed_at=timezone.now(), attempts=F("attempts") + 1
     )
     return won == 1
 
@@ -123,7 +122,9 @@ def _check(data: bytes) -> Verdict:
     """Every check an object passes before it may enter the archive, cheapest first."""
     verdict = dicom_preamble.inspect_preamble(data)
     if verdict.kind == "executable":
-        raise Rejected(f"Suspected malware: the DICOM preamble holds an executable header ({verdict.detail}).", malware=True)
+        raise Rejected(
+            f"Suspected malware: the DICOM preamble holds an executable header ({verdict.detail}).", malware=True
+        )
     result = scanning.scan(data, address=settings.CLAMD_ADDRESS or None)
     if not result.clean:
         raise Rejected(f"Malware found by the virus scanner ({result.signature}).", malware=True)
@@ -263,6 +264,13 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
     except Rejected as exc:
         _reject(item, exc)
         return item
+    except scanning.ScanError:
+        # The scanner is down: a scan that did not happen never counts as clean. Give the item back so that a
+        # retry, or the sweeper, can take it again.
+        IngestItem.objects.filter(pk=item_id, state=IngestItem.State.PROCESSING).update(
+            state=IngestItem.State.RECEIVED, reason="waiting for the malware scanner", claimed_at=None
+        )
+        raise
 
 
 def _store(item: IngestItem, verdict: Verdict, sha256: str, tenant: Tenant) -> IngestItem:
@@ -336,7 +344,12 @@ def _resolve_existing(item: IngestItem, existing: Instance, sha256: str) -> Inge
 @transaction.atomic
 def _reject(item: IngestItem, exc: Rejected) -> None:
     _finish(item, IngestItem.State.REJECTED, reason=exc.reason)
-    details = {"source": item.source, "batch": str(item.batch), "ingest_item": str(item.public_id), "sha256": item.sha256}
+    details = {
+        "source": item.source,
+        "batch": str(item.batch),
+        "ingest_item": str(item.public_id),
+        "sha256": item.sha256,
+    }
     if exc.malware:
         security_alert_raise(
             kind="malware",

@@ -23,7 +23,10 @@ def series_thumbnail_make(*, series: Series) -> Series:
     if series.thumbnail_id is not None:
         return series
     instance = (
-        Instance.objects.filter(series=series, rows__isnull=False).select_related("blob").order_by("instance_number", "pk").first()
+        Instance.objects.filter(series=series, rows__isnull=False)
+        .select_related("blob")
+        .order_by("instance_number", "pk")
+        .first()
     )
     if instance is None:
         return series

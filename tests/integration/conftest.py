@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from portal.celery import app as celery_app
@@ -38,6 +39,11 @@ def _test_database_url() -> str:
     return f"postgres://{user}@{host}:{port}/{s['NAME']}"
 
 
+def _test_store_root() -> str:
+    """This process's blob stores (portal.settings.test), shared with the processes it starts."""
+    return str(Path(settings.STORAGES["blobs"]["OPTIONS"]["location"]).parent)
+
+
 @pytest.fixture
 def celery_worker_process(transactional_db: Any, tmp_path: Path) -> Iterator[WorkerProcess]:
     """A real `celery worker` process on Redis, reading the test database, consuming a queue of its own.
@@ -51,6 +57,7 @@ def celery_worker_process(transactional_db: Any, tmp_path: Path) -> Iterator[Wor
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "portal.settings.test",
         "DATABASE_URL": _test_database_url(),
+        "ENCLAVE_TEST_STORE_ROOT": _test_store_root(),
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "CELERY_TASK_DEFAULT_QUEUE": queue,
         "CELERY_SINGLE_QUEUE": "true",

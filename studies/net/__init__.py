@@ -1,0 +1,1 @@
+"""The archive's network doors that are not HTTP: the DICOM listener (`scp`)."""

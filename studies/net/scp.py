@@ -1,0 +1,297 @@
+"""The DICOM door: a Storage SCP (C-ECHO and C-STORE) that hands every received object to the ingest pipeline.
+
+One listener serves every tenant. The called AE title names the tenant; the calling AE title and the peer's
+address must belong to an approved modality or workstation of that tenant, else the association is rejected and
+a security alert is raised. Each accepted association is one ingest batch. A C-STORE is answered with success
+only once its bytes are quarantined and its IngestItem committed (`studies.services.ingest_receive`), so a
+sender never deletes an object we could still lose.
+
+Threads: pynetdicom runs each association in its own thread, and every handler of that association runs in it.
+Django gives each thread its own database connection; it is closed when the association ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from auditlog.context import set_actor
+from django.conf import settings
+from django.db import close_old_connections, connection
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from audit.context import audit_context
+from audit.events import EventType
+from audit.services import security_alert_raise
+from devices.models import Device
+from devices.selectors import dicom_peer_get
+from studies.models import IngestItem
+from studies.services import Rejected, ingest_receive
+from tenants.models import Tenant
+from tenants.scoping import tenant_scope
+from tenants.selectors import tenant_for_called_ae
+
+__all__ = ["ListenerServer", "start_listener", "stop_listener"]
+
+logger = logging.getLogger(__name__)
+
+# C-STORE response statuses (PS3.4 Table B.2-1).
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_NOT_AUTHORISED = 0x0124
+
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, diagnostic.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE title not recognised
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service user, called AE title not recognised
+REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # rejected-transient, service user, no reason given
+
+# pynetdicom's default maximum PDU (16 KiB) makes a 512 x 512 16-bit CT slice 32 PDUs; a larger one costs nothing.
+MAXIMUM_PDU_SIZE = 1024 * 1024
+MAXIMUM_ASSOCIATIONS = 32
+STOP_GRACE_SECONDS = 10.0
+
+# pynetdicom's "standard" handlers log every PDU and DIMSE message; we log what matters ourselves.
+_config.LOG_HANDLER_LEVEL = "none"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An admitted association: who is sending, into which tenant, under which batch."""
+
+    tenant: Tenant
+    device: Device
+    calling_ae: str
+    called_ae: str
+    address: str
+    batch: uuid.UUID
+
+
+class ListenerServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY on every accepted connection.
+
+    Without it Nagle's algorithm holds back the small C-STORE-RSP until the sender's delayed ACK arrives: dcmtk
+    and Orthanc, which wait for each response before the next request, drop from about 180 to 20 instances
+    per second.
+    """
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+    def shutdown(self) -> None:
+        # The base class also drops the server from its AE's list of servers started by `AE.start_server`,
+        # which this one (made with `AE.make_server`) is not on.
+        with contextlib.suppress(ValueError):
+            super().shutdown()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _Door:
+    """The handlers of one listener. Admitted associations are remembered by their Association object."""
+
+    def __init__(self) -> None:
+        self._peers: dict[Association, Peer] = {}
+        self._lock = threading.Lock()
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_RELEASED, self.on_ended),
+            (evt.EVT_ABORTED, self.on_ended),
+        ]
+
+    # Association
+    # --------------------------------------------------------------------------
+
+    def on_requested(self, event: evt.Event) -> None:
+        """Admit or reject before pynetdicom negotiates: a rejected peer never gets to send a byte of data."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling_ae = (request.calling_ae_title or "").strip()
+        called_ae = (request.called_ae_title or "").strip()
+        address = _peer_address(assoc.requestor.address)
+        try:
+            close_old_connections()
+            peer = _admit(calling_ae=calling_ae, called_ae=called_ae, address=address)
+        except _Refused as refused:
+            assoc.acse.send_reject(*refused.reject)
+            connection.close()
+            return
+        except Exception:
+            logger.exception("DICOM association from %s could not be checked; rejected (transient)", address)
+            assoc.acse.send_reject(*REJECT_TRANSIENT)
+            connection.close()
+            return
+        # Answer with the AE title the peer called, which is the tenant's, not the listener's default.
+        assoc.acceptor.ae_title = called_ae
+        with self._lock:
+            self._peers[assoc] = peer
+        logger.info(
+            "DICOM association accepted: %s -> %s from %s (batch %s)", calling_ae, called_ae, address, peer.batch
+        )
+
+    def on_ended(self, event: evt.Event) -> None:
+        with self._lock:
+            self._peers.pop(event.assoc, None)
+        connection.close()
+
+    # Services
+    # --------------------------------------------------------------------------
+
+    def on_echo(self, event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def on_store(self, event: evt.Event) -> int | Dataset:
+        with self._lock:
+            peer = self._peers.get(event.assoc)
+        if peer is None:
+            return STATUS_NOT_AUTHORISED
+        try:
+            # The dataset exactly as sent, behind a Part-10 header built from the presentation context; never
+            # decoded here (the pipeline parses it under its limits, in the worker).
+            data = event.encoded_dataset(include_meta=True)
+        except Exception:
+            logger.exception("C-STORE from %s: the request could not be read", peer.calling_ae)
+            return _status(STATUS_CANNOT_UNDERSTAND, "The request carried no readable data set.")
+        try:
+            close_old_connections()
+            with (
+                tenant_scope(peer.tenant),
+                audit_context(source_address=peer.address, system_principal=f"dicom:{peer.calling_ae}"),
+                set_actor(None, remote_addr=peer.address),
+            ):
+                ingest_receive(
+                    source=IngestItem.Source.CSTORE,
+                    batch=peer.batch,
+                    data=data,
+                    device=peer.device,
+                    source_address=peer.address,
+                )
+        except Rejected as exc:
+            logger.info("C-STORE from %s refused at receipt: %s", peer.calling_ae, exc.reason)
+            return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
+        except Exception:
+            # Not quarantined (or not committed): the sender keeps the object and may try again.
+            logger.exception("C-STORE from %s could not be quarantined", peer.calling_ae)
+            return _status(STATUS_OUT_OF_RESOURCES, "The archive could not store the object; try again later.")
+        return STATUS_SUCCESS
+
+
+class _Refused(Exception):
+    def __init__(self, reject: tuple[int, int, int]) -> None:
+        super().__init__(reject)
+        self.reject = reject
+
+
+def _admit(*, calling_ae: str, called_ae: str, address: str) -> Peer:
+    """The tenant the peer called and its approved device. Otherwise records the refusal (an audit event and a
+    security alert, in the tenant's chain or, for an unknown called AE title, the platform's) and raises."""
+    tenant = tenant_for_called_ae(ae_title=called_ae) if called_ae else None
+    device = None
+    if tenant is not None:
+        with tenant_scope(tenant):
+            device = dicom_peer_get(ae_title=calling_ae, address=address)
+    if tenant is not None and device is not None:
+        return Peer(tenant=tenant, device=device, calling_ae=calling_ae, called_ae=called_ae, address=address,
+                    batch=uuid.uuid4())  # fmt: skip
+    if tenant is None:
+        summary = f"DICOM association refused: no archive answers to the called AE title {called_ae!r}."
+        reject = REJECT_CALLED_AE
+    else:
+        summary = f"DICOM association refused: {calling_ae!r} from {address} is not an approved device of this tenant."
+        reject = REJECT_CALLING_AE
+    scope = tenant_scope(tenant) if tenant is not None else contextlib.nullcontext()
+    with scope, audit_context(source_address=address, system_principal=f"dicom:{calling_ae}"):
+        security_alert_raise(
+            kind="unknown_device",
+            summary=summary,
+            event=EventType.ASSOCIATION_REJECTED,
+            tenant=tenant,
+            extra={"calling_ae": calling_ae, "called_ae": called_ae, "address": address},
+        )
+    logger.warning("DICOM association rejected: %s -> %s from %s", calling_ae, called_ae, address)
+    raise _Refused(reject)
+
+
+def _peer_address(address: str) -> str:
+    """The peer's IP address as devices register it: an IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]  # LO: at most 64 characters
+    return status
+
+
+def _application_entity() -> AE:
+    ae = AE(ae_title=settings.DICOM_AE_TITLE)
+    ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
+    ae.maximum_associations = MAXIMUM_ASSOCIATIONS
+    # Admission is decided per tenant in `on_requested`, not by pynetdicom's single-title checks.
+    ae.require_called_aet = False
+    ae.require_calling_aet = []
+    ae.add_supported_context(Verification)
+    # pynetdicom's storage contexts accept only the uncompressed transfer syntaxes unless told otherwise; the
+    # pipeline stores the bytes as sent, so JPEG, JPEG-LS, JPEG 2000, RLE and the rest are all welcome.
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_listener(host: str | None = None, port: int | None = None, *, block: bool = False) -> ListenerServer:
+    """Listen on `host`:`port` (settings DICOM_HOST / DICOM_PORT by default; port 0 picks a free one).
+
+    Non-blocking (the default) serves from a background thread and returns the running server. Blocking serves
+    in this thread until KeyboardInterrupt, then stops and returns the stopped server.
+    """
+    host = settings.DICOM_HOST if host is None else host
+    port = settings.DICOM_PORT if port is None else port
+    ae = _application_entity()
+    door = _Door()
+    server = ae.make_server((host, port), evt_handlers=door.handlers(), server_class=ListenerServer)
+    if block:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        stop_listener(server)
+        return server
+    thread = threading.Thread(target=server.serve_forever, name=f"DicomListener@{server.port}", daemon=True)
+    thread.start()
+    return server
+
+
+def stop_listener(server: ListenerServer, *, grace: float = STOP_GRACE_SECONDS) -> None:
+    """Stop accepting, give open associations `grace` seconds to finish, then abort the rest. An object not yet
+    answered is not lost: its sender was never told it was stored."""
+    server.shutdown()
+    deadline = time.monotonic() + grace
+    for assoc in server.active_associations:
+        assoc.join(timeout=max(deadline - time.monotonic(), 0.1))
+    for assoc in server.active_associations:
+        assoc.abort()

@@ -1,0 +1,181 @@
+"""The ingestion pipeline through the real services, database and blob stores (Celery eager)."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+from django.core.files.storage import storages
+from django.test import override_settings
+from django.utils import timezone
+
+from audit.events import EventType
+from audit.models import AuditEvent, SecurityAlert
+from portal.celery import app as celery_app
+from studies import services
+from studies.dicom.synthetic import make_instance, make_study
+from studies.models import Blob, IngestItem, Instance, Series, Study
+from studies.scanning import eicar_test_bytes
+from studies.storage.blobs import blob_read
+from tenants.scoping import tenant_scope
+
+pytestmark = pytest.mark.django_db(transaction=True)  # ingest_receive queues processing on commit
+
+
+def receive(data: bytes, *, actor=None, source=IngestItem.Source.UPLOAD, batch=None) -> IngestItem:
+    item = services.ingest_receive(source=source, batch=batch or uuid.uuid4(), data=data, actor=actor,
+                                   filename="x.dcm")  # fmt: skip
+    item.refresh_from_db()
+    return item
+
+
+def test_a_study_is_indexed_encrypted_and_replicated(tenant_a, technologist_a):
+    files = make_study(series=2, instances_per_series=3, patient_name="DOE^JANE", patient_id="MRN123")
+    with tenant_scope(tenant_a):
+        items = [receive(f, actor=technologist_a) for f in files]
+        assert {i.state for i in items} == {IngestItem.State.STORED}
+        study = Study.objects.get()
+        assert (study.number_of_series, study.number_of_instances) == (2, 6)
+        assert study.patient.name == "DOE^JANE"
+        assert Series.objects.filter(thumbnail__isnull=False).count() == 2
+        instance = Instance.objects.select_related("blob").first()
+        raw = storages["blobs"].open(instance.blob.storage_name).read()
+        assert b"DICM" not in raw
+        assert b"DOE^JANE" not in raw
+        assert b"MRN123" not in raw
+        assert storages["replica"].open(instance.blob.storage_name).read() == raw
+        assert blob_read(blob=instance.blob)[128:132] == b"DICM"
+        # Quarantine copies are gone once stored.
+        assert not Blob.objects.filter(kind=Blob.Kind.QUARANTINE).exists()
+        events = AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED)
+        assert events.count() == 6
+        event = events.first()
+        assert event.actor_user == technologist_a
+        assert {"type": "patient", "id": "MRN123", "name": "DOE^JANE"} in event.participants
+
+
+def test_the_replica_serves_when_the_primary_copy_is_damaged(tenant_a):
+    with tenant_scope(tenant_a):
+        receive(make_instance())
+        instance = Instance.objects.select_related("blob").get()
+        path = storages["blobs"].path(instance.blob.storage_name)
+        with open(path, "r+b") as handle:
+            handle.seek(100)
+            handle.write(b"\xff\xff")
+        assert blob_read(blob=instance.blob)[128:132] == b"DICM"
+
+
+def test_same_bytes_twice_are_stored_once_and_different_bytes_are_a_conflict(tenant_a):
+    data = make_instance()
+    with tenant_scope(tenant_a):
+        first, again = receive(data), receive(data)
+        assert (first.state, again.state) == (IngestItem.State.STORED, IngestItem.State.DUPLICATE)
+        assert Instance.objects.count() == 1
+        uid = Instance.objects.get().sop_instance_uid
+        other = receive(make_instance(sop_uid=uid, pixel_seed=9))
+        assert other.state == IngestItem.State.CONFLICT
+        assert "different content" in other.reason
+        assert other.quarantine is not None  # kept for review, never replacing what is stored
+        assert Instance.objects.get().sha256 == first.sha256
+        assert AuditEvent.objects.filter(event_type=EventType.INGEST_CONFLICT).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"this is not a dicom file at all" * 10, "not a DICOM"),
+        (make_instance()[:-1000], "truncated"),
+    ],
+)
+def test_bad_files_are_rejected_with_a_reason_and_nothing_stored(tenant_a, data, words):
+    with tenant_scope(tenant_a):
+        item = receive(data)
+        assert item.state == IngestItem.State.REJECTED
+        assert words in item.reason
+        assert item.quarantine is not None
+        assert not Instance.objects.exists()
+        event = AuditEvent.objects.get(event_type=EventType.INGEST_REJECTED)
+        assert event.outcome == 4
+
+
+def test_malware_is_rejected_and_raises_an_alert(tenant_a):
+    infected = make_instance() + eicar_test_bytes()
+    with tenant_scope(tenant_a):
+        item = receive(infected)
+        assert item.state == IngestItem.State.REJECTED
+        assert "Malware" in item.reason
+        alert = SecurityAlert.objects.get()
+        assert alert.kind == "malware"
+        assert alert.event.event_type == EventType.MALWARE_DETECTED
+        assert not Instance.objects.exists()
+
+
+def test_an_executable_preamble_is_rejected_and_other_preambles_are_zeroed(tenant_a):
+    data = make_instance()
+    pe = b"MZ" + b"\x90" * 126 + data[128:]
+    text = b"some vendor text".ljust(128, b"\x01") + data[128:]
+    with tenant_scope(tenant_a):
+        item = receive(pe)
+        assert item.state == IngestItem.State.REJECTED
+        assert "executable" in item.reason
+        assert SecurityAlert.objects.count() == 1
+        item = receive(text)
+        assert item.state == IngestItem.State.STORED
+        stored = blob_read(blob=Instance.objects.select_related("blob").get().blob)
+        assert stored[:128] == b"\0" * 128
+        assert stored[128:] == data[128:]
+
+
+def test_processing_is_claimed_once(tenant_a):
+    with tenant_scope(tenant_a):
+        item = receive(make_instance())
+        assert services.ingest_process(item_id=item.pk) is None  # already stored: nothing to do
+
+
+@contextmanager
+def messages_lost_by_the_broker():
+    """Tasks sent inside go to a real Redis queue that no worker reads, which is then deleted: what a Redis restart
+    without persistence does to queued work."""
+    conf = celery_app.conf
+    queue = f"lost-{uuid.uuid4().hex[:10]}"
+    saved = conf.task_always_eager, conf.task_default_queue, conf.task_routes
+    conf.task_always_eager, conf.task_default_queue, conf.task_routes = False, queue, {}
+    try:
+        yield
+    finally:
+        conf.task_always_eager, conf.task_default_queue, conf.task_routes = saved
+        with celery_app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+
+
+@override_settings(INGEST_STALE_SECONDS=60)
+def test_the_sweeper_takes_back_items_the_broker_lost(tenant_a):
+    with tenant_scope(tenant_a):
+        with messages_lost_by_the_broker():
+            item = services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=make_instance())
+        assert IngestItem.objects.get(pk=item.pk).state == IngestItem.State.RECEIVED
+        assert services.ingest_requeue_stale() == 0  # not stale yet
+        IngestItem.objects.filter(pk=item.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
+        assert services.ingest_requeue_stale() == 1
+        assert IngestItem.objects.get(pk=item.pk).state == IngestItem.State.STORED
+        # A worker that died holding an item: claimed long ago, still processing.
+        with messages_lost_by_the_broker():
+            item2 = services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=make_instance())
+        IngestItem.objects.filter(pk=item2.pk).update(
+            state=IngestItem.State.PROCESSING, claimed_at=timezone.now() - timedelta(minutes=5)
+        )
+        assert services.ingest_requeue_stale() == 1
+        assert IngestItem.objects.get(pk=item2.pk).state == IngestItem.State.STORED
+
+
+def test_another_tenant_sees_nothing(tenant_a, tenant_b, radiologist_a, outsider_b):
+    from studies.selectors import study_list
+
+    with tenant_scope(tenant_a):
+        receive(make_instance())
+        assert study_list(actor=radiologist_a).count() == 1
+    with tenant_scope(tenant_b):
+        assert study_list(actor=outsider_b).count() == 0
+        assert not Study.objects.exists()
