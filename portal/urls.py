@@ -4,16 +4,19 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from audit import urls as audit_urls
 from portal import views
+from studies import urls as studies_urls
 from tenants import urls as tenants_urls
 
 tenant_pages = [
     path("", views.TenantHomeView.as_view(), name="tenant_home"),
     *tenants_urls.page_patterns,
     *audit_urls.page_patterns,
+    *studies_urls.page_patterns,
 ]
 tenant_api = [
     *tenants_urls.api_patterns,
     *audit_urls.api_patterns,
+    *studies_urls.api_patterns,
 ]
 portal_pages = [
     path("", views.HomeView.as_view(), name="home"),

@@ -6,6 +6,7 @@ from datetime import date
 from typing import Any
 from uuid import UUID
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -49,6 +50,19 @@ def study_get(*, actor: Any, public_id: UUID | str) -> Study:
     try:
         return study_list(actor=actor).get(public_id=public_id)
     except (Study.DoesNotExist, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
+
+
+def series_get(*, actor: Any, public_id: UUID | str) -> Series:
+    """One series of a study `actor` may see (the visibility of `study_list`), with its thumbnail blob; else
+    NotVisible, the same for another tenant's series as for a missing one."""
+    try:
+        return (
+            Series.objects.filter(study__in=study_list(actor=actor).values("pk"))
+            .select_related("thumbnail")
+            .get(public_id=public_id)
+        )
+    except (Series.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise access.NotVisible() from exc
 
 

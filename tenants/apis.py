@@ -298,7 +298,10 @@ class ApiTokenCreateApi(TenantApi):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         token, raw = services.api_token_create(
-            actor=cast(User, request.user), tenant=self.tenant, **data.validated_data
+            actor=cast(User, request.user),
+            tenant=self.tenant,
+            via_token=isinstance(request.auth, ApiToken),
+            **data.validated_data,
         )
         token.token = raw  # type: ignore[attr-defined]
         return Response(self.OutputSerializer(token).data, status=status.HTTP_201_CREATED)

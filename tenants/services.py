@@ -306,11 +306,17 @@ def _tokens_revoke(qs: Any, *, at: datetime) -> int:
 
 
 @transaction.atomic
-def api_token_create(*, actor: User, tenant: Tenant, name: str, days: int | None = None) -> tuple[ApiToken, str]:
+def api_token_create(
+    *, actor: User, tenant: Tenant, name: str, days: int | None = None, via_token: bool = False
+) -> tuple[ApiToken, str]:
     """Create a bearer token for `actor` in the current tenant. Returns the row and the token, shown once.
 
-    Needs a current membership (checked by the caller's base class or command). Records API_TOKEN_CREATED.
+    Needs a current membership (checked by the caller's base class or command). A caller authenticated by a token
+    (`via_token`) is refused: otherwise a stolen token could renew itself past its expiry. Tokens are made after
+    a sign-in with MFA, or by an operator's command. Records API_TOKEN_CREATED.
     """
+    if via_token:
+        raise access.Forbidden("API tokens are created from a signed-in browser session, not with a token.")
     days = settings.API_TOKEN_DEFAULT_DAYS if days is None else days
     if not 1 <= days <= settings.API_TOKEN_MAX_DAYS:
         raise ValidationError({"days": f"A token lives from 1 to {settings.API_TOKEN_MAX_DAYS} days."})

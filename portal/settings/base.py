@@ -352,6 +352,11 @@ INGEST_ZIP_MAX_RATIO = env.int("INGEST_ZIP_MAX_RATIO", default=100)
 # An item left `received` or `processing` longer than this is queued again by the sweeper.
 INGEST_STALE_SECONDS = env.int("INGEST_STALE_SECONDS", default=120)
 INGEST_SWEEP_INTERVAL_SECONDS = env.int("INGEST_SWEEP_INTERVAL_SECONDS", default=60)
+# STOW-RS reads its body as a stream, one part at a time, so DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it:
+# this caps the whole request (each part also obeys INGEST_MAX_BYTES).
+DICOMWEB_STOW_MAX_REQUEST_BYTES = env.int("DICOMWEB_STOW_MAX_REQUEST_BYTES", default=4 * INGEST_MAX_BYTES)
+# How long a STOW-RS request waits for its instances to be processed; later ones are answered "still processing".
+DICOMWEB_STOW_WAIT_SECONDS = env.float("DICOMWEB_STOW_WAIT_SECONDS", default=30.0)
 
 # ENCLAVE
 # ------------------------------------------------------------------------------

@@ -132,13 +132,11 @@ class _Door:
             close_old_connections()
             peer = _admit(calling_ae=calling_ae, called_ae=called_ae, address=address)
         except _Refused as refused:
-            assoc.acse.send_reject(*refused.reject)
-            connection.close()
+            _reject(assoc, refused.reject)
             return
         except Exception:
             logger.exception("DICOM association from %s could not be checked; rejected (transient)", address)
-            assoc.acse.send_reject(*REJECT_TRANSIENT)
-            connection.close()
+            _reject(assoc, REJECT_TRANSIENT)
             return
         # Answer with the AE title the peer called, which is the tenant's, not the listener's default.
         assoc.acceptor.ae_title = called_ae
@@ -229,6 +227,15 @@ def _admit(*, calling_ae: str, called_ae: str, address: str) -> Peer:
         )
     logger.warning("DICOM association rejected: %s -> %s from %s", calling_ae, called_ae, address)
     raise _Refused(reject)
+
+
+def _reject(assoc: Association, reject: tuple[int, int, int]) -> None:
+    """Send the A-ASSOCIATE-RJ the way pynetdicom's own negotiation does: then wait until the upper layer has
+    sent it and the peer has closed (or the ARTIM timer fired), so the socket is not closed under the reply."""
+    connection.close()
+    assoc.acse.send_reject(*reject)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
 
 
 def _peer_address(address: str) -> str:

@@ -8,7 +8,7 @@ from auditlog.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 
 from audit.events import EventType
-from tenants.models import ApiToken, Membership, Role
+from tenants.models import Membership, Role
 from tenants.scoping import tenant_scope
 from tenants.tasks import tenant_memberships_end_due_task
 from tests.audit.helpers import last_event
@@ -43,16 +43,19 @@ def test_session_user_on_a_page(client_for, tenant_a, admin_a, radiologist_a):
     assert entry.additional_data == {"tenant_id": tenant_a.pk}
 
 
-def test_api_token_user(api_client_for, tenant_a, admin_a):
+def test_api_token_user(api_client_for, tenant_a, admin_a, radiologist_a):
     client = api_client_for(admin_a, tenant_a)
+    membership = _membership(tenant_a, radiologist_a)
 
-    response = client.post("/api/v1/t/north/tokens/", {"name": "ci"}, format="json", REMOTE_ADDR="10.1.1.1")
+    response = client.patch(
+        f"/api/v1/t/north/members/{membership.public_id}/", {"role": Role.TECHNOLOGIST}, format="json",
+        REMOTE_ADDR="10.1.1.1",
+    )  # fmt: skip
 
-    assert response.status_code == 201, response.content
-    with tenant_scope(tenant_a):
-        token = ApiToken.objects.get(name="ci")
-    entry = _entries(ApiToken, token.pk).get()
-    assert entry.action == LogEntry.Action.CREATE
+    assert response.status_code == 200, response.content
+    entry = _entries(Membership, membership.pk).last()
+    assert entry.action == LogEntry.Action.UPDATE
+    assert entry.changes_dict["role"] == [Role.RADIOLOGIST, Role.TECHNOLOGIST]
     assert entry.actor == admin_a
     assert entry.remote_addr == "10.1.1.1"
     assert entry.additional_data == {"tenant_id": tenant_a.pk}

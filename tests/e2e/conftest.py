@@ -11,11 +11,6 @@ import pytest
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
-# Playwright's sync API runs an event loop in the test thread; the ORM calls the tests make around it are
-# synchronous and safe (shared/DEPENDENCIES.md §6.5).
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
@@ -35,7 +30,10 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser, request) -> Iterator[object]:
+def page(browser, request, monkeypatch) -> Iterator[object]:
+    # Playwright's sync API runs an event loop in the test thread; the ORM calls the test makes around it are
+    # synchronous and safe (shared/DEPENDENCIES.md §6.5). Only for browser tests, and undone after each.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15_000)

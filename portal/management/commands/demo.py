@@ -16,9 +16,9 @@ from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.context import audit_context
-from tenants import services
 from devices.models import Device
 from devices.services import device_register_approved_by_operator
+from tenants import services
 from tenants.models import Role, User
 from tenants.scoping import tenant_scope
 

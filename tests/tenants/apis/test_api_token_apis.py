@@ -5,14 +5,26 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django_otp import DEVICE_ID_SESSION_KEY
 from rest_framework.test import APIClient
 
 from audit.events import EventType
 from tenants.models import ApiToken
 from tenants.scoping import tenant_scope
+from tests.tenants.factories import totp_device_for
 from tests.tenants.helpers import events, last_event, problem, random_id, token_for
 
 URL = "/api/v1/t/north/tokens/"
+
+
+def session_api(user) -> APIClient:
+    """A browser session signed in with both factors: where tokens are made."""
+    client = APIClient()
+    client.force_login(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = totp_device_for(user).persistent_id
+    session.save()
+    return client
 
 
 def bearer(raw: str) -> APIClient:
@@ -41,7 +53,7 @@ def test_list_shows_only_my_tokens_and_no_secrets(api_client_for, tenant_a, radi
 
 
 def test_create_returns_the_token_once_and_it_works(api_client_for, tenant_a, radiologist_a):
-    response = api_client_for(radiologist_a, tenant_a).post(URL, {"name": "PACS bridge", "days": 7}, format="json")
+    response = session_api(radiologist_a).post(URL, {"name": "PACS bridge", "days": 7}, format="json")
 
     assert response.status_code == 201
     body = response.json()
@@ -64,14 +76,26 @@ def test_create_returns_the_token_once_and_it_works(api_client_for, tenant_a, ra
 
 
 def test_create_uses_the_default_lifetime(api_client_for, tenant_a, radiologist_a):
-    response = api_client_for(radiologist_a, tenant_a).post(URL, {"name": "default"}, format="json")
+    response = session_api(radiologist_a).post(URL, {"name": "default"}, format="json")
 
     expires = parse_datetime(response.json()["expires_at"])
     assert abs(expires - (timezone.now() + timedelta(days=settings.API_TOKEN_DEFAULT_DAYS))) < timedelta(minutes=1)
 
 
-def test_create_refuses_bad_input(api_client_for, tenant_a, radiologist_a, settings):
+def test_a_token_cannot_make_tokens(api_client_for, tenant_a, radiologist_a):
     client = api_client_for(radiologist_a, tenant_a)
+
+    response = client.post(URL, {"name": "renewal", "days": 365}, format="json")
+
+    assert response.status_code == 403
+    assert "browser session" in response.json()["detail"]
+    with tenant_scope(tenant_a):
+        assert not ApiToken.objects.filter(name="renewal").exists()
+    assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user == radiologist_a
+
+
+def test_create_refuses_bad_input(tenant_a, radiologist_a, settings):
+    client = session_api(radiologist_a)
     settings.API_TOKEN_MAX_DAYS = 30
 
     too_long = client.post(URL, {"name": "x", "days": 31}, format="json")
@@ -82,7 +106,7 @@ def test_create_refuses_bad_input(api_client_for, tenant_a, radiologist_a, setti
     assert problem(too_long)["errors"] == {"days": ["A token lives from 1 to 30 days."]}
     assert "days" in problem(zero)["errors"]
     assert "name" in problem(blank)["errors"]
-    assert len(events(tenant_a, EventType.API_TOKEN_CREATED)) == 1  # the client's own
+    assert events(tenant_a, EventType.API_TOKEN_CREATED) == []  # none was made
 
 
 def test_revoke_my_token(api_client_for, tenant_a, radiologist_a):

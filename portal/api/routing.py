@@ -1,0 +1,32 @@
+"""Routing helpers for tenant APIs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from portal.api.base import TenantApi
+
+
+def api_by_method(**operations: type[TenantApi]) -> Callable[..., HttpResponse]:
+    """One URL whose HTTP methods are separate operations, each its own `TenantApi` class (STYLE.md §7), such as
+    `GET members/` (list) and `POST members/` (add).
+
+    A method no class handles goes to the first class, which answers 405 after the usual authentication and
+    membership checks. `cls` is what drf-spectacular and tests/test_architecture.py read: a `TenantApi` carrying
+    every operation's handler (with its `extend_schema`), used only to describe the URL, never to serve it.
+    """
+    handlers = {method.lower(): api.as_view() for method, api in operations.items()}
+    fallback = next(iter(handlers.values()))
+
+    def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return handlers.get((request.method or "").lower(), fallback)(request, *args, **kwargs)
+
+    name = "".join(api.__name__.removesuffix("Api") for api in operations.values()) + "Route"
+    members = {method.lower(): getattr(api, method.lower()) for method, api in operations.items()}
+    view.cls = type(name, (TenantApi,), {**members, "__module__": __name__})  # type: ignore[attr-defined]
+    view.initkwargs = {}  # type: ignore[attr-defined]
+    view.csrf_exempt = True  # type: ignore[attr-defined]  # DRF's session authentication checks CSRF itself
+    return view
