@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from audit import urls as audit_urls
 from portal import views
 from studies import urls as studies_urls
+from studies.dicomweb.urls import patterns as dicomweb_patterns
 from tenants import urls as tenants_urls
 
 tenant_pages = [
@@ -27,6 +28,7 @@ urlpatterns = [
     path("", include((portal_pages, "portal"))),
     path("accounts/", include(("portal.accounts.urls", "accounts"))),
     path("api/v1/t/<slug:tenant>/", include((tenant_api, "api"))),
+    path("dicomweb/<slug:tenant>/", include((dicomweb_patterns, "dicomweb"))),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("ops/", admin.site.urls),

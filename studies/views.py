@@ -68,6 +68,7 @@ class UploadView(TenantPageView):
             "post_url": reverse("portal:upload_files", kwargs={"tenant": self.tenant.slug}),
             "status_url": reverse("portal:ingest_batch", kwargs={"tenant": self.tenant.slug, "batch": batch}),
             "max_bytes": settings.INGEST_MAX_BYTES,
+            "max_upload": max(settings.INGEST_MAX_BYTES, settings.INGEST_ZIP_MAX_UNPACKED_BYTES),
             "scanner": scanner_description(),
         }
         return self.render(request, "studies/upload.html", context)
@@ -166,7 +167,7 @@ class StudiesView(TenantPageView):
             "form": form,
             "rows": [study_row(study) for study in studies],
             "page_obj": page_obj,
-            "applied": {key: value for key, value in (data or {}).items() if key != "page" and value},
+            "applied": recorded,  # the pager's forms carry the filters of this list, not what was typed since
             "searched": bool(recorded),
         }
         return self.render(request, "studies/studies.html", context)

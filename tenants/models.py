@@ -155,7 +155,7 @@ class Membership(TenantOwnedModel):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id}@{self.tenant_id}:{self.role}"
+        return f"{self.user} as {self.get_role_display().lower()}"
 
     def clean(self) -> None:
         super().clean()

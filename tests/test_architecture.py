@@ -12,6 +12,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from portal.api.base import TenantApi
 from portal.views import TenantPageView
+from studies.dicomweb.base import DicomWebApi
 from tenants.scoping import TenantScopedManager
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def test_every_tenant_model_uses_the_scoped_manager():
 
 
 def test_every_tenant_route_uses_the_base_class():
-    api_routes = page_routes = 0
+    api_routes = page_routes = dicomweb_routes = 0
     for route, pattern in _walk(get_resolver().url_patterns):
         view = _view_class(pattern)
         if route.startswith("api/v1/t/<slug:tenant>/"):
@@ -92,11 +93,21 @@ def test_every_tenant_route_uses_the_base_class():
             assert view is not None, route
             assert issubclass(view, TenantPageView), route
             page_routes += 1
+        elif route.startswith("dicomweb/<slug:tenant>/"):
+            assert view is not None, route
+            assert issubclass(view, DicomWebApi), route
+            dicomweb_routes += 1
         elif route.startswith("api/"):
             assert view is not None, route
             assert view.__name__ in PUBLIC_VIEWS, route
     assert page_routes >= 1
+    assert dicomweb_routes >= 1
     del api_routes
+
+
+def test_dicomweb_base_is_a_tenant_api():
+    # So DICOMweb gets the same authentication, membership check, tenant scope and guarded methods.
+    assert issubclass(DicomWebApi, TenantApi)
 
 
 @pytest.mark.parametrize(

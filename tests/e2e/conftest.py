@@ -12,8 +12,14 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def browser(django_db_setup) -> Iterator[object]:
+    """One Chromium for the session. Playwright's sync API keeps an event loop running in the test thread from
+    here on, so Django's guard against ORM calls from async code must be off for the rest of this process
+    (shared/DEPENDENCIES.md §6.5): the calls the tests make are synchronous and safe. Subprocesses the tests start
+    get an environment without the flag."""
     from playwright.sync_api import sync_playwright
+
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/system-deps.sh does).")
@@ -30,10 +36,7 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser, request, monkeypatch) -> Iterator[object]:
-    # Playwright's sync API runs an event loop in the test thread; the ORM calls the test makes around it are
-    # synchronous and safe (shared/DEPENDENCIES.md §6.5). Only for browser tests, and undone after each.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+def page(browser, request) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15_000)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,3 +91,60 @@ def celery_worker_process(transactional_db: Any, tmp_path: Path) -> Iterator[Wor
                 process.wait(timeout=10)
         with celery_app.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
+
+
+@dataclass
+class ListenerProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+LISTENER_STARTUP_SECONDS = 30
+
+
+@pytest.fixture
+def dicom_listener_process(celery_worker_process: WorkerProcess, tmp_path: Path) -> Iterator[ListenerProcess]:
+    """`manage.py dicom_listener` as a real process on a free loopback port, on the test database and blob stores,
+    queueing its work to the real worker's private queue. Stopped with SIGTERM, as a service manager would."""
+    log = tmp_path / "listener.log"
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "DJANGO_SETTINGS_MODULE": "portal.settings.test",
+        "DATABASE_URL": _test_database_url(),
+        "ENCLAVE_TEST_STORE_ROOT": _test_store_root(),
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "CELERY_TASK_DEFAULT_QUEUE": celery_worker_process.queue,
+        "CELERY_SINGLE_QUEUE": "true",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + LISTENER_STARTUP_SECONDS
+        port = None
+        while port is None:
+            found = re.search(r"DICOM listener on 127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))
+            if found:
+                port = int(found.group(1))
+            elif process.poll() is not None:
+                pytest.fail(f"the DICOM listener exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+            elif time.monotonic() > deadline:
+                pytest.fail(f"the DICOM listener did not start:\n{log.read_text(errors='replace')}")
+            else:
+                time.sleep(0.1)
+        yield ListenerProcess(port=port, process=process, log=log)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)

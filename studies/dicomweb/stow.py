@@ -1,0 +1,403 @@
+"""STOW-RS: the Studies Store transaction (PS3.18 10.5), one of the three doors of the ingest pipeline.
+
+`POST /dicomweb/<tenant>/studies` and `POST /dicomweb/<tenant>/studies/{StudyInstanceUID}` take a
+`multipart/related; type="application/dicom"` body. Each part goes to `studies.services.ingest_receive` (quarantine
+and an IngestItem, in one transaction) as it is read; the request then waits, a bounded time, for the pipeline to
+reach a verdict on each, and answers with the Store Instances Response Module (PS3.18 Annex I) in
+application/dicom+json:
+
+- Referenced SOP Sequence (0008,1199): instances stored, or already stored with the same bytes; a Warning Reason
+  (0008,1196) of B000 (coercion) when a non-zero preamble was zeroed, and of B00F when the instance was not
+  processed within the wait (it will be: the sweeper sees to it).
+- Failed SOP Sequence (0008,1198) with a Failure Reason (0008,1197): A700 out of resources (too large), A900 the
+  data set is not a valid instance of its SOP class (truncated, damaged, attributes missing), A901 the instance
+  belongs to another study than the one in the URL, C000 cannot understand (not DICOM), C122 transfer syntax not
+  supported, 0111 different bytes under a SOP Instance UID already stored (kept apart for review), 0110 any other
+  processing failure, malware included.
+- For people, each warning or failure also carries its reason in words, as Error Comment (0000,0902) in an item of
+  Failed Attributes Sequence (0074,1048), the shape Microsoft's DICOM server uses.
+
+HTTP status (PS3.18 Table 10.5.3-1): 200 when every instance was stored without warning, 202 when some were
+stored and others failed or have warnings, 409 when none was stored. B00F and A901 are implementation-specific
+codes, which PS3.18 I.2 allows.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from audit.events import EventType
+from audit.events import Outcome as AuditOutcome
+from audit.services import audit_event_record
+from portal.api.errors import PROBLEM_CONTENT_TYPE, ProblemSerializer, problem_responses
+from studies.dicomweb.base import DICOM_JSON, DicomWebApi
+from studies.dicomweb.parsers import (
+    DICOM_MEDIA_TYPE,
+    BodyError,
+    MultipartRelated,
+    MultipartRelatedParser,
+    Part,
+    body_without_length,
+)
+from studies.models import IngestItem
+from studies.selectors import ingest_item_list
+from studies.services import Rejected, ingest_receive
+from tenants import access
+
+FAILURE_OUT_OF_RESOURCES = 0xA700
+FAILURE_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+FAILURE_STUDY_MISMATCH = 0xA901
+FAILURE_CANNOT_UNDERSTAND = 0xC000
+FAILURE_TRANSFER_SYNTAX = 0xC122
+FAILURE_PROCESSING = 0x0110
+FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111
+WARNING_COERCION = 0xB000
+WARNING_STILL_PROCESSING = 0xB00F
+
+POLL_FIRST_SECONDS = 0.05
+POLL_MAX_SECONDS = 1.0
+_IDENTITY_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+# What each part was and what became of it
+# ------------------------------------------------------------------------------
+
+
+@dataclass
+class Identity:
+    """The UIDs a part says it has, read from its header at the door. Empty where unreadable."""
+
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+
+
+@dataclass
+class PartResult:
+    part: int
+    identity: Identity
+    item_id: int | None = None
+    failure: int | None = None
+    warning: int | None = None
+    comment: str = ""
+    retrieve: dict[str, str] = field(default_factory=dict)
+
+
+def identify(data: bytes) -> Identity:
+    """The SOP Class, SOP Instance, Study and Series UIDs in the header of a Part-10 file, for the response and the
+    study check. Never a verdict on the file: that is the pipeline's."""
+    try:
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=list(_IDENTITY_TAGS))
+    except Exception:  # any file pydicom cannot read is simply not identified here
+        return Identity()
+
+    def uid(keyword: str) -> str:
+        try:
+            value = str(ds.get(keyword) or "").strip()
+        except Exception:
+            return ""
+        return value if UID(value).is_valid else ""
+
+    return Identity(*(uid(keyword) for keyword in _IDENTITY_TAGS))
+
+
+def failure_reason(reason: str) -> int:
+    """The Failure Reason code (PS3.18 Table I.2-2) for the pipeline's reason in words."""
+    text = reason.lower()
+    if "malware" in text:
+        return FAILURE_PROCESSING
+    if "too large" in text or "larger than the limit" in text:
+        return FAILURE_OUT_OF_RESOURCES
+    if text.startswith("unsupported transfer syntax"):
+        return FAILURE_TRANSFER_SYNTAX
+    if text.startswith(("not a dicom", "unreadable", "invalid transfer syntax")):
+        return FAILURE_CANNOT_UNDERSTAND
+    if text.startswith(("truncated", "damaged", "missing required", "invalid", "unsupported pixel")):
+        return FAILURE_DOES_NOT_MATCH_SOP_CLASS
+    return FAILURE_PROCESSING
+
+
+# Response
+# ------------------------------------------------------------------------------
+
+
+def _comment(text: str) -> Dataset:
+    item = Dataset()
+    # Error Comment is LO (64 characters) in the dictionary; reasons for people are longer, and JSON has no limit.
+    item.add(DataElement(0x00000902, "LO", text, validation_mode=pydicom.config.IGNORE))
+    return item
+
+
+def _sop_item(result: PartResult, retrieve_url: str | None) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = result.identity.sop_class_uid
+    item.ReferencedSOPInstanceUID = result.identity.sop_instance_uid
+    if result.failure is not None:
+        item.FailureReason = result.failure
+    if retrieve_url is not None:
+        item.RetrieveURL = retrieve_url
+    if result.warning is not None:
+        item.WarningReason = result.warning
+    if result.comment:
+        item.FailedAttributesSequence = [_comment(result.comment)]
+    return item
+
+
+def _settle(result: PartResult, item: IngestItem | None) -> None:
+    """Turn the pipeline's verdict on an item into a referenced, warned or failed instance."""
+    if item is None:
+        result.failure, result.comment = FAILURE_PROCESSING, "The instance was received but its record is gone."
+        return
+    if item.instance is not None:
+        instance = item.instance
+        result.identity = Identity(
+            sop_class_uid=instance.sop_class_uid,
+            sop_instance_uid=instance.sop_instance_uid,
+            study_instance_uid=instance.series.study.study_instance_uid,
+            series_instance_uid=instance.series.series_instance_uid,
+        )
+    state = item.state
+    if state == IngestItem.State.STORED:
+        if item.reason:
+            result.warning = WARNING_COERCION
+            result.comment = "Stored with its 128-byte preamble set to zero: the preamble held non-zero bytes."
+    elif state == IngestItem.State.DUPLICATE:
+        pass  # the same bytes were stored before: sending again is a success, not a warning
+    elif state == IngestItem.State.CONFLICT:
+        result.failure, result.comment = FAILURE_DUPLICATE_SOP_INSTANCE, item.reason
+    elif state == IngestItem.State.REJECTED:
+        result.failure, result.comment = failure_reason(item.reason), item.reason
+    else:
+        result.warning = WARNING_STILL_PROCESSING
+        result.comment = (
+            "Received and still being processed: its outcome will be on the tenant's ingest activity page."
+        )
+
+
+def store_response(results: list[PartResult], *, study_url: Any, url_study: str | None) -> tuple[Dataset, int]:
+    """The Store Instances Response Module and the HTTP status for the parts' results."""
+    referenced, failed = [], []
+    for result in results:
+        ident = result.identity
+        instance_url = ""
+        if ident.study_instance_uid and ident.series_instance_uid and ident.sop_instance_uid:
+            instance_url = (
+                f"{study_url(ident.study_instance_uid)}/series/{ident.series_instance_uid}"
+                f"/instances/{ident.sop_instance_uid}"
+            )
+        if result.failure is None:
+            referenced.append((result, instance_url))
+        else:
+            failed.append(result)
+
+    response = Dataset()
+    studies = {r.identity.study_instance_uid for r, _ in referenced}
+    if url_study:
+        response.RetrieveURL = study_url(url_study)
+    elif len(studies) == 1 and "" not in studies:
+        response.RetrieveURL = study_url(studies.pop())
+    else:
+        response.RetrieveURL = None  # Type 2: instances of several studies, or none stored
+    if failed:
+        response.FailedSOPSequence = [_sop_item(result, None) for result in failed]
+    if referenced:
+        response.ReferencedSOPSequence = [_sop_item(result, url) for result, url in referenced]
+
+    warned = any(result.warning is not None for result, _ in referenced)
+    if not referenced:
+        status = 409
+    elif failed or warned:
+        status = 202
+    else:
+        status = 200
+    return response, status
+
+
+# API
+# ------------------------------------------------------------------------------
+
+_DICOM_RESPONSE = OpenApiResponse(
+    OpenApiTypes.OBJECT,
+    description="The Store Instances Response Module (PS3.18 Annex I) in the DICOM JSON model: Referenced SOP "
+    "Sequence (0008,1199) for stored instances, Failed SOP Sequence (0008,1198) with Failure Reason (0008,1197) "
+    "for the others, and the reason in words as Error Comment (0000,0902) in Failed Attributes Sequence (0074,1048).",
+)
+_RESPONSES = {
+    (200, DICOM_JSON): _DICOM_RESPONSE,
+    (202, DICOM_JSON): _DICOM_RESPONSE,
+    (409, DICOM_JSON): _DICOM_RESPONSE,
+    **problem_responses(400, 401, 403, 404),
+    (411, PROBLEM_CONTENT_TYPE): OpenApiResponse(
+        ProblemSerializer, description="A chunked body where the server cannot read one: send a Content-Length."
+    ),
+    (413, PROBLEM_CONTENT_TYPE): OpenApiResponse(
+        ProblemSerializer, description="The body is larger than DICOMWEB_STOW_MAX_REQUEST_BYTES."
+    ),
+    (415, PROBLEM_CONTENT_TYPE): OpenApiResponse(
+        ProblemSerializer, description='Not multipart/related; type="application/dicom".'
+    ),
+}
+_REQUEST = {'multipart/related; type="application/dicom"': OpenApiTypes.BINARY}
+_DESCRIPTION = (
+    "Store DICOM Part-10 instances, one per part of a multipart/related body (PS3.18 10.5). Each is quarantined, "
+    "checked (limits, malware, preamble, DICOM validity), encrypted and indexed; the request waits up to "
+    "DICOMWEB_STOW_WAIT_SECONDS for the verdicts. 200: all stored; 202: some failed, have warnings or are still "
+    "processing; 409: none stored. Needs tenants.upload_studies."
+)
+
+
+class StudiesStoreApi(DicomWebApi):
+    """STOW-RS, `POST /dicomweb/<tenant>/studies` (and, through `StudyStoreApi`, `.../studies/{study}`)."""
+
+    parser_classes = [MultipartRelatedParser]
+
+    @extend_schema(
+        operation_id="dicomweb_studies_store",
+        tags=["dicomweb"],
+        summary="STOW-RS: store instances (tenants.upload_studies)",
+        description=_DESCRIPTION,
+        request=_REQUEST,
+        responses=_RESPONSES,
+    )
+    def post(self, request: Request, tenant: str, study: str | None = None) -> Response:
+        access.require(request.user, "tenants.upload_studies", self.tenant)
+        if study is not None and not UID(study).is_valid:
+            raise exceptions.ValidationError({"study": ["Not a valid Study Instance UID."]})
+        body = request.data
+        if not isinstance(body, MultipartRelated):
+            body = body_without_length(request)
+
+        batch = uuid.uuid4()
+        results: list[PartResult] = []
+        try:
+            for part in body:
+                results.append(self._receive(request, part, batch=batch, study=study))
+        except BodyError as exc:
+            if not exc.parts_before:
+                raise
+            raise type(exc)(
+                f"{exc.detail} The {exc.parts_before} part(s) before the error were received and are being "
+                "processed; sending them again is safe (the same instance is stored once).",
+                parts_before=exc.parts_before,
+            ) from exc
+        if not results:
+            raise BodyError("The body holds no part: send one application/dicom part per instance.")
+
+        items = self._verdicts(request, batch, [r.item_id for r in results if r.item_id is not None])
+        for result in results:
+            if result.item_id is not None:
+                _settle(result, items.get(result.item_id))
+
+        def study_url(uid: str) -> str:
+            return request.build_absolute_uri(reverse("dicomweb:study", kwargs={"tenant": tenant, "study": uid}))
+
+        dataset, status = store_response(results, study_url=study_url, url_study=study)
+        return Response(dataset.to_json_dict(), status=status)
+
+    def _receive(self, request: Request, part: Part, *, batch: uuid.UUID, study: str | None) -> PartResult:
+        result = PartResult(part=part.index, identity=identify(part.data))
+        refusal: tuple[int, str] | None = None
+        if part.content_type != DICOM_MEDIA_TYPE:
+            refusal = (FAILURE_CANNOT_UNDERSTAND, f"Part {part.index} is {part.content_type}, not {DICOM_MEDIA_TYPE}.")
+        elif part.oversized:
+            refusal = (
+                FAILURE_OUT_OF_RESOURCES,
+                f"Part {part.index} is {part.size} bytes, larger than the limit of {settings.INGEST_MAX_BYTES} "
+                "bytes for one object.",
+            )
+        elif study is not None and result.identity.study_instance_uid != study:
+            refusal = (
+                (FAILURE_STUDY_MISMATCH, f"Part {part.index} belongs to another study than the one in the URL.")
+                if result.identity.study_instance_uid
+                else (
+                    FAILURE_CANNOT_UNDERSTAND,
+                    f"Part {part.index} cannot be read as DICOM, so it cannot be checked against the study in "
+                    "the URL.",
+                )
+            )
+        if refusal is None:
+            try:
+                item = ingest_receive(
+                    source=IngestItem.Source.STOWRS,
+                    batch=batch,
+                    data=part.data,
+                    filename=f"STOW-RS part {part.index}",
+                    actor=request.user,
+                    source_address=request.META.get("REMOTE_ADDR"),
+                )
+            except Rejected as exc:
+                refusal = (FAILURE_OUT_OF_RESOURCES, exc.reason)
+            else:
+                result.item_id = item.pk
+                return result
+        result.failure, result.comment = refusal
+        # Refused at the door, so no IngestItem: the refusal is on the audit trail all the same.
+        audit_event_record(
+            event=EventType.INGEST_REJECTED,
+            actor=request.user,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            outcome_description=result.comment,
+            source_address=request.META.get("REMOTE_ADDR"),
+            extra={
+                "source": IngestItem.Source.STOWRS,
+                "batch": str(batch),
+                "part": part.index,
+                "size": part.size,
+                "sop_instance_uid": result.identity.sop_instance_uid,
+                "study_instance_uid": result.identity.study_instance_uid,
+            },
+        )
+        return result
+
+    def _verdicts(self, request: Request, batch: uuid.UUID, ids: list[int]) -> dict[int, IngestItem]:
+        """Wait, up to DICOMWEB_STOW_WAIT_SECONDS, until the pipeline has decided on every item; then the items.
+
+        The database is the record of the work (tasks may run on any worker), so it is what is polled."""
+        deadline = time.monotonic() + settings.DICOMWEB_STOW_WAIT_SECONDS
+        delay = POLL_FIRST_SECONDS
+        while ids:
+            undecided = (
+                ingest_item_list(actor=request.user, batch=batch)
+                .filter(pk__in=ids)
+                .exclude(state__in=IngestItem.FINAL_STATES)
+                .exists()
+            )
+            remaining = deadline - time.monotonic()
+            if not undecided or remaining <= 0:
+                break
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, POLL_MAX_SECONDS)
+        rows = ingest_item_list(actor=request.user, batch=batch).select_related("instance__series__study")
+        return {item.pk: item for item in rows.filter(pk__in=ids)}
+
+
+class StudyStoreApi(StudiesStoreApi):
+    """STOW-RS into one study, `POST /dicomweb/<tenant>/studies/{study}`: an instance of another study fails."""
+
+    @extend_schema(
+        operation_id="dicomweb_study_store",
+        tags=["dicomweb"],
+        summary="STOW-RS: store instances of one study (tenants.upload_studies)",
+        description=_DESCRIPTION + " An instance of another study than the one in the URL fails with A901.",
+        request=_REQUEST,
+        responses=_RESPONSES,
+    )
+    def post(self, request: Request, tenant: str, study: str | None = None) -> Response:
+        return super().post(request, tenant, study)
