@@ -22,7 +22,7 @@ def participant(obj: Any, *, role: str = "", name: str = "", detail: Mapping[str
     if isinstance(obj, Mapping):
         return dict(obj)
     if isinstance(obj, User):
-        entry = {"type": "user", "id": str(obj.subject_uuid), "name": name or obj.username}
+        entry: dict[str, Any] = {"type": "user", "id": str(obj.subject_uuid), "name": name or obj.username}
     else:
         object_id = getattr(obj, "public_id", None) or obj.pk
         entry = {"type": obj._meta.label_lower, "id": str(object_id), "name": name or str(obj)}

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from audit import urls as audit_urls
@@ -8,18 +8,18 @@ from studies import urls as studies_urls
 from studies.dicomweb.urls import patterns as dicomweb_patterns
 from tenants import urls as tenants_urls
 
-tenant_pages = [
+tenant_pages: list[URLPattern | URLResolver] = [
     path("", views.TenantHomeView.as_view(), name="tenant_home"),
     *tenants_urls.page_patterns,
     *audit_urls.page_patterns,
     *studies_urls.page_patterns,
 ]
-tenant_api = [
+tenant_api: list[URLPattern | URLResolver] = [
     *tenants_urls.api_patterns,
     *audit_urls.api_patterns,
     *studies_urls.api_patterns,
 ]
-portal_pages = [
+portal_pages: list[URLPattern | URLResolver] = [
     path("", views.HomeView.as_view(), name="home"),
     path("t/<slug:tenant>/", include(tenant_pages)),
 ]

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from auditlog.context import set_actor
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views import View
@@ -26,7 +26,7 @@ def mfa_gate(request: HttpRequest) -> HttpResponse | None:
     user = request.user
     if not user.is_authenticated:
         return redirect_to_login(request.get_full_path(), reverse("accounts:login"))
-    if not user.is_verified():  # type: ignore[union-attr]
+    if not user.is_verified():  # type: ignore[union-attr,attr-defined]  # set by django-otp's middleware
         return redirect(f"{reverse('accounts:mfa')}?next={request.path}")
     return None
 
@@ -48,7 +48,7 @@ class TenantPageView(View):
         if overridden:
             raise TypeError(f"{cls.__name__} may not override {', '.join(overridden)}: TenantPageView enforces them.")
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         gate = mfa_gate(request)
         if gate is not None:
             return gate

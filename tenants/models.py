@@ -27,7 +27,7 @@ class User(AbstractUser):
 
     subject_uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
 
-    objects = CaseInsensitiveUserManager()
+    objects = CaseInsensitiveUserManager()  # type: ignore[misc]  # django-stubs types AbstractUser.objects
 
     class Meta:
         constraints = [

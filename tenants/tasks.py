@@ -18,12 +18,13 @@ logger = logging.getLogger(__name__)
 def memberships_end_due_task() -> int:
     """Fan out: one task per tenant that has memberships past their end date. Allow-listed for
     `unscoped_objects`, because finding which tenants have work is the one cross-tenant read."""
-    tenant_ids = (
-        Membership.unscoped_objects.filter(status=Membership.Status.ACTIVE, ends_at__lte=timezone.now())
-        .values_list("tenant_id", flat=True)
-        .distinct()
+    tenant_ids = sorted(
+        set(
+            Membership.unscoped_objects.filter(
+                status=Membership.Status.ACTIVE, ends_at__lte=timezone.now()
+            ).values_list("tenant_id", flat=True)
+        )
     )
-    tenant_ids = sorted(set(tenant_ids))
     for tenant_id in tenant_ids:
         tenant_memberships_end_due_task.delay(tenant_id=tenant_id)
     return len(tenant_ids)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from auditlog.context import set_actor
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseBase
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
-from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tenants import access
@@ -52,7 +51,7 @@ class TenantApi(APIView):
         self._actor = set_actor(request.user, remote_addr=request.META.get("REMOTE_ADDR"))
         self._actor.__enter__()
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Response:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         self._scope = self._actor = None  # type: ignore[assignment]
         try:
             return super().dispatch(request, *args, **kwargs)

@@ -5,6 +5,7 @@ With DATABASE_URL and REDIS_URL set, the same settings use them, and tasks go th
 
 import base64
 import secrets
+from collections.abc import Callable
 
 from .base import *  # noqa: F403
 from .base import REDIS_URL, VAR_DIR, env
@@ -16,7 +17,7 @@ DEBUG = env.bool("DJANGO_DEBUG", default=True)
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
-def _dev_secret(name: str, make: "callable[[], str]") -> str:  # type: ignore[valid-type]
+def _dev_secret(name: str, make: Callable[[], str]) -> str:
     """A secret generated once into var/ so that restarts keep sessions and keys."""
     path = VAR_DIR / name
     if not path.exists():

@@ -37,7 +37,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import RE_VALID_UID
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -113,9 +113,13 @@ def identify(data: bytes) -> Identity:
             value = str(ds.get(keyword) or "").strip()
         except Exception:
             return ""
-        return value if UID(value).is_valid else ""
+        return value if is_uid(value) else ""
 
     return Identity(*(uid(keyword) for keyword in _IDENTITY_TAGS))
+
+
+def is_uid(value: str) -> bool:
+    return 0 < len(value) <= 64 and RE_VALID_UID.match(value) is not None
 
 
 def failure_reason(reason: str) -> int:
@@ -278,7 +282,7 @@ class StudiesStoreApi(DicomWebApi):
     )
     def post(self, request: Request, tenant: str, study: str | None = None) -> Response:
         access.require(request.user, "tenants.upload_studies", self.tenant)
-        if study is not None and not UID(study).is_valid:
+        if study is not None and not is_uid(study):
             raise exceptions.ValidationError({"study": ["Not a valid Study Instance UID."]})
         body = request.data
         if not isinstance(body, MultipartRelated):

@@ -296,7 +296,8 @@ def _store(item: IngestItem, verdict: Verdict, sha256: str, tenant: Tenant) -> I
         quarantine = item.quarantine
         item.quarantine = None
         item.save(update_fields=["quarantine", "updated_at"])
-        blob_delete(blob=quarantine)
+        if quarantine is not None:
+            blob_delete(blob=quarantine)
         if instance.series.thumbnail_id is None:
             series_thumbnail_task.delay_on_commit(tenant_id=tenant.pk, series_id=instance.series_id)
     return item

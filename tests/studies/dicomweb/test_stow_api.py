@@ -332,7 +332,7 @@ def test_a_chunked_body_is_read_where_the_server_ends_it(api_client_for, tenant_
         "POST",
         URL,
         b"",
-        CONTENT_TYPE=CONTENT_TYPE,
+        content_type=CONTENT_TYPE,
         HTTP_TRANSFER_ENCODING="chunked",
         **{"wsgi.input": BytesIO(multipart([data])), "wsgi.input_terminated": True},
     )
@@ -346,7 +346,7 @@ def test_a_chunked_body_the_server_cannot_end_is_411(api_client_for, tenant_a, r
         "POST",
         URL,
         b"",
-        CONTENT_TYPE=CONTENT_TYPE,
+        content_type=CONTENT_TYPE,
         HTTP_TRANSFER_ENCODING="chunked",
         **{"wsgi.input": BytesIO(multipart([make_instance()]))},
     )
