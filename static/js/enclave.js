@@ -10,6 +10,9 @@
     clearTimeout(timer);
     timer = setTimeout(function () { window.location.reload(); }, (idle + 5) * 1000);
   }
-  ["click", "keydown"].forEach(function (name) { document.addEventListener(name, arm, { passive: true }); });
+  // "enclave:activity": work the person started and the page carries on (upload.js while files are sending).
+  ["click", "keydown", "enclave:activity"].forEach(function (name) {
+    document.addEventListener(name, arm, { passive: true });
+  });
   arm();
 })();

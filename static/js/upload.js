@@ -54,7 +54,14 @@
     if (reason) { cell.appendChild(el("span", "reason", reason)); }
   }
 
+  // Sending and checking is activity, as the server counts it: the automatic logoff (enclave.js) must not
+  // reload the page in the middle of a long upload.
+  function stillWorking() {
+    document.dispatchEvent(new CustomEvent("enclave:activity"));
+  }
+
   function setProgress(row, fraction) {
+    stillWorking();
     var bar = row.querySelector("progress");
     var pct = Math.round(fraction * 100);
     bar.value = fraction;
@@ -207,6 +214,7 @@
         });
       }
       update();
+      stillWorking();
       schedulePoll();
     };
     request.onerror = function () { schedulePoll(); };

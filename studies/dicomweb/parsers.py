@@ -15,7 +15,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -266,8 +266,8 @@ class MultipartRelatedParser(BaseParser):
 
     media_type = MULTIPART_RELATED
 
-    def parse(
-        self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None
+    def parse(  # type: ignore[override]  # DRF makes whatever parse() returns `request.data`
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
     ) -> MultipartRelated:
         request = (parser_context or {}).get("request")
         meta = request.META if request is not None else {}

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -97,7 +97,6 @@ class PartResult:
     failure: int | None = None
     warning: int | None = None
     comment: str = ""
-    retrieve: dict[str, str] = field(default_factory=dict)
 
 
 def identify(data: bytes) -> Identity:
@@ -179,9 +178,13 @@ def _settle(result: PartResult, item: IngestItem | None) -> None:
         )
     state = item.state
     if state == IngestItem.State.STORED:
-        if item.reason:
+        if item.reason:  # stored, but not byte for byte as sent
             result.warning = WARNING_COERCION
-            result.comment = "Stored with its 128-byte preamble set to zero: the preamble held non-zero bytes."
+            result.comment = (
+                "Stored with its 128-byte preamble set to zero: the preamble held non-zero bytes."
+                if "preamble" in item.reason
+                else item.reason
+            )
     elif state == IngestItem.State.DUPLICATE:
         pass  # the same bytes were stored before: sending again is a success, not a warning
     elif state == IngestItem.State.CONFLICT:
@@ -190,9 +193,7 @@ def _settle(result: PartResult, item: IngestItem | None) -> None:
         result.failure, result.comment = failure_reason(item.reason), item.reason
     else:
         result.warning = WARNING_STILL_PROCESSING
-        result.comment = (
-            "Received and still being processed: its outcome will be on the tenant's ingest activity page."
-        )
+        result.comment = "Received, still being processed: its outcome will be on the ingest activity page."
 
 
 def store_response(results: list[PartResult], *, study_url: Any, url_study: str | None) -> tuple[Dataset, int]:
@@ -284,9 +285,8 @@ class StudiesStoreApi(DicomWebApi):
         access.require(request.user, "tenants.upload_studies", self.tenant)
         if study is not None and not is_uid(study):
             raise exceptions.ValidationError({"study": ["Not a valid Study Instance UID."]})
-        body = request.data
-        if not isinstance(body, MultipartRelated):
-            body = body_without_length(request)
+        data = request.data
+        body = data if isinstance(data, MultipartRelated) else body_without_length(request)
 
         batch = uuid.uuid4()
         results: list[PartResult] = []
@@ -310,7 +310,9 @@ class StudiesStoreApi(DicomWebApi):
                 _settle(result, items.get(result.item_id))
 
         def study_url(uid: str) -> str:
-            return request.build_absolute_uri(reverse("dicomweb:study", kwargs={"tenant": tenant, "study": uid}))
+            # The configured address rather than the Host header: dicomweb-client sends Host without the port.
+            path = reverse("dicomweb:study", kwargs={"tenant": tenant, "study": uid})
+            return f"{settings.PORTAL_BASE_URL.rstrip('/')}{path}"
 
         dataset, status = store_response(results, study_url=study_url, url_study=study)
         return Response(dataset.to_json_dict(), status=status)
@@ -332,8 +334,7 @@ class StudiesStoreApi(DicomWebApi):
                 if result.identity.study_instance_uid
                 else (
                     FAILURE_CANNOT_UNDERSTAND,
-                    f"Part {part.index} cannot be read as DICOM, so it cannot be checked against the study in "
-                    "the URL.",
+                    f"Part {part.index} cannot be read as DICOM to check it against the study in the URL.",
                 )
             )
         if refusal is None:
@@ -376,20 +377,15 @@ class StudiesStoreApi(DicomWebApi):
         The database is the record of the work (tasks may run on any worker), so it is what is polled."""
         deadline = time.monotonic() + settings.DICOMWEB_STOW_WAIT_SECONDS
         delay = POLL_FIRST_SECONDS
+        rows = ingest_item_list(actor=request.user, batch=batch).filter(pk__in=ids)
         while ids:
-            undecided = (
-                ingest_item_list(actor=request.user, batch=batch)
-                .filter(pk__in=ids)
-                .exclude(state__in=IngestItem.FINAL_STATES)
-                .exists()
-            )
+            undecided = rows.exclude(state__in=IngestItem.FINAL_STATES).exists()
             remaining = deadline - time.monotonic()
             if not undecided or remaining <= 0:
                 break
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, POLL_MAX_SECONDS)
-        rows = ingest_item_list(actor=request.user, batch=batch).select_related("instance__series__study")
-        return {item.pk: item for item in rows.filter(pk__in=ids)}
+        return {item.pk: item for item in rows.select_related("instance__series__study")}
 
 
 class StudyStoreApi(StudiesStoreApi):

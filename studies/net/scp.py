@@ -7,7 +7,8 @@ only once its bytes are quarantined and its IngestItem committed (`studies.servi
 sender never deletes an object we could still lose.
 
 Threads: pynetdicom runs each association in its own thread, and every handler of that association runs in it.
-Django gives each thread its own database connection; it is closed when the association ends.
+Django gives each thread its own database connection: it is kept for the whole association (not reopened per
+C-STORE, as CONN_MAX_AGE=0 would have it) and closed when the association ends or after a failure.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from auditlog.context import set_actor
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
@@ -129,7 +130,6 @@ class _Door:
         called_ae = (request.called_ae_title or "").strip()
         address = _peer_address(assoc.requestor.address)
         try:
-            close_old_connections()
             peer = _admit(calling_ae=calling_ae, called_ae=called_ae, address=address)
         except _Refused as refused:
             _reject(assoc, refused.reject)
@@ -170,7 +170,6 @@ class _Door:
             logger.exception("C-STORE from %s: the request could not be read", peer.calling_ae)
             return _status(STATUS_CANNOT_UNDERSTAND, "The request carried no readable data set.")
         try:
-            close_old_connections()
             with (
                 tenant_scope(peer.tenant),
                 audit_context(source_address=peer.address, system_principal=f"dicom:{peer.calling_ae}"),
@@ -187,8 +186,10 @@ class _Door:
             logger.info("C-STORE from %s refused at receipt: %s", peer.calling_ae, exc.reason)
             return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
         except Exception:
-            # Not quarantined (or not committed): the sender keeps the object and may try again.
+            # Not quarantined (or not committed): the sender keeps the object and may try again. The connection
+            # may be what broke; the next C-STORE opens a fresh one.
             logger.exception("C-STORE from %s could not be quarantined", peer.calling_ae)
+            connection.close()
             return _status(STATUS_OUT_OF_RESOURCES, "The archive could not store the object; try again later.")
         return STATUS_SUCCESS
 

@@ -112,13 +112,33 @@ def _is_junk(info: zipfile.ZipInfo) -> bool:
     return info.is_dir() or not parts or parts[0] in JUNK_FOLDERS or parts[-1] in JUNK_FILES
 
 
-def _check_zip(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+def _too_many_entries(count: int) -> ZipRefused:
+    return ZipRefused(
+        f"Zip bomb: the zip holds {count} entries, more than the limit of {settings.INGEST_ZIP_MAX_ENTRIES}."
+    )
+
+
+def _check_declared_entries(handle: IO[bytes]) -> None:
+    """The entry count from the end-of-archive record, before zipfile reads the whole central directory into
+    memory (millions of tiny entries would exhaust it). The private helper is the stdlib's own reader of that
+    record, zip64 included."""
+    try:
+        record = zipfile._EndRecData(handle)  # type: ignore[attr-defined]
+    except OSError as exc:
+        raise ZipRefused("The zip is damaged or incomplete.") from exc
+    finally:
+        handle.seek(0)
+    if record is None:
+        raise ZipRefused("The zip is damaged or incomplete.")
+    if record[zipfile._ECD_ENTRIES_TOTAL] > settings.INGEST_ZIP_MAX_ENTRIES:  # type: ignore[attr-defined]
+        raise _too_many_entries(record[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
+
+
+def _check_zip(archive: zipfile.ZipFile, *, size: int) -> list[zipfile.ZipInfo]:
     """The entries to ingest, once every entry has passed; else ZipRefused with the first problem found."""
     entries = archive.infolist()
     if len(entries) > settings.INGEST_ZIP_MAX_ENTRIES:
-        raise ZipRefused(
-            f"Zip bomb: the zip holds {len(entries)} entries, more than the limit of {settings.INGEST_ZIP_MAX_ENTRIES}."
-        )
+        raise _too_many_entries(len(entries))
     unpacked = 0
     for info in entries:
         if _path_problem(info.filename):
@@ -144,6 +164,8 @@ def _check_zip(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
             raise ZipRefused(
                 f"Zip bomb: the zip unpacks to more than the limit of {settings.INGEST_ZIP_MAX_UNPACKED_BYTES} bytes."
             )
+    if unpacked > RATIO_FLOOR_BYTES and unpacked > size * settings.INGEST_ZIP_MAX_RATIO:
+        raise ZipRefused(f"Zip bomb: the zip unpacks to more than {settings.INGEST_ZIP_MAX_RATIO} times its size.")
     wanted = [info for info in entries if not _is_junk(info)]
     if not wanted:
         raise ZipRefused("The zip holds no files.")
@@ -259,12 +281,13 @@ def _receive_zip(
     try:
         if size > max(settings.INGEST_MAX_BYTES, settings.INGEST_ZIP_MAX_UNPACKED_BYTES):
             raise ZipRefused("The zip is larger than the upload limit.")
+        _check_declared_entries(handle)
         try:
             archive = zipfile.ZipFile(handle)
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             raise ZipRefused("The zip is damaged or incomplete.") from exc
         with archive:
-            wanted = _check_zip(archive)
+            wanted = _check_zip(archive, size=size)
             with transaction.atomic():
                 items = []
                 for name, content in _entries(archive, wanted):

@@ -22,8 +22,10 @@ from studies.scanning import eicar_test_bytes
 from studies.storage.blobs import blob_read
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
-from tests.studies.conftest import EICAR_FOUND_AS
-from tests.studies.conftest import clamd_daemon  # noqa: F401 -- the session's clamd, for the worker
+from tests.studies.conftest import (
+    EICAR_FOUND_AS,
+    clamd_daemon,  # noqa: F401 -- the session's clamd, for the worker
+)
 from tests.studies.net.scu import associate, sop_instance_uid, write_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker_scans_with_clamd")]
@@ -53,9 +55,9 @@ def north(tenant_a: Tenant) -> Tenant:
 def storescu(port: int, files: Sequence[Path], *, calling: str = "DEMO_CT", called: str = "NORTH") -> str:
     if STORESCU is None:
         pytest.fail("dcmtk's storescu is missing: apt-get install dcmtk")
-    # -xs: also propose the file's own (e.g. compressed) transfer syntax. TCP_NODELAY=1: dcmtk's own Nagle switch.
+    # -xr: propose RLE Lossless besides the uncompressed syntaxes. TCP_NODELAY=1: dcmtk's own Nagle switch.
     done = subprocess.run(
-        [STORESCU, "-aet", calling, "-aec", called, "-xs", "127.0.0.1", str(port), *map(str, files)],
+        [STORESCU, "-aet", calling, "-aec", called, "-xr", "127.0.0.1", str(port), *map(str, files)],
         capture_output=True, text=True, timeout=120, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     return done.stdout + done.stderr
@@ -82,9 +84,7 @@ def items_final(tenant: Tenant, count: int) -> Callable[[], bool]:
     return check
 
 
-def test_storescu_sends_a_study_stored_exactly_once_and_again_as_duplicates(
-    dicom_listener_process, north, tmp_path
-):
+def test_storescu_sends_a_study_stored_exactly_once_and_again_as_duplicates(dicom_listener_process, north, tmp_path):
     blobs = make_study(series=2, instances_per_series=3, patient_id="INT0001")
     blobs.append(make_instance(study_uid=pydicom.dcmread(io.BytesIO(blobs[0])).StudyInstanceUID,
                                transfer_syntax=RLELossless, series_number=3, patient_id="INT0001"))  # fmt: skip

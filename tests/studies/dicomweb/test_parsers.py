@@ -11,6 +11,7 @@ from studies.dicomweb import parsers
 from studies.dicomweb.parsers import BodyError, BodyTooLarge, MultipartRelatedParser
 
 DICOM_CT = 'multipart/related; type="application/dicom"; boundary="{b}"'
+DEFAULT_CT = DICOM_CT.format(b="b0undary")
 
 
 class CountingStream(BytesIO):
@@ -33,11 +34,11 @@ def body(parts: list[bytes], boundary: str = "b0undary", *, preamble: bytes = b"
     return out + f"\r\n--{boundary}--".encode() + epilogue
 
 
-def parse(data: bytes, content_type: str = DICOM_CT.format(b="b0undary"), **meta) -> list[parsers.Part]:
+def parse(data: bytes, content_type: str = DEFAULT_CT, **meta) -> list[parsers.Part]:
     return list(read(data, content_type, **meta))
 
 
-def read(data, content_type=DICOM_CT.format(b="b0undary"), **meta):
+def read(data, content_type=DEFAULT_CT, **meta):
     request = type("R", (), {"META": {"CONTENT_LENGTH": str(len(data)), **meta}})()
     return MultipartRelatedParser().parse(BytesIO(data), content_type, {"request": request})
 

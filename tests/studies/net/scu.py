@@ -47,7 +47,12 @@ def write_files(directory: Path, blobs: Sequence[bytes], prefix: str = "obj") ->
 
 
 def associate(
-    *, port: int, calling: str, called: str, files: Sequence[Path] = (), during: Callable[[Association], Any] = None
+    *,
+    port: int,
+    calling: str,
+    called: str,
+    files: Sequence[Path] = (),
+    during: Callable[[Association], Any] | None = None,
 ) -> SendResult:
     """Open an association, send each file by C-STORE (the bytes as stored, not re-encoded), release.
 

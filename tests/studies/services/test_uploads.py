@@ -132,6 +132,16 @@ def test_a_ratio_bomb_is_refused_before_extraction(receive, tenant_a):
     assert counts(tenant_a) == {"items": 1, "blobs": 0, "instances": 0}
 
 
+def test_many_small_entries_that_unpack_far_beyond_the_zip_are_a_bomb(receive, tenant_a):
+    """Each entry is below the size where its own ratio is checked; together they are still a bomb."""
+    items = receive(zip_of(*[(f"z{n}.dcm", bytes(60 * 1024)) for n in range(30)]), filename="many-small.zip")
+
+    assert [(item.state, item.reason) for item in items] == [
+        (State.REJECTED, "Zip bomb: the zip unpacks to more than 100 times its size.")
+    ]
+    assert counts(tenant_a) == {"items": 1, "blobs": 0, "instances": 0}
+
+
 def test_too_many_unpacked_bytes_is_refused_before_extraction(receive, tenant_a, settings):
     settings.INGEST_ZIP_MAX_UNPACKED_BYTES = 10_000
 
