@@ -43,6 +43,11 @@ def tenant_create(*, slug: str, name: str, ae_title: str | None = None) -> Tenan
         tenant = Tenant(slug=slug, name=name, ae_title=ae_title.upper() if ae_title else None)
         tenant.full_clean()
         tenant.save()
+    elif ae_title and not tenant.ae_title:
+        # A tenant made before it had an AE title (an older demo database) gets the one now asked for.
+        tenant.ae_title = ae_title.upper()
+        tenant.full_clean()
+        tenant.save(update_fields=["ae_title", "updated_at"])
     access.role_groups_install(tenant=tenant)
     audit_chain_create(tenant=tenant)
     if created:

@@ -40,6 +40,12 @@ CACHES = {
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
 CELERY_TASK_EAGER_PROPAGATES = True
+# A crash-test worker recovers unacknowledged messages within seconds, from unacked keys of its own so that it
+# never redelivers another worker's messages (tests/integration/conftest.py); production keeps base.py's options.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    **CELERY_BROKER_TRANSPORT_OPTIONS,  # noqa: F405
+    **env.json("CELERY_TEST_TRANSPORT_OPTIONS", default={}),
+}
 
 # EMAIL
 # ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from tests.studies.conftest import (
     EICAR_FOUND_AS,
     clamd_daemon,  # noqa: F401 -- the session's clamd, for the worker
 )
-from tests.studies.net.scu import associate, sop_instance_uid, write_files
+from tests.studies.net.scu import associate, echo, sop_instance_uid, write_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker_scans_with_clamd")]
 
@@ -60,17 +61,18 @@ def storescu(port: int, files: Sequence[Path], *, calling: str = "DEMO_CT", call
         [STORESCU, "-aet", calling, "-aec", called, "-xr", "127.0.0.1", str(port), *map(str, files)],
         capture_output=True, text=True, timeout=120, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
 
 
 def wait_for(predicate: Callable[[], bool], *, what: str, listener, timeout: float = 90.0) -> None:
+    """Poll the database until `predicate` holds; fail early if the listener dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        for name, proc in (("listener", listener), ("worker", None)):
-            if proc is not None and proc.process.poll() is not None:
-                pytest.fail(f"the {name} exited early:\n{proc.output()}")
+        if listener.process.poll() is not None:
+            pytest.fail(f"the DICOM listener exited early:\n{listener.output()}")
         time.sleep(0.3)
     pytest.fail(f"timed out waiting for {what}; listener log:\n{listener.output()}")
 
@@ -162,3 +164,12 @@ def test_eicar_is_rejected_as_malware_and_an_executable_preamble_never_crosses_t
         data = blob_read(blob=Instance.objects.get(sop_instance_uid=sop_instance_uid(elf)).blob)
         assert data[:132] == b"\x00" * 128 + b"DICM"
         assert Instance.objects.count() == 1
+
+
+def test_the_listener_stops_cleanly_on_sigterm(dicom_listener_process):
+    assert echo(port=dicom_listener_process.port, calling="DEMO_CT", called="NOWHERE") is None  # rejected, still up
+
+    dicom_listener_process.process.send_signal(signal.SIGTERM)
+
+    assert dicom_listener_process.process.wait(timeout=20) == 0
+    assert "DICOM listener stopped" in dicom_listener_process.output()

@@ -14,6 +14,8 @@ from django.core.files.storage import storages
 from django.db import connection
 from django.test import override_settings
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from audit.events import EventType, Outcome
 from audit.models import AuditEvent, SecurityAlert
@@ -21,7 +23,7 @@ from devices.models import Device
 from devices.services import device_register
 from studies.dicom.synthetic import make_instance, make_study
 from studies.models import IngestItem, Instance, Series, Study
-from studies.net.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
+from studies.net.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, stop_listener
 from studies.selectors import study_list
 from tenants.models import Role
 from tenants.scoping import tenant_scope
@@ -272,3 +274,21 @@ def test_associations_give_back_their_database_connections(listener, north, demo
     while _connections_to_test_db() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _connections_to_test_db() <= before
+
+
+def test_stopping_aborts_an_association_left_open_after_the_grace_period(listener, north, demo_ct):
+    ae = AE(ae_title="DEMO_CT")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="NORTH")
+    assert assoc.is_established
+    connection.ensure_connection()
+    ours = connection.connection
+
+    stop_listener(listener, grace=0.2)
+
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+    assert listener.active_associations == []
+    assert connection.connection is ours  # the abort handler ran in this thread and left its connection alone
