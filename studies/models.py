@@ -151,6 +151,19 @@ class IngestItem(TenantOwnedModel):
         STOWRS = "stowrs", "DICOMweb STOW-RS"
         UPLOAD = "upload", "Browser upload"
 
+    class Failure(models.TextChoices):
+        """Why an item was refused, for machines (STOW-RS failure codes); `reason` says it for people."""
+
+        NONE = "", "None"
+        TOO_LARGE = "too_large", "Too large"
+        NOT_DICOM = "not_dicom", "Not DICOM"
+        UNSUPPORTED_SYNTAX = "unsupported_syntax", "Unsupported transfer syntax"
+        UNREADABLE = "unreadable", "Unreadable"
+        INVALID = "invalid", "Invalid or truncated"
+        MALWARE = "malware", "Malware"
+        CONFLICT = "conflict", "Conflicts with a stored instance"
+        LOST = "lost", "Quarantined bytes lost or damaged"
+
     FINAL_STATES = (State.STORED, State.DUPLICATE, State.CONFLICT, State.REJECTED)
 
     state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED)
@@ -168,6 +181,7 @@ class IngestItem(TenantOwnedModel):
     )
     source_address = models.GenericIPAddressField(null=True, blank=True)
     reason = models.CharField(max_length=300, blank=True)
+    failure = models.CharField(max_length=24, choices=Failure.choices, blank=True, default="")
     sop_instance_uid = models.CharField(max_length=64, blank=True)
     instance = models.ForeignKey(Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     attempts = models.PositiveIntegerField(default=0)

@@ -66,11 +66,26 @@ class Limits:
 
 
 class InvalidDicom(ValueError):
-    """The file is refused. `reason` is a sentence for a person, free of patient data."""
+    """The file is refused. `reason` is a sentence for a person, free of patient data; `kind` is the class of
+    refusal for machines (the STOW-RS failure code): too_large, not_dicom, unsupported_syntax, unreadable or
+    invalid. It is read off the reason here, where every reason is written."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @property
+    def kind(self) -> str:
+        text = self.reason.lower()
+        if "too large" in text:
+            return "too_large"
+        if text.startswith(("not a dicom", "invalid transfer syntax")):
+            return "not_dicom"
+        if text.startswith("unsupported transfer syntax"):
+            return "unsupported_syntax"
+        if text.startswith("unreadable"):
+            return "unreadable"
+        return "invalid"
 
 
 @dataclass(frozen=True)

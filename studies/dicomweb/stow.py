@@ -121,20 +121,21 @@ def is_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and RE_VALID_UID.match(value) is not None
 
 
-def failure_reason(reason: str) -> int:
-    """The Failure Reason code (PS3.18 Table I.2-2) for the pipeline's reason in words."""
-    text = reason.lower()
-    if "malware" in text:
-        return FAILURE_PROCESSING
-    if "too large" in text or "larger than the limit" in text:
-        return FAILURE_OUT_OF_RESOURCES
-    if text.startswith("unsupported transfer syntax"):
-        return FAILURE_TRANSFER_SYNTAX
-    if text.startswith(("not a dicom", "unreadable", "invalid transfer syntax")):
-        return FAILURE_CANNOT_UNDERSTAND
-    if text.startswith(("truncated", "damaged", "missing required", "invalid", "unsupported pixel")):
-        return FAILURE_DOES_NOT_MATCH_SOP_CLASS
-    return FAILURE_PROCESSING
+# The Failure Reason code (PS3.18 Table I.2-2) for each class of refusal the pipeline records.
+FAILURE_CODES = {
+    IngestItem.Failure.TOO_LARGE: FAILURE_OUT_OF_RESOURCES,
+    IngestItem.Failure.NOT_DICOM: FAILURE_CANNOT_UNDERSTAND,
+    IngestItem.Failure.UNREADABLE: FAILURE_CANNOT_UNDERSTAND,
+    IngestItem.Failure.UNSUPPORTED_SYNTAX: FAILURE_TRANSFER_SYNTAX,
+    IngestItem.Failure.INVALID: FAILURE_DOES_NOT_MATCH_SOP_CLASS,
+    IngestItem.Failure.CONFLICT: FAILURE_DUPLICATE_SOP_INSTANCE,
+    IngestItem.Failure.MALWARE: FAILURE_PROCESSING,
+    IngestItem.Failure.LOST: FAILURE_PROCESSING,
+}
+
+
+def failure_reason(failure: str) -> int:
+    return FAILURE_CODES.get(failure, FAILURE_PROCESSING)
 
 
 # Response
@@ -190,7 +191,7 @@ def _settle(result: PartResult, item: IngestItem | None) -> None:
     elif state == IngestItem.State.CONFLICT:
         result.failure, result.comment = FAILURE_DUPLICATE_SOP_INSTANCE, item.reason
     elif state == IngestItem.State.REJECTED:
-        result.failure, result.comment = failure_reason(item.reason), item.reason
+        result.failure, result.comment = failure_reason(item.failure), item.reason
     else:
         result.warning = WARNING_STILL_PROCESSING
         result.comment = "Received, still being processed: its outcome will be on the ingest activity page."

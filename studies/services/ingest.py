@@ -37,10 +37,14 @@ logger = logging.getLogger(__name__)
 class Rejected(Exception):
     """The object cannot enter the archive; `reason` is shown to people, so it never holds patient data."""
 
-    def __init__(self, reason: str, *, malware: bool = False) -> None:
+    def __init__(self, reason: str, *, failure: str = IngestItem.Failure.INVALID) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.malware = malware
+        self.failure = failure
+
+    @property
+    def malware(self) -> bool:
+        return self.failure == IngestItem.Failure.MALWARE
 
 
 def ingest_limits() -> dicom_parse.Limits:
@@ -75,7 +79,10 @@ def ingest_receive(
 
     tenant = current_tenant()
     if len(data) > settings.INGEST_MAX_BYTES:
-        raise Rejected(f"The object is larger than the limit of {settings.INGEST_MAX_BYTES} bytes.")
+        raise Rejected(
+            f"The object is larger than the limit of {settings.INGEST_MAX_BYTES} bytes.",
+            failure=IngestItem.Failure.TOO_LARGE,
+        )
     quarantine = blob_write(kind=Blob.Kind.QUARANTINE, data=data, replicate=False)
     item = IngestItem(
         tenant=tenant,
@@ -123,15 +130,16 @@ def _check(data: bytes) -> Verdict:
     verdict = dicom_preamble.inspect_preamble(data)
     if verdict.kind == "executable":
         raise Rejected(
-            f"Suspected malware: the DICOM preamble holds an executable header ({verdict.detail}).", malware=True
+            f"Suspected malware: the DICOM preamble holds an executable header ({verdict.detail}).",
+            failure=IngestItem.Failure.MALWARE,
         )
     result = scanning.scan(data, address=settings.CLAMD_ADDRESS or None)
     if not result.clean:
-        raise Rejected(f"Malware found by the virus scanner ({result.signature}).", malware=True)
+        raise Rejected(f"Malware found by the virus scanner ({result.signature}).", failure=IngestItem.Failure.MALWARE)
     try:
         parsed, dataset = dicom_parse.parse(data, limits=ingest_limits())
     except dicom_parse.InvalidDicom as exc:
-        raise Rejected(exc.reason) from exc
+        raise Rejected(exc.reason, failure=exc.kind) from exc
     zeroed = verdict.kind == "nonzero"
     if zeroed:
         data = dicom_preamble.zero_preamble(data)
@@ -208,9 +216,11 @@ def _recount(*, study_id: int, series_id: int) -> None:
     study.save(update_fields=["number_of_series", "number_of_instances", "modalities", "updated_at"])
 
 
-def _finish(item: IngestItem, state: str, *, reason: str = "", instance: Instance | None = None) -> None:
-    item.state, item.reason, item.finished_at = state, reason[:300], timezone.now()
-    fields = ["state", "reason", "finished_at", "updated_at"]
+def _finish(
+    item: IngestItem, state: str, *, reason: str = "", failure: str = "", instance: Instance | None = None
+) -> None:
+    item.state, item.reason, item.failure, item.finished_at = state, reason[:300], failure, timezone.now()
+    fields = ["state", "reason", "failure", "finished_at", "updated_at"]
     if instance is not None:
         item.instance = instance
         item.sop_instance_uid = instance.sop_instance_uid
@@ -246,11 +256,11 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
     tenant = current_tenant()
     try:
         if item.quarantine is None:
-            raise Rejected("The received bytes are gone from quarantine.")
+            raise Rejected("The received bytes are gone from quarantine.", failure=IngestItem.Failure.LOST)
         try:
             data = blob_read(blob=item.quarantine)
         except BlobUnreadable as exc:
-            raise Rejected("The received bytes in quarantine are damaged.") from exc
+            raise Rejected("The received bytes in quarantine are damaged.", failure=IngestItem.Failure.LOST) from exc
         verdict = _check(data)
         sha256 = hashlib.sha256(verdict.data).hexdigest()
         try:
@@ -324,6 +334,7 @@ def _resolve_existing(item: IngestItem, existing: Instance, sha256: str) -> Inge
         item,
         IngestItem.State.CONFLICT,
         reason="different content under a SOP Instance UID that is already stored; kept in quarantine for review",
+        failure=IngestItem.Failure.CONFLICT,
     )
     item.instance = existing
     item.sop_instance_uid = existing.sop_instance_uid
@@ -344,7 +355,7 @@ def _resolve_existing(item: IngestItem, existing: Instance, sha256: str) -> Inge
 
 @transaction.atomic
 def _reject(item: IngestItem, exc: Rejected) -> None:
-    _finish(item, IngestItem.State.REJECTED, reason=exc.reason)
+    _finish(item, IngestItem.State.REJECTED, reason=exc.reason, failure=exc.failure)
     details = {
         "source": item.source,
         "batch": str(item.batch),

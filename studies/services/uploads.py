@@ -194,7 +194,16 @@ def _entries(archive: zipfile.ZipFile, wanted: list[zipfile.ZipInfo]) -> Iterato
 
 
 @transaction.atomic
-def upload_reject(*, actor: Any, batch: uuid.UUID, filename: str, reason: str, size: int, sha256: str) -> IngestItem:
+def upload_reject(
+    *,
+    actor: Any,
+    batch: uuid.UUID,
+    filename: str,
+    reason: str,
+    size: int,
+    sha256: str,
+    failure: str = IngestItem.Failure.INVALID,
+) -> IngestItem:
     """Record an upload refused at the door (a zip that failed its checks, a file over the size limit) as one
     ingest item in state `rejected` with `reason`, so the person sees it beside the rest of the batch, and put the
     refusal on the audit trail (INGEST_REJECTED). Nothing is kept in quarantine. Requires
@@ -211,6 +220,7 @@ def upload_reject(*, actor: Any, batch: uuid.UUID, filename: str, reason: str, s
         sha256=sha256,
         actor=actor,
         reason=reason[:300],
+        failure=failure,
         finished_at=timezone.now(),
     )
     item.full_clean()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from django.core.files.storage import storages
+from pydicom.uid import generate_uid
 
 from audit.events import EventType
 from audit.models import AuditChain, AuditEvent
@@ -40,7 +41,7 @@ from tests.integration.conftest import RestartableWorker, redis_queue_forget
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 STALE_SECONDS = 2
-KILL_AT = 150  # the position of the large instance, during which the worker is killed
+KILL_AT = (100, 150)  # the positions of the large instances, during which the workers are killed
 FINAL = {s.value for s in IngestItem.FINAL_STATES}
 RECEIVED_LINE = re.compile(r"Task studies\.tasks\.ingest_process\[([0-9a-f-]+)\] received")
 SUCCEEDED_LINE = re.compile(r"Task studies\.tasks\.ingest_process\[([0-9a-f-]+)\] succeeded in [^:]+: '(\w+)'")
@@ -151,66 +152,91 @@ def receive(data: bytes, batch: uuid.UUID) -> None:
     services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=batch, data=data, filename="chaos.dcm")
 
 
-def test_a_worker_killed_mid_ingest_loses_nothing_and_duplicates_nothing(worker, tenant_a, capsys):
+def instance_files(tenant: Tenant) -> set[Path]:
+    return set((Path(storages["blobs"].location) / f"t{tenant.pk}" / Blob.Kind.INSTANCE).rglob("*"))
+
+
+def unacknowledged(log: str) -> list[str]:
+    """Ingest tasks a worker received and never finished: their messages were not acknowledged (acks_late)."""
+    finished = {task for task, _ in SUCCEEDED_LINE.findall(log)}
+    return [task for task in RECEIVED_LINE.findall(log) if task not in finished]
+
+
+def test_workers_killed_mid_ingest_lose_nothing_and_duplicate_nothing(worker, tenant_a, capsys):
     sent = make_study(series=4, instances_per_series=50, patient_id="CHAOS01")
-    # One large multi-frame instance in the stream keeps the worker inside one item for a while: the kill lands
-    # while that item is claimed (`processing`) and its storing transaction is open.
+    # Two large multi-frame instances in the stream keep the worker inside one item for a while, so that each kill
+    # lands at a known point: just after the claim, and in the middle of the storing transaction.
     study_uid = str(pydicom.dcmread(io.BytesIO(sent[0]), stop_before_pixels=True).StudyInstanceUID)
-    sent[KILL_AT] = make_instance(study_uid=study_uid, patient_id="CHAOS01", rows=512, columns=512, frames=40,
-                                  series_number=5, series_description="Large multi-frame")  # fmt: skip
-    large_sha256 = hashlib.sha256(sent[KILL_AT]).hexdigest()
-    # As in production (sweeper stale time 2 min, visibility 13 min), the sweeper takes the dead worker's item
-    # back before Redis redelivers its message.
-    worker.visibility_timeout = 15
+    series_uid = str(generate_uid())
+    for number, position in enumerate(KILL_AT, 1):
+        sent[position] = make_instance(study_uid=study_uid, series_uid=series_uid, patient_id="CHAOS01", rows=512,
+                                       columns=512, frames=40, series_number=5, instance_number=number,
+                                       series_description="Large multi-frame")  # fmt: skip
+    # As in production (sweeper stale time 2 min, visibility 13 min), the sweeper normally takes a dead worker's
+    # item back before Redis redelivers its message; either way one of them finds the item taken.
+    worker.visibility_timeout = 20
     batch = uuid.uuid4()
     started = time.monotonic()
     worker.start()
     with tenant_scope(tenant_a):
         for data in sent:
             receive(data, batch)
-        large = IngestItem.objects.get(sha256=large_sha256)
-        wait_for(lambda: IngestItem.objects.filter(pk=large.pk, state=IngestItem.State.PROCESSING).exists(),
-                 what="the worker to claim the large instance", worker=worker)  # fmt: skip
+        large = [IngestItem.objects.get(sha256=hashlib.sha256(sent[p]).hexdigest()) for p in KILL_AT]
+
+        def claimed(item: IngestItem) -> Callable[[], bool]:
+            return lambda: IngestItem.objects.filter(pk=item.pk, state=IngestItem.State.PROCESSING).exists()
+
+        # Kill 1: right after the worker claimed the first large instance, before anything of it is stored.
+        wait_for(claimed(large[0]), what="the claim of the first large instance", worker=worker)
         worker.kill()
-        killed_at = time.monotonic()
-        at_kill = states(tenant_a)
-        large.refresh_from_db()
-    assert large.state == IngestItem.State.PROCESSING  # left behind by the dead worker
-    assert 20 <= at_kill[IngestItem.State.STORED] < len(sent)
-    first_received, _ = task_lines(worker.output(0))
-    first_finished = {task for task, _ in SUCCEEDED_LINE.findall(worker.output(0))}
-    in_flight = [task for task in first_received if task not in first_finished]
-    assert in_flight  # acks_late: the message of the item being worked on was never acknowledged
+        first_kill = time.monotonic()
+        at_first_kill = states(tenant_a)
+        assert claimed(large[0])()
+        assert 20 <= at_first_kill[IngestItem.State.STORED] < len(sent)
+
+        # Kill 2: a new worker goes on with the queue; it is killed once the second large instance's ciphertext
+        # is on disk, inside the transaction that would index it.
+        worker.start()
+        wait_for(claimed(large[1]), what="the claim of the second large instance", worker=worker)
+        before = instance_files(tenant_a)
+        wait_for(lambda: bool(instance_files(tenant_a) - before), what="the large blob being written", worker=worker,
+                 timeout=10)  # fmt: skip
+        worker.kill()
+        at_second_kill = states(tenant_a)
+        assert claimed(large[1])(), "the storing transaction committed before the kill"
+    in_flight = unacknowledged(worker.output(0)) + unacknowledged(worker.output(1))
+    assert len(in_flight) == 2  # acks_late: each dead worker held the message of its large instance
 
     worker.start()
     sweeps = sweep_until_final(tenant_a, worker, count=len(sent))
     all_final = time.monotonic()
-    # reject_on_worker_lost / acks_late: Redis gives the unacknowledged message back after the visibility timeout.
+    # acks_late + reject_on_worker_lost: Redis gives each unacknowledged message back after the visibility timeout.
     for task in in_flight:
-        wait_for(lambda t=task: re.search(rf"\[{t}\] succeeded", worker.output(1)) is not None,
+        wait_for(lambda t=task: re.search(rf"\[{t}\] succeeded", worker.output(2)) is not None,
                  what=f"the unacknowledged message {task} to come back", worker=worker,
                  timeout=worker.visibility_timeout + 15)  # fmt: skip
     wait_for(lambda: queue_length(worker.queue) == 0, what="the queue to drain", worker=worker)
 
     figures = assert_stored_exactly_once(tenant_a, sent)
-    # At most the blob the killed worker was writing is left behind: ciphertext whose key rolled back with its row.
-    assert max(figures["primary"].orphans, figures["replica"].orphans, figures["quarantine"].orphans) <= 1
-    second_received, second_results = task_lines(worker.output(1))
-    redelivered = [task for task in in_flight if task in second_received]
-    redelivery_results = dict(SUCCEEDED_LINE.findall(worker.output(1)))
     with tenant_scope(tenant_a):
-        large.refresh_from_db()
-    assert large.state == IngestItem.State.STORED
-    assert large.attempts == 2  # claimed by the dead worker, then once more: never stored twice
+        attempts = [IngestItem.objects.get(pk=item.pk).attempts for item in large]
+    assert attempts == [2, 2]  # claimed by the dead worker, then once more: never stored twice
+    # Left behind: the ciphertext the second dead worker wrote (its row, with the wrapped data key, rolled back, so
+    # nobody can ever read it) and nothing else. Its retry wrote a new blob under a new name.
+    assert figures["primary"].orphans == 1
+    assert figures["replica"].orphans <= 1
+    assert figures["quarantine"].orphans == 0
+    _, last_results = task_lines(worker.output(2))
+    redelivery_results = dict(SUCCEEDED_LINE.findall(worker.output(2)))
     with capsys.disabled():
         print(
-            f"\n[chaos kill] sent={len(sent)} at_kill={dict(at_kill)} final={dict(states(tenant_a))} "
-            f"duplicates=0 sweeps_sent={sweeps} in_flight_at_kill={len(in_flight)} "
-            f"redelivered_by_redis={len(redelivered)} redelivery_result="
-            f"{[redelivery_results.get(t) for t in redelivered]} second_worker_results={dict(second_results)} "
+            f"\n[chaos kill] sent={len(sent)} at_first_kill={dict(at_first_kill)} "
+            f"at_second_kill={dict(at_second_kill)} final={dict(states(tenant_a))} duplicates=0 "
+            f"sweeps_sent={sweeps} unacked_at_kills={len(in_flight)} redelivered_by_redis={len(in_flight)} "
+            f"redelivery_results={[redelivery_results[t] for t in in_flight]} last_worker_results={dict(last_results)} "
             f"attempts={figures['attempts']} orphans(primary/replica/quarantine)={figures['primary'].orphans}/"
             f"{figures['replica'].orphans}/{figures['quarantine'].orphans} audit_events={figures['audit_events']} "
-            f"kill_to_all_stored={all_final - killed_at:.1f}s total={time.monotonic() - started:.1f}s"
+            f"first_kill_to_all_stored={all_final - first_kill:.1f}s total={time.monotonic() - started:.1f}s"
         )
 
 

@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from audit.events import EventType
 from audit.models import SecurityAlert
+from studies.dicom.parse import InvalidDicom
 from studies.dicom.synthetic import make_instance, make_study
 from studies.dicomweb import stow
 from studies.models import IngestItem, Instance, Study
@@ -403,12 +404,24 @@ def test_items_still_processing_are_referenced_with_a_warning_and_202():
         ("missing required attribute SOP Instance UID", stow.FAILURE_DOES_NOT_MATCH_SOP_CLASS),
         ("image too large: 65535 x 65535 x 1000 frames exceeds the limits", stow.FAILURE_OUT_OF_RESOURCES),
         ("unsupported transfer syntax 1.2.3", stow.FAILURE_TRANSFER_SYNTAX),
-        ("Malware found by the virus scanner (Eicar)", stow.FAILURE_PROCESSING),
-        ("The received bytes in quarantine are damaged.", stow.FAILURE_PROCESSING),
+        ("unreadable DICOM data (KeyError)", stow.FAILURE_CANNOT_UNDERSTAND),
     ],
 )
-def test_failure_reasons_map_onto_ps3_18_codes(reason, code):
-    assert stow.failure_reason(reason) == code
+def test_parse_refusals_map_onto_ps3_18_codes(reason, code):
+    assert stow.failure_reason(InvalidDicom(reason).kind) == code
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (IngestItem.Failure.MALWARE, stow.FAILURE_PROCESSING),
+        (IngestItem.Failure.LOST, stow.FAILURE_PROCESSING),
+        (IngestItem.Failure.CONFLICT, stow.FAILURE_DUPLICATE_SOP_INSTANCE),
+        (IngestItem.Failure.TOO_LARGE, stow.FAILURE_OUT_OF_RESOURCES),
+    ],
+)
+def test_pipeline_refusals_map_onto_ps3_18_codes(failure, code):
+    assert stow.failure_reason(failure) == code
 
 
 def test_an_mfa_verified_browser_session_may_store(client_for, tenant_a, radiologist_a):

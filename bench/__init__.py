@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): standalone scripts against real processes; never run by the tests."""
