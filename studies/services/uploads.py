@@ -259,7 +259,10 @@ def upload_receive(
     if size > settings.INGEST_MAX_BYTES:
         reason = f"The file is larger than the limit of {settings.INGEST_MAX_BYTES} bytes."
         return [
-            upload_reject(actor=actor, batch=batch, filename=filename, reason=reason, size=size, sha256=_sha256(handle))
+            upload_reject(
+                actor=actor, batch=batch, filename=filename, reason=reason, size=size, sha256=_sha256(handle),
+                failure=IngestItem.Failure.TOO_LARGE,
+            )
         ]
     content = _read_capped(handle, settings.INGEST_MAX_BYTES) or b""
     try:
