@@ -469,7 +469,7 @@ def run_cstore(
         log_says(r"DICOM listener on 127\.0\.0\.1:\d+"),
     )
     port = int(re.findall(r"DICOM listener on 127\.0\.0\.1:(\d+)", listener.output())[0])
-    argv = [STORESCU, "-aet", target.device_ae, "-aec", target.tenant_ae, "+sd", str(folder), "127.0.0.1", str(port)]
+    argv = [STORESCU, "-aet", target.device_ae, "-aec", target.tenant_ae, "+sd", "127.0.0.1", str(port), str(folder)]
     sender_log = processes.folder / f"storescu-{result.scanner}.log"
     t0 = time.time()
     with sender_log.open("wb") as out:
@@ -478,7 +478,7 @@ def run_cstore(
         )
     result.seconds_client = time.time() - t0
     if done.returncode != 0:
-        result.notes.append(f"storescu exited with {done.returncode}: {sender_log.read_text(errors='replace')[-500:]}")
+        raise BenchError(f"storescu exited with {done.returncode}:\n{sender_log.read_text(errors='replace')[-2000:]}")
     wait_final(target, result.instances, timeout)
     result.memory = {"listener": memory_of(listener), "worker": memory_of(worker)}
     measure(result, target, t0)

@@ -1,8 +1,7 @@
 import pytest
 
-from audit.models import AuditEvent
+from audit.models import AuditChain, AuditEvent
 from audit.selectors import audit_chain_verify
-from audit.models import AuditChain
 from tenants import access
 from tenants.models import Membership
 from tenants.scoping import TenantScopeError, tenant_scope

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import connection
 
 from portal.celery import app as celery_app
+from tests.brokers import redis_queue_forget
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,8 +91,7 @@ def celery_worker_process(transactional_db: Any, tmp_path: Path) -> Iterator[Wor
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
-        with celery_app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)
+        redis_queue_forget(queue)
 
 
 @dataclass
@@ -267,13 +267,3 @@ def restartable_celery_worker(transactional_db: Any, tmp_path: Path) -> Iterator
         ) = previous
         worker.stop()
         redis_queue_forget(queue)
-
-
-def redis_queue_forget(queue: str) -> int:
-    """Delete every Redis key of a private queue (its messages at every priority, its bindings, the unacked
-    bookkeeping of a `RestartableWorker`): what a Redis restart without persistence does to it. (kombu's
-    `queue_delete` only deletes the queues this process declared itself.) Returns the keys deleted."""
-    with celery_app.connection_for_write() as conn:
-        client = conn.default_channel.client
-        keys = list(client.scan_iter(match=f"*{queue}*", count=1000))
-        return int(client.delete(*keys)) if keys else 0

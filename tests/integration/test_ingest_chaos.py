@@ -1,4 +1,4 @@
-"""Nothing lost (issue 3): real Celery workers on Redis, one killed with SIGKILL in the middle of an ingest, and a
+"""Nothing lost (issue 3): real Celery workers on Redis, killed with SIGKILL in the middle of an ingest, and a
 queue lost as a Redis restart without persistence loses it. After a restart and the sweeper, every instance is
 stored exactly once, readable, audited once, and the audit chain verifies.
 
@@ -36,7 +36,8 @@ from studies.storage.blobs import blob_read
 from studies.tasks import ingest_sweep_task
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
-from tests.integration.conftest import RestartableWorker, redis_queue_forget
+from tests.brokers import redis_queue_forget
+from tests.integration.conftest import RestartableWorker
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

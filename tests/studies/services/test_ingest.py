@@ -20,6 +20,7 @@ from studies.models import Blob, IngestItem, Instance, Series, Study
 from studies.scanning import eicar_test_bytes
 from studies.storage.blobs import blob_read
 from tenants.scoping import tenant_scope
+from tests.brokers import redis_queue_forget
 
 pytestmark = pytest.mark.django_db(transaction=True)  # ingest_receive queues processing on commit
 
@@ -146,8 +147,7 @@ def messages_lost_by_the_broker():
         yield
     finally:
         conf.task_always_eager, conf.task_default_queue, conf.task_routes = saved
-        with celery_app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)
+        redis_queue_forget(queue)
 
 
 @override_settings(INGEST_STALE_SECONDS=60)
