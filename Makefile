@@ -24,6 +24,11 @@ lint: install
 	$(VENV)/bin/ruff format --check portal tenants audit
 	$(VENV)/bin/mypy portal tenants audit
 
+# Ingestion benchmark (bench/ingest.py): its own database and Redis db 9; figures in docs/BENCHMARKS.md.
+bench: install
+	scripts/services.sh
+	$(PY) -m bench.ingest $(BENCH_ARGS)
+
 services:
 	scripts/services.sh
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django_otp.admin import OTPAdminSite
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -22,6 +23,13 @@ class OpsAdminSite(OTPAdminSite):
     site_header = "Enclave operations"
     site_title = "Enclave operations"
     index_title = "Platform administration"
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
+        from studies.selectors import BUILTIN_SCANNER, scanner_description
+
+        scanner = scanner_description()
+        context = {"malware_scanner": scanner, "malware_scanner_builtin": scanner == BUILTIN_SCANNER}
+        return super().index(request, {**context, **(extra_context or {})})
 
     def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         gate = mfa_gate(request)

@@ -6,6 +6,7 @@ from datetime import date
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
@@ -85,3 +86,12 @@ def ingest_state_counts(*, actor: Any) -> dict[str, int]:
     for row in ingest_item_list(actor=actor).order_by().values("state").annotate(n=models.Count("pk")):
         counts[row["state"]] = row["n"]
     return counts
+
+
+BUILTIN_SCANNER = "the built-in scanner, which only recognises the EICAR test file (development only)"
+
+
+def scanner_description() -> str:
+    """Which malware scanner checks incoming objects, in words for the ingest and operators' pages."""
+    address = settings.CLAMD_ADDRESS
+    return f"clamd at {address}" if address else BUILTIN_SCANNER

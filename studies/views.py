@@ -21,13 +21,12 @@ from audit.services import audit_event_record
 from portal.views import TenantPageView
 from studies.forms import IngestFilterForm, StudySearchForm, UploadFileForm
 from studies.models import IngestItem, Study
-from studies.selectors import ingest_item_list, ingest_state_counts, series_get, study_list
+from studies.selectors import ingest_item_list, ingest_state_counts, scanner_description, series_get, study_list
 from studies.services import upload_receive
 from studies.storage.blobs import blob_read
 
 STUDIES_PAGE_SIZE = 25
 INGEST_PAGE_SIZE = 50
-BUILTIN_SCANNER = "the built-in scanner, which only recognises the EICAR test file (development only)"
 
 
 def person_name(value: str) -> str:
@@ -48,11 +47,6 @@ def item_json(item: IngestItem) -> dict[str, Any]:
         "reason": item.reason,
         "final": item.state in IngestItem.FINAL_STATES,
     }
-
-
-def scanner_description() -> str:
-    address = settings.CLAMD_ADDRESS
-    return f"clamd at {address}" if address else BUILTIN_SCANNER
 
 
 class UploadView(TenantPageView):

@@ -168,3 +168,13 @@ def test_an_operator_cannot_deactivate_themselves(ops, platform_staff):
     ops.post("/ops/tenants/user/", {"action": "deactivate", "_selected_action": [platform_staff.pk]})
     platform_staff.refresh_from_db()
     assert platform_staff.is_active
+
+
+def test_the_operators_index_says_which_malware_scanner_runs(ops, settings):
+    settings.CLAMD_ADDRESS = ""
+    page = ops.get("/ops/").content.decode()
+    assert "only recognises the EICAR test file" in page
+    assert "Set CLAMD_ADDRESS" in page
+    settings.CLAMD_ADDRESS = "unix:///run/clamav/clamd.ctl"
+    page = ops.get("/ops/").content.decode()
+    assert "clamd at unix:///run/clamav/clamd.ctl" in page
