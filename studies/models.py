@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from tenants.models import TenantOwnedModel
 
@@ -73,6 +74,8 @@ class Study(TenantOwnedModel):
     accession_number = models.CharField(max_length=64, blank=True)
     description = models.CharField(max_length=256, blank=True)
     referring_physician = models.CharField(max_length=324, blank=True)
+    # "FAMILY^GIVEN" in capitals: how a referring physician's studies are found (tenants.access, studies.access).
+    referring_physician_key = models.CharField(max_length=200, blank=True, db_index=True)
     modalities = models.CharField(max_length=64, blank=True)
     number_of_series = models.PositiveIntegerField(default=0)
     number_of_instances = models.PositiveIntegerField(default=0)
@@ -89,6 +92,23 @@ class Study(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"study {self.public_id}"
+
+
+def person_name_key(value: str) -> str:
+    """A DICOM person name reduced to "FAMILY^GIVEN" in capitals (alphabetic group only), for matching."""
+    parts = [part.strip().upper() for part in (value or "").split("=")[0].split("^")] + ["", ""]
+    family, given = parts[0], parts[1]
+    return f"{family}^{given}" if family else ""
+
+
+class StudyUserObjectPermission(UserObjectPermissionBase):
+    """django-guardian grants of one study to one user (shares), with a real foreign key to the study."""
+
+    content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
+
+
+class StudyGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
 
 
 class Series(TenantOwnedModel):
@@ -198,3 +218,56 @@ class IngestItem(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"ingest {self.public_id} ({self.state})"
+
+
+class StudyShare(TenantOwnedModel):
+    """One study shared with one person until a time. The access itself is a django-guardian grant (made and
+    removed by tenants.access); this row says who shared, why, until when, and whether it was revoked, and
+    the permission decision honours it at every read, so an expired or revoked share stops working at once."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="shares")
+    grantee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    granted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    note = models.CharField(max_length=300, blank=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "grantee", "expires_at"], name="studies_share_grantee")]
+
+    def __str__(self) -> str:
+        return f"share {self.public_id}"
+
+
+class BreakGlassGrant(TenantOwnedModel):
+    """Emergency access to one study by a clinician without a grant (HIPAA 164.312(a)(2)(ii)): a stated reason,
+    a second TOTP check, a few hours at most, an alert to the compliance officers and a review they sign off."""
+
+    class Review(models.TextChoices):
+        PENDING = "pending", "Waiting for review"
+        APPROPRIATE = "appropriate", "Appropriate"
+        INAPPROPRIATE = "inappropriate", "Inappropriate"
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="break_glass_grants")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reason = models.CharField(max_length=500)
+    purpose_of_use = models.CharField(max_length=16, default="ETREAT")
+    expires_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    review = models.CharField(max_length=16, choices=Review.choices, default=Review.PENDING)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "user", "expires_at"], name="studies_breakglass_user")]
+
+    def __str__(self) -> str:
+        return f"break-glass {self.public_id}"

@@ -24,11 +24,12 @@ def study_list(
     date_from: date | None = None,
     date_to: date | None = None,
 ) -> models.QuerySet[Study]:
-    """The studies of the current tenant that `actor` may see (`tenants.view_studies`), newest first.
+    """The studies of the current tenant that `actor` may see (`studies.view_study`: every study for roles with
+    `tenants.view_studies`, else shares, referrals and break-glass grants), newest first.
 
     `text` matches patient name or id, accession number or description (case-insensitive, anywhere).
     """
-    qs = access.visible(actor, "tenants.view_studies", Study.objects.all())
+    qs = access.visible(actor, "studies.view_study", Study.objects.all())
     if text:
         qs = qs.filter(
             Q(patient__name__icontains=text)

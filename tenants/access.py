@@ -13,6 +13,7 @@ not act on is `Forbidden` (a 403).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, Group
@@ -91,7 +92,9 @@ def _is_person(actor: Any) -> bool:
 
 
 def has_perm(actor: Any, perm: str, obj: Any) -> bool:
-    """True when `actor` holds `perm` on `obj`: through its role in the object's tenant, or a grant on `obj`."""
+    """True when `actor` holds `perm` on `obj`: a tenant permission through their role (on the Tenant), or an
+    object permission through the tenant-wide permission that implies it, a guardian grant, or a visibility rule
+    of the object's app (see `visible`)."""
     if not _is_person(actor):
         return False
     tenant = _tenant_of(obj)
@@ -101,15 +104,13 @@ def has_perm(actor: Any, perm: str, obj: Any) -> bool:
     if scope is not None and scope.pk != tenant.pk:
         return False
     app_label, _, codename = perm.rpartition(".")
-    checker = ObjectPermissionChecker(actor)
-    # get_user_perms / get_group_perms carry no superuser shortcut, unlike has_perm / get_perms.
-    if app_label == "tenants" and codename in set(checker.get_group_perms(tenant)) | set(
-        checker.get_user_perms(tenant)
-    ):
-        return True
-    if not isinstance(obj, Tenant):
-        return codename in set(checker.get_user_perms(obj)) | set(checker.get_group_perms(obj))
-    return False
+    if app_label == "tenants":
+        # get_user_perms / get_group_perms carry no superuser shortcut, unlike has_perm / get_perms.
+        checker = ObjectPermissionChecker(actor)
+        return codename in set(checker.get_group_perms(tenant)) | set(checker.get_user_perms(tenant))
+    if isinstance(obj, Tenant) or scope is None:
+        return False
+    return visible(actor, perm, type(obj).objects.filter(pk=obj.pk)).exists()
 
 
 def require(actor: Any, perm: str, obj: Any, *, visible_perm: str | None = None) -> None:
@@ -125,23 +126,58 @@ def require(actor: Any, perm: str, obj: Any, *, visible_perm: str | None = None)
     raise Forbidden()
 
 
+# Object permissions that a tenant-wide permission implies: a radiologist's `tenants.view_studies` shows every
+# study of the tenant without a grant per study.
+IMPLIED_BY_TENANT_PERMISSION: dict[str, str] = {
+    "studies.view_study": "tenants.view_studies",
+}
+
+# How an app widens or narrows, for one model, what guardian grants alone would show (registered by the app's
+# AppConfig.ready): `rule(actor, granted)` gets the Q of rows the actor holds a grant on and returns the Q of
+# rows the actor may see. The rules live in their apps; the decision is still made only here.
+VisibilityRule = Callable[[Any, models.Q], models.Q]
+_visibility_rules: dict[type[models.Model], VisibilityRule] = {}
+
+
+def visibility_rule_register(model: type[models.Model], rule: VisibilityRule) -> None:
+    _visibility_rules[model] = rule
+
+
 def visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[Any]:
     """The rows of the scoped queryset `qs` that `actor` may see under `perm`.
 
-    A tenant-wide permission shows every row of the scope; otherwise only rows with a guardian grant.
+    A tenant permission (`tenants.*`) shows every row of the scope or none. An object permission shows every row
+    when the actor holds the tenant permission that implies it; otherwise the rows with a guardian grant, as the
+    model's visibility rule amends them (for studies: shares still in force, the studies that name a referring
+    physician, break-glass grants).
     """
     if not _is_person(actor):
         return qs.none()
     tenant = current_tenant_or_none()
     if tenant is None:
         return qs.none()
-    app_label, _, codename = perm.rpartition(".")
-    tenant_perm = f"tenants.{codename}" if app_label == "tenants" else None
-    if tenant_perm is not None:
-        return qs if has_perm(actor, tenant_perm, tenant) else qs.none()
-    return get_objects_for_user(
+    if perm.startswith("tenants."):
+        return qs if has_perm(actor, perm, tenant) else qs.none()
+    implied_by = IMPLIED_BY_TENANT_PERMISSION.get(perm)
+    if implied_by is not None and has_perm(actor, implied_by, tenant):
+        return qs
+    granted = get_objects_for_user(
         actor, perm, klass=qs, accept_global_perms=False, with_superuser=False, use_groups=True
     )
+    condition = models.Q(pk__in=granted.values("pk"))
+    rule = _visibility_rules.get(qs.model)
+    if rule is not None:
+        condition = rule(actor, condition)
+    return qs.filter(condition)
+
+
+def object_grant(*, perm: str, user: Any, obj: models.Model) -> None:
+    """Give one person one permission on one object (a share). Services call this inside their transaction."""
+    assign_perm(perm, user, obj)
+
+
+def object_revoke(*, perm: str, user: Any, obj: models.Model) -> None:
+    remove_perm(perm, user, obj)
 
 
 def tenant_permissions(actor: Any, tenant: Tenant) -> frozenset[str]:

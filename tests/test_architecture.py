@@ -29,9 +29,13 @@ UNSCOPED_ALLOWED = {
     "audit/selectors.py": "the chain verifier walks every tenant's chain",
     "audit/admin.py": "operators' read-only view of events across tenants (no patient fields)",
     "tenants/admin.py": "operators' view of memberships across tenants",
+    "devices/admin.py": "operators' read-only view of devices across tenants (no patient data)",
 }
 DANGEROUS_ALLOWED: dict[str, str] = {}
-GUARDIAN_ALLOWED = {"tenants/access.py"}
+GUARDIAN_ALLOWED = {
+    "tenants/access.py",
+    "studies/models.py",  # guardian's direct-foreign-key permission models for studies, defined, never queried
+}
 # Routed views that are not tenant APIs or pages, with the reason they need no tenant.
 PUBLIC_VIEWS = {
     "SpectacularAPIView": "OpenAPI schema: requires authentication, holds no tenant data",

@@ -26,7 +26,7 @@ from audit.services import audit_event_record, participant, security_alert_raise
 from studies import scanning
 from studies.dicom import parse as dicom_parse
 from studies.dicom import preamble as dicom_preamble
-from studies.models import Blob, IngestItem, Instance, Patient, Series, Study
+from studies.models import Blob, IngestItem, Instance, Patient, Series, Study, person_name_key
 from studies.storage.blobs import BlobUnreadable, blob_delete, blob_read, blob_write
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
@@ -171,6 +171,7 @@ def _index(*, tenant: Tenant, parsed: dicom_parse.ParsedInstance, blob: Blob, si
             "accession_number": parsed.accession_number,
             "description": parsed.study_description,
             "referring_physician": parsed.referring_physician,
+            "referring_physician_key": person_name_key(parsed.referring_physician),
         },
     )
     series = _get_or_create(
