@@ -30,11 +30,14 @@ USER_AUTHENTICATION = Code("110114", "User Authentication")
 LOGIN = Code("110122", "Login")
 LOGOUT = Code("110123", "Logout")
 NODE_AUTHENTICATION = Code("110126", "Node Authentication")
+EMERGENCY_OVERRIDE_STARTED = Code("110127", "Emergency Override Started")
 NETWORK_CONFIGURATION = Code("110128", "Network Configuration")
 SECURITY_CONFIGURATION = Code("110129", "Security Configuration")
 USE_OF_RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
+OBJECT_SECURITY_ATTRIBUTES_CHANGED = Code("110135", "Object Security Attributes Changed")
 SECURITY_ROLES_CHANGED = Code("110136", "Security Roles Changed")
 USER_SECURITY_ATTRIBUTES_CHANGED = Code("110137", "User Security Attributes Changed")
+EMERGENCY_OVERRIDE_STOPPED = Code("110138", "Emergency Override Stopped")
 
 
 class Action:
@@ -89,12 +92,23 @@ class EventType(IntEnum):
     DEVICE_REGISTERED = 401
     DEVICE_APPROVED = 402
     ASSOCIATION_REJECTED = 403
+    DEVICE_REVOKED = 404
     # 500-599: studies
     INSTANCES_STORED = 501
     INGEST_REJECTED = 502
     MALWARE_DETECTED = 503
     INGEST_CONFLICT = 504
     STUDIES_QUERIED = 505
+    INSTANCES_ACCESSED = 506
+    INSTANCES_RETRIEVED = 507
+    INSTANCES_MOVED = 508
+    STUDY_SHARED = 509
+    SHARE_REVOKED = 510
+    BREAK_GLASS_STARTED = 511
+    BREAK_GLASS_ENDED = 512
+    BREAK_GLASS_REVIEWED = 513
+    STUDY_EXPORTED = 514
+    DISCLOSURE_EXPORTED = 515
 
     @property
     def spec(self) -> EventSpec:
@@ -142,6 +156,7 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.ASSOCIATION_REJECTED: EventSpec(
         SECURITY_ALERT, NODE_AUTHENTICATION, Action.EXECUTE, "DICOM association from an unknown device refused"
     ),
+    EventType.DEVICE_REVOKED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device revoked"),
     EventType.INSTANCES_STORED: EventSpec(INSTANCES_TRANSFERRED, None, Action.CREATE, "Instances stored"),
     EventType.INGEST_REJECTED: EventSpec(INSTANCES_TRANSFERRED, None, Action.CREATE, "Incoming object rejected"),
     EventType.MALWARE_DETECTED: EventSpec(
@@ -151,4 +166,24 @@ EVENTS: dict[EventType, EventSpec] = {
         INSTANCES_TRANSFERRED, None, Action.UPDATE, "Different bytes under a stored SOP Instance UID kept apart"
     ),
     EventType.STUDIES_QUERIED: EventSpec(QUERY, None, Action.EXECUTE, "Studies searched"),
+    EventType.INSTANCES_ACCESSED: EventSpec(INSTANCES_ACCESSED, None, Action.READ, "Images or metadata viewed"),
+    EventType.INSTANCES_RETRIEVED: EventSpec(INSTANCES_TRANSFERRED, None, Action.READ, "Instances retrieved"),
+    EventType.INSTANCES_MOVED: EventSpec(INSTANCES_TRANSFERRED, None, Action.READ, "Instances sent to a device"),
+    EventType.STUDY_SHARED: EventSpec(
+        SECURITY_ALERT, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.CREATE, "Study shared"
+    ),
+    EventType.SHARE_REVOKED: EventSpec(
+        SECURITY_ALERT, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.DELETE, "Share revoked"
+    ),
+    EventType.BREAK_GLASS_STARTED: EventSpec(
+        SECURITY_ALERT, EMERGENCY_OVERRIDE_STARTED, Action.EXECUTE, "Emergency access started"
+    ),
+    EventType.BREAK_GLASS_ENDED: EventSpec(
+        SECURITY_ALERT, EMERGENCY_OVERRIDE_STOPPED, Action.EXECUTE, "Emergency access ended"
+    ),
+    EventType.BREAK_GLASS_REVIEWED: EventSpec(
+        SECURITY_ALERT, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "Emergency access reviewed"
+    ),
+    EventType.STUDY_EXPORTED: EventSpec(EXPORT, None, Action.READ, "De-identified export"),
+    EventType.DISCLOSURE_EXPORTED: EventSpec(EXPORT, None, Action.READ, "Identified export (a disclosure)"),
 }
