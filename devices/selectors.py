@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from devices.models import Device
@@ -25,6 +27,21 @@ def dicom_peer_get(*, ae_title: str, address: str | None) -> Device | None:
     return device
 
 
-def device_list(*, actor: Any) -> models.QuerySet[Device]:
-    """The current tenant's devices, for members who manage them."""
-    return access.visible(actor, "tenants.manage_devices", Device.objects.all()).order_by("name")
+def device_list(*, actor: Any, status: str | None = None, kind: str | None = None) -> models.QuerySet[Device]:
+    """The current tenant's devices, for members who manage them (`tenants.manage_devices`), optionally only those
+    with `status` and/or `kind`, with who requested and approved each."""
+    qs = access.visible(actor, "tenants.manage_devices", Device.objects.all())
+    if status:
+        qs = qs.filter(status=status)
+    if kind:
+        qs = qs.filter(kind=kind)
+    return qs.select_related("requested_by", "approved_by").order_by("name", "pk")
+
+
+def device_get(*, actor: Any, public_id: UUID | str) -> Device:
+    """One device of the current tenant by public id, or `NotVisible` (also for a malformed id or another
+    tenant's device)."""
+    try:
+        return device_list(actor=actor).get(public_id=public_id)
+    except (Device.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc

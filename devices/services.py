@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.events import EventType
@@ -15,15 +15,35 @@ from tenants import access
 from tenants.scoping import current_tenant
 
 
+def _ae_title_free_check(device: Device) -> None:
+    """A clear message for an AE title already in the tenant's registry, in any status (the database constraint
+    alone would only say that a constraint is violated)."""
+    ae_title = (device.ae_title or "").strip().upper()
+    if not ae_title:
+        return
+    taken = Device.objects.filter(ae_title=ae_title).exclude(pk=device.pk).first()
+    if taken is not None:
+        raise ValidationError(
+            {"ae_title": f"The AE title {ae_title} is already registered for “{taken.name}” "
+                         f"({taken.get_status_display().lower()}). Each device of the organisation needs its own."}
+        )  # fmt: skip
+
+
 @transaction.atomic
 def device_register(*, actor: Any, kind: str, name: str, ae_title: str = "", host: str | None = None) -> Device:
-    """Register a device in the current tenant, pending approval (`tenants.manage_devices`).
-    Records DEVICE_REGISTERED."""
+    """Register a device in the current tenant, pending approval (`tenants.manage_devices`). Its AE title must be
+    new to the tenant's registry, whatever the other device's status. Records DEVICE_REGISTERED."""
     tenant = current_tenant()
     access.require(actor, "tenants.manage_devices", tenant)
     device = Device(tenant=tenant, kind=kind, name=name, ae_title=ae_title, host=host or None, requested_by=actor)
+    _ae_title_free_check(device)
     device.full_clean()
-    device.save()
+    try:
+        with transaction.atomic():
+            device.save()
+    except IntegrityError:  # registered by someone else between the check and the insert
+        _ae_title_free_check(device)
+        raise
     audit_event_record(event=EventType.DEVICE_REGISTERED, actor=actor, target=device,
                        extra={"kind": kind, "ae_title": device.ae_title, "host": host})  # fmt: skip
     return device
@@ -40,10 +60,34 @@ def device_approve(*, actor: Any, device: Device) -> Device:
     if device.status != Device.Status.PENDING:
         raise ValidationError({"status": f"A {device.get_status_display().lower()} device cannot be approved."})
     if device.requested_by_id == getattr(actor, "pk", None):
-        raise access.Forbidden("A device is approved by another administrator than the one who registered it.")
+        raise access.Forbidden(
+            "A device is approved by another administrator than the one who registered it.", code="two_person_rule"
+        )
     device.status, device.approved_by, device.approved_at = Device.Status.APPROVED, actor, timezone.now()
     device.save(update_fields=["status", "approved_by", "approved_at", "updated_at"])
     audit_event_record(event=EventType.DEVICE_APPROVED, actor=actor, target=device)
+    return device
+
+
+@transaction.atomic
+def device_revoke(*, actor: Any, device: Device, reason: str) -> Device:
+    """Withdraw a pending or approved device (`tenants.manage_devices`): its next DICOM association is refused.
+    One administrator is enough, unlike approval, so that a lost or compromised device is shut out at once.
+    Idempotent for a revoked device. Records DEVICE_REVOKED with the reason and the status it had."""
+    access.require(actor, "tenants.manage_devices", device)
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the device is revoked: the reason is kept on the audit trail."})
+    device = Device.objects.select_for_update().get(pk=device.pk)
+    if device.status == Device.Status.REVOKED:
+        return device
+    if device.status not in (Device.Status.PENDING, Device.Status.APPROVED):
+        raise ValidationError({"status": f"A {device.get_status_display().lower()} device cannot be revoked."})
+    previous = device.status
+    device.status = Device.Status.REVOKED
+    device.save(update_fields=["status", "updated_at"])
+    audit_event_record(event=EventType.DEVICE_REVOKED, actor=actor, target=device,
+                       extra={"reason": reason, "previous_status": previous, "ae_title": device.ae_title})  # fmt: skip
     return device
 
 

@@ -3,6 +3,7 @@ from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from audit import urls as audit_urls
+from devices import urls as devices_urls
 from portal import views
 from studies import urls as studies_urls
 from studies.dicomweb.urls import patterns as dicomweb_patterns
@@ -13,11 +14,13 @@ tenant_pages: list[URLPattern | URLResolver] = [
     *tenants_urls.page_patterns,
     *audit_urls.page_patterns,
     *studies_urls.page_patterns,
+    *devices_urls.page_patterns,
 ]
 tenant_api: list[URLPattern | URLResolver] = [
     *tenants_urls.api_patterns,
     *audit_urls.api_patterns,
     *studies_urls.api_patterns,
+    *devices_urls.api_patterns,
 ]
 portal_pages: list[URLPattern | URLResolver] = [
     path("", views.HomeView.as_view(), name="home"),

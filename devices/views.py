@@ -1,0 +1,142 @@
+"""The device registry page, under /t/<tenant>/devices/, for tenant administrators (`tenants.manage_devices`).
+
+Changes are POSTs that call one service and redirect back with a message (post/redirect/get); a refused change
+renders the page again with the reason. Listing devices reads no patient data, so it writes no audit event; every
+change does, in its service. Approval takes a second administrator: the service refuses the one who registered
+the device (a 403), and the page says so instead of showing a bare error page.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+
+from audit.services import access_denied_record
+from devices import selectors, services
+from devices.forms import DeviceRegisterForm, DeviceRevokeForm
+from devices.models import Device
+from portal.views import TenantPageView
+from tenants import access
+from tenants.forms import errors_apply
+
+DEVICES_PER_PAGE = 50
+PERMISSION = "tenants.manage_devices"
+
+
+def _messages_of(exc: ValidationError) -> list[str]:
+    return [str(message) for message in exc.messages]
+
+
+def devices_page(
+    view: TenantPageView,
+    request: HttpRequest,
+    *,
+    register_form: DeviceRegisterForm | None = None,
+    failed: tuple[UUID, list[str]] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The devices page; `failed` is the device whose action was refused, with the reasons to show beside it."""
+    devices = selectors.device_list(actor=request.user)
+    page = Paginator(devices, DEVICES_PER_PAGE).get_page(request.GET.get("page"))
+    rows = [
+        {
+            "device": device,
+            "registered_by_me": device.requested_by_id == request.user.pk,
+            "can_approve": device.status == Device.Status.PENDING,
+            "can_revoke": device.status in (Device.Status.PENDING, Device.Status.APPROVED),
+            "errors": failed[1] if failed is not None and failed[0] == device.public_id else [],
+        }
+        for device in page
+    ]
+    context = {
+        "page": page,
+        "rows": rows,
+        "register_form": register_form or DeviceRegisterForm(),
+        "dicom_host": settings.DICOM_HOST,
+        "dicom_port": settings.DICOM_PORT,
+    }
+    return view.render(request, "devices/devices.html", context, status=status)
+
+
+def _approved_message(device: Device) -> str:
+    if not device.ae_title:
+        return f"“{device.name}” is approved."
+    where = f"from {device.host}" if device.host else "from any address"
+    return f"“{device.name}” is approved: it may now send images as {device.ae_title}, {where}."
+
+
+class DevicesView(TenantPageView):
+    """The tenant's devices: which may send images, from where, and who let them in."""
+
+    required_permission = PERMISSION
+
+    def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        return devices_page(self, request)
+
+
+class DeviceRegisterView(TenantPageView):
+    required_permission = PERMISSION
+
+    def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        form = DeviceRegisterForm(request.POST)
+        if form.is_valid():
+            try:
+                device = services.device_register(actor=request.user, **form.service_arguments())
+            except ValidationError as exc:
+                errors_apply(form, exc)
+            else:
+                messages.success(
+                    request,
+                    f"“{device.name}” is registered and waits for approval by another administrator. "
+                    "Until then its associations are refused.",
+                )
+                return redirect("portal:devices", tenant=self.tenant.slug)
+        messages.error(request, "The device was not registered: see the reasons in the form.")
+        return devices_page(self, request, register_form=form, status=400)
+
+
+class DeviceApproveView(TenantPageView):
+    required_permission = PERMISSION
+
+    def post(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
+        device = selectors.device_get(actor=request.user, public_id=public_id)
+        try:
+            device = services.device_approve(actor=request.user, device=device)
+        except access.Forbidden as exc:
+            # Shown on the page rather than as a bare 403; the refusal is on the audit trail all the same, as
+            # TenantPageView would have written it.
+            access_denied_record(actor=request.user, where=type(self).__name__, method=request.method or "")
+            messages.error(request, f"“{device.name}” was not approved: {exc}")
+            return devices_page(self, request, failed=(device.public_id, [str(exc)]), status=403)
+        except ValidationError as exc:
+            messages.error(request, f"“{device.name}” was not approved: {' '.join(_messages_of(exc))}")
+            return devices_page(self, request, failed=(device.public_id, _messages_of(exc)), status=400)
+        messages.success(request, _approved_message(device))
+        return redirect("portal:devices", tenant=self.tenant.slug)
+
+
+class DeviceRevokeView(TenantPageView):
+    required_permission = PERMISSION
+
+    def post(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
+        device = selectors.device_get(actor=request.user, public_id=public_id)
+        form = DeviceRevokeForm(request.POST)
+        reasons: list[str]
+        if form.is_valid():
+            try:
+                device = services.device_revoke(actor=request.user, device=device, **form.cleaned_data)
+            except ValidationError as exc:
+                reasons = _messages_of(exc)
+            else:
+                messages.success(request, f"“{device.name}” is revoked: its next association will be refused.")
+                return redirect("portal:devices", tenant=self.tenant.slug)
+        else:
+            reasons = [str(m) for errors in form.errors.values() for m in errors]
+        messages.error(request, f"“{device.name}” was not revoked: {' '.join(reasons)}")
+        return devices_page(self, request, failed=(device.public_id, reasons), status=400)
