@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,29 +20,12 @@ from audit.selectors import audit_change_list, audit_event_get, audit_event_list
 from audit.services import audit_event_record
 from portal.api.base import TenantApi
 from portal.api.errors import problem_responses
-from portal.api.pagination import Pagination
+from portal.api.pagination import PAGE_PARAMETERS, Pagination, page_of
 from tenants import access
 
 VIEW_AUDIT = "tenants.view_audit"
 CHANGE_ACTIONS = {0: "create", 1: "update", 2: "delete", 3: "access"}
-PAGE_PARAMETERS = [
-    OpenApiParameter("limit", OpenApiTypes.INT, description=f"Rows per page (at most {Pagination.max_limit})."),
-    OpenApiParameter("offset", OpenApiTypes.INT, description="Rows to skip."),
-]
 PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The event's id.")
-
-
-def _paginated(name: str, item: serializers.Serializer) -> serializers.Serializer:
-    """The schema of a `Pagination` (limit/offset) page of `item`."""
-    return inline_serializer(
-        name=name,
-        fields={
-            "count": serializers.IntegerField(),
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": item,
-        },
-    )
 
 
 def _log_used(request: Request, api: TenantApi, extra: dict[str, Any]) -> None:
@@ -130,7 +113,7 @@ class AuditEventListApi(TenantApi):
         operation_id="audit_events_list",
         parameters=[FilterSerializer, *PAGE_PARAMETERS],
         responses={
-            200: _paginated("AuditEventPage", AuditEventOutputSerializer(many=True)),
+            200: page_of(AuditEventOutputSerializer, "AuditEventPage"),
             **problem_responses(400, 401, 403, 404),
         },
     )
@@ -216,7 +199,7 @@ class AuditChangeListApi(TenantApi):
         operation_id="audit_changes_list",
         parameters=[FilterSerializer, *PAGE_PARAMETERS],
         responses={
-            200: _paginated("AuditChangePage", AuditChangeOutputSerializer(many=True)),
+            200: page_of(AuditChangeOutputSerializer, "AuditChangePage"),
             **problem_responses(400, 401, 403, 404),
         },
     )

@@ -10,7 +10,7 @@ endpoint, whatever the id.
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,15 +19,12 @@ from devices import selectors, services
 from devices.models import Device
 from portal.api.base import TenantApi
 from portal.api.errors import problem_responses
-from portal.api.pagination import Pagination
+from portal.api.pagination import PAGE_PARAMETERS, page_of, paginated
 from tenants import access
 
 PERMISSION = "tenants.manage_devices"
 PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The device's id.")
-PAGE_PARAMETERS = [
-    OpenApiParameter("limit", OpenApiTypes.INT, description=f"Rows per page (at most {Pagination.max_limit})."),
-    OpenApiParameter("offset", OpenApiTypes.INT, description="Rows to skip."),
-]
+
 
 
 class DeviceOutputSerializer(serializers.Serializer):
@@ -50,19 +47,6 @@ class DeviceOutputSerializer(serializers.Serializer):
         ref_name = "Device"
 
 
-def _page_of(serializer: type[serializers.Serializer], name: str) -> serializers.Serializer:
-    """The schema of one page of a list (what `Pagination.get_paginated_response` returns)."""
-    return inline_serializer(
-        name=name,
-        fields={
-            "count": serializers.IntegerField(),
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": serializer(many=True),
-        },
-    )
-
-
 def _require_manage_devices(request: Request, api: TenantApi) -> None:
     access.require(request.user, PERMISSION, api.tenant)
 
@@ -80,16 +64,14 @@ class DeviceListApi(TenantApi):
         summary="List the tenant's devices (tenants.manage_devices)",
         description="Every registered device by name; filter by `status` and `kind`.",
         parameters=[FilterSerializer, *PAGE_PARAMETERS],
-        responses={200: _page_of(DeviceOutputSerializer, "DevicePage"), **problem_responses(400, 401, 403, 404)},
+        responses={200: page_of(DeviceOutputSerializer, "DevicePage"), **problem_responses(400, 401, 403, 404)},
     )
     def get(self, request: Request, tenant: str) -> Response:
         _require_manage_devices(request, self)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         rows = selectors.device_list(actor=request.user, **filters.validated_data)
-        paginator = Pagination()
-        page = paginator.paginate_queryset(rows, request, view=self)
-        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+        return paginated(self, request, rows, self.OutputSerializer)
 
 
 class DeviceRegisterApi(TenantApi):

@@ -12,41 +12,18 @@ from typing import Any, cast
 from django.conf import settings
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal.api.base import TenantApi
 from portal.api.errors import problem_responses
-from portal.api.pagination import Pagination
+from portal.api.pagination import PAGE_PARAMETERS, page_of, paginated
 from tenants import access, selectors, services
 from tenants.models import ApiToken, Membership, Role, User
 
 PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The object's id.")
-PAGE_PARAMETERS = [
-    OpenApiParameter("limit", OpenApiTypes.INT, description=f"Rows per page (at most {Pagination.max_limit})."),
-    OpenApiParameter("offset", OpenApiTypes.INT, description="Rows to skip."),
-]
-
-
-def page_of(serializer: type[serializers.Serializer], name: str) -> serializers.Serializer:
-    """The schema of one page of a list (what `Pagination.get_paginated_response` returns)."""
-    return inline_serializer(
-        name=name,
-        fields={
-            "count": serializers.IntegerField(),
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": serializer(many=True),
-        },
-    )
-
-
-def paginated(api: TenantApi, request: Request, rows: Any, serializer: type[serializers.Serializer]) -> Response:
-    paginator = Pagination()
-    page: list[Any] | None = paginator.paginate_queryset(rows, request, view=api)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
 # Members
