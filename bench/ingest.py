@@ -61,6 +61,7 @@ WORKER_CONCURRENCY = 2
 GUNICORN_WORKERS = 2
 STARTUP_SECONDS = 60
 POLL_SECONDS = 0.1
+STALL_SECONDS = 60  # no item finished for this long: the worker is failing
 CLAMD = shutil.which("clamd") or "/usr/sbin/clamd"
 STORESCU = shutil.which("storescu") or "storescu"
 MB = 1e6
@@ -94,9 +95,10 @@ class Processes:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.running: dict[str, Started] = {}
+        self.suffix = ""  # added to log file names: one set of logs per run
 
     def start(self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[Started], bool]) -> Started:
-        path = self.folder / f"{name}.log"
+        path = self.folder / f"{name}{self.suffix}.log"
         with path.open("wb") as out:
             process = subprocess.Popen(
                 argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -329,7 +331,7 @@ class RunResult:
     series: int = 0
     pipeline: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
-    tasks: dict[str, int] = field(default_factory=dict)
+    task_results: int = 0
     notes: list[str] = field(default_factory=list)
     ok: bool = False
 
@@ -356,7 +358,7 @@ class RunResult:
             "series": self.series,
             "pipeline": self.pipeline,
             "peak_memory": self.memory,
-            "tasks": self.tasks,
+            "task_results": self.task_results,
             "notes": self.notes,
             "ok": self.ok,
         }
@@ -370,6 +372,7 @@ def wait_final(target: Target, expected: int, timeout: float) -> None:
     from tenants.scoping import tenant_scope
 
     deadline = time.monotonic() + timeout
+    progress, progress_at = -1, time.monotonic()
     with tenant_scope(target.tenant):
         while True:
             counts = dict(IngestItem.objects.values_list("state").annotate(n=Count("id")).order_by())
@@ -377,8 +380,11 @@ def wait_final(target: Target, expected: int, timeout: float) -> None:
             final = sum(counts.get(state, 0) for state in IngestItem.FINAL_STATES)
             if total >= expected and final == total:
                 return
-            if time.monotonic() > deadline:
-                raise BenchError(f"not all items final within {timeout:.0f} s: {counts}")
+            now = time.monotonic()
+            if final != progress:
+                progress, progress_at = final, now
+            if now > deadline or now - progress_at > STALL_SECONDS:
+                raise BenchError(f"not all items final (see the worker's log): {counts}")
             time.sleep(POLL_SECONDS)
 
 
@@ -410,7 +416,8 @@ def measure(result: RunResult, target: Target, t0: float) -> None:
             # The worker's capacity if it did nothing but ingest: processes / mean time per item.
             "worker_capacity_instances_per_second": round(WORKER_CONCURRENCY / statistics.fmean(work), 1),
         }
-    result.tasks = dict(TaskResult.objects.values_list("task_name").annotate(n=Count("id")).order_by())
+    # Celery results (no task names without result_extended): ingest tasks plus thumbnail tasks.
+    result.task_results = TaskResult.objects.count()
     TaskResult.objects.all().delete()  # counted per run
     stored = result.states.get(IngestItem.State.STORED, 0)
     result.ok = stored == result.instances == result.stored_instances == len(rows)
@@ -470,7 +477,7 @@ def run_cstore(
     )
     port = int(re.findall(r"DICOM listener on 127\.0\.0\.1:(\d+)", listener.output())[0])
     argv = [STORESCU, "-aet", target.device_ae, "-aec", target.tenant_ae, "+sd", "127.0.0.1", str(port), str(folder)]
-    sender_log = processes.folder / f"storescu-{result.scanner}.log"
+    sender_log = processes.folder / f"storescu{processes.suffix}.log"
     t0 = time.time()
     with sender_log.open("wb") as out:
         done = subprocess.run(
@@ -572,8 +579,9 @@ def run_stow(
     result.memory = {"gunicorn": memory_of(web), "worker": memory_of(worker)}
     counts = {status: statuses.count(status) for status in sorted(set(statuses))}
     result.notes.append(f"HTTP statuses: {counts}")
-    result.notes += failed[:5]
+    result.notes += [failure[:300] for failure in failed[:3]]
     measure(result, target, t0)
+    result.ok = result.ok and not failed
 
 
 # Main
@@ -732,6 +740,7 @@ def main() -> int:
                 env = stores_env(base_env, tmp / f"run-{tag}", clamd_address if scanner == "clamd" else "")
                 result = RunResult(door=door, scanner=scanner, instances=len(files), megabytes=megabytes)
                 log(f"run {tag}: {door} with the {scanner} scanner")
+                processes.suffix = f"-{tag}"
                 try:
                     if door == "cstore":
                         run_cstore(processes, env, target, tmp / "dicom", result, args.timeout)

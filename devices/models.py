@@ -27,6 +27,9 @@ class Device(TenantOwnedModel):
     name = models.CharField(max_length=120)
     ae_title = models.CharField(max_length=16, blank=True, help_text="DICOM application entity title")
     host = models.GenericIPAddressField(null=True, blank=True, help_text="The address it connects from")
+    port = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The port its own DICOM listener answers on (a C-MOVE destination)"
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"

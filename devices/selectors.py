@@ -27,6 +27,22 @@ def dicom_peer_get(*, ae_title: str, address: str | None) -> Device | None:
     return device
 
 
+def move_destination_get(*, ae_title: str) -> tuple[str, int] | None:
+    """Where to send a C-MOVE's objects for the move destination `ae_title`: the (host, port) of the approved
+    modality or workstation of the current tenant with that AE title, registered with both. None otherwise
+    (another tenant's device, a pending or revoked one, or one we do not know how to reach)."""
+    device = Device.objects.filter(
+        ae_title=(ae_title or "").strip().upper(),
+        status=Device.Status.APPROVED,
+        kind__in=[Device.Kind.MODALITY, Device.Kind.WORKSTATION],
+        host__isnull=False,
+        port__isnull=False,
+    ).first()
+    if device is None or not device.host or not device.port:
+        return None
+    return str(device.host), int(device.port)
+
+
 def device_list(*, actor: Any, status: str | None = None, kind: str | None = None) -> models.QuerySet[Device]:
     """The current tenant's devices, for members who manage them (`tenants.manage_devices`), optionally only those
     with `status` and/or `kind`, with who requested and approved each."""

@@ -17,4 +17,24 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.INGEST_SWEEP_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Close passed read-folding windows: one "N further reads folded" audit event per window, so folded frame and
+    # image reads reach the trail even when the reader never comes back (studies.services.reads).
+    "read-tallies-flush": {
+        "task": "studies.tasks.read_tallies_flush",
+        "schedule": float(settings.READ_AUDIT_FLUSH_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
+    # Record the end (110138) of break-glass grants past their expiry. Access already stopped at the expiry
+    # (the visibility rule); this puts the end on the audit trail within a minute.
+    "break-glass-expire": {
+        "task": "studies.tasks.break_glass_expire",
+        "schedule": float(settings.BREAK_GLASS_EXPIRY_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
+    # Remove the guardian grants of expired shares. Tidiness only: an expired share stops working at once.
+    "shares-cleanup": {
+        "task": "studies.tasks.shares_cleanup",
+        "schedule": float(settings.SHARE_CLEANUP_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
 }

@@ -83,3 +83,37 @@ class SecurityHeadersMiddleware:
             response.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=()")
             response["Cache-Control"] = "no-store"
         return response
+
+
+class DicomWebCorsMiddleware:
+    """CORS for DICOMweb only (/dicomweb/), and only for the origins in settings.DICOMWEB_CORS_ORIGINS, so a
+    browser viewer such as OHIF served elsewhere can search and retrieve with a bearer token. Preflight requests
+    (OPTIONS with Access-Control-Request-Method) are answered here, before authentication, as browsers send them
+    without credentials. No cookies cross origins (no Allow-Credentials): the token travels in Authorization.
+    Any other origin gets no CORS header at all, so the browser refuses to hand it the response."""
+
+    ALLOW_METHODS = "GET, POST, OPTIONS"
+    ALLOW_HEADERS = "Authorization, Accept, Content-Type, X-Request-ID"
+    EXPOSE_HEADERS = "Content-Type, Content-Length, Warning, X-Request-ID"
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path.startswith("/dicomweb/"):
+            return self.get_response(request)
+        origin = request.headers.get("Origin", "")
+        allowed = bool(origin) and origin in settings.DICOMWEB_CORS_ORIGINS
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response = HttpResponse(status=204)
+            if allowed:
+                response["Access-Control-Allow-Methods"] = self.ALLOW_METHODS
+                response["Access-Control-Allow-Headers"] = self.ALLOW_HEADERS
+                response["Access-Control-Max-Age"] = "600"
+        else:
+            response = self.get_response(request)
+        if allowed:
+            response["Access-Control-Allow-Origin"] = origin
+            response["Access-Control-Expose-Headers"] = self.EXPOSE_HEADERS
+        response["Vary"] = ", ".join(filter(None, [response.get("Vary", ""), "Origin"]))
+        return response

@@ -35,6 +35,7 @@ class Blob(TenantOwnedModel):
         QUARANTINE = "quarantine", "Quarantined upload"
         INSTANCE = "instance", "DICOM instance"
         THUMBNAIL = "thumbnail", "Thumbnail"
+        EXPORT = "export", "Export archive"
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     storage_name = models.CharField(max_length=255, unique=True)
@@ -271,3 +272,71 @@ class BreakGlassGrant(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"break-glass {self.public_id}"
+
+
+class ReadTally(TenantOwnedModel):
+    """The open folding window of one person's repeated reads of one study (frames, rendered images,
+    thumbnails): the reads after the first that were not yet written as an audit event. A row, not a cache
+    entry, so a count survives a crash; studies.services.reads explains the design."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="+")
+    event_type = models.PositiveIntegerField()
+    window_started_at = models.DateTimeField()
+    first_sequence = models.PositiveBigIntegerField(help_text="The audit event that opened the window")
+    folded = models.PositiveIntegerField(default=0)
+    last_read_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "user", "study", "event_type"], name="studies_readtally_tenant_key_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["window_started_at"], name="studies_readtally_window")]
+
+    def __str__(self) -> str:
+        return f"read tally {self.public_id}"
+
+
+class Export(TenantOwnedModel):
+    """One export job: the chosen studies as a zip, de-identified (Annex E) or, with `tenants.export_identified`,
+    as stored (a disclosure). The zip is an encrypted blob; its download works once, for its owner only
+    (studies.services.exports). No re-identification key is kept: each run uses a fresh secret that dies with it."""
+
+    class Kind(models.TextChoices):
+        DEIDENTIFIED = "deidentified", "De-identified (DICOM PS3.15 Annex E)"
+        IDENTIFIED = "identified", "Identified (a disclosure)"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.DEIDENTIFIED)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    studies = models.ManyToManyField(Study, related_name="+")
+    options = models.JSONField(default=list, blank=True, help_text="CID 7050 option codes applied")
+    purpose = models.CharField(max_length=500, blank=True)
+    recipient = models.CharField(max_length=300, blank=True)
+    done = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    downloaded_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "owner", "created_at"], name="studies_export_owner")]
+
+    def __str__(self) -> str:
+        return f"export {self.public_id}"
+
+    @property
+    def percent(self) -> int:
+        if self.state == self.State.DONE:
+            return 100
+        return int(100 * self.done / self.total) if self.total else 0

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.utils import timezone
 
 from studies import services
-from studies.models import IngestItem, Series
+from studies.models import BreakGlassGrant, Export, IngestItem, ReadTally, Series
 from studies.scanning import ScanError
+from studies.services.reads import read_tallies_flush
 from tenants.models import Tenant
 from tenants.scoping import task_context
 
@@ -68,5 +70,79 @@ def tenant_ingest_requeue_task(*, tenant_id: int) -> int:
     try:
         with task_context(tenant_id=tenant_id, principal="enclave:ingest-sweeper"):
             return services.ingest_requeue_stale()
+    except Tenant.DoesNotExist:
+        return 0
+
+
+@shared_task(name="studies.tasks.break_glass_expire")
+def break_glass_expire_task() -> int:
+    """Fan out: one task per tenant with break-glass grants past their expiry and not yet ended. Allow-listed
+    for `unscoped_objects` (this file): finding which tenants have such grants is the one cross-tenant read."""
+    tenant_ids = sorted(
+        set(
+            BreakGlassGrant.unscoped_objects.filter(
+                ended_at__isnull=True, expires_at__lte=timezone.now()
+            ).values_list("tenant_id", flat=True)
+        )
+    )
+    for tenant_id in tenant_ids:
+        tenant_break_glass_expire_task.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="studies.tasks.tenant_break_glass_expire")
+def tenant_break_glass_expire_task(*, tenant_id: int) -> int:
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:break-glass-expiry"):
+            return services.break_glass_end_expired()
+    except Tenant.DoesNotExist:
+        return 0
+
+
+@shared_task(name="studies.tasks.shares_cleanup")
+def shares_cleanup_task() -> int:
+    """Fan out: one task per active tenant to remove the grants of expired shares (tidiness; expired shares
+    already stop working at once)."""
+    tenant_ids = list(Tenant.objects.filter(status=Tenant.Status.ACTIVE).values_list("pk", flat=True))
+    for tenant_id in tenant_ids:
+        tenant_shares_cleanup_task.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="studies.tasks.tenant_shares_cleanup")
+def tenant_shares_cleanup_task(*, tenant_id: int) -> int:
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:share-cleanup"):
+            return services.shares_expired_cleanup()
+    except Tenant.DoesNotExist:
+        return 0
+
+
+@shared_task(name="studies.tasks.export_run", soft_time_limit=3300, time_limit=3600)
+def export_run_task(*, tenant_id: int, export_id: int) -> str:
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:export"):
+            export = services.export_run(export_id=export_id)
+    except (Tenant.DoesNotExist, Export.DoesNotExist):
+        logger.info("export %s of tenant %s is gone", export_id, tenant_id)
+        return "gone"
+    return export.state if export is not None else "taken"
+
+
+@shared_task(name="studies.tasks.read_tallies_flush")
+def read_tallies_flush_task() -> int:
+    """Fan out: one flush per tenant with open read-folding windows (studies.services.reads). Allow-listed for
+    `unscoped_objects`: finding which tenants have open windows is the one cross-tenant read."""
+    tenant_ids = sorted(set(ReadTally.unscoped_objects.values_list("tenant_id", flat=True)))
+    for tenant_id in tenant_ids:
+        tenant_read_tallies_flush_task.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="studies.tasks.tenant_read_tallies_flush")
+def tenant_read_tallies_flush_task(*, tenant_id: int) -> int:
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:read-audit"):
+            return read_tallies_flush()
     except Tenant.DoesNotExist:
         return 0

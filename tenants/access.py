@@ -44,10 +44,13 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.TENANT_ADMIN: frozenset(
         {"tenants.view_members", "tenants.manage_members", "tenants.view_audit", "tenants.manage_devices"}
     ),
-    Role.COMPLIANCE_OFFICER: frozenset({"tenants.view_members", "tenants.view_audit"}),
+    Role.COMPLIANCE_OFFICER: frozenset({"tenants.view_members", "tenants.view_audit", "tenants.review_break_glass"}),
     Role.AUDITOR: frozenset({"tenants.view_members", "tenants.view_audit"}),
-    Role.RADIOLOGIST: frozenset({"tenants.view_studies", "tenants.upload_studies"}),
-    Role.TECHNOLOGIST: frozenset({"tenants.view_studies", "tenants.upload_studies"}),
+    # export_identified: a disclosure (HIPAA 164.528), so only radiologists, and only through studies they see.
+    Role.RADIOLOGIST: frozenset(
+        {"tenants.view_studies", "tenants.upload_studies", "tenants.share_studies", "tenants.export_identified"}
+    ),
+    Role.TECHNOLOGIST: frozenset({"tenants.view_studies", "tenants.upload_studies", "tenants.share_studies"}),
     Role.REFERRING_PHYSICIAN: frozenset(),
 }
 

@@ -65,6 +65,9 @@ class Tenant(models.Model):
             ("manage_devices", "Register and approve devices"),
             ("view_studies", "See every study of the tenant"),
             ("upload_studies", "Send studies into the archive"),
+            ("share_studies", "Share the studies one sees with other people"),
+            ("review_break_glass", "Review and sign off emergency (break-glass) access"),
+            ("export_identified", "Export studies with patient identity (a disclosure)"),
         ]
 
     def __str__(self) -> str:

@@ -141,6 +141,81 @@ def membership_add(
     return membership
 
 
+def _invite_for_share(*, user: User, tenant: Tenant, link: str, new_user: bool) -> None:
+    """Email an outside physician the shared study's link (and, for a new account, the set-password link). The
+    link opens only after sign-in with password and TOTP; the email names no patient."""
+    lines = [
+        f"Hello {user.get_full_name() or user.username},\n",
+        f"A clinician of {tenant.name} shared a study with you.",
+    ]
+    if new_user:
+        uid = urlsafe_base64_encode(force_bytes(user.pk))
+        token = default_token_generator.make_token(user)
+        path = reverse("accounts:set_password", kwargs={"uidb64": uid, "token": token})
+        lines.append(
+            f"First choose your password (user name: {user.username}): {settings.PORTAL_BASE_URL}{path}\n"
+            "then set up an authenticator app for two-factor sign-in."
+        )
+    lines.append(f"The study, after you sign in: {link}")
+    send_mail(
+        subject=f"A study was shared with you on Enclave ({tenant.name})",
+        message="\n".join(lines) + "\n",
+        from_email=None,
+        recipient_list=[user.email],
+    )
+
+
+@transaction.atomic
+def membership_add_for_share(
+    *, actor: Any, tenant: Tenant, email: str, first_name: str, last_name: str, ends_at: datetime, link: str
+) -> Membership:
+    """The narrow path by which a clinician who shares a study (`tenants.share_studies`, not manage_members)
+    brings in an outside referring physician: a referring-physician membership ending at `ends_at` (when the
+    share ends), made for a new account (user name = the email address) or an existing one that has no current
+    membership here. The invitation email carries `link` (the study, behind sign-in and MFA). A current member
+    is refused: share with them directly. Records MEMBER_ADDED."""
+    access.require(actor, "tenants.share_studies", tenant)
+    email = (email or "").strip().lower()
+    if not email:
+        raise ValidationError({"email": "Give the physician's email address."})
+    _validate_role_and_end(Role.REFERRING_PHYSICIAN, ends_at)
+    user = User.objects.filter(username__iexact=email).first() or User.objects.filter(email__iexact=email).first()
+    new_user = user is None
+    if user is None:
+        user = User(username=email, email=email, first_name=first_name.strip(), last_name=last_name.strip())
+        user.set_unusable_password()
+        user.full_clean()
+        user.save()
+    elif not user.is_active:
+        # Deactivated by an operator or when their last membership ended: only an administrator may bring them back.
+        raise ValidationError({"email": "This account is deactivated: ask a tenant administrator to add them."})
+    membership = Membership.objects.filter(user=user).first()
+    if membership is not None and membership.is_current():
+        raise ValidationError({"email": "This person is already a member: share the study with them directly."})
+    if membership is None:
+        membership = Membership(tenant=tenant, user=user, role=Role.REFERRING_PHYSICIAN, ends_at=ends_at)
+    else:
+        membership.role, membership.ends_at = Role.REFERRING_PHYSICIAN, ends_at
+        membership.status, membership.ended_at, membership.ended_reason = Membership.Status.ACTIVE, None, ""
+    membership.full_clean()
+    membership.save()
+    access.membership_groups_sync(membership=membership)
+    audit_event_record(
+        event=EventType.MEMBER_ADDED,
+        actor=actor,
+        target=membership,
+        participants=[participant(user, role="member")],
+        extra={
+            "role": Role.REFERRING_PHYSICIAN,
+            "ends_at": ends_at.isoformat(),
+            "new_account": new_user,
+            "via": "share",
+        },
+    )
+    transaction.on_commit(lambda: _invite_for_share(user=user, tenant=tenant, link=link, new_user=new_user))
+    return membership
+
+
 @transaction.atomic
 def membership_change_role(*, actor: Any, membership: Membership, role: str) -> Membership:
     """Change a member's role (`tenants.manage_members`). Idempotent. Records MEMBER_ROLE_CHANGED."""

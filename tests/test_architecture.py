@@ -41,7 +41,13 @@ PUBLIC_VIEWS = {
     "SpectacularAPIView": "OpenAPI schema: requires authentication, holds no tenant data",
     "SpectacularSwaggerView": "the schema's browser",
 }
-FANOUT_TASKS = {"tenants.tasks.memberships_end_due", "studies.tasks.ingest_sweep"}
+FANOUT_TASKS = {
+    "tenants.tasks.memberships_end_due",
+    "studies.tasks.ingest_sweep",
+    "studies.tasks.break_glass_expire",
+    "studies.tasks.shares_cleanup",
+    "studies.tasks.read_tallies_flush",
+}
 # Models with a tenant column that are not tenant data, each with its reason.
 UNSCOPED_MODELS = {
     "audit.AuditChain": "the lock row of a hash chain, also of the platform chain (no tenant); only audit.services "

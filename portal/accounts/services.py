@@ -132,3 +132,25 @@ def mfa_check(*, user: Any, token: str) -> MfaCheck:
         extra["backup_codes_left"] = left
     auth_event_record(event=EventType.LOGIN_SUCCEEDED, user=user, extra=extra)
     return MfaCheck(device=verified, factor=factor, backup_codes_left=left)
+
+
+def mfa_step_up_check(*, user: Any, token: str, purpose: str) -> bool:
+    """Confirm a signed-in person is present again with a fresh code of their authenticator app (not a backup
+    code), before a sensitive act such as break-glass. The same django-otp check as `mfa_check`: a code used
+    before is refused, and wrong codes throttle. Records MFA_FAILED (outcome 4) on failure and nothing on
+    success (the caller records the act). Commits on its own: call it outside the caller's transaction, so the
+    failure record and django-otp's throttle survive the caller's refusal."""
+    code = _normalized(token)
+    device = selectors.authenticator_get(user=user)
+    verified = None
+    retry_after = _retry_after(device) if device is not None else 0
+    if device is not None and code.isdigit() and len(code) == device.digits and not retry_after:
+        verified = django_otp.verify_token(user, device.persistent_id, code)
+    if verified is None:
+        reason = "too soon after a wrong code" if retry_after else "wrong or already used code"
+        auth_event_record(
+            event=EventType.MFA_FAILED, user=user, outcome=Outcome.MINOR_FAILURE,
+            outcome_description=reason, extra={"factor": FACTOR_TOTP, "step": purpose},
+        )
+        return False
+    return True

@@ -113,6 +113,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # ------------------------------------------------------------------------------
 MIDDLEWARE = [
     "portal.middleware.RequestIdMiddleware",
+    "portal.middleware.DicomWebCorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -357,6 +358,14 @@ INGEST_SWEEP_INTERVAL_SECONDS = env.int("INGEST_SWEEP_INTERVAL_SECONDS", default
 DICOMWEB_STOW_MAX_REQUEST_BYTES = env.int("DICOMWEB_STOW_MAX_REQUEST_BYTES", default=4 * INGEST_MAX_BYTES)
 # How long a STOW-RS request waits for its instances to be processed; later ones are answered "still processing".
 DICOMWEB_STOW_WAIT_SECONDS = env.float("DICOMWEB_STOW_WAIT_SECONDS", default=30.0)
+# QIDO-RS answers at most this many results per request (a Warning header says when more exist).
+DICOMWEB_QIDO_MAX_RESULTS = env.int("DICOMWEB_QIDO_MAX_RESULTS", default=1000)
+# Browser origins (such as an OHIF viewer) allowed to call /dicomweb/ with a bearer token (CORS); none by default.
+DICOMWEB_CORS_ORIGINS = env.list("DICOMWEB_CORS_ORIGINS", default=[])
+# Repeated frame, rendered and thumbnail reads of one study by one person within this window are folded into one
+# audit event with a count (studies.services.reads); the flush task closes passed windows.
+READ_AUDIT_FOLD_SECONDS = env.int("READ_AUDIT_FOLD_SECONDS", default=300)
+READ_AUDIT_FLUSH_INTERVAL_SECONDS = env.int("READ_AUDIT_FLUSH_INTERVAL_SECONDS", default=60)
 
 # ENCLAVE
 # ------------------------------------------------------------------------------
@@ -364,3 +373,10 @@ PORTAL_BASE_URL = env.str("PORTAL_BASE_URL", default="http://127.0.0.1:8000")
 API_TOKEN_DEFAULT_DAYS = env.int("API_TOKEN_DEFAULT_DAYS", default=90)
 API_TOKEN_MAX_DAYS = env.int("API_TOKEN_MAX_DAYS", default=365)
 MEMBERSHIP_EXPIRY_INTERVAL_SECONDS = env.int("MEMBERSHIP_EXPIRY_INTERVAL_SECONDS", default=300)
+# Shares and break-glass (HIPAA 164.312(a)(2)(ii)): how long emergency access lasts, the longest share, and how
+# often the jobs end expired break-glass grants (recording 110138) and tidy the grants of expired shares.
+BREAK_GLASS_HOURS = env.int("BREAK_GLASS_HOURS", default=4)
+BREAK_GLASS_EXPIRY_INTERVAL_SECONDS = env.int("BREAK_GLASS_EXPIRY_INTERVAL_SECONDS", default=60)
+SHARE_DEFAULT_DAYS = env.int("SHARE_DEFAULT_DAYS", default=7)
+SHARE_MAX_DAYS = env.int("SHARE_MAX_DAYS", default=30)
+SHARE_CLEANUP_INTERVAL_SECONDS = env.int("SHARE_CLEANUP_INTERVAL_SECONDS", default=3600)

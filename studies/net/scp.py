@@ -1,4 +1,5 @@
-"""The DICOM door: a Storage SCP (C-ECHO and C-STORE) that hands every received object to the ingest pipeline.
+"""The DICOM door: a Storage SCP (C-ECHO and C-STORE) that hands every received object to the ingest pipeline,
+and the query/retrieve SCP (C-FIND, C-GET, C-MOVE: studies.net.qr) on the same associations.
 
 One listener serves every tenant. The called AE title names the tenant; the calling AE title and the peer's
 address must belong to an approved modality or workstation of that tenant, else the association is rejected and
@@ -21,6 +22,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -38,6 +40,14 @@ from pynetdicom import (
 )
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from audit.context import audit_context
@@ -46,6 +56,7 @@ from audit.services import security_alert_raise
 from devices.models import Device
 from devices.selectors import dicom_peer_get
 from studies.models import IngestItem
+from studies.net import qr
 from studies.services import Rejected, ingest_receive
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
@@ -71,6 +82,16 @@ REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # rejected-transient, service user, no re
 MAXIMUM_PDU_SIZE = 1024 * 1024
 MAXIMUM_ASSOCIATIONS = 32
 STOP_GRACE_SECONDS = 10.0
+
+# Query/retrieve (studies.net.qr): Patient Root and Study Root, FIND, GET and MOVE.
+QUERY_RETRIEVE_SOP_CLASSES = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 # pynetdicom's "standard" handlers log every PDU and DIMSE message; we log what matters ourselves.
 _config.LOG_HANDLER_LEVEL = "none"
@@ -121,12 +142,17 @@ class _Door:
         # Weak: an association that ends without a release or an abort (its connection just dropped) leaves no entry.
         self._peers: weakref.WeakKeyDictionary[Association, Peer] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._tally = qr.StoreTally()
 
     def handlers(self) -> list[Any]:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_DIMSE_RECV, self._tally.on_dimse_recv),
             (evt.EVT_RELEASED, self.on_ended),
             (evt.EVT_ABORTED, self.on_ended),
         ]
@@ -172,6 +198,31 @@ class _Door:
 
     def on_echo(self, event: evt.Event) -> int:
         return STATUS_SUCCESS
+
+    def _peer(self, assoc: Association) -> Peer | None:
+        with self._lock:
+            return self._peers.get(assoc)
+
+    def on_find(self, event: evt.Event) -> Iterator[Any]:
+        peer = self._peer(event.assoc)
+        if peer is None:
+            yield STATUS_NOT_AUTHORISED, None
+            return
+        yield from qr.find(event, peer)
+
+    def on_get(self, event: evt.Event) -> Iterator[Any]:
+        peer = self._peer(event.assoc)
+        if peer is None:
+            yield _status(STATUS_NOT_AUTHORISED, "Not admitted."), None
+            return
+        yield from qr.get(event, peer, self._tally)
+
+    def on_move(self, event: evt.Event) -> Iterator[Any]:
+        peer = self._peer(event.assoc)
+        if peer is None:
+            yield None, None
+            return
+        yield from qr.move(event, peer)
 
     def on_store(self, event: evt.Event) -> int | Dataset:
         with self._lock:
@@ -283,8 +334,12 @@ def _application_entity() -> AE:
         ae.add_supported_context(str(context.abstract_syntax))
     # pynetdicom's storage contexts accept only the uncompressed transfer syntaxes unless told otherwise; the
     # pipeline stores the bytes as sent, so JPEG, JPEG-LS, JPEG 2000, RLE and the rest are all welcome.
+    # The roles: a C-GET requestor proposes to be the storage SCP on the association (PS3.4 C.4.3.1), which we
+    # accept; a sender proposing nothing stays the SCU, as before.
     for context in StoragePresentationContexts:
-        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
+        ae.add_supported_context(sop_class)
     return ae
 
 

@@ -1,0 +1,121 @@
+"""REST API of shares and break-glass under /api/v1/t/<tenant>/: one class per operation, each calling one
+selector or service. Ids are public_id strings: a malformed one is the same 404 as a missing one."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from portal.api.base import TenantApi
+from portal.api.errors import problem_responses
+from studies import services
+from studies.models import BreakGlassGrant, StudyShare
+from studies.selectors import study_get
+from studies.selectors_access import share_get, share_grantee_candidates
+
+
+class ShareOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField(source="public_id")
+    grantee = serializers.CharField(source="grantee.username")
+    granted_by = serializers.CharField(source="granted_by.username")
+    note = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+    class Meta:
+        ref_name = "StudyShare"
+
+
+class ShareCreateApi(TenantApi):
+    class InputSerializer(serializers.Serializer):
+        grantee = serializers.CharField(help_text="User name of a current member of this tenant.")
+        days = serializers.IntegerField(min_value=1, max_value=settings.SHARE_MAX_DAYS)
+        note = serializers.CharField(max_length=300, required=False, default="", allow_blank=True)
+
+        class Meta:
+            ref_name = "StudyShareCreate"
+
+    @extend_schema(
+        operation_id="study_share_create",
+        tags=["shares"],
+        summary="Share a study with a member for some days",
+        description="Needs `tenants.share_studies` and a study you can see. Recorded as STUDY_SHARED.",
+        request=InputSerializer,
+        responses={201: ShareOutputSerializer, **problem_responses(400, 401, 403, 404)},
+    )
+    def post(self, request: Request, tenant: str, public_id: str) -> Response:
+        study = study_get(actor=request.user, public_id=public_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        wanted = data.validated_data["grantee"].strip().lower()
+        grantee = next((u for u in share_grantee_candidates(actor=request.user) if u.username.lower() == wanted), None)
+        if grantee is None:
+            raise serializers.ValidationError({"grantee": ["No current member has this user name."]})
+        share = services.share_create(
+            actor=request.user,
+            study=study,
+            grantee=grantee,
+            expires_at=timezone.now() + timedelta(days=data.validated_data["days"]),
+            note=data.validated_data["note"],
+        )
+        return Response(ShareOutputSerializer(share).data, status=status.HTTP_201_CREATED)
+
+
+class ShareRevokeApi(TenantApi):
+    @extend_schema(
+        operation_id="study_share_revoke",
+        tags=["shares"],
+        summary="Revoke a share now",
+        description="Idempotent. Recorded as SHARE_REVOKED.",
+        request=None,
+        responses={204: None, **problem_responses(401, 403, 404)},
+    )
+    def delete(self, request: Request, tenant: str, public_id: str, share_id: str) -> Response:
+        study = study_get(actor=request.user, public_id=public_id)
+        share: StudyShare = share_get(actor=request.user, study=study, public_id=share_id)
+        services.share_revoke(actor=request.user, share=share)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class BreakGlassStartApi(TenantApi):
+    class InputSerializer(serializers.Serializer):
+        study = serializers.CharField(max_length=64, help_text="Accession number or Study Instance UID.")
+        reason = serializers.CharField(max_length=500, allow_blank=True, help_text="Required: why, now.")
+        otp_token = serializers.CharField(max_length=12, help_text="A fresh code from your authenticator app.")
+
+        class Meta:
+            ref_name = "BreakGlassStart"
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.UUIDField(source="public_id")
+        study = serializers.UUIDField(source="study.public_id")
+        purpose_of_use = serializers.CharField()
+        expires_at = serializers.DateTimeField()
+
+        class Meta:
+            ref_name = "BreakGlassGrant"
+
+    @extend_schema(
+        operation_id="break_glass_start",
+        tags=["break-glass"],
+        summary="Start emergency access to a study",
+        description="Clinicians only, for a study they cannot see. Alerts the compliance officers; recorded as "
+        "Security Alert 110113 / Emergency Override Started 110127.",
+        request=InputSerializer,
+        responses={201: OutputSerializer, **problem_responses(400, 401, 403, 404)},
+    )
+    def post(self, request: Request, tenant: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values: dict[str, Any] = data.validated_data
+        grant: BreakGlassGrant = services.break_glass_start(
+            actor=request.user, identifier=values["study"], reason=values["reason"], otp_token=values["otp_token"]
+        )
+        return Response(self.OutputSerializer(grant).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,116 @@
+"""What the read side of DICOMweb shares: Accept parsing (PS3.18 8.7), multipart/related writing, and the base
+class of the read resources.
+
+DRF's own content negotiation knows only the renderers; DICOMweb responses are multipart bodies and images that
+no renderer makes, so each resource negotiates itself (406 when nothing acceptable can be made) and DRF's
+negotiation never refuses (`LenientNegotiation`); errors stay RFC 7807 problem documents.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from django.utils.http import parse_header_parameters
+from rest_framework import exceptions
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.request import Request
+
+from studies.dicomweb.base import DicomWebApi
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    type: str  # "multipart/related", "image/jpeg", "*/*", ...
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+    @property
+    def part_type(self) -> str:
+        """For multipart/related: the type of its parts ("" when not given)."""
+        return self.params.get("type", "").strip().strip('"').lower()
+
+    @property
+    def transfer_syntax(self) -> str:
+        return self.params.get("transfer-syntax", "").strip().strip('"')
+
+
+def accept_list(request: Request) -> list[MediaRange]:
+    """The caller's Accept header as media ranges, most preferred first; `*/*` when there is none."""
+    header = request.META.get("HTTP_ACCEPT", "").strip()
+    if not header:
+        return [MediaRange("*/*")]
+    ranges = []
+    for raw in header.split(","):
+        if not raw.strip():
+            continue
+        main, params = parse_header_parameters(raw)
+        params = {k.lower(): v for k, v in params.items()}
+        try:
+            q = float(params.pop("q", "1") or 1)
+        except ValueError:
+            q = 1.0
+        if q > 0:
+            ranges.append(MediaRange(main.strip().lower(), params, q))
+    ranges.sort(key=lambda r: -r.q)  # stable: equal weights keep the caller's order
+    return ranges
+
+
+def matches(media_range: str, media_type: str) -> bool:
+    """True when `media_type` (such as image/png) falls in `media_range` (such as image/*)."""
+    if media_range in ("*/*", "*", media_type):
+        return True
+    major, _, minor = media_range.partition("/")
+    return minor in ("*", "") and media_type.split("/")[0] == major
+
+
+def not_acceptable(what: str) -> exceptions.NotAcceptable:
+    return exceptions.NotAcceptable(f"None of the media types in the Accept header can be returned here; {what}.")
+
+
+class LenientNegotiation(DefaultContentNegotiation):
+    """Picks a renderer for DRF (used for error documents and JSON) and never refuses: resources decide."""
+
+    def select_renderer(self, request: Any, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except exceptions.NotAcceptable:
+            return renderers[0], renderers[0].media_type
+
+
+class DicomWebReadApi(DicomWebApi):
+    """Base of QIDO-RS, WADO-RS and WADO-URI resources."""
+
+    content_negotiation_class = LenientNegotiation
+
+    def source_address(self) -> str | None:
+        return self.request.META.get("REMOTE_ADDR")
+
+
+# multipart/related (RFC 2387), written as a stream
+# ------------------------------------------------------------------------------
+
+
+def new_boundary() -> str:
+    return f"enclave-{uuid.uuid4().hex}"
+
+
+def multipart_stream(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
+    """Each (content type, bytes) as one body part; the parts are produced (and read) one at a time."""
+    for content_type, data in parts:
+        yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
+        yield data
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode("ascii")
+
+
+def multipart_response(
+    parts: Iterable[tuple[str, bytes]], *, part_type: str, status: int = 200
+) -> StreamingHttpResponse:
+    boundary = new_boundary()
+    response = StreamingHttpResponse(multipart_stream(parts, boundary), status=status)
+    response["Content-Type"] = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    return response

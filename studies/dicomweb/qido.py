@@ -1,0 +1,311 @@
+"""QIDO-RS: the Search transaction of the Studies service (PS3.18 10.6), answered in application/dicom+json.
+
+Resources: `/studies`, `/studies/{study}/series`, `/series`, `/studies/{study}/series/{series}/instances`,
+`/studies/{study}/instances`, `/instances`.
+
+- Matching keys by keyword or tag (`PatientName=DOE*`, `00100020=123`), on the attributes
+  `studies.selectors_dicomweb.ATTRIBUTES` keeps at the resource's level or above: single values, `*` and `?`
+  wildcards (person names case-insensitively), UID lists (`,` or `\\`), date ranges (`20240101-20240131`,
+  open at either end), universal matching (an empty value returns the attribute).
+- `limit` / `offset` (at most settings.DICOMWEB_QIDO_MAX_RESULTS per request; a Warning header says when more
+  results exist than were returned), `includefield` (keywords or tags, comma-separated or repeated, or `all`).
+- `fuzzymatching=true` is not supported: literal matching is done and a `Warning: 299` header says so (PS3.18
+  8.3.4.1). An unknown parameter, or a matching key on an attribute this archive does not keep, is a 400.
+- No match: 204 No Content. Results come only from studies the caller may see (tenants.access).
+- Every search writes one Query audit event with the raw query string and the number of results
+  (studies.services.reads). The query string holds patient names; portal.log_filters keeps it out of logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydicom.datadict
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from portal.api.errors import problem_responses
+from studies.dicomweb.base import DICOM_JSON
+from studies.dicomweb.negotiation import DicomWebReadApi, accept_list, matches, not_acceptable
+from studies.models import Series, Study
+from studies.selectors_dicomweb import (
+    BY_KEYWORD,
+    DEFAULT_KEYWORDS,
+    INSTANCE,
+    SERIES,
+    STUDY,
+    Attribute,
+    InvalidQuery,
+    attribute_lookup,
+    levels_at_or_above,
+    qido_search,
+)
+from studies.services.reads import studies_query_record
+
+RESERVED = {"limit", "offset", "includefield", "fuzzymatching"}
+FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
+
+
+# Building results
+# ------------------------------------------------------------------------------
+
+
+def _study_of(obj: Any) -> Study:
+    if isinstance(obj, Study):
+        return obj
+    if isinstance(obj, Series):
+        return obj.study
+    return obj.series.study
+
+
+def _value(obj: Any, attribute: Attribute, level: str) -> Any:
+    holder = {STUDY: _study_of(obj), SERIES: obj if isinstance(obj, Series) else getattr(obj, "series", None)}.get(
+        attribute.level, obj
+    )
+    if not attribute.field or holder is None:
+        return None
+    value = holder
+    for name in attribute.field.split("__"):
+        value = getattr(value, name, None)
+        if value is None:
+            return None
+    return value
+
+
+def _element(attribute: Attribute, value: Any) -> dict[str, Any]:
+    element: dict[str, Any] = {"vr": attribute.vr}
+    if value is None or value == "":
+        return element
+    if attribute.vr == "PN":
+        element["Value"] = [{"Alphabetic": str(value)}]
+    elif attribute.vr == "DA":
+        element["Value"] = [value.strftime("%Y%m%d")]
+    elif attribute.vr == "TM":
+        element["Value"] = [value.strftime("%H%M%S")]
+    elif attribute.vr in ("IS", "US"):
+        element["Value"] = [int(value)]
+    elif attribute.keyword == "ModalitiesInStudy":
+        element["Value"] = [m for m in str(value).split("\\") if m]
+    else:
+        element["Value"] = [str(value)]
+    return element
+
+
+def retrieve_url(tenant: str, study: str, series: str | None = None, instance: str | None = None) -> str:
+    path = reverse("dicomweb:study", kwargs={"tenant": tenant, "study": study})
+    if series:
+        path += f"/series/{series}"
+    if instance:
+        path += f"/instances/{instance}"
+    return f"{settings.PORTAL_BASE_URL.rstrip('/')}{path}"
+
+
+def result_json(obj: Any, *, level: str, attributes: list[Attribute], tenant: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
+        "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+    }
+    for attribute in attributes:
+        out[attribute.tag] = _element(attribute, _value(obj, attribute, level))
+    study = _study_of(obj)
+    if level == STUDY:
+        url = retrieve_url(tenant, study.study_instance_uid)
+    elif level == SERIES:
+        url = retrieve_url(tenant, study.study_instance_uid, obj.series_instance_uid)
+    else:
+        url = retrieve_url(tenant, study.study_instance_uid, obj.series.series_instance_uid, obj.sop_instance_uid)
+    out["00081190"] = {"vr": "UR", "Value": [url]}
+    return dict(sorted(out.items()))
+
+
+# The search
+# ------------------------------------------------------------------------------
+
+
+def _non_negative(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise exceptions.ValidationError({name: [f"{name} must be a whole number, 0 or more."]})
+    return value
+
+
+def _includefields(request: Request) -> tuple[bool, list[str]]:
+    names = [n.strip() for raw in request.query_params.getlist("includefield") for n in raw.split(",") if n.strip()]
+    return any(n.lower() == "all" for n in names), [n for n in names if n.lower() != "all"]
+
+
+def _is_dicom_attribute(name: str) -> bool:
+    if len(name) == 8:
+        try:
+            return pydicom.datadict.dictionary_has_tag(int(name, 16))
+        except ValueError:
+            pass
+    return pydicom.datadict.tag_for_keyword(name) is not None
+
+
+class _SearchApi(DicomWebReadApi):
+    level: str = STUDY
+
+    def search(self, request: Request, tenant: str, study: str | None = None, series: str | None = None) -> Response:
+        if not any(matches(r.type, DICOM_JSON) or matches(r.type, "application/json") for r in accept_list(request)):
+            raise not_acceptable("search results are application/dicom+json")
+        level = self.level
+        allowed = levels_at_or_above(level)
+        errors: dict[str, list[str]] = {}
+        matching: list[tuple[Attribute, str]] = []
+        for name in request.query_params:
+            if name.lower() in RESERVED:
+                continue
+            attribute = attribute_lookup(name)
+            if attribute is None:
+                errors[name] = [
+                    f"Matching on {name} is not supported here."
+                    if _is_dicom_attribute(name)
+                    else f"Unknown query parameter {name}: not a DICOM keyword or tag, nor limit, offset, "
+                    "includefield or fuzzymatching."
+                ]
+            elif attribute.level not in allowed:
+                errors[name] = [
+                    f"{attribute.keyword} is a {attribute.level.lower()}-level attribute; it cannot "
+                    f"be matched in a {level.lower()}-level search."
+                ]
+            else:
+                values = request.query_params.getlist(name)
+                matching.append((attribute, "\\".join(values) if attribute.match == "uid" else values[-1]))
+        fuzzy = request.query_params.get("fuzzymatching", "false").lower()
+        if fuzzy not in ("true", "false"):
+            errors["fuzzymatching"] = ["fuzzymatching must be true or false."]
+        limit, offset = _non_negative(request, "limit"), _non_negative(request, "offset") or 0
+        if errors:
+            raise exceptions.ValidationError(errors)
+
+        want_all, includes = _includefields(request)
+        keywords = list(DEFAULT_KEYWORDS[level])
+        for parent in allowed[:-1]:
+            if (parent == STUDY and study is None) or (parent == SERIES and series is None):
+                keywords.extend(DEFAULT_KEYWORDS[parent])
+        keywords += ["StudyInstanceUID"] + (["SeriesInstanceUID"] if level == INSTANCE else [])
+        keywords += [attribute.keyword for attribute, _ in matching]
+        if want_all:
+            keywords += [a.keyword for a in BY_KEYWORD.values() if a.level in allowed]
+        for name in includes:
+            found = attribute_lookup(name)
+            if found is not None and found.level in allowed:
+                keywords.append(found.keyword)  # others: not kept here, or of a lower level (ignored per 10.6.3.3)
+        attributes = [BY_KEYWORD[k.lower()] for k in dict.fromkeys(keywords)]
+
+        try:
+            qs = qido_search(actor=request.user, level=level, matches=matching, study_uid=study, series_uid=series)
+            maximum = settings.DICOMWEB_QIDO_MAX_RESULTS
+            page = min(limit, maximum) if limit is not None else maximum
+            rows = list(qs[offset : offset + page + 1])
+        except InvalidQuery as exc:
+            raise exceptions.ValidationError({"query": [str(exc)]}) from exc
+        more = len(rows) > page
+        rows = rows[:page]
+
+        studies_query_record(
+            actor=request.user,
+            resource=request.path,
+            query_string=request.META.get("QUERY_STRING", ""),
+            studies=[_study_of(row) for row in rows],
+            results=len(rows),
+            source_address=self.source_address(),
+        )
+        warnings = []
+        if fuzzy == "true":
+            warnings.append(f'299 {request.get_host()} "{FUZZY_WARNING}"')
+        if more and (limit is None or limit > maximum):
+            warnings.append(
+                f'299 {request.get_host()} "There are more results than the {maximum} returned: ask again with '
+                f'offset={offset + page}."'
+            )
+        if not rows:
+            response = Response(status=204)
+        else:
+            response = Response([result_json(r, level=level, attributes=attributes, tenant=tenant) for r in rows])
+        for warning in warnings:
+            response["Warning"] = warning if "Warning" not in response else f"{response['Warning']}, {warning}"
+        return response
+
+
+def _doc(operation_id: str, summary: str) -> Any:
+    return extend_schema(
+        operation_id=operation_id,
+        tags=["dicomweb"],
+        summary=summary,
+        responses={
+            (200, DICOM_JSON): OpenApiResponse(OpenApiTypes.OBJECT, description="Matching results, DICOM JSON."),
+            204: OpenApiResponse(description="No match."),
+            **problem_responses(400, 401, 404),
+        },
+    )
+
+
+class StudiesSearchApi(_SearchApi):
+    level = STUDY
+
+    @_doc("dicomweb_studies_search", "QIDO-RS: search for studies")
+    def get(self, request: Request, tenant: str) -> Response:
+        return self.search(request, tenant)
+
+
+class StudySeriesSearchApi(_SearchApi):
+    level = SERIES
+
+    @_doc("dicomweb_study_series_search", "QIDO-RS: search for series of a study")
+    def get(self, request: Request, tenant: str, study: str) -> Response:
+        return self.search(request, tenant, study=study)
+
+
+class SeriesSearchApi(_SearchApi):
+    level = SERIES
+
+    @_doc("dicomweb_series_search", "QIDO-RS: search for series")
+    def get(self, request: Request, tenant: str) -> Response:
+        return self.search(request, tenant)
+
+
+class StudyInstancesSearchApi(_SearchApi):
+    level = INSTANCE
+
+    @_doc("dicomweb_study_instances_search", "QIDO-RS: search for instances of a study")
+    def get(self, request: Request, tenant: str, study: str) -> Response:
+        return self.search(request, tenant, study=study)
+
+
+class SeriesInstancesSearchApi(_SearchApi):
+    level = INSTANCE
+
+    @_doc("dicomweb_series_instances_search", "QIDO-RS: search for instances of a series")
+    def get(self, request: Request, tenant: str, study: str, series: str) -> Response:
+        return self.search(request, tenant, study=study, series=series)
+
+
+class InstancesSearchApi(_SearchApi):
+    level = INSTANCE
+
+    @_doc("dicomweb_instances_search", "QIDO-RS: search for instances")
+    def get(self, request: Request, tenant: str) -> Response:
+        return self.search(request, tenant)
+
+
+__all__ = [
+    "InstancesSearchApi",
+    "SeriesInstancesSearchApi",
+    "SeriesSearchApi",
+    "StudiesSearchApi",
+    "StudyInstancesSearchApi",
+    "StudySeriesSearchApi",
+]

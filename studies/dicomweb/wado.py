@@ -1,0 +1,417 @@
+"""WADO-RS: the Retrieve transaction of the Studies service (PS3.18 10.4).
+
+- `/studies/{study}`, `.../series/{series}`, `.../instances/{instance}`: `multipart/related;
+  type="application/dicom"`, one part per instance, streamed: each blob is read (decrypted, hash checked) when
+  its part is sent, so a study is never in memory whole. Transfer syntax (PS3.18 8.7.3.5.2): none asked means
+  the default, Explicit VR Little Endian (an object stored otherwise is rewritten, decompressed if need be);
+  `transfer-syntax=*` sends each object as stored; another syntax is sent only if every object is stored in it.
+- `/metadata` at each level: application/dicom+json, one data set per instance, without Pixel Data (its frames
+  are at `/frames`).
+- `/frames/{n[,m...]}`: `multipart/related`, one part per frame: native frames as application/octet-stream,
+  compressed frames as stored with their media type (image/jpeg, image/jp2, image/dicom-rle...), or decoded to
+  application/octet-stream when that is what is asked.
+- `/rendered` at study, series, instance and frame level (image/jpeg by default, image/png), with `window=
+  center,width[,function]`, `viewport=vw,vh` and `quality` (PS3.18 8.3.5.1); a study or series, and several
+  frames, as multipart/related. `/thumbnail` at study, series and instance level (image/png by default).
+- 406 when nothing in the Accept header can be made; 404, the same body, for a study the caller may not see,
+  another tenant's and a made-up UID alike. Every read is audited (studies.services.reads).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from pydicom.uid import ExplicitVRLittleEndian
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from portal.api.errors import problem_responses
+from studies.dicom import frames as frame_tools
+from studies.dicom.render import RenderError
+from studies.dicomweb.base import DICOM_JSON
+from studies.dicomweb.negotiation import (
+    DicomWebReadApi,
+    MediaRange,
+    accept_list,
+    matches,
+    multipart_response,
+    not_acceptable,
+)
+from studies.models import Instance, Study
+from studies.selectors_dicomweb import dicomweb_instance_list
+from studies.services.reads import instances_accessed_record, instances_retrieved_record
+from studies.storage.blobs import blob_read
+from tenants.models import Tenant
+from tenants.scoping import tenant_scope
+
+DICOM = "application/dicom"
+OCTET_STREAM = "application/octet-stream"
+RENDERED_TYPES = ("image/jpeg", "image/png")
+EXPLICIT = str(ExplicitVRLittleEndian)
+_NUMBER_LIST = re.compile(r"\d+(,\d+)*")
+
+
+def read_instance(tenant: Tenant, instance: Instance) -> bytes:
+    """The plaintext of one instance (hash checked), inside the tenant's scope: streamed parts are produced
+    after the view has returned and closed its scope."""
+    with tenant_scope(tenant):
+        return blob_read(blob=instance.blob)
+
+
+# Negotiation
+# ------------------------------------------------------------------------------
+
+
+def dicom_syntax(ranges: list[MediaRange], instances: list[Instance]) -> str | None:
+    """The transfer syntax to send DICOM objects in (None: each as stored), or NotAcceptable."""
+    stored = {i.transfer_syntax_uid for i in instances}
+    for r in ranges:
+        if r.type == "multipart/related" and r.part_type in ("", DICOM):
+            wanted = r.transfer_syntax
+        elif r.type == DICOM or r.type in ("*/*", "multipart/*"):
+            wanted = r.transfer_syntax if r.type == DICOM else ""
+        else:
+            continue
+        if wanted in ("", EXPLICIT):
+            return EXPLICIT
+        if wanted == "*":
+            return None
+        if stored == {wanted}:
+            return wanted
+    raise not_acceptable(
+        'DICOM objects are sent as multipart/related; type="application/dicom", in Explicit VR '
+        "Little Endian, as stored (transfer-syntax=*), or in the syntax they are stored in"
+    )
+
+
+def frame_choice(ranges: list[MediaRange], stored_type: str) -> bool:
+    """Whether frames must be decoded (True) or can go as stored (False); NotAcceptable if neither is asked."""
+    native = stored_type == OCTET_STREAM
+    for r in ranges:
+        if r.type == "multipart/related":
+            part = r.part_type or "*/*"
+        elif r.type in ("*/*", OCTET_STREAM) or r.type.startswith("image/"):
+            part = r.type
+        else:
+            continue
+        if part in ("*/*", "*"):
+            return False
+        if part == OCTET_STREAM and r.transfer_syntax in ("", "*", EXPLICIT):
+            return not native
+        if not native and matches(part, stored_type):
+            return False
+    raise not_acceptable(
+        f'frames of this instance are sent as multipart/related; type="{stored_type}"'
+        + ("" if native else ' or type="application/octet-stream" (decoded)')
+    )
+
+
+def rendered_type(ranges: list[MediaRange], *, default: str) -> str:
+    for r in ranges:
+        candidates = [r.part_type or "*/*"] if r.type == "multipart/related" else [r.type]
+        for candidate in candidates:
+            if candidate in ("*/*", "*", "image/*", "image/"):
+                return default
+            if candidate in RENDERED_TYPES:
+                return candidate
+    raise not_acceptable("rendered images are image/jpeg or image/png")
+
+
+def json_acceptable(ranges: list[MediaRange]) -> None:
+    if not any(matches(r.type, DICOM_JSON) or matches(r.type, "application/json") for r in ranges):
+        raise not_acceptable("metadata is application/dicom+json")
+
+
+def render_params(request: Request) -> dict[str, Any]:
+    """window=center,width[,function], viewport=vw,vh, quality=1..100 (PS3.18 8.3.5.1)."""
+    params: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    window = request.query_params.get("window")
+    if window:
+        parts = [p.strip() for p in window.split(",")]
+        try:
+            center, width = float(parts[0]), float(parts[1])
+            function = (parts[2] if len(parts) > 2 else "LINEAR").upper()
+            if len(parts) > 3 or width <= 0 or function not in frame_tools.WINDOW_FUNCTIONS:
+                raise ValueError
+            params["window"] = frame_tools.Window(center, width, function)
+        except (ValueError, IndexError):
+            errors["window"] = [
+                "window is center,width[,function]: width above 0, function LINEAR, LINEAR_EXACT or SIGMOID."
+            ]
+    viewport = request.query_params.get("viewport")
+    if viewport:
+        try:
+            vw, vh = (int(p) for p in viewport.split(","))
+            if not (0 < vw <= 4096 and 0 < vh <= 4096):
+                raise ValueError
+            params["viewport"] = (vw, vh)
+        except ValueError:
+            errors["viewport"] = ["viewport is vw,vh: two whole numbers from 1 to 4096 (cropping is not supported)."]
+    quality = request.query_params.get("quality")
+    if quality:
+        try:
+            params["quality"] = int(quality)
+            if not 1 <= params["quality"] <= 100:
+                raise ValueError
+        except ValueError:
+            errors["quality"] = ["quality is a whole number from 1 to 100."]
+    if errors:
+        raise exceptions.ValidationError(errors)
+    return params
+
+
+def frame_numbers(raw: str) -> list[int]:
+    if not _NUMBER_LIST.fullmatch(raw or "") or any(int(n) < 1 for n in raw.split(",")):
+        raise exceptions.ValidationError({"frames": ["Frames are a comma-separated list of numbers from 1."]})
+    return [int(n) for n in raw.split(",")]
+
+
+def _binary_doc(operation_id: str, summary: str) -> Any:
+    return extend_schema(
+        operation_id=operation_id,
+        tags=["dicomweb"],
+        summary=summary,
+        responses={200: OpenApiResponse(OpenApiTypes.BINARY), **problem_responses(400, 401, 404)},
+    )
+
+
+# Retrieve
+# ------------------------------------------------------------------------------
+
+
+class _ReadApi(DicomWebReadApi):
+    def instances(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> tuple[Study, list[Instance]]:
+        return dicomweb_instance_list(actor=self.request.user, study_uid=study, series_uid=series, sop_uid=instance)
+
+    def accessed(self, study: Study, kind: str, count: int) -> None:
+        instances_accessed_record(
+            actor=self.request.user,
+            study=study,
+            kind=kind,
+            count=count,
+            resource=self.request.path,
+            source_address=self.source_address(),
+        )
+
+
+class _RetrieveApi(_ReadApi):
+    def retrieve(self, request: Request, study: str, series: str | None = None, instance: str | None = None) -> Any:
+        study_row, instances = self.instances(study, series, instance)
+        syntax = dicom_syntax(accept_list(request), instances)
+        instances_retrieved_record(
+            actor=request.user,
+            study=study_row,
+            count=len(instances),
+            resource=request.path,
+            transfer_syntax=syntax or "*",
+            source_address=self.source_address(),
+        )
+        tenant = self.tenant
+
+        def parts() -> Iterator[tuple[str, bytes]]:
+            for row in instances:
+                data = read_instance(tenant, row)
+                if syntax == EXPLICIT and row.transfer_syntax_uid != EXPLICIT:
+                    data = frame_tools.as_explicit_little_endian(data)
+                yield f"{DICOM}; transfer-syntax={syntax or row.transfer_syntax_uid}", data
+
+        return multipart_response(parts(), part_type=DICOM)
+
+
+class StudyRetrieveApi(_RetrieveApi):
+    @_binary_doc("dicomweb_study_retrieve", "WADO-RS: retrieve a study")
+    def get(self, request: Request, tenant: str, study: str) -> Any:
+        return self.retrieve(request, study)
+
+
+class SeriesRetrieveApi(_RetrieveApi):
+    @_binary_doc("dicomweb_series_retrieve", "WADO-RS: retrieve a series")
+    def get(self, request: Request, tenant: str, study: str, series: str) -> Any:
+        return self.retrieve(request, study, series)
+
+
+class InstanceRetrieveApi(_RetrieveApi):
+    @_binary_doc("dicomweb_instance_retrieve", "WADO-RS: retrieve an instance")
+    def get(self, request: Request, tenant: str, study: str, series: str, instance: str) -> Any:
+        return self.retrieve(request, study, series, instance)
+
+
+# Metadata
+# ------------------------------------------------------------------------------
+
+
+def metadata_json(data: bytes) -> dict[str, Any]:
+    ds = frame_tools.read(data, pixels=False)
+    return ds.to_json_dict(bulk_data_threshold=2**31, suppress_invalid_tags=True)
+
+
+class _MetadataApi(_ReadApi):
+    def metadata(self, request: Request, study: str, series: str | None = None, instance: str | None = None) -> Any:
+        json_acceptable(accept_list(request))
+        study_row, instances = self.instances(study, series, instance)
+        body = [metadata_json(read_instance(self.tenant, row)) for row in instances]
+        self.accessed(study_row, "metadata", len(instances))
+        return Response(body, content_type=DICOM_JSON)
+
+
+class StudyMetadataApi(_MetadataApi):
+    @_binary_doc("dicomweb_study_metadata", "WADO-RS: metadata of a study")
+    def get(self, request: Request, tenant: str, study: str) -> Any:
+        return self.metadata(request, study)
+
+
+class SeriesMetadataApi(_MetadataApi):
+    @_binary_doc("dicomweb_series_metadata", "WADO-RS: metadata of a series")
+    def get(self, request: Request, tenant: str, study: str, series: str) -> Any:
+        return self.metadata(request, study, series)
+
+
+class InstanceMetadataApi(_MetadataApi):
+    @_binary_doc("dicomweb_instance_metadata", "WADO-RS: metadata of an instance")
+    def get(self, request: Request, tenant: str, study: str, series: str, instance: str) -> Any:
+        return self.metadata(request, study, series, instance)
+
+
+# Frames
+# ------------------------------------------------------------------------------
+
+
+class FramesRetrieveApi(_ReadApi):
+    @_binary_doc("dicomweb_frames_retrieve", "WADO-RS: retrieve frames of an instance")
+    def get(self, request: Request, tenant: str, study: str, series: str, instance: str, frames: str) -> Any:
+        numbers = frame_numbers(frames)
+        study_row, (row,) = self.instances(study, series, instance)
+        ds = frame_tools.read(read_instance(self.tenant, row))
+        decoded = frame_choice(accept_list(request), frame_tools.frame_media_type(ds))
+        try:
+            found = frame_tools.frame_list(ds, numbers, decoded=decoded)
+        except frame_tools.FrameError as exc:
+            raise exceptions.ValidationError({"frames": [str(exc)]}) from exc
+        self.accessed(study_row, "frames", 1)
+        part_type = found[0].media_type
+        return multipart_response(
+            ((f"{f.media_type}; transfer-syntax={f.transfer_syntax}", f.data) for f in found), part_type=part_type
+        )
+
+
+# Rendered and thumbnails
+# ------------------------------------------------------------------------------
+
+
+def _image(data: bytes, media_type: str) -> HttpResponse:
+    return HttpResponse(data, content_type=media_type)
+
+
+class _RenderedApi(_ReadApi):
+    kind = "rendered"
+    default_type = "image/jpeg"
+
+    def rendered(
+        self,
+        request: Request,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        frames: str | None = None,
+    ) -> Any:
+        params = render_params(request)
+        numbers = frame_numbers(frames) if frames is not None else [1]
+        study_row, instances = self.instances(study, series, instance)
+        media_type = rendered_type(accept_list(request), default=self.default_type)
+        tenant = self.tenant
+
+        def one(row: Instance, number: int) -> bytes:
+            return frame_tools.render(
+                frame_tools.read(read_instance(tenant, row)), frame=number, media_type=media_type, **params
+            )
+
+        if instance is not None and len(numbers) == 1:
+            try:
+                data = one(instances[0], numbers[0])
+            except (RenderError, frame_tools.FrameError) as exc:
+                raise exceptions.ValidationError({"instance": [f"Cannot be rendered: {exc}"]}) from exc
+            self.accessed(study_row, self.kind, 1)
+            return _image(data, media_type)
+        self.accessed(study_row, self.kind, len(instances))
+
+        def parts() -> Iterator[tuple[str, bytes]]:
+            for row in instances:
+                ds = frame_tools.read(read_instance(tenant, row))
+                for number in numbers:
+                    try:
+                        yield media_type, frame_tools.render(ds, frame=number, media_type=media_type, **params)
+                    except (RenderError, frame_tools.FrameError):
+                        continue  # an object without pixels (a report, a key object) has nothing to show
+
+        return multipart_response(parts(), part_type=media_type)
+
+
+class StudyRenderedApi(_RenderedApi):
+    @_binary_doc("dicomweb_study_rendered", "WADO-RS: rendered images of a study")
+    def get(self, request: Request, tenant: str, study: str) -> Any:
+        return self.rendered(request, study)
+
+
+class SeriesRenderedApi(_RenderedApi):
+    @_binary_doc("dicomweb_series_rendered", "WADO-RS: rendered images of a series")
+    def get(self, request: Request, tenant: str, study: str, series: str) -> Any:
+        return self.rendered(request, study, series)
+
+
+class InstanceRenderedApi(_RenderedApi):
+    @_binary_doc("dicomweb_instance_rendered", "WADO-RS: a rendered instance")
+    def get(self, request: Request, tenant: str, study: str, series: str, instance: str) -> Any:
+        return self.rendered(request, study, series, instance)
+
+
+class FramesRenderedApi(_RenderedApi):
+    @_binary_doc("dicomweb_frames_rendered", "WADO-RS: rendered frames")
+    def get(self, request: Request, tenant: str, study: str, series: str, instance: str, frames: str) -> Any:
+        return self.rendered(request, study, series, instance, frames)
+
+
+THUMBNAIL_SIZE = (128, 128)
+
+
+class _ThumbnailApi(_ReadApi):
+    def thumbnail(self, request: Request, study: str, series: str | None = None, instance: str | None = None) -> Any:
+        params = render_params(request)
+        params.setdefault("viewport", THUMBNAIL_SIZE)
+        study_row, instances = self.instances(study, series, instance)
+        media_type = rendered_type(accept_list(request), default="image/png")
+        for row in instances:  # the first instance that has pixels represents the study or series
+            try:
+                ds = frame_tools.read(read_instance(self.tenant, row))
+                data = frame_tools.render(ds, frame=1, media_type=media_type, **params)
+            except (RenderError, frame_tools.FrameError):
+                continue
+            self.accessed(study_row, "thumbnail", 1)
+            return _image(data, media_type)
+        raise exceptions.NotFound("Nothing in this resource has pixels to show.")
+
+
+class StudyThumbnailApi(_ThumbnailApi):
+    @_binary_doc("dicomweb_study_thumbnail", "WADO-RS: thumbnail of a study")
+    def get(self, request: Request, tenant: str, study: str) -> Any:
+        return self.thumbnail(request, study)
+
+
+class SeriesThumbnailApi(_ThumbnailApi):
+    @_binary_doc("dicomweb_series_thumbnail", "WADO-RS: thumbnail of a series")
+    def get(self, request: Request, tenant: str, study: str, series: str) -> Any:
+        return self.thumbnail(request, study, series)
+
+
+class InstanceThumbnailApi(_ThumbnailApi):
+    @_binary_doc("dicomweb_instance_thumbnail", "WADO-RS: thumbnail of an instance")
+    def get(self, request: Request, tenant: str, study: str, series: str, instance: str) -> Any:
+        return self.thumbnail(request, study, series, instance)

@@ -1,0 +1,242 @@
+"""Exports: a study or a search result as a zip, de-identified per DICOM PS3.15 Annex E (studies.dicom.deidentify)
+or, with `tenants.export_identified`, as stored, which is a disclosure (HIPAA 164.528 accounting of disclosures).
+
+Flow: `export_request` (the person's act: checks, Export row, audit, job queued on commit) -> `export_run` (the
+Celery job: claims the row, writes progress, stores the zip as an encrypted blob) -> `export_download_once` (the
+owner's one download: decrypts, marks downloaded, shreds the blob; later tries get `ExportGone`, a 410).
+
+Each run de-identifies with a fresh random key that is never stored, so the export cannot be re-identified
+from anything Enclave keeps (no honest-broker map yet).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+import zipfile
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from audit.events import EventType
+from audit.services import audit_event_record
+from studies.dicom.deidentify import SUPPORTED_OPTIONS, Deidentifier, NotDeidentifiable
+from studies.models import Blob, Export, Instance, Study
+from studies.services.shares import study_participants
+from studies.storage.blobs import blob_delete, blob_read, blob_write
+from tenants import access
+
+logger = logging.getLogger(__name__)
+
+VIEW_STUDY = "studies.view_study"
+EXPORT_IDENTIFIED = "tenants.export_identified"
+MAX_STUDIES = 200
+# Progress is written every this many instances (and at the end): one UPDATE per instance is wasteful.
+PROGRESS_EVERY = 5
+
+
+class ExportGone(Exception):
+    """The export was already downloaded (or its zip is gone): HTTP 410."""
+
+
+class ExportNotReady(Exception):
+    """The export has not finished (or it failed): nothing to download yet."""
+
+
+class ExportFailed(Exception):
+    """A reason to stop an export that is safe to show (no patient data)."""
+
+
+def _event_for(export: Export) -> EventType:
+    return EventType.STUDY_EXPORTED if export.kind == Export.Kind.DEIDENTIFIED else EventType.DISCLOSURE_EXPORTED
+
+
+def _participants(studies: Iterable[Study]) -> list[dict[str, Any]]:
+    return [p for study in studies for p in study_participants(study)]
+
+
+def _extra(export: Export, phase: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {
+        "export": str(export.public_id),
+        "phase": phase,
+        "Anonymized": export.kind == Export.Kind.DEIDENTIFIED,
+        "options": list(export.options),
+        "instances": export.total,
+    }
+    if export.kind == Export.Kind.IDENTIFIED:
+        extra |= {"recipient": export.recipient, "purpose": export.purpose}
+    return extra
+
+
+@transaction.atomic
+def export_request(
+    *,
+    actor: Any,
+    studies: Iterable[Study],
+    kind: str = Export.Kind.DEIDENTIFIED,
+    options: Iterable[str] = (),
+    purpose: str = "",
+    recipient: str = "",
+) -> Export:
+    """Ask for an export of `studies` (inside the tenant scope) and queue its job.
+
+    Every study must be visible to `actor` (`studies.view_study`, else NotVisible, a 404). An identified export
+    also needs `tenants.export_identified` (else Forbidden, a 403), a purpose and a recipient, and is recorded as
+    DISCLOSURE_EXPORTED; a de-identified one as STUDY_EXPORTED with Anonymized=true. Options are CID 7050 codes
+    (113107, 113109) and apply to de-identified exports only.
+    """
+    studies = list(studies)
+    if not studies:
+        raise ValidationError({"studies": "Choose at least one study."})
+    if len(studies) > MAX_STUDIES:
+        raise ValidationError({"studies": f"At most {MAX_STUDIES} studies per export."})
+    for study in studies:
+        if not access.has_perm(actor, VIEW_STUDY, study):
+            raise access.NotVisible()
+    if kind not in Export.Kind.values:
+        raise ValidationError({"kind": "Unknown kind of export."})
+    options = sorted(set(options))
+    if kind == Export.Kind.IDENTIFIED:
+        access.require(actor, EXPORT_IDENTIFIED, studies[0].tenant)
+        if not purpose.strip() or not recipient.strip():
+            raise ValidationError({"purpose": "An identified export needs a purpose and a recipient."})
+        options = []
+    elif set(options) - SUPPORTED_OPTIONS:
+        raise ValidationError({"options": "Unknown de-identification option."})
+    export = Export(
+        tenant=studies[0].tenant,
+        owner=actor,
+        kind=kind,
+        options=options,
+        purpose=purpose.strip(),
+        recipient=recipient.strip(),
+        total=Instance.objects.filter(series__study__in=studies).count(),
+    )
+    export.full_clean(exclude=["studies"])
+    export.save()
+    export.studies.set(studies)
+    audit_event_record(
+        event=_event_for(export),
+        actor=actor,
+        target=export,
+        participants=_participants(studies),
+        extra=_extra(export, "requested"),
+    )
+    from studies.tasks import export_run_task  # tasks import services: import here to avoid the cycle
+
+    export_run_task.delay_on_commit(tenant_id=export.tenant_id, export_id=export.pk)
+    return export
+
+
+def _claim(export_id: int) -> bool:
+    claimed = Export.objects.filter(pk=export_id, state=Export.State.QUEUED).update(
+        state=Export.State.RUNNING, started_at=timezone.now(), updated_at=timezone.now()
+    )
+    return claimed == 1
+
+
+def _instances(export: Export) -> list[Instance]:
+    return list(
+        Instance.objects.filter(series__study__in=export.studies.all())
+        .select_related("series__study", "blob")
+        .order_by("series__study_id", "series__series_number", "series_id", "instance_number", "created_at")
+    )
+
+
+class _Names:
+    """Zip member names that carry no UID or patient data: study-001/series-002/00003.dcm."""
+
+    def __init__(self) -> None:
+        self.studies: dict[int, dict[int, int]] = {}
+        self.counts: dict[int, int] = {}
+
+    def __call__(self, instance: Instance) -> str:
+        series_of_study = self.studies.setdefault(instance.series.study_id, {})
+        study = list(self.studies).index(instance.series.study_id) + 1
+        series = series_of_study.setdefault(instance.series_id, len(series_of_study) + 1)
+        number = self.counts[instance.series_id] = self.counts.get(instance.series_id, 0) + 1
+        return f"study-{study:03d}/series-{series:03d}/{number:05d}.dcm"
+
+
+def export_run(*, export_id: int) -> Export | None:
+    """The job: build the zip, store it encrypted, mark the export done (or failed, with a reason that names no
+    patient data). Idempotent: only a queued export is claimed, so a retried or duplicated task does nothing."""
+    if not _claim(export_id):
+        return None
+    export = Export.objects.get(pk=export_id)
+    deidentifier = (
+        Deidentifier(key=secrets.token_bytes(32), options=frozenset(export.options))
+        if export.kind == Export.Kind.DEIDENTIFIED
+        else None
+    )
+    buffer = io.BytesIO()
+    done = 0
+    try:
+        instances = _instances(export)
+        name = _Names()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for instance in instances:
+                data = blob_read(blob=instance.blob)
+                if deidentifier is not None:
+                    try:
+                        data = deidentifier.file(data).data
+                    except NotDeidentifiable as exc:
+                        raise ExportFailed(f"instance {instance.public_id}: {exc}") from exc
+                archive.writestr(name(instance), data)
+                done += 1
+                if done % PROGRESS_EVERY == 0:
+                    Export.objects.filter(pk=export.pk).update(done=done, updated_at=timezone.now())
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, ExportFailed) else f"{exc.__class__.__name__} while exporting"
+        logger.warning("export %s failed: %s", export.public_id, reason)
+        Export.objects.filter(pk=export.pk).update(
+            state=Export.State.FAILED, error=reason[:500], done=done, finished_at=timezone.now()
+        )
+        export.refresh_from_db()
+        return export
+    with transaction.atomic():
+        blob = blob_write(kind=Blob.Kind.EXPORT, data=buffer.getvalue())
+        export.blob = blob
+        export.done = done
+        export.total = len(instances)
+        export.state = Export.State.DONE
+        export.finished_at = timezone.now()
+        export.save(update_fields=["blob", "done", "total", "state", "finished_at", "updated_at"])
+    return export
+
+
+def export_owner_check(*, actor: Any, export: Export) -> None:
+    """Only the person who asked for an export sees it; anyone else gets NotVisible (a 404)."""
+    if getattr(actor, "pk", None) is None or export.owner_id != actor.pk:
+        raise access.NotVisible()
+
+
+@transaction.atomic
+def export_download_once(*, actor: Any, export: Export) -> bytes:
+    """The zip of a finished export, decrypted, for its owner, once: the row is locked, marked downloaded and its
+    blob shredded in one transaction, and the download is audited (STUDY_EXPORTED or DISCLOSURE_EXPORTED, phase
+    "downloaded"). Not the owner: NotVisible. Already downloaded: ExportGone. Not finished: ExportNotReady."""
+    export_owner_check(actor=actor, export=export)
+    export = Export.objects.select_for_update().get(pk=export.pk)
+    if export.downloaded_at is not None:
+        raise ExportGone()
+    if export.state != Export.State.DONE or export.blob is None:
+        raise ExportNotReady()
+    blob = export.blob
+    data = blob_read(blob=blob)
+    export.downloaded_at = timezone.now()
+    export.blob = None
+    export.save(update_fields=["downloaded_at", "blob", "updated_at"])
+    blob_delete(blob=blob)
+    audit_event_record(
+        event=_event_for(export),
+        actor=actor,
+        target=export,
+        participants=_participants(export.studies.select_related("patient")),
+        extra=_extra(export, "downloaded") | {"bytes": len(data)},
+    )
+    return data

@@ -1,0 +1,206 @@
+"""The audit of reads (HIPAA 164.312(b), SECURITY.md E3): searches, retrievals, views, and their folding.
+
+- A search (QIDO-RS) is one STUDIES_QUERIED (110112 Query) event with the raw query (base64, as DICOM's
+  ParticipantObjectQuery) and the number of results, and the patients and studies it returned.
+- A retrieval of DICOM objects (WADO-RS, WADO-URI application/dicom) is one INSTANCES_RETRIEVED (110104) event
+  with the patient, the study and the number of instances.
+- A view (metadata, frames, rendered images, thumbnails) is INSTANCES_ACCESSED (110103).
+- A refusal of a read of a visible study is recorded with outcome 4 (minor failure).
+
+Folding. A viewer scrolling through a CT asks for hundreds of frames a minute; one event per frame would drown
+the trail, yet no read may be dropped. So frame, rendered and thumbnail reads of one study by one person are
+folded within a window of `settings.READ_AUDIT_FOLD_SECONDS`:
+
+1. The first read of a window writes its INSTANCES_ACCESSED event at once and opens a `ReadTally` row keyed
+   (tenant, user, study, event type), in the same transaction.
+2. Later reads inside the window only add 1 to the row's `folded` count (row-locked, committed with the read's
+   request), and write no event.
+3. When the window has passed, the next read of that key, or the periodic flush task
+   (`read_tallies_flush_task`, in portal/celery_schedule.py), writes ONE summary INSTANCES_ACCESSED event
+   "N further reads folded" (with the window and the opening event's sequence) and closes the row, in one
+   transaction.
+
+Audit rows are append-only, so the count cannot live in the opening event; it lives in a database row rather
+than the cache, so a crashed process or a flushed Redis loses nothing: every count is committed before the read
+is answered, and a committed count is written as an event by whoever closes the window next.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.events import EventType, Outcome
+from audit.services import audit_event_record, participant
+from studies.models import ReadTally, Study
+from tenants.scoping import current_tenant
+
+FOLDED_KINDS = frozenset({"frames", "rendered", "thumbnail"})
+
+
+def study_participants(study: Study) -> list[dict[str, Any]]:
+    """The patient and the study, as the ingest pipeline names them (patient id and name; study UID and
+    accession number)."""
+    patient = study.patient
+    return [
+        participant({"type": "patient", "id": patient.patient_id, "name": patient.name}),
+        participant({"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}),
+    ]
+
+
+def studies_query_record(
+    *, actor: Any, resource: str, query_string: str, studies: Iterable[Study], results: int, source_address: str | None
+) -> None:
+    """One Query event for one search: the raw query string (base64 of its bytes: it may hold patient names,
+    which the audit trail may keep but plain logs may not), the resource searched, the number of results, and
+    the patients and studies those results belong to (so a breach scope finds patients reached by a search)."""
+    encoded = base64.b64encode(query_string.encode("utf-8")).decode("ascii")
+    entries: list[dict[str, Any]] = [
+        participant({"type": "query", "id": resource, "query": encoded, "detail": {"results": results}})
+    ]
+    seen: set[int] = set()
+    for study in studies:
+        if study.pk not in seen:
+            seen.add(study.pk)
+            entries.extend(study_participants(study))
+    audit_event_record(
+        event=EventType.STUDIES_QUERIED,
+        actor=actor,
+        participants=entries,
+        source_address=source_address,
+        extra={"resource": resource, "query": encoded, "results": results},
+    )
+
+
+def instances_retrieved_record(
+    *, actor: Any, study: Study, count: int, resource: str, transfer_syntax: str = "", source_address: str | None
+) -> None:
+    """A retrieval of `count` DICOM objects of `study` (never folded)."""
+    audit_event_record(
+        event=EventType.INSTANCES_RETRIEVED,
+        actor=actor,
+        participants=study_participants(study),
+        source_address=source_address,
+        extra={"resource": resource, "count": count, "transfer_syntax": transfer_syntax},
+    )
+
+
+def read_refused_record(*, actor: Any, study: Study, resource: str, reason: str, source_address: str | None) -> None:
+    """A read of a visible study that was refused (outcome 4). A study the caller cannot see is no refusal: it
+    is a 404 like a missing one, and recording it would say the study exists."""
+    audit_event_record(
+        event=EventType.INSTANCES_ACCESSED,
+        actor=actor,
+        participants=study_participants(study),
+        outcome=Outcome.MINOR_FAILURE,
+        outcome_description=reason,
+        source_address=source_address,
+        extra={"resource": resource},
+    )
+
+
+def instances_accessed_record(
+    *, actor: Any, study: Study, kind: str, count: int, resource: str, source_address: str | None
+) -> None:
+    """A view of `count` instances of `study`. Metadata reads are always written; frame, rendered and
+    thumbnail reads are folded (see the module docstring). Runs in its own transaction."""
+    extra = {"resource": resource, "kind": kind, "count": count}
+    if kind not in FOLDED_KINDS:
+        audit_event_record(
+            event=EventType.INSTANCES_ACCESSED,
+            actor=actor,
+            participants=study_participants(study),
+            source_address=source_address,
+            extra=extra,
+        )
+        return
+    for _ in range(3):
+        try:
+            _folded_read(actor=actor, study=study, extra=extra, source_address=source_address)
+            return
+        except IntegrityError:
+            continue  # another request opened the window at the same moment: count into it
+    raise RuntimeError("could not record a folded read")
+
+
+@transaction.atomic
+def _folded_read(*, actor: Any, study: Study, extra: dict[str, Any], source_address: str | None) -> None:
+    now = timezone.now()
+    window = timedelta(seconds=settings.READ_AUDIT_FOLD_SECONDS)
+    event_type = int(EventType.INSTANCES_ACCESSED)
+    tally = (
+        ReadTally.objects.select_for_update()
+        .filter(user=actor, study=study, event_type=event_type)
+        .select_related("study__patient", "user")
+        .first()
+    )
+    if tally is not None and now - tally.window_started_at < window:
+        tally.folded += 1
+        tally.last_read_at = now
+        tally.save(update_fields=["folded", "last_read_at", "updated_at"])
+        return
+    if tally is not None:
+        _close(tally)
+    event = audit_event_record(
+        event=EventType.INSTANCES_ACCESSED,
+        actor=actor,
+        participants=study_participants(study),
+        source_address=source_address,
+        extra={**extra, "folding_window_seconds": settings.READ_AUDIT_FOLD_SECONDS},
+    )
+    with transaction.atomic():  # a savepoint: a concurrent opener makes this fail, and the caller retries
+        ReadTally.objects.create(
+            tenant=current_tenant(),
+            user=actor,
+            study=study,
+            event_type=event_type,
+            window_started_at=now,
+            first_sequence=event.sequence,
+            last_read_at=now,
+        )
+
+
+def _close(tally: ReadTally) -> None:
+    """Write the summary of a passed window (if reads were folded into it) and delete its row. The caller holds
+    the row lock inside a transaction."""
+    if tally.folded:
+        audit_event_record(
+            event=EventType.INSTANCES_ACCESSED,
+            actor=tally.user,
+            participants=study_participants(tally.study),
+            outcome_description=f"{tally.folded} further reads folded",
+            system_principal="enclave:read-audit",
+            extra={
+                "kind": "folded",
+                "count": tally.folded,
+                "folded_reads": tally.folded,
+                "window_started_at": tally.window_started_at.isoformat(),
+                "last_read_at": tally.last_read_at.isoformat(),
+                "first_event_sequence": tally.first_sequence,
+            },
+        )
+    tally.delete()
+
+
+@transaction.atomic
+def read_tallies_flush(*, now: Any = None) -> int:
+    """Close every window of the current tenant that has passed: one summary event per window with folded
+    reads. Idempotent (a closed window's row is gone); safe beside live reads (rows are locked, skipped if
+    busy). Returns the number of windows closed."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.READ_AUDIT_FOLD_SECONDS)
+    tallies = list(
+        ReadTally.objects.select_for_update(skip_locked=True, of=("self",))
+        .filter(window_started_at__lte=cutoff)
+        .select_related("study__patient", "user")
+        .order_by("pk")
+    )
+    for tally in tallies:
+        _close(tally)
+    return len(tallies)

@@ -1,0 +1,227 @@
+"""QIDO-RS: matching, paging, includefield, visibility, audit, and no query string in logs."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import pytest
+
+from audit.events import EventType
+from portal.log_filters import StripQueryStringFilter
+from tenants.models import Role
+from tests.studies.dicomweb.reading import JSON, events, ingest, some_studies, value
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STUDY_UID, PATIENT_ID, PATIENT_NAME, ACCESSION = "0020000D", "00100020", "00100010", "00080050"
+
+
+@pytest.fixture
+def north(tenant_a):
+    return some_studies(tenant_a)
+
+
+@pytest.fixture
+def qido(api_client_for, radiologist_a, tenant_a):
+    client = api_client_for(radiologist_a, tenant_a)
+
+    def search(path: str = "studies", **params):
+        return client.get(f"/dicomweb/north/{path}", params, HTTP_ACCEPT=JSON)
+
+    return search
+
+
+def patients(response) -> set[str]:
+    assert response.status_code == 200, response.content
+    return {value(item, PATIENT_ID) for item in response.json()}
+
+
+def test_studies_search_returns_the_standard_attributes(qido, north):
+    response = qido()
+    assert response.status_code == 200
+    assert response["Content-Type"] == JSON
+    assert len(response.json()) == 3
+    item = next(i for i in response.json() if value(i, PATIENT_ID) == "P-SMITH")
+    assert value(item, PATIENT_NAME) == {"Alphabetic": "SMITH^JOHN"}
+    assert value(item, STUDY_UID) == north["smith"].study_instance_uid
+    assert value(item, "00080020") == "20240105"
+    assert item["00080061"]["Value"] == ["CT"]
+    assert value(item, "00201208") == 1
+    assert value(item, "00081190").endswith(f"/dicomweb/north/studies/{north['smith'].study_instance_uid}")
+    assert item["00200010"] == {"vr": "SH"}  # Study ID: type 2, not kept, returned empty
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"PatientID": "P-SMITH"}, {"P-SMITH"}),
+        ({"00100020": "P-JONES"}, {"P-JONES"}),
+        ({"PatientName": "sm*"}, {"P-SMITH", "P-SMYTH"}),
+        ({"PatientName": "SM?TH*"}, {"P-SMITH", "P-SMYTH"}),
+        ({"PatientName": "smith^john"}, {"P-SMITH"}),
+        ({"PatientName": "SMI"}, set()),
+        ({"StudyDate": "20240105"}, {"P-SMITH"}),
+        ({"StudyDate": "20240101-20240131"}, {"P-SMITH", "P-SMYTH"}),
+        ({"StudyDate": "20240110-"}, {"P-SMYTH", "P-JONES"}),
+        ({"StudyDate": "-20240110"}, {"P-SMITH"}),
+        ({"AccessionNumber": "A200"}, {"P-SMYTH"}),
+        ({"AccessionNumber": "A*"}, {"P-SMITH", "P-SMYTH", "P-JONES"}),
+        ({"ModalitiesInStudy": "MR"}, {"P-SMYTH"}),
+        ({"ModalitiesInStudy": "CT"}, {"P-SMITH", "P-JONES"}),
+        ({"ReferringPhysicianName": "ROE*"}, {"P-SMYTH", "P-JONES"}),
+        ({"PatientID": "P-SMITH", "ModalitiesInStudy": "MR"}, set()),
+    ],
+)
+def test_matching(qido, north, params, expected):
+    response = qido(**params)
+    if not expected:
+        assert response.status_code == 204
+        assert response.content == b""
+    else:
+        assert patients(response) == expected
+
+
+def test_study_uid_lists(qido, north):
+    a, b = north["smith"].study_instance_uid, north["jones"].study_instance_uid
+    assert patients(qido(StudyInstanceUID=f"{a},{b}")) == {"P-SMITH", "P-JONES"}
+    assert patients(qido(StudyInstanceUID=f"{a}\\{b}")) == {"P-SMITH", "P-JONES"}
+
+
+def test_limit_offset_and_server_maximum(qido, north, settings):
+    first = qido(limit=2)
+    second = qido(limit=2, offset=2)
+    assert len(first.json()) == 2
+    assert len(second.json()) == 1
+    assert patients(first) | patients(second) == {"P-SMITH", "P-SMYTH", "P-JONES"}
+    assert qido(offset=3).status_code == 204
+    settings.DICOMWEB_QIDO_MAX_RESULTS = 2
+    capped = qido()
+    assert len(capped.json()) == 2
+    assert "offset=2" in capped["Warning"]
+    assert "Warning" not in qido(limit=1)
+
+
+def test_includefield(qido, north):
+    plain = qido(PatientID="P-SMITH").json()[0]
+    assert "00081030" not in plain
+    assert "00100021" not in plain
+    named = qido(PatientID="P-SMITH", includefield="StudyDescription,00100021").json()[0]
+    assert value(named, "00081030") == "Synthetic study"
+    assert "00100021" in named
+    everything = qido(PatientID="P-SMITH", includefield="all").json()[0]
+    assert "00081030" in everything
+    assert "00100021" in everything
+    lower = qido(PatientID="P-SMITH", includefield="Modality").json()[0]  # series level: ignored (10.6.3.3)
+    assert "00080060" not in lower
+
+
+def test_fuzzymatching_is_literal_with_a_warning(qido, north):
+    response = qido(PatientName="SMITH^JOHN", fuzzymatching="true")
+    assert patients(response) == {"P-SMITH"}
+    assert response["Warning"].startswith("299 ")
+    assert "fuzzymatching parameter is not supported" in response["Warning"]
+    assert "Warning" not in qido(fuzzymatching="false")
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"Patientname2": "x"}, "Patientname2"),
+        ({"PatientWeight": "70"}, "PatientWeight"),
+        ({"StudyDate": "2024-01-01"}, "query"),
+        ({"StudyDate": "20240231"}, "query"),
+        ({"limit": "-1"}, "limit"),
+        ({"fuzzymatching": "maybe"}, "fuzzymatching"),
+        ({"Modality": "CT"}, "Modality"),  # a series attribute in a study search
+    ],
+)
+def test_bad_queries_are_400_with_the_reason(qido, north, params, field):
+    response = qido(**params)
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    assert field in response.json()["errors"]
+
+
+def test_xml_is_not_acceptable(api_client_for, radiologist_a, tenant_a, north):
+    client = api_client_for(radiologist_a, tenant_a)
+    assert client.get("/dicomweb/north/studies", HTTP_ACCEPT="application/dicom+xml").status_code == 406
+    assert client.get("/dicomweb/north/studies", HTTP_ACCEPT="application/json").status_code == 200
+
+
+def test_series_and_instance_levels(qido, north, tenant_a):
+    smith = north["smith"].study_instance_uid
+    series = qido(f"studies/{smith}/series")
+    assert series.status_code == 200
+    (item,) = series.json()
+    series_uid = value(item, "0020000E")
+    assert value(item, "00080060") == "CT"
+    assert value(item, "00081190").endswith(f"/studies/{smith}/series/{series_uid}")
+    assert {value(i, STUDY_UID) for i in qido("series", Modality="CT").json()} == {
+        smith,
+        north["jones"].study_instance_uid,
+    }
+    assert value(qido("series", Modality="MR").json()[0], PATIENT_ID) == "P-SMYTH"  # study attributes too
+    (instance,) = qido(f"studies/{smith}/series/{series_uid}/instances").json()
+    assert value(instance, "00280010") == 64
+    assert value(instance, "0020000E") == series_uid
+    assert len(qido(f"studies/{smith}/instances").json()) == 1
+    assert len(qido("instances").json()) == 3
+    assert len(qido("instances", PatientID="P-JONES").json()) == 1
+    assert qido(f"studies/{smith}/series", Modality="MR").status_code == 204
+
+
+def test_only_visible_studies_are_found(api_client_for, make_member, tenant_a, tenant_b, outsider_b, north):
+    referrer = make_member(tenant_a, Role.REFERRING_PHYSICIAN, "north-doe")
+    referrer.first_name, referrer.last_name = "John", "Doe"
+    referrer.save(update_fields=["first_name", "last_name"])
+    response = api_client_for(referrer, tenant_a).get("/dicomweb/north/studies", HTTP_ACCEPT=JSON)
+    assert patients(response) == {"P-SMITH"}  # the only study naming them
+    response = api_client_for(referrer, tenant_a).get("/dicomweb/north/instances", HTTP_ACCEPT=JSON)
+    assert patients(response) == {"P-SMITH"}
+    ingest(tenant_b, patient_id="P-SOUTH")
+    south = api_client_for(outsider_b, tenant_b).get("/dicomweb/south/studies", HTTP_ACCEPT=JSON)
+    assert patients(south) == {"P-SOUTH"}
+    smith = north["smith"].study_instance_uid
+    assert api_client_for(outsider_b, tenant_b).get(f"/dicomweb/south/studies/{smith}/series").status_code == 204
+    assert api_client_for(outsider_b, tenant_b).get("/dicomweb/north/studies").status_code == 404
+
+
+@pytest.mark.parametrize("persona", ["admin_a", "compliance_a", "auditor_a"])
+def test_admins_compliance_and_auditors_find_nothing(request, api_client_for, tenant_a, north, persona):
+    user = request.getfixturevalue(persona)
+    assert api_client_for(user, tenant_a).get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 204
+
+
+def test_every_search_is_one_query_event_with_the_query_and_count(qido, north, tenant_a, radiologist_a):
+    before = len(events(tenant_a, EventType.STUDIES_QUERIED))
+    response = qido(PatientName="SM*", limit=5)
+    assert response.status_code == 200
+    rows = events(tenant_a, EventType.STUDIES_QUERIED)
+    assert len(rows) == before + 1
+    event = rows[-1]
+    assert event.actor_user == radiologist_a
+    assert event.event_id == "110112"
+    query = next(p for p in event.participants if p["type"] == "query")
+    assert base64.b64decode(query["query"]).decode() == response.wsgi_request.META["QUERY_STRING"]
+    assert "PatientName=SM%2A" in base64.b64decode(query["query"]).decode()
+    assert query["detail"] == {"results": 2}
+    assert event.extra["results"] == 2
+    assert {p["id"] for p in event.participants if p["type"] == "patient"} == {"P-SMITH", "P-SMYTH"}
+    qido(PatientName="NOBODY")
+    empty = events(tenant_a, EventType.STUDIES_QUERIED)[-1]
+    assert empty.extra["results"] == 0
+
+
+def test_the_query_string_stays_out_of_logs(caplog):
+    record = logging.LogRecord(
+        "django.server", logging.INFO, __file__, 1, '"%s" %s %s',
+        ("GET /dicomweb/north/studies?PatientName=SMITH%5EJOHN HTTP/1.1", "200", "512"), None,
+    )  # fmt: skip
+    StripQueryStringFilter().filter(record)
+    assert "SMITH" not in record.getMessage()
+    assert "/dicomweb/north/studies?" in record.getMessage()
+    from django.conf import settings
+
+    handler = settings.LOGGING["handlers"]["console"]
+    assert "strip_query" in handler["filters"]

@@ -1,0 +1,167 @@
+"""Shares through the real services: who may share, what the grantee sees, revocation, expiry, outside
+physicians, and the audit trail."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from audit.events import EventType
+from audit.models import AuditEvent
+from studies import services
+from studies.models import StudyShare
+from studies.selectors import study_get, study_list
+from tenants import access
+from tenants.models import Membership, Role, User
+from tenants.scoping import tenant_scope
+from tests.studies.access_fixtures import referrer_make, study_make
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def referrer_a(make_member, tenant_a):
+    return referrer_make(make_member, tenant_a)
+
+
+def sees(user, tenant, study) -> bool:
+    with tenant_scope(tenant):
+        return study_list(actor=user).filter(pk=study.pk).exists()
+
+
+def share(tenant, actor, study, grantee, *, hours=24):
+    with tenant_scope(tenant):
+        return services.share_create(
+            actor=actor, study=study, grantee=grantee, expires_at=timezone.now() + timedelta(hours=hours), note="2nd op"
+        )
+
+
+def test_a_share_shows_the_study_and_is_audited(tenant_a, radiologist_a, referrer_a):
+    study = study_make(tenant_a)
+    assert not sees(referrer_a, tenant_a, study)
+    with tenant_scope(tenant_a), pytest.raises(access.NotVisible):
+        study_get(actor=referrer_a, public_id=study.public_id)
+    row = share(tenant_a, radiologist_a, study, referrer_a)
+    assert sees(referrer_a, tenant_a, study)
+    with tenant_scope(tenant_a):
+        event = AuditEvent.objects.get(event_type=EventType.STUDY_SHARED)
+    assert event.actor_user == radiologist_a
+    assert event.target_id == str(row.public_id)
+    types = {p["type"]: p for p in event.participants}
+    assert types["patient"]["id"] == study.patient.patient_id
+    assert types["study"]["id"] == study.study_instance_uid
+    assert types["user"]["id"] == str(referrer_a.subject_uuid)
+
+
+def test_a_revoked_share_stops_at_once_and_is_audited(tenant_a, radiologist_a, referrer_a):
+    study = study_make(tenant_a)
+    row = share(tenant_a, radiologist_a, study, referrer_a)
+    with tenant_scope(tenant_a):
+        services.share_revoke(actor=radiologist_a, share=row)
+        services.share_revoke(actor=radiologist_a, share=row)  # idempotent
+        assert AuditEvent.objects.filter(event_type=EventType.SHARE_REVOKED).count() == 1
+        assert not access.has_perm(referrer_a, "studies.view_study", study)
+    assert not sees(referrer_a, tenant_a, study)
+
+
+def test_an_expired_share_stops_at_once_and_the_cleanup_removes_its_grant(tenant_a, radiologist_a, referrer_a):
+    study = study_make(tenant_a)
+    row = share(tenant_a, radiologist_a, study, referrer_a)
+    with tenant_scope(tenant_a):
+        StudyShare.objects.filter(pk=row.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert not sees(referrer_a, tenant_a, study)
+    with tenant_scope(tenant_a):
+        assert services.shares_expired_cleanup() == 1
+    # A new share works again at once (the grant is made afresh).
+    share(tenant_a, radiologist_a, study, referrer_a)
+    assert sees(referrer_a, tenant_a, study)
+
+
+def test_a_member_without_share_studies_is_refused(tenant_a, radiologist_a, referrer_a, technologist_a):
+    own = study_make(tenant_a, referring_key="DOE^JOHN")  # the referrer sees it: names them
+    assert sees(referrer_a, tenant_a, own)
+    with tenant_scope(tenant_a), pytest.raises(access.Forbidden):
+        services.share_create(
+            actor=referrer_a, study=own, grantee=technologist_a, expires_at=timezone.now() + timedelta(days=1)
+        )
+    other = study_make(tenant_a)
+    with tenant_scope(tenant_a), pytest.raises(access.NotVisible):
+        services.share_create(
+            actor=referrer_a, study=other, grantee=technologist_a, expires_at=timezone.now() + timedelta(days=1)
+        )
+
+
+def test_the_grantee_must_be_a_current_member_and_limits_hold(tenant_a, radiologist_a, referrer_a, outsider_b):
+    study = study_make(tenant_a)
+    with tenant_scope(tenant_a):
+        with pytest.raises(ValidationError):
+            services.share_create(
+                actor=radiologist_a, study=study, grantee=outsider_b, expires_at=timezone.now() + timedelta(days=1)
+            )
+        with pytest.raises(ValidationError):
+            services.share_create(
+                actor=radiologist_a, study=study, grantee=referrer_a, expires_at=timezone.now() + timedelta(days=90)
+            )
+        with pytest.raises(ValidationError):
+            services.share_create(
+                actor=radiologist_a, study=study, grantee=referrer_a, expires_at=timezone.now() - timedelta(days=1)
+            )
+    share(tenant_a, radiologist_a, study, referrer_a)
+    with tenant_scope(tenant_a), pytest.raises(ValidationError):
+        share(tenant_a, radiologist_a, study, referrer_a)  # already shared
+
+
+def test_another_tenants_study_is_not_visible(tenant_a, tenant_b, radiologist_a, outsider_b, admin_b):
+    study = study_make(tenant_a)
+    with tenant_scope(tenant_b), pytest.raises(access.NotVisible):
+        services.share_create(
+            actor=outsider_b, study=study, grantee=admin_b, expires_at=timezone.now() + timedelta(days=1)
+        )
+
+
+def test_an_outside_physician_is_invited_with_a_membership_ending_with_the_share(
+    tenant_a, radiologist_a, django_capture_on_commit_callbacks
+):
+    study = study_make(tenant_a)
+    mail.outbox.clear()
+    with tenant_scope(tenant_a), django_capture_on_commit_callbacks(execute=True):
+        row = services.share_invite_outside(
+            actor=radiologist_a, study=study, email="Dr.Who@Clinic.example", first_name="Wendy", last_name="Who",
+            days=3,
+        )  # fmt: skip
+    user = User.objects.get(username="dr.who@clinic.example")
+    assert not user.has_usable_password()
+    with tenant_scope(tenant_a):
+        membership = Membership.objects.get(user=user)
+        assert membership.role == Role.REFERRING_PHYSICIAN
+        assert membership.ends_at == row.expires_at
+        assert AuditEvent.objects.filter(event_type=EventType.MEMBER_ADDED, target_id=str(membership.public_id))
+        assert AuditEvent.objects.filter(event_type=EventType.STUDY_SHARED, target_id=str(row.public_id))
+    assert sees(user, tenant_a, study)
+    assert len(mail.outbox) == 1
+    body = mail.outbox[0].body
+    assert f"/t/{tenant_a.slug}/studies/{study.public_id}/" in body
+    assert "/accounts/" in body  # the set-password link; sign-in with MFA follows
+    assert study.patient.name not in body
+    assert study.patient.patient_id not in body
+
+
+def test_inviting_a_current_member_is_refused(tenant_a, radiologist_a, referrer_a):
+    study = study_make(tenant_a)
+    with tenant_scope(tenant_a), pytest.raises(ValidationError):
+        services.share_invite_outside(
+            actor=radiologist_a, study=study, email=referrer_a.email, first_name="J", last_name="D", days=3
+        )
+
+
+def test_a_referrer_cannot_invite(tenant_a, referrer_a):
+    own = study_make(tenant_a, referring_key="DOE^JOHN")
+    with tenant_scope(tenant_a), pytest.raises(access.Forbidden):
+        services.share_invite_outside(
+            actor=referrer_a, study=own, email="x@example.org", first_name="X", last_name="Y", days=3
+        )
+    assert not User.objects.filter(username="x@example.org").exists()
