@@ -84,6 +84,7 @@ class Started:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    cpu_at_ready: dict[int, float] = field(default_factory=dict)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -112,6 +113,7 @@ class Processes:
             if time.monotonic() > deadline:
                 raise BenchError(f"{name} was not ready within {STARTUP_SECONDS} s:\n{started.output()[-4000:]}")
             time.sleep(0.1)
+        started.cpu_at_ready = {pid: cpu_seconds(pid) for pid in [process.pid, *children(process.pid)]}
         return started
 
     def stop(self, name: str) -> None:
@@ -150,16 +152,43 @@ def children(pid: int) -> list[int]:
     return sorted(set(pids))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine from /proc/stat, in clock ticks, every core summed."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def cpu_busy_since(start: tuple[float, float]) -> float:
+    """The share of the machine's CPU time (all cores) that was busy since `start`, by any process."""
+    busy, total = machine_cpu()
+    return round((busy - start[0]) / max(total - start[1], 1), 3)
+
+
 def memory_of(started: Started) -> dict[str, Any]:
-    """VmHWM of a process and of its children (a Celery pool, gunicorn's workers)."""
-    main = vm_hwm_mb(started.process.pid)
-    kids = {pid: vm_hwm_mb(pid) for pid in children(started.process.pid)}
-    values = [v for v in kids.values() if v is not None]
+    """VmHWM of a process and of its children (a Celery pool, gunicorn's workers), and the CPU time they used
+    since the process was ready."""
+    pid = started.process.pid
+    kids = children(pid)
+    main = vm_hwm_mb(pid)
+    values = [v for v in (vm_hwm_mb(kid) for kid in kids) if v is not None]
+    cpu = sum(cpu_seconds(p) - started.cpu_at_ready.get(p, 0.0) for p in [pid, *kids])
     return {
         "main_mb": round(main or 0, 1),
         "children_mb": [round(v, 1) for v in values],
         "children_max_mb": round(max(values), 1) if values else None,
         "sum_mb": round((main or 0) + sum(values), 1),
+        "cpu_s": round(cpu, 1),
     }
 
 
@@ -332,6 +361,7 @@ class RunResult:
     pipeline: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     task_results: int = 0
+    machine_cpu_busy: float = 0.0
     notes: list[str] = field(default_factory=list)
     ok: bool = False
 
@@ -357,7 +387,8 @@ class RunResult:
             "studies": self.studies,
             "series": self.series,
             "pipeline": self.pipeline,
-            "peak_memory": self.memory,
+            "machine_cpu_busy": self.machine_cpu_busy,
+            "processes": self.memory,
             "task_results": self.task_results,
             "notes": self.notes,
             "ok": self.ok,
@@ -478,6 +509,7 @@ def run_cstore(
     port = int(re.findall(r"DICOM listener on 127\.0\.0\.1:(\d+)", listener.output())[0])
     argv = [STORESCU, "-aet", target.device_ae, "-aec", target.tenant_ae, "+sd", "127.0.0.1", str(port), str(folder)]
     sender_log = processes.folder / f"storescu{processes.suffix}.log"
+    cpu0 = machine_cpu()
     t0 = time.time()
     with sender_log.open("wb") as out:
         done = subprocess.run(
@@ -487,6 +519,7 @@ def run_cstore(
     if done.returncode != 0:
         raise BenchError(f"storescu exited with {done.returncode}:\n{sender_log.read_text(errors='replace')[-2000:]}")
     wait_final(target, result.instances, timeout)
+    result.machine_cpu_busy = cpu_busy_since(cpu0)
     result.memory = {"listener": memory_of(listener), "worker": memory_of(worker)}
     measure(result, target, t0)
 
@@ -571,11 +604,13 @@ def run_stow(
             failed.append(f"failed instances in HTTP {response.status_code}")
 
     batches = [files[i : i + batch] for i in range(0, len(files), batch)]
+    cpu0 = machine_cpu()
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(send, batches))
     result.seconds_client = time.time() - t0
     wait_final(target, result.instances, timeout)
+    result.machine_cpu_busy = cpu_busy_since(cpu0)
     result.memory = {"gunicorn": memory_of(web), "worker": memory_of(worker)}
     counts = {status: statuses.count(status) for status in sorted(set(statuses))}
     result.notes.append(f"HTTP statuses: {counts}")
@@ -625,23 +660,26 @@ def machine() -> dict[str, Any]:
 
 
 def print_table(results: list[RunResult]) -> None:
+    """One line per run. Peak MB and CPU s: the door (the listener, or the largest gunicorn worker and all of
+    gunicorn's CPU) and the Celery worker (all its processes, and its largest pool process)."""
     head = (
-        f"{'door':<8}{'scanner':<9}{'n':>6}{'MB':>8}{'total s':>9}{'inst/s':>8}{'MB/s':>7}"
-        f"{'recv s':>8}{'recv/s':>8}{'proc ms':>9}{'peak MB (door; worker sum/max child)':>40}  ok"
+        f"{'door':<7}{'scanner':<8}{'n':>5}{'MB':>7}{'total s':>8}{'inst/s':>7}{'MB/s':>6}{'recv s':>7}"
+        f"{'recv/s':>7}{'proc ms':>8}{'busy':>6}{'door MB':>8}{'worker MB':>12}{'CPU s door/worker':>19}  ok"
     )
     print(head)
     print("-" * len(head))
     for r in results:
         total, received = r.rate(r.seconds_total), r.rate(r.seconds_received)
-        door_mem = r.memory.get("listener") or r.memory.get("gunicorn") or {}
-        door_peak = door_mem.get("main_mb") if "listener" in r.memory else door_mem.get("children_max_mb")
+        door = r.memory.get("listener") or r.memory.get("gunicorn") or {}
+        door_peak = door.get("main_mb") if "listener" in r.memory else door.get("children_max_mb")
         worker = r.memory.get("worker", {})
         proc_ms = r.pipeline.get("processing_s", {}).get("mean", 0) * 1000
-        memory = f"{door_peak}; {worker.get('sum_mb')}/{worker.get('children_max_mb')}"
+        worker_mb = f"{worker.get('sum_mb')}/{worker.get('children_max_mb')}"
+        cpu = f"{door.get('cpu_s')}/{worker.get('cpu_s')}"
         print(
-            f"{r.door:<8}{r.scanner:<9}{r.instances:>6}{r.megabytes:>8.1f}{r.seconds_total:>9.2f}{total[0]:>8.1f}"
-            f"{total[1]:>7.1f}{r.seconds_received:>8.2f}{received[0]:>8.1f}{proc_ms:>9.1f}{memory:>40}  "
-            f"{'yes' if r.ok else 'NO'}"
+            f"{r.door:<7}{r.scanner:<8}{r.instances:>5}{r.megabytes:>7.1f}{r.seconds_total:>8.1f}{total[0]:>7.1f}"
+            f"{total[1]:>6.1f}{r.seconds_received:>7.1f}{received[0]:>7.1f}{proc_ms:>8.0f}"
+            f"{r.machine_cpu_busy:>6.0%}{door_peak!s:>8}{worker_mb:>12}{cpu:>19}  {'yes' if r.ok else 'NO'}"
         )
 
 

@@ -485,3 +485,22 @@ def test_move_destination_get_needs_an_approved_device_with_host_and_port(north,
         assert move_destination_get(ae_title="demo_ct") == ("127.0.0.1", 104)
     with tenant_scope(south):
         assert move_destination_get(ae_title="DEMO_CT") is None
+
+
+def test_a_device_revoked_mid_association_is_refused_at_its_next_query(archive, north, demo_ct):
+    ae = AE(ae_title="DEMO_CT")
+    ae.add_requested_context(STUDY_FIND)
+    assoc = ae.associate("127.0.0.1", archive.port, ae_title="NORTH")
+    assert assoc.is_established
+    try:
+        first = [int(s.Status) for s, _ in assoc.send_c_find(identifier("STUDY", PatientID=""), STUDY_FIND)]
+        with tenant_scope(north):
+            Device.objects.filter(pk=demo_ct.pk).update(status=Device.Status.REVOKED)
+        second = [int(s.Status) for s, _ in assoc.send_c_find(identifier("STUDY", PatientID=""), STUDY_FIND)]
+    finally:
+        assoc.release()
+
+    assert first == [0xFF00, 0xFF00, 0x0000]
+    assert second == [0x0124]
+    outcomes = [e.outcome for e in events(north, EventType.STUDIES_QUERIED)]
+    assert outcomes == [Outcome.SUCCESS, Outcome.MINOR_FAILURE]
