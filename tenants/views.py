@@ -7,6 +7,7 @@ access, not of patient data, so it writes no audit event; every change does, in 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, cast
 from uuid import UUID
 
@@ -96,15 +97,15 @@ class MemberAddView(TenantPageView):
         return members_page(self, request, add_form=form, status=400)
 
 
-class MemberActionView(TenantPageView):
+class MemberActionView(TenantPageView, ABC):
     """A change to one member, found by the membership's public id (another tenant's id is a 404)."""
 
     required_permission = "tenants.manage_members"
     form_class: ClassVar[type[forms.Form]]
 
+    @abstractmethod
     def act(self, request: HttpRequest, membership: Membership, form: Any) -> str:
         """Call the service; return the message to show on success."""
-        raise NotImplementedError
 
     def post(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
         membership = selectors.membership_get(actor=request.user, public_id=public_id)

@@ -399,8 +399,8 @@ def _check_pixel_data(
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
     try:
         value: Any = ds.get(keyword)
-    except Exception:
-        return ""
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, UnicodeError):
+        return ""  # an optional attribute pydicom cannot convert is left out, never fatal
     if value is None:
         return ""
     if isinstance(value, MultiValue | list | tuple):
@@ -411,7 +411,7 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
 def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
     try:
         return int(ds.get(keyword))
-    except Exception:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, UnicodeError):
         return None
 
 
