@@ -11,6 +11,7 @@ from auditlog.models import LogEntry
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from audit.events import EventType
 from audit.models import GENESIS_HASH, AuditChain, AuditEvent
 from tenants import access
 from tenants.models import Tenant
@@ -39,6 +40,39 @@ def audit_event_list(
     if until is not None:
         qs = qs.filter(occurred_at__lt=until)
     return qs.select_related("actor_user").order_by("-occurred_at", "-sequence")
+
+
+# What a study's access history shows: reads of it, and who was given or took access to it.
+STUDY_HISTORY_EVENTS = (
+    EventType.INSTANCES_ACCESSED,
+    EventType.INSTANCES_RETRIEVED,
+    EventType.INSTANCES_MOVED,
+    EventType.STUDY_EXPORTED,
+    EventType.DISCLOSURE_EXPORTED,
+    EventType.STUDY_SHARED,
+    EventType.SHARE_REVOKED,
+    EventType.BREAK_GLASS_STARTED,
+    EventType.BREAK_GLASS_ENDED,
+    EventType.BREAK_GLASS_REVIEWED,
+)
+
+
+def audit_events_for_study(*, actor: Any, study: Any) -> models.QuerySet[AuditEvent]:
+    """The current tenant's events naming `study` (a `studies.Study`) as a participant, of the kinds in
+    STUDY_HISTORY_EVENTS, newest first: the study's access history, for whoever sees the study
+    (`studies.view_study` through tenants.access); NotVisible otherwise, like the study itself. The caller
+    records the AUDIT_LOG_USED event of the read. (The study comes as an object, not a UID: this app may not
+    import the studies app, and the visibility check needs the row.)"""
+    if not access.has_perm(actor, "studies.view_study", study):
+        raise access.NotVisible()
+    return (
+        AuditEvent.objects.filter(
+            event_type__in=[int(e) for e in STUDY_HISTORY_EVENTS],
+            participants__contains=[{"type": "study", "id": study.study_instance_uid}],
+        )
+        .select_related("actor_user")
+        .order_by("-occurred_at", "-sequence")
+    )
 
 
 def audit_change_list(

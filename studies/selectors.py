@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from studies.models import IngestItem, Series, Study
+from studies.models import IngestItem, Instance, Series, Study
 from tenants import access
 from tenants.scoping import current_tenant
 
@@ -66,6 +66,21 @@ def series_get(*, actor: Any, public_id: UUID | str) -> Series:
         )
     except (Series.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise access.NotVisible() from exc
+
+
+def series_list_for_study(*, actor: Any, study: Study) -> models.QuerySet[Series]:
+    """The series of `study`, in series order, with their instances (instance order) prefetched: what the study
+    page's viewer shows. Empty unless `actor` sees the study (the visibility of `study_list`, as a subquery)."""
+    return (
+        Series.objects.filter(study__in=study_list(actor=actor).filter(pk=study.pk).values("pk"))
+        .order_by("series_number", "created_at", "pk")
+        .prefetch_related(
+            models.Prefetch(
+                "instances",
+                queryset=Instance.objects.order_by("instance_number", "created_at", "pk"),
+            )
+        )
+    )
 
 
 def ingest_item_list(*, actor: Any, state: str = "", batch: UUID | None = None) -> models.QuerySet[IngestItem]:

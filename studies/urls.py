@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from studies import apis_access, views, views_access, views_export
+from studies import apis_access, views, views_access, views_export, views_study
 
 page_patterns = [
     path("upload/", views.UploadView.as_view(), name="upload"),
@@ -10,6 +10,8 @@ page_patterns = [
     path("ingest/", views.IngestActivityView.as_view(), name="ingest"),
     path("ingest/batch/<uuid:batch>/", views.IngestBatchView.as_view(), name="ingest_batch"),
     path("studies/", views.StudiesView.as_view(), name="studies"),
+    path("studies/<uuid:public_id>/", views_study.StudyView.as_view(), name="study"),
+    path("studies/<uuid:public_id>/history/", views_study.StudyHistoryView.as_view(), name="study_history"),
     path("series/<uuid:public_id>/thumbnail.png", views.SeriesThumbnailView.as_view(), name="series_thumbnail"),
     path("studies/<uuid:public_id>/access/", views_access.StudyAccessView.as_view(), name="study_access"),
     path(

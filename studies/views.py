@@ -24,6 +24,7 @@ from studies.models import IngestItem, Study
 from studies.selectors import ingest_item_list, ingest_state_counts, scanner_description, series_get, study_list
 from studies.services import upload_receive
 from studies.storage.blobs import blob_read
+from tenants import access
 
 STUDIES_PAGE_SIZE = 25
 INGEST_PAGE_SIZE = 50
@@ -121,18 +122,27 @@ def study_row(study: Study) -> dict[str, Any]:
     }
 
 
+def require_image_access(view: TenantPageView) -> None:
+    """403 (and an ACCESS_DENIED event, through TenantPageView) for members whose role sees no images: the
+    study list and thumbnails are for radiologists, technologists and referring physicians
+    (`access.may_see_images`); which studies each sees is still `study_list`'s answer."""
+    if not access.may_see_images(view.request.user, view.tenant):
+        raise access.Forbidden()
+
+
 class StudiesView(TenantPageView):
     """/t/<tenant>/studies/ : the studies the member may see, newest first, with a search by patient, accession
     or description, modality and dates. The search and its pages are POSTs (patient data stays out of URLs);
     every list shown is one STUDIES_QUERIED audit event with its filters, the result count and the studies shown.
+    Members whose role sees no images get a 403 (`require_image_access`).
     """
 
-    required_permission = "tenants.view_studies"
-
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        require_image_access(self)
         return self._list(request, StudySearchForm(), {})
 
     def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        require_image_access(self)
         form = StudySearchForm(request.POST)
         if not form.is_valid():
             context = {"form": form, "rows": [], "page_obj": None, "searched": True}
@@ -171,9 +181,8 @@ class SeriesThumbnailView(TenantPageView):
     """/t/<tenant>/series/<series>/thumbnail.png : the series' thumbnail, decrypted, for members who see its
     study; 404 otherwise (another tenant's series is the same as a missing one). Never cached (middleware)."""
 
-    required_permission = "tenants.view_studies"
-
     def get(self, request: HttpRequest, tenant: str, public_id: uuid.UUID) -> HttpResponse:
+        require_image_access(self)
         series = series_get(actor=request.user, public_id=public_id)
         if series.thumbnail is None:
             raise Http404()

@@ -183,6 +183,23 @@ def object_revoke(*, perm: str, user: Any, obj: models.Model) -> None:
     remove_perm(perm, user, obj)
 
 
+# Roles whose work is images: they may open the study list (what they see in it is still `visible`'s answer).
+IMAGE_ROLES = frozenset({Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.REFERRING_PHYSICIAN})
+
+
+def may_see_images(actor: Any, tenant: Tenant) -> bool:
+    """True when `actor` may look for images in `tenant` at all: the tenant permission `tenants.view_studies`
+    (every study), or a current membership in a clinician role (a referring physician: the studies that name
+    them, shares, break-glass). Tenant admins, compliance officers and auditors see no pixels."""
+    if has_perm(actor, "tenants.view_studies", tenant):
+        return True
+    scope = current_tenant_or_none()
+    if not _is_person(actor) or scope is None or scope.pk != tenant.pk:
+        return False
+    membership = Membership.objects.filter(user=actor, status=Membership.Status.ACTIVE, role__in=IMAGE_ROLES).first()
+    return membership is not None and membership.is_current()
+
+
 def tenant_permissions(actor: Any, tenant: Tenant) -> frozenset[str]:
     """Every tenant-wide permission `actor` holds in `tenant`, for pages that show or hide actions."""
     if not _is_person(actor):
