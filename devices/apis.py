@@ -33,6 +33,7 @@ class DeviceOutputSerializer(serializers.Serializer):
     name = serializers.CharField()
     ae_title = serializers.CharField(help_text="The device's calling AE title; empty for devices that speak no DICOM.")
     host = serializers.IPAddressField(allow_null=True, help_text="The address it must connect from; null: any.")
+    port = serializers.IntegerField(allow_null=True, help_text="Where it listens for C-MOVE deliveries; null: none.")
     status = serializers.ChoiceField(choices=Device.Status.choices)
     requested_by = serializers.CharField(
         source="requested_by.username", allow_null=True, help_text="Who registered it; null: the platform operators."
@@ -90,6 +91,13 @@ class DeviceRegisterApi(TenantApi):
             allow_blank=True,
             allow_null=True,
             help_text="The IP address it connects from; associations from any other address are refused.",
+        )
+        port = serializers.IntegerField(
+            required=False,
+            allow_null=True,
+            min_value=1,
+            max_value=65535,
+            help_text="Where the device listens for C-MOVE deliveries (with its host); empty if it only sends.",
         )
 
         class Meta:

@@ -26,6 +26,14 @@ class DeviceRegisterForm(forms.Form):
         help_text="The address the device connects from. Associations from any other address are refused.",
     )
 
+    port = forms.IntegerField(
+        label="DICOM port (optional)",
+        required=False,
+        min_value=1,
+        max_value=65535,
+        help_text="Where the device listens for images Enclave sends it (C-MOVE). Leave empty if it only sends.",
+    )
+
     def service_arguments(self) -> dict[str, Any]:
         data = dict(self.cleaned_data)
         data["host"] = data["host"].strip() or None

@@ -30,12 +30,16 @@ def _ae_title_free_check(device: Device) -> None:
 
 
 @transaction.atomic
-def device_register(*, actor: Any, kind: str, name: str, ae_title: str = "", host: str | None = None) -> Device:
+def device_register(
+    *, actor: Any, kind: str, name: str, ae_title: str = "", host: str | None = None, port: int | None = None
+) -> Device:
     """Register a device in the current tenant, pending approval (`tenants.manage_devices`). Its AE title must be
     new to the tenant's registry, whatever the other device's status. Records DEVICE_REGISTERED."""
     tenant = current_tenant()
     access.require(actor, "tenants.manage_devices", tenant)
-    device = Device(tenant=tenant, kind=kind, name=name, ae_title=ae_title, host=host or None, requested_by=actor)
+    device = Device(
+        tenant=tenant, kind=kind, name=name, ae_title=ae_title, host=host or None, port=port, requested_by=actor
+    )
     _ae_title_free_check(device)
     device.full_clean()
     try:
@@ -45,7 +49,7 @@ def device_register(*, actor: Any, kind: str, name: str, ae_title: str = "", hos
         _ae_title_free_check(device)
         raise
     audit_event_record(event=EventType.DEVICE_REGISTERED, actor=actor, target=device,
-                       extra={"kind": kind, "ae_title": device.ae_title, "host": host})  # fmt: skip
+                       extra={"kind": kind, "ae_title": device.ae_title, "host": host, "port": port})  # fmt: skip
     return device
 
 

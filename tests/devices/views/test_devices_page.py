@@ -116,7 +116,7 @@ def test_register_a_device(client_for, tenant_a, admin_a):
     assert "CT_THREE" in html
     event = last_event(tenant_a, EventType.DEVICE_REGISTERED)
     assert event.actor_user == admin_a
-    assert event.extra == {"kind": "modality", "ae_title": "CT_THREE", "host": "10.0.0.30"}
+    assert event.extra == {"kind": "modality", "ae_title": "CT_THREE", "host": "10.0.0.30", "port": None}
 
 
 def test_invalid_registrations_are_explained(client_for, tenant_a, admin_a, pending_device):
