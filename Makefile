@@ -24,10 +24,12 @@ lint: install
 	$(VENV)/bin/ruff format --check portal tenants audit
 	$(VENV)/bin/mypy portal tenants audit
 
-# Ingestion benchmark (bench/ingest.py): its own database and Redis db 9; figures in docs/BENCHMARKS.md.
+# Benchmarks, figures in docs/BENCHMARKS.md: ingestion (bench/ingest.py: its own database, Redis db 9), then
+# query and retrieve (bench/query.py: its own database, Redis db 10).
 bench: install
 	scripts/services.sh
 	$(PY) -m bench.ingest $(BENCH_ARGS)
+	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
 
 services:
 	scripts/services.sh

@@ -1,6 +1,6 @@
 """Ingestion benchmark (`make bench`): instances/s and MB/s through the real doors into the real pipeline.
 
-Sets up its own PostgreSQL database (`enclave_bench`, dropped and created again on each run) and Redis database
+Sets up its own PostgreSQL database (`enclave_bench`, dropped and created again each time) and Redis database
 (/9, flushed), migrates it, makes a synthetic set of CT instances (512 x 512, 16-bit, Explicit VR Little Endian)
 in a temporary folder and, for each scanner (the built-in one, and a real clamd when it is installed):
 
@@ -12,7 +12,8 @@ in a temporary folder and, for each scanner (the built-in one, and a real clamd 
 Each run goes into a tenant of its own (fresh AE titles, modality, user and API token made through the real
 services) with blob stores of its own, and is timed from the start of the sender to the last IngestItem reaching
 its final state (its `updated_at`, written in the same transaction as the index). Peak memory is VmHWM from
-/proc of every process started, read at the end of the run. The run fails unless every instance sent is stored.
+/proc of every process started, read at the end of the run, beside the CPU time each used during the run. The run
+fails unless every instance sent is stored.
 
 Prints a table and writes var/bench/ingest-<time>.json. Every process started is stopped and the temporary data,
 database and Redis database are removed at the end. Settings: portal.settings.local with DEBUG off and
@@ -361,6 +362,7 @@ class RunResult:
     pipeline: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     task_results: int = 0
+    rows_per_instance: dict[str, float] = field(default_factory=dict)
     machine_cpu_busy: float = 0.0
     notes: list[str] = field(default_factory=list)
     ok: bool = False
@@ -390,9 +392,23 @@ class RunResult:
             "machine_cpu_busy": self.machine_cpu_busy,
             "processes": self.memory,
             "task_results": self.task_results,
+            "rows_per_instance": self.rows_per_instance,
             "notes": self.notes,
             "ok": self.ok,
         }
+
+
+def written_rows(target: Target) -> dict[str, int]:
+    """Rows of the records every instance leaves behind: django-auditlog's field-change log (every model, one
+    table for the whole database, which only this benchmark uses) and the tenant's DICOM audit events."""
+    from auditlog.models import LogEntry
+
+    from audit.models import AuditEvent
+    from tenants.scoping import tenant_scope
+
+    with tenant_scope(target.tenant):
+        events = AuditEvent.objects.count()
+    return {"auditlog_entries": LogEntry.objects.count(), "audit_events": events}
 
 
 def wait_final(target: Target, expected: int, timeout: float) -> None:
@@ -775,10 +791,14 @@ def main() -> int:
                 runs += 1
                 tag = str(runs)
                 target = provision(tag)
+                rows_before = written_rows(target)
                 env = stores_env(base_env, tmp / f"run-{tag}", clamd_address if scanner == "clamd" else "")
                 result = RunResult(door=door, scanner=scanner, instances=len(files), megabytes=megabytes)
                 log(f"run {tag}: {door} with the {scanner} scanner")
                 processes.suffix = f"-{tag}"
+                if "clamd" in processes.running:  # its CPU time per run; its peak is over its whole life
+                    clamd = processes.running["clamd"]
+                    clamd.cpu_at_ready = {clamd.process.pid: cpu_seconds(clamd.process.pid)}
                 try:
                     if door == "cstore":
                         run_cstore(processes, env, target, tmp / "dicom", result, args.timeout)
@@ -795,6 +815,10 @@ def main() -> int:
                         )
                     if "clamd" in processes.running:
                         result.memory["clamd"] = memory_of(processes.running["clamd"])
+                    after = written_rows(target)
+                    result.rows_per_instance = {
+                        name: round((after[name] - rows_before[name]) / result.instances, 2) for name in after
+                    }
                 finally:
                     for name in ("listener", "gunicorn", "worker"):
                         processes.stop(name)
