@@ -17,9 +17,11 @@ from django.http import StreamingHttpResponse
 from django.utils.http import parse_header_parameters
 from rest_framework import exceptions
 from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
 from studies.dicomweb.base import DicomWebApi
+from tenants import access
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,10 @@ def not_acceptable(what: str) -> exceptions.NotAcceptable:
 class LenientNegotiation(DefaultContentNegotiation):
     """Picks a renderer for DRF (used for error documents and JSON) and never refuses: resources decide."""
 
-    def select_renderer(self, request: Any, renderers: list[Any], format_suffix: str | None = None) -> Any:
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> Any:
+        renderers = list(renderers)  # DRF passes a list; indexed below
         try:
             return super().select_renderer(request, renderers, format_suffix)
         except exceptions.NotAcceptable:
@@ -89,6 +94,24 @@ class DicomWebReadApi(DicomWebApi):
 
     def source_address(self) -> str | None:
         return self.request.META.get("REMOTE_ADDR")
+
+    def visible_instances(
+        self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> tuple[Any, list[Any]]:
+        """The study and instances of a read, or NotVisible (a 404 like a missing one) recorded as a failure."""
+        from studies.selectors_dicomweb import dicomweb_instance_list
+        from studies.services.reads import read_unavailable_record
+
+        try:
+            return dicomweb_instance_list(
+                actor=self.request.user, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid
+            )
+        except access.NotVisible:
+            read_unavailable_record(
+                actor=self.request.user, study_uid=study_uid, resource=self.request.path,
+                source_address=self.source_address(),
+            )  # fmt: skip
+            raise
 
 
 # multipart/related (RFC 2387), written as a stream

@@ -44,7 +44,6 @@ from studies.dicomweb.negotiation import (
     not_acceptable,
 )
 from studies.models import Instance, Study
-from studies.selectors_dicomweb import dicomweb_instance_list
 from studies.services.reads import instances_accessed_record, instances_retrieved_record
 from studies.storage.blobs import blob_read
 from tenants.models import Tenant
@@ -190,7 +189,7 @@ class _ReadApi(DicomWebReadApi):
     def instances(
         self, study: str, series: str | None = None, instance: str | None = None
     ) -> tuple[Study, list[Instance]]:
-        return dicomweb_instance_list(actor=self.request.user, study_uid=study, series_uid=series, sop_uid=instance)
+        return self.visible_instances(study_uid=study, series_uid=series, sop_uid=instance)
 
     def accessed(self, study: Study, kind: str, count: int) -> None:
         instances_accessed_record(

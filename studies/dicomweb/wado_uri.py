@@ -23,7 +23,6 @@ from studies.dicom import frames as frame_tools
 from studies.dicom.render import RenderError
 from studies.dicomweb.negotiation import DicomWebReadApi, not_acceptable
 from studies.dicomweb.wado import DICOM, EXPLICIT, RENDERED_TYPES, read_instance
-from studies.selectors_dicomweb import dicomweb_instance_list
 from studies.services.reads import instances_accessed_record, instances_retrieved_record
 
 REQUIRED = ("requestType", "studyUID", "seriesUID", "objectUID")
@@ -76,8 +75,8 @@ class WadoUriApi(DicomWebReadApi):
             raise not_acceptable("WADO-URI returns application/dicom, image/jpeg or image/png")
         content_type = "image/jpeg" if content_type in ("*/*", "image/*") else content_type
 
-        study, (row,) = dicomweb_instance_list(
-            actor=request.user, study_uid=q["studyUID"], series_uid=q["seriesUID"], sop_uid=q["objectUID"]
+        study, (row,) = self.visible_instances(
+            study_uid=q["studyUID"], series_uid=q["seriesUID"], sop_uid=q["objectUID"]
         )
         data = read_instance(self.tenant, row)
         if content_type == DICOM:

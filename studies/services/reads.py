@@ -105,6 +105,20 @@ def read_refused_record(*, actor: Any, study: Study, resource: str, reason: str,
     )
 
 
+def read_unavailable_record(*, actor: Any, study_uid: str, resource: str, source_address: str | None) -> None:
+    """A read aimed at a study the caller may not see (or that does not exist): the caller gets the same 404 as
+    for a missing study, and the attempt is on the trail as a failure, naming only the UID the caller sent."""
+    audit_event_record(
+        event=EventType.INSTANCES_ACCESSED,
+        actor=actor,
+        participants=[{"type": "study", "id": (study_uid or "")[:64], "role": "requested"}],
+        outcome=Outcome.MINOR_FAILURE,
+        outcome_description="not visible to the caller, or missing",
+        source_address=source_address,
+        extra={"resource": resource[:300]},
+    )
+
+
 def instances_accessed_record(
     *, actor: Any, study: Study, kind: str, count: int, resource: str, source_address: str | None
 ) -> None:

@@ -256,3 +256,32 @@ def test_repeated_frame_reads_are_folded_never_dropped(client, tenant_a, study, 
     accessed = events(tenant_a, EventType.INSTANCES_ACCESSED)
     assert accessed[-2].extra["folded_reads"] == 1
     assert accessed[-1].extra["kind"] == "frames"
+
+
+def test_a_read_of_a_study_the_caller_cannot_see_is_recorded_as_a_failure(
+    tenant_a, tenant_b, radiologist_a, outsider_b, api_client_for
+):
+    import uuid
+
+    from audit.events import EventType
+    from audit.models import AuditEvent
+    from studies.dicom.synthetic import make_instance
+    from studies.models import IngestItem
+    from studies.services import ingest_receive
+    from tenants.scoping import tenant_scope
+
+    with tenant_scope(tenant_a):
+        item = ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=make_instance())
+        item.refresh_from_db()
+        uid = item.instance.series.study.study_instance_uid
+    response = api_client_for(outsider_b, tenant_b).get(f"/dicomweb/south/studies/{uid}/metadata")
+    made_up = api_client_for(outsider_b, tenant_b).get("/dicomweb/south/studies/1.2.3.4.5/metadata")
+    assert response.status_code == made_up.status_code == 404
+    assert response.content == made_up.content
+    with tenant_scope(tenant_b):
+        refused = AuditEvent.objects.filter(event_type=EventType.INSTANCES_ACCESSED, outcome=4).order_by("sequence")
+        assert [e.participants[0]["id"] for e in refused] == [uid, "1.2.3.4.5"]
+        assert refused[0].actor_user == outsider_b
+        assert "name" not in refused[0].participants[0]  # nothing about the patient
+    with tenant_scope(tenant_a):
+        assert not AuditEvent.objects.filter(event_type=EventType.INSTANCES_ACCESSED).exists()
