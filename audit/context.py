@@ -19,7 +19,8 @@ class AuditContext:
 
 
 _context: ContextVar[AuditContext] = ContextVar(
-    "enclave_audit_context", default=AuditContext()  # noqa: B039 -- frozen dataclass, immutable
+    "enclave_audit_context",
+    default=AuditContext(),  # noqa: B039 -- frozen dataclass, immutable
 )
 
 

@@ -140,7 +140,6 @@ def audit_chain_create(*, tenant: Tenant) -> AuditChain:
     return chain
 
 
-
 def access_denied_record(*, actor: Any, where: str, method: str) -> AuditEvent:
     """A member was refused a function of their tenant (a 403): on the trail for intrusion review."""
     return audit_event_record(

@@ -26,7 +26,6 @@ PERMISSION = "tenants.manage_devices"
 PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The device's id.")
 
 
-
 class DeviceOutputSerializer(serializers.Serializer):
     id = serializers.UUIDField(source="public_id")
     kind = serializers.ChoiceField(choices=Device.Kind.choices)

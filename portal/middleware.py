@@ -59,7 +59,9 @@ class SessionTimeoutMiddleware:
                 user = request.user
                 logout(request)
                 auth_event_record(
-                    event=EventType.SESSION_EXPIRED, user=user, system_principal="enclave:session-timeout",
+                    event=EventType.SESSION_EXPIRED,
+                    user=user,
+                    system_principal="enclave:session-timeout",
                     extra={"reason": reason},
                 )
                 request.session_expired = reason  # type: ignore[attr-defined]

@@ -64,8 +64,9 @@ def break_glass_study_find(*, identifier: str) -> Study:
     if not identifier:
         raise ValidationError({"identifier": "Type the study's accession number or Study Instance UID."})
     matches = list(
-        Study.objects.filter(models.Q(study_instance_uid=identifier) | models.Q(accession_number__iexact=identifier))
-        .select_related("patient")[:2]
+        Study.objects.filter(
+            models.Q(study_instance_uid=identifier) | models.Q(accession_number__iexact=identifier)
+        ).select_related("patient")[:2]
     )
     if not matches:
         raise ValidationError({"identifier": "No study of this tenant has this accession number or UID."})

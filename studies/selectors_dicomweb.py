@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, TypedDict
 
 from django.db import models
 from django.db.models import Q
@@ -185,7 +185,11 @@ def match_q(attribute: Attribute, value: str, *, level: str) -> Q:
 # ------------------------------------------------------------------------------
 
 
-def _visible_study_ids(actor: Any) -> models.QuerySet[Study]:
+class _PkRow(TypedDict):
+    pk: int
+
+
+def _visible_study_ids(actor: Any) -> models.QuerySet[Study, _PkRow]:
     return study_list(actor=actor).order_by().values("pk")
 
 
@@ -215,16 +219,16 @@ def qido_search(
         )
     visible = _visible_study_ids(actor)
     if level == SERIES:
-        qs = Series.objects.filter(study__in=visible).select_related("study__patient")
+        series = Series.objects.filter(study__in=visible).select_related("study__patient")
         if study_uid is not None:
-            qs = qs.filter(study__study_instance_uid=study_uid)
-        return qs.filter(condition).order_by("study_id", "series_number", "pk")
-    qs = Instance.objects.filter(series__study__in=visible).select_related("series__study__patient")
+            series = series.filter(study__study_instance_uid=study_uid)
+        return series.filter(condition).order_by("study_id", "series_number", "pk")
+    instances = Instance.objects.filter(series__study__in=visible).select_related("series__study__patient")
     if study_uid is not None:
-        qs = qs.filter(series__study__study_instance_uid=study_uid)
+        instances = instances.filter(series__study__study_instance_uid=study_uid)
     if series_uid is not None:
-        qs = qs.filter(series__series_instance_uid=series_uid)
-    return qs.filter(condition).order_by(
+        instances = instances.filter(series__series_instance_uid=series_uid)
+    return instances.filter(condition).order_by(
         "series__study_id", "series__series_number", "series_id", "instance_number", "pk"
     )
 

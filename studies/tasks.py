@@ -80,9 +80,9 @@ def break_glass_expire_task() -> int:
     for `unscoped_objects` (this file): finding which tenants have such grants is the one cross-tenant read."""
     tenant_ids = sorted(
         set(
-            BreakGlassGrant.unscoped_objects.filter(
-                ended_at__isnull=True, expires_at__lte=timezone.now()
-            ).values_list("tenant_id", flat=True)
+            BreakGlassGrant.unscoped_objects.filter(ended_at__isnull=True, expires_at__lte=timezone.now()).values_list(
+                "tenant_id", flat=True
+            )
         )
     )
     for tenant_id in tenant_ids:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.conf import settings
@@ -62,10 +62,10 @@ class ShareMemberForm(forms.Form):
 
     def __init__(self, *args: Any, candidates: list[Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["grantee"].choices = [
+        cast(forms.ChoiceField, self.fields["grantee"]).choices = [
             (u.username, f"{u.get_full_name() or u.username} ({u.username})") for u in candidates
         ]
-        self.fields["days"].max_value = settings.SHARE_MAX_DAYS
+        cast(forms.IntegerField, self.fields["days"]).max_value = settings.SHARE_MAX_DAYS
         self.fields["days"].widget.attrs["max"] = settings.SHARE_MAX_DAYS
 
 
@@ -274,7 +274,9 @@ class BreakGlassReviewView(TenantPageView):
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
         return self._page(request)
 
-    def _page(self, request: HttpRequest, errors: dict[str, Any] | None = None, status: int = 200) -> HttpResponse:
+    def _page(
+        self, request: HttpRequest, errors: dict[int, ReviewForm] | None = None, status: int = 200
+    ) -> HttpResponse:
         now = timezone.now()
         pending = [
             {

@@ -15,7 +15,7 @@ for a missing study, another tenant's study included.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -41,6 +41,13 @@ WINDOW_PRESETS = [
     ("bone", "Bone", 300, 1500),
     ("brain", "Brain", 40, 80),
 ]
+
+
+class _SeriesRow(TypedDict):
+    series: Series
+    thumbnail: str
+    images: int
+    data: dict[str, Any]
 
 
 def _series_json(tenant_slug: str, study: Study, series: Series, thumbnail_url: str) -> dict[str, Any]:
@@ -76,7 +83,7 @@ class StudyView(TenantPageView):
     def get(self, request: HttpRequest, tenant: str, public_id: uuid.UUID) -> HttpResponse:
         study = study_get(actor=request.user, public_id=public_id)
         slug = self.tenant.slug
-        rows = []
+        rows: list[_SeriesRow] = []
         for series in series_list_for_study(actor=request.user, study=study):
             thumbnail = (
                 reverse("portal:series_thumbnail", kwargs={"tenant": slug, "public_id": series.public_id})

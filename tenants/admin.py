@@ -61,15 +61,22 @@ class UserAdmin(admin.ModelAdmin):
         """Where the person is a member, in which role, until when. Across tenants (allow-listed for
         `unscoped_objects`: operators look across tenants, and memberships hold no patient data)."""
         rows = Membership.unscoped_objects.filter(user=user).select_related("tenant").order_by("tenant__slug")
-        return format_html_join(
-            mark_safe("<br>"),
-            "{} · {} · {}{}",
-            (
-                (m.tenant.slug, m.get_role_display(), m.get_status_display(),
-                 f" · ends {m.ends_at:%Y-%m-%d}" if m.ends_at else "")
-                for m in rows
-            ),
-        ) or "—"
+        return (
+            format_html_join(
+                mark_safe("<br>"),
+                "{} · {} · {}{}",
+                (
+                    (
+                        m.tenant.slug,
+                        m.get_role_display(),
+                        m.get_status_display(),
+                        f" · ends {m.ends_at:%Y-%m-%d}" if m.ends_at else "",
+                    )
+                    for m in rows
+                ),
+            )
+            or "—"
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

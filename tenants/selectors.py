@@ -133,9 +133,7 @@ def api_token_authenticate(*, raw: str) -> ApiToken | None:
 
     Runs before any scope (the tenant comes from the token), so it reads unscoped.
     """
-    token = (
-        ApiToken.unscoped_objects.filter(digest=ApiToken.digest_of(raw)).select_related("user", "tenant").first()
-    )
+    token = ApiToken.unscoped_objects.filter(digest=ApiToken.digest_of(raw)).select_related("user", "tenant").first()
     if token is None or not token.is_usable() or not token.user.is_active:
         return None
     return token

@@ -88,8 +88,11 @@ def authenticator_enrol(*, user: Any, device: TOTPDevice, token: str) -> tuple[T
     device = pending
     if not device.verify_token(_normalized(token)):
         auth_event_record(
-            event=EventType.MFA_FAILED, user=user, outcome=Outcome.MINOR_FAILURE,
-            outcome_description="wrong code while enrolling an authenticator", extra={"step": "enrolment"},
+            event=EventType.MFA_FAILED,
+            user=user,
+            outcome=Outcome.MINOR_FAILURE,
+            outcome_description="wrong code while enrolling an authenticator",
+            extra={"step": "enrolment"},
         )
         return None
     device.confirmed = True
@@ -122,8 +125,11 @@ def mfa_check(*, user: Any, token: str) -> MfaCheck:
     if verified is None:
         reason = "too soon after a wrong code" if retry_after else "wrong or already used code"
         auth_event_record(
-            event=EventType.MFA_FAILED, user=user, outcome=Outcome.MINOR_FAILURE,
-            outcome_description=reason, extra={"factor": factor},
+            event=EventType.MFA_FAILED,
+            user=user,
+            outcome=Outcome.MINOR_FAILURE,
+            outcome_description=reason,
+            extra={"factor": factor},
         )
         return MfaCheck(device=None, factor=factor, retry_after=retry_after)
     left = selectors.backup_codes_remaining(user=user) if factor == FACTOR_BACKUP_CODE else None
@@ -149,8 +155,11 @@ def mfa_step_up_check(*, user: Any, token: str, purpose: str) -> bool:
     if verified is None:
         reason = "too soon after a wrong code" if retry_after else "wrong or already used code"
         auth_event_record(
-            event=EventType.MFA_FAILED, user=user, outcome=Outcome.MINOR_FAILURE,
-            outcome_description=reason, extra={"factor": FACTOR_TOTP, "step": purpose},
+            event=EventType.MFA_FAILED,
+            user=user,
+            outcome=Outcome.MINOR_FAILURE,
+            outcome_description=reason,
+            extra={"factor": FACTOR_TOTP, "step": purpose},
         )
         return False
     return True

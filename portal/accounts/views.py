@@ -255,9 +255,7 @@ class SetPasswordView(PasswordResetConfirmView):
 
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
-        messages.success(
-            self.request, "Your password is set. Sign in with your user name and the new password."
-        )
+        messages.success(self.request, "Your password is set. Sign in with your user name and the new password.")
         return response
 
     def render_to_response(self, context: dict[str, Any], **kwargs: Any) -> HttpResponse:

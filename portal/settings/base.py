@@ -284,8 +284,17 @@ AUDITLOG_EXCLUDE_TRACKING_MODELS = (
 )
 AUDITLOG_MASK_TRACKING_FIELDS = ("password", "key", "token", "digest")
 # Wrapped keys are binary and secret: their changes are facts of the blob's own row, never diffs in the log.
-AUDITLOG_EXCLUDE_TRACKING_FIELDS = ("last_login", "updated_at", "last_used_at", "throttling_failure_timestamp",
-                                    "throttling_failure_count", "last_t", "last_used", "wrapped", "wrapped_key")
+AUDITLOG_EXCLUDE_TRACKING_FIELDS = (
+    "last_login",
+    "updated_at",
+    "last_used_at",
+    "throttling_failure_timestamp",
+    "throttling_failure_count",
+    "last_t",
+    "last_used",
+    "wrapped",
+    "wrapped_key",
+)
 AUDITLOG_CID_GETTER = "audit.context.current_request_id"
 AUDITLOG_STORE_JSON_CHANGES = True
 

@@ -61,10 +61,12 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "blobs": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": _STORE_ROOT / "blobs"}},
     "replica": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": _STORE_ROOT / "replica"}
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": _STORE_ROOT / "replica"},
     },
     "quarantine": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": _STORE_ROOT / "quarantine"}
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": _STORE_ROOT / "quarantine"},
     },
 }
 

@@ -122,7 +122,7 @@ def is_uid(value: str) -> bool:
 
 
 # The Failure Reason code (PS3.18 Table I.2-2) for each class of refusal the pipeline records.
-FAILURE_CODES = {
+FAILURE_CODES: dict[str, int] = {
     IngestItem.Failure.TOO_LARGE: FAILURE_OUT_OF_RESOURCES,
     IngestItem.Failure.NOT_DICOM: FAILURE_CANNOT_UNDERSTAND,
     IngestItem.Failure.UNREADABLE: FAILURE_CANNOT_UNDERSTAND,

@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # built at import time by pynetdicom
 
 from audit.context import audit_context
 from audit.events import EventType, Outcome
@@ -43,6 +43,7 @@ from devices.selectors import dicom_peer_get, move_destination_get
 from studies.dicom.query import (
     ATTRIBUTES,
     DateRange,
+    Exact,
     Level,
     Query,
     QueryError,
@@ -224,6 +225,7 @@ def _queryset(query: Query) -> models.QuerySet[Any]:
         qs = Instance.objects.select_related("series__study__patient")
     for keyword, match in query.matches.items():
         if keyword == "ModalitiesInStudy":
+            assert isinstance(match, Exact)  # query_parse: a modalities key is always an Exact list
             studies = Series.objects.filter(modality__in=list(match.values)).values("study_id")
             qs = qs.filter(**{f"{prefixes[Level.STUDY]}pk__in": studies})
             continue

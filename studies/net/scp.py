@@ -40,7 +40,7 @@ from pynetdicom import (
 )
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # built at import time by pynetdicom
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,

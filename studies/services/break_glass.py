@@ -55,8 +55,9 @@ def _compliance_officers_email(*, tenant: Tenant, grant: BreakGlassGrant) -> Non
     recipients = sorted(
         {
             m.user.email
-            for m in Membership.objects.filter(role=Role.COMPLIANCE_OFFICER, status=Membership.Status.ACTIVE)
-            .select_related("user")
+            for m in Membership.objects.filter(
+                role=Role.COMPLIANCE_OFFICER, status=Membership.Status.ACTIVE
+            ).select_related("user")
             if m.is_current() and m.user.is_active and m.user.email
         }
     )
@@ -155,8 +156,8 @@ def break_glass_end(*, actor: Any, grant: BreakGlassGrant) -> BreakGlassGrant:
     Records BREAK_GLASS_ENDED (110113 / 110138) with the user, study and patient."""
     if actor is not None and grant.user_id != actor.pk:
         raise access.NotVisible()
-    grant = BreakGlassGrant.objects.select_for_update().select_related("study", "study__patient", "user").get(
-        pk=grant.pk
+    grant = (
+        BreakGlassGrant.objects.select_for_update().select_related("study", "study__patient", "user").get(pk=grant.pk)
     )
     if grant.ended_at is not None:
         return grant
@@ -192,8 +193,8 @@ def break_glass_review(*, actor: Any, grant: BreakGlassGrant, verdict: str, note
     inappropriate, a note required for inappropriate. Once only; nobody reviews their own grant.
     Records BREAK_GLASS_REVIEWED."""
     access.require(actor, "tenants.review_break_glass", grant)
-    grant = BreakGlassGrant.objects.select_for_update().select_related("study", "study__patient", "user").get(
-        pk=grant.pk
+    grant = (
+        BreakGlassGrant.objects.select_for_update().select_related("study", "study__patient", "user").get(pk=grant.pk)
     )
     if verdict not in (BreakGlassGrant.Review.APPROPRIATE, BreakGlassGrant.Review.INAPPROPRIATE):
         raise ValidationError({"verdict": "Choose appropriate or inappropriate."})

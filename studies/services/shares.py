@@ -28,9 +28,7 @@ def study_participants(study: Study) -> list[dict[str, Any]]:
     """The patient and the study as ParticipantObjects of an audit event (DICOM PS3.15 A.5)."""
     return [
         participant({"type": "patient", "id": study.patient.patient_id, "name": study.patient.name}),
-        participant(
-            {"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}
-        ),
+        participant({"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}),
     ]
 
 

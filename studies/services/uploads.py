@@ -260,7 +260,12 @@ def upload_receive(
         reason = f"The file is larger than the limit of {settings.INGEST_MAX_BYTES} bytes."
         return [
             upload_reject(
-                actor=actor, batch=batch, filename=filename, reason=reason, size=size, sha256=_sha256(handle),
+                actor=actor,
+                batch=batch,
+                filename=filename,
+                reason=reason,
+                size=size,
+                sha256=_sha256(handle),
                 failure=IngestItem.Failure.TOO_LARGE,
             )
         ]

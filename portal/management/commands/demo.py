@@ -49,7 +49,10 @@ class Command(BaseCommand):
                 modality_ae, modality_name = MODALITIES[slug]
                 with tenant_scope(tenant):
                     device_register_approved_by_operator(
-                        kind=Device.Kind.MODALITY, name=modality_name, ae_title=modality_ae, host="127.0.0.1",
+                        kind=Device.Kind.MODALITY,
+                        name=modality_name,
+                        ae_title=modality_ae,
+                        host="127.0.0.1",
                         reason="demo",
                     )
                 for short, role in ROLE_NAMES.items():
