@@ -28,6 +28,18 @@ CHANGE_ACTIONS = {0: "create", 1: "update", 2: "delete", 3: "access"}
 PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The event's id.")
 
 
+class TimeRangeFilter(serializers.Serializer):
+    """`since` (inclusive) and `until` (exclusive), shared by the audit lists."""
+
+    since = serializers.DateTimeField(required=False, help_text="From this time (inclusive).")
+    until = serializers.DateTimeField(required=False, help_text="Before this time (exclusive).")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("since") and data.get("until") and data["since"] >= data["until"]:
+            raise serializers.ValidationError({"until": "Must be after since."})
+        return data
+
+
 def _log_used(request: Request, api: TenantApi, extra: dict[str, Any]) -> None:
     audit_event_record(
         event=EventType.AUDIT_LOG_USED,
@@ -92,20 +104,13 @@ class AuditEventOutputSerializer(serializers.Serializer):
 class AuditEventListApi(TenantApi):
     """GET /api/v1/t/<tenant>/audit-events/ : the tenant's audit events, newest first."""
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(TimeRangeFilter):
         user = serializers.CharField(required=False, max_length=150, help_text="User name (any case).")
         event_type = serializers.ChoiceField(
             required=False,
             choices=[e.name for e in EventType] + [str(e.value) for e in EventType],
             help_text="Our verb, by name (LOGIN_FAILED) or number (102).",
         )
-        since = serializers.DateTimeField(required=False, help_text="From this time (inclusive).")
-        until = serializers.DateTimeField(required=False, help_text="Before this time (exclusive).")
-
-        def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-            if data.get("since") and data.get("until") and data["since"] >= data["until"]:
-                raise serializers.ValidationError({"until": "Must be after since."})
-            return data
 
     OutputSerializer = AuditEventOutputSerializer
 
@@ -183,15 +188,8 @@ class AuditChangeOutputSerializer(serializers.Serializer):
 class AuditChangeListApi(TenantApi):
     """GET /api/v1/t/<tenant>/audit-changes/ : field changes of the tenant's records, newest first."""
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(TimeRangeFilter):
         user = serializers.CharField(required=False, max_length=150, help_text="User name (any case).")
-        since = serializers.DateTimeField(required=False, help_text="From this time (inclusive).")
-        until = serializers.DateTimeField(required=False, help_text="Before this time (exclusive).")
-
-        def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-            if data.get("since") and data.get("until") and data["since"] >= data["until"]:
-                raise serializers.ValidationError({"until": "Must be after since."})
-            return data
 
     OutputSerializer = AuditChangeOutputSerializer
 

@@ -86,6 +86,27 @@ def _invite(*, user: User, tenant: Tenant) -> None:
     )
 
 
+def _account_for_invitation(*, username: str, email: str, first_name: str, last_name: str) -> User:
+    """A new account with no usable password: its owner chooses one from the invitation email."""
+    user = User(username=username, email=email, first_name=first_name, last_name=last_name)
+    user.set_unusable_password()
+    user.full_clean()
+    user.save()
+    return user
+
+
+def _membership_open(*, tenant: Tenant, user: User, role: str, ends_at: datetime | None) -> Membership:
+    """Give `user` `role` in the current tenant: a new membership, or their former one reinstated (one row per
+    person and tenant), with the role group to match. Callers check who may do it and record the event."""
+    membership = Membership.objects.filter(user=user).first() or Membership(tenant=tenant, user=user)
+    membership.role, membership.ends_at = role, ends_at
+    membership.status, membership.ended_at, membership.ended_reason = Membership.Status.ACTIVE, None, ""
+    membership.full_clean()
+    membership.save()
+    access.membership_groups_sync(membership=membership)
+    return membership
+
+
 @transaction.atomic
 def membership_add(
     *,
@@ -111,24 +132,13 @@ def membership_add(
     if user is None:
         if not email:
             raise ValidationError({"email": "A new user needs an email address for the invitation."})
-        user = User(username=username, email=email, first_name=first_name, last_name=last_name)
-        user.set_unusable_password()
-        user.full_clean()
-        user.save()
+        user = _account_for_invitation(username=username, email=email, first_name=first_name, last_name=last_name)
     elif not user.is_active:
         raise ValidationError({"username": "This account is deactivated."})
-
-    membership = Membership.objects.filter(user=user).first()
-    if membership is not None and membership.is_current():
+    existing = Membership.objects.filter(user=user).first()
+    if existing is not None and existing.is_current():
         raise ValidationError({"username": "This person is already a member."})
-    if membership is None:
-        membership = Membership(tenant=tenant, user=user, role=role, ends_at=ends_at)
-    else:
-        membership.role, membership.ends_at = role, ends_at
-        membership.status, membership.ended_at, membership.ended_reason = Membership.Status.ACTIVE, None, ""
-    membership.full_clean()
-    membership.save()
-    access.membership_groups_sync(membership=membership)
+    membership = _membership_open(tenant=tenant, user=user, role=role, ends_at=ends_at)
     audit_event_record(
         event=EventType.MEMBER_ADDED,
         actor=actor,
@@ -182,24 +192,16 @@ def membership_add_for_share(
     user = User.objects.filter(username__iexact=email).first() or User.objects.filter(email__iexact=email).first()
     new_user = user is None
     if user is None:
-        user = User(username=email, email=email, first_name=first_name.strip(), last_name=last_name.strip())
-        user.set_unusable_password()
-        user.full_clean()
-        user.save()
+        user = _account_for_invitation(
+            username=email, email=email, first_name=first_name.strip(), last_name=last_name.strip()
+        )
     elif not user.is_active:
         # Deactivated by an operator or when their last membership ended: only an administrator may bring them back.
         raise ValidationError({"email": "This account is deactivated: ask a tenant administrator to add them."})
-    membership = Membership.objects.filter(user=user).first()
-    if membership is not None and membership.is_current():
+    existing = Membership.objects.filter(user=user).first()
+    if existing is not None and existing.is_current():
         raise ValidationError({"email": "This person is already a member: share the study with them directly."})
-    if membership is None:
-        membership = Membership(tenant=tenant, user=user, role=Role.REFERRING_PHYSICIAN, ends_at=ends_at)
-    else:
-        membership.role, membership.ends_at = Role.REFERRING_PHYSICIAN, ends_at
-        membership.status, membership.ended_at, membership.ended_reason = Membership.Status.ACTIVE, None, ""
-    membership.full_clean()
-    membership.save()
-    access.membership_groups_sync(membership=membership)
+    membership = _membership_open(tenant=tenant, user=user, role=Role.REFERRING_PHYSICIAN, ends_at=ends_at)
     audit_event_record(
         event=EventType.MEMBER_ADDED,
         actor=actor,
@@ -451,16 +453,10 @@ def membership_grant_by_operator(
     demo). Idempotent for the same role. Records MEMBER_ADDED with the operator or the system as actor."""
     _validate_role_and_end(role, ends_at)
     with tenant_scope(tenant):
-        membership = Membership.objects.filter(user=user).first()
-        if membership is not None and membership.is_current() and membership.role == role:
-            return membership
-        if membership is None:
-            membership = Membership(tenant=tenant, user=user)
-        membership.role, membership.ends_at = role, ends_at
-        membership.status, membership.ended_at, membership.ended_reason = Membership.Status.ACTIVE, None, ""
-        membership.full_clean()
-        membership.save()
-        access.membership_groups_sync(membership=membership)
+        existing = Membership.objects.filter(user=user).first()
+        if existing is not None and existing.is_current() and existing.role == role:
+            return existing
+        membership = _membership_open(tenant=tenant, user=user, role=role, ends_at=ends_at)
         audit_event_record(
             event=EventType.MEMBER_ADDED,
             actor=operator,
