@@ -715,6 +715,36 @@ def arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def bench_environment(*, db_url: str, redis_url: str, var_dir: Path, log_level: str = "INFO") -> dict[str, str]:
+    """The environment of a benchmark and the processes it starts: production-like local settings (DEBUG off,
+    persistent connections, fresh secrets) on the benchmark's own database and Redis database, the built-in
+    scanner unless a run sets CLAMD_ADDRESS, and none of the test suite's switches."""
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "DJANGO_SETTINGS_MODULE": "portal.settings.local",
+        "DJANGO_DEBUG": "false",
+        "ENCLAVE_VAR_DIR": str(var_dir),
+        "DATABASE_URL": db_url,
+        "CONN_MAX_AGE": "60",
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "THROTTLE_USER": "100000/min",
+        "CLAMD_ADDRESS": "",
+        "LOG_LEVEL": log_level,
+    }
+    for key in (
+        "CELERY_TASK_ALWAYS_EAGER",
+        "CELERY_TASK_DEFAULT_QUEUE",
+        "CELERY_SINGLE_QUEUE",
+        "ENCLAVE_TEST_STORE_ROOT",
+    ):
+        env.pop(key, None)
+    return env
+
+
 def main() -> int:
     args = arguments()
     doors = [d.strip() for d in args.doors.split(",") if d.strip()]
@@ -736,29 +766,7 @@ def main() -> int:
         raise SystemExit(f"not enough free disk under {tmp.parent}: {needed / 1e9:.1f} GB needed")
     log(f"load average before: {os.getloadavg()}; working in {tmp}")
 
-    base_env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "DJANGO_SETTINGS_MODULE": "portal.settings.local",
-        "DJANGO_DEBUG": "false",
-        "ENCLAVE_VAR_DIR": str(tmp / "var"),
-        "DATABASE_URL": f"{PG_SERVER}/{DB_NAME}",
-        "CONN_MAX_AGE": "60",
-        "REDIS_URL": REDIS_URL,
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "THROTTLE_USER": "100000/min",
-        "CLAMD_ADDRESS": "",
-        "LOG_LEVEL": "INFO",
-    }
-    for key in (
-        "CELERY_TASK_ALWAYS_EAGER",
-        "CELERY_TASK_DEFAULT_QUEUE",
-        "CELERY_SINGLE_QUEUE",
-        "ENCLAVE_TEST_STORE_ROOT",
-    ):
-        base_env.pop(key, None)
+    base_env = bench_environment(db_url=f"{PG_SERVER}/{DB_NAME}", redis_url=REDIS_URL, var_dir=tmp / "var")
     base_env = stores_env(base_env, tmp / "stores-setup", "")
     os.environ.clear()
     os.environ.update(base_env)

@@ -34,12 +34,10 @@ off, CONN_MAX_AGE=60).
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
 import random
-import secrets
 import shutil
 import statistics
 import sys
@@ -66,6 +64,7 @@ from bench.ingest import (  # noqa: E402  (after the sys.path line, for `python 
     Processes,
     Started,
     _signals_raise,
+    bench_environment,
     free_port,
     log,
     machine,
@@ -155,24 +154,9 @@ def redis_flush() -> None:
 def bench_env(tmp: Path) -> dict[str, str]:
     """The environment of this process and of gunicorn: bench/ingest.py's settings, on this benchmark's database
     and Redis database, with blob stores under `tmp`."""
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "DJANGO_SETTINGS_MODULE": "portal.settings.local",
-        "DJANGO_DEBUG": "false",
-        "ENCLAVE_VAR_DIR": str(tmp / "var"),
-        "DATABASE_URL": f"{PG_SERVER}/{DB_NAME}",
-        "CONN_MAX_AGE": "60",
-        "REDIS_URL": REDIS_URL,
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "THROTTLE_USER": "100000/min",
-        "LOG_LEVEL": "WARNING",
-    }
-    for key in ("CELERY_TASK_ALWAYS_EAGER", "CELERY_TASK_DEFAULT_QUEUE", "CELERY_SINGLE_QUEUE"):
-        env.pop(key, None)
-    env.pop("ENCLAVE_TEST_STORE_ROOT", None)
+    env = bench_environment(
+        db_url=f"{PG_SERVER}/{DB_NAME}", redis_url=REDIS_URL, var_dir=tmp / "var", log_level="WARNING"
+    )
     return stores_env(env, tmp / "stores", "")
 
 
