@@ -124,7 +124,7 @@ def test_bad_search_input_is_a_400_and_nothing_is_listed(client_for, tenant_a, t
 
 
 def test_pages_are_posts_that_keep_the_filters(client_for, tenant_a, technologist_a, two_studies, monkeypatch):
-    monkeypatch.setattr("studies.views.STUDIES_PAGE_SIZE", 1)
+    monkeypatch.setattr("studies.views.studies.STUDIES_PAGE_SIZE", 1)
     client = client_for(technologist_a)
 
     first = client.post(URL, {"date_from": "2020-01-01"})

@@ -27,7 +27,7 @@ from portal.views import TenantPageView
 from studies.models import Series, Study
 from studies.selectors import series_list_for_study, study_get
 from studies.services.reads import instances_accessed_record, study_participants
-from studies.views import person_name
+from studies.views.common import person_name
 from tenants.models import Role
 
 HISTORY_SIZE = 50

@@ -25,7 +25,7 @@ from studies.forms import StudySearchForm
 from studies.models import Export, Study
 from studies.selectors import study_get, study_list
 from studies.services.exports import MAX_STUDIES
-from studies.views import person_name
+from studies.views.common import form_errors_into, person_name
 from tenants import access
 
 
@@ -58,15 +58,6 @@ class ExportSearchForm(StudySearchForm, ExportForm):
     """The study list's filters plus the export's choices: exports every study the search finds."""
 
 
-def _errors_into(form: forms.Form, exc: ValidationError) -> None:
-    if not hasattr(exc, "error_dict"):
-        form.add_error(None, exc.messages)
-        return
-    for field, errors in exc.message_dict.items():
-        for error in errors:
-            form.add_error(field if field in form.fields else None, error)
-
-
 class _ExportRequestMixin(TenantPageView):
     def _request(
         self, request: HttpRequest, form: ExportForm, studies: list[Study], template: str, ctx: dict[str, Any]
@@ -74,7 +65,7 @@ class _ExportRequestMixin(TenantPageView):
         try:
             export = services.export_request(actor=request.user, studies=studies, **form.service_arguments())
         except ValidationError as exc:
-            _errors_into(form, exc)
+            form_errors_into(form, exc)
             return self.render(request, template, {**ctx, "form": form}, status=400)
         return redirect("portal:export_progress", tenant=self.tenant.slug, public_id=export.public_id)
 
