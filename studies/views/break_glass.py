@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from portal.views import TenantPageView
 from studies import services
-from studies.models import BreakGlassGrant
+from studies.models import BreakGlassGrant, Study
 from studies.selectors import study_get
 from studies.selectors_access import (
     CLINICIAN_ROLES,
@@ -30,6 +30,7 @@ from studies.selectors_access import (
     break_glass_review_get,
     break_glass_review_list,
 )
+from studies.services.page_reads import study_pages_read_record
 from studies.views.common import form_errors_into, person_name
 from tenants import access
 
@@ -64,12 +65,14 @@ class BreakGlassView(TenantPageView):
     def _page(self, request: HttpRequest, form: BreakGlassForm, status: int = 200) -> HttpResponse:
         now = timezone.now()
         rows = []
+        shown: list[Study] = []
         for grant in break_glass_grant_list_for_user(actor=request.user)[:20]:
             active = grant.ended_at is None and grant.expires_at > now
             study = None
             if active:
                 try:  # shown only through the permission decision, so an expired grant shows nothing
                     study = study_get(actor=request.user, public_id=grant.study.public_id)
+                    shown.append(study)
                 except access.NotVisible:
                     active = False
             rows.append(
@@ -80,6 +83,13 @@ class BreakGlassView(TenantPageView):
                     "patient_name": person_name(study.patient.name) if study is not None else "",
                 }
             )
+        study_pages_read_record(
+            actor=request.user,
+            studies=shown,
+            kind="break-glass page",
+            resource=request.path,
+            source_address=request.META.get("REMOTE_ADDR"),
+        )
         context = {"form": form, "rows": rows, "hours": settings.BREAK_GLASS_HOURS}
         return self.render(request, "studies/break_glass.html", context, status=status)
 
@@ -145,15 +155,23 @@ class BreakGlassReviewView(TenantPageView):
         self, request: HttpRequest, errors: dict[int, ReviewForm] | None = None, status: int = 200
     ) -> HttpResponse:
         now = timezone.now()
+        grants = list(break_glass_review_list(actor=request.user))
         pending = [
             {
                 "grant": g,
                 "active": g.ended_at is None and g.expires_at > now,
                 "form": (errors or {}).get(g.pk) or ReviewForm(auto_id=f"id_{g.public_id}_%s"),
             }
-            for g in break_glass_review_list(actor=request.user)
+            for g in grants
         ]
         done = list(break_glass_review_list(actor=request.user, pending=False)[:20])
+        study_pages_read_record(
+            actor=request.user,
+            studies=[grant.study for grant in grants],  # the reviewed list below names no patient
+            kind="review queue",
+            resource=request.path,
+            source_address=request.META.get("REMOTE_ADDR"),
+        )
         context = {"pending": pending, "done": done}
         return self.render(request, "studies/review.html", context, status=status)
 

@@ -3,9 +3,12 @@
 - `studies/<public_id>/export/`: ask for an export of one study (a member who sees the study);
 - `exports/search/`: ask for an export of a study search result (POST with the study list's filters);
 - `exports/<public_id>/`: the export's progress bar (static/js/export.js polls `status.json`);
-- `exports/<public_id>/download/`: the zip, once, for its owner; after that 410 Gone.
+- `exports/<public_id>/download/`: the zip, once, for its owner while they may still see every study in it;
+  after that 410 Gone.
 
-An export belongs to the person who asked for it: anyone else gets the same 404 as for a missing export.
+An export belongs to the person who asked for it: anyone else gets the same 404 as for a missing export. Asking
+for one is for members whose role sees images (403 and ACCESS_DENIED otherwise); the export page names the
+patient, so each showing of it is recorded first.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from studies.forms import StudySearchForm
 from studies.models import Export, Study
 from studies.selectors import study_get, study_list
 from studies.services.exports import MAX_STUDIES
-from studies.views.common import form_errors_into, person_name
+from studies.services.page_reads import study_pages_read_record
+from studies.views.common import form_errors_into, person_name, require_image_access
 from tenants import access
 
 
@@ -59,20 +63,26 @@ class ExportSearchForm(StudySearchForm, ExportForm):
 
 
 class _ExportRequestMixin(TenantPageView):
+    template: str
+
+    def _show(self, request: HttpRequest, ctx: dict[str, Any], form: forms.Form, status: int = 200) -> HttpResponse:
+        return self.render(request, self.template, {**ctx, "form": form}, status=status)
+
     def _request(
-        self, request: HttpRequest, form: ExportForm, studies: list[Study], template: str, ctx: dict[str, Any]
+        self, request: HttpRequest, form: ExportForm, studies: list[Study], ctx: dict[str, Any]
     ) -> HttpResponse:
         try:
             export = services.export_request(actor=request.user, studies=studies, **form.service_arguments())
         except ValidationError as exc:
             form_errors_into(form, exc)
-            return self.render(request, template, {**ctx, "form": form}, status=400)
+            return self._show(request, ctx, form, status=400)
         return redirect("portal:export_progress", tenant=self.tenant.slug, public_id=export.public_id)
 
 
 class StudyExportView(_ExportRequestMixin):
     """/t/<tenant>/studies/<public_id>/export/ : a member who sees the study; identified exports also need
-    `tenants.export_identified` (403 and an ACCESS_DENIED event without it)."""
+    `tenants.export_identified` (403 and an ACCESS_DENIED event without it). The page names the patient, so
+    each showing of it is recorded first (`study_pages_read_record`)."""
 
     template = "studies/export_request.html"
 
@@ -83,17 +93,29 @@ class StudyExportView(_ExportRequestMixin):
             "can_identify": "tenants.export_identified" in self.perms,
         }
 
+    def _show(self, request: HttpRequest, ctx: dict[str, Any], form: forms.Form, status: int = 200) -> HttpResponse:
+        study_pages_read_record(
+            actor=request.user,
+            studies=[ctx["study"]],
+            kind="export page",
+            resource=request.path,
+            source_address=request.META.get("REMOTE_ADDR"),
+        )
+        return super()._show(request, ctx, form, status)
+
     def get(self, request: HttpRequest, tenant: str, public_id: str) -> HttpResponse:
+        require_image_access(self)
         study = study_get(actor=request.user, public_id=public_id)
-        return self.render(request, self.template, {**self._context(study), "form": ExportForm()})
+        return self._show(request, self._context(study), ExportForm())
 
     def post(self, request: HttpRequest, tenant: str, public_id: str) -> HttpResponse:
+        require_image_access(self)
         study = study_get(actor=request.user, public_id=public_id)
         form = ExportForm(request.POST)
         ctx = self._context(study)
         if not form.is_valid():
-            return self.render(request, self.template, {**ctx, "form": form}, status=400)
-        return self._request(request, form, [study], self.template, ctx)
+            return self._show(request, ctx, form, status=400)
+        return self._request(request, form, [study], ctx)
 
 
 class SearchExportView(_ExportRequestMixin):
@@ -102,16 +124,18 @@ class SearchExportView(_ExportRequestMixin):
     template = "studies/export_search.html"
 
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        require_image_access(self)
         ctx = {"max_studies": MAX_STUDIES, "can_identify": "tenants.export_identified" in self.perms}
-        return self.render(request, self.template, {**ctx, "form": ExportSearchForm()})
+        return self._show(request, ctx, ExportSearchForm())
 
     def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        require_image_access(self)
         form = ExportSearchForm(request.POST)
         ctx = {"max_studies": MAX_STUDIES, "can_identify": "tenants.export_identified" in self.perms}
         if not form.is_valid():
-            return self.render(request, self.template, {**ctx, "form": form}, status=400)
+            return self._show(request, ctx, form, status=400)
         studies = list(study_list(actor=request.user, **form.selector_filters())[: MAX_STUDIES + 1])
-        return self._request(request, form, studies, self.template, ctx)
+        return self._request(request, form, studies, ctx)
 
 
 def _own_export(request: HttpRequest, public_id: str) -> Export:
@@ -156,7 +180,8 @@ class ExportStatusView(TenantPageView):
 
 
 class ExportDownloadView(TenantPageView):
-    """/t/<tenant>/exports/<public_id>/download/ : the zip, once (then 410 Gone); not the owner: 404."""
+    """/t/<tenant>/exports/<public_id>/download/ : the zip, once (then 410 Gone); not the owner, or no longer
+    allowed to have it (`services.export_download_once` asks tenants.access again): 404."""
 
     def get(self, request: HttpRequest, tenant: str, public_id: str) -> HttpResponse:
         export = _own_export(request, public_id)

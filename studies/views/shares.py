@@ -23,7 +23,9 @@ from studies import services
 from studies.models import Study
 from studies.selectors import study_get
 from studies.selectors_access import share_get, share_grantee_candidates, share_list
-from studies.views.common import form_errors_into, person_name
+from studies.services.page_reads import study_pages_read_record
+from studies.views.common import form_errors_into, person_name, require_image_access
+from tenants import access
 
 
 class ShareMemberForm(forms.Form):
@@ -31,11 +33,15 @@ class ShareMemberForm(forms.Form):
     days = forms.IntegerField(label="Days", min_value=1, initial=settings.SHARE_DEFAULT_DAYS)
     note = forms.CharField(label="Note (optional)", max_length=300, required=False)
 
-    def __init__(self, *args: Any, candidates: list[Any], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, candidates: list[Any], offered: list[Any] | None = None, **kwargs: Any) -> None:
+        """`candidates` are accepted (every current member: the service refuses a role that sees no images with
+        its reason); `offered` are listed (those whose role sees images)."""
         super().__init__(*args, **kwargs)
-        cast(forms.ChoiceField, self.fields["grantee"]).choices = [
-            (u.username, f"{u.get_full_name() or u.username} ({u.username})") for u in candidates
-        ]
+        field = cast(forms.ChoiceField, self.fields["grantee"])
+        field.choices = [(u.username, f"{u.get_full_name() or u.username} ({u.username})") for u in candidates]
+        if offered is not None:
+            names = {u.username for u in offered}
+            field.widget.choices = [choice for choice in field.choices if choice[0] in names]
         cast(forms.IntegerField, self.fields["days"]).max_value = settings.SHARE_MAX_DAYS
         self.fields["days"].widget.attrs["max"] = settings.SHARE_MAX_DAYS
 
@@ -50,12 +56,18 @@ class ShareOutsideForm(forms.Form):
 
 class StudyAccessView(TenantPageView):
     """/t/<tenant>/studies/<public_id>/access/ : the study's shares and the forms to share it (POST with
-    `action` = member or outside). A study the member cannot see is a 404; without `tenants.share_studies`, 403."""
+    `action` = member or outside). A study the member cannot see is a 404; without `tenants.share_studies`, 403.
+    The page names the patient: each showing of it is recorded first (`study_pages_read_record`)."""
 
     def _study(self, request: HttpRequest, public_id: uuid.UUID) -> Study:
+        require_image_access(self)
         study = study_get(actor=request.user, public_id=public_id)
         share_list(actor=request.user, study=study)  # the permission check, before anything is shown
         return study
+
+    def _offered(self, candidates: list[Any]) -> list[Any]:
+        """The members a study may be shared with: those whose role sees images (tenants.access decides)."""
+        return [user for user in candidates if access.may_see_images(user, self.tenant)]
 
     def _page(self, request: HttpRequest, study: Study, *, member_form: Any = None, outside_form: Any = None,
               status: int = 200) -> HttpResponse:  # fmt: skip
@@ -65,11 +77,18 @@ class StudyAccessView(TenantPageView):
             {"share": s, "in_force": s.revoked_at is None and s.expires_at > now}
             for s in share_list(actor=request.user, study=study)
         ]
+        study_pages_read_record(
+            actor=request.user,
+            studies=[study],
+            kind="share page",
+            resource=request.path,
+            source_address=request.META.get("REMOTE_ADDR"),
+        )
         context = {
             "study": study,
             "patient_name": person_name(study.patient.name),
             "shares": shares,
-            "member_form": member_form or ShareMemberForm(candidates=candidates),
+            "member_form": member_form or ShareMemberForm(candidates=candidates, offered=self._offered(candidates)),
             "outside_form": outside_form or ShareOutsideForm(),
             "max_days": settings.SHARE_MAX_DAYS,
         }
@@ -86,7 +105,7 @@ class StudyAccessView(TenantPageView):
 
     def _share_member(self, request: HttpRequest, study: Study) -> HttpResponse:
         candidates = list(share_grantee_candidates(actor=request.user))
-        form = ShareMemberForm(request.POST, candidates=candidates)
+        form = ShareMemberForm(request.POST, candidates=candidates, offered=self._offered(candidates))
         if form.is_valid():
             grantee = next(u for u in candidates if u.username == form.cleaned_data["grantee"])
             try:
@@ -127,6 +146,7 @@ class ShareRevokeView(TenantPageView):
     http_method_names = ["post"]
 
     def post(self, request: HttpRequest, tenant: str, public_id: uuid.UUID, share_id: uuid.UUID) -> HttpResponse:
+        require_image_access(self)
         study = study_get(actor=request.user, public_id=public_id)
         share = share_get(actor=request.user, study=study, public_id=share_id)
         services.share_revoke(actor=request.user, share=share)

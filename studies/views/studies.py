@@ -12,12 +12,12 @@ from typing import Any
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 
-from audit.events import EventType
-from audit.services import audit_event_record
 from portal.views import TenantPageView
 from studies.forms import StudySearchForm
 from studies.models import Study
 from studies.selectors import series_get, study_list
+from studies.services.page_reads import study_list_shown_record
+from studies.services.reads import instances_accessed_record
 from studies.storage.blobs import blob_read
 from studies.views.common import person_name, require_image_access
 
@@ -61,17 +61,14 @@ class StudiesView(TenantPageView):
         paginator = Paginator(study_list(actor=request.user, **filters), STUDIES_PAGE_SIZE)
         page_obj = paginator.get_page(data.get("page") or 1)
         studies = list(page_obj.object_list)
-        audit_event_record(
-            event=EventType.STUDIES_QUERIED,
+        study_list_shown_record(
             actor=request.user,
             tenant=self.tenant,
-            target={"type": "query", "id": request.path, "name": f"Study list of {self.tenant.slug}"},
-            extra={
-                "filters": recorded,
-                "results": paginator.count,
-                "page": page_obj.number,
-                "shown": [str(study.public_id) for study in studies],
-            },
+            resource=request.path,
+            filters=recorded,
+            results=paginator.count,
+            page=page_obj.number,
+            studies=studies,
         )
         context = {
             "form": form,
@@ -85,11 +82,21 @@ class StudiesView(TenantPageView):
 
 class SeriesThumbnailView(TenantPageView):
     """/t/<tenant>/series/<series>/thumbnail.png : the series' thumbnail, decrypted, for members who see its
-    study; 404 otherwise (another tenant's series is the same as a missing one). Never cached (middleware)."""
+    study; 404 otherwise (another tenant's series is the same as a missing one). Never cached (middleware).
+    Each read is an INSTANCES_ACCESSED event (folded with the study's other image reads), written first."""
 
     def get(self, request: HttpRequest, tenant: str, public_id: uuid.UUID) -> HttpResponse:
         require_image_access(self)
         series = series_get(actor=request.user, public_id=public_id)
         if series.thumbnail is None:
             raise Http404()
-        return HttpResponse(blob_read(blob=series.thumbnail), content_type="image/png")
+        data = blob_read(blob=series.thumbnail)
+        instances_accessed_record(
+            actor=request.user,
+            study=series.study,
+            kind="thumbnail",
+            count=1,
+            resource=request.path,
+            source_address=request.META.get("REMOTE_ADDR"),
+        )
+        return HttpResponse(data, content_type="image/png")

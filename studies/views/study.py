@@ -9,7 +9,8 @@
   first, for whoever sees the study; reading it is an AUDIT_LOG_USED event.
 
 Both are only for members who see the study (`studies.selectors.study_get`): anyone else gets the same 404 as
-for a missing study, another tenant's study included.
+for a missing study, another tenant's study included. Members whose role sees no images get a 403 (recorded as
+ACCESS_DENIED) before any study is looked up, for a real study and a made-up one alike.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any, TypedDict
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
-from audit.events import EventType, Outcome
+from audit.events import Outcome
 from audit.selectors import audit_events_for_study
-from audit.services import audit_event_record
 from portal.views import TenantPageView
 from studies.models import Series, Study
 from studies.selectors import series_list_for_study, study_get
-from studies.services.reads import instances_accessed_record, study_participants
-from studies.views.common import person_name
+from studies.services.page_reads import study_history_read_record
+from studies.services.reads import instances_accessed_record
+from studies.views.common import person_name, require_image_access
 from tenants.models import Role
 
 HISTORY_SIZE = 50
@@ -81,6 +82,7 @@ class StudyView(TenantPageView):
     """/t/<tenant>/studies/<public_id>/ : the study page and its frame viewer."""
 
     def get(self, request: HttpRequest, tenant: str, public_id: uuid.UUID) -> HttpResponse:
+        require_image_access(self)
         study = study_get(actor=request.user, public_id=public_id)
         slug = self.tenant.slug
         rows: list[_SeriesRow] = []
@@ -131,15 +133,11 @@ class StudyHistoryView(TenantPageView):
     exported it, newest first (the last HISTORY_SIZE events). Each view of it is an AUDIT_LOG_USED event."""
 
     def get(self, request: HttpRequest, tenant: str, public_id: uuid.UUID) -> HttpResponse:
+        require_image_access(self)
         study = study_get(actor=request.user, public_id=public_id)
         events = list(audit_events_for_study(actor=request.user, study=study)[:HISTORY_SIZE])
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
-            actor=request.user,
-            tenant=self.tenant,
-            target={"type": "audit_log", "id": request.path, "name": f"Access history of study {study.public_id}"},
-            participants=study_participants(study),
-            extra={"study": study.study_instance_uid, "results": len(events)},
+        study_history_read_record(
+            actor=request.user, tenant=self.tenant, study=study, resource=request.path, results=len(events)
         )
         context = {
             "study": study,

@@ -163,16 +163,24 @@ def test_a_referring_physician_reaches_the_study_list_with_only_their_studies(
 
 
 @pytest.mark.parametrize("persona", ["admin_a", "compliance_a", "auditor_a"])
-def test_roles_without_pixels_get_the_404_of_a_missing_study(client_for, tenant_a, chest, persona, request):
-    client = client_for(request.getfixturevalue(persona))
+def test_roles_without_pixels_are_refused_before_any_study_is_looked_up(client_for, tenant_a, chest, persona, request):
+    user = request.getfixturevalue(persona)
+    client = client_for(user)
 
     response = client.get(url(chest))
     missing = client.get(f"/t/north/studies/{uuid.uuid4()}/")
 
-    assert response.status_code == missing.status_code == 404
-    assert response.content == missing.content
-    assert client.get(history_url(chest)).status_code == 404
+    assert response.status_code == missing.status_code == 403
+    assert response.content == missing.content  # says nothing about whether the study exists
+    assert client.get(history_url(chest)).status_code == 403
     assert "DOE" not in response.content.decode()
+    denied = events(tenant_a, EventType.ACCESS_DENIED)
+    assert [(e.actor_user, e.extra["where"]) for e in denied] == [
+        (user, "StudyView"),
+        (user, "StudyView"),
+        (user, "StudyHistoryView"),
+    ]
+    assert events(tenant_a, EventType.INSTANCES_ACCESSED) == []
 
 
 def test_another_tenants_study_is_the_same_404_as_a_made_up_one(
