@@ -22,7 +22,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from audit.events import EventType
+from audit.events import EventType, Outcome
 from audit.services import audit_event_record
 from studies.dicom.deidentify import SUPPORTED_OPTIONS, Deidentifier, NotDeidentifiable
 from studies.models import Blob, Export, Instance, Study
@@ -84,7 +84,8 @@ def export_request(
 ) -> Export:
     """Ask for an export of `studies` (inside the tenant scope) and queue its job.
 
-    Every study must be visible to `actor` (`studies.view_study`, else NotVisible, a 404). An identified export
+    `actor` must hold a role that sees images and see every study (`studies.view_study`; else NotVisible, a 404:
+    `export_permitted` asks the same again at download time). An identified export
     also needs `tenants.export_identified` (else Forbidden, a 403), a purpose and a recipient, and is recorded as
     DISCLOSURE_EXPORTED; a de-identified one as STUDY_EXPORTED with Anonymized=true. Options are CID 7050 codes
     (113107, 113109) and apply to de-identified exports only.
@@ -94,6 +95,8 @@ def export_request(
         raise ValidationError({"studies": "Choose at least one study."})
     if len(studies) > MAX_STUDIES:
         raise ValidationError({"studies": f"At most {MAX_STUDIES} studies per export."})
+    if not access.may_see_images(actor, studies[0].tenant):
+        raise access.NotVisible()
     for study in studies:
         if not access.has_perm(actor, VIEW_STUDY, study):
             raise access.NotVisible()
@@ -215,13 +218,40 @@ def export_owner_check(*, actor: Any, export: Export) -> None:
         raise access.NotVisible()
 
 
-@transaction.atomic
+def export_permitted(*, actor: Any, export: Export) -> bool:
+    """True when `actor` may still have `export` now, through tenants.access: a role that sees images
+    (`access.may_see_images`), every study of the export visible (`studies.view_study`), and for an identified
+    export `tenants.export_identified`. The download asks again, so an export made under a share that was revoked
+    since, or by someone whose role changed, is not handed out."""
+    tenant = export.tenant
+    if not access.may_see_images(actor, tenant):
+        return False
+    if export.kind == Export.Kind.IDENTIFIED and not access.has_perm(actor, EXPORT_IDENTIFIED, tenant):
+        return False
+    wanted = set(export.studies.values_list("pk", flat=True))
+    seen = set(access.visible(actor, VIEW_STUDY, Study.objects.filter(pk__in=wanted)).values_list("pk", flat=True))
+    return bool(wanted) and seen == wanted
+
+
 def export_download_once(*, actor: Any, export: Export) -> bytes:
     """The zip of a finished export, decrypted, for its owner, once: the row is locked, marked downloaded and its
     blob shredded in one transaction, and the download is audited (STUDY_EXPORTED or DISCLOSURE_EXPORTED, phase
-    "downloaded"). Not the owner: NotVisible. Already downloaded: ExportGone. Not finished: ExportNotReady."""
+    "downloaded"). Not the owner: NotVisible. No longer permitted (`export_permitted`, asked at download time):
+    NotVisible, recorded as a failed access (outcome 4, phase "download refused") and the zip kept unread.
+    Already downloaded: ExportGone. Not finished: ExportNotReady."""
     export_owner_check(actor=actor, export=export)
+    data = _download_if_permitted(actor=actor, export=export)
+    if data is None:
+        _download_refused_record(actor=actor, export=export)
+        raise access.NotVisible()
+    return data
+
+
+@transaction.atomic
+def _download_if_permitted(*, actor: Any, export: Export) -> bytes | None:
     export = Export.objects.select_for_update().get(pk=export.pk)
+    if not export_permitted(actor=actor, export=export):
+        return None
     if export.downloaded_at is not None:
         raise ExportGone()
     if export.state != Export.State.DONE or export.blob is None:
@@ -240,3 +270,17 @@ def export_download_once(*, actor: Any, export: Export) -> bytes:
         extra=_extra(export, "downloaded") | {"bytes": len(data)},
     )
     return data
+
+
+@transaction.atomic
+def _download_refused_record(*, actor: Any, export: Export) -> None:
+    """The refused download on the trail, committed on its own: the caller answers 404 after it."""
+    audit_event_record(
+        event=_event_for(export),
+        actor=actor,
+        target=export,
+        participants=_participants(export.studies.select_related("patient")),
+        outcome=Outcome.MINOR_FAILURE,
+        outcome_description="the access this export needs is gone",
+        extra=_extra(export, "download refused"),
+    )

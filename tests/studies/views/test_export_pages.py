@@ -9,12 +9,14 @@ import zipfile
 import pytest
 from django.urls import reverse
 
-from audit.events import EventType
+from audit.events import EventType, Outcome
 from audit.models import AuditEvent
 from studies.dicom.synthetic import make_instance, make_study
-from studies.models import Export, Study
+from studies.models import Export, Study, StudyShare
+from tenants import services as tenant_services
 from tenants.models import Role
 from tenants.scoping import tenant_scope
+from tests.tenants.helpers import membership_of
 
 pytestmark = pytest.mark.django_db
 
@@ -163,3 +165,112 @@ def test_search_result_export(tenant_a, radiologist_a, upload, client_for, djang
         assert export.studies.count() == 2
     download = client.get(page("export_download", tenant_a, export))
     assert len(zipfile.ZipFile(io.BytesIO(download.content)).namelist()) == 2
+
+
+# Issue 8 #4: the download asks again whether its owner may still have every study in it
+
+
+def _share(client, tenant, study, grantee) -> None:
+    url = reverse("portal:study_access", kwargs={"tenant": tenant.slug, "public_id": study.public_id})
+    assert client.post(url, {"action": "member", "grantee": grantee.username, "days": 2}).status_code == 302
+
+
+def _role_change(tenant, admin, user, role) -> None:
+    with tenant_scope(tenant):
+        tenant_services.membership_change_role(actor=admin, membership=membership_of(user, tenant), role=role)
+
+
+def _refusals(tenant, user, event_type) -> list[AuditEvent]:
+    with tenant_scope(tenant):
+        return list(AuditEvent.objects.filter(event_type=event_type, actor_user=user, outcome=Outcome.MINOR_FAILURE))
+
+
+@pytest.fixture
+def shared_export(tenant_a, radiologist_a, study_a, make_member, client_for, django_capture_on_commit_callbacks):
+    """A referring physician who sees `study_a` only through a share asked for a de-identified export of it."""
+    referrer = make_member(tenant_a, Role.REFERRING_PHYSICIAN, "north-ref")
+    _share(client_for(radiologist_a), tenant_a, study_a, referrer)
+    client = client_for(referrer)
+    response = post_export(client, export_url(tenant_a, study_a), {"kind": "deidentified"},
+                           django_capture_on_commit_callbacks)  # fmt: skip
+    assert response.status_code == 302
+    export = only_export(tenant_a)
+    assert export.state == Export.State.DONE
+    return referrer, client, export
+
+
+def test_share_in_force_the_zip_downloads(tenant_a, shared_export):
+    referrer, client, export = shared_export
+
+    download = client.get(page("export_download", tenant_a, export))
+
+    assert download.status_code == 200
+    assert len(zipfile.ZipFile(io.BytesIO(download.content)).namelist()) == 3
+    assert _refusals(tenant_a, referrer, EventType.STUDY_EXPORTED) == []
+
+
+def test_share_revoked_the_download_is_a_404_and_recorded(tenant_a, radiologist_a, study_a, shared_export, client_for):
+    referrer, client, export = shared_export
+    with tenant_scope(tenant_a):
+        share = StudyShare.objects.get(grantee=referrer)
+    revoke = reverse(
+        "portal:share_revoke",
+        kwargs={"tenant": tenant_a.slug, "public_id": study_a.public_id, "share_id": share.public_id},
+    )
+    assert client_for(radiologist_a).post(revoke).status_code == 302
+
+    download = client.get(page("export_download", tenant_a, export))
+    missing = client.get(page("export_download", tenant_a, Export(public_id=uuid.uuid4())))
+
+    assert download.status_code == missing.status_code == 404
+    assert download.content == missing.content
+    [refused] = _refusals(tenant_a, referrer, EventType.STUDY_EXPORTED)
+    assert refused.extra["phase"] == "download refused"
+    assert refused.target_id == str(export.public_id)
+    assert ("study", study_a.study_instance_uid) in {(p["type"], p["id"]) for p in refused.participants}
+    with tenant_scope(tenant_a):
+        export.refresh_from_db()
+    assert export.downloaded_at is None  # nothing left: the zip was not read
+
+
+def test_role_without_images_the_share_no_longer_opens_the_download(tenant_a, admin_a, shared_export):
+    """The share is still in force, but the person's role no longer sees images."""
+    referrer, client, export = shared_export
+    _role_change(tenant_a, admin_a, referrer, Role.TENANT_ADMIN)
+
+    assert client.get(page("export_download", tenant_a, export)).status_code == 404
+    assert len(_refusals(tenant_a, referrer, EventType.STUDY_EXPORTED)) == 1
+
+
+def test_identified_export_after_the_role_changed_is_a_404_and_recorded(
+    tenant_a, admin_a, radiologist_a, study_a, client_for, django_capture_on_commit_callbacks
+):
+    client = client_for(radiologist_a)
+    post_export(client, export_url(tenant_a, study_a),
+                {"kind": "identified", "purpose": "Tumour board", "recipient": "Dr Who"},
+                django_capture_on_commit_callbacks)  # fmt: skip
+    export = only_export(tenant_a)
+    _role_change(tenant_a, admin_a, radiologist_a, Role.COMPLIANCE_OFFICER)
+
+    download = client.get(page("export_download", tenant_a, export))
+
+    assert download.status_code == 404
+    assert b"DICM" not in download.content
+    [refused] = _refusals(tenant_a, radiologist_a, EventType.DISCLOSURE_EXPORTED)
+    assert refused.extra["phase"] == "download refused"
+    assert refused.outcome_description == "the access this export needs is gone"
+
+
+def test_identified_export_after_losing_only_the_disclosure_permission_is_a_404(
+    tenant_a, admin_a, radiologist_a, study_a, client_for, django_capture_on_commit_callbacks
+):
+    """A technologist still sees every study, but may not take identified data out."""
+    client = client_for(radiologist_a)
+    post_export(client, export_url(tenant_a, study_a),
+                {"kind": "identified", "purpose": "Tumour board", "recipient": "Dr Who"},
+                django_capture_on_commit_callbacks)  # fmt: skip
+    export = only_export(tenant_a)
+    _role_change(tenant_a, admin_a, radiologist_a, Role.TECHNOLOGIST)
+
+    assert client.get(page("export_download", tenant_a, export)).status_code == 404
+    assert len(_refusals(tenant_a, radiologist_a, EventType.DISCLOSURE_EXPORTED)) == 1
