@@ -55,14 +55,23 @@ def _validate_expiry(expires_at: datetime) -> None:
 
 @transaction.atomic
 def share_create(*, actor: Any, study: Study, grantee: User, expires_at: datetime, note: str = "") -> StudyShare:
-    """Share `study` with `grantee`, a current member of the tenant (any role), until `expires_at` (at most
-    SHARE_MAX_DAYS). Needs `share_require`. A second share in force with the same person is refused (revoke it
-    first). Records STUDY_SHARED with the patient, the study and the grantee."""
+    """Share `study` with `grantee`, a current member of the tenant in a role that sees images
+    (`access.may_see_images`: radiologist, technologist, referring physician; anyone else is refused with the
+    reason), until `expires_at` (at most SHARE_MAX_DAYS). Needs `share_require`. A second share in force with the
+    same person is refused (revoke it first). Records STUDY_SHARED with the patient, the study and the grantee."""
     share_require(actor=actor, study=study)
     if grantee.pk == actor.pk:
         raise ValidationError({"grantee": "You cannot share a study with yourself."})
-    if membership_current_get(user=grantee, tenant=study.tenant) is None:
+    membership = membership_current_get(user=grantee, tenant=study.tenant)
+    if membership is None:
         raise ValidationError({"grantee": "Only a current member of this tenant can receive a share."})
+    if not access.may_see_images(grantee, study.tenant):
+        raise ValidationError(
+            {
+                "grantee": f"The role of {grantee.username} ({membership.get_role_display().lower()}) sees no "
+                "images: studies are shared only with radiologists, technologists and referring physicians."
+            }
+        )
     _validate_expiry(expires_at)
     if share_in_force(study=study, grantee=grantee) is not None:
         raise ValidationError({"grantee": "This study is already shared with this person."})

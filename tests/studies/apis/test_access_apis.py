@@ -84,3 +84,15 @@ def test_share_api(tenant_a, tenant_b, radiologist_a, referrer_a, outsider_b, ap
     missing = other.post(f"/api/v1/t/{tenant_b.slug}/studies/{uuid.uuid4()}/shares/", {"grantee": "x", "days": 1})
     assert foreign.status_code == missing.status_code == 404
     assert foreign.json() == missing.json()
+
+
+def test_share_api_refuses_a_role_that_sees_no_images_with_the_reason(tenant_a, radiologist_a, admin_a, api_client_for):
+    study = study_make(tenant_a)
+    url = f"/api/v1/t/{tenant_a.slug}/studies/{study.public_id}/shares/"
+
+    refused = api_client_for(radiologist_a, tenant_a).post(url, {"grantee": admin_a.username, "days": 2})
+
+    assert refused.status_code == 400
+    assert "sees no images" in str(refused.json())
+    with tenant_scope(tenant_a):
+        assert not StudyShare.objects.exists()

@@ -165,3 +165,27 @@ def test_a_referrer_cannot_invite(tenant_a, referrer_a):
             actor=referrer_a, study=own, email="x@example.org", first_name="X", last_name="Y", days=3
         )
     assert not User.objects.filter(username="x@example.org").exists()
+
+
+@pytest.mark.parametrize("persona", ["admin_a", "compliance_a", "auditor_a"])
+def test_roles_that_see_no_images_receive_no_share_and_are_told_why(tenant_a, radiologist_a, persona, request):
+    grantee = request.getfixturevalue(persona)
+    study = study_make(tenant_a)
+    with tenant_scope(tenant_a), pytest.raises(ValidationError) as refused:
+        services.share_create(
+            actor=radiologist_a, study=study, grantee=grantee, expires_at=timezone.now() + timedelta(days=1)
+        )
+    message = refused.value.message_dict["grantee"][0]
+    assert "sees no images" in message
+    assert "radiologists, technologists and referring physicians" in message
+    with tenant_scope(tenant_a):
+        assert not StudyShare.objects.exists()
+        assert not access.has_perm(grantee, "studies.view_study", study)
+        assert not AuditEvent.objects.filter(event_type=EventType.STUDY_SHARED).exists()
+
+
+@pytest.mark.parametrize("role", [Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.REFERRING_PHYSICIAN])
+def test_each_image_role_may_receive_a_share(tenant_a, radiologist_a, make_member, role):
+    grantee = make_member(tenant_a, role, f"north-{role}-2")
+    study = study_make(tenant_a)
+    assert share(tenant_a, radiologist_a, study, grantee).grantee == grantee

@@ -102,3 +102,21 @@ def test_an_invisible_or_foreign_study_is_the_same_404(tenant_a, tenant_b, refer
     other_tenant_url = client_for(outsider_b).get(url(tenant_a, study))
     assert missing.status_code == invisible.status_code == foreign.status_code == other_tenant_url.status_code == 404
     assert missing.content == invisible.content == foreign.content
+
+
+def test_only_image_roles_are_offered_and_anyone_else_is_refused_with_the_reason(
+    tenant_a, radiologist_a, referrer_a, admin_a, compliance_a, client_for
+):
+    study = study_make(tenant_a)
+    client = client_for(radiologist_a)
+    page = client.get(url(tenant_a, study)).content.decode()
+    assert f'value="{referrer_a.username}"' in page
+    assert f'value="{admin_a.username}"' not in page
+    assert f'value="{compliance_a.username}"' not in page
+
+    response = client.post(url(tenant_a, study), {"action": "member", "grantee": compliance_a.username, "days": 2})
+
+    assert response.status_code == 400
+    assert "(compliance officer) sees no images" in response.content.decode()
+    with tenant_scope(tenant_a):
+        assert not StudyShare.objects.exists()
