@@ -10,6 +10,7 @@ import pytest
 from audit.events import EventType
 from studies.dicom.synthetic import make_instance, make_study
 from studies.models import Series, Study
+from tenants.models import Role
 from tenants.scoping import tenant_scope
 from tests.tenants.helpers import events, last_event
 
@@ -214,3 +215,30 @@ def test_a_member_without_view_studies_gets_no_thumbnail(client_for, tenant_a, a
 
     assert response.status_code == 403
     assert last_event(tenant_a, EventType.ACCESS_DENIED).extra["where"] == "SeriesThumbnailView"
+
+
+def test_a_referrers_empty_list_says_why_it_is_empty(client_for, tenant_a, make_member, two_studies):
+    """Neither study names them and nothing is shared with them: the page says what they would see."""
+    referrer = make_member(tenant_a, Role.REFERRING_PHYSICIAN, "north-ref")
+
+    html = client_for(referrer).get(URL).content.decode()
+
+    assert 'id="no-studies"' in html
+    assert "name you as their referring physician" in html
+    assert "shares with you" in html
+    assert "Upload some" not in html
+
+
+def test_an_empty_tenants_list_offers_the_upload(client_for, tenant_a, technologist_a):
+    html = client_for(technologist_a).get(URL).content.decode()
+
+    assert "No studies yet." in html
+    assert "referring physician" not in html
+    assert 'href="/t/north/upload/"' in html
+
+
+def test_the_list_links_the_search_export(client_for, tenant_a, radiologist_a, two_studies):
+    html = client_for(radiologist_a).get(URL).content.decode()
+
+    assert 'id="export-search-link" href="/t/north/exports/search/"' in html
+    assert client_for(radiologist_a).get("/t/north/exports/search/").status_code == 200
