@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from functools import partial
 
 from django.core.mail import send_mail
 from django.db import transaction
@@ -26,10 +25,10 @@ def mail_queue(*, subject: str, body: str, to: Iterable[str]) -> None:
         return
     from tenants.tasks import mail_send_task  # the task module imports the services: imported when used
 
-    transaction.on_commit(
-        partial(mail_send_task.delay, subject=subject, body=body, to=recipients),
-        robust=True,
-    )
+    def mail_send_after_commit() -> None:
+        mail_send_task.delay(subject=subject, body=body, to=recipients)
+
+    transaction.on_commit(mail_send_after_commit, robust=True)
 
 
 def mail_deliver(*, subject: str, body: str, to: list[str]) -> int:
