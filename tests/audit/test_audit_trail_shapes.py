@@ -136,5 +136,5 @@ def test_field_changes_of_a_request_are_folded_under_its_event(client_for, tenan
     assert len(bookkeeping["folded"]) == 3
     assert any(row["kind"] == "change" and row["model"] == "studies.study" for row in rows)  # not bookkeeping
     html = response.content.decode()
-    assert "<details class=\"folded\">" in html
+    assert '<details class="folded">' in html
     assert "3 record changes: studies.blob" in html

@@ -8,8 +8,8 @@ from urllib.parse import urlparse
 
 import pytest
 from django.core import mail
-from django.utils import timezone
 from django.test import Client
+from django.utils import timezone
 
 from tenants import services
 from tenants.models import User

@@ -12,9 +12,9 @@ from django.core import mail
 
 from audit.events import EventType
 from tenants import services
-from tenants.tasks import mail_send_task
 from tenants.models import Invitation, Role
 from tenants.scoping import tenant_scope
+from tenants.tasks import mail_send_task
 from tests.tenants.helpers import events
 
 

@@ -3,14 +3,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.core import mail
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from audit.events import EventType
 from tenants import access, services
-from tenants.access import Forbidden, NotVisible
-from tenants.models import Membership, Role, User
+from tenants.access import Forbidden
+from tenants.models import Membership, Role
 from tenants.scoping import tenant_scope
 from tests.tenants.helpers import events, membership_of, registered_client, token_for
 
@@ -127,7 +126,7 @@ def test_end_in_one_tenant_leaves_the_session_and_tokens_of_the_other(
     browser = registered_client(client_for(outsider_b), outsider_b)
     assert browser.get("/t/north/").status_code == 200
     assert browser.get("/t/south/").status_code == 200
-    north_token, north_raw = token_for(outsider_b, tenant_a)
+    _, north_raw = token_for(outsider_b, tenant_a)
     _, south_raw = token_for(outsider_b, tenant_b)
 
     with tenant_scope(tenant_a):

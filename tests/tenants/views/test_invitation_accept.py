@@ -43,7 +43,8 @@ def test_a_new_person_creates_an_account_then_enrols_totp(
     browser = Client()
 
     opened = browser.get(link)
-    assert opened.status_code == 302 and opened["Location"] == ACCEPT  # the token leaves the URL
+    assert opened.status_code == 302
+    assert opened["Location"] == ACCEPT  # the token leaves the URL
     page = browser.get(ACCEPT)
     assert page.status_code == 200
     assert "Join North Hospital Group" in page.content.decode()
@@ -96,7 +97,8 @@ def test_an_existing_account_accepts_after_signing_in_with_it(
     anonymous = Client()
     anonymous.get(link)
     asked = anonymous.post(ACCEPT, {"action": "accept"})
-    assert asked.status_code == 302 and asked["Location"].startswith("/accounts/login/")
+    assert asked.status_code == 302
+    assert asked["Location"].startswith("/accounts/login/")
     with tenant_scope(tenant_a):
         assert not Membership.objects.filter(user=south_referrer).exists()
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import timedelta
 
 from django.core import mail
 from django.utils import timezone
@@ -172,7 +172,10 @@ def test_deactivate_ends_the_membership_sessions_and_tokens(client_for, tenant_a
     assert event.actor_user == admin_a
     assert event.extra["reason"] == "contract over"
     assert event.extra["deactivated"] is True
-    assert "The account belonged to no other organisation, so it is deactivated and signed out." in admin.get(URL).content.decode()
+    assert (
+        "The account belonged to no other organisation, so it is deactivated and signed out."
+        in admin.get(URL).content.decode()
+    )
 
 
 def test_deactivate_needs_a_reason(client_for, tenant_a, admin_a, radiologist_a):
