@@ -138,3 +138,17 @@ def test_field_changes_of_a_request_are_folded_under_its_event(client_for, tenan
     html = response.content.decode()
     assert '<details class="folded">' in html
     assert "3 record changes: studies.blob" in html
+
+
+def test_the_changes_api_returns_every_shape(api_client_for, tenant_a, compliance_a, full_trail):
+    client = api_client_for(compliance_a, tenant_a)
+    rows, url = [], "/api/v1/t/north/audit-changes/?limit=200"
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200
+        rows += response.json()["results"]
+        url = response.json()["next"]
+
+    m2m = [row["changes"]["studies"] for row in rows if isinstance(row["changes"].get("studies"), dict)]
+    assert {entry["operation"] for entry in m2m} >= {"add", "delete"}
+    assert {row["action"] for row in rows if row["model"] == "studies.export"} == {"create", "update", "delete"}
