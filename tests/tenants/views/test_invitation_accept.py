@@ -15,7 +15,8 @@ from django.utils import timezone
 from audit.events import EventType
 from tenants.models import Invitation, Membership, Role, User
 from tenants.scoping import tenant_scope
-from tests.portal.accounts.flows import MFA_SETUP, code_for_secret, password_step, secret_on_page
+from tests.portal.accounts.flows import MFA, MFA_SETUP, code_for_secret, password_step, secret_on_page
+from tests.tenants.factories import totp_device_for, totp_now
 from tests.tenants.helpers import events, last_event, membership_of
 
 NEW_PASSWORD = "pale orange lantern over quiet harbour"
@@ -149,3 +150,20 @@ def test_a_current_member_cannot_accept_twice_into_the_same_tenant(
     assert refused.status_code == 400
     assert "already a member" in refused.content.decode()
     assert events(tenant_a, EventType.INVITATION_ACCEPTED) == []
+
+
+def test_signing_in_from_the_invitation_comes_back_to_it(
+    client_for, tenant_a, admin_a, south_referrer, django_capture_on_commit_callbacks
+):
+    link = invite(client_for, admin_a, south_referrer.email, capture=django_capture_on_commit_callbacks)
+    device = totp_device_for(south_referrer)
+    browser = Client()
+    browser.get(link)
+
+    step = password_step(browser, "south-referrer", next_url=ACCEPT)
+    assert step["Location"].startswith(MFA)
+    verified = browser.post(MFA, {"otp_token": totp_now(device), "next": ACCEPT})
+    assert verified["Location"] == ACCEPT
+    assert "Accept as south-referrer" in browser.get(ACCEPT).content.decode()  # the invitation survived sign-in
+    assert browser.post(ACCEPT, {"action": "accept"})["Location"] == "/t/north/"
+    assert membership_of(south_referrer, tenant_a).is_current()
