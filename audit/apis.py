@@ -178,7 +178,9 @@ class AuditChangeOutputSerializer(serializers.Serializer):
     def get_model(self, entry: Any) -> str:
         return f"{entry.content_type.app_label}.{entry.content_type.model}"
 
-    def get_changes(self, entry: Any) -> dict[str, list[Any]]:
+    def get_changes(self, entry: Any) -> dict[str, Any]:
+        """As django-auditlog stores them, per field: `[old, new]` (strings, or JSON values), or for a
+        many-to-many field `{"type": "m2m", "operation": "add" | "delete", "objects": [...]}`."""
         return entry.changes_dict or {}
 
     def get_user(self, entry: Any) -> str | None:

@@ -86,6 +86,10 @@ class EventType(IntEnum):
     API_TOKEN_CREATED = 207
     API_TOKEN_REVOKED = 208
     ACCESS_DENIED = 209
+    INVITATION_SENT = 210
+    INVITATION_ACCEPTED = 211
+    INVITATION_REVOKED = 212
+    ACCOUNT_UNLOCKED = 213
     # 300-399: the audit trail itself
     AUDIT_LOG_USED = 301
     # 400-499: devices
@@ -149,6 +153,18 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.ACCESS_DENIED: EventSpec(
         SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "A request was refused"
+    ),
+    EventType.INVITATION_SENT: EventSpec(
+        SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.CREATE, "Invitation to join sent"
+    ),
+    EventType.INVITATION_ACCEPTED: EventSpec(
+        SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.CREATE, "Invitation accepted: member joined"
+    ),
+    EventType.INVITATION_REVOKED: EventSpec(
+        SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.DELETE, "Invitation withdrawn"
+    ),
+    EventType.ACCOUNT_UNLOCKED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "Sign-in lockout lifted"
     ),
     EventType.AUDIT_LOG_USED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Audit trail read"),
     EventType.DEVICE_REGISTERED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Device registered"),

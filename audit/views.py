@@ -29,6 +29,7 @@ EXPORT_BATCH = 500
 CHANGES = "changes"
 ACTION_LABELS = {"C": "Create", "R": "Read", "U": "Update", "D": "Delete", "E": "Execute"}
 CHANGE_ACTIONS = {0: "C", 1: "U", 2: "D", 3: "R"}  # django-auditlog's LogEntry.Action -> A.5 EventActionCode
+CHANGE_VERBS = {0: "created", 1: "changed", 2: "deleted", 3: "read"}
 
 
 class AuditFilterForm(forms.Form):
@@ -100,10 +101,21 @@ def _role_label(role: str) -> str:
     return Role(role).label if role in Role.values else role
 
 
-def _change_lines(entry: TrailEntry) -> list[tuple[str, str, str]]:
-    """(field, old, new) of a field change, as django-auditlog stored them: masked fields stay masked."""
-    assert entry.change is not None
-    return [(field, str(values[0]), str(values[1])) for field, values in (entry.change.changes_dict or {}).items()]
+# What django-auditlog stores per field: `[old, new]` for a field (strings, or JSON values with
+# AUDITLOG_STORE_JSON_CHANGES), `{"type": "m2m", "operation": ..., "objects": [...]}` for a many-to-many change.
+M2M_OPERATIONS = {"add": "added", "delete": "removed", "clear": "cleared"}
+
+# Rows the pipeline keeps for itself (encrypted blobs, ingest items, read counters): folded under the event that
+# caused them on the page, so a reviewer sees what happened first and the bookkeeping on demand.
+BOOKKEEPING_MODELS = frozenset({"studies.blob", "studies.ingestitem", "studies.readtally", "studies.tenantkey"})
+
+
+def _value_text(value: Any) -> str:
+    if value is None:
+        return "(empty)"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return str(value)
 
 
 def _change_text(action: str, old: str, new: str) -> str:
@@ -113,6 +125,25 @@ def _change_text(action: str, old: str, new: str) -> str:
     if action == "D":
         return f"was {old}"
     return f"{old} → {new}"
+
+
+def change_texts(action: str, changes: Any) -> list[tuple[str, str]]:
+    """(field, what happened to it) for every change shape django-auditlog stores; masked values stay masked.
+    An unknown shape is shown as its JSON rather than refused: the trail must always be readable."""
+    if not isinstance(changes, dict):
+        return [("", _value_text(changes))] if changes else []
+    lines = []
+    for field, values in changes.items():
+        if isinstance(values, dict) and values.get("type") == "m2m":
+            operation = str(values.get("operation", ""))
+            objects = values.get("objects") or []
+            listed = ", ".join(str(item) for item in objects) if isinstance(objects, list) else _value_text(objects)
+            lines.append((str(field), f"{M2M_OPERATIONS.get(operation, operation)}: {listed}"))
+        elif isinstance(values, list | tuple) and len(values) == 2:
+            lines.append((str(field), _change_text(action, _value_text(values[0]), _value_text(values[1]))))
+        else:
+            lines.append((str(field), _value_text(values)))
+    return lines
 
 
 def trail_row(entry: TrailEntry) -> dict[str, Any]:
@@ -151,6 +182,8 @@ def trail_row(entry: TrailEntry) -> dict[str, Any]:
     change = entry.change
     assert change is not None
     action = CHANGE_ACTIONS.get(change.action, "U")
+    changes = change.changes_dict or {}
+    model = f"{change.content_type.app_label}.{change.content_type.model}"
     return {
         "kind": "change",
         "at": change.timestamp,
@@ -159,7 +192,7 @@ def trail_row(entry: TrailEntry) -> dict[str, Any]:
         "event_display": "Field change",
         "event_type_code": "",
         "event_type_display": "",
-        "verb": f"{change.get_action_display().capitalize()} {change.content_type.name}",
+        "verb": f"{change.content_type.name.capitalize()} {CHANGE_VERBS.get(change.action, 'changed')}",
         "action": action,
         "action_label": ACTION_LABELS[action],
         "outcome": 0,
@@ -173,12 +206,46 @@ def trail_row(entry: TrailEntry) -> dict[str, Any]:
         "target": "",
         "participants": [],
         "request_id": change.cid or "",
-        "model": f"{change.content_type.app_label}.{change.content_type.model}",
+        "model": model,
         "object": change.object_repr,
-        "changes": _change_lines(entry),
-        "change_texts": [(field, _change_text(action, old, new)) for field, old, new in _change_lines(entry)],
+        "changes": changes,
+        "change_texts": change_texts(action, changes),
+        "bookkeeping": model in BOOKKEEPING_MODELS,
         "hash": "",
     }
+
+
+def trail_fold(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The page's rows with the field changes made by the same request or task (one request id, which
+    django-auditlog keeps as its correlation id) folded under the audit event that request recorded, and the
+    pipeline's bookkeeping changes with no such event folded under one summary row per request. Order is kept;
+    nothing is dropped (the CSV export stays flat)."""
+    top: list[dict[str, Any]] = []
+    owner: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        row.setdefault("folded", [])
+        if row["kind"] == "event" and row["request_id"] and row["request_id"] not in owner:
+            owner[row["request_id"]] = row
+    for row in rows:
+        if row["kind"] == "change" and row["request_id"] in owner:
+            owner[row["request_id"]]["folded"].append(row)
+        elif row["kind"] == "change" and row["bookkeeping"]:
+            key = f"bookkeeping:{row['request_id'] or id(row)}"
+            group = owner.get(key)
+            if group is None:
+                group = {**row, "kind": "bookkeeping", "verb": "Pipeline bookkeeping", "folded": []}
+                owner[key] = group
+                top.append(group)
+            group["folded"].append(row)
+        else:
+            top.append(row)
+    for row in top:
+        if row["kind"] == "bookkeeping":
+            models = sorted({folded["model"] for folded in row["folded"]})
+            row["object"] = f"{len(row['folded'])} record change{'s' if len(row['folded']) != 1 else ''}: " + ", ".join(
+                models
+            )
+    return top
 
 
 class AuditView(TenantPageView):
@@ -194,7 +261,7 @@ class AuditView(TenantPageView):
         asof = form.cleaned_data.get("asof") or timezone.now()
         paginator = Paginator(audit_trail_keys(actor=request.user, **form.selector_filters(asof=asof)), PAGE_SIZE)
         page_obj = paginator.get_page(request.GET.get("page"))
-        rows = [trail_row(entry) for entry in audit_trail_entries(page_obj.object_list)]
+        rows = trail_fold([trail_row(entry) for entry in audit_trail_entries(page_obj.object_list)])
         audit_event_record(
             event=EventType.AUDIT_LOG_USED,
             actor=request.user,
@@ -233,7 +300,9 @@ def _csv_line(row: dict[str, Any]) -> list[str]:
         "when_utc": row["at"].astimezone(UTC).isoformat(timespec="microseconds"),
         "source_address": row["address"],
         "participants": json.dumps(row["participants"], sort_keys=True) if row["participants"] else "",
-        "changes": json.dumps({field: [old, new] for field, old, new in row["changes"]}) if row["changes"] else "",
+        "changes": json.dumps(row["changes"], sort_keys=True, ensure_ascii=False, default=str)
+        if row["changes"]
+        else "",
     }
     return [_cell(values[column]) for column in CSV_COLUMNS]
 

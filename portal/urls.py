@@ -30,6 +30,7 @@ portal_pages: list[URLPattern | URLResolver] = [
 urlpatterns = [
     path("", include((portal_pages, "portal"))),
     path("accounts/", include(("portal.accounts.urls", "accounts"))),
+    path("invitations/", include((tenants_urls.invitation_patterns, "invitations"))),
     path("api/v1/t/<slug:tenant>/", include((tenant_api, "api"))),
     path("dicomweb/<slug:tenant>/", include((dicomweb_patterns, "dicomweb"))),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -1,4 +1,4 @@
-"""REST API of members and API tokens, under /api/v1/t/<tenant>/.
+"""REST API of members, invitations and API tokens, under /api/v1/t/<tenant>/.
 
 One class per operation (shared/STYLE.md §7). Each parses its input, calls one selector or service and
 serializes the result; objects are found by `public_id` through the selectors, so another tenant's id is a 404
@@ -21,7 +21,7 @@ from portal.api.base import TenantApi
 from portal.api.errors import problem_responses
 from portal.api.pagination import PAGE_PARAMETERS, page_of, paginated
 from tenants import access, selectors, services
-from tenants.models import ApiToken, Membership, Role, User
+from tenants.models import ApiToken, Invitation, Membership, Role, User
 
 PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The object's id.")
 
@@ -79,41 +79,6 @@ class MemberListApi(TenantApi):
         filters.is_valid(raise_exception=True)
         rows = selectors.membership_list(actor=request.user, **filters.validated_data)
         return paginated(self, request, rows, self.OutputSerializer)
-
-
-class MemberAddApi(TenantApi):
-    class InputSerializer(serializers.Serializer):
-        username = serializers.CharField(max_length=150)
-        email = serializers.EmailField(
-            required=False, allow_blank=True, help_text="Required for a new account: the invitation goes there."
-        )
-        first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
-        last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
-        role = serializers.ChoiceField(choices=Role.choices)
-        ends_at = serializers.DateTimeField(
-            required=False, allow_null=True, help_text="When access ends; required for an auditor."
-        )
-
-        class Meta:
-            ref_name = "MemberAdd"
-
-    OutputSerializer = MemberOutputSerializer
-
-    @extend_schema(
-        operation_id="member_add",
-        tags=["members"],
-        summary="Add a member (tenants.manage_members)",
-        description="A new user name creates the account and emails an invitation to choose a password; an "
-        "existing user joins with this role; a former member is reinstated.",
-        request=InputSerializer,
-        responses={201: MemberOutputSerializer, **problem_responses(400, 401, 403, 404)},
-    )
-    def post(self, request: Request, tenant: str) -> Response:
-        _require_view_members(request, self)
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        membership = services.membership_add(actor=request.user, tenant=self.tenant, **data.validated_data)
-        return Response(self.OutputSerializer(membership).data, status=status.HTTP_201_CREATED)
 
 
 class MemberGetApi(TenantApi):
@@ -195,8 +160,9 @@ class MemberEndApi(TenantApi):
         operation_id="member_end",
         tags=["members"],
         summary="End a membership now (tenants.manage_members)",
-        description="Ends the member's sessions and revokes their API tokens of this tenant in the same request. "
-        "An account with no other organisation is deactivated. You cannot end your own membership.",
+        description="Their access to this tenant ends at once and their API tokens of this tenant are revoked; "
+        "their other organisations and their sessions there are left alone. An account with no other organisation "
+        "is deactivated and signed out. You cannot end your own membership.",
         parameters=[PUBLIC_ID],
         request=InputSerializer,
         responses={200: MemberOutputSerializer, **problem_responses(400, 401, 403, 404)},
@@ -208,6 +174,118 @@ class MemberEndApi(TenantApi):
         membership = selectors.membership_get(actor=request.user, public_id=public_id)
         membership = services.membership_end(actor=request.user, membership=membership, **data.validated_data)
         return Response(self.OutputSerializer(membership).data)
+
+
+# Invitations
+# ------------------------------------------------------------------------------
+
+
+class InvitationOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField(source="public_id")
+    email = serializers.EmailField()
+    first_name = serializers.CharField()
+    last_name = serializers.CharField()
+    role = serializers.ChoiceField(choices=Role.choices)
+    ends_at = serializers.DateTimeField(allow_null=True, help_text="When the membership it opens ends.")
+    status = serializers.ChoiceField(choices=Invitation.Status.choices)
+    expires_at = serializers.DateTimeField(help_text="The link works until then.")
+    created_at = serializers.DateTimeField()
+    accepted_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+    class Meta:
+        ref_name = "Invitation"
+
+
+class InvitationListApi(TenantApi):
+    class FilterSerializer(serializers.Serializer):
+        pending = serializers.BooleanField(required=False, default=False, help_text="Only those still open.")
+
+    OutputSerializer = InvitationOutputSerializer
+
+    @extend_schema(
+        operation_id="invitation_list",
+        tags=["members"],
+        summary="List the tenant's invitations (tenants.view_members)",
+        description="Invitations sent to join the tenant, newest first, with their state.",
+        parameters=[FilterSerializer, *PAGE_PARAMETERS],
+        responses={
+            200: page_of(InvitationOutputSerializer, "InvitationPage"),
+            **problem_responses(400, 401, 403, 404),
+        },
+    )
+    def get(self, request: Request, tenant: str) -> Response:
+        _require_view_members(request, self)
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        rows = selectors.invitation_list(actor=request.user, pending_only=filters.validated_data["pending"])
+        return paginated(self, request, rows, self.OutputSerializer)
+
+
+class InvitationCreateApi(TenantApi):
+    class InputSerializer(serializers.Serializer):
+        email = serializers.EmailField(help_text="Where the invitation is sent.")
+        first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+        last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+        role = serializers.ChoiceField(choices=Role.choices)
+        ends_at = serializers.DateTimeField(
+            required=False, allow_null=True, help_text="When the membership ends; required for an auditor."
+        )
+
+        class Meta:
+            ref_name = "InvitationCreate"
+
+    OutputSerializer = InvitationOutputSerializer
+
+    @extend_schema(
+        operation_id="invitation_create",
+        tags=["members"],
+        summary="Invite a person to join (tenants.manage_members)",
+        description="Queues an e-mail with a single-use link to the address. The person joins only by accepting "
+        "it, signed in with their existing account or by creating one. The answer is the same whether or not an "
+        "account with this address exists. A pending invitation of the same address is replaced.",
+        request=InputSerializer,
+        responses={201: InvitationOutputSerializer, **problem_responses(400, 401, 403, 404)},
+    )
+    def post(self, request: Request, tenant: str) -> Response:
+        _require_view_members(request, self)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        invitation = services.invitation_create(actor=request.user, tenant=self.tenant, **data.validated_data)
+        return Response(self.OutputSerializer(invitation).data, status=status.HTTP_201_CREATED)
+
+
+class InvitationGetApi(TenantApi):
+    OutputSerializer = InvitationOutputSerializer
+
+    @extend_schema(
+        operation_id="invitation_get",
+        tags=["members"],
+        summary="One invitation (tenants.view_members)",
+        parameters=[PUBLIC_ID],
+        responses={200: InvitationOutputSerializer, **problem_responses(401, 403, 404)},
+    )
+    def get(self, request: Request, tenant: str, public_id: str) -> Response:
+        _require_view_members(request, self)
+        invitation = selectors.invitation_get(actor=request.user, public_id=public_id)
+        return Response(self.OutputSerializer(invitation).data)
+
+
+class InvitationRevokeApi(TenantApi):
+    @extend_schema(
+        operation_id="invitation_revoke",
+        tags=["members"],
+        summary="Withdraw an invitation (tenants.manage_members)",
+        description="Its link stops working. Idempotent; an accepted invitation cannot be withdrawn.",
+        parameters=[PUBLIC_ID],
+        request=None,
+        responses={204: None, **problem_responses(400, 401, 403, 404)},
+    )
+    def delete(self, request: Request, tenant: str, public_id: str) -> Response:
+        _require_view_members(request, self)
+        invitation = selectors.invitation_get(actor=request.user, public_id=public_id)
+        services.invitation_revoke(actor=request.user, invitation=invitation)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # API tokens

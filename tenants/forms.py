@@ -40,17 +40,35 @@ def errors_apply(form: forms.Form, exc: ValidationError) -> None:
         form.add_error(None, exc.messages)
 
 
-class MemberAddForm(forms.Form):
-    username = forms.CharField(max_length=150, help_text="An existing user joins; a new name creates an account.")
-    email = forms.EmailField(required=False, help_text="Needed for a new account: the invitation is sent there.")
+def role_choice_field(**kwargs: Any) -> forms.ChoiceField:
+    """A role the administrator must choose: nothing is preselected, so no one joins in a role by accident."""
+    return forms.ChoiceField(choices=[("", "Choose a role…"), *Role.choices], **kwargs)
+
+
+class InvitationForm(forms.Form):
+    email = forms.EmailField(help_text="The invitation is sent there; the person joins only by accepting it.")
     first_name = forms.CharField(max_length=150, required=False)
     last_name = forms.CharField(max_length=150, required=False)
-    role = forms.ChoiceField(choices=Role.choices)
+    role = role_choice_field()
     ends_at = end_date_field()
 
     def service_arguments(self) -> dict[str, Any]:
         data = dict(self.cleaned_data)
         data["ends_at"] = start_of_day(data["ends_at"])
+        return data
+
+
+class InvitationNewAccountForm(forms.Form):
+    """A person without an Enclave account accepts an invitation: their user name and password."""
+
+    username = forms.CharField(max_length=150, label="User name", help_text="What you will sign in with.")
+    password1 = forms.CharField(label="Password", strip=False, widget=forms.PasswordInput)
+    password2 = forms.CharField(label="Password again", strip=False, widget=forms.PasswordInput)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("password1") and data.get("password1") != data.get("password2"):
+            self.add_error("password2", "The two passwords differ.")
         return data
 
 

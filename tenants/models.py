@@ -207,6 +207,61 @@ class ApiToken(TenantOwnedModel):
         return "active" if self.expires_at > timezone.now() else "expired"
 
 
+class Invitation(TenantOwnedModel):
+    """An offer to join the tenant in a role, sent to an e-mail address. The person accepts it with the link's
+    token (stored only as a SHA-256 digest), signed in with their account or by creating one. Single use and
+    expiring; a tenant administrator may withdraw it while it is pending."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        REVOKED = "revoked", "Withdrawn"
+        EXPIRED = "expired", "Expired"
+
+    email = models.EmailField()
+    first_name = models.CharField(max_length=150, blank=True)
+    last_name = models.CharField(max_length=150, blank=True)
+    role = models.CharField(max_length=32, choices=Role.choices)
+    ends_at = models.DateTimeField(null=True, blank=True, help_text="When the membership it opens ends.")
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+", editable=False
+    )
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", editable=False
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(role="auditor") | models.Q(ends_at__isnull=False),
+                name="tenants_invitation_auditor_has_end",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"invitation as {self.get_role_display().lower()}"
+
+    @staticmethod
+    def digest_of(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @property
+    def status(self) -> str:
+        if self.accepted_at is not None:
+            return self.Status.ACCEPTED
+        if self.revoked_at is not None:
+            return self.Status.REVOKED
+        return self.Status.PENDING if self.expires_at > timezone.now() else self.Status.EXPIRED
+
+    def is_open(self) -> bool:
+        return self.status == self.Status.PENDING
+
+
 class UserSession(models.Model):
     """Which browser sessions a user holds, so that deactivation and ended memberships can end them at once."""
 

@@ -10,6 +10,7 @@ Celery tasks, the DICOM listener, and explicit `with tenant_scope(...)` in comma
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -70,12 +71,15 @@ def task_context(*, tenant_id: int, actor_id: int | None = None, principal: str 
     """
     from auditlog.context import set_actor
 
-    from audit.context import audit_context
+    from audit.context import audit_context, current
     from tenants.models import Tenant, User
 
     tenant = Tenant.objects.get(pk=tenant_id)
     actor = User.objects.filter(pk=actor_id).first() if actor_id is not None else None
-    with tenant_scope(tenant), audit_context(system_principal=principal or "enclave:worker"):
+    # One correlation id per task run (unless a caller already set one), so the events and the field changes
+    # of one run can be told apart and shown together on the audit page.
+    request_id = current().request_id or uuid.uuid4().hex
+    with tenant_scope(tenant), audit_context(system_principal=principal or "enclave:worker", request_id=request_id):
         if actor is not None:
             with set_actor(actor):
                 yield tenant

@@ -2,7 +2,7 @@
 
 This module is allow-listed for `unscoped_objects` where a read must happen before a scope can exist: finding a
 user's memberships across tenants (to list their tenants, and to open the scope of a request) and finding a
-bearer token by its digest.
+bearer token or an invitation by its digest.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from axes.models import AccessAttempt
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 from tenants import access
-from tenants.models import ApiToken, Membership, Tenant, User
+from tenants.models import ApiToken, Invitation, Membership, Tenant, User
 from tenants.scoping import current_tenant
 
 
@@ -137,3 +139,41 @@ def api_token_authenticate(*, raw: str) -> ApiToken | None:
     if token is None or not token.is_usable() or not token.user.is_active:
         return None
     return token
+
+
+def invitation_list(*, actor: Any, pending_only: bool = False) -> models.QuerySet[Invitation]:
+    """The current tenant's invitations that `actor` may see (`tenants.view_members`), newest first."""
+    qs = access.visible(actor, "tenants.view_members", Invitation.objects.all())
+    if pending_only:
+        qs = qs.filter(accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now())
+    return qs.select_related("invited_by", "accepted_by").order_by("-created_at")
+
+
+def invitation_get(*, actor: Any, public_id: UUID | str) -> Invitation:
+    """One invitation of the current tenant by public id, or `NotVisible` (also for a malformed id)."""
+    try:
+        return invitation_list(actor=actor).get(public_id=public_id)
+    except (Invitation.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
+
+
+def invitation_by_token(*, raw: str) -> Invitation | None:
+    """The invitation whose link carries `raw`, with its tenant, whatever its state; None for an unknown token.
+
+    The person opening the link is not a member yet, so no scope exists: it reads unscoped, by the digest."""
+    if not raw or len(raw) > 200:
+        return None
+    return Invitation.unscoped_objects.filter(digest=Invitation.digest_of(raw)).select_related("tenant").first()
+
+
+def locked_out_usernames(*, usernames: list[str]) -> set[str]:
+    """Which of `usernames` (lower case, as django-axes counts them) are locked out now from some address."""
+    if not usernames:
+        return set()
+    attempts = AccessAttempt.objects.filter(
+        username__in=usernames, failures_since_start__gte=settings.AXES_FAILURE_LIMIT
+    )
+    cool_off = settings.AXES_COOLOFF_TIME
+    if cool_off:
+        attempts = attempts.filter(attempt_time__gt=timezone.now() - cool_off)
+    return set(attempts.values_list("username", flat=True))

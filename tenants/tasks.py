@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from smtplib import SMTPException
 
 from celery import shared_task
 from django.utils import timezone
@@ -38,3 +39,17 @@ def tenant_memberships_end_due_task(*, tenant_id: int) -> int:
     except Tenant.DoesNotExist:
         logger.info("tenant %s is gone; nothing to end", tenant_id)
         return 0
+
+
+@shared_task(
+    name="tenants.tasks.mail_send",
+    autoretry_for=(SMTPException, OSError),
+    retry_backoff=30,
+    retry_backoff_max=3600,
+    retry_jitter=True,
+    max_retries=8,
+)
+def mail_send_task(*, subject: str, body: str, to: list[str]) -> int:
+    """Deliver one queued e-mail (`tenants.services.mail_queue`). A mail server that is down or refuses is
+    retried with backoff (30 s doubling to an hour, 8 times); the request that queued it answered long ago."""
+    return services.mail_deliver(subject=subject, body=body, to=to)

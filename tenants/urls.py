@@ -9,7 +9,13 @@ from tenants import apis, views
 
 page_patterns = [
     path("members/", views.MembersView.as_view(), name="members"),
-    path("members/add/", views.MemberAddView.as_view(), name="member_add"),
+    path("members/invite/", views.InvitationCreateView.as_view(), name="member_invite"),
+    path(
+        "members/invitations/<uuid:public_id>/revoke/",
+        views.InvitationRevokeView.as_view(),
+        name="invitation_revoke",
+    ),
+    path("members/<uuid:public_id>/unlock/", views.MemberUnlockView.as_view(), name="member_unlock"),
     path("members/<uuid:public_id>/role/", views.MemberRoleView.as_view(), name="member_role"),
     path("members/<uuid:public_id>/end-date/", views.MemberEndDateView.as_view(), name="member_end_date"),
     path("members/<uuid:public_id>/end/", views.MemberEndView.as_view(), name="member_end"),
@@ -19,13 +25,29 @@ page_patterns = [
 
 # Ids in API paths are plain strings: a malformed one is then the same problem+json 404 as a missing one.
 api_patterns = [
-    path("members/", api_by_method(GET=apis.MemberListApi, POST=apis.MemberAddApi), name="members"),
+    path("members/", apis.MemberListApi.as_view(), name="members"),
     path(
         "members/<str:public_id>/",
         api_by_method(GET=apis.MemberGetApi, PATCH=apis.MemberUpdateApi),
         name="member",
     ),
     path("members/<str:public_id>/end/", apis.MemberEndApi.as_view(), name="member_end"),
+    path(
+        "invitations/",
+        api_by_method(GET=apis.InvitationListApi, POST=apis.InvitationCreateApi),
+        name="invitations",
+    ),
+    path(
+        "invitations/<str:public_id>/",
+        api_by_method(GET=apis.InvitationGetApi, DELETE=apis.InvitationRevokeApi),
+        name="invitation",
+    ),
     path("tokens/", api_by_method(GET=apis.ApiTokenListApi, POST=apis.ApiTokenCreateApi), name="api_tokens"),
     path("tokens/<str:public_id>/", apis.ApiTokenRevokeApi.as_view(), name="api_token"),
+]
+
+# The invitation link, outside any tenant (the invitee is not a member yet): /invitations/...
+invitation_patterns = [
+    path("accept/", views.InvitationAcceptView.as_view(), name="accept"),
+    path("<str:token>/", views.InvitationOpenView.as_view(), name="open"),
 ]

@@ -1,4 +1,5 @@
-"""Pages of members and API tokens, under /t/<tenant>/.
+"""Pages of members, invitations and API tokens, under /t/<tenant>/, and the invitation link's pages under
+/invitations/ (the invitee is not a member yet).
 
 Changes are POSTs that call one service and redirect back with a message (post/redirect/get); a refused change
 renders the page again with the reason, next to the form that caused it. Listing members is a read of who has
@@ -16,13 +17,16 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views import View
 
 from portal.views import TenantPageView
 from tenants import selectors, services
 from tenants.forms import (
     ApiTokenCreateForm,
-    MemberAddForm,
+    InvitationForm,
+    InvitationNewAccountForm,
     MemberEndDateForm,
     MemberEndForm,
     MemberRoleForm,
@@ -41,18 +45,21 @@ def members_page(
     view: TenantPageView,
     request: HttpRequest,
     *,
-    add_form: MemberAddForm | None = None,
+    add_form: InvitationForm | None = None,
     failed: tuple[UUID, list[str]] | None = None,
     status: int = 200,
 ) -> HttpResponse:
     """The members page; `failed` is the member whose form was refused, with the reasons to show beside it."""
     memberships = selectors.membership_list(actor=request.user)
     page = Paginator(memberships, MEMBERS_PER_PAGE).get_page(request.GET.get("page"))
+    can_manage = "tenants.manage_members" in view.perms
+    locked = selectors.locked_out_usernames(usernames=[m.user.username.lower() for m in page]) if can_manage else set()
     rows = [
         {
             "membership": membership,
             "is_self": membership.user_id == request.user.pk,
             "is_current": membership.is_current(),
+            "is_locked": membership.user.username.lower() in locked,
             "errors": failed[1] if failed is not None and failed[0] == membership.public_id else [],
         }
         for membership in page
@@ -61,8 +68,9 @@ def members_page(
         "page": page,
         "rows": rows,
         "roles": Role.choices,
-        "can_manage": "tenants.manage_members" in view.perms,
-        "add_form": add_form or MemberAddForm(),
+        "can_manage": can_manage,
+        "add_form": add_form or InvitationForm(),
+        "invitations": selectors.invitation_list(actor=request.user, pending_only=True)[:MEMBERS_PER_PAGE],
     }
     return view.render(request, "tenants/members.html", context, status=status)
 
@@ -76,25 +84,42 @@ class MembersView(TenantPageView):
         return members_page(self, request)
 
 
-class MemberAddView(TenantPageView):
+class InvitationCreateView(TenantPageView):
     required_permission = "tenants.manage_members"
 
     def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
-        form = MemberAddForm(request.POST)
+        form = InvitationForm(request.POST)
         if form.is_valid():
             try:
-                membership = services.membership_add(actor=request.user, tenant=self.tenant, **form.service_arguments())
+                invitation = services.invitation_create(
+                    actor=request.user, tenant=self.tenant, **form.service_arguments()
+                )
             except ValidationError as exc:
                 errors_apply(form, exc)
             else:
                 messages.success(
                     request,
-                    f"{membership.user.username} was added as {membership.get_role_display().lower()}. "
-                    "A new account gets an email with a link to choose its password.",
+                    f"An invitation to {invitation.email} as {invitation.get_role_display().lower()} is queued for "
+                    f"sending. The person joins when they accept it (the link works until "
+                    f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC).",
                 )
                 return redirect("portal:members", tenant=self.tenant.slug)
-        messages.error(request, "The member was not added: see the reasons in the form.")
+        messages.error(request, "No invitation was sent: see the reasons in the form.")
         return members_page(self, request, add_form=form, status=400)
+
+
+class InvitationRevokeView(TenantPageView):
+    required_permission = "tenants.manage_members"
+
+    def post(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
+        invitation = selectors.invitation_get(actor=request.user, public_id=public_id)
+        try:
+            services.invitation_revoke(actor=request.user, invitation=invitation)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            messages.success(request, f"The invitation to {invitation.email} is withdrawn: its link no longer works.")
+        return redirect("portal:members", tenant=self.tenant.slug)
 
 
 class MemberActionView(TenantPageView, ABC):
@@ -151,10 +176,25 @@ class MemberEndView(MemberActionView):
         membership = services.membership_end(
             actor=request.user, membership=membership, reason=form.cleaned_data["reason"]
         )
-        message = f"{membership.user.username}'s membership has ended; their sessions and API tokens were ended too."
+        message = (
+            f"{membership.user.username}'s membership has ended: their access here and their API tokens of "
+            f"{self.tenant.name} ended with it."
+        )
         if not membership.user.is_active:
-            message += " The account belonged to no other organisation, so it is deactivated."
+            message += " The account belonged to no other organisation, so it is deactivated and signed out."
         return message
+
+
+class MemberUnlockForm(forms.Form):
+    pass
+
+
+class MemberUnlockView(MemberActionView):
+    form_class = MemberUnlockForm
+
+    def act(self, request: HttpRequest, membership: Membership, form: MemberUnlockForm) -> str:
+        services.account_unlock(actor=request.user, membership=membership)
+        return f"{membership.user.username} can sign in again: the lockout is lifted."
 
 
 class ApiTokensView(TenantPageView):
@@ -199,3 +239,100 @@ class ApiTokenRevokeView(TenantPageView):
         services.api_token_revoke(actor=cast(User, request.user), token=token)
         messages.success(request, f"The token “{token.name}” ({token.prefix}…) is revoked: it no longer works.")
         return redirect("portal:api_tokens", tenant=self.tenant.slug)
+
+
+# The invitation link (no tenant in the URL: the person is not a member yet)
+# ------------------------------------------------------------------------------
+
+SESSION_INVITATION = "enclave_invitation"
+
+
+def _invitation_invalid(request: HttpRequest) -> HttpResponse:
+    return render(request, "tenants/invitation.html", {"invalid": services.INVITATION_INVALID}, status=400)
+
+
+class InvitationOpenView(View):
+    """/invitations/<token>/ : the link of the e-mail. The token moves into the session and the browser goes on
+    to a URL without it (as Django's password reset does), so it does not leak in a Referer or the history."""
+
+    def get(self, request: HttpRequest, token: str) -> HttpResponse:
+        invitation = selectors.invitation_by_token(raw=token)
+        if invitation is None or not invitation.is_open():
+            return _invitation_invalid(request)
+        request.session[SESSION_INVITATION] = token
+        return redirect("invitations:accept")
+
+
+class InvitationAcceptView(View):
+    """/invitations/accept/ : accept the invitation held in the session. Signed in with password and TOTP: one
+    button. Not signed in: sign in with an existing account (and come back), or create an account."""
+
+    def _invitation(self, request: HttpRequest) -> Any:
+        invitation = selectors.invitation_by_token(raw=request.session.get(SESSION_INVITATION, ""))
+        return invitation if invitation is not None and invitation.is_open() else None
+
+    def _page(
+        self, request: HttpRequest, invitation: Any, form: InvitationNewAccountForm | None = None, status: int = 200
+    ) -> HttpResponse:
+        user: Any = request.user
+        context = {
+            "invitation": invitation,
+            "tenant_name": invitation.tenant.name,
+            "verified": bool(user.is_authenticated and user.is_verified()),
+            "signed_in": user.is_authenticated,
+            "form": form or InvitationNewAccountForm(),
+            "here": reverse("invitations:accept"),
+        }
+        return render(request, "tenants/invitation.html", context, status=status)
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        invitation = self._invitation(request)
+        if invitation is None:
+            return _invitation_invalid(request)
+        return self._page(request, invitation)
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        invitation = self._invitation(request)
+        if invitation is None:
+            return _invitation_invalid(request)
+        user: Any = request.user
+        if request.POST.get("action") == "accept":
+            if not (user.is_authenticated and user.is_verified()):
+                return redirect(f"{reverse('accounts:login')}?next={reverse('invitations:accept')}")
+            try:
+                services.invitation_accept(user=user, invitation=invitation)
+            except ValidationError as exc:
+                messages.error(request, " ".join(exc.messages))
+                return self._page(request, invitation, status=400)
+            request.session.pop(SESSION_INVITATION, None)
+            messages.success(request, f"You joined {invitation.tenant.name}.")
+            return redirect("portal:tenant_home", tenant=invitation.tenant.slug)
+        if user.is_authenticated:
+            messages.error(request, "You are signed in: accept with this account, or sign out to create another.")
+            return self._page(request, invitation, status=400)
+        form = InvitationNewAccountForm(request.POST)
+        if form.is_valid():
+            try:
+                services.invitation_accept_new_account(
+                    invitation=invitation,
+                    username=form.cleaned_data["username"],
+                    password=form.cleaned_data["password1"],
+                )
+            except ValidationError as exc:
+                if hasattr(exc, "error_dict"):
+                    for field, errors in exc.message_dict.items():
+                        form.add_error(
+                            "password1" if field == "password" else field if field in form.fields else None, errors
+                        )
+                else:
+                    form.add_error(None, exc.messages)
+            else:
+                request.session.pop(SESSION_INVITATION, None)
+                messages.success(
+                    request,
+                    f"Your account is ready and you joined {invitation.tenant.name}. Sign in with your new user name "
+                    "and password; you will then set up an authenticator app for two-factor sign-in.",
+                )
+                home = reverse("portal:tenant_home", kwargs={"tenant": invitation.tenant.slug})
+                return redirect(f"{reverse('accounts:login')}?next={home}")
+        return self._page(request, invitation, form=form, status=400)

@@ -13,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -28,6 +27,7 @@ from tenants import access
 from tenants.models import Membership, Role, Tenant
 from tenants.scoping import current_tenant
 from tenants.selectors import membership_current_get
+from tenants.services import mail_queue
 
 PURPOSE_OF_USE = "ETREAT"  # HL7 PurposeOfUse: emergency treatment
 REASON_MAX = 500
@@ -70,14 +70,7 @@ def _compliance_officers_email(*, tenant: Tenant, grant: BreakGlassGrant) -> Non
         f"study of {tenant.name} at {grant.created_at:%Y-%m-%d %H:%M} UTC, until {grant.expires_at:%H:%M} UTC.\n\n"
         f"Review and sign it off here: {queue}\n"
     )
-    transaction.on_commit(
-        lambda: send_mail(
-            subject=f"Break-glass access started in {tenant.name}",
-            message=message,
-            from_email=None,
-            recipient_list=recipients,
-        )
-    )
+    mail_queue(subject=f"Break-glass access started in {tenant.name}", body=message, to=recipients)
 
 
 def break_glass_start(

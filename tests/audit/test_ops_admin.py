@@ -113,9 +113,7 @@ def test_audit_chains_are_read_only_and_can_be_verified(ops, tenant_a):
     chain = AuditChain.objects.get(tenant=tenant_a)
     assert ops.get("/ops/audit/auditchain/").status_code == 200
     assert ops.get(f"/ops/audit/auditchain/{chain.pk}/delete/").status_code == 403
-    response = ops.post(
-        "/ops/audit/auditchain/", {"action": "verify", "_selected_action": [chain.pk]}, follow=True
-    )
+    response = ops.post("/ops/audit/auditchain/", {"action": "verify", "_selected_action": [chain.pk]}, follow=True)
     assert response.status_code == 200
     assert "1 events, OK" in response.content.decode()
 

@@ -12,7 +12,7 @@ from django_otp.oath import TOTP
 
 from audit.events import EventType
 from audit.models import AuditEvent
-from tenants.models import Membership, Role
+from tenants.models import Invitation, Membership, Role
 from tenants.scoping import tenant_scope
 from tests.tenants.factories import DEFAULT_PASSWORD
 
@@ -58,17 +58,17 @@ def test_admin_signs_in_enrols_manages_members_and_reads_the_audit_trail(
     page.wait_for_url(re.compile(r"/t/north/members/"))
     assert main.get_by_role("cell", name="north-radiologist", exact=True).is_visible()
 
-    # Add a technologist.
+    # Invite a technologist: the invitation is queued; nobody joins before accepting it.
     form = page.locator("#add-member")
-    form.locator("input[name=username]").fill("north-newtech")
     form.locator("input[name=email]").fill("newtech@example.org")
     form.locator("select[name=role]").select_option(Role.TECHNOLOGIST)
     form.locator("button[type=submit]").click()
     page.wait_for_load_state()
-    assert main.locator(".messages").first.is_visible()
+    assert "is queued for sending" in main.locator(".messages").first.inner_text()
     with tenant_scope(tenant_a):
-        added = Membership.objects.select_related("user").get(user__username="north-newtech")
-    assert added.role == Role.TECHNOLOGIST
+        invited = Invitation.objects.get(email="newtech@example.org")
+        assert not Membership.objects.filter(user__email="newtech@example.org").exists()
+    assert invited.role == Role.TECHNOLOGIST
 
     # Make the radiologist a technologist, in that member's row.
     with tenant_scope(tenant_a):
@@ -86,9 +86,10 @@ def test_admin_signs_in_enrols_manages_members_and_reads_the_audit_trail(
     page.locator("header").get_by_role("link", name="Audit").click()
     page.wait_for_url(re.compile(r"/t/north/audit/"))
     text = main.locator("table").first.inner_text()
-    for words in ("Member added", "Role changed", "Signed in with password and MFA", "Enrolled an authenticator"):
+    sent = EventType.INVITATION_SENT.spec.description
+    for words in (sent, "Role changed", "Signed in with password and MFA", "Enrolled an authenticator"):
         assert words in text, words
-    assert text.index("Role changed") < text.index("Member added")  # newest first
+    assert text.index("Role changed") < text.index(sent)  # newest first
     page.screenshot(path=str(ARTIFACTS / "foundation-audit.png"), full_page=True)
     with tenant_scope(tenant_a):
         assert AuditEvent.objects.filter(event_type=EventType.AUDIT_LOG_USED, actor_user=admin_a).exists()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from urllib.parse import urlparse
 
 import pytest
 from django.core import mail
 from django.test import Client
+from django.utils import timezone
 
 from tenants import services
-from tenants.models import Role, User
+from tenants.models import User
 from tenants.scoping import tenant_scope
 from tests.portal.accounts.flows import LOGIN, MFA_SETUP, password_step
 
@@ -20,10 +22,17 @@ NEW_PASSWORD = "pale orange lantern over quiet harbour"
 
 
 @pytest.fixture
-def invitation_path(tenant_a, admin_a, django_capture_on_commit_callbacks) -> str:
+def invitation_path(tenant_a, radiologist_a, django_capture_on_commit_callbacks) -> str:
+    """The set-password link an outside physician gets when a study is shared with them (a new account)."""
     with tenant_scope(tenant_a), django_capture_on_commit_callbacks(execute=True):
-        services.membership_add(
-            actor=admin_a, tenant=tenant_a, username="carol", role=Role.RADIOLOGIST, email="carol@example.org"
+        services.membership_add_for_share(
+            actor=radiologist_a,
+            tenant=tenant_a,
+            email="carol@example.org",
+            first_name="Carol",
+            last_name="Outside",
+            ends_at=timezone.now() + timedelta(days=7),
+            link="https://portal.example/t/north/studies/x/",
         )
     (message,) = mail.outbox
     assert message.to == ["carol@example.org"]
@@ -45,12 +54,12 @@ def test_invitation_link_sets_the_password_once(invitation_path):
     assert weak.status_code == 200
     assert b"too short" in weak.content
     assert b"too common" in weak.content
-    assert not User.objects.get(username="carol").has_usable_password()
+    assert not User.objects.get(username="carol@example.org").has_usable_password()
 
     done = client.post(form_url, {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD}, follow=True)
     assert done.redirect_chain[-1][0] == LOGIN
     assert b"Your password is set" in done.content
-    assert password_step(Client(), "carol", NEW_PASSWORD)["Location"].startswith(MFA_SETUP)
+    assert password_step(Client(), "carol@example.org", NEW_PASSWORD)["Location"].startswith(MFA_SETUP)
 
     again = Client().get(invitation_path, follow=True)
     assert again.status_code == 400

@@ -1,4 +1,4 @@
-"""The OpenAPI schema documents the members and token operations, their bodies and their error responses."""
+"""The OpenAPI schema documents the members, invitation and token operations, their bodies and their error responses."""
 
 from __future__ import annotations
 
@@ -26,26 +26,33 @@ def test_schema_documents_members_and_tokens(api_client_for, tenant_a, radiologi
     end = paths["/api/v1/t/{tenant}/members/{public_id}/end/"]
     tokens = paths["/api/v1/t/{tenant}/tokens/"]
     token = paths["/api/v1/t/{tenant}/tokens/{public_id}/"]
+    invitations = paths["/api/v1/t/{tenant}/invitations/"]
+    invitation = paths["/api/v1/t/{tenant}/invitations/{public_id}/"]
     operations = {
         op["operationId"]
-        for item in (members, member, end, tokens, token)
+        for item in (members, member, end, tokens, token, invitations, invitation)
         for method, op in item.items()
         if method in {"get", "post", "patch", "delete"}
     }
     assert operations == {
-        "member_list", "member_add", "member_get", "member_update", "member_end",
+        "member_list", "member_get", "member_update", "member_end",
+        "invitation_list", "invitation_create", "invitation_get", "invitation_revoke",
         "api_token_list", "api_token_create", "api_token_revoke",
     }  # fmt: skip
     assert {"role", "status", "limit", "offset"} <= {p["name"] for p in members["get"]["parameters"]}
-    for operation in (members["post"], member["patch"], end["post"]):
+    assert "post" not in members  # people join by invitation only
+    for operation in (invitations["post"], member["patch"], end["post"]):
         for code in ("400", "403", "404"):
             assert PROBLEM in operation["responses"][code]["content"], (operation["operationId"], code)
-    assert "requestBody" in members["post"]
+    assert "requestBody" in invitations["post"]
+    assert "201" in invitations["post"]["responses"]
+    assert "204" in invitation["delete"]["responses"]
     assert "201" in tokens["post"]["responses"]
     assert "204" in token["delete"]["responses"]
     components = doc["components"]["schemas"]
     assert "token" in components["ApiTokenCreated"]["properties"]
-    for name in ("Member", "ApiToken"):
+    assert "username" not in components["InvitationCreateRequest"]["properties"]
+    for name in ("Member", "ApiToken", "Invitation"):
         properties = set(components[name]["properties"])
         assert not properties & {"password", "digest", "token"}, name
 

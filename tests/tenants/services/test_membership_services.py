@@ -3,91 +3,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.core import mail
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from audit.events import EventType
 from tenants import access, services
-from tenants.access import Forbidden, NotVisible
-from tenants.models import Membership, Role, User
+from tenants.access import Forbidden
+from tenants.models import Membership, Role
 from tenants.scoping import tenant_scope
 from tests.tenants.helpers import events, membership_of, registered_client, token_for
 
 
 def later(days: int = 30):
     return timezone.now() + timedelta(days=days)
-
-
-# membership_add
-# ------------------------------------------------------------------------------
-
-
-def test_add_creates_the_account_joins_the_role_group_and_invites(
-    tenant_a, admin_a, django_capture_on_commit_callbacks
-):
-    with tenant_scope(tenant_a), django_capture_on_commit_callbacks(execute=True):
-        membership = services.membership_add(
-            actor=admin_a, tenant=tenant_a, username="north-new", email="new@example.org", role=Role.TENANT_ADMIN
-        )
-        user = membership.user
-        assert access.has_perm(user, "tenants.manage_members", tenant_a)
-        assert user.groups.filter(name="north:tenant_admin").exists()
-
-    assert not user.has_usable_password()
-    assert len(mail.outbox) == 1
-    (event,) = events(tenant_a, EventType.MEMBER_ADDED)
-    assert event.actor_user == admin_a
-    assert event.target_id == str(membership.public_id)
-    assert event.extra == {"role": Role.TENANT_ADMIN, "ends_at": None, "new_account": True}
-
-
-def test_add_nothing_is_written_when_the_invitation_would_be_rolled_back(tenant_a, admin_a):
-    with tenant_scope(tenant_a), pytest.raises(ValidationError):
-        services.membership_add(
-            actor=admin_a, tenant=tenant_a, username="Bad Name!", email="x@example.org", role="radiologist"
-        )
-    assert not User.objects.filter(username="Bad Name!").exists()
-    assert mail.outbox == []
-    assert events(tenant_a, EventType.MEMBER_ADDED) == []
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"role": "surgeon"}, "role"),
-        ({"role": Role.AUDITOR}, "ends_at"),
-        ({"role": Role.RADIOLOGIST, "ends_at": timezone.now() - timedelta(days=1)}, "ends_at"),
-        ({"role": Role.RADIOLOGIST, "email": ""}, "email"),
-    ],
-)
-def test_add_validates(tenant_a, admin_a, kwargs, field):
-    arguments = {"username": "north-x", "email": "x@example.org", **kwargs}
-    with tenant_scope(tenant_a), pytest.raises(ValidationError) as caught:
-        services.membership_add(actor=admin_a, tenant=tenant_a, **arguments)
-    assert field in caught.value.message_dict
-
-
-def test_add_refuses_a_current_member_and_a_deactivated_account(tenant_a, admin_a, radiologist_a, make_member):
-    gone = make_member(tenant_a, Role.TECHNOLOGIST, "north-gone")
-    with tenant_scope(tenant_a):
-        services.membership_end(actor=admin_a, membership=membership_of(gone, tenant_a), reason="left")
-        with pytest.raises(ValidationError, match="already a member"):
-            services.membership_add(actor=admin_a, tenant=tenant_a, username="NORTH-RADIOLOGIST", role=Role.RADIOLOGIST)
-        with pytest.raises(ValidationError, match="deactivated"):
-            services.membership_add(actor=admin_a, tenant=tenant_a, username="north-gone", role=Role.RADIOLOGIST)
-
-
-def test_add_needs_manage_members(tenant_a, compliance_a, radiologist_a):
-    with tenant_scope(tenant_a):
-        with pytest.raises(Forbidden):
-            services.membership_add(
-                actor=compliance_a, tenant=tenant_a, username="n", email="n@example.org", role=Role.RADIOLOGIST
-            )
-        with pytest.raises(NotVisible):
-            services.membership_add(
-                actor=radiologist_a, tenant=tenant_a, username="n", email="n@example.org", role=Role.RADIOLOGIST
-            )
 
 
 # membership_change_role
@@ -185,6 +113,33 @@ def test_end_revokes_tokens_ends_sessions_and_deactivates(client_for, tenant_a, 
     (event,) = events(tenant_a, EventType.MEMBERSHIP_ENDED)
     assert event.actor_user == admin_a
     assert event.extra == {"reason": "left", "tokens_revoked": 1, "sessions_ended": 1, "deactivated": True}
+
+
+def test_end_in_one_tenant_leaves_the_session_and_tokens_of_the_other(
+    client_for, tenant_a, tenant_b, admin_a, outsider_b
+):
+    """Issue 8 #3: north ending a membership logged the person's south session out."""
+    with tenant_scope(tenant_a):
+        north = Membership(tenant=tenant_a, user=outsider_b, role=Role.RADIOLOGIST)
+        north.full_clean()
+        north.save()
+    browser = registered_client(client_for(outsider_b), outsider_b)
+    assert browser.get("/t/north/").status_code == 200
+    assert browser.get("/t/south/").status_code == 200
+    _, north_raw = token_for(outsider_b, tenant_a)
+    _, south_raw = token_for(outsider_b, tenant_b)
+
+    with tenant_scope(tenant_a):
+        services.membership_end(actor=admin_a, membership=north, reason="rotation over")
+
+    assert browser.get("/t/north/").status_code == 404  # north's access ended at once
+    assert browser.get("/t/south/").status_code == 200  # the same session still works in south
+    api = browser.__class__()
+    assert api.get("/api/v1/t/north/tokens/", HTTP_AUTHORIZATION=f"Bearer {north_raw}").status_code == 401
+    assert api.get("/api/v1/t/south/tokens/", HTTP_AUTHORIZATION=f"Bearer {south_raw}").status_code == 200
+    event = events(tenant_a, EventType.MEMBERSHIP_ENDED)[-1]
+    assert event.extra["sessions_ended"] == 0
+    assert event.extra["deactivated"] is False
 
 
 def test_end_keeps_an_account_with_another_organisation(tenant_a, tenant_b, admin_a, outsider_b):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from datetime import date, timedelta
+import re
+from datetime import timedelta
 
 from django.core import mail
 from django.utils import timezone
@@ -66,38 +67,54 @@ def test_another_tenant_is_a_404_like_no_tenant(client_for, tenant_a, tenant_b, 
     assert other.content == missing.content
 
 
-def test_add_a_member(client_for, tenant_a, admin_a, django_capture_on_commit_callbacks):
+def test_invite_a_person(client_for, tenant_a, admin_a, django_capture_on_commit_callbacks):
     client = client_for(admin_a)
-    form = {"username": "north-new", "email": "new@example.org", "first_name": "Nell", "role": Role.TECHNOLOGIST}
+    form = {"email": "New@Example.org", "first_name": "Nell", "role": Role.TECHNOLOGIST}
 
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(f"{URL}add/", form)
+        response = client.post(f"{URL}invite/", form)
 
     assert response.status_code == 302
     assert response["Location"] == URL
     page = client.get(URL).content.decode()
-    assert "north-new was added as technologist" in page
-    user = User.objects.get(username="north-new")
-    assert membership_of(user, tenant_a).role == Role.TECHNOLOGIST
+    assert "An invitation to new@example.org as technologist is queued for sending." in page
+    assert "The person joins when they accept it" in page
+    assert "new@example.org" in page.split("Invitations waiting for an answer")[1]  # listed as pending
+    assert not User.objects.filter(email__iexact="new@example.org").exists()  # nobody joins without accepting
     assert [m.to for m in mail.outbox] == [["new@example.org"]]
-    event = last_event(tenant_a, EventType.MEMBER_ADDED)
+    assert "/invitations/inv_" in mail.outbox[0].body
+    event = last_event(tenant_a, EventType.INVITATION_SENT)
     assert event.actor_user == admin_a
-    assert event.target_id == str(membership_of(user, tenant_a).public_id)
+    assert event.participants[1] == {"type": "email", "id": "new@example.org", "role": "invitee"}
 
 
-def test_add_an_auditor_needs_an_end_date(client_for, tenant_a, admin_a):
+def test_the_invitation_form_has_no_preselected_role(client_for, tenant_a, admin_a):
+    html = client_for(admin_a).get(URL).content.decode()
+    form = html.split('id="add-member"')[1].split("</form>")[0]
+    select = form.split('name="role"')[1].split("</select>")[0]
+
+    assert "required" in select.split(">")[0]
+    selected = re.findall(r'<option value="([^"]*)"[^>]*selected', select)
+    assert selected in ([], [""])  # only the "Choose a role…" placeholder, never a role
+
+    refused = client_for(admin_a).post(f"{URL}invite/", {"email": "x@example.org"})
+    assert refused.status_code == 400
+    assert "This field is required." in refused.content.decode()
+
+
+def test_invite_an_auditor_needs_an_end_date(client_for, tenant_a, admin_a):
     client = client_for(admin_a)
-    form = {"username": "north-aud", "email": "aud@example.org", "role": Role.AUDITOR}
+    form = {"email": "aud@example.org", "role": Role.AUDITOR}
 
-    refused = client.post(f"{URL}add/", form)
-    accepted = client.post(f"{URL}add/", {**form, "ends_at": in_days(30)})
+    refused = client.post(f"{URL}invite/", form)
+    accepted = client.post(f"{URL}invite/", {**form, "ends_at": in_days(30)})
 
     assert refused.status_code == 400
     assert "An auditor&#x27;s membership must have an end date." in refused.content.decode()
-    assert 'value="north-aud"' in refused.content.decode()  # the form keeps what was typed
+    assert 'value="aud@example.org"' in refused.content.decode()  # the form keeps what was typed
     assert accepted.status_code == 302
-    membership = membership_of(User.objects.get(username="north-aud"), tenant_a)
-    assert membership.ends_at.date() == date.fromisoformat(in_days(30))
+    (invitation,) = events(tenant_a, EventType.INVITATION_SENT)
+    assert invitation.extra["ends_at"].startswith(in_days(30))
 
 
 def test_change_role_set_end_date_and_clear_it(client_for, tenant_a, admin_a, radiologist_a):
@@ -155,7 +172,10 @@ def test_deactivate_ends_the_membership_sessions_and_tokens(client_for, tenant_a
     assert event.actor_user == admin_a
     assert event.extra["reason"] == "contract over"
     assert event.extra["deactivated"] is True
-    assert "The account belonged to no other organisation, so it is deactivated." in admin.get(URL).content.decode()
+    assert (
+        "The account belonged to no other organisation, so it is deactivated and signed out."
+        in admin.get(URL).content.decode()
+    )
 
 
 def test_deactivate_needs_a_reason(client_for, tenant_a, admin_a, radiologist_a):
@@ -171,14 +191,14 @@ def test_members_without_manage_members_cannot_change_anything(
 ):
     for user in (compliance_a, radiologist_a):
         client = client_for(user)
-        add = client.post(f"{URL}add/", {"username": "x", "email": "x@example.org", "role": Role.RADIOLOGIST})
+        add = client.post(f"{URL}invite/", {"email": "x@example.org", "role": Role.RADIOLOGIST})
         role = client.post(action_url(technologist_a, tenant_a, "role"), {"role": Role.RADIOLOGIST})
         end = client.post(action_url(technologist_a, tenant_a, "end"), {"reason": "x"})
         assert add.status_code == role.status_code == end.status_code == 403
         assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user == user
     assert membership_of(technologist_a, tenant_a).role == Role.TECHNOLOGIST
     assert membership_of(technologist_a, tenant_a).status == "active"
-    assert not User.objects.filter(username="x").exists()
+    assert events(tenant_a, EventType.INVITATION_SENT) == []
 
 
 def test_another_tenants_member_is_a_404(client_for, tenant_a, tenant_b, admin_a, outsider_b):
@@ -199,7 +219,7 @@ def test_page_query_budget(client_for, tenant_a, admin_a, make_member, django_as
         make_member(tenant_a, Role.RADIOLOGIST, f"north-r{n:02d}")
     client = client_for(admin_a)
 
-    with django_assert_max_num_queries(14):
+    with django_assert_max_num_queries(18):  # 14, + lockouts, + pending invitations (and their visibility)
         response = client.get(URL)
 
     assert response.status_code == 200

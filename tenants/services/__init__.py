@@ -1,0 +1,52 @@
+"""Writes about tenants, members, invitations, sessions, API tokens and e-mail, one module each. The public names
+are re-exported here, so callers import `tenants.services` (or `from tenants.services import ...`)."""
+
+from tenants.services.invitations import (
+    INVITATION_INVALID,
+    invitation_accept,
+    invitation_accept_new_account,
+    invitation_create,
+    invitation_revoke,
+)
+from tenants.services.links import invitation_link, set_password_link
+from tenants.services.mail import mail_deliver, mail_queue
+from tenants.services.memberships import (
+    account_unlock,
+    membership_add_for_share,
+    membership_change_role,
+    membership_end,
+    membership_grant_by_operator,
+    membership_set_end,
+    memberships_end_due,
+    user_deactivate,
+)
+from tenants.services.sessions import session_register, sessions_end_for_user
+from tenants.services.tenants import tenant_create
+from tenants.services.tokens import API_TOKEN_PREFIX, api_token_create, api_token_revoke, api_token_touch
+
+__all__ = [
+    "API_TOKEN_PREFIX",
+    "INVITATION_INVALID",
+    "account_unlock",
+    "api_token_create",
+    "api_token_revoke",
+    "api_token_touch",
+    "invitation_accept",
+    "invitation_accept_new_account",
+    "invitation_create",
+    "invitation_link",
+    "invitation_revoke",
+    "mail_deliver",
+    "mail_queue",
+    "membership_add_for_share",
+    "membership_change_role",
+    "membership_end",
+    "membership_grant_by_operator",
+    "membership_set_end",
+    "memberships_end_due",
+    "session_register",
+    "sessions_end_for_user",
+    "set_password_link",
+    "tenant_create",
+    "user_deactivate",
+]
