@@ -18,7 +18,7 @@ from django.urls import reverse
 
 from audit.events import EventType
 from audit.services import audit_event_record
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from studies.forms import IngestFilterForm, StudySearchForm, UploadFileForm
 from studies.models import IngestItem, Study
 from studies.selectors import ingest_item_list, ingest_state_counts, scanner_description, series_get, study_list

@@ -23,7 +23,7 @@ from django.urls import reverse
 from audit.events import EventType, Outcome
 from audit.selectors import audit_events_for_study
 from audit.services import audit_event_record
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from studies.models import Series, Study
 from studies.selectors import series_list_for_study, study_get
 from studies.services.reads import instances_accessed_record, study_participants

@@ -18,7 +18,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from tenants import selectors, services
 from tenants.forms import (
     ApiTokenCreateForm,

@@ -10,8 +10,8 @@ import pytest
 from django.apps import apps
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from portal.api.base import TenantApi
-from portal.views import TenantPageView
+from portal.web.api import TenantApi
+from portal.web.pages import TenantPageView
 from studies.dicomweb.base import DicomWebApi
 from tenants.scoping import TenantScopedManager
 
