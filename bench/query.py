@@ -199,10 +199,10 @@ class RealSeries:
 def ingest_real(target: Target, count: int) -> RealSeries:
     """`count` CT instances of one series through the ingest pipeline (quarantine, checks, encryption, index,
     thumbnail), the tasks run in this process instead of by a worker."""
+    from celery import current_app as app
     from pydicom.uid import generate_uid
 
     from audit.context import audit_context
-    from portal.celery import app
     from studies.dicom.synthetic import make_instance
     from studies.models import IngestItem, Instance
     from studies.services.ingest import ingest_receive
