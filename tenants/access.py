@@ -1,10 +1,14 @@
 """The one permission decision. No other module imports django-guardian.
 
 Two layers:
-1. Membership: an active, current `Membership` in the tenant (checked by `TenantApi` / `TenantPageView`).
+1. Membership: an active, current `Membership` in the tenant (`membership_current_get`, checked by `TenantApi`
+   / `TenantPageView`); its role decides who may look for images and who may break the glass (`IMAGE_ROLES`).
 2. Permissions: tenant-wide permissions are django-guardian object permissions on the `Tenant` row, granted to
    the role group `<tenant slug>:<role>` (guardian's "roles with groups" pattern); grants on single objects
    (shares, in later work) are guardian object permissions on that object.
+
+Apps widen or narrow the decision only by registering with it in their `AppConfig.ready()` (study visibility,
+break-glass), so the decision stays here without this module importing the apps.
 
 Superusers and platform staff get no shortcut: guardian's superuser bypass is never used.
 An object the actor may not see is `NotVisible` (a 404, like a missing one); a visible object the actor may

@@ -1,8 +1,8 @@
 """Reads about tenants, members and API tokens.
 
 This module is allow-listed for `unscoped_objects` where a read must happen before a scope can exist: finding a
-user's memberships across tenants (to list their tenants, and to open the scope of a request) and finding a
-bearer token by its digest.
+bearer token by its digest, and a user's memberships and tokens across tenants for platform work. Whether a person
+is a current member at all is the first layer of the permission decision, in tenants.access.
 """
 
 from __future__ import annotations
