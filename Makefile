@@ -23,6 +23,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check portal tenants audit devices studies bench
 	$(VENV)/bin/mypy portal tenants audit devices studies
+	$(VENV)/bin/lint-imports
 
 # Benchmarks, figures in docs/BENCHMARKS.md: ingestion (bench/ingest.py: its own database, Redis db 9), then
 # query and retrieve (bench/query.py: its own database, Redis db 10).

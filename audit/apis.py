@@ -18,9 +18,9 @@ from audit.events import EventType
 from audit.models import AuditEvent
 from audit.selectors import audit_change_list, audit_event_get, audit_event_list
 from audit.services import audit_event_record
-from portal.api.base import TenantApi
-from portal.api.errors import problem_responses
-from portal.api.pagination import PAGE_PARAMETERS, Pagination, page_of
+from portal.web.api import TenantApi
+from portal.web.errors import problem_responses
+from portal.web.pagination import PAGE_PARAMETERS, Pagination, page_of
 from tenants import access
 
 VIEW_AUDIT = "tenants.view_audit"

@@ -12,9 +12,9 @@ from django.utils import timezone
 from audit import context as audit_context
 from audit.events import EventType, Outcome
 from audit.models import AuditChain, AuditEvent, SecurityAlert
+from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none
-from tenants.selectors import membership_current_get, tenant_list_for_user
 
 
 def participant(obj: Any, *, role: str = "", name: str = "", detail: Mapping[str, Any] | None = None) -> dict[str, Any]:

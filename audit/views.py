@@ -20,7 +20,7 @@ from django.utils import timezone
 from audit.events import EventType
 from audit.selectors import TRAIL_EVENT, TrailEntry, audit_trail_entries, audit_trail_keys
 from audit.services import audit_event_record
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from tenants.models import Role, Tenant
 from tenants.scoping import tenant_scope
 

@@ -216,20 +216,51 @@ def psql(sql: str) -> None:
     )
 
 
-def database_reset() -> None:
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    psql(f"CREATE DATABASE {DB_NAME} OWNER enclave")
+def database_reset(name: str) -> None:
+    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    psql(f"CREATE DATABASE {name} OWNER enclave")
 
 
-def database_drop() -> None:
+def database_drop(name: str) -> None:
     with contextlib.suppress(subprocess.CalledProcessError):
-        psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def redis_flush() -> None:
+def redis_flush(url: str) -> None:
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    redis.Redis.from_url(url).flushdb()
+
+
+def django_on_fresh_database(*, db_name: str, redis_url: str) -> None:
+    """A benchmark's own database, dropped and created again, and its Redis database, flushed; then Django set up
+    on them (from the environment already in os.environ, see `bench_environment`) and the database migrated."""
+    database_reset(db_name)
+    redis_flush(redis_url)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def bench_cleanup(*, db_name: str, redis_url: str, tmp: Path, keep: bool) -> None:
+    """After a benchmark, its processes stopped: close Django's connections, then drop its database, flush its
+    Redis database and remove `tmp`, unless `keep`."""
+    from django.apps import apps
+
+    if apps.ready:
+        from django.db import connections
+
+        connections.close_all()
+    if keep:
+        log(f"kept {tmp} and database {db_name}")
+        return
+    database_drop(db_name)
+    with contextlib.suppress(Exception):
+        redis_flush(redis_url)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def eicar() -> bytes:
@@ -773,17 +804,8 @@ def main() -> int:
 
     processes = Processes(tmp)
     results: list[RunResult] = []
-    django_ready = False
     try:
-        database_reset()
-        redis_flush()
-        import django
-
-        django.setup()
-        django_ready = True
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+        django_on_fresh_database(db_name=DB_NAME, redis_url=REDIS_URL)
         info = machine()
         log(f"machine: {info}")
 
@@ -881,17 +903,7 @@ def main() -> int:
         clamd_dir = tmp / "clamd-dir"
         if clamd_dir.exists():
             shutil.rmtree(clamd_dir.read_text(), ignore_errors=True)
-        if django_ready:
-            from django.db import connections
-
-            connections.close_all()
-        if not args.keep:
-            database_drop()
-            with contextlib.suppress(Exception):
-                redis_flush()
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp} and database {DB_NAME}")
+        bench_cleanup(db_name=DB_NAME, redis_url=REDIS_URL, tmp=tmp, keep=args.keep)
 
 
 @contextlib.contextmanager

@@ -34,11 +34,9 @@ off, CONN_MAX_AGE=60).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -64,12 +62,13 @@ from bench.ingest import (  # noqa: E402  (after the sys.path line, for `python 
     Processes,
     Started,
     _signals_raise,
+    bench_cleanup,
     bench_environment,
+    django_on_fresh_database,
     free_port,
     log,
     machine,
     memory_of,
-    psql,
     stores_env,
 )
 
@@ -135,22 +134,6 @@ INSTANCE_WEIGHT = {"CT": 10.0, "MR": 8.0, "PT": 8.0, "NM": 2.0, "CR": 0.3, "DX":
 # ------------------------------------------------------------------------------
 
 
-def database_reset() -> None:
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    psql(f"CREATE DATABASE {DB_NAME} OWNER enclave")
-
-
-def database_drop() -> None:
-    with contextlib.suppress(Exception):
-        psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-
-
-def redis_flush() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
-
-
 def bench_env(tmp: Path) -> dict[str, str]:
     """The environment of this process and of gunicorn: bench/ingest.py's settings, on this benchmark's database
     and Redis database, with blob stores under `tmp`."""
@@ -199,10 +182,10 @@ class RealSeries:
 def ingest_real(target: Target, count: int) -> RealSeries:
     """`count` CT instances of one series through the ingest pipeline (quarantine, checks, encryption, index,
     thumbnail), the tasks run in this process instead of by a worker."""
+    from celery import current_app as app
     from pydicom.uid import generate_uid
 
     from audit.context import audit_context
-    from portal.celery import app
     from studies.dicom.synthetic import make_instance
     from studies.models import IngestItem, Instance
     from studies.services.ingest import ingest_receive
@@ -738,18 +721,10 @@ def main() -> int:
     os.environ.clear()
     os.environ.update(env)
     processes = Processes(tmp)
-    django_ready = False
     try:
-        database_reset()
-        redis_flush()
-        import django
-
-        django.setup()
-        django_ready = True
+        django_on_fresh_database(db_name=DB_NAME, redis_url=REDIS_URL)
         import requests
-        from django.core.management import call_command
 
-        call_command("migrate", verbosity=0)
         info = machine()
         info["load_average_before"] = load_before
         target = provision()
@@ -832,17 +807,7 @@ def main() -> int:
         return 0
     finally:
         processes.stop_all()
-        if django_ready:
-            from django.db import connections
-
-            connections.close_all()
-        if not args.keep:
-            database_drop()
-            with contextlib.suppress(Exception):
-                redis_flush()
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"kept {tmp} and database {DB_NAME}")
+        bench_cleanup(db_name=DB_NAME, redis_url=REDIS_URL, tmp=tmp, keep=args.keep)
 
 
 if __name__ == "__main__":

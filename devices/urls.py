@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from devices import apis, views
-from portal.api.routing import api_by_method
+from portal.web.routing import api_by_method
 
 page_patterns = [
     path("devices/", views.DevicesView.as_view(), name="devices"),

@@ -21,7 +21,7 @@ from audit.services import access_denied_record
 from devices import selectors, services
 from devices.forms import DeviceRegisterForm, DeviceRevokeForm
 from devices.models import Device
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from tenants import access
 from tenants.forms import errors_apply
 

@@ -16,7 +16,7 @@ from django_otp.admin import OTPAdminSite
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from portal.views import mfa_gate
+from portal.web.pages import mfa_gate
 
 
 class OpsAdminSite(OTPAdminSite):

@@ -6,4 +6,4 @@ class PortalConfig(AppConfig):
 
     def ready(self) -> None:
         from portal.accounts import signals  # noqa: F401  (connects the sign-in audit receivers)
-        from portal.api import schema  # noqa: F401  (registers the OpenAPI description of our authentication)
+        from portal.web import schema  # noqa: F401  (registers the OpenAPI description of our authentication)

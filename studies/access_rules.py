@@ -13,9 +13,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from studies.models import BreakGlassGrant, StudyShare, person_name_key
+from tenants.access import membership_current_get
 from tenants.models import Role
 from tenants.scoping import current_tenant
-from tenants.selectors import membership_current_get
 
 
 def study_visibility(actor: Any, granted: Q) -> Q:

@@ -8,6 +8,7 @@ class StudiesConfig(AppConfig):
     def ready(self) -> None:
         from studies.access_rules import study_visibility
         from studies.models import Study
-        from tenants.access import visibility_rule_register
+        from tenants.access import break_glass_register, visibility_rule_register
 
         visibility_rule_register(Study, study_visibility)
+        break_glass_register(Study, perm="studies.view_study")

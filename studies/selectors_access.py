@@ -12,10 +12,8 @@ from django.utils import timezone
 
 from studies.models import BreakGlassGrant, Study, StudyShare
 from tenants import access
-from tenants.models import Membership, Role, User
+from tenants.models import Membership, User
 from tenants.scoping import current_tenant
-
-CLINICIAN_ROLES = frozenset({Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.REFERRING_PHYSICIAN})
 
 
 def share_list(*, actor: Any, study: Study) -> models.QuerySet[StudyShare]:

@@ -8,12 +8,12 @@ import logging
 from celery import shared_task
 from django.utils import timezone
 
+from portal.web.task_context import task_context
 from studies import services
 from studies.models import BreakGlassGrant, Export, IngestItem, ReadTally, Series
 from studies.scanning import ScanError
 from studies.services.reads import read_tallies_flush
 from tenants.models import Tenant
-from tenants.scoping import task_context
 
 logger = logging.getLogger(__name__)
 

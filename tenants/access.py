@@ -1,10 +1,14 @@
 """The one permission decision. No other module imports django-guardian.
 
 Two layers:
-1. Membership: an active, current `Membership` in the tenant (checked by `TenantApi` / `TenantPageView`).
+1. Membership: an active, current `Membership` in the tenant (`membership_current_get`, checked by `TenantApi`
+   / `TenantPageView`); its role decides who may look for images and who may break the glass (`IMAGE_ROLES`).
 2. Permissions: tenant-wide permissions are django-guardian object permissions on the `Tenant` row, granted to
    the role group `<tenant slug>:<role>` (guardian's "roles with groups" pattern); grants on single objects
    (shares, in later work) are guardian object permissions on that object.
+
+Apps widen or narrow the decision only by registering with it in their `AppConfig.ready()` (study visibility,
+break-glass), so the decision stays here without this module importing the apps.
 
 Superusers and platform staff get no shortcut: guardian's superuser bypass is never used.
 An object the actor may not see is `NotVisible` (a 404, like a missing one); a visible object the actor may
@@ -18,6 +22,8 @@ from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, Group
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
 
@@ -80,6 +86,40 @@ def membership_groups_sync(*, membership: Membership) -> None:
         user.groups.remove(group)
     if membership.is_current():
         user.groups.add(Group.objects.get(name=role_group_name(tenant, membership.role)))
+
+
+# Membership, the first layer: read before any scope can exist (to open a request's scope, to list a person's
+# tenants, to name the role of an audit event's actor), so these two read across tenants (`unscoped_objects`).
+
+
+def membership_current_get(*, user: Any, tenant: Tenant) -> Membership | None:
+    """The user's current membership in `tenant`, or None. Used to open a scope, so it reads unscoped."""
+    if not isinstance(user, User) or not user.is_active or not tenant.is_active:
+        return None
+    membership = (
+        Membership.unscoped_objects.filter(tenant=tenant, user=user, status=Membership.Status.ACTIVE)
+        .select_related("tenant")
+        .first()
+    )
+    if membership is None or not membership.is_current():
+        return None
+    return membership
+
+
+def tenant_list_for_user(*, user: Any) -> list[tuple[Tenant, Membership]]:
+    """The tenants where `user` is a current member, with the membership, by tenant name."""
+    if not isinstance(user, User) or not user.is_active:
+        return []
+    now = timezone.now()
+    memberships = (
+        Membership.unscoped_objects.filter(
+            user=user, status=Membership.Status.ACTIVE, tenant__status=Tenant.Status.ACTIVE
+        )
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+        .select_related("tenant")
+        .order_by("tenant__name")
+    )
+    return [(m.tenant, m) for m in memberships]
 
 
 def _tenant_of(obj: Any) -> Tenant | None:
@@ -183,21 +223,53 @@ def object_revoke(*, perm: str, user: Any, obj: models.Model) -> None:
     remove_perm(perm, user, obj)
 
 
-# Roles whose work is images: they may open the study list (what they see in it is still `visible`'s answer).
+# The clinical roles: their work is images. They may open the study list (what they see in it is still `visible`'s
+# answer), and they are the ones who may break the glass in an emergency.
 IMAGE_ROLES = frozenset({Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.REFERRING_PHYSICIAN})
+
+
+def _image_role_in_scope(actor: Any, tenant: Tenant) -> bool:
+    scope = current_tenant_or_none()
+    if not _is_person(actor) or scope is None or scope.pk != tenant.pk:
+        return False
+    membership = membership_current_get(user=actor, tenant=tenant)
+    return membership is not None and membership.role in IMAGE_ROLES
 
 
 def may_see_images(actor: Any, tenant: Tenant) -> bool:
     """True when `actor` may look for images in `tenant` at all: the tenant permission `tenants.view_studies`
-    (every study), or a current membership in a clinician role (a referring physician: the studies that name
+    (every study), or a current membership in an image role (a referring physician: the studies that name
     them, shares, break-glass). Tenant admins, compliance officers and auditors see no pixels."""
     if has_perm(actor, "tenants.view_studies", tenant):
         return True
-    scope = current_tenant_or_none()
-    if not _is_person(actor) or scope is None or scope.pk != tenant.pk:
-        return False
-    membership = Membership.objects.filter(user=actor, status=Membership.Status.ACTIVE, role__in=IMAGE_ROLES).first()
-    return membership is not None and membership.is_current()
+    return _image_role_in_scope(actor, tenant)
+
+
+# Break-glass (HIPAA 164.312(a)(2)(ii)): in an emergency, a member in an image role may open one object they cannot
+# see. The app whose objects can be opened so registers, per model, the permission a grant stands in for (studies:
+# `studies.view_study`, in its AppConfig.ready); once granted, the model's visibility rule shows the object.
+_break_glass_perms: dict[type[models.Model], str] = {}
+
+
+def break_glass_register(model: type[models.Model], *, perm: str) -> None:
+    _break_glass_perms[model] = perm
+
+
+def break_glass_require(actor: Any) -> None:
+    """Raise `Forbidden` (code `not_a_clinician`) unless `actor` may use break-glass in the current scope's tenant
+    at all: a current member in an image role. Checked before the object is known (pages, the start service)."""
+    tenant = current_tenant_or_none()
+    if tenant is None or not _image_role_in_scope(actor, tenant):
+        raise Forbidden("Only clinicians can use emergency access.", code="not_a_clinician")
+
+
+def break_glass_needed(actor: Any, obj: models.Model) -> bool:
+    """True when break-glass would open `obj` to `actor`: they cannot already see it under the permission its
+    model registered. A model that registered none cannot be opened by break-glass (`Forbidden`)."""
+    perm = _break_glass_perms.get(type(obj))
+    if perm is None:
+        raise Forbidden("Emergency access does not apply to this.", code="not_break_glass")
+    return not has_perm(actor, perm, obj)
 
 
 def tenant_permissions(actor: Any, tenant: Tenant) -> frozenset[str]:

@@ -17,9 +17,9 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal.api.base import TenantApi
-from portal.api.errors import problem_responses
-from portal.api.pagination import PAGE_PARAMETERS, page_of, paginated
+from portal.web.api import TenantApi
+from portal.web.errors import problem_responses
+from portal.web.pagination import PAGE_PARAMETERS, page_of, paginated
 from tenants import access, selectors, services
 from tenants.models import ApiToken, Invitation, Membership, Role, User
 

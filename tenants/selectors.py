@@ -1,8 +1,8 @@
 """Reads about tenants, members and API tokens.
 
 This module is allow-listed for `unscoped_objects` where a read must happen before a scope can exist: finding a
-user's memberships across tenants (to list their tenants, and to open the scope of a request) and finding a
-bearer token or an invitation by its digest.
+user's memberships across tenants for platform work, and finding a bearer token or an invitation by its digest.
+Whether a person is a current member at all is the first layer of the permission decision, in tenants.access.
 """
 
 from __future__ import annotations
@@ -14,26 +14,11 @@ from axes.models import AccessAttempt
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Q
 from django.utils import timezone
 
 from tenants import access
 from tenants.models import ApiToken, Invitation, Membership, Tenant, User
 from tenants.scoping import current_tenant
-
-
-def membership_current_get(*, user: Any, tenant: Tenant) -> Membership | None:
-    """The user's current membership in `tenant`, or None. Used to open a scope, so it reads unscoped."""
-    if not isinstance(user, User) or not user.is_active or not tenant.is_active:
-        return None
-    membership = (
-        Membership.unscoped_objects.filter(tenant=tenant, user=user, status=Membership.Status.ACTIVE)
-        .select_related("tenant")
-        .first()
-    )
-    if membership is None or not membership.is_current():
-        return None
-    return membership
 
 
 def tenant_get_for_member(*, user: Any, slug: str) -> tuple[Tenant, Membership]:
@@ -42,7 +27,7 @@ def tenant_get_for_member(*, user: Any, slug: str) -> tuple[Tenant, Membership]:
     tenant = Tenant.objects.filter(slug=slug).first()
     if tenant is None:
         raise access.NotVisible()
-    membership = membership_current_get(user=user, tenant=tenant)
+    membership = access.membership_current_get(user=user, tenant=tenant)
     if membership is None:
         raise access.NotVisible()
     return tenant, membership
@@ -52,22 +37,6 @@ def tenant_for_called_ae(*, ae_title: str) -> Tenant | None:
     """The active tenant whose archive answers to this called AE title (the DICOM listener's one way in)."""
     tenant = Tenant.objects.filter(ae_title=(ae_title or "").strip().upper()).first()
     return tenant if tenant is not None and tenant.is_active else None
-
-
-def tenant_list_for_user(*, user: Any) -> list[tuple[Tenant, Membership]]:
-    """The tenants where `user` is a current member, with the membership, by tenant name."""
-    if not isinstance(user, User) or not user.is_active:
-        return []
-    now = timezone.now()
-    memberships = (
-        Membership.unscoped_objects.filter(
-            user=user, status=Membership.Status.ACTIVE, tenant__status=Tenant.Status.ACTIVE
-        )
-        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
-        .select_related("tenant")
-        .order_by("tenant__name")
-    )
-    return [(m.tenant, m) for m in memberships]
 
 
 def membership_list_across_tenants(*, user: User) -> models.QuerySet[Membership]:

@@ -8,9 +8,9 @@ from smtplib import SMTPException
 from celery import shared_task
 from django.utils import timezone
 
+from portal.web.task_context import task_context
 from tenants import services
 from tenants.models import Membership, Tenant
-from tenants.scoping import task_context
 
 logger = logging.getLogger(__name__)
 

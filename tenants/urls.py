@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from portal.api.routing import api_by_method
+from portal.web.routing import api_by_method
 from tenants import apis, views
 
 page_patterns = [

@@ -21,7 +21,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views import View
 
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from tenants import selectors, services
 from tenants.forms import (
     ApiTokenCreateForm,

@@ -1,4 +1,6 @@
-"""The rules of shared/STYLE.md that code can check: one tenant scope, one permission decision, base classes."""
+"""The rules of shared/STYLE.md that import-linter cannot say (the layers themselves are its contracts in
+pyproject.toml, run by `make lint`): the tenant-scoped manager, the base class of every routed API and page, the
+escape hatches' allow-lists, the one module that imports guardian, and the shape of tasks."""
 
 from __future__ import annotations
 
@@ -9,35 +11,41 @@ from pathlib import Path
 import pytest
 from django.apps import apps
 from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.views import APIView
 
-from portal.api.base import TenantApi
-from portal.views import TenantPageView
+from portal.web.api import TenantApi
+from portal.web.pages import TenantPageView
 from studies.dicomweb.base import DicomWebApi
 from tenants.scoping import TenantScopedManager
 
 ROOT = Path(__file__).resolve().parents[1]
-OUR_APPS = ("portal", "tenants", "audit", "studies", "training", "devices")
+# Our apps: those of INSTALLED_APPS that live in this repository, whatever they are.
+OUR_APPS = tuple(config.label for config in apps.get_app_configs() if Path(config.path).resolve().is_relative_to(ROOT))
+# Python outside the apps that still talks to the database.
+OTHER_SOURCES = ("bench",)
 
 # Files where `unscoped_objects` may appear, each with its reason.
 UNSCOPED_ALLOWED = {
     "tenants/models.py": "defines the bypass",
     "tenants/scoping.py": "documents the bypass",
     "audit/models.py": "defines the bypass on AuditEvent",
-    "tenants/selectors.py": "reads that open a scope: a user's memberships, a bearer token by digest",
+    "tenants/access.py": "membership, read before a scope exists: a person's current memberships across tenants",
+    "tenants/selectors.py": "reads that open a scope: a bearer token by digest; a user's memberships for platform work",
     "tenants/tasks.py": "fan-out: which tenants have expired memberships",
     "studies/tasks.py": "fan-out: which tenants have stuck ingest items",
     "audit/selectors.py": "the chain verifier walks every tenant's chain",
     "audit/admin.py": "operators' read-only view of events across tenants (no patient fields)",
     "tenants/admin.py": "operators' view of memberships across tenants",
     "devices/admin.py": "operators' read-only view of devices across tenants (no patient data)",
+    "bench/query.py": "the benchmark counts the audit events its reads wrote (its own database)",
 }
 DANGEROUS_ALLOWED: dict[str, str] = {}
 GUARDIAN_ALLOWED = {
     "tenants/access.py",
     "studies/models.py",  # guardian's direct-foreign-key permission models for studies, defined, never queried
 }
-# Routed views that are not tenant APIs or pages, with the reason they need no tenant.
-PUBLIC_VIEWS = {
+# Routed DRF views that are not tenant APIs, with the reason they need no tenant.
+PUBLIC_APIS = {
     "SpectacularAPIView": "OpenAPI schema: requires authentication, holds no tenant data",
     "SpectacularSwaggerView": "the schema's browser",
 }
@@ -57,21 +65,22 @@ UNSCOPED_MODELS = {
     "audit.AuditChain": "the lock row of a hash chain, also of the platform chain (no tenant); only audit.services "
     "and audit.selectors touch it, by key",
 }
+QUEUEING = {"task_queue", "task_queue_on_commit"}  # tenants.jobs: services name the task they queue
 
 
 def _source_files() -> list[Path]:
     files = []
-    for app in OUR_APPS:
-        base = ROOT / app
+    for top in (*OUR_APPS, *OTHER_SOURCES):
+        base = ROOT / top
         if base.exists():
             files += [p for p in base.rglob("*.py") if "migrations" not in p.parts]
     return files
 
 
-def _walk(patterns, prefix=""):
+def _routes(patterns, prefix=""):
     for p in patterns:
         if isinstance(p, URLResolver):
-            yield from _walk(p.url_patterns, prefix + str(p.pattern))
+            yield from _routes(p.url_patterns, prefix + str(p.pattern))
         elif isinstance(p, URLPattern):
             yield prefix + str(p.pattern), p
 
@@ -81,42 +90,49 @@ def _view_class(pattern: URLPattern):
     return getattr(callback, "view_class", None) or getattr(callback, "cls", None)
 
 
+def test_our_apps_are_discovered():
+    assert {"portal", "tenants", "audit", "devices", "studies"} <= set(OUR_APPS)
+
+
 def test_every_tenant_model_uses_the_scoped_manager():
-    checked = 0
+    checked = set()
     for model in apps.get_models():
-        if model._meta.app_label not in OUR_APPS:
-            continue
-        if model._meta.label in UNSCOPED_MODELS:
+        if model._meta.app_label not in OUR_APPS or model._meta.label in UNSCOPED_MODELS:
             continue
         if any(f.name == "tenant" for f in model._meta.get_fields()):
-            checked += 1
             assert isinstance(model._default_manager, TenantScopedManager), model
             assert isinstance(model.objects, TenantScopedManager), model
-    assert checked >= 3
+            checked.add(model._meta.label)
+    assert {"tenants.Membership", "studies.Study", "audit.AuditEvent"} <= checked
 
 
-def test_every_tenant_route_uses_the_base_class():
-    api_routes = page_routes = dicomweb_routes = 0
-    for route, pattern in _walk(get_resolver().url_patterns):
+def test_every_routed_api_is_a_tenant_api_or_public():
+    public_seen = set()
+    for route, pattern in _routes(get_resolver().url_patterns):
         view = _view_class(pattern)
-        if route.startswith("api/v1/t/<slug:tenant>/"):
+        if view is None or not issubclass(view, APIView):
+            continue
+        if issubclass(view, TenantApi):
+            continue
+        assert view.__name__ in PUBLIC_APIS, f"{route}: {view.__name__} is neither a TenantApi nor in PUBLIC_APIS"
+        public_seen.add(view.__name__)
+    assert public_seen == set(PUBLIC_APIS), "PUBLIC_APIS names a view that is no longer routed"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "base"),
+    [
+        ("api/v1/t/<slug:tenant>/", TenantApi),
+        ("dicomweb/<slug:tenant>/", DicomWebApi),
+        ("t/<slug:tenant>/", TenantPageView),
+    ],
+)
+def test_every_tenant_route_uses_its_base_class(prefix, base):
+    for route, pattern in _routes(get_resolver().url_patterns):
+        if route.startswith(prefix):
+            view = _view_class(pattern)
             assert view is not None, route
-            assert issubclass(view, TenantApi), route
-            api_routes += 1
-        elif route.startswith("t/<slug:tenant>/"):
-            assert view is not None, route
-            assert issubclass(view, TenantPageView), route
-            page_routes += 1
-        elif route.startswith("dicomweb/<slug:tenant>/"):
-            assert view is not None, route
-            assert issubclass(view, DicomWebApi), route
-            dicomweb_routes += 1
-        elif route.startswith("api/"):
-            assert view is not None, route
-            assert view.__name__ in PUBLIC_VIEWS, route
-    assert page_routes >= 1
-    assert dicomweb_routes >= 1
-    del api_routes
+            assert issubclass(view, base), route
 
 
 def test_dicomweb_base_is_a_tenant_api():
@@ -128,36 +144,38 @@ def test_dicomweb_base_is_a_tenant_api():
     ("word", "allowed"), [("unscoped_objects", UNSCOPED_ALLOWED), ("dangerously_", DANGEROUS_ALLOWED)]
 )
 def test_escape_hatches_only_in_allow_listed_files(word, allowed):
+    found = {str(p.relative_to(ROOT)) for p in _source_files() if word in p.read_text()}
+    assert found - set(allowed) == set()
+    assert set(allowed) - found == set(), "an allow-list entry no longer needed"
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def test_only_access_imports_guardian():
     offenders = [
-        str(p.relative_to(ROOT))
-        for p in _source_files()
-        if word in p.read_text() and str(p.relative_to(ROOT)) not in allowed
+        str(path.relative_to(ROOT))
+        for path in _source_files()
+        if any(n == "guardian" or n.startswith("guardian.") for n in _imports(path))
+        and str(path.relative_to(ROOT)) not in GUARDIAN_ALLOWED
     ]
     assert offenders == []
 
 
-def test_only_access_imports_guardian():
-    offenders = []
-    for path in _source_files():
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            if any(n == "guardian" or n.startswith("guardian.") for n in names):
-                rel = str(path.relative_to(ROOT))
-                if rel not in GUARDIAN_ALLOWED:
-                    offenders.append(rel)
-    assert offenders == []
+def _celery_tasks():
+    from celery import current_app
+
+    current_app.loader.import_default_modules()
+    return current_app.tasks
 
 
 def test_every_tenant_task_takes_tenant_id():
-    from portal.celery import app
-
-    app.loader.import_default_modules()
-    ours = [t for name, t in app.tasks.items() if name.split(".")[0] in OUR_APPS]
+    ours = [t for name, t in _celery_tasks().items() if name.split(".")[0] in OUR_APPS]
     assert ours
     for task in ours:
         if task.name in FANOUT_TASKS or task.name in PLATFORM_TASKS:
@@ -165,6 +183,20 @@ def test_every_tenant_task_takes_tenant_id():
         params = inspect.signature(task.run).parameters
         assert "tenant_id" in params, task.name
         assert params["tenant_id"].kind is inspect.Parameter.KEYWORD_ONLY, task.name
+
+
+def test_every_task_queued_by_name_exists():
+    """Services queue tasks by name (tenants.jobs), so a misspelt name must fail here, not in the broker."""
+    registered = _celery_tasks()
+    named = set()
+    for path in _source_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in QUEUEING:
+                first = node.args[0] if node.args else None
+                assert isinstance(first, ast.Constant), f"{path}: name the task with a string literal"
+                named.add(first.value)
+    assert named
+    assert named - set(registered) == set()
 
 
 @pytest.mark.parametrize("method", ["initial", "dispatch", "get_permissions", "get_authenticators"])

@@ -6,7 +6,6 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 
 def user_by_username(*, username: str) -> Any:
@@ -14,11 +13,6 @@ def user_by_username(*, username: str) -> Any:
     if not username:
         return None
     return get_user_model()._default_manager.filter(username__iexact=username.strip()).first()
-
-
-def authenticator_get(*, user: Any) -> TOTPDevice | None:
-    """The person's confirmed authenticator app, or None when they have not enrolled one yet."""
-    return TOTPDevice.objects.filter(user=user, confirmed=True).order_by("pk").first()
 
 
 def backup_code_device_get(*, user: Any) -> StaticDevice | None:

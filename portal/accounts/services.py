@@ -9,7 +9,6 @@ from typing import Any
 import django_otp
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 from django_otp.models import Device
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -17,8 +16,8 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.events import EventType, Outcome
 from audit.services import auth_event_record
 from portal.accounts import selectors
+from tenants.mfa import FACTOR_TOTP, authenticator_get, code_normalized, retry_after
 
-FACTOR_TOTP = "totp"
 FACTOR_BACKUP_CODE = "backup_code"
 
 
@@ -35,21 +34,6 @@ class MfaCheck:
     @property
     def ok(self) -> bool:
         return self.device is not None
-
-
-def _normalized(token: str) -> str:
-    """Codes as people type them: spaces and dashes dropped, backup codes in any case."""
-    return "".join(token.split()).replace("-", "").lower()
-
-
-def _retry_after(device: Device) -> int:
-    allowed, data = device.verify_is_allowed()
-    if allowed:
-        return 0
-    locked_until = (data or {}).get("locked_until")
-    if locked_until is None:
-        return 1
-    return max(1, int((locked_until - timezone.now()).total_seconds() + 0.999))
 
 
 def authenticator_pending_get_or_create(*, user: Any) -> TOTPDevice:
@@ -86,7 +70,7 @@ def authenticator_enrol(*, user: Any, device: TOTPDevice, token: str) -> tuple[T
     if pending is None:
         return None  # confirmed meanwhile by a parallel request: the caller sends the person on
     device = pending
-    if not device.verify_token(_normalized(token)):
+    if not device.verify_token(code_normalized(token)):
         auth_event_record(
             event=EventType.MFA_FAILED,
             user=user,
@@ -112,18 +96,18 @@ def mfa_check(*, user: Any, token: str) -> MfaCheck:
     refuses every code for a doubling wait. Records LOGIN_SUCCEEDED on success, else MFA_FAILED (outcome 4).
     Counting failures toward the lockout is the caller's part: it needs the request.
     """
-    code = _normalized(token)
-    totp = selectors.authenticator_get(user=user)
+    code = code_normalized(token)
+    totp = authenticator_get(user=user)
     if totp is not None and code.isdigit() and len(code) == totp.digits:
         factor, device = FACTOR_TOTP, totp
     else:
         factor, device = FACTOR_BACKUP_CODE, selectors.backup_code_device_get(user=user)
-    retry_after = _retry_after(device) if device is not None else 0
+    wait = retry_after(device) if device is not None else 0
     verified = None
-    if device is not None and not retry_after:
+    if device is not None and not wait:
         verified = django_otp.verify_token(user, device.persistent_id, code)
     if verified is None:
-        reason = "too soon after a wrong code" if retry_after else "wrong or already used code"
+        reason = "too soon after a wrong code" if wait else "wrong or already used code"
         auth_event_record(
             event=EventType.MFA_FAILED,
             user=user,
@@ -131,35 +115,10 @@ def mfa_check(*, user: Any, token: str) -> MfaCheck:
             outcome_description=reason,
             extra={"factor": factor},
         )
-        return MfaCheck(device=None, factor=factor, retry_after=retry_after)
+        return MfaCheck(device=None, factor=factor, retry_after=wait)
     left = selectors.backup_codes_remaining(user=user) if factor == FACTOR_BACKUP_CODE else None
     extra: dict[str, Any] = {"factor": factor}
     if left is not None:
         extra["backup_codes_left"] = left
     auth_event_record(event=EventType.LOGIN_SUCCEEDED, user=user, extra=extra)
     return MfaCheck(device=verified, factor=factor, backup_codes_left=left)
-
-
-def mfa_step_up_check(*, user: Any, token: str, purpose: str) -> bool:
-    """Confirm a signed-in person is present again with a fresh code of their authenticator app (not a backup
-    code), before a sensitive act such as break-glass. The same django-otp check as `mfa_check`: a code used
-    before is refused, and wrong codes throttle. Records MFA_FAILED (outcome 4) on failure and nothing on
-    success (the caller records the act). Commits on its own: call it outside the caller's transaction, so the
-    failure record and django-otp's throttle survive the caller's refusal."""
-    code = _normalized(token)
-    device = selectors.authenticator_get(user=user)
-    verified = None
-    retry_after = _retry_after(device) if device is not None else 0
-    if device is not None and code.isdigit() and len(code) == device.digits and not retry_after:
-        verified = django_otp.verify_token(user, device.persistent_id, code)
-    if verified is None:
-        reason = "too soon after a wrong code" if retry_after else "wrong or already used code"
-        auth_event_record(
-            event=EventType.MFA_FAILED,
-            user=user,
-            outcome=Outcome.MINOR_FAILURE,
-            outcome_description=reason,
-            extra={"factor": FACTOR_TOTP, "step": purpose},
-        )
-        return False
-    return True

@@ -2,7 +2,7 @@
 and the invitation link that lets a new person choose their password.
 
 A session is "password-only" between the two steps: authenticated but not OTP-verified. Tenant pages
-(`portal.views.mfa_gate`) and the API (`VerifiedSessionAuthentication`) refuse such a session.
+(`portal.web.pages.mfa_gate`) and the API (`VerifiedSessionAuthentication`) refuse such a session.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from django.views import View
 
 from audit.events import EventType
 from audit.services import auth_event_record
-from portal.accounts import selectors, services
+from portal.accounts import services
 from portal.accounts.forms import EnrolForm, LoginForm, MfaForm
 from portal.accounts.lockout import lockout_response, mfa_failure_count, sign_in_allowed
 from portal.middleware import SESSION_AUTH_AT, SESSION_EXPIRED_REASON, SESSION_LAST_SEEN
+from tenants.mfa import authenticator_get
 from tenants.services import session_register
 
 SIGN_IN_REFUSED = "The user name or password is not right."
@@ -129,7 +130,7 @@ class LoginView(View):
         now = time.time()
         request.session[SESSION_AUTH_AT] = now
         request.session[SESSION_LAST_SEEN] = now
-        if selectors.authenticator_get(user=user) is None:
+        if authenticator_get(user=user) is None:
             return _to("accounts:mfa_setup", next_url)
         return _to("accounts:mfa", next_url)
 
@@ -146,7 +147,7 @@ class MfaSetupView(View):
         elsewhere = _second_step_redirect(request, next_url)
         if elsewhere is not None:
             return elsewhere
-        if selectors.authenticator_get(user=request.user) is not None:
+        if authenticator_get(user=request.user) is not None:
             return _to("accounts:mfa", next_url)
         self.next_url = next_url
         return super().dispatch(request, *args, **kwargs)
@@ -189,7 +190,7 @@ class MfaView(View):
         elsewhere = _second_step_redirect(request, next_url)
         if elsewhere is not None:
             return elsewhere
-        if selectors.authenticator_get(user=request.user) is None:
+        if authenticator_get(user=request.user) is None:
             return _to("accounts:mfa_setup", next_url)
         if not sign_in_allowed(request, username=request.user.get_username()):
             logout(request)

@@ -12,8 +12,8 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal.api.base import TenantApi
-from portal.api.errors import problem_responses
+from portal.web.api import TenantApi
+from portal.web.errors import problem_responses
 from studies import services
 from studies.models import StudyShare
 from studies.selectors import study_get

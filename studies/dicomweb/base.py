@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rest_framework.renderers import JSONRenderer
 
-from portal.api.base import TenantApi
+from portal.web.api import TenantApi
 
 DICOM_JSON = "application/dicom+json"
 

@@ -29,7 +29,7 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal.api.errors import problem_responses
+from portal.web.errors import problem_responses
 from studies.dicomweb.base import DICOM_JSON
 from studies.dicomweb.negotiation import DicomWebReadApi, accept_list, matches, not_acceptable
 from studies.models import Series, Study

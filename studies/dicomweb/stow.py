@@ -45,7 +45,7 @@ from rest_framework.response import Response
 from audit.events import EventType
 from audit.events import Outcome as AuditOutcome
 from audit.services import audit_event_record
-from portal.api.errors import PROBLEM_CONTENT_TYPE, ProblemSerializer, problem_responses
+from portal.web.errors import PROBLEM_CONTENT_TYPE, ProblemSerializer, problem_responses
 from studies.dicomweb.base import DICOM_JSON, DicomWebApi
 from studies.dicomweb.parsers import (
     DICOM_MEDIA_TYPE,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from portal.api.routing import api_by_method
+from portal.web.routing import api_by_method
 from studies.dicomweb import qido, stow, wado, wado_uri
 
 _STUDY = "studies/<str:study>"

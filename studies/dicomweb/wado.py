@@ -31,7 +31,7 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal.api.errors import problem_responses
+from portal.web.errors import problem_responses
 from studies.dicom import frames as frame_tools
 from studies.dicom.render import RenderError
 from studies.dicomweb.base import DICOM_JSON

@@ -18,7 +18,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.request import Request
 
-from portal.api.errors import problem_responses
+from portal.web.errors import problem_responses
 from studies.dicom import frames as frame_tools
 from studies.dicom.render import RenderError
 from studies.dicomweb.negotiation import DicomWebReadApi, not_acceptable

@@ -19,14 +19,13 @@ from django.utils import timezone
 
 from audit.events import EventType, Outcome
 from audit.services import audit_event_record, participant, security_alert_raise
-from portal.accounts.services import mfa_step_up_check
 from studies.models import BreakGlassGrant, Study
-from studies.selectors_access import CLINICIAN_ROLES, break_glass_study_find
+from studies.selectors_access import break_glass_study_find
 from studies.services.shares import study_participants
 from tenants import access
+from tenants.mfa import mfa_step_up_check
 from tenants.models import Membership, Role, Tenant
 from tenants.scoping import current_tenant
-from tenants.selectors import membership_current_get
 from tenants.services import mail_queue
 
 PURPOSE_OF_USE = "ETREAT"  # HL7 PurposeOfUse: emergency treatment
@@ -90,9 +89,7 @@ def break_glass_start(
     tenant = current_tenant()
     if study is not None and study.tenant_id != tenant.pk:
         raise access.NotVisible()
-    membership = membership_current_get(user=actor, tenant=tenant)
-    if membership is None or membership.role not in CLINICIAN_ROLES:
-        raise access.Forbidden("Only clinicians can use emergency access.", code="not_a_clinician")
+    access.break_glass_require(actor)
     reason = (reason or "").strip()
     if not reason:
         raise ValidationError({"reason": "State why you need emergency access to this study."})
@@ -107,7 +104,7 @@ def break_glass_start(
         except ValidationError:
             _refusal_record(actor=actor, reason="no single study matches", study=None, extra={"identifier": identifier})
             raise
-    if access.has_perm(actor, "studies.view_study", study):
+    if not access.break_glass_needed(actor, study):
         raise ValidationError({"identifier": "You can already open this study: no emergency access is needed."})
     return _start(actor=actor, study=study, reason=reason)
 

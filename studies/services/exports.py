@@ -29,6 +29,7 @@ from studies.models import Blob, Export, Instance, Study
 from studies.services.shares import study_participants
 from studies.storage.blobs import blob_delete, blob_read, blob_write
 from tenants import access
+from tenants.jobs import task_queue_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +130,7 @@ def export_request(
         participants=_participants(studies),
         extra=_extra(export, "requested"),
     )
-    from studies.tasks import export_run_task  # tasks import services: import here to avoid the cycle
-
-    export_run_task.delay_on_commit(tenant_id=export.tenant_id, export_id=export.pk)
+    task_queue_on_commit("studies.tasks.export_run", tenant_id=export.tenant_id, export_id=export.pk)
     return export
 
 

@@ -28,6 +28,7 @@ from studies.dicom import parse as dicom_parse
 from studies.dicom import preamble as dicom_preamble
 from studies.models import Blob, IngestItem, Instance, Patient, Series, Study, person_name_key
 from studies.storage.blobs import BlobUnreadable, blob_delete, blob_read, blob_write
+from tenants.jobs import task_queue, task_queue_on_commit
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
 
@@ -75,8 +76,6 @@ def ingest_receive(
     """Quarantine `data` and record it as received, in the current tenant. The caller has checked that the actor
     or device may send. Processing is queued when the transaction commits. Never raises for bad content: that is
     the task's verdict, recorded on the item."""
-    from studies.tasks import ingest_process_task
-
     tenant = current_tenant()
     if len(data) > settings.INGEST_MAX_BYTES:
         raise Rejected(
@@ -98,7 +97,7 @@ def ingest_receive(
     )
     item.full_clean()
     item.save()
-    ingest_process_task.delay_on_commit(tenant_id=tenant.pk, item_id=item.pk)
+    task_queue_on_commit("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=item.pk)
     return item
 
 
@@ -285,8 +284,6 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
 
 
 def _store(item: IngestItem, verdict: Verdict, sha256: str, tenant: Tenant) -> IngestItem:
-    from studies.tasks import series_thumbnail_task
-
     with transaction.atomic():
         existing = Instance.objects.filter(sop_instance_uid=verdict.parsed.sop_instance_uid).first()
         if existing is not None:
@@ -310,7 +307,7 @@ def _store(item: IngestItem, verdict: Verdict, sha256: str, tenant: Tenant) -> I
         if quarantine is not None:
             blob_delete(blob=quarantine)
         if instance.series.thumbnail_id is None:
-            series_thumbnail_task.delay_on_commit(tenant_id=tenant.pk, series_id=instance.series_id)
+            task_queue_on_commit("studies.tasks.series_thumbnail", tenant_id=tenant.pk, series_id=instance.series_id)
     return item
 
 
@@ -393,8 +390,6 @@ def ingest_requeue_stale() -> int:
     """Queue again every item of the current tenant left `received` or `processing` too long: the broker lost the
     message or the worker died. Processing claims by compare-and-set, so a message that was not lost after all
     only finds the item taken."""
-    from studies.tasks import ingest_process_task
-
     tenant = current_tenant()
     stale = timezone.now() - timedelta(seconds=settings.INGEST_STALE_SECONDS)
     ids = list(
@@ -404,5 +399,5 @@ def ingest_requeue_stale() -> int:
         ).values_list("pk", flat=True)
     )
     for item_id in ids:
-        ingest_process_task.delay(tenant_id=tenant.pk, item_id=item_id)
+        task_queue("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=item_id)
     return len(ids)

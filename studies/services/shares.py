@@ -17,8 +17,8 @@ from audit.services import audit_event_record, participant
 from studies.models import Study, StudyShare
 from studies.selectors_access import share_in_force
 from tenants import access
+from tenants.access import membership_current_get
 from tenants.models import User
-from tenants.selectors import membership_current_get
 from tenants.services import membership_add_for_share
 
 VIEW_STUDY = "studies.view_study"

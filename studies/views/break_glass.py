@@ -19,12 +19,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from studies import services
 from studies.models import BreakGlassGrant, Study
 from studies.selectors import study_get
 from studies.selectors_access import (
-    CLINICIAN_ROLES,
     break_glass_grant_get_for_user,
     break_glass_grant_list_for_user,
     break_glass_review_get,
@@ -52,11 +51,6 @@ class BreakGlassForm(forms.Form):
         max_length=12,
         widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
     )
-
-
-def _require_clinician(view: TenantPageView) -> None:
-    if view.membership.role not in CLINICIAN_ROLES:
-        raise access.Forbidden("Only clinicians can use emergency access.")
 
 
 class BreakGlassView(TenantPageView):
@@ -94,11 +88,11 @@ class BreakGlassView(TenantPageView):
         return self.render(request, "studies/break_glass.html", context, status=status)
 
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
-        _require_clinician(self)
+        access.break_glass_require(request.user)
         return self._page(request, BreakGlassForm())
 
     def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
-        _require_clinician(self)
+        access.break_glass_require(request.user)
         form = BreakGlassForm(request.POST)
         if form.is_valid():
             try:

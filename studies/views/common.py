@@ -6,7 +6,7 @@ from __future__ import annotations
 from django import forms
 from django.core.exceptions import ValidationError
 
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from tenants import access
 
 

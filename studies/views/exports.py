@@ -21,7 +21,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from studies import services
 from studies.dicom.deidentify import MODIFIED_DATES, OPTION_MEANINGS, RETAIN_DEVICE_IDENTITY
 from studies.forms import StudySearchForm

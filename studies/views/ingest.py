@@ -14,7 +14,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from studies.forms import IngestFilterForm, UploadFileForm
 from studies.models import IngestItem
 from studies.selectors import ingest_item_list, ingest_state_counts, scanner_description

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from studies import services
 from studies.models import Study
 from studies.selectors import study_get

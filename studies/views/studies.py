@@ -12,7 +12,7 @@ from typing import Any
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from studies.forms import StudySearchForm
 from studies.models import Study
 from studies.selectors import series_get, study_list

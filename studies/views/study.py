@@ -23,7 +23,7 @@ from django.urls import reverse
 
 from audit.events import Outcome
 from audit.selectors import audit_events_for_study
-from portal.views import TenantPageView
+from portal.web.pages import TenantPageView
 from studies.models import Series, Study
 from studies.selectors import series_list_for_study, study_get
 from studies.services.page_reads import study_history_read_record

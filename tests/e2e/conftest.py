@@ -11,6 +11,7 @@ import pytest
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
+
 @pytest.fixture(scope="session")
 def browser(django_db_setup) -> Iterator[object]:
     """One Chromium for the session. Playwright's sync API keeps an event loop running in the test thread from

@@ -90,7 +90,7 @@ class Command(BaseCommand):
         return user
 
     def _is_member(self, user: User, tenant: Any) -> bool:
-        from tenants.selectors import membership_current_get
+        from tenants.access import membership_current_get
 
         return membership_current_get(user=user, tenant=tenant) is not None
 

@@ -50,7 +50,7 @@ class Command(BaseCommand):
 
     def member(self, tenant: Tenant, username: str) -> User:
         user = User.objects.filter(username__iexact=username).first()
-        if user is None or selectors.membership_current_get(user=user, tenant=tenant) is None:
+        if user is None or access.membership_current_get(user=user, tenant=tenant) is None:
             raise CommandError(f"{username!r} is not a current member of {tenant.slug!r}: no token for them there.")
         return user
 

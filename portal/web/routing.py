@@ -7,7 +7,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from portal.api.base import TenantApi
+from portal.web.api import TenantApi
 
 
 def api_by_method(**operations: type[TenantApi]) -> Callable[..., HttpResponse]:

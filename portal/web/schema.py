@@ -6,7 +6,7 @@ from drf_spectacular.plumbing import build_bearer_security_scheme_object
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
-    target_class = "portal.api.authentication.BearerTokenAuthentication"
+    target_class = "portal.web.authentication.BearerTokenAuthentication"
     name = "bearerToken"
 
     def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
@@ -14,7 +14,7 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
 
 
 class VerifiedSessionScheme(OpenApiAuthenticationExtension):
-    target_class = "portal.api.authentication.VerifiedSessionAuthentication"
+    target_class = "portal.web.authentication.VerifiedSessionAuthentication"
     name = "verifiedSession"
 
     def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]

@@ -1,0 +1,34 @@
+"""How a service queues follow-up work: by the task's registered name, once its transaction commits.
+
+Tasks are doors: they import the services they call. A service that imported its task back would close an import
+cycle (services <-> tasks), so it names the task instead, and Celery's own registry resolves the name to the same
+task object: the same routing, the same eager mode in tests, the same `delay_on_commit`. A name no task carries is
+an error at the call, not a message lost in the broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, current_app
+
+
+def _task(name: str) -> Task:
+    app = current_app
+    if name not in app.tasks:
+        # The worker imports every app's tasks module when it starts; the web process and the DICOM listener do
+        # it here, on the first queueing (Celery's autodiscovery, the same list of apps).
+        app.loader.import_default_modules()
+    return app.tasks[name]
+
+
+def task_queue_on_commit(name: str, /, **kwargs: Any) -> None:
+    """Queue the task `name` with keyword arguments `kwargs` when the current transaction commits (at once
+    outside one); nothing is queued if it rolls back."""
+    _task(name).delay_on_commit(**kwargs)
+
+
+def task_queue(name: str, /, **kwargs: Any) -> None:
+    """Queue the task `name` now, whatever the transaction: for work that is safe to repeat (a claim by
+    compare-and-set in the task), such as the sweeper's requeue."""
+    _task(name).delay(**kwargs)
