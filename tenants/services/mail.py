@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from django.core.mail import send_mail
 from django.db import transaction
 
+from tenants.jobs import task_queue
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,10 +25,9 @@ def mail_queue(*, subject: str, body: str, to: Iterable[str]) -> None:
     recipients = sorted({address.strip() for address in to if address and address.strip()})
     if not recipients:
         return
-    from tenants.tasks import mail_send_task  # the task module imports the services: imported when used
 
     def mail_send_after_commit() -> None:
-        mail_send_task.delay(subject=subject, body=body, to=recipients)
+        task_queue("tenants.tasks.mail_send", subject=subject, body=body, to=recipients)
 
     transaction.on_commit(mail_send_after_commit, robust=True)
 
