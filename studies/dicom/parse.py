@@ -191,7 +191,7 @@ def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Datas
 
     try:
         ds = pydicom.dcmread(BytesIO(data), force=False)
-        parsed, ds = _validate(ds, transfer_syntax, limits)
+        parsed, _ = _validate(ds, transfer_syntax, limits)
         return replace(parsed, content_sha256=content_hash(ds, body=body)), ds
     except InvalidDicom:
         raise
