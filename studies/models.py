@@ -143,6 +143,9 @@ class Instance(TenantOwnedModel):
     frames = models.PositiveIntegerField(default=1)
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
+    # What makes two objects the same instance: pixel data and identifying attributes (studies.dicom.parse.
+    # content_hash), not the file bytes. Empty for rows stored before it existed; filled when first needed.
+    content_sha256 = models.CharField(max_length=64, blank=True, default="")
     blob = models.OneToOneField(Blob, on_delete=models.PROTECT, related_name="instance")
 
     class Meta:
@@ -184,6 +187,7 @@ class IngestItem(TenantOwnedModel):
         MALWARE = "malware", "Malware"
         CONFLICT = "conflict", "Conflicts with a stored instance"
         LOST = "lost", "Quarantined bytes lost or damaged"
+        INTERNAL = "internal", "Internal error"
 
     FINAL_STATES = (State.STORED, State.DUPLICATE, State.CONFLICT, State.REJECTED)
 

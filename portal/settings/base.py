@@ -361,6 +361,8 @@ INGEST_ZIP_MAX_UNPACKED_BYTES = env.int("INGEST_ZIP_MAX_UNPACKED_BYTES", default
 INGEST_ZIP_MAX_RATIO = env.int("INGEST_ZIP_MAX_RATIO", default=100)
 # An item left `received` or `processing` longer than this is queued again by the sweeper.
 INGEST_STALE_SECONDS = env.int("INGEST_STALE_SECONDS", default=120)
+# Claims of one item before it is given up as `rejected` (internal): a poison object never loops for ever.
+INGEST_MAX_ATTEMPTS = env.int("INGEST_MAX_ATTEMPTS", default=5)
 INGEST_SWEEP_INTERVAL_SECONDS = env.int("INGEST_SWEEP_INTERVAL_SECONDS", default=60)
 # STOW-RS reads its body as a stream, one part at a time, so DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it:
 # this caps the whole request (each part also obeys INGEST_MAX_BYTES).
@@ -369,6 +371,8 @@ DICOMWEB_STOW_MAX_REQUEST_BYTES = env.int("DICOMWEB_STOW_MAX_REQUEST_BYTES", def
 DICOMWEB_STOW_WAIT_SECONDS = env.float("DICOMWEB_STOW_WAIT_SECONDS", default=30.0)
 # QIDO-RS answers at most this many results per request (a Warning header says when more exist).
 DICOMWEB_QIDO_MAX_RESULTS = env.int("DICOMWEB_QIDO_MAX_RESULTS", default=1000)
+# WADO-RS frames per request (a frame list is also de-duplicated): bounds the work and memory of one answer.
+DICOMWEB_MAX_FRAMES_PER_REQUEST = env.int("DICOMWEB_MAX_FRAMES_PER_REQUEST", default=256)
 # Browser origins (such as an OHIF viewer) allowed to call /dicomweb/ with a bearer token (CORS); none by default.
 DICOMWEB_CORS_ORIGINS = env.list("DICOMWEB_CORS_ORIGINS", default=[])
 # Repeated frame, rendered and thumbnail reads of one study by one person within this window are folded into one

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from studies.dicom.render import RenderError, _attribute, _color_to_8bit, _number
+from studies.dicom.render import RenderError, _attribute, _color_to_8bit, _number, decoding
 
 __all__ = [
     "FRAME_MEDIA_TYPES",
@@ -30,6 +31,8 @@ __all__ = [
     "RenderError",
     "Window",
     "as_explicit_little_endian",
+    "check_frames",
+    "frame_iter",
     "frame_list",
     "number_of_frames",
     "read",
@@ -103,44 +106,77 @@ def _check(numbers: list[int], total: int) -> None:
             raise FrameError(f"Frame {n} does not exist: the instance has {total} frame(s), numbered from 1.")
 
 
+def check_frames(ds: pydicom.Dataset, numbers: list[int]) -> None:
+    """FrameError unless every frame of `numbers` (1-based) exists in `ds`."""
+    _check(numbers, number_of_frames(ds))
+
+
 def frame_list(ds: pydicom.Dataset, numbers: list[int], *, decoded: bool = False) -> list[Frame]:
     """The frames `numbers` (1-based) of `ds`, as stored, or decoded to native little-endian bytes."""
+    return list(frame_iter(ds, numbers, decoded=decoded))
+
+
+def frame_iter(ds: pydicom.Dataset, numbers: list[int], *, decoded: bool = False) -> Iterator[Frame]:
+    """`frame_list` one frame at a time, for a streamed answer. Every check that can refuse the request (frames
+    that do not exist, pixel data that does not hold them, the first frame that cannot be decoded) is made before
+    the first frame is returned, so a caller that takes the first frame before answering can still answer 4xx."""
     if "PixelData" not in ds:
         raise FrameError("The instance holds no pixel data.")
     total = number_of_frames(ds)
     _check(numbers, total)
     syntax = _transfer_syntax(ds)
     if is_native(ds):
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        samples, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
+        try:
+            rows, columns = int(ds.Rows), int(ds.Columns)
+            samples, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise FrameError("The instance does not describe its pixel data.") from exc
         if bits % 8:
             raise FrameError("Frames of 1-bit pixel data are not supported.")
+        if samples == 3 and ds.get("PhotometricInterpretation", "") == "YBR_FULL_422":
+            samples = 2  # two samples per pixel once subsampled
         size = rows * columns * samples * bits // 8
         pixels = ds.PixelData
         if len(pixels) < size * total:
             raise FrameError("The pixel data is shorter than its frames.")
-        return [
+        return (
             Frame(n, bytes(pixels[(n - 1) * size : n * size]), OCTET_STREAM, ExplicitVRLittleEndian) for n in numbers
-        ]
+        )
     if decoded:
-        return [
-            Frame(
-                n,
-                np.ascontiguousarray(pixel_array(ds, index=n - 1, raw=True)).tobytes(),
-                OCTET_STREAM,
-                ExplicitVRLittleEndian,
-            )
-            for n in numbers
-        ]
+        return _decoded_frames(ds, numbers)
     media_type = FRAME_MEDIA_TYPES.get(str(syntax), OCTET_STREAM)
     wanted = set(numbers)
     found: dict[int, bytes] = {}
-    for index, data in enumerate(generate_frames(ds.PixelData, number_of_frames=total), start=1):
-        if index in wanted:
-            found[index] = data
-        if len(found) == len(wanted):
-            break
-    return [Frame(n, found[n], media_type, str(syntax)) for n in numbers]
+    try:
+        for index, data in enumerate(generate_frames(ds.PixelData, number_of_frames=total), start=1):
+            if index in wanted:
+                found[index] = data
+            if len(found) == len(wanted):
+                break
+    except (ValueError, StopIteration) as exc:
+        raise FrameError("The compressed pixel data cannot be cut into its frames.") from exc
+    if len(found) < len(wanted):
+        raise FrameError("The compressed pixel data holds fewer frames than it says.")
+    return (Frame(n, found[n], media_type, str(syntax)) for n in numbers)
+
+
+def _decoded_frames(ds: pydicom.Dataset, numbers: list[int]) -> Iterator[Frame]:
+    def decode(n: int) -> Frame:
+        try:
+            with decoding():
+                data = np.ascontiguousarray(pixel_array(ds, index=n - 1, raw=True)).tobytes()
+        except RenderError as exc:
+            raise FrameError(f"Frame {n} cannot be decoded: {exc}") from exc
+        return Frame(n, data, OCTET_STREAM, ExplicitVRLittleEndian)
+
+    first = decode(numbers[0])  # here, before the caller answers: an instance that cannot be decoded is a 4xx
+
+    def rest() -> Iterator[Frame]:
+        yield first
+        for n in numbers[1:]:
+            yield decode(n)
+
+    return rest()
 
 
 # Rendering
@@ -189,26 +225,27 @@ def render(
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise RenderError("the data set holds no pixel data")
     _check([frame], number_of_frames(ds))
-    pixels = pixel_array(ds, index=frame - 1)
-    samples = int(ds.get("SamplesPerPixel", 1))
-    if samples == 1 and pixels.ndim == 2:
-        image = Image.fromarray(_voi(pixels, ds, window), mode="L")
-    elif samples == 3 and pixels.ndim == 3 and pixels.shape[-1] == 3:
-        image = Image.fromarray(_color_to_8bit(pixels), mode="RGB")
-    else:
-        raise RenderError(f"cannot render {samples} samples per pixel")
-    if viewport is not None:
-        width, height = viewport
-        scale = min(width / image.width, height / image.height)
-        target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        if target != image.size:
-            image = image.resize(target, Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    if media_type == "image/png":
-        image.save(out, format="PNG")
-    else:
-        image.save(out, format="JPEG", quality=quality)
-    return out.getvalue()
+    with decoding():
+        pixels = pixel_array(ds, index=frame - 1)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        if samples == 1 and pixels.ndim == 2:
+            image = Image.fromarray(_voi(pixels, ds, window), mode="L")
+        elif samples == 3 and pixels.ndim == 3 and pixels.shape[-1] == 3:
+            image = Image.fromarray(_color_to_8bit(pixels), mode="RGB")
+        else:
+            raise RenderError(f"cannot render {samples} samples per pixel")
+        if viewport is not None:
+            width, height = viewport
+            scale = min(width / image.width, height / image.height)
+            target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            if target != image.size:
+                image = image.resize(target, Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        if media_type == "image/png":
+            image.save(out, format="PNG")
+        else:
+            image.save(out, format="JPEG", quality=quality)
+        return out.getvalue()
 
 
 def as_explicit_little_endian(data: bytes) -> bytes:
@@ -218,7 +255,8 @@ def as_explicit_little_endian(data: bytes) -> bytes:
     if syntax == ExplicitVRLittleEndian:
         return data
     if syntax.is_compressed:
-        ds.decompress()
+        with decoding():
+            ds.decompress()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)

@@ -10,9 +10,11 @@ Refusal reasons are read by people; they name attributes and sizes, never values
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, time
 from io import BytesIO
 from struct import error as struct_error
@@ -27,7 +29,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.valuerep import DA, TM
 
-__all__ = ["InvalidDicom", "Limits", "ParsedInstance", "parse"]
+__all__ = ["InvalidDicom", "Limits", "ParsedInstance", "content_hash", "parse"]
 
 _PREAMBLE_LENGTH = 128
 _MAGIC = b"DICM"
@@ -54,6 +56,58 @@ _IMAGE_ATTRIBUTES = (
 )
 # A deeper nest of sequences is an attack on the parser, not an image.
 _MAX_SEQUENCE_DEPTH = 32
+# IS and US/SS values the index keeps in integer columns: IS is a signed 32-bit range by definition (PS3.5 6.2),
+# and so are the columns. A value outside it is refused with a reason, never left to overflow the database.
+_IS_MIN, _IS_MAX = -(2**31), 2**31 - 1
+_INDEXED_INTEGERS = (
+    ("SeriesNumber", "Series Number"),
+    ("InstanceNumber", "Instance Number"),
+    ("AcquisitionNumber", "Acquisition Number"),
+    ("NumberOfFrames", "Number of Frames"),
+)
+# "Same instance" is decided on these values plus the pixel data (or, for an object without pixels, the whole
+# data set), never on the file bytes: the Part-10 header a C-STORE receiver builds differs from the sender's file.
+_CONTENT_ATTRIBUTES = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "Modality",
+    "SeriesNumber",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "NumberOfFrames",
+)
+# The first bytes of one compressed frame, by transfer syntax family: a frame that does not start like its
+# codestream (a fragment of zeros, say) cannot be decoded, so it is refused at ingest instead of failing each read.
+_JPEG_SOI = b"\xff\xd8"
+_J2K_SOC = b"\xff\x4f\xff\x51"
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "
+_JPEG_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+     "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+)  # fmt: skip
+_J2K_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"}
+)
+_RLE_SYNTAX = "1.2.840.10008.1.2.5"
 
 
 @dataclass(frozen=True)
@@ -114,6 +168,7 @@ class ParsedInstance:
     bits_allocated: int
     samples_per_pixel: int
     is_image: bool
+    content_sha256: str = ""
 
 
 def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Dataset]:
@@ -136,7 +191,8 @@ def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Datas
 
     try:
         ds = pydicom.dcmread(BytesIO(data), force=False)
-        return _validate(ds, transfer_syntax, limits)
+        parsed, _ = _validate(ds, transfer_syntax, limits)
+        return replace(parsed, content_sha256=content_hash(ds, body=body)), ds
     except InvalidDicom:
         raise
     except Exception as exc:
@@ -144,9 +200,29 @@ def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Datas
         raise InvalidDicom(f"unreadable DICOM data ({type(exc).__name__})") from exc
 
 
+def content_hash(ds: pydicom.Dataset, *, body: bytes | memoryview) -> str:
+    """The sha256 that decides whether two objects are the same instance: the identifying and pixel-describing
+    attributes (as values, so padding and VR encoding do not count) and the pixel data as stored; for an object
+    without pixel data, its whole data set (`body`, everything after the file meta information)."""
+    digest = hashlib.sha256()
+    values = {keyword: _text(ds, keyword) for keyword in _CONTENT_ATTRIBUTES}
+    digest.update(json.dumps(values, sort_keys=True).encode())
+    keyword = next((k for k in _PIXEL_DATA_TAGS if k in ds), None)
+    if keyword is None:
+        digest.update(b"\x00dataset\x00")
+        digest.update(body)
+    else:
+        digest.update(f"\x00{keyword}\x00".encode())
+        digest.update(ds[keyword].value or b"")
+    return digest.hexdigest()
+
+
 def _validate(ds: pydicom.Dataset, transfer_syntax: UID, limits: Limits) -> tuple[ParsedInstance, pydicom.Dataset]:
     for keyword, name in _REQUIRED_UIDS:
         _require_uid(ds, keyword, name)
+
+    for keyword, name in _INDEXED_INTEGERS:
+        _check_integer(ds, keyword, name)
 
     is_image = any(keyword in ds for keyword in _PIXEL_DATA_TAGS)
     if not is_image and "Image Storage" in UID(str(ds.SOPClassUID)).name:
@@ -329,6 +405,21 @@ def _require_uid(ds: pydicom.Dataset, keyword: str, name: str) -> None:
         raise InvalidDicom(f"invalid {name}: not a valid DICOM UID")
 
 
+def _check_integer(ds: pydicom.Dataset, keyword: str, name: str) -> None:
+    """Refuse an integer attribute that is present but outside the signed 32-bit range of an IS value."""
+    element = ds.get(keyword)
+    if element in (None, ""):
+        return
+    values = element if isinstance(element, MultiValue | list | tuple) else [element]
+    for value in values:
+        try:
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
+            continue  # not a number: the index leaves it empty, as before
+        if not _IS_MIN <= number <= _IS_MAX:
+            raise InvalidDicom(f"invalid {name}: the value is outside the range of a DICOM integer (-2^31 to 2^31-1)")
+
+
 def _image_geometry(ds: pydicom.Dataset, limits: Limits) -> tuple[int, int, int, int, int]:
     """Rows, columns, frames, bits allocated and samples per pixel, checked against the limits from the header."""
     values = []
@@ -345,6 +436,8 @@ def _image_geometry(ds: pydicom.Dataset, limits: Limits) -> tuple[int, int, int,
         raise InvalidDicom("invalid Number of Frames")
     if bits not in (1, 8, 16, 32, 64) or samples > 4:
         raise InvalidDicom(f"unsupported pixel format: {bits} bits allocated, {samples} samples per pixel")
+    if "PixelData" in ds:
+        _check_pixel_format(ds, bits=bits, columns=columns)
     pixel_bytes = math.ceil(rows * columns * frames * samples * bits / 8)
     if (
         rows > limits.max_rows
@@ -356,15 +449,40 @@ def _image_geometry(ds: pydicom.Dataset, limits: Limits) -> tuple[int, int, int,
     return rows, columns, frames, bits, samples
 
 
+def _check_pixel_format(ds: pydicom.Dataset, *, bits: int, columns: int) -> None:
+    """Bits Stored and High Bit must fit in Bits Allocated (PS3.5 8.1.1); a renderer trusts them."""
+    stored = _int(ds, "BitsStored") if ds.get("BitsStored") not in (None, "") else bits
+    if stored is None or not 1 <= stored <= bits:
+        raise InvalidDicom(f"invalid pixel format: Bits Stored must be from 1 to Bits Allocated ({bits})")
+    if ds.get("HighBit") not in (None, ""):
+        high = _int(ds, "HighBit")
+        if high is None or not stored - 1 <= high < bits:
+            raise InvalidDicom("invalid pixel format: High Bit must lie between Bits Stored - 1 and Bits Allocated - 1")
+    if _text(ds, "PhotometricInterpretation") in ("YBR_FULL_422", "YBR_PARTIAL_422") and columns % 2:
+        raise InvalidDicom("invalid pixel format: 4:2:2 subsampled colour needs an even number of Columns")
+
+
+def _native_pixel_bytes(ds: pydicom.Dataset, *, rows: int, columns: int, frames: int, bits: int, samples: int) -> int:
+    if samples == 3 and _text(ds, "PhotometricInterpretation") == "YBR_FULL_422":
+        return math.ceil(rows * columns * 2 * frames * bits / 8)  # two samples per pixel once subsampled
+    return math.ceil(rows * columns * frames * samples * bits / 8)
+
+
 def _check_pixel_data(
     ds: pydicom.Dataset, transfer_syntax: UID, *, rows: int, columns: int, frames: int, bits: int, samples: int
 ) -> None:
     if "PixelData" not in ds or not transfer_syntax.is_encapsulated:
         keyword = next(k for k in _PIXEL_DATA_TAGS if k in ds)
-        expected = math.ceil(rows * columns * frames * samples * bits / 8)
+        if keyword == "PixelData":
+            expected = _native_pixel_bytes(ds, rows=rows, columns=columns, frames=frames, bits=bits, samples=samples)
+        else:
+            expected = math.ceil(rows * columns * frames * samples * bits / 8)
         present = len(ds[keyword].value or b"")
         if present < expected:
             raise InvalidDicom(f"truncated: pixel data has {present} of {expected} bytes")
+        if present > expected + (expected % 2) + 2:
+            # A value is padded to an even length, no more: extra bytes mean the attributes describe other pixels.
+            raise InvalidDicom(f"invalid pixel data: {present} bytes where its attributes describe {expected}")
         return
     if transfer_syntax.name.startswith(("MPEG", "HEVC")):
         return  # a video stream spans fragments freely; the walk already checked it is whole
@@ -380,20 +498,37 @@ def _check_pixel_data(
         raise InvalidDicom("damaged: the compressed pixel data is not a sequence of fragments") from exc
     if not extended and not basic_offsets and fragments < frames:
         raise InvalidDicom(f"truncated: compressed pixel data has {fragments} fragment(s) for {frames} frames")
+    found = 0
     try:
-        found = sum(
-            1
-            for _ in generate_fragmented_frames(
-                ds.PixelData,
-                number_of_frames=frames,
-                extended_offsets=extended,
-                endianness=endianness,
-            )
-        )
+        for fragments_of_frame in generate_fragmented_frames(
+            ds.PixelData,
+            number_of_frames=frames,
+            extended_offsets=extended,
+            endianness=endianness,
+        ):
+            found += 1
+            head = b"".join(fragments_of_frame[:2])[:12]
+            if not _starts_like_its_codestream(str(transfer_syntax), head):
+                raise InvalidDicom(
+                    f"damaged: frame {found} of the compressed pixel data is not a {transfer_syntax.name} codestream"
+                )
     except (ValueError, StopIteration, struct_error) as exc:
+        if isinstance(exc, InvalidDicom):
+            raise
         raise InvalidDicom(f"damaged: the compressed pixel data does not hold {frames} frame(s)") from exc
     if found < frames:
         raise InvalidDicom(f"truncated: compressed pixel data has {found} of {frames} frames")
+
+
+def _starts_like_its_codestream(syntax: str, head: bytes) -> bool:
+    if syntax in _JPEG_SYNTAXES:
+        return head.startswith(_JPEG_SOI)
+    if syntax in _J2K_SYNTAXES:
+        return head.startswith((_J2K_SOC, _JP2_SIGNATURE))
+    if syntax == _RLE_SYNTAX:
+        # The RLE header: the number of segments (1 to 15), as a little-endian 32-bit value (PS3.5 G.5).
+        return len(head) >= 4 and 1 <= int.from_bytes(head[:4], "little") <= 15
+    return True  # deflated image syntaxes and others pydicom has no decoder table for: not judged here
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:

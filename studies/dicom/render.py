@@ -7,6 +7,8 @@ and pydicom's own RLE decoder). Only the first frame is decoded, so a 5000-frame
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -15,11 +17,25 @@ from PIL import Image
 from pydicom.multival import MultiValue
 from pydicom.pixels import pixel_array
 
-__all__ = ["RenderError", "thumbnail_png"]
+__all__ = ["RenderError", "decoding", "thumbnail_png"]
 
 
 class RenderError(ValueError):
     """The data set cannot be rendered (no pixels, or a pixel format this renderer does not draw)."""
+
+
+@contextmanager
+def decoding() -> Iterator[None]:
+    """Turn any failure of the pixel decoders into RenderError. pydicom's handlers, pylibjpeg, openjpeg and Pillow
+    raise what they like (ValueError, RuntimeError, OSError, NotImplementedError, numpy's errors) on pixel data
+    that lies about itself; to a reader each of them means the same thing, that this instance cannot be shown.
+    The message names the error class only: decoder messages may quote the data."""
+    try:
+        yield
+    except RenderError:
+        raise
+    except Exception as exc:
+        raise RenderError(f"the pixel data cannot be decoded ({type(exc).__name__})") from exc
 
 
 def thumbnail_png(ds: pydicom.Dataset, *, size: int = 128) -> bytes:
@@ -28,14 +44,15 @@ def thumbnail_png(ds: pydicom.Dataset, *, size: int = 128) -> bytes:
         raise ValueError("size must be positive")
     if not any(keyword in ds for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise RenderError("the data set holds no pixel data")
-    frame = pixel_array(ds, index=0)
-    samples = int(ds.get("SamplesPerPixel", 1))
-    if samples == 1 and frame.ndim == 2:
-        image = Image.fromarray(_grayscale_to_8bit(frame, ds), mode="L")
-    elif samples == 3 and frame.ndim == 3 and frame.shape[-1] == 3:
-        image = Image.fromarray(_color_to_8bit(frame), mode="RGB")
-    else:
-        raise RenderError(f"cannot render {samples} samples per pixel")
+    with decoding():
+        frame = pixel_array(ds, index=0)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        if samples == 1 and frame.ndim == 2:
+            image = Image.fromarray(_grayscale_to_8bit(frame, ds), mode="L")
+        elif samples == 3 and frame.ndim == 3 and frame.shape[-1] == 3:
+            image = Image.fromarray(_color_to_8bit(frame), mode="RGB")
+        else:
+            raise RenderError(f"cannot render {samples} samples per pixel")
 
     scale = size / max(image.width, image.height)
     target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))

@@ -131,6 +131,7 @@ FAILURE_CODES: dict[str, int] = {
     IngestItem.Failure.CONFLICT: FAILURE_DUPLICATE_SOP_INSTANCE,
     IngestItem.Failure.MALWARE: FAILURE_PROCESSING,
     IngestItem.Failure.LOST: FAILURE_PROCESSING,
+    IngestItem.Failure.INTERNAL: FAILURE_PROCESSING,
 }
 
 

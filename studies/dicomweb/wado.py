@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -167,9 +168,17 @@ def render_params(request: Request) -> dict[str, Any]:
 
 
 def frame_numbers(raw: str) -> list[int]:
+    """The frame numbers of a URL, each once, in the caller's order; at most DICOMWEB_MAX_FRAMES_PER_REQUEST of
+    them, so one request cannot ask for gigabytes (a list of 4,000 frames once built a 2 GB answer)."""
     if not _NUMBER_LIST.fullmatch(raw or "") or any(int(n) < 1 for n in raw.split(",")):
         raise exceptions.ValidationError({"frames": ["Frames are a comma-separated list of numbers from 1."]})
-    return [int(n) for n in raw.split(",")]
+    numbers = list(dict.fromkeys(int(n) for n in raw.split(",")))
+    limit = settings.DICOMWEB_MAX_FRAMES_PER_REQUEST
+    if len(numbers) > limit:
+        raise exceptions.ValidationError(
+            {"frames": [f"At most {limit} frames per request: ask for the other frames in further requests."]}
+        )
+    return numbers
 
 
 def _binary_doc(operation_id: str, summary: str) -> Any:
@@ -206,6 +215,23 @@ class _RetrieveApi(_ReadApi):
     def retrieve(self, request: Request, study: str, series: str | None = None, instance: str | None = None) -> Any:
         study_row, instances = self.instances(study, series, instance)
         syntax = dicom_syntax(accept_list(request), instances)
+        tenant = self.tenant
+
+        def transcoded(row: Instance) -> bytes:
+            data = read_instance(tenant, row)
+            if syntax == EXPLICIT and row.transfer_syntax_uid != EXPLICIT:
+                data = frame_tools.as_explicit_little_endian(data)
+            return data
+
+        first = None
+        if len(instances) == 1:
+            # One instance is made before answering, so one that cannot be decompressed is a 400 with the reason.
+            try:
+                first = transcoded(instances[0])
+            except RenderError as exc:
+                raise exceptions.ValidationError(
+                    {"instance": [f"This instance cannot be decompressed: {exc}; ask for transfer-syntax=*."]}
+                ) from exc
         instances_retrieved_record(
             actor=request.user,
             study=study_row,
@@ -214,13 +240,10 @@ class _RetrieveApi(_ReadApi):
             transfer_syntax=syntax or "*",
             source_address=self.source_address(),
         )
-        tenant = self.tenant
 
         def parts() -> Iterator[tuple[str, bytes]]:
             for row in instances:
-                data = read_instance(tenant, row)
-                if syntax == EXPLICIT and row.transfer_syntax_uid != EXPLICIT:
-                    data = frame_tools.as_explicit_little_endian(data)
+                data = first if first is not None else transcoded(row)
                 yield f"{DICOM}; transfer-syntax={syntax or row.transfer_syntax_uid}", data
 
         return multipart_response(parts(), part_type=DICOM)
@@ -292,18 +315,28 @@ class FramesRetrieveApi(_ReadApi):
         ds = frame_tools.read(read_instance(self.tenant, row))
         decoded = frame_choice(accept_list(request), frame_tools.frame_media_type(ds))
         try:
-            found = frame_tools.frame_list(ds, numbers, decoded=decoded)
+            found = frame_tools.frame_iter(ds, numbers, decoded=decoded)
+            first = next(found)
         except frame_tools.FrameError as exc:
             raise exceptions.ValidationError({"frames": [str(exc)]}) from exc
         self.accessed(study_row, "frames", 1)
-        part_type = found[0].media_type
-        return multipart_response(
-            ((f"{f.media_type}; transfer-syntax={f.transfer_syntax}", f.data) for f in found), part_type=part_type
-        )
+
+        def parts() -> Iterator[tuple[str, bytes]]:
+            # One frame at a time: the answer is never held whole (decoded frames are made as they are sent).
+            yield f"{first.media_type}; transfer-syntax={first.transfer_syntax}", first.data
+            for f in found:
+                yield f"{f.media_type}; transfer-syntax={f.transfer_syntax}", f.data
+
+        return multipart_response(parts(), part_type=first.media_type)
 
 
 # Rendered and thumbnails
 # ------------------------------------------------------------------------------
+
+
+def cannot_be_rendered(why: str) -> exceptions.ValidationError:
+    """The 400 for an instance that cannot be drawn (no pixels, or pixel data that cannot be decoded)."""
+    return exceptions.ValidationError({"instance": [f"This instance cannot be rendered: {why}."]})
 
 
 def _image(data: bytes, media_type: str) -> HttpResponse:
@@ -333,13 +366,29 @@ class _RenderedApi(_ReadApi):
                 frame_tools.read(read_instance(tenant, row)), frame=number, media_type=media_type, **params
             )
 
-        if instance is not None and len(numbers) == 1:
+        if instance is not None:
+            # One instance: its first frame is rendered before answering, so an instance that cannot be rendered
+            # is a 400 that says so, never a 500 or an empty answer.
+            ds = frame_tools.read(read_instance(tenant, instances[0]))
             try:
-                data = one(instances[0], numbers[0])
+                first = frame_tools.render(ds, frame=numbers[0], media_type=media_type, **params)
+                if len(numbers) > 1:
+                    frame_tools.check_frames(ds, numbers)
             except (RenderError, frame_tools.FrameError) as exc:
-                raise exceptions.ValidationError({"instance": [f"Cannot be rendered: {exc}"]}) from exc
+                raise cannot_be_rendered(str(exc)) from exc
             self.accessed(study_row, self.kind, 1)
-            return _image(data, media_type)
+            if len(numbers) == 1:
+                return _image(first, media_type)
+
+            def frame_parts() -> Iterator[tuple[str, bytes]]:
+                yield media_type, first
+                for number in numbers[1:]:
+                    try:
+                        yield media_type, frame_tools.render(ds, frame=number, media_type=media_type, **params)
+                    except (RenderError, frame_tools.FrameError):
+                        continue  # a later frame that cannot be decoded is left out; the others still go
+
+            return multipart_response(frame_parts(), part_type=media_type)
         self.accessed(study_row, self.kind, len(instances))
 
         def parts() -> Iterator[tuple[str, bytes]]:
@@ -349,7 +398,9 @@ class _RenderedApi(_ReadApi):
                     try:
                         yield media_type, frame_tools.render(ds, frame=number, media_type=media_type, **params)
                     except (RenderError, frame_tools.FrameError):
-                        continue  # an object without pixels (a report, a key object) has nothing to show
+                        # An object without pixels (a report, a key object), or whose pixels cannot be decoded,
+                        # has nothing to show; the rest of the study or series still does.
+                        continue
 
         return multipart_response(parts(), part_type=media_type)
 
@@ -387,14 +438,20 @@ class _ThumbnailApi(_ReadApi):
         params.setdefault("viewport", THUMBNAIL_SIZE)
         study_row, instances = self.instances(study, series, instance)
         media_type = rendered_type(accept_list(request), default="image/png")
-        for row in instances:  # the first instance that has pixels represents the study or series
+        problem = None
+        # The first instance that can be drawn represents the study or series: one that has no pixels, or whose
+        # pixels cannot be decoded, is passed over, never the end of the thumbnail.
+        for row in instances:
             try:
                 ds = frame_tools.read(read_instance(self.tenant, row))
                 data = frame_tools.render(ds, frame=1, media_type=media_type, **params)
-            except (RenderError, frame_tools.FrameError):
+            except (RenderError, frame_tools.FrameError) as exc:
+                problem = problem or exc
                 continue
             self.accessed(study_row, "thumbnail", 1)
             return _image(data, media_type)
+        if instance is not None and problem is not None:
+            raise cannot_be_rendered(str(problem))
         raise exceptions.NotFound("Nothing in this resource has pixels to show.")
 
 

@@ -26,18 +26,20 @@ from studies.dicomweb.wado import DICOM, EXPLICIT, RENDERED_TYPES, read_instance
 from studies.services.reads import instances_accessed_record, instances_retrieved_record
 
 REQUIRED = ("requestType", "studyUID", "seriesUID", "objectUID")
+# The largest rendered image, as WADO-RS's viewport: rows=50000&columns=50000 once took 11 s and 1.1 GB.
+MAX_VIEWPORT = 4096
 
 
-def _positive(request: Request, name: str, errors: dict[str, list[str]]) -> int | None:
+def _positive(request: Request, name: str, errors: dict[str, list[str]], *, most: int | None = None) -> int | None:
     raw = request.query_params.get(name)
     if not raw:
         return None
     try:
         value = int(raw)
-        if value < 1:
+        if value < 1 or (most is not None and value > most):
             raise ValueError
     except ValueError:
-        errors[name] = [f"{name} must be a whole number from 1."]
+        errors[name] = [f"{name} must be a whole number from 1" + (f" to {most}." if most is not None else ".")]
         return None
     return value
 
@@ -57,7 +59,8 @@ class WadoUriApi(DicomWebReadApi):
         if q.get("requestType") and q.get("requestType") != "WADO":
             errors["requestType"] = ["requestType must be WADO."]
         frame = _positive(request, "frameNumber", errors) or 1
-        rows, columns = _positive(request, "rows", errors), _positive(request, "columns", errors)
+        rows = _positive(request, "rows", errors, most=MAX_VIEWPORT)
+        columns = _positive(request, "columns", errors, most=MAX_VIEWPORT)
         window = None
         center, width = q.get("windowCenter"), q.get("windowWidth")
         if center or width:
@@ -82,7 +85,12 @@ class WadoUriApi(DicomWebReadApi):
         if content_type == DICOM:
             wanted = q.get("transferSyntax", "").strip() or EXPLICIT
             if wanted == EXPLICIT:
-                data = frame_tools.as_explicit_little_endian(data)
+                try:
+                    data = frame_tools.as_explicit_little_endian(data)
+                except RenderError as exc:
+                    raise exceptions.ValidationError(
+                        {"transferSyntax": [f"This instance cannot be decompressed: {exc}; ask for transferSyntax=*."]}
+                    ) from exc
             elif wanted not in ("*", row.transfer_syntax_uid):
                 raise not_acceptable(f"this object is sent in {EXPLICIT} or as stored ({row.transfer_syntax_uid})")
             instances_retrieved_record(
@@ -97,13 +105,13 @@ class WadoUriApi(DicomWebReadApi):
 
         viewport = None
         if rows or columns:
-            viewport = (columns or 4096, rows or 4096)
+            viewport = (columns or MAX_VIEWPORT, rows or MAX_VIEWPORT)
         try:
             image = frame_tools.render(
                 frame_tools.read(data), frame=frame, media_type=content_type, window=window, viewport=viewport
             )
         except (RenderError, frame_tools.FrameError) as exc:
-            raise exceptions.ValidationError({"objectUID": [f"Cannot be rendered: {exc}"]}) from exc
+            raise exceptions.ValidationError({"objectUID": [f"This instance cannot be rendered: {exc}."]}) from exc
         instances_accessed_record(
             actor=request.user,
             study=study,

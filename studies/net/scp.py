@@ -71,6 +71,20 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_NOT_AUTHORISED = 0x0124
+STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_DUPLICATE_SOP_INSTANCE = 0x0111
+# The C-STORE failure status for each class of refusal the pipeline records (PS3.4 Table B.2-1, PS3.7 C.4).
+CSTORE_FAILURE_STATUS: dict[str, int] = {
+    IngestItem.Failure.TOO_LARGE: STATUS_OUT_OF_RESOURCES,
+    IngestItem.Failure.NOT_DICOM: STATUS_CANNOT_UNDERSTAND,
+    IngestItem.Failure.UNREADABLE: STATUS_CANNOT_UNDERSTAND,
+    IngestItem.Failure.UNSUPPORTED_SYNTAX: STATUS_CANNOT_UNDERSTAND,
+    IngestItem.Failure.INVALID: STATUS_CANNOT_UNDERSTAND,
+    IngestItem.Failure.MALWARE: STATUS_CANNOT_UNDERSTAND,
+    IngestItem.Failure.CONFLICT: STATUS_DUPLICATE_SOP_INSTANCE,
+    IngestItem.Failure.LOST: STATUS_PROCESSING_FAILURE,
+    IngestItem.Failure.INTERNAL: STATUS_PROCESSING_FAILURE,
+}
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, diagnostic.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE title not recognised
@@ -242,13 +256,15 @@ class _Door:
                 audit_context(source_address=peer.address, system_principal=f"dicom:{peer.calling_ae}"),
                 set_actor(None, remote_addr=peer.address),
             ):
-                ingest_receive(
+                item = ingest_receive(
                     source=IngestItem.Source.CSTORE,
                     batch=peer.batch,
                     data=data,
                     device=peer.device,
                     source_address=peer.address,
                 )
+                # When the pipeline has already decided (tasks run in-process), a refusal is the sender's answer.
+                item.refresh_from_db(fields=["state", "failure", "reason"])
         except Rejected as exc:
             logger.info("C-STORE from %s refused at receipt: %s", peer.calling_ae, exc.reason)
             return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
@@ -258,6 +274,9 @@ class _Door:
             logger.exception("C-STORE from %s could not be quarantined", peer.calling_ae)
             connection.close()
             return _status(STATUS_OUT_OF_RESOURCES, "The archive could not store the object; try again later.")
+        if item.state in (IngestItem.State.REJECTED, IngestItem.State.CONFLICT):
+            logger.info("C-STORE from %s refused by the pipeline (%s)", peer.calling_ae, item.failure)
+            return _status(CSTORE_FAILURE_STATUS.get(item.failure, STATUS_PROCESSING_FAILURE), item.reason)
         return STATUS_SUCCESS
 
 

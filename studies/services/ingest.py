@@ -4,7 +4,9 @@ task calls `ingest_process`; the sweeper calls `ingest_requeue_stale`.
 Receive: the bytes go to the quarantine store (encrypted, never served) and an IngestItem is created, in one
 transaction; the task is queued when it commits. Process: claim the item (compare-and-set), then limits, malware
 scan, preamble, parse and validate, store encrypted in the archive and its replica, index, audit, mark stored.
-Any failure marks the item rejected with a reason a person can read and keeps the quarantined bytes.
+Any failure marks the item rejected with a reason a person can read and keeps the quarantined bytes; an error
+nobody foresaw is a rejection too (failure class `internal`), so no item is ever left waiting and every sender
+hears a verdict.
 """
 
 from __future__ import annotations
@@ -195,6 +197,7 @@ def _index(*, tenant: Tenant, parsed: dicom_parse.ParsedInstance, blob: Blob, si
         frames=parsed.frames or 1,
         size=size,
         sha256=sha256,
+        content_sha256=parsed.content_sha256,
         blob=blob,
     )
     instance.save()
@@ -255,6 +258,13 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
     item = IngestItem.objects.select_related("quarantine", "actor", "device").get(pk=item_id)
     tenant = current_tenant()
     try:
+        if item.attempts > settings.INGEST_MAX_ATTEMPTS:
+            # Claimed again and again without a verdict: each worker that took it died on the way.
+            raise Rejected(
+                f"Processing was given up after {item.attempts - 1} attempts that did not finish; the object is "
+                "kept in quarantine for review.",
+                failure=IngestItem.Failure.INTERNAL,
+            )
         if item.quarantine is None:
             raise Rejected("The received bytes are gone from quarantine.", failure=IngestItem.Failure.LOST)
         try:
@@ -270,7 +280,7 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
             item = IngestItem.objects.select_related("quarantine", "actor", "device").get(pk=item_id)
             existing = Instance.objects.get(sop_instance_uid=verdict.parsed.sop_instance_uid)
             with transaction.atomic():
-                return _resolve_existing(item, existing, sha256)
+                return _resolve_existing(item, existing, verdict)
     except Rejected as exc:
         _reject(item, exc)
         return item
@@ -281,13 +291,28 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
             state=IngestItem.State.RECEIVED, reason="waiting for the malware scanner", claimed_at=None
         )
         raise
+    except Exception as exc:
+        # A fault of ours, not of the object: the item is rejected (not left `processing` for the sweeper to hand
+        # to the next worker, which would fail the same way), and the sender is told. The log names the class and
+        # the item only: exception messages may quote values of the data set.
+        logger.error("ingest item %s failed unexpectedly (%s)", item.public_id, type(exc).__name__)
+        item = IngestItem.objects.select_related("quarantine", "actor", "device").get(pk=item_id)
+        _reject(
+            item,
+            Rejected(
+                f"An internal error stopped processing ({type(exc).__name__}); the object is kept in quarantine "
+                f"for review (ingest item {item.public_id}).",
+                failure=IngestItem.Failure.INTERNAL,
+            ),
+        )
+        return item
 
 
 def _store(item: IngestItem, verdict: Verdict, sha256: str, tenant: Tenant) -> IngestItem:
     with transaction.atomic():
         existing = Instance.objects.filter(sop_instance_uid=verdict.parsed.sop_instance_uid).first()
         if existing is not None:
-            return _resolve_existing(item, existing, sha256)
+            return _resolve_existing(item, existing, verdict)
         blob = blob_write(kind=Blob.Kind.INSTANCE, data=verdict.data)
         instance = _index(tenant=tenant, parsed=verdict.parsed, blob=blob, size=len(verdict.data), sha256=sha256)
         _finish(item, IngestItem.State.STORED, instance=instance,
@@ -317,10 +342,26 @@ def _principal(item: IngestItem) -> str:
     return "" if item.actor is not None else f"enclave:{item.source}"
 
 
-def _resolve_existing(item: IngestItem, existing: Instance, sha256: str) -> IngestItem:
-    """The same SOP Instance UID again: the same bytes are a no-op; different bytes are kept apart as a conflict,
-    never silently replacing what is stored."""
-    if existing.sha256 == sha256:
+def _stored_content_hash(existing: Instance) -> str:
+    """The content hash of a stored instance; one stored before the hash existed gets it now, from its blob."""
+    if existing.content_sha256:
+        return existing.content_sha256
+    try:
+        parsed, _ = dicom_parse.parse(blob_read(blob=existing.blob), limits=ingest_limits())
+    except dicom_parse.InvalidDicom:
+        return ""  # stored under older checks than today's: only identical bytes count as the same
+    existing.content_sha256 = parsed.content_sha256
+    existing.save(update_fields=["content_sha256", "updated_at"])
+    return existing.content_sha256
+
+
+def _resolve_existing(item: IngestItem, existing: Instance, verdict: Verdict) -> IngestItem:
+    """The same SOP Instance UID again. The same instance (the same pixel data and identifying attributes:
+    `studies.dicom.parse.content_hash`, not the file bytes, which differ between a C-STORE receiver's rebuilt
+    header and the sender's file) is a no-op; different content is kept apart as a conflict, never silently
+    replacing what is stored."""
+    same = existing.sha256 == hashlib.sha256(verdict.data).hexdigest()
+    if same or _stored_content_hash(existing) == verdict.parsed.content_sha256:
         _finish(item, IngestItem.State.DUPLICATE, reason="already stored with the same content", instance=existing)
         quarantine = item.quarantine
         item.quarantine = None

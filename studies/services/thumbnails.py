@@ -1,4 +1,4 @@
-"""Thumbnails: one PNG per series, windowed from its first instance's pixel data."""
+"""Thumbnails: one PNG per series, windowed from the pixel data of its first instance that can be drawn."""
 
 from __future__ import annotations
 
@@ -7,35 +7,46 @@ import logging
 
 import pydicom
 from django.db import transaction
+from pydicom.errors import InvalidDicomError
 
-from studies.dicom.render import thumbnail_png
+from studies.dicom.render import RenderError, thumbnail_png
 from studies.models import Blob, Instance, Series
 from studies.storage.blobs import blob_read, blob_write
 
 logger = logging.getLogger(__name__)
 
 
+# How many instances of a series are tried before it is left without a thumbnail.
+THUMBNAIL_CANDIDATES = 20
+
+
 @transaction.atomic
 def series_thumbnail_make(*, series: Series) -> Series:
     """Render and store the series thumbnail (encrypted like every blob). Idempotent: a series that has one keeps
-    it. A series whose first instance has no pixels (a report, say) gets none, which is not an error."""
+    it. The first instance (in instance-number order) that can be drawn is used: one without pixels, or whose
+    pixels cannot be decoded, is passed over, so one bad instance never leaves its series without a thumbnail.
+    A series with nothing to draw gets none, which is not an error."""
     series = Series.objects.select_for_update().get(pk=series.pk)
     if series.thumbnail_id is not None:
         return series
-    instance = (
+    candidates = (
         Instance.objects.filter(series=series, rows__isnull=False)
         .select_related("blob")
-        .order_by("instance_number", "pk")
-        .first()
+        .order_by("instance_number", "pk")[:THUMBNAIL_CANDIDATES]
     )
-    if instance is None:
+    for instance in candidates:
+        try:
+            dataset = pydicom.dcmread(io.BytesIO(blob_read(blob=instance.blob)))
+            png = thumbnail_png(dataset)
+        except (RenderError, InvalidDicomError, ValueError, AttributeError, KeyError, EOFError, OSError) as exc:
+            logger.warning(
+                "instance %s cannot be drawn for the thumbnail of series %s (%s)",
+                instance.public_id,
+                series.public_id,
+                exc.__class__.__name__,
+            )
+            continue
+        series.thumbnail = blob_write(kind=Blob.Kind.THUMBNAIL, data=png)
+        series.save(update_fields=["thumbnail", "updated_at"])
         return series
-    dataset = pydicom.dcmread(io.BytesIO(blob_read(blob=instance.blob)))
-    try:
-        png = thumbnail_png(dataset)
-    except (ValueError, AttributeError, NotImplementedError, RuntimeError) as exc:
-        logger.warning("no thumbnail for series %s: %s", series.public_id, exc.__class__.__name__)
-        return series
-    series.thumbnail = blob_write(kind=Blob.Kind.THUMBNAIL, data=png)
-    series.save(update_fields=["thumbnail", "updated_at"])
     return series

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import re
 import stat
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -40,6 +42,18 @@ RATIO_FLOOR_BYTES = 64 * 1024
 READ_CHUNK = 1024 * 1024
 SUPPORTED_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+# What reading a damaged entry raises: zipfile's own errors, and those of the decompressors under it (a corrupt
+# DEFLATE stream raises zlib.error, a corrupt LZMA one lzma.LZMAError, BZIP2 OSError), none of them a ValueError.
+DAMAGED_ENTRY_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    RuntimeError,
+    ValueError,
+    NotImplementedError,
+)
 
 Upload = bytes | IO[bytes]
 
@@ -181,7 +195,7 @@ def _entries(archive: zipfile.ZipFile, wanted: list[zipfile.ZipInfo]) -> Iterato
         try:
             with archive.open(info) as entry:
                 data = _read_capped(entry, cap)
-        except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, ValueError, NotImplementedError) as exc:
+        except DAMAGED_ENTRY_ERRORS as exc:
             raise ZipRefused(f"The zip is damaged at {info.filename[:200]} ({exc.__class__.__name__}).") from exc
         if data is None:
             raise ZipRefused(f"Zip bomb: {info.filename[:200]} unpacks to more than its header says.")
@@ -302,7 +316,7 @@ def _receive_zip(
         _check_declared_entries(handle)
         try:
             archive = zipfile.ZipFile(handle)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except DAMAGED_ENTRY_ERRORS as exc:
             raise ZipRefused("The zip is damaged or incomplete.") from exc
         with archive:
             wanted = _check_zip(archive, size=size)

@@ -192,7 +192,7 @@ def test_compressed_transfer_syntaxes_are_accepted_and_stored(listener, north, d
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-def test_bad_content_is_acknowledged_then_rejected_by_the_pipeline_with_its_reason(listener, north, demo_ct, tmp_path):
+def test_bad_content_is_rejected_by_the_pipeline_and_the_sender_told_its_reason(listener, north, demo_ct, tmp_path):
     # A non-zero preamble is not sent over the network (C-STORE carries the data set only), so content checks are
     # what the pipeline sees here: a data set without the UIDs an instance must have.
     blob = make_instance()
@@ -205,7 +205,9 @@ def test_bad_content_is_acknowledged_then_rejected_by_the_pipeline_with_its_reas
 
     result = associate(port=listener.port, calling="DEMO_CT", called="NORTH", files=[path])
 
-    assert result.statuses == [0x0000]  # quarantined: the verdict is the pipeline's, recorded on the item
+    # Quarantined, then the pipeline's verdict (tasks run in-process here, so it is known before the answer).
+    assert result.statuses == [STATUS_CANNOT_UNDERSTAND]
+    assert "SOP Instance UID" in result.comments[0]
     with tenant_scope(north):
         item = IngestItem.objects.get()
         assert item.state == IngestItem.State.REJECTED
