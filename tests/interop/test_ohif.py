@@ -21,7 +21,9 @@ from playwright.sync_api import expect
 
 from studies import services as study_services
 from studies.dicom.synthetic import make_study
-from studies.models import IngestItem, Study
+from audit.events import EventType, Outcome
+from audit.models import AuditEvent
+from studies.models import IngestItem, ReadTally, Study
 from tenants import services
 from tenants.scoping import tenant_scope
 
@@ -102,7 +104,43 @@ def ohif_viewer(ohif_dist, portal_url, settings, tenant_a, radiologist_a, tmp_pa
         process.wait(timeout=10)
 
 
-def test_ohif_lists_opens_renders_and_scrolls_a_study(ohif_viewer, page, tenant_a, radiologist_a):
+CANVAS_PIXELS = """canvas => {
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let lit = 0, sum = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const v = data[i] + data[i + 1] + data[i + 2];
+    if (v > 30) lit += 1;
+    sum = (sum * 31 + v) % 1000000007;
+  }
+  return {lit, total: data.length / 4, digest: sum};
+}"""
+THUMBNAIL_LOADED = "img => img.complete && img.naturalWidth > 0 && img.src.startsWith('data:image/')"
+
+
+def rendered(page) -> dict:
+    """What the viewport's canvas shows now: how many pixels are lit, and a digest that changes with the image."""
+    canvas = page.locator("[data-cy='viewport-pane'] canvas.cornerstone-canvas").first
+    page.wait_for_function(f"c => ({CANVAS_PIXELS})(c).lit > 0", arg=canvas.element_handle())
+    return canvas.evaluate(CANVAS_PIXELS)
+
+
+def position(page):
+    return page.locator("[data-cy='viewport-pane'] [data-cy='viewport-overlay-bottom-right']").first
+
+
+def scroll_to(page, n: int, of: int, before: dict) -> dict:
+    """One wheel notch down on the viewport: the overlay says image n of `of`, and the canvas shows another image."""
+    page.locator("[data-cy='viewport-pane']").first.hover()
+    page.mouse.wheel(0, 120)
+    expect(position(page)).to_contain_text(f"({n}/{of})")
+    page.wait_for_function(
+        f"([c, d]) => ({CANVAS_PIXELS})(c).digest !== d",
+        arg=[page.locator("[data-cy='viewport-pane'] canvas.cornerstone-canvas").first.element_handle(), before["digest"]],
+    )
+    return rendered(page)
+
+
+def test_ohif_lists_opens_renders_and_scrolls_a_study(ohif_viewer, portal_url, page, tenant_a, radiologist_a):
     ARTIFACTS.mkdir(exist_ok=True)
     files = make_study(
         series=2, instances_per_series=5, rows=128, columns=128, patient_name="OHIF^OLIVIA", patient_id="MRN-OHIF",
@@ -111,19 +149,84 @@ def test_ohif_lists_opens_renders_and_scrolls_a_study(ohif_viewer, page, tenant_
     with tenant_scope(tenant_a):
         batch = uuid.uuid4()
         for data in files:
-            study_services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=batch, data=data)
+            item = study_services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=batch, data=data)
+            item.refresh_from_db()
+            assert item.instance is not None, item.reason
         study = Study.objects.get()
-    responses: list[tuple[int, str, str]] = []
-    page.on(
-        "response",
-        lambda r: responses.append((r.status, r.request.method, r.url)) if "/dicomweb/" in r.url else None,
-    )
-    console: list[str] = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        series = list(study.series.order_by("series_number"))
+    answers: list[tuple[int, str, str]] = []
+    failed: list[str] = []
+    page.on("response", lambda r: answers.append((r.status, r.request.method, r.url)) if "/dicomweb/" in r.url else None)
+    page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}") if "/dicomweb/" in r.url else None)
     page.set_default_timeout(30_000)
+
+    # The study list, searched by QIDO-RS with the token.
     page.goto(ohif_viewer.url + "/")
-    page.wait_for_timeout(8000)
-    page.screenshot(path=str(ARTIFACTS / "ohif-list.png"), full_page=True)
-    print(responses)
-    print("\n".join(console[-30:]))
-    assert study
+    row = page.get_by_role("row").filter(has_text="OHIF, OLIVIA")
+    expect(row).to_contain_text("OHIF interop")
+    expect(row).to_contain_text("CT")
+    expect(row).to_contain_text("10")
+    row.click()
+    expect(page.get_by_text("Synthetic series 2")).to_be_visible()
+    page.get_by_role("button", name="Basic Viewer").click()
+    page.wait_for_url(re.compile(rf"/viewer\?StudyInstanceUIDs={re.escape(study.study_instance_uid)}"))
+    # OHIF's first-visit tour and its investigational-use notice cover the viewer: dismissed as a person would.
+    page.get_by_text("Skip all").click()
+    page.get_by_role("button", name="Confirm and hide").click()
+    expect(page.locator(".shepherd-modal-is-visible")).to_have_count(0)
+
+    # Both series' thumbnails, drawn from frames the viewer fetched.
+    thumbnails = page.locator("[data-cy='study-browser-thumbnail']")
+    expect(thumbnails).to_have_count(2)
+    for n, thumbnail in enumerate(thumbnails.all(), start=1):
+        expect(thumbnail).to_contain_text(f"Synthetic series {n}")
+        page.wait_for_function(THUMBNAIL_LOADED, arg=thumbnail.locator("img").element_handle())
+
+    # The first series is rendered on the canvas, then scrolled through.
+    expect(page.locator("[data-cy='viewport-pane'] [data-cy='viewport-overlay-top-left']").first).to_contain_text(
+        "Synthetic series 1"
+    )
+    expect(position(page)).to_contain_text("(1/5)")
+    first = rendered(page)
+    assert first["lit"] > first["total"] // 10, first
+    shown = [first["digest"]]
+    for n in (2, 3, 4):
+        shown.append(scroll_to(page, n, 5, {"digest": shown[-1]})["digest"])
+    page.screenshot(path=str(ARTIFACTS / "ohif-series-1.png"))
+
+    # The second series, opened from its thumbnail, rendered and scrolled.
+    thumbnails.nth(1).dblclick()
+    expect(page.locator("[data-cy='viewport-pane'] [data-cy='viewport-overlay-top-left']").first).to_contain_text(
+        "Synthetic series 2"
+    )
+    expect(position(page)).to_contain_text("(1/5)")
+    second = rendered(page)
+    assert second["lit"] > second["total"] // 10, second
+    scroll_to(page, 2, 5, second)
+    page.screenshot(path=str(ARTIFACTS / "ohif-series-2.png"))
+
+    # Every DICOMweb request went to the portal's real port and none was refused or failed.
+    assert answers, "the viewer made no DICOMweb request"
+    assert all(url.startswith(f"{portal_url}/dicomweb/{tenant_a.slug}/") for _, _, url in answers), answers
+    assert [a for a in answers if a[0] >= 400] == []
+    # The viewer cancels prefetches it no longer needs when the series changes (net::ERR_ABORTED, its own doing);
+    # anything else (a CORS refusal is net::ERR_FAILED) is a fault.
+    assert [f for f in failed if not f.endswith("net::ERR_ABORTED")] == []
+    frame_urls = [url for status, method, url in answers if method == "GET" and "/frames/" in url]
+    for s in series:
+        assert any(f"/series/{s.series_instance_uid}/instances/" in url for url in frame_urls), s.series_number
+    assert any(url.endswith("/metadata") for _, _, url in answers)
+
+    # The trail holds the reads: the searches, the metadata, and every frame (opening events plus folded counts).
+    with tenant_scope(tenant_a):
+        mine = AuditEvent.objects.filter(actor_username=radiologist_a.username)
+        assert mine.filter(event_type=EventType.STUDIES_QUERIED).count() >= 2
+        reads = mine.filter(event_type=EventType.INSTANCES_ACCESSED, outcome=Outcome.SUCCESS).filter(
+            participants__contains=[{"type": "study", "id": study.study_instance_uid}]
+        )
+        assert reads.filter(extra__kind="metadata").count() >= 2
+        opened = reads.filter(extra__kind__in=["frames", "rendered", "thumbnail"]).count()
+        folded = sum(ReadTally.objects.filter(user=radiologist_a, study=study).values_list("folded", flat=True))
+        assert opened >= 1
+        assert opened + folded >= len(frame_urls)
+        assert not AuditEvent.objects.filter(outcome__gt=Outcome.SUCCESS).exists()
