@@ -144,7 +144,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     config: bytes = b""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         return
 
     def send_head(self):  # type: ignore[no-untyped-def]
