@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 PACKAGE = "@ohif/app"
@@ -94,7 +95,10 @@ def fetch(version: str = DEFAULT_VERSION) -> Path:
 
 def app_config(*, portal: str, tenant: str, token: str, name: str = "Enclave") -> str:
     """OHIF 3's app-config.js for one Enclave tenant. `portal` is the URL the portal really serves on."""
-    root = f"{portal.rstrip('/')}/dicomweb/{tenant}"
+    parsed = urllib.parse.urlsplit(portal)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"--portal must be the portal's http(s) address with its port, not {portal!r}")
+    root = f"{portal.rstrip('/')}/dicomweb/{urllib.parse.quote(tenant, safe='')}"
     source = {
         "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
         "sourceName": "enclave",
@@ -134,7 +138,7 @@ window.config = {{
   }}],
   modes: [],
   defaultDataSourceName: 'enclave',
-  dataSources: [{json.dumps(source, indent=2)}],
+  dataSources: [{json.dumps(source, indent=2).replace(chr(10), chr(10) + "  ")}],
 }};
 """
 
@@ -208,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ohif: {exc}", file=sys.stderr)
             return NO_BUILD
         return 0
-    config = app_config(portal=args.portal, tenant=args.tenant, token=_token())
+    try:
+        config = app_config(portal=args.portal, tenant=args.tenant, token=_token())
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.command == "config":
         sys.stdout.write(config)
         return 0
