@@ -118,8 +118,8 @@ def origin(request: Request) -> str:
     scheme follows SECURE_PROXY_SSL_HEADER). A Host without a port names the scheme's default port, except from a
     client that drops the port it connected to (dicomweb-client does): when no proxy stands between (no
     forwarding header), the port the server really listens on is added."""
-    scheme, host = request.scheme, request.get_host()
-    port = request.META.get("SERVER_PORT", "")
+    scheme, host = request.scheme or "http", request.get_host()
+    port = str(request.META.get("SERVER_PORT", ""))
     if (
         ":" not in host.rsplit("]", 1)[-1]
         and port.isdigit()
