@@ -6,7 +6,6 @@ makes is answered 4xx or 5xx, and the audit trail holds the reads."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import re
@@ -29,24 +28,12 @@ from studies.dicom.synthetic import make_instance, make_study
 from studies.models import IngestItem, ReadTally, Study
 from tenants import services
 from tenants.scoping import tenant_scope
+from tests.interop.ohif_script import SCRIPT, ohif
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-SCRIPT = ROOT / "scripts" / "ohif.py"
-
-
-def _ohif_module():
-    spec = importlib.util.spec_from_file_location("enclave_ohif_script", SCRIPT)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ohif = _ohif_module()
 
 
 @pytest.fixture(scope="session")
