@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.django_db(tr
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
+SLICES = 24
 
 
 @pytest.fixture(scope="session")
@@ -159,8 +160,11 @@ def test_ohif_lists_opens_renders_and_scrolls_a_study(ohif_viewer, portal_url, p
         "patient_name": "OHIF^OLIVIA", "patient_id": "MRN-OHIF", "study_description": "OHIF interop",
         "accession": "OH-1", "rows": 128, "columns": 128,
     }  # fmt: skip
-    files = with_geometry(make_study(series=1, instances_per_series=5, **common))
+    # Series 1: a CT volume of SLICES single-frame instances, enough for the viewer to fetch frames in parallel.
+    files = with_geometry(make_study(series=1, instances_per_series=SLICES, **common))
     study_uid = pydicom.dcmread(io.BytesIO(files[0])).StudyInstanceUID
+    # Series 2: one multi-frame instance of 5 frames, RLE Lossless (the viewer asks for frames 1..5 of it and
+    # decodes them itself).
     files.append(make_instance(study_uid=study_uid, series_number=2, series_description="Synthetic series 2",
                                frames=5, transfer_syntax=RLELossless, **common))  # fmt: skip
     with tenant_scope(tenant_a):
@@ -190,7 +194,7 @@ def test_ohif_lists_opens_renders_and_scrolls_a_study(ohif_viewer, portal_url, p
     row = page.get_by_role("row").filter(has_text="OHIF, OLIVIA")
     expect(row).to_contain_text("OHIF interop")
     expect(row).to_contain_text("CT")
-    expect(row).to_contain_text("6")
+    expect(row).to_contain_text(str(SLICES + 1))
     # The list's patient filter: OHIF adds wildcards (PatientName=*nobody*), and no match is no row.
     patient_filter = page.locator("input").first
     patient_filter.fill("nobody")
@@ -224,12 +228,12 @@ def test_ohif_lists_opens_renders_and_scrolls_a_study(ohif_viewer, portal_url, p
     expect(page.locator("[data-cy='viewport-pane'] [data-cy='viewport-overlay-top-left']").first).to_contain_text(
         "Synthetic series 1"
     )
-    expect(position(page)).to_contain_text("(1/5)")
+    expect(position(page)).to_contain_text(f"(1/{SLICES})")
     first = rendered(page)
     assert first["lit"] > first["total"] // 10, first
     shown = [first["digest"]]
     for n in (2, 3, 4):
-        shown.append(scroll_to(page, n, 5, {"digest": shown[-1]})["digest"])
+        shown.append(scroll_to(page, n, SLICES, {"digest": shown[-1]})["digest"])
     page.screenshot(path=str(ARTIFACTS / "ohif-series-1.png"))
 
     # The second series, opened from its thumbnail, rendered and scrolled.

@@ -53,7 +53,7 @@ def test_the_config_names_the_real_portal_and_sends_the_token_through_the_auth_s
     assert "getAuthorizationHeader: () => ({ Authorization: 'Bearer ' + ENCLAVE_TOKEN })" in config
     assert 'const ENCLAVE_TOKEN = "tok\'en\\"</script>";' in config
     assert "requestOptions:" not in config
-    assert "\"requestOptions\"" not in config
+    assert '"requestOptions"' not in config
     with pytest.raises(ValueError, match="--portal"):
         ohif.app_config(portal="127.0.0.1:8000", tenant="north", token="t")
 
