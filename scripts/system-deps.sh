@@ -7,6 +7,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
+command -v npm >/dev/null 2>&1 || missing+=(npm)  # fetches the OHIF Viewer build once (tests/interop/)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = "0" ]; then
   echo "Installing ${missing[*]} from Debian's packages"

@@ -96,16 +96,41 @@ def _element(attribute: Attribute, value: Any) -> dict[str, Any]:
     return element
 
 
-def retrieve_url(tenant: str, study: str, series: str | None = None, instance: str | None = None) -> str:
+def retrieve_url(
+    request: Request, tenant: str, study: str, series: str | None = None, instance: str | None = None
+) -> str:
+    """The WADO-RS address of a study, series or instance at the address the caller reached the portal by, so a
+    viewer is sent to the port the portal really serves rather than a configured one (see `origin`)."""
     path = reverse("dicomweb:study", kwargs={"tenant": tenant, "study": study})
     if series:
         path += f"/series/{series}"
     if instance:
         path += f"/instances/{instance}"
-    return f"{settings.PORTAL_BASE_URL.rstrip('/')}{path}"
+    return f"{origin(request)}{path}"
 
 
-def result_json(obj: Any, *, level: str, attributes: list[Attribute], tenant: str) -> dict[str, Any]:
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED")
+
+
+def origin(request: Request) -> str:
+    """Scheme, host and port the caller reached: the Host header (checked by Django against ALLOWED_HOSTS; the
+    scheme follows SECURE_PROXY_SSL_HEADER). A Host without a port names the scheme's default port, except from a
+    client that drops the port it connected to (dicomweb-client does): when no proxy stands between (no
+    forwarding header), the port the server really listens on is added."""
+    scheme, host = request.scheme or "http", request.get_host()
+    port = str(request.META.get("SERVER_PORT", ""))
+    if (
+        ":" not in host.rsplit("]", 1)[-1]
+        and port.isdigit()
+        and port != _DEFAULT_PORTS.get(scheme)
+        and not any(h in request.META for h in _PROXY_HEADERS)
+    ):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}"
+
+
+def result_json(obj: Any, *, level: str, attributes: list[Attribute], tenant: str, request: Request) -> dict[str, Any]:
     out: dict[str, Any] = {
         "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
         "00080056": {"vr": "CS", "Value": ["ONLINE"]},
@@ -114,11 +139,13 @@ def result_json(obj: Any, *, level: str, attributes: list[Attribute], tenant: st
         out[attribute.tag] = _element(attribute, _value(obj, attribute, level))
     study = _study_of(obj)
     if level == STUDY:
-        url = retrieve_url(tenant, study.study_instance_uid)
+        url = retrieve_url(request, tenant, study.study_instance_uid)
     elif level == SERIES:
-        url = retrieve_url(tenant, study.study_instance_uid, obj.series_instance_uid)
+        url = retrieve_url(request, tenant, study.study_instance_uid, obj.series_instance_uid)
     else:
-        url = retrieve_url(tenant, study.study_instance_uid, obj.series.series_instance_uid, obj.sop_instance_uid)
+        url = retrieve_url(
+            request, tenant, study.study_instance_uid, obj.series.series_instance_uid, obj.sop_instance_uid
+        )
     out["00081190"] = {"vr": "UR", "Value": [url]}
     return dict(sorted(out.items()))
 
@@ -234,7 +261,9 @@ class _SearchApi(DicomWebReadApi):
         if not rows:
             response = Response(status=204)
         else:
-            response = Response([result_json(r, level=level, attributes=attributes, tenant=tenant) for r in rows])
+            response = Response(
+                [result_json(r, level=level, attributes=attributes, tenant=tenant, request=request) for r in rows]
+            )
         for warning in warnings:
             response["Warning"] = warning if "Warning" not in response else f"{response['Warning']}, {warning}"
         return response

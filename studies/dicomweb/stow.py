@@ -32,7 +32,6 @@ from typing import Any
 
 import pydicom
 from django.conf import settings
-from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from pydicom.dataelem import DataElement
@@ -55,6 +54,7 @@ from studies.dicomweb.parsers import (
     Part,
     body_without_length,
 )
+from studies.dicomweb.qido import retrieve_url
 from studies.models import IngestItem
 from studies.selectors import ingest_item_list
 from studies.services import Rejected, ingest_receive
@@ -312,9 +312,7 @@ class StudiesStoreApi(DicomWebApi):
                 _settle(result, items.get(result.item_id))
 
         def study_url(uid: str) -> str:
-            # The configured address rather than the Host header: dicomweb-client sends Host without the port.
-            path = reverse("dicomweb:study", kwargs={"tenant": tenant, "study": uid})
-            return f"{settings.PORTAL_BASE_URL.rstrip('/')}{path}"
+            return retrieve_url(request, tenant, uid)  # where the caller reached the portal, its real port
 
         dataset, status = store_response(results, study_url=study_url, url_study=study)
         return Response(dataset.to_json_dict(), status=status)
