@@ -369,6 +369,12 @@ DICOMWEB_STOW_MAX_REQUEST_BYTES = env.int("DICOMWEB_STOW_MAX_REQUEST_BYTES", def
 DICOMWEB_STOW_WAIT_SECONDS = env.float("DICOMWEB_STOW_WAIT_SECONDS", default=30.0)
 # QIDO-RS answers at most this many results per request (a Warning header says when more exist).
 DICOMWEB_QIDO_MAX_RESULTS = env.int("DICOMWEB_QIDO_MAX_RESULTS", default=1000)
+# DICOM searches (QIDO-RS, C-FIND, the study list; studies.selectors.matching): bounds on one key's value, and
+# the PostgreSQL statement timeout every search runs under, so no request can hold a worker for long.
+SEARCH_MAX_WILDCARDS = env.int("SEARCH_MAX_WILDCARDS", default=8)
+SEARCH_MAX_VALUE_LENGTH = env.int("SEARCH_MAX_VALUE_LENGTH", default=324)
+SEARCH_MAX_LIST_VALUES = env.int("SEARCH_MAX_LIST_VALUES", default=100)
+SEARCH_STATEMENT_TIMEOUT_MS = env.int("SEARCH_STATEMENT_TIMEOUT_MS", default=5000)
 # Browser origins (such as an OHIF viewer) allowed to call /dicomweb/ with a bearer token (CORS); none by default.
 DICOMWEB_CORS_ORIGINS = env.list("DICOMWEB_CORS_ORIGINS", default=[])
 # Repeated frame, rendered and thumbnail reads of one study by one person within this window are folded into one
