@@ -17,8 +17,7 @@ from portal.api.base import TenantApi
 from portal.api.errors import problem_responses
 from studies import services
 from studies.models import BreakGlassGrant, StudyShare
-from studies.selectors import study_get
-from studies.selectors_access import share_get, share_grantee_candidates
+from studies.selectors import share_get, share_grantee_candidates, study_get
 
 
 class ShareOutputSerializer(serializers.Serializer):

@@ -26,8 +26,7 @@ from django.utils import timezone
 from portal.views import TenantPageView
 from studies import services
 from studies.models import BreakGlassGrant, Study
-from studies.selectors import study_get
-from studies.selectors_access import (
+from studies.selectors import (
     CLINICIAN_ROLES,
     break_glass_grant_get_for_user,
     break_glass_grant_list_for_user,
@@ -36,6 +35,7 @@ from studies.selectors_access import (
     share_get,
     share_grantee_candidates,
     share_list,
+    study_get,
 )
 from studies.views import person_name
 from tenants import access

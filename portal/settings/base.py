@@ -369,6 +369,8 @@ DICOMWEB_STOW_MAX_REQUEST_BYTES = env.int("DICOMWEB_STOW_MAX_REQUEST_BYTES", def
 DICOMWEB_STOW_WAIT_SECONDS = env.float("DICOMWEB_STOW_WAIT_SECONDS", default=30.0)
 # QIDO-RS answers at most this many results per request (a Warning header says when more exist).
 DICOMWEB_QIDO_MAX_RESULTS = env.int("DICOMWEB_QIDO_MAX_RESULTS", default=1000)
+# The largest QIDO-RS offset accepted (a bigger one is a 400): deep paging is a narrower query's job.
+DICOMWEB_QIDO_MAX_OFFSET = env.int("DICOMWEB_QIDO_MAX_OFFSET", default=1_000_000)
 # DICOM searches (QIDO-RS, C-FIND, the study list; studies.selectors.matching): bounds on one key's value, and
 # the PostgreSQL statement timeout every search runs under, so no request can hold a worker for long.
 SEARCH_MAX_WILDCARDS = env.int("SEARCH_MAX_WILDCARDS", default=8)

@@ -22,7 +22,7 @@ from audit.events import EventType, Outcome
 from audit.services import audit_event_record, participant, security_alert_raise
 from portal.accounts.services import mfa_step_up_check
 from studies.models import BreakGlassGrant, Study
-from studies.selectors_access import CLINICIAN_ROLES, break_glass_study_find
+from studies.selectors import CLINICIAN_ROLES, break_glass_study_find
 from studies.services.shares import study_participants
 from tenants import access
 from tenants.models import Membership, Role, Tenant

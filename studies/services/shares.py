@@ -15,7 +15,7 @@ from django.utils import timezone
 from audit.events import EventType
 from audit.services import audit_event_record, participant
 from studies.models import Study, StudyShare
-from studies.selectors_access import share_in_force
+from studies.selectors import share_in_force
 from tenants import access
 from tenants.models import User
 from tenants.selectors import membership_current_get

@@ -16,7 +16,7 @@ from audit.models import AuditEvent, SecurityAlert
 from studies import services
 from studies.models import BreakGlassGrant
 from studies.selectors import study_get
-from studies.selectors_access import break_glass_review_list
+from studies.selectors import break_glass_review_list
 from studies.tasks import break_glass_expire_task
 from tenants import access
 from tenants.scoping import tenant_scope
