@@ -33,6 +33,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal.api.errors import problem_responses
+from studies.dicom.query import Level
 from studies.dicomweb.base import DICOM_JSON
 from studies.dicomweb.negotiation import DicomWebReadApi, accept_list, matches, not_acceptable
 from studies.models import Series, Study
@@ -151,7 +152,7 @@ def _is_dicom_attribute(name: str) -> bool:
 
 
 class _SearchApi(DicomWebReadApi):
-    level: str = STUDY
+    level: Level = STUDY
 
     def search(self, request: Request, tenant: str, study: str | None = None, series: str | None = None) -> Response:
         if not any(matches(r.type, DICOM_JSON) or matches(r.type, "application/json") for r in accept_list(request)):

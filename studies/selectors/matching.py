@@ -70,10 +70,10 @@ class _DicomLike(models.Lookup):  # type: ignore[type-arg]
     lookup_name = "dicom_like"
     operator = "LIKE"
 
-    def as_sql(self, compiler: Any, conn: Any) -> tuple[str, list[Any]]:
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
         lhs, lhs_params = self.process_lhs(compiler, conn)
         rhs, rhs_params = self.process_rhs(compiler, conn)
-        return f"{lhs} {self.operator} {rhs} ESCAPE '\\'", [*lhs_params, *rhs_params]
+        return f"{lhs} {self.operator} {rhs} ESCAPE '\\'", (*lhs_params, *rhs_params)
 
 
 class _DicomILike(_DicomLike):
@@ -291,13 +291,12 @@ def search_queryset(
     elif level is SERIES:
         qs = Series.objects.filter(study__in=visible.order_by().values("pk")).select_related("study__patient")
     else:
-        qs = Instance.objects.filter(series__study__in=visible.order_by().values("pk")).select_related(
-            "series__study__patient", "blob"
-        )
+        instances = Instance.objects.filter(series__study__in=visible.order_by().values("pk"))
+        if series_uid is not None:
+            instances = instances.filter(series__series_instance_uid=series_uid)
+        qs = instances.select_related("series__study__patient", "blob")
     if study_uid is not None and level in (SERIES, INSTANCE):
         qs = qs.filter(**{f"{PATH[(level, STUDY)]}study_instance_uid": study_uid})
-    if series_uid is not None and level is INSTANCE:
-        qs = qs.filter(series__series_instance_uid=series_uid)
     return qs.filter(condition).order_by(*_ORDER[level])
 
 

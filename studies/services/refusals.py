@@ -51,12 +51,14 @@ def ingest_refusal_record(
             summary=reason,
             event=EventType.INGEST_REJECTED,
             actor=actor,
+            target=item,
             outcome=Outcome.MINOR_FAILURE,
             extra=extra,
         ).event
     return audit_event_record(
         event=EventType.INGEST_REJECTED,
         actor=actor,
+        target=item,
         outcome=Outcome.MINOR_FAILURE,
         outcome_description=reason,
         source_address=source_address,

@@ -17,7 +17,7 @@ from studies.dicom.synthetic import make_study
 from tests.studies.dicomweb.reading import JSON
 from tests.studies.net.scu import associate, write_files
 from tests.studies.net.test_qr import Archive, c_find, events, identifier
-from tests.studies.net.test_qr import archive as archive  # noqa: PLC0414  # the fixture, shared
+from tests.studies.net.test_qr import archive as archive  # the fixture, shared
 
 PATIENT_ID = "00100020"
 
@@ -165,5 +165,3 @@ def test_a_cfind_past_the_statement_timeout_answers_a_failure_status(archive: Ar
     assert found.statuses == [0xA700]
     outcomes = [e.outcome for e in events(north, EventType.STUDIES_QUERIED)]
     assert outcomes == [Outcome.MINOR_FAILURE]
-
-

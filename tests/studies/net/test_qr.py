@@ -31,9 +31,9 @@ from devices.models import Device
 from devices.selectors import move_destination_get
 from devices.services import device_register_approved_by_operator
 from studies.dicom.query import Level, QueryError, query_parse
-from studies.selectors import like_pattern
 from studies.dicom.synthetic import make_study
 from studies.net.qr import MOVE_MAXIMUM_PDU_SIZE
+from studies.selectors import like_pattern
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
 from tests.studies.net.conftest import approved_modality
