@@ -1,7 +1,8 @@
 """Trigram indexes for the DICOM matcher's wildcard searches (studies.selectors.matching): `LIKE`/`ILIKE` with a
 leading `*` cannot use a b-tree, and a sequential scan of every patient is what stalled the server (issue 8 #5).
-EXPLAIN on a tenant of 100,000 patients: `name ILIKE '%A%B'` goes from a Seq Scan to a Bitmap Index Scan on
-studies_patient_name_trgm. Created only where the pg_trgm extension is available (it is a trusted extension
+EXPLAIN on a 100,000-row copy of the patient table (PostgreSQL 15): `name ILIKE '%A1B2%C3%'` goes from a Seq
+Scan to a Bitmap Index Scan on the trigram index; a pattern with no three-character run (`*a*a*a*a*a*a*b`) still
+scans, linearly (140 ms for 100,000 names), never backtracking. Created only where the pg_trgm extension is available (it is a trusted extension
 from PostgreSQL 13, so the database owner may create it); without it the matcher is still correct, only slower,
 and the statement timeout still bounds it."""
 
