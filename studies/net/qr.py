@@ -391,25 +391,27 @@ def move(event: evt.Event, peer: Peer) -> Iterator[Any]:
             if destination is None:
                 _refusal_record(peer, event=EventType.INSTANCES_MOVED, reason="Move destination unknown",
                                 destination_ae=destination_ae)  # fmt: skip
-        plan = (
-            None
-            if destination is None
-            else _plan(event, peer, verb=EventType.INSTANCES_MOVED, destination_ae=destination_ae)
-        )
     except Exception:
         logger.exception("C-MOVE from %s could not be answered (nothing sent)", peer.calling_ae)
         connection.close()
         # pynetdicom wants a destination before any status: with none it answers 0xA801 (the only way out here).
         yield None, None
         return
-    if destination is None or plan is None:
+    if destination is None:
         logger.info("C-MOVE from %s refused: unknown move destination", peer.calling_ae)
         yield None, None
         return
     host, port = destination
+    try:
+        plan = _plan(event, peer, verb=EventType.INSTANCES_MOVED, destination_ae=destination_ae)
+    except Exception:
+        logger.exception("C-MOVE from %s could not be answered (nothing sent)", peer.calling_ae)
+        connection.close()
+        plan = _status(STATUS_UNABLE_TO_PERFORM_SUBOPERATIONS, _NOT_RECORDED)
     if isinstance(plan, Dataset):
-        # Refused (and recorded) after the destination was accepted: pynetdicom opens the association before it
-        # reads the first status, so give it a harmless context, one sub-operation, and the failure status.
+        # Refused (and recorded, unless the record itself failed) after the destination was accepted: pynetdicom
+        # opens the association before it reads the first status, so give it a harmless context, one
+        # sub-operation, and the failure status. No data set is sent.
         yield host, port, {"contexts": [build_context(Verification)]}
         yield 1
         yield plan, None

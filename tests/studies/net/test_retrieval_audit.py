@@ -20,8 +20,9 @@ from devices.services import device_revoke
 from studies.dicom.synthetic import make_study
 from studies.models import IngestItem
 from tenants.scoping import tenant_scope
-from tests.studies.net.test_qr import Archive, c_get, events, identifier
+from tests.studies.net.test_qr import Archive, c_get, c_move, events, identifier
 from tests.studies.net.test_qr import archive as archive  # the fixture, shared
+from tests.studies.net.test_qr import destination as destination  # the fixture, shared
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def retrieval_audit_fails(monkeypatch: Any) -> None:
     save = AuditEvent.save
 
     def failing_save(self: AuditEvent, *args: Any, **kwargs: Any) -> None:
-        if self.event_type == EventType.INSTANCES_RETRIEVED:
+        if self.event_type in (EventType.INSTANCES_RETRIEVED, EventType.INSTANCES_MOVED):
             raise DatabaseError("audit insert refused (test)")
         save(self, *args, **kwargs)
 
@@ -46,6 +47,19 @@ def test_a_cget_whose_audit_cannot_be_written_sends_nothing(archive: Archive, no
     assert result.final.Status == 0xA702
     assert "could not be recorded" in result.final.ErrorComment
     assert events(north, EventType.INSTANCES_RETRIEVED) == []
+
+
+def test_a_cmove_whose_audit_cannot_be_written_sends_nothing(
+    archive: Archive, north: Any, destination: Any, retrieval_audit_fails
+):
+    _server, received = destination
+    study_uid = archive.uid(archive.north_ct, "StudyInstanceUID")
+
+    statuses = c_move(archive.port, identifier("STUDY", StudyInstanceUID=study_uid), "DEST_WS")
+
+    assert received == []
+    assert statuses[-1].Status == 0xA702
+    assert events(north, EventType.INSTANCES_MOVED) == []
 
 
 def test_24_parallel_cgets_are_24_events_for_24_deliveries(archive: Archive, north: Any):
