@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 from django.db import connection
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import build_context, evt
+from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # built at import time by pynetdicom
@@ -374,6 +374,11 @@ def get(event: evt.Event, peer: Peer, tally: StoreTally) -> Iterator[Any]:
         _delivery_record(peer, verb=EventType.INSTANCES_RETRIEVED, instances=instances, statuses=delivered)
 
 
+def _refusal_contexts() -> list[Any]:
+    storage = [build_context(str(c.abstract_syntax)) for c in StoragePresentationContexts[: MAX_MOVE_CONTEXTS - 1]]
+    return [build_context(Verification), *storage]
+
+
 def _move_contexts(instances: list[Instance]) -> list[Any]:
     pairs = list(dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances))
     return [build_context(sop_class, [syntax]) for sop_class, syntax in pairs[:MAX_MOVE_CONTEXTS]]
@@ -410,9 +415,10 @@ def move(event: evt.Event, peer: Peer) -> Iterator[Any]:
         plan = _status(STATUS_UNABLE_TO_PERFORM_SUBOPERATIONS, _NOT_RECORDED)
     if isinstance(plan, Dataset):
         # Refused (and recorded, unless the record itself failed) after the destination was accepted: pynetdicom
-        # opens the association before it reads the first status, so give it a harmless context, one
-        # sub-operation, and the failure status. No data set is sent.
-        yield host, port, {"contexts": [build_context(Verification)]}
+        # opens the association before it reads the first status (and answers 0xA801 if the destination accepts
+        # none of its contexts), so offer contexts any storage SCP accepts, one sub-operation, and the failure
+        # status. No data set is sent.
+        yield host, port, {"contexts": _refusal_contexts()}
         yield 1
         yield plan, None
         return
