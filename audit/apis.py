@@ -16,7 +16,13 @@ from rest_framework.response import Response
 
 from audit.events import EventType
 from audit.models import AuditEvent
-from audit.selectors import audit_change_list, audit_event_get, audit_event_list
+from audit.selectors import (
+    AUDIT_FILTER_YEARS,
+    AUDIT_FILTER_YEARS_REASON,
+    audit_change_list,
+    audit_event_get,
+    audit_event_list,
+)
 from audit.services import audit_event_record
 from portal.web.api import TenantApi
 from portal.web.errors import problem_responses
@@ -35,6 +41,9 @@ class TimeRangeFilter(serializers.Serializer):
     until = serializers.DateTimeField(required=False, help_text="Before this time (exclusive).")
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        for name in ("since", "until"):
+            if data.get(name) and data[name].year not in AUDIT_FILTER_YEARS:
+                raise serializers.ValidationError({name: [AUDIT_FILTER_YEARS_REASON]})
         if data.get("since") and data.get("until") and data["since"] >= data["until"]:
             raise serializers.ValidationError({"until": "Must be after since."})
         return data

@@ -17,6 +17,11 @@ from tenants import access
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
 
+# The years an audit filter may name (the API's since/until, the page's dates): the trail cannot predate 1970 nor
+# run past 2999, and dates at the edges of the calendar (year 1, 9999) overflow on the way to a UTC instant.
+AUDIT_FILTER_YEARS = range(1970, 3000)
+AUDIT_FILTER_YEARS_REASON = "Use a date between the years 1970 and 2999."
+
 
 def audit_event_list(
     *,

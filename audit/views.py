@@ -18,7 +18,14 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.utils import timezone
 
 from audit.events import EventType
-from audit.selectors import TRAIL_EVENT, TrailEntry, audit_trail_entries, audit_trail_keys
+from audit.selectors import (
+    AUDIT_FILTER_YEARS,
+    AUDIT_FILTER_YEARS_REASON,
+    TRAIL_EVENT,
+    TrailEntry,
+    audit_trail_entries,
+    audit_trail_keys,
+)
 from audit.services import audit_event_record
 from portal.web.pages import TenantPageView
 from tenants.models import Role, Tenant
@@ -57,6 +64,8 @@ class AuditFilterForm(forms.Form):
         super().clean()
         data = self.cleaned_data
         start, end = data.get("start"), data.get("end")
+        if any(day is not None and day.year not in AUDIT_FILTER_YEARS for day in (start, end)):
+            raise forms.ValidationError(AUDIT_FILTER_YEARS_REASON)
         if start and end and start > end:
             raise forms.ValidationError("The start date is after the end date.")
         return data

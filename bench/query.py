@@ -493,7 +493,7 @@ def selector_timing(target: Target, search: Search, *, warmup: int, repeat: int)
     HTTP figure is the database's."""
     from django.conf import settings
 
-    from studies.selectors_dicomweb import attribute_lookup, qido_search
+    from studies.selectors import attribute_lookup, qido_search
     from tenants.scoping import tenant_scope
 
     timings = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.core.validators import RegexValidator
 
 from studies.models import IngestItem
@@ -32,7 +33,11 @@ class StudySearchForm(forms.Form):
     page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
     def clean_text(self) -> str:
-        return self.cleaned_data["text"].strip()
+        text: str = self.cleaned_data["text"].strip()
+        # The list searches `*text*` (studies.selectors.study_list), under the matcher's bound on wildcards.
+        if text.count("*") + text.count("?") > settings.SEARCH_MAX_WILDCARDS - 2:
+            raise forms.ValidationError(f"Use at most {settings.SEARCH_MAX_WILDCARDS - 2} wildcards (* or ?).")
+        return text
 
     def clean_modality(self) -> str:
         return self.cleaned_data["modality"].strip().upper()

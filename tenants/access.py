@@ -279,3 +279,25 @@ def tenant_permissions(actor: Any, tenant: Tenant) -> frozenset[str]:
     checker = ObjectPermissionChecker(actor)
     held = set(checker.get_group_perms(tenant)) | set(checker.get_user_perms(tenant))
     return frozenset(f"tenants.{codename}" for codename in held)
+
+
+# Devices. A DICOM device is not a person: it holds no role and no share. What a device may do on the DICOM
+# listener (send with C-STORE; read with C-FIND, C-GET, C-MOVE) is one policy, registered by the devices app in
+# its AppConfig.ready, asked here on every DIMSE request (so a device revoked while its association is open is
+# refused at its next request). With no policy registered, no device may do anything (fail closed).
+DEVICE_STORE = "dicom.store"
+DEVICE_READ = "dicom.read"
+DevicePolicy = Callable[[Any, str], bool]
+_device_policy: list[DevicePolicy] = []
+
+
+def device_policy_register(policy: DevicePolicy) -> None:
+    _device_policy[:] = [policy]
+
+
+def device_may(device: Any, action: str) -> bool:
+    """True when `device` may do `action` (DEVICE_STORE or DEVICE_READ) in the current tenant scope, by the
+    registered device policy; False for anything that is not a device of that tenant."""
+    if not _device_policy or current_tenant_or_none() is None or _is_person(device):
+        return False
+    return _device_policy[0](device, action)

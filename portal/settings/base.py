@@ -373,6 +373,14 @@ DICOMWEB_STOW_WAIT_SECONDS = env.float("DICOMWEB_STOW_WAIT_SECONDS", default=30.
 DICOMWEB_QIDO_MAX_RESULTS = env.int("DICOMWEB_QIDO_MAX_RESULTS", default=1000)
 # WADO-RS frames per request (a frame list is also de-duplicated): bounds the work and memory of one answer.
 DICOMWEB_MAX_FRAMES_PER_REQUEST = env.int("DICOMWEB_MAX_FRAMES_PER_REQUEST", default=256)
+# The largest QIDO-RS offset accepted (a bigger one is a 400): deep paging is a narrower query's job.
+DICOMWEB_QIDO_MAX_OFFSET = env.int("DICOMWEB_QIDO_MAX_OFFSET", default=1_000_000)
+# DICOM searches (QIDO-RS, C-FIND, the study list; studies.selectors.matching): bounds on one key's value, and
+# the PostgreSQL statement timeout every search runs under, so no request can hold a worker for long.
+SEARCH_MAX_WILDCARDS = env.int("SEARCH_MAX_WILDCARDS", default=8)
+SEARCH_MAX_VALUE_LENGTH = env.int("SEARCH_MAX_VALUE_LENGTH", default=324)
+SEARCH_MAX_LIST_VALUES = env.int("SEARCH_MAX_LIST_VALUES", default=100)
+SEARCH_STATEMENT_TIMEOUT_MS = env.int("SEARCH_STATEMENT_TIMEOUT_MS", default=5000)
 # Browser origins (such as an OHIF viewer) allowed to call /dicomweb/ with a bearer token (CORS); none by default.
 DICOMWEB_CORS_ORIGINS = env.list("DICOMWEB_CORS_ORIGINS", default=[])
 # Repeated frame, rendered and thumbnail reads of one study by one person within this window are folded into one

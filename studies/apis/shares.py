@@ -16,8 +16,7 @@ from portal.web.api import TenantApi
 from portal.web.errors import problem_responses
 from studies import services
 from studies.models import StudyShare
-from studies.selectors import study_get
-from studies.selectors_access import share_get, share_grantee_candidates
+from studies.selectors import share_get, share_grantee_candidates, study_get
 
 
 class ShareOutputSerializer(serializers.Serializer):

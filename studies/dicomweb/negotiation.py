@@ -99,7 +99,7 @@ class DicomWebReadApi(DicomWebApi):
         self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> tuple[Any, list[Any]]:
         """The study and instances of a read, or NotVisible (a 404 like a missing one) recorded as a failure."""
-        from studies.selectors_dicomweb import dicomweb_instance_list
+        from studies.selectors import dicomweb_instance_list
         from studies.services.reads import read_unavailable_record
 
         try:

@@ -4,10 +4,13 @@ Resources: `/studies`, `/studies/{study}/series`, `/series`, `/studies/{study}/s
 `/studies/{study}/instances`, `/instances`.
 
 - Matching keys by keyword or tag (`PatientName=DOE*`, `00100020=123`), on the attributes
-  `studies.selectors_dicomweb.ATTRIBUTES` keeps at the resource's level or above: single values, `*` and `?`
+  the catalogue `studies.selectors.ATTRIBUTES` keeps at the resource's level or above: single values, `*` and `?`
   wildcards (person names case-insensitively), UID lists (`,` or `\\`), date ranges (`20240101-20240131`,
   open at either end), universal matching (an empty value returns the attribute).
-- `limit` / `offset` (at most settings.DICOMWEB_QIDO_MAX_RESULTS per request; a Warning header says when more
+- The one matcher (studies.selectors.matching) decides: a value over its bounds (wildcards, length, list size)
+  is a 400 with the reason; a search stopped by the statement timeout a 503 with the reason.
+- `limit` / `offset` (whole numbers: `offset` at most settings.DICOMWEB_QIDO_MAX_OFFSET, `limit` 1 or more; at
+  most settings.DICOMWEB_QIDO_MAX_RESULTS results per request; a Warning header says when more
   results exist than were returned), `includefield` (keywords or tags, comma-separated or repeated, or `all`).
 - `fuzzymatching=true` is not supported: literal matching is done and a `Warning: 299` header says so (PS3.18
   8.3.4.1). An unknown parameter, or a matching key on an attribute this archive does not keep, is a 400.
@@ -30,20 +33,26 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal.web.errors import problem_responses
+from studies.dicom.query import Level
 from studies.dicomweb.base import DICOM_JSON
 from studies.dicomweb.negotiation import DicomWebReadApi, accept_list, matches, not_acceptable
 from studies.models import Series, Study
-from studies.selectors_dicomweb import (
+from studies.selectors import (
     BY_KEYWORD,
     DEFAULT_KEYWORDS,
     INSTANCE,
+    PATIENT,
     SERIES,
     STUDY,
     Attribute,
     InvalidQuery,
+    Key,
+    Matching,
+    SearchTimeout,
     attribute_lookup,
+    attribute_value,
+    dicom_search,
     levels_at_or_above,
-    qido_search,
 )
 from studies.services.reads import studies_query_record
 
@@ -61,20 +70,6 @@ def _study_of(obj: Any) -> Study:
     if isinstance(obj, Series):
         return obj.study
     return obj.series.study
-
-
-def _value(obj: Any, attribute: Attribute, level: str) -> Any:
-    holder = {STUDY: _study_of(obj), SERIES: obj if isinstance(obj, Series) else getattr(obj, "series", None)}.get(
-        attribute.level, obj
-    )
-    if not attribute.field or holder is None:
-        return None
-    value = holder
-    for name in attribute.field.split("__"):
-        value = getattr(value, name, None)
-        if value is None:
-            return None
-    return value
 
 
 def _element(attribute: Attribute, value: Any) -> dict[str, Any]:
@@ -136,7 +131,7 @@ def result_json(obj: Any, *, level: str, attributes: list[Attribute], tenant: st
         "00080056": {"vr": "CS", "Value": ["ONLINE"]},
     }
     for attribute in attributes:
-        out[attribute.tag] = _element(attribute, _value(obj, attribute, level))
+        out[attribute.tag] = _element(attribute, attribute_value(obj, attribute, level=level))
     study = _study_of(obj)
     if level == STUDY:
         url = retrieve_url(request, tenant, study.study_instance_uid)
@@ -154,17 +149,19 @@ def result_json(obj: Any, *, level: str, attributes: list[Attribute], tenant: st
 # ------------------------------------------------------------------------------
 
 
-def _non_negative(request: Request, name: str) -> int | None:
+def _whole_number(request: Request, name: str, *, minimum: int, maximum: int) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise exceptions.ValidationError({name: [f"{name} must be a whole number, 0 or more."]})
-    return value
+    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise exceptions.ValidationError({name: [f"{name} must be a whole number from {minimum} to {maximum}."]})
+    return int(raw)
+
+
+class SearchUnavailable(exceptions.APIException):
+    status_code = 503
+    default_detail = SearchTimeout.reason
+    default_code = "search_timeout"
 
 
 def _includefields(request: Request) -> tuple[bool, list[str]]:
@@ -182,7 +179,7 @@ def _is_dicom_attribute(name: str) -> bool:
 
 
 class _SearchApi(DicomWebReadApi):
-    level: str = STUDY
+    level: Level = STUDY
 
     def search(self, request: Request, tenant: str, study: str | None = None, series: str | None = None) -> Response:
         if not any(matches(r.type, DICOM_JSON) or matches(r.type, "application/json") for r in accept_list(request)):
@@ -190,7 +187,7 @@ class _SearchApi(DicomWebReadApi):
         level = self.level
         allowed = levels_at_or_above(level)
         errors: dict[str, list[str]] = {}
-        matching: list[tuple[Attribute, str]] = []
+        matching: list[Key] = []
         for name in request.query_params:
             if name.lower() in RESERVED:
                 continue
@@ -209,21 +206,23 @@ class _SearchApi(DicomWebReadApi):
                 ]
             else:
                 values = request.query_params.getlist(name)
-                matching.append((attribute, "\\".join(values) if attribute.match == "uid" else values[-1]))
+                lists = attribute.matching in (Matching.UID_LIST, Matching.MODALITIES)
+                matching.append(Key(attribute, "\\".join(values) if lists else values[-1]))
         fuzzy = request.query_params.get("fuzzymatching", "false").lower()
         if fuzzy not in ("true", "false"):
             errors["fuzzymatching"] = ["fuzzymatching must be true or false."]
-        limit, offset = _non_negative(request, "limit"), _non_negative(request, "offset") or 0
+        limit = _whole_number(request, "limit", minimum=1, maximum=2**31 - 1)
+        offset = _whole_number(request, "offset", minimum=0, maximum=settings.DICOMWEB_QIDO_MAX_OFFSET) or 0
         if errors:
             raise exceptions.ValidationError(errors)
 
         want_all, includes = _includefields(request)
         keywords = list(DEFAULT_KEYWORDS[level])
         for parent in allowed[:-1]:
-            if (parent == STUDY and study is None) or (parent == SERIES and series is None):
+            if (parent in (PATIENT, STUDY) and study is None) or (parent == SERIES and series is None):
                 keywords.extend(DEFAULT_KEYWORDS[parent])
         keywords += ["StudyInstanceUID"] + (["SeriesInstanceUID"] if level == INSTANCE else [])
-        keywords += [attribute.keyword for attribute, _ in matching]
+        keywords += [key.attribute.keyword for key in matching]
         if want_all:
             keywords += [a.keyword for a in BY_KEYWORD.values() if a.level in allowed]
         for name in includes:
@@ -232,13 +231,22 @@ class _SearchApi(DicomWebReadApi):
                 keywords.append(found.keyword)  # others: not kept here, or of a lower level (ignored per 10.6.3.3)
         attributes = [BY_KEYWORD[k.lower()] for k in dict.fromkeys(keywords)]
 
+        maximum = settings.DICOMWEB_QIDO_MAX_RESULTS
+        page = min(limit, maximum) if limit is not None else maximum
         try:
-            qs = qido_search(actor=request.user, level=level, matches=matching, study_uid=study, series_uid=series)
-            maximum = settings.DICOMWEB_QIDO_MAX_RESULTS
-            page = min(limit, maximum) if limit is not None else maximum
-            rows = list(qs[offset : offset + page + 1])
+            rows = dicom_search(
+                actor=request.user,
+                level=level,
+                keys=matching,
+                study_uid=study,
+                series_uid=series,
+                offset=offset,
+                limit=page + 1,
+            )
         except InvalidQuery as exc:
             raise exceptions.ValidationError({"query": [str(exc)]}) from exc
+        except SearchTimeout as exc:
+            raise SearchUnavailable() from exc
         more = len(rows) > page
         rows = rows[:page]
 
@@ -278,6 +286,7 @@ def _doc(operation_id: str, summary: str) -> Any:
             (200, DICOM_JSON): OpenApiResponse(OpenApiTypes.OBJECT, description="Matching results, DICOM JSON."),
             204: OpenApiResponse(description="No match."),
             **problem_responses(400, 401, 404),
+            503: OpenApiResponse(description="The search took too long and was stopped: narrow it."),
         },
     )
 

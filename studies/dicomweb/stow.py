@@ -41,9 +41,6 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from audit.events import EventType
-from audit.events import Outcome as AuditOutcome
-from audit.services import audit_event_record
 from portal.web.errors import PROBLEM_CONTENT_TYPE, ProblemSerializer, problem_responses
 from studies.dicomweb.base import DICOM_JSON, DicomWebApi
 from studies.dicomweb.parsers import (
@@ -57,7 +54,7 @@ from studies.dicomweb.parsers import (
 from studies.dicomweb.qido import retrieve_url
 from studies.models import IngestItem
 from studies.selectors import ingest_item_list
-from studies.services import Rejected, ingest_receive
+from studies.services import Rejected, ingest_receive, ingest_refusal_record
 from tenants import access
 
 FAILURE_OUT_OF_RESOURCES = 0xA700
@@ -122,6 +119,13 @@ def is_uid(value: str) -> bool:
 
 
 # The Failure Reason code (PS3.18 Table I.2-2) for each class of refusal the pipeline records.
+# The failure class (for machines) of a refusal at the door, by its STOW-RS failure reason.
+_REFUSAL_CLASS = {
+    FAILURE_CANNOT_UNDERSTAND: IngestItem.Failure.INVALID,
+    FAILURE_OUT_OF_RESOURCES: IngestItem.Failure.TOO_LARGE,
+    FAILURE_STUDY_MISMATCH: "study_mismatch",
+}
+
 FAILURE_CODES: dict[str, int] = {
     IngestItem.Failure.TOO_LARGE: FAILURE_OUT_OF_RESOURCES,
     IngestItem.Failure.NOT_DICOM: FAILURE_CANNOT_UNDERSTAND,
@@ -353,16 +357,16 @@ class StudiesStoreApi(DicomWebApi):
                 result.item_id = item.pk
                 return result
         result.failure, result.comment = refusal
-        # Refused at the door, so no IngestItem: the refusal is on the audit trail all the same.
-        audit_event_record(
-            event=EventType.INGEST_REJECTED,
+        # Refused at the door, so no IngestItem: the refusal is on the audit trail all the same (one shape for
+        # the three doors, studies.services.ingest_refusal_record).
+        ingest_refusal_record(
+            source=IngestItem.Source.STOWRS,
+            reason=result.comment,
+            failure=_REFUSAL_CLASS.get(result.failure or 0, IngestItem.Failure.INVALID),
             actor=request.user,
-            outcome=AuditOutcome.MINOR_FAILURE,
-            outcome_description=result.comment,
+            batch=batch,
             source_address=request.META.get("REMOTE_ADDR"),
-            extra={
-                "source": IngestItem.Source.STOWRS,
-                "batch": str(batch),
+            detail={
                 "part": part.index,
                 "size": part.size,
                 "sop_instance_uid": result.identity.sop_instance_uid,

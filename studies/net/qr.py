@@ -1,17 +1,19 @@
 """Query/retrieve on the DICOM listener: C-FIND, C-GET and C-MOVE, Patient Root and Study Root (PS3.4 Annex C).
 
 Who may ask. The association was admitted by `studies.net.scp` (called AE title -> tenant; calling AE title and
-address -> an approved device of that tenant). A device is not a person: it holds no role and no share, so
-`tenants.access` (which decides for people) is not asked. The decision for devices, made here and re-checked at
-every request (a device revoked mid-association loses access at its next request): an APPROVED modality or
-workstation of the tenant reads the whole tenant's archive (what a PACS workstation or a modality fetching
-priors needs), and nothing of any other tenant. Every query and retrieval is on the tenant's audit trail under
-the system principal `dicom:<calling AE title>`.
+address -> an approved device of that tenant). Every request asks the device policy registered with
+`tenants.access` again (`access.device_may(device, DEVICE_READ)`), so a device revoked mid-association loses
+access at its next request. Every query and retrieval is on the tenant's audit trail (studies.services.reads)
+under the system principal `dicom:<calling AE title>`; a retrieval is recorded BEFORE the first data set leaves,
+and if that record cannot be written nothing is sent and the peer gets a failure status.
 
-Matching rules are those of `studies.dicom.query`. C-GET sends the stored bytes' data set back on the same
-association; C-MOVE opens an association to the move destination, which must be an approved device of the same
-tenant registered with host and port (`devices.selectors.move_destination_get`), else 0xA801 and a refusal on
-the audit trail. The C-MOVE association calls the destination as the listener's AE title (settings.DICOM_AE_TITLE).
+This module only translates: the identifier (studies.dicom.query) into keys of the one matcher
+(studies.selectors.matching), the rows back into response identifiers by the same catalogue.
+
+C-GET sends the stored bytes' data set back on the same association; C-MOVE opens an association to the move
+destination, which must be an approved device of the same tenant registered with host and port
+(`devices.selectors.move_destination_get`), else 0xA801 and a refusal on the audit trail. The C-MOVE association
+calls the destination as the listener's AE title (settings.DICOM_AE_TITLE).
 
 Threads: each handler runs in its association's thread; tenant scopes are opened around database work only,
 never across a `yield` (pynetdicom resumes the generator after each sub-operation).
@@ -25,38 +27,38 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urlencode
 
-from django.db import connection, models
-from django.db.models import Count, Q, Sum
+from django.db import connection
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import build_context, evt
+from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # built at import time by pynetdicom
 
 from audit.context import audit_context
 from audit.events import EventType, Outcome
-from audit.services import audit_event_record, participant
-from devices.selectors import dicom_peer_get, move_destination_get
-from studies.dicom.query import (
-    ATTRIBUTES,
-    DateRange,
-    Exact,
-    Level,
-    Query,
-    QueryError,
-    Wildcard,
-    query_parse,
-    response_identifier,
+from audit.services import audit_event_record
+from devices.selectors import move_destination_get
+from studies.dicom.query import Level, Query, QueryError, query_parse, response_identifier
+from studies.models import Instance, Study
+from studies.net.peer import Peer
+from studies.selectors import (
+    InvalidQuery,
+    Key,
+    SearchTimeout,
+    attribute_lookup,
+    attribute_value,
+    attributes_at_or_above,
+    dicom_search,
+    levels_at_or_above,
 )
-from studies.models import Instance, Patient, Series, Study
+from studies.services.reads import instances_transferred_record, studies_query_record
 from studies.storage.blobs import blob_read
+from tenants import access
 from tenants.scoping import tenant_scope
-
-if TYPE_CHECKING:
-    from studies.net.scp import Peer
 
 __all__ = ["StoreTally", "find", "get", "move"]
 
@@ -66,6 +68,7 @@ logger = logging.getLogger(__name__)
 STATUS_PENDING = 0xFF00
 STATUS_CANCEL = 0xFE00
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
 STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
 STATUS_IDENTIFIER_MISMATCH = 0xA900
 STATUS_UNABLE_TO_PROCESS = 0xC000
@@ -81,40 +84,8 @@ MOVE_MAXIMUM_PDU_SIZE = 1024 * 1024
 # A pending result that is not a Dataset: pynetdicom counts it as a failed C-STORE sub-operation (its documented
 # "invalid dataset" branch), so an instance whose blob cannot be read is reported failed, not silently skipped.
 _UNREADABLE = "unreadable"
-
-_FIELDS: dict[str, str] = {
-    "PatientID": "patient_id",
-    "IssuerOfPatientID": "issuer",
-    "PatientName": "name",
-    "PatientBirthDate": "birth_date",
-    "PatientSex": "sex",
-    "StudyInstanceUID": "study_instance_uid",
-    "StudyDate": "study_date",
-    "AccessionNumber": "accession_number",
-    "StudyDescription": "description",
-    "ReferringPhysicianName": "referring_physician",
-    "SeriesInstanceUID": "series_instance_uid",
-    "Modality": "modality",
-    "SeriesNumber": "series_number",
-    "SeriesDescription": "description",
-    "SOPInstanceUID": "sop_instance_uid",
-    "SOPClassUID": "sop_class_uid",
-    "InstanceNumber": "instance_number",
-}
-_PERSON_NAMES = {"PatientName", "ReferringPhysicianName"}
-
-# How a model at the query level reaches the row of each level above it.
-_PREFIX: dict[Level, dict[Level, str]] = {
-    Level.PATIENT: {Level.PATIENT: ""},
-    Level.STUDY: {Level.PATIENT: "patient__", Level.STUDY: ""},
-    Level.SERIES: {Level.PATIENT: "study__patient__", Level.STUDY: "study__", Level.SERIES: ""},
-    Level.IMAGE: {
-        Level.PATIENT: "series__study__patient__",
-        Level.STUDY: "series__study__",
-        Level.SERIES: "series__",
-        Level.IMAGE: "",
-    },
-}
+_NOT_APPROVED = "The device is no longer approved."
+_NOT_RECORDED = "The retrieval could not be recorded; nothing was sent."
 
 
 # Tally of C-STORE sub-operations
@@ -168,159 +139,79 @@ def _status(code: int, comment: str) -> Dataset:
 
 @contextlib.contextmanager
 def _as_peer(peer: Peer) -> Iterator[None]:
-    with (
-        tenant_scope(peer.tenant),
-        audit_context(source_address=peer.address, system_principal=f"dicom:{peer.calling_ae}"),
-    ):
+    with tenant_scope(peer.tenant), audit_context(source_address=peer.address, system_principal=peer.principal):
         yield
 
 
 def _device_may_read(peer: Peer) -> bool:
-    """The devices' read decision (see the module docstring): still an approved modality or workstation of this
-    tenant, at this address. Runs inside the peer's scope."""
-    return dicom_peer_get(ae_title=peer.calling_ae, address=peer.address) is not None
+    """The device policy of tenants.access, asked at every request. Runs inside the peer's scope."""
+    return access.device_may(peer.device, access.DEVICE_READ)
 
 
-def _q(keyword: str, prefix: str, match: Any) -> Q:
-    name = prefix + _FIELDS[keyword]
-    insensitive = keyword in _PERSON_NAMES
-    if isinstance(match, Wildcard):
-        return Q(**{f"{name}__{'iregex' if insensitive else 'regex'}": match.regex})
-    if isinstance(match, DateRange):
-        q = Q()
-        if match.start is not None:
-            q &= Q(**{f"{name}__gte": match.start})
-        if match.end is not None:
-            q &= Q(**{f"{name}__lte": match.end})
-        return q
-    if insensitive:
-        q = Q()
-        for value in match.values:
-            q |= Q(**{f"{name}__iexact": value})
-        return q
-    if len(match.values) == 1:
-        return Q(**{name: match.values[0]})
-    return Q(**{f"{name}__in": list(match.values)})
-
-
-_LEVEL_OF_KEY = {keyword: attribute.level for keyword, attribute in ATTRIBUTES.items()}
-
-
-def _queryset(query: Query) -> models.QuerySet[Any]:
-    """The current tenant's rows at the query's level that match it, with what the response needs joined."""
-    level = query.level
-    prefixes = _PREFIX[level]
-    qs: models.QuerySet[Any]
-    if level is Level.PATIENT:
-        qs = Patient.objects.annotate(
-            n_studies=Count("studies", distinct=True),
-            n_series=Sum("studies__number_of_series"),
-            n_instances=Sum("studies__number_of_instances"),
-        )
-    elif level is Level.STUDY:
-        qs = Study.objects.select_related("patient")
-    elif level is Level.SERIES:
-        qs = Series.objects.select_related("study__patient")
-    else:
-        qs = Instance.objects.select_related("series__study__patient")
-    for keyword, match in query.matches.items():
-        if keyword == "ModalitiesInStudy":
-            assert isinstance(match, Exact)  # query_parse: a modalities key is always an Exact list
-            studies = Series.objects.filter(modality__in=list(match.values)).values("study_id")
-            qs = qs.filter(**{f"{prefixes[Level.STUDY]}pk__in": studies})
-            continue
-        qs = qs.filter(_q(keyword, prefixes[_LEVEL_OF_KEY[keyword]], match))
-    order = {
-        Level.PATIENT: ["patient_id", "pk"],
-        Level.STUDY: ["study_date", "pk"],
-        Level.SERIES: ["series_number", "pk"],
-        Level.IMAGE: ["instance_number", "pk"],
-    }[level]
-    return qs.order_by(*order)
-
-
-def _patient_values(patient: Patient) -> dict[str, Any]:
-    return {
-        "PatientID": patient.patient_id,
-        "IssuerOfPatientID": patient.issuer,
-        "PatientName": patient.name,
-        "PatientBirthDate": patient.birth_date,
-        "PatientSex": patient.sex,
-    }
-
-
-def _study_values(study: Study) -> dict[str, Any]:
-    return {
-        **_patient_values(study.patient),
-        "StudyInstanceUID": study.study_instance_uid,
-        "StudyDate": study.study_date,
-        "StudyTime": study.study_time,
-        "AccessionNumber": study.accession_number,
-        "StudyDescription": study.description,
-        "ReferringPhysicianName": study.referring_physician,
-        "ModalitiesInStudy": study.modalities,
-        "NumberOfStudyRelatedSeries": study.number_of_series,
-        "NumberOfStudyRelatedInstances": study.number_of_instances,
-    }
-
-
-def _series_values(series: Series) -> dict[str, Any]:
-    return {
-        **_study_values(series.study),
-        "SeriesInstanceUID": series.series_instance_uid,
-        "Modality": series.modality,
-        "SeriesNumber": series.series_number,
-        "SeriesDescription": series.description,
-        "NumberOfSeriesRelatedInstances": series.number_of_instances,
-    }
+def _keys(query: Query) -> list[Key]:
+    """The identifier's keys that are matching keys of the query's level, as keys of the one matcher."""
+    allowed = levels_at_or_above(query.level)
+    keys = []
+    for keyword, value in query.keys.items():
+        attribute = attribute_lookup(keyword)
+        if attribute is not None and attribute.level in allowed and value:
+            keys.append(Key(attribute, value))
+    return keys
 
 
 def _values(level: Level, row: Any) -> dict[str, Any]:
+    return {a.keyword: attribute_value(row, a, level=level) for a in attributes_at_or_above(level)}
+
+
+def _query_string(query: Query) -> str:
+    return urlencode(query.summary())
+
+
+def _studies_of(level: Level, rows: list[Any]) -> list[Study]:
     if level is Level.PATIENT:
-        return {
-            **_patient_values(row),
-            "NumberOfPatientRelatedStudies": row.n_studies,
-            "NumberOfPatientRelatedSeries": row.n_series or 0,
-            "NumberOfPatientRelatedInstances": row.n_instances or 0,
-        }
-    if level is Level.STUDY:
-        return _study_values(row)
-    if level is Level.SERIES:
-        return _series_values(row)
-    return {
-        **_series_values(row.series),
-        "SOPInstanceUID": row.sop_instance_uid,
-        "SOPClassUID": row.sop_class_uid,
-        "InstanceNumber": row.instance_number,
-        "Rows": row.rows,
-        "Columns": row.columns,
-        "NumberOfFrames": row.frames,
-    }
+        return []
+    return [row if level is Level.STUDY else row.study if level is Level.SERIES else row.series.study for row in rows]
 
 
-def _record(
+def _find_record(
     peer: Peer,
     *,
-    event: EventType,
-    extra: dict[str, Any],
-    participants: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    sop_class_uid: str,
+    query: Query | None,
+    rows: list[Any] = (),  # type: ignore[assignment]
     outcome: int = Outcome.SUCCESS,
-    description: str = "",
+    reason: str = "",
 ) -> None:
-    audit_event_record(
-        event=event,
-        tenant=peer.tenant,
-        participants=participants,
-        outcome=outcome,
-        outcome_description=description,
-        system_principal=f"dicom:{peer.calling_ae}",
+    level = query.level if query is not None else Level.STUDY
+    studies_query_record(
+        resource=sop_class_uid,
+        query_string=_query_string(query) if query is not None else "",
+        studies=_studies_of(level, list(rows)),
+        patients=list(rows) if level is Level.PATIENT else [],
+        results=len(rows),
         source_address=peer.address,
-        extra={"calling_ae": peer.calling_ae, "called_ae": peer.called_ae, **extra},
+        system_principal=peer.principal,
+        outcome=outcome,
+        reason=reason,
+        extra={
+            "calling_ae": peer.calling_ae,
+            "called_ae": peer.called_ae,
+            "keys": query.summary() if query is not None else {},
+        },
     )
 
 
-def _query_participant(sop_class_uid: str, summary: dict[str, str]) -> dict[str, Any]:
-    return participant({"type": "query", "id": sop_class_uid, "detail": summary})
+def _refusal_record(peer: Peer, *, event: EventType, reason: str, **extra: Any) -> None:
+    """A refused retrieval (nothing sent)."""
+    audit_event_record(
+        event=event,
+        tenant=peer.tenant,
+        outcome=Outcome.MINOR_FAILURE,
+        outcome_description=reason,
+        system_principal=peer.principal,
+        source_address=peer.address,
+        extra={"calling_ae": peer.calling_ae, "called_ae": peer.called_ae, "count": 0, **extra},
+    )
 
 
 # C-FIND
@@ -329,57 +220,42 @@ def _query_participant(sop_class_uid: str, summary: dict[str, str]) -> dict[str,
 
 def find(event: evt.Event, peer: Peer) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """EVT_C_FIND: one pending response per match, then success; one STUDIES_QUERIED audit event per request
-    (the keys sent and the number of matches; a refused query as a failure)."""
+    (the keys sent, the number of matches, and the patients and studies returned; a refused query as a
+    failure), written before the first match is sent."""
     sop_class_uid = str(event.request.AffectedSOPClassUID)
     try:
         with _as_peer(peer):
             if not _device_may_read(peer):
-                _record(
-                    peer,
-                    event=EventType.STUDIES_QUERIED,
-                    outcome=Outcome.MINOR_FAILURE,
-                    description="The device is no longer approved.",
-                    extra={"matches": 0},
-                )
-                yield _status(STATUS_NOT_AUTHORISED, "The device is no longer approved."), None
+                _find_record(peer, sop_class_uid=sop_class_uid, query=None, outcome=Outcome.MINOR_FAILURE,
+                             reason=_NOT_APPROVED)  # fmt: skip
+                yield _status(STATUS_NOT_AUTHORISED, _NOT_APPROVED), None
                 return
+            query = None
             try:
                 query = query_parse(event.identifier, sop_class_uid=sop_class_uid)
-            except QueryError as exc:
-                _record(
-                    peer,
-                    event=EventType.STUDIES_QUERIED,
-                    outcome=Outcome.MINOR_FAILURE,
-                    description=str(exc),
-                    extra={"matches": 0},
-                    participants=[participant({"type": "query", "id": sop_class_uid})],
-                )
+                rows = dicom_search(actor=peer.device, level=query.level, keys=_keys(query), limit=MAX_MATCHES + 1)
+            except (QueryError, InvalidQuery) as exc:
+                _find_record(peer, sop_class_uid=sop_class_uid, query=query, outcome=Outcome.MINOR_FAILURE,
+                             reason=str(exc))  # fmt: skip
                 yield _status(STATUS_IDENTIFIER_MISMATCH, str(exc)), None
                 return
-            summary = query.summary()
-            rows = list(_queryset(query)[: MAX_MATCHES + 1])
+            except SearchTimeout as exc:
+                _find_record(peer, sop_class_uid=sop_class_uid, query=query, outcome=Outcome.MINOR_FAILURE,
+                             reason=exc.reason)  # fmt: skip
+                yield _status(STATUS_OUT_OF_RESOURCES, exc.reason), None
+                return
             if len(rows) > MAX_MATCHES:
                 comment = f"More than {MAX_MATCHES} matches: narrow the query."
-                _record(
-                    peer,
-                    event=EventType.STUDIES_QUERIED,
-                    outcome=Outcome.MINOR_FAILURE,
-                    description=comment,
-                    extra={"query": summary, "matches": len(rows)},
-                    participants=[_query_participant(sop_class_uid, summary)],
-                )
+                _find_record(peer, sop_class_uid=sop_class_uid, query=query, outcome=Outcome.MINOR_FAILURE,
+                             reason=comment)  # fmt: skip
                 yield _status(STATUS_OUT_OF_RESOURCES, comment), None
                 return
             responses = [
                 response_identifier(query, _values(query.level, row), retrieve_ae_title=peer.called_ae) for row in rows
             ]
-            _record(
-                peer,
-                event=EventType.STUDIES_QUERIED,
-                extra={"query": summary, "matches": len(rows)},
-                participants=[_query_participant(sop_class_uid, summary)],
-            )
+            _find_record(peer, sop_class_uid=sop_class_uid, query=query, rows=rows)
     except Exception:
+        # Nothing has been sent: an unexpected failure (the audit write among them) answers a failure status.
         logger.exception("C-FIND from %s could not be answered", peer.calling_ae)
         connection.close()
         yield _status(STATUS_UNABLE_TO_PROCESS, "The archive could not answer; try again later."), None
@@ -395,34 +271,6 @@ def find(event: evt.Event, peer: Peer) -> Iterator[tuple[int | Dataset, Dataset 
 # ------------------------------------------------------------------------------
 
 
-def _instances(query: Query) -> list[Instance]:
-    image_query = Query(model=query.model, level=Level.IMAGE, matches=query.matches, requested=query.requested)
-    qs = _queryset(image_query).select_related("blob")
-    return list(
-        qs.order_by("series__study_id", "series__series_number", "series_id", "instance_number", "pk")[
-            : MAX_RETRIEVE + 1
-        ]
-    )
-
-
-def _retrieval_participants(instances: list[Instance]) -> list[dict[str, Any]]:
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for instance in instances:
-        study = instance.series.study
-        patient = study.patient
-        seen.setdefault(
-            ("patient", patient.patient_id),
-            participant({"type": "patient", "id": patient.patient_id, "name": patient.name}),
-        )
-        seen.setdefault(
-            ("study", study.study_instance_uid),
-            participant(
-                {"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}
-            ),
-        )
-    return list(seen.values())
-
-
 def _dataset(peer: Peer, instance: Instance) -> Dataset | str:
     try:
         with _as_peer(peer):
@@ -433,80 +281,84 @@ def _dataset(peer: Peer, instance: Instance) -> Dataset | str:
         return _UNREADABLE
 
 
-def _plan(event: evt.Event, peer: Peer, *, verb: EventType) -> tuple[Query, list[Instance]] | Dataset:
-    """Check, parse and match a C-GET/C-MOVE request; a status Dataset (already audited) when refused."""
+def _plan(event: evt.Event, peer: Peer, *, verb: EventType, **extra: Any) -> tuple[Query, list[Instance]] | Dataset:
+    """Check, parse and match a C-GET/C-MOVE request, and record the retrieval (the transfer event, before any
+    data leaves). A status Dataset (already audited) when refused. Raises if the record cannot be written."""
     sop_class_uid = str(event.request.AffectedSOPClassUID)
     with _as_peer(peer):
         if not _device_may_read(peer):
-            _record(
-                peer,
-                event=verb,
-                outcome=Outcome.MINOR_FAILURE,
-                description="The device is no longer approved.",
-                extra={"count": 0},
-            )
-            return _status(STATUS_NOT_AUTHORISED, "The device is no longer approved.")
+            _refusal_record(peer, event=verb, reason=_NOT_APPROVED, **extra)
+            return _status(STATUS_NOT_AUTHORISED, _NOT_APPROVED)
         try:
             query = query_parse(event.identifier, sop_class_uid=sop_class_uid, retrieve=True)
-        except QueryError as exc:
-            _record(peer, event=verb, outcome=Outcome.MINOR_FAILURE, description=str(exc), extra={"count": 0})
+            instances: list[Instance] = dicom_search(
+                actor=peer.device, level=Level.IMAGE, keys=_keys(query), limit=MAX_RETRIEVE + 1
+            )
+        except (QueryError, InvalidQuery) as exc:
+            _refusal_record(peer, event=verb, reason=str(exc), **extra)
             return _status(STATUS_IDENTIFIER_MISMATCH, str(exc))
-        instances = _instances(query)
+        except SearchTimeout as exc:
+            _refusal_record(peer, event=verb, reason=exc.reason, **extra)
+            return _status(STATUS_OUT_OF_RESOURCES, exc.reason)
         if len(instances) > MAX_RETRIEVE:
             comment = "Too many instances for one retrieval: narrow it."
-            _record(
-                peer,
-                event=verb,
-                outcome=Outcome.MINOR_FAILURE,
-                description=comment,
-                extra={"query": query.summary(), "count": 0},
-            )
+            _refusal_record(peer, event=verb, reason=comment, query=query.summary(), **extra)
             return _status(STATUS_OUT_OF_RESOURCES, comment)
+        instances_transferred_record(
+            event=verb,
+            studies=[instance.series.study for instance in instances],
+            count=len(instances),
+            resource=sop_class_uid,
+            source_address=peer.address,
+            system_principal=peer.principal,
+            extra={
+                "calling_ae": peer.calling_ae,
+                "called_ae": peer.called_ae,
+                "query": query.summary(),
+                "matches": len(instances),
+                **extra,
+            },
+        )
     return query, instances
 
 
-def _record_transfer(
-    peer: Peer, *, verb: EventType, query: Query, instances: list[Instance], statuses: list[int], **extra: Any
-) -> None:
+def _delivery_record(peer: Peer, *, verb: EventType, instances: list[Instance], statuses: list[int],
+                     **extra: Any) -> None:  # fmt: skip
+    """After the sub-operations: a second event only when some were not delivered (the retrieval itself is on the
+    trail already). Not swallowed: a failure to write it reaches pynetdicom, which logs it."""
     completed, warning, failed = _counts(statuses)
     failed += len(instances) - len(statuses)  # unreadable, cancelled or never answered
-    try:
-        with _as_peer(peer):
-            _record(
-                peer,
-                event=verb,
-                outcome=Outcome.SUCCESS if failed == 0 else Outcome.MINOR_FAILURE,
-                description="" if failed == 0 else f"{failed} of {len(instances)} instances not delivered",
-                participants=_retrieval_participants(instances),
-                extra={
-                    "query": query.summary(),
-                    "count": completed + warning,
-                    "warning": warning,
-                    "failed": failed,
-                    "matches": len(instances),
-                    **extra,
-                },
-            )
-    except Exception:
-        logger.exception("The retrieval by %s could not be recorded", peer.calling_ae)
-        connection.close()
+    if failed == 0:
+        return
+    with _as_peer(peer):
+        _refusal_record(
+            peer,
+            event=verb,
+            reason=f"{failed} of {len(instances)} instances not delivered",
+            delivered=completed + warning,
+            failed=failed,
+            **extra,
+        )
 
 
 def get(event: evt.Event, peer: Peer, tally: StoreTally) -> Iterator[Any]:
     """EVT_C_GET: the number of sub-operations, then each matching instance's data set, sent back by C-STORE on
-    this association (the requestor proposed the storage contexts with the SCP role). One INSTANCES_RETRIEVED
-    event at the end with the patients and studies and the completed and failed counts."""
+    this association (the requestor proposed the storage contexts with the SCP role). The INSTANCES_RETRIEVED
+    event (patients, studies, count) is written before the first data set; if it cannot be, nothing is sent
+    and the peer gets 0xA702 (unable to perform sub-operations)."""
     try:
         plan = _plan(event, peer, verb=EventType.INSTANCES_RETRIEVED)
     except Exception:
-        logger.exception("C-GET from %s could not be answered", peer.calling_ae)
+        logger.exception("C-GET from %s could not be answered (nothing sent)", peer.calling_ae)
         connection.close()
-        yield _status(STATUS_UNABLE_TO_PROCESS, "The archive could not answer; try again later."), None
+        yield 1  # pynetdicom reads a count before any status
+        yield _status(STATUS_UNABLE_TO_PERFORM_SUBOPERATIONS, _NOT_RECORDED), None
         return
     if isinstance(plan, Dataset):
+        yield 1
         yield plan, None
         return
-    query, instances = plan
+    _query, instances = plan
     statuses = tally.watch(event.assoc)
     del statuses[:]
     try:
@@ -517,10 +369,14 @@ def get(event: evt.Event, peer: Peer, tally: StoreTally) -> Iterator[Any]:
                 return
             yield STATUS_PENDING, _dataset(peer, instance)
     finally:
-        _record_transfer(
-            peer, verb=EventType.INSTANCES_RETRIEVED, query=query, instances=instances, statuses=list(statuses)
-        )
+        delivered = list(statuses)
         tally.forget(event.assoc)
+        _delivery_record(peer, verb=EventType.INSTANCES_RETRIEVED, instances=instances, statuses=delivered)
+
+
+def _refusal_contexts() -> list[Any]:
+    storage = [build_context(str(c.abstract_syntax)) for c in StoragePresentationContexts[: MAX_MOVE_CONTEXTS - 1]]
+    return [build_context(Verification), *storage]
 
 
 def _move_contexts(instances: list[Instance]) -> list[Any]:
@@ -531,39 +387,42 @@ def _move_contexts(instances: list[Instance]) -> list[Any]:
 def move(event: evt.Event, peer: Peer) -> Iterator[Any]:
     """EVT_C_MOVE: the destination (an approved device of this tenant with host and port, else (None, None),
     which pynetdicom answers with 0xA801, recorded as a refusal), the number of sub-operations, then each
-    instance's data set. One INSTANCES_MOVED event with the destination AE title and the counts."""
+    instance's data set. The INSTANCES_MOVED event (destination AE title, count) is written before the
+    association to the destination is opened; if it cannot be, nothing is sent."""
     destination_ae = str(event.move_destination or "").strip()
     try:
         with _as_peer(peer):
             destination = move_destination_get(ae_title=destination_ae) if destination_ae else None
             if destination is None:
-                _record(
-                    peer,
-                    event=EventType.INSTANCES_MOVED,
-                    outcome=Outcome.MINOR_FAILURE,
-                    description="Move destination unknown",
-                    extra={"destination_ae": destination_ae, "count": 0},
-                )
-        plan = None if destination is None else _plan(event, peer, verb=EventType.INSTANCES_MOVED)
+                _refusal_record(peer, event=EventType.INSTANCES_MOVED, reason="Move destination unknown",
+                                destination_ae=destination_ae)  # fmt: skip
     except Exception:
-        logger.exception("C-MOVE from %s could not be answered", peer.calling_ae)
+        logger.exception("C-MOVE from %s could not be answered (nothing sent)", peer.calling_ae)
         connection.close()
         # pynetdicom wants a destination before any status: with none it answers 0xA801 (the only way out here).
         yield None, None
         return
-    if destination is None or plan is None:
+    if destination is None:
         logger.info("C-MOVE from %s refused: unknown move destination", peer.calling_ae)
         yield None, None
         return
     host, port = destination
+    try:
+        plan = _plan(event, peer, verb=EventType.INSTANCES_MOVED, destination_ae=destination_ae)
+    except Exception:
+        logger.exception("C-MOVE from %s could not be answered (nothing sent)", peer.calling_ae)
+        connection.close()
+        plan = _status(STATUS_UNABLE_TO_PERFORM_SUBOPERATIONS, _NOT_RECORDED)
     if isinstance(plan, Dataset):
-        # Refused (and recorded) after the destination was accepted: pynetdicom opens the association before it
-        # reads the first status, so give it a harmless context, one sub-operation, and the failure status.
-        yield host, port, {"contexts": [build_context(Verification)]}
+        # Refused (and recorded, unless the record itself failed) after the destination was accepted: pynetdicom
+        # opens the association before it reads the first status (and answers 0xA801 if the destination accepts
+        # none of its contexts), so offer contexts any storage SCP accepts, one sub-operation, and the failure
+        # status. No data set is sent.
+        yield host, port, {"contexts": _refusal_contexts()}
         yield 1
         yield plan, None
         return
-    query, instances = plan
+    _query, instances = plan
     statuses: list[int] = []
 
     def on_store_response(store_event: evt.Event) -> None:
@@ -585,11 +444,5 @@ def move(event: evt.Event, peer: Peer) -> Iterator[Any]:
                 return
             yield STATUS_PENDING, _dataset(peer, instance)
     finally:
-        _record_transfer(
-            peer,
-            verb=EventType.INSTANCES_MOVED,
-            query=query,
-            instances=instances,
-            statuses=statuses,
-            destination_ae=destination_ae,
-        )
+        _delivery_record(peer, verb=EventType.INSTANCES_MOVED, instances=instances, statuses=list(statuses),
+                         destination_ae=destination_ae)  # fmt: skip

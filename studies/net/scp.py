@@ -3,7 +3,10 @@ and the query/retrieve SCP (C-FIND, C-GET, C-MOVE: studies.net.qr) on the same a
 
 One listener serves every tenant. The called AE title names the tenant; the calling AE title and the peer's
 address must belong to an approved modality or workstation of that tenant, else the association is rejected and
-a security alert is raised. Each accepted association is one ingest batch. A C-STORE is answered with success
+a security alert is raised. The device policy registered with tenants.access is asked again at every C-STORE,
+C-FIND, C-GET and C-MOVE, so a device revoked while its association is open is refused at its next request (a
+refused C-STORE is recorded by studies.services.ingest_refusal_record, with a security alert). Each accepted
+association is one ingest batch. A C-STORE is answered with success
 only once its bytes are quarantined and its IngestItem committed (`studies.services.ingest_receive`), so a
 sender never deletes an object we could still lose.
 
@@ -23,7 +26,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, cast
 
 from auditlog.context import set_actor
@@ -53,12 +55,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 from audit.context import audit_context
 from audit.events import EventType
 from audit.services import security_alert_raise
-from devices.models import Device
 from devices.selectors import dicom_peer_get
 from studies.models import IngestItem
 from studies.net import qr
-from studies.services import Rejected, ingest_receive
-from tenants.models import Tenant
+from studies.net.peer import Peer
+from studies.services import Rejected, ingest_receive, ingest_refusal_record
+from tenants import access
 from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_for_called_ae
 
@@ -109,18 +111,6 @@ QUERY_RETRIEVE_SOP_CLASSES = (
 
 # pynetdicom's "standard" handlers log every PDU and DIMSE message; we log what matters ourselves.
 _config.LOG_HANDLER_LEVEL = "none"
-
-
-@dataclass(frozen=True)
-class Peer:
-    """An admitted association: who is sending, into which tenant, under which batch."""
-
-    tenant: Tenant
-    device: Device
-    calling_ae: str
-    called_ae: str
-    address: str
-    batch: uuid.UUID
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -253,24 +243,47 @@ class _Door:
         try:
             with (
                 tenant_scope(peer.tenant),
-                audit_context(source_address=peer.address, system_principal=f"dicom:{peer.calling_ae}"),
+                audit_context(source_address=peer.address, system_principal=peer.principal),
                 set_actor(None, remote_addr=peer.address),
             ):
-                item = ingest_receive(
-                    source=IngestItem.Source.CSTORE,
-                    batch=peer.batch,
-                    data=data,
-                    device=peer.device,
-                    source_address=peer.address,
-                )
+                # The device policy (tenants.access) on every C-STORE, not only at association: a device revoked
+                # while its association is open is refused at its next object, on the trail and as an alert.
+                if not access.device_may(peer.device, access.DEVICE_STORE):
+                    reason = "The sending device is no longer approved."
+                    ingest_refusal_record(
+                        source=IngestItem.Source.CSTORE,
+                        reason=reason,
+                        failure="device",
+                        device=peer.device,
+                        batch=peer.batch,
+                        alert="revoked_device",
+                    )
+                    logger.warning("C-STORE from %s refused: the device is no longer approved", peer.calling_ae)
+                    return _status(STATUS_NOT_AUTHORISED, reason)
+                try:
+                    item = ingest_receive(
+                        source=IngestItem.Source.CSTORE,
+                        batch=peer.batch,
+                        data=data,
+                        device=peer.device,
+                        source_address=peer.address,
+                    )
+                except Rejected as exc:
+                    ingest_refusal_record(
+                        source=IngestItem.Source.CSTORE,
+                        reason=exc.reason,
+                        failure=exc.failure,
+                        device=peer.device,
+                        batch=peer.batch,
+                        detail={"size": len(data)},
+                    )
+                    logger.info("C-STORE from %s refused at receipt: %s", peer.calling_ae, exc.reason)
+                    return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
                 # When the pipeline has already decided (tasks run in-process), a refusal is the sender's answer.
                 item.refresh_from_db(fields=["state", "failure", "reason"])
-        except Rejected as exc:
-            logger.info("C-STORE from %s refused at receipt: %s", peer.calling_ae, exc.reason)
-            return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
         except Exception:
-            # Not quarantined (or not committed): the sender keeps the object and may try again. The connection
-            # may be what broke; the next C-STORE opens a fresh one.
+            # Not quarantined (or not committed), or the refusal not recorded: the sender keeps the object and may
+            # try again. The connection may be what broke; the next C-STORE opens a fresh one.
             logger.exception("C-STORE from %s could not be quarantined", peer.calling_ae)
             connection.close()
             return _status(STATUS_OUT_OF_RESOURCES, "The archive could not store the object; try again later.")

@@ -21,6 +21,7 @@ from studies.services.ingest import (
     ingest_receive,
     ingest_requeue_stale,
 )
+from studies.services.refusals import ingest_refusal_record
 from studies.services.shares import share_create, share_invite_outside, share_revoke, shares_expired_cleanup
 from studies.services.thumbnails import series_thumbnail_make
 from studies.services.uploads import upload_receive, upload_reject
@@ -40,6 +41,7 @@ __all__ = [
     "ingest_limits",
     "ingest_process",
     "ingest_receive",
+    "ingest_refusal_record",
     "ingest_requeue_stale",
     "series_thumbnail_make",
     "share_create",

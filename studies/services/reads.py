@@ -1,9 +1,10 @@
 """The audit of reads (HIPAA 164.312(b), SECURITY.md E3): searches, retrievals, views, and their folding.
 
-- A search (QIDO-RS) is one STUDIES_QUERIED (110112 Query) event with the raw query (base64, as DICOM's
-  ParticipantObjectQuery) and the number of results, and the patients and studies it returned.
-- A retrieval of DICOM objects (WADO-RS, WADO-URI application/dicom) is one INSTANCES_RETRIEVED (110104) event
-  with the patient, the study and the number of instances.
+- A search (QIDO-RS, C-FIND, the study list) is one STUDIES_QUERIED (110112 Query) event with the raw query
+  (base64, as DICOM's ParticipantObjectQuery) and the number of results, and the patients and studies it returned.
+- A retrieval of DICOM objects (WADO-RS, WADO-URI application/dicom, C-GET; C-MOVE as INSTANCES_MOVED) is one
+  110104 event with the patients, the studies and the number of instances, written before any data leaves.
+- Participant objects are built by one function, `read_participants`.
 - A view (metadata, frames, rendered images, thumbnails) is INSTANCES_ACCESSED (110103).
 - A refusal of a read of a visible study is recorded with outcome 4 (minor failure).
 
@@ -28,7 +29,7 @@ is answered, and a committed count is written as an event by whoever closes the 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -38,43 +39,111 @@ from django.utils import timezone
 
 from audit.events import EventType, Outcome
 from audit.services import audit_event_record, participant
-from studies.models import ReadTally, Study
+from studies.models import Patient, ReadTally, Study
 from tenants.scoping import current_tenant
 
 FOLDED_KINDS = frozenset({"frames", "rendered", "thumbnail"})
 
 
+def read_participants(
+    *, patients: Iterable[Patient] = (), studies: Iterable[Study] = (), query: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The one builder of a read's participant objects (PS3.15 A.5: the query, then each patient and study once):
+    a patient by id and name, a study by UID and accession number (as the ingest pipeline names them), a query
+    by what was searched (`id`: the resource or SOP class, `query`: the raw query, base64)."""
+    entries: list[dict[str, Any]] = []
+    if query is not None:
+        entries.append(participant({"type": "query", **query}))
+    seen: set[tuple[str, int]] = set()
+
+    def add_patient(patient: Patient) -> None:
+        if ("patient", patient.pk) not in seen:
+            seen.add(("patient", patient.pk))
+            entries.append(participant({"type": "patient", "id": patient.patient_id, "name": patient.name}))
+
+    for patient in patients:
+        add_patient(patient)
+    for study in studies:
+        add_patient(study.patient)
+        if ("study", study.pk) not in seen:
+            seen.add(("study", study.pk))
+            entries.append(
+                participant(
+                    {"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}
+                )
+            )
+    return entries
+
+
 def study_participants(study: Study) -> list[dict[str, Any]]:
-    """The patient and the study, as the ingest pipeline names them (patient id and name; study UID and
-    accession number)."""
-    patient = study.patient
-    return [
-        participant({"type": "patient", "id": patient.patient_id, "name": patient.name}),
-        participant({"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}),
-    ]
+    """The patient and the study (`read_participants` of one study)."""
+    return read_participants(studies=[study])
+
+
+def _encoded(query_string: str) -> str:
+    return base64.b64encode(query_string.encode("utf-8")).decode("ascii")
 
 
 def studies_query_record(
-    *, actor: Any, resource: str, query_string: str, studies: Iterable[Study], results: int, source_address: str | None
+    *,
+    actor: Any = None,
+    resource: str,
+    query_string: str,
+    studies: Iterable[Study] = (),
+    patients: Iterable[Patient] = (),
+    results: int,
+    source_address: str | None,
+    system_principal: str = "",
+    outcome: int = Outcome.SUCCESS,
+    reason: str = "",
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """One Query event for one search: the raw query string (base64 of its bytes: it may hold patient names,
-    which the audit trail may keep but plain logs may not), the resource searched, the number of results, and
-    the patients and studies those results belong to (so a breach scope finds patients reached by a search)."""
-    encoded = base64.b64encode(query_string.encode("utf-8")).decode("ascii")
-    entries: list[dict[str, Any]] = [
-        participant({"type": "query", "id": resource, "query": encoded, "detail": {"results": results}})
-    ]
-    seen: set[int] = set()
-    for study in studies:
-        if study.pk not in seen:
-            seen.add(study.pk)
-            entries.extend(study_participants(study))
+    """One Query event for one search, from any door (QIDO-RS, C-FIND): the raw query string (base64 of its
+    bytes: it may hold patient names, which the audit trail may keep but plain logs may not), the resource or
+    SOP class searched, the number of results, and the patients and studies the results belong to (so a breach
+    scope finds patients reached by a search). A refused search is recorded with its `outcome` and `reason`.
+    Raises if the event cannot be written: the caller must then not answer with the results."""
+    encoded = _encoded(query_string)
     audit_event_record(
         event=EventType.STUDIES_QUERIED,
         actor=actor,
-        participants=entries,
+        participants=read_participants(
+            patients=patients,
+            studies=studies,
+            query={"id": resource, "query": encoded, "detail": {"results": results}},
+        ),
+        outcome=outcome,
+        outcome_description=reason,
         source_address=source_address,
-        extra={"resource": resource, "query": encoded, "results": results},
+        system_principal=system_principal,
+        extra={"resource": resource, "query": encoded, "results": results, **(extra or {})},
+    )
+
+
+def instances_transferred_record(
+    *,
+    event: EventType = EventType.INSTANCES_RETRIEVED,
+    actor: Any = None,
+    studies: Iterable[Study],
+    count: int,
+    resource: str,
+    source_address: str | None,
+    system_principal: str = "",
+    outcome: int = Outcome.SUCCESS,
+    reason: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """A retrieval of `count` DICOM objects of `studies` (WADO-RS, C-GET, C-MOVE), never folded. Written BEFORE
+    the first byte leaves: raises if it cannot be written, and the caller then sends nothing."""
+    audit_event_record(
+        event=event,
+        actor=actor,
+        participants=read_participants(studies=studies),
+        outcome=outcome,
+        outcome_description=reason,
+        source_address=source_address,
+        system_principal=system_principal,
+        extra={"resource": resource, "count": count, **(extra or {})},
     )
 
 
@@ -82,12 +151,13 @@ def instances_retrieved_record(
     *, actor: Any, study: Study, count: int, resource: str, transfer_syntax: str = "", source_address: str | None
 ) -> None:
     """A retrieval of `count` DICOM objects of `study` (never folded)."""
-    audit_event_record(
-        event=EventType.INSTANCES_RETRIEVED,
+    instances_transferred_record(
         actor=actor,
-        participants=study_participants(study),
+        studies=[study],
+        count=count,
+        resource=resource,
         source_address=source_address,
-        extra={"resource": resource, "count": count, "transfer_syntax": transfer_syntax},
+        extra={"transfer_syntax": transfer_syntax},
     )
 
 

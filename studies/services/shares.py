@@ -15,7 +15,8 @@ from django.utils import timezone
 from audit.events import EventType
 from audit.services import audit_event_record, participant
 from studies.models import Study, StudyShare
-from studies.selectors_access import share_in_force
+from studies.selectors import share_in_force
+from studies.services.reads import read_participants
 from tenants import access
 from tenants.access import membership_current_get
 from tenants.models import User
@@ -25,11 +26,8 @@ VIEW_STUDY = "studies.view_study"
 
 
 def study_participants(study: Study) -> list[dict[str, Any]]:
-    """The patient and the study as ParticipantObjects of an audit event (DICOM PS3.15 A.5)."""
-    return [
-        participant({"type": "patient", "id": study.patient.patient_id, "name": study.patient.name}),
-        participant({"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}),
-    ]
+    """The patient and the study as ParticipantObjects of an audit event (DICOM PS3.15 A.5), by the one builder."""
+    return read_participants(studies=[study])
 
 
 def study_link(study: Study) -> str:

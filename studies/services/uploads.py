@@ -24,10 +24,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit.events import EventType, Outcome
-from audit.services import audit_event_record
 from studies.models import IngestItem
 from studies.services.ingest import Rejected, ingest_receive
+from studies.services.refusals import ingest_refusal_record
 from tenants import access
 from tenants.scoping import current_tenant
 
@@ -239,13 +238,14 @@ def upload_reject(
     )
     item.full_clean()
     item.save()
-    audit_event_record(
-        event=EventType.INGEST_REJECTED,
+    ingest_refusal_record(
+        source=item.source,
+        reason=reason,
+        failure=failure,
         actor=actor,
-        target=item,
-        outcome=Outcome.MINOR_FAILURE,
-        outcome_description=reason,
-        extra={"source": item.source, "batch": str(batch), "ingest_item": str(item.public_id), "sha256": sha256},
+        batch=batch,
+        item=item,
+        detail={"filename": item.filename, "size": size, "sha256": sha256},
     )
     return item
 

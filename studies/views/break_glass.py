@@ -22,12 +22,12 @@ from django.utils import timezone
 from portal.web.pages import TenantPageView
 from studies import services
 from studies.models import BreakGlassGrant, Study
-from studies.selectors import study_get
-from studies.selectors_access import (
+from studies.selectors import (
     break_glass_grant_get_for_user,
     break_glass_grant_list_for_user,
     break_glass_review_get,
     break_glass_review_list,
+    study_get,
 )
 from studies.services.page_reads import study_pages_read_record
 from studies.views.common import form_errors_into, person_name

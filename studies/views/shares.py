@@ -21,8 +21,7 @@ from django.utils import timezone
 from portal.web.pages import TenantPageView
 from studies import services
 from studies.models import Study
-from studies.selectors import study_get
-from studies.selectors_access import share_get, share_grantee_candidates, share_list
+from studies.selectors import share_get, share_grantee_candidates, share_list, study_get
 from studies.services.page_reads import study_pages_read_record
 from studies.views.common import form_errors_into, person_name, require_image_access
 from tenants import access

@@ -215,7 +215,8 @@ def test_an_instance_of_another_study_than_the_url_fails(api_client_for, tenant_
     assert [i.state for i in items(tenant_a)] == ["stored"]
     refused = events(tenant_a, EventType.INGEST_REJECTED)
     assert len(refused) == 2
-    assert refused[0].extra["sop_instance_uid"] == sop_uids(other)[1]
+    assert refused[0].extra["door"]["sop_instance_uid"] == sop_uids(other)[1]
+    assert (refused[0].extra["source"], refused[0].extra["failure"]) == ("stowrs", "study_mismatch")
     assert refused[0].actor_user == radiologist_a
 
 

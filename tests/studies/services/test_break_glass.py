@@ -15,8 +15,7 @@ from audit.events import EventType, Outcome
 from audit.models import AuditEvent, SecurityAlert
 from studies import services
 from studies.models import BreakGlassGrant
-from studies.selectors import study_get
-from studies.selectors_access import break_glass_review_list
+from studies.selectors import break_glass_review_list, study_get
 from studies.tasks import break_glass_expire_task
 from tenants import access
 from tenants.scoping import tenant_scope

@@ -111,6 +111,12 @@ def test_a_zip_with_an_entry_outside_its_folder_is_refused_whole(receive, tenant
     assert event.outcome == Outcome.MINOR_FAILURE
     assert event.outcome_description == reason
     assert event.target_id == str(item.public_id)
+    # The one refusal shape of the three doors (studies.services.ingest_refusal_record).
+    assert (event.extra["source"], event.extra["failure"], event.extra["ingest_item"]) == (
+        "upload",
+        item.failure,
+        str(item.public_id),
+    )
 
 
 def test_too_many_entries_is_refused_before_extraction(receive, tenant_a, settings):

@@ -9,11 +9,16 @@ from uuid import UUID
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Q
 
 from studies.models import IngestItem, Instance, Series, Study
+from studies.selectors.catalogue import BY_KEYWORD, STUDY
+from studies.selectors.matching import Key, any_key_condition, keys_condition
 from tenants import access
 from tenants.scoping import current_tenant
+
+
+def _da(day: date | None) -> str:
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}" if day else ""
 
 
 def study_list(
@@ -27,22 +32,33 @@ def study_list(
     """The studies of the current tenant that `actor` may see (`studies.view_study`: every study for roles with
     `tenants.view_studies`, else shares, referrals and break-glass grants), newest first.
 
-    `text` matches patient name or id, accession number or description (case-insensitive, anywhere).
+    The page's form is translated into keys of the one matcher (studies.selectors.matching): `text` matches
+    patient name or study description anywhere (`*`/`?` are wildcards), or patient id or accession number
+    exactly (all case-insensitive); `modality` is ModalitiesInStudy; the dates a StudyDate range.
+    Raises InvalidQuery for a value over the matcher's bounds.
     """
     qs = access.visible(actor, "studies.view_study", Study.objects.all())
     if text:
+        anywhere = f"*{text}*"
         qs = qs.filter(
-            Q(patient__name__icontains=text)
-            | Q(patient__patient_id__iexact=text)
-            | Q(accession_number__iexact=text)
-            | Q(description__icontains=text)
+            any_key_condition(
+                [
+                    Key(BY_KEYWORD["patientname"], anywhere),
+                    Key(BY_KEYWORD["patientid"], text, fold_case=True),
+                    Key(BY_KEYWORD["accessionnumber"], text, fold_case=True),
+                    Key(BY_KEYWORD["studydescription"], anywhere, fold_case=True),
+                ],
+                level=STUDY,
+            )
         )
+    keys = []
     if modality:
-        qs = qs.filter(modalities__icontains=modality.upper())
-    if date_from:
-        qs = qs.filter(study_date__gte=date_from)
-    if date_to:
-        qs = qs.filter(study_date__lte=date_to)
+        keys.append(Key(BY_KEYWORD["modalitiesinstudy"], modality))
+    if date_from or date_to:
+        dates = f"{_da(date_from)}-{_da(date_to)}"
+        keys.append(Key(BY_KEYWORD["studydate"], dates))
+    if keys:
+        qs = qs.filter(keys_condition(keys, level=STUDY))
     return qs.select_related("patient").prefetch_related(
         models.Prefetch("series", queryset=Series.objects.order_by("series_number", "pk"))
     )

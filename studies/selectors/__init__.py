@@ -1,0 +1,108 @@
+"""Reads of the archive, one module per feature, re-exported here.
+
+- `studies`: the study list, one study or series, ingest activity;
+- `shares`: shares, break-glass grants and their review queue;
+- `catalogue` and `matching`: the one DICOM attribute catalogue and matcher (QIDO-RS, C-FIND, the study list);
+- `dicomweb`: what a DICOMweb retrieval may fetch.
+"""
+
+from studies.selectors.catalogue import (
+    ATTRIBUTES,
+    BY_KEYWORD,
+    BY_TAG,
+    DEFAULT_KEYWORDS,
+    INSTANCE,
+    LEVELS,
+    PATIENT,
+    SERIES,
+    STUDY,
+    Attribute,
+    Matching,
+    attribute_lookup,
+    attribute_value,
+    attributes_at_or_above,
+    levels_at_or_above,
+)
+from studies.selectors.dicomweb import dicomweb_instance_list, dicomweb_study_get
+from studies.selectors.matching import (
+    InvalidQuery,
+    Key,
+    SearchTimeout,
+    any_key_condition,
+    dicom_search,
+    keys_condition,
+    like_pattern,
+    qido_search,
+    search_queryset,
+    search_rows,
+    visible_studies,
+)
+from studies.selectors.shares import (
+    break_glass_grant_get_for_user,
+    break_glass_grant_list_for_user,
+    break_glass_review_get,
+    break_glass_review_list,
+    break_glass_study_find,
+    share_get,
+    share_grantee_candidates,
+    share_in_force,
+    share_list,
+)
+from studies.selectors.studies import (
+    BUILTIN_SCANNER,
+    ingest_item_list,
+    ingest_state_counts,
+    scanner_description,
+    series_get,
+    series_list_for_study,
+    study_get,
+    study_list,
+)
+
+__all__ = [
+    "ATTRIBUTES",
+    "BUILTIN_SCANNER",
+    "BY_KEYWORD",
+    "BY_TAG",
+    "DEFAULT_KEYWORDS",
+    "INSTANCE",
+    "LEVELS",
+    "PATIENT",
+    "SERIES",
+    "STUDY",
+    "Attribute",
+    "InvalidQuery",
+    "Key",
+    "Matching",
+    "SearchTimeout",
+    "any_key_condition",
+    "attribute_lookup",
+    "attribute_value",
+    "attributes_at_or_above",
+    "break_glass_grant_get_for_user",
+    "break_glass_grant_list_for_user",
+    "break_glass_review_get",
+    "break_glass_review_list",
+    "break_glass_study_find",
+    "dicom_search",
+    "dicomweb_instance_list",
+    "dicomweb_study_get",
+    "ingest_item_list",
+    "ingest_state_counts",
+    "keys_condition",
+    "levels_at_or_above",
+    "like_pattern",
+    "qido_search",
+    "scanner_description",
+    "search_queryset",
+    "search_rows",
+    "series_get",
+    "series_list_for_study",
+    "share_get",
+    "share_grantee_candidates",
+    "share_in_force",
+    "share_list",
+    "study_get",
+    "study_list",
+    "visible_studies",
+]

@@ -1,0 +1,360 @@
+"""The one DICOM matcher: a list of (attribute, value) keys in, the matching patients, studies, series or
+instances that the caller may see out. QIDO-RS, C-FIND (and C-GET/C-MOVE) and the study list only translate their
+wire format into `Key`s; the rules of the catalogue (studies.selectors.catalogue) decide what a value means.
+
+Wildcards `*` and `?` become SQL `LIKE` patterns with `%`, `_` and `\\` escaped, never a regular expression: a
+`LIKE` cannot backtrack exponentially, and a trigram index (migration 0006) serves infix patterns on names.
+Hostile input is bounded before it reaches the database (settings.SEARCH_MAX_WILDCARDS per value,
+SEARCH_MAX_VALUE_LENGTH characters, SEARCH_MAX_LIST_VALUES values in a list), and every search runs under a
+PostgreSQL statement timeout (settings.SEARCH_STATEMENT_TIMEOUT_MS): `SearchTimeout`, never a worker held.
+
+Who may see what: a person through `studies.selectors.study_list` (tenants.access), a DICOM device through the
+device policy registered with tenants.access (`access.device_may(device, DEVICE_READ)`), always inside the
+current tenant's scope.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, time
+from typing import Any
+
+from django.conf import settings
+from django.db import OperationalError, connection, models, transaction
+from django.db.models import Count, Q, Sum
+
+from studies.dicom.query import Level
+from studies.models import Instance, Patient, Series, Study
+from studies.selectors.catalogue import INSTANCE, PATH, PATIENT, SERIES, STUDY, Attribute, Matching
+from tenants import access
+
+__all__ = [
+    "InvalidQuery",
+    "Key",
+    "SearchTimeout",
+    "dicom_search",
+    "keys_condition",
+    "like_pattern",
+]
+
+
+class InvalidQuery(ValueError):
+    """A key whose value cannot be used: malformed, or over a bound. The message is for a person (a 400 body, a
+    C-FIND Error Comment of at most 64 characters) and never repeats the value, which may name a patient."""
+
+
+class SearchTimeout(Exception):
+    """The search ran past settings.SEARCH_STATEMENT_TIMEOUT_MS and was cancelled by the database."""
+
+    reason = "The search took too long and was stopped: narrow it."
+
+
+@dataclass(frozen=True)
+class Key:
+    """One matching key: an attribute of the catalogue and its value as sent (several values joined by `\\`)."""
+
+    attribute: Attribute
+    value: str
+    fold_case: bool = False  # match text case-insensitively (person names always are)
+
+
+# Wildcards
+# ------------------------------------------------------------------------------
+
+
+class _DicomLike(models.Lookup):  # type: ignore[type-arg]
+    """`column LIKE pattern ESCAPE '\\'`, the pattern made by `like_pattern`."""
+
+    lookup_name = "dicom_like"
+    operator = "LIKE"
+
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        return f"{lhs} {self.operator} {rhs} ESCAPE '\\'", (*lhs_params, *rhs_params)
+
+
+class _DicomILike(_DicomLike):
+    """The same, case-insensitive (`ILIKE`; a gin_trgm_ops index serves it)."""
+
+    lookup_name = "dicom_ilike"
+    operator = "ILIKE"
+
+
+models.CharField.register_lookup(_DicomLike)
+models.CharField.register_lookup(_DicomILike)
+
+
+def like_pattern(value: str) -> str:
+    """The SQL LIKE pattern (escape character `\\`) for a DICOM wildcard value: `*` any run, `?` one character,
+    and `%`, `_`, `\\` taken literally."""
+    out = []
+    for char in re.sub(r"\*+", "*", value):
+        if char in "\\%_":
+            out.append("\\" + char)
+        elif char == "*":
+            out.append("%")
+        elif char == "?":
+            out.append("_")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+# Values
+# ------------------------------------------------------------------------------
+
+
+def _list(value: str, keyword: str) -> list[str]:
+    values = [v.strip() for v in re.split(r"[,\\]", value) if v.strip()]
+    if len(values) > settings.SEARCH_MAX_LIST_VALUES:
+        raise InvalidQuery(f"{keyword}: at most {settings.SEARCH_MAX_LIST_VALUES} values in a list.")
+    if any(len(v) > settings.SEARCH_MAX_VALUE_LENGTH for v in values):
+        raise InvalidQuery(f"{keyword} is longer than {settings.SEARCH_MAX_VALUE_LENGTH} characters.")
+    return values
+
+
+_DATE = re.compile(r"\d{8}")
+_TIME = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?")
+
+
+def _date(text: str, keyword: str) -> date:
+    if not _DATE.fullmatch(text):
+        raise InvalidQuery(f"{keyword} must be YYYYMMDD or a YYYYMMDD range.")
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError as exc:
+        raise InvalidQuery(f"{keyword} is not a valid date.") from exc
+
+
+def _time(text: str, keyword: str, *, end: bool) -> time:
+    """A TM value; a partial one (HH, HHMM) stands for its whole hour or minute: its start, or with `end` its
+    last moment."""
+    found = _TIME.fullmatch(text)
+    if not found:
+        raise InvalidQuery(f"{keyword} must be HHMMSS or an HHMMSS range.")
+    hour, minute, second, fraction = found.groups()
+    top = 59 if end else 0
+    try:
+        return time(
+            int(hour),
+            int(minute) if minute else top,
+            int(second) if second else top,
+            int(fraction.ljust(6, "0")) if fraction else (999_999 if end else 0),
+        )
+    except ValueError as exc:
+        raise InvalidQuery(f"{keyword} is not a valid time.") from exc
+
+
+def _range_q(path: str, value: str, keyword: str, *, parse: Any, single_is_range: bool) -> Q:
+    """A single value or a range `from-to` with either end open (PS3.4 C.2.2.2.5), inclusive."""
+    if "-" not in value:
+        if single_is_range:
+            return Q(**{f"{path}__gte": parse(value, end=False), f"{path}__lte": parse(value, end=True)})
+        return Q(**{path: parse(value, end=False)})
+    start, _, finish = (part.strip() for part in value.partition("-"))
+    if not start and not finish:
+        raise InvalidQuery(f"{keyword}: a range needs at least one end.")
+    low = parse(start, end=False) if start else None
+    high = parse(finish, end=True) if finish else None
+    if low is not None and high is not None and low > high:
+        raise InvalidQuery(f"{keyword}: the range ends before it starts.")
+    condition = Q()
+    if low is not None:
+        condition &= Q(**{f"{path}__gte": low})
+    if high is not None:
+        condition &= Q(**{f"{path}__lte": high})
+    return condition
+
+
+def _text_q(path: str, value: str, *, fold_case: bool) -> Q:
+    if _has_wildcard(value):
+        return Q(**{f"{path}__{'dicom_ilike' if fold_case else 'dicom_like'}": like_pattern(value)})
+    return Q(**{f"{path}__{'iexact' if fold_case else 'exact'}": value})
+
+
+def _check_bounds(keyword: str, value: str) -> None:
+    if len(value) > settings.SEARCH_MAX_VALUE_LENGTH:
+        raise InvalidQuery(f"{keyword} is longer than {settings.SEARCH_MAX_VALUE_LENGTH} characters.")
+    if value.count("*") + value.count("?") > settings.SEARCH_MAX_WILDCARDS:
+        raise InvalidQuery(f"{keyword} has more than {settings.SEARCH_MAX_WILDCARDS} wildcards.")
+
+
+def key_condition(key: Key, *, level: Level | str) -> Q:
+    """The condition for one key on a query of `level`. An empty value, or `*` alone, matches everything
+    (universal matching, PS3.4 C.2.2.2.3): the attribute is only returned."""
+    attribute = key.attribute
+    value = key.value.strip()
+    if value in ("", "*") or not attribute.matchable:
+        return Q()
+    path = PATH[(Level(level), attribute.level)] + attribute.field
+    keyword = attribute.keyword
+    match attribute.matching:
+        case Matching.UID_LIST:
+            return Q(**{f"{path}__in": _list(value, keyword)})
+        case Matching.DATE | Matching.TIME if len(value) > 64:
+            raise InvalidQuery(f"{keyword} is not a valid value or range.")
+        case Matching.DATE:
+            return _range_q(path, value, keyword, parse=lambda t, end: _date(t, keyword), single_is_range=False)
+        case Matching.TIME:
+            return _range_q(path, value, keyword, parse=lambda t, end: _time(t, keyword, end=end), single_is_range=True)
+        case Matching.MODALITIES:
+            # Any of the listed modalities among the study's series (PS3.4 C.6.2.1.2), by the series' own column.
+            wanted = [m.upper() for m in _list(value, keyword)]
+            study_path = PATH[(Level(level), STUDY)]
+            return Q(**{f"{study_path}pk__in": Series.objects.filter(modality__in=wanted).values("study_id")})
+        case Matching.NUMBER:
+            try:
+                numbers = [int(v) for v in _list(value, keyword)]
+            except ValueError as exc:
+                raise InvalidQuery(f"{keyword} must be a whole number.") from exc
+            if any(not -(2**31) <= n < 2**31 for n in numbers):  # IS: a 32-bit integer column
+                raise InvalidQuery(f"{keyword} is out of range.")
+            return Q(**{f"{path}__in": numbers})
+        case Matching.PERSON_NAME:
+            _check_bounds(keyword, value)
+            return _text_q(path, value, fold_case=True)
+        case _:
+            if "\\" in value and not _has_wildcard(value):
+                return Q(**{f"{path}__in": _list(value, keyword)})  # a list of single values (VM > 1): any of them
+            _check_bounds(keyword, value)
+            return _text_q(path, value, fold_case=key.fold_case)
+
+
+def keys_condition(keys: Iterable[Key], *, level: Level | str) -> Q:
+    """Every key must match (AND). InvalidQuery for a malformed value or one over a bound."""
+    condition = Q()
+    for key in keys:
+        condition &= key_condition(key, level=level)
+    return condition
+
+
+def any_key_condition(keys: Iterable[Key], *, level: Level | str) -> Q:
+    """At least one key must match (OR): the study list's free-text box searches several attributes at once."""
+    condition = Q()
+    for key in keys:
+        condition |= key_condition(key, level=level)
+    return condition
+
+
+# The search
+# ------------------------------------------------------------------------------
+
+
+def visible_studies(actor: Any) -> models.QuerySet[Study]:
+    """The current tenant's studies `actor` may search: a person's by `access.visible` (what `study_list`
+    shows), a DICOM device's by the device policy (the whole tenant for an approved modality or
+    workstation, else none)."""
+    if access.device_may(actor, access.DEVICE_READ):
+        return Study.objects.all()
+    return access.visible(actor, "studies.view_study", Study.objects.all())
+
+
+_ORDER: dict[Level, tuple[str, ...]] = {
+    PATIENT: ("patient_id", "pk"),
+    STUDY: ("-study_date", "-created_at", "pk"),
+    SERIES: ("study_id", "series_number", "pk"),
+    INSTANCE: ("series__study_id", "series__series_number", "series_id", "instance_number", "pk"),
+}
+
+
+def search_queryset(
+    *,
+    actor: Any,
+    level: Level | str,
+    keys: Sequence[Key] = (),
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> models.QuerySet[Any]:
+    """The rows of `level` that match every key among those `actor` may see, in a stable order for paging, with
+    what an answer needs joined. `study_uid` / `series_uid` are the parents of a QIDO-RS resource
+    (`/studies/{study}/series`): one the caller may not see gives an empty result, like a missing one."""
+    level = Level(level)
+    condition = keys_condition(keys, level=level)
+    visible = visible_studies(actor)
+    qs: models.QuerySet[Any]
+    if level is STUDY:
+        # Study-level results never read the series study_list prefetches (bench/query.py measured the cost).
+        qs = visible.select_related("patient")
+    elif level is PATIENT:
+        qs = Patient.objects.filter(pk__in=visible.order_by().values("patient_id")).annotate(
+            n_studies=Count("studies", distinct=True),
+            n_series=Sum("studies__number_of_series"),
+            n_instances=Sum("studies__number_of_instances"),
+        )
+    elif level is SERIES:
+        qs = Series.objects.filter(study__in=visible.order_by().values("pk")).select_related("study__patient")
+    else:
+        instances = Instance.objects.filter(series__study__in=visible.order_by().values("pk"))
+        if series_uid is not None:
+            instances = instances.filter(series__series_instance_uid=series_uid)
+        qs = instances.select_related("series__study__patient", "blob")
+    if study_uid is not None and level in (SERIES, INSTANCE):
+        qs = qs.filter(**{f"{PATH[(level, STUDY)]}study_instance_uid": study_uid})
+    return qs.filter(condition).order_by(*_ORDER[level])
+
+
+def _is_cancelled(exc: BaseException) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) == "57014"  # query_canceled: statement_timeout fired
+
+
+def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int) -> list[Any]:
+    """Evaluate one page of a search under the statement timeout (SET LOCAL in the search's own transaction, or
+    savepoint, and put back afterwards). SearchTimeout when the database cancels it."""
+    nested = connection.in_atomic_block
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT current_setting('statement_timeout'), set_config('statement_timeout', %s, true)",
+                    [f"{int(settings.SEARCH_STATEMENT_TIMEOUT_MS)}ms"],
+                )
+                previous = cursor.fetchone()[0]
+            rows = list(qs[offset : offset + limit])
+            if nested:  # SET LOCAL outlives a savepoint: the caller's transaction gets its own timeout back
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+            return rows
+    except OperationalError as exc:
+        if _is_cancelled(exc):
+            raise SearchTimeout(SearchTimeout.reason) from exc
+        raise
+
+
+def dicom_search(
+    *,
+    actor: Any,
+    level: Level | str,
+    keys: Sequence[Key] = (),
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    offset: int = 0,
+    limit: int,
+) -> list[Any]:
+    """One page (`offset`, at most `limit` rows) of `search_queryset`, evaluated under the statement timeout.
+
+    Contract: runs in the current tenant's scope; `actor` is a person (studies they may see) or a DICOM device
+    (the device policy); raises InvalidQuery for a malformed value or one over a bound, SearchTimeout when the
+    database stops it. Writes nothing: the door records the search (studies.services.reads) with what it
+    returns."""
+    qs = search_queryset(actor=actor, level=level, keys=keys, study_uid=study_uid, series_uid=series_uid)
+    return search_rows(qs, offset=offset, limit=limit)
+
+
+def qido_search(
+    *,
+    actor: Any,
+    level: Level | str,
+    matches: Sequence[tuple[Attribute, str]],
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> models.QuerySet[Any]:
+    """`search_queryset` with keys as (attribute, value) pairs (bench/query.py measures this queryset)."""
+    keys = [Key(attribute, value) for attribute, value in matches]
+    return search_queryset(actor=actor, level=level, keys=keys, study_uid=study_uid, series_uid=series_uid)

@@ -1,0 +1,111 @@
+"""Issue 8 #2 and the device policy, through the real listener: a C-GET is recorded before any data set leaves (and
+sends nothing if it cannot be recorded); 24 parallel C-GETs are 24 events for 24 deliveries; a device revoked
+while its association is open is refused at its next C-STORE, on the trail and as an alert."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from django.db import DatabaseError
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from audit.events import EventType, Outcome
+from audit.models import AuditEvent, SecurityAlert
+from devices.services import device_revoke
+from studies.dicom.synthetic import make_study
+from studies.models import IngestItem
+from tenants.scoping import tenant_scope
+from tests.studies.net.test_qr import Archive, c_get, c_move, events, identifier
+from tests.studies.net.test_qr import archive as archive  # the fixture, shared
+from tests.studies.net.test_qr import destination as destination  # the fixture, shared
+
+
+@pytest.fixture
+def retrieval_audit_fails(monkeypatch: Any) -> None:
+    """The audit insert of a retrieval fails (the database refuses it), in the listener's threads too."""
+    save = AuditEvent.save
+
+    def failing_save(self: AuditEvent, *args: Any, **kwargs: Any) -> None:
+        if self.event_type in (EventType.INSTANCES_RETRIEVED, EventType.INSTANCES_MOVED):
+            raise DatabaseError("audit insert refused (test)")
+        save(self, *args, **kwargs)
+
+    monkeypatch.setattr(AuditEvent, "save", failing_save)
+
+
+def test_a_cget_whose_audit_cannot_be_written_sends_nothing(archive: Archive, north: Any, retrieval_audit_fails):
+    study_uid = archive.uid(archive.north_ct, "StudyInstanceUID")
+
+    result = c_get(archive.port, identifier("STUDY", StudyInstanceUID=study_uid))
+
+    assert result.received == []
+    assert result.final.Status == 0xA702
+    assert "could not be recorded" in result.final.ErrorComment
+    assert events(north, EventType.INSTANCES_RETRIEVED) == []
+
+
+def test_a_cmove_whose_audit_cannot_be_written_sends_nothing(
+    archive: Archive, north: Any, destination: Any, retrieval_audit_fails
+):
+    _server, received = destination
+    study_uid = archive.uid(archive.north_ct, "StudyInstanceUID")
+
+    statuses = c_move(archive.port, identifier("STUDY", StudyInstanceUID=study_uid), "DEST_WS")
+
+    assert received == []
+    assert statuses[-1].Status == 0xA702
+    assert events(north, EventType.INSTANCES_MOVED) == []
+
+
+def test_24_parallel_cgets_are_24_events_for_24_deliveries(archive: Archive, north: Any):
+    study_uid = archive.uid(archive.north_mr, "StudyInstanceUID")
+
+    def one(_: int) -> Any:
+        return c_get(archive.port, identifier("STUDY", StudyInstanceUID=study_uid))
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(one, range(24)))
+
+    delivered = [r for r in results if len(r.received) == 1 and r.final.Status == 0x0000]
+    assert len(delivered) == 24
+    recorded = events(north, EventType.INSTANCES_RETRIEVED)
+    assert len(recorded) == 24
+    assert all(e.extra["count"] == 1 and e.outcome == Outcome.SUCCESS for e in recorded)
+
+
+def test_a_device_revoked_mid_association_is_refused_at_its_next_cstore(
+    listener: Any, north: Any, demo_ct: Any, make_member: Any
+):
+    from tenants.models import Role
+
+    admin = make_member(north, Role.TENANT_ADMIN, "admin_revoker")
+    first, second = (
+        dcmread(io.BytesIO(b))
+        for b in make_study(series=1, instances_per_series=2, patient_id="REV1", patient_name="REVOKED^CASE")
+    )
+    ae = AE(ae_title="DEMO_CT")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="NORTH")
+    assert assoc.is_established
+    try:
+        before = assoc.send_c_store(first)
+        with tenant_scope(north):
+            device_revoke(actor=admin, device=demo_ct, reason="stolen from the CT room")
+        after = assoc.send_c_store(second)
+    finally:
+        assoc.release()
+
+    assert before.Status == 0x0000
+    assert after.Status == 0x0124
+    with tenant_scope(north):
+        assert IngestItem.objects.count() == 1  # the second object never entered quarantine
+        [refused] = AuditEvent.objects.filter(event_type=EventType.INGEST_REJECTED)
+        alert = SecurityAlert.objects.get(event=refused)
+    assert refused.system_principal == "dicom:DEMO_CT"
+    assert (refused.extra["source"], refused.extra["failure"]) == ("cstore", "device")
+    assert alert.kind == "revoked_device"
