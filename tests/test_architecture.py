@@ -47,6 +47,7 @@ FANOUT_TASKS = {
     "studies.tasks.break_glass_expire",
     "studies.tasks.shares_cleanup",
     "studies.tasks.read_tallies_flush",
+    "training.tasks.training_reminders",
 }
 # Models with a tenant column that are not tenant data, each with its reason.
 UNSCOPED_MODELS = {

@@ -56,7 +56,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         view = context.get("view")
         request = context.get("request")
         if request is not None and getattr(view, "tenant", None) is not None:
-            access_denied_record(actor=request.user, where=type(view).__name__, method=request.method)
+            access_denied_record(
+                actor=request.user, where=type(view).__name__, method=request.method, code=exc.code, reason=str(exc)
+            )
         exc = exceptions.PermissionDenied(detail=str(exc), code=exc.code)
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
