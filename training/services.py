@@ -169,8 +169,8 @@ def completion_record(
     note: str = "",
     source: str = "",
 ) -> Completion:
-    """Record that `user` completed `course`. A compliance officer's record (`tenants.manage_training`) counts
-    at once; a person reporting their own completion without that permission waits for approval. The expiry
+    """Record that `user` completed `course`. A compliance officer's record (`tenants.manage_training`) of
+    someone else counts at once; anyone's report of their own completion (an officer's too) waits for approval. The expiry
     defaults to the course's validity. The certificate (PDF, PNG or JPEG, at most 10 MB) is stored encrypted.
     Records TRAINING_COMPLETION_RECORDED. Access blocked by this course returns at the person's next request."""
     tenant = current_tenant()
@@ -183,7 +183,7 @@ def completion_record(
     if course.evidence_required and evidence is None and source != Completion.Source.IMPORTED:
         raise ValidationError({"evidence": f"“{course.title}” needs a certificate file (PDF, PNG or JPEG)."})
     blob, name, media_type = _evidence_store(evidence, evidence_name)
-    if manages:
+    if manages and not own:  # one's own training is reviewed by someone else, officers included
         source = source or Completion.Source.RECORDED
         status = Completion.Status.APPROVED
     else:
