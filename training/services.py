@@ -170,8 +170,8 @@ def completion_record(
     source: str = "",
 ) -> Completion:
     """Record that `user` completed `course`. A compliance officer's record (`tenants.manage_training`) of
-    someone else counts at once; anyone's report of their own completion (an officer's too) waits for approval. The expiry
-    defaults to the course's validity. The certificate (PDF, PNG or JPEG, at most 10 MB) is stored encrypted.
+    someone else counts at once; anyone's report of their own completion (an officer's too) waits for approval.
+    The expiry defaults to the course's validity. The certificate (PDF, PNG or JPEG, at most 10 MB) is stored encrypted.
     Records TRAINING_COMPLETION_RECORDED. Access blocked by this course returns at the person's next request."""
     tenant = current_tenant()
     manages = access.has_perm(actor, MANAGE, tenant)
@@ -492,3 +492,79 @@ def catalogue_ensure() -> None:
             code=code,
             defaults={"title": title, "provider": provider, "validity_months": months, "evidence_required": evidence},
         )
+
+
+# Platform work (the demo, a tenant's first set-up) -----------------------------------------------------------------
+
+OPERATOR = "enclave:platform"
+
+
+@transaction.atomic
+def catalogue_adopt_by_operator(*, reason: str) -> dict[str, Course]:
+    """Adopt the whole platform catalogue into the current tenant, by the platform operators. Idempotent.
+    Returns the courses by catalogue code. Records TRAINING_COURSE_ADOPTED for each new one."""
+    tenant = current_tenant()
+    catalogue_ensure()
+    courses = {}
+    for entry in CatalogueCourse.objects.all():
+        course = Course.objects.filter(catalogue_course=entry).first()
+        if course is None:
+            course = Course(
+                tenant=tenant,
+                catalogue_course=entry,
+                title=entry.title,
+                provider=entry.provider,
+                validity_months=entry.validity_months,
+                evidence_required=entry.evidence_required,
+            )
+            course.full_clean()
+            course.save()
+            audit_event_record(event=EventType.TRAINING_COURSE_ADOPTED, target=course, system_principal=OPERATOR,
+                               extra={"catalogue": entry.code, "reason": reason})  # fmt: skip
+        courses[entry.code] = course
+    return courses
+
+
+@transaction.atomic
+def requirement_set_by_operator(*, course: Course, role: str, blocking: bool, grace_days: int, reason: str) -> None:
+    """Set a requirement as the platform operators, once: an existing one is left as the tenant has it."""
+    if Requirement.objects.filter(course=course, role=role).exists():
+        return
+    requirement = Requirement(tenant=current_tenant(), course=course, role=role, blocking=blocking,
+                              grace_days=grace_days)  # fmt: skip
+    requirement.full_clean()
+    requirement.save()
+    audit_event_record(event=EventType.TRAINING_REQUIREMENT_SET, target=requirement, system_principal=OPERATOR,
+                       extra={"course": course.title, "role": role, "blocking": blocking, "grace_days": grace_days,
+                              "reason": reason})  # fmt: skip
+
+
+@transaction.atomic
+def completion_record_by_operator(
+    *,
+    user: Any,
+    course: Course,
+    completed_on: date,
+    expires_on: date,
+    pending: bool = False,
+    reason: str,
+    evidence: bytes | None = None,
+) -> Completion | None:
+    """Record a completion as the platform operators (the demo), unless `user` already has one of `course`:
+    approved, or self-reported and pending. Records TRAINING_COMPLETION_RECORDED."""
+    if Completion.objects.filter(user=user, course=course).exists():
+        return None
+    blob, name, media_type = _evidence_store(evidence, "certificate.pdf")
+    completion = Completion(
+        tenant=current_tenant(), user=user, course=course, completed_on=completed_on, expires_on=expires_on,
+        source=Completion.Source.SELF_REPORTED if pending else Completion.Source.RECORDED,
+        status=Completion.Status.PENDING if pending else Completion.Status.APPROVED,
+        evidence=blob, evidence_name=name, evidence_type=media_type, note=reason[:300],
+    )  # fmt: skip
+    completion.full_clean()
+    completion.save()
+    audit_event_record(event=EventType.TRAINING_COMPLETION_RECORDED, target=completion, participants=[user],
+                       system_principal=OPERATOR,
+                       extra={"course": course.title, "expires_on": expires_on.isoformat(),
+                              "status": completion.status, "reason": reason})  # fmt: skip
+    return completion

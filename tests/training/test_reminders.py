@@ -35,7 +35,8 @@ def test_each_stage_is_mailed_once_and_officers_are_copied(tenant_a, compliance_
     assert sorted(m.to[0] for m in personal) == sorted(u.email for u in (radiologist_a, technologist_a, late))
     assert any("expires today" in m.subject for m in personal)
     copies = [m for m in mail.outbox if m.subject.startswith("Training expiring")]
-    assert len(copies) == 3 and all(compliance_a.email in m.to for m in copies)
+    assert len(copies) == 3
+    assert all(compliance_a.email in m.to for m in copies)
     assert len(events(tenant_a, EventType.TRAINING_REMINDER_SENT)) == 3
 
 

@@ -77,7 +77,8 @@ def test_requirements_set_list_and_remove(officer, radiologist, tenant_a, radiol
     # another tenant's course is the same 404 as a made-up one
     other, made_up = (officer.post(f"{BASE}/requirements/", {"course": cid, "role": "radiologist"}, format="json")
                       for cid in (str(south_course[0].public_id), random_id()))  # fmt: skip
-    assert other.status_code == made_up.status_code == 404 and other.json() == made_up.json()
+    assert other.status_code == made_up.status_code == 404
+    assert other.json() == made_up.json()
     assert_denied(radiologist.delete(f"{BASE}/requirements/{body['id']}/"), tenant_a, radiologist_a)
     assert officer.delete(f"{BASE}/requirements/{body['id']}/").status_code == 204
     assert last_event(tenant_a, EventType.TRAINING_REQUIREMENT_REMOVED).target_id == body["id"]
@@ -142,9 +143,12 @@ def test_completions_of_another_tenant_are_the_same_404(officer, tenant_a, tenan
     course, south_officer = south_course
     south_person = make_member(tenant_b, Role.RADIOLOGIST, "south-rad-2")
     theirs = record(tenant_b, south_officer, south_person, course, expires_on=today() + timedelta(days=30))
-    for suffix, method, data in (("", "get", None), ("approve/", "post", {"reason": "x"}),
-                                 ("reject/", "post", {"reason": "x"}),
-                                 ("supersede/", "post", {"completed_on": today().isoformat(), "reason": "x"})):
+    for suffix, method, data in (
+        ("", "get", None),
+        ("approve/", "post", {"reason": "x"}),
+        ("reject/", "post", {"reason": "x"}),
+        ("supersede/", "post", {"completed_on": today().isoformat(), "reason": "x"}),
+    ):
         assert_same_404(officer, {"other": f"{BASE}/completions/{theirs.public_id}/{suffix}",
                                   "random": f"{BASE}/completions/{random_id()}/{suffix}"}, method, data)  # fmt: skip
     assert_same_404(officer, {"other": f"{BASE}/people/{south_person.subject_uuid}/status/",

@@ -13,9 +13,9 @@ from audit.events import EventType
 from studies.storage.blobs import blob_read
 from tenants import access
 from tenants.scoping import tenant_scope
+from tests.training.helpers import JPEG, PDF, PNG, last_event, record, today
 from training import selectors, services
 from training.models import Completion
-from tests.training.helpers import JPEG, PDF, PNG, last_event, record, today
 
 
 def test_an_officer_records_a_completion_that_counts_at_once(tenant_a, compliance_a, radiologist_a, hipaa_required):
@@ -90,8 +90,9 @@ def test_a_future_completion_date_is_refused(tenant_a, compliance_a, radiologist
 
 def test_self_reported_waits_for_approval_and_does_not_count(tenant_a, radiologist_a, hipaa_required):
     with tenant_scope(tenant_a):
-        completion = services.completion_record(actor=radiologist_a, user=radiologist_a,
-                                                course=hipaa_required.course, completed_on=today(), evidence=PNG)
+        completion = services.completion_record(
+            actor=radiologist_a, user=radiologist_a, course=hipaa_required.course, completed_on=today(), evidence=PNG
+        )
         assert (completion.status, completion.source) == ("pending", "self_reported")
         (status,) = selectors.person_status(user=radiologist_a)
         assert status.state == "missing"

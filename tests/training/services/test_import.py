@@ -12,9 +12,9 @@ from django.core.exceptions import ValidationError
 from audit.events import EventType
 from tenants.models import Role
 from tenants.scoping import tenant_scope
+from tests.training.helpers import last_event, record, today
 from training import services
 from training.models import Completion
-from tests.training.helpers import last_event, record, today
 
 
 @pytest.fixture
