@@ -15,7 +15,7 @@ from uuid import UUID
 
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Max
+from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
 from tenants import access
@@ -110,33 +110,38 @@ def latest_expiries(*, user_ids: Iterable[int], course_ids: Iterable[int]) -> di
     return {(row["user_id"], row["course_id"]): row["latest"] for row in rows}
 
 
+def _requirements_with_expiry(user: Any, requirements: models.QuerySet[Requirement]) -> list[Requirement]:
+    """`requirements`, each annotated with `latest`: the user's latest expiry of that course among approved
+    completions no correction has superseded (None: none). One query."""
+    latest = (
+        Completion.objects.filter(
+            user=user, course_id=OuterRef("course_id"), status=Completion.Status.APPROVED, superseded_by__isnull=True
+        )
+        .order_by("-expires_on")
+        .values("expires_on")[:1]
+    )
+    return list(requirements.select_related("course").annotate(latest=Subquery(latest)).order_by("course__title"))
+
+
 def person_status(*, user: Any, role: str | None = None, today: date | None = None) -> list[RequirementStatus]:
     """Every requirement of `user`'s current role in the current tenant (or of `role`), with where they stand.
-    No permission check: the gate, the person themselves and the officers' selectors build on it."""
+    No permission check: the gate, the person themselves and the officers' selectors build on it. One query
+    when the role is given."""
     today = today or timezone.localdate()
     role = role or _current_role_of(user)
     if role is None:
         return []
-    requirements = list(Requirement.objects.filter(role=role).select_related("course"))
-    if not requirements:
-        return []
-    expiries = latest_expiries(user_ids=[user.pk], course_ids=[r.course_id for r in requirements])
-    return [_status(r, expiries.get((user.pk, r.course_id)), today) for r in requirements]
+    requirements = _requirements_with_expiry(user, Requirement.objects.filter(role=role))
+    return [_status(r, r.latest, today) for r in requirements]  # type: ignore[attr-defined]
 
 
 def training_block_get(*, user: Any) -> RequirementStatus | None:
     """The first blocking requirement `user` has let lapse in the current tenant, or None. The gate's question,
-    asked on every read of patient data: two small queries, one when the role has no requirement."""
+    asked on every read of patient data: one query."""
     today = timezone.localdate()
     roles = Membership.objects.filter(user=user, status=Membership.Status.ACTIVE).values("role")
-    requirements = list(
-        Requirement.objects.filter(role__in=roles, blocking=True).select_related("course").order_by("course__title")
-    )
-    if not requirements:
-        return None
-    expiries = latest_expiries(user_ids=[user.pk], course_ids=[r.course_id for r in requirements])
-    for requirement in requirements:
-        status = _status(requirement, expiries.get((user.pk, requirement.course_id)), today)
+    for requirement in _requirements_with_expiry(user, Requirement.objects.filter(role__in=roles, blocking=True)):
+        status = _status(requirement, requirement.latest, today)  # type: ignore[attr-defined]
         if status.blocks:
             return status
     return None

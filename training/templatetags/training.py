@@ -21,5 +21,7 @@ def training_warnings(context: Any) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if tenant is None or user is None or not user.is_authenticated or current_tenant_or_none() is None:
         return {"warnings": []}
-    statuses = [s for s in person_status(user=user) if s.state != "current"]
+    membership = context.get("membership")  # TenantPageView's: saves looking up the role again
+    role = getattr(membership, "role", None)
+    statuses = [s for s in person_status(user=user, role=role) if s.state != "current"]
     return {"warnings": statuses, "tenant": tenant}
