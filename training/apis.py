@@ -66,7 +66,7 @@ class CompletionOutputSerializer(serializers.Serializer):
     course_title = serializers.CharField(source="course.title")
     completed_on = serializers.DateField()
     expires_on = serializers.DateField()
-    source = serializers.ChoiceField(choices=Completion.Source.choices)
+    source = serializers.ChoiceField(choices=Completion.Source.choices)  # type: ignore[assignment]
     status = serializers.ChoiceField(choices=Completion.Status.choices)
     evidence_type = serializers.CharField(help_text="Media type of the certificate; empty when there is none.")
     recorded_by = serializers.CharField(source="recorded_by.username", allow_null=True)
@@ -243,6 +243,7 @@ class CompletionRecordApi(TenantApi):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
+        user: Any
         if values.get("person"):
             user = selectors.member_get(actor=request.user, public_id=values["person"])
         elif values.get("username"):
@@ -335,7 +336,7 @@ class CompletionSupersedeApi(TenantApi):
 
 class ImportResultSerializer(serializers.Serializer):
     imported = serializers.IntegerField()
-    errors = serializers.ListField(
+    errors = serializers.ListField(  # type: ignore[assignment]
         child=serializers.DictField(), help_text="Each refused row: `row` (the header is row 1) and `reason`."
     )
 

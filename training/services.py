@@ -328,7 +328,7 @@ def _csv_rows(data: bytes) -> list[dict[str, str]]:
             expected = ", ".join(IMPORT_REQUIRED_COLUMNS) + " (and optionally " + ", ".join(IMPORT_OPTIONAL_COLUMNS)
             raise ValidationError({"file": f"The columns must be {expected}); found: {', '.join(header) or 'none'}."})
         reader.fieldnames = header
-        rows = []
+        rows: list[dict[str, str]] = []
         for row in reader:
             if len(rows) >= IMPORT_MAX_ROWS:
                 raise ValidationError({"file": f"At most {IMPORT_MAX_ROWS} rows in one file."})

@@ -252,7 +252,9 @@ class CoursesView(TenantPageView):
                 requirement = services.requirement_set(actor=request.user, course=course, **data)
                 messages.success(request, f"{requirement} is set.")
             elif action == "remove":
-                requirement = selectors.requirement_get(actor=request.user, public_id=request.POST.get("requirement"))
+                requirement = selectors.requirement_get(
+                    actor=request.user, public_id=request.POST.get("requirement", "")
+                )
                 services.requirement_remove(actor=request.user, requirement=requirement)
                 messages.success(request, f"{requirement} is removed.")
             else:
