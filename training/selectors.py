@@ -278,3 +278,64 @@ def training_matrix(*, actor: Any, role: str = "", course: Course | None = None)
         for m in members
     ]
     return Matrix(courses=courses, rows=rows)
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    value: float  # a share (0..1) for coverage, a count for expiries
+    height: int  # in the chart's pixels, at most 100
+
+    @property
+    def y(self) -> int:  # the top of the bar in an SVG whose baseline is at 110
+        return 110 - self.height
+
+    @property
+    def percent(self) -> int:
+        return round(self.value * 100)
+
+
+def training_charts(*, actor: Any, role: str = "", today: date | None = None) -> dict[str, list[Bar]]:
+    """The matrix page's two charts (`tenants.view_training`), for today's members and requirements:
+    `coverage`, the share of required (person, course) pairs held current at the end of each of the last 12
+    months; `expiries`, how many current pairs expire in each of the next 13 weeks (90 days). Two queries."""
+    access.require(actor, VIEW, current_tenant())
+    today = today or timezone.localdate()
+    memberships = Membership.objects.filter(status=Membership.Status.ACTIVE)
+    if role:
+        memberships = memberships.filter(role=role)
+    members = [m for m in memberships if m.is_current()]
+    by_role: dict[str, set[int]] = {}
+    for requirement in Requirement.objects.all():
+        by_role.setdefault(requirement.role, set()).add(requirement.course_id)
+    pairs = [(m.user_id, course_id) for m in members for course_id in by_role.get(m.role, set())]
+    spans: dict[tuple[int, int], list[tuple[date, date]]] = {}
+    rows = Completion.objects.filter(
+        user_id__in={u for u, _ in pairs},
+        status=Completion.Status.APPROVED,
+        superseded_by__isnull=True,
+    ).values_list("user_id", "course_id", "completed_on", "expires_on")
+    for user_id, course_id, completed_on, expires_on in rows:
+        spans.setdefault((user_id, course_id), []).append((completed_on, expires_on))
+
+    def held_on(pair: tuple[int, int], day: date) -> bool:
+        return any(start <= day < end for start, end in spans.get(pair, []))
+
+    coverage = []
+    for back in range(11, -1, -1):
+        next_month = today.year * 12 + today.month - back  # 0-based month count of the month after
+        end = today if back == 0 else date(next_month // 12, next_month % 12 + 1, 1) - timedelta(days=1)
+        share = sum(held_on(p, end) for p in pairs) / len(pairs) if pairs else 0.0
+        coverage.append(Bar(label=end.strftime("%b %y"), value=share, height=round(share * 100)))
+    latest = {p: max(end for _, end in spans[p]) for p in pairs if p in spans}
+    counts = [0] * 13
+    for expires_on in latest.values():
+        days = (expires_on - today).days
+        if 0 <= days < 91:
+            counts[min(days // 7, 12)] += 1
+    peak = max(counts) or 1
+    expiries = [
+        Bar(label=(today + timedelta(days=7 * week)).strftime("%d %b"), value=n, height=round(100 * n / peak))
+        for week, n in enumerate(counts)
+    ]
+    return {"coverage": coverage, "expiries": expiries}

@@ -143,6 +143,7 @@ class MatrixView(TenantPageView):
             "import_form": import_form or ImportForm(),
             "import_result": import_result,
             "query": request.GET.urlencode(),
+            "charts": selectors.training_charts(actor=request.user, role=role),
         }
         return self.render(request, "training/matrix.html", context, status=status)
 

@@ -180,3 +180,23 @@ def test_the_navigation_links_the_training_pages(client_for, compliance_a, radio
     clinician = client_for(radiologist_a).get("/t/north/").content.decode()
     assert "/t/north/training/" in clinician
     assert "/t/north/training/matrix/" not in clinician
+
+
+def test_the_matrix_charts_coverage_and_expiries(client_for, tenant_a, compliance_a, radiologist_a, make_member,
+                                                 hipaa_required):  # fmt: skip
+    from training.selectors import training_charts
+
+    second = make_member(tenant_a, Role.RADIOLOGIST, "north-rad-2")
+    record(tenant_a, compliance_a, radiologist_a, hipaa_required.course, expires_on=today() + timedelta(days=10))
+    record(tenant_a, compliance_a, second, hipaa_required.course, expires_on=today() - timedelta(days=10))
+    with tenant_scope(tenant_a):
+        charts = training_charts(actor=compliance_a)
+    assert len(charts["coverage"]) == 12
+    assert charts["coverage"][-1].percent == 50  # one of two radiologists is current today
+    assert charts["coverage"][0].percent == 100  # 11 months ago both were (each completed a year before expiry)
+    assert charts["coverage"][-2].label == (today().replace(day=1) - timedelta(days=1)).strftime("%b %y")
+    assert [bar.value for bar in charts["expiries"]][:3] == [0, 1, 0]  # day 10 falls in the second week
+    html = client_for(compliance_a).get("/t/north/training/matrix/").content.decode()
+    assert 'id="coverage-chart"' in html
+    assert "<svg" in html
+    assert "50%" in html
