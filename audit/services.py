@@ -144,13 +144,13 @@ def access_denied_record(*, actor: Any, where: str, method: str, code: str = "",
     """A member was refused a function of their tenant (a 403): on the trail for intrusion review. `code` and
     `reason` say why, when a gate refused (`training_expired` and the course)."""
     extra = {"where": where, "method": method}
-    if code and code != "forbidden":
+    if code:
         extra["code"] = code
     return audit_event_record(
         event=EventType.ACCESS_DENIED,
         actor=actor,
         outcome=Outcome.MINOR_FAILURE,
-        outcome_description=reason if code and code != "forbidden" else "permission denied",
+        outcome_description=reason or "permission denied",
         extra=extra,
     )
 
