@@ -406,15 +406,27 @@ def training_matrix_export(*, actor: Any, role: str = "", course: Course | None 
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["username", "role", "course", "state", "expires_on", "blocking", "lapses_on"])
+
+    def cell_text(value: str) -> str:  # a spreadsheet must not run a course title as a formula
+        return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
     count = 0
     for row in matrix.rows:
         for c in matrix.courses:
             cell = row.cells.get(c.pk)
             if cell is None:
                 continue
-            writer.writerow([row.membership.user.username, row.membership.role, c.title, cell.state,
-                             cell.expires_on.isoformat() if cell.expires_on else "",
-                             "yes" if cell.requirement.blocking else "no", cell.lapses_on.isoformat()])  # fmt: skip
+            writer.writerow(
+                [
+                    cell_text(row.membership.user.username),
+                    row.membership.role,
+                    cell_text(c.title),
+                    cell.state,
+                    cell.expires_on.isoformat() if cell.expires_on else "",
+                    "yes" if cell.requirement.blocking else "no",
+                    cell.lapses_on.isoformat(),
+                ]
+            )
             count += 1
     audit_event_record(event=EventType.TRAINING_MATRIX_EXPORTED, actor=actor, tenant=current_tenant(),
                        extra={"rows": count, "role": role or None,

@@ -87,3 +87,13 @@ def test_the_matrix_exports_as_csv(tenant_a, compliance_a, radiologist_a, hipaa_
                      "state": "expiring", "expires_on": (today() + timedelta(days=10)).isoformat(), "blocking": "yes",
                      "lapses_on": (today() + timedelta(days=10)).isoformat()}]  # fmt: skip
     assert last_event(tenant_a, EventType.TRAINING_MATRIX_EXPORTED).extra["rows"] == 1
+
+
+def test_a_course_title_that_looks_like_a_formula_is_exported_as_text(tenant_a, compliance_a, radiologist_a):
+    with tenant_scope(tenant_a):
+        course = services.course_create(actor=compliance_a, title='=HYPERLINK("http://evil")', provider="x",
+                                        validity_months=12)  # fmt: skip
+        services.requirement_set(actor=compliance_a, course=course, role=Role.RADIOLOGIST)
+        body = services.training_matrix_export(actor=compliance_a)
+    (row,) = list(csv.DictReader(io.StringIO(body)))
+    assert row["course"] == '\'=HYPERLINK("http://evil")'
