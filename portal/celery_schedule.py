@@ -39,7 +39,8 @@ BEAT_SCHEDULE = {
         "options": {"queue": "maintenance"},
     },
     # Training reminders: mail people whose required training expires in 30 or 7 days or today, once per expiry
-    # and stage (a unique row claims each), with a copy to compliance officers and administrators. Daily.
+    # and stage (a unique row claims each), with a copy to compliance officers and administrators; and once a
+    # week a digest of lapsed and expiring training to the compliance officers. Daily.
     "training-reminders": {
         "task": "training.tasks.training_reminders",
         "schedule": crontab(hour=6, minute=0),

@@ -184,6 +184,15 @@ class ReminderSent(TenantOwnedModel):
         ]
 
 
+class DigestSent(TenantOwnedModel):
+    """The weekly digest to compliance officers, claimed once per tenant and ISO week (its Monday)."""
+
+    week_of = models.DateField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "week_of"], name="training_digestsent_once")]
+
+
 def lapse_date(expires_on: date, grace_days: int) -> date:
     """The first day on which an expiry counts as a lapse."""
     return expires_on + timedelta(days=grace_days)

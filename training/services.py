@@ -9,7 +9,7 @@ import csv
 import io
 import logging
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -27,7 +27,7 @@ from tenants.models import Membership, Role, User
 from tenants.scoping import current_tenant
 from training import selectors
 from training.catalogue import CATALOGUE
-from training.models import CatalogueCourse, Completion, Course, ReminderSent, Requirement
+from training.models import CatalogueCourse, Completion, Course, DigestSent, ReminderSent, Requirement
 
 logger = logging.getLogger(__name__)
 
@@ -495,6 +495,48 @@ def training_reminders_send(*, today: date | None = None) -> int:
                                       "stage": stage})  # fmt: skip
             sent += 1
     return sent
+
+
+def training_digest_send(*, today: date | None = None) -> bool:
+    """Once per ISO week (whichever day the daily job first runs in it), mail the tenant's compliance officers
+    who holds lapsed or expiring required training. Claimed by a unique row before the mail goes, like the
+    reminders. Tenant-level system job. Returns whether a digest went. Records TRAINING_REMINDER_SENT."""
+    tenant = current_tenant()
+    today = today or timezone.localdate()
+    week_of = today - timedelta(days=today.weekday())
+    members = [m for m in Membership.objects.filter(status=Membership.Status.ACTIVE).select_related("user")
+               if m.is_current()]  # fmt: skip
+    officers = [m.user.email for m in members if m.role == Role.COMPLIANCE_OFFICER and m.user.email]
+    if not officers:
+        return False
+    try:
+        with transaction.atomic():
+            DigestSent.objects.create(tenant=tenant, week_of=week_of)
+    except IntegrityError:
+        return False
+    lines = []
+    for membership in members:
+        for status in selectors.person_status(user=membership.user, role=membership.role, today=today):
+            if status.state == selectors.State.CURRENT:
+                continue
+            when = status.expires_on.isoformat() if status.expires_on else "never completed"
+            effect = (
+                "access blocked"
+                if status.blocks
+                else ("blocks from " + status.lapses_on.isoformat() if status.requirement.blocking else "warning only")
+            )
+            lines.append(f"- {membership.user.username} ({membership.get_role_display()}): {status.course.title}, "
+                         f"{status.state_label.lower()} ({when}), {effect}")  # fmt: skip
+    body = "\n".join(lines) if lines else "Everyone's required training is current."
+    send_mail(
+        subject=f"Training digest for {tenant.name}, week of {week_of.isoformat()}",
+        message=f"Required training that is expired, missing or expiring within 30 days:\n\n{body}\n",
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=officers,
+    )
+    audit_event_record(event=EventType.TRAINING_REMINDER_SENT, system_principal="enclave:training-reminders",
+                       tenant=tenant, extra={"digest_week_of": week_of.isoformat(), "entries": len(lines)})  # fmt: skip
+    return True
 
 
 def catalogue_ensure() -> None:

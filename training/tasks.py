@@ -30,7 +30,9 @@ def training_reminders_task() -> int:
 def training_reminders_send_task(*, tenant_id: int) -> int:
     try:
         with task_context(tenant_id=tenant_id, principal="enclave:training-reminders"):
-            return services.training_reminders_send()
+            sent = services.training_reminders_send()
+            services.training_digest_send()
+            return sent
     except Tenant.DoesNotExist:
         logger.info("tenant %s is gone; no training reminders", tenant_id)
         return 0

@@ -33,7 +33,9 @@ def test_the_job_run_twice_by_a_real_worker_reminds_once(celery_worker_process, 
     assert len(_finished(celery_worker_process.output())) == 2, celery_worker_process.output()
     with tenant_scope(tenant_a):
         assert ReminderSent.objects.filter(user=radiologist_a, stage="7").count() == 1
-        assert AuditEvent.objects.filter(event_type=EventType.TRAINING_REMINDER_SENT).count() == 1
+        sent = AuditEvent.objects.filter(event_type=EventType.TRAINING_REMINDER_SENT)
+        assert sent.filter(extra__stage="7").count() == 1  # the reminder, once
+        assert sent.filter(extra__has_key="digest_week_of").count() == 1  # the officers' weekly digest, once
 
 
 def _finished(log: str) -> list[str]:

@@ -37,7 +37,14 @@ def test_each_stage_is_mailed_once_and_officers_are_copied(tenant_a, compliance_
     copies = [m for m in mail.outbox if m.subject.startswith("Training expiring")]
     assert len(copies) == 3
     assert all(compliance_a.email in m.to for m in copies)
-    assert len(events(tenant_a, EventType.TRAINING_REMINDER_SENT)) == 3
+    sent_events = events(tenant_a, EventType.TRAINING_REMINDER_SENT)
+    assert len([e for e in sent_events if "stage" in e.extra]) == 3
+    # and one weekly digest to the compliance officers, however often the job ran this week
+    digests = [m for m in mail.outbox if m.subject.startswith("Training digest")]
+    assert len(digests) == 1
+    assert digests[0].to == [compliance_a.email]
+    assert "north-late (Radiologist): HIPAA Security Awareness, expired" in digests[0].body
+    assert len([e for e in sent_events if "digest_week_of" in e.extra]) == 1
 
 
 def test_other_days_send_nothing(tenant_a, compliance_a, radiologist_a, hipaa_required):
@@ -46,3 +53,16 @@ def test_other_days_send_nothing(tenant_a, compliance_a, radiologist_a, hipaa_re
     with tenant_scope(tenant_a):
         assert services.training_reminders_send() == 0
     assert mail.outbox == []
+
+
+def test_the_digest_goes_again_the_next_week(tenant_a, compliance_a, radiologist_a, hipaa_required):
+    mail.outbox.clear()
+    with tenant_scope(tenant_a):
+        assert services.training_digest_send(today=today()) is True
+        assert services.training_digest_send(today=today()) is False
+        assert services.training_digest_send(today=today() + timedelta(days=7)) is True
+    digests = [m for m in mail.outbox if m.subject.startswith("Training digest")]
+    assert len(digests) == 2
+    assert "north-radiologist (Radiologist): HIPAA Security Awareness, missing (never completed), access blocked" in (
+        digests[0].body
+    )
