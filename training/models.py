@@ -12,6 +12,7 @@ from datetime import date, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 
 from tenants.models import Role, TenantOwnedModel
 
@@ -182,6 +183,32 @@ class ReminderSent(TenantOwnedModel):
                 fields=["tenant", "user", "course", "expires_on", "stage"], name="training_remindersent_once"
             ),
         ]
+
+
+class OperatorCompletion(models.Model):
+    """A platform operator's completion of a catalogue course. Operators belong to no tenant, so their records
+    are the platform's; every tenant sees them on its operators' page ("who at the vendor can reach your data,
+    and is their training current"). Recorded in the operators' admin; never edited (add a newer one)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    course = models.ForeignKey(CatalogueCourse, on_delete=models.PROTECT, related_name="+")
+    completed_on = models.DateField()
+    expires_on = models.DateField()
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-completed_on", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_on__gt=models.F("completed_on")), name="training_operatorcompletion_expiry"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.course} by {self.user} on {self.completed_on}"
 
 
 class DigestSent(TenantOwnedModel):

@@ -21,7 +21,7 @@ from django.utils import timezone
 from tenants import access
 from tenants.models import Membership, User
 from tenants.scoping import current_tenant
-from training.models import CatalogueCourse, Completion, Course, Requirement, lapse_date
+from training.models import CatalogueCourse, Completion, Course, OperatorCompletion, Requirement, lapse_date
 
 EXPIRING_WITHIN_DAYS = 30
 VIEW, MANAGE = "tenants.view_training", "tenants.manage_training"
@@ -339,3 +339,41 @@ def training_charts(*, actor: Any, role: str = "", today: date | None = None) ->
         for week, n in enumerate(counts)
     ]
     return {"coverage": coverage, "expiries": expiries}
+
+
+# The catalogue courses every platform operator must hold.
+OPERATOR_COURSES = ("hipaa-security-awareness", "hipaa-privacy")
+
+
+@dataclass(frozen=True)
+class OperatorStatus:
+    user: User
+    cells: list[tuple[CatalogueCourse, date | None, str]]  # course, latest expiry, state
+
+    @property
+    def current(self) -> bool:
+        return all(state in (State.CURRENT, State.EXPIRING) for _, _, state in self.cells)
+
+
+def operator_training_list(*, actor: Any) -> list[OperatorStatus]:
+    """The platform operators (active staff accounts) who can reach the platform, each with the state of the
+    operator courses (`tenants.view_training` in the current tenant). Reads no tenant data."""
+    access.require(actor, VIEW, current_tenant())
+    today = timezone.localdate()
+    courses = list(CatalogueCourse.objects.filter(code__in=OPERATOR_COURSES).order_by("title"))
+    operators = list(User.objects.filter(is_staff=True, is_active=True).order_by("username"))
+    latest = {
+        (row["user_id"], row["course_id"]): row["latest"]
+        for row in OperatorCompletion.objects.filter(user__in=operators, course__in=courses)
+        .values("user_id", "course_id")
+        .annotate(latest=Max("expires_on"))
+    }
+    return [
+        OperatorStatus(
+            user=operator,
+            cells=[
+                (c, latest.get((operator.pk, c.pk)), _state_of(latest.get((operator.pk, c.pk)), today)) for c in courses
+            ],
+        )
+        for operator in operators
+    ]

@@ -15,6 +15,7 @@ page_patterns = [
     path("training/approvals/", views.ApprovalQueueView.as_view(), name="training_queue"),
     path("training/approvals/<uuid:public_id>/<str:verdict>/", views.ReviewView.as_view(), name="training_review"),
     path("training/courses/", views.CoursesView.as_view(), name="training_courses"),
+    path("training/operators/", views.OperatorsView.as_view(), name="training_operators"),
     path("training/people/<uuid:person_id>/", views.PersonTrainingView.as_view(), name="training_person"),
     path("training/completions/<uuid:public_id>/evidence/", views.EvidenceView.as_view(), name="training_evidence"),
 ]

@@ -264,3 +264,14 @@ class CoursesView(TenantPageView):
             messages.error(request, f"Not changed: {_reasons(exc)}")
             return self._page(request, status=400)
         return redirect("portal:training_courses", tenant=self.tenant.slug)
+
+
+class OperatorsView(TenantPageView):
+    """Who at the vendor can reach the platform, and whether their training is current."""
+
+    required_permission = VIEW
+
+    def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        operators = selectors.operator_training_list(actor=request.user)
+        courses = [c for c, _, _ in operators[0].cells] if operators else []
+        return self.render(request, "training/operators.html", {"operators": operators, "courses": courses})

@@ -200,3 +200,24 @@ def test_the_matrix_charts_coverage_and_expiries(client_for, tenant_a, complianc
     assert 'id="coverage-chart"' in html
     assert "<svg" in html
     assert "50%" in html
+
+
+def test_the_operators_page_shows_whether_vendor_staff_training_is_current(client_for, tenant_a, compliance_a,
+                                                                           radiologist_a, platform_staff):  # fmt: skip
+    from training.models import CatalogueCourse, OperatorCompletion
+
+    services.catalogue_ensure()
+    for code in ("hipaa-security-awareness", "hipaa-privacy"):
+        OperatorCompletion.objects.create(user=platform_staff, course=CatalogueCourse.objects.get(code=code),
+                                          completed_on=today() - timedelta(days=30),
+                                          expires_on=today() + timedelta(days=300))  # fmt: skip
+    response = client_for(compliance_a).get("/t/north/training/operators/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "ops-staff" in html or platform_staff.get_full_name() in html
+    assert '<span class="badge ok">Yes</span>' in html
+    assert_denied(client_for(radiologist_a).get("/t/north/training/operators/"), tenant_a, radiologist_a)
+
+
+def test_the_operators_page_of_another_tenant_is_404(client_for, south_member):
+    assert client_for(south_member).get("/t/north/training/operators/").status_code == 404
