@@ -22,7 +22,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check portal tenants audit devices studies bench
-	$(VENV)/bin/mypy portal tenants audit devices studies
+	$(VENV)/bin/mypy portal tenants audit devices studies training
 	$(VENV)/bin/lint-imports
 
 # Benchmarks, figures in docs/BENCHMARKS.md: ingestion (bench/ingest.py: its own database, Redis db 9), then

@@ -113,6 +113,19 @@ class EventType(IntEnum):
     BREAK_GLASS_REVIEWED = 513
     STUDY_EXPORTED = 514
     DISCLOSURE_EXPORTED = 515
+    # 600-699: training and certification
+    TRAINING_COURSE_ADOPTED = 601
+    TRAINING_COURSE_CREATED = 602
+    TRAINING_REQUIREMENT_SET = 603
+    TRAINING_REQUIREMENT_REMOVED = 604
+    TRAINING_COMPLETION_RECORDED = 605
+    TRAINING_COMPLETION_SUPERSEDED = 606
+    TRAINING_COMPLETION_APPROVED = 607
+    TRAINING_COMPLETION_REJECTED = 608
+    TRAINING_COMPLETIONS_IMPORTED = 609
+    TRAINING_MATRIX_EXPORTED = 610
+    TRAINING_REMINDER_SENT = 611
+    TRAINING_EVIDENCE_VIEWED = 612
 
     @property
     def spec(self) -> EventSpec:
@@ -202,4 +215,34 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.STUDY_EXPORTED: EventSpec(EXPORT, None, Action.READ, "De-identified export"),
     EventType.DISCLOSURE_EXPORTED: EventSpec(EXPORT, None, Action.READ, "Identified export (a disclosure)"),
+    EventType.TRAINING_COURSE_ADOPTED: EventSpec(
+        APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"
+    ),
+    EventType.TRAINING_COURSE_CREATED: EventSpec(
+        APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Training course created"
+    ),
+    EventType.TRAINING_REQUIREMENT_SET: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Training requirement set"
+    ),
+    EventType.TRAINING_REQUIREMENT_REMOVED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.DELETE, "Training requirement removed"
+    ),
+    EventType.TRAINING_COMPLETION_RECORDED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.CREATE, "Training completion recorded"
+    ),
+    EventType.TRAINING_COMPLETION_SUPERSEDED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "Training completion corrected"
+    ),
+    EventType.TRAINING_COMPLETION_APPROVED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "Self-reported training approved"
+    ),
+    EventType.TRAINING_COMPLETION_REJECTED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "Self-reported training rejected"
+    ),
+    EventType.TRAINING_COMPLETIONS_IMPORTED: EventSpec(
+        SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.CREATE, "Training completions imported"
+    ),
+    EventType.TRAINING_MATRIX_EXPORTED: EventSpec(EXPORT, None, Action.READ, "Training matrix exported"),
+    EventType.TRAINING_REMINDER_SENT: EventSpec(APPLICATION_ACTIVITY, None, Action.EXECUTE, "Training reminder sent"),
+    EventType.TRAINING_EVIDENCE_VIEWED: EventSpec(APPLICATION_ACTIVITY, None, Action.READ, "Training certificate read"),
 }

@@ -140,14 +140,18 @@ def audit_chain_create(*, tenant: Tenant) -> AuditChain:
     return chain
 
 
-def access_denied_record(*, actor: Any, where: str, method: str) -> AuditEvent:
-    """A member was refused a function of their tenant (a 403): on the trail for intrusion review."""
+def access_denied_record(*, actor: Any, where: str, method: str, code: str = "", reason: str = "") -> AuditEvent:
+    """A member was refused a function of their tenant (a 403): on the trail for intrusion review. `code` and
+    `reason` say why, when a gate refused (`training_expired` and the course)."""
+    extra = {"where": where, "method": method}
+    if code:
+        extra["code"] = code
     return audit_event_record(
         event=EventType.ACCESS_DENIED,
         actor=actor,
         outcome=Outcome.MINOR_FAILURE,
-        outcome_description="permission denied",
-        extra={"where": where, "method": method},
+        outcome_description=reason or "permission denied",
+        extra=extra,
     )
 
 

@@ -1,5 +1,6 @@
 """Every periodic job, in one list. django-celery-beat's database scheduler loads it at start."""
 
+from celery.schedules import crontab
 from django.conf import settings
 
 BEAT_SCHEDULE = {
@@ -35,6 +36,14 @@ BEAT_SCHEDULE = {
     "shares-cleanup": {
         "task": "studies.tasks.shares_cleanup",
         "schedule": float(settings.SHARE_CLEANUP_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
+    # Training reminders: mail people whose required training expires in 30 or 7 days or today, once per expiry
+    # and stage (a unique row claims each), with a copy to compliance officers and administrators; and once a
+    # week a digest of lapsed and expiring training to the compliance officers. Daily.
+    "training-reminders": {
+        "task": "training.tasks.training_reminders",
+        "schedule": crontab(hour=6, minute=0),
         "options": {"queue": "maintenance"},
     },
 }

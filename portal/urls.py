@@ -8,6 +8,7 @@ from portal import views
 from studies import urls as studies_urls
 from studies.dicomweb.urls import patterns as dicomweb_patterns
 from tenants import urls as tenants_urls
+from training import urls as training_urls
 
 tenant_pages: list[URLPattern | URLResolver] = [
     path("", views.TenantHomeView.as_view(), name="tenant_home"),
@@ -15,12 +16,14 @@ tenant_pages: list[URLPattern | URLResolver] = [
     *audit_urls.page_patterns,
     *studies_urls.page_patterns,
     *devices_urls.page_patterns,
+    *training_urls.page_patterns,
 ]
 tenant_api: list[URLPattern | URLResolver] = [
     *tenants_urls.api_patterns,
     *audit_urls.api_patterns,
     *studies_urls.api_patterns,
     *devices_urls.api_patterns,
+    *training_urls.api_patterns,
 ]
 portal_pages: list[URLPattern | URLResolver] = [
     path("", views.HomeView.as_view(), name="home"),

@@ -36,6 +36,7 @@ class Blob(TenantOwnedModel):
         INSTANCE = "instance", "DICOM instance"
         THUMBNAIL = "thumbnail", "Thumbnail"
         EXPORT = "export", "Export archive"
+        CERTIFICATE = "certificate", "Training certificate"
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     storage_name = models.CharField(max_length=255, unique=True)

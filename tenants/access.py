@@ -43,15 +43,66 @@ class Forbidden(Exception):
         self.code = code
 
 
+class GateRefused(Forbidden):
+    """A registered gate refuses this person any patient data (their required training has lapsed, ...).
+    A 403 whose message says what is missing and what to do, and whose `code` a machine can read
+    (`training_expired`, `training_missing`)."""
+
+
+# Gates registered by apps (AppConfig.ready): `gate(actor, tenant)` raises `GateRefused` when the person may
+# have no patient data in the tenant at all, whatever their role, grants or break-glass. They are part of the one
+# decision below: `has_perm` and `visible` run them for every permission that reaches patient data.
+Gate = Callable[[Any, Tenant], None]
+_gates: list[Gate] = []
+
+PATIENT_DATA_PERMISSIONS = frozenset(
+    {
+        "studies.view_study",
+        "tenants.view_studies",
+        "tenants.upload_studies",
+        "tenants.share_studies",
+        "tenants.export_identified",
+    }
+)
+
+
+def gate_register(gate: Gate) -> None:
+    if gate not in _gates:
+        _gates.append(gate)
+
+
+def gates_check(actor: Any, tenant: Tenant) -> None:
+    """Raise the first gate's `GateRefused` for a person in `tenant`; nothing for anyone else."""
+    if not _is_person(actor):
+        return
+    for gate in _gates:
+        gate(actor, tenant)
+
+
 # The role -> tenant permission table. Minimum necessary: admins manage people and devices but see no images,
 # auditors read the trail for a limited time, radiologists and technologists see and send every study of the
 # tenant; referring physicians see only studies that name them or are shared with them (per-study grants).
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.TENANT_ADMIN: frozenset(
-        {"tenants.view_members", "tenants.manage_members", "tenants.view_audit", "tenants.manage_devices"}
+        {
+            "tenants.view_members",
+            "tenants.manage_members",
+            "tenants.view_audit",
+            "tenants.manage_devices",
+            "tenants.view_training",
+            "tenants.manage_training",
+        }
     ),
-    Role.COMPLIANCE_OFFICER: frozenset({"tenants.view_members", "tenants.view_audit", "tenants.review_break_glass"}),
-    Role.AUDITOR: frozenset({"tenants.view_members", "tenants.view_audit"}),
+    Role.COMPLIANCE_OFFICER: frozenset(
+        {
+            "tenants.view_members",
+            "tenants.view_audit",
+            "tenants.review_break_glass",
+            "tenants.view_training",
+            "tenants.manage_training",
+        }
+    ),
+    Role.AUDITOR: frozenset({"tenants.view_members", "tenants.view_audit", "tenants.view_training"}),
     # export_identified: a disclosure (HIPAA 164.528), so only radiologists, and only through studies they see.
     Role.RADIOLOGIST: frozenset(
         {"tenants.view_studies", "tenants.upload_studies", "tenants.share_studies", "tenants.export_identified"}
@@ -137,7 +188,17 @@ def _is_person(actor: Any) -> bool:
 def has_perm(actor: Any, perm: str, obj: Any) -> bool:
     """True when `actor` holds `perm` on `obj`: a tenant permission through their role (on the Tenant), or an
     object permission through the tenant-wide permission that implies it, a guardian grant, or a visibility rule
-    of the object's app (see `visible`)."""
+    of the object's app (see `visible`). For a permission that reaches patient data, a gate's refusal
+    (`GateRefused`, a 403 with its reason) is raised instead of any answer."""
+    if perm in PATIENT_DATA_PERMISSIONS and _is_person(actor):
+        tenant = _tenant_of(obj)
+        scope = current_tenant_or_none()
+        if tenant is not None and scope is not None and scope.pk == tenant.pk:
+            gates_check(actor, tenant)
+    return _has_perm(actor, perm, obj)
+
+
+def _has_perm(actor: Any, perm: str, obj: Any) -> bool:
     if not _is_person(actor):
         return False
     tenant = _tenant_of(obj)
@@ -153,7 +214,7 @@ def has_perm(actor: Any, perm: str, obj: Any) -> bool:
         return codename in set(checker.get_group_perms(tenant)) | set(checker.get_user_perms(tenant))
     if isinstance(obj, Tenant) or scope is None:
         return False
-    return visible(actor, perm, type(obj).objects.filter(pk=obj.pk)).exists()
+    return _visible(actor, perm, type(obj).objects.filter(pk=obj.pk)).exists()
 
 
 def require(actor: Any, perm: str, obj: Any, *, visible_perm: str | None = None) -> None:
@@ -193,16 +254,26 @@ def visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[
     when the actor holds the tenant permission that implies it; otherwise the rows with a guardian grant, as the
     model's visibility rule amends them (for studies: shares still in force, the studies that name a referring
     physician, break-glass grants).
+
+    For a permission that reaches patient data, the registered gates run first: a refusal is raised
+    (`GateRefused`), so no door can mistake it for an empty answer.
     """
+    tenant = current_tenant_or_none()
+    if perm in PATIENT_DATA_PERMISSIONS and tenant is not None:
+        gates_check(actor, tenant)
+    return _visible(actor, perm, qs)
+
+
+def _visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[Any]:
     if not _is_person(actor):
         return qs.none()
     tenant = current_tenant_or_none()
     if tenant is None:
         return qs.none()
     if perm.startswith("tenants."):
-        return qs if has_perm(actor, perm, tenant) else qs.none()
+        return qs if _has_perm(actor, perm, tenant) else qs.none()
     implied_by = IMPLIED_BY_TENANT_PERMISSION.get(perm)
-    if implied_by is not None and has_perm(actor, implied_by, tenant):
+    if implied_by is not None and _has_perm(actor, implied_by, tenant):
         return qs
     granted = get_objects_for_user(
         actor, perm, klass=qs, accept_global_perms=False, with_superuser=False, use_groups=True
@@ -239,7 +310,8 @@ def _image_role_in_scope(actor: Any, tenant: Tenant) -> bool:
 def may_see_images(actor: Any, tenant: Tenant) -> bool:
     """True when `actor` may look for images in `tenant` at all: the tenant permission `tenants.view_studies`
     (every study), or a current membership in an image role (a referring physician: the studies that name
-    them, shares, break-glass). Tenant admins, compliance officers and auditors see no pixels."""
+    them, shares, break-glass). Tenant admins, compliance officers and auditors see no pixels. A gate's refusal
+    is raised (`GateRefused`)."""
     if has_perm(actor, "tenants.view_studies", tenant):
         return True
     return _image_role_in_scope(actor, tenant)

@@ -68,6 +68,8 @@ class Tenant(models.Model):
             ("share_studies", "Share the studies one sees with other people"),
             ("review_break_glass", "Review and sign off emergency (break-glass) access"),
             ("export_identified", "Export studies with patient identity (a disclosure)"),
+            ("view_training", "See everyone's training records"),
+            ("manage_training", "Manage courses and requirements, record and approve completions"),
         ]
 
     def __str__(self) -> str:

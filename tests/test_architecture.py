@@ -55,6 +55,7 @@ FANOUT_TASKS = {
     "studies.tasks.break_glass_expire",
     "studies.tasks.shares_cleanup",
     "studies.tasks.read_tallies_flush",
+    "training.tasks.training_reminders",
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {

@@ -68,6 +68,7 @@ LOCAL_APPS = [
     "audit",
     "devices",
     "studies",
+    "training",
     "portal",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS

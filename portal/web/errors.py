@@ -14,7 +14,7 @@ from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from audit.services import access_denied_record
-from tenants.access import Forbidden, NotVisible
+from tenants.access import Forbidden, GateRefused, NotVisible
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -56,7 +56,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         view = context.get("view")
         request = context.get("request")
         if request is not None and getattr(view, "tenant", None) is not None:
-            access_denied_record(actor=request.user, where=type(view).__name__, method=request.method)
+            refusal = exc if isinstance(exc, GateRefused) else None  # a gate's reason goes on the trail
+            access_denied_record(actor=request.user, where=type(view).__name__, method=request.method,
+                                 code=refusal.code if refusal else "", reason=str(refusal or ""))  # fmt: skip
         exc = exceptions.PermissionDenied(detail=str(exc), code=exc.code)
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()

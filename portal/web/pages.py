@@ -65,7 +65,11 @@ class TenantPageView(View):
                     raise access.Forbidden()
                 response = super().dispatch(request, *args, **kwargs)
             except access.Forbidden as exc:
-                access_denied_record(actor=request.user, where=type(self).__name__, method=request.method or "")
+                refusal = exc if isinstance(exc, access.GateRefused) else None
+                access_denied_record(actor=request.user, where=type(self).__name__, method=request.method or "",
+                                     code=refusal.code if refusal else "", reason=str(refusal or ""))  # fmt: skip
+                if refusal is not None:  # say why and what to do, not a bare 403
+                    return self.render(request, "portal/refused.html", {"refusal": refusal}, status=403)
                 raise PermissionDenied(str(exc)) from exc
             except access.NotVisible as exc:
                 raise Http404() from exc

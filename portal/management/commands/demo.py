@@ -21,6 +21,7 @@ from devices.services import device_register_approved_by_operator
 from tenants import services
 from tenants.models import Role, User
 from tenants.scoping import tenant_scope
+from training import services as training_services
 
 DEMO_PASSWORD = "enclave-demo-passphrase"  # noqa: S105 -- demo only; the command refuses production settings
 TENANTS = [("north", "North Hospital Group", "NORTH"), ("south", "South Hospital Group", "SOUTH")]
@@ -34,6 +35,17 @@ ROLE_NAMES = {
     "referrer": Role.REFERRING_PHYSICIAN,
     "auditor": Role.AUDITOR,
 }
+CLINICIANS = (Role.RADIOLOGIST, Role.TECHNOLOGIST, Role.REFERRING_PHYSICIAN)
+# Training: HIPAA courses block every role; radiation safety and break-glass procedure only warn, for clinicians.
+REQUIREMENTS = [
+    ("hipaa-security-awareness", tuple(Role.values), True),
+    ("hipaa-privacy", tuple(Role.values), True),
+    ("radiation-safety", (Role.RADIOLOGIST, Role.TECHNOLOGIST), False),
+    ("break-glass-procedure", CLINICIANS, False),
+]
+LAPSED_USER, LAPSED_COURSE = "north-referrer", "hipaa-security-awareness"  # lapsed last week: shows the gate
+PENDING_USER, PENDING_COURSE = "north-technologist", "device-handling"  # waits in north's approval queue
+DEMO_CERTIFICATE = b"%PDF-1.4\n% Enclave demo certificate: not a real course\n%%EOF\n"
 
 
 class Command(BaseCommand):
@@ -69,12 +81,50 @@ class Command(BaseCommand):
                     device = self._device(user)
                     secret = base64.b32encode(device.bin_key).decode().rstrip("=")
                     rows.append((user.username, secret))
+                with tenant_scope(tenant):
+                    self._training(slug)
         self.stdout.write(f"Demo loaded. Every demo user's password: {DEMO_PASSWORD}")
         self.stdout.write("DICOM: send to AE title NORTH or SOUTH at 127.0.0.1 (DICOM_PORT, default 11112), calling")
         self.stdout.write("as DEMO_CT (north) or DEMO_MR (south), the approved demo modalities.")
         self.stdout.write("Each user signs in with a TOTP code from an authenticator app set up with this secret:")
         for username, secret in rows:
             self.stdout.write(f"  {username:<22} {secret}")
+        self.stdout.write(
+            f"Training: every demo user's required training is current, except {LAPSED_USER}, whose HIPAA Security "
+            "Awareness lapsed last week: the training gate refuses them patient data (try /dicomweb/north/studies). "
+            f"{PENDING_USER}'s self-reported Device Handling waits for north-compliance's approval."
+        )
+
+    def _training(self, slug: str) -> None:
+        """Adopt the catalogue, set the requirements, and give each member current training (idempotent)."""
+        from tenants.models import Membership
+
+        courses = training_services.catalogue_adopt_by_operator(reason="demo")
+        for code, roles, blocking in REQUIREMENTS:
+            for role in roles:
+                training_services.requirement_set_by_operator(
+                    course=courses[code], role=role, blocking=blocking, grace_days=0, reason="demo"
+                )
+        today = timezone.localdate()
+        for membership in Membership.objects.filter(status=Membership.Status.ACTIVE).select_related("user"):
+            user = membership.user
+            for code, roles, _ in REQUIREMENTS:
+                if membership.role not in roles:
+                    continue
+                course = courses[code]
+                expires_on = course.expiry_for(today - timedelta(days=60))
+                if (user.username, code) == (LAPSED_USER, LAPSED_COURSE):
+                    expires_on = today - timedelta(days=7)
+                training_services.completion_record_by_operator(
+                    user=user, course=course, completed_on=expires_on - timedelta(days=365), expires_on=expires_on,
+                    evidence=DEMO_CERTIFICATE if course.evidence_required else None, reason="demo",
+                )  # fmt: skip
+            if user.username == PENDING_USER:
+                training_services.completion_record_by_operator(
+                    user=user, course=courses[PENDING_COURSE], completed_on=today - timedelta(days=3),
+                    expires_on=courses[PENDING_COURSE].expiry_for(today - timedelta(days=3)), pending=True,
+                    reason="demo: self-reported, waiting for approval",
+                )  # fmt: skip
 
     def _user(self, username: str, *, tenant_name: str, role_label: str) -> User:
         user = User.objects.filter(username__iexact=username).first()

@@ -219,7 +219,7 @@ def test_page_query_budget(client_for, tenant_a, admin_a, make_member, django_as
         make_member(tenant_a, Role.RADIOLOGIST, f"north-r{n:02d}")
     client = client_for(admin_a)
 
-    with django_assert_max_num_queries(18):  # 14, + lockouts, + pending invitations (and their visibility)
+    with django_assert_max_num_queries(19):  # 14, + lockouts, + pending invitations, + the training banner
         response = client.get(URL)
 
     assert response.status_code == 200

@@ -30,6 +30,6 @@ DROP INDEX IF EXISTS studies_study_referring_trgm;
 
 
 class Migration(migrations.Migration):
-    dependencies = [("studies", "0005_export")]
+    dependencies = [("studies", "0006_instance_content_hash_internal_failure")]
 
     operations = [migrations.RunSQL(FORWARD, BACKWARD)]
