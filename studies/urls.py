@@ -37,6 +37,11 @@ page_patterns = [
 ]
 api_patterns: list = [
     path("studies/<str:public_id>/shares/", share_apis.ShareCreateApi.as_view(), name="study_shares"),
+    path(
+        "studies/<str:public_id>/shares/invitations/",
+        share_apis.ShareInvitationCreateApi.as_view(),
+        name="study_share_invitations",
+    ),
     path("studies/<str:public_id>/shares/<str:share_id>/", share_apis.ShareRevokeApi.as_view(), name="study_share"),
     path("break-glass/", break_glass_apis.BreakGlassStartApi.as_view(), name="break_glass"),
 ]

@@ -21,11 +21,19 @@ from studies.services.ingest import (
     ingest_receive,
     ingest_requeue_stale,
 )
-from studies.services.shares import share_create, share_invite_outside, share_revoke, shares_expired_cleanup
+from studies.services.shares import (
+    OUTSIDE_INVITED,
+    share_create,
+    share_invitation_accepted,
+    share_invite_outside,
+    share_revoke,
+    shares_expired_cleanup,
+)
 from studies.services.thumbnails import series_thumbnail_make
 from studies.services.uploads import upload_receive, upload_reject
 
 __all__ = [
+    "OUTSIDE_INVITED",
     "ExportGone",
     "ExportNotReady",
     "Rejected",
@@ -43,6 +51,7 @@ __all__ = [
     "ingest_requeue_stale",
     "series_thumbnail_make",
     "share_create",
+    "share_invitation_accepted",
     "share_invite_outside",
     "share_revoke",
     "shares_expired_cleanup",

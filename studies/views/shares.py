@@ -22,7 +22,7 @@ from portal.web.pages import TenantPageView
 from studies import services
 from studies.models import Study
 from studies.selectors import study_get
-from studies.selectors_access import share_get, share_grantee_candidates, share_list
+from studies.selectors_access import share_get, share_grantee_candidates, share_invitation_pending_list, share_list
 from studies.services.page_reads import study_pages_read_record
 from studies.views.common import form_errors_into, person_name, require_image_access
 from tenants import access
@@ -77,6 +77,7 @@ class StudyAccessView(TenantPageView):
             {"share": s, "in_force": s.revoked_at is None and s.expires_at > now}
             for s in share_list(actor=request.user, study=study)
         ]
+        invited = list(share_invitation_pending_list(actor=request.user, study=study))
         study_pages_read_record(
             actor=request.user,
             studies=[study],
@@ -88,6 +89,7 @@ class StudyAccessView(TenantPageView):
             "study": study,
             "patient_name": person_name(study.patient.name),
             "shares": shares,
+            "invited": invited,
             "member_form": member_form or ShareMemberForm(candidates=candidates, offered=self._offered(candidates)),
             "outside_form": outside_form or ShareOutsideForm(),
             "max_days": settings.SHARE_MAX_DAYS,
@@ -135,7 +137,8 @@ class StudyAccessView(TenantPageView):
             except ValidationError as exc:
                 form_errors_into(form, exc)
             else:
-                messages.success(request, f"Invited {data['email']} and shared the study for {data['days']} days.")
+                # The same answer whether or not an account has this address: nothing was looked up by it.
+                messages.success(request, services.OUTSIDE_INVITED.format(email=data["email"], days=data["days"]))
                 return redirect("portal:study_access", tenant=self.tenant.slug, public_id=study.public_id)
         return self._page(request, study, outside_form=form, status=400)
 
