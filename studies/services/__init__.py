@@ -13,6 +13,7 @@ from studies.services.exports import (
     export_owner_check,
     export_request,
     export_run,
+    export_shown_check,
 )
 from studies.services.ingest import (
     Rejected,
@@ -45,6 +46,7 @@ __all__ = [
     "export_owner_check",
     "export_request",
     "export_run",
+    "export_shown_check",
     "ingest_limits",
     "ingest_process",
     "ingest_receive",
