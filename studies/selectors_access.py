@@ -39,6 +39,13 @@ def share_invitation_pending_list(*, actor: Any, study: Study) -> models.QuerySe
     ).select_related("invitation", "granted_by")
 
 
+def share_invitation_pending_get(*, actor: Any, study: Study, public_id: UUID | str) -> ShareInvitation:
+    try:
+        return share_invitation_pending_list(actor=actor, study=study).get(public_id=public_id)
+    except (ShareInvitation.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
+
+
 def share_get(*, actor: Any, study: Study, public_id: UUID | str) -> StudyShare:
     try:
         return share_list(actor=actor, study=study).get(public_id=public_id)

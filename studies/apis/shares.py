@@ -17,7 +17,7 @@ from portal.web.errors import problem_responses
 from studies import services
 from studies.models import ShareInvitation, StudyShare
 from studies.selectors import study_get
-from studies.selectors_access import share_get, share_grantee_candidates
+from studies.selectors_access import share_get, share_grantee_candidates, share_invitation_pending_get
 
 
 class ShareOutputSerializer(serializers.Serializer):
@@ -112,6 +112,22 @@ class ShareInvitationCreateApi(TenantApi):
         pending = services.share_invite_outside(actor=request.user, study=study, **data.validated_data)
         output = self.OutputSerializer(pending, context={"days": data.validated_data["days"]})
         return Response(output.data, status=status.HTTP_202_ACCEPTED)
+
+
+class ShareInvitationWithdrawApi(TenantApi):
+    @extend_schema(
+        operation_id="study_share_invitation_withdraw",
+        tags=["shares"],
+        summary="Withdraw a share offered to an outside physician before they accept it",
+        description="Its link stops working and nothing is shared. Recorded as INVITATION_REVOKED.",
+        request=None,
+        responses={204: None, **problem_responses(401, 403, 404)},
+    )
+    def delete(self, request: Request, tenant: str, public_id: str, invitation_id: str) -> Response:
+        study = study_get(actor=request.user, public_id=public_id)
+        pending = share_invitation_pending_get(actor=request.user, study=study, public_id=invitation_id)
+        services.share_invitation_withdraw(actor=request.user, pending=pending)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ShareRevokeApi(TenantApi):

@@ -24,7 +24,7 @@ from studies.selectors_access import share_in_force
 from tenants import access
 from tenants.access import membership_current_get
 from tenants.models import Invitation, User
-from tenants.services import invitation_create_for_share
+from tenants.services import invitation_create_for_share, invitation_revoke_for_share
 
 VIEW_STUDY = "studies.view_study"
 
@@ -155,6 +155,14 @@ def share_invite_outside(
     )
     pending.full_clean()
     pending.save()
+    return pending
+
+
+def share_invitation_withdraw(*, actor: Any, pending: ShareInvitation) -> ShareInvitation:
+    """Withdraw a share offered to an outside physician before they accept it (`share_require`): the invitation's
+    link stops working and nothing is ever granted. Idempotent. Records INVITATION_REVOKED."""
+    share_require(actor=actor, study=pending.study)
+    invitation_revoke_for_share(actor=actor, invitation=pending.invitation)
     return pending
 
 

@@ -22,7 +22,13 @@ from portal.web.pages import TenantPageView
 from studies import services
 from studies.models import Study
 from studies.selectors import study_get
-from studies.selectors_access import share_get, share_grantee_candidates, share_invitation_pending_list, share_list
+from studies.selectors_access import (
+    share_get,
+    share_grantee_candidates,
+    share_invitation_pending_get,
+    share_invitation_pending_list,
+    share_list,
+)
 from studies.services.page_reads import study_pages_read_record
 from studies.views.common import form_errors_into, person_name, require_image_access
 from tenants import access
@@ -154,4 +160,19 @@ class ShareRevokeView(TenantPageView):
         share = share_get(actor=request.user, study=study, public_id=share_id)
         services.share_revoke(actor=request.user, share=share)
         messages.success(request, f"The share with {share.grantee.username} is revoked.")
+        return redirect("portal:study_access", tenant=self.tenant.slug, public_id=study.public_id)
+
+
+class ShareInvitationWithdrawView(TenantPageView):
+    """POST /t/<tenant>/studies/<public_id>/access/invitations/<invitation_id>/withdraw/ : withdraw a share
+    offered to an outside physician before they accept it."""
+
+    http_method_names = ["post"]
+
+    def post(self, request: HttpRequest, tenant: str, public_id: uuid.UUID, invitation_id: uuid.UUID) -> HttpResponse:
+        require_image_access(self)
+        study = study_get(actor=request.user, public_id=public_id)
+        pending = share_invitation_pending_get(actor=request.user, study=study, public_id=invitation_id)
+        services.share_invitation_withdraw(actor=request.user, pending=pending)
+        messages.success(request, f"The invitation to {pending.invitation.email} is withdrawn: nothing is shared.")
         return redirect("portal:study_access", tenant=self.tenant.slug, public_id=study.public_id)

@@ -9,6 +9,7 @@ from tenants.services.invitations import (
     invitation_create,
     invitation_create_for_share,
     invitation_revoke,
+    invitation_revoke_for_share,
 )
 from tenants.services.links import invitation_link, set_password_link
 from tenants.services.mail import mail_deliver, mail_queue
@@ -39,6 +40,7 @@ __all__ = [
     "invitation_create_for_share",
     "invitation_link",
     "invitation_revoke",
+    "invitation_revoke_for_share",
     "mail_deliver",
     "mail_queue",
     "membership_change_role",

@@ -249,6 +249,31 @@ def invitation_revoke(*, actor: Any, invitation: Invitation) -> Invitation:
     return invitation
 
 
+@transaction.atomic
+def invitation_revoke_for_share(*, actor: Any, invitation: Invitation) -> Invitation:
+    """Withdraw a pending share invitation (purpose "share") for a clinician who may share studies
+    (`tenants.share_studies`; the caller checks the study): its link stops working. Idempotent; an accepted one
+    cannot be withdrawn (revoke the share instead). Records INVITATION_REVOKED."""
+    access.require(actor, "tenants.share_studies", invitation.tenant)
+    if invitation.purpose != Invitation.Purpose.SHARE:
+        raise access.NotVisible()
+    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if invitation.accepted_at is not None:
+        raise ValidationError({"invitation": "This invitation was accepted: revoke the share instead."})
+    if invitation.revoked_at is not None:
+        return invitation
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at", "updated_at"])
+    audit_event_record(
+        event=EventType.INVITATION_REVOKED,
+        actor=actor,
+        target=invitation,
+        participants=[{"type": "email", "id": invitation.email, "role": "invitee"}],
+        extra={"purpose": Invitation.Purpose.SHARE},
+    )
+    return invitation
+
+
 INVITATION_INVALID = "This invitation link is not valid: it was used, withdrawn or has expired. Ask for a new one."
 
 

@@ -296,3 +296,38 @@ def test_the_api_answers_the_same_and_keeps_the_doors(
     assert foreign.json() == missing.json()
     bad = client.post(api_url(study), {**body, "email": "not-an-email"}, format="json")
     assert bad.status_code == 400, bad.content
+
+
+def test_a_pending_share_can_be_withdrawn_on_the_page_and_by_the_api(
+    tenant_a, tenant_b, radiologist_a, referrer_a, outsider_b, south_referrer, client_for, api_client_for,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
+    study = study_make(tenant_a)
+    clinician = client_for(radiologist_a)
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        clinician.post(page_url(study), outside(south_referrer.email))
+        created = api_client_for(radiologist_a, tenant_a).post(
+            api_url(study), {"email": "other@clinic.example", "first_name": "O", "last_name": "T", "days": 2},
+            format="json",
+        )  # fmt: skip
+    with tenant_scope(tenant_a):
+        by_page = ShareInvitation.objects.get(invitation__email=south_referrer.email)
+    withdraw = f"{page_url(study)}invitations/{by_page.public_id}/withdraw/"
+    by_api = f"{api_url(study)}{created.json()['id']}/"
+
+    assert client_for(outsider_b).post(withdraw.replace("/t/north/", "/t/south/")).status_code == 404
+    assert client_for(outsider_b).post(withdraw).status_code == 404
+    assert api_client_for(referrer_a, tenant_a).delete(by_api).status_code == 404  # cannot see the study
+    assert clinician.post(withdraw).status_code == 302
+    assert api_client_for(radiologist_a, tenant_a).delete(by_api).status_code == 204
+    assert api_client_for(radiologist_a, tenant_a).delete(by_api).status_code == 404  # no longer pending
+
+    browser = client_for(south_referrer)
+    assert browser.get(link_for(south_referrer.email)).status_code == 400  # the link no longer works
+    assert not_a_member(south_referrer, tenant_a)
+    with tenant_scope(tenant_a):
+        assert not StudyShare.objects.exists()
+    withdrawn = events(tenant_a, EventType.INVITATION_REVOKED)
+    assert [e.actor_user for e in withdrawn] == [radiologist_a, radiologist_a]
+    assert "Waiting for acceptance" not in clinician.get(page_url(study)).content.decode()
