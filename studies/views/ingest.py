@@ -89,7 +89,7 @@ class IngestBatchView(TenantPageView):
     required_permission = "tenants.upload_studies"
 
     def get(self, request: HttpRequest, tenant: str, batch: uuid.UUID) -> HttpResponse:
-        mine = ingest_item_list(actor=request.user, batch=batch).filter(actor=request.user)
+        mine = ingest_item_list(actor=request.user, batch=batch).filter(actor_id=request.user.pk)
         items = list(mine.order_by("created_at", "pk"))
         if not items:
             raise Http404()
