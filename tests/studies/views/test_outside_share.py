@@ -331,3 +331,30 @@ def test_a_pending_share_can_be_withdrawn_on_the_page_and_by_the_api(
     withdrawn = events(tenant_a, EventType.INVITATION_REVOKED)
     assert [e.actor_user for e in withdrawn] == [radiologist_a, radiologist_a]
     assert "Waiting for acceptance" not in clinician.get(page_url(study)).content.decode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"email": "a" * 300 + "@clinic.example", "first_name": "A", "last_name": "B", "days": 2},
+        {"email": "a@clinic.example", "first_name": "A" * 500, "last_name": "B", "days": 2},
+        {"email": "a@clinic.example", "first_name": " ", "last_name": " ", "days": 2},
+        {"email": "a@clinic.example", "first_name": "A", "last_name": "B", "days": 0},
+        {"email": "a@clinic.example", "first_name": "A", "last_name": "B", "days": "9" * 30},
+        {"email": "a@clinic.example\x00", "first_name": "A", "last_name": "B", "days": 2},
+        {"email": ["a@clinic.example"], "first_name": {"x": 1}, "last_name": "B", "days": 2},
+    ],
+)
+def test_hostile_input_is_a_400_with_a_reason_and_changes_nothing(
+    tenant_a, radiologist_a, client_for, api_client_for, data
+):
+    study = study_make(tenant_a)
+    page = client_for(radiologist_a).post(
+        page_url(study), {"action": "outside", **{k: str(v) for k, v in data.items()}}
+    )
+    api = api_client_for(radiologist_a, tenant_a).post(api_url(study), data, format="json")
+    assert page.status_code == 400
+    assert api.status_code == 400
+    assert api.json()
+    with tenant_scope(tenant_a):
+        assert not Invitation.objects.exists()
