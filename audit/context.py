@@ -42,3 +42,13 @@ def audit_context(**values: str | None) -> Iterator[AuditContext]:
         yield merged
     finally:
         _context.reset(token)
+
+
+AUDITLOG_MASKED = "[masked]"
+
+
+def auditlog_mask(value: str) -> str:
+    """django-auditlog's mask (AUDITLOG_MASK_CALLABLE) for patient identifiers and secrets: the whole value, not
+    its first half as the library's default does. An empty value stays empty, so a diff still says whether a
+    field was set or cleared."""
+    return value if value in ("", "None") else AUDITLOG_MASKED

@@ -8,7 +8,11 @@ class StudiesConfig(AppConfig):
     def ready(self) -> None:
         from studies.access_rules import study_visibility
         from studies.models import Study
+        from studies.services.shares import share_invitation_accepted
         from tenants.access import break_glass_register, visibility_rule_register
+        from tenants.models import Invitation
+        from tenants.services import invitation_accepted_register
 
         visibility_rule_register(Study, study_visibility)
         break_glass_register(Study, perm="studies.view_study")
+        invitation_accepted_register(Invitation.Purpose.SHARE, share_invitation_accepted)

@@ -249,6 +249,25 @@ class StudyShare(TenantOwnedModel):
         return f"share {self.public_id}"
 
 
+class ShareInvitation(TenantOwnedModel):
+    """A share waiting for an outside physician to accept their invitation (tenants.Invitation, purpose "share").
+    Nothing is granted until then: on acceptance the share is made for the person who accepted, and `share`
+    points at it."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="share_invitations")
+    invitation = models.OneToOneField("tenants.Invitation", on_delete=models.PROTECT, related_name="+")
+    granted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    note = models.CharField(max_length=300, blank=True)
+    expires_at = models.DateTimeField(help_text="When the share ends, whenever it is accepted.")
+    share = models.OneToOneField(StudyShare, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"share invitation {self.public_id}"
+
+
 class BreakGlassGrant(TenantOwnedModel):
     """Emergency access to one study by a clinician without a grant (HIPAA 164.312(a)(2)(ii)): a stated reason,
     a second TOTP check, a few hours at most, an alert to the compliance officers and a review they sign off."""

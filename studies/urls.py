@@ -21,6 +21,11 @@ page_patterns = [
         shares.ShareRevokeView.as_view(),
         name="share_revoke",
     ),
+    path(
+        "studies/<uuid:public_id>/access/invitations/<uuid:invitation_id>/withdraw/",
+        shares.ShareInvitationWithdrawView.as_view(),
+        name="share_invitation_withdraw",
+    ),
     path("break-glass/", break_glass.BreakGlassView.as_view(), name="break_glass"),
     path("break-glass/review/", break_glass.BreakGlassReviewView.as_view(), name="break_glass_review"),
     path(
@@ -37,6 +42,16 @@ page_patterns = [
 ]
 api_patterns: list = [
     path("studies/<str:public_id>/shares/", share_apis.ShareCreateApi.as_view(), name="study_shares"),
+    path(
+        "studies/<str:public_id>/shares/invitations/",
+        share_apis.ShareInvitationCreateApi.as_view(),
+        name="study_share_invitations",
+    ),
+    path(
+        "studies/<str:public_id>/shares/invitations/<str:invitation_id>/",
+        share_apis.ShareInvitationWithdrawApi.as_view(),
+        name="study_share_invitation",
+    ),
     path("studies/<str:public_id>/shares/<str:share_id>/", share_apis.ShareRevokeApi.as_view(), name="study_share"),
     path("break-glass/", break_glass_apis.BreakGlassStartApi.as_view(), name="break_glass"),
 ]

@@ -220,6 +220,17 @@ class Invitation(TenantOwnedModel):
         REVOKED = "revoked", "Withdrawn"
         EXPIRED = "expired", "Expired"
 
+    class Purpose(models.TextChoices):
+        MEMBER = "member", "Membership"
+        SHARE = "share", "Study shared"
+
+    purpose = models.CharField(
+        max_length=16,
+        choices=Purpose.choices,
+        default=Purpose.MEMBER,
+        editable=False,
+        help_text="Why it was sent: to make a member, or to share a study (an app applies the share on acceptance).",
+    )
     email = models.EmailField()
     first_name = models.CharField(max_length=150, blank=True)
     last_name = models.CharField(max_length=150, blank=True)

@@ -284,6 +284,31 @@ AUDITLOG_EXCLUDE_TRACKING_MODELS = (
     "tenants.usersession",
 )
 AUDITLOG_MASK_TRACKING_FIELDS = ("password", "key", "token", "digest")
+# Patient identifiers and patient-derived text, per model (a name such as "name" or "description" would mask other
+# models' fields if listed above): a change shows that the field changed, never its values. The reads and
+# changes themselves are on the AuditEvent trail with the patient as participant.
+AUDITLOG_INCLUDE_TRACKING_MODELS = (
+    {"model": "studies.patient", "mask_fields": ["patient_id", "issuer", "name", "birth_date", "sex"]},
+    {
+        "model": "studies.study",
+        "mask_fields": [
+            "study_instance_uid",
+            "study_date",
+            "accession_number",
+            "description",
+            "referring_physician",
+            "referring_physician_key",
+        ],
+    },
+    {"model": "studies.series", "mask_fields": ["series_instance_uid", "description"]},
+    {"model": "studies.instance", "mask_fields": ["sop_instance_uid"]},
+    {"model": "studies.ingestitem", "mask_fields": ["filename", "reason", "sop_instance_uid"]},
+    {"model": "studies.studyshare", "mask_fields": ["note"]},
+    {"model": "studies.shareinvitation", "mask_fields": ["note"]},
+    {"model": "studies.breakglassgrant", "mask_fields": ["reason", "review_note"]},
+    {"model": "studies.export", "mask_fields": ["purpose", "recipient", "error"], "m2m_fields": ["studies"]},
+)
+AUDITLOG_MASK_CALLABLE = "audit.context.auditlog_mask"
 # Wrapped keys are binary and secret: their changes are facts of the blob's own row, never diffs in the log.
 AUDITLOG_EXCLUDE_TRACKING_FIELDS = (
     "last_login",

@@ -46,6 +46,8 @@ from studies.selectors.shares import (
     share_get,
     share_grantee_candidates,
     share_in_force,
+    share_invitation_pending_get,
+    share_invitation_pending_list,
     share_list,
 )
 from studies.selectors.studies import (
@@ -101,6 +103,8 @@ __all__ = [
     "share_get",
     "share_grantee_candidates",
     "share_in_force",
+    "share_invitation_pending_get",
+    "share_invitation_pending_list",
     "share_list",
     "study_get",
     "study_list",

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
-from studies.models import BreakGlassGrant, Study, StudyShare
+from studies.models import BreakGlassGrant, ShareInvitation, Study, StudyShare
 from tenants import access
 from tenants.models import Membership, User
 from tenants.scoping import current_tenant
@@ -23,6 +23,27 @@ def share_list(*, actor: Any, study: Study) -> models.QuerySet[StudyShare]:
     if not access.has_perm(actor, "studies.view_study", study):
         raise access.NotVisible()
     return StudyShare.objects.filter(study=study).select_related("grantee", "granted_by", "revoked_by")
+
+
+def share_invitation_pending_list(*, actor: Any, study: Study) -> models.QuerySet[ShareInvitation]:
+    """The shares of `study` offered to outside physicians and not accepted yet (invitation still open), for the
+    same members as `share_list`."""
+    share_list(actor=actor, study=study)
+    now = timezone.now()
+    return ShareInvitation.objects.filter(
+        study=study,
+        share__isnull=True,
+        invitation__accepted_at__isnull=True,
+        invitation__revoked_at__isnull=True,
+        invitation__expires_at__gt=now,
+    ).select_related("invitation", "granted_by")
+
+
+def share_invitation_pending_get(*, actor: Any, study: Study, public_id: UUID | str) -> ShareInvitation:
+    try:
+        return share_invitation_pending_list(actor=actor, study=study).get(public_id=public_id)
+    except (ShareInvitation.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
 
 
 def share_get(*, actor: Any, study: Study, public_id: UUID | str) -> StudyShare:

@@ -13,6 +13,7 @@ from studies.services.exports import (
     export_owner_check,
     export_request,
     export_run,
+    export_shown_check,
 )
 from studies.services.ingest import (
     Rejected,
@@ -22,11 +23,20 @@ from studies.services.ingest import (
     ingest_requeue_stale,
 )
 from studies.services.refusals import ingest_refusal_record
-from studies.services.shares import share_create, share_invite_outside, share_revoke, shares_expired_cleanup
+from studies.services.shares import (
+    OUTSIDE_INVITED,
+    share_create,
+    share_invitation_accepted,
+    share_invitation_withdraw,
+    share_invite_outside,
+    share_revoke,
+    shares_expired_cleanup,
+)
 from studies.services.thumbnails import series_thumbnail_make
 from studies.services.uploads import upload_receive, upload_reject
 
 __all__ = [
+    "OUTSIDE_INVITED",
     "ExportGone",
     "ExportNotReady",
     "Rejected",
@@ -38,6 +48,7 @@ __all__ = [
     "export_owner_check",
     "export_request",
     "export_run",
+    "export_shown_check",
     "ingest_limits",
     "ingest_process",
     "ingest_receive",
@@ -45,6 +56,8 @@ __all__ = [
     "ingest_requeue_stale",
     "series_thumbnail_make",
     "share_create",
+    "share_invitation_accepted",
+    "share_invitation_withdraw",
     "share_invite_outside",
     "share_revoke",
     "shares_expired_cleanup",

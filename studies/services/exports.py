@@ -217,6 +217,16 @@ def export_owner_check(*, actor: Any, export: Export) -> None:
         raise access.NotVisible()
 
 
+def export_shown_check(*, actor: Any, export: Export, phase: str = "progress refused") -> None:
+    """For the export's progress page and its status poll: only its owner, and only while they may still have
+    it (`export_permitted`, asked again at every request, as the download does). Otherwise NotVisible (a 404,
+    the same as a missing export); a refused owner is recorded as a failed access (outcome 4, `phase`)."""
+    export_owner_check(actor=actor, export=export)
+    if not export_permitted(actor=actor, export=export):
+        _download_refused_record(actor=actor, export=export, phase=phase)
+        raise access.NotVisible()
+
+
 def export_permitted(*, actor: Any, export: Export) -> bool:
     """True when `actor` may still have `export` now, through tenants.access: a role that sees images
     (`access.may_see_images`), every study of the export visible (`studies.view_study`), and for an identified
@@ -272,8 +282,9 @@ def _download_if_permitted(*, actor: Any, export: Export) -> bytes | None:
 
 
 @transaction.atomic
-def _download_refused_record(*, actor: Any, export: Export) -> None:
-    """The refused download on the trail, committed on its own: the caller answers 404 after it."""
+def _download_refused_record(*, actor: Any, export: Export, phase: str = "download refused") -> None:
+    """The refused download (or progress page) on the trail, committed on its own: the caller answers 404 after
+    it."""
     audit_event_record(
         event=_event_for(export),
         actor=actor,
@@ -281,5 +292,5 @@ def _download_refused_record(*, actor: Any, export: Export) -> None:
         participants=_participants(export.studies.select_related("patient")),
         outcome=Outcome.MINOR_FAILURE,
         outcome_description="the access this export needs is gone",
-        extra=_extra(export, "download refused"),
+        extra=_extra(export, phase),
     )

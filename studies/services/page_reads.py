@@ -1,5 +1,6 @@
 """The audit of the portal's pages that show patient data (HIPAA 164.312(b)): the study list, a study's access
-history, and the pages that name a study's patient (share, export, break-glass, review queue).
+history, the pages that name a study's patient (share, export, break-glass, review queue), and the ingest
+activity page (uploaded file names may hold patient names).
 
 Pages call these before they render; each writes its event in its own transaction and raises if it cannot, so
 a page whose read cannot be recorded shows nothing (a 500 without the data). Views never call the audit writer
@@ -16,7 +17,7 @@ from django.db import transaction
 
 from audit.events import EventType
 from audit.services import audit_event_record
-from studies.models import Study
+from studies.models import IngestItem, Study
 from studies.services.reads import study_participants
 from tenants.models import Tenant
 
@@ -90,4 +91,30 @@ def study_history_read_record(*, actor: Any, tenant: Tenant, study: Study, resou
         target={"type": "audit_log", "id": resource, "name": f"Access history of study {study.public_id}"},
         participants=study_participants(study),
         extra={"study": study.study_instance_uid, "results": results},
+    )
+
+
+@transaction.atomic
+def ingest_items_shown_record(
+    *, actor: Any, tenant: Tenant, items: Iterable[IngestItem], resource: str, source_address: str | None = None
+) -> None:
+    """One INSTANCES_ACCESSED event for a page of the ingest activity: its rows show what came in (file names,
+    reasons, which may name a patient), so the items shown and the patients and studies they were stored under
+    are recorded. A page that shows no item records nothing."""
+    items = list(items)
+    if not items:
+        return
+    instance_ids = [item.instance_id for item in items if item.instance_id is not None]
+    studies = Study.objects.filter(series__instances__pk__in=instance_ids).select_related("patient").distinct()
+    audit_event_record(
+        event=EventType.INSTANCES_ACCESSED,
+        actor=actor,
+        tenant=tenant,
+        participants=_participants(studies),
+        source_address=source_address,
+        extra={
+            "resource": resource[:300],
+            "kind": "ingest activity",
+            "items": [str(item.public_id) for item in items],
+        },
     )

@@ -1,6 +1,11 @@
 """Sharing one study with one person for a limited time: a StudyShare row (who, until when, revoked?) and a
 django-guardian grant made through tenants.access. The visibility rule (studies.access_rules) honours the grant
-only while its share is in force, so an expired or revoked share stops working at once."""
+only while its share is in force, so an expired or revoked share stops working at once.
+
+An outside physician is invited (tenants.services.invitation_create_for_share) with the share bound to the
+invitation (ShareInvitation); nothing is granted, and no account joins the tenant, until the person accepts.
+`share_invitation_accepted` (registered in StudiesConfig.ready) then makes the share, in the accepting
+transaction."""
 
 from __future__ import annotations
 
@@ -14,13 +19,13 @@ from django.utils import timezone
 
 from audit.events import EventType
 from audit.services import audit_event_record, participant
-from studies.models import Study, StudyShare
+from studies.models import ShareInvitation, Study, StudyShare
 from studies.selectors import share_in_force
 from studies.services.reads import read_participants
 from tenants import access
 from tenants.access import membership_current_get
-from tenants.models import User
-from tenants.services import membership_add_for_share
+from tenants.models import Invitation, User
+from tenants.services import invitation_create_for_share, invitation_revoke_for_share
 
 VIEW_STUDY = "studies.view_study"
 
@@ -73,8 +78,26 @@ def share_create(*, actor: Any, study: Study, grantee: User, expires_at: datetim
     _validate_expiry(expires_at)
     if share_in_force(study=study, grantee=grantee) is not None:
         raise ValidationError({"grantee": "This study is already shared with this person."})
+    return _share_open(actor=actor, study=study, grantee=grantee, granted_by=actor, expires_at=expires_at, note=note)
+
+
+def _share_open(
+    *,
+    actor: Any,
+    study: Study,
+    grantee: User,
+    granted_by: User,
+    expires_at: datetime,
+    note: str,
+    extra: dict[str, Any] | None = None,
+) -> StudyShare:
     share = StudyShare(
-        tenant=study.tenant, study=study, grantee=grantee, granted_by=actor, expires_at=expires_at, note=note.strip()
+        tenant=study.tenant,
+        study=study,
+        grantee=grantee,
+        granted_by=granted_by,
+        expires_at=expires_at,
+        note=note.strip(),
     )
     share.full_clean()
     share.save()
@@ -84,26 +107,33 @@ def share_create(*, actor: Any, study: Study, grantee: User, expires_at: datetim
         actor=actor,
         target=share,
         participants=[*study_participants(study), participant(grantee, role="grantee")],
-        extra={"expires_at": expires_at.isoformat(), "note": share.note},
+        extra={"expires_at": expires_at.isoformat(), "note": share.note, **(extra or {})},
     )
     return share
+
+
+OUTSIDE_INVITED = (
+    "An invitation to {email} is queued: the study is shared with them for {days} days once they accept it "
+    "(signed in with their account and two-factor sign-in, or with a new one). Nothing is granted before."
+)
 
 
 @transaction.atomic
 def share_invite_outside(
     *, actor: Any, study: Study, email: str, first_name: str, last_name: str, days: int, note: str = ""
-) -> StudyShare:
-    """Share `study` with an outside referring physician for `days` days: a referring-physician membership
-    ending when the share ends (tenants.services.membership_add_for_share; a new account gets a set-password
-    link), an email with the study's link (sign-in with MFA still needed), then `share_create`. A person who
-    is already a current member is refused there: share with them directly."""
+) -> ShareInvitation:
+    """Offer `study` to an outside referring physician for `days` days: an invitation to `email`
+    (tenants.services.invitation_create_for_share: a referring-physician membership ending when the share ends,
+    opened only when the person accepts) with the share bound to it. Needs `share_require`. Nothing is looked up
+    by the address, so the answer (OUTSIDE_INVITED) is the same whether or not an account exists, and names
+    none. Records INVITATION_SENT with the patient, the study and the address."""
     share_require(actor=actor, study=study)
     if not 1 <= days <= settings.SHARE_MAX_DAYS:
         raise ValidationError({"days": f"A share lasts from 1 to {settings.SHARE_MAX_DAYS} days."})
     if not first_name.strip() or not last_name.strip():
         raise ValidationError({"last_name": "Give the physician's first and last name."})
     expires_at = timezone.now() + timedelta(days=days)
-    membership = membership_add_for_share(
+    invitation = invitation_create_for_share(
         actor=actor,
         tenant=study.tenant,
         email=email,
@@ -111,8 +141,67 @@ def share_invite_outside(
         last_name=last_name,
         ends_at=expires_at,
         link=study_link(study),
+        participants=study_participants(study),
     )
-    return share_create(actor=actor, study=study, grantee=membership.user, expires_at=expires_at, note=note)
+    pending = ShareInvitation(
+        tenant=study.tenant,
+        study=study,
+        invitation=invitation,
+        granted_by=actor,
+        note=note.strip(),
+        expires_at=expires_at,
+    )
+    pending.full_clean()
+    pending.save()
+    return pending
+
+
+def share_invitation_withdraw(*, actor: Any, pending: ShareInvitation) -> ShareInvitation:
+    """Withdraw a share offered to an outside physician before they accept it (`share_require`): the invitation's
+    link stops working and nothing is ever granted. Idempotent. Records INVITATION_REVOKED."""
+    share_require(actor=actor, study=pending.study)
+    invitation_revoke_for_share(actor=actor, invitation=pending.invitation)
+    return pending
+
+
+def share_invitation_accepted(*, invitation: Invitation, user: User) -> None:
+    """Acceptance of an invitation with purpose "share" (registered with tenants.services): the share bound to
+    it is made for `user`, who now is a member, until the end the sharer chose. Runs in the accepting
+    transaction and tenant scope; a refusal (the sharer may no longer share the study, the person's role sees no
+    images) undoes the acceptance. Records STUDY_SHARED with the person as actor and the sharer named."""
+    pending = (
+        ShareInvitation.objects.select_for_update()
+        .select_related("study", "study__patient", "study__tenant", "granted_by")
+        .filter(invitation=invitation)
+        .first()
+    )
+    if pending is None or pending.share_id is not None:
+        return
+    study, sharer = pending.study, pending.granted_by
+    if pending.expires_at <= timezone.now():
+        raise ValidationError("This share has already ended: ask for a new one.")
+    if sharer.pk == user.pk:
+        raise ValidationError("You cannot share a study with yourself.")
+    if not (access.has_perm(sharer, VIEW_STUDY, study) and access.has_perm(sharer, "tenants.share_studies", study)):
+        raise ValidationError("The person who shared this study may no longer share it: ask them again.")
+    if not access.may_see_images(user, study.tenant):
+        raise ValidationError(
+            "Your role here sees no images: studies are shared only with radiologists, technologists and "
+            "referring physicians."
+        )
+    share = share_in_force(study=study, grantee=user)
+    if share is None or share.expires_at < pending.expires_at:
+        share = _share_open(
+            actor=user,
+            study=study,
+            grantee=user,
+            granted_by=sharer,
+            expires_at=pending.expires_at,
+            note=pending.note,
+            extra={"via": "invitation", "invitation": str(invitation.public_id)},
+        )
+    pending.share = share
+    pending.save(update_fields=["share", "updated_at"])
 
 
 @transaction.atomic

@@ -2,7 +2,8 @@
 
 - `studies/<public_id>/export/`: ask for an export of one study (a member who sees the study);
 - `exports/search/`: ask for an export of a study search result (POST with the study list's filters);
-- `exports/<public_id>/`: the export's progress bar (static/js/export.js polls `status.json`);
+- `exports/<public_id>/`: the export's progress bar (static/js/export.js polls `status.json`), for its owner
+  while they may still have the export (re-checked at every request, as the download is);
 - `exports/<public_id>/download/`: the zip, once, for its owner while they may still see every study in it;
   after that 410 Gone.
 
@@ -147,6 +148,14 @@ def _own_export(request: HttpRequest, public_id: str) -> Export:
     return export
 
 
+def _shown_export(request: HttpRequest, public_id: str, phase: str) -> Export:
+    """The export for its progress page or status poll: its owner, while still allowed to have it (asked again
+    at every request, as the download does); otherwise the 404 of a missing export, recorded for the owner."""
+    export = _own_export(request, public_id)
+    services.export_shown_check(actor=request.user, export=export, phase=phase)
+    return export
+
+
 def _status(export: Export, tenant_slug: str) -> dict[str, Any]:
     ready = export.state == Export.State.DONE and export.downloaded_at is None
     return {
@@ -163,19 +172,19 @@ def _status(export: Export, tenant_slug: str) -> dict[str, Any]:
 
 
 class ExportProgressView(TenantPageView):
-    """/t/<tenant>/exports/<public_id>/ : the owner's progress page."""
+    """/t/<tenant>/exports/<public_id>/ : the owner's progress page, while they may still have the export."""
 
     def get(self, request: HttpRequest, tenant: str, public_id: str) -> HttpResponse:
-        export = _own_export(request, public_id)
+        export = _shown_export(request, public_id, "progress refused")
         ctx = {"export": export, "status": _status(export, self.tenant.slug)}
         return self.render(request, "studies/export_progress.html", ctx)
 
 
 class ExportStatusView(TenantPageView):
-    """/t/<tenant>/exports/<public_id>/status.json : what the progress bar polls."""
+    """/t/<tenant>/exports/<public_id>/status.json : what the progress bar polls (the same re-check)."""
 
     def get(self, request: HttpRequest, tenant: str, public_id: str) -> HttpResponse:
-        export = _own_export(request, public_id)
+        export = _shown_export(request, public_id, "status refused")
         return JsonResponse(_status(export, self.tenant.slug), headers={"Cache-Control": "no-store"})
 
 

@@ -19,6 +19,7 @@ from studies.forms import IngestFilterForm, UploadFileForm
 from studies.models import IngestItem
 from studies.selectors import ingest_item_list, ingest_state_counts, scanner_description
 from studies.services import upload_receive
+from studies.services.page_reads import ingest_items_shown_record
 
 INGEST_PAGE_SIZE = 50
 
@@ -82,12 +83,14 @@ class UploadFilesView(TenantPageView):
 
 class IngestBatchView(TenantPageView):
     """GET /t/<tenant>/ingest/batch/<batch>/ : JSON with the state of every item of an upload batch, for the
-    upload page to poll. A batch with no item here is a 404, whoever's it is."""
+    upload page to poll: only the items the requester sent (their own file names, nothing of anyone else's). A
+    batch with none of theirs is a 404, whoever's it is."""
 
     required_permission = "tenants.upload_studies"
 
     def get(self, request: HttpRequest, tenant: str, batch: uuid.UUID) -> HttpResponse:
-        items = list(ingest_item_list(actor=request.user, batch=batch).order_by("created_at", "pk"))
+        mine = ingest_item_list(actor=request.user, batch=batch).filter(actor_id=request.user.pk)
+        items = list(mine.order_by("created_at", "pk"))
         if not items:
             raise Http404()
         payload = [item_json(item) for item in items]
@@ -96,7 +99,9 @@ class IngestBatchView(TenantPageView):
 
 class IngestActivityView(TenantPageView):
     """/t/<tenant>/ingest/ : what came in through every door: counts by state, the latest items with their reason,
-    a filter by state (a state name in the query string: no patient data), and which malware scanner runs."""
+    a filter by state (a state name in the query string: no patient data), and which malware scanner runs. File
+    names and reasons may name a patient: each page of items shown is recorded first
+    (`ingest_items_shown_record`)."""
 
     required_permission = "tenants.upload_studies"
 
@@ -107,13 +112,21 @@ class IngestActivityView(TenantPageView):
         paginator = Paginator(ingest_item_list(actor=request.user, state=state), INGEST_PAGE_SIZE)
         page_obj = paginator.get_page(form.cleaned_data.get("page") if valid else 1)
         counts = ingest_state_counts(actor=request.user)
+        items = list(page_obj.object_list)
+        ingest_items_shown_record(
+            actor=request.user,
+            tenant=self.tenant,
+            items=items,
+            resource=request.path,
+            source_address=request.META.get("REMOTE_ADDR"),
+        )
         context = {
             "form": form,
             "state": state,
             "counts": [(value, label, counts.get(value, 0)) for value, label in IngestItem.State.choices],
             "total": sum(counts.values()),
             "page_obj": page_obj,
-            "items": list(page_obj.object_list),
+            "items": items,
             "scanner": scanner_description(),
             "clamd": bool(settings.CLAMD_ADDRESS),
         }

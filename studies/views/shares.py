@@ -21,7 +21,14 @@ from django.utils import timezone
 from portal.web.pages import TenantPageView
 from studies import services
 from studies.models import Study
-from studies.selectors import share_get, share_grantee_candidates, share_list, study_get
+from studies.selectors import (
+    share_get,
+    share_grantee_candidates,
+    share_invitation_pending_get,
+    share_invitation_pending_list,
+    share_list,
+    study_get,
+)
 from studies.services.page_reads import study_pages_read_record
 from studies.views.common import form_errors_into, person_name, require_image_access
 from tenants import access
@@ -76,6 +83,7 @@ class StudyAccessView(TenantPageView):
             {"share": s, "in_force": s.revoked_at is None and s.expires_at > now}
             for s in share_list(actor=request.user, study=study)
         ]
+        invited = list(share_invitation_pending_list(actor=request.user, study=study))
         study_pages_read_record(
             actor=request.user,
             studies=[study],
@@ -87,6 +95,7 @@ class StudyAccessView(TenantPageView):
             "study": study,
             "patient_name": person_name(study.patient.name),
             "shares": shares,
+            "invited": invited,
             "member_form": member_form or ShareMemberForm(candidates=candidates, offered=self._offered(candidates)),
             "outside_form": outside_form or ShareOutsideForm(),
             "max_days": settings.SHARE_MAX_DAYS,
@@ -134,7 +143,8 @@ class StudyAccessView(TenantPageView):
             except ValidationError as exc:
                 form_errors_into(form, exc)
             else:
-                messages.success(request, f"Invited {data['email']} and shared the study for {data['days']} days.")
+                # The same answer whether or not an account has this address: nothing was looked up by it.
+                messages.success(request, services.OUTSIDE_INVITED.format(email=data["email"], days=data["days"]))
                 return redirect("portal:study_access", tenant=self.tenant.slug, public_id=study.public_id)
         return self._page(request, study, outside_form=form, status=400)
 
@@ -150,4 +160,19 @@ class ShareRevokeView(TenantPageView):
         share = share_get(actor=request.user, study=study, public_id=share_id)
         services.share_revoke(actor=request.user, share=share)
         messages.success(request, f"The share with {share.grantee.username} is revoked.")
+        return redirect("portal:study_access", tenant=self.tenant.slug, public_id=study.public_id)
+
+
+class ShareInvitationWithdrawView(TenantPageView):
+    """POST /t/<tenant>/studies/<public_id>/access/invitations/<invitation_id>/withdraw/ : withdraw a share
+    offered to an outside physician before they accept it."""
+
+    http_method_names = ["post"]
+
+    def post(self, request: HttpRequest, tenant: str, public_id: uuid.UUID, invitation_id: uuid.UUID) -> HttpResponse:
+        require_image_access(self)
+        study = study_get(actor=request.user, public_id=public_id)
+        pending = share_invitation_pending_get(actor=request.user, study=study, public_id=invitation_id)
+        services.share_invitation_withdraw(actor=request.user, pending=pending)
+        messages.success(request, f"The invitation to {pending.invitation.email} is withdrawn: nothing is shared.")
         return redirect("portal:study_access", tenant=self.tenant.slug, public_id=study.public_id)

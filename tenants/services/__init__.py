@@ -5,14 +5,16 @@ from tenants.services.invitations import (
     INVITATION_INVALID,
     invitation_accept,
     invitation_accept_new_account,
+    invitation_accepted_register,
     invitation_create,
+    invitation_create_for_share,
     invitation_revoke,
+    invitation_revoke_for_share,
 )
 from tenants.services.links import invitation_link, set_password_link
 from tenants.services.mail import mail_deliver, mail_queue
 from tenants.services.memberships import (
     account_unlock,
-    membership_add_for_share,
     membership_change_role,
     membership_end,
     membership_grant_by_operator,
@@ -33,12 +35,14 @@ __all__ = [
     "api_token_touch",
     "invitation_accept",
     "invitation_accept_new_account",
+    "invitation_accepted_register",
     "invitation_create",
+    "invitation_create_for_share",
     "invitation_link",
     "invitation_revoke",
+    "invitation_revoke_for_share",
     "mail_deliver",
     "mail_queue",
-    "membership_add_for_share",
     "membership_change_role",
     "membership_end",
     "membership_grant_by_operator",

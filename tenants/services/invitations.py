@@ -2,7 +2,12 @@
 role; the person accepts with the link sent there, signed in with their existing account (password and TOTP) or
 by creating one. No account joins a tenant without accepting.
 
-The answer to the administrator is the same whether or not an account with that address exists, and names no
+A clinician who shares a study with an outside physician sends the same kind of invitation
+(`invitation_create_for_share`, purpose "share"): a referring-physician membership that ends with the share, opened
+only when the person accepts; the app that owns the share registers what acceptance then does
+(`invitation_accepted_register`), in the same transaction.
+
+The answer to the sender is the same whether or not an account with that address exists, and names no
 account: nothing is looked up by the address until the person accepts. The link's token is 256 random bits,
 stored as a SHA-256 digest, single use, and expires after INVITATION_DAYS.
 """
@@ -10,6 +15,7 @@ stored as a SHA-256 digest, single use, and expires after INVITATION_DAYS.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +29,7 @@ from django.utils import timezone
 from audit.events import EventType
 from audit.services import audit_event_record, participant
 from tenants import access
-from tenants.models import Invitation, Membership, Tenant, User
+from tenants.models import Invitation, Membership, Role, Tenant, User
 from tenants.scoping import tenant_scope
 from tenants.services.links import invitation_link
 from tenants.services.mail import mail_queue
@@ -34,6 +40,61 @@ INVITATION_TOKEN_PREFIX = "inv_"  # noqa: S105 -- a marker for secret scanners, 
 
 def invitation_days() -> int:
     return int(getattr(settings, "INVITATION_DAYS", 7))
+
+
+# What acceptance does beyond the membership, per purpose, registered by the app that owns it in AppConfig.ready()
+# (studies: the share an invitation carries). Called inside the accepting transaction and tenant scope; a
+# ValidationError there undoes the acceptance.
+InvitationAccepted = Callable[..., None]
+_accepted_hooks: dict[str, list[InvitationAccepted]] = {}
+
+
+def invitation_accepted_register(purpose: str, hook: InvitationAccepted) -> None:
+    """Register `hook(invitation=..., user=...)`, run when an invitation of `purpose` is accepted."""
+    hooks = _accepted_hooks.setdefault(purpose, [])
+    if hook not in hooks:
+        hooks.append(hook)
+
+
+def _email_validated(email: str) -> str:
+    email = (email or "").strip().lower()
+    if not email:
+        raise ValidationError({"email": "Give the person's e-mail address: the invitation is sent there."})
+    try:
+        validate_email(email)
+    except ValidationError as exc:
+        raise ValidationError({"email": "Enter a valid e-mail address."}) from exc
+    return email
+
+
+def _invitation_new(
+    *,
+    actor: Any,
+    tenant: Tenant,
+    email: str,
+    role: str,
+    first_name: str,
+    last_name: str,
+    ends_at: datetime | None,
+    purpose: str,
+    expires_at: datetime,
+) -> tuple[Invitation, str]:
+    raw = INVITATION_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    invitation = Invitation(
+        tenant=tenant,
+        email=email,
+        first_name=first_name.strip(),
+        last_name=last_name.strip(),
+        role=role,
+        ends_at=ends_at,
+        purpose=purpose,
+        invited_by=actor if isinstance(actor, User) else None,
+        digest=Invitation.digest_of(raw),
+        expires_at=expires_at,
+    )
+    invitation.full_clean()
+    invitation.save()
+    return invitation, raw
 
 
 def _invitation_mail(*, invitation: Invitation, tenant: Tenant, raw: str) -> None:
@@ -68,31 +129,24 @@ def invitation_create(
     same address here is withdrawn and replaced (the newest link is the one that works). The e-mail is queued
     after the commit. Records INVITATION_SENT (the address as participant, never an account)."""
     access.require(actor, "tenants.manage_members", tenant, visible_perm="tenants.view_members")
-    email = (email or "").strip().lower()
-    if not email:
-        raise ValidationError({"email": "Give the person's e-mail address: the invitation is sent there."})
-    try:
-        validate_email(email)
-    except ValidationError as exc:
-        raise ValidationError({"email": "Enter a valid e-mail address."}) from exc
+    email = _email_validated(email)
     role_and_end_validate(role, ends_at)
     now = timezone.now()
-    replaced = Invitation.objects.filter(email=email, accepted_at__isnull=True, revoked_at__isnull=True)
+    replaced = Invitation.objects.filter(
+        email=email, purpose=Invitation.Purpose.MEMBER, accepted_at__isnull=True, revoked_at__isnull=True
+    )
     replaced_count = replaced.update(revoked_at=now, updated_at=now)
-    raw = INVITATION_TOKEN_PREFIX + secrets.token_urlsafe(32)
-    invitation = Invitation(
+    invitation, raw = _invitation_new(
+        actor=actor,
         tenant=tenant,
         email=email,
-        first_name=first_name.strip(),
-        last_name=last_name.strip(),
         role=role,
+        first_name=first_name,
+        last_name=last_name,
         ends_at=ends_at,
-        invited_by=actor if isinstance(actor, User) else None,
-        digest=Invitation.digest_of(raw),
+        purpose=Invitation.Purpose.MEMBER,
         expires_at=now + timedelta(days=invitation_days()),
     )
-    invitation.full_clean()
-    invitation.save()
     audit_event_record(
         event=EventType.INVITATION_SENT,
         actor=actor,
@@ -106,6 +160,71 @@ def invitation_create(
         },
     )
     _invitation_mail(invitation=invitation, tenant=tenant, raw=raw)
+    return invitation
+
+
+@transaction.atomic
+def invitation_create_for_share(
+    *,
+    actor: Any,
+    tenant: Tenant,
+    email: str,
+    first_name: str,
+    last_name: str,
+    ends_at: datetime,
+    link: str,
+    participants: list[dict[str, Any]] | None = None,
+) -> Invitation:
+    """The narrow path by which a clinician who shares a study (`tenants.share_studies`, not manage_members)
+    invites an outside physician: an invitation as referring physician whose membership would end at `ends_at`
+    (when the share ends), open until then or INVITATION_DAYS, whichever comes first. Nothing is looked up by the
+    address: whether an account exists, is deactivated or already belongs here, the sender gets the same answer,
+    and no account joins without accepting (`invitation_accept`). The caller binds what is shared to the
+    invitation and registers what acceptance does. The e-mail carries the accept link and `link` (the study,
+    behind sign-in and MFA), and names no patient. Records INVITATION_SENT (the address as participant, with the
+    caller's `participants`: what is offered)."""
+    access.require(actor, "tenants.share_studies", tenant)
+    email = _email_validated(email)
+    if not first_name.strip() or not last_name.strip():
+        raise ValidationError({"last_name": "Give the physician's first and last name."})
+    role_and_end_validate(Role.REFERRING_PHYSICIAN, ends_at)
+    expires_at = min(timezone.now() + timedelta(days=invitation_days()), ends_at)
+    invitation, raw = _invitation_new(
+        actor=actor,
+        tenant=tenant,
+        email=email,
+        role=Role.REFERRING_PHYSICIAN,
+        first_name=first_name,
+        last_name=last_name,
+        ends_at=ends_at,
+        purpose=Invitation.Purpose.SHARE,
+        expires_at=expires_at,
+    )
+    audit_event_record(
+        event=EventType.INVITATION_SENT,
+        actor=actor,
+        target=invitation,
+        participants=[*(participants or []), {"type": "email", "id": email, "role": "invitee"}],
+        extra={
+            "role": Role.REFERRING_PHYSICIAN,
+            "purpose": Invitation.Purpose.SHARE,
+            "ends_at": ends_at.isoformat(),
+            "expires_at": expires_at.isoformat(),
+        },
+    )
+    mail_queue(
+        subject=f"A study was shared with you on Enclave ({tenant.name})",
+        body=(
+            f"{invitation.first_name} {invitation.last_name},\n\n"
+            f"A clinician of {tenant.name} shared a study with you on Enclave, until {ends_at:%Y-%m-%d %H:%M} UTC.\n"
+            f"Accept here, until {expires_at:%Y-%m-%d %H:%M} UTC: {invitation_link(raw_token=raw)}\n"
+            "If you already have an Enclave account, sign in with it to accept; otherwise you will choose a user "
+            "name and password, then set up an authenticator app for two-factor sign-in.\n"
+            f"Once you have accepted, the study opens here after you sign in: {link}\n"
+            "If you did not expect this, ignore this message: nothing happens unless you accept.\n"
+        ),
+        to=[invitation.email],
+    )
     return invitation
 
 
@@ -130,6 +249,31 @@ def invitation_revoke(*, actor: Any, invitation: Invitation) -> Invitation:
     return invitation
 
 
+@transaction.atomic
+def invitation_revoke_for_share(*, actor: Any, invitation: Invitation) -> Invitation:
+    """Withdraw a pending share invitation (purpose "share") for a clinician who may share studies
+    (`tenants.share_studies`; the caller checks the study): its link stops working. Idempotent; an accepted one
+    cannot be withdrawn (revoke the share instead). Records INVITATION_REVOKED."""
+    access.require(actor, "tenants.share_studies", invitation.tenant)
+    if invitation.purpose != Invitation.Purpose.SHARE:
+        raise access.NotVisible()
+    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if invitation.accepted_at is not None:
+        raise ValidationError({"invitation": "This invitation was accepted: revoke the share instead."})
+    if invitation.revoked_at is not None:
+        return invitation
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at", "updated_at"])
+    audit_event_record(
+        event=EventType.INVITATION_REVOKED,
+        actor=actor,
+        target=invitation,
+        participants=[{"type": "email", "id": invitation.email, "role": "invitee"}],
+        extra={"purpose": Invitation.Purpose.SHARE},
+    )
+    return invitation
+
+
 INVITATION_INVALID = "This invitation link is not valid: it was used, withdrawn or has expired. Ask for a new one."
 
 
@@ -144,8 +288,23 @@ def _claim(*, invitation_id: int) -> Invitation:
 def _accept(*, invitation: Invitation, user: User, new_account: bool) -> Membership:
     existing = Membership.objects.filter(user=user).first()
     if existing is not None and existing.is_current():
-        raise ValidationError(f"You are already a member of {invitation.tenant.name}.")
-    membership = membership_open(tenant=invitation.tenant, user=user, role=invitation.role, ends_at=invitation.ends_at)
+        if invitation.purpose != Invitation.Purpose.SHARE:
+            raise ValidationError(f"You are already a member of {invitation.tenant.name}.")
+        # A share for a current member: the membership stays as it is, except that a referring physician's
+        # membership made for an earlier share lasts as long as this one.
+        membership = existing
+        if (
+            membership.role == Role.REFERRING_PHYSICIAN
+            and membership.ends_at is not None
+            and invitation.ends_at is not None
+            and membership.ends_at < invitation.ends_at
+        ):
+            membership.ends_at = invitation.ends_at
+            membership.save(update_fields=["ends_at", "updated_at"])
+    else:
+        membership = membership_open(
+            tenant=invitation.tenant, user=user, role=invitation.role, ends_at=invitation.ends_at
+        )
     invitation.accepted_at, invitation.accepted_by = timezone.now(), user
     invitation.save(update_fields=["accepted_at", "accepted_by", "updated_at"])
     audit_event_record(
@@ -153,8 +312,15 @@ def _accept(*, invitation: Invitation, user: User, new_account: bool) -> Members
         actor=user,
         target=membership,
         participants=[participant(invitation), participant(user, role="member")],
-        extra={"role": invitation.role, "new_account": new_account, "invited_by_id": invitation.invited_by_id},
+        extra={
+            "role": membership.role,
+            "purpose": invitation.purpose,
+            "new_account": new_account,
+            "invited_by_id": invitation.invited_by_id,
+        },
     )
+    for hook in _accepted_hooks.get(invitation.purpose, []):
+        hook(invitation=invitation, user=user)
     return membership
 
 

@@ -1,8 +1,8 @@
-"""Memberships: a person's role in a tenant, its end, and the ways it is opened without an invitation (the
-share path for outside physicians, platform operators). Each change writes its audit event in its transaction.
+"""Memberships: a person's role in a tenant, its end, and the one way it is opened without an invitation
+(platform operators). Each change writes its audit event in its transaction.
 
-A tenant administrator never adds an existing account directly: that is an invitation the person accepts
-(`tenants.services.invitations`)."""
+Neither a tenant administrator nor a clinician sharing a study adds an account directly: that is an invitation
+the person accepts (`tenants.services.invitations`)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ from audit.services import audit_event_record, participant
 from tenants import access, selectors
 from tenants.models import ApiToken, Membership, Role, Tenant, User
 from tenants.scoping import tenant_scope
-from tenants.services.links import set_password_link
-from tenants.services.mail import mail_queue
 from tenants.services.sessions import sessions_end_for_user
 from tenants.services.tokens import tokens_revoke
 
@@ -38,15 +36,6 @@ def role_and_end_validate(role: str, ends_at: datetime | None) -> None:
         raise ValidationError({"ends_at": "The end date must be in the future."})
 
 
-def account_for_invitation(*, username: str, email: str, first_name: str, last_name: str) -> User:
-    """A new account with no usable password: its owner chooses one from the invitation email."""
-    user = User(username=username, email=email, first_name=first_name, last_name=last_name)
-    user.set_unusable_password()
-    user.full_clean()
-    user.save()
-    return user
-
-
 def membership_open(*, tenant: Tenant, user: User, role: str, ends_at: datetime | None) -> Membership:
     """Give `user` `role` in the current tenant: a new membership, or their former one reinstated (one row per
     person and tenant), with the role group to match. Callers check who may do it and record the event."""
@@ -56,69 +45,6 @@ def membership_open(*, tenant: Tenant, user: User, role: str, ends_at: datetime 
     membership.full_clean()
     membership.save()
     access.membership_groups_sync(membership=membership)
-    return membership
-
-
-def _invite_for_share(*, user: User, tenant: Tenant, link: str, new_user: bool) -> None:
-    """E-mail an outside physician the shared study's link (and, for a new account, the set-password link). The
-    link opens only after sign-in with password and TOTP; the e-mail names no patient."""
-    lines = [
-        f"Hello {user.get_full_name() or user.username},\n",
-        f"A clinician of {tenant.name} shared a study with you.",
-    ]
-    if new_user:
-        lines.append(
-            f"First choose your password (user name: {user.username}): {set_password_link(user=user)}\n"
-            "then set up an authenticator app for two-factor sign-in."
-        )
-    lines.append(f"The study, after you sign in: {link}")
-    mail_queue(
-        subject=f"A study was shared with you on Enclave ({tenant.name})",
-        body="\n".join(lines) + "\n",
-        to=[user.email],
-    )
-
-
-@transaction.atomic
-def membership_add_for_share(
-    *, actor: Any, tenant: Tenant, email: str, first_name: str, last_name: str, ends_at: datetime, link: str
-) -> Membership:
-    """The narrow path by which a clinician who shares a study (`tenants.share_studies`, not manage_members)
-    brings in an outside referring physician: a referring-physician membership ending at `ends_at` (when the
-    share ends), made for a new account (user name = the email address) or an existing one that has no current
-    membership here. The invitation email carries `link` (the study, behind sign-in and MFA). A current member
-    is refused: share with them directly. Records MEMBER_ADDED."""
-    access.require(actor, "tenants.share_studies", tenant)
-    email = (email or "").strip().lower()
-    if not email:
-        raise ValidationError({"email": "Give the physician's email address."})
-    role_and_end_validate(Role.REFERRING_PHYSICIAN, ends_at)
-    user = User.objects.filter(username__iexact=email).first() or User.objects.filter(email__iexact=email).first()
-    new_user = user is None
-    if user is None:
-        user = account_for_invitation(
-            username=email, email=email, first_name=first_name.strip(), last_name=last_name.strip()
-        )
-    elif not user.is_active:
-        # Deactivated by an operator or when their last membership ended: only an administrator may bring them back.
-        raise ValidationError({"email": "This account is deactivated: ask a tenant administrator to add them."})
-    existing = Membership.objects.filter(user=user).first()
-    if existing is not None and existing.is_current():
-        raise ValidationError({"email": "This person is already a member: share the study with them directly."})
-    membership = membership_open(tenant=tenant, user=user, role=Role.REFERRING_PHYSICIAN, ends_at=ends_at)
-    audit_event_record(
-        event=EventType.MEMBER_ADDED,
-        actor=actor,
-        target=membership,
-        participants=[participant(user, role="member")],
-        extra={
-            "role": Role.REFERRING_PHYSICIAN,
-            "ends_at": ends_at.isoformat(),
-            "new_account": new_user,
-            "via": "share",
-        },
-    )
-    _invite_for_share(user=user, tenant=tenant, link=link, new_user=new_user)
     return membership
 
 

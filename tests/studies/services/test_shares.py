@@ -16,7 +16,7 @@ from studies import services
 from studies.models import StudyShare
 from studies.selectors import study_get, study_list
 from tenants import access
-from tenants.models import Membership, Role, User
+from tenants.models import Role, User
 from tenants.scoping import tenant_scope
 from tests.studies.access_fixtures import referrer_make, study_make
 
@@ -123,39 +123,35 @@ def test_another_tenants_study_is_not_visible(tenant_a, tenant_b, radiologist_a,
         )
 
 
-def test_an_outside_physician_is_invited_with_a_membership_ending_with_the_share(
+def test_an_outside_physician_is_invited_and_nothing_is_granted_before_acceptance(
     tenant_a, radiologist_a, django_capture_on_commit_callbacks
 ):
     study = study_make(tenant_a)
     mail.outbox.clear()
     with tenant_scope(tenant_a), django_capture_on_commit_callbacks(execute=True):
-        row = services.share_invite_outside(
+        pending = services.share_invite_outside(
             actor=radiologist_a, study=study, email="Dr.Who@Clinic.example", first_name="Wendy", last_name="Who",
             days=3,
         )  # fmt: skip
-    user = User.objects.get(username="dr.who@clinic.example")
-    assert not user.has_usable_password()
+    assert not User.objects.filter(email__iexact="dr.who@clinic.example").exists()
     with tenant_scope(tenant_a):
-        membership = Membership.objects.get(user=user)
-        assert membership.role == Role.REFERRING_PHYSICIAN
-        assert membership.ends_at == row.expires_at
-        assert AuditEvent.objects.filter(event_type=EventType.MEMBER_ADDED, target_id=str(membership.public_id))
-        assert AuditEvent.objects.filter(event_type=EventType.STUDY_SHARED, target_id=str(row.public_id))
-    assert sees(user, tenant_a, study)
+        invitation = pending.invitation
+        assert (invitation.email, invitation.role, invitation.purpose) == (
+            "dr.who@clinic.example",
+            Role.REFERRING_PHYSICIAN,
+            "share",
+        )
+        assert invitation.ends_at == pending.expires_at
+        assert invitation.expires_at <= pending.expires_at
+        assert not StudyShare.objects.exists()
+        assert AuditEvent.objects.filter(event_type=EventType.INVITATION_SENT, target_id=str(invitation.public_id))
+        assert not AuditEvent.objects.filter(event_type__in=[EventType.MEMBER_ADDED, EventType.STUDY_SHARED])
     assert len(mail.outbox) == 1
     body = mail.outbox[0].body
     assert f"/t/{tenant_a.slug}/studies/{study.public_id}/" in body
-    assert "/accounts/" in body  # the set-password link; sign-in with MFA follows
+    assert "/invitations/inv_" in body
     assert study.patient.name not in body
     assert study.patient.patient_id not in body
-
-
-def test_inviting_a_current_member_is_refused(tenant_a, radiologist_a, referrer_a):
-    study = study_make(tenant_a)
-    with tenant_scope(tenant_a), pytest.raises(ValidationError):
-        services.share_invite_outside(
-            actor=radiologist_a, study=study, email=referrer_a.email, first_name="J", last_name="D", days=3
-        )
 
 
 def test_a_referrer_cannot_invite(tenant_a, referrer_a):

@@ -274,3 +274,28 @@ def test_identified_export_after_losing_only_the_disclosure_permission_is_a_404(
 
     assert client.get(page("export_download", tenant_a, export)).status_code == 404
     assert len(_refusals(tenant_a, radiologist_a, EventType.DISCLOSURE_EXPORTED)) == 1
+
+
+def test_share_revoked_the_progress_page_and_its_status_are_404_and_recorded(
+    tenant_a, radiologist_a, study_a, shared_export, client_for
+):
+    """The progress page and the status it polls ask again too, like the download (issue 8 #4)."""
+    referrer, client, export = shared_export
+    assert client.get(page("export_progress", tenant_a, export)).status_code == 200
+    assert client.get(page("export_status", tenant_a, export)).status_code == 200
+    with tenant_scope(tenant_a):
+        share = StudyShare.objects.get(grantee=referrer)
+    revoke = reverse(
+        "portal:share_revoke",
+        kwargs={"tenant": tenant_a.slug, "public_id": study_a.public_id, "share_id": share.public_id},
+    )
+    assert client_for(radiologist_a).post(revoke).status_code == 302
+
+    progress = client.get(page("export_progress", tenant_a, export))
+    status = client.get(page("export_status", tenant_a, export))
+    missing = client.get(page("export_progress", tenant_a, Export(public_id=uuid.uuid4())))
+
+    assert progress.status_code == status.status_code == missing.status_code == 404
+    assert progress.content == missing.content
+    phases = [event.extra["phase"] for event in _refusals(tenant_a, referrer, EventType.STUDY_EXPORTED)]
+    assert sorted(phases) == ["progress refused", "status refused"]

@@ -6,7 +6,7 @@ import re
 
 from audit.events import EventType
 from studies.dicom.synthetic import make_instance
-from tests.tenants.helpers import last_event
+from tests.tenants.helpers import events, last_event
 
 URL = "/t/north/ingest/"
 
@@ -100,3 +100,37 @@ def test_the_nav_and_home_offer_the_pages_a_member_can_use(client_for, tenant_a,
     for path in ("/t/north/studies/", "/t/north/upload/", "/t/north/ingest/"):
         assert f'href="{path}"' in tech
         assert f'href="{path}"' not in admin
+
+
+def test_each_page_of_items_shown_is_recorded_with_the_patients_stored(client_for, tenant_a, technologist_a, upload):
+    """File names and reasons may name a patient: the read is on the trail before the page leaves."""
+    stored = upload(tenant_a, technologist_a, make_instance(patient_name="ROE^RITA"), filename="ROE_RITA.dcm")
+    rejected = upload(tenant_a, technologist_a, b"plain text, not DICOM", filename="SMITH_notes.txt")
+
+    response = client_for(technologist_a).get(URL)
+
+    assert response.status_code == 200
+    event = last_event(tenant_a, EventType.INSTANCES_ACCESSED)
+    assert event.actor_user == technologist_a
+    assert event.extra["kind"] == "ingest activity"
+    assert sorted(event.extra["items"]) == sorted(str(i.public_id) for i in stored + rejected)
+    patients = [p for p in event.participants if p["type"] == "patient"]
+    assert [p.get("name") for p in patients] == ["ROE^RITA"]
+    # an empty page records nothing more
+    before = len(events(tenant_a, EventType.INSTANCES_ACCESSED))
+    client_for(technologist_a).get(URL, {"state": "conflict"})
+    assert len(events(tenant_a, EventType.INSTANCES_ACCESSED)) == before
+
+
+def test_the_batch_poll_shows_only_the_requesters_own_items(client_for, tenant_a, technologist_a, make_member, upload):
+    from tenants.models import Role
+
+    colleague = make_member(tenant_a, Role.TECHNOLOGIST, "north-tech-2")
+    batch = upload(tenant_a, technologist_a, make_instance(), filename="JONES_A.dcm")[0].batch
+
+    mine = client_for(technologist_a).get(f"/t/north/ingest/batch/{batch}/")
+    theirs = client_for(colleague).get(f"/t/north/ingest/batch/{batch}/")
+
+    assert mine.status_code == 200
+    assert "JONES_A.dcm" in mine.content.decode()
+    assert theirs.status_code == 404
