@@ -26,6 +26,7 @@ DEMO_PASSWORD = "enclave-demo-passphrase"  # noqa: S105 -- demo only; the comman
 TENANTS = [("north", "North Hospital Group", "NORTH"), ("south", "South Hospital Group", "SOUTH")]
 # The demo's approved modalities: a CT that sends to NORTH, an MR that sends to SOUTH, both from this machine.
 MODALITIES = {"north": ("DEMO_CT", "Demo CT scanner"), "south": ("DEMO_MR", "Demo MR scanner")}
+OPERATOR = "ops"
 ROLE_NAMES = {
     "admin": Role.TENANT_ADMIN,
     "compliance": Role.COMPLIANCE_OFFICER,
@@ -69,12 +70,31 @@ class Command(BaseCommand):
                     device = self._device(user)
                     secret = base64.b32encode(device.bin_key).decode().rstrip("=")
                     rows.append((user.username, secret))
+            operator = self._operator()
+            rows.append((operator.username, base64.b32encode(self._device(operator).bin_key).decode().rstrip("=")))
         self.stdout.write(f"Demo loaded. Every demo user's password: {DEMO_PASSWORD}")
         self.stdout.write("DICOM: send to AE title NORTH or SOUTH at 127.0.0.1 (DICOM_PORT, default 11112), calling")
         self.stdout.write("as DEMO_CT (north) or DEMO_MR (south), the approved demo modalities.")
         self.stdout.write("Each user signs in with a TOTP code from an authenticator app set up with this secret:")
         for username, secret in rows:
             self.stdout.write(f"  {username:<22} {secret}")
+        self.stdout.write(f"`{OPERATOR}` is a platform operator (no tenant): the operators' admin at /ops/.")
+
+    def _operator(self) -> User:
+        """The platform operator of the demo: staff with every admin permission, member of no tenant."""
+        user = User.objects.filter(username__iexact=OPERATOR).first()
+        if user is None:
+            user = User(
+                username=OPERATOR,
+                email=f"{OPERATOR}@demo.enclave.invalid",
+                first_name="Demo",
+                last_name="Platform operator",
+                is_staff=True,
+                is_superuser=True,
+            )
+            user.set_password(DEMO_PASSWORD)
+            user.save()
+        return user
 
     def _user(self, username: str, *, tenant_name: str, role_label: str) -> User:
         user = User.objects.filter(username__iexact=username).first()
