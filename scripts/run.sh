@@ -73,9 +73,12 @@ else
 fi
 
 # 2. Schema, demo, static files
-"$PY" manage.py migrate --noinput
+echo "$(date +%T) migrate"
+"$PY" manage.py migrate --noinput -v 0
+echo "$(date +%T) demo"
 "$PY" manage.py demo > "$VAR/demo.txt"
-if [ "$MODE" = run ]; then "$PY" manage.py collectstatic --noinput -v 0; fi
+if [ "$MODE" = run ]; then echo "$(date +%T) collectstatic"; "$PY" manage.py collectstatic --noinput -v 0; fi
+echo "$(date +%T) starting gunicorn, worker, beat, listener"
 
 # 3. What production runs
 .venv/bin/celery -A portal worker -l info -c 2 -Q default,maintenance,ingest -n "worker@%h" \
@@ -85,7 +88,8 @@ if [ "$MODE" = run ]; then "$PY" manage.py collectstatic --noinput -v 0; fi
 if [ "$MODE" = run ]; then
   # The access log names the path without its query string: a search's query holds patient data.
   .venv/bin/gunicorn portal.wsgi:application --bind "127.0.0.1:${WEB_PORT}" --worker-class gthread \
-    --workers 2 --threads 8 --timeout 120 --graceful-timeout 10 --error-logfile - --access-logfile - \
+    --workers 2 --threads 8 --timeout 120 --graceful-timeout 10 --no-control-socket \
+    --error-logfile - --access-logfile - \
     --access-logformat '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms' & pids+=($!)
 else
   "$PY" manage.py runserver "127.0.0.1:${WEB_PORT}" & pids+=($!)
@@ -128,8 +132,14 @@ set +e
 wait -n "${pids[@]}"
 status=$?
 set -e
+# Ctrl-C reaches every process of the terminal's group: each stops cleanly (status 0), and bash, seeing its child
+# handle the signal, may not run its own INT trap. So a clean end of any of them is taken as the request to stop.
 if [ "$stopping" = 0 ]; then
-  echo "A process of Enclave ended (status $status): stopping the others"
+  if [ "$status" = 0 ]; then
+    stop_all
+    exit 0
+  fi
+  echo "A process of Enclave ended by itself (status $status): stopping the others"
   stop_all
   exit 1
 fi
