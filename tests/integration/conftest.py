@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from portal.celery import app as celery_app
 from tests.brokers import redis_queue_forget
