@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -118,8 +120,10 @@ def _parse_banner(enclave: Enclave, text: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enclave]:
-    folder = tmp_path_factory.mktemp("journey")
+def enclave() -> Iterator[Enclave]:
+    # A short path of its own: PostgreSQL's socket lives in var/pg (a socket path has at most 107 bytes), and the
+    # embedded server's system user must be able to traverse every parent folder.
+    folder = Path(tempfile.mkdtemp(prefix="enclave-journey-"))
     var = folder / "var"
     env = {k: v for k, v in os.environ.items() if k not in NOT_A_USERS_ENVIRONMENT}
     web_port, dicom_port = free_port(), free_port()
@@ -143,6 +147,7 @@ def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enclave]:
         yield instance
     finally:
         instance.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
