@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from django.test import RequestFactory
+from django.utils.html import escape
 
 from portal.errors import server_error
 
@@ -16,10 +17,12 @@ def test_404_is_the_styled_page_with_the_navigation(client_for, radiologist_a):
     assert answer.status_code == 404
     html = answer.content.decode()
     assert 'class="topbar"' in html
-    assert "Sign out" in html
+    assert escape(radiologist_a.get_full_name()) in html  # signed in, in the navigation
     assert "Not found" in html
     assert 'class="error-page"' in html
     assert "/no/such/page/" not in html
+    # The same bytes every time (no per-render token): another tenant's object answers exactly like a missing one.
+    assert client_for(radiologist_a).get("/t/nowhere/").content == answer.content
 
 
 def test_403_is_the_styled_page_with_the_navigation(client_for, tenant_a, admin_a, radiologist_a):
@@ -27,7 +30,7 @@ def test_403_is_the_styled_page_with_the_navigation(client_for, tenant_a, admin_
     assert answer.status_code == 403
     html = answer.content.decode()
     assert 'class="topbar"' in html
-    assert "Sign out" in html
+    assert escape(radiologist_a.get_full_name()) in html
     assert "Not allowed" in html
     assert 'class="error-page"' in html
 
@@ -64,6 +67,6 @@ def test_an_unexpected_error_answers_the_500_page(client_for, radiologist_a, set
     assert answer.status_code == 500
     html = answer.content.decode()
     assert "Something went wrong" in html
-    assert "Sign out" in html
+    assert escape(radiologist_a.get_full_name()) in html
     assert "Traceback" not in html
     assert "the secret detail" not in html
