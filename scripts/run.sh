@@ -24,6 +24,12 @@ export PYTHONUNBUFFERED=1
 if [ "$MODE" = dev ]; then export DJANGO_DEBUG="${DJANGO_DEBUG:-true}"; fi
 VAR="$ENCLAVE_VAR_DIR"
 mkdir -p "$VAR/mail"
+# One `make run` per var folder: a second one would share, then stop, the first one's PostgreSQL and Valkey.
+if [ -f "$VAR/run.pid" ] && kill -0 "$(cat "$VAR/run.pid")" 2>/dev/null; then
+  echo "Enclave is already running from $VAR (pid $(cat "$VAR/run.pid")); stop it first, or set ENCLAVE_VAR_DIR." >&2
+  exit 1
+fi
+echo $$ > "$VAR/run.pid"
 
 pids=()
 embedded=0
@@ -53,6 +59,7 @@ stop_all() {
   if [ "$embedded" = 1 ]; then
     "$PY" scripts/stack.py --dir "$VAR" stop
   fi
+  rm -f "$VAR/run.pid"
   echo "Enclave stopped. Data kept in $VAR"
 }
 trap 'stop_all; exit 130' INT
