@@ -10,7 +10,9 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	# --no-compile: Python compiles what it imports on first use; compiling every installed module up front took
+	# longer than the rest of the first `make run`.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
 	@touch $@
 
 # gunicorn, Celery worker and beat, the DICOM listener; WEB_PORT (8000) and DICOM_PORT (11112). Ctrl-C stops all.
