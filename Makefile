@@ -8,10 +8,10 @@ PY := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
+# --no-compile: Python compiles what it imports on first use; compiling every installed module up front took longer
+# than the rest of the first `make run`.
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# --no-compile: Python compiles what it imports on first use; compiling every installed module up front took
-	# longer than the rest of the first `make run`.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
 	@touch $@
 
