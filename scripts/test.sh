@@ -11,7 +11,7 @@ scripts/system-deps.sh
 
 STACK_DIR="${ENCLAVE_TEST_STACK_DIR:-$PWD/var/test-stack}"
 if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
-  stack_env="$("$PY" scripts/stack.py --dir "$STACK_DIR" start)"
+  stack_env="$("$PY" scripts/stack.py --dir "$STACK_DIR" start --for-tests)"
   set -a
   eval "$stack_env"
   set +a
