@@ -83,7 +83,7 @@ fi
 echo "$(date +%T) migrate"
 "$PY" manage.py migrate --noinput -v 0
 echo "$(date +%T) demo"
-"$PY" manage.py demo > "$VAR/demo.txt"
+(umask 077; "$PY" manage.py demo > "$VAR/demo.txt")  # the demo users' TOTP secrets
 if [ "$MODE" = run ]; then echo "$(date +%T) collectstatic"; "$PY" manage.py collectstatic --noinput -v 0; fi
 echo "$(date +%T) starting gunicorn, worker, beat, listener"
 

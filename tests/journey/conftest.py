@@ -22,7 +22,6 @@ import requests
 from django_otp.oath import TOTP
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 STARTUP_SECONDS = 240
 STOP_SECONDS = 90
 # What the test process has that a user's shell would not: its own database, broker, settings and test switches.
@@ -150,25 +149,6 @@ def enclave() -> Iterator[Enclave]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's loop in this thread (tests/e2e/conftest.py)
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/system-deps.sh does).")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            ],
-        )  # fmt: skip
-        yield browser
-        browser.close()
-
-
 @dataclass
 class People:
     """One signed-in browser context per demo user, made on first use and kept for the session."""
@@ -216,8 +196,8 @@ class People:
 
 
 @pytest.fixture(scope="session")
-def people(enclave: Enclave, chromium: Any) -> Iterator[People]:
-    crowd = People(enclave=enclave, browser=chromium)
+def people(enclave: Enclave, chromium_browser: Any) -> Iterator[People]:
+    crowd = People(enclave=enclave, browser=chromium_browser)
     yield crowd
     for page in crowd.pages.values():
         page.context.close()
