@@ -12,17 +12,19 @@ from portal.errors import server_error
 pytestmark = pytest.mark.django_db
 
 
-def test_404_is_the_styled_page_with_the_navigation(client_for, radiologist_a):
+def test_404_is_the_styled_page_with_the_navigation(client_for, radiologist_a, technologist_a):
     answer = client_for(radiologist_a).get("/no/such/page/")
     assert answer.status_code == 404
     html = answer.content.decode()
     assert 'class="topbar"' in html
-    assert escape(radiologist_a.get_full_name()) in html  # signed in, in the navigation
+    assert escape(radiologist_a.get_full_name()) not in html  # the same page whoever asks
+    assert "Your organisations" in html
     assert "Not found" in html
     assert 'class="error-page"' in html
     assert "/no/such/page/" not in html
     # The same bytes every time (no per-render token): another tenant's object answers exactly like a missing one.
     assert client_for(radiologist_a).get("/t/nowhere/").content == answer.content
+    assert client_for(technologist_a).get("/t/nowhere/").content == answer.content
 
 
 def test_403_is_the_styled_page_with_the_navigation(client_for, tenant_a, admin_a, radiologist_a):
