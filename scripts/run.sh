@@ -1,38 +1,152 @@
 #!/usr/bin/env bash
-# `make run`: migrate, load the demo and serve the portal on 127.0.0.1:$WEB_PORT.
-# With DATABASE_URL and REDIS_URL set, a Celery worker and beat run beside the web server (tasks go
-# through Redis); without them tasks run in-process (in the web server and in the DICOM listener) on SQLite
-# under var/.
+# `make run`: what production runs, on this machine. PostgreSQL and Valkey (embedded, from their wheels, data in
+# var/; or DATABASE_URL / REDIS_URL when both are set), then migrate, the demo, collectstatic, and gunicorn (static
+# files by whitenoise), a Celery worker, Celery beat and the DICOM listener. Ctrl-C (SIGINT) or SIGTERM stops them
+# all, then Valkey and PostgreSQL; the data stays for the next run.
+#
+# `scripts/run.sh --dev` (`make dev`): the same with Django's development server (DEBUG, autoreload) instead of
+# gunicorn.
+#
+# Environment: WEB_PORT (8000), DICOM_PORT (11112), ENCLAVE_VAR_DIR (var/; a test gives its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
-export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-portal.settings.local}"
-PORT="${WEB_PORT:-8000}"
-mkdir -p var
+ROOT="$PWD"
+PY="$ROOT/.venv/bin/python"
+MODE=run
+[ "${1:-}" = "--dev" ] && MODE=dev
 
-$PY manage.py migrate --noinput
-$PY manage.py demo
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-portal.settings.local}"
+export ENCLAVE_VAR_DIR="${ENCLAVE_VAR_DIR:-$ROOT/var}"
+export WEB_PORT="${WEB_PORT:-8000}"
+export DICOM_PORT="${DICOM_PORT:-11112}"
+export PORTAL_BASE_URL="${PORTAL_BASE_URL:-http://127.0.0.1:${WEB_PORT}}"
+export PYTHONUNBUFFERED=1
+if [ "$MODE" = dev ]; then export DJANGO_DEBUG="${DJANGO_DEBUG:-true}"; fi
+VAR="$ENCLAVE_VAR_DIR"
+mkdir -p "$VAR/mail"
+# One `make run` per var folder: a second one would share, then stop, the first one's PostgreSQL and Valkey.
+if [ -f "$VAR/run.pid" ] && kill -0 "$(cat "$VAR/run.pid")" 2>/dev/null; then
+  echo "Enclave is already running from $VAR (pid $(cat "$VAR/run.pid")); stop it first, or set ENCLAVE_VAR_DIR." >&2
+  exit 1
+fi
+echo $$ > "$VAR/run.pid"
 
 pids=()
-cleanup() {
-  for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT INT TERM
+embedded=0
+stopping=0
 
+stop_all() {
+  [ "$stopping" = 1 ] && return 0
+  stopping=1
+  trap '' INT TERM
+  echo "Stopping Enclave: web, worker, beat, DICOM listener"
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Each gets 30 s to finish what it is doing (gunicorn's graceful timeout is 10 s), then is killed.
+  for _ in $(seq 1 300); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "process $pid did not stop within 30 s: killed"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$embedded" = 1 ]; then
+    "$PY" scripts/stack.py --dir "$VAR" stop
+  fi
+  rm -f "$VAR/run.pid"
+  echo "Enclave stopped. Data kept in $VAR"
+}
+trap 'stop_all; exit 130' INT
+trap 'stop_all; exit 143' TERM
+trap 'stop_all' EXIT
+
+# 1. PostgreSQL and Redis
 if [ -n "${DATABASE_URL:-}" ] && [ -n "${REDIS_URL:-}" ]; then
-  echo "Starting a Celery worker and beat (broker: REDIS_URL)"
-  .venv/bin/celery -A portal worker -l info -c 2 -Q default,maintenance,ingest & pids+=($!)
-  .venv/bin/celery -A portal beat -l info --pidfile= -s var/celerybeat-schedule & pids+=($!)
+  echo "Using DATABASE_URL and REDIS_URL from the environment"
+  stack_note="PostgreSQL and Redis from DATABASE_URL and REDIS_URL"
 else
-  echo "No DATABASE_URL/REDIS_URL: SQLite in var/, tasks run in-process."
+  embedded=1
+  stack_env="$("$PY" scripts/stack.py --dir "$VAR" start)"
+  set -a
+  eval "$stack_env"
+  set +a
+  stack_note="embedded PostgreSQL (data in $VAR/pg) and Valkey ($REDIS_URL, data in $VAR/valkey)"
 fi
 
-# The DICOM listener (DICOM_HOST/DICOM_PORT, default 127.0.0.1:11112): send to called AE NORTH as DEMO_CT,
-# or to SOUTH as DEMO_MR.
-$PY manage.py dicom_listener & pids+=($!)
+# 2. Schema, demo, static files
+echo "$(date +%T) migrate"
+"$PY" manage.py migrate --noinput -v 0
+echo "$(date +%T) demo"
+(umask 077; "$PY" manage.py demo > "$VAR/demo.txt")  # the demo users' TOTP secrets
+if [ "$MODE" = run ]; then echo "$(date +%T) collectstatic"; "$PY" manage.py collectstatic --noinput -v 0; fi
+echo "$(date +%T) starting gunicorn, worker, beat, listener"
 
-echo "Enclave: http://127.0.0.1:${PORT}/  (demo users are listed above)"
-$PY manage.py runserver "127.0.0.1:${PORT}" --noreload &
-pids+=($!)
-wait "${pids[-1]}"
+# 3. What production runs
+.venv/bin/celery -A portal worker -l info -c 2 -Q default,maintenance,ingest -n "worker@%h" \
+  --without-gossip --without-mingle & pids+=($!)
+.venv/bin/celery -A portal beat -l info --pidfile= & pids+=($!)
+"$PY" manage.py dicom_listener --port "$DICOM_PORT" & pids+=($!)
+if [ "$MODE" = run ]; then
+  # The access log names the path without its query string: a search's query holds patient data.
+  .venv/bin/gunicorn portal.wsgi:application --bind "127.0.0.1:${WEB_PORT}" --worker-class gthread \
+    --workers 2 --threads 8 --timeout 120 --graceful-timeout 10 --no-control-socket \
+    --error-logfile - --access-logfile - \
+    --access-logformat '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms' & pids+=($!)
+else
+  "$PY" manage.py runserver "127.0.0.1:${WEB_PORT}" & pids+=($!)
+fi
+
+# 4. Ready: the sign-in page answers
+"$PY" - "$WEB_PORT" <<'EOF'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/accounts/login/"
+deadline = time.monotonic() + 120
+while True:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            if answer.status == 200:
+                break
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(f"{url} did not answer within 120 s")
+    time.sleep(0.2)
+EOF
+
+cat <<EOF
+
+================================================================================
+Enclave is running ($([ "$MODE" = run ] && echo "gunicorn, DEBUG off" || echo "development server, DEBUG on")).
+  Web:    http://127.0.0.1:${WEB_PORT}/  (sign in at http://127.0.0.1:${WEB_PORT}/accounts/login/)
+  DICOM:  127.0.0.1:${DICOM_PORT}, called AE title NORTH (calling DEMO_CT) or SOUTH (calling DEMO_MR), e.g.
+          TCP_NODELAY=1 storescu -aet DEMO_CT -aec NORTH +sd +r 127.0.0.1 ${DICOM_PORT} some/folder/
+  Stack:  ${stack_note}; Celery worker and beat
+  Mail:   written as files to $VAR/mail/ (nothing is sent)
+  Operators' admin: http://127.0.0.1:${WEB_PORT}/ops/ (user ops)
+$(sed 's/^/  /' "$VAR/demo.txt")
+Ctrl-C stops everything; the data stays in $VAR for the next run.
+================================================================================
+EOF
+
+# 5. Until Ctrl-C, or until one of them ends by itself (then everything stops)
+set +e
+wait -n "${pids[@]}"
+status=$?
+set -e
+# Ctrl-C reaches every process of the terminal's group: each stops cleanly (status 0), and bash, seeing its child
+# handle the signal, may not run its own INT trap. So a clean end of any of them is taken as the request to stop.
+if [ "$stopping" = 0 ]; then
+  if [ "$status" = 0 ]; then
+    stop_all
+    exit 0
+  fi
+  echo "A process of Enclave ended by itself (status $status): stopping the others"
+  stop_all
+  exit 1
+fi

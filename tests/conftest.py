@@ -6,8 +6,10 @@ Personas follow the style guide: `radiologist_a` and `technologist_a` (tenant A)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,8 @@ from tenants import services
 from tenants.models import Membership, Role, Tenant, User
 from tenants.scoping import tenant_scope
 from tests.tenants.factories import UserFactory, totp_device_for
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 
 @pytest.fixture
@@ -119,3 +123,27 @@ def api_client_for(db: Any) -> Callable[[User, Tenant], APIClient]:
         return client
 
     return make
+
+
+@pytest.fixture(scope="session")
+def chromium_browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright, one per test process (two sync Playwrights cannot share a process).
+
+    Playwright's sync API keeps an event loop running in the test thread from here on, so Django's guard against
+    ORM calls from async code must be off for the rest of this process (shared/DEPENDENCIES.md §6.5): the calls the
+    tests make are synchronous and safe. Subprocesses the tests start get an environment without the flag."""
+    from playwright.sync_api import sync_playwright
+
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/system-deps.sh does).")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            ],
+        )  # fmt: skip
+        yield browser
+        browser.close()

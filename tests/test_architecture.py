@@ -48,6 +48,7 @@ GUARDIAN_ALLOWED = {
 PUBLIC_APIS = {
     "SpectacularAPIView": "OpenAPI schema: requires authentication, holds no tenant data",
     "SpectacularSwaggerView": "the schema's browser",
+    "SpectacularSwaggerSplitView": "the schema's browser, its start script apart (the CSP allows no inline script)",
 }
 FANOUT_TASKS = {
     "tenants.tasks.memberships_end_due",

@@ -1,7 +1,7 @@
 """The database itself refuses to change or delete an audit event, whoever asks (SECURITY.md E5).
 
-PostgreSQL: a row trigger on UPDATE and DELETE. SQLite (the embedded default of `make run`): the same with
-RAISE(ABORT). TRUNCATE is left alone: the test runner empties tables between transactional tests with it, and
+A PostgreSQL row trigger on UPDATE and DELETE (PostgreSQL is the only database Enclave runs on). TRUNCATE is left
+alone: the test runner empties tables between transactional tests with it, and
 only the table owner may run it.
 """
 
@@ -21,34 +21,13 @@ PG_BACKWARD = """
 DROP TRIGGER IF EXISTS audit_auditevent_append_only ON audit_auditevent;
 DROP FUNCTION IF EXISTS audit_auditevent_refuse_change();
 """
-SQLITE_FORWARD = [
-    """CREATE TRIGGER audit_auditevent_no_update BEFORE UPDATE ON audit_auditevent
-       BEGIN SELECT RAISE(ABORT, 'audit events are append-only: UPDATE refused'); END;""",
-    """CREATE TRIGGER audit_auditevent_no_delete BEFORE DELETE ON audit_auditevent
-       BEGIN SELECT RAISE(ABORT, 'audit events are append-only: DELETE refused'); END;""",
-]
-SQLITE_BACKWARD = [
-    "DROP TRIGGER IF EXISTS audit_auditevent_no_update;",
-    "DROP TRIGGER IF EXISTS audit_auditevent_no_delete;",
-]
-
 
 def forward(apps, schema_editor):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(PG_FORWARD, params=None)
-    elif vendor == "sqlite":
-        for statement in SQLITE_FORWARD:
-            schema_editor.execute(statement, params=None)
+    schema_editor.execute(PG_FORWARD, params=None)
 
 
 def backward(apps, schema_editor):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(PG_BACKWARD, params=None)
-    elif vendor == "sqlite":
-        for statement in SQLITE_BACKWARD:
-            schema_editor.execute(statement, params=None)
+    schema_editor.execute(PG_BACKWARD, params=None)
 
 
 class Migration(migrations.Migration):

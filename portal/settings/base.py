@@ -6,6 +6,7 @@ development values, production.py refuses to start without them.
 
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote
 
 import environ
 
@@ -34,9 +35,21 @@ MASTER_KEY = env.str("MASTER_KEY", default="")
 
 # DATABASES
 # ------------------------------------------------------------------------------
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'enclave.sqlite3'}")}
-DATABASES["default"]["ATOMIC_REQUESTS"] = False
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+
+
+def database_from_url(url: str) -> dict:
+    """PostgreSQL from a URL. A Unix socket folder goes in the host part percent-encoded, as `scripts/stack.py`
+    prints it for the embedded server (`postgres://postgres@%2Fpath%2Fto%2Fvar%2Fpg/enclave`)."""
+    config = env.db_url_config(url)
+    config["HOST"] = unquote(config.get("HOST") or "")
+    config["ATOMIC_REQUESTS"] = False
+    config["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    return config
+
+
+# One stack everywhere: PostgreSQL in development, tests and production. Without DATABASE_URL, `make run` and
+# `make test` start the embedded one (scripts/stack.py) and set it.
+DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default="postgres://enclave@127.0.0.1:5432/enclave"))}
 
 # APPS
 # ------------------------------------------------------------------------------

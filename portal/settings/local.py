@@ -1,19 +1,23 @@
-"""`make run` on a fresh machine: SQLite, tasks in-process, a development secret and master key under var/.
+"""`make run` and `make dev`: PostgreSQL and Redis (Valkey) as everywhere, a development secret and master key
+under var/, mail written to files in var/mail/.
 
-With DATABASE_URL and REDIS_URL set, the same settings use them, and tasks go through the broker.
+`make run` starts the embedded PostgreSQL and Valkey (scripts/stack.py) unless DATABASE_URL and REDIS_URL are set,
+and passes their URLs on. A `manage.py` command run by hand while they are up finds them in var/ by itself.
+DEBUG is off, as in production (styled 403, 404 and 500 pages); `make dev` turns it on with DJANGO_DEBUG=true.
 """
 
 import base64
 import secrets
 from collections.abc import Callable
+from urllib.parse import quote
 
 from .base import *  # noqa: F403
-from .base import REDIS_URL, VAR_DIR, env
+from .base import VAR_DIR, database_from_url, env
 
 # GENERAL
 # ------------------------------------------------------------------------------
 ENCLAVE_ENV = "local"
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
@@ -31,6 +35,16 @@ MASTER_KEY = env.str("MASTER_KEY", default="") or _dev_secret(
     "dev-master-key", lambda: base64.b64encode(secrets.token_bytes(32)).decode()
 )
 
-# CELERY: in-process without a broker
+# THE EMBEDDED STACK, when the environment names none (scripts/stack.py keeps it in var/)
 # ------------------------------------------------------------------------------
-CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+if not env.str("DATABASE_URL", default="") and (VAR_DIR / "pg" / ".s.PGSQL.5432").exists():
+    DATABASES = {"default": database_from_url(f"postgres://enclave@{quote(str(VAR_DIR / 'pg'), safe='')}/enclave")}
+if not env.str("REDIS_URL", default="") and (VAR_DIR / "valkey" / "port").exists():
+    REDIS_URL = f"redis://127.0.0.1:{(VAR_DIR / 'valkey' / 'port').read_text().strip()}/0"
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CELERY_BROKER_URL = REDIS_URL
+
+# EMAIL: written as files to var/mail/ (one file per message), never sent
+# ------------------------------------------------------------------------------
+EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+EMAIL_FILE_PATH = VAR_DIR / "mail"

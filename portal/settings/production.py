@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import database_from_url, env
 
 ENCLAVE_ENV = "production"
 DEBUG = False
@@ -22,7 +22,7 @@ SECRET_KEY = _required("SECRET_KEY")
 MASTER_KEY = _required("MASTER_KEY")
 CLAMD_ADDRESS = _required("CLAMD_ADDRESS")
 ALLOWED_HOSTS = [h for h in _required("ALLOWED_HOSTS").split(",") if h]
-DATABASES = {"default": env.db_url_config(_required("DATABASE_URL"))}
+DATABASES = {"default": database_from_url(_required("DATABASE_URL"))}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 REDIS_URL = _required("REDIS_URL")
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}

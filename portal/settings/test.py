@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import database_from_url, env
 
 ENCLAVE_ENV = "test"
 DEBUG = False
@@ -18,7 +18,7 @@ ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 
 # DATABASES: PostgreSQL, as in production
 # ------------------------------------------------------------------------------
-DATABASES = {"default": env.db("DATABASE_URL", default="postgres://enclave@127.0.0.1:5432/enclave")}
+DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default="postgres://enclave@127.0.0.1:5432/enclave"))}
 
 # PASSWORDS: a fast hasher; tests/portal/test_settings.py checks the production list starts with Argon2
 # ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from django.db import DatabaseError, connection, transaction
 from audit.events import EventType
 from audit.models import AuditChain, AuditEvent
 from tests.audit.helpers import record
+from tests.databases import database_url, superuser_connect_kwargs
 
 TRIGGER = "audit_auditevent_append_only"
 
@@ -32,8 +33,7 @@ def _seed(tenant, count=5):
 
 def _as_superuser(*statements):
     """Run SQL as the PostgreSQL superuser, trigger disabled: what an attacker with the database's keys can do."""
-    dbname = connection.settings_dict["NAME"]
-    with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=dbname, autocommit=True) as conn:
+    with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
         conn.execute(f"ALTER TABLE audit_auditevent DISABLE TRIGGER {TRIGGER}")
         try:
             for sql, params in statements:
@@ -50,9 +50,7 @@ def _verify(*args):
 
 def _verify_in_a_process() -> subprocess.CompletedProcess:
     """`manage.py audit_verify` as an operator runs it, against the test database: the real exit code."""
-    db = connection.settings_dict
-    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "portal.settings.test"}
+    env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "portal.settings.test"}
     root = Path(__file__).resolve().parents[2]
     return subprocess.run(
         [sys.executable, "manage.py", "audit_verify"], cwd=root, env=env, capture_output=True, text=True, timeout=120

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from portal.celery import app as celery_app
 from tests.brokers import redis_queue_forget
+from tests.databases import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,11 +36,7 @@ class WorkerProcess:
 
 
 def _test_database_url() -> str:
-    s = connection.settings_dict
-    user = s.get("USER") or "enclave"
-    host = s.get("HOST") or "127.0.0.1"
-    port = s.get("PORT") or 5432
-    return f"postgres://{user}@{host}:{port}/{s['NAME']}"
+    return database_url()
 
 
 def _test_store_root() -> str:

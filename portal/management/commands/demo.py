@@ -27,6 +27,7 @@ DEMO_PASSWORD = "enclave-demo-passphrase"  # noqa: S105 -- demo only; the comman
 TENANTS = [("north", "North Hospital Group", "NORTH"), ("south", "South Hospital Group", "SOUTH")]
 # The demo's approved modalities: a CT that sends to NORTH, an MR that sends to SOUTH, both from this machine.
 MODALITIES = {"north": ("DEMO_CT", "Demo CT scanner"), "south": ("DEMO_MR", "Demo MR scanner")}
+OPERATOR = "ops"
 ROLE_NAMES = {
     "admin": Role.TENANT_ADMIN,
     "compliance": Role.COMPLIANCE_OFFICER,
@@ -83,17 +84,36 @@ class Command(BaseCommand):
                     rows.append((user.username, secret))
                 with tenant_scope(tenant):
                     self._training(slug)
+            operator = self._operator()
+            rows.append((operator.username, base64.b32encode(self._device(operator).bin_key).decode().rstrip("=")))
         self.stdout.write(f"Demo loaded. Every demo user's password: {DEMO_PASSWORD}")
         self.stdout.write("DICOM: send to AE title NORTH or SOUTH at 127.0.0.1 (DICOM_PORT, default 11112), calling")
         self.stdout.write("as DEMO_CT (north) or DEMO_MR (south), the approved demo modalities.")
         self.stdout.write("Each user signs in with a TOTP code from an authenticator app set up with this secret:")
         for username, secret in rows:
             self.stdout.write(f"  {username:<22} {secret}")
+        self.stdout.write(f"`{OPERATOR}` is a platform operator (no tenant): the operators' admin at /ops/.")
         self.stdout.write(
             f"Training: every demo user's required training is current, except {LAPSED_USER}, whose HIPAA Security "
             "Awareness lapsed last week: the training gate refuses them patient data (try /dicomweb/north/studies). "
             f"{PENDING_USER}'s self-reported Device Handling waits for north-compliance's approval."
         )
+
+    def _operator(self) -> User:
+        """The platform operator of the demo: staff with every admin permission, member of no tenant."""
+        user = User.objects.filter(username__iexact=OPERATOR).first()
+        if user is None:
+            user = User(
+                username=OPERATOR,
+                email=f"{OPERATOR}@demo.enclave.invalid",
+                first_name="Demo",
+                last_name="Platform operator",
+                is_staff=True,
+                is_superuser=True,
+            )
+            user.set_password(DEMO_PASSWORD)
+            user.save()
+        return user
 
     def _training(self, slug: str) -> None:
         """Adopt the catalogue, set the requirements, and give each member current training (idempotent)."""
