@@ -27,6 +27,7 @@ from django.utils import timezone
 from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
 
+from audit.context import current_request_id
 from tenants.models import Membership, Role, Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none
 
@@ -72,11 +73,22 @@ def gate_register(gate: Gate) -> None:
 
 
 def gates_check(actor: Any, tenant: Tenant) -> None:
-    """Raise the first gate's `GateRefused` for a person in `tenant`; nothing for anyone else."""
+    """Raise the first gate's `GateRefused` for a person in `tenant`; nothing for anyone else.
+
+    One request asks this for every permission check it makes; a pass is remembered on the actor object for the
+    rest of that request (keyed by its correlation id), so a page asks the gates once, not once per check. Outside a
+    request or task run (no correlation id) nothing is remembered."""
     if not _is_person(actor):
+        return
+    request_id = current_request_id()
+    key = (request_id, tenant.pk)
+    passed: set[tuple[str, int]] = actor.__dict__.setdefault("_gates_passed", set())
+    if request_id and key in passed:
         return
     for gate in _gates:
         gate(actor, tenant)
+    if request_id:
+        passed.add(key)
 
 
 # The role -> tenant permission table. Minimum necessary: admins manage people and devices but see no images,

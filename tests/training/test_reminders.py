@@ -17,7 +17,8 @@ from training.tasks import training_reminders_task
 
 
 def test_each_stage_is_mailed_once_and_officers_are_copied(tenant_a, compliance_a, radiologist_a, technologist_a,
-                                                           make_member, hipaa_required):  # fmt: skip
+                                                           make_member, hipaa_required,
+                                                           django_capture_on_commit_callbacks):  # fmt: skip
     require(tenant_a, compliance_a, hipaa_required.course, role=Role.TECHNOLOGIST)
     late = make_member(tenant_a, Role.RADIOLOGIST, "north-late")
     record(tenant_a, compliance_a, radiologist_a, hipaa_required.course, expires_on=today() + timedelta(days=30))
@@ -25,8 +26,10 @@ def test_each_stage_is_mailed_once_and_officers_are_copied(tenant_a, compliance_
     record(tenant_a, compliance_a, late, hipaa_required.course, expires_on=today())
     mail.outbox.clear()
 
-    assert training_reminders_task.delay().get() >= 1  # eager in unit tests: the fan-out runs each tenant inline
-    assert training_reminders_task.delay().get() >= 1  # and again: nothing is sent twice
+    # Mail is queued when the transaction commits (tenants.services.mail_queue): run those hooks as a commit would.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert training_reminders_task.delay().get() >= 1  # eager in unit tests: the fan-out runs each tenant inline
+        assert training_reminders_task.delay().get() >= 1  # and again: nothing is sent twice
 
     with tenant_scope(tenant_a):
         sent = sorted((r.user.username, r.stage) for r in ReminderSent.objects.select_related("user"))
@@ -55,9 +58,10 @@ def test_other_days_send_nothing(tenant_a, compliance_a, radiologist_a, hipaa_re
     assert mail.outbox == []
 
 
-def test_the_digest_goes_again_the_next_week(tenant_a, compliance_a, radiologist_a, hipaa_required):
+def test_the_digest_goes_again_the_next_week(tenant_a, compliance_a, radiologist_a, hipaa_required,
+                                             django_capture_on_commit_callbacks):  # fmt: skip
     mail.outbox.clear()
-    with tenant_scope(tenant_a):
+    with tenant_scope(tenant_a), django_capture_on_commit_callbacks(execute=True):
         assert services.training_digest_send(today=today()) is True
         assert services.training_digest_send(today=today()) is False
         assert services.training_digest_send(today=today() + timedelta(days=7)) is True
