@@ -32,7 +32,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check portal tenants audit devices studies bench
+	$(VENV)/bin/ruff format --check portal tenants audit devices studies training bench scripts
 	$(VENV)/bin/mypy portal tenants audit devices studies training
 	$(VENV)/bin/lint-imports
 

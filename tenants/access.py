@@ -80,7 +80,7 @@ def gates_check(actor: Any, tenant: Tenant) -> None:
     request or task run (no correlation id) nothing is remembered."""
     if not _is_person(actor):
         return
-    request_id = current_request_id()
+    request_id = current_request_id() or ""
     key = (request_id, tenant.pk)
     passed: set[tuple[str, int]] = actor.__dict__.setdefault("_gates_passed", set())
     if request_id and key in passed:

@@ -40,7 +40,6 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # b
 
 from audit.context import audit_context
 from audit.events import EventType, Outcome
-from audit.services import audit_event_record
 from devices.selectors import move_destination_get
 from studies.dicom.query import Level, Query, QueryError, query_parse, response_identifier
 from studies.models import Instance, Study
@@ -55,7 +54,7 @@ from studies.selectors import (
     dicom_search,
     levels_at_or_above,
 )
-from studies.services.reads import instances_transferred_record, studies_query_record
+from studies.services.reads import instances_transferred_record, retrieval_refusal_record, studies_query_record
 from studies.storage.blobs import blob_read
 from tenants import access
 from tenants.scoping import tenant_scope
@@ -202,15 +201,14 @@ def _find_record(
 
 
 def _refusal_record(peer: Peer, *, event: EventType, reason: str, **extra: Any) -> None:
-    """A refused retrieval (nothing sent)."""
-    audit_event_record(
+    """A refused retrieval (nothing sent), recorded by the reads service like every other read."""
+    retrieval_refusal_record(
         event=event,
         tenant=peer.tenant,
-        outcome=Outcome.MINOR_FAILURE,
-        outcome_description=reason,
+        reason=reason,
         system_principal=peer.principal,
         source_address=peer.address,
-        extra={"calling_ae": peer.calling_ae, "called_ae": peer.called_ae, "count": 0, **extra},
+        extra={"calling_ae": peer.calling_ae, "called_ae": peer.called_ae, **extra},
     )
 
 

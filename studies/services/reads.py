@@ -288,3 +288,25 @@ def read_tallies_flush(*, now: Any = None) -> int:
     for tally in tallies:
         _close(tally)
     return len(tallies)
+
+
+def retrieval_refusal_record(
+    *,
+    event: EventType,
+    tenant: Any,
+    reason: str,
+    system_principal: str,
+    source_address: str | None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """A retrieval refused before anything was sent (C-GET/C-MOVE: unknown destination, device not approved,
+    malformed identifier): a failed read on the trail, with a count of nothing sent."""
+    audit_event_record(
+        event=event,
+        tenant=tenant,
+        outcome=Outcome.MINOR_FAILURE,
+        outcome_description=reason,
+        system_principal=system_principal,
+        source_address=source_address,
+        extra={**(extra or {}), "count": 0},
+    )
