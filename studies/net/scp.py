@@ -264,7 +264,8 @@ class _Door:
                     source_address=peer.address,
                 )
                 # When the pipeline has already decided (tasks run in-process), a refusal is the sender's answer.
-                item.refresh_from_db(fields=["state", "failure", "reason"])
+                if settings.CELERY_TASK_ALWAYS_EAGER:
+                    item.refresh_from_db(fields=["state", "failure", "reason"])
         except Rejected as exc:
             logger.info("C-STORE from %s refused at receipt: %s", peer.calling_ae, exc.reason)
             return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)

@@ -20,6 +20,7 @@ from studies.services.ingest import (
     ingest_process,
     ingest_receive,
     ingest_requeue_stale,
+    study_counts_refresh,
 )
 from studies.services.shares import share_create, share_invite_outside, share_revoke, shares_expired_cleanup
 from studies.services.thumbnails import series_thumbnail_make
@@ -46,6 +47,7 @@ __all__ = [
     "share_invite_outside",
     "share_revoke",
     "shares_expired_cleanup",
+    "study_counts_refresh",
     "upload_receive",
     "upload_reject",
 ]
