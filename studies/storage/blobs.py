@@ -110,10 +110,19 @@ def _decrypt_from(store: str, blob: Blob, data_key: bytes) -> bytes:
     return data
 
 
-def blob_read(*, blob: Blob) -> bytes:
-    """The plaintext of `blob`, hash checked; from the replica when the primary copy is gone or damaged."""
+def blob_read(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
+    """The plaintext of `blob`, hash checked; from the replica when the primary copy is gone or damaged.
+
+    `tenant_keys`, a dict the caller keeps for one request (a series retrieval), holds the unwrapped tenant keys
+    so that each is read and unwrapped once per request rather than once per blob."""
+    cache_key = (blob.tenant_id, blob.key_version)
+    kek = tenant_keys.get(cache_key) if tenant_keys is not None else None
+    if kek is None:
+        kek = _tenant_key(blob.key_version)
+        if tenant_keys is not None:
+            tenant_keys[cache_key] = kek
     data_key = envelope.unwrap_data_key(
-        tenant_key=_tenant_key(blob.key_version),
+        tenant_key=kek,
         wrapped=bytes(blob.wrapped_key),
         tenant_id=blob.tenant_id,
         blob_id=str(blob.public_id),
