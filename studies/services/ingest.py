@@ -498,14 +498,23 @@ def _reject(item: IngestItem, exc: Rejected) -> None:
 def ingest_requeue_stale() -> int:
     """Queue again every item of the current tenant left `received` or `processing` too long: the broker lost the
     message or the worker died. Processing claims by compare-and-set, so a message that was not lost after all
-    only finds the item taken."""
+    only finds the item taken.
+
+    Each item is queued again at most once per `INGEST_STALE_SECONDS`: the sweep touches a waiting item's
+    `updated_at` and hands a dead claim back as `received`, so an item that merely waits behind a long queue is
+    not queued again by every sweep (under a large load, every sweep used to add a message per waiting item)."""
     tenant = current_tenant()
-    stale = timezone.now() - timedelta(seconds=settings.INGEST_STALE_SECONDS)
-    ids = list(
-        IngestItem.objects.filter(
-            Q(state=IngestItem.State.RECEIVED, updated_at__lt=stale)
-            | Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
-        ).values_list("pk", flat=True)
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.INGEST_STALE_SECONDS)
+    waiting = Q(state=IngestItem.State.RECEIVED, updated_at__lt=stale)
+    dead_claim = Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
+    ids = list(IngestItem.objects.filter(waiting | dead_claim).values_list("pk", flat=True))
+    if not ids:
+        return 0
+    # The state conditions again: an item claimed or finished since the look above is left alone.
+    IngestItem.objects.filter(waiting, pk__in=ids).update(updated_at=now)
+    IngestItem.objects.filter(dead_claim, pk__in=ids).update(
+        state=IngestItem.State.RECEIVED, claimed_at=None, updated_at=now
     )
     for item_id in ids:
         task_queue("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=item_id)

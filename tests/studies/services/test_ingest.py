@@ -268,3 +268,23 @@ def test_a_series_thumbnail_is_queued_a_few_times_not_once_per_instance(tenant_a
     # The new series, then (no thumbnail made, since these messages are lost) at 2, 4 and 8 instances.
     assert sent["studies.tasks.series_thumbnail"] == 4
     assert sent["studies.tasks.ingest_process"] == 9
+
+
+@override_settings(INGEST_STALE_SECONDS=60)
+def test_the_sweeper_queues_a_waiting_item_again_once_per_window_not_at_every_sweep(tenant_a):
+    """An item that only waits behind a long queue is not queued again by every sweep (issue 10: 14 sweeps added
+    23,460 duplicate messages under load); a claim that outlived its worker is handed back once."""
+    sent: Counter = Counter()
+    with tenant_scope(tenant_a), messages_lost_by_the_broker(sent):
+        waiting = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=make_instance())
+        dead = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=make_instance())
+        long_ago = timezone.now() - timedelta(minutes=5)
+        IngestItem.objects.filter(pk=waiting.pk).update(updated_at=long_ago)
+        IngestItem.objects.filter(pk=dead.pk).update(state=IngestItem.State.PROCESSING, claimed_at=long_ago)
+        assert services.ingest_requeue_stale() == 2
+        assert services.ingest_requeue_stale() == 0  # the next sweeps, within the window: nothing again
+        assert services.ingest_requeue_stale() == 0
+        dead.refresh_from_db()
+        assert (dead.state, dead.claimed_at) == (IngestItem.State.RECEIVED, None)
+        assert IngestItem.objects.get(pk=waiting.pk).state == IngestItem.State.RECEIVED
+    assert sent["studies.tasks.ingest_process"] == 4  # two from the doors, one each from the first sweep
