@@ -37,11 +37,13 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 # Benchmarks, figures in docs/BENCHMARKS.md: ingestion (bench/ingest.py: its own database, Redis db 9), then
-# query and retrieve (bench/query.py: its own database, Redis db 10).
+# query and retrieve (bench/query.py: its own database, Redis db 10), then Enclave beside Orthanc (bench/orthanc.py:
+# its own database and Orthanc from Debian's packages; `BENCH_ORTHANC_ARGS=--full` for the issue's sizes).
 bench: install
 	scripts/services.sh
 	$(PY) -m bench.ingest $(BENCH_ARGS)
 	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
+	$(PY) -m bench.orthanc $(BENCH_ORTHANC_ARGS)
 
 # PostgreSQL and Redis of the machine (Debian's packages) on loopback, for the benchmarks.
 services:

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 @shared_task(
     name="studies.tasks.ingest_process",
+    # The item's own row is the result (state, reason, timestamps); storing Celery's result in the database as
+    # well cost a row and several statements per instance.
+    ignore_result=True,
     autoretry_for=(ScanError,),
     retry_backoff=5,
     retry_backoff_max=300,

@@ -295,6 +295,12 @@ AUDITLOG_EXCLUDE_TRACKING_MODELS = (
     "django_celery_results.chordcounter",
     "django_celery_beat.periodictasks",
     "tenants.usersession",
+    # Ingestion bookkeeping (issue 10): a Blob row is a stored object's location, size, hash and wrapped key, and
+    # an IngestItem is a pipeline state machine; people never edit either. Every stored instance is recorded by
+    # its INSTANCES_STORED event (and its Instance row here), every rejection, conflict and malware finding by an
+    # event of its own; logging each state change and blob as well cost 8 django-auditlog rows per instance.
+    "studies.blob",
+    "studies.ingestitem",
 )
 AUDITLOG_MASK_TRACKING_FIELDS = ("password", "key", "token", "digest")
 # Patient identifiers and patient-derived text, per model (a name such as "name" or "description" would mask other

@@ -123,12 +123,15 @@ def new_boundary() -> str:
 
 
 def multipart_stream(parts: Iterable[tuple[str, bytes]], boundary: str) -> Iterator[bytes]:
-    """Each (content type, bytes) as one body part; the parts are produced (and read) one at a time."""
+    """Each (content type, bytes) as one body part; the parts are produced (and read) one at a time.
+
+    One chunk per part (the previous part's CRLF, the part's headers and its bytes): the server writes each chunk
+    to the socket as it comes, and small writes between large ones wait on the client's delayed ACK."""
+    before = b""
     for content_type, data in parts:
-        yield f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
-        yield data
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode("ascii")
+        yield b"".join((before, f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii"), data))
+        before = b"\r\n"
+    yield before + f"--{boundary}--\r\n".encode("ascii")
 
 
 def multipart_response(

@@ -57,11 +57,11 @@ EXPLICIT = str(ExplicitVRLittleEndian)
 _NUMBER_LIST = re.compile(r"\d+(,\d+)*")
 
 
-def read_instance(tenant: Tenant, instance: Instance) -> bytes:
+def read_instance(tenant: Tenant, instance: Instance, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
     """The plaintext of one instance (hash checked), inside the tenant's scope: streamed parts are produced
-    after the view has returned and closed its scope."""
+    after the view has returned and closed its scope. `tenant_keys`: see `blob_read`."""
     with tenant_scope(tenant):
-        return blob_read(blob=instance.blob)
+        return blob_read(blob=instance.blob, tenant_keys=tenant_keys)
 
 
 # Negotiation
@@ -216,9 +216,10 @@ class _RetrieveApi(_ReadApi):
         study_row, instances = self.instances(study, series, instance)
         syntax = dicom_syntax(accept_list(request), instances)
         tenant = self.tenant
+        tenant_keys: dict[tuple[int, int], bytes] = {}  # for this request only
 
         def transcoded(row: Instance) -> bytes:
-            data = read_instance(tenant, row)
+            data = read_instance(tenant, row, tenant_keys)
             if syntax == EXPLICIT and row.transfer_syntax_uid != EXPLICIT:
                 data = frame_tools.as_explicit_little_endian(data)
             return data

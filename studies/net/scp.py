@@ -280,7 +280,8 @@ class _Door:
                     logger.info("C-STORE from %s refused at receipt: %s", peer.calling_ae, exc.reason)
                     return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
                 # When the pipeline has already decided (tasks run in-process), a refusal is the sender's answer.
-                item.refresh_from_db(fields=["state", "failure", "reason"])
+                if settings.CELERY_TASK_ALWAYS_EAGER:
+                    item.refresh_from_db(fields=["state", "failure", "reason"])
         except Exception:
             # Not quarantined (or not committed), or the refusal not recorded: the sender keeps the object and may
             # try again. The connection may be what broke; the next C-STORE opens a fresh one.

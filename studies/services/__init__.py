@@ -21,6 +21,7 @@ from studies.services.ingest import (
     ingest_process,
     ingest_receive,
     ingest_requeue_stale,
+    study_counts_refresh,
 )
 from studies.services.refusals import ingest_refusal_record
 from studies.services.shares import (
@@ -61,6 +62,7 @@ __all__ = [
     "share_invite_outside",
     "share_revoke",
     "shares_expired_cleanup",
+    "study_counts_refresh",
     "upload_receive",
     "upload_reject",
 ]

@@ -97,7 +97,9 @@ def ingest_receive(
         device=device,
         source_address=source_address,
     )
-    item.full_clean()
+    # Field rules only: the foreign keys were made or checked just above, and the public id is a fresh UUID, so
+    # full_clean's look-ups of them (three SELECTs per received object) would prove nothing.
+    item.clean_fields(exclude=["tenant", "quarantine", "actor", "device", "instance"])
     item.save()
     task_queue_on_commit("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=item.pk)
     return item
@@ -156,35 +158,47 @@ def _get_or_create(model: Any, *, lookup: dict[str, Any], defaults: dict[str, An
         return model.objects.get(**lookup)
 
 
-def _index(*, tenant: Tenant, parsed: dicom_parse.ParsedInstance, blob: Blob, size: int, sha256: str) -> Instance:
-    patient = _get_or_create(
-        Patient,
-        lookup={"tenant": tenant, "patient_id": parsed.patient_id, "issuer": ""},
-        defaults={"name": parsed.patient_name, "birth_date": parsed.patient_birth_date, "sex": parsed.patient_sex},
+def _index(
+    *, tenant: Tenant, parsed: dicom_parse.ParsedInstance, blob: Blob, size: int, sha256: str
+) -> tuple[Instance, bool]:
+    """Insert the instance row, finding or creating its patient, study and series; True when the series is new.
+    The series is looked up first: for every instance after a series' first, that one statement is the whole
+    look-up."""
+    series = (
+        Series.objects.select_related("study__patient")
+        .filter(tenant=tenant, series_instance_uid=parsed.series_instance_uid)
+        .first()
     )
-    study = _get_or_create(
-        Study,
-        lookup={"tenant": tenant, "study_instance_uid": parsed.study_instance_uid},
-        defaults={
-            "patient": patient,
-            "study_date": parsed.study_date,
-            "study_time": parsed.study_time,
-            "accession_number": parsed.accession_number,
-            "description": parsed.study_description,
-            "referring_physician": parsed.referring_physician,
-            "referring_physician_key": person_name_key(parsed.referring_physician),
-        },
-    )
-    series = _get_or_create(
-        Series,
-        lookup={"tenant": tenant, "series_instance_uid": parsed.series_instance_uid},
-        defaults={
-            "study": study,
-            "modality": parsed.modality,
-            "description": parsed.series_description,
-            "series_number": parsed.series_number,
-        },
-    )
+    created = series is None
+    if series is None:
+        patient = _get_or_create(
+            Patient,
+            lookup={"tenant": tenant, "patient_id": parsed.patient_id, "issuer": ""},
+            defaults={"name": parsed.patient_name, "birth_date": parsed.patient_birth_date, "sex": parsed.patient_sex},
+        )
+        study = _get_or_create(
+            Study,
+            lookup={"tenant": tenant, "study_instance_uid": parsed.study_instance_uid},
+            defaults={
+                "patient": patient,
+                "study_date": parsed.study_date,
+                "study_time": parsed.study_time,
+                "accession_number": parsed.accession_number,
+                "description": parsed.study_description,
+                "referring_physician": parsed.referring_physician,
+                "referring_physician_key": person_name_key(parsed.referring_physician),
+            },
+        )
+        series = _get_or_create(
+            Series,
+            lookup={"tenant": tenant, "series_instance_uid": parsed.series_instance_uid},
+            defaults={
+                "study": study,
+                "modality": parsed.modality,
+                "description": parsed.series_description,
+                "series_number": parsed.series_number,
+            },
+        )
     instance = Instance(
         tenant=tenant,
         series=series,
@@ -201,34 +215,80 @@ def _index(*, tenant: Tenant, parsed: dicom_parse.ParsedInstance, blob: Blob, si
         blob=blob,
     )
     instance.save()
-    _recount(study_id=study.pk, series_id=series.pk)
-    return instance
+    _count_added(study_id=series.study_id, series_id=series.pk, new_series=created)
+    return instance, created
 
 
-def _recount(*, study_id: int, series_id: int) -> None:
-    """Counts and modalities from the rows themselves, under the study's row lock, so concurrent workers adding
-    instances to one study never lose an increment."""
-    study = Study.objects.select_for_update().get(pk=study_id)
-    series = Series.objects.get(pk=series_id)
-    series.number_of_instances = Instance.objects.filter(series_id=series_id).count()
-    series.save(update_fields=["number_of_instances", "updated_at"])
-    study.number_of_series = Series.objects.filter(study_id=study_id).count()
-    study.number_of_instances = Instance.objects.filter(series__study_id=study_id).count()
+def _count_added(*, study_id: int, series_id: int, new_series: bool) -> None:
+    """Add one instance to the series' and the study's counts, in the transaction that inserts it.
+
+    Each count is an increment in one UPDATE (`F() + 1`): the row lock that statement takes makes concurrent
+    increments add up, so no recount and no SELECT ... FOR UPDATE is needed per instance. Only a new series
+    changes the study's series count and modalities, which are then computed from the rows under the study's row
+    lock (taken first, so that the statements after it see every series committed before it).
+
+    These are queryset updates, so django-auditlog records no change for them: the counts are derived from the
+    Instance rows, each of which is in django-auditlog and in the INSTANCES_STORED event of its storing."""
+    now = timezone.now()
+    Series.objects.filter(pk=series_id).update(number_of_instances=F("number_of_instances") + 1, updated_at=now)
+    if not new_series:
+        Study.objects.filter(pk=study_id).update(number_of_instances=F("number_of_instances") + 1, updated_at=now)
+        return
+    Study.objects.select_for_update().filter(pk=study_id).values_list("pk", flat=True).get()
     modalities = sorted({m for m in Series.objects.filter(study_id=study_id).values_list("modality", flat=True) if m})
-    study.modalities = "\\".join(modalities)[:64]
-    study.save(update_fields=["number_of_series", "number_of_instances", "modalities", "updated_at"])
+    Study.objects.filter(pk=study_id).update(
+        number_of_instances=F("number_of_instances") + 1,
+        number_of_series=Series.objects.filter(study_id=study_id).count(),
+        modalities="\\".join(modalities)[:64],
+        updated_at=now,
+    )
+
+
+def study_counts_refresh(*, study_id: int) -> None:
+    """Recount a study's and its series' counts and modalities from the rows, under the study's row lock: for
+    repairs and for code that removes instances (ingestion only ever adds, see `_count_added`)."""
+    with transaction.atomic():
+        Study.objects.select_for_update().filter(pk=study_id).values_list("pk", flat=True).get()
+        now = timezone.now()
+        for series_id in Series.objects.filter(study_id=study_id).values_list("pk", flat=True):
+            Series.objects.filter(pk=series_id).update(
+                number_of_instances=Instance.objects.filter(series_id=series_id).count(), updated_at=now
+            )
+        modalities = sorted(
+            {m for m in Series.objects.filter(study_id=study_id).values_list("modality", flat=True) if m}
+        )
+        Study.objects.filter(pk=study_id).update(
+            number_of_series=Series.objects.filter(study_id=study_id).count(),
+            number_of_instances=Instance.objects.filter(series__study_id=study_id).count(),
+            modalities="\\".join(modalities)[:64],
+            updated_at=now,
+        )
 
 
 def _finish(
-    item: IngestItem, state: str, *, reason: str = "", failure: str = "", instance: Instance | None = None
+    item: IngestItem,
+    state: str,
+    *,
+    reason: str = "",
+    failure: str = "",
+    instance: Instance | None = None,
+    release_quarantine: bool = False,
 ) -> None:
+    """Record the item's verdict in one UPDATE; with `release_quarantine`, the quarantined copy goes too (its row
+    at once, its file when the transaction commits)."""
     item.state, item.reason, item.failure, item.finished_at = state, reason[:300], failure, timezone.now()
     fields = ["state", "reason", "failure", "finished_at", "updated_at"]
     if instance is not None:
         item.instance = instance
         item.sop_instance_uid = instance.sop_instance_uid
         fields += ["instance", "sop_instance_uid"]
+    quarantine = item.quarantine if release_quarantine else None
+    if quarantine is not None:
+        item.quarantine = None
+        fields.append("quarantine")
     item.save(update_fields=fields)
+    if quarantine is not None:
+        blob_delete(blob=quarantine)
 
 
 def _study_participants(instance: Instance) -> list[dict[str, Any]]:
@@ -314,8 +374,10 @@ def _store(item: IngestItem, verdict: Verdict, sha256: str, tenant: Tenant) -> I
         if existing is not None:
             return _resolve_existing(item, existing, verdict)
         blob = blob_write(kind=Blob.Kind.INSTANCE, data=verdict.data)
-        instance = _index(tenant=tenant, parsed=verdict.parsed, blob=blob, size=len(verdict.data), sha256=sha256)
-        _finish(item, IngestItem.State.STORED, instance=instance,
+        instance, new_series = _index(
+            tenant=tenant, parsed=verdict.parsed, blob=blob, size=len(verdict.data), sha256=sha256
+        )
+        _finish(item, IngestItem.State.STORED, instance=instance, release_quarantine=True,
                 reason="preamble zeroed" if verdict.preamble_zeroed else "")  # fmt: skip
         audit_event_record(
             event=EventType.INSTANCES_STORED,
@@ -326,14 +388,21 @@ def _store(item: IngestItem, verdict: Verdict, sha256: str, tenant: Tenant) -> I
             source_address=item.source_address,
             extra={"source": item.source, "batch": str(item.batch), "count": 1, "bytes": len(verdict.data)},
         )
-        quarantine = item.quarantine
-        item.quarantine = None
-        item.save(update_fields=["quarantine", "updated_at"])
-        if quarantine is not None:
-            blob_delete(blob=quarantine)
-        if instance.series.thumbnail_id is None:
+        if _thumbnail_due(instance.series, new_series=new_series):
             task_queue_on_commit("studies.tasks.series_thumbnail", tenant_id=tenant.pk, series_id=instance.series_id)
     return item
+
+
+def _thumbnail_due(series: Series, *, new_series: bool) -> bool:
+    """Queue the thumbnail task for a new series, and again for a series still without one when its count
+    (as read before this instance) reaches a power of two: a series whose first instances cannot be drawn
+    still gets one, at a cost of a few tasks per series rather than one per instance."""
+    if new_series:
+        return True
+    if series.thumbnail_id is not None:
+        return False
+    count = series.number_of_instances + 1
+    return count & (count - 1) == 0
 
 
 def _principal(item: IngestItem) -> str:
@@ -362,22 +431,21 @@ def _resolve_existing(item: IngestItem, existing: Instance, verdict: Verdict) ->
     replacing what is stored."""
     same = existing.sha256 == hashlib.sha256(verdict.data).hexdigest()
     if same or _stored_content_hash(existing) == verdict.parsed.content_sha256:
-        _finish(item, IngestItem.State.DUPLICATE, reason="already stored with the same content", instance=existing)
-        quarantine = item.quarantine
-        item.quarantine = None
-        item.save(update_fields=["quarantine", "updated_at"])
-        if quarantine is not None:
-            blob_delete(blob=quarantine)
+        _finish(
+            item,
+            IngestItem.State.DUPLICATE,
+            reason="already stored with the same content",
+            instance=existing,
+            release_quarantine=True,
+        )
         return item
     _finish(
         item,
         IngestItem.State.CONFLICT,
         reason="different content under a SOP Instance UID that is already stored; kept in quarantine for review",
         failure=IngestItem.Failure.CONFLICT,
+        instance=existing,
     )
-    item.instance = existing
-    item.sop_instance_uid = existing.sop_instance_uid
-    item.save(update_fields=["instance", "sop_instance_uid", "updated_at"])
     audit_event_record(
         event=EventType.INGEST_CONFLICT,
         actor=item.actor,
@@ -430,14 +498,23 @@ def _reject(item: IngestItem, exc: Rejected) -> None:
 def ingest_requeue_stale() -> int:
     """Queue again every item of the current tenant left `received` or `processing` too long: the broker lost the
     message or the worker died. Processing claims by compare-and-set, so a message that was not lost after all
-    only finds the item taken."""
+    only finds the item taken.
+
+    Each item is queued again at most once per `INGEST_STALE_SECONDS`: the sweep touches a waiting item's
+    `updated_at` and hands a dead claim back as `received`, so an item that merely waits behind a long queue is
+    not queued again by every sweep (under a large load, every sweep used to add a message per waiting item)."""
     tenant = current_tenant()
-    stale = timezone.now() - timedelta(seconds=settings.INGEST_STALE_SECONDS)
-    ids = list(
-        IngestItem.objects.filter(
-            Q(state=IngestItem.State.RECEIVED, updated_at__lt=stale)
-            | Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
-        ).values_list("pk", flat=True)
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.INGEST_STALE_SECONDS)
+    waiting = Q(state=IngestItem.State.RECEIVED, updated_at__lt=stale)
+    dead_claim = Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
+    ids = list(IngestItem.objects.filter(waiting | dead_claim).values_list("pk", flat=True))
+    if not ids:
+        return 0
+    # The state conditions again: an item claimed or finished since the look above is left alone.
+    IngestItem.objects.filter(waiting, pk__in=ids).update(updated_at=now)
+    IngestItem.objects.filter(dead_claim, pk__in=ids).update(
+        state=IngestItem.State.RECEIVED, claimed_at=None, updated_at=now
     )
     for item_id in ids:
         task_queue("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=item_id)

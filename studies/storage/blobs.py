@@ -54,9 +54,10 @@ def tenant_key_ensure(*, tenant: Tenant) -> TenantKey:
         return TenantKey.objects.get(version=1)
 
 
-def _tenant_key(version: int) -> bytes:
+def _tenant_key(version: int, row: TenantKey | None = None) -> bytes:
     tenant = current_tenant()
-    row = TenantKey.objects.get(version=version)
+    if row is None or row.version != version:
+        row = TenantKey.objects.get(version=version)
     return envelope.unwrap_tenant_key(
         master_key=_master_key(), wrapped=bytes(row.wrapped), tenant_id=tenant.pk, version=version
     )
@@ -70,7 +71,7 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True) -> Blob:
     """
     tenant = current_tenant()
     tenant_key_row = tenant_key_ensure(tenant=tenant)
-    kek = _tenant_key(tenant_key_row.version)
+    kek = _tenant_key(tenant_key_row.version, tenant_key_row)
     blob_id = uuid.uuid4()
     data_key = envelope.new_key()
     sealed = envelope.encrypt(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
@@ -109,10 +110,19 @@ def _decrypt_from(store: str, blob: Blob, data_key: bytes) -> bytes:
     return data
 
 
-def blob_read(*, blob: Blob) -> bytes:
-    """The plaintext of `blob`, hash checked; from the replica when the primary copy is gone or damaged."""
+def blob_read(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
+    """The plaintext of `blob`, hash checked; from the replica when the primary copy is gone or damaged.
+
+    `tenant_keys`, a dict the caller keeps for one request (a series retrieval), holds the unwrapped tenant keys
+    so that each is read and unwrapped once per request rather than once per blob."""
+    cache_key = (blob.tenant_id, blob.key_version)
+    kek = tenant_keys.get(cache_key) if tenant_keys is not None else None
+    if kek is None:
+        kek = _tenant_key(blob.key_version)
+        if tenant_keys is not None:
+            tenant_keys[cache_key] = kek
     data_key = envelope.unwrap_data_key(
-        tenant_key=_tenant_key(blob.key_version),
+        tenant_key=kek,
         wrapped=bytes(blob.wrapped_key),
         tenant_id=blob.tenant_id,
         blob_id=str(blob.public_id),
@@ -139,5 +149,11 @@ def blob_delete(*, blob: Blob) -> None:
             except OSError:
                 logger.warning("could not delete blob %s from %s", public_id, store)
 
-    blob.delete()
+    if blob.kind == Blob.Kind.QUARANTINE:
+        # One DELETE instead of Django's collector (four look-ups of rows that may point at a blob): a quarantined
+        # object is referenced only by its IngestItem, whose caller has cleared the reference; were it referenced
+        # still, the database's foreign keys (checked at commit) would refuse the transaction.
+        Blob.objects.filter(pk=blob.pk, kind=Blob.Kind.QUARANTINE)._raw_delete(Blob.objects.db)
+    else:
+        blob.delete()
     transaction.on_commit(remove_files)

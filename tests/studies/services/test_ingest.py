@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+from auditlog.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.core.files.storage import storages
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -136,9 +142,9 @@ def test_processing_is_claimed_once(tenant_a):
 
 
 @contextmanager
-def messages_lost_by_the_broker():
+def messages_lost_by_the_broker(sent: Counter | None = None):
     """Tasks sent inside go to a real Redis queue that no worker reads, which is then deleted: what a Redis restart
-    without persistence does to queued work."""
+    without persistence does to queued work. With `sent`, the queued messages are counted by task name first."""
     conf = celery_app.conf
     queue = f"lost-{uuid.uuid4().hex[:10]}"
     saved = conf.task_always_eager, conf.task_default_queue, conf.task_routes
@@ -146,6 +152,10 @@ def messages_lost_by_the_broker():
     try:
         yield
     finally:
+        if sent is not None:
+            with celery_app.connection_for_write() as conn:
+                for raw in conn.default_channel.client.lrange(queue, 0, -1):
+                    sent[json.loads(raw)["headers"]["task"]] += 1
         conf.task_always_eager, conf.task_default_queue, conf.task_routes = saved
         redis_queue_forget(queue)
 
@@ -179,3 +189,105 @@ def test_another_tenant_sees_nothing(tenant_a, tenant_b, radiologist_a, outsider
     with tenant_scope(tenant_b):
         assert study_list(actor=outsider_b).count() == 0
         assert not Study.objects.exists()
+
+
+def test_counts_stay_exact_when_four_workers_store_one_study_at_once(tenant_a):
+    """Counters are increments in the indexing transaction, not a recount under a lock: four threads (four
+    database connections) storing one study's instances at once, new series among them, lose no increment."""
+    files = make_study(series=3, instances_per_series=8)
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=f) for f in files]
+    ids = [item.pk for item in items]
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def work(share: list[int]) -> None:
+        try:
+            start.wait()
+            with tenant_scope(tenant_a):
+                for item_id in share:
+                    services.ingest_process(item_id=item_id)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(ids[n::4],)) for n in range(4)]
+    # The thumbnail tasks go to a queue nobody reads: run eagerly in four threads at once, they would leave
+    # Celery's process-wide "inside a task" flag set for the tests that follow.
+    with messages_lost_by_the_broker():
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+    with tenant_scope(tenant_a):
+        assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
+        study = Study.objects.get()
+        assert (study.number_of_series, study.number_of_instances, study.modalities) == (3, 24, "CT")
+        assert sorted(Series.objects.values_list("number_of_instances", flat=True)) == [8, 8, 8]
+        assert Instance.objects.count() == 24
+        services.study_counts_refresh(study_id=study.pk)  # the recount from the rows agrees
+        study.refresh_from_db()
+        assert (study.number_of_series, study.number_of_instances) == (3, 24)
+
+
+def test_pipeline_bookkeeping_is_on_the_dicom_audit_trail_not_in_django_auditlog(tenant_a, technologist_a):
+    files = make_study(series=1, instances_per_series=3)
+    with tenant_scope(tenant_a):
+        for data in files:
+            assert receive(data, actor=technologist_a).state == IngestItem.State.STORED
+
+        def logged(model: str) -> int:
+            kind = ContentType.objects.get(app_label="studies", model=model)
+            return LogEntry.objects.filter(content_type=kind).count()
+
+        # Blob rows and item states are bookkeeping: none in django-auditlog ...
+        assert logged("blob") == 0
+        assert logged("ingestitem") == 0
+        # ... while every stored instance and the patient data it brought are, and the storing is an event.
+        assert logged("instance") == 3
+        assert (logged("patient"), logged("study")) == (1, 1)
+        assert logged("series") == 2  # its creation, and its thumbnail set
+        assert not LogEntry.objects.filter(
+            action=LogEntry.Action.UPDATE, changes__has_key="number_of_instances"
+        ).exists()
+        assert AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED).count() == 3
+        # A person's change of patient data is still in django-auditlog.
+        study = Study.objects.get()
+        study.description = "Corrected description"
+        study.save()
+        assert logged("study") == 2
+
+
+def test_a_series_thumbnail_is_queued_a_few_times_not_once_per_instance(tenant_a):
+    sent: Counter = Counter()
+    files = make_study(series=1, instances_per_series=9)
+    with tenant_scope(tenant_a), messages_lost_by_the_broker(sent):
+        batch = uuid.uuid4()
+        items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=f) for f in files]
+        for item in items:
+            assert services.ingest_process(item_id=item.pk).state == IngestItem.State.STORED
+    # The new series, then (no thumbnail made, since these messages are lost) at 2, 4 and 8 instances.
+    assert sent["studies.tasks.series_thumbnail"] == 4
+    assert sent["studies.tasks.ingest_process"] == 9
+
+
+@override_settings(INGEST_STALE_SECONDS=60)
+def test_the_sweeper_queues_a_waiting_item_again_once_per_window_not_at_every_sweep(tenant_a):
+    """An item that only waits behind a long queue is not queued again by every sweep (issue 10: 14 sweeps added
+    23,460 duplicate messages under load); a claim that outlived its worker is handed back once."""
+    sent: Counter = Counter()
+    with tenant_scope(tenant_a), messages_lost_by_the_broker(sent):
+        waiting = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=make_instance())
+        dead = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=make_instance())
+        long_ago = timezone.now() - timedelta(minutes=5)
+        IngestItem.objects.filter(pk=waiting.pk).update(updated_at=long_ago)
+        IngestItem.objects.filter(pk=dead.pk).update(state=IngestItem.State.PROCESSING, claimed_at=long_ago)
+        assert services.ingest_requeue_stale() == 2
+        assert services.ingest_requeue_stale() == 0  # the next sweeps, within the window: nothing again
+        assert services.ingest_requeue_stale() == 0
+        dead.refresh_from_db()
+        assert (dead.state, dead.claimed_at) == (IngestItem.State.RECEIVED, None)
+        assert IngestItem.objects.get(pk=waiting.pk).state == IngestItem.State.RECEIVED
+    assert sent["studies.tasks.ingest_process"] == 4  # two from the doors, one each from the first sweep
