@@ -14,6 +14,7 @@
   var ready = document.getElementById("export-ready");
   var link = document.getElementById("export-download");
   var downloaded = document.getElementById("export-downloaded");
+  var used = false;
   var LABELS = { queued: "Queued", running: "Running", done: "Done", failed: "Failed" };
 
   function show(s) {
@@ -25,8 +26,9 @@
     error.textContent = s.error || "";
     error.hidden = !s.error;
     if (s.download_url) { link.href = s.download_url; }
-    ready.hidden = !s.download_url;
-    downloaded.hidden = !s.downloaded;
+    // A poll answered after the click may still say "not downloaded": the click is what this page knows last.
+    ready.hidden = !s.download_url || used;
+    downloaded.hidden = !(s.downloaded || used);
   }
 
   function poll() {
@@ -41,6 +43,7 @@
 
   link.addEventListener("click", function () {
     // The link works once: hide it as soon as it is used.
+    used = true;
     window.setTimeout(function () { ready.hidden = true; downloaded.hidden = false; }, 0);
   });
   poll();
