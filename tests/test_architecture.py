@@ -47,7 +47,6 @@ GUARDIAN_ALLOWED = {
 # Routed DRF views that are not tenant APIs, with the reason they need no tenant.
 PUBLIC_APIS = {
     "SpectacularAPIView": "OpenAPI schema: requires authentication, holds no tenant data",
-    "SpectacularSwaggerView": "the schema's browser",
     "SpectacularSwaggerSplitView": "the schema's browser, its start script apart (the CSP allows no inline script)",
 }
 FANOUT_TASKS = {
