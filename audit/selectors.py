@@ -186,28 +186,90 @@ class TrailEntry:
     change: LogEntry | None = None
 
 
-def audit_trail_keys(
-    *,
-    actor: Any,
-    username: str = "",
-    event_type: int | None = None,
-    changes_only: bool = False,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> models.QuerySet[Any]:
-    """The current tenant's audit events and field changes as one list of `(kind, at, row id)`, newest first.
+@dataclass(frozen=True)
+class TrailFilters:
+    """What the browser filters the merged trail by. Patient, study and device name participants of audit
+    events: a field change names none, so with any of them (or a failed outcome, or an event verb) field changes
+    drop out; a source address matches both layers (django-auditlog keeps the request's address)."""
 
-    The database merges the two tables (UNION ALL, ordered, so slicing gives any page correctly without reading
-    the rows before it into Python); `audit_trail_entries` then loads the rows of one page or batch.
-    `event_type` keeps only events of that verb (a field change has none); `changes_only` keeps only changes.
-    Needs `tenants.view_audit`; without it the list is empty.
-    """
+    username: str = ""
+    event_type: int | None = None
+    changes_only: bool = False
+    since: datetime | None = None
+    until: datetime | None = None
+    patient_id: str = ""
+    study_uid: str = ""
+    device: str = ""
+    outcome: int | None = None
+    source_address: str = ""
+
+    @property
+    def events_only(self) -> bool:
+        return bool(
+            self.event_type is not None
+            or self.patient_id
+            or self.study_uid
+            or self.device
+            or (self.outcome is not None and self.outcome != 0)
+        )
+
+
+@dataclass(frozen=True)
+class TrailCursor:
+    """Where a page of the trail ends: the last key shown. The next page starts strictly after it in the
+    trail's order (time, then kind, then row id, all descending; "event" sorts above "change"): a keyset, so page 10 000 costs what page 1
+    costs and entries arriving meanwhile do not shift it."""
+
+    at: datetime
+    kind: str
+    row_id: int
+
+
+def _event_filtered(qs: models.QuerySet[AuditEvent], f: TrailFilters) -> models.QuerySet[AuditEvent]:
+    if f.event_type is not None:
+        qs = qs.filter(event_type=f.event_type)
+    if f.patient_id:
+        qs = qs.filter(participants__contains=[{"type": "patient", "id": f.patient_id}])
+    if f.study_uid:
+        qs = qs.filter(participants__contains=[{"type": "study", "id": f.study_uid}])
+    if f.device:
+        qs = qs.filter(
+            models.Q(system_principal__iexact=f"dicom:{f.device}")
+            | models.Q(participants__contains=[{"type": "devices.device", "id": f.device}])
+            | models.Q(participants__contains=[{"type": "devices.device", "name": f.device}])
+        )
+    if f.outcome is not None:
+        qs = qs.filter(outcome=f.outcome)
+    if f.source_address:
+        qs = qs.filter(source_address=f.source_address)
+    return qs
+
+
+def _after(kind: str, at_field: str, cursor: TrailCursor | None) -> models.Q:
+    """The keyset condition `(at, kind, id) < cursor` for the rows of one kind (see TrailCursor)."""
+    if cursor is None:
+        return models.Q()
+    if kind == cursor.kind:
+        return models.Q(**{f"{at_field}__lt": cursor.at}) | models.Q(**{at_field: cursor.at, "pk__lt": cursor.row_id})
+    if kind < cursor.kind:
+        return models.Q(**{f"{at_field}__lte": cursor.at})
+    return models.Q(**{f"{at_field}__lt": cursor.at})
+
+
+def _trail_sides(
+    *, actor: Any, filters: TrailFilters, cursor: TrailCursor | None = None
+) -> tuple[models.QuerySet[Any], models.QuerySet[Any]]:
+    f = filters
     kind = models.CharField(max_length=8)
-    events = audit_event_list(actor=actor, username=username, event_type=event_type, since=since, until=until)
-    changes = audit_change_list(actor=actor, username=username, since=since, until=until)
-    if changes_only:
+    events = audit_event_list(actor=actor, username=f.username, since=f.since, until=f.until)
+    events = _event_filtered(events, f).filter(_after(TRAIL_EVENT, "occurred_at", cursor))
+    changes = audit_change_list(actor=actor, username=f.username, since=f.since, until=f.until)
+    if f.source_address:
+        changes = changes.filter(remote_addr=f.source_address)
+    changes = changes.filter(_after(TRAIL_CHANGE, "timestamp", cursor))
+    if f.changes_only:
         events = events.none()
-    if event_type is not None:
+    if f.events_only:
         changes = changes.none()
     event_keys = (
         events.order_by()
@@ -221,7 +283,48 @@ def audit_trail_keys(
                   trail_id=models.F("pk"))
         .values_list("trail_kind", "trail_at", "trail_id")
     )  # fmt: skip
-    return event_keys.union(change_keys, all=True).order_by("-trail_at", "-trail_id")
+    return event_keys, change_keys
+
+
+TRAIL_ORDER = ("-trail_at", "-trail_kind", "-trail_id")
+
+
+def audit_trail_keys(*, actor: Any, filters: TrailFilters) -> models.QuerySet[Any]:
+    """The current tenant's audit events and field changes as one list of `(kind, at, row id)`, newest first.
+
+    The database merges the two tables (UNION ALL, ordered); `audit_trail_entries` then loads the rows of one
+    batch. For the browser's pages use `audit_trail_page` (keyset); this whole list is for exports.
+    Needs `tenants.view_audit`; without it the list is empty.
+    """
+    event_keys, change_keys = _trail_sides(actor=actor, filters=filters)
+    return event_keys.union(change_keys, all=True).order_by(*TRAIL_ORDER)
+
+
+def audit_trail_page(
+    *, actor: Any, filters: TrailFilters, after: TrailCursor | None = None, size: int = 50
+) -> tuple[list[tuple[str, datetime, int]], TrailCursor | None]:
+    """One page of `audit_trail_keys` after `after` (None: the newest), and the cursor of the next page (None
+    when this is the last). Each side is ordered and limited by its own index before the merge, so the cost
+    does not grow with the depth of the page or the size of the table (no OFFSET)."""
+    event_keys, change_keys = _trail_sides(actor=actor, filters=filters, cursor=after)
+    # Two index-ordered reads of at most size + 1 keys each, merged here: the page is among them.
+    merged = [*event_keys.order_by("-trail_at", "-trail_id")[: size + 1],
+              *change_keys.order_by("-trail_at", "-trail_id")[: size + 1]]  # fmt: skip
+    keys = sorted(merged, key=lambda key: (key[1], key[0], key[2]), reverse=True)[: size + 1]
+    if len(keys) <= size:
+        return keys, None
+    keys = keys[:size]
+    kind, at, row_id = keys[-1]
+    return keys, TrailCursor(at=at, kind=kind, row_id=row_id)
+
+
+def audit_change_get(*, actor: Any, change_id: int) -> LogEntry:
+    """One django-auditlog entry of the current tenant (`tenants.view_audit`), or `NotVisible` (another
+    tenant's entry is the same as a missing one)."""
+    try:
+        return audit_change_list(actor=actor).get(pk=change_id)
+    except (LogEntry.DoesNotExist, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
 
 
 def audit_trail_entries(keys: Iterable[tuple[str, datetime, int]]) -> list[TrailEntry]:

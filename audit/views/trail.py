@@ -1,26 +1,18 @@
-"""The tenant's audit trail in the browser: one list of events and field changes, and its CSV export.
-
-Reading the trail is itself on the trail (DICOM 110101 Audit Log Used, SECURITY.md B7), with the filters used.
-"""
+"""How the trail reads: one row shape for both layers (audit events and django-auditlog field changes), the
+folding of pipeline bookkeeping, patient identifiers masked in field diffs, and the CSV lines of an export."""
 
 from __future__ import annotations
 
 import csv
 import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from itertools import islice
 from typing import Any
 
-from django import forms
-from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
-from django.utils import timezone
+from django.http import HttpRequest
 
-from audit.events import EventType
-from audit.selectors import TRAIL_EVENT, TrailEntry, audit_trail_entries, audit_trail_keys
-from audit.services import audit_event_record
-from portal.web.pages import TenantPageView
+from audit.selectors import TRAIL_EVENT, TrailEntry, audit_trail_entries
 from tenants.models import Role, Tenant
 from tenants.scoping import tenant_scope
 
@@ -32,68 +24,12 @@ CHANGE_ACTIONS = {0: "C", 1: "U", 2: "D", 3: "R"}  # django-auditlog's LogEntry.
 CHANGE_VERBS = {0: "created", 1: "changed", 2: "deleted", 3: "read"}
 
 
-class AuditFilterForm(forms.Form):
-    """The page's filters. They name people, verbs and dates only, never patient data, so they may sit in the
-    query string of our own page."""
-
-    user = forms.CharField(required=False, max_length=150, label="User name")
-    event = forms.ChoiceField(required=False, label="Event")
-    start = forms.DateField(required=False, label="From (UTC)", widget=forms.DateInput(attrs={"type": "date"}))
-    end = forms.DateField(required=False, label="To (UTC)", widget=forms.DateInput(attrs={"type": "date"}))
-    # The moment the first page was read: later pages stay the same list while new entries keep arriving.
-    asof = forms.DateTimeField(required=False, widget=forms.HiddenInput)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        event = self.fields["event"]
-        assert isinstance(event, forms.ChoiceField)
-        event.choices = [
-            ("", "All events and changes"),
-            (CHANGES, "Field changes (every model)"),
-            *[(str(e.value), f"{e.spec.description} ({e.spec.event_id.value})") for e in EventType],
-        ]
-
-    def clean(self) -> dict[str, Any]:
-        super().clean()
-        data = self.cleaned_data
-        start, end = data.get("start"), data.get("end")
-        if start and end and start > end:
-            raise forms.ValidationError("The start date is after the end date.")
-        return data
-
-    def selector_filters(self, *, asof: datetime | None = None) -> dict[str, Any]:
-        """The cleaned filters as `audit_trail_keys` takes them; the end date counts whole (until its midnight)."""
-        data = self.cleaned_data
-        event = data.get("event") or ""
-        until = _midnight_utc(data["end"] + timedelta(days=1)) if data.get("end") else None
-        if asof is not None:
-            until = min(until, asof) if until is not None else asof
-        return {
-            "username": data.get("user", "").strip(),
-            "event_type": int(event) if event and event != CHANGES else None,
-            "changes_only": event == CHANGES,
-            "since": _midnight_utc(data["start"]) if data.get("start") else None,
-            "until": until,
-        }
-
-    def recorded_filters(self) -> dict[str, str]:
-        """The filters as written into the AUDIT_LOG_USED event: only those given."""
-        data = self.cleaned_data
-        values = {
-            "user": data.get("user", "").strip(),
-            "event": data.get("event") or "",
-            "from": data["start"].isoformat() if data.get("start") else "",
-            "to": data["end"].isoformat() if data.get("end") else "",
-        }
-        return {key: value for key, value in values.items() if value}
-
-
-def _log_participant(request: HttpRequest, tenant: Tenant) -> dict[str, str]:
+def log_participant(request: HttpRequest, tenant: Tenant) -> dict[str, str]:
     """The A.5 participant object of an Audit Log Used message: the log, by the URI that was read."""
     return {"type": "audit_log", "id": request.path, "name": f"Audit trail of {tenant.slug}"}
 
 
-def _midnight_utc(day: date) -> datetime:
+def midnight_utc(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
@@ -146,6 +82,35 @@ def change_texts(action: str, changes: Any) -> list[tuple[str, str]]:
     return lines
 
 
+# Patient identifiers in field diffs: shown as masked on every screen and export of the trail, whatever the
+# django-auditlog settings stored (older rows, or a model added before its fields were masked). The fact that the
+# field changed stays visible.
+MASK = "•••••• (patient identifier, masked)"
+PATIENT_IDENTIFIER_FIELDS: dict[str, frozenset[str]] = {
+    "studies.patient": frozenset({"patient_id", "issuer", "name", "birth_date", "sex"}),
+}
+PATIENT_IDENTIFIER_FIELD_NAMES = frozenset({"patient_id", "patient_name", "patient_birth_date", "other_patient_ids"})
+
+
+def changes_masked(model: str, changes: Any) -> Any:
+    """`changes` with every patient identifier's values replaced by MASK (a new dict; the row is untouched)."""
+    if not isinstance(changes, dict):
+        return changes
+    masked_fields = PATIENT_IDENTIFIER_FIELDS.get(model, frozenset()) | PATIENT_IDENTIFIER_FIELD_NAMES
+    masked: dict[str, Any] = {}
+    for field, values in changes.items():
+        if field in masked_fields:
+            masked[field] = [MASK, MASK] if isinstance(values, list | tuple) and len(values) == 2 else MASK
+        else:
+            masked[field] = values
+    return masked
+
+
+def object_repr_masked(model: str, text: str) -> str:
+    """A patient row's own name (its `str`) is an identifier too."""
+    return f"{model} (masked)" if model in PATIENT_IDENTIFIER_FIELDS else text
+
+
 def trail_row(entry: TrailEntry) -> dict[str, Any]:
     """One line of the page or the export, the same columns for both layers (SECURITY.md, minimum columns)."""
     if entry.kind == TRAIL_EVENT:
@@ -178,12 +143,13 @@ def trail_row(entry: TrailEntry) -> dict[str, Any]:
             "changes": [],
             "change_texts": [],
             "hash": event.hash,
+            "public_id": str(event.public_id),
         }
     change = entry.change
     assert change is not None
     action = CHANGE_ACTIONS.get(change.action, "U")
-    changes = change.changes_dict or {}
     model = f"{change.content_type.app_label}.{change.content_type.model}"
+    changes = changes_masked(model, change.changes_dict or {})
     return {
         "kind": "change",
         "at": change.timestamp,
@@ -207,11 +173,13 @@ def trail_row(entry: TrailEntry) -> dict[str, Any]:
         "participants": [],
         "request_id": change.cid or "",
         "model": model,
-        "object": change.object_repr,
+        "object": object_repr_masked(model, change.object_repr),
+        "change_id": change.pk,
         "changes": changes,
         "change_texts": change_texts(action, changes),
         "bookkeeping": model in BOOKKEEPING_MODELS,
         "hash": "",
+        "public_id": "",
     }
 
 
@@ -248,39 +216,6 @@ def trail_fold(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return top
 
 
-class AuditView(TenantPageView):
-    """/t/<tenant>/audit/ : the tenant's audit events and field changes in one list, newest first, with filters
-    by user, event and dates. Compliance officers, auditors and tenant admins (`tenants.view_audit`)."""
-
-    required_permission = "tenants.view_audit"
-
-    def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
-        form = AuditFilterForm(request.GET)
-        if not form.is_valid():
-            return self.render(request, "audit/audit.html", {"form": form, "rows": [], "page_obj": None}, status=400)
-        asof = form.cleaned_data.get("asof") or timezone.now()
-        paginator = Paginator(audit_trail_keys(actor=request.user, **form.selector_filters(asof=asof)), PAGE_SIZE)
-        page_obj = paginator.get_page(request.GET.get("page"))
-        rows = trail_fold([trail_row(entry) for entry in audit_trail_entries(page_obj.object_list)])
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
-            actor=request.user,
-            tenant=self.tenant,
-            target=_log_participant(request, self.tenant),
-            extra={"filters": form.recorded_filters(), "results": paginator.count, "page": page_obj.number},
-        )
-        export_query = request.GET.copy()
-        export_query.pop("page", None)
-        context = {
-            "form": form,
-            "rows": rows,
-            "page_obj": page_obj,
-            "asof": asof.astimezone(UTC).isoformat(timespec="microseconds"),
-            "export_query": export_query.urlencode(),
-        }
-        return self.render(request, "audit/audit.html", context)
-
-
 CSV_COLUMNS = [
     "kind", "when_utc", "sequence", "event_id", "event_display", "event_type_code", "event_type_display", "verb",
     "action", "outcome", "outcome_description", "user", "role", "system_principal", "source_address", "target",
@@ -312,7 +247,7 @@ class _Echo:
         return value
 
 
-def _csv_stream(tenant: Tenant, keys: Any) -> Iterator[str]:
+def csv_stream(tenant: Tenant, keys: Any) -> Iterator[str]:
     """The export, a batch of rows at a time: memory stays flat however long the trail.
 
     The response is sent after the view has returned and closed the tenant scope, so each batch reopens the
@@ -328,25 +263,67 @@ def _csv_stream(tenant: Tenant, keys: Any) -> Iterator[str]:
             yield writer.writerow(line)
 
 
-class AuditExportView(TenantPageView):
-    """/t/<tenant>/audit/export.csv : the same list with the same filters, as CSV (streamed)."""
 
-    required_permission = "tenants.view_audit"
 
-    def get(self, request: HttpRequest, tenant: str) -> HttpResponseBase:
-        form = AuditFilterForm(request.GET)
-        if not form.is_valid():
-            errors = "; ".join(str(error) for errors in form.errors.values() for error in errors)
-            return HttpResponse(f"Invalid filters: {errors}\n", status=400, content_type="text/plain; charset=utf-8")
-        keys = audit_trail_keys(actor=request.user, **form.selector_filters(asof=form.cleaned_data.get("asof")))
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
-            actor=request.user,
-            tenant=self.tenant,
-            target=_log_participant(request, self.tenant),
-            extra={"export": "csv", "filters": form.recorded_filters(), "results": keys.count()},
-        )
-        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-        response = StreamingHttpResponse(_csv_stream(self.tenant, keys), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="audit-{self.tenant.slug}-{stamp}.csv"'
-        return response
+# The A.5 message of one event, for the detail view (PS3.15 A.5.1; codes from A.5.2 and CID 400-403).
+PARTICIPANT_CODES: dict[str, tuple[str, str, str]] = {
+    # our participant type -> (ParticipantObjectTypeCode, ParticipantObjectTypeCodeRole, ParticipantObjectIDTypeCode)
+    "patient": ("1 Person", "1 Patient", "2 Patient Number"),
+    "study": ("2 System Object", "3 Report", "110180 Study Instance UID"),
+    "query": ("2 System Object", "24 Query", "110181 SOP Class UID"),
+    "user": ("1 Person", "6 User", "11 User Identifier"),
+    "audit_log": ("2 System Object", "13 Security Resource", "12 URI"),
+}
+OTHER_PARTICIPANT = ("2 System Object", "4 Resource", "Enclave object id")
+
+
+def a5_message(event: Any, *, audit_source: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every element of the DICOM audit message of `event`, as (section, [(element, value)]) for display."""
+    identification = [
+        ("EventID", f"{event.event_id} {event.event_id_display}"),
+        ("EventActionCode", f"{event.action} ({ACTION_LABELS.get(event.action, event.action)})"),
+        ("EventDateTime", event.occurred_at.astimezone(UTC).isoformat(timespec="microseconds")),
+        ("EventOutcomeIndicator", f"{event.outcome} ({event.outcome_label})"),
+        ("EventOutcomeDescription", event.outcome_description or "—"),
+        ("EventTypeCode", f"{event.event_type_code} {event.event_type_display}".strip() or "—"),
+        ("Enclave verb", event.verb),
+    ]
+    requestor = [
+        ("UserID", event.actor_username or event.system_principal or "—"),
+        ("AlternativeUserID", str(event.actor_user.subject_uuid) if event.actor_user is not None else "—"),
+        ("UserName", event.actor_username or "—"),
+        ("UserIsRequestor", "true"),
+        ("RoleIDCode", _role_label(event.actor_role) if event.actor_role else "—"),
+        ("System principal", event.system_principal or "—"),
+        ("NetworkAccessPointID", event.source_address or "—"),
+        ("NetworkAccessPointTypeCode", "2 (IP address)" if event.source_address else "—"),
+    ]
+    source = [
+        ("AuditSourceID", audit_source),
+        ("AuditEnterpriseSiteID", event.tenant.slug if event.tenant is not None else "platform"),
+        ("AuditSourceTypeCode", "4 (Application Server process)"),
+    ]
+    sections = [("Event identification", identification), ("Active participant (requestor)", requestor),
+                ("Audit source identification", source)]  # fmt: skip
+    for entry in event.participants or []:
+        type_code, role, id_type = PARTICIPANT_CODES.get(str(entry.get("type", "")), OTHER_PARTICIPANT)
+        fields = [
+            ("ParticipantObjectTypeCode", type_code),
+            ("ParticipantObjectTypeCodeRole", role),
+            ("ParticipantObjectIDTypeCode", id_type),
+            ("ParticipantObjectID", str(entry.get("id", ""))),
+            ("ParticipantObjectName", str(entry.get("name", "")) or "—"),
+        ]
+        if entry.get("query"):
+            fields.append(("ParticipantObjectQuery", str(entry["query"])))
+        if entry.get("role"):
+            fields.append(("Role in this event", str(entry["role"])))
+        if entry.get("detail"):
+            fields.append(("ParticipantObjectDetail", json.dumps(entry["detail"], sort_keys=True, default=str)))
+        sections.append((f"Participant object ({entry.get('type', 'object')})", fields))
+    sections.append(("Tamper evidence", [
+        ("Chain", event.chain.key), ("Sequence", str(event.sequence)), ("Request id", event.request_id or "—"),
+        ("Previous hash", event.prev_hash), ("Hash", event.hash),
+        ("Extra", json.dumps(event.extra, sort_keys=True, default=str) if event.extra else "—"),
+    ]))  # fmt: skip
+    return sections

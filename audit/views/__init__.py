@@ -1,0 +1,11 @@
+"""The audit app's pages: the trail browser (pages) and how its rows read (trail)."""
+
+from audit.views.pages import (
+    PAGE_SIZE,
+    AuditChangeDetailView,
+    AuditEventDetailView,
+    AuditExportView,
+    AuditView,
+)
+
+__all__ = ["PAGE_SIZE", "AuditChangeDetailView", "AuditEventDetailView", "AuditExportView", "AuditView"]
