@@ -90,6 +90,13 @@ class AuditEvent(models.Model):
             models.Index(fields=["tenant", "-occurred_at"], name="audit_event_tenant_time"),
             models.Index(fields=["tenant", "event_type", "-occurred_at"], name="audit_event_tenant_type_time"),
             models.Index(fields=["tenant", "actor_user", "-occurred_at"], name="audit_event_tenant_user_time"),
+            # The browser's keyset order, and its filters that are not in a participant (audit.selectors).
+            models.Index(fields=["tenant", "-occurred_at", "-id"], name="audit_event_tenant_keyset"),
+            models.Index(fields=["tenant", "outcome", "-occurred_at"], name="audit_event_tenant_outcome"),
+            models.Index(fields=["tenant", "source_address", "-occurred_at"], name="audit_event_tenant_address"),
+            models.Index(fields=["tenant", "system_principal", "-occurred_at"], name="audit_event_tenant_principal"),
+            # Patient, study and device filters (participants @> ...) use a GIN index made on PostgreSQL by
+            # migration 0005, with the index of django-auditlog's table by tenant.
         ]
 
     def __str__(self) -> str:

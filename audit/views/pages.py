@@ -50,7 +50,7 @@ PAGE_SIZE = 50
 IDENTIFYING_FILTERS = ("patient", "study")
 SAVED_FILTERS_KEY = "audit_saved_filters"
 SAVED_FILTERS_KEPT = 20
-DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
+DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
 
 
 class AuditFilterForm(forms.Form):
