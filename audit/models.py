@@ -180,3 +180,56 @@ class SecurityAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} ({self.severity})"
+
+
+def logentry_canonical(entry: Any) -> bytes:
+    """The canonical form of a django-auditlog LogEntry row as read from the database: what its seal covers."""
+    data = {name: getattr(entry, name) for name in ChangeSeal.SEALED_LOGENTRY_FIELDS}
+    data["timestamp"] = entry.timestamp.astimezone(UTC).isoformat(timespec="microseconds")
+    data["pk"] = entry.pk
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
+
+
+class ChangeSeal(models.Model):
+    """The hash chain over django-auditlog's LogEntry rows, which that table cannot hold itself: one seal per
+    entry, chained per tenant (chain key `changes:tenant:<id>`, or `changes:platform`). Written by
+    `audit.services.audit_changes_seal` after the entry's transaction commits (never inside it: a second chain
+    lock taken in whatever order a request writes would deadlock with the events' chain). Append-only like
+    AuditEvent; `audit_verify` finds an edited, deleted or unsealed entry and a truncated tail."""
+
+    SEALED_LOGENTRY_FIELDS = (
+        "content_type_id", "object_pk", "object_id", "object_repr", "serialized_data", "action", "changes_text",
+        "changes", "actor_id", "cid", "remote_addr", "remote_port", "timestamp", "additional_data", "actor_email",
+    )  # fmt: skip
+
+    chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+")
+    sequence = models.BigIntegerField()
+    # The LogEntry's id, not a foreign key: a deleted entry must leave its seal behind as evidence.
+    entry_id = models.BigIntegerField(unique=True)
+    sealed_at = models.DateTimeField(default=timezone.now)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "sequence"], name="audit_changeseal_chain_sequence_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain_id}#{self.sequence} entry {self.entry_id}"
+
+    @staticmethod
+    def compute_hash(prev_hash: str, entry: Any) -> str:
+        return hashlib.sha256(prev_hash.encode() + b"\n" + logentry_canonical(entry)).hexdigest()
+
+    @staticmethod
+    def chain_key(tenant_id: int | None) -> str:
+        return f"changes:tenant:{tenant_id}" if tenant_id is not None else "changes:platform"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("Change seals are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("Change seals are append-only.")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from auditlog.models import LogEntry
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 
 from audit.events import EventType
-from audit.models import GENESIS_HASH, AuditChain, AuditEvent
+from audit.models import GENESIS_HASH, AuditChain, AuditEvent, ChangeSeal
 from tenants import access
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
@@ -154,6 +156,61 @@ def audit_chain_verify(*, chain: AuditChain) -> ChainVerification:
     return ChainVerification(chain.key, count, None, "")
 
 
+def audit_changes_verify(*, tenant_id: int | None) -> ChainVerification:
+    """Walk the seals over one tenant's django-auditlog entries (None: the platform's) and recompute each from
+    the entry row: finds an edited entry, a deleted entry (its seal remains), a deleted seal (a gap), a truncated
+    tail (the head says more), and an entry never sealed though older than AUDIT_SEAL_GRACE_SECONDS (inserted
+    behind the application's back, or a sealer that stopped). Platform work: reads every tenant's entries."""
+    key = ChangeSeal.chain_key(tenant_id)
+    chain = AuditChain.objects.filter(key=key).first()
+    last_sequence, last_hash = (chain.last_sequence, chain.last_hash) if chain else (0, GENESIS_HASH)
+    expected_sequence, prev_hash, count = 1, GENESIS_HASH, 0
+    if chain is not None:
+        seals = ChangeSeal.objects.filter(chain=chain, sequence__lte=last_sequence).order_by("sequence")
+        batch: list[ChangeSeal] = []
+        iterator = seals.iterator(chunk_size=2000)
+        while True:
+            batch = [seal for _, seal in zip(range(2000), iterator, strict=False)]
+            if not batch:
+                break
+            entries = LogEntry.objects.in_bulk([seal.entry_id for seal in batch])
+            for seal in batch:
+                if seal.sequence != expected_sequence:
+                    return ChainVerification(key, count, expected_sequence, "missing change seal")
+                if seal.prev_hash != prev_hash:
+                    return ChainVerification(key, count, seal.sequence, "link to the previous change broken")
+                entry = entries.get(seal.entry_id)
+                if entry is None:
+                    return ChainVerification(key, count, seal.sequence, f"change entry {seal.entry_id} deleted")
+                if ChangeSeal.compute_hash(prev_hash, entry) != seal.hash:
+                    return ChainVerification(key, count, seal.sequence, f"change entry {seal.entry_id} altered")
+                prev_hash = seal.hash
+                expected_sequence += 1
+                count += 1
+    if last_sequence >= expected_sequence:
+        return ChainVerification(key, count, expected_sequence, "missing change seal")
+    if last_sequence and last_hash != prev_hash:
+        return ChainVerification(key, count, last_sequence, "chain head does not match the last seal")
+    grace = timezone.now() - timedelta(seconds=settings.AUDIT_SEAL_GRACE_SECONDS)
+    entries_of = (
+        LogEntry.objects.filter(additional_data__tenant_id=tenant_id)
+        if tenant_id is not None
+        else LogEntry.objects.filter(
+            models.Q(additional_data__isnull=True) | models.Q(additional_data__tenant_id__isnull=True)
+        )
+    )
+    unsealed = (
+        entries_of.filter(timestamp__lt=grace)
+        .filter(~models.Exists(ChangeSeal.objects.filter(entry_id=models.OuterRef("pk"))))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if unsealed is not None:
+        return ChainVerification(key, count, expected_sequence, f"change entry {unsealed} was never sealed")
+    return ChainVerification(key, count, None, "")
+
+
 def audit_chain_list(*, tenant: Tenant | None = None) -> models.QuerySet[AuditChain]:
     qs = AuditChain.objects.all().order_by("key")
     if tenant is not None:
@@ -217,8 +274,8 @@ class TrailFilters:
 @dataclass(frozen=True)
 class TrailCursor:
     """Where a page of the trail ends: the last key shown. The next page starts strictly after it in the
-    trail's order (time, then kind, then row id, all descending; "event" sorts above "change"): a keyset, so page 10 000 costs what page 1
-    costs and entries arriving meanwhile do not shift it."""
+    trail's order (time, then kind, then row id, all descending; "event" sorts above "change"): a keyset, so
+    page 10 000 costs what page 1 costs and entries arriving meanwhile do not shift it."""
 
     at: datetime
     kind: str

@@ -6,12 +6,13 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from auditlog.models import LogEntry
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from audit import context as audit_context
 from audit.events import EventType, Outcome
-from audit.models import AuditChain, AuditEvent, SecurityAlert
+from audit.models import AuditChain, AuditEvent, ChangeSeal, SecurityAlert
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none
@@ -202,3 +203,84 @@ def security_alert_raise(
     alert = SecurityAlert(tenant=row.tenant, kind=kind, summary=summary[:300], severity=severity, event=row)
     alert.save()
     return alert
+
+
+# Seals over django-auditlog's entries
+# ------------------------------------------------------------------------------
+
+SEAL_BATCH = 1000
+
+
+def _change_chain_locked(key: str) -> AuditChain:
+    try:
+        return AuditChain.objects.select_for_update().get(key=key)
+    except AuditChain.DoesNotExist:
+        pass
+    try:
+        with transaction.atomic():
+            AuditChain.objects.create(key=key, tenant=None)
+    except IntegrityError:
+        pass
+    return AuditChain.objects.select_for_update().get(key=key)
+
+
+def _entries_of(tenant_id: int | None) -> models.QuerySet[LogEntry]:
+    if tenant_id is None:
+        return LogEntry.objects.filter(
+            models.Q(additional_data__isnull=True) | models.Q(additional_data__tenant_id__isnull=True)
+        )
+    return LogEntry.objects.filter(additional_data__tenant_id=tenant_id)
+
+
+def audit_changes_unsealed(*, tenant_id: int | None) -> models.QuerySet[LogEntry]:
+    """The tenant's (None: the platform's) django-auditlog entries that no seal covers yet, oldest first."""
+    sealed = ChangeSeal.objects.filter(entry_id=models.OuterRef("pk"))
+    return _entries_of(tenant_id).filter(~models.Exists(sealed)).order_by("pk")
+
+
+def audit_changes_seal(*, tenant_id: int | None) -> int:
+    """Append a seal for each unsealed django-auditlog entry of one tenant (None: the platform), in entry order,
+    to the tenant's change chain; return how many. System job (no actor). Idempotent and safe to run
+    concurrently: the chain head is locked per batch, and an entry is sealed once (`entry_id` is unique)."""
+    key = ChangeSeal.chain_key(tenant_id)
+    total = 0
+    while True:
+        with transaction.atomic():
+            chain = _change_chain_locked(key)
+            entries = list(audit_changes_unsealed(tenant_id=tenant_id)[:SEAL_BATCH])
+            seals = []
+            for entry in entries:
+                sequence = chain.last_sequence + 1
+                digest = ChangeSeal.compute_hash(chain.last_hash, entry)
+                seals.append(ChangeSeal(chain=chain, sequence=sequence, entry_id=entry.pk, prev_hash=chain.last_hash,
+                                        hash=digest))  # fmt: skip
+                chain.last_sequence, chain.last_hash = sequence, digest
+            ChangeSeal.objects.bulk_create(seals)
+            chain.save(update_fields=["last_sequence", "last_hash"])
+        total += len(entries)
+        if len(entries) < SEAL_BATCH:
+            return total
+
+
+def audit_changes_seal_all() -> int:
+    """Seal every tenant's pending entries (the beat job's fallback to the on-commit sealing)."""
+    tenant_ids = set(Tenant.objects.values_list("pk", flat=True))
+    return sum(audit_changes_seal(tenant_id=tenant_id) for tenant_id in [*sorted(tenant_ids), None])
+
+
+def logentry_seal_on_commit(sender: Any, instance: LogEntry, created: bool, **kwargs: Any) -> None:
+    """post_save of LogEntry: seal the entry's tenant's pending entries once its transaction has committed
+    (at once in autocommit). Queued once per tenant per transaction; a rolled-back transaction queues nothing."""
+    if not created:
+        return
+    data = instance.additional_data if isinstance(instance.additional_data, dict) else {}
+    tenant_id = data.get("tenant_id")
+    for _, queued, *_ in connection.run_on_commit:
+        if getattr(queued, "audit_seal_tenant", None) == (tenant_id,):
+            return
+
+    def seal() -> None:
+        audit_changes_seal(tenant_id=tenant_id)
+
+    seal.audit_seal_tenant = (tenant_id,)  # type: ignore[attr-defined]
+    transaction.on_commit(seal)

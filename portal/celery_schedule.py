@@ -37,4 +37,11 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.SHARE_CLEANUP_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Seal django-auditlog entries that the on-commit sealing missed (a process killed between commit and seal),
+    # so that audit_verify finds none unsealed past AUDIT_SEAL_GRACE_SECONDS.
+    "audit-changes-seal": {
+        "task": "audit.tasks.audit_changes_seal_all",
+        "schedule": float(settings.AUDIT_SEAL_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
 }

@@ -214,7 +214,7 @@ class AuditView(TenantPageView):
             participants=_filter_participants(filters),
             extra={"filters": form.recorded_filters(), "results": len(keys), "older_page": after is not None},
         )
-        base_query = {"q": token} if token else {k: v for k, v in form.saved_data().items()}
+        base_query = {"q": token} if token else dict(form.saved_data().items())
         context = {
             "form": form,
             "rows": rows,

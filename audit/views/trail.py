@@ -263,8 +263,6 @@ def csv_stream(tenant: Tenant, keys: Any) -> Iterator[str]:
             yield writer.writerow(line)
 
 
-
-
 # The A.5 message of one event, for the detail view (PS3.15 A.5.1; codes from A.5.2 and CID 400-403).
 PARTICIPANT_CODES: dict[str, tuple[str, str, str]] = {
     # our participant type -> (ParticipantObjectTypeCode, ParticipantObjectTypeCodeRole, ParticipantObjectIDTypeCode)

@@ -297,6 +297,10 @@ AUDITLOG_EXCLUDE_TRACKING_FIELDS = (
 )
 AUDITLOG_CID_GETTER = "audit.context.current_request_id"
 AUDITLOG_STORE_JSON_CHANGES = True
+# django-auditlog's entries are sealed into a hash chain per tenant after their commit (audit.models.ChangeSeal);
+# a beat job seals what a crashed process left. An entry older than the grace without a seal fails audit_verify.
+AUDIT_SEAL_INTERVAL_SECONDS = env.int("AUDIT_SEAL_INTERVAL_SECONDS", default=60)
+AUDIT_SEAL_GRACE_SECONDS = env.int("AUDIT_SEAL_GRACE_SECONDS", default=600)
 
 # CELERY
 # ------------------------------------------------------------------------------
