@@ -271,6 +271,7 @@ AUDITLOG_EXCLUDE_TRACKING_MODELS = (
     "auditlog.logentry",
     "audit.auditevent",  # has its own hash chain
     "audit.auditchain",
+    "audit.changeseal",  # the seals are the tamper evidence of django-auditlog's own rows
     "sessions.session",
     "contenttypes.contenttype",
     "axes.accessattempt",

@@ -78,7 +78,12 @@ def invitation_create(
     role_and_end_validate(role, ends_at)
     now = timezone.now()
     replaced = Invitation.objects.filter(email=email, accepted_at__isnull=True, revoked_at__isnull=True)
-    replaced_count = replaced.update(revoked_at=now, updated_at=now)
+    # Saved one by one (not QuerySet.update) so that django-auditlog records each withdrawal.
+    replaced_count = 0
+    for old in replaced.select_for_update():
+        old.revoked_at = now
+        old.save(update_fields=["revoked_at", "updated_at"])
+        replaced_count += 1
     raw = INVITATION_TOKEN_PREFIX + secrets.token_urlsafe(32)
     invitation = Invitation(
         tenant=tenant,
