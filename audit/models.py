@@ -158,6 +158,8 @@ class SecurityAlert(models.Model):
     class Status(models.TextChoices):
         OPEN = "open", "Open"
         ACKNOWLEDGED = "acknowledged", "Acknowledged"
+        ESCALATED = "escalated", "Escalated"
+        CLOSED = "closed", "Closed"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     tenant = models.ForeignKey(Tenant, null=True, on_delete=models.PROTECT, related_name="+", editable=False)
@@ -171,12 +173,18 @@ class SecurityAlert(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     acknowledged_at = models.DateTimeField(null=True, blank=True)
+    # The last handling's note (every handling, with its note, is an audit event of the alert).
+    note = models.TextField(blank=True, max_length=2000)
+    # What a rule found it about (a user name, an event) and the events that made it match, by public id.
+    subject = models.CharField(max_length=150, blank=True)
+    evidence = models.JSONField(default=list, blank=True)
 
     objects = TenantScopedManager()
     unscoped_objects = models.Manager()
 
     class Meta:
         ordering = ["-raised_at"]
+        indexes = [models.Index(fields=["tenant", "kind", "subject", "-raised_at"], name="audit_alert_rule_subject")]
 
     def __str__(self) -> str:
         return f"{self.kind} ({self.severity})"

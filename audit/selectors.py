@@ -14,7 +14,7 @@ from django.db import models
 from django.utils import timezone
 
 from audit.events import EventType
-from audit.models import GENESIS_HASH, AuditChain, AuditEvent, ChangeSeal
+from audit.models import GENESIS_HASH, AuditChain, AuditEvent, ChangeSeal, SecurityAlert
 from tenants import access
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
@@ -398,3 +398,30 @@ def audit_trail_entries(keys: Iterable[tuple[str, datetime, int]]) -> list[Trail
         elif kind == TRAIL_CHANGE and row_id in changes:
             entries.append(TrailEntry(kind, at, change=changes[row_id]))
     return entries
+
+
+# Security alerts
+# ------------------------------------------------------------------------------
+
+
+def security_alert_list(*, actor: Any, status: str = "") -> models.QuerySet[SecurityAlert]:
+    """The current tenant's security alerts (`tenants.view_audit`), newest first; `status` keeps one state."""
+    qs = access.visible(actor, "tenants.view_audit", SecurityAlert.objects.all())
+    if status:
+        qs = qs.filter(status=status)
+    return qs.select_related("acknowledged_by", "event").order_by("-raised_at", "-pk")
+
+
+def security_alert_get(*, actor: Any, public_id: Any) -> SecurityAlert:
+    """One alert of the current tenant (`tenants.view_audit`), or `NotVisible`."""
+    try:
+        return security_alert_list(actor=actor).get(public_id=public_id)
+    except (SecurityAlert.DoesNotExist, ValueError, TypeError, ValidationError) as exc:
+        raise access.NotVisible() from exc
+
+
+def security_alert_evidence(*, actor: Any, alert: SecurityAlert) -> list[AuditEvent]:
+    """The events that made the alert (its own event first), in time order, from the current tenant."""
+    ids = [alert.event.public_id, *alert.evidence]
+    events = audit_event_list(actor=actor).filter(public_id__in=ids)
+    return sorted(events, key=lambda event: (event.occurred_at, event.sequence))

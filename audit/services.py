@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from auditlog.models import LogEntry
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from audit import context as audit_context
 from audit.events import EventType, Outcome
 from audit.models import AuditChain, AuditEvent, ChangeSeal, SecurityAlert
+from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none
@@ -193,6 +198,8 @@ def security_alert_raise(
     participants: Iterable[Any] = (),
     extra: Mapping[str, Any] | None = None,
     outcome: int = Outcome.SERIOUS_FAILURE,
+    subject: str = "",
+    evidence: Iterable[str] = (),
 ) -> SecurityAlert:
     """Record the audit event and open a SecurityAlert pointing at it, in one transaction. `summary` is shown to
     reviewers: never put patient data in it (the event's participants carry what is needed)."""
@@ -200,7 +207,10 @@ def security_alert_raise(
         event=event, actor=actor, tenant=tenant, target=target, participants=participants,
         outcome=outcome, outcome_description=summary, extra=extra,
     )  # fmt: skip
-    alert = SecurityAlert(tenant=row.tenant, kind=kind, summary=summary[:300], severity=severity, event=row)
+    alert = SecurityAlert(
+        tenant=row.tenant, kind=kind, summary=summary[:300], severity=severity, event=row, subject=subject[:150],
+        evidence=list(evidence),
+    )  # fmt: skip
     alert.save()
     return alert
 
@@ -284,3 +294,114 @@ def logentry_seal_on_commit(sender: Any, instance: LogEntry, created: bool, **kw
 
     seal.audit_seal_tenant = (tenant_id,)  # type: ignore[attr-defined]
     transaction.on_commit(seal)
+
+
+# Security alerts: the rules over the event stream, and their handling
+# ------------------------------------------------------------------------------
+
+# Handling an alert is a compliance officer's review of a security event: the permission that already marks that
+# review (break-glass sign-off). Auditors and admins read alerts (`tenants.view_audit`) but do not handle them.
+ALERT_HANDLE_PERM = "tenants.review_break_glass"
+ALERT_HANDLE_STATES = (SecurityAlert.Status.ACKNOWLEDGED, SecurityAlert.Status.ESCALATED, SecurityAlert.Status.CLOSED)
+
+
+@transaction.atomic
+def security_alert_handle(*, actor: Any, alert: SecurityAlert, state: str, note: str = "") -> SecurityAlert:
+    """Acknowledge, escalate or close an alert of the current tenant with a note (`ALERT_HANDLE_PERM`; a note is
+    required to escalate or close). Records who and when on the alert and SECURITY_ALERT_HANDLED on the trail.
+    Handling a closed alert is refused (a closed alert stays closed)."""
+    access.require(actor, ALERT_HANDLE_PERM, alert.tenant, visible_perm="tenants.view_audit")
+    note = (note or "").strip()
+    if state not in ALERT_HANDLE_STATES:
+        raise ValidationError({"state": "Choose acknowledge, escalate or close."})
+    if state != SecurityAlert.Status.ACKNOWLEDGED and not note:
+        raise ValidationError({"note": "Say why: a note is required to escalate or close an alert."})
+    if len(note) > 2000:
+        raise ValidationError({"note": "At most 2000 characters."})
+    locked = SecurityAlert.objects.select_for_update().get(pk=alert.pk)
+    if locked.status == SecurityAlert.Status.CLOSED:
+        raise ValidationError({"state": "This alert is closed."})
+    previous = locked.status
+    locked.status, locked.note = state, note
+    locked.acknowledged_by, locked.acknowledged_at = actor, timezone.now()
+    locked.save(update_fields=["status", "note", "acknowledged_by", "acknowledged_at"])
+    audit_event_record(
+        event=EventType.SECURITY_ALERT_HANDLED,
+        actor=actor,
+        target={"type": "security_alert", "id": str(locked.public_id), "name": locked.kind},
+        extra={"from": previous, "to": state, "note": note},
+    )
+    return locked
+
+
+@dataclass
+class RuleHit:
+    kind: str
+    subject: str
+    summary: str
+    severity: str
+    events: list[AuditEvent] = field(default_factory=list)
+    once: bool = False  # one alert ever for this subject (an event), not one per window
+
+
+def _bursts(qs: models.QuerySet[AuditEvent], threshold: int) -> dict[str, list[AuditEvent]]:
+    """Events grouped by the person they name (user name, case folded), keeping groups of `threshold` or more."""
+    groups: dict[str, list[AuditEvent]] = {}
+    for event in qs.order_by("occurred_at", "sequence"):
+        name = (event.actor_username or "").strip().lower()
+        if name:
+            groups.setdefault(name, []).append(event)
+    return {name: events for name, events in groups.items() if len(events) >= threshold}
+
+
+def security_rules_match(*, tenant: Tenant, now: datetime) -> list[RuleHit]:
+    """What the rules find in the tenant's events of the last SECURITY_RULE_WINDOW_SECONDS (read-only):
+    - repeated failed sign-ins (wrong password or MFA code) of one user name, SECURITY_FAILED_LOGIN_THRESHOLD or more;
+    - each lockout;
+    - a burst of refusals (403) of one person, SECURITY_ACCESS_DENIED_THRESHOLD or more.
+    Break-glass, malware at ingest and unknown DICOM peers raise their alert where they happen. Runs inside the
+    tenant's scope."""
+    start = now - timedelta(seconds=settings.SECURITY_RULE_WINDOW_SECONDS)
+    window = AuditEvent.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lte=now)
+    hits = []
+    failed = window.filter(event_type__in=[EventType.LOGIN_FAILED, EventType.MFA_FAILED])
+    for name, events in _bursts(failed, settings.SECURITY_FAILED_LOGIN_THRESHOLD).items():
+        hits.append(RuleHit("repeated_failed_logins", name, f"{len(events)} failed sign-ins of {name}", "high", events))
+    for event in window.filter(event_type=EventType.LOCKED_OUT).order_by("sequence"):
+        name = event.actor_username or "an unknown user"
+        hits.append(RuleHit("locked_out", str(event.public_id), f"{name} locked out", "warning", [event], once=True))
+    denied = window.filter(event_type=EventType.ACCESS_DENIED)
+    for name, events in _bursts(denied, settings.SECURITY_ACCESS_DENIED_THRESHOLD).items():
+        hits.append(RuleHit("access_denied_burst", name, f"{len(events)} refused requests by {name}", "high", events))
+    return hits
+
+
+def security_rules_evaluate(*, tenant: Tenant, now: datetime | None = None) -> list[SecurityAlert]:
+    """Raise a SecurityAlert, with its evidence, for each rule hit that has none yet: one per person and rule per
+    window (a burst that goes on does not raise again until the window has passed), one per lockout. System
+    job, inside the tenant's scope; idempotent (run it as often as you like)."""
+    now = now or timezone.now()
+    start = now - timedelta(seconds=settings.SECURITY_RULE_WINDOW_SECONDS)
+    raised = []
+    for hit in security_rules_match(tenant=tenant, now=now):
+        existing = SecurityAlert.objects.filter(tenant=tenant, kind=hit.kind, subject=hit.subject)
+        if not hit.once:
+            existing = existing.filter(raised_at__gte=start)
+        if existing.exists():
+            continue
+        evidence = [str(event.public_id) for event in hit.events]
+        raised.append(
+            security_alert_raise(
+                kind=hit.kind,
+                summary=hit.summary,
+                event=EventType.SECURITY_RULE_MATCHED,
+                severity=hit.severity,
+                tenant=tenant,
+                outcome=Outcome.MINOR_FAILURE,
+                subject=hit.subject,
+                evidence=evidence,
+                participants=[{"type": "audit_event", "id": pid, "role": "evidence"} for pid in evidence],
+                extra={"rule": hit.kind, "subject": hit.subject, "evidence": len(evidence)},
+            )
+        )
+    return raised

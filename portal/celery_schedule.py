@@ -44,4 +44,11 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.AUDIT_SEAL_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Evaluate the security rules (repeated failed sign-ins, lockouts, bursts of refusals) over each tenant's
+    # recent events and raise SecurityAlerts; idempotent, so a late or doubled run raises nothing twice.
+    "security-rules-evaluate": {
+        "task": "audit.tasks.security_rules_evaluate_all",
+        "schedule": float(settings.SECURITY_RULES_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
 }

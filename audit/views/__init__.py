@@ -1,5 +1,6 @@
 """The audit app's pages: the trail browser (pages) and how its rows read (trail)."""
 
+from audit.views.alerts import AlertDetailView, AlertListView
 from audit.views.pages import (
     PAGE_SIZE,
     AuditChangeDetailView,
@@ -8,4 +9,12 @@ from audit.views.pages import (
     AuditView,
 )
 
-__all__ = ["PAGE_SIZE", "AuditChangeDetailView", "AuditEventDetailView", "AuditExportView", "AuditView"]
+__all__ = [
+    "PAGE_SIZE",
+    "AlertDetailView",
+    "AlertListView",
+    "AuditChangeDetailView",
+    "AuditEventDetailView",
+    "AuditExportView",
+    "AuditView",
+]

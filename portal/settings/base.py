@@ -302,6 +302,11 @@ AUDITLOG_STORE_JSON_CHANGES = True
 # a beat job seals what a crashed process left. An entry older than the grace without a seal fails audit_verify.
 AUDIT_SEAL_INTERVAL_SECONDS = env.int("AUDIT_SEAL_INTERVAL_SECONDS", default=60)
 AUDIT_SEAL_GRACE_SECONDS = env.int("AUDIT_SEAL_GRACE_SECONDS", default=600)
+# Security rules over the event stream (audit.services.security_rules_match), evaluated by a beat job.
+SECURITY_RULES_INTERVAL_SECONDS = env.int("SECURITY_RULES_INTERVAL_SECONDS", default=60)
+SECURITY_RULE_WINDOW_SECONDS = env.int("SECURITY_RULE_WINDOW_SECONDS", default=15 * 60)
+SECURITY_FAILED_LOGIN_THRESHOLD = env.int("SECURITY_FAILED_LOGIN_THRESHOLD", default=5)
+SECURITY_ACCESS_DENIED_THRESHOLD = env.int("SECURITY_ACCESS_DENIED_THRESHOLD", default=10)
 
 # CELERY
 # ------------------------------------------------------------------------------
