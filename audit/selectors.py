@@ -425,3 +425,100 @@ def security_alert_evidence(*, actor: Any, alert: SecurityAlert) -> list[AuditEv
     ids = [alert.event.public_id, *alert.evidence]
     events = audit_event_list(actor=actor).filter(public_id__in=ids)
     return sorted(events, key=lambda event: (event.occurred_at, event.sequence))
+
+
+# Accounting of disclosures (HIPAA 164.528) and breach scoping
+# ------------------------------------------------------------------------------
+
+# Data of a patient leaving the people who hold it: identified exports, shares, and instances sent to a device.
+DISCLOSURE_EVENTS = (
+    EventType.DISCLOSURE_EXPORTED,
+    EventType.STUDY_SHARED,
+    EventType.SHARE_REVOKED,
+    EventType.INSTANCES_MOVED,
+)
+
+
+def audit_disclosures_for_patient(
+    *,
+    actor: Any,
+    patient_id: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    include_accesses: bool = False,
+) -> models.QuerySet[AuditEvent]:
+    """The current tenant's events that disclosed the patient's data (DISCLOSURE_EVENTS), or with
+    `include_accesses` every event naming the patient (reads and searches too), oldest first
+    (`tenants.view_audit`). The caller records the AUDIT_LOG_USED event of the read, naming the patient."""
+    qs = audit_event_list(actor=actor, since=since, until=until).filter(
+        participants__contains=[{"type": "patient", "id": patient_id}]
+    )
+    if not include_accesses:
+        qs = qs.filter(event_type__in=[int(e) for e in DISCLOSURE_EVENTS])
+    return qs.order_by("occurred_at", "sequence")
+
+
+# What touches patient data: reads, retrievals, searches, transfers, exports and shares (breach scoping).
+PATIENT_DATA_EVENTS = (
+    EventType.STUDIES_QUERIED,
+    EventType.INSTANCES_ACCESSED,
+    EventType.INSTANCES_RETRIEVED,
+    EventType.INSTANCES_MOVED,
+    EventType.INSTANCES_STORED,
+    EventType.STUDY_EXPORTED,
+    EventType.DISCLOSURE_EXPORTED,
+    EventType.STUDY_SHARED,
+    EventType.BREAK_GLASS_STARTED,
+)
+
+
+@dataclass
+class TouchedPatient:
+    patient_id: str
+    name: str
+    studies: set[str]
+    events: int
+    first: datetime
+    last: datetime
+    verbs: set[str]
+
+
+def audit_breach_scope(
+    *,
+    actor: Any,
+    since: datetime,
+    until: datetime,
+    username: str = "",
+    device: str = "",
+    source_address: str = "",
+) -> list[TouchedPatient]:
+    """The patients (with their studies) whose data a person, a device or an address read, received or found by
+    a search in [since, until), from the current tenant's events (`tenants.view_audit`). At least one of
+    `username`, `device`, `source_address` is required. Sorted by patient id."""
+    if not (username or device or source_address):
+        raise ValidationError("Name a user, a device or an address.")
+    filters = TrailFilters(username=username, since=since, until=until, device=device, source_address=source_address)
+    events = _event_filtered(audit_event_list(actor=actor, username=username, since=since, until=until), filters)
+    events = events.filter(event_type__in=[int(e) for e in PATIENT_DATA_EVENTS]).order_by("occurred_at", "sequence")
+    touched: dict[str, TouchedPatient] = {}
+    for event in events.iterator(chunk_size=2000):
+        # Participants come as patient, then that patient's studies (studies.services.reads.study_participants),
+        # so a search that found several patients gives each their own studies.
+        current: TouchedPatient | None = None
+        seen: set[str] = set()
+        for entry in event.participants or []:
+            kind, entry_id = entry.get("type"), str(entry.get("id", ""))
+            if kind == "patient" and entry_id:
+                current = touched.get(entry_id)
+                if current is None:
+                    current = touched[entry_id] = TouchedPatient(
+                        entry_id, str(entry.get("name", "")), set(), 0, event.occurred_at, event.occurred_at, set()
+                    )
+                if entry_id not in seen:
+                    seen.add(entry_id)
+                    current.events += 1
+                    current.last = event.occurred_at
+                    current.verbs.add(event.verb)
+            elif kind == "study" and current is not None and entry_id:
+                current.studies.add(entry_id)
+    return [touched[pid] for pid in sorted(touched)]

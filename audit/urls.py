@@ -9,6 +9,8 @@ page_patterns = [
     path("audit/export.csv", views.AuditExportView.as_view(), name="audit_export"),
     path("audit/events/<str:public_id>/", views.AuditEventDetailView.as_view(), name="audit_event"),
     path("audit/changes/<int:change_id>/", views.AuditChangeDetailView.as_view(), name="audit_change"),
+    path("audit/disclosures/", views.DisclosuresView.as_view(), name="audit_disclosures"),
+    path("audit/breach-scope/", views.BreachScopeView.as_view(), name="audit_breach_scope"),
     path("audit/alerts/", views.AlertListView.as_view(), name="audit_alerts"),
     path("audit/alerts/<str:public_id>/", views.AlertDetailView.as_view(), name="audit_alert"),
 ]

@@ -8,6 +8,7 @@ from audit.views.pages import (
     AuditExportView,
     AuditView,
 )
+from audit.views.reports import BreachScopeView, DisclosuresView
 
 __all__ = [
     "PAGE_SIZE",
@@ -17,4 +18,6 @@ __all__ = [
     "AuditEventDetailView",
     "AuditExportView",
     "AuditView",
+    "BreachScopeView",
+    "DisclosuresView",
 ]

@@ -223,7 +223,7 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-def _cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
     """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection)."""
     text = "" if value is None else str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -239,7 +239,7 @@ def _csv_line(row: dict[str, Any]) -> list[str]:
         if row["changes"]
         else "",
     }
-    return [_cell(values[column]) for column in CSV_COLUMNS]
+    return [csv_cell(values[column]) for column in CSV_COLUMNS]
 
 
 class _Echo:
