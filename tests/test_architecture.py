@@ -55,10 +55,13 @@ FANOUT_TASKS = {
     "studies.tasks.break_glass_expire",
     "studies.tasks.shares_cleanup",
     "studies.tasks.read_tallies_flush",
+    "audit.tasks.security_rules_evaluate_all",
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {
     "tenants.tasks.mail_send": "delivers one queued e-mail (subject, body, addresses); reads no tenant row",
+    "audit.tasks.audit_changes_seal_all": "seals django-auditlog's entries of every tenant; LogEntry and the seals "
+    "are not tenant-scoped models",
 }
 # Models with a tenant column that are not tenant data, each with its reason.
 UNSCOPED_MODELS = {
