@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from datetime import UTC
@@ -241,3 +242,49 @@ class ChangeSeal(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         raise PermissionError("Change seals are append-only.")
+
+
+class AuditDigest(models.Model):
+    """A chain's head signed once a day with a key the database never holds (HMAC-SHA256, AUDIT_DIGEST_KEY from
+    the environment). Someone who rewrites the trail and its chain heads cannot make a matching digest: a
+    truncated tail, or a chain rebuilt from scratch, no longer reaches the signed head. Append-only."""
+
+    chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    last_sequence = models.BigIntegerField()
+    last_hash = models.CharField(max_length=64)
+    signature = models.CharField(max_length=64)
+    signed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "day"], name="audit_auditdigest_chain_day_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.chain_id} {self.day}"
+
+    def message(self, chain_key: str) -> bytes:
+        return f"{chain_key}|{self.day.isoformat()}|{self.last_sequence}|{self.last_hash}".encode()
+
+    def expected_signature(self, chain_key: str) -> str:
+        """HMAC-SHA256 of the digest under AUDIT_DIGEST_KEY (from the environment; RuntimeError when unset)."""
+        key = settings.AUDIT_DIGEST_KEY
+        if not key:
+            raise RuntimeError("AUDIT_DIGEST_KEY is not set: no digest can be signed or checked.")
+        return hmac.new(key.encode(), self.message(chain_key), hashlib.sha256).hexdigest()
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("Audit digests are append-only.")
+        super().save(*args, **kwargs)
+
+
+class SyslogCursor(models.Model):
+    """How far each audit chain has been forwarded to the hospital's audit repository (store and forward: the
+    events themselves are the outbox, read in sequence order after `last_sequence`)."""
+
+    chain = models.OneToOneField(AuditChain, on_delete=models.PROTECT, related_name="+")
+    last_sequence = models.BigIntegerField(default=0)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.chain_id} sent to #{self.last_sequence}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,7 +15,7 @@ from django.db import models
 from django.utils import timezone
 
 from audit.events import EventType
-from audit.models import GENESIS_HASH, AuditChain, AuditEvent, ChangeSeal, SecurityAlert
+from audit.models import GENESIS_HASH, AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert
 from tenants import access
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
@@ -209,6 +210,27 @@ def audit_changes_verify(*, tenant_id: int | None) -> ChainVerification:
     if unsealed is not None:
         return ChainVerification(key, count, expected_sequence, f"change entry {unsealed} was never sealed")
     return ChainVerification(key, count, None, "")
+
+
+def audit_digests_verify(*, chain: AuditChain) -> list[str]:
+    """What is wrong with the chain's signed digests (empty: nothing): a digest whose signature does not match
+    (forged or altered), and a signed head the chain no longer reaches (a truncated tail, or a chain rewritten
+    from an earlier point). Platform work."""
+    problems = []
+    is_changes = chain.key.startswith("changes:")
+    for digest in AuditDigest.objects.filter(chain=chain).order_by("day"):
+        if not hmac.compare_digest(digest.signature, digest.expected_signature(chain.key)):
+            problems.append(f"digest of {digest.day} has a forged signature")
+            continue
+        rows: models.QuerySet[Any] = (
+            ChangeSeal.objects.filter(chain=chain) if is_changes else AuditEvent.unscoped_objects.filter(chain=chain)
+        )
+        head = list(rows.filter(sequence=digest.last_sequence).values_list("hash", flat=True))
+        if head != [digest.last_hash]:
+            problems.append(
+                f"digest of {digest.day} signed sequence {digest.last_sequence}, which the chain no longer holds"
+            )
+    return problems
 
 
 def audit_chain_list(*, tenant: Tenant | None = None) -> models.QuerySet[AuditChain]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import socket
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from auditlog.models import LogEntry
@@ -16,7 +19,7 @@ from django.utils import timezone
 
 from audit import context as audit_context
 from audit.events import EventType, Outcome
-from audit.models import AuditChain, AuditEvent, ChangeSeal, SecurityAlert
+from audit.models import AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert, SyslogCursor
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
@@ -405,3 +408,129 @@ def security_rules_evaluate(*, tenant: Tenant, now: datetime | None = None) -> l
             )
         )
     return raised
+
+
+# Signed digests of the chain heads
+# ------------------------------------------------------------------------------
+
+
+def audit_digests_sign(*, day: Any = None) -> int:
+    """Sign the head of every chain (events and change seals) for `day` (default today, UTC): one digest per
+    chain and day, so a rerun the same day signs nothing new. System job; the key comes from the environment
+    and is never stored. Returns how many digests were written."""
+    day = day or timezone.now().date()
+    written = 0
+    for chain in AuditChain.objects.order_by("pk"):
+        if chain.last_sequence == 0 or AuditDigest.objects.filter(chain=chain, day=day).exists():
+            continue
+        digest = AuditDigest(chain=chain, day=day, last_sequence=chain.last_sequence, last_hash=chain.last_hash)
+        digest.signature = digest.expected_signature(chain.key)
+        try:
+            with transaction.atomic():
+                digest.save(force_insert=True)
+        except IntegrityError:
+            continue  # a concurrent run signed it
+        written += 1
+    return written
+
+
+# Forwarding to the hospital's audit repository: RFC 5424 syslog over TLS, TCP or UDP (IHE ATNA)
+# ------------------------------------------------------------------------------
+
+SYSLOG_FACILITY_AUTHPRIV = 10
+SYSLOG_BATCH = 500
+
+
+def _sd_escape(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def syslog_message(event: AuditEvent, *, hostname: str) -> bytes:
+    """One event as an RFC 5424 message: PRI (authpriv; notice, or warning for a failure), the event's time,
+    our host, app `enclave`, MSGID the DICOM Event ID, structured data naming the tenant, chain position and
+    hash, and the A.5 fields as JSON."""
+    severity = 5 if event.outcome == 0 else 4
+    pri = SYSLOG_FACILITY_AUTHPRIV * 8 + severity
+    stamp = event.occurred_at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    tenant = event.tenant.slug if event.tenant is not None else "platform"
+    sd = (
+        f'[enclave@32473 tenant="{_sd_escape(tenant)}" seq="{event.sequence}" outcome="{event.outcome}" '
+        f'hash="{event.hash}"]'
+    )
+    body = {
+        "EventID": event.event_id, "EventIDDisplay": event.event_id_display, "EventTypeCode": event.event_type_code,
+        "EventActionCode": event.action, "EventDateTime": stamp, "EventOutcomeIndicator": event.outcome,
+        "EventOutcomeDescription": event.outcome_description, "UserID": event.actor_username,
+        "RoleIDCode": event.actor_role, "SystemPrincipal": event.system_principal,
+        "NetworkAccessPointID": event.source_address or "", "ParticipantObjects": event.participants,
+        "RequestID": event.request_id, "Verb": event.verb,
+    }  # fmt: skip
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    header = f"<{pri}>1 {stamp} {hostname or '-'} enclave - {event.event_id or '-'} {sd} "
+    return header.encode() + b"\xef\xbb\xbf" + text.encode()
+
+
+class SyslogSender:
+    """A connection to the configured receiver. TCP and TLS frame messages by octet counting (RFC 6587 3.4.1,
+    RFC 5425); UDP sends one datagram per message (RFC 5426)."""
+
+    def __init__(self, *, host: str, port: int, protocol: str, ca_file: str = "", timeout: float = 5.0) -> None:
+        self.protocol = protocol
+        self.address = (host, port)
+        if protocol == "udp":
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            return
+        raw = socket.create_connection(self.address, timeout=timeout)
+        if protocol == "tls":
+            context = ssl.create_default_context(cafile=ca_file or None)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self.sock = context.wrap_socket(raw, server_hostname=host)
+        elif protocol == "tcp":
+            self.sock = raw
+        else:
+            raw.close()
+            raise ValueError(f"unknown syslog protocol {protocol!r}")
+
+    def send(self, message: bytes) -> None:
+        if self.protocol == "udp":
+            self.sock.sendto(message, self.address)
+        else:
+            self.sock.sendall(str(len(message)).encode() + b" " + message)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def audit_syslog_forward() -> int:
+    """Send every audit event not yet forwarded, chain by chain in sequence order, and advance each chain's
+    cursor after each message sent: events reach the receiver in order, and a receiver that is down stops the
+    run (the next run resumes at the first unsent event). A crash between a send and its cursor update resends
+    that one event (at least once; the receiver can drop duplicates by tenant and sequence). System job; off when
+    AUDIT_SYSLOG_HOST is empty. Returns how many events were sent."""
+    if not settings.AUDIT_SYSLOG_HOST:
+        return 0
+    hostname = socket.gethostname()
+    try:
+        sender = SyslogSender(
+            host=settings.AUDIT_SYSLOG_HOST, port=settings.AUDIT_SYSLOG_PORT,
+            protocol=settings.AUDIT_SYSLOG_PROTOCOL, ca_file=settings.AUDIT_SYSLOG_CA_FILE,
+        )  # fmt: skip
+    except OSError:
+        return 0  # the receiver is down: store, and forward later
+    sent = 0
+    try:
+        for chain in AuditChain.objects.exclude(key__startswith="changes:").order_by("pk"):
+            cursor, _ = SyslogCursor.objects.get_or_create(chain=chain)
+            events = AuditEvent.unscoped_objects.filter(chain=chain, sequence__gt=cursor.last_sequence)
+            for event in events.select_related("tenant").order_by("sequence")[:SYSLOG_BATCH]:
+                try:
+                    sender.send(syslog_message(event, hostname=hostname))
+                except OSError:
+                    return sent
+                SyslogCursor.objects.filter(pk=cursor.pk).update(
+                    last_sequence=event.sequence, last_sent_at=timezone.now()
+                )
+                sent += 1
+    finally:
+        sender.close()
+    return sent

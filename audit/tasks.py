@@ -6,7 +6,12 @@ import logging
 
 from celery import shared_task
 
-from audit.services import audit_changes_seal_all, security_rules_evaluate
+from audit.services import (
+    audit_changes_seal_all,
+    audit_digests_sign,
+    audit_syslog_forward,
+    security_rules_evaluate,
+)
 from portal.web.task_context import task_context
 from tenants.models import Tenant
 
@@ -41,3 +46,15 @@ def security_rules_evaluate_all_task() -> int:
     for tenant_id in tenant_ids:
         security_rules_evaluate_task.delay(tenant_id=tenant_id)
     return len(tenant_ids)
+
+
+@shared_task(name="audit.tasks.audit_digests_sign")
+def audit_digests_sign_task() -> int:
+    """Platform job: sign every chain's head for today."""
+    return audit_digests_sign()
+
+
+@shared_task(name="audit.tasks.audit_syslog_forward")
+def audit_syslog_forward_task() -> int:
+    """Platform job: forward the events not yet sent to the configured syslog receiver."""
+    return audit_syslog_forward()

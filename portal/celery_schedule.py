@@ -51,4 +51,18 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.SECURITY_RULES_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Sign every audit chain's head once a day (HMAC, key from the environment) so that a rewritten or truncated
+    # trail no longer reaches a signed head (audit_verify checks).
+    "audit-digests-sign": {
+        "task": "audit.tasks.audit_digests_sign",
+        "schedule": 24 * 3600.0,
+        "options": {"queue": "maintenance"},
+    },
+    # Forward new audit events to the hospital's audit repository (RFC 5424 syslog), in order, from where the
+    # last run stopped; a receiver that is down is retried on the next run.
+    "audit-syslog-forward": {
+        "task": "audit.tasks.audit_syslog_forward",
+        "schedule": float(settings.AUDIT_SYSLOG_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
 }

@@ -34,6 +34,7 @@ UNSCOPED_ALLOWED = {
     "tenants/tasks.py": "fan-out: which tenants have expired memberships",
     "studies/tasks.py": "fan-out: which tenants have stuck ingest items",
     "audit/selectors.py": "the chain verifier walks every tenant's chain",
+    "audit/services.py": "syslog forwarding sends every chain's events in order to the hospital's audit repository",
     "audit/admin.py": "operators' read-only view of events across tenants (no patient fields)",
     "tenants/admin.py": "operators' view of memberships across tenants",
     "devices/admin.py": "operators' read-only view of devices across tenants (no patient data)",

@@ -272,6 +272,8 @@ AUDITLOG_EXCLUDE_TRACKING_MODELS = (
     "audit.auditevent",  # has its own hash chain
     "audit.auditchain",
     "audit.changeseal",  # the seals are the tamper evidence of django-auditlog's own rows
+    "audit.auditdigest",  # append-only, signed
+    "audit.syslogcursor",  # forwarding bookkeeping
     "sessions.session",
     "contenttypes.contenttype",
     "axes.accessattempt",
@@ -302,6 +304,15 @@ AUDITLOG_STORE_JSON_CHANGES = True
 # a beat job seals what a crashed process left. An entry older than the grace without a seal fails audit_verify.
 AUDIT_SEAL_INTERVAL_SECONDS = env.int("AUDIT_SEAL_INTERVAL_SECONDS", default=60)
 AUDIT_SEAL_GRACE_SECONDS = env.int("AUDIT_SEAL_GRACE_SECONDS", default=600)
+# Daily signed digests of every chain head (audit.models.AuditDigest): the HMAC key lives only in the environment.
+# Empty: no digest is signed and audit_verify says so.
+AUDIT_DIGEST_KEY = env.str("AUDIT_DIGEST_KEY", default="")
+# Forwarding of audit events to a hospital's audit repository as RFC 5424 syslog (IHE ATNA): host empty = off.
+AUDIT_SYSLOG_HOST = env.str("AUDIT_SYSLOG_HOST", default="")
+AUDIT_SYSLOG_PORT = env.int("AUDIT_SYSLOG_PORT", default=6514)
+AUDIT_SYSLOG_PROTOCOL = env.str("AUDIT_SYSLOG_PROTOCOL", default="tls")  # tls, tcp or udp
+AUDIT_SYSLOG_CA_FILE = env.str("AUDIT_SYSLOG_CA_FILE", default="")
+AUDIT_SYSLOG_INTERVAL_SECONDS = env.int("AUDIT_SYSLOG_INTERVAL_SECONDS", default=30)
 # Security rules over the event stream (audit.services.security_rules_match), evaluated by a beat job.
 SECURITY_RULES_INTERVAL_SECONDS = env.int("SECURITY_RULES_INTERVAL_SECONDS", default=60)
 SECURITY_RULE_WINDOW_SECONDS = env.int("SECURITY_RULE_WINDOW_SECONDS", default=15 * 60)

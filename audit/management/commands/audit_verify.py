@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.models import AuditChain, ChangeSeal
-from audit.selectors import audit_chain_list, audit_chain_verify, audit_changes_verify
+from audit.selectors import audit_chain_list, audit_chain_verify, audit_changes_verify, audit_digests_verify
 from tenants.models import Tenant
 
 
@@ -57,6 +58,17 @@ class Command(BaseCommand):
                     f"{label}: chain broken at sequence {result.first_broken_sequence} ({result.reason}); "
                     f"{result.events} entries verified before it"
                 )
+        # The signed digests of every chain verified here (events and change seals).
+        digest_chains = audit_chain_list().filter(
+            key__in=[chain.key for chain in chains]
+            + [ChangeSeal.chain_key(t.pk) for t in tenants]
+            + ([ChangeSeal.chain_key(None)] if only is None else [])
+        )
+        if not settings.AUDIT_DIGEST_KEY:
+            self.stdout.write("AUDIT_DIGEST_KEY is not set: signed digests not checked.")
+        else:
+            for chain in digest_chains:
+                broken += [f"{chain.key}: {problem}" for problem in audit_digests_verify(chain=chain)]
         if not chains:
             self.stdout.write("No audit chain yet: nothing to verify.")
         if broken:
