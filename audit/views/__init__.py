@@ -1,6 +1,7 @@
 """The audit app's pages: the trail browser (pages) and how its rows read (trail)."""
 
 from audit.views.alerts import AlertDetailView, AlertListView
+from audit.views.dashboard import AuditDashboardView
 from audit.views.pages import (
     PAGE_SIZE,
     AuditChangeDetailView,
@@ -15,6 +16,7 @@ __all__ = [
     "AlertDetailView",
     "AlertListView",
     "AuditChangeDetailView",
+    "AuditDashboardView",
     "AuditEventDetailView",
     "AuditExportView",
     "AuditView",
