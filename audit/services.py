@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import socket
 import ssl
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,8 @@ from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none
+
+logger = logging.getLogger(__name__)
 
 
 def participant(obj: Any, *, role: str = "", name: str = "", detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -417,7 +420,11 @@ def security_rules_evaluate(*, tenant: Tenant, now: datetime | None = None) -> l
 def audit_digests_sign(*, day: Any = None) -> int:
     """Sign the head of every chain (events and change seals) for `day` (default today, UTC): one digest per
     chain and day, so a rerun the same day signs nothing new. System job; the key comes from the environment
-    and is never stored. Returns how many digests were written."""
+    and is never stored (none set: nothing is signed, and audit_verify says so). Returns how many digests were
+    written."""
+    if not settings.AUDIT_DIGEST_KEY:
+        logger.warning("AUDIT_DIGEST_KEY is not set: no audit digest signed")
+        return 0
     day = day or timezone.now().date()
     written = 0
     for chain in AuditChain.objects.order_by("pk"):

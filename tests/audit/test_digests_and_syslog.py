@@ -49,6 +49,14 @@ def test_digests_sign_every_chain_head_once_a_day(tenant_a, tenant_b, admin_a):
     assert "OK" in _verify("--tenant", "north")
 
 
+@pytest.mark.django_db
+def test_without_a_key_nothing_is_signed_and_verify_says_so(tenant_a, settings):
+    settings.AUDIT_DIGEST_KEY = ""
+    assert audit_digests_sign() == 0
+    assert not AuditDigest.objects.exists()
+    assert "AUDIT_DIGEST_KEY is not set: signed digests not checked." in _verify()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_forged_digest_is_found(tenant_a):
     record(tenant_a, EventType.LOGOUT)
@@ -197,3 +205,80 @@ def test_udp_and_the_message_format(tenant_a, settings):
 def test_forwarding_is_off_without_a_receiver(tenant_a, settings):
     settings.AUDIT_SYSLOG_HOST = ""
     assert audit_syslog_forward() == 0
+
+
+def _test_ca_and_server_cert(tmp_path):
+    """A CA and a server certificate for 127.0.0.1 made for this test (nothing leaves loopback)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "enclave test syslog CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return ca_file, cert_file, key_file
+
+
+@pytest.mark.django_db
+def test_tls_receiver_gets_the_events_and_an_untrusted_one_gets_none(tenant_a, settings, tmp_path):
+    import ssl
+
+    ca_file, cert_file, key_file = _test_ca_and_server_cert(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    plain = socket.create_server(("127.0.0.1", 0))
+    port = plain.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve():
+        try:
+            conn, _ = plain.accept()
+            with context.wrap_socket(conn, server_side=True) as tls:
+                while chunk := tls.recv(65536):
+                    received.append(chunk)
+        except (OSError, ssl.SSLError):
+            return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    settings.AUDIT_SYSLOG_HOST, settings.AUDIT_SYSLOG_PORT, settings.AUDIT_SYSLOG_PROTOCOL = (
+        "127.0.0.1", port, "tls",
+    )  # fmt: skip
+    settings.AUDIT_SYSLOG_CA_FILE = ""  # the system CAs do not know the test CA: the receiver is not trusted
+    try:
+        assert audit_syslog_forward() == 0
+        assert SyslogCursor.objects.filter(last_sequence__gt=0).count() == 0
+        thread.join(timeout=5)
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        settings.AUDIT_SYSLOG_CA_FILE = str(ca_file)
+        assert audit_syslog_forward() == 1  # the tenant's first event, TENANT_CREATED
+        thread.join(timeout=5)
+    finally:
+        plain.close()
+    data = b"".join(received)
+    assert b'tenant="north" seq="1"' in data
+    assert data.split(b" ", 1)[0].isdigit()  # octet-counting framing
