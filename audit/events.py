@@ -94,6 +94,7 @@ class EventType(IntEnum):
     AUDIT_LOG_USED = 301
     SECURITY_ALERT_HANDLED = 302
     SECURITY_RULE_MATCHED = 303
+    AUDIT_VERIFIED = 304
     # 400-499: devices
     DEVICE_REGISTERED = 401
     DEVICE_APPROVED = 402
@@ -172,6 +173,7 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.SECURITY_ALERT_HANDLED: EventSpec(
         SECURITY_ALERT, None, Action.UPDATE, "Security alert acknowledged, escalated or closed"
     ),
+    EventType.AUDIT_VERIFIED: EventSpec(SECURITY_ALERT, None, Action.EXECUTE, "Audit trail verified"),
     EventType.SECURITY_RULE_MATCHED: EventSpec(
         SECURITY_ALERT, None, Action.EXECUTE, "A security rule matched the event stream"
     ),

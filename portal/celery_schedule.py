@@ -65,4 +65,10 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.AUDIT_SYSLOG_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Verify every tenant's trail (chains, change seals, digests) each night; a failure raises a critical alert.
+    "audit-verify": {
+        "task": "audit.tasks.audit_verify_all",
+        "schedule": 24 * 3600.0,
+        "options": {"queue": "maintenance"},
+    },
 }

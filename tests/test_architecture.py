@@ -57,10 +57,13 @@ FANOUT_TASKS = {
     "studies.tasks.shares_cleanup",
     "studies.tasks.read_tallies_flush",
     "audit.tasks.security_rules_evaluate_all",
+    "audit.tasks.audit_verify_all",
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {
     "tenants.tasks.mail_send": "delivers one queued e-mail (subject, body, addresses); reads no tenant row",
+    "audit.tasks.audit_digests_sign": "signs the chain heads of every tenant (platform work, no tenant row read)",
+    "audit.tasks.audit_syslog_forward": "forwards every chain's events in order (platform work)",
     "audit.tasks.audit_changes_seal_all": "seals django-auditlog's entries of every tenant; LogEntry and the seals "
     "are not tenant-scoped models",
 }

@@ -282,3 +282,34 @@ def test_tls_receiver_gets_the_events_and_an_untrusted_one_gets_none(tenant_a, s
     data = b"".join(received)
     assert b'tenant="north" seq="1"' in data
     assert data.split(b" ", 1)[0].isdigit()  # octet-counting framing
+
+
+# Scheduled verification
+# ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_scheduled_verification_records_success_and_alerts_on_failure(tenant_a, tenant_b):
+    from audit.models import SecurityAlert
+    from audit.tasks import audit_verify_all_task
+    from tenants.scoping import tenant_scope
+
+    record(tenant_a, EventType.LOGOUT)
+    audit_digests_sign()
+    assert audit_verify_all_task.delay().get() == 2  # eager in tests: one verification per tenant ran
+    with tenant_scope(tenant_a):
+        verified = AuditEvent.objects.filter(event_type=EventType.AUDIT_VERIFIED).get()
+    assert verified.outcome == 0
+    assert verified.extra["problems"] == []
+    assert verified.extra["digests_checked"] is True
+
+    _superuser(("UPDATE audit_auditevent SET actor_username = 'mallory' WHERE tenant_id = %s AND sequence = 2",
+                [tenant_a.pk]))  # fmt: skip
+    audit_verify_all_task.delay()
+    with tenant_scope(tenant_a):
+        alert = SecurityAlert.objects.get(kind="audit_verification_failed")
+    assert alert.severity == "critical"
+    assert "events: broken at sequence 2 (event altered)" in alert.summary
+    assert alert.event.outcome == 12
+    with tenant_scope(tenant_b):
+        assert not SecurityAlert.objects.exists()
