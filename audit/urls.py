@@ -12,6 +12,7 @@ page_patterns = [
     path("audit/disclosures/", views.DisclosuresView.as_view(), name="audit_disclosures"),
     path("audit/breach-scope/", views.BreachScopeView.as_view(), name="audit_breach_scope"),
     path("audit/dashboard/", views.AuditDashboardView.as_view(), name="audit_dashboard"),
+    path("audit/compliance/", views.ComplianceReportView.as_view(), name="audit_compliance"),
     path("audit/alerts/", views.AlertListView.as_view(), name="audit_alerts"),
     path("audit/alerts/<str:public_id>/", views.AlertDetailView.as_view(), name="audit_alert"),
 ]

@@ -1,7 +1,7 @@
 """The audit app's pages: the trail browser (pages) and how its rows read (trail)."""
 
 from audit.views.alerts import AlertDetailView, AlertListView
-from audit.views.dashboard import AuditDashboardView
+from audit.views.dashboard import AuditDashboardView, ComplianceReportView
 from audit.views.pages import (
     PAGE_SIZE,
     AuditChangeDetailView,
@@ -21,5 +21,6 @@ __all__ = [
     "AuditExportView",
     "AuditView",
     "BreachScopeView",
+    "ComplianceReportView",
     "DisclosuresView",
 ]

@@ -45,3 +45,31 @@ def test_dashboard_refusals(client_for, tenant_a, radiologist_a, outsider_b):
     assert last_event(tenant_a, EventType.ACCESS_DENIED).extra["where"] == "AuditDashboardView"
     assert client_for(outsider_b).get(URL).status_code == 404
     assert events_of(tenant_a, EventType.AUDIT_LOG_USED) == []
+
+
+COMPLIANCE = "/t/north/audit/compliance/"
+
+
+def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiologist_a, admin_b):
+    from audit.tasks import audit_verification_run
+    from tenants.scoping import tenant_scope
+
+    with tenant_scope(tenant_a):
+        audit_verification_run(tenant=tenant_a)
+    security_alert_raise(kind="malware", summary="EICAR", event=EventType.MALWARE_DETECTED, tenant=tenant_a)
+    security_alert_raise(kind="malware", summary="EICAR", event=EventType.MALWARE_DETECTED, tenant=tenant_b)
+
+    response = client_for(compliance_a).get(COMPLIANCE)
+
+    assert response.status_code == 200
+    context = response.context
+    assert context["members"] == 2  # the compliance officer (signed in with TOTP) and the radiologist (not enrolled)
+    assert context["with_mfa"] == 1
+    assert context["without_mfa"] == ["north-radiologist"]
+    assert context["mfa_percent"] == 50
+    assert dict(context["open_alerts"]) == {"Warning": 0, "High": 1, "Critical": 0}
+    assert context["last_ok"].event_type == EventType.AUDIT_VERIFIED
+    assert context["last_failed"] is None
+    assert last_event(tenant_a, EventType.AUDIT_LOG_USED).extra == {"report": "compliance"}
+    assert client_for(radiologist_a).get(COMPLIANCE).status_code == 403
+    assert client_for(admin_b).get(COMPLIANCE).status_code == 404
