@@ -248,22 +248,35 @@ def _entries_of(tenant_id: int | None) -> models.QuerySet[LogEntry]:
     return LogEntry.objects.filter(additional_data__tenant_id=tenant_id)
 
 
-def audit_changes_unsealed(*, tenant_id: int | None) -> models.QuerySet[LogEntry]:
-    """The tenant's (None: the platform's) django-auditlog entries that no seal covers yet, oldest first."""
+def audit_changes_unsealed(
+    *, tenant_id: int | None, entry_ids: Iterable[int] | None = None
+) -> models.QuerySet[LogEntry]:
+    """The tenant's (None: the platform's) django-auditlog entries that no seal covers yet, oldest first: among
+    `entry_ids` when given (what one transaction wrote), else among the entries of the last
+    AUDIT_SEAL_LOOKBACK_SECONDS (the sweep: bounded, so its cost does not grow with the table)."""
     sealed = ChangeSeal.objects.filter(entry_id=models.OuterRef("pk"))
-    return _entries_of(tenant_id).filter(~models.Exists(sealed)).order_by("pk")
+    entries = _entries_of(tenant_id)
+    if entry_ids is not None:
+        entries = entries.filter(pk__in=list(entry_ids))
+    else:
+        entries = entries.filter(
+            timestamp__gte=timezone.now() - timedelta(seconds=settings.AUDIT_SEAL_LOOKBACK_SECONDS)
+        )
+    return entries.filter(~models.Exists(sealed)).order_by("pk")
 
 
-def audit_changes_seal(*, tenant_id: int | None) -> int:
+def audit_changes_seal(*, tenant_id: int | None, entry_ids: Iterable[int] | None = None) -> int:
     """Append a seal for each unsealed django-auditlog entry of one tenant (None: the platform), in entry order,
-    to the tenant's change chain; return how many. System job (no actor). Idempotent and safe to run
-    concurrently: the chain head is locked per batch, and an entry is sealed once (`entry_id` is unique)."""
+    to the tenant's change chain; return how many. `entry_ids`: only those entries (the on-commit path); else the
+    recent ones (the sweep). System job (no actor). Idempotent and safe to run concurrently: the chain head is
+    locked per batch, and an entry is sealed once (`entry_id` is unique)."""
     key = ChangeSeal.chain_key(tenant_id)
+    ids = list(entry_ids) if entry_ids is not None else None
     total = 0
     while True:
         with transaction.atomic():
             chain = _change_chain_locked(key)
-            entries = list(audit_changes_unsealed(tenant_id=tenant_id)[:SEAL_BATCH])
+            entries = list(audit_changes_unsealed(tenant_id=tenant_id, entry_ids=ids)[:SEAL_BATCH])
             seals = []
             for entry in entries:
                 sequence = chain.last_sequence + 1
@@ -279,26 +292,30 @@ def audit_changes_seal(*, tenant_id: int | None) -> int:
 
 
 def audit_changes_seal_all() -> int:
-    """Seal every tenant's pending entries (the beat job's fallback to the on-commit sealing)."""
+    """Seal every tenant's recent unsealed entries (the beat job's sweep behind the on-commit sealing)."""
     tenant_ids = set(Tenant.objects.values_list("pk", flat=True))
     return sum(audit_changes_seal(tenant_id=tenant_id) for tenant_id in [*sorted(tenant_ids), None])
 
 
 def logentry_seal_on_commit(sender: Any, instance: LogEntry, created: bool, **kwargs: Any) -> None:
-    """post_save of LogEntry: seal the entry's tenant's pending entries once its transaction has committed
-    (at once in autocommit). Queued once per tenant per transaction; a rolled-back transaction queues nothing."""
+    """post_save of LogEntry: seal the entries this transaction wrote once it has committed (at once in
+    autocommit). One sealing per tenant per transaction, over exactly its entries; a rolled-back transaction
+    seals nothing."""
     if not created:
         return
     data = instance.additional_data if isinstance(instance.additional_data, dict) else {}
     tenant_id = data.get("tenant_id")
     for _, queued, *_ in connection.run_on_commit:
         if getattr(queued, "audit_seal_tenant", None) == (tenant_id,):
+            queued.audit_seal_entries.append(instance.pk)  # type: ignore[attr-defined]
             return
+    entry_ids = [instance.pk]
 
     def seal() -> None:
-        audit_changes_seal(tenant_id=tenant_id)
+        audit_changes_seal(tenant_id=tenant_id, entry_ids=entry_ids)
 
     seal.audit_seal_tenant = (tenant_id,)  # type: ignore[attr-defined]
+    seal.audit_seal_entries = entry_ids  # type: ignore[attr-defined]
     transaction.on_commit(seal)
 
 

@@ -304,6 +304,7 @@ AUDITLOG_STORE_JSON_CHANGES = True
 # a beat job seals what a crashed process left. An entry older than the grace without a seal fails audit_verify.
 AUDIT_SEAL_INTERVAL_SECONDS = env.int("AUDIT_SEAL_INTERVAL_SECONDS", default=60)
 AUDIT_SEAL_GRACE_SECONDS = env.int("AUDIT_SEAL_GRACE_SECONDS", default=600)
+AUDIT_SEAL_LOOKBACK_SECONDS = env.int("AUDIT_SEAL_LOOKBACK_SECONDS", default=24 * 3600)  # how far the sweep looks
 # Daily signed digests of every chain head (audit.models.AuditDigest): the HMAC key lives only in the environment.
 # Empty: no digest is signed and audit_verify says so.
 AUDIT_DIGEST_KEY = env.str("AUDIT_DIGEST_KEY", default="")
