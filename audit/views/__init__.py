@@ -8,6 +8,7 @@ from audit.views.pages import (
     AuditEventDetailView,
     AuditExportView,
     AuditView,
+    AuditXmlExportView,
 )
 from audit.views.reports import BreachScopeView, DisclosuresView
 
@@ -20,6 +21,7 @@ __all__ = [
     "AuditEventDetailView",
     "AuditExportView",
     "AuditView",
+    "AuditXmlExportView",
     "BreachScopeView",
     "ComplianceReportView",
     "DisclosuresView",

@@ -3,6 +3,7 @@ folding of pipeline bookkeeping, patient identifiers masked in field diffs, and 
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 from collections.abc import Iterator
@@ -325,3 +326,95 @@ def a5_message(event: Any, *, audit_source: str) -> list[tuple[str, list[tuple[s
         ("Extra", json.dumps(event.extra, sort_keys=True, default=str) if event.extra else "—"),
     ]))  # fmt: skip
     return sections
+
+
+# The DICOM audit message XML of PS3.15 A.5.1, one AuditMessage per event
+# ------------------------------------------------------------------------------
+
+PARTICIPANT_XML_CODES: dict[str, tuple[str, str, tuple[str, str, str]]] = {
+    # type -> (ParticipantObjectTypeCode, ParticipantObjectTypeCodeRole, ParticipantObjectIDTypeCode)
+    "patient": ("1", "1", ("2", "RFC-3881", "Patient Number")),
+    "study": ("2", "3", ("110180", "DCM", "Study Instance UID")),
+    "query": ("2", "24", ("110181", "DCM", "SOP Class UID")),
+    "user": ("1", "6", ("11", "RFC-3881", "User Identifier")),
+    "audit_log": ("2", "13", ("12", "RFC-3881", "URI")),
+}
+OTHER_PARTICIPANT_XML = ("2", "4", ("enclave-object", "Enclave", "Enclave object id"))
+
+
+def _coded(parent: Any, tag: str, code: str, system: str, display: str) -> Any:
+    from xml.etree.ElementTree import SubElement
+
+    return SubElement(parent, tag, {"csd-code": code, "codeSystemName": system, "originalText": display})
+
+
+def a5_xml(event: Any, *, audit_source: str) -> Any:
+    """`event` as an AuditMessage element (PS3.15 A.5.1): EventIdentification, the requesting ActiveParticipant,
+    AuditSourceIdentification and one ParticipantObjectIdentification per participant."""
+    from xml.etree.ElementTree import Element, SubElement
+
+    message = Element("AuditMessage")
+    identification = SubElement(message, "EventIdentification", {
+        "EventActionCode": event.action,
+        "EventDateTime": event.occurred_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "EventOutcomeIndicator": str(event.outcome),
+    })  # fmt: skip
+    _coded(identification, "EventID", event.event_id, "DCM", event.event_id_display)
+    if event.event_type_code:
+        _coded(identification, "EventTypeCode", event.event_type_code, "DCM", event.event_type_display)
+    if event.outcome_description:
+        SubElement(identification, "EventOutcomeDescription").text = event.outcome_description
+    requestor = {
+        "UserID": event.actor_username or event.system_principal or "unknown",
+        "UserIsRequestor": "true",
+    }
+    if event.actor_user is not None:
+        requestor["AlternativeUserID"] = str(event.actor_user.subject_uuid)
+    if event.actor_username:
+        requestor["UserName"] = event.actor_username
+    if event.source_address:
+        requestor |= {"NetworkAccessPointID": event.source_address, "NetworkAccessPointTypeCode": "2"}
+    participant_el = SubElement(message, "ActiveParticipant", requestor)
+    if event.actor_role:
+        _coded(participant_el, "RoleIDCode", event.actor_role, "Enclave", _role_label(event.actor_role))
+    source = SubElement(message, "AuditSourceIdentification", {
+        "AuditSourceID": audit_source,
+        "AuditEnterpriseSiteID": event.tenant.slug if event.tenant is not None else "platform",
+    })  # fmt: skip
+    _coded(source, "AuditSourceTypeCode", "4", "DCM", "Application Server process")
+    for entry in event.participants or []:
+        type_code, role, (id_code, id_system, id_display) = PARTICIPANT_XML_CODES.get(
+            str(entry.get("type", "")), OTHER_PARTICIPANT_XML
+        )
+        obj = SubElement(message, "ParticipantObjectIdentification", {
+            "ParticipantObjectID": str(entry.get("id", "")),
+            "ParticipantObjectTypeCode": type_code,
+            "ParticipantObjectTypeCodeRole": role,
+        })  # fmt: skip
+        _coded(obj, "ParticipantObjectIDTypeCode", id_code, id_system, id_display)
+        if entry.get("name"):
+            SubElement(obj, "ParticipantObjectName").text = str(entry["name"])
+        if entry.get("query"):
+            SubElement(obj, "ParticipantObjectQuery").text = str(entry["query"])
+        for key, value in (entry.get("detail") or {}).items():
+            encoded = base64.b64encode(str(value).encode()).decode()
+            SubElement(obj, "ParticipantObjectDetail", {"type": str(key), "value": encoded})
+    return message
+
+
+def xml_stream(tenant: Tenant, keys: Any, *, audit_source: str) -> Iterator[str]:
+    """The events of `keys` (field changes have no A.5 message and are left out) as one XML document holding an
+    AuditMessage per event, a batch at a time (see csv_stream for the scope)."""
+    from xml.etree.ElementTree import tostring
+
+    yield '<?xml version="1.0" encoding="UTF-8"?>\n<AuditMessages>\n'
+    iterator = keys.iterator(chunk_size=EXPORT_BATCH)
+    while batch := list(islice(iterator, EXPORT_BATCH)):
+        with tenant_scope(tenant):
+            entries = audit_trail_entries(batch)
+            lines = [
+                tostring(a5_xml(e.event, audit_source=audit_source), encoding="unicode") for e in entries if e.event
+            ]
+        for line in lines:
+            yield line + "\n"
+    yield "</AuditMessages>\n"

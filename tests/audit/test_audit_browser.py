@@ -298,3 +298,53 @@ def test_a_deep_page_costs_what_the_first_costs(client_for, tenant_a, compliance
         second = client.get(f"{URL}?{first.context['next_query']}")
     assert second.status_code == 200
     assert AuditEvent.unscoped_objects.filter(tenant=tenant_a).count() > 60
+
+
+# DICOM audit message XML export
+# ------------------------------------------------------------------------------
+
+
+def test_xml_export_has_every_required_a5_element(client_for, tenant_a, compliance_a, seeded):
+    from xml.etree import ElementTree
+
+    client = client_for(compliance_a)
+    posted, _ = _filter(client, {"patient": "PAT-0001"})
+    response = client.get(f"{URL}export.xml?{posted['Location'].split('?')[1]}")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/xml")
+    root = ElementTree.fromstring(b"".join(response.streaming_content))  # noqa: S314  (our own output)
+    messages = root.findall("AuditMessage")
+    # The two seeded events and the page view that searched for the patient; never tenant B's look-alike.
+    assert len(messages) == 3
+    for message in messages:
+        identification = message.find("EventIdentification")
+        assert {"EventActionCode", "EventDateTime", "EventOutcomeIndicator"} <= set(identification.attrib)
+        event_id = identification.find("EventID")
+        assert {"csd-code", "codeSystemName", "originalText"} <= set(event_id.attrib)
+        requestor = message.find("ActiveParticipant")
+        assert {"UserID", "UserIsRequestor"} <= set(requestor.attrib)
+        source = message.find("AuditSourceIdentification")
+        assert source.get("AuditSourceID")
+        assert source.get("AuditEnterpriseSiteID") == "north"
+        assert source.find("AuditSourceTypeCode").get("csd-code") == "4"
+        for obj in message.findall("ParticipantObjectIdentification"):
+            assert {"ParticipantObjectID", "ParticipantObjectTypeCode", "ParticipantObjectTypeCodeRole"} <= set(
+                obj.attrib
+            )
+            assert obj.find("ParticipantObjectIDTypeCode").get("csd-code")
+    moved = next(m for m in messages if m.find("EventIdentification/EventID").get("csd-code") == "110104")
+    assert moved.find("ActiveParticipant").get("NetworkAccessPointID") == "10.1.2.3"
+    patient = next(
+        o for o in moved.findall("ParticipantObjectIdentification") if o.get("ParticipantObjectTypeCodeRole") == "1"
+    )
+    assert patient.get("ParticipantObjectID") == "PAT-0001"
+    assert patient.find("ParticipantObjectIDTypeCode").get("csd-code") == "2"
+    used = last_event(tenant_a, EventType.AUDIT_LOG_USED)
+    assert used.extra["export"] == "xml"
+
+
+def test_xml_export_refusals(client_for, tenant_a, radiologist_a, outsider_b):
+    assert client_for(radiologist_a).get(f"{URL}export.xml").status_code == 403
+    assert client_for(outsider_b).get(f"{URL}export.xml").status_code == 404
+    assert client_for(radiologist_a).get(f"{URL}export.xml", {"patient": "x"}).status_code == 403
