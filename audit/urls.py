@@ -7,6 +7,7 @@ from audit import apis, views
 page_patterns = [
     path("audit/", views.AuditView.as_view(), name="audit"),
     path("audit/export.csv", views.AuditExportView.as_view(), name="audit_export"),
+    path("audit/export.json", views.AuditJsonExportView.as_view(), name="audit_export_json"),
     path("audit/export.xml", views.AuditXmlExportView.as_view(), name="audit_export_xml"),
     path("audit/events/<str:public_id>/", views.AuditEventDetailView.as_view(), name="audit_event"),
     path("audit/changes/<int:change_id>/", views.AuditChangeDetailView.as_view(), name="audit_change"),

@@ -7,6 +7,7 @@ from audit.views.pages import (
     AuditChangeDetailView,
     AuditEventDetailView,
     AuditExportView,
+    AuditJsonExportView,
     AuditView,
     AuditXmlExportView,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "AuditDashboardView",
     "AuditEventDetailView",
     "AuditExportView",
+    "AuditJsonExportView",
     "AuditView",
     "AuditXmlExportView",
     "BreachScopeView",

@@ -38,6 +38,7 @@ from audit.views.trail import (
     CSV_COLUMNS,
     a5_message,
     csv_stream,
+    json_stream,
     log_participant,
     midnight_utc,
     trail_fold,
@@ -271,6 +272,15 @@ class AuditExportView(TenantPageView):
 
     def stream(self, keys: Any) -> StreamingHttpResponse:
         return StreamingHttpResponse(csv_stream(self.tenant, keys), content_type="text/csv; charset=utf-8")
+
+
+class AuditJsonExportView(AuditExportView):
+    """/t/<tenant>/audit/export.json : the same list as the CSV, as a JSON array."""
+
+    export_format = "json"
+
+    def stream(self, keys: Any) -> StreamingHttpResponse:
+        return StreamingHttpResponse(json_stream(self.tenant, keys), content_type="application/json")
 
 
 class AuditXmlExportView(AuditExportView):

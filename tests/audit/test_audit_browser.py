@@ -348,3 +348,16 @@ def test_xml_export_refusals(client_for, tenant_a, radiologist_a, outsider_b):
     assert client_for(radiologist_a).get(f"{URL}export.xml").status_code == 403
     assert client_for(outsider_b).get(f"{URL}export.xml").status_code == 404
     assert client_for(radiologist_a).get(f"{URL}export.xml", {"patient": "x"}).status_code == 403
+
+
+def test_json_export_of_a_filtered_view(client_for, tenant_a, compliance_a, seeded):
+    import json
+
+    response = client_for(compliance_a).get(f"{URL}export.json", {"device": "CT_ROOM1"})
+    assert response.status_code == 200
+    rows = json.loads(b"".join(response.streaming_content))
+    assert [row["verb"] for row in rows] == [EventType.INSTANCES_MOVED.spec.description]
+    assert rows[0]["source_address"] == "10.1.2.3"
+    assert rows[0]["participants"][0]["id"] == "PAT-0001"
+    assert last_event(tenant_a, EventType.AUDIT_LOG_USED).extra["export"] == "json"
+    assert client_for(compliance_a).get(f"{URL}export.json", {"patient": "PAT-0001"}).status_code == 400
