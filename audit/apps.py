@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class AuditConfig(AppConfig):
     name = "audit"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from auditlog.models import LogEntry
+        from django.db.models.signals import post_save
+
+        from audit.services import logentry_seal_on_commit
+
+        post_save.connect(logentry_seal_on_commit, sender=LogEntry, dispatch_uid="audit.logentry_seal")

@@ -92,6 +92,9 @@ class EventType(IntEnum):
     ACCOUNT_UNLOCKED = 213
     # 300-399: the audit trail itself
     AUDIT_LOG_USED = 301
+    SECURITY_ALERT_HANDLED = 302
+    SECURITY_RULE_MATCHED = 303
+    AUDIT_VERIFIED = 304
     # 400-499: devices
     DEVICE_REGISTERED = 401
     DEVICE_APPROVED = 402
@@ -180,6 +183,13 @@ EVENTS: dict[EventType, EventSpec] = {
         SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "Sign-in lockout lifted"
     ),
     EventType.AUDIT_LOG_USED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Audit trail read"),
+    EventType.SECURITY_ALERT_HANDLED: EventSpec(
+        SECURITY_ALERT, None, Action.UPDATE, "Security alert acknowledged, escalated or closed"
+    ),
+    EventType.AUDIT_VERIFIED: EventSpec(SECURITY_ALERT, None, Action.EXECUTE, "Audit trail verified"),
+    EventType.SECURITY_RULE_MATCHED: EventSpec(
+        SECURITY_ALERT, None, Action.EXECUTE, "A security rule matched the event stream"
+    ),
     EventType.DEVICE_REGISTERED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Device registered"),
     EventType.DEVICE_APPROVED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device approved"),
     EventType.ASSOCIATION_REJECTED: EventSpec(

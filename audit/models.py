@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from datetime import UTC
@@ -90,6 +91,13 @@ class AuditEvent(models.Model):
             models.Index(fields=["tenant", "-occurred_at"], name="audit_event_tenant_time"),
             models.Index(fields=["tenant", "event_type", "-occurred_at"], name="audit_event_tenant_type_time"),
             models.Index(fields=["tenant", "actor_user", "-occurred_at"], name="audit_event_tenant_user_time"),
+            # The browser's keyset order, and its filters that are not in a participant (audit.selectors).
+            models.Index(fields=["tenant", "-occurred_at", "-id"], name="audit_event_tenant_keyset"),
+            models.Index(fields=["tenant", "outcome", "-occurred_at"], name="audit_event_tenant_outcome"),
+            models.Index(fields=["tenant", "source_address", "-occurred_at"], name="audit_event_tenant_address"),
+            models.Index(fields=["tenant", "system_principal", "-occurred_at"], name="audit_event_tenant_principal"),
+            # Patient, study and device filters (participants @> ...) use a GIN index made on PostgreSQL by
+            # migration 0005, with the index of django-auditlog's table by tenant.
         ]
 
     def __str__(self) -> str:
@@ -151,6 +159,8 @@ class SecurityAlert(models.Model):
     class Status(models.TextChoices):
         OPEN = "open", "Open"
         ACKNOWLEDGED = "acknowledged", "Acknowledged"
+        ESCALATED = "escalated", "Escalated"
+        CLOSED = "closed", "Closed"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     tenant = models.ForeignKey(Tenant, null=True, on_delete=models.PROTECT, related_name="+", editable=False)
@@ -164,12 +174,117 @@ class SecurityAlert(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     acknowledged_at = models.DateTimeField(null=True, blank=True)
+    # The last handling's note (every handling, with its note, is an audit event of the alert).
+    note = models.TextField(blank=True, max_length=2000)
+    # What a rule found it about (a user name, an event) and the events that made it match, by public id.
+    subject = models.CharField(max_length=150, blank=True)
+    evidence = models.JSONField(default=list, blank=True)
 
     objects = TenantScopedManager()
     unscoped_objects = models.Manager()
 
     class Meta:
         ordering = ["-raised_at"]
+        indexes = [models.Index(fields=["tenant", "kind", "subject", "-raised_at"], name="audit_alert_rule_subject")]
 
     def __str__(self) -> str:
         return f"{self.kind} ({self.severity})"
+
+
+def logentry_canonical(entry: Any) -> bytes:
+    """The canonical form of a django-auditlog LogEntry row as read from the database: what its seal covers."""
+    data = {name: getattr(entry, name) for name in ChangeSeal.SEALED_LOGENTRY_FIELDS}
+    data["timestamp"] = entry.timestamp.astimezone(UTC).isoformat(timespec="microseconds")
+    data["pk"] = entry.pk
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
+
+
+class ChangeSeal(models.Model):
+    """The hash chain over django-auditlog's LogEntry rows, which that table cannot hold itself: one seal per
+    entry, chained per tenant (chain key `changes:tenant:<id>`, or `changes:platform`). Written by
+    `audit.services.audit_changes_seal` after the entry's transaction commits (never inside it: a second chain
+    lock taken in whatever order a request writes would deadlock with the events' chain). Append-only like
+    AuditEvent; `audit_verify` finds an edited, deleted or unsealed entry and a truncated tail."""
+
+    SEALED_LOGENTRY_FIELDS = (
+        "content_type_id", "object_pk", "object_id", "object_repr", "serialized_data", "action", "changes_text",
+        "changes", "actor_id", "cid", "remote_addr", "remote_port", "timestamp", "additional_data", "actor_email",
+    )  # fmt: skip
+
+    chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+")
+    sequence = models.BigIntegerField()
+    # The LogEntry's id, not a foreign key: a deleted entry must leave its seal behind as evidence.
+    entry_id = models.BigIntegerField(unique=True)
+    sealed_at = models.DateTimeField(default=timezone.now)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "sequence"], name="audit_changeseal_chain_sequence_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain_id}#{self.sequence} entry {self.entry_id}"
+
+    @staticmethod
+    def compute_hash(prev_hash: str, entry: Any) -> str:
+        return hashlib.sha256(prev_hash.encode() + b"\n" + logentry_canonical(entry)).hexdigest()
+
+    @staticmethod
+    def chain_key(tenant_id: int | None) -> str:
+        return f"changes:tenant:{tenant_id}" if tenant_id is not None else "changes:platform"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("Change seals are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("Change seals are append-only.")
+
+
+class AuditDigest(models.Model):
+    """A chain's head signed once a day with a key the database never holds (HMAC-SHA256, AUDIT_DIGEST_KEY from
+    the environment). Someone who rewrites the trail and its chain heads cannot make a matching digest: a
+    truncated tail, or a chain rebuilt from scratch, no longer reaches the signed head. Append-only."""
+
+    chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    last_sequence = models.BigIntegerField()
+    last_hash = models.CharField(max_length=64)
+    signature = models.CharField(max_length=64)
+    signed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "day"], name="audit_auditdigest_chain_day_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.chain_id} {self.day}"
+
+    def message(self, chain_key: str) -> bytes:
+        return f"{chain_key}|{self.day.isoformat()}|{self.last_sequence}|{self.last_hash}".encode()
+
+    def expected_signature(self, chain_key: str) -> str:
+        """HMAC-SHA256 of the digest under AUDIT_DIGEST_KEY (from the environment; RuntimeError when unset)."""
+        key = settings.AUDIT_DIGEST_KEY
+        if not key:
+            raise RuntimeError("AUDIT_DIGEST_KEY is not set: no digest can be signed or checked.")
+        return hmac.new(key.encode(), self.message(chain_key), hashlib.sha256).hexdigest()
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("Audit digests are append-only.")
+        super().save(*args, **kwargs)
+
+
+class SyslogCursor(models.Model):
+    """How far each audit chain has been forwarded to the hospital's audit repository (store and forward: the
+    events themselves are the outbox, read in sequence order after `last_sequence`)."""
+
+    chain = models.OneToOneField(AuditChain, on_delete=models.PROTECT, related_name="+")
+    last_sequence = models.BigIntegerField(default=0)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.chain_id} sent to #{self.last_sequence}"

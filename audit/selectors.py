@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from auditlog.models import LogEntry
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.functions import TruncDay
+from django.utils import timezone
 
 from audit.events import EventType
-from audit.models import GENESIS_HASH, AuditChain, AuditEvent
+from audit.models import GENESIS_HASH, AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert
 from tenants import access
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
@@ -159,6 +163,82 @@ def audit_chain_verify(*, chain: AuditChain) -> ChainVerification:
     return ChainVerification(chain.key, count, None, "")
 
 
+def audit_changes_verify(*, tenant_id: int | None) -> ChainVerification:
+    """Walk the seals over one tenant's django-auditlog entries (None: the platform's) and recompute each from
+    the entry row: finds an edited entry, a deleted entry (its seal remains), a deleted seal (a gap), a truncated
+    tail (the head says more), and an entry never sealed though older than AUDIT_SEAL_GRACE_SECONDS (inserted
+    behind the application's back, or a sealer that stopped). Platform work: reads every tenant's entries."""
+    key = ChangeSeal.chain_key(tenant_id)
+    chain = AuditChain.objects.filter(key=key).first()
+    last_sequence, last_hash = (chain.last_sequence, chain.last_hash) if chain else (0, GENESIS_HASH)
+    expected_sequence, prev_hash, count = 1, GENESIS_HASH, 0
+    if chain is not None:
+        seals = ChangeSeal.objects.filter(chain=chain, sequence__lte=last_sequence).order_by("sequence")
+        batch: list[ChangeSeal] = []
+        iterator = seals.iterator(chunk_size=2000)
+        while True:
+            batch = [seal for _, seal in zip(range(2000), iterator, strict=False)]
+            if not batch:
+                break
+            entries = LogEntry.objects.in_bulk([seal.entry_id for seal in batch])
+            for seal in batch:
+                if seal.sequence != expected_sequence:
+                    return ChainVerification(key, count, expected_sequence, "missing change seal")
+                if seal.prev_hash != prev_hash:
+                    return ChainVerification(key, count, seal.sequence, "link to the previous change broken")
+                entry = entries.get(seal.entry_id)
+                if entry is None:
+                    return ChainVerification(key, count, seal.sequence, f"change entry {seal.entry_id} deleted")
+                if ChangeSeal.compute_hash(prev_hash, entry) != seal.hash:
+                    return ChainVerification(key, count, seal.sequence, f"change entry {seal.entry_id} altered")
+                prev_hash = seal.hash
+                expected_sequence += 1
+                count += 1
+    if last_sequence >= expected_sequence:
+        return ChainVerification(key, count, expected_sequence, "missing change seal")
+    if last_sequence and last_hash != prev_hash:
+        return ChainVerification(key, count, last_sequence, "chain head does not match the last seal")
+    grace = timezone.now() - timedelta(seconds=settings.AUDIT_SEAL_GRACE_SECONDS)
+    entries_of = (
+        LogEntry.objects.filter(additional_data__tenant_id=tenant_id)
+        if tenant_id is not None
+        else LogEntry.objects.filter(
+            models.Q(additional_data__isnull=True) | models.Q(additional_data__tenant_id__isnull=True)
+        )
+    )
+    unsealed = (
+        entries_of.filter(timestamp__lt=grace)
+        .filter(~models.Exists(ChangeSeal.objects.filter(entry_id=models.OuterRef("pk"))))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if unsealed is not None:
+        return ChainVerification(key, count, expected_sequence, f"change entry {unsealed} was never sealed")
+    return ChainVerification(key, count, None, "")
+
+
+def audit_digests_verify(*, chain: AuditChain) -> list[str]:
+    """What is wrong with the chain's signed digests (empty: nothing): a digest whose signature does not match
+    (forged or altered), and a signed head the chain no longer reaches (a truncated tail, or a chain rewritten
+    from an earlier point). Platform work."""
+    problems = []
+    is_changes = chain.key.startswith("changes:")
+    for digest in AuditDigest.objects.filter(chain=chain).order_by("day"):
+        if not hmac.compare_digest(digest.signature, digest.expected_signature(chain.key)):
+            problems.append(f"digest of {digest.day} has a forged signature")
+            continue
+        rows: models.QuerySet[Any] = (
+            ChangeSeal.objects.filter(chain=chain) if is_changes else AuditEvent.unscoped_objects.filter(chain=chain)
+        )
+        head = list(rows.filter(sequence=digest.last_sequence).values_list("hash", flat=True))
+        if head != [digest.last_hash]:
+            problems.append(
+                f"digest of {digest.day} signed sequence {digest.last_sequence}, which the chain no longer holds"
+            )
+    return problems
+
+
 def audit_chain_list(*, tenant: Tenant | None = None) -> models.QuerySet[AuditChain]:
     qs = AuditChain.objects.all().order_by("key")
     if tenant is not None:
@@ -191,28 +271,90 @@ class TrailEntry:
     change: LogEntry | None = None
 
 
-def audit_trail_keys(
-    *,
-    actor: Any,
-    username: str = "",
-    event_type: int | None = None,
-    changes_only: bool = False,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> models.QuerySet[Any]:
-    """The current tenant's audit events and field changes as one list of `(kind, at, row id)`, newest first.
+@dataclass(frozen=True)
+class TrailFilters:
+    """What the browser filters the merged trail by. Patient, study and device name participants of audit
+    events: a field change names none, so with any of them (or a failed outcome, or an event verb) field changes
+    drop out; a source address matches both layers (django-auditlog keeps the request's address)."""
 
-    The database merges the two tables (UNION ALL, ordered, so slicing gives any page correctly without reading
-    the rows before it into Python); `audit_trail_entries` then loads the rows of one page or batch.
-    `event_type` keeps only events of that verb (a field change has none); `changes_only` keeps only changes.
-    Needs `tenants.view_audit`; without it the list is empty.
-    """
+    username: str = ""
+    event_type: int | None = None
+    changes_only: bool = False
+    since: datetime | None = None
+    until: datetime | None = None
+    patient_id: str = ""
+    study_uid: str = ""
+    device: str = ""
+    outcome: int | None = None
+    source_address: str = ""
+
+    @property
+    def events_only(self) -> bool:
+        return bool(
+            self.event_type is not None
+            or self.patient_id
+            or self.study_uid
+            or self.device
+            or (self.outcome is not None and self.outcome != 0)
+        )
+
+
+@dataclass(frozen=True)
+class TrailCursor:
+    """Where a page of the trail ends: the last key shown. The next page starts strictly after it in the
+    trail's order (time, then kind, then row id, all descending; "event" sorts above "change"): a keyset, so
+    page 10 000 costs what page 1 costs and entries arriving meanwhile do not shift it."""
+
+    at: datetime
+    kind: str
+    row_id: int
+
+
+def _event_filtered(qs: models.QuerySet[AuditEvent], f: TrailFilters) -> models.QuerySet[AuditEvent]:
+    if f.event_type is not None:
+        qs = qs.filter(event_type=f.event_type)
+    if f.patient_id:
+        qs = qs.filter(participants__contains=[{"type": "patient", "id": f.patient_id}])
+    if f.study_uid:
+        qs = qs.filter(participants__contains=[{"type": "study", "id": f.study_uid}])
+    if f.device:
+        qs = qs.filter(
+            models.Q(system_principal__iexact=f"dicom:{f.device}")
+            | models.Q(participants__contains=[{"type": "devices.device", "id": f.device}])
+            | models.Q(participants__contains=[{"type": "devices.device", "name": f.device}])
+        )
+    if f.outcome is not None:
+        qs = qs.filter(outcome=f.outcome)
+    if f.source_address:
+        qs = qs.filter(source_address=f.source_address)
+    return qs
+
+
+def _after(kind: str, at_field: str, cursor: TrailCursor | None) -> models.Q:
+    """The keyset condition `(at, kind, id) < cursor` for the rows of one kind (see TrailCursor)."""
+    if cursor is None:
+        return models.Q()
+    if kind == cursor.kind:
+        return models.Q(**{f"{at_field}__lt": cursor.at}) | models.Q(**{at_field: cursor.at, "pk__lt": cursor.row_id})
+    if kind < cursor.kind:
+        return models.Q(**{f"{at_field}__lte": cursor.at})
+    return models.Q(**{f"{at_field}__lt": cursor.at})
+
+
+def _trail_sides(
+    *, actor: Any, filters: TrailFilters, cursor: TrailCursor | None = None
+) -> tuple[models.QuerySet[Any], models.QuerySet[Any]]:
+    f = filters
     kind = models.CharField(max_length=8)
-    events = audit_event_list(actor=actor, username=username, event_type=event_type, since=since, until=until)
-    changes = audit_change_list(actor=actor, username=username, since=since, until=until)
-    if changes_only:
+    events = audit_event_list(actor=actor, username=f.username, since=f.since, until=f.until)
+    events = _event_filtered(events, f).filter(_after(TRAIL_EVENT, "occurred_at", cursor))
+    changes = audit_change_list(actor=actor, username=f.username, since=f.since, until=f.until)
+    if f.source_address:
+        changes = changes.filter(remote_addr=f.source_address)
+    changes = changes.filter(_after(TRAIL_CHANGE, "timestamp", cursor))
+    if f.changes_only:
         events = events.none()
-    if event_type is not None:
+    if f.events_only:
         changes = changes.none()
     event_keys = (
         events.order_by()
@@ -226,7 +368,48 @@ def audit_trail_keys(
                   trail_id=models.F("pk"))
         .values_list("trail_kind", "trail_at", "trail_id")
     )  # fmt: skip
-    return event_keys.union(change_keys, all=True).order_by("-trail_at", "-trail_id")
+    return event_keys, change_keys
+
+
+TRAIL_ORDER = ("-trail_at", "-trail_kind", "-trail_id")
+
+
+def audit_trail_keys(*, actor: Any, filters: TrailFilters) -> models.QuerySet[Any]:
+    """The current tenant's audit events and field changes as one list of `(kind, at, row id)`, newest first.
+
+    The database merges the two tables (UNION ALL, ordered); `audit_trail_entries` then loads the rows of one
+    batch. For the browser's pages use `audit_trail_page` (keyset); this whole list is for exports.
+    Needs `tenants.view_audit`; without it the list is empty.
+    """
+    event_keys, change_keys = _trail_sides(actor=actor, filters=filters)
+    return event_keys.union(change_keys, all=True).order_by(*TRAIL_ORDER)
+
+
+def audit_trail_page(
+    *, actor: Any, filters: TrailFilters, after: TrailCursor | None = None, size: int = 50
+) -> tuple[list[tuple[str, datetime, int]], TrailCursor | None]:
+    """One page of `audit_trail_keys` after `after` (None: the newest), and the cursor of the next page (None
+    when this is the last). Each side is ordered and limited by its own index before the merge, so the cost
+    does not grow with the depth of the page or the size of the table (no OFFSET)."""
+    event_keys, change_keys = _trail_sides(actor=actor, filters=filters, cursor=after)
+    # Two index-ordered reads of at most size + 1 keys each, merged here: the page is among them.
+    merged = [*event_keys.order_by("-trail_at", "-trail_id")[: size + 1],
+              *change_keys.order_by("-trail_at", "-trail_id")[: size + 1]]  # fmt: skip
+    keys = sorted(merged, key=lambda key: (key[1], key[0], key[2]), reverse=True)[: size + 1]
+    if len(keys) <= size:
+        return keys, None
+    keys = keys[:size]
+    kind, at, row_id = keys[-1]
+    return keys, TrailCursor(at=at, kind=kind, row_id=row_id)
+
+
+def audit_change_get(*, actor: Any, change_id: int) -> LogEntry:
+    """One django-auditlog entry of the current tenant (`tenants.view_audit`), or `NotVisible` (another
+    tenant's entry is the same as a missing one)."""
+    try:
+        return audit_change_list(actor=actor).get(pk=change_id)
+    except (LogEntry.DoesNotExist, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc
 
 
 def audit_trail_entries(keys: Iterable[tuple[str, datetime, int]]) -> list[TrailEntry]:
@@ -243,3 +426,193 @@ def audit_trail_entries(keys: Iterable[tuple[str, datetime, int]]) -> list[Trail
         elif kind == TRAIL_CHANGE and row_id in changes:
             entries.append(TrailEntry(kind, at, change=changes[row_id]))
     return entries
+
+
+# Security alerts
+# ------------------------------------------------------------------------------
+
+
+def security_alert_list(*, actor: Any, status: str = "") -> models.QuerySet[SecurityAlert]:
+    """The current tenant's security alerts (`tenants.view_audit`), newest first; `status` keeps one state."""
+    qs = access.visible(actor, "tenants.view_audit", SecurityAlert.objects.all())
+    if status:
+        qs = qs.filter(status=status)
+    return qs.select_related("acknowledged_by", "event").order_by("-raised_at", "-pk")
+
+
+def security_alert_get(*, actor: Any, public_id: Any) -> SecurityAlert:
+    """One alert of the current tenant (`tenants.view_audit`), or `NotVisible`."""
+    try:
+        return security_alert_list(actor=actor).get(public_id=public_id)
+    except (SecurityAlert.DoesNotExist, ValueError, TypeError, ValidationError) as exc:
+        raise access.NotVisible() from exc
+
+
+def security_alert_evidence(*, actor: Any, alert: SecurityAlert) -> list[AuditEvent]:
+    """The events that made the alert (its own event first), in time order, from the current tenant."""
+    ids = [alert.event.public_id, *alert.evidence]
+    events = audit_event_list(actor=actor).filter(public_id__in=ids)
+    return sorted(events, key=lambda event: (event.occurred_at, event.sequence))
+
+
+# Accounting of disclosures (HIPAA 164.528) and breach scoping
+# ------------------------------------------------------------------------------
+
+# Data of a patient leaving the people who hold it: identified exports, shares, and instances sent to a device.
+DISCLOSURE_EVENTS = (
+    EventType.DISCLOSURE_EXPORTED,
+    EventType.STUDY_SHARED,
+    EventType.SHARE_REVOKED,
+    EventType.INSTANCES_MOVED,
+)
+
+
+def audit_disclosures_for_patient(
+    *,
+    actor: Any,
+    patient_id: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    include_accesses: bool = False,
+) -> models.QuerySet[AuditEvent]:
+    """The current tenant's events that disclosed the patient's data (DISCLOSURE_EVENTS), or with
+    `include_accesses` every event naming the patient (reads and searches too), oldest first
+    (`tenants.view_audit`). The caller records the AUDIT_LOG_USED event of the read, naming the patient."""
+    qs = audit_event_list(actor=actor, since=since, until=until).filter(
+        participants__contains=[{"type": "patient", "id": patient_id}]
+    )
+    if not include_accesses:
+        qs = qs.filter(event_type__in=[int(e) for e in DISCLOSURE_EVENTS])
+    return qs.order_by("occurred_at", "sequence")
+
+
+# What touches patient data: reads, retrievals, searches, transfers, exports and shares (breach scoping).
+PATIENT_DATA_EVENTS = (
+    EventType.STUDIES_QUERIED,
+    EventType.INSTANCES_ACCESSED,
+    EventType.INSTANCES_RETRIEVED,
+    EventType.INSTANCES_MOVED,
+    EventType.INSTANCES_STORED,
+    EventType.STUDY_EXPORTED,
+    EventType.DISCLOSURE_EXPORTED,
+    EventType.STUDY_SHARED,
+    EventType.BREAK_GLASS_STARTED,
+)
+
+
+@dataclass
+class TouchedPatient:
+    patient_id: str
+    name: str
+    studies: set[str]
+    events: int
+    first: datetime
+    last: datetime
+    verbs: set[str]
+
+
+def audit_breach_scope(
+    *,
+    actor: Any,
+    since: datetime,
+    until: datetime,
+    username: str = "",
+    device: str = "",
+    source_address: str = "",
+) -> list[TouchedPatient]:
+    """The patients (with their studies) whose data a person, a device or an address read, received or found by
+    a search in [since, until), from the current tenant's events (`tenants.view_audit`). At least one of
+    `username`, `device`, `source_address` is required. Sorted by patient id."""
+    if not (username or device or source_address):
+        raise ValidationError("Name a user, a device or an address.")
+    filters = TrailFilters(username=username, since=since, until=until, device=device, source_address=source_address)
+    events = _event_filtered(audit_event_list(actor=actor, username=username, since=since, until=until), filters)
+    events = events.filter(event_type__in=[int(e) for e in PATIENT_DATA_EVENTS]).order_by("occurred_at", "sequence")
+    touched: dict[str, TouchedPatient] = {}
+    for event in events.iterator(chunk_size=2000):
+        # Participants come as patient, then that patient's studies (studies.services.reads.study_participants),
+        # so a search that found several patients gives each their own studies.
+        current: TouchedPatient | None = None
+        seen: set[str] = set()
+        for entry in event.participants or []:
+            kind, entry_id = entry.get("type"), str(entry.get("id", ""))
+            if kind == "patient" and entry_id:
+                current = touched.get(entry_id)
+                if current is None:
+                    current = touched[entry_id] = TouchedPatient(
+                        entry_id, str(entry.get("name", "")), set(), 0, event.occurred_at, event.occurred_at, set()
+                    )
+                if entry_id not in seen:
+                    seen.add(entry_id)
+                    current.events += 1
+                    current.last = event.occurred_at
+                    current.verbs.add(event.verb)
+            elif kind == "study" and current is not None and entry_id:
+                current.studies.add(entry_id)
+    return [touched[pid] for pid in sorted(touched)]
+
+
+# The tenant's dashboard
+# ------------------------------------------------------------------------------
+
+READ_EVENTS = (EventType.INSTANCES_ACCESSED, EventType.INSTANCES_RETRIEVED, EventType.INSTANCES_MOVED)
+
+
+@dataclass
+class Dashboard:
+    days: list[dict[str, Any]]  # day, events, refusals, stored, rejected
+    alerts_by_kind: list[dict[str, Any]]  # kind, status, count
+    top_readers: list[dict[str, Any]]  # user, reads
+    break_glass: dict[str, int]
+    last_digest: Any
+
+
+def audit_dashboard(*, actor: Any, days: int = 30, now: datetime | None = None) -> Dashboard:
+    """The current tenant's trail summarised for its compliance officers (`tenants.view_audit`; `NotVisible`
+    otherwise): per day for `days` days, events, refusals (any failed outcome), instances stored and rejected;
+    alerts by rule and state; the ten people with the most reads of images; break-glass started and reviewed;
+    the last signed digest of the tenant's chain. Aggregates in the database, one query each."""
+    tenant = current_tenant()
+    if not access.has_perm(actor, "tenants.view_audit", tenant):
+        raise access.NotVisible()
+    now = now or timezone.now()
+    start = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    events = AuditEvent.objects.filter(occurred_at__gte=start, occurred_at__lte=now)
+    per_day = (
+        events.annotate(day=TruncDay("occurred_at"))
+        .values("day")
+        .annotate(
+            events=models.Count("pk"),
+            refusals=models.Count("pk", filter=models.Q(outcome__gt=0)),
+            stored=models.Count("pk", filter=models.Q(event_type=EventType.INSTANCES_STORED)),
+            rejected=models.Count("pk", filter=models.Q(event_type=EventType.INGEST_REJECTED)),
+        )
+    )
+    by_day = {row["day"].date(): row for row in per_day}
+    series = []
+    for offset in range(days):
+        day = (start + timedelta(days=offset)).date()
+        row: dict[str, Any] = dict(by_day.get(day, {}))
+        series.append({"day": day, **{k: row.get(k, 0) for k in ("events", "refusals", "stored", "rejected")}})
+    alerts = list(
+        SecurityAlert.objects.values("kind", "status").annotate(count=models.Count("pk")).order_by("kind", "status")
+    )
+    readers = list(
+        events.filter(event_type__in=[int(e) for e in READ_EVENTS])
+        .exclude(actor_username="")
+        .values("actor_username")
+        .annotate(reads=models.Count("pk"))
+        .order_by("-reads", "actor_username")[:10]
+    )
+    glass = events.aggregate(
+        started=models.Count("pk", filter=models.Q(event_type=EventType.BREAK_GLASS_STARTED)),
+        reviewed=models.Count("pk", filter=models.Q(event_type=EventType.BREAK_GLASS_REVIEWED)),
+    )
+    digest = AuditDigest.objects.filter(chain__tenant=tenant).order_by("-day").first()
+    return Dashboard(
+        days=series,
+        alerts_by_kind=[dict(row) for row in alerts],
+        top_readers=[{"user": row["actor_username"], "reads": row["reads"]} for row in readers],
+        break_glass={"started": glass["started"], "reviewed": glass["reviewed"]},
+        last_digest=digest,
+    )

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import logging
+import socket
+import ssl
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from auditlog.models import LogEntry
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from audit import context as audit_context
 from audit.events import EventType, Outcome
-from audit.models import AuditChain, AuditEvent, SecurityAlert
+from audit.models import AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert, SyslogCursor
+from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none
+
+logger = logging.getLogger(__name__)
 
 
 def participant(obj: Any, *, role: str = "", name: str = "", detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -196,6 +208,8 @@ def security_alert_raise(
     participants: Iterable[Any] = (),
     extra: Mapping[str, Any] | None = None,
     outcome: int = Outcome.SERIOUS_FAILURE,
+    subject: str = "",
+    evidence: Iterable[str] = (),
 ) -> SecurityAlert:
     """Record the audit event and open a SecurityAlert pointing at it, in one transaction. `summary` is shown to
     reviewers: never put patient data in it (the event's participants carry what is needed)."""
@@ -203,6 +217,348 @@ def security_alert_raise(
         event=event, actor=actor, tenant=tenant, target=target, participants=participants,
         outcome=outcome, outcome_description=summary, extra=extra,
     )  # fmt: skip
-    alert = SecurityAlert(tenant=row.tenant, kind=kind, summary=summary[:300], severity=severity, event=row)
+    alert = SecurityAlert(
+        tenant=row.tenant, kind=kind, summary=summary[:300], severity=severity, event=row, subject=subject[:150],
+        evidence=list(evidence),
+    )  # fmt: skip
     alert.save()
     return alert
+
+
+# Seals over django-auditlog's entries
+# ------------------------------------------------------------------------------
+
+SEAL_BATCH = 1000
+
+
+def _change_chain_locked(key: str) -> AuditChain:
+    try:
+        return AuditChain.objects.select_for_update().get(key=key)
+    except AuditChain.DoesNotExist:
+        pass
+    try:
+        with transaction.atomic():
+            AuditChain.objects.create(key=key, tenant=None)
+    except IntegrityError:
+        pass
+    return AuditChain.objects.select_for_update().get(key=key)
+
+
+def _entries_of(tenant_id: int | None) -> models.QuerySet[LogEntry]:
+    if tenant_id is None:
+        return LogEntry.objects.filter(
+            models.Q(additional_data__isnull=True) | models.Q(additional_data__tenant_id__isnull=True)
+        )
+    return LogEntry.objects.filter(additional_data__tenant_id=tenant_id)
+
+
+def audit_changes_unsealed(
+    *, tenant_id: int | None, entry_ids: Iterable[int] | None = None
+) -> models.QuerySet[LogEntry]:
+    """The tenant's (None: the platform's) django-auditlog entries that no seal covers yet, oldest first: among
+    `entry_ids` when given (what one transaction wrote), else among the entries of the last
+    AUDIT_SEAL_LOOKBACK_SECONDS (the sweep: bounded, so its cost does not grow with the table)."""
+    sealed = ChangeSeal.objects.filter(entry_id=models.OuterRef("pk"))
+    entries = _entries_of(tenant_id)
+    if entry_ids is not None:
+        entries = entries.filter(pk__in=list(entry_ids))
+    else:
+        entries = entries.filter(
+            timestamp__gte=timezone.now() - timedelta(seconds=settings.AUDIT_SEAL_LOOKBACK_SECONDS)
+        )
+    return entries.filter(~models.Exists(sealed)).order_by("pk")
+
+
+def audit_changes_seal(*, tenant_id: int | None, entry_ids: Iterable[int] | None = None) -> int:
+    """Append a seal for each unsealed django-auditlog entry of one tenant (None: the platform), in entry order,
+    to the tenant's change chain; return how many. `entry_ids`: only those entries (the on-commit path); else the
+    recent ones (the sweep). System job (no actor). Idempotent and safe to run concurrently: the chain head is
+    locked per batch, and an entry is sealed once (`entry_id` is unique)."""
+    key = ChangeSeal.chain_key(tenant_id)
+    ids = list(entry_ids) if entry_ids is not None else None
+    total = 0
+    while True:
+        with transaction.atomic():
+            chain = _change_chain_locked(key)
+            entries = list(audit_changes_unsealed(tenant_id=tenant_id, entry_ids=ids)[:SEAL_BATCH])
+            seals = []
+            for entry in entries:
+                sequence = chain.last_sequence + 1
+                digest = ChangeSeal.compute_hash(chain.last_hash, entry)
+                seals.append(ChangeSeal(chain=chain, sequence=sequence, entry_id=entry.pk, prev_hash=chain.last_hash,
+                                        hash=digest))  # fmt: skip
+                chain.last_sequence, chain.last_hash = sequence, digest
+            ChangeSeal.objects.bulk_create(seals)
+            chain.save(update_fields=["last_sequence", "last_hash"])
+        total += len(entries)
+        if len(entries) < SEAL_BATCH:
+            return total
+
+
+def audit_changes_seal_all() -> int:
+    """Seal every tenant's recent unsealed entries (the beat job's sweep behind the on-commit sealing)."""
+    tenant_ids = set(Tenant.objects.values_list("pk", flat=True))
+    return sum(audit_changes_seal(tenant_id=tenant_id) for tenant_id in [*sorted(tenant_ids), None])
+
+
+def logentry_seal_on_commit(sender: Any, instance: LogEntry, created: bool, **kwargs: Any) -> None:
+    """post_save of LogEntry: seal the entries this transaction wrote once it has committed (at once in
+    autocommit). One sealing per tenant per transaction, over exactly its entries; a rolled-back transaction
+    seals nothing."""
+    if not created:
+        return
+    data = instance.additional_data if isinstance(instance.additional_data, dict) else {}
+    tenant_id = data.get("tenant_id")
+    for _, queued, *_ in connection.run_on_commit:
+        if getattr(queued, "audit_seal_tenant", None) == (tenant_id,):
+            queued.audit_seal_entries.append(instance.pk)  # type: ignore[attr-defined]
+            return
+    entry_ids = [instance.pk]
+
+    def seal() -> None:
+        audit_changes_seal(tenant_id=tenant_id, entry_ids=entry_ids)
+
+    seal.audit_seal_tenant = (tenant_id,)  # type: ignore[attr-defined]
+    seal.audit_seal_entries = entry_ids  # type: ignore[attr-defined]
+    transaction.on_commit(seal)
+
+
+# Security alerts: the rules over the event stream, and their handling
+# ------------------------------------------------------------------------------
+
+# Handling an alert is a compliance officer's review of a security event: the permission that already marks that
+# review (break-glass sign-off). Auditors and admins read alerts (`tenants.view_audit`) but do not handle them.
+ALERT_HANDLE_PERM = "tenants.review_break_glass"
+ALERT_HANDLE_STATES = (SecurityAlert.Status.ACKNOWLEDGED, SecurityAlert.Status.ESCALATED, SecurityAlert.Status.CLOSED)
+
+
+@transaction.atomic
+def security_alert_handle(*, actor: Any, alert: SecurityAlert, state: str, note: str = "") -> SecurityAlert:
+    """Acknowledge, escalate or close an alert of the current tenant with a note (`ALERT_HANDLE_PERM`; a note is
+    required to escalate or close). Records who and when on the alert and SECURITY_ALERT_HANDLED on the trail.
+    Handling a closed alert is refused (a closed alert stays closed)."""
+    access.require(actor, ALERT_HANDLE_PERM, alert.tenant, visible_perm="tenants.view_audit")
+    note = (note or "").strip()
+    if state not in ALERT_HANDLE_STATES:
+        raise ValidationError({"state": "Choose acknowledge, escalate or close."})
+    if state != SecurityAlert.Status.ACKNOWLEDGED and not note:
+        raise ValidationError({"note": "Say why: a note is required to escalate or close an alert."})
+    if len(note) > 2000:
+        raise ValidationError({"note": "At most 2000 characters."})
+    locked = SecurityAlert.objects.select_for_update().get(pk=alert.pk)
+    if locked.status == SecurityAlert.Status.CLOSED:
+        raise ValidationError({"state": "This alert is closed."})
+    previous = locked.status
+    locked.status, locked.note = state, note
+    locked.acknowledged_by, locked.acknowledged_at = actor, timezone.now()
+    locked.save(update_fields=["status", "note", "acknowledged_by", "acknowledged_at"])
+    audit_event_record(
+        event=EventType.SECURITY_ALERT_HANDLED,
+        actor=actor,
+        target={"type": "security_alert", "id": str(locked.public_id), "name": locked.kind},
+        extra={"from": previous, "to": state, "note": note},
+    )
+    return locked
+
+
+@dataclass
+class RuleHit:
+    kind: str
+    subject: str
+    summary: str
+    severity: str
+    events: list[AuditEvent] = field(default_factory=list)
+    once: bool = False  # one alert ever for this subject (an event), not one per window
+
+
+def _bursts(qs: models.QuerySet[AuditEvent], threshold: int) -> dict[str, list[AuditEvent]]:
+    """Events grouped by the person they name (user name, case folded), keeping groups of `threshold` or more."""
+    groups: dict[str, list[AuditEvent]] = {}
+    for event in qs.order_by("occurred_at", "sequence"):
+        name = (event.actor_username or "").strip().lower()
+        if name:
+            groups.setdefault(name, []).append(event)
+    return {name: events for name, events in groups.items() if len(events) >= threshold}
+
+
+def security_rules_match(*, tenant: Tenant, now: datetime) -> list[RuleHit]:
+    """What the rules find in the tenant's events of the last SECURITY_RULE_WINDOW_SECONDS (read-only):
+    - repeated failed sign-ins (wrong password or MFA code) of one user name, SECURITY_FAILED_LOGIN_THRESHOLD or more;
+    - each lockout;
+    - a burst of refusals (403) of one person, SECURITY_ACCESS_DENIED_THRESHOLD or more.
+    Break-glass, malware at ingest and unknown DICOM peers raise their alert where they happen. Runs inside the
+    tenant's scope."""
+    start = now - timedelta(seconds=settings.SECURITY_RULE_WINDOW_SECONDS)
+    window = AuditEvent.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lte=now)
+    hits = []
+    failed = window.filter(event_type__in=[EventType.LOGIN_FAILED, EventType.MFA_FAILED])
+    for name, events in _bursts(failed, settings.SECURITY_FAILED_LOGIN_THRESHOLD).items():
+        hits.append(RuleHit("repeated_failed_logins", name, f"{len(events)} failed sign-ins of {name}", "high", events))
+    for event in window.filter(event_type=EventType.LOCKED_OUT).order_by("sequence"):
+        name = event.actor_username or "an unknown user"
+        hits.append(RuleHit("locked_out", str(event.public_id), f"{name} locked out", "warning", [event], once=True))
+    denied = window.filter(event_type=EventType.ACCESS_DENIED)
+    for name, events in _bursts(denied, settings.SECURITY_ACCESS_DENIED_THRESHOLD).items():
+        hits.append(RuleHit("access_denied_burst", name, f"{len(events)} refused requests by {name}", "high", events))
+    return hits
+
+
+def security_rules_evaluate(*, tenant: Tenant, now: datetime | None = None) -> list[SecurityAlert]:
+    """Raise a SecurityAlert, with its evidence, for each rule hit that has none yet: one per person and rule per
+    window (a burst that goes on does not raise again until the window has passed), one per lockout. System
+    job, inside the tenant's scope; idempotent (run it as often as you like)."""
+    now = now or timezone.now()
+    start = now - timedelta(seconds=settings.SECURITY_RULE_WINDOW_SECONDS)
+    raised = []
+    for hit in security_rules_match(tenant=tenant, now=now):
+        existing = SecurityAlert.objects.filter(tenant=tenant, kind=hit.kind, subject=hit.subject)
+        if not hit.once:
+            existing = existing.filter(raised_at__gte=start)
+        if existing.exists():
+            continue
+        evidence = [str(event.public_id) for event in hit.events]
+        raised.append(
+            security_alert_raise(
+                kind=hit.kind,
+                summary=hit.summary,
+                event=EventType.SECURITY_RULE_MATCHED,
+                severity=hit.severity,
+                tenant=tenant,
+                outcome=Outcome.MINOR_FAILURE,
+                subject=hit.subject,
+                evidence=evidence,
+                participants=[{"type": "audit_event", "id": pid, "role": "evidence"} for pid in evidence],
+                extra={"rule": hit.kind, "subject": hit.subject, "evidence": len(evidence)},
+            )
+        )
+    return raised
+
+
+# Signed digests of the chain heads
+# ------------------------------------------------------------------------------
+
+
+def audit_digests_sign(*, day: Any = None) -> int:
+    """Sign the head of every chain (events and change seals) for `day` (default today, UTC): one digest per
+    chain and day, so a rerun the same day signs nothing new. System job; the key comes from the environment
+    and is never stored (none set: nothing is signed, and audit_verify says so). Returns how many digests were
+    written."""
+    if not settings.AUDIT_DIGEST_KEY:
+        logger.warning("AUDIT_DIGEST_KEY is not set: no audit digest signed")
+        return 0
+    day = day or timezone.now().date()
+    written = 0
+    for chain in AuditChain.objects.order_by("pk"):
+        if chain.last_sequence == 0 or AuditDigest.objects.filter(chain=chain, day=day).exists():
+            continue
+        digest = AuditDigest(chain=chain, day=day, last_sequence=chain.last_sequence, last_hash=chain.last_hash)
+        digest.signature = digest.expected_signature(chain.key)
+        try:
+            with transaction.atomic():
+                digest.save(force_insert=True)
+        except IntegrityError:
+            continue  # a concurrent run signed it
+        written += 1
+    return written
+
+
+# Forwarding to the hospital's audit repository: RFC 5424 syslog over TLS, TCP or UDP (IHE ATNA)
+# ------------------------------------------------------------------------------
+
+SYSLOG_FACILITY_AUTHPRIV = 10
+SYSLOG_BATCH = 500
+
+
+def _sd_escape(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def syslog_message(event: AuditEvent, *, hostname: str) -> bytes:
+    """One event as an RFC 5424 message: PRI (authpriv; notice, or warning for a failure), the event's time,
+    our host, app `enclave`, MSGID the DICOM Event ID, structured data naming the tenant, chain position and
+    hash, and the A.5 fields as JSON."""
+    severity = 5 if event.outcome == 0 else 4
+    pri = SYSLOG_FACILITY_AUTHPRIV * 8 + severity
+    stamp = event.occurred_at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    tenant = event.tenant.slug if event.tenant is not None else "platform"
+    sd = (
+        f'[enclave@32473 tenant="{_sd_escape(tenant)}" seq="{event.sequence}" outcome="{event.outcome}" '
+        f'hash="{event.hash}"]'
+    )
+    body = {
+        "EventID": event.event_id, "EventIDDisplay": event.event_id_display, "EventTypeCode": event.event_type_code,
+        "EventActionCode": event.action, "EventDateTime": stamp, "EventOutcomeIndicator": event.outcome,
+        "EventOutcomeDescription": event.outcome_description, "UserID": event.actor_username,
+        "RoleIDCode": event.actor_role, "SystemPrincipal": event.system_principal,
+        "NetworkAccessPointID": event.source_address or "", "ParticipantObjects": event.participants,
+        "RequestID": event.request_id, "Verb": event.verb,
+    }  # fmt: skip
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    header = f"<{pri}>1 {stamp} {hostname or '-'} enclave - {event.event_id or '-'} {sd} "
+    return header.encode() + b"\xef\xbb\xbf" + text.encode()
+
+
+class SyslogSender:
+    """A connection to the configured receiver. TCP and TLS frame messages by octet counting (RFC 6587 3.4.1,
+    RFC 5425); UDP sends one datagram per message (RFC 5426)."""
+
+    def __init__(self, *, host: str, port: int, protocol: str, ca_file: str = "", timeout: float = 5.0) -> None:
+        self.protocol = protocol
+        self.address = (host, port)
+        if protocol == "udp":
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            return
+        raw = socket.create_connection(self.address, timeout=timeout)
+        if protocol == "tls":
+            context = ssl.create_default_context(cafile=ca_file or None)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self.sock = context.wrap_socket(raw, server_hostname=host)
+        elif protocol == "tcp":
+            self.sock = raw
+        else:
+            raw.close()
+            raise ValueError(f"unknown syslog protocol {protocol!r}")
+
+    def send(self, message: bytes) -> None:
+        if self.protocol == "udp":
+            self.sock.sendto(message, self.address)
+        else:
+            self.sock.sendall(str(len(message)).encode() + b" " + message)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def audit_syslog_forward() -> int:
+    """Send every audit event not yet forwarded, chain by chain in sequence order, and advance each chain's
+    cursor after each message sent: events reach the receiver in order, and a receiver that is down stops the
+    run (the next run resumes at the first unsent event). A crash between a send and its cursor update resends
+    that one event (at least once; the receiver can drop duplicates by tenant and sequence). System job; off when
+    AUDIT_SYSLOG_HOST is empty. Returns how many events were sent."""
+    if not settings.AUDIT_SYSLOG_HOST:
+        return 0
+    hostname = socket.gethostname()
+    try:
+        sender = SyslogSender(
+            host=settings.AUDIT_SYSLOG_HOST, port=settings.AUDIT_SYSLOG_PORT,
+            protocol=settings.AUDIT_SYSLOG_PROTOCOL, ca_file=settings.AUDIT_SYSLOG_CA_FILE,
+        )  # fmt: skip
+    except OSError:
+        return 0  # the receiver is down: store, and forward later
+    sent = 0
+    try:
+        for chain in AuditChain.objects.exclude(key__startswith="changes:").order_by("pk"):
+            cursor, _ = SyslogCursor.objects.get_or_create(chain=chain)
+            events = AuditEvent.unscoped_objects.filter(chain=chain, sequence__gt=cursor.last_sequence)
+            for event in events.select_related("tenant").order_by("sequence")[:SYSLOG_BATCH]:
+                try:
+                    sender.send(syslog_message(event, hostname=hostname))
+                except OSError:
+                    return sent
+                SyslogCursor.objects.filter(pk=cursor.pk).update(
+                    last_sequence=event.sequence, last_sent_at=timezone.now()
+                )
+                sent += 1
+    finally:
+        sender.close()
+    return sent

@@ -7,6 +7,16 @@ from audit import apis, views
 page_patterns = [
     path("audit/", views.AuditView.as_view(), name="audit"),
     path("audit/export.csv", views.AuditExportView.as_view(), name="audit_export"),
+    path("audit/export.json", views.AuditJsonExportView.as_view(), name="audit_export_json"),
+    path("audit/export.xml", views.AuditXmlExportView.as_view(), name="audit_export_xml"),
+    path("audit/events/<str:public_id>/", views.AuditEventDetailView.as_view(), name="audit_event"),
+    path("audit/changes/<int:change_id>/", views.AuditChangeDetailView.as_view(), name="audit_change"),
+    path("audit/disclosures/", views.DisclosuresView.as_view(), name="audit_disclosures"),
+    path("audit/breach-scope/", views.BreachScopeView.as_view(), name="audit_breach_scope"),
+    path("audit/dashboard/", views.AuditDashboardView.as_view(), name="audit_dashboard"),
+    path("audit/compliance/", views.ComplianceReportView.as_view(), name="audit_compliance"),
+    path("audit/alerts/", views.AlertListView.as_view(), name="audit_alerts"),
+    path("audit/alerts/<str:public_id>/", views.AlertDetailView.as_view(), name="audit_alert"),
 ]
 api_patterns = [
     path("audit-events/", apis.AuditEventListApi.as_view(), name="audit_event_list"),

@@ -46,4 +46,38 @@ BEAT_SCHEDULE = {
         "schedule": crontab(hour=6, minute=0),
         "options": {"queue": "maintenance"},
     },
+    # Seal django-auditlog entries that the on-commit sealing missed (a process killed between commit and seal),
+    # so that audit_verify finds none unsealed past AUDIT_SEAL_GRACE_SECONDS.
+    "audit-changes-seal": {
+        "task": "audit.tasks.audit_changes_seal_all",
+        "schedule": float(settings.AUDIT_SEAL_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
+    # Evaluate the security rules (repeated failed sign-ins, lockouts, bursts of refusals) over each tenant's
+    # recent events and raise SecurityAlerts; idempotent, so a late or doubled run raises nothing twice.
+    "security-rules-evaluate": {
+        "task": "audit.tasks.security_rules_evaluate_all",
+        "schedule": float(settings.SECURITY_RULES_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
+    # Sign every audit chain's head once a day (HMAC, key from the environment) so that a rewritten or truncated
+    # trail no longer reaches a signed head (audit_verify checks).
+    "audit-digests-sign": {
+        "task": "audit.tasks.audit_digests_sign",
+        "schedule": 24 * 3600.0,
+        "options": {"queue": "maintenance"},
+    },
+    # Forward new audit events to the hospital's audit repository (RFC 5424 syslog), in order, from where the
+    # last run stopped; a receiver that is down is retried on the next run.
+    "audit-syslog-forward": {
+        "task": "audit.tasks.audit_syslog_forward",
+        "schedule": float(settings.AUDIT_SYSLOG_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
+    # Verify every tenant's trail (chains, change seals, digests) each night; a failure raises a critical alert.
+    "audit-verify": {
+        "task": "audit.tasks.audit_verify_all",
+        "schedule": 24 * 3600.0,
+        "options": {"queue": "maintenance"},
+    },
 }

@@ -34,6 +34,7 @@ UNSCOPED_ALLOWED = {
     "tenants/tasks.py": "fan-out: which tenants have expired memberships",
     "studies/tasks.py": "fan-out: which tenants have stuck ingest items",
     "audit/selectors.py": "the chain verifier walks every tenant's chain",
+    "audit/services.py": "syslog forwarding sends every chain's events in order to the hospital's audit repository",
     "audit/admin.py": "operators' read-only view of events across tenants (no patient fields)",
     "tenants/admin.py": "operators' view of memberships across tenants",
     "devices/admin.py": "operators' read-only view of devices across tenants (no patient data)",
@@ -56,10 +57,16 @@ FANOUT_TASKS = {
     "studies.tasks.shares_cleanup",
     "studies.tasks.read_tallies_flush",
     "training.tasks.training_reminders",
+    "audit.tasks.security_rules_evaluate_all",
+    "audit.tasks.audit_verify_all",
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {
     "tenants.tasks.mail_send": "delivers one queued e-mail (subject, body, addresses); reads no tenant row",
+    "audit.tasks.audit_digests_sign": "signs the chain heads of every tenant (platform work, no tenant row read)",
+    "audit.tasks.audit_syslog_forward": "forwards every chain's events in order (platform work)",
+    "audit.tasks.audit_changes_seal_all": "seals django-auditlog's entries of every tenant; LogEntry and the seals "
+    "are not tenant-scoped models",
 }
 # Models with a tenant column that are not tenant data, each with its reason.
 UNSCOPED_MODELS = {

@@ -285,6 +285,9 @@ AUDITLOG_EXCLUDE_TRACKING_MODELS = (
     "auditlog.logentry",
     "audit.auditevent",  # has its own hash chain
     "audit.auditchain",
+    "audit.changeseal",  # the seals are the tamper evidence of django-auditlog's own rows
+    "audit.auditdigest",  # append-only, signed
+    "audit.syslogcursor",  # forwarding bookkeeping
     "sessions.session",
     "contenttypes.contenttype",
     "axes.accessattempt",
@@ -342,6 +345,25 @@ AUDITLOG_EXCLUDE_TRACKING_FIELDS = (
 )
 AUDITLOG_CID_GETTER = "audit.context.current_request_id"
 AUDITLOG_STORE_JSON_CHANGES = True
+# django-auditlog's entries are sealed into a hash chain per tenant after their commit (audit.models.ChangeSeal);
+# a beat job seals what a crashed process left. An entry older than the grace without a seal fails audit_verify.
+AUDIT_SEAL_INTERVAL_SECONDS = env.int("AUDIT_SEAL_INTERVAL_SECONDS", default=60)
+AUDIT_SEAL_GRACE_SECONDS = env.int("AUDIT_SEAL_GRACE_SECONDS", default=600)
+AUDIT_SEAL_LOOKBACK_SECONDS = env.int("AUDIT_SEAL_LOOKBACK_SECONDS", default=24 * 3600)  # how far the sweep looks
+# Daily signed digests of every chain head (audit.models.AuditDigest): the HMAC key lives only in the environment.
+# Empty: no digest is signed and audit_verify says so.
+AUDIT_DIGEST_KEY = env.str("AUDIT_DIGEST_KEY", default="")
+# Forwarding of audit events to a hospital's audit repository as RFC 5424 syslog (IHE ATNA): host empty = off.
+AUDIT_SYSLOG_HOST = env.str("AUDIT_SYSLOG_HOST", default="")
+AUDIT_SYSLOG_PORT = env.int("AUDIT_SYSLOG_PORT", default=6514)
+AUDIT_SYSLOG_PROTOCOL = env.str("AUDIT_SYSLOG_PROTOCOL", default="tls")  # tls, tcp or udp
+AUDIT_SYSLOG_CA_FILE = env.str("AUDIT_SYSLOG_CA_FILE", default="")
+AUDIT_SYSLOG_INTERVAL_SECONDS = env.int("AUDIT_SYSLOG_INTERVAL_SECONDS", default=30)
+# Security rules over the event stream (audit.services.security_rules_match), evaluated by a beat job.
+SECURITY_RULES_INTERVAL_SECONDS = env.int("SECURITY_RULES_INTERVAL_SECONDS", default=60)
+SECURITY_RULE_WINDOW_SECONDS = env.int("SECURITY_RULE_WINDOW_SECONDS", default=15 * 60)
+SECURITY_FAILED_LOGIN_THRESHOLD = env.int("SECURITY_FAILED_LOGIN_THRESHOLD", default=5)
+SECURITY_ACCESS_DENIED_THRESHOLD = env.int("SECURITY_ACCESS_DENIED_THRESHOLD", default=10)
 
 # CELERY
 # ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ ENCLAVE_ENV = "test"
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-0123456789abcdefghijklmnopqrstuvwxyz"  # noqa: S105
 MASTER_KEY = base64.b64encode(b"\x01" * 32).decode()
+AUDIT_DIGEST_KEY = "test-audit-digest-key-not-for-production"
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 
 # DATABASES: PostgreSQL, as in production

@@ -195,10 +195,15 @@ def export_run(*, export_id: int) -> Export | None:
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ExportFailed) else f"{exc.__class__.__name__} while exporting"
         logger.warning("export %s failed: %s", export.public_id, reason)
-        Export.objects.filter(pk=export.pk).update(
-            state=Export.State.FAILED, error=reason[:500], done=done, finished_at=timezone.now()
-        )
+        # Saved through the model (not QuerySet.update) so that django-auditlog records the failure.
         export.refresh_from_db()
+        export.state, export.error, export.done, export.finished_at = (
+            Export.State.FAILED,
+            reason[:500],
+            done,
+            timezone.now(),
+        )
+        export.save(update_fields=["state", "error", "done", "finished_at", "updated_at"])
         return export
     with transaction.atomic():
         blob = blob_write(kind=Blob.Kind.EXPORT, data=buffer.getvalue())

@@ -135,7 +135,12 @@ def invitation_create(
     replaced = Invitation.objects.filter(
         email=email, purpose=Invitation.Purpose.MEMBER, accepted_at__isnull=True, revoked_at__isnull=True
     )
-    replaced_count = replaced.update(revoked_at=now, updated_at=now)
+    # Saved one by one (not QuerySet.update) so that django-auditlog records each withdrawal.
+    replaced_count = 0
+    for old in replaced.select_for_update():
+        old.revoked_at = now
+        old.save(update_fields=["revoked_at", "updated_at"])
+        replaced_count += 1
     invitation, raw = _invitation_new(
         actor=actor,
         tenant=tenant,

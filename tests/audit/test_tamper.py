@@ -109,7 +109,10 @@ def test_verify_passes_whole_chains(tenant_a, tenant_b):
     assert "tenant north (tenant:" in out
     assert f"tenant north (tenant:{tenant_a.pk}): 6 events, OK" in out
     assert f"tenant south (tenant:{tenant_b.pk}): 1 events, OK" in out
-    assert _verify("--tenant", "south").strip() == f"tenant south (tenant:{tenant_b.pk}): 1 events, OK"
+    south = _verify("--tenant", "south").strip().splitlines()
+    assert south[0] == f"tenant south (tenant:{tenant_b.pk}): 1 events, OK"
+    assert south[1].startswith(f"changes of tenant south (changes:tenant:{tenant_b.pk}): ")
+    assert south[1].endswith(" entries, OK")
 
 
 @pytest.mark.django_db

@@ -1,4 +1,5 @@
-"""`manage.py audit_verify [--tenant SLUG]`: recompute every audit hash chain (or one tenant's).
+"""`manage.py audit_verify [--tenant SLUG]`: recompute every audit hash chain (or one tenant's): the audit events'
+and the seals over django-auditlog's entries.
 
 Exits 0 when every chain is whole. Otherwise exits 1 and names, for each broken chain, the first broken
 sequence number and why (an altered event, a missing one, a broken link): evidence that someone with the
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from audit.models import AuditChain
-from audit.selectors import audit_chain_list, audit_chain_verify
+from audit.models import AuditChain, ChangeSeal
+from audit.selectors import audit_chain_list, audit_chain_verify, audit_changes_verify, audit_digests_verify
 from tenants.models import Tenant
 
 
@@ -32,7 +34,7 @@ class Command(BaseCommand):
             only = Tenant.objects.filter(slug=tenant).first()
             if only is None:
                 raise CommandError(f"No tenant with the slug {tenant!r}.", returncode=2)
-        chains = audit_chain_list(tenant=only).select_related("tenant")
+        chains = audit_chain_list(tenant=only).select_related("tenant").exclude(key__startswith="changes:")
         broken = []
         for chain in chains:
             result = audit_chain_verify(chain=chain)
@@ -44,6 +46,29 @@ class Command(BaseCommand):
                     f"{label}: chain broken at sequence {result.first_broken_sequence} ({result.reason}); "
                     f"{result.events} events verified before it"
                 )
+        # django-auditlog's entries: the seals of each tenant (and of the platform when verifying everything).
+        tenants = [only] if only is not None else list(Tenant.objects.order_by("slug"))
+        for tenant_id, label in [*((t.pk, f"changes of tenant {t.slug}") for t in tenants),
+                                 *([(None, "changes of the platform")] if only is None else [])]:  # fmt: skip
+            result = audit_changes_verify(tenant_id=tenant_id)
+            if result.ok:
+                self.stdout.write(f"{label} ({ChangeSeal.chain_key(tenant_id)}): {result.events} entries, OK")
+            else:
+                broken.append(
+                    f"{label}: chain broken at sequence {result.first_broken_sequence} ({result.reason}); "
+                    f"{result.events} entries verified before it"
+                )
+        # The signed digests of every chain verified here (events and change seals).
+        digest_chains = audit_chain_list().filter(
+            key__in=[chain.key for chain in chains]
+            + [ChangeSeal.chain_key(t.pk) for t in tenants]
+            + ([ChangeSeal.chain_key(None)] if only is None else [])
+        )
+        if not settings.AUDIT_DIGEST_KEY:
+            self.stdout.write("AUDIT_DIGEST_KEY is not set: signed digests not checked.")
+        else:
+            for chain in digest_chains:
+                broken += [f"{chain.key}: {problem}" for problem in audit_digests_verify(chain=chain)]
         if not chains:
             self.stdout.write("No audit chain yet: nothing to verify.")
         if broken:

@@ -8,6 +8,7 @@ import zipfile
 
 import pydicom
 import pytest
+from auditlog.models import LogEntry
 from django.core.exceptions import ValidationError
 
 from audit.events import EventType
@@ -164,6 +165,10 @@ def test_burned_in_annotation_fails_the_export_without_patient_data(tenant_a, ra
     assert export.state == Export.State.FAILED
     assert "Burned In Annotation" in export.error
     assert "SMITH" not in export.error
+    # The failure is saved through the model, so django-auditlog records it (issue 12, every change recorded).
+    failed = LogEntry.objects.get_for_object(export).filter(action=LogEntry.Action.UPDATE, changes__has_key="error")
+    assert failed.count() == 1
+    assert failed.get().changes["state"][1] == Export.State.FAILED
     with tenant_scope(tenant_a), pytest.raises(services.ExportNotReady):
         services.export_download_once(actor=radiologist_a, export=export)
 

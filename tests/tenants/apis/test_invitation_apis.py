@@ -119,6 +119,13 @@ def test_list_get_and_withdraw(api_client_for, tenant_a, admin_a, compliance_a):
 
     assert [row["id"] for row in listed["results"]] == [again["id"]]
     assert client.get(f"{URL}{created['id']}/").json()["status"] == "revoked"
+    # The replaced invitation's withdrawal is a recorded change, not a silent QuerySet.update (issue 12).
+    from auditlog.models import LogEntry
+
+    replaced = LogEntry.objects.filter(
+        content_type__model="invitation", action=LogEntry.Action.UPDATE, changes__has_key="revoked_at"
+    )
+    assert replaced.count() == 2  # the replaced one, then the withdrawn one
     assert one.json()["role"] == Role.RADIOLOGIST
     assert withdrawn.status_code == twice.status_code == 204
     assert client.get(f"{URL}{again['id']}/").json()["status"] == "revoked"

@@ -1,0 +1,75 @@
+"""The tenant's audit dashboard (issue 12): figures from the seeded events only, never another tenant's."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.events import EventType
+from audit.services import audit_digests_sign, security_alert_raise
+from tests.audit.helpers import events_of, last_event, record
+
+pytestmark = pytest.mark.django_db
+
+URL = "/t/north/audit/dashboard/"
+
+
+def test_dashboard_counts_the_seeded_events(client_for, tenant_a, tenant_b, compliance_a, radiologist_a, outsider_b):
+    for _ in range(3):
+        record(tenant_a, EventType.INSTANCES_ACCESSED, actor=radiologist_a)
+    record(tenant_a, EventType.INSTANCES_STORED)
+    record(tenant_a, EventType.INGEST_REJECTED, outcome=4)
+    record(tenant_a, EventType.BREAK_GLASS_STARTED, actor=radiologist_a)
+    security_alert_raise(kind="malware", summary="EICAR", event=EventType.MALWARE_DETECTED, tenant=tenant_a)
+    for _ in range(5):
+        record(tenant_b, EventType.INSTANCES_ACCESSED, actor=outsider_b)
+    audit_digests_sign()
+
+    response = client_for(compliance_a).get(URL)
+
+    assert response.status_code == 200
+    dashboard = response.context["dashboard"]
+    today = dashboard.days[-1]
+    assert len(dashboard.days) == 30
+    assert (today["stored"], today["rejected"]) == (1, 1)
+    assert today["refusals"] == 2  # the rejected object and the malware alert's event
+    assert dashboard.top_readers == [{"user": "north-radiologist", "reads": 3}]
+    assert dashboard.break_glass == {"started": 1, "reviewed": 0}
+    assert dashboard.alerts_by_kind == [{"kind": "malware", "status": "open", "count": 1}]
+    assert dashboard.last_digest is not None
+    assert response.content.decode().count("<svg") == 4
+    assert last_event(tenant_a, EventType.AUDIT_LOG_USED).extra == {"report": "dashboard"}
+
+
+def test_dashboard_refusals(client_for, tenant_a, radiologist_a, outsider_b):
+    assert client_for(radiologist_a).get(URL).status_code == 403
+    assert last_event(tenant_a, EventType.ACCESS_DENIED).extra["where"] == "AuditDashboardView"
+    assert client_for(outsider_b).get(URL).status_code == 404
+    assert events_of(tenant_a, EventType.AUDIT_LOG_USED) == []
+
+
+COMPLIANCE = "/t/north/audit/compliance/"
+
+
+def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiologist_a, admin_b):
+    from audit.tasks import audit_verification_run
+    from tenants.scoping import tenant_scope
+
+    with tenant_scope(tenant_a):
+        audit_verification_run(tenant=tenant_a)
+    security_alert_raise(kind="malware", summary="EICAR", event=EventType.MALWARE_DETECTED, tenant=tenant_a)
+    security_alert_raise(kind="malware", summary="EICAR", event=EventType.MALWARE_DETECTED, tenant=tenant_b)
+
+    response = client_for(compliance_a).get(COMPLIANCE)
+
+    assert response.status_code == 200
+    context = response.context
+    assert context["members"] == 2  # the compliance officer (signed in with TOTP) and the radiologist (not enrolled)
+    assert context["with_mfa"] == 1
+    assert context["without_mfa"] == ["north-radiologist"]
+    assert context["mfa_percent"] == 50
+    assert dict(context["open_alerts"]) == {"Warning": 0, "High": 1, "Critical": 0}
+    assert context["last_ok"].event_type == EventType.AUDIT_VERIFIED
+    assert context["last_failed"] is None
+    assert last_event(tenant_a, EventType.AUDIT_LOG_USED).extra == {"report": "compliance"}
+    assert client_for(radiologist_a).get(COMPLIANCE).status_code == 403
+    assert client_for(admin_b).get(COMPLIANCE).status_code == 404
