@@ -37,6 +37,7 @@ UNSCOPED_ALLOWED = {
     "audit/admin.py": "operators' read-only view of events across tenants (no patient fields)",
     "tenants/admin.py": "operators' view of memberships across tenants",
     "devices/admin.py": "operators' read-only view of devices across tenants (no patient data)",
+    "devices/services/tokens.py": "reads that open a scope: a device token or enrolment code by digest",
     "bench/query.py": "the benchmark counts the audit events its reads wrote (its own database)",
 }
 DANGEROUS_ALLOWED: dict[str, str] = {}
