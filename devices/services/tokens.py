@@ -143,12 +143,12 @@ def _refusal(credential: DeviceToken | EnrolmentCode) -> str:
         if not credential.is_usable():
             return "The enrolment code is used or expired."
         return ""
+    if device.status not in (Device.Status.APPROVED, Device.Status.WIPE_ORDERED):
+        return f"The device is {device.get_status_display().lower()}."
     if credential.revoked_at is not None:
         return "The device token is revoked."
     if credential.expires_at <= now:
         return "The device token has expired: enrol the device again."
-    if device.status not in (Device.Status.APPROVED, Device.Status.WIPE_ORDERED):
-        return f"The device is {device.get_status_display().lower()}."
     if device.custodian_id != user.pk:
         return "The device is no longer in this person's custody."
     policy = device_policy_get(tenant=device.tenant)
