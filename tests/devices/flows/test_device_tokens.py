@@ -365,3 +365,71 @@ def test_roles_without_manage_devices_are_refused_the_register(api_client_for, t
 
     assert response.status_code == 403
     assert last_event(tenant_a, EventType.ACCESS_DENIED).extra["where"] == "WipeOrderListApi"
+
+
+@pytest.fixture
+def burner(api_client_for, tenant_a, admin_a, second_admin_a, radiologist_a) -> str:
+    made = api_client_for(admin_a, tenant_a).post(
+        API, {"kind": "portable_media", "name": "Disc burner", "custodian": "north-radiologist"}, format="json"
+    )
+    assert made.status_code == 201, made.content
+    api_client_for(second_admin_a, tenant_a).post(f"{API}{made.json()['id']}/approve/", {}, format="json")
+    return made.json()["id"]
+
+
+def test_media_export_is_recorded_as_a_disclosure_naming_patients_and_medium(
+    api_client_for, tenant_a, radiologist_a, burner, study
+):
+    response = api_client_for(radiologist_a, tenant_a).post(
+        f"{API}{burner}/media-exports/",
+        {"studies": [study.study_instance_uid], "deidentified": False, "recipient": "Dr. Lee, St. Mary"},
+        format="json",
+    )
+
+    assert response.status_code == 201, response.content
+    assert response.json()["patient_count"] == 1
+    event = last_event(tenant_a, EventType.DEVICE_MEDIA_EXPORTED)
+    assert event.actor_user == radiologist_a
+    assert event.target_id == burner
+    assert {"type": "patient", "id": "P-DEVICE"}.items() <= next(
+        p for p in event.participants if p["type"] == "patient"
+    ).items()
+    assert event.extra["Anonymized"] is False
+
+
+def test_media_export_refusals(api_client_for, tenant_a, tenant_b, outsider_b, technologist_a, admin_a, burner, study):
+    body = {"studies": [study.study_instance_uid], "deidentified": False}
+
+    identified_by_technologist = api_client_for(technologist_a, tenant_a).post(
+        f"{API}{burner}/media-exports/", body, format="json"
+    )
+    by_admin = api_client_for(admin_a, tenant_a).post(f"{API}{burner}/media-exports/", body, format="json")
+    other_tenant = api_client_for(outsider_b, tenant_b).post(
+        f"/api/v1/t/south/devices/{burner}/media-exports/", body, format="json"
+    )
+    deidentified = api_client_for(technologist_a, tenant_a).post(
+        f"{API}{burner}/media-exports/", {**body, "deidentified": True}, format="json"
+    )
+
+    assert identified_by_technologist.status_code == 403  # no tenants.export_identified
+    assert by_admin.status_code == 403  # administrators see no images
+    missing = api_client_for(outsider_b, tenant_b).post(
+        "/api/v1/t/south/devices/00000000-0000-0000-0000-000000000000/media-exports/", body, format="json"
+    )
+    assert other_tenant.status_code == missing.status_code == 404
+    assert other_tenant.content == missing.content
+    assert deidentified.status_code == 201
+    assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user == admin_a
+
+
+def test_media_export_needs_the_medium_approved_with_the_export_grant(
+    api_client_for, tenant_a, admin_a, radiologist_a, burner, study
+):
+    api_client_for(admin_a, tenant_a).post(f"{API}{burner}/suspend/", {"reason": "audit"}, format="json")
+
+    response = api_client_for(radiologist_a, tenant_a).post(
+        f"{API}{burner}/media-exports/", {"studies": [study.study_instance_uid], "deidentified": True}, format="json"
+    )
+
+    assert response.status_code == 403
+    assert problem(response)["code"] == "device_not_granted"
