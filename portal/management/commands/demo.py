@@ -18,6 +18,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.context import audit_context
 from devices.models import Device
 from devices.services import device_register_approved_by_operator
+from devices.services.demo import demo_devices_load
 from tenants import services
 from tenants.models import Role, User
 from tenants.scoping import tenant_scope
@@ -26,6 +27,7 @@ DEMO_PASSWORD = "enclave-demo-passphrase"  # noqa: S105 -- demo only; the comman
 TENANTS = [("north", "North Hospital Group", "NORTH"), ("south", "South Hospital Group", "SOUTH")]
 # The demo's approved modalities: a CT that sends to NORTH, an MR that sends to SOUTH, both from this machine.
 MODALITIES = {"north": ("DEMO_CT", "Demo CT scanner"), "south": ("DEMO_MR", "Demo MR scanner")}
+DEMO_DEVICE_PEOPLE = ("admin", "radiologist", "technologist")
 ROLE_NAMES = {
     "admin": Role.TENANT_ADMIN,
     "compliance": Role.COMPLIANCE_OFFICER,
@@ -69,6 +71,9 @@ class Command(BaseCommand):
                     device = self._device(user)
                     secret = base64.b32encode(device.bin_key).decode().rstrip("=")
                     rows.append((user.username, secret))
+                if slug == "north":  # issue 11: a tablet, a pending request, a lost phone, a retired USB drive
+                    with tenant_scope(tenant):
+                        demo_devices_load(**{r: User.objects.get(username=f"north-{r}") for r in DEMO_DEVICE_PEOPLE})
         self.stdout.write(f"Demo loaded. Every demo user's password: {DEMO_PASSWORD}")
         self.stdout.write("DICOM: send to AE title NORTH or SOUTH at 127.0.0.1 (DICOM_PORT, default 11112), calling")
         self.stdout.write("as DEMO_CT (north) or DEMO_MR (south), the approved demo modalities.")
