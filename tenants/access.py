@@ -323,6 +323,11 @@ def credential_scope(credential: Any) -> Iterator[None]:
         _credential.reset(token)
 
 
+def credential_is_device_bound(credential: Any) -> bool:
+    """True when a registered gate knows `credential` (a device's token or enrolment code)."""
+    return credential is not None and any(gate(credential, None, "") is not None for gate in _credential_gates)
+
+
 def credential_allows(actor: Any, use: str) -> bool:
     """False when the request's credential is bound to a device that may not be used for `use`. A credential no
     gate knows (a person's own token, a session) is not narrowed."""

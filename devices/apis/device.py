@@ -58,7 +58,9 @@ def _device_token(request: Request) -> DeviceToken:
 
 class DeviceRequestApi(TenantApi):
     class InputSerializer(serializers.Serializer):
-        kind = serializers.ChoiceField(choices=[(k, v) for k, v in Device.Kind.choices if k != Device.Kind.MODALITY])
+        kind = serializers.ChoiceField(
+            choices=Device.Kind.choices, help_text="mobile, workstation or portable_media (not modality)."
+        )
         name = serializers.CharField(max_length=120)
         serial = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
         attestation = AttestationSerializer(required=False)
@@ -76,8 +78,6 @@ class DeviceRequestApi(TenantApi):
         responses={201: DeviceOutputSerializer, **problem_responses(400, 401, 403, 404)},
     )
     def post(self, request: Request, tenant: str) -> Response:
-        if isinstance(request.auth, DeviceToken | EnrolmentCode):
-            raise access.Forbidden("Not with a device's token.", code="device_not_granted")
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         device = services.device_request(actor=request.user, **data.validated_data)
@@ -85,6 +85,8 @@ class DeviceRequestApi(TenantApi):
 
 
 class DeviceEnrolApi(TenantApi):
+    DEVICE_CREDENTIALS = True
+
     @extend_schema(
         operation_id="device_enrol",
         tags=["devices"],
@@ -105,6 +107,8 @@ class DeviceEnrolApi(TenantApi):
 
 
 class DeviceSelfRefreshApi(TenantApi):
+    DEVICE_CREDENTIALS = True
+
     @extend_schema(
         operation_id="device_self_refresh",
         tags=["devices"],
@@ -123,6 +127,8 @@ class DeviceSelfRefreshApi(TenantApi):
 
 
 class DeviceSelfStatusApi(TenantApi):
+    DEVICE_CREDENTIALS = True
+
     class OutputSerializer(serializers.Serializer):
         device = DeviceOutputSerializer()
         offline_cache_hours = serializers.IntegerField(help_text="How long an offline cache may live.")
@@ -150,6 +156,8 @@ class DeviceSelfStatusApi(TenantApi):
 
 
 class DeviceSelfWipeConfirmApi(TenantApi):
+    DEVICE_CREDENTIALS = True
+
     @extend_schema(
         operation_id="device_self_wipe_confirm",
         tags=["devices"],

@@ -118,6 +118,10 @@ def device_token_refresh(*, token: DeviceToken, attestation: dict[str, Any]) -> 
     attestation and the revocation stay on the trail. Records DEVICE_ATTESTED and DEVICE_ENROLLED."""
     with transaction.atomic():
         device = _locked(token.device)
+        if device.status != Device.Status.APPROVED:  # a device whose wipe is ordered gets no new token
+            raise access.Forbidden(
+                f"A {device.get_status_display().lower()} device gets no new token.", code="device_not_approved"
+            )
         row = _attestation_record(device=device, actor=token.user, attestation=attestation)
         now = timezone.now()
         if not row.accepted:

@@ -28,6 +28,10 @@ class TenantApi(APIView):
     tenant: Tenant
     membership: Membership
     PUBLIC: ClassVar[bool] = False
+    # Whether a device-bound credential (a device's token or enrolment code) may call this API at all. Off by
+    # default (minimum necessary): only the DICOMweb reads and the devices' own endpoints accept them; there the
+    # device gate in tenants.access narrows every decision further.
+    DEVICE_CREDENTIALS: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -51,6 +55,8 @@ class TenantApi(APIView):
         # A device-bound token narrows every decision of the request to what its device may do (tenants.access).
         self._credential = access.credential_scope(request.auth)
         self._credential.__enter__()
+        if not self.DEVICE_CREDENTIALS and access.credential_is_device_bound(request.auth):
+            raise access.Forbidden("A device's token does not work here.", code="device_not_granted")
         self._actor = set_actor(request.user, remote_addr=request.META.get("REMOTE_ADDR"))
         self._actor.__enter__()
 

@@ -433,3 +433,26 @@ def test_media_export_needs_the_medium_approved_with_the_export_grant(
 
     assert response.status_code == 403
     assert problem(response)["code"] == "device_not_granted"
+
+
+def test_a_device_token_cannot_mint_a_person_token_or_reach_other_apis(enrolled, tenant_a, radiologist_a):
+    """Minimum necessary: a device's token works only on DICOMweb reads and the device's own endpoints, so it
+    cannot be swapped for a person's token that its device gate would not narrow."""
+    minted = enrolled.post("/api/v1/t/north/tokens/", {"name": "escape"}, format="json")
+    members = enrolled.get("/api/v1/t/north/members/")
+
+    assert minted.status_code == 403
+    assert problem(minted)["code"] == "device_not_granted"
+    assert members.status_code == 403
+    assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user == radiologist_a
+
+
+def test_a_device_whose_wipe_is_ordered_gets_no_new_token(api_client_for, tenant_a, admin_a, radiologist_a, enrolled):
+    with tenant_scope(tenant_a):
+        device = Device.objects.get(custodian=radiologist_a)
+    api_client_for(admin_a, tenant_a).post(f"{API}{device.public_id}/order-wipe/", {"reason": "x"}, format="json")
+
+    response = enrolled.post(f"{API}self/refresh/", GOOD, format="json")
+
+    assert response.status_code == 403
+    assert problem(response)["code"] == "device_not_approved"
