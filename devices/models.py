@@ -150,6 +150,7 @@ class DevicePolicy(TenantOwnedModel):
     attestation_max_age_hours = models.PositiveIntegerField(default=24)
     token_hours = models.PositiveIntegerField(default=24)
     offline_cache_hours = models.PositiveIntegerField(default=72)
+    wipe_order_max_hours = models.PositiveIntegerField(default=72, help_text="An order open longer raises an alert.")
     grants_by_kind = models.JSONField(default=dict, blank=True)
 
     DEFAULT_GRANTS_BY_KIND: dict[str, list[str]] = {
@@ -314,6 +315,7 @@ class WipeOrder(TenantOwnedModel):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     sanitized_at = models.DateTimeField(null=True, blank=True)
+    overdue_alerted_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-pk"]

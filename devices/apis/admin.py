@@ -414,6 +414,7 @@ class DevicePolicySerializer(serializers.Serializer):
     attestation_max_age_hours = serializers.IntegerField(min_value=1, max_value=24 * 30)
     token_hours = serializers.IntegerField(min_value=1, max_value=24 * 30)
     offline_cache_hours = serializers.IntegerField(min_value=0, max_value=24 * 90)
+    wipe_order_max_hours = serializers.IntegerField(min_value=1, max_value=24 * 90)
     grants_by_kind = serializers.DictField(
         child=serializers.ListField(child=serializers.ChoiceField(choices=Grant.choices)),
         help_text="Which grants each kind may receive; empty: the defaults.",

@@ -34,6 +34,7 @@ from devices.services.wipes import (
     device_wipe_confirm,
     device_wipe_order,
     devices_of_departed_custodian,
+    wipe_orders_overdue_alert,
 )
 
 __all__ = [
@@ -61,4 +62,5 @@ __all__ = [
     "enrolment_code_issue",
     "media_export_record",
     "tokens_revoke",
+    "wipe_orders_overdue_alert",
 ]

@@ -76,6 +76,7 @@ POLICY_FIELDS = (
     "attestation_max_age_hours",
     "token_hours",
     "offline_cache_hours",
+    "wipe_order_max_hours",
     "grants_by_kind",
 )
 

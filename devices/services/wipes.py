@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -12,10 +12,10 @@ from django.utils import timezone
 from audit.events import EventType
 from audit.services import audit_event_record, security_alert_raise
 from devices.models import Device, DeviceToken, IllegalTransition, WipeOrder
-from devices.services.registry import MANAGE, _locked, _move, _reason, tokens_revoke
+from devices.services.registry import MANAGE, _locked, _move, _reason, device_policy_get, tokens_revoke
 from tenants import access
 from tenants.models import Tenant, User
-from tenants.scoping import tenant_scope
+from tenants.scoping import current_tenant, tenant_scope
 
 
 def _custodian_or_manager(actor: Any, device: Device) -> None:
@@ -216,3 +216,32 @@ def devices_of_departed_custodian(*, tenant: Tenant, user: User, actor: Any = No
                 device.save(update_fields=["status", "updated_at"])
                 orders.append(_order_open(device=device, actor=None, reason="its custodian left the organisation"))
     return orders
+
+
+def wipe_orders_overdue_alert() -> int:
+    """In the current tenant: raise a SecurityAlert for each wipe order open longer than the policy allows
+    (`wipe_order_max_hours`), once per order (a compare-and-set on `overdue_alerted_at`). System job; idempotent.
+    Returns how many alerts it raised."""
+    tenant = current_tenant()
+    policy = device_policy_get(tenant=tenant)
+    now = timezone.now()
+    cutoff = now - timedelta(hours=policy.wipe_order_max_hours)
+    due = WipeOrder.objects.filter(sanitized_at__isnull=True, overdue_alerted_at__isnull=True, created_at__lt=cutoff)
+    raised = 0
+    for order in due.select_related("device"):
+        with transaction.atomic():
+            claimed = WipeOrder.objects.filter(pk=order.pk, overdue_alerted_at__isnull=True).update(
+                overdue_alerted_at=now
+            )
+            if claimed != 1:
+                continue  # another run took it
+            security_alert_raise(
+                kind="wipe_order_overdue",
+                summary=f"Wipe order for “{order.device.name}” open for over {policy.wipe_order_max_hours} hours",
+                event=EventType.DEVICE_WIPE_ORDERED,
+                severity="warning",
+                target=order.device,
+                extra={"order": str(order.public_id), "overdue": True, "ordered_at": order.created_at.isoformat()},
+            )
+        raised += 1
+    return raised
