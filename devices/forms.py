@@ -46,3 +46,22 @@ class DeviceRevokeForm(forms.Form):
         help_text="Kept on the audit trail.",
         error_messages={"required": "Say why the device is revoked: the reason is kept on the audit trail."},
     )
+
+
+class DeviceRequestForm(forms.Form):
+    """A member asks for a device in their own custody, with what it attests now."""
+
+    kind = forms.ChoiceField(
+        choices=[(k, v) for k, v in Device.Kind.choices if k != Device.Kind.MODALITY], initial=Device.Kind.MOBILE
+    )
+    name = forms.CharField(max_length=120, help_text="Such as “Reading tablet, Dr. Lee”.")
+    serial = forms.CharField(max_length=100, required=False, help_text="Kept only as a keyed hash: never shown.")
+    disk_encrypted = forms.BooleanField(required=False, label="Its disk is encrypted")
+    screen_lock = forms.BooleanField(required=False, label="It locks its screen")
+    mdm_managed = forms.BooleanField(required=False, label="It is managed by the organisation's MDM")
+    os_version = forms.CharField(max_length=20, required=False, label="Operating system version")
+
+    def service_arguments(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        attestation = {key: data[key] for key in ("disk_encrypted", "screen_lock", "mdm_managed", "os_version")}
+        return {"kind": data["kind"], "name": data["name"], "serial": data["serial"], "attestation": attestation}

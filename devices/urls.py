@@ -11,6 +11,7 @@ from portal.web.routing import api_by_method
 page_patterns = [
     path("devices/", views.DevicesView.as_view(), name="devices"),
     path("devices/register/", views.DeviceRegisterView.as_view(), name="device_register"),
+    path("devices/request/", views.DeviceRequestView.as_view(), name="device_request"),
     path("devices/wipe-orders/", views.WipeOrdersView.as_view(), name="device_wipe_orders"),
     path("devices/<uuid:public_id>/", views.DeviceDetailView.as_view(), name="device_detail"),
     path("devices/<uuid:public_id>/approve/", views.DeviceApproveView.as_view(), name="device_approve"),

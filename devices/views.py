@@ -22,7 +22,7 @@ from django.shortcuts import redirect
 
 from audit.services import access_denied_record
 from devices import selectors, services
-from devices.forms import DeviceRegisterForm, DeviceRevokeForm
+from devices.forms import DeviceRegisterForm, DeviceRequestForm, DeviceRevokeForm
 from devices.models import Device, IllegalTransition
 from portal.web.pages import TenantPageView
 from tenants import access
@@ -223,3 +223,23 @@ class WipeOrdersView(TenantPageView):
         orders = list(selectors.wipe_order_list(actor=request.user)[:500])
         orders.sort(key=lambda order: order.sanitized_at is not None)
         return self.render(request, "devices/wipe_orders.html", {"orders": orders})
+
+
+class DeviceRequestView(TenantPageView):
+    """Any member asks for a device in their own custody (a tablet, a workstation at home, a disc burner); an
+    administrator other than them approves it on the register."""
+
+    def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        return self.render(request, "devices/request.html", {"form": DeviceRequestForm()})
+
+    def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        form = DeviceRequestForm(request.POST)
+        if form.is_valid():
+            try:
+                device = services.device_request(actor=request.user, **form.service_arguments())
+            except ValidationError as exc:
+                errors_apply(form, exc)
+            else:
+                messages.success(request, f"“{device.name}” is requested: an administrator will review it.")
+                return redirect("portal:device_request", tenant=self.tenant.slug)
+        return self.render(request, "devices/request.html", {"form": form}, status=400)

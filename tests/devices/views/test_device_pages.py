@@ -106,3 +106,32 @@ def test_wipe_orders_page_prints_each_certificate(client_for, tenant_a, admin_a,
     for text in ("USB 12", "project over", "Destroy", "shredder", "particles under 2 mm", "cert 42", "north-admin"):
         assert text in html, text
     assert "style=" not in html
+
+
+def test_a_member_requests_a_device_for_their_own_custody(client_for, tenant_a, technologist_a):
+    client = client_for(technologist_a)
+
+    page = client.get(f"{URL}request/")
+    response = client.post(
+        f"{URL}request/",
+        {
+            "kind": "mobile",
+            "name": "Tech tablet",
+            "serial": "SN 9",
+            "disk_encrypted": "on",
+            "screen_lock": "on",
+            "os_version": "17",
+        },
+    )
+    invalid = client.post(f"{URL}request/", {"kind": "modality", "name": "CT"})
+
+    assert page.status_code == 200
+    assert response.status_code == 302
+    assert invalid.status_code == 400
+    event = last_event(tenant_a, EventType.DEVICE_REGISTERED)
+    assert (event.actor_user, event.extra["custodian"]) == (technologist_a, "north-technologist")
+    assert last_event(tenant_a, EventType.DEVICE_ATTESTED).extra["accepted"] is True
+
+
+def test_the_request_page_is_a_404_in_another_tenant(client_for, technologist_a):
+    assert client_for(technologist_a).get("/t/south/devices/request/").status_code == 404
