@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 
-from devices.models import Device
+from devices.models import Device, WipeOrder
 
 
 class DeviceRegisterForm(forms.Form):
@@ -65,3 +65,12 @@ class DeviceRequestForm(forms.Form):
         data = self.cleaned_data
         attestation = {key: data[key] for key in ("disk_encrypted", "screen_lock", "mdm_managed", "os_version")}
         return {"kind": data["kind"], "name": data["name"], "serial": data["serial"], "attestation": attestation}
+
+
+class SanitizationForm(forms.Form):
+    """The record that closes a wipe order (NIST SP 800-88 r1)."""
+
+    method = forms.ChoiceField(choices=WipeOrder.Method.choices, help_text="Clear, purge or destroy.")
+    tool = forms.CharField(max_length=200, help_text="The tool or procedure used.")
+    verification = forms.CharField(max_length=300, help_text="How the result was verified.")
+    evidence = forms.CharField(max_length=2000, required=False, help_text="A certificate number, a log reference.")

@@ -17,6 +17,7 @@ page_patterns = [
     path("devices/<uuid:public_id>/approve/", views.DeviceApproveView.as_view(), name="device_approve"),
     path("devices/<uuid:public_id>/revoke/", views.DeviceRevokeView.as_view(), name="device_revoke"),
     path("devices/<uuid:public_id>/step/", views.DeviceStepView.as_view(), name="device_step"),
+    path("devices/<uuid:public_id>/sanitization/", views.DeviceSanitizationView.as_view(), name="device_sanitization"),
 ]
 
 # Ids in API paths are plain strings: a malformed one is then the same problem+json 404 as a missing one.

@@ -22,7 +22,7 @@ from django.shortcuts import redirect
 
 from audit.services import access_denied_record
 from devices import selectors, services
-from devices.forms import DeviceRegisterForm, DeviceRequestForm, DeviceRevokeForm
+from devices.forms import DeviceRegisterForm, DeviceRequestForm, DeviceRevokeForm, SanitizationForm
 from devices.models import Device, IllegalTransition
 from portal.web.pages import TenantPageView
 from tenants import access
@@ -206,12 +206,48 @@ class DeviceDetailView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
         device = selectors.device_get(actor=request.user, public_id=public_id)
-        context = {
-            "device": device,
-            "history": selectors.device_history(device=device),
-            "steps": [(step, label) for step, (to, label, _) in STEPS.items() if to in device.allowed_next()],
-        }
-        return self.render(request, "devices/device.html", context)
+        return device_page(self, request, device)
+
+
+def device_page(
+    view: TenantPageView,
+    request: HttpRequest,
+    device: Device,
+    *,
+    form: SanitizationForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "device": device,
+        "history": selectors.device_history(device=device),
+        "steps": [(step, label) for step, (to, label, _) in STEPS.items() if to in device.allowed_next()],
+        "open_order": selectors.open_wipe_order_get(device=device),
+        "sanitization_form": form or SanitizationForm(),
+    }
+    return view.render(request, "devices/device.html", context, status=status)
+
+
+class DeviceSanitizationView(TenantPageView):
+    """Close a device's open wipe order with its sanitization record (a lost device wiped remotely, media
+    destroyed, a device that could not confirm itself)."""
+
+    required_permission = PERMISSION
+
+    def post(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
+        device = selectors.device_get(actor=request.user, public_id=public_id)
+        form = SanitizationForm(request.POST)
+        if form.is_valid():
+            try:
+                services.device_sanitization_record(actor=request.user, device=device, **form.cleaned_data)
+            except IllegalTransition as exc:
+                form.add_error(None, str(exc))
+                return device_page(self, request, device, form=form, status=409)
+            except ValidationError as exc:
+                errors_apply(form, exc)
+            else:
+                messages.success(request, f"“{device.name}” is wiped: its sanitization record is kept.")
+                return redirect("portal:device_detail", tenant=self.tenant.slug, public_id=device.public_id)
+        return device_page(self, request, device, form=form, status=400)
 
 
 class WipeOrdersView(TenantPageView):

@@ -135,3 +135,37 @@ def test_a_member_requests_a_device_for_their_own_custody(client_for, tenant_a, 
 
 def test_the_request_page_is_a_404_in_another_tenant(client_for, technologist_a):
     assert client_for(technologist_a).get("/t/south/devices/request/").status_code == 404
+
+
+def test_sanitization_form_closes_a_lost_devices_order(client_for, tenant_a, admin_a, approved_device):
+    from devices import services
+    from tenants.scoping import tenant_scope
+
+    with tenant_scope(tenant_a):
+        services.device_report_lost(actor=admin_a, device=approved_device, reason="stolen")
+    client = client_for(admin_a)
+    url = f"{URL}{approved_device.public_id}/sanitization/"
+
+    assert 'id="sanitization"' in client.get(f"{URL}{approved_device.public_id}/").content.decode()
+    incomplete = client.post(url, {"method": "clear", "tool": "MDM"})
+    done = client.post(url, {"method": "clear", "tool": "MDM remote wipe", "verification": "MDM reported done"})
+    again = client.post(url, {"method": "clear", "tool": "MDM remote wipe", "verification": "MDM reported done"})
+
+    assert incomplete.status_code == 400
+    assert done.status_code == 302
+    assert again.status_code == 409
+    assert reload(tenant_a, approved_device).status == Device.Status.WIPED
+    event = last_event(tenant_a, EventType.DEVICE_SANITIZED)
+    assert (event.actor_user, event.extra["method"]) == (admin_a, "clear")
+
+
+def test_sanitization_form_refuses_others(client_for, tenant_a, radiologist_a, admin_a, approved_device, device_b):
+    url = f"{URL}{approved_device.public_id}/sanitization/"
+    body = {"method": "clear", "tool": "t", "verification": "v"}
+
+    refused = client_for(radiologist_a).post(url, body)
+    other = client_for(admin_a).post(f"{URL}{device_b.public_id}/sanitization/", body)
+
+    assert refused.status_code == 403
+    assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user == radiologist_a
+    assert other.status_code == 404
