@@ -57,6 +57,7 @@ FANOUT_TASKS = {
     "studies.tasks.break_glass_expire",
     "studies.tasks.shares_cleanup",
     "studies.tasks.read_tallies_flush",
+    "devices.tasks.wipe_orders_overdue",
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {
