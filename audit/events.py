@@ -100,6 +100,22 @@ class EventType(IntEnum):
     DEVICE_APPROVED = 402
     ASSOCIATION_REJECTED = 403
     DEVICE_REVOKED = 404
+    DEVICE_SUSPENDED = 405
+    DEVICE_REINSTATED = 406
+    DEVICE_REPORTED_LOST = 407
+    DEVICE_WIPE_ORDERED = 408
+    DEVICE_WIPE_CONFIRMED = 409
+    DEVICE_SANITIZED = 410
+    DEVICE_RETIRED = 411
+    DEVICE_CUSTODY_CHANGED = 412
+    DEVICE_GRANTS_CHANGED = 413
+    DEVICE_POLICY_CHANGED = 414
+    DEVICE_ENROLMENT_CODE_ISSUED = 415
+    DEVICE_ENROLLED = 416
+    DEVICE_ATTESTED = 417
+    DEVICE_TOKEN_REFUSED = 418
+    DEVICE_TOKENS_REVOKED = 419
+    DEVICE_MEDIA_EXPORTED = 420
     # 500-599: studies
     INSTANCES_STORED = 501
     INGEST_REJECTED = 502
@@ -196,6 +212,46 @@ EVENTS: dict[EventType, EventSpec] = {
         SECURITY_ALERT, NODE_AUTHENTICATION, Action.EXECUTE, "DICOM association from an unknown device refused"
     ),
     EventType.DEVICE_REVOKED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device revoked"),
+    EventType.DEVICE_SUSPENDED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device suspended"),
+    EventType.DEVICE_REINSTATED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device reinstated"),
+    EventType.DEVICE_REPORTED_LOST: EventSpec(
+        SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device reported lost"
+    ),
+    EventType.DEVICE_WIPE_ORDERED: EventSpec(
+        SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Device wipe ordered"
+    ),
+    EventType.DEVICE_WIPE_CONFIRMED: EventSpec(
+        SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device confirmed its wipe"
+    ),
+    EventType.DEVICE_SANITIZED: EventSpec(
+        SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device sanitization recorded"
+    ),
+    EventType.DEVICE_RETIRED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device retired"),
+    EventType.DEVICE_CUSTODY_CHANGED: EventSpec(
+        SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device custodian changed"
+    ),
+    EventType.DEVICE_GRANTS_CHANGED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Device grants changed"
+    ),
+    EventType.DEVICE_POLICY_CHANGED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Device policy changed"
+    ),
+    EventType.DEVICE_ENROLMENT_CODE_ISSUED: EventSpec(
+        SECURITY_ALERT, NODE_AUTHENTICATION, Action.CREATE, "Device enrolment code issued"
+    ),
+    EventType.DEVICE_ENROLLED: EventSpec(SECURITY_ALERT, NODE_AUTHENTICATION, Action.EXECUTE, "Device token issued"),
+    EventType.DEVICE_ATTESTED: EventSpec(
+        SECURITY_ALERT, NODE_AUTHENTICATION, Action.EXECUTE, "Device attestation reported"
+    ),
+    EventType.DEVICE_TOKEN_REFUSED: EventSpec(
+        SECURITY_ALERT, NODE_AUTHENTICATION, Action.EXECUTE, "Device token refused"
+    ),
+    EventType.DEVICE_TOKENS_REVOKED: EventSpec(
+        SECURITY_ALERT, NODE_AUTHENTICATION, Action.UPDATE, "Device tokens revoked"
+    ),
+    EventType.DEVICE_MEDIA_EXPORTED: EventSpec(
+        INSTANCES_TRANSFERRED, None, Action.READ, "Studies written to portable media (disclosure)"
+    ),
     EventType.INSTANCES_STORED: EventSpec(INSTANCES_TRANSFERRED, None, Action.CREATE, "Instances stored"),
     EventType.INGEST_REJECTED: EventSpec(INSTANCES_TRANSFERRED, None, Action.CREATE, "Incoming object rejected"),
     EventType.MALWARE_DETECTED: EventSpec(

@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 
-from devices.models import Device
+from devices.models import Device, WipeOrder
 
 
 class DeviceRegisterForm(forms.Form):
@@ -46,3 +46,31 @@ class DeviceRevokeForm(forms.Form):
         help_text="Kept on the audit trail.",
         error_messages={"required": "Say why the device is revoked: the reason is kept on the audit trail."},
     )
+
+
+class DeviceRequestForm(forms.Form):
+    """A member asks for a device in their own custody, with what it attests now."""
+
+    kind = forms.ChoiceField(
+        choices=[(k, v) for k, v in Device.Kind.choices if k != Device.Kind.MODALITY], initial=Device.Kind.MOBILE
+    )
+    name = forms.CharField(max_length=120, help_text="Such as “Reading tablet, Dr. Lee”.")
+    serial = forms.CharField(max_length=100, required=False, help_text="Kept only as a keyed hash: never shown.")
+    disk_encrypted = forms.BooleanField(required=False, label="Its disk is encrypted")
+    screen_lock = forms.BooleanField(required=False, label="It locks its screen")
+    mdm_managed = forms.BooleanField(required=False, label="It is managed by the organisation's MDM")
+    os_version = forms.CharField(max_length=20, required=False, label="Operating system version")
+
+    def service_arguments(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        attestation = {key: data[key] for key in ("disk_encrypted", "screen_lock", "mdm_managed", "os_version")}
+        return {"kind": data["kind"], "name": data["name"], "serial": data["serial"], "attestation": attestation}
+
+
+class SanitizationForm(forms.Form):
+    """The record that closes a wipe order (NIST SP 800-88 r1)."""
+
+    method = forms.ChoiceField(choices=WipeOrder.Method.choices, help_text="Clear, purge or destroy.")
+    tool = forms.CharField(max_length=200, help_text="The tool or procedure used.")
+    verification = forms.CharField(max_length=300, help_text="How the result was verified.")
+    evidence = forms.CharField(max_length=2000, required=False, help_text="A certificate number, a log reference.")

@@ -32,6 +32,12 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.BREAK_GLASS_EXPIRY_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Raise a security alert for each device wipe order open longer than its tenant's policy allows (issue 11).
+    "wipe-orders-overdue": {
+        "task": "devices.tasks.wipe_orders_overdue",
+        "schedule": 3600.0,
+        "options": {"queue": "maintenance"},
+    },
     # Remove the guardian grants of expired shares. Tidiness only: an expired share stops working at once.
     "shares-cleanup": {
         "task": "studies.tasks.shares_cleanup",

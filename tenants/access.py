@@ -17,7 +17,9 @@ not act on is `Forbidden` (a 403).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, Group
@@ -211,7 +213,7 @@ def has_perm(actor: Any, perm: str, obj: Any) -> bool:
 
 
 def _has_perm(actor: Any, perm: str, obj: Any) -> bool:
-    if not _is_person(actor):
+    if not _is_person(actor) or not _credential_allows_perm(actor, perm):
         return False
     tenant = _tenant_of(obj)
     if tenant is None:
@@ -277,7 +279,7 @@ def visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[
 
 
 def _visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[Any]:
-    if not _is_person(actor):
+    if not _is_person(actor) or not _credential_allows_perm(actor, perm):
         return qs.none()
     tenant = current_tenant_or_none()
     if tenant is None:
@@ -385,3 +387,72 @@ def device_may(device: Any, action: str) -> bool:
     if not _device_policy or current_tenant_or_none() is None or _is_person(device):
         return False
     return _device_policy[0](device, action)
+
+
+# Device-bound credentials (issue 11). A request made with a device's token acts for a person AND a device: it may
+# do a thing only if the person may (every rule above) and the device may too. The request's credential is held
+# for its duration by `credential_scope` (opened by TenantApi); the devices app registers, in its
+# AppConfig.ready, the gate that answers for a credential it issued. A grant therefore never widens what its
+# person may see: the gate is asked only after the person's own answer is yes, and can only say no.
+USE_VIEW = "view"
+USE_DOWNLOAD = "download"
+USE_OFFLINE_CACHE = "offline_cache"
+USE_EXPORT_MEDIA = "export_media"
+USE_SEND_DICOM = "send_dicom"
+
+# What each permission asks of a device. A permission not listed is refused to every device-bound credential
+# (minimum necessary: a phone does not manage members, read the audit trail or upload).
+PERMISSION_USES: dict[str, str] = {
+    "studies.view_study": USE_VIEW,
+    "tenants.view_studies": USE_VIEW,
+    "tenants.export_identified": USE_DOWNLOAD,
+}
+
+# gate(credential, actor, use) -> True (allowed), False (refused), None (not a credential this gate knows).
+CredentialGate = Callable[[Any, Any, str], bool | None]
+_credential_gates: list[CredentialGate] = []
+_credential: ContextVar[Any] = ContextVar("enclave_credential", default=None)
+
+
+def credential_gate_register(gate: CredentialGate) -> None:
+    if gate not in _credential_gates:
+        _credential_gates.append(gate)
+
+
+@contextmanager
+def credential_scope(credential: Any) -> Iterator[None]:
+    """The request's credential (a token row, or None for a session) while the request runs."""
+    token = _credential.set(credential)
+    try:
+        yield
+    finally:
+        _credential.reset(token)
+
+
+def credential_is_device_bound(credential: Any) -> bool:
+    """True when a registered gate knows `credential` (a device's token or enrolment code)."""
+    return credential is not None and any(gate(credential, None, "") is not None for gate in _credential_gates)
+
+
+def credential_allows(actor: Any, use: str) -> bool:
+    """False when the request's credential is bound to a device that may not be used for `use`. A credential no
+    gate knows (a person's own token, a session) is not narrowed."""
+    credential = _credential.get()
+    if credential is None:
+        return True
+    for gate in _credential_gates:
+        answer = gate(credential, actor, use)
+        if answer is not None:
+            return answer
+    return True
+
+
+def credential_use_require(actor: Any, use: str) -> None:
+    """Raise `Forbidden` (code `device_not_granted`) unless the request's device may be used for `use`."""
+    if not credential_allows(actor, use):
+        raise Forbidden(f"This device has no “{use}” grant.", code="device_not_granted")
+
+
+def _credential_allows_perm(actor: Any, perm: str) -> bool:
+    # A permission with no listed use asks for "", which no device holds.
+    return credential_allows(actor, PERMISSION_USES.get(perm, ""))

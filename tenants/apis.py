@@ -355,7 +355,7 @@ class ApiTokenCreateApi(TenantApi):
         token, raw = services.api_token_create(
             actor=cast(User, request.user),
             tenant=self.tenant,
-            via_token=isinstance(request.auth, ApiToken),
+            via_token=request.auth is not None,  # any token, a device's included: only a signed-in session
             **data.validated_data,
         )
         token.token = raw  # type: ignore[attr-defined]

@@ -38,6 +38,8 @@ UNSCOPED_ALLOWED = {
     "audit/admin.py": "operators' read-only view of events across tenants (no patient fields)",
     "tenants/admin.py": "operators' view of memberships across tenants",
     "devices/admin.py": "operators' read-only view of devices across tenants (no patient data)",
+    "devices/services/tokens.py": "reads that open a scope: a device token or enrolment code by digest",
+    "devices/tasks.py": "fan-out: which tenants have open wipe orders",
     "bench/query.py": "the benchmark counts the audit events its reads wrote (its own database)",
 }
 DANGEROUS_ALLOWED: dict[str, str] = {}
@@ -59,6 +61,7 @@ FANOUT_TASKS = {
     "training.tasks.training_reminders",
     "audit.tasks.security_rules_evaluate_all",
     "audit.tasks.audit_verify_all",
+    "devices.tasks.wipe_orders_overdue",
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {

@@ -250,6 +250,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "MembershipStatusEnum": "tenants.models.Membership.Status",
         "ApiTokenStatusEnum": ["active", "expired", "revoked"],
+        "DeviceStatusEnum": "devices.models.Device.Status",
+        "DeviceKindEnum": "devices.models.Device.Kind",
     },
 }
 

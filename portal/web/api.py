@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from tenants import access
-from tenants.models import ApiToken, Membership, Tenant
+from tenants.models import Membership, Tenant
 from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_get_for_member
 
@@ -28,6 +28,10 @@ class TenantApi(APIView):
     tenant: Tenant
     membership: Membership
     PUBLIC: ClassVar[bool] = False
+    # Whether a device-bound credential (a device's token or enrolment code) may call this API at all. Off by
+    # default (minimum necessary): only the DICOMweb reads and the devices' own endpoints accept them; there the
+    # device gate in tenants.access narrows every decision further.
+    DEVICE_CREDENTIALS: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -41,23 +45,30 @@ class TenantApi(APIView):
             tenant, membership = tenant_get_for_member(user=request.user, slug=kwargs.get("tenant", ""))
         except access.NotVisible as exc:
             raise NotFound() from exc
-        if isinstance(request.auth, ApiToken) and request.auth.tenant_id != tenant.pk:
+        if getattr(request.auth, "tenant_id", tenant.pk) != tenant.pk:
             raise NotFound()  # a token works only for its own tenant: elsewhere it is as if nothing were there
         self.tenant, self.membership = tenant, membership
         request.tenant = tenant  # type: ignore[attr-defined]
         request.membership = membership  # type: ignore[attr-defined]
         self._scope = tenant_scope(tenant)
         self._scope.__enter__()
+        # A device-bound token narrows every decision of the request to what its device may do (tenants.access).
+        self._credential = access.credential_scope(request.auth)
+        self._credential.__enter__()
+        if not self.DEVICE_CREDENTIALS and access.credential_is_device_bound(request.auth):
+            raise access.Forbidden("A device's token does not work here.", code="device_not_granted")
         self._actor = set_actor(request.user, remote_addr=request.META.get("REMOTE_ADDR"))
         self._actor.__enter__()
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        self._scope = self._actor = None  # type: ignore[assignment]
+        self._scope = self._actor = self._credential = None  # type: ignore[assignment]
         try:
             return super().dispatch(request, *args, **kwargs)
         finally:
-            # Closed in reverse order; both were opened in initial() only if the caller got that far.
+            # Closed in reverse order; each was opened in initial() only if the caller got that far.
             if self._actor is not None:
                 self._actor.__exit__(None, None, None)
+            if self._credential is not None:
+                self._credential.__exit__(None, None, None)
             if self._scope is not None:
                 self._scope.__exit__(None, None, None)

@@ -7,6 +7,8 @@ from typing import Any
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from devices.models import DEVICE_TOKEN_PREFIX, ENROLMENT_CODE_PREFIX, DeviceToken, EnrolmentCode
+from devices.services import device_credential_authenticate
 from tenants.models import ApiToken
 from tenants.selectors import api_token_authenticate
 from tenants.services import api_token_touch
@@ -18,7 +20,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 
     keyword = "Bearer"
 
-    def authenticate(self, request: Request) -> tuple[Any, ApiToken] | None:
+    def authenticate(self, request: Request) -> tuple[Any, ApiToken | DeviceToken | EnrolmentCode] | None:
         header = authentication.get_authorization_header(request).decode("latin-1")
         if not header:
             return None
@@ -27,6 +29,15 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             return None
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Send the token as: Authorization: Bearer <token>.")
+        if parts[1].startswith((DEVICE_TOKEN_PREFIX, ENROLMENT_CODE_PREFIX)):
+            # A device's token or enrolment code: refused (and the refusal recorded) once the device is lost,
+            # suspended, wiped or retired, or its attestation has lapsed.
+            device_credential, refusal = device_credential_authenticate(
+                raw=parts[1], source_address=request.META.get("REMOTE_ADDR")
+            )
+            if device_credential is None:
+                raise exceptions.AuthenticationFailed(refusal)
+            return device_credential.user, device_credential
         token = api_token_authenticate(raw=parts[1])
         if token is None:
             raise exceptions.AuthenticationFailed("The token is unknown, expired or revoked.")

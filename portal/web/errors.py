@@ -25,6 +25,7 @@ TITLES = {
     404: "Not found",
     405: "Method not allowed",
     406: "Not acceptable",
+    409: "Conflict",
     415: "Unsupported media type",
     429: "Too many requests",
 }
@@ -50,6 +51,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     `NotVisible` and Django's `Http404` become exactly the body of a missing object, so another tenant's id and a
     made-up one cannot be told apart.
     """
+    if getattr(exc, "problem_status", None) == status.HTTP_409_CONFLICT:
+        # A domain rule about the object's state (a life-cycle step it does not allow): what is allowed instead.
+        body = problem(status.HTTP_409_CONFLICT, str(exc), code=getattr(exc, "code", "conflict"))
+        body["allowed"] = list(getattr(exc, "allowed", []))
+        return Response(body, status=status.HTTP_409_CONFLICT, content_type=PROBLEM_CONTENT_TYPE)
     if isinstance(exc, NotVisible | Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, Forbidden):
@@ -98,6 +104,7 @@ PROBLEM_DESCRIPTIONS = {
     400: "Invalid request: `errors` names each invalid field with its messages.",
     401: "No valid credentials: a bearer token that is unknown, expired or revoked, or no MFA-verified session.",
     403: "The caller is a member of the tenant but may not do this.",
+    409: "The object's state does not allow this: `allowed` lists what it may become instead.",
     404: "No such object, or one the caller may not see (the same body either way); also for a tenant the caller "
     "is not a member of.",
 }

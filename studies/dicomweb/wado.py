@@ -47,6 +47,7 @@ from studies.dicomweb.negotiation import (
 from studies.models import Instance, Study
 from studies.services.reads import instances_accessed_record, instances_retrieved_record
 from studies.storage.blobs import blob_read
+from tenants import access
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
 
@@ -213,6 +214,8 @@ class _ReadApi(DicomWebReadApi):
 
 class _RetrieveApi(_ReadApi):
     def retrieve(self, request: Request, study: str, series: str | None = None, instance: str | None = None) -> Any:
+        # The DICOM files themselves: with a device-bound token, the device needs its download grant.
+        access.credential_use_require(request.user, access.USE_DOWNLOAD)
         study_row, instances = self.instances(study, series, instance)
         syntax = dicom_syntax(accept_list(request), instances)
         tenant = self.tenant
@@ -311,6 +314,7 @@ class InstanceMetadataApi(_MetadataApi):
 class FramesRetrieveApi(_ReadApi):
     @_binary_doc("dicomweb_frames_retrieve", "WADO-RS: retrieve frames of an instance")
     def get(self, request: Request, tenant: str, study: str, series: str, instance: str, frames: str) -> Any:
+        access.credential_use_require(request.user, access.USE_DOWNLOAD)  # raw pixel data, as for the files
         numbers = frame_numbers(frames)
         study_row, (row,) = self.instances(study, series, instance)
         ds = frame_tools.read(read_instance(self.tenant, row))

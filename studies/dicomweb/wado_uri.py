@@ -24,6 +24,7 @@ from studies.dicom.render import RenderError
 from studies.dicomweb.negotiation import DicomWebReadApi, not_acceptable
 from studies.dicomweb.wado import DICOM, EXPLICIT, RENDERED_TYPES, read_instance
 from studies.services.reads import instances_accessed_record, instances_retrieved_record
+from tenants import access
 
 REQUIRED = ("requestType", "studyUID", "seriesUID", "objectUID")
 # The largest rendered image, as WADO-RS's viewport: rows=50000&columns=50000 once took 11 s and 1.1 GB.
@@ -77,6 +78,8 @@ class WadoUriApi(DicomWebReadApi):
         if content_type is None:
             raise not_acceptable("WADO-URI returns application/dicom, image/jpeg or image/png")
         content_type = "image/jpeg" if content_type in ("*/*", "image/*") else content_type
+        if content_type == DICOM:  # the file itself: a device-bound token needs its device's download grant
+            access.credential_use_require(request.user, access.USE_DOWNLOAD)
 
         study, (row,) = self.visible_instances(
             study_uid=q["studyUID"], series_uid=q["seriesUID"], sop_uid=q["objectUID"]

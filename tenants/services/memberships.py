@@ -6,6 +6,7 @@ the person accepts (`tenants.services.invitations`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -101,6 +102,18 @@ def membership_set_end(*, actor: Any, membership: Membership, ends_at: datetime 
     return membership
 
 
+# What other apps must do, in the same transaction, when a membership ends (devices: order wipes of the devices
+# in the person's custody, revoke their device tokens). Registered in the apps' AppConfig.ready.
+MembershipEndHook = Callable[..., Any]
+_membership_end_hooks: list[MembershipEndHook] = []
+
+
+def membership_end_hook_register(hook: MembershipEndHook) -> None:
+    """`hook(tenant=, user=, actor=)` runs inside `membership_end`'s transaction, in the tenant's scope."""
+    if hook not in _membership_end_hooks:
+        _membership_end_hooks.append(hook)
+
+
 @transaction.atomic
 def membership_end(
     *, actor: Any, membership: Membership, reason: str, system_principal: str = "enclave:membership-expiry"
@@ -125,6 +138,8 @@ def membership_end(
     membership.save(update_fields=["status", "ended_at", "ended_reason", "updated_at"])
     access.membership_groups_sync(membership=membership)
     revoked = tokens_revoke(ApiToken.objects.filter(user=membership.user), at=now)  # scoped: this tenant's
+    for hook in _membership_end_hooks:
+        hook(tenant=membership.tenant, user=membership.user, actor=actor)
     user = membership.user
     deactivated = False
     sessions = 0

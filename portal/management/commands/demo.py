@@ -18,6 +18,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.context import audit_context
 from devices.models import Device
 from devices.services import device_register_approved_by_operator
+from devices.services.demo import demo_devices_load
 from tenants import services
 from tenants.models import Role, User
 from tenants.scoping import tenant_scope
@@ -28,6 +29,7 @@ TENANTS = [("north", "North Hospital Group", "NORTH"), ("south", "South Hospital
 # The demo's approved modalities: a CT that sends to NORTH, an MR that sends to SOUTH, both from this machine.
 MODALITIES = {"north": ("DEMO_CT", "Demo CT scanner"), "south": ("DEMO_MR", "Demo MR scanner")}
 OPERATOR = "ops"
+DEMO_DEVICE_PEOPLE = ("admin", "radiologist", "technologist")
 ROLE_NAMES = {
     "admin": Role.TENANT_ADMIN,
     "compliance": Role.COMPLIANCE_OFFICER,
@@ -84,6 +86,9 @@ class Command(BaseCommand):
                     rows.append((user.username, secret))
                 with tenant_scope(tenant):
                     self._training(slug)
+                if slug == "north":  # issue 11: a tablet, a pending request, a lost phone, a retired USB drive
+                    with tenant_scope(tenant):
+                        demo_devices_load(**{r: User.objects.get(username=f"north-{r}") for r in DEMO_DEVICE_PEOPLE})
             operator = self._operator()
             rows.append((operator.username, base64.b32encode(self._device(operator).bin_key).decode().rstrip("=")))
         self.stdout.write(f"Demo loaded. Every demo user's password: {DEMO_PASSWORD}")

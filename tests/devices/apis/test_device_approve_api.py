@@ -44,8 +44,10 @@ def test_a_revoked_device_cannot_be_approved(api_client_for, tenant_a, admin_a, 
 
     response = api_client_for(second_admin_a, tenant_a).post(url(pending_device))
 
-    assert response.status_code == 400
-    assert problem(response)["errors"] == {"status": ["A revoked device cannot be approved."]}
+    assert response.status_code == 409
+    body = problem(response)
+    assert body["code"] == "illegal_transition"
+    assert body["allowed"] == ["wipe_ordered"]
 
 
 def test_another_tenants_device_is_a_404_like_a_missing_one(api_client_for, tenant_a, tenant_b, second_admin_a,

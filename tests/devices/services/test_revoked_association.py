@@ -55,3 +55,19 @@ def test_pending_refused_approved_let_in_revoked_refused(listener, north, admin_
     assert revoked.rejected
     assert revoked.diagnostic == CALLING_AE_NOT_RECOGNISED
     assert rejections(north) == 2
+
+
+def test_a_suspended_modality_is_refused_and_let_in_again_once_reinstated(listener, north, admin_a, second_admin_a):
+    from devices import services
+
+    device = approve(north, second_admin_a, register(north, admin_a, ae_title="SUSP_CT", host="127.0.0.1"))
+    with tenant_scope(north):
+        services.device_suspend(actor=admin_a, device=device, reason="service visit")
+    suspended = associate(port=listener.port, calling="SUSP_CT", called="NORTH")
+    with tenant_scope(north):
+        services.device_approve(actor=admin_a, device=device, reason="service done")
+    reinstated = echo(port=listener.port, calling="SUSP_CT", called="NORTH")
+
+    assert suspended.rejected
+    assert suspended.diagnostic == CALLING_AE_NOT_RECOGNISED
+    assert reinstated == 0x0000

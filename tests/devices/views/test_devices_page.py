@@ -34,7 +34,7 @@ def test_admin_sees_the_devices_and_how_they_connect(client_for, tenant_a, admin
 
     assert response.status_code == 200
     html = response.content.decode()
-    for text in ("CT 2, emergency", "CT_PENDING", "MR 1", "MR_OK", "10.0.0.5", "Waiting for approval", "Approved",
+    for text in ("CT 2, emergency", "CT_PENDING", "MR 1", "MR_OK", "10.0.0.5", "Requested", "Approved",
                  "north-admin-2", "Modality or PACS"):  # fmt: skip
         assert text in html, text
     assert "<strong>NORTH</strong>" in html  # the tenant's called AE title
@@ -116,7 +116,8 @@ def test_register_a_device(client_for, tenant_a, admin_a):
     assert "CT_THREE" in html
     event = last_event(tenant_a, EventType.DEVICE_REGISTERED)
     assert event.actor_user == admin_a
-    assert event.extra == {"kind": "modality", "ae_title": "CT_THREE", "host": "10.0.0.30", "port": None}
+    assert event.extra == {"kind": "modality", "ae_title": "CT_THREE", "host": "10.0.0.30", "port": None,
+                           "custodian": None}  # fmt: skip
 
 
 def test_invalid_registrations_are_explained(client_for, tenant_a, admin_a, pending_device):
@@ -188,8 +189,8 @@ def test_revoke_needs_a_reason_and_a_revoked_device_cannot_be_approved(client_fo
     client_for(admin_a).post(revoke_url(pending_device), {"reason": "wrong AE title"})
     approve_revoked = client_for(second_admin_a).post(approve_url(pending_device))
 
-    assert approve_revoked.status_code == 400
-    assert "A revoked device cannot be approved." in approve_revoked.content.decode()
+    assert approve_revoked.status_code == 409
+    assert "A revoked device cannot become approved. Allowed: wipe_ordered." in approve_revoked.content.decode()
     assert reload(tenant_a, pending_device).status == Device.Status.REVOKED
 
 
