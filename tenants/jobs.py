@@ -8,17 +8,24 @@ an error at the call, not a message lost in the broker.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery import Task, current_app
+
+_import_lock = threading.Lock()
 
 
 def _task(name: str) -> Task:
     app = current_app
     if name not in app.tasks:
         # The worker imports every app's tasks module when it starts; the web process and the DICOM listener do
-        # it here, on the first queueing (Celery's autodiscovery, the same list of apps).
-        app.loader.import_default_modules()
+        # it here, on the first queueing (Celery's autodiscovery, the same list of apps). Under a lock: Celery runs
+        # its autodiscovery once, so a second thread that asked while the first was still importing would find
+        # the registry half filled (a threaded gunicorn's first concurrent uploads answered 500 NotRegistered).
+        with _import_lock:
+            if name not in app.tasks:
+                app.loader.import_default_modules()
     return app.tasks[name]
 
 
