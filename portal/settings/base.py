@@ -326,7 +326,6 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     },
     {"model": "studies.series", "mask_fields": ["series_instance_uid", "description"]},
     {"model": "studies.instance", "mask_fields": ["sop_instance_uid"]},
-    {"model": "studies.ingestitem", "mask_fields": ["filename", "reason", "sop_instance_uid"]},
     {"model": "studies.studyshare", "mask_fields": ["note"]},
     {"model": "studies.shareinvitation", "mask_fields": ["note"]},
     {"model": "studies.breakglassgrant", "mask_fields": ["reason", "review_note"]},

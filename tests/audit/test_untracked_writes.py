@@ -39,6 +39,36 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
     ("audit/services.py", "audit_changes_seal", "bulk_create"): (
         "the seals are the tamper evidence over django-auditlog's own rows (audit.changeseal is not tracked)"
     ),
+    ("studies/services/ingest.py", "_count_added", "update"): (
+        "the series' and study's instance counters, one increment each in the storing transaction: derived from "
+        "the Instance rows, each of which is in django-auditlog and in its INSTANCES_STORED event"
+    ),
+    ("studies/services/ingest.py", "study_counts_refresh", "update"): (
+        "recomputes the same derived counters from the rows (a repair): nothing a person set changes"
+    ),
+    ("studies/services/ingest.py", "ingest_requeue_stale", "update"): (
+        "the sweeper's bookkeeping on ingest items (studies.ingestitem is not tracked): waiting items touched, dead "
+        "claims handed back; what each item finally became is its own audit event"
+    ),
+    ("devices/services/registry.py", "_custody_start", "update"): (
+        "closes the open custody period as the next one starts, in the same transaction; the custody change is "
+        "the DEVICE_CUSTODY_CHANGED audit event naming both custodians"
+    ),
+    ("devices/services/registry.py", "tokens_revoke", "update"): (
+        "revokes every live token of a device at once (lost, suspended, wiped, custodian gone); recorded as one "
+        "DEVICE_TOKENS_REVOKED audit event with the count and the reason"
+    ),
+    ("devices/services/tokens.py", "device_token_refresh", "update"): (
+        "the refreshed token is revoked as its successor is issued, in one transaction recorded as DEVICE_ATTESTED "
+        "and DEVICE_ENROLLED"
+    ),
+    ("devices/services/tokens.py", "device_credential_authenticate", "update"): (
+        "sets only last_used_at of a device token: a use of a token is not a change of it (as api_token_touch)"
+    ),
+    ("devices/services/wipes.py", "wipe_orders_overdue_alert", "update"): (
+        "compare-and-set claim so that one run raises the overdue alert once; the alert is the SecurityAlert and "
+        "its audit event"
+    ),
 }
 
 
