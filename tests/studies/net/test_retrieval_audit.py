@@ -16,7 +16,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from audit.events import EventType, Outcome
 from audit.models import AuditEvent, SecurityAlert
-from devices.services import device_revoke
+from devices.services import device_revoke, device_suspend
 from studies.dicom.synthetic import make_study
 from studies.models import IngestItem
 from tenants.scoping import tenant_scope
@@ -78,9 +78,12 @@ def test_24_parallel_cgets_are_24_events_for_24_deliveries(archive: Archive, nor
     assert all(e.extra["count"] == 1 and e.outcome == Outcome.SUCCESS for e in recorded)
 
 
+@pytest.mark.parametrize("withdraw", [device_revoke, device_suspend], ids=["revoked", "suspended"])
 def test_a_device_revoked_mid_association_is_refused_at_its_next_cstore(
-    listener: Any, north: Any, demo_ct: Any, make_member: Any
+    listener: Any, north: Any, demo_ct: Any, make_member: Any, withdraw: Any
 ):
+    """Issue 7 and issue 11: the device policy is asked on every C-STORE, so a modality revoked or suspended while
+    its association is open is refused at its next object."""
     from tenants.models import Role
 
     admin = make_member(north, Role.TENANT_ADMIN, "admin_revoker")
@@ -95,7 +98,7 @@ def test_a_device_revoked_mid_association_is_refused_at_its_next_cstore(
     try:
         before = assoc.send_c_store(first)
         with tenant_scope(north):
-            device_revoke(actor=admin, device=demo_ct, reason="stolen from the CT room")
+            withdraw(actor=admin, device=demo_ct, reason="taken out of service from the CT room")
         after = assoc.send_c_store(second)
     finally:
         assoc.release()
