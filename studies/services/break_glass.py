@@ -21,7 +21,7 @@ from audit.events import EventType, Outcome
 from audit.services import audit_event_record, participant, security_alert_raise
 from studies.models import BreakGlassGrant, Study
 from studies.selectors import break_glass_study_find
-from studies.services.shares import study_participants
+from studies.services.reads import study_participants
 from tenants import access
 from tenants.mfa import mfa_step_up_check
 from tenants.models import Membership, Role, Tenant

@@ -26,7 +26,7 @@ from audit.events import EventType, Outcome
 from audit.services import audit_event_record
 from studies.dicom.deidentify import SUPPORTED_OPTIONS, Deidentifier, NotDeidentifiable
 from studies.models import Blob, Export, Instance, Study
-from studies.services.shares import study_participants
+from studies.services.reads import read_participants
 from studies.storage.blobs import blob_delete, blob_read, blob_write
 from tenants import access
 from tenants.jobs import task_queue_on_commit
@@ -57,7 +57,7 @@ def _event_for(export: Export) -> EventType:
 
 
 def _participants(studies: Iterable[Study]) -> list[dict[str, Any]]:
-    return [p for study in studies for p in study_participants(study)]
+    return read_participants(studies=studies)
 
 
 def _extra(export: Export, phase: str) -> dict[str, Any]:

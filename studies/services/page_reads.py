@@ -18,18 +18,12 @@ from django.db import transaction
 from audit.events import EventType
 from audit.services import audit_event_record
 from studies.models import IngestItem, Study
-from studies.services.reads import study_participants
+from studies.services.reads import read_participants, study_participants
 from tenants.models import Tenant
 
 
 def _participants(studies: Iterable[Study]) -> list[dict[str, Any]]:
-    seen: set[int] = set()
-    entries: list[dict[str, Any]] = []
-    for study in studies:
-        if study.pk not in seen:
-            seen.add(study.pk)
-            entries.extend(study_participants(study))
-    return entries
+    return read_participants(studies=studies)
 
 
 @transaction.atomic

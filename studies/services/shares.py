@@ -21,18 +21,13 @@ from audit.events import EventType
 from audit.services import audit_event_record, participant
 from studies.models import ShareInvitation, Study, StudyShare
 from studies.selectors import share_in_force
-from studies.services.reads import read_participants
+from studies.services.reads import study_participants
 from tenants import access
 from tenants.access import membership_current_get
 from tenants.models import Invitation, User
 from tenants.services import invitation_create_for_share, invitation_revoke_for_share
 
 VIEW_STUDY = "studies.view_study"
-
-
-def study_participants(study: Study) -> list[dict[str, Any]]:
-    """The patient and the study as ParticipantObjects of an audit event (DICOM PS3.15 A.5), by the one builder."""
-    return read_participants(studies=[study])
 
 
 def study_link(study: Study) -> str:
