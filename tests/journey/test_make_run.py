@@ -225,6 +225,33 @@ def test_study_list_viewer_and_access_history(enclave, people):
     expect(history).to_contain_text("Images or metadata viewed")
 
 
+def test_a_lapsed_training_refuses_images_until_a_completion_is_recorded(enclave):
+    """Issue 9: the demo's north-referrer has a lapsed HIPAA Security Awareness, so the training gate refuses them
+    patient data with the reason; a completion a learning system posts with the compliance officer's token
+    restores access at the next request (the share and break-glass steps below need it)."""
+    referrer = _token(enclave, "north-referrer")
+    refused = _qido(enclave, referrer)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["code"] == "training_expired"
+    assert "HIPAA Security Awareness" in refused.json()["detail"]
+
+    officer = {"Authorization": f"Bearer {_token(enclave, 'north-compliance')}"}
+    session = enclave.http()
+    courses = session.get(f"{enclave.url}/api/v1/t/north/training/courses/", headers=officer, timeout=60)
+    assert courses.status_code == 200, courses.text
+    [course] = [c for c in courses.json()["results"] if c["title"] == "HIPAA Security Awareness"]
+    certificate = b"%PDF-1.4\n% certificate\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n"
+    recorded = session.post(
+        f"{enclave.url}/api/v1/t/north/training/completions/",
+        headers=officer,
+        data={"username": "north-referrer", "course": course["id"], "completed_on": time.strftime("%Y-%m-%d")},
+        files={"evidence": ("certificate.pdf", certificate, "application/pdf")},
+        timeout=60,
+    )
+    assert recorded.status_code == 201, recorded.text
+    assert _qido(enclave, referrer).status_code in (200, 204)
+
+
 def test_a_share_and_its_revocation(enclave, people):
     public_id = state["study_public_id"]
     study_path = f"/t/north/studies/{public_id}/"

@@ -1,4 +1,4 @@
-"""The demo's training: every demo user's required training is current except south-referrer's HIPAA Security
+"""The demo's training: every demo user's required training is current except north-referrer's HIPAA Security
 Awareness (lapsed last week, so the gate can be seen at work), and one self-report waits in north's queue."""
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ from training.models import Completion, Requirement
 from training.selectors import person_status
 
 
-def test_the_demo_locks_out_only_south_referrer(db, api_client_for):
+def test_the_demo_locks_out_only_north_referrer(db, api_client_for):
     out = io.StringIO()
     call_command("demo", stdout=out)
     call_command("demo", stdout=io.StringIO())  # idempotent
-    assert "south-referrer, whose HIPAA Security Awareness lapsed last week" in out.getvalue()
+    assert "north-referrer, whose HIPAA Security Awareness lapsed last week" in out.getvalue()
     north, south = Tenant.objects.get(slug="north"), Tenant.objects.get(slug="south")
 
-    referrer = User.objects.get(username="south-referrer")
-    response = api_client_for(referrer, south).get("/dicomweb/south/studies")
+    referrer = User.objects.get(username="north-referrer")
+    response = api_client_for(referrer, north).get("/dicomweb/north/studies")
     assert response.status_code == 403
     assert response.json()["code"] == "training_expired"
     assert "HIPAA Security Awareness" in response.json()["detail"]
 
-    for username in ("north-radiologist", "north-technologist", "north-referrer", "south-radiologist"):
+    for username in ("north-radiologist", "north-technologist", "south-radiologist", "south-referrer"):
         user = User.objects.get(username=username)
         tenant = north if username.startswith("north") else south
         response = api_client_for(user, tenant).get(f"/dicomweb/{tenant.slug}/studies")
@@ -35,7 +35,7 @@ def test_the_demo_locks_out_only_south_referrer(db, api_client_for):
         assert Requirement.objects.count() > 0
         pending = Completion.objects.get(status=Completion.Status.PENDING)
         assert (pending.user.username, pending.course.title) == ("north-technologist", "Device Handling")
-    with tenant_scope(south):
-        assert not Completion.objects.filter(status=Completion.Status.PENDING).exists()
         blocked = [s for s in person_status(user=referrer) if s.blocks]
         assert [s.course.title for s in blocked] == ["HIPAA Security Awareness"]
+    with tenant_scope(south):
+        assert not Completion.objects.filter(status=Completion.Status.PENDING).exists()

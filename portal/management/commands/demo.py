@@ -46,7 +46,7 @@ REQUIREMENTS = [
     ("radiation-safety", (Role.RADIOLOGIST, Role.TECHNOLOGIST), False),
     ("break-glass-procedure", CLINICIANS, False),
 ]
-LAPSED_USER, LAPSED_COURSE = "south-referrer", "hipaa-security-awareness"  # lapsed last week: shows the gate
+LAPSED_USER, LAPSED_COURSE = "north-referrer", "hipaa-security-awareness"  # lapsed last week: shows the gate
 PENDING_USER, PENDING_COURSE = "north-technologist", "device-handling"  # waits in north's approval queue
 DEMO_CERTIFICATE = b"%PDF-1.4\n% Enclave demo certificate: not a real course\n%%EOF\n"
 
@@ -100,7 +100,7 @@ class Command(BaseCommand):
         self.stdout.write(f"`{OPERATOR}` is a platform operator (no tenant): the operators' admin at /ops/.")
         self.stdout.write(
             f"Training: every demo user's required training is current, except {LAPSED_USER}, whose HIPAA Security "
-            "Awareness lapsed last week: the training gate refuses them patient data (try /dicomweb/south/studies). "
+            "Awareness lapsed last week: the training gate refuses them patient data (try /dicomweb/north/studies). "
             f"{PENDING_USER}'s self-reported Device Handling waits for north-compliance's approval."
         )
 
