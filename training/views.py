@@ -190,6 +190,7 @@ class ApprovalQueueView(TenantPageView):
 
 class ReviewView(ApprovalQueueView):
     required_permission = MANAGE
+    http_method_names = ["post"]  # the queue's GET takes no completion: a GET here is a 405, not a server error
 
     def post(self, request: HttpRequest, tenant: str, public_id: UUID, verdict: str) -> HttpResponse:
         completion = selectors.completion_get(actor=request.user, public_id=public_id)
