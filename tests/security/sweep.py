@@ -157,8 +157,11 @@ FILL: dict[str, dict[str, str]] = {
     "dicomweb:series-rendered": {"study": "study_uid", "series": "series_uid"},
     "dicomweb:instance-rendered": {"study": "study_uid", "series": "series_uid", "instance": "instance_uid"},
     "dicomweb:frames-rendered": {
-        "study": "study_uid", "series": "series_uid", "instance": "instance_uid", "frames": "frame",
-    },  # fmt: skip
+        "study": "study_uid",
+        "series": "series_uid",
+        "instance": "instance_uid",
+        "frames": "frame",
+    },
     "dicomweb:study-thumbnail": {"study": "study_uid"},
     "dicomweb:series-thumbnail": {"study": "study_uid", "series": "series_uid"},
     "dicomweb:instance-thumbnail": {"study": "study_uid", "series": "series_uid", "instance": "instance_uid"},

@@ -9,8 +9,6 @@ once, naming the route, the method and the persona."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -29,8 +27,16 @@ from tenants import services
 from tenants.models import ApiToken, Membership, Role, Tenant, User
 from tenants.scoping import tenant_scope
 from tests.conftest import verified_client
-from tests.security.sweep import FILL, PUBLIC, OPS_PREFIX, Route, as_openapi_path, openapi_operations, routes
-from tests.security.sweep import tenant_routes
+from tests.security.sweep import (
+    FILL,
+    OPS_PREFIX,
+    PUBLIC,
+    Route,
+    as_openapi_path,
+    openapi_operations,
+    routes,
+    tenant_routes,
+)
 from tests.studies.dicomweb.reading import ingest
 from tests.training.helpers import adopt, record, require, today
 
@@ -80,10 +86,11 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
             actor=radiologist_a, study=study, grantee=technologist_a, expires_at=timezone.now() + timedelta(days=3)
         )
         share_invitation = study_services.share_invite_outside(
-            actor=radiologist_a, study=study, email="outside@clinic.example", first_name="Olive", last_name="Outside", days=3
+            actor=radiologist_a, study=study, email="out@clinic.example", first_name="Olive", last_name="Out", days=3
         )
+        in_an_hour = timezone.now() + timedelta(hours=1)
         grant = BreakGlassGrant.objects.create(
-            tenant=tenant_a, study=study, user=technologist_a, reason="sweep", expires_at=timezone.now() + timedelta(hours=1)
+            tenant=tenant_a, study=study, user=technologist_a, reason="sweep", expires_at=in_an_hour
         )
         export = study_services.export_request(actor=radiologist_a, studies=[study])
         batch = IngestItem.objects.filter(instance=instance).values_list("batch", flat=True).first()
@@ -96,7 +103,10 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
         alert = SecurityAlert.objects.first()
         event = AuditEvent.objects.order_by("-sequence").first()
     change = LogEntry.objects.order_by("-pk").first()
-    assert alert is not None and event is not None and change is not None and device is not None
+    assert alert is not None
+    assert event is not None
+    assert change is not None
+    assert device is not None
     values = {
         "study": str(study.public_id),
         "series": str(series.public_id),
@@ -239,7 +249,7 @@ def _assert_clean(problems: list[str]) -> None:
 def test_every_route_is_covered() -> None:
     found = {r.name for r in routes() if not r.pattern.startswith(OPS_PREFIX)}
     tenant = {r.name for r in tenant_routes()}
-    assert tenant == set(FILL), f"not in the sweep table: {sorted(tenant - set(FILL))}; gone: {sorted(set(FILL) - tenant)}"
+    assert tenant == set(FILL), f"not in the table: {sorted(tenant - set(FILL))}; gone: {sorted(set(FILL) - tenant)}"
     assert found - tenant == set(PUBLIC), f"unreasoned non-tenant routes: {sorted(found - tenant - set(PUBLIC))}"
     for route in tenant_routes():
         assert route.methods, f"{route.name} answers no method the sweep knows"
@@ -261,7 +271,7 @@ def test_another_tenants_admin_in_their_own_tenant_naming_our_objects(world, ten
     """B's admin under B's own slug with A's ids and UIDs: each object route is a 404; B's own lists may answer
     but never name A's data."""
     own_lists = {name: "B's own list or form, without parameters" for name, params in FILL.items() if not params}
-    own_lists |= {name: "a QIDO search under an unknown study: 204, as for any missing UID" for name in QIDO_UNDER}
+    own_lists |= dict.fromkeys(QIDO_UNDER, "a QIDO search under an unknown study: 204, as for any missing UID")
     persona = Persona("south-admin@south", verified_client(admin_b), bearer(token_of(admin_b, tenant_b)), own_lists)
     persona.own = [admin_b.email]
     _assert_clean(_sweep(persona, world, tenant="south"))
@@ -289,7 +299,9 @@ def test_a_deactivated_person(world, tenant_a, make_member) -> None:
 def test_an_expired_token(world, tenant_a, radiologist_a) -> None:
     raw = token_of(radiologist_a, tenant_a)
     with tenant_scope(tenant_a):
-        ApiToken.objects.filter(user=radiologist_a, name="sweep").update(expires_at=timezone.now() - timedelta(seconds=1))
+        token = ApiToken.objects.get(user=radiologist_a, name="sweep")
+        token.expires_at = timezone.now() - timedelta(seconds=1)
+        token.save(update_fields=["expires_at"])
     _assert_clean(_sweep(Persona("expired-token", Client(), bearer(raw)), world))
 
 
