@@ -384,9 +384,11 @@ def test_the_table_names_real_objects(world, tenant_a, admin_a, compliance_a, ra
         if "get" not in route.methods:
             continue
         url = route.path("north", world.values)
-        statuses = [
-            _call(page if route.door == "page" else api, "get", url, route.door).status_code for page, api in callers
-        ]
+        statuses = []
+        for page, api in callers:  # until one of them reaches it
+            statuses.append(_call(page if route.door == "page" else api, "get", url, route.door).status_code)
+            if statuses[-1] != 404:
+                break
         if all(status == 404 for status in statuses) and route.name not in NOT_FOUND_FOR_OWNERS:
             missing.append(f"{route.name} {url}: {statuses}")
     assert not missing, "the sweep's objects are not found by their own tenant:\n" + "\n".join(missing)
