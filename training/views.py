@@ -14,7 +14,7 @@ from uuid import UUID
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
 from portal.web.pages import TenantPageView
@@ -190,8 +190,11 @@ class ApprovalQueueView(TenantPageView):
 
 class ReviewView(ApprovalQueueView):
     required_permission = MANAGE
+    http_method_names = ["post"]  # the queue's GET takes no completion: a GET here is a 405, not a server error
 
     def post(self, request: HttpRequest, tenant: str, public_id: UUID, verdict: str) -> HttpResponse:
+        if verdict not in ("approve", "reject"):  # any other word used to reject
+            raise Http404
         completion = selectors.completion_get(actor=request.user, public_id=public_id)
         form = ReviewForm(request.POST)
         if not form.is_valid():

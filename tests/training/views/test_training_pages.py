@@ -132,6 +132,8 @@ def test_the_approval_queue_approves_and_rejects_with_a_reason(client_for, tenan
     evidence = client.get(f"/t/north/training/completions/{first.public_id}/evidence/")
     assert (evidence.status_code, evidence.content, evidence["Content-Type"]) == (200, PDF, "application/pdf")
     assert last_event(tenant_a, EventType.TRAINING_EVIDENCE_VIEWED).actor_user == compliance_a
+    unknown = client.post(f"/t/north/training/approvals/{first.public_id}/delete/", {"reason": "typo"})
+    assert unknown.status_code == 404  # an unknown verdict is not a rejection
     no_reason = client.post(f"/t/north/training/approvals/{first.public_id}/approve/", {"reason": ""})
     assert no_reason.status_code == 400
     assert client.post(f"/t/north/training/approvals/{first.public_id}/approve/",
