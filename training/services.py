@@ -21,7 +21,7 @@ from audit.services import audit_event_record
 from studies.models import Blob
 from studies.storage.blobs import blob_read, blob_write
 from tenants import access
-from tenants.models import Membership, Role, User
+from tenants.models import Membership, Role, Tenant, User
 from tenants.scoping import current_tenant
 from tenants.services import mail_queue
 from training import selectors
@@ -439,8 +439,8 @@ REMINDER_STAGES = {30: ReminderSent.Stage.DAYS_30, 7: ReminderSent.Stage.DAYS_7,
 
 
 def _claim(*, user: User, course: Course, expires_on: date, stage: str) -> bool:
-    """Claim one reminder by inserting its row, committed before the mail goes: a second run, or a run after a
-    worker died, finds the row and sends nothing (at most once: a mail lost with a dead worker is not resent)."""
+    """Claim one reminder by inserting its row, in the caller's transaction (a savepoint here): a second run finds
+    the row and sends nothing; a run that dies before the caller commits leaves no row, so the next run sends it."""
     try:
         with transaction.atomic():
             ReminderSent.objects.create(tenant=current_tenant(), user=user, course=course, expires_on=expires_on,
@@ -466,38 +466,48 @@ def training_reminders_send(*, today: date | None = None) -> int:
             if status.expires_on is None:
                 continue
             stage = REMINDER_STAGES.get((status.expires_on - today).days)
-            if stage is None or not _claim(user=membership.user, course=status.course,
-                                           expires_on=status.expires_on, stage=stage):  # fmt: skip
-                continue
-            when = "today" if stage == ReminderSent.Stage.ON_THE_DAY else f"on {status.expires_on.isoformat()}"
-            if membership.user.email:
-                blocking = status.requirement.blocking
-                mail_queue(
-                    subject=f"Your training “{status.course.title}” expires {when}",
-                    body=f"Your “{status.course.title}” certification for {tenant.name} expires {when}. "
-                    + ("Without a current completion you will lose access to patient data. " if blocking else "")
-                    + "Record your new completion on your training page in Enclave.",
-                    to=[membership.user.email],
-                )
-            if officers:
-                mail_queue(
-                    subject=f"Training expiring: {membership.user.username}, “{status.course.title}” {when}",
-                    body=f"{membership.user.username} ({membership.get_role_display()}): “{status.course.title}” "
-                    f"expires {when}.",
-                    to=officers,
-                )
-            audit_event_record(event=EventType.TRAINING_REMINDER_SENT, system_principal="enclave:training-reminders",
-                               tenant=tenant, participants=[membership.user],
-                               extra={"course": status.course.title, "expires_on": status.expires_on.isoformat(),
-                                      "stage": stage})  # fmt: skip
-            sent += 1
+            if stage is not None and _remind(tenant=tenant, membership=membership, status=status,
+                                             expires_on=status.expires_on, stage=stage, officers=officers):  # fmt: skip
+                sent += 1
     return sent
+
+
+@transaction.atomic
+def _remind(*, tenant: Tenant, membership: Membership, status: selectors.RequirementStatus, expires_on: date,
+            stage: str, officers: list[str]) -> bool:  # fmt: skip
+    """One reminder: its claim, its mails and its audit event commit together or not at all (a worker killed
+    between them leaves nothing, and the next run sends it); the mails are queued after the commit."""
+    if not _claim(user=membership.user, course=status.course, expires_on=expires_on, stage=stage):
+        return False
+    when = "today" if stage == ReminderSent.Stage.ON_THE_DAY else f"on {expires_on.isoformat()}"
+    if membership.user.email:
+        blocking = status.requirement.blocking
+        mail_queue(
+            subject=f"Your training “{status.course.title}” expires {when}",
+            body=f"Your “{status.course.title}” certification for {tenant.name} expires {when}. "
+            + ("Without a current completion you will lose access to patient data. " if blocking else "")
+            + "Record your new completion on your training page in Enclave.",
+            to=[membership.user.email],
+        )
+    if officers:
+        mail_queue(
+            subject=f"Training expiring: {membership.user.username}, “{status.course.title}” {when}",
+            body=f"{membership.user.username} ({membership.get_role_display()}): “{status.course.title}” "
+            f"expires {when}.",
+            to=officers,
+        )
+    audit_event_record(event=EventType.TRAINING_REMINDER_SENT, system_principal="enclave:training-reminders",
+                       tenant=tenant, participants=[membership.user],
+                       extra={"course": status.course.title, "expires_on": expires_on.isoformat(),
+                              "stage": stage})  # fmt: skip
+    return True
 
 
 def training_digest_send(*, today: date | None = None) -> bool:
     """Once per ISO week (whichever day the daily job first runs in it), mail the tenant's compliance officers
-    who holds lapsed or expiring required training. Claimed by a unique row before the mail goes, like the
-    reminders. Tenant-level system job. Returns whether a digest went. Records TRAINING_REMINDER_SENT."""
+    who holds lapsed or expiring required training. Claimed by a unique row in one transaction with its mail
+    and audit event, like the reminders. Tenant-level system job. Returns whether a digest went. Records
+    TRAINING_REMINDER_SENT."""
     tenant = current_tenant()
     today = today or timezone.localdate()
     week_of = today - timedelta(days=today.weekday())
@@ -506,6 +516,11 @@ def training_digest_send(*, today: date | None = None) -> bool:
     officers = [m.user.email for m in members if m.role == Role.COMPLIANCE_OFFICER and m.user.email]
     if not officers:
         return False
+    with transaction.atomic():  # the claim, the mail and the audit event commit together, as for the reminders
+        return _digest(tenant=tenant, today=today, week_of=week_of, members=members, officers=officers)
+
+
+def _digest(*, tenant: Tenant, today: date, week_of: date, members: list[Membership], officers: list[str]) -> bool:
     try:
         with transaction.atomic():
             DigestSent.objects.create(tenant=tenant, week_of=week_of)

@@ -50,7 +50,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 
 # EMAIL
 # ------------------------------------------------------------------------------
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# A real worker started by a test writes its mail as files the test reads (tests/integration); otherwise locmem.
+EMAIL_BACKEND = env.str("ENCLAVE_TEST_EMAIL_BACKEND", default="django.core.mail.backends.locmem.EmailBackend")
+EMAIL_FILE_PATH = env.str("ENCLAVE_TEST_EMAIL_FILE_PATH", default="")
 
 # STATIC: no manifest needed in tests
 # ------------------------------------------------------------------------------
