@@ -205,8 +205,15 @@ def walk_the_viewer(
     patient_filter.fill(study.patient_name.split("^")[-1].lower())
     expect(row).to_have_count(1)
     # The search answers name the study's WADO-RS address at the port the portal really serves.
-    retrieve_urls = [item["00081190"]["Value"][0] for item in recorded.searches[-1].json()]
-    assert retrieve_urls == [f"{portal}/dicomweb/{tenant}/studies/{study.study_uid}"]
+    retrieve_urls = {
+        item["0020000D"]["Value"][0]: item["00081190"]["Value"][0]
+        for search in recorded.searches
+        for item in search.json()
+    }
+    assert retrieve_urls.get(study.study_uid) == f"{portal}/dicomweb/{tenant}/studies/{study.study_uid}", [
+        search.url for search in recorded.searches
+    ]
+    assert all(url == f"{portal}/dicomweb/{tenant}/studies/{uid}" for uid, url in retrieve_urls.items()), retrieve_urls
     row.click()
     expect(page.get_by_text("Synthetic series 2")).to_be_visible()
     page.get_by_role("button", name="Basic Viewer").click()
