@@ -48,6 +48,7 @@ class Enclave:
     env: dict[str, str]
     web_port: int
     dicom_port: int
+    ohif_port: int  # where the OHIF viewer is served beside it: its origin is in DICOMWEB_CORS_ORIGINS
     password: str = ""
     secrets: dict[str, str] = field(default_factory=dict)
     last_step: dict[str, int] = field(default_factory=dict)
@@ -125,15 +126,21 @@ def enclave() -> Iterator[Enclave]:
     folder = Path(tempfile.mkdtemp(prefix="enclave-journey-"))
     var = folder / "var"
     env = {k: v for k, v in os.environ.items() if k not in NOT_A_USERS_ENVIRONMENT}
-    web_port, dicom_port = free_port(), free_port()
-    env.update({"ENCLAVE_VAR_DIR": str(var), "WEB_PORT": str(web_port), "DICOM_PORT": str(dicom_port)})
+    web_port, dicom_port, ohif_port = free_port(), free_port(), free_port()
+    env.update({
+        "ENCLAVE_VAR_DIR": str(var), "WEB_PORT": str(web_port), "DICOM_PORT": str(dicom_port),
+        # As the README has it: the OHIF viewer's origin allowed for DICOMweb (CORS) when `make run` starts.
+        "DICOMWEB_CORS_ORIGINS": f"http://127.0.0.1:{ohif_port}",
+    })  # fmt: skip
     log = folder / "make-run.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             ["bash", "scripts/run.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-    instance = Enclave(process=process, log=log, var=var, env=env, web_port=web_port, dicom_port=dicom_port)
+    instance = Enclave(
+        process=process, log=log, var=var, env=env, web_port=web_port, dicom_port=dicom_port, ohif_port=ohif_port
+    )
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while "Ctrl-C stops everything" not in instance.output():

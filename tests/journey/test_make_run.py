@@ -23,6 +23,7 @@ import pytest
 from playwright.sync_api import expect
 
 from studies.dicom.synthetic import make_study
+from tests.interop.ohif_checks import ohif_build, ohif_served, ohif_study, walk_the_viewer
 
 pytestmark = [pytest.mark.journey, pytest.mark.e2e, pytest.mark.integration]
 
@@ -198,6 +199,52 @@ def test_100_parallel_qido_searches_beside_8_parallel_stow_uploads(enclave):
     assert all(code in (200, 202) for code in stow_codes), stow_codes  # 202: stored later, found below
     for n in range(8):
         _wait_for_study(enclave, reader, f"JRN-STOW{n}", 2)
+
+
+def test_the_ohif_viewer_lists_opens_renders_and_scrolls_a_stowed_study(enclave, people, tmp_path):
+    """Issue 8: the OHIF Viewer build from npm (@ohif/app, cached by scripts/ohif.py), served statically on the
+    port whose origin `make run` was started with in DICOMWEB_CORS_ORIGINS, configured as the README says with a
+    radiologist's token, against `make run`: the study list, the study's thumbnails, a rendered and scrolled series,
+    and no DICOMweb request answered 4xx or 5xx. The study is STOWed by the technologist through HTTP."""
+    ohif_build()  # skipped only when nothing is cached and npm's registry cannot be reached
+    shown = ohif_study(patient_name="JOURNEY^OHIF", patient_id="MRN-JRN-OHIF", accession="JRN-OHIF",
+                       description="Journey OHIF")  # fmt: skip
+    body, content_type = _stow_body(shown.files)
+    stowed = enclave.http().post(
+        f"{enclave.url}/dicomweb/north/studies",
+        data=body,
+        headers={"Authorization": f"Bearer {_token(enclave, 'north-technologist')}", "Content-Type": content_type,
+                 "Accept": "application/dicom+json"},
+        timeout=120,
+    )  # fmt: skip
+    assert stowed.status_code in (200, 202), stowed.text
+    token = _token(enclave, "north-radiologist")
+    _wait_for_study(enclave, token, shown.accession, shown.instances)
+    series = _qido_series(enclave, token, shown.study_uid)
+
+    page = people.new_page()
+    try:
+        with ohif_served(
+            portal=enclave.url, tenant="north", token=token, log=tmp_path / "ohif.log", port=enclave.ohif_port
+        ) as viewer:
+            walk_the_viewer(
+                page, viewer=viewer, portal=enclave.url, tenant="north", study=shown, series_uids=series,
+                artifacts="journey-ohif",
+            )  # fmt: skip
+    finally:
+        page.context.close()
+
+
+def _qido_series(enclave, token: str, study_uid: str) -> list[str]:
+    """The study's series instance UIDs in series-number order, searched by QIDO-RS."""
+    answer = enclave.http().get(
+        f"{enclave.url}/dicomweb/north/studies/{study_uid}/series",
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    found = sorted(answer.json(), key=lambda s: int(s["00200011"]["Value"][0]))
+    return [s["0020000E"]["Value"][0] for s in found]
 
 
 # 3. Images out: the list, the viewer, the access history, a share, break-glass, an export
