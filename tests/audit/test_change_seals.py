@@ -15,13 +15,14 @@ from django.utils import timezone
 from audit.models import AuditChain, ChangeSeal
 from audit.services import audit_changes_seal, audit_changes_seal_all
 from tests.audit.test_tamper import _verify, _verify_fails, _verify_in_a_process
+from tests.databases import superuser_connect_kwargs
 
 TRIGGERS = {"auditlog_logentry": "auditlog_logentry_append_only", "audit_changeseal": "audit_changeseal_append_only"}
 
 
 def _as_superuser(*statements):
-    dbname = connection.settings_dict["NAME"]
-    with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=dbname, autocommit=True) as conn:
+    # The server the tests run on (the embedded one of `make test`, or DATABASE_URL's), as its superuser.
+    with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
         for table, trigger in TRIGGERS.items():
             conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
         try:

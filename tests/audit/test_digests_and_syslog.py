@@ -13,19 +13,20 @@ import threading
 
 import psycopg
 import pytest
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
 
 from audit.events import EventType
 from audit.models import AuditChain, AuditDigest, AuditEvent, SyslogCursor
 from audit.services import audit_digests_sign, audit_syslog_forward, syslog_message
 from tests.audit.helpers import record
 from tests.audit.test_tamper import _verify, _verify_fails
+from tests.databases import superuser_connect_kwargs
 
 
 def _superuser(*statements, disable=("audit_auditevent", "audit_auditevent_append_only")):
-    dbname = connection.settings_dict["NAME"]
     table, trigger = disable
-    with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=dbname, autocommit=True) as conn:
+    # The server the tests run on (the embedded one of `make test`, or DATABASE_URL's), as its superuser.
+    with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
         conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
         try:
             for sql, params in statements:
