@@ -41,7 +41,8 @@ def test_old_study_is_proposed_approved_by_two_people_and_shredded(
         assert retention.retention_proposals_make() == 1
         assert retention.retention_proposals_make() == 0  # idempotent
         proposal = RetentionProposal.objects.get()
-        assert proposal.study_id == old.pk and proposal.policy_id == policy.pk
+        assert proposal.study_id == old.pk
+        assert proposal.policy_id == policy.pk
         assert proposal.due_on == date(2017, 3, 4)
 
         retention.retention_proposal_approve(actor=admin_a, proposal=proposal)
@@ -78,7 +79,8 @@ def test_old_study_is_proposed_approved_by_two_people_and_shredded(
         assert (tombstone.first_approved_by, tombstone.approved_by) == (admin_a, compliance_a)
         assert tombstone.policy == policy
         proposal.refresh_from_db()
-        assert proposal.status == RetentionProposal.Status.DELETED and proposal.study_id is None
+        assert proposal.status == RetentionProposal.Status.DELETED
+        assert proposal.study_id is None
 
         assert Study.objects.filter(pk=recent.pk, number_of_instances=4, number_of_series=2).exists()
         events = AuditEvent.objects.filter(tenant=tenant_a)

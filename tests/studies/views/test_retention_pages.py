@@ -103,7 +103,8 @@ def test_proposal_queue_two_people_delete(
         assert RetentionTombstone.objects.get().approved_by == compliance_a
         assert AuditEvent.objects.filter(event_type=EventType.STUDY_DELETED, actor_user=compliance_a).count() == 1
     for name in names:
-        assert not storages[PRIMARY].exists(name) and not storages[REPLICA].exists(name)
+        assert not storages[PRIMARY].exists(name)
+        assert not storages[REPLICA].exists(name)
     page = admin.get(url(tenant_a)).content
     assert study.study_instance_uid.encode() in page  # the tombstone is listed
     assert b'id="proposals-empty"' in admin.get(queue).content
@@ -121,7 +122,8 @@ def test_reject_needs_a_reason(tenant_a, admin_a, compliance_a, client_for):
     assert officer.post(decide, {"decision": "reject", "reason": "Research cohort"}).status_code == 302
     with tenant_scope(tenant_a):
         proposal.refresh_from_db()
-        assert proposal.status == RetentionProposal.Status.REJECTED and proposal.reason == "Research cohort"
+        assert proposal.status == RetentionProposal.Status.REJECTED
+        assert proposal.reason == "Research cohort"
         assert AuditEvent.objects.filter(event_type=EventType.RETENTION_REJECTED, actor_user=compliance_a).count() == 1
         assert Study.objects.filter(patient__patient_id="RETP-2").exists()
 
@@ -166,7 +168,8 @@ def test_holds_page(tenant_a, tenant_b, admin_a, compliance_a, admin_b, radiolog
     assert hold.lifted_at is None  # no reason, no lift
     assert officer.post(url(tenant_a, f"holds/{hold.public_id}/lift/"), {"reason": "Case closed"}).status_code == 302
     hold.refresh_from_db()
-    assert hold.lifted_at is not None and hold.lifted_by == compliance_a
+    assert hold.lifted_at is not None
+    assert hold.lifted_by == compliance_a
     with tenant_scope(tenant_a):
         assert AuditEvent.objects.filter(event_type=EventType.LEGAL_HOLD_LIFTED).count() == 1
         assert retention.retention_proposals_make() == 1
