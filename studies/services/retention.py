@@ -200,6 +200,14 @@ def retention_policy_create(
     return policy
 
 
+def _proposals_cancel(proposals: Any, *, reason: str) -> None:
+    """Cancel open proposals one by one (saved through the model, so django-auditlog sees each)."""
+    now = timezone.now()
+    for proposal in proposals.select_for_update():
+        proposal.status, proposal.reason, proposal.decided_at = RetentionProposal.Status.CANCELLED, reason, now
+        proposal.save(update_fields=["status", "reason", "decided_at", "updated_at"])
+
+
 @transaction.atomic
 def retention_policy_deactivate(*, actor: Any, policy: RetentionPolicy) -> RetentionPolicy:
     """Stop a policy (`tenants.manage_retention`) and cancel its open proposals. Idempotent. Audited."""
@@ -208,11 +216,9 @@ def retention_policy_deactivate(*, actor: Any, policy: RetentionPolicy) -> Reten
         return policy
     policy.active = False
     policy.save(update_fields=["active", "updated_at"])
-    RetentionProposal.objects.filter(policy=policy, status=RetentionProposal.Status.PROPOSED).update(
-        status=RetentionProposal.Status.CANCELLED,
+    _proposals_cancel(
+        RetentionProposal.objects.filter(policy=policy, status=RetentionProposal.Status.PROPOSED),
         reason="The policy was stopped.",
-        decided_at=timezone.now(),
-        updated_at=timezone.now(),
     )
     audit_event_record(
         event=EventType.RETENTION_POLICY_SET, actor=actor, target=policy, extra={"change": "deactivated"}
@@ -243,10 +249,7 @@ def legal_hold_place(
     hold.save()
     covered = RetentionProposal.objects.filter(status=RetentionProposal.Status.PROPOSED)
     covered = covered.filter(study=study) if study is not None else covered.filter(study__patient=patient)
-    now = timezone.now()
-    covered.update(
-        status=RetentionProposal.Status.CANCELLED, reason="A legal hold was placed.", decided_at=now, updated_at=now
-    )
+    _proposals_cancel(covered, reason="A legal hold was placed.")
     if study is not None:
         participants = study_participants(study)
     else:
