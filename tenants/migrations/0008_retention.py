@@ -2,11 +2,39 @@
 
 from django.db import migrations
 
+RETENTION_ROLES = ("tenant_admin", "compliance_officer")
+
+
+def grant_manage_retention(apps, schema_editor):
+    """Existing tenants' administrator and compliance officer groups get the new permission, as
+    tenants.access.ROLE_PERMISSIONS now says (new tenants get it from role_groups_install)."""
+    ContentType = apps.get_model("contenttypes", "ContentType")
+    Permission = apps.get_model("auth", "Permission")
+    Group = apps.get_model("auth", "Group")
+    GroupObjectPermission = apps.get_model("guardian", "GroupObjectPermission")
+    Tenant = apps.get_model("tenants", "Tenant")
+    content_type, _ = ContentType.objects.get_or_create(app_label="tenants", model="tenant")
+    permission, _ = Permission.objects.get_or_create(
+        content_type=content_type,
+        codename="manage_retention",
+        defaults={"name": "Set retention policies and legal holds, approve or reject deletions"},
+    )
+    for tenant in Tenant.objects.all():
+        for role in RETENTION_ROLES:
+            group = Group.objects.filter(name=f"{tenant.slug}:{role}").first()
+            if group is not None:
+                GroupObjectPermission.objects.get_or_create(
+                    group=group, permission=permission, content_type=content_type, object_pk=str(tenant.pk)
+                )
+
 
 class Migration(migrations.Migration):
 
     dependencies = [
         ('tenants', '0007_invitation_purpose'),
+        ('guardian', '0003_remove_groupobjectpermission_guardian_gr_content_ae6aec_idx_and_more'),
+        ('contenttypes', '0002_remove_content_type_name'),
+        ('auth', '0012_alter_user_first_name_max_length'),
     ]
 
     operations = [
@@ -14,4 +42,5 @@ class Migration(migrations.Migration):
             name='tenant',
             options={'default_permissions': (), 'ordering': ['slug'], 'permissions': [('view_members', 'See the members of the tenant'), ('manage_members', 'Add members, change roles and end dates, deactivate'), ('view_audit', "Read the tenant's audit trail"), ('manage_devices', 'Register and approve devices'), ('view_studies', 'See every study of the tenant'), ('upload_studies', 'Send studies into the archive'), ('share_studies', 'Share the studies one sees with other people'), ('review_break_glass', 'Review and sign off emergency (break-glass) access'), ('export_identified', 'Export studies with patient identity (a disclosure)'), ('view_training', "See everyone's training records"), ('manage_training', 'Manage courses and requirements, record and approve completions'), ('manage_retention', 'Set retention policies and legal holds, approve or reject deletions')]},
         ),
+        migrations.RunPython(grant_manage_retention, migrations.RunPython.noop),
     ]
