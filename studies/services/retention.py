@@ -40,6 +40,7 @@ from studies.models import (
     Series,
     Study,
 )
+from studies.services.reads import read_tallies_close_for_study
 from studies.services.shares import study_participants
 from studies.storage.blobs import blob_delete
 from tenants import access
@@ -348,6 +349,7 @@ def _study_shred(*, study: Study, proposal: RetentionProposal, actor: Any) -> Re
     event. Each blob row carries its wrapped data key: deleting it destroys the key; the files go from both
     stores once the transaction commits."""
     participants = study_participants(study)
+    read_tallies_close_for_study(study=study)  # folded reads reach the trail before the study goes
     instances = list(Instance.objects.filter(series__study=study).select_related("blob").order_by("pk"))
     series = list(Series.objects.filter(study=study).select_related("thumbnail").order_by("pk"))
     bytes_deleted = sum(instance.blob.size for instance in instances)

@@ -177,3 +177,40 @@ def test_members_without_the_right_cannot_act(tenant_a, admin_a, radiologist_a):
             retention.retention_proposal_approve(actor=radiologist_a, proposal=proposal)
         with pytest.raises(access.Forbidden):
             retention.legal_hold_place(actor=radiologist_a, study=study, reason="x")
+
+
+def test_deletion_after_a_lifted_hold_keeps_the_hold_and_flushes_folded_reads(
+    tenant_a, admin_a, compliance_a, radiologist_a, django_capture_on_commit_callbacks
+):
+    from django.utils import timezone
+
+    from studies.models import ReadTally
+
+    study = stored_study(tenant_a, patient_id="RET-LIFTED", study_date=date(2009, 1, 1))
+    policy_make(tenant_a, admin_a, years=7)
+    with tenant_scope(tenant_a):
+        hold = retention.legal_hold_place(actor=compliance_a, study=study, reason="Audit request")
+        retention.legal_hold_lift(actor=compliance_a, hold=hold, reason="Done")
+        now = timezone.now()
+        ReadTally.objects.create(
+            tenant=tenant_a,
+            user=radiologist_a,
+            study=study,
+            event_type=EventType.INSTANCES_ACCESSED,
+            window_started_at=now,
+            first_sequence=1,
+            folded=3,
+            last_read_at=now,
+        )
+        assert retention.retention_proposals_make() == 1
+        proposal = RetentionProposal.objects.get()
+        retention.retention_proposal_approve(actor=compliance_a, proposal=proposal)
+        with django_capture_on_commit_callbacks(execute=True):
+            retention.retention_proposal_approve(actor=admin_a, proposal=proposal)
+        assert not Study.objects.filter(pk=study.pk).exists()
+        hold.refresh_from_db()
+        assert hold.study_id is None
+        assert hold.study_instance_uid == study.study_instance_uid
+        folded = AuditEvent.objects.filter(event_type=EventType.INSTANCES_ACCESSED, actor_user=radiologist_a)
+        assert folded.count() == 1
+        assert folded.get().extra["folded_reads"] == 3
