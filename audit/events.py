@@ -132,6 +132,13 @@ class EventType(IntEnum):
     BREAK_GLASS_REVIEWED = 513
     STUDY_EXPORTED = 514
     DISCLOSURE_EXPORTED = 515
+    RETENTION_POLICY_SET = 516
+    RETENTION_PROPOSED = 517
+    RETENTION_APPROVED = 518
+    RETENTION_REJECTED = 519
+    STUDY_DELETED = 520
+    LEGAL_HOLD_PLACED = 521
+    LEGAL_HOLD_LIFTED = 522
     # 600-699: training and certification
     TRAINING_COURSE_ADOPTED = 601
     TRAINING_COURSE_CREATED = 602
@@ -281,6 +288,25 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.STUDY_EXPORTED: EventSpec(EXPORT, None, Action.READ, "De-identified export"),
     EventType.DISCLOSURE_EXPORTED: EventSpec(EXPORT, None, Action.READ, "Identified export (a disclosure)"),
+    EventType.RETENTION_POLICY_SET: EventSpec(
+        APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.UPDATE, "Retention policy set"
+    ),
+    EventType.RETENTION_PROPOSED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.CREATE, "Study proposed for deletion (retention ended)"
+    ),
+    EventType.RETENTION_APPROVED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.UPDATE, "Deletion approved by a first person"
+    ),
+    EventType.RETENTION_REJECTED: EventSpec(APPLICATION_ACTIVITY, None, Action.UPDATE, "Deletion rejected"),
+    EventType.STUDY_DELETED: EventSpec(
+        INSTANCES_TRANSFERRED, None, Action.DELETE, "Study deleted and its keys destroyed (retention ended)"
+    ),
+    EventType.LEGAL_HOLD_PLACED: EventSpec(
+        APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.CREATE, "Legal hold placed"
+    ),
+    EventType.LEGAL_HOLD_LIFTED: EventSpec(
+        APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.DELETE, "Legal hold lifted"
+    ),
     EventType.TRAINING_COURSE_ADOPTED: EventSpec(
         APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"
     ),

@@ -52,6 +52,13 @@ BEAT_SCHEDULE = {
         "schedule": crontab(hour=6, minute=0),
         "options": {"queue": "maintenance"},
     },
+    # Propose for deletion the studies past their tenant's retention, with no legal hold (issue 13); nothing is
+    # deleted until two people approve. Idempotent: a study with an open proposal is not proposed again. Daily.
+    "retention-proposals": {
+        "task": "studies.tasks.retention_proposals_make",
+        "schedule": crontab(hour=2, minute=30),
+        "options": {"queue": "maintenance"},
+    },
     # Seal django-auditlog entries that the on-commit sealing missed (a process killed between commit and seal),
     # so that audit_verify finds none unsealed past AUDIT_SEAL_GRACE_SECONDS.
     "audit-changes-seal": {

@@ -364,3 +364,117 @@ class Export(TenantOwnedModel):
         if self.state == self.State.DONE:
             return 100
         return int(100 * self.done / self.total) if self.total else 0
+
+
+# Retention (issue 13): policies, legal holds, deletion proposals and the tombstones deletion leaves.
+
+
+class RetentionPolicy(TenantOwnedModel):
+    """How long a tenant keeps studies: `years_after_last_study` after the patient's most recent study, and never
+    before the patient reaches `keep_until_patient_age` (minors). `modality` blank applies to every study; when
+    several active policies match a study, the longest keep wins."""
+
+    name = models.CharField(max_length=100)
+    modality = models.CharField(max_length=16, blank=True)
+    years_after_last_study = models.PositiveIntegerField()
+    keep_until_patient_age = models.PositiveIntegerField(null=True, blank=True)
+    active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        ordering = ["modality", "name"]
+        verbose_name_plural = "retention policies"
+
+    def __str__(self) -> str:
+        return f"retention policy {self.public_id}"
+
+
+class LegalHold(TenantOwnedModel):
+    """A hold on one study or on every study of one patient: while it is not lifted, nothing is proposed for
+    deletion and no proposal is carried out, whatever the policies say."""
+
+    patient = models.ForeignKey(Patient, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # SET_NULL: a study deleted after its hold was lifted leaves the (lifted) hold on record, with its UID.
+    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    study_instance_uid = models.CharField(max_length=64, blank=True)
+    reason = models.CharField(max_length=500)
+    placed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    lift_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(patient__isnull=False, study__isnull=False),
+                name="studies_legalhold_one_target",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"legal hold {self.public_id}"
+
+
+class RetentionProposal(TenantOwnedModel):
+    """A study proposed for deletion by the daily job. Two different people must approve it (four eyes); the
+    second approval carries the deletion out. The study link is cleared when the study goes; the tombstone stays."""
+
+    class Status(models.TextChoices):
+        PROPOSED = "proposed", "Awaiting approval"
+        DELETED = "deleted", "Approved and deleted"
+        REJECTED = "rejected", "Rejected"
+        CANCELLED = "cancelled", "Cancelled (hold or policy change)"
+
+    study = models.ForeignKey(Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    study_instance_uid = models.CharField(max_length=64)
+    policy = models.ForeignKey(RetentionPolicy, on_delete=models.PROTECT, related_name="proposals")
+    due_on = models.DateField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PROPOSED)
+    first_approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    first_approved_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["due_on", "created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "study"],
+                condition=models.Q(status="proposed"),
+                name="studies_retentionproposal_tenant_study_open_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"retention proposal {self.public_id}"
+
+
+class RetentionTombstone(TenantOwnedModel):
+    """What is left of a deleted study: its UIDs and dates, the policy, and who approved. No images, no keys."""
+
+    proposal = models.OneToOneField(RetentionProposal, on_delete=models.PROTECT, related_name="tombstone")
+    policy = models.ForeignKey(RetentionPolicy, on_delete=models.PROTECT, related_name="+")
+    study_instance_uid = models.CharField(max_length=64)
+    study_date = models.DateField(null=True, blank=True)
+    patient_public_id = models.UUIDField()
+    series_instance_uids = models.JSONField(default=list)
+    sop_instance_uids = models.JSONField(default=list)
+    number_of_instances = models.PositiveIntegerField()
+    bytes_deleted = models.BigIntegerField()
+    first_approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    deleted_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-deleted_at"]
+
+    def __str__(self) -> str:
+        return f"tombstone {self.public_id}"

@@ -12,7 +12,9 @@ from portal.web.task_context import task_context
 from studies import services
 from studies.models import BreakGlassGrant, Export, IngestItem, ReadTally, Series
 from studies.scanning import ScanError
+from studies.services import retention as retention_services
 from studies.services.reads import read_tallies_flush
+from tenants.jobs import task_queue
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -147,5 +149,23 @@ def tenant_read_tallies_flush_task(*, tenant_id: int) -> int:
     try:
         with task_context(tenant_id=tenant_id, principal="enclave:read-audit"):
             return read_tallies_flush()
+    except Tenant.DoesNotExist:
+        return 0
+
+
+@shared_task(name="studies.tasks.retention_proposals_make")
+def retention_proposals_make_task() -> int:
+    """Fan out: one task per active tenant to propose the studies past their retention (daily)."""
+    tenant_ids = list(Tenant.objects.filter(status=Tenant.Status.ACTIVE).values_list("pk", flat=True))
+    for tenant_id in tenant_ids:
+        task_queue("studies.tasks.tenant_retention_proposals_make", tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="studies.tasks.tenant_retention_proposals_make")
+def tenant_retention_proposals_make_task(*, tenant_id: int) -> int:
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:retention"):
+            return retention_services.retention_proposals_make()
     except Tenant.DoesNotExist:
         return 0

@@ -4,7 +4,7 @@ from django.urls import path
 
 from studies.apis import break_glass as break_glass_apis
 from studies.apis import shares as share_apis
-from studies.views import break_glass, exports, ingest, shares, studies, study
+from studies.views import break_glass, exports, ingest, retention, shares, studies, study
 
 page_patterns = [
     path("upload/", ingest.UploadView.as_view(), name="upload"),
@@ -39,6 +39,20 @@ page_patterns = [
     path("exports/<uuid:public_id>/", exports.ExportProgressView.as_view(), name="export_progress"),
     path("exports/<uuid:public_id>/status.json", exports.ExportStatusView.as_view(), name="export_status"),
     path("exports/<uuid:public_id>/download/", exports.ExportDownloadView.as_view(), name="export_download"),
+    path("retention/", retention.RetentionPoliciesView.as_view(), name="retention"),
+    path(
+        "retention/policies/<uuid:public_id>/stop/",
+        retention.RetentionPolicyStopView.as_view(),
+        name="retention_policy_stop",
+    ),
+    path("retention/proposals/", retention.RetentionProposalsView.as_view(), name="retention_proposals"),
+    path(
+        "retention/proposals/<uuid:public_id>/",
+        retention.RetentionProposalDecideView.as_view(),
+        name="retention_proposal_decide",
+    ),
+    path("retention/holds/", retention.LegalHoldsView.as_view(), name="retention_holds"),
+    path("retention/holds/<uuid:public_id>/lift/", retention.LegalHoldLiftView.as_view(), name="retention_hold_lift"),
 ]
 api_patterns: list = [
     path("studies/<str:public_id>/shares/", share_apis.ShareCreateApi.as_view(), name="study_shares"),

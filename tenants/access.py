@@ -105,6 +105,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "tenants.manage_devices",
             "tenants.view_training",
             "tenants.manage_training",
+            "tenants.manage_retention",
         }
     ),
     Role.COMPLIANCE_OFFICER: frozenset(
@@ -114,6 +115,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "tenants.review_break_glass",
             "tenants.view_training",
             "tenants.manage_training",
+            "tenants.manage_retention",
         }
     ),
     Role.AUDITOR: frozenset({"tenants.view_members", "tenants.view_audit", "tenants.view_training"}),

@@ -70,6 +70,7 @@ class Tenant(models.Model):
             ("export_identified", "Export studies with patient identity (a disclosure)"),
             ("view_training", "See everyone's training records"),
             ("manage_training", "Manage courses and requirements, record and approve completions"),
+            ("manage_retention", "Set retention policies and legal holds, approve or reject deletions"),
         ]
 
     def __str__(self) -> str:

@@ -62,6 +62,7 @@ FANOUT_TASKS = {
     "audit.tasks.security_rules_evaluate_all",
     "audit.tasks.audit_verify_all",
     "devices.tasks.wipe_orders_overdue",
+    "studies.tasks.retention_proposals_make",
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {

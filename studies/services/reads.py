@@ -290,6 +290,17 @@ def read_tallies_flush(*, now: Any = None) -> int:
     return len(tallies)
 
 
+def read_tallies_close_for_study(*, study: Study) -> int:
+    """Close the study's open windows now, whether passed or not (the study is about to be deleted), so their
+    folded reads reach the trail. Runs in the caller's transaction. Returns the number closed."""
+    tallies = list(
+        ReadTally.objects.select_for_update(of=("self",)).filter(study=study).select_related("study__patient", "user")
+    )
+    for tally in tallies:
+        _close(tally)
+    return len(tallies)
+
+
 def retrieval_refusal_record(
     *,
     event: EventType,
