@@ -23,7 +23,8 @@ from rest_framework.test import APIClient
 from audit.models import AuditEvent, SecurityAlert
 from devices.models import Device
 from studies import services as study_services
-from studies.models import BreakGlassGrant, IngestItem, Series
+from studies.models import BreakGlassGrant, IngestItem, RetentionProposal, Series
+from studies.services import retention
 from tenants import services
 from tenants.models import ApiToken, Membership, Role, Tenant, User
 from tenants.scoping import tenant_scope
@@ -95,6 +96,15 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
         )
         export = study_services.export_request(actor=radiologist_a, studies=[study])
         batch = IngestItem.objects.filter(instance=instance).values_list("batch", flat=True).first()
+    with tenant_scope(tenant_a):
+        policy = retention.retention_policy_create(
+            actor=admin_a, name="sweep", modality="", years_after_last_study=1, keep_until_patient_age=None
+        )
+        hold = retention.legal_hold_place(actor=admin_a, reason="sweep: litigation", study=study)
+        proposal = RetentionProposal.objects.create(
+            tenant=tenant_a, study=study, study_instance_uid=study.study_instance_uid, policy=policy,
+            due_on=timezone.localdate(),
+        )  # fmt: skip
     course = adopt(tenant_a, compliance_a)
     requirement = require(tenant_a, compliance_a, course)
     completion = record(tenant_a, compliance_a, radiologist_a, course, expires_on=today() + timedelta(days=200))
@@ -131,6 +141,9 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
         "requirement": str(requirement.public_id),
         "completion": str(completion.public_id),
         "verdict": "approve",
+        "retention_policy": str(policy.public_id),
+        "retention_proposal": str(proposal.public_id),
+        "legal_hold": str(hold.public_id),
     }
     secrets = [
         PATIENT_NAME, PATIENT_ID, study.study_instance_uid, admin_a.email, radiologist_a.email, "invitee@north.example"
