@@ -33,6 +33,7 @@ from urllib.parse import urlencode
 from django.db import connection
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
@@ -55,7 +56,7 @@ from studies.selectors import (
     levels_at_or_above,
 )
 from studies.services.reads import instances_transferred_record, retrieval_refusal_record, studies_query_record
-from studies.storage.blobs import blob_read
+from studies.storage.blobs import BlobUnreadable, blob_read
 from tenants import access
 from tenants.scoping import tenant_scope
 
@@ -274,8 +275,11 @@ def _dataset(peer: Peer, instance: Instance) -> Dataset | str:
         with _as_peer(peer):
             data = blob_read(blob=instance.blob)
         return dcmread(io.BytesIO(data))
-    except Exception:
-        logger.exception("Retrieval for %s: instance %s could not be read", peer.calling_ae, instance.public_id)
+    except (BlobUnreadable, InvalidDicomError) as exc:
+        # Both copies damaged, or bytes pydicom cannot read: that sub-operation fails (counted, on the trail as a
+        # failed part of the retrieval); anything else is not this instance's fault and ends the request.
+        logger.warning("Retrieval for %s: instance %s could not be read: %s", peer.calling_ae, instance.public_id,
+                       type(exc).__name__)  # fmt: skip
         return _UNREADABLE
 
 

@@ -206,7 +206,7 @@ def test_the_ohif_viewer_lists_opens_renders_and_scrolls_a_stowed_study(enclave,
     port whose origin `make run` was started with in DICOMWEB_CORS_ORIGINS, configured as the README says with a
     radiologist's token, against `make run`: the study list, the study's thumbnails, a rendered and scrolled series,
     and no DICOMweb request answered 4xx or 5xx. The study is STOWed by the technologist through HTTP."""
-    ohif_build()  # skipped only when nothing is cached and npm's registry cannot be reached
+    ohif_build()  # fetched once into the cache; a build that cannot be had fails the step
     shown = ohif_study(patient_name="JOURNEY^OHIF", patient_id="MRN-JRN-OHIF", accession="JRN-OHIF",
                        description="Journey OHIF")  # fmt: skip
     body, content_type = _stow_body(shown.files)

@@ -402,6 +402,33 @@ def test_get_a_study_returns_the_stored_data_sets(archive, north):
     assert {("patient", "QR0001"), ("study", study_uid)} <= kinds
 
 
+def test_get_with_one_instance_damaged_in_both_stores_sends_the_others_and_reports_it(archive, north):
+    """An instance whose primary and replica copies are both damaged is one failed sub-operation, counted and on
+    the trail; the other instances still arrive (the damage is that instance's, not the request's)."""
+    from django.core.files.storage import storages
+
+    from studies.models import Instance
+
+    study_uid = archive.uid(archive.north_ct, "StudyInstanceUID")
+    damaged = sop_instance_uid(archive.north_ct[0])
+    with tenant_scope(north):
+        blob = Instance.objects.select_related("blob").get(sop_instance_uid=damaged).blob
+    for store in ("blobs", "replica"):
+        with open(storages[store].path(blob.storage_name), "r+b") as f:
+            f.seek(64)
+            f.write(b"\x00" * 64)
+
+    result = c_get(archive.port, identifier("STUDY", StudyInstanceUID=study_uid))
+
+    assert result.final.NumberOfCompletedSuboperations == 3
+    assert result.final.NumberOfFailedSuboperations == 1
+    assert result.final.Status != 0x0000
+    assert damaged not in {ds.SOPInstanceUID for ds in result.received}
+    retrieved = events(north, EventType.INSTANCES_RETRIEVED)
+    assert retrieved[0].extra["count"] == 4  # written before anything left
+    assert retrieved[-1].extra.get("failed") == 1  # and the failed part after
+
+
 def test_get_a_series_and_an_image_in_patient_root(archive):
     port = archive.port
     series_uid = archive.uid(archive.north_ct, "SeriesInstanceUID")
