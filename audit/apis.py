@@ -23,7 +23,7 @@ from audit.selectors import (
     audit_event_get,
     audit_event_list,
 )
-from audit.services import audit_event_record
+from audit.services import audit_log_used_record
 from portal.web.api import TenantApi
 from portal.web.errors import problem_responses
 from portal.web.pagination import PAGE_PARAMETERS, Pagination, page_of
@@ -50,8 +50,7 @@ class TimeRangeFilter(serializers.Serializer):
 
 
 def _log_used(request: Request, api: TenantApi, extra: dict[str, Any]) -> None:
-    audit_event_record(
-        event=EventType.AUDIT_LOG_USED,
+    audit_log_used_record(
         actor=request.user,
         tenant=api.tenant,
         target={"type": "audit_log", "id": request.path[:64], "name": f"Audit trail of {api.tenant.slug}"},

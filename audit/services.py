@@ -562,3 +562,24 @@ def audit_syslog_forward() -> int:
     finally:
         sender.close()
     return sent
+
+
+def audit_log_used_record(
+    *,
+    actor: Any,
+    tenant: Any,
+    target: Any = None,
+    participants: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    """A reading of the audit trail itself (DICOM 110101 Audit Log Used): the browser, an event or change, alerts,
+    the dashboard, reports and exports record what was read, and whose patient data it named, before it is shown.
+    The one place the audit doors record their reads (never the views themselves)."""
+    return audit_event_record(
+        event=EventType.AUDIT_LOG_USED,
+        actor=actor,
+        tenant=tenant,
+        target=target,
+        participants=participants or [],
+        extra=extra or {},
+    )

@@ -8,10 +8,9 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
-from audit.events import EventType
 from audit.models import SecurityAlert
 from audit.selectors import security_alert_evidence, security_alert_get, security_alert_list
-from audit.services import ALERT_HANDLE_PERM, ALERT_HANDLE_STATES, audit_event_record, security_alert_handle
+from audit.services import ALERT_HANDLE_PERM, ALERT_HANDLE_STATES, audit_log_used_record, security_alert_handle
 from audit.views.trail import log_participant
 from portal.web.pages import TenantPageView
 
@@ -33,8 +32,7 @@ class AlertListView(TenantPageView):
         if state not in {*SecurityAlert.Status.values, "all"}:
             return self.render(request, "audit/alerts.html", {"alerts": [], "error": "Unknown state."}, status=400)
         alerts = list(security_alert_list(actor=request.user, status="" if state == "all" else state)[:ALERTS_SHOWN])
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),
@@ -63,8 +61,7 @@ class AlertDetailView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant: str, public_id: str) -> HttpResponse:
         alert = security_alert_get(actor=request.user, public_id=public_id)  # NotVisible -> 404
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),

@@ -13,7 +13,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.events import EventType
 from audit.models import SecurityAlert
 from audit.selectors import audit_dashboard, audit_event_list, security_alert_list
-from audit.services import audit_event_record
+from audit.services import audit_log_used_record
 from audit.views.trail import log_participant
 from portal.web.pages import TenantPageView
 from tenants.selectors import membership_list
@@ -38,8 +38,7 @@ class AuditDashboardView(TenantPageView):
 
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
         dashboard = audit_dashboard(actor=request.user)
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),
@@ -76,8 +75,7 @@ class ComplianceReportView(TenantPageView):
             alerts.filter(status__in=open_states).values_list("severity").annotate(n=Count("pk")).order_by()
         )
         dashboard = audit_dashboard(actor=request.user, days=1)
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),

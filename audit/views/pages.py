@@ -34,7 +34,7 @@ from audit.selectors import (
     audit_trail_keys,
     audit_trail_page,
 )
-from audit.services import audit_event_record
+from audit.services import audit_log_used_record
 from audit.views.trail import (
     CHANGES,
     CSV_COLUMNS,
@@ -212,8 +212,7 @@ class AuditView(TenantPageView):
         filters = form.trail_filters()
         keys, next_cursor = audit_trail_page(actor=request.user, filters=filters, after=after, size=PAGE_SIZE)
         rows = trail_fold([trail_row(entry) for entry in audit_trail_entries(keys)])
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),
@@ -259,8 +258,7 @@ class AuditExportView(TenantPageView):
             return HttpResponse(f"Invalid filters: {errors}\n", status=400, content_type="text/plain; charset=utf-8")
         filters = form.trail_filters(asof=timezone.now())
         keys = audit_trail_keys(actor=request.user, filters=filters)
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),
@@ -309,8 +307,7 @@ class AuditEventDetailView(TenantPageView):
     def get(self, request: HttpRequest, tenant: str, public_id: str) -> HttpResponse:
         event = audit_event_get(actor=request.user, public_id=public_id)  # NotVisible -> 404
         row = trail_row(TrailEntry("event", event.occurred_at, event=event))
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),
@@ -330,8 +327,7 @@ class AuditChangeDetailView(TenantPageView):
     def get(self, request: HttpRequest, tenant: str, change_id: int) -> HttpResponse:
         change = audit_change_get(actor=request.user, change_id=change_id)  # NotVisible -> 404
         row = trail_row(TrailEntry("change", change.timestamp, change=change))
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),

@@ -19,10 +19,9 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
-from audit.events import EventType
 from audit.models import AuditEvent
 from audit.selectors import audit_breach_scope, audit_disclosures_for_patient
-from audit.services import audit_event_record
+from audit.services import audit_log_used_record
 from audit.views.pages import DATETIME_FORMATS
 from audit.views.trail import csv_cell, log_participant, midnight_utc
 from portal.web.pages import TenantPageView
@@ -126,8 +125,7 @@ class DisclosuresView(TenantPageView):
         )  # fmt: skip
         rows = [disclosure_row(event) for event in events]
         as_csv = request.POST.get("format") == "csv"
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),
@@ -192,8 +190,7 @@ class BreachScopeView(TenantPageView):
             return self.render(request, "audit/breach_scope.html", {"form": form}, status=400)
         as_csv = request.POST.get("format") == "csv"
         recorded = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items() if v}
-        audit_event_record(
-            event=EventType.AUDIT_LOG_USED,
+        audit_log_used_record(
             actor=request.user,
             tenant=self.tenant,
             target=log_participant(request, self.tenant),
