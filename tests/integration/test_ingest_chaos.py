@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -23,6 +24,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from django.core.files.storage import storages
+from django.db import connection, transaction
 from pydicom.uid import generate_uid
 
 from audit.events import EventType
@@ -31,7 +33,7 @@ from audit.selectors import audit_chain_verify
 from portal.celery import app as celery_app
 from studies import services
 from studies.dicom.synthetic import make_instance, make_study
-from studies.models import Blob, IngestItem, Instance
+from studies.models import Blob, IngestItem, Instance, Series, Study
 from studies.storage.blobs import blob_read
 from studies.tasks import ingest_sweep_task
 from tenants.models import Tenant
@@ -165,15 +167,63 @@ def unacknowledged(log: str) -> list[str]:
     return [task for task in RECEIVED_LINE.findall(log) if task not in finished]
 
 
+class SeriesHeld:
+    """An uncommitted Series row with `series_uid`, held by another connection until the block ends (then rolled
+    back). A worker that inserts a series with the same UID waits on the unique index meanwhile."""
+
+    def __init__(self, tenant: Tenant, *, study_uid: str, series_uid: str) -> None:
+        self.tenant, self.study_uid, self.series_uid = tenant, study_uid, series_uid
+        self.held, self.release = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        try:
+            with tenant_scope(self.tenant), transaction.atomic():
+                study = Study.objects.get(study_instance_uid=self.study_uid)
+                Series.objects.create(tenant=self.tenant, study=study, series_instance_uid=self.series_uid)
+                self.held.set()
+                self.release.wait(300)
+                transaction.set_rollback(True)
+        except BaseException as exc:  # reported by __enter__/__exit__ in the test's thread
+            self.error = exc
+            self.held.set()
+        finally:
+            connection.close()
+
+    def __enter__(self) -> SeriesHeld:
+        self.thread.start()
+        self.held.wait(30)
+        if self.error is not None or not self.held.is_set():
+            pytest.fail(f"could not hold the series row: {self.error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.thread.join(30)
+        assert self.error is None, self.error
+
+
+def series_insert_waiting() -> bool:
+    """True when some backend waits on a lock while inserting a series: the worker, on the held row's UID."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            ['INSERT INTO "studies_series"%'],
+        )
+        return bool(cursor.fetchone()[0])
+
+
 def test_workers_killed_mid_ingest_lose_nothing_and_duplicate_nothing(worker, tenant_a, capsys):
     sent = make_study(series=4, instances_per_series=50, patient_id="CHAOS01")
     # Two large multi-frame instances in the stream keep the worker inside one item for a while, so that each kill
     # lands at a known point: just after the claim, and in the middle of the storing transaction.
+    # Each large instance opens a series of its own: the second one's series is what the test holds (below).
     study_uid = str(pydicom.dcmread(io.BytesIO(sent[0]), stop_before_pixels=True).StudyInstanceUID)
-    series_uid = str(generate_uid())
-    for number, position in enumerate(KILL_AT, 1):
+    series_uids = [str(generate_uid()) for _ in KILL_AT]
+    for number, (position, series_uid) in enumerate(zip(KILL_AT, series_uids, strict=True), 1):
         sent[position] = make_instance(study_uid=study_uid, series_uid=series_uid, patient_id="CHAOS01", rows=512,
-                                       columns=512, frames=40, series_number=5, instance_number=number,
+                                       columns=512, frames=40, series_number=4 + number, instance_number=1,
                                        series_description="Large multi-frame")  # fmt: skip
     # As in production (sweeper stale time 2 min, visibility 13 min), the sweeper normally takes a dead worker's
     # item back before Redis redelivers its message; either way one of them finds the item taken.
@@ -198,15 +248,20 @@ def test_workers_killed_mid_ingest_lose_nothing_and_duplicate_nothing(worker, te
         assert 20 <= at_first_kill[IngestItem.State.STORED] < len(sent)
 
         # Kill 2: a new worker goes on with the queue; it is killed once the second large instance's ciphertext
-        # is on disk, inside the transaction that would index it.
-        worker.start()
-        wait_for(claimed(large[1]), what="the claim of the second large instance", worker=worker)
-        before = instance_files(tenant_a)
-        wait_for(lambda: bool(instance_files(tenant_a) - before), what="the large blob being written", worker=worker,
-                 timeout=30)  # fmt: skip
-        worker.kill()
-        at_second_kill = states(tenant_a)
-        assert claimed(large[1])(), "the storing transaction committed before the kill"
+        # is on disk, inside the transaction that would index it. To make "inside" certain rather than a race with
+        # the commit, another connection holds an uncommitted row with that instance's new series UID: the
+        # worker's insert of the series waits on the unique index, after the blob is written and before commit.
+        with SeriesHeld(tenant_a, study_uid=study_uid, series_uid=series_uids[1]):
+            worker.start()
+            wait_for(claimed(large[1]), what="the claim of the second large instance", worker=worker)
+            before = instance_files(tenant_a)
+            wait_for(lambda: bool(instance_files(tenant_a) - before), what="the large blob being written",
+                     worker=worker, timeout=60)  # fmt: skip
+            wait_for(series_insert_waiting, what="the worker to wait on the held series",
+                     worker=worker, timeout=60)  # fmt: skip
+            worker.kill()
+            at_second_kill = states(tenant_a)
+            assert claimed(large[1])(), "the storing transaction committed before the kill"
     in_flight = unacknowledged(worker.output(0)) + unacknowledged(worker.output(1))
     assert len(in_flight) == 2  # acks_late: each dead worker held the message of its large instance
 
