@@ -139,6 +139,13 @@ class EventType(IntEnum):
     STUDY_DELETED = 520
     LEGAL_HOLD_PLACED = 521
     LEGAL_HOLD_LIFTED = 522
+    # 540-549: blob fixity, replication and restore (studies.services.fixity)
+    BLOB_FIXITY_FAILED = 540
+    BLOB_REPAIRED = 541
+    BLOB_UNAVAILABLE = 542
+    BLOBS_REPLICATED = 543
+    BLOB_ORPHANS_REMOVED = 544
+    BLOBS_RESTORED = 545
     # 600-699: training and certification
     TRAINING_COURSE_ADOPTED = 601
     TRAINING_COURSE_CREATED = 602
@@ -306,6 +313,24 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.LEGAL_HOLD_LIFTED: EventSpec(
         APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.DELETE, "Legal hold lifted"
+    ),
+    EventType.BLOB_FIXITY_FAILED: EventSpec(
+        SECURITY_ALERT, None, Action.EXECUTE, "A stored copy failed its fixity check (repaired from the good copy)"
+    ),
+    EventType.BLOB_REPAIRED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.UPDATE, "A damaged or missing copy rewritten from the good copy"
+    ),
+    EventType.BLOB_UNAVAILABLE: EventSpec(
+        SECURITY_ALERT, None, Action.EXECUTE, "Both copies of a stored object failed their fixity check"
+    ),
+    EventType.BLOBS_REPLICATED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.CREATE, "Missing replica copies written (catch-up)"
+    ),
+    EventType.BLOB_ORPHANS_REMOVED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.DELETE, "Unreferenced ciphertext removed from a store"
+    ),
+    EventType.BLOBS_RESTORED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.CREATE, "Primary store rebuilt from the replica"
     ),
     EventType.TRAINING_COURSE_ADOPTED: EventSpec(
         APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"

@@ -93,4 +93,26 @@ BEAT_SCHEDULE = {
         "schedule": 24 * 3600.0,
         "options": {"queue": "maintenance"},
     },
+    # Fixity (SECURITY.md A7): re-read each tenant's next share of blobs, both copies decrypted and hash-checked, so
+    # that every blob is checked once per BLOB_FIXITY_CYCLE_DAYS; a bad copy is alerted and repaired from the good
+    # one. A cursor row per tenant keeps the place, so a late or doubled run skips or repeats nothing.
+    "blob-fixity-check": {
+        "task": "studies.tasks.blob_fixity_check_all",
+        "schedule": float(settings.BLOB_FIXITY_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
+    # Replica catch-up: the guarantee that every blob is in the replica. Copies the blobs never replicated (the
+    # replica store failed at write time) and those whose replica file is missing.
+    "blob-replicas-catch-up": {
+        "task": "studies.tasks.blob_replicas_catch_up_all",
+        "schedule": float(settings.BLOB_CATCHUP_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance"},
+    },
+    # Remove ciphertext no row references (a worker killed between writing and committing) once older than
+    # BLOB_ORPHAN_GRACE_SECONDS. Daily.
+    "blob-orphans-remove": {
+        "task": "studies.tasks.blob_orphans_remove_all",
+        "schedule": crontab(hour=3, minute=15),
+        "options": {"queue": "maintenance"},
+    },
 }

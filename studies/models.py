@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from tenants.models import TenantOwnedModel
@@ -45,9 +46,34 @@ class Blob(TenantOwnedModel):
     wrapped_key = models.BinaryField()
     key_version = models.PositiveIntegerField()
     replicated_at = models.DateTimeField(null=True, blank=True)
+    # Set by the fixity job when neither copy decrypts to the row's hash (reads refuse it, as they refuse any
+    # unreadable blob); cleared when a later check finds a good copy again (studies.services.fixity).
+    damaged_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.kind} blob {self.public_id}"
+
+
+class BlobCursor(TenantOwnedModel):
+    """Where a tenant's long walk over its blobs stopped (fixity cycle, restore from the replica): the next run
+    starts after `last_blob_id`, so the walk is rate-limited and resumable."""
+
+    class Job(models.TextChoices):
+        FIXITY = "fixity", "Fixity check"
+        RESTORE = "restore", "Restore from the replica"
+
+    job = models.CharField(max_length=16, choices=Job.choices)
+    last_blob_id = models.BigIntegerField(default=0)
+    cycle_started_at = models.DateTimeField(default=timezone.now)
+    # The last completed cycle (every blob checked once), for the compliance report.
+    last_cycle_completed_at = models.DateTimeField(null=True, blank=True)
+    checked_in_cycle = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "job"], name="studies_blobcursor_tenant_job_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.job} cursor"
 
 
 class Patient(TenantOwnedModel):

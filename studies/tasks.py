@@ -12,6 +12,7 @@ from portal.web.task_context import task_context
 from studies import services
 from studies.models import BreakGlassGrant, Export, IngestItem, ReadTally, Series
 from studies.scanning import ScanError
+from studies.services import fixity
 from studies.services import retention as retention_services
 from studies.services.reads import read_tallies_flush
 from tenants.jobs import task_queue
@@ -167,5 +168,64 @@ def tenant_retention_proposals_make_task(*, tenant_id: int) -> int:
     try:
         with task_context(tenant_id=tenant_id, principal="enclave:retention"):
             return retention_services.retention_proposals_make()
+    except Tenant.DoesNotExist:
+        return 0
+
+
+# Fixity, replica catch-up and orphans (studies.services.fixity): each fans out over every tenant, suspended ones
+# included (their images are kept, so they are checked).
+
+
+def _every_tenant() -> list[int]:
+    return list(Tenant.objects.order_by("pk").values_list("pk", flat=True))
+
+
+@shared_task(name="studies.tasks.blob_fixity_check_all")
+def blob_fixity_check_all_task() -> int:
+    tenant_ids = _every_tenant()
+    for tenant_id in tenant_ids:
+        tenant_blob_fixity_check_task.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="studies.tasks.tenant_blob_fixity_check", soft_time_limit=3300, time_limit=3600)
+def tenant_blob_fixity_check_task(*, tenant_id: int) -> int:
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:fixity"):
+            return fixity.blob_fixity_check().checked
+    except Tenant.DoesNotExist:
+        return 0
+
+
+@shared_task(name="studies.tasks.blob_replicas_catch_up_all")
+def blob_replicas_catch_up_all_task() -> int:
+    tenant_ids = _every_tenant()
+    for tenant_id in tenant_ids:
+        tenant_blob_replicas_catch_up_task.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="studies.tasks.tenant_blob_replicas_catch_up", soft_time_limit=3300, time_limit=3600)
+def tenant_blob_replicas_catch_up_task(*, tenant_id: int) -> int:
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:replication"):
+            return fixity.blob_replicas_catch_up()
+    except Tenant.DoesNotExist:
+        return 0
+
+
+@shared_task(name="studies.tasks.blob_orphans_remove_all")
+def blob_orphans_remove_all_task() -> int:
+    tenant_ids = _every_tenant()
+    for tenant_id in tenant_ids:
+        tenant_blob_orphans_remove_task.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="studies.tasks.tenant_blob_orphans_remove", soft_time_limit=3300, time_limit=3600)
+def tenant_blob_orphans_remove_task(*, tenant_id: int) -> int:
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:orphan-cleanup"):
+            return sum(fixity.blob_orphans_remove().values())
     except Tenant.DoesNotExist:
         return 0

@@ -63,6 +63,9 @@ FANOUT_TASKS = {
     "audit.tasks.audit_verify_all",
     "devices.tasks.wipe_orders_overdue",
     "studies.tasks.retention_proposals_make",
+    "studies.tasks.blob_fixity_check_all",
+    "studies.tasks.blob_replicas_catch_up_all",
+    "studies.tasks.blob_orphans_remove_all",
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {

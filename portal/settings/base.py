@@ -183,10 +183,32 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 
 
 def blob_store(url: str, default_dir: Path) -> dict:
-    """A storage from a URL: `file:///path` (a folder) or `s3://bucket/prefix` (django-storages)."""
+    """A storage from a URL: `file:///path` (a folder) or `s3://bucket/prefix` (django-storages' S3Storage).
+
+    S3 (or any S3-compatible server) takes its endpoint, region and keys from BLOB_S3_* variables (else boto3's
+    own: AWS_ACCESS_KEY_ID, an instance role...), and passes server-side encryption through on every object:
+    BLOB_S3_SSE ("AES256" or "aws:kms") with BLOB_S3_SSE_KMS_KEY_ID. Our envelope encryption stays: the store
+    only ever holds ciphertext."""
     if url.startswith("s3://"):
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {"bucket_name": bucket, "location": prefix}}
+        object_parameters: dict[str, str] = {}
+        if sse := env.str("BLOB_S3_SSE", default=""):
+            object_parameters["ServerSideEncryption"] = sse
+        if kms_key := env.str("BLOB_S3_SSE_KMS_KEY_ID", default=""):
+            object_parameters["SSEKMSKeyId"] = kms_key
+        options: dict[str, object] = {
+            "bucket_name": bucket,
+            "location": prefix.strip("/"),
+            "endpoint_url": env.str("BLOB_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("BLOB_S3_REGION", default="") or None,
+            "access_key": env.str("BLOB_S3_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("BLOB_S3_SECRET_ACCESS_KEY", default="") or None,
+            "object_parameters": object_parameters,
+            "default_acl": None,  # private: the bucket's policy decides, never a public-read ACL
+            "querystring_auth": True,
+            "file_overwrite": True,  # names are unique (a fresh UUID per blob); a repair rewrites in place
+        }
+        return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
     location = url.removeprefix("file://") if url else str(default_dir)
     return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": location}}
 
@@ -306,6 +328,8 @@ AUDITLOG_EXCLUDE_TRACKING_MODELS = (
     # event of its own; logging each state change and blob as well cost 8 django-auditlog rows per instance.
     "studies.blob",
     "studies.ingestitem",
+    # A position in the fixity or restore walk; what the walk found is on the AuditEvent trail.
+    "studies.blobcursor",
 )
 AUDITLOG_MASK_TRACKING_FIELDS = ("password", "key", "token", "digest")
 # Patient identifiers and patient-derived text, per model (a name such as "name" or "description" would mask other
@@ -432,6 +456,21 @@ INGEST_STALE_SECONDS = env.int("INGEST_STALE_SECONDS", default=120)
 # Claims of one item before it is given up as `rejected` (internal): a poison object never loops for ever.
 INGEST_MAX_ATTEMPTS = env.int("INGEST_MAX_ATTEMPTS", default=5)
 INGEST_SWEEP_INTERVAL_SECONDS = env.int("INGEST_SWEEP_INTERVAL_SECONDS", default=60)
+
+# FIXITY, REPLICA CATCH-UP AND ORPHANS (studies.services.fixity)
+# ------------------------------------------------------------------------------
+# Every blob's two copies are decrypted and hash-checked once per cycle; each run checks its share of the cycle
+# (blobs x interval / cycle), bounded by the per-run caps, and keeps its place in a cursor row.
+BLOB_FIXITY_CYCLE_DAYS = env.int("BLOB_FIXITY_CYCLE_DAYS", default=30)
+BLOB_FIXITY_INTERVAL_SECONDS = env.int("BLOB_FIXITY_INTERVAL_SECONDS", default=3600)
+BLOB_FIXITY_MAX_BLOBS_PER_RUN = env.int("BLOB_FIXITY_MAX_BLOBS_PER_RUN", default=20000)
+BLOB_FIXITY_MAX_BYTES_PER_RUN = env.int("BLOB_FIXITY_MAX_BYTES_PER_RUN", default=8 * 1024**3)
+# Blobs whose replica copy is missing (a failed or skipped replication) are copied by the catch-up job.
+BLOB_CATCHUP_INTERVAL_SECONDS = env.int("BLOB_CATCHUP_INTERVAL_SECONDS", default=600)
+BLOB_CATCHUP_MAX_BLOBS_PER_RUN = env.int("BLOB_CATCHUP_MAX_BLOBS_PER_RUN", default=5000)
+# Ciphertext no row references (a worker killed between the write and the commit) is removed once older than
+# this: younger files may belong to a transaction that has not committed yet.
+BLOB_ORPHAN_GRACE_SECONDS = env.int("BLOB_ORPHAN_GRACE_SECONDS", default=24 * 3600)
 # STOW-RS reads its body as a stream, one part at a time, so DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it:
 # this caps the whole request (each part also obeys INGEST_MAX_BYTES).
 DICOMWEB_STOW_MAX_REQUEST_BYTES = env.int("DICOMWEB_STOW_MAX_REQUEST_BYTES", default=4 * INGEST_MAX_BYTES)

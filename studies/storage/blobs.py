@@ -91,8 +91,11 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True) -> Blob:
         key_version=tenant_key_row.version,
     )
     if replicate and store == PRIMARY:
-        storages[REPLICA].save(stored_name, ContentFile(sealed))
-        blob.replicated_at = timezone.now()
+        try:
+            storages[REPLICA].save(stored_name, ContentFile(sealed))
+            blob.replicated_at = timezone.now()
+        except Exception:  # any failure of the replica store: the primary copy stands, the catch-up job copies it
+            logger.warning("blob %s not replicated; the catch-up job will copy it", blob_id, exc_info=True)
     blob.save()
     return blob
 
@@ -101,13 +104,51 @@ def _stores_for(blob: Blob) -> list[str]:
     return [QUARANTINE] if blob.kind == Blob.Kind.QUARANTINE else [PRIMARY, REPLICA]
 
 
-def _decrypt_from(store: str, blob: Blob, data_key: bytes) -> bytes:
-    with storages[store].open(blob.storage_name, "rb") as handle:
-        sealed = handle.read()
+def blob_data_key(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
+    """The blob's data key, unwrapped with its tenant key (cached in `tenant_keys` when the caller keeps one)."""
+    cache_key = (blob.tenant_id, blob.key_version)
+    kek = tenant_keys.get(cache_key) if tenant_keys is not None else None
+    if kek is None:
+        kek = _tenant_key(blob.key_version)
+        if tenant_keys is not None:
+            tenant_keys[cache_key] = kek
+    return envelope.unwrap_data_key(
+        tenant_key=kek,
+        wrapped=bytes(blob.wrapped_key),
+        tenant_id=blob.tenant_id,
+        blob_id=str(blob.public_id),
+    )
+
+
+def blob_sealed_read(*, store: str, name: str) -> bytes:
+    """The ciphertext of one copy, through the Storage API (a folder or S3). A missing copy raises OSError
+    (FileNotFoundError, also from django-storages' S3 backend)."""
+    with storages[store].open(name, "rb") as handle:
+        return handle.read()
+
+
+def blob_sealed_check(*, blob: Blob, sealed: bytes, data_key: bytes) -> bytes:
+    """The plaintext of one copy's ciphertext, or DecryptionError when it does not decrypt to the row's size and
+    SHA-256."""
     data = envelope.decrypt(sealed, data_key=data_key, tenant_id=blob.tenant_id, blob_id=str(blob.public_id))
     if len(data) != blob.size or hashlib.sha256(data).hexdigest() != blob.sha256:
         raise envelope.DecryptionError("the decrypted bytes do not match the stored hash")
     return data
+
+
+def blob_sealed_put(*, store: str, name: str, sealed: bytes) -> None:
+    """Write a copy under exactly `name`, replacing what is there: a folder store would otherwise save beside it
+    under another name, which no row references."""
+    storage = storages[store]
+    storage.delete(name)
+    stored = storage.save(name, ContentFile(sealed))
+    if stored != name:
+        storage.delete(stored)
+        raise OSError(f"the {store} store saved the copy under another name")
+
+
+def _decrypt_from(store: str, blob: Blob, data_key: bytes) -> bytes:
+    return blob_sealed_check(blob=blob, sealed=blob_sealed_read(store=store, name=blob.storage_name), data_key=data_key)
 
 
 def blob_read(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
@@ -115,18 +156,7 @@ def blob_read(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = 
 
     `tenant_keys`, a dict the caller keeps for one request (a series retrieval), holds the unwrapped tenant keys
     so that each is read and unwrapped once per request rather than once per blob."""
-    cache_key = (blob.tenant_id, blob.key_version)
-    kek = tenant_keys.get(cache_key) if tenant_keys is not None else None
-    if kek is None:
-        kek = _tenant_key(blob.key_version)
-        if tenant_keys is not None:
-            tenant_keys[cache_key] = kek
-    data_key = envelope.unwrap_data_key(
-        tenant_key=kek,
-        wrapped=bytes(blob.wrapped_key),
-        tenant_id=blob.tenant_id,
-        blob_id=str(blob.public_id),
-    )
+    data_key = blob_data_key(blob=blob, tenant_keys=tenant_keys)
     failures = []
     for store in _stores_for(blob):
         try:

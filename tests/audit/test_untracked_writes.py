@@ -14,6 +14,14 @@ BULK_METHODS = {"bulk_create", "bulk_update"}
 
 # (file, enclosing function, method) -> why django-auditlog need not record it.
 UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
+    ("studies/services/fixity.py", "_replicate", "update"): (
+        "sets replicated_at of a blob row (studies.blob is not tracked: storage bookkeeping); the copies written "
+        "are the BLOBS_REPLICATED audit event"
+    ),
+    ("studies/services/fixity.py", "_blob_fixity", "update"): (
+        "sets or clears damaged_at of a blob row (studies.blob is not tracked); the finding is a SecurityAlert "
+        "with its BLOB_UNAVAILABLE or BLOB_FIXITY_FAILED audit event"
+    ),
     ("tenants/services/tokens.py", "api_token_touch", "update"): (
         "sets only last_used_at, a field django-auditlog does not track (AUDITLOG_EXCLUDE_TRACKING_FIELDS): "
         "a use of a token is not a change of it"
