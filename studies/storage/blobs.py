@@ -140,7 +140,8 @@ def blob_sealed_put(*, store: str, name: str, sealed: bytes) -> None:
     """Write a copy under exactly `name`, replacing what is there: a folder store would otherwise save beside it
     under another name, which no row references."""
     storage = storages[store]
-    storage.delete(name)
+    if not getattr(storage, "file_overwrite", False):  # S3Storage overwrites in place: no delete request needed
+        storage.delete(name)
     stored = storage.save(name, ContentFile(sealed))
     if stored != name:
         storage.delete(stored)

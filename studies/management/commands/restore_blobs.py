@@ -34,8 +34,11 @@ class Command(BaseCommand):
         parser.add_argument("--from-replica", action="store_true", required=True, help="Restore from the replica.")
         parser.add_argument("--tenant", metavar="SLUG", help="Restore only this tenant's blobs.")
         parser.add_argument("--restart", action="store_true", help="Ignore where an interrupted run stopped.")
+        parser.add_argument("--workers", type=int, default=4, help="Threads reading and writing blobs (default 4).")
 
-    def handle(self, *args: Any, tenant: str | None = None, restart: bool = False, **options: Any) -> None:
+    def handle(
+        self, *args: Any, tenant: str | None = None, restart: bool = False, workers: int = 4, **options: Any
+    ) -> None:
         if tenant is not None:
             tenants = list(Tenant.objects.filter(slug=tenant))
             if not tenants:
@@ -52,7 +55,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {slug}: {report.restored} restored, {report.failed} failed, {rate:.2f} GB/min")
 
             with tenant_scope(one), audit_context(system_principal="enclave:restore-blobs"):
-                report = blob_restore_from_replica(restart=restart, progress=progress)
+                report = blob_restore_from_replica(restart=restart, workers=workers, progress=progress)
             seconds = time.monotonic() - tenant_started
             resumed = f" (resumed after blob #{report.resumed_after})" if report.resumed_after else ""
             self.stdout.write(
