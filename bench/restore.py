@@ -85,13 +85,11 @@ def moto_start(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise BenchError("moto_server did not start")
 
 
-def s3_storages(endpoint: str) -> dict[str, Any]:
+def s3_env(endpoint: str, tag: str) -> dict[str, str]:
+    """The environment of an S3 run: fresh buckets on the local server, named by BLOB_STORE and friends exactly as
+    a deployment names them (portal.settings' `blob_store` reads them when the child process starts)."""
     import boto3
-    from django.conf import settings
 
-    from portal.settings.base import blob_store
-
-    os.environ.update({**S3_KEYS, "BLOB_S3_ENDPOINT_URL": endpoint, "BLOB_S3_SSE": "AES256"})
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -99,11 +97,11 @@ def s3_storages(endpoint: str) -> dict[str, Any]:
         aws_secret_access_key=S3_KEYS["BLOB_S3_SECRET_ACCESS_KEY"],
         region_name=S3_KEYS["BLOB_S3_REGION"],
     )
-    stores = {}
-    for store in ("blobs", "replica", "quarantine"):
-        client.create_bucket(Bucket=f"bench-{store}")
-        stores[store] = blob_store(f"s3://bench-{store}/archive", Path("/nonexistent"))
-    return {**settings.STORAGES, **stores}
+    env = {**S3_KEYS, "BLOB_S3_ENDPOINT_URL": endpoint, "BLOB_S3_SSE": "AES256"}
+    for name, store in (("BLOB_STORE", "blobs"), ("REPLICA_STORE", "replica"), ("QUARANTINE_STORE", "quarantine")):
+        client.create_bucket(Bucket=f"bench-{store}-{tag}")
+        env[name] = f"s3://bench-{store}-{tag}/archive"
+    return env
 
 
 def provision(n: int) -> Any:
@@ -185,11 +183,31 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--blob-mb", type=float, default=0.5, help="size of each blob")
     parser.add_argument("--stores", default="fs,s3", help="fs, s3 or both (comma-separated)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and database")
+    parser.add_argument("--child", metavar="N", type=int, help=argparse.SUPPRESS)  # one run, stores from the env
+    parser.add_argument("--result", metavar="PATH", help=argparse.SUPPRESS)
     return parser.parse_args()
+
+
+def child(args: argparse.Namespace) -> int:
+    """One run in a process of its own, so that its stores come from the environment as in a deployment."""
+    import django
+
+    django.setup()
+    tenant = provision(args.child)
+    log(f"building a {args.size_gb} GB archive of {args.blob_mb} MB blobs")
+    built = archive_build(tenant, size_gb=args.size_gb, blob_mb=args.blob_mb)
+    primary_wipe()
+    log("primary store deleted; restoring from the replica")
+    measured = restore_and_check(tenant)
+    log(measured["command_output"])
+    Path(args.result).write_text(json.dumps({**built, **measured}))
+    return 0
 
 
 def main() -> int:
     args = arguments()
+    if args.child is not None:
+        return child(args)
     tmp = Path(tempfile.mkdtemp(prefix="enclave-bench-restore-"))
     load_before = [round(v, 2) for v in os.getloadavg()]
     log(f"load average before: {load_before}; working in {tmp}")
@@ -197,34 +215,28 @@ def main() -> int:
         db_url=f"{PG_SERVER}/{DB_NAME}", redis_url=REDIS_URL, var_dir=tmp / "var", log_level="WARNING"
     )
     os.environ.clear()
-    os.environ.update(stores_env(env, tmp / "stores", ""))
+    os.environ.update(env)
     moto = None
     results = []
     try:
         django_on_fresh_database(db_name=DB_NAME, redis_url=REDIS_URL)
-        from django.test import override_settings
-
         info = machine()
         info["load_average_before"] = load_before
-        for kind in [k.strip() for k in args.stores.split(",") if k.strip()]:
-            if kind == "s3":
-                moto, endpoint = moto_start(tmp)
-                config = s3_storages(endpoint)
-            elif kind == "fs":
-                from django.conf import settings
-
-                config = settings.STORAGES
+        for n, kind in enumerate(k.strip() for k in args.stores.split(",") if k.strip()):
+            if kind == "fs":
+                run_env = stores_env(env, tmp / f"stores-{n}", "")
+            elif kind == "s3":
+                if moto is None:
+                    moto, endpoint = moto_start(tmp)
+                run_env = {**env, **s3_env(endpoint, str(n))}
             else:
                 raise BenchError(f"unknown store kind {kind!r}")
-            with override_settings(STORAGES=config):
-                tenant = provision(len(results))
-                log(f"{kind}: building a {args.size_gb} GB archive of {args.blob_mb} MB blobs")
-                built = archive_build(tenant, size_gb=args.size_gb, blob_mb=args.blob_mb)
-                primary_wipe()
-                log(f"{kind}: primary store deleted; restoring from the replica")
-                measured = restore_and_check(tenant)
-                results.append({"tenant": tenant, "stores": kind, **built, **measured})
-                log(f"{kind}: {measured['command_output']}")
+            result = tmp / f"result-{n}.json"
+            argv = [PYTHON, "-m", "bench.restore", "--child", str(n), "--result", str(result)]
+            argv += ["--size-gb", str(args.size_gb), "--blob-mb", str(args.blob_mb)]
+            log(f"{kind}: run {n}")
+            subprocess.run(argv, env=run_env, cwd=ROOT, check=True)
+            results.append({"stores": kind, **json.loads(result.read_text())})
         print()
         print(f"{'stores':<7}{'blobs':>8}{'GB':>9}{'restore s':>11}{'GB/min':>9}{'verified':>10}")
         for r in results:
@@ -242,7 +254,7 @@ def main() -> int:
             "machine": info,
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
             "blob_mb": args.blob_mb,
-            "runs": [{k: v for k, v in r.items() if k != "tenant"} for r in results],
+            "runs": results,
         }
         path.write_text(json.dumps(document, indent=2, default=str))
         log(f"wrote {path}")
