@@ -46,7 +46,7 @@ from studies.dicomweb.negotiation import (
 )
 from studies.models import Instance, Study
 from studies.services.reads import instances_accessed_record, instances_retrieved_record
-from studies.storage.blobs import blob_read
+from studies.storage.blobs import BlobUnreadable, blob_read
 from tenants import access
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
@@ -56,6 +56,15 @@ OCTET_STREAM = "application/octet-stream"
 RENDERED_TYPES = ("image/jpeg", "image/png")
 EXPLICIT = str(ExplicitVRLittleEndian)
 _NUMBER_LIST = re.compile(r"\d+(,\d+)*")
+
+
+class InstanceUnavailable(exceptions.APIException):
+    """A stored object whose copies all fail their hash check (the fixity job marks it; SECURITY.md A7): a 503
+    with the reason, never the damaged bytes."""
+
+    status_code = 503
+    default_code = "instance_unavailable"
+    default_detail = "A stored instance of this request is damaged in every copy and is unavailable; it was reported."
 
 
 def read_instance(tenant: Tenant, instance: Instance, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
@@ -218,6 +227,8 @@ class _RetrieveApi(_ReadApi):
         access.credential_use_require(request.user, access.USE_DOWNLOAD)
         study_row, instances = self.instances(study, series, instance)
         syntax = dicom_syntax(accept_list(request), instances)
+        if any(row.blob.damaged_at is not None for row in instances):
+            raise InstanceUnavailable()
         tenant = self.tenant
         tenant_keys: dict[tuple[int, int], bytes] = {}  # for this request only
 
@@ -232,6 +243,8 @@ class _RetrieveApi(_ReadApi):
             # One instance is made before answering, so one that cannot be decompressed is a 400 with the reason.
             try:
                 first = transcoded(instances[0])
+            except BlobUnreadable as exc:  # damaged in both stores, not yet found by the fixity job
+                raise InstanceUnavailable() from exc
             except RenderError as exc:
                 raise exceptions.ValidationError(
                     {"instance": [f"This instance cannot be decompressed: {exc}; ask for transfer-syntax=*."]}

@@ -332,3 +332,32 @@ def test_s3_objects_carry_the_server_side_encryption_header_over_our_ciphertext(
             assert b"PLAINTEXT-MARKER" not in raw  # our envelope encryption stays under the server's
             assert raw == blob_sealed_read(store=store, name=blob.storage_name)
         assert blob_read(blob=blob) == plaintext
+
+
+def test_a_damaged_instance_is_never_served_wado_answers_503(tenant_a, radiologist_a, api_client_for):
+    """SECURITY.md A7: a byte flipped in both copies, the fixity job run -> alert, the instance marked, and a
+    retrieve answers 503 with the reason, never the corrupt bytes; the rest of the study is still served."""
+    study = stored_study(tenant_a, patient_id="FIX-A7", study_date=date(2024, 5, 6))
+    with tenant_scope(tenant_a):
+        damaged, *others = Instance.objects.filter(series__study=study).select_related("blob", "series")
+        for store in (PRIMARY, REPLICA):
+            _flip_byte(store, damaged.blob.storage_name)
+        assert fixity.blob_fixity_check(max_blobs=1000).unavailable == 1
+        assert SecurityAlert.objects.get(kind="blob_unavailable").severity == SecurityAlert.Severity.CRITICAL
+        sound = next(i for i in others if i.series_id != damaged.series_id)
+    client = api_client_for(radiologist_a, tenant_a)
+    base = f"/dicomweb/{tenant_a.slug}/studies/{study.study_instance_uid}"
+    accept = 'multipart/related; type="application/dicom"'
+
+    answer = client.get(
+        f"{base}/series/{damaged.series.series_instance_uid}/instances/{damaged.sop_instance_uid}", HTTP_ACCEPT=accept
+    )
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "instance_unavailable"
+    assert client.get(f"{base}/series/{damaged.series.series_instance_uid}", HTTP_ACCEPT=accept).status_code == 503
+    served = client.get(
+        f"{base}/series/{sound.series.series_instance_uid}/instances/{sound.sop_instance_uid}", HTTP_ACCEPT=accept
+    )
+    assert served.status_code == 200
+    with tenant_scope(tenant_a):
+        assert blob_read(blob=sound.blob) in b"".join(served.streaming_content)
