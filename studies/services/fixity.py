@@ -179,6 +179,12 @@ def _blob_fixity(blob: Blob, tenant_keys: dict, report: FixityReport) -> None:
         locked = Blob.objects.select_for_update().filter(pk=blob.pk).first()
         if locked is None:
             return
+        # Looked at again under the lock: another run (a doubled beat) may have repaired it meanwhile.
+        copies = {store: _copy_checked(store, locked, data_key, FixityReport()) for store in COPIES}
+        bad = {store: reason for store, (sealed, reason) in copies.items() if sealed is None}
+        good = [sealed for sealed, _ in copies.values() if sealed is not None]
+        if not bad:
+            return
         if bad == {REPLICA: "missing"} and locked.replicated_at is None:
             _replicate(locked, tenant_keys)  # never replicated: the catch-up's work, not damage
             return
