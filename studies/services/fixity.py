@@ -126,8 +126,12 @@ def blob_replicas_catch_up(*, limit: int | None = None) -> int:
                 if len(missing) >= limit:
                     break
     written = 0
-    for blob in Blob.objects.filter(pk__in=missing).order_by("pk"):
-        written += _replicate(blob, tenant_keys)
+    for pk in sorted(missing):
+        with transaction.atomic():
+            # The row locked, as in the fixity job: a deletion waits, then removes the copy written here too.
+            blob = Blob.objects.select_for_update().filter(pk=pk).first()
+            if blob is not None:
+                written += _replicate(blob, tenant_keys)
     if written:
         audit_event_record(event=EventType.BLOBS_REPLICATED, extra={"written": written, "found_missing": len(missing)})
     return written
