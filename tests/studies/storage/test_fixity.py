@@ -270,6 +270,13 @@ def test_the_primary_store_deleted_entirely_is_restored_from_the_replica(stores,
     with tenant_scope(tenant_b):  # --tenant restored one tenant only
         assert not storages[PRIMARY].exists(blobs_b[0].storage_name)
 
+    everyone = io.StringIO()
+    call_command("restore_blobs", "--from-replica", stdout=everyone)  # every tenant
+    assert f"tenant {tenant_b.slug}: 2 blobs restored, 0 failed" in everyone.getvalue()
+    with tenant_scope(tenant_b):
+        for blob in blobs_b:
+            assert _good_in(PRIMARY, blob)
+
 
 def test_restore_resumes_after_an_interruption_and_names_bad_replica_copies(stores, tenant_a):
     with tenant_scope(tenant_a):
