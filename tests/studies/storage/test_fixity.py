@@ -28,6 +28,7 @@ from studies.storage.blobs import (
     REPLICA,
     BlobUnreadable,
     blob_data_key,
+    blob_delete,
     blob_read,
     blob_sealed_check,
     blob_sealed_put,
@@ -368,3 +369,17 @@ def test_a_damaged_instance_is_never_served_wado_answers_503(tenant_a, radiologi
     assert served.status_code == 200
     with tenant_scope(tenant_a):
         assert blob_read(blob=sound.blob) in b"".join(served.streaming_content)
+
+
+def test_blob_write_read_and_delete_work_on_every_store_kind(stores, tenant_a, django_capture_on_commit_callbacks):
+    data = os.urandom(7000)
+    with tenant_scope(tenant_a):
+        blob = blob_write(kind=Blob.Kind.INSTANCE, data=data)
+        name = blob.storage_name
+        assert blob_read(blob=blob) == data
+        assert storages[PRIMARY].exists(name)
+        assert storages[REPLICA].exists(name)
+        with django_capture_on_commit_callbacks(execute=True):
+            blob_delete(blob=blob)
+        assert not storages[PRIMARY].exists(name)
+        assert not storages[REPLICA].exists(name)
