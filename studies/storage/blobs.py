@@ -67,7 +67,9 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True) -> Blob:
     """Encrypt `data` and write it to its store (quarantine for incoming bytes, else the primary and the replica).
 
     The row is saved by the caller's transaction; if that rolls back, the ciphertext left behind cannot be read
-    by anyone, since its key went with the row.
+    by anyone, since its key went with the row (the orphan job removes it after a grace period). A replica store
+    that fails does not fail the write: `replicated_at` stays empty and the catch-up job copies the blob
+    (studies.services.fixity).
     """
     tenant = current_tenant()
     tenant_key_row = tenant_key_ensure(tenant=tenant)
