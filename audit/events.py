@@ -90,6 +90,7 @@ class EventType(IntEnum):
     INVITATION_ACCEPTED = 211
     INVITATION_REVOKED = 212
     ACCOUNT_UNLOCKED = 213
+    OBJECT_NOT_FOUND = 214
     # 300-399: the audit trail itself
     AUDIT_LOG_USED = 301
     SECURITY_ALERT_HANDLED = 302
@@ -192,6 +193,9 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.ACCESS_DENIED: EventSpec(
         SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "A request was refused"
+    ),
+    EventType.OBJECT_NOT_FOUND: EventSpec(
+        SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "An object asked for is not there (404)"
     ),
     EventType.INVITATION_SENT: EventSpec(
         SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.CREATE, "Invitation to join sent"

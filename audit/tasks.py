@@ -9,6 +9,7 @@ from django.conf import settings
 
 from audit.events import EventType, Outcome
 from audit.models import AuditChain, AuditEvent, ChangeSeal, SecurityAlert
+from audit.rules import security_rules_evaluate
 from audit.selectors import audit_chain_verify, audit_changes_verify, audit_digests_verify
 from audit.services import (
     audit_changes_seal_all,
@@ -16,7 +17,6 @@ from audit.services import (
     audit_event_record,
     audit_syslog_forward,
     security_alert_raise,
-    security_rules_evaluate,
 )
 from portal.web.task_context import task_context
 from tenants.models import Tenant
