@@ -96,6 +96,12 @@ class EventType(IntEnum):
     SECURITY_ALERT_HANDLED = 302
     SECURITY_RULE_MATCHED = 303
     AUDIT_VERIFIED = 304
+    INCIDENT_OPENED = 310
+    INCIDENT_SCOPED = 311
+    INCIDENT_DECISION_RECORDED = 312
+    INCIDENT_UPDATED = 313
+    INCIDENT_CLOSED = 314
+    INCIDENT_REMINDER_SENT = 315
     # 400-499: devices
     DEVICE_REGISTERED = 401
     DEVICE_APPROVED = 402
@@ -216,6 +222,14 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.AUDIT_VERIFIED: EventSpec(SECURITY_ALERT, None, Action.EXECUTE, "Audit trail verified"),
     EventType.SECURITY_RULE_MATCHED: EventSpec(
         SECURITY_ALERT, None, Action.EXECUTE, "A security rule matched the event stream"
+    ),
+    EventType.INCIDENT_OPENED: EventSpec(SECURITY_ALERT, None, Action.CREATE, "Security incident opened"),
+    EventType.INCIDENT_SCOPED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Incident scope taken from the trail"),
+    EventType.INCIDENT_DECISION_RECORDED: EventSpec(SECURITY_ALERT, None, Action.UPDATE, "Incident decision recorded"),
+    EventType.INCIDENT_UPDATED: EventSpec(SECURITY_ALERT, None, Action.UPDATE, "Incident updated"),
+    EventType.INCIDENT_CLOSED: EventSpec(SECURITY_ALERT, None, Action.UPDATE, "Incident closed"),
+    EventType.INCIDENT_REMINDER_SENT: EventSpec(
+        SECURITY_ALERT, None, Action.EXECUTE, "Incident notification deadline reminder sent"
     ),
     EventType.DEVICE_REGISTERED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Device registered"),
     EventType.DEVICE_APPROVED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device approved"),

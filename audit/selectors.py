@@ -16,7 +16,7 @@ from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from audit.events import EventType
-from audit.models import GENESIS_HASH, AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert
+from audit.models import GENESIS_HASH, AuditChain, AuditDigest, AuditEvent, ChangeSeal, Incident, SecurityAlert
 from tenants import access
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
@@ -445,6 +445,22 @@ def security_alert_get(*, actor: Any, public_id: Any) -> SecurityAlert:
     try:
         return security_alert_list(actor=actor).get(public_id=public_id)
     except (SecurityAlert.DoesNotExist, ValueError, TypeError, ValidationError) as exc:
+        raise access.NotVisible() from exc
+
+
+def incident_list(*, actor: Any) -> models.QuerySet[Incident]:
+    """The current tenant's incidents (`tenants.view_audit`), open ones first, newest discovery first."""
+    qs = access.visible(actor, "tenants.view_audit", Incident.objects.all())
+    return qs.select_related("opened_by").order_by(
+        models.Case(models.When(status=Incident.Status.CLOSED, then=1), default=0), "-discovered_at", "-pk"
+    )
+
+
+def incident_get(*, actor: Any, public_id: Any) -> Incident:
+    """One incident of the current tenant (`tenants.view_audit`), or `NotVisible`."""
+    try:
+        return incident_list(actor=actor).get(public_id=public_id)
+    except (Incident.DoesNotExist, ValueError, TypeError, ValidationError) as exc:
         raise access.NotVisible() from exc
 
 

@@ -7,7 +7,7 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -234,7 +234,19 @@ def security_alert_raise(
         evidence=list(evidence),
     )  # fmt: skip
     alert.save()
+    for hook in _alert_hooks:
+        hook(alert)
     return alert
+
+
+_alert_hooks: list[Callable[[SecurityAlert], None]] = []
+
+
+def security_alert_hook_register(hook: Callable[[SecurityAlert], None]) -> None:
+    """Call `hook(alert)` for each alert raised, inside its transaction (the e-mail of audit.incidents, queued on
+    commit). Registered from AppConfig.ready(): the audit writer stays below the domain."""
+    if hook not in _alert_hooks:
+        _alert_hooks.append(hook)
 
 
 # Seals over django-auditlog's entries

@@ -17,6 +17,9 @@ page_patterns = [
     path("audit/compliance/", views.ComplianceReportView.as_view(), name="audit_compliance"),
     path("audit/alerts/", views.AlertListView.as_view(), name="audit_alerts"),
     path("audit/alerts/<str:public_id>/", views.AlertDetailView.as_view(), name="audit_alert"),
+    path("audit/alerts/<str:public_id>/incident/", views.IncidentOpenView.as_view(), name="audit_alert_incident"),
+    path("audit/incidents/", views.IncidentListView.as_view(), name="audit_incidents"),
+    path("audit/incidents/<str:public_id>/", views.IncidentDetailView.as_view(), name="audit_incident"),
 ]
 api_patterns = [
     path("audit-events/", apis.AuditEventListApi.as_view(), name="audit_event_list"),

@@ -2,6 +2,7 @@
 
 from audit.views.alerts import AlertDetailView, AlertListView
 from audit.views.dashboard import AuditDashboardView, ComplianceReportView
+from audit.views.incidents import IncidentDetailView, IncidentListView, IncidentOpenView
 from audit.views.pages import (
     PAGE_SIZE,
     AuditChangeDetailView,
@@ -27,4 +28,7 @@ __all__ = [
     "BreachScopeView",
     "ComplianceReportView",
     "DisclosuresView",
+    "IncidentDetailView",
+    "IncidentListView",
+    "IncidentOpenView",
 ]

@@ -330,6 +330,7 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     {"model": "studies.shareinvitation", "mask_fields": ["note"]},
     {"model": "studies.breakglassgrant", "mask_fields": ["reason", "review_note"]},
     {"model": "studies.export", "mask_fields": ["purpose", "recipient", "error"], "m2m_fields": ["studies"]},
+    {"model": "audit.incident", "mask_fields": ["scope_snapshot", "scope_username"], "m2m_fields": ["alerts"]},
 )
 AUDITLOG_MASK_CALLABLE = "audit.context.auditlog_mask"
 # Wrapped keys are binary and secret: their changes are facts of the blob's own row, never diffs in the log.
