@@ -82,9 +82,10 @@ def test_a_compliance_officer_opens_scopes_decides_and_closes_an_incident(
     assert incident.discovered_at == alert_a.raised_at  # discovery: when the alert was raised
 
     now = timezone.now()
+    hour = timedelta(hours=1)
     scope = client.post(opened["Location"], {
         "action": "scope", "username": "north-radiologist",
-        "start": (now - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M"), "end": (now + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M"),
+        "start": (now - hour).strftime("%Y-%m-%d %H:%M"), "end": (now + hour).strftime("%Y-%m-%d %H:%M"),
     })  # fmt: skip
     assert scope.status_code == 302
     with tenant_scope(tenant_a):
@@ -124,7 +125,8 @@ def test_a_compliance_officer_opens_scopes_decides_and_closes_an_incident(
 
     page = client.get(opened["Location"])
     assert page.status_code == 200
-    assert b"Notify each affected individual" in page.content and b"intact" in page.content
+    assert b"Notify each affected individual" in page.content
+    assert b"intact" in page.content
 
     for event in (EventType.INCIDENT_OPENED, EventType.INCIDENT_SCOPED, EventType.INCIDENT_DECISION_RECORDED,
                   EventType.INCIDENT_CLOSED):  # fmt: skip
@@ -163,8 +165,9 @@ def test_deadline_reminders_are_mailed_once_each(tenant_a, compliance_a, alert_a
     compliance_a.email = "officer@north.example"
     compliance_a.save()
     with tenant_scope(tenant_a):
-        incident = Incident.objects.create(tenant=tenant_a, title="Lost laptop", opened_by=compliance_a,
-                                           discovered_at=datetime(2026, 10, 1, 12, 0, tzinfo=UTC), affected_count=3)  # fmt: skip
+        discovered = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
+        Incident.objects.create(tenant=tenant_a, title="Lost laptop", opened_by=compliance_a,
+                                discovered_at=discovered, affected_count=3)  # fmt: skip
         mail.outbox.clear()
         with django_capture_on_commit_callbacks(execute=True):
             # Due 2026-11-30 (60 days from discovery).
@@ -173,7 +176,8 @@ def test_deadline_reminders_are_mailed_once_each(tenant_a, compliance_a, alert_a
             assert incident_reminders_send(tenant=tenant_a, today=date(2026, 11, 1)) == 0  # once
             assert incident_reminders_send(tenant=tenant_a, today=date(2026, 12, 2)) == 1  # 2 days late
     assert [m.to for m in mail.outbox] == [["officer@north.example"]] * 2
-    assert "Notify each affected individual" in mail.outbox[0].body and "30 days left" in mail.outbox[0].body
+    assert "Notify each affected individual" in mail.outbox[0].body
+    assert "30 days left" in mail.outbox[0].body
     assert "2 days late" in mail.outbox[1].body
     assert "Lost laptop" in mail.outbox[0].subject
     sent = events_of(tenant_a, EventType.INCIDENT_REMINDER_SENT)
