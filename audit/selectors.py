@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -632,3 +632,34 @@ def audit_dashboard(*, actor: Any, days: int = 30, now: datetime | None = None) 
         break_glass={"started": glass["started"], "reviewed": glass["reviewed"]},
         last_digest=digest,
     )
+
+
+# The compliance report's sections from other apps
+# ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """One section of the compliance report: a title, rows of (label, value), and whether it is in order (None:
+    informational). Provided by the app that owns the facts (training, devices, the archive's encryption)."""
+
+    title: str
+    rows: list[tuple[str, str]]
+    ok: bool | None = None
+    note: str = ""
+
+
+_report_sections: list[Callable[[Any], ReportSection]] = []
+
+
+def compliance_section_register(provider: Callable[[Any], ReportSection]) -> None:
+    """Add a section to the compliance report: `provider(actor)` runs inside the tenant's scope for a person who
+    may read the trail. Registered from AppConfig.ready(): the audit app imports no other app."""
+    if provider not in _report_sections:
+        _report_sections.append(provider)
+
+
+def compliance_sections(*, actor: Any) -> list[ReportSection]:
+    """The registered sections for the current tenant (`tenants.view_audit`), in registration order."""
+    access.require(actor, "tenants.view_audit", current_tenant())
+    return [provider(actor) for provider in _report_sections]

@@ -50,6 +50,7 @@ FILL: dict[str, dict[str, str]] = {
     "portal:audit_breach_scope": {},
     "portal:audit_dashboard": {},
     "portal:audit_compliance": {},
+    "portal:audit_compliance_pdf": {},
     "portal:audit_alerts": {},
     "portal:audit_alert": {"public_id": "alert"},
     "portal:audit_alert_incident": {"public_id": "alert"},

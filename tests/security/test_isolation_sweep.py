@@ -317,7 +317,8 @@ def test_another_tenants_admin_in_their_own_tenant_naming_our_objects(world, ten
 AUDIT_READS = {
     "portal:audit", "portal:audit_export", "portal:audit_export_json", "portal:audit_export_xml",
     "portal:audit_event", "portal:audit_change", "portal:audit_disclosures", "portal:audit_breach_scope",
-    "portal:audit_dashboard", "portal:audit_compliance", "portal:audit_alerts", "portal:audit_alert",
+    "portal:audit_dashboard", "portal:audit_compliance", "portal:audit_compliance_pdf", "portal:audit_alerts",
+    "portal:audit_alert",
     "portal:audit_incidents", "portal:audit_incident",
     "api:audit_event_list", "api:audit_event_detail", "api:audit_change_list",
 }  # fmt: skip
