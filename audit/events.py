@@ -90,11 +90,18 @@ class EventType(IntEnum):
     INVITATION_ACCEPTED = 211
     INVITATION_REVOKED = 212
     ACCOUNT_UNLOCKED = 213
+    OBJECT_NOT_FOUND = 214
     # 300-399: the audit trail itself
     AUDIT_LOG_USED = 301
     SECURITY_ALERT_HANDLED = 302
     SECURITY_RULE_MATCHED = 303
     AUDIT_VERIFIED = 304
+    INCIDENT_OPENED = 310
+    INCIDENT_SCOPED = 311
+    INCIDENT_DECISION_RECORDED = 312
+    INCIDENT_UPDATED = 313
+    INCIDENT_CLOSED = 314
+    INCIDENT_REMINDER_SENT = 315
     # 400-499: devices
     DEVICE_REGISTERED = 401
     DEVICE_APPROVED = 402
@@ -200,6 +207,9 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.ACCESS_DENIED: EventSpec(
         SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "A request was refused"
     ),
+    EventType.OBJECT_NOT_FOUND: EventSpec(
+        SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "An object asked for is not there (404)"
+    ),
     EventType.INVITATION_SENT: EventSpec(
         SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.CREATE, "Invitation to join sent"
     ),
@@ -219,6 +229,14 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.AUDIT_VERIFIED: EventSpec(SECURITY_ALERT, None, Action.EXECUTE, "Audit trail verified"),
     EventType.SECURITY_RULE_MATCHED: EventSpec(
         SECURITY_ALERT, None, Action.EXECUTE, "A security rule matched the event stream"
+    ),
+    EventType.INCIDENT_OPENED: EventSpec(SECURITY_ALERT, None, Action.CREATE, "Security incident opened"),
+    EventType.INCIDENT_SCOPED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Incident scope taken from the trail"),
+    EventType.INCIDENT_DECISION_RECORDED: EventSpec(SECURITY_ALERT, None, Action.UPDATE, "Incident decision recorded"),
+    EventType.INCIDENT_UPDATED: EventSpec(SECURITY_ALERT, None, Action.UPDATE, "Incident updated"),
+    EventType.INCIDENT_CLOSED: EventSpec(SECURITY_ALERT, None, Action.UPDATE, "Incident closed"),
+    EventType.INCIDENT_REMINDER_SENT: EventSpec(
+        SECURITY_ALERT, None, Action.EXECUTE, "Incident notification deadline reminder sent"
     ),
     EventType.DEVICE_REGISTERED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Device registered"),
     EventType.DEVICE_APPROVED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device approved"),

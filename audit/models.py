@@ -12,7 +12,7 @@ from django.db import models
 from django.utils import timezone
 
 from audit.events import EventType, Outcome
-from tenants.models import Tenant
+from tenants.models import Tenant, TenantOwnedModel
 from tenants.scoping import TenantScopedManager
 
 GENESIS_HASH = "0" * 64
@@ -189,6 +189,72 @@ class SecurityAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} ({self.severity})"
+
+
+class Incident(TenantOwnedModel):
+    """A security incident (HIPAA 164.308(a)(6)), opened from one or more alerts by a compliance officer: its
+    scope (the breach-scope query and its result, frozen and hash-referenced when taken), its decisions, and the
+    HITECH notification clocks computed from the discovery date (`audit.incidents.incident_deadlines`).
+
+    Changes are in django-auditlog (the scope snapshot masked there: it names patients); opening, scoping,
+    deciding and closing are audit events of their own."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        ASSESSING = "assessing", "Risk assessment"
+        NOTIFYING = "notifying", "Notifying"
+        CLOSED = "closed", "Closed"
+
+    class Role(models.TextChoices):
+        COVERED_ENTITY = "covered_entity", "Covered entity"
+        BUSINESS_ASSOCIATE = "business_associate", "Business associate"
+
+    class Determination(models.TextChoices):
+        UNDETERMINED = "undetermined", "Not yet determined"
+        BREACH = "breach", "Breach (notification required)"
+        LOW_PROBABILITY = "low_probability", "Low probability of compromise (4-factor assessment)"
+
+    title = models.CharField(max_length=200)
+    opened_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    discovered_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    role = models.CharField(max_length=24, choices=Role.choices, default=Role.COVERED_ENTITY)
+    determination = models.CharField(max_length=24, choices=Determination.choices, default=Determination.UNDETERMINED)
+    alerts = models.ManyToManyField(SecurityAlert, related_name="incidents", blank=True)
+    # The breach-scope query (who, which window) and its frozen result.
+    scope_username = models.CharField(max_length=150, blank=True)
+    scope_device = models.CharField(max_length=150, blank=True)
+    scope_address = models.CharField(max_length=64, blank=True)
+    scope_since = models.DateTimeField(null=True, blank=True)
+    scope_until = models.DateTimeField(null=True, blank=True)
+    scope_snapshot = models.JSONField(default=list, blank=True)
+    scope_sha256 = models.CharField(max_length=64, blank=True)
+    scope_taken_at = models.DateTimeField(null=True, blank=True)
+    # Individuals affected: the scope's count unless the officer records otherwise, and residents per state.
+    affected_count = models.PositiveIntegerField(default=0)
+    affected_by_state = models.JSONField(default=dict, blank=True)
+    reminders_sent = models.JSONField(default=list, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-discovered_at"]
+
+    def __str__(self) -> str:
+        return f"incident {self.public_id}"
+
+
+class IncidentDecision(TenantOwnedModel):
+    """One decision or step recorded on an incident, by whom and when. Never edited."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.PROTECT, related_name="decisions")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    text = models.TextField(max_length=2000)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"decision on {self.incident_id}"
 
 
 def logentry_canonical(entry: Any) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +16,7 @@ from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from audit.events import EventType
-from audit.models import GENESIS_HASH, AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert
+from audit.models import GENESIS_HASH, AuditChain, AuditDigest, AuditEvent, ChangeSeal, Incident, SecurityAlert
 from tenants import access
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
@@ -448,6 +448,22 @@ def security_alert_get(*, actor: Any, public_id: Any) -> SecurityAlert:
         raise access.NotVisible() from exc
 
 
+def incident_list(*, actor: Any) -> models.QuerySet[Incident]:
+    """The current tenant's incidents (`tenants.view_audit`), open ones first, newest discovery first."""
+    qs = access.visible(actor, "tenants.view_audit", Incident.objects.all())
+    return qs.select_related("opened_by").order_by(
+        models.Case(models.When(status=Incident.Status.CLOSED, then=1), default=0), "-discovered_at", "-pk"
+    )
+
+
+def incident_get(*, actor: Any, public_id: Any) -> Incident:
+    """One incident of the current tenant (`tenants.view_audit`), or `NotVisible`."""
+    try:
+        return incident_list(actor=actor).get(public_id=public_id)
+    except (Incident.DoesNotExist, ValueError, TypeError, ValidationError) as exc:
+        raise access.NotVisible() from exc
+
+
 def security_alert_evidence(*, actor: Any, alert: SecurityAlert) -> list[AuditEvent]:
     """The events that made the alert (its own event first), in time order, from the current tenant."""
     ids = [alert.event.public_id, *alert.evidence]
@@ -616,3 +632,34 @@ def audit_dashboard(*, actor: Any, days: int = 30, now: datetime | None = None) 
         break_glass={"started": glass["started"], "reviewed": glass["reviewed"]},
         last_digest=digest,
     )
+
+
+# The compliance report's sections from other apps
+# ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """One section of the compliance report: a title, rows of (label, value), and whether it is in order (None:
+    informational). Provided by the app that owns the facts (training, devices, the archive's encryption)."""
+
+    title: str
+    rows: list[tuple[str, str]]
+    ok: bool | None = None
+    note: str = ""
+
+
+_report_sections: list[Callable[[Any], ReportSection]] = []
+
+
+def compliance_section_register(provider: Callable[[Any], ReportSection]) -> None:
+    """Add a section to the compliance report: `provider(actor)` runs inside the tenant's scope for a person who
+    may read the trail. Registered from AppConfig.ready(): the audit app imports no other app."""
+    if provider not in _report_sections:
+        _report_sections.append(provider)
+
+
+def compliance_sections(*, actor: Any) -> list[ReportSection]:
+    """The registered sections for the current tenant (`tenants.view_audit`), in registration order."""
+    access.require(actor, "tenants.view_audit", current_tenant())
+    return [provider(actor) for provider in _report_sections]

@@ -7,9 +7,8 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, timedelta
 from typing import Any
 
 from auditlog.models import LogEntry
@@ -167,6 +166,19 @@ def access_denied_record(*, actor: Any, where: str, method: str, code: str = "",
     )
 
 
+def not_found_record(*, actor: Any, where: str, method: str, identifier: str) -> AuditEvent:
+    """A member of the current tenant asked for an object that is not there, or not theirs to see (a 404): on the
+    trail so that guessing identifiers shows (the `not_found_burst` rule of audit.rules). `identifier` is what the
+    URL named (the route's arguments), never a query string."""
+    return audit_event_record(
+        event=EventType.OBJECT_NOT_FOUND,
+        actor=actor,
+        outcome=Outcome.MINOR_FAILURE,
+        outcome_description="not found",
+        extra={"where": where, "method": method, "identifier": identifier[:200]},
+    )
+
+
 def auth_event_record(
     *,
     event: EventType,
@@ -222,7 +234,19 @@ def security_alert_raise(
         evidence=list(evidence),
     )  # fmt: skip
     alert.save()
+    for hook in _alert_hooks:
+        hook(alert)
     return alert
+
+
+_alert_hooks: list[Callable[[SecurityAlert], None]] = []
+
+
+def security_alert_hook_register(hook: Callable[[SecurityAlert], None]) -> None:
+    """Call `hook(alert)` for each alert raised, inside its transaction (the e-mail of audit.incidents, queued on
+    commit). Registered from AppConfig.ready(): the audit writer stays below the domain."""
+    if hook not in _alert_hooks:
+        _alert_hooks.append(hook)
 
 
 # Seals over django-auditlog's entries
@@ -359,79 +383,6 @@ def security_alert_handle(*, actor: Any, alert: SecurityAlert, state: str, note:
         extra={"from": previous, "to": state, "note": note},
     )
     return locked
-
-
-@dataclass
-class RuleHit:
-    kind: str
-    subject: str
-    summary: str
-    severity: str
-    events: list[AuditEvent] = field(default_factory=list)
-    once: bool = False  # one alert ever for this subject (an event), not one per window
-
-
-def _bursts(qs: models.QuerySet[AuditEvent], threshold: int) -> dict[str, list[AuditEvent]]:
-    """Events grouped by the person they name (user name, case folded), keeping groups of `threshold` or more."""
-    groups: dict[str, list[AuditEvent]] = {}
-    for event in qs.order_by("occurred_at", "sequence"):
-        name = (event.actor_username or "").strip().lower()
-        if name:
-            groups.setdefault(name, []).append(event)
-    return {name: events for name, events in groups.items() if len(events) >= threshold}
-
-
-def security_rules_match(*, tenant: Tenant, now: datetime) -> list[RuleHit]:
-    """What the rules find in the tenant's events of the last SECURITY_RULE_WINDOW_SECONDS (read-only):
-    - repeated failed sign-ins (wrong password or MFA code) of one user name, SECURITY_FAILED_LOGIN_THRESHOLD or more;
-    - each lockout;
-    - a burst of refusals (403) of one person, SECURITY_ACCESS_DENIED_THRESHOLD or more.
-    Break-glass, malware at ingest and unknown DICOM peers raise their alert where they happen. Runs inside the
-    tenant's scope."""
-    start = now - timedelta(seconds=settings.SECURITY_RULE_WINDOW_SECONDS)
-    window = AuditEvent.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lte=now)
-    hits = []
-    failed = window.filter(event_type__in=[EventType.LOGIN_FAILED, EventType.MFA_FAILED])
-    for name, events in _bursts(failed, settings.SECURITY_FAILED_LOGIN_THRESHOLD).items():
-        hits.append(RuleHit("repeated_failed_logins", name, f"{len(events)} failed sign-ins of {name}", "high", events))
-    for event in window.filter(event_type=EventType.LOCKED_OUT).order_by("sequence"):
-        name = event.actor_username or "an unknown user"
-        hits.append(RuleHit("locked_out", str(event.public_id), f"{name} locked out", "warning", [event], once=True))
-    denied = window.filter(event_type=EventType.ACCESS_DENIED)
-    for name, events in _bursts(denied, settings.SECURITY_ACCESS_DENIED_THRESHOLD).items():
-        hits.append(RuleHit("access_denied_burst", name, f"{len(events)} refused requests by {name}", "high", events))
-    return hits
-
-
-def security_rules_evaluate(*, tenant: Tenant, now: datetime | None = None) -> list[SecurityAlert]:
-    """Raise a SecurityAlert, with its evidence, for each rule hit that has none yet: one per person and rule per
-    window (a burst that goes on does not raise again until the window has passed), one per lockout. System
-    job, inside the tenant's scope; idempotent (run it as often as you like)."""
-    now = now or timezone.now()
-    start = now - timedelta(seconds=settings.SECURITY_RULE_WINDOW_SECONDS)
-    raised = []
-    for hit in security_rules_match(tenant=tenant, now=now):
-        existing = SecurityAlert.objects.filter(tenant=tenant, kind=hit.kind, subject=hit.subject)
-        if not hit.once:
-            existing = existing.filter(raised_at__gte=start)
-        if existing.exists():
-            continue
-        evidence = [str(event.public_id) for event in hit.events]
-        raised.append(
-            security_alert_raise(
-                kind=hit.kind,
-                summary=hit.summary,
-                event=EventType.SECURITY_RULE_MATCHED,
-                severity=hit.severity,
-                tenant=tenant,
-                outcome=Outcome.MINOR_FAILURE,
-                subject=hit.subject,
-                evidence=evidence,
-                participants=[{"type": "audit_event", "id": pid, "role": "evidence"} for pid in evidence],
-                extra={"rule": hit.kind, "subject": hit.subject, "evidence": len(evidence)},
-            )
-        )
-    return raised
 
 
 # Signed digests of the chain heads

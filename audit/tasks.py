@@ -8,7 +8,9 @@ from celery import shared_task
 from django.conf import settings
 
 from audit.events import EventType, Outcome
+from audit.incidents import incident_reminders_send
 from audit.models import AuditChain, AuditEvent, ChangeSeal, SecurityAlert
+from audit.rules import security_rules_evaluate
 from audit.selectors import audit_chain_verify, audit_changes_verify, audit_digests_verify
 from audit.services import (
     audit_changes_seal_all,
@@ -16,7 +18,6 @@ from audit.services import (
     audit_event_record,
     audit_syslog_forward,
     security_alert_raise,
-    security_rules_evaluate,
 )
 from portal.web.task_context import task_context
 from tenants.models import Tenant
@@ -51,6 +52,26 @@ def security_rules_evaluate_all_task() -> int:
     tenant_ids = tenant_ids_all()
     for tenant_id in tenant_ids:
         security_rules_evaluate_task.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="audit.tasks.incident_reminders")
+def incident_reminders_task(*, tenant_id: int) -> int:
+    """Mail the reminders of one tenant's incident deadlines that are due (each once)."""
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:incident-reminders") as tenant:
+            return incident_reminders_send(tenant=tenant)
+    except Tenant.DoesNotExist:
+        logger.info("incident reminders: tenant %s is gone", tenant_id)
+        return 0
+
+
+@shared_task(name="audit.tasks.incident_reminders_all")
+def incident_reminders_all_task() -> int:
+    """Fan-out: one reminder run per tenant, each in its own task and scope."""
+    tenant_ids = tenant_ids_all()
+    for tenant_id in tenant_ids:
+        incident_reminders_task.delay(tenant_id=tenant_id)
     return len(tenant_ids)
 
 

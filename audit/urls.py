@@ -15,8 +15,12 @@ page_patterns = [
     path("audit/breach-scope/", views.BreachScopeView.as_view(), name="audit_breach_scope"),
     path("audit/dashboard/", views.AuditDashboardView.as_view(), name="audit_dashboard"),
     path("audit/compliance/", views.ComplianceReportView.as_view(), name="audit_compliance"),
+    path("audit/compliance.pdf", views.ComplianceReportPdfView.as_view(), name="audit_compliance_pdf"),
     path("audit/alerts/", views.AlertListView.as_view(), name="audit_alerts"),
     path("audit/alerts/<str:public_id>/", views.AlertDetailView.as_view(), name="audit_alert"),
+    path("audit/alerts/<str:public_id>/incident/", views.IncidentOpenView.as_view(), name="audit_alert_incident"),
+    path("audit/incidents/", views.IncidentListView.as_view(), name="audit_incidents"),
+    path("audit/incidents/<str:public_id>/", views.IncidentDetailView.as_view(), name="audit_incident"),
 ]
 api_patterns = [
     path("audit-events/", apis.AuditEventListApi.as_view(), name="audit_event_list"),

@@ -19,3 +19,8 @@ class DevicesConfig(AppConfig):
         credential_gate_register(device_gate)
         # A custodian who leaves: wipe orders for their devices and their device tokens revoked, in that request.
         membership_end_hook_register(devices_of_departed_custodian)
+
+        from audit.selectors import compliance_section_register
+        from devices.selectors import devices_compliance_section
+
+        compliance_section_register(devices_compliance_section)

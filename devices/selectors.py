@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from audit.models import AuditEvent
+from audit.selectors import ReportSection
 from devices.models import (
     Attestation,
     CustodyPeriod,
@@ -131,3 +132,15 @@ def device_for_custodian_get(*, actor: Any, public_id: UUID | str) -> Device:
         return Device.objects.select_related("custodian").get(public_id=public_id, custodian=actor)
     except (Device.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise access.NotVisible() from exc
+
+
+def devices_compliance_section(actor: Any) -> ReportSection:
+    """The compliance report's devices section: the register's counts by state (every state), lost devices and
+    open wipe orders. Counts only, for anyone who may read the report."""
+    counts = dict.fromkeys(Device.Status.values, 0)
+    for row in Device.objects.order_by().values("status").annotate(n=models.Count("pk")):
+        counts[row["status"]] = row["n"]
+    open_wipes = WipeOrder.objects.filter(confirmed_at__isnull=True).count()
+    rows = [(label, str(counts[value])) for value, label in Device.Status.choices]
+    rows.append(("Wipe orders not yet confirmed", str(open_wipes)))
+    return ReportSection("Devices holding patient data", rows, ok=counts[Device.Status.LOST] == 0 and open_wipes == 0)

@@ -87,6 +87,12 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.AUDIT_SYSLOG_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Remind the compliance officers of incident notification deadlines (HITECH: 60 days), each reminder once.
+    "incident-reminders": {
+        "task": "audit.tasks.incident_reminders_all",
+        "schedule": crontab(hour=7, minute=0),
+        "options": {"queue": "maintenance"},
+    },
     # Verify every tenant's trail (chains, change seals, digests) each night; a failure raises a critical alert.
     "audit-verify": {
         "task": "audit.tasks.audit_verify_all",

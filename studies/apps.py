@@ -16,3 +16,8 @@ class StudiesConfig(AppConfig):
         visibility_rule_register(Study, study_visibility)
         break_glass_register(Study, perm="studies.view_study")
         invitation_accepted_register(Invitation.Purpose.SHARE, share_invitation_accepted)
+
+        from audit.selectors import compliance_section_register
+        from studies.selectors.storage import encryption_compliance_section
+
+        compliance_section_register(encryption_compliance_section)

@@ -50,6 +50,12 @@ class Tenant(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
     # The called AE title that DICOM peers use to reach this tenant's archive (one per tenant).
     ae_title = models.CharField(max_length=16, unique=True, null=True, blank=True)
+    # Working hours (in `time_zone`, on `working_days`, ISO weekday digits 1 = Monday): reads of patient data
+    # outside them raise an alert (audit.rules). Unset: no such rule.
+    working_hours_start = models.TimeField(null=True, blank=True)
+    working_hours_end = models.TimeField(null=True, blank=True)
+    working_days = models.CharField(max_length=7, default="12345", blank=True)
+    time_zone = models.CharField(max_length=64, default="UTC")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

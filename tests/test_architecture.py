@@ -60,6 +60,7 @@ FANOUT_TASKS = {
     "studies.tasks.read_tallies_flush",
     "training.tasks.training_reminders",
     "audit.tasks.security_rules_evaluate_all",
+    "audit.tasks.incident_reminders_all",
     "audit.tasks.audit_verify_all",
     "devices.tasks.wipe_orders_overdue",
     "studies.tasks.retention_proposals_make",

@@ -10,3 +10,8 @@ class TrainingConfig(AppConfig):
         from training.access_rules import training_gate
 
         gate_register(training_gate)
+
+        from audit.selectors import compliance_section_register
+        from training.selectors import training_compliance_section
+
+        compliance_section_register(training_compliance_section)

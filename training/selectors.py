@@ -18,6 +18,7 @@ from django.db import models
 from django.db.models import Max, OuterRef, Subquery
 from django.utils import timezone
 
+from audit.selectors import ReportSection
 from tenants import access
 from tenants.models import Membership, User
 from tenants.scoping import current_tenant
@@ -377,3 +378,23 @@ def operator_training_list(*, actor: Any) -> list[OperatorStatus]:
         )
         for operator in operators
     ]
+
+
+def training_compliance_section(actor: Any) -> ReportSection:
+    """The compliance report's training section (audit.selectors.compliance_section_register): who holds every
+    course their role requires, and who is blocked from patient data by a lapsed blocking course."""
+    try:
+        matrix = training_matrix(actor=actor)
+    except access.Forbidden:
+        return ReportSection("Security training", [("Not shown", "reading training records needs view_training")])
+    people = len(matrix.rows)
+    current = sum(1 for row in matrix.rows if all(c.state != State.EXPIRED and c.state != State.MISSING
+                                                     for c in row.cells.values()))  # fmt: skip
+    blocked = sorted(row.membership.user.username for row in matrix.rows if any(c.blocks for c in row.cells.values()))
+    percent = round(100 * current / people) if people else 100
+    rows = [
+        ("Required courses", str(len(matrix.courses))),
+        ("Members with every required course held", f"{current} of {people} ({percent}%)"),
+        ("Blocked from patient data (a blocking course lapsed)", ", ".join(blocked) or "nobody"),
+    ]
+    return ReportSection("Security training", rows, ok=current == people)

@@ -1,7 +1,8 @@
 """The audit app's pages: the trail browser (pages) and how its rows read (trail)."""
 
 from audit.views.alerts import AlertDetailView, AlertListView
-from audit.views.dashboard import AuditDashboardView, ComplianceReportView
+from audit.views.dashboard import AuditDashboardView, ComplianceReportPdfView, ComplianceReportView
+from audit.views.incidents import IncidentDetailView, IncidentListView, IncidentOpenView
 from audit.views.pages import (
     PAGE_SIZE,
     AuditChangeDetailView,
@@ -25,6 +26,10 @@ __all__ = [
     "AuditView",
     "AuditXmlExportView",
     "BreachScopeView",
+    "ComplianceReportPdfView",
     "ComplianceReportView",
     "DisclosuresView",
+    "IncidentDetailView",
+    "IncidentListView",
+    "IncidentOpenView",
 ]

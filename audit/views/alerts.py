@@ -56,6 +56,8 @@ class AlertDetailView(TenantPageView):
             "evidence": security_alert_evidence(actor=request.user, alert=alert),
             "form": form,
             "may_handle": ALERT_HANDLE_PERM in self.perms and alert.status != SecurityAlert.Status.CLOSED,
+            "may_open_incident": ALERT_HANDLE_PERM in self.perms,
+            "incidents": list(alert.incidents.all()),
         }
         return self.render(request, "audit/alert.html", context, status=status)
 

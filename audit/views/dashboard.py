@@ -9,10 +9,19 @@ from django.db.models import Count, Exists, OuterRef
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
+from fpdf import FPDF
 
 from audit.events import EventType
-from audit.models import SecurityAlert
-from audit.selectors import audit_dashboard, audit_event_list, security_alert_list
+from audit.incidents import incident_deadlines
+from audit.models import Incident, SecurityAlert
+from audit.selectors import (
+    ReportSection,
+    audit_dashboard,
+    audit_event_list,
+    compliance_sections,
+    incident_list,
+    security_alert_list,
+)
 from audit.services import audit_log_used_record
 from audit.views.trail import log_participant
 from portal.web.pages import TenantPageView
@@ -56,40 +65,116 @@ class AuditDashboardView(TenantPageView):
         return self.render(request, "audit/dashboard.html", context)
 
 
+def compliance_report(request: HttpRequest, tenant: Any) -> list[ReportSection]:
+    """The report's sections for the current tenant: MFA coverage, open alerts and incidents, the trail's integrity
+    (last verification and signed digest), then what the other apps register (training coverage, devices by state,
+    encryption at rest, the last restore drill)."""
+    members = membership_list(actor=request.user, include_ended=False).annotate(
+        has_mfa=Exists(TOTPDevice.objects.filter(user=OuterRef("user"), confirmed=True))
+    )
+    without_mfa = sorted(m.user.username for m in members if not m.has_mfa)
+    total = len(members)
+    mfa_percent = round(100 * (total - len(without_mfa)) / total) if total else 100
+    verified = audit_event_list(actor=request.user, event_type=EventType.AUDIT_VERIFIED)
+    last_ok, last_failed = verified.filter(outcome=0).first(), verified.exclude(outcome=0).first()
+    alerts = security_alert_list(actor=request.user)
+    open_states = [SecurityAlert.Status.OPEN, SecurityAlert.Status.ESCALATED]
+    open_by_severity = dict(
+        alerts.filter(status__in=open_states).values_list("severity").annotate(n=Count("pk")).order_by()
+    )
+    incidents = [i for i in incident_list(actor=request.user) if i.status != Incident.Status.CLOSED]
+    deadlines = sorted((d.due, d.label, i.title) for i in incidents for d in incident_deadlines(i))
+    digest = audit_dashboard(actor=request.user, days=1).last_digest
+
+    def when(value: Any) -> str:
+        return f"{value:%Y-%m-%d %H:%M} UTC"
+
+    sections = [
+        ReportSection(
+            "Multi-factor authentication",
+            [("Current members", str(total)), ("With an authenticator", f"{total - len(without_mfa)} ({mfa_percent}%)"),
+             ("Without", ", ".join(without_mfa) or "nobody")],
+            ok=not without_mfa,
+        ),
+        ReportSection(
+            "Open security alerts",
+            [(label, str(open_by_severity.get(value, 0))) for value, label in SecurityAlert.Severity.choices],
+            ok=not open_by_severity,
+        ),
+        ReportSection(
+            "Open incidents",
+            [("Open", str(len(incidents)))]
+            + [(f"{label} ({title})", f"due {due:%Y-%m-%d}") for due, label, title in deadlines[:10]],
+            ok=not incidents,
+        ),
+        ReportSection(
+            "Audit trail integrity",
+            [
+                ("Last successful verification",
+                 f"{when(last_ok.occurred_at)} ({last_ok.extra.get('events')} events)" if last_ok else "None yet"),
+                ("Last failed verification",
+                 f"{when(last_failed.occurred_at)}: {last_failed.outcome_description}" if last_failed else "None"),
+                ("Last signed digest",
+                 f"{digest.day:%Y-%m-%d}, sequence {digest.last_sequence}" if digest else "None yet"),
+            ],
+            ok=last_ok is not None and (last_failed is None or last_failed.occurred_at < last_ok.occurred_at),
+        ),
+    ]  # fmt: skip
+    return sections + compliance_sections(actor=request.user)
+
+
 class ComplianceReportView(TenantPageView):
-    """/t/<tenant>/audit/compliance/ : the printable compliance report: MFA coverage of the current members,
-    open alerts by severity, the last audit verification (successful and failed) and the last signed digest."""
+    """/t/<tenant>/audit/compliance/ : the printable compliance report (`compliance_report`)."""
 
     required_permission = "tenants.view_audit"
 
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
-        members = membership_list(actor=request.user, include_ended=False).annotate(
-            has_mfa=Exists(TOTPDevice.objects.filter(user=OuterRef("user"), confirmed=True))
-        )
-        without_mfa = sorted(m.user.username for m in members if not m.has_mfa)
-        total = len(members)
-        verified = audit_event_list(actor=request.user, event_type=EventType.AUDIT_VERIFIED)
-        alerts = security_alert_list(actor=request.user)
-        open_states = [SecurityAlert.Status.OPEN, SecurityAlert.Status.ESCALATED]
-        open_by_severity = dict(
-            alerts.filter(status__in=open_states).values_list("severity").annotate(n=Count("pk")).order_by()
-        )
-        dashboard = audit_dashboard(actor=request.user, days=1)
-        audit_log_used_record(
-            actor=request.user,
-            tenant=self.tenant,
-            target=log_participant(request, self.tenant),
-            extra={"report": "compliance"},
-        )
-        context = {
-            "members": total,
-            "with_mfa": total - len(without_mfa),
-            "without_mfa": without_mfa,
-            "mfa_percent": round(100 * (total - len(without_mfa)) / total) if total else 100,
-            "last_ok": verified.filter(outcome=0).first(),
-            "last_failed": verified.exclude(outcome=0).first(),
-            "open_alerts": [(label, open_by_severity.get(value, 0)) for value, label in SecurityAlert.Severity.choices],
-            "last_digest": dashboard.last_digest,
-            "printed": timezone.now(),
-        }
-        return self.render(request, "audit/compliance.html", context)
+        sections = compliance_report(request, self.tenant)
+        audit_log_used_record(actor=request.user, tenant=self.tenant, target=log_participant(request, self.tenant),
+                              extra={"report": "compliance"})  # fmt: skip
+        return self.render(request, "audit/compliance.html", {"sections": sections, "printed": timezone.now()})
+
+
+class ComplianceReportPdfView(TenantPageView):
+    """/t/<tenant>/audit/compliance.pdf : the same report as a PDF document (fpdf2), for the file."""
+
+    required_permission = "tenants.view_audit"
+
+    def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        sections = compliance_report(request, self.tenant)
+        audit_log_used_record(actor=request.user, tenant=self.tenant, target=log_participant(request, self.tenant),
+                              extra={"report": "compliance", "format": "pdf"})  # fmt: skip
+        pdf = compliance_pdf(tenant_name=self.tenant.name, sections=sections, printed=timezone.now())
+        response = HttpResponse(pdf, content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="compliance-{self.tenant.slug}.pdf"'
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+def _latin1(text: str) -> str:
+    """The PDF's core font speaks Latin-1: anything else becomes '?', never an error."""
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def compliance_pdf(*, tenant_name: str, sections: list[ReportSection], printed: Any) -> bytes:
+    document = FPDF(format="A4")
+    document.set_compression(False)  # a few kilobytes of text: readable as is, and searchable by tests
+    document.set_title(_latin1(f"Compliance report: {tenant_name}"))
+    document.set_creator("Enclave")
+    document.add_page()
+    document.set_font("Helvetica", "B", 16)
+    document.multi_cell(0, 9, _latin1(f"Compliance report: {tenant_name}"), new_x="LMARGIN", new_y="NEXT")
+    document.set_font("Helvetica", "", 9)
+    document.cell(0, 6, f"Printed {printed:%Y-%m-%d %H:%M} UTC", new_x="LMARGIN", new_y="NEXT")
+    for section in sections:
+        document.ln(3)
+        document.set_font("Helvetica", "B", 12)
+        verdict = "" if section.ok is None else ("  [in order]" if section.ok else "  [needs attention]")
+        document.multi_cell(0, 7, _latin1(section.title + verdict), new_x="LMARGIN", new_y="NEXT")
+        document.set_font("Helvetica", "", 10)
+        for label, value in section.rows:
+            document.multi_cell(0, 5.5, _latin1(f"{label}: {value}"), new_x="LMARGIN", new_y="NEXT")
+        if section.note:
+            document.set_font("Helvetica", "I", 9)
+            document.multi_cell(0, 5, _latin1(section.note), new_x="LMARGIN", new_y="NEXT")
+    return bytes(document.output())

@@ -354,6 +354,7 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
     {"model": "studies.shareinvitation", "mask_fields": ["note"]},
     {"model": "studies.breakglassgrant", "mask_fields": ["reason", "review_note"]},
     {"model": "studies.export", "mask_fields": ["purpose", "recipient", "error"], "m2m_fields": ["studies"]},
+    {"model": "audit.incident", "mask_fields": ["scope_snapshot", "scope_username"], "m2m_fields": ["alerts"]},
 )
 AUDITLOG_MASK_CALLABLE = "audit.context.auditlog_mask"
 # Wrapped keys are binary and secret: their changes are facts of the blob's own row, never diffs in the log.
@@ -384,11 +385,18 @@ AUDIT_SYSLOG_PORT = env.int("AUDIT_SYSLOG_PORT", default=6514)
 AUDIT_SYSLOG_PROTOCOL = env.str("AUDIT_SYSLOG_PROTOCOL", default="tls")  # tls, tcp or udp
 AUDIT_SYSLOG_CA_FILE = env.str("AUDIT_SYSLOG_CA_FILE", default="")
 AUDIT_SYSLOG_INTERVAL_SECONDS = env.int("AUDIT_SYSLOG_INTERVAL_SECONDS", default=30)
-# Security rules over the event stream (audit.services.security_rules_match), evaluated by a beat job.
+# Security rules over the event stream (audit.rules.security_rules_match), evaluated by a beat job.
 SECURITY_RULES_INTERVAL_SECONDS = env.int("SECURITY_RULES_INTERVAL_SECONDS", default=60)
 SECURITY_RULE_WINDOW_SECONDS = env.int("SECURITY_RULE_WINDOW_SECONDS", default=15 * 60)
 SECURITY_FAILED_LOGIN_THRESHOLD = env.int("SECURITY_FAILED_LOGIN_THRESHOLD", default=5)
 SECURITY_ACCESS_DENIED_THRESHOLD = env.int("SECURITY_ACCESS_DENIED_THRESHOLD", default=10)
+# 404s across this many different identifiers by one person in the window (guessing identifiers).
+SECURITY_NOT_FOUND_THRESHOLD = env.int("SECURITY_NOT_FOUND_THRESHOLD", default=20)
+# Bulk retrieval: at least this many patients in the window, and more than FACTOR times the person's average per
+# window over the BASELINE_DAYS before it.
+SECURITY_BULK_MIN_PATIENTS = env.int("SECURITY_BULK_MIN_PATIENTS", default=50)
+SECURITY_BULK_FACTOR = env.float("SECURITY_BULK_FACTOR", default=5.0)
+SECURITY_BULK_BASELINE_DAYS = env.int("SECURITY_BULK_BASELINE_DAYS", default=14)
 
 # CELERY
 # ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from audit.services import access_denied_record
+from audit.services import access_denied_record, not_found_record
 from tenants.access import Forbidden, GateRefused, NotVisible
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -45,6 +45,11 @@ def problem(status_code: int, detail: Any, *, code: str = "", errors: Any = None
     return body
 
 
+def route_identifier(kwargs: dict[str, Any]) -> str:
+    """What a route's URL named, without the tenant: the identifier a 404 is about (for the audit trail)."""
+    return "/".join(f"{key}={value}" for key, value in sorted(kwargs.items()) if key != "tenant")
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Map service and access errors onto DRF's, then render every error as one problem document.
 
@@ -57,6 +62,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         body["allowed"] = list(getattr(exc, "allowed", []))
         return Response(body, status=status.HTTP_409_CONFLICT, content_type=PROBLEM_CONTENT_TYPE)
     if isinstance(exc, NotVisible | Http404):
+        view, request = context.get("view"), context.get("request")
+        if request is not None and getattr(view, "tenant", None) is not None:
+            not_found_record(actor=request.user, where=type(view).__name__, method=request.method,
+                             identifier=route_identifier(context.get("kwargs") or {}))  # fmt: skip
         exc = exceptions.NotFound()
     elif isinstance(exc, Forbidden):
         view = context.get("view")

@@ -12,7 +12,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views import View
 
-from audit.services import access_denied_record
+from audit.services import access_denied_record, not_found_record
+from portal.web.errors import route_identifier
 from tenants import access
 from tenants.models import Membership, Tenant
 from tenants.scoping import tenant_scope
@@ -71,7 +72,9 @@ class TenantPageView(View):
                 if refusal is not None:  # say why and what to do, not a bare 403
                     return self.render(request, "portal/refused.html", {"refusal": refusal}, status=403)
                 raise PermissionDenied(str(exc)) from exc
-            except access.NotVisible as exc:
+            except (access.NotVisible, Http404) as exc:
+                not_found_record(actor=request.user, where=type(self).__name__, method=request.method or "",
+                                 identifier=route_identifier(kwargs))  # fmt: skip
                 raise Http404() from exc
             if hasattr(response, "render") and callable(response.render):
                 response.render()  # templates read the scope: render inside it

@@ -48,9 +48,14 @@ def test_dashboard_refusals(client_for, tenant_a, radiologist_a, outsider_b):
 
 
 COMPLIANCE = "/t/north/audit/compliance/"
+COMPLIANCE_PDF = "/t/north/audit/compliance.pdf"
 
 
-def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiologist_a, admin_b):
+def _sections(response) -> dict[str, dict[str, str]]:
+    return {section.title: dict(section.rows) for section in response.context["sections"]}
+
+
+def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiologist_a, admin_b, auditor_a):
     from audit.tasks import audit_verification_run
     from tenants.scoping import tenant_scope
 
@@ -62,14 +67,38 @@ def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiolo
     response = client_for(compliance_a).get(COMPLIANCE)
 
     assert response.status_code == 200
-    context = response.context
-    assert context["members"] == 2  # the compliance officer (signed in with TOTP) and the radiologist (not enrolled)
-    assert context["with_mfa"] == 1
-    assert context["without_mfa"] == ["north-radiologist"]
-    assert context["mfa_percent"] == 50
-    assert dict(context["open_alerts"]) == {"Warning": 0, "High": 1, "Critical": 0}
-    assert context["last_ok"].event_type == EventType.AUDIT_VERIFIED
-    assert context["last_failed"] is None
+    sections = _sections(response)
+    # The compliance officer (signed in with TOTP), the radiologist and the auditor (not enrolled).
+    assert sections["Multi-factor authentication"] == {
+        "Current members": "3", "With an authenticator": "1 (33%)", "Without": "north-auditor, north-radiologist",
+    }  # fmt: skip
+    assert sections["Open security alerts"] == {"Warning": "0", "High": "1", "Critical": "0"}
+    assert sections["Open incidents"] == {"Open": "0"}
+    assert sections["Audit trail integrity"]["Last failed verification"] == "None"
+    assert sections["Audit trail integrity"]["Last successful verification"] != "None yet"
+    # What the other apps register: training, devices, encryption at rest.
+    assert sections["Security training"]["Required courses"] == "0"
+    assert sections["Devices holding patient data"]["Lost"] == "0"
+    assert sections["Encryption at rest and replication"]["Objects without their replica copy"] == "0"
+    verdicts = {section.title: section.ok for section in response.context["sections"]}
+    assert verdicts["Multi-factor authentication"] is False
+    assert verdicts["Open security alerts"] is False
     assert last_event(tenant_a, EventType.AUDIT_LOG_USED).extra == {"report": "compliance"}
+    assert client_for(auditor_a).get(COMPLIANCE).status_code == 200  # an outside auditor reads the report
     assert client_for(radiologist_a).get(COMPLIANCE).status_code == 403
     assert client_for(admin_b).get(COMPLIANCE).status_code == 404
+
+
+def test_compliance_report_as_pdf(client_for, tenant_a, compliance_a, radiologist_a, admin_b):
+    pdf = client_for(compliance_a).get(COMPLIANCE_PDF)
+
+    assert pdf.status_code == 200
+    assert pdf["Content-Type"] == "application/pdf"
+    assert pdf["Cache-Control"] == "no-store"
+    assert pdf.content.startswith(b"%PDF-")
+    for title in (b"Multi-factor authentication", b"Security training", b"Devices holding patient data",
+                  b"Encryption at rest and replication", b"Audit trail integrity"):  # fmt: skip
+        assert title in pdf.content
+    assert last_event(tenant_a, EventType.AUDIT_LOG_USED).extra == {"report": "compliance", "format": "pdf"}
+    assert client_for(radiologist_a).get(COMPLIANCE_PDF).status_code == 403
+    assert client_for(admin_b).get(COMPLIANCE_PDF).status_code == 404

@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from audit.events import EventType, Outcome
 from audit.models import SecurityAlert
-from audit.services import security_alert_raise, security_rules_evaluate
+from audit.rules import security_rules_evaluate
+from audit.services import security_alert_raise
 from tenants.scoping import tenant_scope
 from tests.audit.helpers import events_of, last_event, record
 

@@ -20,7 +20,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from audit.models import AuditEvent, SecurityAlert
+from audit.models import AuditEvent, Incident, SecurityAlert
 from devices.models import Device
 from studies import services as study_services
 from studies.models import BreakGlassGrant, IngestItem, RetentionProposal, Series
@@ -112,6 +112,8 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
     with tenant_scope(tenant_a):
         device = Device.objects.filter(custodian=radiologist_a).first()
         alert = SecurityAlert.objects.first()
+        incident = Incident.objects.create(tenant=tenant_a, title="sweep", opened_by=compliance_a,
+                                           discovered_at=timezone.now())  # fmt: skip
         event = AuditEvent.objects.order_by("-sequence").first()
     change = LogEntry.objects.order_by("-pk").first()
     assert alert is not None
@@ -136,6 +138,7 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
         "batch": str(batch),
         "device": str(device.public_id),
         "alert": str(alert.public_id),
+        "incident": str(incident.public_id),
         "audit_event": str(event.public_id),
         "audit_change": str(change.pk),
         "requirement": str(requirement.public_id),
@@ -314,7 +317,9 @@ def test_another_tenants_admin_in_their_own_tenant_naming_our_objects(world, ten
 AUDIT_READS = {
     "portal:audit", "portal:audit_export", "portal:audit_export_json", "portal:audit_export_xml",
     "portal:audit_event", "portal:audit_change", "portal:audit_disclosures", "portal:audit_breach_scope",
-    "portal:audit_dashboard", "portal:audit_compliance", "portal:audit_alerts", "portal:audit_alert",
+    "portal:audit_dashboard", "portal:audit_compliance", "portal:audit_compliance_pdf", "portal:audit_alerts",
+    "portal:audit_alert",
+    "portal:audit_incidents", "portal:audit_incident",
     "api:audit_event_list", "api:audit_event_detail", "api:audit_change_list",
 }  # fmt: skip
 # The auditor's role holds tenants.view_members and tenants.view_training too (tenants/access.py): reading the
