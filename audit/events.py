@@ -139,6 +139,11 @@ class EventType(IntEnum):
     STUDY_DELETED = 520
     LEGAL_HOLD_PLACED = 521
     LEGAL_HOLD_LIFTED = 522
+    # 530-539: database backups, restores and restore drills (platform work; the drill is also told to each tenant)
+    DATABASE_BACKED_UP = 530
+    DATABASE_BACKUPS_DELETED = 531
+    DATABASE_RESTORED = 532
+    RESTORE_DRILL_RUN = 533
     # 600-699: training and certification
     TRAINING_COURSE_ADOPTED = 601
     TRAINING_COURSE_CREATED = 602
@@ -307,6 +312,14 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.LEGAL_HOLD_LIFTED: EventSpec(
         APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.DELETE, "Legal hold lifted"
     ),
+    EventType.DATABASE_BACKED_UP: EventSpec(APPLICATION_ACTIVITY, None, Action.EXECUTE, "Database backed up"),
+    EventType.DATABASE_BACKUPS_DELETED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.DELETE, "Old database backups deleted"
+    ),
+    EventType.DATABASE_RESTORED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.EXECUTE, "Database restored from a backup"
+    ),
+    EventType.RESTORE_DRILL_RUN: EventSpec(APPLICATION_ACTIVITY, None, Action.EXECUTE, "Restore drill run"),
     EventType.TRAINING_COURSE_ADOPTED: EventSpec(
         APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"
     ),

@@ -58,7 +58,8 @@ class AuditDashboardView(TenantPageView):
 
 class ComplianceReportView(TenantPageView):
     """/t/<tenant>/audit/compliance/ : the printable compliance report: MFA coverage of the current members,
-    open alerts by severity, the last audit verification (successful and failed) and the last signed digest."""
+    open alerts by severity, the last audit verification (successful and failed), the last signed digest and the
+    last restore drill."""
 
     required_permission = "tenants.view_audit"
 
@@ -90,6 +91,9 @@ class ComplianceReportView(TenantPageView):
             "last_failed": verified.exclude(outcome=0).first(),
             "open_alerts": [(label, open_by_severity.get(value, 0)) for value, label in SecurityAlert.Severity.choices],
             "last_digest": dashboard.last_digest,
+            # The drill is platform work; it records its result, and what it checked of this tenant, on each
+            # tenant's own trail (studies.services.backups), so the report reads it there.
+            "last_drill": audit_event_list(actor=request.user, event_type=EventType.RESTORE_DRILL_RUN).first(),
             "printed": timezone.now(),
         }
         return self.render(request, "audit/compliance.html", context)
