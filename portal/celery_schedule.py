@@ -105,7 +105,9 @@ BEAT_SCHEDULE = {
     "restore-drill": {
         "task": "studies.tasks.restore_drill",
         "schedule": crontab(
-            day_of_week=settings.RESTORE_DRILL_WEEKDAY, hour=(settings.BACKUP_HOUR + 2) % 24, minute=settings.BACKUP_MINUTE
+            day_of_week=settings.RESTORE_DRILL_WEEKDAY,
+            hour=(settings.BACKUP_HOUR + 2) % 24,
+            minute=settings.BACKUP_MINUTE,
         ),
         "options": {"queue": "maintenance"},
     },

@@ -80,9 +80,7 @@ def _table_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 def _chain_heads(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT key, tenant_id, last_sequence, last_hash FROM audit_auditchain ORDER BY key"
-    ).fetchall()
+    rows = conn.execute("SELECT key, tenant_id, last_sequence, last_hash FROM audit_auditchain ORDER BY key").fetchall()
     return [{"key": k, "tenant_id": t, "last_sequence": int(s), "last_hash": h} for k, t, s, h in rows]
 
 
@@ -323,9 +321,7 @@ def restore_drill_run(*, sample_percent: float | None = None, sample_min: int | 
     problems: list[str] = []
     checks: dict[str, Any] = {"sample_percent": percent, "sample_min": minimum, "tenants": {}}
     source = source_database()
-    scratch = Database.from_settings(
-        connection.settings_dict, name=f"{source.name[:40]}_drill_{uuid.uuid4().hex[:10]}"
-    )
+    scratch = Database.from_settings(connection.settings_dict, name=f"{source.name[:40]}_drill_{uuid.uuid4().hex[:10]}")
     folder = Path(tempfile.mkdtemp(prefix="enclave-drill-"))
     created = False
     try:
@@ -382,9 +378,13 @@ def _drill_record(drill: RestoreDrill) -> None:
     )  # fmt: skip
     # Each tenant's trail says that the drill ran, whether it passed, and what it checked of that tenant only.
     for tenant in Tenant.objects.order_by("pk"):
-        own = drill.checks.get("tenants", {}).get(str(tenant.pk), {})
+        own = dict(drill.checks.get("tenants", {}).get(str(tenant.pk), {}))
+        own["problems"] = own.get("problems", [])[:20]
         audit_event_record(
-            event=EventType.RESTORE_DRILL_RUN, tenant=tenant, system_principal=DRILL_PRINCIPAL, outcome=outcome,
+            event=EventType.RESTORE_DRILL_RUN,
+            tenant=tenant,
+            system_principal=DRILL_PRINCIPAL,
+            outcome=outcome,
             outcome_description="" if outcome == Outcome.SUCCESS else "the drill failed",
-            extra={**summary, **{k: v for k, v in own.items() if k != "problems"}, "problems": own.get("problems", [])[:20]},
-        )  # fmt: skip
+            extra={**summary, **own},
+        )

@@ -170,11 +170,13 @@ def test_the_drill_passes_on_a_healthy_archive_and_the_compliance_report_shows_i
     assert drill.status == RestoreDrill.Status.PASSED, drill.problems
     assert drill.problems == []
     assert drill.backup_name == manifest.name
-    assert drill.recovery_seconds is not None and drill.recovery_seconds > 0
+    assert drill.recovery_seconds is not None
+    assert drill.recovery_seconds > 0
     assert drill.bytes_restored > manifest.size
     assert drill.checks["tables"] == len(manifest.tables)
     assert drill.checks["rows"] == sum(manifest.tables.values())
-    assert drill.checks["blobs_sampled"] == 8 and drill.checks["blobs_failed"] == 0
+    assert drill.checks["blobs_sampled"] == 8
+    assert drill.checks["blobs_failed"] == 0
     for tenant in (tenant_a, tenant_b):
         assert drill.checks["tenants"][str(tenant.pk)]["blobs_sampled"] == 4
         assert drill.checks["tenants"][str(tenant.pk)]["chain_events"] > 0
@@ -182,10 +184,12 @@ def test_the_drill_passes_on_a_healthy_archive_and_the_compliance_report_shows_i
     assert _drill_databases() == []  # the scratch database is gone
 
     platform = AuditEvent.unscoped_objects.get(event_type=EventType.RESTORE_DRILL_RUN, tenant=None)
-    assert platform.outcome == Outcome.SUCCESS and platform.extra["drill"] == drill.pk
+    assert platform.outcome == Outcome.SUCCESS
+    assert platform.extra["drill"] == drill.pk
     with tenant_scope(tenant_a):
         own = AuditEvent.objects.get(event_type=EventType.RESTORE_DRILL_RUN)
-        assert own.extra["blobs_sampled"] == 4 and own.extra["status"] == "passed"
+        assert own.extra["blobs_sampled"] == 4
+        assert own.extra["status"] == "passed"
 
     page = client_for(compliance_a).get(f"/t/{tenant_a.slug}/audit/compliance/")
     assert page.status_code == 200
@@ -285,4 +289,3 @@ def test_retention_keeps_the_backups_of_the_last_days(tenant_a):
     with override_settings(BACKUP_KEEP_DAILY=2):
         newest = database_backup().name
     assert [m.name for m in backup_list()] == [names[3], newest]
-
