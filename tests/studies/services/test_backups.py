@@ -24,6 +24,7 @@ from studies.services.backups import backups_prune, database_backup, restore_dri
 from studies.storage.backups import FOLDER, BackupError, backup_decrypt, backup_get, backup_list, backup_store
 from studies.storage.blobs import blob_read
 from tenants.scoping import tenant_scope
+from tests.conftest import verified_client
 from tests.databases import database_url, superuser_connect_kwargs
 from tests.studies.retention_fixtures import stored_study
 
@@ -289,3 +290,15 @@ def test_retention_keeps_the_backups_of_the_last_days(tenant_a):
     with override_settings(BACKUP_KEEP_DAILY=2):
         newest = database_backup().name
     assert [m.name for m in backup_list()] == [names[3], newest]
+
+
+def test_operators_see_the_drills_in_the_admin_read_only(platform_staff):
+    drill = restore_drill_run()  # no backup yet: a failed drill
+    ops = verified_client(platform_staff)
+    listing = ops.get("/ops/studies/restoredrill/")
+    assert listing.status_code == 200
+    assert "there is no backup yet" not in listing.content.decode()  # the reasons are on the drill's own page
+    page = ops.get(f"/ops/studies/restoredrill/{drill.pk}/change/")
+    assert page.status_code == 200
+    assert "there is no backup yet" in page.content.decode()
+    assert ops.post(f"/ops/studies/restoredrill/{drill.pk}/delete/").status_code == 403
