@@ -34,9 +34,9 @@ from django.utils.dateparse import parse_datetime
 from psycopg import sql
 
 from audit.events import EventType, Outcome
-from audit.models import AuditChain
+from audit.models import AuditChain, SecurityAlert
 from audit.selectors import audit_chain_verify
-from audit.services import audit_event_record
+from audit.services import audit_event_record, security_alert_raise
 from studies.models import Blob, RestoreDrill, TenantKey
 from studies.storage import envelope
 from studies.storage.backups import (
@@ -312,9 +312,10 @@ def restore_drill_run(*, sample_percent: float | None = None, sample_min: int | 
     store (but the backups) into a scratch folder, measure the time that took, then check: each table's row count
     against the manifest; a sample of each tenant's instance blobs decrypted end to end with the restored keys and
     hashed against the restored SHA-256; every audit chain verified on the restored rows, its head equal to the
-    manifest's. Records a RestoreDrill (passed or failed, with the reasons) and RESTORE_DRILL_RUN on the platform
-    chain and on each tenant's. Needs the right to create databases. Platform job, no scope; never raises for a
-    failed check (the row says why)."""
+    manifest's; and the targets: the backup's age (recovery point) and the recovery time. Records a RestoreDrill
+    (passed or failed, with the reasons) and RESTORE_DRILL_RUN on the platform chain (with a critical platform
+    SecurityAlert when it failed) and on each tenant's. Needs the right to create databases. Platform job, no
+    scope; never raises for a failed check (the row says why)."""
     percent = settings.RESTORE_DRILL_SAMPLE_PERCENT if sample_percent is None else sample_percent
     minimum = settings.RESTORE_DRILL_SAMPLE_MIN if sample_min is None else sample_min
     drill = RestoreDrill.objects.create(started_at=timezone.now())
@@ -327,6 +328,12 @@ def restore_drill_run(*, sample_percent: float | None = None, sample_min: int | 
     try:
         manifest = backup_get("latest")
         drill.backup_name, drill.backup_created_at = manifest.name, parse_datetime(manifest.created_at)
+        if drill.backup_created_at is not None:
+            age = (drill.started_at - drill.backup_created_at).total_seconds() / 3600
+            checks["backup_age_hours"] = round(age, 2)
+            if age > settings.RESTORE_DRILL_MAX_BACKUP_AGE_HOURS:
+                target = settings.RESTORE_DRILL_MAX_BACKUP_AGE_HOURS
+                problems.append(f"the latest backup is {age:.1f} h old (target {target:g} h)")
         started = time.monotonic()
         with source.connect(autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch.name)))
@@ -334,6 +341,9 @@ def restore_drill_run(*, sample_percent: float | None = None, sample_min: int | 
         _restore_into(manifest, scratch, force=False)
         files, blob_bytes = replica_copy_to(folder)
         drill.recovery_seconds = time.monotonic() - started
+        if drill.recovery_seconds > settings.RESTORE_DRILL_MAX_RECOVERY_SECONDS:
+            target = settings.RESTORE_DRILL_MAX_RECOVERY_SECONDS
+            problems.append(f"recovery took {drill.recovery_seconds:.1f} s (target {target:g} s)")
         drill.bytes_restored = manifest.size + blob_bytes
         checks["blob_files"] = files
         problems += _rows_check(scratch, manifest, checks)
@@ -367,15 +377,21 @@ def _drill_record(drill: RestoreDrill) -> None:
         "backup_created_at": drill.backup_created_at.isoformat() if drill.backup_created_at else "",
         "recovery_seconds": round(drill.recovery_seconds, 3) if drill.recovery_seconds is not None else None,
     }
-    description = "" if outcome == Outcome.SUCCESS else "; ".join(drill.problems)[:300]
-    audit_event_record(
-        event=EventType.RESTORE_DRILL_RUN,
-        system_principal=DRILL_PRINCIPAL,
-        outcome=outcome,
-        outcome_description=description,
-        extra={**summary, **{k: v for k, v in drill.checks.items() if k != "tenants"},
-               "bytes_restored": drill.bytes_restored, "problems": drill.problems[:50]},
-    )  # fmt: skip
+    extra = {**summary, **{k: v for k, v in drill.checks.items() if k != "tenants"},
+             "bytes_restored": drill.bytes_restored, "problems": drill.problems[:50]}  # fmt: skip
+    if outcome == Outcome.SUCCESS:
+        audit_event_record(event=EventType.RESTORE_DRILL_RUN, system_principal=DRILL_PRINCIPAL, extra=extra)
+    else:
+        # A backup that does not restore is found now, not on the day it is needed: operators must look.
+        security_alert_raise(
+            kind="restore_drill_failed",
+            summary="Restore drill failed: " + "; ".join(drill.problems),
+            event=EventType.RESTORE_DRILL_RUN,
+            severity=SecurityAlert.Severity.CRITICAL,
+            outcome=outcome,
+            extra=extra,
+            subject=drill.backup_name,
+        )
     # Each tenant's trail says that the drill ran, whether it passed, and what it checked of that tenant only.
     for tenant in Tenant.objects.order_by("pk"):
         own = dict(drill.checks.get("tenants", {}).get(str(tenant.pk), {}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import psycopg
@@ -15,10 +15,11 @@ from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import override_settings
+from django.utils import timezone
 from psycopg import sql
 
 from audit.events import EventType, Outcome
-from audit.models import AuditEvent
+from audit.models import AuditEvent, SecurityAlert
 from studies.models import Blob, Instance, RestoreDrill
 from studies.services.backups import backups_prune, database_backup, restore_drill_run
 from studies.storage.backups import FOLDER, BackupError, backup_decrypt, backup_get, backup_list, backup_store
@@ -255,6 +256,25 @@ def test_the_drill_fails_without_a_backup_and_with_an_edited_manifest(tenant_a):
     assert drill.status == RestoreDrill.Status.FAILED
     assert "does not open" in drill.problems[0]
     assert _drill_databases() == []
+
+
+def test_the_drill_fails_above_its_recovery_point_and_time_targets_and_raises_an_alert(tenant_a):
+    manifest = database_backup()
+    _redate(manifest.name, (timezone.now() - timedelta(hours=30)).isoformat())
+
+    with override_settings(RESTORE_DRILL_MAX_BACKUP_AGE_HOURS=26, RESTORE_DRILL_MAX_RECOVERY_SECONDS=0):
+        drill = restore_drill_run()
+
+    assert drill.status == RestoreDrill.Status.FAILED
+    assert drill.problems[0].startswith("the latest backup is 30.0 h old (target 26 h)")
+    assert drill.problems[1].startswith("recovery took ")
+    assert drill.problems[1].endswith("(target 0 s)")
+    assert len(drill.problems) == 2  # the restored copy itself checked out
+    assert drill.checks["backup_age_hours"] >= 30
+    alert = SecurityAlert.unscoped_objects.get(kind="restore_drill_failed")
+    assert alert.tenant is None
+    assert alert.severity == SecurityAlert.Severity.CRITICAL
+    assert alert.event.event_type == EventType.RESTORE_DRILL_RUN
 
 
 def _redate(name: str, created_at: str) -> None:
