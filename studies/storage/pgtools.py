@@ -22,6 +22,11 @@ import psycopg
 from django.conf import settings
 from psycopg.conninfo import make_conninfo
 
+# Connection settings of Django's OPTIONS that libpq (and so pg_dump and pg_restore) understands; the others
+# (isolation_level, pool, ...) are Django's or psycopg's own.
+LIBPQ_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "connect_timeout", "options",
+                 "application_name", "target_session_attrs", "passfile", "service")  # fmt: skip
+
 
 class PgToolError(Exception):
     """A PostgreSQL tool is missing, does not match the server, or failed."""
@@ -43,6 +48,8 @@ class Database:
             "host": settings_dict.get("HOST") or None,
             "port": str(settings_dict["PORT"]) if settings_dict.get("PORT") else None,
         }
+        options = settings_dict.get("OPTIONS") or {}
+        params |= {k: str(options[k]) for k in LIBPQ_OPTIONS if options.get(k) not in (None, "")}
         return cls(make_conninfo(**{k: v for k, v in params.items() if v}), settings_dict.get("PASSWORD") or "")
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -51,7 +58,7 @@ class Database:
         return psycopg.connect(self.conninfo, **kwargs)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env = dict(os.environ)  # PGPASSWORD, PGPASSFILE, PGSSLMODE... of the operator still apply
         if self.password:
             env["PGPASSWORD"] = self.password
         return env
