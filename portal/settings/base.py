@@ -484,6 +484,9 @@ PG_BIN_DIR = env.str("PG_BIN_DIR", default="")
 RESTORE_DRILL_SAMPLE_PERCENT = env.float("RESTORE_DRILL_SAMPLE_PERCENT", default=1.0)
 RESTORE_DRILL_SAMPLE_MIN = env.int("RESTORE_DRILL_SAMPLE_MIN", default=20)
 RESTORE_DRILL_WEEKDAY = env.int("RESTORE_DRILL_WEEKDAY", default=0)
+# Where the drill copies the replica's blobs (and decrypts the dump): as big as the archive; empty = the system's
+# temporary folder.
+RESTORE_DRILL_DIR = env.str("RESTORE_DRILL_DIR", default="")
 # Targets (SECURITY.md B8): a drill fails when the latest backup is older than this (the recovery point), or when
 # restoring took longer than this (the recovery time).
 RESTORE_DRILL_MAX_BACKUP_AGE_HOURS = env.float("RESTORE_DRILL_MAX_BACKUP_AGE_HOURS", default=26.0)

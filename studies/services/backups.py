@@ -323,7 +323,7 @@ def restore_drill_run(*, sample_percent: float | None = None, sample_min: int | 
     checks: dict[str, Any] = {"sample_percent": percent, "sample_min": minimum, "tenants": {}}
     source = source_database()
     scratch = Database.from_settings(connection.settings_dict, name=f"{source.name[:40]}_drill_{uuid.uuid4().hex[:10]}")
-    folder = Path(tempfile.mkdtemp(prefix="enclave-drill-"))
+    folder = Path(tempfile.mkdtemp(prefix="enclave-drill-", dir=settings.RESTORE_DRILL_DIR or None))
     created = False
     try:
         manifest = backup_get("latest")
