@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ from studies.storage.backups import (
     backup_delete,
     backup_get,
     backup_list,
+    backup_store,
+    backup_unfinished,
     backup_write,
     master_key,
     replica_copy_to,
@@ -58,6 +61,10 @@ from tenants.scoping import tenant_scope
 PRINCIPAL = "enclave:backup"
 DRILL_PRINCIPAL = "enclave:restore-drill"
 DRILL_ALIAS = "restore_drill"
+
+
+def _work_dir() -> str | None:
+    return settings.BACKUP_WORK_DIR or None
 
 
 def source_database() -> Database:
@@ -93,7 +100,7 @@ def database_backup(*, keep_daily: int | None = None) -> BackupManifest:
     source = source_database()
     major = server_major(source)
     pg_dump = pg_tool("pg_dump", major=major)
-    with tempfile.TemporaryDirectory(prefix="enclave-backup-") as work:
+    with tempfile.TemporaryDirectory(prefix="enclave-backup-", dir=_work_dir()) as work:
         dump = Path(work) / "database.dump"
         # One REPEATABLE READ snapshot, exported to pg_dump: the counts and chain heads in the manifest are those of
         # the very rows in the dump, however busy the archive is meanwhile.
@@ -137,7 +144,8 @@ def database_backup(*, keep_daily: int | None = None) -> BackupManifest:
 def backups_prune(*, keep_daily: int) -> list[str]:
     """Keep every backup of the last `keep_daily` days that have backups (UTC days of their snapshots); delete the
     older ones. The newest backup is always kept, and a day with several backups (one taken by hand before a risky
-    change, say) keeps them all. Records DATABASE_BACKUPS_DELETED when it deleted any. Names deleted."""
+    change, say) keeps them all. Also deletes the dumps left without a manifest for a day (backups cut short).
+    Records DATABASE_BACKUPS_DELETED when it deleted any. Names deleted."""
     if keep_daily < 1:
         raise ValueError("keep_daily must be at least 1: pruning never deletes every backup")
     backups = backup_list()
@@ -146,12 +154,17 @@ def backups_prune(*, keep_daily: int) -> list[str]:
     doomed = [m for m in backups if m.name not in kept]
     for manifest in doomed:
         backup_delete(manifest=manifest)
-    if doomed:
+    # A day is long enough for any backup under way to write its manifest (BACKUP_TIME_LIMIT_SECONDS is less).
+    unfinished = backup_unfinished(older_than=timezone.now() - timedelta(days=1))
+    for path in unfinished:
+        backup_store().delete(path)
+    if doomed or unfinished:
         audit_event_record(
             event=EventType.DATABASE_BACKUPS_DELETED,
             system_principal=PRINCIPAL,
-            extra={"backups": [m.name for m in doomed], "kept": sorted(kept), "keep_daily": keep_daily},
-        )
+            extra={"backups": [m.name for m in doomed], "unfinished": unfinished, "kept": sorted(kept),
+                   "keep_daily": keep_daily},
+        )  # fmt: skip
     return [m.name for m in doomed]
 
 
@@ -168,7 +181,7 @@ def _restore_into(manifest: BackupManifest, target: Database, *, force: bool) ->
     if not force and not _is_empty(target):
         raise BackupError(f"the target database {target.name!r} is not empty (use --force to replace its tables)")
     pg_restore = pg_tool("pg_restore", major=max(major, manifest.pg_dump_version))
-    with tempfile.TemporaryDirectory(prefix="enclave-restore-") as work:
+    with tempfile.TemporaryDirectory(prefix="enclave-restore-", dir=_work_dir()) as work:
         dump = Path(work) / "database.dump"
         backup_decrypt(manifest=manifest, out=dump)
         args = [pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
@@ -323,7 +336,7 @@ def restore_drill_run(*, sample_percent: float | None = None, sample_min: int | 
     checks: dict[str, Any] = {"sample_percent": percent, "sample_min": minimum, "tenants": {}}
     source = source_database()
     scratch = Database.from_settings(connection.settings_dict, name=f"{source.name[:40]}_drill_{uuid.uuid4().hex[:10]}")
-    folder = Path(tempfile.mkdtemp(prefix="enclave-drill-", dir=settings.RESTORE_DRILL_DIR or None))
+    folder = Path(tempfile.mkdtemp(prefix="enclave-drill-", dir=_work_dir()))
     created = False
     try:
         manifest = backup_get("latest")

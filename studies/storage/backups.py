@@ -18,6 +18,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,21 @@ def replica_copy_to(folder: Path) -> tuple[int, int]:
         files += 1
         size += target.stat().st_size
     return files, size
+
+
+def backup_unfinished(*, older_than: datetime) -> list[str]:
+    """Paths of encrypted dumps that have no manifest (a backup cut short between its two files, or a manifest
+    that could not be written) and were written before `older_than`: never listed, never restorable, only space."""
+    store = backup_store()
+    try:
+        _, files = store.listdir(FOLDER)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    finished = {f.removesuffix(".json") for f in files if f.endswith(".json")}
+    return [
+        f"{FOLDER}/{f}"
+        for f in sorted(files)
+        if f.endswith(".dump.enc")
+        and f.removesuffix(".dump.enc") not in finished
+        and store.get_modified_time(f"{FOLDER}/{f}") < older_than
+    ]

@@ -3,6 +3,7 @@ server, the real replica store, real scratch databases (issue 13; SECURITY.md A4
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -296,14 +297,24 @@ def test_retention_keeps_the_backups_of_the_last_days(tenant_a):
     ):  # fmt: skip
         _redate(name, when)
 
+    # Dumps without a manifest (backups cut short): deleted once a day old, not while one may be under way.
+    backup_store().save(f"{FOLDER}/db-cut-short.dump.enc", ContentFile(b"x"))
+    backup_store().save(f"{FOLDER}/db-under-way.dump.enc", ContentFile(b"x"))
+    day_ago = (timezone.now() - timedelta(days=1, minutes=1)).timestamp()
+    os.utime(backup_store().path(f"{FOLDER}/db-cut-short.dump.enc"), (day_ago, day_ago))
+
     deleted = backups_prune(keep_daily=2)
 
+    assert not backup_store().exists(f"{FOLDER}/db-cut-short.dump.enc")
+    assert backup_store().exists(f"{FOLDER}/db-under-way.dump.enc")
+    backup_store().delete(f"{FOLDER}/db-under-way.dump.enc")
     assert deleted == [names[0]]  # the 3rd keeps both of its backups
     assert [m.name for m in backup_list()] == names[1:]
     assert not backup_store().exists(f"{FOLDER}/{names[0]}.dump.enc")
     assert not backup_store().exists(f"{FOLDER}/{names[0]}.json")
     event = AuditEvent.unscoped_objects.get(event_type=EventType.DATABASE_BACKUPS_DELETED)
     assert event.extra["backups"] == [names[0]]
+    assert event.extra["unfinished"] == [f"{FOLDER}/db-cut-short.dump.enc"]
     with pytest.raises(ValueError, match="at least 1"):
         backups_prune(keep_daily=0)
     # The scheduled backup prunes by the setting: one more today keeps today's and the 4th of January's.
