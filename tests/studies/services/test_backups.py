@@ -3,6 +3,7 @@ server, the real replica store, real scratch databases (issue 13; SECURITY.md A4
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -154,6 +155,11 @@ def test_restore_refuses_a_damaged_backup_and_leaves_the_target_alone(tenant_a):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+    listing = io.StringIO()
+    call_command("restore_database", "--list", stdout=listing)
+    assert manifest.name in listing.getvalue()
+    with pytest.raises(CommandError, match="--target-url is required"):
+        call_command("restore_database")
     with empty_database() as name:
         with pytest.raises(CommandError, match="unreadable"):
             call_command("restore_database", "--target-url", database_url(name))
