@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,10 @@ def _table_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 def _chain_heads(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT key, tenant_id, last_sequence, last_hash FROM audit_auditchain ORDER BY key").fetchall()
+    query = sql.SQL("SELECT key, tenant_id, last_sequence, last_hash FROM {} ORDER BY key").format(
+        sql.Identifier(AuditChain._meta.db_table)
+    )
+    rows = conn.execute(query).fetchall()
     return [{"key": k, "tenant_id": t, "last_sequence": int(s), "last_hash": h} for k, t, s, h in rows]
 
 
@@ -109,7 +112,7 @@ def database_backup(*, keep_daily: int | None = None) -> BackupManifest:
             conn.read_only = True
             row = conn.execute("SELECT pg_export_snapshot(), now()").fetchone()
             assert row is not None
-            snapshot, taken_at = row
+            snapshot, taken_at = row[0], row[1].astimezone(UTC)
             tables, chains = _table_counts(conn), _chain_heads(conn)
             pg_run(
                 [pg_dump, "--format=custom", f"--snapshot={snapshot}", "--file", str(dump),
