@@ -153,6 +153,11 @@ class EventType(IntEnum):
     BLOBS_REPLICATED = 543
     BLOB_ORPHANS_REMOVED = 544
     BLOBS_RESTORED = 545
+    # 530-539: database backups, restores and restore drills (platform work; the drill is also told to each tenant)
+    DATABASE_BACKED_UP = 530
+    DATABASE_BACKUPS_DELETED = 531
+    DATABASE_RESTORED = 532
+    RESTORE_DRILL_RUN = 533
     # 600-699: training and certification
     TRAINING_COURSE_ADOPTED = 601
     TRAINING_COURSE_CREATED = 602
@@ -350,6 +355,14 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.BLOBS_RESTORED: EventSpec(
         APPLICATION_ACTIVITY, None, Action.CREATE, "Primary store rebuilt from the replica"
     ),
+    EventType.DATABASE_BACKED_UP: EventSpec(APPLICATION_ACTIVITY, None, Action.EXECUTE, "Database backed up"),
+    EventType.DATABASE_BACKUPS_DELETED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.DELETE, "Old database backups deleted"
+    ),
+    EventType.DATABASE_RESTORED: EventSpec(
+        APPLICATION_ACTIVITY, None, Action.EXECUTE, "Database restored from a backup"
+    ),
+    EventType.RESTORE_DRILL_RUN: EventSpec(APPLICATION_ACTIVITY, None, Action.EXECUTE, "Restore drill run"),
     EventType.TRAINING_COURSE_ADOPTED: EventSpec(
         APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"
     ),

@@ -124,19 +124,24 @@ class ChainVerification:
         return self.first_broken_sequence is None
 
 
-def audit_chain_verify(*, chain: AuditChain) -> ChainVerification:
+def audit_chain_verify(*, chain: AuditChain, using: str = "default") -> ChainVerification:
     """Walk one chain from its first event and recompute every hash.
 
     Finds an edited row (its hash no longer matches), a deleted row (a gap in the sequence, or a tail shorter
     than the chain head says) and a reordered or re-linked row (its `prev_hash` is not the hash before it).
-    Reads through `unscoped_objects`: verification is platform work over every tenant (allow-listed).
+    Reads through `unscoped_objects`: verification is platform work over every tenant (allow-listed). `using`
+    names another database alias holding a copy of the trail (the restore drill's scratch database).
     """
     expected_sequence = 1
     prev_hash = GENESIS_HASH
     count = 0
     # Only up to the head as read by the caller: writers append after it while we read, and a writer updates the
     # head in the same transaction as its row, so a committed row is never beyond the head read after it.
-    rows = AuditEvent.unscoped_objects.filter(chain=chain, sequence__lte=chain.last_sequence).order_by("sequence")
+    rows = (
+        AuditEvent.unscoped_objects.using(using)
+        .filter(chain=chain, sequence__lte=chain.last_sequence)
+        .order_by("sequence")
+    )
     for row in rows.iterator(chunk_size=2000):
         if row.sequence != expected_sequence:
             return ChainVerification(chain.key, count, expected_sequence, "missing event")
@@ -151,9 +156,10 @@ def audit_chain_verify(*, chain: AuditChain) -> ChainVerification:
         return ChainVerification(chain.key, count, expected_sequence, "missing event")
     if chain.last_sequence and chain.last_hash != prev_hash:
         return ChainVerification(chain.key, count, chain.last_sequence, "chain head does not match the last event")
-    head = AuditChain.objects.get(pk=chain.pk)
+    head = AuditChain.objects.using(using).get(pk=chain.pk)
     stray = (
-        AuditEvent.unscoped_objects.filter(chain=chain, sequence__gt=head.last_sequence)
+        AuditEvent.unscoped_objects.using(using)
+        .filter(chain=chain, sequence__gt=head.last_sequence)
         .order_by("sequence")
         .values_list("sequence", flat=True)
         .first()

@@ -121,4 +121,22 @@ BEAT_SCHEDULE = {
         "schedule": crontab(hour=3, minute=15),
         "options": {"queue": "maintenance"},
     },
+    # Back the database up (pg_dump of one snapshot, encrypted, to the replica store; README "Backups") and delete
+    # the backups older than BACKUP_KEEP_DAILY days. Daily at BACKUP_HOUR:BACKUP_MINUTE UTC.
+    "database-backup": {
+        "task": "studies.tasks.database_backup",
+        "schedule": crontab(hour=settings.BACKUP_HOUR, minute=settings.BACKUP_MINUTE),
+        "options": {"queue": "maintenance"},
+    },
+    # Restore the latest backup into a scratch database and folder and check it (SECURITY.md B8): row counts, a
+    # sample of blobs decrypted end to end, every audit chain. Weekly, two hours after that day's backup.
+    "restore-drill": {
+        "task": "studies.tasks.restore_drill",
+        "schedule": crontab(
+            day_of_week=settings.RESTORE_DRILL_WEEKDAY,
+            hour=(settings.BACKUP_HOUR + 2) % 24,
+            minute=settings.BACKUP_MINUTE,
+        ),
+        "options": {"queue": "maintenance"},
+    },
 }

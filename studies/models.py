@@ -504,3 +504,32 @@ class RetentionTombstone(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"tombstone {self.public_id}"
+
+
+class RestoreDrill(models.Model):
+    """One run of `manage.py restore_drill` (SECURITY.md B8, B9): the latest database backup and the replica's blobs
+    restored into a scratch database and folder, then checked. Platform record, not a tenant's: a drill covers
+    every tenant (each tenant's compliance report shows the last one through its own audit event)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Failed"
+
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.RUNNING)
+    backup_name = models.CharField(max_length=100, blank=True)
+    backup_created_at = models.DateTimeField(null=True, blank=True)
+    # Measured recovery time: decrypting and restoring the database plus copying the blobs, in seconds.
+    recovery_seconds = models.FloatField(null=True, blank=True)
+    bytes_restored = models.BigIntegerField(default=0)
+    # What was checked, with counts: tables, rows, blobs sampled and verified, chains and events verified.
+    checks = models.JSONField(default=dict, blank=True)
+    problems = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"restore drill {self.started_at:%Y-%m-%d %H:%M} ({self.status})"

