@@ -129,8 +129,8 @@ def _drill_section(request: HttpRequest) -> ReportSection:
     tenant, on each tenant's own trail (studies.services.backups), so the report reads it there."""
     drill = audit_event_list(actor=request.user, event_type=EventType.RESTORE_DRILL_RUN).first()
     if drill is None:
-        return ReportSection("Backups: last restore drill",
-                             [("Drill", "none yet (manage.py restore_drill, or weekly by the beat)")], ok=False)  # fmt: skip
+        none_yet = "none yet (manage.py restore_drill, or weekly by the beat)"
+        return ReportSection("Backups: last restore drill", [("Drill", none_yet)], ok=False)
     extra = drill.extra or {}
     seconds = extra.get("recovery_seconds")
     rows = [
