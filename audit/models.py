@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Upper
 from django.utils import timezone
 
 from audit.events import EventType, Outcome
@@ -40,13 +41,20 @@ class AuditChain(models.Model):
 class AuditEvent(models.Model):
     """What happened, shaped after a DICOM PS3.15 A.5 audit message. Append-only and hash-chained.
 
-    The database refuses UPDATE and DELETE (a trigger, see migration 0002); `save()` refuses to change a
+    The database refuses UPDATE and DELETE (a trigger, see migration 0003); `save()` refuses to change a
     stored row. `hash` is SHA-256 over the canonical form of the row and `prev_hash`, so an edited or missing
     row is found by `manage.py audit_verify`.
+
+    On PostgreSQL the table is partitioned by month on `occurred_at` (migration 0009: one partition per month,
+    made ahead by `audit_partitions_ensure`, and a default partition for anything else). PostgreSQL wants the
+    partition key in every unique constraint: the primary key is (id, occurred_at) in the database (Django
+    knows `id`, unique in practice: one sequence feeds it), and so are the unique constraints below. Nothing
+    points at an event with a database foreign key (SecurityAlert.event has no constraint; events are never
+    deleted anyway).
     """
 
     # Identification
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    public_id = models.UUIDField(default=uuid.uuid4, editable=False)
     chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+", editable=False)
     tenant = models.ForeignKey(Tenant, null=True, on_delete=models.PROTECT, related_name="+", editable=False)
     sequence = models.BigIntegerField(editable=False)
@@ -85,7 +93,11 @@ class AuditEvent(models.Model):
     class Meta:
         ordering = ["-occurred_at", "-sequence"]
         constraints = [
-            models.UniqueConstraint(fields=["chain", "sequence"], name="audit_auditevent_chain_sequence_unique"),
+            # With the partition key (see the class's notes); the chain lock gives each (chain, sequence) once.
+            models.UniqueConstraint(
+                fields=["chain", "sequence", "occurred_at"], name="audit_auditevent_chain_sequence_unique"
+            ),
+            models.UniqueConstraint(fields=["public_id", "occurred_at"], name="audit_auditevent_public_id_unique"),
         ]
         indexes = [
             models.Index(fields=["tenant", "-occurred_at"], name="audit_event_tenant_time"),
@@ -96,6 +108,11 @@ class AuditEvent(models.Model):
             models.Index(fields=["tenant", "outcome", "-occurred_at"], name="audit_event_tenant_outcome"),
             models.Index(fields=["tenant", "source_address", "-occurred_at"], name="audit_event_tenant_address"),
             models.Index(fields=["tenant", "system_principal", "-occurred_at"], name="audit_event_tenant_principal"),
+            # The browser's user filter compares names case-insensitively (actor_username__iexact: UPPER = UPPER).
+            models.Index(
+                models.F("tenant"), Upper("actor_username"), models.F("occurred_at").desc(), models.F("id").desc(),
+                name="audit_event_tenant_username",
+            ),
             # Patient, study and device filters (participants @> ...) use a GIN index made on PostgreSQL by
             # migration 0005, with the index of django-auditlog's table by tenant.
         ]
@@ -168,7 +185,9 @@ class SecurityAlert(models.Model):
     kind = models.CharField(max_length=40)
     severity = models.CharField(max_length=16, choices=Severity.choices, default=Severity.HIGH)
     summary = models.CharField(max_length=300)
-    event = models.ForeignKey(AuditEvent, on_delete=models.PROTECT, related_name="+")
+    # No database constraint: the events' table is partitioned (its primary key includes the time). Events are
+    # append-only, so the row this names stays.
+    event = models.ForeignKey(AuditEvent, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"

@@ -462,6 +462,31 @@ def audit_digests_sign(*, day: Any = None) -> int:
     return written
 
 
+# Monthly partitions of the events' table (migration 0009)
+# ------------------------------------------------------------------------------
+
+
+def audit_partitions_ensure(*, months_ahead: int | None = None, today: Any = None) -> list[str]:
+    """Make the monthly partitions of the audit events' table that are missing, from this month (UTC) to
+    `months_ahead` months ahead (AUDIT_PARTITION_MONTHS_AHEAD), and return the names of those made. Idempotent:
+    a month that has its partition is skipped. A month whose events already sit in the default partition cannot
+    get its own (PostgreSQL refuses): skipped with a warning, the events stay where they are. System job."""
+    months_ahead = settings.AUDIT_PARTITION_MONTHS_AHEAD if months_ahead is None else months_ahead
+    today = today or timezone.now().astimezone(UTC).date()
+    made = []
+    year, month = today.year, today.month
+    with connection.cursor() as cursor:
+        for _ in range(months_ahead + 1):
+            first = datetime(year, month, 1).date()
+            cursor.execute("SELECT audit_auditevent_partition_ensure(%s)", [first])
+            if cursor.fetchone()[0]:
+                made.append(f"audit_auditevent_y{year:04d}m{month:02d}")
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    if made:
+        logger.info("audit partitions made: %s", ", ".join(made))
+    return made
+
+
 # Forwarding to the hospital's audit repository: RFC 5424 syslog over TLS, TCP or UDP (IHE ATNA)
 # ------------------------------------------------------------------------------
 

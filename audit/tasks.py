@@ -14,6 +14,7 @@ from audit.services import (
     audit_changes_seal_all,
     audit_digests_sign,
     audit_event_record,
+    audit_partitions_ensure,
     audit_syslog_forward,
     security_alert_raise,
     security_rules_evaluate,
@@ -58,6 +59,12 @@ def security_rules_evaluate_all_task() -> int:
 def audit_digests_sign_task() -> int:
     """Platform job: sign every chain's head for today."""
     return audit_digests_sign()
+
+
+@shared_task(name="audit.tasks.audit_partitions_ensure")
+def audit_partitions_ensure_task() -> list[str]:
+    """Platform job: make the audit events' monthly partitions of this month and the months ahead (idempotent)."""
+    return audit_partitions_ensure()
 
 
 @shared_task(name="audit.tasks.audit_syslog_forward")

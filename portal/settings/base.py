@@ -351,6 +351,9 @@ AUDITLOG_STORE_JSON_CHANGES = True
 AUDIT_SEAL_INTERVAL_SECONDS = env.int("AUDIT_SEAL_INTERVAL_SECONDS", default=60)
 AUDIT_SEAL_GRACE_SECONDS = env.int("AUDIT_SEAL_GRACE_SECONDS", default=600)
 AUDIT_SEAL_LOOKBACK_SECONDS = env.int("AUDIT_SEAL_LOOKBACK_SECONDS", default=24 * 3600)  # how far the sweep looks
+# The audit events' table is partitioned by month (PostgreSQL); a daily job makes the partitions of this month and
+# of this many months ahead, so that events never land in the default partition.
+AUDIT_PARTITION_MONTHS_AHEAD = env.int("AUDIT_PARTITION_MONTHS_AHEAD", default=3)
 # Daily signed digests of every chain head (audit.models.AuditDigest): the HMAC key lives only in the environment.
 # Empty: no digest is signed and audit_verify says so.
 AUDIT_DIGEST_KEY = env.str("AUDIT_DIGEST_KEY", default="")
