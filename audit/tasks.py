@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.conf import settings
 
+from audit import signing
 from audit.events import EventType, Outcome
 from audit.models import AuditChain, AuditEvent, ChangeSeal, SecurityAlert
 from audit.selectors import audit_chain_verify, audit_changes_verify, audit_digests_verify
@@ -106,13 +106,14 @@ def audit_verification_run(*, tenant: Tenant) -> AuditEvent:
     changes = audit_changes_verify(tenant_id=tenant.pk)
     if not changes.ok:
         problems.append(f"changes: broken at sequence {changes.first_broken_sequence} ({changes.reason})")
-    if settings.AUDIT_DIGEST_KEY:
+    digests_checked = signing.verify_key() is not None
+    if digests_checked:
         for key in (AuditChain.key_for(tenant), ChangeSeal.chain_key(tenant.pk)):
             digest_chain = AuditChain.objects.filter(key=key).first()
             if digest_chain is not None:
                 problems += [f"{key}: {problem}" for problem in audit_digests_verify(chain=digest_chain)]
     extra = {"problems": problems, "events": chain.last_sequence if chain else 0, "changes": changes.events,
-             "digests_checked": bool(settings.AUDIT_DIGEST_KEY)}  # fmt: skip
+             "digests_checked": digests_checked}  # fmt: skip
     if not problems:
         return audit_event_record(event=EventType.AUDIT_VERIFIED, tenant=tenant, extra=extra)
     alert = security_alert_raise(

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from audit import signing
 from audit.events import EventType
 from audit.models import SecurityAlert
 from audit.selectors import audit_dashboard, audit_event_list, security_alert_list
@@ -90,6 +91,8 @@ class ComplianceReportView(TenantPageView):
             "last_failed": verified.exclude(outcome=0).first(),
             "open_alerts": [(label, open_by_severity.get(value, 0)) for value, label in SecurityAlert.Severity.choices],
             "last_digest": dashboard.last_digest,
+            # The public half of the digests' signing key, published so that anyone can check the digest files.
+            "signing_public_key": signing.public_key_text(),
             "printed": timezone.now(),
         }
         return self.render(request, "audit/compliance.html", context)
