@@ -109,7 +109,10 @@ class AuditEvent(models.Model):
             models.Index(fields=["tenant", "system_principal", "-occurred_at"], name="audit_event_tenant_principal"),
             # The browser's user filter compares names case-insensitively (actor_username__iexact: UPPER = UPPER).
             models.Index(
-                models.F("tenant"), Upper("actor_username"), models.F("occurred_at").desc(), models.F("id").desc(),
+                models.F("tenant"),
+                Upper("actor_username"),
+                models.F("occurred_at").desc(),
+                models.F("id").desc(),
                 name="audit_event_tenant_username",
             ),
             # Patient, study and device filters (participants @> ...) use a GIN index made on PostgreSQL by

@@ -382,7 +382,11 @@ def _after(kind: str, at_field: str, cursor: TrailCursor | None) -> models.Q:
     if cursor is None:
         return models.Q()
     if kind == cursor.kind:
-        return models.Q(**{f"{at_field}__lt": cursor.at}) | models.Q(**{at_field: cursor.at, "pk__lt": cursor.row_id})
+        # The redundant `at <= cursor` bounds the index range: without it, PostgreSQL reads the (time, id) index
+        # from the newest row and filters out everything newer than the cursor, so a deep page costs its depth.
+        return models.Q(**{f"{at_field}__lte": cursor.at}) & (
+            models.Q(**{f"{at_field}__lt": cursor.at}) | models.Q(**{at_field: cursor.at, "pk__lt": cursor.row_id})
+        )
     if kind < cursor.kind:
         return models.Q(**{f"{at_field}__lte": cursor.at})
     return models.Q(**{f"{at_field}__lt": cursor.at})

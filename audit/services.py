@@ -10,7 +10,7 @@ import socket
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from auditlog.models import LogEntry
@@ -498,7 +498,7 @@ def audit_partitions_ensure(*, months_ahead: int | None = None, today: Any = Non
     year, month = today.year, today.month
     with connection.cursor() as cursor:
         for _ in range(months_ahead + 1):
-            first = datetime(year, month, 1).date()
+            first = date(year, month, 1)
             cursor.execute("SELECT audit_auditevent_partition_ensure(%s)", [first])
             if cursor.fetchone()[0]:
                 made.append(f"audit_auditevent_y{year:04d}m{month:02d}")

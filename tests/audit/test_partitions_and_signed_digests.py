@@ -101,8 +101,8 @@ def test_the_database_refuses_update_and_delete_in_every_partition(tenant_a, mon
         partition = _partition_of(event)
         for table in ("audit_auditevent", partition):  # through the partitioned table and the partition itself
             for sql in (
-                f"UPDATE {table} SET actor_username = 'mallory' WHERE id = %s",  # noqa: S608 (table names above)
-                f"DELETE FROM {table} WHERE id = %s",  # noqa: S608
+                f"UPDATE {table} SET actor_username = 'mallory' WHERE id = %s",
+                f"DELETE FROM {table} WHERE id = %s",
             ):
                 with pytest.raises(DatabaseError) as refused, transaction.atomic(), connection.cursor() as cursor:
                     cursor.execute(sql, [event.pk])
