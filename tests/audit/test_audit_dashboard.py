@@ -50,7 +50,7 @@ def test_dashboard_refusals(client_for, tenant_a, radiologist_a, outsider_b):
 COMPLIANCE = "/t/north/audit/compliance/"
 
 
-def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiologist_a, admin_b):
+def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiologist_a, admin_b, settings):
     from audit.tasks import audit_verification_run
     from tenants.scoping import tenant_scope
 
@@ -70,6 +70,12 @@ def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiolo
     assert dict(context["open_alerts"]) == {"Warning": 0, "High": 1, "Critical": 0}
     assert context["last_ok"].event_type == EventType.AUDIT_VERIFIED
     assert context["last_failed"] is None
+    # The public half of the digests' signing key is published on the report (never the private key).
+    from audit import signing
+
+    assert context["signing_public_key"] == signing.public_key_text() != ""
+    assert signing.public_key_text() in response.content.decode()
+    assert settings.AUDIT_SIGNING_KEY not in response.content.decode()
     assert last_event(tenant_a, EventType.AUDIT_LOG_USED).extra == {"report": "compliance"}
     assert client_for(radiologist_a).get(COMPLIANCE).status_code == 403
     assert client_for(admin_b).get(COMPLIANCE).status_code == 404
