@@ -281,3 +281,74 @@ def test_the_scheduled_verification_alerts_on_a_forged_digest(tenant_a):
         alert = SecurityAlert.objects.get(kind="audit_verification_failed")
     assert f"digest of {digest.day} has a forged signature" in alert.summary
     assert alert.event.extra["digests_checked"] is True
+
+
+# The migration converts a table that holds events
+# ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_migration_copies_existing_events_into_the_partitions():
+    """A database of its own, migrated to audit 0008, with events of three months and an alert; then migrated on:
+    every row is kept as it was, each in its month's partition, the alert still names its event, the ids go on."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psycopg
+
+    from tests.databases import database_url, superuser_connect_kwargs
+
+    name = f"{connection.settings_dict['NAME']}_partition_migration"
+    admin = {**superuser_connect_kwargs(), "dbname": "postgres"}
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name} OWNER enclave")
+    env = {**os.environ, "DATABASE_URL": database_url(name), "DJANGO_SETTINGS_MODULE": "portal.settings.test"}
+    root = Path(__file__).resolve().parents[2]
+
+    def migrate(*target: str) -> None:
+        subprocess.run([sys.executable, "manage.py", "migrate", *target, "-v0"], cwd=root, env=env, check=True,
+                       capture_output=True, timeout=600)  # fmt: skip
+
+    try:
+        migrate("audit", "0008")
+        times = ["2024-02-10 08:00:00+00", "2024-03-31 23:59:59.5+00", timezone.now().isoformat()]
+        with psycopg.connect(**{**superuser_connect_kwargs(), "dbname": name}, autocommit=True) as conn:
+            chain_id = conn.execute("INSERT INTO audit_auditchain (key, last_sequence, last_hash) VALUES"
+                                    " ('platform', 3, 'h3') RETURNING id").fetchone()[0]  # fmt: skip
+            for n, at in enumerate(times, start=1):
+                conn.execute(
+                    "INSERT INTO audit_auditevent (public_id, chain_id, sequence, occurred_at, event_type, event_id,"
+                    " event_id_display, event_type_code, event_type_display, action, outcome, outcome_description,"
+                    " actor_username, actor_role, system_principal, target_type, target_id, participants,"
+                    " request_id, extra, prev_hash, hash) VALUES (gen_random_uuid(), %s, %s, %s, 1, '110114', 'x',"
+                    " '', '', 'E', 0, '', %s, '', '', '', '', '[]', '', '{}', %s, %s)",
+                    [chain_id, n, at, f"user{n}", f"h{n - 1}", f"h{n}"],
+                )
+            before = conn.execute("SELECT id, public_id, sequence, occurred_at, hash FROM audit_auditevent"
+                                  " ORDER BY id").fetchall()  # fmt: skip
+            conn.execute("INSERT INTO audit_securityalert (public_id, raised_at, kind, severity, summary, event_id,"
+                         " status, note, subject, evidence) VALUES (gen_random_uuid(), now(), 'k', 'high', 's', %s,"
+                         " 'open', '', '', '[]')", [before[1][0]])  # fmt: skip
+        migrate()
+        with psycopg.connect(**{**superuser_connect_kwargs(), "dbname": name}, autocommit=True) as conn:
+            after = conn.execute("SELECT id, public_id, sequence, occurred_at, hash FROM audit_auditevent"
+                                 " ORDER BY id").fetchall()  # fmt: skip
+            where = conn.execute("SELECT tableoid::regclass::text FROM audit_auditevent ORDER BY id").fetchall()
+            alert_event = conn.execute("SELECT e.sequence FROM audit_securityalert a JOIN audit_auditevent e"
+                                       " ON e.id = a.event_id").fetchall()  # fmt: skip
+            next_id = conn.execute("SELECT nextval('audit_auditevent_id_seq')").fetchone()[0]
+            kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'audit_auditevent'").fetchone()[0]
+        today = timezone.now().astimezone(UTC)
+        assert kind == "p"
+        assert after == before
+        assert [row[0] for row in where] == [
+            "audit_auditevent_y2024m02", "audit_auditevent_y2024m03", f"audit_auditevent_y{today.year}m{today.month:02d}",
+        ]  # fmt: skip
+        assert alert_event == [(2,)]
+        assert next_id > before[-1][0]
+    finally:
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
