@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import uuid
 from datetime import UTC
@@ -9,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Upper
 from django.utils import timezone
 
 from audit.events import EventType, Outcome
@@ -40,13 +40,20 @@ class AuditChain(models.Model):
 class AuditEvent(models.Model):
     """What happened, shaped after a DICOM PS3.15 A.5 audit message. Append-only and hash-chained.
 
-    The database refuses UPDATE and DELETE (a trigger, see migration 0002); `save()` refuses to change a
+    The database refuses UPDATE and DELETE (a trigger, see migration 0003); `save()` refuses to change a
     stored row. `hash` is SHA-256 over the canonical form of the row and `prev_hash`, so an edited or missing
     row is found by `manage.py audit_verify`.
+
+    On PostgreSQL the table is partitioned by month on `occurred_at` (migration 0009: one partition per month,
+    made ahead by `audit_partitions_ensure`, and a default partition for anything else). PostgreSQL wants the
+    partition key in every unique constraint: the primary key is (id, occurred_at) in the database (Django
+    knows `id`, unique in practice: one sequence feeds it), and so are the unique constraints below. Nothing
+    points at an event with a database foreign key (SecurityAlert.event has no constraint; events are never
+    deleted anyway).
     """
 
     # Identification
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    public_id = models.UUIDField(default=uuid.uuid4, editable=False)
     chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+", editable=False)
     tenant = models.ForeignKey(Tenant, null=True, on_delete=models.PROTECT, related_name="+", editable=False)
     sequence = models.BigIntegerField(editable=False)
@@ -85,7 +92,11 @@ class AuditEvent(models.Model):
     class Meta:
         ordering = ["-occurred_at", "-sequence"]
         constraints = [
-            models.UniqueConstraint(fields=["chain", "sequence"], name="audit_auditevent_chain_sequence_unique"),
+            # With the partition key (see the class's notes); the chain lock gives each (chain, sequence) once.
+            models.UniqueConstraint(
+                fields=["chain", "sequence", "occurred_at"], name="audit_auditevent_chain_sequence_unique"
+            ),
+            models.UniqueConstraint(fields=["public_id", "occurred_at"], name="audit_auditevent_public_id_unique"),
         ]
         indexes = [
             models.Index(fields=["tenant", "-occurred_at"], name="audit_event_tenant_time"),
@@ -96,6 +107,14 @@ class AuditEvent(models.Model):
             models.Index(fields=["tenant", "outcome", "-occurred_at"], name="audit_event_tenant_outcome"),
             models.Index(fields=["tenant", "source_address", "-occurred_at"], name="audit_event_tenant_address"),
             models.Index(fields=["tenant", "system_principal", "-occurred_at"], name="audit_event_tenant_principal"),
+            # The browser's user filter compares names case-insensitively (actor_username__iexact: UPPER = UPPER).
+            models.Index(
+                models.F("tenant"),
+                Upper("actor_username"),
+                models.F("occurred_at").desc(),
+                models.F("id").desc(),
+                name="audit_event_tenant_username",
+            ),
             # Patient, study and device filters (participants @> ...) use a GIN index made on PostgreSQL by
             # migration 0005, with the index of django-auditlog's table by tenant.
         ]
@@ -168,7 +187,9 @@ class SecurityAlert(models.Model):
     kind = models.CharField(max_length=40)
     severity = models.CharField(max_length=16, choices=Severity.choices, default=Severity.HIGH)
     summary = models.CharField(max_length=300)
-    event = models.ForeignKey(AuditEvent, on_delete=models.PROTECT, related_name="+")
+    # No database constraint: the events' table is partitioned (its primary key includes the time). Events are
+    # append-only, so the row this names stays.
+    event = models.ForeignKey(AuditEvent, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -311,16 +332,27 @@ class ChangeSeal(models.Model):
 
 
 class AuditDigest(models.Model):
-    """A chain's head signed once a day with a key the database never holds (HMAC-SHA256, AUDIT_DIGEST_KEY from
-    the environment). Someone who rewrites the trail and its chain heads cannot make a matching digest: a
-    truncated tail, or a chain rebuilt from scratch, no longer reaches the signed head. Append-only."""
+    """A chain's head signed once a day with an Ed25519 key the database never holds (AUDIT_SIGNING_KEY, from the
+    environment; see audit.signing), after CloudTrail's digest files: each digest signs the chain's last sequence
+    and hash, when it was signed, and the previous digest's signature, so the digests form a chain of their own.
+    Each is also written as a JSON file to the replica store (`path`). Someone who rewrites the trail and its
+    chain heads cannot make a matching digest: a truncated tail, or a chain rebuilt from scratch, no longer
+    reaches the signed head. Append-only (a trigger, migration 0008). Rows of algorithm `hmac-sha256` were
+    signed with the former HMAC key, which is gone: they are kept and linked, not checked."""
+
+    ED25519 = "ed25519"
+    LEGACY_HMAC = "hmac-sha256"
 
     chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+")
     day = models.DateField()
     last_sequence = models.BigIntegerField()
     last_hash = models.CharField(max_length=64)
-    signature = models.CharField(max_length=64)
+    signature = models.CharField(max_length=128)
     signed_at = models.DateTimeField(default=timezone.now)
+    algorithm = models.CharField(max_length=16, default=ED25519)
+    key_id = models.CharField(max_length=16, blank=True)  # audit.signing.key_id of the signing key's public half
+    prev_signature = models.CharField(max_length=128, blank=True)  # the chain's previous digest's ("": first)
+    path = models.CharField(max_length=200, blank=True)  # the digest file in storages["replica"]
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["chain", "day"], name="audit_auditdigest_chain_day_unique")]
@@ -328,20 +360,41 @@ class AuditDigest(models.Model):
     def __str__(self) -> str:
         return f"{self.chain_id} {self.day}"
 
-    def message(self, chain_key: str) -> bytes:
-        return f"{chain_key}|{self.day.isoformat()}|{self.last_sequence}|{self.last_hash}".encode()
+    def document(self, chain: AuditChain) -> dict[str, Any]:
+        """What the signature covers, as a dict (the digest file holds it, with the signature and public key)."""
+        return {
+            "algorithm": self.algorithm, "chain": chain.key, "tenant_id": chain.tenant_id, "day": self.day.isoformat(),
+            "last_sequence": self.last_sequence, "last_hash": self.last_hash,
+            "signed_at": self.signed_at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "previous_signature": self.prev_signature, "key_id": self.key_id,
+        }  # fmt: skip
 
-    def expected_signature(self, chain_key: str) -> str:
-        """HMAC-SHA256 of the digest under AUDIT_DIGEST_KEY (from the environment; RuntimeError when unset)."""
-        key = settings.AUDIT_DIGEST_KEY
-        if not key:
-            raise RuntimeError("AUDIT_DIGEST_KEY is not set: no digest can be signed or checked.")
-        return hmac.new(key.encode(), self.message(chain_key), hashlib.sha256).hexdigest()
+    @staticmethod
+    def message_of(document: dict[str, Any]) -> bytes:
+        """The bytes signed: the document as canonical JSON (sorted keys, no spaces, ASCII)."""
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    def message(self, chain: AuditChain) -> bytes:
+        return self.message_of(self.document(chain))
+
+    @staticmethod
+    def path_for(chain: AuditChain, day: Any) -> str:
+        """`audit-digests/t<tenant id>/<events|changes>/<day>.json` (`platform` for the chains of no tenant)."""
+        kind = "changes" if chain.key.startswith("changes:") else "events"
+        owner = f"t{chain.tenant_id}" if chain.tenant_id is not None else _platform_owner(chain.key)
+        return f"audit-digests/{owner}/{kind}/{day.isoformat()}.json"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:
             raise PermissionError("Audit digests are append-only.")
         super().save(*args, **kwargs)
+
+
+def _platform_owner(key: str) -> str:
+    """The folder of a chain that has no tenant row: the platform's, or the change chain of tenant <id>."""
+    if key.startswith("changes:tenant:"):
+        return f"t{key.removeprefix('changes:tenant:')}"
+    return "platform"
 
 
 class SyslogCursor(models.Model):

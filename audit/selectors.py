@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hmac
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,10 +11,12 @@ from typing import Any
 from auditlog.models import LogEntry
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.files.storage import storages
 from django.db import models
 from django.db.models.functions import TruncDay
 from django.utils import timezone
 
+from audit import signing
 from audit.events import EventType
 from audit.models import GENESIS_HASH, AuditChain, AuditDigest, AuditEvent, ChangeSeal, Incident, SecurityAlert
 from tenants import access
@@ -224,16 +226,52 @@ def audit_changes_verify(*, tenant_id: int | None) -> ChainVerification:
     return ChainVerification(key, count, None, "")
 
 
+def _digest_file_problem(store: Any, digest: AuditDigest, chain: AuditChain, key: Any) -> str:
+    """What is wrong with a digest's file in the replica store ("" when nothing): missing, unreadable, signed by
+    someone else, or saying something else than the row."""
+    try:
+        with store.open(digest.path, "rb") as handle:
+            data = json.loads(handle.read())
+        signature = data.pop("signature")
+        data.pop("public_key", None)
+    except FileNotFoundError:
+        return f"digest file of {digest.day} is missing from the replica store"
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return f"digest file of {digest.day} is unreadable"
+    if not isinstance(signature, str) or not signing.signature_valid(key, signature, AuditDigest.message_of(data)):
+        return f"digest file of {digest.day} has a forged signature"
+    if data != digest.document(chain) or signature != digest.signature:
+        return f"digest file of {digest.day} does not match its record"
+    return ""
+
+
 def audit_digests_verify(*, chain: AuditChain) -> list[str]:
-    """What is wrong with the chain's signed digests (empty: nothing): a digest whose signature does not match
-    (forged or altered), and a signed head the chain no longer reaches (a truncated tail, or a chain rewritten
-    from an earlier point). Platform work."""
+    """What is wrong with the chain's signed digests (empty: nothing), checked with the public key
+    (audit.signing.verify_key; the caller checks one is configured): a row whose Ed25519 signature does not match
+    (forged or altered), a digest that does not name the previous one's signature (a digest removed or
+    inserted), a file in the replica store that is missing, forged or differs from its row, a file no row
+    names (a row deleted), and a signed head the chain no longer reaches (a truncated tail, or a chain rewritten
+    from an earlier point). Rows of the former HMAC key are linked but not checked. Platform work."""
+    key = signing.verify_key()
+    if key is None:
+        return []
+    store = storages["replica"]
     problems = []
     is_changes = chain.key.startswith("changes:")
-    for digest in AuditDigest.objects.filter(chain=chain).order_by("day"):
-        if not hmac.compare_digest(digest.signature, digest.expected_signature(chain.key)):
+    previous_signature = ""
+    digests = list(AuditDigest.objects.filter(chain=chain).order_by("day", "pk"))
+    for digest in digests:
+        follows = digest.prev_signature == previous_signature
+        previous_signature = digest.signature
+        if digest.algorithm != AuditDigest.ED25519:
+            continue
+        if not follows:
+            problems.append(f"digest of {digest.day} does not follow the previous digest (one removed or inserted)")
+        if not signing.signature_valid(key, digest.signature, digest.message(chain)):
             problems.append(f"digest of {digest.day} has a forged signature")
             continue
+        if file_problem := _digest_file_problem(store, digest, chain, key):
+            problems.append(file_problem)
         rows: models.QuerySet[Any] = (
             ChangeSeal.objects.filter(chain=chain) if is_changes else AuditEvent.unscoped_objects.filter(chain=chain)
         )
@@ -242,6 +280,15 @@ def audit_digests_verify(*, chain: AuditChain) -> list[str]:
             problems.append(
                 f"digest of {digest.day} signed sequence {digest.last_sequence}, which the chain no longer holds"
             )
+    if digests:
+        folder = AuditDigest.path_for(chain, digests[-1].day).rsplit("/", 1)[0]
+        named = {digest.path.rsplit("/", 1)[-1] for digest in digests if digest.path}
+        try:
+            files = store.listdir(folder)[1]
+        except (FileNotFoundError, NotImplementedError):
+            files = []
+        for name in sorted(set(files) - named):
+            problems.append(f"digest file {folder}/{name} has no record (a digest removed)")
     return problems
 
 
@@ -341,7 +388,11 @@ def _after(kind: str, at_field: str, cursor: TrailCursor | None) -> models.Q:
     if cursor is None:
         return models.Q()
     if kind == cursor.kind:
-        return models.Q(**{f"{at_field}__lt": cursor.at}) | models.Q(**{at_field: cursor.at, "pk__lt": cursor.row_id})
+        # The redundant `at <= cursor` bounds the index range: without it, PostgreSQL reads the (time, id) index
+        # from the newest row and filters out everything newer than the cursor, so a deep page costs its depth.
+        return models.Q(**{f"{at_field}__lte": cursor.at}) & (
+            models.Q(**{f"{at_field}__lt": cursor.at}) | models.Q(**{at_field: cursor.at, "pk__lt": cursor.row_id})
+        )
     if kind < cursor.kind:
         return models.Q(**{f"{at_field}__lte": cursor.at})
     return models.Q(**{f"{at_field}__lt": cursor.at})

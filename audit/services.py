@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, timedelta
+from datetime import UTC, date, timedelta
 from typing import Any
 
 from auditlog.models import LogEntry
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from audit import context as audit_context
+from audit import signing
 from audit.events import EventType, Outcome
 from audit.models import AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert, SyslogCursor
 from tenants import access
@@ -390,27 +394,69 @@ def security_alert_handle(*, actor: Any, alert: SecurityAlert, state: str, note:
 
 
 def audit_digests_sign(*, day: Any = None) -> int:
-    """Sign the head of every chain (events and change seals) for `day` (default today, UTC): one digest per
-    chain and day, so a rerun the same day signs nothing new. System job; the key comes from the environment
-    and is never stored (none set: nothing is signed, and audit_verify says so). Returns how many digests were
-    written."""
-    if not settings.AUDIT_DIGEST_KEY:
-        logger.warning("AUDIT_DIGEST_KEY is not set: no audit digest signed")
+    """Sign the head of every chain (events and change seals) for `day` (default today, UTC) with the Ed25519 key
+    of AUDIT_SIGNING_KEY: one digest per chain and day (a rerun the same day signs nothing new), each naming the
+    chain's previous digest's signature. Each digest is a row and a JSON file in the replica store
+    (`audit-digests/t<tenant>/<events|changes>/<day>.json`: the signed document, the signature and the public
+    key), written in one transaction with the row (a failed file write leaves no row). System job; the key comes
+    from the environment and is never stored (none set: nothing is signed, and audit_verify says so). Returns
+    how many digests were written."""
+    key = signing.signing_key()
+    if key is None:
+        logger.warning("AUDIT_SIGNING_KEY is not set: no audit digest signed")
         return 0
-    day = day or timezone.now().date()
+    public = key.public_key()
+    public_text, key_id = base64.b64encode(signing.public_key_raw(public)).decode(), signing.key_id(public)
+    store = storages["replica"]
+    day = day or timezone.now().astimezone(UTC).date()
     written = 0
     for chain in AuditChain.objects.order_by("pk"):
         if chain.last_sequence == 0 or AuditDigest.objects.filter(chain=chain, day=day).exists():
             continue
-        digest = AuditDigest(chain=chain, day=day, last_sequence=chain.last_sequence, last_hash=chain.last_hash)
-        digest.signature = digest.expected_signature(chain.key)
+        previous = AuditDigest.objects.filter(chain=chain).order_by("-day", "-pk").first()
+        digest = AuditDigest(
+            chain=chain, day=day, last_sequence=chain.last_sequence, last_hash=chain.last_hash,
+            algorithm=AuditDigest.ED25519, key_id=key_id, prev_signature=previous.signature if previous else "",
+            path=AuditDigest.path_for(chain, day),
+        )  # fmt: skip
+        document = digest.document(chain)
+        digest.signature = signing.sign(key, AuditDigest.message_of(document))
+        body = json.dumps({**document, "signature": digest.signature, "public_key": public_text}, indent=2)
         try:
             with transaction.atomic():
                 digest.save(force_insert=True)
+                if store.exists(digest.path):
+                    store.delete(digest.path)  # left by a run whose row did not commit: no row names it
+                store.save(digest.path, ContentFile(body.encode()))
         except IntegrityError:
             continue  # a concurrent run signed it
         written += 1
     return written
+
+
+# Monthly partitions of the events' table (migration 0009)
+# ------------------------------------------------------------------------------
+
+
+def audit_partitions_ensure(*, months_ahead: int | None = None, today: Any = None) -> list[str]:
+    """Make the monthly partitions of the audit events' table that are missing, from this month (UTC) to
+    `months_ahead` months ahead (AUDIT_PARTITION_MONTHS_AHEAD), and return the names of those made. Idempotent:
+    a month that has its partition is skipped. A month whose events already sit in the default partition cannot
+    get its own (PostgreSQL refuses): skipped with a warning, the events stay where they are. System job."""
+    months_ahead = settings.AUDIT_PARTITION_MONTHS_AHEAD if months_ahead is None else months_ahead
+    today = today or timezone.now().astimezone(UTC).date()
+    made = []
+    year, month = today.year, today.month
+    with connection.cursor() as cursor:
+        for _ in range(months_ahead + 1):
+            first = date(year, month, 1)
+            cursor.execute("SELECT audit_auditevent_partition_ensure(%s)", [first])
+            if cursor.fetchone()[0]:
+                made.append(f"audit_auditevent_y{year:04d}m{month:02d}")
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    if made:
+        logger.info("audit partitions made: %s", ", ".join(made))
+    return made
 
 
 # Forwarding to the hospital's audit repository: RFC 5424 syslog over TLS, TCP or UDP (IHE ATNA)

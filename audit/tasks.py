@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.conf import settings
 
+from audit import signing
 from audit.events import EventType, Outcome
 from audit.incidents import incident_reminders_send
 from audit.models import AuditChain, AuditEvent, ChangeSeal, SecurityAlert
@@ -16,6 +16,7 @@ from audit.services import (
     audit_changes_seal_all,
     audit_digests_sign,
     audit_event_record,
+    audit_partitions_ensure,
     audit_syslog_forward,
     security_alert_raise,
 )
@@ -81,6 +82,12 @@ def audit_digests_sign_task() -> int:
     return audit_digests_sign()
 
 
+@shared_task(name="audit.tasks.audit_partitions_ensure")
+def audit_partitions_ensure_task() -> list[str]:
+    """Platform job: make the audit events' monthly partitions of this month and the months ahead (idempotent)."""
+    return audit_partitions_ensure()
+
+
 @shared_task(name="audit.tasks.audit_syslog_forward")
 def audit_syslog_forward_task() -> int:
     """Platform job: forward the events not yet sent to the configured syslog receiver."""
@@ -120,13 +127,14 @@ def audit_verification_run(*, tenant: Tenant) -> AuditEvent:
     changes = audit_changes_verify(tenant_id=tenant.pk)
     if not changes.ok:
         problems.append(f"changes: broken at sequence {changes.first_broken_sequence} ({changes.reason})")
-    if settings.AUDIT_DIGEST_KEY:
+    digests_checked = signing.verify_key() is not None
+    if digests_checked:
         for key in (AuditChain.key_for(tenant), ChangeSeal.chain_key(tenant.pk)):
             digest_chain = AuditChain.objects.filter(key=key).first()
             if digest_chain is not None:
                 problems += [f"{key}: {problem}" for problem in audit_digests_verify(chain=digest_chain)]
     extra = {"problems": problems, "events": chain.last_sequence if chain else 0, "changes": changes.events,
-             "digests_checked": bool(settings.AUDIT_DIGEST_KEY)}  # fmt: skip
+             "digests_checked": digests_checked}  # fmt: skip
     if not problems:
         return audit_event_record(event=EventType.AUDIT_VERIFIED, tenant=tenant, extra=extra)
     alert = security_alert_raise(

@@ -80,6 +80,13 @@ BEAT_SCHEDULE = {
         "schedule": 24 * 3600.0,
         "options": {"queue": "maintenance"},
     },
+    # Make the audit events' monthly partitions ahead (this month and AUDIT_PARTITION_MONTHS_AHEAD more; a month
+    # with its partition is skipped), so that no event lands in the default partition. Daily.
+    "audit-partitions-ensure": {
+        "task": "audit.tasks.audit_partitions_ensure",
+        "schedule": crontab(hour=1, minute=15),
+        "options": {"queue": "maintenance"},
+    },
     # Forward new audit events to the hospital's audit repository (RFC 5424 syslog), in order, from where the
     # last run stopped; a receiver that is down is retried on the next run.
     "audit-syslog-forward": {

@@ -73,6 +73,7 @@ PLATFORM_TASKS = {
     "tenants.tasks.mail_send": "delivers one queued e-mail (subject, body, addresses); reads no tenant row",
     "audit.tasks.audit_digests_sign": "signs the chain heads of every tenant (platform work, no tenant row read)",
     "audit.tasks.audit_syslog_forward": "forwards every chain's events in order (platform work)",
+    "audit.tasks.audit_partitions_ensure": "makes the audit events' table's monthly partitions (DDL, no row read)",
     "audit.tasks.audit_changes_seal_all": "seals django-auditlog's entries of every tenant; LogEntry and the seals "
     "are not tenant-scoped models",
     "studies.tasks.database_backup": "pg_dump of the whole database (every tenant) to the replica store; reads no "

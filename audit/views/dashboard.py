@@ -11,6 +11,7 @@ from django.utils import timezone
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from fpdf import FPDF
 
+from audit import signing
 from audit.events import EventType
 from audit.incidents import incident_deadlines
 from audit.models import Incident, SecurityAlert
@@ -116,6 +117,8 @@ def compliance_report(request: HttpRequest, tenant: Any) -> list[ReportSection]:
                  f"{when(last_failed.occurred_at)}: {last_failed.outcome_description}" if last_failed else "None"),
                 ("Last signed digest",
                  f"{digest.day:%Y-%m-%d}, sequence {digest.last_sequence}" if digest else "None yet"),
+                ("Digest signing key (Ed25519, public)",
+                 signing.public_key_text() or "Not configured: digests are not signed"),
             ],
             ok=last_ok is not None and (last_failed is None or last_failed.occurred_at < last_ok.occurred_at),
         ),

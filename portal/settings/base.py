@@ -376,9 +376,15 @@ AUDITLOG_STORE_JSON_CHANGES = True
 AUDIT_SEAL_INTERVAL_SECONDS = env.int("AUDIT_SEAL_INTERVAL_SECONDS", default=60)
 AUDIT_SEAL_GRACE_SECONDS = env.int("AUDIT_SEAL_GRACE_SECONDS", default=600)
 AUDIT_SEAL_LOOKBACK_SECONDS = env.int("AUDIT_SEAL_LOOKBACK_SECONDS", default=24 * 3600)  # how far the sweep looks
-# Daily signed digests of every chain head (audit.models.AuditDigest): the HMAC key lives only in the environment.
-# Empty: no digest is signed and audit_verify says so.
-AUDIT_DIGEST_KEY = env.str("AUDIT_DIGEST_KEY", default="")
+# The audit events' table is partitioned by month (PostgreSQL); a daily job makes the partitions of this month and
+# of this many months ahead, so that events never land in the default partition.
+AUDIT_PARTITION_MONTHS_AHEAD = env.int("AUDIT_PARTITION_MONTHS_AHEAD", default=3)
+# Daily signed digests of every chain head (audit.models.AuditDigest), Ed25519: the private key lives only in the
+# environment (base64 of a raw 32-byte seed, or PEM; how to make one: audit/signing.py). Empty: no digest is
+# signed and audit_verify says so. The public key that checks them: AUDIT_SIGNING_PUBLIC_KEY (base64 of 32 bytes),
+# else derived from the private key.
+AUDIT_SIGNING_KEY = env.str("AUDIT_SIGNING_KEY", default="")
+AUDIT_SIGNING_PUBLIC_KEY = env.str("AUDIT_SIGNING_PUBLIC_KEY", default="")
 # Forwarding of audit events to a hospital's audit repository as RFC 5424 syslog (IHE ATNA): host empty = off.
 AUDIT_SYSLOG_HOST = env.str("AUDIT_SYSLOG_HOST", default="")
 AUDIT_SYSLOG_PORT = env.int("AUDIT_SYSLOG_PORT", default=6514)

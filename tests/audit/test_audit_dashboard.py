@@ -55,7 +55,7 @@ def _sections(response) -> dict[str, dict[str, str]]:
     return {section.title: dict(section.rows) for section in response.context["sections"]}
 
 
-def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiologist_a, admin_b, auditor_a):
+def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiologist_a, admin_b, auditor_a, settings):
     from audit.tasks import audit_verification_run
     from tenants.scoping import tenant_scope
 
@@ -80,6 +80,13 @@ def test_compliance_report(client_for, tenant_a, tenant_b, compliance_a, radiolo
     assert sections["Security training"]["Required courses"] == "0"
     assert sections["Devices holding patient data"]["Lost"] == "0"
     assert sections["Encryption at rest and replication"]["Objects without their replica copy"] == "0"
+    # The public half of the digests' signing key is published on the report (never the private key).
+    from audit import signing
+
+    public = sections["Audit trail integrity"]["Digest signing key (Ed25519, public)"]
+    assert public == signing.public_key_text() != ""
+    assert public in response.content.decode()
+    assert settings.AUDIT_SIGNING_KEY not in response.content.decode()
     verdicts = {section.title: section.ok for section in response.context["sections"]}
     assert verdicts["Multi-factor authentication"] is False
     assert verdicts["Open security alerts"] is False

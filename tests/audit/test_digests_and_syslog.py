@@ -43,7 +43,7 @@ def test_digests_sign_every_chain_head_once_a_day(tenant_a, tenant_b, admin_a):
     digest = AuditDigest.objects.get(chain__tenant=tenant_a)
     chain = AuditChain.objects.get(tenant=tenant_a)
     assert (digest.last_sequence, digest.last_hash) == (chain.last_sequence, chain.last_hash)
-    assert len(digest.signature) == 64
+    assert len(digest.signature) == 128  # Ed25519: 64 bytes
     assert audit_digests_sign() == 0  # one a day
     with pytest.raises(DatabaseError), transaction.atomic():
         AuditDigest.objects.filter(pk=digest.pk).update(signature="0" * 64)
@@ -52,10 +52,10 @@ def test_digests_sign_every_chain_head_once_a_day(tenant_a, tenant_b, admin_a):
 
 @pytest.mark.django_db
 def test_without_a_key_nothing_is_signed_and_verify_says_so(tenant_a, settings):
-    settings.AUDIT_DIGEST_KEY = ""
+    settings.AUDIT_SIGNING_KEY = ""
     assert audit_digests_sign() == 0
     assert not AuditDigest.objects.exists()
-    assert "AUDIT_DIGEST_KEY is not set: signed digests not checked." in _verify()
+    assert "AUDIT_SIGNING_KEY is not set: signed digests not checked." in _verify()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,16 +3,18 @@ and the seals over django-auditlog's entries.
 
 Exits 0 when every chain is whole. Otherwise exits 1 and names, for each broken chain, the first broken
 sequence number and why (an altered event, a missing one, a broken link): evidence that someone with the
-database's keys changed the trail (SECURITY.md E6). An unknown tenant exits 2.
+database's keys changed the trail (SECURITY.md E6). The Ed25519-signed digests of the chain heads are checked too
+(rows and their files in the replica store: a forged or missing digest, a truncated tail that no longer reaches
+a signed head). An unknown tenant exits 2. `--public-key` prints the key that checks the digests.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from audit import signing
 from audit.models import AuditChain, ChangeSeal
 from audit.selectors import audit_chain_list, audit_chain_verify, audit_changes_verify, audit_digests_verify
 from tenants.models import Tenant
@@ -27,8 +29,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--tenant", metavar="SLUG", help="Verify only this tenant's chain.")
+        parser.add_argument(
+            "--public-key", action="store_true", help="Print the public key that checks the signed digests, and stop."
+        )
 
-    def handle(self, *args: Any, tenant: str | None = None, **options: Any) -> None:
+    def handle(self, *args: Any, tenant: str | None = None, public_key: bool = False, **options: Any) -> None:
+        if public_key:
+            text = signing.public_key_text()
+            if not text:
+                raise CommandError("No AUDIT_SIGNING_KEY nor AUDIT_SIGNING_PUBLIC_KEY is set.", returncode=2)
+            key = signing.verify_key()
+            assert key is not None
+            self.stdout.write(f"ed25519 {text} (key id {signing.key_id(key)})")
+            return
         only = None
         if tenant is not None:
             only = Tenant.objects.filter(slug=tenant).first()
@@ -64,8 +77,8 @@ class Command(BaseCommand):
             + [ChangeSeal.chain_key(t.pk) for t in tenants]
             + ([ChangeSeal.chain_key(None)] if only is None else [])
         )
-        if not settings.AUDIT_DIGEST_KEY:
-            self.stdout.write("AUDIT_DIGEST_KEY is not set: signed digests not checked.")
+        if signing.verify_key() is None:
+            self.stdout.write("AUDIT_SIGNING_KEY is not set: signed digests not checked.")
         else:
             for chain in digest_chains:
                 broken += [f"{chain.key}: {problem}" for problem in audit_digests_verify(chain=chain)]

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit', '0008_digests_and_forwarding'),
+        ('audit', '0010_digests_ed25519'),
         ('tenants', '0009_working_hours'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
