@@ -61,10 +61,10 @@ def device_list(
     custodian: str | None = None,
     serial: str | None = None,
 ) -> models.QuerySet[Device]:
-    """The current tenant's devices, for members who manage them (`tenants.manage_devices`), optionally only those
+    """The current tenant's devices, for members who see the register (`tenants.view_devices`), optionally only those
     with `status`, `kind`, custodian (user name) and/or exact serial (matched by its keyed hash), with who
     requested and approved each and who holds it."""
-    qs = access.visible(actor, "tenants.manage_devices", Device.objects.all())
+    qs = access.visible(actor, "tenants.view_devices", Device.objects.all())
     if status:
         qs = qs.filter(status=status)
     if kind:
@@ -114,8 +114,8 @@ def open_wipe_order_get(*, device: Device) -> WipeOrder | None:
 
 
 def wipe_order_list(*, actor: Any, open_only: bool = False) -> models.QuerySet[WipeOrder]:
-    """The current tenant's wipe orders (`tenants.manage_devices`), newest first."""
-    qs = access.visible(actor, "tenants.manage_devices", WipeOrder.objects.all())
+    """The current tenant's wipe orders (`tenants.view_devices`), newest first."""
+    qs = access.visible(actor, "tenants.view_devices", WipeOrder.objects.all())
     if open_only:
         qs = qs.filter(sanitized_at__isnull=True)
     return qs.select_related("device", "ordered_by", "sanitized_by", "confirmed_by").order_by("-created_at", "-pk")

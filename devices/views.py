@@ -30,6 +30,8 @@ from tenants.forms import errors_apply
 
 DEVICES_PER_PAGE = 50
 PERMISSION = "tenants.manage_devices"
+# The register, a device's page and the wipe orders are read by auditors and compliance officers too (read-only).
+VIEW_PERMISSION = "tenants.view_devices"
 
 
 def _messages_of(exc: ValidationError) -> list[str]:
@@ -73,6 +75,7 @@ def devices_page(
         "kinds": Device.Kind.choices,
         "chart": [{"status": label, "value": value, "count": counts[value]} for value, label in Device.Status.choices],
         "chart_max": most,
+        "may_manage": PERMISSION in view.perms,
         "step_labels": {step: label for step, (_, label, _) in STEPS.items()},
         "register_form": register_form or DeviceRegisterForm(),
         "dicom_host": settings.DICOM_HOST,
@@ -100,7 +103,7 @@ STEPS: dict[str, tuple[str, str, Any]] = {
 class DevicesView(TenantPageView):
     """The tenant's devices: which may send images, from where, and who let them in."""
 
-    required_permission = PERMISSION
+    required_permission = VIEW_PERMISSION
 
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
         return devices_page(self, request)
@@ -202,7 +205,7 @@ class DeviceDetailView(TenantPageView):
     """One device: its state and the steps it allows, custody history, grants, attestations, wipe orders and
     every event that names it."""
 
-    required_permission = PERMISSION
+    required_permission = VIEW_PERMISSION
 
     def get(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
         device = selectors.device_get(actor=request.user, public_id=public_id)
@@ -223,6 +226,7 @@ def device_page(
         "steps": [(step, label) for step, (to, label, _) in STEPS.items() if to in device.allowed_next()],
         "open_order": selectors.open_wipe_order_get(device=device),
         "sanitization_form": form or SanitizationForm(),
+        "may_manage": PERMISSION in view.perms,
     }
     return view.render(request, "devices/device.html", context, status=status)
 
@@ -253,7 +257,7 @@ class DeviceSanitizationView(TenantPageView):
 class WipeOrdersView(TenantPageView):
     """Every wipe order, open ones first, each with its sanitization certificate (printable)."""
 
-    required_permission = PERMISSION
+    required_permission = VIEW_PERMISSION
 
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
         orders = list(selectors.wipe_order_list(actor=request.user)[:500])

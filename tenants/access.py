@@ -103,6 +103,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "tenants.manage_members",
             "tenants.view_audit",
             "tenants.manage_devices",
+            "tenants.view_devices",
             "tenants.view_training",
             "tenants.manage_training",
             "tenants.manage_retention",
@@ -113,12 +114,15 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "tenants.view_members",
             "tenants.view_audit",
             "tenants.review_break_glass",
+            "tenants.view_devices",
             "tenants.view_training",
             "tenants.manage_training",
             "tenants.manage_retention",
         }
     ),
-    Role.AUDITOR: frozenset({"tenants.view_members", "tenants.view_audit", "tenants.view_training"}),
+    Role.AUDITOR: frozenset(
+        {"tenants.view_members", "tenants.view_audit", "tenants.view_training", "tenants.view_devices"}
+    ),
     # export_identified: a disclosure (HIPAA 164.528), so only radiologists, and only through studies they see.
     Role.RADIOLOGIST: frozenset(
         {"tenants.view_studies", "tenants.upload_studies", "tenants.share_studies", "tenants.export_identified"}

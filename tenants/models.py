@@ -69,6 +69,7 @@ class Tenant(models.Model):
             ("manage_members", "Add members, change roles and end dates, deactivate"),
             ("view_audit", "Read the tenant's audit trail"),
             ("manage_devices", "Register and approve devices"),
+            ("view_devices", "See the device register (read-only)"),
             ("view_studies", "See every study of the tenant"),
             ("upload_studies", "Send studies into the archive"),
             ("share_studies", "Share the studies one sees with other people"),

@@ -323,11 +323,12 @@ AUDIT_READS = {
     "api:audit_event_list", "api:audit_event_detail", "api:audit_change_list",
 }  # fmt: skip
 # The auditor's role holds tenants.view_members and tenants.view_training too (tenants/access.py): reading the
-# members, invitations and training records is part of the audit.
+# members, invitations, training records and the device register (read-only) is part of the audit.
 AUDITOR_READS = AUDIT_READS | {
     "portal:members", "api:members", "api:member", "api:invitations", "api:invitation",
     "portal:training_matrix", "portal:training_matrix_csv", "portal:training_operators", "portal:training_person",
     "portal:training_evidence", "api:training_completion", "api:training_person_status", "api:training_matrix_csv",
+    "portal:devices", "portal:device_detail", "portal:device_wipe_orders",
 }  # fmt: skip
 QIDO = [name for name in FILL if name.endswith("search") or name == "dicomweb:studies"]
 

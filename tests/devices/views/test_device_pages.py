@@ -169,3 +169,32 @@ def test_sanitization_form_refuses_others(client_for, tenant_a, radiologist_a, a
     assert refused.status_code == 403
     assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user == radiologist_a
     assert other.status_code == 404
+
+
+def test_auditors_and_compliance_officers_read_the_register_without_changing_it(
+    client_for, tenant_a, auditor_a, compliance_a, admin_a, approved_device, pending_device
+):
+    """Issue 12: an outside auditor sees the device register (and a device's history, and the wipe orders),
+    read-only: no form to change anything, and a change posted anyway is a 403 on the trail."""
+    for person in (auditor_a, compliance_a):
+        client = client_for(person)
+        register_page = client.get(URL)
+        assert register_page.status_code == 200
+        html = register_page.content.decode()
+        assert "MR_OK" in html
+        assert "CT_PENDING" in html
+        assert 'id="register-device"' not in html
+        assert "/approve/" not in html
+        assert "Read-only" in html
+        detail = client.get(f"{URL}{approved_device.public_id}/")
+        assert detail.status_code == 200
+        assert 'name="action"' not in detail.content.decode()
+        assert client.get(f"{URL}wipe-orders/").status_code == 200
+        assert f'href="{URL}"' in client.get("/t/north/").content.decode()  # the nav names the register
+
+    auditor = client_for(auditor_a)
+    refused = auditor.post(f"{URL}{pending_device.public_id}/approve/")
+    assert refused.status_code == 403
+    assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user_id == auditor_a.pk
+    assert reload(tenant_a, pending_device).status == Device.Status.PENDING
+    assert auditor.post(f"{URL}register/", {"name": "sneaky", "kind": "modality"}).status_code == 403
