@@ -22,6 +22,7 @@ from tenants import services
 from tenants.models import Membership, Role, Tenant, User
 from tenants.scoping import tenant_scope
 from tests.tenants.factories import UserFactory, totp_device_for
+from tests.tlsca import TestCA
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
@@ -123,6 +124,12 @@ def api_client_for(db: Any) -> Callable[[User, Tenant], APIClient]:
         return client
 
     return make
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A certificate authority the TLS tests make for themselves (tests/tlsca.py)."""
+    return TestCA(tmp_path_factory.mktemp("tls-ca"))
 
 
 @pytest.fixture(scope="session")

@@ -416,6 +416,15 @@ LOGGING = {
 DICOM_HOST = env.str("DICOM_HOST", default="127.0.0.1")
 DICOM_PORT = env.int("DICOM_PORT", default=11112)
 DICOM_AE_TITLE = "ENCLAVE"
+# DICOM TLS (PS3.15 B.1, IHE ATNA secure node): with a certificate and key, the listener speaks only TLS 1.2+.
+# DICOM_TLS_CA is the bundle that signs the modalities' client certificates; with DICOM_TLS_REQUIRE_CLIENT_CERT
+# (the default), a peer without a certificate it signed is refused at the handshake, before any DICOM is read.
+DICOM_TLS_CERT = env.str("DICOM_TLS_CERT", default="")
+DICOM_TLS_KEY = env.str("DICOM_TLS_KEY", default="")
+DICOM_TLS_CA = env.str("DICOM_TLS_CA", default="")
+DICOM_TLS_REQUIRE_CLIENT_CERT = env.bool("DICOM_TLS_REQUIRE_CLIENT_CERT", default=True)
+# A peer gets this long to finish the handshake (it runs in the association's thread, never the accepting one).
+DICOM_TLS_HANDSHAKE_SECONDS = env.float("DICOM_TLS_HANDSHAKE_SECONDS", default=10.0)
 # clamd's socket: unix:///run/clamav/clamd.ctl or tcp://127.0.0.1:3310. Empty: the built-in EICAR-only scanner
 # (the embedded default of `make run`, which says so on the ingest page); production requires clamd.
 CLAMD_ADDRESS = env.str("CLAMD_ADDRESS", default="")
