@@ -22,6 +22,7 @@ from tenants import services
 from tenants.models import Membership, Role, Tenant, User
 from tenants.scoping import tenant_scope
 from tests.tenants.factories import UserFactory, totp_device_for
+from tests.log_guard import LogGuard
 from tests.tlsca import TestCA
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -124,6 +125,20 @@ def api_client_for(db: Any) -> Callable[[User, Tenant], APIClient]:
         return client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_in_logs() -> Iterator[None]:
+    """Each test's log records, formatted as production writes them, hold no token and no default synthetic
+    patient (tests/log_guard.py); a leak fails the test's teardown."""
+    guard = LogGuard().install()
+    try:
+        yield
+    finally:
+        guard.remove()
+    leaks = guard.leaks()
+    if leaks:
+        pytest.fail("Patient data or a token in the log output:\n" + "\n".join(leaks[:5]), pytrace=False)
 
 
 @pytest.fixture(scope="session")
