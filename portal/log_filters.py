@@ -84,11 +84,11 @@ class PlainFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 -- logging's name
+    def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = neutralise(_strip(record.message))
         if not hasattr(record, "request_id"):
             record.request_id = current().request_id
         return super().formatMessage(record)
 
-    def formatException(self, ei: Any) -> str:  # noqa: N802 -- logging's name
+    def formatException(self, ei: Any) -> str:
         return "\n".join("    " + neutralise(line) for line in _strip(super().formatException(ei)).splitlines())

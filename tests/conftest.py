@@ -21,8 +21,8 @@ from rest_framework.test import APIClient
 from tenants import services
 from tenants.models import Membership, Role, Tenant, User
 from tenants.scoping import tenant_scope
-from tests.tenants.factories import UserFactory, totp_device_for
 from tests.log_guard import LogGuard
+from tests.tenants.factories import UserFactory, totp_device_for
 from tests.tlsca import TestCA
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")

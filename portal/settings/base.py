@@ -219,7 +219,8 @@ def redis_tls_options(url: str) -> dict[str, Any]:
     if not url.startswith("rediss://"):
         return {}
     options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True}
-    for option, name in (("ssl_ca_certs", "REDIS_TLS_CA"), ("ssl_certfile", "REDIS_TLS_CERT"), ("ssl_keyfile", "REDIS_TLS_KEY")):
+    files = {"ssl_ca_certs": "REDIS_TLS_CA", "ssl_certfile": "REDIS_TLS_CERT", "ssl_keyfile": "REDIS_TLS_KEY"}
+    for option, name in files.items():
         if value := env.str(name, default=""):
             options[option] = value
     return options

@@ -403,9 +403,11 @@ def start_listener(host: str | None = None, port: int | None = None, *, block: b
     server = cast(
         ListenerServer,
         ae.make_server(
-            (host, port), evt_handlers=door.handlers(), server_class=ListenerServer,
+            (host, port),
+            evt_handlers=door.handlers(),
+            server_class=ListenerServer,
             ssl_context=tls.listener_tls_context(),
-        ),  # fmt: skip
+        ),
     )
     if block:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -35,7 +36,8 @@ def listener_tls_context() -> ssl.SSLContext | None:
         return None
     if settings.DICOM_TLS_REQUIRE_CLIENT_CERT and not settings.DICOM_TLS_CA:
         raise ImproperlyConfigured(
-            "DICOM_TLS_REQUIRE_CLIENT_CERT is on: DICOM_TLS_CA must name the CA that signs the modalities' certificates."
+            "DICOM_TLS_REQUIRE_CLIENT_CERT is on: DICOM_TLS_CA must name the CA that signs the modalities' "
+            "certificates."
         )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -72,7 +74,7 @@ def peer_certificate_summary(sock: object) -> str:
     """The peer certificate's subject common name, for the log line of an accepted association ('' without TLS)."""
     if not isinstance(sock, ssl.SSLSocket):
         return ""
-    cert = sock.getpeercert() or {}
+    cert: dict[str, Any] = dict(sock.getpeercert() or {})
     for rdn in cert.get("subject", ()):
         for key, value in rdn:
             if key == "commonName":

@@ -30,7 +30,9 @@ print(json.dumps({
     "cache_location": cache["LOCATION"],
     "cache_options": {k: int(v) if isinstance(v, ssl.VerifyMode) else v for k, v in cache["OPTIONS"].items()},
     "broker_url": app.conf.broker_url,
-    "broker_ssl": {k: int(v) if isinstance(v, ssl.VerifyMode) else v for k, v in (app.conf.broker_use_ssl or {}).items()},
+    "broker_ssl": {
+        k: int(v) if isinstance(v, ssl.VerifyMode) else v for k, v in (app.conf.broker_use_ssl or {}).items()
+    },
     "log_handler_formatter": settings.LOGGING["handlers"]["console"]["formatter"],
 }))
 """
@@ -85,11 +87,15 @@ def test_production_refuses_plain_connections(name, value, says):
 
 
 def test_local_sockets_and_the_explicit_way_out_are_accepted():
-    unix = _production(DATABASE_URL="postgres://enclave@%2Frun%2Fpostgresql/enclave", REDIS_URL="unix:///run/redis.sock")
+    unix = _production(
+        DATABASE_URL="postgres://enclave@%2Frun%2Fpostgresql/enclave", REDIS_URL="unix:///run/redis.sock"
+    )
     assert unix["db_host"] == "/run/postgresql"
     assert unix["cache_options"] == {}
     plain = _production(
-        REQUIRE_TLS="false", DATABASE_URL="postgres://enclave@db.example.org/enclave", REDIS_URL="redis://r.example.org/0"
+        REQUIRE_TLS="false",
+        DATABASE_URL="postgres://enclave@db.example.org/enclave",
+        REDIS_URL="redis://r.example.org/0",
     )
     assert plain["db_options"] == {}
     assert plain["broker_ssl"] == {}

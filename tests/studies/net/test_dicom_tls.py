@@ -173,4 +173,4 @@ def test_requiring_client_certificates_needs_a_ca(transactional_db, tls_settings
 def test_a_listener_without_a_certificate_speaks_plain_dicom(listener, north, demo_ct):
     assert listener.ssl_context is None
     assert echo(port=listener.port, calling="DEMO_CT", called="NORTH") == SUCCESS
-    assert Device.Kind.MODALITY == demo_ct.kind
+    assert demo_ct.kind == Device.Kind.MODALITY
