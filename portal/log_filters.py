@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,24 +37,28 @@ def neutralise(text: str) -> str:
 
 
 class StripQueryStringFilter(logging.Filter):
-    """Cuts query strings and masks tokens in the message and its arguments, before anything formats them."""
+    """Cuts query strings and masks tokens in the message, before any handler formats it. The message is merged
+    with its arguments first: a query string in the format itself ("GET /x?q=%s") would otherwise lose its
+    placeholder and leave an argument over."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, Mapping):
-            record.args = {key: _strip(value) for key, value in record.args.items()}
-        elif record.args:
-            record.args = tuple(_strip(a) for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = _strip(record.msg)
+        try:
+            message = record.getMessage()
+        except Exception:  # the logging call's own mistake: logging reports it when a handler formats the record
+            return True
+        record.msg = _strip(message)
+        record.args = None
         return True
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` (empty outside a request or task) to every record."""
+    """Adds `request_id` (empty outside a request or task) to every record. Django logs a 4xx or 5xx answer after
+    the middleware has returned, outside the request's audit context: its record carries the request instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "request_id", ""):
-            record.request_id = current().request_id
+            request = getattr(record, "request", None)
+            record.request_id = current().request_id or str(getattr(request, "request_id", "") or "")
         return True
 
 
@@ -68,7 +71,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": _strip(record.getMessage()),
-            "request_id": getattr(record, "request_id", "") or current().request_id,
+            "request_id": getattr(record, "request_id", "") or current().request_id,  # set by RequestIdFilter
         }
         if record.exc_info:
             entry["exception"] = _strip(self.formatException(record.exc_info))

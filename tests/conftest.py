@@ -127,6 +127,16 @@ def api_client_for(db: Any) -> Callable[[User, Tenant], APIClient]:
     return make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _celery_tasks_registered() -> None:
+    """Every app's Celery tasks registered once, as a worker does when it starts. Otherwise the first task queued
+    in a test process does it, and Celery's Django fix-up then runs django.setup() again, which reconfigures
+    logging in the middle of that test (and drops the log guard's handler)."""
+    from portal.celery import app
+
+    app.loader.import_default_modules()
+
+
 @pytest.fixture(autouse=True)
 def _no_secrets_in_logs() -> Iterator[None]:
     """Each test's log records, formatted as production writes them, hold no token and no default synthetic
