@@ -5,8 +5,10 @@ a Security Alert of type Node Authentication."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -174,3 +176,27 @@ def test_a_listener_without_a_certificate_speaks_plain_dicom(listener, north, de
     assert listener.ssl_context is None
     assert echo(port=listener.port, calling="DEMO_CT", called="NORTH") == SUCCESS
     assert demo_ct.kind == Device.Kind.MODALITY
+
+
+def test_dcmtk_storescu_over_tls(tls_listener, north, demo_ct, test_ca, tmp_path):
+    """Another implementation: dcmtk's storescu with its client certificate (`+tls key cert`, `+cf` our CA)."""
+    storescu = shutil.which("storescu")
+    assert storescu, "dcmtk's storescu is missing: scripts/system-deps.sh installs dcmtk"
+    issued = test_ca.client("dcmtk-ct")
+    files = write_files(tmp_path, make_study(series=1, instances_per_series=2, patient_id="TLS0002"))
+    done = subprocess.run(
+        [storescu, "+tls", str(issued.key), str(issued.cert), "+cf", str(test_ca.ca_pem), "-aet", "DEMO_CT",
+         "-aec", "NORTH", "127.0.0.1", str(tls_listener.port), *map(str, files)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    with tenant_scope(north):
+        assert Instance.objects.count() == 2
+    # Without its certificate (anonymous TLS), the same storescu is refused at the handshake.
+    refused = subprocess.run(
+        [storescu, "+tla", "+cf", str(test_ca.ca_pem), "-aet", "DEMO_CT", "-aec", "NORTH", "127.0.0.1",
+         str(tls_listener.port), str(files[0])],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert _eventually(_tls_refusals)
