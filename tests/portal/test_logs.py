@@ -136,3 +136,4 @@ def test_the_configured_handler_writes_json_with_the_request_id(settings):
     assert entry["request_id"] == "req-1234abcd"
     assert entry["message"] == "GET /dicomweb/north/studies?…"
     assert entry["level"] == "WARNING"
+    assert entry["time"].endswith("+00:00")  # UTC, with its offset written (SECURITY.md E8)
