@@ -272,7 +272,8 @@ def eicar() -> bytes:
 def clamd_start(processes: Processes, env: dict[str, str]) -> str:
     """clamd with one EICAR body signature (as tests/studies/conftest.py), on a Unix socket; its address."""
     # A Unix socket path has at most 108 bytes: a short folder under /tmp.
-    workdir = Path(tempfile.mkdtemp(prefix="ecb-", dir="/tmp"))
+    # mkdtemp makes a new folder only this user can enter: not the shared-/tmp race bandit's B108 is about.
+    workdir = Path(tempfile.mkdtemp(prefix="ecb-", dir="/tmp"))  # nosec B108
     processes.folder.joinpath("clamd-dir").write_text(str(workdir))
     db = workdir / "db"
     db.mkdir()

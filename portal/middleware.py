@@ -1,4 +1,4 @@
-"""Request-wide security: request ids and audit context, automatic logoff, security headers."""
+"""Request-wide security: request ids and audit context, HTTPS only for machines, automatic logoff, security headers."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib.auth import logout
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from audit.context import audit_context
 from audit.events import EventType
 from audit.services import auth_event_record
+from portal.web.errors import PROBLEM_CONTENT_TYPE, problem
 
 SESSION_AUTH_AT = "enclave_auth_at"
 SESSION_LAST_SEEN = "enclave_last_seen"
@@ -34,6 +35,28 @@ class RequestIdMiddleware:
             response = self.get_response(request)
         response["X-Request-ID"] = request_id
         return response
+
+
+class HttpsOnlyMiddleware:
+    """SECURITY.md A9: with SECURE_SSL_REDIRECT on (production), a plain-HTTP call to the API or DICOMweb
+    (HTTPS_ONLY_PATHS) is refused with a 403 problem document and no data, never redirected. A redirect would be
+    followed by clients that have already sent their bearer token in the clear, and would hide the mistake from
+    whoever configured them; browsers' pages are redirected by SecurityMiddleware, then kept on HTTPS by HSTS."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if (
+            settings.SECURE_SSL_REDIRECT
+            and not request.is_secure()
+            and request.path.startswith(tuple(settings.HTTPS_ONLY_PATHS))
+        ):
+            body = problem(403, "This service answers only over HTTPS.", code="https_required")
+            response = JsonResponse(body, status=403, content_type=PROBLEM_CONTENT_TYPE)
+            response["Cache-Control"] = "no-store"
+            return response
+        return self.get_response(request)
 
 
 class SessionTimeoutMiddleware:

@@ -19,7 +19,10 @@ export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-portal.settings.local}"
 export ENCLAVE_VAR_DIR="${ENCLAVE_VAR_DIR:-$ROOT/var}"
 export WEB_PORT="${WEB_PORT:-8000}"
 export DICOM_PORT="${DICOM_PORT:-11112}"
-export PORTAL_BASE_URL="${PORTAL_BASE_URL:-http://127.0.0.1:${WEB_PORT}}"
+# TLS_CERT / TLS_KEY (PEM): gunicorn serves HTTPS (portal/gunicorn_conf.py); TLS_CA verifies it for the ready check.
+WEB_SCHEME=http
+if [ -n "${TLS_CERT:-}" ] && [ "$MODE" = run ]; then WEB_SCHEME=https; fi
+export PORTAL_BASE_URL="${PORTAL_BASE_URL:-${WEB_SCHEME}://127.0.0.1:${WEB_PORT}}"
 export PYTHONUNBUFFERED=1
 if [ "$MODE" = dev ]; then export DJANGO_DEBUG="${DJANGO_DEBUG:-true}"; fi
 VAR="$ENCLAVE_VAR_DIR"
@@ -94,22 +97,24 @@ echo "$(date +%T) starting gunicorn, worker, beat, listener"
 "$PY" manage.py dicom_listener --port "$DICOM_PORT" & pids+=($!)
 if [ "$MODE" = run ]; then
   # The access log names the path without its query string: a search's query holds patient data.
-  .venv/bin/gunicorn portal.wsgi:application --bind "127.0.0.1:${WEB_PORT}" --worker-class gthread \
-    --workers 2 --threads 8 --timeout 120 --graceful-timeout 10 --no-control-socket \
-    --error-logfile - --access-logfile - \
-    --access-logformat '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms' & pids+=($!)
+  # portal/gunicorn_conf.py: HTTPS when TLS_CERT / TLS_KEY are set; the access log's format (path without its
+  # query string: a search's query holds patient data).
+  .venv/bin/gunicorn portal.wsgi:application -c portal/gunicorn_conf.py --bind "127.0.0.1:${WEB_PORT}" \
+    --worker-class gthread --workers 2 --threads 8 --timeout 120 --graceful-timeout 10 --no-control-socket \
+    --error-logfile - --access-logfile - & pids+=($!)
 else
   "$PY" manage.py runserver "127.0.0.1:${WEB_PORT}" & pids+=($!)
 fi
 
 # 4. Ready: the sign-in page answers
-"$PY" - "$WEB_PORT" <<'EOF'
-import sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/accounts/login/"
+"$PY" - "$WEB_PORT" "$WEB_SCHEME" <<'EOF'
+import os, ssl, sys, time, urllib.request
+url = f"{sys.argv[2]}://127.0.0.1:{sys.argv[1]}/accounts/login/"
+context = ssl.create_default_context(cafile=os.environ.get("TLS_CA") or None) if sys.argv[2] == "https" else None
 deadline = time.monotonic() + 120
 while True:
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with urllib.request.urlopen(url, timeout=5, context=context) as answer:
             if answer.status == 200:
                 break
     except OSError:
@@ -123,7 +128,7 @@ cat <<EOF
 
 ================================================================================
 Enclave is running ($([ "$MODE" = run ] && echo "gunicorn, DEBUG off" || echo "development server, DEBUG on")).
-  Web:    http://127.0.0.1:${WEB_PORT}/  (sign in at http://127.0.0.1:${WEB_PORT}/accounts/login/)
+  Web:    ${PORTAL_BASE_URL}/  (sign in at ${PORTAL_BASE_URL}/accounts/login/)
   DICOM:  127.0.0.1:${DICOM_PORT}, called AE title NORTH (calling DEMO_CT) or SOUTH (calling DEMO_MR), e.g.
           TCP_NODELAY=1 storescu -aet DEMO_CT -aec NORTH +sd +r 127.0.0.1 ${DICOM_PORT} some/folder/
   Stack:  ${stack_note}; Celery worker and beat

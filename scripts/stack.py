@@ -88,9 +88,10 @@ def pg_start(folder: Path, *, for_tests: bool = False) -> str:
             check=True, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
 
-    if psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'") != "1":
+    # ROLE and DATABASE are this module's constants, never input (bandit B608).
+    if psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'") != "1":  # nosec B608
         psql(f"CREATE ROLE {ROLE} LOGIN CREATEDB")
-    if psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'") != "1":
+    if psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'") != "1":  # nosec B608
         psql(f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
     if for_tests:
         for name, value in TEST_SERVER_SETTINGS.items():

@@ -21,7 +21,9 @@ from rest_framework.test import APIClient
 from tenants import services
 from tenants.models import Membership, Role, Tenant, User
 from tenants.scoping import tenant_scope
+from tests.log_guard import LogGuard
 from tests.tenants.factories import UserFactory, totp_device_for
+from tests.tlsca import TestCA
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
@@ -123,6 +125,36 @@ def api_client_for(db: Any) -> Callable[[User, Tenant], APIClient]:
         return client
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _celery_tasks_registered() -> None:
+    """Every app's Celery tasks registered once, as a worker does when it starts. Otherwise the first task queued
+    in a test process does it, and Celery's Django fix-up then runs django.setup() again, which reconfigures
+    logging in the middle of that test (and drops the log guard's handler)."""
+    from portal.celery import app
+
+    app.loader.import_default_modules()
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_in_logs() -> Iterator[None]:
+    """Each test's log records, formatted as production writes them, hold no token and no default synthetic
+    patient (tests/log_guard.py); a leak fails the test's teardown."""
+    guard = LogGuard().install()
+    try:
+        yield
+    finally:
+        guard.remove()
+    leaks = guard.leaks()
+    if leaks:
+        pytest.fail("Patient data or a token in the log output:\n" + "\n".join(leaks[:5]), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A certificate authority the TLS tests make for themselves (tests/tlsca.py)."""
+    return TestCA(tmp_path_factory.mktemp("tls-ca"))
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,10 @@ Values come from the environment (django-environ). Secrets have no default here:
 development values, production.py refuses to start without them.
 """
 
+import ssl
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import environ
@@ -127,6 +129,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # ------------------------------------------------------------------------------
 MIDDLEWARE = [
     "portal.middleware.RequestIdMiddleware",
+    "portal.middleware.HttpsOnlyMiddleware",  # before SecurityMiddleware would redirect
     "portal.middleware.DicomWebCorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -154,6 +157,9 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = False
 SECURE_HSTS_PRELOAD = False
 SECURE_SSL_REDIRECT = False
 SECURE_PROXY_SSL_HEADER: tuple[str, str] | None = None
+# Machines' doors (SECURITY.md A9): with SECURE_SSL_REDIRECT on, a plain-HTTP call under these paths is refused
+# (portal.middleware.HttpsOnlyMiddleware), never redirected; pages are redirected, and HSTS keeps browsers on HTTPS.
+HTTPS_ONLY_PATHS = ("/api/", "/dicomweb/")
 # Django 5.2 has no CSP middleware yet (6.0 does); portal.middleware.SecurityHeadersMiddleware sends this.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -226,9 +232,33 @@ STORAGES = {
 # CACHES, for throttles and lockouts
 # ------------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+
+
+def redis_tls_options(url: str) -> dict[str, Any]:
+    """redis-py's TLS options for a rediss:// URL (the cache, and the Celery broker through kombu): the server's
+    certificate checked against REDIS_TLS_CA (else the system's CAs) with its host name; a client certificate when
+    REDIS_TLS_CERT / REDIS_TLS_KEY are set. Nothing for redis:// or unix://."""
+    if not url.startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True}
+    files = {"ssl_ca_certs": "REDIS_TLS_CA", "ssl_certfile": "REDIS_TLS_CERT", "ssl_keyfile": "REDIS_TLS_KEY"}
+    for option, name in files.items():
+        if value := env.str(name, default=""):
+            options[option] = value
+    return options
+
+
+def redis_cache(url: str) -> dict[str, Any]:
+    return {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": url,
+        "OPTIONS": redis_tls_options(url),
+    }
+
+
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": redis_cache(REDIS_URL)}
 
 # DJANGO REST FRAMEWORK AND OPENAPI
 # ------------------------------------------------------------------------------
@@ -407,6 +437,7 @@ SECURITY_BULK_BASELINE_DAYS = env.int("SECURITY_BULK_BASELINE_DAYS", default=14)
 # CELERY
 # ------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_BROKER_USE_SSL = redis_tls_options(REDIS_URL) or None
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
@@ -432,15 +463,26 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
-# LOGGING: no patient data and no query strings in plain logs
+# LOGGING: JSON lines with the request id; no patient data, tokens or query strings; no forged lines (E9)
 # ------------------------------------------------------------------------------
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")  # json, or plain for a person at a terminal
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"strip_query": {"()": "portal.log_filters.StripQueryStringFilter"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {
+        "strip_query": {"()": "portal.log_filters.StripQueryStringFilter"},
+        "request_id": {"()": "portal.log_filters.RequestIdFilter"},
+    },
+    "formatters": {
+        "json": {"()": "portal.log_filters.JsonFormatter"},
+        "plain": {"()": "portal.log_filters.PlainFormatter"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["strip_query"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain" if LOG_FORMAT == "plain" else "json",
+            "filters": ["strip_query", "request_id"],
+        },
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
@@ -454,6 +496,15 @@ LOGGING = {
 DICOM_HOST = env.str("DICOM_HOST", default="127.0.0.1")
 DICOM_PORT = env.int("DICOM_PORT", default=11112)
 DICOM_AE_TITLE = "ENCLAVE"
+# DICOM TLS (PS3.15 B.1, IHE ATNA secure node): with a certificate and key, the listener speaks only TLS 1.2+.
+# DICOM_TLS_CA is the bundle that signs the modalities' client certificates; with DICOM_TLS_REQUIRE_CLIENT_CERT
+# (the default), a peer without a certificate it signed is refused at the handshake, before any DICOM is read.
+DICOM_TLS_CERT = env.str("DICOM_TLS_CERT", default="")
+DICOM_TLS_KEY = env.str("DICOM_TLS_KEY", default="")
+DICOM_TLS_CA = env.str("DICOM_TLS_CA", default="")
+DICOM_TLS_REQUIRE_CLIENT_CERT = env.bool("DICOM_TLS_REQUIRE_CLIENT_CERT", default=True)
+# A peer gets this long to finish the handshake (it runs in the association's thread, never the accepting one).
+DICOM_TLS_HANDSHAKE_SECONDS = env.float("DICOM_TLS_HANDSHAKE_SECONDS", default=10.0)
 # clamd's socket: unix:///run/clamav/clamd.ctl or tcp://127.0.0.1:3310. Empty: the built-in EICAR-only scanner
 # (the embedded default of `make run`, which says so on the ingest page); production requires clamd.
 CLAMD_ADDRESS = env.str("CLAMD_ADDRESS", default="")

@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import database_from_url, env
+from .base import database_from_url, env, redis_cache, redis_tls_options
 
 ENCLAVE_ENV = "production"
 DEBUG = False
@@ -25,13 +25,41 @@ ALLOWED_HOSTS = [h for h in _required("ALLOWED_HOSTS").split(",") if h]
 DATABASES = {"default": database_from_url(_required("DATABASE_URL"))}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 REDIS_URL = _required("REDIS_URL")
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+CACHES = {"default": redis_cache(REDIS_URL)}
 CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_USE_SSL = redis_tls_options(REDIS_URL) or None
+
+# ENCRYPTION IN TRANSIT (SECURITY.md A9): no patient data crosses a network in the clear
+# ------------------------------------------------------------------------------
+# PostgreSQL over TCP only with sslmode=verify-full (the server's certificate and host name checked; sslrootcert
+# names the CA), Redis only as rediss://. A Unix socket never leaves the machine and needs neither. REQUIRE_TLS=false
+# is the explicit, visible way out (a private network that encrypts below us), never a default.
+REQUIRE_TLS = env.bool("REQUIRE_TLS", default=True)
+
+
+def _transit_tls_check(*, database: dict, redis_url: str) -> None:
+    host = str(database.get("HOST") or "")
+    local = host == "" or host.startswith("/")
+    if not local and database.get("OPTIONS", {}).get("sslmode") != "verify-full":
+        raise ImproperlyConfigured(
+            "DATABASE_URL must ask for sslmode=verify-full (e.g. ?sslmode=verify-full&sslrootcert=/path/ca.pem) "
+            "when REQUIRE_TLS is on."
+        )
+    if redis_url.partition("://")[0] not in ("rediss", "unix"):
+        raise ImproperlyConfigured("REDIS_URL must be a rediss:// URL (Redis over TLS) when REQUIRE_TLS is on.")
+
+
+if REQUIRE_TLS:
+    _transit_tls_check(database=DATABASES["default"], redis_url=REDIS_URL)
 
 # SECURITY
 # ------------------------------------------------------------------------------
+# Pages are redirected to HTTPS; the API and DICOMweb refuse plain HTTP (base.HTTPS_ONLY_PATHS). gunicorn serves
+# TLS itself when TLS_CERT / TLS_KEY are set (portal/gunicorn_conf.py), else a proxy in front terminates TLS and
+# says so in X-Forwarded-Proto, which gunicorn trusts only from FORWARDED_ALLOW_IPS.
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# A client talking to gunicorn's own TLS could claim X-Forwarded-Proto itself: the header counts only behind a proxy.
+SECURE_PROXY_SSL_HEADER = None if env.str("TLS_CERT", default="") else ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_HSTS_SECONDS = 31536000
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True

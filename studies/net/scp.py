@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -57,7 +58,7 @@ from audit.events import EventType
 from audit.services import security_alert_raise
 from devices.selectors import dicom_peer_get
 from studies.models import IngestItem
-from studies.net import qr
+from studies.net import qr, tls
 from studies.net.peer import Peer
 from studies.services import Rejected, ingest_receive, ingest_refusal_record
 from tenants import access
@@ -124,9 +125,19 @@ class ListenerServer(ThreadedAssociationServer):
     """
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
+        client, address = cast(socket.socket, self.socket).accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            # pynetdicom would finish the handshake here, in the one thread that accepts connections, where a peer
+            # that never says hello holds up every other: it is finished in the association's thread instead.
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not tls.handshake(request, _peer_address(str(client_address[0]))):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
 
     def shutdown(self) -> None:
         # The base class also drops the server from its AE's list of servers started by `AE.start_server`,
@@ -184,9 +195,11 @@ class _Door:
         assoc.acceptor.ae_title = called_ae
         with self._lock:
             self._peers[assoc] = peer
+        certificate = tls.peer_certificate_summary(assoc.dul.socket.socket if assoc.dul.socket else None)
         logger.info(
-            "DICOM association accepted: %s -> %s from %s (batch %s)", calling_ae, called_ae, address, peer.batch
-        )
+            "DICOM association accepted: %s -> %s from %s%s (batch %s)", calling_ae, called_ae, address,
+            f", TLS client certificate {certificate!r}" if certificate else "", peer.batch,
+        )  # fmt: skip
 
     def on_ended(self, event: evt.Event) -> None:
         with self._lock:
@@ -377,7 +390,8 @@ def _application_entity() -> AE:
 
 
 def start_listener(host: str | None = None, port: int | None = None, *, block: bool = False) -> ListenerServer:
-    """Listen on `host`:`port` (settings DICOM_HOST / DICOM_PORT by default; port 0 picks a free one).
+    """Listen on `host`:`port` (settings DICOM_HOST / DICOM_PORT by default; port 0 picks a free one), in DICOM
+    TLS when DICOM_TLS_CERT is set (studies.net.tls).
 
     Non-blocking (the default) serves from a background thread and returns the running server. Blocking serves
     in this thread until KeyboardInterrupt, then stops and returns the stopped server.
@@ -387,7 +401,13 @@ def start_listener(host: str | None = None, port: int | None = None, *, block: b
     ae = _application_entity()
     door = _Door()
     server = cast(
-        ListenerServer, ae.make_server((host, port), evt_handlers=door.handlers(), server_class=ListenerServer)
+        ListenerServer,
+        ae.make_server(
+            (host, port),
+            evt_handlers=door.handlers(),
+            server_class=ListenerServer,
+            ssl_context=tls.listener_tls_context(),
+        ),
     )
     if block:
         try:

@@ -40,9 +40,10 @@ def test_a_compliance_officer_works_the_trail_and_an_auditor_is_refused_a_study(
     study = study_make(tenant_a)
     with tenant_scope(tenant_a):
         patient_id = study.patient.patient_id
+        named = [{"type": "patient", "id": patient_id, "name": study.patient.name}]
         for _ in range(2):
             audit_event_record(event=EventType.INSTANCES_RETRIEVED, actor=radiologist_a, target=study,
-                               participants=[{"type": "patient", "id": patient_id, "name": study.patient.name}])  # fmt: skip
+                               participants=named)  # fmt: skip
         audit_event_record(event=EventType.INSTANCES_RETRIEVED, actor=radiologist_a,
                            participants=[{"type": "patient", "id": "SOMEONE-ELSE", "name": "OTHER^ONE"}])  # fmt: skip
         alert = security_alert_raise(kind="bulk_retrieval", summary="north-radiologist read many records",

@@ -72,3 +72,28 @@ def test_an_unexpected_error_answers_the_500_page(client_for, radiologist_a, set
     assert escape(radiologist_a.get_full_name()) in html
     assert "Traceback" not in html
     assert "the secret detail" not in html
+
+
+def test_a_forced_500_under_production_switches_says_nothing_and_keeps_the_headers(settings):
+    """DEBUG off with production's HTTPS switches: the 500 page names no exception, path, file or version, and
+    carries the same strict headers as any page (CSP without unsafe-inline, frame-ancestors none, nosniff)."""
+    from django.test import Client
+
+    settings.ROOT_URLCONF = "tests.portal.urls_raising"
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 31536000
+    answer = Client(raise_request_exception=False).get("/boom/", secure=True)
+    assert answer.status_code == 500
+    html = answer.content.decode()
+    for detail in ("the secret detail", "RuntimeError", "Traceback", "urls_raising", "/work/", "Django", "Python"):
+        assert detail not in html, detail
+    csp = answer["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert "unsafe-eval" not in csp
+    assert answer["X-Content-Type-Options"] == "nosniff"
+    assert answer["X-Frame-Options"] == "DENY"
+    assert answer["Referrer-Policy"] == "same-origin"
+    assert answer["Cache-Control"] == "no-store"
+    assert answer["Strict-Transport-Security"].startswith("max-age=31536000")
+    assert "Server" not in answer

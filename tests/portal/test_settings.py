@@ -20,14 +20,18 @@ PRODUCTION_ENV = {
     "SECRET_KEY": "p" * 20 + "-production-secret-key-with-enough-entropy-0123456789",
     "MASTER_KEY": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
     "ALLOWED_HOSTS": "enclave.example.org",
-    "DATABASE_URL": "postgres://enclave@127.0.0.1:5432/enclave",
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DATABASE_URL": "postgres://enclave@db.example.org:5432/enclave?sslmode=verify-full&sslrootcert=/etc/enclave/ca.pem",
+    "REDIS_URL": "rediss://redis.example.org:6380/0",
+    "REDIS_TLS_CA": "/etc/enclave/ca.pem",
     "CLAMD_ADDRESS": "unix:///run/clamav/clamd.ctl",
 }
 
+# Variables of the test process that would change what production settings decide.
+OPTIONAL_ENV = ("DJANGO_ALLOW_ASYNC_UNSAFE", "REQUIRE_TLS", "TLS_CERT", "TLS_KEY", "SECURE_SSL_REDIRECT", "LOG_FORMAT")
+
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV and k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    clean = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV and k not in OPTIONAL_ENV}
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True,
         timeout=120, check=False,

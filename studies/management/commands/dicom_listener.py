@@ -35,7 +35,7 @@ class Command(BaseCommand):
             except OSError as exc:
                 raise CommandError(f"Cannot listen for DICOM: {exc}") from exc
             host, port = server.server_address[:2]
-            message = f"DICOM listener on {host}:{port}"
+            message = f"DICOM listener on {host}:{port}" + (" (DICOM TLS)" if server.ssl_context else "")
             logger.info(message)
             self.stdout.write(message)
             self.stdout.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,13 +54,14 @@ def associate(
     called: str,
     files: Sequence[Path] = (),
     during: Callable[[Association], Any] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> SendResult:
     """Open an association, send each file by C-STORE (the bytes as stored, not re-encoded), release.
 
     `during` is called with the open association before the first C-STORE (e.g. to look at its socket).
     """
     ae = _client(calling, files)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=(tls, "127.0.0.1") if tls else None)
     if not assoc.is_established:
         diagnostic = getattr(assoc.acceptor.primitive, "diagnostic", None) if assoc.is_rejected else None
         return SendResult(established=False, rejected=assoc.is_rejected, diagnostic=diagnostic)
@@ -76,10 +78,11 @@ def associate(
     return result
 
 
-def echo(*, port: int, calling: str, called: str) -> int | None:
+def echo(*, port: int, calling: str, called: str, tls: ssl.SSLContext | None = None) -> int | None:
+    """C-ECHO; None when no association was established. `tls`: the client's context for DICOM TLS."""
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=(tls, "127.0.0.1") if tls else None)
     if not assoc.is_established:
         return None
     try:
