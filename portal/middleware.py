@@ -1,4 +1,4 @@
-"""Request-wide security: request ids and audit context, automatic logoff, security headers."""
+"""Request-wide security: the client address, request ids and audit context, automatic logoff, security headers."""
 
 from __future__ import annotations
 
@@ -13,10 +13,29 @@ from django.http import HttpRequest, HttpResponse
 from audit.context import audit_context
 from audit.events import EventType
 from audit.services import auth_event_record
+from portal.web.addresses import PEER_ADDRESS_KEY, client_address_of, header_meta_key
 
 SESSION_AUTH_AT = "enclave_auth_at"
 SESSION_LAST_SEEN = "enclave_last_seen"
 SESSION_EXPIRED_REASON = "enclave_expired"  # in the new anonymous session: the sign-in page says why
+
+
+class ClientAddressMiddleware:
+    """Resolve the client's address once (portal.web.addresses) and put it in REMOTE_ADDR, keeping the TCP peer
+    under PEER_ADDRESS_KEY; then drop the proxy header, so that nothing downstream (django-auditlog reads
+    X-Forwarded-For itself, django-axes, logs) can be fooled by a header the client wrote."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        meta = request.META
+        client = client_address_of(meta)
+        meta[PEER_ADDRESS_KEY] = meta.get("REMOTE_ADDR", "")
+        meta["REMOTE_ADDR"] = client or meta.get("REMOTE_ADDR", "")
+        for header in {settings.TRUSTED_PROXY_HEADER, "X-Forwarded-For"}:
+            meta.pop(header_meta_key(header), None)
+        return self.get_response(request)
 
 
 class RequestIdMiddleware:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import uuid
 from typing import Any
 
@@ -50,6 +51,10 @@ class Tenant(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
     # The called AE title that DICOM peers use to reach this tenant's archive (one per tenant).
     ae_title = models.CharField(max_length=16, unique=True, null=True, blank=True)
+    # Ingestion volume allowed per hour and per day, in bytes, across C-STORE, STOW-RS and upload; empty: the
+    # platform's INGEST_QUOTA_BYTES_PER_HOUR / INGEST_QUOTA_BYTES_PER_DAY (0 there: no quota).
+    ingest_quota_bytes_per_hour = models.PositiveBigIntegerField(null=True, blank=True)
+    ingest_quota_bytes_per_day = models.PositiveBigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -71,6 +76,7 @@ class Tenant(models.Model):
             ("view_training", "See everyone's training records"),
             ("manage_training", "Manage courses and requirements, record and approve completions"),
             ("manage_retention", "Set retention policies and legal holds, approve or reject deletions"),
+            ("manage_networks", "Set the address ranges the tenant may be reached from"),
         ]
 
     def __str__(self) -> str:
@@ -274,6 +280,44 @@ class Invitation(TenantOwnedModel):
 
     def is_open(self) -> bool:
         return self.status == self.Status.PENDING
+
+
+def network_parse(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address range written as CIDR (10.1.0.0/16, 2001:db8::/48) or one address; ValidationError with the
+    reason otherwise. Host bits set (10.1.2.3/16) are refused rather than silently widened or narrowed."""
+    text = (value or "").strip()
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        try:
+            wider = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValidationError(f"“{text[:60]}” is not an IPv4 or IPv6 address range in CIDR form.") from exc
+        raise ValidationError(f"“{text[:60]}” has host bits set: did you mean {wider}?") from exc
+
+
+class TrustedNetwork(TenantOwnedModel):
+    """One address range the tenant's pages, API, DICOMweb and DICOM listener may be reached from. A tenant with
+    none may be reached from anywhere; with some, from those only (tenants.access.network_allows)."""
+
+    network = models.CharField(max_length=49, help_text="CIDR, IPv4 or IPv6: 10.20.0.0/16, 2001:db8:5::/48.")
+    label = models.CharField(max_length=100, blank=True, help_text="What the range is: a site, a VPN, a PACS.")
+
+    class Meta:
+        ordering = ["network"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "network"], name="tenants_trustednetwork_tenant_network_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.network
+
+    def clean(self) -> None:
+        super().clean()
+        try:
+            self.network = str(network_parse(self.network))
+        except ValidationError as exc:
+            raise ValidationError({"network": exc.messages}) from exc
 
 
 class UserSession(models.Model):

@@ -126,6 +126,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # MIDDLEWARE
 # ------------------------------------------------------------------------------
 MIDDLEWARE = [
+    "portal.middleware.ClientAddressMiddleware",  # first: everything after reads the client's address from it
     "portal.middleware.RequestIdMiddleware",
     "portal.middleware.DicomWebCorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -208,6 +209,42 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 
+# CLIENT ADDRESS, TRUSTED NETWORKS, RATE LIMITS AND QUOTAS (issue 14)
+# ------------------------------------------------------------------------------
+# The client's address is the TCP peer's (REMOTE_ADDR), unless that peer is one of TRUSTED_PROXIES (CIDRs): then
+# it is the rightmost hop of TRUSTED_PROXY_HEADER that is not itself a trusted proxy. The header is removed from
+# every request afterwards, so nothing else (django-auditlog reads X-Forwarded-For on its own) can be fooled by it.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+TRUSTED_PROXY_HEADER = env.str("TRUSTED_PROXY_HEADER", default="X-Forwarded-For")
+# A request from outside a tenant's trusted networks is on the audit trail every time; it opens a security alert
+# at most once per tenant and address in this many seconds.
+NETWORK_REFUSAL_ALERT_SECONDS = env.int("NETWORK_REFUSAL_ALERT_SECONDS", default=3600)
+# The one rate-limit policy (portal.web.limits), counted in Redis in fixed windows. Per action, the limit for each
+# key the caller is counted under: `person` (the user, whatever token, session or address), `token` (one API or
+# device token), `address` (the client address), `device` (a DICOM device on the listener). "N/second|minute|hour|
+# day". Pages, the API, DICOMweb and DIMSE share the counters: a search is a search on every door.
+RATE_LIMITS: dict[str, dict[str, str]] = env.json(
+    "RATE_LIMITS",
+    default={
+        "login": {"person": "20/hour", "address": "60/hour"},
+        "search": {"person": "300/minute", "token": "300/minute", "address": "600/minute", "device": "300/minute"},
+        "retrieve": {
+            "person": "3000/minute",
+            "token": "3000/minute",
+            "address": "6000/minute",
+            "device": "600/minute",
+        },
+        "export": {"person": "100/hour", "token": "100/hour", "address": "200/hour"},
+    },
+)
+# Ingestion volume per tenant (bytes, all doors together); a tenant's own figures override these. 0: no quota.
+INGEST_QUOTA_BYTES_PER_HOUR = env.int("INGEST_QUOTA_BYTES_PER_HOUR", default=0)
+INGEST_QUOTA_BYTES_PER_DAY = env.int("INGEST_QUOTA_BYTES_PER_DAY", default=0)
+# Request bodies: DATA_UPLOAD_MAX_MEMORY_SIZE bounds a form or JSON body Django reads; REQUEST_MAX_BYTES bounds any
+# body by its Content-Length before it is read (413), the browser upload included; STOW-RS streams are bounded by
+# DICOMWEB_STOW_MAX_REQUEST_BYTES below.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+
 # DJANGO REST FRAMEWORK AND OPENAPI
 # ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -225,6 +262,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
         "rest_framework.throttling.UserRateThrottle",
+        "portal.web.limits.PolicyThrottle",  # RATE_LIMITS for the views that name an action (search, ...)
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("THROTTLE_ANON", default="60/min"),

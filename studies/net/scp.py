@@ -63,6 +63,7 @@ from studies.services import Rejected, ingest_receive, ingest_refusal_record
 from tenants import access
 from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_for_called_ae
+from tenants.services import network_require
 
 __all__ = ["ListenerServer", "start_listener", "stop_listener"]
 
@@ -86,11 +87,13 @@ CSTORE_FAILURE_STATUS: dict[str, int] = {
     IngestItem.Failure.CONFLICT: STATUS_DUPLICATE_SOP_INSTANCE,
     IngestItem.Failure.LOST: STATUS_PROCESSING_FAILURE,
     IngestItem.Failure.INTERNAL: STATUS_PROCESSING_FAILURE,
+    IngestItem.Failure.QUOTA: STATUS_OUT_OF_RESOURCES,
 }
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, diagnostic.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE title not recognised
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service user, called AE title not recognised
+REJECT_PERMANENT = (0x01, 0x01, 0x01)  # rejected-permanent, service user, no reason given
 REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # rejected-transient, service user, no reason given
 
 # pynetdicom's default maximum PDU (16 KiB) cuts a 512 x 512 16-bit CT slice into 32 PDUs. Offering 1 MiB (dcmtk
@@ -278,7 +281,8 @@ class _Door:
                         detail={"size": len(data)},
                     )
                     logger.info("C-STORE from %s refused at receipt: %s", peer.calling_ae, exc.reason)
-                    return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
+                    quota = exc.failure == IngestItem.Failure.QUOTA  # out of resources: the sender may retry later
+                    return _status(STATUS_OUT_OF_RESOURCES if quota else STATUS_CANNOT_UNDERSTAND, exc.reason)
                 # When the pipeline has already decided (tasks run in-process), a refusal is the sender's answer.
                 if settings.CELERY_TASK_ALWAYS_EAGER:
                     item.refresh_from_db(fields=["state", "failure", "reason"])
@@ -306,6 +310,14 @@ def _admit(*, calling_ae: str, called_ae: str, address: str) -> Peer:
     tenant = tenant_for_called_ae(ae_title=called_ae) if called_ae else None
     device = None
     if tenant is not None:
+        # The tenant's trusted networks, before its devices are even looked up (refused: recorded, alerted).
+        with audit_context(source_address=address, system_principal=f"dicom:{calling_ae}"):
+            try:
+                network_require(tenant=tenant, address=address, door="DICOM listener", principal=calling_ae)
+            except access.NetworkRefused as exc:
+                logger.warning("DICOM association rejected: %s -> %s from outside its trusted networks", calling_ae,
+                               called_ae)  # fmt: skip
+                raise _Refused(REJECT_PERMANENT) from exc
         with tenant_scope(tenant):
             device = dicom_peer_get(ae_title=calling_ae, address=address)
     if tenant is not None and device is not None:
