@@ -454,10 +454,16 @@ LOGGING = {
 DICOM_HOST = env.str("DICOM_HOST", default="127.0.0.1")
 DICOM_PORT = env.int("DICOM_PORT", default=11112)
 DICOM_AE_TITLE = "ENCLAVE"
+# Objects one association may send (more: 0xA700, "open another"). An object still being received past
+# DICOM_MAX_MESSAGE_BYTES aborts the association (pynetdicom holds a message in memory until it is whole; one just
+# over INGEST_MAX_BYTES is still answered with a failure status and its reason), and so does a PDU longer than the
+# maximum length we offer (1 MiB).
+DICOM_MAX_INSTANCES_PER_ASSOCIATION = env.int("DICOM_MAX_INSTANCES_PER_ASSOCIATION", default=100_000)
 # clamd's socket: unix:///run/clamav/clamd.ctl or tcp://127.0.0.1:3310. Empty: the built-in EICAR-only scanner
 # (the embedded default of `make run`, which says so on the ingest page); production requires clamd.
 CLAMD_ADDRESS = env.str("CLAMD_ADDRESS", default="")
 INGEST_MAX_BYTES = env.int("INGEST_MAX_BYTES", default=2 * 1024**3)
+DICOM_MAX_MESSAGE_BYTES = env.int("DICOM_MAX_MESSAGE_BYTES", default=INGEST_MAX_BYTES + 64 * 1024**2)
 INGEST_MAX_ROWS = env.int("INGEST_MAX_ROWS", default=16384)
 INGEST_MAX_COLUMNS = env.int("INGEST_MAX_COLUMNS", default=16384)
 INGEST_MAX_FRAMES = env.int("INGEST_MAX_FRAMES", default=5000)

@@ -26,6 +26,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 from auditlog.context import set_actor
@@ -41,6 +42,7 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.association import Association
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # built at import time by pynetdicom
     PatientRootQueryRetrieveInformationModelFind,
@@ -100,6 +102,7 @@ REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # rejected-transient, service user, no re
 # then sends 128 KiB ones) took pynetdicom's own receive rate from about 157 to 250 such slices per second here.
 MAXIMUM_PDU_SIZE = 1024 * 1024
 MAXIMUM_ASSOCIATIONS = 32
+PDU_HEADER_BYTES = 6  # PDU type, reserved, length (PS3.8 9.3.1)
 STOP_GRACE_SECONDS = 10.0
 
 # Query/retrieve (studies.net.qr): Patient Root and Study Root, FIND, GET and MOVE.
@@ -150,6 +153,7 @@ class _Door:
         self._peers: weakref.WeakKeyDictionary[Association, Peer] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._tally = qr.StoreTally()
+        self._bounds: weakref.WeakKeyDictionary[Association, _Bounds] = weakref.WeakKeyDictionary()
 
     def handlers(self) -> list[Any]:
         return [
@@ -160,6 +164,8 @@ class _Door:
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_DIMSE_RECV, self._tally.on_dimse_recv),
+            (evt.EVT_DATA_RECV, self.on_data_recv),
+            (evt.EVT_PDU_RECV, self.on_pdu_recv),
             (evt.EVT_RELEASED, self.on_ended),
             (evt.EVT_ABORTED, self.on_ended),
         ]
@@ -194,11 +200,64 @@ class _Door:
     def on_ended(self, event: evt.Event) -> None:
         with self._lock:
             self._peers.pop(event.assoc, None)
+            self._bounds.pop(event.assoc, None)
         # An abort may come from `stop_listener`, in another thread: only the association's own thread holds the
         # connection to close. (An association whose socket just drops ends with no event; its thread's
         # connection goes when the thread is collected.)
         if threading.current_thread() is event.assoc:
             connection.close()
+
+    # Bounds of one association (issue 14): every PDU, every data set, and the number of instances
+    # --------------------------------------------------------------------------
+
+    def _bounds_of(self, assoc: Association) -> _Bounds:
+        with self._lock:
+            return self._bounds.setdefault(assoc, _Bounds())
+
+    def on_data_recv(self, event: evt.Event) -> None:
+        """A PDU longer than the maximum we offered (PS3.8 D.1: the peer must not send one) ends the association."""
+        if len(event.data) > MAXIMUM_PDU_SIZE + PDU_HEADER_BYTES:
+            self._abort(event.assoc, f"A PDU of {len(event.data)} bytes is over the negotiated maximum.")
+
+    def on_pdu_recv(self, event: evt.Event) -> None:
+        """Count the bytes of the data set being received (its P-DATA fragments, PS3.8 E.2): past
+        DICOM_MAX_MESSAGE_BYTES the association ends there, before pynetdicom has assembled it, so the object never
+        reaches `on_store` and nothing of it is written."""
+        pdu = event.pdu
+        if not isinstance(pdu, P_DATA_TF):
+            return
+        bounds = self._bounds_of(event.assoc)
+        for item in pdu.presentation_data_value_items:
+            value = item.presentation_data_value or b""
+            if not value or value[0] & 0x01:  # a command fragment: not counted
+                continue
+            bounds.dataset_bytes += len(value) - 1
+            if bounds.dataset_bytes > settings.DICOM_MAX_MESSAGE_BYTES:
+                limit = settings.DICOM_MAX_MESSAGE_BYTES
+                self._abort(event.assoc, f"An object still being received is over the limit of {limit} bytes.")
+                return
+            if value[0] & 0x02:  # the last fragment of this data set
+                bounds.dataset_bytes = 0
+
+    def _abort(self, assoc: Association, reason: str) -> None:
+        bounds = self._bounds_of(assoc)
+        if bounds.aborted:
+            return
+        bounds.aborted = True
+        peer = self._peer(assoc)
+        logger.warning("DICOM association from %s aborted: %s", peer.calling_ae if peer else "?", reason)
+        if peer is not None:
+            try:
+                with tenant_scope(peer.tenant), audit_context(source_address=peer.address,
+                                                              system_principal=peer.principal):  # fmt: skip
+                    ingest_refusal_record(source=IngestItem.Source.CSTORE, reason=reason,
+                                          failure=IngestItem.Failure.TOO_LARGE, device=peer.device, batch=peer.batch,
+                                          detail={"aborted": True})  # fmt: skip
+            except Exception:
+                logger.exception("The refusal of an oversized DICOM message could not be recorded")
+            finally:
+                connection.close()
+        assoc.abort(block=False)  # inside a handler: queued; the DUL sends the A-ABORT and closes
 
     # Services
     # --------------------------------------------------------------------------
@@ -236,6 +295,23 @@ class _Door:
             peer = self._peers.get(event.assoc)
         if peer is None:
             return STATUS_NOT_AUTHORISED
+        bounds = self._bounds_of(event.assoc)
+        if bounds.aborted:
+            return _status(STATUS_OUT_OF_RESOURCES, "The association is being aborted.")
+        bounds.instances += 1
+        if bounds.instances > settings.DICOM_MAX_INSTANCES_PER_ASSOCIATION:
+            reason = (
+                f"More than {settings.DICOM_MAX_INSTANCES_PER_ASSOCIATION} objects in one association: open another."
+            )
+            if not bounds.instances_refused:  # once per association, not once per further object
+                bounds.instances_refused = True
+                with tenant_scope(peer.tenant), audit_context(source_address=peer.address,
+                                                              system_principal=peer.principal):  # fmt: skip
+                    ingest_refusal_record(source=IngestItem.Source.CSTORE, reason=reason,
+                                          failure=IngestItem.Failure.TOO_LARGE, device=peer.device, batch=peer.batch,
+                                          detail={"instances": bounds.instances})  # fmt: skip
+            logger.info("C-STORE from %s refused: too many objects in one association", peer.calling_ae)
+            return _status(STATUS_OUT_OF_RESOURCES, reason)
         try:
             # The dataset exactly as sent, behind a Part-10 header built from the presentation context; never
             # decoded here (the pipeline parses it under its limits, in the worker).
@@ -296,6 +372,16 @@ class _Door:
             logger.info("C-STORE from %s refused by the pipeline (%s)", peer.calling_ae, item.failure)
             return _status(CSTORE_FAILURE_STATUS.get(item.failure, STATUS_PROCESSING_FAILURE), item.reason)
         return STATUS_SUCCESS
+
+
+@dataclass
+class _Bounds:
+    """What one association has sent so far."""
+
+    dataset_bytes: int = 0  # of the data set being received
+    instances: int = 0
+    instances_refused: bool = False
+    aborted: bool = False
 
 
 class _Refused(Exception):
