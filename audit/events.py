@@ -94,6 +94,7 @@ class EventType(IntEnum):
     TRUSTED_NETWORK_REMOVED = 215
     NETWORK_REFUSED = 216
     RATE_LIMITED = 217
+    TENANT_QUOTA_SET = 218
     # 300-399: the audit trail itself
     AUDIT_LOG_USED = 301
     SECURITY_ALERT_HANDLED = 302
@@ -221,6 +222,7 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.RATE_LIMITED: EventSpec(
         SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "A rate limit was reached: requests refused"
     ),
+    EventType.TENANT_QUOTA_SET: EventSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Ingestion quota set"),
     EventType.AUDIT_LOG_USED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Audit trail read"),
     EventType.SECURITY_ALERT_HANDLED: EventSpec(
         SECURITY_ALERT, None, Action.UPDATE, "Security alert acknowledged, escalated or closed"

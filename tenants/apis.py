@@ -385,7 +385,7 @@ class ApiTokenRevokeApi(TenantApi):
 class TrustedNetworkOutputSerializer(serializers.Serializer):
     id = serializers.UUIDField(source="public_id")
     network = serializers.CharField(help_text="CIDR, IPv4 or IPv6, in its canonical form.")
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field, not Field.label
     created_at = serializers.DateTimeField()
 
     class Meta:
@@ -419,7 +419,7 @@ class TrustedNetworkListApi(TenantApi):
 class TrustedNetworkCreateApi(TenantApi):
     class InputSerializer(serializers.Serializer):
         network = serializers.CharField(max_length=60, help_text="CIDR: 10.20.0.0/16, 2001:db8:5::/48.")
-        label = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+        label = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")  # type: ignore[assignment]
 
         class Meta:
             ref_name = "TrustedNetworkCreate"

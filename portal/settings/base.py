@@ -127,6 +127,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # ------------------------------------------------------------------------------
 MIDDLEWARE = [
     "portal.middleware.ClientAddressMiddleware",  # first: everything after reads the client's address from it
+    "portal.middleware.RequestSizeLimitMiddleware",  # its process_view runs before CSRF's reads a form body
     "portal.middleware.RequestIdMiddleware",
     "portal.middleware.DicomWebCorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -244,6 +245,7 @@ INGEST_QUOTA_BYTES_PER_DAY = env.int("INGEST_QUOTA_BYTES_PER_DAY", default=0)
 # body by its Content-Length before it is read (413), the browser upload included; STOW-RS streams are bounded by
 # DICOMWEB_STOW_MAX_REQUEST_BYTES below.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+REQUEST_MAX_BYTES = env.int("REQUEST_MAX_BYTES", default=10 * 1024**2)
 
 # DJANGO REST FRAMEWORK AND OPENAPI
 # ------------------------------------------------------------------------------
@@ -479,6 +481,10 @@ INGEST_SWEEP_INTERVAL_SECONDS = env.int("INGEST_SWEEP_INTERVAL_SECONDS", default
 # STOW-RS reads its body as a stream, one part at a time, so DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it:
 # this caps the whole request (each part also obeys INGEST_MAX_BYTES).
 DICOMWEB_STOW_MAX_REQUEST_BYTES = env.int("DICOMWEB_STOW_MAX_REQUEST_BYTES", default=4 * INGEST_MAX_BYTES)
+# One browser upload request carries one file or zip (studies.services.uploads bounds each), and its form fields.
+UPLOAD_MAX_REQUEST_BYTES = env.int(
+    "UPLOAD_MAX_REQUEST_BYTES", default=max(INGEST_MAX_BYTES, INGEST_ZIP_MAX_UNPACKED_BYTES) + 1024**2
+)
 # How long a STOW-RS request waits for its instances to be processed; later ones are answered "still processing".
 DICOMWEB_STOW_WAIT_SECONDS = env.float("DICOMWEB_STOW_WAIT_SECONDS", default=30.0)
 # QIDO-RS answers at most this many results per request (a Warning header says when more exist).

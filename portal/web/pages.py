@@ -62,9 +62,9 @@ class TenantPageView(View):
             raise Http404() from exc
         try:  # the tenant's trusted networks, before anything of it is read
             network_require(tenant=tenant, address=request.META.get("REMOTE_ADDR"), door="pages", actor=request.user)
-        except access.NetworkRefused as refusal:
+        except access.NetworkRefused as outside:
             return render(request, "_error.html", {"error_code": 403, "error_title": "Not from this network",
-                                                   "error_text": str(refusal)}, status=403)  # fmt: skip
+                                                   "error_text": str(outside)}, status=403)  # fmt: skip
         if self.rate_limit:
             limited = request_limit_hit(self.rate_limit, request)
             if limited is not None:
