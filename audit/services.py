@@ -385,7 +385,8 @@ def security_rules_match(*, tenant: Tenant, now: datetime) -> list[RuleHit]:
     """What the rules find in the tenant's events of the last SECURITY_RULE_WINDOW_SECONDS (read-only):
     - repeated failed sign-ins (wrong password or MFA code) of one user name, SECURITY_FAILED_LOGIN_THRESHOLD or more;
     - each lockout;
-    - a burst of refusals (403) of one person, SECURITY_ACCESS_DENIED_THRESHOLD or more.
+    - a burst of refusals (403) of one person, SECURITY_ACCESS_DENIED_THRESHOLD or more;
+    - a person who reached a rate limit (RATE_LIMITED is written once per limit window already).
     Break-glass, malware at ingest and unknown DICOM peers raise their alert where they happen. Runs inside the
     tenant's scope."""
     start = now - timedelta(seconds=settings.SECURITY_RULE_WINDOW_SECONDS)
@@ -400,6 +401,9 @@ def security_rules_match(*, tenant: Tenant, now: datetime) -> list[RuleHit]:
     denied = window.filter(event_type=EventType.ACCESS_DENIED)
     for name, events in _bursts(denied, settings.SECURITY_ACCESS_DENIED_THRESHOLD).items():
         hits.append(RuleHit("access_denied_burst", name, f"{len(events)} refused requests by {name}", "high", events))
+    limited = window.filter(event_type=EventType.RATE_LIMITED)
+    for name, events in _bursts(limited, 1).items():
+        hits.append(RuleHit("rate_limited", name, f"{name} reached a rate limit ({len(events)}x)", "warning", events))
     return hits
 
 

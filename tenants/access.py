@@ -24,6 +24,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, Group
+from django.core.cache import cache
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -171,11 +172,23 @@ def membership_groups_sync(*, membership: Membership) -> None:
 # outside the ranges cannot learn which tenants exist.
 
 
+NETWORK_CACHE_SECONDS = 300
+
+
+def network_cache_key(tenant_id: int) -> str:
+    """Where a tenant's ranges are cached; tenants.services deletes it on every change (and after its commit)."""
+    return f"enclave:trusted-networks:{tenant_id}"
+
+
 def network_allows(tenant: Tenant, address: str | None) -> bool:
     """True when `address` may reach `tenant`: the tenant lists no trusted network, or one of them holds it. An
     address that is missing or not an IP address is refused whenever the tenant lists any."""
-    with tenant_scope(tenant):
-        networks = list(TrustedNetwork.objects.values_list("network", flat=True))
+    key = network_cache_key(tenant.pk)
+    networks = cache.get(key)
+    if networks is None:  # asked on every request: kept in the cache (Redis) until a change deletes it
+        with tenant_scope(tenant):
+            networks = list(TrustedNetwork.objects.values_list("network", flat=True))
+        cache.set(key, networks, NETWORK_CACHE_SECONDS)
     if not networks:
         return True
     try:

@@ -27,6 +27,7 @@ def trusted_network_add(*, actor: Any, tenant: Tenant, network: str, label: str 
     row = TrustedNetwork(tenant=tenant, network=network, label=label.strip())
     row.full_clean()
     row.save()
+    _forget_cached(tenant)
     audit_event_record(
         event=EventType.TRUSTED_NETWORK_ADDED,
         actor=actor,
@@ -48,6 +49,14 @@ def trusted_network_remove(*, actor: Any, network: TrustedNetwork) -> None:
         extra={"network": network.network, "label": network.label},
     )
     network.delete()
+    _forget_cached(network.tenant)
+
+
+def _forget_cached(tenant: Tenant) -> None:
+    """Drop the cached ranges now and again after the commit, so no request caches the old list in between."""
+    key = access.network_cache_key(tenant.pk)
+    cache.delete(key)
+    transaction.on_commit(lambda: cache.delete(key))
 
 
 def network_require(*, tenant: Tenant, address: str | None, door: str, actor: Any = None, principal: str = "") -> None:

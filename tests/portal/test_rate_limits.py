@@ -16,6 +16,7 @@ from django.test import Client, override_settings
 
 from audit.events import EventType
 from audit.models import AuditEvent
+from audit.services import security_rules_evaluate
 from tenants.scoping import tenant_scope
 from tests.studies.dicomweb.reading import JSON
 
@@ -67,6 +68,18 @@ def test_a_search_past_the_persons_limit_is_a_429_problem_with_retry_after_audit
     [event] = rate_events(tenant_a)
     assert event.actor_user == radiologist_a
     assert event.extra == {"action": "search", "kind": "person", "limit": "2/day", "door": "DICOMweb"}
+
+
+def test_a_person_who_reaches_a_limit_raises_one_alert_through_the_rules(api_client_for, tenant_a, radiologist_a):
+    client = api_client_for(radiologist_a, tenant_a)
+    with limits(search={"person": "1/day"}):
+        codes = [client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code for _ in range(4)]
+    assert codes == [204, 429, 429, 429]
+    with tenant_scope(tenant_a):
+        raised = security_rules_evaluate(tenant=tenant_a)
+        again = security_rules_evaluate(tenant=tenant_a)
+    assert [(a.kind, a.subject, a.severity) for a in raised] == [("rate_limited", "north-radiologist", "warning")]
+    assert again == []
 
 
 def test_a_token_is_limited_on_its_own_and_another_token_goes_on(api_client_for, tenant_a, radiologist_a):
