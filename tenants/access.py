@@ -24,7 +24,6 @@ from contextvars import ContextVar
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, Group
-from django.core.cache import cache
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -32,8 +31,8 @@ from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
 
 from audit.context import current_request_id
-from tenants.models import Membership, Role, Tenant, TenantOwnedModel, TrustedNetwork, User
-from tenants.scoping import current_tenant_or_none, tenant_scope
+from tenants.models import Membership, Role, Tenant, TenantOwnedModel, User
+from tenants.scoping import current_tenant_or_none
 
 
 class NotVisible(Exception):
@@ -172,23 +171,10 @@ def membership_groups_sync(*, membership: Membership) -> None:
 # outside the ranges cannot learn which tenants exist.
 
 
-NETWORK_CACHE_SECONDS = 300
-
-
-def network_cache_key(tenant_id: int) -> str:
-    """Where a tenant's ranges are cached; tenants.services deletes it on every change (and after its commit)."""
-    return f"enclave:trusted-networks:{tenant_id}"
-
-
 def network_allows(tenant: Tenant, address: str | None) -> bool:
     """True when `address` may reach `tenant`: the tenant lists no trusted network, or one of them holds it. An
     address that is missing or not an IP address is refused whenever the tenant lists any."""
-    key = network_cache_key(tenant.pk)
-    networks = cache.get(key)
-    if networks is None:  # asked on every request: kept in the cache (Redis) until a change deletes it
-        with tenant_scope(tenant):
-            networks = list(TrustedNetwork.objects.values_list("network", flat=True))
-        cache.set(key, networks, NETWORK_CACHE_SECONDS)
+    networks = tenant.network_ranges  # the TrustedNetwork rows' copy on the tenant row: asked on every request
     if not networks:
         return True
     try:

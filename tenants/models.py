@@ -55,6 +55,9 @@ class Tenant(models.Model):
     # platform's INGEST_QUOTA_BYTES_PER_HOUR / INGEST_QUOTA_BYTES_PER_DAY (0 there: no quota).
     ingest_quota_bytes_per_hour = models.PositiveBigIntegerField(null=True, blank=True)
     ingest_quota_bytes_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    # A copy of its TrustedNetwork rows (CIDR strings), kept by tenants.services in the same transaction, so the
+    # check every request makes (tenants.access.network_allows) reads the row already loaded. Empty: any address.
+    network_ranges = models.JSONField(default=list, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -374,6 +374,7 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
 AUDITLOG_MASK_CALLABLE = "audit.context.auditlog_mask"
 # Wrapped keys are binary and secret: their changes are facts of the blob's own row, never diffs in the log.
 AUDITLOG_EXCLUDE_TRACKING_FIELDS = (
+    "network_ranges",  # Tenant's copy of its TrustedNetwork rows, whose own changes are logged
     "last_login",
     "updated_at",
     "last_used_at",
