@@ -90,7 +90,12 @@ class EventType(IntEnum):
     INVITATION_ACCEPTED = 211
     INVITATION_REVOKED = 212
     ACCOUNT_UNLOCKED = 213
-    OBJECT_NOT_FOUND = 214
+    TRUSTED_NETWORK_ADDED = 214
+    TRUSTED_NETWORK_REMOVED = 215
+    NETWORK_REFUSED = 216
+    RATE_LIMITED = 217
+    TENANT_QUOTA_SET = 218
+    OBJECT_NOT_FOUND = 219
     # 300-399: the audit trail itself
     AUDIT_LOG_USED = 301
     SECURITY_ALERT_HANDLED = 302
@@ -227,6 +232,19 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.ACCOUNT_UNLOCKED: EventSpec(
         SECURITY_ALERT, USER_SECURITY_ATTRIBUTES_CHANGED, Action.UPDATE, "Sign-in lockout lifted"
     ),
+    EventType.TRUSTED_NETWORK_ADDED: EventSpec(
+        SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Trusted network added"
+    ),
+    EventType.TRUSTED_NETWORK_REMOVED: EventSpec(
+        SECURITY_ALERT, NETWORK_CONFIGURATION, Action.DELETE, "Trusted network removed"
+    ),
+    EventType.NETWORK_REFUSED: EventSpec(
+        SECURITY_ALERT, NODE_AUTHENTICATION, Action.EXECUTE, "A request from outside the trusted networks was refused"
+    ),
+    EventType.RATE_LIMITED: EventSpec(
+        SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "A rate limit was reached: requests refused"
+    ),
+    EventType.TENANT_QUOTA_SET: EventSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Ingestion quota set"),
     EventType.AUDIT_LOG_USED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Audit trail read"),
     EventType.SECURITY_ALERT_HANDLED: EventSpec(
         SECURITY_ALERT, None, Action.UPDATE, "Security alert acknowledged, escalated or closed"

@@ -141,6 +141,7 @@ def security_rules_match(*, tenant: Tenant, now: datetime) -> list[RuleHit]:
     - repeated failed sign-ins (wrong password or MFA code) of one user name, SECURITY_FAILED_LOGIN_THRESHOLD or more;
     - each lockout;
     - a burst of refusals (403) of one person, SECURITY_ACCESS_DENIED_THRESHOLD or more;
+    - a person who reached a rate limit (RATE_LIMITED is written once per limit window already);
     - a burst of 404s across SECURITY_NOT_FOUND_THRESHOLD or more different identifiers of one person;
     - bulk retrieval far above a person's usual (`_bulk_reads`);
     - reads of patient data outside the tenant's working hours, when it set them.
@@ -157,6 +158,9 @@ def security_rules_match(*, tenant: Tenant, now: datetime) -> list[RuleHit]:
     denied = window.filter(event_type=EventType.ACCESS_DENIED)
     for name, events in _bursts(denied, settings.SECURITY_ACCESS_DENIED_THRESHOLD).items():
         hits.append(RuleHit("access_denied_burst", name, f"{len(events)} refused requests by {name}", "high", events))
+    limited = window.filter(event_type=EventType.RATE_LIMITED)
+    for name, events in _bursts(limited, 1).items():
+        hits.append(RuleHit("rate_limited", name, f"{name} reached a rate limit ({len(events)}x)", "warning", events))
     hits.extend(_not_found_bursts(window))
     hits.extend(_bulk_reads(tenant, window, start))
     hits.extend(_off_hours(tenant, window))

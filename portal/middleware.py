@@ -1,23 +1,78 @@
-"""Request-wide security: request ids and audit context, HTTPS only for machines, automatic logoff, security headers."""
+"""Request-wide security: the client address, request ids and audit context, HTTPS only for machines, automatic
+logoff, security headers."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 
 from audit.context import audit_context
 from audit.events import EventType
 from audit.services import auth_event_record
+from portal.web.addresses import PEER_ADDRESS_KEY, client_address_of, header_meta_key
 from portal.web.errors import PROBLEM_CONTENT_TYPE, problem
 
 SESSION_AUTH_AT = "enclave_auth_at"
 SESSION_LAST_SEEN = "enclave_last_seen"
 SESSION_EXPIRED_REASON = "enclave_expired"  # in the new anonymous session: the sign-in page says why
+
+
+class ClientAddressMiddleware:
+    """Resolve the client's address once (portal.web.addresses) and put it in REMOTE_ADDR, keeping the TCP peer
+    under PEER_ADDRESS_KEY; then drop the proxy header, so that nothing downstream (django-auditlog reads
+    X-Forwarded-For itself, django-axes, logs) can be fooled by a header the client wrote."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        meta = request.META
+        client = client_address_of(meta)
+        meta[PEER_ADDRESS_KEY] = meta.get("REMOTE_ADDR", "")
+        meta["REMOTE_ADDR"] = client or meta.get("REMOTE_ADDR", "")
+        for header in {settings.TRUSTED_PROXY_HEADER, "X-Forwarded-For"}:
+            meta.pop(header_meta_key(header), None)
+        return self.get_response(request)
+
+
+class RequestSizeLimitMiddleware:
+    """Every request body bounded by its declared length before anything reads it (CSRF reads a form's body, so this
+    comes first): REQUEST_MAX_BYTES, or for a view that takes large bodies the setting its class names in
+    `max_request_bytes_setting` (the browser upload; STOW-RS, whose streaming parser also counts what it reads).
+    Over it: 413, a problem document for the API and DICOMweb, the error page otherwise. A form body is further
+    bounded by Django's DATA_UPLOAD_MAX_MEMORY_SIZE once read."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        view_class = getattr(view, "view_class", None) or getattr(view, "cls", None)
+        setting = getattr(view_class, "max_request_bytes_setting", None) or "REQUEST_MAX_BYTES"
+        limit = int(getattr(settings, setting))
+        if 0 <= length <= limit:
+            return None
+        detail = f"The request body is larger than the limit of {limit} bytes." if length > 0 else "Bad Content-Length."
+        status = 413 if length > 0 else 400
+        if request.path.startswith(("/api/", "/dicomweb/")):
+            title = "Content too large" if status == 413 else "Invalid request"
+            body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": "too_large"}
+            return JsonResponse(body, status=status, content_type="application/problem+json")
+        return render(request, "_error.html", {"error_code": status, "error_title": "Too large", "error_text": detail},
+                      status=status)  # fmt: skip
 
 
 class RequestIdMiddleware:

@@ -215,6 +215,7 @@ class IngestItem(TenantOwnedModel):
         CONFLICT = "conflict", "Conflicts with a stored instance"
         LOST = "lost", "Quarantined bytes lost or damaged"
         INTERNAL = "internal", "Internal error"
+        QUOTA = "quota", "Over the tenant's ingestion quota"
 
     FINAL_STATES = (State.STORED, State.DUPLICATE, State.CONFLICT, State.REJECTED)
 

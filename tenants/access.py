@@ -17,6 +17,7 @@ not act on is `Forbidden` (a 403).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -69,6 +70,14 @@ PATIENT_DATA_PERMISSIONS = frozenset(
 )
 
 
+class NetworkRefused(Forbidden):
+    """The caller's address is outside the tenant's trusted networks. A 403 that says only that the address may
+    not reach the tenant, never which ranges may."""
+
+    def __init__(self) -> None:
+        super().__init__("This organisation cannot be reached from your network address.", code="network_refused")
+
+
 def gate_register(gate: Gate) -> None:
     if gate not in _gates:
         _gates.append(gate)
@@ -107,6 +116,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "tenants.view_training",
             "tenants.manage_training",
             "tenants.manage_retention",
+            "tenants.manage_networks",
         }
     ),
     Role.COMPLIANCE_OFFICER: frozenset(
@@ -157,6 +167,30 @@ def membership_groups_sync(*, membership: Membership) -> None:
         user.groups.remove(group)
     if membership.is_current():
         user.groups.add(Group.objects.get(name=role_group_name(tenant, membership.role)))
+
+
+# Trusted networks: where a tenant may be reached from. Asked by every door of a tenant (TenantApi, which carries
+# DICOMweb too; TenantPageView; the DICOM listener's admission) once the tenant and the caller are known and before
+# anything of the tenant is read: a non-member still gets the 404 of a tenant that does not exist, so an address
+# outside the ranges cannot learn which tenants exist.
+
+
+def network_allows(tenant: Tenant, address: str | None) -> bool:
+    """True when `address` may reach `tenant`: the tenant lists no trusted network, or one of them holds it. An
+    address that is missing or not an IP address is refused whenever the tenant lists any."""
+    networks = tenant.network_ranges  # the TrustedNetwork rows' copy on the tenant row: asked on every request
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:10.0.0.1 is 10.0.0.1
+    for text in networks:
+        network = ipaddress.ip_network(text, strict=False)
+        if ip.version == network.version and ip in network:
+            return True
+    return False
 
 
 # Membership, the first layer: read before any scope can exist (to open a request's scope, to list a person's

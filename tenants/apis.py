@@ -21,7 +21,7 @@ from portal.web.api import TenantApi
 from portal.web.errors import problem_responses
 from portal.web.pagination import PAGE_PARAMETERS, page_of, paginated
 from tenants import access, selectors, services
-from tenants.models import ApiToken, Invitation, Membership, Role, User
+from tenants.models import ApiToken, Invitation, Membership, Role, TrustedNetwork, User
 
 PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The object's id.")
 
@@ -375,4 +375,87 @@ class ApiTokenRevokeApi(TenantApi):
     def delete(self, request: Request, tenant: str, public_id: str) -> Response:
         token: ApiToken = selectors.api_token_get(actor=request.user, public_id=public_id)
         services.api_token_revoke(actor=cast(User, request.user), token=token)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# Trusted networks
+# ------------------------------------------------------------------------------
+
+
+class TrustedNetworkOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField(source="public_id")
+    network = serializers.CharField(help_text="CIDR, IPv4 or IPv6, in its canonical form.")
+    label = serializers.CharField()  # type: ignore[assignment]  # a field, not Field.label
+    created_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "TrustedNetwork"
+
+
+def _require_manage_networks(request: Request, api: TenantApi) -> None:
+    access.require(request.user, "tenants.manage_networks", api.tenant)
+
+
+class TrustedNetworkListApi(TenantApi):
+    OutputSerializer = TrustedNetworkOutputSerializer
+
+    @extend_schema(
+        operation_id="trusted_network_list",
+        tags=["trusted networks"],
+        summary="The tenant's trusted networks (tenants.manage_networks)",
+        description="The address ranges the tenant may be reached from (pages, API, DICOMweb, DICOM listener). "
+        "None: any address may.",
+        parameters=PAGE_PARAMETERS,
+        responses={
+            200: page_of(TrustedNetworkOutputSerializer, "TrustedNetworkPage"),
+            **problem_responses(401, 403, 404),
+        },
+    )
+    def get(self, request: Request, tenant: str) -> Response:
+        _require_manage_networks(request, self)
+        return paginated(self, request, selectors.trusted_network_list(actor=request.user), self.OutputSerializer)
+
+
+class TrustedNetworkCreateApi(TenantApi):
+    class InputSerializer(serializers.Serializer):
+        network = serializers.CharField(max_length=60, help_text="CIDR: 10.20.0.0/16, 2001:db8:5::/48.")
+        label = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")  # type: ignore[assignment]
+
+        class Meta:
+            ref_name = "TrustedNetworkCreate"
+
+    OutputSerializer = TrustedNetworkOutputSerializer
+
+    @extend_schema(
+        operation_id="trusted_network_create",
+        tags=["trusted networks"],
+        summary="Add a trusted network (tenants.manage_networks)",
+        description="From then on only the listed ranges reach the tenant: adding the first range closes it to "
+        "every other address, the caller's own included. A malformed range, or one with host bits set, is a 400 "
+        "that says why.",
+        request=InputSerializer,
+        responses={201: TrustedNetworkOutputSerializer, **problem_responses(400, 401, 403, 404)},
+    )
+    def post(self, request: Request, tenant: str) -> Response:
+        _require_manage_networks(request, self)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        row = services.trusted_network_add(actor=request.user, tenant=self.tenant, **data.validated_data)
+        return Response(self.OutputSerializer(row).data, status=status.HTTP_201_CREATED)
+
+
+class TrustedNetworkRemoveApi(TenantApi):
+    @extend_schema(
+        operation_id="trusted_network_remove",
+        tags=["trusted networks"],
+        summary="Remove a trusted network (tenants.manage_networks)",
+        description="Removing the last range opens the tenant to any address.",
+        parameters=[PUBLIC_ID],
+        request=None,
+        responses={204: None, **problem_responses(401, 403, 404)},
+    )
+    def delete(self, request: Request, tenant: str, public_id: str) -> Response:
+        _require_manage_networks(request, self)
+        row: TrustedNetwork = selectors.trusted_network_get(actor=request.user, public_id=public_id)
+        services.trusted_network_remove(actor=request.user, network=row)
         return Response(status=status.HTTP_204_NO_CONTENT)

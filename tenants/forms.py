@@ -100,3 +100,8 @@ class ApiTokenCreateForm(forms.Form):
             label="Expires after (days)",
             help_text=f"1 to {settings.API_TOKEN_MAX_DAYS}.",
         )
+
+
+class TrustedNetworkForm(forms.Form):
+    network = forms.CharField(max_length=60, label="Address range", help_text="CIDR: 10.20.0.0/16, 2001:db8:5::/48")
+    label = forms.CharField(max_length=100, required=False, label="What it is", help_text="A site, a VPN, a PACS.")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import uuid
 from typing import Any
 
@@ -56,6 +57,13 @@ class Tenant(models.Model):
     working_hours_end = models.TimeField(null=True, blank=True)
     working_days = models.CharField(max_length=7, default="12345", blank=True)
     time_zone = models.CharField(max_length=64, default="UTC")
+    # Ingestion volume allowed per hour and per day, in bytes, across C-STORE, STOW-RS and upload; empty: the
+    # platform's INGEST_QUOTA_BYTES_PER_HOUR / INGEST_QUOTA_BYTES_PER_DAY (0 there: no quota).
+    ingest_quota_bytes_per_hour = models.PositiveBigIntegerField(null=True, blank=True)
+    ingest_quota_bytes_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    # A copy of its TrustedNetwork rows (CIDR strings), kept by tenants.services in the same transaction, so the
+    # check every request makes (tenants.access.network_allows) reads the row already loaded. Empty: any address.
+    network_ranges = models.JSONField(default=list, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -78,6 +86,7 @@ class Tenant(models.Model):
             ("view_training", "See everyone's training records"),
             ("manage_training", "Manage courses and requirements, record and approve completions"),
             ("manage_retention", "Set retention policies and legal holds, approve or reject deletions"),
+            ("manage_networks", "Set the address ranges the tenant may be reached from"),
         ]
 
     def __str__(self) -> str:
@@ -281,6 +290,44 @@ class Invitation(TenantOwnedModel):
 
     def is_open(self) -> bool:
         return self.status == self.Status.PENDING
+
+
+def network_parse(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address range written as CIDR (10.1.0.0/16, 2001:db8::/48) or one address; ValidationError with the
+    reason otherwise. Host bits set (10.1.2.3/16) are refused rather than silently widened or narrowed."""
+    text = (value or "").strip()
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        try:
+            wider = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValidationError(f"“{text[:60]}” is not an IPv4 or IPv6 address range in CIDR form.") from exc
+        raise ValidationError(f"“{text[:60]}” has host bits set: did you mean {wider}?") from exc
+
+
+class TrustedNetwork(TenantOwnedModel):
+    """One address range the tenant's pages, API, DICOMweb and DICOM listener may be reached from. A tenant with
+    none may be reached from anywhere; with some, from those only (tenants.access.network_allows)."""
+
+    network = models.CharField(max_length=49, help_text="CIDR, IPv4 or IPv6: 10.20.0.0/16, 2001:db8:5::/48.")
+    label = models.CharField(max_length=100, blank=True, help_text="What the range is: a site, a VPN, a PACS.")
+
+    class Meta:
+        ordering = ["network"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "network"], name="tenants_trustednetwork_tenant_network_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.network
+
+    def clean(self) -> None:
+        super().clean()
+        try:
+            self.network = str(network_parse(self.network))
+        except ValidationError as exc:
+            raise ValidationError({"network": exc.messages}) from exc
 
 
 class UserSession(models.Model):

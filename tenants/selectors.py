@@ -17,7 +17,7 @@ from django.db import models
 from django.utils import timezone
 
 from tenants import access
-from tenants.models import ApiToken, Invitation, Membership, Tenant, User
+from tenants.models import ApiToken, Invitation, Membership, Tenant, TrustedNetwork, User
 from tenants.scoping import current_tenant
 
 
@@ -146,3 +146,16 @@ def locked_out_usernames(*, usernames: list[str]) -> set[str]:
     if cool_off:
         attempts = attempts.filter(attempt_time__gt=timezone.now() - cool_off)
     return set(attempts.values_list("username", flat=True))
+
+
+def trusted_network_list(*, actor: Any) -> models.QuerySet[TrustedNetwork]:
+    """The current tenant's trusted networks, for a member with `tenants.manage_networks` (none for others)."""
+    return access.visible(actor, "tenants.manage_networks", TrustedNetwork.objects.all()).order_by("network")
+
+
+def trusted_network_get(*, actor: Any, public_id: UUID | str) -> TrustedNetwork:
+    """One trusted network of the current tenant by public id, or `NotVisible` (also for a malformed id)."""
+    try:
+        return trusted_network_list(actor=actor).get(public_id=public_id)
+    except (TrustedNetwork.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        raise access.NotVisible() from exc

@@ -21,6 +21,8 @@ page_patterns = [
     path("members/<uuid:public_id>/end/", views.MemberEndView.as_view(), name="member_end"),
     path("tokens/", views.ApiTokensView.as_view(), name="api_tokens"),
     path("tokens/<uuid:public_id>/revoke/", views.ApiTokenRevokeView.as_view(), name="api_token_revoke"),
+    path("networks/", views.TrustedNetworksView.as_view(), name="networks"),
+    path("networks/<uuid:public_id>/remove/", views.TrustedNetworkRemoveView.as_view(), name="network_remove"),
 ]
 
 # Ids in API paths are plain strings: a malformed one is then the same problem+json 404 as a missing one.
@@ -44,6 +46,12 @@ api_patterns = [
     ),
     path("tokens/", api_by_method(GET=apis.ApiTokenListApi, POST=apis.ApiTokenCreateApi), name="api_tokens"),
     path("tokens/<str:public_id>/", apis.ApiTokenRevokeApi.as_view(), name="api_token"),
+    path(
+        "networks/",
+        api_by_method(GET=apis.TrustedNetworkListApi, POST=apis.TrustedNetworkCreateApi),
+        name="networks",
+    ),
+    path("networks/<str:public_id>/", apis.TrustedNetworkRemoveApi.as_view(), name="network"),
 ]
 
 # The invitation link, outside any tenant (the invitee is not a member yet): /invitations/...

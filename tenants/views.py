@@ -30,6 +30,7 @@ from tenants.forms import (
     MemberEndDateForm,
     MemberEndForm,
     MemberRoleForm,
+    TrustedNetworkForm,
     errors_apply,
 )
 from tenants.models import ApiToken, Membership, Role, User
@@ -239,6 +240,46 @@ class ApiTokenRevokeView(TenantPageView):
         services.api_token_revoke(actor=cast(User, request.user), token=token)
         messages.success(request, f"The token “{token.name}” ({token.prefix}…) is revoked: it no longer works.")
         return redirect("portal:api_tokens", tenant=self.tenant.slug)
+
+
+class TrustedNetworksView(TenantPageView):
+    """The tenant's trusted networks (`tenants.manage_networks`): list, add. With none, any address may reach the
+    tenant; with some, only those, on every door (pages, API, DICOMweb, DICOM listener)."""
+
+    required_permission = "tenants.manage_networks"
+
+    def page(self, request: HttpRequest, form: TrustedNetworkForm, *, status: int = 200) -> HttpResponse:
+        context = {
+            "networks": selectors.trusted_network_list(actor=request.user),
+            "form": form,
+            "your_address": request.META.get("REMOTE_ADDR", ""),
+        }
+        return self.render(request, "tenants/networks.html", context, status=status)
+
+    def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        return self.page(request, TrustedNetworkForm())
+
+    def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        form = TrustedNetworkForm(request.POST)
+        if form.is_valid():
+            try:
+                row = services.trusted_network_add(actor=request.user, tenant=self.tenant, **form.cleaned_data)
+            except ValidationError as exc:
+                errors_apply(form, exc)
+            else:
+                messages.success(request, f"{row.network} is now a trusted network.")
+                return redirect("portal:networks", tenant=self.tenant.slug)
+        return self.page(request, form, status=400)
+
+
+class TrustedNetworkRemoveView(TenantPageView):
+    required_permission = "tenants.manage_networks"
+
+    def post(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
+        row = selectors.trusted_network_get(actor=request.user, public_id=public_id)
+        services.trusted_network_remove(actor=request.user, network=row)
+        messages.success(request, f"{row.network} is no longer a trusted network.")
+        return redirect("portal:networks", tenant=self.tenant.slug)
 
 
 # The invitation link (no tenant in the URL: the person is not a member yet)

@@ -32,6 +32,7 @@ from portal.accounts import services
 from portal.accounts.forms import EnrolForm, LoginForm, MfaForm
 from portal.accounts.lockout import lockout_response, mfa_failure_count, sign_in_allowed
 from portal.middleware import SESSION_AUTH_AT, SESSION_EXPIRED_REASON, SESSION_LAST_SEEN
+from portal.web.limits import limit_hit, limit_hit_record, limited_page
 from tenants.mfa import authenticator_get
 from tenants.services import session_register
 
@@ -117,6 +118,13 @@ class LoginView(View):
         form = LoginForm(request.POST)
         if not form.is_valid():
             return self._render(request, form, next_url, status=400)
+        # RATE_LIMITS["login"]: per claimed user name and per address, before any password is checked (django-axes
+        # still locks a user name out of an address after AXES_FAILURE_LIMIT wrong ones).
+        limited = limit_hit("login", person=f"name:{form.cleaned_data['username'].lower()}",
+                            address=request.META.get("REMOTE_ADDR"))  # fmt: skip
+        if limited is not None:
+            limit_hit_record(limited, door="sign-in")
+            return limited_page(request, limited)
         user = authenticate(
             request=request, username=form.cleaned_data["username"], password=form.cleaned_data["password"]
         )
@@ -206,6 +214,10 @@ class MfaView(View):
         if not form.is_valid():
             return self._render(request, form, status=400)
         user = request.user
+        limited = limit_hit("login", person=str(user.pk), address=request.META.get("REMOTE_ADDR"))
+        if limited is not None:
+            limit_hit_record(limited, actor=user, door="sign-in")
+            return limited_page(request, limited)
         check = services.mfa_check(user=user, token=form.cleaned_data["otp_token"])
         if check.ok:
             django_otp.login(request, check.device)

@@ -128,6 +128,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # MIDDLEWARE
 # ------------------------------------------------------------------------------
 MIDDLEWARE = [
+    "portal.middleware.ClientAddressMiddleware",  # first: everything after reads the client's address from it
+    "portal.middleware.RequestSizeLimitMiddleware",  # its process_view runs before CSRF's reads a form body
     "portal.middleware.RequestIdMiddleware",
     "portal.middleware.HttpsOnlyMiddleware",  # before SecurityMiddleware would redirect
     "portal.middleware.DicomWebCorsMiddleware",
@@ -260,6 +262,43 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"
 if REDIS_URL:
     CACHES = {"default": redis_cache(REDIS_URL)}
 
+# CLIENT ADDRESS, TRUSTED NETWORKS, RATE LIMITS AND QUOTAS (issue 14)
+# ------------------------------------------------------------------------------
+# The client's address is the TCP peer's (REMOTE_ADDR), unless that peer is one of TRUSTED_PROXIES (CIDRs): then
+# it is the rightmost hop of TRUSTED_PROXY_HEADER that is not itself a trusted proxy. The header is removed from
+# every request afterwards, so nothing else (django-auditlog reads X-Forwarded-For on its own) can be fooled by it.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+TRUSTED_PROXY_HEADER = env.str("TRUSTED_PROXY_HEADER", default="X-Forwarded-For")
+# A request from outside a tenant's trusted networks is on the audit trail every time; it opens a security alert
+# at most once per tenant and address in this many seconds.
+NETWORK_REFUSAL_ALERT_SECONDS = env.int("NETWORK_REFUSAL_ALERT_SECONDS", default=3600)
+# The one rate-limit policy (portal.web.limits), counted in Redis in fixed windows. Per action, the limit for each
+# key the caller is counted under: `person` (the user, whatever token, session or address), `token` (one API or
+# device token), `address` (the client address), `device` (a DICOM device on the listener). "N/second|minute|hour|
+# day". Pages, the API, DICOMweb and DIMSE share the counters: a search is a search on every door.
+RATE_LIMITS: dict[str, dict[str, str]] = env.json(
+    "RATE_LIMITS",
+    default={
+        "login": {"person": "20/hour", "address": "60/hour"},
+        "search": {"person": "300/minute", "token": "300/minute", "address": "600/minute", "device": "300/minute"},
+        "retrieve": {
+            "person": "3000/minute",
+            "token": "3000/minute",
+            "address": "6000/minute",
+            "device": "600/minute",
+        },
+        "export": {"person": "100/hour", "token": "100/hour", "address": "200/hour"},
+    },
+)
+# Ingestion volume per tenant (bytes, all doors together); a tenant's own figures override these. 0: no quota.
+INGEST_QUOTA_BYTES_PER_HOUR = env.int("INGEST_QUOTA_BYTES_PER_HOUR", default=0)
+INGEST_QUOTA_BYTES_PER_DAY = env.int("INGEST_QUOTA_BYTES_PER_DAY", default=0)
+# Request bodies: DATA_UPLOAD_MAX_MEMORY_SIZE bounds a form or JSON body Django reads; REQUEST_MAX_BYTES bounds any
+# body by its Content-Length before it is read (413), the browser upload included; STOW-RS streams are bounded by
+# DICOMWEB_STOW_MAX_REQUEST_BYTES below.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+REQUEST_MAX_BYTES = env.int("REQUEST_MAX_BYTES", default=10 * 1024**2)
+
 # DJANGO REST FRAMEWORK AND OPENAPI
 # ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -277,6 +316,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
         "rest_framework.throttling.UserRateThrottle",
+        "portal.web.limits.PolicyThrottle",  # RATE_LIMITS for the views that name an action (search, ...)
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("THROTTLE_ANON", default="60/min"),
@@ -389,6 +429,7 @@ AUDITLOG_INCLUDE_TRACKING_MODELS = (
 AUDITLOG_MASK_CALLABLE = "audit.context.auditlog_mask"
 # Wrapped keys are binary and secret: their changes are facts of the blob's own row, never diffs in the log.
 AUDITLOG_EXCLUDE_TRACKING_FIELDS = (
+    "network_ranges",  # Tenant's copy of its TrustedNetwork rows, whose own changes are logged
     "last_login",
     "updated_at",
     "last_used_at",
@@ -505,10 +546,16 @@ DICOM_TLS_CA = env.str("DICOM_TLS_CA", default="")
 DICOM_TLS_REQUIRE_CLIENT_CERT = env.bool("DICOM_TLS_REQUIRE_CLIENT_CERT", default=True)
 # A peer gets this long to finish the handshake (it runs in the association's thread, never the accepting one).
 DICOM_TLS_HANDSHAKE_SECONDS = env.float("DICOM_TLS_HANDSHAKE_SECONDS", default=10.0)
+# Objects one association may send (more: 0xA700, "open another"). An object still being received past
+# DICOM_MAX_MESSAGE_BYTES aborts the association (pynetdicom holds a message in memory until it is whole; one just
+# over INGEST_MAX_BYTES is still answered with a failure status and its reason), and so does a PDU longer than the
+# maximum length we offer (1 MiB).
+DICOM_MAX_INSTANCES_PER_ASSOCIATION = env.int("DICOM_MAX_INSTANCES_PER_ASSOCIATION", default=100_000)
 # clamd's socket: unix:///run/clamav/clamd.ctl or tcp://127.0.0.1:3310. Empty: the built-in EICAR-only scanner
 # (the embedded default of `make run`, which says so on the ingest page); production requires clamd.
 CLAMD_ADDRESS = env.str("CLAMD_ADDRESS", default="")
 INGEST_MAX_BYTES = env.int("INGEST_MAX_BYTES", default=2 * 1024**3)
+DICOM_MAX_MESSAGE_BYTES = env.int("DICOM_MAX_MESSAGE_BYTES", default=INGEST_MAX_BYTES + 64 * 1024**2)
 INGEST_MAX_ROWS = env.int("INGEST_MAX_ROWS", default=16384)
 INGEST_MAX_COLUMNS = env.int("INGEST_MAX_COLUMNS", default=16384)
 INGEST_MAX_FRAMES = env.int("INGEST_MAX_FRAMES", default=5000)
@@ -539,6 +586,10 @@ BLOB_ORPHAN_GRACE_SECONDS = env.int("BLOB_ORPHAN_GRACE_SECONDS", default=24 * 36
 # STOW-RS reads its body as a stream, one part at a time, so DATA_UPLOAD_MAX_MEMORY_SIZE does not apply to it:
 # this caps the whole request (each part also obeys INGEST_MAX_BYTES).
 DICOMWEB_STOW_MAX_REQUEST_BYTES = env.int("DICOMWEB_STOW_MAX_REQUEST_BYTES", default=4 * INGEST_MAX_BYTES)
+# One browser upload request carries one file or zip (studies.services.uploads bounds each), and its form fields.
+UPLOAD_MAX_REQUEST_BYTES = env.int(
+    "UPLOAD_MAX_REQUEST_BYTES", default=max(INGEST_MAX_BYTES, INGEST_ZIP_MAX_UNPACKED_BYTES) + 1024**2
+)
 # How long a STOW-RS request waits for its instances to be processed; later ones are answered "still processing".
 DICOMWEB_STOW_WAIT_SECONDS = env.float("DICOMWEB_STOW_WAIT_SECONDS", default=30.0)
 # QIDO-RS answers at most this many results per request (a Warning header says when more exist).

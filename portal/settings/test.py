@@ -77,3 +77,8 @@ STORAGES = {
 # THROTTLES: high enough that the suite is never throttled by accident; throttle tests lower them
 # ------------------------------------------------------------------------------
 REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"anon": "10000/min", "user": "10000/min"}}  # noqa: F405
+# RATE LIMITS: the same, for the policy of portal.web.limits (tests/portal/test_rate_limits.py lowers them)
+RATE_LIMITS = {
+    action: dict.fromkeys(kinds, "100000/minute")
+    for action, kinds in RATE_LIMITS.items()  # noqa: F405
+}

@@ -1,4 +1,5 @@
-"""The base class of every tenant API: authentication, membership, tenant scope and auditlog actor, in that order.
+"""The base class of every tenant API: authentication (and rate limits), membership, the tenant's trusted networks,
+tenant scope and auditlog actor, in that order.
 
 Every routed API under /api/v1/t/<tenant>/ subclasses `TenantApi` (tests/test_architecture.py checks it).
 Subclasses may not override the methods that enforce this (the guard PostHog's team-scoped mixin uses).
@@ -18,6 +19,7 @@ from tenants import access
 from tenants.models import Membership, Tenant
 from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_get_for_member
+from tenants.services import network_require
 
 GUARDED = ("initial", "dispatch", "get_permissions", "get_authenticators", "finalize_response")
 
@@ -32,6 +34,9 @@ class TenantApi(APIView):
     # default (minimum necessary): only the DICOMweb reads and the devices' own endpoints accept them; there the
     # device gate in tenants.access narrows every decision further.
     DEVICE_CREDENTIALS: ClassVar[bool] = False
+    DOOR: ClassVar[str] = "API"  # how a refusal names where the request came in
+    # The RATE_LIMITS action this API counts against ("search", "retrieve", "export"), if any (PolicyThrottle).
+    rate_limit: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -47,6 +52,8 @@ class TenantApi(APIView):
             raise NotFound() from exc
         if getattr(request.auth, "tenant_id", tenant.pk) != tenant.pk:
             raise NotFound()  # a token works only for its own tenant: elsewhere it is as if nothing were there
+        # The tenant's trusted networks, before anything of it is read (a 403, recorded, that names no range).
+        network_require(tenant=tenant, address=request.META.get("REMOTE_ADDR"), door=self.DOOR, actor=request.user)
         self.tenant, self.membership = tenant, membership
         request.tenant = tenant  # type: ignore[attr-defined]
         request.membership = membership  # type: ignore[attr-defined]

@@ -14,10 +14,12 @@ from django.views import View
 
 from audit.services import access_denied_record, not_found_record
 from portal.web.errors import route_identifier
+from portal.web.limits import limit_hit_record, limited_page, request_limit_hit
 from tenants import access
 from tenants.models import Membership, Tenant
 from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_get_for_member
+from tenants.services import network_require
 
 GUARDED = ("dispatch", "setup")
 
@@ -42,6 +44,8 @@ class TenantPageView(View):
     membership: Membership
     perms: frozenset[str]
     required_permission: ClassVar[str | None] = None
+    # The RATE_LIMITS action this page counts against ("search", "retrieve", "export"), if any: a 429 page past it.
+    rate_limit: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -57,6 +61,16 @@ class TenantPageView(View):
             tenant, membership = tenant_get_for_member(user=request.user, slug=kwargs.get("tenant", ""))
         except access.NotVisible as exc:
             raise Http404() from exc
+        try:  # the tenant's trusted networks, before anything of it is read
+            network_require(tenant=tenant, address=request.META.get("REMOTE_ADDR"), door="pages", actor=request.user)
+        except access.NetworkRefused as outside:
+            return render(request, "_error.html", {"error_code": 403, "error_title": "Not from this network",
+                                                   "error_text": str(outside)}, status=403)  # fmt: skip
+        if self.rate_limit:
+            limited = request_limit_hit(self.rate_limit, request)
+            if limited is not None:
+                limit_hit_record(limited, actor=request.user, tenant=tenant, door="pages")
+                return limited_page(request, limited)
         self.tenant, self.membership = tenant, membership
         request.tenant = tenant  # type: ignore[attr-defined]
         with tenant_scope(tenant), set_actor(request.user, remote_addr=request.META.get("REMOTE_ADDR")):

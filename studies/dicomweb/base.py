@@ -25,4 +25,5 @@ class DicomJsonRenderer(JSONRenderer):
 
 class DicomWebApi(TenantApi):
     DEVICE_CREDENTIALS = True  # a device's token reads what its person and its grants both allow
+    DOOR = "DICOMweb"
     renderer_classes = [DicomJsonRenderer, JSONRenderer]

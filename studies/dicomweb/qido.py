@@ -179,6 +179,7 @@ def _is_dicom_attribute(name: str) -> bool:
 
 
 class _SearchApi(DicomWebReadApi):
+    rate_limit = "search"
     level: Level = STUDY
 
     def search(self, request: Request, tenant: str, study: str | None = None, series: str | None = None) -> Response:

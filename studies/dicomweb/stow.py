@@ -278,6 +278,7 @@ class StudiesStoreApi(DicomWebApi):
     """STOW-RS, `POST /dicomweb/<tenant>/studies` (and, through `StudyStoreApi`, `.../studies/{study}`)."""
 
     parser_classes = [MultipartRelatedParser]
+    max_request_bytes_setting = "DICOMWEB_STOW_MAX_REQUEST_BYTES"  # a declared length over it: 413 before auth
 
     @extend_schema(
         operation_id="dicomweb_studies_store",

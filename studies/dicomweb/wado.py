@@ -205,6 +205,8 @@ def _binary_doc(operation_id: str, summary: str) -> Any:
 
 
 class _ReadApi(DicomWebReadApi):
+    rate_limit = "retrieve"
+
     def instances(
         self, study: str, series: str | None = None, instance: str | None = None
     ) -> tuple[Study, list[Instance]]:

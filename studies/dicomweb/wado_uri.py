@@ -46,6 +46,8 @@ def _positive(request: Request, name: str, errors: dict[str, list[str]], *, most
 
 
 class WadoUriApi(DicomWebReadApi):
+    rate_limit = "retrieve"
+
     @extend_schema(
         operation_id="dicomweb_wado_uri",
         tags=["dicomweb"],

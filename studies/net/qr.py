@@ -42,6 +42,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # b
 from audit.context import audit_context
 from audit.events import EventType, Outcome
 from devices.selectors import move_destination_get
+from portal.web.limits import Limited, limit_hit, limit_hit_record
 from studies.dicom.query import Level, Query, QueryError, query_parse, response_identifier
 from studies.models import Instance, Study
 from studies.net.peer import Peer
@@ -68,6 +69,7 @@ logger = logging.getLogger(__name__)
 STATUS_PENDING = 0xFF00
 STATUS_CANCEL = 0xFE00
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_OUT_OF_RESOURCES_MATCHES = 0xA701  # C-GET/C-MOVE: out of resources, unable to calculate number of matches
 STATUS_UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
 STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
 STATUS_IDENTIFIER_MISMATCH = 0xA900
@@ -217,6 +219,16 @@ def _refusal_record(peer: Peer, *, event: EventType, reason: str, **extra: Any) 
 # ------------------------------------------------------------------------------
 
 
+def _limit_hit(peer: Peer, action: str) -> Limited | None:
+    """RATE_LIMITS for a DIMSE request, per device and per address (the same counters as the other doors' for
+    that address); the first refusal of a window goes on the tenant's trail. Called inside the peer's scope."""
+    limited = limit_hit(action, device=peer.device.pk, address=peer.address)
+    if limited is not None:
+        limit_hit_record(limited, tenant=peer.tenant, door="DICOM listener")
+        logger.info("%s from %s refused: rate limit (%s per %s)", action, peer.calling_ae, limited.limit, limited.kind)
+    return limited
+
+
 def find(event: evt.Event, peer: Peer) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """EVT_C_FIND: one pending response per match, then success; one STUDIES_QUERIED audit event per request
     (the keys sent, the number of matches, and the patients and studies returned; a refused query as a
@@ -228,6 +240,10 @@ def find(event: evt.Event, peer: Peer) -> Iterator[tuple[int | Dataset, Dataset 
                 _find_record(peer, sop_class_uid=sop_class_uid, query=None, outcome=Outcome.MINOR_FAILURE,
                              reason=_NOT_APPROVED)  # fmt: skip
                 yield _status(STATUS_NOT_AUTHORISED, _NOT_APPROVED), None
+                return
+            limited = _limit_hit(peer, "search")
+            if limited is not None:
+                yield _status(STATUS_OUT_OF_RESOURCES, limited.message), None
                 return
             query = None
             try:
@@ -291,6 +307,9 @@ def _plan(event: evt.Event, peer: Peer, *, verb: EventType, **extra: Any) -> tup
         if not _device_may_read(peer):
             _refusal_record(peer, event=verb, reason=_NOT_APPROVED, **extra)
             return _status(STATUS_NOT_AUTHORISED, _NOT_APPROVED)
+        limited = _limit_hit(peer, "retrieve")
+        if limited is not None:
+            return _status(STATUS_OUT_OF_RESOURCES_MATCHES, limited.message)
         try:
             query = query_parse(event.identifier, sop_class_uid=sop_class_uid, retrieve=True)
             instances: list[Instance] = dicom_search(

@@ -27,6 +27,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 from auditlog.context import set_actor
@@ -42,6 +43,7 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.association import Association
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # built at import time by pynetdicom
     PatientRootQueryRetrieveInformationModelFind,
@@ -64,6 +66,7 @@ from studies.services import Rejected, ingest_receive, ingest_refusal_record
 from tenants import access
 from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_for_called_ae
+from tenants.services import network_require
 
 __all__ = ["ListenerServer", "start_listener", "stop_listener"]
 
@@ -87,17 +90,20 @@ CSTORE_FAILURE_STATUS: dict[str, int] = {
     IngestItem.Failure.CONFLICT: STATUS_DUPLICATE_SOP_INSTANCE,
     IngestItem.Failure.LOST: STATUS_PROCESSING_FAILURE,
     IngestItem.Failure.INTERNAL: STATUS_PROCESSING_FAILURE,
+    IngestItem.Failure.QUOTA: STATUS_OUT_OF_RESOURCES,
 }
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, diagnostic.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE title not recognised
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service user, called AE title not recognised
+REJECT_PERMANENT = (0x01, 0x01, 0x01)  # rejected-permanent, service user, no reason given
 REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # rejected-transient, service user, no reason given
 
 # pynetdicom's default maximum PDU (16 KiB) cuts a 512 x 512 16-bit CT slice into 32 PDUs. Offering 1 MiB (dcmtk
 # then sends 128 KiB ones) took pynetdicom's own receive rate from about 157 to 250 such slices per second here.
 MAXIMUM_PDU_SIZE = 1024 * 1024
 MAXIMUM_ASSOCIATIONS = 32
+PDU_HEADER_BYTES = 6  # PDU type, reserved, length (PS3.8 9.3.1)
 STOP_GRACE_SECONDS = 10.0
 
 # Query/retrieve (studies.net.qr): Patient Root and Study Root, FIND, GET and MOVE.
@@ -158,6 +164,7 @@ class _Door:
         self._peers: weakref.WeakKeyDictionary[Association, Peer] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._tally = qr.StoreTally()
+        self._bounds: weakref.WeakKeyDictionary[Association, _Bounds] = weakref.WeakKeyDictionary()
 
     def handlers(self) -> list[Any]:
         return [
@@ -168,6 +175,8 @@ class _Door:
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_DIMSE_RECV, self._tally.on_dimse_recv),
+            (evt.EVT_DATA_RECV, self.on_data_recv),
+            (evt.EVT_PDU_RECV, self.on_pdu_recv),
             (evt.EVT_RELEASED, self.on_ended),
             (evt.EVT_ABORTED, self.on_ended),
         ]
@@ -204,11 +213,64 @@ class _Door:
     def on_ended(self, event: evt.Event) -> None:
         with self._lock:
             self._peers.pop(event.assoc, None)
+            self._bounds.pop(event.assoc, None)
         # An abort may come from `stop_listener`, in another thread: only the association's own thread holds the
         # connection to close. (An association whose socket just drops ends with no event; its thread's
         # connection goes when the thread is collected.)
         if threading.current_thread() is event.assoc:
             connection.close()
+
+    # Bounds of one association (issue 14): every PDU, every data set, and the number of instances
+    # --------------------------------------------------------------------------
+
+    def _bounds_of(self, assoc: Association) -> _Bounds:
+        with self._lock:
+            return self._bounds.setdefault(assoc, _Bounds())
+
+    def on_data_recv(self, event: evt.Event) -> None:
+        """A PDU longer than the maximum we offered (PS3.8 D.1: the peer must not send one) ends the association."""
+        if len(event.data) > MAXIMUM_PDU_SIZE + PDU_HEADER_BYTES:
+            self._abort(event.assoc, f"A PDU of {len(event.data)} bytes is over the negotiated maximum.")
+
+    def on_pdu_recv(self, event: evt.Event) -> None:
+        """Count the bytes of the data set being received (its P-DATA fragments, PS3.8 E.2): past
+        DICOM_MAX_MESSAGE_BYTES the association ends there, before pynetdicom has assembled it, so the object never
+        reaches `on_store` and nothing of it is written."""
+        pdu = event.pdu
+        if not isinstance(pdu, P_DATA_TF):
+            return
+        bounds = self._bounds_of(event.assoc)
+        for item in pdu.presentation_data_value_items:
+            value = item.presentation_data_value or b""
+            if not value or value[0] & 0x01:  # a command fragment: not counted
+                continue
+            bounds.dataset_bytes += len(value) - 1
+            if bounds.dataset_bytes > settings.DICOM_MAX_MESSAGE_BYTES:
+                limit = settings.DICOM_MAX_MESSAGE_BYTES
+                self._abort(event.assoc, f"An object still being received is over the limit of {limit} bytes.")
+                return
+            if value[0] & 0x02:  # the last fragment of this data set
+                bounds.dataset_bytes = 0
+
+    def _abort(self, assoc: Association, reason: str) -> None:
+        bounds = self._bounds_of(assoc)
+        if bounds.aborted:
+            return
+        bounds.aborted = True
+        peer = self._peer(assoc)
+        logger.warning("DICOM association from %s aborted: %s", peer.calling_ae if peer else "?", reason)
+        if peer is not None:
+            try:
+                with tenant_scope(peer.tenant), audit_context(source_address=peer.address,
+                                                              system_principal=peer.principal):  # fmt: skip
+                    ingest_refusal_record(source=IngestItem.Source.CSTORE, reason=reason,
+                                          failure=IngestItem.Failure.TOO_LARGE, device=peer.device, batch=peer.batch,
+                                          detail={"aborted": True})  # fmt: skip
+            except Exception:
+                logger.exception("The refusal of an oversized DICOM message could not be recorded")
+            finally:
+                connection.close()
+        assoc.abort(block=False)  # inside a handler: queued; the DUL sends the A-ABORT and closes
 
     # Services
     # --------------------------------------------------------------------------
@@ -246,6 +308,23 @@ class _Door:
             peer = self._peers.get(event.assoc)
         if peer is None:
             return STATUS_NOT_AUTHORISED
+        bounds = self._bounds_of(event.assoc)
+        if bounds.aborted:
+            return _status(STATUS_OUT_OF_RESOURCES, "The association is being aborted.")
+        bounds.instances += 1
+        if bounds.instances > settings.DICOM_MAX_INSTANCES_PER_ASSOCIATION:
+            reason = (
+                f"More than {settings.DICOM_MAX_INSTANCES_PER_ASSOCIATION} objects in one association: open another."
+            )
+            if not bounds.instances_refused:  # once per association, not once per further object
+                bounds.instances_refused = True
+                with tenant_scope(peer.tenant), audit_context(source_address=peer.address,
+                                                              system_principal=peer.principal):  # fmt: skip
+                    ingest_refusal_record(source=IngestItem.Source.CSTORE, reason=reason,
+                                          failure=IngestItem.Failure.TOO_LARGE, device=peer.device, batch=peer.batch,
+                                          detail={"instances": bounds.instances})  # fmt: skip
+            logger.info("C-STORE from %s refused: too many objects in one association", peer.calling_ae)
+            return _status(STATUS_OUT_OF_RESOURCES, reason)
         try:
             # The dataset exactly as sent, behind a Part-10 header built from the presentation context; never
             # decoded here (the pipeline parses it under its limits, in the worker).
@@ -291,7 +370,8 @@ class _Door:
                         detail={"size": len(data)},
                     )
                     logger.info("C-STORE from %s refused at receipt: %s", peer.calling_ae, exc.reason)
-                    return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
+                    quota = exc.failure == IngestItem.Failure.QUOTA  # out of resources: the sender may retry later
+                    return _status(STATUS_OUT_OF_RESOURCES if quota else STATUS_CANNOT_UNDERSTAND, exc.reason)
                 # When the pipeline has already decided (tasks run in-process), a refusal is the sender's answer.
                 if settings.CELERY_TASK_ALWAYS_EAGER:
                     item.refresh_from_db(fields=["state", "failure", "reason"])
@@ -307,6 +387,16 @@ class _Door:
         return STATUS_SUCCESS
 
 
+@dataclass
+class _Bounds:
+    """What one association has sent so far."""
+
+    dataset_bytes: int = 0  # of the data set being received
+    instances: int = 0
+    instances_refused: bool = False
+    aborted: bool = False
+
+
 class _Refused(Exception):
     def __init__(self, reject: tuple[int, int, int]) -> None:
         super().__init__(reject)
@@ -319,6 +409,14 @@ def _admit(*, calling_ae: str, called_ae: str, address: str) -> Peer:
     tenant = tenant_for_called_ae(ae_title=called_ae) if called_ae else None
     device = None
     if tenant is not None:
+        # The tenant's trusted networks, before its devices are even looked up (refused: recorded, alerted).
+        with audit_context(source_address=address, system_principal=f"dicom:{calling_ae}"):
+            try:
+                network_require(tenant=tenant, address=address, door="DICOM listener", principal=calling_ae)
+            except access.NetworkRefused as exc:
+                logger.warning("DICOM association rejected: %s -> %s from outside its trusted networks", calling_ae,
+                               called_ae)  # fmt: skip
+                raise _Refused(REJECT_PERMANENT) from exc
         with tenant_scope(tenant):
             device = dicom_peer_get(ae_title=calling_ae, address=address)
     if tenant is not None and device is not None:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -63,6 +66,41 @@ def ingest_limits() -> dicom_parse.Limits:
 # Receive
 # ------------------------------------------------------------------------------
 
+QUOTA_PERIODS = (
+    ("hour", 3600, "ingest_quota_bytes_per_hour", "INGEST_QUOTA_BYTES_PER_HOUR"),
+    ("day", 86400, "ingest_quota_bytes_per_day", "INGEST_QUOTA_BYTES_PER_DAY"),
+)
+
+
+def ingest_quota_take(*, tenant: Tenant, size: int) -> None:
+    """Count `size` bytes against the tenant's ingestion quotas (per hour and per day: the tenant's own figures,
+    else the settings; 0 or none: no quota), or raise `Rejected` (failure `quota`) and count nothing.
+
+    The counters are fixed windows in Redis (the Django cache), shared by every door and every process, so
+    C-STORE, STOW-RS and the browser upload draw on one budget. Bytes are counted when received, before the
+    pipeline's verdict: a refused object still used the link and the quarantine."""
+    now = time.time()
+    taken: list[tuple[str, int]] = []
+    for name, period, field, setting in QUOTA_PERIODS:
+        own = getattr(tenant, field)
+        quota = int(own if own is not None else getattr(settings, setting))
+        if quota <= 0:
+            continue
+        window = int(now // period)
+        key = f"enclave:ingest-quota:{tenant.pk}:{period}:{window}"
+        cache.add(key, 0, timeout=period + 60)
+        used = cache.incr(key, size)
+        if used > quota:
+            for counted, amount in [*taken, (key, size)]:
+                cache.decr(counted, amount)
+            retry = max(1, math.ceil((window + 1) * period - now))
+            raise Rejected(
+                f"The organisation's ingestion quota of {quota} bytes per {name} is used up; "
+                f"try again in {retry} seconds.",
+                failure=IngestItem.Failure.QUOTA,
+            )
+        taken.append((key, size))
+
 
 @transaction.atomic
 def ingest_receive(
@@ -84,6 +122,7 @@ def ingest_receive(
             f"The object is larger than the limit of {settings.INGEST_MAX_BYTES} bytes.",
             failure=IngestItem.Failure.TOO_LARGE,
         )
+    ingest_quota_take(tenant=tenant, size=len(data))
     quarantine = blob_write(kind=Blob.Kind.QUARANTINE, data=data, replicate=False)
     item = IngestItem(
         tenant=tenant,

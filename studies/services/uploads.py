@@ -302,6 +302,7 @@ def upload_receive(
                 reason=exc.reason,
                 size=size,
                 sha256=hashlib.sha256(content).hexdigest(),
+                failure=exc.failure,
             )
         ]
     return [item]

@@ -64,6 +64,7 @@ class ExportSearchForm(StudySearchForm, ExportForm):
 
 
 class _ExportRequestMixin(TenantPageView):
+    rate_limit = "export"
     template: str
 
     def _show(self, request: HttpRequest, ctx: dict[str, Any], form: forms.Form, status: int = 200) -> HttpResponse:
@@ -191,6 +192,8 @@ class ExportStatusView(TenantPageView):
 class ExportDownloadView(TenantPageView):
     """/t/<tenant>/exports/<public_id>/download/ : the zip, once (then 410 Gone); not the owner, or no longer
     allowed to have it (`services.export_download_once` asks tenants.access again): 404."""
+
+    rate_limit = "retrieve"
 
     def get(self, request: HttpRequest, tenant: str, public_id: str) -> HttpResponse:
         export = _own_export(request, public_id)

@@ -59,6 +59,7 @@ class UploadFilesView(TenantPageView):
 
     required_permission = "tenants.upload_studies"
     http_method_names = ["post"]
+    max_request_bytes_setting = "UPLOAD_MAX_REQUEST_BYTES"  # portal.middleware.RequestSizeLimitMiddleware
 
     def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
         form = UploadFileForm(request.POST, request.FILES)

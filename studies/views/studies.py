@@ -43,6 +43,8 @@ class StudiesView(TenantPageView):
     Members whose role sees no images get a 403 (`require_image_access`).
     """
 
+    rate_limit = "search"
+
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
         require_image_access(self)
         return self._list(request, StudySearchForm(), {})
@@ -84,6 +86,8 @@ class SeriesThumbnailView(TenantPageView):
     """/t/<tenant>/series/<series>/thumbnail.png : the series' thumbnail, decrypted, for members who see its
     study; 404 otherwise (another tenant's series is the same as a missing one). Never cached (middleware).
     Each read is an INSTANCES_ACCESSED event (folded with the study's other image reads), written first."""
+
+    rate_limit = "retrieve"
 
     def get(self, request: HttpRequest, tenant: str, public_id: uuid.UUID) -> HttpResponse:
         require_image_access(self)

@@ -81,6 +81,8 @@ def _series_json(tenant_slug: str, study: Study, series: Series, thumbnail_url: 
 class StudyView(TenantPageView):
     """/t/<tenant>/studies/<public_id>/ : the study page and its frame viewer."""
 
+    rate_limit = "retrieve"
+
     def get(self, request: HttpRequest, tenant: str, public_id: uuid.UUID) -> HttpResponse:
         require_image_access(self)
         study = study_get(actor=request.user, public_id=public_id)

@@ -23,8 +23,9 @@ from tenants.services.memberships import (
     memberships_end_due,
     user_deactivate,
 )
+from tenants.services.networks import network_require, trusted_network_add, trusted_network_remove
 from tenants.services.sessions import session_register, sessions_end_for_user
-from tenants.services.tenants import tenant_create
+from tenants.services.tenants import tenant_create, tenant_ingest_quota_set
 from tenants.services.tokens import API_TOKEN_PREFIX, api_token_create, api_token_revoke, api_token_touch
 
 __all__ = [
@@ -50,9 +51,13 @@ __all__ = [
     "membership_grant_by_operator",
     "membership_set_end",
     "memberships_end_due",
+    "network_require",
     "session_register",
     "sessions_end_for_user",
     "set_password_link",
     "tenant_create",
+    "tenant_ingest_quota_set",
+    "trusted_network_add",
+    "trusted_network_remove",
     "user_deactivate",
 ]

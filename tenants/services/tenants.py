@@ -33,3 +33,21 @@ def tenant_create(*, slug: str, name: str, ae_title: str | None = None) -> Tenan
     if created:
         audit_event_record(event=EventType.TENANT_CREATED, tenant=tenant, target=tenant)
     return tenant
+
+
+@transaction.atomic
+def tenant_ingest_quota_set(*, tenant: Tenant, per_hour: int | None, per_day: int | None) -> Tenant:
+    """Set the tenant's own ingestion quotas in bytes (None: the platform's INGEST_QUOTA_BYTES_PER_*; 0: no quota).
+    Platform work (an operator's command). Records TENANT_QUOTA_SET with the old and new figures."""
+    old = {"per_hour": tenant.ingest_quota_bytes_per_hour, "per_day": tenant.ingest_quota_bytes_per_day}
+    tenant.ingest_quota_bytes_per_hour = per_hour
+    tenant.ingest_quota_bytes_per_day = per_day
+    tenant.full_clean()
+    tenant.save(update_fields=["ingest_quota_bytes_per_hour", "ingest_quota_bytes_per_day", "updated_at"])
+    audit_event_record(
+        event=EventType.TENANT_QUOTA_SET,
+        tenant=tenant,
+        target=tenant,
+        extra={"old": old, "new": {"per_hour": per_hour, "per_day": per_day}},
+    )
+    return tenant

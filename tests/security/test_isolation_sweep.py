@@ -84,6 +84,8 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
             actor=admin_a, tenant=tenant_a, email="invitee@north.example", role=Role.TECHNOLOGIST
         )
         token, _ = services.api_token_create(actor=admin_a, tenant=tenant_a, name="admin's")
+        # The test client's own range, so tenant A stays reachable while the sweep runs through the network check.
+        network = services.trusted_network_add(actor=admin_a, tenant=tenant_a, network="127.0.0.0/8", label="sweep")
         share = study_services.share_create(
             actor=radiologist_a, study=study, grantee=technologist_a, expires_at=timezone.now() + timedelta(days=3)
         )
@@ -131,6 +133,7 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
         "person": str(radiologist_a.subject_uuid),
         "invitation": str(invitation.public_id),
         "token": str(token.public_id),
+        "trusted_network": str(network.public_id),
         "share": str(share.public_id),
         "share_invitation": str(share_invitation.public_id),
         "break_glass": str(grant.public_id),

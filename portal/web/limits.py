@@ -1,0 +1,154 @@
+"""Rate limits: one policy (settings.RATE_LIMITS), counted in Redis, for pages, the API, DICOMweb and DIMSE.
+
+An action (login, search, retrieve, export) has a limit per kind of key: the person (whatever token, session or
+address they use), the token, the client address, the DICOM device. Each is a fixed window counter in the Django
+cache (Redis): INCR on a key named by action, kind, key and window, expiring with the window. A caller over any of
+its limits is refused until the window ends (`Limited.retry_after`, sent as Retry-After), and the first refusal
+of a window is on the audit trail (RATE_LIMITED), the later ones of the same window are not: a client hammering a
+limit writes one event per window, not one per request.
+
+Doors: `PolicyThrottle` for the API and DICOMweb (DRF: 429 problem document with Retry-After), `TenantPageView`
+for pages (a 429 page), the sign-in view, and the DICOM listener (studies.net: the DIMSE out-of-resources status).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from audit.events import EventType, Outcome
+from audit.services import audit_event_record
+from tenants.access import membership_current_get
+from tenants.models import Tenant
+
+PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+KINDS = ("person", "token", "address", "device")
+
+
+@dataclass(frozen=True)
+class Limited:
+    """A refusal: which action and key kind ran out, and in how many seconds the window ends."""
+
+    action: str
+    kind: str
+    limit: str
+    retry_after: int
+    first: bool  # the first refusal of this window (the one that is audited)
+
+    @property
+    def message(self) -> str:
+        return f"Too many {self.action} requests; try again in {self.retry_after} seconds."
+
+
+def rate_parse(text: str) -> tuple[int, int]:
+    """ "300/minute" -> (300, 60). Raises ValueError for anything else (checked at start by tests)."""
+    count, _, period = text.partition("/")
+    if period not in PERIODS or not count.strip().isdigit():
+        raise ValueError(f"A rate is N/second, N/minute, N/hour or N/day, not {text!r}.")
+    return int(count), PERIODS[period]
+
+
+def limit_hit(action: str, **keys: Any) -> Limited | None:
+    """Count one `action` under each given key (`person=`, `token=`, `address=`, `device=`; None or "" skips a
+    kind) against the policy; the first limit passed is returned, else None."""
+    policy = settings.RATE_LIMITS.get(action, {})
+    now = time.time()
+    for kind in KINDS:
+        ident = keys.get(kind)
+        if ident in (None, "") or kind not in policy:
+            continue
+        count, period = rate_parse(policy[kind])
+        window = int(now // period)
+        key = f"enclave:rate:{action}:{kind}:{ident}:{period}:{window}"
+        cache.add(key, 0, timeout=period + 1)
+        try:
+            used = cache.incr(key)
+        except ValueError:  # expired between add and incr: a new window has begun
+            cache.add(key, 1, timeout=period + 1)
+            used = 1
+        if used > count:
+            retry_after = max(1, math.ceil((window + 1) * period - now))
+            return Limited(action, kind, policy[kind], retry_after, first=used == count + 1)
+    return None
+
+
+def limit_hit_record(limited: Limited, *, actor: Any = None, tenant: Tenant | None = None, door: str) -> None:
+    """The first refusal of a window, on the audit trail of `tenant` (the platform's when None)."""
+    if not limited.first:
+        return
+    audit_event_record(
+        event=EventType.RATE_LIMITED,
+        actor=actor,
+        tenant=tenant,
+        outcome=Outcome.MINOR_FAILURE,
+        outcome_description=f"{limited.action}: more than {limited.limit} per {limited.kind}",
+        extra={"action": limited.action, "kind": limited.kind, "limit": limited.limit, "door": door},
+    )
+
+
+def credential_key(credential: Any) -> str | None:
+    """A token row as a rate-limit key: its kind and id (API token, device token, enrolment code)."""
+    if credential is None or getattr(credential, "pk", None) is None:
+        return None
+    return f"{type(credential).__name__}:{credential.pk}"
+
+
+def person_key(user: Any) -> str | None:
+    return str(user.pk) if getattr(user, "is_authenticated", False) and user.pk is not None else None
+
+
+def request_limit_hit(action: str, request: HttpRequest | Request, *, credential: Any = None) -> Limited | None:
+    return limit_hit(
+        action,
+        person=person_key(getattr(request, "user", None)),
+        token=credential_key(credential),
+        address=request.META.get("REMOTE_ADDR"),
+    )
+
+
+def limited_page(request: HttpRequest, limited: Limited) -> HttpResponse:
+    """The 429 page: what happened and when to come back; Retry-After says it to machines."""
+    response = render(
+        request,
+        "_error.html",
+        {"error_code": 429, "error_title": "Too many requests", "error_text": limited.message},
+        status=429,
+    )
+    response["Retry-After"] = str(limited.retry_after)
+    return response
+
+
+class PolicyThrottle(BaseThrottle):
+    """RATE_LIMITS for an API or DICOMweb view that names its action (`rate_limit = "search"`). Runs in DRF's
+    `initial`, after authentication and before the tenant is opened; a refusal is DRF's Throttled (429, problem
+    document, Retry-After), recorded in the chain of the tenant in the URL when the caller is a member of it."""
+
+    def __init__(self) -> None:
+        self._wait: int | None = None
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        action = getattr(view, "rate_limit", None)
+        if not action:
+            return True
+        limited = request_limit_hit(action, request, credential=request.auth)
+        if limited is None:
+            return True
+        self._wait = limited.retry_after
+        if limited.first:
+            tenant = Tenant.objects.filter(slug=view.kwargs.get("tenant", "")).first()
+            if tenant is not None and membership_current_get(user=request.user, tenant=tenant) is None:
+                tenant = None
+            limit_hit_record(limited, actor=request.user, tenant=tenant, door=getattr(view, "DOOR", "API"))
+        return False
+
+    def wait(self) -> float | None:
+        return self._wait

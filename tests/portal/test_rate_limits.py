@@ -1,0 +1,177 @@
+"""RATE_LIMITS (portal.web.limits): one policy, counted in the real Redis, for the sign-in, pages, the API,
+DICOMweb and DIMSE (tests/studies/net/test_limits_dimse.py); per person (across tokens and addresses), per token,
+per address, per DICOM device. A refusal is a 429 with Retry-After (a problem document for the API and DICOMweb, a
+page for pages) or the DIMSE out-of-resources status, and only the first refusal of a window is on the audit trail.
+
+Limits are per day here so that no window can end between two requests of a test. The counters live in Redis for
+the whole test run, so each test counts under addresses and people of its own."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from django.test import Client, override_settings
+
+from audit.events import EventType
+from audit.models import AuditEvent
+from audit.rules import security_rules_evaluate
+from tenants.scoping import tenant_scope
+from tests.studies.dicomweb.reading import JSON
+
+pytestmark = pytest.mark.django_db
+
+
+def address() -> str:
+    """An address no other test counts under (counters outlive a test: they are Redis keys with their window)."""
+    n = random.getrandbits(24)
+    return f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}"
+
+
+def limits(**actions: dict[str, str]) -> Any:
+    return override_settings(RATE_LIMITS=actions)
+
+
+def rate_events(tenant) -> list[AuditEvent]:
+    with tenant_scope(tenant):
+        return list(AuditEvent.objects.filter(event_type=EventType.RATE_LIMITED).order_by("sequence"))
+
+
+def platform_rate_events() -> list[AuditEvent]:
+    return list(
+        AuditEvent.unscoped_objects.filter(event_type=EventType.RATE_LIMITED, tenant__isnull=True).order_by("pk")
+    )
+
+
+# DICOMweb and the API
+# ------------------------------------------------------------------------------
+
+
+def test_a_search_past_the_persons_limit_is_a_429_problem_with_retry_after_audited_once(
+    api_client_for, tenant_a, radiologist_a
+):
+    first, second = api_client_for(radiologist_a, tenant_a), api_client_for(radiologist_a, tenant_a)
+    with limits(search={"person": "2/day"}):
+        # The limit follows the person across tokens and addresses.
+        allowed = [
+            first.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON, REMOTE_ADDR=address()).status_code,
+            second.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON, REMOTE_ADDR=address()).status_code,
+        ]
+        refused = [first.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON, REMOTE_ADDR=address()) for _ in range(3)]
+    assert allowed == [204, 204]  # no studies: an empty answer
+    assert {r.status_code for r in refused} == {429}
+    body = refused[0].json()
+    assert body["status"] == 429
+    assert refused[0]["Content-Type"] == "application/problem+json"
+    assert 0 < int(refused[0]["Retry-After"]) <= 86400
+    [event] = rate_events(tenant_a)
+    assert event.actor_user == radiologist_a
+    assert event.extra == {"action": "search", "kind": "person", "limit": "2/day", "door": "DICOMweb"}
+
+
+def test_a_person_who_reaches_a_limit_raises_one_alert_through_the_rules(api_client_for, tenant_a, radiologist_a):
+    client = api_client_for(radiologist_a, tenant_a)
+    with limits(search={"person": "1/day"}):
+        codes = [client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code for _ in range(4)]
+    assert codes == [204, 429, 429, 429]
+    with tenant_scope(tenant_a):
+        raised = security_rules_evaluate(tenant=tenant_a)
+        again = security_rules_evaluate(tenant=tenant_a)
+    assert [(a.kind, a.subject, a.severity) for a in raised] == [("rate_limited", "north-radiologist", "warning")]
+    assert again == []
+
+
+def test_a_token_is_limited_on_its_own_and_another_token_goes_on(api_client_for, tenant_a, radiologist_a):
+    busy, other = api_client_for(radiologist_a, tenant_a), api_client_for(radiologist_a, tenant_a)
+    with limits(search={"token": "1/day"}):
+        assert busy.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 204
+        assert busy.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 429
+        assert other.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 204
+
+
+def test_an_address_is_limited_whoever_calls_from_it(api_client_for, tenant_a, radiologist_a, technologist_a):
+    shared = address()
+    with limits(search={"address": "1/day"}):
+        assert (
+            api_client_for(radiologist_a, tenant_a)
+            .get("/dicomweb/north/studies", HTTP_ACCEPT=JSON, REMOTE_ADDR=shared)
+            .status_code
+            == 204
+        )
+        assert (
+            api_client_for(technologist_a, tenant_a)
+            .get("/dicomweb/north/studies", HTTP_ACCEPT=JSON, REMOTE_ADDR=shared)
+            .status_code
+            == 429
+        )
+        assert (
+            api_client_for(technologist_a, tenant_a)
+            .get("/dicomweb/north/studies", HTTP_ACCEPT=JSON, REMOTE_ADDR=address())
+            .status_code
+            == 204
+        )
+
+
+def test_retrieval_has_its_own_budget(api_client_for, tenant_a, radiologist_a):
+    client = api_client_for(radiologist_a, tenant_a)
+    missing = "/dicomweb/north/studies/1.2.3.4/metadata"
+    with limits(search={"person": "1/day"}, retrieve={"person": "1/day"}):
+        assert client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 204
+        assert client.get(missing, HTTP_ACCEPT=JSON).status_code == 404  # counted, then not found
+        assert client.get(missing, HTTP_ACCEPT=JSON).status_code == 429
+        assert client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 429
+
+
+def test_a_non_member_is_limited_on_the_platform_trail_not_the_tenants(api_client_for, tenant_a, tenant_b, outsider_b):
+    client = api_client_for(outsider_b, tenant_b)
+    before = len(platform_rate_events())
+    with limits(search={"person": "1/day"}):
+        assert client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 404
+        assert client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 429
+    assert rate_events(tenant_a) == []
+    assert len(platform_rate_events()) == before + 1
+
+
+def test_apis_without_an_action_are_not_counted(api_client_for, tenant_a, admin_a):
+    client = api_client_for(admin_a, tenant_a)
+    with limits(search={"person": "1/day", "address": "1/day"}):
+        assert {client.get("/api/v1/t/north/tokens/").status_code for _ in range(3)} == {200}
+
+
+# Pages and the sign-in
+# ------------------------------------------------------------------------------
+
+
+def test_the_study_list_page_past_its_limit_is_a_429_page(client_for, tenant_a, radiologist_a):
+    client = client_for(radiologist_a)
+    with limits(search={"person": "1/day"}):
+        assert client.get("/t/north/studies/").status_code == 200
+        refused = client.post("/t/north/studies/", {"patient_name": "SMITH*"})
+        again = client.get("/t/north/studies/")
+    assert refused.status_code == again.status_code == 429
+    assert int(refused["Retry-After"]) > 0
+    assert b"Too many requests" in refused.content
+    assert b"SMITH" not in refused.content
+    [event] = rate_events(tenant_a)
+    assert event.extra["door"] == "pages"
+
+
+def test_sign_in_is_limited_per_user_name_and_per_address(db, radiologist_a):
+    here = address()
+    with limits(login={"person": "2/day", "address": "3/day"}):
+        tries = [
+            Client(REMOTE_ADDR=here).post("/accounts/login/", {"username": "north-radiologist", "password": "x"})
+            for _ in range(3)
+        ]
+        # Another name from the same address: the address has one try left, then none.
+        other_name = [
+            Client(REMOTE_ADDR=here).post("/accounts/login/", {"username": "someone-else", "password": "x"})
+            for _ in range(2)
+        ]
+    assert [t.status_code for t in tries] == [200, 200, 429]
+    assert [t.status_code for t in other_name] == [200, 429]
+    assert int(tries[2]["Retry-After"]) > 0
+    assert b"Too many requests" in tries[2].content
+    kinds = [e.extra["kind"] for e in platform_rate_events()[-2:]]
+    assert kinds == ["person", "address"]
