@@ -139,6 +139,11 @@ class EventType(IntEnum):
     STUDY_DELETED = 520
     LEGAL_HOLD_PLACED = 521
     LEGAL_HOLD_LIFTED = 522
+    # keys (issue 13): rotation, adoption of study keys, tenant offboarding
+    TENANT_KEY_ROTATION_STARTED = 531
+    TENANT_KEY_ROTATED = 532
+    MASTER_KEY_ROTATED = 533
+    STUDY_KEYS_ADOPTED = 534
     # 600-699: training and certification
     TRAINING_COURSE_ADOPTED = 601
     TRAINING_COURSE_CREATED = 602
@@ -306,6 +311,18 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.LEGAL_HOLD_LIFTED: EventSpec(
         APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.DELETE, "Legal hold lifted"
+    ),
+    EventType.TENANT_KEY_ROTATION_STARTED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.CREATE, "Tenant key rotation started: a new key version"
+    ),
+    EventType.TENANT_KEY_ROTATED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Tenant key rotated: keys rewrapped, old version retired"
+    ),
+    EventType.MASTER_KEY_ROTATED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Tenant keys rewrapped under a new master key"
+    ),
+    EventType.STUDY_KEYS_ADOPTED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Existing blobs rewrapped under their study keys"
     ),
     EventType.TRAINING_COURSE_ADOPTED: EventSpec(
         APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"

@@ -12,8 +12,8 @@ shreds.
   cancels the open proposals it covers.
 - Deletion removes the instances, series and study rows and the blobs, and destroys the study key (kept only as
   files in the blob stores, studies.storage.keys), so the ciphertext left anywhere cannot be decrypted even with
-  a database backup taken before; the files leave the primary and the replica store after the commit. A tombstone keeps the UIDs, the dates, the
-  policy and the two approvers; the audit trail has every step.
+  a database backup taken before; the files leave the primary and the replica store after the commit. A
+  tombstone keeps the UIDs, the dates, the policy and the two approvers; the audit trail has every step.
 """
 
 from __future__ import annotations

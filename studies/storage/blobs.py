@@ -59,7 +59,9 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance
         study_key_row = None
         tenant_key_row = tenant_key_ensure(tenant=tenant)
         kek = tenant_key(tenant_key_row.version, tenant_key_row)
-        wrapped_key = envelope.wrap_data_key(tenant_key=kek, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
+        wrapped_key = envelope.wrap_data_key(
+            tenant_key=kek, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
+        )
         key_version = tenant_key_row.version
     sealed = envelope.encrypt(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
     name = f"t{tenant.pk}/{kind}/{blob_id.hex[:2]}/{blob_id.hex}"
@@ -102,9 +104,11 @@ def blob_data_key(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | Non
         study_key = study_key_cache.get((blob.tenant_id, blob.study_key_id))
         if study_key is None:
             try:
-                study_key = study_key_open(blob.study_key)
+                row = blob.study_key
             except StudyKey.DoesNotExist as exc:
                 raise KeyUnavailable("the study key was destroyed") from exc
+            assert row is not None
+            study_key = study_key_open(row)
         return envelope.unwrap_data_key_by_study(
             study_key=study_key,
             wrapped=bytes(blob.wrapped_key),

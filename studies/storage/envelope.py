@@ -2,9 +2,10 @@
 
 The master key wraps one key-encryption key (KEK) per tenant. A study has its own key-encryption key (the study
 key), wrapped by the tenant KEK and kept in the blob stores, never in the database; each blob has its own random
-data key, wrapped by its study's key (instances and thumbnails) or by its tenant's KEK (blobs of no one study). Blobs are AES-256-GCM in independent chunks (the STREAM construction): each chunk's nonce is a
-random per-blob prefix plus the chunk counter, and its associated data binds the tenant id, the blob id, the
-chunk index and whether it is the last chunk. So a chunk cannot be moved to another blob, another tenant or
+data key, wrapped by its study's key (instances and thumbnails) or by its tenant's KEK (blobs of no one study).
+Blobs are AES-256-GCM in independent chunks (the STREAM construction): each chunk's nonce is a random per-blob
+prefix plus the chunk counter, and its associated data binds the tenant id, the blob id, the chunk index and
+whether it is the last chunk. So a chunk cannot be moved to another blob, another tenant or
 another position, and a blob cut short is detected; and a blob can be decrypted as a stream, chunk by chunk,
 without holding it whole in memory.
 

@@ -4,8 +4,8 @@ database backup taken before, even with the master key; other studies still read
 from __future__ import annotations
 
 import base64
-import io
 import hashlib
+import io
 from dataclasses import dataclass
 from datetime import date
 
@@ -123,7 +123,8 @@ def test_a_deleted_study_cannot_be_opened_from_a_backup_taken_before(
             assert hashlib.sha256(_forensic_open(backup, row)).hexdigest() == row["sha256"]
         key_id, version = next(iter(backup.study_keys.values()))
         key_file = study_key_file_name(tenant_id=tenant_a.pk, key_id=key_id, version=version)
-        assert storages[PRIMARY].exists(key_file) and storages[REPLICA].exists(key_file)
+        assert storages[PRIMARY].exists(key_file)
+        assert storages[REPLICA].exists(key_file)
 
         retention.retention_proposals_make()
         proposal = RetentionProposal.objects.get()
