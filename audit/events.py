@@ -144,6 +144,10 @@ class EventType(IntEnum):
     TENANT_KEY_ROTATED = 532
     MASTER_KEY_ROTATED = 533
     STUDY_KEYS_ADOPTED = 534
+    TENANT_OFFBOARDING_REQUESTED = 535
+    TENANT_OFFBOARDING_REJECTED = 536
+    TENANT_SHREDDED = 537
+    TENANT_EXPORT_READ = 538
     # 600-699: training and certification
     TRAINING_COURSE_ADOPTED = 601
     TRAINING_COURSE_CREATED = 602
@@ -324,6 +328,16 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.STUDY_KEYS_ADOPTED: EventSpec(
         SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Existing blobs rewrapped under their study keys"
     ),
+    EventType.TENANT_OFFBOARDING_REQUESTED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.CREATE, "Tenant offboarding requested"
+    ),
+    EventType.TENANT_OFFBOARDING_REJECTED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Tenant offboarding rejected"
+    ),
+    EventType.TENANT_SHREDDED: EventSpec(
+        EXPORT, SECURITY_CONFIGURATION, Action.DELETE, "Tenant exported, its keys destroyed, certificate issued"
+    ),
+    EventType.TENANT_EXPORT_READ: EventSpec(EXPORT, None, Action.READ, "Tenant offboarding export read"),
     EventType.TRAINING_COURSE_ADOPTED: EventSpec(
         APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"
     ),

@@ -13,6 +13,7 @@ from devices.models import (
     Attestation,
     CustodyPeriod,
     Device,
+    DevicePolicy,
     MediaExport,
     WipeOrder,
     serial_digest_of,
@@ -131,3 +132,20 @@ def device_for_custodian_get(*, actor: Any, public_id: UUID | str) -> Device:
         return Device.objects.select_related("custodian").get(public_id=public_id, custodian=actor)
     except (Device.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise access.NotVisible() from exc
+
+
+def device_records_export() -> dict[str, list[dict[str, Any]]]:
+    """The current tenant's device records for its offboarding export (issue 13): devices, policy, attestations,
+    custody, wipe orders (with sanitization) and media exports; never tokens or enrolment codes (secrets). For
+    the offboarding service only (two operators approved it); plain JSON-ready data."""
+    return {
+        name: [dict(row) for row in model.objects.order_by("pk").values()]  # type: ignore[attr-defined]
+        for name, model in (
+            ("devices", Device),
+            ("policies", DevicePolicy),
+            ("attestations", Attestation),
+            ("custody", CustodyPeriod),
+            ("wipe_orders", WipeOrder),
+            ("media_exports", MediaExport),
+        )
+    }

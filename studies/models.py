@@ -502,3 +502,40 @@ class RetentionTombstone(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"tombstone {self.public_id}"
+
+
+class TenantOffboarding(TenantOwnedModel):
+    """A tenant leaving (issue 13): requested by one platform operator, approved by another; the approval exports
+    everything (encrypted under a one-off key wrapped by the master key, outside the tenant's keys), destroys the
+    tenant's keys and leaves the certificate of destruction here."""
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested", "Requested"
+        DONE = "done", "Exported and shredded"
+        REJECTED = "rejected", "Rejected"
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.REQUESTED)
+    reason = models.CharField(max_length=500)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    export_name = models.CharField(max_length=255, blank=True)
+    export_sha256 = models.CharField(max_length=64, blank=True)
+    export_size = models.BigIntegerField(null=True, blank=True)
+    export_key = models.BinaryField(blank=True, default=b"")
+    certificate = models.JSONField(default=dict, blank=True)
+    certificate_sha256 = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=models.Q(status="requested"),
+                name="studies_tenantoffboarding_tenant_open_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"offboarding {self.public_id}"

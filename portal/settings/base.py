@@ -348,6 +348,7 @@ AUDITLOG_EXCLUDE_TRACKING_FIELDS = (
     "last_used",
     "wrapped",
     "wrapped_key",
+    "export_key",
 )
 AUDITLOG_CID_GETTER = "audit.context.current_request_id"
 AUDITLOG_STORE_JSON_CHANGES = True

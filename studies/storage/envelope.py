@@ -98,6 +98,15 @@ def unwrap_data_key_by_study(*, study_key: bytes, wrapped: bytes, tenant_id: int
     return _unwrap(study_key, wrapped, _study_data_key_aad(tenant_id, blob_id))
 
 
+def wrap_export_key(*, master_key: bytes, export_key: bytes, tenant_id: int, export_id: str) -> bytes:
+    """A tenant's offboarding export is keyed apart from the tenant's keys, which are destroyed after it."""
+    return _wrap(master_key, export_key, f"enclave:offboard:{tenant_id}:{export_id}".encode())
+
+
+def unwrap_export_key(*, master_key: bytes, wrapped: bytes, tenant_id: int, export_id: str) -> bytes:
+    return _unwrap(master_key, wrapped, f"enclave:offboard:{tenant_id}:{export_id}".encode())
+
+
 def _chunk_aad(tenant_id: int, blob_id: str, index: int, last: bool) -> bytes:
     return f"enclave:blob:{tenant_id}:{blob_id}:{index}:{int(last)}".encode()
 
