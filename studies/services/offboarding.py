@@ -37,7 +37,7 @@ from devices.selectors import device_records_export
 from studies.models import Blob, Instance, StudyKey, TenantKey, TenantOffboarding
 from studies.services.keys import study_keys_adopt
 from studies.storage import envelope
-from studies.storage.blobs import blob_read
+from studies.storage.blobs import BlobUnreadable, blob_read
 from studies.storage.keys import (
     PRIMARY,
     REPLICA,
@@ -118,8 +118,13 @@ def _export_build(tenant: Tenant) -> tuple[bytes, dict[str, Any]]:
 
         rows = Instance.objects.select_related("blob", "series__study").order_by("pk").iterator(chunk_size=500)
         for instance in rows:
-            put(f"dicom/{instance.series.study.study_instance_uid}/{instance.sop_instance_uid}.dcm",
-                blob_read(blob=instance.blob))  # fmt: skip
+            try:
+                data = blob_read(blob=instance.blob)
+            except BlobUnreadable as exc:  # nothing is destroyed until every instance is in the export
+                raise ValidationError(
+                    f"Instance {instance.public_id} is unreadable from both stores: repair it before offboarding."
+                ) from exc
+            put(f"dicom/{instance.series.study.study_instance_uid}/{instance.sop_instance_uid}.dcm", data)
             instances += 1
         trail = audit_trail_export()
         put("audit/trail.json", _json(trail))

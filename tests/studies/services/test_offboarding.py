@@ -162,3 +162,22 @@ def test_a_rejected_offboarding_shreds_nothing(platform_staff, second_operator, 
         for blob in Blob.objects.filter(kind=Blob.Kind.INSTANCE):
             assert hashlib.sha256(blob_read(blob=blob)).hexdigest() == blob.sha256
         assert AuditEvent.objects.filter(event_type=EventType.TENANT_OFFBOARDING_REJECTED).count() == 1
+
+
+def test_an_unreadable_instance_stops_the_offboarding_before_anything_is_destroyed(
+    platform_staff, second_operator, tenant_a
+):
+    stored_study(tenant_a, patient_id="OFF-BROKEN", study_date=date(2021, 1, 1))
+    with tenant_scope(tenant_a):
+        blob = Blob.objects.filter(kind=Blob.Kind.INSTANCE).first()
+        assert blob is not None
+        for store in (PRIMARY, REPLICA):
+            storages[store].delete(blob.storage_name)
+    offboarding = tenant_offboarding_request(operator=platform_staff, tenant=tenant_a, reason="leaving")
+    with pytest.raises(ValidationError, match="repair it before offboarding"):
+        tenant_offboarding_approve(operator=second_operator, offboarding=offboarding)
+    offboarding.refresh_from_db()
+    assert offboarding.status == TenantOffboarding.Status.REQUESTED
+    with tenant_scope(tenant_a):
+        assert all(bytes(k.wrapped) and k.active for k in TenantKey.objects.all())
+        assert StudyKey.objects.count() == 1
