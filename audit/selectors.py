@@ -649,7 +649,7 @@ def audit_trail_export() -> dict[str, Any]:
             # hash = SHA-256(prev_hash + "\n" + canonical): the receiver recomputes the chain from these alone
             "canonical": e.canonical().decode(),
         }
-        for e in AuditEvent.objects.order_by("sequence").iterator()
+        for e in AuditEvent.objects.order_by("sequence")
     ]
     digests = (
         [

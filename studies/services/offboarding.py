@@ -116,7 +116,15 @@ def _export_build(tenant: Tenant) -> tuple[bytes, dict[str, Any]]:
             archive.writestr(name, data)
             manifest[name] = hashlib.sha256(data).hexdigest()
 
-        rows = Instance.objects.select_related("blob", "series__study").order_by("pk").iterator(chunk_size=500)
+        # Batches by primary key rather than a server-side cursor (`.iterator()`): a failure half-way must not
+        # leave a named cursor behind in the connection's transaction.
+        pks = list(Instance.objects.order_by("pk").values_list("pk", flat=True))
+        batches = (pks[start : start + 500] for start in range(0, len(pks), 500))
+        rows = (
+            instance
+            for batch in batches
+            for instance in Instance.objects.filter(pk__in=batch).select_related("blob", "series__study").order_by("pk")
+        )
         for instance in rows:
             try:
                 data = blob_read(blob=instance.blob)
