@@ -163,6 +163,16 @@ class EventType(IntEnum):
     DATABASE_BACKUPS_DELETED = 531
     DATABASE_RESTORED = 532
     RESTORE_DRILL_RUN = 533
+
+    # 550-559: keys (issue 13): rotation, adoption of study keys, tenant offboarding
+    TENANT_KEY_ROTATION_STARTED = 550
+    TENANT_KEY_ROTATED = 551
+    MASTER_KEY_ROTATED = 552
+    STUDY_KEYS_ADOPTED = 553
+    TENANT_OFFBOARDING_REQUESTED = 554
+    TENANT_OFFBOARDING_REJECTED = 555
+    TENANT_SHREDDED = 556
+    TENANT_EXPORT_READ = 557
     # 600-699: training and certification
     TRAINING_COURSE_ADOPTED = 601
     TRAINING_COURSE_CREATED = 602
@@ -381,6 +391,28 @@ EVENTS: dict[EventType, EventSpec] = {
         APPLICATION_ACTIVITY, None, Action.EXECUTE, "Database restored from a backup"
     ),
     EventType.RESTORE_DRILL_RUN: EventSpec(APPLICATION_ACTIVITY, None, Action.EXECUTE, "Restore drill run"),
+    EventType.TENANT_KEY_ROTATION_STARTED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.CREATE, "Tenant key rotation started: a new key version"
+    ),
+    EventType.TENANT_KEY_ROTATED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Tenant key rotated: keys rewrapped, old version retired"
+    ),
+    EventType.MASTER_KEY_ROTATED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Tenant keys rewrapped under a new master key"
+    ),
+    EventType.STUDY_KEYS_ADOPTED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Existing blobs rewrapped under their study keys"
+    ),
+    EventType.TENANT_OFFBOARDING_REQUESTED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.CREATE, "Tenant offboarding requested"
+    ),
+    EventType.TENANT_OFFBOARDING_REJECTED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Tenant offboarding rejected"
+    ),
+    EventType.TENANT_SHREDDED: EventSpec(
+        EXPORT, SECURITY_CONFIGURATION, Action.DELETE, "Tenant exported, its keys destroyed, certificate issued"
+    ),
+    EventType.TENANT_EXPORT_READ: EventSpec(EXPORT, None, Action.READ, "Tenant offboarding export read"),
     EventType.TRAINING_COURSE_ADOPTED: EventSpec(
         APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"
     ),

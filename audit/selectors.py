@@ -720,3 +720,58 @@ def compliance_sections(*, actor: Any) -> list[ReportSection]:
     """The registered sections for the current tenant (`tenants.view_audit`), in registration order."""
     access.require(actor, "tenants.view_audit", current_tenant())
     return [provider(actor) for provider in _report_sections]
+
+
+def audit_trail_export() -> dict[str, Any]:
+    """The current tenant's whole audit trail for a tenant's offboarding export (issue 13): every event in chain
+    order with its `prev_hash` and `hash`, the chain head, and the signed daily digests, so that the receiver can
+    recompute the chain. Platform operators' tool (no actor check: the caller is the offboarding service, which
+    two operators approved). Returns plain JSON-ready data."""
+    tenant = current_tenant()
+    chain = AuditChain.objects.filter(tenant=tenant).first()
+    events = [
+        {
+            "sequence": e.sequence,
+            "public_id": str(e.public_id),
+            "occurred_at": e.occurred_at.isoformat(),
+            "event_type": e.event_type,
+            "event_id": e.event_id,
+            "event_type_code": e.event_type_code,
+            "action": e.action,
+            "outcome": e.outcome,
+            "outcome_description": e.outcome_description,
+            "actor_username": e.actor_username,
+            "actor_role": e.actor_role,
+            "system_principal": e.system_principal,
+            "source_address": e.source_address,
+            "target_type": e.target_type,
+            "target_id": e.target_id,
+            "participants": e.participants,
+            "extra": e.extra,
+            "prev_hash": e.prev_hash,
+            "hash": e.hash,
+            # hash = SHA-256(prev_hash + "\n" + canonical): the receiver recomputes the chain from these alone
+            "canonical": e.canonical().decode(),
+        }
+        for e in AuditEvent.objects.order_by("sequence")
+    ]
+    digests = (
+        [
+            {
+                "day": d.day.isoformat(),
+                "last_sequence": d.last_sequence,
+                "last_hash": d.last_hash,
+                "signature": d.signature,
+            }
+            for d in AuditDigest.objects.filter(chain=chain).order_by("day")
+        ]
+        if chain is not None
+        else []
+    )
+    return {
+        "chain": chain.key if chain is not None else "",
+        "last_sequence": chain.last_sequence if chain is not None else 0,
+        "last_hash": chain.last_hash if chain is not None else GENESIS_HASH,
+        "events": events,
+        "digests": digests,
+    }

@@ -14,6 +14,7 @@ from devices.models import (
     Attestation,
     CustodyPeriod,
     Device,
+    DevicePolicy,
     MediaExport,
     WipeOrder,
     serial_digest_of,
@@ -144,3 +145,20 @@ def devices_compliance_section(actor: Any) -> ReportSection:
     rows = [(label, str(counts[value])) for value, label in Device.Status.choices]
     rows.append(("Wipe orders not yet confirmed", str(open_wipes)))
     return ReportSection("Devices holding patient data", rows, ok=counts[Device.Status.LOST] == 0 and open_wipes == 0)
+
+
+def device_records_export() -> dict[str, list[dict[str, Any]]]:
+    """The current tenant's device records for its offboarding export (issue 13): devices, policy, attestations,
+    custody, wipe orders (with sanitization) and media exports; never tokens or enrolment codes (secrets). For
+    the offboarding service only (two operators approved it); plain JSON-ready data."""
+    return {
+        name: [dict(row) for row in model.objects.order_by("pk").values()]  # type: ignore[attr-defined]
+        for name, model in (
+            ("devices", Device),
+            ("policies", DevicePolicy),
+            ("attestations", Attestation),
+            ("custody", CustodyPeriod),
+            ("wipe_orders", WipeOrder),
+            ("media_exports", MediaExport),
+        )
+    }

@@ -11,12 +11,14 @@ from tenants.models import TenantOwnedModel
 
 
 class TenantKey(TenantOwnedModel):
-    """A tenant's key-encryption key, wrapped by the master key. Rotating adds a version; destroying every
-    version shreds the tenant's blobs, in every backup too."""
+    """A tenant's key-encryption key, wrapped by the master key. Rotating adds a version (`manage.py rotate_keys`);
+    the old one is retired (inactive, its material erased) once no wrapped key depends on it. New keys are
+    wrapped by the highest active version."""
 
     version = models.PositiveIntegerField()
     wrapped = models.BinaryField()
     active = models.BooleanField(default=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -27,10 +29,29 @@ class TenantKey(TenantOwnedModel):
         return f"key v{self.version} of tenant {self.tenant_id}"
 
 
+class StudyKey(TenantOwnedModel):
+    """Where a study's key-encryption key is. The key itself is never in the database (so never in a database
+    backup): it is a small file in the primary and the replica blob store, wrapped by tenant key `key_version`
+    (studies.storage.keys). Deleting those files, as retention deletion does, shreds every blob of the study,
+    whatever copies of the database or of the ciphertext were kept. `key_id` is a hash of the study UID."""
+
+    key_id = models.CharField(max_length=64)
+    key_version = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "key_id"], name="studies_studykey_tenant_key_id_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"study key {self.key_id[:12]} of tenant {self.tenant_id}"
+
+
 class Blob(TenantOwnedModel):
-    """One encrypted object in the blob store (and its replica). Its data key, wrapped by the tenant key, lives
-    here beside it: deleting this row's key shreds the blob. `sha256` and `size` are of the plaintext and are
-    checked on every read."""
+    """One encrypted object in the blob store (and its replica), with its data key wrapped beside it: by its
+    study's key when `study_key` is set (instances and thumbnails; `key_version` is then 0), else by tenant key
+    `key_version` (quarantine, exports, certificates, and blobs stored before study keys). `sha256` and `size`
+    are of the plaintext and are checked on every read."""
 
     class Kind(models.TextChoices):
         QUARANTINE = "quarantine", "Quarantined upload"
@@ -45,6 +66,9 @@ class Blob(TenantOwnedModel):
     sha256 = models.CharField(max_length=64)
     wrapped_key = models.BinaryField()
     key_version = models.PositiveIntegerField()
+    study_key = models.ForeignKey(
+        StudyKey, null=True, blank=True, on_delete=models.PROTECT, related_name="blobs", editable=False
+    )
     replicated_at = models.DateTimeField(null=True, blank=True)
     # Set by the fixity job when neither copy decrypts to the row's hash (reads refuse it, as they refuse any
     # unreadable blob); cleared when a later check finds a good copy again (studies.services.fixity).
@@ -534,3 +558,40 @@ class RestoreDrill(models.Model):
 
     def __str__(self) -> str:
         return f"restore drill {self.started_at:%Y-%m-%d %H:%M} ({self.status})"
+
+
+class TenantOffboarding(TenantOwnedModel):
+    """A tenant leaving (issue 13): requested by one platform operator, approved by another; the approval exports
+    everything (encrypted under a one-off key wrapped by the master key, outside the tenant's keys), destroys the
+    tenant's keys and leaves the certificate of destruction here."""
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested", "Requested"
+        DONE = "done", "Exported and shredded"
+        REJECTED = "rejected", "Rejected"
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.REQUESTED)
+    reason = models.CharField(max_length=500)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    export_name = models.CharField(max_length=255, blank=True)
+    export_sha256 = models.CharField(max_length=64, blank=True)
+    export_size = models.BigIntegerField(null=True, blank=True)
+    export_key = models.BinaryField(blank=True, default=b"")
+    certificate = models.JSONField(default=dict, blank=True)
+    certificate_sha256 = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=models.Q(status="requested"),
+                name="studies_tenantoffboarding_tenant_open_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"offboarding {self.public_id}"

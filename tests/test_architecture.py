@@ -38,6 +38,7 @@ UNSCOPED_ALLOWED = {
     "audit/admin.py": "operators' read-only view of events across tenants (no patient fields)",
     "tenants/admin.py": "operators' view of memberships across tenants",
     "devices/admin.py": "operators' read-only view of devices across tenants (no patient data)",
+    "studies/admin.py": "operators' view of tenant offboardings across tenants (no patient data)",
     "devices/services/tokens.py": "reads that open a scope: a device token or enrolment code by digest",
     "devices/tasks.py": "fan-out: which tenants have open wipe orders",
     "bench/query.py": "the benchmark counts the audit events its reads wrote (its own database)",

@@ -398,3 +398,16 @@ def training_compliance_section(actor: Any) -> ReportSection:
         ("Blocked from patient data (a blocking course lapsed)", ", ".join(blocked) or "nobody"),
     ]
     return ReportSection("Security training", rows, ok=current == people)
+
+
+def training_records_export() -> dict[str, list[dict[str, Any]]]:
+    """The current tenant's training records for its offboarding export (issue 13): courses, requirements and
+    completions (evidence files are named, not included). For the offboarding service only (two operators
+    approved it); plain JSON-ready data."""
+    return {
+        "courses": [dict(row) for row in Course.objects.order_by("pk").values()],
+        "requirements": [dict(row) for row in Requirement.objects.order_by("pk").values()],
+        "completions": list(
+            Completion.objects.order_by("pk").values(*[f.attname for f in Completion._meta.concrete_fields])
+        ),
+    }

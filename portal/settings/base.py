@@ -34,6 +34,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "tenants.User"
 # The envelope-encryption master key (base64, 32 bytes). Wraps one key per tenant.
 MASTER_KEY = env.str("MASTER_KEY", default="")
+# During a master-key rotation only (README "Key rotation"): the new master key, set on every process before
+# `manage.py rotate_keys --master` runs. New tenant keys are wrapped by it; keys open with either.
+MASTER_KEY_NEW = env.str("MASTER_KEY_NEW", default="")
+# How many unwrapped study keys each process keeps in memory (an LRU), so a study's key file is read once.
+STUDY_KEY_CACHE_SIZE = env.int("STUDY_KEY_CACHE_SIZE", default=1024)
 
 # DATABASES
 # ------------------------------------------------------------------------------
@@ -439,6 +444,7 @@ AUDITLOG_EXCLUDE_TRACKING_FIELDS = (
     "last_used",
     "wrapped",
     "wrapped_key",
+    "export_key",
 )
 AUDITLOG_CID_GETTER = "audit.context.current_request_id"
 AUDITLOG_STORE_JSON_CHANGES = True

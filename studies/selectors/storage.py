@@ -23,7 +23,11 @@ def encryption_compliance_section(actor: Any) -> ReportSection:
     rows = [
         ("Encrypted objects (AES-256-GCM, one data key each)", f"{totals['n']} ({size_gb:.2f} GB of plaintext)"),
         ("Active tenant key version", str(active.version) if active else "none yet (nothing stored)"),
-        ("Objects by tenant key version", ", ".join(f"v{v}: {n}" for v, n in sorted(by_version.items())) or "none"),
+        (
+            "Objects by key",
+            ", ".join(f"{'study keys' if v == 0 else f'tenant key v{v}'}: {n}" for v, n in sorted(by_version.items()))
+            or "none",
+        ),
         ("Objects without their replica copy", str(unreplicated)),
     ]
     return ReportSection("Encryption at rest and replication", rows, ok=unreplicated == 0)

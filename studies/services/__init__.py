@@ -23,6 +23,7 @@ from studies.services.ingest import (
     ingest_requeue_stale,
     study_counts_refresh,
 )
+from studies.services.keys import RotationReport, master_key_rotate, study_keys_adopt, tenant_key_rotate
 from studies.services.refusals import ingest_refusal_record
 from studies.services.shares import (
     OUTSIDE_INVITED,
@@ -41,6 +42,7 @@ __all__ = [
     "ExportGone",
     "ExportNotReady",
     "Rejected",
+    "RotationReport",
     "break_glass_end",
     "break_glass_end_expired",
     "break_glass_review",
@@ -55,6 +57,7 @@ __all__ = [
     "ingest_receive",
     "ingest_refusal_record",
     "ingest_requeue_stale",
+    "master_key_rotate",
     "series_thumbnail_make",
     "share_create",
     "share_invitation_accepted",
@@ -63,6 +66,8 @@ __all__ = [
     "share_revoke",
     "shares_expired_cleanup",
     "study_counts_refresh",
+    "study_keys_adopt",
+    "tenant_key_rotate",
     "upload_receive",
     "upload_reject",
 ]

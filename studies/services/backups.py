@@ -38,7 +38,7 @@ from audit.events import EventType, Outcome
 from audit.models import AuditChain, SecurityAlert
 from audit.selectors import audit_chain_verify
 from audit.services import audit_event_record, security_alert_raise
-from studies.models import Blob, RestoreDrill, TenantKey
+from studies.models import Blob, RestoreDrill, StudyKey, TenantKey
 from studies.storage import envelope
 from studies.storage.backups import (
     BackupError,
@@ -53,6 +53,7 @@ from studies.storage.backups import (
     master_key,
     replica_copy_to,
 )
+from studies.storage.keys import study_key_file_name
 from studies.storage.pgtools import Database, PgToolError, pg_tool, server_major, tool_major
 from studies.storage.pgtools import run as pg_run
 from tenants.models import Tenant
@@ -243,13 +244,31 @@ def _rows_check(scratch: Database, manifest: BackupManifest, checks: dict[str, A
     return problems
 
 
-def _blob_verify(store: FileSystemStorage, blob: Blob, keks: dict[int, bytes]) -> str:
-    """Decrypt one restored blob end to end with the restored rows' keys; '' when it matches its row's SHA-256."""
-    try:
-        data_key = envelope.unwrap_data_key(
+def _data_key_of(store: FileSystemStorage, blob: Blob, keks: dict[int, bytes], alias: str) -> bytes:
+    """The restored blob's data key: through its study key, read from the restored key file (studies.storage.keys:
+    study keys live in the stores, never in the database), or through its tenant key."""
+    if blob.study_key_id is None:
+        return envelope.unwrap_data_key(
             tenant_key=keks[blob.key_version], wrapped=bytes(blob.wrapped_key), tenant_id=blob.tenant_id,
             blob_id=str(blob.public_id),
         )  # fmt: skip
+    row = StudyKey.objects.using(alias).get(pk=blob.study_key_id)
+    name = study_key_file_name(tenant_id=row.tenant_id, key_id=row.key_id, version=row.key_version)
+    with store.open(name, "rb") as handle:
+        wrapped = handle.read()
+    study_key = envelope.unwrap_study_key(
+        tenant_key=keks[row.key_version], wrapped=wrapped, tenant_id=row.tenant_id, key_id=row.key_id,
+        version=row.key_version,
+    )  # fmt: skip
+    return envelope.unwrap_data_key_by_study(
+        study_key=study_key, wrapped=bytes(blob.wrapped_key), tenant_id=blob.tenant_id, blob_id=str(blob.public_id)
+    )
+
+
+def _blob_verify(store: FileSystemStorage, blob: Blob, keks: dict[int, bytes], alias: str) -> str:
+    """Decrypt one restored blob end to end with the restored rows' keys; '' when it matches its row's SHA-256."""
+    try:
+        data_key = _data_key_of(store, blob, keks, alias)
         digest, size = hashlib.sha256(), 0
         with store.open(blob.storage_name, "rb") as handle:
             pieces = iter(lambda: handle.read(1 << 20), b"")
@@ -258,8 +277,8 @@ def _blob_verify(store: FileSystemStorage, blob: Blob, keks: dict[int, bytes]) -
             ):
                 digest.update(plain)
                 size += len(plain)
-    except KeyError:
-        return f"blob {blob.public_id}: its tenant key v{blob.key_version} is not in the backup"
+    except (KeyError, StudyKey.DoesNotExist):
+        return f"blob {blob.public_id}: its tenant or study key is not in the backup"
     except OSError as exc:
         return f"blob {blob.public_id}: not in the replica ({exc.__class__.__name__})"
     except envelope.DecryptionError as exc:
@@ -284,7 +303,7 @@ def _blobs_check(
             blobs = Blob.objects.using(alias).filter(kind=Blob.Kind.INSTANCE)
             total = blobs.count()
             size = min(total, max(minimum, math.ceil(total * percent / 100)))
-            found = [p for p in (_blob_verify(store, b, keks) for b in blobs.order_by("?")[:size]) if p]
+            found = [p for p in (_blob_verify(store, b, keks, alias) for b in blobs.order_by("?")[:size]) if p]
         tenant_checks = checks["tenants"].setdefault(str(tenant.pk), {})
         tenant_checks.update({"instances": total, "blobs_sampled": size, "blobs_failed": len(found)})
         tenant_checks["problems"] = tenant_checks.get("problems", []) + found

@@ -412,7 +412,9 @@ def _store(item: IngestItem, verdict: Verdict, sha256: str, tenant: Tenant) -> I
         existing = Instance.objects.filter(sop_instance_uid=verdict.parsed.sop_instance_uid).first()
         if existing is not None:
             return _resolve_existing(item, existing, verdict)
-        blob = blob_write(kind=Blob.Kind.INSTANCE, data=verdict.data)
+        blob = blob_write(
+            kind=Blob.Kind.INSTANCE, data=verdict.data, study_instance_uid=verdict.parsed.study_instance_uid
+        )
         instance, new_series = _index(
             tenant=tenant, parsed=verdict.parsed, blob=blob, size=len(verdict.data), sha256=sha256
         )

@@ -10,10 +10,10 @@ shreds.
   the first approval is recorded, the second, by someone else, deletes. Rejection, by either, needs a reason.
 - A legal hold on a study or a patient stops proposals and deletion whatever the policies say; placing one
   cancels the open proposals it covers.
-- Deletion removes the instances, series and study rows; each blob row goes with its wrapped data key (so the
-  ciphertext left anywhere cannot be decrypted from the live database) and its files leave the primary and the
-  replica store after the commit (studies.storage.blobs.blob_delete). A tombstone keeps the UIDs, the dates, the
-  policy and the two approvers; the audit trail has every step.
+- Deletion removes the instances, series and study rows and the blobs, and destroys the study key (kept only as
+  files in the blob stores, studies.storage.keys), so the ciphertext left anywhere cannot be decrypted even with
+  a database backup taken before; the files leave the primary and the replica store after the commit. A
+  tombstone keeps the UIDs, the dates, the policy and the two approvers; the audit trail has every step.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from studies.models import (
 from studies.services.reads import read_tallies_close_for_study
 from studies.services.shares import study_participants
 from studies.storage.blobs import blob_delete
+from studies.storage.keys import study_key_destroy, study_key_get
 from tenants import access
 from tenants.scoping import current_tenant
 
@@ -346,8 +347,9 @@ def retention_proposal_approve(*, actor: Any, proposal: RetentionProposal) -> Re
 
 def _study_shred(*, study: Study, proposal: RetentionProposal, actor: Any) -> RetentionTombstone:
     """Delete the study's rows and blobs inside the caller's transaction, then leave the tombstone and the audit
-    event. Each blob row carries its wrapped data key: deleting it destroys the key; the files go from both
-    stores once the transaction commits."""
+    event. The blobs' data keys are wrapped by the study key, whose only copies are its files in the two blob
+    stores: they go (with the ciphertext) once the transaction commits, so neither a saved copy of the blobs nor
+    a database backup taken before can be opened."""
     participants = study_participants(study)
     read_tallies_close_for_study(study=study)  # folded reads reach the trail before the study goes
     instances = list(Instance.objects.filter(series__study=study).select_related("blob").order_by("pk"))
@@ -362,6 +364,11 @@ def _study_shred(*, study: Study, proposal: RetentionProposal, actor: Any) -> Re
         one.delete()
         if thumbnail is not None:
             blob_delete(blob=thumbnail)
+    # The study key goes last (the blobs protected it): its files leave both stores after the commit, and with
+    # them every way to open the study's data keys, including the copies a database backup holds.
+    study_key = study_key_get(study_instance_uid=study.study_instance_uid)
+    if study_key is not None:
+        study_key_destroy(row=study_key)
     # Emergency-access grants point at the study; their start, end and review are on the audit trail.
     BreakGlassGrant.objects.filter(study=study).delete()
     now = timezone.now()

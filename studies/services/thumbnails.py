@@ -26,7 +26,7 @@ def series_thumbnail_make(*, series: Series) -> Series:
     it. The first instance (in instance-number order) that can be drawn is used: one without pixels, or whose
     pixels cannot be decoded, is passed over, so one bad instance never leaves its series without a thumbnail.
     A series with nothing to draw gets none, which is not an error."""
-    series = Series.objects.select_for_update().get(pk=series.pk)
+    series = Series.objects.select_for_update().select_related("study").get(pk=series.pk)
     if series.thumbnail_id is not None:
         return series
     candidates = (
@@ -46,7 +46,10 @@ def series_thumbnail_make(*, series: Series) -> Series:
                 exc.__class__.__name__,
             )
             continue
-        series.thumbnail = blob_write(kind=Blob.Kind.THUMBNAIL, data=png)
+        # Wrapped by the study's key: a thumbnail is a picture of the patient and goes with the study.
+        series.thumbnail = blob_write(
+            kind=Blob.Kind.THUMBNAIL, data=png, study_instance_uid=series.study.study_instance_uid
+        )
         series.save(update_fields=["thumbnail", "updated_at"])
         return series
     return series

@@ -28,7 +28,7 @@ from django.core.files.storage import Storage, storages
 
 from studies.storage import envelope
 from studies.storage.blobs import REPLICA
-from studies.storage.blobs import _master_key as master_key
+from studies.storage.keys import master_key_for_wrapping as master_key
 
 logger = logging.getLogger(__name__)
 

@@ -1,26 +1,32 @@
 """Encrypted blobs in Django storages: the primary store, its replica, and the quarantine.
 
 Every blob is written encrypted (studies.storage.envelope) under a name that starts with its tenant's id, with a
-fresh data key wrapped by the tenant key; every read decrypts, checks size and SHA-256 against the row, and falls
+fresh data key wrapped by its study's key when it belongs to one study (studies.storage.keys), else by the tenant
+key; every read decrypts, checks size and SHA-256 against the row, and falls
 back to the replica when the primary copy is missing or damaged. Callers run inside a tenant scope.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import uuid
 
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from studies.models import Blob, TenantKey
+from studies.models import Blob, StudyKey
 from studies.storage import envelope
-from tenants.models import Tenant
+from studies.storage.keys import (
+    KeyUnavailable,
+    study_key_cache,
+    study_key_ensure,
+    study_key_open,
+    tenant_key,
+    tenant_key_ensure,
+)
 from tenants.scoping import current_tenant
 
 logger = logging.getLogger(__name__)
@@ -32,50 +38,33 @@ class BlobUnreadable(Exception):
     """Neither the primary nor the replica copy decrypts to the bytes the row describes."""
 
 
-def _master_key() -> bytes:
-    key = base64.b64decode(settings.MASTER_KEY)
-    if len(key) != envelope.KEY_BYTES:
-        raise RuntimeError("MASTER_KEY must be 32 bytes, base64-encoded.")
-    return key
-
-
-def tenant_key_ensure(*, tenant: Tenant) -> TenantKey:
-    """The tenant's active key-encryption key row, created on first use. Safe under concurrent first use."""
-    key = TenantKey.objects.filter(active=True).order_by("-version").first()
-    if key is not None:
-        return key
-    wrapped = envelope.wrap_tenant_key(
-        master_key=_master_key(), tenant_key=envelope.new_key(), tenant_id=tenant.pk, version=1
-    )
-    try:
-        with transaction.atomic():
-            return TenantKey.objects.create(tenant=tenant, version=1, wrapped=wrapped, active=True)
-    except IntegrityError:
-        return TenantKey.objects.get(version=1)
-
-
-def _tenant_key(version: int, row: TenantKey | None = None) -> bytes:
-    tenant = current_tenant()
-    if row is None or row.version != version:
-        row = TenantKey.objects.get(version=version)
-    return envelope.unwrap_tenant_key(
-        master_key=_master_key(), wrapped=bytes(row.wrapped), tenant_id=tenant.pk, version=version
-    )
-
-
-def blob_write(*, kind: str, data: bytes, replicate: bool = True) -> Blob:
+def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance_uid: str = "") -> Blob:
     """Encrypt `data` and write it to its store (quarantine for incoming bytes, else the primary and the replica).
 
+    With `study_instance_uid` (instances, thumbnails), the data key is wrapped by that study's key, so deleting
+    the study's key files shreds the blob everywhere; without, by the tenant key.
     The row is saved by the caller's transaction; if that rolls back, the ciphertext left behind cannot be read
     by anyone, since its key went with the row (the orphan job removes it after a grace period). A replica store
     that fails does not fail the write: `replicated_at` stays empty and the catch-up job copies the blob
     (studies.services.fixity).
     """
     tenant = current_tenant()
-    tenant_key_row = tenant_key_ensure(tenant=tenant)
-    kek = _tenant_key(tenant_key_row.version, tenant_key_row)
     blob_id = uuid.uuid4()
     data_key = envelope.new_key()
+    if study_instance_uid:
+        study_key_row, study_key = study_key_ensure(tenant=tenant, study_instance_uid=study_instance_uid)
+        wrapped_key = envelope.wrap_data_key_by_study(
+            study_key=study_key, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
+        )
+        key_version = 0
+    else:
+        study_key_row = None
+        tenant_key_row = tenant_key_ensure(tenant=tenant)
+        kek = tenant_key(tenant_key_row.version, tenant_key_row)
+        wrapped_key = envelope.wrap_data_key(
+            tenant_key=kek, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
+        )
+        key_version = tenant_key_row.version
     sealed = envelope.encrypt(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
     name = f"t{tenant.pk}/{kind}/{blob_id.hex[:2]}/{blob_id.hex}"
     store = QUARANTINE if kind == Blob.Kind.QUARANTINE else PRIMARY
@@ -87,10 +76,9 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True) -> Blob:
         storage_name=stored_name,
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
-        wrapped_key=envelope.wrap_data_key(
-            tenant_key=kek, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
-        ),
-        key_version=tenant_key_row.version,
+        wrapped_key=wrapped_key,
+        key_version=key_version,
+        study_key=study_key_row,
     )
     if replicate and store == PRIMARY:
         try:
@@ -104,22 +92,6 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True) -> Blob:
 
 def _stores_for(blob: Blob) -> list[str]:
     return [QUARANTINE] if blob.kind == Blob.Kind.QUARANTINE else [PRIMARY, REPLICA]
-
-
-def blob_data_key(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
-    """The blob's data key, unwrapped with its tenant key (cached in `tenant_keys` when the caller keeps one)."""
-    cache_key = (blob.tenant_id, blob.key_version)
-    kek = tenant_keys.get(cache_key) if tenant_keys is not None else None
-    if kek is None:
-        kek = _tenant_key(blob.key_version)
-        if tenant_keys is not None:
-            tenant_keys[cache_key] = kek
-    return envelope.unwrap_data_key(
-        tenant_key=kek,
-        wrapped=bytes(blob.wrapped_key),
-        tenant_id=blob.tenant_id,
-        blob_id=str(blob.public_id),
-    )
 
 
 def blob_sealed_read(*, store: str, name: str) -> bytes:
@@ -154,12 +126,44 @@ def _decrypt_from(store: str, blob: Blob, data_key: bytes) -> bytes:
     return blob_sealed_check(blob=blob, sealed=blob_sealed_read(store=store, name=blob.storage_name), data_key=data_key)
 
 
+def blob_data_key(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
+    """The unwrapped data key of `blob`, through its study key or its tenant key."""
+    if blob.study_key_id is not None:
+        study_key = study_key_cache.get((blob.tenant_id, blob.study_key_id))
+        if study_key is None:
+            try:
+                row = blob.study_key
+            except StudyKey.DoesNotExist as exc:
+                raise KeyUnavailable("the study key was destroyed") from exc
+            assert row is not None
+            study_key = study_key_open(row)
+        return envelope.unwrap_data_key_by_study(
+            study_key=study_key,
+            wrapped=bytes(blob.wrapped_key),
+            tenant_id=blob.tenant_id,
+            blob_id=str(blob.public_id),
+        )
+    cache_key = (blob.tenant_id, blob.key_version)
+    kek = tenant_keys.get(cache_key) if tenant_keys is not None else None
+    if kek is None:
+        kek = tenant_key(blob.key_version)
+        if tenant_keys is not None:
+            tenant_keys[cache_key] = kek
+    return envelope.unwrap_data_key(
+        tenant_key=kek, wrapped=bytes(blob.wrapped_key), tenant_id=blob.tenant_id, blob_id=str(blob.public_id)
+    )
+
+
 def blob_read(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
     """The plaintext of `blob`, hash checked; from the replica when the primary copy is gone or damaged.
 
     `tenant_keys`, a dict the caller keeps for one request (a series retrieval), holds the unwrapped tenant keys
     so that each is read and unwrapped once per request rather than once per blob."""
-    data_key = blob_data_key(blob=blob, tenant_keys=tenant_keys)
+    try:
+        data_key = blob_data_key(blob=blob, tenant_keys=tenant_keys)
+    except (KeyUnavailable, envelope.DecryptionError) as exc:
+        logger.warning("blob %s: its key cannot be opened (%s)", blob.public_id, exc.__class__.__name__)
+        raise BlobUnreadable(f"blob {blob.public_id} is unreadable (its key cannot be opened)") from exc
     failures = []
     for store in _stores_for(blob):
         try:

@@ -1,9 +1,11 @@
 """Envelope encryption, pure functions over bytes (no ORM, no settings).
 
-The master key wraps one key-encryption key (KEK) per tenant; each blob has its own random data key, wrapped by
-its tenant's KEK. Blobs are AES-256-GCM in independent chunks (the STREAM construction): each chunk's nonce is a
-random per-blob prefix plus the chunk counter, and its associated data binds the tenant id, the blob id, the
-chunk index and whether it is the last chunk. So a chunk cannot be moved to another blob, another tenant or
+The master key wraps one key-encryption key (KEK) per tenant. A study has its own key-encryption key (the study
+key), wrapped by the tenant KEK and kept in the blob stores, never in the database; each blob has its own random
+data key, wrapped by its study's key (instances and thumbnails) or by its tenant's KEK (blobs of no one study).
+Blobs are AES-256-GCM in independent chunks (the STREAM construction): each chunk's nonce is a random per-blob
+prefix plus the chunk counter, and its associated data binds the tenant id, the blob id, the chunk index and
+whether it is the last chunk. So a chunk cannot be moved to another blob, another tenant or
 another position, and a blob cut short is detected; and a blob can be decrypted as a stream, chunk by chunk,
 without holding it whole in memory.
 
@@ -69,6 +71,40 @@ def wrap_data_key(*, tenant_key: bytes, data_key: bytes, tenant_id: int, blob_id
 
 def unwrap_data_key(*, tenant_key: bytes, wrapped: bytes, tenant_id: int, blob_id: str) -> bytes:
     return _unwrap(tenant_key, wrapped, _data_key_aad(tenant_id, blob_id))
+
+
+def _study_key_aad(tenant_id: int, key_id: str, version: int) -> bytes:
+    return f"enclave:sk:{tenant_id}:{key_id}:{version}".encode()
+
+
+def _study_data_key_aad(tenant_id: int, blob_id: str) -> bytes:
+    return f"enclave:dek-study:{tenant_id}:{blob_id}".encode()
+
+
+def wrap_study_key(*, tenant_key: bytes, study_key: bytes, tenant_id: int, key_id: str, version: int) -> bytes:
+    """`version` is that of the tenant key that wraps it: a file rewrapped under another version is another file."""
+    return _wrap(tenant_key, study_key, _study_key_aad(tenant_id, key_id, version))
+
+
+def unwrap_study_key(*, tenant_key: bytes, wrapped: bytes, tenant_id: int, key_id: str, version: int) -> bytes:
+    return _unwrap(tenant_key, wrapped, _study_key_aad(tenant_id, key_id, version))
+
+
+def wrap_data_key_by_study(*, study_key: bytes, data_key: bytes, tenant_id: int, blob_id: str) -> bytes:
+    return _wrap(study_key, data_key, _study_data_key_aad(tenant_id, blob_id))
+
+
+def unwrap_data_key_by_study(*, study_key: bytes, wrapped: bytes, tenant_id: int, blob_id: str) -> bytes:
+    return _unwrap(study_key, wrapped, _study_data_key_aad(tenant_id, blob_id))
+
+
+def wrap_export_key(*, master_key: bytes, export_key: bytes, tenant_id: int, export_id: str) -> bytes:
+    """A tenant's offboarding export is keyed apart from the tenant's keys, which are destroyed after it."""
+    return _wrap(master_key, export_key, f"enclave:offboard:{tenant_id}:{export_id}".encode())
+
+
+def unwrap_export_key(*, master_key: bytes, wrapped: bytes, tenant_id: int, export_id: str) -> bytes:
+    return _unwrap(master_key, wrapped, f"enclave:offboard:{tenant_id}:{export_id}".encode())
 
 
 def _chunk_aad(tenant_id: int, blob_id: str, index: int, last: bool) -> bytes:
