@@ -271,7 +271,8 @@ def _check_sequence_depth(ds: pydicom.Dataset) -> None:
     stack = [(ds, 0)]
     while stack:
         dataset, depth = stack.pop()
-        for tag in list(dataset.keys()):  # noqa: SIM118 (iterating a Dataset would decode every element)
+        # keys(), not the Dataset itself: iterating a Dataset would decode every element
+        for tag in list(dataset.keys()):
             element = dataset.get_item(tag)
             if element is None or element.VR != "SQ":
                 continue

@@ -203,9 +203,10 @@ def test_c_store_stores_or_refuses_every_mutated_file_with_its_reason(listener, 
     send()
     sender.close()
     states = _assert_nothing_half_written(north)
+    named = {hex(code) if code >= 0 else "aborted": count for code, count in statuses.items()}
     print(
         f"C-STORE: {sum(statuses.values())} files over {sender.associations} association(s), "
-        f"statuses {({hex(k) if k >= 0 else 'aborted': v for k, v in statuses.items()})}, items {dict(states)}"
+        f"statuses {named}, items {dict(states)}"
     )
     assert states[IngestItem.State.REJECTED] > 0
     # the listener is still there for the next modality
