@@ -107,8 +107,8 @@ def identify(data: bytes) -> Identity:
     def uid(keyword: str) -> str:
         try:
             value = str(ds.get(keyword) or "").strip()
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, UnicodeError):
-            return ""  # unreadable here: the pipeline gives the reason
+        except Exception:  # unreadable here (a wrong VR, a bad length...): the pipeline gives the reason
+            return ""
         return value if is_uid(value) else ""
 
     return Identity(*(uid(keyword) for keyword in _IDENTITY_TAGS))

@@ -143,6 +143,23 @@ def test_stow_rs_stores_or_refuses_every_mutated_file_with_its_reason(api_client
     assert states[IngestItem.State.REJECTED] > 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_stow_rs_a_uid_under_a_numeric_vr_is_refused_not_a_server_error(api_client_for, tenant_a, technologist_a):
+    """Found by the longer fuzzing run: SOP Class UID re-labelled UL made pydicom raise BytesLengthException (not a
+    ValueError) while STOW-RS read the identifying UIDs for its answer, and the request ended in a 500."""
+    data = bytearray(bases()[0].data)
+    at = data.index(b"\x08\x00\x16\x00UI", bases()[0].meta_end)
+    data[at + 4 : at + 6] = b"UL"
+
+    response = post_parts(api_client_for(technologist_a, tenant_a), STOW, [bytes(data)])
+
+    assert response.status_code == 409, response.content
+    [refusal] = failed(response.json())
+    assert value(refusal, FAILURE_REASON)
+    _no_patient_data(comment(refusal))
+    _assert_nothing_half_written(tenant_a)
+
+
 class _Sender:
     """One association kept open across examples (opened again if the listener ended it), with a presentation
     context for every base file's SOP class and transfer syntax."""
