@@ -8,7 +8,7 @@ queries reach the operations' own checks instead of stopping at a 404; a second 
 the path parameters too. Each operation is called as the tenant admin, and the clinical operations (studies, shares,
 break-glass) as a radiologist, since a tenant admin sees no images.
 
-The budget in `make test` is small (ENCLAVE_FUZZ_EXAMPLES per operation and round, default 4); a longer local run
+The budget in `make test` is small (ENCLAVE_FUZZ_EXAMPLES per operation and round, default 3); a longer local run
 sets it higher, e.g. `ENCLAVE_FUZZ_EXAMPLES=60 pytest tests/security/test_schemathesis.py`. Every finding is
 listed at once, with the request that produced it.
 """
@@ -38,7 +38,7 @@ from tests.security.test_isolation_sweep import World, token_of, world  # noqa: 
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-EXAMPLES = int(os.environ.get("ENCLAVE_FUZZ_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("ENCLAVE_FUZZ_EXAMPLES", "3"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
