@@ -345,9 +345,12 @@ class ApiTokenCreateApi(TenantApi):
         operation_id="api_token_create",
         tags=["api tokens"],
         summary="Create an API token for myself",
-        description="Send it as `Authorization: Bearer <token>`. It works only for this tenant.",
+        description=(
+            "Send it as `Authorization: Bearer <token>`. It works only for this tenant. Only a signed-in browser "
+            "session creates tokens: a request authenticated by a token is refused (403)."
+        ),
         request=InputSerializer,
-        responses={201: OutputSerializer, **problem_responses(400, 401, 404)},
+        responses={201: OutputSerializer, **problem_responses(400, 401, 403, 404)},
     )
     def post(self, request: Request, tenant: str) -> Response:
         data = self.InputSerializer(data=request.data)

@@ -173,7 +173,7 @@ class MfaSetupView(View):
             form.add_error("otp_token", WRONG_CODE)
             return self._render(request, form)
         device, codes = enrolled
-        django_otp.login(request, device)
+        _second_factor_passed(request, device)
         return render(request, "accounts/backup_codes.html", {"codes": codes, "next": self.next_url})
 
     def _render(self, request: HttpRequest, form: EnrolForm, status: int = 200) -> HttpResponse:
@@ -186,6 +186,15 @@ class MfaSetupView(View):
             "issuer": settings.OTP_TOTP_ISSUER,
         }
         return render(request, "accounts/mfa_setup.html", context, status=status)
+
+
+def _second_factor_passed(request: HttpRequest, device: Any) -> None:
+    """The session is verified from here on, under a new key: a key anyone learned before this step (planted,
+    or seen while only the password was done) is worth nothing afterwards. The new key is registered so that
+    deactivation still finds it."""
+    django_otp.login(request, device)
+    request.session.cycle_key()
+    session_register(user=request.user, session_key=request.session.session_key or "")  # type: ignore[arg-type]
 
 
 class MfaView(View):
@@ -220,7 +229,7 @@ class MfaView(View):
             return limited_page(request, limited)
         check = services.mfa_check(user=user, token=form.cleaned_data["otp_token"])
         if check.ok:
-            django_otp.login(request, check.device)
+            _second_factor_passed(request, check.device)
             if check.backup_codes_left is not None:
                 messages.warning(
                     request,

@@ -218,6 +218,7 @@ def content_hash(ds: pydicom.Dataset, *, body: bytes | memoryview) -> str:
 
 
 def _validate(ds: pydicom.Dataset, transfer_syntax: UID, limits: Limits) -> tuple[ParsedInstance, pydicom.Dataset]:
+    _check_sequence_depth(ds)
     for keyword, name in _REQUIRED_UIDS:
         _require_uid(ds, keyword, name)
 
@@ -262,6 +263,22 @@ def _validate(ds: pydicom.Dataset, transfer_syntax: UID, limits: Limits) -> tupl
 
 
 # --- structure -------------------------------------------------------------------------------------------------
+
+
+def _check_sequence_depth(ds: pydicom.Dataset) -> None:
+    """The structure walk enters only undefined-length sequences; nests of defined-length ones are measured here,
+    on what pydicom read, without recursion (de-identification and rendering walk sequences recursively later)."""
+    stack = [(ds, 0)]
+    while stack:
+        dataset, depth = stack.pop()
+        # keys(), not the Dataset itself: iterating a Dataset would decode every element
+        for tag in list(dataset.keys()):
+            element = dataset.get_item(tag)
+            if element is None or element.VR != "SQ":
+                continue
+            if depth + 1 > _MAX_SEQUENCE_DEPTH:
+                raise InvalidDicom(f"damaged: sequences are nested more than {_MAX_SEQUENCE_DEPTH} deep")
+            stack.extend((item, depth + 1) for item in dataset[tag].value)
 
 
 def _element_name(tag: int) -> str:

@@ -26,7 +26,6 @@ from typing import Any
 import pydicom.datadict
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.request import Request
@@ -278,13 +277,19 @@ class _SearchApi(DicomWebReadApi):
         return response
 
 
+_MATCHES = OpenApiResponse(
+    {"type": "array", "items": {"type": "object"}}, description="Matching results: one DICOM JSON object each."
+)
+
+
 def _doc(operation_id: str, summary: str) -> Any:
     return extend_schema(
         operation_id=operation_id,
         tags=["dicomweb"],
         summary=summary,
         responses={
-            (200, DICOM_JSON): OpenApiResponse(OpenApiTypes.OBJECT, description="Matching results, DICOM JSON."),
+            (200, DICOM_JSON): _MATCHES,
+            (200, "application/json"): _MATCHES,
             204: OpenApiResponse(description="No match."),
             **problem_responses(400, 401, 404),
             503: OpenApiResponse(description="The search took too long and was stopped: narrow it."),

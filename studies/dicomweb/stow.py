@@ -107,8 +107,8 @@ def identify(data: bytes) -> Identity:
     def uid(keyword: str) -> str:
         try:
             value = str(ds.get(keyword) or "").strip()
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, UnicodeError):
-            return ""  # unreadable here: the pipeline gives the reason
+        except Exception:  # unreadable here (a wrong VR, a bad length...): the pipeline gives the reason
+            return ""
         return value if is_uid(value) else ""
 
     return Identity(*(uid(keyword) for keyword in _IDENTITY_TAGS))
@@ -250,10 +250,9 @@ _DICOM_RESPONSE = OpenApiResponse(
     "Sequence (0008,1199) for stored instances, Failed SOP Sequence (0008,1198) with Failure Reason (0008,1197) "
     "for the others, and the reason in words as Error Comment (0000,0902) in Failed Attributes Sequence (0074,1048).",
 )
+JSON = "application/json"  # asked for with Accept or ?format=json: the same body
 _RESPONSES = {
-    (200, DICOM_JSON): _DICOM_RESPONSE,
-    (202, DICOM_JSON): _DICOM_RESPONSE,
-    (409, DICOM_JSON): _DICOM_RESPONSE,
+    **{(code, media_type): _DICOM_RESPONSE for code in (200, 202, 409) for media_type in (DICOM_JSON, JSON)},
     **problem_responses(400, 401, 403, 404),
     (411, PROBLEM_CONTENT_TYPE): OpenApiResponse(
         ProblemSerializer, description="A chunked body where the server cannot read one: send a Content-Length."

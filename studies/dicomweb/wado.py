@@ -191,12 +191,34 @@ def frame_numbers(raw: str) -> list[int]:
     return numbers
 
 
-def _binary_doc(operation_id: str, summary: str) -> Any:
+# What each kind of read answers with, so that the schema names the media types a client really receives:
+# instances and frames in multipart/related (PS3.18 8.7.3), images as negotiated (several frames: multipart).
+MULTIPART = "multipart/related"
+RETRIEVED = (MULTIPART,)
+RENDERED = (*RENDERED_TYPES, MULTIPART)
+THUMBNAIL = RENDERED_TYPES
+JSON = "application/json"
+DICOM_JSON_ARRAY = {"type": "array", "items": {"type": "object"}}
+
+
+def _binary_doc(operation_id: str, summary: str, media_types: tuple[str, ...] = RETRIEVED) -> Any:
+    binary = {(200, media_type): OpenApiResponse(OpenApiTypes.BINARY) for media_type in media_types}
     return extend_schema(
         operation_id=operation_id,
         tags=["dicomweb"],
         summary=summary,
-        responses={200: OpenApiResponse(OpenApiTypes.BINARY), **problem_responses(400, 401, 404)},
+        responses={**binary, **problem_responses(400, 401, 404)},
+    )
+
+
+def _metadata_doc(operation_id: str, summary: str) -> Any:
+    """Metadata: a JSON array of data sets in the DICOM JSON model, under either JSON media type."""
+    metadata = OpenApiResponse(DICOM_JSON_ARRAY, description="One DICOM JSON object per instance.")
+    return extend_schema(
+        operation_id=operation_id,
+        tags=["dicomweb"],
+        summary=summary,
+        responses={(200, DICOM_JSON): metadata, (200, JSON): metadata, **problem_responses(400, 401, 404)},
     )
 
 
@@ -305,19 +327,19 @@ class _MetadataApi(_ReadApi):
 
 
 class StudyMetadataApi(_MetadataApi):
-    @_binary_doc("dicomweb_study_metadata", "WADO-RS: metadata of a study")
+    @_metadata_doc("dicomweb_study_metadata", "WADO-RS: metadata of a study")
     def get(self, request: Request, tenant: str, study: str) -> Any:
         return self.metadata(request, study)
 
 
 class SeriesMetadataApi(_MetadataApi):
-    @_binary_doc("dicomweb_series_metadata", "WADO-RS: metadata of a series")
+    @_metadata_doc("dicomweb_series_metadata", "WADO-RS: metadata of a series")
     def get(self, request: Request, tenant: str, study: str, series: str) -> Any:
         return self.metadata(request, study, series)
 
 
 class InstanceMetadataApi(_MetadataApi):
-    @_binary_doc("dicomweb_instance_metadata", "WADO-RS: metadata of an instance")
+    @_metadata_doc("dicomweb_instance_metadata", "WADO-RS: metadata of an instance")
     def get(self, request: Request, tenant: str, study: str, series: str, instance: str) -> Any:
         return self.metadata(request, study, series, instance)
 
@@ -426,25 +448,25 @@ class _RenderedApi(_ReadApi):
 
 
 class StudyRenderedApi(_RenderedApi):
-    @_binary_doc("dicomweb_study_rendered", "WADO-RS: rendered images of a study")
+    @_binary_doc("dicomweb_study_rendered", "WADO-RS: rendered images of a study", RENDERED)
     def get(self, request: Request, tenant: str, study: str) -> Any:
         return self.rendered(request, study)
 
 
 class SeriesRenderedApi(_RenderedApi):
-    @_binary_doc("dicomweb_series_rendered", "WADO-RS: rendered images of a series")
+    @_binary_doc("dicomweb_series_rendered", "WADO-RS: rendered images of a series", RENDERED)
     def get(self, request: Request, tenant: str, study: str, series: str) -> Any:
         return self.rendered(request, study, series)
 
 
 class InstanceRenderedApi(_RenderedApi):
-    @_binary_doc("dicomweb_instance_rendered", "WADO-RS: a rendered instance")
+    @_binary_doc("dicomweb_instance_rendered", "WADO-RS: a rendered instance", RENDERED)
     def get(self, request: Request, tenant: str, study: str, series: str, instance: str) -> Any:
         return self.rendered(request, study, series, instance)
 
 
 class FramesRenderedApi(_RenderedApi):
-    @_binary_doc("dicomweb_frames_rendered", "WADO-RS: rendered frames")
+    @_binary_doc("dicomweb_frames_rendered", "WADO-RS: rendered frames", RENDERED)
     def get(self, request: Request, tenant: str, study: str, series: str, instance: str, frames: str) -> Any:
         return self.rendered(request, study, series, instance, frames)
 
@@ -476,18 +498,18 @@ class _ThumbnailApi(_ReadApi):
 
 
 class StudyThumbnailApi(_ThumbnailApi):
-    @_binary_doc("dicomweb_study_thumbnail", "WADO-RS: thumbnail of a study")
+    @_binary_doc("dicomweb_study_thumbnail", "WADO-RS: thumbnail of a study", THUMBNAIL)
     def get(self, request: Request, tenant: str, study: str) -> Any:
         return self.thumbnail(request, study)
 
 
 class SeriesThumbnailApi(_ThumbnailApi):
-    @_binary_doc("dicomweb_series_thumbnail", "WADO-RS: thumbnail of a series")
+    @_binary_doc("dicomweb_series_thumbnail", "WADO-RS: thumbnail of a series", THUMBNAIL)
     def get(self, request: Request, tenant: str, study: str, series: str) -> Any:
         return self.thumbnail(request, study, series)
 
 
 class InstanceThumbnailApi(_ThumbnailApi):
-    @_binary_doc("dicomweb_instance_thumbnail", "WADO-RS: thumbnail of an instance")
+    @_binary_doc("dicomweb_instance_thumbnail", "WADO-RS: thumbnail of an instance", THUMBNAIL)
     def get(self, request: Request, tenant: str, study: str, series: str, instance: str) -> Any:
         return self.thumbnail(request, study, series, instance)

@@ -52,7 +52,10 @@ class WadoUriApi(DicomWebReadApi):
         operation_id="dicomweb_wado_uri",
         tags=["dicomweb"],
         summary="WADO-URI: retrieve an object or a rendered frame",
-        responses={200: OpenApiResponse(OpenApiTypes.BINARY), **problem_responses(400, 401, 404)},
+        responses={
+            **{(200, media_type): OpenApiResponse(OpenApiTypes.BINARY) for media_type in (DICOM, *RENDERED_TYPES)},
+            **problem_responses(400, 401, 404),
+        },
     )
     def get(self, request: Request, tenant: str) -> Any:
         q = request.query_params

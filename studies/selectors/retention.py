@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from studies.models import LegalHold, Patient, RetentionPolicy, RetentionProposal, RetentionTombstone, Study
@@ -22,7 +23,7 @@ def _require(actor: Any) -> None:
 def _get(qs: QuerySet[Any], public_id: uuid.UUID | str) -> Any:
     try:
         return qs.get(public_id=public_id)
-    except (qs.model.DoesNotExist, ValueError, TypeError) as exc:
+    except (qs.model.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise access.NotVisible() from exc
 
 

@@ -67,7 +67,7 @@ def study_list(
 def study_get(*, actor: Any, public_id: UUID | str) -> Study:
     try:
         return study_list(actor=actor).get(public_id=public_id)
-    except (Study.DoesNotExist, ValueError, TypeError) as exc:
+    except (Study.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise access.NotVisible() from exc
 
 

@@ -96,3 +96,20 @@ def test_share_api_refuses_a_role_that_sees_no_images_with_the_reason(tenant_a, 
     assert "sees no images" in str(refused.json())
     with tenant_scope(tenant_a):
         assert not StudyShare.objects.exists()
+
+
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", "0", "Expires after (days)"])
+def test_a_malformed_study_id_is_the_same_404_as_a_missing_one(tenant_a, radiologist_a, api_client_for, bad_id):
+    """Found by schemathesis (tests/security/test_schemathesis.py): a study id that is not a UUID was a 400 naming
+    the field, where a missing study is a 404; the answer must not tell a malformed id from an unknown one."""
+    study = study_make(tenant_a, accession="API-MALFORMED")
+    client = api_client_for(radiologist_a, tenant_a)
+    base = f"/api/v1/t/{tenant_a.slug}/studies"
+    missing = client.delete(f"{base}/{uuid.uuid4()}/shares/{uuid.uuid4()}/")
+    for url in (f"{base}/{bad_id}/shares/{uuid.uuid4()}/", f"{base}/{bad_id}/shares/invitations/{uuid.uuid4()}/"):
+        response = client.delete(url)
+        assert response.status_code == 404, (url, response.content)
+        assert response.json() == missing.json()
+    assert client.post(f"{base}/{bad_id}/shares/", {"grantee": "x", "days": 1}).status_code == 404
+    # the same study's own id, but a malformed share id: still the share's 404
+    assert client.delete(f"{base}/{study.public_id}/shares/{bad_id}/").status_code == 404

@@ -404,6 +404,29 @@ def test_nested_undefined_length_sequences():
     assert _refused(data[: end_of_inner + 8]) == "truncated: the file ends inside a sequence item"
 
 
+def _nested_defined_length(depth: int) -> bytes:
+    """Content Sequences nested `depth` deep, each with a defined length (pydicom's default when writing)."""
+    ds = pydicom.dcmread(io.BytesIO(make_instance()))
+    inner = Dataset()
+    inner.TextValue = "leaf"
+    for _ in range(depth):
+        outer = Dataset()
+        outer.ContentSequence = Sequence([inner])
+        inner = outer
+    ds.ContentSequence = inner.ContentSequence
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_deep_defined_length_sequences_are_refused_like_undefined_ones():
+    """Found by the DICOM fuzzing (tests/security/test_dicom_fuzz.py): the depth limit held only for undefined-length
+    sequences, which the structure walk enters; a nest of defined-length ones went through whole."""
+    assert parse(_nested_defined_length(32), limits=LIMITS)[0].sop_instance_uid
+    assert _refused(_nested_defined_length(33)) == "damaged: sequences are nested more than 32 deep"
+    assert _refused(_nested_defined_length(200)) == "damaged: sequences are nested more than 32 deep"
+
+
 def test_deflate_bomb_is_refused():
     data = _rewrite(make_instance(rows=256, columns=256, bits=16), PixelData=bytes(256 * 256 * 2))
     ds = pydicom.dcmread(io.BytesIO(data))
