@@ -53,7 +53,7 @@ from studies.storage.backups import (
     master_key,
     replica_copy_to,
 )
-from studies.storage.keys import study_key_file_name
+from studies.storage.keys import KEY_FILE_MAGIC, study_key_file_name
 from studies.storage.pgtools import Database, PgToolError, pg_tool, server_major, tool_major
 from studies.storage.pgtools import run as pg_run
 from tenants.models import Tenant
@@ -178,9 +178,21 @@ def _is_empty(target: Database) -> bool:
     return row is not None and row[0] == 0
 
 
+def _schema_replace(target: Database) -> None:
+    """Drop the target's tables (its current schema) and make the schema anew: what --force replaces. pg_restore's
+    own --clean cannot do it once the audit table is partitioned (it drops each partition's inherited constraints
+    one by one, which PostgreSQL refuses)."""
+    with target.connect(autocommit=True) as conn:
+        row = conn.execute("SELECT current_schema()").fetchone()
+        schema = row[0] if row is not None else "public"
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+
+
 def _restore_into(manifest: BackupManifest, target: Database, *, force: bool) -> None:
     """Decrypt the backup (checked against its manifest before the target is touched) and pg_restore it into
-    `target` in one transaction: a failed restore leaves the target as it was."""
+    `target` in one transaction: a failed restore into an empty target leaves it empty. With `force`, the target's
+    tables are dropped first (after the backup has been decrypted and checked)."""
     major = server_major(target)
     if not force and not _is_empty(target):
         raise BackupError(f"the target database {target.name!r} is not empty (use --force to replace its tables)")
@@ -190,8 +202,8 @@ def _restore_into(manifest: BackupManifest, target: Database, *, force: bool) ->
         backup_decrypt(manifest=manifest, out=dump)
         args = [pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
                 "--dbname", target.conninfo]  # fmt: skip
-        if force:
-            args += ["--clean", "--if-exists"]
+        if force and not _is_empty(target):
+            _schema_replace(target)
         pg_run([*args, str(dump)], database=target)
 
 
@@ -255,7 +267,10 @@ def _data_key_of(store: FileSystemStorage, blob: Blob, keks: dict[int, bytes], a
     row = StudyKey.objects.using(alias).get(pk=blob.study_key_id)
     name = study_key_file_name(tenant_id=row.tenant_id, key_id=row.key_id, version=row.key_version)
     with store.open(name, "rb") as handle:
-        wrapped = handle.read()
+        content = handle.read()
+    if not content.startswith(KEY_FILE_MAGIC):
+        raise envelope.DecryptionError("the restored study key file is damaged")
+    wrapped = content[len(KEY_FILE_MAGIC) :]
     study_key = envelope.unwrap_study_key(
         tenant_key=keks[row.key_version], wrapped=wrapped, tenant_id=row.tenant_id, key_id=row.key_id,
         version=row.key_version,

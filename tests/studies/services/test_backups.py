@@ -76,8 +76,10 @@ def reading_database(name: str) -> Iterator[None]:
 
 
 def _drill_databases() -> list[str]:
+    """This test database's scratch databases (named after it), not those of another run on the same server."""
+    prefix = connection.settings_dict["NAME"].replace("_", "\\_") + "\\_drill\\_%"
     with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
-        return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE '%\\_drill\\_%'")]
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix])]
 
 
 def _first_instance(tenant) -> tuple[Instance, bytes]:
