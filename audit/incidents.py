@@ -45,7 +45,10 @@ from tenants.services import mail_queue
 HITECH_DAYS = 60
 HHS_IMMEDIATE_THRESHOLD = 500  # 500 or more affected: HHS with the individual notices
 MEDIA_STATE_THRESHOLD = 500  # more than 500 residents of one state: prominent media there
-REMINDER_DAYS = (30, 14, 7, 1, 0)  # 0: the day it is due or any day after, once
+REMINDER_DAYS = (30, 14, 7, 1, 0)
+# Alerts whose raiser mails the compliance officers itself, with more to say (break-glass: who, until when, the
+# review queue): not mailed twice.
+MAILED_WHERE_RAISED = frozenset({"break_glass"})  # 0: the day it is due or any day after, once
 STATE_CODE = re.compile(r"^[A-Z]{2}$")
 
 
@@ -301,7 +304,7 @@ def _officer_emails() -> list[str]:
 def security_alert_mail(alert: SecurityAlert) -> None:
     """Hook of audit.services.security_alert_raise: a high or critical alert of a tenant is mailed to its
     compliance officers after the commit (the alert's summary carries no patient data by contract)."""
-    if alert.tenant is None or alert.severity == SecurityAlert.Severity.WARNING:
+    if alert.tenant is None or alert.severity == SecurityAlert.Severity.WARNING or alert.kind in MAILED_WHERE_RAISED:
         return
     page = reverse("portal:audit_alert", kwargs={"tenant": alert.tenant.slug, "public_id": alert.public_id})
     with tenant_scope(alert.tenant):  # raised from anywhere, scoped or not: the officers are the alert's tenant's

@@ -16,7 +16,7 @@ from django.shortcuts import render
 from audit.context import audit_context
 from audit.events import EventType
 from audit.services import auth_event_record
-from portal.web.addresses import PEER_ADDRESS_KEY, client_address_of, header_meta_key
+from portal.web.addresses import FORWARDED_KEY, PEER_ADDRESS_KEY, client_address_of, header_meta_key
 from portal.web.errors import PROBLEM_CONTENT_TYPE, problem
 
 SESSION_AUTH_AT = "enclave_auth_at"
@@ -38,7 +38,8 @@ class ClientAddressMiddleware:
         meta[PEER_ADDRESS_KEY] = meta.get("REMOTE_ADDR", "")
         meta["REMOTE_ADDR"] = client or meta.get("REMOTE_ADDR", "")
         for header in {settings.TRUSTED_PROXY_HEADER, "X-Forwarded-For"}:
-            meta.pop(header_meta_key(header), None)
+            if meta.pop(header_meta_key(header), None) is not None:
+                meta[FORWARDED_KEY] = True  # a proxy stood between (for URLs we build; never for an address)
         return self.get_response(request)
 
 

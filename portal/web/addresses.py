@@ -15,6 +15,9 @@ from typing import Any
 from django.conf import settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# request.META: a forwarding header came with the request (removed by ClientAddressMiddleware). Whether a proxy
+# stands between matters to the URLs we build (studies.dicomweb.qido.origin), never to who the client is.
+FORWARDED_KEY = "enclave.forwarded"
 PEER_ADDRESS_KEY = "enclave.peer_address"  # request.META: the TCP peer, when a proxy's header named the client
 
 

@@ -31,6 +31,7 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from portal.web.addresses import FORWARDED_KEY
 from portal.web.errors import problem_responses
 from studies.dicom.query import Level
 from studies.dicomweb.base import DICOM_JSON
@@ -104,7 +105,7 @@ def retrieve_url(
 
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
-_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED")
+_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", FORWARDED_KEY)
 
 
 def origin(request: Request) -> str:
