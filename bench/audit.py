@@ -205,7 +205,7 @@ def fill_synthetic(*, tenants: list[Any], events: int, months: int, batch: int) 
                        md5(r.i::text), '{{}}'::jsonb, md5((r.i - 1)::text) || md5((r.i - 1)::text),
                        md5(r.i::text) || md5(r.i::text)
                 FROM rows r JOIN kinds k ON k.slot = r.slot JOIN chains c ON c.n = r.n
-                """,  # noqa: S608 (numbers and the real EventType specs only)
+                """,  # noqa: S608 # nosec B608 (numbers and the real EventType specs only)
                 [others, others, PEOPLE, PATIENTS, ADDRESSES, first, last, start],
             )
             log(f"events {first:,}..{last:,} in {time.monotonic() - t0:.1f} s")

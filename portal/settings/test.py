@@ -15,7 +15,7 @@ DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-0123456789abcdefghijklmnopqrstuvwxyz"  # noqa: S105
 MASTER_KEY = base64.b64encode(b"\x01" * 32).decode()
 # base64 of SHA-256("enclave test audit signing key, not for production"): an Ed25519 seed for the tests only.
-AUDIT_SIGNING_KEY = "W90Q91c/dJGJLIPj1tanA/MurqzuQOasWPNlhzlzYSM="
+AUDIT_SIGNING_KEY = "W90Q91c/dJGJLIPj1tanA/MurqzuQOasWPNlhzlzYSM="  # pragma: allowlist secret
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 
 # DATABASES: PostgreSQL, as in production

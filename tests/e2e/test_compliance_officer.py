@@ -18,7 +18,7 @@ from tests.tenants.factories import totp_device_for, totp_now
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-PASSWORD = "correct horse battery staple 42"
+PASSWORD = "correct horse battery staple 42"  # pragma: allowlist secret (the test users' password)
 
 
 def sign_in(page, live_server, user, username: str, next_url: str) -> None:

@@ -21,7 +21,7 @@ def test_an_s3_url_takes_its_endpoint_keys_and_sse_kms_from_the_environment(monk
         "BLOB_S3_ENDPOINT_URL": "https://s3.example.org",
         "BLOB_S3_REGION": "eu-central-1",
         "BLOB_S3_ACCESS_KEY_ID": "AKIDEXAMPLE",
-        "BLOB_S3_SECRET_ACCESS_KEY": "not-a-real-secret",
+        "BLOB_S3_SECRET_ACCESS_KEY": "not-a-real-secret",  # pragma: allowlist secret
         "BLOB_S3_SSE": "aws:kms",
         "BLOB_S3_SSE_KMS_KEY_ID": "arn:aws:kms:eu-central-1:111122223333:key/example",
     }.items():

@@ -39,11 +39,11 @@ def test_pg_bin_dir_comes_first_and_no_tool_for_a_future_server_is_an_error(tmp_
 
 def test_a_database_from_django_settings_keeps_libpq_options_and_the_password_apart():
     database = Database.from_settings(
-        {"NAME": "db", "USER": "u", "PASSWORD": "secret", "HOST": "/var/run/pg", "PORT": "",
+        {"NAME": "db", "USER": "u", "PASSWORD": "secret", "HOST": "/var/run/pg", "PORT": "",  # pragma: allowlist secret
          "OPTIONS": {"sslmode": "require", "isolation_level": 1}},
     )  # fmt: skip
     assert "secret" not in database.conninfo
     assert "sslmode=require" in database.conninfo
     assert "isolation_level" not in database.conninfo
     assert database.name == "db"
-    assert database.env()["PGPASSWORD"] == "secret"
+    assert database.env()["PGPASSWORD"] == "secret"  # pragma: allowlist secret
