@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from auditlog.context import set_actor
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from pydicom.dataset import Dataset
 from pynetdicom import (
     AE,
@@ -140,9 +140,15 @@ class ListenerServer(ThreadedAssociationServer):
         return client, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket) and not tls.handshake(request, _peer_address(str(client_address[0]))):
-            self.shutdown_request(request)
-            return
+        if isinstance(request, ssl.SSLSocket):
+            admitted = False
+            try:
+                admitted = tls.handshake(request, _peer_address(str(client_address[0])))
+            finally:
+                if not admitted:  # refused, or recording the refusal failed: the socket is closed either way
+                    self.shutdown_request(request)
+            if not admitted:
+                return
         super().process_request_thread(request, client_address)
 
     def shutdown(self) -> None:
@@ -259,18 +265,20 @@ class _Door:
         bounds.aborted = True
         peer = self._peer(assoc)
         logger.warning("DICOM association from %s aborted: %s", peer.calling_ae if peer else "?", reason)
-        if peer is not None:
-            try:
+        try:
+            if peer is not None:
                 with tenant_scope(peer.tenant), audit_context(source_address=peer.address,
                                                               system_principal=peer.principal):  # fmt: skip
                     ingest_refusal_record(source=IngestItem.Source.CSTORE, reason=reason,
                                           failure=IngestItem.Failure.TOO_LARGE, device=peer.device, batch=peer.batch,
                                           detail={"aborted": True})  # fmt: skip
-            except Exception:
-                logger.exception("The refusal of an oversized DICOM message could not be recorded")
-            finally:
-                connection.close()
-        assoc.abort(block=False)  # inside a handler: queued; the DUL sends the A-ABORT and closes
+        except DatabaseError:
+            # The association is ended whatever happens (below); a database that refuses the record is logged as
+            # an error, never raised into pynetdicom's handler. Any other fault propagates after the abort.
+            logger.exception("The refusal of an oversized DICOM message could not be recorded")
+        finally:
+            connection.close()
+            assoc.abort(block=False)  # inside a handler: queued; the DUL sends the A-ABORT and closes
 
     # Services
     # --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
+from django.db import DatabaseError, connection
 
 from audit.context import audit_context
 from audit.events import EventType
@@ -94,7 +94,7 @@ def _refusal_record(*, address: str, reason: str) -> None:
                 subject=address,
                 extra={"address": address, "reason": reason, "layer": "tls"},
             )
-    except Exception:
+    except DatabaseError:  # the handshake is refused whatever happens; a database down is logged as an error
         logger.exception("DICOM TLS refusal from %s could not be recorded", address)
     finally:
         connection.close()  # this thread's connection: the association thread ends here
