@@ -38,8 +38,9 @@ from audit.models import Incident, IncidentDecision, SecurityAlert
 from audit.selectors import audit_breach_scope
 from audit.services import ALERT_HANDLE_PERM, audit_event_record
 from tenants import access
-from tenants.models import Membership, Role, Tenant
+from tenants.models import Tenant
 from tenants.scoping import tenant_scope
+from tenants.selectors import compliance_officer_emails
 from tenants.services import mail_queue
 
 HITECH_DAYS = 60
@@ -288,19 +289,6 @@ def incident_update(
 # ------------------------------------------------------------------------------
 
 
-def _officer_emails() -> list[str]:
-    """The current tenant's active compliance officers' addresses."""
-    return sorted(
-        {
-            m.user.email
-            for m in Membership.objects.filter(
-                role=Role.COMPLIANCE_OFFICER, status=Membership.Status.ACTIVE
-            ).select_related("user")
-            if m.is_current() and m.user.is_active and m.user.email
-        }
-    )
-
-
 def security_alert_mail(alert: SecurityAlert) -> None:
     """Hook of audit.services.security_alert_raise: a high or critical alert of a tenant is mailed to its
     compliance officers after the commit (the alert's summary carries no patient data by contract)."""
@@ -308,7 +296,7 @@ def security_alert_mail(alert: SecurityAlert) -> None:
         return
     page = reverse("portal:audit_alert", kwargs={"tenant": alert.tenant.slug, "public_id": alert.public_id})
     with tenant_scope(alert.tenant):  # raised from anywhere, scoped or not: the officers are the alert's tenant's
-        recipients = _officer_emails()
+        recipients = compliance_officer_emails()
     mail_queue(
         subject=f"[{alert.get_severity_display()}] Security alert in {alert.tenant.name}: {alert.kind}",
         body=f"{alert.summary}\n\nRaised at {alert.raised_at:%Y-%m-%d %H:%M} UTC. Open it here: "
@@ -347,7 +335,7 @@ def incident_reminders_send(*, tenant: Tenant, today: date | None = None) -> int
         mail_queue(
             subject=f"Incident deadlines in {tenant.name}: {incident.title}",
             body="\n".join(lines) + f"\n\nThe incident: {settings.PORTAL_BASE_URL}{page}\n",
-            to=_officer_emails(),
+            to=compliance_officer_emails(),
         )
         incident.reminders_sent = sorted(done | {key for _, _, key in due_now})
         incident.save(update_fields=["reminders_sent", "updated_at"])

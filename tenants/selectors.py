@@ -17,7 +17,7 @@ from django.db import models
 from django.utils import timezone
 
 from tenants import access
-from tenants.models import ApiToken, Invitation, Membership, Tenant, TrustedNetwork, User
+from tenants.models import ApiToken, Invitation, Membership, Role, Tenant, TrustedNetwork, User
 from tenants.scoping import current_tenant
 
 
@@ -159,3 +159,16 @@ def trusted_network_get(*, actor: Any, public_id: UUID | str) -> TrustedNetwork:
         return trusted_network_list(actor=actor).get(public_id=public_id)
     except (TrustedNetwork.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise access.NotVisible() from exc
+
+
+def compliance_officer_emails() -> list[str]:
+    """The current tenant's active compliance officers' addresses (incident and break-glass mail)."""
+    return sorted(
+        {
+            m.user.email
+            for m in Membership.objects.filter(
+                role=Role.COMPLIANCE_OFFICER, status=Membership.Status.ACTIVE
+            ).select_related("user")
+            if m.is_current() and m.user.is_active and m.user.email
+        }
+    )

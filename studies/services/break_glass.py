@@ -24,8 +24,9 @@ from studies.selectors import break_glass_study_find
 from studies.services.reads import study_participants
 from tenants import access
 from tenants.mfa import mfa_step_up_check
-from tenants.models import Membership, Role, Tenant
+from tenants.models import Tenant
 from tenants.scoping import current_tenant
+from tenants.selectors import compliance_officer_emails
 from tenants.services import mail_queue
 
 PURPOSE_OF_USE = "ETREAT"  # HL7 PurposeOfUse: emergency treatment
@@ -51,15 +52,7 @@ def _refusal_record(*, actor: Any, reason: str, study: Study | None, extra: dict
 def _compliance_officers_email(*, tenant: Tenant, grant: BreakGlassGrant) -> None:
     """Tell the tenant's compliance officers. The email names the person and the time, never the patient: email
     is not a safe channel for patient data; the review queue shows the rest after sign-in."""
-    recipients = sorted(
-        {
-            m.user.email
-            for m in Membership.objects.filter(
-                role=Role.COMPLIANCE_OFFICER, status=Membership.Status.ACTIVE
-            ).select_related("user")
-            if m.is_current() and m.user.is_active and m.user.email
-        }
-    )
+    recipients = compliance_officer_emails()
     if not recipients:
         return
     queue = f"{settings.PORTAL_BASE_URL}{reverse('portal:break_glass_review', kwargs={'tenant': tenant.slug})}"
