@@ -107,6 +107,8 @@ class EventType(IntEnum):
     INCIDENT_UPDATED = 313
     INCIDENT_CLOSED = 314
     INCIDENT_REMINDER_SENT = 315
+    AUDIT_WORM_WRITTEN = 320
+    AUDIT_WORM_VERIFIED = 321
     # 400-499: devices
     DEVICE_REGISTERED = 401
     DEVICE_APPROVED = 402
@@ -271,6 +273,10 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.INCIDENT_REMINDER_SENT: EventSpec(
         SECURITY_ALERT, None, Action.EXECUTE, "Incident notification deadline reminder sent"
     ),
+    EventType.AUDIT_WORM_WRITTEN: EventSpec(
+        SECURITY_ALERT, None, Action.CREATE, "Audit records written to the WORM store"
+    ),
+    EventType.AUDIT_WORM_VERIFIED: EventSpec(SECURITY_ALERT, None, Action.EXECUTE, "Audit WORM store verified"),
     EventType.DEVICE_REGISTERED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Device registered"),
     EventType.DEVICE_APPROVED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device approved"),
     EventType.ASSOCIATION_REJECTED: EventSpec(

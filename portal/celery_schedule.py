@@ -80,6 +80,13 @@ BEAT_SCHEDULE = {
         "schedule": 24 * 3600.0,
         "options": {"queue": "maintenance"},
     },
+    # Write the new signed digests and each closed month of events to the WORM store (Object Lock, compliance
+    # mode, six years), then check every copy there; after the digests are signed. Off without AUDIT_WORM_STORE.
+    "audit-worm-anchor": {
+        "task": "audit.tasks.audit_worm_anchor",
+        "schedule": crontab(hour=2, minute=30),
+        "options": {"queue": "maintenance"},
+    },
     # Make the audit events' monthly partitions ahead (this month and AUDIT_PARTITION_MONTHS_AHEAD more; a month
     # with its partition is skipped), so that no event lands in the default partition. Daily.
     "audit-partitions-ensure": {

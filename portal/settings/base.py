@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(environ.Env().str("ENCLAVE_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -463,6 +464,25 @@ AUDIT_PARTITION_MONTHS_AHEAD = env.int("AUDIT_PARTITION_MONTHS_AHEAD", default=3
 AUDIT_SIGNING_KEY = env.str("AUDIT_SIGNING_KEY", default="")
 AUDIT_SIGNING_PUBLIC_KEY = env.str("AUDIT_SIGNING_PUBLIC_KEY", default="")
 # Forwarding of audit events to a hospital's audit repository as RFC 5424 syslog (IHE ATNA): host empty = off.
+# The WORM store of the audit trail (audit.worm): an S3 bucket with Object Lock in compliance mode, where the
+# signed digests and each closed month of every chain's events are written, retained AUDIT_WORM_RETENTION_DAYS
+# (six years and their leap days: HIPAA 164.316(b)(2)(i)). Empty: off.
+AUDIT_WORM_STORE = env.str("AUDIT_WORM_STORE", default="")
+AUDIT_WORM_RETENTION_DAYS = env.int("AUDIT_WORM_RETENTION_DAYS", default=2192)
+
+
+def worm_store(url: str, retention_days: int) -> dict:
+    """The audit WORM store of an s3:// URL: the blob stores' S3 options (BLOB_S3_*), written with Object Lock."""
+    if not url.startswith("s3://"):
+        raise ImproperlyConfigured("AUDIT_WORM_STORE must be an s3:// bucket with Object Lock.")
+    store = blob_store(url, default_dir=VAR_DIR)
+    options = {**store["OPTIONS"], "file_overwrite": False, "retention_days": retention_days}
+    return {"BACKEND": "audit.worm.ObjectLockS3Storage", "OPTIONS": options}
+
+
+if AUDIT_WORM_STORE:
+    STORAGES["audit_worm"] = worm_store(AUDIT_WORM_STORE, AUDIT_WORM_RETENTION_DAYS)
+
 AUDIT_SYSLOG_HOST = env.str("AUDIT_SYSLOG_HOST", default="")
 AUDIT_SYSLOG_PORT = env.int("AUDIT_SYSLOG_PORT", default=6514)
 AUDIT_SYSLOG_PROTOCOL = env.str("AUDIT_SYSLOG_PROTOCOL", default="tls")  # tls, tcp or udp
