@@ -109,6 +109,7 @@ class EventType(IntEnum):
     INCIDENT_REMINDER_SENT = 315
     AUDIT_WORM_WRITTEN = 320
     AUDIT_WORM_VERIFIED = 321
+    CACHE_UNAVAILABLE = 322
     # 400-499: devices
     DEVICE_REGISTERED = 401
     DEVICE_APPROVED = 402
@@ -277,6 +278,9 @@ EVENTS: dict[EventType, EventSpec] = {
         SECURITY_ALERT, None, Action.CREATE, "Audit records written to the WORM store"
     ),
     EventType.AUDIT_WORM_VERIFIED: EventSpec(SECURITY_ALERT, None, Action.EXECUTE, "Audit WORM store verified"),
+    EventType.CACHE_UNAVAILABLE: EventSpec(
+        SECURITY_ALERT, None, Action.EXECUTE, "Rate-limit counters unreachable: limits not enforced"
+    ),
     EventType.DEVICE_REGISTERED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Device registered"),
     EventType.DEVICE_APPROVED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device approved"),
     EventType.ASSOCIATION_REJECTED: EventSpec(

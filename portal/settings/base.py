@@ -256,11 +256,17 @@ def redis_tls_options(url: str) -> dict[str, Any]:
     return options
 
 
+# How long a cache call waits for Redis: a Redis that does not answer costs a request this long, not a hang
+# (portal.web.cache: while Redis is down the portal runs without rate limits, SECURITY.md B10).
+CACHE_REDIS_TIMEOUT_SECONDS = env.float("CACHE_REDIS_TIMEOUT_SECONDS", default=1.0)
+
+
 def redis_cache(url: str) -> dict[str, Any]:
+    timeouts = {"socket_connect_timeout": CACHE_REDIS_TIMEOUT_SECONDS, "socket_timeout": CACHE_REDIS_TIMEOUT_SECONDS}
     return {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "portal.web.cache.EmergencyRedisCache",
         "LOCATION": url,
-        "OPTIONS": redis_tls_options(url),
+        "OPTIONS": {**redis_tls_options(url), **timeouts},
     }
 
 
