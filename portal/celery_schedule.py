@@ -11,6 +11,13 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.MEMBERSHIP_EXPIRY_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Access recertification (SECURITY.md B6): per tenant, close a review past its deadline (unconfirmed access
+    # ends), remind the administrators before it, open the next one every RECERTIFICATION_INTERVAL_DAYS. Daily.
+    "recertification": {
+        "task": "tenants.tasks.recertification_all",
+        "schedule": crontab(hour=6, minute=0),
+        "options": {"queue": "maintenance"},
+    },
     # Queue again any ingest item left `received` or `processing` too long (a lost broker message, a killed
     # worker): the database, not Redis, is the record of work to do.
     "ingest-sweep": {

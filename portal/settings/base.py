@@ -649,6 +649,12 @@ PORTAL_BASE_URL = env.str("PORTAL_BASE_URL", default="http://127.0.0.1:8000")
 API_TOKEN_DEFAULT_DAYS = env.int("API_TOKEN_DEFAULT_DAYS", default=90)
 API_TOKEN_MAX_DAYS = env.int("API_TOKEN_MAX_DAYS", default=365)
 MEMBERSHIP_EXPIRY_INTERVAL_SECONDS = env.int("MEMBERSHIP_EXPIRY_INTERVAL_SECONDS", default=300)
+# Access recertification (tenants.services.recertification, SECURITY.md B6): a campaign per tenant every
+# RECERTIFICATION_INTERVAL_DAYS, answered within RECERTIFICATION_WINDOW_DAYS (unconfirmed memberships then end),
+# the administrators reminded RECERTIFICATION_REMINDER_DAYS before the deadline.
+RECERTIFICATION_INTERVAL_DAYS = env.int("RECERTIFICATION_INTERVAL_DAYS", default=90)
+RECERTIFICATION_WINDOW_DAYS = env.int("RECERTIFICATION_WINDOW_DAYS", default=14)
+RECERTIFICATION_REMINDER_DAYS = env.int("RECERTIFICATION_REMINDER_DAYS", default=3)
 # Shares and break-glass (HIPAA 164.312(a)(2)(ii)): how long emergency access lasts, the longest share, and how
 # often the jobs end expired break-glass grants (recording 110138) and tidy the grants of expired shares.
 BREAK_GLASS_HOURS = env.int("BREAK_GLASS_HOURS", default=4)
