@@ -147,7 +147,7 @@ def export_request(
     return export
 
 
-PASSWORD_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # noqa: S105  (an alphabet, not a password; no 0/O, 1/l/I)
+PASSWORD_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # noqa: S105  # pragma: allowlist secret (an alphabet, no 0/O, 1/l/I)
 PASSWORD_LENGTH = 24  # 24 of 56 symbols: about 139 bits
 
 
