@@ -20,6 +20,7 @@ from typing import Any
 
 from django.core.cache.backends.redis import RedisCache
 from django.db import DatabaseError, transaction
+from django.db.transaction import TransactionManagementError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -50,7 +51,7 @@ def _redis_down(operation: str, exc: BaseException) -> None:
                 event=EventType.CACHE_UNAVAILABLE, severity=SecurityAlert.Severity.HIGH,
                 outcome=Outcome.SERIOUS_FAILURE, extra={"operation": operation, "error": type(exc).__name__},
             )  # fmt: skip
-    except DatabaseError:
+    except (DatabaseError, TransactionManagementError):  # e.g. inside a transaction that already failed
         logger.exception("the cache-unavailable alert could not be recorded")
 
 
