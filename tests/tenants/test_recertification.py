@@ -64,6 +64,7 @@ def test_an_administrator_confirms_and_revokes_on_the_page(
     tenant_recertification_task(tenant_id=tenant_a.pk)
     items = _items(tenant_a)
     admin = client_for(admin_a)
+    assert URL in admin.get("/t/north/members/").content.decode()  # reached from the members page
     page = admin.get(URL).content.decode()
     assert "north-radiologist" in page
     assert f"{URL}{items['north-radiologist'].public_id}/decide/" in page
