@@ -107,6 +107,13 @@ class EventType(IntEnum):
     INCIDENT_UPDATED = 313
     INCIDENT_CLOSED = 314
     INCIDENT_REMINDER_SENT = 315
+    AUDIT_WORM_WRITTEN = 320
+    AUDIT_WORM_VERIFIED = 321
+    CACHE_UNAVAILABLE = 322
+    RECERTIFICATION_OPENED = 323
+    RECERTIFICATION_DECIDED = 324
+    RECERTIFICATION_CLOSED = 325
+    RECERTIFICATION_REMINDER_SENT = 326
     # 400-499: devices
     DEVICE_REGISTERED = 401
     DEVICE_APPROVED = 402
@@ -270,6 +277,25 @@ EVENTS: dict[EventType, EventSpec] = {
     EventType.INCIDENT_CLOSED: EventSpec(SECURITY_ALERT, None, Action.UPDATE, "Incident closed"),
     EventType.INCIDENT_REMINDER_SENT: EventSpec(
         SECURITY_ALERT, None, Action.EXECUTE, "Incident notification deadline reminder sent"
+    ),
+    EventType.AUDIT_WORM_WRITTEN: EventSpec(
+        SECURITY_ALERT, None, Action.CREATE, "Audit records written to the WORM store"
+    ),
+    EventType.AUDIT_WORM_VERIFIED: EventSpec(SECURITY_ALERT, None, Action.EXECUTE, "Audit WORM store verified"),
+    EventType.CACHE_UNAVAILABLE: EventSpec(
+        SECURITY_ALERT, None, Action.EXECUTE, "Rate-limit counters unreachable: limits not enforced"
+    ),
+    EventType.RECERTIFICATION_OPENED: EventSpec(
+        SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.CREATE, "Access recertification opened"
+    ),
+    EventType.RECERTIFICATION_DECIDED: EventSpec(
+        SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.UPDATE, "Access confirmed or revoked in a recertification"
+    ),
+    EventType.RECERTIFICATION_CLOSED: EventSpec(
+        SECURITY_ALERT, SECURITY_ROLES_CHANGED, Action.EXECUTE, "Access recertification closed at its deadline"
+    ),
+    EventType.RECERTIFICATION_REMINDER_SENT: EventSpec(
+        SECURITY_ALERT, None, Action.EXECUTE, "Access recertification reminder sent"
     ),
     EventType.DEVICE_REGISTERED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.CREATE, "Device registered"),
     EventType.DEVICE_APPROVED: EventSpec(SECURITY_ALERT, NETWORK_CONFIGURATION, Action.UPDATE, "Device approved"),

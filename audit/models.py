@@ -407,3 +407,43 @@ class SyslogCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.chain_id} sent to #{self.last_sequence}"
+
+
+class WormCopy(models.Model):
+    """One object written to the audit WORM store (audit.worm): a signed digest's file, or a closed month of a
+    chain's events (a sealed segment). Records the version the bucket gave it, its lock and its SHA-256, so that
+    `audit_worm_verify` can fetch exactly that version and find a newer one written above it. Append-only."""
+
+    DIGEST = "digest"
+    SEGMENT = "segment"
+    KINDS = [(DIGEST, "Signed digest"), (SEGMENT, "Sealed month of events")]
+
+    chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=8, choices=KINDS)
+    path = models.CharField(max_length=200, unique=True)
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    version_id = models.CharField(max_length=200, blank=True)
+    lock_mode = models.CharField(max_length=16)
+    retain_until = models.DateTimeField()
+    written_at = models.DateTimeField(default=timezone.now)
+    month = models.DateField(null=True, blank=True)  # a segment's first day of the month (UTC)
+    first_sequence = models.BigIntegerField(null=True, blank=True)
+    last_sequence = models.BigIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.path
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("WORM copies are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("WORM copies are append-only.")
+
+    @staticmethod
+    def segment_path(chain: AuditChain, month: Any) -> str:
+        """`audit-segments/t<tenant id>/<yyyy-mm>.jsonl` (`platform` for the platform chain)."""
+        owner = f"t{chain.tenant_id}" if chain.tenant_id is not None else _platform_owner(chain.key)
+        return f"audit-segments/{owner}/{month.year:04d}-{month.month:02d}.jsonl"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
 import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from auditlog.models import LogEntry
@@ -21,9 +22,9 @@ from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from audit import context as audit_context
-from audit import signing
+from audit import signing, worm
 from audit.events import EventType, Outcome
-from audit.models import AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert, SyslogCursor
+from audit.models import AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert, SyslogCursor, WormCopy
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
@@ -432,6 +433,165 @@ def audit_digests_sign(*, day: Any = None) -> int:
             continue  # a concurrent run signed it
         written += 1
     return written
+
+
+# The WORM store: signed digests and sealed months of events, locked in compliance mode (audit.worm)
+# ------------------------------------------------------------------------------
+
+WORM_SEAL_GRACE = timedelta(hours=1)  # a month is sealed once it ended this long ago (late commits land first)
+
+
+def _worm_store() -> worm.ObjectLockS3Storage | None:
+    return storages[worm.STORE] if worm.STORE in settings.STORAGES else None  # type: ignore[return-value]
+
+
+def _month_bounds(month: date) -> tuple[Any, Any]:
+    start = datetime(month.year, month.month, 1, tzinfo=UTC)
+    year, number = (month.year + 1, 1) if month.month == 12 else (month.year, month.month + 1)
+    return start, datetime(year, number, 1, tzinfo=UTC)
+
+
+def audit_segment_body(*, chain: AuditChain, month: date, through: int | None = None) -> tuple[bytes, int, int] | None:
+    """One closed month of a chain's events as JSON lines: a header (chain, tenant, month, first and last
+    sequence, count, the hash before the first and the last hash), then each event's sequence, prev_hash, hash
+    and canonical form (what its hash covers), in sequence order, so that anyone can recompute the hashes
+    without Enclave. None when the chain has no event that month. `through`: only the events up to that
+    sequence (what a sealed copy holds). Returns (body, first, last sequence)."""
+    start, end = _month_bounds(month)
+    query = AuditEvent.unscoped_objects.filter(chain=chain, occurred_at__gte=start, occurred_at__lt=end)
+    if through is not None:
+        query = query.filter(sequence__lte=through)
+    events = list(query.order_by("sequence"))
+    if not events:
+        return None
+    header = {
+        "chain": chain.key, "tenant_id": chain.tenant_id, "month": f"{month.year:04d}-{month.month:02d}",
+        "first_sequence": events[0].sequence, "last_sequence": events[-1].sequence, "count": len(events),
+        "prev_hash": events[0].prev_hash, "last_hash": events[-1].hash,
+    }  # fmt: skip
+    lines = [json.dumps(header, sort_keys=True, separators=(",", ":"))]
+    for event in events:
+        line = {"sequence": event.sequence, "prev_hash": event.prev_hash, "hash": event.hash,
+                "event": json.loads(event.canonical())}  # fmt: skip
+        lines.append(json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=True))
+    return ("\n".join(lines) + "\n").encode(), events[0].sequence, events[-1].sequence
+
+
+def _worm_write(store: worm.ObjectLockS3Storage, *, chain: AuditChain, kind: str, path: str, body: bytes,
+                **fields: Any) -> WormCopy:  # fmt: skip
+    """Write `body` locked at `path` (or adopt the identical object a run that died before its row left) and
+    record the copy. A different object already there is an error: the WORM store is never overwritten."""
+    sha = hashlib.sha256(body).hexdigest()
+    state = worm.lock_state(store, path)
+    if state is not None and state.sha256 != sha:
+        raise ValueError(f"{path}: the WORM store holds other bytes under this name")
+    if state is None:
+        state = worm.put_locked(store, path, body)
+    if state.mode != worm.COMPLIANCE or state.retain_until is None:
+        raise ValueError(f"{path}: written without a compliance-mode lock ({state.mode or 'no lock'})")
+    return WormCopy.objects.create(
+        chain=chain, kind=kind, path=path, sha256=sha, size=len(body), version_id=state.version_id,
+        lock_mode=state.mode, retain_until=state.retain_until, **fields,
+    )  # fmt: skip
+
+
+def audit_worm_anchor(*, now: Any = None) -> list[WormCopy]:
+    """Write to the WORM store (AUDIT_WORM_STORE) every signed digest not yet there (its file, as the replica
+    store holds it) and every closed month (UTC) of every events chain not yet sealed (`audit_segment_body`).
+    Refuses to write to a bucket that is not WORM (Object Lock off, or no compliance default retention of
+    AUDIT_WORM_RETENTION_DAYS): raises a critical SecurityAlert instead. Each tenant's chain records
+    AUDIT_WORM_WRITTEN with the objects written, their versions and lock dates. Idempotent. System job; off when
+    AUDIT_WORM_STORE is empty. Returns the copies written."""
+    store = _worm_store()
+    if store is None:
+        return []
+    now = now or timezone.now()
+    unfit = worm.bucket_problems(store)
+    if unfit:
+        security_alert_raise(
+            kind="audit_worm_unfit", summary="Audit WORM store refused: " + "; ".join(unfit),
+            event=EventType.AUDIT_WORM_WRITTEN, severity=SecurityAlert.Severity.CRITICAL,
+            outcome=Outcome.MAJOR_FAILURE, extra={"problems": unfit},
+        )  # fmt: skip
+        return []
+    done = set(WormCopy.objects.values_list("path", flat=True))
+    written: list[WormCopy] = []
+    replica = storages["replica"]
+    for digest in AuditDigest.objects.select_related("chain").exclude(path="").order_by("pk"):
+        if digest.path in done:
+            continue
+        with replica.open(digest.path, "rb") as handle:
+            body = handle.read()
+        written.append(_worm_write(store, chain=digest.chain, kind=WormCopy.DIGEST, path=digest.path, body=body))
+    cutoff = (now - WORM_SEAL_GRACE).astimezone(UTC)
+    first_open = datetime(cutoff.year, cutoff.month, 1, tzinfo=UTC)
+    for chain in AuditChain.objects.exclude(key__startswith="changes:").order_by("pk"):
+        months = AuditEvent.unscoped_objects.filter(chain=chain, occurred_at__lt=first_open).datetimes(
+            "occurred_at", "month", tzinfo=UTC
+        )
+        for started in months:
+            month = started.date()
+            path = WormCopy.segment_path(chain, month)
+            if path in done:
+                continue
+            segment = audit_segment_body(chain=chain, month=month)
+            if segment is None:
+                continue
+            body, first, last = segment
+            written.append(_worm_write(store, chain=chain, kind=WormCopy.SEGMENT, path=path, body=body,
+                                       month=month, first_sequence=first, last_sequence=last))  # fmt: skip
+    by_chain: dict[int, list[WormCopy]] = {}
+    for copy in written:
+        by_chain.setdefault(copy.chain_id, []).append(copy)
+    for chain in AuditChain.objects.filter(pk__in=by_chain).select_related("tenant"):
+        objects = [{"path": c.path, "kind": c.kind, "sha256": c.sha256, "version_id": c.version_id,
+                    "retain_until": c.retain_until.isoformat()} for c in by_chain[chain.pk]]  # fmt: skip
+        audit_event_record(
+            event=EventType.AUDIT_WORM_WRITTEN, tenant=chain.tenant, system_principal="enclave:audit-worm",
+            extra={"objects": objects, "bucket": store.bucket_name},
+        )  # fmt: skip
+    return written
+
+
+def audit_worm_verify() -> list[str]:
+    """Check the WORM store: the bucket is still WORM, and every recorded copy's version is there with its
+    SHA-256, in compliance mode, retained at least until the recorded date, not hidden by a newer version or a
+    delete marker, and (a segment) still what the database's events of that month make. Records
+    AUDIT_WORM_VERIFIED on the platform chain, or a critical SecurityAlert naming the problems. System job.
+    Returns the problems (empty: all good; also empty, with nothing recorded, when the store is off)."""
+    store = _worm_store()
+    if store is None:
+        return []
+    problems = worm.bucket_problems(store)
+    copies = list(WormCopy.objects.select_related("chain").order_by("pk"))
+    for copy in copies:
+        state = worm.lock_state(store, copy.path, version_id=copy.version_id)
+        if state is None:
+            problems.append(f"{copy.path}: the locked version {copy.version_id} is gone")
+            continue
+        if state.sha256 != copy.sha256:
+            problems.append(f"{copy.path}: the locked version's bytes changed")
+        if state.mode != worm.COMPLIANCE or state.retain_until is None or state.retain_until < copy.retain_until:
+            problems.append(f"{copy.path}: no longer locked in compliance mode until {copy.retain_until.date()}")
+        latest = worm.lock_state(store, copy.path)
+        if latest is None:
+            problems.append(f"{copy.path}: hidden by a delete marker (the locked version is kept)")
+        elif latest.version_id != copy.version_id:
+            problems.append(f"{copy.path}: a newer version was written above the locked one")
+        if copy.kind == WormCopy.SEGMENT and copy.month is not None:
+            segment = audit_segment_body(chain=copy.chain, month=copy.month, through=copy.last_sequence)
+            if segment is None or hashlib.sha256(segment[0]).hexdigest() != copy.sha256:
+                problems.append(f"{copy.path}: the database's events of that month differ from the sealed copy")
+    extra = {"problems": problems, "copies": len(copies), "bucket": store.bucket_name}
+    if problems:
+        security_alert_raise(
+            kind="audit_worm_verification_failed", summary="Audit WORM store verification failed: "
+            + "; ".join(problems), event=EventType.AUDIT_WORM_VERIFIED, severity=SecurityAlert.Severity.CRITICAL,
+            outcome=Outcome.MAJOR_FAILURE, extra=extra,
+        )  # fmt: skip
+    else:
+        audit_event_record(event=EventType.AUDIT_WORM_VERIFIED, system_principal="enclave:audit-worm", extra=extra)
+    return problems
 
 
 # Monthly partitions of the events' table (migration 0009)

@@ -18,6 +18,8 @@ from audit.services import (
     audit_event_record,
     audit_partitions_ensure,
     audit_syslog_forward,
+    audit_worm_anchor,
+    audit_worm_verify,
     security_alert_raise,
 )
 from portal.web.task_context import task_context
@@ -80,6 +82,15 @@ def incident_reminders_all_task() -> int:
 def audit_digests_sign_task() -> int:
     """Platform job: sign every chain's head for today."""
     return audit_digests_sign()
+
+
+@shared_task(name="audit.tasks.audit_worm_anchor")
+def audit_worm_anchor_task() -> int:
+    """Platform job: write the new signed digests and the closed months of events to the WORM store, then check
+    every copy there (off when AUDIT_WORM_STORE is empty)."""
+    written = len(audit_worm_anchor())
+    audit_worm_verify()
+    return written
 
 
 @shared_task(name="audit.tasks.audit_partitions_ensure")

@@ -11,6 +11,13 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.MEMBERSHIP_EXPIRY_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Access recertification (SECURITY.md B6): per tenant, close a review past its deadline (unconfirmed access
+    # ends), remind the administrators before it, open the next one every RECERTIFICATION_INTERVAL_DAYS. Daily.
+    "recertification": {
+        "task": "tenants.tasks.recertification_all",
+        "schedule": crontab(hour=6, minute=0),
+        "options": {"queue": "maintenance"},
+    },
     # Queue again any ingest item left `received` or `processing` too long (a lost broker message, a killed
     # worker): the database, not Redis, is the record of work to do.
     "ingest-sweep": {
@@ -78,6 +85,13 @@ BEAT_SCHEDULE = {
     "audit-digests-sign": {
         "task": "audit.tasks.audit_digests_sign",
         "schedule": 24 * 3600.0,
+        "options": {"queue": "maintenance"},
+    },
+    # Write the new signed digests and each closed month of events to the WORM store (Object Lock, compliance
+    # mode, six years), then check every copy there; after the digests are signed. Off without AUDIT_WORM_STORE.
+    "audit-worm-anchor": {
+        "task": "audit.tasks.audit_worm_anchor",
+        "schedule": crontab(hour=2, minute=30),
         "options": {"queue": "maintenance"},
     },
     # Make the audit events' monthly partitions ahead (this month and AUDIT_PARTITION_MONTHS_AHEAD more; a month

@@ -399,6 +399,10 @@ class Export(TenantOwnedModel):
     done = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
     blob = models.ForeignKey(Blob, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    # A password-encrypted bundle (AES-256 ZIP): the password is shown once to the requester and kept only as an
+    # encrypted blob until the job has used it (then shredded).
+    encrypted = models.BooleanField(default=False)
+    password_blob = models.ForeignKey(Blob, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     downloaded_at = models.DateTimeField(null=True, blank=True)

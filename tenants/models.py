@@ -339,3 +339,50 @@ class UserSession(models.Model):
 
     def __str__(self) -> str:
         return f"session of {self.user_id}"
+
+
+class RecertificationCampaign(TenantOwnedModel):
+    """One periodic review of who has access to the tenant (HIPAA 164.308(a)(4)(ii)(C), SECURITY.md B6): every
+    current membership is listed for a tenant administrator to confirm or revoke before `due_at`; what is not
+    confirmed by then ends. Opened by the recertification job every RECERTIFICATION_INTERVAL_DAYS."""
+
+    opened_at = models.DateTimeField(default=timezone.now)
+    due_at = models.DateTimeField()
+    reminded_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at"]
+
+    def __str__(self) -> str:
+        return f"recertification of {self.opened_at:%Y-%m-%d}"
+
+
+class RecertificationItem(TenantOwnedModel):
+    """One membership to confirm or revoke in a campaign, with its role and last sign-in when the campaign opened."""
+
+    class Decision(models.TextChoices):
+        PENDING = "pending", "Waiting for a decision"
+        CONFIRMED = "confirmed", "Confirmed"
+        REVOKED = "revoked", "Revoked"
+        EXPIRED = "expired", "Not confirmed in time: ended"
+        KEPT = "kept", "Not confirmed in time: kept as the last administrator"
+
+    campaign = models.ForeignKey(RecertificationCampaign, on_delete=models.PROTECT, related_name="items")
+    membership = models.ForeignKey(Membership, on_delete=models.PROTECT, related_name="+")
+    role = models.CharField(max_length=32, choices=Role.choices)
+    last_login = models.DateTimeField(null=True, blank=True)
+    decision = models.CharField(max_length=16, choices=Decision.choices, default=Decision.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["membership__user__username"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "membership"], name="tenants_recert_item_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.membership} ({self.decision})"

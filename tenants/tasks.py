@@ -41,6 +41,29 @@ def tenant_memberships_end_due_task(*, tenant_id: int) -> int:
         return 0
 
 
+@shared_task(name="tenants.tasks.recertification_all")
+def recertification_all_task() -> int:
+    """Fan out: the access recertification step of every tenant (open, remind, close), one task each."""
+    tenant_ids = list(Tenant.objects.order_by("pk").values_list("pk", flat=True))
+    for tenant_id in tenant_ids:
+        tenant_recertification_task.delay(tenant_id=tenant_id)
+    return len(tenant_ids)
+
+
+@shared_task(name="tenants.tasks.tenant_recertification")
+def tenant_recertification_task(*, tenant_id: int) -> dict[str, int]:
+    """One tenant's recertification: close a campaign past its deadline, remind, open the next one when due."""
+    try:
+        with task_context(tenant_id=tenant_id, principal="enclave:recertification") as tenant:
+            ended = services.recertification_close_due(tenant=tenant)
+            reminded = services.recertification_remind(tenant=tenant)
+            opened = services.recertification_open(tenant=tenant) is not None
+            return {"ended": ended, "reminded": reminded, "opened": int(opened)}
+    except Tenant.DoesNotExist:
+        logger.info("tenant %s is gone; nothing to recertify", tenant_id)
+        return {"ended": 0, "reminded": 0, "opened": 0}
+
+
 @shared_task(
     name="tenants.tasks.mail_send",
     autoretry_for=(SMTPException, OSError),

@@ -19,6 +19,12 @@ page_patterns = [
     path("members/<uuid:public_id>/role/", views.MemberRoleView.as_view(), name="member_role"),
     path("members/<uuid:public_id>/end-date/", views.MemberEndDateView.as_view(), name="member_end_date"),
     path("members/<uuid:public_id>/end/", views.MemberEndView.as_view(), name="member_end"),
+    path("members/review/", views.RecertificationView.as_view(), name="recertification"),
+    path(
+        "members/review/<uuid:public_id>/decide/",
+        views.RecertificationDecideView.as_view(),
+        name="recertification_decide",
+    ),
     path("tokens/", views.ApiTokensView.as_view(), name="api_tokens"),
     path("tokens/<uuid:public_id>/revoke/", views.ApiTokenRevokeView.as_view(), name="api_token_revoke"),
     path("networks/", views.TrustedNetworksView.as_view(), name="networks"),

@@ -282,6 +282,53 @@ class TrustedNetworkRemoveView(TenantPageView):
         return redirect("portal:networks", tenant=self.tenant.slug)
 
 
+class RecertificationView(TenantPageView):
+    """The access review (SECURITY.md B6): every membership of the open campaign, its role and last sign-in, to
+    confirm or revoke before the deadline. Administrators (`tenants.manage_members`) only: it is who has access."""
+
+    required_permission = "tenants.manage_members"
+
+    def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        return recertification_page(self, request)
+
+
+def recertification_page(view: TenantPageView, request: HttpRequest, *, status: int = 200) -> HttpResponse:
+    campaign = services.recertification_current(actor=request.user)
+    items = list(services.recertification_items(actor=request.user, campaign=campaign)) if campaign else []
+    context = {
+        "campaign": campaign,
+        "items": items,
+        "pending": sum(1 for item in items if item.decision == "pending"),
+        "last_closed": services.recertification_last_closed(),
+    }
+    return view.render(request, "tenants/recertification.html", context, status=status)
+
+
+class RecertificationDecideForm(forms.Form):
+    decision = forms.ChoiceField(choices=[("confirm", "Confirm"), ("revoke", "Revoke")])
+
+
+class RecertificationDecideView(TenantPageView):
+    required_permission = "tenants.manage_members"
+
+    def post(self, request: HttpRequest, tenant: str, public_id: UUID) -> HttpResponse:
+        item = services.recertification_item_get(actor=request.user, public_id=public_id)
+        form = RecertificationDecideForm(request.POST)
+        if form.is_valid():
+            try:
+                item = services.recertification_decide(
+                    actor=request.user, item=item, decision=form.cleaned_data["decision"]
+                )
+            except ValidationError as exc:
+                errors_apply(form, exc)
+            else:
+                messages.success(request, f"{item.membership.user.username}: {item.get_decision_display().lower()}.")
+                return redirect("portal:recertification", tenant=self.tenant.slug)
+        messages.error(request, f"Nothing was decided for {item.membership.user.username}: "
+                       f"{' '.join(_messages_of(form))}")  # fmt: skip
+        return recertification_page(self, request, status=400)
+
+
 # The invitation link (no tenant in the URL: the person is not a member yet)
 # ------------------------------------------------------------------------------
 

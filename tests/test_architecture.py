@@ -68,12 +68,15 @@ FANOUT_TASKS = {
     "studies.tasks.blob_fixity_check_all",
     "studies.tasks.blob_replicas_catch_up_all",
     "studies.tasks.blob_orphans_remove_all",
+    "tenants.tasks.recertification_all",
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {
     "tenants.tasks.mail_send": "delivers one queued e-mail (subject, body, addresses); reads no tenant row",
     "audit.tasks.audit_digests_sign": "signs the chain heads of every tenant (platform work, no tenant row read)",
     "audit.tasks.audit_syslog_forward": "forwards every chain's events in order (platform work)",
+    "audit.tasks.audit_worm_anchor": "writes the signed digests and closed months of every chain to the WORM "
+    "store (platform work, like the digests and the syslog forwarding)",
     "audit.tasks.audit_partitions_ensure": "makes the audit events' table's monthly partitions (DDL, no row read)",
     "audit.tasks.audit_changes_seal_all": "seals django-auditlog's entries of every tenant; LogEntry and the seals "
     "are not tenant-scoped models",

@@ -392,13 +392,16 @@ def a5_xml(event: Any, *, audit_source: str) -> Any:
             "ParticipantObjectTypeCodeRole": role,
         })  # fmt: skip
         _coded(obj, "ParticipantObjectIDTypeCode", id_code, id_system, id_display)
-        if entry.get("name"):
-            SubElement(obj, "ParticipantObjectName").text = str(entry["name"])
+        # A.5.1: a name or a query (base64), not both; a query's name goes to the description.
         if entry.get("query"):
-            SubElement(obj, "ParticipantObjectQuery").text = str(entry["query"])
+            SubElement(obj, "ParticipantObjectQuery").text = base64.b64encode(str(entry["query"]).encode()).decode()
+        elif entry.get("name"):
+            SubElement(obj, "ParticipantObjectName").text = str(entry["name"])
         for key, value in (entry.get("detail") or {}).items():
             encoded = base64.b64encode(str(value).encode()).decode()
             SubElement(obj, "ParticipantObjectDetail", {"type": str(key), "value": encoded})
+        if entry.get("query") and entry.get("name"):
+            SubElement(obj, "ParticipantObjectDescription").text = str(entry["name"])
     return message
 
 

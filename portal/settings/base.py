@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(environ.Env().str("ENCLAVE_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -255,11 +256,17 @@ def redis_tls_options(url: str) -> dict[str, Any]:
     return options
 
 
+# How long a cache call waits for Redis: a Redis that does not answer costs a request this long, not a hang
+# (portal.web.cache: while Redis is down the portal runs without rate limits, SECURITY.md B10).
+CACHE_REDIS_TIMEOUT_SECONDS = env.float("CACHE_REDIS_TIMEOUT_SECONDS", default=1.0)
+
+
 def redis_cache(url: str) -> dict[str, Any]:
+    timeouts = {"socket_connect_timeout": CACHE_REDIS_TIMEOUT_SECONDS, "socket_timeout": CACHE_REDIS_TIMEOUT_SECONDS}
     return {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "portal.web.cache.EmergencyRedisCache",
         "LOCATION": url,
-        "OPTIONS": redis_tls_options(url),
+        "OPTIONS": {**redis_tls_options(url), **timeouts},
     }
 
 
@@ -463,6 +470,25 @@ AUDIT_PARTITION_MONTHS_AHEAD = env.int("AUDIT_PARTITION_MONTHS_AHEAD", default=3
 AUDIT_SIGNING_KEY = env.str("AUDIT_SIGNING_KEY", default="")
 AUDIT_SIGNING_PUBLIC_KEY = env.str("AUDIT_SIGNING_PUBLIC_KEY", default="")
 # Forwarding of audit events to a hospital's audit repository as RFC 5424 syslog (IHE ATNA): host empty = off.
+# The WORM store of the audit trail (audit.worm): an S3 bucket with Object Lock in compliance mode, where the
+# signed digests and each closed month of every chain's events are written, retained AUDIT_WORM_RETENTION_DAYS
+# (six years and their leap days: HIPAA 164.316(b)(2)(i)). Empty: off.
+AUDIT_WORM_STORE = env.str("AUDIT_WORM_STORE", default="")
+AUDIT_WORM_RETENTION_DAYS = env.int("AUDIT_WORM_RETENTION_DAYS", default=2192)
+
+
+def worm_store(url: str, retention_days: int) -> dict:
+    """The audit WORM store of an s3:// URL: the blob stores' S3 options (BLOB_S3_*), written with Object Lock."""
+    if not url.startswith("s3://"):
+        raise ImproperlyConfigured("AUDIT_WORM_STORE must be an s3:// bucket with Object Lock.")
+    store = blob_store(url, default_dir=VAR_DIR)
+    options = {**store["OPTIONS"], "file_overwrite": False, "retention_days": retention_days}
+    return {"BACKEND": "audit.worm.ObjectLockS3Storage", "OPTIONS": options}
+
+
+if AUDIT_WORM_STORE:
+    STORAGES["audit_worm"] = worm_store(AUDIT_WORM_STORE, AUDIT_WORM_RETENTION_DAYS)
+
 AUDIT_SYSLOG_HOST = env.str("AUDIT_SYSLOG_HOST", default="")
 AUDIT_SYSLOG_PORT = env.int("AUDIT_SYSLOG_PORT", default=6514)
 AUDIT_SYSLOG_PROTOCOL = env.str("AUDIT_SYSLOG_PROTOCOL", default="tls")  # tls, tcp or udp
@@ -623,6 +649,12 @@ PORTAL_BASE_URL = env.str("PORTAL_BASE_URL", default="http://127.0.0.1:8000")
 API_TOKEN_DEFAULT_DAYS = env.int("API_TOKEN_DEFAULT_DAYS", default=90)
 API_TOKEN_MAX_DAYS = env.int("API_TOKEN_MAX_DAYS", default=365)
 MEMBERSHIP_EXPIRY_INTERVAL_SECONDS = env.int("MEMBERSHIP_EXPIRY_INTERVAL_SECONDS", default=300)
+# Access recertification (tenants.services.recertification, SECURITY.md B6): a campaign per tenant every
+# RECERTIFICATION_INTERVAL_DAYS, answered within RECERTIFICATION_WINDOW_DAYS (unconfirmed memberships then end),
+# the administrators reminded RECERTIFICATION_REMINDER_DAYS before the deadline.
+RECERTIFICATION_INTERVAL_DAYS = env.int("RECERTIFICATION_INTERVAL_DAYS", default=90)
+RECERTIFICATION_WINDOW_DAYS = env.int("RECERTIFICATION_WINDOW_DAYS", default=14)
+RECERTIFICATION_REMINDER_DAYS = env.int("RECERTIFICATION_REMINDER_DAYS", default=3)
 # Shares and break-glass (HIPAA 164.312(a)(2)(ii)): how long emergency access lasts, the longest share, and how
 # often the jobs end expired break-glass grants (recording 110138) and tidy the grants of expired shares.
 BREAK_GLASS_HOURS = env.int("BREAK_GLASS_HOURS", default=4)

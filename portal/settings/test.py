@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from .base import *  # noqa: F403
-from .base import database_from_url, env
+from .base import database_from_url, env, redis_cache
 
 ENCLAVE_ENV = "test"
 DEBUG = False
@@ -31,8 +31,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
+        **redis_cache(REDIS_URL),  # the deployed backend (portal.web.cache) and its timeouts
         "KEY_PREFIX": f"test-{Path(tempfile.mkdtemp(prefix='enclave-')).name}",
     }
 }

@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Iterable
 from typing import Any
 
+import pyzipper
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -67,6 +68,7 @@ def _extra(export: Export, phase: str) -> dict[str, Any]:
         "Anonymized": export.kind == Export.Kind.DEIDENTIFIED,
         "options": list(export.options),
         "instances": export.total,
+        "Encrypted": export.encrypted,
     }
     if export.kind == Export.Kind.IDENTIFIED:
         extra |= {"recipient": export.recipient, "purpose": export.purpose}
@@ -82,6 +84,7 @@ def export_request(
     options: Iterable[str] = (),
     purpose: str = "",
     recipient: str = "",
+    encrypted: bool = False,
 ) -> Export:
     """Ask for an export of `studies` (inside the tenant scope) and queue its job.
 
@@ -90,6 +93,10 @@ def export_request(
     also needs `tenants.export_identified` (else Forbidden, a 403), a purpose and a recipient, and is recorded as
     DISCLOSURE_EXPORTED; a de-identified one as STUDY_EXPORTED with Anonymized=true. Options are CID 7050 codes
     (113107, 113109) and apply to de-identified exports only.
+
+    `encrypted`: the bundle is an AES-256 ZIP (WinZip AE-2) under a fresh random password, returned once as
+    `export.password` (never stored in clear: kept as an encrypted blob until the job has used it, then shredded;
+    show it to the requester and nowhere else). Recorded with Encrypted=true.
     """
     studies = list(studies)
     if not studies:
@@ -119,9 +126,15 @@ def export_request(
         purpose=purpose.strip(),
         recipient=recipient.strip(),
         total=Instance.objects.filter(series__study__in=studies).count(),
+        encrypted=encrypted,
     )
+    password = ""
+    if encrypted:
+        password = bundle_password_make()
+        export.password_blob = blob_write(kind=Blob.Kind.EXPORT, data=password.encode(), replicate=False)
     export.full_clean(exclude=["studies"])
     export.save()
+    export.password = password  # type: ignore[attr-defined]  # shown once by the caller, never stored
     export.studies.set(studies)
     audit_event_record(
         event=_event_for(export),
@@ -132,6 +145,27 @@ def export_request(
     )
     task_queue_on_commit("studies.tasks.export_run", tenant_id=export.tenant_id, export_id=export.pk)
     return export
+
+
+PASSWORD_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # noqa: S105  # pragma: allowlist secret (an alphabet, no 0/O, 1/l/I)
+PASSWORD_LENGTH = 24  # 24 of 56 symbols: about 139 bits
+
+
+def bundle_password_make() -> str:
+    """A random password for one bundle, in groups of six for reading aloud or typing."""
+    raw = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
+    return "-".join(raw[i : i + 6] for i in range(0, PASSWORD_LENGTH, 6))
+
+
+def _archive(buffer: io.BytesIO, password: str) -> zipfile.ZipFile:
+    """The bundle: a plain deflated zip, or with a password an AES-256 encrypted one (pyzipper, WinZip AE-2:
+    7-Zip, WinZip and macOS's Archive Utility open it)."""
+    if not password:
+        return zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED)
+    archive = pyzipper.AESZipFile(buffer, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES)
+    archive.setpassword(password.encode())
+    archive.setencryption(pyzipper.WZ_AES, nbits=256)
+    return archive
 
 
 def _claim(export_id: int) -> bool:
@@ -177,10 +211,13 @@ def export_run(*, export_id: int) -> Export | None:
     )
     buffer = io.BytesIO()
     done = 0
+    password = blob_read(blob=export.password_blob).decode() if export.password_blob is not None else ""
     try:
+        if export.encrypted and not password:
+            raise ExportFailed("the bundle's password is gone: ask for the export again")
         instances = _instances(export)
         name = _Names()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with _archive(buffer, password) as archive:
             for instance in instances:
                 data = blob_read(blob=instance.blob)
                 if deidentifier is not None:
@@ -203,7 +240,10 @@ def export_run(*, export_id: int) -> Export | None:
             done,
             timezone.now(),
         )
-        export.save(update_fields=["state", "error", "done", "finished_at", "updated_at"])
+        password_blob, export.password_blob = export.password_blob, None
+        export.save(update_fields=["state", "error", "done", "finished_at", "password_blob", "updated_at"])
+        if password_blob is not None:
+            blob_delete(blob=password_blob)
         return export
     with transaction.atomic():
         blob = blob_write(kind=Blob.Kind.EXPORT, data=buffer.getvalue())
@@ -212,7 +252,10 @@ def export_run(*, export_id: int) -> Export | None:
         export.total = len(instances)
         export.state = Export.State.DONE
         export.finished_at = timezone.now()
-        export.save(update_fields=["blob", "done", "total", "state", "finished_at", "updated_at"])
+        password_blob, export.password_blob = export.password_blob, None
+        export.save(update_fields=["blob", "done", "total", "state", "finished_at", "password_blob", "updated_at"])
+        if password_blob is not None:
+            blob_delete(blob=password_blob)  # the password is in the bundle's keys now, and nowhere else
     return export
 
 

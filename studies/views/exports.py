@@ -43,6 +43,10 @@ class ExportForm(forms.Form):
     device_identity = forms.BooleanField(
         required=False, label="Keep device identity (station name, serial numbers; Retain Device Identity Option)"
     )
+    encrypted = forms.BooleanField(
+        required=False,
+        label="Protect the zip with a password (AES-256; the password is shown once, on the next page)",
+    )
     purpose = forms.CharField(required=False, max_length=500, label="Purpose (identified exports)")
     recipient = forms.CharField(required=False, max_length=300, label="Recipient (identified exports)")
 
@@ -56,7 +60,10 @@ class ExportForm(forms.Form):
             )
             if on
         ]
-        return {"kind": data["kind"], "options": options, "purpose": data["purpose"], "recipient": data["recipient"]}
+        return {
+            "kind": data["kind"], "options": options, "purpose": data["purpose"], "recipient": data["recipient"],
+            "encrypted": data["encrypted"],
+        }  # fmt: skip
 
 
 class ExportSearchForm(StudySearchForm, ExportForm):
@@ -78,6 +85,11 @@ class _ExportRequestMixin(TenantPageView):
         except ValidationError as exc:
             form_errors_into(form, exc)
             return self._show(request, ctx, form, status=400)
+        if export.encrypted:
+            # The password, once: on this answer only (not stored, not in a URL, not cached), never again.
+            response = self.render(request, "studies/export_password.html", {"export": export}, status=201)
+            response["Cache-Control"] = "no-store"
+            return response
         return redirect("portal:export_progress", tenant=self.tenant.slug, public_id=export.public_id)
 
 

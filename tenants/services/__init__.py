@@ -24,6 +24,16 @@ from tenants.services.memberships import (
     user_deactivate,
 )
 from tenants.services.networks import network_require, trusted_network_add, trusted_network_remove
+from tenants.services.recertification import (
+    recertification_close_due,
+    recertification_current,
+    recertification_decide,
+    recertification_item_get,
+    recertification_items,
+    recertification_last_closed,
+    recertification_open,
+    recertification_remind,
+)
 from tenants.services.sessions import session_register, sessions_end_for_user
 from tenants.services.tenants import tenant_create, tenant_ingest_quota_set
 from tenants.services.tokens import API_TOKEN_PREFIX, api_token_create, api_token_revoke, api_token_touch
@@ -52,6 +62,14 @@ __all__ = [
     "membership_set_end",
     "memberships_end_due",
     "network_require",
+    "recertification_close_due",
+    "recertification_current",
+    "recertification_decide",
+    "recertification_item_get",
+    "recertification_items",
+    "recertification_last_closed",
+    "recertification_open",
+    "recertification_remind",
     "session_register",
     "sessions_end_for_user",
     "set_password_link",

@@ -86,6 +86,9 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
         token, _ = services.api_token_create(actor=admin_a, tenant=tenant_a, name="admin's")
         # The test client's own range, so tenant A stays reachable while the sweep runs through the network check.
         network = services.trusted_network_add(actor=admin_a, tenant=tenant_a, network="127.0.0.0/8", label="sweep")
+        campaign = services.recertification_open(tenant=tenant_a)
+        assert campaign is not None
+        recertification_item = campaign.items.get(membership=member)
         share = study_services.share_create(
             actor=radiologist_a, study=study, grantee=technologist_a, expires_at=timezone.now() + timedelta(days=3)
         )
@@ -134,6 +137,7 @@ def world(tenant_a, admin_a, compliance_a, radiologist_a, technologist_a, api_cl
         "invitation": str(invitation.public_id),
         "token": str(token.public_id),
         "trusted_network": str(network.public_id),
+        "recertification_item": str(recertification_item.public_id),
         "share": str(share.public_id),
         "share_invitation": str(share_invitation.public_id),
         "break_glass": str(grant.public_id),

@@ -1,0 +1,133 @@
+"""The Django cache on Redis, for emergency mode (SECURITY.md B10): Redis holds only counters and hints (rate
+limits, DRF throttles, alert de-duplication), never a record, so a Redis that is down must not take the portal down
+with it. Every operation that cannot reach Redis answers as if the key were absent (`get` gives the default,
+`add` says it stored, `incr` raises ValueError as for a missing key), so that rate limits are not counted but
+viewing, break-glass, authentication (sessions and lockouts are in PostgreSQL) and auditing go on. Each outage is
+logged and raises a SecurityAlert ("rate limits not enforced") at most once per ALERT_SECONDS per process.
+
+Connections time out after CACHE_REDIS_TIMEOUT_SECONDS, so that a Redis that does not answer costs a request
+that long, not a hang. What else uses Redis degrades on its own: the ingestion quota's counter raises, so ingestion
+stops while Redis is down (emergency mode is read-only), and e-mails queued while the broker is down are logged as
+not sent (the alerts they announce stay on the dashboard).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from django.core.cache.backends.redis import RedisCache
+from django.db import DatabaseError, transaction
+from django.db.transaction import TransactionManagementError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from audit.events import EventType, Outcome
+from audit.models import SecurityAlert
+from audit.services import security_alert_raise
+
+logger = logging.getLogger(__name__)
+
+DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+ALERT_SECONDS = 300.0
+_state = {"alerted_at": -ALERT_SECONDS}
+_lock = threading.Lock()
+
+
+def _redis_down(operation: str, exc: BaseException) -> None:
+    logger.warning("cache unreachable (%s: %s): rate limits are not counted", operation, type(exc).__name__)
+    now = time.monotonic()
+    with _lock:
+        if now - _state["alerted_at"] < ALERT_SECONDS:
+            return
+        _state["alerted_at"] = now
+    try:
+        with transaction.atomic():
+            security_alert_raise(
+                kind="cache_unavailable",
+                summary="Redis is unreachable: rate limits and throttles are not enforced until it is back.",
+                event=EventType.CACHE_UNAVAILABLE, severity=SecurityAlert.Severity.HIGH,
+                outcome=Outcome.SERIOUS_FAILURE, extra={"operation": operation, "error": type(exc).__name__},
+            )  # fmt: skip
+    except (DatabaseError, TransactionManagementError):  # e.g. inside a transaction that already failed
+        logger.exception("the cache-unavailable alert could not be recorded")
+
+
+class EmergencyRedisCache(RedisCache):
+    """RedisCache that answers "absent" instead of failing while Redis is unreachable (see the module)."""
+
+    def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
+        try:
+            return super().get(key, default, version)
+        except DOWN as exc:
+            _redis_down("get", exc)
+            return default
+
+    def get_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
+        try:
+            return super().get_many(keys, version)
+        except DOWN as exc:
+            _redis_down("get_many", exc)
+            return {}
+
+    def has_key(self, key: Any, version: Any = None) -> bool:
+        try:
+            return super().has_key(key, version)
+        except DOWN as exc:
+            _redis_down("has_key", exc)
+            return False
+
+    def add(self, key: Any, value: Any, timeout: Any = 300, version: Any = None) -> bool:
+        try:
+            return super().add(key, value, timeout, version)
+        except DOWN as exc:
+            _redis_down("add", exc)
+            return True
+
+    def set(self, key: Any, value: Any, timeout: Any = 300, version: Any = None) -> None:
+        try:
+            super().set(key, value, timeout, version)
+        except DOWN as exc:
+            _redis_down("set", exc)
+
+    def set_many(self, data: Any, timeout: Any = 300, version: Any = None) -> list[Any]:
+        try:
+            return super().set_many(data, timeout, version)
+        except DOWN as exc:
+            _redis_down("set_many", exc)
+            return list(data)
+
+    def touch(self, key: Any, timeout: Any = 300, version: Any = None) -> bool:
+        try:
+            return super().touch(key, timeout, version)
+        except DOWN as exc:
+            _redis_down("touch", exc)
+            return False
+
+    def delete(self, key: Any, version: Any = None) -> bool:
+        try:
+            return super().delete(key, version)
+        except DOWN as exc:
+            _redis_down("delete", exc)
+            return False
+
+    def delete_many(self, keys: Any, version: Any = None) -> None:
+        try:
+            super().delete_many(keys, version)
+        except DOWN as exc:
+            _redis_down("delete_many", exc)
+
+    def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        try:
+            return super().incr(key, delta, version)
+        except DOWN as exc:
+            _redis_down("incr", exc)
+            raise ValueError("Key not found: the cache is unreachable.") from exc
+
+    def clear(self) -> None:
+        try:
+            super().clear()
+        except DOWN as exc:
+            _redis_down("clear", exc)
