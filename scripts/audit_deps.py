@@ -70,7 +70,9 @@ def verdict_of(report: dict[str, Any]) -> Verdict:
         verdict.audited += 1
         for vuln in dep.get("vulns", []):
             fixed = ", ".join(vuln.get("fix_versions") or []) or "no fixed version"
-            verdict.vulnerable.append(f"{dep['name']} {dep.get('version', '?')}: {vuln.get('id', '?')} (fixed in {fixed})")
+            verdict.vulnerable.append(
+                f"{dep['name']} {dep.get('version', '?')}: {vuln.get('id', '?')} (fixed in {fixed})"
+            )
     return verdict
 
 

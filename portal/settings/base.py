@@ -293,6 +293,9 @@ RATE_LIMITS: dict[str, dict[str, str]] = env.json(
             "device": "600/minute",
         },
         "export": {"person": "100/hour", "token": "100/hour", "address": "200/hour"},
+        # Refused bearer tokens (unknown, expired, revoked, a lost device's) per client address: past it, every
+        # token from that address is refused with a 429 until the window ends (SECURITY.md G11).
+        "bad_token": {"address": "20/minute"},
     },
 )
 # Ingestion volume per tenant (bytes, all doors together); a tenant's own figures override these. 0: no quota.

@@ -47,8 +47,7 @@ def session_client(admin_a) -> Client:
     return client
 
 
-def test_a_hostile_origin_gets_no_cors_header_on_any_door(settings, tenant_a, admin_a, api_client_for,
-                                                          session_client):
+def test_a_hostile_origin_gets_no_cors_header_on_any_door(settings, tenant_a, admin_a, api_client_for, session_client):
     settings.DICOMWEB_CORS_ORIGINS = [VIEWER]  # an allowed viewer exists: evil still gets nothing
     bearer = api_client_for(admin_a, tenant_a)
     seen = 0

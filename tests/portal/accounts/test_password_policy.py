@@ -78,7 +78,7 @@ def _our_classes_with_password_fields() -> dict[str, set[str]]:
     get_resolver().url_patterns  # noqa: B018  # imports every view module, hence every form and serializer
     found = {}
     for cls in _subclasses(forms.BaseForm) | _subclasses(serializers.BaseSerializer):
-        if not cls.__module__.split(".")[0] in OUR_APPS:
+        if cls.__module__.split(".")[0] not in OUR_APPS:
             continue
         fields = getattr(cls, "base_fields", None) or getattr(cls, "_declared_fields", {})
         names = {name for name in fields if "password" in name.lower()}
@@ -100,8 +100,9 @@ def test_no_route_takes_a_password_except_the_persons_own():
     }
 
 
-def test_an_administrator_cannot_set_a_members_password_through_the_api(tenant_a, admin_a, technologist_a,
-                                                                       api_client_for):
+def test_an_administrator_cannot_set_a_members_password_through_the_api(
+    tenant_a, admin_a, technologist_a, api_client_for
+):
     membership = Membership.unscoped_objects.get(user=technologist_a, tenant=tenant_a)
     client = api_client_for(admin_a, tenant_a)
     url = f"/api/v1/t/north/members/{membership.public_id}/"
