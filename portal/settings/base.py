@@ -307,6 +307,11 @@ INGEST_QUOTA_BYTES_PER_DAY = env.int("INGEST_QUOTA_BYTES_PER_DAY", default=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
 REQUEST_MAX_BYTES = env.int("REQUEST_MAX_BYTES", default=10 * 1024**2)
 
+# HEALTH (SECURITY.md E8): /health/ fails (503) and raises a SecurityAlert, at most one per interval, when the
+# application's clock is off PostgreSQL's by more than this; audit timestamps come from the application's clock.
+HEALTH_CLOCK_MAX_OFFSET_SECONDS = env.float("HEALTH_CLOCK_MAX_OFFSET_SECONDS", default=1.0)
+HEALTH_ALERT_INTERVAL_SECONDS = env.int("HEALTH_ALERT_INTERVAL_SECONDS", default=600)
+
 # DJANGO REST FRAMEWORK AND OPENAPI
 # ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
