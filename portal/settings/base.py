@@ -135,6 +135,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 MIDDLEWARE = [
     "portal.middleware.ClientAddressMiddleware",  # first: everything after reads the client's address from it
     "portal.middleware.RequestSizeLimitMiddleware",  # its process_view runs before CSRF's reads a form body
+    "portal.middleware.NulRefusalMiddleware",
     "portal.middleware.RequestIdMiddleware",
     "portal.middleware.HttpsOnlyMiddleware",  # before SecurityMiddleware would redirect
     "portal.middleware.DicomWebCorsMiddleware",
