@@ -97,6 +97,7 @@ class EventType(IntEnum):
     TENANT_QUOTA_SET = 218
     OBJECT_NOT_FOUND = 219
     CLOCK_OFFSET_EXCEEDED = 225
+    DEVICE_CERTIFICATE_PINNED = 226
     # 300-399: the audit trail itself
     AUDIT_LOG_USED = 301
     SECURITY_ALERT_HANDLED = 302
@@ -257,6 +258,9 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.CLOCK_OFFSET_EXCEEDED: EventSpec(
         SECURITY_ALERT, None, Action.EXECUTE, "The application's clock is off PostgreSQL's beyond the limit"
+    ),
+    EventType.DEVICE_CERTIFICATE_PINNED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "A DICOM device's certificate fingerprint registered"
     ),
     EventType.TENANT_QUOTA_SET: EventSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Ingestion quota set"),
     EventType.AUDIT_LOG_USED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Audit trail read"),

@@ -20,6 +20,7 @@ from devices.models import (
     Grant,
     IllegalTransition,
     attestation_failures,
+    certificate_fingerprint_normalised,
     serial_digest_of,
 )
 from tenants import access
@@ -437,4 +438,28 @@ def device_register_approved_by_operator(
             system_principal="enclave:platform",
             extra={"reason": reason, "ae_title": device.ae_title, "host": host},
         )
+    return device
+
+
+@transaction.atomic
+def device_certificate_pin(*, actor: Any, device: Device, sha256: str) -> Device:
+    """Register the SHA-256 fingerprint of the TLS client certificate a DICOM device must present (SECURITY.md A8,
+    IHE ATNA node authentication), or clear it with "" (then any certificate the listener's CA signed will do).
+    Needs `tenants.manage_devices`; the device must be a DICOM peer (it has an AE title). Idempotent. Records
+    DEVICE_CERTIFICATE_PINNED with the old and new fingerprints."""
+    access.require(actor, MANAGE, device.tenant)
+    if not device.ae_title:
+        raise ValidationError({"certificate_sha256": "Only a DICOM device (with an AE title) presents a certificate."})
+    old = device.certificate_sha256
+    device.certificate_sha256 = certificate_fingerprint_normalised(sha256)  # before the length check of full_clean
+    device.full_clean()
+    if device.certificate_sha256 == old:
+        return device
+    device.save(update_fields=["certificate_sha256", "updated_at"])
+    audit_event_record(
+        event=EventType.DEVICE_CERTIFICATE_PINNED,
+        actor=actor,
+        target=device,
+        extra={"ae_title": device.ae_title, "old_sha256": old, "new_sha256": device.certificate_sha256},
+    )
     return device
