@@ -9,6 +9,8 @@ kind of object around it):
   nothing here so that each call is an event of its own);
 - each of them, when its audit event cannot be written (the database refuses the insert, through a trigger this test
   adds and removes), answers no 2xx and nothing of the patient: the event is written before the answer;
+- each of them, called by a member whose role does not give it, shows nothing of the patient, and a refusal is an
+  event with outcome 4 naming that member;
 - each route said to show no patient data, called by the tenant's administrator, compliance officer and
   radiologist, indeed never shows the patient's name or id.
 """
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from audit.events import EventType
+from audit.events import EventType, Outcome
 from audit.models import AuditEvent
 from tests.conftest import verified_client
 from tests.security.sweep import Route, tenant_routes
@@ -267,3 +269,29 @@ def test_routes_said_to_show_no_patient_data_show_none(world, tenant_a, users) -
                 leaks.append(f"{name} ({persona}): {response.status_code}")
     assert not leaks, "patient data on a route listed as showing none:\n" + "\n".join(leaks)
     assert len(reached) >= len(NO_PATIENT_DATA) - 3, sorted(set(NO_PATIENT_DATA) - reached)
+
+
+def test_a_member_refused_a_patient_data_route_leaves_an_outcome_4_event(world, tenant_a, users) -> None:
+    """The other side of each read: a member of the tenant whose role does not give it (the compliance officer on
+    images, the radiologist on the audit trail) gets nothing of the patient, and a refusal is on the trail with
+    EventOutcomeIndicator 4 (minor failure) naming them. A search they may make answers without the patient."""
+    callers = _callers(world, tenant_a, users)
+    routes = {route.name: route for route in _get_routes()}
+    problems, refused = [], 0
+    for name, read in PHI_READS.items():
+        other = "compliance" if read.persona == "radiologist" else "radiologist"
+        route = routes[name]
+        last = AuditEvent.unscoped_objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+        response = _call(callers, route, Read(read.event, persona=other, accept=read.accept, query=read.query),
+                         _url(route, read, world.values))  # fmt: skip
+        body = _body(response)
+        if PATIENT_ID.encode() in body or PATIENT_NAME.encode() in body:
+            problems.append(f"{name}: the {other} sees the patient ({response.status_code})")
+        if 200 <= response.status_code < 300:
+            continue
+        refused += 1
+        recorded = AuditEvent.unscoped_objects.filter(pk__gt=last, tenant=tenant_a, actor_user=users[other])
+        if not recorded.filter(outcome=Outcome.MINOR_FAILURE).exists():
+            problems.append(f"{name}: {response.status_code} for the {other} without an outcome-4 event")
+    assert not problems, "\n".join(problems)
+    assert refused >= len(PHI_READS) // 2  # most are refusals, so the check above is not empty
