@@ -155,10 +155,12 @@ def device_register(
     port: int | None = None,
     custodian: User | None = None,
     serial: str = "",
+    certificate_sha256: str = "",
 ) -> Device:
     """Register a device in the current tenant, pending approval (`tenants.manage_devices`). Its AE title must be
     new to the tenant's registry, whatever the other device's status; its custodian, if any, a current member.
-    The serial is kept only as a keyed hash. Records DEVICE_REGISTERED (and the custody)."""
+    The serial is kept only as a keyed hash; `certificate_sha256`, the fingerprint of the TLS client certificate
+    a DICOM device must present (see `device_certificate_pin`). Records DEVICE_REGISTERED (and the custody)."""
     tenant = current_tenant()
     access.require(actor, MANAGE, tenant)
     return _device_create(
@@ -171,6 +173,7 @@ def device_register(
         port=port,
         custodian=custodian,
         serial=serial,
+        certificate_sha256=certificate_sha256,
     )
 
 
@@ -202,6 +205,7 @@ def _device_create(
     port: int | None = None,
     custodian: User | None = None,
     serial: str = "",
+    certificate_sha256: str = "",
 ) -> Device:
     if custodian is not None and not _member_of(custodian, tenant):
         raise ValidationError({"custodian": "The custodian must be a current member of the organisation."})
@@ -215,6 +219,7 @@ def _device_create(
         requested_by=actor if isinstance(actor, User) else None,
         custodian=custodian,
         serial_digest=serial_digest_of(serial),
+        certificate_sha256=certificate_fingerprint_normalised(certificate_sha256),
     )
     _ae_title_free_check(device)
     device.full_clean()
@@ -234,6 +239,7 @@ def _device_create(
             "host": host,
             "port": port,
             "custodian": custodian.username if custodian else None,
+            **({"certificate_sha256": device.certificate_sha256} if device.certificate_sha256 else {}),
         },
     )
     if custodian is not None:
