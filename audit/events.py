@@ -96,6 +96,8 @@ class EventType(IntEnum):
     RATE_LIMITED = 217
     TENANT_QUOTA_SET = 218
     OBJECT_NOT_FOUND = 219
+    CLOCK_OFFSET_EXCEEDED = 225
+    DEVICE_CERTIFICATE_PINNED = 226
     # 300-399: the audit trail itself
     AUDIT_LOG_USED = 301
     SECURITY_ALERT_HANDLED = 302
@@ -260,6 +262,12 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.RATE_LIMITED: EventSpec(
         SECURITY_ALERT, USE_OF_RESTRICTED_FUNCTION, Action.EXECUTE, "A rate limit was reached: requests refused"
+    ),
+    EventType.CLOCK_OFFSET_EXCEEDED: EventSpec(
+        SECURITY_ALERT, None, Action.EXECUTE, "The application's clock is off PostgreSQL's beyond the limit"
+    ),
+    EventType.DEVICE_CERTIFICATE_PINNED: EventSpec(
+        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "A DICOM device's certificate fingerprint registered"
     ),
     EventType.TENANT_QUOTA_SET: EventSpec(SECURITY_ALERT, SECURITY_CONFIGURATION, Action.UPDATE, "Ingestion quota set"),
     EventType.AUDIT_LOG_USED: EventSpec(AUDIT_LOG_USED, None, Action.READ, "Audit trail read"),

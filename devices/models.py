@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +37,11 @@ class Grant(models.TextChoices):
     SEND_DICOM = "send_dicom", "Send by DICOM"
 
 
+def certificate_fingerprint_normalised(text: str) -> str:
+    """A fingerprint as written by openssl (`AB:CD:...`) or plain hex, as lower-case hex without separators."""
+    return (text or "").replace(":", "").replace(" ", "").strip().lower()
+
+
 class Device(TenantOwnedModel):
     """A machine or medium a tenant allows near its images: modalities and workstations that speak DICOM, mobile
     devices and workstations that use the API with a device-bound token, portable media that studies are written
@@ -64,6 +70,11 @@ class Device(TenantOwnedModel):
     host = models.GenericIPAddressField(null=True, blank=True, help_text="The address it connects from")
     port = models.PositiveIntegerField(
         null=True, blank=True, help_text="The port its own DICOM listener answers on (a C-MOVE destination)"
+    )
+    certificate_sha256 = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="SHA-256 of the DER certificate a DICOM peer must present over TLS (hex); empty: any the CA signed",
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     custodian = models.ForeignKey(
@@ -99,6 +110,9 @@ class Device(TenantOwnedModel):
             raise ValidationError({"ae_title": "A DICOM device needs its AE title."})
         if self.ae_title and not all(32 <= ord(c) < 127 and c != "\\" for c in self.ae_title):
             raise ValidationError({"ae_title": "An AE title is up to 16 plain characters, no backslash."})
+        self.certificate_sha256 = certificate_fingerprint_normalised(self.certificate_sha256)
+        if self.certificate_sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.certificate_sha256):
+            raise ValidationError({"certificate_sha256": "A SHA-256 fingerprint is 64 hexadecimal digits."})
 
     @property
     def uses_tokens(self) -> bool:

@@ -68,12 +68,34 @@ class RequestSizeLimitMiddleware:
             return None
         detail = f"The request body is larger than the limit of {limit} bytes." if length > 0 else "Bad Content-Length."
         status = 413 if length > 0 else 400
-        if request.path.startswith(("/api/", "/dicomweb/")):
-            title = "Content too large" if status == 413 else "Invalid request"
-            body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": "too_large"}
-            return JsonResponse(body, status=status, content_type="application/problem+json")
-        return render(request, "_error.html", {"error_code": status, "error_title": "Too large", "error_text": detail},
-                      status=status)  # fmt: skip
+        title = "Content too large" if status == 413 else "Invalid request"
+        return _refusal(request, status, title, detail, code="too_large", page_title="Too large")
+
+
+def _refusal(request: HttpRequest, status: int, title: str, detail: str, *, code: str, page_title: str) -> HttpResponse:
+    """A refusal before any view runs: a problem document for the API and DICOMweb, the error page otherwise."""
+    if request.path.startswith(("/api/", "/dicomweb/")):
+        body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
+        return JsonResponse(body, status=status, content_type="application/problem+json")
+    return render(request, "_error.html", {"error_code": status, "error_title": page_title, "error_text": detail},
+                  status=status)  # fmt: skip
+
+
+class NulRefusalMiddleware:
+    """A NUL character in the path or the query string is a 400 before any view runs: no identifier, file name or
+    search term contains one, PostgreSQL refuses it in text (a DataError, hence a 500, wherever a view looked it
+    up), and a file API may cut a name at it (SECURITY.md G10). Form and JSON fields are refused by their own
+    validators (Django's and DRF's CharField prohibit NUL)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        query = request.META.get("QUERY_STRING", "")
+        if "\x00" in request.path or "\x00" in query or "%00" in query:
+            detail = "The request's address contains a NUL character."
+            return _refusal(request, 400, "Invalid request", detail, code="nul_character", page_title="Bad request")
+        return self.get_response(request)
 
 
 class RequestIdMiddleware:

@@ -27,6 +27,7 @@ tenant_api: list[URLPattern | URLResolver] = [
 ]
 portal_pages: list[URLPattern | URLResolver] = [
     path("", views.HomeView.as_view(), name="home"),
+    path("health/", views.HealthView.as_view(), name="health"),
     path("t/<slug:tenant>/", include(tenant_pages)),
 ]
 

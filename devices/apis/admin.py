@@ -98,6 +98,13 @@ class DeviceRegisterApi(TenantApi):
         serial = serializers.CharField(
             max_length=100, required=False, allow_blank=True, help_text="Kept only as a keyed hash: never shown."
         )
+        certificate_sha256 = serializers.CharField(
+            max_length=100,
+            required=False,
+            allow_blank=True,
+            help_text="SHA-256 fingerprint of the TLS client certificate the DICOM device must present (hex, colons "
+            "allowed); empty: any certificate the listener's CA signed.",
+        )
 
         class Meta:
             ref_name = "DeviceRegister"

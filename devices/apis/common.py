@@ -25,6 +25,9 @@ class DeviceOutputSerializer(serializers.Serializer):
     )
     custodian = serializers.CharField(source="custodian.username", allow_null=True, help_text="Who holds it.")
     grants = serializers.ListField(child=serializers.ChoiceField(choices=Grant.choices))
+    certificate_sha256 = serializers.CharField(
+        help_text="The SHA-256 of the TLS client certificate it must present; empty: any the listener's CA signed."
+    )
     serial_recorded = serializers.SerializerMethodField(help_text="Whether a serial is on record (kept only hashed).")
     requested_by = serializers.CharField(
         source="requested_by.username", allow_null=True, help_text="Who registered it; null: the platform operators."

@@ -8,6 +8,7 @@
 from devices.services.media import media_export_record
 from devices.services.registry import (
     device_approve,
+    device_certificate_pin,
     device_custodian_change,
     device_grants_set,
     device_policy_get,
@@ -40,6 +41,7 @@ from devices.services.wipes import (
 __all__ = [
     "AttestationRefused",
     "device_approve",
+    "device_certificate_pin",
     "device_credential_authenticate",
     "device_custodian_change",
     "device_enrol",

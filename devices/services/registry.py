@@ -20,6 +20,7 @@ from devices.models import (
     Grant,
     IllegalTransition,
     attestation_failures,
+    certificate_fingerprint_normalised,
     serial_digest_of,
 )
 from tenants import access
@@ -154,10 +155,12 @@ def device_register(
     port: int | None = None,
     custodian: User | None = None,
     serial: str = "",
+    certificate_sha256: str = "",
 ) -> Device:
     """Register a device in the current tenant, pending approval (`tenants.manage_devices`). Its AE title must be
     new to the tenant's registry, whatever the other device's status; its custodian, if any, a current member.
-    The serial is kept only as a keyed hash. Records DEVICE_REGISTERED (and the custody)."""
+    The serial is kept only as a keyed hash; `certificate_sha256`, the fingerprint of the TLS client certificate
+    a DICOM device must present (see `device_certificate_pin`). Records DEVICE_REGISTERED (and the custody)."""
     tenant = current_tenant()
     access.require(actor, MANAGE, tenant)
     return _device_create(
@@ -170,6 +173,7 @@ def device_register(
         port=port,
         custodian=custodian,
         serial=serial,
+        certificate_sha256=certificate_sha256,
     )
 
 
@@ -201,6 +205,7 @@ def _device_create(
     port: int | None = None,
     custodian: User | None = None,
     serial: str = "",
+    certificate_sha256: str = "",
 ) -> Device:
     if custodian is not None and not _member_of(custodian, tenant):
         raise ValidationError({"custodian": "The custodian must be a current member of the organisation."})
@@ -214,6 +219,7 @@ def _device_create(
         requested_by=actor if isinstance(actor, User) else None,
         custodian=custodian,
         serial_digest=serial_digest_of(serial),
+        certificate_sha256=certificate_fingerprint_normalised(certificate_sha256),
     )
     _ae_title_free_check(device)
     device.full_clean()
@@ -233,6 +239,7 @@ def _device_create(
             "host": host,
             "port": port,
             "custodian": custodian.username if custodian else None,
+            **({"certificate_sha256": device.certificate_sha256} if device.certificate_sha256 else {}),
         },
     )
     if custodian is not None:
@@ -437,4 +444,28 @@ def device_register_approved_by_operator(
             system_principal="enclave:platform",
             extra={"reason": reason, "ae_title": device.ae_title, "host": host},
         )
+    return device
+
+
+@transaction.atomic
+def device_certificate_pin(*, actor: Any, device: Device, sha256: str) -> Device:
+    """Register the SHA-256 fingerprint of the TLS client certificate a DICOM device must present (SECURITY.md A8,
+    IHE ATNA node authentication), or clear it with "" (then any certificate the listener's CA signed will do).
+    Needs `tenants.manage_devices`; the device must be a DICOM peer (it has an AE title). Idempotent. Records
+    DEVICE_CERTIFICATE_PINNED with the old and new fingerprints."""
+    access.require(actor, MANAGE, device.tenant)
+    if not device.ae_title:
+        raise ValidationError({"certificate_sha256": "Only a DICOM device (with an AE title) presents a certificate."})
+    old = device.certificate_sha256
+    device.certificate_sha256 = certificate_fingerprint_normalised(sha256)  # before the length check of full_clean
+    device.full_clean()
+    if device.certificate_sha256 == old:
+        return device
+    device.save(update_fields=["certificate_sha256", "updated_at"])
+    audit_event_record(
+        event=EventType.DEVICE_CERTIFICATE_PINNED,
+        actor=actor,
+        target=device,
+        extra={"ae_title": device.ae_title, "old_sha256": old, "new_sha256": device.certificate_sha256},
+    )
     return device

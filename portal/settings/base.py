@@ -136,6 +136,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 MIDDLEWARE = [
     "portal.middleware.ClientAddressMiddleware",  # first: everything after reads the client's address from it
     "portal.middleware.RequestSizeLimitMiddleware",  # its process_view runs before CSRF's reads a form body
+    "portal.middleware.NulRefusalMiddleware",
     "portal.middleware.RequestIdMiddleware",
     "portal.middleware.HttpsOnlyMiddleware",  # before SecurityMiddleware would redirect
     "portal.middleware.DicomWebCorsMiddleware",
@@ -300,6 +301,9 @@ RATE_LIMITS: dict[str, dict[str, str]] = env.json(
             "device": "600/minute",
         },
         "export": {"person": "100/hour", "token": "100/hour", "address": "200/hour"},
+        # Refused bearer tokens (unknown, expired, revoked, a lost device's) per client address: past it, every
+        # token from that address is refused with a 429 until the window ends (SECURITY.md G11).
+        "bad_token": {"address": "20/minute"},
     },
 )
 # Ingestion volume per tenant (bytes, all doors together); a tenant's own figures override these. 0: no quota.
@@ -310,6 +314,11 @@ INGEST_QUOTA_BYTES_PER_DAY = env.int("INGEST_QUOTA_BYTES_PER_DAY", default=0)
 # DICOMWEB_STOW_MAX_REQUEST_BYTES below.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
 REQUEST_MAX_BYTES = env.int("REQUEST_MAX_BYTES", default=10 * 1024**2)
+
+# HEALTH (SECURITY.md E8): /health/ fails (503) and raises a SecurityAlert, at most one per interval, when the
+# application's clock is off PostgreSQL's by more than this; audit timestamps come from the application's clock.
+HEALTH_CLOCK_MAX_OFFSET_SECONDS = env.float("HEALTH_CLOCK_MAX_OFFSET_SECONDS", default=1.0)
+HEALTH_ALERT_INTERVAL_SECONDS = env.int("HEALTH_ALERT_INTERVAL_SECONDS", default=600)
 
 # DJANGO REST FRAMEWORK AND OPENAPI
 # ------------------------------------------------------------------------------

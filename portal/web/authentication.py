@@ -9,9 +9,22 @@ from rest_framework.request import Request
 
 from devices.models import DEVICE_TOKEN_PREFIX, ENROLMENT_CODE_PREFIX, DeviceToken, EnrolmentCode
 from devices.services import device_credential_authenticate
+from portal.web.limits import limit_hit, limit_hit_record, limit_reached
 from tenants.models import ApiToken
 from tenants.selectors import api_token_authenticate
 from tenants.services import api_token_touch
+
+BAD_TOKEN = "bad_token"  # noqa: S105 -- the RATE_LIMITS action of refused bearer tokens (per address), not a secret
+
+
+def _refused(address: str | None, detail: str) -> exceptions.APIException:
+    """A refused token counts against its address (RATE_LIMITS["bad_token"]); past the limit the answer is a 429
+    with Retry-After, and the first of the window is on the platform's audit trail (the caller is nobody yet)."""
+    limited = limit_hit(BAD_TOKEN, address=address)
+    if limited is None:
+        return exceptions.AuthenticationFailed(detail)
+    limit_hit_record(limited, door="bearer token")
+    return exceptions.Throttled(wait=limited.retry_after, detail=limited.message)
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -29,18 +42,23 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             return None
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Send the token as: Authorization: Bearer <token>.")
+        # An address that sent too many refused tokens is refused for the rest of the window before any token of
+        # it is looked at, a valid one included: guessing tokens from one address gains nothing by interleaving
+        # a known one.
+        address = request.META.get("REMOTE_ADDR")
+        blocked = limit_reached(BAD_TOKEN, address=address)
+        if blocked is not None:
+            raise exceptions.Throttled(wait=blocked.retry_after, detail=blocked.message)
         if parts[1].startswith((DEVICE_TOKEN_PREFIX, ENROLMENT_CODE_PREFIX)):
             # A device's token or enrolment code: refused (and the refusal recorded) once the device is lost,
             # suspended, wiped or retired, or its attestation has lapsed.
-            device_credential, refusal = device_credential_authenticate(
-                raw=parts[1], source_address=request.META.get("REMOTE_ADDR")
-            )
+            device_credential, refusal = device_credential_authenticate(raw=parts[1], source_address=address)
             if device_credential is None:
-                raise exceptions.AuthenticationFailed(refusal)
+                raise _refused(address, refusal)
             return device_credential.user, device_credential
         token = api_token_authenticate(raw=parts[1])
         if token is None:
-            raise exceptions.AuthenticationFailed("The token is unknown, expired or revoked.")
+            raise _refused(address, "The token is unknown, expired or revoked.")
         api_token_touch(token=token)
         return token.user, token
 

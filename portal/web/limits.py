@@ -81,6 +81,23 @@ def limit_hit(action: str, **keys: Any) -> Limited | None:
     return None
 
 
+def limit_reached(action: str, **keys: Any) -> Limited | None:
+    """Whether a key is already over its limit of `action` in the current window, without counting this request
+    (a refusal found this way is never the window's first: that one was recorded when it was counted)."""
+    policy = settings.RATE_LIMITS.get(action, {})
+    now = time.time()
+    for kind in KINDS:
+        ident = keys.get(kind)
+        if ident in (None, "") or kind not in policy:
+            continue
+        count, period = rate_parse(policy[kind])
+        window = int(now // period)
+        used = cache.get(f"enclave:rate:{action}:{kind}:{ident}:{period}:{window}") or 0
+        if used > count:
+            return Limited(action, kind, policy[kind], max(1, math.ceil((window + 1) * period - now)), first=False)
+    return None
+
+
 def limit_hit_record(limited: Limited, *, actor: Any = None, tenant: Tenant | None = None, door: str) -> None:
     """The first refusal of a window, on the audit trail of `tenant` (the platform's when None)."""
     if not limited.first:

@@ -197,8 +197,10 @@ class _Door:
         calling_ae = (request.calling_ae_title or "").strip()
         called_ae = (request.called_ae_title or "").strip()
         address = _peer_address(assoc.requestor.address)
+        sock = assoc.dul.socket.socket if assoc.dul.socket else None
         try:
-            peer = _admit(calling_ae=calling_ae, called_ae=called_ae, address=address)
+            peer = _admit(calling_ae=calling_ae, called_ae=called_ae, address=address,
+                          certificate_sha256=tls.peer_certificate_sha256(sock))  # fmt: skip
         except _Refused as refused:
             _reject(assoc, refused.reject)
             return
@@ -210,7 +212,7 @@ class _Door:
         assoc.acceptor.ae_title = called_ae
         with self._lock:
             self._peers[assoc] = peer
-        certificate = tls.peer_certificate_summary(assoc.dul.socket.socket if assoc.dul.socket else None)
+        certificate = tls.peer_certificate_summary(sock)
         logger.info(
             "DICOM association accepted: %s -> %s from %s%s (batch %s)", calling_ae, called_ae, address,
             f", TLS client certificate {certificate!r}" if certificate else "", peer.batch,
@@ -411,9 +413,10 @@ class _Refused(Exception):
         self.reject = reject
 
 
-def _admit(*, calling_ae: str, called_ae: str, address: str) -> Peer:
-    """The tenant the peer called and its approved device. Otherwise records the refusal (an audit event and a
-    security alert, in the tenant's chain or, for an unknown called AE title, the platform's) and raises."""
+def _admit(*, calling_ae: str, called_ae: str, address: str, certificate_sha256: str = "") -> Peer:
+    """The tenant the peer called and its approved device, which presented the TLS client certificate registered
+    for it if one is (`Device.certificate_sha256`). Otherwise records the refusal (an audit event and a security
+    alert, in the tenant's chain or, for an unknown called AE title, the platform's) and raises."""
     tenant = tenant_for_called_ae(ae_title=called_ae) if called_ae else None
     device = None
     if tenant is not None:
@@ -427,6 +430,11 @@ def _admit(*, calling_ae: str, called_ae: str, address: str) -> Peer:
                 raise _Refused(REJECT_PERMANENT) from exc
         with tenant_scope(tenant):
             device = dicom_peer_get(ae_title=calling_ae, address=address)
+    pinned = device.certificate_sha256 if device is not None else ""
+    if tenant is not None and device is not None and pinned and certificate_sha256 != pinned:
+        _certificate_refusal_record(tenant=tenant, device=device, calling_ae=calling_ae, called_ae=called_ae,
+                                    address=address, presented=certificate_sha256)  # fmt: skip
+        raise _Refused(REJECT_CALLING_AE)
     if tenant is not None and device is not None:
         return Peer(tenant=tenant, device=device, calling_ae=calling_ae, called_ae=called_ae, address=address,
                     batch=uuid.uuid4())  # fmt: skip
@@ -447,6 +455,28 @@ def _admit(*, calling_ae: str, called_ae: str, address: str) -> Peer:
         )
     logger.warning("DICOM association rejected: %s -> %s from %s", calling_ae, called_ae, address)
     raise _Refused(reject)
+
+
+def _certificate_refusal_record(
+    *, tenant: Any, device: Any, calling_ae: str, called_ae: str, address: str, presented: str
+) -> None:
+    """An approved device's AE title with another certificate than the one registered for it (one the CA signed,
+    or the TLS handshake would have failed; or none, over plain DICOM): node authentication failed."""
+    how = f"a certificate with SHA-256 {presented[:16]}..." if presented else "no certificate (plain DICOM)"
+    summary = f"DICOM association refused: {calling_ae!r} from {address} presented {how}, not its registered one."
+    with tenant_scope(tenant), audit_context(source_address=address, system_principal=f"dicom:{calling_ae}"):
+        security_alert_raise(
+            kind="dicom_certificate_mismatch",
+            summary=summary,
+            event=EventType.ASSOCIATION_REJECTED,
+            tenant=tenant,
+            target=device,
+            subject=calling_ae,
+            extra={"calling_ae": calling_ae, "called_ae": called_ae, "address": address, "layer": "certificate",
+                   "presented_sha256": presented, "registered_sha256": device.certificate_sha256},
+        )  # fmt: skip
+    logger.warning("DICOM association rejected: %s -> %s from %s: not its registered certificate", calling_ae,
+                   called_ae, address)  # fmt: skip
 
 
 def _reject(assoc: Association, reject: tuple[int, int, int]) -> None:

@@ -9,6 +9,7 @@ a load balancer's health check) is only logged: it tried nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
 from typing import Any
@@ -80,6 +81,14 @@ def peer_certificate_summary(sock: object) -> str:
             if key == "commonName":
                 return str(value)
     return ""
+
+
+def peer_certificate_sha256(sock: object) -> str:
+    """SHA-256 of the peer's DER certificate as lower-case hex, '' without TLS or without a client certificate."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return ""
+    der = sock.getpeercert(binary_form=True)
+    return hashlib.sha256(der).hexdigest() if der else ""
 
 
 def _refusal_record(*, address: str, reason: str) -> None:

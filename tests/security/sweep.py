@@ -15,6 +15,7 @@ TENANT_PREFIXES = ("t/<slug:tenant>/", "api/v1/t/<slug:tenant>/", "dicomweb/<slu
 # Routes outside any tenant, each with why the sweep leaves it alone.
 PUBLIC: dict[str, str] = {
     "portal:home": "the tenant chooser; lists only the caller's own memberships",
+    "portal:health": "the node's health for load balancers: PostgreSQL, Redis, clock offset; no tenant data",
     "accounts:login": "the login page",
     "accounts:mfa": "second factor of the login; needs the caller's own half-done session",
     "accounts:mfa_setup": "sets up the caller's own authenticator",

@@ -77,3 +77,21 @@ def test_another_tenant_is_a_404_like_no_tenant(api_client_for, tenant_a, tenant
     assert other.status_code == missing.status_code == 404
     assert other.content == missing.content
     assert device_count(tenant_b) == 0
+
+
+def test_a_dicom_device_is_registered_with_its_certificate_fingerprint(api_client_for, tenant_a, admin_a):
+    """SECURITY.md A8: the fingerprint the listener will require of the device's TLS client certificate."""
+    client = api_client_for(admin_a, tenant_a)
+    digest = "0f" * 32
+    written = ":".join(digest[i : i + 2] for i in range(0, 64, 2)).upper()  # as openssl prints it
+
+    response = client.post(URL, body(certificate_sha256=written), format="json")
+
+    assert response.status_code == 201
+    assert response.json()["certificate_sha256"] == digest
+    event = last_event(tenant_a, EventType.DEVICE_REGISTERED)
+    assert event.extra["certificate_sha256"] == digest
+    assert client.get(f"{URL}{response.json()['id']}/").json()["certificate_sha256"] == digest
+    bad = client.post(URL, body(ae_title="CT_FOUR", certificate_sha256="not-hex"), format="json")
+    assert bad.status_code == 400
+    assert "certificate_sha256" in bad.json()["errors"]

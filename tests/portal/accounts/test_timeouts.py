@@ -73,3 +73,25 @@ def test_absolute_limit_ends_even_an_active_session(tenant_a, radiologist_a):
     assert AuditEvent.unscoped_objects.get(event_type=EventType.SESSION_EXPIRED).extra == {"reason": "absolute"}
     assert client.get("/api/schema/").status_code in (401, 403)
     assert b"a session lasts at most 2 seconds" in client.get(LOGIN).content
+
+
+@override_settings(SESSION_IDLE_TIMEOUT=timedelta(seconds=1))
+def test_the_timer_logout_is_a_logout_event_with_the_node_as_requestor(tenant_a, radiologist_a):
+    """SECURITY.md A3: the timer logout writes Audit(110114 User Authentication, type 110123 Logout), the person
+    signed out as the subject and the node (not the person) as the one that acted, once."""
+    client = signed_in(radiologist_a)
+    age(client, SESSION_LAST_SEEN, 5)
+    before = AuditEvent.unscoped_objects.count()
+
+    assert client.get("/t/north/").status_code == 302
+
+    [event] = AuditEvent.unscoped_objects.filter(event_type=EventType.SESSION_EXPIRED)
+    assert (event.event_id, event.event_id_display) == ("110114", "User Authentication")
+    assert (event.event_type_code, event.event_type_display) == ("110123", "Logout")
+    assert event.outcome == 0
+    assert event.system_principal == "enclave:session-timeout"
+    assert event.actor_user == radiologist_a
+    assert event.occurred_at.utcoffset() == timedelta(0)
+    assert AuditEvent.unscoped_objects.count() == before + 1
+    client.get("/t/north/")  # the next request is anonymous: no second logout
+    assert AuditEvent.unscoped_objects.filter(event_type=EventType.SESSION_EXPIRED).count() == 1

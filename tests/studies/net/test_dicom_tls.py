@@ -5,6 +5,7 @@ a Security Alert of type Node Authentication."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import socket
 import ssl
@@ -14,14 +15,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from audit.events import EventType, Outcome
 from audit.models import AuditEvent, SecurityAlert
 from devices.models import Device
+from devices.services import device_certificate_pin
 from studies.dicom.synthetic import make_study
 from studies.models import Instance
 from studies.net.scp import ListenerServer, start_listener, stop_listener
+from tenants import access
 from tenants.scoping import tenant_scope
 from tests.studies.net.scu import associate, echo, write_files
 from tests.tlsca import TestCA
@@ -200,3 +203,88 @@ def test_dcmtk_storescu_over_tls(tls_listener, north, demo_ct, test_ca, tmp_path
     )  # fmt: skip
     assert refused.returncode != 0
     assert _eventually(_tls_refusals)
+
+
+# A registered certificate (SECURITY.md A8, IHE ATNA node authentication): the device presents its own certificate,
+# not merely one the CA signed
+# ------------------------------------------------------------------------------
+
+
+def _sha256_of(issued: Any) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(issued.cert.read_text())).hexdigest()
+
+
+def _colons(hex_digest: str) -> str:
+    return ":".join(hex_digest[i : i + 2] for i in range(0, 64, 2)).upper()  # as openssl x509 -fingerprint writes it
+
+
+def _pin(device: Device, tenant: Any, sha256: str, actor: Any) -> Device:
+    """`actor` registers `sha256` for `device`, in `tenant`'s scope (the actor's own tenant)."""
+    with tenant_scope(device.tenant):
+        device = Device.objects.get(pk=device.pk)
+    with tenant_scope(tenant):
+        return device_certificate_pin(actor=actor, device=device, sha256=sha256)
+
+
+def _certificate_refusals(tenant: Any) -> list[AuditEvent]:
+    with tenant_scope(tenant):
+        return list(AuditEvent.objects.filter(event_type=EventType.ASSOCIATION_REJECTED, extra__layer="certificate"))
+
+
+def test_a_device_with_its_registered_certificate_is_served(tls_listener, north, demo_ct, test_ca, admin_a, tmp_path):
+    own = test_ca.client("pinned-ct")
+    _pin(demo_ct, north, _colons(_sha256_of(own)), admin_a)
+    files = write_files(tmp_path, make_study(series=1, instances_per_series=1, patient_id="TLS0003"))
+    result = associate(port=tls_listener.port, calling="DEMO_CT", called="NORTH", files=files,
+                       tls=test_ca.client_context(own))  # fmt: skip
+    assert result.statuses == [SUCCESS]
+    assert _certificate_refusals(north) == []
+
+
+def test_another_certificate_of_the_same_ca_is_refused_and_recorded(tls_listener, north, demo_ct, test_ca, admin_a,
+                                                                    tmp_path):  # fmt: skip
+    own, impostor = test_ca.client("pinned-ct"), test_ca.client("impostor-ct")
+    _pin(demo_ct, north, _sha256_of(own), admin_a)
+    files = write_files(tmp_path, make_study(series=1, instances_per_series=1, patient_id="TLS0004"))
+
+    result = associate(port=tls_listener.port, calling="DEMO_CT", called="NORTH", files=files,
+                       tls=test_ca.client_context(impostor))  # fmt: skip
+
+    assert result.rejected
+    [event] = _certificate_refusals(north)
+    assert (event.event_id, event.event_type_code) == ("110113", "110126")  # Security Alert, Node Authentication
+    assert event.outcome == Outcome.SERIOUS_FAILURE
+    assert event.source_address == "127.0.0.1"
+    assert event.extra["presented_sha256"] == _sha256_of(impostor)
+    assert event.extra["registered_sha256"] == _sha256_of(own)
+    assert SecurityAlert.unscoped_objects.get(event=event).kind == "dicom_certificate_mismatch"
+    with tenant_scope(north):
+        assert Instance.objects.count() == 0
+    # The refusal is for that device only: its own certificate still gets in.
+    assert echo(port=tls_listener.port, calling="DEMO_CT", called="NORTH", tls=test_ca.client_context(own)) == SUCCESS
+
+
+def test_a_device_with_a_registered_certificate_is_refused_over_plain_dicom(listener, north, demo_ct, test_ca,
+                                                                           admin_a):  # fmt: skip
+    _pin(demo_ct, north, _sha256_of(test_ca.client("pinned-ct")), admin_a)
+    assert echo(port=listener.port, calling="DEMO_CT", called="NORTH") is None
+    [event] = _certificate_refusals(north)
+    assert event.extra["presented_sha256"] == ""
+
+
+def test_registering_a_certificate_needs_the_right_is_validated_and_recorded(north, demo_ct, admin_a, radiologist_a,
+                                                                             tenant_b, admin_b):  # fmt: skip
+    digest = "ab" * 32
+    with pytest.raises(access.Forbidden):
+        _pin(demo_ct, north, digest, radiologist_a)
+    with pytest.raises(ValidationError):
+        _pin(demo_ct, north, "not-a-fingerprint", admin_a)
+    with pytest.raises((access.Forbidden, access.NotVisible)):
+        _pin(demo_ct, tenant_b, digest, admin_b)  # another tenant's administrator
+    device = _pin(demo_ct, north, _colons(digest), admin_a)
+    assert device.certificate_sha256 == digest
+    _pin(demo_ct, north, digest, admin_a)  # the same again: nothing to record
+    with tenant_scope(north):
+        [event] = AuditEvent.objects.filter(event_type=EventType.DEVICE_CERTIFICATE_PINNED)
+    assert event.actor_user == admin_a
+    assert event.extra == {"ae_title": "DEMO_CT", "old_sha256": "", "new_sha256": digest}
