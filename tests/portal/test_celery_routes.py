@@ -41,7 +41,8 @@ def test_every_ingest_path_task_goes_to_the_ingest_queue():
 
 def test_every_periodic_job_and_its_per_tenant_fan_out_go_to_maintenance():
     periodic = {entry["task"] for entry in BEAT_SCHEDULE.values()}
-    assert "studies.tasks.ingest_sweep" in periodic and "studies.tasks.blob_fixity_check_all" in periodic
+    assert "studies.tasks.ingest_sweep" in periodic
+    assert "studies.tasks.blob_fixity_check_all" in periodic
     for name in periodic:
         assert queue_of(name) == "maintenance", name
         # The beat entry names the same queue the router would choose.
@@ -49,7 +50,8 @@ def test_every_periodic_job_and_its_per_tenant_fan_out_go_to_maintenance():
         assert beat_queue == "maintenance", name
     # Their fan-outs: one task per tenant, queued by the periodic one.
     fan_outs = [n for n in registered_tasks() if ".tenant_" in n]
-    assert "studies.tasks.tenant_ingest_requeue" in fan_outs and "audit.tasks.audit_verify_tenant" not in fan_outs
+    assert "studies.tasks.tenant_ingest_requeue" in fan_outs
+    assert "audit.tasks.audit_verify_tenant" not in fan_outs
     for name in [*fan_outs, "audit.tasks.audit_verify_tenant", "audit.tasks.security_rules_evaluate",
                  "audit.tasks.incident_reminders", "training.tasks.training_reminders_send"]:  # fmt: skip
         assert queue_of(name) == "maintenance", name
@@ -75,5 +77,5 @@ def test_a_prefix_names_every_queue_apart():
 
 def test_the_settings_route_with_these_routes():
     """The app every process runs is configured with them (a test worker asks for a single queue explicitly)."""
-    assert settings.CELERY_TASK_ROUTES == celery_task_routes(settings.CELERY_QUEUE_PREFIX)
+    assert celery_task_routes(settings.CELERY_QUEUE_PREFIX) == settings.CELERY_TASK_ROUTES
     assert app.conf.task_routes == settings.CELERY_TASK_ROUTES

@@ -117,7 +117,7 @@ class Command(BaseCommand):
                     cwd=settings.BASE_DIR, env=_child_environment(), stdout=subprocess.PIPE, text=True,
                 )  # fmt: skip
                 children.append(child)
-                assert child.stdout is not None  # noqa: S101 -- stdout=PIPE above
+                assert child.stdout is not None
                 threading.Thread(
                     target=_forward, args=(child.stdout, self.stdout, ready), daemon=True,
                     name=f"listener-{child.pid}-output",
