@@ -44,13 +44,32 @@ STUDY_KEY_CACHE_SIZE = env.int("STUDY_KEY_CACHE_SIZE", default=1024)
 # ------------------------------------------------------------------------------
 
 
-def database_from_url(url: str) -> dict:
+def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
     """PostgreSQL from a URL. A Unix socket folder goes in the host part percent-encoded, as `scripts/stack.py`
     prints it for the embedded server (`postgres://postgres@%2Fpath%2Fto%2Fvar%2Fpg/enclave`)."""
     config = env.db_url_config(url)
     config["HOST"] = unquote(config.get("HOST") or "")
     config["ATOMIC_REQUESTS"] = False
-    config["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    config["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=conn_max_age)
+    options = config.setdefault("OPTIONS", {})
+    # README "Past one machine". DB_POOL_MAX: each process keeps a pool of at most that many connections
+    # (psycopg_pool, through Django's own pooling), taken per request or task and given back after it, instead of
+    # connecting each time. Size it to the process's threads (gunicorn's --threads; the listener serves one
+    # association per thread); a thread that finds the pool empty waits DB_POOL_TIMEOUT seconds, then fails.
+    pool_max = env.int("DB_POOL_MAX", default=0)
+    if pool_max > 0:
+        config["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool: the pool keeps them
+        options["pool"] = {
+            "min_size": min(env.int("DB_POOL_MIN", default=1), pool_max),
+            "max_size": pool_max,
+            "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+        }
+    # DB_PGBOUNCER: PostgreSQL is reached through PgBouncer in transaction mode, where consecutive transactions of
+    # one client may run on different server connections: no server-side cursors (they live across transactions)
+    # and no persistent client connections; prepared statements are already off (Django's psycopg default).
+    if env.bool("DB_PGBOUNCER", default=False):
+        config["DISABLE_SERVER_SIDE_CURSORS"] = True
+        config["CONN_MAX_AGE"] = 0
     return config
 
 
