@@ -29,7 +29,9 @@ def _get(user: HttpUser, path: str, *, name: str, **kwargs: Any) -> None:
     """GET that counts anything but a 200 as an error, a redirect too (to the sign-in page: the session did not
     hold), so that no error passes as a fast answer."""
     with user.client.get(path, name=name, allow_redirects=False, catch_response=True, **kwargs) as response:
-        if response.status_code != 200:
+        if response.status_code == 0:  # no answer: the connection failed (refused, reset, closed under us)
+            response.failure(f"no answer: {response.error!r}")
+        elif response.status_code != 200:
             response.failure(f"{response.status_code} {response.headers.get('Location', '')}")
 
 

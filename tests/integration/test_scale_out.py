@@ -33,7 +33,7 @@ from studies.dicom.synthetic import make_study
 from studies.models import IngestItem, Instance
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
-from tests.brokers import redis_queue_forget
+from tests.brokers import celery_routes_use, redis_queue_forget
 from tests.integration.conftest import ROOT, _test_database_url, _test_store_root
 from tests.studies.net.scu import associate, sop_instance_uid, write_files
 
@@ -159,12 +159,13 @@ def stack(transactional_db: Any, tmp_path: Path) -> Iterator[Stack]:
     previous = conf.task_always_eager, conf.task_default_queue, conf.task_routes
     conf.task_always_eager = False
     conf.task_default_queue = f"{prefix}default"
-    conf.task_routes = celery_task_routes(prefix)
+    celery_routes_use(celery_task_routes(prefix))
     result = Stack(prefix=prefix, env=env, folder=tmp_path)
     try:
         yield result
     finally:
         conf.task_always_eager, conf.task_default_queue, conf.task_routes = previous
+        celery_routes_use(conf.task_routes)
         result.stop_all()
         for queue in QUEUES:
             redis_queue_forget(result.queue(queue))
