@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -245,6 +246,21 @@ def test_two_listener_processes_share_the_port_and_each_instance_is_indexed_once
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_listener_process_that_dies_is_not_restarted_silently(stack):
+    """One of the listener processes killed: the parent stops the other and fails, for the service manager to see."""
+    port, pids = stack.listener(processes=2)
+    _, parent, _ = next(p for p in stack.processes if p[0] == "listener")
+
+    os.kill(pids[0], signal.SIGKILL)
+
+    assert parent.wait(timeout=STOP_SECONDS) != 0
+    assert "ended by itself" in stack.log("listener")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[1], 0)
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
 
 
 def test_two_workers_on_one_ingest_queue_process_each_item_once(stack, north, tmp_path):
