@@ -3,6 +3,7 @@ PgBouncer's transaction mode from DB_PGBOUNCER, each tried on a real connection 
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -13,6 +14,7 @@ from django.db.utils import ConnectionHandler
 
 from portal.settings.base import database_from_url
 from tests.databases import database_url
+from tests.portal.test_settings import PRODUCTION_ENV, _manage
 
 ALIAS = "pooled"
 
@@ -114,3 +116,26 @@ def test_db_pgbouncer_turns_off_server_side_cursors_and_persistent_connections(d
         assert cursor.fetchone() == (1,)
     # No prepared statements either (PgBouncer's transaction mode shares server connections between clients).
     assert wrapper.connection.prepare_threshold is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, {"conn_max_age": 60, "pool": None, "no_server_side_cursors": False}),
+        ({"DB_POOL_MAX": "8"}, {"conn_max_age": 0, "pool": 8, "no_server_side_cursors": False}),
+        ({"DB_PGBOUNCER": "true"}, {"conn_max_age": 0, "pool": None, "no_server_side_cursors": True}),
+    ],
+)
+def test_production_settings_keep_persistent_connections_only_without_a_pool_or_pgbouncer(extra, expected):
+    """portal.settings.production as a process would load it: 60 s persistent connections by default, none beside
+    a pool (Django would refuse to start) or behind PgBouncer."""
+    show = (
+        "import json; from django.conf import settings; d = settings.DATABASES['default']; "
+        "print(json.dumps({'conn_max_age': d['CONN_MAX_AGE'], "
+        "'pool': (d['OPTIONS'].get('pool') or {}).get('max_size'), "
+        "'no_server_side_cursors': bool(d.get('DISABLE_SERVER_SIDE_CURSORS'))}))"
+    )
+    env = {**PRODUCTION_ENV, **extra}
+    result = _manage("shell", "-c", show, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
