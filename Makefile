@@ -61,13 +61,17 @@ audit-deps: install $(PIP_AUDIT)
 # query and retrieve (bench/query.py: its own database, Redis db 10), then Enclave beside Orthanc (bench/orthanc.py:
 # its own database and Orthanc from Debian's packages; `BENCH_ORTHANC_ARGS=--full` for the issue's sizes), then the
 # audit browser's queries and audit_verify's rate (bench/audit.py: its own database, 10 million events by default;
-# `BENCH_AUDIT_ARGS=--events 1000000` for a quicker run).
+# `BENCH_AUDIT_ARGS=--events 1000000` for a quicker run), then the load test (bench/load.py: locust, 50 users on the
+# browser pages and the API against gunicorn for 60 s, its own database, Redis db 12; `BENCH_LOAD_ARGS`), and the
+# receive side with 1 and `nproc` listener processes sharing the port (bench/receive.py: Redis db 13).
 bench: install
 	scripts/services.sh
 	$(PY) -m bench.ingest $(BENCH_ARGS)
 	$(PY) -m bench.query $(BENCH_QUERY_ARGS)
 	$(PY) -m bench.orthanc $(BENCH_ORTHANC_ARGS)
 	$(PY) -m bench.audit $(BENCH_AUDIT_ARGS)
+	$(PY) -m bench.load $(BENCH_LOAD_ARGS)
+	$(PY) -m bench.receive $(BENCH_RECEIVE_ARGS)
 
 # PostgreSQL and Redis of the machine (Debian's packages) on loopback, for the benchmarks.
 services:

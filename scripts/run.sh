@@ -7,7 +7,9 @@
 # `scripts/run.sh --dev` (`make dev`): the same with Django's development server (DEBUG, autoreload) instead of
 # gunicorn.
 #
-# Environment: WEB_PORT (8000), DICOM_PORT (11112), ENCLAVE_VAR_DIR (var/; a test gives its own).
+# Environment: WEB_PORT (8000), DICOM_PORT (11112), ENCLAVE_VAR_DIR (var/; a test gives its own); sized to the
+# machine's cores (nproc): WEB_CONCURRENCY (gunicorn workers, 2 x cores + 1), DICOM_LISTENER_PROCESSES (listener
+# processes sharing the DICOM port, one per core), INGEST_CONCURRENCY (ingest worker processes, one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -19,6 +21,10 @@ export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-portal.settings.local}"
 export ENCLAVE_VAR_DIR="${ENCLAVE_VAR_DIR:-$ROOT/var}"
 export WEB_PORT="${WEB_PORT:-8000}"
 export DICOM_PORT="${DICOM_PORT:-11112}"
+CORES="$(nproc)"
+export WEB_CONCURRENCY="${WEB_CONCURRENCY:-$((2 * CORES + 1))}"
+export DICOM_LISTENER_PROCESSES="${DICOM_LISTENER_PROCESSES:-$CORES}"
+INGEST_CONCURRENCY="${INGEST_CONCURRENCY:-$CORES}"
 # TLS_CERT / TLS_KEY (PEM): gunicorn serves HTTPS (portal/gunicorn_conf.py); TLS_CA verifies it for the ready check.
 WEB_SCHEME=http
 if [ -n "${TLS_CERT:-}" ] && [ "$MODE" = run ]; then WEB_SCHEME=https; fi
@@ -90,17 +96,20 @@ echo "$(date +%T) demo"
 if [ "$MODE" = run ]; then echo "$(date +%T) collectstatic"; "$PY" manage.py collectstatic --noinput -v 0; fi
 echo "$(date +%T) starting gunicorn, worker, beat, listener"
 
-# 3. What production runs
-.venv/bin/celery -A portal worker -l info -c 2 -Q default,maintenance,ingest -n "worker@%h" \
+# 3. What production runs. One worker for the ingest queue, one for the rest (portal/settings/base.py's routes), so
+# that a flood of images never waits behind a fixity run, nor the other way round.
+.venv/bin/celery -A portal worker -l info -c "$INGEST_CONCURRENCY" -Q ingest -n "ingest@%h" \
+  --without-gossip --without-mingle & pids+=($!)
+.venv/bin/celery -A portal worker -l info -c 1 -Q default,maintenance -n "worker@%h" \
   --without-gossip --without-mingle & pids+=($!)
 .venv/bin/celery -A portal beat -l info --pidfile= & pids+=($!)
-"$PY" manage.py dicom_listener --port "$DICOM_PORT" & pids+=($!)
+"$PY" manage.py dicom_listener --port "$DICOM_PORT" --processes "$DICOM_LISTENER_PROCESSES" & pids+=($!)
 if [ "$MODE" = run ]; then
   # The access log names the path without its query string: a search's query holds patient data.
   # portal/gunicorn_conf.py: HTTPS when TLS_CERT / TLS_KEY are set; the access log's format (path without its
   # query string: a search's query holds patient data).
   .venv/bin/gunicorn portal.wsgi:application -c portal/gunicorn_conf.py --bind "127.0.0.1:${WEB_PORT}" \
-    --worker-class gthread --workers 2 --threads 8 --timeout 120 --graceful-timeout 10 --no-control-socket \
+    --worker-class gthread --workers "$WEB_CONCURRENCY" --threads 8 --timeout 120 --graceful-timeout 10 --no-control-socket \
     --error-logfile - --access-logfile - & pids+=($!)
 else
   "$PY" manage.py runserver "127.0.0.1:${WEB_PORT}" & pids+=($!)

@@ -45,13 +45,32 @@ STUDY_KEY_CACHE_SIZE = env.int("STUDY_KEY_CACHE_SIZE", default=1024)
 # ------------------------------------------------------------------------------
 
 
-def database_from_url(url: str) -> dict:
+def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
     """PostgreSQL from a URL. A Unix socket folder goes in the host part percent-encoded, as `scripts/stack.py`
     prints it for the embedded server (`postgres://postgres@%2Fpath%2Fto%2Fvar%2Fpg/enclave`)."""
     config = env.db_url_config(url)
     config["HOST"] = unquote(config.get("HOST") or "")
     config["ATOMIC_REQUESTS"] = False
-    config["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    config["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=conn_max_age)
+    options = config.setdefault("OPTIONS", {})
+    # README "Past one machine". DB_POOL_MAX: each process keeps a pool of at most that many connections
+    # (psycopg_pool, through Django's own pooling), taken per request or task and given back after it, instead of
+    # connecting each time. Size it to the process's threads (gunicorn's --threads; the listener serves one
+    # association per thread); a thread that finds the pool empty waits DB_POOL_TIMEOUT seconds, then fails.
+    pool_max = env.int("DB_POOL_MAX", default=0)
+    if pool_max > 0:
+        config["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool: the pool keeps them
+        options["pool"] = {
+            "min_size": min(env.int("DB_POOL_MIN", default=1), pool_max),
+            "max_size": pool_max,
+            "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+        }
+    # DB_PGBOUNCER: PostgreSQL is reached through PgBouncer in transaction mode, where consecutive transactions of
+    # one client may run on different server connections: no server-side cursors (they live across transactions)
+    # and no persistent client connections; prepared statements are already off (Django's psycopg default).
+    if env.bool("DB_PGBOUNCER", default=False):
+        config["DISABLE_SERVER_SIDE_CURSORS"] = True
+        config["CONN_MAX_AGE"] = 0
     return config
 
 
@@ -533,12 +552,45 @@ CELERY_TASK_SOFT_TIME_LIMIT = 300
 CELERY_TASK_TIME_LIMIT = 360
 # Redis redelivers an unacknowledged task after this; it must outlast the longest task (SECURITY.md H2).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * CELERY_TASK_TIME_LIMIT + 60}
-CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="default")
-# Ingestion has its own queue so that a flood of incoming images never delays the other jobs. A test worker that
-# must take everything from one private queue sets CELERY_SINGLE_QUEUE.
-CELERY_TASK_ROUTES = (
-    {} if env.bool("CELERY_SINGLE_QUEUE", default=False) else {"studies.tasks.ingest_process": {"queue": "ingest"}}
-)
+# Three queues, so that a flood of incoming images never delays the other jobs, nor a night's fixity run the
+# images: `ingest` (every task of the ingest path), `maintenance` (the periodic jobs and their per-tenant
+# fan-outs), `default` (what a person asked for: mail, exports). Each can have workers of its own, on any machine
+# (README "Past one machine"). CELERY_QUEUE_PREFIX names them apart (`<prefix>ingest`...), so that a test's
+# workers and tasks share queues no other run reads; a test worker that must take everything from one private
+# queue sets CELERY_SINGLE_QUEUE instead.
+CELERY_QUEUE_PREFIX = env.str("CELERY_QUEUE_PREFIX", default="")
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default=f"{CELERY_QUEUE_PREFIX}default")
+
+
+def celery_task_routes(prefix: str = "") -> dict[str, dict[str, str]]:
+    """The queue of each task, by name or pattern. Celery tries an exact name before the patterns, and the patterns
+    in this order; a task matched by none goes to the default queue."""
+    ingest = {"queue": f"{prefix}ingest"}
+    maintenance = {"queue": f"{prefix}maintenance"}
+    return {
+        # The sweeper and its per-tenant requeue are periodic maintenance, though their names say ingest.
+        "studies.tasks.ingest_sweep": maintenance,
+        "studies.tasks.tenant_ingest_requeue": maintenance,
+        # The ingest path: whatever studies.tasks names ingest_* (one item, a batch...), and the thumbnails.
+        "studies.tasks.ingest_*": ingest,
+        "studies.tasks.series_thumbnail*": ingest,
+        # Periodic jobs (portal/celery_schedule.py) and the per-tenant tasks they fan out to.
+        "studies.tasks.tenant_*": maintenance,
+        "studies.tasks.blob_*": maintenance,
+        "studies.tasks.break_glass_expire": maintenance,
+        "studies.tasks.shares_cleanup": maintenance,
+        "studies.tasks.read_tallies_flush": maintenance,
+        "studies.tasks.retention_*": maintenance,
+        "studies.tasks.database_backup": maintenance,
+        "studies.tasks.restore_drill": maintenance,
+        "audit.tasks.*": maintenance,
+        "devices.tasks.*": maintenance,
+        "training.tasks.*": maintenance,
+        "tenants.tasks.*memberships_end_due": maintenance,
+    }
+
+
+CELERY_TASK_ROUTES = {} if env.bool("CELERY_SINGLE_QUEUE", default=False) else celery_task_routes(CELERY_QUEUE_PREFIX)
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -578,6 +630,9 @@ LOGGING = {
 DICOM_HOST = env.str("DICOM_HOST", default="127.0.0.1")
 DICOM_PORT = env.int("DICOM_PORT", default=11112)
 DICOM_AE_TITLE = "ENCLAVE"
+# Listener processes sharing DICOM_PORT (SO_REUSEPORT), so that associations spread over the cores; `make run`
+# (scripts/run.sh) starts one per core. 1: a single process.
+DICOM_LISTENER_PROCESSES = env.int("DICOM_LISTENER_PROCESSES", default=1)
 # DICOM TLS (PS3.15 B.1, IHE ATNA secure node): with a certificate and key, the listener speaks only TLS 1.2+.
 # DICOM_TLS_CA is the bundle that signs the modalities' client certificates; with DICOM_TLS_REQUIRE_CLIENT_CERT
 # (the default), a peer without a certificate it signed is refused at the handshake, before any DICOM is read.

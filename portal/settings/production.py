@@ -22,8 +22,8 @@ SECRET_KEY = _required("SECRET_KEY")
 MASTER_KEY = _required("MASTER_KEY")
 CLAMD_ADDRESS = _required("CLAMD_ADDRESS")
 ALLOWED_HOSTS = [h for h in _required("ALLOWED_HOSTS").split(",") if h]
-DATABASES = {"default": database_from_url(_required("DATABASE_URL"))}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# Persistent connections (60 s) unless DB_POOL_MAX (a pool) or DB_PGBOUNCER says otherwise (README "Past one machine").
+DATABASES = {"default": database_from_url(_required("DATABASE_URL"), conn_max_age=60)}
 REDIS_URL = _required("REDIS_URL")
 CACHES = {"default": redis_cache(REDIS_URL)}
 CELERY_BROKER_URL = REDIS_URL

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -68,7 +69,7 @@ from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_for_called_ae
 from tenants.services import network_require
 
-__all__ = ["ListenerServer", "start_listener", "stop_listener"]
+__all__ = ["ListenerServer", "ReusePortListenerServer", "start_listener", "stop_listener"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,15 @@ class ListenerServer(ThreadedAssociationServer):
     the same stall.
     """
 
+    # Several listener processes may share one port (`manage.py dicom_listener --processes N`): each binds its own
+    # socket with SO_REUSEPORT and the kernel spreads the incoming connections over them.
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = cast(socket.socket, self.socket).accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -160,6 +170,12 @@ class ListenerServer(ThreadedAssociationServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+
+class ReusePortListenerServer(ListenerServer):
+    """A listener that shares its port with the other processes of `dicom_listener --processes N`."""
+
+    reuse_port = True
 
 
 class _Door:
@@ -214,8 +230,8 @@ class _Door:
             self._peers[assoc] = peer
         certificate = tls.peer_certificate_summary(sock)
         logger.info(
-            "DICOM association accepted: %s -> %s from %s%s (batch %s)", calling_ae, called_ae, address,
-            f", TLS client certificate {certificate!r}" if certificate else "", peer.batch,
+            "DICOM association accepted: %s -> %s from %s%s (batch %s, listener process %d)", calling_ae, called_ae,
+            address, f", TLS client certificate {certificate!r}" if certificate else "", peer.batch, os.getpid(),
         )  # fmt: skip
 
     def on_ended(self, event: evt.Event) -> None:
@@ -525,10 +541,13 @@ def _application_entity() -> AE:
     return ae
 
 
-def start_listener(host: str | None = None, port: int | None = None, *, block: bool = False) -> ListenerServer:
+def start_listener(
+    host: str | None = None, port: int | None = None, *, block: bool = False, reuse_port: bool = False
+) -> ListenerServer:
     """Listen on `host`:`port` (settings DICOM_HOST / DICOM_PORT by default; port 0 picks a free one), in DICOM
     TLS when DICOM_TLS_CERT is set (studies.net.tls).
 
+    With `reuse_port`, the port may be shared with other processes listening on it the same way (SO_REUSEPORT).
     Non-blocking (the default) serves from a background thread and returns the running server. Blocking serves
     in this thread until KeyboardInterrupt, then stops and returns the stopped server.
     """
@@ -541,7 +560,7 @@ def start_listener(host: str | None = None, port: int | None = None, *, block: b
         ae.make_server(
             (host, port),
             evt_handlers=door.handlers(),
-            server_class=ListenerServer,
+            server_class=ReusePortListenerServer if reuse_port else ListenerServer,
             ssl_context=tls.listener_tls_context(),
         ),
     )

@@ -19,17 +19,20 @@ import pytest
 from django.conf import settings
 
 from portal.celery import app as celery_app
-from tests.brokers import redis_queue_forget
+from portal.settings.base import celery_task_routes
+from tests.brokers import celery_routes_use, redis_queue_forget
 from tests.databases import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION_QUEUES = ("default", "ingest", "maintenance")  # portal.settings.base.celery_task_routes
 
 
 @dataclass
 class WorkerProcess:
-    queue: str
+    queue: str  # the default queue of the prefix
     process: subprocess.Popen[bytes]
     log: Path
+    prefix: str = ""
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -46,12 +49,14 @@ def _test_store_root() -> str:
 
 @pytest.fixture
 def celery_worker_process(transactional_db: Any, tmp_path: Path) -> Iterator[WorkerProcess]:
-    """A real `celery worker` process on Redis, reading the test database, consuming a queue of its own.
+    """A real `celery worker` process on Redis, reading the test database, consuming production's three queues
+    (`default`, `ingest`, `maintenance`, with production's routes) under a prefix of its own.
 
     Tasks sent from the test with eager mode off go through Redis to it; tasks it queues itself go to the same
-    private queue, so parallel test runs never take each other's work.
+    private queues, so parallel test runs never take each other's work.
     """
-    queue = f"test-{uuid.uuid4().hex[:12]}"
+    prefix = f"test-{uuid.uuid4().hex[:12]}-"
+    queue = f"{prefix}default"
     log = tmp_path / "worker.log"
     env = {
         **os.environ,
@@ -59,27 +64,30 @@ def celery_worker_process(transactional_db: Any, tmp_path: Path) -> Iterator[Wor
         "DATABASE_URL": _test_database_url(),
         "ENCLAVE_TEST_STORE_ROOT": _test_store_root(),
         "CELERY_TASK_ALWAYS_EAGER": "false",
-        "CELERY_TASK_DEFAULT_QUEUE": queue,
-        "CELERY_SINGLE_QUEUE": "true",
+        "CELERY_QUEUE_PREFIX": prefix,
     }
+    for name in ("CELERY_SINGLE_QUEUE", "CELERY_TASK_DEFAULT_QUEUE"):
+        env.pop(name, None)
+    queues = ",".join(f"{prefix}{name}" for name in PRODUCTION_QUEUES)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "worker", "-l", "info", "-c", "1", "-Q", queue,
-             "-n", f"{queue}@localhost", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            [sys.executable, "-m", "celery", "-A", "portal", "worker", "-l", "info", "-c", "1", "-Q", queues,
+             "-n", f"{prefix}@localhost", "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     previous = celery_app.conf.task_always_eager, celery_app.conf.task_default_queue, celery_app.conf.task_routes
     celery_app.conf.task_always_eager = False
     celery_app.conf.task_default_queue = queue
-    celery_app.conf.task_routes = {}
+    celery_routes_use(celery_task_routes(prefix))
     try:
-        yield WorkerProcess(queue=queue, process=process, log=log)
+        yield WorkerProcess(queue=queue, process=process, log=log, prefix=prefix)
     finally:
         (
             celery_app.conf.task_always_eager,
             celery_app.conf.task_default_queue,
             celery_app.conf.task_routes,
         ) = previous
+        celery_routes_use(celery_app.conf.task_routes)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -87,7 +95,8 @@ def celery_worker_process(transactional_db: Any, tmp_path: Path) -> Iterator[Wor
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
-        redis_queue_forget(queue)
+        for name in PRODUCTION_QUEUES:
+            redis_queue_forget(f"{prefix}{name}")
 
 
 @dataclass
@@ -115,9 +124,10 @@ def dicom_listener_process(celery_worker_process: WorkerProcess, tmp_path: Path)
         "DATABASE_URL": _test_database_url(),
         "ENCLAVE_TEST_STORE_ROOT": _test_store_root(),
         "CELERY_TASK_ALWAYS_EAGER": "false",
-        "CELERY_TASK_DEFAULT_QUEUE": celery_worker_process.queue,
-        "CELERY_SINGLE_QUEUE": "true",
+        "CELERY_QUEUE_PREFIX": celery_worker_process.prefix,
     }
+    for name in ("CELERY_SINGLE_QUEUE", "CELERY_TASK_DEFAULT_QUEUE"):
+        env.pop(name, None)
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0"],
@@ -252,7 +262,7 @@ def restartable_celery_worker(transactional_db: Any, tmp_path: Path) -> Iterator
     previous = celery_app.conf.task_always_eager, celery_app.conf.task_default_queue, celery_app.conf.task_routes
     celery_app.conf.task_always_eager = False
     celery_app.conf.task_default_queue = queue
-    celery_app.conf.task_routes = {}
+    celery_routes_use({})
     try:
         yield worker
     finally:
@@ -261,5 +271,6 @@ def restartable_celery_worker(transactional_db: Any, tmp_path: Path) -> Iterator
             celery_app.conf.task_default_queue,
             celery_app.conf.task_routes,
         ) = previous
+        celery_routes_use(celery_app.conf.task_routes)
         worker.stop()
         redis_queue_forget(queue)
