@@ -258,6 +258,7 @@ class _SearchApi(DicomWebReadApi):
             studies=[_study_of(row) for row in rows],
             results=len(rows),
             source_address=self.source_address(),
+            actor_role=self.membership.role,
         )
         warnings = []
         if fuzzy == "true":
