@@ -230,6 +230,23 @@ def test_a_search_of_a_parent_finds_it_only_in_the_callers_tenant(qido, north, t
     assert qido(f"studies/{smith.study_instance_uid}/series").json() == series_before
 
 
+def test_a_search_with_a_token_reads_its_tenant_and_membership_once(qido, north, api_client_for, radiologist_a,
+                                                                    tenant_a, tenant_b):  # fmt: skip
+    """The tenant comes with the token and the Query event takes the request's membership role: neither is
+    read again. A token of north naming south's URL is still a 404."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        assert qido(PatientID="P-SMITH").status_code == 200
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert not [s for s in statements if s.startswith('SELECT "tenants_tenant"') and '"slug" =' in s]
+    assert len([s for s in statements if s.startswith('SELECT "tenants_membership"')]) == 1
+    assert len(events(tenant_a, EventType.STUDIES_QUERIED)) >= 1
+    client = api_client_for(radiologist_a, tenant_a)
+    assert client.get("/dicomweb/south/studies", HTTP_ACCEPT=JSON).status_code == 404
+
+
 def test_the_query_string_stays_out_of_logs(caplog):
     record = logging.LogRecord(
         "django.server", logging.INFO, __file__, 1, '"%s" %s %s',
