@@ -1,27 +1,42 @@
-"""Enclave beside Orthanc (`make bench`): the same synthetic CT set, in one run, through both archives.
+"""Enclave beside Orthanc (`make bench`): the same synthetic data, in one run, through both archives.
 
 Orthanc comes from Debian's packages (`apt-get install orthanc orthanc-dicomweb`). The benchmark starts it with a
 configuration of its own in a temporary folder (loopback ports, `DicomAet` ORTHANC, no authentication, storage
 and index in the folder; every other option is the Debian package's default, read from /etc/orthanc/orthanc.json,
 so `SyncStorageArea` stays on) and stops it at the end. Enclave runs as in bench/ingest.py: its own database
 (`enclave_bench_vs`, dropped and created again) and Redis database (/9, flushed), `manage.py dicom_listener`, one
-Celery worker (-c 2) and gunicorn (2 sync workers), with encryption, the built-in scanner and auditing on.
+Celery worker (-c 2) and gunicorn as scripts/run.sh starts it (portal/gunicorn_conf.py, 2 gthread workers x 8
+threads, connections kept alive), with encryption, the built-in scanner and auditing on. The per-person rate
+limits are lifted (RATE_LIMITS): Orthanc has none, and one client sends more searches a minute than they allow.
 
 Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
 
-- C-STORE of the set with dcmtk's storescu in one association, then of a second set (the same size, other UIDs)
-  in four parallel associations (the set split in four): instances/s from the start of the senders to the last
-  instance searchable. For Enclave that is the last IngestItem's final write (the transaction that indexes it);
-  for Orthanc, which indexes before it answers a C-STORE, the moment `/statistics` counts every instance (polled
-  every 50 ms after the senders exit).
+- C-STORE of a set of CT instances (512 x 512, 16-bit) with dcmtk's storescu in one association, then of a second
+  set (the same size, other UIDs) in four parallel associations: instances/s from the start of the senders to the
+  last instance searchable. For Enclave that is the last IngestItem's final write (the transaction that indexes
+  it); for Orthanc, which indexes before it answers, the moment `/statistics` counts every instance (polled every
+  50 ms after the senders exit).
+- STOW-RS of two more sets, `--stow-batch` instances per multipart/related request, from 1 and from 4 client
+  threads (each over a keep-alive requests.Session of its own), to the last instance searchable.
+- The QIDO-RS index (`--index`, 20,000 instances; `--large`: 200,000): bench/query.py's realistic index (names,
+  IDs, dates over 2020-2024, modalities; 1 patient per 20 instances, 1 study per 10, 1 series per 4) written in
+  bulk into an Enclave tenant of its own, then the same rows written as small Part-10 files (64 x 64, 16-bit)
+  and C-STOREd into Orthanc in one association: Orthanc's "20,000 small instances" figure. `--small-cstore`
+  also sends those files to Enclave's listener (slow: minutes at Enclave's present rate).
 - WADO-RS retrieval of one series (`multipart/related; type="application/dicom"`, every instance) over one
   keep-alive `requests.Session`: MB/s of the body, median of `--retrievals` timed runs after one warm-up.
-- QIDO-RS medians over one `requests.Session`: studies by PatientID, series of a study, instances of a series.
+- QIDO-RS over one `requests.Session`, median and p95 of `--repeat` timed requests after `--warmup`: studies by
+  PatientID, series of a study and instances of a series of the small C-STORE tenant; and the issue's seven
+  searches on the index (by PatientID / PatientName=MARTIN* / a one-year StudyDate / ModalitiesInStudy=CT and a
+  month / all studies, limit 100 / series of a study / instances of a series), each request asking for another
+  patient, study, series, year or month, the same sequence for both.
+- Peak resident memory (VmHWM) of the listener, the worker and gunicorn (each with its children), and Orthanc.
 
-Prints a table and writes var/bench/orthanc-<time>.json. Defaults are small (2 studies x 2 series x 30
-instances = 120 per set); `--full` uses the issue's size (480 instances: 4 x 2 x 60).
+Prints a table (ratios Enclave / Orthanc: for rates higher is better, for times lower) and writes
+var/bench/orthanc-<time>.json with every sample. Defaults: sets of 2 studies x 2 series x 30 instances (120);
+`--full` uses the issue's 480 (4 x 2 x 60).
 
-    .venv/bin/python -m bench.orthanc [--full] [--studies 2 --series 2 --per-series 30] [--keep]
+    .venv/bin/python -m bench.orthanc [--full] [--index 20000 | --large] [--small-cstore] [--keep]
 """
 
 from __future__ import annotations
