@@ -35,7 +35,8 @@ def run_sh_gunicorn_options() -> list[str]:
     for name in ("--worker-class", "--threads", "--timeout", "--graceful-timeout"):
         assert name in words, name
         options += [name, words[words.index(name) + 1]]
-    assert "-c" in words and words[words.index("-c") + 1] == "portal/gunicorn_conf.py"
+    assert "-c" in words
+    assert words[words.index("-c") + 1] == "portal/gunicorn_conf.py"
     return options
 
 
@@ -132,7 +133,8 @@ def test_a_kept_alive_connection_is_reused_and_its_server_socket_has_tcp_nodelay
             assert answer.headers["Connection"] == "keep-alive"
             answer.content  # noqa: B018  (read to the end: the connection goes back to the pool)
         pools = session.get_adapter(base).poolmanager.pools
-        assert [pools[key].num_connections for key in pools.keys()] == [1]  # one connection ever opened
+        keys = pools.keys()  # urllib3's container refuses plain iteration
+        assert [pools[key].num_connections for key in keys] == [1]  # one connection ever opened
         assert len(local_ports) == 1  # every request over the same TCP connection
         client = ("127.0.0.1", local_ports.pop())
         workers = _children(process.pid)
