@@ -19,6 +19,12 @@ from typing import Any
 # read by gunicorn before Django is set up, so it cannot import it.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
 
+# Threaded workers, which keep a viewer's connection alive between requests (the sync worker closes every one):
+# the default for any `gunicorn -c portal/gunicorn_conf.py`, production's included; scripts/run.sh names the
+# same on its command line, which takes precedence. The number of workers is run.sh's (or the deployment's).
+worker_class = "gthread"
+threads = 8
+
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s'
 
 if os.environ.get("TLS_CERT"):

@@ -117,9 +117,12 @@ def _server_sockets_peered_with(pids: list[int], client: tuple[str, int]) -> lis
     return found
 
 
-def test_run_sh_serves_with_threads_that_keep_connections_alive():
+def test_run_sh_and_the_configuration_serve_with_threads_that_keep_connections_alive():
+    from portal import gunicorn_conf
+
     options = run_sh_gunicorn_options()
     assert options[options.index("--worker-class") + 1] == "gthread"  # the sync worker closes every connection
+    assert gunicorn_conf.worker_class == "gthread"  # also for a deployment that starts gunicorn with -c only
 
 
 def test_a_kept_alive_connection_is_reused_and_its_server_socket_has_tcp_nodelay(web_server):
