@@ -1,27 +1,42 @@
-"""Enclave beside Orthanc (`make bench`): the same synthetic CT set, in one run, through both archives.
+"""Enclave beside Orthanc (`make bench`): the same synthetic data, in one run, through both archives.
 
 Orthanc comes from Debian's packages (`apt-get install orthanc orthanc-dicomweb`). The benchmark starts it with a
 configuration of its own in a temporary folder (loopback ports, `DicomAet` ORTHANC, no authentication, storage
 and index in the folder; every other option is the Debian package's default, read from /etc/orthanc/orthanc.json,
 so `SyncStorageArea` stays on) and stops it at the end. Enclave runs as in bench/ingest.py: its own database
 (`enclave_bench_vs`, dropped and created again) and Redis database (/9, flushed), `manage.py dicom_listener`, one
-Celery worker (-c 2) and gunicorn (2 sync workers), with encryption, the built-in scanner and auditing on.
+Celery worker (-c 2) and gunicorn as scripts/run.sh starts it (portal/gunicorn_conf.py, 2 gthread workers x 8
+threads, connections kept alive), with encryption, the built-in scanner and auditing on. The per-person rate
+limits are lifted (RATE_LIMITS): Orthanc has none, and one client sends more searches a minute than they allow.
 
 Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
 
-- C-STORE of the set with dcmtk's storescu in one association, then of a second set (the same size, other UIDs)
-  in four parallel associations (the set split in four): instances/s from the start of the senders to the last
-  instance searchable. For Enclave that is the last IngestItem's final write (the transaction that indexes it);
-  for Orthanc, which indexes before it answers a C-STORE, the moment `/statistics` counts every instance (polled
-  every 50 ms after the senders exit).
+- C-STORE of a set of CT instances (512 x 512, 16-bit) with dcmtk's storescu in one association, then of a second
+  set (the same size, other UIDs) in four parallel associations: instances/s from the start of the senders to the
+  last instance searchable. For Enclave that is the last IngestItem's final write (the transaction that indexes
+  it); for Orthanc, which indexes before it answers, the moment `/statistics` counts every instance (polled every
+  50 ms after the senders exit).
+- STOW-RS of two more sets, `--stow-batch` instances per multipart/related request, from 1 and from 4 client
+  threads (each over a keep-alive requests.Session of its own), to the last instance searchable.
+- The QIDO-RS index (`--index`, 20,000 instances; `--large`: 200,000): bench/query.py's realistic index (names,
+  IDs, dates over 2020-2024, modalities; 1 patient per 20 instances, 1 study per 10, 1 series per 4) written in
+  bulk into an Enclave tenant of its own, then the same rows written as small Part-10 files (64 x 64, 16-bit)
+  and C-STOREd into Orthanc in one association: Orthanc's "20,000 small instances" figure. `--small-cstore`
+  also sends those files to Enclave's listener (slow: minutes at Enclave's present rate).
 - WADO-RS retrieval of one series (`multipart/related; type="application/dicom"`, every instance) over one
   keep-alive `requests.Session`: MB/s of the body, median of `--retrievals` timed runs after one warm-up.
-- QIDO-RS medians over one `requests.Session`: studies by PatientID, series of a study, instances of a series.
+- QIDO-RS over one `requests.Session`, median and p95 of `--repeat` timed requests after `--warmup`: studies by
+  PatientID, series of a study and instances of a series of the small C-STORE tenant; and the issue's seven
+  searches on the index (by PatientID / PatientName=MARTIN* / a one-year StudyDate / ModalitiesInStudy=CT and a
+  month / all studies, limit 100 / series of a study / instances of a series), each request asking for another
+  patient, study, series, year or month, the same sequence for both.
+- Peak resident memory (VmHWM) of the listener, the worker and gunicorn (each with its children), and Orthanc.
 
-Prints a table and writes var/bench/orthanc-<time>.json. Defaults are small (2 studies x 2 series x 30
-instances = 120 per set); `--full` uses the issue's size (480 instances: 4 x 2 x 60).
+Prints a table (ratios Enclave / Orthanc: for rates higher is better, for times lower) and writes
+var/bench/orthanc-<time>.json with every sample. Defaults: sets of 2 studies x 2 series x 30 instances (120);
+`--full` uses the issue's 480 (4 x 2 x 60).
 
-    .venv/bin/python -m bench.orthanc [--full] [--studies 2 --series 2 --per-series 30] [--keep]
+    .venv/bin/python -m bench.orthanc [--full] [--index 20000 | --large] [--small-cstore] [--keep]
 """
 
 from __future__ import annotations
@@ -78,6 +93,11 @@ ORTHANC_DEFAULTS = Path("/etc/orthanc/orthanc.json")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ASSOCIATIONS = 4
+# Orthanc limits nobody; the benchmark's one client sends more searches a minute than a person's limit allows.
+NO_RATE_LIMITS = json.dumps(
+    {action: {"person": "1000000/minute", "token": "1000000/minute", "address": "1000000/minute",
+              "device": "1000000/minute"} for action in ("login", "search", "retrieve", "export")}
+)  # fmt: skip
 
 
 # Senders
@@ -155,6 +175,8 @@ def enclave_reader(target: Target) -> str:
 
 
 def gunicorn_start(processes: Processes, env: dict[str, str], base: str, port: int, token: str) -> Started:
+    """gunicorn as scripts/run.sh starts it (portal/gunicorn_conf.py, gthread workers that keep connections
+    alive), on a loopback port of its own."""
     import requests
 
     def answers(_: Started) -> bool:
@@ -164,7 +186,9 @@ def gunicorn_start(processes: Processes, env: dict[str, str], base: str, port: i
             return False
         return True
 
-    argv = [GUNICORN, "portal.wsgi:application", "-w", "2", "-b", f"127.0.0.1:{port}", "--timeout", "300"]
+    argv = [GUNICORN, "portal.wsgi:application", "-c", "portal/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
+            "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--timeout", "300",
+            "--no-control-socket"]  # fmt: skip
     return processes.start("gunicorn", argv, {**env, "PORTAL_BASE_URL": f"http://127.0.0.1:{port}"}, answers)
 
 
@@ -269,7 +293,7 @@ def search_medians(session: Any, searches: dict[str, str], headers: dict[str, st
                 raise BenchError(f"{url}: HTTP {response.status_code}: {body[:200]!r}")
             if i >= 3:
                 timings.append(elapsed * 1000)
-        out[name] = round(statistics.median(timings), 1)
+        out[name] = {"median_ms": round(statistics.median(timings), 1), "p95_ms": round(percentile(timings, 0.95), 1)}
     return out
 
 
@@ -295,6 +319,167 @@ def first_series(files: list[Path]) -> tuple[dict[str, str], int]:
     return first, series[first["series"]]
 
 
+# STOW-RS (the same client code for both)
+# ------------------------------------------------------------------------------
+
+
+def stow(url: str, headers: dict[str, str], files: list[Path], *, clients: int, batch: int) -> tuple[float, float]:
+    """POST the files as multipart/related requests of `batch` instances from `clients` threads, each over a
+    keep-alive requests.Session of its own; (t0, seconds until the last answer)."""
+    import threading
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from bench.ingest import multipart
+
+    local = threading.local()
+    failed: list[str] = []
+
+    def send(paths: list[Path]) -> None:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        boundary = uuid.uuid4().hex
+        response = session.post(
+            url,
+            data=multipart(paths, boundary),
+            headers={**headers, "Accept": "application/dicom+json",
+                     "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+            timeout=600,
+        )  # fmt: skip
+        if response.status_code not in (200, 202) or response.json().get("00081198", {}).get("Value"):
+            failed.append(f"HTTP {response.status_code}: {response.text[:300]}")
+
+    batches = [files[i : i + batch] for i in range(0, len(files), batch)]
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(send, batches))
+    if failed:
+        raise BenchError(f"STOW-RS to {url}: {len(failed)} requests failed, first: {failed[0]}")
+    return t0, time.time() - t0
+
+
+# QIDO-RS at scale: one index, the same in both archives
+# ------------------------------------------------------------------------------
+
+
+def index_fixture(instances: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    """bench/query.py's index (realistic names, dates and modalities; 1 patient per 20 instances, 1 study per
+    10, 1 series per 4) bulk-written into a tenant of its own (`benchq`, a radiologist with a token)."""
+    from bench import query
+
+    target = query.provision()
+    t0 = time.monotonic()
+    picked = query.fixture(
+        target,
+        patients=max(1, instances // 20),
+        studies=max(1, instances // 10),
+        series=max(1, instances // 4),
+        instances=instances,
+        seed=seed,
+    )
+    picked["seconds"] = round(time.monotonic() - t0, 1)
+    return target, picked
+
+
+def index_files(target: Any, folder: Path) -> int:
+    """The same index as small Part-10 files (64 x 64, 16-bit) for Orthanc: every instance with its patient,
+    study and series attributes as Enclave holds them."""
+    from studies.dicom.synthetic import make_instance
+    from studies.models import Instance
+    from tenants.scoping import tenant_scope
+
+    folder.mkdir(parents=True)
+    fields = ("sop_instance_uid", "instance_number", "series__series_instance_uid", "series__series_number",
+              "series__modality", "series__description", "series__study__study_instance_uid",
+              "series__study__study_date", "series__study__accession_number", "series__study__description",
+              "series__study__referring_physician", "series__study__patient__patient_id",
+              "series__study__patient__name", "series__study__patient__birth_date",
+              "series__study__patient__sex")  # fmt: skip
+    count = 0
+    with tenant_scope(target.tenant):
+        rows = Instance.objects.order_by("pk").values_list(*fields).iterator(chunk_size=5000)
+        for sop, number, series, series_number, modality, series_desc, study, day, accession, desc, referrer, \
+                patient_id, name, birth, sex in rows:  # fmt: skip
+            data = make_instance(
+                patient_id=patient_id, patient_name=name, patient_birth_date=birth, patient_sex=sex,
+                study_uid=study, series_uid=series, sop_uid=sop, modality=modality, rows=64, columns=64,
+                instance_number=number, series_number=series_number, accession=accession,
+                referring=referrer or "", study_description=desc, series_description=series_desc, study_date=day,
+                pixel_seed=count,
+            )  # fmt: skip
+            (folder / f"{count:07d}.dcm").write_bytes(data)
+            count += 1
+    return count
+
+
+def scale_searches(picked: dict[str, Any]) -> dict[str, Any]:
+    """The issue's seven searches; request i of each asks for another patient, study, series or month."""
+    from datetime import date, timedelta
+
+    months = [(year, month) for year in range(2020, 2025) for month in range(1, 13)]
+
+    def month(i: int) -> str:
+        year, number = months[i % len(months)]
+        last = (date(year + (number == 12), number % 12 + 1, 1) - timedelta(days=1)).day
+        return f"{year}{number:02d}01-{year}{number:02d}{last:02d}"
+
+    def pick(key: str, i: int) -> Any:
+        return picked[key][i % len(picked[key])]
+
+    return {
+        "by PatientID": lambda i: ("studies", {"PatientID": pick("patient_ids", i)}),
+        "PatientName=MARTIN*": lambda i: ("studies", {"PatientName": "MARTIN*"}),
+        "one-year StudyDate": lambda i: ("studies", {"StudyDate": f"{2020 + i % 5}0101-{2020 + i % 5}1231"}),
+        "CT + one month": lambda i: ("studies", {"ModalitiesInStudy": "CT", "StudyDate": month(i)}),
+        "all studies, limit 100": lambda i: ("studies", {"limit": "100"}),
+        "series of a study": lambda i: (f"studies/{pick('study_uids', i)}/series", {}),
+        "instances of a series": lambda i: ("studies/{}/series/{}/instances".format(*pick("series", i)), {}),
+    }
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * share
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def run_scale_searches(
+    session: Any, base: str, headers: dict[str, str], searches: dict[str, Any], *, warmup: int, repeat: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, request in searches.items():
+        timings, counts = [], []
+        for i in range(warmup + repeat):
+            path, params = request(i)
+            t0 = time.perf_counter()
+            # The query string as a viewer writes it: Orthanc 1.10 does not decode %2A (a wildcard requests would
+            # encode) and answers nothing; every value here is letters, digits, '-' and '*'.
+            query = "&".join(f"{key}={value}" for key, value in params.items())
+            url = f"{base}/{path}" + (f"?{query}" if query else "")
+            response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=120)
+            body = response.content
+            elapsed = time.perf_counter() - t0
+            if response.status_code not in (200, 204):
+                raise BenchError(f"{name}: HTTP {response.status_code}: {body[:300]!r}")
+            if i >= warmup:
+                timings.append(elapsed * 1000)
+                counts.append(len(json.loads(body)) if response.status_code == 200 else 0)
+        out[name] = {
+            "median_ms": round(statistics.median(timings), 1),
+            "p95_ms": round(percentile(timings, 0.95), 1),
+            "results_median": statistics.median(counts),
+            "samples_ms": [round(t, 2) for t in timings],
+        }
+        log(f"  {name}: median {out[name]['median_ms']} ms, p95 {out[name]['p95_ms']} ms, "
+            f"{out[name]['results_median']} results")  # fmt: skip
+    return out
+
+
 # Main
 # ------------------------------------------------------------------------------
 
@@ -307,12 +492,29 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="the issue's size: 4 x 2 x 60 = 480 instances per set")
     parser.add_argument("--retrievals", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20, help="timed requests per search")
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed requests before each search")
+    parser.add_argument("--stow-batch", type=int, default=10, help="instances per STOW-RS request")
+    parser.add_argument("--index", type=int, default=20000, help="instances of the QIDO-RS index (0: none)")
+    parser.add_argument("--large", action="store_true", help="the QIDO-RS index at 200,000 instances")
+    parser.add_argument(
+        "--small-cstore",
+        action="store_true",
+        help="also C-STORE the index's small instances into Enclave (Orthanc always gets them)",
+    )
+    parser.add_argument("--seed", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and database")
     args = parser.parse_args()
     if args.full:
         args.studies, args.series, args.per_series = 4, 2, 60
+    if args.large:
+        args.index = 200_000
     return args
+
+
+def _rate(count: int, seconds: float, client: float) -> dict[str, float]:
+    return {"seconds": round(seconds, 2), "instances_per_second": round(count / seconds, 1),
+            "senders_done_s": round(client, 2)}  # fmt: skip
 
 
 def main() -> int:
@@ -329,26 +531,40 @@ def main() -> int:
         db_url=f"{PG_SERVER}/{DB_NAME}", redis_url=REDIS_URL, var_dir=tmp / "var", log_level="WARNING"
     )
     base_env = stores_env(base_env, tmp / "stores", "")
+    base_env["RATE_LIMITS"] = NO_RATE_LIMITS
     os.environ.clear()
     os.environ.update(base_env)
     processes = Processes(tmp)
     figures: dict[str, dict[str, Any]] = {"enclave": {}, "orthanc": {}}
+    setup: dict[str, Any] = {}
     try:
         django_on_fresh_database(db_name=DB_NAME, redis_url=REDIS_URL)
         info = machine()
         per_set = args.studies * args.series * args.per_series
         sets = {}
-        for name in ("one", "four"):
-            files = generate(
+        for name in ("one", "four", "stow1", "stow4"):
+            sets[name] = generate(
                 tmp / f"dicom-{name}", studies=args.studies, series=args.series, per_series=args.per_series
             )
-            sets[name] = files
         megabytes = sum(p.stat().st_size for p in sets["one"]) / MB
         folders = {"one": [tmp / "dicom-one"], "four": split(sets["four"], tmp / "split-four", ASSOCIATIONS)}
-        log(f"two sets of {per_set} instances, {megabytes:.1f} MB each")
+        log(f"four sets of {per_set} instances, {megabytes:.1f} MB each")
+        targets = {name: provision(tag) for name, tag in (("one", "vs1"), ("four", "vs4"), ("stow1", "st1"),
+                                                          ("stow4", "st4"), ("small", "sm"))}  # fmt: skip
 
-        # Enclave: listener, worker and gunicorn for the whole run.
-        targets = {"one": provision("vs1"), "four": provision("vs4")}
+        # The QIDO-RS index: bulk rows in Enclave, the same as small files for Orthanc (and Enclave's C-STORE).
+        index_target, picked, index_count = None, {}, 0
+        if args.index:
+            index_target, picked = index_fixture(args.index, args.seed)
+            t0 = time.monotonic()
+            index_count = index_files(index_target, tmp / "dicom-index")
+            setup["index"] = {"instances": index_count, "enclave_bulk_seconds": picked.pop("seconds"),
+                              "files_seconds": round(time.monotonic() - t0, 1),
+                              "megabytes": round(sum(p.stat().st_size for p in (tmp / "dicom-index").iterdir())
+                                                 / MB, 1)}  # fmt: skip
+            log(f"index of {index_count} instances: {setup['index']}")
+
+        # Enclave: listener and worker; C-STORE.
         cpu0 = machine_cpu()
         worker = worker_start(processes, base_env)
         listener = processes.start(
@@ -358,31 +574,47 @@ def main() -> int:
             log_says(r"DICOM listener on 127\.0\.0\.1:\d+"),
         )
         port = int(re.findall(r"DICOM listener on 127\.0\.0\.1:(\d+)", listener.output())[0])
-        for name, target in targets.items():
+        for name in ("one", "four"):
+            target = targets[name]
             t0, client = storescu(
                 folders[name], calling=target.device_ae, called=target.tenant_ae, port=port, logs=tmp, tag=f"e{name}"
             )
             wait_final(target, per_set, args.timeout)
-            seconds = enclave_searchable_at(target) - t0
-            figures["enclave"][f"cstore_{name}"] = {
-                "seconds": round(seconds, 2),
-                "instances_per_second": round(per_set / seconds, 1),
-                "senders_done_s": round(client, 2),
-            }
-            log(f"Enclave C-STORE ({name}): {per_set / seconds:.1f} inst/s")
+            figures["enclave"][f"cstore_{name}"] = _rate(per_set, enclave_searchable_at(target) - t0, client)
+            log(f"Enclave C-STORE ({name}): {figures['enclave'][f'cstore_{name}']}")
+        if args.small_cstore and index_count:
+            target = targets["small"]
+            t0, client = storescu([tmp / "dicom-index"], calling=target.device_ae, called=target.tenant_ae, port=port,
+                                  logs=tmp, tag="esmall")  # fmt: skip
+            wait_final(target, index_count, args.timeout)
+            figures["enclave"]["cstore_small"] = _rate(index_count, enclave_searchable_at(target) - t0, client)
+            log(f"Enclave C-STORE (small): {figures['enclave']['cstore_small']}")
         figures["enclave"]["machine_busy_during_cstore"] = cpu_busy_since(cpu0)
-        figures["enclave"]["memory"] = {"listener": memory_of(listener), "worker": memory_of(worker)}
+        figures["enclave"]["memory"] = {"listener": memory_of(listener)}
         processes.stop("listener")
 
+        # gunicorn as `make run` serves it: STOW-RS, then the reads.
         uids, series_size = first_series(sets["one"])
         target = targets["one"]
         token = enclave_reader(target)
         web_port = free_port()
-        base = f"http://127.0.0.1:{web_port}/dicomweb/{target.tenant.slug}"
+        root = f"http://127.0.0.1:{web_port}/dicomweb"
+        base = f"{root}/{target.tenant.slug}"
         web = gunicorn_start(processes, base_env, base, web_port, token)
+        for name, clients in (("stow1", 1), ("stow4", 4)):
+            stow_target = targets[name]
+            sender = {"Authorization": f"Bearer {stow_target.token}"}
+            for _ in range(4):  # both workers have loaded the application
+                requests.get(f"{root}/{stow_target.tenant.slug}/studies?limit=1", headers=sender, timeout=30)
+            t0, client = stow(f"{root}/{stow_target.tenant.slug}/studies", sender, sets[name], clients=clients,
+                              batch=args.stow_batch)  # fmt: skip
+            wait_final(stow_target, per_set, args.timeout)
+            figures["enclave"][f"{name}"] = _rate(per_set, enclave_searchable_at(stow_target) - t0, client)
+            log(f"Enclave STOW-RS ({clients} clients): {figures['enclave'][name]}")
+        figures["enclave"]["memory"]["worker"] = memory_of(worker)
         auth = {"Authorization": f"Bearer {token}"}
         with requests.Session() as session:
-            for _ in range(4):  # both workers have loaded the application
+            for _ in range(4):
                 session.get(f"{base}/studies?limit=1", headers=auth, timeout=30)
             figures["enclave"]["wado_series"] = retrieve_series(
                 session,
@@ -391,11 +623,17 @@ def main() -> int:
                 runs=args.retrievals,
                 expected=series_size,
             )
-            figures["enclave"]["qido_median_ms"] = search_medians(session, searches_for(base, uids), auth, args.repeat)
+            figures["enclave"]["qido"] = search_medians(session, searches_for(base, uids), auth, args.repeat)
+            if index_target is not None:
+                log(f"Enclave QIDO-RS at {index_count} instances")
+                figures["enclave"]["qido_index"] = run_scale_searches(
+                    session, f"{root}/{index_target.tenant.slug}", {"Authorization": f"Bearer {index_target.token}"},
+                    scale_searches(picked), warmup=args.warmup, repeat=args.repeat,
+                )  # fmt: skip
         figures["enclave"]["memory"]["gunicorn"] = memory_of(web)
         processes.stop("gunicorn")
         processes.stop("worker")
-        log(f"Enclave: {figures['enclave']['wado_series']}, {figures['enclave']['qido_median_ms']}")
+        log(f"Enclave: {figures['enclave']['wado_series']}, {figures['enclave']['qido']}")
 
         # Orthanc: the same sets, in the same order.
         cpu0 = machine_cpu()
@@ -405,15 +643,24 @@ def main() -> int:
             t0, client = storescu(folders[name], calling="BENCHCT", called="ORTHANC", port=dicom_port, logs=tmp,
                                   tag=f"o{name}")  # fmt: skip
             stored += per_set
-            seconds = orthanc_searchable_at(obase, stored, args.timeout) - t0
-            figures["orthanc"][f"cstore_{name}"] = {
-                "seconds": round(seconds, 2),
-                "instances_per_second": round(per_set / seconds, 1),
-                "senders_done_s": round(client, 2),
-            }
-            log(f"Orthanc C-STORE ({name}): {per_set / seconds:.1f} inst/s")
+            searchable = orthanc_searchable_at(obase, stored, args.timeout)
+            figures["orthanc"][f"cstore_{name}"] = _rate(per_set, searchable - t0, client)
+            log(f"Orthanc C-STORE ({name}): {figures['orthanc'][f'cstore_{name}']}")
         figures["orthanc"]["machine_busy_during_cstore"] = cpu_busy_since(cpu0)
         dbase = f"{obase}/dicom-web"
+        for name, clients in (("stow1", 1), ("stow4", 4)):
+            t0, client = stow(f"{dbase}/studies", {}, sets[name], clients=clients, batch=args.stow_batch)
+            stored += per_set
+            figures["orthanc"][name] = _rate(per_set, orthanc_searchable_at(obase, stored, args.timeout) - t0, client)
+            log(f"Orthanc STOW-RS ({clients} clients): {figures['orthanc'][name]}")
+        if index_count:
+            t0, client = storescu([tmp / "dicom-index"], calling="BENCHCT", called="ORTHANC", port=dicom_port,
+                                  logs=tmp, tag="osmall")  # fmt: skip
+            stored += index_count
+            figures["orthanc"]["cstore_small"] = _rate(
+                index_count, orthanc_searchable_at(obase, stored, args.timeout) - t0, client
+            )
+            log(f"Orthanc C-STORE (small): {figures['orthanc']['cstore_small']}")
         with requests.Session() as session:
             figures["orthanc"]["wado_series"] = retrieve_series(
                 session,
@@ -422,12 +669,17 @@ def main() -> int:
                 runs=args.retrievals,
                 expected=series_size,
             )
-            figures["orthanc"]["qido_median_ms"] = search_medians(session, searches_for(dbase, uids), {}, args.repeat)
+            figures["orthanc"]["qido"] = search_medians(session, searches_for(dbase, uids), {}, args.repeat)
+            if index_count:
+                log(f"Orthanc QIDO-RS at {index_count} instances (+ {stored - index_count} of the other sets)")
+                figures["orthanc"]["qido_index"] = run_scale_searches(
+                    session, dbase, {}, scale_searches(picked), warmup=args.warmup, repeat=args.repeat
+                )
         figures["orthanc"]["memory"] = {"orthanc": memory_of(orthanc)}
         processes.stop("orthanc")
-        log(f"Orthanc: {figures['orthanc']['wado_series']}, {figures['orthanc']['qido_median_ms']}")
+        log(f"Orthanc: {figures['orthanc']['wado_series']}, {figures['orthanc']['qido']}")
 
-        rows = table(figures)
+        rows = table(figures, index_count)
         print()
         for row in rows:
             print(row)
@@ -446,6 +698,7 @@ def main() -> int:
                     "load_average_after": [round(v, 2) for v in os.getloadavg()],
                     "orthanc": version.splitlines()[0] if version else "",
                     "set": {"instances": per_set, "megabytes": round(megabytes, 1), "series_retrieved": series_size},
+                    "setup": setup,
                     "figures": figures,
                     "table": rows,
                 },
@@ -459,22 +712,34 @@ def main() -> int:
         bench_cleanup(db_name=DB_NAME, redis_url=REDIS_URL, tmp=tmp, keep=args.keep)
 
 
-def table(figures: dict[str, dict[str, Any]]) -> list[str]:
+def table(figures: dict[str, dict[str, Any]], index_count: int) -> list[str]:
     e, o = figures["enclave"], figures["orthanc"]
-    rows = [f"{'figure':<56} {'Orthanc':>10} {'Enclave':>10} {'ratio':>7}"]
+    rows = [f"{'figure':<72} {'Orthanc':>16} {'Enclave':>16} {'ratio':>7}"]
 
-    def row(label: str, ortho: float, encl: float, higher_is_better: bool = True) -> None:
-        ratio = encl / ortho if higher_is_better else ortho / encl
-        rows.append(f"{label:<56} {ortho:>10.1f} {encl:>10.1f} {ratio:>7.2f}")
+    def row(label: str, ortho: float, encl: float, extra: tuple[str, str] = ("", "")) -> None:
+        ratio = encl / ortho  # Enclave / Orthanc: for rates higher is better, for times (ms) lower is better
+        rows.append(f"{label:<72} {f'{ortho:.1f}{extra[0]}':>16} {f'{encl:.1f}{extra[1]}':>16} {ratio:>7.2f}")
 
-    row("C-STORE, one association (inst/s)", o["cstore_one"]["instances_per_second"],
-        e["cstore_one"]["instances_per_second"])  # fmt: skip
-    row(f"C-STORE, {ASSOCIATIONS} associations (inst/s)", o["cstore_four"]["instances_per_second"],
-        e["cstore_four"]["instances_per_second"])  # fmt: skip
+    for key, label in (("cstore_one", "C-STORE, one association (inst/s)"),
+                       ("cstore_four", f"C-STORE, {ASSOCIATIONS} associations (inst/s)"),
+                       ("stow1", "STOW-RS, 1 client (inst/s)"), ("stow4", "STOW-RS, 4 clients (inst/s)"),
+                       ("cstore_small", f"C-STORE, {index_count} small instances, one assoc. (inst/s)")):  # fmt: skip
+        if key in o and key in e:
+            row(label, o[key]["instances_per_second"], e[key]["instances_per_second"])
+        elif key in o:
+            rows.append(f"{label:<72} {o[key]['instances_per_second']:>16.1f} {'not run':>16}")
     row("WADO-RS series (MB/s, median)", o["wado_series"]["megabytes_per_second_median"],
         e["wado_series"]["megabytes_per_second_median"])  # fmt: skip
-    for name, value in o["qido_median_ms"].items():
-        row(f"QIDO-RS {name} (ms; ratio Orthanc/Enclave)", value, e["qido_median_ms"][name], False)
+    for name, value in o["qido"].items():
+        ev = e["qido"][name]
+        row(f"QIDO-RS, small tenant: {name} (ms median / p95)", value["median_ms"], ev["median_ms"],
+            (f" / {value['p95_ms']:.0f}", f" / {ev['p95_ms']:.0f}"))  # fmt: skip
+    for name, value in o.get("qido_index", {}).items():
+        ev = e["qido_index"][name]
+        if value["results_median"] != ev["results_median"]:
+            name += f" [results differ: {value['results_median']} / {ev['results_median']}]"
+        row(f"QIDO-RS at {index_count}: {name} (ms median / p95)", value["median_ms"], ev["median_ms"],
+            (f" / {value['p95_ms']:.0f}", f" / {ev['p95_ms']:.0f}"))  # fmt: skip
     return rows
 
 

@@ -21,10 +21,11 @@ from tenants.models import ApiToken, Invitation, Membership, Role, Tenant, Trust
 from tenants.scoping import current_tenant
 
 
-def tenant_get_for_member(*, user: Any, slug: str) -> tuple[Tenant, Membership]:
+def tenant_get_for_member(*, user: Any, slug: str, read: Tenant | None = None) -> tuple[Tenant, Membership]:
     """The tenant named in a URL and the user's membership in it; a non-member gets `NotVisible`, the same as
-    for a tenant that does not exist."""
-    tenant = Tenant.objects.filter(slug=slug).first()
+    for a tenant that does not exist. `read`: a tenant row this request has already read (its API token's); used
+    instead of reading it again when its slug is the one named."""
+    tenant = read if read is not None and read.slug == slug else Tenant.objects.filter(slug=slug).first()
     if tenant is None:
         raise access.NotVisible()
     membership = access.membership_current_get(user=user, tenant=tenant)

@@ -16,12 +16,20 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from tenants import access
-from tenants.models import Membership, Tenant
+from tenants.models import ApiToken, Membership, Tenant
 from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_get_for_member
 from tenants.services import network_require
 
 GUARDED = ("initial", "dispatch", "get_permissions", "get_authenticators", "finalize_response")
+
+
+def _tenant_read_with(credential: Any) -> Tenant | None:
+    """The tenant row an API token was read with (tenants.selectors.api_token_authenticate joins it), if it was:
+    one statement fewer per request. Any other credential: None (the tenant is read by its slug)."""
+    if isinstance(credential, ApiToken) and ApiToken.tenant.is_cached(credential):
+        return credential.tenant
+    return None
 
 
 class TenantApi(APIView):
@@ -47,7 +55,9 @@ class TenantApi(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # authentication, IsAuthenticated, throttles
         try:
-            tenant, membership = tenant_get_for_member(user=request.user, slug=kwargs.get("tenant", ""))
+            tenant, membership = tenant_get_for_member(
+                user=request.user, slug=kwargs.get("tenant", ""), read=_tenant_read_with(request.auth)
+            )
         except access.NotVisible as exc:
             raise NotFound() from exc
         if getattr(request.auth, "tenant_id", tenant.pk) != tenant.pk:

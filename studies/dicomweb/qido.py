@@ -125,7 +125,34 @@ def origin(request: Request) -> str:
     return f"{scheme}://{host}"
 
 
-def result_json(obj: Any, *, level: str, attributes: list[Attribute], tenant: str, request: Request) -> dict[str, Any]:
+class RetrieveUrls:
+    """The WADO-RS addresses of one request's results: the origin and the path up to the study UID are made
+    once (one `reverse` and one Host check per request instead of per result: a year of studies is hundreds)."""
+
+    def __init__(self, request: Request, tenant: str) -> None:
+        placeholder = "1"  # a UID is digits and dots, which the URL pattern takes as they are
+        path = reverse("dicomweb:study", kwargs={"tenant": tenant, "study": placeholder})
+        self.prefix = f"{origin(request)}{path[: -len(placeholder)]}"
+
+    def url(self, study: str, series: str | None = None, instance: str | None = None) -> str:
+        url = self.prefix + study
+        if series:
+            url += f"/series/{series}"
+        if instance:
+            url += f"/instances/{instance}"
+        return url
+
+
+def result_json(
+    obj: Any,
+    *,
+    level: str,
+    attributes: list[Attribute],
+    tenant: str,
+    request: Request,
+    urls: RetrieveUrls | None = None,
+) -> dict[str, Any]:
+    urls = urls or RetrieveUrls(request, tenant)
     out: dict[str, Any] = {
         "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
         "00080056": {"vr": "CS", "Value": ["ONLINE"]},
@@ -134,13 +161,11 @@ def result_json(obj: Any, *, level: str, attributes: list[Attribute], tenant: st
         out[attribute.tag] = _element(attribute, attribute_value(obj, attribute, level=level))
     study = _study_of(obj)
     if level == STUDY:
-        url = retrieve_url(request, tenant, study.study_instance_uid)
+        url = urls.url(study.study_instance_uid)
     elif level == SERIES:
-        url = retrieve_url(request, tenant, study.study_instance_uid, obj.series_instance_uid)
+        url = urls.url(study.study_instance_uid, obj.series_instance_uid)
     else:
-        url = retrieve_url(
-            request, tenant, study.study_instance_uid, obj.series.series_instance_uid, obj.sop_instance_uid
-        )
+        url = urls.url(study.study_instance_uid, obj.series.series_instance_uid, obj.sop_instance_uid)
     out["00081190"] = {"vr": "UR", "Value": [url]}
     return dict(sorted(out.items()))
 
@@ -258,6 +283,7 @@ class _SearchApi(DicomWebReadApi):
             studies=[_study_of(row) for row in rows],
             results=len(rows),
             source_address=self.source_address(),
+            actor_role=self.membership.role,
         )
         warnings = []
         if fuzzy == "true":
@@ -270,8 +296,12 @@ class _SearchApi(DicomWebReadApi):
         if not rows:
             response = Response(status=204)
         else:
+            urls = RetrieveUrls(request, tenant)
             response = Response(
-                [result_json(r, level=level, attributes=attributes, tenant=tenant, request=request) for r in rows]
+                [
+                    result_json(r, level=level, attributes=attributes, tenant=tenant, request=request, urls=urls)
+                    for r in rows
+                ]
             )
         for warning in warnings:
             response["Warning"] = warning if "Warning" not in response else f"{response['Warning']}, {warning}"

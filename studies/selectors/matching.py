@@ -29,6 +29,7 @@ from studies.dicom.query import Level
 from studies.models import Instance, Patient, Series, Study
 from studies.selectors.catalogue import INSTANCE, PATH, PATIENT, SERIES, STUDY, Attribute, Matching
 from tenants import access
+from tenants.scoping import current_tenant_or_none
 
 __all__ = [
     "InvalidQuery",
@@ -297,7 +298,19 @@ def search_queryset(
         qs = instances.select_related("series__study__patient", "blob")
     if study_uid is not None and level in (SERIES, INSTANCE):
         qs = qs.filter(**{f"{PATH[(level, STUDY)]}study_instance_uid": study_uid})
-    return qs.filter(condition).order_by(*_ORDER[level])
+    return qs.filter(condition, _parents_in_tenant(level)).order_by(*_ORDER[level])
+
+
+def _parents_in_tenant(level: Level) -> Q:
+    """The current tenant named on every joined parent table too. The scope filters the level's own table only;
+    a key on a parent (PatientID at study level, the study of `/studies/{uid}/series`) can then be found through
+    the parent's (tenant, UID) or (tenant, patient ID) unique index instead of a sequential scan of the parent
+    table (EXPLAIN ANALYZE at 20,000 instances; the rows are the same: a parent is always of its child's tenant)."""
+    tenant = current_tenant_or_none()
+    if tenant is None:
+        return Q()
+    parents = [PATH[(level, parent)] for parent in (PATIENT, STUDY, SERIES) if (level, parent) in PATH]
+    return Q(**{f"{path}tenant_id": tenant.pk for path in parents if path})
 
 
 def _is_cancelled(exc: BaseException) -> bool:

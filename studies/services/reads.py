@@ -97,12 +97,15 @@ def studies_query_record(
     outcome: int = Outcome.SUCCESS,
     reason: str = "",
     extra: Mapping[str, Any] | None = None,
+    actor_role: str = "",
 ) -> None:
     """One Query event for one search, from any door (QIDO-RS, C-FIND): the raw query string (base64 of its
     bytes: it may hold patient names, which the audit trail may keep but plain logs may not), the resource or
     SOP class searched, the number of results, and the patients and studies the results belong to (so a breach
     scope finds patients reached by a search). A refused search is recorded with its `outcome` and `reason`.
-    Raises if the event cannot be written: the caller must then not answer with the results."""
+    Raises if the event cannot be written: the caller must then not answer with the results. `actor_role`: the
+    role of the membership the request was let in by (a door that has it saves the audit writer reading it
+    again); without it the writer looks it up."""
     encoded = _encoded(query_string)
     audit_event_record(
         event=EventType.STUDIES_QUERIED,
@@ -113,6 +116,7 @@ def studies_query_record(
             query={"id": resource, "query": encoded, "detail": {"results": results}},
         ),
         outcome=outcome,
+        actor_role=actor_role,
         outcome_description=reason,
         source_address=source_address,
         system_principal=system_principal,

@@ -201,6 +201,7 @@ def test_every_search_is_one_query_event_with_the_query_and_count(qido, north, t
     assert len(rows) == before + 1
     event = rows[-1]
     assert event.actor_user == radiologist_a
+    assert event.actor_role == Role.RADIOLOGIST  # the role of the membership the request was let in by
     assert event.event_id == "110112"
     query = next(p for p in event.participants if p["type"] == "query")
     assert base64.b64decode(query["query"]).decode() == response.wsgi_request.META["QUERY_STRING"]
@@ -211,6 +212,39 @@ def test_every_search_is_one_query_event_with_the_query_and_count(qido, north, t
     qido(PatientName="NOBODY")
     empty = events(tenant_a, EventType.STUDIES_QUERIED)[-1]
     assert empty.extra["results"] == 0
+
+
+def test_a_search_of_a_parent_finds_it_only_in_the_callers_tenant(qido, north, tenant_a, tenant_b):
+    """The joined parents carry the tenant condition too (so their (tenant, UID) indexes serve the search): the
+    same patient ID and Study Instance UID in another tenant never add results nor hide them."""
+    from tests.studies.dicomweb.reading import ingest
+
+    smith = north["smith"]
+    series_before = qido(f"studies/{smith.study_instance_uid}/series").json()
+    assert len(series_before) == 1
+    ingest(tenant_b, patient_id="P-SMITH", patient_name="OTHER^TENANT", study_uid=smith.study_instance_uid)
+    ingest(tenant_b, patient_id="P-SMITH", patient_name="OTHER^TENANT", study_uid=smith.study_instance_uid)
+    found = qido(PatientID="P-SMITH").json()
+    assert [value(item, STUDY_UID) for item in found] == [smith.study_instance_uid]
+    assert value(found[0], PATIENT_NAME) == {"Alphabetic": "SMITH^JOHN"}
+    assert qido(f"studies/{smith.study_instance_uid}/series").json() == series_before
+
+
+def test_a_search_with_a_token_reads_its_tenant_and_membership_once(qido, north, api_client_for, radiologist_a,
+                                                                    tenant_a, tenant_b):  # fmt: skip
+    """The tenant comes with the token and the Query event takes the request's membership role: neither is
+    read again. A token of north naming south's URL is still a 404."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        assert qido(PatientID="P-SMITH").status_code == 200
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert not [s for s in statements if s.startswith('SELECT "tenants_tenant"') and '"slug" =' in s]
+    assert len([s for s in statements if s.startswith('SELECT "tenants_membership"')]) == 1
+    assert len(events(tenant_a, EventType.STUDIES_QUERIED)) >= 1
+    client = api_client_for(radiologist_a, tenant_a)
+    assert client.get("/dicomweb/south/studies", HTTP_ACCEPT=JSON).status_code == 404
 
 
 def test_the_query_string_stays_out_of_logs(caplog):
