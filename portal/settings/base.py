@@ -587,6 +587,7 @@ def celery_task_routes(prefix: str = "") -> dict[str, dict[str, str]]:
         "devices.tasks.*": maintenance,
         "training.tasks.*": maintenance,
         "tenants.tasks.*memberships_end_due": maintenance,
+        "tenants.tasks.*recertification*": maintenance,
     }
 
 
