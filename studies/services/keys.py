@@ -8,7 +8,8 @@
 - `master_key_rotate`: every live TenantKey rewrapped by MASTER_KEY_NEW, each row in its own transaction; a row
   that already opens with the new key is done. Then the operator makes the new key MASTER_KEY.
 - `study_keys_adopt`: instance blobs and thumbnails stored before study keys existed are rewrapped under their
-  study's key, so that retention deletion shreds them too.
+  study's key, so that retention deletion shreds them too; exports, certificates and quarantined uploads stored
+  before keys of their own get one (studies.storage.blobs.own_key_uid), so that their deletion shreds them.
 
 Each is audited on the tenant's trail (TENANT_KEY_ROTATION_STARTED, TENANT_KEY_ROTATED, MASTER_KEY_ROTATED,
 STUDY_KEYS_ADOPTED). Callers open the tenant scope (the command does). No key is ever logged.
@@ -28,6 +29,7 @@ from audit.events import EventType
 from audit.services import audit_event_record
 from studies.models import Blob, Instance, Series, StudyKey, TenantKey
 from studies.storage import envelope
+from studies.storage.blobs import own_key_uid
 from studies.storage.keys import (
     PRIMARY,
     REPLICA,
@@ -243,7 +245,8 @@ def _adopt(blob_pk: int, study_instance_uid: str) -> bool:
 
 def study_keys_adopt(*, step: Callable[[], None] | None = None) -> int:
     """Rewrap the current tenant's instance blobs and thumbnails that are still tenant-wrapped under their
-    study's key. Resumable and idempotent (a blob with a study key is done). Returns how many were rewrapped."""
+    study's key, and the other tenant-wrapped blobs (exports, certificates, quarantine) under a key of their own.
+    Resumable and idempotent (a blob with a study key is done). Returns how many were rewrapped."""
     todo = [
         (pk, uid)
         for pk, uid in Instance.objects.filter(blob__study_key__isnull=True)
@@ -254,6 +257,12 @@ def study_keys_adopt(*, step: Callable[[], None] | None = None) -> int:
         for pk, uid in Series.objects.filter(thumbnail__isnull=False, thumbnail__study_key__isnull=True)
         .order_by("pk")
         .values_list("thumbnail_id", "study__study_instance_uid")
+    ] + [
+        (pk, own_key_uid(public_id))
+        for pk, public_id in Blob.objects.filter(study_key__isnull=True)
+        .exclude(kind__in=[Blob.Kind.INSTANCE, Blob.Kind.THUMBNAIL])
+        .order_by("pk")
+        .values_list("pk", "public_id")
     ]
     adopted = 0
     for pk, uid in todo:
