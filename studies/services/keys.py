@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from django.core.files.storage import storages
 from django.db import transaction
@@ -46,6 +47,8 @@ from tenants.models import Tenant
 from tenants.scoping import current_tenant
 
 PRINCIPAL = "manage.py rotate_keys"
+# A backup under way takes less than this (its manifest, which backups_prune reads, is written at its end).
+BACKUP_UNDER_WAY = timedelta(days=1)
 # How many times the sweep is repeated when writers that began before the new version keep adding old-wrapped keys.
 SWEEPS = 3
 
@@ -114,8 +117,11 @@ def _rewrap_blob(pk: int, target: int, keks: dict[int, bytes]) -> bool:
 
 
 def _rewrap_study_key(pk: int, target: int, keks: dict[int, bytes]) -> bool:
-    """Write the key's file for the new version (both stores), then move the row to it; the old file goes after
-    the commit. Killed before the commit: the row still names the old file, which is intact."""
+    """Write the key's file for the new version (both stores), then move the row to it. Killed before the commit:
+    the row still names the old file, which is intact. The old file stays: a database backup taken before names
+    it, and restored, must still open the study; it goes with the old version's other files once no backup older
+    than the version's retirement is kept (`rotated_key_files_prune`), or with the study (retention deletion
+    removes every version)."""
     with transaction.atomic():
         row = StudyKey.objects.select_for_update().get(pk=pk)
         old = row.key_version
@@ -125,13 +131,6 @@ def _rewrap_study_key(pk: int, target: int, keks: dict[int, bytes]) -> bool:
         study_key_write(row=row, study_key=key, version=target, kek=keks[target])
         row.key_version = target
         row.save(update_fields=["key_version", "updated_at"])
-        old_name = study_key_file_name(tenant_id=row.tenant_id, key_id=row.key_id, version=old)
-
-        def remove_old() -> None:
-            for store in (PRIMARY, REPLICA):
-                storages[store].delete(old_name)
-
-        transaction.on_commit(remove_old)
     return True
 
 
@@ -189,6 +188,49 @@ def tenant_key_rotate(*, step: Callable[[], None] | None = None) -> RotationRepo
             },
         )
     return report
+
+
+def rotated_key_files_prune(*, oldest_backup: datetime | None) -> list[int]:
+    """Remove the study key files of the current tenant's retired key versions that no kept database backup can
+    need: a version retired before `oldest_backup` was taken (the oldest backup kept; None: there is none) is named
+    by no row of any backup. A version retired less than a day ago is kept whatever the backups (a backup under way
+    has no manifest yet, and takes less than a day). Each version is done once (`key_files_removed_at`), files of
+    every study key of the tenant, from both stores, after the commit. Audited ROTATED_KEY_FILES_REMOVED. Returns
+    the versions done."""
+    done: list[int] = []
+    cutoff = timezone.now() - BACKUP_UNDER_WAY
+    if oldest_backup is not None:
+        cutoff = min(cutoff, oldest_backup)
+    candidates = TenantKey.objects.filter(
+        retired_at__isnull=False, retired_at__lt=cutoff, key_files_removed_at__isnull=True
+    )
+    key_ids = list(StudyKey.objects.values_list("key_id", flat=True))
+    tenant = current_tenant()
+    with transaction.atomic():
+        for row in candidates.select_for_update().order_by("version"):
+            names = [study_key_file_name(tenant_id=tenant.pk, key_id=k, version=row.version) for k in key_ids]
+
+            def remove(names: list[str] = names) -> None:
+                for store in (PRIMARY, REPLICA):
+                    for name in names:
+                        storages[store].delete(name)
+
+            transaction.on_commit(remove)
+            row.key_files_removed_at = timezone.now()
+            row.save(update_fields=["key_files_removed_at", "updated_at"])
+            done.append(row.version)
+        if done:
+            audit_event_record(
+                event=EventType.ROTATED_KEY_FILES_REMOVED,
+                tenant=tenant,
+                system_principal=PRINCIPAL,
+                extra={
+                    "versions": done,
+                    "study_keys": len(key_ids),
+                    "oldest_backup": oldest_backup.isoformat() if oldest_backup else None,
+                },
+            )
+    return done
 
 
 def master_key_rotate(*, step: Callable[[], None] | None = None) -> int:
