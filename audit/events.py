@@ -415,9 +415,11 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.TENANT_EXPORT_READ: EventSpec(EXPORT, None, Action.READ, "Tenant offboarding export read"),
     EventType.ROTATED_KEY_FILES_REMOVED: EventSpec(
-        SECURITY_ALERT, SECURITY_CONFIGURATION, Action.DELETE,
+        SECURITY_ALERT,
+        SECURITY_CONFIGURATION,
+        Action.DELETE,
         "Study key files of a retired tenant key version removed (no backup needs them any more)",
-    ),  # fmt: skip
+    ),
     EventType.TRAINING_COURSE_ADOPTED: EventSpec(
         APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"
     ),

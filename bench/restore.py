@@ -275,7 +275,14 @@ def main() -> int:
                 raise BenchError(f"unknown store kind {kind!r}")
             result = tmp / f"result-{n}.json"
             argv = [PYTHON, "-m", "bench.restore", "--child", str(n), "--result", str(result)]
-            argv += ["--size-gb", str(args.size_gb), "--blob-mb", str(args.blob_mb), "--study-blobs", str(args.study_blobs)]
+            argv += [
+                "--size-gb",
+                str(args.size_gb),
+                "--blob-mb",
+                str(args.blob_mb),
+                "--study-blobs",
+                str(args.study_blobs),
+            ]
             argv += ["--drill"] if args.drill else []
             log(f"{kind}: run {n}")
             subprocess.run(argv, env=run_env, cwd=ROOT, check=True)
@@ -288,9 +295,9 @@ def main() -> int:
                 f"{r['gb_per_minute']:>9.2f}{r['blobs_verified_after']:>10}"
             )
             if "drill_seconds" in r:
-                print(f"  drill {r['drill_status']}: {r['drill_seconds']} s in all, recovery {r['drill_recovery_seconds']} s,"
-                      f" {r['drill_blob_files']} files copied, {r['drill_blobs_sampled']} blobs sampled;"
-                      f" backup {r['backup_seconds']} s")  # fmt: skip
+                print(f"  drill {r['drill_status']}: {r['drill_seconds']} s in all,"
+                      f" recovery {r['drill_recovery_seconds']} s, {r['drill_blob_files']} files copied,"
+                      f" {r['drill_blobs_sampled']} blobs sampled; backup {r['backup_seconds']} s")  # fmt: skip
         out = ROOT / "var" / "bench"
         out.mkdir(parents=True, exist_ok=True)
         now = datetime.now(UTC)

@@ -12,7 +12,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
@@ -94,7 +94,7 @@ class TenantOffboardingAdmin(admin.ModelAdmin):
         )
         return [download, *super().get_urls()]
 
-    def export_download_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+    def export_download_view(self, request: HttpRequest, object_id: int) -> StreamingHttpResponse:
         """GET /ops/studies/tenantoffboarding/<id>/export/ : the decrypted export zip, streamed, to a platform
         operator (the admin site lets only verified staff in; the service checks again) who may view
         offboardings. TENANT_EXPORT_READ is recorded before the first byte leaves. An offboarding without an

@@ -289,23 +289,27 @@ def study_keys_adopt(*, step: Callable[[], None] | None = None) -> int:
     """Rewrap the current tenant's instance blobs and thumbnails that are still tenant-wrapped under their
     study's key, and the other tenant-wrapped blobs (exports, certificates, quarantine) under a key of their own.
     Resumable and idempotent (a blob with a study key is done). Returns how many were rewrapped."""
-    todo = [
-        (pk, uid)
-        for pk, uid in Instance.objects.filter(blob__study_key__isnull=True)
-        .order_by("pk")
-        .values_list("blob_id", "series__study__study_instance_uid")
-    ] + [
-        (pk, uid)
-        for pk, uid in Series.objects.filter(thumbnail__isnull=False, thumbnail__study_key__isnull=True)
-        .order_by("pk")
-        .values_list("thumbnail_id", "study__study_instance_uid")
-    ] + [
-        (pk, own_key_uid(public_id))
-        for pk, public_id in Blob.objects.filter(study_key__isnull=True)
-        .exclude(kind__in=[Blob.Kind.INSTANCE, Blob.Kind.THUMBNAIL])
-        .order_by("pk")
-        .values_list("pk", "public_id")
-    ]
+    todo = (
+        [
+            (pk, uid)
+            for pk, uid in Instance.objects.filter(blob__study_key__isnull=True)
+            .order_by("pk")
+            .values_list("blob_id", "series__study__study_instance_uid")
+        ]
+        + [
+            (pk, uid)
+            for pk, uid in Series.objects.filter(thumbnail__isnull=False, thumbnail__study_key__isnull=True)
+            .order_by("pk")
+            .values_list("thumbnail_id", "study__study_instance_uid")
+        ]
+        + [
+            (pk, own_key_uid(public_id))
+            for pk, public_id in Blob.objects.filter(study_key__isnull=True)
+            .exclude(kind__in=[Blob.Kind.INSTANCE, Blob.Kind.THUMBNAIL])
+            .order_by("pk")
+            .values_list("pk", "public_id")
+        ]
+    )
     adopted = 0
     for pk, uid in todo:
         if _adopt(pk, uid):

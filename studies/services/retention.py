@@ -375,9 +375,11 @@ def _study_shred(*, study: Study, proposal: RetentionProposal, actor: Any) -> Re
     # the quarantined copies of its instances kept for review (conflicts), with theirs.
     exports = exports_destroy_with_study(study=study)
     quarantined = 0
-    for item in IngestItem.objects.select_for_update(of=("self",)).filter(
-        sop_instance_uid__in=[instance.sop_instance_uid for instance in instances], quarantine__isnull=False
-    ).select_related("quarantine"):
+    for item in (
+        IngestItem.objects.select_for_update(of=("self",))
+        .filter(sop_instance_uid__in=[instance.sop_instance_uid for instance in instances], quarantine__isnull=False)
+        .select_related("quarantine")
+    ):
         copy, item.quarantine = item.quarantine, None
         item.save(update_fields=["quarantine", "updated_at"])
         assert copy is not None

@@ -48,16 +48,21 @@ def test_policies_listed_created_and_stopped(tenant_a, admin_a, api_client_for):
     assert created.status_code == 201, created.content
     body = created.json()
     assert (body["modality"], body["years_after_last_study"], body["keep_until_patient_age"], body["active"]) == (
-        "MG", 10, 21, True
+        "MG",
+        10,
+        21,
+        True,
     )
     listed = client.get(f"{_base(tenant_a)}/policies/").json()
     assert [p["id"] for p in listed["results"]] == [body["id"]]
 
     bad = client.post(f"{_base(tenant_a)}/policies/", {"name": "x", "years_after_last_study": 0})
-    assert bad.status_code == 400 and "years_after_last_study" in str(bad.json())
+    assert bad.status_code == 400
+    assert "years_after_last_study" in str(bad.json())
 
     stopped = client.post(f"{_base(tenant_a)}/policies/{body['id']}/stop/")
-    assert stopped.status_code == 200 and stopped.json()["active"] is False
+    assert stopped.status_code == 200
+    assert stopped.json()["active"] is False
     with tenant_scope(tenant_a):
         assert not RetentionPolicy.objects.get().active
     changes = [e.extra["change"] for e in _events(tenant_a, EventType.RETENTION_POLICY_SET)]
@@ -72,7 +77,8 @@ def test_two_people_delete_through_the_api_and_one_alone_cannot(tenant_a, admin_
     with tenant_scope(tenant_a):
         assert retention.retention_proposals_make() == 1
     queue = first.get(f"{_base(tenant_a)}/proposals/").json()["results"]
-    assert len(queue) == 1 and queue[0]["status"] == "proposed"
+    assert len(queue) == 1
+    assert queue[0]["status"] == "proposed"
     proposal = queue[0]["id"]
 
     approved = first.post(f"{_base(tenant_a)}/proposals/{proposal}/approve/")
@@ -80,7 +86,8 @@ def test_two_people_delete_through_the_api_and_one_alone_cannot(tenant_a, admin_
     assert approved.json()["first_approved_by"] == admin_a.username
     # The same person again: refused with a reason, nothing deleted.
     again = first.post(f"{_base(tenant_a)}/proposals/{proposal}/approve/")
-    assert again.status_code == 400 and "second person" in str(again.json())
+    assert again.status_code == 400
+    assert "second person" in str(again.json())
     with tenant_scope(tenant_a):
         assert Study.objects.filter(patient__patient_id="API-RET-OLD").exists()
         assert not RetentionTombstone.objects.exists()
@@ -110,9 +117,11 @@ def test_reject_needs_a_reason(tenant_a, admin_a, api_client_for):
         proposal = RetentionProposal.objects.get()
     url = f"{_base(tenant_a)}/proposals/{proposal.public_id}/reject/"
     blank = client.post(url, {"reason": "  "})
-    assert blank.status_code == 400 and "reason" in str(blank.json())
+    assert blank.status_code == 400
+    assert "reason" in str(blank.json())
     done = client.post(url, {"reason": "Still under treatment"})
-    assert done.status_code == 200 and done.json()["status"] == "rejected"
+    assert done.status_code == 200
+    assert done.json()["status"] == "rejected"
     [event] = _events(tenant_a, EventType.RETENTION_REJECTED)
     assert event.actor_user_id == admin_a.pk
     with tenant_scope(tenant_a):
@@ -129,28 +138,32 @@ def test_holds_placed_block_deletion_and_are_lifted(tenant_a, admin_a, complianc
     neither = client.post(f"{_base(tenant_a)}/holds/", {"reason": "litigation"})
     assert neither.status_code == 400
     no_reason = client.post(f"{_base(tenant_a)}/holds/", {"patient_id": "API-HOLD", "reason": ""})
-    assert no_reason.status_code == 400 and "reason" in str(no_reason.json())
+    assert no_reason.status_code == 400
+    assert "reason" in str(no_reason.json())
     missing = client.post(f"{_base(tenant_a)}/holds/", {"patient_id": "NOBODY", "reason": "litigation"})
     assert missing.status_code == 404
 
     placed = client.post(f"{_base(tenant_a)}/holds/", {"patient_id": "API-HOLD", "reason": "litigation"})
     assert placed.status_code == 201, placed.content
     hold = placed.json()
-    assert hold["patient"] == str(study.patient.public_id) and hold["lifted_at"] is None
+    assert hold["patient"] == str(study.patient.public_id)
+    assert hold["lifted_at"] is None
     with tenant_scope(tenant_a):  # the open proposal it covers is cancelled; none is made while it holds
         assert RetentionProposal.objects.get().status == RetentionProposal.Status.CANCELLED
         assert retention.retention_proposals_make() == 0
     on_study = client.post(
         f"{_base(tenant_a)}/holds/", {"study_instance_uid": study.study_instance_uid, "reason": "audit request"}
     )
-    assert on_study.status_code == 201 and on_study.json()["study_instance_uid"] == study.study_instance_uid
+    assert on_study.status_code == 201
+    assert on_study.json()["study_instance_uid"] == study.study_instance_uid
     assert len(client.get(f"{_base(tenant_a)}/holds/").json()["results"]) == 2
 
     lifted = client.post(f"{_base(tenant_a)}/holds/{hold['id']}/lift/", {"reason": "case closed"})
     assert lifted.status_code == 200
     assert (lifted.json()["lifted_by"], lifted.json()["lift_reason"]) == (admin_a.username, "case closed")
     assert [e.extra["hold"] for e in _events(tenant_a, EventType.LEGAL_HOLD_PLACED)] == [
-        hold["id"], on_study.json()["id"]
+        hold["id"],
+        on_study.json()["id"],
     ]
     assert [e.extra["hold"] for e in _events(tenant_a, EventType.LEGAL_HOLD_LIFTED)] == [hold["id"]]
     with tenant_scope(tenant_a):

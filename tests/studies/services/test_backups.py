@@ -397,7 +397,8 @@ def test_old_key_files_go_once_no_backup_from_before_the_rotation_is_kept(tenant
     assert not AuditEvent.unscoped_objects.filter(event_type=EventType.ROTATED_KEY_FILES_REMOVED).exists()
 
     database_backup(keep_daily=1)  # today's backup only: the one from before goes, and the old files with it
-    assert [m.name for m in backup_list()] != [before.name] and before.name not in [m.name for m in backup_list()]
+    assert [m.name for m in backup_list()] != [before.name]
+    assert before.name not in [m.name for m in backup_list()]
     assert files() == {"blobs:v2", "replica:v2"}
     with tenant_scope(tenant_a):
         event = AuditEvent.objects.get(event_type=EventType.ROTATED_KEY_FILES_REMOVED)

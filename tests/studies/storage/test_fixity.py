@@ -22,7 +22,6 @@ from audit.models import AuditEvent, SecurityAlert
 from studies.models import Blob, BlobCursor, Instance
 from studies.services import fixity
 from studies.storage import envelope
-from studies.storage.keys import study_key_ensure
 from studies.storage.blobs import (
     PRIMARY,
     QUARANTINE,
@@ -36,6 +35,7 @@ from studies.storage.blobs import (
     blob_sealed_read,
     blob_write,
 )
+from studies.storage.keys import study_key_ensure
 from studies.tasks import blob_fixity_check_all_task, blob_orphans_remove_all_task, blob_replicas_catch_up_all_task
 from tenants.scoping import tenant_scope
 from tests.studies.retention_fixtures import stored_study

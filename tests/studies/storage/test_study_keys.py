@@ -182,7 +182,9 @@ def test_an_export_of_a_deleted_study_cannot_be_opened_from_a_backup_taken_befor
         kept.refresh_from_db()
         assert both.state == kept.state == Export.State.DONE
         blob = both.blob
-        assert blob is not None and blob.study_key_id is not None and blob.key_version == 0
+        assert blob is not None
+        assert blob.study_key_id is not None
+        assert blob.key_version == 0
         # The export's key is its own, not the study's nor the tenant's.
         own_key = StudyKey.objects.get(pk=blob.study_key_id)
         assert not Blob.objects.filter(study_key=own_key).exclude(pk=blob.pk).exists()
@@ -214,7 +216,8 @@ def test_an_export_of_a_deleted_study_cannot_be_opened_from_a_backup_taken_befor
 
         # The export of the kept study alone is untouched and reads.
         kept.refresh_from_db()
-        assert kept.state == Export.State.DONE and kept.blob is not None
+        assert kept.state == Export.State.DONE
+        assert kept.blob is not None
         assert hashlib.sha256(blob_read(blob=kept.blob)).hexdigest() == kept.blob.sha256
 
 

@@ -69,7 +69,8 @@ def test_an_operator_downloads_the_export_streamed_and_recorded_first(platform_s
     # Recorded before a byte was read from the response.
     event = AuditEvent.unscoped_objects.get(event_type=EventType.TENANT_EXPORT_READ)
     assert (event.actor_user, event.tenant_id) == (platform_staff, offboarded.tenant_id)
-    assert event.extra["streamed"] is True and event.extra["store"] == PRIMARY
+    assert event.extra["streamed"] is True
+    assert event.extra["store"] == PRIMARY
     data = b"".join(response.streaming_content)
     assert len(data) == offboarded.export_size == int(response["Content-Length"])
     assert hashlib.sha256(data).hexdigest() == offboarded.export_sha256
@@ -102,7 +103,8 @@ def test_a_damaged_primary_copy_is_served_from_the_replica_and_none_is_a_404(pla
 def test_everyone_else_is_refused_and_nothing_is_recorded(platform_staff, offboarded, admin_a, client_for, tenant_b):
     # A tenant administrator (even of the offboarded tenant): the operators' sign-in page.
     member = client_for(admin_a).get(_url(offboarded))
-    assert member.status_code == 302 and member["Location"].startswith("/ops/login/")
+    assert member.status_code == 302
+    assert member["Location"].startswith("/ops/login/")
     # An operator signed in without the second factor: the same.
     unverified = Client()
     unverified.force_login(platform_staff)
