@@ -18,7 +18,7 @@ from django.test import override_settings
 from audit.events import EventType
 from audit.models import AuditEvent
 from studies.models import Blob, Export, Instance, RetentionProposal, Series, Study, StudyKey, TenantKey
-from studies.services import export_request, retention
+from studies.services import export_request, export_run, retention
 from studies.storage import envelope
 from studies.storage.blobs import PRIMARY, QUARANTINE, REPLICA, blob_delete, blob_read, blob_write
 from studies.storage.keys import (
@@ -283,3 +283,27 @@ def test_the_study_key_cache_is_bounded_and_least_recently_used_goes_first():
     assert cache.get((1, 3)) == b"c" * 32
     cache.forget((1, 1))
     assert cache.get((1, 1)) is None
+
+
+def test_an_export_queued_when_its_study_is_deleted_never_stores_its_zip(
+    tenant_a, admin_a, compliance_a, radiologist_a, django_capture_on_commit_callbacks
+):
+    old = stored_study(tenant_a, patient_id="EXP-QUEUED", study_date=date(2009, 6, 1))
+    policy_make(tenant_a, admin_a, years=7)
+    with tenant_scope(tenant_a):
+        with django_capture_on_commit_callbacks(execute=False):  # queued, its job not run yet
+            export = export_request(actor=radiologist_a, studies=[old])
+        assert Export.objects.get(pk=export.pk).state == Export.State.QUEUED
+        retention.retention_proposals_make()
+        proposal = RetentionProposal.objects.get()
+        retention.retention_proposal_approve(actor=admin_a, proposal=proposal)
+        with django_capture_on_commit_callbacks(execute=True):
+            retention.retention_proposal_approve(actor=compliance_a, proposal=proposal)
+        export.refresh_from_db()
+        assert (export.state, export.blob_id) == (Export.State.FAILED, None)
+        assert AuditEvent.objects.get(event_type=EventType.STUDY_DELETED).extra["exports_destroyed"] == [
+            str(export.public_id)
+        ]
+        blobs_before = Blob.objects.filter(kind=Blob.Kind.EXPORT).count()
+        assert export_run(export_id=export.pk) is None  # the job, run late: claims nothing, stores nothing
+        assert Blob.objects.filter(kind=Blob.Kind.EXPORT).count() == blobs_before == 0
