@@ -182,6 +182,7 @@ class EventType(IntEnum):
     TENANT_OFFBOARDING_REJECTED = 555
     TENANT_SHREDDED = 556
     TENANT_EXPORT_READ = 557
+    ROTATED_KEY_FILES_REMOVED = 558
     # 600-699: training and certification
     TRAINING_COURSE_ADOPTED = 601
     TRAINING_COURSE_CREATED = 602
@@ -447,6 +448,12 @@ EVENTS: dict[EventType, EventSpec] = {
         EXPORT, SECURITY_CONFIGURATION, Action.DELETE, "Tenant exported, its keys destroyed, certificate issued"
     ),
     EventType.TENANT_EXPORT_READ: EventSpec(EXPORT, None, Action.READ, "Tenant offboarding export read"),
+    EventType.ROTATED_KEY_FILES_REMOVED: EventSpec(
+        SECURITY_ALERT,
+        SECURITY_CONFIGURATION,
+        Action.DELETE,
+        "Study key files of a retired tenant key version removed (no backup needs them any more)",
+    ),
     EventType.TRAINING_COURSE_ADOPTED: EventSpec(
         APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.CREATE, "Catalogue course adopted"
     ),

@@ -5,11 +5,16 @@ database (/11, flushed), migrates it and makes one tenant. For each store kind (
 
 - builds a synthetic archive of `--size-gb` (default 0.05; the issue's figure is `--size-gb 10`) of encrypted
   blobs of `--blob-mb` each (default 0.5 MB, about a CT slice), incompressible random bytes, written by the real
-  `blob_write` (envelope encryption, primary and replica);
+  `blob_write` (envelope encryption, primary and replica), `--study-blobs` to a study (default 200: one study key
+  and its two key files per 200 blobs, as ingest makes them);
 - deletes the primary store entirely (the folder removed, or every object of the bucket);
 - runs `restore_blobs --from-replica --tenant <slug>` in this process, timed: every replica copy is decrypted and
   its SHA-256 checked before it is written;
-- checks afterwards that every blob's primary copy decrypts to its stored hash (not timed).
+- checks afterwards that every blob's primary copy decrypts to its stored hash (not timed);
+- with `--drill`: takes a database backup (`database_backup`, timed) and runs the restore drill
+  (`restore_drill_run`: the backup restored into a scratch database and every file of the replica store copied
+  to a scratch folder, timed as its recovery time, then the row counts, a sample of blobs decrypted end to end
+  and the audit chains checked), timed as a whole too.
 
 S3 is moto's server mode in its own process on a loopback port (objects spill to files under the benchmark's
 temporary folder, so a 10 GB archive does not sit in memory), reached through django-storages as in production
@@ -18,7 +23,7 @@ temporary folder, so a 10 GB archive does not sit in memory), reached through dj
 
 Prints the figures and writes var/bench/restore-<time>.json. Everything is removed at the end unless `--keep`.
 
-    .venv/bin/python -m bench.restore [--size-gb 0.05] [--blob-mb 0.5] [--stores fs,s3] [--keep]
+    .venv/bin/python -m bench.restore [--size-gb 0.05] [--blob-mb 0.5] [--stores fs,s3] [--drill] [--keep]
 """
 
 from __future__ import annotations
@@ -115,7 +120,7 @@ def provision(n: int) -> Any:
         return services.tenant_create(slug=f"{TENANT_SLUG}{n}", name=f"Restore benchmark {n}", ae_title=f"BENCHR{n}")
 
 
-def archive_build(tenant: Any, *, size_gb: float, blob_mb: float) -> dict[str, Any]:
+def archive_build(tenant: Any, *, size_gb: float, blob_mb: float, study_blobs: int) -> dict[str, Any]:
     from django.db import transaction
 
     from studies.models import Blob
@@ -128,11 +133,13 @@ def archive_build(tenant: Any, *, size_gb: float, blob_mb: float) -> dict[str, A
     with tenant_scope(tenant):
         for n in range(count):
             with transaction.atomic():
-                blob_write(kind=Blob.Kind.INSTANCE, data=os.urandom(blob_bytes))
+                study = f"1.2.826.0.1.3680043.8.498.9{n // study_blobs}"
+                blob_write(kind=Blob.Kind.INSTANCE, data=os.urandom(blob_bytes), study_instance_uid=study)
             if n and n % 1000 == 0:
                 log(f"  {n}/{count} blobs written")
     return {
         "blobs": count,
+        "studies": (count + study_blobs - 1) // study_blobs,
         "plaintext_gb": round(count * blob_bytes / GB, 3),
         "build_seconds": time.monotonic() - started,
     }
@@ -177,11 +184,38 @@ def restore_and_check(tenant: Any) -> dict[str, Any]:
     }
 
 
+def drill_run() -> dict[str, Any]:
+    """A database backup, then the restore drill on it, both timed (the drill's own recovery time is the restore
+    of the database and the copy of the replica store; its checks come after)."""
+    from studies.services.backups import database_backup, restore_drill_run
+
+    started = time.monotonic()
+    manifest = database_backup()
+    backup_seconds = time.monotonic() - started
+    started = time.monotonic()
+    drill = restore_drill_run()
+    drill_seconds = time.monotonic() - started
+    return {
+        "backup_seconds": round(backup_seconds, 2),
+        "backup_bytes": manifest.size,
+        "drill_seconds": round(drill_seconds, 2),
+        "drill_recovery_seconds": round(drill.recovery_seconds or 0, 2),
+        "drill_bytes_restored": drill.bytes_restored,
+        "drill_status": drill.status,
+        "drill_problems": drill.problems,
+        "drill_blob_files": drill.checks.get("blob_files"),
+        "drill_blobs_sampled": drill.checks.get("blobs_sampled"),
+        "drill_blobs_failed": drill.checks.get("blobs_failed"),
+    }
+
+
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=0.05, help="plaintext size of the synthetic archive")
     parser.add_argument("--blob-mb", type=float, default=0.5, help="size of each blob")
     parser.add_argument("--stores", default="fs,s3", help="fs, s3 or both (comma-separated)")
+    parser.add_argument("--study-blobs", type=int, default=200, help="blobs per study (one study key each)")
+    parser.add_argument("--drill", action="store_true", help="also time a database backup and the restore drill")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and database")
     parser.add_argument("--child", metavar="N", type=int, help=argparse.SUPPRESS)  # one run, stores from the env
     parser.add_argument("--result", metavar="PATH", help=argparse.SUPPRESS)
@@ -195,11 +229,19 @@ def child(args: argparse.Namespace) -> int:
     django.setup()
     tenant = provision(args.child)
     log(f"building a {args.size_gb} GB archive of {args.blob_mb} MB blobs")
-    built = archive_build(tenant, size_gb=args.size_gb, blob_mb=args.blob_mb)
+    built = archive_build(tenant, size_gb=args.size_gb, blob_mb=args.blob_mb, study_blobs=args.study_blobs)
+    log(f"built in {built['build_seconds']:.0f} s; load average {[round(v, 2) for v in os.getloadavg()]}")
     primary_wipe()
     log("primary store deleted; restoring from the replica")
     measured = restore_and_check(tenant)
     log(measured["command_output"])
+    measured["load_average_after_restore"] = [round(v, 2) for v in os.getloadavg()]
+    if args.drill:
+        log("database backup and restore drill")
+        measured |= drill_run()
+        measured["load_average_after_drill"] = [round(v, 2) for v in os.getloadavg()]
+        log(f"drill {measured['drill_status']} in {measured['drill_seconds']} s "
+            f"(recovery {measured['drill_recovery_seconds']} s)")  # fmt: skip
     Path(args.result).write_text(json.dumps({**built, **measured}))
     return 0
 
@@ -233,7 +275,15 @@ def main() -> int:
                 raise BenchError(f"unknown store kind {kind!r}")
             result = tmp / f"result-{n}.json"
             argv = [PYTHON, "-m", "bench.restore", "--child", str(n), "--result", str(result)]
-            argv += ["--size-gb", str(args.size_gb), "--blob-mb", str(args.blob_mb)]
+            argv += [
+                "--size-gb",
+                str(args.size_gb),
+                "--blob-mb",
+                str(args.blob_mb),
+                "--study-blobs",
+                str(args.study_blobs),
+            ]
+            argv += ["--drill"] if args.drill else []
             log(f"{kind}: run {n}")
             subprocess.run(argv, env=run_env, cwd=ROOT, check=True)
             results.append({"stores": kind, **json.loads(result.read_text())})
@@ -244,6 +294,10 @@ def main() -> int:
                 f"{r['stores']:<7}{r['blobs']:>8}{r['ciphertext_gb']:>9.3f}{r['seconds']:>11.2f}"
                 f"{r['gb_per_minute']:>9.2f}{r['blobs_verified_after']:>10}"
             )
+            if "drill_seconds" in r:
+                print(f"  drill {r['drill_status']}: {r['drill_seconds']} s in all,"
+                      f" recovery {r['drill_recovery_seconds']} s, {r['drill_blob_files']} files copied,"
+                      f" {r['drill_blobs_sampled']} blobs sampled; backup {r['backup_seconds']} s")  # fmt: skip
         out = ROOT / "var" / "bench"
         out.mkdir(parents=True, exist_ok=True)
         now = datetime.now(UTC)

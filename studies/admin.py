@@ -10,14 +10,17 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, StreamingHttpResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from audit.admin import ReadOnlyAdmin
 from studies.models import RestoreDrill, TenantOffboarding
 from studies.services.offboarding import (
     tenant_offboarding_approve,
+    tenant_offboarding_export_stream,
     tenant_offboarding_reject,
     tenant_offboarding_request,
 )
@@ -70,10 +73,46 @@ class TenantOffboardingAdmin(admin.ModelAdmin):
         return TenantOffboarding.unscoped_objects.select_related("tenant", "requested_by", "approved_by")
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return ("for_tenant", "reason") if obj is None else SHOWN
+        return ("for_tenant", "reason") if obj is None else (*SHOWN, "export_download")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return () if obj is None else SHOWN
+        return () if obj is None else (*SHOWN, "export_download")
+
+    @admin.display(description="Export")
+    def export_download(self, obj: TenantOffboarding) -> str:
+        if obj.status != TenantOffboarding.Status.DONE:
+            return "-"
+        url = reverse("admin:studies_tenantoffboarding_export", args=[obj.pk])
+        return format_html('<a href="{}">Download the export ({} bytes; the download is recorded)</a>', url,
+                           obj.export_size)  # fmt: skip
+
+    def get_urls(self) -> list[Any]:
+        download = path(
+            "<int:object_id>/export/",
+            self.admin_site.admin_view(self.export_download_view),
+            name="studies_tenantoffboarding_export",
+        )
+        return [download, *super().get_urls()]
+
+    def export_download_view(self, request: HttpRequest, object_id: int) -> StreamingHttpResponse:
+        """GET /ops/studies/tenantoffboarding/<id>/export/ : the decrypted export zip, streamed, to a platform
+        operator (the admin site lets only verified staff in; the service checks again) who may view
+        offboardings. TENANT_EXPORT_READ is recorded before the first byte leaves. An offboarding without an
+        export, or one whose export no longer reads: a 404 (nothing to give)."""
+        offboarding = TenantOffboarding.unscoped_objects.select_related("tenant").filter(pk=object_id).first()
+        if offboarding is None:
+            raise Http404()
+        if not self.has_view_permission(request, offboarding):
+            raise PermissionDenied()
+        try:
+            stream = tenant_offboarding_export_stream(operator=request.user, offboarding=offboarding)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise Http404(" ".join(exc.messages)) from exc
+        response = StreamingHttpResponse(stream, content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="offboarding-{offboarding.public_id}.zip"'
+        response["Content-Length"] = str(offboarding.export_size)
+        response["Cache-Control"] = "no-store"
+        return response
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:

@@ -19,6 +19,9 @@ class TenantKey(TenantOwnedModel):
     wrapped = models.BinaryField()
     active = models.BooleanField(default=True)
     retired_at = models.DateTimeField(null=True, blank=True)
+    # When the study key files of this (retired) version were removed: only once no database backup older than
+    # its retirement is kept, since such a backup's rows still name this version (studies.services.keys).
+    key_files_removed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -2,7 +2,9 @@
 
 from django.urls import path
 
+from portal.web.routing import api_by_method
 from studies.apis import break_glass as break_glass_apis
+from studies.apis import retention as retention_apis
 from studies.apis import shares as share_apis
 from studies.views import break_glass, exports, ingest, retention, shares, studies, study
 
@@ -68,4 +70,31 @@ api_patterns: list = [
     ),
     path("studies/<str:public_id>/shares/<str:share_id>/", share_apis.ShareRevokeApi.as_view(), name="study_share"),
     path("break-glass/", break_glass_apis.BreakGlassStartApi.as_view(), name="break_glass"),
+    path(
+        "retention/policies/",
+        api_by_method(GET=retention_apis.PolicyListApi, POST=retention_apis.PolicyCreateApi),
+        name="retention_policies",
+    ),
+    path(
+        "retention/policies/<str:public_id>/stop/",
+        retention_apis.PolicyStopApi.as_view(),
+        name="retention_policy_stop",
+    ),
+    path("retention/proposals/", retention_apis.ProposalListApi.as_view(), name="retention_proposals"),
+    path(
+        "retention/proposals/<str:public_id>/approve/",
+        retention_apis.ProposalApproveApi.as_view(),
+        name="retention_proposal_approve",
+    ),
+    path(
+        "retention/proposals/<str:public_id>/reject/",
+        retention_apis.ProposalRejectApi.as_view(),
+        name="retention_proposal_reject",
+    ),
+    path(
+        "retention/holds/",
+        api_by_method(GET=retention_apis.HoldListApi, POST=retention_apis.HoldPlaceApi),
+        name="retention_holds",
+    ),
+    path("retention/holds/<str:public_id>/lift/", retention_apis.HoldLiftApi.as_view(), name="retention_hold_lift"),
 ]

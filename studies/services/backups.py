@@ -39,6 +39,7 @@ from audit.models import AuditChain, SecurityAlert
 from audit.selectors import audit_chain_verify
 from audit.services import audit_event_record, security_alert_raise
 from studies.models import Blob, RestoreDrill, StudyKey, TenantKey
+from studies.services.keys import rotated_key_files_prune
 from studies.storage import envelope
 from studies.storage.backups import (
     BackupError,
@@ -149,7 +150,9 @@ def backups_prune(*, keep_daily: int) -> list[str]:
     """Keep every backup of the last `keep_daily` days that have backups (UTC days of their snapshots); delete the
     older ones. The newest backup is always kept, and a day with several backups (one taken by hand before a risky
     change, say) keeps them all. Also deletes the dumps left without a manifest for a day (backups cut short).
-    Records DATABASE_BACKUPS_DELETED when it deleted any. Names deleted."""
+    Records DATABASE_BACKUPS_DELETED when it deleted any. Then each tenant's study key files of retired key
+    versions that no kept backup needs any more are removed (studies.services.keys.rotated_key_files_prune: a
+    backup taken before a rotation names the old version's files, and must still open). Names deleted."""
     if keep_daily < 1:
         raise ValueError("keep_daily must be at least 1: pruning never deletes every backup")
     backups = backup_list()
@@ -162,6 +165,11 @@ def backups_prune(*, keep_daily: int) -> list[str]:
     unfinished = backup_unfinished(older_than=timezone.now() - timedelta(days=1))
     for path in unfinished:
         backup_store().delete(path)
+    taken = [parse_datetime(m.created_at) for m in backups if m.name in kept]
+    oldest = min((when for when in taken if when is not None), default=None)
+    for tenant in Tenant.objects.order_by("pk"):
+        with tenant_scope(tenant):
+            rotated_key_files_prune(oldest_backup=oldest)
     if doomed or unfinished:
         audit_event_record(
             event=EventType.DATABASE_BACKUPS_DELETED,

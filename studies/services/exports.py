@@ -21,6 +21,7 @@ from typing import Any
 import pyzipper
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from audit.events import EventType, Outcome
@@ -246,6 +247,11 @@ def export_run(*, export_id: int) -> Export | None:
             blob_delete(blob=password_blob)
         return export
     with transaction.atomic():
+        # Locked: a study of the export deleted by retention meanwhile (`exports_destroy_with_study`) failed the
+        # export, and its zip must then never be stored.
+        export = Export.objects.select_for_update().get(pk=export.pk)
+        if export.state != Export.State.RUNNING:
+            return export
         blob = blob_write(kind=Blob.Kind.EXPORT, data=buffer.getvalue())
         export.blob = blob
         export.done = done
@@ -257,6 +263,33 @@ def export_run(*, export_id: int) -> Export | None:
         if password_blob is not None:
             blob_delete(blob=password_blob)  # the password is in the bundle's keys now, and nowhere else
     return export
+
+
+DESTROYED_WITH_STUDY = "A study of this export was deleted under the retention policy; the export went with it."
+
+
+def exports_destroy_with_study(*, study: Study) -> list[str]:
+    """Inside the deletion of `study` (studies.services.retention): every export holding it that is not yet
+    downloaded is failed and its zip destroyed (the row, its own key and, after the commit, its files), so that
+    neither a saved copy of the zip nor a database backup taken before can give back the deleted study. An export
+    still running is failed too, and stores nothing (`export_run` checks its row under lock). Returns the public
+    ids of the exports destroyed."""
+    destroyed = []
+    for export in (
+        Export.objects.select_for_update(of=("self",))
+        .filter(studies=study)
+        .filter(Q(blob__isnull=False) | Q(state__in=[Export.State.QUEUED, Export.State.RUNNING]))
+        .select_related("blob")
+        .order_by("pk")
+    ):
+        blob = export.blob
+        export.blob, export.state, export.error = None, Export.State.FAILED, DESTROYED_WITH_STUDY
+        export.finished_at = export.finished_at or timezone.now()
+        export.save(update_fields=["blob", "state", "error", "finished_at", "updated_at"])
+        if blob is not None:
+            blob_delete(blob=blob)
+        destroyed.append(str(export.public_id))
+    return destroyed
 
 
 def export_owner_check(*, actor: Any, export: Export) -> None:

@@ -8,7 +8,8 @@
 - `master_key_rotate`: every live TenantKey rewrapped by MASTER_KEY_NEW, each row in its own transaction; a row
   that already opens with the new key is done. Then the operator makes the new key MASTER_KEY.
 - `study_keys_adopt`: instance blobs and thumbnails stored before study keys existed are rewrapped under their
-  study's key, so that retention deletion shreds them too.
+  study's key, so that retention deletion shreds them too; exports, certificates and quarantined uploads stored
+  before keys of their own get one (studies.storage.blobs.own_key_uid), so that their deletion shreds them.
 
 Each is audited on the tenant's trail (TENANT_KEY_ROTATION_STARTED, TENANT_KEY_ROTATED, MASTER_KEY_ROTATED,
 STUDY_KEYS_ADOPTED). Callers open the tenant scope (the command does). No key is ever logged.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from django.core.files.storage import storages
 from django.db import transaction
@@ -28,6 +30,7 @@ from audit.events import EventType
 from audit.services import audit_event_record
 from studies.models import Blob, Instance, Series, StudyKey, TenantKey
 from studies.storage import envelope
+from studies.storage.blobs import own_key_uid
 from studies.storage.keys import (
     PRIMARY,
     REPLICA,
@@ -44,6 +47,8 @@ from tenants.models import Tenant
 from tenants.scoping import current_tenant
 
 PRINCIPAL = "manage.py rotate_keys"
+# A backup under way takes less than this (its manifest, which backups_prune reads, is written at its end).
+BACKUP_UNDER_WAY = timedelta(days=1)
 # How many times the sweep is repeated when writers that began before the new version keep adding old-wrapped keys.
 SWEEPS = 3
 
@@ -112,8 +117,11 @@ def _rewrap_blob(pk: int, target: int, keks: dict[int, bytes]) -> bool:
 
 
 def _rewrap_study_key(pk: int, target: int, keks: dict[int, bytes]) -> bool:
-    """Write the key's file for the new version (both stores), then move the row to it; the old file goes after
-    the commit. Killed before the commit: the row still names the old file, which is intact."""
+    """Write the key's file for the new version (both stores), then move the row to it. Killed before the commit:
+    the row still names the old file, which is intact. The old file stays: a database backup taken before names
+    it, and restored, must still open the study; it goes with the old version's other files once no backup older
+    than the version's retirement is kept (`rotated_key_files_prune`), or with the study (retention deletion
+    removes every version)."""
     with transaction.atomic():
         row = StudyKey.objects.select_for_update().get(pk=pk)
         old = row.key_version
@@ -123,13 +131,6 @@ def _rewrap_study_key(pk: int, target: int, keks: dict[int, bytes]) -> bool:
         study_key_write(row=row, study_key=key, version=target, kek=keks[target])
         row.key_version = target
         row.save(update_fields=["key_version", "updated_at"])
-        old_name = study_key_file_name(tenant_id=row.tenant_id, key_id=row.key_id, version=old)
-
-        def remove_old() -> None:
-            for store in (PRIMARY, REPLICA):
-                storages[store].delete(old_name)
-
-        transaction.on_commit(remove_old)
     return True
 
 
@@ -189,6 +190,49 @@ def tenant_key_rotate(*, step: Callable[[], None] | None = None) -> RotationRepo
     return report
 
 
+def rotated_key_files_prune(*, oldest_backup: datetime | None) -> list[int]:
+    """Remove the study key files of the current tenant's retired key versions that no kept database backup can
+    need: a version retired before `oldest_backup` was taken (the oldest backup kept; None: there is none) is named
+    by no row of any backup. A version retired less than a day ago is kept whatever the backups (a backup under way
+    has no manifest yet, and takes less than a day). Each version is done once (`key_files_removed_at`), files of
+    every study key of the tenant, from both stores, after the commit. Audited ROTATED_KEY_FILES_REMOVED. Returns
+    the versions done."""
+    done: list[int] = []
+    cutoff = timezone.now() - BACKUP_UNDER_WAY
+    if oldest_backup is not None:
+        cutoff = min(cutoff, oldest_backup)
+    candidates = TenantKey.objects.filter(
+        retired_at__isnull=False, retired_at__lt=cutoff, key_files_removed_at__isnull=True
+    )
+    key_ids = list(StudyKey.objects.values_list("key_id", flat=True))
+    tenant = current_tenant()
+    with transaction.atomic():
+        for row in candidates.select_for_update().order_by("version"):
+            names = [study_key_file_name(tenant_id=tenant.pk, key_id=k, version=row.version) for k in key_ids]
+
+            def remove(names: list[str] = names) -> None:
+                for store in (PRIMARY, REPLICA):
+                    for name in names:
+                        storages[store].delete(name)
+
+            transaction.on_commit(remove)
+            row.key_files_removed_at = timezone.now()
+            row.save(update_fields=["key_files_removed_at", "updated_at"])
+            done.append(row.version)
+        if done:
+            audit_event_record(
+                event=EventType.ROTATED_KEY_FILES_REMOVED,
+                tenant=tenant,
+                system_principal=PRINCIPAL,
+                extra={
+                    "versions": done,
+                    "study_keys": len(key_ids),
+                    "oldest_backup": oldest_backup.isoformat() if oldest_backup else None,
+                },
+            )
+    return done
+
+
 def master_key_rotate(*, step: Callable[[], None] | None = None) -> int:
     """Rewrap the current tenant's live keys under MASTER_KEY_NEW (which must be set). Resumable: a row that
     already opens with the new key is left alone. Returns how many rows were rewrapped."""
@@ -243,18 +287,29 @@ def _adopt(blob_pk: int, study_instance_uid: str) -> bool:
 
 def study_keys_adopt(*, step: Callable[[], None] | None = None) -> int:
     """Rewrap the current tenant's instance blobs and thumbnails that are still tenant-wrapped under their
-    study's key. Resumable and idempotent (a blob with a study key is done). Returns how many were rewrapped."""
-    todo = [
-        (pk, uid)
-        for pk, uid in Instance.objects.filter(blob__study_key__isnull=True)
-        .order_by("pk")
-        .values_list("blob_id", "series__study__study_instance_uid")
-    ] + [
-        (pk, uid)
-        for pk, uid in Series.objects.filter(thumbnail__isnull=False, thumbnail__study_key__isnull=True)
-        .order_by("pk")
-        .values_list("thumbnail_id", "study__study_instance_uid")
-    ]
+    study's key, and the other tenant-wrapped blobs (exports, certificates, quarantine) under a key of their own.
+    Resumable and idempotent (a blob with a study key is done). Returns how many were rewrapped."""
+    todo = (
+        [
+            (pk, uid)
+            for pk, uid in Instance.objects.filter(blob__study_key__isnull=True)
+            .order_by("pk")
+            .values_list("blob_id", "series__study__study_instance_uid")
+        ]
+        + [
+            (pk, uid)
+            for pk, uid in Series.objects.filter(thumbnail__isnull=False, thumbnail__study_key__isnull=True)
+            .order_by("pk")
+            .values_list("thumbnail_id", "study__study_instance_uid")
+        ]
+        + [
+            (pk, own_key_uid(public_id))
+            for pk, public_id in Blob.objects.filter(study_key__isnull=True)
+            .exclude(kind__in=[Blob.Kind.INSTANCE, Blob.Kind.THUMBNAIL])
+            .order_by("pk")
+            .values_list("pk", "public_id")
+        ]
+    )
     adopted = 0
     for pk, uid in todo:
         if _adopt(pk, uid):

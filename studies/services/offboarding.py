@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import uuid
 import zipfile
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -50,7 +52,10 @@ from tenants.models import Tenant, User
 from tenants.scoping import tenant_scope
 from training.selectors import training_records_export
 
+logger = logging.getLogger(__name__)
+
 REASON_MAX = 500
+STREAM_PIECE = 1 << 20  # ciphertext read a MiB at a time when the export is streamed
 METHOD = (
     "Cryptographic erase (NIST SP 800-88 Rev. 1 Purge): every study key-encryption key file deleted from the "
     "primary and the replica blob store, every tenant key's wrapped material erased from the database"
@@ -234,28 +239,34 @@ def tenant_offboarding_approve(*, operator: User, offboarding: TenantOffboarding
     return offboarding
 
 
+def _export_key(offboarding: TenantOffboarding) -> bytes:
+    if offboarding.status != TenantOffboarding.Status.DONE:
+        raise ValidationError("This offboarding has no export.")
+    for master in master_keys_for_unwrapping():
+        try:
+            return envelope.unwrap_export_key(
+                master_key=master,
+                wrapped=bytes(offboarding.export_key),
+                tenant_id=offboarding.tenant_id,
+                export_id=str(offboarding.public_id),
+            )
+        except envelope.DecryptionError:
+            continue
+    raise ValidationError("No master key opens this export.")
+
+
+def _export_read_record(operator: User, offboarding: TenantOffboarding, **extra: Any) -> None:
+    with transaction.atomic():
+        audit_event_record(event=EventType.TENANT_EXPORT_READ, actor=operator, target=offboarding, extra=extra)
+
+
 def tenant_offboarding_export_read(*, operator: User, offboarding: TenantOffboarding) -> bytes:
     """The decrypted export zip, for handing to the departing tenant. Platform operators only; audited."""
     _operator_check(operator)
     with tenant_scope(offboarding.tenant):
-        if offboarding.status != TenantOffboarding.Status.DONE:
-            raise ValidationError("This offboarding has no export.")
+        key = _export_key(offboarding)
+        _export_read_record(operator, offboarding)
         export_id = str(offboarding.public_id)
-        for master in master_keys_for_unwrapping():
-            try:
-                key = envelope.unwrap_export_key(
-                    master_key=master,
-                    wrapped=bytes(offboarding.export_key),
-                    tenant_id=offboarding.tenant_id,
-                    export_id=export_id,
-                )
-                break
-            except envelope.DecryptionError:
-                continue
-        else:
-            raise ValidationError("No master key opens this export.")
-        with transaction.atomic():
-            audit_event_record(event=EventType.TENANT_EXPORT_READ, actor=operator, target=offboarding)
         for store in (PRIMARY, REPLICA):
             try:
                 with storages[store].open(offboarding.export_name, "rb") as handle:
@@ -267,3 +278,41 @@ def tenant_offboarding_export_read(*, operator: User, offboarding: TenantOffboar
             if hashlib.sha256(data).hexdigest() == offboarding.export_sha256:
                 return data
         raise ValidationError("The export is unreadable from both stores.")
+
+
+def _export_plaintext(store: str, offboarding: TenantOffboarding, key: bytes) -> Iterator[bytes]:
+    """The export's plaintext from one store, chunk by chunk (never whole in memory); DecryptionError or OSError
+    when that copy is damaged or missing."""
+    with storages[store].open(offboarding.export_name, "rb") as handle:
+        pieces = iter(lambda: handle.read(STREAM_PIECE), b"")
+        yield from envelope.decrypt_stream(
+            pieces, data_key=key, tenant_id=offboarding.tenant_id, blob_id=str(offboarding.public_id)
+        )
+
+
+def _export_copy_good(store: str, offboarding: TenantOffboarding, key: bytes) -> bool:
+    digest, size = hashlib.sha256(), 0
+    try:
+        for chunk in _export_plaintext(store, offboarding, key):
+            digest.update(chunk)
+            size += len(chunk)
+    except (OSError, envelope.DecryptionError):
+        logger.warning("offboarding export %s unreadable from %s", offboarding.public_id, store)
+        return False
+    return size == offboarding.export_size and digest.hexdigest() == offboarding.export_sha256
+
+
+def tenant_offboarding_export_stream(*, operator: User, offboarding: TenantOffboarding) -> Iterator[bytes]:
+    """The decrypted export zip as a stream of chunks, for the operators' download page. Platform operators only
+    (else ValidationError). A copy (primary, else replica) is first decrypted whole and its SHA-256 and size
+    checked against the row, without keeping it; then TENANT_EXPORT_READ is recorded (committed) and only then is
+    the iterator returned: no byte leaves before the read is on the trail, and none from a damaged copy. Should
+    the copy change between the check and the stream, the stream stops with DecryptionError (a cut download)."""
+    _operator_check(operator)
+    with tenant_scope(offboarding.tenant):
+        key = _export_key(offboarding)
+        store = next((s for s in (PRIMARY, REPLICA) if _export_copy_good(s, offboarding, key)), None)
+        if store is None:
+            raise ValidationError("The export is unreadable from both stores.")
+        _export_read_record(operator, offboarding, streamed=True, store=store, bytes=offboarding.export_size)
+    return _export_plaintext(store, offboarding, key)

@@ -31,6 +31,7 @@ from audit.events import EventType
 from audit.services import audit_event_record
 from studies.models import (
     BreakGlassGrant,
+    IngestItem,
     Instance,
     LegalHold,
     Patient,
@@ -40,6 +41,7 @@ from studies.models import (
     Series,
     Study,
 )
+from studies.services.exports import exports_destroy_with_study
 from studies.services.reads import read_tallies_close_for_study
 from studies.services.shares import study_participants
 from studies.storage.blobs import blob_delete
@@ -369,6 +371,20 @@ def _study_shred(*, study: Study, proposal: RetentionProposal, actor: Any) -> Re
     study_key = study_key_get(study_instance_uid=study.study_instance_uid)
     if study_key is not None:
         study_key_destroy(row=study_key)
+    # Exports holding the study go with it (their zips have keys of their own, destroyed with them), and so do
+    # the quarantined copies of its instances kept for review (conflicts), with theirs.
+    exports = exports_destroy_with_study(study=study)
+    quarantined = 0
+    for item in (
+        IngestItem.objects.select_for_update(of=("self",))
+        .filter(sop_instance_uid__in=[instance.sop_instance_uid for instance in instances], quarantine__isnull=False)
+        .select_related("quarantine")
+    ):
+        copy, item.quarantine = item.quarantine, None
+        item.save(update_fields=["quarantine", "updated_at"])
+        assert copy is not None
+        blob_delete(blob=copy)
+        quarantined += 1
     # Emergency-access grants point at the study; their start, end and review are on the audit trail.
     BreakGlassGrant.objects.filter(study=study).delete()
     now = timezone.now()
@@ -403,6 +419,8 @@ def _study_shred(*, study: Study, proposal: RetentionProposal, actor: Any) -> Re
             "first_approved_by": str(proposal.first_approved_by.subject_uuid),
             "instances": len(instances),
             "bytes": bytes_deleted,
+            "exports_destroyed": exports,
+            "quarantined_copies_destroyed": quarantined,
         },
     )
     return tombstone

@@ -1,9 +1,14 @@
 """Encrypted blobs in Django storages: the primary store, its replica, and the quarantine.
 
 Every blob is written encrypted (studies.storage.envelope) under a name that starts with its tenant's id, with a
-fresh data key wrapped by its study's key when it belongs to one study (studies.storage.keys), else by the tenant
-key; every read decrypts, checks size and SHA-256 against the row, and falls
+fresh data key wrapped by its study's key when it belongs to one study (studies.storage.keys), else by a key of its
+own (exports, training certificates, quarantined uploads: `own_key_uid`), kept like a study key as files in
+the stores and destroyed with the blob; every read decrypts, checks size and SHA-256 against the row, and falls
 back to the replica when the primary copy is missing or damaged. Callers run inside a tenant scope.
+
+No data key is ever wrapped by the tenant key alone any more (blobs stored before are, until `rotate_keys
+--adopt-study-keys`): a database backup holds every tenant key it saw, so such a blob would outlive its
+deletion in any old backup.
 """
 
 from __future__ import annotations
@@ -22,16 +27,24 @@ from studies.storage import envelope
 from studies.storage.keys import (
     KeyUnavailable,
     study_key_cache,
+    study_key_destroy,
     study_key_ensure,
+    study_key_id,
     study_key_open,
     tenant_key,
-    tenant_key_ensure,
 )
 from tenants.scoping import current_tenant
 
 logger = logging.getLogger(__name__)
 
 PRIMARY, REPLICA, QUARANTINE = "blobs", "replica", "quarantine"
+
+
+def own_key_uid(blob_id: object) -> str:
+    """The name a blob's own key is made under (never a DICOM UID, which has only digits and dots). Blobs of no
+    one study (exports, training certificates, quarantined uploads) have a key of their own, a StudyKey row and
+    its files like a study's, destroyed when the blob is."""
+    return f"object:{blob_id}"
 
 
 class BlobUnreadable(Exception):
@@ -42,7 +55,8 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance
     """Encrypt `data` and write it to its store (quarantine for incoming bytes, else the primary and the replica).
 
     With `study_instance_uid` (instances, thumbnails), the data key is wrapped by that study's key, so deleting
-    the study's key files shreds the blob everywhere; without, by the tenant key.
+    the study's key files shreds the blob everywhere; without, by a key of the blob's own (`blob_delete` destroys
+    it), so that no database backup can open the blob once it is deleted.
     The row is saved by the caller's transaction; if that rolls back, the ciphertext left behind cannot be read
     by anyone, since its key went with the row (the orphan job removes it after a grace period). A replica store
     that fails does not fail the write: `replicated_at` stays empty and the catch-up job copies the blob
@@ -51,23 +65,18 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance
     tenant = current_tenant()
     blob_id = uuid.uuid4()
     data_key = envelope.new_key()
-    if study_instance_uid:
-        study_key_row, study_key = study_key_ensure(tenant=tenant, study_instance_uid=study_instance_uid)
-        wrapped_key = envelope.wrap_data_key_by_study(
-            study_key=study_key, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
-        )
-        key_version = 0
-    else:
-        study_key_row = None
-        tenant_key_row = tenant_key_ensure(tenant=tenant)
-        kek = tenant_key(tenant_key_row.version, tenant_key_row)
-        wrapped_key = envelope.wrap_data_key(
-            tenant_key=kek, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
-        )
-        key_version = tenant_key_row.version
+    store = QUARANTINE if kind == Blob.Kind.QUARANTINE else PRIMARY
+    study_key_row, study_key = study_key_ensure(
+        tenant=tenant,
+        study_instance_uid=study_instance_uid or own_key_uid(blob_id),
+        replica_required=store == PRIMARY and replicate,
+    )
+    wrapped_key = envelope.wrap_data_key_by_study(
+        study_key=study_key, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
+    )
+    key_version = 0
     sealed = envelope.encrypt(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
     name = f"t{tenant.pk}/{kind}/{blob_id.hex[:2]}/{blob_id.hex}"
-    store = QUARANTINE if kind == Blob.Kind.QUARANTINE else PRIMARY
     stored_name = storages[store].save(name, ContentFile(sealed))
     blob = Blob(
         tenant=tenant,
@@ -175,9 +184,14 @@ def blob_read(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = 
 
 
 def blob_delete(*, blob: Blob) -> None:
-    """Delete the row with its wrapped key now (which alone shreds the blob), and the ciphertext from every store
-    once the transaction commits, so that a rollback never loses bytes that are still referenced."""
+    """Delete the row with its wrapped key now, and the ciphertext from every store once the transaction commits,
+    so that a rollback never loses bytes that are still referenced. A blob with a key of its own (`own_key_uid`)
+    has that key destroyed too (its files leave both stores after the commit), so a database backup taken before
+    cannot open a saved copy of it; an instance's or thumbnail's study key goes with its study
+    (studies.services.retention)."""
     stores, name, public_id = _stores_for(blob), blob.storage_name, blob.public_id
+    own_key_id = study_key_id(tenant_id=blob.tenant_id, study_instance_uid=own_key_uid(public_id))
+    own_key = blob.study_key_id
 
     def remove_files() -> None:
         for store in stores:
@@ -193,4 +207,8 @@ def blob_delete(*, blob: Blob) -> None:
         Blob.objects.filter(pk=blob.pk, kind=Blob.Kind.QUARANTINE)._raw_delete(Blob.objects.db)
     else:
         blob.delete()
+    if own_key is not None:
+        row = StudyKey.objects.filter(pk=own_key, key_id=own_key_id).first()
+        if row is not None:
+            study_key_destroy(row=row)
     transaction.on_commit(remove_files)

@@ -147,14 +147,22 @@ def study_key_file_name(*, tenant_id: int, key_id: str, version: int) -> str:
     return f"t{tenant_id}/keys/{key_id[:2]}/{key_id}.v{version}"
 
 
-def _key_file_write(name: str, content: bytes) -> None:
+def _key_file_write(name: str, content: bytes, *, replica_required: bool = True) -> None:
     """Write one key file to both stores. A file already there under that name is replaced: it can only be the
     leftover of a transaction that rolled back or of a rotation that was interrupted, and it must never be kept
-    (a reused study key would reopen a deleted study from an old backup)."""
+    (a reused study key would reopen a deleted study from an old backup). Without `replica_required` (the own key
+    of a quarantined upload, whose bytes are in the quarantine store alone anyway) a replica store that fails does
+    not fail the write."""
     for store in (PRIMARY, REPLICA):
-        if storages[store].exists(name):
-            storages[store].delete(name)
-        saved = storages[store].save(name, ContentFile(content))
+        try:
+            if storages[store].exists(name):
+                storages[store].delete(name)
+            saved = storages[store].save(name, ContentFile(content))
+        except Exception:  # any failure of the store (OSError, or botocore's for S3)
+            if store == REPLICA and not replica_required:
+                logger.warning("a key file was not written to the replica store", exc_info=True)
+                continue
+            raise
         if saved != name:  # another writer got in between: never leave a second, unknown copy of a key
             storages[store].delete(saved)
             raise KeyUnavailable("a study key file was written concurrently")
@@ -193,13 +201,15 @@ def study_key_files_delete(*, tenant_id: int, key_id: str) -> None:
     transaction.on_commit(remove)
 
 
-def study_key_write(*, row: StudyKey, study_key: bytes, version: int, kek: bytes) -> None:
+def study_key_write(
+    *, row: StudyKey, study_key: bytes, version: int, kek: bytes, replica_required: bool = True
+) -> None:
     """Write `study_key` wrapped by tenant key `version` (`kek`) to both stores, as the file for that version."""
     wrapped = envelope.wrap_study_key(
         tenant_key=kek, study_key=study_key, tenant_id=row.tenant_id, key_id=row.key_id, version=version
     )
     name = study_key_file_name(tenant_id=row.tenant_id, key_id=row.key_id, version=version)
-    _key_file_write(name, KEY_FILE_MAGIC + wrapped)
+    _key_file_write(name, KEY_FILE_MAGIC + wrapped, replica_required=replica_required)
 
 
 def study_key_read_file(*, row: StudyKey, version: int, kek: bytes) -> bytes:
@@ -231,7 +241,9 @@ def study_key_open(row: StudyKey) -> bytes:
     return key
 
 
-def study_key_ensure(*, tenant: Tenant, study_instance_uid: str) -> tuple[StudyKey, bytes]:
+def study_key_ensure(
+    *, tenant: Tenant, study_instance_uid: str, replica_required: bool = True
+) -> tuple[StudyKey, bytes]:
     """The row and plaintext of the study's key, created (row and both files) on first use.
 
     Concurrent first uses are serialised by the row's unique index: the second creator waits until the first
@@ -245,7 +257,13 @@ def study_key_ensure(*, tenant: Tenant, study_instance_uid: str) -> tuple[StudyK
         with transaction.atomic():
             row = StudyKey.objects.create(tenant=tenant, key_id=key_id, key_version=kek_row.version)
             key = envelope.new_key()
-            study_key_write(row=row, study_key=key, version=kek_row.version, kek=tenant_key(kek_row.version, kek_row))
+            study_key_write(
+                row=row,
+                study_key=key,
+                version=kek_row.version,
+                kek=tenant_key(kek_row.version, kek_row),
+                replica_required=replica_required,
+            )
     except IntegrityError:
         row = StudyKey.objects.get(key_id=key_id)
         return row, study_key_open(row)

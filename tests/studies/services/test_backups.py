@@ -3,6 +3,7 @@ server, the real replica store, real scratch databases (issue 13; SECURITY.md A4
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import uuid
@@ -14,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.core.files.base import ContentFile
+from django.core.files.storage import storages
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import override_settings
@@ -22,10 +24,12 @@ from psycopg import sql
 
 from audit.events import EventType, Outcome
 from audit.models import AuditEvent, SecurityAlert
-from studies.models import Blob, Instance, RestoreDrill
+from studies.models import Blob, Instance, RestoreDrill, StudyKey, TenantKey
+from studies.services import tenant_key_rotate
 from studies.services.backups import backups_prune, database_backup, restore_drill_run
 from studies.storage.backups import FOLDER, BackupError, backup_decrypt, backup_get, backup_list, backup_store
-from studies.storage.blobs import blob_read
+from studies.storage.blobs import PRIMARY, REPLICA, blob_read
+from studies.storage.keys import study_key_cache, study_key_file_name
 from tenants.scoping import tenant_scope
 from tests.conftest import verified_client
 from tests.databases import database_url, superuser_connect_kwargs
@@ -341,3 +345,65 @@ def test_operators_see_the_drills_in_the_admin_read_only(platform_staff):
     assert page.status_code == 200
     assert "there is no backup yet" in page.content.decode()
     assert ops.post(f"/ops/studies/restoredrill/{drill.pk}/delete/").status_code == 403
+
+
+def _every_blob_reads(tenant) -> int:
+    """Read every blob of the tenant as a fresh process would (nothing cached), hash checked."""
+    study_key_cache.clear()
+    with tenant_scope(tenant):
+        blobs = list(Blob.objects.exclude(kind=Blob.Kind.QUARANTINE).select_related("study_key"))
+        for blob in blobs:
+            assert hashlib.sha256(blob_read(blob=blob)).hexdigest() == blob.sha256
+        return len(blobs)
+
+
+def test_a_backup_taken_before_a_key_rotation_restores_and_every_image_reads(tenant_a):
+    stored_study(tenant_a, patient_id="ROT-BK-1", study_date=date(2023, 1, 2))
+    stored_study(tenant_a, patient_id="ROT-BK-2", study_date=date(2023, 2, 3))
+    assert _every_blob_reads(tenant_a) == 12
+    manifest = database_backup()
+    with tenant_scope(tenant_a):
+        report = tenant_key_rotate()
+        assert (report.version, report.retired, report.study_keys) == (2, [1], 2)
+
+    with empty_database() as name:
+        call_command("restore_database", "--backup", manifest.name, "--target-url", database_url(name))
+        with reading_database(name):
+            with tenant_scope(tenant_a):  # the restored rows are those of before the rotation
+                assert list(TenantKey.objects.values_list("version", "active")) == [(1, True)]
+                assert set(StudyKey.objects.values_list("key_version", flat=True)) == {1}
+            assert _every_blob_reads(tenant_a) == 12
+    # The live archive reads through the new version.
+    assert _every_blob_reads(tenant_a) == 12
+
+
+def test_old_key_files_go_once_no_backup_from_before_the_rotation_is_kept(tenant_a):
+    stored_study(tenant_a, patient_id="ROT-PRUNE", study_date=date(2023, 1, 2))
+    before = database_backup()
+    with tenant_scope(tenant_a):
+        tenant_key_rotate()
+        key_id = StudyKey.objects.get().key_id
+        old, new = (study_key_file_name(tenant_id=tenant_a.pk, key_id=key_id, version=v) for v in (1, 2))
+        # Retired two days ago, as if the rotation had run then.
+        TenantKey.objects.filter(version=1).update(retired_at=timezone.now() - timedelta(days=2))
+
+    def files() -> set[str]:
+        return {f"{s}:{n[-2:]}" for s in (PRIMARY, REPLICA) for n in (old, new) if storages[s].exists(n)}
+
+    assert files() == {"blobs:v1", "blobs:v2", "replica:v1", "replica:v2"}
+    _redate(before.name, (timezone.now() - timedelta(days=3)).isoformat())
+    backups_prune(keep_daily=5)  # the backup from before the rotation is kept: so are the old files
+    assert files() == {"blobs:v1", "blobs:v2", "replica:v1", "replica:v2"}
+    assert not AuditEvent.unscoped_objects.filter(event_type=EventType.ROTATED_KEY_FILES_REMOVED).exists()
+
+    database_backup(keep_daily=1)  # today's backup only: the one from before goes, and the old files with it
+    assert [m.name for m in backup_list()] != [before.name]
+    assert before.name not in [m.name for m in backup_list()]
+    assert files() == {"blobs:v2", "replica:v2"}
+    with tenant_scope(tenant_a):
+        event = AuditEvent.objects.get(event_type=EventType.ROTATED_KEY_FILES_REMOVED)
+        assert (event.extra["versions"], event.extra["study_keys"]) == ([1], 1)
+        assert TenantKey.objects.get(version=1).key_files_removed_at is not None
+    assert _every_blob_reads(tenant_a) == 6
+    backups_prune(keep_daily=1)  # done once
+    assert AuditEvent.unscoped_objects.filter(event_type=EventType.ROTATED_KEY_FILES_REMOVED).count() == 1

@@ -18,7 +18,7 @@ from audit.models import AuditEvent
 from studies.models import Blob, Instance, Series, StudyKey, TenantKey
 from studies.services import master_key_rotate, tenant_key_rotate
 from studies.storage import envelope
-from studies.storage.blobs import PRIMARY, REPLICA, BlobUnreadable, blob_data_key, blob_read, blob_write
+from studies.storage.blobs import PRIMARY, REPLICA, BlobUnreadable, blob_data_key, blob_delete, blob_read, blob_write
 from studies.storage.keys import study_key_cache, study_key_file_name, tenant_key
 from tenants.scoping import tenant_scope
 from tests.studies.retention_fixtures import stored_study
@@ -43,13 +43,32 @@ def _stop_after(count: int):
     return step
 
 
+def _legacy(blob: Blob) -> Blob:
+    """Make `blob` as it was stored before blobs had keys of their own: its data key wrapped by the tenant key,
+    no key row, no key files."""
+    data_key = blob_data_key(blob=blob)
+    own = blob.study_key
+    blob.wrapped_key = envelope.wrap_data_key(
+        tenant_key=tenant_key(1), data_key=data_key, tenant_id=blob.tenant_id, blob_id=str(blob.public_id)
+    )
+    blob.study_key, blob.key_version = None, 1
+    blob.save(update_fields=["wrapped_key", "study_key", "key_version"])
+    if own is not None:
+        for store in (PRIMARY, REPLICA):
+            storages[store].delete(study_key_file_name(tenant_id=blob.tenant_id, key_id=own.key_id, version=1))
+        own.delete()
+    study_key_cache.clear()
+    return blob
+
+
 def _archive(tenant, prefix: str) -> None:
-    """Two studies through the pipeline (8 instances, 4 thumbnails, 2 study keys) and 3 tenant-wrapped blobs."""
+    """Two studies through the pipeline (8 instances, 4 thumbnails, 2 study keys) and 3 tenant-wrapped blobs (as
+    exports were stored before they had keys of their own)."""
     stored_study(tenant, patient_id=f"{prefix}-1", study_date=date(2021, 1, 1))
     stored_study(tenant, patient_id=f"{prefix}-2", study_date=date(2022, 1, 1))
     with tenant_scope(tenant):
         for n in range(3):
-            blob_write(kind=Blob.Kind.EXPORT, data=f"export {n}".encode() * 100)
+            _legacy(blob_write(kind=Blob.Kind.EXPORT, data=f"export {n}".encode() * 100))
 
 
 def _all_read(tenant) -> int:
@@ -91,14 +110,15 @@ def test_tenant_rotation_interrupted_half_way_then_run_again_leaves_every_image_
         for key in StudyKey.objects.all():
             for store in (PRIMARY, REPLICA):
                 assert storages[store].exists(study_key_file_name(tenant_id=tenant_a.pk, key_id=key.key_id, version=2))
-                assert not storages[store].exists(
-                    study_key_file_name(tenant_id=tenant_a.pk, key_id=key.key_id, version=1)
-                )
+                # The old version's file stays for the backups taken before (test_backups shows when it goes).
+                assert storages[store].exists(study_key_file_name(tenant_id=tenant_a.pk, key_id=key.key_id, version=1))
         # No image was rewritten: the ciphertext files are byte for byte those of before.
         for name, data in ciphertext.items():
             assert storages[PRIMARY].open(name, "rb").read() == data
-        # New keys are wrapped by the new version.
-        assert blob_write(kind=Blob.Kind.EXPORT, data=b"after").key_version == 2
+        # New keys are wrapped by the new version (an export's own key, like a study's).
+        after = blob_write(kind=Blob.Kind.EXPORT, data=b"after")
+        assert after.key_version == 0
+        assert StudyKey.objects.get(pk=after.study_key_id).key_version == 2
     assert _all_read(tenant_a) == 16
     assert _all_read(tenant_b) == 15
     with tenant_scope(tenant_b):  # the other tenant's keys were not touched
@@ -116,8 +136,8 @@ def test_tenant_rotation_interrupted_half_way_then_run_again_leaves_every_image_
         with django_capture_on_commit_callbacks(execute=True):
             report = tenant_key_rotate()
         assert (report.version, report.resumed, report.retired) == (3, False, [2])
-        assert report.blobs == 4
-        assert report.study_keys == 2
+        assert report.blobs == 3
+        assert report.study_keys == 3
     assert _all_read(tenant_a) == 16
 
 
@@ -202,15 +222,25 @@ def test_blobs_stored_before_study_keys_are_adopted_by_their_study(tenant_a, dja
             blob.study_key, blob.key_version = None, 1
             blob.save(update_fields=["wrapped_key", "study_key", "key_version"])
         StudyKey.objects.all().delete()
-        assert _all_read(tenant_a) == 6
+        export = _legacy(blob_write(kind=Blob.Kind.EXPORT, data=b"old export" * 50))
+        certificate = _legacy(blob_write(kind=Blob.Kind.CERTIFICATE, data=b"old certificate" * 50))
+        assert _all_read(tenant_a) == 8
 
         with django_capture_on_commit_callbacks(execute=True):
             call_command("rotate_keys", tenant=tenant_a.slug, adopt_study_keys=True)
         assert not Blob.objects.filter(kind__in=["instance", "thumbnail"], study_key__isnull=True).exists()
-        assert StudyKey.objects.count() == 1
-        assert Blob.objects.filter(study_key__isnull=False, key_version=0).count() == 6
+        assert StudyKey.objects.count() == 1 + 2  # the study's, and one of its own for each legacy blob
+        assert Blob.objects.filter(study_key__isnull=False, key_version=0).count() == 6 + 2
+        assert Blob.objects.get(pk=export.pk).study_key != Blob.objects.get(pk=certificate.pk).study_key
         call_command("rotate_keys", tenant=tenant_a.slug, adopt_study_keys=True)  # idempotent
-    assert _all_read(tenant_a) == 6
+    assert _all_read(tenant_a) == 8
     with tenant_scope(tenant_a):
         event = AuditEvent.objects.get(event_type=EventType.STUDY_KEYS_ADOPTED)
-        assert event.extra["blobs_rewrapped"] == 6
+        assert event.extra["blobs_rewrapped"] == 8
+        # Deleting an adopted export now destroys its own key with it.
+        export = Blob.objects.get(pk=export.pk)
+        own = export.study_key
+        with django_capture_on_commit_callbacks(execute=True):
+            blob_delete(blob=export)
+        assert not StudyKey.objects.filter(pk=own.pk).exists()
+        assert not storages[REPLICA].exists(study_key_file_name(tenant_id=tenant_a.pk, key_id=own.key_id, version=1))

@@ -35,6 +35,7 @@ from studies.storage.blobs import (
     blob_sealed_read,
     blob_write,
 )
+from studies.storage.keys import study_key_ensure
 from studies.tasks import blob_fixity_check_all_task, blob_orphans_remove_all_task, blob_replicas_catch_up_all_task
 from tenants.scoping import tenant_scope
 from tests.studies.retention_fixtures import stored_study
@@ -65,8 +66,14 @@ def stores(request, tmp_path, monkeypatch) -> Iterator[str]:
         yield request.param
 
 
+STUDY_UID = "1.2.826.0.1.3680043.8.498.4242"
+
+
 def _plain_blobs(count: int, size: int = 3000) -> list[Blob]:
-    return [blob_write(kind=Blob.Kind.INSTANCE, data=os.urandom(size)) for _ in range(count)]
+    """Random instance blobs of one study (one study key for them all, as ingest would have)."""
+    return [
+        blob_write(kind=Blob.Kind.INSTANCE, data=os.urandom(size), study_instance_uid=STUDY_UID) for _ in range(count)
+    ]
 
 
 def _good_in(store: str, blob: Blob) -> bool:
@@ -205,6 +212,7 @@ def test_a_replica_store_down_at_write_time_is_mended_by_the_catch_up_task(store
         def refuse(*args, **kwargs):
             raise OSError("replica store unreachable")
 
+        study_key_ensure(tenant=tenant_a, study_instance_uid=STUDY_UID)  # the study's key files were written before
         monkeypatch.setattr(replica, "save", refuse)
         (blob,) = _plain_blobs(1)
         monkeypatch.undo()
@@ -259,7 +267,7 @@ def test_the_primary_store_deleted_entirely_is_restored_from_the_replica(stores,
     out = io.StringIO()
     call_command("restore_blobs", "--from-replica", "--tenant", tenant_a.slug, stdout=out)
 
-    assert f"tenant {tenant_a.slug}: 7 blobs restored, 0 failed, 1 key files copied" in out.getvalue()
+    assert f"tenant {tenant_a.slug}: 7 blobs restored, 0 failed, 2 key files copied" in out.getvalue()
     assert "GB/min" in out.getvalue()
     with tenant_scope(tenant_a):
         for blob in blobs_a:

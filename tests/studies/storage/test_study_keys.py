@@ -15,10 +15,12 @@ from django.conf import settings
 from django.core.files.storage import storages
 from django.test import override_settings
 
-from studies.models import Blob, Instance, RetentionProposal, Series, Study, StudyKey, TenantKey
-from studies.services import retention
+from audit.events import EventType
+from audit.models import AuditEvent
+from studies.models import Blob, Export, Instance, RetentionProposal, Series, Study, StudyKey, TenantKey
+from studies.services import export_request, export_run, retention
 from studies.storage import envelope
-from studies.storage.blobs import PRIMARY, REPLICA, blob_read
+from studies.storage.blobs import PRIMARY, QUARANTINE, REPLICA, blob_delete, blob_read, blob_write
 from studies.storage.keys import (
     KEY_FILE_MAGIC,
     _StudyKeyCache,
@@ -48,7 +50,10 @@ def _study_blobs(study: Study) -> list[Blob]:
 
 
 def _backup(study: Study) -> Backup:
-    blobs = _study_blobs(study)
+    return _backup_of(_study_blobs(study))
+
+
+def _backup_of(blobs: list[Blob]) -> Backup:
     return Backup(
         blobs=[
             {
@@ -64,7 +69,12 @@ def _backup(study: Study) -> Backup:
         ],
         tenant_keys={k.version: bytes(k.wrapped) for k in TenantKey.objects.all()},
         study_keys={k.pk: (k.key_id, k.key_version) for k in StudyKey.objects.all()},
-        ciphertext={b.storage_name: storages[PRIMARY].open(b.storage_name, "rb").read() for b in blobs},
+        ciphertext={
+            b.storage_name: storages[QUARANTINE if b.kind == Blob.Kind.QUARANTINE else PRIMARY]
+            .open(b.storage_name, "rb")
+            .read()
+            for b in blobs
+        },
     )
 
 
@@ -150,6 +160,92 @@ def test_a_deleted_study_cannot_be_opened_from_a_backup_taken_before(
             assert hashlib.sha256(_forensic_open(later, row)).hexdigest() == row["sha256"]
 
 
+def _key_files(tenant_id: int, key_id: str) -> list[str]:
+    """Every file of a key (any tenant key version) left in either store."""
+    top = 3
+    names = [study_key_file_name(tenant_id=tenant_id, key_id=key_id, version=v) for v in range(1, top + 1)]
+    return [f"{store}:{n}" for store in (PRIMARY, REPLICA) for n in names if storages[store].exists(n)]
+
+
+def test_an_export_of_a_deleted_study_cannot_be_opened_from_a_backup_taken_before(
+    tenant_a, admin_a, compliance_a, radiologist_a, django_capture_on_commit_callbacks
+):
+    old = stored_study(tenant_a, patient_id="EXP-OLD", study_date=date(2009, 6, 1))
+    recent = stored_study(tenant_a, patient_id="EXP-NEW", study_date=date(2024, 6, 1))
+    policy_make(tenant_a, admin_a, years=7)
+    with tenant_scope(tenant_a):
+        with django_capture_on_commit_callbacks(execute=True):
+            both = export_request(actor=radiologist_a, studies=[old, recent])
+        with django_capture_on_commit_callbacks(execute=True):
+            kept = export_request(actor=radiologist_a, studies=[recent])
+        both.refresh_from_db()
+        kept.refresh_from_db()
+        assert both.state == kept.state == Export.State.DONE
+        blob = both.blob
+        assert blob is not None
+        assert blob.study_key_id is not None
+        assert blob.key_version == 0
+        # The export's key is its own, not the study's nor the tenant's.
+        own_key = StudyKey.objects.get(pk=blob.study_key_id)
+        assert not Blob.objects.filter(study_key=own_key).exclude(pk=blob.pk).exists()
+        backup = _backup_of([blob])
+        row = backup.blobs[0]
+        # The procedure opens the export while its study exists.
+        assert hashlib.sha256(_forensic_open(backup, row)).hexdigest() == row["sha256"]
+        assert _key_files(tenant_a.pk, own_key.key_id)
+
+        retention.retention_proposals_make()
+        proposal = RetentionProposal.objects.get()
+        retention.retention_proposal_approve(actor=admin_a, proposal=proposal)
+        with django_capture_on_commit_callbacks(execute=True):
+            retention.retention_proposal_approve(actor=compliance_a, proposal=proposal)
+        study_key_cache.clear()
+
+        both.refresh_from_db()
+        assert (both.state, both.blob_id) == (Export.State.FAILED, None)
+        assert "retention" in both.error
+        assert not Blob.objects.filter(pk=blob.pk).exists()
+        assert not StudyKey.objects.filter(pk=own_key.pk).exists()
+        assert _key_files(tenant_a.pk, own_key.key_id) == []
+        assert not storages[PRIMARY].exists(blob.storage_name)
+        assert not storages[REPLICA].exists(blob.storage_name)
+        with pytest.raises(envelope.DecryptionError):
+            _forensic_open(backup, row)
+        event = AuditEvent.objects.get(event_type=EventType.STUDY_DELETED)
+        assert event.extra["exports_destroyed"] == [str(both.public_id)]
+
+        # The export of the kept study alone is untouched and reads.
+        kept.refresh_from_db()
+        assert kept.state == Export.State.DONE
+        assert kept.blob is not None
+        assert hashlib.sha256(blob_read(blob=kept.blob)).hexdigest() == kept.blob.sha256
+
+
+def test_a_deleted_certificate_or_quarantined_copy_cannot_be_opened_from_a_backup_taken_before(
+    tenant_a, django_capture_on_commit_callbacks
+):
+    with tenant_scope(tenant_a):
+        blobs = [
+            blob_write(kind=Blob.Kind.CERTIFICATE, data=b"certificate " * 300),
+            blob_write(kind=Blob.Kind.QUARANTINE, data=b"quarantined " * 300, replicate=False),
+        ]
+        keys = [StudyKey.objects.get(pk=b.study_key_id) for b in blobs]
+        assert len({k.pk for k in keys}) == 2
+        backup = _backup_of(blobs)
+        for row in backup.blobs:
+            assert hashlib.sha256(_forensic_open(backup, row)).hexdigest() == row["sha256"]
+        for blob in blobs:
+            with django_capture_on_commit_callbacks(execute=True):
+                blob_delete(blob=blob)
+        study_key_cache.clear()
+        assert not StudyKey.objects.filter(pk__in=[k.pk for k in keys]).exists()
+        for key in keys:
+            assert _key_files(tenant_a.pk, key.key_id) == []
+        for row in backup.blobs:
+            with pytest.raises(envelope.DecryptionError):
+                _forensic_open(backup, row)
+
+
 def test_study_key_file_is_read_from_the_replica_when_the_primary_lost_it(tenant_a):
     study = stored_study(tenant_a, patient_id="KEY-REPLICA", study_date=date(2020, 1, 1))
     with tenant_scope(tenant_a):
@@ -187,3 +283,27 @@ def test_the_study_key_cache_is_bounded_and_least_recently_used_goes_first():
     assert cache.get((1, 3)) == b"c" * 32
     cache.forget((1, 1))
     assert cache.get((1, 1)) is None
+
+
+def test_an_export_queued_when_its_study_is_deleted_never_stores_its_zip(
+    tenant_a, admin_a, compliance_a, radiologist_a, django_capture_on_commit_callbacks
+):
+    old = stored_study(tenant_a, patient_id="EXP-QUEUED", study_date=date(2009, 6, 1))
+    policy_make(tenant_a, admin_a, years=7)
+    with tenant_scope(tenant_a):
+        with django_capture_on_commit_callbacks(execute=False):  # queued, its job not run yet
+            export = export_request(actor=radiologist_a, studies=[old])
+        assert Export.objects.get(pk=export.pk).state == Export.State.QUEUED
+        retention.retention_proposals_make()
+        proposal = RetentionProposal.objects.get()
+        retention.retention_proposal_approve(actor=admin_a, proposal=proposal)
+        with django_capture_on_commit_callbacks(execute=True):
+            retention.retention_proposal_approve(actor=compliance_a, proposal=proposal)
+        export.refresh_from_db()
+        assert (export.state, export.blob_id) == (Export.State.FAILED, None)
+        assert AuditEvent.objects.get(event_type=EventType.STUDY_DELETED).extra["exports_destroyed"] == [
+            str(export.public_id)
+        ]
+        blobs_before = Blob.objects.filter(kind=Blob.Kind.EXPORT).count()
+        assert export_run(export_id=export.pk) is None  # the job, run late: claims nothing, stores nothing
+        assert Blob.objects.filter(kind=Blob.Kind.EXPORT).count() == blobs_before == 0
