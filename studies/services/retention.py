@@ -42,7 +42,7 @@ from studies.models import (
 )
 from studies.services.reads import read_tallies_close_for_study
 from studies.services.shares import study_participants
-from studies.storage.blobs import blob_delete
+from studies.storage.blobs import blob_delete, blob_quarantined_shred
 from studies.storage.keys import study_key_destroy, study_key_get
 from tenants import access
 from tenants.scoping import current_tenant
@@ -368,6 +368,9 @@ def _study_shred(*, study: Study, proposal: RetentionProposal, actor: Any) -> Re
     # them every way to open the study's data keys, including the copies a database backup holds.
     study_key = study_key_get(study_instance_uid=study.study_instance_uid)
     if study_key is not None:
+        # Objects received for the study and kept in quarantine are sealed under its key since receipt (issue 10):
+        # they go with it.
+        blob_quarantined_shred(study_key=study_key)
         study_key_destroy(row=study_key)
     # Emergency-access grants point at the study; their start, end and review are on the audit trail.
     BreakGlassGrant.objects.filter(study=study).delete()

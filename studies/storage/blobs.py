@@ -264,3 +264,25 @@ def blob_delete(*, blob: Blob) -> None:
     else:
         blob.delete()
     transaction.on_commit(remove_files)
+
+
+def blob_quarantined_shred(*, study_key: StudyKey) -> int:
+    """Delete the quarantined blobs sealed under `study_key` (objects received for the study and kept for
+    review: refused, or in conflict), before the key itself is destroyed: their rows now (their ingest items keep
+    their verdicts, without the copy), their files once the transaction commits. Returns how many."""
+    quarantined = list(Blob.objects.filter(study_key=study_key, kind=Blob.Kind.QUARANTINE))
+    names = [blob.storage_name for blob in quarantined]
+    if not quarantined:
+        return 0
+    # Django's collector, not a raw delete: the ingest items that point at these rows are set to none.
+    Blob.objects.filter(pk__in=[blob.pk for blob in quarantined]).delete()
+
+    def remove_files() -> None:
+        for name in names:
+            try:
+                storages[QUARANTINE].delete(name)
+            except OSError:
+                logger.warning("could not delete a quarantined blob from %s", QUARANTINE)
+
+    transaction.on_commit(remove_files)
+    return len(quarantined)
