@@ -128,8 +128,11 @@ def assert_stored_exactly_once(tenant: Tenant, sent: list[bytes]) -> dict[str, o
         assert {i.instance_id for i in items} == {i.pk for i in instances}
         for instance in instances:
             assert blob_read(blob=instance.blob)[128:132] == b"DICM"
+        # One event per study and batch (issue 10), each listing its instances: every instance in exactly one.
         stored_events = Counter(
-            AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED).values_list("target_id", flat=True)
+            public_id
+            for extra in AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED).values_list("extra", flat=True)
+            for public_id in extra["instances"]
         )
         assert stored_events == Counter({str(i.public_id): 1 for i in instances})
         assert not AuditEvent.objects.filter(
@@ -279,10 +282,11 @@ def test_workers_killed_mid_ingest_lose_nothing_and_duplicate_nothing(worker, te
     with tenant_scope(tenant_a):
         attempts = [IngestItem.objects.get(pk=item.pk).attempts for item in large]
     assert attempts == [2, 2]  # claimed by the dead worker, then once more: never stored twice
-    # Left behind: the ciphertext the second dead worker wrote (its row, with the wrapped data key, rolled back, so
-    # nobody can ever read it) and nothing else. Its retry wrote a new blob under a new name.
-    assert figures["primary"].orphans == 1
-    assert figures["replica"].orphans <= 1
+    # Nothing left behind: the second dead worker had written its batch's promoted copies (the quarantined
+    # ciphertext, under the archive's name, which follows from the blob's id), and its retry wrote the same
+    # copies under the same names again.
+    assert figures["primary"].orphans == 0
+    assert figures["replica"].orphans == 0
     assert figures["quarantine"].orphans == 0
     _, last_results = task_lines(worker.output(2))
     redelivery_results = dict(SUCCEEDED_LINE.findall(worker.output(2)))

@@ -371,3 +371,26 @@ def test_the_quarantined_ciphertext_is_promoted_as_it_is(tenant_a):
         assert blob_read(blob=zeroed.blob)[:128] == bytes(128)
         assert zeroed.sha256 != other.sha256
         assert not Blob.objects.filter(kind=Blob.Kind.QUARANTINE).exists()
+
+
+def test_statements_per_instance_in_a_batch(tenant_a, capsys):
+    """Issue 10's figure, counted: statements per instance of receipt and of processing, for 12 instances of one
+    series received while no worker runs (then one task takes all 12), the series' first instance included."""
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    files = make_study(series=1, instances_per_series=12)
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        batch = uuid.uuid4()
+        with CaptureQueriesContext(conn) as received:
+            items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=f) for f in files]
+        with CaptureQueriesContext(conn) as processed:
+            assert services.ingest_process(item_id=items[0].pk).state == IngestItem.State.STORED
+        assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
+        logged = LogEntry.objects.count()
+    per_receive, per_process = len(received) / len(files), len(processed) / len(files)
+    with capsys.disabled():
+        print(f"\n[statements] receive {per_receive:.2f} / process {per_process:.2f} per instance "
+              f"(batch of {len(files)}); django-auditlog rows {logged / len(files):.2f} per instance")  # fmt: skip
+    assert per_receive <= 7  # BEGIN, tenant key or study key, INSERT blob, INSERT item, COMMIT
+    assert per_process <= 6  # was 20.0 per instance, one task per instance
