@@ -44,6 +44,11 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
         "the Instance rows of an ingest batch, in one INSERT: each instance is recorded (public id and SOP Instance "
         "UID) in the INSTANCES_STORED audit event of its study and batch, in the same transaction (issue 10)"
     ),
+    ("studies/services/ingest.py", "_blobs_and_rows", "update"): (
+        "the verdicts of a batch's promoted ingest items and the promoted blob rows, one UPDATE each "
+        "(studies.ingestitem and studies.blob are pipeline bookkeeping, not tracked); the storing is the "
+        "INSTANCES_STORED audit event"
+    ),
     ("studies/services/ingest.py", "_blobs_and_rows", "bulk_update"): (
         "the batch's ingest items' verdicts and its promoted blob rows (studies.ingestitem and studies.blob are "
         "pipeline bookkeeping, not tracked); the storing is the INSTANCES_STORED audit event"
