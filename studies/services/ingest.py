@@ -18,13 +18,13 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import timedelta
 from io import BytesIO
 from typing import Any
 
 import pydicom
-
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
@@ -185,8 +185,8 @@ def ingest_receive(
 
 def _claim_batch(item_id: int) -> list[int]:
     """Claim item `item_id` if nobody holds it (`received`, or `processing` claimed too long ago: its worker died),
-    and if that succeeds, with it up to INGEST_BATCH_SIZE - 1 other `received` items of the tenant (oldest first, at most
-    INGEST_BATCH_BYTES in all), each by compare-and-set: exactly one caller wins each item. The items a busy
+    and if that succeeds, with it up to INGEST_BATCH_SIZE - 1 other `received` items of the tenant (oldest first,
+    at most INGEST_BATCH_BYTES in all), each by compare-and-set: exactly one caller wins each item. The items a busy
     worker finds waiting become one batch, so batches grow with the load and an idle worker still takes a lone
     item at once. The others' own messages later find them taken. Returns the claimed ids (maybe none)."""
     now = timezone.now()
@@ -208,7 +208,8 @@ def _claim_batch(item_id: int) -> list[int]:
             .select_for_update(skip_locked=True)
             .values_list("pk", "size")[:room]
         )
-        others, total = [], 0
+        others: list[int] = []
+        total = 0
         for pk, size in waiting:
             if others and total + size > budget:
                 break
@@ -255,7 +256,7 @@ class _Checked:
     item: IngestItem
     verdict: Verdict
     sealed: bytes
-    instance: Instance | None = field(default=None)
+    instance: Instance | None = dataclass_field(default=None)
 
 
 def _item(item_id: int) -> IngestItem:
@@ -483,7 +484,8 @@ def _blobs_and_rows(fresh: list[_Checked], tenant: Tenant) -> None:
     anew = [one.item for one in fresh if one.item.pk not in set(via_quarantine)]
     if anew:
         IngestItem.objects.bulk_update(
-            anew, ["state", "reason", "failure", "finished_at", "updated_at", "instance", "sop_instance_uid", "quarantine"]
+            anew,
+            ["state", "reason", "failure", "finished_at", "updated_at", "instance", "sop_instance_uid", "quarantine"],
         )
     for quarantine in released:
         blob_delete(blob=quarantine)
@@ -583,7 +585,9 @@ def _counts_add(*, series: list[Series], added: dict[int, int], new_series: set[
     for study_id in sorted(per_study):
         count = per_study[study_id]
         if study_id not in studies_with_new_series:
-            Study.objects.filter(pk=study_id).update(number_of_instances=F("number_of_instances") + count, updated_at=now)
+            Study.objects.filter(pk=study_id).update(
+                number_of_instances=F("number_of_instances") + count, updated_at=now
+            )
             continue
         Study.objects.select_for_update().filter(pk=study_id).values_list("pk", flat=True).get()
         modalities = sorted(

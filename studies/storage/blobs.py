@@ -107,7 +107,9 @@ def blob_promotable(*, blob: Blob, study_instance_uid: str, key_ids: dict[int, s
     under the study's key like every instance, and nothing wrapped by the tenant key ever opens it."""
     if blob.kind != Blob.Kind.QUARANTINE or blob.study_key_id is None:
         return False
-    return key_ids.get(blob.study_key_id) == study_key_id(tenant_id=blob.tenant_id, study_instance_uid=study_instance_uid)
+    return key_ids.get(blob.study_key_id) == study_key_id(
+        tenant_id=blob.tenant_id, study_instance_uid=study_instance_uid
+    )
 
 
 def blob_promote(*, blob: Blob, sealed: bytes, kind: str = Blob.Kind.INSTANCE) -> list[str]:
@@ -120,7 +122,8 @@ def blob_promote(*, blob: Blob, sealed: bytes, kind: str = Blob.Kind.INSTANCE) -
     The archive name follows from the blob's id, so a second attempt after a worker died overwrites the first
     attempt's copies instead of leaving orphans. A replica store that fails does not fail the promotion:
     `replicated_at` stays empty and the catch-up job copies the blob, as for `blob_write`."""
-    assert blob.kind == Blob.Kind.QUARANTINE and blob.study_key_id is not None
+    assert blob.kind == Blob.Kind.QUARANTINE
+    assert blob.study_key_id is not None
     quarantined = blob.storage_name
     name = blob_name(tenant_id=blob.tenant_id, kind=kind, blob_id=blob.public_id)
     blob_sealed_put(store=PRIMARY, name=name, sealed=sealed)

@@ -129,11 +129,8 @@ def assert_stored_exactly_once(tenant: Tenant, sent: list[bytes]) -> dict[str, o
         for instance in instances:
             assert blob_read(blob=instance.blob)[128:132] == b"DICM"
         # One event per study and batch (issue 10), each listing its instances: every instance in exactly one.
-        stored_events = Counter(
-            public_id
-            for extra in AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED).values_list("extra", flat=True)
-            for public_id in extra["instances"]
-        )
+        extras = AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED).values_list("extra", flat=True)
+        stored_events = Counter(public_id for extra in extras for public_id in extra["instances"])
         assert stored_events == Counter({str(i.public_id): 1 for i in instances})
         assert not AuditEvent.objects.filter(
             event_type__in=[EventType.INGEST_REJECTED, EventType.INGEST_CONFLICT]

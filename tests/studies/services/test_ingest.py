@@ -339,7 +339,8 @@ def test_waiting_items_are_stored_as_one_batch_with_one_event_per_study(tenant_a
         # Promoted, not encrypted again: every instance blob is its item's quarantine row, under its study's key,
         # and no quarantine copy is left for the stored ones.
         for instance in Instance.objects.select_related("blob"):
-            assert instance.blob.kind == Blob.Kind.INSTANCE and instance.blob.study_key_id is not None
+            assert instance.blob.kind == Blob.Kind.INSTANCE
+            assert instance.blob.study_key_id is not None
             assert blob_read(blob=instance.blob)[128:132] == b"DICM"
             assert storages["replica"].exists(instance.blob.storage_name)
         assert Blob.objects.filter(kind=Blob.Kind.QUARANTINE).count() == 2  # the bad and the infected one

@@ -238,7 +238,8 @@ def test_a_quarantined_object_of_the_study_is_shredded_with_it(
         item.refresh_from_db()
         assert item.state == IngestItem.State.CONFLICT
         kept = item.quarantine
-        assert kept is not None and kept.study_key_id is not None
+        assert kept is not None
+        assert kept.study_key_id is not None
         assert retention.retention_proposals_make() == 1
         proposal = RetentionProposal.objects.get()
         retention.retention_proposal_approve(actor=admin_a, proposal=proposal)
