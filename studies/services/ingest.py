@@ -2,8 +2,10 @@
 task calls `ingest_process`; the sweeper calls `ingest_requeue_stale`.
 
 Receive: the bytes go to the quarantine store (encrypted, never served) and an IngestItem is created, in one
-transaction; the task is queued when it commits. Process: claim the item (compare-and-set), then limits, malware
-scan, preamble, parse and validate, store encrypted in the archive and its replica, index, audit, mark stored.
+transaction; the task is queued when it commits. Process: claim the item and the items waiting with it, a batch
+(compare-and-set), then for each limits, malware scan, preamble, parse and validate; then for the batch in one
+transaction: promote the quarantined ciphertext to the archive and its replica, index, count, audit (one event per
+study), mark stored.
 Any failure marks the item rejected with a reason a person can read and keeps the quarantined bytes; an error
 nobody foresaw is a rejection too (failure class `internal`), so no item is ever left waiting and every sender
 hears a verdict.
