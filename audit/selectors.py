@@ -13,7 +13,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.storage import storages
 from django.db import models
-from django.db.models.functions import TruncDay
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce, TruncDay
 from django.utils import timezone
 
 from audit import signing
@@ -657,7 +658,15 @@ def audit_dashboard(*, actor: Any, days: int = 30, now: datetime | None = None) 
         .annotate(
             events=models.Count("pk"),
             refusals=models.Count("pk", filter=models.Q(outcome__gt=0)),
-            stored=models.Count("pk", filter=models.Q(event_type=EventType.INSTANCES_STORED)),
+            # Instances, not events: one INSTANCES_STORED event covers a study's instances of one ingest batch
+            # (its `extra.count`; an event without one counts as one instance).
+            stored=Coalesce(
+                models.Sum(
+                    Coalesce(Cast(KeyTextTransform("count", "extra"), models.IntegerField()), 1),
+                    filter=models.Q(event_type=EventType.INSTANCES_STORED),
+                ),
+                0,
+            ),
             rejected=models.Count("pk", filter=models.Q(event_type=EventType.INGEST_REJECTED)),
         )
     )

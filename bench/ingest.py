@@ -55,9 +55,10 @@ if str(ROOT) not in sys.path:
 
 PYTHON = sys.executable
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
-DB_NAME = "enclave_bench"
+# Overridable so that two people measuring on one machine do not drop each other's database or Redis db.
+DB_NAME = os.environ.get("BENCH_DB_NAME", "enclave_bench")
 PG_SERVER = "postgres://enclave@127.0.0.1:5432"
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
 WORKER_CONCURRENCY = 2
 GUNICORN_WORKERS = 2
 STARTUP_SECONDS = 60

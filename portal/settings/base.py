@@ -665,6 +665,10 @@ INGEST_STALE_SECONDS = env.int("INGEST_STALE_SECONDS", default=120)
 # Claims of one item before it is given up as `rejected` (internal): a poison object never loops for ever.
 INGEST_MAX_ATTEMPTS = env.int("INGEST_MAX_ATTEMPTS", default=5)
 INGEST_SWEEP_INTERVAL_SECONDS = env.int("INGEST_SWEEP_INTERVAL_SECONDS", default=60)
+# One ingest task claims its own item and up to this many received items in all (and at most this many bytes):
+# the items that wait while a worker is busy are checked, stored, indexed and audited as one batch.
+INGEST_BATCH_SIZE = env.int("INGEST_BATCH_SIZE", default=50)
+INGEST_BATCH_BYTES = env.int("INGEST_BATCH_BYTES", default=64 * 1024**2)
 
 # FIXITY, REPLICA CATCH-UP AND ORPHANS (studies.services.fixity)
 # ------------------------------------------------------------------------------

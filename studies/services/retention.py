@@ -44,7 +44,7 @@ from studies.models import (
 from studies.services.exports import exports_destroy_with_study
 from studies.services.reads import read_tallies_close_for_study
 from studies.services.shares import study_participants
-from studies.storage.blobs import blob_delete
+from studies.storage.blobs import blob_delete, blob_quarantined_shred
 from studies.storage.keys import study_key_destroy, study_key_get
 from tenants import access
 from tenants.scoping import current_tenant
@@ -369,12 +369,15 @@ def _study_shred(*, study: Study, proposal: RetentionProposal, actor: Any) -> Re
     # The study key goes last (the blobs protected it): its files leave both stores after the commit, and with
     # them every way to open the study's data keys, including the copies a database backup holds.
     study_key = study_key_get(study_instance_uid=study.study_instance_uid)
+    quarantined = 0
     if study_key is not None:
+        # Objects received for the study and kept in quarantine are sealed under its key since receipt (issue 10):
+        # they go with it.
+        quarantined += blob_quarantined_shred(study_key=study_key)
         study_key_destroy(row=study_key)
     # Exports holding the study go with it (their zips have keys of their own, destroyed with them), and so do
-    # the quarantined copies of its instances kept for review (conflicts), with theirs.
+    # the quarantined copies of its instances kept for review under keys of their own (conflicts), with theirs.
     exports = exports_destroy_with_study(study=study)
-    quarantined = 0
     for item in (
         IngestItem.objects.select_for_update(of=("self",))
         .filter(sop_instance_uid__in=[instance.sop_instance_uid for instance in instances], quarantine__isnull=False)

@@ -75,8 +75,8 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance
         study_key=study_key, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
     )
     key_version = 0
-    sealed = envelope.encrypt(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
-    name = f"t{tenant.pk}/{kind}/{blob_id.hex[:2]}/{blob_id.hex}"
+    sealed, sha256 = envelope.encrypt_and_hash(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
+    name = blob_name(tenant_id=tenant.pk, kind=kind, blob_id=blob_id)
     stored_name = storages[store].save(name, ContentFile(sealed))
     blob = Blob(
         tenant=tenant,
@@ -84,7 +84,7 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance
         kind=kind,
         storage_name=stored_name,
         size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         wrapped_key=wrapped_key,
         key_version=key_version,
         study_key=study_key_row,
@@ -97,6 +97,59 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance
             logger.warning("blob %s not replicated; the catch-up job will copy it", blob_id, exc_info=True)
     blob.save()
     return blob
+
+
+def blob_name(*, tenant_id: int, kind: str, blob_id: uuid.UUID) -> str:
+    return f"t{tenant_id}/{kind}/{blob_id.hex[:2]}/{blob_id.hex}"
+
+
+def blob_study_key_ids(blobs: list[Blob]) -> dict[int, str]:
+    """The key ids (hashes of study UIDs) of the study keys that wrap `blobs`, by StudyKey pk: one SELECT."""
+    pks = {blob.study_key_id for blob in blobs if blob.study_key_id is not None}
+    return dict(StudyKey.objects.filter(pk__in=pks).values_list("pk", "key_id")) if pks else {}
+
+
+def blob_promotable(*, blob: Blob, study_instance_uid: str, key_ids: dict[int, str]) -> bool:
+    """True when a quarantined blob's data key is already wrapped by the key of study `study_instance_uid`
+    (`key_ids` from `blob_study_key_ids`): its ciphertext can then enter the archive as it is (`blob_promote`),
+    under the study's key like every instance, and nothing wrapped by the tenant key ever opens it."""
+    if blob.kind != Blob.Kind.QUARANTINE or blob.study_key_id is None:
+        return False
+    return key_ids.get(blob.study_key_id) == study_key_id(
+        tenant_id=blob.tenant_id, study_instance_uid=study_instance_uid
+    )
+
+
+def blob_promote(*, blob: Blob, sealed: bytes, kind: str = Blob.Kind.INSTANCE) -> list[str]:
+    """Move a quarantined blob into the archive without decrypting or encrypting it again: its ciphertext
+    `sealed` (as read and checked by `blob_read_sealed`) is written to the primary store and its replica under
+    the archive's name, and the row (the same row: the same id, the same data key, wrapped by the study's key
+    since receipt) becomes a blob of `kind`. Returns the changed fields; the caller saves the row (one UPDATE, or
+    one bulk_update for a batch) in the transaction that indexes it. The quarantine file goes once that commits.
+
+    The archive name follows from the blob's id, so a second attempt after a worker died overwrites the first
+    attempt's copies instead of leaving orphans. A replica store that fails does not fail the promotion:
+    `replicated_at` stays empty and the catch-up job copies the blob, as for `blob_write`."""
+    assert blob.kind == Blob.Kind.QUARANTINE
+    assert blob.study_key_id is not None
+    quarantined = blob.storage_name
+    name = blob_name(tenant_id=blob.tenant_id, kind=kind, blob_id=blob.public_id)
+    blob_sealed_put(store=PRIMARY, name=name, sealed=sealed)
+    blob.kind, blob.storage_name, blob.replicated_at = kind, name, None
+    try:
+        blob_sealed_put(store=REPLICA, name=name, sealed=sealed)
+        blob.replicated_at = timezone.now()
+    except Exception:  # any failure of the replica store: the primary copy stands, the catch-up job copies it
+        logger.warning("blob %s not replicated; the catch-up job will copy it", blob.public_id, exc_info=True)
+
+    def remove_quarantined() -> None:
+        try:
+            storages[QUARANTINE].delete(quarantined)
+        except OSError:
+            logger.warning("could not delete blob %s from %s", blob.public_id, QUARANTINE)
+
+    transaction.on_commit(remove_quarantined)
+    return ["kind", "storage_name", "replicated_at", "updated_at"]
 
 
 def _stores_for(blob: Blob) -> list[str]:
@@ -163,6 +216,25 @@ def blob_data_key(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | Non
     )
 
 
+def blob_read_sealed(*, blob: Blob) -> tuple[bytes, bytes]:
+    """The ciphertext and the plaintext of the first copy that decrypts to the row's size and hash: for a
+    quarantined blob that may then be promoted as it is (`blob_promote`). Raises BlobUnreadable as `blob_read`."""
+    try:
+        data_key = blob_data_key(blob=blob)
+    except (KeyUnavailable, envelope.DecryptionError) as exc:
+        logger.warning("blob %s: its key cannot be opened (%s)", blob.public_id, exc.__class__.__name__)
+        raise BlobUnreadable(f"blob {blob.public_id} is unreadable (its key cannot be opened)") from exc
+    failures = []
+    for store in _stores_for(blob):
+        try:
+            sealed = blob_sealed_read(store=store, name=blob.storage_name)
+            return sealed, blob_sealed_check(blob=blob, sealed=sealed, data_key=data_key)
+        except (OSError, envelope.DecryptionError) as exc:
+            failures.append(f"{store}: {exc.__class__.__name__}")
+            logger.warning("blob %s unreadable from %s (%s)", blob.public_id, store, exc.__class__.__name__)
+    raise BlobUnreadable(f"blob {blob.public_id} is unreadable ({'; '.join(failures)})")
+
+
 def blob_read(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
     """The plaintext of `blob`, hash checked; from the replica when the primary copy is gone or damaged.
 
@@ -212,3 +284,25 @@ def blob_delete(*, blob: Blob) -> None:
         if row is not None:
             study_key_destroy(row=row)
     transaction.on_commit(remove_files)
+
+
+def blob_quarantined_shred(*, study_key: StudyKey) -> int:
+    """Delete the quarantined blobs sealed under `study_key` (objects received for the study and kept for
+    review: refused, or in conflict), before the key itself is destroyed: their rows now (their ingest items keep
+    their verdicts, without the copy), their files once the transaction commits. Returns how many."""
+    quarantined = list(Blob.objects.filter(study_key=study_key, kind=Blob.Kind.QUARANTINE))
+    names = [blob.storage_name for blob in quarantined]
+    if not quarantined:
+        return 0
+    # Django's collector, not a raw delete: the ingest items that point at these rows are set to none.
+    Blob.objects.filter(pk__in=[blob.pk for blob in quarantined]).delete()
+
+    def remove_files() -> None:
+        for name in names:
+            try:
+                storages[QUARANTINE].delete(name)
+            except OSError:
+                logger.warning("could not delete a quarantined blob from %s", QUARANTINE)
+
+    transaction.on_commit(remove_files)
+    return len(quarantined)

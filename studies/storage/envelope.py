@@ -15,6 +15,7 @@ ciphertext of up to `chunk size` bytes followed by its 16-byte tag.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -146,6 +147,25 @@ def encrypt(
     return b"".join(
         encrypt_chunks([plaintext], data_key=data_key, tenant_id=tenant_id, blob_id=blob_id, chunk_size=chunk_size)
     )
+
+
+def encrypt_and_hash(
+    plaintext: bytes, *, data_key: bytes, tenant_id: int, blob_id: str, chunk_size: int = DEFAULT_CHUNK
+) -> tuple[bytes, str]:
+    """The blob format of `plaintext` and its SHA-256 (hex), in one pass over the bytes: each chunk is hashed and
+    encrypted while it is in the cache, and no chunk is copied before it is encrypted (the chunks are views)."""
+    prefix = os.urandom(8)
+    aead = AESGCM(data_key)
+    digest = hashlib.sha256()
+    view = memoryview(plaintext)
+    out = [HEADER.pack(MAGIC, chunk_size, prefix)]
+    count = max(1, -(-len(view) // chunk_size))  # an empty input is one empty final chunk, as in encrypt_chunks
+    for index in range(count):
+        piece = view[index * chunk_size : (index + 1) * chunk_size]
+        digest.update(piece)
+        last = index == count - 1
+        out.append(aead.encrypt(_nonce(prefix, index), piece, _chunk_aad(tenant_id, blob_id, index, last)))
+    return b"".join(out), digest.hexdigest()
 
 
 def decrypt_stream(read: Iterable[bytes], *, data_key: bytes, tenant_id: int, blob_id: str) -> Iterator[bytes]:

@@ -109,3 +109,15 @@ def test_compliance_report_as_pdf(client_for, tenant_a, compliance_a, radiologis
     assert last_event(tenant_a, EventType.AUDIT_LOG_USED).extra == {"report": "compliance", "format": "pdf"}
     assert client_for(radiologist_a).get(COMPLIANCE_PDF).status_code == 403
     assert client_for(admin_b).get(COMPLIANCE_PDF).status_code == 404
+
+
+def test_the_dashboard_counts_instances_stored_not_events(client_for, tenant_a, compliance_a):
+    """One INSTANCES_STORED event covers a study's instances of one ingest batch (issue 10): the day's figure is
+    the instances it names."""
+    record(tenant_a, EventType.INSTANCES_STORED, extra={"count": 7})
+    record(tenant_a, EventType.INSTANCES_STORED, extra={"count": 5})
+
+    response = client_for(compliance_a).get(URL)
+
+    assert response.status_code == 200
+    assert response.context["dashboard"].days[-1]["stored"] == 12

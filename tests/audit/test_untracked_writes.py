@@ -33,12 +33,25 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
     ("studies/services/exports.py", "export_run", "update"): (
         "the progress counter `done` every PROGRESS_EVERY instances: bookkeeping for the progress bar"
     ),
-    ("studies/services/ingest.py", "_claim", "update"): (
-        "compare-and-set claim of an ingest item (pipeline bookkeeping, studies.ingestitem); what the item "
-        "became is the INSTANCES_STORED / INGEST_REJECTED audit event"
+    ("studies/services/ingest.py", "_claim_batch", "update"): (
+        "compare-and-set claim of a batch of ingest items (pipeline bookkeeping, studies.ingestitem); what each "
+        "item became is its INSTANCES_STORED / INGEST_REJECTED audit event"
     ),
-    ("studies/services/ingest.py", "ingest_process", "update"): (
-        "gives a claimed ingest item back when the malware scanner is down (bookkeeping; nothing was stored)"
+    ("studies/services/ingest.py", "_process_claimed", "update"): (
+        "gives the claimed ingest items back when the malware scanner is down (bookkeeping; nothing was stored)"
+    ),
+    ("studies/services/ingest.py", "_blobs_and_rows", "bulk_create"): (
+        "the Instance rows of an ingest batch, in one INSERT: each instance is recorded (public id and SOP Instance "
+        "UID) in the INSTANCES_STORED audit event of its study and batch, in the same transaction (issue 10)"
+    ),
+    ("studies/services/ingest.py", "_blobs_and_rows", "update"): (
+        "the verdicts of a batch's promoted ingest items and the promoted blob rows, one UPDATE each "
+        "(studies.ingestitem and studies.blob are pipeline bookkeeping, not tracked); the storing is the "
+        "INSTANCES_STORED audit event"
+    ),
+    ("studies/services/ingest.py", "_blobs_and_rows", "bulk_update"): (
+        "the batch's ingest items' verdicts and its promoted blob rows (studies.ingestitem and studies.blob are "
+        "pipeline bookkeeping, not tracked); the storing is the INSTANCES_STORED audit event"
     ),
     ("audit/services.py", "audit_syslog_forward", "update"): (
         "advances the forwarding cursor after each message (audit.syslogcursor is bookkeeping, not tracked); the "
@@ -47,9 +60,9 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
     ("audit/services.py", "audit_changes_seal", "bulk_create"): (
         "the seals are the tamper evidence over django-auditlog's own rows (audit.changeseal is not tracked)"
     ),
-    ("studies/services/ingest.py", "_count_added", "update"): (
-        "the series' and study's instance counters, one increment each in the storing transaction: derived from "
-        "the Instance rows, each of which is in django-auditlog and in its INSTANCES_STORED event"
+    ("studies/services/ingest.py", "_counts_add", "update"): (
+        "the series' and studies' instance counters, one increment each per batch in the storing transaction: "
+        "derived from the Instance rows, each of which is in its INSTANCES_STORED event"
     ),
     ("studies/services/ingest.py", "study_counts_refresh", "update"): (
         "recomputes the same derived counters from the rows (a repair): nothing a person set changes"

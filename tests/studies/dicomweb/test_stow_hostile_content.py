@@ -127,7 +127,7 @@ def test_an_unexpected_error_inside_the_pipeline_rejects_the_item_as_internal(
     def broken_index(**kwargs):
         raise RuntimeError("a fault nobody foresaw")
 
-    monkeypatch.setattr(ingest_service, "_index", broken_index)
+    monkeypatch.setattr(ingest_service, "_series_create", broken_index)
     data = make_instance()
 
     response = post_parts(api_client_for(radiologist_a, tenant_a), URL, [data])

@@ -245,14 +245,21 @@ def test_pipeline_bookkeeping_is_on_the_dicom_audit_trail_not_in_django_auditlog
         # Blob rows and item states are bookkeeping: none in django-auditlog ...
         assert logged("blob") == 0
         assert logged("ingestitem") == 0
-        # ... while every stored instance and the patient data it brought are, and the storing is an event.
-        assert logged("instance") == 3
+        # ... nor the Instance rows, written in bulk per batch: each is in the INSTANCES_STORED event of its
+        # storing (its public id, and its SOP Instance UID in the study's entry). The patient data it brought is
+        # in django-auditlog.
+        assert logged("instance") == 0
         assert (logged("patient"), logged("study")) == (1, 1)
         assert logged("series") == 2  # its creation, and its thumbnail set
         assert not LogEntry.objects.filter(
             action=LogEntry.Action.UPDATE, changes__has_key="number_of_instances"
         ).exists()
-        assert AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED).count() == 3
+        events = AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED)
+        recorded = Counter(public_id for event in events for public_id in event.extra["instances"])
+        assert recorded == Counter({str(i.public_id): 1 for i in Instance.objects.all()})
+        listed = [uid for event in events for p in event.participants if p["type"] == "study"
+                  for uid in p["detail"]["instances"]]  # fmt: skip
+        assert sorted(listed) == sorted(Instance.objects.values_list("sop_instance_uid", flat=True))
         # A person's change of patient data is still in django-auditlog.
         study = Study.objects.get()
         study.description = "Corrected description"
@@ -260,6 +267,7 @@ def test_pipeline_bookkeeping_is_on_the_dicom_audit_trail_not_in_django_auditlog
         assert logged("study") == 2
 
 
+@override_settings(INGEST_BATCH_SIZE=1)  # one item per task, as a worker takes them when it keeps up
 def test_a_series_thumbnail_is_queued_a_few_times_not_once_per_instance(tenant_a):
     sent: Counter = Counter()
     files = make_study(series=1, instances_per_series=9)
@@ -291,3 +299,104 @@ def test_the_sweeper_queues_a_waiting_item_again_once_per_window_not_at_every_sw
         assert (dead.state, dead.claimed_at) == (IngestItem.State.RECEIVED, None)
         assert IngestItem.objects.get(pk=waiting.pk).state == IngestItem.State.RECEIVED
     assert sent["studies.tasks.ingest_process"] == 4  # two from the doors, one each from the first sweep
+
+
+def test_waiting_items_are_stored_as_one_batch_with_one_event_per_study(tenant_a, technologist_a):
+    """Issue 10: one task takes the items that wait (here: every message lost, as when a worker is busy), writes
+    their rows in bulk, counts once per series and study, and records one INSTANCES_STORED event per study with
+    every instance in it. A bad object, malware and a repeated SOP Instance UID in the batch are decided alone."""
+    sent: Counter = Counter()
+    first, second = make_study(series=2, instances_per_series=4), make_study(series=1, instances_per_series=3)
+    copy = first[0]
+    bad, infected = b"not dicom" * 40, make_instance() + eicar_test_bytes()
+    with tenant_scope(tenant_a), messages_lost_by_the_broker(sent):
+        batch = uuid.uuid4()
+        items = [services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=batch, data=f, actor=technologist_a)
+                 for f in [*first, bad, *second, infected, copy]]  # fmt: skip
+        assert services.ingest_process(item_id=items[3].pk).state == IngestItem.State.STORED
+        assert all(services.ingest_process(item_id=item.pk) is None for item in items)  # all taken by the first
+        states = [IngestItem.objects.get(pk=item.pk).state for item in items]
+        assert states == [IngestItem.State.STORED] * 8 + [IngestItem.State.REJECTED] + [
+            IngestItem.State.STORED] * 3 + [IngestItem.State.REJECTED, IngestItem.State.DUPLICATE]  # fmt: skip
+        assert set(IngestItem.objects.values_list("attempts", flat=True)) == {1}
+        assert Instance.objects.count() == 11
+        counts = sorted(Study.objects.values_list("number_of_series", "number_of_instances"))
+        assert counts == [(1, 3), (2, 8)]
+        assert sorted(Series.objects.values_list("number_of_instances", flat=True)) == [3, 4, 4]
+        stored = list(AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED))
+        assert len(stored) == 2  # one per study
+        assert sorted(e.extra["count"] for e in stored) == [3, 8]
+        assert {e.target_type for e in stored} == {"studies.study"}
+        assert {e.actor_user_id for e in stored} == {technologist_a.pk}
+        for event in stored:
+            study = Study.objects.get(public_id=event.target_id)
+            entry = next(p for p in event.participants if p["type"] == "study")
+            assert sorted(entry["detail"]["instances"]) == sorted(
+                Instance.objects.filter(series__study=study).values_list("sop_instance_uid", flat=True)
+            )
+        assert AuditEvent.objects.filter(event_type=EventType.INGEST_REJECTED).count() == 1
+        assert SecurityAlert.objects.filter(kind="malware").count() == 1
+        # Promoted, not encrypted again: every instance blob is its item's quarantine row, under its study's key,
+        # and no quarantine copy is left for the stored ones.
+        for instance in Instance.objects.select_related("blob"):
+            assert instance.blob.kind == Blob.Kind.INSTANCE
+            assert instance.blob.study_key_id is not None
+            assert blob_read(blob=instance.blob)[128:132] == b"DICM"
+            assert storages["replica"].exists(instance.blob.storage_name)
+        assert Blob.objects.filter(kind=Blob.Kind.QUARANTINE).count() == 2  # the bad and the infected one
+    assert sent["studies.tasks.series_thumbnail"] == 3  # one per new series
+
+
+def test_the_quarantined_ciphertext_is_promoted_as_it_is(tenant_a):
+    """Sealed under the study's key at receipt, the quarantine copy becomes the archive copy byte for byte (same
+    row, same data key); a zeroed preamble changes the bytes, so that one is encrypted anew."""
+    data = make_instance()
+    text = b"some vendor text".ljust(128, b"\x01") + make_instance()[128:]
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        item = services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=data)
+        other = services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=text)
+        quarantined = storages["quarantine"].open(item.quarantine.storage_name).read()
+        quarantine_id, quarantine_name = item.quarantine.public_id, item.quarantine.storage_name
+        assert item.quarantine.study_key_id is not None
+        services.ingest_process(item_id=item.pk)
+        item.refresh_from_db()
+        other.refresh_from_db()
+        assert (item.state, other.state) == (IngestItem.State.STORED, IngestItem.State.STORED)
+        instance = Instance.objects.select_related("blob").get(pk=item.instance_id)
+        assert instance.blob.public_id == quarantine_id  # the same row and data key, now in the archive
+        assert not storages["quarantine"].exists(quarantine_name)
+        assert storages["blobs"].open(instance.blob.storage_name).read() == quarantined
+        assert storages["replica"].open(instance.blob.storage_name).read() == quarantined
+        assert instance.sha256 == item.sha256
+        zeroed = Instance.objects.select_related("blob").get(pk=other.instance_id)
+        assert blob_read(blob=zeroed.blob)[:128] == bytes(128)
+        assert zeroed.sha256 != other.sha256
+        assert not Blob.objects.filter(kind=Blob.Kind.QUARANTINE).exists()
+
+
+def test_statements_per_instance_in_a_batch(tenant_a, capsys):
+    """Issue 10's figure, counted: statements per instance of receipt and of processing, for 12 instances of one
+    series received while no worker runs (then one task takes all 12), the series' first instance included."""
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    files = make_study(series=1, instances_per_series=12)
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        batch = uuid.uuid4()
+        logged_before = LogEntry.objects.count()
+        with CaptureQueriesContext(conn) as received:
+            items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=f) for f in files]
+        with CaptureQueriesContext(conn) as processed:
+            assert services.ingest_process(item_id=items[0].pk).state == IngestItem.State.STORED
+        assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
+        logged = LogEntry.objects.count() - logged_before
+        assert not LogEntry.objects.filter(content_type__model="instance").exists()
+    per_receive, per_process = len(received) / len(files), len(processed) / len(files)
+    with capsys.disabled():
+        print(f"\n[statements] receive {per_receive:.2f} / process {per_process:.2f} per instance "
+              f"(batch of {len(files)}); django-auditlog rows {logged / len(files):.2f} per instance")  # fmt: skip
+    assert per_receive <= 7  # BEGIN, tenant key or study key, INSERT blob, INSERT item, COMMIT
+    assert per_process <= 6  # was 20.0 per instance, one task per instance
+    # The new patient, study and series, and the tenant's and the study's first keys; no Instance row: each is in
+    # its INSTANCES_STORED event.
+    assert logged == 5

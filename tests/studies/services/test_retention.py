@@ -214,3 +214,39 @@ def test_deletion_after_a_lifted_hold_keeps_the_hold_and_flushes_folded_reads(
         folded = AuditEvent.objects.filter(event_type=EventType.INSTANCES_ACCESSED, actor_user=radiologist_a)
         assert folded.count() == 1
         assert folded.get().extra["folded_reads"] == 3
+
+
+def test_a_quarantined_object_of_the_study_is_shredded_with_it(
+    tenant_a, admin_a, compliance_a, django_capture_on_commit_callbacks
+):
+    """A conflicting copy kept in quarantine is sealed under its study's key since receipt (issue 10): the
+    study's deletion takes it along instead of being refused by the key's protected rows."""
+    import uuid
+
+    from studies.dicom.synthetic import make_instance
+    from studies.models import IngestItem
+    from studies.services import ingest_receive
+
+    old = stored_study(tenant_a, patient_id="RET-Q", study_date=date(2010, 3, 4))
+    policy_make(tenant_a, admin_a, years=7)
+    with tenant_scope(tenant_a):
+        stored = Instance.objects.filter(series__study=old).select_related("series").first()
+        conflict = make_instance(study_uid=old.study_instance_uid, series_uid=stored.series.series_instance_uid,
+                                 sop_uid=stored.sop_instance_uid, patient_id="RET-Q", pixel_seed=7)  # fmt: skip
+        with django_capture_on_commit_callbacks(execute=True):
+            item = ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=conflict)
+        item.refresh_from_db()
+        assert item.state == IngestItem.State.CONFLICT
+        kept = item.quarantine
+        assert kept is not None
+        assert kept.study_key_id is not None
+        assert retention.retention_proposals_make() == 1
+        proposal = RetentionProposal.objects.get()
+        retention.retention_proposal_approve(actor=admin_a, proposal=proposal)
+        with django_capture_on_commit_callbacks(execute=True):
+            retention.retention_proposal_approve(actor=compliance_a, proposal=proposal)
+        assert not Study.objects.filter(pk=old.pk).exists()
+        assert not Blob.objects.filter(pk=kept.pk).exists()
+        assert not storages["quarantine"].exists(kept.storage_name)
+        item.refresh_from_db()
+        assert (item.state, item.quarantine_id) == (IngestItem.State.CONFLICT, None)

@@ -74,7 +74,11 @@ def test_a_good_zip_of_a_two_series_study_is_stored_whole(receive, tenant_a):
         assert study.patient.name == "ZIP^ALICE"
         assert (study.number_of_series, study.number_of_instances) == (2, 6)
         assert Series.objects.filter(thumbnail__isnull=False).count() == 2
-    assert len(events(tenant_a, EventType.INSTANCES_STORED)) == 6
+        instances = sorted(str(public_id) for public_id in Instance.objects.values_list("public_id", flat=True))
+    # The six items of one upload are one batch: one INSTANCES_STORED event for the study, naming all six.
+    stored = events(tenant_a, EventType.INSTANCES_STORED)
+    assert len(stored) == 1
+    assert sorted(public_id for e in stored for public_id in e.extra["instances"]) == instances
 
 
 def test_a_zip_stored_without_compression_works_too(receive):
