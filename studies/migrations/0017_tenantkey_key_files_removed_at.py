@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('studies', '0015_tenant_offboarding'),
+        ('studies', '0016_export_encrypted'),
     ]
 
     operations = [
