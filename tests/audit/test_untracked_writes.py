@@ -53,6 +53,11 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
         "the batch's ingest items' verdicts and its promoted blob rows (studies.ingestitem and studies.blob are "
         "pipeline bookkeeping, not tracked); the storing is the INSTANCES_STORED audit event"
     ),
+    ("tenants/services/recertification.py", "recertification_open", "bulk_create"): (
+        "the items of a new access review, one per current membership, in one INSERT: creating them changes no "
+        "one's access; the campaign's opening is the RECERTIFICATION_OPENED audit event and each decision on an "
+        "item is saved through the model"
+    ),
     ("audit/services.py", "audit_syslog_forward", "update"): (
         "advances the forwarding cursor after each message (audit.syslogcursor is bookkeeping, not tracked); the "
         "events forwarded are the audit trail itself"
