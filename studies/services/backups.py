@@ -57,6 +57,7 @@ from studies.storage.keys import KEY_FILE_MAGIC, study_key_file_name
 from studies.storage.pgtools import Database, PgToolError, pg_tool, server_major, tool_major
 from studies.storage.pgtools import run as pg_run
 from tenants.models import Tenant
+from tenants.db import rowsecurity
 from tenants.scoping import DATABASE_SETTING, PLATFORM, platform_scope, tenant_scope
 
 PRINCIPAL = "enclave:backup"
@@ -217,6 +218,20 @@ def _restore_into(manifest: BackupManifest, target: Database, *, force: bool) ->
         if force and not _is_empty(target):
             _schema_replace(target)
         pg_run([*args, str(dump)], database=target)
+    _app_role_grant(target)
+
+
+def _app_role_grant(target: Database) -> None:
+    """The restored tables come without their grants (--no-privileges): the application's role gets its own again,
+    as `migrate` gives it (tenants.db.roles), so the archive reads again once DATABASE_URL points at the target."""
+    role = str(settings.DATABASES["default"].get("USER") or "")
+    with target.connect(autocommit=True) as conn:
+        row = conn.execute("SELECT current_user, current_schema(), (SELECT count(*) FROM pg_roles WHERE rolname = %s)",
+                           [role]).fetchone()  # fmt: skip
+        if row is None or not role or row[0] == role or not row[2]:
+            return
+        for statement in rowsecurity.app_role_grant_sql(role, row[1]):
+            conn.execute(statement)
 
 
 @platform_scope()  # platform work: every tenant's rows (tenants.scoping)
