@@ -9,6 +9,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, date, timedelta
 from typing import Any
 
@@ -27,8 +28,6 @@ from audit.models import AuditChain, AuditDigest, AuditEvent, ChangeSeal, Securi
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
-from contextlib import AbstractContextManager
-
 from tenants.scoping import current_tenant_or_none, platform_scope, tenant_scope
 
 logger = logging.getLogger(__name__)

@@ -129,7 +129,7 @@ class PlatformQuerySet(models.QuerySet):
         with platform_scope():
             return super().contains(obj)
 
-    def explain(self, *, format: Any = None, **options: Any) -> str:  # noqa: A002 - Django's signature
+    def explain(self, *, format: Any = None, **options: Any) -> str:
         with platform_scope():
             return super().explain(format=format, **options)
 

@@ -75,7 +75,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
     """After pytest-django made the test database as the owner, the whole suite connects as the application's role,
     under row-level security (issue 14), as the processes it starts do (DATABASE_APP_USER below)."""
     from django.db import connection
@@ -90,7 +90,6 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
     os.environ.pop("DATABASE_APP_URL", None)
     os.environ["DATABASE_APP_USER"] = str(app["USER"])
     os.environ["DATABASE_APP_PASSWORD"] = str(app["PASSWORD"] or "")
-    yield
 
 
 @pytest.fixture

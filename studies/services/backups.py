@@ -56,8 +56,8 @@ from studies.storage.backups import (
 from studies.storage.keys import KEY_FILE_MAGIC, study_key_file_name
 from studies.storage.pgtools import Database, PgToolError, pg_tool, server_major, tool_major
 from studies.storage.pgtools import run as pg_run
-from tenants.models import Tenant
 from tenants.db import rowsecurity
+from tenants.models import Tenant
 from tenants.scoping import DATABASE_SETTING, PLATFORM, platform_scope, tenant_scope
 
 PRINCIPAL = "enclave:backup"
@@ -75,8 +75,13 @@ def _owner_settings(name: str | None = None) -> dict[str, Any]:
     forced, so it holds the owner too (tenants.db.rowsecurity)."""
     options = dict(settings.DATABASE_OWNER.get("OPTIONS") or {})
     options["options"] = f"{options.get('options', '')} -c {DATABASE_SETTING}={PLATFORM}".strip()
-    return {**connection.settings_dict, "USER": settings.DATABASE_OWNER.get("USER"),
-            "PASSWORD": settings.DATABASE_OWNER.get("PASSWORD"), "OPTIONS": options, "NAME": name or connection.settings_dict["NAME"]}  # fmt: skip
+    return {
+        **connection.settings_dict,
+        "USER": settings.DATABASE_OWNER.get("USER"),
+        "PASSWORD": settings.DATABASE_OWNER.get("PASSWORD"),
+        "OPTIONS": options,
+        "NAME": name or connection.settings_dict["NAME"],
+    }
 
 
 def source_database() -> Database:
@@ -262,7 +267,9 @@ def _database_alias(name: str) -> Iterator[str]:
     this thread's only: it is not added to settings.DATABASES, which other threads and `connections.all()` read."""
     owner = _owner_settings(name)  # the scratch copy is the owner's; the scope's setting is sent per query
     owner["OPTIONS"] = dict(settings.DATABASE_OWNER.get("OPTIONS") or {})
-    wrapper = load_backend(connection.settings_dict["ENGINE"]).DatabaseWrapper({**owner, "CONN_MAX_AGE": 0}, DRILL_ALIAS)
+    wrapper = load_backend(connection.settings_dict["ENGINE"]).DatabaseWrapper(
+        {**owner, "CONN_MAX_AGE": 0}, DRILL_ALIAS
+    )
     connections[DRILL_ALIAS] = wrapper
     try:
         yield DRILL_ALIAS

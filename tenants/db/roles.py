@@ -59,7 +59,9 @@ def app_role_grant(connection: Any, role: str | None = None) -> None:
     Run as the owner. DatabaseRoleError when the role does not exist (it is made by a superuser: README)."""
     role = role or app_user()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT current_user, current_schema(), (SELECT count(*) FROM pg_roles WHERE rolname = %s)", [role])
+        cursor.execute(
+            "SELECT current_user, current_schema(), (SELECT count(*) FROM pg_roles WHERE rolname = %s)", [role]
+        )
         current, schema, exists = cursor.fetchone()
         if role == current:
             return  # a single-role database (not a supported set-up: tests/security/test_row_security.py says so)

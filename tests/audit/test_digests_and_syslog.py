@@ -16,10 +16,11 @@ import pytest
 from django.db import DatabaseError, transaction
 
 from audit.events import EventType
-from audit.models import AuditChain, AuditDigest, AuditEvent, SyslogCursor
+from audit.models import AuditDigest, AuditEvent, SyslogCursor
 from audit.services import audit_digests_sign, audit_syslog_forward, syslog_message
 from tests.audit.helpers import record
 from tests.audit.test_tamper import _verify, _verify_fails
+from tests.chains import chain_of
 from tests.databases import superuser_connect_kwargs
 
 
@@ -41,7 +42,7 @@ def test_digests_sign_every_chain_head_once_a_day(tenant_a, tenant_b, admin_a):
     written = audit_digests_sign()
     assert written >= 2
     digest = AuditDigest.objects.get(chain__tenant=tenant_a)
-    chain = AuditChain.objects.get(tenant=tenant_a)
+    chain = chain_of(tenant_a)
     assert (digest.last_sequence, digest.last_hash) == (chain.last_sequence, chain.last_hash)
     assert len(digest.signature) == 128  # Ed25519: 64 bytes
     assert audit_digests_sign() == 0  # one a day
@@ -75,7 +76,7 @@ def test_a_truncated_tail_with_a_rewound_head_is_found_by_the_digest(tenant_a):
     for n in range(4):
         record(tenant_a, EventType.LOGIN_FAILED, actor_username=f"guess{n}")
     audit_digests_sign()
-    chain = AuditChain.objects.get(tenant=tenant_a)
+    chain = chain_of(tenant_a)
     assert chain.last_sequence == 5
     keep = AuditEvent.unscoped_objects.get(chain=chain, sequence=3)
     # The attacker deletes the last two events and rewinds the head so that the chain itself is whole again.

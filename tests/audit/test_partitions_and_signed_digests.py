@@ -24,11 +24,12 @@ from django.utils import timezone
 
 from audit import signing
 from audit.events import EventType
-from audit.models import AuditChain, AuditDigest, AuditEvent
+from audit.models import AuditDigest, AuditEvent
 from audit.services import audit_digests_sign, audit_partitions_ensure
 from tests.audit.helpers import record
 from tests.audit.test_digests_and_syslog import _superuser
 from tests.audit.test_tamper import _verify, _verify_fails
+from tests.chains import chain_of
 
 
 def _record_at(monkeypatch, tenant, when: datetime, **kwargs) -> AuditEvent:
@@ -165,7 +166,7 @@ def _file(digest: AuditDigest) -> dict:
 def test_a_digest_is_a_row_and_a_file_that_the_public_key_alone_checks(tenant_a):
     record(tenant_a, EventType.LOGOUT)
     audit_digests_sign()
-    chain = AuditChain.objects.get(tenant=tenant_a)
+    chain = chain_of(tenant_a)
     digest = AuditDigest.objects.get(chain=chain)
     assert digest.path == f"audit-digests/t{tenant_a.pk}/events/{digest.day.isoformat()}.json"
     data = _file(digest)

@@ -19,8 +19,9 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
 from audit.events import EventType
-from audit.models import AuditChain, AuditEvent
+from audit.models import AuditEvent
 from tests.audit.helpers import record
+from tests.chains import chain_of
 from tests.databases import database_url, superuser_connect_kwargs
 
 TRIGGER = "audit_auditevent_append_only"
@@ -169,7 +170,7 @@ def test_a_deleted_middle_row_is_found_as_a_gap(tenant_a):
 @pytest.mark.django_db(transaction=True)
 def test_a_deleted_last_row_is_found_against_the_chain_head(tenant_a):
     _seed(tenant_a)
-    last = AuditChain.objects.get(tenant=tenant_a).last_sequence
+    last = chain_of(tenant_a).last_sequence
     assert last == 6
     _as_superuser(("DELETE FROM audit_auditevent WHERE tenant_id = %s AND sequence = %s", [tenant_a.pk, last]))
     assert f"tenant north: chain broken at sequence {last} (missing event)" in _verify_fails()

@@ -46,7 +46,9 @@ def test_the_application_connects_as_a_role_that_owns_nothing():
     )[0]
     assert user == settings.DATABASES["default"]["USER"] != settings.DATABASE_OWNER["USER"]
     assert (superuser, bypass, createrole) == (False, False, False)
-    owned = _raw("SELECT count(*) FROM pg_class WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)")
+    owned = _raw(
+        "SELECT count(*) FROM pg_class WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+    )
     assert owned == [(0,)]
     assert _raw("SELECT pg_has_role(current_user, %s, 'MEMBER')", [settings.DATABASE_OWNER["USER"]]) == [(False,)]
 
@@ -178,3 +180,11 @@ def test_a_new_audit_partition_gets_the_policy():
     finally:
         with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS audit_auditevent_y2099m01")
+
+
+def test_a_query_that_forgets_the_orm_scope_still_sees_one_tenant(tenant_a, tenant_b, radiologist_a, outsider_b):
+    """SECURITY.md G2's deliberately buggy code: the unfiltered base manager (no ORM scope filter) in A's scope
+    reads only A's rows, and with no scope none."""
+    with tenant_scope(tenant_a):
+        assert {m.tenant_id for m in Membership._base_manager.all()} == {tenant_a.pk}
+    assert Membership._base_manager.count() == 0
