@@ -15,6 +15,7 @@ from django.utils import timezone
 from audit.models import ChangeSeal
 from audit.services import audit_changes_seal, audit_changes_seal_all
 from tests.audit.test_tamper import _verify, _verify_fails, _verify_in_a_process
+from tests.chains import chain_by_key
 from tests.databases import superuser_connect_kwargs
 
 TRIGGERS = {"auditlog_logentry": "auditlog_logentry_append_only", "audit_changeseal": "audit_changeseal_append_only"}
