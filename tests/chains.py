@@ -3,9 +3,14 @@ the tests read them outside any tenant's scope)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from audit.models import AuditChain
 from tenants.models import Tenant
 from tenants.scoping import platform_scope
+
+T = TypeVar("T")
 
 
 def chain_of(tenant: Tenant) -> AuditChain:
@@ -16,3 +21,9 @@ def chain_of(tenant: Tenant) -> AuditChain:
 def chain_by_key(key: str) -> AuditChain:
     with platform_scope():
         return AuditChain.objects.get(key=key)
+
+
+def platform_read(read: Callable[[], T]) -> T:
+    """`read()` in a platform scope: a test's look across tenants (or at the platform's rows) outside any scope."""
+    with platform_scope():
+        return read()
