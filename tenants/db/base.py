@@ -41,16 +41,16 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _rollback(self) -> None:
         try:
-            super()._rollback()
+            super()._rollback()  # type: ignore[misc]
         finally:
             self.enclave_scope_sent = None
 
     def _savepoint_rollback(self, sid: str) -> None:
         try:
-            super()._savepoint_rollback(sid)
+            super()._savepoint_rollback(sid)  # type: ignore[misc]
         finally:
             self.enclave_scope_sent = None
 
     def _close(self) -> None:
         self.enclave_scope_sent = None
-        super()._close()
+        super()._close()  # type: ignore[misc]

@@ -46,7 +46,7 @@ ORDER BY c.table_name
 """
 
 
-def table_protect_sql(table: str) -> list[sql.Composable]:
+def table_protect_sql(table: str) -> list[sql.Composed]:
     """The statements that put `table` (with a tenant_id column) under the policy; idempotent."""
     name = sql.Identifier(table)
     policy = sql.Identifier(POLICY)
@@ -58,7 +58,7 @@ def table_protect_sql(table: str) -> list[sql.Composable]:
     ]
 
 
-def table_unprotect_sql(table: str) -> list[sql.Composable]:
+def table_unprotect_sql(table: str) -> list[sql.Composed]:
     name = sql.Identifier(table)
     return [
         sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), name),
@@ -72,7 +72,7 @@ def tenant_tables(cursor: Any) -> list[str]:
     return [row[0] for row in cursor.fetchall()]
 
 
-def app_role_grant_sql(role: str, schema: str) -> list[sql.Composable]:
+def app_role_grant_sql(role: str, schema: str) -> list[sql.Composed]:
     """What the application's role may do: read and write rows, use the sequences; nothing else."""
     r, s = sql.Identifier(role), sql.Identifier(schema)
     return [
@@ -83,7 +83,7 @@ def app_role_grant_sql(role: str, schema: str) -> list[sql.Composable]:
     ]
 
 
-def app_role_create_sql(role: str, password: str | None) -> sql.Composable:
+def app_role_create_sql(role: str, password: str | None) -> sql.Composed:
     """The application's role, made by a superuser (or a role with CREATEROLE): it may log in, nothing more."""
     stmt = sql.SQL(
         "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
