@@ -45,6 +45,7 @@ def as_owner(alias: str = "default") -> Iterator[Any]:
             yield connection
         return
     connection.close()
+    connection.enclave_app_user = saved["USER"]  # type: ignore[attr-defined]  # app_role_grant grants to it
     connection.settings_dict.update(owner)
     try:
         with platform_scope():
@@ -57,7 +58,7 @@ def as_owner(alias: str = "default") -> Iterator[Any]:
 def app_role_grant(connection: Any, role: str | None = None) -> None:
     """Grant the application's role its rights on this database's tables, sequences and functions (idempotent).
     Run as the owner. DatabaseRoleError when the role does not exist (it is made by a superuser: README)."""
-    role = role or app_user()
+    role = role or getattr(connection, "enclave_app_user", None) or app_user()
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT current_user, current_schema(), (SELECT count(*) FROM pg_roles WHERE rolname = %s)", [role]
