@@ -188,3 +188,19 @@ def test_a_query_that_forgets_the_orm_scope_still_sees_one_tenant(tenant_a, tena
     with tenant_scope(tenant_a):
         assert {m.tenant_id for m in Membership._base_manager.all()} == {tenant_a.pk}
     assert Membership._base_manager.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrate_runs_as_the_owner_and_grants_the_application_role():
+    """`manage.py migrate` borrows the owner's credentials and, after it, grants the application's role its rights
+    (make run's fresh database): a right taken away is given back, and the connection is the role's again."""
+    from django.core.management import call_command
+    from psycopg import sql
+
+    app = settings.DATABASES["default"]["USER"]
+    with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
+        conn.execute(sql.SQL("REVOKE SELECT ON tenants_tenant FROM {}").format(sql.Identifier(app)))
+    assert "permission denied" in _refused("SELECT count(*) FROM tenants_tenant")
+    call_command("migrate", verbosity=0)
+    assert len(_raw("SELECT count(*) FROM tenants_tenant")) == 1
+    assert _raw("SELECT current_user") == [(app,)]
