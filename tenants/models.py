@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from tenants.scoping import TenantScopedManager, TenantScopeError, current_tenant_or_none
+from tenants.scoping import PlatformManager, TenantScopedManager, TenantScopeError, current_tenant_or_none
 
 
 class CaseInsensitiveUserManager(UserManager):
@@ -112,7 +112,7 @@ class TenantOwnedModel(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = TenantScopedManager()
-    unscoped_objects = models.Manager()
+    unscoped_objects = PlatformManager()
 
     class Meta:
         abstract = True

@@ -28,6 +28,70 @@ from tests.tlsca import TestCA
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 
+# The application's role of settings.DATABASES["default"], kept while the owner makes the test database.
+_APP_ROLE: dict[str, Any] = {}
+
+
+def _app_role_ensure() -> None:
+    """The application's role of settings.DATABASES (which owns nothing), made once on this server by
+    DATABASE_ADMIN_URL or the superuser when missing. Fails the run with the reason when it cannot be made: the
+    suite never quietly runs as the owner of the tables."""
+    import psycopg
+    from django.conf import settings
+
+    from tenants.db import rowsecurity
+    from tests.databases import admin_connect_kwargs
+
+    role, password = settings.DATABASES["default"]["USER"], settings.DATABASES["default"].get("PASSWORD") or None
+    if not role or role == settings.DATABASE_OWNER.get("USER"):
+        pytest.exit("The tests run as the application's database role, which must differ from DATABASE_URL's owner.")
+    try:
+        with psycopg.connect(**admin_connect_kwargs(), autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() is None:
+                try:
+                    conn.execute(rowsecurity.app_role_create_sql(role, password))
+                except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                    pass  # another test process made it meanwhile
+    except psycopg.Error as exc:
+        pytest.exit(
+            f"Cannot make the application's database role {role!r} ({exc.__class__.__name__}: {exc}). Make it once "
+            f"as a superuser (README, 'Database roles'), or set DATABASE_ADMIN_URL to a role with CREATEROLE.",
+            returncode=3,
+        )
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """The test database is made and migrated by the owner of the tables (DATABASE_URL): see django_db_setup."""
+    from django.conf import settings
+    from django.db import connection
+
+    _APP_ROLE.update(USER=connection.settings_dict["USER"], PASSWORD=connection.settings_dict.get("PASSWORD"))
+    _app_role_ensure()
+    connection.close()
+    connection.settings_dict.update(
+        USER=settings.DATABASE_OWNER.get("USER"), PASSWORD=settings.DATABASE_OWNER.get("PASSWORD")
+    )
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
+    """After pytest-django made the test database as the owner, the whole suite connects as the application's role,
+    under row-level security (issue 14), as the processes it starts do (DATABASE_APP_USER below)."""
+    from django.db import connection
+
+    from tenants.db.roles import app_role_grant
+
+    app = dict(_APP_ROLE)
+    with django_db_blocker.unblock():
+        app_role_grant(connection, app["USER"])  # a reused database was migrated before: grant again
+    connection.close()
+    connection.settings_dict.update(app)
+    os.environ.pop("DATABASE_APP_URL", None)
+    os.environ["DATABASE_APP_USER"] = str(app["USER"])
+    os.environ["DATABASE_APP_PASSWORD"] = str(app["PASSWORD"] or "")
+
+
 @pytest.fixture
 def tenant_a(db: Any) -> Tenant:
     return services.tenant_create(slug="north", name="North Hospital Group")

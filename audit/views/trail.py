@@ -248,6 +248,13 @@ class _Echo:
         return value
 
 
+def _batch(tenant: Tenant, iterator: Iterator[Any]) -> list[Any]:
+    """The next batch of keys, read in the tenant's scope: the database's row-level security (tenants.db) holds the
+    keys' query to the scope it runs in, not to the one it was built in."""
+    with tenant_scope(tenant):
+        return list(islice(iterator, EXPORT_BATCH))
+
+
 def csv_stream(tenant: Tenant, keys: Any) -> Iterator[str]:
     """The export, a batch of rows at a time: memory stays flat however long the trail.
 
@@ -257,7 +264,7 @@ def csv_stream(tenant: Tenant, keys: Any) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
     iterator = keys.iterator(chunk_size=EXPORT_BATCH)
-    while batch := list(islice(iterator, EXPORT_BATCH)):
+    while batch := _batch(tenant, iterator):
         with tenant_scope(tenant):
             lines = [_csv_line(trail_row(entry)) for entry in audit_trail_entries(batch)]
         for line in lines:
@@ -412,7 +419,7 @@ def xml_stream(tenant: Tenant, keys: Any, *, audit_source: str) -> Iterator[str]
 
     yield '<?xml version="1.0" encoding="UTF-8"?>\n<AuditMessages>\n'
     iterator = keys.iterator(chunk_size=EXPORT_BATCH)
-    while batch := list(islice(iterator, EXPORT_BATCH)):
+    while batch := _batch(tenant, iterator):
         with tenant_scope(tenant):
             entries = audit_trail_entries(batch)
             lines = [
@@ -428,7 +435,7 @@ def json_stream(tenant: Tenant, keys: Any) -> Iterator[str]:
     yield "["
     first = True
     iterator = keys.iterator(chunk_size=EXPORT_BATCH)
-    while batch := list(islice(iterator, EXPORT_BATCH)):
+    while batch := _batch(tenant, iterator):
         with tenant_scope(tenant):
             rows = [trail_row(entry) for entry in audit_trail_entries(batch)]
         for row in rows:

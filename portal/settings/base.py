@@ -74,9 +74,28 @@ def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
     return config
 
 
+def database_app(owner: dict) -> dict:
+    """The application's connection (issue 14, row-level security; README "Database roles"): DATABASE_APP_URL, or
+    the owner's database reached as role DATABASE_APP_USER (default: the owner's name + "_app") with password
+    DATABASE_APP_PASSWORD. That role owns nothing; every tenant-owned table's policy holds it to the scope."""
+    app_url = env.str("DATABASE_APP_URL", default="")
+    if app_url:
+        return {**database_from_url(app_url), "ENGINE": DATABASE_ENGINE}
+    user = env.str("DATABASE_APP_USER", default=f"{owner.get('USER') or 'enclave'}_app")
+    return {**owner, "USER": user, "PASSWORD": env.str("DATABASE_APP_PASSWORD", default=""), "ENGINE": DATABASE_ENGINE}
+
+
+# Django's PostgreSQL backend, carrying the tenant scope to the server's row-level security (tenants/db).
+DATABASE_ENGINE = "tenants.db"
 # One stack everywhere: PostgreSQL in development, tests and production. Without DATABASE_URL, `make run` and
-# `make test` start the embedded one (scripts/stack.py) and set it.
-DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default="postgres://enclave@127.0.0.1:5432/enclave"))}
+# `make test` start the embedded one (scripts/stack.py) and set it. DATABASE_URL is the owner of the tables: the
+# migrations, the backups and the restore drill use it (tenants.db.roles.as_owner); everything else connects as
+# the application's role.
+DATABASE_OWNER = {
+    **database_from_url(env.str("DATABASE_URL", default="postgres://enclave@127.0.0.1:5432/enclave")),
+    "ENGINE": DATABASE_ENGINE,
+}
+DATABASES = {"default": database_app(DATABASE_OWNER)}
 
 # APPS
 # ------------------------------------------------------------------------------

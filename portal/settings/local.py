@@ -12,7 +12,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from .base import *  # noqa: F403
-from .base import VAR_DIR, database_from_url, env
+from .base import DATABASE_ENGINE, VAR_DIR, database_app, database_from_url, env
 
 # GENERAL
 # ------------------------------------------------------------------------------
@@ -38,7 +38,11 @@ MASTER_KEY = env.str("MASTER_KEY", default="") or _dev_secret(
 # THE EMBEDDED STACK, when the environment names none (scripts/stack.py keeps it in var/)
 # ------------------------------------------------------------------------------
 if not env.str("DATABASE_URL", default="") and (VAR_DIR / "pg" / ".s.PGSQL.5432").exists():
-    DATABASES = {"default": database_from_url(f"postgres://enclave@{quote(str(VAR_DIR / 'pg'), safe='')}/enclave")}
+    DATABASE_OWNER = {
+        **database_from_url(f"postgres://enclave@{quote(str(VAR_DIR / 'pg'), safe='')}/enclave"),
+        "ENGINE": DATABASE_ENGINE,
+    }
+    DATABASES = {"default": database_app(DATABASE_OWNER)}
 if not env.str("REDIS_URL", default="") and (VAR_DIR / "valkey" / "port").exists():
     REDIS_URL = f"redis://127.0.0.1:{(VAR_DIR / 'valkey' / 'port').read_text().strip()}/0"
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}

@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import database_from_url, env, redis_cache, redis_tls_options
+from .base import DATABASE_ENGINE, database_from_url, env, redis_cache, redis_tls_options
 
 ENCLAVE_ENV = "production"
 DEBUG = False
@@ -22,8 +22,15 @@ SECRET_KEY = _required("SECRET_KEY")
 MASTER_KEY = _required("MASTER_KEY")
 CLAMD_ADDRESS = _required("CLAMD_ADDRESS")
 ALLOWED_HOSTS = [h for h in _required("ALLOWED_HOSTS").split(",") if h]
+# Two roles (issue 14, README "Database roles"): DATABASE_URL owns the tables (migrations, backups, the restore
+# drill); DATABASE_APP_URL is the application's role, which owns nothing and is held by row-level security.
 # Persistent connections (60 s) unless DB_POOL_MAX (a pool) or DB_PGBOUNCER says otherwise (README "Past one machine").
-DATABASES = {"default": database_from_url(_required("DATABASE_URL"), conn_max_age=60)}
+DATABASE_OWNER = {**database_from_url(_required("DATABASE_URL")), "ENGINE": DATABASE_ENGINE}
+DATABASES = {
+    "default": {**database_from_url(_required("DATABASE_APP_URL"), conn_max_age=60), "ENGINE": DATABASE_ENGINE}
+}
+if DATABASES["default"].get("USER") == DATABASE_OWNER.get("USER"):
+    raise ImproperlyConfigured("DATABASE_APP_URL must name the application's role, not the owner of DATABASE_URL.")
 REDIS_URL = _required("REDIS_URL")
 CACHES = {"default": redis_cache(REDIS_URL)}
 CELERY_BROKER_URL = REDIS_URL
@@ -51,6 +58,7 @@ def _transit_tls_check(*, database: dict, redis_url: str) -> None:
 
 if REQUIRE_TLS:
     _transit_tls_check(database=DATABASES["default"], redis_url=REDIS_URL)
+    _transit_tls_check(database=DATABASE_OWNER, redis_url=REDIS_URL)
 
 # SECURITY
 # ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from .base import *  # noqa: F403
-from .base import database_from_url, env, redis_cache
+from .base import env, redis_cache
 
 ENCLAVE_ENV = "test"
 DEBUG = False
@@ -20,7 +20,8 @@ ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 
 # DATABASES: PostgreSQL, as in production
 # ------------------------------------------------------------------------------
-DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default="postgres://enclave@127.0.0.1:5432/enclave"))}
+# DATABASE_URL is the owner (migrations, flush); the suite runs as the application's role under row-level security
+# (tests/conftest.py makes that role when it is missing, as the server's superuser).
 
 # PASSWORDS: a fast hasher; tests/portal/test_settings.py checks the production list starts with Argon2
 # ------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from rest_framework.request import Request
 
 from studies.dicomweb.base import DicomWebApi
 from tenants import access
+from tenants.models import Tenant
+from tenants.scoping import tenant_scope
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,26 @@ def multipart_stream(parts: Iterable[tuple[str, bytes]], boundary: str) -> Itera
     yield before + f"--{boundary}--\r\n".encode("ascii")
 
 
+def _in_scope(tenant: Tenant, parts: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+    """Each part made in the tenant's scope: the body is sent after the view has returned and closed its scope,
+    and the database's row-level security (tenants.db) holds every query to the scope it runs in. No query runs
+    inside a `yield`."""
+    iterator = iter(parts)
+    while True:
+        with tenant_scope(tenant):
+            part = next(iterator, None)
+        if part is None:
+            return
+        yield part
+
+
 def multipart_response(
-    parts: Iterable[tuple[str, bytes]], *, part_type: str, status: int = 200
+    parts: Iterable[tuple[str, bytes]], *, part_type: str, status: int = 200, tenant: Tenant | None = None
 ) -> StreamingHttpResponse:
+    """`tenant`: the scope the parts are made in, when making them reads the database."""
     boundary = new_boundary()
+    if tenant is not None:
+        parts = _in_scope(tenant, parts)
     response = StreamingHttpResponse(multipart_stream(parts, boundary), status=status)
     response["Content-Type"] = f'multipart/related; type="{part_type}"; boundary={boundary}'
     return response

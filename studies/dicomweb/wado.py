@@ -287,7 +287,7 @@ class _RetrieveApi(_ReadApi):
                 data = first if first is not None else transcoded(row)
                 yield f"{DICOM}; transfer-syntax={syntax or row.transfer_syntax_uid}", data
 
-        return multipart_response(parts(), part_type=DICOM)
+        return multipart_response(parts(), part_type=DICOM, tenant=self.tenant)
 
 
 class StudyRetrieveApi(_RetrieveApi):
@@ -369,7 +369,7 @@ class FramesRetrieveApi(_ReadApi):
             for f in found:
                 yield f"{f.media_type}; transfer-syntax={f.transfer_syntax}", f.data
 
-        return multipart_response(parts(), part_type=first.media_type)
+        return multipart_response(parts(), part_type=first.media_type, tenant=self.tenant)
 
 
 # Rendered and thumbnails
@@ -430,7 +430,7 @@ class _RenderedApi(_ReadApi):
                     except (RenderError, frame_tools.FrameError):
                         continue  # a later frame that cannot be decoded is left out; the others still go
 
-            return multipart_response(frame_parts(), part_type=media_type)
+            return multipart_response(frame_parts(), part_type=media_type, tenant=self.tenant)
         self.accessed(study_row, self.kind, len(instances))
 
         def parts() -> Iterator[tuple[str, bytes]]:
@@ -444,7 +444,7 @@ class _RenderedApi(_ReadApi):
                         # has nothing to show; the rest of the study or series still does.
                         continue
 
-        return multipart_response(parts(), part_type=media_type)
+        return multipart_response(parts(), part_type=media_type, tenant=self.tenant)
 
 
 class StudyRenderedApi(_RenderedApi):

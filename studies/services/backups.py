@@ -57,8 +57,9 @@ from studies.storage.backups import (
 from studies.storage.keys import KEY_FILE_MAGIC, study_key_file_name
 from studies.storage.pgtools import Database, PgToolError, pg_tool, server_major, tool_major
 from studies.storage.pgtools import run as pg_run
+from tenants.db import rowsecurity
 from tenants.models import Tenant
-from tenants.scoping import tenant_scope
+from tenants.scoping import DATABASE_SETTING, PLATFORM, platform_scope, tenant_scope
 
 PRINCIPAL = "enclave:backup"
 DRILL_PRINCIPAL = "enclave:restore-drill"
@@ -69,9 +70,24 @@ def _work_dir() -> str | None:
     return settings.BACKUP_WORK_DIR or None
 
 
+def _owner_settings(name: str | None = None) -> dict[str, Any]:
+    """This process's database as the owner of the tables reaches it (DATABASE_URL: the application's role owns
+    nothing and cannot dump, restore or create databases), in a platform scope: the tables' row-level security is
+    forced, so it holds the owner too (tenants.db.rowsecurity)."""
+    options = dict(settings.DATABASE_OWNER.get("OPTIONS") or {})
+    options["options"] = f"{options.get('options', '')} -c {DATABASE_SETTING}={PLATFORM}".strip()
+    return {
+        **connection.settings_dict,
+        "USER": settings.DATABASE_OWNER.get("USER"),
+        "PASSWORD": settings.DATABASE_OWNER.get("PASSWORD"),
+        "OPTIONS": options,
+        "NAME": name or connection.settings_dict["NAME"],
+    }
+
+
 def source_database() -> Database:
-    """The database this process uses (DATABASE_URL), as the PostgreSQL tools reach it."""
-    return Database.from_settings(connection.settings_dict)
+    """The database this process uses, as the PostgreSQL tools reach it: as the owner, in a platform scope."""
+    return Database.from_settings(_owner_settings())
 
 
 def _table_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -96,6 +112,7 @@ def _chain_heads(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     return [{"key": k, "tenant_id": t, "last_sequence": int(s), "last_hash": h} for k, t, s, h in rows]
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def database_backup(*, keep_daily: int | None = None) -> BackupManifest:
     """Back the whole database up: pg_dump (custom format) of one snapshot, encrypted, to the replica store, with
     a manifest of the row counts and audit chain heads taken in that same snapshot; then prune old backups.
@@ -117,7 +134,7 @@ def database_backup(*, keep_daily: int | None = None) -> BackupManifest:
             snapshot, taken_at = row[0], row[1].astimezone(UTC)
             tables, chains = _table_counts(conn), _chain_heads(conn)
             pg_run(
-                [pg_dump, "--format=custom", f"--snapshot={snapshot}", "--file", str(dump),
+                [pg_dump, "--format=custom", f"--snapshot={snapshot}", "--enable-row-security", "--file", str(dump),
                  "--dbname", source.conninfo],
                 database=source,
             )  # fmt: skip
@@ -146,6 +163,7 @@ def database_backup(*, keep_daily: int | None = None) -> BackupManifest:
     return manifest
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def backups_prune(*, keep_daily: int) -> list[str]:
     """Keep every backup of the last `keep_daily` days that have backups (UTC days of their snapshots); delete the
     older ones. The newest backup is always kept, and a day with several backups (one taken by hand before a risky
@@ -213,8 +231,23 @@ def _restore_into(manifest: BackupManifest, target: Database, *, force: bool) ->
         if force and not _is_empty(target):
             _schema_replace(target)
         pg_run([*args, str(dump)], database=target)
+    _app_role_grant(target)
 
 
+def _app_role_grant(target: Database) -> None:
+    """The restored tables come without their grants (--no-privileges): the application's role gets its own again,
+    as `migrate` gives it (tenants.db.roles), so the archive reads again once DATABASE_URL points at the target."""
+    role = str(settings.DATABASES["default"].get("USER") or "")
+    with target.connect(autocommit=True) as conn:
+        row = conn.execute("SELECT current_user, current_schema(), (SELECT count(*) FROM pg_roles WHERE rolname = %s)",
+                           [role]).fetchone()  # fmt: skip
+        if row is None or not role or row[0] == role or not row[2]:
+            return
+        for statement in rowsecurity.app_role_grant_sql(role, row[1]):
+            conn.execute(statement)
+
+
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def database_restore(*, backup: str, target: Database, force: bool = False) -> BackupManifest:
     """Restore backup `backup` (a name, or "latest") into the database `target`, which must be empty unless
     `force` (then its tables are dropped and replaced). Platform operation, no scope. Records DATABASE_RESTORED on
@@ -240,8 +273,10 @@ def _database_alias(name: str) -> Iterator[str]:
     """A Django database alias for another database of the same server, for as long as the block runs, so that
     the ORM (and audit_chain_verify) reads the restored copy exactly as it reads the live one. The connection is
     this thread's only: it is not added to settings.DATABASES, which other threads and `connections.all()` read."""
+    owner = _owner_settings(name)  # the scratch copy is the owner's; the scope's setting is sent per query
+    owner["OPTIONS"] = dict(settings.DATABASE_OWNER.get("OPTIONS") or {})
     wrapper = load_backend(connection.settings_dict["ENGINE"]).DatabaseWrapper(
-        {**connection.settings_dict, "NAME": name, "CONN_MAX_AGE": 0}, DRILL_ALIAS
+        {**owner, "CONN_MAX_AGE": 0}, DRILL_ALIAS
     )
     connections[DRILL_ALIAS] = wrapper
     try:
@@ -365,6 +400,7 @@ def _chains_check(alias: str, manifest: BackupManifest, checks: dict[str, Any]) 
     return problems
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def restore_drill_run(*, sample_percent: float | None = None, sample_min: int | None = None) -> RestoreDrill:
     """Restore the latest backup into a scratch database (created, then dropped) and every file of the replica
     store (but the backups) into a scratch folder, measure the time that took, then check: each table's row count
@@ -380,7 +416,7 @@ def restore_drill_run(*, sample_percent: float | None = None, sample_min: int | 
     problems: list[str] = []
     checks: dict[str, Any] = {"sample_percent": percent, "sample_min": minimum, "tenants": {}}
     source = source_database()
-    scratch = Database.from_settings(connection.settings_dict, name=f"{source.name[:40]}_drill_{uuid.uuid4().hex[:10]}")
+    scratch = Database.from_settings(_owner_settings(f"{source.name[:40]}_drill_{uuid.uuid4().hex[:10]}"))
     folder = Path(tempfile.mkdtemp(prefix="enclave-drill-", dir=_work_dir()))
     created = False
     try:

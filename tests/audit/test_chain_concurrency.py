@@ -8,9 +8,10 @@ import pytest
 from django.db import connection
 
 from audit.events import EventType
-from audit.models import AuditChain, AuditEvent
+from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
 from tests.audit.helpers import record
+from tests.chains import chain_of
 
 THREADS = 8
 EACH = 25
@@ -38,7 +39,7 @@ def test_eight_writers_keep_the_chain_whole_and_gap_free(tenant_a):
         thread.join(timeout=120)
 
     assert errors == []
-    chain = AuditChain.objects.get(tenant=tenant_a)
+    chain = chain_of(tenant_a)
     total = 1 + THREADS * EACH  # TENANT_CREATED, then every writer's events
     rows = AuditEvent.unscoped_objects.filter(chain=chain).order_by("sequence")
     sequences = list(rows.values_list("sequence", flat=True))

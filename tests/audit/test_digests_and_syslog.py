@@ -16,10 +16,11 @@ import pytest
 from django.db import DatabaseError, transaction
 
 from audit.events import EventType
-from audit.models import AuditChain, AuditDigest, AuditEvent, SyslogCursor
+from audit.models import AuditDigest, AuditEvent, SyslogCursor
 from audit.services import audit_digests_sign, audit_syslog_forward, syslog_message
 from tests.audit.helpers import record
 from tests.audit.test_tamper import _verify, _verify_fails
+from tests.chains import chain_of, platform_read
 from tests.databases import superuser_connect_kwargs
 
 
@@ -40,8 +41,8 @@ def test_digests_sign_every_chain_head_once_a_day(tenant_a, tenant_b, admin_a):
     record(tenant_a, EventType.LOGOUT)
     written = audit_digests_sign()
     assert written >= 2
-    digest = AuditDigest.objects.get(chain__tenant=tenant_a)
-    chain = AuditChain.objects.get(tenant=tenant_a)
+    digest = platform_read(lambda: AuditDigest.objects.get(chain__tenant=tenant_a))
+    chain = chain_of(tenant_a)
     assert (digest.last_sequence, digest.last_hash) == (chain.last_sequence, chain.last_hash)
     assert len(digest.signature) == 128  # Ed25519: 64 bytes
     assert audit_digests_sign() == 0  # one a day
@@ -62,7 +63,7 @@ def test_without_a_key_nothing_is_signed_and_verify_says_so(tenant_a, settings):
 def test_a_forged_digest_is_found(tenant_a):
     record(tenant_a, EventType.LOGOUT)
     audit_digests_sign()
-    digest = AuditDigest.objects.get(chain__tenant=tenant_a)
+    digest = platform_read(lambda: AuditDigest.objects.get(chain__tenant=tenant_a))
     _superuser(
         ("UPDATE audit_auditdigest SET last_sequence = 1, signature = %s WHERE id = %s", ["ab" * 32, digest.pk]),
         disable=("audit_auditdigest", "audit_auditdigest_append_only"),
@@ -75,7 +76,7 @@ def test_a_truncated_tail_with_a_rewound_head_is_found_by_the_digest(tenant_a):
     for n in range(4):
         record(tenant_a, EventType.LOGIN_FAILED, actor_username=f"guess{n}")
     audit_digests_sign()
-    chain = AuditChain.objects.get(tenant=tenant_a)
+    chain = chain_of(tenant_a)
     assert chain.last_sequence == 5
     keep = AuditEvent.unscoped_objects.get(chain=chain, sequence=3)
     # The attacker deletes the last two events and rewinds the head so that the chain itself is whole again.
@@ -165,7 +166,7 @@ def test_every_event_is_forwarded_once_in_order_across_a_receiver_restart(tenant
     for n in range(2):
         record(tenant_a, EventType.LOGOUT, actor_username=f"later{n}")
     assert audit_syslog_forward() == 0
-    assert SyslogCursor.objects.get(chain__tenant=tenant_a).last_sequence == 4
+    assert platform_read(lambda: SyslogCursor.objects.get(chain__tenant=tenant_a)).last_sequence == 4
 
     restarted = Receiver(port)
     try:
@@ -271,7 +272,7 @@ def test_tls_receiver_gets_the_events_and_an_untrusted_one_gets_none(tenant_a, s
     settings.AUDIT_SYSLOG_CA_FILE = ""  # the system CAs do not know the test CA: the receiver is not trusted
     try:
         assert audit_syslog_forward() == 0
-        assert SyslogCursor.objects.filter(last_sequence__gt=0).count() == 0
+        assert platform_read(lambda: SyslogCursor.objects.filter(last_sequence__gt=0).count()) == 0
         thread.join(timeout=5)
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
@@ -309,8 +310,8 @@ def test_scheduled_verification_records_success_and_alerts_on_failure(tenant_a, 
     audit_verify_all_task.delay()
     with tenant_scope(tenant_a):
         alert = SecurityAlert.objects.get(kind="audit_verification_failed")
+        assert alert.event.outcome == 12
     assert alert.severity == "critical"
     assert "events: broken at sequence 2 (event altered)" in alert.summary
-    assert alert.event.outcome == 12
     with tenant_scope(tenant_b):
         assert not SecurityAlert.objects.exists()

@@ -8,6 +8,7 @@ import pytest
 
 from audit.events import EVENTS, Action, EventSpec, EventType, Outcome
 from audit.models import GENESIS_HASH
+from tenants.scoping import tenant_scope
 from tests.audit.helpers import record
 
 
@@ -32,7 +33,8 @@ def test_event_numbers_are_unique_and_grouped_by_hundreds():
 def test_recorded_events_are_utc_aware_and_chained(tenant_a):
     first = record(tenant_a, EventType.LOGIN_FAILED, actor_username="x", outcome=Outcome.MINOR_FAILURE)
     second = record(tenant_a, EventType.LOGOUT, actor_username="x")
-    first.refresh_from_db()
+    with tenant_scope(tenant_a):
+        first.refresh_from_db()
     assert first.occurred_at.tzinfo is not None
     assert first.occurred_at.utcoffset().total_seconds() == 0
     assert first.occurred_at == first.occurred_at.astimezone(UTC)

@@ -8,10 +8,11 @@ from django.test import Client
 from django.urls import reverse
 
 from audit.events import EventType
-from audit.models import AuditChain, AuditEvent
+from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
 from tenants.models import Membership, Role, Tenant
 from tests.audit.helpers import record
+from tests.chains import chain_of
 from tests.conftest import verified_client
 from tests.tenants.factories import totp_device_for
 
@@ -72,7 +73,7 @@ def test_an_operator_creates_a_tenant_through_the_service(ops):
 
     assert response.status_code == 302
     tenant = Tenant.objects.get(slug="east")
-    chain = AuditChain.objects.get(tenant=tenant)
+    chain = chain_of(tenant)
     assert chain.last_sequence == 1
     assert AuditEvent.unscoped_objects.get(chain=chain).event_type == EventType.TENANT_CREATED
     assert Group.objects.filter(name__startswith="east:").count() == len(Role.values)  # the role groups
@@ -98,7 +99,7 @@ def test_audit_events_are_read_only_and_show_no_participants(ops, tenant_a):
     assert ops.get(f"/ops/audit/auditevent/{event.pk}/delete/").status_code == 403
     assert ops.post(f"/ops/audit/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
     assert ops.get("/ops/audit/auditevent/add/").status_code == 403
-    assert audit_chain_verify(chain=AuditChain.objects.get(tenant=tenant_a)).ok
+    assert audit_chain_verify(chain=chain_of(tenant_a)).ok
 
 
 def test_reading_audit_events_in_the_admin_is_recorded(ops, platform_staff, tenant_a):
@@ -110,7 +111,7 @@ def test_reading_audit_events_in_the_admin_is_recorded(ops, platform_staff, tena
 
 
 def test_audit_chains_are_read_only_and_can_be_verified(ops, tenant_a):
-    chain = AuditChain.objects.get(tenant=tenant_a)
+    chain = chain_of(tenant_a)
     assert ops.get("/ops/audit/auditchain/").status_code == 200
     assert ops.get(f"/ops/audit/auditchain/{chain.pk}/delete/").status_code == 403
     response = ops.post("/ops/audit/auditchain/", {"action": "verify", "_selected_action": [chain.pk]}, follow=True)

@@ -24,11 +24,13 @@ from django.utils import timezone
 
 from audit import signing
 from audit.events import EventType
-from audit.models import AuditChain, AuditDigest, AuditEvent
+from audit.models import AuditDigest, AuditEvent
 from audit.services import audit_digests_sign, audit_partitions_ensure
+from tenants.scoping import platform_scope
 from tests.audit.helpers import record
 from tests.audit.test_digests_and_syslog import _superuser
 from tests.audit.test_tamper import _verify, _verify_fails
+from tests.chains import chain_of, platform_read
 
 
 def _record_at(monkeypatch, tenant, when: datetime, **kwargs) -> AuditEvent:
@@ -39,7 +41,7 @@ def _record_at(monkeypatch, tenant, when: datetime, **kwargs) -> AuditEvent:
 
 
 def _partition_of(event: AuditEvent) -> str:
-    with connection.cursor() as cursor:
+    with platform_scope(), connection.cursor() as cursor:  # a look at the table itself, across tenants
         cursor.execute("SELECT tableoid::regclass::text FROM audit_auditevent WHERE id = %s", [event.pk])
         return cursor.fetchone()[0]
 
@@ -104,11 +106,16 @@ def test_the_database_refuses_update_and_delete_in_every_partition(tenant_a, mon
                 f"UPDATE {table} SET actor_username = 'mallory' WHERE id = %s",
                 f"DELETE FROM {table} WHERE id = %s",
             ):
-                with pytest.raises(DatabaseError) as refused, transaction.atomic(), connection.cursor() as cursor:
+                with (
+                    pytest.raises(DatabaseError) as refused,
+                    platform_scope(),  # every row visible: the trigger, not the policy, refuses
+                    transaction.atomic(),
+                    connection.cursor() as cursor,
+                ):
                     cursor.execute(sql, [event.pk])
                 assert "append-only" in str(refused.value)
     # Moving a row to another month (an UPDATE of the partition key) is refused too.
-    with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+    with pytest.raises(DatabaseError), platform_scope(), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE audit_auditevent SET occurred_at = occurred_at + interval '40 days' WHERE id = %s",
                        [events[0].pk])  # fmt: skip
 
@@ -165,8 +172,8 @@ def _file(digest: AuditDigest) -> dict:
 def test_a_digest_is_a_row_and_a_file_that_the_public_key_alone_checks(tenant_a):
     record(tenant_a, EventType.LOGOUT)
     audit_digests_sign()
-    chain = AuditChain.objects.get(tenant=tenant_a)
-    digest = AuditDigest.objects.get(chain=chain)
+    chain = chain_of(tenant_a)
+    digest = platform_read(lambda: AuditDigest.objects.get(chain=chain))
     assert digest.path == f"audit-digests/t{tenant_a.pk}/events/{digest.day.isoformat()}.json"
     data = _file(digest)
     assert (data["chain"], data["last_sequence"], data["last_hash"]) == (chain.key, chain.last_sequence,
@@ -180,7 +187,10 @@ def test_a_digest_is_a_row_and_a_file_that_the_public_key_alone_checks(tenant_a)
     data.pop("public_key")
     public.verify(signature, json.dumps(data, sort_keys=True, separators=(",", ":")).encode())  # raises if forged
     # The change chain of the tenant has its own file beside it.
-    assert AuditDigest.objects.filter(path__startswith=f"audit-digests/t{tenant_a.pk}/").count() >= 1
+    assert (
+        platform_read(lambda: AuditDigest.objects.filter(path__startswith=f"audit-digests/t{tenant_a.pk}/").count())
+        >= 1
+    )
 
 
 @pytest.mark.django_db
@@ -189,7 +199,7 @@ def test_digests_chain_to_the_previous_one(tenant_a):
     assert audit_digests_sign(day=date(2026, 1, 1)) >= 1
     record(tenant_a, EventType.LOGOUT)
     audit_digests_sign(day=date(2026, 1, 2))
-    first, second = AuditDigest.objects.filter(chain__tenant=tenant_a).order_by("day")
+    first, second = platform_read(lambda: list(AuditDigest.objects.filter(chain__tenant=tenant_a).order_by("day")))
     assert second.prev_signature == first.signature
     assert second.last_sequence == first.last_sequence + 1
     assert "OK" in _verify("--tenant", "north")
@@ -227,7 +237,7 @@ def test_the_key_is_read_as_base64_seed_or_pem(settings):
 def test_a_forged_digest_file_is_found(tenant_a):
     record(tenant_a, EventType.LOGOUT)
     audit_digests_sign()
-    digest = AuditDigest.objects.get(chain__tenant=tenant_a)
+    digest = platform_read(lambda: AuditDigest.objects.get(chain__tenant=tenant_a))
     data = _file(digest)
     # The forger rewrites the file to sign an earlier head, with a key of their own.
     forger = Ed25519PrivateKey.generate()
@@ -253,7 +263,7 @@ def test_a_removed_digest_row_is_found(tenant_a):
     audit_digests_sign(day=date(2026, 1, 1))
     record(tenant_a, EventType.LOGOUT)
     audit_digests_sign(day=date(2026, 1, 2))
-    first = AuditDigest.objects.get(chain__tenant=tenant_a, day=date(2026, 1, 1))
+    first = platform_read(lambda: AuditDigest.objects.get(chain__tenant=tenant_a, day=date(2026, 1, 1)))
     _superuser(
         ("DELETE FROM audit_auditdigest WHERE id = %s", [first.pk]),
         disable=("audit_auditdigest", "audit_auditdigest_append_only"),
@@ -271,7 +281,7 @@ def test_the_scheduled_verification_alerts_on_a_forged_digest(tenant_a):
 
     record(tenant_a, EventType.LOGOUT)
     audit_digests_sign()
-    digest = AuditDigest.objects.get(chain__tenant=tenant_a)
+    digest = platform_read(lambda: AuditDigest.objects.get(chain__tenant=tenant_a))
     _superuser(
         ("UPDATE audit_auditdigest SET last_hash = %s WHERE id = %s", ["f" * 64, digest.pk]),
         disable=("audit_auditdigest", "audit_auditdigest_append_only"),
@@ -279,8 +289,8 @@ def test_the_scheduled_verification_alerts_on_a_forged_digest(tenant_a):
     assert audit_verify_tenant_task.delay(tenant_id=tenant_a.pk).get() is False
     with tenant_scope(tenant_a):
         alert = SecurityAlert.objects.get(kind="audit_verification_failed")
+        assert alert.event.extra["digests_checked"] is True
     assert f"digest of {digest.day} has a forged signature" in alert.summary
-    assert alert.event.extra["digests_checked"] is True
 
 
 # The migration converts a table that holds events

@@ -113,7 +113,8 @@ def test_compliance_officer_acknowledges_then_closes_with_a_note(client_for, ten
 
     acknowledged = client.post(url, {"state": "acknowledged", "note": "Looking into it"})
     assert acknowledged.status_code == 302
-    alert_a.refresh_from_db()
+    with tenant_scope(tenant_a):
+        alert_a.refresh_from_db()
     assert alert_a.status == SecurityAlert.Status.ACKNOWLEDGED
     assert alert_a.acknowledged_by == compliance_a
     assert alert_a.acknowledged_at is not None
@@ -127,7 +128,8 @@ def test_compliance_officer_acknowledges_then_closes_with_a_note(client_for, ten
     assert refused.status_code == 400
     assert "a note is required" in refused.content.decode()
     assert client.post(url, {"state": "closed", "note": "Password spraying from a known scanner"}).status_code == 302
-    alert_a.refresh_from_db()
+    with tenant_scope(tenant_a):
+        alert_a.refresh_from_db()
     assert alert_a.status == SecurityAlert.Status.CLOSED
     assert client.post(url, {"state": "escalated", "note": "again"}).status_code == 400
 
@@ -142,7 +144,8 @@ def test_auditor_reads_but_may_not_handle(client_for, tenant_a, auditor_a, alert
     refused = client.post(url, {"state": "acknowledged", "note": ""})
     assert refused.status_code == 403
     assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user == auditor_a
-    alert_a.refresh_from_db()
+    with tenant_scope(tenant_a):
+        alert_a.refresh_from_db()
     assert alert_a.status == SecurityAlert.Status.OPEN
 
 

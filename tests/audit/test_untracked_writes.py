@@ -62,7 +62,11 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
         "advances the forwarding cursor after each message (audit.syslogcursor is bookkeeping, not tracked); the "
         "events forwarded are the audit trail itself"
     ),
-    ("audit/services.py", "audit_changes_seal", "bulk_create"): (
+    ("tenants/scoping.py", "update", "update"): (
+        "PlatformQuerySet.update, the unscoped manager's update run in a platform scope: it only wraps Django's own "
+        "QuerySet.update; the callers' updates are the ones listed here"
+    ),
+    ("audit/services.py", "_changes_seal", "bulk_create"): (
         "the seals are the tamper evidence over django-auditlog's own rows (audit.changeseal is not tracked)"
     ),
     ("studies/services/ingest.py", "_counts_add", "update"): (

@@ -28,7 +28,7 @@ from django.db import connection, transaction
 from pydicom.uid import generate_uid
 
 from audit.events import EventType
-from audit.models import AuditChain, AuditEvent
+from audit.models import AuditEvent
 from audit.selectors import audit_chain_verify
 from portal.celery import app as celery_app
 from studies import services
@@ -39,6 +39,7 @@ from studies.tasks import ingest_sweep_task
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
 from tests.brokers import redis_queue_forget
+from tests.chains import chain_of
 from tests.integration.conftest import RestartableWorker
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -136,7 +137,7 @@ def assert_stored_exactly_once(tenant: Tenant, sent: list[bytes]) -> dict[str, o
             event_type__in=[EventType.INGEST_REJECTED, EventType.INGEST_CONFLICT]
         ).exists()
         attempts = Counter(i.attempts for i in items)
-    verification = audit_chain_verify(chain=AuditChain.objects.get(tenant=tenant))
+    verification = audit_chain_verify(chain=chain_of(tenant))
     assert verification.ok, verification
     primary = blob_files(tenant, "blobs", Blob.Kind.INSTANCE)
     replica = blob_files(tenant, "replica", Blob.Kind.INSTANCE)

@@ -95,7 +95,7 @@ def test_a_worker_killed_mid_run_and_the_job_run_again_mail_each_reminder_once(
     worker.start()
     training_reminders_task.apply_async()
     wait_for(lambda: claimed(tenant_a) >= KILL_AFTER, what="the first reminders", worker=worker)
-    with transaction.atomic():
+    with transaction.atomic(), tenant_scope(tenant_a):
         AuditChain.objects.select_for_update().get(key=chain_key)  # the worker's next audit write waits here
         wait_for(worker_waits_on_a_lock, what="the worker to wait on the audit lock", worker=worker)
         at_kill = claimed(tenant_a)

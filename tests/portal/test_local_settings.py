@@ -34,7 +34,7 @@ def test_local_settings_run_without_debug_and_write_mail_to_var(tmp_path):
     assert local["debug"] is False
     assert local["email"] == "django.core.mail.backends.filebased.EmailBackend"
     assert local["mail"] == str(tmp_path / "mail")
-    assert local["engine"] == "django.db.backends.postgresql"
+    assert local["engine"] == "tenants.db"  # Django's PostgreSQL backend carrying the tenant scope
     assert _local(tmp_path, DJANGO_DEBUG="true")["debug"] is True  # make dev
 
 

@@ -21,6 +21,8 @@ PRODUCTION_ENV = {
     "MASTER_KEY": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
     "ALLOWED_HOSTS": "enclave.example.org",
     "DATABASE_URL": "postgres://enclave@db.example.org:5432/enclave?sslmode=verify-full&sslrootcert=/etc/enclave/ca.pem",
+    "DATABASE_APP_URL": "postgres://enclave_app@db.example.org:5432/enclave?sslmode=verify-full"
+    "&sslrootcert=/etc/enclave/ca.pem",
     "REDIS_URL": "rediss://redis.example.org:6380/0",
     "REDIS_TLS_CA": "/etc/enclave/ca.pem",
     "CLAMD_ADDRESS": "unix:///run/clamav/clamd.ctl",

@@ -76,6 +76,7 @@ def test_gunicorn_serving_tls_itself_trusts_no_forwarded_proto():
         ("DATABASE_URL", "postgres://enclave@db.example.org:5432/enclave", "sslmode=verify-full"),
         ("DATABASE_URL", "postgres://enclave@db.example.org:5432/enclave?sslmode=require", "sslmode=verify-full"),
         ("DATABASE_URL", "postgres://enclave@db.example.org:5432/enclave?sslmode=verify-ca", "sslmode=verify-full"),
+        ("DATABASE_APP_URL", "postgres://enclave_app@db.example.org:5432/enclave", "sslmode=verify-full"),
         ("REDIS_URL", "redis://redis.example.org:6379/0", "rediss://"),
     ],
 )
@@ -88,14 +89,27 @@ def test_production_refuses_plain_connections(name, value, says):
 
 def test_local_sockets_and_the_explicit_way_out_are_accepted():
     unix = _production(
-        DATABASE_URL="postgres://enclave@%2Frun%2Fpostgresql/enclave", REDIS_URL="unix:///run/redis.sock"
+        DATABASE_URL="postgres://enclave@%2Frun%2Fpostgresql/enclave", REDIS_URL="unix:///run/redis.sock",
+        DATABASE_APP_URL="postgres://enclave_app@%2Frun%2Fpostgresql/enclave",
     )
     assert unix["db_host"] == "/run/postgresql"
     assert unix["cache_options"] == {}
     plain = _production(
         REQUIRE_TLS="false",
         DATABASE_URL="postgres://enclave@db.example.org/enclave",
+        DATABASE_APP_URL="postgres://enclave_app@db.example.org/enclave",
         REDIS_URL="redis://r.example.org/0",
     )
     assert plain["db_options"] == {}
     assert plain["broker_ssl"] == {}
+
+
+@pytest.mark.parametrize(
+    ("app_url", "says"),
+    [("", "DATABASE_APP_URL must be set"), (PRODUCTION_ENV["DATABASE_URL"], "not the owner")],
+)
+def test_production_refuses_to_connect_as_the_owner_of_the_tables(app_url, says):
+    """Row-level security (issue 14) holds only a role that owns nothing: production names it apart."""
+    result = _manage("check", env={**PRODUCTION_ENV, "DATABASE_APP_URL": app_url})
+    assert result.returncode != 0
+    assert says in result.stderr

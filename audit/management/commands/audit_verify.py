@@ -18,6 +18,7 @@ from audit import signing
 from audit.models import AuditChain, ChangeSeal
 from audit.selectors import audit_chain_list, audit_chain_verify, audit_changes_verify, audit_digests_verify
 from tenants.models import Tenant
+from tenants.scoping import platform_scope
 
 
 def chain_label(chain: AuditChain) -> str:
@@ -33,6 +34,7 @@ class Command(BaseCommand):
             "--public-key", action="store_true", help="Print the public key that checks the signed digests, and stop."
         )
 
+    @platform_scope()  # platform work: it reads every tenant's chain (tenants.scoping)
     def handle(self, *args: Any, tenant: str | None = None, public_key: bool = False, **options: Any) -> None:
         if public_key:
             text = signing.public_key_text()

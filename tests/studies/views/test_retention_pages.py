@@ -55,7 +55,8 @@ def test_policies_page(tenant_a, tenant_b, admin_a, admin_b, radiologist_a, clie
     assert stop_other.content == stop_random.content
 
     assert admin.post(url(tenant_a, f"policies/{policy.public_id}/stop/")).status_code == 302
-    policy.refresh_from_db()
+    with tenant_scope(tenant_a):
+        policy.refresh_from_db()
     assert not policy.active
 
 
@@ -164,10 +165,12 @@ def test_holds_page(tenant_a, tenant_b, admin_a, compliance_a, admin_b, radiolog
     )
 
     assert officer.post(url(tenant_a, f"holds/{hold.public_id}/lift/"), {"reason": ""}).status_code == 302
-    hold.refresh_from_db()
+    with tenant_scope(tenant_a):
+        hold.refresh_from_db()
     assert hold.lifted_at is None  # no reason, no lift
     assert officer.post(url(tenant_a, f"holds/{hold.public_id}/lift/"), {"reason": "Case closed"}).status_code == 302
-    hold.refresh_from_db()
+    with tenant_scope(tenant_a):
+        hold.refresh_from_db()
     assert hold.lifted_at is not None
     assert hold.lifted_by == compliance_a
     with tenant_scope(tenant_a):
