@@ -65,9 +65,10 @@ def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
             "max_size": pool_max,
             "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
         }
-    # DB_PGBOUNCER: PostgreSQL is reached through PgBouncer in transaction mode, where consecutive transactions of
-    # one client may run on different server connections: no server-side cursors (they live across transactions)
-    # and no persistent client connections; prepared statements are already off (Django's psycopg default).
+    # DB_PGBOUNCER: PostgreSQL is reached through PgBouncer in SESSION mode (README "Past one machine"): the tenant
+    # scope of row-level security is a session setting (tenants.db), which transaction mode would hand to another
+    # client's statements. No persistent client connections, so each request or task gives its server connection
+    # back to PgBouncer's pool when it ends; no server-side cursors, no prepared statements (Django's default).
     if env.bool("DB_PGBOUNCER", default=False):
         config["DISABLE_SERVER_SIDE_CURSORS"] = True
         config["CONN_MAX_AGE"] = 0

@@ -1,5 +1,5 @@
 """Database connections past one machine (issue 10; README "Past one machine"): psycopg's pool from DB_POOL_MAX,
-PgBouncer's transaction mode from DB_PGBOUNCER, each tried on a real connection to the test database."""
+PgBouncer (session mode) from DB_PGBOUNCER, each tried on a real connection to the test database."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_db_pgbouncer_turns_off_server_side_cursors_and_persistent_connections(d
     with wrapper.cursor() as cursor:
         cursor.execute("SELECT 1")
         assert cursor.fetchone() == (1,)
-    # No prepared statements either (PgBouncer's transaction mode shares server connections between clients).
+    # No prepared statements either (a server connection passes from client to client between sessions).
     assert wrapper.connection.prepare_threshold is None
 
 
