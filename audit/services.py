@@ -525,6 +525,7 @@ def _worm_write(store: worm.ObjectLockS3Storage, *, chain: AuditChain, kind: str
     )  # fmt: skip
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def audit_worm_anchor(*, now: Any = None) -> list[WormCopy]:
     """Write to the WORM store (AUDIT_WORM_STORE) every signed digest not yet there (its file, as the replica
     store holds it) and every closed month (UTC) of every events chain not yet sealed (`audit_segment_body`).
@@ -583,6 +584,7 @@ def audit_worm_anchor(*, now: Any = None) -> list[WormCopy]:
     return written
 
 
+@platform_scope()  # platform work: every tenant's rows (tenants.scoping)
 def audit_worm_verify() -> list[str]:
     """Check the WORM store: the bucket is still WORM, and every recorded copy's version is there with its
     SHA-256, in compliance mode, retained at least until the recorded date, not hidden by a newer version or a

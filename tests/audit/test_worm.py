@@ -18,9 +18,10 @@ from django.utils import timezone
 
 from audit import worm
 from audit.events import EventType
-from audit.models import AuditChain, AuditEvent, SecurityAlert, WormCopy
+from audit.models import AuditEvent, SecurityAlert, WormCopy
 from audit.services import audit_digests_sign, audit_worm_anchor, audit_worm_verify
 from tests.audit.helpers import events_of, record
+from tests.chains import chain_of
 from tests.studies.storage.s3_server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_server_fixture
 
 pytestmark = pytest.mark.django_db
@@ -86,7 +87,7 @@ def test_digests_and_closed_months_are_written_locked_for_six_years(s3_server, w
     kinds = {(copy.chain.tenant_id, copy.kind) for copy in written}
     assert {(tenant_a.pk, "digest"), (tenant_a.pk, "segment"), (tenant_b.pk, "segment")} <= kinds
     client = s3_server.client()
-    chain = AuditChain.objects.get(tenant=tenant_a)
+    chain = chain_of(tenant_a)  # the chain's row, read in a platform scope (row-level security)
     segment = WormCopy.objects.get(chain=chain, kind=WormCopy.SEGMENT)
     head = client.head_object(Bucket=worm_bucket, Key=f"audit/{segment.path}", VersionId=segment.version_id)
     assert head["ObjectLockMode"] == "COMPLIANCE"
@@ -119,7 +120,7 @@ def test_digests_and_closed_months_are_written_locked_for_six_years(s3_server, w
 
 def test_a_locked_object_cannot_be_deleted_even_with_the_owners_keys(s3_server, worm_bucket, tenant_a, tenant_b):
     _seed_and_anchor(tenant_a, tenant_b)
-    segment = WormCopy.objects.get(chain__tenant=tenant_a, kind=WormCopy.SEGMENT)
+    segment = WormCopy.objects.get(chain=chain_of(tenant_a), kind=WormCopy.SEGMENT)
     key = f"audit/{segment.path}"
     client = s3_server.client()  # the same keys that wrote it
     with pytest.raises(ClientError) as refused:

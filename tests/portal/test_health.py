@@ -20,7 +20,8 @@ KEYS = {"status", "database", "redis", "clock", "clock_offset_seconds", "clock_o
 
 
 def clock_alerts() -> list[SecurityAlert]:
-    return list(SecurityAlert.unscoped_objects.filter(kind=CLOCK_ALERT_KIND))
+    # With their events: the platform chain's rows, read in the platform scope of `unscoped_objects`.
+    return list(SecurityAlert.unscoped_objects.filter(kind=CLOCK_ALERT_KIND).select_related("event"))
 
 
 def test_a_healthy_node_answers_200_with_its_clock_offset_and_no_tenant_data(tenant_a, radiologist_a):
