@@ -23,6 +23,7 @@ from audit.models import AuditEvent
 from studies.models import TenantOffboarding
 from studies.services.offboarding import tenant_offboarding_approve, tenant_offboarding_request
 from studies.storage.blobs import PRIMARY, REPLICA
+from tests.chains import platform_read
 from tests.conftest import verified_client
 from tests.studies.retention_fixtures import stored_study
 from tests.tenants.factories import UserFactory
@@ -43,7 +44,7 @@ def offboarded(platform_staff, tenant_a, django_capture_on_commit_callbacks) -> 
     offboarding = tenant_offboarding_request(operator=platform_staff, tenant=tenant_a, reason="Contract ended")
     with django_capture_on_commit_callbacks(execute=True):
         tenant_offboarding_approve(operator=second, offboarding=offboarding)
-    offboarding.refresh_from_db()
+    platform_read(offboarding.refresh_from_db)  # the operators look across tenants
     assert offboarding.status == TenantOffboarding.Status.DONE
     return offboarding
 
