@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from audit.events import EventType, Outcome
 from audit.models import AuditEvent
+from tenants.db.roles import as_owner
 from tests.conftest import verified_client
 from tests.security.sweep import Route, tenant_routes
 from tests.security.test_isolation_sweep import PATIENT_ID, PATIENT_NAME, bearer, token_of, world
@@ -217,7 +217,8 @@ def test_each_patient_data_route_records_its_event_id(world, tenant_a, users) ->
 def audit_reads_refused(db: Any) -> Any:
     """The database refuses to store a read event (the audit store failing) until the test ends."""
     reads = sorted({read.event.value for read in PHI_READS.values()})
-    with connection.cursor() as cursor:
+    # DDL on the audit table: only its owner may (the application's role owns nothing, SECURITY.md G2).
+    with as_owner() as connection, connection.cursor() as cursor:
         cursor.execute(
             "CREATE FUNCTION test_audit_reads_refused() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             f"IF NEW.event_type IN ({', '.join(map(str, reads))}) THEN "
@@ -230,7 +231,7 @@ def audit_reads_refused(db: Any) -> Any:
     try:
         yield
     finally:
-        with connection.cursor() as cursor:
+        with as_owner() as connection, connection.cursor() as cursor:
             cursor.execute("DROP TRIGGER IF EXISTS test_audit_reads_refused ON audit_auditevent")
             cursor.execute("DROP FUNCTION IF EXISTS test_audit_reads_refused()")
 
