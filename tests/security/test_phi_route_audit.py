@@ -64,6 +64,8 @@ PHI_READS: dict[str, Read] = {
     "portal:export_download": Read(EventType.STUDY_EXPORTED),
     "portal:break_glass_review": Read(ACCESSED, persona="compliance"),
     "portal:retention_proposals": Read(ACCESSED, persona="compliance"),
+    "api:retention_proposals": Read(ACCESSED, persona="compliance"),  # each names its study
+    "api:retention_holds": Read(ACCESSED, persona="compliance"),  # each names its study or patient
     "portal:audit": Read(AUDIT_READ, persona="compliance"),
     "portal:audit_export": Read(AUDIT_READ, persona="compliance"),
     "portal:audit_export_json": Read(AUDIT_READ, persona="compliance"),
@@ -117,6 +119,7 @@ NO_PATIENT_DATA: dict[str, str] = {
     "portal:export_status": "an export's state and counts, as JSON",
     "portal:retention": "retention policies",
     "portal:retention_holds": "legal holds: reason and dates",
+    "portal:recertification": "the access review: staff, roles, last sign-in",
     "portal:devices": "the device register",
     "portal:device_request": "the device request form",
     "portal:device_wipe_orders": "wipe orders of devices",
@@ -142,6 +145,7 @@ NO_PATIENT_DATA: dict[str, str] = {
     "api:device_wipe_orders": "wipe orders",
     "api:device": "one device",
     "api:device_history": "one device's custody and events",
+    "api:retention_policies": "retention policies: name, modality, years",
     "api:training_courses": "courses",
     "api:training_requirements": "training requirements",
     "api:training_completions": "staff completions",
