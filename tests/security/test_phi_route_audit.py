@@ -66,6 +66,7 @@ PHI_READS: dict[str, Read] = {
     "portal:retention_proposals": Read(ACCESSED, persona="compliance"),
     "api:retention_proposals": Read(ACCESSED, persona="compliance"),  # each names its study
     "api:retention_holds": Read(ACCESSED, persona="compliance"),  # each names its study or patient
+    "portal:retention_holds": Read(ACCESSED, persona="compliance"),  # each names its study or patient
     "portal:audit": Read(AUDIT_READ, persona="compliance"),
     "portal:audit_export": Read(AUDIT_READ, persona="compliance"),
     "portal:audit_export_json": Read(AUDIT_READ, persona="compliance"),
@@ -118,7 +119,6 @@ NO_PATIENT_DATA: dict[str, str] = {
     "portal:export_progress": "an export's state and counts",
     "portal:export_status": "an export's state and counts, as JSON",
     "portal:retention": "retention policies",
-    "portal:retention_holds": "legal holds: reason and dates",
     "portal:recertification": "the access review: staff, roles, last sign-in",
     "portal:devices": "the device register",
     "portal:device_request": "the device request form",
