@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -37,8 +38,18 @@ def page_of(serializer: type[serializers.Serializer], name: str) -> serializers.
     )
 
 
-def paginated(api: APIView, request: Request, rows: Any, serializer: type[serializers.Serializer]) -> Response:
-    """One page of `rows`, serialized, in the paginated response shape."""
+def paginated(
+    api: APIView,
+    request: Request,
+    rows: Any,
+    serializer: type[serializers.Serializer],
+    shown: Callable[[list[Any]], None] | None = None,
+) -> Response:
+    """One page of `rows`, serialized, in the paginated response shape. `shown`, when given, is called with the
+    page's rows before anything of them is serialized (a read of patient data is recorded before it leaves; if
+    it raises, nothing of the page is answered)."""
     paginator = Pagination()
     page: list[Any] | None = paginator.paginate_queryset(rows, request, view=api)
+    if shown is not None:
+        shown(list(page or []))
     return paginator.get_paginated_response(serializer(page, many=True).data)

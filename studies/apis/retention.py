@@ -4,12 +4,14 @@ deletion proposals (list, approve, reject with a reason) and legal holds (list, 
 One class per operation, each calling the selectors and services the pages use (studies.selectors.retention,
 studies.services.retention): the same permission (`tenants.manage_retention`: a member without it gets a 403,
 recorded), the same two-person rule (the first approval is recorded, the second, by someone else, deletes), the
-same audit events. Ids are public_id strings: a malformed one, or another tenant's, is the same 404 as a missing
-one. A hold names its study or patient in the body (never in a URL).
+same audit events. A page of proposals or holds names studies and patients: it is recorded as a read
+(INSTANCES_ACCESSED) before it leaves. Ids are public_id strings: a malformed one, or another tenant's, is the
+same 404 as a missing one. A hold names its study or patient in the body (never in a URL).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -24,6 +26,7 @@ from portal.web.pagination import PAGE_PARAMETERS, page_of, paginated
 from studies.models import LegalHold, RetentionProposal, Study
 from studies.selectors import retention as selectors
 from studies.services import retention as services
+from studies.services.page_reads import study_pages_read_record
 
 PUBLIC_ID = OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The object's id.")
 TAGS = ["retention"]
@@ -31,6 +34,24 @@ TAGS = ["retention"]
 
 def _user(user: Any) -> str | None:
     return user.username if user is not None else None
+
+
+def _shown_record(request: Request, kind: str) -> Callable[[list[RetentionProposal | LegalHold]], None]:
+    """What records a page of proposals or holds before it leaves: each names its study (Study Instance UID) or
+    its patient, a read of patient data (INSTANCES_ACCESSED, as the retention pages record it). If the event
+    cannot be written, nothing of the page is answered."""
+
+    def record(rows: list[RetentionProposal | LegalHold]) -> None:
+        study_pages_read_record(
+            actor=request.user,
+            studies=[row.study for row in rows if row.study is not None],
+            patients=[row.patient for row in rows if isinstance(row, LegalHold) and row.patient is not None],
+            kind=kind,
+            resource=request.path,
+            source_address=request.META.get("REMOTE_ADDR"),
+        )
+
+    return record
 
 
 # Policies
@@ -170,7 +191,7 @@ class ProposalListApi(TenantApi):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         rows = selectors.retention_proposal_list(actor=request.user, open_only=not filters.validated_data["decided"])
-        return paginated(self, request, rows, self.OutputSerializer)
+        return paginated(self, request, rows, self.OutputSerializer, shown=_shown_record(request, "retention queue"))
 
 
 class ProposalApproveApi(TenantApi):
@@ -256,7 +277,8 @@ class HoldListApi(TenantApi):
         responses={200: page_of(HoldOutputSerializer, "LegalHoldPage"), **problem_responses(401, 403, 404)},
     )
     def get(self, request: Request, tenant: str) -> Response:
-        return paginated(self, request, selectors.legal_hold_list(actor=request.user), self.OutputSerializer)
+        rows = selectors.legal_hold_list(actor=request.user)
+        return paginated(self, request, rows, self.OutputSerializer, shown=_shown_record(request, "legal holds"))
 
 
 class HoldPlaceApi(TenantApi):

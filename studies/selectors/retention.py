@@ -39,7 +39,7 @@ def retention_policy_get(*, actor: Any, public_id: uuid.UUID | str) -> Retention
 
 def retention_proposal_list(*, actor: Any, open_only: bool = True) -> QuerySet[RetentionProposal]:
     _require(actor)
-    qs = RetentionProposal.objects.select_related("study", "policy", "first_approved_by", "decided_by")
+    qs = RetentionProposal.objects.select_related("study__patient", "policy", "first_approved_by", "decided_by")
     if open_only:
         return qs.filter(status=RetentionProposal.Status.PROPOSED).order_by("due_on", "created_at")
     return qs.exclude(status=RetentionProposal.Status.PROPOSED).order_by("-decided_at")
@@ -52,7 +52,7 @@ def retention_proposal_get(*, actor: Any, public_id: uuid.UUID | str) -> Retenti
 
 def legal_hold_list(*, actor: Any) -> QuerySet[LegalHold]:
     _require(actor)
-    return LegalHold.objects.select_related("patient", "study", "placed_by", "lifted_by").order_by(
+    return LegalHold.objects.select_related("patient", "study__patient", "placed_by", "lifted_by").order_by(
         "lifted_at", "-created_at"
     )
 

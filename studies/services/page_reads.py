@@ -17,7 +17,7 @@ from django.db import transaction
 
 from audit.events import EventType
 from audit.services import audit_event_record
-from studies.models import IngestItem, Study
+from studies.models import IngestItem, Patient, Study
 from studies.services.reads import read_participants, study_participants
 from tenants.models import Tenant
 
@@ -58,18 +58,25 @@ def study_list_shown_record(
 
 @transaction.atomic
 def study_pages_read_record(
-    *, actor: Any, studies: Iterable[Study], kind: str, resource: str, source_address: str | None = None
+    *,
+    actor: Any,
+    studies: Iterable[Study],
+    kind: str,
+    resource: str,
+    source_address: str | None = None,
+    patients: Iterable[Patient] = (),
 ) -> None:
-    """One INSTANCES_ACCESSED event for a page that shows the patient and study of each of `studies` without
-    showing their images (`kind` names the page: "share page", "export page", "break-glass page", "review
-    queue"). A page that shows no study records nothing."""
-    studies = list(studies)
-    if not studies:
+    """One INSTANCES_ACCESSED event for a page (or an API answer) that shows the patient and study of each of
+    `studies`, and each of `patients`, without showing their images (`kind` names the page: "share page", "export
+    page", "break-glass page", "review queue", "retention queue", "legal holds"). A page that shows no study and no
+    patient records nothing."""
+    studies, patients = list(studies), list(patients)
+    if not studies and not patients:
         return
     audit_event_record(
         event=EventType.INSTANCES_ACCESSED,
         actor=actor,
-        participants=_participants(studies),
+        participants=read_participants(patients=patients, studies=studies),
         source_address=source_address,
         extra={"resource": resource[:300], "kind": kind, "studies": len({study.pk for study in studies})},
     )

@@ -3,8 +3,8 @@ administrators and compliance officers):
 
 - `retention/`: the policies (add, stop) and the tombstones of deleted studies;
 - `retention/proposals/`: the deletion queue; approve (two different people) or reject with a reason;
-- `retention/holds/`: legal holds; place one on a study (Study Instance UID) or a patient (Patient ID), typed into a
-  POST form, never a URL; lift one with a reason.
+- `retention/holds/`: legal holds (each names its study or patient: a recorded read); place one on a study
+  (Study Instance UID) or a patient (Patient ID), typed into a POST form, never a URL; lift one with a reason.
 """
 
 from __future__ import annotations
@@ -159,7 +159,18 @@ class LegalHoldsView(TenantPageView):
     required_permission = MANAGE_RETENTION
 
     def _page(self, request: HttpRequest, form: HoldForm, status: int = 200) -> HttpResponse:
-        context = {"form": form, "holds": selectors.legal_hold_list(actor=request.user)[:200]}
+        holds = list(selectors.legal_hold_list(actor=request.user)[:200])
+        # Each hold names its patient (Patient ID) or its study (UID): a read of patient data, recorded before it
+        # leaves.
+        study_pages_read_record(
+            actor=request.user,
+            studies=[hold.study for hold in holds if hold.study is not None],
+            patients=[hold.patient for hold in holds if hold.patient is not None],
+            kind="legal holds",
+            resource=request.path,
+            source_address=request.META.get("REMOTE_ADDR"),
+        )
+        context = {"form": form, "holds": holds}
         return self.render(request, "studies/retention_holds.html", context, status=status)
 
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:

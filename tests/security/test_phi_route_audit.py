@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from audit.events import EventType, Outcome
 from audit.models import AuditEvent
+from tenants.db.roles import as_owner
 from tests.conftest import verified_client
 from tests.security.sweep import Route, tenant_routes
 from tests.security.test_isolation_sweep import PATIENT_ID, PATIENT_NAME, bearer, token_of, world
@@ -64,6 +64,9 @@ PHI_READS: dict[str, Read] = {
     "portal:export_download": Read(EventType.STUDY_EXPORTED),
     "portal:break_glass_review": Read(ACCESSED, persona="compliance"),
     "portal:retention_proposals": Read(ACCESSED, persona="compliance"),
+    "api:retention_proposals": Read(ACCESSED, persona="compliance"),  # each names its study
+    "api:retention_holds": Read(ACCESSED, persona="compliance"),  # each names its study or patient
+    "portal:retention_holds": Read(ACCESSED, persona="compliance"),  # each names its study or patient
     "portal:audit": Read(AUDIT_READ, persona="compliance"),
     "portal:audit_export": Read(AUDIT_READ, persona="compliance"),
     "portal:audit_export_json": Read(AUDIT_READ, persona="compliance"),
@@ -116,7 +119,7 @@ NO_PATIENT_DATA: dict[str, str] = {
     "portal:export_progress": "an export's state and counts",
     "portal:export_status": "an export's state and counts, as JSON",
     "portal:retention": "retention policies",
-    "portal:retention_holds": "legal holds: reason and dates",
+    "portal:recertification": "the access review: staff, roles, last sign-in",
     "portal:devices": "the device register",
     "portal:device_request": "the device request form",
     "portal:device_wipe_orders": "wipe orders of devices",
@@ -142,6 +145,7 @@ NO_PATIENT_DATA: dict[str, str] = {
     "api:device_wipe_orders": "wipe orders",
     "api:device": "one device",
     "api:device_history": "one device's custody and events",
+    "api:retention_policies": "retention policies: name, modality, years",
     "api:training_courses": "courses",
     "api:training_requirements": "training requirements",
     "api:training_completions": "staff completions",
@@ -217,7 +221,8 @@ def test_each_patient_data_route_records_its_event_id(world, tenant_a, users) ->
 def audit_reads_refused(db: Any) -> Any:
     """The database refuses to store a read event (the audit store failing) until the test ends."""
     reads = sorted({read.event.value for read in PHI_READS.values()})
-    with connection.cursor() as cursor:
+    # DDL on the audit table: only its owner may (the application's role owns nothing, SECURITY.md G2).
+    with as_owner() as connection, connection.cursor() as cursor:
         cursor.execute(
             "CREATE FUNCTION test_audit_reads_refused() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             f"IF NEW.event_type IN ({', '.join(map(str, reads))}) THEN "
@@ -230,7 +235,7 @@ def audit_reads_refused(db: Any) -> Any:
     try:
         yield
     finally:
-        with connection.cursor() as cursor:
+        with as_owner() as connection, connection.cursor() as cursor:
             cursor.execute("DROP TRIGGER IF EXISTS test_audit_reads_refused ON audit_auditevent")
             cursor.execute("DROP FUNCTION IF EXISTS test_audit_reads_refused()")
 

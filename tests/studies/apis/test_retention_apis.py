@@ -227,3 +227,36 @@ def test_a_member_without_the_right_gets_a_recorded_403(role, tenant_a, admin_a,
         assert RetentionPolicy.objects.count() == 1
         assert RetentionProposal.objects.get().first_approved_by is None
         assert not LegalHold.objects.exists()
+
+
+def _ids(event: AuditEvent, kind: str) -> set[str]:
+    return {p["id"] for p in event.participants if p.get("type") == kind}
+
+
+def test_the_lists_of_proposals_and_holds_are_recorded_reads(tenant_a, compliance_a, api_client_for):
+    """A proposal names its study and a hold its study or patient: each page of them leaving is an
+    INSTANCES_ACCESSED event naming the reader, the patients and the studies shown. The policies name no one."""
+    held = stored_study(tenant_a, patient_id="API-READ-HELD", study_date=date(2009, 6, 1))
+    proposed = stored_study(tenant_a, patient_id="API-READ-OLD", study_date=date(2008, 6, 1))
+    client = api_client_for(compliance_a, tenant_a)
+    client.post(f"{_base(tenant_a)}/policies/", {"name": "All", "years_after_last_study": 7})
+    assert client.get(f"{_base(tenant_a)}/holds/").json()["results"] == []
+    assert client.get(f"{_base(tenant_a)}/policies/").status_code == 200
+    assert _events(tenant_a, EventType.INSTANCES_ACCESSED) == []  # nothing of a patient shown: nothing read
+
+    with tenant_scope(tenant_a):
+        retention.retention_proposals_make()
+    client.post(f"{_base(tenant_a)}/holds/", {"patient_id": "API-READ-HELD", "reason": "litigation"})
+    queue = client.get(f"{_base(tenant_a)}/proposals/")
+    assert [p["study_instance_uid"] for p in queue.json()["results"]] == [proposed.study_instance_uid]
+    holds = client.get(f"{_base(tenant_a)}/holds/")
+    assert len(holds.json()["results"]) == 1
+
+    queue_read, holds_read = _events(tenant_a, EventType.INSTANCES_ACCESSED)
+    assert {queue_read.actor_user_id, holds_read.actor_user_id} == {compliance_a.pk}
+    assert (queue_read.extra["kind"], holds_read.extra["kind"]) == ("retention queue", "legal holds")
+    assert _ids(queue_read, "study") == {proposed.study_instance_uid}
+    assert _ids(queue_read, "patient") == {"API-READ-OLD"}
+    assert _ids(holds_read, "patient") == {"API-READ-HELD"}
+    assert _ids(holds_read, "study") == set()
+    assert held.patient.patient_id == "API-READ-HELD"

@@ -147,6 +147,16 @@ def test_holds_page(tenant_a, tenant_b, admin_a, compliance_a, admin_b, radiolog
         assert RetentionProposal.objects.get().status == RetentionProposal.Status.CANCELLED
         assert AuditEvent.objects.filter(event_type=EventType.LEGAL_HOLD_PLACED, actor_user=compliance_a).count() == 1
         assert retention.retention_proposals_make() == 0
+        assert not AuditEvent.objects.filter(event_type=EventType.INSTANCES_ACCESSED, actor_user=compliance_a).exists()
+    shown = officer.get(holds)  # the hold names its study: the page is a recorded read
+    assert study.study_instance_uid.encode() in shown.content
+    with tenant_scope(tenant_a):
+        read = AuditEvent.objects.get(event_type=EventType.INSTANCES_ACCESSED, actor_user=compliance_a)
+        assert read.extra["kind"] == "legal holds"
+        assert {(p["type"], p["id"]) for p in read.participants} >= {
+            ("patient", "RETH-1"),
+            ("study", study.study_instance_uid),
+        }
 
     radiologist = client_for(radiologist_a)
     assert radiologist.get(holds).status_code == 403
