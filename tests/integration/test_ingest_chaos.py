@@ -251,6 +251,9 @@ def test_workers_killed_mid_ingest_lose_nothing_and_duplicate_nothing(worker, te
         at_first_kill = states(tenant_a)
         assert claimed(large[0])()
         assert 20 <= at_first_kill[IngestItem.State.STORED] < len(sent)
+        # Mid-batch: the dead worker held a whole batch (the large instance and the items claimed with it), not one
+        # item: every one of them must still come out stored exactly once.
+        assert at_first_kill[IngestItem.State.PROCESSING] > 1
 
         # Kill 2: a new worker goes on with the queue; it is killed once the second large instance's ciphertext
         # is on disk, inside the transaction that would index it. To make "inside" certain rather than a race with
@@ -267,6 +270,7 @@ def test_workers_killed_mid_ingest_lose_nothing_and_duplicate_nothing(worker, te
             worker.kill()
             at_second_kill = states(tenant_a)
             assert claimed(large[1])(), "the storing transaction committed before the kill"
+            assert at_second_kill[IngestItem.State.PROCESSING] > 1  # a batch inside its storing transaction
     in_flight = unacknowledged(worker.output(0)) + unacknowledged(worker.output(1))
     assert len(in_flight) == 2  # acks_late: each dead worker held the message of its large instance
 
