@@ -10,12 +10,15 @@ open-proposal unique index inside the fourth, and is killed there.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 
 import pytest
 from django.db import connection, transaction
@@ -66,6 +69,18 @@ def per_study(events: object, studies: list[Study]) -> Counter[str]:
     """How many of `events` name each study (by its UID among their participants)."""
     uids = {s.study_instance_uid for s in studies}
     return Counter(uid for e in events for uid in uids if uid in str(e.participants))  # type: ignore[attr-defined]
+
+
+def pool_children(pid: int) -> list[int]:
+    """The pool processes of the worker `pid` (its direct children)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def pid_is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 class ProposalHeld:
@@ -169,3 +184,58 @@ def test_the_retention_job_killed_mid_run_and_run_again_proposes_and_deletes_eac
         assert deleted.count() == OLD
         assert per_study(deleted, old) == {s.study_instance_uid: 1 for s in old}
         assert held.study_instance_uid not in "".join(str(e.participants) for e in deleted)
+
+
+RECEIVED = re.compile(r"Task studies\.tasks\.tenant_retention_proposals_make\[([^\]]+)\] received")
+HARD_LIMIT = re.compile(
+    r"Hard time limit \(\d+(?:\.\d+)?s\) exceeded for studies\.tasks\.tenant_retention_proposals_make"
+)
+
+
+def test_a_run_killed_at_its_hard_time_limit_is_acknowledged_not_redelivered_and_the_next_run_completes_it(
+    restartable_celery_worker: RestartableWorker, tenant_a: Tenant, admin_a: User
+) -> None:
+    """H2, checked on a real worker rather than assumed: a task that outlives its hard time limit has its pool
+    child killed, and (acks_late with Celery's default task_acks_on_failure_or_timeout) its message is
+    acknowledged, so Redis does NOT give it back after the visibility timeout: it runs once, never twice in
+    parallel. What it left undone is done by the next run (the daily job is idempotent): nothing twice."""
+    worker = restartable_celery_worker
+    celery_app.conf.task_always_eager = True
+    try:
+        study = stored_study(tenant_a, patient_id="RET-TL", study_date=date(2008, 3, 1))
+    finally:
+        celery_app.conf.task_always_eager = False
+    policy_make(tenant_a, admin_a, years=7)
+
+    worker.start()
+    with ProposalHeld(tenant_a, study):
+        tenant_retention_proposals_make_task.apply_async(kwargs={"tenant_id": tenant_a.pk}, soft_time_limit=1,
+                                                         time_limit=3)  # fmt: skip
+        wait_for(proposal_insert_waiting, what="the run to wait on the held proposal", worker=worker)
+        # A run stuck where the soft limit cannot reach it (here: its pool process stopped, so the soft limit's
+        # signal stays pending), as a task blocked in C code would be: only the hard limit ends it.
+        assert worker.process is not None
+        (child,) = pool_children(worker.process.pid)
+        os.kill(child, signal.SIGSTOP)
+        try:
+            wait_for(lambda: HARD_LIMIT.search(worker.output(-1)) is not None, what="the hard time limit",
+                     worker=worker, timeout=30)  # fmt: skip
+            wait_for(lambda: not Path(f"/proc/{child}").exists() or pid_is_zombie(child), what="the kill",
+                     worker=worker, timeout=30)  # fmt: skip
+        finally:
+            if Path(f"/proc/{child}").exists():
+                os.kill(child, signal.SIGCONT)
+    assert "SoftTimeLimitExceeded" not in worker.output(-1)  # it was the hard limit that ended it
+    # Well past the visibility timeout (the fixture's Redis restores unacknowledged messages every second).
+    time.sleep(worker.visibility_timeout + 8)
+    assert len(RECEIVED.findall(worker.output(-1))) == 1, worker.output(-1)[-4000:]
+    assert proposals(tenant_a) == 0  # the killed run's insert was rolled back with its connection
+
+    tenant_retention_proposals_make_task.apply_async(kwargs={"tenant_id": tenant_a.pk})
+    wait_for(lambda: FINISHED.search(worker.output(-1)) is not None, what="the next run", worker=worker)
+    time.sleep(2)
+    worker.stop()
+    assert len(RECEIVED.findall(worker.output(-1))) == 2
+    with tenant_scope(tenant_a):
+        assert list(RetentionProposal.objects.values_list("study_id", flat=True)) == [study.pk]
+        assert AuditEvent.objects.filter(event_type=EventType.RETENTION_PROPOSED).count() == 1
