@@ -21,6 +21,7 @@ APPLICATION_ACTIVITY = Code("110100", "Application Activity")
 AUDIT_LOG_USED = Code("110101", "Audit Log Used")
 INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
+STUDY_DELETED_ID = Code("110105", "DICOM Study Deleted")
 EXPORT = Code("110106", "Export")
 QUERY = Code("110112", "Query")
 SECURITY_ALERT = Code("110113", "Security Alert")
@@ -392,7 +393,7 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.RETENTION_REJECTED: EventSpec(APPLICATION_ACTIVITY, None, Action.UPDATE, "Deletion rejected"),
     EventType.STUDY_DELETED: EventSpec(
-        INSTANCES_TRANSFERRED, None, Action.DELETE, "Study deleted and its keys destroyed (retention ended)"
+        STUDY_DELETED_ID, None, Action.DELETE, "Study deleted and its keys destroyed (retention ended)"
     ),
     EventType.LEGAL_HOLD_PLACED: EventSpec(
         APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.CREATE, "Legal hold placed"

@@ -182,6 +182,7 @@ def test_the_retention_job_killed_mid_run_and_run_again_proposes_and_deletes_eac
         assert tombstones == {s.study_instance_uid: 1 for s in old}
         deleted = AuditEvent.objects.filter(event_type=EventType.STUDY_DELETED)
         assert deleted.count() == OLD
+        assert set(deleted.values_list("event_id", flat=True)) == {"110105"}  # DICOM Study Deleted (H3)
         assert per_study(deleted, old) == {s.study_instance_uid: 1 for s in old}
         assert held.study_instance_uid not in "".join(str(e.participants) for e in deleted)
 
