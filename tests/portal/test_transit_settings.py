@@ -57,11 +57,11 @@ def test_production_speaks_only_tls():
     assert conf["db_options"]["sslrootcert"] == "/etc/enclave/ca.pem"
     assert conf["cache_location"].startswith("rediss://")
     required = int(ssl.CERT_REQUIRED)
-    assert conf["cache_options"] == {
-        "ssl_cert_reqs": required, "ssl_check_hostname": True, "ssl_ca_certs": "/etc/enclave/ca.pem",
-    }  # fmt: skip
+    tls = {"ssl_cert_reqs": required, "ssl_check_hostname": True, "ssl_ca_certs": "/etc/enclave/ca.pem"}
+    # The cache's TLS options, and its short socket timeouts (a Redis that is down does not stall a request: B10).
+    assert conf["cache_options"] == {**tls, "socket_connect_timeout": 1.0, "socket_timeout": 1.0}
     assert conf["broker_url"].startswith("rediss://")
-    assert conf["broker_ssl"] == conf["cache_options"]
+    assert conf["broker_ssl"] == tls
     assert conf["log_handler_formatter"] == "json"
 
 
@@ -89,11 +89,12 @@ def test_production_refuses_plain_connections(name, value, says):
 
 def test_local_sockets_and_the_explicit_way_out_are_accepted():
     unix = _production(
-        DATABASE_URL="postgres://enclave@%2Frun%2Fpostgresql/enclave", REDIS_URL="unix:///run/redis.sock",
+        DATABASE_URL="postgres://enclave@%2Frun%2Fpostgresql/enclave",
+        REDIS_URL="unix:///run/redis.sock",
         DATABASE_APP_URL="postgres://enclave_app@%2Frun%2Fpostgresql/enclave",
     )
     assert unix["db_host"] == "/run/postgresql"
-    assert unix["cache_options"] == {}
+    assert unix["cache_options"] == {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}  # no TLS options
     plain = _production(
         REQUIRE_TLS="false",
         DATABASE_URL="postgres://enclave@db.example.org/enclave",

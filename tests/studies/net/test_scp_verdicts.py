@@ -67,7 +67,7 @@ def test_a_fault_inside_the_pipeline_is_a_processing_failure_and_the_item_reject
     def broken_index(**kwargs):
         raise RuntimeError("a fault nobody foresaw")
 
-    monkeypatch.setattr(ingest_service, "_index", broken_index)
+    monkeypatch.setattr(ingest_service, "_series_create", broken_index)  # where a new series is made
     [path] = write_files(tmp_path, [make_instance()])
 
     result = associate(port=listener.port, calling="DEMO_CT", called="NORTH", files=[path])
