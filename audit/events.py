@@ -400,7 +400,9 @@ EVENTS: dict[EventType, EventSpec] = {
         APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.CREATE, "Legal hold placed"
     ),
     EventType.DISCLOSURE_ACCOUNTING_SUSPENDED: EventSpec(
-        APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.CREATE,
+        APPLICATION_ACTIVITY,
+        OBJECT_SECURITY_ATTRIBUTES_CHANGED,
+        Action.CREATE,
         "Disclosure withheld from the accounting (oversight or law enforcement)",
     ),
     EventType.LEGAL_HOLD_LIFTED: EventSpec(

@@ -109,7 +109,8 @@ class DisclosuresView(TenantPageView):
                 {"form": DisclosuresForm(), "error": "Send the patient ID with the form (POST), never in the address."},
                 status=400,
             )  # fmt: skip
-        return self.render(request, "audit/disclosures.html", {"form": DisclosuresForm(), "suspend_form": SuspensionForm()})
+        context = {"form": DisclosuresForm(), "suspend_form": SuspensionForm()}
+        return self.render(request, "audit/disclosures.html", context)
 
     def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
         form = DisclosuresForm(request.POST)
