@@ -162,6 +162,7 @@ class EventType(IntEnum):
     LEGAL_HOLD_LIFTED = 522
     # 585-589: accounting of disclosures (HIPAA 164.528(a)(2)): a disclosure withheld at an agency's request
     DISCLOSURE_ACCOUNTING_SUSPENDED = 585
+    TENANT_EXPORT_POLICY_SET = 586
     # 540-549: blob fixity, replication and restore (studies.services.fixity)
     BLOB_FIXITY_FAILED = 540
     BLOB_REPAIRED = 541
@@ -404,6 +405,9 @@ EVENTS: dict[EventType, EventSpec] = {
         OBJECT_SECURITY_ATTRIBUTES_CHANGED,
         Action.CREATE,
         "Disclosure withheld from the accounting (oversight or law enforcement)",
+    ),
+    EventType.TENANT_EXPORT_POLICY_SET: EventSpec(
+        APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.UPDATE, "Tenant export policy set"
     ),
     EventType.LEGAL_HOLD_LIFTED: EventSpec(
         APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.DELETE, "Legal hold lifted"
