@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('tenants', '0014_row_level_security'),
+        ("tenants", "0014_row_level_security"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='tenant',
-            name='exports_must_be_encrypted',
+            model_name="tenant",
+            name="exports_must_be_encrypted",
             field=models.BooleanField(default=False),
         ),
     ]

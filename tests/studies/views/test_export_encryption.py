@@ -174,8 +174,10 @@ def test_the_policy_is_refused_to_other_tenants_and_to_members_without_the_right
         assert denied.actor_user == member
     tenant_a.refresh_from_db()
     tenant_b.refresh_from_db()
-    assert not tenant_a.exports_must_be_encrypted and not tenant_b.exports_must_be_encrypted
-    assert _policy_events(tenant_a) == [] and _policy_events(tenant_b) == []
+    assert not tenant_a.exports_must_be_encrypted
+    assert not tenant_b.exports_must_be_encrypted
+    assert _policy_events(tenant_a) == []
+    assert _policy_events(tenant_b) == []
 
 
 def test_with_the_policy_a_plain_identified_export_is_refused_and_an_encrypted_one_made(
