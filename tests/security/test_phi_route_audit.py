@@ -110,6 +110,7 @@ NO_PATIENT_DATA: dict[str, str] = {
     "portal:members": "staff and roles",
     "portal:api_tokens": "the caller's tokens",
     "portal:networks": "address ranges",
+    "portal:export_policy": "the tenant's export setting",
     "portal:audit_disclosures": "the form only, no patient asked for (answers: tests/audit/test_audit_reports.py)",
     "portal:audit_breach_scope": "without an address, user or device asked for, the form only",
     "portal:upload": "the upload form",
