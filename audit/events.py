@@ -161,6 +161,9 @@ class EventType(IntEnum):
     STUDY_DELETED = 520
     LEGAL_HOLD_PLACED = 521
     LEGAL_HOLD_LIFTED = 522
+    # 585-589: accounting of disclosures (HIPAA 164.528(a)(2)): a disclosure withheld at an agency's request
+    DISCLOSURE_ACCOUNTING_SUSPENDED = 585
+    TENANT_EXPORT_POLICY_SET = 586
     # 540-549: blob fixity, replication and restore (studies.services.fixity)
     BLOB_FIXITY_FAILED = 540
     BLOB_REPAIRED = 541
@@ -397,6 +400,15 @@ EVENTS: dict[EventType, EventSpec] = {
     ),
     EventType.LEGAL_HOLD_PLACED: EventSpec(
         APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.CREATE, "Legal hold placed"
+    ),
+    EventType.DISCLOSURE_ACCOUNTING_SUSPENDED: EventSpec(
+        APPLICATION_ACTIVITY,
+        OBJECT_SECURITY_ATTRIBUTES_CHANGED,
+        Action.CREATE,
+        "Disclosure withheld from the accounting (oversight or law enforcement)",
+    ),
+    EventType.TENANT_EXPORT_POLICY_SET: EventSpec(
+        APPLICATION_ACTIVITY, SECURITY_CONFIGURATION, Action.UPDATE, "Tenant export policy set"
     ),
     EventType.LEGAL_HOLD_LIFTED: EventSpec(
         APPLICATION_ACTIVITY, OBJECT_SECURITY_ATTRIBUTES_CHANGED, Action.DELETE, "Legal hold lifted"

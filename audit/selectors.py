@@ -544,6 +544,46 @@ DISCLOSURE_EVENTS = (
 )
 
 
+# HIPAA 164.528(a)(1): the accounting covers the six years before the request.
+ACCOUNTING_YEARS = 6
+
+
+def accounting_period_start(now: datetime) -> datetime:
+    """The earliest moment the accounting asked for at `now` covers: the same date and time six years before
+    (29 February falls back to 28 February)."""
+    year = now.year - ACCOUNTING_YEARS
+    try:
+        return now.replace(year=year)
+    except ValueError:
+        return now.replace(year=year, day=28)
+
+
+def audit_disclosure_get(*, actor: Any, public_id: Any) -> AuditEvent:
+    """One disclosure event (DISCLOSURE_EVENTS) of the current tenant (`tenants.view_audit`), or `NotVisible`."""
+    try:
+        return audit_event_list(actor=actor).get(
+            public_id=public_id, event_type__in=[int(e) for e in DISCLOSURE_EVENTS]
+        )
+    except (AuditEvent.DoesNotExist, ValueError, TypeError, ValidationError) as exc:
+        raise access.NotVisible() from exc
+
+
+def audit_disclosures_suspended(*, actor: Any, now: datetime) -> dict[str, datetime]:
+    """The current tenant's disclosures withheld from the accounting at `now` (164.528(a)(2)): public id of the
+    disclosure -> end of its latest suspension, for the suspensions that have not ended."""
+    withheld: dict[str, datetime] = {}
+    for event in audit_event_list(actor=actor, event_type=int(EventType.DISCLOSURE_ACCOUNTING_SUSPENDED)):
+        extra = event.extra or {}
+        try:
+            until = datetime.fromisoformat(str(extra.get("until", "")))
+        except ValueError:
+            continue
+        disclosure = str(extra.get("disclosure", ""))
+        if disclosure and until > now and (disclosure not in withheld or until > withheld[disclosure]):
+            withheld[disclosure] = until
+    return withheld
+
+
 def audit_disclosures_for_patient(
     *,
     actor: Any,
@@ -551,15 +591,24 @@ def audit_disclosures_for_patient(
     since: datetime | None = None,
     until: datetime | None = None,
     include_accesses: bool = False,
+    now: datetime | None = None,
 ) -> models.QuerySet[AuditEvent]:
     """The current tenant's events that disclosed the patient's data (DISCLOSURE_EVENTS), or with
     `include_accesses` every event naming the patient (reads and searches too), oldest first
-    (`tenants.view_audit`). The caller records the AUDIT_LOG_USED event of the read, naming the patient."""
+    (`tenants.view_audit`). Never older than six years before `now` (the look-back of 164.528(a)(1)), and
+    without the disclosures whose accounting is suspended at `now` (164.528(a)(2)). The caller records the
+    AUDIT_LOG_USED event of the read, naming the patient."""
+    now = now or timezone.now()
+    earliest = accounting_period_start(now)
+    since = earliest if since is None else max(since, earliest)
     qs = audit_event_list(actor=actor, since=since, until=until).filter(
         participants__contains=[{"type": "patient", "id": patient_id}]
     )
     if not include_accesses:
         qs = qs.filter(event_type__in=[int(e) for e in DISCLOSURE_EVENTS])
+    withheld = audit_disclosures_suspended(actor=actor, now=now)
+    if withheld:
+        qs = qs.exclude(public_id__in=list(withheld))
     return qs.order_by("occurred_at", "sequence")
 
 

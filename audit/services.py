@@ -774,3 +774,30 @@ def audit_log_used_record(
         participants=participants or [],
         extra=extra or {},
     )
+
+
+def disclosure_accounting_suspend(
+    *, actor: Any, tenant: Tenant, disclosure: AuditEvent, until: datetime, agency: str, statement: str = ""
+) -> AuditEvent:
+    """Withhold one disclosure from the patient's accounting until `until` (HIPAA 164.528(a)(2)): a health
+    oversight agency or a law enforcement official stated that telling the patient would impede its activities.
+    The suspension is itself the audit record (DISCLOSURE_ACCOUNTING_SUSPENDED, naming the disclosure, its
+    patients, the agency and the end); the accounting reads it back. Raises ValidationError for an end already
+    past or no agency. The caller checks `tenants.view_audit` (audit.selectors.audit_disclosure_get)."""
+    agency = agency.strip()
+    if not agency:
+        raise ValidationError("Name the agency or official who asked for the suspension.")
+    if timezone.is_naive(until):
+        until = until.replace(tzinfo=UTC)
+    if until <= timezone.now():
+        raise ValidationError("The end of the suspension must be in the future.")
+    patients = [p for p in disclosure.participants or [] if p.get("type") in ("patient", "study")]
+    return audit_event_record(
+        event=EventType.DISCLOSURE_ACCOUNTING_SUSPENDED,
+        actor=actor,
+        tenant=tenant,
+        participants=[{"type": "audit event", "id": str(disclosure.public_id), "role": "suspended disclosure"},
+                      *patients],
+        extra={"disclosure": str(disclosure.public_id), "until": until.astimezone(UTC).isoformat(),
+               "agency": agency[:200], "statement": statement.strip()[:500]},
+    )  # fmt: skip

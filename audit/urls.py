@@ -12,6 +12,7 @@ page_patterns = [
     path("audit/events/<str:public_id>/", views.AuditEventDetailView.as_view(), name="audit_event"),
     path("audit/changes/<int:change_id>/", views.AuditChangeDetailView.as_view(), name="audit_change"),
     path("audit/disclosures/", views.DisclosuresView.as_view(), name="audit_disclosures"),
+    path("audit/disclosures/suspend/", views.DisclosureSuspendView.as_view(), name="audit_disclosure_suspend"),
     path("audit/breach-scope/", views.BreachScopeView.as_view(), name="audit_breach_scope"),
     path("audit/dashboard/", views.AuditDashboardView.as_view(), name="audit_dashboard"),
     path("audit/compliance/", views.ComplianceReportView.as_view(), name="audit_compliance"),

@@ -64,6 +64,8 @@ class Tenant(models.Model):
     # A copy of its TrustedNetwork rows (CIDR strings), kept by tenants.services in the same transaction, so the
     # check every request makes (tenants.access.network_allows) reads the row already loaded. Empty: any address.
     network_ranges = models.JSONField(default=list, blank=True, editable=False)
+    # With it, an identified export (a disclosure) must be a password-encrypted bundle (SECURITY.md C5).
+    exports_must_be_encrypted = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

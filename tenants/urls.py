@@ -28,6 +28,7 @@ page_patterns = [
     path("tokens/", views.ApiTokensView.as_view(), name="api_tokens"),
     path("tokens/<uuid:public_id>/revoke/", views.ApiTokenRevokeView.as_view(), name="api_token_revoke"),
     path("networks/", views.TrustedNetworksView.as_view(), name="networks"),
+    path("settings/exports/", views.ExportPolicyView.as_view(), name="export_policy"),
     path("networks/<uuid:public_id>/remove/", views.TrustedNetworkRemoveView.as_view(), name="network_remove"),
 ]
 

@@ -282,6 +282,33 @@ class TrustedNetworkRemoveView(TenantPageView):
         return redirect("portal:networks", tenant=self.tenant.slug)
 
 
+class ExportPolicyForm(forms.Form):
+    exports_must_be_encrypted = forms.BooleanField(
+        required=False, label="Identified exports must be password-encrypted bundles"
+    )
+
+
+class ExportPolicyView(TenantPageView):
+    """/t/<tenant>/settings/exports/ : the tenant's export policy (`tenants.manage_networks`, the tenant
+    administrator's security settings): whether an identified export must be a password-encrypted bundle."""
+
+    required_permission = "tenants.manage_networks"
+
+    def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        form = ExportPolicyForm(initial={"exports_must_be_encrypted": self.tenant.exports_must_be_encrypted})
+        return self.render(request, "tenants/export_policy.html", {"form": form})
+
+    def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        form = ExportPolicyForm(request.POST)
+        if not form.is_valid():
+            return self.render(request, "tenants/export_policy.html", {"form": form}, status=400)
+        must = form.cleaned_data["exports_must_be_encrypted"]
+        services.tenant_export_policy_set(actor=request.user, tenant=self.tenant, exports_must_be_encrypted=must)
+        messages.success(request, "Identified exports must now be encrypted." if must else
+                         "Identified exports may now be plain bundles (the requester chooses).")  # fmt: skip
+        return redirect("portal:export_policy", tenant=self.tenant.slug)
+
+
 class RecertificationView(TenantPageView):
     """The access review (SECURITY.md B6): every membership of the open campaign, its role and last sign-in, to
     confirm or revoke before the deadline. Administrators (`tenants.manage_members`) only: it is who has access."""

@@ -12,7 +12,7 @@ from audit.views.pages import (
     AuditView,
     AuditXmlExportView,
 )
-from audit.views.reports import BreachScopeView, DisclosuresView
+from audit.views.reports import BreachScopeView, DisclosureSuspendView, DisclosuresView
 
 __all__ = [
     "PAGE_SIZE",
@@ -28,6 +28,7 @@ __all__ = [
     "BreachScopeView",
     "ComplianceReportPdfView",
     "ComplianceReportView",
+    "DisclosureSuspendView",
     "DisclosuresView",
     "IncidentDetailView",
     "IncidentListView",

@@ -20,8 +20,8 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.selectors import audit_breach_scope, audit_disclosures_for_patient
-from audit.services import audit_log_used_record
+from audit.selectors import audit_breach_scope, audit_disclosure_get, audit_disclosures_for_patient
+from audit.services import audit_log_used_record, disclosure_accounting_suspend
 from audit.views.pages import DATETIME_FORMATS
 from audit.views.trail import csv_cell, log_participant, midnight_utc
 from portal.web.pages import TenantPageView
@@ -109,7 +109,8 @@ class DisclosuresView(TenantPageView):
                 {"form": DisclosuresForm(), "error": "Send the patient ID with the form (POST), never in the address."},
                 status=400,
             )  # fmt: skip
-        return self.render(request, "audit/disclosures.html", {"form": DisclosuresForm()})
+        context = {"form": DisclosuresForm(), "suspend_form": SuspensionForm()}
+        return self.render(request, "audit/disclosures.html", context)
 
     def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
         form = DisclosuresForm(request.POST)
@@ -140,7 +141,43 @@ class DisclosuresView(TenantPageView):
                 for row in rows
             ]  # fmt: skip
             return _csv_response(f"disclosures-{self.tenant.slug}", DISCLOSURE_CSV, lines)
-        context = {"form": form, "rows": rows, "shown": True, "patient_id": patient_id, "printed": timezone.now()}
+        context = {"form": form, "rows": rows, "shown": True, "patient_id": patient_id, "printed": timezone.now(),
+                   "suspend_form": SuspensionForm()}  # fmt: skip
+        return self.render(request, "audit/disclosures.html", context)
+
+
+class SuspensionForm(forms.Form):
+    disclosure = forms.UUIDField(label="Disclosure (event id)")
+    until = _datetime_field("Withheld until (UTC)", required=True)
+    agency = forms.CharField(max_length=200, label="Agency or official")
+    statement = forms.CharField(required=False, max_length=500, label="Their statement",
+                                widget=forms.Textarea(attrs={"rows": 2}))  # fmt: skip
+
+
+class DisclosureSuspendView(TenantPageView):
+    """/t/<tenant>/audit/disclosures/suspend/ : withhold one disclosure from the patient's accounting until a date,
+    at the written or oral request of a health oversight agency or law enforcement (HIPAA 164.528(a)(2)).
+    The disclosure is named by its event id; another tenant's or a missing one is a 404. Recorded."""
+
+    required_permission = "tenants.view_audit"
+
+    def post(self, request: HttpRequest, tenant: str) -> HttpResponse:
+        form = SuspensionForm(request.POST)
+        if not form.is_valid():
+            return self.render(request, "audit/disclosures.html", {"form": DisclosuresForm(), "suspend_form": form},
+                               status=400)  # fmt: skip
+        data = form.cleaned_data
+        disclosure = audit_disclosure_get(actor=request.user, public_id=data["disclosure"])  # NotVisible -> 404
+        try:
+            event = disclosure_accounting_suspend(
+                actor=request.user, tenant=self.tenant, disclosure=disclosure, until=data["until"],
+                agency=data["agency"], statement=data.get("statement", ""),
+            )  # fmt: skip
+        except ValidationError as exc:
+            form.add_error(None, exc)
+            return self.render(request, "audit/disclosures.html", {"form": DisclosuresForm(), "suspend_form": form},
+                               status=400)  # fmt: skip
+        context = {"form": DisclosuresForm(), "suspend_form": SuspensionForm(), "suspended": event}
         return self.render(request, "audit/disclosures.html", context)
 
 

@@ -116,6 +116,10 @@ def export_request(
         access.require(actor, EXPORT_IDENTIFIED, studies[0].tenant)
         if not purpose.strip() or not recipient.strip():
             raise ValidationError({"purpose": "An identified export needs a purpose and a recipient."})
+        if studies[0].tenant.exports_must_be_encrypted and not encrypted:
+            raise ValidationError(
+                {"encrypted": "This organisation requires identified exports to be password-encrypted: choose it."}
+            )
         options = []
     elif set(options) - SUPPORTED_OPTIONS:
         raise ValidationError({"options": "Unknown de-identification option."})

@@ -35,7 +35,7 @@ from tenants.services.recertification import (
     recertification_remind,
 )
 from tenants.services.sessions import session_register, sessions_end_for_user
-from tenants.services.tenants import tenant_create, tenant_ingest_quota_set
+from tenants.services.tenants import tenant_create, tenant_export_policy_set, tenant_ingest_quota_set
 from tenants.services.tokens import API_TOKEN_PREFIX, api_token_create, api_token_revoke, api_token_touch
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "sessions_end_for_user",
     "set_password_link",
     "tenant_create",
+    "tenant_export_policy_set",
     "tenant_ingest_quota_set",
     "trusted_network_add",
     "trusted_network_remove",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import transaction
 
 from audit.events import EventType
@@ -49,5 +51,24 @@ def tenant_ingest_quota_set(*, tenant: Tenant, per_hour: int | None, per_day: in
         tenant=tenant,
         target=tenant,
         extra={"old": old, "new": {"per_hour": per_hour, "per_day": per_day}},
+    )
+    return tenant
+
+
+@transaction.atomic
+def tenant_export_policy_set(*, actor: Any, tenant: Tenant, exports_must_be_encrypted: bool) -> Tenant:
+    """Make password-encrypted bundles compulsory (or not) for the tenant's identified exports. A tenant
+    administrator's security setting (`tenants.manage_networks`, checked here). Records TENANT_EXPORT_POLICY_SET
+    with the old and new values."""
+    access.require(actor, "tenants.manage_networks", tenant)
+    old = tenant.exports_must_be_encrypted
+    tenant.exports_must_be_encrypted = exports_must_be_encrypted
+    tenant.save(update_fields=["exports_must_be_encrypted", "updated_at"])
+    audit_event_record(
+        event=EventType.TENANT_EXPORT_POLICY_SET,
+        actor=actor,
+        tenant=tenant,
+        target=tenant,
+        extra={"exports_must_be_encrypted": {"old": old, "new": exports_must_be_encrypted}},
     )
     return tenant

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.utils import timezone
 
 from audit.events import EventType
+from audit.selectors import accounting_period_start, audit_disclosures_for_patient
+from tenants.scoping import tenant_scope
 from tests.audit.helpers import events_of, last_event, record
 
 pytestmark = pytest.mark.django_db
@@ -138,3 +141,98 @@ def test_reports_refuse_members_without_permission_and_other_tenants(
     assert client_for(outsider_b).post(url, {"patient": "PAT-0001", "user": "x"}).status_code == 404
     assert client_for(outsider_b).get(url).status_code == 404
     assert events_of(tenant_a, EventType.AUDIT_LOG_USED) == []
+
+
+# The six-year look-back and the suspension (HIPAA 164.528(a)(1) and (a)(2))
+# ------------------------------------------------------------------------------
+
+SUSPEND = "/t/north/audit/disclosures/suspend/"
+
+
+def _recorded_at(monkeypatch, when, tenant, event, **kwargs):
+    """Seed an event as if it had been written at `when`: the writer reads the clock, so the clock is set."""
+    import audit.services
+
+    with monkeypatch.context() as patched:
+        patched.setattr(audit.services, "timezone", SimpleNamespace(now=lambda: when))
+        return record(tenant, event, **kwargs)
+
+
+def test_accounting_covers_six_years_back_and_no_more(client_for, tenant_a, radiologist_a, compliance_a, monkeypatch):
+    now = timezone.now()
+    six_years_ago = accounting_period_start(now)
+    assert (now - six_years_ago).days in (2191, 2192)  # six calendar years, one or two of them leap years
+    just_outside = _recorded_at(
+        monkeypatch, six_years_ago - timedelta(days=1), tenant_a, EventType.DISCLOSURE_EXPORTED,
+        actor=radiologist_a, participants=[P1, S1], extra={"recipient": "old", "purpose": "public health"},
+    )  # fmt: skip
+    just_inside = _recorded_at(
+        monkeypatch, six_years_ago + timedelta(days=1), tenant_a, EventType.DISCLOSURE_EXPORTED,
+        actor=radiologist_a, participants=[P1, S1], extra={"recipient": "county", "purpose": "public health"},
+    )  # fmt: skip
+    recent = record(tenant_a, EventType.DISCLOSURE_EXPORTED, actor=radiologist_a, participants=[P1, S1])
+    assert just_outside.occurred_at < six_years_ago < just_inside.occurred_at
+
+    client = client_for(compliance_a)
+    rows = client.post(DISCLOSURES, {"patient": "PAT-0001"}).context["rows"]
+    assert [row["event"] for row in rows] == [just_inside, recent]
+    # an explicit start earlier than the look-back does not reach past it
+    asked = client.post(DISCLOSURES, {"patient": "PAT-0001", "start": "2000-01-01"})
+    assert [row["event"] for row in asked.context["rows"]] == [just_inside, recent]
+    assert (rows[0]["recipient"], rows[0]["purpose"]) == ("county", "public health")
+
+
+def test_a_suspended_disclosure_is_withheld_until_the_suspension_ends(
+    client_for, tenant_a, radiologist_a, compliance_a, stream, monkeypatch
+):
+    client = client_for(compliance_a)
+    until = timezone.now() + timedelta(days=30)
+    response = client.post(SUSPEND, {
+        "disclosure": str(stream["share"].public_id), "until": until.strftime("%Y-%m-%dT%H:%M"),
+        "agency": "County sheriff", "statement": "investigation 42",
+    })  # fmt: skip
+
+    assert response.status_code == 200
+    suspension = last_event(tenant_a, EventType.DISCLOSURE_ACCOUNTING_SUSPENDED)
+    assert suspension.actor_user == compliance_a
+    assert suspension.extra["disclosure"] == str(stream["share"].public_id)
+    assert suspension.extra["agency"] == "County sheriff"
+    assert {"type": "patient", "id": "PAT-0001", "name": "DOE^JANE"} in suspension.participants
+    assert datetime.fromisoformat(suspension.extra["until"]) == until.replace(second=0, microsecond=0)
+
+    rows = client.post(DISCLOSURES, {"patient": "PAT-0001"}).context["rows"]
+    assert [row["event"] for row in rows] == [stream["export"], stream["moved"]]
+    with tenant_scope(tenant_a):
+        # the day after the suspension ends, the disclosure is in the accounting again
+        after = audit_disclosures_for_patient(actor=compliance_a, patient_id="PAT-0001", now=until + timedelta(days=1))
+        during = audit_disclosures_for_patient(actor=compliance_a, patient_id="PAT-0001", now=until - timedelta(days=1))
+        assert list(after) == [stream["export"], stream["share"], stream["moved"]]
+        assert list(during) == [stream["export"], stream["moved"]]
+
+
+def test_a_suspension_refuses_a_past_end_and_no_agency(client_for, tenant_a, compliance_a, stream):
+    client = client_for(compliance_a)
+    past = (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    future = (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    ident = str(stream["export"].public_id)
+    assert client.post(SUSPEND, {"disclosure": ident, "until": past, "agency": "FBI"}).status_code == 400
+    assert client.post(SUSPEND, {"disclosure": ident, "until": future, "agency": "  "}).status_code == 400
+    assert events_of(tenant_a, EventType.DISCLOSURE_ACCOUNTING_SUSPENDED) == []
+    # a read, not a disclosure, cannot be suspended: 404 as missing
+    assert client.post(SUSPEND, {"disclosure": str(stream["read"].public_id), "until": future,
+                                 "agency": "FBI"}).status_code == 404  # fmt: skip
+
+
+def test_a_suspension_of_another_tenants_disclosure_or_by_a_member_without_the_right_is_refused(
+    client_for, tenant_a, tenant_b, radiologist_a, compliance_a, stream
+):
+    future = (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    theirs = {"disclosure": str(stream["b_export"].public_id), "until": future, "agency": "FBI"}
+    assert client_for(compliance_a).post(SUSPEND, theirs).status_code == 404
+    ours = {"disclosure": str(stream["export"].public_id), "until": future, "agency": "FBI"}
+    assert client_for(radiologist_a).post(SUSPEND, ours).status_code == 403
+    assert last_event(tenant_a, EventType.ACCESS_DENIED).actor_user == radiologist_a
+    assert events_of(tenant_a, EventType.DISCLOSURE_ACCOUNTING_SUSPENDED) == []
+    assert events_of(tenant_b, EventType.DISCLOSURE_ACCOUNTING_SUSPENDED) == []
+    rows = client_for(compliance_a).post(DISCLOSURES, {"patient": "PAT-0001"}).context["rows"]
+    assert [row["event"] for row in rows] == [stream["export"], stream["share"], stream["moved"]]

@@ -42,6 +42,8 @@ FILL: dict[str, dict[str, str]] = {
     "portal:api_tokens": {},
     "portal:api_token_revoke": {"public_id": "token"},
     "portal:networks": {},
+    "portal:export_policy": {},
+    "portal:audit_disclosure_suspend": {},
     "portal:network_remove": {"public_id": "trusted_network"},
     "portal:recertification": {},
     "portal:recertification_decide": {"public_id": "recertification_item"},

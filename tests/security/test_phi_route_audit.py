@@ -12,7 +12,10 @@ kind of object around it):
 - each of them, called by a member whose role does not give it, shows nothing of the patient, and a refusal is an
   event with outcome 4 naming that member;
 - each route said to show no patient data, called by the tenant's administrator, compliance officer and
-  radiologist, indeed never shows the patient's name or id.
+  radiologist, indeed never shows the patient's name or id;
+- each DICOMweb write route (STOW-RS), listed with the event a store records, stores for the radiologist with one
+  INSTANCES_STORED event naming them and the study, and refuses the compliance officer with an outcome-4 event and
+  nothing received. A new DICOMweb write route in neither table fails its classification test.
 """
 
 from __future__ import annotations
@@ -21,13 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydicom.uid import generate_uid
 
 from audit.events import EventType, Outcome
 from audit.models import AuditEvent
+from studies.dicom.synthetic import make_instance
+from studies.models import IngestItem
 from tenants.db.roles import as_owner
+from tenants.scoping import tenant_scope
 from tests.conftest import verified_client
 from tests.security.sweep import Route, tenant_routes
 from tests.security.test_isolation_sweep import PATIENT_ID, PATIENT_NAME, bearer, token_of, world
+from tests.studies.dicomweb.helpers import CONTENT_TYPE, multipart
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,6 +118,7 @@ NO_PATIENT_DATA: dict[str, str] = {
     "portal:members": "staff and roles",
     "portal:api_tokens": "the caller's tokens",
     "portal:networks": "address ranges",
+    "portal:export_policy": "the tenant's export setting",
     "portal:audit_disclosures": "the form only, no patient asked for (answers: tests/audit/test_audit_reports.py)",
     "portal:audit_breach_scope": "without an address, user or device asked for, the form only",
     "portal:upload": "the upload form",
@@ -300,3 +309,69 @@ def test_a_member_refused_a_patient_data_route_leaves_an_outcome_4_event(world, 
             problems.append(f"{name}: {response.status_code} for the {other} without an outcome-4 event")
     assert not problems, "\n".join(problems)
     assert refused >= len(PHI_READS) // 2  # most are refusals, so the check above is not empty
+
+
+# Writes on the DICOMweb door (STOW-RS): every tenant DICOMweb route that answers more than GET is listed here with
+# the audit event a store records (each instance stored is INSTANCES_STORED, DICOM 110104 Instances Transferred,
+# Create, naming its patient and study), and its instance for the call.
+@dataclass(frozen=True)
+class Write:
+    event: EventType
+    into_world_study: bool  # STOW-RS to /studies/{study}: the instance must belong to that study
+
+
+DICOMWEB_WRITES: dict[str, Write] = {
+    "dicomweb:studies": Write(EventType.INSTANCES_STORED, into_world_study=False),
+    "dicomweb:study": Write(EventType.INSTANCES_STORED, into_world_study=True),
+}
+
+
+def test_every_dicomweb_write_route_is_classified() -> None:
+    writes = {route.name for route in tenant_routes() if route.door == "dicomweb" and set(route.methods) - {"get"}}
+    assert writes == set(DICOMWEB_WRITES), f"say which audit event these writes record: {writes ^ set(DICOMWEB_WRITES)}"
+
+
+def _stow(api: Any, url: str, data: bytes) -> Any:
+    return api.generic("POST", url, multipart([data]), content_type=CONTENT_TYPE, HTTP_ACCEPT="application/dicom+json")
+
+
+def test_each_stow_route_records_the_store_and_a_refused_store_leaves_an_outcome_4_event(
+    world, tenant_a, users
+) -> None:
+    """The radiologist stores one instance through each STOW-RS route: 200 and one INSTANCES_STORED event naming
+    them and the study. The compliance officer (no `tenants.upload_studies`) is refused: nothing stored, and an
+    outcome-4 event naming them."""
+    callers = _callers(world, tenant_a, users)
+    routes = {route.name: route for route in tenant_routes()}
+    problems = []
+    for name, write in DICOMWEB_WRITES.items():
+        url = routes[name].path("north", world.values)
+        study_uid = world.values["study_uid"] if write.into_world_study else generate_uid()
+        data = make_instance(patient_id=PATIENT_ID, patient_name=PATIENT_NAME, study_uid=study_uid)
+        last = AuditEvent.unscoped_objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+        response = _stow(callers["radiologist"][1], url, data)
+        if response.status_code != 200:
+            problems.append(f"{name}: {response.status_code} for the radiologist")
+            continue
+        recorded = AuditEvent.unscoped_objects.filter(pk__gt=last, tenant=tenant_a, event_type=write.event)
+        by_them = [e for e in recorded if e.actor_user_id == users["radiologist"].pk]
+        if len(by_them) != 1 or {e.event_id for e in by_them} != {write.event.spec.event_id.value}:
+            problems.append(f"{name}: {len(by_them)} {write.event.name} events by the radiologist")
+        elif not any(p.get("id") == study_uid for p in by_them[0].participants):
+            problems.append(f"{name}: the store does not name its study")
+
+        with tenant_scope(tenant_a):
+            before = IngestItem.objects.count()
+        last = AuditEvent.unscoped_objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+        other = make_instance(patient_id=PATIENT_ID, patient_name=PATIENT_NAME, study_uid=study_uid)
+        refused = _stow(callers["compliance"][1], url, other)
+        with tenant_scope(tenant_a):
+            after = IngestItem.objects.count()
+        if refused.status_code != 403 or after != before:
+            problems.append(f"{name}: {refused.status_code} for the compliance officer, {after - before} received")
+        denied = AuditEvent.unscoped_objects.filter(
+            pk__gt=last, tenant=tenant_a, actor_user=users["compliance"], outcome=Outcome.MINOR_FAILURE
+        )
+        if not denied.exists():
+            problems.append(f"{name}: refused without an outcome-4 event")
+    assert not problems, "\n".join(problems)

@@ -125,3 +125,90 @@ def test_others_get_no_bundle_and_no_password(
     with tenant_scope(tenant_a):
         assert not Export.objects.exists()
         assert AuditEvent.objects.filter(event_type=EventType.ACCESS_DENIED, actor_user=compliance_a).exists()
+
+
+# The tenant's export policy: identified exports must be encrypted (Tenant.exports_must_be_encrypted)
+# ------------------------------------------------------------------------------
+
+POLICY = "/t/{slug}/settings/exports/"
+IDENTIFIED = {"kind": "identified", "purpose": "second opinion", "recipient": "St Mary's oncology"}
+
+
+def _policy_events(tenant):
+    with tenant_scope(tenant):
+        return list(AuditEvent.objects.filter(event_type=EventType.TENANT_EXPORT_POLICY_SET.value).order_by("sequence"))
+
+
+def _exports(tenant):
+    with tenant_scope(tenant):
+        return list(Export.objects.order_by("created_at").values_list("kind", "encrypted"))
+
+
+def test_the_administrator_sets_the_policy_and_it_is_recorded(tenant_a, admin_a, client_for):
+    client = client_for(admin_a)
+    assert client.get(POLICY.format(slug="north")).status_code == 200
+    response = client.post(POLICY.format(slug="north"), {"exports_must_be_encrypted": "on"})
+
+    assert response.status_code == 302
+    tenant_a.refresh_from_db()
+    assert tenant_a.exports_must_be_encrypted
+    (event,) = _policy_events(tenant_a)
+    assert event.actor_user == admin_a
+    assert event.extra["exports_must_be_encrypted"] == {"old": False, "new": True}
+    assert "identified exports must be encrypted" in client.get(POLICY.format(slug="north")).content.decode()
+    client.post(POLICY.format(slug="north"), {})
+    tenant_a.refresh_from_db()
+    assert not tenant_a.exports_must_be_encrypted
+    assert [e.extra["exports_must_be_encrypted"]["new"] for e in _policy_events(tenant_a)] == [True, False]
+
+
+def test_the_policy_is_refused_to_other_tenants_and_to_members_without_the_right(
+    tenant_a, tenant_b, admin_b, radiologist_a, compliance_a, client_for
+):
+    assert client_for(admin_b).post(POLICY.format(slug="north"), {"exports_must_be_encrypted": "on"}).status_code == 404
+    for member in (radiologist_a, compliance_a):
+        refused = client_for(member).post(POLICY.format(slug="north"), {"exports_must_be_encrypted": "on"})
+        assert refused.status_code == 403
+        with tenant_scope(tenant_a):
+            denied = AuditEvent.objects.filter(event_type=EventType.ACCESS_DENIED.value).order_by("sequence").last()
+        assert denied.actor_user == member
+    tenant_a.refresh_from_db()
+    tenant_b.refresh_from_db()
+    assert not tenant_a.exports_must_be_encrypted
+    assert not tenant_b.exports_must_be_encrypted
+    assert _policy_events(tenant_a) == []
+    assert _policy_events(tenant_b) == []
+
+
+def test_with_the_policy_a_plain_identified_export_is_refused_and_an_encrypted_one_made(
+    tenant_a, admin_a, radiologist_a, study_a, client_for, django_capture_on_commit_callbacks
+):
+    client_for(admin_a).post(POLICY.format(slug="north"), {"exports_must_be_encrypted": "on"})
+    client = client_for(radiologist_a)
+
+    refused = client.post(_export_url(tenant_a, study_a), IDENTIFIED)
+    assert refused.status_code == 400
+    assert "requires identified exports to be password-encrypted" in refused.content.decode()
+    assert _exports(tenant_a) == []
+    with tenant_scope(tenant_a):
+        assert not AuditEvent.objects.filter(event_type=EventType.DISCLOSURE_EXPORTED.value).exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        made = client.post(_export_url(tenant_a, study_a), {**IDENTIFIED, "encrypted": "on"})
+    assert made.status_code == 201
+    # the policy is about disclosures: a de-identified export may still be a plain bundle
+    assert client.post(_export_url(tenant_a, study_a), {"kind": "deidentified"}).status_code == 302
+    assert _exports(tenant_a) == [("identified", True), ("deidentified", False)]
+
+
+def test_without_the_policy_both_plain_and_encrypted_identified_exports_are_made(
+    tenant_a, radiologist_a, study_a, client_for, django_capture_on_commit_callbacks
+):
+    assert not tenant_a.exports_must_be_encrypted
+    client = client_for(radiologist_a)
+    with django_capture_on_commit_callbacks(execute=True):
+        plain = client.post(_export_url(tenant_a, study_a), IDENTIFIED)
+        encrypted = client.post(_export_url(tenant_a, study_a), {**IDENTIFIED, "encrypted": "on"})
+    assert plain.status_code == 302
+    assert encrypted.status_code == 201
+    assert _exports(tenant_a) == [("identified", False), ("identified", True)]
