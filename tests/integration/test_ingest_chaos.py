@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import threading
 import time
 import uuid
 from collections import Counter
@@ -24,7 +23,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from django.core.files.storage import storages
-from django.db import connection, transaction
+from django.db import connection
 from pydicom.uid import generate_uid
 
 from audit.events import EventType
@@ -41,6 +40,7 @@ from tenants.scoping import tenant_scope
 from tests.brokers import redis_queue_forget
 from tests.chains import chain_of
 from tests.integration.conftest import RestartableWorker
+from tests.integration.held_rows import RowHeld
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -168,41 +168,15 @@ def unacknowledged(log: str) -> list[str]:
     return [task for task in RECEIVED_LINE.findall(log) if task not in finished]
 
 
-class SeriesHeld:
+def series_held(tenant: Tenant, *, study_uid: str, series_uid: str) -> RowHeld:
     """An uncommitted Series row with `series_uid`, held by another connection until the block ends (then rolled
     back). A worker that inserts a series with the same UID waits on the unique index meanwhile."""
 
-    def __init__(self, tenant: Tenant, *, study_uid: str, series_uid: str) -> None:
-        self.tenant, self.study_uid, self.series_uid = tenant, study_uid, series_uid
-        self.held, self.release = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._hold, daemon=True)
+    def insert() -> None:
+        study = Study.objects.get(study_instance_uid=study_uid)
+        Series.objects.create(tenant=tenant, study=study, series_instance_uid=series_uid)
 
-    def _hold(self) -> None:
-        try:
-            with tenant_scope(self.tenant), transaction.atomic():
-                study = Study.objects.get(study_instance_uid=self.study_uid)
-                Series.objects.create(tenant=self.tenant, study=study, series_instance_uid=self.series_uid)
-                self.held.set()
-                self.release.wait(300)
-                transaction.set_rollback(True)
-        except BaseException as exc:  # reported by __enter__/__exit__ in the test's thread
-            self.error = exc
-            self.held.set()
-        finally:
-            connection.close()
-
-    def __enter__(self) -> SeriesHeld:
-        self.thread.start()
-        self.held.wait(30)
-        if self.error is not None or not self.held.is_set():
-            pytest.fail(f"could not hold the series row: {self.error!r}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.thread.join(30)
-        assert self.error is None, self.error
+    return RowHeld(tenant, insert, what="series row")
 
 
 def series_insert_waiting() -> bool:
@@ -259,7 +233,7 @@ def test_workers_killed_mid_ingest_lose_nothing_and_duplicate_nothing(worker, te
         # is on disk, inside the transaction that would index it. To make "inside" certain rather than a race with
         # the commit, another connection holds an uncommitted row with that instance's new series UID: the
         # worker's insert of the series waits on the unique index, after the blob is written and before commit.
-        with SeriesHeld(tenant_a, study_uid=study_uid, series_uid=series_uids[1]):
+        with series_held(tenant_a, study_uid=study_uid, series_uid=series_uids[1]):
             worker.start()
             wait_for(claimed(large[1]), what="the claim of the second large instance", worker=worker)
             before = instance_files(tenant_a)

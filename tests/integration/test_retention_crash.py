@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 
 from audit.events import EventType
 from audit.models import AuditEvent
@@ -32,6 +31,7 @@ from studies.tasks import tenant_retention_proposals_make_task
 from tenants.models import Tenant, User
 from tenants.scoping import tenant_scope
 from tests.integration.conftest import RestartableWorker
+from tests.integration.held_rows import RowHeld
 from tests.studies.retention_fixtures import policy_make, stored_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -83,45 +83,19 @@ def pid_is_zombie(pid: int) -> bool:
         return True
 
 
-class ProposalHeld:
+def proposal_held(tenant: Tenant, study: Study) -> RowHeld:
     """An uncommitted open proposal for `study`, held by another connection until the block ends (rolled back)."""
 
-    def __init__(self, tenant: Tenant, study: Study) -> None:
-        self.tenant, self.study = tenant, study
-        self.held, self.release = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._hold, daemon=True)
+    def insert() -> None:
+        RetentionProposal.objects.create(
+            tenant=tenant,
+            study=study,
+            study_instance_uid=study.study_instance_uid,
+            policy=RetentionPolicy.objects.get(),
+            due_on=date(2000, 1, 1),
+        )
 
-    def _hold(self) -> None:
-        try:
-            with tenant_scope(self.tenant), transaction.atomic():
-                RetentionProposal.objects.create(
-                    tenant=self.tenant,
-                    study=self.study,
-                    study_instance_uid=self.study.study_instance_uid,
-                    policy=RetentionPolicy.objects.get(),
-                    due_on=date(2000, 1, 1),
-                )
-                self.held.set()
-                self.release.wait(240)
-                transaction.set_rollback(True)
-        except BaseException as exc:  # reported in the test's thread
-            self.error = exc
-            self.held.set()
-        finally:
-            connection.close()
-
-    def __enter__(self) -> ProposalHeld:
-        self.thread.start()
-        self.held.wait(30)
-        if self.error is not None or not self.held.is_set():
-            pytest.fail(f"could not hold the proposal row: {self.error!r}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.thread.join(30)
-        assert self.error is None, self.error
+    return RowHeld(tenant, insert, what="proposal row", hold_seconds=240)
 
 
 def test_the_retention_job_killed_mid_run_and_run_again_proposes_and_deletes_each_study_once(
@@ -144,7 +118,7 @@ def test_the_retention_job_killed_mid_run_and_run_again_proposes_and_deletes_eac
     candidates = sorted(old, key=lambda s: s.pk)
 
     worker.start()
-    with ProposalHeld(tenant_a, candidates[BLOCK_AT]):
+    with proposal_held(tenant_a, candidates[BLOCK_AT]):
         tenant_retention_proposals_make_task.apply_async(kwargs={"tenant_id": tenant_a.pk})
         wait_for(proposal_insert_waiting, what="the worker to wait on the held proposal", worker=worker)
         at_kill = proposals(tenant_a)
@@ -209,7 +183,7 @@ def test_a_run_killed_at_its_hard_time_limit_is_acknowledged_not_redelivered_and
     policy_make(tenant_a, admin_a, years=7)
 
     worker.start()
-    with ProposalHeld(tenant_a, study):
+    with proposal_held(tenant_a, study):
         tenant_retention_proposals_make_task.apply_async(kwargs={"tenant_id": tenant_a.pk}, soft_time_limit=1,
                                                          time_limit=3)  # fmt: skip
         wait_for(proposal_insert_waiting, what="the run to wait on the held proposal", worker=worker)
