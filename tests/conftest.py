@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery._state import _set_task_join_will_block
 from django.test import Client
 from django.utils import timezone
 from django_otp import DEVICE_ID_SESSION_KEY
@@ -199,6 +200,16 @@ def _celery_tasks_registered() -> None:
     from portal.celery import app
 
     app.loader.import_default_modules()
+
+
+@pytest.fixture(autouse=True)
+def _celery_join_flag_reset() -> None:
+    """Celery's eager `apply_async` marks "inside a task" in a process-wide flag (celery._state) and restores the
+    value it saw on the way in; two threads running eager tasks at once (the concurrency tests) can restore each
+    other's value and leave the flag set, and a later test of the same process that waits on a real worker's result
+    then fails with "Never call result.get() within a task!". The test process is never inside a task: each test
+    starts with the flag cleared."""
+    _set_task_join_will_block(False)
 
 
 @pytest.fixture(autouse=True)
