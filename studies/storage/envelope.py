@@ -211,8 +211,44 @@ def decrypt_stream(read: Iterable[bytes], *, data_key: bytes, tenant_id: int, bl
         index += 1
 
 
+def decrypt_chunks(ciphertext: bytes, *, data_key: bytes, tenant_id: int, blob_id: str) -> list[bytes]:
+    """The plaintext of a whole blob held in memory, as its chunks, every one authenticated before this returns.
+
+    The same checks as `decrypt_stream` (each chunk's tag under its index, the final chunk marked final, so a
+    blob altered, cut short, extended or moved raises DecryptionError), without copying the ciphertext: each
+    chunk is decrypted from a view of `ciphertext`. A caller that writes the chunks out one after the other (a
+    WADO-RS part) never joins them; `decrypt` does."""
+    view = memoryview(ciphertext)
+    if len(view) < HEADER.size:
+        raise DecryptionError("too short to be an encrypted blob")
+    magic, chunk_size, prefix = HEADER.unpack_from(view)
+    if magic != MAGIC or chunk_size <= 0:
+        raise DecryptionError("not an encrypted blob")
+    body = view[HEADER.size :]
+    if not body:
+        raise DecryptionError("the blob ends before its final chunk")
+    aead = AESGCM(data_key)
+    sealed = chunk_size + TAG_BYTES
+    count = -(-len(body) // sealed)
+    plain = []
+    for index in range(count):
+        last = index == count - 1
+        try:
+            plain.append(
+                aead.decrypt(
+                    _nonce(prefix, index),
+                    body[index * sealed : (index + 1) * sealed],
+                    _chunk_aad(tenant_id, blob_id, index, last),
+                )
+            )
+        except InvalidTag as exc:
+            raise DecryptionError(f"chunk {index} was altered, moved or cut") from exc
+    return plain
+
+
 def decrypt(ciphertext: bytes, *, data_key: bytes, tenant_id: int, blob_id: str) -> bytes:
-    return b"".join(decrypt_stream([ciphertext], data_key=data_key, tenant_id=tenant_id, blob_id=blob_id))
+    # A blob of one chunk (up to 1 MiB) is returned as decrypted: bytes.join of one item is that item.
+    return b"".join(decrypt_chunks(ciphertext, data_key=data_key, tenant_id=tenant_id, blob_id=blob_id))
 
 
 # Database backups (studies.storage.backups) are platform data: no tenant. Their chunks use tenant id 0 (tenant

@@ -83,3 +83,42 @@ def test_keys_wrap_and_unwrap_only_in_their_context():
     assert env.unwrap_data_key(tenant_key=kek, wrapped=wrapped_dek, tenant_id=TENANT, blob_id=BLOB) == dek
     with pytest.raises(env.DecryptionError):
         env.unwrap_data_key(tenant_key=kek, wrapped=wrapped_dek, tenant_id=TENANT, blob_id="other")
+
+
+def test_decrypt_chunks_gives_the_chunks_only_once_every_one_is_authenticated(key):
+    data = os.urandom(3 * 4096 + 5)
+    sealed = env.encrypt(data, data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    chunks = env.decrypt_chunks(sealed, data_key=key, tenant_id=TENANT, blob_id=BLOB)
+    assert [len(chunk) for chunk in chunks] == [4096, 4096, 4096, 5]
+    assert b"".join(chunks) == data
+    damaged_last = bytearray(sealed)
+    damaged_last[-1] ^= 1
+    extended = sealed + sealed[env.HEADER.size : env.HEADER.size + 4096 + env.TAG_BYTES]
+    for bad in (bytes(damaged_last), extended, sealed[: env.HEADER.size], b"ENC1"):
+        with pytest.raises(env.DecryptionError):
+            env.decrypt_chunks(bad, data_key=key, tenant_id=TENANT, blob_id=BLOB)
+
+
+def test_a_read_checks_tags_and_size_and_fixity_checks_the_stored_hash(key):
+    """A read (`blob_sealed_open`) trusts AES-GCM's tags, which bind every chunk to this blob's own key, id and
+    place, and compares the size; the fixity check (`blob_sealed_check`) still compares the stored SHA-256."""
+    import hashlib
+    import uuid
+
+    from studies.models import Blob
+    from studies.storage.blobs import blob_sealed_check, blob_sealed_open
+
+    data = os.urandom(10_000)
+    blob = Blob(tenant_id=TENANT, public_id=uuid.uuid4(), size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    sealed = env.encrypt(data, data_key=key, tenant_id=TENANT, blob_id=str(blob.public_id), chunk_size=4096)
+    assert b"".join(blob_sealed_open(blob=blob, sealed=sealed, data_key=key)) == data
+    assert blob_sealed_check(blob=blob, sealed=sealed, data_key=key) == data
+    blob.sha256 = "0" * 64
+    with pytest.raises(env.DecryptionError):
+        blob_sealed_check(blob=blob, sealed=sealed, data_key=key)
+    blob.size = len(data) - 1
+    with pytest.raises(env.DecryptionError):
+        blob_sealed_open(blob=blob, sealed=sealed, data_key=key)
+    other = Blob(tenant_id=TENANT, public_id=uuid.uuid4(), size=len(data))
+    with pytest.raises(env.DecryptionError):  # another blob's ciphertext under this key does not open
+        blob_sealed_open(blob=other, sealed=sealed, data_key=key)
