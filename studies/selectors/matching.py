@@ -3,7 +3,18 @@ instances that the caller may see out. QIDO-RS, C-FIND (and C-GET/C-MOVE) and th
 wire format into `Key`s; the rules of the catalogue (studies.selectors.catalogue) decide what a value means.
 
 Wildcards `*` and `?` become SQL `LIKE` patterns with `%`, `_` and `\\` escaped, never a regular expression: a
-`LIKE` cannot backtrack exponentially, and a trigram index (migration 0006) serves infix patterns on names.
+`LIKE` cannot backtrack exponentially.
+
+Under PostgreSQL row-level security only a condition whose operators are LEAKPROOF can be an index condition;
+`LIKE`, `ILIKE` and `upper(column)` are not (docs/BENCHMARKS.md, "Searches under row-level security"). So a value
+with a literal start (`MARTIN*`, `MAR?IN*`) also gets the range `column ~>=~ start AND column ~<~
+enclave_prefix_end(start)` (text_pattern_ge / text_pattern_lt, leakproof; exactly "starts with", migration 0018)
+that a (tenant, column text_pattern_ops) index serves, and the `LIKE` checks the rest. Person names match
+case-insensitively by `upper()` on both sides (PS3.4 C.2.2.2.1 leaves case to the SCP): against a column the
+database keeps folded (Patient.name_folded) with `=` and the range, else `upper(column)`, which reads every row of
+the tenant. A value that starts with a wildcard (`*ARTIN*`) reads every patient (or study) of the tenant's
+scope: bounded by the tenant and the statement timeout. tests/studies/selectors/test_matching_sql.py checks that
+the operators on the indexed side stay leakproof.
 Hostile input is bounded before it reaches the database (settings.SEARCH_MAX_WILDCARDS per value,
 SEARCH_MAX_VALUE_LENGTH characters, SEARCH_MAX_LIST_VALUES values in a list), and every search runs under a
 PostgreSQL statement timeout (settings.SEARCH_STATEMENT_TIMEOUT_MS): `SearchTimeout`, never a worker held.
@@ -84,8 +95,75 @@ class _DicomILike(_DicomLike):
     operator = "ILIKE"
 
 
-models.CharField.register_lookup(_DicomLike)
-models.CharField.register_lookup(_DicomILike)
+class _FoldedLike(_DicomLike):
+    """`column LIKE upper(pattern)`: the column already folded (a kept upper() column, or `__upper`)."""
+
+    lookup_name = "dicom_folded_like"
+
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        return f"{lhs} LIKE UPPER({rhs}) ESCAPE '\\'", (*lhs_params, *rhs_params)
+
+
+class _FoldedExact(models.Lookup):  # type: ignore[type-arg]
+    """`column = upper(value)` (texteq: leakproof, unlike Django's iexact, which folds the column)."""
+
+    lookup_name = "dicom_folded_exact"
+
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        return f"{lhs} = UPPER({rhs})", (*lhs_params, *rhs_params)
+
+
+class _StartsAtLeast(models.Lookup):  # type: ignore[type-arg]
+    """`column ~>=~ start`: the low end of "starts with start", in byte order (text_pattern_ge, leakproof)."""
+
+    lookup_name = "dicom_starts_ge"
+    fold = False
+
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        value = f"UPPER({rhs})" if self.fold else rhs
+        return f"{lhs} ~>=~ {value}", (*lhs_params, *rhs_params)
+
+
+class _StartsBefore(_StartsAtLeast):
+    """`column ~<~ enclave_prefix_end(start)`: the high end (text_pattern_lt, leakproof; the function is applied
+    to the constant only, and evaluated once by the planner)."""
+
+    lookup_name = "dicom_starts_lt"
+
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        value = f"UPPER({rhs})" if self.fold else rhs
+        return f"{lhs} ~<~ enclave_prefix_end({value})", (*lhs_params, *rhs_params)
+
+
+class _FoldedStartsAtLeast(_StartsAtLeast):
+    lookup_name = "dicom_folded_starts_ge"
+    fold = True
+
+
+class _FoldedStartsBefore(_StartsBefore):
+    lookup_name = "dicom_folded_starts_lt"
+    fold = True
+
+
+for _lookup in (
+    _DicomLike,
+    _DicomILike,
+    _FoldedLike,
+    _FoldedExact,
+    _StartsAtLeast,
+    _StartsBefore,
+    _FoldedStartsAtLeast,
+    _FoldedStartsBefore,
+):
+    models.CharField.register_lookup(_lookup)
 
 
 def like_pattern(value: str) -> str:
@@ -106,6 +184,14 @@ def like_pattern(value: str) -> str:
 
 def _has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
+
+
+_MAX_CHARACTER = "\U0010ffff"
+
+
+def literal_start(value: str) -> str:
+    """The characters of a wildcard value before its first `*` or `?` (every match starts with them)."""
+    return re.split(r"[*?]", value, maxsplit=1)[0]
 
 
 # Values
@@ -174,10 +260,40 @@ def _range_q(path: str, value: str, keyword: str, *, parse: Any, single_is_range
     return condition
 
 
+def _starts_with_q(path: str, start: str, *, fold: bool) -> Q:
+    """The index-usable range for "starts with `start`" (empty: everything)."""
+    if not start:
+        return Q()
+    folded = "folded_" if fold else ""
+    condition = Q(**{f"{path}__dicom_{folded}starts_ge": start})
+    if start.strip(_MAX_CHARACTER):  # otherwise nothing comes after it: the low end alone is exact
+        condition &= Q(**{f"{path}__dicom_{folded}starts_lt": start})
+    return condition
+
+
 def _text_q(path: str, value: str, *, fold_case: bool) -> Q:
+    """A case-sensitive text value (or, with `fold_case`, ILIKE / iexact: not an index condition under the
+    policy; the study list's free text uses it, person names do not)."""
     if _has_wildcard(value):
-        return Q(**{f"{path}__{'dicom_ilike' if fold_case else 'dicom_like'}": like_pattern(value)})
+        if fold_case:
+            return Q(**{f"{path}__dicom_ilike": like_pattern(value)})
+        starts = _starts_with_q(path, literal_start(value), fold=False)
+        return starts & Q(**{f"{path}__dicom_like": like_pattern(value)})
     return Q(**{f"{path}__{'iexact' if fold_case else 'exact'}": value})
+
+
+def _person_name_q(path: str, folded_path: str | None, value: str) -> Q:
+    """A person name, case-insensitive: upper() on both sides. With a folded column, `=` / the range / LIKE on it
+    (an index serves the first two); without one, upper(column), which reads every row in scope."""
+    if folded_path is None:
+        lookup = "dicom_folded_like" if _has_wildcard(value) else "dicom_folded_exact"
+        value = like_pattern(value) if _has_wildcard(value) else value
+        return Q(**{f"{path}__upper__{lookup}": value})
+    if not _has_wildcard(value):
+        return Q(**{f"{folded_path}__dicom_folded_exact": value})
+    return _starts_with_q(folded_path, literal_start(value), fold=True) & Q(
+        **{f"{folded_path}__dicom_folded_like": like_pattern(value)}
+    )
 
 
 def _check_bounds(keyword: str, value: str) -> None:
@@ -194,7 +310,8 @@ def key_condition(key: Key, *, level: Level | str) -> Q:
     value = key.value.strip()
     if value in ("", "*") or not attribute.matchable:
         return Q()
-    path = PATH[(Level(level), attribute.level)] + attribute.field
+    parent = PATH[(Level(level), attribute.level)]
+    path = parent + attribute.field
     keyword = attribute.keyword
     match attribute.matching:
         case Matching.UID_LIST:
@@ -220,7 +337,7 @@ def key_condition(key: Key, *, level: Level | str) -> Q:
             return Q(**{f"{path}__in": numbers})
         case Matching.PERSON_NAME:
             _check_bounds(keyword, value)
-            return _text_q(path, value, fold_case=True)
+            return _person_name_q(path, parent + attribute.folded if attribute.folded else None, value)
         case _:
             if "\\" in value and not _has_wildcard(value):
                 return Q(**{f"{path}__in": _list(value, keyword)})  # a list of single values (VM > 1): any of them
