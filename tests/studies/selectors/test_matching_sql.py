@@ -7,6 +7,7 @@ the tenant policy in force (the suite's connection)."""
 
 from __future__ import annotations
 
+import json
 import re
 from itertools import count
 from typing import Any
@@ -246,3 +247,20 @@ def test_the_sql_folds_only_constants(tenant_a, radiologist_a):
     assert not re.search(r"UPPER\(\"", sql)
     assert "UPPER(%s)" in sql
     assert "enclave_prefix_end(UPPER(%s))" in sql
+
+
+def test_the_folded_name_never_reaches_the_change_log(tenant_a):
+    """django-auditlog masks the name; the folded copy of it is not logged at all."""
+    from auditlog.models import LogEntry
+
+    with tenant_scope(tenant_a):
+        patient = _patient(tenant_a, "doe^jane")
+        patient.name = "Roe^Jane"
+        patient.save(update_fields=["name", "updated_at"])
+
+        entries = LogEntry.objects.get_for_object(patient)
+        changed = [entry.changes_dict for entry in entries]
+
+    assert len(changed) == 2
+    assert all("name_folded" not in fields for fields in changed)
+    assert all("ROE" not in json.dumps(fields) and "DOE" not in json.dumps(fields) for fields in changed)
