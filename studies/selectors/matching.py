@@ -34,7 +34,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, models, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Upper
 
 from studies.dicom.query import Level
 from studies.models import Instance, Patient, Series, Study
@@ -286,9 +287,9 @@ def _person_name_q(path: str, folded_path: str | None, value: str) -> Q:
     """A person name, case-insensitive: upper() on both sides. With a folded column, `=` / the range / LIKE on it
     (an index serves the first two); without one, upper(column), which reads every row in scope."""
     if folded_path is None:
-        lookup = "dicom_folded_like" if _has_wildcard(value) else "dicom_folded_exact"
-        value = like_pattern(value) if _has_wildcard(value) else value
-        return Q(**{f"{path}__upper__{lookup}": value})
+        if _has_wildcard(value):
+            return Q(_FoldedLike(Upper(F(path)), like_pattern(value)))
+        return Q(_FoldedExact(Upper(F(path)), value))
     if not _has_wildcard(value):
         return Q(**{f"{folded_path}__dicom_folded_exact": value})
     return _starts_with_q(folded_path, literal_start(value), fold=True) & Q(
@@ -415,18 +416,30 @@ def search_queryset(
         qs = instances.select_related("series__study__patient", "blob")
     if study_uid is not None and level in (SERIES, INSTANCE):
         qs = qs.filter(**{f"{PATH[(level, STUDY)]}study_instance_uid": study_uid})
-    return qs.filter(condition, _parents_in_tenant(level)).order_by(*_ORDER[level])
+    return qs.filter(condition, _parents_in_tenant(level, condition)).order_by(*_ORDER[level])
 
 
-def _parents_in_tenant(level: Level) -> Q:
+def _lookups(condition: Q) -> Iterable[str]:
+    for child in condition.children:
+        if isinstance(child, Q):
+            yield from _lookups(child)
+        elif isinstance(child, tuple):
+            yield child[0]
+
+
+def _parents_in_tenant(level: Level, condition: Q) -> Q:
     """The current tenant named on every joined parent table too. The scope filters the level's own table only;
     a key on a parent (PatientID at study level, the study of `/studies/{uid}/series`) can then be found through
     the parent's (tenant, UID) or (tenant, patient ID) unique index instead of a sequential scan of the parent
-    table (EXPLAIN ANALYZE at 20,000 instances; the rows are the same: a parent is always of its child's tenant)."""
+    table (EXPLAIN ANALYZE at 20,000 instances; the rows are the same: a parent is always of its child's tenant).
+    At study level the patient is named only when a key joins it: the condition alone would add the join."""
     tenant = current_tenant_or_none()
     if tenant is None:
         return Q()
     parents = [PATH[(level, parent)] for parent in (PATIENT, STUDY, SERIES) if (level, parent) in PATH]
+    if level is STUDY:
+        keyed = list(_lookups(condition))
+        parents = [path for path in parents if any(lookup.startswith(path) for lookup in keyed)]
     return Q(**{f"{path}tenant_id": tenant.pk for path in parents if path})
 
 
@@ -434,22 +447,39 @@ def _is_cancelled(exc: BaseException) -> bool:
     return getattr(exc.__cause__, "sqlstate", None) == "57014"  # query_canceled: statement_timeout fired
 
 
-def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int) -> list[Any]:
+# Join by index lookups only (no hash or merge join) for a search below the patient level. The planner counts the
+# tenant policy (inlined, so costed as a few operators) as nearly free, yet it takes about 2.5 us a row here, so a
+# hash or merge over every patient of the tenant looks cheaper than looking up the patients of 340 studies and is
+# not: "CT + one month" at 200,000 instances took 61 ms that way and 29 ms by lookups (docs/BENCHMARKS.md).
+# The results of these levels are a page (at most DICOMWEB_QIDO_MAX_RESULTS rows), each row joined to its parents
+# by primary key, so lookups are never the worse choice; patient-level searches aggregate and are left alone.
+_INDEX_JOINS = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
+
+
+def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int, index_joins: bool = False) -> list[Any]:
     """Evaluate one page of a search under the statement timeout (SET LOCAL in the search's own transaction, or
-    savepoint, and put back afterwards). SearchTimeout when the database cancels it."""
+    savepoint, and put back afterwards), with `index_joins` joining by index lookups only (`_INDEX_JOINS`).
+    SearchTimeout when the database cancels it."""
+    wanted = {"statement_timeout": f"{int(settings.SEARCH_STATEMENT_TIMEOUT_MS)}ms"}
+    if index_joins:
+        wanted |= _INDEX_JOINS
     nested = connection.in_atomic_block
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "SELECT current_setting('statement_timeout'), set_config('statement_timeout', %s, true)",
-                    [f"{int(settings.SEARCH_STATEMENT_TIMEOUT_MS)}ms"],
+                    "SELECT " + ", ".join("current_setting(%s), set_config(%s, %s, true)" for _ in wanted),
+                    [item for name, value in wanted.items() for item in (name, name, value)],
                 )
-                previous = cursor.fetchone()[0]
+                found = cursor.fetchone()
+                previous = dict(zip(wanted, found[::2], strict=True))
             rows = list(qs[offset : offset + limit])
-            if nested:  # SET LOCAL outlives a savepoint: the caller's transaction gets its own timeout back
+            if nested:  # SET LOCAL outlives a savepoint: the caller's transaction gets its own settings back
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+                    cursor.execute(
+                        "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in previous),
+                        [item for pair in previous.items() for item in pair],
+                    )
             return rows
     except OperationalError as exc:
         if _is_cancelled(exc):
@@ -474,7 +504,7 @@ def dicom_search(
     database stops it. Writes nothing: the door records the search (studies.services.reads) with what it
     returns."""
     qs = search_queryset(actor=actor, level=level, keys=keys, study_uid=study_uid, series_uid=series_uid)
-    return search_rows(qs, offset=offset, limit=limit)
+    return search_rows(qs, offset=offset, limit=limit, index_joins=Level(level) is not PATIENT)
 
 
 def qido_search(
