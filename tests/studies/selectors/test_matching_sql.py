@@ -282,9 +282,9 @@ def test_a_search_below_the_patient_level_joins_by_lookups_and_gives_the_setting
             return cursor.fetchone()
 
     with tenant_scope(tenant_a):
-        _patient(tenant_a, "MARTIN^ANNE")
+        patient = _patient(tenant_a, "MARTIN^ANNE")
         before = settings_now()
-        qs = Study.objects.annotate(
+        qs = Study.objects.filter(patient=patient).annotate(
             joins=RawSQL("current_setting('enable_hashjoin') || current_setting('enable_mergejoin')", [])
         )
 
