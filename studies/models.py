@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Upper
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
@@ -107,6 +108,13 @@ class Patient(TenantOwnedModel):
     patient_id = models.CharField(max_length=64)
     issuer = models.CharField(max_length=64, blank=True)
     name = models.CharField(max_length=324, blank=True)
+    # The name case-folded by PostgreSQL itself, for the matcher (studies.selectors.matching): under row-level
+    # security only leakproof operators can be index conditions, and `upper(name)`, ILIKE and LIKE are not; this
+    # column compared with `=`, `~>=~` and `~<~` is (docs/BENCHMARKS.md, "Searches under row-level security").
+    # Filled by the database on every write: no code sets it. Excluded from django-auditlog (it repeats `name`).
+    name_folded = models.GeneratedField(
+        expression=Upper("name"), output_field=models.CharField(max_length=324), db_persist=True
+    )
     birth_date = models.DateField(null=True, blank=True)
     sex = models.CharField(max_length=16, blank=True)
 
@@ -114,6 +122,20 @@ class Patient(TenantOwnedModel):
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "patient_id", "issuer"], name="studies_patient_tenant_id_issuer_unique"
+            ),
+        ]
+        indexes = [
+            # Exact and prefix matches of a person name, and prefix matches of a patient ID, within a tenant
+            # (text_pattern_ops: byte order, whatever the database's collation, as `~>=~` / `~<~` compare).
+            models.Index(
+                fields=["tenant", "name_folded"],
+                opclasses=["int8_ops", "text_pattern_ops"],
+                name="studies_patient_name_folded",
+            ),
+            models.Index(
+                fields=["tenant", "patient_id"],
+                opclasses=["int8_ops", "text_pattern_ops"],
+                name="studies_patient_id_pattern",
             ),
         ]
 
@@ -142,7 +164,12 @@ class Study(TenantOwnedModel):
         ]
         indexes = [
             models.Index(fields=["tenant", "-study_date"], name="studies_study_tenant_date"),
-            models.Index(fields=["tenant", "accession_number"], name="studies_study_tenant_accession"),
+            # Byte order (text_pattern_ops) serves `=` and the matcher's "starts with" range (`A2024*`).
+            models.Index(
+                fields=["tenant", "accession_number"],
+                opclasses=["int8_ops", "text_pattern_ops"],
+                name="studies_study_tenant_accession",
+            ),
         ]
 
     def __str__(self) -> str:

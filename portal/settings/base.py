@@ -466,7 +466,11 @@ AUDITLOG_MASK_TRACKING_FIELDS = ("password", "key", "token", "digest")
 # models' fields if listed above): a change shows that the field changed, never its values. The reads and
 # changes themselves are on the AuditEvent trail with the patient as participant.
 AUDITLOG_INCLUDE_TRACKING_MODELS = (
-    {"model": "studies.patient", "mask_fields": ["patient_id", "issuer", "name", "birth_date", "sex"]},
+    {
+        "model": "studies.patient",
+        "mask_fields": ["patient_id", "issuer", "name", "birth_date", "sex"],
+        "exclude_fields": ["name_folded"],  # upper(name), kept by the database: it would show the name unmasked
+    },
     {
         "model": "studies.study",
         "mask_fields": [

@@ -49,6 +49,7 @@ class Attribute:
     level: Level
     field: str  # the column, relative to the model of `level`; "" when not kept (returned empty)
     matching: Matching
+    folded: str = ""  # a column holding upper(field), kept by the database, that the matcher compares instead
 
     @property
     def matchable(self) -> bool:
@@ -60,7 +61,7 @@ _DA, _TM, _ALL = Matching.DATE, Matching.TIME, Matching.UNIVERSAL
 
 ATTRIBUTES: tuple[Attribute, ...] = (
     # Patient (returned with each study by QIDO-RS, PS3.18 Table 10.6.3-3; the PATIENT level of C-FIND).
-    Attribute("00100010", "PatientName", "PN", PATIENT, "name", _PN),
+    Attribute("00100010", "PatientName", "PN", PATIENT, "name", _PN, folded="name_folded"),
     Attribute("00100020", "PatientID", "LO", PATIENT, "patient_id", _T),
     Attribute("00100021", "IssuerOfPatientID", "LO", PATIENT, "issuer", _T),
     Attribute("00100030", "PatientBirthDate", "DA", PATIENT, "birth_date", _DA),

@@ -3,7 +3,18 @@ instances that the caller may see out. QIDO-RS, C-FIND (and C-GET/C-MOVE) and th
 wire format into `Key`s; the rules of the catalogue (studies.selectors.catalogue) decide what a value means.
 
 Wildcards `*` and `?` become SQL `LIKE` patterns with `%`, `_` and `\\` escaped, never a regular expression: a
-`LIKE` cannot backtrack exponentially, and a trigram index (migration 0006) serves infix patterns on names.
+`LIKE` cannot backtrack exponentially.
+
+Under PostgreSQL row-level security only a condition whose operators are LEAKPROOF can be an index condition;
+`LIKE`, `ILIKE` and `upper(column)` are not (docs/BENCHMARKS.md, "Searches under row-level security"). So a value
+with a literal start (`MARTIN*`, `MAR?IN*`) also gets the range `column ~>=~ start AND column ~<~
+enclave_prefix_end(start)` (text_pattern_ge / text_pattern_lt, leakproof; exactly "starts with", migration 0018)
+that a (tenant, column text_pattern_ops) index serves, and the `LIKE` checks the rest. Person names match
+case-insensitively by `upper()` on both sides (PS3.4 C.2.2.2.1 leaves case to the SCP): against a column the
+database keeps folded (Patient.name_folded) with `=` and the range, else `upper(column)`, which reads every row of
+the tenant. A value that starts with a wildcard (`*ARTIN*`) reads every patient (or study) of the tenant's
+scope: bounded by the tenant and the statement timeout. tests/studies/selectors/test_matching_sql.py checks that
+the operators on the indexed side stay leakproof.
 Hostile input is bounded before it reaches the database (settings.SEARCH_MAX_WILDCARDS per value,
 SEARCH_MAX_VALUE_LENGTH characters, SEARCH_MAX_LIST_VALUES values in a list), and every search runs under a
 PostgreSQL statement timeout (settings.SEARCH_STATEMENT_TIMEOUT_MS): `SearchTimeout`, never a worker held.
@@ -23,7 +34,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, models, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Upper
 
 from studies.dicom.query import Level
 from studies.models import Instance, Patient, Series, Study
@@ -84,8 +96,75 @@ class _DicomILike(_DicomLike):
     operator = "ILIKE"
 
 
-models.CharField.register_lookup(_DicomLike)
-models.CharField.register_lookup(_DicomILike)
+class _FoldedLike(_DicomLike):
+    """`column LIKE upper(pattern)`: the column already folded (a kept upper() column, or `__upper`)."""
+
+    lookup_name = "dicom_folded_like"
+
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        return f"{lhs} LIKE UPPER({rhs}) ESCAPE '\\'", (*lhs_params, *rhs_params)
+
+
+class _FoldedExact(models.Lookup):  # type: ignore[type-arg]
+    """`column = upper(value)` (texteq: leakproof, unlike Django's iexact, which folds the column)."""
+
+    lookup_name = "dicom_folded_exact"
+
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        return f"{lhs} = UPPER({rhs})", (*lhs_params, *rhs_params)
+
+
+class _StartsAtLeast(models.Lookup):  # type: ignore[type-arg]
+    """`column ~>=~ start`: the low end of "starts with start", in byte order (text_pattern_ge, leakproof)."""
+
+    lookup_name = "dicom_starts_ge"
+    fold = False
+
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        value = f"UPPER({rhs})" if self.fold else rhs
+        return f"{lhs} ~>=~ {value}", (*lhs_params, *rhs_params)
+
+
+class _StartsBefore(_StartsAtLeast):
+    """`column ~<~ enclave_prefix_end(start)`: the high end (text_pattern_lt, leakproof; the function is applied
+    to the constant only, and evaluated once by the planner)."""
+
+    lookup_name = "dicom_starts_lt"
+
+    def as_sql(self, compiler: Any, conn: Any) -> Any:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        value = f"UPPER({rhs})" if self.fold else rhs
+        return f"{lhs} ~<~ enclave_prefix_end({value})", (*lhs_params, *rhs_params)
+
+
+class _FoldedStartsAtLeast(_StartsAtLeast):
+    lookup_name = "dicom_folded_starts_ge"
+    fold = True
+
+
+class _FoldedStartsBefore(_StartsBefore):
+    lookup_name = "dicom_folded_starts_lt"
+    fold = True
+
+
+for _lookup in (
+    _DicomLike,
+    _DicomILike,
+    _FoldedLike,
+    _FoldedExact,
+    _StartsAtLeast,
+    _StartsBefore,
+    _FoldedStartsAtLeast,
+    _FoldedStartsBefore,
+):
+    models.CharField.register_lookup(_lookup)
 
 
 def like_pattern(value: str) -> str:
@@ -106,6 +185,14 @@ def like_pattern(value: str) -> str:
 
 def _has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
+
+
+_MAX_CHARACTER = "\U0010ffff"
+
+
+def literal_start(value: str) -> str:
+    """The characters of a wildcard value before its first `*` or `?` (every match starts with them)."""
+    return re.split(r"[*?]", value, maxsplit=1)[0]
 
 
 # Values
@@ -174,10 +261,40 @@ def _range_q(path: str, value: str, keyword: str, *, parse: Any, single_is_range
     return condition
 
 
+def _starts_with_q(path: str, start: str, *, fold: bool) -> Q:
+    """The index-usable range for "starts with `start`" (empty: everything)."""
+    if not start:
+        return Q()
+    folded = "folded_" if fold else ""
+    condition = Q(**{f"{path}__dicom_{folded}starts_ge": start})
+    if start.strip(_MAX_CHARACTER):  # otherwise nothing comes after it: the low end alone is exact
+        condition &= Q(**{f"{path}__dicom_{folded}starts_lt": start})
+    return condition
+
+
 def _text_q(path: str, value: str, *, fold_case: bool) -> Q:
+    """A case-sensitive text value (or, with `fold_case`, ILIKE / iexact: not an index condition under the
+    policy; the study list's free text uses it, person names do not)."""
     if _has_wildcard(value):
-        return Q(**{f"{path}__{'dicom_ilike' if fold_case else 'dicom_like'}": like_pattern(value)})
+        if fold_case:
+            return Q(**{f"{path}__dicom_ilike": like_pattern(value)})
+        starts = _starts_with_q(path, literal_start(value), fold=False)
+        return starts & Q(**{f"{path}__dicom_like": like_pattern(value)})
     return Q(**{f"{path}__{'iexact' if fold_case else 'exact'}": value})
+
+
+def _person_name_q(path: str, folded_path: str | None, value: str) -> Q:
+    """A person name, case-insensitive: upper() on both sides. With a folded column, `=` / the range / LIKE on it
+    (an index serves the first two); without one, upper(column), which reads every row in scope."""
+    if folded_path is None:
+        if _has_wildcard(value):
+            return Q(_FoldedLike(Upper(F(path)), like_pattern(value)))
+        return Q(_FoldedExact(Upper(F(path)), value))
+    if not _has_wildcard(value):
+        return Q(**{f"{folded_path}__dicom_folded_exact": value})
+    return _starts_with_q(folded_path, literal_start(value), fold=True) & Q(
+        **{f"{folded_path}__dicom_folded_like": like_pattern(value)}
+    )
 
 
 def _check_bounds(keyword: str, value: str) -> None:
@@ -194,7 +311,8 @@ def key_condition(key: Key, *, level: Level | str) -> Q:
     value = key.value.strip()
     if value in ("", "*") or not attribute.matchable:
         return Q()
-    path = PATH[(Level(level), attribute.level)] + attribute.field
+    parent = PATH[(Level(level), attribute.level)]
+    path = parent + attribute.field
     keyword = attribute.keyword
     match attribute.matching:
         case Matching.UID_LIST:
@@ -220,7 +338,7 @@ def key_condition(key: Key, *, level: Level | str) -> Q:
             return Q(**{f"{path}__in": numbers})
         case Matching.PERSON_NAME:
             _check_bounds(keyword, value)
-            return _text_q(path, value, fold_case=True)
+            return _person_name_q(path, parent + attribute.folded if attribute.folded else None, value)
         case _:
             if "\\" in value and not _has_wildcard(value):
                 return Q(**{f"{path}__in": _list(value, keyword)})  # a list of single values (VM > 1): any of them
@@ -298,18 +416,30 @@ def search_queryset(
         qs = instances.select_related("series__study__patient", "blob")
     if study_uid is not None and level in (SERIES, INSTANCE):
         qs = qs.filter(**{f"{PATH[(level, STUDY)]}study_instance_uid": study_uid})
-    return qs.filter(condition, _parents_in_tenant(level)).order_by(*_ORDER[level])
+    return qs.filter(condition, _parents_in_tenant(level, condition)).order_by(*_ORDER[level])
 
 
-def _parents_in_tenant(level: Level) -> Q:
+def _lookups(condition: Q) -> Iterable[str]:
+    for child in condition.children:
+        if isinstance(child, Q):
+            yield from _lookups(child)
+        elif isinstance(child, tuple):
+            yield child[0]
+
+
+def _parents_in_tenant(level: Level, condition: Q) -> Q:
     """The current tenant named on every joined parent table too. The scope filters the level's own table only;
     a key on a parent (PatientID at study level, the study of `/studies/{uid}/series`) can then be found through
     the parent's (tenant, UID) or (tenant, patient ID) unique index instead of a sequential scan of the parent
-    table (EXPLAIN ANALYZE at 20,000 instances; the rows are the same: a parent is always of its child's tenant)."""
+    table (EXPLAIN ANALYZE at 20,000 instances; the rows are the same: a parent is always of its child's tenant).
+    At study level the patient is named only when a key joins it: the condition alone would add the join."""
     tenant = current_tenant_or_none()
     if tenant is None:
         return Q()
     parents = [PATH[(level, parent)] for parent in (PATIENT, STUDY, SERIES) if (level, parent) in PATH]
+    if level is STUDY:
+        keyed = list(_lookups(condition))
+        parents = [path for path in parents if any(lookup.startswith(path) for lookup in keyed)]
     return Q(**{f"{path}tenant_id": tenant.pk for path in parents if path})
 
 
@@ -317,22 +447,39 @@ def _is_cancelled(exc: BaseException) -> bool:
     return getattr(exc.__cause__, "sqlstate", None) == "57014"  # query_canceled: statement_timeout fired
 
 
-def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int) -> list[Any]:
+# Join by index lookups only (no hash or merge join) for a search below the patient level. The planner counts the
+# tenant policy (inlined, so costed as a few operators) as nearly free, yet it takes about 2.5 us a row here, so a
+# hash or merge over every patient of the tenant looks cheaper than looking up the patients of 340 studies and is
+# not: "CT + one month" at 200,000 instances took 61 ms that way and 29 ms by lookups (docs/BENCHMARKS.md).
+# The results of these levels are a page (at most DICOMWEB_QIDO_MAX_RESULTS rows), each row joined to its parents
+# by primary key, so lookups are never the worse choice; patient-level searches aggregate and are left alone.
+_INDEX_JOINS = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
+
+
+def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int, index_joins: bool = False) -> list[Any]:
     """Evaluate one page of a search under the statement timeout (SET LOCAL in the search's own transaction, or
-    savepoint, and put back afterwards). SearchTimeout when the database cancels it."""
+    savepoint, and put back afterwards), with `index_joins` joining by index lookups only (`_INDEX_JOINS`).
+    SearchTimeout when the database cancels it."""
+    wanted = {"statement_timeout": f"{int(settings.SEARCH_STATEMENT_TIMEOUT_MS)}ms"}
+    if index_joins:
+        wanted |= _INDEX_JOINS
     nested = connection.in_atomic_block
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "SELECT current_setting('statement_timeout'), set_config('statement_timeout', %s, true)",
-                    [f"{int(settings.SEARCH_STATEMENT_TIMEOUT_MS)}ms"],
+                    "SELECT " + ", ".join("current_setting(%s), set_config(%s, %s, true)" for _ in wanted),
+                    [item for name, value in wanted.items() for item in (name, name, value)],
                 )
-                previous = cursor.fetchone()[0]
+                found = cursor.fetchone()
+                previous = dict(zip(wanted, found[::2], strict=True))
             rows = list(qs[offset : offset + limit])
-            if nested:  # SET LOCAL outlives a savepoint: the caller's transaction gets its own timeout back
+            if nested:  # SET LOCAL outlives a savepoint: the caller's transaction gets its own settings back
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+                    cursor.execute(
+                        "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in previous),
+                        [item for pair in previous.items() for item in pair],
+                    )
             return rows
     except OperationalError as exc:
         if _is_cancelled(exc):
@@ -357,7 +504,7 @@ def dicom_search(
     database stops it. Writes nothing: the door records the search (studies.services.reads) with what it
     returns."""
     qs = search_queryset(actor=actor, level=level, keys=keys, study_uid=study_uid, series_uid=series_uid)
-    return search_rows(qs, offset=offset, limit=limit)
+    return search_rows(qs, offset=offset, limit=limit, index_joins=Level(level) is not PATIENT)
 
 
 def qido_search(
