@@ -163,6 +163,24 @@ def test_every_table_with_a_tenant_column_has_its_policy():
     assert condition == [(True,)]  # every policy checks written rows as it filters read ones
 
 
+def test_every_policy_reads_the_scope_once_per_query(tenant_a, radiologist_a):
+    """The policy's two functions are behind sub-selects, so a scan compares each row with parameters evaluated
+    once (InitPlans), not with two function calls a row; every table's policy is that one expression."""
+    with psycopg.connect(**superuser_connect_kwargs()) as conn:
+        expressions = conn.execute(
+            "SELECT DISTINCT pg_get_expr(polqual, polrelid) FROM pg_policy WHERE polname = %s", [rowsecurity.POLICY]
+        ).fetchall()
+    assert len(expressions) == 1
+    assert "( SELECT enclave_scope_is_platform()" in expressions[0][0]
+    assert "( SELECT enclave_scope_tenant()" in expressions[0][0]
+    with tenant_scope(tenant_a):
+        plan = "\n".join(row[0] for row in _raw("EXPLAIN SELECT count(*) FROM tenants_membership"))
+        assert _raw("SELECT count(*) FROM tenants_membership") == [(1,)]
+    assert "InitPlan" in plan
+    filters = [line for line in plan.splitlines() if "Filter:" in line]
+    assert filters and not [line for line in filters if "enclave_scope" in line or "current_setting" in line]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_new_audit_partition_gets_the_policy():
     """The beat job makes next months' partitions as the application's role (through the owner's function):
