@@ -178,7 +178,8 @@ def test_every_policy_reads_the_scope_once_per_query(tenant_a, radiologist_a):
         assert _raw("SELECT count(*) FROM tenants_membership") == [(1,)]
     assert "InitPlan" in plan
     filters = [line for line in plan.splitlines() if "Filter:" in line]
-    assert filters and not [line for line in filters if "enclave_scope" in line or "current_setting" in line]
+    assert filters
+    assert not [line for line in filters if "enclave_scope" in line or "current_setting" in line]
 
 
 @pytest.mark.django_db(transaction=True)
