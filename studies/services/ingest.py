@@ -215,14 +215,11 @@ def _claim_batch(item_id: int | None) -> list[int]:
     room, budget = settings.INGEST_BATCH_SIZE - (0 if item_id is None else 1), settings.INGEST_BATCH_BYTES
     if room <= 0:
         return [] if item_id is None else [item_id]
+    received = IngestItem.objects.filter(state=IngestItem.State.RECEIVED)
+    if item_id is not None:
+        received = received.exclude(pk=item_id)
     with transaction.atomic():
-        waiting = (
-            IngestItem.objects.filter(state=IngestItem.State.RECEIVED)
-            .exclude(pk=item_id)
-            .order_by("pk")
-            .select_for_update(skip_locked=True)
-            .values_list("pk", "size")[:room]
-        )
+        waiting = received.order_by("pk").select_for_update(skip_locked=True).values_list("pk", "size")[:room]
         others: list[int] = []
         total = 0
         for pk, size in waiting:
