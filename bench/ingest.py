@@ -194,6 +194,46 @@ def memory_of(started: Started) -> dict[str, Any]:
     }
 
 
+def postgres_cpu(db_name: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to `db_name` (its title names the database)."""
+    found: dict[int, float] = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if title.startswith("postgres: ") and f" {db_name} " in title:
+                pid = int(cmdline.parent.name)
+                found[pid] = cpu_seconds(pid)
+    return found
+
+
+def py_spy_start(processes: Processes, targets: dict[str, Started]) -> list[subprocess.Popen[bytes]]:
+    """With BENCH_PY_SPY=<folder>: py-spy records each target (and its children: a Celery pool) while the run
+    lasts, in py-spy's raw (collapsed stacks) format, one file per process, for step-by-step CPU per instance."""
+    folder = os.environ.get("BENCH_PY_SPY", "")
+    spy = Path(PYTHON).with_name("py-spy")
+    if not folder or not spy.exists():
+        return []
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    started = []
+    for name, target in targets.items():
+        out = Path(folder) / f"{name}{processes.suffix}.txt"
+        argv = [str(spy), "record", "--pid", str(target.process.pid), "--subprocesses", "--format", "raw",
+                "--rate", "250", "--output", str(out)]  # fmt: skip
+        started.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # attached before the first object arrives
+    return started
+
+
+def py_spy_stop(started: list[subprocess.Popen[bytes]]) -> None:
+    for spy in started:
+        spy.send_signal(signal.SIGINT)
+    for spy in started:
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+
+
 def log_says(pattern: str, count: int = 1) -> Callable[[Started], bool]:
     return lambda started: len(re.findall(pattern, started.output())) >= count
 
@@ -397,6 +437,7 @@ class RunResult:
     task_results: int = 0
     rows_per_instance: dict[str, float] = field(default_factory=dict)
     machine_cpu_busy: float = 0.0
+    other_cpu_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ok: bool = False
 
@@ -424,6 +465,7 @@ class RunResult:
             "pipeline": self.pipeline,
             "machine_cpu_busy": self.machine_cpu_busy,
             "processes": self.memory,
+            "other_cpu_s": self.other_cpu_s,
             "task_results": self.task_results,
             "rows_per_instance": self.rows_per_instance,
             "notes": self.notes,
@@ -558,17 +600,38 @@ def run_cstore(
     port = int(re.findall(r"DICOM listener on 127\.0\.0\.1:(\d+)", listener.output())[0])
     argv = [STORESCU, "-aet", target.device_ae, "-aec", target.tenant_ae, "+sd", "127.0.0.1", str(port), str(folder)]
     sender_log = processes.folder / f"storescu{processes.suffix}.log"
+    profilers = py_spy_start(processes, {"listener": listener, "worker": worker})
+    pg0 = postgres_cpu(DB_NAME)
+    pg_last = dict(pg0)  # every backend's CPU as last seen: a backend that closes during the run still counts
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.2):
+            pg_last.update(postgres_cpu(DB_NAME))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     cpu0 = machine_cpu()
     t0 = time.time()
     with sender_log.open("wb") as out:
-        done = subprocess.run(
-            argv, env={**os.environ, "TCP_NODELAY": "1"}, stdout=out, stderr=subprocess.STDOUT, check=False
-        )
+        sender = subprocess.Popen(argv, env={**os.environ, "TCP_NODELAY": "1"}, stdout=out, stderr=subprocess.STDOUT)
+        sender_cpu = 0.0
+        while sender.poll() is None:  # its CPU time, read while it still exists
+            sender_cpu = cpu_seconds(sender.pid) or sender_cpu
+            time.sleep(POLL_SECONDS)
     result.seconds_client = time.time() - t0
-    if done.returncode != 0:
-        raise BenchError(f"storescu exited with {done.returncode}:\n{sender_log.read_text(errors='replace')[-2000:]}")
+    if sender.returncode != 0:
+        raise BenchError(f"storescu exited with {sender.returncode}:\n{sender_log.read_text(errors='replace')[-2000:]}")
     wait_final(target, result.instances, timeout)
     result.machine_cpu_busy = cpu_busy_since(cpu0)
+    sampling.set()
+    sampler.join()
+    pg_last.update(postgres_cpu(DB_NAME))
+    result.other_cpu_s = {
+        "postgres_backends": round(sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg_last.items()), 2),
+        "storescu_at_least": round(sender_cpu, 2),
+    }
+    py_spy_stop(profilers)
     result.memory = {"listener": memory_of(listener), "worker": memory_of(worker)}
     measure(result, target, t0)
 

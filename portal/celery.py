@@ -1,8 +1,10 @@
 """The Celery app (after cookiecutter-django's config/celery_app.py)."""
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.local")
 
@@ -18,3 +20,16 @@ def _load_schedule() -> None:
 
 
 app.on_after_configure.connect(lambda sender, **kw: _load_schedule(), weak=False)
+
+
+@task_prerun.connect(weak=False)
+@task_postrun.connect(weak=False)
+def _connections_tidy(sender: Any = None, **kwargs: Any) -> None:
+    """Before and after a task, what Django does around a request: close a connection that is broken or older than
+    CONN_MAX_AGE (settings CELERY_DB_REUSE_MAX keeps Celery from closing every one, every time). Not for a task
+    run in-process (tests, CELERY_TASK_ALWAYS_EAGER): its caller's transaction may still be open."""
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import socket
 import ssl
@@ -63,7 +64,7 @@ from devices.selectors import dicom_peer_get
 from studies.models import IngestItem
 from studies.net import qr, tls
 from studies.net.peer import Peer
-from studies.services import Rejected, ingest_receive, ingest_refusal_record
+from studies.services import Rejected, ingest_receive, ingest_refusal_record, ingest_wake
 from tenants import access
 from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_for_called_ae
@@ -187,6 +188,7 @@ class _Door:
         self._lock = threading.Lock()
         self._tally = qr.StoreTally()
         self._bounds: weakref.WeakKeyDictionary[Association, _Bounds] = weakref.WeakKeyDictionary()
+        self._wakes: weakref.WeakKeyDictionary[Association, _Wake] = weakref.WeakKeyDictionary()
 
     def handlers(self) -> list[Any]:
         return [
@@ -238,6 +240,9 @@ class _Door:
         with self._lock:
             self._peers.pop(event.assoc, None)
             self._bounds.pop(event.assoc, None)
+            wake = self._wakes.pop(event.assoc, None)
+        if wake is not None:
+            wake.flush()  # the association's last objects: their wake-up now, not at the end of the window
         # An abort may come from `stop_listener`, in another thread: only the association's own thread holds the
         # connection to close. (An association whose socket just drops ends with no event; its thread's
         # connection goes when the thread is collected.)
@@ -250,6 +255,13 @@ class _Door:
     def _bounds_of(self, assoc: Association) -> _Bounds:
         with self._lock:
             return self._bounds.setdefault(assoc, _Bounds())
+
+    def _wake_of(self, assoc: Association, peer: Peer) -> _Wake:
+        with self._lock:
+            wake = self._wakes.get(assoc)
+            if wake is None:
+                wake = self._wakes[assoc] = _Wake(tenant_id=peer.tenant.pk)
+            return wake
 
     def on_data_recv(self, event: evt.Event) -> None:
         """A PDU longer than the maximum we offered (PS3.8 D.1: the peer must not send one) ends the association."""
@@ -378,6 +390,8 @@ class _Door:
                     )
                     logger.warning("C-STORE from %s refused: the device is no longer approved", peer.calling_ae)
                     return _status(STATUS_NOT_AUTHORISED, reason)
+                # Tasks in-process (tests): queued at the commit as every door does, so the verdict is known here.
+                eager = bool(settings.CELERY_TASK_ALWAYS_EAGER)
                 try:
                     item = ingest_receive(
                         source=IngestItem.Source.CSTORE,
@@ -385,6 +399,7 @@ class _Door:
                         data=data,
                         device=peer.device,
                         source_address=peer.address,
+                        queue=eager,
                     )
                 except Rejected as exc:
                     ingest_refusal_record(
@@ -399,8 +414,10 @@ class _Door:
                     quota = exc.failure == IngestItem.Failure.QUOTA  # out of resources: the sender may retry later
                     return _status(STATUS_OUT_OF_RESOURCES if quota else STATUS_CANNOT_UNDERSTAND, exc.reason)
                 # When the pipeline has already decided (tasks run in-process), a refusal is the sender's answer.
-                if settings.CELERY_TASK_ALWAYS_EAGER:
+                if eager:
                     item.refresh_from_db(fields=["state", "failure", "reason"])
+                else:
+                    self._wake_of(event.assoc, peer).committed(item.pk)
         except Exception:
             # Not quarantined (or not committed), or the refusal not recorded: the sender keeps the object and may
             # try again. The connection may be what broke; the next C-STORE opens a fresh one.
@@ -411,6 +428,55 @@ class _Door:
             logger.info("C-STORE from %s refused by the pipeline (%s)", peer.calling_ae, item.failure)
             return _status(CSTORE_FAILURE_STATUS.get(item.failure, STATUS_PROCESSING_FAILURE), item.reason)
         return STATUS_SUCCESS
+
+
+class _Wake:
+    """The worker's wake-ups for the objects of one association: the first object's at once, then at most one per
+    INGEST_WAKE_SECONDS (the newest object's, at the end of the window; the task claims every item waiting with
+    it), and the last one when the association ends. A C-STORE is still answered only after its item committed;
+    the IngestItem rows are the truth: a wake-up lost with this process (or a flushed Redis) leaves its items
+    `received`, and the sweeper queues them again."""
+
+    def __init__(self, *, tenant_id: int) -> None:
+        self.tenant_id = tenant_id
+        self._lock = threading.Lock()
+        self._sent_at = -math.inf
+        self._pending: int | None = None
+        self._timer: threading.Timer | None = None
+
+    def committed(self, item_id: int) -> None:
+        window = float(settings.INGEST_WAKE_SECONDS)
+        with self._lock:
+            now = time.monotonic()
+            if self._timer is None and now - self._sent_at >= window:
+                self._sent_at = now
+                send = True
+            else:
+                self._pending, send = item_id, False
+                if self._timer is None:
+                    self._timer = threading.Timer(max(self._sent_at + window - now, 0.0), self.flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+        if send:
+            self._send(item_id)
+
+    def flush(self) -> None:
+        with self._lock:
+            item_id, self._pending = self._pending, None
+            if self._timer is not None:
+                self._timer.cancel()  # a no-op when the timer itself is what runs this
+                self._timer = None
+            if item_id is not None:
+                self._sent_at = time.monotonic()
+        if item_id is not None:
+            self._send(item_id)
+
+    def _send(self, item_id: int) -> None:
+        try:
+            ingest_wake(tenant_id=self.tenant_id, item_id=item_id)
+        except Exception:
+            # The broker is unreachable: the items stay `received` and the sweeper queues them when it is back.
+            logger.exception("The ingest worker could not be woken for item %s; the sweeper will queue it", item_id)
 
 
 @dataclass

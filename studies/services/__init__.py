@@ -21,6 +21,7 @@ from studies.services.ingest import (
     ingest_process,
     ingest_receive,
     ingest_requeue_stale,
+    ingest_wake,
     study_counts_refresh,
 )
 from studies.services.keys import RotationReport, master_key_rotate, study_keys_adopt, tenant_key_rotate
@@ -57,6 +58,7 @@ __all__ = [
     "ingest_receive",
     "ingest_refusal_record",
     "ingest_requeue_stale",
+    "ingest_wake",
     "master_key_rotate",
     "series_thumbnail_make",
     "share_create",

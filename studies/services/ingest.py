@@ -145,10 +145,13 @@ def ingest_receive(
     actor: Any = None,
     device: Any = None,
     source_address: str | None = None,
+    queue: bool = True,
 ) -> IngestItem:
     """Quarantine `data` and record it as received, in the current tenant. The caller has checked that the actor
-    or device may send. Processing is queued when the transaction commits. Never raises for bad content: that is
-    the task's verdict, recorded on the item."""
+    or device may send. Processing is queued when the transaction commits, unless `queue` is false: then the
+    caller wakes the worker itself, by `ingest_wake` after the commit, at most a moment later (the DICOM listener
+    wakes it once per short window of an association, not once per object: studies.net.scp). Never raises for bad
+    content: that is the task's verdict, recorded on the item."""
     tenant = current_tenant()
     if len(data) > settings.INGEST_MAX_BYTES:
         raise Rejected(
@@ -177,39 +180,46 @@ def ingest_receive(
     # full_clean's look-ups of them (three SELECTs per received object) would prove nothing.
     item.clean_fields(exclude=["tenant", "quarantine", "actor", "device", "instance"])
     item.save()
-    task_queue_on_commit("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=item.pk)
+    if queue:
+        task_queue_on_commit("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=item.pk)
     return item
+
+
+def ingest_wake(*, tenant_id: int, item_id: int) -> None:
+    """Queue the processing of received item `item_id` now, and with it of every item of its tenant still waiting
+    (`ingest_process` claims the waiting items too): for a door that received several items and wakes the worker
+    once for them, after their commits. An item whose wake-up is lost (the process died before it, Redis was
+    flushed) stays `received`, and the sweeper queues it again, as it does for any lost message."""
+    task_queue("studies.tasks.ingest_process", tenant_id=tenant_id, item_id=item_id)
 
 
 # Process
 # ------------------------------------------------------------------------------
 
 
-def _claim_batch(item_id: int) -> list[int]:
+def _claim_batch(item_id: int | None) -> list[int]:
     """Claim item `item_id` if nobody holds it (`received`, or `processing` claimed too long ago: its worker died),
     and if that succeeds, with it up to INGEST_BATCH_SIZE - 1 other `received` items of the tenant (oldest first,
     at most INGEST_BATCH_BYTES in all), each by compare-and-set: exactly one caller wins each item. The items a busy
     worker finds waiting become one batch, so batches grow with the load and an idle worker still takes a lone
-    item at once. The others' own messages later find them taken. Returns the claimed ids (maybe none)."""
+    item at once. With `item_id` None: up to INGEST_BATCH_SIZE waiting items, oldest first. Returns the claimed
+    ids (maybe none)."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.INGEST_STALE_SECONDS)
     claimable = Q(state=IngestItem.State.RECEIVED) | Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
     claim = {"state": IngestItem.State.PROCESSING, "claimed_at": now, "attempts": F("attempts") + 1}
-    if IngestItem.objects.filter(claimable, pk=item_id).update(**claim) != 1:
-        # Taken: most often by the batch of an earlier message, which took the items waiting with it. This message
-        # costs one statement; the items received since have messages of their own behind it.
+    if item_id is not None and IngestItem.objects.filter(claimable, pk=item_id).update(**claim) != 1:
+        # Taken: most often by the batch of an earlier message, which took the items waiting with it and goes on
+        # taking them until none waits (`ingest_process`). This message costs one statement.
         return []
-    room, budget = settings.INGEST_BATCH_SIZE - 1, settings.INGEST_BATCH_BYTES
+    room, budget = settings.INGEST_BATCH_SIZE - (0 if item_id is None else 1), settings.INGEST_BATCH_BYTES
     if room <= 0:
-        return [item_id]
+        return [] if item_id is None else [item_id]
+    received = IngestItem.objects.filter(state=IngestItem.State.RECEIVED)
+    if item_id is not None:
+        received = received.exclude(pk=item_id)
     with transaction.atomic():
-        waiting = (
-            IngestItem.objects.filter(state=IngestItem.State.RECEIVED)
-            .exclude(pk=item_id)
-            .order_by("pk")
-            .select_for_update(skip_locked=True)
-            .values_list("pk", "size")[:room]
-        )
+        waiting = received.order_by("pk").select_for_update(skip_locked=True).values_list("pk", "size")[:room]
         others: list[int] = []
         total = 0
         for pk, size in waiting:
@@ -219,7 +229,7 @@ def _claim_batch(item_id: int) -> list[int]:
             total += size
         if others:
             IngestItem.objects.filter(pk__in=others, state=IngestItem.State.RECEIVED).update(**claim)
-    return [item_id, *others]
+    return others if item_id is None else [item_id, *others]
 
 
 @dataclass(frozen=True)
@@ -275,11 +285,28 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
     counts once, one INSTANCES_STORED audit event per study (and sender) with every instance in it, a thumbnail
     task for a new series; per refused item, as before: an INGEST_REJECTED event, and for malware a SecurityAlert.
     One item's failure never fails the others: each is checked alone, and a batch whose storing fails is stored
-    again item by item."""
+    again item by item.
+
+    After its first batch, the call goes on claiming the items that wait, a batch at a time, until none does or it
+    has run INGEST_BATCH_ROUNDS batches (then it queues a message for the rest): a door may wake the worker once
+    for many items (`ingest_wake`), and no item is left behind a message whose own item an earlier batch took.
+    A message whose own item is taken still claims what waits: after a scanner outage, the retried message of a
+    batch finds the items that batch gave back."""
     ids = _claim_batch(item_id)
     if not ids:
-        return None
-    return _process_claimed(ids).get(item_id)
+        ids = _claim_batch(None)
+        if not ids:
+            return None
+    mine = _process_claimed(ids).get(item_id)
+    for _ in range(settings.INGEST_BATCH_ROUNDS - 1):
+        more = _claim_batch(None)
+        if not more:
+            return mine
+        _process_claimed(more)
+    waiting = IngestItem.objects.filter(state=IngestItem.State.RECEIVED).order_by("pk").values_list("pk", flat=True)
+    if (next_id := waiting.first()) is not None:
+        ingest_wake(tenant_id=current_tenant().pk, item_id=next_id)
+    return mine
 
 
 def _process_claimed(ids: list[int]) -> dict[int, IngestItem]:

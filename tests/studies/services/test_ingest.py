@@ -267,7 +267,8 @@ def test_pipeline_bookkeeping_is_on_the_dicom_audit_trail_not_in_django_auditlog
         assert logged("study") == 2
 
 
-@override_settings(INGEST_BATCH_SIZE=1)  # one item per task, as a worker takes them when it keeps up
+# One item per task, as a worker takes them when it keeps up.
+@override_settings(INGEST_BATCH_SIZE=1, INGEST_BATCH_ROUNDS=1)
 def test_a_series_thumbnail_is_queued_a_few_times_not_once_per_instance(tenant_a):
     sent: Counter = Counter()
     files = make_study(series=1, instances_per_series=9)
@@ -278,7 +279,8 @@ def test_a_series_thumbnail_is_queued_a_few_times_not_once_per_instance(tenant_a
             assert services.ingest_process(item_id=item.pk).state == IngestItem.State.STORED
     # The new series, then (no thumbnail made, since these messages are lost) at 2, 4 and 8 instances.
     assert sent["studies.tasks.series_thumbnail"] == 4
-    assert sent["studies.tasks.ingest_process"] == 9
+    # One per receipt, and one per task that stopped after its one batch while items still waited.
+    assert sent["studies.tasks.ingest_process"] == 9 + 8
 
 
 @override_settings(INGEST_STALE_SECONDS=60)
@@ -400,3 +402,61 @@ def test_statements_per_instance_in_a_batch(tenant_a, capsys):
     # The new patient, study and series, and the tenant's and the study's first keys; no Instance row: each is in
     # its INSTANCES_STORED event.
     assert logged == 5
+
+
+@override_settings(INGEST_BATCH_SIZE=2, INGEST_BATCH_ROUNDS=20)
+def test_one_wake_up_processes_every_waiting_item_batch_after_batch(tenant_a):
+    """A door that wakes the worker once for many items (the DICOM listener: `queue=False`, then `ingest_wake`)
+    loses none: the task goes on claiming the waiting items, a batch at a time, until none waits."""
+    sent: Counter = Counter()
+    files = make_study(series=1, instances_per_series=5)
+    with tenant_scope(tenant_a):
+        with messages_lost_by_the_broker(sent):
+            items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=f, queue=False)
+                     for f in files]  # fmt: skip
+        assert sent["studies.tasks.ingest_process"] == 0  # nothing queued at the commits
+        assert services.ingest_process(item_id=items[-1].pk).state == IngestItem.State.STORED
+        assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
+        assert Study.objects.get().number_of_instances == 5
+
+
+@override_settings(INGEST_BATCH_SIZE=2, INGEST_BATCH_ROUNDS=2)
+def test_a_task_that_stops_after_its_rounds_queues_a_message_for_the_rest(tenant_a):
+    sent: Counter = Counter()
+    files = make_study(series=1, instances_per_series=5)
+    with tenant_scope(tenant_a), messages_lost_by_the_broker(sent):
+        items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=f, queue=False)
+                 for f in files]  # fmt: skip
+        services.ingest_process(item_id=items[0].pk)
+        states = Counter(IngestItem.objects.values_list("state", flat=True))
+    assert states == Counter({IngestItem.State.STORED: 4, IngestItem.State.RECEIVED: 1})
+    assert sent["studies.tasks.ingest_process"] == 1
+
+
+def test_a_message_whose_item_is_taken_still_claims_what_waits(tenant_a):
+    """After a scanner outage, the retried message of a batch whose own item was decided finds the items that
+    batch gave back (they have no message of their own when a door woke the worker once for them)."""
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        first, second = (
+            services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=f, queue=False)
+            for f in make_study(series=1, instances_per_series=2)
+        )
+        IngestItem.objects.filter(pk=first.pk).update(state=IngestItem.State.STORED)  # decided by an earlier batch
+        assert services.ingest_process(item_id=first.pk) is None  # not this call's item...
+        assert IngestItem.objects.get(pk=second.pk).state == IngestItem.State.STORED  # ...but the waiting one is done
+
+
+@override_settings(INGEST_STALE_SECONDS=60)
+def test_items_whose_wake_up_was_lost_are_queued_by_the_sweeper(tenant_a):
+    """A listener killed after committing items but before waking the worker loses nothing: the rows are the
+    truth, and the sweeper queues them."""
+    sent: Counter = Counter()
+    with tenant_scope(tenant_a), messages_lost_by_the_broker(sent):
+        items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=f, queue=False)
+                 for f in make_study(series=1, instances_per_series=3)]  # fmt: skip
+        IngestItem.objects.update(updated_at=timezone.now() - timedelta(minutes=5))
+        assert services.ingest_requeue_stale() == 3
+    assert sent["studies.tasks.ingest_process"] == 3
+    with tenant_scope(tenant_a):
+        services.ingest_process(item_id=items[0].pk)
+        assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
