@@ -52,13 +52,21 @@ class BlobUnreadable(Exception):
 
 
 def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance_uid: str = "") -> Blob:
+    """`blob_seal`, and the row saved in the caller's transaction."""
+    blob = blob_seal(kind=kind, data=data, replicate=replicate, study_instance_uid=study_instance_uid)
+    blob.save()
+    return blob
+
+
+def blob_seal(*, kind: str, data: bytes, replicate: bool = True, study_instance_uid: str = "") -> Blob:
     """Encrypt `data` and write it to its store (quarantine for incoming bytes, else the primary and the replica).
 
     With `study_instance_uid` (instances, thumbnails), the data key is wrapped by that study's key, so deleting
     the study's key files shreds the blob everywhere; without, by a key of the blob's own (`blob_delete` destroys
     it), so that no database backup can open the blob once it is deleted.
-    The row is saved by the caller's transaction; if that rolls back, the ciphertext left behind cannot be read
-    by anyone, since its key went with the row (the orphan job removes it after a grace period). A replica store
+    Returns the row unsaved: the caller saves it (`blob_write`, or one bulk_create for several) in its transaction;
+    if that rolls back or never runs, the ciphertext left behind cannot be read by anyone, since its wrapped data
+    key was only in the row (the orphan job removes the file after a grace period). A replica store
     that fails does not fail the write: `replicated_at` stays empty and the catch-up job copies the blob
     (studies.services.fixity).
     """
@@ -95,7 +103,6 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance
             blob.replicated_at = timezone.now()
         except Exception:  # any failure of the replica store: the primary copy stands, the catch-up job copies it
             logger.warning("blob %s not replicated; the catch-up job will copy it", blob_id, exc_info=True)
-    blob.save()
     return blob
 
 

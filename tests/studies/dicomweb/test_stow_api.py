@@ -84,11 +84,15 @@ def test_a_two_series_study_is_stored_indexed_and_answered(api_client_for, tenan
         (IngestItem.State.STORED, IngestItem.Source.STOWRS, radiologist_a.pk)
     }
     assert len({i.batch for i in received}) == 1  # one request, one batch
+    # The request's parts are recorded together, so the worker stores them as one batch: one Instances
+    # Transferred event for the study, listing all six.
     stored = events(tenant_a, EventType.INSTANCES_STORED)
-    assert len(stored) == 6
+    assert len(stored) == 1
     assert {e.actor_user_id for e in stored} == {radiologist_a.pk}
     assert {e.extra["source"] for e in stored} == {"stowrs"}
-    assert any(p.get("id") == study_uid for p in stored[0].participants)
+    assert stored[0].extra["count"] == 6
+    (study_entry,) = [p for p in stored[0].participants if p.get("id") == study_uid]
+    assert sorted(study_entry["detail"]["instances"]) == sorted(sop_uids(f)[1] for f in files)
 
 
 def test_good_truncated_and_non_dicom_parts_give_202_with_reasons(api_client_for, tenant_a, technologist_a):
