@@ -53,7 +53,7 @@ from studies.dicomweb.parsers import (
     body_without_length,
 )
 from studies.dicomweb.qido import retrieve_url
-from studies.models import Blob, IngestItem
+from studies.models import Blob, IngestItem, StudyKey
 from studies.selectors import ingest_item_list
 from studies.services import Rejected, ingest_quarantine, ingest_receive_many, ingest_refusal_record
 from tenants import access
@@ -68,8 +68,8 @@ FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111
 WARNING_COERCION = 0xB000
 WARNING_STILL_PROCESSING = 0xB00F
 
-POLL_FIRST_SECONDS = 0.02
-POLL_MAX_SECONDS = 0.1
+POLL_FIRST_SECONDS = 0.05
+POLL_MAX_SECONDS = 0.2
 _IDENTITY_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -298,9 +298,10 @@ class StudiesStoreApi(DicomWebApi):
         batch = uuid.uuid4()
         results: list[PartResult] = []
         receipt = _Receipt(request, batch)
+        study_keys: dict[str, tuple[StudyKey, bytes]] = {}
         try:
             for part in body:
-                result, blob = self._receive(request, part, batch=batch, study=study)
+                result, blob = self._receive(request, part, batch=batch, study=study, study_keys=study_keys)
                 results.append(result)
                 if blob is not None:
                     receipt.add(result, blob, f"STOW-RS part {part.index}")
@@ -329,7 +330,13 @@ class StudiesStoreApi(DicomWebApi):
         return Response(dataset.to_json_dict(), status=status)
 
     def _receive(
-        self, request: Request, part: Part, *, batch: uuid.UUID, study: str | None
+        self,
+        request: Request,
+        part: Part,
+        *,
+        batch: uuid.UUID,
+        study: str | None,
+        study_keys: dict[str, tuple[StudyKey, bytes]],
     ) -> tuple[PartResult, Blob | None]:
         """The part sealed into quarantine (its rows are written by `_Receipt`), or refused at the door."""
         result = PartResult(part=part.index, identity=identify(part.data))
@@ -354,7 +361,9 @@ class StudiesStoreApi(DicomWebApi):
         if refusal is None:
             try:
                 # The header was read once, by identify(): its Study Instance UID picks the key that seals the copy.
-                blob = ingest_quarantine(data=part.data, study_instance_uid=result.identity.study_instance_uid)
+                blob = ingest_quarantine(
+                    data=part.data, study_instance_uid=result.identity.study_instance_uid, study_keys=study_keys
+                )
             except Rejected as exc:
                 refusal = (FAILURE_OUT_OF_RESOURCES, exc.reason)
             else:
@@ -383,7 +392,7 @@ class StudiesStoreApi(DicomWebApi):
 
         The database is the record of the work (tasks may run on any worker), so it is what is polled: one indexed
         EXISTS per poll, at most every POLL_MAX_SECONDS, since the answer waits for the first poll after the
-        verdicts (a one-second step made a request of ten instances wait about half a second more than its work)."""
+        verdicts (steps doubling to one second made a request wait up to twice as long as its work)."""
         deadline = time.monotonic() + settings.DICOMWEB_STOW_WAIT_SECONDS
         delay = POLL_FIRST_SECONDS
         rows = ingest_item_list(actor=request.user, batch=batch).filter(pk__in=ids)
@@ -393,7 +402,7 @@ class StudiesStoreApi(DicomWebApi):
             if not undecided or remaining <= 0:
                 break
             time.sleep(min(delay, remaining))
-            delay = min(delay * 2, POLL_MAX_SECONDS)
+            delay = min(delay * 1.5, POLL_MAX_SECONDS)
         return {item.pk: item for item in rows.select_related("instance__series__study")}
 
 

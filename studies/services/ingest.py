@@ -38,7 +38,7 @@ from audit.services import audit_event_record, participant, security_alert_raise
 from studies import scanning
 from studies.dicom import parse as dicom_parse
 from studies.dicom import preamble as dicom_preamble
-from studies.models import Blob, IngestItem, Instance, Patient, Series, Study, person_name_key
+from studies.models import Blob, IngestItem, Instance, Patient, Series, Study, StudyKey, person_name_key
 from studies.storage.blobs import (
     BlobUnreadable,
     blob_delete,
@@ -182,13 +182,19 @@ def ingest_receive(
     return item
 
 
-def ingest_quarantine(*, data: bytes, study_instance_uid: str | None = None) -> Blob:
+def ingest_quarantine(
+    *,
+    data: bytes,
+    study_instance_uid: str | None = None,
+    study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
+) -> Blob:
     """The first half of `ingest_receive` for a door that receives several objects at once (STOW-RS): check the
     size, count the bytes against the quota, and seal `data` into the current tenant's quarantine store. Returns
     the Blob row unsaved; `ingest_receive_many` writes it with its IngestItem. Until then nothing can open the
     ciphertext (its wrapped data key is only in the row), and if the rows are never written the orphan job
     removes it. `study_instance_uid` is the header's Study Instance UID when the door has read it already (one
-    parse per object); else it is read here. Raises `Rejected` (too large, quota)."""
+    parse per object); else it is read here. `study_keys`: one dict per request, the study keys it opened (one
+    look-up per study, not per object). Raises `Rejected` (too large, quota)."""
     tenant = current_tenant()
     if len(data) > settings.INGEST_MAX_BYTES:
         raise Rejected(
@@ -199,7 +205,9 @@ def ingest_quarantine(*, data: bytes, study_instance_uid: str | None = None) -> 
     hint = _study_uid_hint(data) if study_instance_uid is None else study_instance_uid
     if len(hint) > 64 or not _UID.fullmatch(hint):
         hint = ""
-    return blob_seal(kind=Blob.Kind.QUARANTINE, data=data, replicate=False, study_instance_uid=hint)
+    return blob_seal(
+        kind=Blob.Kind.QUARANTINE, data=data, replicate=False, study_instance_uid=hint, study_keys=study_keys
+    )
 
 
 @transaction.atomic

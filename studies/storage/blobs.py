@@ -58,7 +58,14 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance
     return blob
 
 
-def blob_seal(*, kind: str, data: bytes, replicate: bool = True, study_instance_uid: str = "") -> Blob:
+def blob_seal(
+    *,
+    kind: str,
+    data: bytes,
+    replicate: bool = True,
+    study_instance_uid: str = "",
+    study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
+) -> Blob:
     """Encrypt `data` and write it to its store (quarantine for incoming bytes, else the primary and the replica).
 
     With `study_instance_uid` (instances, thumbnails), the data key is wrapped by that study's key, so deleting
@@ -69,16 +76,23 @@ def blob_seal(*, kind: str, data: bytes, replicate: bool = True, study_instance_
     key was only in the row (the orphan job removes the file after a grace period). A replica store
     that fails does not fail the write: `replicated_at` stays empty and the catch-up job copies the blob
     (studies.services.fixity).
+    `study_keys`, a dict the caller keeps for one request, holds the study keys already opened by study UID, so a
+    request of many instances of one study looks its key up once.
     """
     tenant = current_tenant()
     blob_id = uuid.uuid4()
     data_key = envelope.new_key()
     store = QUARANTINE if kind == Blob.Kind.QUARANTINE else PRIMARY
-    study_key_row, study_key = study_key_ensure(
-        tenant=tenant,
-        study_instance_uid=study_instance_uid or own_key_uid(blob_id),
-        replica_required=store == PRIMARY and replicate,
-    )
+    opened = study_keys.get(study_instance_uid) if study_keys is not None and study_instance_uid else None
+    if opened is None:
+        opened = study_key_ensure(
+            tenant=tenant,
+            study_instance_uid=study_instance_uid or own_key_uid(blob_id),
+            replica_required=store == PRIMARY and replicate,
+        )
+        if study_keys is not None and study_instance_uid:
+            study_keys[study_instance_uid] = opened
+    study_key_row, study_key = opened
     wrapped_key = envelope.wrap_data_key_by_study(
         study_key=study_key, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
     )
