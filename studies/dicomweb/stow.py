@@ -1,10 +1,11 @@
 """STOW-RS: the Studies Store transaction (PS3.18 10.5), one of the three doors of the ingest pipeline.
 
 `POST /dicomweb/<tenant>/studies` and `POST /dicomweb/<tenant>/studies/{StudyInstanceUID}` take a
-`multipart/related; type="application/dicom"` body. Each part goes to `studies.services.ingest_receive` (quarantine
-and an IngestItem, in one transaction) as it is read; the request then waits, a bounded time, for the pipeline to
-reach a verdict on each, and answers with the Store Instances Response Module (PS3.18 Annex I) in
-application/dicom+json:
+`multipart/related; type="application/dicom"` body. Each part is sealed into quarantine as it is read
+(`studies.services.ingest_quarantine`: the body is never held whole) and the parts are recorded together, their
+Blob rows and IngestItems in one transaction (`ingest_receive_many`), so that the worker takes them as one batch; the
+request then waits, a bounded time, for the pipeline to reach a verdict on each, and answers with the Store
+Instances Response Module (PS3.18 Annex I) in application/dicom+json:
 
 - Referenced SOP Sequence (0008,1199): instances stored, or already stored with the same bytes; a Warning Reason
   (0008,1196) of B000 (coercion) when a non-zero preamble was zeroed, and of B00F when the instance was not
@@ -52,9 +53,9 @@ from studies.dicomweb.parsers import (
     body_without_length,
 )
 from studies.dicomweb.qido import retrieve_url
-from studies.models import IngestItem
+from studies.models import Blob, IngestItem, StudyKey
 from studies.selectors import ingest_item_list
-from studies.services import Rejected, ingest_receive, ingest_refusal_record
+from studies.services import Rejected, ingest_quarantine, ingest_receive_many, ingest_refusal_record
 from tenants import access
 
 FAILURE_OUT_OF_RESOURCES = 0xA700
@@ -68,7 +69,7 @@ WARNING_COERCION = 0xB000
 WARNING_STILL_PROCESSING = 0xB00F
 
 POLL_FIRST_SECONDS = 0.05
-POLL_MAX_SECONDS = 1.0
+POLL_MAX_SECONDS = 0.2
 _IDENTITY_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -296,10 +297,16 @@ class StudiesStoreApi(DicomWebApi):
 
         batch = uuid.uuid4()
         results: list[PartResult] = []
+        receipt = _Receipt(request, batch)
+        study_keys: dict[str, tuple[StudyKey, bytes]] = {}
         try:
             for part in body:
-                results.append(self._receive(request, part, batch=batch, study=study))
+                result, blob = self._receive(request, part, batch=batch, study=study, study_keys=study_keys)
+                results.append(result)
+                if blob is not None:
+                    receipt.add(result, blob, f"STOW-RS part {part.index}")
         except BodyError as exc:
+            receipt.flush()  # the parts read whole before the error are recorded, and processed
             if not exc.parts_before:
                 raise
             raise type(exc)(
@@ -307,6 +314,7 @@ class StudiesStoreApi(DicomWebApi):
                 "processed; sending them again is safe (the same instance is stored once).",
                 parts_before=exc.parts_before,
             ) from exc
+        receipt.flush()
         if not results:
             raise BodyError("The body holds no part: send one application/dicom part per instance.")
 
@@ -321,7 +329,16 @@ class StudiesStoreApi(DicomWebApi):
         dataset, status = store_response(results, study_url=study_url, url_study=study)
         return Response(dataset.to_json_dict(), status=status)
 
-    def _receive(self, request: Request, part: Part, *, batch: uuid.UUID, study: str | None) -> PartResult:
+    def _receive(
+        self,
+        request: Request,
+        part: Part,
+        *,
+        batch: uuid.UUID,
+        study: str | None,
+        study_keys: dict[str, tuple[StudyKey, bytes]],
+    ) -> tuple[PartResult, Blob | None]:
+        """The part sealed into quarantine (its rows are written by `_Receipt`), or refused at the door."""
         result = PartResult(part=part.index, identity=identify(part.data))
         refusal: tuple[int, str] | None = None
         if part.content_type != DICOM_MEDIA_TYPE:
@@ -343,19 +360,14 @@ class StudiesStoreApi(DicomWebApi):
             )
         if refusal is None:
             try:
-                item = ingest_receive(
-                    source=IngestItem.Source.STOWRS,
-                    batch=batch,
-                    data=part.data,
-                    filename=f"STOW-RS part {part.index}",
-                    actor=request.user,
-                    source_address=request.META.get("REMOTE_ADDR"),
+                # The header was read once, by identify(): its Study Instance UID picks the key that seals the copy.
+                blob = ingest_quarantine(
+                    data=part.data, study_instance_uid=result.identity.study_instance_uid, study_keys=study_keys
                 )
             except Rejected as exc:
                 refusal = (FAILURE_OUT_OF_RESOURCES, exc.reason)
             else:
-                result.item_id = item.pk
-                return result
+                return result, blob
         result.failure, result.comment = refusal
         # Refused at the door, so no IngestItem: the refusal is on the audit trail all the same (one shape for
         # the three doors, studies.services.ingest_refusal_record).
@@ -373,12 +385,14 @@ class StudiesStoreApi(DicomWebApi):
                 "study_instance_uid": result.identity.study_instance_uid,
             },
         )
-        return result
+        return result, None
 
     def _verdicts(self, request: Request, batch: uuid.UUID, ids: list[int]) -> dict[int, IngestItem]:
         """Wait, up to DICOMWEB_STOW_WAIT_SECONDS, until the pipeline has decided on every item; then the items.
 
-        The database is the record of the work (tasks may run on any worker), so it is what is polled."""
+        The database is the record of the work (tasks may run on any worker), so it is what is polled: one indexed
+        EXISTS per poll, at most every POLL_MAX_SECONDS, since the answer waits for the first poll after the
+        verdicts (steps doubling to one second made a request wait up to twice as long as its work)."""
         deadline = time.monotonic() + settings.DICOMWEB_STOW_WAIT_SECONDS
         delay = POLL_FIRST_SECONDS
         rows = ingest_item_list(actor=request.user, batch=batch).filter(pk__in=ids)
@@ -388,8 +402,41 @@ class StudiesStoreApi(DicomWebApi):
             if not undecided or remaining <= 0:
                 break
             time.sleep(min(delay, remaining))
-            delay = min(delay * 2, POLL_MAX_SECONDS)
+            delay = min(delay * 1.5, POLL_MAX_SECONDS)
         return {item.pk: item for item in rows.select_related("instance__series__study")}
+
+
+class _Receipt:
+    """The parts of one request sealed into quarantine and not yet recorded. They are recorded together
+    (`ingest_receive_many`: one transaction, two INSERTs, the processing messages after the commit) at the end of
+    the body, after a body error (the parts before it were received whole), and every INGEST_BATCH_SIZE parts or
+    INGEST_BATCH_BYTES, so that the worker meets them as one batch and a long request is processed as it arrives."""
+
+    def __init__(self, request: Request, batch: uuid.UUID) -> None:
+        self.request = request
+        self.batch = batch
+        self.pending: list[tuple[PartResult, Blob, str]] = []
+        self.pending_bytes = 0
+
+    def add(self, result: PartResult, blob: Blob, filename: str) -> None:
+        self.pending.append((result, blob, filename))
+        self.pending_bytes += blob.size
+        if len(self.pending) >= settings.INGEST_BATCH_SIZE or self.pending_bytes >= settings.INGEST_BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        items = ingest_receive_many(
+            source=IngestItem.Source.STOWRS,
+            batch=self.batch,
+            quarantined=[(blob, filename) for _, blob, filename in self.pending],
+            actor=self.request.user,
+            source_address=self.request.META.get("REMOTE_ADDR"),
+        )
+        for (result, _, _), item in zip(self.pending, items, strict=True):
+            result.item_id = item.pk
+        self.pending, self.pending_bytes = [], 0
 
 
 class StudyStoreApi(StudiesStoreApi):

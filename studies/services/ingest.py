@@ -38,7 +38,7 @@ from audit.services import audit_event_record, participant, security_alert_raise
 from studies import scanning
 from studies.dicom import parse as dicom_parse
 from studies.dicom import preamble as dicom_preamble
-from studies.models import Blob, IngestItem, Instance, Patient, Series, Study, person_name_key
+from studies.models import Blob, IngestItem, Instance, Patient, Series, Study, StudyKey, person_name_key
 from studies.storage.blobs import (
     BlobUnreadable,
     blob_delete,
@@ -46,6 +46,7 @@ from studies.storage.blobs import (
     blob_promote,
     blob_read,
     blob_read_sealed,
+    blob_seal,
     blob_study_key_ids,
     blob_write,
 )
@@ -191,6 +192,83 @@ def ingest_wake(*, tenant_id: int, item_id: int) -> None:
     once for them, after their commits. An item whose wake-up is lost (the process died before it, Redis was
     flushed) stays `received`, and the sweeper queues it again, as it does for any lost message."""
     task_queue("studies.tasks.ingest_process", tenant_id=tenant_id, item_id=item_id)
+
+
+def ingest_quarantine(
+    *,
+    data: bytes,
+    study_instance_uid: str | None = None,
+    study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
+) -> Blob:
+    """The first half of `ingest_receive` for a door that receives several objects at once (STOW-RS): check the
+    size, count the bytes against the quota, and seal `data` into the current tenant's quarantine store. Returns
+    the Blob row unsaved; `ingest_receive_many` writes it with its IngestItem. Until then nothing can open the
+    ciphertext (its wrapped data key is only in the row), and if the rows are never written the orphan job
+    removes it. `study_instance_uid` is the header's Study Instance UID when the door has read it already (one
+    parse per object); else it is read here. `study_keys`: one dict per request, the study keys it opened (one
+    look-up per study, not per object). Raises `Rejected` (too large, quota)."""
+    tenant = current_tenant()
+    if len(data) > settings.INGEST_MAX_BYTES:
+        raise Rejected(
+            f"The object is larger than the limit of {settings.INGEST_MAX_BYTES} bytes.",
+            failure=IngestItem.Failure.TOO_LARGE,
+        )
+    ingest_quota_take(tenant=tenant, size=len(data))
+    hint = _study_uid_hint(data) if study_instance_uid is None else study_instance_uid
+    if len(hint) > 64 or not _UID.fullmatch(hint):
+        hint = ""
+    return blob_seal(
+        kind=Blob.Kind.QUARANTINE, data=data, replicate=False, study_instance_uid=hint, study_keys=study_keys
+    )
+
+
+@transaction.atomic
+def ingest_receive_many(
+    *,
+    source: str,
+    batch: uuid.UUID,
+    quarantined: list[tuple[Blob, str]],
+    actor: Any = None,
+    device: Any = None,
+    source_address: str | None = None,
+) -> list[IngestItem]:
+    """Record objects sealed by `ingest_quarantine` (each with its filename) as received, in the current tenant,
+    in one transaction: their Blob rows and IngestItems in two INSERTs, in order. The caller has checked that the
+    actor or device may send. One processing message is queued when the transaction commits (as `ingest_wake` does: its task
+    claims these items and any others waiting, batch after batch). Never raises for bad
+    content: that is the task's verdict, recorded on the item."""
+    tenant = current_tenant()
+    if not quarantined:
+        return []
+    blobs = [blob for blob, _ in quarantined]
+    for blob in blobs:
+        if blob.tenant_id != tenant.pk or blob.kind != Blob.Kind.QUARANTINE or blob.pk is not None:
+            raise ValueError("ingest_receive_many takes this tenant's unsaved quarantine blobs")
+    Blob.objects.bulk_create(blobs)
+    sender = actor if getattr(actor, "pk", None) else None
+    items = [
+        IngestItem(
+            tenant=tenant,
+            source=source,
+            batch=batch,
+            filename=filename[:255],
+            size=blob.size,
+            sha256=blob.sha256,  # hashed in the pass that encrypted it
+            quarantine=blob,
+            actor=sender,
+            device=device,
+            source_address=source_address,
+        )
+        for blob, filename in quarantined
+    ]
+    for item in items:
+        # Field rules only, as in ingest_receive: the foreign keys were made or checked above.
+        item.clean_fields(exclude=["tenant", "quarantine", "actor", "device", "instance"])
+    IngestItem.objects.bulk_create(items)
+    # One wake-up for them all, after the commit: its task claims the first item and the items waiting with it, a
+    # batch at a time (ingest_process); a lost message leaves them `received` for the sweeper.
+    task_queue_on_commit("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=items[0].pk)
+    return items
 
 
 # Process

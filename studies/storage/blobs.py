@@ -68,25 +68,47 @@ class BlobUnreadable(Exception):
 
 
 def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance_uid: str = "") -> Blob:
+    """`blob_seal`, and the row saved in the caller's transaction."""
+    blob = blob_seal(kind=kind, data=data, replicate=replicate, study_instance_uid=study_instance_uid)
+    blob.save()
+    return blob
+
+
+def blob_seal(
+    *,
+    kind: str,
+    data: bytes,
+    replicate: bool = True,
+    study_instance_uid: str = "",
+    study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
+) -> Blob:
     """Encrypt `data` and write it to its store (quarantine for incoming bytes, else the primary and the replica).
 
     With `study_instance_uid` (instances, thumbnails), the data key is wrapped by that study's key, so deleting
     the study's key files shreds the blob everywhere; without, by a key of the blob's own (`blob_delete` destroys
     it), so that no database backup can open the blob once it is deleted.
-    The row is saved by the caller's transaction; if that rolls back, the ciphertext left behind cannot be read
-    by anyone, since its key went with the row (the orphan job removes it after a grace period). A replica store
+    Returns the row unsaved: the caller saves it (`blob_write`, or one bulk_create for several) in its transaction;
+    if that rolls back or never runs, the ciphertext left behind cannot be read by anyone, since its wrapped data
+    key was only in the row (the orphan job removes the file after a grace period). A replica store
     that fails does not fail the write: `replicated_at` stays empty and the catch-up job copies the blob
     (studies.services.fixity).
+    `study_keys`, a dict the caller keeps for one request, holds the study keys already opened by study UID, so a
+    request of many instances of one study looks its key up once.
     """
     tenant = current_tenant()
     blob_id = uuid.uuid4()
     data_key = envelope.new_key()
     store = QUARANTINE if kind == Blob.Kind.QUARANTINE else PRIMARY
-    study_key_row, study_key = study_key_ensure(
-        tenant=tenant,
-        study_instance_uid=study_instance_uid or own_key_uid(blob_id),
-        replica_required=store == PRIMARY and replicate,
-    )
+    opened = study_keys.get(study_instance_uid) if study_keys is not None and study_instance_uid else None
+    if opened is None:
+        opened = study_key_ensure(
+            tenant=tenant,
+            study_instance_uid=study_instance_uid or own_key_uid(blob_id),
+            replica_required=store == PRIMARY and replicate,
+        )
+        if study_keys is not None and study_instance_uid:
+            study_keys[study_instance_uid] = opened
+    study_key_row, study_key = opened
     wrapped_key = envelope.wrap_data_key_by_study(
         study_key=study_key, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id)
     )
@@ -111,7 +133,6 @@ def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance
             blob.replicated_at = timezone.now()
         except Exception:  # any failure of the replica store: the primary copy stands, the catch-up job copies it
             logger.warning("blob %s not replicated; the catch-up job will copy it", blob_id, exc_info=True)
-    blob.save()
     return blob
 
 

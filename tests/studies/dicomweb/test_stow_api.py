@@ -10,6 +10,8 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from pydicom.uid import generate_uid
 
 from audit.events import EventType
@@ -84,11 +86,15 @@ def test_a_two_series_study_is_stored_indexed_and_answered(api_client_for, tenan
         (IngestItem.State.STORED, IngestItem.Source.STOWRS, radiologist_a.pk)
     }
     assert len({i.batch for i in received}) == 1  # one request, one batch
+    # The request's parts are recorded together, so the worker stores them as one batch: one Instances
+    # Transferred event for the study, listing all six.
     stored = events(tenant_a, EventType.INSTANCES_STORED)
-    assert len(stored) == 6
+    assert len(stored) == 1
     assert {e.actor_user_id for e in stored} == {radiologist_a.pk}
     assert {e.extra["source"] for e in stored} == {"stowrs"}
-    assert any(p.get("id") == study_uid for p in stored[0].participants)
+    assert stored[0].extra["count"] == 6
+    (study_entry,) = [p for p in stored[0].participants if p.get("id") == study_uid]
+    assert sorted(study_entry["detail"]["instances"]) == sorted(sop_uids(f)[1] for f in files)
 
 
 def test_good_truncated_and_non_dicom_parts_give_202_with_reasons(api_client_for, tenant_a, technologist_a):
@@ -355,6 +361,53 @@ def test_a_chunked_body_the_server_cannot_end_is_411(api_client_for, tenant_a, r
 
     assert response.status_code == 411
     assert "Content-Length" in problem(response)["detail"]
+
+
+def test_the_parts_of_a_request_are_recorded_together(api_client_for, tenant_a, radiologist_a):
+    # One transaction for the request's receipts: one INSERT of blobs, one of items, the study's key looked up
+    # once; so the worker finds them waiting together and stores them as one batch.
+    files = make_study(series=1, instances_per_series=4)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = post_parts(api_client_for(radiologist_a, tenant_a), URL, files)
+
+    assert response.status_code == 200, response.content
+    sql = [q["sql"] for q in queries.captured_queries]
+    first_item_insert = next(i for i, q in enumerate(sql) if q.startswith('INSERT INTO "studies_ingestitem"'))
+    assert sum(q.startswith('INSERT INTO "studies_ingestitem"') for q in sql) == 1
+    assert sum('FROM "studies_studykey"' in q for q in sql[:first_item_insert]) == 1
+    received = items(tenant_a)
+    assert [i.filename for i in received] == [f"STOW-RS part {n}" for n in range(1, 5)]
+    assert {i.state for i in received} == {IngestItem.State.STORED}
+    assert len(events(tenant_a, EventType.INSTANCES_STORED)) == 1
+
+
+def test_parts_read_before_a_body_error_are_recorded_and_stored(api_client_for, tenant_a, radiologist_a):
+    files = make_study(series=1, instances_per_series=2)
+    body = multipart(files)[: -len(b"--enclave-test-boundary--\r\n")]  # no closing boundary: the body is cut
+    body += b"--enclave-test-boundary\r\nContent-Type: application/dicom\r\n\r\n" + b"DICM" * 10
+
+    response = api_client_for(radiologist_a, tenant_a).generic("POST", URL, body, content_type=CONTENT_TYPE)
+
+    assert response.status_code == 400
+    assert "2 part(s) before the error were received" in problem(response)["detail"]
+    received = items(tenant_a)
+    assert len(received) == 2
+    assert {i.state for i in received} == {IngestItem.State.STORED}
+
+
+def test_a_request_longer_than_a_batch_is_recorded_batch_by_batch(api_client_for, tenant_a, radiologist_a, settings):
+    settings.INGEST_BATCH_SIZE = 2
+    files = make_study(series=1, instances_per_series=5)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = post_parts(api_client_for(radiologist_a, tenant_a), URL, files)
+
+    assert response.status_code == 200, response.content
+    inserts = [q for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "studies_ingestitem"')]
+    assert len(inserts) == 3  # 2 + 2 + 1
+    assert len(referenced(response.json())) == 5
+    assert {i.state for i in items(tenant_a)} == {IngestItem.State.STORED}
 
 
 def test_query_budget_of_the_door(api_client_for, tenant_a, radiologist_a, django_assert_max_num_queries):
