@@ -77,9 +77,13 @@ def _normalized_address(address: str | None) -> str | None:
     if not address:
         return None
     try:
-        return str(ipaddress.ip_address(address))
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return None
+    # An IPv4-mapped IPv6 address (a dual-stack listener's ::ffff:10.0.0.1) as its IPv4 address: Python writes it
+    # ::ffff:a00:1 and PostgreSQL reads it back as ::ffff:10.0.0.1, so the hashed and the stored text differed
+    # and audit_verify would have taken the row for an edited one.
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
 
 
 @transaction.atomic
