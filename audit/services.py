@@ -184,7 +184,7 @@ def _event_insert_and_advance(row: AuditEvent, chain: AuditChain) -> None:
     query.insert_values(fields, [row])
     [(insert_sql, insert_params)] = query.get_compiler(using=connection.alias).as_sql()
     quote = connection.ops.quote_name
-    head, pk = quote(AuditChain._meta.db_table), quote(AuditEvent._meta.pk.column)
+    head, pk = quote(AuditChain._meta.db_table), quote("id")
     # Names from the models' metadata and Django's compiled INSERT; every value a parameter.
     statement = (
         f"WITH appended AS ({insert_sql} RETURNING {pk}) "  # noqa: S608 # nosec B608

@@ -277,11 +277,11 @@ def _tenant_codenames(actor: Any, tenant: Tenant) -> set[str]:
     superuser shortcut, unlike has_perm / get_perms), in one statement. Asked on every read of patient data, so
     written as SQL over guardian's generic tables rather than compiled from two querysets each time (2.5 ms of
     CPU for the ORM's two, about 0.3 ms for this; docs/BENCHMARKS.md)."""
-    group_model, user_model = get_group_obj_perms_model(tenant), get_user_obj_perms_model(tenant)
+    group_model: Any = get_group_obj_perms_model(tenant)
+    user_model: Any = get_user_obj_perms_model(tenant)
     if not (group_model.objects.is_generic() and user_model.objects.is_generic()):  # direct-FK tables: guardian's way
         checker = ObjectPermissionChecker(actor)
-        by_group = checker.get_group_perms(tenant).order_by()
-        return set(by_group.union(checker.get_user_perms(tenant).order_by()))
+        return set(checker.get_group_perms(tenant)) | set(checker.get_user_perms(tenant))
     quote = connection.ops.quote_name
     groups = User.groups.field
     member_of, permission = quote(groups.m2m_db_table()), quote(Permission._meta.db_table)
