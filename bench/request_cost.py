@@ -19,8 +19,10 @@ lifted as bench/orthanc.py lifts them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,9 +97,9 @@ def requests_measured(token: str, picked: dict[str, Any], repeat: int) -> None:
         commands[0] = 0
         with CaptureQueriesContext(connection) as queries:
             client.get(url(7))
-        sent = commands[0]
+        sent, statements = commands[0], len(queries)  # now: the log is read lazily, and the next request clears it
         median = cpu_ms(_sender(client, url), repeat)
-        print(f"{name:24s} {len(queries):3d} SQL statements, {sent:2d} Redis commands, {median:6.2f} ms CPU (median)")
+        print(f"{name:24s} {statements:3d} SQL statements, {sent:2d} Redis commands, {median:6.2f} ms CPU (median)")
 
 
 def steps_measured(token: str, repeat: int) -> None:
@@ -128,7 +130,7 @@ def steps_measured(token: str, repeat: int) -> None:
         ),
         "membership (membership_current_get)": lambda: access.membership_current_get(user=user, tenant=tenant),
         "training gate (training_block_get)": lambda: training_block_get(user=user),
-        "tenant permission (has_perm)": lambda: access.has_perm(user, "tenants.view_studies", tenant),
+        "tenant permissions (tenant_permissions)": lambda: access.tenant_permissions(user, tenant),
         "Query event (studies_query_record)": lambda: studies_query_record(
             actor=user,
             resource="studies",
@@ -151,7 +153,17 @@ def main() -> int:
     parser.add_argument("--db", default="enclave_bench_cost")
     parser.add_argument("--redis", type=int, default=11)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process: the state file it measures with
     args = parser.parse_args()
+    if args.measure:
+        import django
+
+        django.setup()
+        state = json.loads(Path(args.measure).read_text())
+        requests_measured(state["token"], state["picked"], args.repeat)
+        if args.steps:
+            steps_measured(state["token"], args.repeat)
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="enclave-cost-"))
     redis_url = f"redis://127.0.0.1:6379/{args.redis}"
     env = bench_environment(db_url=f"{PG_SERVER}/{args.db}", redis_url=redis_url, var_dir=tmp / "var",
@@ -165,10 +177,12 @@ def main() -> int:
 
         target = query.provision()
         picked = query.fixture(target, patients=100, studies=200, series=500, instances=2000, seed=1)
+        state = tmp / "state.json"
+        state.write_text(json.dumps({"token": target.token, "picked": picked}))
         print(f"load average {os.getloadavg()[0]:.2f} before")
-        requests_measured(target.token, picked, args.repeat)
-        if args.steps:
-            steps_measured(target.token, args.repeat)
+        # Measured in a process of its own, started on the ready database as a gunicorn worker would be.
+        argv = [sys.executable, "-m", "bench.request_cost", "--measure", str(state), "--repeat", str(args.repeat)]
+        subprocess.run([*argv, *(["--steps"] if args.steps else [])], check=True, cwd=ROOT, env=os.environ.copy())
         print(f"load average {os.getloadavg()[0]:.2f} after")
     finally:
         bench_cleanup(db_name=args.db, redis_url=redis_url, tmp=tmp, keep=args.keep)
