@@ -285,6 +285,7 @@ def _tenant_codenames(actor: Any, tenant: Tenant) -> set[str]:
     quote = connection.ops.quote_name
     groups = User.groups.field
     member_of, permission = quote(groups.m2m_db_table()), quote(Permission._meta.db_table)
+    # Table and column names from the models' metadata; every value a parameter.
     statement = f"""
         SELECT p.codename FROM {permission} p
           JOIN {quote(group_model._meta.db_table)} g ON g.permission_id = p.id
@@ -295,7 +296,7 @@ def _tenant_codenames(actor: Any, tenant: Tenant) -> set[str]:
         SELECT p.codename FROM {permission} p
           JOIN {quote(user_model._meta.db_table)} u ON u.permission_id = p.id
          WHERE p.content_type_id = %(type)s AND u.content_type_id = %(type)s AND u.object_pk = %(pk)s
-           AND u.user_id = %(user)s"""  # noqa: S608  # nosec B608: names from the models' metadata; values as parameters
+           AND u.user_id = %(user)s"""  # noqa: S608 # nosec B608
     params = {"type": ContentType.objects.get_for_model(Tenant).pk, "pk": str(tenant.pk), "user": actor.pk}
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
