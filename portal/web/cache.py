@@ -55,6 +55,20 @@ def _redis_down(operation: str, exc: BaseException) -> None:
         logger.exception("the cache-unavailable alert could not be recorded")
 
 
+# KEYS: the counters; ARGV: timeout and limit of each, in turn. INCR and EXPIRE each key, and stop after the first
+# that is over its limit (the later ones are not counted, as when the caller counted key by key).
+_COUNT_SCRIPT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local count = redis.call('INCR', key)
+  redis.call('EXPIRE', key, ARGV[2 * i - 1])
+  counts[i] = count
+  if count > tonumber(ARGV[2 * i]) then break end
+end
+return counts
+"""
+
+
 class EmergencyRedisCache(RedisCache):
     """RedisCache that answers "absent" instead of failing while Redis is unreachable (see the module)."""
 
@@ -125,6 +139,27 @@ class EmergencyRedisCache(RedisCache):
         except DOWN as exc:
             _redis_down("incr", exc)
             raise ValueError("Key not found: the cache is unreachable.") from exc
+
+    def incr_counters(self, counters: list[tuple[str, int, int]]) -> list[int] | None:
+        """Count one more on each (key, timeout, limit) counter, in order, until one passes its limit; the counts,
+        one per counter counted (the last one over its limit if one is). One round trip: a Lua script, so the
+        counting is atomic and stops exactly where counting key by key would. A missing key starts at 1; its
+        timeout is set again on every count (a counter named by its window lives at most `timeout` past the
+        window's last request). None while Redis is unreachable: nothing was counted (see the module)."""
+        if not counters:
+            return []
+        keys = [self.make_and_validate_key(key) for key, _, _ in counters]
+        args = [value for _, timeout, limit in counters for value in (int(timeout), int(limit))]
+        try:
+            client = self._cache.get_client(write=True)
+            script = self.__dict__.get("_count_script")
+            if script is None:  # its SHA-1 once per cache object; EVALSHA, loaded again if the server lost it
+                script = self.__dict__["_count_script"] = client.register_script(_COUNT_SCRIPT)
+            replies = script(keys=keys, args=args, client=client)
+        except DOWN as exc:
+            _redis_down("incr_counters", exc)
+            return None
+        return [int(count) for count in replies]
 
     def clear(self) -> None:
         try:

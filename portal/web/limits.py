@@ -59,26 +59,48 @@ def rate_parse(text: str) -> tuple[int, int]:
 
 def limit_hit(action: str, **keys: Any) -> Limited | None:
     """Count one `action` under each given key (`person=`, `token=`, `address=`, `device=`; None or "" skips a
-    kind) against the policy; the first limit passed is returned, else None."""
+    kind) against the policy; the first limit passed is returned, else None (the kinds after it are not counted). One
+    Redis round trip for all kinds (`EmergencyRedisCache.incr_counters`)."""
     policy = settings.RATE_LIMITS.get(action, {})
     now = time.time()
+    windows: list[tuple[str, str, int, int, int]] = []  # kind, key, count, period, window
     for kind in KINDS:
         ident = keys.get(kind)
         if ident in (None, "") or kind not in policy:
             continue
         count, period = rate_parse(policy[kind])
         window = int(now // period)
-        key = f"enclave:rate:{action}:{kind}:{ident}:{period}:{window}"
-        cache.add(key, 0, timeout=period + 1)
-        try:
-            used = cache.incr(key)
-        except ValueError:  # expired between add and incr: a new window has begun
-            cache.add(key, 1, timeout=period + 1)
-            used = 1
-        if used > count:
+        windows.append((kind, f"enclave:rate:{action}:{kind}:{ident}:{period}:{window}", count, period, window))
+    if not windows:
+        return None
+    used = _counted([(key, period + 1, count) for _, key, count, period, _ in windows])
+    if used is None:  # Redis unreachable: not counted (portal.web.cache, emergency mode)
+        return None
+    for (kind, _, count, period, window), hits in zip(windows, used, strict=False):
+        if hits > count:
             retry_after = max(1, math.ceil((window + 1) * period - now))
-            return Limited(action, kind, policy[kind], retry_after, first=used == count + 1)
+            return Limited(action, kind, policy[kind], retry_after, first=hits == count + 1)
     return None
+
+
+def _counted(counters: list[tuple[str, int, int]]) -> list[int] | None:
+    """One more on each (key, timeout, limit) counter until one passes its limit: in one round trip on the
+    deployed cache, else key by key."""
+    incr_counters = getattr(cache, "incr_counters", None)
+    if incr_counters is not None:
+        result: list[int] | None = incr_counters(counters)
+        return result
+    used = []
+    for key, timeout, limit in counters:
+        cache.add(key, 0, timeout=timeout)
+        try:
+            used.append(cache.incr(key))
+        except ValueError:  # expired between add and incr: a new window has begun
+            cache.add(key, 1, timeout=timeout)
+            used.append(1)
+        if used[-1] > limit:
+            break
+    return used
 
 
 def limit_reached(action: str, **keys: Any) -> Limited | None:

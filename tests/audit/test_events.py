@@ -45,3 +45,37 @@ def test_recorded_events_are_utc_aware_and_chained(tenant_a):
     assert first.outcome == Outcome.MINOR_FAILURE
     assert first.tenant == tenant_a
     assert first.hash != GENESIS_HASH
+
+
+@pytest.mark.django_db
+def test_an_event_is_appended_and_the_head_moved_in_one_statement_after_the_lock(tenant_a, radiologist_a):
+    """The chain head is locked, then one statement inserts the event and moves the head (a data-modifying CTE):
+    the row stored is the row hashed, every field read back as written, and the head names it."""
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from audit.models import AuditChain, AuditEvent
+
+    first = record(tenant_a, EventType.LOGOUT, actor_username="x")
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        second = record(
+            tenant_a, EventType.STUDIES_QUERIED, actor=radiologist_a, actor_role="radiologist",
+            source_address="::ffff:10.1.2.3", participants=[{"type": "patient", "id": "P-1", "name": "DOE^J"}],
+            extra={"query": "UGF0aWVudElEPVAtMQ==", "results": 1}, outcome_description="found",
+        )  # fmt: skip
+    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(statements) == 2, statements
+    assert "FOR UPDATE" in statements[0]
+    assert statements[1].startswith("WITH appended AS (INSERT INTO")
+    with tenant_scope(tenant_a):
+        stored = AuditEvent.objects.get(pk=second.pk)
+        head = AuditChain.objects.get(key=AuditChain.key_for(tenant_a))
+    assert stored.public_id == second.public_id
+    assert (stored.sequence, stored.prev_hash) == (first.sequence + 1, first.hash)
+    assert stored.compute_hash(first.hash) == stored.hash == second.hash
+    assert stored.source_address == "10.1.2.3"
+    assert stored.participants == [{"type": "patient", "id": "P-1", "name": "DOE^J"}]
+    assert stored.extra == {"query": "UGF0aWVudElEPVAtMQ==", "results": 1}
+    assert (stored.actor_user_id, stored.actor_role) == (radiologist_a.pk, "radiologist")
+    assert (head.last_sequence, head.last_hash) == (stored.sequence, stored.hash)
+    assert (second._state.adding, second._state.db) == (False, "default")

@@ -9,6 +9,7 @@ the whole test run, so each test counts under addresses and people of its own.""
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import pytest
@@ -175,3 +176,39 @@ def test_sign_in_is_limited_per_user_name_and_per_address(db, radiologist_a):
     assert b"Too many requests" in tries[2].content
     kinds = [e.extra["kind"] for e in platform_rate_events()[-2:]]
     assert kinds == ["person", "address"]
+
+
+# Counting
+# ------------------------------------------------------------------------------
+
+
+def test_every_kind_is_counted_in_one_redis_round_trip_with_an_expiry(monkeypatch):
+    """limit_hit counts person, token and address in one round trip (a Lua script), each counter expiring with
+    its window; past a limit the kinds after it are not counted, as before."""
+    import redis
+    from django.core.cache import cache
+
+    from portal.web.limits import limit_hit
+
+    sent: list[Any] = []
+    execute = redis.Redis.execute_command
+
+    def counted(self, *args, **kwargs):
+        sent.append(args[0])
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counted)
+    here, person = address(), f"p{random.getrandbits(32)}"
+    with limits(search={"person": "2/day", "token": "5/day", "address": "5/day"}):
+        assert limit_hit("search", person=person, token="t1", address=here) is None
+        assert len(sent) == 1
+        assert sent[0] in ("EVALSHA", "EVAL")
+        assert limit_hit("search", person=person, token="t1", address=here) is None
+        refused = limit_hit("search", person=person, token="t1", address=here)
+    assert refused is not None
+    assert (refused.kind, refused.first) == ("person", True)
+    client = cache._cache.get_client(write=True)
+    window = int(time.time() // 86400)
+    address_key = cache.make_and_validate_key(f"enclave:rate:search:address:{here}:86400:{window}")
+    assert cache.get(f"enclave:rate:search:address:{here}:86400:{window}") == 2  # the refused one not counted
+    assert 0 < client.ttl(address_key) <= 86401

@@ -67,3 +67,23 @@ def test_the_doors_refuse_break_glass_to_other_roles(tenant_a, admin_a, client_f
     with tenant_scope(tenant_a):
         refusals = AuditEvent.objects.filter(event_type=EventType.ACCESS_DENIED, actor_user=admin_a).count()
     assert refusals == 2
+
+
+def test_tenant_permissions_are_guardians_answer_for_groups_and_direct_grants(tenant_a, tenant_b, make_member):
+    """The tenant permissions read in one statement are what guardian's two queries give: the role group's, a
+    permission granted to the person directly on the tenant, nothing from another tenant's grants."""
+    from guardian.core import ObjectPermissionChecker
+    from guardian.shortcuts import assign_perm
+
+    user = make_member(tenant_a, Role.TECHNOLOGIST, "north-tech-perms")
+    assign_perm("tenants.view_audit", user, tenant_a)
+    assign_perm("tenants.manage_members", user, tenant_b)
+    checker = ObjectPermissionChecker(user)
+    expected = {f"tenants.{c}" for c in set(checker.get_group_perms(tenant_a)) | set(checker.get_user_perms(tenant_a))}
+    assert access.tenant_permissions(user, tenant_a) == expected
+    assert expected == set(access.ROLE_PERMISSIONS[Role.TECHNOLOGIST]) | {"tenants.view_audit"}
+    with tenant_scope(tenant_a):
+        assert access.has_perm(user, "tenants.view_audit", tenant_a)
+        assert not access.has_perm(user, "tenants.manage_members", tenant_a)
+    with tenant_scope(tenant_b):
+        assert not access.has_perm(user, "tenants.view_studies", tenant_b)
