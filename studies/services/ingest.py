@@ -234,9 +234,9 @@ def ingest_receive_many(
 ) -> list[IngestItem]:
     """Record objects sealed by `ingest_quarantine` (each with its filename) as received, in the current tenant,
     in one transaction: their Blob rows and IngestItems in two INSERTs, in order. The caller has checked that the
-    actor or device may send. One processing message is queued when the transaction commits (as `ingest_wake` does: its task
-    claims these items and any others waiting, batch after batch). Never raises for bad
-    content: that is the task's verdict, recorded on the item."""
+    actor or device may send. One processing message is queued when the transaction commits (as `ingest_wake`
+    does: its task claims these items and any others waiting, batch after batch). Never raises for bad content:
+    that is the task's verdict, recorded on the item."""
     tenant = current_tenant()
     if not quarantined:
         return []
