@@ -22,7 +22,17 @@ Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
   IDs, dates over 2020-2024, modalities; 1 patient per 20 instances, 1 study per 10, 1 series per 4) written in
   bulk into an Enclave tenant of its own, then the same rows written as small Part-10 files (64 x 64, 16-bit)
   and C-STOREd into Orthanc in one association: Orthanc's "20,000 small instances" figure. `--small-cstore`
-  also sends those files to Enclave's listener (slow: minutes at Enclave's present rate).
+  also sends those files to Enclave's listener (slow: minutes at Enclave's present rate; `--small-cstore-count N`
+  sends only the first N).
+- With clamd (Debian's clamav-daemon; skipped when it is missing, or with `--no-clamd`): one more set in one
+  association, the listener and the worker started again with CLAMD_ADDRESS set to bench/ingest.py's clamd (one
+  signature, Unix socket). Its ratio is to Orthanc's one-association rate (Orthanc scans nothing).
+- CPU per instance of every C-STORE set, from /proc/<pid>/stat (bench/profile.py): the listener, the worker
+  (each with its children), the PostgreSQL backends of the benchmark's database, clamd, and redis-server (shared
+  with everything else on the machine: shown, left out of the total); Orthanc's process for its sets.
+- `--profile`: one more set after the others, with `py-spy record` on the listener and the worker once the worker
+  is idle: collapsed stacks (var/bench/profile-<time>-<process>.txt) and the top functions and the project's own
+  functions step by step, in CPU ms per instance (...-top.txt).
 - WADO-RS retrieval of one series (`multipart/related; type="application/dicom"`, every instance) over one
   keep-alive `requests.Session`: MB/s of the body, median of `--retrievals` timed runs after one warm-up.
 - QIDO-RS over one `requests.Session`, median and p95 of `--repeat` timed requests after `--warmup`: studies by
@@ -32,11 +42,14 @@ Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
   patient, study, series, year or month, the same sequence for both.
 - Peak resident memory (VmHWM) of the listener, the worker and gunicorn (each with its children), and Orthanc.
 
-Prints a table (ratios Enclave / Orthanc: for rates higher is better, for times lower) and writes
-var/bench/orthanc-<time>.json with every sample. Defaults: sets of 2 studies x 2 series x 30 instances (120);
-`--full` uses the issue's 480 (4 x 2 x 60).
+Prints a table (ratios Enclave / Orthanc: for rates higher is better, for times and CPU lower; a search whose
+p95 is more than twice its median marked "(!)") and the same as markdown for docs/BENCHMARKS.md, with the machine,
+the date and the load average, and writes var/bench/orthanc-<time>.json (every sample) and .md. Defaults: sets
+of 2 studies x 2 series x 30 instances (120); `--full` uses the issue's 480 (4 x 2 x 60). Its own database and
+Redis database: BENCH_ORTHANC_DB_NAME and BENCH_ORTHANC_REDIS_URL in the environment change them.
 
-    .venv/bin/python -m bench.orthanc [--full] [--index 20000 | --large] [--small-cstore] [--keep]
+    .venv/bin/python -m bench.orthanc [--full] [--index 20000 | --large] [--small-cstore [--small-cstore-count N]]
+        [--profile] [--no-clamd] [--keep]
 """
 
 from __future__ import annotations
@@ -666,7 +679,7 @@ def main() -> int:
             )
         megabytes = sum(p.stat().st_size for p in sets["one"]) / MB
         folders = {"one": [tmp / "dicom-one"], "four": split(sets["four"], tmp / "split-four", ASSOCIATIONS)}
-        log(f"four sets of {per_set} instances, {megabytes:.1f} MB each")
+        log(f"{len(sets)} sets of {per_set} instances, {megabytes:.1f} MB each")
         tags = {"one": "vs1", "four": "vs4", "stow1": "st1", "stow4": "st4", "small": "sm", "clamd": "cl",
                 "prof": "pf"}  # fmt: skip
         targets = {name: provision(tags[name]) for name in [*names, "small"]}
