@@ -556,8 +556,13 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def run_scale_searches(
-    session: Any, base: str, headers: dict[str, str], searches: dict[str, Any], *, warmup: int, repeat: int
-) -> dict[str, Any]:
+    session: Any, base: str, headers: dict[str, str], searches: dict[str, Any], *, warmup: int, repeat: int,
+    timeout: float = 120,
+) -> dict[str, Any]:  # fmt: skip
+    """Each search `warmup` + `repeat` times; one that takes longer than `timeout` is recorded as timed out and
+    the next search begins (one pathological search does not end a run that took half an hour to set up)."""
+    import requests
+
     out: dict[str, Any] = {}
     for name, request in searches.items():
         timings, counts = [], []
@@ -568,7 +573,14 @@ def run_scale_searches(
             # encode) and answers nothing; every value here is letters, digits, '-' and '*'.
             query = "&".join(f"{key}={value}" for key, value in params.items())
             url = f"{base}/{path}" + (f"?{query}" if query else "")
-            response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=120)
+            try:
+                response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=timeout)
+            except (requests.Timeout, requests.ConnectionError) as error:
+                log(f"  {name}: no answer within {timeout:.0f} s ({url}): {error!r}"[:400])
+                break
+            if response.status_code >= 500:  # a server's own timeout (gunicorn's) or failure: noted, not fatal
+                log(f"  {name}: HTTP {response.status_code} ({url}): {response.text[:200]!r}")
+                break
             body = response.content
             elapsed = time.perf_counter() - t0
             if response.status_code not in (200, 204):
@@ -576,6 +588,9 @@ def run_scale_searches(
             if i >= warmup:
                 timings.append(elapsed * 1000)
                 counts.append(len(json.loads(body)) if response.status_code == 200 else 0)
+        if len(timings) < repeat:
+            out[name] = {"timed_out_s": timeout, "answered": len(timings), "samples_ms": [round(t, 2) for t in timings]}
+            continue
         out[name] = {
             "median_ms": round(statistics.median(timings), 1),
             "p95_ms": round(percentile(timings, 0.95), 1),
@@ -621,6 +636,9 @@ def arguments() -> argparse.Namespace:
         help="one more C-STORE set with py-spy on the listener and the worker: var/bench/profile-<time>-*",
     )
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument(
+        "--search-timeout", type=float, default=120, help="seconds before a search at scale counts as timed out"
+    )
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and database")
@@ -783,7 +801,7 @@ def main() -> int:
                 log(f"Enclave QIDO-RS at {index_count} instances")
                 figures["enclave"]["qido_index"] = run_scale_searches(
                     session, f"{root}/{index_target.tenant.slug}", {"Authorization": f"Bearer {index_target.token}"},
-                    scale_searches(picked), warmup=args.warmup, repeat=args.repeat,
+                    scale_searches(picked), warmup=args.warmup, repeat=args.repeat, timeout=args.search_timeout,
                 )  # fmt: skip
         figures["enclave"]["memory"]["gunicorn"] = memory_of(web)
         processes.stop("gunicorn")
@@ -833,8 +851,9 @@ def main() -> int:
             if index_count:
                 log(f"Orthanc QIDO-RS at {index_count} instances (+ {stored - index_count} of the other sets)")
                 figures["orthanc"]["qido_index"] = run_scale_searches(
-                    session, dbase, {}, scale_searches(picked), warmup=args.warmup, repeat=args.repeat
-                )
+                    session, dbase, {}, scale_searches(picked), warmup=args.warmup, repeat=args.repeat,
+                    timeout=args.search_timeout,
+                )  # fmt: skip
         figures["orthanc"]["memory"] = {"orthanc": memory_of(orthanc)}
         processes.stop("orthanc")
         log(f"Orthanc: {figures['orthanc']['wado_series']}, {figures['orthanc']['qido']}")
@@ -879,6 +898,12 @@ def _memory(value: dict[str, Any] | None) -> str:
     kids = value.get("children_mb") or []
     return f"{value['sum_mb']:.0f}" + (f" (main {value['main_mb']:.0f} + {' + '.join(f'{k:.0f}' for k in kids)})"
                                        if kids else "")  # fmt: skip
+
+
+def _answer(value: dict[str, Any]) -> str:
+    if "timed_out_s" in value:
+        return f"> {value['timed_out_s'] * 1000:,.0f} (timed out)"
+    return f"{value['median_ms']:,.1f} / {value['p95_ms']:.0f}"
 
 
 def table(figures: dict[str, dict[str, Any]], index_count: int) -> tuple[list[tuple[str, str, str, str]], list[str]]:
@@ -940,6 +965,10 @@ def table(figures: dict[str, dict[str, Any]], index_count: int) -> tuple[list[tu
         search(f"QIDO-RS, small tenant: {name} (ms median / p95)", value, e["qido"][name])
     for name, value in o.get("qido_index", {}).items():
         ev = e["qido_index"][name]
+        if "timed_out_s" in value or "timed_out_s" in ev:
+            rows.append((f"QIDO-RS at {index_count:,}: {name} (ms median / p95)", _answer(value), _answer(ev), ""))
+            slow_tails.append(f"QIDO-RS at {index_count:,}: {name}: no answer within the timeout")
+            continue
         if value["results_median"] != ev["results_median"]:
             name += f" [results differ: {value['results_median']} / {ev['results_median']}]"
         search(f"QIDO-RS at {index_count:,}: {name} (ms median / p95)", value, ev)
