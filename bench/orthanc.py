@@ -565,7 +565,7 @@ def run_scale_searches(
 
     out: dict[str, Any] = {}
     for name, request in searches.items():
-        timings, counts = [], []
+        timings, counts, failure = [], [], ""
         for i in range(warmup + repeat):
             path, params = request(i)
             t0 = time.perf_counter()
@@ -576,10 +576,12 @@ def run_scale_searches(
             try:
                 response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=timeout)
             except (requests.Timeout, requests.ConnectionError) as error:
-                log(f"  {name}: no answer within {timeout:.0f} s ({url}): {error!r}"[:400])
+                failure = f"no answer within {timeout:.0f} s"
+                log(f"  {name}: {failure} ({url}): {error!r}"[:400])
                 break
-            if response.status_code >= 500:  # a server's own timeout (gunicorn's) or failure: noted, not fatal
-                log(f"  {name}: HTTP {response.status_code} ({url}): {response.text[:200]!r}")
+            if response.status_code >= 500:  # the server's own timeout (Enclave's 503 search_timeout): noted
+                failure = f"HTTP {response.status_code}"
+                log(f"  {name}: {failure} ({url}): {response.text[:200]!r}")
                 break
             body = response.content
             elapsed = time.perf_counter() - t0
@@ -589,7 +591,8 @@ def run_scale_searches(
                 timings.append(elapsed * 1000)
                 counts.append(len(json.loads(body)) if response.status_code == 200 else 0)
         if len(timings) < repeat:
-            out[name] = {"timed_out_s": timeout, "answered": len(timings), "samples_ms": [round(t, 2) for t in timings]}
+            out[name] = {"timed_out_s": timeout, "failure": failure, "answered": len(timings),
+                         "samples_ms": [round(t, 2) for t in timings]}  # fmt: skip
             continue
         out[name] = {
             "median_ms": round(statistics.median(timings), 1),
@@ -902,7 +905,7 @@ def _memory(value: dict[str, Any] | None) -> str:
 
 def _answer(value: dict[str, Any]) -> str:
     if "timed_out_s" in value:
-        return f"> {value['timed_out_s'] * 1000:,.0f} (timed out)"
+        return f"failed: {value.get('failure') or 'timed out'} after {value.get('answered', 0)} answers"
     return f"{value['median_ms']:,.1f} / {value['p95_ms']:.0f}"
 
 
@@ -967,7 +970,7 @@ def table(figures: dict[str, dict[str, Any]], index_count: int) -> tuple[list[tu
         ev = e["qido_index"][name]
         if "timed_out_s" in value or "timed_out_s" in ev:
             rows.append((f"QIDO-RS at {index_count:,}: {name} (ms median / p95)", _answer(value), _answer(ev), ""))
-            slow_tails.append(f"QIDO-RS at {index_count:,}: {name}: no answer within the timeout")
+            slow_tails.append(f"QIDO-RS at {index_count:,}: {name}: failed (no median)")
             continue
         if value["results_median"] != ev["results_median"]:
             name += f" [results differ: {value['results_median']} / {ev['results_median']}]"

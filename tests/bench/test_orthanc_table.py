@@ -87,3 +87,14 @@ def test_py_spy_samples_share_out_the_cpu_that_proc_counted(tmp_path):
     assert dict(summary["steps"]) == {"ingest (/repo/studies/services/ingest.py)": 40.0}
     assert dict(summary["self"]) == {"write (/usr/lib/python3.11/io.py)": 30.0,
                                      "ingest (/repo/studies/services/ingest.py)": 10.0}  # fmt: skip
+
+
+def test_a_search_that_failed_is_a_row_of_its_own():
+    data = figures()
+    data["enclave"]["qido_index"]["by PatientID"] = {"timed_out_s": 60, "failure": "HTTP 503", "answered": 1}
+
+    rows, notes = table(data, 200000)
+
+    row = next(r for r in rows if r[0].startswith("QIDO-RS at 200,000: by PatientID"))
+    assert row[1:] == ("5.0 / 6", "failed: HTTP 503 after 1 answers", "")
+    assert any("by PatientID: failed" in note for note in notes)
