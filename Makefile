@@ -59,11 +59,14 @@ audit-deps: install $(PIP_AUDIT)
 
 # Benchmarks, figures in docs/BENCHMARKS.md: ingestion (bench/ingest.py: its own database, Redis db 9), then
 # query and retrieve (bench/query.py: its own database, Redis db 10), then Enclave beside Orthanc (bench/orthanc.py:
-# its own database and Orthanc from Debian's packages; `BENCH_ORTHANC_ARGS=--full` for the issue's sizes), then the
+# its own database and Orthanc from Debian's packages, clamd when installed; `BENCH_ORTHANC_ARGS=--full` for the
+# issue's sizes, `--small-cstore` for the 20,000 small instances into Enclave, `--large` for the 200,000-instance
+# index; `--profile`, on by default, adds py-spy on the listener and the worker), then the
 # audit browser's queries and audit_verify's rate (bench/audit.py: its own database, 10 million events by default;
 # `BENCH_AUDIT_ARGS=--events 1000000` for a quicker run), then the load test (bench/load.py: locust, 50 users on the
 # browser pages and the API against gunicorn for 60 s, its own database, Redis db 12; `BENCH_LOAD_ARGS`), and the
 # receive side with 1 and `nproc` listener processes sharing the port (bench/receive.py: Redis db 13).
+BENCH_ORTHANC_ARGS ?= --profile
 bench: install
 	scripts/services.sh
 	$(PY) -m bench.ingest $(BENCH_ARGS)

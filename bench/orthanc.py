@@ -22,7 +22,17 @@ Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
   IDs, dates over 2020-2024, modalities; 1 patient per 20 instances, 1 study per 10, 1 series per 4) written in
   bulk into an Enclave tenant of its own, then the same rows written as small Part-10 files (64 x 64, 16-bit)
   and C-STOREd into Orthanc in one association: Orthanc's "20,000 small instances" figure. `--small-cstore`
-  also sends those files to Enclave's listener (slow: minutes at Enclave's present rate).
+  also sends those files to Enclave's listener (slow: minutes at Enclave's present rate; `--small-cstore-count N`
+  sends only the first N).
+- With clamd (Debian's clamav-daemon; skipped when it is missing, or with `--no-clamd`): one more set in one
+  association, the listener and the worker started again with CLAMD_ADDRESS set to bench/ingest.py's clamd (one
+  signature, Unix socket). Its ratio is to Orthanc's one-association rate (Orthanc scans nothing).
+- CPU per instance of every C-STORE set, from /proc/<pid>/stat (bench/profile.py): the listener, the worker
+  (each with its children), the PostgreSQL backends of the benchmark's database, clamd, and redis-server (shared
+  with everything else on the machine: shown, left out of the total); Orthanc's process for its sets.
+- `--profile`: one more set after the others, with `py-spy record` on the listener and the worker once the worker
+  is idle: collapsed stacks (var/bench/profile-<time>-<process>.txt) and the top functions and the project's own
+  functions step by step, in CPU ms per instance (...-top.txt).
 - WADO-RS retrieval of one series (`multipart/related; type="application/dicom"`, every instance) over one
   keep-alive `requests.Session`: MB/s of the body, median of `--retrievals` timed runs after one warm-up.
 - QIDO-RS over one `requests.Session`, median and p95 of `--repeat` timed requests after `--warmup`: studies by
@@ -32,11 +42,14 @@ Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
   patient, study, series, year or month, the same sequence for both.
 - Peak resident memory (VmHWM) of the listener, the worker and gunicorn (each with its children), and Orthanc.
 
-Prints a table (ratios Enclave / Orthanc: for rates higher is better, for times lower) and writes
-var/bench/orthanc-<time>.json with every sample. Defaults: sets of 2 studies x 2 series x 30 instances (120);
-`--full` uses the issue's 480 (4 x 2 x 60).
+Prints a table (ratios Enclave / Orthanc: for rates higher is better, for times and CPU lower; a search whose
+p95 is more than twice its median marked "(!)") and the same as markdown for docs/BENCHMARKS.md, with the machine,
+the date and the load average, and writes var/bench/orthanc-<time>.json (every sample) and .md. Defaults: sets
+of 2 studies x 2 series x 30 instances (120); `--full` uses the issue's 480 (4 x 2 x 60). Its own database and
+Redis database: BENCH_ORTHANC_DB_NAME and BENCH_ORTHANC_REDIS_URL in the environment change them.
 
-    .venv/bin/python -m bench.orthanc [--full] [--index 20000 | --large] [--small-cstore] [--keep]
+    .venv/bin/python -m bench.orthanc [--full] [--index 20000 | --large] [--small-cstore [--small-cstore-count N]]
+        [--profile] [--no-clamd] [--keep]
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ingest import (  # noqa: E402  (the path above first)
+    CLAMD,
     GUNICORN,
     MB,
     PG_SERVER,
@@ -71,6 +85,7 @@ from bench.ingest import (  # noqa: E402  (the path above first)
     Target,
     bench_cleanup,
     bench_environment,
+    clamd_start,
     cpu_busy_since,
     django_on_fresh_database,
     free_port,
@@ -85,9 +100,21 @@ from bench.ingest import (  # noqa: E402  (the path above first)
     wait_final,
     worker_start,
 )
+from bench.profile import (  # noqa: E402
+    CpuMeter,
+    PySpy,
+    named,
+    per_instance_ms,
+    pids_of,
+    postgres_backends,
+    top_functions,
+    wait_idle,
+    write_top,
+)
 
-DB_NAME = "enclave_bench_vs"
-REDIS_URL = "redis://127.0.0.1:6379/9"
+# Its own database and Redis database; on a machine shared with other benchmarks, set others in the environment.
+DB_NAME = os.environ.get("BENCH_ORTHANC_DB_NAME", "enclave_bench_vs")
+REDIS_URL = os.environ.get("BENCH_ORTHANC_REDIS_URL", "redis://127.0.0.1:6379/9")
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 ORTHANC_DEFAULTS = Path("/etc/orthanc/orthanc.json")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -172,6 +199,87 @@ def enclave_reader(target: Target) -> str:
         with tenant_scope(target.tenant):
             _, raw = services.api_token_create(actor=user, tenant=target.tenant, name="benchmark")
     return raw
+
+
+def enclave_cpu_groups(listener: Started, worker: Started, clamd: Started | None) -> dict[str, Any]:
+    """The processes whose CPU time one C-STORE set costs Enclave: the listener and the worker (each with its
+    children), the PostgreSQL backends of the benchmark's database (less this script's own connection), clamd
+    when it scans, and the machine's redis-server (shared with every other user of the machine: an upper bound,
+    left out of the total)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        own = {int(cursor.fetchone()[0])}
+    groups: dict[str, Any] = {"listener": pids_of(listener), "worker": pids_of(worker),
+                              "postgres": lambda: postgres_backends(DB_NAME, own)}  # fmt: skip
+    if clamd is not None:
+        groups["clamd"] = pids_of(clamd)
+    groups["redis-server (shared)"] = lambda: named("redis-server")
+    return groups
+
+
+def enclave_cstore(
+    folders: list[Path], target: Target, *, port: int, count: int, groups: dict[str, Any], tmp: Path, tag: str,
+    timeout: float,
+) -> dict[str, Any]:  # fmt: skip
+    """One C-STORE set into Enclave: its rate to the last instance searchable and the CPU ms each process spent
+    per instance."""
+    meter = CpuMeter(groups).start()
+    try:
+        t0, client = storescu(folders, calling=target.device_ae, called=target.tenant_ae, port=port, logs=tmp,
+                              tag=tag)  # fmt: skip
+        wait_final(target, count, timeout)
+    finally:
+        cpu = meter.stop()
+    figure = {"instances": count, **_rate(count, enclave_searchable_at(target) - t0, client)}
+    figure["cpu_ms_per_instance"] = per_instance_ms(cpu, count)
+    return figure
+
+
+def profiled_cstore(
+    files: list[Path], target: Target, *, listener: Started, worker: Started, port: int, groups: dict[str, Any],
+    tmp: Path, rate: int, timeout: float,
+) -> dict[str, Any]:  # fmt: skip
+    """One more C-STORE set with `py-spy record` on the listener and the worker (and their children): the
+    collapsed stacks in var/bench/profile-<time>-<process>.txt (flamegraph.pl or speedscope read them), the
+    functions with the most samples in ...-top.txt, and the CPU ms per instance of every process from /proc.
+    Sampling slows what it samples: this set's rate is not one of the table's figures."""
+    out = ROOT / "var" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    waited = wait_idle(pids_of(worker))
+    log(f"profiled C-STORE: the worker idle after {waited} s; py-spy on the listener and the worker")
+    spies = {name: PySpy(started.process.pid, out / f"profile-{stamp}-{name}.txt", rate)
+             for name, started in (("listener", listener), ("worker", worker))}  # fmt: skip
+    time.sleep(2)  # attached
+    try:
+        figure = enclave_cstore([files[0].parent], target, port=port, count=len(files), groups=groups, tmp=tmp,
+                                tag="eprof", timeout=timeout)  # fmt: skip
+    finally:
+        for spy in spies.values():
+            spy.stop()
+    figure["profile"] = {}
+    for name, spy in spies.items():
+        summary = top_functions(spy.out, instances=len(files), cpu_ms=figure["cpu_ms_per_instance"][name])
+        top = spy.out.with_name(f"{spy.out.stem}-top.txt")
+        write_top(top, f"py-spy, {name}, one C-STORE set of {len(files)} instances ({rate} samples/s)", summary)
+        figure["profile"][name] = {"raw": str(spy.out.relative_to(ROOT)), "top": str(top.relative_to(ROOT)),
+                                   "samples_per_instance": summary.get("samples_per_instance"),
+                                   "steps": summary.get("steps", [])[:12]}  # fmt: skip
+        log(f"profile of the {name}: {top.relative_to(ROOT)} ({summary.get('samples')} samples)")
+    log(f"profiled C-STORE: {figure['instances_per_second']} inst/s, CPU ms/instance {figure['cpu_ms_per_instance']}")
+    return figure
+
+
+def listener_start(processes: Processes, env: dict[str, str]) -> tuple[Started, int]:
+    listener = processes.start(
+        "listener",
+        [PYTHON, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0"],
+        env,
+        log_says(r"DICOM listener on 127\.0\.0\.1:\d+"),
+    )
+    return listener, int(re.findall(r"DICOM listener on 127\.0\.0\.1:(\d+)", listener.output())[0])
 
 
 def gunicorn_start(processes: Processes, env: dict[str, str], base: str, port: int, token: str) -> Started:
@@ -385,9 +493,9 @@ def index_fixture(instances: int, seed: int) -> tuple[Any, dict[str, Any]]:
 
 
 def index_files(target: Any, folder: Path) -> int:
-    """The same index as small Part-10 files (64 x 64, 16-bit) for Orthanc: every instance with its patient,
-    study and series attributes as Enclave holds them."""
-    from studies.dicom.synthetic import make_instance
+    """The same index as small Part-10 files (64 x 64, 16-bit, the same pixels in each; bench/smallfiles.py) for
+    Orthanc: every instance with its patient, study and series attributes as Enclave holds them."""
+    from bench.smallfiles import SmallFiles
     from studies.models import Instance
     from tenants.scoping import tenant_scope
 
@@ -398,17 +506,16 @@ def index_files(target: Any, folder: Path) -> int:
               "series__study__referring_physician", "series__study__patient__patient_id",
               "series__study__patient__name", "series__study__patient__birth_date",
               "series__study__patient__sex")  # fmt: skip
-    count = 0
+    count, writer = 0, SmallFiles()
     with tenant_scope(target.tenant):
         rows = Instance.objects.order_by("pk").values_list(*fields).iterator(chunk_size=5000)
         for sop, number, series, series_number, modality, series_desc, study, day, accession, desc, referrer, \
                 patient_id, name, birth, sex in rows:  # fmt: skip
-            data = make_instance(
+            data = writer.build(
                 patient_id=patient_id, patient_name=name, patient_birth_date=birth, patient_sex=sex,
-                study_uid=study, series_uid=series, sop_uid=sop, modality=modality, rows=64, columns=64,
-                instance_number=number, series_number=series_number, accession=accession,
-                referring=referrer or "", study_description=desc, series_description=series_desc, study_date=day,
-                pixel_seed=count,
+                study_uid=study, series_uid=series, sop_uid=sop, modality=modality, instance_number=number,
+                series_number=series_number, accession=accession, referring=referrer or "", study_description=desc,
+                series_description=series_desc, study_date=day,
             )  # fmt: skip
             (folder / f"{count:07d}.dcm").write_bytes(data)
             count += 1
@@ -449,11 +556,16 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def run_scale_searches(
-    session: Any, base: str, headers: dict[str, str], searches: dict[str, Any], *, warmup: int, repeat: int
-) -> dict[str, Any]:
+    session: Any, base: str, headers: dict[str, str], searches: dict[str, Any], *, warmup: int, repeat: int,
+    timeout: float = 120,
+) -> dict[str, Any]:  # fmt: skip
+    """Each search `warmup` + `repeat` times; one that takes longer than `timeout` is recorded as timed out and
+    the next search begins (one pathological search does not end a run that took half an hour to set up)."""
+    import requests
+
     out: dict[str, Any] = {}
     for name, request in searches.items():
-        timings, counts = [], []
+        timings, counts, failure = [], [], ""
         for i in range(warmup + repeat):
             path, params = request(i)
             t0 = time.perf_counter()
@@ -461,7 +573,16 @@ def run_scale_searches(
             # encode) and answers nothing; every value here is letters, digits, '-' and '*'.
             query = "&".join(f"{key}={value}" for key, value in params.items())
             url = f"{base}/{path}" + (f"?{query}" if query else "")
-            response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=120)
+            try:
+                response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=timeout)
+            except (requests.Timeout, requests.ConnectionError) as error:
+                failure = f"no answer within {timeout:.0f} s"
+                log(f"  {name}: {failure} ({url}): {error!r}"[:400])
+                break
+            if response.status_code >= 500:  # the server's own timeout (Enclave's 503 search_timeout): noted
+                failure = f"HTTP {response.status_code}"
+                log(f"  {name}: {failure} ({url}): {response.text[:200]!r}")
+                break
             body = response.content
             elapsed = time.perf_counter() - t0
             if response.status_code not in (200, 204):
@@ -469,6 +590,10 @@ def run_scale_searches(
             if i >= warmup:
                 timings.append(elapsed * 1000)
                 counts.append(len(json.loads(body)) if response.status_code == 200 else 0)
+        if len(timings) < repeat:
+            out[name] = {"timed_out_s": timeout, "failure": failure, "answered": len(timings),
+                         "samples_ms": [round(t, 2) for t in timings]}  # fmt: skip
+            continue
         out[name] = {
             "median_ms": round(statistics.median(timings), 1),
             "p95_ms": round(percentile(timings, 0.95), 1),
@@ -501,6 +626,22 @@ def arguments() -> argparse.Namespace:
         action="store_true",
         help="also C-STORE the index's small instances into Enclave (Orthanc always gets them)",
     )
+    parser.add_argument(
+        "--small-cstore-count",
+        type=int,
+        default=0,
+        help="with --small-cstore: send only the first N of the index's instances to Enclave (0: all of them)",
+    )
+    parser.add_argument("--no-clamd", action="store_true", help="skip the C-STORE set scanned by a real clamd")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more C-STORE set with py-spy on the listener and the worker: var/bench/profile-<time>-*",
+    )
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument(
+        "--search-timeout", type=float, default=120, help="seconds before a search at scale counts as timed out"
+    )
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and database")
@@ -525,6 +666,13 @@ def main() -> int:
         if not shutil.which(needed) and not Path(needed).exists():
             raise SystemExit(f"{needed} is missing ({hint})")
     tmp = Path(tempfile.mkdtemp(prefix="enclave-bench-vs-"))
+    # Each CT set (0.53 MB an instance) as files, Enclave's quarantine, blobs and replica, and Orthanc's copy; the
+    # index's small files (about 10 kB each) as files, in Orthanc and (--small-cstore) in Enclave twice over.
+    sets_count = 6 + args.profile
+    needed = sets_count * args.studies * args.series * args.per_series * 530_000 * 5 + args.index * 10_000 * 5
+    if shutil.disk_usage(tmp).free < needed:
+        shutil.rmtree(tmp)
+        raise SystemExit(f"not enough free disk under {tmp.parent}: {needed / 1e9:.1f} GB needed")
     load_before = [round(v, 2) for v in os.getloadavg()]
     log(f"load average before: {load_before}; working in {tmp}")
     base_env = bench_environment(
@@ -541,16 +689,21 @@ def main() -> int:
         django_on_fresh_database(db_name=DB_NAME, redis_url=REDIS_URL)
         info = machine()
         per_set = args.studies * args.series * args.per_series
+        clamd_wanted = not args.no_clamd and Path(CLAMD).exists()
+        if not clamd_wanted:
+            log("no clamd run" + ("" if args.no_clamd else f" ({CLAMD} is missing: apt-get install clamav-daemon)"))
+        names = ["one", "four", "stow1", "stow4"] + ["clamd"] * clamd_wanted + ["prof"] * args.profile
         sets = {}
-        for name in ("one", "four", "stow1", "stow4"):
+        for name in names:
             sets[name] = generate(
                 tmp / f"dicom-{name}", studies=args.studies, series=args.series, per_series=args.per_series
             )
         megabytes = sum(p.stat().st_size for p in sets["one"]) / MB
         folders = {"one": [tmp / "dicom-one"], "four": split(sets["four"], tmp / "split-four", ASSOCIATIONS)}
-        log(f"four sets of {per_set} instances, {megabytes:.1f} MB each")
-        targets = {name: provision(tag) for name, tag in (("one", "vs1"), ("four", "vs4"), ("stow1", "st1"),
-                                                          ("stow4", "st4"), ("small", "sm"))}  # fmt: skip
+        log(f"{len(sets)} sets of {per_set} instances, {megabytes:.1f} MB each")
+        tags = {"one": "vs1", "four": "vs4", "stow1": "st1", "stow4": "st4", "small": "sm", "clamd": "cl",
+                "prof": "pf"}  # fmt: skip
+        targets = {name: provision(tags[name]) for name in [*names, "small"]}
 
         # The QIDO-RS index: bulk rows in Enclave, the same as small files for Orthanc (and Enclave's C-STORE).
         index_target, picked, index_count = None, {}, 0
@@ -564,34 +717,57 @@ def main() -> int:
                                                  / MB, 1)}  # fmt: skip
             log(f"index of {index_count} instances: {setup['index']}")
 
-        # Enclave: listener and worker; C-STORE.
+        # Enclave: listener and worker; C-STORE with the built-in scanner.
         cpu0 = machine_cpu()
         worker = worker_start(processes, base_env)
-        listener = processes.start(
-            "listener",
-            [PYTHON, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0"],
-            base_env,
-            log_says(r"DICOM listener on 127\.0\.0\.1:\d+"),
-        )
-        port = int(re.findall(r"DICOM listener on 127\.0\.0\.1:(\d+)", listener.output())[0])
+        listener, port = listener_start(processes, base_env)
+        groups = enclave_cpu_groups(listener, worker, None)
         for name in ("one", "four"):
-            target = targets[name]
-            t0, client = storescu(
-                folders[name], calling=target.device_ae, called=target.tenant_ae, port=port, logs=tmp, tag=f"e{name}"
-            )
-            wait_final(target, per_set, args.timeout)
-            figures["enclave"][f"cstore_{name}"] = _rate(per_set, enclave_searchable_at(target) - t0, client)
+            figures["enclave"][f"cstore_{name}"] = enclave_cstore(
+                folders[name], targets[name], port=port, count=per_set, groups=groups, tmp=tmp, tag=f"e{name}",
+                timeout=args.timeout,
+            )  # fmt: skip
             log(f"Enclave C-STORE ({name}): {figures['enclave'][f'cstore_{name}']}")
         if args.small_cstore and index_count:
-            target = targets["small"]
-            t0, client = storescu([tmp / "dicom-index"], calling=target.device_ae, called=target.tenant_ae, port=port,
-                                  logs=tmp, tag="esmall")  # fmt: skip
-            wait_final(target, index_count, args.timeout)
-            figures["enclave"]["cstore_small"] = _rate(index_count, enclave_searchable_at(target) - t0, client)
+            small = min(index_count, args.small_cstore_count or index_count)
+            folder = tmp / "dicom-index-enclave"
+            folder.mkdir()
+            for path in sorted((tmp / "dicom-index").iterdir())[:small]:
+                os.link(path, folder / path.name)
+            log(f"Enclave C-STORE of {small} small instances (one association)")
+            figures["enclave"]["cstore_small"] = enclave_cstore(
+                [folder], targets["small"], port=port, count=small, groups=groups, tmp=tmp, tag="esmall",
+                timeout=args.timeout,
+            )  # fmt: skip
             log(f"Enclave C-STORE (small): {figures['enclave']['cstore_small']}")
         figures["enclave"]["machine_busy_during_cstore"] = cpu_busy_since(cpu0)
-        figures["enclave"]["memory"] = {"listener": memory_of(listener)}
+        if args.profile:
+            figures["enclave"]["cstore_profiled"] = profiled_cstore(
+                sets["prof"], targets["prof"], listener=listener, worker=worker, port=port, groups=groups,
+                tmp=tmp, rate=args.profile_rate, timeout=args.timeout,
+            )  # fmt: skip
+        memory = figures["enclave"]["memory"] = {"listener": memory_of(listener), "worker_cstore": memory_of(worker)}
         processes.stop("listener")
+        processes.stop("worker")
+
+        # The same C-STORE with a real clamd scanning every instance (bench/ingest.py's clamd: one signature).
+        if clamd_wanted:
+            clamd_env = {**base_env, "CLAMD_ADDRESS": clamd_start(processes, base_env)}
+            clamd = processes.running["clamd"]
+            worker = worker_start(processes, clamd_env)
+            listener, port = listener_start(processes, clamd_env)
+            figures["enclave"]["cstore_clamd"] = enclave_cstore(
+                [tmp / "dicom-clamd"], targets["clamd"], port=port, count=per_set,
+                groups=enclave_cpu_groups(listener, worker, clamd), tmp=tmp, tag="eclamd", timeout=args.timeout,
+            )  # fmt: skip
+            log(f"Enclave C-STORE (clamd): {figures['enclave']['cstore_clamd']}")
+            memory["listener_clamd"] = memory_of(listener)
+            memory["worker_clamd"] = memory_of(worker)
+            memory["clamd"] = memory_of(clamd)
+            processes.stop("listener")
+            processes.stop("worker")
+            processes.stop("clamd")
+        worker = worker_start(processes, base_env)
 
         # gunicorn as `make run` serves it: STOW-RS, then the reads.
         uids, series_size = first_series(sets["one"])
@@ -611,7 +787,7 @@ def main() -> int:
             wait_final(stow_target, per_set, args.timeout)
             figures["enclave"][f"{name}"] = _rate(per_set, enclave_searchable_at(stow_target) - t0, client)
             log(f"Enclave STOW-RS ({clients} clients): {figures['enclave'][name]}")
-        figures["enclave"]["memory"]["worker"] = memory_of(worker)
+        figures["enclave"]["memory"]["worker_stow"] = memory_of(worker)
         auth = {"Authorization": f"Bearer {token}"}
         with requests.Session() as session:
             for _ in range(4):
@@ -628,7 +804,7 @@ def main() -> int:
                 log(f"Enclave QIDO-RS at {index_count} instances")
                 figures["enclave"]["qido_index"] = run_scale_searches(
                     session, f"{root}/{index_target.tenant.slug}", {"Authorization": f"Bearer {index_target.token}"},
-                    scale_searches(picked), warmup=args.warmup, repeat=args.repeat,
+                    scale_searches(picked), warmup=args.warmup, repeat=args.repeat, timeout=args.search_timeout,
                 )  # fmt: skip
         figures["enclave"]["memory"]["gunicorn"] = memory_of(web)
         processes.stop("gunicorn")
@@ -640,11 +816,13 @@ def main() -> int:
         orthanc, obase, dicom_port = orthanc_start(processes, tmp / "orthanc")
         stored = 0
         for name in ("one", "four"):
+            meter = CpuMeter({"orthanc": pids_of(orthanc)}).start()
             t0, client = storescu(folders[name], calling="BENCHCT", called="ORTHANC", port=dicom_port, logs=tmp,
                                   tag=f"o{name}")  # fmt: skip
             stored += per_set
             searchable = orthanc_searchable_at(obase, stored, args.timeout)
             figures["orthanc"][f"cstore_{name}"] = _rate(per_set, searchable - t0, client)
+            figures["orthanc"][f"cstore_{name}"]["cpu_ms_per_instance"] = per_instance_ms(meter.stop(), per_set)
             log(f"Orthanc C-STORE ({name}): {figures['orthanc'][f'cstore_{name}']}")
         figures["orthanc"]["machine_busy_during_cstore"] = cpu_busy_since(cpu0)
         dbase = f"{obase}/dicom-web"
@@ -654,12 +832,15 @@ def main() -> int:
             figures["orthanc"][name] = _rate(per_set, orthanc_searchable_at(obase, stored, args.timeout) - t0, client)
             log(f"Orthanc STOW-RS ({clients} clients): {figures['orthanc'][name]}")
         if index_count:
+            log(f"Orthanc C-STORE of the index's {index_count} small instances (one association)")
+            meter = CpuMeter({"orthanc": pids_of(orthanc)}).start()
             t0, client = storescu([tmp / "dicom-index"], calling="BENCHCT", called="ORTHANC", port=dicom_port,
                                   logs=tmp, tag="osmall")  # fmt: skip
             stored += index_count
             figures["orthanc"]["cstore_small"] = _rate(
                 index_count, orthanc_searchable_at(obase, stored, args.timeout) - t0, client
             )
+            figures["orthanc"]["cstore_small"]["cpu_ms_per_instance"] = per_instance_ms(meter.stop(), index_count)
             log(f"Orthanc C-STORE (small): {figures['orthanc']['cstore_small']}")
         with requests.Session() as session:
             figures["orthanc"]["wado_series"] = retrieve_series(
@@ -673,74 +854,162 @@ def main() -> int:
             if index_count:
                 log(f"Orthanc QIDO-RS at {index_count} instances (+ {stored - index_count} of the other sets)")
                 figures["orthanc"]["qido_index"] = run_scale_searches(
-                    session, dbase, {}, scale_searches(picked), warmup=args.warmup, repeat=args.repeat
-                )
+                    session, dbase, {}, scale_searches(picked), warmup=args.warmup, repeat=args.repeat,
+                    timeout=args.search_timeout,
+                )  # fmt: skip
         figures["orthanc"]["memory"] = {"orthanc": memory_of(orthanc)}
         processes.stop("orthanc")
         log(f"Orthanc: {figures['orthanc']['wado_series']}, {figures['orthanc']['qido']}")
 
-        rows = table(figures, index_count)
-        print()
-        for row in rows:
-            print(row)
+        rows, notes = table(figures, index_count)
         out = ROOT / "var" / "bench"
         out.mkdir(parents=True, exist_ok=True)
         now = datetime.now(UTC)
         path = out / f"orthanc-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
         version = subprocess.run([ORTHANC, "--version"], capture_output=True, text=True, check=False).stdout
-        path.write_text(
-            json.dumps(
-                {
-                    "date": now.isoformat(timespec="seconds"),
-                    "command": " ".join([Path(PYTHON).name, "-m", "bench.orthanc", *sys.argv[1:]]),
-                    "machine": info,
-                    "load_average_before": load_before,
-                    "load_average_after": [round(v, 2) for v in os.getloadavg()],
-                    "orthanc": version.splitlines()[0] if version else "",
-                    "set": {"instances": per_set, "megabytes": round(megabytes, 1), "series_retrieved": series_size},
-                    "setup": setup,
-                    "figures": figures,
-                    "table": rows,
-                },
-                indent=2,
-            )
-        )
-        print(f"\nWritten: {path.relative_to(ROOT)}")
+        about = {
+            "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+            "command": " ".join([".venv/bin/python", "-m", "bench.orthanc", *sys.argv[1:]]),
+            "machine": info,
+            "load_average_before": load_before,
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
+            "orthanc": version.splitlines()[0] if version else "Orthanc",
+            "json": str(path.relative_to(ROOT)),
+        }
+        text = markdown(rows, notes, about)
+        path.write_text(json.dumps({**about, "date": now.isoformat(timespec="seconds"), "set": {
+            "instances": per_set, "megabytes": round(megabytes, 1), "series_retrieved": series_size},
+            "setup": setup, "figures": figures, "table": rows, "notes": notes}, indent=2))  # fmt: skip
+        path.with_suffix(".md").write_text(text)
+        print()
+        print("\n".join(text_table(rows)))
+        print("\n".join(notes))
+        print(f"\nMarkdown for docs/BENCHMARKS.md:\n\n{text}")
+        print(f"Written: {path.relative_to(ROOT)} and {path.with_suffix('.md').relative_to(ROOT)}")
         return 0
     finally:
         processes.stop_all()
+        clamd_dir = tmp / "clamd-dir"
+        if clamd_dir.exists():
+            shutil.rmtree(clamd_dir.read_text(), ignore_errors=True)
         bench_cleanup(db_name=DB_NAME, redis_url=REDIS_URL, tmp=tmp, keep=args.keep)
 
 
-def table(figures: dict[str, dict[str, Any]], index_count: int) -> list[str]:
+def _memory(value: dict[str, Any] | None) -> str:
+    if not value:
+        return "-"
+    kids = value.get("children_mb") or []
+    return f"{value['sum_mb']:.0f}" + (f" (main {value['main_mb']:.0f} + {' + '.join(f'{k:.0f}' for k in kids)})"
+                                       if kids else "")  # fmt: skip
+
+
+def _answer(value: dict[str, Any]) -> str:
+    if "timed_out_s" in value:
+        return f"failed: {value.get('failure') or 'timed out'} after {value.get('answered', 0)} answers"
+    return f"{value['median_ms']:,.1f} / {value['p95_ms']:.0f}"
+
+
+def table(figures: dict[str, dict[str, Any]], index_count: int) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+    """The table's rows (figure, Orthanc, Enclave, ratio Enclave / Orthanc: for rates higher is better, for times
+    and CPU lower) and the notes under it: CPU per instance by process, peak memory, searches whose p95 is more
+    than twice their median."""
     e, o = figures["enclave"], figures["orthanc"]
-    rows = [f"{'figure':<72} {'Orthanc':>16} {'Enclave':>16} {'ratio':>7}"]
+    rows: list[tuple[str, str, str, str]] = []
+    notes: list[str] = []
+    slow_tails: list[str] = []
 
-    def row(label: str, ortho: float, encl: float, extra: tuple[str, str] = ("", "")) -> None:
-        ratio = encl / ortho  # Enclave / Orthanc: for rates higher is better, for times (ms) lower is better
-        rows.append(f"{label:<72} {f'{ortho:.1f}{extra[0]}':>16} {f'{encl:.1f}{extra[1]}':>16} {ratio:>7.2f}")
+    def row(label: str, ortho: float | None, encl: float | None, extra: tuple[str, str] = ("", "")) -> None:
+        ratio = f"{encl / ortho:.2f}" if ortho and encl is not None else ""
+        rows.append((label, "not run" if ortho is None else f"{ortho:,.1f}{extra[0]}",
+                     "not run" if encl is None else f"{encl:,.1f}{extra[1]}", ratio))  # fmt: skip
 
+    def rate(figure: dict[str, Any], key: str) -> float | None:
+        return figure[key]["instances_per_second"] if key in figure else None
+
+    small = e.get("cstore_small", {}).get("instances", index_count) if "cstore_small" in e else index_count
     for key, label in (("cstore_one", "C-STORE, one association (inst/s)"),
                        ("cstore_four", f"C-STORE, {ASSOCIATIONS} associations (inst/s)"),
-                       ("stow1", "STOW-RS, 1 client (inst/s)"), ("stow4", "STOW-RS, 4 clients (inst/s)"),
-                       ("cstore_small", f"C-STORE, {index_count} small instances, one assoc. (inst/s)")):  # fmt: skip
-        if key in o and key in e:
-            row(label, o[key]["instances_per_second"], e[key]["instances_per_second"])
-        elif key in o:
-            rows.append(f"{label:<72} {o[key]['instances_per_second']:>16.1f} {'not run':>16}")
+                       ("stow1", "STOW-RS, 1 client (inst/s)"), ("stow4", "STOW-RS, 4 clients (inst/s)")):  # fmt: skip
+        if key in o or key in e:
+            row(label, rate(o, key), rate(e, key))
+    if "cstore_small" in o:
+        count = f"{index_count:,}" if small == index_count else f"{index_count:,} / {small:,}"
+        row(f"C-STORE, {count} small instances (64x64), one association (inst/s)", rate(o, "cstore_small"),
+            rate(e, "cstore_small"))  # fmt: skip
+    if "cstore_clamd" in e:
+        row("C-STORE, one association, Enclave with clamd (inst/s; Orthanc scans nothing)", rate(o, "cstore_one"),
+            rate(e, "cstore_clamd"))  # fmt: skip
+    for key, label in (("cstore_one", "one association"), ("cstore_clamd", "one association, clamd"),
+                       ("cstore_small", "small instances")):  # fmt: skip
+        okey = "cstore_one" if key == "cstore_clamd" else key
+        if key in e and "cpu_ms_per_instance" in e[key]:
+            ocpu = o.get(okey, {}).get("cpu_ms_per_instance", {}).get("total")
+            row(f"CPU per instance, C-STORE {label} (ms, all processes)", ocpu, e[key]["cpu_ms_per_instance"]["total"])
+            parts = ", ".join(f"{name} {value:.1f}" for name, value in e[key]["cpu_ms_per_instance"].items())
+            notes.append(f"Enclave CPU ms per instance, C-STORE {label}: {parts}")
+    if "cstore_profiled" in e:
+        parts = ", ".join(f"{name} {value:.1f}" for name, value in e["cstore_profiled"]["cpu_ms_per_instance"].items())
+        notes.append(f"Enclave CPU ms per instance, C-STORE under py-spy: {parts}; profiles: "
+                     + ", ".join(v["top"] for v in e["cstore_profiled"]["profile"].values()))  # fmt: skip
     row("WADO-RS series (MB/s, median)", o["wado_series"]["megabytes_per_second_median"],
         e["wado_series"]["megabytes_per_second_median"])  # fmt: skip
+
+    def search(label: str, ov: dict[str, Any], ev: dict[str, Any]) -> None:
+        marks = []
+        for who, value in (("Orthanc", ov), ("Enclave", ev)):
+            tail = value["p95_ms"] > 2 * value["median_ms"]
+            marks.append(" (!)" if tail else "")
+            if tail:
+                slow_tails.append(f"{who}, {label}: p95 {value['p95_ms']} ms > 2 x median {value['median_ms']} ms")
+        row(label, ov["median_ms"], ev["median_ms"], (f" / {ov['p95_ms']:.0f}{marks[0]}",
+                                                      f" / {ev['p95_ms']:.0f}{marks[1]}"))  # fmt: skip
+
     for name, value in o["qido"].items():
-        ev = e["qido"][name]
-        row(f"QIDO-RS, small tenant: {name} (ms median / p95)", value["median_ms"], ev["median_ms"],
-            (f" / {value['p95_ms']:.0f}", f" / {ev['p95_ms']:.0f}"))  # fmt: skip
+        search(f"QIDO-RS, small tenant: {name} (ms median / p95)", value, e["qido"][name])
     for name, value in o.get("qido_index", {}).items():
         ev = e["qido_index"][name]
+        if "timed_out_s" in value or "timed_out_s" in ev:
+            rows.append((f"QIDO-RS at {index_count:,}: {name} (ms median / p95)", _answer(value), _answer(ev), ""))
+            slow_tails.append(f"QIDO-RS at {index_count:,}: {name}: failed (no median)")
+            continue
         if value["results_median"] != ev["results_median"]:
             name += f" [results differ: {value['results_median']} / {ev['results_median']}]"
-        row(f"QIDO-RS at {index_count}: {name} (ms median / p95)", value["median_ms"], ev["median_ms"],
-            (f" / {value['p95_ms']:.0f}", f" / {ev['p95_ms']:.0f}"))  # fmt: skip
-    return rows
+        search(f"QIDO-RS at {index_count:,}: {name} (ms median / p95)", value, ev)
+    notes.append("p95 within 2x the median: every search" if not slow_tails
+                 else "p95 more than 2x the median (marked (!)): " + "; ".join(slow_tails))  # fmt: skip
+    memory = e.get("memory", {})
+    labels = (("listener", "listener"), ("listener_clamd", "listener (clamd)"),
+              ("worker_cstore", "Celery worker (C-STORE)"), ("worker_clamd", "Celery worker (clamd)"),
+              ("worker_stow", "Celery worker (STOW-RS)"), ("gunicorn", "gunicorn (STOW-RS, reads)"),
+              ("clamd", "clamd"))  # fmt: skip
+    notes.append("Peak resident memory (VmHWM, MB; a process and its children): "
+                 + "; ".join(f"{label} {_memory(memory.get(key))}" for key, label in labels if key in memory)
+                 + f"; Orthanc {_memory(o.get('memory', {}).get('orthanc'))}")  # fmt: skip
+    return rows, notes
+
+
+def text_table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'figure':<{width}} {'Orthanc':>18} {'Enclave':>18} {'ratio':>6}"]
+    lines += [f"{label:<{width}} {ortho:>18} {encl:>18} {ratio:>6}" for label, ortho, encl, ratio in rows]
+    return lines
+
+
+def markdown(rows: list[tuple[str, str, str, str]], notes: list[str], about: dict[str, Any]) -> str:
+    """The table as docs/BENCHMARKS.md holds it, with the machine, the date, the command and the load average."""
+    m = about["machine"]
+    lines = [
+        f"`{about['command']}`, {about['date']}, on {m.get('nproc')} cores ({m.get('cpu')}), {m.get('ram_gb')} GB, "
+        f"Debian {m.get('debian')}, PostgreSQL {m.get('postgresql')}, Redis {m.get('redis')}, {about['orthanc']}. "
+        f"Load average {' / '.join(map(str, about['load_average_before']))} before, "
+        f"{' / '.join(map(str, about['load_average_after']))} after. Result: `{about['json']}`.",
+        "",
+        "| figure | Orthanc | Enclave | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {label} | {ortho} | {encl} | {ratio} |" for label, ortho, encl, ratio in rows]
+    lines += [""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
