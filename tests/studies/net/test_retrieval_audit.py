@@ -14,6 +14,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
+from audit import services as audit_services
 from audit.events import EventType, Outcome
 from audit.models import AuditEvent, SecurityAlert
 from devices.services import device_revoke, device_suspend
@@ -27,15 +28,16 @@ from tests.studies.net.test_qr import destination as destination  # the fixture,
 
 @pytest.fixture
 def retrieval_audit_fails(monkeypatch: Any) -> None:
-    """The audit insert of a retrieval fails (the database refuses it), in the listener's threads too."""
-    save = AuditEvent.save
+    """The audit insert of a retrieval fails (the database refuses it), in the listener's threads too: the one
+    statement that appends an event to its chain (audit.services) raises for these events."""
+    append = audit_services._event_insert_and_advance
 
-    def failing_save(self: AuditEvent, *args: Any, **kwargs: Any) -> None:
-        if self.event_type in (EventType.INSTANCES_RETRIEVED, EventType.INSTANCES_MOVED):
+    def failing_append(row: AuditEvent, chain: Any) -> None:
+        if row.event_type in (EventType.INSTANCES_RETRIEVED, EventType.INSTANCES_MOVED):
             raise DatabaseError("audit insert refused (test)")
-        save(self, *args, **kwargs)
+        append(row, chain)
 
-    monkeypatch.setattr(AuditEvent, "save", failing_save)
+    monkeypatch.setattr(audit_services, "_event_insert_and_advance", failing_append)
 
 
 def test_a_cget_whose_audit_cannot_be_written_sends_nothing(archive: Archive, north: Any, retrieval_audit_fails):
