@@ -61,16 +61,32 @@ def _writer_scope(tenant: Tenant | None) -> AbstractContextManager[Any]:
 def _chain_locked(tenant: Tenant | None) -> AuditChain:
     """The chain's head row, locked until the transaction ends (a per-tenant lock)."""
     key = AuditChain.key_for(tenant)
-    try:
-        return AuditChain.objects.select_for_update().get(key=key)
-    except AuditChain.DoesNotExist:
-        pass
+    head = _chain_head_locked(key)
+    if head is not None:
+        return head
     try:
         with transaction.atomic():
             AuditChain.objects.create(key=key, tenant=tenant)
     except IntegrityError:
         pass  # another writer created it first
     return AuditChain.objects.select_for_update().get(key=key)
+
+
+def _chain_head_locked(key: str) -> AuditChain | None:
+    """The chain's head row by key, `SELECT ... FOR UPDATE`, or None: what `select_for_update().get()` reads,
+    written as one parameterised statement because every audited read takes it (the ORM spent about 1 ms of CPU
+    compiling it each time; docs/BENCHMARKS.md). Like the ORM, it refuses to run outside a transaction, where the
+    lock would end with the statement."""
+    if not connection.in_atomic_block:
+        raise transaction.TransactionManagementError("The audit chain's head is locked only inside a transaction.")
+    fields = AuditChain._meta.concrete_fields
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column or field.attname) for field in fields)
+    statement = f"SELECT {columns} FROM {quote(AuditChain._meta.db_table)} WHERE {quote('key')} = %s FOR UPDATE"  # noqa: S608 # nosec B608
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [key])
+        row = cursor.fetchone()
+    return None if row is None else AuditChain.from_db(connection.alias, [field.attname for field in fields], row)
 
 
 def _normalized_address(address: str | None) -> str | None:

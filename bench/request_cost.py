@@ -98,6 +98,9 @@ def requests_measured(token: str, picked: dict[str, Any], repeat: int) -> None:
         with CaptureQueriesContext(connection) as queries:
             client.get(url(7))
         sent, statements = commands[0], len(queries)  # now: the log is read lazily, and the next request clears it
+        if os.environ.get("REQUEST_COST_SQL"):  # every statement of the one request, to see which are left
+            for query in queries.captured_queries:
+                print(f"    {query['sql'][:160]}")
         median = cpu_ms(_sender(client, url), repeat)
         print(f"{name:24s} {statements:3d} SQL statements, {sent:2d} Redis commands, {median:6.2f} ms CPU (median)")
 

@@ -79,3 +79,26 @@ def test_an_event_is_appended_and_the_head_moved_in_one_statement_after_the_lock
     assert (stored.actor_user_id, stored.actor_role) == (radiologist_a.pk, "radiologist")
     assert (head.last_sequence, head.last_hash) == (stored.sequence, stored.hash)
     assert (second._state.adding, second._state.db) == (False, "default")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_chain_head_is_read_locked_and_only_inside_a_transaction(tenant_a):
+    """The writer's own statement for the chain's head refuses to run where its lock would end with it (as the
+    ORM's select_for_update does), and inside a transaction reads the same row the ORM does."""
+    from django.db import transaction
+
+    from audit.models import AuditChain
+    from audit.services import _chain_head_locked
+
+    record(tenant_a)  # the chain exists
+    key = AuditChain.key_for(tenant_a)
+    with tenant_scope(tenant_a):
+        with pytest.raises(transaction.TransactionManagementError):
+            _chain_head_locked(key)
+        with transaction.atomic():
+            head = _chain_head_locked(key)
+            assert head is not None
+            expected = AuditChain.objects.get(key=key)
+            assert (head.pk, head.last_sequence, head.last_hash) == (expected.pk, expected.last_sequence,
+                                                                      expected.last_hash)  # fmt: skip
+            assert _chain_head_locked("no-such-chain") is None

@@ -182,3 +182,27 @@ def test_break_glass_is_not_a_way_around(api_client_for, tenant_a, make_member, 
     )  # fmt: skip
     with tenant_scope(tenant_a), pytest.raises(access.GateRefused):
         break_glass_start(actor=referrer, study=study, reason="Again", otp_token=fresh_code(referrer, step=1))
+
+
+def test_the_gate_asks_one_statement_and_a_correction_counts_at_once(
+    tenant_a, compliance_a, radiologist_a, hipaa_required, django_assert_num_queries
+):
+    """The gate's question is one statement when it lets someone in, and it is asked afresh each time: a
+    correction that moves the only current completion's expiry into the past blocks at the next call (the
+    superseded completion no longer counts), as `person_status` says."""
+    from training.selectors import person_status, training_block_get
+
+    current = record(tenant_a, compliance_a, radiologist_a, hipaa_required.course,
+                     expires_on=today() + timedelta(days=365))  # fmt: skip
+    with tenant_scope(tenant_a):
+        with django_assert_num_queries(1):
+            assert training_block_get(user=radiologist_a) is None
+        earlier = YESTERDAY - timedelta(days=365)
+        services.completion_supersede(actor=compliance_a, completion=current, completed_on=earlier,
+                                      expires_on=YESTERDAY, reason="wrong date")  # fmt: skip
+        block = training_block_get(user=radiologist_a)
+        assert block is not None
+        assert block.blocks
+        assert (block.course.title, block.expires_on, block.reason_code) == (
+            "HIPAA Security Awareness", YESTERDAY, "training_expired")  # fmt: skip
+        assert [s.requirement for s in person_status(user=radiologist_a) if s.blocks] == [block.requirement]
