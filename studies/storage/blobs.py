@@ -67,9 +67,18 @@ class BlobUnreadable(Exception):
     """Neither the primary nor the replica copy decrypts to the bytes the row describes."""
 
 
-def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance_uid: str = "") -> Blob:
+def blob_write(
+    *,
+    kind: str,
+    data: bytes,
+    replicate: bool = True,
+    study_instance_uid: str = "",
+    study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
+) -> Blob:
     """`blob_seal`, and the row saved in the caller's transaction."""
-    blob = blob_seal(kind=kind, data=data, replicate=replicate, study_instance_uid=study_instance_uid)
+    blob = blob_seal(
+        kind=kind, data=data, replicate=replicate, study_instance_uid=study_instance_uid, study_keys=study_keys
+    )
     blob.save()
     return blob
 
