@@ -3,8 +3,9 @@ and the query/retrieve SCP (C-FIND, C-GET, C-MOVE: studies.net.qr) on the same a
 
 One listener serves every tenant. The called AE title names the tenant; the calling AE title and the peer's
 address must belong to an approved modality or workstation of that tenant, else the association is rejected and
-a security alert is raised. The device policy registered with tenants.access is asked again at every C-STORE,
-C-FIND, C-GET and C-MOVE, so a device revoked while its association is open is refused at its next request (a
+a security alert is raised. The device policy registered with tenants.access is asked again at every C-FIND,
+C-GET and C-MOVE, and for C-STORE at least once per DICOM_DEVICE_RECHECK_SECONDS of an association, so a device
+revoked while its association is open is refused at its next request, or its first object after that bound (a
 refused C-STORE is recorded by studies.services.ingest_refusal_record, with a security alert). Each accepted
 association is one ingest batch. A C-STORE is answered with success
 only once its bytes are quarantined and its IngestItem committed (`studies.services.ingest_receive`), so a
