@@ -2,7 +2,8 @@
 
 An APPROVED modality or workstation of the current tenant may send (C-STORE) and read the tenant's whole archive
 (C-FIND, C-GET, C-MOVE: what a PACS workstation or a modality fetching priors needs); nothing of any other tenant,
-and nothing once pending, revoked or retired. Asked on every DIMSE request, reading the device's row afresh.
+and nothing once pending, revoked or retired. Reads the device's row afresh each time it is asked: on every
+C-FIND, C-GET and C-MOVE, and for C-STORE once per DICOM_DEVICE_RECHECK_SECONDS of an association (studies.net.scp).
 """
 
 from __future__ import annotations

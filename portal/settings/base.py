@@ -677,6 +677,9 @@ DICOM_TLS_HANDSHAKE_SECONDS = env.float("DICOM_TLS_HANDSHAKE_SECONDS", default=1
 # over INGEST_MAX_BYTES is still answered with a failure status and its reason), and so does a PDU longer than the
 # maximum length we offer (1 MiB).
 DICOM_MAX_INSTANCES_PER_ASSOCIATION = env.int("DICOM_MAX_INSTANCES_PER_ASSOCIATION", default=100_000)
+# The device policy is decided for an association at its first C-STORE and again at the first one after this many
+# seconds: a device revoked or suspended while its association is open is refused within this bound (0: every object).
+DICOM_DEVICE_RECHECK_SECONDS = env.float("DICOM_DEVICE_RECHECK_SECONDS", default=2.0)
 # clamd's socket: unix:///run/clamav/clamd.ctl or tcp://127.0.0.1:3310. Empty: the built-in EICAR-only scanner
 # (the embedded default of `make run`, which says so on the ingest page); production requires clamd.
 CLAMD_ADDRESS = env.str("CLAMD_ADDRESS", default="")

@@ -3,8 +3,9 @@ and the query/retrieve SCP (C-FIND, C-GET, C-MOVE: studies.net.qr) on the same a
 
 One listener serves every tenant. The called AE title names the tenant; the calling AE title and the peer's
 address must belong to an approved modality or workstation of that tenant, else the association is rejected and
-a security alert is raised. The device policy registered with tenants.access is asked again at every C-STORE,
-C-FIND, C-GET and C-MOVE, so a device revoked while its association is open is refused at its next request (a
+a security alert is raised. The device policy registered with tenants.access is asked again at every C-FIND,
+C-GET and C-MOVE, and for C-STORE at least once per DICOM_DEVICE_RECHECK_SECONDS of an association, so a device
+revoked while its association is open is refused at its next request, or its first object after that bound (a
 refused C-STORE is recorded by studies.services.ingest_refusal_record, with a security alert). Each accepted
 association is one ingest batch. A C-STORE is answered with success
 only once its bytes are quarantined and its IngestItem committed (`studies.services.ingest_receive`), so a
@@ -29,7 +30,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from auditlog.context import set_actor
@@ -61,7 +62,7 @@ from audit.context import audit_context
 from audit.events import EventType
 from audit.services import security_alert_raise
 from devices.selectors import dicom_peer_get
-from studies.models import IngestItem
+from studies.models import IngestItem, StudyKey
 from studies.net import qr, tls
 from studies.net.peer import Peer
 from studies.services import Rejected, ingest_receive, ingest_refusal_record, ingest_wake
@@ -177,6 +178,10 @@ class ReusePortListenerServer(ListenerServer):
     """A listener that shares its port with the other processes of `dicom_listener --processes N`."""
 
     reuse_port = True
+
+
+# The clock of the device policy's recheck window (a name of its own, so a test can move it on).
+_device_clock = time.monotonic
 
 
 class _Door:
@@ -376,20 +381,27 @@ class _Door:
                 audit_context(source_address=peer.address, system_principal=peer.principal),
                 set_actor(None, remote_addr=peer.address),
             ):
-                # The device policy (tenants.access) on every C-STORE, not only at association: a device revoked
-                # while its association is open is refused at its next object, on the trail and as an alert.
-                if not access.device_may(peer.device, access.DEVICE_STORE):
-                    reason = "The sending device is no longer approved."
-                    ingest_refusal_record(
-                        source=IngestItem.Source.CSTORE,
-                        reason=reason,
-                        failure="device",
-                        device=peer.device,
-                        batch=peer.batch,
-                        alert="revoked_device",
-                    )
-                    logger.warning("C-STORE from %s refused: the device is no longer approved", peer.calling_ae)
-                    return _status(STATUS_NOT_AUTHORISED, reason)
+                # The device policy (tenants.access), not only at association: decided at the first C-STORE and
+                # again at the first one after DICOM_DEVICE_RECHECK_SECONDS (not per object: that was a SELECT of
+                # the device's row for each). Sound because the association was admitted for this device, of this
+                # tenant, and stays bound to both; only the device's status can change meanwhile, and a device
+                # revoked or suspended while its association is open is refused within that bound, on the trail
+                # and as an alert. A refusal is never remembered: every later object asks again.
+                now = _device_clock()
+                if now >= bounds.device_allowed_until:
+                    if not access.device_may(peer.device, access.DEVICE_STORE):
+                        reason = "The sending device is no longer approved."
+                        ingest_refusal_record(
+                            source=IngestItem.Source.CSTORE,
+                            reason=reason,
+                            failure="device",
+                            device=peer.device,
+                            batch=peer.batch,
+                            alert="revoked_device",
+                        )
+                        logger.warning("C-STORE from %s refused: the device is no longer approved", peer.calling_ae)
+                        return _status(STATUS_NOT_AUTHORISED, reason)
+                    bounds.device_allowed_until = now + float(settings.DICOM_DEVICE_RECHECK_SECONDS)
                 # Tasks in-process (tests): queued at the commit as every door does, so the verdict is known here.
                 eager = bool(settings.CELERY_TASK_ALWAYS_EAGER)
                 try:
@@ -400,6 +412,7 @@ class _Door:
                         device=peer.device,
                         source_address=peer.address,
                         queue=eager,
+                        study_keys=bounds.study_keys,
                     )
                 except Rejected as exc:
                     ingest_refusal_record(
@@ -422,6 +435,7 @@ class _Door:
             # Not quarantined (or not committed), or the refusal not recorded: the sender keeps the object and may
             # try again. The connection may be what broke; the next C-STORE opens a fresh one.
             logger.exception("C-STORE from %s could not be quarantined", peer.calling_ae)
+            bounds.study_keys.clear()  # a study key gone meanwhile (its study deleted): looked up afresh next time
             connection.close()
             return _status(STATUS_OUT_OF_RESOURCES, "The archive could not store the object; try again later.")
         if item.state in (IngestItem.State.REJECTED, IngestItem.State.CONFLICT):
@@ -487,6 +501,12 @@ class _Bounds:
     instances: int = 0
     instances_refused: bool = False
     aborted: bool = False
+    # Until when the device policy's yes holds for this association (see `_Door.on_store`).
+    device_allowed_until: float = -math.inf
+    # The study keys opened for this association's objects, by Study Instance UID: one look-up per study, not per
+    # object (as STOW-RS keeps them per request). The association is of one tenant, and its objects' rows carry the
+    # key row's id: a key destroyed meanwhile fails that object's INSERT, and the dict is emptied then.
+    study_keys: dict[str, tuple[StudyKey, bytes]] = field(default_factory=dict)
 
 
 class _Refused(Exception):

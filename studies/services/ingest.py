@@ -147,12 +147,14 @@ def ingest_receive(
     device: Any = None,
     source_address: str | None = None,
     queue: bool = True,
+    study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
 ) -> IngestItem:
     """Quarantine `data` and record it as received, in the current tenant. The caller has checked that the actor
     or device may send. Processing is queued when the transaction commits, unless `queue` is false: then the
     caller wakes the worker itself, by `ingest_wake` after the commit, at most a moment later (the DICOM listener
     wakes it once per short window of an association, not once per object: studies.net.scp). Never raises for bad
-    content: that is the task's verdict, recorded on the item."""
+    content: that is the task's verdict, recorded on the item. `study_keys`: as for `ingest_quarantine`, a dict the
+    caller keeps for one association or request, of the study keys already opened (one look-up per study)."""
     tenant = current_tenant()
     if len(data) > settings.INGEST_MAX_BYTES:
         raise Rejected(
@@ -163,7 +165,11 @@ def ingest_receive(
     # Sealed under the study's key from the start when the header names a study, so that the worker can promote
     # this very ciphertext into the archive (studies.storage.blobs.blob_promote) instead of encrypting it again.
     quarantine = blob_write(
-        kind=Blob.Kind.QUARANTINE, data=data, replicate=False, study_instance_uid=_study_uid_hint(data)
+        kind=Blob.Kind.QUARANTINE,
+        data=data,
+        replicate=False,
+        study_instance_uid=_study_uid_hint(data),
+        study_keys=study_keys,
     )
     item = IngestItem(
         tenant=tenant,

@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import uuid
+from typing import cast
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, storages
@@ -67,9 +68,18 @@ class BlobUnreadable(Exception):
     """Neither the primary nor the replica copy decrypts to the bytes the row describes."""
 
 
-def blob_write(*, kind: str, data: bytes, replicate: bool = True, study_instance_uid: str = "") -> Blob:
+def blob_write(
+    *,
+    kind: str,
+    data: bytes,
+    replicate: bool = True,
+    study_instance_uid: str = "",
+    study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
+) -> Blob:
     """`blob_seal`, and the row saved in the caller's transaction."""
-    blob = blob_seal(kind=kind, data=data, replicate=replicate, study_instance_uid=study_instance_uid)
+    blob = blob_seal(
+        kind=kind, data=data, replicate=replicate, study_instance_uid=study_instance_uid, study_keys=study_keys
+    )
     blob.save()
     return blob
 
@@ -171,7 +181,8 @@ def blob_promote(*, blob: Blob, sealed: bytes, kind: str = Blob.Kind.INSTANCE) -
     assert blob.study_key_id is not None
     quarantined = blob.storage_name
     name = blob_name(tenant_id=blob.tenant_id, kind=kind, blob_id=blob.public_id)
-    blob_sealed_put(store=PRIMARY, name=name, sealed=sealed)
+    if not _file_link(source=(QUARANTINE, quarantined), store=PRIMARY, name=name, size=len(sealed)):
+        blob_sealed_put(store=PRIMARY, name=name, sealed=sealed)
     blob.kind, blob.storage_name, blob.replicated_at = kind, name, None
     try:
         blob_sealed_put(store=REPLICA, name=name, sealed=sealed)
@@ -233,6 +244,56 @@ def blob_sealed_open(*, blob: Blob, sealed: bytes, data_key: bytes) -> list[byte
     return chunks
 
 
+def _file_link(*, source: tuple[str, str], store: str, name: str, size: int) -> bool:
+    """Give the quarantined file `source` (store, name) the name `name` in `store` too, by a hard link, when both
+    are folder stores on one file system: the primary copy of a promoted blob without writing its bytes again. The
+    file is the very ciphertext just read and checked (quarantine files are written once, never rewritten), and
+    its size is checked again here. Through a temporary name and a rename, as `_file_put(replace=True)`, so a
+    second attempt replaces the first. False (nothing done) when it cannot: the caller writes the copy instead."""
+    source_store, source_name, storage = storages[source[0]], source[1], storages[store]
+    for one in (source_store, storage):
+        if type(one) is not FileSystemStorage or "save" in vars(one):
+            return False
+    storage = cast(FileSystemStorage, storage)
+    try:
+        source_path = source_store.path(source_name)
+        path = storage.path(name)
+        source_stat = os.stat(source_path)
+        if source_stat.st_size != size:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(source_stat, os.stat(path)):
+                return True  # linked already, by an attempt that did not commit (rename would leave the temporary)
+        _folder_make(storage, os.path.dirname(path))
+        target = f"{path}.{uuid.uuid4().hex}.tmp"
+        os.link(source_path, target)
+    except (OSError, ValueError):  # another file system (EXDEV), no hard links, a name outside the folder
+        return False
+    try:
+        if storage.file_permissions_mode is not None:
+            os.chmod(target, storage.file_permissions_mode)
+        os.replace(target, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(target)  # still there only if `path` was linked to the file meanwhile (rename then does nothing)
+    return True
+
+
+def _folder_make(storage: FileSystemStorage, folder: str) -> None:
+    """The folder of a file about to be written, with the store's permissions (as `FileSystemStorage.save`)."""
+    if storage.directory_permissions_mode is not None:
+        old_umask = os.umask(0o777 & ~storage.directory_permissions_mode)
+        try:
+            os.makedirs(folder, storage.directory_permissions_mode, exist_ok=True)
+        finally:
+            os.umask(old_umask)
+    else:
+        os.makedirs(folder, exist_ok=True)
+
+
 def _file_put(*, store: str, name: str, sealed: bytes, replace: bool) -> str:
     """Write `sealed` under `name` in a folder store (exactly Django's FileSystemStorage) in one write, without the
     storage API's existence checks and 64 KiB chunks: 3 of these per instance on the ingest path. The same path
@@ -247,15 +308,7 @@ def _file_put(*, store: str, name: str, sealed: bytes, replace: bool) -> str:
     if type(storage) is not FileSystemStorage or "save" in vars(storage):
         return "" if replace else storage.save(name, ContentFile(sealed))
     path = storage.path(name)
-    folder = os.path.dirname(path)
-    if storage.directory_permissions_mode is not None:
-        old_umask = os.umask(0o777 & ~storage.directory_permissions_mode)
-        try:
-            os.makedirs(folder, storage.directory_permissions_mode, exist_ok=True)
-        finally:
-            os.umask(old_umask)
-    else:
-        os.makedirs(folder, exist_ok=True)
+    _folder_make(storage, os.path.dirname(path))
     target = f"{path}.{uuid.uuid4().hex}.tmp" if replace else path
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.db import DatabaseError
+from django.test import override_settings
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
@@ -81,11 +82,12 @@ def test_24_parallel_cgets_are_24_events_for_24_deliveries(archive: Archive, nor
 
 
 @pytest.mark.parametrize("withdraw", [device_revoke, device_suspend], ids=["revoked", "suspended"])
+@override_settings(DICOM_DEVICE_RECHECK_SECONDS=0)
 def test_a_device_revoked_mid_association_is_refused_at_its_next_cstore(
     listener: Any, north: Any, demo_ct: Any, make_member: Any, withdraw: Any
 ):
-    """Issue 7 and issue 11: the device policy is asked on every C-STORE, so a modality revoked or suspended while
-    its association is open is refused at its next object."""
+    """Issue 7 and issue 11: with no recheck window the device policy is asked on every C-STORE, so a modality
+    revoked or suspended while its association is open is refused at its next object."""
     from tenants.models import Role
 
     admin = make_member(north, Role.TENANT_ADMIN, "admin_revoker")
@@ -114,3 +116,54 @@ def test_a_device_revoked_mid_association_is_refused_at_its_next_cstore(
     assert refused.system_principal == "dicom:DEMO_CT"
     assert (refused.extra["source"], refused.extra["failure"]) == ("cstore", "device")
     assert alert.kind == "revoked_device"
+
+
+@override_settings(DICOM_DEVICE_RECHECK_SECONDS=60)
+def test_a_device_revoked_mid_association_is_refused_within_the_recheck_bound(
+    listener: Any, north: Any, demo_ct: Any, make_member: Any, monkeypatch: Any
+):
+    """Issue 10: the device policy is decided once per DICOM_DEVICE_RECHECK_SECONDS of an association, not per
+    object; a device revoked meanwhile is refused at its first object after that bound (and at every one after)."""
+    import time
+
+    from studies.net import scp
+    from tenants import access
+    from tenants.models import Role
+
+    asked: list[str] = []
+    device_may = access.device_may
+
+    def counted(device: Any, action: str) -> bool:
+        asked.append(action)
+        return device_may(device, action)
+
+    monkeypatch.setattr(access, "device_may", counted)
+    skipped = [0.0]
+    monkeypatch.setattr(scp, "_device_clock", lambda: time.monotonic() + skipped[0])
+    admin = make_member(north, Role.TENANT_ADMIN, "admin_revoker")
+    objects = [
+        dcmread(io.BytesIO(b))
+        for b in make_study(series=1, instances_per_series=5, patient_id="REV2", patient_name="REVOKED^LATER")
+    ]
+    ae = AE(ae_title="DEMO_CT")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="NORTH")
+    assert assoc.is_established
+    try:
+        first = [assoc.send_c_store(ds).Status for ds in objects[:3]]
+        asked_in_window = len(asked)
+        with tenant_scope(north):
+            device_revoke(actor=admin, device=demo_ct, reason="taken out of service")
+        skipped[0] = 61.0  # the listener's clock moved past the bound
+        later = [assoc.send_c_store(ds).Status for ds in objects[3:]]
+    finally:
+        assoc.release()
+
+    assert first == [0x0000, 0x0000, 0x0000]
+    assert asked_in_window == 1  # asked once for the three objects of the window
+    assert later == [0x0124, 0x0124]  # refused after the bound, and a refusal is not remembered as a yes
+    with tenant_scope(north):
+        assert IngestItem.objects.count() == 3
+        refused = AuditEvent.objects.filter(event_type=EventType.INGEST_REJECTED)
+        assert refused.count() == 2
+        assert {SecurityAlert.objects.get(event=r).kind for r in refused} == {"revoked_device"}
