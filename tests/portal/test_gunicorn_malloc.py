@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 
 # 60 encrypted CT-sized blobs in 60 files, each read and decrypted ten times in a thread, as a retrieval's thread
@@ -48,7 +46,6 @@ print(faults[-1])
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_a_worker_thread_reuses_its_buffers_from_one_instance_to_the_next():
     out = subprocess.run(
         [sys.executable, "-c", PROGRAM.format(root=str(ROOT)), "tuned"], capture_output=True, text=True, check=True
