@@ -297,6 +297,12 @@ class _ReadApi(DicomWebReadApi):
 
 
 class _RetrieveApi(_ReadApi):
+    def instances(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> tuple[Study, list[Instance]]:
+        # Only the columns the objects' retrieval reads: a series is one row per instance (issue 10).
+        return self.visible_instances(study_uid=study, series_uid=series, sop_uid=instance, retrieval=True)
+
     def retrieve(self, request: Request, study: str, series: str | None = None, instance: str | None = None) -> Any:
         # The DICOM files themselves: with a device-bound token, the device needs its download grant.
         access.credential_use_require(request.user, access.USE_DOWNLOAD)

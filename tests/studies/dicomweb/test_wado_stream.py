@@ -102,3 +102,25 @@ def test_a_damaged_last_chunk_of_the_primary_copy_is_served_whole_from_the_repli
     body = b"".join(response.streaming_content)
     assert data in body
     assert int(response["Content-Length"]) == len(body)
+
+
+@pytest.mark.parametrize("accept", [f"{DICOM_MULTIPART}; transfer-syntax=*", DICOM_MULTIPART])
+def test_a_series_costs_the_statements_of_one_instance(client, tenant_a, accept):
+    """The retrieval reads only some columns of each instance and blob (selectors.dicomweb.RETRIEVAL_FIELDS): a
+    column it left out but used would be loaded by one more query per instance, as the body is sent."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    stored = _series(tenant_a)
+    series_url = f"/dicomweb/north/studies/{STUDY}/series/{SERIES}"
+
+    def statements(url: str) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(url, HTTP_ACCEPT=accept)
+            assert response.status_code == 200
+            body = b"".join(response.streaming_content)
+        assert all(data in body for row, data in stored if row.sop_instance_uid in url or url == series_url)
+        return len(queries)
+
+    statements(series_url)  # the study key is opened once, then cached
+    assert statements(series_url) == statements(f"{series_url}/instances/{stored[2][0].sop_instance_uid}")
