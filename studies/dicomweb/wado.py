@@ -336,6 +336,7 @@ class _RetrieveApi(_ReadApi):
             resource=request.path,
             transfer_syntax=syntax or "*",
             source_address=self.source_address(),
+            actor_role=self.membership.role,
         )
 
         return dicom_multipart_response(

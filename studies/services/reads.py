@@ -136,14 +136,17 @@ def instances_transferred_record(
     outcome: int = Outcome.SUCCESS,
     reason: str = "",
     extra: Mapping[str, Any] | None = None,
+    actor_role: str = "",
 ) -> None:
     """A retrieval of `count` DICOM objects of `studies` (WADO-RS, C-GET, C-MOVE), never folded. Written BEFORE
-    the first byte leaves: raises if it cannot be written, and the caller then sends nothing."""
+    the first byte leaves: raises if it cannot be written, and the caller then sends nothing. `actor_role`: as
+    for `studies_query_record` (the role the request was let in by; without it the writer looks it up)."""
     audit_event_record(
         event=event,
         actor=actor,
         participants=read_participants(studies=studies),
         outcome=outcome,
+        actor_role=actor_role,
         outcome_description=reason,
         source_address=source_address,
         system_principal=system_principal,
@@ -152,9 +155,17 @@ def instances_transferred_record(
 
 
 def instances_retrieved_record(
-    *, actor: Any, study: Study, count: int, resource: str, transfer_syntax: str = "", source_address: str | None
+    *,
+    actor: Any,
+    study: Study,
+    count: int,
+    resource: str,
+    transfer_syntax: str = "",
+    source_address: str | None,
+    actor_role: str = "",
 ) -> None:
-    """A retrieval of `count` DICOM objects of `study` (never folded)."""
+    """A retrieval of `count` DICOM objects of `study` (never folded). `actor_role`: see
+    `instances_transferred_record` (WADO-RS passes its membership's: one query fewer under the chain lock)."""
     instances_transferred_record(
         actor=actor,
         studies=[study],
@@ -162,6 +173,7 @@ def instances_retrieved_record(
         resource=resource,
         source_address=source_address,
         extra={"transfer_syntax": transfer_syntax},
+        actor_role=actor_role,
     )
 
 
