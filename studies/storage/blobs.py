@@ -206,9 +206,27 @@ def _stores_for(blob: Blob) -> list[str]:
 
 def blob_sealed_read(*, store: str, name: str) -> bytes:
     """The ciphertext of one copy, through the Storage API (a folder or S3). A missing copy raises OSError
-    (FileNotFoundError, also from django-storages' S3 backend)."""
-    with storages[store].open(name, "rb") as handle:
-        return handle.read()
+    (FileNotFoundError, also from django-storages' S3 backend).
+
+    A folder store (exactly Django's FileSystemStorage, as `_file_put`) is read with one os.read of the file's
+    size, the path checked by `storage.path` as `FileSystemStorage.open` does: without Python's buffered file
+    object and Django's File around it, which cost about a third of reading a 0.5 MB copy from the page cache
+    (18 against 13 us; a WADO-RS series reads one copy per instance)."""
+    storage = storages[store]
+    if type(storage) is not FileSystemStorage or "open" in vars(storage):
+        with storage.open(name, "rb") as handle:
+            return handle.read()
+    fd = os.open(storage.path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size = os.fstat(fd).st_size
+        pieces = [os.read(fd, size + 1)]  # one byte more than the size: a file that grew is seen
+        if len(pieces[0]) == size:
+            return pieces[0]  # the whole file, and the end of it (a regular file reads short only at its end)
+        while pieces[-1]:  # a short read, or a file that grew meanwhile: read on to the end
+            pieces.append(os.read(fd, 1 << 20))
+    finally:
+        os.close(fd)
+    return b"".join(pieces)
 
 
 def blob_sealed_check(*, blob: Blob, sealed: bytes, data_key: bytes) -> bytes:
