@@ -126,6 +126,8 @@ def test_run_sh_and_the_configuration_serve_with_threads_that_keep_connections_a
 
 
 def test_a_kept_alive_connection_is_reused_and_its_server_socket_has_tcp_nodelay(web_server):
+    from portal import gunicorn_conf
+
     base, process = web_server
     local_ports = set()
     with requests.Session() as session:
@@ -146,6 +148,10 @@ def test_a_kept_alive_connection_is_reused_and_its_server_socket_has_tcp_nodelay
         try:
             assert len(sockets) == 1, sockets  # one server-side socket served all twenty
             assert sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            # The send buffer (gunicorn_conf.SEND_BUFFER_BYTES), where the kernel allows it: Linux reports twice
+            # the size set. Where it does not, the kernel's own sizing is left alone.
+            if gunicorn_conf.send_buffer_bytes():
+                assert sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * gunicorn_conf.SEND_BUFFER_BYTES
         finally:
             for copy in sockets:
                 copy.close()
