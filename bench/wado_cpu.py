@@ -5,7 +5,8 @@ Runs bench/orthanc.py unchanged (the same sets, services and order) on a databas
 retrieval also measures, over 20 more retrievals of the same series on the same keep-alive session:
 
 - CPU seconds (user + system, /proc/<pid>/stat) of every process listening on the server's port (gunicorn's master
-  and workers; Orthanc) per retrieval, and their minor page faults;
+  and workers; Orthanc) per retrieval, the system part alone (the kernel's file reads and socket writes), and
+  their minor page faults;
 - the client's CPU per retrieval (this process: requests reading the body and counting its parts);
 - the peak resident memory of those processes during the retrievals (VmHWM after clearing it, /proc/<pid>/clear_refs),
   beside their resident memory before;
@@ -55,6 +56,11 @@ def cpu_seconds(pids: list[int]) -> float:
     return sum(int(f[11]) + int(f[12]) for f in map(_stat, pids) if f) / TICK
 
 
+def system_seconds(pids: list[int]) -> float:
+    """The system part of `cpu_seconds`: the kernel's reads of the copies and writes to the socket."""
+    return sum(int(f[12]) for f in map(_stat, pids) if f) / TICK
+
+
 def minor_faults(pids: list[int]) -> int:
     return sum(int(f[7]) for f in map(_stat, pids) if f)
 
@@ -98,10 +104,13 @@ def measured(original: Any, pyspy: str | None) -> Any:
                 pass
         resident = memory(pids, "VmRSS")
         c0, p0, t0, f0 = cpu_seconds(pids), time.process_time(), time.perf_counter(), minor_faults(pids)
+        s0 = system_seconds(pids)
         original(session, url, headers, runs=EXTRA - 1, expected=expected)  # EXTRA retrievals (one untimed)
         c1, p1, t1, f1 = cpu_seconds(pids), time.process_time(), time.perf_counter(), minor_faults(pids)
+        s1 = system_seconds(pids)
         result = original(session, url, headers, runs=runs, expected=expected)
         result["server_cpu_ms_per_retrieval"] = round((c1 - c0) / EXTRA * 1000, 1)
+        result["server_system_cpu_ms_per_retrieval"] = round((s1 - s0) / EXTRA * 1000, 1)
         result["server_minor_faults_per_retrieval"] = round((f1 - f0) / EXTRA)
         result["client_cpu_ms_per_retrieval"] = round((p1 - p0) / EXTRA * 1000, 1)
         result["wall_ms_per_retrieval"] = round((t1 - t0) / EXTRA * 1000, 1)
