@@ -60,7 +60,6 @@ from studies.services import (
     ingest_quarantine,
     ingest_receive_many,
     ingest_refusal_record,
-    ingest_verdicts_done,
     ingest_verdicts_wait,
 )
 from tenants import access
@@ -406,23 +405,21 @@ class StudiesStoreApi(DicomWebApi):
         if not ids:
             return {}
         deadline = time.monotonic() + settings.DICOMWEB_STOW_WAIT_SECONDS
+        # The instance, series and study the answer names; not the sender and device the activity list joins.
         rows = (
             ingest_item_list(actor=request.user, batch=batch)
             .filter(pk__in=ids)
+            .select_related(None)
             .select_related("instance__series__study")
         )
-        try:
-            while True:
-                # The items themselves each time (a few rows), not an EXISTS and then the rows: one query a wake-up.
-                items = {item.pk: item for item in rows.all()}  # .all(): a fresh read, not the cached one
-                if all(item.state in IngestItem.FINAL_STATES for item in items.values()):
-                    return items
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return items
-                ingest_verdicts_wait(batch=batch, timeout=min(POLL_FALLBACK_SECONDS, remaining))
-        finally:
-            ingest_verdicts_done(batch=batch)
+        while True:
+            # The items themselves each time (a few rows), not an EXISTS and then the rows: one query a wake-up.
+            items = {item.pk: item for item in rows.all()}  # .all(): a fresh read, not the cached one
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or all(item.state in IngestItem.FINAL_STATES for item in items.values()):
+                # A wake-up left in the list (one per batch of the worker) expires on its own: no round trip here.
+                return items
+            ingest_verdicts_wait(batch=batch, timeout=min(POLL_FALLBACK_SECONDS, remaining))
 
 
 class _Receipt:

@@ -958,7 +958,8 @@ def _verdicts_push(batches: set[str]) -> None:
         client = _redis_client()
         if client is None:
             return
-        ttl = math.ceil(settings.DICOMWEB_STOW_WAIT_SECONDS) + 60  # outlives any request that waits for it
+        # Outlives any request that waits for it, then goes by itself (the request deletes nothing: a round trip).
+        ttl = math.ceil(settings.DICOMWEB_STOW_WAIT_SECONDS) + 60
         with client.pipeline(transaction=False) as pipe:
             for batch in batches:
                 key = _verdicts_key(batch)
@@ -986,16 +987,6 @@ def ingest_verdicts_wait(*, batch: uuid.UUID, timeout: float) -> None:
     except (RedisError, OSError) as exc:
         logger.warning("ingest verdicts wait falls back to polling (%s)", type(exc).__name__)
     time.sleep(max(0.0, timeout - (time.monotonic() - started)))
-
-
-def ingest_verdicts_done(*, batch: uuid.UUID) -> None:
-    """The request has its verdicts: its wake-up list goes (else it expires on its own)."""
-    try:
-        client = _redis_client()
-        if client is not None:
-            client.delete(_verdicts_key(batch))
-    except (RedisError, OSError):
-        pass
 
 
 # Sweeper

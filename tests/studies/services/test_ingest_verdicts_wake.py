@@ -1,6 +1,7 @@
 """The wake-up a STOW-RS request waits on (studies.services.ingest `_verdicts_signal`, `ingest_verdicts_wait`):
 the worker pushes it when a request's verdicts commit; the request reads the database either way, so a lost or
-unreachable signal only costs it its fallback poll. Real services, database and Redis (Celery eager)."""
+unreachable signal only costs it its fallback poll; a signal nobody takes expires. Real services, database and
+Redis (Celery eager)."""
 
 from __future__ import annotations
 
@@ -40,15 +41,15 @@ def test_the_worker_signals_a_stow_request_when_its_verdicts_commit_and_the_wait
         assert _signals(batch) == 1  # one push for the batch the worker decided, stored and rejected alike
         services.ingest_verdicts_wait(batch=batch, timeout=5)
         assert _signals(batch) == 0  # the wait took the signal (a sleep would have left it)
-        services.ingest_verdicts_done(batch=batch)
 
 
-def test_the_request_is_done_with_its_signals(tenant_a):
+def test_a_signal_nobody_takes_expires(tenant_a):
     batch = uuid.uuid4()
     with tenant_scope(tenant_a):
         _stow(batch, make_instance())
-        services.ingest_verdicts_done(batch=batch)
-        assert _signals(batch) == 0
+        client = cache._cache.get_client(write=True)
+        assert _signals(batch) == 1
+        assert client.ttl(cache.make_and_validate_key(f"enclave:ingest-verdicts:{batch}")) > 0
 
 
 def test_doors_that_do_not_wait_get_no_signal(tenant_a):
@@ -85,5 +86,4 @@ def test_an_unreachable_redis_costs_the_signal_not_the_verdict(tenant_a):
     ):
         [item] = _stow(batch, make_instance())
         services.ingest_verdicts_wait(batch=batch, timeout=0.05)
-        services.ingest_verdicts_done(batch=batch)
     assert item.state == IngestItem.State.STORED
