@@ -23,6 +23,7 @@ from studies.services.ingest import (
     ingest_receive,
     ingest_receive_many,
     ingest_requeue_stale,
+    ingest_verdicts_wait,
     ingest_wake,
     study_counts_refresh,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "ingest_receive_many",
     "ingest_refusal_record",
     "ingest_requeue_stale",
+    "ingest_verdicts_wait",
     "ingest_wake",
     "master_key_rotate",
     "series_thumbnail_make",

@@ -32,6 +32,7 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from audit.events import EventType, Outcome
 from audit.services import audit_event_record, participant, security_alert_raise
@@ -416,6 +417,7 @@ def _process_claimed(ids: list[int]) -> dict[int, IngestItem]:
             done[item.pk] = _fail(item.pk, exc)
     if checked:
         done.update(_store_all(checked, tenant))
+    _verdicts_signal(done.values())
     return done
 
 
@@ -922,6 +924,69 @@ def _reject(item: IngestItem, exc: Rejected) -> None:
             source_address=item.source_address,
             extra=details,
         )
+
+
+# Verdicts: a door that waits for them (STOW-RS) is woken when they commit
+# ------------------------------------------------------------------------------
+# The database stays the record: a wake-up only tells the waiting request to read its items again now rather than
+# at its next poll. A lost one (Redis flushed or down, the worker killed between its commit and the push) costs
+# that request its fallback poll interval, never a wrong answer.
+
+_VERDICTS_KEY = "enclave:ingest-verdicts:{batch}"
+
+
+def _redis_client() -> Any | None:
+    """The Redis client behind the Django cache, or None where the cache is not Redis (then waiters poll)."""
+    get_client = getattr(getattr(cache, "_cache", None), "get_client", None)
+    return get_client(write=True) if get_client is not None else None
+
+
+def _verdicts_key(batch: uuid.UUID | str) -> str:
+    return cache.make_and_validate_key(_VERDICTS_KEY.format(batch=batch))
+
+
+def _verdicts_signal(items: Any) -> None:
+    """After the verdicts of `items` commit: one push per STOW-RS request (batch) among them, for
+    `ingest_verdicts_wait`. The doors that do not wait (C-STORE, upload) get none."""
+    batches = {str(item.batch) for item in items if item.source == IngestItem.Source.STOWRS}
+    if batches:
+        transaction.on_commit(lambda: _verdicts_push(batches))
+
+
+def _verdicts_push(batches: set[str]) -> None:
+    try:
+        client = _redis_client()
+        if client is None:
+            return
+        # Outlives any request that waits for it, then goes by itself (the request deletes nothing: a round trip).
+        ttl = math.ceil(settings.DICOMWEB_STOW_WAIT_SECONDS) + 60
+        with client.pipeline(transaction=False) as pipe:
+            for batch in batches:
+                key = _verdicts_key(batch)
+                pipe.rpush(key, 1)
+                pipe.expire(key, ttl)
+            pipe.execute()
+    except (RedisError, OSError) as exc:  # the waiter reads the database at its next poll instead
+        logger.warning("ingest verdicts wake-up not sent (%s)", type(exc).__name__)
+
+
+def ingest_verdicts_wait(*, batch: uuid.UUID, timeout: float) -> None:
+    """Block until the worker signals that verdicts of request `batch` committed (`_verdicts_signal`), or at most
+    `timeout` seconds (the caller's fallback poll: the signal may be lost, the caller reads the database after
+    this either way). Without Redis, simply sleeps `timeout`."""
+    if timeout <= 0:
+        return
+    started = time.monotonic()
+    try:
+        client = _redis_client()
+        if client is not None:
+            # Under the client's socket timeout, so that a quiet wait is not taken for Redis being down.
+            block = min(timeout, settings.CACHE_REDIS_TIMEOUT_SECONDS / 2)
+            client.blpop([_verdicts_key(batch)], timeout=block)
+            return
+    except (RedisError, OSError) as exc:
+        logger.warning("ingest verdicts wait falls back to polling (%s)", type(exc).__name__)
+    time.sleep(max(0.0, timeout - (time.monotonic() - started)))
 
 
 # Sweeper
