@@ -460,3 +460,23 @@ def test_items_whose_wake_up_was_lost_are_queued_by_the_sweeper(tenant_a):
     with tenant_scope(tenant_a):
         services.ingest_process(item_id=items[0].pk)
         assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_quarantine_copy_altered_before_processing_is_refused_as_lost(tenant_a, where):
+    """The worker trusts the quarantined ciphertext only if every chunk authenticates (the tags bind the blob, its
+    tenant, each chunk's index and the last chunk): one byte changed at the start or the end of the file, and the
+    object is refused as lost, never indexed or promoted."""
+    with tenant_scope(tenant_a):
+        with messages_lost_by_the_broker():
+            item = services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=make_instance())
+        quarantine = item.quarantine
+        path = storages["quarantine"].path(quarantine.storage_name)
+        raw = bytearray(open(path, "rb").read())
+        raw[40 if where == "first" else -3] ^= 0x01
+        with open(path, "wb") as handle:
+            handle.write(raw)
+        done = services.ingest_process(item_id=item.pk)
+        assert (done.state, done.failure) == (IngestItem.State.REJECTED, IngestItem.Failure.LOST)
+        assert not Instance.objects.exists()
+        assert Blob.objects.filter(pk=quarantine.pk, kind=Blob.Kind.QUARANTINE).exists()  # kept for review
