@@ -23,10 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import timedelta
-from io import BytesIO
 from typing import Any
 
-import pydicom
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
@@ -56,7 +54,6 @@ from tenants.scoping import current_tenant
 
 logger = logging.getLogger(__name__)
 
-_STUDY_UID_TAG = 0x0020000D
 
 
 class Rejected(Exception):
@@ -125,14 +122,10 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def _study_uid_hint(data: bytes) -> str:
-    """The Study Instance UID in the header of a received object, read without its pixel data (about 0.15 ms for
-    a CT), or "" when there is none that looks like a UID. Only the key of the quarantine copy depends on it: the
+    """The Study Instance UID in the header of a received object, read off its element headers (about 0.02 ms for
+    a CT: `studies.dicom.parse.study_instance_uid_peek`), or "" when there is none that looks like a UID. Only the key of the quarantine copy depends on it: the
     worker parses and checks everything again, and promotes the copy only if this was the study it belongs to."""
-    try:
-        header = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[_STUDY_UID_TAG])
-        uid = str(header.get("StudyInstanceUID", "") or "")
-    except Exception:  # any malformed header: no hint, the copy is sealed under the tenant key
-        return ""
+    uid = dicom_parse.study_instance_uid_peek(data)  # "" for a malformed header: sealed under a key of its own
     return uid if len(uid) <= 64 and _UID.fullmatch(uid) else ""
 
 
