@@ -482,3 +482,32 @@ def test_a_quarantine_copy_altered_before_processing_is_refused_as_lost(tenant_a
         assert (done.state, done.failure) == (IngestItem.State.REJECTED, IngestItem.Failure.LOST)
         assert not Instance.objects.exists()
         assert Blob.objects.filter(pk=quarantine.pk, kind=Blob.Kind.QUARANTINE).exists()  # kept for review
+
+
+@override_settings(INGEST_BATCH_SIZE=50, INGEST_GATHER_SECONDS=0.25)
+def test_after_a_short_batch_the_task_lets_the_streams_next_objects_gather_into_one_batch(tenant_a, monkeypatch):
+    """The first batch is taken at once; after a batch short of INGEST_BATCH_SIZE the task waits
+    INGEST_GATHER_SECONDS before claiming again, and what arrived meanwhile (here: four objects of the same
+    association, received through the real door while the clock is moved on) is one batch: one INSTANCES_STORED
+    event for them, not one per object."""
+    from studies.services import ingest
+
+    files = make_study(series=1, instances_per_series=5)
+    batch = uuid.uuid4()
+    waits: list[float] = []
+
+    def door_keeps_sending(seconds: float) -> None:  # the wait, during which the association's next objects come
+        waits.append(seconds)
+        if len(waits) == 1:
+            for data in files[1:]:
+                services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=data, queue=False)
+
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        first = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=files[0], queue=False)
+        monkeypatch.setattr(ingest.time, "sleep", door_keeps_sending)
+        assert services.ingest_process(item_id=first.pk).state == IngestItem.State.STORED
+        monkeypatch.undo()
+        assert waits == [0.25, 0.25]  # after the batch of 1, and after the batch of 4 (then nothing waits)
+        assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
+        counts = sorted(e.extra["count"] for e in AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED))
+        assert counts == [1, 4]
