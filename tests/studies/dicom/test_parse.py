@@ -487,7 +487,9 @@ def _with_sequences(data: bytes, *, undefined: bool) -> bytes:
         lambda uid: make_instance(study_uid=uid[:-1] + "1"),  # an odd length, padded with a NUL
         lambda uid: _with_sequences(make_instance(study_uid=uid), undefined=True),
         lambda uid: _with_sequences(make_instance(study_uid=uid), undefined=False),
-        lambda uid: _with_sequences(make_instance(study_uid=uid, transfer_syntax=ImplicitVRLittleEndian), undefined=True),
+        lambda uid: _with_sequences(
+            make_instance(study_uid=uid, transfer_syntax=ImplicitVRLittleEndian), undefined=True
+        ),
     ],
 )
 def test_study_uid_peek_reads_what_pydicom_reads(make):
@@ -510,8 +512,8 @@ def test_study_uid_peek_is_empty_where_there_is_none_or_it_cannot_be_read():
     for bad in (
         out.getvalue(),  # no Study Instance UID
         deflated_out.getvalue(),  # not walked
-        data[:uid_at + 3],  # cut inside the value
-        data[:uid_at - 4],  # cut inside the element header
+        data[: uid_at + 3],  # cut inside the value
+        data[: uid_at - 4],  # cut inside the element header
         b"",
         b"\x00" * 132,  # no DICM marker
         data[:132] + b"\xff" * 40,  # garbage after the marker

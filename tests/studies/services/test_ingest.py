@@ -474,7 +474,8 @@ def test_a_quarantine_copy_altered_before_processing_is_refused_as_lost(tenant_a
             item = services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=make_instance())
         quarantine = item.quarantine
         path = storages["quarantine"].path(quarantine.storage_name)
-        raw = bytearray(open(path, "rb").read())
+        with open(path, "rb") as handle:
+            raw = bytearray(handle.read())
         raw[40 if where == "first" else -3] ^= 0x01
         with open(path, "wb") as handle:
             handle.write(raw)
