@@ -219,6 +219,10 @@ def py_spy_start(processes: Processes, targets: dict[str, Started]) -> list[subp
         out = Path(folder) / f"{name}{processes.suffix}.txt"
         argv = [str(spy), "record", "--pid", str(target.process.pid), "--subprocesses", "--format", "raw",
                 "--rate", "250", "--output", str(out)]  # fmt: skip
+        if os.environ.get("BENCH_PY_SPY_GIL"):
+            # Only the thread holding the GIL: Python's own CPU, where py-spy cannot tell an idle thread (a
+            # virtual machine's kernel): waits in select, sleep and queue get would otherwise count as work.
+            argv.append("--gil")
         started.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1.0)  # attached before the first object arrives
     return started

@@ -703,6 +703,9 @@ INGEST_BATCH_SIZE = env.int("INGEST_BATCH_SIZE", default=50)
 INGEST_BATCH_BYTES = env.int("INGEST_BATCH_BYTES", default=64 * 1024**2)
 # One ingest task goes on with the next batch of waiting items until none waits, at most this many batches.
 INGEST_BATCH_ROUNDS = env.int("INGEST_BATCH_ROUNDS", default=20)
+# After a batch short of INGEST_BATCH_SIZE, the task waits this long before claiming again, so that the objects of a
+# stream (an association, STOW-RS requests) make batches, not one batch each (0: claim again at once).
+INGEST_GATHER_SECONDS = env.float("INGEST_GATHER_SECONDS", default=0.1)
 # The DICOM listener wakes the worker at most once per this many seconds of an association (the first object at
 # once, the later ones of the window by one message at its end), not once per object (studies.net.scp).
 INGEST_WAKE_SECONDS = env.float("INGEST_WAKE_SECONDS", default=0.1)

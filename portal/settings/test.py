@@ -41,6 +41,8 @@ CACHES = {
 # ------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
+# Tasks run in-process, one per item: no wait between an ingest task's rounds (a test of it sets its own).
+INGEST_GATHER_SECONDS = 0.0
 CELERY_TASK_EAGER_PROPAGATES = True
 # A crash-test worker recovers unacknowledged messages within seconds, from unacked keys of its own so that it
 # never redelivers another worker's messages (tests/integration/conftest.py); production keeps base.py's options.

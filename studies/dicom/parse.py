@@ -29,7 +29,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.valuerep import DA, TM
 
-__all__ = ["InvalidDicom", "Limits", "ParsedInstance", "content_hash", "parse"]
+__all__ = ["InvalidDicom", "Limits", "ParsedInstance", "content_hash", "parse", "study_instance_uid_peek"]
 
 _PREAMBLE_LENGTH = 128
 _MAGIC = b"DICM"
@@ -38,6 +38,7 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+_STUDY_INSTANCE_UID = 0x0020000D
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _LONG_LENGTH_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -198,6 +199,36 @@ def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Datas
     except Exception as exc:
         # pydicom converts values lazily, so a malformed value can fail anywhere below; the caller is owed a verdict.
         raise InvalidDicom(f"unreadable DICOM data ({type(exc).__name__})") from exc
+
+
+def study_instance_uid_peek(data: bytes) -> str:
+    """The Study Instance UID of a Part-10 file, read off the element headers of its data set up to that tag,
+    without pydicom and without looking at any value but this one (about 0.02 ms for a CT against 0.15 ms for
+    pydicom's `dcmread(stop_before_pixels=True, specific_tags=...)`), or "" when there is none or the file cannot
+    be walked that far (a deflated data set, a damaged header). For a door's receipt (the key a quarantined copy
+    is sealed under), never for a verdict: `parse` checks the whole file."""
+    try:
+        if len(data) < _PREAMBLE_LENGTH + len(_MAGIC) or data[_PREAMBLE_LENGTH : _PREAMBLE_LENGTH + 4] != _MAGIC:
+            return ""
+        view = memoryview(data)
+        start, meta = _walk_file_meta(view)
+        syntax = _transfer_syntax(view, meta)
+        if syntax.is_deflated:
+            return ""
+        walker = _Walker(view[start:], implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
+        pos, end = 0, len(walker.buf)
+        while pos < end:
+            tag, length, value = walker.header(pos)
+            if tag > _STUDY_INSTANCE_UID:  # elements come in ascending tag order
+                return ""
+            if tag == _STUDY_INSTANCE_UID:
+                if length == _UNDEFINED or value + length > end:
+                    return ""
+                return bytes(walker.buf[value : value + length]).rstrip(b"\x00 ").decode("ascii")
+            pos = walker.items(value, tag, depth=1) if length == _UNDEFINED else value + length
+        return ""
+    except (InvalidDicom, UnicodeDecodeError, struct_error, ValueError):
+        return ""
 
 
 def content_hash(ds: pydicom.Dataset, *, body: bytes | memoryview) -> str:

@@ -378,8 +378,15 @@ def blob_data_key(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | Non
 
 
 def blob_read_sealed(*, blob: Blob) -> tuple[bytes, bytes]:
-    """The ciphertext and the plaintext of the first copy that decrypts to the row's size and hash: for a
-    quarantined blob that may then be promoted as it is (`blob_promote`). Raises BlobUnreadable as `blob_read`."""
+    """The ciphertext and the plaintext of the first copy whose every chunk authenticates and whose plaintext is
+    the row's size: for a quarantined blob that may then be promoted as it is (`blob_promote`). Raises
+    BlobUnreadable as `blob_read`.
+
+    No second SHA-256 of the plaintext (0.26 ms of the worker's CPU per 0.53 MB instance): as for `blob_read`, the
+    tags are the check. The data key is random per blob and exists only wrapped in this row, so no one but the
+    door that sealed the blob (and hashed the same bytes in the same pass, `envelope.encrypt_and_hash`) can make a
+    ciphertext that authenticates; each chunk's tag binds the tenant, the blob id, its index and whether it is the
+    last, so a copy altered, cut, extended or moved fails. The fixity job still hashes every stored copy."""
     try:
         data_key = blob_data_key(blob=blob)
     except (KeyUnavailable, envelope.DecryptionError) as exc:
@@ -389,7 +396,7 @@ def blob_read_sealed(*, blob: Blob) -> tuple[bytes, bytes]:
     for store in _stores_for(blob):
         try:
             sealed = blob_sealed_read(store=store, name=blob.storage_name)
-            return sealed, blob_sealed_check(blob=blob, sealed=sealed, data_key=data_key)
+            return sealed, b"".join(blob_sealed_open(blob=blob, sealed=sealed, data_key=data_key))
         except (OSError, envelope.DecryptionError) as exc:
             failures.append(f"{store}: {exc.__class__.__name__}")
             logger.warning("blob %s unreadable from %s (%s)", blob.public_id, store, exc.__class__.__name__)

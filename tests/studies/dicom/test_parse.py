@@ -21,7 +21,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from studies.dicom.parse import InvalidDicom, Limits, parse
+from studies.dicom.parse import InvalidDicom, Limits, parse, study_instance_uid_peek
 from studies.dicom.synthetic import make_instance, synthetic_pixels
 
 LIMITS = Limits(max_bytes=64 * 1024 * 1024)
@@ -457,3 +457,65 @@ def test_damaged_headers_give_a_verdict_never_a_crash(syntax: str):
             reasons.append(exc.reason)
     assert reasons
     assert not [reason for reason in reasons if any(fragment in reason for fragment in PATIENT_DATA)]
+
+
+# --- the Study Instance UID at receipt, without pydicom ------------------------------------------------------------
+
+
+def _with_sequences(data: bytes, *, undefined: bool) -> bytes:
+    """The file with a nested sequence before the Study Instance UID, written with undefined or defined lengths."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator = "T-D0050", "SRT"
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", generate_uid()
+    item.AnatomicRegionSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([item, item])
+    for seq in (ds.ReferencedImageSequence, item.AnatomicRegionSequence):
+        seq.is_undefined_length = undefined
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda uid: make_instance(study_uid=uid),
+        lambda uid: make_instance(study_uid=uid, transfer_syntax=ImplicitVRLittleEndian),
+        lambda uid: make_instance(study_uid=uid, transfer_syntax=RLELossless),
+        lambda uid: make_instance(study_uid=uid[:-1] + "1"),  # an odd length, padded with a NUL
+        lambda uid: _with_sequences(make_instance(study_uid=uid), undefined=True),
+        lambda uid: _with_sequences(make_instance(study_uid=uid), undefined=False),
+        lambda uid: _with_sequences(
+            make_instance(study_uid=uid, transfer_syntax=ImplicitVRLittleEndian), undefined=True
+        ),
+    ],
+)
+def test_study_uid_peek_reads_what_pydicom_reads(make):
+    data = make(generate_uid())
+    expected = pydicom.dcmread(io.BytesIO(data)).StudyInstanceUID
+    assert study_instance_uid_peek(data) == expected != ""
+
+
+def test_study_uid_peek_is_empty_where_there_is_none_or_it_cannot_be_read():
+    data = make_instance(study_uid="1.2.3.4")
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.StudyInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    deflated = pydicom.dcmread(io.BytesIO(data))
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated_out = io.BytesIO()
+    deflated.save_as(deflated_out, enforce_file_format=True)
+    uid_at = data.index(b"1.2.3.4")
+    for bad in (
+        out.getvalue(),  # no Study Instance UID
+        deflated_out.getvalue(),  # not walked
+        data[: uid_at + 3],  # cut inside the value
+        data[: uid_at - 4],  # cut inside the element header
+        b"",
+        b"\x00" * 132,  # no DICM marker
+        data[:132] + b"\xff" * 40,  # garbage after the marker
+    ):
+        assert study_instance_uid_peek(bad) == ""

@@ -50,17 +50,17 @@ def test_an_object_that_could_not_be_quarantined_empties_the_associations_keys(
     forgets the association's keys: the next object looks its key up afresh, and is stored."""
     from studies.services import ingest
 
-    write = ingest.blob_write
+    seal = ingest.blob_seal
     calls = [0]
 
     def failing_once(**kwargs: Any) -> Any:
         calls[0] += 1
-        blob = write(**kwargs)
+        blob = seal(**kwargs)
         if calls[0] == 1:
             raise RuntimeError("the disk went away")
         return blob
 
-    monkeypatch.setattr(ingest, "blob_write", failing_once)
+    monkeypatch.setattr(ingest, "blob_seal", failing_once)
     objects = [dcmread(io.BytesIO(b)) for b in make_study(series=1, instances_per_series=2, patient_id="KEY3")]
     ae = AE(ae_title="DEMO_CT")
     ae.add_requested_context(CTImageStorage)
