@@ -75,7 +75,7 @@ def _sender(client: Any, url: Callable[[int], str]) -> Callable[[], Any]:
     return lambda: client.get(url(next(step)))
 
 
-def requests_measured(token: str, picked: dict[str, Any], repeat: int) -> None:
+def requests_measured(token: str, picked: dict[str, Any], repeat: int, profile: str = "") -> None:
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -103,6 +103,13 @@ def requests_measured(token: str, picked: dict[str, Any], repeat: int) -> None:
                 print(f"    {query['sql'][:160]}")
         median = cpu_ms(_sender(client, url), repeat)
         print(f"{name:24s} {statements:3d} SQL statements, {sent:2d} Redis commands, {median:6.2f} ms CPU (median)")
+        if profile:  # cProfile of `repeat` more requests of this search, for pstats (shares, not ms)
+            import cProfile
+
+            send = _sender(client, url)
+            profiler = cProfile.Profile(time.process_time)
+            profiler.runcall(lambda send=send: [send() for _ in range(repeat)])
+            profiler.dump_stats(f"{profile}-{name.replace(' ', '_')}.prof")
 
 
 def steps_measured(token: str, repeat: int) -> None:
@@ -156,6 +163,7 @@ def main() -> int:
     parser.add_argument("--db", default="enclave_bench_cost")
     parser.add_argument("--redis", type=int, default=11)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--profile", default="", help="write a cProfile of each search to PROFILE-<search>.prof")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process: the state file it measures with
     args = parser.parse_args()
     if args.measure:
@@ -163,7 +171,7 @@ def main() -> int:
 
         django.setup()
         state = json.loads(Path(args.measure).read_text())
-        requests_measured(state["token"], state["picked"], args.repeat)
+        requests_measured(state["token"], state["picked"], args.repeat, args.profile)
         if args.steps:
             steps_measured(state["token"], args.repeat)
         return 0
@@ -185,7 +193,8 @@ def main() -> int:
         print(f"load average {os.getloadavg()[0]:.2f} before")
         # Measured in a process of its own, started on the ready database as a gunicorn worker would be.
         argv = [sys.executable, "-m", "bench.request_cost", "--measure", str(state), "--repeat", str(args.repeat)]
-        subprocess.run([*argv, *(["--steps"] if args.steps else [])], check=True, cwd=ROOT, env=os.environ.copy())
+        argv += [*(["--steps"] if args.steps else []), *(["--profile", args.profile] if args.profile else [])]
+        subprocess.run(argv, check=True, cwd=ROOT, env=os.environ.copy())
         print(f"load average {os.getloadavg()[0]:.2f} after")
     finally:
         bench_cleanup(db_name=args.db, redis_url=redis_url, tmp=tmp, keep=args.keep)
