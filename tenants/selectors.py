@@ -129,12 +129,12 @@ def _token_statement() -> str:
     quote = connection.ops.quote_name
     aliases = ("t", "u", "n")
     columns = ", ".join(
-        f"{alias}.{quote(field.column)}"
+        f"{alias}.{quote(field.column or field.attname)}"
         for alias, model in zip(aliases, _JOINED, strict=True)
         for field in model._meta.concrete_fields
     )
     token, user, tenant = (quote(model._meta.db_table) for model in _JOINED)
-    user_fk, tenant_fk = (quote(ApiToken._meta.get_field(name).column) for name in ("user", "tenant"))
+    user_fk, tenant_fk = (quote(ApiToken.user.field.column), quote(ApiToken.tenant.field.column))
     return (
         f"SELECT {columns} FROM {token} t JOIN {user} u ON u.id = t.{user_fk}"  # noqa: S608 # nosec B608
         f" JOIN {tenant} n ON n.id = t.{tenant_fk} WHERE t.digest = %s LIMIT 1"
