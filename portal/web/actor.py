@@ -37,11 +37,12 @@ def actor_set(actor: Any, *, remote_addr: str | None) -> Iterator[None]:
         context = None
     if context is not None and _connected(context):
         saved = {key: context.get(key) for key in NAMED}
-        context.update(actor=actor, remote_addr=remote_addr)
+        context["actor"], context["remote_addr"] = actor, remote_addr  # a dict, not a row: nothing is written
         try:
             yield
         finally:
-            context.update(saved)
+            for key, value in saved.items():
+                context[key] = value
         return
     try:
         with set_actor(actor, remote_addr=remote_addr):
