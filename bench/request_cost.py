@@ -58,6 +58,29 @@ def redis_counter() -> list[int]:
     return count
 
 
+def round_trip_counter() -> list[int]:
+    """Count PostgreSQL round trips from now on: every execute of a psycopg cursor (the tenant scope's own
+    `set_config`, when it is sent apart, included: CaptureQueriesContext sees only Django's statements) and every
+    command psycopg sends for a transaction (BEGIN, COMMIT)."""
+    import psycopg
+
+    count = [0]
+    execute = psycopg.Cursor.execute
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return execute(self, *args, **kwargs)
+
+    def counted_command(self: Any, *args: Any, **kwargs: Any) -> Any:  # BEGIN, COMMIT, ROLLBACK, SAVEPOINT...
+        count[0] += 1
+        return exec_command(self, *args, **kwargs)
+
+    exec_command = psycopg.Connection._exec_command
+    psycopg.Cursor.execute = counted  # type: ignore[method-assign]
+    psycopg.Connection._exec_command = counted_command  # type: ignore[method-assign]
+    return count
+
+
 def cpu_ms(call: Callable[[], Any], repeat: int, warmup: int = 10) -> float:
     for _ in range(warmup):
         call()
@@ -75,7 +98,7 @@ def _sender(client: Any, url: Callable[[int], str]) -> Callable[[], Any]:
     return lambda: client.get(url(next(step)))
 
 
-def requests_measured(token: str, picked: dict[str, Any], repeat: int) -> None:
+def requests_measured(token: str, picked: dict[str, Any], repeat: int, profile: str = "") -> None:
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -88,21 +111,33 @@ def requests_measured(token: str, picked: dict[str, Any], repeat: int) -> None:
         "series of a study": lambda i: f"{base}/studies/{picked['study_uids'][i % 200]}/series",
         "instances of a series": lambda i: "{}/studies/{}/series/{}/instances".format(base, *picked["series"][i % 200]),
     }
-    commands = redis_counter()
+    commands, trips = redis_counter(), round_trip_counter()
     for name, url in searches.items():
         for i in range(5):
             answer = client.get(url(i))
             if answer.status_code != 200:
                 raise SystemExit(f"{name}: {answer.status_code} {answer.content[:200]!r}")
-        commands[0] = 0
+        commands[0] = trips[0] = 0
         with CaptureQueriesContext(connection) as queries:
             client.get(url(7))
-        sent, statements = commands[0], len(queries)  # now: the log is read lazily, and the next request clears it
+        sent, statements, round_trips = (
+            commands[0],
+            len(queries),
+            trips[0],
+        )  # now: the log is read lazily, and the next request clears it
         if os.environ.get("REQUEST_COST_SQL"):  # every statement of the one request, to see which are left
             for query in queries.captured_queries:
                 print(f"    {query['sql'][:160]}")
         median = cpu_ms(_sender(client, url), repeat)
-        print(f"{name:24s} {statements:3d} SQL statements, {sent:2d} Redis commands, {median:6.2f} ms CPU (median)")
+        print(f"{name:24s} {statements:3d} SQL statements ({round_trips} round trips), {sent:2d} Redis commands, "
+              f"{median:6.2f} ms CPU (median)")  # fmt: skip
+        if profile:  # cProfile of `repeat` more requests of this search, for pstats (shares, not ms)
+            import cProfile
+
+            send = _sender(client, url)
+            profiler = cProfile.Profile(time.process_time)
+            profiler.runcall(lambda send=send: [send() for _ in range(repeat)])
+            profiler.dump_stats(f"{profile}-{name.replace(' ', '_')}.prof")
 
 
 def steps_measured(token: str, repeat: int) -> None:
@@ -156,6 +191,7 @@ def main() -> int:
     parser.add_argument("--db", default="enclave_bench_cost")
     parser.add_argument("--redis", type=int, default=11)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--profile", default="", help="write a cProfile of each search to PROFILE-<search>.prof")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child process: the state file it measures with
     args = parser.parse_args()
     if args.measure:
@@ -163,7 +199,7 @@ def main() -> int:
 
         django.setup()
         state = json.loads(Path(args.measure).read_text())
-        requests_measured(state["token"], state["picked"], args.repeat)
+        requests_measured(state["token"], state["picked"], args.repeat, args.profile)
         if args.steps:
             steps_measured(state["token"], args.repeat)
         return 0
@@ -185,7 +221,8 @@ def main() -> int:
         print(f"load average {os.getloadavg()[0]:.2f} before")
         # Measured in a process of its own, started on the ready database as a gunicorn worker would be.
         argv = [sys.executable, "-m", "bench.request_cost", "--measure", str(state), "--repeat", str(args.repeat)]
-        subprocess.run([*argv, *(["--steps"] if args.steps else [])], check=True, cwd=ROOT, env=os.environ.copy())
+        argv += [*(["--steps"] if args.steps else []), *(["--profile", args.profile] if args.profile else [])]
+        subprocess.run(argv, check=True, cwd=ROOT, env=os.environ.copy())
         print(f"load average {os.getloadavg()[0]:.2f} after")
     finally:
         bench_cleanup(db_name=args.db, redis_url=redis_url, tmp=tmp, keep=args.keep)

@@ -375,7 +375,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "portal.web.limits.UserRateThrottle",  # DRF's, for the views that name no RATE_LIMITS action
         "portal.web.limits.PolicyThrottle",  # RATE_LIMITS for the views that name an action (search, ...)
     ],
     "DEFAULT_THROTTLE_RATES": {

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from auditlog.context import set_actor
 from django.http import HttpRequest, HttpResponseBase
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from portal.web.actor import actor_set
 from tenants import access
 from tenants.models import ApiToken, Membership, Tenant
 from tenants.scoping import tenant_scope
@@ -74,7 +74,7 @@ class TenantApi(APIView):
         self._credential.__enter__()
         if not self.DEVICE_CREDENTIALS and access.credential_is_device_bound(request.auth):
             raise access.Forbidden("A device's token does not work here.", code="device_not_granted")
-        self._actor = set_actor(request.user, remote_addr=request.META.get("REMOTE_ADDR"))
+        self._actor = actor_set(request.user, remote_addr=request.META.get("REMOTE_ADDR"))
         self._actor.__enter__()
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:

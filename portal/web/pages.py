@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from auditlog.context import set_actor
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
@@ -13,6 +12,7 @@ from django.urls import reverse
 from django.views import View
 
 from audit.services import access_denied_record, not_found_record
+from portal.web.actor import actor_set
 from portal.web.errors import route_identifier
 from portal.web.limits import limit_hit_record, limited_page, request_limit_hit
 from tenants import access
@@ -73,7 +73,7 @@ class TenantPageView(View):
                 return limited_page(request, limited)
         self.tenant, self.membership = tenant, membership
         request.tenant = tenant  # type: ignore[attr-defined]
-        with tenant_scope(tenant), set_actor(request.user, remote_addr=request.META.get("REMOTE_ADDR")):
+        with tenant_scope(tenant), actor_set(request.user, remote_addr=request.META.get("REMOTE_ADDR")):
             self.perms = access.tenant_permissions(request.user, tenant)
             try:
                 if self.required_permission and self.required_permission not in self.perms:

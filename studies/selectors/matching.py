@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import date, time
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import OperationalError, connection, models, transaction
 from django.db.models import Count, F, Q, Sum
@@ -457,13 +458,16 @@ _INDEX_JOINS = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
 
 
 def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int, index_joins: bool = False) -> list[Any]:
-    """Evaluate one page of a search under the statement timeout (SET LOCAL in the search's own transaction, or
-    savepoint, and put back afterwards), with `index_joins` joining by index lookups only (`_INDEX_JOINS`).
-    SearchTimeout when the database cancels it."""
+    """Evaluate one page of a search under the statement timeout, with `index_joins` joining by index lookups only
+    (`_INDEX_JOINS`): outside a transaction the settings ride in front of the statement, in its own implicit
+    transaction (`_search_rows_batched`: one round trip); inside the caller's, SET LOCAL in a savepoint, put back
+    afterwards. SearchTimeout when the database cancels it."""
     wanted = {"statement_timeout": f"{int(settings.SEARCH_STATEMENT_TIMEOUT_MS)}ms"}
     if index_joins:
         wanted |= _INDEX_JOINS
     nested = connection.in_atomic_block
+    if not nested and _batches():
+        return _search_rows_batched(qs, offset=offset, limit=limit, wanted=wanted)
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
@@ -481,6 +485,40 @@ def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int, index_
                         [item for pair in previous.items() for item in pair],
                     )
             return rows
+    except OperationalError as exc:
+        if _is_cancelled(exc):
+            raise SearchTimeout(SearchTimeout.reason) from exc
+        raise
+
+
+def _batches() -> bool:
+    """Whether this connection's cursors send a statement with the simple query protocol (Django's client-side
+    cursors, the default), which runs several statements of one string in order and in one implicit transaction."""
+    connection.ensure_connection()
+    return issubclass(getattr(connection.connection, "cursor_factory", type), psycopg.ClientCursor)
+
+
+def _search_rows_batched(qs: models.QuerySet[Any], *, offset: int, limit: int, wanted: dict[str, str]) -> list[Any]:
+    """`search_rows` outside a transaction, in one round trip: the settings (SET LOCAL, `set_config(..., true)`)
+    sent in front of each statement of the search in the same string, so that they hold for that statement's
+    implicit transaction and end with it (no BEGIN, settings statement and COMMIT of their own: 4 round trips
+    become 1). PostgreSQL plans and times each statement of such a string when it reaches it, so the statement
+    after the settings runs under them."""
+    prefix = "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in wanted.items()) + "; "
+    if "%" in prefix or not all(re.fullmatch(r"[a-z_]+", name) for name in wanted):  # names and values are ours
+        raise ValueError(f"Not a search setting: {wanted!r}")
+
+    def settings_in_front(execute: Any, sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        raw = context["cursor"].cursor
+        if many or not isinstance(sql, str) or not isinstance(raw, psycopg.ClientCursor):
+            raise TypeError("A search statement must be one statement of a client-side cursor.")
+        result = execute(prefix + sql, params, many, context)
+        raw.nextset()  # the statement's own result, as if it had been sent alone
+        return result
+
+    try:
+        with connection.execute_wrapper(settings_in_front):
+            return list(qs[offset : offset + limit])
     except OperationalError as exc:
         if _is_cancelled(exc):
             raise SearchTimeout(SearchTimeout.reason) from exc

@@ -212,3 +212,12 @@ def test_every_kind_is_counted_in_one_redis_round_trip_with_an_expiry(monkeypatc
     address_key = cache.make_and_validate_key(f"enclave:rate:search:address:{here}:86400:{window}")
     assert cache.get(f"enclave:rate:search:address:{here}:86400:{window}") == 2  # the refused one not counted
     assert 0 < client.ttl(address_key) <= 86401
+
+
+def test_the_cache_reuses_one_redis_client_per_connection_pool():
+    # Django's client builds a new redis.Redis (and its reply-callback table) for every operation; ours keeps one
+    # per pool, so a request's rate-limit checks do not pay for it each time.
+    from django.core.cache import cache
+
+    assert cache._cache.get_client(write=True) is cache._cache.get_client(write=True)
+    assert cache._cache.get_client(write=True).connection_pool is cache._cache._get_connection_pool(True)

@@ -34,3 +34,18 @@ def test_another_user_is_not_slowed_down(low_limits, api_client_for, tenant_a, r
         busy.get("/api/v1/t/north/tokens/")
     assert busy.get("/api/v1/t/north/tokens/").status_code == 429
     assert api_client_for(technologist_a, tenant_a).get("/api/v1/t/north/tokens/").status_code == 200
+
+
+def test_a_view_with_a_rate_limit_action_is_counted_by_the_policy_alone(
+    low_limits, api_client_for, tenant_a, radiologist_a
+):
+    # DICOMweb searches name the "search" action of RATE_LIMITS: that policy is their one limit (per person, token
+    # and address); DRF's per-user throttle, 3/min here, does not count them.
+    client = api_client_for(radiologist_a, tenant_a)
+    searches = [
+        client.get("/dicomweb/north/studies", HTTP_ACCEPT="application/dicom+json").status_code for _ in range(5)
+    ]
+    assert searches == [204] * 5
+    # The API views that name no action keep DRF's throttle, and the searches above did not count against it.
+    codes = [client.get("/api/v1/t/north/tokens/").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]

@@ -61,6 +61,43 @@ NAMES = [
 ]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_search_outside_a_transaction_sends_its_settings_with_it_in_one_round_trip(tenant_a, radiologist_a):
+    """Outside a transaction (a QIDO-RS request): no BEGIN, settings statement and COMMIT of its own; the settings
+    hold for the search's statement and are gone after it."""
+    from django.db.models.expressions import RawSQL
+    from django.test.utils import CaptureQueriesContext
+
+    from studies.selectors.matching import search_rows
+
+    def settings_now() -> tuple[str, str, str]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'), "
+                "current_setting('statement_timeout')"
+            )
+            return cursor.fetchone()
+
+    with tenant_scope(tenant_a):
+        patient = _patient(tenant_a, "MARTIN^ANNE")
+        before = settings_now()
+        qs = Study.objects.filter(patient=patient).annotate(
+            joins=RawSQL("current_setting('enable_hashjoin') || current_setting('enable_mergejoin')", []),
+            timeout=RawSQL("current_setting('statement_timeout')", []),
+        )
+        assert connection.get_autocommit()
+        assert not connection.in_atomic_block
+        with CaptureQueriesContext(connection) as queries:
+            during = search_rows(qs, limit=10, index_joins=True)
+        plain = search_rows(qs, limit=10)
+
+        assert len(queries) == 1  # the search's statement alone
+        assert [(row.joins, row.timeout) for row in during] == [("offoff", "5s")]
+        assert [row.joins for row in plain] == ["onon"]
+        assert [row.patient_id for row in during] == [patient.pk]
+        assert settings_now() == before
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [

@@ -83,3 +83,36 @@ def test_malformed_ids_are_not_visible(tenant_a, radiologist_a):
             selectors.membership_get(actor=radiologist_a, public_id="not-a-uuid")
         with pytest.raises(NotVisible):
             selectors.api_token_get_for_operator(public_id="not-a-uuid")
+
+
+def test_authenticate_reads_token_user_and_tenant_in_one_statement_as_the_orm_does(
+    django_assert_num_queries, tenant_a, radiologist_a
+):
+    # One SQL statement, written from the models' metadata: it must give the rows the ORM gives, every field
+    # converted as the ORM converts it (a trusted network range is JSON, which arrives from the server as text).
+    tenant_a.network_ranges = ["10.0.0.0/8"]
+    tenant_a.save()
+    with tenant_scope(tenant_a):
+        token, raw = services.api_token_create(actor=radiologist_a, tenant=tenant_a, name="x")
+    with django_assert_num_queries(1):
+        found = selectors.api_token_authenticate(raw=raw)
+        assert found is not None
+        user, tenant = found.user, found.tenant  # read with it: no further statement
+    expected = ApiToken.unscoped_objects.select_related("user", "tenant").get(pk=token.pk)
+    for got, want in ((found, expected), (user, expected.user), (tenant, expected.tenant)):
+        for field in type(want)._meta.concrete_fields:
+            assert getattr(got, field.attname) == getattr(want, field.attname), field.name
+    assert tenant.network_ranges == ["10.0.0.0/8"]
+    assert selectors.api_token_authenticate(raw=raw + "x") is None
+
+
+def test_authenticate_refuses_an_expired_token_and_an_inactive_user(tenant_a, radiologist_a):
+    with tenant_scope(tenant_a):
+        token, raw = services.api_token_create(actor=radiologist_a, tenant=tenant_a, name="x")
+        ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert selectors.api_token_authenticate(raw=raw) is None
+    with tenant_scope(tenant_a):
+        token, raw = services.api_token_create(actor=radiologist_a, tenant=tenant_a, name="y")
+    radiologist_a.is_active = False
+    radiologist_a.save()
+    assert selectors.api_token_authenticate(raw=raw) is None
