@@ -457,8 +457,10 @@ def tenant_permissions(actor: Any, tenant: Tenant) -> frozenset[str]:
 
 # Devices. A DICOM device is not a person: it holds no role and no share. What a device may do on the DICOM
 # listener (send with C-STORE; read with C-FIND, C-GET, C-MOVE) is one policy, registered by the devices app in
-# its AppConfig.ready, asked here on every DIMSE request (so a device revoked while its association is open is
-# refused at its next request). With no policy registered, no device may do anything (fail closed).
+# its AppConfig.ready, asked here by the listener (studies/net/scp.py) on every C-FIND, C-GET and C-MOVE, and for
+# C-STORE at least once per DICOM_DEVICE_RECHECK_SECONDS of an association (so a device revoked while its
+# association is open is refused within that bound). With no policy registered, no device may do anything (fail
+# closed).
 DEVICE_STORE = "dicom.store"
 DEVICE_READ = "dicom.read"
 DevicePolicy = Callable[[Any, str], bool]
