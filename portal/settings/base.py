@@ -600,9 +600,11 @@ def celery_task_routes(prefix: str = "") -> dict[str, dict[str, str]]:
         # The sweeper and its per-tenant requeue are periodic maintenance, though their names say ingest.
         "studies.tasks.ingest_sweep": maintenance,
         "studies.tasks.tenant_ingest_requeue": maintenance,
-        # The ingest path: whatever studies.tasks names ingest_* (one item, a batch...), and the thumbnails.
+        # The ingest path: whatever studies.tasks names ingest_* (one item, a batch...). Not the thumbnails: they go
+        # to `default` (nothing is searchable later for want of one), because a load of new series queued thousands
+        # of them ahead of the next ingest message (20,000 small instances: a STOW-RS request waited 100 s behind
+        # them); a worker that takes both queues alternates between them.
         "studies.tasks.ingest_*": ingest,
-        "studies.tasks.series_thumbnail*": ingest,
         # Periodic jobs (portal/celery_schedule.py) and the per-tenant tasks they fan out to.
         "studies.tasks.tenant_*": maintenance,
         "studies.tasks.blob_*": maintenance,

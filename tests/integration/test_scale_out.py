@@ -266,7 +266,7 @@ def test_a_listener_process_that_dies_is_not_restarted_silently(stack):
 def test_two_workers_on_one_ingest_queue_process_each_item_once(stack, north, tmp_path):
     """60 instances received; two worker processes consume the same ingest queue; every instance is indexed once,
     counted once by INSTANCES_STORED, and each worker did some of the work."""
-    # Both on the ingest queue only; the thumbnails go there too. A third consumes the other two queues.
+    # Both on the ingest queue only. A third consumes the other two queues (the thumbnails go to `default`).
     first = stack.worker("ingest-1", ("ingest",))
     second = stack.worker("ingest-2", ("ingest",))
     stack.worker("others", ("default", "maintenance"))

@@ -1,5 +1,5 @@
 """The Celery queues (issue 10, "Past one machine"): every task of the ingest path goes to `ingest`, every periodic
-job and its per-tenant fan-out to `maintenance`, what a person asked for to `default`. Asked of Celery's own router,
+job and its per-tenant fan-out to `maintenance`, what a person asked for and the thumbnails to `default`. Asked of Celery's own router,
 with the routes the settings build (portal.settings.base.celery_task_routes)."""
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def test_every_ingest_path_task_goes_to_the_ingest_queue():
         n for n in registered_tasks() if n.startswith("studies.tasks.ingest_") and n != "studies.tasks.ingest_sweep"
     ]
     assert "studies.tasks.ingest_process" in ingest_path
-    for name in [*ingest_path, "studies.tasks.series_thumbnail"]:
+    for name in ingest_path:
         assert queue_of(name) == "ingest", name
+    # The thumbnails are not on the ingest path: a series' thumbnail task never waits ahead of an ingest message.
+    assert queue_of("studies.tasks.series_thumbnail") == "default"
     # A task of the ingest path not written yet (a batch per association) lands there by its name alone.
     assert queue_of("studies.tasks.ingest_batch_process") == "ingest"
 
@@ -64,9 +66,8 @@ def test_what_a_person_asked_for_goes_to_default_and_every_task_has_one_of_the_t
     assert set(queues.values()) == {"ingest", "maintenance", "default"}
     # Nothing of the ingest path waits behind maintenance, nothing periodic behind the images.
     assert [n for n, q in queues.items() if q == "ingest"] == sorted(
-        n for n in queues if (n.startswith("studies.tasks.ingest_") and n != "studies.tasks.ingest_sweep")
-        or n.startswith("studies.tasks.series_thumbnail")
-    )  # fmt: skip
+        n for n in queues if n.startswith("studies.tasks.ingest_") and n != "studies.tasks.ingest_sweep"
+    )
 
 
 def test_a_prefix_names_every_queue_apart():
