@@ -22,6 +22,7 @@ Resources: `/studies`, `/studies/{study}/series`, `/series`, `/studies/{study}/s
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from typing import Any
 
 import pydicom.datadict
@@ -74,23 +75,30 @@ def _study_of(obj: Any) -> Study:
     return obj.series.study
 
 
-def _element(attribute: Attribute, value: Any) -> dict[str, Any]:
-    element: dict[str, Any] = {"vr": attribute.vr}
-    if value is None or value == "":
-        return element
-    if attribute.vr == "PN":
-        element["Value"] = [{"Alphabetic": str(value)}]
-    elif attribute.vr == "DA":
-        element["Value"] = [value.strftime("%Y%m%d")]
-    elif attribute.vr == "TM":
-        element["Value"] = [value.strftime("%H%M%S")]
-    elif attribute.vr in ("IS", "US"):
-        element["Value"] = [int(value)]
-    elif attribute.keyword == "ModalitiesInStudy":
-        element["Value"] = [m for m in str(value).split("\\") if m]
-    else:
-        element["Value"] = [str(value)]
-    return element
+def _elements(attribute: Attribute, values: Iterable[Any]) -> list[dict[str, Any]]:
+    """The DICOM JSON element (PS3.18 F.2) of each value of `attribute`: a whole column of results at once (one
+    comprehension per VR instead of a call per value); an empty value (None, "") is the VR alone."""
+    vr = attribute.vr
+    if vr == "PN":
+        return [
+            {"vr": vr, "Value": [{"Alphabetic": str(v)}]} if v is not None and v != "" else {"vr": vr} for v in values
+        ]
+    if vr == "DA":
+        return [
+            {"vr": vr, "Value": [v.strftime("%Y%m%d")]} if v is not None and v != "" else {"vr": vr} for v in values
+        ]
+    if vr == "TM":
+        return [
+            {"vr": vr, "Value": [v.strftime("%H%M%S")]} if v is not None and v != "" else {"vr": vr} for v in values
+        ]
+    if vr in ("IS", "US"):
+        return [{"vr": vr, "Value": [int(v)]} if v is not None and v != "" else {"vr": vr} for v in values]
+    if attribute.keyword == "ModalitiesInStudy":
+        return [
+            {"vr": vr, "Value": [m for m in str(v).split("\\") if m]} if v is not None and v != "" else {"vr": vr}
+            for v in values
+        ]
+    return [{"vr": vr, "Value": [str(v)]} if v is not None and v != "" else {"vr": vr} for v in values]
 
 
 def retrieve_url(
@@ -182,50 +190,51 @@ def _attribute_path(level: Level, attribute: Attribute) -> str:
 
 
 class ResultWriter:
-    """The DICOM JSON objects of one request's results, with what is the same for every row worked out once: the
-    tags in order, where each value is read from (one `operator.attrgetter` of every column the row holds, a C call
-    per row instead of an `attribute_value` per attribute) and the URL prefix. What the fast read cannot read (a
-    parent missing) or reads as None, and the patient counts that only a patient-level row carries, are read by
-    `attribute_value`, which decides what they mean. Each value's element is `_element`'s. A year of studies is
-    1,000 results of 16 attributes (docs/BENCHMARKS.md, "h5 branch")."""
+    """The DICOM JSON objects of one request's results, built column by column: what is the same for every row is
+    worked out once (the tags in order, where each value is read from, the URL prefix), the values of a row read
+    by one `operator.attrgetter` of every column it holds (a C call per row instead of an `attribute_value` per
+    attribute), each attribute's elements made for all rows at once (`_elements`), and each result zipped from
+    them. A row the fast read cannot read (a parent missing), and the patient counts that only a patient-level
+    row carries, are read by `attribute_value`, which decides what they mean. A year of studies is 1,000 results
+    of 16 attributes (docs/BENCHMARKS.md, "h5 branch")."""
 
     def __init__(self, *, level: str, attributes: list[Attribute], urls: RetrieveUrls) -> None:
         self.level = Level(level)
         self.urls = urls
+        self.attributes = attributes
         counts = [a for a in attributes if a.level is PATIENT and a.matching is Matching.UNIVERSAL]
-        self.slow = [a for a in counts if a.field]
         self.fast = [a for a in attributes if a.field and a not in counts]
-        self.empty = [a for a in attributes if not a.field]
         self.read = operator.attrgetter(*(_attribute_path(self.level, a) for a in self.fast)) if self.fast else None
         self.url_uids = operator.attrgetter(*_URL_PATHS[self.level])
-        self.template: dict[str, Any] = dict.fromkeys(sorted({*_CONSTANT, _URL_TAG, *(a.tag for a in attributes)}))
-        self.template.update(_CONSTANT)
 
-    def _fast_values(self, row: Any) -> list[Any]:
+    def _row_values(self, row: Any) -> tuple[Any, ...]:
         if self.read is None:
-            return []
+            return ()
         try:
             found = self.read(row)
         except AttributeError:
-            return [attribute_value(row, a, level=self.level) for a in self.fast]
-        values = list(found) if len(self.fast) > 1 else [found]
-        for index, value in enumerate(values):
-            if value is None:  # what None stands for is attribute_value's to say
-                values[index] = attribute_value(row, self.fast[index], level=self.level)
-        return values
+            return tuple(attribute_value(row, a, level=self.level) for a in self.fast)
+        return found if len(self.fast) > 1 else (found,)
+
+    def results(self, rows: list[Any]) -> list[dict[str, Any]]:
+        columns: dict[str, list[dict[str, Any]]] = {
+            tag: [{"vr": element["vr"], "Value": list(element["Value"])} for _ in rows]
+            for tag, element in _CONSTANT.items()
+        }
+        fast = dict(zip(self.fast, zip(*map(self._row_values, rows), strict=True), strict=True)) if rows else {}
+        for attribute in self.attributes:
+            values = fast.get(attribute)
+            if values is None:
+                values = tuple(attribute_value(row, attribute, level=self.level) for row in rows)
+            columns[attribute.tag] = _elements(attribute, values)
+        uids = map(self.url_uids, rows)
+        urls = [self.urls.url(*u) for u in uids] if self.level is not STUDY else [self.urls.url(u) for u in uids]
+        columns[_URL_TAG] = [{"vr": "UR", "Value": [url]} for url in urls]
+        tags = sorted(columns)
+        return [dict(zip(tags, elements, strict=True)) for elements in zip(*(columns[t] for t in tags), strict=True)]
 
     def result(self, row: Any) -> dict[str, Any]:
-        out = self.template.copy()
-        for attribute, value in zip(self.fast, self._fast_values(row), strict=True):
-            out[attribute.tag] = _element(attribute, value)
-        for attribute in self.slow:
-            out[attribute.tag] = _element(attribute, attribute_value(row, attribute, level=self.level))
-        for attribute in self.empty:
-            out[attribute.tag] = {"vr": attribute.vr}
-        uids = self.url_uids(row)
-        url = self.urls.url(*uids) if isinstance(uids, tuple) else self.urls.url(uids)
-        out[_URL_TAG] = {"vr": "UR", "Value": [url]}
-        return out
+        return self.results([row])[0]
 
 
 # The search
@@ -355,7 +364,7 @@ class _SearchApi(DicomWebReadApi):
             response = Response(status=204)
         else:
             writer = ResultWriter(level=level, attributes=attributes, urls=RetrieveUrls(request, tenant))
-            response = Response([writer.result(r) for r in rows])
+            response = Response(writer.results(rows))
         for warning in warnings:
             response["Warning"] = warning if "Warning" not in response else f"{response['Warning']}, {warning}"
         return response

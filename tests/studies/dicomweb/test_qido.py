@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from datetime import date
 
 import pytest
 
@@ -335,6 +336,7 @@ def test_every_result_holds_each_attribute_as_the_catalogue_reads_it_in_tag_orde
             for attribute in attributes:
                 expected[attribute.tag] = _reference_element(attribute, attribute_value(row, attribute, level=level))
             study = row if level is STUDY else row.study if level is SERIES else row.series.study
+            series = row if level is SERIES else row.series if level is INSTANCE else None
             url = value(item, "00081190")
             assert url.startswith("http://testserver/dicomweb/north/studies/")
             assert url.endswith(
@@ -342,7 +344,7 @@ def test_every_result_holds_each_attribute_as_the_catalogue_reads_it_in_tag_orde
                 if level is STUDY
                 else f"{study.study_instance_uid}/series/{row.series_instance_uid}"
                 if level is SERIES
-                else f"{study.study_instance_uid}/series/{row.series.series_instance_uid}/instances/{row.sop_instance_uid}"
+                else f"{study.study_instance_uid}/series/{series.series_instance_uid}/instances/{row.sop_instance_uid}"
             )
             expected["00081190"] = {"vr": "UR", "Value": [url]}
             assert item == expected
@@ -370,3 +372,22 @@ def test_a_search_reads_no_column_of_its_rows_again(qido, north, path):
     table = {"studies": "studies_study", "series": "studies_series"}[path]
     (search,) = [q["sql"] for q in three.captured_queries if f'FROM "{table}"' in q["sql"] and "ORDER BY" in q["sql"]]
     assert '"created_at"' not in search.split(" FROM ")[0]
+
+
+def test_the_query_event_lists_the_query_then_each_patient_and_study_once(qido, north, tenant_a):
+    """PS3.15 A.5: the query, then each patient (ID and name) before its first study (UID and accession), each once;
+    another study of a patient already listed adds only the study."""
+    second = ingest(tenant_a, patient_id="P-SMITH", patient_name="SMITH^JOHN", accession="A101",
+                    study_date=date(2024, 1, 6), modality="CT")  # fmt: skip
+    response = qido(PatientName="SM*")
+    assert len(response.json()) == 3
+    event = events(tenant_a, EventType.STUDIES_QUERIED)[-1]
+    query = base64.b64encode(response.wsgi_request.META["QUERY_STRING"].encode()).decode()
+    assert event.participants == [
+        {"type": "query", "id": "/dicomweb/north/studies", "query": query, "detail": {"results": 3}},
+        {"type": "patient", "id": "P-SMYTH", "name": "Smyth^Jane"},
+        {"type": "study", "id": north["smyth"].study_instance_uid, "detail": {"accession": "A200"}},
+        {"type": "patient", "id": "P-SMITH", "name": "SMITH^JOHN"},
+        {"type": "study", "id": second.study_instance_uid, "detail": {"accession": "A101"}},
+        {"type": "study", "id": north["smith"].study_instance_uid, "detail": {"accession": "A100"}},
+    ]
