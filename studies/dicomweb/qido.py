@@ -227,7 +227,7 @@ class ResultWriter:
             if values is None:
                 values = tuple(attribute_value(row, attribute, level=self.level) for row in rows)
             columns[attribute.tag] = _elements(attribute, values)
-        uids = map(self.url_uids, rows)
+        uids: list[Any] = [self.url_uids(row) for row in rows]  # a UID, or a tuple of UIDs below the study level
         urls = [self.urls.url(*u) for u in uids] if self.level is not STUDY else [self.urls.url(u) for u in uids]
         columns[_URL_TAG] = [{"vr": "UR", "Value": [url]} for url in urls]
         tags = sorted(columns)
