@@ -384,6 +384,15 @@ _ORDER: dict[Level, tuple[str, ...]] = {
 }
 
 
+# Columns of a study- or series-level result row (and its joined study and patient) that no answer reads: neither
+# the catalogue (`attribute_value`), nor the audit of the search (studies.services.reads), nor a WADO-RS URL. Left
+# out of the SELECT: each timestamp costs psycopg and Django about 10 us a row to parse, and a year of studies is
+# 1,000 rows of two models (docs/BENCHMARKS.md, "h5 branch"). Instance-level rows are read whole: C-GET and C-MOVE
+# retrieve what they find.
+_UNREAD = ("public_id", "created_at", "updated_at")
+_UNREAD_PATIENT = (*_UNREAD, "name_folded")
+
+
 def search_queryset(
     *,
     actor: Any,
@@ -401,7 +410,7 @@ def search_queryset(
     qs: models.QuerySet[Any]
     if level is STUDY:
         # Study-level results never read the series study_list prefetches (bench/query.py measured the cost).
-        qs = visible.select_related("patient")
+        qs = visible.select_related("patient").defer(*_UNREAD, *(f"patient__{name}" for name in _UNREAD_PATIENT))
     elif level is PATIENT:
         qs = Patient.objects.filter(pk__in=visible.order_by().values("patient_id")).annotate(
             n_studies=Count("studies", distinct=True),
@@ -409,7 +418,13 @@ def search_queryset(
             n_instances=Sum("studies__number_of_instances"),
         )
     elif level is SERIES:
-        qs = Series.objects.filter(study__in=visible.order_by().values("pk")).select_related("study__patient")
+        qs = (
+            Series.objects.filter(study__in=visible.order_by().values("pk"))
+            .select_related("study__patient")
+            .defer(
+                *_UNREAD, *(f"study__{name}" for name in _UNREAD), *(f"study__patient__{n}" for n in _UNREAD_PATIENT)
+            )
+        )
     else:
         instances = Instance.objects.filter(series__study__in=visible.order_by().values("pk"))
         if series_uid is not None:

@@ -38,7 +38,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.events import EventType, Outcome
-from audit.services import audit_event_record, participant
+from audit.services import audit_event_record
 from studies.models import Patient, ReadTally, Study
 from tenants.scoping import current_tenant
 
@@ -53,24 +53,24 @@ def read_participants(
     by what was searched (`id`: the resource or SOP class, `query`: the raw query, base64)."""
     entries: list[dict[str, Any]] = []
     if query is not None:
-        entries.append(participant({"type": "query", **query}))
-    seen: set[tuple[str, int]] = set()
-
-    def add_patient(patient: Patient) -> None:
-        if ("patient", patient.pk) not in seen:
-            seen.add(("patient", patient.pk))
-            entries.append(participant({"type": "patient", "id": patient.patient_id, "name": patient.name}))
-
+        entries.append({"type": "query", **query})
+    # Each entry a new dict, as `audit.services.participant` makes one of a mapping; built here directly, without
+    # a call per entry: a search that answers 1,000 studies records some 2,000 (docs/BENCHMARKS.md, "h5 branch").
+    seen_patients: set[int] = set()
+    seen_studies: set[int] = set()
     for patient in patients:
-        add_patient(patient)
+        if patient.pk not in seen_patients:
+            seen_patients.add(patient.pk)
+            entries.append({"type": "patient", "id": patient.patient_id, "name": patient.name})
     for study in studies:
-        add_patient(study.patient)
-        if ("study", study.pk) not in seen:
-            seen.add(("study", study.pk))
+        patient = study.patient
+        if patient.pk not in seen_patients:
+            seen_patients.add(patient.pk)
+            entries.append({"type": "patient", "id": patient.patient_id, "name": patient.name})
+        if study.pk not in seen_studies:
+            seen_studies.add(study.pk)
             entries.append(
-                participant(
-                    {"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}
-                )
+                {"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}
             )
     return entries
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from datetime import date
 
 import pytest
 
@@ -261,3 +262,132 @@ def test_the_query_string_stays_out_of_logs(caplog):
 
     handler = settings.LOGGING["handlers"]["console"]
     assert "strip_query" in handler["filters"]
+
+
+def _reference_element(attribute, value) -> dict:
+    """A DICOM JSON element as PS3.18 F.2 writes each VR, from the catalogue's `attribute_value` (what C-FIND
+    answers with too): the answer's elements must be exactly these."""
+    if value is None or value == "":
+        return {"vr": attribute.vr}
+    if attribute.vr == "PN":
+        return {"vr": "PN", "Value": [{"Alphabetic": str(value)}]}
+    if attribute.vr == "DA":
+        return {"vr": "DA", "Value": [value.strftime("%Y%m%d")]}
+    if attribute.vr == "TM":
+        return {"vr": "TM", "Value": [value.strftime("%H%M%S")]}
+    if attribute.vr in ("IS", "US"):
+        return {"vr": attribute.vr, "Value": [int(value)]}
+    if attribute.keyword == "ModalitiesInStudy":
+        return {"vr": "CS", "Value": [m for m in str(value).split("\\") if m]}
+    return {"vr": attribute.vr, "Value": [str(value)]}
+
+
+@pytest.mark.parametrize("includefield", ["all", None])
+@pytest.mark.parametrize("path", ["studies", "series", "instances"])
+def test_every_result_holds_each_attribute_as_the_catalogue_reads_it_in_tag_order(
+    qido, north, tenant_a, path, includefield
+):
+    """Each attribute (the default ones, or every one of the level and above), as `attribute_value` reads it off
+    the row, an empty value as a bare VR, the tags in ascending order, and the result's WADO-RS URL: the writer
+    reads the rows its own way, and must answer exactly this. A study with no date, accession, referring
+    physician, description, sex or birth date included."""
+    from studies.models import Instance, Series, Study
+    from studies.selectors import (
+        BY_TAG,
+        DEFAULT_KEYWORDS,
+        INSTANCE,
+        LEVELS,
+        PATIENT,
+        SERIES,
+        STUDY,
+        attribute_value,
+        attributes_at_or_above,
+    )
+    from tenants.scoping import tenant_scope
+
+    ingest(tenant_a, patient_id="P-BLANK", patient_name="BLANK^B", patient_birth_date=None, patient_sex="",
+           accession="", referring="", study_description="", study_date=None)  # fmt: skip
+    level, model, uid = {
+        "studies": (STUDY, Study, "0020000D"),
+        "series": (SERIES, Series, "0020000E"),
+        "instances": (INSTANCE, Instance, "00080018"),
+    }[path]
+    response = qido(path, **({"includefield": includefield} if includefield else {}))
+    assert response.status_code == 200, response.content
+    items = response.json()
+    assert len(items) == 4
+    field = {STUDY: "study_instance_uid", SERIES: "series_instance_uid", INSTANCE: "sop_instance_uid"}[level]
+    with tenant_scope(tenant_a):
+        rows = {getattr(r, field): r for r in model.objects.all()}
+    blank = 0
+    with tenant_scope(tenant_a):
+        for item in items:
+            row = rows[value(item, uid)]
+            expected = {
+                "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
+                "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+            }
+            attributes = [BY_TAG[tag] for tag in item if tag in BY_TAG]
+            if includefield == "all":
+                assert attributes == sorted(attributes_at_or_above(level), key=lambda a: a.tag)
+            else:
+                levels = {STUDY: (PATIENT, STUDY), SERIES: (PATIENT, STUDY, SERIES)}.get(level, LEVELS)
+                assert {a.keyword for a in attributes} == {k for lv in levels for k in DEFAULT_KEYWORDS[lv]}
+            for attribute in attributes:
+                expected[attribute.tag] = _reference_element(attribute, attribute_value(row, attribute, level=level))
+            study = row if level is STUDY else row.study if level is SERIES else row.series.study
+            series = row if level is SERIES else row.series if level is INSTANCE else None
+            url = value(item, "00081190")
+            assert url.startswith("http://testserver/dicomweb/north/studies/")
+            assert url.endswith(
+                study.study_instance_uid
+                if level is STUDY
+                else f"{study.study_instance_uid}/series/{row.series_instance_uid}"
+                if level is SERIES
+                else f"{study.study_instance_uid}/series/{series.series_instance_uid}/instances/{row.sop_instance_uid}"
+            )
+            expected["00081190"] = {"vr": "UR", "Value": [url]}
+            assert item == expected
+            assert list(item) == sorted(item)
+            if value(item, "00100020") == "P-BLANK":
+                blank += 1
+                assert item["00080020"] == {"vr": "DA"}
+                assert item["00080050"] == {"vr": "SH"}
+    assert blank == 1
+
+
+@pytest.mark.parametrize("path", ["studies", "series"])
+def test_a_search_reads_no_column_of_its_rows_again(qido, north, path):
+    """The columns a study- or series-level search leaves out of its SELECT (timestamps, public ids) are never
+    read back one row at a time: three results cost the statements of one, every attribute returned."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    qido(path)  # the first request of a session reads what later ones find cached
+    with CaptureQueriesContext(connection) as one:
+        assert len(qido(path, includefield="all", limit=1).json()) == 1
+    with CaptureQueriesContext(connection) as three:
+        assert len(qido(path, includefield="all").json()) == 3
+    assert len(three) == len(one)
+    table = {"studies": "studies_study", "series": "studies_series"}[path]
+    (search,) = [q["sql"] for q in three.captured_queries if f'FROM "{table}"' in q["sql"] and "ORDER BY" in q["sql"]]
+    assert '"created_at"' not in search.split(" FROM ")[0]
+
+
+def test_the_query_event_lists_the_query_then_each_patient_and_study_once(qido, north, tenant_a):
+    """PS3.15 A.5: the query, then each patient (ID and name) before its first study (UID and accession), each once;
+    another study of a patient already listed adds only the study."""
+    second = ingest(tenant_a, patient_id="P-SMITH", patient_name="SMITH^JOHN", accession="A101",
+                    study_date=date(2024, 1, 6), modality="CT")  # fmt: skip
+    response = qido(PatientName="SM*")
+    assert len(response.json()) == 3
+    event = events(tenant_a, EventType.STUDIES_QUERIED)[-1]
+    query = base64.b64encode(response.wsgi_request.META["QUERY_STRING"].encode()).decode()
+    assert event.participants == [
+        {"type": "query", "id": "/dicomweb/north/studies", "query": query, "detail": {"results": 3}},
+        {"type": "patient", "id": "P-SMYTH", "name": "Smyth^Jane"},
+        {"type": "study", "id": north["smyth"].study_instance_uid, "detail": {"accession": "A200"}},
+        {"type": "patient", "id": "P-SMITH", "name": "SMITH^JOHN"},
+        {"type": "study", "id": second.study_instance_uid, "detail": {"accession": "A101"}},
+        {"type": "study", "id": north["smith"].study_instance_uid, "detail": {"accession": "A100"}},
+    ]
