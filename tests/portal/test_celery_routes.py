@@ -1,6 +1,6 @@
 """The Celery queues (issue 10, "Past one machine"): every task of the ingest path goes to `ingest`, every periodic
-job and its per-tenant fan-out to `maintenance`, what a person asked for and the thumbnails to `default`. Asked of Celery's own router,
-with the routes the settings build (portal.settings.base.celery_task_routes)."""
+job and its per-tenant fan-out to `maintenance`, what a person asked for and the thumbnails to `default`. Asked of
+Celery's own router, with the routes the settings build (portal.settings.base.celery_task_routes)."""
 
 from __future__ import annotations
 
