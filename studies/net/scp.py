@@ -632,14 +632,13 @@ def _messaging_warm() -> None:
     """Make Celery ready to send before the first association: its task registry (every app's tasks module), its
     AMQP helper, result backend and producer pool are otherwise built at the first wake-up (`ingest_wake`), in the
     thread of an association's first object, which waited for them (about 0.2 s of CPU measured here). Startup
-    work, not per-object work; a failure here is logged and the first message builds them as before."""
+    work, not per-object work. None of it connects to the broker (a broker that is down is met at the first
+    wake-up, as before); a configuration Celery cannot load stops the listener at its start, with Celery's error,
+    instead of at its first object."""
     app = current_app
-    try:
-        app.loader.import_default_modules()
-        for ready in (app.amqp, app.backend, app.producer_pool):
-            assert ready is not None
-    except Exception:
-        logger.warning("Celery could not be made ready at the listener's start; the first message will", exc_info=True)
+    app.loader.import_default_modules()
+    # Each attribute is built on first access and kept by the app (cached properties): read them now.
+    app.amqp, app.backend, app.producer_pool  # noqa: B018
 
 
 def start_listener(
