@@ -25,6 +25,16 @@ pytestmark = pytest.mark.django_db
 _uids = count(1)
 
 
+def _session_settings() -> tuple[str, str, str]:
+    """The session's join and timeout settings, as the next statement of this connection sees them."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'), "
+            "current_setting('statement_timeout')"
+        )
+        return cursor.fetchone()
+
+
 def _patient(tenant: Any, name: str, patient_id: str | None = None) -> Patient:
     patient = Patient.objects.create(tenant=tenant, patient_id=patient_id or f"P{next(_uids)}", name=name)
     Study.objects.create(tenant=tenant, patient=patient, study_instance_uid=f"1.2.3.{next(_uids)}")
@@ -70,17 +80,9 @@ def test_a_search_outside_a_transaction_sends_its_settings_with_it_in_one_round_
 
     from studies.selectors.matching import search_rows
 
-    def settings_now() -> tuple[str, str, str]:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'), "
-                "current_setting('statement_timeout')"
-            )
-            return cursor.fetchone()
-
     with tenant_scope(tenant_a):
         patient = _patient(tenant_a, "MARTIN^ANNE")
-        before = settings_now()
+        before = _session_settings()
         qs = Study.objects.filter(patient=patient).annotate(
             joins=RawSQL("current_setting('enable_hashjoin') || current_setting('enable_mergejoin')", []),
             timeout=RawSQL("current_setting('statement_timeout')", []),
@@ -95,7 +97,7 @@ def test_a_search_outside_a_transaction_sends_its_settings_with_it_in_one_round_
         assert [(row.joins, row.timeout) for row in during] == [("offoff", "5s")]
         assert [row.joins for row in plain] == ["onon"]
         assert [row.patient_id for row in during] == [patient.pk]
-        assert settings_now() == before
+        assert _session_settings() == before
 
 
 @pytest.mark.parametrize(
@@ -310,17 +312,9 @@ def test_a_search_below_the_patient_level_joins_by_lookups_and_gives_the_setting
 
     from studies.selectors.matching import search_rows
 
-    def settings_now() -> tuple[str, str, str]:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin'), "
-                "current_setting('statement_timeout')"
-            )
-            return cursor.fetchone()
-
     with tenant_scope(tenant_a):
         patient = _patient(tenant_a, "MARTIN^ANNE")
-        before = settings_now()
+        before = _session_settings()
         qs = Study.objects.filter(patient=patient).annotate(
             joins=RawSQL("current_setting('enable_hashjoin') || current_setting('enable_mergejoin')", [])
         )
@@ -330,7 +324,7 @@ def test_a_search_below_the_patient_level_joins_by_lookups_and_gives_the_setting
 
         assert [row.joins for row in during] == ["offoff"]
         assert [row.joins for row in plain] == ["onon"]
-        assert settings_now() == before
+        assert _session_settings() == before
 
 
 @pytest.mark.parametrize(
