@@ -17,16 +17,16 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
+import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
+from django.core.files.base import File
 from django.core.files.storage import storages
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 REASON_MAX = 500
 STREAM_PIECE = 1 << 20  # ciphertext read a MiB at a time when the export is streamed
+SEAL_PIECE = 1 << 18  # the zip read 256 KiB at a time when it is encrypted (the cipher gathers its 1 MiB chunks)
 METHOD = (
     "Cryptographic erase (NIST SP 800-88 Rev. 1 Purge): every study key-encryption key file deleted from the "
     "primary and the replica blob store, every tenant key's wrapped material erased from the database"
@@ -110,12 +111,12 @@ def _json(data: Any) -> bytes:
     return json.dumps(data, cls=DjangoJSONEncoder, indent=1, sort_keys=True).encode()
 
 
-def _export_build(tenant: Tenant) -> tuple[bytes, dict[str, Any]]:
-    """The export zip and what it holds (counts and the SHA-256 of each file)."""
+def _export_build(tenant: Tenant, out: IO[bytes]) -> dict[str, Any]:
+    """Write the export zip to `out` (a temporary file: a hospital's export is far larger than memory; one
+    instance at a time is read) and return what it holds (counts and the SHA-256 of each file)."""
     manifest: dict[str, str] = {}
-    buffer = io.BytesIO()
     instances = 0
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
 
         def put(name: str, data: bytes) -> None:
             archive.writestr(name, data)
@@ -150,7 +151,24 @@ def _export_build(tenant: Tenant) -> tuple[bytes, dict[str, Any]]:
             "audit_chain_head": {"sequence": trail["last_sequence"], "hash": trail["last_hash"]},
         }
         archive.writestr("manifest.json", _json({**summary, "files": manifest}))
-    return buffer.getvalue(), {**summary, "files": len(manifest)}
+    return {**summary, "files": len(manifest)}
+
+
+def _export_seal(plain: IO[bytes], sealed: IO[bytes], *, key: bytes, tenant_id: int, export_id: str) -> tuple[str, int]:
+    """Encrypt the zip in `plain` into `sealed`, a piece at a time; the SHA-256 and size of the plaintext."""
+    digest, size = hashlib.sha256(), 0
+    plain.seek(0)
+
+    def pieces() -> Iterator[bytes]:
+        nonlocal size
+        for piece in iter(lambda: plain.read(SEAL_PIECE), b""):
+            digest.update(piece)
+            size += len(piece)
+            yield piece
+
+    for piece in envelope.encrypt_chunks(pieces(), data_key=key, tenant_id=tenant_id, blob_id=export_id):
+        sealed.write(piece)
+    return digest.hexdigest(), size
 
 
 def tenant_offboarding_approve(*, operator: User, offboarding: TenantOffboarding) -> TenantOffboarding:
@@ -168,13 +186,18 @@ def tenant_offboarding_approve(*, operator: User, offboarding: TenantOffboarding
         if offboarding.requested_by_id == operator.pk:
             raise ValidationError("You requested this offboarding: a second operator must approve it.")
         study_keys_adopt()  # blobs stored before study keys: under their study's key, so the shred reaches them
-        data, summary = _export_build(tenant)
         export_key = envelope.new_key()
         export_id = str(offboarding.public_id)
-        sealed = envelope.encrypt(data, data_key=export_key, tenant_id=tenant.pk, blob_id=export_id)
         name = f"offboarding/t{tenant.pk}/{uuid.uuid4().hex}.zip.enc"
-        for store in (PRIMARY, REPLICA):
-            storages[store].save(name, ContentFile(sealed))
+        # Plaintext and ciphertext on disk, never whole in memory; the temporary files go when the block ends.
+        with tempfile.TemporaryFile() as plain, tempfile.TemporaryFile() as sealed:
+            summary = _export_build(tenant, plain)
+            export_sha256, export_size = _export_seal(
+                plain, sealed, key=export_key, tenant_id=tenant.pk, export_id=export_id
+            )
+            for store in (PRIMARY, REPLICA):
+                sealed.seek(0)
+                storages[store].save(name, File(sealed, name=name))
         with transaction.atomic():
             offboarding = TenantOffboarding.objects.select_for_update().get(pk=offboarding.pk)
             if offboarding.status != TenantOffboarding.Status.REQUESTED:
@@ -204,14 +227,14 @@ def tenant_offboarding_approve(*, operator: User, offboarding: TenantOffboarding
                 "study_keys_destroyed": len(study_keys),
                 "tenant_key_versions_destroyed": tenant_keys,
                 "blobs_made_unreadable": Blob.objects.count(),
-                "export": {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), **summary},
+                "export": {"name": name, "sha256": export_sha256, "size": export_size, **summary},
             }
             offboarding.status, offboarding.approved_by, offboarding.decided_at = (
                 TenantOffboarding.Status.DONE,
                 operator,
                 now,
             )
-            offboarding.export_name, offboarding.export_size = name, len(data)
+            offboarding.export_name, offboarding.export_size = name, export_size
             offboarding.export_sha256 = certificate["export"]["sha256"]
             offboarding.export_key = envelope.wrap_export_key(
                 master_key=master_key_for_wrapping(), export_key=export_key, tenant_id=tenant.pk, export_id=export_id
@@ -258,26 +281,6 @@ def _export_key(offboarding: TenantOffboarding) -> bytes:
 def _export_read_record(operator: User, offboarding: TenantOffboarding, **extra: Any) -> None:
     with transaction.atomic():
         audit_event_record(event=EventType.TENANT_EXPORT_READ, actor=operator, target=offboarding, extra=extra)
-
-
-def tenant_offboarding_export_read(*, operator: User, offboarding: TenantOffboarding) -> bytes:
-    """The decrypted export zip, for handing to the departing tenant. Platform operators only; audited."""
-    _operator_check(operator)
-    with tenant_scope(offboarding.tenant):
-        key = _export_key(offboarding)
-        _export_read_record(operator, offboarding)
-        export_id = str(offboarding.public_id)
-        for store in (PRIMARY, REPLICA):
-            try:
-                with storages[store].open(offboarding.export_name, "rb") as handle:
-                    data = envelope.decrypt(
-                        handle.read(), data_key=key, tenant_id=offboarding.tenant_id, blob_id=export_id
-                    )
-            except (OSError, envelope.DecryptionError):
-                continue
-            if hashlib.sha256(data).hexdigest() == offboarding.export_sha256:
-                return data
-        raise ValidationError("The export is unreadable from both stores.")
 
 
 def _export_plaintext(store: str, offboarding: TenantOffboarding, key: bytes) -> Iterator[bytes]:
