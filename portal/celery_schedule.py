@@ -32,6 +32,13 @@ BEAT_SCHEDULE = {
         "schedule": float(settings.READ_AUDIT_FLUSH_INTERVAL_SECONDS),
         "options": {"queue": "maintenance"},
     },
+    # Queue again the e-mails of the outbox not delivered in time (a broker down when their change committed, a
+    # delivery task that gave up), so a break-glass notice or an invitation is never lost (tenants.services.mail).
+    "mail-outbox-sweep": {
+        "task": "tenants.tasks.mail_outbox_sweep",
+        "schedule": 600.0,
+        "options": {"queue": "maintenance"},
+    },
     # Record the end (110138) of break-glass grants past their expiry. Access already stopped at the expiry
     # (the visibility rule); this puts the end on the audit trail within a minute.
     "break-glass-expire": {

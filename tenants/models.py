@@ -343,6 +343,29 @@ class UserSession(models.Model):
         return f"session of {self.user_id}"
 
 
+class OutboundMail(models.Model):
+    """One e-mail queued by `tenants.services.mail_queue`, kept until it is delivered: the outbox. The row is
+    written in the transaction of the change that causes the mail, so a broker that is down when it commits loses
+    no mail (the sweep queues it again); `sent_at` is set in the transaction that delivers it, under a row lock, so
+    no mail goes twice. Never patient data (callers put none in a message); delivered rows are removed after
+    MAIL_OUTBOX_KEEP_DAYS."""
+
+    subject = models.CharField(max_length=300)
+    body = models.TextField()
+    recipients = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+    attempted_at = models.DateTimeField(null=True, blank=True)  # the last delivery attempt's start
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["created_at"], condition=models.Q(sent_at__isnull=True), name="outbound_mail_unsent")
+        ]
+
+    def __str__(self) -> str:
+        return f"mail {self.pk}"
+
+
 class RecertificationCampaign(TenantOwnedModel):
     """One periodic review of who has access to the tenant (HIPAA 164.308(a)(4)(ii)(C), SECURITY.md B6): every
     current membership is listed for a tenant administrator to confirm or revoke before `due_at`; what is not

@@ -72,7 +72,15 @@ def tenant_recertification_task(*, tenant_id: int) -> dict[str, int]:
     retry_jitter=True,
     max_retries=8,
 )
-def mail_send_task(*, subject: str, body: str, to: list[str]) -> int:
-    """Deliver one queued e-mail (`tenants.services.mail_queue`). A mail server that is down or refuses is
-    retried with backoff (30 s doubling to an hour, 8 times); the request that queued it answered long ago."""
-    return services.mail_deliver(subject=subject, body=body, to=to)
+def mail_send_task(*, mail_id: int) -> bool:
+    """Deliver one e-mail of the outbox (`tenants.services.mail_queue`). A mail server that is down or refuses is
+    retried with backoff (30 s doubling to an hour, 8 times); the request that queued it answered long ago, and
+    after the last retry the outbox sweep takes over."""
+    return services.mail_deliver(mail_id=mail_id)
+
+
+@shared_task(name="tenants.tasks.mail_outbox_sweep")
+def mail_outbox_sweep_task() -> int:
+    """Queue again the outbox's messages that were not delivered in time (a broker that was down, a task that
+    gave up)."""
+    return services.mail_outbox_sweep()

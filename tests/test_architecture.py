@@ -73,7 +73,8 @@ FANOUT_TASKS = {
 }
 # Tasks that hold no tenant's data, each with its reason.
 PLATFORM_TASKS = {
-    "tenants.tasks.mail_send": "delivers one queued e-mail (subject, body, addresses); reads no tenant row",
+    "tenants.tasks.mail_send": "delivers one e-mail of the outbox (subject, body, addresses); reads no tenant row",
+    "tenants.tasks.mail_outbox_sweep": "queues again the outbox's undelivered e-mails; reads no tenant row",
     "audit.tasks.audit_digests_sign": "signs the chain heads of every tenant (platform work, no tenant row read)",
     "audit.tasks.audit_syslog_forward": "forwards every chain's events in order (platform work)",
     "audit.tasks.audit_worm_anchor": "writes the signed digests and closed months of every chain to the WORM "

@@ -619,6 +619,7 @@ def celery_task_routes(prefix: str = "") -> dict[str, dict[str, str]]:
         "training.tasks.*": maintenance,
         "tenants.tasks.*memberships_end_due": maintenance,
         "tenants.tasks.*recertification*": maintenance,
+        "tenants.tasks.mail_outbox_sweep": maintenance,
     }
 
 

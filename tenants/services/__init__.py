@@ -12,7 +12,7 @@ from tenants.services.invitations import (
     invitation_revoke_for_share,
 )
 from tenants.services.links import invitation_link, set_password_link
-from tenants.services.mail import mail_deliver, mail_queue
+from tenants.services.mail import mail_deliver, mail_outbox_sweep, mail_queue
 from tenants.services.memberships import (
     account_unlock,
     membership_change_role,
@@ -54,6 +54,7 @@ __all__ = [
     "invitation_revoke",
     "invitation_revoke_for_share",
     "mail_deliver",
+    "mail_outbox_sweep",
     "mail_queue",
     "membership_change_role",
     "membership_end",
