@@ -119,6 +119,7 @@ ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 ORTHANC_DEFAULTS = Path("/etc/orthanc/orthanc.json")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+READ_CHUNK = 1 << 20  # the series reader's piece size (bench/wado_cpu.py --readers tries others)
 ASSOCIATIONS = 4
 # Orthanc limits nobody; the benchmark's one client sends more searches a minute than a person's limit allows.
 NO_RATE_LIMITS = json.dumps(
@@ -369,7 +370,7 @@ def retrieve_series(session: Any, url: str, headers: dict[str, str], *, runs: in
             if response.status_code != 200:
                 raise BenchError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
             boundary = response.headers["Content-Type"].split("boundary=")[1].split(";")[0].strip('"').encode()
-            for chunk in response.iter_content(chunk_size=1 << 20):
+            for chunk in response.iter_content(chunk_size=READ_CHUNK):
                 size += len(chunk)
                 parts += (tail + chunk).count(b"--" + boundary + b"\r\n")  # never split: the tail overlaps
                 tail = chunk[-(len(boundary) + 3) :]

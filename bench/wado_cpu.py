@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from bench import orthanc  # noqa: E402  (the path above first)
 
 TICK = os.sysconf("SC_CLK_TCK")
 EXTRA = 20
+READER_RUNS = 15
 
 
 def pids_on(port: int) -> list[int]:
@@ -74,12 +76,74 @@ def memory(pids: list[int], field: str) -> dict[int, str]:
     return out
 
 
-def measured(original: Any, pyspy: str | None) -> Any:
+def hold(path: str, who: str, url: str, headers: dict[str, str], pids: list[int], expected: int) -> None:
+    """`--hold PATH`: write where the series is (PATH-<who>.json) and wait until that file is removed, so that
+    other measurements can be made on the running server (a HUP to gunicorn's master loads changed code)."""
+    spot = Path(f"{path}-{who}.json")
+    spot.write_text(json.dumps({"url": url, "headers": headers, "pids": pids, "expected": expected}))
+    print(f"[wado_cpu] holding: {spot} (remove it to go on)", flush=True)
+    while spot.exists():
+        time.sleep(1)
+
+
+def read_plain(url: str, headers: dict[str, str], runs: int) -> dict[str, Any]:
+    """The series read by the least a client can do: one keep-alive http.client connection, the body read into
+    one reused 8 MiB buffer (no copy, no parsing). MB/s median and the client's CPU per retrieval."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=600)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    buffer = memoryview(bytearray(8 << 20))
+    rates, cpu, size = [], 0.0, 0
+    for i in range(runs + 1):  # the first warms up
+        t0, p0 = time.perf_counter(), time.process_time()
+        connection.request("GET", target, headers={**headers, "Accept": orthanc.ACCEPT_DICOM})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise orthanc.BenchError(f"{url}: HTTP {response.status}")
+        size = 0
+        while count := response.readinto(buffer):
+            size += count
+        elapsed, used = time.perf_counter() - t0, time.process_time() - p0
+        if i:
+            rates.append(size / orthanc.MB / elapsed)
+            cpu += used
+    connection.close()
+    return {
+        "megabytes_per_second_median": round(statistics.median(rates), 1),
+        "client_cpu_ms_per_retrieval": round(cpu / runs * 1000, 1),
+    }
+
+
+def readers_compared(original: Any, session: Any, url: str, headers: dict[str, str], expected: int) -> dict[str, Any]:
+    """`--readers`: whether the benchmark's reader (requests' iter_content in 1 MiB pieces, each searched for the
+    boundary) limits the figure: the same series read by it, with 8 MiB pieces, and by `read_plain`, each
+    `READER_RUNS` times, with the client's CPU per retrieval."""
+    out: dict[str, Any] = {}
+    for name, size in (("bench_reader_1MiB", 1 << 20), ("bench_reader_8MiB", 8 << 20)):
+        orthanc.READ_CHUNK = size
+        p0 = time.process_time()
+        result = original(session, url, headers, runs=READER_RUNS, expected=expected)
+        out[name] = {
+            "megabytes_per_second_median": result["megabytes_per_second_median"],
+            "client_cpu_ms_per_retrieval": round((time.process_time() - p0) / (READER_RUNS + 1) * 1000, 1),
+        }
+    orthanc.READ_CHUNK = 1 << 20
+    out["plain_reader"] = read_plain(url, headers, READER_RUNS)
+    return out
+
+
+def measured(original: Any, pyspy: str | None, held: str | None = None, readers: bool = False) -> Any:
     def retrieve_series(session: Any, url: str, headers: dict[str, str], *, runs: int, expected: int) -> Any:
         match = re.match(r"https?://[^:/]+:(\d+)", url)
         assert match is not None
         pids = pids_on(int(match.group(1)))
         who = "enclave" if "/dicomweb/" in url else "orthanc"
+        if held:
+            hold(held, who, url, headers, pids, expected)
+            pids = pids_on(int(match.group(1)))  # workers restarted meanwhile
         if who == "enclave" and pyspy:
             workers = [p for p in pids if p != min(pids)] or pids
             record = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "500", "--format", "raw"]
@@ -122,6 +186,8 @@ def measured(original: Any, pyspy: str | None) -> Any:
         c0 = cpu_seconds(pids)
         original(session, one, headers, runs=EXTRA - 1, expected=1)
         result["server_cpu_ms_per_one_instance_retrieval"] = round((cpu_seconds(pids) - c0) / EXTRA * 1000, 1)
+        if readers:
+            result["readers"] = readers_compared(original, session, url, headers, expected)
         result["load_average"] = [round(v, 2) for v in os.getloadavg()]
         print(f"[wado_cpu] {who} {json.dumps(result)}", flush=True)
         return result
@@ -130,10 +196,13 @@ def measured(original: Any, pyspy: str | None) -> Any:
 
 
 def main() -> int:
-    own = {"--db": "", "--redis": "", "--pyspy": ""}
+    own = {"--db": "", "--redis": "", "--pyspy": "", "--hold": ""}
+    readers = "--readers" in sys.argv
     rest = []
     argv = iter(sys.argv[1:])
     for arg in argv:
+        if arg == "--readers":
+            continue
         if arg in own:
             own[arg] = next(argv)
         else:
@@ -142,7 +211,7 @@ def main() -> int:
         orthanc.DB_NAME = own["--db"]
     if own["--redis"]:
         orthanc.REDIS_URL = own["--redis"]
-    orthanc.retrieve_series = measured(orthanc.retrieve_series, own["--pyspy"] or None)
+    orthanc.retrieve_series = measured(orthanc.retrieve_series, own["--pyspy"] or None, own["--hold"] or None, readers)
     sys.argv = [sys.argv[0], *rest]
     return orthanc.main()
 
