@@ -38,12 +38,10 @@ from portal.web.errors import problem_responses
 from studies.dicom.query import Level
 from studies.dicomweb.base import DICOM_JSON
 from studies.dicomweb.negotiation import DicomWebReadApi, accept_list, matches, not_acceptable
-from studies.models import Series, Study
 from studies.selectors import (
     BY_KEYWORD,
     DEFAULT_KEYWORDS,
     INSTANCE,
-    LEVELS,
     PATIENT,
     SERIES,
     STUDY,
@@ -53,11 +51,11 @@ from studies.selectors import (
     Matching,
     SearchTimeout,
     attribute_lookup,
-    attribute_value,
-    dicom_search,
+    dicom_search_values,
     levels_at_or_above,
 )
-from studies.services.reads import studies_query_record
+from studies.selectors.catalogue import PATH
+from studies.services.reads import StudyRow, studies_query_record
 
 RESERVED = {"limit", "offset", "includefield", "fuzzymatching"}
 FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
@@ -65,14 +63,6 @@ FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matc
 
 # Building results
 # ------------------------------------------------------------------------------
-
-
-def _study_of(obj: Any) -> Study:
-    if isinstance(obj, Study):
-        return obj
-    if isinstance(obj, Series):
-        return obj.study
-    return obj.series.study
 
 
 def _elements(attribute: Attribute, values: Iterable[Any]) -> list[dict[str, Any]]:
@@ -153,88 +143,82 @@ class RetrieveUrls:
         return url
 
 
-def result_json(
-    obj: Any,
-    *,
-    level: str,
-    attributes: list[Attribute],
-    tenant: str,
-    request: Request,
-    urls: RetrieveUrls | None = None,
-) -> dict[str, Any]:
-    """The DICOM JSON object of one result (`ResultWriter` for one row)."""
-    return ResultWriter(level=level, attributes=attributes, urls=urls or RetrieveUrls(request, tenant)).result(obj)
-
-
 _CONSTANT = {
     "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
     "00080056": {"vr": "CS", "Value": ["ONLINE"]},
 }
 _URL_TAG = "00081190"
-# The UIDs in a result's WADO-RS URL, by the result's level (the attribute paths of its study, series, instance).
-_URL_PATHS = {
+# The UIDs in a result's WADO-RS URL, by the result's level (ORM paths from its model to its study, series,
+# instance UID).
+_URL_FIELDS = {
     STUDY: ("study_instance_uid",),
-    SERIES: ("study.study_instance_uid", "series_instance_uid"),
-    INSTANCE: ("series.study.study_instance_uid", "series.series_instance_uid", "sop_instance_uid"),
+    SERIES: ("study__study_instance_uid", "series_instance_uid"),
+    INSTANCE: ("series__study__study_instance_uid", "series__series_instance_uid", "sop_instance_uid"),
 }
-_PARENTS = {INSTANCE: "series", SERIES: "study", STUDY: "patient"}
+# What the Query event names of each result (studies.services.reads.StudyRow), by the ORM path's end from the
+# result's patient (the first three) and study (the last three).
+_AUDIT_PATIENT, _AUDIT_STUDY = ("pk", "patient_id", "name"), ("pk", "study_instance_uid", "accession_number")
 
 
-def _attribute_path(level: Level, attribute: Attribute) -> str:
-    """The dotted attribute path from a result row of `level` to the column of `attribute` ("patient.name")."""
-    names, current = [], level
-    while current is not attribute.level:
-        names.append(_PARENTS[current])
-        current = LEVELS[LEVELS.index(current) - 1]
-    return ".".join([*names, attribute.field])
+def _is_patient_count(attribute: Attribute) -> bool:
+    return attribute.level is PATIENT and attribute.matching is Matching.UNIVERSAL
 
 
 class ResultWriter:
-    """The DICOM JSON objects of one request's results, built column by column: what is the same for every row is
-    worked out once (the tags in order, where each value is read from, the URL prefix), the values of a row read
-    by one `operator.attrgetter` of every column it holds (a C call per row instead of an `attribute_value` per
-    attribute), each attribute's elements made for all rows at once (`_elements`), and each result zipped from
-    them. A row the fast read cannot read (a parent missing), and the patient counts that only a patient-level
-    row carries, are read by `attribute_value`, which decides what they mean. A year of studies is 1,000 results
-    of 16 attributes (docs/BENCHMARKS.md, "h5 branch")."""
+    """The DICOM JSON objects of one request's results, built column by column from the search's columns
+    (`dicom_search_values`): what is the same for every row is worked out once (the columns to read, the tags in
+    order, the URL prefix), each attribute's elements made for all rows at once (`_elements`), and each result
+    zipped from them. What each attribute holds is what the catalogue's `attribute_value` reads off a model row
+    (C-FIND's answer): its column, None for an attribute not kept (a bare VR), and 0 for the patient counts, which
+    only a patient-level row carries (QIDO-RS searches studies, series and instances). A year of studies is 1,000
+    results of 16 attributes (docs/BENCHMARKS.md, "h5 branch" and "h4 branch, session 3")."""
 
     def __init__(self, *, level: str, attributes: list[Attribute], urls: RetrieveUrls) -> None:
         self.level = Level(level)
         self.urls = urls
         self.attributes = attributes
-        counts = [a for a in attributes if a.level is PATIENT and a.matching is Matching.UNIVERSAL]
-        self.fast = [a for a in attributes if a.field and a not in counts]
-        self.read = operator.attrgetter(*(_attribute_path(self.level, a) for a in self.fast)) if self.fast else None
-        self.url_uids = operator.attrgetter(*_URL_PATHS[self.level])
+        index: dict[str, int] = {}
 
-    def _row_values(self, row: Any) -> tuple[Any, ...]:
-        if self.read is None:
-            return ()
-        try:
-            found = self.read(row)
-        except AttributeError:
-            return tuple(attribute_value(row, a, level=self.level) for a in self.fast)
-        return found if len(self.fast) > 1 else (found,)
+        def column(path: str) -> int:
+            return index.setdefault(path, len(index))
 
-    def results(self, rows: list[Any]) -> list[dict[str, Any]]:
+        self.columns = {
+            a: column(PATH[(self.level, a.level)] + a.field) for a in attributes if a.field and not _is_patient_count(a)
+        }
+        self.url_columns = [column(path) for path in _URL_FIELDS[self.level]]
+        patient, study = PATH[(self.level, PATIENT)], PATH[(self.level, STUDY)]
+        self.audit_columns = [column(patient + name) for name in _AUDIT_PATIENT] + [
+            column(study + name) for name in _AUDIT_STUDY
+        ]
+        self.fields = list(index)  # what the search reads: `dicom_search_values(fields=...)`
+
+    def study_rows(self, rows: list[tuple[Any, ...]]) -> list[StudyRow]:
+        """Each result's study as the Query event names it (studies.services.reads.StudyRow)."""
+        pick = operator.itemgetter(*self.audit_columns)
+        return [pick(row) for row in rows]
+
+    def results(self, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        count = len(rows)
+        read = list(zip(*rows, strict=True)) if rows else [() for _ in self.fields]
         columns: dict[str, list[dict[str, Any]]] = {
             tag: [{"vr": element["vr"], "Value": list(element["Value"])} for _ in rows]
             for tag, element in _CONSTANT.items()
         }
-        fast = dict(zip(self.fast, zip(*map(self._row_values, rows), strict=True), strict=True)) if rows else {}
         for attribute in self.attributes:
-            values = fast.get(attribute)
-            if values is None:
-                values = tuple(attribute_value(row, attribute, level=self.level) for row in rows)
+            at = self.columns.get(attribute)
+            if at is not None:
+                values: Iterable[Any] = read[at]
+            else:
+                values = [0 if _is_patient_count(attribute) else None] * count
             columns[attribute.tag] = _elements(attribute, values)
-        uids: list[Any] = [self.url_uids(row) for row in rows]  # a UID, or a tuple of UIDs below the study level
-        urls = [self.urls.url(*u) for u in uids] if self.level is not STUDY else [self.urls.url(u) for u in uids]
-        columns[_URL_TAG] = [{"vr": "UR", "Value": [url]} for url in urls]
+        prefix, url = self.urls.prefix, self.urls.url
+        if self.level is STUDY:
+            urls = [prefix + uid for uid in read[self.url_columns[0]]]
+        else:
+            urls = [url(*uids) for uids in zip(*(read[at] for at in self.url_columns), strict=True)]
+        columns[_URL_TAG] = [{"vr": "UR", "Value": [u]} for u in urls]
         tags = sorted(columns)
         return [dict(zip(tags, elements, strict=True)) for elements in zip(*(columns[t] for t in tags), strict=True)]
-
-    def result(self, row: Any) -> dict[str, Any]:
-        return self.results([row])[0]
 
 
 # The search
@@ -327,9 +311,11 @@ class _SearchApi(DicomWebReadApi):
         maximum = settings.DICOMWEB_QIDO_MAX_RESULTS
         page = min(limit, maximum) if limit is not None else maximum
         try:
-            rows = dicom_search(
+            writer = ResultWriter(level=level, attributes=attributes, urls=RetrieveUrls(request, tenant))
+            rows = dicom_search_values(
                 actor=request.user,
                 level=level,
+                fields=writer.fields,
                 keys=matching,
                 study_uid=study,
                 series_uid=series,
@@ -347,7 +333,7 @@ class _SearchApi(DicomWebReadApi):
             actor=request.user,
             resource=request.path,
             query_string=request.META.get("QUERY_STRING", ""),
-            studies=[_study_of(row) for row in rows],
+            study_rows=writer.study_rows(rows),
             results=len(rows),
             source_address=self.source_address(),
             actor_role=self.membership.role,
@@ -360,11 +346,7 @@ class _SearchApi(DicomWebReadApi):
                 f'299 {request.get_host()} "There are more results than the {maximum} returned: ask again with '
                 f'offset={offset + page}."'
             )
-        if not rows:
-            response = Response(status=204)
-        else:
-            writer = ResultWriter(level=level, attributes=attributes, urls=RetrieveUrls(request, tenant))
-            response = Response(writer.results(rows))
+        response = Response(writer.results(rows)) if rows else Response(status=204)
         for warning in warnings:
             response["Warning"] = warning if "Warning" not in response else f"{response['Warning']}, {warning}"
         return response

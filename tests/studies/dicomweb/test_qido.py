@@ -391,3 +391,29 @@ def test_the_query_event_lists_the_query_then_each_patient_and_study_once(qido, 
         {"type": "study", "id": second.study_instance_uid, "detail": {"accession": "A101"}},
         {"type": "study", "id": north["smith"].study_instance_uid, "detail": {"accession": "A100"}},
     ]
+
+
+@pytest.mark.parametrize("path", ["studies", "series", "instances"])
+def test_a_search_answers_from_columns_without_a_model_instance_per_result(qido, north, path):
+    """The search's rows are read as columns (`dicom_search_values`): no Patient, Study, Series or Instance is
+    built for a result (a year of studies made 2,000 of them: docs/BENCHMARKS.md, "h4 branch, session 3"), and
+    the answer and its Query event are still whole (the other tests here compare them attribute by attribute)."""
+    from django.db.models.signals import post_init
+
+    from studies.models import Instance, Patient, Series, Study
+
+    built: list[str] = []
+
+    def counted(sender, **kwargs):
+        built.append(sender.__name__)
+
+    for model in (Patient, Study, Series, Instance):
+        post_init.connect(counted, sender=model, weak=False)
+    try:
+        response = qido(path, includefield="all")
+    finally:
+        for model in (Patient, Study, Series, Instance):
+            post_init.disconnect(counted, sender=model)
+    assert response.status_code == 200
+    assert len(response.json()) == 3
+    assert built == []
