@@ -35,7 +35,15 @@ if str(ROOT) not in sys.path:
 from bench.ingest import PG_SERVER, bench_cleanup, bench_environment, django_on_fresh_database, stores_env  # noqa: E402
 from bench.orthanc import NO_RATE_LIMITS, scale_searches  # noqa: E402
 
-SEARCHES = ("one-year StudyDate", "PatientName=MARTIN*", "CT + one month", "all studies, limit 100", "by PatientID")
+SEARCHES = (
+    "one-year StudyDate",
+    "PatientName=MARTIN*",
+    "CT + one month",
+    "all studies, limit 100",
+    "by PatientID",
+    "series of a study",
+    "instances of a series",
+)
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
