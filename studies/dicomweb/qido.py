@@ -76,8 +76,9 @@ def _elements(attribute: Attribute, values: Iterable[Any]) -> list[str]:
     """The DICOM JSON element (PS3.18 F.2) of each value of `attribute` with its tag, as JSON text exactly as DRF's
     JSONRenderer writes the same member of a result (`"tag":{"vr":..,"Value":[..]}`, compact separators, UTF-8 left
     as it is): a whole column of results at once (one comprehension per VR instead of a call per value); an empty
-    value (None, "") is the VR alone. Written here rather than built as dicts and serialised: at 1,000 results the dicts and their
-    serialisation were two thirds of the request's CPU (docs/BENCHMARKS.md, "h4 branch, session 3")."""
+    value (None, "") is the VR alone. Written here rather than built as dicts and serialised: at 1,000 results the
+    dicts and their serialisation were two thirds of the request's CPU (docs/BENCHMARKS.md, "h4 branch, session 3").
+    """
     vr = attribute.vr
     empty = f'"{attribute.tag}":{{"vr":"{vr}"}}'
     head = f'"{attribute.tag}":{{"vr":"{vr}","Value":['
@@ -205,10 +206,10 @@ def _is_patient_count(attribute: Attribute) -> bool:
 
 
 class ResultWriter:
-    """The DICOM JSON objects of one request's results, built column by column from the search's columns
-    (`dicom_search_values`): what is the same for every row is worked out once (the columns to read, the tags in
-    order, the URL prefix), each attribute's elements made for all rows at once (`_elements`), and each result
-    zipped from them. What each attribute holds is what the catalogue's `attribute_value` reads off a model row
+    """The DICOM JSON objects of one request's results, written as JSON text column by column from the search's
+    columns (`dicom_search_values`): what is the same for every row is worked out once (the columns to read, the
+    tags in order, the URL prefix), each attribute's elements written for all rows at once (`_elements`), and each
+    result joined from them. What each attribute holds is what the catalogue's `attribute_value` reads off a model row
     (C-FIND's answer): its column, None for an attribute not kept (a bare VR), and 0 for the patient counts, which
     only a patient-level row carries (QIDO-RS searches studies, series and instances). A year of studies is 1,000
     results of 16 attributes (docs/BENCHMARKS.md, "h5 branch" and "h4 branch, session 3")."""
@@ -240,8 +241,10 @@ class ResultWriter:
     def text(self, rows: list[tuple[Any, ...]]) -> WrittenJson:
         """The answer: a JSON array of the results' DICOM JSON objects, the tags of each in ascending order, as
         DRF's JSONRenderer would write the same objects (`_elements`)."""
+        if not rows:
+            return WrittenJson("[]")
         count = len(rows)
-        read = list(zip(*rows, strict=True)) if rows else [() for _ in self.fields]
+        read = list(zip(*rows, strict=True))
         columns: dict[str, list[str]] = {tag: [element] * count for tag, element in _CONSTANT.items()}
         for attribute in self.attributes:
             at = self.columns.get(attribute)
