@@ -21,6 +21,7 @@ Resources: `/studies`, `/studies/{study}/series`, `/series`, `/studies/{study}/s
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Iterable
 from typing import Any
@@ -30,20 +31,19 @@ from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal.web.addresses import FORWARDED_KEY
 from portal.web.errors import problem_responses
 from studies.dicom.query import Level
-from studies.dicomweb.base import DICOM_JSON
+from studies.dicomweb.base import DICOM_JSON, DicomJsonRenderer
 from studies.dicomweb.negotiation import DicomWebReadApi, accept_list, matches, not_acceptable
-from studies.models import Series, Study
 from studies.selectors import (
     BY_KEYWORD,
     DEFAULT_KEYWORDS,
     INSTANCE,
-    LEVELS,
     PATIENT,
     SERIES,
     STUDY,
@@ -53,11 +53,11 @@ from studies.selectors import (
     Matching,
     SearchTimeout,
     attribute_lookup,
-    attribute_value,
-    dicom_search,
+    dicom_search_values,
     levels_at_or_above,
 )
-from studies.services.reads import studies_query_record
+from studies.selectors.catalogue import PATH
+from studies.services.reads import StudyRow, studies_query_record
 
 RESERVED = {"limit", "offset", "includefield", "fuzzymatching"}
 FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
@@ -67,38 +67,68 @@ FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matc
 # ------------------------------------------------------------------------------
 
 
-def _study_of(obj: Any) -> Study:
-    if isinstance(obj, Study):
-        return obj
-    if isinstance(obj, Series):
-        return obj.study
-    return obj.series.study
+# A JSON string as json.dumps writes one with ensure_ascii off (DRF's JSONRenderer under UNICODE_JSON), quotes
+# included: the C encoder's own function.
+_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
-def _elements(attribute: Attribute, values: Iterable[Any]) -> list[dict[str, Any]]:
-    """The DICOM JSON element (PS3.18 F.2) of each value of `attribute`: a whole column of results at once (one
-    comprehension per VR instead of a call per value); an empty value (None, "") is the VR alone."""
+def _elements(attribute: Attribute, values: Iterable[Any]) -> list[str]:
+    """The DICOM JSON element (PS3.18 F.2) of each value of `attribute` with its tag, as JSON text exactly as DRF's
+    JSONRenderer writes the same member of a result (`"tag":{"vr":..,"Value":[..]}`, compact separators, UTF-8 left
+    as it is): a whole column of results at once (one comprehension per VR instead of a call per value); an empty
+    value (None, "") is the VR alone. Written here rather than built as dicts and serialised: at 1,000 results the
+    dicts and their serialisation were two thirds of the request's CPU (docs/BENCHMARKS.md, "h4 branch, session 3").
+    """
     vr = attribute.vr
+    empty = f'"{attribute.tag}":{{"vr":"{vr}"}}'
+    head = f'"{attribute.tag}":{{"vr":"{vr}","Value":['
     if vr == "PN":
-        return [
-            {"vr": vr, "Value": [{"Alphabetic": str(v)}]} if v is not None and v != "" else {"vr": vr} for v in values
-        ]
+        head += '{"Alphabetic":'
+        return [head + _string(str(v)) + "}]}" if v is not None and v != "" else empty for v in values]
+    # YYYYMMDD and HHMMSS from the ISO forms: a third of strftime's CPU (2.4 ms for a year's 2,000 dates).
     if vr == "DA":
         return [
-            {"vr": vr, "Value": [v.strftime("%Y%m%d")]} if v is not None and v != "" else {"vr": vr} for v in values
+            head + '"' + v.isoformat().replace("-", "") + '"]}' if v is not None and v != "" else empty for v in values
         ]
     if vr == "TM":
         return [
-            {"vr": vr, "Value": [v.strftime("%H%M%S")]} if v is not None and v != "" else {"vr": vr} for v in values
-        ]
-    if vr in ("IS", "US"):
-        return [{"vr": vr, "Value": [int(v)]} if v is not None and v != "" else {"vr": vr} for v in values]
-    if attribute.keyword == "ModalitiesInStudy":
-        return [
-            {"vr": vr, "Value": [m for m in str(v).split("\\") if m]} if v is not None and v != "" else {"vr": vr}
+            head + '"' + v.isoformat(timespec="seconds").replace(":", "") + '"]}'
+            if v is not None and v != ""
+            else empty
             for v in values
         ]
-    return [{"vr": vr, "Value": [str(v)]} if v is not None and v != "" else {"vr": vr} for v in values]
+    if vr in ("IS", "US"):
+        return [head + str(int(v)) + "]}" if v is not None and v != "" else empty for v in values]
+    if attribute.keyword == "ModalitiesInStudy":
+        return [
+            head + ",".join(_string(m) for m in str(v).split("\\") if m) + "]}" if v is not None and v != "" else empty
+            for v in values
+        ]
+    return [head + _string(str(v)) + "]}" if v is not None and v != "" else empty for v in values]
+
+
+class WrittenJson(str):
+    """A response body already written as JSON text (`ResultWriter.text`), which `WrittenJsonRenderer` sends as
+    it is."""
+
+
+class WrittenJsonRenderer(JSONRenderer):
+    """DRF's JSONRenderer, which sends a `WrittenJson` body as it is, with the one change DRF makes to every JSON
+    text (U+2028 and U+2029 escaped): the same bytes DRF would write for the parsed body, without parsing it and
+    writing it again. A body asked for indented (`Accept: ...; indent=4`), or settings that change DRF's JSON
+    (ASCII only, spaced separators), get DRF's own rendering of the parsed text."""
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        if isinstance(data, WrittenJson):
+            indent = self.get_indent(accepted_media_type or "", renderer_context or {})
+            if indent is None and self.compact and not self.ensure_ascii:
+                return data.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode()
+            data = json.loads(data)
+        return super().render(data, accepted_media_type, renderer_context)  # type: ignore[no-any-return]
+
+
+class WrittenDicomJsonRenderer(WrittenJsonRenderer, DicomJsonRenderer):
+    """`WrittenJsonRenderer` under the DICOM JSON media type (`DicomJsonRenderer`)."""
 
 
 def retrieve_url(
@@ -153,88 +183,85 @@ class RetrieveUrls:
         return url
 
 
-def result_json(
-    obj: Any,
-    *,
-    level: str,
-    attributes: list[Attribute],
-    tenant: str,
-    request: Request,
-    urls: RetrieveUrls | None = None,
-) -> dict[str, Any]:
-    """The DICOM JSON object of one result (`ResultWriter` for one row)."""
-    return ResultWriter(level=level, attributes=attributes, urls=urls or RetrieveUrls(request, tenant)).result(obj)
-
-
+# The elements every result carries, as JSON text with their tags (see `_elements`).
 _CONSTANT = {
-    "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]},
-    "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+    "00080005": '"00080005":{"vr":"CS","Value":["ISO_IR 192"]}',
+    "00080056": '"00080056":{"vr":"CS","Value":["ONLINE"]}',
 }
 _URL_TAG = "00081190"
-# The UIDs in a result's WADO-RS URL, by the result's level (the attribute paths of its study, series, instance).
-_URL_PATHS = {
+# The UIDs in a result's WADO-RS URL, by the result's level (ORM paths from its model to its study, series,
+# instance UID).
+_URL_FIELDS = {
     STUDY: ("study_instance_uid",),
-    SERIES: ("study.study_instance_uid", "series_instance_uid"),
-    INSTANCE: ("series.study.study_instance_uid", "series.series_instance_uid", "sop_instance_uid"),
+    SERIES: ("study__study_instance_uid", "series_instance_uid"),
+    INSTANCE: ("series__study__study_instance_uid", "series__series_instance_uid", "sop_instance_uid"),
 }
-_PARENTS = {INSTANCE: "series", SERIES: "study", STUDY: "patient"}
+# What the Query event names of each result (studies.services.reads.StudyRow), by the ORM path's end from the
+# result's patient (the first three) and study (the last three).
+_AUDIT_PATIENT, _AUDIT_STUDY = ("pk", "patient_id", "name"), ("pk", "study_instance_uid", "accession_number")
 
 
-def _attribute_path(level: Level, attribute: Attribute) -> str:
-    """The dotted attribute path from a result row of `level` to the column of `attribute` ("patient.name")."""
-    names, current = [], level
-    while current is not attribute.level:
-        names.append(_PARENTS[current])
-        current = LEVELS[LEVELS.index(current) - 1]
-    return ".".join([*names, attribute.field])
+def _is_patient_count(attribute: Attribute) -> bool:
+    return attribute.level is PATIENT and attribute.matching is Matching.UNIVERSAL
 
 
 class ResultWriter:
-    """The DICOM JSON objects of one request's results, built column by column: what is the same for every row is
-    worked out once (the tags in order, where each value is read from, the URL prefix), the values of a row read
-    by one `operator.attrgetter` of every column it holds (a C call per row instead of an `attribute_value` per
-    attribute), each attribute's elements made for all rows at once (`_elements`), and each result zipped from
-    them. A row the fast read cannot read (a parent missing), and the patient counts that only a patient-level
-    row carries, are read by `attribute_value`, which decides what they mean. A year of studies is 1,000 results
-    of 16 attributes (docs/BENCHMARKS.md, "h5 branch")."""
+    """The DICOM JSON objects of one request's results, written as JSON text column by column from the search's
+    columns (`dicom_search_values`): what is the same for every row is worked out once (the columns to read, the
+    tags in order, the URL prefix), each attribute's elements written for all rows at once (`_elements`), and each
+    result joined from them. What each attribute holds is what the catalogue's `attribute_value` reads off a model row
+    (C-FIND's answer): its column, None for an attribute not kept (a bare VR), and 0 for the patient counts, which
+    only a patient-level row carries (QIDO-RS searches studies, series and instances). A year of studies is 1,000
+    results of 16 attributes (docs/BENCHMARKS.md, "h5 branch" and "h4 branch, session 3")."""
 
     def __init__(self, *, level: str, attributes: list[Attribute], urls: RetrieveUrls) -> None:
         self.level = Level(level)
         self.urls = urls
         self.attributes = attributes
-        counts = [a for a in attributes if a.level is PATIENT and a.matching is Matching.UNIVERSAL]
-        self.fast = [a for a in attributes if a.field and a not in counts]
-        self.read = operator.attrgetter(*(_attribute_path(self.level, a) for a in self.fast)) if self.fast else None
-        self.url_uids = operator.attrgetter(*_URL_PATHS[self.level])
+        index: dict[str, int] = {}
 
-    def _row_values(self, row: Any) -> tuple[Any, ...]:
-        if self.read is None:
-            return ()
-        try:
-            found = self.read(row)
-        except AttributeError:
-            return tuple(attribute_value(row, a, level=self.level) for a in self.fast)
-        return found if len(self.fast) > 1 else (found,)
+        def column(path: str) -> int:
+            return index.setdefault(path, len(index))
 
-    def results(self, rows: list[Any]) -> list[dict[str, Any]]:
-        columns: dict[str, list[dict[str, Any]]] = {
-            tag: [{"vr": element["vr"], "Value": list(element["Value"])} for _ in rows]
-            for tag, element in _CONSTANT.items()
+        self.columns = {
+            a: column(PATH[(self.level, a.level)] + a.field) for a in attributes if a.field and not _is_patient_count(a)
         }
-        fast = dict(zip(self.fast, zip(*map(self._row_values, rows), strict=True), strict=True)) if rows else {}
-        for attribute in self.attributes:
-            values = fast.get(attribute)
-            if values is None:
-                values = tuple(attribute_value(row, attribute, level=self.level) for row in rows)
-            columns[attribute.tag] = _elements(attribute, values)
-        uids: list[Any] = [self.url_uids(row) for row in rows]  # a UID, or a tuple of UIDs below the study level
-        urls = [self.urls.url(*u) for u in uids] if self.level is not STUDY else [self.urls.url(u) for u in uids]
-        columns[_URL_TAG] = [{"vr": "UR", "Value": [url]} for url in urls]
-        tags = sorted(columns)
-        return [dict(zip(tags, elements, strict=True)) for elements in zip(*(columns[t] for t in tags), strict=True)]
+        self.url_columns = [column(path) for path in _URL_FIELDS[self.level]]
+        patient, study = PATH[(self.level, PATIENT)], PATH[(self.level, STUDY)]
+        self.audit_columns = [column(patient + name) for name in _AUDIT_PATIENT] + [
+            column(study + name) for name in _AUDIT_STUDY
+        ]
+        self.fields = list(index)  # what the search reads: `dicom_search_values(fields=...)`
 
-    def result(self, row: Any) -> dict[str, Any]:
-        return self.results([row])[0]
+    def study_rows(self, rows: list[tuple[Any, ...]]) -> list[StudyRow]:
+        """Each result's study as the Query event names it (studies.services.reads.StudyRow)."""
+        pick = operator.itemgetter(*self.audit_columns)
+        return [pick(row) for row in rows]
+
+    def text(self, rows: list[tuple[Any, ...]]) -> WrittenJson:
+        """The answer: a JSON array of the results' DICOM JSON objects, the tags of each in ascending order, as
+        DRF's JSONRenderer would write the same objects (`_elements`)."""
+        if not rows:
+            return WrittenJson("[]")
+        count = len(rows)
+        read = list(zip(*rows, strict=True))
+        columns: dict[str, list[str]] = {tag: [element] * count for tag, element in _CONSTANT.items()}
+        for attribute in self.attributes:
+            at = self.columns.get(attribute)
+            if at is not None:
+                values: Iterable[Any] = read[at]
+            else:
+                values = [0 if _is_patient_count(attribute) else None] * count
+            columns[attribute.tag] = _elements(attribute, values)
+        prefix, url = self.urls.prefix, self.urls.url
+        if self.level is STUDY:
+            urls = [prefix + uid for uid in read[self.url_columns[0]]]
+        else:
+            urls = [url(*uids) for uids in zip(*(read[at] for at in self.url_columns), strict=True)]
+        columns[_URL_TAG] = [f'"{_URL_TAG}":{{"vr":"UR","Value":[' + _string(u) + "]}" for u in urls]
+        # Each result: its elements joined in tag order.
+        ordered = [columns[tag] for tag in sorted(columns)]
+        return WrittenJson("[{" + "},{".join(map(",".join, zip(*ordered, strict=True))) + "}]")
 
 
 # The search
@@ -272,6 +299,7 @@ def _is_dicom_attribute(name: str) -> bool:
 
 class _SearchApi(DicomWebReadApi):
     rate_limit = "search"
+    renderer_classes = [WrittenDicomJsonRenderer, WrittenJsonRenderer]  # DicomWebApi's, sending a written answer
     level: Level = STUDY
 
     def search(self, request: Request, tenant: str, study: str | None = None, series: str | None = None) -> Response:
@@ -327,9 +355,11 @@ class _SearchApi(DicomWebReadApi):
         maximum = settings.DICOMWEB_QIDO_MAX_RESULTS
         page = min(limit, maximum) if limit is not None else maximum
         try:
-            rows = dicom_search(
+            writer = ResultWriter(level=level, attributes=attributes, urls=RetrieveUrls(request, tenant))
+            rows = dicom_search_values(
                 actor=request.user,
                 level=level,
+                fields=writer.fields,
                 keys=matching,
                 study_uid=study,
                 series_uid=series,
@@ -347,7 +377,7 @@ class _SearchApi(DicomWebReadApi):
             actor=request.user,
             resource=request.path,
             query_string=request.META.get("QUERY_STRING", ""),
-            studies=[_study_of(row) for row in rows],
+            study_rows=writer.study_rows(rows),
             results=len(rows),
             source_address=self.source_address(),
             actor_role=self.membership.role,
@@ -360,11 +390,7 @@ class _SearchApi(DicomWebReadApi):
                 f'299 {request.get_host()} "There are more results than the {maximum} returned: ask again with '
                 f'offset={offset + page}."'
             )
-        if not rows:
-            response = Response(status=204)
-        else:
-            writer = ResultWriter(level=level, attributes=attributes, urls=RetrieveUrls(request, tenant))
-            response = Response(writer.results(rows))
+        response = Response(writer.text(rows)) if rows else Response(status=204)
         for warning in warnings:
             response["Warning"] = warning if "Warning" not in response else f"{response['Warning']}, {warning}"
         return response

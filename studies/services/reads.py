@@ -45,12 +45,22 @@ from tenants.scoping import current_tenant
 FOLDED_KINDS = frozenset({"frames", "rendered", "thumbnail"})
 
 
+# A study as the audit names it, read as columns: (patient pk, patient ID, patient name, study pk, study UID,
+# accession number). QIDO-RS reads its results this way (studies.selectors.dicom_search_values).
+StudyRow = tuple[int, str, str, int, str, str]
+
+
 def read_participants(
-    *, patients: Iterable[Patient] = (), studies: Iterable[Study] = (), query: Mapping[str, Any] | None = None
+    *,
+    patients: Iterable[Patient] = (),
+    studies: Iterable[Study] = (),
+    query: Mapping[str, Any] | None = None,
+    study_rows: Iterable[StudyRow] = (),
 ) -> list[dict[str, Any]]:
     """The one builder of a read's participant objects (PS3.15 A.5: the query, then each patient and study once):
     a patient by id and name, a study by UID and accession number (as the ingest pipeline names them), a query
-    by what was searched (`id`: the resource or SOP class, `query`: the raw query, base64)."""
+    by what was searched (`id`: the resource or SOP class, `query`: the raw query, base64). `study_rows`: more
+    studies, as columns (`StudyRow`), after `studies`."""
     entries: list[dict[str, Any]] = []
     if query is not None:
         entries.append({"type": "query", **query})
@@ -62,16 +72,18 @@ def read_participants(
         if patient.pk not in seen_patients:
             seen_patients.add(patient.pk)
             entries.append({"type": "patient", "id": patient.patient_id, "name": patient.name})
-    for study in studies:
-        patient = study.patient
-        if patient.pk not in seen_patients:
-            seen_patients.add(patient.pk)
-            entries.append({"type": "patient", "id": patient.patient_id, "name": patient.name})
-        if study.pk not in seen_studies:
-            seen_studies.add(study.pk)
-            entries.append(
-                {"type": "study", "id": study.study_instance_uid, "detail": {"accession": study.accession_number}}
-            )
+    columns = (
+        (s.patient.pk, s.patient.patient_id, s.patient.name, s.pk, s.study_instance_uid, s.accession_number)
+        for s in studies
+    )
+    for rows in (columns, study_rows):
+        for patient_pk, patient_id, name, study_pk, study_uid, accession in rows:
+            if patient_pk not in seen_patients:
+                seen_patients.add(patient_pk)
+                entries.append({"type": "patient", "id": patient_id, "name": name})
+            if study_pk not in seen_studies:
+                seen_studies.add(study_pk)
+                entries.append({"type": "study", "id": study_uid, "detail": {"accession": accession}})
     return entries
 
 
@@ -91,6 +103,7 @@ def studies_query_record(
     query_string: str,
     studies: Iterable[Study] = (),
     patients: Iterable[Patient] = (),
+    study_rows: Iterable[StudyRow] = (),
     results: int,
     source_address: str | None,
     system_principal: str = "",
@@ -102,7 +115,8 @@ def studies_query_record(
     """One Query event for one search, from any door (QIDO-RS, C-FIND): the raw query string (base64 of its
     bytes: it may hold patient names, which the audit trail may keep but plain logs may not), the resource or
     SOP class searched, the number of results, and the patients and studies the results belong to (so a breach
-    scope finds patients reached by a search). A refused search is recorded with its `outcome` and `reason`.
+    scope finds patients reached by a search; `study_rows`: studies read as columns, see `read_participants`).
+    A refused search is recorded with its `outcome` and `reason`.
     Raises if the event cannot be written: the caller must then not answer with the results. `actor_role`: the
     role of the membership the request was let in by (a door that has it saves the audit writer reading it
     again); without it the writer looks it up."""
@@ -113,6 +127,7 @@ def studies_query_record(
         participants=read_participants(
             patients=patients,
             studies=studies,
+            study_rows=study_rows,
             query={"id": resource, "query": encoded, "detail": {"results": results}},
         ),
         outcome=outcome,

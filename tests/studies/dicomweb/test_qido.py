@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 from datetime import date
@@ -391,3 +392,62 @@ def test_the_query_event_lists_the_query_then_each_patient_and_study_once(qido, 
         {"type": "study", "id": second.study_instance_uid, "detail": {"accession": "A101"}},
         {"type": "study", "id": north["smith"].study_instance_uid, "detail": {"accession": "A100"}},
     ]
+
+
+@pytest.mark.parametrize("path", ["studies", "series", "instances"])
+def test_a_search_answers_from_columns_without_a_model_instance_per_result(qido, north, path):
+    """The search's rows are read as columns (`dicom_search_values`): no Patient, Study, Series or Instance is
+    built for a result (a year of studies made 2,000 of them: docs/BENCHMARKS.md, "h4 branch, session 3"), and
+    the answer and its Query event are still whole (the other tests here compare them attribute by attribute)."""
+    from django.db.models.signals import post_init
+
+    from studies.models import Instance, Patient, Series, Study
+
+    built: list[str] = []
+
+    def counted(sender, **kwargs):
+        built.append(sender.__name__)
+
+    for model in (Patient, Study, Series, Instance):
+        post_init.connect(counted, sender=model, weak=False)
+    try:
+        response = qido(path, includefield="all")
+    finally:
+        for model in (Patient, Study, Series, Instance):
+            post_init.disconnect(counted, sender=model)
+    assert response.status_code == 200
+    assert len(response.json()) == 3
+    assert built == []
+
+
+@pytest.mark.parametrize("path", ["studies", "series", "instances"])
+def test_the_written_answer_is_the_bytes_drf_writes_for_it(qido, north, tenant_a, api_client_for, radiologist_a, path):
+    """The answer is written as JSON text (`ResultWriter.text`), not serialised by DRF: it must be byte for byte
+    what DRF's renderer writes for the same objects, quotes and non-ASCII letters in the values included (U+2028,
+    which DRF escapes and an ingested instance here cannot hold, by the renderer itself); a client asking for it
+    indented gets DRF's indented rendering of the same objects."""
+    from rest_framework.renderers import JSONRenderer
+
+    from studies.dicomweb.qido import WrittenJson, WrittenJsonRenderer
+
+    ingest(tenant_a, patient_id='P-"Q"', patient_name='O"BRIEN^ZOË', accession="A\\900",
+           study_description='Knee "left" é', study_date=date(2024, 2, 2))  # fmt: skip
+    response = qido(path, includefield="all")
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == JSON
+    items = json.loads(response.content)
+    assert len(items) == 4
+    assert response.content == JSONRenderer().render(items)
+    assert "ZOË".encode() in response.content
+    line_separators = ["a\u2028b\u2029c"]
+    assert WrittenJsonRenderer().render(WrittenJson(json.dumps(line_separators, ensure_ascii=False))) == (
+        JSONRenderer().render(line_separators)
+    )
+    if path == "studies":
+        name = next(value(i, PATIENT_NAME) for i in items if value(i, PATIENT_ID) == 'P-"Q"')
+        assert name == {"Alphabetic": 'O"BRIEN^ZOË'}
+    client = api_client_for(radiologist_a, tenant_a)
+    indented = client.get(f"/dicomweb/north/{path}", {"includefield": "all"}, HTTP_ACCEPT=f"{JSON}; indent=2")
+    assert indented.status_code == 200
+    assert indented.content == JSONRenderer().render(items, f"{JSON}; indent=2")
+    assert indented.content.startswith(b'[\n  {\n    "000')
