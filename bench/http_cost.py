@@ -161,6 +161,30 @@ def _backend_cpu_ms(tenant: Any, settings: str, statement: str, runs: int) -> fl
         return (cpu_seconds(backend) - before) * 1000 / runs
 
 
+def audit_cpu(*, tenant_slug: str, runs: int) -> None:
+    """The Query event of a search on its own (studies.services.reads.studies_query_record: BEGIN, the chain
+    head's lock, the INSERT with the head's UPDATE, COMMIT): the backend's and this process's CPU per event."""
+    from django.db import connection
+
+    from studies.services.reads import studies_query_record
+    from tenants.models import Membership, Tenant
+    from tenants.scoping import tenant_scope
+
+    tenant = Tenant.objects.get(slug=tenant_slug)
+    user = Membership.unscoped_objects.filter(tenant=tenant).select_related("user").first().user
+    with tenant_scope(tenant):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+        backend0, own0 = cpu_seconds(backend), time.process_time()
+        for _ in range(runs):
+            studies_query_record(actor=user, resource="/dicomweb/x/studies", query_string="PatientID=X", results=0,
+                                 source_address="127.0.0.1", actor_role="radiologist")  # fmt: skip
+        backend1, own1 = cpu_seconds(backend), time.process_time()
+    print(f"Query event alone: PostgreSQL {(backend1 - backend0) * 1000 / runs:.3f} ms CPU, "
+          f"this process {(own1 - own0) * 1000 / runs:.3f} ms CPU per event")  # fmt: skip
+
+
 def statements_explained(
     *, base_path: str, token: str, picked: dict[str, Any], tenant_slug: str, plans: bool = False, cpu_runs: int = 0
 ) -> None:
@@ -205,6 +229,24 @@ def statements_explained(
             print(f"  [{float(query['time']) * 1000:6.2f} ms round trip] {timing:42s} {sql[:150]}")
 
 
+def in_process_cpu(*, base_path: str, token: str, picked: dict[str, Any], repeat: int) -> None:
+    """The same requests through Django's test client in this process (no socket, no gunicorn): its CPU per
+    request (`time.process_time`), beside the worker's over HTTP, for the share the server around Django takes."""
+    from django.test import Client
+
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_ACCEPT="application/dicom+json",
+                    REMOTE_ADDR="127.0.0.1", HTTP_HOST="127.0.0.1")  # fmt: skip
+    for name in SEARCHES:
+        for i in range(30):
+            client.get(f"{base_path}/{search_path(name, picked, i)}")
+        t0 = time.process_time()
+        for i in range(30, 30 + repeat):
+            client.get(f"{base_path}/{search_path(name, picked, i)}")
+        print(
+            f"{name:24s} in-process (test client) {(time.process_time() - t0) * 1000 / repeat:6.2f} ms CPU per request"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=20000)
@@ -216,6 +258,7 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="measure a database kept by an earlier --keep run")
     parser.add_argument("--sql", action="store_true", help="each statement of one request, with EXPLAIN ANALYZE")
     parser.add_argument("--sql-cpu-runs", type=int, default=0, help="with --sql: PG CPU per statement, over N runs")
+    parser.add_argument("--in-process", action="store_true", help="the same requests through Django's test client")
     parser.add_argument("--plans", action="store_true", help="with --sql: each search's statement and plan in full")
     parser.add_argument("--py-spy", default="", help="a folder for py-spy profiles of the worker, one per search")
     args = parser.parse_args()
@@ -254,6 +297,11 @@ def main() -> int:
             statements_explained(base_path=f"/dicomweb/{state['slug']}", token=state["token"],
                                  picked=state["picked"], tenant_slug=state["slug"], plans=args.plans,
                                  cpu_runs=args.sql_cpu_runs)  # fmt: skip
+        if args.sql and args.sql_cpu_runs:
+            audit_cpu(tenant_slug=state["slug"], runs=args.sql_cpu_runs)
+        if args.in_process:
+            in_process_cpu(base_path=f"/dicomweb/{state['slug']}", token=state["token"], picked=state["picked"],
+                           repeat=args.repeat)  # fmt: skip
         base = f"http://127.0.0.1:{free_port()}/dicomweb/{state['slug']}"
         worker = gunicorn_start(processes, env, worker_class=args.worker_class, base=base, token=state["token"])
         http_measured(base=base, token=state["token"], picked=state["picked"], worker=worker, db=args.db,
