@@ -12,14 +12,19 @@ it prints, over `--repeat` requests after a warm-up:
 - with `--sql`: each statement of one request of the search (captured in this process through Django's test
   client), with its execution and planning time from EXPLAIN ANALYZE (SELECTs; the audit INSERT is shown, not
   run again);
-- with `--py-spy DIR`: a py-spy profile (raw, non-idle samples) of the worker during the measured requests.
+- with `--sql-cpu-runs N`: each SELECT of that request run N times more on one backend, and the Query event N
+  times on its own, for PostgreSQL's CPU per execution (/proc of the backend);
+- with `--in-process`: the same requests through Django's test client in this process, its CPU per request;
+- with `--py-spy DIR`: a py-spy profile of the worker during the measured requests (`--gil`: the thread holding
+  the GIL, so waits do not count).
 
 The 20,000-instance index is bench/orthanc.py's (bench/query.py's fixture: 1 patient per 20 instances, 1 study per
 10, 1 series per 4), built into the database `--db` (dropped at the end unless `--keep`; `--reuse` measures a kept
 one again without building it, e.g. another tree against the same index), Redis database `--redis`.
 
-    .venv/bin/python -m bench.http_cost [--instances 20000] [--repeat 300] [--worker-class gthread|sync] [--sql]
-        [--py-spy var/bench/spy] [--db enclave_h1_http --redis 1] [--keep | --reuse]
+    .venv/bin/python -m bench.http_cost [--instances 20000] [--repeat 300] [--worker-class gthread|sync] [--sql
+        [--plans] [--sql-cpu-runs 300]] [--in-process] [--py-spy var/bench/spy] [--db enclave_h1_http --redis 1]
+        [--keep | --reuse]
 """
 
 from __future__ import annotations
