@@ -361,6 +361,9 @@ def visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[
 
     For a permission that reaches patient data, the registered gates run first: a refusal is raised
     (`GateRefused`), so no door can mistake it for an empty answer.
+
+    When `actor` may see every row of `qs`, `qs` itself is returned (the same object, unfiltered): a caller that
+    would only join the answer back as `pk IN (...)` may then leave the subquery out (studies.selectors.matching).
     """
     tenant = current_tenant_or_none()
     if perm in PATIENT_DATA_PERMISSIONS and tenant is not None:
