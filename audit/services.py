@@ -22,11 +22,21 @@ from django.core.files.storage import storages
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import sql
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from audit import context as audit_context
 from audit import signing, worm
 from audit.events import EventType, Outcome
-from audit.models import AuditChain, AuditDigest, AuditEvent, ChangeSeal, SecurityAlert, SyslogCursor, WormCopy
+from audit.models import (
+    AuditChain,
+    AuditDigest,
+    AuditEvent,
+    ChangeSeal,
+    SecurityAlert,
+    SyslogCursor,
+    WormCopy,
+    canonical_json,
+)
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.models import Tenant, TenantOwnedModel, User
@@ -187,12 +197,14 @@ def _event_append(
         extra=dict(extra or {}),
         prev_hash=chain.last_hash,
     )
-    row.hash = row.compute_hash(chain.last_hash)
-    _event_insert_and_advance(row, chain)
+    # The participants written as JSON once: for the hash and, as they are, for the column.
+    participants_json = canonical_json(entries)
+    row.hash = row.compute_hash(chain.last_hash, participants_json)
+    _event_insert_and_advance(row, chain, participants_json)
     return row
 
 
-def _event_insert_and_advance(row: AuditEvent, chain: AuditChain) -> None:
+def _event_insert_and_advance(row: AuditEvent, chain: AuditChain, participants_json: str | None = None) -> None:
     """INSERT the event and move the chain's head to it in one statement (a data-modifying CTE), under the lock
     `_chain_locked` took: one round trip instead of two. The INSERT is the one `row.save(force_insert=True)`
     would send (Django's own insert compiler: the same columns, values and conversions); neither model has save
@@ -201,6 +213,8 @@ def _event_insert_and_advance(row: AuditEvent, chain: AuditChain) -> None:
     query = sql.InsertQuery(AuditEvent)
     query.insert_values(fields, [row])
     [(insert_sql, insert_params)] = query.get_compiler(using=connection.alias).as_sql()
+    if participants_json is not None:
+        insert_params = _participants_param_written(fields, list(insert_params), participants_json)
     quote = connection.ops.quote_name
     head, pk = quote(AuditChain._meta.db_table), quote("id")
     # Names from the models' metadata and Django's compiled INSERT; every value a parameter.
@@ -219,6 +233,20 @@ def _event_insert_and_advance(row: AuditEvent, chain: AuditChain) -> None:
     row._state.db = connection.alias
     chain.last_sequence = row.sequence
     chain.last_hash = row.hash
+
+
+_PARTICIPANTS = AuditEvent._meta.get_field("participants")
+
+
+def _participants_param_written(fields: list[Any], params: list[Any], participants_json: str) -> list[Any]:
+    """The INSERT's parameters with the participants' value sent as the JSON text already written for the hash,
+    not serialised again by the driver. The compiled INSERT has one parameter per field, in `fields`' order; the
+    participants' one is psycopg's Jsonb wrapper of the list (the JSONField's adaptation), given the text here."""
+    index = fields.index(_PARTICIPANTS)
+    if len(params) != len(fields) or not isinstance(params[index], Jsonb):
+        raise TypeError("The audit event's INSERT is not the one expected: one parameter per field.")
+    params[index] = Jsonb(params[index].obj, dumps=lambda _obj: participants_json)
+    return params
 
 
 def audit_chain_create(*, tenant: Tenant) -> AuditChain:

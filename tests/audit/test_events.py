@@ -102,3 +102,23 @@ def test_the_chain_head_is_read_locked_and_only_inside_a_transaction(tenant_a):
             assert (head.pk, head.last_sequence, head.last_hash) == (expected.pk, expected.last_sequence,
                                                                       expected.last_hash)  # fmt: skip
             assert _chain_head_locked("no-such-chain") is None
+
+
+@pytest.mark.django_db
+def test_participants_written_once_hash_and_store_as_before(tenant_a, radiologist_a):
+    """The writer writes the participants' JSON once and uses that text for the hash and for the column. The hash
+    is the one the full canonical form gives (what audit verification recomputes from the stored row), for
+    participants with non-ASCII names, quotes, nested details and numbers; the column reads back equal."""
+    from audit.models import AuditEvent, canonical_json
+
+    participants = [
+        {"type": "patient", "id": "P-\u00e9", "name": 'M\u00dcLLER^"J\u00f6rg"', "detail": {"b": 2, "a": [1.5, None]}},
+        {"type": "studies.study", "id": "1.2.3", "name": "\u5c71\u7530^\u592a\u90ce", "role": "study"},
+    ]
+    event = record(tenant_a, EventType.STUDIES_QUERIED, actor=radiologist_a, participants=participants)
+    with tenant_scope(tenant_a):
+        stored = AuditEvent.objects.get(pk=event.pk)
+    assert stored.participants == participants
+    assert stored.canonical() == stored.canonical(canonical_json(stored.participants))
+    assert stored.compute_hash(stored.prev_hash) == stored.hash == event.hash
+    assert b"\\u00e9" in stored.canonical()  # ASCII only, as before
