@@ -783,13 +783,12 @@ def _counts_add(*, series: list[Series], added: dict[int, int], new_series: set[
             )
             continue
         Study.objects.select_for_update().filter(pk=study_id).values_list("pk", flat=True).get()
-        modalities = sorted(
-            {m for m in Series.objects.filter(study_id=study_id).values_list("modality", flat=True) if m}
-        )
+        # Every series of the study, once: their modalities, and how many there are.
+        of_series = list(Series.objects.filter(study_id=study_id).values_list("modality", flat=True))
         Study.objects.filter(pk=study_id).update(
             number_of_instances=F("number_of_instances") + count,
-            number_of_series=Series.objects.filter(study_id=study_id).count(),
-            modalities="\\".join(modalities)[:64],
+            number_of_series=len(of_series),
+            modalities="\\".join(sorted({m for m in of_series if m}))[:64],
             updated_at=now,
         )
 
