@@ -20,16 +20,19 @@ statements: the rest is COMMIT and the protocol), the statements per instance, a
 Its own database (`--db`, dropped and created again, and dropped at the end unless `--keep`) and Redis database
 (`--redis`, flushed); `--index N` first bulk-writes bench/query.py's index of N instances into another tenant (the
 tables and their indexes then hold N rows, as in bench/orthanc.py's run), and the first `--count` of its
-instances are the small files sent.
+instances are the small files sent. `--chunks K` sends them in K rounds (each measured on its own: the cost of a
+statement that reads the tenant's rows grows with the rounds), and `--analyze-between` ANALYZEs the tables as
+their owner between rounds, as autovacuum would in production (this server runs with autovacuum off).
 
     .venv/bin/python -m bench.small_cost --db enclave_h5 --redis redis://127.0.0.1:6379/5 [--index 20000]
-        [--count 2000] [--batch 50] [--json out.json]
+        [--count 2000] [--batch 50] [--chunks 1] [--analyze-between] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -39,6 +42,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,9 @@ from bench.ingest import (  # noqa: E402  (the path above first)
     provision,
     stores_env,
 )
+
+TABLES = ("studies_patient", "studies_study", "studies_series", "studies_instance", "studies_blob",
+          "studies_ingestitem")  # fmt: skip
 
 
 def backend_cpu_ns(pid: int) -> int:
@@ -163,6 +170,11 @@ def main() -> int:
     parser.add_argument("--index", type=int, default=20000, help="instances of bench/query.py's index, bulk-written")
     parser.add_argument("--count", type=int, default=2000, help="of those, the small instances sent")
     parser.add_argument("--batch", type=int, default=50, help="INGEST_BATCH_SIZE")
+    parser.add_argument("--chunks", type=int, default=1, help="send the instances in this many rounds")
+    parser.add_argument(
+        "--analyze-between", action="store_true",
+        help="ANALYZE the tables as their owner between rounds (what autovacuum does in production)",
+    )  # fmt: skip
     parser.add_argument("--top", type=int, default=25, help="statement groups shown per phase")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true")
@@ -183,6 +195,7 @@ def main() -> int:
 
         from audit.context import audit_context
         from bench.orthanc import index_files, index_fixture
+        from bench.query import table_statistics_update
         from portal.web.task_context import task_context
         from studies.models import IngestItem, Series
         from studies.services import ingest as ingest_service
@@ -205,7 +218,7 @@ def main() -> int:
         batch = uuid.uuid4()
         study_keys: dict[str, Any] = {}
 
-        def receive() -> None:
+        def receive(datas: list[bytes]) -> None:
             with (
                 tenant_scope(tenant),
                 audit_context(source_address="127.0.0.1", system_principal=f"dicom:{target.device_ae}"),
@@ -226,9 +239,17 @@ def main() -> int:
                 for one in Series.objects.filter(thumbnail__isnull=True).order_by("pk"):
                     series_thumbnail_make(series=one)
 
-        figures = [phase("receipt (listener)", len(datas), receive, top=args.top)]
-        figures.append(phase("pipeline (worker)", len(datas), process, top=args.top))
-        figures.append(phase("thumbnails (worker)", len(datas), thumbnails, top=args.top))
+        figures: list[dict[str, Any]] = []
+        size = math.ceil(len(datas) / args.chunks)
+        for n, start in enumerate(range(0, len(datas), size)):
+            chunk = datas[start : start + size]
+            tag = f", chunk {n + 1} of {args.chunks}" if args.chunks > 1 else ""
+            figures.append(phase(f"receipt (listener){tag}", len(chunk), partial(receive, chunk), top=args.top))
+            figures.append(phase(f"pipeline (worker){tag}", len(chunk), process, top=args.top))
+            figures.append(phase(f"thumbnails (worker){tag}", len(chunk), thumbnails, top=args.top))
+            if args.analyze_between and start + size < len(datas):
+                table_statistics_update(TABLES)
+                log(f"ANALYZE as the owner: {', '.join(TABLES)}")
         with tenant_scope(tenant):
             states = dict(IngestItem.objects.values_list("state").annotate(n=Count("id")).order_by())
             series = Series.objects.count()
@@ -237,7 +258,7 @@ def main() -> int:
         if states != {IngestItem.State.STORED: len(datas)}:
             raise SystemExit(f"not every instance was stored: {states}")
         total = {
-            key: round(sum(f[key] for f in figures), 3)
+            key: round(sum(f[key] * f["instances"] for f in figures) / len(datas), 3)
             for key in ("python_cpu_ms_per_instance", "postgres_cpu_ms_per_instance", "statements_per_instance")
         }
         log(f"all phases, per instance: {total}")
