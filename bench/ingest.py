@@ -514,6 +514,76 @@ def wait_final(target: Target, expected: int, timeout: float) -> None:
             time.sleep(POLL_SECONDS)
 
 
+# kombu's Redis transport: a queue is a list named after it, one more list per priority step above 0
+# (`<queue>\x06\x16<step>`), and a message a worker has taken but not acknowledged (reserved, or running: the tasks
+# ack late) waits in the `unacked` hash until it is acknowledged.
+KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+KOMBU_UNACKED_KEY = "unacked"
+DRAIN_SETTLE_SECONDS = 1.0
+
+
+def celery_queues() -> list[str]:
+    """The Celery queues of this configuration (settings: the default queue and every routed one)."""
+    from django.conf import settings
+
+    names = {settings.CELERY_TASK_DEFAULT_QUEUE}
+    names |= {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
+    return sorted(names)
+
+
+def celery_backlog(client: Any, queues: list[str], unacked_key: str = KOMBU_UNACKED_KEY) -> dict[str, int]:
+    """Messages waiting in each queue (every priority step counted) and taken but not acknowledged, read from
+    the broker in one round trip; only the non-zero counts."""
+    keys = [q if not step else f"{q}{KOMBU_PRIORITY_SEPARATOR}{step}" for q in queues for step in KOMBU_PRIORITY_STEPS]
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.llen(key)
+    pipe.hlen(unacked_key)
+    *lengths, unacked = pipe.execute()
+    counts: dict[str, int] = {}
+    for key, length in zip(keys, lengths, strict=True):
+        if length:
+            queue = key.split(KOMBU_PRIORITY_SEPARATOR)[0]
+            counts[queue] = counts.get(queue, 0) + int(length)
+    if unacked:
+        counts[unacked_key] = int(unacked)
+    return counts
+
+
+def celery_drained(
+    redis_url: str, queues: list[str], *, timeout: float, unacked_key: str = KOMBU_UNACKED_KEY,
+    settle: float = DRAIN_SETTLE_SECONDS, poll: float = POLL_SECONDS,
+) -> dict[str, Any]:  # fmt: skip
+    """Wait until no Celery task is queued, reserved or running: every queue empty and nothing unacknowledged,
+    for `settle` seconds in a row (a worker pops a message before it notes it as unacknowledged: an instant in
+    which it is in neither). Reads the broker (LLEN, HLEN), not `celery inspect` (a broadcast and a second's wait
+    for the replies). Returns the seconds waited, whether it drained within `timeout`, what was waiting at the
+    start and, when it did not drain, what was still waiting at the end."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        t0 = time.monotonic()
+        first = now = celery_backlog(client, queues, unacked_key)
+        empty_since = t0 if not now else None
+        while True:
+            at = time.monotonic()
+            if empty_since is not None and at - empty_since >= settle:
+                return {"seconds": round(at - t0, 1), "drained": True, "waiting_at_start": first}
+            if at - t0 > timeout:
+                return {"seconds": round(at - t0, 1), "drained": False, "waiting_at_start": first,
+                        "waiting_at_end": now}  # fmt: skip
+            time.sleep(poll)
+            now = celery_backlog(client, queues, unacked_key)
+            if now:
+                empty_since = None
+            elif empty_since is None:
+                empty_since = time.monotonic()
+    finally:
+        client.close()
+
+
 def measure(result: RunResult, target: Target, t0: float) -> None:
     """Timings from the database (the moments each item was received, claimed, finished and last written) and
     the correctness check."""
@@ -568,7 +638,11 @@ def stores_env(base: dict[str, str], folder: Path, clamd: str) -> dict[str, str]
     return env
 
 
-def worker_start(processes: Processes, env: dict[str, str]) -> Started:
+def worker_start(
+    processes: Processes, env: dict[str, str], *, name: str = "worker", queues: str = "default,ingest,maintenance",
+    concurrency: int = WORKER_CONCURRENCY,
+) -> Started:  # fmt: skip
+    """A Celery worker of `concurrency` processes on `queues` (by default one worker for every queue)."""
     argv = [
         PYTHON,
         "-m",
@@ -579,16 +653,16 @@ def worker_start(processes: Processes, env: dict[str, str]) -> Started:
         "-l",
         "info",
         "-c",
-        str(WORKER_CONCURRENCY),
+        str(concurrency),
         "-Q",
-        "default,ingest,maintenance",
+        queues,
         "-n",
-        "bench@localhost",
+        f"bench-{name}@localhost",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
     ]
-    return processes.start("worker", argv, env, log_says(r" ready\."))
+    return processes.start(name, argv, env, log_says(r" ready\."))
 
 
 def run_cstore(

@@ -4,9 +4,11 @@ Orthanc comes from Debian's packages (`apt-get install orthanc orthanc-dicomweb`
 configuration of its own in a temporary folder (loopback ports, `DicomAet` ORTHANC, no authentication, storage
 and index in the folder; every other option is the Debian package's default, read from /etc/orthanc/orthanc.json,
 so `SyncStorageArea` stays on) and stops it at the end. Enclave runs as in bench/ingest.py: its own database
-(`enclave_bench_vs`, dropped and created again) and Redis database (/9, flushed), `manage.py dicom_listener`, one
-Celery worker (-c 2) and gunicorn as scripts/run.sh starts it (portal/gunicorn_conf.py, 2 gthread workers x 8
-threads, connections kept alive), with encryption, the built-in scanner and auditing on. The per-person rate
+(`enclave_bench_vs`, dropped and created again) and Redis database (/9, flushed), `manage.py dicom_listener`, the
+two Celery workers as scripts/run.sh starts them (`worker`: queue ingest, -c 2; `worker-default`: queues default
+and maintenance, -c 1; `--one-worker`: the earlier runs' single worker, -c 2, on all three) and gunicorn as
+scripts/run.sh starts it (portal/gunicorn_conf.py, 2 gthread workers x 8 threads, connections kept alive), with
+encryption, the built-in scanner and auditing on. The per-person rate
 limits are lifted (RATE_LIMITS): Orthanc has none, and one client sends more searches a minute than they allow.
 
 Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
@@ -27,12 +29,13 @@ Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
 - With clamd (Debian's clamav-daemon; skipped when it is missing, or with `--no-clamd`): one more set in one
   association, the listener and the worker started again with CLAMD_ADDRESS set to bench/ingest.py's clamd (one
   signature, Unix socket). Its ratio is to Orthanc's one-association rate (Orthanc scans nothing).
-- CPU per instance of every C-STORE set, from /proc/<pid>/stat (bench/profile.py): the listener, the worker
-  (each with its children), the PostgreSQL backends of the benchmark's database, clamd, and redis-server (shared
-  with everything else on the machine: shown, left out of the total); Orthanc's process for its sets.
-- `--profile`: one more set after the others, with `py-spy record` on the listener and the worker once the worker
-  is idle: collapsed stacks (var/bench/profile-<time>-<process>.txt) and the top functions and the project's own
-  functions step by step, in CPU ms per instance (...-top.txt).
+- CPU per instance of every C-STORE set, from /proc/<pid>/stat (bench/profile.py): the listener, each Celery
+  worker (each with its children; both workers in the total), the PostgreSQL backends of the benchmark's
+  database, clamd, and redis-server (shared with everything else on the machine: shown, left out of the total);
+  Orthanc's process for its sets.
+- `--profile`: one more set after the others, with `py-spy record` on the listener and the ingest worker once the
+  workers are idle: collapsed stacks (var/bench/profile-<time>-<process>.txt) and the top functions and the
+  project's own functions step by step, in CPU ms per instance (...-top.txt).
 - WADO-RS retrieval of one series (`multipart/related; type="application/dicom"`, every instance) over one
   keep-alive `requests.Session`: MB/s of the body, median of `--retrievals` timed runs after one warm-up.
 - QIDO-RS over one `requests.Session`, median and p95 of `--repeat` timed requests after `--warmup`: studies by
@@ -42,6 +45,14 @@ Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
   patient, study, series, year or month, the same sequence for both.
 - Peak resident memory (VmHWM) of the listener, the worker and gunicorn (each with its children), and Orthanc.
 
+Each Enclave phase (a C-STORE or STOW-RS set) is followed by a wait until the workers have done every task it
+left (the thumbnails of its new series, on the `default` queue; the wake-ups on `ingest`), so that no later phase
+shares the cores with them: every Celery queue empty and no message taken but unacknowledged (the broker's lists
+and kombu's `unacked` hash, read directly; `bench.ingest.celery_drained`), for a second in a row, at most
+`--drain-timeout` seconds. Each wait, what was waiting and the CPU the processes spent in it (outside the phase's
+own figures, which end at its last instance searchable) are logged, written to the JSON (`drain` of each phase)
+and summed up in the notes; a wait that timed out is named there and the run goes on.
+
 Prints a table (ratios Enclave / Orthanc: for rates higher is better, for times and CPU lower; a search whose
 p95 is more than twice its median marked "(!)") and the same as markdown for docs/BENCHMARKS.md, with the machine,
 the date and the load average, and writes var/bench/orthanc-<time>.json (every sample) and .md. Defaults: sets
@@ -49,7 +60,7 @@ of 2 studies x 2 series x 30 instances (120); `--full` uses the issue's 480 (4 x
 Redis database: BENCH_ORTHANC_DB_NAME and BENCH_ORTHANC_REDIS_URL in the environment change them.
 
     .venv/bin/python -m bench.orthanc [--full] [--index 20000 | --large] [--small-cstore [--small-cstore-count N]]
-        [--profile] [--no-clamd] [--keep]
+        [--profile] [--no-clamd] [--drain-timeout 1800] [--keep]
 """
 
 from __future__ import annotations
@@ -79,12 +90,15 @@ from bench.ingest import (  # noqa: E402  (the path above first)
     PG_SERVER,
     PYTHON,
     STORESCU,
+    WORKER_CONCURRENCY,
     BenchError,
     Processes,
     Started,
     Target,
     bench_cleanup,
     bench_environment,
+    celery_drained,
+    celery_queues,
     clamd_start,
     cpu_busy_since,
     django_on_fresh_database,
@@ -202,8 +216,35 @@ def enclave_reader(target: Target) -> str:
     return raw
 
 
-def enclave_cpu_groups(listener: Started, worker: Started, clamd: Started | None) -> dict[str, Any]:
-    """The processes whose CPU time one C-STORE set costs Enclave: the listener and the worker (each with its
+DEFAULT_WORKER = "worker-default"
+
+
+def workers_start(processes: Processes, env: dict[str, str], *, one: bool) -> Started:
+    """The Celery workers as scripts/run.sh starts them: `worker` on the ingest queue (-c 2, INGEST_CONCURRENCY's
+    default on 2 cores) and `worker-default` on default and maintenance (-c 1: the thumbnails, mail, exports);
+    with `one`, the earlier runs' single worker (-c 2) on all three. Returns `worker`."""
+    if one:
+        return worker_start(processes, env)
+    worker_start(processes, env, name=DEFAULT_WORKER, queues="default,maintenance", concurrency=1)
+    return worker_start(processes, env, name="worker", queues="ingest", concurrency=WORKER_CONCURRENCY)
+
+
+def workers_stop(processes: Processes) -> None:
+    processes.stop("worker")
+    processes.stop(DEFAULT_WORKER)
+
+
+def worker_groups(processes: Processes) -> dict[str, Any]:
+    """The CPU groups of the running workers: `worker` and, when it runs, `worker-default`, each a process with
+    its pool; both are counted in a phase's total."""
+    groups: dict[str, Any] = {"worker": pids_of(processes.running["worker"])}
+    if DEFAULT_WORKER in processes.running:
+        groups[DEFAULT_WORKER] = pids_of(processes.running[DEFAULT_WORKER])
+    return groups
+
+
+def enclave_cpu_groups(processes: Processes, listener: Started, clamd: Started | None) -> dict[str, Any]:
+    """The processes whose CPU time one C-STORE set costs Enclave: the listener and the workers (each with its
     children), the PostgreSQL backends of the benchmark's database (less this script's own connection), clamd
     when it scans, and the machine's redis-server (shared with every other user of the machine: an upper bound,
     left out of the total)."""
@@ -212,7 +253,7 @@ def enclave_cpu_groups(listener: Started, worker: Started, clamd: Started | None
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         own = {int(cursor.fetchone()[0])}
-    groups: dict[str, Any] = {"listener": pids_of(listener), "worker": pids_of(worker),
+    groups: dict[str, Any] = {"listener": pids_of(listener), **worker_groups(processes),
                               "postgres": lambda: postgres_backends(DB_NAME, own)}  # fmt: skip
     if clamd is not None:
         groups["clamd"] = pids_of(clamd)
@@ -220,12 +261,32 @@ def enclave_cpu_groups(listener: Started, worker: Started, clamd: Started | None
     return groups
 
 
+def drained(groups: dict[str, Any], count: int, what: str, timeout: float) -> dict[str, Any]:
+    """After a phase, wait until the worker has done every task it left (the thumbnails of its new series, on
+    the `default` queue), so that the next phase has the cores to itself: the seconds waited, what was waiting
+    and the CPU ms per instance of the phase that the wait cost each process (its tasks' work, not counted in the
+    phase's own CPU figure, which ends at the last instance searchable). A wait that times out is logged and
+    recorded (`drained` false), and the run goes on."""
+    meter = CpuMeter(groups).start()
+    try:
+        result = celery_drained(REDIS_URL, celery_queues(), timeout=timeout)
+    finally:
+        cpu = meter.stop()
+    result["cpu_ms_per_instance"] = per_instance_ms(cpu, count)
+    state = "drained" if result["drained"] else f"NOT drained (still waiting: {result['waiting_at_end']})"
+    log(
+        f"after {what}: Celery queues {state} in {result['seconds']} s (waiting at the start: "
+        f"{result['waiting_at_start'] or 'nothing'}); CPU ms per instance of the wait {result['cpu_ms_per_instance']}"
+    )
+    return result
+
+
 def enclave_cstore(
     folders: list[Path], target: Target, *, port: int, count: int, groups: dict[str, Any], tmp: Path, tag: str,
-    timeout: float,
+    timeout: float, drain_timeout: float | None,
 ) -> dict[str, Any]:  # fmt: skip
     """One C-STORE set into Enclave: its rate to the last instance searchable and the CPU ms each process spent
-    per instance."""
+    per instance until then; then (unless `drain_timeout` is None) the wait for the tasks it left (`drained`)."""
     meter = CpuMeter(groups).start()
     try:
         t0, client = storescu(folders, calling=target.device_ae, called=target.tenant_ae, port=port, logs=tmp,
@@ -233,14 +294,16 @@ def enclave_cstore(
         wait_final(target, count, timeout)
     finally:
         cpu = meter.stop()
-    figure = {"instances": count, **_rate(count, enclave_searchable_at(target) - t0, client)}
+    figure: dict[str, Any] = {"instances": count, **_rate(count, enclave_searchable_at(target) - t0, client)}
     figure["cpu_ms_per_instance"] = per_instance_ms(cpu, count)
+    if drain_timeout is not None:
+        figure["drain"] = drained(groups, count, f"C-STORE {tag}", drain_timeout)
     return figure
 
 
 def profiled_cstore(
     files: list[Path], target: Target, *, listener: Started, worker: Started, port: int, groups: dict[str, Any],
-    tmp: Path, rate: int, timeout: float,
+    tmp: Path, rate: int, timeout: float, drain_timeout: float, idle: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """One more C-STORE set with `py-spy record` on the listener and the worker (and their children): the
     collapsed stacks in var/bench/profile-<time>-<process>.txt (flamegraph.pl or speedscope read them), the
@@ -249,17 +312,19 @@ def profiled_cstore(
     out = ROOT / "var" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    waited = wait_idle(pids_of(worker))
+    waited = wait_idle(idle)
     log(f"profiled C-STORE: the worker idle after {waited} s; py-spy on the listener and the worker")
     spies = {name: PySpy(started.process.pid, out / f"profile-{stamp}-{name}.txt", rate)
              for name, started in (("listener", listener), ("worker", worker))}  # fmt: skip
     time.sleep(2)  # attached
     try:
         figure = enclave_cstore([files[0].parent], target, port=port, count=len(files), groups=groups, tmp=tmp,
-                                tag="eprof", timeout=timeout)  # fmt: skip
+                                tag="eprof", timeout=timeout, drain_timeout=None)  # fmt: skip
     finally:
         for spy in spies.values():
             spy.stop()
+    # After the samples (they and the CPU figure they are shared out by both end at the last instance searchable).
+    figure["drain"] = drained(groups, len(files), "the profiled C-STORE", drain_timeout)
     figure["profile"] = {}
     for name, spy in spies.items():
         summary = top_functions(spy.out, instances=len(files), cpu_ms=figure["cpu_ms_per_instance"][name])
@@ -643,6 +708,14 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--search-timeout", type=float, default=120, help="seconds before a search at scale counts as timed out"
     )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=1800,
+        help="seconds to wait after a phase for the Celery queues to drain before the next begins",
+    )  # fmt: skip
+    parser.add_argument(
+        "--one-worker", action="store_true",
+        help="one Celery worker (-c 2) on every queue, as in the runs before this option (not scripts/run.sh's two)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and database")
@@ -720,13 +793,13 @@ def main() -> int:
 
         # Enclave: listener and worker; C-STORE with the built-in scanner.
         cpu0 = machine_cpu()
-        worker = worker_start(processes, base_env)
+        worker = workers_start(processes, base_env, one=args.one_worker)
         listener, port = listener_start(processes, base_env)
-        groups = enclave_cpu_groups(listener, worker, None)
+        groups = enclave_cpu_groups(processes, listener, None)
         for name in ("one", "four"):
             figures["enclave"][f"cstore_{name}"] = enclave_cstore(
                 folders[name], targets[name], port=port, count=per_set, groups=groups, tmp=tmp, tag=f"e{name}",
-                timeout=args.timeout,
+                timeout=args.timeout, drain_timeout=args.drain_timeout,
             )  # fmt: skip
             log(f"Enclave C-STORE ({name}): {figures['enclave'][f'cstore_{name}']}")
         if args.small_cstore and index_count:
@@ -738,37 +811,41 @@ def main() -> int:
             log(f"Enclave C-STORE of {small} small instances (one association)")
             figures["enclave"]["cstore_small"] = enclave_cstore(
                 [folder], targets["small"], port=port, count=small, groups=groups, tmp=tmp, tag="esmall",
-                timeout=args.timeout,
+                timeout=args.timeout, drain_timeout=args.drain_timeout,
             )  # fmt: skip
             log(f"Enclave C-STORE (small): {figures['enclave']['cstore_small']}")
         figures["enclave"]["machine_busy_during_cstore"] = cpu_busy_since(cpu0)
         if args.profile:
             figures["enclave"]["cstore_profiled"] = profiled_cstore(
                 sets["prof"], targets["prof"], listener=listener, worker=worker, port=port, groups=groups,
-                tmp=tmp, rate=args.profile_rate, timeout=args.timeout,
+                idle=lambda: [pid for pids in worker_groups(processes).values() for pid in pids()],
+                tmp=tmp, rate=args.profile_rate, timeout=args.timeout, drain_timeout=args.drain_timeout,
             )  # fmt: skip
         memory = figures["enclave"]["memory"] = {"listener": memory_of(listener), "worker_cstore": memory_of(worker)}
+        if DEFAULT_WORKER in processes.running:
+            memory["worker_default_cstore"] = memory_of(processes.running[DEFAULT_WORKER])
         processes.stop("listener")
-        processes.stop("worker")
+        workers_stop(processes)
 
         # The same C-STORE with a real clamd scanning every instance (bench/ingest.py's clamd: one signature).
         if clamd_wanted:
             clamd_env = {**base_env, "CLAMD_ADDRESS": clamd_start(processes, base_env)}
             clamd = processes.running["clamd"]
-            worker = worker_start(processes, clamd_env)
+            worker = workers_start(processes, clamd_env, one=args.one_worker)
             listener, port = listener_start(processes, clamd_env)
             figures["enclave"]["cstore_clamd"] = enclave_cstore(
                 [tmp / "dicom-clamd"], targets["clamd"], port=port, count=per_set,
-                groups=enclave_cpu_groups(listener, worker, clamd), tmp=tmp, tag="eclamd", timeout=args.timeout,
+                groups=enclave_cpu_groups(processes, listener, clamd), tmp=tmp, tag="eclamd", timeout=args.timeout,
+                drain_timeout=args.drain_timeout,
             )  # fmt: skip
             log(f"Enclave C-STORE (clamd): {figures['enclave']['cstore_clamd']}")
             memory["listener_clamd"] = memory_of(listener)
             memory["worker_clamd"] = memory_of(worker)
             memory["clamd"] = memory_of(clamd)
             processes.stop("listener")
-            processes.stop("worker")
+            workers_stop(processes)
             processes.stop("clamd")
-        worker = worker_start(processes, base_env)
+        worker = workers_start(processes, base_env, one=args.one_worker)
 
         # gunicorn as `make run` serves it: STOW-RS, then the reads.
         uids, series_size = first_series(sets["one"])
@@ -778,6 +855,7 @@ def main() -> int:
         root = f"http://127.0.0.1:{web_port}/dicomweb"
         base = f"{root}/{target.tenant.slug}"
         web = gunicorn_start(processes, base_env, base, web_port, token)
+        stow_groups = {**worker_groups(processes), "postgres": groups["postgres"]}
         for name, clients in (("stow1", 1), ("stow4", 4)):
             stow_target = targets[name]
             sender = {"Authorization": f"Bearer {stow_target.token}"}
@@ -788,6 +866,7 @@ def main() -> int:
             wait_final(stow_target, per_set, args.timeout)
             figures["enclave"][f"{name}"] = _rate(per_set, enclave_searchable_at(stow_target) - t0, client)
             log(f"Enclave STOW-RS ({clients} clients): {figures['enclave'][name]}")
+            figures["enclave"][name]["drain"] = drained(stow_groups, per_set, f"STOW-RS {name}", args.drain_timeout)
         figures["enclave"]["memory"]["worker_stow"] = memory_of(worker)
         auth = {"Authorization": f"Bearer {token}"}
         with requests.Session() as session:
@@ -809,7 +888,7 @@ def main() -> int:
                 )  # fmt: skip
         figures["enclave"]["memory"]["gunicorn"] = memory_of(web)
         processes.stop("gunicorn")
-        processes.stop("worker")
+        workers_stop(processes)
         log(f"Enclave: {figures['enclave']['wado_series']}, {figures['enclave']['qido']}")
 
         # Orthanc: the same sets, in the same order.
@@ -952,6 +1031,14 @@ def table(figures: dict[str, dict[str, Any]], index_count: int) -> tuple[list[tu
         parts = ", ".join(f"{name} {value:.1f}" for name, value in e["cstore_profiled"]["cpu_ms_per_instance"].items())
         notes.append(f"Enclave CPU ms per instance, C-STORE under py-spy: {parts}; profiles: "
                      + ", ".join(v["top"] for v in e["cstore_profiled"]["profile"].values()))  # fmt: skip
+    waits = {key: value["drain"] for key, value in e.items() if isinstance(value, dict) and "drain" in value}
+    if waits:
+        each = [f"{key} {w['seconds']:.1f} s ({w['cpu_ms_per_instance']['total']:.1f} ms CPU per instance)"
+                + ("" if w["drained"] else f", NOT drained: {w['waiting_at_end']}")
+                for key, w in waits.items()]  # fmt: skip
+        notes.append("Enclave: each phase began once the Celery queues were empty and nothing unacknowledged; the "
+                     "waits after each (and the CPU of the tasks done in them, outside the phase's figures): "
+                     + "; ".join(each))  # fmt: skip
     row("WADO-RS series (MB/s, median)", o["wado_series"]["megabytes_per_second_median"],
         e["wado_series"]["megabytes_per_second_median"])  # fmt: skip
 
@@ -980,7 +1067,9 @@ def table(figures: dict[str, dict[str, Any]], index_count: int) -> tuple[list[tu
                  else "p95 more than 2x the median (marked (!)): " + "; ".join(slow_tails))  # fmt: skip
     memory = e.get("memory", {})
     labels = (("listener", "listener"), ("listener_clamd", "listener (clamd)"),
-              ("worker_cstore", "Celery worker (C-STORE)"), ("worker_clamd", "Celery worker (clamd)"),
+              ("worker_cstore", "Celery worker (C-STORE)"),
+              ("worker_default_cstore", "Celery worker default,maintenance (C-STORE)"),
+              ("worker_clamd", "Celery worker (clamd)"),
               ("worker_stow", "Celery worker (STOW-RS)"), ("gunicorn", "gunicorn (STOW-RS, reads)"),
               ("clamd", "clamd"))  # fmt: skip
     notes.append("Peak resident memory (VmHWM, MB; a process and its children): "

@@ -28,7 +28,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models import BigIntegerField, Case, CharField, DateTimeField, F, Q, Value, When
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -610,44 +610,41 @@ def _blobs_and_rows(fresh: list[_Checked], tenant: Tenant) -> None:
         for one, blob in zip(fresh, blobs, strict=True)
     ]
     Instance.objects.bulk_create(instances)
-    promoted_ids = {blob.pk for blob in promoted}
-    via_quarantine = [one.item.pk for one in fresh if one.item.quarantine_id in promoted_ids]
     if promoted:
-        # Only the name differs from row to row; the rest is one plain UPDATE per replication outcome (bulk_update
-        # builds a CASE per row and field: most of a batch's Python time when every field went through it).
-        Blob.objects.bulk_update(promoted, ["storage_name"])
-        for replicated in (True, False):
-            pks = [blob.pk for blob in promoted if (blob.replicated_at is not None) is replicated]
-            if pks:
-                Blob.objects.filter(pk__in=pks).update(
-                    kind=Blob.Kind.INSTANCE, replicated_at=now if replicated else None, updated_at=now
-                )
+        # The promoted blobs in one UPDATE: the name per row, the replication outcome per row only when the batch
+        # has both (Django's bulk_update builds a CASE per row and field: most of a batch's Python time when every
+        # field went through it).
+        replicated = [blob.pk for blob in promoted if blob.replicated_at is not None]
+        replicated_at: Any = now if len(replicated) == len(promoted) else None
+        if replicated and replicated_at is None:
+            replicated_at = Case(When(pk__in=replicated, then=Value(now)), default=None, output_field=DateTimeField())
+        Blob.objects.filter(pk__in=[blob.pk for blob in promoted]).update(
+            kind=Blob.Kind.INSTANCE,
+            storage_name=_per_row({blob.pk: blob.storage_name for blob in promoted}, CharField()),
+            replicated_at=replicated_at,
+            updated_at=now,
+        )
     for one, instance in zip(fresh, instances, strict=True):
         item = one.item
         one.instance = instance
         item.state, item.failure, item.finished_at, item.updated_at = IngestItem.State.STORED, "", now, now
         item.reason = "preamble zeroed" if one.verdict.preamble_zeroed else ""
         item.instance, item.sop_instance_uid, item.quarantine = instance, instance.sop_instance_uid, None
-    if via_quarantine:
-        # The verdicts of the promoted items in one UPDATE: each item's instance is the one whose blob was its
-        # quarantine copy (the SET expressions read the row as it was, so before its quarantine is cleared).
-        of_item = Instance.objects.filter(blob_id=OuterRef("quarantine_id"))
-        IngestItem.objects.filter(pk__in=via_quarantine).update(
-            state=IngestItem.State.STORED,
-            reason="",
-            failure="",
-            finished_at=now,
-            updated_at=now,
-            instance=Subquery(of_item.values("pk")[:1]),
-            sop_instance_uid=Subquery(of_item.values("sop_instance_uid")[:1]),
-            quarantine=None,
-        )
-    anew = [one.item for one in fresh if one.item.pk not in set(via_quarantine)]
-    if anew:
-        IngestItem.objects.bulk_update(
-            anew,
-            ["state", "reason", "failure", "finished_at", "updated_at", "instance", "sop_instance_uid", "quarantine"],
-        )
+    # Every item's verdict in one UPDATE, with the values just set on the objects. (Not a subquery per row for its
+    # instance: under the policy and with statistics older than the tenant's rows, PostgreSQL read that through
+    # the tenant index, every instance of the tenant for each item: docs/BENCHMARKS.md, h5 branch, session 3.)
+    zeroed = [one.item.pk for one in fresh if one.verdict.preamble_zeroed]
+    instance_of = {one.item.pk: instance.pk for one, instance in zip(fresh, instances, strict=True)}
+    IngestItem.objects.filter(pk__in=[one.item.pk for one in fresh]).update(
+        state=IngestItem.State.STORED,
+        reason=_per_row(dict.fromkeys(zeroed, "preamble zeroed"), CharField(), default=Value("")) if zeroed else "",
+        failure="",
+        finished_at=now,
+        updated_at=now,
+        instance=_per_row(instance_of, BigIntegerField()),
+        sop_instance_uid=_per_row({one.item.pk: one.item.sop_instance_uid for one in fresh}, CharField()),
+        quarantine=None,
+    )
     for quarantine in released:
         blob_delete(blob=quarantine)
     added: dict[int, int] = defaultdict(int)
@@ -662,54 +659,89 @@ def _blobs_and_rows(fresh: list[_Checked], tenant: Tenant) -> None:
             task_queue_on_commit("studies.tasks.series_thumbnail", tenant_id=tenant.pk, series_id=one_series.pk)
 
 
+def _per_row(values: dict[int, Any], output_field: Any, **default: Any) -> Case:
+    """A CASE on the primary key: each row of an UPDATE gets its own value (`values`: pk -> value)."""
+    whens = [When(pk=pk, then=Value(value)) for pk, value in values.items()]
+    return Case(*whens, output_field=output_field, **default)
+
+
 def _series_for(fresh: list[_Checked], tenant: Tenant) -> tuple[dict[str, Series], set[int]]:
-    """The series of a batch by UID, with their studies and patients: one SELECT for those that exist; a new
-    series also finds or creates its patient and study. The second value holds the pks of the new series."""
+    """The series of a batch by UID, with their studies and patients: one SELECT for those that exist; for the
+    new ones, one SELECT each for the batch's studies and patients that exist, and an INSERT for each new
+    patient, study and series (no look-up of each first: a batch of small instances makes one series per few
+    instances). The second value holds the pks of the new series."""
     uids = {one.verdict.parsed.series_instance_uid for one in fresh}
     series = {
         s.series_instance_uid: s
         for s in Series.objects.select_related("study__patient").filter(tenant=tenant, series_instance_uid__in=uids)
     }
+    missing = [one.verdict.parsed for one in fresh if one.verdict.parsed.series_instance_uid not in series]
     new: set[int] = set()
-    for one in fresh:
-        parsed = one.verdict.parsed
+    if not missing:
+        return series, new
+    studies = {
+        s.study_instance_uid: s
+        for s in Study.objects.select_related("patient").filter(
+            tenant=tenant, study_instance_uid__in={parsed.study_instance_uid for parsed in missing}
+        )
+    }
+    patients = {
+        p.patient_id: p
+        for p in Patient.objects.filter(
+            tenant=tenant, issuer="", patient_id__in={parsed.patient_id for parsed in missing}
+        )
+    }
+    for parsed in missing:
         if parsed.series_instance_uid in series:
             continue
-        created = _series_create(tenant=tenant, parsed=parsed)
+        created = _series_create(tenant=tenant, parsed=parsed, studies=studies, patients=patients)
         series[parsed.series_instance_uid] = created
         new.add(created.pk)
     return series, new
 
 
-def _get_or_create(model: Any, *, lookup: dict[str, Any], defaults: dict[str, Any]) -> Any:
-    """get_or_create that survives a concurrent insert of the same unique key by another worker."""
+def _create_or_get(model: Any, *, lookup: dict[str, Any], defaults: dict[str, Any]) -> Any:
+    """Insert a row the caller found missing; if another worker inserted the same unique key meanwhile (the
+    INSERT fails, in a savepoint of its own), read that one."""
     try:
         with transaction.atomic():
-            return model.objects.get_or_create(**lookup, defaults=defaults)[0]
+            return model.objects.create(**lookup, **defaults)
     except IntegrityError:
         return model.objects.get(**lookup)
 
 
-def _series_create(*, tenant: Tenant, parsed: dicom_parse.ParsedInstance) -> Series:
-    patient = _get_or_create(
-        Patient,
-        lookup={"tenant": tenant, "patient_id": parsed.patient_id, "issuer": ""},
-        defaults={"name": parsed.patient_name, "birth_date": parsed.patient_birth_date, "sex": parsed.patient_sex},
-    )
-    study = _get_or_create(
-        Study,
-        lookup={"tenant": tenant, "study_instance_uid": parsed.study_instance_uid},
-        defaults={
-            "patient": patient,
-            "study_date": parsed.study_date,
-            "study_time": parsed.study_time,
-            "accession_number": parsed.accession_number,
-            "description": parsed.study_description,
-            "referring_physician": parsed.referring_physician,
-            "referring_physician_key": person_name_key(parsed.referring_physician),
-        },
-    )
-    return _get_or_create(
+def _series_create(
+    *, tenant: Tenant, parsed: dicom_parse.ParsedInstance, studies: dict[str, Study], patients: dict[str, Patient]
+) -> Series:
+    """A new series, with its study and patient unless `studies` / `patients` (the batch's existing ones, and
+    those this batch created, added to them) hold them."""
+    study = studies.get(parsed.study_instance_uid)
+    if study is None:
+        patient = patients.get(parsed.patient_id)
+        if patient is None:
+            patient = patients[parsed.patient_id] = _create_or_get(
+                Patient,
+                lookup={"tenant": tenant, "patient_id": parsed.patient_id, "issuer": ""},
+                defaults={
+                    "name": parsed.patient_name,
+                    "birth_date": parsed.patient_birth_date,
+                    "sex": parsed.patient_sex,
+                },
+            )
+        study = studies[parsed.study_instance_uid] = _create_or_get(
+            Study,
+            lookup={"tenant": tenant, "study_instance_uid": parsed.study_instance_uid},
+            defaults={
+                "patient": patient,
+                "study_date": parsed.study_date,
+                "study_time": parsed.study_time,
+                "accession_number": parsed.accession_number,
+                "description": parsed.study_description,
+                "referring_physician": parsed.referring_physician,
+                "referring_physician_key": person_name_key(parsed.referring_physician),
+            },
+        )
+    return _create_or_get(
         Series,
         lookup={"tenant": tenant, "series_instance_uid": parsed.series_instance_uid},
         defaults={
@@ -751,13 +783,12 @@ def _counts_add(*, series: list[Series], added: dict[int, int], new_series: set[
             )
             continue
         Study.objects.select_for_update().filter(pk=study_id).values_list("pk", flat=True).get()
-        modalities = sorted(
-            {m for m in Series.objects.filter(study_id=study_id).values_list("modality", flat=True) if m}
-        )
+        # Every series of the study, once: their modalities, and how many there are.
+        of_series = list(Series.objects.filter(study_id=study_id).values_list("modality", flat=True))
         Study.objects.filter(pk=study_id).update(
             number_of_instances=F("number_of_instances") + count,
-            number_of_series=Series.objects.filter(study_id=study_id).count(),
-            modalities="\\".join(modalities)[:64],
+            number_of_series=len(of_series),
+            modalities="\\".join(sorted({m for m in of_series if m}))[:64],
             updated_at=now,
         )
 

@@ -98,3 +98,19 @@ def test_a_search_that_failed_is_a_row_of_its_own():
     row = next(r for r in rows if r[0].startswith("QIDO-RS at 200,000: by PatientID"))
     assert row[1:] == ("5.0 / 6", "failed: HTTP 503 after 1 answers", "")
     assert any("by PatientID: failed" in note for note in notes)
+
+
+def test_the_waits_between_phases_are_noted_and_one_that_timed_out_is_named():
+    data = figures()
+    cpu = {"worker": 2.0, "total": 2.5}
+    data["enclave"]["cstore_one"]["drain"] = {"seconds": 1.7, "drained": True, "waiting_at_start": {"default": 4},
+                                              "cpu_ms_per_instance": cpu}  # fmt: skip
+    data["enclave"]["stow1"] = {"instances_per_second": 20.0, "drain": {
+        "seconds": 900.2, "drained": False, "waiting_at_start": {"default": 9}, "waiting_at_end": {"default": 3},
+        "cpu_ms_per_instance": cpu}}  # fmt: skip
+
+    _, notes = table(data, 20000)
+
+    note = next(n for n in notes if n.startswith("Enclave: each phase began once the Celery queues were empty"))
+    assert "cstore_one 1.7 s (2.5 ms CPU per instance)" in note
+    assert "stow1 900.2 s (2.5 ms CPU per instance), NOT drained: {'default': 3}" in note

@@ -22,7 +22,7 @@ from audit.models import AuditEvent, SecurityAlert
 from portal.celery import app as celery_app
 from studies import services
 from studies.dicom.synthetic import make_instance, make_study
-from studies.models import Blob, IngestItem, Instance, Series, Study
+from studies.models import Blob, IngestItem, Instance, Patient, Series, Study
 from studies.scanning import eicar_test_bytes
 from studies.storage.blobs import blob_read
 from tenants.scoping import tenant_scope
@@ -404,6 +404,45 @@ def test_statements_per_instance_in_a_batch(tenant_a, capsys):
     # The new patient, study and series, and the tenant's and the study's first keys; no Instance row: each is in
     # its INSTANCES_STORED event.
     assert logged == 5
+
+
+def test_a_batch_of_new_series_looks_each_row_up_once_and_writes_the_verdicts_without_a_subquery(tenant_a):
+    """A batch of small instances makes many new patients, studies and series: their rows are found missing by one
+    SELECT per table for the batch (not one per new row), and the items' verdicts are one UPDATE that names each
+    item's instance (not a subquery per item, which PostgreSQL answered by reading every instance of the tenant
+    when its statistics predated the tenant's rows: docs/BENCHMARKS.md, h5 branch, session 3). Every row is
+    still right: each item points at its own instance, counts and patients are exact."""
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    files = []
+    for n in range(3):  # three patients, each with a study of two series of two instances, and one existing
+        files += make_study(series=2, instances_per_series=2, patient_id=f"SMALL{n}", patient_name=f"SMALL^{n}")
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        existing = receive(make_instance(patient_id="SMALL0", patient_name="SMALL^0"))
+        assert services.ingest_process(item_id=existing.pk).state == IngestItem.State.STORED
+        batch = uuid.uuid4()
+        items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=f) for f in files]
+        with CaptureQueriesContext(conn) as processed:
+            assert services.ingest_process(item_id=items[0].pk).state == IngestItem.State.STORED
+        sql = [q["sql"] for q in processed.captured_queries]
+        for table, key in (("studies_patient", "patient_id"), ("studies_study", "study_instance_uid"),
+                           ("studies_series", "series_instance_uid")):  # fmt: skip
+            by_key = [q for q in sql if q.startswith("SELECT") and f'FROM "{table}"' in q
+                      and f'"{table}"."{key}"' in q.split("WHERE")[-1]]  # fmt: skip
+            assert len(by_key) == 1, table  # the batch's rows by their key, once
+        verdicts = [q for q in sql if q.startswith('UPDATE "studies_ingestitem"') and '"instance_id"' in q]
+        assert len(verdicts) == 1
+        assert "SELECT" not in verdicts[0]
+        for item in IngestItem.objects.filter(batch=batch).select_related("instance"):
+            assert item.state == IngestItem.State.STORED
+            assert item.quarantine_id is None
+            assert item.instance.blob_id is not None
+            assert item.sop_instance_uid == item.instance.sop_instance_uid
+        assert len({i.instance_id for i in IngestItem.objects.filter(batch=batch)}) == len(files)
+        assert Patient.objects.filter(patient_id__startswith="SMALL").count() == 3
+        assert Study.objects.count() == 4  # the existing instance's study and three new ones
+        assert sorted(Series.objects.values_list("number_of_instances", flat=True)) == [1] + [2] * 6
 
 
 @override_settings(INGEST_BATCH_SIZE=2, INGEST_BATCH_ROUNDS=20)
