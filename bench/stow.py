@@ -1,0 +1,258 @@
+"""STOW-RS alone: where a request of 10 CT instances spends its CPU, and the rate from 1 and 4 clients.
+
+Two measurements, each on a fresh database of its own (`--db`, dropped at the end unless `--keep`) and Redis
+database `--redis` (flushed), the built-in scanner, encryption and auditing on, rate limits lifted as
+bench/orthanc.py lifts them:
+
+- `--in-process`: `--requests` requests of 10 CT (0.53 MB each) through Django's test client (every middleware,
+  the bearer token, the door, the quarantine, the receipt, the pipeline, the response), one after the other.
+  Per request: CPU (`time.process_time`) and SQL statements (CaptureQueriesContext), medians over the requests
+  after the first two; and the CPU and wall time per instance of the request's steps (`identify`,
+  `ingest_quarantine`, `ingest_receive_many`, `ingest_process_received`, the wait for verdicts). `--eager` runs
+  the worker's task in this process when the receipt commits (Celery eager), for a tree whose request hands its
+  parts to the worker.
+- otherwise, end to end: gunicorn as bench/orthanc.py starts it (2 gthread workers x 8 threads) and one Celery
+  worker (-c 2), as in bench.orthanc's STOW-RS phase; for each entry of `--clients` a fresh set of
+  `--per-series` x 4 series CT is sent in requests of 10 (bench.orthanc's client: a keep-alive session per client
+  thread) and timed to the last instance searchable; CPU ms per instance of gunicorn, the worker and the
+  database's PostgreSQL backends from /proc; each request's latency (median, p90).
+
+    .venv/bin/python -m bench.stow [--clients 1,4,1,4] [--per-series 60] [--db enclave_bench_stow --redis 12]
+    .venv/bin/python -m bench.stow --in-process [--requests 30] [--eager] [--sql]
+
+Figures: docs/BENCHMARKS.md, "STOW-RS processed in the request".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.ingest import (  # noqa: E402  (the path above first)
+    PG_SERVER,
+    BenchError,
+    Processes,
+    bench_cleanup,
+    bench_environment,
+    django_on_fresh_database,
+    free_port,
+    generate,
+    log,
+    multipart,
+    provision,
+    stores_env,
+    wait_final,
+    worker_start,
+)
+from bench.orthanc import NO_RATE_LIMITS, enclave_reader, enclave_searchable_at, gunicorn_start  # noqa: E402
+from bench.profile import CpuMeter, pids_of, postgres_backends, wait_idle  # noqa: E402
+
+PER_REQUEST = 10
+STEPS = ("identify", "ingest_quarantine", "ingest_receive_many", "ingest_process_received", "ingest_verdicts_wait")
+CONTENT_TYPE = 'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def _send(url: str, headers: dict[str, str], files: list[Path], clients: int) -> tuple[float, list[float]]:
+    """POST the files in requests of PER_REQUEST from `clients` threads, each over a keep-alive session of its
+    own; (t0, each request's latency in ms)."""
+    import requests
+
+    local = threading.local()
+    latencies: list[float] = []
+    failed: list[str] = []
+
+    def send(paths: list[Path]) -> None:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        boundary = uuid.uuid4().hex
+        body = multipart(paths, boundary)
+        started = time.time()
+        response = session.post(
+            url,
+            data=body,
+            headers={**headers, "Accept": "application/dicom+json",
+                     "Content-Type": CONTENT_TYPE.format(boundary=boundary)},
+            timeout=600,
+        )  # fmt: skip
+        latencies.append((time.time() - started) * 1000)
+        if response.status_code not in (200, 202) or response.json().get("00081198", {}).get("Value"):
+            failed.append(f"HTTP {response.status_code}: {response.text[:300]}")
+
+    batches = [files[i : i + PER_REQUEST] for i in range(0, len(files), PER_REQUEST)]
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(send, batches))
+    if failed:
+        raise BenchError(f"STOW-RS to {url}: {len(failed)} requests failed, first: {failed[0]}")
+    return t0, latencies
+
+
+def end_to_end(args: argparse.Namespace, env: dict[str, str], tmp: Path, db: str) -> list[dict[str, Any]]:
+    import requests
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        own = {int(cursor.fetchone()[0])}
+    clients = [int(n) for n in args.clients.split(",")]
+    sets = {i: generate(tmp / f"set{i}", studies=2, series=2, per_series=args.per_series) for i in range(len(clients))}
+    targets = {i: provision(f"st{i}") for i in range(len(clients))}
+    processes = Processes(tmp)
+    results = []
+    try:
+        worker = worker_start(processes, env)
+        port = free_port()
+        root = f"http://127.0.0.1:{port}/dicomweb"
+        web = gunicorn_start(processes, env, f"{root}/{targets[0].tenant.slug}", port, enclave_reader(targets[0]))
+        groups: dict[str, Callable[[], list[int]]] = {
+            "gunicorn": pids_of(web),
+            "worker": pids_of(worker),
+            "postgres": lambda: postgres_backends(db, own),
+        }
+        for i, count in enumerate(clients):
+            target, files = targets[i], sets[i]
+            headers = {"Authorization": f"Bearer {target.token}"}
+            for _ in range(4):  # both gunicorn workers have loaded the application
+                requests.get(f"{root}/{target.tenant.slug}/studies?limit=1", headers=headers, timeout=30)
+            wait_idle(lambda: groups["gunicorn"]() + groups["worker"](), timeout=30)
+            meter = CpuMeter(groups).start()
+            t0, latencies = _send(f"{root}/{target.tenant.slug}/studies", headers, files, count)
+            wait_final(target, len(files), args.timeout)
+            last = enclave_searchable_at(target)
+            time.sleep(0.5)  # the worker's and gunicorn's last CPU after the last verdict
+            cpu = meter.stop()
+            result = {
+                "clients": count,
+                "instances": len(files),
+                "instances_per_second": round(len(files) / (last - t0), 1),
+                "cpu_ms_per_instance": {name: round(value * 1000 / len(files), 2) for name, value in cpu.items()},
+                "cpu_ms_per_instance_total": round(sum(cpu.values()) * 1000 / len(files), 2),
+                "request_ms_median": round(statistics.median(latencies), 1),
+                "request_ms_p90": round(sorted(latencies)[int(len(latencies) * 0.9)], 1),
+                "load_average": round(os.getloadavg()[0], 2),
+            }
+            log(json.dumps(result))
+            results.append(result)
+    finally:
+        processes.stop_all()
+    return results
+
+
+def in_process(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from studies.dicomweb import stow as stow_module
+
+    if args.eager:
+        from celery import current_app
+
+        current_app.conf.task_always_eager = True  # the project's app (portal.celery, loaded with Django)
+    files = generate(tmp / "set", studies=1, series=4, per_series=(args.requests * PER_REQUEST) // 4 + 1)
+    target = provision("stc")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {target.token}", HTTP_HOST="127.0.0.1")
+    url = f"/dicomweb/{target.tenant.slug}/studies"
+    client.get(f"{url}?limit=1")
+    steps: dict[str, list[float]] = {}
+
+    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            cpu, wall = time.process_time(), time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                spent = steps.setdefault(name, [0.0, 0.0])
+                spent[0] += time.process_time() - cpu
+                spent[1] += time.perf_counter() - wall
+
+        return wrapper
+
+    for name in STEPS:
+        if hasattr(stow_module, name):
+            setattr(stow_module, name, timed(name, getattr(stow_module, name)))
+    cpu, wall, statements = [], [], []
+    for i in range(args.requests):
+        if i == 2:
+            steps.clear()  # the first two requests warm the caches up
+        boundary = uuid.uuid4().hex
+        body = multipart(files[i * PER_REQUEST : (i + 1) * PER_REQUEST], boundary)
+        with CaptureQueriesContext(connection) as queries:
+            started_cpu, started = time.process_time(), time.perf_counter()
+            response = client.generic(
+                "POST",
+                url,
+                body,
+                content_type=CONTENT_TYPE.format(boundary=boundary),
+                HTTP_ACCEPT="application/dicom+json",
+            )
+            cpu.append((time.process_time() - started_cpu) * 1000)
+            wall.append((time.perf_counter() - started) * 1000)
+        if response.status_code != 200:
+            raise BenchError(f"HTTP {response.status_code}: {response.content[:300]!r}")
+        statements.append(len(queries.captured_queries))
+        if args.sql and i == args.requests - 1:
+            for query in queries.captured_queries:
+                print(query["sql"][:160])
+    measured = (args.requests - 2) * PER_REQUEST
+    return {
+        "requests": args.requests,
+        "cpu_ms_per_request": round(statistics.median(cpu[2:]), 1),
+        "cpu_ms_per_instance": round(statistics.median(cpu[2:]) / PER_REQUEST, 2),
+        "statements_per_request": statistics.median(statements[2:]),
+        "wall_ms_per_request": round(statistics.median(wall[2:]), 1),
+        "steps_cpu_wall_ms_per_instance": {
+            name: [round(spent[0] * 1000 / measured, 2), round(spent[1] * 1000 / measured, 2)]
+            for name, spent in steps.items()
+        },
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--in-process", action="store_true")
+    parser.add_argument("--requests", type=int, default=30, help="--in-process: requests of 10 instances")
+    parser.add_argument("--eager", action="store_true", help="--in-process: the worker's task runs in this process")
+    parser.add_argument("--sql", action="store_true", help="--in-process: print the last request's statements")
+    parser.add_argument("--clients", default="1,4", help="end to end: one set per entry, sent from that many clients")
+    parser.add_argument("--per-series", type=int, default=60, help="end to end: instances per series (4 series)")
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--db", default="enclave_bench_stow")
+    parser.add_argument("--redis", type=int, default=12)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="enclave-bench-stow-"))
+    redis_url = f"redis://127.0.0.1:6379/{args.redis}"
+    env = bench_environment(db_url=f"{PG_SERVER}/{args.db}", redis_url=redis_url, var_dir=tmp / "var",
+                            log_level="WARNING")  # fmt: skip
+    env = {**stores_env(env, tmp / "stores", ""), "RATE_LIMITS": NO_RATE_LIMITS}
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        django_on_fresh_database(db_name=args.db, redis_url=redis_url)
+        result: Any = in_process(args, tmp) if args.in_process else end_to_end(args, env, tmp, args.db)
+        print(json.dumps(result, indent=1))
+    finally:
+        bench_cleanup(db_name=args.db, redis_url=redis_url, tmp=tmp, keep=args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
