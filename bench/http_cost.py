@@ -176,8 +176,8 @@ def audit_cpu(*, tenant_slug: str, runs: int) -> None:
     from tenants.scoping import tenant_scope
 
     tenant = Tenant.objects.get(slug=tenant_slug)
-    user = Membership.unscoped_objects.filter(tenant=tenant).select_related("user").first().user
     with tenant_scope(tenant):
+        user = Membership.objects.select_related("user").first().user
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             backend = cursor.fetchone()[0]

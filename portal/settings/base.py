@@ -452,6 +452,9 @@ AUDITLOG_EXCLUDE_TRACKING_MODELS = (
     "django_celery_results.chordcounter",
     "django_celery_beat.periodictasks",
     "tenants.usersession",
+    # The e-mail outbox: a queue of messages, each the effect of a change already on the trail (the invitation,
+    # the break-glass grant, the reminder's claim); its delivery bookkeeping is not a change a person makes.
+    "tenants.outboundmail",
     # Ingestion bookkeeping (issue 10): a Blob row is a stored object's location, size, hash and wrapped key, and
     # an IngestItem is a pipeline state machine; people never edit either. Every stored instance is recorded by
     # its INSTANCES_STORED event (and its Instance row here), every rejection, conflict and malware finding by an

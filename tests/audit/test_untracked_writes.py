@@ -22,6 +22,10 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
         "sets or clears damaged_at of a blob row (studies.blob is not tracked); the finding is a SecurityAlert "
         "with its BLOB_UNAVAILABLE or BLOB_FIXITY_FAILED audit event"
     ),
+    ("tenants/services/mail.py", "mail_deliver", "update"): (
+        "the outbox's delivery bookkeeping (the time of an attempt), which must outlive the transaction a failed "
+        "send rolls back; OutboundMail is a queue of e-mails, not a record a person changes, and not in auditlog"
+    ),
     ("tenants/services/tokens.py", "api_token_touch", "update"): (
         "sets only last_used_at, a field django-auditlog does not track (AUDITLOG_EXCLUDE_TRACKING_FIELDS): "
         "a use of a token is not a change of it"
@@ -53,10 +57,6 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
         "the verdicts of a batch's promoted ingest items and the promoted blob rows, one UPDATE each "
         "(studies.ingestitem and studies.blob are pipeline bookkeeping, not tracked); the storing is the "
         "INSTANCES_STORED audit event"
-    ),
-    ("studies/services/ingest.py", "_blobs_and_rows", "bulk_update"): (
-        "the batch's ingest items' verdicts and its promoted blob rows (studies.ingestitem and studies.blob are "
-        "pipeline bookkeeping, not tracked); the storing is the INSTANCES_STORED audit event"
     ),
     ("tenants/services/recertification.py", "recertification_open", "bulk_create"): (
         "the items of a new access review, one per current membership, in one INSERT: creating them changes no "
