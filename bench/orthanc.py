@@ -497,9 +497,13 @@ def first_series(files: list[Path]) -> tuple[dict[str, str], int]:
 # ------------------------------------------------------------------------------
 
 
-def stow(url: str, headers: dict[str, str], files: list[Path], *, clients: int, batch: int) -> tuple[float, float]:
+def stow(
+    url: str, headers: dict[str, str], files: list[Path], *, clients: int, batch: int,
+    latencies: list[float] | None = None,
+) -> tuple[float, float]:  # fmt: skip
     """POST the files as multipart/related requests of `batch` instances from `clients` threads, each over a
-    keep-alive requests.Session of its own; (t0, seconds until the last answer)."""
+    keep-alive requests.Session of its own; (t0, seconds until the last answer). Each request's latency (ms, from
+    its body built to its answer) is appended to `latencies` when given."""
     import threading
     import uuid
     from concurrent.futures import ThreadPoolExecutor
@@ -516,13 +520,17 @@ def stow(url: str, headers: dict[str, str], files: list[Path], *, clients: int, 
         if session is None:
             session = local.session = requests.Session()
         boundary = uuid.uuid4().hex
+        body = multipart(paths, boundary)
+        started = time.time()
         response = session.post(
             url,
-            data=multipart(paths, boundary),
+            data=body,
             headers={**headers, "Accept": "application/dicom+json",
                      "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
             timeout=600,
         )  # fmt: skip
+        if latencies is not None:
+            latencies.append((time.time() - started) * 1000)
         if response.status_code not in (200, 202) or response.json().get("00081198", {}).get("Value"):
             failed.append(f"HTTP {response.status_code}: {response.text[:300]}")
 

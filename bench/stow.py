@@ -31,11 +31,9 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +57,7 @@ from bench.ingest import (  # noqa: E402  (the path above first)
     wait_final,
     worker_start,
 )
-from bench.orthanc import NO_RATE_LIMITS, enclave_reader, enclave_searchable_at, gunicorn_start  # noqa: E402
+from bench.orthanc import NO_RATE_LIMITS, enclave_reader, enclave_searchable_at, gunicorn_start, stow  # noqa: E402
 from bench.profile import CpuMeter, pids_of, postgres_backends, wait_idle  # noqa: E402
 
 PER_REQUEST = 10
@@ -69,37 +67,9 @@ CONTENT_TYPE = 'multipart/related; type="application/dicom"; boundary={boundary}
 
 def _send(url: str, headers: dict[str, str], files: list[Path], clients: int) -> tuple[float, list[float]]:
     """POST the files in requests of PER_REQUEST from `clients` threads, each over a keep-alive session of its
-    own; (t0, each request's latency in ms)."""
-    import requests
-
-    local = threading.local()
+    own, as bench.orthanc's STOW-RS phase does; (t0, each request's latency in ms)."""
     latencies: list[float] = []
-    failed: list[str] = []
-
-    def send(paths: list[Path]) -> None:
-        session = getattr(local, "session", None)
-        if session is None:
-            session = local.session = requests.Session()
-        boundary = uuid.uuid4().hex
-        body = multipart(paths, boundary)
-        started = time.time()
-        response = session.post(
-            url,
-            data=body,
-            headers={**headers, "Accept": "application/dicom+json",
-                     "Content-Type": CONTENT_TYPE.format(boundary=boundary)},
-            timeout=600,
-        )  # fmt: skip
-        latencies.append((time.time() - started) * 1000)
-        if response.status_code not in (200, 202) or response.json().get("00081198", {}).get("Value"):
-            failed.append(f"HTTP {response.status_code}: {response.text[:300]}")
-
-    batches = [files[i : i + PER_REQUEST] for i in range(0, len(files), PER_REQUEST)]
-    t0 = time.time()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(pool.map(send, batches))
-    if failed:
-        raise BenchError(f"STOW-RS to {url}: {len(failed)} requests failed, first: {failed[0]}")
+    t0, _ = stow(url, headers, files, clients=clients, batch=PER_REQUEST, latencies=latencies)
     return t0, latencies
 
 
