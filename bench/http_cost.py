@@ -45,7 +45,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ingest import (  # noqa: E402
-    GUNICORN,
     PG_SERVER,
     Processes,
     bench_cleanup,
@@ -57,7 +56,7 @@ from bench.ingest import (  # noqa: E402
     postgres_cpu,
     stores_env,
 )
-from bench.orthanc import NO_RATE_LIMITS, percentile  # noqa: E402
+from bench.orthanc import NO_RATE_LIMITS, gunicorn_start, percentile  # noqa: E402
 
 # The settings studies.selectors.matching sends in front of a search outside a transaction.
 SEARCH_SETTINGS = "SELECT set_config('statement_timeout'"
@@ -75,23 +74,10 @@ def search_path(name: str, picked: dict[str, Any], i: int) -> str:
     return f"studies/{study}/series/{series}/instances"
 
 
-def gunicorn_start(processes: Processes, env: dict[str, str], *, worker_class: str, base: str, token: str) -> int:
+def gunicorn_one_worker(processes: Processes, env: dict[str, str], *, worker_class: str, base: str, token: str) -> int:
     """gunicorn as bench/orthanc.py starts it, with one worker; the worker's pid."""
-    import requests
-
     port = int(base.split(":")[2].split("/")[0])
-
-    def answers(_: Any) -> bool:
-        try:
-            requests.get(f"{base}/studies?limit=1", headers={"Authorization": f"Bearer {token}"}, timeout=2)
-        except requests.RequestException:
-            return False
-        return True
-
-    argv = [GUNICORN, "portal.wsgi:application", "-c", "portal/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-            "--worker-class", worker_class, "--workers", "1", "--threads", "8", "--timeout", "300",
-            "--no-control-socket"]  # fmt: skip
-    started = processes.start("gunicorn", argv, {**env, "PORTAL_BASE_URL": f"http://127.0.0.1:{port}"}, answers)
+    started = gunicorn_start(processes, env, base, port, token, worker_class=worker_class, workers=1)
     workers = children(started.process.pid)
     if len(workers) != 1:
         raise SystemExit(f"expected one gunicorn worker, found {workers}")
@@ -308,7 +294,7 @@ def main() -> int:
             in_process_cpu(base_path=f"/dicomweb/{state['slug']}", token=state["token"], picked=state["picked"],
                            repeat=args.repeat)  # fmt: skip
         base = f"http://127.0.0.1:{free_port()}/dicomweb/{state['slug']}"
-        worker = gunicorn_start(processes, env, worker_class=args.worker_class, base=base, token=state["token"])
+        worker = gunicorn_one_worker(processes, env, worker_class=args.worker_class, base=base, token=state["token"])
         http_measured(base=base, token=state["token"], picked=state["picked"], worker=worker, db=args.db,
                       repeat=args.repeat, spy_dir=args.py_spy)  # fmt: skip
         print(f"load average {os.getloadavg()[0]:.2f} after")

@@ -348,9 +348,12 @@ def listener_start(processes: Processes, env: dict[str, str]) -> tuple[Started, 
     return listener, int(re.findall(r"DICOM listener on 127\.0\.0\.1:(\d+)", listener.output())[0])
 
 
-def gunicorn_start(processes: Processes, env: dict[str, str], base: str, port: int, token: str) -> Started:
+def gunicorn_start(
+    processes: Processes, env: dict[str, str], base: str, port: int, token: str, *, worker_class: str = "gthread",
+    workers: int = 2,
+) -> Started:  # fmt: skip
     """gunicorn as scripts/run.sh starts it (portal/gunicorn_conf.py, gthread workers that keep connections
-    alive), on a loopback port of its own."""
+    alive), on a loopback port of its own; answering a search when it returns."""
     import requests
 
     def answers(_: Started) -> bool:
@@ -361,7 +364,7 @@ def gunicorn_start(processes: Processes, env: dict[str, str], base: str, port: i
         return True
 
     argv = [GUNICORN, "portal.wsgi:application", "-c", "portal/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-            "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--timeout", "300",
+            "--worker-class", worker_class, "--workers", str(workers), "--threads", "8", "--timeout", "300",
             "--no-control-socket"]  # fmt: skip
     return processes.start("gunicorn", argv, {**env, "PORTAL_BASE_URL": f"http://127.0.0.1:{port}"}, answers)
 
