@@ -66,6 +66,9 @@ audit-deps: install $(PIP_AUDIT)
 # `BENCH_AUDIT_ARGS=--events 1000000` for a quicker run), then the load test (bench/load.py: locust, 50 users on the
 # browser pages and the API against gunicorn for 60 s, its own database, Redis db 12; `BENCH_LOAD_ARGS`), and the
 # receive side with 1 and `nproc` listener processes sharing the port (bench/receive.py: Redis db 13).
+# Not in `make bench`, run by hand to explain a figure (each says how in its docstring): bench/request_cost.py,
+# bench/http_cost.py and bench/search_cost.py (a search's CPU, statements and plans), bench/wado_cpu.py (a series
+# retrieval's CPU), bench/stow.py (STOW-RS alone), bench/small_cost.py (PostgreSQL's CPU per small instance).
 BENCH_ORTHANC_ARGS ?= --profile
 bench: install
 	scripts/services.sh
