@@ -148,9 +148,7 @@ def audit_event_record(
         membership = membership_current_get(user=user, tenant=tenant)
         actor_role = membership.role if membership is not None else ""
 
-    # A plain dict (what read_participants makes, some 2,000 for a search of 1,000 studies) is copied without
-    # `participant`'s call and Mapping check.
-    entries = [dict(p) if type(p) is dict else participant(p) for p in participants]
+    entries = [participant(p) for p in participants]
     target_type = target_id = ""
     if target is not None:
         target_entry = participant(target)
@@ -241,11 +239,12 @@ _PARTICIPANTS = AuditEvent._meta.get_field("participants")
 def _participants_param_written(fields: list[Any], params: list[Any], participants_json: str) -> list[Any]:
     """The INSERT's parameters with the participants' value sent as the JSON text already written for the hash,
     not serialised again by the driver. The compiled INSERT has one parameter per field, in `fields`' order; the
-    participants' one is psycopg's Jsonb wrapper of the list (the JSONField's adaptation), given the text here."""
+    participants' one is psycopg's Jsonb wrapper of the list (the JSONField's adaptation), given the text here.
+    Should a later Django compile it otherwise, the parameters are left as they are: the driver then writes the
+    same list again, which stores the same JSON (only the saving is lost, never an event)."""
     index = fields.index(_PARTICIPANTS)
-    if len(params) != len(fields) or not isinstance(params[index], Jsonb):
-        raise TypeError("The audit event's INSERT is not the one expected: one parameter per field.")
-    params[index] = Jsonb(params[index].obj, dumps=lambda _obj: participants_json)
+    if len(params) == len(fields) and isinstance(params[index], Jsonb):
+        params[index] = Jsonb(params[index].obj, dumps=lambda _obj: participants_json)
     return params
 
 

@@ -122,3 +122,19 @@ def test_participants_written_once_hash_and_store_as_before(tenant_a, radiologis
     assert stored.canonical() == stored.canonical(canonical_json(stored.participants))
     assert stored.compute_hash(stored.prev_hash) == stored.hash == event.hash
     assert b"\\u00e9" in stored.canonical()  # ASCII only, as before
+
+    # The written text is what the INSERT sends (the saving holds with this Django), and nothing else changes.
+    from django.db import connection
+    from django.db.models import sql
+
+    from audit.services import _participants_param_written
+
+    fields = [field for field in AuditEvent._meta.local_concrete_fields if not field.primary_key]
+    query = sql.InsertQuery(AuditEvent)
+    query.insert_values(fields, [stored])
+    [(_, params)] = query.get_compiler(using=connection.alias).as_sql()
+    written = canonical_json(stored.participants)
+    sent = _participants_param_written(fields, list(params), written)
+    index = fields.index(AuditEvent._meta.get_field("participants"))
+    assert sent[index].dumps(sent[index].obj) == written
+    assert [p for i, p in enumerate(sent) if i != index] == [p for i, p in enumerate(params) if i != index]
