@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,13 @@ from audit.events import EventType, Outcome
 from audit.models import AuditEvent, SecurityAlert
 from studies.models import Blob, Instance, RestoreDrill, StudyKey, TenantKey
 from studies.services import tenant_key_rotate
-from studies.services.backups import backups_prune, database_backup, restore_drill_run
+from studies.services.backups import (
+    _scratch_drop,
+    backups_prune,
+    database_backup,
+    restore_drill_run,
+    source_database,
+)
 from studies.storage.backups import FOLDER, BackupError, backup_decrypt, backup_get, backup_list, backup_store
 from studies.storage.blobs import PRIMARY, REPLICA, blob_read
 from studies.storage.keys import study_key_cache, study_key_file_name
@@ -57,7 +64,7 @@ def no_backups_before() -> Iterator[None]:
 def empty_database() -> Iterator[str]:
     """A new, empty database on the test server (owned by the owner of the tables), dropped afterwards."""
     name = f"{connection.settings_dict['NAME'][:40]}_restored_{uuid.uuid4().hex[:8]}"
-    owner = settings.DATABASE_OWNER.get("USER") or "enclave"
+    owner = _owner()
     with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(owner)))
     try:
@@ -270,6 +277,72 @@ def test_the_drill_fails_without_a_backup_and_with_an_edited_manifest(tenant_a):
     assert drill.status == RestoreDrill.Status.FAILED
     assert "does not open" in drill.problems[0]
     assert _drill_databases() == []
+
+
+@contextmanager
+def autovacuum_every_second() -> Iterator[None]:
+    """The server's autovacuum wakes every second (default: a minute), for as long as the block runs."""
+    with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def _scratch_with_rows(rows: int) -> str:
+    """A scratch database of the owner's, as the drill makes it, with a table of `rows` rows just inserted."""
+    name = f"{connection.settings_dict['NAME'][:40]}_drill_{uuid.uuid4().hex[:10]}"
+    with source_database().connect(autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(**{**superuser_connect_kwargs(), "dbname": name}, autocommit=True) as conn:
+        conn.execute("CREATE TABLE filler (n integer, pad text)")
+        conn.execute("INSERT INTO filler SELECT g, repeat('x', 100) FROM generate_series(1, %s) g", [rows])
+    return name
+
+
+def _owner() -> str:
+    return settings.DATABASE_OWNER.get("USER") or "enclave"
+
+
+def _sessions_on(name: str) -> list[tuple[str | None, str | None]]:
+    with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
+        return conn.execute("SELECT backend_type, usename FROM pg_stat_activity WHERE datname = %s", [name]).fetchall()
+
+
+def test_the_scratch_database_goes_while_autovacuum_works_on_it():
+    """A fresh restore wakes autovacuum on the scratch database. DROP ... WITH (FORCE) then fails for the owner of
+    the tables (no superuser): "permission denied to terminate process", seen in CI on PostgreSQL 18, and the
+    drill raised with its scratch database left behind. The drill's drop gets the database out from under the
+    worker, and the owner's own session still on it."""
+    with autovacuum_every_second():
+        name = _scratch_with_rows(1_000_000)
+        owners_session = psycopg.connect(**{**superuser_connect_kwargs(), "user": _owner(), "dbname": name})
+        deadline = time.monotonic() + 60
+        while ("autovacuum worker", None) not in _sessions_on(name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ("autovacuum worker", None) in _sessions_on(name), "autovacuum did not start on the scratch database"
+
+        assert _scratch_drop(source_database(), name) == []
+    owners_session.close()
+    assert _drill_databases() == []
+
+
+def test_a_scratch_database_that_will_not_go_is_a_problem_of_the_drill_not_an_error():
+    name = _scratch_with_rows(10)
+    other = psycopg.connect(**{**superuser_connect_kwargs(), "dbname": name})  # a session the owner may not end
+    try:
+        problems = _scratch_drop(source_database(), name, attempts=1)
+        assert len(problems) == 1
+        assert problems[0].startswith(f"the scratch database {name} was not dropped (ObjectInUse")
+        assert problems[0].endswith("drop it by hand")
+    finally:
+        other.close()
+        with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_the_drill_fails_above_its_recovery_point_and_time_targets_and_raises_an_alert(tenant_a):
