@@ -33,6 +33,7 @@ from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
 from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from audit.context import current_request_id
+from tenants.db.base import prepared_statements
 from tenants.models import Membership, Role, Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none, platform_scope
 
@@ -203,7 +204,8 @@ def membership_current_get(*, user: Any, tenant: Tenant) -> Membership | None:
     """The user's current membership in `tenant`, or None. Used to open a scope, so it reads unscoped."""
     if not isinstance(user, User) or not user.is_active or not tenant.is_active:
         return None
-    with platform_scope(), connection.cursor() as cursor:  # unscoped, as `Membership.unscoped_objects` reads
+    # Unscoped, as `Membership.unscoped_objects` reads; prepared once per connection (tenants.db).
+    with platform_scope(), prepared_statements(), connection.cursor() as cursor:
         cursor.execute(_membership_statement(), [tenant.pk, user.pk, Membership.Status.ACTIVE])
         row = cursor.fetchone()
     if row is None:
@@ -316,7 +318,7 @@ def _tenant_codenames(actor: Any, tenant: Tenant) -> set[str]:
          WHERE p.content_type_id = %(type)s AND u.content_type_id = %(type)s AND u.object_pk = %(pk)s
            AND u.user_id = %(user)s"""  # noqa: S608 # nosec B608
     params = {"type": ContentType.objects.get_for_model(Tenant).pk, "pk": str(tenant.pk), "user": actor.pk}
-    with connection.cursor() as cursor:
+    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
         cursor.execute(statement, params)
         return {codename for (codename,) in cursor.fetchall()}
 

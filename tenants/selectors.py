@@ -18,6 +18,7 @@ from django.db import connection, models
 from django.utils import timezone
 
 from tenants import access
+from tenants.db.base import prepared_statements
 from tenants.models import ApiToken, Invitation, Membership, Role, Tenant, TrustedNetwork, User
 from tenants.scoping import current_tenant, platform_scope
 
@@ -106,7 +107,8 @@ def api_token_authenticate(*, raw: str) -> ApiToken | None:
 
     Runs before any scope (the tenant comes from the token), so it reads unscoped.
     """
-    with platform_scope(), connection.cursor() as cursor:  # unscoped, as `ApiToken.unscoped_objects` reads
+    # Unscoped, as `ApiToken.unscoped_objects` reads; prepared once per connection (tenants.db).
+    with platform_scope(), prepared_statements(), connection.cursor() as cursor:
         cursor.execute(_token_statement(), [ApiToken.digest_of(raw)])
         row = cursor.fetchone()
     if row is None:
