@@ -210,11 +210,23 @@ def membership_current_get(*, user: Any, tenant: Tenant) -> Membership | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    membership = Membership.from_db(connection.alias, _membership_columns(), row)
-    membership.tenant = tenant  # the caller's row, whose `is_active` was just read
-    if not membership.is_current():
+    return membership_current_of(
+        user=user, tenant=tenant, active=Membership.from_db(connection.alias, _membership_columns(), row)
+    )
+
+
+def membership_current_of(*, user: Any, tenant: Tenant, active: Membership | None) -> Membership | None:
+    """`membership_current_get`'s answer from `active`, the user's first active membership of `tenant` by id as
+    this request has just read it (None: none), e.g. with the request's API token
+    (tenants.selectors.api_token_authenticate): the same checks of the user, the tenant and the membership's end."""
+    if not isinstance(user, User) or not user.is_active or not tenant.is_active or active is None:
         return None
-    return membership
+    if active.user_id != user.pk or active.tenant_id != tenant.pk or active.status != Membership.Status.ACTIVE:
+        return None
+    active.tenant = tenant  # the caller's row, whose `is_active` was just read
+    if not active.is_current():
+        return None
+    return active
 
 
 def _membership_columns() -> list[str]:
