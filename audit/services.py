@@ -39,6 +39,7 @@ from audit.models import (
 )
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
+from tenants.db.base import prepared_statements
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none, platform_scope, tenant_scope
 
@@ -93,7 +94,7 @@ def _chain_head_locked(key: str) -> AuditChain | None:
     quote = connection.ops.quote_name
     columns = ", ".join(quote(field.column or field.attname) for field in fields)
     statement = f"SELECT {columns} FROM {quote(AuditChain._meta.db_table)} WHERE {quote('key')} = %s FOR UPDATE"  # noqa: S608 # nosec B608
-    with connection.cursor() as cursor:
+    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
         cursor.execute(statement, [key])
         row = cursor.fetchone()
     return None if row is None else AuditChain.from_db(connection.alias, [field.attname for field in fields], row)
@@ -221,7 +222,7 @@ def _event_insert_and_advance(row: AuditEvent, chain: AuditChain, participants_j
         f'UPDATE {head} SET "last_sequence" = %s, "last_hash" = %s WHERE "id" = %s '
         f"RETURNING (SELECT {pk} FROM appended)"
     )
-    with connection.cursor() as cursor:
+    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
         cursor.execute(statement, [*insert_params, row.sequence, row.hash, chain.pk])
         found = cursor.fetchone()
     if found is None or found[0] is None:  # the head row is gone or hidden: nothing may have been appended

@@ -33,6 +33,7 @@ from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
 from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from audit.context import current_request_id
+from tenants.db.base import prepared_statements
 from tenants.models import Membership, Role, Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none, platform_scope
 
@@ -203,16 +204,29 @@ def membership_current_get(*, user: Any, tenant: Tenant) -> Membership | None:
     """The user's current membership in `tenant`, or None. Used to open a scope, so it reads unscoped."""
     if not isinstance(user, User) or not user.is_active or not tenant.is_active:
         return None
-    with platform_scope(), connection.cursor() as cursor:  # unscoped, as `Membership.unscoped_objects` reads
+    # Unscoped, as `Membership.unscoped_objects` reads; prepared once per connection (tenants.db).
+    with platform_scope(), prepared_statements(), connection.cursor() as cursor:
         cursor.execute(_membership_statement(), [tenant.pk, user.pk, Membership.Status.ACTIVE])
         row = cursor.fetchone()
     if row is None:
         return None
-    membership = Membership.from_db(connection.alias, _membership_columns(), row)
-    membership.tenant = tenant  # the caller's row, whose `is_active` was just read
-    if not membership.is_current():
+    return membership_current_of(
+        user=user, tenant=tenant, active=Membership.from_db(connection.alias, _membership_columns(), row)
+    )
+
+
+def membership_current_of(*, user: Any, tenant: Tenant, active: Membership | None) -> Membership | None:
+    """`membership_current_get`'s answer from `active`, the user's first active membership of `tenant` by id as
+    this request has just read it (None: none), e.g. with the request's API token
+    (tenants.selectors.api_token_authenticate): the same checks of the user, the tenant and the membership's end."""
+    if not isinstance(user, User) or not user.is_active or not tenant.is_active or active is None:
         return None
-    return membership
+    if active.user_id != user.pk or active.tenant_id != tenant.pk or active.status != Membership.Status.ACTIVE:
+        return None
+    active.tenant = tenant  # the caller's row, whose `is_active` was just read
+    if not active.is_current():
+        return None
+    return active
 
 
 def _membership_columns() -> list[str]:
@@ -316,7 +330,7 @@ def _tenant_codenames(actor: Any, tenant: Tenant) -> set[str]:
          WHERE p.content_type_id = %(type)s AND u.content_type_id = %(type)s AND u.object_pk = %(pk)s
            AND u.user_id = %(user)s"""  # noqa: S608 # nosec B608
     params = {"type": ContentType.objects.get_for_model(Tenant).pk, "pk": str(tenant.pk), "user": actor.pk}
-    with connection.cursor() as cursor:
+    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
         cursor.execute(statement, params)
         return {codename for (codename,) in cursor.fetchall()}
 

@@ -206,6 +206,11 @@ class ApiToken(TenantOwnedModel):
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 
+    # Not a column: the user's active membership of the token's tenant (a tuple of one, None inside when there is
+    # none) when tenants.selectors.api_token_authenticate read it with the token, for the request to use instead of
+    # reading it again (tenants.selectors.tenant_get_for_member); None when it was not read so.
+    membership_read: tuple[Membership | None] | None = None
+
     class Meta:
         ordering = ["-created_at"]
 

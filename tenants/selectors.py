@@ -18,18 +18,29 @@ from django.db import connection, models
 from django.utils import timezone
 
 from tenants import access
+from tenants.db.base import prepared_statements
 from tenants.models import ApiToken, Invitation, Membership, Role, Tenant, TrustedNetwork, User
 from tenants.scoping import current_tenant, platform_scope
 
 
-def tenant_get_for_member(*, user: Any, slug: str, read: Tenant | None = None) -> tuple[Tenant, Membership]:
+def tenant_get_for_member(
+    *, user: Any, slug: str, read: Tenant | None = None, membership_read: tuple[Membership | None] | None = None
+) -> tuple[Tenant, Membership]:
     """The tenant named in a URL and the user's membership in it; a non-member gets `NotVisible`, the same as
     for a tenant that does not exist. `read`: a tenant row this request has already read (its API token's); used
-    instead of reading it again when its slug is the one named."""
-    tenant = read if read is not None and read.slug == slug else Tenant.objects.filter(slug=slug).first()
+    instead of reading it again when its slug is the one named, and so is `membership_read`, the user's active
+    membership of that tenant read with it (`api_token_authenticate`), checked as `membership_current_get`
+    checks the one it reads."""
+    if read is not None and read.slug == slug:
+        tenant: Tenant | None = read
+    else:
+        tenant, membership_read = Tenant.objects.filter(slug=slug).first(), None
     if tenant is None:
         raise access.NotVisible()
-    membership = access.membership_current_get(user=user, tenant=tenant)
+    if membership_read is not None:
+        membership = access.membership_current_of(user=user, tenant=tenant, active=membership_read[0])
+    else:
+        membership = access.membership_current_get(user=user, tenant=tenant)
     if membership is None:
         raise access.NotVisible()
     return tenant, membership
@@ -106,15 +117,21 @@ def api_token_authenticate(*, raw: str) -> ApiToken | None:
 
     Runs before any scope (the tenant comes from the token), so it reads unscoped.
     """
-    with platform_scope(), connection.cursor() as cursor:  # unscoped, as `ApiToken.unscoped_objects` reads
-        cursor.execute(_token_statement(), [ApiToken.digest_of(raw)])
+    # Unscoped, as `ApiToken.unscoped_objects` and `Membership.unscoped_objects` read; prepared once per
+    # connection (tenants.db).
+    with platform_scope(), prepared_statements(), connection.cursor() as cursor:
+        cursor.execute(_token_statement(), [Membership.Status.ACTIVE, ApiToken.digest_of(raw)])
         row = cursor.fetchone()
     if row is None:
         return None
-    token, user, tenant = _rows_built(row, _JOINED)
+    read = len(row) - len(Membership._meta.concrete_fields)
+    token, user, tenant = _rows_built(row[:read], _JOINED)
     token.user, token.tenant = user, tenant
     if not token.is_usable() or not user.is_active:
         return None
+    # The membership the request will ask for (the token works only for its own tenant), read in the same
+    # statement: its first active one by id, as `access.membership_current_get` reads it; None when there is none.
+    token.membership_read = (None if row[read] is None else _rows_built(row[read:], (Membership,))[0],)
     return token
 
 
@@ -123,21 +140,27 @@ _JOINED = (ApiToken, User, Tenant)
 
 @functools.cache
 def _token_statement() -> str:
-    """`api_token_authenticate`'s one statement: the token by its digest (unique), with its user and its tenant,
-    written as SQL from the models' metadata (the ORM compiled the same join for about 0.5 ms of CPU on every
-    request: docs/BENCHMARKS.md). Every value a parameter."""
+    """`api_token_authenticate`'s one statement: the token by its digest (unique), with its user, its tenant and
+    the user's first active membership of that tenant by id (the one `access.membership_current_get` reads; NULLs
+    when there is none), written as SQL from the models' metadata (the ORM compiled the same join for about 0.5 ms
+    of CPU on every request, and the membership was a statement of its own: docs/BENCHMARKS.md). Every value a
+    parameter: the membership's status, then the digest."""
     quote = connection.ops.quote_name
-    aliases = ("t", "u", "n")
+    aliases = ("t", "u", "n", "m")
     columns = ", ".join(
         f"{alias}.{quote(field.column or field.attname)}"
-        for alias, model in zip(aliases, _JOINED, strict=True)
+        for alias, model in zip(aliases, (*_JOINED, Membership), strict=True)
         for field in model._meta.concrete_fields
     )
-    token, user, tenant = (quote(model._meta.db_table) for model in _JOINED)
+    token, user, tenant, membership = (quote(model._meta.db_table) for model in (*_JOINED, Membership))
     user_fk, tenant_fk = (quote(ApiToken.user.field.column), quote(ApiToken.tenant.field.column))
+    member_user, member_tenant = (quote(Membership.user.field.column), quote(Membership.tenant.field.column))
     return (
         f"SELECT {columns} FROM {token} t JOIN {user} u ON u.id = t.{user_fk}"  # noqa: S608 # nosec B608
-        f" JOIN {tenant} n ON n.id = t.{tenant_fk} WHERE t.digest = %s LIMIT 1"
+        f" JOIN {tenant} n ON n.id = t.{tenant_fk}"
+        f" LEFT JOIN LATERAL (SELECT * FROM {membership} WHERE {member_tenant} = t.{tenant_fk}"
+        f" AND {member_user} = t.{user_fk} AND status = %s ORDER BY id LIMIT 1) m ON true"
+        " WHERE t.digest = %s LIMIT 1"
     )
 
 

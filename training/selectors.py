@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from audit.selectors import ReportSection
 from tenants import access
+from tenants.db.base import prepared_statements
 from tenants.models import Membership, User
 from tenants.scoping import current_tenant
 from training.models import CatalogueCourse, Completion, Course, OperatorCompletion, Requirement, lapse_date
@@ -172,7 +173,7 @@ def training_block_get(*, user: Any) -> RequirementStatus | None:
         "approved": Completion.Status.APPROVED,
         "active": Membership.Status.ACTIVE,
     }
-    with connection.cursor() as cursor:
+    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
         cursor.execute(_blocking_statement(), params)
         rows = cursor.fetchall()
     for requirement_id, created_at, grace_days, latest in rows:

@@ -68,7 +68,8 @@ def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
     # DB_PGBOUNCER: PostgreSQL is reached through PgBouncer in SESSION mode (README "Past one machine"): the tenant
     # scope of row-level security is a session setting (tenants.db), which transaction mode would hand to another
     # client's statements. No persistent client connections, so each request or task gives its server connection
-    # back to PgBouncer's pool when it ends; no server-side cursors, no prepared statements (Django's default).
+    # back to PgBouncer's pool when it ends; no server-side cursors. The statements tenants.db prepares are per client
+    # connection, under names of their own, and gone with PgBouncer's DISCARD ALL.
     if env.bool("DB_PGBOUNCER", default=False):
         config["DISABLE_SERVER_SIDE_CURSORS"] = True
         config["CONN_MAX_AGE"] = 0

@@ -7,11 +7,27 @@ to a savepoint) may undo it, so the remembered value is forgotten then and sent 
 It is sent in front of the statement, in the same string and round trip (Django's client-side cursors use the
 simple query protocol, which runs the two in order), and apart only where that cannot be (executemany, a
 server-side cursor, a composed statement).
+
+Statements run under `prepared_statements()` are sent as prepared statements of the connection: the first time a
+statement's text runs on a connection, `PREPARE <name> AS <text>` goes in front of its `EXECUTE <name>(<values>)`,
+in the same string and round trip; afterwards only the EXECUTE. PostgreSQL then parses, analyses and rewrites the
+statement once per connection, and plans it once when a generic plan is as good as a custom one (its choice:
+plan_cache_mode "auto"). Planning was most of PostgreSQL's CPU for the short statements every request sends
+(docs/BENCHMARKS.md, "The fixed cost of a QIDO-RS request, prepared statements"). The values are still bound by the
+client (literals of the EXECUTE) and the scope's setting still rides in front, so nothing costs a round trip more.
+A prepared statement lives with its server session, so what is prepared is remembered on the driver's connection
+(a pooled connection keeps its statements); the names carry a random part of their own connection, so a server
+session handed on without a reset (PgBouncer with no server_reset_query) never finds the name taken.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg
@@ -36,12 +52,99 @@ def _literal(scope: str) -> str:
 
 _SCOPE_SENT = re.compile(r"(^|; )SELECT set_config\('" + re.escape(DATABASE_SETTING) + r"', '[^']*', false\); ")
 
+_PREPARING: ContextVar[bool] = ContextVar("enclave_prepared_statements", default=False)
+# At most this many statements prepared per connection; a statement past them runs as it is (a search's statement
+# differs with its keys, so their number has no bound of its own).
+PREPARED_MAX = 256
+# What psycopg's client-side cursor takes for a placeholder: %s, %(name)s, and %% for a percent sign.
+_PLACEHOLDER = re.compile(r"%(?:\(([^)]*)\))?(.)")
+_PREPARED_MARK = "EXECUTE enclave_"
+
+
+@contextmanager
+def prepared_statements() -> Iterator[None]:
+    """Statements run in this block (one statement each, with parameters, on Django's client-side cursor) are sent
+    as prepared statements of their connection (see the module's docstring). For statements that run on every
+    request; a statement whose parameter types PostgreSQL cannot infer from their place must not run in it."""
+    token = _PREPARING.set(True)
+    try:
+        yield
+    finally:
+        _PREPARING.reset(token)
+
+
+class _Prepared:
+    """What one driver connection has prepared: the statement text (with $n placeholders) -> its name."""
+
+    __slots__ = ("names", "prefix", "sent")
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.prefix = f"enclave_{secrets.token_hex(4)}_"
+        self.sent = 0
+
+
+def _prepared_of(raw_connection: Any) -> _Prepared:
+    prepared = getattr(raw_connection, "_enclave_prepared", None)
+    if prepared is None:
+        prepared = raw_connection._enclave_prepared = _Prepared()
+    return prepared
+
+
+def _as_prepared(sql: str, params: Any) -> tuple[str, str] | None:
+    """`sql` with its placeholders numbered ($1, $2 ...: the body of a PREPARE, percent signs still doubled for the
+    client's formatting of the whole string) and the placeholders of the EXECUTE's values, or None when it cannot
+    be sent so (no parameters, a placeholder psycopg formats otherwise, a `$` already in the text)."""
+    if not params:
+        return None
+    named = isinstance(params, dict)
+    converted = _numbered(sql, named)
+    if converted is None or (not named and converted[2] != len(params)):
+        return None
+    return converted[0], converted[1]
+
+
+@functools.lru_cache(maxsize=1024)
+def _numbered(sql: str, named: bool) -> tuple[str, str, int] | None:
+    """`_as_prepared` of one text, worked out once: (body, the EXECUTE's placeholders, how many values)."""
+    if "$" in sql:
+        return None
+    order: list[str] = []
+    numbers: dict[str, int] = {}
+    failed = False
+
+    def numbered(match: re.Match[str]) -> str:
+        nonlocal failed
+        name, kind = match.group(1), match.group(2)
+        if kind == "%" and name is None:
+            return "%%"
+        if kind != "s" or (name is None) == named:
+            failed = True
+            return ""
+        if name is None:
+            order.append("%s")
+            return f"${len(order)}"
+        if name not in numbers:
+            numbers[name] = len(order) + 1
+            order.append(f"%({name})s")
+        return f"${numbers[name]}"
+
+    body = _PLACEHOLDER.sub(numbered, sql)
+    if failed or not order:
+        return None
+    return body, ", ".join(order), len(order)
+
 
 class DatabaseOperations(operations.DatabaseOperations):
     def last_executed_query(self, cursor: Any, sql: Any, params: Any) -> Any:
         """The statement as its caller wrote it: the scope's setting in front of it is the backend's own, as it was
-        when it was sent apart (query logs and CaptureQueriesContext never showed it)."""
+        when it was sent apart (query logs and CaptureQueriesContext never showed it), and a prepared statement
+        shows as the statement with its values, as it would have been sent unprepared."""
         query = super().last_executed_query(cursor, sql, params)
+        if isinstance(query, str) and _PREPARED_MARK in query and isinstance(sql, str):
+            # A cursor of its own: mogrify() resets the cursor's adaptation state, and with it the results
+            # not fetched yet.
+            return psycopg.ClientCursor(cursor.connection).mogrify(sql, params)
         return _SCOPE_SENT.sub(r"\1", query, count=1) if isinstance(query, str) else query
 
 
@@ -56,21 +159,85 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _scope_carry(self, execute: Any, sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
         scope = database_scope()
-        if scope == self.enclave_scope_sent or (isinstance(sql, str) and sql.startswith(TRANSACTION_CONTROL)):
+        if isinstance(sql, str) and sql.startswith(TRANSACTION_CONTROL):
             return execute(sql, params, many, context)
         raw = getattr(context.get("cursor"), "cursor", None)
-        if many or not isinstance(sql, str) or not isinstance(raw, psycopg.ClientCursor) or self.connection._pipeline:
+        pipeline = self.connection._pipeline
+        batched = not many and isinstance(sql, str) and isinstance(raw, psycopg.ClientCursor) and not pipeline
+        if batched and _PREPARING.get():
+            return self._prepared_execute(execute, sql, params, context, raw, scope)
+        if scope == self.enclave_scope_sent:
+            return execute(sql, params, many, context)
+        if not batched:
             with self.wrap_database_errors, self.connection.cursor() as cursor:
                 cursor.execute(SET_SCOPE, (DATABASE_SETTING, scope))
             self.enclave_scope_sent = scope
             return execute(sql, params, many, context)
-        # The setting rides in front of the statement, in the same round trip (the simple query protocol of
-        # Django's client-side cursors runs both in order, as one implicit transaction outside a transaction: if
-        # the statement fails, the setting is undone with it, so it counts as sent only once both have run).
-        self.enclave_scope_sent = None
-        result = execute(_SCOPE_PREFIX.format(_literal(scope)) + sql, params, many, context)
-        raw.nextset()  # the statement's own result, as if it had been sent alone
-        self.enclave_scope_sent = scope
+        return self._scope_in_front(execute, sql, params, context, raw, scope, skipped=0)
+
+    def _scope_in_front(
+        self, execute: Any, sql: str, params: Any, context: dict[str, Any], raw: Any, scope: str, *, skipped: int
+    ) -> Any:
+        """`sql` with the scope's setting in front of it when the server's differs, in the same round trip (the
+        simple query protocol of Django's client-side cursors runs both in order, as one implicit transaction
+        outside a transaction: if the statement fails, the setting is undone with it, so it counts as sent only
+        once both have run); the cursor then on the result of the last statement, as if it had been sent alone
+        (`skipped`: statements of `sql` itself before its last)."""
+        if scope == self.enclave_scope_sent:
+            result = execute(sql, params, False, context)
+        else:
+            self.enclave_scope_sent = None
+            result = execute(_SCOPE_PREFIX.format(_literal(scope)) + sql, params, False, context)
+            skipped += 1
+            self.enclave_scope_sent = scope
+        for _ in range(skipped):
+            raw.nextset()
+        return result
+
+    def _prepared_execute(
+        self, execute: Any, sql: str, params: Any, context: dict[str, Any], raw: Any, scope: str
+    ) -> Any:
+        """`sql` as a prepared statement of the connection (`prepared_statements`): EXECUTE, with the PREPARE in
+        front of it the first time. PREPARE is not undone by a rollback, so a statement counts as prepared once its
+        PREPARE has run, even when the EXECUTE after it failed; when the PREPARE itself may have failed (a
+        statement PostgreSQL refused, or a transaction already aborted) its name is dropped and another is taken
+        next time (names are never reused)."""
+        converted = _as_prepared(sql, params)
+        if converted is None:
+            return self._scope_in_front(execute, sql, params, context, raw, scope, skipped=0)
+        prepared = _prepared_of(self.connection)
+        body, arguments = converted
+        name = prepared.names.get(body)
+        if name is not None:
+            try:
+                return self._scope_in_front(
+                    execute, f"EXECUTE {name}({arguments})", params, context, raw, scope, skipped=0
+                )
+            except Exception as exc:
+                state = getattr(exc.__cause__, "sqlstate", None) or getattr(exc, "sqlstate", None)
+                if state not in ("26000", "0A000"):
+                    raise
+                # The server session lost its statements (26000: DISCARD ALL, DEALLOCATE) or this one may not keep
+                # its plan (0A000: a table changed under it): prepared anew, at once when nothing was undone with
+                # it (outside a transaction the failed EXECUTE was all of its implicit one).
+                if state == "26000":
+                    prepared.names.clear()
+                prepared.names.pop(body, None)
+                if self.in_atomic_block:
+                    raise
+        if len(prepared.names) >= PREPARED_MAX:
+            return self._scope_in_front(execute, sql, params, context, raw, scope, skipped=0)
+        prepared.sent += 1
+        name = f"{prepared.prefix}{prepared.sent}"
+        statement = f"PREPARE {name} AS {body}; EXECUTE {name}({arguments})"
+        try:
+            result = self._scope_in_front(execute, statement, params, context, raw, scope, skipped=1)
+        except Exception as exc:
+            state = getattr(exc.__cause__, "sqlstate", None) or getattr(exc, "sqlstate", None) or ""
+            if not state.startswith(("42", "25", "0A")):  # the EXECUTE failed, after its PREPARE had run
+                prepared.names[body] = name
+            raise
+        prepared.names[body] = name
         return result
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:

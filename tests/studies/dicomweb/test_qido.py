@@ -451,3 +451,28 @@ def test_the_written_answer_is_the_bytes_drf_writes_for_it(qido, north, tenant_a
     assert indented.status_code == 200
     assert indented.content == JSONRenderer().render(items, f"{JSON}; indent=2")
     assert indented.content.startswith(b'[\n  {\n    "000')
+
+
+def _prepared_searches(table: str) -> list[str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s", [f'%FROM "{table}"%'])
+        return [statement for (statement,) in cursor.fetchall()]
+
+
+def test_a_search_by_exact_values_is_prepared_and_one_by_a_range_or_wildcard_is_not(qido, north):
+    """A search whose keys are single values (the study of `/studies/{uid}/series`, a PatientID) is sent as a
+    prepared statement of the connection (tenants.db), which PostgreSQL may plan once for every value; a range or
+    a wildcard is planned for its own values every time, as before. The answers are the same either way."""
+    smith = north["smith"].study_instance_uid
+    for _ in range(3):
+        (item,) = qido(f"studies/{smith}/series").json()
+        assert value(item, STUDY_UID) == smith
+        assert patients(qido(PatientID="P-SMITH")) == {"P-SMITH"}
+    assert len(_prepared_searches("studies_series")) == 1  # prepared once, executed three times
+    assert len(_prepared_searches("studies_study")) == 1
+    assert patients(qido(PatientName="SMI*")) == {"P-SMITH"}
+    assert qido(StudyDate="19000101-21001231").status_code == 200
+    assert patients(qido(PatientID="P-SMITH\\P-JONES")) == {"P-SMITH", "P-JONES"}  # a list of values
+    assert len(_prepared_searches("studies_study")) == 1  # none of these three was prepared
