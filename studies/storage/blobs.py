@@ -35,7 +35,8 @@ import mmap
 import os
 import sys
 import uuid
-from typing import cast
+from datetime import datetime
+from typing import NamedTuple, cast
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, storages
@@ -65,6 +66,35 @@ def own_key_uid(blob_id: object) -> str:
     one study (exports, training certificates, quarantined uploads) have a key of their own, a StudyKey row and
     its files like a study's, destroyed when the blob is."""
     return f"object:{blob_id}"
+
+
+class BlobRef(NamedTuple):
+    """A blob as a read needs it, made from columns (`BLOB_COLUMNS`) instead of a Blob object: a WADO-RS series
+    reads one per instance, and building the model objects was most of its rows' cost (issue 10). Exactly what
+    `blob_read_chunks` and `blob_data_key` read of a Blob, under the same names."""
+
+    tenant_id: int
+    public_id: uuid.UUID
+    kind: str
+    storage_name: str
+    size: int
+    wrapped_key: bytes
+    key_version: int
+    study_key_id: int | None
+    damaged_at: datetime | None
+
+    @property
+    def study_key(self) -> StudyKey:
+        """The wrapping study key's row, read when its key is not in the cache (as Blob.study_key would be; in
+        the caller's tenant scope); StudyKey.DoesNotExist once it is destroyed."""
+        if self.study_key_id is None:
+            raise StudyKey.DoesNotExist("a blob wrapped by its tenant key has no study key")
+        return StudyKey.objects.get(pk=self.study_key_id)
+
+
+# The Blob columns of a BlobRef, in its order, for values_list() across a relation ("blob__" + each).
+BLOB_COLUMNS = ("tenant_id", "public_id", "kind", "storage_name", "size", "wrapped_key", "key_version",
+                "study_key_id", "damaged_at")  # fmt: skip
 
 
 class BlobUnreadable(Exception):
@@ -203,7 +233,7 @@ def blob_promote(*, blob: Blob, sealed: bytes, kind: str = Blob.Kind.INSTANCE) -
     return ["kind", "storage_name", "replicated_at", "updated_at"]
 
 
-def _stores_for(blob: Blob) -> list[str]:
+def _stores_for(blob: Blob | BlobRef) -> list[str]:
     return [QUARANTINE] if blob.kind == Blob.Kind.QUARANTINE else [PRIMARY, REPLICA]
 
 
@@ -255,7 +285,7 @@ def blob_sealed_put(*, store: str, name: str, sealed: bytes) -> None:
         raise OSError(f"the {store} store saved the copy under another name")
 
 
-def blob_sealed_open(*, blob: Blob, sealed: bytes | memoryview, data_key: bytes) -> list[bytes]:
+def blob_sealed_open(*, blob: Blob | BlobRef, sealed: bytes | memoryview, data_key: bytes) -> list[bytes]:
     """The plaintext of one copy's ciphertext, as its chunks (each up to the envelope's chunk size, every one
     authenticated), or DecryptionError when a tag fails or the size is not the row's. No second SHA-256: the
     module's docstring says why the tags are the check, and `blob_sealed_check` keeps the hash for fixity."""
@@ -352,7 +382,7 @@ def _file_put(*, store: str, name: str, sealed: bytes, replace: bool) -> str:
     return name
 
 
-def blob_data_key(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
+def blob_data_key(*, blob: Blob | BlobRef, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
     """The unwrapped data key of `blob`, through its study key or its tenant key."""
     if blob.study_key_id is not None:
         study_key = study_key_cache.get((blob.tenant_id, blob.study_key_id))
@@ -406,7 +436,7 @@ def blob_read_sealed(*, blob: Blob) -> tuple[bytes, bytes]:
     raise BlobUnreadable(f"blob {blob.public_id} is unreadable ({'; '.join(failures)})")
 
 
-def blob_read(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
+def blob_read(*, blob: Blob | BlobRef, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
     """The plaintext of `blob`, authenticated; from the replica when the primary copy is gone or damaged.
 
     `tenant_keys`, a dict the caller keeps for one request (a series retrieval), holds the unwrapped tenant keys
@@ -414,7 +444,7 @@ def blob_read(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = 
     return b"".join(blob_read_chunks(blob=blob, tenant_keys=tenant_keys))
 
 
-def blob_read_chunks(*, blob: Blob, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> list[bytes]:
+def blob_read_chunks(*, blob: Blob | BlobRef, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> list[bytes]:
     """`blob_read`'s plaintext as the envelope's chunks, never joined (a caller that writes them out one by one
     saves a copy of the blob). Every chunk of the copy is authenticated before any is returned, so a copy damaged
     in its last chunk gives none of its bytes and the replica is tried. Raises BlobUnreadable as `blob_read`."""
