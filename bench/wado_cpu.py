@@ -10,7 +10,9 @@ retrieval also measures, over 20 more retrievals of the same series on the same 
 - the client's CPU per retrieval (this process: requests reading the body and counting its parts);
 - the peak resident memory of those processes during the retrievals (VmHWM after clearing it, /proc/<pid>/clear_refs),
   beside their resident memory before;
-- the CPU of 20 retrievals of one instance of the series: the fixed cost of a request.
+- the CPU of 20 retrievals of one instance of the series: the fixed cost of a request;
+- for Enclave, the CPU of PostgreSQL's backends on the benchmark's database per retrieval (the backends there
+  both before and after the retrievals; a series retrieval is one connection's statements).
 
 `--pyspy PREFIX` also records a py-spy profile (raw, folded stacks) of each gunicorn worker over 30 retrievals,
 written to PREFIX-<pid>.txt. Every other option is bench/orthanc.py's.
@@ -35,6 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import orthanc  # noqa: E402  (the path above first)
+from bench.profile import postgres_backends  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 EXTRA = 20
@@ -65,6 +68,15 @@ def system_seconds(pids: list[int]) -> float:
 
 def minor_faults(pids: list[int]) -> int:
     return sum(int(f[7]) for f in map(_stat, pids) if f)
+
+
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    return {pid: (int(f[11]) + int(f[12])) / TICK for pid, f in ((p, _stat(p)) for p in pids) if f}
+
+
+def postgres_seconds(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds of the backends present both times (one that began or ended meanwhile is left out)."""
+    return sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
 
 
 def memory(pids: list[int], field: str) -> dict[int, str]:
@@ -167,12 +179,17 @@ def measured(original: Any, pyspy: str | None, held: str | None = None, readers:
             except OSError:
                 pass
         resident = memory(pids, "VmRSS")
+        backends = postgres_backends(orthanc.DB_NAME, set()) if who == "enclave" else []
+        g0 = cpu_by_pid(backends)
         c0, p0, t0, f0 = cpu_seconds(pids), time.process_time(), time.perf_counter(), minor_faults(pids)
         s0 = system_seconds(pids)
         original(session, url, headers, runs=EXTRA - 1, expected=expected)  # EXTRA retrievals (one untimed)
         c1, p1, t1, f1 = cpu_seconds(pids), time.process_time(), time.perf_counter(), minor_faults(pids)
         s1 = system_seconds(pids)
+        g1 = cpu_by_pid(backends)
         result = original(session, url, headers, runs=runs, expected=expected)
+        if backends:
+            result["postgres_cpu_ms_per_retrieval"] = round(postgres_seconds(g0, g1) / EXTRA * 1000, 1)
         result["server_cpu_ms_per_retrieval"] = round((c1 - c0) / EXTRA * 1000, 1)
         result["server_system_cpu_ms_per_retrieval"] = round((s1 - s0) / EXTRA * 1000, 1)
         result["server_minor_faults_per_retrieval"] = round((f1 - f0) / EXTRA)

@@ -46,7 +46,13 @@ from studies.dicomweb.negotiation import (
     not_acceptable,
 )
 from studies.models import Instance, Study
-from studies.services.reads import instances_accessed_record, instances_retrieved_record
+from studies.selectors.storage import RetrievalRow, retrieval_rows
+from studies.services.reads import (
+    StudyRow,
+    instances_accessed_record,
+    instances_retrieved_record,
+    read_unavailable_record,
+)
 from studies.storage.blobs import BlobUnreadable, blob_read, blob_read_chunks
 from tenants import access
 from tenants.models import Tenant
@@ -58,6 +64,10 @@ RENDERED_TYPES = ("image/jpeg", "image/png")
 EXPLICIT = str(ExplicitVRLittleEndian)
 _NUMBER_LIST = re.compile(r"\d+(,\d+)*")
 
+# An instance as a read of its bytes takes it: a model object, or the columns a retrieval reads
+# (studies.selectors.storage.retrieval_rows).
+Readable = Instance | RetrievalRow
+
 
 class InstanceUnavailable(exceptions.APIException):
     """A stored object whose copies all fail their hash check (the fixity job marks it; SECURITY.md A7): a 503
@@ -68,7 +78,7 @@ class InstanceUnavailable(exceptions.APIException):
     default_detail = "A stored instance of this request is damaged in every copy and is unavailable; it was reported."
 
 
-def read_instance(tenant: Tenant, instance: Instance, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
+def read_instance(tenant: Tenant, instance: Readable, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> bytes:
     """The plaintext of one instance (authenticated), inside the tenant's scope: streamed parts are produced
     after the view has returned and closed its scope. `tenant_keys`: see `blob_read`."""
     with tenant_scope(tenant):
@@ -76,7 +86,7 @@ def read_instance(tenant: Tenant, instance: Instance, tenant_keys: dict[tuple[in
 
 
 def read_instance_chunks(
-    tenant: Tenant, instance: Instance, tenant_keys: dict[tuple[int, int], bytes] | None = None
+    tenant: Tenant, instance: Readable, tenant_keys: dict[tuple[int, int], bytes] | None = None
 ) -> list[bytes]:
     """`read_instance` as the envelope's chunks (up to 1 MiB each, all authenticated), for a part written out
     chunk by chunk without joining them."""
@@ -85,10 +95,10 @@ def read_instance_chunks(
 
 
 def dicom_multipart_response(
-    instances: list[Instance],
+    instances: list[RetrievalRow],
     *,
-    content_type: Callable[[Instance], str],
-    payload: Callable[[Instance], list[bytes]],
+    content_type: Callable[[RetrievalRow], str],
+    payload: Callable[[RetrievalRow], list[bytes]],
     sized: bool,
 ) -> StreamingHttpResponse:
     """multipart/related; type="application/dicom", one part per instance, the body byte for byte as
@@ -129,7 +139,7 @@ def dicom_multipart_response(
 # ------------------------------------------------------------------------------
 
 
-def dicom_syntax(ranges: list[MediaRange], instances: list[Instance]) -> str | None:
+def dicom_syntax(ranges: list[MediaRange], instances: list[RetrievalRow]) -> str | None:
     """The transfer syntax to send DICOM objects in (None: each as stored), or NotAcceptable."""
     stored = {i.transfer_syntax_uid for i in instances}
     for r in ranges:
@@ -297,23 +307,31 @@ class _ReadApi(DicomWebReadApi):
 
 
 class _RetrieveApi(_ReadApi):
-    def instances(
+    def retrieval(
         self, study: str, series: str | None = None, instance: str | None = None
-    ) -> tuple[Study, list[Instance]]:
-        # Only the columns the objects' retrieval reads: a series is one row per instance (issue 10).
-        return self.visible_instances(study_uid=study, series_uid=series, sop_uid=instance, retrieval=True)
+    ) -> tuple[StudyRow, list[RetrievalRow]]:
+        """The study and instances to send, read as columns in one statement (issue 10: a series is one row per
+        instance); NotVisible recorded as a failed read, as `visible_instances` records it."""
+        try:
+            return retrieval_rows(actor=self.request.user, study_uid=study, series_uid=series, sop_uid=instance)
+        except access.NotVisible:
+            read_unavailable_record(
+                actor=self.request.user, study_uid=study, resource=self.request.path,
+                source_address=self.source_address(),
+            )  # fmt: skip
+            raise
 
     def retrieve(self, request: Request, study: str, series: str | None = None, instance: str | None = None) -> Any:
         # The DICOM files themselves: with a device-bound token, the device needs its download grant.
         access.credential_use_require(request.user, access.USE_DOWNLOAD)
-        study_row, instances = self.instances(study, series, instance)
+        study_row, instances = self.retrieval(study, series, instance)
         syntax = dicom_syntax(accept_list(request), instances)
         if any(row.blob.damaged_at is not None for row in instances):
             raise InstanceUnavailable()
         tenant = self.tenant
         tenant_keys: dict[tuple[int, int], bytes] = {}  # for this request only
 
-        def transcoded(row: Instance) -> list[bytes]:
+        def transcoded(row: RetrievalRow) -> list[bytes]:
             if syntax == EXPLICIT and row.transfer_syntax_uid != EXPLICIT:
                 return [frame_tools.as_explicit_little_endian(read_instance(tenant, row, tenant_keys))]
             return read_instance_chunks(tenant, row, tenant_keys)

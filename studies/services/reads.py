@@ -143,7 +143,8 @@ def instances_transferred_record(
     *,
     event: EventType = EventType.INSTANCES_RETRIEVED,
     actor: Any = None,
-    studies: Iterable[Study],
+    studies: Iterable[Study] = (),
+    study_rows: Iterable[StudyRow] = (),
     count: int,
     resource: str,
     source_address: str | None,
@@ -155,11 +156,12 @@ def instances_transferred_record(
 ) -> None:
     """A retrieval of `count` DICOM objects of `studies` (WADO-RS, C-GET, C-MOVE), never folded. Written BEFORE
     the first byte leaves: raises if it cannot be written, and the caller then sends nothing. `actor_role`: as
-    for `studies_query_record` (the role the request was let in by; without it the writer looks it up)."""
+    for `studies_query_record` (the role the request was let in by; without it the writer looks it up);
+    `study_rows`: studies read as columns, see `read_participants`."""
     audit_event_record(
         event=event,
         actor=actor,
-        participants=read_participants(studies=studies),
+        participants=read_participants(studies=studies, study_rows=study_rows),
         outcome=outcome,
         actor_role=actor_role,
         outcome_description=reason,
@@ -172,18 +174,20 @@ def instances_transferred_record(
 def instances_retrieved_record(
     *,
     actor: Any,
-    study: Study,
+    study: Study | StudyRow,
     count: int,
     resource: str,
     transfer_syntax: str = "",
     source_address: str | None,
     actor_role: str = "",
 ) -> None:
-    """A retrieval of `count` DICOM objects of `study` (never folded). `actor_role`: see
-    `instances_transferred_record` (WADO-RS passes its membership's: one query fewer under the chain lock)."""
+    """A retrieval of `count` DICOM objects of `study` (never folded; a Study, or a StudyRow as WADO-RS reads it).
+    `actor_role`: see `instances_transferred_record` (WADO-RS passes its membership's: one query fewer under the
+    chain lock)."""
     instances_transferred_record(
         actor=actor,
-        studies=[study],
+        studies=[study] if isinstance(study, Study) else (),
+        study_rows=() if isinstance(study, Study) else [study],
         count=count,
         resource=resource,
         source_address=source_address,

@@ -211,7 +211,7 @@ def decrypt_stream(read: Iterable[bytes], *, data_key: bytes, tenant_id: int, bl
         index += 1
 
 
-def decrypt_chunks(ciphertext: bytes, *, data_key: bytes, tenant_id: int, blob_id: str) -> list[bytes]:
+def decrypt_chunks(ciphertext: bytes | memoryview, *, data_key: bytes, tenant_id: int, blob_id: str) -> list[bytes]:
     """The plaintext of a whole blob held in memory, as its chunks, every one authenticated before this returns.
 
     The same checks as `decrypt_stream` (each chunk's tag under its index, the final chunk marked final, so a

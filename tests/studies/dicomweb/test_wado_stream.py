@@ -106,8 +106,8 @@ def test_a_damaged_last_chunk_of_the_primary_copy_is_served_whole_from_the_repli
 
 @pytest.mark.parametrize("accept", [f"{DICOM_MULTIPART}; transfer-syntax=*", DICOM_MULTIPART])
 def test_a_series_costs_the_statements_of_one_instance(client, tenant_a, accept):
-    """The retrieval reads only some columns of each instance and blob (selectors.dicomweb.RETRIEVAL_FIELDS): a
-    column it left out but used would be loaded by one more query per instance, as the body is sent."""
+    """The retrieval reads its instances and blobs as columns (selectors.storage.retrieval_rows): a column it
+    left out but used would be loaded by one more query per instance, as the body is sent."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -145,3 +145,69 @@ def test_the_retrieval_event_names_the_role_the_request_was_let_in_by_without_as
     lock = next(n for n, sql in enumerate(statements) if '"audit_auditchain"' in sql and "FOR UPDATE" in sql)
     begin = max(n for n, sql in enumerate(statements[:lock]) if sql.strip().upper() == "BEGIN")
     assert not [sql for sql in statements[begin:] if '"tenants_membership"' in sql]  # the event's transaction
+
+
+def test_a_retrieval_reads_its_study_and_instances_in_one_statement_and_audits_them_as_before(client, tenant_a):
+    """The study's visibility, the study and patient the event names, and each instance with its blob: one
+    SELECT; the event's participants are those the Study object gives (`study_participants`)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from audit.events import EventType
+    from studies.services.reads import study_participants
+    from tests.studies.dicomweb.reading import events
+
+    stored = _series(tenant_a)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(
+            f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
+        )
+        body = b"".join(response.streaming_content)
+    assert response.status_code == 200
+    assert all(data in body for _, data in stored)
+    reads = [q["sql"] for q in queries if '"studies_instance"' in q["sql"] or '"studies_study"' in q["sql"]]
+    assert len(reads) == 1, reads
+    assert '"studies_blob"' in reads[0]
+    assert '"studies_patient"' in reads[0]
+    with tenant_scope(tenant_a):
+        study = Instance.objects.select_related("series__study__patient").get(pk=stored[0][0].pk).series.study
+        expected = study_participants(study)
+    (event,) = events(tenant_a, EventType.INSTANCES_RETRIEVED)
+    assert event.participants == expected
+    assert event.extra["count"] == 3
+
+
+def test_a_study_key_not_in_the_cache_is_read_for_the_rows_blobs(client, tenant_a):
+    """A process that has not opened the study's key yet (or dropped it from its cache) reads the key's row
+    through the blob's columns (`BlobRef.study_key`), in the request's tenant scope."""
+    from studies.storage.keys import study_key_cache
+
+    stored = _series(tenant_a)
+    study_key_cache.clear()
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
+    )
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)
+    assert all(data in body for _, data in stored)
+
+
+def test_a_series_not_in_the_study_or_a_study_not_visible_is_the_same_404_and_a_recorded_failure(
+    client, tenant_a, tenant_b, api_client_for, outsider_b
+):
+    from audit.events import EventType
+    from audit.models import AuditEvent
+
+    _series(tenant_a)
+    accept = f"{DICOM_MULTIPART}; transfer-syntax=*"
+    missing_series = client.get(f"/dicomweb/north/studies/{STUDY}/series/1.2.3.4", HTTP_ACCEPT=accept)
+    south = api_client_for(outsider_b, tenant_b)
+    theirs = south.get(f"/dicomweb/south/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=accept)
+    made_up = south.get(f"/dicomweb/south/studies/1.2.3.4.5/series/{SERIES}", HTTP_ACCEPT=accept)
+    assert missing_series.status_code == theirs.status_code == made_up.status_code == 404
+    assert missing_series.json() == theirs.json() == made_up.json()
+    for tenant, uids in ((tenant_a, [STUDY]), (tenant_b, [STUDY, "1.2.3.4.5"])):
+        with tenant_scope(tenant):
+            refused = AuditEvent.objects.filter(event_type=EventType.INSTANCES_ACCESSED, outcome=4)
+            assert [e.participants[0]["id"] for e in refused.order_by("sequence")] == uids
+            assert not AuditEvent.objects.filter(event_type=EventType.INSTANCES_RETRIEVED).exists()
