@@ -98,17 +98,15 @@ class DicomWebReadApi(DicomWebApi):
         return self.request.META.get("REMOTE_ADDR")
 
     def visible_instances(
-        self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, retrieval: bool = False
+        self, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> tuple[Any, list[Any]]:
-        """The study and instances of a read, or NotVisible (a 404 like a missing one) recorded as a failure.
-        `retrieval`: see `dicomweb_instance_list`."""
+        """The study and instances of a read, or NotVisible (a 404 like a missing one) recorded as a failure."""
         from studies.selectors import dicomweb_instance_list
         from studies.services.reads import read_unavailable_record
 
         try:
             return dicomweb_instance_list(
-                actor=self.request.user, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
-                retrieval=retrieval,
+                actor=self.request.user, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid
             )  # fmt: skip
         except access.NotVisible:
             read_unavailable_record(

@@ -23,33 +23,19 @@ def dicomweb_study_get(*, actor: Any, study_uid: str) -> Study:
         raise access.NotVisible() from exc
 
 
-# What a retrieval of DICOM objects reads of each instance and its blob (studies.dicomweb.wado, the blob read in
-# studies.storage.blobs): a WADO-RS series is one row per instance, and building Instance, Blob and Series objects
-# with every column (five timestamps a row among them) was 2.8 ms of CPU for 60 instances; these columns, 1.7 ms.
-# A column left out is loaded by its own query when read, so a test counts a series' statements against one
-# instance's (tests/studies/dicomweb/test_wado_stream.py).
-RETRIEVAL_FIELDS = (
-    "id", "tenant_id", "sop_instance_uid", "transfer_syntax_uid", "blob_id",
-    "blob__id", "blob__tenant_id", "blob__public_id", "blob__kind", "blob__storage_name", "blob__size",
-    "blob__wrapped_key", "blob__key_version", "blob__study_key_id", "blob__damaged_at",
-)  # fmt: skip
-
-
 def dicomweb_instance_list(
     *,
     actor: Any,
     study_uid: str,
     series_uid: str | None = None,
     sop_uid: str | None = None,
-    retrieval: bool = False,
 ) -> tuple[Study, list[Instance]]:
     """The study and the instances of a WADO resource (a study, a series of it, or one instance), in series and
     instance order, with blobs loaded. NotVisible if the study is not visible to `actor` or the resource names
-    nothing in it. `retrieval`: only the columns a retrieval of the objects reads (`RETRIEVAL_FIELDS`), without
-    the series."""
+    nothing in it. (A retrieval of the objects reads its rows as columns: `studies.selectors.storage`.)"""
     study = dicomweb_study_get(actor=actor, study_uid=study_uid)
     qs = Instance.objects.filter(series__study=study)
-    qs = qs.select_related("blob").only(*RETRIEVAL_FIELDS) if retrieval else qs.select_related("blob", "series")
+    qs = qs.select_related("blob", "series")
     if series_uid is not None:
         qs = qs.filter(series__series_instance_uid=series_uid)
     if sop_uid is not None:
