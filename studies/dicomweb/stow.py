@@ -412,10 +412,10 @@ class StudiesStoreApi(DicomWebApi):
         """Wait, up to DICOMWEB_STOW_WAIT_SECONDS, until the pipeline has decided on every item; then the items.
 
         The database is the record of the work (tasks may run on any worker), so it is what is read: the request's
-        items (one query) after the receipt and again each time the worker signals that verdicts of this request
-        committed (`ingest_verdicts_wait`, a Redis list the request blocks on), and at least every
-        POLL_FALLBACK_SECONDS in case a signal is lost (Redis flushed or down, a worker killed between its commit
-        and the push): a lost signal costs that wait, never a wrong answer. Polling alone (0.05 s, then steps up to
+        items (one query) each time the worker signals that verdicts of this request committed
+        (`ingest_verdicts_wait`, a Redis list the request blocks on), and at least every POLL_FALLBACK_SECONDS in
+        case a signal is lost (Redis flushed or down, a worker killed between its commit and the push): a lost
+        signal costs that wait, never a wrong answer. Polling alone (0.05 s, then steps up to
         0.2 s) made a request wait 60-100 ms past its verdicts."""
         if not ids:
             return {}
@@ -428,13 +428,17 @@ class StudiesStoreApi(DicomWebApi):
             .select_related("instance__series__study")
         )
         while True:
+            # Waited for first: the items were just recorded `received`, and a read before the worker's first
+            # wake-up found them so (one query and its rows per request, for nothing); a wake-up pushed before this
+            # wait began is in the list, and the wait returns at once.
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                ingest_verdicts_wait(batch=batch, timeout=min(POLL_FALLBACK_SECONDS, remaining))
             # The items themselves each time (a few rows), not an EXISTS and then the rows: one query a wake-up.
             items = {item.pk: item for item in rows.all()}  # .all(): a fresh read, not the cached one
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or all(item.state in IngestItem.FINAL_STATES for item in items.values()):
+            if deadline <= time.monotonic() or all(item.state in IngestItem.FINAL_STATES for item in items.values()):
                 # A wake-up left in the list (one per batch of the worker) expires on its own: no round trip here.
                 return items
-            ingest_verdicts_wait(batch=batch, timeout=min(POLL_FALLBACK_SECONDS, remaining))
 
 
 class _Receipt:
