@@ -29,7 +29,15 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.valuerep import DA, TM
 
-__all__ = ["InvalidDicom", "Limits", "ParsedInstance", "content_hash", "parse", "study_instance_uid_peek"]
+__all__ = [
+    "InvalidDicom",
+    "Limits",
+    "ParsedInstance",
+    "content_hash",
+    "header_values_peek",
+    "parse",
+    "study_instance_uid_peek",
+]
 
 _PREAMBLE_LENGTH = 128
 _MAGIC = b"DICM"
@@ -229,6 +237,40 @@ def study_instance_uid_peek(data: bytes) -> str:
         return ""
     except (InvalidDicom, UnicodeDecodeError, struct_error, ValueError):
         return ""
+
+
+def header_values_peek(data: bytes, tags: tuple[int, ...]) -> dict[int, str] | None:
+    """The values of the data set's elements `tags` (text elements before the pixel data, such as UIDs) as text,
+    read off the element headers as `study_instance_uid_peek` reads one, without pydicom (about 0.03 ms for a CT's
+    four identifying UIDs against 0.45 ms for `dcmread(stop_before_pixels=True, specific_tags=...)`); a tag absent
+    from the data set is absent from the answer. None when the file cannot be walked that far here (not Part-10,
+    a deflated or big endian data set, a damaged header): the caller asks pydicom then. Values are decoded as ASCII
+    with trailing NULs and spaces stripped (enough for UIDs and codes, which is what it is for); never a verdict on
+    the file: `parse` checks all of it."""
+    try:
+        if len(data) < _PREAMBLE_LENGTH + len(_MAGIC) or data[_PREAMBLE_LENGTH : _PREAMBLE_LENGTH + 4] != _MAGIC:
+            return None
+        view = memoryview(data)
+        start, meta = _walk_file_meta(view)
+        syntax = _transfer_syntax(view, meta)
+        if syntax.is_deflated or not syntax.is_little_endian:
+            return None
+        wanted, last = set(tags), max(tags)
+        walker = _Walker(view[start:], implicit=syntax.is_implicit_VR, little=True)
+        found: dict[int, str] = {}
+        pos, end = 0, len(walker.buf)
+        while pos < end and len(found) < len(wanted):
+            tag, length, value = walker.header(pos)
+            if tag > last:  # elements come in ascending tag order
+                break
+            if tag in wanted:
+                if length == _UNDEFINED or value + length > end:
+                    return None
+                found[tag] = bytes(walker.buf[value : value + length]).rstrip(b"\x00 ").decode("ascii")
+            pos = walker.items(value, tag, depth=1) if length == _UNDEFINED else value + length
+        return found
+    except (InvalidDicom, UnicodeDecodeError, struct_error, ValueError):
+        return None
 
 
 def content_hash(ds: pydicom.Dataset, *, body: bytes | memoryview) -> str:

@@ -43,6 +43,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal.web.errors import PROBLEM_CONTENT_TYPE, ProblemSerializer, problem_responses
+from studies.dicom import parse as dicom_parse
 from studies.dicomweb.base import DICOM_JSON, DicomWebApi
 from studies.dicomweb.parsers import (
     DICOM_MEDIA_TYPE,
@@ -77,6 +78,7 @@ WARNING_STILL_PROCESSING = 0xB00F
 # The longest a request waits between two reads of its items when no wake-up comes (`StudiesStoreApi._verdicts`).
 POLL_FALLBACK_SECONDS = 0.5
 _IDENTITY_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_IDENTITY_TAG_NUMBERS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)  # the same, in the same order
 
 
 # What each part was and what became of it
@@ -105,7 +107,20 @@ class PartResult:
 
 def identify(data: bytes) -> Identity:
     """The SOP Class, SOP Instance, Study and Series UIDs in the header of a Part-10 file, for the response and the
-    study check. Never a verdict on the file: that is the pipeline's."""
+    study check. Never a verdict on the file: that is the pipeline's.
+
+    Read off the element headers (`header_values_peek`: 0.03 ms for a CT) when the four are there and are UIDs; by
+    pydicom as before (0.24-0.45 ms) otherwise (a deflated or big endian data set, a damaged header, a UID missing
+    or malformed), so the answer is pydicom's in every case (tests/studies/dicomweb/test_stow_identify.py compares
+    the two over mutated headers)."""
+    peeked = dicom_parse.header_values_peek(data, _IDENTITY_TAG_NUMBERS) or {}
+    values = [peeked.get(tag, "").strip() for tag in _IDENTITY_TAG_NUMBERS]
+    if all(is_uid(value) for value in values):
+        return Identity(*values)
+    return _identify_by_pydicom(data)  # whatever pydicom makes of a file that is not plain, as always
+
+
+def _identify_by_pydicom(data: bytes) -> Identity:
     try:
         ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=list(_IDENTITY_TAGS))
     except Exception:  # any file pydicom cannot read is simply not identified here
@@ -397,10 +412,10 @@ class StudiesStoreApi(DicomWebApi):
         """Wait, up to DICOMWEB_STOW_WAIT_SECONDS, until the pipeline has decided on every item; then the items.
 
         The database is the record of the work (tasks may run on any worker), so it is what is read: the request's
-        items (one query) after the receipt and again each time the worker signals that verdicts of this request
-        committed (`ingest_verdicts_wait`, a Redis list the request blocks on), and at least every
-        POLL_FALLBACK_SECONDS in case a signal is lost (Redis flushed or down, a worker killed between its commit
-        and the push): a lost signal costs that wait, never a wrong answer. Polling alone (0.05 s, then steps up to
+        items (one query) each time the worker signals that verdicts of this request committed
+        (`ingest_verdicts_wait`, a Redis list the request blocks on), and at least every POLL_FALLBACK_SECONDS in
+        case a signal is lost (Redis flushed or down, a worker killed between its commit and the push): a lost
+        signal costs that wait, never a wrong answer. Polling alone (0.05 s, then steps up to
         0.2 s) made a request wait 60-100 ms past its verdicts."""
         if not ids:
             return {}
@@ -413,13 +428,17 @@ class StudiesStoreApi(DicomWebApi):
             .select_related("instance__series__study")
         )
         while True:
+            # Waited for first: the items were just recorded `received`, and a read before the worker's first
+            # wake-up found them so (one query and its rows per request, for nothing); a wake-up pushed before this
+            # wait began is in the list, and the wait returns at once.
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                ingest_verdicts_wait(batch=batch, timeout=min(POLL_FALLBACK_SECONDS, remaining))
             # The items themselves each time (a few rows), not an EXISTS and then the rows: one query a wake-up.
             items = {item.pk: item for item in rows.all()}  # .all(): a fresh read, not the cached one
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or all(item.state in IngestItem.FINAL_STATES for item in items.values()):
+            if deadline <= time.monotonic() or all(item.state in IngestItem.FINAL_STATES for item in items.values()):
                 # A wake-up left in the list (one per batch of the worker) expires on its own: no round trip here.
                 return items
-            ingest_verdicts_wait(batch=batch, timeout=min(POLL_FALLBACK_SECONDS, remaining))
 
 
 class _Receipt:

@@ -212,3 +212,46 @@ def test_a_body_is_read_once():
     assert [p.data for p in parts] == [b"A"]
     with pytest.raises(RuntimeError):
         list(parts)
+
+
+def test_part_headers_read_as_the_email_parser_reads_them():
+    """`header_fields` (a fifth of the CPU) gives what email.parser.BytesHeaderParser, which the reader used
+    before, gives for the media type and location of a part: over blocks of well-formed, folded, repeated, garbled
+    and non-ASCII lines."""
+    import email.parser
+    import email.policy
+    import random
+
+    from django.utils.http import parse_header_parameters
+
+    def media_type(raw: str) -> str:
+        return parse_header_parameters(raw)[0] if raw.strip() else "(default)"
+
+    lines = [
+        b"Content-Type: application/dicom",
+        b"content-type:application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+        b"Content-Type : application/dicom",
+        b" folded",
+        b"\tmore",
+        b"Content-Location: http://example/1",
+        b"X-Other: y",
+        b"garbage line",
+        b"Content-Type: application/octet-stream",
+        b"CONTENT-LOCATION:   spaced  ",
+        b"Content-Type:",
+        b'Content-Type: multipart/related; boundary="a b"',
+        b"Content-Type: application/dicom\xe9",
+        b":no name",
+        b"Content-Type: a,\t b",
+    ]
+    rng = random.Random(20261206)
+    for _ in range(3000):
+        block = b"\r\n".join(rng.choice(lines) for _ in range(rng.randint(1, 5)))
+        if block.startswith((b" ", b"\t")):
+            continue  # the reader takes a block only after a delimiter line: it never starts folded
+        theirs = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(block + b"\r\n")
+        ours = parsers.header_fields(block)
+        assert (media_type(ours.get("content-type", "")), ours.get("content-location", "")) == (
+            media_type(str(theirs.get("Content-Type", "") or "")),
+            str(theirs.get("Content-Location", "") or ""),
+        ), block

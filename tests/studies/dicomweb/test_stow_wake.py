@@ -75,3 +75,26 @@ def test_a_lost_wake_up_costs_a_poll_not_the_answer(api_client_for, tenant_a, ra
     assert done == ["processed"]
     assert response.status_code == 200, response.content
     assert len(referenced(response.json())) == 3
+
+
+@override_settings(DICOMWEB_STOW_WAIT_SECONDS=20)
+def test_the_request_reads_its_items_once_it_is_woken_not_before(api_client_for, tenant_a, radiologist_a, monkeypatch):
+    """No read of the items before the worker's first wake-up (they were just recorded `received`): with a worker
+    that decides them in one batch, the request reads them once, and is woken (not timed out: the fallback poll is
+    set far longer than the test takes)."""
+    from django.test.utils import CaptureQueriesContext
+
+    from studies.dicomweb import stow
+
+    monkeypatch.setattr(stow, "POLL_FALLBACK_SECONDS", 15)
+    client = api_client_for(radiologist_a, tenant_a)
+    started = time.monotonic()
+    with CaptureQueriesContext(connection) as queries:  # the request's connection; the worker's thread has its own
+        response, done = _store_with_a_worker_elsewhere(client, tenant_a)
+
+    assert done == ["processed"]
+    assert response.status_code == 200, response.content
+    assert len(referenced(response.json())) == 3
+    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('SELECT "studies_ingestitem"')]
+    assert len(reads) == 1, reads
+    assert time.monotonic() - started < 15  # woken by the worker's push, not by the fallback poll
