@@ -23,24 +23,12 @@ from pydicom.uid import (
 
 from studies.dicom.parse import InvalidDicom, Limits, parse, study_instance_uid_peek
 from studies.dicom.synthetic import make_instance, synthetic_pixels
+from tests.dicom_files import resaved
 
 LIMITS = Limits(max_bytes=64 * 1024 * 1024)
 PATIENT_DATA = ("SYN0001", "SYNTHETIC", "PATIENT", "ACC0001", "REFERRER", "19700101")
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def _rewrite(data: bytes, **changes: object) -> bytes:
-    """The file re-saved with attributes changed (None deletes one); transfer syntax and layout kept."""
-    ds = pydicom.dcmread(io.BytesIO(data))
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 def _refused(data: bytes, limits: Limits = LIMITS) -> str:
@@ -141,9 +129,7 @@ def test_odd_length_pixel_data_is_padded_not_truncated():
 
 
 def test_bad_dates_and_numbers_are_lenient():
-    data = _rewrite(
-        make_instance(), StudyDate="20240230", StudyTime="99", PatientBirthDate="unknown", SeriesNumber=None
-    )
+    data = resaved(make_instance(), StudyDate="20240230", StudyTime="99", PatientBirthDate="unknown", SeriesNumber=None)
     parsed, _ = parse(data, limits=LIMITS)
     assert (parsed.study_date, parsed.study_time, parsed.patient_birth_date) == (None, None, None)
     assert parsed.series_number is None
@@ -210,21 +196,21 @@ def test_unknown_transfer_syntax():
     ],
 )
 def test_missing_required_uid(keyword: str, name: str):
-    assert _refused(_rewrite(make_instance(), **{keyword: None})) == f"missing required attribute {name}"
+    assert _refused(resaved(make_instance(), **{keyword: None})) == f"missing required attribute {name}"
 
 
 def test_invalid_uid():
-    assert _refused(_rewrite(make_instance(), SeriesInstanceUID="1.2.abc")) == (
+    assert _refused(resaved(make_instance(), SeriesInstanceUID="1.2.abc")) == (
         "invalid Series Instance UID: not a valid DICOM UID"
     )
 
 
 def test_image_without_rows():
-    assert _refused(_rewrite(make_instance(), Rows=None)) == "missing required attribute Rows"
+    assert _refused(resaved(make_instance(), Rows=None)) == "missing required attribute Rows"
 
 
 def test_image_class_without_pixel_data():
-    assert _refused(_rewrite(make_instance(), PixelData=None)) == (
+    assert _refused(resaved(make_instance(), PixelData=None)) == (
         "missing required attribute Pixel Data (the file may be truncated)"
     )
 
@@ -244,7 +230,7 @@ def test_huge_dimensions_refused_without_decoding(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(Decoder, "as_array", no_decoding)
     monkeypatch.setattr(Decoder, "iter_array", no_decoding)
-    data = _rewrite(
+    data = resaved(
         make_instance(rows=4, columns=4, bits=8),
         Rows=65535,
         Columns=65535,
@@ -294,7 +280,7 @@ def test_truncated_native_pixel_data_reason():
 
 def test_pixel_data_shorter_than_the_header_says():
     # A consistent element (its length matches what is there) that holds fewer bytes than rows x columns needs.
-    data = _rewrite(make_instance(rows=64, columns=64, bits=8), PixelData=b"\x00" * 1000)
+    data = resaved(make_instance(rows=64, columns=64, bits=8), PixelData=b"\x00" * 1000)
     assert _refused(data) == "truncated: pixel data has 1000 of 4096 bytes"
 
 
@@ -428,7 +414,7 @@ def test_deep_defined_length_sequences_are_refused_like_undefined_ones():
 
 
 def test_deflate_bomb_is_refused():
-    data = _rewrite(make_instance(rows=256, columns=256, bits=16), PixelData=bytes(256 * 256 * 2))
+    data = resaved(make_instance(rows=256, columns=256, bits=16), PixelData=bytes(256 * 256 * 2))
     ds = pydicom.dcmread(io.BytesIO(data))
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     out = io.BytesIO()

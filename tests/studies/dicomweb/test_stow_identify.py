@@ -21,24 +21,11 @@ from pydicom.uid import (
 from studies.dicom.parse import header_values_peek
 from studies.dicom.synthetic import make_instance
 from studies.dicomweb import stow
+from tests.dicom_files import resaved
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)
-
-
-def _resaved(data: bytes, *, syntax: str | None = None, **changes: object) -> bytes:
-    ds = pydicom.dcmread(io.BytesIO(data))
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    if syntax is not None:
-        ds.file_meta.TransferSyntaxUID = syntax
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless])
@@ -58,7 +45,7 @@ def test_the_headers_give_the_uids_pydicom_reads(syntax: str):
 
 def test_files_the_headers_cannot_give_are_read_by_pydicom():
     data = make_instance(study_uid="1.2.3.4", series_uid="1.2.3.5", sop_uid="1.2.3.6")
-    deflated = _resaved(data, syntax=DeflatedExplicitVRLittleEndian)
+    deflated = resaved(data, syntax=DeflatedExplicitVRLittleEndian)
     big_endian = pydicom.dcmread(io.BytesIO(data))
     del big_endian.PixelData  # pydicom has no encoder to big endian; the header is what is read here
     big_endian.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
@@ -71,10 +58,10 @@ def test_files_the_headers_cannot_give_are_read_by_pydicom():
     assert header_values_peek(b"\x00" * 132, TAGS) is None
     assert stow.identify(b"not dicom") == stow.Identity()
     # A UID missing or not a UID: pydicom's answer too (here: that one empty, the others read).
-    no_series = _resaved(data, SeriesInstanceUID=None)
+    no_series = resaved(data, SeriesInstanceUID=None)
     assert 0x0020000E not in (header_values_peek(no_series, TAGS) or {})
     assert stow.identify(no_series) == stow.Identity(stow.identify(data).sop_class_uid, "1.2.3.6", "1.2.3.4", "")
-    bad_uid = _resaved(data, StudyInstanceUID="1.2.x")
+    bad_uid = resaved(data, StudyInstanceUID="1.2.x")
     assert stow.identify(bad_uid) == stow._identify_by_pydicom(bad_uid)
     assert stow.identify(bad_uid).study_instance_uid == ""
 
