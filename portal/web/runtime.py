@@ -2,12 +2,12 @@
 (the gunicorn workers do the same in portal/gunicorn_conf.py's post_worker_init).
 
 Two costs that grow with what a process holds rather than with what it does, measured on the C-STORE path
-(docs/BENCHMARKS.md, "C-STORE: the collector, ...", h3 branch, session 4):
+(docs/BENCHMARKS.md, "C-STORE CPU per instance: the cycle collector, ...", h3 branch, session 4):
 
-- CPython's cycle collector. A loaded Django process holds a few hundred thousand container objects (modules,
-  classes, the models' metadata, the URL patterns, pydicom's dictionaries) that never become garbage; every
-  collection of the oldest generation walked all of them, and the youngest generation was collected every 700
-  allocations, dozens of times per received object. `gc.freeze()` moves what exists at start out of the
+- CPython's cycle collector. A loaded Django process holds well over 100,000 container objects (154,508 after
+  `django.setup()` alone here; modules, classes, the models' metadata, the URL patterns, pydicom's dictionaries)
+  that never become garbage; every collection of the oldest generation walked all of them, and the youngest
+  generation was collected every 700 allocations. `gc.freeze()` moves what exists at start out of the
   collector's reach (it is never freed, as it never would be), and the youngest generation is collected every
   GC_GEN0_THRESHOLD allocations. Cycles made later are still collected.
 - glibc's malloc returning large buffers to the kernel. Each 0.5 MB instance passes through several buffers of its

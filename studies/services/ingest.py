@@ -661,10 +661,10 @@ def _blobs_and_rows(fresh: list[_Checked], tenant: Tenant) -> None:
 
 class _PerRow(Expression):
     """`CASE <primary key> WHEN <pk> THEN <value> ... ELSE <default> END`: each row of an UPDATE gets its own value
-    (`values`: pk -> value). The same statement Django's `Case(When(pk=..., then=Value(...)), ...)` makes, compiled
+    (`values`: pk -> value). The values Django's `Case(When(pk=..., then=Value(...)), ...)` gives each row, compiled
     without resolving a filter per row: that cost about 0.15 ms of the worker's CPU per row and field, three fields
     per stored instance (process_time, docs/BENCHMARKS.md, h3 branch, session 4). Values are prepared by the
-    output field and cast to its column type, as `Value` would be."""
+    output field and cast to its column type."""
 
     def __init__(self, values: dict[int, Any], output_field: Field[Any, Any], default: Any = None) -> None:
         super().__init__(output_field=output_field)
