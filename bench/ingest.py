@@ -190,7 +190,7 @@ def memory_of(started: Started) -> dict[str, Any]:
         "children_mb": [round(v, 1) for v in values],
         "children_max_mb": round(max(values), 1) if values else None,
         "sum_mb": round((main or 0) + sum(values), 1),
-        "cpu_s": round(cpu, 1),
+        "cpu_s": round(cpu, 2),
     }
 
 
@@ -211,6 +211,8 @@ def py_spy_start(processes: Processes, targets: dict[str, Started]) -> list[subp
     lasts, in py-spy's raw (collapsed stacks) format, one file per process, for step-by-step CPU per instance."""
     folder = os.environ.get("BENCH_PY_SPY", "")
     spy = Path(PYTHON).with_name("py-spy")
+    if not spy.exists():  # installed elsewhere (not in the virtualenv): on the PATH
+        spy = Path(shutil.which("py-spy") or spy)
     if not folder or not spy.exists():
         return []
     Path(folder).mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.local")
 
@@ -33,3 +33,14 @@ def _connections_tidy(sender: Any = None, **kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@worker_ready.connect(weak=False)
+@worker_process_init.connect(weak=False)
+def _process_settle(**kwargs: Any) -> None:
+    """The main process once ready (it receives and hands out the messages: on the C-STORE path the cycle collector
+    was most of its CPU, walking the loaded application), and each pool process once forked (there the large
+    buffers matter: page faults of each instance's buffers): portal.web.runtime."""
+    from portal.web.runtime import process_settle
+
+    process_settle(what=f"Celery worker process {os.getpid()}")

@@ -23,14 +23,17 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import socket
 import ssl
+import struct
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any, cast
 
 from auditlog.context import set_actor
@@ -41,12 +44,15 @@ from pydicom.dataset import Dataset
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
     StoragePresentationContexts,
     VerificationPresentationContexts,
     _config,
     evt,
 )
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # built at import time by pynetdicom
@@ -372,7 +378,7 @@ class _Door:
         try:
             # The dataset exactly as sent, behind a Part-10 header built from the presentation context; never
             # decoded here (the pipeline parses it under its limits, in the worker).
-            data = event.encoded_dataset(include_meta=True)
+            data = _part10(event)
         except Exception:
             logger.exception("C-STORE from %s: the request could not be read", peer.calling_ae)
             return _status(STATUS_CANNOT_UNDERSTAND, "The request carried no readable data set.")
@@ -599,6 +605,54 @@ def _peer_address(address: str) -> str:
         return address
     mapped = getattr(ip, "ipv4_mapped", None)
     return str(mapped or ip)
+
+
+_PART10_PREAMBLE = b"\x00" * 128 + b"DICM"
+_FILE_META_VERSION = b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01"  # (0002,0001) OB, 2 bytes: 00 01
+_UID_TEXT = re.compile(r"[0-9.]{1,64}")
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One element of group 0002 in Explicit VR Little Endian (a short VR: UI, SH, UL)."""
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _part10(event: evt.Event) -> bytes:
+    """A C-STORE's data set exactly as received, behind the Part-10 preamble and File Meta Information pynetdicom's
+    `Event.encoded_dataset(include_meta=True)` writes (the same bytes: tested), encoded here directly instead of
+    through a pydicom FileMetaDataset and its writer (about a tenth of the listener's Python time per CT), and
+    joined from the received buffer without copying it first. A UID that is not plain digits and dots, or longer
+    than a UID may be, takes pynetdicom's way, so that its encoding and warnings stay pydicom's."""
+    request = cast(C_STORE, event.request)  # EVT_C_STORE's request
+    uids = (str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""),
+            str(event.context.transfer_syntax or ""))  # fmt: skip
+    if not all(_UID_TEXT.fullmatch(uid) for uid in uids):
+        return event.encoded_dataset(include_meta=True)
+    sop_class, sop_instance, syntax = (uid.encode("ascii") for uid in uids)
+    elements = b"".join(
+        (
+            _FILE_META_VERSION,
+            _meta_element(0x0002, b"UI", sop_class + b"\x00" * (len(sop_class) % 2)),
+            _meta_element(0x0003, b"UI", sop_instance + b"\x00" * (len(sop_instance) % 2)),
+            _meta_element(0x0010, b"UI", syntax + b"\x00" * (len(syntax) % 2)),
+            _IMPLEMENTATION_ELEMENTS,
+        )
+    )
+    group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(elements)))
+    # A view of pynetdicom's buffer, released before anything may write to it again.
+    with cast(BytesIO, request.DataSet).getbuffer() as received:
+        return b"".join((_PART10_PREAMBLE, group_length, elements, received))
+
+
+def _implementation_elements() -> bytes:
+    uid = str(PYNETDICOM_IMPLEMENTATION_UID).encode("ascii")
+    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    return _meta_element(0x0012, b"UI", uid + b"\x00" * (len(uid) % 2)) + _meta_element(
+        0x0013, b"SH", version + b" " * (len(version) % 2)
+    )
+
+
+_IMPLEMENTATION_ELEMENTS = _implementation_elements()
 
 
 def _status(code: int, comment: str) -> Dataset:

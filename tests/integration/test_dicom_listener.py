@@ -4,6 +4,7 @@ Celery worker on Redis, clamd with a test signature, and real DICOM clients (dcm
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import signal
 import subprocess
@@ -127,6 +128,29 @@ def test_pynetdicom_scu_sends_a_study(dicom_listener_process, north, tmp_path):
     with tenant_scope(north):
         assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
         assert Study.objects.get().number_of_instances == 4
+
+
+def test_listener_and_worker_settle_before_serving_and_still_store(
+    dicom_listener_process, celery_worker_process, north, tmp_path
+):
+    """Both processes freeze their start-up objects out of the cycle collector's reach once loaded
+    (portal.web.runtime), the worker's main process and its pool process each, and the pipeline works as before."""
+    files = write_files(tmp_path, make_study(series=1, instances_per_series=3))
+
+    result = associate(port=dicom_listener_process.port, calling="DEMO_CT", called="NORTH", files=files)
+
+    assert result.statuses == [0x0000] * 3
+    wait_for(items_final(north, 3), what="3 items to finish", listener=dicom_listener_process)
+    with tenant_scope(north):
+        assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
+    listener_pid = dicom_listener_process.process.pid
+    pattern = r"DICOM listener process (\d+) settled: (\d+) start-up objects"
+    settled = re.findall(pattern, dicom_listener_process.output())
+    assert [int(pid) for pid, _ in settled] == [listener_pid]
+    assert int(settled[0][1]) > 100_000  # the loaded application, no longer walked by each full collection
+    workers = re.findall(r"Celery worker process (\d+) settled: (\d+) start-up objects", celery_worker_process.output())
+    assert len({pid for pid, _ in workers}) == 2, celery_worker_process.output()  # the main process and its child
+    assert all(int(count) > 100_000 for _, count in workers)
 
 
 def _with_eicar() -> bytes:

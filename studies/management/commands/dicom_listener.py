@@ -22,6 +22,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
+from portal.web.runtime import process_settle
 from studies.net.scp import STOP_GRACE_SECONDS, start_listener, stop_listener
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class Command(BaseCommand):
                 server = start_listener(host, port, reuse_port=reuse_port)
             except OSError as exc:
                 raise CommandError(f"Cannot listen for DICOM: {exc}") from exc
+            # Loaded and listening: start-up objects out of the cycle collector's reach, large buffers kept.
+            process_settle(what=f"DICOM listener process {os.getpid()}")
             bound_host, bound_port = server.server_address[:2]
             message = f"{READY_LINE}{bound_host}:{bound_port}" + (" (DICOM TLS)" if server.ssl_context else "")
             if reuse_port:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import uuid
@@ -9,6 +10,7 @@ from collections import Counter
 from contextlib import contextmanager
 from datetime import timedelta
 
+import pydicom
 import pytest
 from auditlog.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
@@ -551,3 +553,31 @@ def test_after_a_short_batch_the_task_lets_the_streams_next_objects_gather_into_
         assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
         counts = sorted(e.extra["count"] for e in AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED))
         assert counts == [1, 4]
+
+
+def test_one_batch_writes_each_item_its_own_verdict_instance_and_blob_name(tenant_a):
+    """The batch's UPDATEs give each row its own value (a CASE on the primary key, studies.services.ingest._PerRow):
+    each item its own instance, SOP Instance UID and reason (a zeroed preamble is said on that item only), each
+    promoted blob its own archive name."""
+    sent: Counter = Counter()
+    blobs = make_study(series=1, instances_per_series=4)
+    blobs[2] = b"vendor text".ljust(128, b"\x01") + blobs[2][128:]  # a preamble to zero: encrypted anew, not promoted
+    with tenant_scope(tenant_a), messages_lost_by_the_broker(sent):
+        batch = uuid.uuid4()
+        items = [services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=batch, data=data) for data in blobs]
+        services.ingest_process(item_id=items[0].pk)
+        assert AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED).count() == 1  # one batch
+        for n, item in enumerate(items):
+            item.refresh_from_db()
+            uid = pydicom.dcmread(io.BytesIO(blobs[n]), stop_before_pixels=True).SOPInstanceUID
+            instance = Instance.objects.select_related("blob").get(sop_instance_uid=uid)
+            assert (item.state, item.instance_id, item.sop_instance_uid) == (
+                IngestItem.State.STORED, instance.pk, instance.sop_instance_uid)  # fmt: skip
+            assert item.reason == ("preamble zeroed" if n == 2 else "")
+            assert item.quarantine_id is None
+            assert instance.blob.kind == Blob.Kind.INSTANCE
+            assert instance.blob.storage_name == f"t{tenant_a.pk}/instance/{instance.blob.public_id.hex[:2]}/" + (
+                instance.blob.public_id.hex)  # fmt: skip
+            assert storages["blobs"].exists(instance.blob.storage_name)
+            assert blob_read(blob=instance.blob)[:128] == (b"\0" * 128 if n == 2 else blobs[n][:128])
+        assert Blob.objects.filter(kind=Blob.Kind.QUARANTINE).count() == 0
