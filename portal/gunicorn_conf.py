@@ -101,41 +101,13 @@ def pre_request(worker: Any, req: Any) -> None:
             pass
 
 
-# Garbage collection in the workers: once the application is loaded, its objects (Django, the URL patterns, the
-# models' metadata: most of what a worker holds) are moved out of the collector's reach (gc.freeze), so a full
-# collection walks only what requests made; and the youngest generation is collected every 50,000 allocations
-# instead of every 700, since a search answering hundreds of studies allocates that many objects in one go and
-# otherwise triggers dozens of collections in the middle of it (bench/query.py saw them as the p95 tail).
-GC_GEN0_THRESHOLD = 50_000
-
-
-#
-# Large buffers kept in the threads' malloc arenas (issue 10, WADO-RS). A retrieval allocates two buffers the size
-# of each instance (its ciphertext read from the store, its plaintext from AES-GCM) and frees them once the part is
-# written. glibc serves an allocation above its mmap threshold (128 KiB at first) with a fresh mmap and gives it back
-# with munmap on free; the request threads' arenas did so for every 0.5 MB instance, and each page of each buffer
-# was then faulted in and zeroed by the kernel: 13,500 page faults and 37 ms of system CPU per 60 instances (31 MB),
-# three times the decryption itself. Raising the threshold to glibc's maximum (32 MiB) and the trim threshold above
-# it lets a thread reuse its arena's memory from one instance to the next (0 faults, 14 ms for the same 60). What
-# a worker keeps is bounded by its threads' largest buffers at once (an instance above 32 MiB is still mmapped and
-# returned), not by the size of a study. Other C libraries have no mallopt: nothing changes there.
-MALLOC_MMAP_THRESHOLD = 32 << 20
-MALLOC_TRIM_THRESHOLD = 64 << 20
-
-
-def _malloc_keep_large_buffers() -> bool:
-    import ctypes
-    import ctypes.util
-
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    return bool(mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)) and bool(
-        mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
-    )
+# Once the application is loaded, each worker settles as the listener and the Celery workers do
+# (portal.web.runtime.process_settle): its start-up objects out of the cycle collector's reach (a search answering
+# hundreds of studies otherwise triggered dozens of collections in the middle of it: bench/query.py saw them as the
+# p95 tail), and large buffers kept in the threads' malloc arenas. A WADO-RS retrieval allocates two buffers the
+# size of each instance (its ciphertext, its plaintext); glibc served each with a fresh mmap and the kernel faulted
+# in and zeroed its pages: 13,500 page faults and 37 ms of system CPU per 60 instances (31 MB), three times the
+# decryption itself, against 0 faults and 14 ms with the thresholds raised (tests/portal/test_gunicorn_malloc.py).
 
 
 def _tasks_register() -> bool:
@@ -156,11 +128,7 @@ def _tasks_register() -> bool:
 
 
 def post_worker_init(worker: Any) -> None:
-    import gc
+    from portal.web.runtime import process_settle
 
     _tasks_register()  # before the freeze, so that the modules it imports are frozen with the rest
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
-    _malloc_keep_large_buffers()
+    process_settle(what="gunicorn worker")

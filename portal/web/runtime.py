@@ -1,5 +1,5 @@
 """Settling a long-running server process once its code is loaded: the DICOM listener and the Celery workers
-(the gunicorn workers do the same in portal/gunicorn_conf.py's post_worker_init).
+and the gunicorn workers (portal/gunicorn_conf.py's post_worker_init).
 
 Two costs that grow with what a process holds rather than with what it does, measured on the C-STORE path
 (docs/BENCHMARKS.md, "C-STORE CPU per instance: the cycle collector, ...", h3 branch, session 4):

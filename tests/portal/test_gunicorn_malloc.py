@@ -1,6 +1,7 @@
-"""gunicorn's workers keep large buffers in their threads' malloc arenas (portal/gunicorn_conf.py, issue 10): a
-request thread that reads and decrypts one instance after another reuses its arena's memory instead of having the
-kernel map, fault in and zero fresh pages for each one. Counted in page faults, in a process of its own."""
+"""gunicorn's workers keep large buffers in their threads' malloc arenas (portal.web.runtime, called by
+portal/gunicorn_conf.py's post_worker_init; issue 10): a request thread that reads and decrypts one instance after
+another reuses its arena's memory instead of having the kernel map, fault in and zero fresh pages for each one.
+Counted in page faults, in a process of its own."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = """
 import os, resource, sys, tempfile, threading
 sys.path.insert(0, {root!r})
-from portal import gunicorn_conf
+from portal.web import runtime
 from studies.storage import envelope
 if sys.argv[1] == "tuned":
-    assert gunicorn_conf._malloc_keep_large_buffers()
+    assert runtime.malloc_keep_large_buffers()
 key = envelope.new_key()
 folder = tempfile.mkdtemp()
 sealed = envelope.encrypt(os.urandom(525_000), data_key=key, tenant_id=1, blob_id="b")

@@ -23,6 +23,8 @@ name = "studies.tasks.ingest_process"
 assert name not in current_app.tasks, "registered before the worker started"
 gunicorn_conf.post_worker_init(None)
 assert name in current_app.tasks, "not registered at the worker's start"
+import gc
+assert gc.get_freeze_count() > 100_000, "the worker did not settle (portal.web.runtime)"
 started = time.process_time()
 jobs._task(name)  # what the first queueing of a request does before it publishes
 print(round((time.process_time() - started) * 1000, 3))
