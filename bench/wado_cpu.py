@@ -14,8 +14,10 @@ retrieval also measures, over 20 more retrievals of the same series on the same 
 - for Enclave, the CPU of PostgreSQL's backends on the benchmark's database per retrieval (the backends there
   both before and after the retrievals; a series retrieval is one connection's statements).
 
-`--pyspy PREFIX` also records a py-spy profile (raw, folded stacks) of each gunicorn worker over 30 retrievals,
-written to PREFIX-<pid>.txt. Every other option is bench/orthanc.py's.
+`--extra N`: N measured retrievals instead of 20 (CPU is counted in ticks of 10 ms, so PostgreSQL's few ms per
+retrieval need more of them to be resolved: 100 resolve 0.1 ms). `--pyspy PREFIX` also records a py-spy profile
+(raw, folded stacks) of each gunicorn worker over 30 retrievals, written to PREFIX-<pid>.txt. Every other option
+is bench/orthanc.py's.
 
     .venv/bin/python -m bench.wado_cpu --db enclave_bench_vs_me --redis redis://127.0.0.1:6379/3 --index 0
 """
@@ -213,7 +215,8 @@ def measured(original: Any, pyspy: str | None, held: str | None = None, readers:
 
 
 def main() -> int:
-    own = {"--db": "", "--redis": "", "--pyspy": "", "--hold": ""}
+    global EXTRA
+    own = {"--db": "", "--redis": "", "--pyspy": "", "--hold": "", "--extra": ""}
     readers = "--readers" in sys.argv
     rest = []
     argv = iter(sys.argv[1:])
@@ -228,6 +231,8 @@ def main() -> int:
         orthanc.DB_NAME = own["--db"]
     if own["--redis"]:
         orthanc.REDIS_URL = own["--redis"]
+    if own["--extra"]:
+        EXTRA = int(own["--extra"])
     orthanc.retrieve_series = measured(orthanc.retrieve_series, own["--pyspy"] or None, own["--hold"] or None, readers)
     sys.argv = [sys.argv[0], *rest]
     return orthanc.main()

@@ -285,3 +285,59 @@ def test_a_read_of_a_study_the_caller_cannot_see_is_recorded_as_a_failure(
         assert "name" not in refused[0].participants[0]  # nothing about the patient
     with tenant_scope(tenant_a):
         assert not AuditEvent.objects.filter(event_type=EventType.INSTANCES_ACCESSED).exists()
+
+
+def _prepared_retrievals() -> list[str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s", ['%FROM "studies_instance"%']
+        )
+        return [statement for (statement,) in cursor.fetchall()]
+
+
+def test_a_retrieval_is_prepared_once_per_connection_and_still_scoped(
+    client, api_client_for, make_member, tenant_a, tenant_b, outsider_b, study, radiologist_a
+):
+    """A retrieval's statement (studies.selectors.storage.retrieval_rows: the study, its instances and their blobs)
+    is sent as a prepared statement of the connection (tenants.db) when its conditions are equalities: prepared by
+    the first retrieval, only executed by the next ones, PostgreSQL's generic plan after five; the same bytes every
+    time. Another tenant's radiologist, on the same connection and statement, still gets the 404 of a made-up study,
+    and a referring physician's retrieval (a share's time range) is not prepared, with the same answer as before."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    ((row, plaintext),) = stored(tenant_a, study)
+    series = f"/dicomweb/north/studies/{study.study_instance_uid}/series/{row.series.series_instance_uid}"
+    assert _prepared_retrievals() == []
+    for _ in range(7):
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(series, HTTP_ACCEPT=DICOM_MULTIPART)
+            assert parts(response) == [("application/dicom", plaintext)]
+        (retrieval,) = [q["sql"] for q in queries.captured_queries if 'FROM "studies_instance"' in q["sql"]]
+        assert study.study_instance_uid in retrieval  # logged as written, with its values
+    (prepared,) = _prepared_retrievals()  # prepared once, executed seven times
+    body = prepared.split("; EXECUTE ")[0]  # the string that prepared it: PREPARE ... AS <statement>; EXECUTE ...
+    assert '"study_instance_uid" = $' in body
+    assert study.study_instance_uid not in body
+    assert len(events(tenant_a, EventType.INSTANCES_RETRIEVED)) == 7
+
+    south = api_client_for(outsider_b, tenant_b)
+    theirs = south.get(series.replace("/north/", "/south/"), HTTP_ACCEPT=DICOM_MULTIPART)
+    made_up = south.get("/dicomweb/south/studies/1.2.826.0.1.3680043.8.498.1/series/1.2.3", HTTP_ACCEPT=DICOM_MULTIPART)
+    assert theirs.status_code == made_up.status_code == 404
+    assert theirs.json() == made_up.json()
+    assert events(tenant_b, EventType.INSTANCES_RETRIEVED) == []
+    assert len(_prepared_retrievals()) == 1  # the same statement, run in tenant B's scope
+
+    referrer = make_member(tenant_a, Role.REFERRING_PHYSICIAN, "north-doe")
+    shared = api_client_for(referrer, tenant_a)
+    assert shared.get(series, HTTP_ACCEPT=DICOM_MULTIPART).status_code == 404
+    with tenant_scope(tenant_a):
+        StudyShare.objects.create(study=study, grantee=referrer, granted_by=radiologist_a,
+                                  expires_at=timezone.now() + timedelta(hours=1))  # fmt: skip
+        access.object_grant(perm="studies.view_study", user=referrer, obj=study)
+    for _ in range(2):
+        assert parts(shared.get(series, HTTP_ACCEPT=DICOM_MULTIPART)) == [("application/dicom", plaintext)]
+    assert len(_prepared_retrievals()) == 1  # the share's expiry is a range: planned for its value each time
