@@ -234,7 +234,7 @@ def test_two_listener_processes_share_the_port_and_each_instance_is_indexed_once
     uids = send_studies(port, tmp_path / "sent", associations=16, instances=2, parallel=4)
 
     stack.wait(items_final(north, len(uids)), f"{len(uids)} items to be final")
-    served = [int(p) for p in re.findall(r"listener process (\d+)", stack.log("listener"))]
+    served = [int(p) for p in re.findall(r"association accepted: .*?, listener process (\d+)\)", stack.log("listener"))]
     assert len(served) == 16, stack.log("listener")
     assert set(served) == set(pids), f"associations by pid: {served}"
     assert_each_indexed_once(north, uids)

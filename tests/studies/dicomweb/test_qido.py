@@ -235,8 +235,8 @@ def test_a_search_of_a_parent_finds_it_only_in_the_callers_tenant(qido, north, t
 
 def test_a_search_with_a_token_reads_its_tenant_and_membership_once(qido, north, api_client_for, radiologist_a,
                                                                     tenant_a, tenant_b):  # fmt: skip
-    """The tenant comes with the token and the Query event takes the request's membership role: neither is
-    read again. A token of north naming south's URL is still a 404."""
+    """The tenant and the membership come with the token, in its statement, and the Query event takes the
+    request's membership role: neither is read again. A token of north naming south's URL is still a 404."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -245,7 +245,9 @@ def test_a_search_with_a_token_reads_its_tenant_and_membership_once(qido, north,
     statements = [q["sql"] for q in queries.captured_queries]
     assert not [s for s in statements if s.startswith('SELECT "tenants_tenant"') and '"slug" =' in s]
     membership_reads = [s for s in statements if re.match(r'\s*SELECT [^()]* FROM "tenants_membership"', s)]
-    assert len(membership_reads) == 1  # the statement of its own (the training gate's subquery is not one)
+    assert membership_reads == []  # no statement of its own (the training gate's subquery is not one) ...
+    [token_read] = [s for s in statements if "digest" in s and '"tenants_apitoken"' in s and s.startswith("SELECT")]
+    assert token_read.count('JOIN LATERAL (SELECT * FROM "tenants_membership"') == 1  # ... it comes with the token
     assert len(events(tenant_a, EventType.STUDIES_QUERIED)) >= 1
     client = api_client_for(radiologist_a, tenant_a)
     assert client.get("/dicomweb/south/studies", HTTP_ACCEPT=JSON).status_code == 404
