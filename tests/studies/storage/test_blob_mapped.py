@@ -20,8 +20,6 @@ from studies.storage import blobs
 from studies.storage.blobs import PRIMARY, blob_read, blob_read_chunks, blob_sealed_mapped, blob_sealed_put, blob_write
 from tenants.scoping import tenant_scope
 
-pytestmark = pytest.mark.skipif(blobs.MADV_POPULATE_READ is None, reason="copies are mapped on Linux only")
-
 
 def _mapped_paths() -> set[str]:
     fields = (line.split(maxsplit=5) for line in Path("/proc/self/maps").read_text().splitlines())
