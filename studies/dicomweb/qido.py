@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable
 from typing import Any
 
 import pydicom.datadict
@@ -59,7 +58,6 @@ from studies.selectors import (
 )
 from studies.selectors.catalogue import PATH
 from studies.services.reads import StudyRow, studies_query_record
-from tenants.db.base import prepared_statements
 
 RESERVED = {"limit", "offset", "includefield", "fuzzymatching"}
 FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
@@ -290,25 +288,6 @@ def _includefields(request: Request) -> tuple[bool, list[str]]:
     return any(n.lower() == "all" for n in names), [n for n in names if n.lower() != "all"]
 
 
-# The kinds of key whose one value without wildcards is an equality (studies.selectors.matching).
-_EQUALITY = (Matching.TEXT, Matching.PERSON_NAME, Matching.UID_LIST)
-
-
-def _equalities_only(keys: Sequence[Key]) -> bool:
-    """Whether every key of a search is one value matched exactly (a UID, a patient ID, a name without wildcards)
-    or matches everything: then the search's statement is sent as a prepared statement (tenants.db), which
-    PostgreSQL plans once per connection when one generic plan serves every value (an index lookup by the value).
-    Ranges, wildcards and lists are left to be planned for their values each time, as before: the best plan of a
-    one-year date range or of `A*` is not that of a single day or `MARTIN*`."""
-    for key in keys:
-        value = key.value.strip()
-        if value in ("", "*") or not key.attribute.matchable:
-            continue
-        if key.attribute.matching not in _EQUALITY or any(c in value for c in "*?\\"):
-            return False
-    return True
-
-
 def _is_dicom_attribute(name: str) -> bool:
     if len(name) == 8:
         try:
@@ -377,17 +356,16 @@ class _SearchApi(DicomWebReadApi):
         page = min(limit, maximum) if limit is not None else maximum
         try:
             writer = ResultWriter(level=level, attributes=attributes, urls=RetrieveUrls(request, tenant))
-            with prepared_statements() if _equalities_only(matching) else nullcontext():
-                rows = dicom_search_values(
-                    actor=request.user,
-                    level=level,
-                    fields=writer.fields,
-                    keys=matching,
-                    study_uid=study,
-                    series_uid=series,
-                    offset=offset,
-                    limit=page + 1,
-                )
+            rows = dicom_search_values(
+                actor=request.user,
+                level=level,
+                fields=writer.fields,
+                keys=matching,
+                study_uid=study,
+                series_uid=series,
+                offset=offset,
+                limit=page + 1,
+            )
         except InvalidQuery as exc:
             raise exceptions.ValidationError({"query": [str(exc)]}) from exc
         except SearchTimeout as exc:

@@ -42,6 +42,7 @@ from studies.dicom.query import Level
 from studies.models import Instance, Patient, Series, Study
 from studies.selectors.catalogue import INSTANCE, PATH, PATIENT, SERIES, STUDY, Attribute, Matching
 from tenants import access
+from tenants.db.base import prepared_if_fixed
 from tenants.scoping import current_tenant_or_none
 
 __all__ = [
@@ -492,7 +493,13 @@ def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int, index_
     """Evaluate one page of a search under the statement timeout, with `index_joins` joining by index lookups only
     (`_INDEX_JOINS`): outside a transaction the settings ride in front of the statement, in its own implicit
     transaction (`_search_rows_batched`: one round trip); inside the caller's, SET LOCAL in a savepoint, put back
-    afterwards. SearchTimeout when the database cancels it."""
+    afterwards. A search whose conditions are all single values (a UID, a patient ID) is sent as a prepared
+    statement of the connection (`tenants.db.base.prepared_if_fixed`). SearchTimeout when the database cancels it."""
+    with prepared_if_fixed(qs.query):
+        return _search_rows(qs, offset=offset, limit=limit, index_joins=index_joins)
+
+
+def _search_rows(qs: models.QuerySet[Any], *, offset: int, limit: int, index_joins: bool) -> list[Any]:
     wanted = {"statement_timeout": f"{int(settings.SEARCH_STATEMENT_TIMEOUT_MS)}ms"}
     if index_joins:
         wanted |= _INDEX_JOINS

@@ -3,20 +3,16 @@ encryption at rest and replication."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 from django.db import models
-from django.db.models.lookups import Exact, IsNull, Lookup
-from django.db.models.sql import Query
-from django.db.models.sql.where import WhereNode
 
 from audit.selectors import ReportSection
 from studies.models import Blob, Instance, TenantKey
 from studies.selectors.studies import study_list
 from studies.storage.blobs import BLOB_COLUMNS, BlobRef
 from tenants import access
-from tenants.db.base import prepared_statements
+from tenants.db.base import prepared_if_fixed
 
 # The study of a retrieval as the audit names it (studies.services.reads.StudyRow): patient pk, patient ID,
 # patient name, study pk, study UID, accession number.
@@ -56,29 +52,13 @@ def retrieval_rows(
     # Prepared once per connection (tenants.db) when every condition is an equality (the UIDs, the tenant, and for
     # a role that sees every study nothing more): PostgreSQL planned this join at each retrieval, longer than it
     # ran it. A visibility rule with a time range (shares, break-glass) is planned for its values, as before.
-    with prepared_statements() if _equalities_only(columns.query.where) else nullcontext():
+    with prepared_if_fixed(columns.query):
         values = list(columns)
     if not values:
         raise access.NotVisible()
     study = len(_STUDY_COLUMNS)
     rows = [RetrievalRow(row[study], row[study + 1], BlobRef(*row[study + 2 :])) for row in values]
     return values[0][:study], rows
-
-
-def _equalities_only(where: WhereNode) -> bool:
-    """Whether every condition of `where` (and of the subqueries it holds) is `column = value`, `column IS [NOT]
-    NULL` or `column IN (subquery)`: a statement whose shape is fixed and whose best plan is the same for every
-    value. Anything else (a range, a list of values, an expression) says no."""
-    for child in where.children:
-        if isinstance(child, WhereNode):
-            if not _equalities_only(child):
-                return False
-        elif isinstance(child, Lookup) and isinstance(child.rhs, Query):
-            if child.lookup_name not in ("exact", "in") or not _equalities_only(child.rhs.where):
-                return False
-        elif not isinstance(child, Exact | IsNull) or hasattr(child.rhs, "resolve_expression"):
-            return False
-    return True
 
 
 def encryption_compliance_section(actor: Any) -> ReportSection:

@@ -26,7 +26,7 @@ import functools
 import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -71,6 +71,34 @@ def prepared_statements() -> Iterator[None]:
         yield
     finally:
         _PREPARING.reset(token)
+
+
+def _equalities_only(where: Any) -> bool:
+    """Whether every condition of `where` (and of the subqueries it holds) is `column = value`, `column IS [NOT]
+    NULL` or `column IN (subquery)`: a statement whose shape is fixed and whose best plan is the same for every
+    value. Anything else (a range, a list of values, a pattern, an expression) says no."""
+    from django.db.models.lookups import Exact, IsNull, Lookup
+    from django.db.models.sql import Query
+    from django.db.models.sql.where import WhereNode
+
+    for child in where.children:
+        if isinstance(child, WhereNode):
+            if not _equalities_only(child):
+                return False
+        elif isinstance(child, Lookup) and isinstance(child.rhs, Query):
+            if child.lookup_name not in ("exact", "in") or not _equalities_only(child.rhs.where):
+                return False
+        elif not isinstance(child, Exact | IsNull) or hasattr(child.rhs, "resolve_expression"):
+            return False
+    return True
+
+
+def prepared_if_fixed(query: Any) -> AbstractContextManager[None]:
+    """`prepared_statements()` for a queryset's statement (`qs.query`) whose conditions are all equalities (see
+    `_equalities_only`): PostgreSQL's one generic plan then serves every value. A range, a pattern or a list of
+    values is planned for its own values every time: the best plan of a one-year date range or of `A*` is not
+    that of a single day or of `MARTIN*`."""
+    return prepared_statements() if _equalities_only(query.where) else nullcontext()
 
 
 class _Prepared:
