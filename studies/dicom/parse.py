@@ -210,38 +210,17 @@ def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Datas
 
 
 def study_instance_uid_peek(data: bytes) -> str:
-    """The Study Instance UID of a Part-10 file, read off the element headers of its data set up to that tag,
-    without pydicom and without looking at any value but this one (about 0.02 ms for a CT against 0.15 ms for
-    pydicom's `dcmread(stop_before_pixels=True, specific_tags=...)`), or "" when there is none or the file cannot
-    be walked that far (a deflated data set, a damaged header). For a door's receipt (the key a quarantined copy
-    is sealed under), never for a verdict: `parse` checks the whole file."""
-    try:
-        if len(data) < _PREAMBLE_LENGTH + len(_MAGIC) or data[_PREAMBLE_LENGTH : _PREAMBLE_LENGTH + 4] != _MAGIC:
-            return ""
-        view = memoryview(data)
-        start, meta = _walk_file_meta(view)
-        syntax = _transfer_syntax(view, meta)
-        if syntax.is_deflated:
-            return ""
-        walker = _Walker(view[start:], implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
-        pos, end = 0, len(walker.buf)
-        while pos < end:
-            tag, length, value = walker.header(pos)
-            if tag > _STUDY_INSTANCE_UID:  # elements come in ascending tag order
-                return ""
-            if tag == _STUDY_INSTANCE_UID:
-                if length == _UNDEFINED or value + length > end:
-                    return ""
-                return bytes(walker.buf[value : value + length]).rstrip(b"\x00 ").decode("ascii")
-            pos = walker.items(value, tag, depth=1) if length == _UNDEFINED else value + length
-        return ""
-    except (InvalidDicom, UnicodeDecodeError, struct_error, ValueError):
-        return ""
+    """The Study Instance UID of a Part-10 file, read off the element headers of its data set up to that tag
+    (`header_values_peek`), without pydicom and without looking at any value but this one (about 0.02 ms for a CT
+    against 0.15 ms for pydicom's `dcmread(stop_before_pixels=True, specific_tags=...)`), or "" when there is none
+    or the file cannot be walked that far here (a deflated or big endian data set, a damaged header). For a door's
+    receipt (the key a quarantined copy is sealed under), never for a verdict: `parse` checks the whole file."""
+    return (header_values_peek(data, (_STUDY_INSTANCE_UID,)) or {}).get(_STUDY_INSTANCE_UID, "")
 
 
 def header_values_peek(data: bytes, tags: tuple[int, ...]) -> dict[int, str] | None:
     """The values of the data set's elements `tags` (text elements before the pixel data, such as UIDs) as text,
-    read off the element headers as `study_instance_uid_peek` reads one, without pydicom (about 0.03 ms for a CT's
+    read off the element headers, without pydicom (about 0.03 ms for a CT's
     four identifying UIDs against 0.45 ms for `dcmread(stop_before_pixels=True, specific_tags=...)`); a tag absent
     from the data set is absent from the answer. None when the file cannot be walked that far here (not Part-10,
     a deflated or big endian data set, a damaged header): the caller asks pydicom then. Values are decoded as ASCII
