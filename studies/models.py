@@ -225,7 +225,8 @@ class Instance(TenantOwnedModel):
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
     # What makes two objects the same instance: pixel data and identifying attributes (studies.dicom.parse.
-    # content_hash), not the file bytes. Empty for rows stored before it existed; filled when first needed.
+    # content_hash), not the file bytes. Empty until first needed (ingest stores it empty: only an object of the
+    # same SOP Instance UID needs it, studies.services.ingest._resolve_existing, which fills it then).
     content_sha256 = models.CharField(max_length=64, blank=True, default="")
     blob = models.OneToOneField(Blob, on_delete=models.PROTECT, related_name="instance")
 

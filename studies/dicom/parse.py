@@ -180,10 +180,13 @@ class ParsedInstance:
     content_sha256: str = ""
 
 
-def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Dataset]:
+def parse(data: bytes, *, limits: Limits, hashed: bool = True) -> tuple[ParsedInstance, pydicom.Dataset]:
     """Validate `data` as one DICOM Part-10 file and return its index fields and the pydicom data set.
 
     Raises InvalidDicom for anything the archive must not store. Pixel data is never decoded here.
+    With `hashed` false, `content_sha256` is left empty: every value the hash reads is still read and converted
+    (so the verdict is the same), only the SHA-256 over them and the pixel data is not taken (about 0.3 ms of CPU
+    per 0.5 MB CT); the ingest worker asks for it only when an instance of the same UID is already stored.
     """
     if len(data) > limits.max_bytes:
         raise InvalidDicom(f"file too large: {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes")
@@ -200,8 +203,12 @@ def parse(data: bytes, *, limits: Limits) -> tuple[ParsedInstance, pydicom.Datas
 
     try:
         ds = pydicom.dcmread(BytesIO(data), force=False)
-        parsed, _ = _validate(ds, transfer_syntax, limits)
-        return replace(parsed, content_sha256=content_hash(ds, body=body)), ds
+        values = _Values(ds)
+        parsed = _validated(values, transfer_syntax, limits)
+        texts = _content_texts(values)
+        if not hashed:
+            return parsed, ds
+        return replace(parsed, content_sha256=_content_hash(values, texts, body=body)), ds
     except InvalidDicom:
         raise
     except Exception as exc:
@@ -256,54 +263,101 @@ def content_hash(ds: pydicom.Dataset, *, body: bytes | memoryview) -> str:
     """The sha256 that decides whether two objects are the same instance: the identifying and pixel-describing
     attributes (as values, so padding and VR encoding do not count) and the pixel data as stored; for an object
     without pixel data, its whole data set (`body`, everything after the file meta information)."""
+    values = _Values(ds)
+    return _content_hash(values, _content_texts(values), body=body)
+
+
+def _content_texts(values: _Values) -> dict[str, str]:
+    return {keyword: _text(values, keyword) for keyword in _CONTENT_ATTRIBUTES}
+
+
+def _content_hash(values: _Values, texts: dict[str, str], *, body: bytes | memoryview) -> str:
     digest = hashlib.sha256()
-    values = {keyword: _text(ds, keyword) for keyword in _CONTENT_ATTRIBUTES}
-    digest.update(json.dumps(values, sort_keys=True).encode())
-    keyword = next((k for k in _PIXEL_DATA_TAGS if k in ds), None)
+    digest.update(json.dumps(texts, sort_keys=True).encode())
+    keyword = next((k for k in _PIXEL_DATA_TAGS if k in values), None)
     if keyword is None:
         digest.update(b"\x00dataset\x00")
         digest.update(body)
     else:
         digest.update(f"\x00{keyword}\x00".encode())
-        digest.update(ds[keyword].value or b"")
+        digest.update(values.get(keyword) or b"")
     return digest.hexdigest()
 
 
-def _validate(ds: pydicom.Dataset, transfer_syntax: UID, limits: Limits) -> tuple[ParsedInstance, pydicom.Dataset]:
+class _Values:
+    """A data set's values as `Dataset.get(keyword)` gives them, each looked up once per parse: the checks, the
+    index fields and the content hash ask for the same few dozen attributes about seventy times, and each of
+    pydicom's look-ups goes through its keyword table, its tag objects' Python comparisons and its element
+    wrappers (about 0.3 ms of the worker's CPU per CT instance, docs/BENCHMARKS.md, h4 branch, session 5).
+    pydicom keeps an element converted once it was read, so a second `get` gives the same object: the answer
+    is the same; an element that fails to convert raises the same exception again, as a second `get` would."""
+
+    __slots__ = ("_got", "_has", "ds")
+
+    def __init__(self, ds: pydicom.Dataset) -> None:
+        self.ds = ds
+        self._got: dict[str, tuple[Any, BaseException | None]] = {}
+        self._has: dict[str, bool] = {}
+
+    def get(self, keyword: str) -> Any:
+        try:
+            value, error = self._got[keyword]
+        except KeyError:
+            try:
+                value, error = self.ds.get(keyword), None
+            except Exception as exc:  # raised again at each look-up, as pydicom would
+                value, error = None, exc
+            self._got[keyword] = (value, error)
+        if error is not None:
+            raise error
+        return value
+
+    def __contains__(self, keyword: str) -> bool:
+        try:
+            return self._has[keyword]
+        except KeyError:
+            has = self._has[keyword] = keyword in self.ds
+            return has
+
+
+def _validated(values: _Values, transfer_syntax: UID, limits: Limits) -> ParsedInstance:
+    ds = values.ds
     _check_sequence_depth(ds)
     for keyword, name in _REQUIRED_UIDS:
-        _require_uid(ds, keyword, name)
+        _require_uid(values, keyword, name)
 
     for keyword, name in _INDEXED_INTEGERS:
-        _check_integer(ds, keyword, name)
+        _check_integer(values, keyword, name)
 
-    is_image = any(keyword in ds for keyword in _PIXEL_DATA_TAGS)
-    if not is_image and "Image Storage" in UID(str(ds.SOPClassUID)).name:
+    is_image = any(keyword in values for keyword in _PIXEL_DATA_TAGS)
+    if not is_image and "Image Storage" in UID(str(values.get("SOPClassUID"))).name:
         raise _missing(ds, "PixelData", "Pixel Data")
     rows = columns = frames = bits = samples = 0
     if is_image:
-        rows, columns, frames, bits, samples = _image_geometry(ds, limits)
-        _check_pixel_data(ds, transfer_syntax, rows=rows, columns=columns, frames=frames, bits=bits, samples=samples)
+        rows, columns, frames, bits, samples = _image_geometry(values, limits)
+        _check_pixel_data(
+            values, transfer_syntax, rows=rows, columns=columns, frames=frames, bits=bits, samples=samples
+        )
 
-    parsed = ParsedInstance(
-        sop_class_uid=str(ds.SOPClassUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=str(ds.SeriesInstanceUID),
+    return ParsedInstance(
+        sop_class_uid=str(values.get("SOPClassUID")),
+        sop_instance_uid=str(values.get("SOPInstanceUID")),
+        study_instance_uid=str(values.get("StudyInstanceUID")),
+        series_instance_uid=str(values.get("SeriesInstanceUID")),
         transfer_syntax_uid=str(transfer_syntax),
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
-        patient_birth_date=_date(ds, "PatientBirthDate"),
-        patient_sex=_text(ds, "PatientSex"),
-        study_date=_date(ds, "StudyDate"),
-        study_time=_time(ds, "StudyTime"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician=_text(ds, "ReferringPhysicianName"),
-        modality=_text(ds, "Modality"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
-        instance_number=_int(ds, "InstanceNumber"),
+        patient_id=_text(values, "PatientID"),
+        patient_name=_text(values, "PatientName"),
+        patient_birth_date=_date(values, "PatientBirthDate"),
+        patient_sex=_text(values, "PatientSex"),
+        study_date=_date(values, "StudyDate"),
+        study_time=_time(values, "StudyTime"),
+        accession_number=_text(values, "AccessionNumber"),
+        study_description=_text(values, "StudyDescription"),
+        referring_physician=_text(values, "ReferringPhysicianName"),
+        modality=_text(values, "Modality"),
+        series_description=_text(values, "SeriesDescription"),
+        series_number=_int(values, "SeriesNumber"),
+        instance_number=_int(values, "InstanceNumber"),
         rows=rows,
         columns=columns,
         frames=frames,
@@ -311,7 +365,6 @@ def _validate(ds: pydicom.Dataset, transfer_syntax: UID, limits: Limits) -> tupl
         samples_per_pixel=samples,
         is_image=is_image,
     )
-    return parsed, ds
 
 
 # --- structure -------------------------------------------------------------------------------------------------
@@ -466,21 +519,21 @@ def _missing(ds: pydicom.Dataset, keyword: str, name: str) -> InvalidDicom:
     return InvalidDicom(f"missing required attribute {name}" + (" (the file may be truncated)" if cut else ""))
 
 
-def _require_uid(ds: pydicom.Dataset, keyword: str, name: str) -> None:
-    value = ds.get(keyword)
+def _require_uid(values: _Values, keyword: str, name: str) -> None:
+    value = values.get(keyword)
     if value is None or str(value).strip() == "":
-        raise _missing(ds, keyword, name)
+        raise _missing(values.ds, keyword, name)
     if not UID(str(value)).is_valid:
         raise InvalidDicom(f"invalid {name}: not a valid DICOM UID")
 
 
-def _check_integer(ds: pydicom.Dataset, keyword: str, name: str) -> None:
+def _check_integer(values: _Values, keyword: str, name: str) -> None:
     """Refuse an integer attribute that is present but outside the signed 32-bit range of an IS value."""
-    element = ds.get(keyword)
+    element = values.get(keyword)
     if element in (None, ""):
         return
-    values = element if isinstance(element, MultiValue | list | tuple) else [element]
-    for value in values:
+    numbers = element if isinstance(element, MultiValue | list | tuple) else [element]
+    for value in numbers:
         try:
             number = int(value)
         except (TypeError, ValueError, OverflowError):
@@ -489,24 +542,24 @@ def _check_integer(ds: pydicom.Dataset, keyword: str, name: str) -> None:
             raise InvalidDicom(f"invalid {name}: the value is outside the range of a DICOM integer (-2^31 to 2^31-1)")
 
 
-def _image_geometry(ds: pydicom.Dataset, limits: Limits) -> tuple[int, int, int, int, int]:
+def _image_geometry(values: _Values, limits: Limits) -> tuple[int, int, int, int, int]:
     """Rows, columns, frames, bits allocated and samples per pixel, checked against the limits from the header."""
-    values = []
+    numbers = []
     for keyword, name in _IMAGE_ATTRIBUTES:
-        if ds.get(keyword) in (None, ""):
-            raise _missing(ds, keyword, name)
-        value = _int(ds, keyword)
+        if values.get(keyword) in (None, ""):
+            raise _missing(values.ds, keyword, name)
+        value = _int(values, keyword)
         if value is None or value < 1:
             raise InvalidDicom(f"invalid {name}")
-        values.append(value)
-    rows, columns, bits, samples = values
-    frames = _int(ds, "NumberOfFrames") if ds.get("NumberOfFrames") not in (None, "") else 1
+        numbers.append(value)
+    rows, columns, bits, samples = numbers
+    frames = _int(values, "NumberOfFrames") if values.get("NumberOfFrames") not in (None, "") else 1
     if frames is None or frames < 1:
         raise InvalidDicom("invalid Number of Frames")
     if bits not in (1, 8, 16, 32, 64) or samples > 4:
         raise InvalidDicom(f"unsupported pixel format: {bits} bits allocated, {samples} samples per pixel")
-    if "PixelData" in ds:
-        _check_pixel_format(ds, bits=bits, columns=columns)
+    if "PixelData" in values:
+        _check_pixel_format(values, bits=bits, columns=columns)
     pixel_bytes = math.ceil(rows * columns * frames * samples * bits / 8)
     if (
         rows > limits.max_rows
@@ -518,35 +571,38 @@ def _image_geometry(ds: pydicom.Dataset, limits: Limits) -> tuple[int, int, int,
     return rows, columns, frames, bits, samples
 
 
-def _check_pixel_format(ds: pydicom.Dataset, *, bits: int, columns: int) -> None:
+def _check_pixel_format(values: _Values, *, bits: int, columns: int) -> None:
     """Bits Stored and High Bit must fit in Bits Allocated (PS3.5 8.1.1); a renderer trusts them."""
-    stored = _int(ds, "BitsStored") if ds.get("BitsStored") not in (None, "") else bits
+    stored = _int(values, "BitsStored") if values.get("BitsStored") not in (None, "") else bits
     if stored is None or not 1 <= stored <= bits:
         raise InvalidDicom(f"invalid pixel format: Bits Stored must be from 1 to Bits Allocated ({bits})")
-    if ds.get("HighBit") not in (None, ""):
-        high = _int(ds, "HighBit")
+    if values.get("HighBit") not in (None, ""):
+        high = _int(values, "HighBit")
         if high is None or not stored - 1 <= high < bits:
             raise InvalidDicom("invalid pixel format: High Bit must lie between Bits Stored - 1 and Bits Allocated - 1")
-    if _text(ds, "PhotometricInterpretation") in ("YBR_FULL_422", "YBR_PARTIAL_422") and columns % 2:
+    if _text(values, "PhotometricInterpretation") in ("YBR_FULL_422", "YBR_PARTIAL_422") and columns % 2:
         raise InvalidDicom("invalid pixel format: 4:2:2 subsampled colour needs an even number of Columns")
 
 
-def _native_pixel_bytes(ds: pydicom.Dataset, *, rows: int, columns: int, frames: int, bits: int, samples: int) -> int:
-    if samples == 3 and _text(ds, "PhotometricInterpretation") == "YBR_FULL_422":
+def _native_pixel_bytes(values: _Values, *, rows: int, columns: int, frames: int, bits: int, samples: int) -> int:
+    if samples == 3 and _text(values, "PhotometricInterpretation") == "YBR_FULL_422":
         return math.ceil(rows * columns * 2 * frames * bits / 8)  # two samples per pixel once subsampled
     return math.ceil(rows * columns * frames * samples * bits / 8)
 
 
 def _check_pixel_data(
-    ds: pydicom.Dataset, transfer_syntax: UID, *, rows: int, columns: int, frames: int, bits: int, samples: int
+    values: _Values, transfer_syntax: UID, *, rows: int, columns: int, frames: int, bits: int, samples: int
 ) -> None:
-    if "PixelData" not in ds or not transfer_syntax.is_encapsulated:
-        keyword = next(k for k in _PIXEL_DATA_TAGS if k in ds)
+    ds = values.ds
+    if "PixelData" not in values or not transfer_syntax.is_encapsulated:
+        keyword = next(k for k in _PIXEL_DATA_TAGS if k in values)
         if keyword == "PixelData":
-            expected = _native_pixel_bytes(ds, rows=rows, columns=columns, frames=frames, bits=bits, samples=samples)
+            expected = _native_pixel_bytes(
+                values, rows=rows, columns=columns, frames=frames, bits=bits, samples=samples
+            )
         else:
             expected = math.ceil(rows * columns * frames * samples * bits / 8)
-        present = len(ds[keyword].value or b"")
+        present = len(values.get(keyword) or b"")
         if present < expected:
             raise InvalidDicom(f"truncated: pixel data has {present} of {expected} bytes")
         if present > expected + (expected % 2) + 2:
@@ -600,9 +656,9 @@ def _starts_like_its_codestream(syntax: str, head: bytes) -> bool:
     return True  # deflated image syntaxes and others pydicom has no decoder table for: not judged here
 
 
-def _text(ds: pydicom.Dataset, keyword: str) -> str:
+def _text(values: _Values, keyword: str) -> str:
     try:
-        value: Any = ds.get(keyword)
+        value: Any = values.get(keyword)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, UnicodeError):
         return ""  # an optional attribute pydicom cannot convert is left out, never fatal
     if value is None:
@@ -612,15 +668,15 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+def _int(values: _Values, keyword: str) -> int | None:
     try:
-        return int(ds.get(keyword))
+        return int(values.get(keyword))
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, UnicodeError):
         return None
 
 
-def _date(ds: pydicom.Dataset, keyword: str) -> date | None:
-    raw = _text(ds, keyword)
+def _date(values: _Values, keyword: str) -> date | None:
+    raw = _text(values, keyword)
     try:
         value = DA(raw)
     except (TypeError, ValueError):
@@ -628,8 +684,8 @@ def _date(ds: pydicom.Dataset, keyword: str) -> date | None:
     return None if value is None else date(value.year, value.month, value.day)
 
 
-def _time(ds: pydicom.Dataset, keyword: str) -> time | None:
-    raw = _text(ds, keyword)
+def _time(values: _Values, keyword: str) -> time | None:
+    raw = _text(values, keyword)
     try:
         value = TM(raw)
     except (TypeError, ValueError):

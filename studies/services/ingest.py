@@ -362,7 +362,9 @@ class Verdict:
 
 def _check(data: bytes) -> Verdict:
     """Every check an object passes before it may enter the archive, cheapest first. The scanner sees the whole
-    object; the parser walks its whole structure (the content hash covers the pixel data)."""
+    object; the parser walks its whole structure and converts every value it checks, indexes or would hash. The
+    content hash itself (a SHA-256 over the pixel data) is not taken here: it is needed only when the SOP Instance
+    UID is already stored (`_resolve_existing`), and the stored instance gets its own then too."""
     verdict = dicom_preamble.inspect_preamble(data)
     if verdict.kind == "executable":
         raise Rejected(
@@ -373,7 +375,7 @@ def _check(data: bytes) -> Verdict:
     if not result.clean:
         raise Rejected(f"Malware found by the virus scanner ({result.signature}).", failure=IngestItem.Failure.MALWARE)
     try:
-        parsed, _ = dicom_parse.parse(data, limits=ingest_limits())
+        parsed, _ = dicom_parse.parse(data, limits=ingest_limits(), hashed=False)
     except dicom_parse.InvalidDicom as exc:
         raise Rejected(exc.reason, failure=exc.kind) from exc
     zeroed = verdict.kind == "nonzero"
@@ -919,16 +921,25 @@ def _principal(item: IngestItem) -> str:
 
 
 def _stored_content_hash(existing: Instance) -> str:
-    """The content hash of a stored instance; one stored before the hash existed gets it now, from its blob."""
+    """The content hash of a stored instance: the row's, else (an instance is stored without it, `_check`) taken
+    now from its blob and kept on the row, once per instance that is ever sent again with other bytes."""
     if existing.content_sha256:
         return existing.content_sha256
-    try:
-        parsed, _ = dicom_parse.parse(blob_read(blob=existing.blob), limits=ingest_limits())
-    except dicom_parse.InvalidDicom:
+    hashed = _content_hash_of(blob_read(blob=existing.blob))
+    if not hashed:
         return ""  # stored under older checks than today's: only identical bytes count as the same
-    existing.content_sha256 = parsed.content_sha256
+    existing.content_sha256 = hashed
     existing.save(update_fields=["content_sha256", "updated_at"])
     return existing.content_sha256
+
+
+def _content_hash_of(data: bytes) -> str:
+    """`studies.dicom.parse.content_hash` of a Part-10 object, or "" when it does not pass today's checks."""
+    try:
+        parsed, _ = dicom_parse.parse(data, limits=ingest_limits())
+    except dicom_parse.InvalidDicom:
+        return ""
+    return parsed.content_sha256
 
 
 def _finish(
@@ -977,7 +988,11 @@ def _resolve_existing(item: IngestItem, existing: Instance, verdict: Verdict) ->
     header and the sender's file) is a no-op; different content is kept apart as a conflict, never silently
     replacing what is stored."""
     same = existing.sha256 == hashlib.sha256(verdict.data).hexdigest()
-    if same or _stored_content_hash(existing) == verdict.parsed.content_sha256:
+    if not same:
+        # The incoming object passed `_check`, so it hashes; the stored one may not under today's checks ("").
+        incoming = verdict.parsed.content_sha256 or _content_hash_of(verdict.data)
+        same = bool(incoming) and _stored_content_hash(existing) == incoming
+    if same:
         _finish(
             item,
             IngestItem.State.DUPLICATE,

@@ -91,6 +91,34 @@ def test_same_bytes_twice_are_stored_once_and_different_bytes_are_a_conflict(ten
         assert AuditEvent.objects.filter(event_type=EventType.INGEST_CONFLICT).count() == 1
 
 
+def test_the_same_instance_in_other_bytes_is_a_duplicate_decided_by_content_hashes_taken_then(tenant_a):
+    """The worker stores an instance without its content hash (a SHA-256 over its pixel data that only a second
+    object of the same SOP Instance UID needs): that object's hash and the stored one's are taken when it comes,
+    and the stored one's is kept. Other bytes (a description the hash does not cover) of the same instance are a
+    duplicate; other pixel data under the same UIDs is a conflict."""
+    from pydicom.uid import generate_uid
+
+    from studies.dicom.parse import parse
+    from studies.services.ingest import ingest_limits
+
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    data = make_instance(study_uid=study, series_uid=series, sop_uid=sop, series_description="first")
+    with tenant_scope(tenant_a):
+        assert receive(data).state == IngestItem.State.STORED
+        stored = Instance.objects.get()
+        assert stored.content_sha256 == ""
+        other_bytes = make_instance(study_uid=study, series_uid=series, sop_uid=sop, series_description="again")
+        assert other_bytes != data
+        again = receive(other_bytes)
+        assert again.state == IngestItem.State.DUPLICATE
+        assert again.reason == "already stored with the same content"
+        stored.refresh_from_db()
+        assert stored.content_sha256 == parse(data, limits=ingest_limits())[0].content_sha256 != ""
+        other_pixels = make_instance(study_uid=study, series_uid=series, sop_uid=sop, pixel_seed=9)
+        assert receive(other_pixels).state == IngestItem.State.CONFLICT
+        assert Instance.objects.count() == 1
+
+
 @pytest.mark.parametrize(
     ("data", "words"),
     [
