@@ -332,7 +332,7 @@ def key_condition(key: Key, *, level: Level | str) -> Q:
             # Any of the listed modalities among the study's series (PS3.4 C.6.2.1.2), by the series' own column.
             wanted = [m.upper() for m in _list(value, keyword)]
             study_path = PATH[(Level(level), STUDY)]
-            return Q(**{f"{study_path}pk__in": Series.objects.filter(modality__in=wanted).values("study_id")})
+            return Q(**{f"{study_path}pk__in": _studies_with_modalities(wanted)})
         case Matching.NUMBER:
             try:
                 numbers = [int(v) for v in _list(value, keyword)]
@@ -349,6 +349,14 @@ def key_condition(key: Key, *, level: Level | str) -> Q:
                 return Q(**{f"{path}__in": _list(value, keyword)})  # a list of single values (VM > 1): any of them
             _check_bounds(keyword, value)
             return _text_q(path, value, fold_case=key.fold_case)
+
+
+def _studies_with_modalities(wanted: list[str]) -> models.QuerySet[Any]:
+    """The ids of the studies with a series of one of the `wanted` modalities (a subquery), which keeps the list it
+    was made of (`_shape` reads the shape of the search from it)."""
+    studies = Series.objects.filter(modality__in=wanted).values("study_id")
+    studies.enclave_modalities = wanted  # type: ignore[attr-defined]
+    return studies
 
 
 def keys_condition(keys: Iterable[Key], *, level: Level | str) -> Q:
@@ -635,8 +643,12 @@ def _slotted(value: Any, slot: int) -> Any:
 
 def _value_kind(value: Any) -> Any:
     """The kind of one condition's value in a shape, or None when a statement of this shape is not cached (an
-    integer, which IntegerField converts; a subquery; a list with repeated or non-text values)."""
+    integer, which IntegerField converts; a subquery other than the modalities'; a list with repeated or non-text
+    values)."""
     kind = type(value)
+    if isinstance(value, models.QuerySet):  # a subquery: only `_studies_with_modalities`'s, by its list
+        listed = _value_kind(getattr(value, "enclave_modalities", None))
+        return None if listed is None else ("modalities", listed[1])
     if kind is str or kind is date or kind is time:
         return kind.__name__
     if kind is list and all(type(v) is str for v in value) and len(set(value)) == len(value):
@@ -659,7 +671,10 @@ def _shape(condition: Q, values: list[Any]) -> tuple[Any, ...] | None:
             if kind is None:
                 return None
             parts.append((child[0], kind))
-            values.extend(child[1] if kind[0] == "list" else (child[1],))
+            if kind[0] == "modalities":
+                values.extend(child[1].enclave_modalities)
+            else:
+                values.extend(child[1] if kind[0] == "list" else (child[1],))
         else:  # an expression (a lookup object): not cached
             return None
     return tuple(parts)
@@ -678,7 +693,11 @@ def _slotted_condition(condition: Q, counter: list[int]) -> Q:
             children.append(_slotted_condition(child, counter))
         else:
             lookup, value = child  # type: ignore[misc]  # a (lookup, value) pair: `_shape` let nothing else by
-            children.append((lookup, [mark(v) for v in value] if type(value) is list else mark(value)))
+            if isinstance(value, models.QuerySet):  # `_studies_with_modalities`, the only subquery `_shape` lets by
+                listed = value.enclave_modalities  # type: ignore[attr-defined]
+                children.append((lookup, _studies_with_modalities([mark(v) for v in listed])))
+            else:
+                children.append((lookup, [mark(v) for v in value] if type(value) is list else mark(value)))
     return Q(*children, _connector=condition.connector, _negated=condition.negated)
 
 
