@@ -755,9 +755,10 @@ def _search_values_compiled(
     tenant = current_tenant_or_none()
     values: list[Any] = []
     shape = _shape(condition, values)
-    if tenant is None or shape is None:
+    parents = [uid for uid in (study_uid, series_uid) if uid is not None]
+    if tenant is None or shape is None or any(type(uid) is not str for uid in parents):
         return None
-    values += [uid for uid in (study_uid, series_uid) if uid is not None]
+    values += parents
     key = (tenant.pk, level, tuple(fields), shape, study_uid is not None, series_uid is not None, offset, limit)
     try:
         statement = _STATEMENTS[key]
