@@ -3,8 +3,10 @@
 bench/request_cost.py measures a search in-process (Django's test client, no socket); this one asks gunicorn, as
 bench/orthanc.py starts it (portal/gunicorn_conf.py) but with one worker so that its CPU is the request's, over one
 keep-alive `requests.Session`, the searches issue 10 found slowest against Orthanc at 20,000 instances (studies by
-PatientID, series of a study, instances of a series; each request another patient, study or series). Per search
-it prints, over `--repeat` requests after a warm-up:
+PatientID, series of a study, instances of a series; each request another patient, study or series) and two of
+its wildcard and range searches (PatientName=MARTIN*; ModalitiesInStudy=CT with one month of StudyDate, another
+month each request), as bench/orthanc.py's `scale_searches` asks them. Per search it prints, over `--repeat`
+requests after a warm-up:
 
 - the worker's CPU ms per request (user + system, /proc/<pid>/stat of the worker process, all its threads);
 - PostgreSQL's CPU ms per request (every backend connected to the database, /proc/<pid>/stat);
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,18 +63,23 @@ from bench.orthanc import NO_RATE_LIMITS, gunicorn_start, percentile  # noqa: E4
 
 # The settings studies.selectors.matching sends in front of a search outside a transaction.
 SEARCH_SETTINGS = "SELECT set_config('statement_timeout'"
-SEARCHES = ("by PatientID", "series of a study", "instances of a series")
+SEARCHES = ("by PatientID", "series of a study", "instances of a series", "PatientName=MARTIN*", "CT + one month")
 
 
 def search_path(name: str, picked: dict[str, Any], i: int) -> str:
-    if name == "by PatientID":
-        ids = picked["patient_ids"]
-        return f"studies?PatientID={ids[i % len(ids)]}"
-    if name == "series of a study":
-        uids = picked["study_uids"]
-        return f"studies/{uids[i % len(uids)]}/series"
-    study, series = picked["series"][i % len(picked["series"])]
-    return f"studies/{study}/series/{series}/instances"
+    """Request i of search `name` (another patient, study, series or month each time), as bench/orthanc.py asks."""
+    from urllib.parse import urlencode
+
+    from bench.orthanc import scale_searches
+
+    path, params = scale_searches(picked)[name](i)
+    return f"{path}?{urlencode(params)}" if params else path
+
+
+def _py_spy() -> str:
+    """py-spy beside this Python, else on PATH (installed apart from the shared .venv: `pip install --target`)."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else (shutil.which("py-spy") or str(beside))
 
 
 def gunicorn_one_worker(processes: Processes, env: dict[str, str], *, worker_class: str, base: str, token: str) -> int:
@@ -101,7 +109,7 @@ def http_measured(
             if spy_dir:
                 Path(spy_dir).mkdir(parents=True, exist_ok=True)
                 spy = subprocess.Popen(
-                    [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(worker), "-r", "200",
+                    [_py_spy(), "record", "--pid", str(worker), "-r", "200",
                      "--format", "raw", "--gil", "-o", f"{spy_dir}/{name.replace(' ', '_')}.txt"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip

@@ -27,13 +27,15 @@ current tenant's scope.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import date, time
 from typing import Any
 
 import psycopg
 from django.conf import settings
+from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.db import OperationalError, connection, models, transaction
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Upper
@@ -42,7 +44,7 @@ from studies.dicom.query import Level
 from studies.models import Instance, Patient, Series, Study
 from studies.selectors.catalogue import INSTANCE, PATH, PATIENT, SERIES, STUDY, Attribute, Matching
 from tenants import access
-from tenants.db.base import prepared_if_fixed
+from tenants.db.base import prepared_if_fixed, prepared_statements
 from tenants.scoping import current_tenant_or_none
 
 __all__ = [
@@ -330,7 +332,7 @@ def key_condition(key: Key, *, level: Level | str) -> Q:
             # Any of the listed modalities among the study's series (PS3.4 C.6.2.1.2), by the series' own column.
             wanted = [m.upper() for m in _list(value, keyword)]
             study_path = PATH[(Level(level), STUDY)]
-            return Q(**{f"{study_path}pk__in": Series.objects.filter(modality__in=wanted).values("study_id")})
+            return Q(**{f"{study_path}pk__in": _studies_with_modalities(wanted)})
         case Matching.NUMBER:
             try:
                 numbers = [int(v) for v in _list(value, keyword)]
@@ -347,6 +349,14 @@ def key_condition(key: Key, *, level: Level | str) -> Q:
                 return Q(**{f"{path}__in": _list(value, keyword)})  # a list of single values (VM > 1): any of them
             _check_bounds(keyword, value)
             return _text_q(path, value, fold_case=key.fold_case)
+
+
+def _studies_with_modalities(wanted: list[str]) -> models.QuerySet[Any]:
+    """The ids of the studies with a series of one of the `wanted` modalities (a subquery), which keeps the list it
+    was made of (`_shape` reads the shape of the search from it)."""
+    studies = Series.objects.filter(modality__in=wanted).values("study_id")
+    studies.enclave_modalities = wanted  # type: ignore[attr-defined]
+    return studies
 
 
 def keys_condition(keys: Iterable[Key], *, level: Level | str) -> Q:
@@ -379,16 +389,14 @@ def visible_studies(actor: Any, studies: models.QuerySet[Study] | None = None) -
     return access.visible(actor, "studies.view_study", studies)
 
 
-def _visible_parent(actor: Any, path: str) -> Q:
-    """The condition that the study at `path` (of a series or an instance) is one `actor` may see: none when they
-    may see every study of the scope (a radiologist, an approved modality), since the scope's own condition on the
-    joined study (`_parents_in_tenant`) and the tenant policy already bound it. The subquery it left out was one
-    more relation for the planner of every series and instance search: the search's statement took 0.64 -> 0.44 ms
-    of PostgreSQL CPU for the series of a study, 1.70 -> 0.88 ms for the instances of a series, at 20,000 instances
-    (docs/BENCHMARKS.md, h1 branch, session 3)."""
-    everything = Study.objects.all()
-    visible = visible_studies(actor, everything)
-    if visible is everything:
+def _visible_parent(visible: models.QuerySet[Study] | None, path: str) -> Q:
+    """The condition that the study at `path` (of a series or an instance) is one of `visible` (`_visibility`):
+    none when the caller may see every study of the scope (a radiologist, an approved modality), since the scope's
+    own condition on the joined study (`_parents_in_tenant`) and the tenant policy already bound it. The subquery it
+    left out was one more relation for the planner of every series and instance search: the search's statement
+    took 0.64 -> 0.44 ms of PostgreSQL CPU for the series of a study, 1.70 -> 0.88 ms for the instances of a
+    series, at 20,000 instances (docs/BENCHMARKS.md, h1 branch, session 3)."""
+    if visible is None:
         return Q()
     return Q(**{f"{path}__in": visible.order_by().values("pk")})
 
@@ -423,27 +431,48 @@ def search_queryset(
     (`/studies/{study}/series`): one the caller may not see gives an empty result, like a missing one."""
     level = Level(level)
     condition = keys_condition(keys, level=level)
+    return _search_queryset(level, condition, _visibility(actor), study_uid=study_uid, series_uid=series_uid)
+
+
+def _visibility(actor: Any) -> models.QuerySet[Study] | None:
+    """The studies of the scope `actor` may see (`visible_studies`: the one permission decision), or None when
+    that is every study of the scope."""
+    everything = Study.objects.all()
+    visible = visible_studies(actor, everything)
+    return None if visible is everything else visible
+
+
+def _search_queryset(
+    level: Level,
+    condition: Q,
+    visible: models.QuerySet[Study] | None,
+    *,
+    study_uid: str | None,
+    series_uid: str | None,
+) -> models.QuerySet[Any]:
+    """`search_queryset` of a condition already made, under a permission decision already taken (`_visibility`)."""
+    studies = Study.objects.all() if visible is None else visible
     qs: models.QuerySet[Any]
     if level is STUDY:
         # Study-level results never read the series study_list prefetches (bench/query.py measured the cost).
         unread = (*_UNREAD, *(f"patient__{name}" for name in _UNREAD_PATIENT))
-        qs = visible_studies(actor).select_related("patient").defer(*unread)
+        qs = studies.select_related("patient").defer(*unread)
     elif level is PATIENT:
-        qs = Patient.objects.filter(pk__in=visible_studies(actor).order_by().values("patient_id")).annotate(
+        qs = Patient.objects.filter(pk__in=studies.order_by().values("patient_id")).annotate(
             n_studies=Count("studies", distinct=True),
             n_series=Sum("studies__number_of_series"),
             n_instances=Sum("studies__number_of_instances"),
         )
     elif level is SERIES:
         qs = (
-            Series.objects.filter(_visible_parent(actor, "study"))
+            Series.objects.filter(_visible_parent(visible, "study"))
             .select_related("study__patient")
             .defer(
                 *_UNREAD, *(f"study__{name}" for name in _UNREAD), *(f"study__patient__{n}" for n in _UNREAD_PATIENT)
             )
         )
     else:
-        instances = Instance.objects.filter(_visible_parent(actor, "series__study"))
+        instances = Instance.objects.filter(_visible_parent(visible, "series__study"))
         if series_uid is not None:
             instances = instances.filter(series__series_instance_uid=series_uid)
         qs = instances.select_related("series__study__patient", "blob")
@@ -496,16 +525,17 @@ def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int, index_
     afterwards. A search whose conditions are all single values (a UID, a patient ID) is sent as a prepared
     statement of the connection (`tenants.db.base.prepared_if_fixed`). SearchTimeout when the database cancels it."""
     with prepared_if_fixed(qs.query):
-        return _search_rows(qs, offset=offset, limit=limit, index_joins=index_joins)
+        return _search_rows(lambda: list(qs[offset : offset + limit]), index_joins=index_joins)
 
 
-def _search_rows(qs: models.QuerySet[Any], *, offset: int, limit: int, index_joins: bool) -> list[Any]:
+def _search_rows(run: Callable[[], list[Any]], *, index_joins: bool) -> list[Any]:
+    """`run()` (the search's one statement) under the search's settings (see `search_rows`)."""
     wanted = {"statement_timeout": f"{int(settings.SEARCH_STATEMENT_TIMEOUT_MS)}ms"}
     if index_joins:
         wanted |= _INDEX_JOINS
     nested = connection.in_atomic_block
     if not nested and _batches():
-        return _search_rows_batched(qs, offset=offset, limit=limit, wanted=wanted)
+        return _search_rows_batched(run, wanted=wanted)
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
@@ -515,7 +545,7 @@ def _search_rows(qs: models.QuerySet[Any], *, offset: int, limit: int, index_joi
                 )
                 found = cursor.fetchone()
                 previous = dict(zip(wanted, found[::2], strict=True))
-            rows = list(qs[offset : offset + limit])
+            rows = run()
             if nested:  # SET LOCAL outlives a savepoint: the caller's transaction gets its own settings back
                 with connection.cursor() as cursor:
                     cursor.execute(
@@ -536,7 +566,7 @@ def _batches() -> bool:
     return issubclass(getattr(connection.connection, "cursor_factory", type), psycopg.ClientCursor)
 
 
-def _search_rows_batched(qs: models.QuerySet[Any], *, offset: int, limit: int, wanted: dict[str, str]) -> list[Any]:
+def _search_rows_batched(run: Callable[[], list[Any]], *, wanted: dict[str, str]) -> list[Any]:
     """`search_rows` outside a transaction, in one round trip: the settings (SET LOCAL, `set_config(..., true)`)
     sent in front of each statement of the search in the same string, so that they hold for that statement's
     implicit transaction and end with it (no BEGIN, settings statement and COMMIT of their own: 4 round trips
@@ -556,11 +586,201 @@ def _search_rows_batched(qs: models.QuerySet[Any], *, offset: int, limit: int, w
 
     try:
         with connection.execute_wrapper(settings_in_front):
-            return list(qs[offset : offset + limit])
+            return run()
     except OperationalError as exc:
         if _is_cancelled(exc):
             raise SearchTimeout(SearchTimeout.reason) from exc
         raise
+
+
+# The search's statement compiled once per shape
+# ------------------------------------------------------------------------------
+#
+# A short QIDO-RS search spent about a third of the web worker's CPU in Django building its queryset (the keys'
+# lookups, the joins of select_related, the deferred columns) and compiling it to SQL, the same SQL every time for
+# the same kind of request with other values (docs/BENCHMARKS.md, "h1 branch, session 5"). `dicom_search_values`
+# compiles it once per *shape* and then only sends it with the new values. The shape is everything the SQL's text
+# depends on: the tenant (its id is a parameter of the scoped managers and of `_parents_in_tenant`), the level,
+# the columns read, each condition's lookup and kind of value (a list's length), whether the resource names a
+# study or a series, the page (LIMIT and OFFSET are written into the text), and the permission decision, taken
+# for every request (`_visibility`): only a caller who may see every study of the scope is served this way, so
+# the statement holds no condition of a user's own (a referring physician's shares, their expiry) and one user's
+# statement can never serve another's search with different rights; any other decision takes Django's path.
+# Which parameter is which value is not guessed: the shape's statement is compiled once from its first request's
+# values, each wrapped in a marked copy (`_slotted`); each parameter of the compiled statement must be exactly one
+# of them, each used once, or the tenant's id, and nothing may need Django's conversion on reading the rows.
+# Otherwise the shape is remembered as not cached and every search of it is built by Django.
+
+
+class _SlotStr(str):
+    slot: int
+
+
+class _SlotDate(date):
+    slot: int
+
+
+class _SlotTime(time):
+    slot: int
+
+
+_SLOTTED = (_SlotStr, _SlotDate, _SlotTime)
+
+
+def _slotted(value: Any, slot: int) -> Any:
+    """`value` as a marked copy of itself (`slot`: its place among the shape's values), which Django passes into
+    the compiled parameters as it is (CharField, DateField and TimeField keep a str, date or time unchanged)."""
+    marked: Any
+    if type(value) is str:
+        marked = _SlotStr(value)
+    elif type(value) is date:
+        marked = _SlotDate(value.year, value.month, value.day)
+    else:
+        marked = _SlotTime(value.hour, value.minute, value.second, value.microsecond, value.tzinfo)
+    marked.slot = slot
+    return marked
+
+
+def _value_kind(value: Any) -> Any:
+    """The kind of one condition's value in a shape, or None when a statement of this shape is not cached (an
+    integer, which IntegerField converts; a subquery other than the modalities'; a list with repeated or non-text
+    values)."""
+    kind = type(value)
+    if isinstance(value, models.QuerySet):  # a subquery: only `_studies_with_modalities`'s, by its list
+        listed = _value_kind(getattr(value, "enclave_modalities", None))
+        return None if listed is None else ("modalities", listed[1])
+    if kind is str or kind is date or kind is time:
+        return kind.__name__
+    if kind is list and all(type(v) is str for v in value) and len(set(value)) == len(value):
+        return ("list", len(value))
+    return None
+
+
+def _shape(condition: Q, values: list[Any]) -> tuple[Any, ...] | None:
+    """The shape of `condition` (connectors, negations, lookups and kinds of values, in order), with its values
+    appended to `values` in the same order (a list's elements one by one); None when it cannot be cached."""
+    parts: list[Any] = [condition.connector, condition.negated]
+    for child in condition.children:
+        if isinstance(child, Q):
+            inner = _shape(child, values)
+            if inner is None:
+                return None
+            parts.append(inner)
+        elif isinstance(child, tuple) and len(child) == 2 and isinstance(child[0], str):
+            kind = _value_kind(child[1])
+            if kind is None:
+                return None
+            parts.append((child[0], kind))
+            if kind[0] == "modalities":
+                values.extend(child[1].enclave_modalities)
+            else:
+                values.extend(child[1] if kind[0] == "list" else (child[1],))
+        else:  # an expression (a lookup object): not cached
+            return None
+    return tuple(parts)
+
+
+def _slotted_condition(condition: Q, counter: list[int]) -> Q:
+    """`condition` again with each value replaced by its marked copy, numbered in `_shape`'s order."""
+
+    def mark(value: Any) -> Any:
+        counter[0] += 1
+        return _slotted(value, counter[0] - 1)
+
+    children: list[Any] = []
+    for child in condition.children:
+        if isinstance(child, Q):
+            children.append(_slotted_condition(child, counter))
+        else:
+            lookup, value = child  # type: ignore[misc]  # a (lookup, value) pair: `_shape` let nothing else by
+            if isinstance(value, models.QuerySet):  # `_studies_with_modalities`, the only subquery `_shape` lets by
+                listed = value.enclave_modalities  # type: ignore[attr-defined]
+                children.append((lookup, _studies_with_modalities([mark(v) for v in listed])))
+            else:
+                children.append((lookup, [mark(v) for v in value] if type(value) is list else mark(value)))
+    return Q(*children, _connector=condition.connector, _negated=condition.negated)
+
+
+@dataclass(frozen=True)
+class _Statement:
+    sql: str
+    slots: tuple[int, ...]  # per parameter: the shape's value at that place, or -1 for the tenant's id
+    prepared: bool  # sent as a prepared statement: every condition an equality (`prepared_if_fixed`)
+
+
+_STATEMENTS: dict[tuple[Any, ...], _Statement | None] = {}
+_STATEMENTS_MAX = 512  # shapes kept per process; past it the cache starts again empty
+
+
+def _statement_compiled(
+    *, level: Level, condition: Q, count: int, study_uid: str | None, series_uid: str | None, fields: Sequence[str],
+    offset: int, limit: int, tenant_pk: int,
+) -> _Statement | None:  # fmt: skip
+    """The statement of a shape (see above), compiled from one request's values marked, or None when its
+    parameters are not exactly those values and the tenant's id."""
+    counter = [0]
+    marked = _slotted_condition(condition, counter)
+    study = _slotted(study_uid, counter[0]) if study_uid is not None else None
+    series = _slotted(series_uid, counter[0] + (study is not None)) if series_uid is not None else None
+    qs = _search_queryset(level, marked, None, study_uid=study, series_uid=series).values_list(*fields)
+    query = qs[offset : offset + limit].query
+    compiler = query.get_compiler(using=qs.db)
+    try:
+        sql, params = compiler.as_sql()
+    except (EmptyResultSet, FullResultSet):
+        return None
+    select = [selected[0] for selected in compiler.select]
+    if compiler.has_extra_select or compiler.col_count != len(fields) or compiler.get_converters(select):
+        return None
+    slots: list[int] = []
+    for param in params:
+        if isinstance(param, _SLOTTED):
+            slots.append(param.slot)  # type: ignore[union-attr]
+        elif type(param) is int and param == tenant_pk:
+            slots.append(-1)
+        else:
+            return None
+    if sorted(s for s in slots if s >= 0) != list(range(count)):
+        return None
+    prepared = not isinstance(prepared_if_fixed(query), nullcontext)
+    return _Statement(sql, tuple(slots), prepared)
+
+
+def _search_values_compiled(
+    *, level: Level, condition: Q, study_uid: str | None, series_uid: str | None, fields: Sequence[str],
+    offset: int, limit: int,
+) -> list[tuple[Any, ...]] | None:  # fmt: skip
+    """`dicom_search_values` of a caller who may see every study of the scope, by the shape's statement; None when
+    the shape is not cached (the caller then builds the queryset)."""
+    tenant = current_tenant_or_none()
+    values: list[Any] = []
+    shape = _shape(condition, values)
+    parents = [uid for uid in (study_uid, series_uid) if uid is not None]
+    if tenant is None or shape is None or any(type(uid) is not str for uid in parents):
+        return None
+    values += parents
+    key = (tenant.pk, level, tuple(fields), shape, study_uid is not None, series_uid is not None, offset, limit)
+    try:
+        statement = _STATEMENTS[key]
+    except KeyError:
+        statement = _statement_compiled(
+            level=level, condition=condition, count=len(values), study_uid=study_uid, series_uid=series_uid,
+            fields=fields, offset=offset, limit=limit, tenant_pk=tenant.pk,
+        )  # fmt: skip
+        if len(_STATEMENTS) >= _STATEMENTS_MAX:
+            _STATEMENTS.clear()
+        _STATEMENTS[key] = statement
+    if statement is None:
+        return None
+    params = [tenant.pk if slot < 0 else values[slot] for slot in statement.slots]
+
+    def run() -> list[Any]:
+        with connection.cursor() as cursor:
+            cursor.execute(statement.sql, params)
+            return cursor.fetchall()  # type: ignore[no-any-return]
+
+    with prepared_statements() if statement.prepared else nullcontext():
+        return _search_rows(run, index_joins=True)
 
 
 def dicom_search(
@@ -598,9 +818,20 @@ def dicom_search_values(
     the model of `level`: "study_date", "patient__name", "patient__pk"), without a model instance per row and its
     parents: QIDO-RS builds its answer and its audit from columns (a year of studies is 1,000 rows; Django made
     2,000 model instances of them, about half the request's CPU: docs/BENCHMARKS.md, "h4 branch, session 3").
-    The same contract as `dicom_search`."""
-    qs = search_queryset(actor=actor, level=level, keys=keys, study_uid=study_uid, series_uid=series_uid)
-    return search_rows(qs.values_list(*fields), offset=offset, limit=limit, index_joins=Level(level) is not PATIENT)
+    The same contract as `dicom_search`. The statement of a caller who may see every study of the scope is
+    compiled once per shape of search (`_search_values_compiled`)."""
+    level = Level(level)
+    condition = keys_condition(keys, level=level)
+    visible = _visibility(actor)
+    if visible is None and level is not PATIENT:
+        rows = _search_values_compiled(
+            level=level, condition=condition, study_uid=study_uid, series_uid=series_uid, fields=fields,
+            offset=offset, limit=limit,
+        )  # fmt: skip
+        if rows is not None:
+            return rows
+    qs = _search_queryset(level, condition, visible, study_uid=study_uid, series_uid=series_uid)
+    return search_rows(qs.values_list(*fields), offset=offset, limit=limit, index_joins=level is not PATIENT)
 
 
 def qido_search(
