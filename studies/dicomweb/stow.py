@@ -443,9 +443,12 @@ class StudiesStoreApi(DicomWebApi):
 
 class _Receipt:
     """The parts of one request sealed into quarantine and not yet recorded. They are recorded together
-    (`ingest_receive_many`: one transaction, two INSERTs, the processing messages after the commit) at the end of
-    the body, after a body error (the parts before it were received whole), and every INGEST_BATCH_SIZE parts or
-    INGEST_BATCH_BYTES, so that the worker meets them as one batch and a long request is processed as it arrives."""
+    (`ingest_receive_many`: one statement, the processing message after it) at the end of the body, after a body
+    error (the parts before it were received whole), and every INGEST_BATCH_SIZE parts or INGEST_BATCH_BYTES, so
+    that the worker meets them as one batch and a long request is processed as it arrives; with
+    DICOMWEB_STOW_GROUP_PARTS, every that many parts, so that the worker starts on the first parts while the rest
+    are read (off by default: each group is a batch of its own for the worker, whose fixed cost outweighed the
+    overlap when measured; docs/BENCHMARKS.md "STOW-RS pipelined within a request")."""
 
     def __init__(self, request: Request, batch: uuid.UUID) -> None:
         self.request = request
@@ -456,7 +459,11 @@ class _Receipt:
     def add(self, result: PartResult, blob: Blob, filename: str) -> None:
         self.pending.append((result, blob, filename))
         self.pending_bytes += blob.size
-        if len(self.pending) >= settings.INGEST_BATCH_SIZE or self.pending_bytes >= settings.INGEST_BATCH_BYTES:
+        group = settings.DICOMWEB_STOW_GROUP_PARTS or settings.INGEST_BATCH_SIZE
+        if (
+            len(self.pending) >= min(group, settings.INGEST_BATCH_SIZE)
+            or self.pending_bytes >= settings.INGEST_BATCH_BYTES
+        ):
             self.flush()
 
     def flush(self) -> None:

@@ -48,11 +48,6 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
         "the Instance rows of an ingest batch, in one INSERT: each instance is recorded (public id and SOP Instance "
         "UID) in the INSTANCES_STORED audit event of its study and batch, in the same transaction (issue 10)"
     ),
-    ("studies/services/ingest.py", "ingest_receive_many", "bulk_create"): (
-        "a STOW-RS request's quarantine blob rows and ingest items, in one INSERT each (studies.blob and "
-        "studies.ingestitem are pipeline bookkeeping, not tracked); what each item became is its INSTANCES_STORED "
-        "/ INGEST_REJECTED audit event"
-    ),
     ("studies/services/ingest.py", "_blobs_and_rows", "update"): (
         "the verdicts of a batch's promoted ingest items and the promoted blob rows, one UPDATE each "
         "(studies.ingestitem and studies.blob are pipeline bookkeeping, not tracked); the storing is the "

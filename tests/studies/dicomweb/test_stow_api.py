@@ -363,9 +363,14 @@ def test_a_chunked_body_the_server_cannot_end_is_411(api_client_for, tenant_a, r
     assert "Content-Length" in problem(response)["detail"]
 
 
+def _receipts(sql: list[str]) -> list[int]:
+    """The positions of the statements that record received parts (blob rows and items)."""
+    return [i for i, q in enumerate(sql) if 'INSERT INTO "studies_ingestitem"' in q]
+
+
 def test_the_parts_of_a_request_are_recorded_together(api_client_for, tenant_a, radiologist_a):
-    # One transaction for the request's receipts: one INSERT of blobs, one of items, the study's key looked up
-    # once; so the worker finds them waiting together and stores them as one batch.
+    # One statement for the request's receipts: its blob rows and items, the study's key looked up once; so the
+    # worker finds them waiting together and stores them as one batch.
     files = make_study(series=1, instances_per_series=4)
 
     with CaptureQueriesContext(connection) as queries:
@@ -373,9 +378,12 @@ def test_the_parts_of_a_request_are_recorded_together(api_client_for, tenant_a, 
 
     assert response.status_code == 200, response.content
     sql = [q["sql"] for q in queries.captured_queries]
-    first_item_insert = next(i for i, q in enumerate(sql) if q.startswith('INSERT INTO "studies_ingestitem"'))
-    assert sum(q.startswith('INSERT INTO "studies_ingestitem"') for q in sql) == 1
-    assert sum('FROM "studies_studykey"' in q for q in sql[:first_item_insert]) == 1
+    receipts = _receipts(sql)
+    assert len(receipts) == 1
+    assert sql[receipts[0]].startswith('WITH b AS (INSERT INTO "studies_blob"')
+    # No blob row written apart from its item (the worker, eager here, writes its own after the receipt).
+    assert not any('INSERT INTO "studies_blob"' in q for q in sql[: receipts[0]])
+    assert sum('FROM "studies_studykey"' in q for q in sql[: receipts[0]]) == 1
     received = items(tenant_a)
     assert [i.filename for i in received] == [f"STOW-RS part {n}" for n in range(1, 5)]
     assert {i.state for i in received} == {IngestItem.State.STORED}
@@ -404,10 +412,28 @@ def test_a_request_longer_than_a_batch_is_recorded_batch_by_batch(api_client_for
         response = post_parts(api_client_for(radiologist_a, tenant_a), URL, files)
 
     assert response.status_code == 200, response.content
-    inserts = [q for q in queries.captured_queries if q["sql"].startswith('INSERT INTO "studies_ingestitem"')]
-    assert len(inserts) == 3  # 2 + 2 + 1
+    assert len(_receipts([q["sql"] for q in queries.captured_queries])) == 3  # 2 + 2 + 1
     assert len(referenced(response.json())) == 5
     assert {i.state for i in items(tenant_a)} == {IngestItem.State.STORED}
+
+
+def test_a_request_may_record_its_parts_in_groups_as_they_are_read(api_client_for, tenant_a, radiologist_a, settings):
+    # DICOMWEB_STOW_GROUP_PARTS: the worker may start on the first parts while the request reads the rest; every
+    # part is still answered, once, and stored once.
+    settings.DICOMWEB_STOW_GROUP_PARTS = 2
+    files = make_study(series=1, instances_per_series=5)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = post_parts(api_client_for(radiologist_a, tenant_a), URL, files)
+
+    assert response.status_code == 200, response.content
+    assert len(_receipts([q["sql"] for q in queries.captured_queries])) == 3  # 2 + 2 + 1
+    assert len(referenced(response.json())) == 5
+    received = items(tenant_a)
+    assert [i.filename for i in received] == [f"STOW-RS part {n}" for n in range(1, 6)]
+    assert {i.state for i in received} == {IngestItem.State.STORED}
+    with tenant_scope(tenant_a):
+        assert Instance.objects.count() == 5
 
 
 def test_query_budget_of_the_door(api_client_for, tenant_a, radiologist_a, django_assert_max_num_queries):

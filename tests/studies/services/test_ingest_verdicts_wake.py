@@ -5,6 +5,7 @@ Redis (Celery eager)."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import uuid
 
@@ -87,3 +88,28 @@ def test_an_unreachable_redis_costs_the_signal_not_the_verdict(tenant_a):
         [item] = _stow(batch, make_instance())
         services.ingest_verdicts_wait(batch=batch, timeout=0.05)
     assert item.state == IngestItem.State.STORED
+
+
+def test_the_receipt_gives_each_item_its_own_blob_in_one_statement(tenant_a):
+    # `_receipts_insert` joins each item to its blob by the blob's public id: a mix-up would hand an item another
+    # part's ciphertext. Items rejected by the worker keep their quarantine rows, so the pairing is checked as made.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from studies.models import Blob
+
+    datas = [b"not DICOM %d" % n * (n + 1) for n in range(4)]
+    with tenant_scope(tenant_a), CaptureQueriesContext(connection) as queries:
+        quarantined = [(services.ingest_quarantine(data=data), f"part {n}") for n, data in enumerate(datas)]
+        blobs = [blob for blob, _ in quarantined]
+        items = services.ingest_receive_many(
+            source=IngestItem.Source.STOWRS, batch=uuid.uuid4(), quarantined=quarantined
+        )
+        recorded = [q["sql"] for q in queries.captured_queries if 'INSERT INTO "studies_ingestitem"' in q["sql"]]
+        assert len(recorded) == 1
+        assert [item.quarantine_id for item in items] == [blob.pk for blob in blobs]
+        for n, data in enumerate(datas):
+            stored = IngestItem.objects.get(filename=f"part {n}")
+            assert stored.size == len(data)
+            # The row the item points at, read back: the blob sealed from this part's bytes.
+            assert Blob.objects.get(pk=stored.quarantine_id).sha256 == hashlib.sha256(data).hexdigest()
