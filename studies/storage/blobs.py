@@ -34,6 +34,7 @@ import logging
 import mmap
 import os
 import sys
+import threading
 import uuid
 from datetime import datetime
 from typing import NamedTuple, cast
@@ -285,12 +286,23 @@ def blob_sealed_put(*, store: str, name: str, sealed: bytes) -> None:
         raise OSError(f"the {store} store saved the copy under another name")
 
 
-def blob_sealed_open(*, blob: Blob | BlobRef, sealed: bytes | memoryview, data_key: bytes) -> list[bytes]:
+def blob_sealed_open(
+    *,
+    blob: Blob | BlobRef,
+    sealed: bytes | memoryview,
+    data_key: bytes,
+    scratch: bytearray | None = None,
+    lead: bytes = b"",
+) -> list[bytes]:
     """The plaintext of one copy's ciphertext, as its chunks (each up to the envelope's chunk size, every one
     authenticated), or DecryptionError when a tag fails or the size is not the row's. No second SHA-256: the
-    module's docstring says why the tags are the check, and `blob_sealed_check` keeps the hash for fixity."""
-    chunks = envelope.decrypt_chunks(sealed, data_key=data_key, tenant_id=blob.tenant_id, blob_id=str(blob.public_id))
-    if sum(len(chunk) for chunk in chunks) != blob.size:
+    module's docstring says why the tags are the check, and `blob_sealed_check` keeps the hash for fixity.
+    `scratch`, `lead`: see `envelope.decrypt_chunks` (the chunks returned never refer to `scratch`; `lead` comes
+    first, and is not counted in the size)."""
+    chunks = envelope.decrypt_chunks(
+        sealed, data_key=data_key, tenant_id=blob.tenant_id, blob_id=str(blob.public_id), scratch=scratch, lead=lead
+    )
+    if sum(len(chunk) for chunk in chunks) - len(lead) != blob.size:
         raise envelope.DecryptionError("the decrypted bytes are not the stored size")
     return chunks
 
@@ -444,25 +456,87 @@ def blob_read(*, blob: Blob | BlobRef, tenant_keys: dict[tuple[int, int], bytes]
     return b"".join(blob_read_chunks(blob=blob, tenant_keys=tenant_keys))
 
 
-def blob_read_chunks(*, blob: Blob | BlobRef, tenant_keys: dict[tuple[int, int], bytes] | None = None) -> list[bytes]:
+def blob_read_chunks(
+    *, blob: Blob | BlobRef, tenant_keys: dict[tuple[int, int], bytes] | None = None, lead: bytes = b""
+) -> list[bytes]:
     """`blob_read`'s plaintext as the envelope's chunks, never joined (a caller that writes them out one by one
     saves a copy of the blob). Every chunk of the copy is authenticated before any is returned, so a copy damaged
-    in its last chunk gives none of its bytes and the replica is tried. Raises BlobUnreadable as `blob_read`."""
+    in its last chunk gives none of its bytes and the replica is tried. Raises BlobUnreadable as `blob_read`.
+
+    `lead`: bytes returned before the plaintext, at the head of its first chunk where that costs no copy more
+    (`envelope.decrypt_chunks`): `b"".join(result) == lead + plaintext`. A WADO-RS part's header, so the part
+    leaves in one write instead of a small one then the instance."""
     try:
         data_key = blob_data_key(blob=blob, tenant_keys=tenant_keys)
     except (KeyUnavailable, envelope.DecryptionError) as exc:
         logger.warning("blob %s: its key cannot be opened (%s)", blob.public_id, exc.__class__.__name__)
         raise BlobUnreadable(f"blob {blob.public_id} is unreadable (its key cannot be opened)") from exc
     failures = []
+    buffer, scratch = _read_buffers()
+    sealed: bytes | memoryview | None
     for store in _stores_for(blob):
         try:
-            mapped = blob_sealed_mapped(store=store, name=blob.storage_name)
-            sealed = mapped if mapped is not None else blob_sealed_read(store=store, name=blob.storage_name)
-            return blob_sealed_open(blob=blob, sealed=sealed, data_key=data_key)
+            sealed = blob_sealed_read_into(store=store, name=blob.storage_name, buffer=buffer)
+            if sealed is None:  # not a folder store, or larger than the buffer
+                sealed = blob_sealed_mapped(store=store, name=blob.storage_name)
+            if sealed is None:
+                sealed = blob_sealed_read(store=store, name=blob.storage_name)
+            return blob_sealed_open(blob=blob, sealed=sealed, data_key=data_key, scratch=scratch, lead=lead)
         except (OSError, envelope.DecryptionError) as exc:
             failures.append(f"{store}: {exc.__class__.__name__}")
             logger.warning("blob %s unreadable from %s (%s)", blob.public_id, store, exc.__class__.__name__)
     raise BlobUnreadable(f"blob {blob.public_id} is unreadable ({'; '.join(failures)})")
+
+
+# The buffers a thread's reads reuse (`blob_read_chunks`, issue 10): the ciphertext of a copy of one envelope chunk
+# (its header, up to 1 MiB and its tag; one byte more, to see a file that grew) and the plaintext of a chunk. A CT
+# slice (0.5 MB) is read into the first and decrypted into the second, both still in the CPU's cache from the
+# instance before, then copied out as bytes (with the WADO-RS part's header before it: `lead`), where before the
+# copy was mapped (page tables made and removed for every page) and AES-GCM wrote a new buffer it had first filled
+# with zeros. docs/BENCHMARKS.md, "h3 branch, session 5", has the figures. A copy larger than the buffer (several
+# chunks: a multi-frame object) is mapped or read as before, and still decrypted chunk by chunk into the second
+# buffer, so what a thread keeps is bounded: 2 MiB, made at its first read, in the threads that read blobs.
+READ_BUFFER_BYTES = envelope.HEADER.size + envelope.DEFAULT_CHUNK + envelope.TAG_BYTES + 1
+
+
+class _ReadBuffers(threading.local):
+    sealed: memoryview | None = None  # per thread: each thread's own attributes, these defaults until its first read
+    plain: bytearray | None = None
+
+
+_buffers = _ReadBuffers()
+
+
+def _read_buffers() -> tuple[memoryview, bytearray]:
+    """This thread's buffers (the ciphertext's, the plaintext's), made at its first read."""
+    if _buffers.sealed is None or _buffers.plain is None:
+        _buffers.sealed, _buffers.plain = memoryview(bytearray(READ_BUFFER_BYTES)), bytearray(envelope.DEFAULT_CHUNK)
+    return _buffers.sealed, _buffers.plain
+
+
+def blob_sealed_read_into(*, store: str, name: str, buffer: memoryview) -> memoryview | None:
+    """A folder store's copy read into `buffer` (a thread's own, `_read_buffers`), as a view of the bytes read, for
+    a read that decrypts it at once and keeps nothing of it; None where the copy does not fit (it needs one byte
+    more than its size, to see a file that grew) or the store is not a folder: the caller maps or reads it
+    (`blob_sealed_mapped`, `blob_sealed_read`). A missing copy raises OSError; a file cut short gives the bytes
+    there are (its tags then fail), as `blob_sealed_read` does. The view is valid until the thread's next read."""
+    storage = storages[store]
+    if type(storage) is not FileSystemStorage or "open" in vars(storage):
+        return None
+    fd = os.open(storage.path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        wanted = os.fstat(fd).st_size + 1  # one byte more than the size: a file that grew is seen
+        if wanted > len(buffer):
+            return None
+        got = os.readv(fd, [buffer[:wanted]])  # the size, or one byte more for a file that grew
+        while 0 < got < wanted - 1:  # shorter than its size (a regular file reads short only at its end): read on
+            more = os.readv(fd, [buffer[got:wanted]])
+            if not more:
+                break
+            got += more
+    finally:
+        os.close(fd)
+    return None if got == wanted else buffer[:got]  # a file that grew since fstat is read the other way, whole
 
 
 # madvise(MADV_POPULATE_READ), Linux 5.14 and later (Python 3.11 has no name for it): the kernel maps every page
@@ -473,7 +547,8 @@ _mapping = {"usable": MADV_POPULATE_READ is not None}
 
 def blob_sealed_mapped(*, store: str, name: str) -> memoryview | None:
     """The ciphertext of a folder store's copy mapped read-only from the page cache, for a read that decrypts it
-    at once (`blob_read_chunks`), or None where that cannot be done safely (another store, another system, a
+    at once (`blob_read_chunks`, for a copy larger than its thread's buffer: `blob_sealed_read_into`), or None
+    where that cannot be done safely (another store, another system, a
     kernel without MADV_POPULATE_READ, an empty file): the caller then reads the copy (`blob_sealed_read`).
 
     Why (issue 10): reading a 0.5 MB copy copies it from the page cache into a new buffer that AES-GCM then reads

@@ -211,13 +211,33 @@ def decrypt_stream(read: Iterable[bytes], *, data_key: bytes, tenant_id: int, bl
         index += 1
 
 
-def decrypt_chunks(ciphertext: bytes | memoryview, *, data_key: bytes, tenant_id: int, blob_id: str) -> list[bytes]:
+def decrypt_chunks(
+    ciphertext: bytes | memoryview,
+    *,
+    data_key: bytes,
+    tenant_id: int,
+    blob_id: str,
+    scratch: bytearray | None = None,
+    lead: bytes = b"",
+) -> list[bytes]:
     """The plaintext of a whole blob held in memory, as its chunks, every one authenticated before this returns.
 
     The same checks as `decrypt_stream` (each chunk's tag under its index, the final chunk marked final, so a
     blob altered, cut short, extended or moved raises DecryptionError), without copying the ciphertext: each
     chunk is decrypted from a view of `ciphertext`. A caller that writes the chunks out one after the other (a
-    WADO-RS part) never joins them; `decrypt` does."""
+    WADO-RS part) never joins them; `decrypt` does.
+
+    `scratch`, a buffer the caller reuses from one blob to the next (at least the blob's chunk size, else it is
+    not used): each chunk is decrypted into it (`AESGCM.decrypt_into`) and copied out as its own bytes, instead of
+    into a new bytes object that AES-GCM's binding first fills with zeros. The buffer stays in the CPU's cache
+    from one instance to the next, so the decryption writes to cache rather than to fresh memory (issue 10: the
+    60 instances of a CT series, read and decrypted, about 1 ms of CPU less). The chunks returned are copies:
+    nothing returned refers to `scratch`, so it can be reused as soon as this returns.
+
+    `lead`: bytes that go before the plaintext (a WADO-RS part's header), returned at the head of the first chunk
+    (copied out of `scratch` with it, at no cost more) or, without `scratch`, as a first item of their own:
+    `b"".join(result) == lead + plaintext` either way, and `lead` is returned only once every chunk has
+    authenticated. A caller writing the items out then writes a part's header and its instance in one write."""
     view = memoryview(ciphertext)
     if len(view) < HEADER.size:
         raise DecryptionError("too short to be an encrypted blob")
@@ -231,6 +251,23 @@ def decrypt_chunks(ciphertext: bytes | memoryview, *, data_key: bytes, tenant_id
     sealed = chunk_size + TAG_BYTES
     count = -(-len(body) // sealed)
     plain = []
+    if scratch is not None and chunk_size <= len(scratch):
+        out = memoryview(scratch)
+        for index in range(count):
+            piece = body[index * sealed : (index + 1) * sealed]
+            size = len(piece) - TAG_BYTES
+            try:
+                if size < 0:  # shorter than a tag: `decrypt` refuses it as InvalidTag
+                    raise InvalidTag()
+                aead.decrypt_into(
+                    _nonce(prefix, index), piece, _chunk_aad(tenant_id, blob_id, index, index == count - 1), out[:size]
+                )
+            except InvalidTag as exc:
+                raise DecryptionError(f"chunk {index} was altered, moved or cut") from exc
+            plain.append(b"".join((lead, out[:size])) if index == 0 else bytes(out[:size]))
+        return plain
+    if lead:
+        plain.append(lead)
     for index in range(count):
         last = index == count - 1
         try:

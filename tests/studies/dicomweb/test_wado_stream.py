@@ -88,6 +88,46 @@ def test_an_instance_damaged_in_both_copies_sends_nothing_of_itself(client, tena
     assert stored[1][1][:4096] not in body
 
 
+def test_a_part_leaves_with_its_header_in_the_write_of_its_first_chunk(client, tenant_a):
+    """A part's header goes at the head of its instance's first chunk, so a part of one envelope chunk (a CT
+    slice) is one item of the answer, which gunicorn writes with one sendall, and an instance of several chunks
+    adds one item per chunk more."""
+    stored = _series(tenant_a)
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
+    )
+    items = list(response.streaming_content)
+    head = f"--{_boundary(response)}\r\nContent-Type: application/dicom; transfer-syntax=".encode()
+    assert items[0].startswith(head)
+    assert items[0].endswith(stored[0][1])
+    assert items[1].startswith(b"\r\n" + head)
+    assert items[1].endswith(stored[1][1][: 1 << 20])
+    assert items[2] == stored[1][1][1 << 20 :]  # the large instance's second chunk
+    assert items[3].startswith(b"\r\n" + head)
+    assert items[3].endswith(stored[2][1])
+    assert len(items) == 5  # and the tail
+
+
+def test_an_instance_of_one_chunk_damaged_in_both_copies_sends_nothing_of_itself(client, tenant_a):
+    stored = _series(tenant_a)
+    damaged = stored[2][0].blob
+    with tenant_scope(tenant_a):
+        for store in (PRIMARY, REPLICA):
+            sealed = bytearray(blob_sealed_read(store=store, name=damaged.storage_name))
+            sealed[-20] ^= 0x01
+            blob_sealed_put(store=store, name=damaged.storage_name, sealed=bytes(sealed))
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
+    )
+    sent: list[bytes] = []
+    with pytest.raises(BlobUnreadable):
+        sent.extend(response.streaming_content)
+    body = b"".join(sent)
+    assert body.endswith(stored[1][1])  # the first two instances, whole
+    assert body.count(_boundary(response).encode()) == 2  # and no header of the damaged one
+    assert stored[2][1][-4096:] not in body
+
+
 def test_a_damaged_last_chunk_of_the_primary_copy_is_served_whole_from_the_replica(client, tenant_a):
     stored = _series(tenant_a)
     row, data = stored[1]

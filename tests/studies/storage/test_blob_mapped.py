@@ -87,7 +87,7 @@ def test_a_copy_whose_pages_cannot_be_read_is_a_failed_copy_and_the_replica_is_s
         return mapping
 
     with tenant_scope(tenant_a):
-        data = os.urandom(300_000)
+        data = os.urandom((1 << 20) + 300_000)  # two chunks, larger than a read's buffer: mapped
         blob = blob_write(kind=Blob.Kind.EXPORT, data=data)
         primary = storages[PRIMARY].path(blob.storage_name)
         monkeypatch.setattr(mmap, "mmap", mapped_then_cut)
@@ -102,7 +102,7 @@ def test_a_copy_whose_pages_cannot_be_read_is_a_failed_copy_and_the_replica_is_s
 def test_a_kernel_without_populate_read_has_its_copies_read_instead(tenant_a, mapping_on, monkeypatch):
     monkeypatch.setattr(blobs, "MADV_POPULATE_READ", 0x7FFF)  # an advice the kernel does not know: EINVAL
     with tenant_scope(tenant_a):
-        data = os.urandom(200_000)
+        data = os.urandom((1 << 20) + 200_000)  # larger than a read's buffer (blobs.READ_BUFFER_BYTES): mapped
         blob = blob_write(kind=Blob.Kind.EXPORT, data=data)
         assert blob_read(blob=blob) == data
     assert not blobs._mapping["usable"]

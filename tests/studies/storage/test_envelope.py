@@ -122,3 +122,59 @@ def test_a_read_checks_tags_and_size_and_fixity_checks_the_stored_hash(key):
     other = Blob(tenant_id=TENANT, public_id=uuid.uuid4(), size=len(data))
     with pytest.raises(env.DecryptionError):  # another blob's ciphertext under this key does not open
         blob_sealed_open(blob=other, sealed=sealed, data_key=key)
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4095, 4096, 4097, 3 * 4096 + 5])
+def test_decrypt_chunks_into_a_reused_buffer_gives_the_same_chunks_as_copies_of_their_own(key, size):
+    """`scratch` (a buffer reused from one blob to the next): the same chunks, each its own bytes, so the next
+    decryption into the buffer changes none of those already returned; a buffer smaller than a chunk is not used."""
+    data, other = os.urandom(size), os.urandom(size)
+    sealed = env.encrypt(data, data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    sealed_other = env.encrypt(other, data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    plain = env.decrypt_chunks(sealed, data_key=key, tenant_id=TENANT, blob_id=BLOB)
+    for scratch in (bytearray(4096), bytearray(8192), bytearray(4095)):
+        chunks = env.decrypt_chunks(sealed, data_key=key, tenant_id=TENANT, blob_id=BLOB, scratch=scratch)
+        assert chunks == plain
+        assert all(type(chunk) is bytes for chunk in chunks)
+        assert (
+            b"".join(env.decrypt_chunks(sealed_other, data_key=key, tenant_id=TENANT, blob_id=BLOB, scratch=scratch))
+            == other
+        )
+        assert b"".join(chunks) == data  # the buffer was written again: what was returned did not change
+
+
+def test_decrypt_chunks_into_a_reused_buffer_refuses_what_a_decryption_of_its_own_refuses(key):
+    data = os.urandom(3 * 4096 + 5)
+    sealed = env.encrypt(data, data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    damaged_first = bytearray(sealed)
+    damaged_first[env.HEADER.size] ^= 1
+    damaged_last = bytearray(sealed)
+    damaged_last[-1] ^= 1
+    extended = sealed + sealed[env.HEADER.size : env.HEADER.size + 4096 + env.TAG_BYTES]
+    last_cut_below_a_tag = sealed[: -(5 + env.TAG_BYTES) + 3]  # the last chunk's 3 bytes: shorter than a tag
+    moved = (damaged_first, damaged_last, extended, last_cut_below_a_tag, sealed[: env.HEADER.size], b"ENC1")
+    for bad in moved:
+        with pytest.raises(env.DecryptionError):
+            env.decrypt_chunks(bytes(bad), data_key=key, tenant_id=TENANT, blob_id=BLOB, scratch=bytearray(4096))
+    with pytest.raises(env.DecryptionError):  # another blob's id
+        env.decrypt_chunks(sealed, data_key=key, tenant_id=TENANT, blob_id="other", scratch=bytearray(4096))
+
+
+@pytest.mark.parametrize("size", [0, 5, 4096, 3 * 4096 + 5])
+def test_decrypt_chunks_lead_comes_first_once_every_chunk_is_authenticated(key, size):
+    """`lead` (a WADO-RS part's header): at the head of the first chunk copied out of `scratch`, or its own first
+    item without it; never returned for a blob that does not authenticate."""
+    data, lead = os.urandom(size), b"\r\n--boundary\r\nContent-Type: application/dicom\r\n\r\n"
+    sealed = env.encrypt(data, data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    into = env.decrypt_chunks(sealed, data_key=key, tenant_id=TENANT, blob_id=BLOB, scratch=bytearray(4096), lead=lead)
+    assert b"".join(into) == lead + data
+    assert into[0].startswith(lead)
+    assert len(into) == max(1, -(-size // 4096))
+    own = env.decrypt_chunks(sealed, data_key=key, tenant_id=TENANT, blob_id=BLOB, lead=lead)
+    assert own[0] == lead
+    assert b"".join(own) == lead + data
+    damaged = bytearray(sealed)
+    damaged[-1] ^= 1
+    for scratch in (bytearray(4096), None):
+        with pytest.raises(env.DecryptionError):
+            env.decrypt_chunks(bytes(damaged), data_key=key, tenant_id=TENANT, blob_id=BLOB, scratch=scratch, lead=lead)
