@@ -19,10 +19,7 @@ bench/orthanc.py lifts them:
   database's PostgreSQL backends from /proc; each request's latency (median, p90).
 
     .venv/bin/python -m bench.stow [--clients 1,4,1,4] [--per-series 60] [--db enclave_bench_stow --redis 12]
-    .venv/bin/python -m bench.stow --in-process [--requests 30] [--eager | --door-only] [--sql] [--groups 0,5]
-
-`--groups`: DICOMWEB_STOW_GROUP_PARTS values taken in turn, request by request, so that an A/B of them shares one
-process and one load; medians of CPU and statements per value.
+    .venv/bin/python -m bench.stow --in-process [--requests 30] [--eager | --door-only] [--sql]
 
 Figures: docs/BENCHMARKS.md, "STOW-RS processed in the request" and "STOW-RS: the request's own CPU".
 """
@@ -38,7 +35,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +127,7 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], tmp: Path, db: str
 
 def in_process(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from django.db import connection
-    from django.test import Client, override_settings
+    from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
     from studies.dicomweb import stow as stow_module
@@ -163,16 +159,12 @@ def in_process(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if hasattr(stow_module, name):
             setattr(stow_module, name, timed(name, getattr(stow_module, name)))
     cpu, wall, statements = [], [], []
-    groups = [int(g) for g in args.groups.split(",")] if args.groups else []
-    by_group: dict[int, list[tuple[float, int]]] = {g: [] for g in groups}
     for i in range(args.requests):
         if i == 2:
             steps.clear()  # the first two requests warm the caches up
         boundary = uuid.uuid4().hex
         body = multipart(files[i * PER_REQUEST : (i + 1) * PER_REQUEST], boundary)
-        group = groups[i % len(groups)] if groups else None
-        grouped = override_settings(DICOMWEB_STOW_GROUP_PARTS=group) if group is not None else nullcontext()
-        with grouped, CaptureQueriesContext(connection) as queries:
+        with CaptureQueriesContext(connection) as queries:
             started_cpu, started = time.process_time(), time.perf_counter()
             response = client.generic(
                 "POST",
@@ -187,8 +179,6 @@ def in_process(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if response.status_code != (202 if args.door_only else 200):
             raise BenchError(f"HTTP {response.status_code}: {response.content[:300]!r}")
         statements.append(len(queries.captured_queries))
-        if group is not None and i >= 2:
-            by_group[group].append((cpu[-1], len(queries.captured_queries)))
         if args.sql and i == args.requests - 1:
             for query in queries.captured_queries:
                 print(query["sql"][:160])
@@ -204,16 +194,6 @@ def in_process(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for name, spent in steps.items()
         },
         "load_average": round(os.getloadavg()[0], 2),
-        **(
-            {
-                "by_group_cpu_ms_per_request_and_statements": {
-                    group: [round(statistics.median(c for c, _ in runs), 1), statistics.median(n for _, n in runs)]
-                    for group, runs in by_group.items()
-                }
-            }
-            if groups
-            else {}
-        ),
     }
 
 
@@ -227,12 +207,6 @@ def main() -> int:
         "--door-only",
         action="store_true",
         help="--in-process: DICOMWEB_STOW_WAIT_SECONDS=0, the request answers after its receipt (the door's CPU alone)",
-    )
-    parser.add_argument(
-        "--groups",
-        default="",
-        help="--in-process: DICOMWEB_STOW_GROUP_PARTS values taken in turn, request by request (an A/B in one "
-        "process, under the same load); medians per value",
     )
     parser.add_argument("--clients", default="1,4", help="end to end: one set per entry, sent from that many clients")
     parser.add_argument("--per-series", type=int, default=60, help="end to end: instances per series (4 series)")

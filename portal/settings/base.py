@@ -738,11 +738,6 @@ DICOMWEB_STOW_MAX_REQUEST_BYTES = env.int("DICOMWEB_STOW_MAX_REQUEST_BYTES", def
 UPLOAD_MAX_REQUEST_BYTES = env.int(
     "UPLOAD_MAX_REQUEST_BYTES", default=max(INGEST_MAX_BYTES, INGEST_ZIP_MAX_UNPACKED_BYTES) + 1024**2
 )
-# A STOW-RS request records its parts (and wakes the worker) every this many parts as they are sealed, so that the
-# worker checks and stores the first parts while the request still reads and seals the rest (0: once, at the end;
-# every INGEST_BATCH_SIZE parts). Off: each group is a worker batch of its own, whose fixed cost outweighed the
-# overlap (docs/BENCHMARKS.md "STOW-RS pipelined within a request").
-DICOMWEB_STOW_GROUP_PARTS = env.int("DICOMWEB_STOW_GROUP_PARTS", default=0)
 # How long a STOW-RS request waits for its instances to be processed; later ones are answered "still processing".
 DICOMWEB_STOW_WAIT_SECONDS = env.float("DICOMWEB_STOW_WAIT_SECONDS", default=30.0)
 # QIDO-RS answers at most this many results per request (a Warning header says when more exist).

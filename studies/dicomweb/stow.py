@@ -445,10 +445,9 @@ class _Receipt:
     """The parts of one request sealed into quarantine and not yet recorded. They are recorded together
     (`ingest_receive_many`: one statement, the processing message after it) at the end of the body, after a body
     error (the parts before it were received whole), and every INGEST_BATCH_SIZE parts or INGEST_BATCH_BYTES, so
-    that the worker meets them as one batch and a long request is processed as it arrives; with
-    DICOMWEB_STOW_GROUP_PARTS, every that many parts, so that the worker starts on the first parts while the rest
-    are read (off by default: each group is a batch of its own for the worker, whose fixed cost outweighed the
-    overlap when measured; docs/BENCHMARKS.md "STOW-RS pipelined within a request")."""
+    that the worker meets them as one batch and a long request is processed as it arrives. (Recording them in
+    smaller groups as they are read, so that the worker starts sooner, measured worse: each group is a worker batch
+    of its own, whose fixed cost outweighed the overlap; docs/BENCHMARKS.md "STOW-RS pipelined within a request".)"""
 
     def __init__(self, request: Request, batch: uuid.UUID) -> None:
         self.request = request
@@ -459,11 +458,7 @@ class _Receipt:
     def add(self, result: PartResult, blob: Blob, filename: str) -> None:
         self.pending.append((result, blob, filename))
         self.pending_bytes += blob.size
-        group = settings.DICOMWEB_STOW_GROUP_PARTS or settings.INGEST_BATCH_SIZE
-        if (
-            len(self.pending) >= min(group, settings.INGEST_BATCH_SIZE)
-            or self.pending_bytes >= settings.INGEST_BATCH_BYTES
-        ):
+        if len(self.pending) >= settings.INGEST_BATCH_SIZE or self.pending_bytes >= settings.INGEST_BATCH_BYTES:
             self.flush()
 
     def flush(self) -> None:

@@ -417,25 +417,6 @@ def test_a_request_longer_than_a_batch_is_recorded_batch_by_batch(api_client_for
     assert {i.state for i in items(tenant_a)} == {IngestItem.State.STORED}
 
 
-def test_a_request_may_record_its_parts_in_groups_as_they_are_read(api_client_for, tenant_a, radiologist_a, settings):
-    # DICOMWEB_STOW_GROUP_PARTS: the worker may start on the first parts while the request reads the rest; every
-    # part is still answered, once, and stored once.
-    settings.DICOMWEB_STOW_GROUP_PARTS = 2
-    files = make_study(series=1, instances_per_series=5)
-
-    with CaptureQueriesContext(connection) as queries:
-        response = post_parts(api_client_for(radiologist_a, tenant_a), URL, files)
-
-    assert response.status_code == 200, response.content
-    assert len(_receipts([q["sql"] for q in queries.captured_queries])) == 3  # 2 + 2 + 1
-    assert len(referenced(response.json())) == 5
-    received = items(tenant_a)
-    assert [i.filename for i in received] == [f"STOW-RS part {n}" for n in range(1, 6)]
-    assert {i.state for i in received} == {IngestItem.State.STORED}
-    with tenant_scope(tenant_a):
-        assert Instance.objects.count() == 5
-
-
 def test_query_budget_of_the_door(api_client_for, tenant_a, radiologist_a, django_assert_max_num_queries):
     # Instances of another study are refused at the door: what is left is the door's own work (authentication,
     # membership, permission, one audit row per refusal), which must not grow with anything but the parts.
