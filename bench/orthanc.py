@@ -43,6 +43,11 @@ Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
   searches on the index (by PatientID / PatientName=MARTIN* / a one-year StudyDate / ModalitiesInStudy=CT and a
   month / all studies, limit 100 / series of a study / instances of a series), each request asking for another
   patient, study, series, year or month, the same sequence for both.
+- The reads (`--reads alternating`, the default): Enclave's gunicorn and workers stay up, idle, while Orthanc
+  stores its sets; then both answer the same reads taking turns request by request, the order swapped every
+  round (Enclave then Orthanc, Orthanc then Enclave, ...), each over its own keep-alive session. A minute of a
+  shared machine that is slower falls on both, not on one: before session 6 each server's reads ran in a block
+  of their own minutes apart (`--reads sequential`), and ratios moved between runs by more than the code did.
 - Peak resident memory (VmHWM) of the listener, the worker and gunicorn (each with its children), and Orthanc.
 
 Each Enclave phase (a C-STORE or STOW-RS set) is followed by a wait until the workers have done every task it
@@ -428,49 +433,72 @@ def orthanc_searchable_at(base: str, expected: int, timeout: float) -> float:
 # ------------------------------------------------------------------------------
 
 
-def retrieve_series(session: Any, url: str, headers: dict[str, str], *, runs: int, expected: int) -> dict[str, Any]:
-    timings: list[float] = []
-    sizes: list[int] = []
-    for i in range(runs + 1):  # the first warms up
-        t0 = time.perf_counter()
-        size, parts, tail = 0, 0, b""
-        with session.get(url, headers={**headers, "Accept": ACCEPT_DICOM}, stream=True, timeout=600) as response:
-            if response.status_code != 200:
-                raise BenchError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
-            boundary = response.headers["Content-Type"].split("boundary=")[1].split(";")[0].strip('"').encode()
-            for chunk in response.iter_content(chunk_size=READ_CHUNK):
-                size += len(chunk)
-                parts += (tail + chunk).count(b"--" + boundary + b"\r\n")  # never split: the tail overlaps
-                tail = chunk[-(len(boundary) + 3) :]
-        elapsed = time.perf_counter() - t0
-        if parts != expected:
-            raise BenchError(f"{url}: {parts} parts, expected {expected}")
-        if i:
-            timings.append(elapsed)
-            sizes.append(size)
-    rates = [s / MB / t for s, t in zip(sizes, timings, strict=True)]
+def retrieve_once(session: Any, url: str, headers: dict[str, str], *, expected: int) -> tuple[float, int]:
+    """One retrieval of the series: (seconds, bytes of the body), every part counted."""
+    t0 = time.perf_counter()
+    size, parts, tail = 0, 0, b""
+    with session.get(url, headers={**headers, "Accept": ACCEPT_DICOM}, stream=True, timeout=600) as response:
+        if response.status_code != 200:
+            raise BenchError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
+        boundary = response.headers["Content-Type"].split("boundary=")[1].split(";")[0].strip('"').encode()
+        for chunk in response.iter_content(chunk_size=READ_CHUNK):
+            size += len(chunk)
+            parts += (tail + chunk).count(b"--" + boundary + b"\r\n")  # never split: the tail overlaps
+            tail = chunk[-(len(boundary) + 3) :]
+    elapsed = time.perf_counter() - t0
+    if parts != expected:
+        raise BenchError(f"{url}: {parts} parts, expected {expected}")
+    return elapsed, size
+
+
+def retrieval_summary(samples: list[tuple[float, int]]) -> dict[str, Any]:
+    timings = [seconds for seconds, _ in samples]
+    rates = [size / MB / seconds for seconds, size in samples]
     return {
-        "body_megabytes": round(sizes[0] / MB, 2),
+        "body_megabytes": round(samples[0][1] / MB, 2),
         "megabytes_per_second_median": round(statistics.median(rates), 1),
         "megabytes_per_second": [round(r, 1) for r in rates],
         "seconds_median": round(statistics.median(timings), 3),
     }
 
 
+def retrieve_series(session: Any, url: str, headers: dict[str, str], *, runs: int, expected: int) -> dict[str, Any]:
+    samples = [retrieve_once(session, url, headers, expected=expected) for _ in range(runs + 1)]
+    return retrieval_summary(samples[1:])  # the first warms up
+
+
+def alternate(sides: dict[str, Any], count: int) -> dict[str, list[Any]]:
+    """`sides[name](i)` for i in range(count), the sides taking turns and the order swapped every round (E O, O E,
+    E O, ...): both servers are measured over the same minutes, so a slower or busier minute of a shared machine
+    falls on both rather than on whichever happened to run then."""
+    names = list(sides)
+    out: dict[str, list[Any]] = {name: [] for name in names}
+    for i in range(count):
+        for name in names if i % 2 == 0 else names[::-1]:
+            out[name].append(sides[name](i))
+    return out
+
+
+def search_once(session: Any, url: str, headers: dict[str, str]) -> float:
+    """One search, in ms; an error or an empty answer ends the run."""
+    t0 = time.perf_counter()
+    response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=60)
+    body = response.content
+    elapsed = time.perf_counter() - t0
+    if response.status_code != 200 or not json.loads(body):
+        raise BenchError(f"{url}: HTTP {response.status_code}: {body[:200]!r}")
+    return elapsed * 1000
+
+
+def search_summary(timings: list[float]) -> dict[str, Any]:
+    return {"median_ms": round(statistics.median(timings), 1), "p95_ms": round(percentile(timings, 0.95), 1)}
+
+
 def search_medians(session: Any, searches: dict[str, str], headers: dict[str, str], repeat: int) -> dict[str, Any]:
     out = {}
     for name, url in searches.items():
-        timings = []
-        for i in range(repeat + 3):
-            t0 = time.perf_counter()
-            response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=60)
-            body = response.content
-            elapsed = time.perf_counter() - t0
-            if response.status_code != 200 or not json.loads(body):
-                raise BenchError(f"{url}: HTTP {response.status_code}: {body[:200]!r}")
-            if i >= 3:
-                timings.append(elapsed * 1000)
-        out[name] = {"median_ms": round(statistics.median(timings), 1), "p95_ms": round(percentile(timings, 0.95), 1)}
+        timings = [search_once(session, url, headers) for _ in range(repeat + 3)]
+        out[name] = search_summary(timings[3:])  # three warm up
     return out
 
 
@@ -632,53 +660,138 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+class SearchFailed(Exception):
+    """A search at scale that timed out or that the server could not answer (5xx): recorded, and the run goes on."""
+
+
+def scale_once(
+    session: Any, base: str, headers: dict[str, str], name: str, request: Any, i: int, timeout: float
+) -> tuple[float, int]:
+    """Request i of search `name`: (ms, results)."""
+    import requests
+
+    path, params = request(i)
+    t0 = time.perf_counter()
+    # The query string as a viewer writes it: Orthanc 1.10 does not decode %2A (a wildcard requests would encode)
+    # and answers nothing; every value here is letters, digits, '-' and '*'.
+    query = "&".join(f"{key}={value}" for key, value in params.items())
+    url = f"{base}/{path}" + (f"?{query}" if query else "")
+    try:
+        response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=timeout)
+    except (requests.Timeout, requests.ConnectionError) as error:
+        log(f"  {name}: no answer within {timeout:.0f} s ({url}): {error!r}"[:400])
+        raise SearchFailed(f"no answer within {timeout:.0f} s") from error
+    if response.status_code >= 500:  # the server's own timeout (Enclave's 503 search_timeout): noted
+        log(f"  {name}: HTTP {response.status_code} ({url}): {response.text[:200]!r}")
+        raise SearchFailed(f"HTTP {response.status_code}")
+    body = response.content
+    elapsed = time.perf_counter() - t0
+    if response.status_code not in (200, 204):
+        raise BenchError(f"{name}: HTTP {response.status_code}: {body[:300]!r}")
+    return elapsed * 1000, len(json.loads(body)) if response.status_code == 200 else 0
+
+
+def scale_summary(
+    name: str, samples: list[tuple[float, int]], failure: str, *, repeat: int, timeout: float, who: str = ""
+) -> dict[str, Any]:
+    """`samples`: the timed requests (the warm-ups left out)."""
+    timings = [ms for ms, _ in samples]
+    if len(timings) < repeat:
+        return {"timed_out_s": timeout, "failure": failure, "answered": len(timings),
+                "samples_ms": [round(t, 2) for t in timings]}  # fmt: skip
+    out = {
+        "median_ms": round(statistics.median(timings), 1),
+        "p95_ms": round(percentile(timings, 0.95), 1),
+        "results_median": statistics.median([count for _, count in samples]),
+        "samples_ms": [round(t, 2) for t in timings],
+    }
+    log(f"  {who}{name}: median {out['median_ms']} ms, p95 {out['p95_ms']} ms, {out['results_median']} results")
+    return out
+
+
 def run_scale_searches(
     session: Any, base: str, headers: dict[str, str], searches: dict[str, Any], *, warmup: int, repeat: int,
     timeout: float = 120,
 ) -> dict[str, Any]:  # fmt: skip
     """Each search `warmup` + `repeat` times; one that takes longer than `timeout` is recorded as timed out and
     the next search begins (one pathological search does not end a run that took half an hour to set up)."""
-    import requests
-
     out: dict[str, Any] = {}
     for name, request in searches.items():
-        timings, counts, failure = [], [], ""
+        samples: list[tuple[float, int]] = []
+        failure = ""
         for i in range(warmup + repeat):
-            path, params = request(i)
-            t0 = time.perf_counter()
-            # The query string as a viewer writes it: Orthanc 1.10 does not decode %2A (a wildcard requests would
-            # encode) and answers nothing; every value here is letters, digits, '-' and '*'.
-            query = "&".join(f"{key}={value}" for key, value in params.items())
-            url = f"{base}/{path}" + (f"?{query}" if query else "")
             try:
-                response = session.get(url, headers={**headers, "Accept": "application/dicom+json"}, timeout=timeout)
-            except (requests.Timeout, requests.ConnectionError) as error:
-                failure = f"no answer within {timeout:.0f} s"
-                log(f"  {name}: {failure} ({url}): {error!r}"[:400])
+                sample = scale_once(session, base, headers, name, request, i, timeout)
+            except SearchFailed as error:
+                failure = str(error)
                 break
-            if response.status_code >= 500:  # the server's own timeout (Enclave's 503 search_timeout): noted
-                failure = f"HTTP {response.status_code}"
-                log(f"  {name}: {failure} ({url}): {response.text[:200]!r}")
-                break
-            body = response.content
-            elapsed = time.perf_counter() - t0
-            if response.status_code not in (200, 204):
-                raise BenchError(f"{name}: HTTP {response.status_code}: {body[:300]!r}")
             if i >= warmup:
-                timings.append(elapsed * 1000)
-                counts.append(len(json.loads(body)) if response.status_code == 200 else 0)
-        if len(timings) < repeat:
-            out[name] = {"timed_out_s": timeout, "failure": failure, "answered": len(timings),
-                         "samples_ms": [round(t, 2) for t in timings]}  # fmt: skip
-            continue
-        out[name] = {
-            "median_ms": round(statistics.median(timings), 1),
-            "p95_ms": round(percentile(timings, 0.95), 1),
-            "results_median": statistics.median(counts),
-            "samples_ms": [round(t, 2) for t in timings],
-        }
-        log(f"  {name}: median {out[name]['median_ms']} ms, p95 {out[name]['p95_ms']} ms, "
-            f"{out[name]['results_median']} results")  # fmt: skip
+                samples.append(sample)
+        out[name] = scale_summary(name, samples, failure, repeat=repeat, timeout=timeout)
+    return out
+
+
+class Server:
+    """One side of the alternating reads: its keep-alive session, its DICOMweb root and its headers."""
+
+    def __init__(self, session: Any, base: str, headers: dict[str, str]) -> None:
+        self.session, self.base, self.headers = session, base, headers
+
+
+def reads_alternating(
+    servers: dict[str, Server], *, series: str, expected: int, retrievals: int, searches: dict[str, dict[str, str]],
+    scale: dict[str, Server] | None, picked_searches: dict[str, Any], warmup: int, repeat: int, timeout: float,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Every read of both servers, the two taking turns request by request (`alternate`): the series retrieval
+    (`retrievals` timed after one warm-up each), the small tenant's searches and the searches at scale. The same
+    figures as the sequential reads, in the same shape."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in servers}
+
+    def retrieval(name: str) -> Any:
+        side = servers[name]
+        return lambda _: retrieve_once(side.session, f"{side.base}/{series}", side.headers, expected=expected)
+
+    samples = alternate({name: retrieval(name) for name in servers}, retrievals + 1)
+    for name in servers:
+        out[name]["wado_series"] = retrieval_summary(samples[name][1:])
+    for name in servers:
+        out[name]["qido"] = {}
+    for label in next(iter(searches.values())):
+
+        def search(name: str, label: str = label) -> Any:
+            side = servers[name]
+            return lambda _: search_once(side.session, searches[name][label], side.headers)
+
+        timings = alternate({name: search(name) for name in servers}, repeat + 3)
+        for name in servers:
+            out[name]["qido"][label] = search_summary(timings[name][3:])
+    if scale is None:
+        return out
+    for name in scale:
+        out[name]["qido_index"] = {}
+    for label, request in picked_searches.items():
+        failures: dict[str, str] = {}
+
+        def at_scale(name: str, label: str = label, request: Any = request, failures: dict[str, str] = failures) -> Any:
+            side = scale[name]
+
+            def once(i: int) -> tuple[float, int] | None:
+                if name in failures:  # this side failed: the other goes on alone
+                    return None
+                try:
+                    return scale_once(side.session, side.base, side.headers, label, request, i, timeout)
+                except SearchFailed as error:
+                    failures[name] = str(error)
+                    return None
+
+            return once
+
+        results = alternate({name: at_scale(name) for name in scale}, warmup + repeat)
+        for name in scale:
+            answered = [sample for sample in results[name][warmup:] if sample is not None]
+            out[name]["qido_index"][label] = scale_summary(
+                label, answered, failures.get(name, ""), repeat=repeat, timeout=timeout, who=f"{name}: "
+            )
     return out
 
 
@@ -726,6 +839,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--one-worker", action="store_true",
         help="one Celery worker (-c 2) on every queue, as in the runs before this option (not scripts/run.sh's two)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reads", choices=("alternating", "sequential"), default="alternating",
+        help="alternating (default): both servers up for the reads, taking turns request by request; sequential: "
+        "Enclave's reads, then Orthanc's after its C-STORE and STOW-RS, as in the runs before session 6",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=1800)
@@ -880,27 +998,28 @@ def main() -> int:
             figures["enclave"][name]["drain"] = drained(stow_groups, per_set, f"STOW-RS {name}", args.drain_timeout)
         figures["enclave"]["memory"]["worker_stow"] = memory_of(worker)
         auth = {"Authorization": f"Bearer {token}"}
-        with requests.Session() as session:
-            for _ in range(4):
-                session.get(f"{base}/studies?limit=1", headers=auth, timeout=30)
+        index_auth = {"Authorization": f"Bearer {index_target.token}"} if index_target is not None else {}
+        series_path = f"studies/{uids['study']}/series/{uids['series']}"
+        enclave_session = requests.Session()
+        for _ in range(4):
+            enclave_session.get(f"{base}/studies?limit=1", headers=auth, timeout=30)
+        if args.reads == "sequential":
             figures["enclave"]["wado_series"] = retrieve_series(
-                session,
-                f"{base}/studies/{uids['study']}/series/{uids['series']}",
-                auth,
-                runs=args.retrievals,
-                expected=series_size,
+                enclave_session, f"{base}/{series_path}", auth, runs=args.retrievals, expected=series_size
             )
-            figures["enclave"]["qido"] = search_medians(session, searches_for(base, uids), auth, args.repeat)
+            figures["enclave"]["qido"] = search_medians(enclave_session, searches_for(base, uids), auth, args.repeat)
             if index_target is not None:
                 log(f"Enclave QIDO-RS at {index_count} instances")
                 figures["enclave"]["qido_index"] = run_scale_searches(
-                    session, f"{root}/{index_target.tenant.slug}", {"Authorization": f"Bearer {index_target.token}"},
-                    scale_searches(picked), warmup=args.warmup, repeat=args.repeat, timeout=args.search_timeout,
+                    enclave_session, f"{root}/{index_target.tenant.slug}", index_auth, scale_searches(picked),
+                    warmup=args.warmup, repeat=args.repeat, timeout=args.search_timeout,
                 )  # fmt: skip
-        figures["enclave"]["memory"]["gunicorn"] = memory_of(web)
-        processes.stop("gunicorn")
-        workers_stop(processes)
-        log(f"Enclave: {figures['enclave']['wado_series']}, {figures['enclave']['qido']}")
+            enclave_session.close()
+            figures["enclave"]["memory"]["gunicorn"] = memory_of(web)
+            processes.stop("gunicorn")
+            workers_stop(processes)
+            log(f"Enclave: {figures['enclave']['wado_series']}, {figures['enclave']['qido']}")
+        # With --reads alternating gunicorn and the workers stay up, idle, while Orthanc stores its sets.
 
         # Orthanc: the same sets, in the same order.
         cpu0 = machine_cpu()
@@ -934,20 +1053,41 @@ def main() -> int:
             figures["orthanc"]["cstore_small"]["cpu_ms_per_instance"] = per_instance_ms(meter.stop(), index_count)
             log(f"Orthanc C-STORE (small): {figures['orthanc']['cstore_small']}")
         with requests.Session() as session:
-            figures["orthanc"]["wado_series"] = retrieve_series(
-                session,
-                f"{dbase}/studies/{uids['study']}/series/{uids['series']}",
-                {},
-                runs=args.retrievals,
-                expected=series_size,
-            )
-            figures["orthanc"]["qido"] = search_medians(session, searches_for(dbase, uids), {}, args.repeat)
-            if index_count:
-                log(f"Orthanc QIDO-RS at {index_count} instances (+ {stored - index_count} of the other sets)")
-                figures["orthanc"]["qido_index"] = run_scale_searches(
-                    session, dbase, {}, scale_searches(picked), warmup=args.warmup, repeat=args.repeat,
+            if args.reads == "sequential":
+                figures["orthanc"]["wado_series"] = retrieve_series(
+                    session, f"{dbase}/{series_path}", {}, runs=args.retrievals, expected=series_size
+                )
+                figures["orthanc"]["qido"] = search_medians(session, searches_for(dbase, uids), {}, args.repeat)
+                if index_count:
+                    log(f"Orthanc QIDO-RS at {index_count} instances (+ {stored - index_count} of the other sets)")
+                    figures["orthanc"]["qido_index"] = run_scale_searches(
+                        session, dbase, {}, scale_searches(picked), warmup=args.warmup, repeat=args.repeat,
+                        timeout=args.search_timeout,
+                    )  # fmt: skip
+            else:
+                for _ in range(4):
+                    session.get(f"{dbase}/studies?limit=1", timeout=30)
+                log("Reads of both, taking turns request by request"
+                    + (f" (QIDO-RS at {index_count} instances; Orthanc holds {stored - index_count} more of the "
+                       "other sets)" if index_count else ""))  # fmt: skip
+                enclave, other = Server(enclave_session, base, auth), Server(session, dbase, {})
+                reads = reads_alternating(
+                    {"enclave": enclave, "orthanc": other}, series=series_path, expected=series_size,
+                    retrievals=args.retrievals,
+                    searches={"enclave": searches_for(base, uids), "orthanc": searches_for(dbase, uids)},
+                    scale=None if not index_count or index_target is None else {
+                        "enclave": Server(enclave_session, f"{root}/{index_target.tenant.slug}", index_auth),
+                        "orthanc": other},
+                    picked_searches=scale_searches(picked), warmup=args.warmup, repeat=args.repeat,
                     timeout=args.search_timeout,
                 )  # fmt: skip
+                for name, values in reads.items():
+                    figures[name].update(values)
+                enclave_session.close()
+                figures["enclave"]["memory"]["gunicorn"] = memory_of(web)
+                processes.stop("gunicorn")
+                workers_stop(processes)
+                log(f"Enclave: {figures['enclave']['wado_series']}, {figures['enclave']['qido']}")
         figures["orthanc"]["memory"] = {"orthanc": memory_of(orthanc)}
         processes.stop("orthanc")
         log(f"Orthanc: {figures['orthanc']['wado_series']}, {figures['orthanc']['qido']}")
