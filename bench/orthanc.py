@@ -11,7 +11,10 @@ scripts/run.sh starts it (portal/gunicorn_conf.py, 2 gthread workers x 8 threads
 encryption, the built-in scanner and auditing on. The per-person rate
 limits are lifted (RATE_LIMITS): Orthanc has none, and one client sends more searches a minute than they allow.
 
-Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc:
+Measured for both, in this order, with `TCP_NODELAY=1` for dcmtk and Orthanc. With `--order paired` (the default)
+both archives are up from the start and each of Orthanc's C-STORE and STOW-RS sets runs right after Enclave's same
+set, so the two figures of a ratio come from the same few minutes of a shared machine (`--order blocks`: every
+Enclave phase, then every Orthanc phase, as the runs before session 6 did). The archive that is not measured idles.
 
 - C-STORE of a set of CT instances (512 x 512, 16-bit) with dcmtk's storescu in one association, then of a second
   set (the same size, other UIDs) in four parallel associations: instances/s from the start of the senders to the
@@ -841,6 +844,11 @@ def arguments() -> argparse.Namespace:
         help="one Celery worker (-c 2) on every queue, as in the runs before this option (not scripts/run.sh's two)",
     )  # fmt: skip
     parser.add_argument(
+        "--order", choices=("paired", "blocks"), default="paired",
+        help="paired (default): each of Orthanc's C-STORE and STOW-RS sets right after Enclave's same set, both "
+        "archives up from the start; blocks: every Enclave phase, then every Orthanc phase, as before session 6",
+    )  # fmt: skip
+    parser.add_argument(
         "--reads", choices=("alternating", "sequential"), default="alternating",
         help="alternating (default): both servers up for the reads, taking turns request by request; sequential: "
         "Enclave's reads, then Orthanc's after its C-STORE and STOW-RS, as in the runs before session 6",
@@ -920,17 +928,69 @@ def main() -> int:
                                                  / MB, 1)}  # fmt: skip
             log(f"index of {index_count} instances: {setup['index']}")
 
+        # Orthanc's side of each phase. --order paired (the default): Orthanc is up from here on and each of its
+        # phases runs right after Enclave's same phase; blocks: all of Enclave's phases, then all of Orthanc's.
+        paired = args.order == "paired"
+        side: dict[str, Any] = {"stored": 0}
+
+        def orthanc_up() -> None:
+            if "base" not in side:
+                side["process"], side["base"], side["dicom_port"] = orthanc_start(processes, tmp / "orthanc")
+
+        def orthanc_cstore(name: str) -> None:
+            orthanc_up()
+            busy0 = machine_cpu()
+            meter = CpuMeter({"orthanc": pids_of(side["process"])}).start()
+            t0, client = storescu(folders[name], calling="BENCHCT", called="ORTHANC", port=side["dicom_port"],
+                                  logs=tmp, tag=f"o{name}")  # fmt: skip
+            side["stored"] += per_set
+            searchable = orthanc_searchable_at(side["base"], side["stored"], args.timeout)
+            figure = figures["orthanc"][f"cstore_{name}"] = _rate(per_set, searchable - t0, client)
+            figure["cpu_ms_per_instance"] = per_instance_ms(meter.stop(), per_set)
+            figure["machine_busy"] = cpu_busy_since(busy0)
+            log(f"Orthanc C-STORE ({name}): {figure}")
+
+        def orthanc_small() -> None:
+            orthanc_up()
+            log(f"Orthanc C-STORE of the index's {index_count} small instances (one association)")
+            meter = CpuMeter({"orthanc": pids_of(side["process"])}).start()
+            t0, client = storescu([tmp / "dicom-index"], calling="BENCHCT", called="ORTHANC", port=side["dicom_port"],
+                                  logs=tmp, tag="osmall")  # fmt: skip
+            side["stored"] += index_count
+            figure = figures["orthanc"]["cstore_small"] = _rate(
+                index_count, orthanc_searchable_at(side["base"], side["stored"], args.timeout) - t0, client
+            )
+            figure["cpu_ms_per_instance"] = per_instance_ms(meter.stop(), index_count)
+            log(f"Orthanc C-STORE (small): {figure}")
+
+        def orthanc_stow(name: str, clients: int) -> None:
+            orthanc_up()
+            t0, client = stow(f"{side['base']}/dicom-web/studies", {}, sets[name], clients=clients,
+                              batch=args.stow_batch)  # fmt: skip
+            side["stored"] += per_set
+            figures["orthanc"][name] = _rate(
+                per_set, orthanc_searchable_at(side["base"], side["stored"], args.timeout) - t0, client
+            )
+            log(f"Orthanc STOW-RS ({clients} clients): {figures['orthanc'][name]}")
+
+        if paired:
+            orthanc_up()
+
         # Enclave: listener and worker; C-STORE with the built-in scanner.
         cpu0 = machine_cpu()
         worker = workers_start(processes, base_env, one=args.one_worker)
         listener, port = listener_start(processes, base_env)
         groups = enclave_cpu_groups(processes, listener, None)
         for name in ("one", "four"):
-            figures["enclave"][f"cstore_{name}"] = enclave_cstore(
+            busy0 = machine_cpu()
+            figure = figures["enclave"][f"cstore_{name}"] = enclave_cstore(
                 folders[name], targets[name], port=port, count=per_set, groups=groups, tmp=tmp, tag=f"e{name}",
                 timeout=args.timeout, drain_timeout=args.drain_timeout,
             )  # fmt: skip
-            log(f"Enclave C-STORE ({name}): {figures['enclave'][f'cstore_{name}']}")
+            figure["machine_busy"] = cpu_busy_since(busy0)
+            log(f"Enclave C-STORE ({name}): {figure}")
+            if paired:
+                orthanc_cstore(name)
         if args.small_cstore and index_count:
             small = min(index_count, args.small_cstore_count or index_count)
             folder = tmp / "dicom-index-enclave"
@@ -943,7 +1003,9 @@ def main() -> int:
                 timeout=args.timeout, drain_timeout=args.drain_timeout,
             )  # fmt: skip
             log(f"Enclave C-STORE (small): {figures['enclave']['cstore_small']}")
-        figures["enclave"]["machine_busy_during_cstore"] = cpu_busy_since(cpu0)
+        if paired and index_count:
+            orthanc_small()
+        figures["enclave"]["machine_busy_during_cstore"] = cpu_busy_since(cpu0)  # with Orthanc's sets when paired
         if args.profile:
             figures["enclave"]["cstore_profiled"] = profiled_cstore(
                 sets["prof"], targets["prof"], listener=listener, worker=worker, port=port, groups=groups,
@@ -996,6 +1058,8 @@ def main() -> int:
             figures["enclave"][f"{name}"] = _rate(per_set, enclave_searchable_at(stow_target) - t0, client)
             log(f"Enclave STOW-RS ({clients} clients): {figures['enclave'][name]}")
             figures["enclave"][name]["drain"] = drained(stow_groups, per_set, f"STOW-RS {name}", args.drain_timeout)
+            if paired:
+                orthanc_stow(name, clients)
         figures["enclave"]["memory"]["worker_stow"] = memory_of(worker)
         auth = {"Authorization": f"Bearer {token}"}
         index_auth = {"Authorization": f"Bearer {index_target.token}"} if index_target is not None else {}
@@ -1021,37 +1085,18 @@ def main() -> int:
             log(f"Enclave: {figures['enclave']['wado_series']}, {figures['enclave']['qido']}")
         # With --reads alternating gunicorn and the workers stay up, idle, while Orthanc stores its sets.
 
-        # Orthanc: the same sets, in the same order.
-        cpu0 = machine_cpu()
-        orthanc, obase, dicom_port = orthanc_start(processes, tmp / "orthanc")
-        stored = 0
-        for name in ("one", "four"):
-            meter = CpuMeter({"orthanc": pids_of(orthanc)}).start()
-            t0, client = storescu(folders[name], calling="BENCHCT", called="ORTHANC", port=dicom_port, logs=tmp,
-                                  tag=f"o{name}")  # fmt: skip
-            stored += per_set
-            searchable = orthanc_searchable_at(obase, stored, args.timeout)
-            figures["orthanc"][f"cstore_{name}"] = _rate(per_set, searchable - t0, client)
-            figures["orthanc"][f"cstore_{name}"]["cpu_ms_per_instance"] = per_instance_ms(meter.stop(), per_set)
-            log(f"Orthanc C-STORE ({name}): {figures['orthanc'][f'cstore_{name}']}")
-        figures["orthanc"]["machine_busy_during_cstore"] = cpu_busy_since(cpu0)
+        # Orthanc: the same sets, in the same order (already done, each beside Enclave's, when paired).
+        if not paired:
+            cpu0 = machine_cpu()
+            for name in ("one", "four"):
+                orthanc_cstore(name)
+            figures["orthanc"]["machine_busy_during_cstore"] = cpu_busy_since(cpu0)
+            for name, clients in (("stow1", 1), ("stow4", 4)):
+                orthanc_stow(name, clients)
+            if index_count:
+                orthanc_small()
+        orthanc, obase, stored = side["process"], side["base"], side["stored"]
         dbase = f"{obase}/dicom-web"
-        for name, clients in (("stow1", 1), ("stow4", 4)):
-            t0, client = stow(f"{dbase}/studies", {}, sets[name], clients=clients, batch=args.stow_batch)
-            stored += per_set
-            figures["orthanc"][name] = _rate(per_set, orthanc_searchable_at(obase, stored, args.timeout) - t0, client)
-            log(f"Orthanc STOW-RS ({clients} clients): {figures['orthanc'][name]}")
-        if index_count:
-            log(f"Orthanc C-STORE of the index's {index_count} small instances (one association)")
-            meter = CpuMeter({"orthanc": pids_of(orthanc)}).start()
-            t0, client = storescu([tmp / "dicom-index"], calling="BENCHCT", called="ORTHANC", port=dicom_port,
-                                  logs=tmp, tag="osmall")  # fmt: skip
-            stored += index_count
-            figures["orthanc"]["cstore_small"] = _rate(
-                index_count, orthanc_searchable_at(obase, stored, args.timeout) - t0, client
-            )
-            figures["orthanc"]["cstore_small"]["cpu_ms_per_instance"] = per_instance_ms(meter.stop(), index_count)
-            log(f"Orthanc C-STORE (small): {figures['orthanc']['cstore_small']}")
         with requests.Session() as session:
             if args.reads == "sequential":
                 figures["orthanc"]["wado_series"] = retrieve_series(
