@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from studies.dicomweb import stow
+from studies.models import IngestItem
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's warnings on a non-ASCII URL
 
@@ -129,3 +130,48 @@ def test_every_comment_and_code_alone():
             expected, expected_status = _reference([result], study_url=lambda uid: f"http://x/{uid}", url_study=None)
 
             assert (json.dumps(answer), status) == (json.dumps(expected), expected_status), text
+
+
+# The verdict rows (`ItemVerdict`, one row of the columns the answer needs per item) turned into results.
+
+
+def _door_result() -> stow.PartResult:
+    return stow.PartResult(part=1, identity=stow.Identity("1.2.840.10008.5.1.4.1.1.2", "1.9.1", "1.9.2", "1.9.3"))
+
+
+def test_a_stored_item_is_answered_with_the_uids_of_the_instance_it_became():
+    result = _door_result()
+    row = stow.ItemVerdict(
+        pk=1,
+        state=IngestItem.State.STORED,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+        sop_instance_uid="1.8.1",
+        series_instance_uid="1.8.3",
+        study_instance_uid="1.8.2",
+    )
+
+    stow._settle(result, row)
+
+    assert result.identity == stow.Identity("1.2.840.10008.5.1.4.1.1.4", "1.8.1", "1.8.2", "1.8.3")
+    assert (result.failure, result.warning, result.comment) == (None, None, "")
+
+
+def test_an_item_without_an_instance_keeps_the_door_s_uids_and_gets_its_failure():
+    result = _door_result()
+
+    stow._settle(
+        result,
+        stow.ItemVerdict(pk=1, state=IngestItem.State.REJECTED, reason="truncated", failure=IngestItem.Failure.INVALID),
+    )
+
+    assert result.identity == _door_result().identity
+    assert (result.failure, result.comment) == (stow.FAILURE_DOES_NOT_MATCH_SOP_CLASS, "truncated")
+
+
+def test_an_item_whose_row_is_gone_fails_with_a_processing_failure():
+    result = _door_result()
+
+    stow._settle(result, None)
+
+    assert result.failure == stow.FAILURE_PROCESSING
+    assert "record is gone" in result.comment
