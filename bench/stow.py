@@ -66,10 +66,10 @@ STEPS = ("identify", "ingest_quarantine", "ingest_receive_many", "ingest_process
 CONTENT_TYPE = 'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def _send(url: str, headers: dict[str, str], files: list[Path], clients: int) -> tuple[float, list[float]]:
+def _send(url: str, headers: dict[str, str], files: list[Path], clients: int) -> tuple[float, _Ends]:
     """POST the files in requests of PER_REQUEST from `clients` threads, each over a keep-alive session of its
-    own, as bench.orthanc's STOW-RS phase does; (t0, each request's latency in ms)."""
-    latencies: list[float] = []
+    own, as bench.orthanc's STOW-RS phase does; (t0, each request's latency in ms, with its start and end)."""
+    latencies = _Ends()
     t0, _ = stow(url, headers, files, clients=clients, batch=PER_REQUEST, latencies=latencies)
     return t0, latencies
 
@@ -102,12 +102,14 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], tmp: Path, db: str
             for _ in range(4):  # both gunicorn workers have loaded the application
                 requests.get(f"{root}/{target.tenant.slug}/studies?limit=1", headers=headers, timeout=30)
             wait_idle(lambda: groups["gunicorn"]() + groups["worker"](), timeout=30)
+            spies = _spy_start(args.spy, f"c{count}-set{i}", groups["gunicorn"]()) if args.spy else []
             meter = CpuMeter(groups).start()
             t0, latencies = _send(f"{root}/{target.tenant.slug}/studies", headers, files, count)
             wait_final(target, len(files), args.timeout)
             last = enclave_searchable_at(target)
             time.sleep(0.5)  # the worker's and gunicorn's last CPU after the last verdict
             cpu = meter.stop()
+            _spy_stop(spies)
             result = {
                 "clients": count,
                 "instances": len(files),
@@ -117,12 +119,96 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], tmp: Path, db: str
                 "request_ms_median": round(statistics.median(latencies), 1),
                 "request_ms_p90": round(sorted(latencies)[int(len(latencies) * 0.9)], 1),
                 "load_average": round(os.getloadavg()[0], 2),
+                "timeline_ms_median": _timeline(target, latencies.spans) if count == 1 else {},
             }
             log(json.dumps(result))
             results.append(result)
     finally:
         processes.stop_all()
     return results
+
+
+def _spy_start(folder: str, name: str, pids: list[int]) -> list[Any]:
+    """py-spy (installed apart from .venv, bench.http_cost's `_py_spy`) on each of `pids`, 250 Hz, raw stacks
+    with the threads waiting left out, into `folder`/`name`-<pid>.txt."""
+    import subprocess  # nosec B404: the profiler, a fixed command of this benchmark
+
+    from bench.http_cost import _py_spy
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    spies = [
+        subprocess.Popen(  # nosec B603
+            [
+                _py_spy(),
+                "record",
+                "--pid",
+                str(pid),
+                "-r",
+                "250",
+                "--format",
+                "raw",
+                "-o",
+                f"{folder}/{name}-{pid}.txt",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+    time.sleep(1.0)  # attached before the first request
+    return spies
+
+
+def _spy_stop(spies: list[Any]) -> None:
+    for spy in spies:
+        spy.send_signal(2)
+        spy.wait(timeout=60)
+
+
+class _Ends(list):  # type: ignore[type-arg]
+    """The latencies list bench.orthanc's `stow` appends to, keeping also when each was appended (the answer's
+    arrival), so that each request's start is known: end - latency."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spans: list[tuple[float, float]] = []
+
+    def append(self, latency: float) -> None:
+        end = time.time()
+        self.spans.append((end - latency / 1000, end))
+        super().append(latency)
+
+
+def _timeline(target: Any, spans: list[tuple[float, float]]) -> dict[str, float]:
+    """Where the wall time of a request of one client goes (median over the requests, ms), from the client's
+    start and end of each request and its items' own timestamps: start -> receipt (the items' `created_at`,
+    taken as the receipt statement was built: the body read, identified and sealed), receipt -> the worker's
+    claim (first `claimed_at`: the Celery message and the worker's pick-up), claim -> last verdict (last
+    `finished_at`: the worker's batch), last verdict -> the answer at the client (the batch's audit and commit,
+    the wake-up, the request's read of its items and its answer). Requests and batches are paired in order, which
+    holds for one client only."""
+    from django.db.models import Max, Min
+
+    from studies.models import IngestItem
+    from tenants.scoping import tenant_scope
+
+    with tenant_scope(target.tenant):
+        rows = list(
+            IngestItem.objects.values("batch")
+            .annotate(received=Min("created_at"), claimed=Min("claimed_at"), finished=Max("finished_at"))
+            .order_by("received")
+        )
+    if len(rows) != len(spans) or not all(r["claimed"] and r["finished"] for r in rows):
+        return {}
+    steps: dict[str, list[float]] = {}
+    for (start, end), row in zip(sorted(spans), rows, strict=True):
+        marks = [start, row["received"].timestamp(), row["claimed"].timestamp(), row["finished"].timestamp(), end]
+        for name, a, b in zip(_TIMELINE, marks, marks[1:], strict=False):
+            steps.setdefault(name, []).append((b - a) * 1000)
+    return {name: round(statistics.median(values), 1) for name, values in steps.items()}
+
+
+_TIMELINE = ("start_to_receipt", "receipt_to_claim", "claim_to_last_verdict", "last_verdict_to_answer")
 
 
 def in_process(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -214,6 +300,7 @@ def main() -> int:
     parser.add_argument("--db", default="enclave_bench_stow")
     parser.add_argument("--redis", type=int, default=12)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--spy", default="", help="end to end: py-spy each gunicorn worker into this folder")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="enclave-bench-stow-"))
     redis_url = f"redis://127.0.0.1:6379/{args.redis}"

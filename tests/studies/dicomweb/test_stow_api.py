@@ -439,21 +439,21 @@ def test_query_budget_of_one_stored_instance(api_client_for, tenant_a, radiologi
     assert response.status_code == 200
 
 
-# The answer for items the pipeline has not decided yet (a slow or stopped worker), built from unsaved rows.
+# The answer for items the pipeline has not decided yet (a slow or stopped worker), built from their rows.
 
 
 def test_items_still_processing_are_referenced_with_a_warning_and_202():
     data = make_instance()
     result = stow.PartResult(part=1, identity=stow.identify(data), item_id=1)
-    stow._settle(result, IngestItem(state=IngestItem.State.PROCESSING))
+    stow._settle(result, stow.ItemVerdict(pk=1, state=IngestItem.State.PROCESSING))
 
-    dataset, status = stow.store_response([result], study_url=lambda uid: f"http://x/studies/{uid}", url_study=None)
+    answer, status = stow.store_response([result], study_url=lambda uid: f"http://x/studies/{uid}", url_study=None)
 
     assert status == 202
-    [ref] = dataset.ReferencedSOPSequence
-    assert ref.WarningReason == stow.WARNING_STILL_PROCESSING
-    assert ref.ReferencedSOPInstanceUID == result.identity.sop_instance_uid
-    assert "still being processed" in ref.FailedAttributesSequence[0].ErrorComment
+    [ref] = referenced(answer)
+    assert value(ref, WARNING_REASON) == stow.WARNING_STILL_PROCESSING
+    assert value(ref, REFERENCED_SOP_INSTANCE) == result.identity.sop_instance_uid
+    assert "still being processed" in comment(ref)
 
 
 @pytest.mark.parametrize(
