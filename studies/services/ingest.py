@@ -13,6 +13,7 @@ hears a verdict.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -27,7 +28,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import BigIntegerField, Case, CharField, DateTimeField, Expression, F, Field, Q, Value, When
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -49,6 +50,7 @@ from studies.storage.blobs import (
     blob_study_key_ids,
     blob_write,
 )
+from tenants.db.base import prepared_statements
 from tenants.jobs import task_queue, task_queue_on_commit
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
@@ -196,37 +198,51 @@ def _receipt_insert(blob: Blob, item: IngestItem) -> None:
     save() side effects beyond `TenantOwnedModel.save`'s scope checks, which are made here: both rows are of the
     current tenant, and the item's foreign keys point at rows of that tenant (the blob, just sealed; the actor's
     or device's, checked by the door). Values are prepared by each field as `Model.save` would
-    (`pre_save`: `updated_at`; `get_db_prep_save`), so the row is the one save() would write."""
+    (`pre_save`: `updated_at`; `get_db_prep_save`), so the row is the one save() would write.
+
+    The statement's text and its fields are worked out once per database connection alias (`_receipt_statement`),
+    and it runs as a prepared statement of its connection (`tenants.db.base.prepared_statements`): PostgreSQL
+    parses and plans it once per connection, not once per received object."""
     tenant = current_tenant()
     if blob.tenant_id != tenant.pk or item.tenant_id != tenant.pk or blob.pk is not None or item.pk is not None:
         raise ValueError("_receipt_insert takes two new rows of the current tenant")
     if item.device is not None and item.device.tenant_id != tenant.pk:
         raise ValueError("the device belongs to another tenant")
     connection = transaction.get_connection()
-    quote = connection.ops.quote_name
-
-    def columns(obj: Any, skip: str = "") -> tuple[list[str], list[Any]]:
-        fields = [f for f in obj._meta.concrete_fields if not f.primary_key and f.attname != skip]
-        return [quote(f.column) for f in fields], [
-            f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for f in fields
-        ]
-
-    blob_columns, blob_values = columns(blob)
-    item_columns, item_values = columns(item, skip="quarantine_id")
-    marks = ", ".join
-    # Identifiers from the models' metadata, quoted; every value is a parameter.
-    sql = (
-        f"WITH b AS (INSERT INTO {quote(Blob._meta.db_table)} ({marks(blob_columns)}) "  # noqa: S608 # nosec B608
-        f"VALUES ({marks(['%s'] * len(blob_values))}) RETURNING id) "
-        f"INSERT INTO {quote(IngestItem._meta.db_table)} ({marks(item_columns)}, {quote('quarantine_id')}) "
-        f"SELECT {marks(['%s'] * len(item_values))}, b.id FROM b RETURNING id, quarantine_id"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*blob_values, *item_values])
+    sql, blob_fields, item_fields = _receipt_statement(connection.alias)
+    params = [f.get_db_prep_save(f.pre_save(blob, True), connection=connection) for f in blob_fields]
+    params += [f.get_db_prep_save(f.pre_save(item, True), connection=connection) for f in item_fields]
+    with prepared_statements(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
         item.pk, blob.pk = cursor.fetchone()
     item.quarantine = blob
     for row in (blob, item):
         row._state.adding, row._state.db = False, connection.alias
+
+
+@functools.cache
+def _receipt_statement(alias: str) -> tuple[str, list[Any], list[Any]]:
+    """`_receipt_insert`'s statement for the connection `alias`, and the fields whose values it takes, in order.
+    The item's values are cast to their columns' types: in a SELECT list a parameter has no column to take its
+    type from (a prepared statement would not know it)."""
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    blob_fields: list[Any] = [f for f in Blob._meta.concrete_fields if not f.primary_key]
+    item_fields: list[Any] = [
+        f for f in IngestItem._meta.concrete_fields if not f.primary_key and f.attname != "quarantine_id"
+    ]
+    names = ", ".join
+    # Identifiers and types from the models' metadata, quoted; every value is a parameter.
+    sql = (
+        f"WITH b AS (INSERT INTO {quote(Blob._meta.db_table)} "  # noqa: S608 # nosec B608
+        f"({names(quote(f.column) for f in blob_fields)}) "
+        f"VALUES ({names(['%s'] * len(blob_fields))}) RETURNING id) "
+        f"INSERT INTO {quote(IngestItem._meta.db_table)} "
+        f"({names(quote(f.column) for f in item_fields)}, {quote('quarantine_id')}) "
+        f"SELECT {names(f'%s::{f.db_type(connection)}' for f in item_fields)}, b.id FROM b "
+        "RETURNING id, quarantine_id"
+    )
+    return sql, blob_fields, item_fields
 
 
 def ingest_wake(*, tenant_id: int, item_id: int) -> None:
