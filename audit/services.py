@@ -39,7 +39,7 @@ from audit.models import (
 )
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
-from tenants.db.base import prepared_statements
+from tenants.db.base import in_short_transaction, prepared_statements, short_transaction
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none, platform_scope, tenant_scope
 
@@ -86,18 +86,24 @@ def _chain_locked(tenant: Tenant | None) -> AuditChain:
 def _chain_head_locked(key: str) -> AuditChain | None:
     """The chain's head row by key, `SELECT ... FOR UPDATE`, or None: what `select_for_update().get()` reads,
     written as one parameterised statement because every audited read takes it (the ORM spent about 1 ms of CPU
-    compiling it each time; docs/BENCHMARKS.md). Like the ORM, it refuses to run outside a transaction, where the
-    lock would end with the statement."""
-    if not connection.in_atomic_block:
+    compiling it each time; docs/BENCHMARKS.md). Like the ORM, it refuses to run outside a transaction (an
+    `atomic` block or a `short_transaction`), where the lock would end with the statement."""
+    if not connection.in_atomic_block and not in_short_transaction():
         raise transaction.TransactionManagementError("The audit chain's head is locked only inside a transaction.")
-    fields = AuditChain._meta.concrete_fields
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column or field.attname) for field in fields)
-    statement = f"SELECT {columns} FROM {quote(AuditChain._meta.db_table)} WHERE {quote('key')} = %s FOR UPDATE"  # noqa: S608 # nosec B608
     with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
-        cursor.execute(statement, [key])
+        cursor.execute(_CHAIN_HEAD_STATEMENT, [key])
         row = cursor.fetchone()
-    return None if row is None else AuditChain.from_db(connection.alias, [field.attname for field in fields], row)
+    return None if row is None else AuditChain.from_db(connection.alias, _CHAIN_HEAD_COLUMNS, row)
+
+
+def _chain_head_statement() -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column or field.attname) for field in AuditChain._meta.concrete_fields)
+    return f"SELECT {columns} FROM {quote(AuditChain._meta.db_table)} WHERE {quote('key')} = %s FOR UPDATE"  # noqa: S608 # nosec B608
+
+
+_CHAIN_HEAD_STATEMENT = _chain_head_statement()
+_CHAIN_HEAD_COLUMNS = [field.attname for field in AuditChain._meta.concrete_fields]
 
 
 def _normalized_address(address: str | None) -> str | None:
@@ -113,7 +119,6 @@ def _normalized_address(address: str | None) -> str | None:
     return str(getattr(ip, "ipv4_mapped", None) or ip)
 
 
-@transaction.atomic
 def audit_event_record(
     *,
     event: EventType,
@@ -134,7 +139,9 @@ def audit_event_record(
     Contract: `tenant` defaults to the target's tenant, then the active scope; with none, the event goes to the
     platform chain. Request id, source address and system principal default to the current audit context.
     Runs inside the caller's transaction, so a change and its audit row commit or roll back together. The
-    chain head is locked for the rest of that transaction: keep the transaction short.
+    chain head is locked for the rest of that transaction: keep the transaction short. A caller outside any
+    transaction (a read's event: a search, a retrieval) gets a transaction of its own, committed before this
+    returns; a failed write raises and leaves nothing.
     """
     if tenant is None and isinstance(target, TenantOwnedModel):
         tenant = target.tenant
@@ -156,21 +163,43 @@ def audit_event_record(
         target_type, target_id = target_entry["type"], target_entry["id"]
         entries.insert(0, target_entry)
 
+    details: dict[str, Any] = {
+        "tenant": tenant, "event": event, "spec": spec, "ctx": ctx, "user": user, "actor_username": actor_username,
+        "actor_role": actor_role, "outcome": outcome, "outcome_description": outcome_description,
+        "system_principal": system_principal, "source_address": source_address, "target_type": target_type,
+        "target_id": target_id, "entries": entries, "extra": extra,
+    }  # fmt: skip
     with _writer_scope(tenant):
-        return _event_append(
-            tenant=tenant, event=event, spec=spec, ctx=ctx, user=user, actor_username=actor_username,
-            actor_role=actor_role, outcome=outcome, outcome_description=outcome_description,
-            system_principal=system_principal, source_address=source_address, target_type=target_type,
-            target_id=target_id, entries=entries, extra=extra,
-        )  # fmt: skip
+        if connection.get_autocommit() and not connection.in_atomic_block:
+            appended = _event_append_alone(**details)
+            if appended is not None:
+                return appended
+        with transaction.atomic():
+            return _event_append(**details)
+
+
+def _event_append_alone(**details: Any) -> AuditEvent | None:
+    """`_event_append` for a caller outside any transaction, in a `short_transaction` of two round trips instead
+    of four: BEGIN with the head's lock, the INSERT with COMMIT (BEGIN and COMMIT each cost the request a round trip
+    of their own, and Django's `atomic` its own CPU; docs/BENCHMARKS.md). Committed when this returns; any failure
+    rolls back and raises (the read then sends nothing). None, with nothing written, when the chain has no head
+    yet: `_chain_locked` makes it inside an `atomic` block."""
+    with short_transaction() as short:
+        chain = _chain_head_locked(AuditChain.key_for(details["tenant"]))
+        if chain is None:
+            return None  # rolled back: nothing was written
+        return _event_append(**details, chain=chain, commit=short.commit_with_next)
 
 
 def _event_append(
     *, tenant: Tenant | None, event: EventType, spec: Any, ctx: Any, user: User | None, actor_username: str,
     actor_role: str, outcome: int, outcome_description: str, system_principal: str, source_address: str | None,
     target_type: str, target_id: str, entries: list[dict[str, Any]], extra: Mapping[str, Any] | None,
+    chain: AuditChain | None = None, commit: Callable[[], None] | None = None,
 ) -> AuditEvent:  # fmt: skip
-    chain = _chain_locked(tenant)
+    """Append the event to `chain` (its head already locked), or to the tenant's chain locked here; `commit`, when
+    given, is called right before the one statement that appends (a `short_transaction`'s COMMIT rides with it)."""
+    chain = chain if chain is not None else _chain_locked(tenant)
     row = AuditEvent(
         chain=chain,
         tenant=tenant,
@@ -199,6 +228,8 @@ def _event_append(
     # The participants written as JSON once: for the hash and, as they are, for the column.
     participants_json = canonical_json(entries)
     row.hash = row.compute_hash(chain.last_hash, participants_json)
+    if commit is not None:
+        commit()
     _event_insert_and_advance(row, chain, participants_json)
     return row
 
@@ -206,21 +237,24 @@ def _event_append(
 def _event_insert_and_advance(row: AuditEvent, chain: AuditChain, participants_json: str | None = None) -> None:
     """INSERT the event and move the chain's head to it in one statement (a data-modifying CTE), under the lock
     `_chain_locked` took: one round trip instead of two. The INSERT is the one `row.save(force_insert=True)`
-    would send (Django's own insert compiler: the same columns, values and conversions); neither model has save
-    signals (both are outside django-auditlog, portal.settings)."""
-    fields = [field for field in AuditEvent._meta.local_concrete_fields if not field.primary_key]
-    query = sql.InsertQuery(AuditEvent)
-    query.insert_values(fields, [row])
-    [(insert_sql, insert_params)] = query.get_compiler(using=connection.alias).as_sql()
+    would send (Django's own insert compiler: the same columns, values and conversions; its text compiled once per
+    process, `_insert_compiled`); neither model has save signals (both are outside django-auditlog,
+    portal.settings)."""
+    fields = _INSERTED_FIELDS
+    insert_sql, insert_params = _insert_compiled(row)
     if participants_json is not None:
         insert_params = _participants_param_written(fields, list(insert_params), participants_json)
     quote = connection.ops.quote_name
     head, pk = quote(AuditChain._meta.db_table), quote("id")
-    # Names from the models' metadata and Django's compiled INSERT; every value a parameter.
+    # Names from the models' metadata and Django's compiled INSERT; every value a parameter. A head that is gone or
+    # hidden, or an event not stored, makes the statement itself fail (a division by the zero rows it wrote), not
+    # only this function: a COMMIT sent behind it in the same string (`short_transaction`) must never commit an
+    # event without its head, nor a head without its event.
     statement = (
-        f"WITH appended AS ({insert_sql} RETURNING {pk}) "  # noqa: S608 # nosec B608
-        f'UPDATE {head} SET "last_sequence" = %s, "last_hash" = %s WHERE "id" = %s '
-        f"RETURNING (SELECT {pk} FROM appended)"
+        f"WITH appended AS ({insert_sql} RETURNING {pk}), "  # noqa: S608 # nosec B608
+        f'advanced AS (UPDATE {head} SET "last_sequence" = %s, "last_hash" = %s WHERE "id" = %s RETURNING 1) '
+        f"SELECT (SELECT {pk} FROM appended), "
+        "1 / ((SELECT count(*) FROM appended) * (SELECT count(*) FROM advanced))::integer"
     )
     with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
         cursor.execute(statement, [*insert_params, row.sequence, row.hash, chain.pk])
@@ -232,6 +266,31 @@ def _event_insert_and_advance(row: AuditEvent, chain: AuditChain, participants_j
     row._state.db = connection.alias
     chain.last_sequence = row.sequence
     chain.last_hash = row.hash
+
+
+_INSERTED_FIELDS = [field for field in AuditEvent._meta.local_concrete_fields if not field.primary_key]
+_insert_text: dict[str, str] = {}
+
+
+def _insert_compiled(row: AuditEvent) -> tuple[str, list[Any]]:
+    """The INSERT of `row` as Django's insert compiler writes it: its text, compiled by Django the first time in
+    this process for this database and kept when each of its placeholders is a plain `%s` (one per field), and its
+    values converted field by field as the compiler converts them (`pre_save`, then `get_db_prep_save`). The
+    compilation was about 0.2 ms of CPU per event, the conversions a third of that (docs/BENCHMARKS.md)."""
+    text = _insert_text.get(connection.alias)
+    values = [field.pre_save(row, True) for field in _INSERTED_FIELDS]
+    if text is None or any(hasattr(value, "resolve_expression") for value in values):
+        query = sql.InsertQuery(AuditEvent)
+        query.insert_values(_INSERTED_FIELDS, [row])
+        [(text, params)] = query.get_compiler(using=connection.alias).as_sql()
+        placeholders = text.rpartition(" VALUES ")[2]
+        if placeholders == "(" + ", ".join(["%s"] * len(_INSERTED_FIELDS)) + ")":
+            _insert_text[connection.alias] = text
+        return text, list(params)
+    return text, [
+        field.get_db_prep_save(value, connection=connection)
+        for field, value in zip(_INSERTED_FIELDS, values, strict=True)
+    ]
 
 
 _PARTICIPANTS = AuditEvent._meta.get_field("participants")

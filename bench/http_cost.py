@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ingest import (  # noqa: E402
+    GUNICORN,
     PG_SERVER,
     Processes,
     bench_cleanup,
@@ -82,10 +83,57 @@ def _py_spy() -> str:
     return str(beside) if beside.exists() else (shutil.which("py-spy") or str(beside))
 
 
-def gunicorn_one_worker(processes: Processes, env: dict[str, str], *, worker_class: str, base: str, token: str) -> int:
-    """gunicorn as bench/orthanc.py starts it, with one worker; the worker's pid."""
+def thread_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(the main thread's, every other thread's) CPU seconds of process `pid` so far, from /proc/<pid>/task: in a
+    gthread worker the main thread is gunicorn's own loop (poll, accept, hand-over to the pool, keep-alive
+    re-registration) and the others are the pool that runs Django."""
+    main = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        seconds = cpu_seconds_of(task / "stat")
+        if task.name == str(pid):
+            main += seconds
+        else:
+            other += seconds
+    return main, other
+
+
+def cpu_seconds_of(stat: Path) -> float:
+    try:
+        fields = stat.read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gunicorn_one_worker(
+    processes: Processes,
+    env: dict[str, str],
+    *,
+    worker_class: str,
+    base: str,
+    token: str,
+    threads: int = 8,
+    extra: tuple[str, ...] = (),
+) -> int:
+    """gunicorn as bench/orthanc.py starts it, with one worker (`threads` threads, `extra` more arguments, e.g.
+    `--keepalive 5`); the worker's pid."""
     port = int(base.split(":")[2].split("/")[0])
-    started = gunicorn_start(processes, env, base, port, token, worker_class=worker_class, workers=1)
+    if threads == 8 and not extra:
+        started = gunicorn_start(processes, env, base, port, token, worker_class=worker_class, workers=1)
+    else:
+        import requests
+
+        def answers(_: Any) -> bool:
+            try:
+                requests.get(f"{base}/studies?limit=1", headers={"Authorization": f"Bearer {token}"}, timeout=2)
+            except requests.RequestException:
+                return False
+            return True
+
+        argv = [GUNICORN, "portal.wsgi:application", "-c", "portal/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
+                "--worker-class", worker_class, "--workers", "1", "--threads", str(threads), "--timeout", "300",
+                "--no-control-socket", *extra]  # fmt: skip
+        started = processes.start("gunicorn", argv, {**env, "PORTAL_BASE_URL": f"http://127.0.0.1:{port}"}, answers)
     workers = children(started.process.pid)
     if len(workers) != 1:
         raise SystemExit(f"expected one gunicorn worker, found {workers}")
@@ -93,7 +141,15 @@ def gunicorn_one_worker(processes: Processes, env: dict[str, str], *, worker_cla
 
 
 def http_measured(
-    *, base: str, token: str, picked: dict[str, Any], worker: int, db: str, repeat: int, spy_dir: str
+    *,
+    base: str,
+    token: str,
+    picked: dict[str, Any],
+    worker: int,
+    db: str,
+    repeat: int,
+    spy_dir: str,
+    spy_gil: bool = False,
 ) -> dict[str, Any]:
     import requests
 
@@ -109,12 +165,13 @@ def http_measured(
             if spy_dir:
                 Path(spy_dir).mkdir(parents=True, exist_ok=True)
                 spy = subprocess.Popen(
-                    [_py_spy(), "record", "--pid", str(worker), "-r", "200",
-                     "--format", "raw", "--gil", "-o", f"{spy_dir}/{name.replace(' ', '_')}.txt"],
+                    [_py_spy(), "record", "--pid", str(worker), "-r", "200", *(["--gil"] if spy_gil else []),
+                     "--format", "raw", "-o", f"{spy_dir}/{name.replace(' ', '_')}.txt"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 time.sleep(1.0)
             walls = []
+            threads0 = thread_cpu_seconds(worker)
             worker0, pg0 = cpu_seconds(worker), postgres_cpu(db)
             for i in range(30, 30 + repeat):
                 t0 = time.perf_counter()
@@ -122,17 +179,22 @@ def http_measured(
                 _ = answer.content
                 walls.append((time.perf_counter() - t0) * 1000)
             worker1, pg1 = cpu_seconds(worker), postgres_cpu(db)
+            threads1 = thread_cpu_seconds(worker)
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(timeout=60)
             pg = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items())
             out[name] = {
                 "worker_cpu_ms": round((worker1 - worker0) * 1000 / repeat, 2),
+                "worker_main_thread_cpu_ms": round((threads1[0] - threads0[0]) * 1000 / repeat, 2),
+                "worker_pool_threads_cpu_ms": round((threads1[1] - threads0[1]) * 1000 / repeat, 2),
                 "postgres_cpu_ms": round(pg * 1000 / repeat, 2),
                 "wall_median_ms": round(statistics.median(walls), 2),
                 "wall_p95_ms": round(percentile(walls, 0.95), 2),
             }
-            print(f"{name:24s} worker {out[name]['worker_cpu_ms']:6.2f} ms CPU, PostgreSQL "
+            main, pool = out[name]["worker_main_thread_cpu_ms"], out[name]["worker_pool_threads_cpu_ms"]
+            print(f"{name:24s} worker {out[name]['worker_cpu_ms']:6.2f} ms CPU (main thread {main:.2f}, pool "
+                  f"{pool:.2f}), PostgreSQL "
                   f"{out[name]['postgres_cpu_ms']:5.2f} ms CPU per request; wall median {out[name]['wall_median_ms']}"
                   f" ms, p95 {out[name]['wall_p95_ms']} ms", flush=True)  # fmt: skip
     return out
@@ -250,7 +312,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=300)
-    parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
+    parser.add_argument("--worker-class", default="gthread", help="gthread, sync, or a class's dotted path")
+    parser.add_argument("--threads", type=int, default=8, help="the worker's threads (gunicorn --threads)")
+    parser.add_argument("--gunicorn-arg", action="append", default=[], help="one more argument for gunicorn")
     parser.add_argument("--db", default="enclave_h1_http")
     parser.add_argument("--redis", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the database (and its state file) afterwards")
@@ -260,6 +324,7 @@ def main() -> int:
     parser.add_argument("--in-process", action="store_true", help="the same requests through Django's test client")
     parser.add_argument("--plans", action="store_true", help="with --sql: each search's statement and plan in full")
     parser.add_argument("--py-spy", default="", help="a folder for py-spy profiles of the worker, one per search")
+    parser.add_argument("--py-spy-gil", action="store_true", help="py-spy --gil: only the thread holding the GIL")
     args = parser.parse_args()
     state_file = ROOT / "var" / "bench" / f"http_cost-{args.db}.json"
     redis_url = f"redis://127.0.0.1:6379/{args.redis}"
@@ -302,9 +367,10 @@ def main() -> int:
             in_process_cpu(base_path=f"/dicomweb/{state['slug']}", token=state["token"], picked=state["picked"],
                            repeat=args.repeat)  # fmt: skip
         base = f"http://127.0.0.1:{free_port()}/dicomweb/{state['slug']}"
-        worker = gunicorn_one_worker(processes, env, worker_class=args.worker_class, base=base, token=state["token"])
+        worker = gunicorn_one_worker(processes, env, worker_class=args.worker_class, base=base, token=state["token"],
+                                     threads=args.threads, extra=tuple(args.gunicorn_arg))  # fmt: skip
         http_measured(base=base, token=state["token"], picked=state["picked"], worker=worker, db=args.db,
-                      repeat=args.repeat, spy_dir=args.py_spy)  # fmt: skip
+                      repeat=args.repeat, spy_dir=args.py_spy, spy_gil=args.py_spy_gil)  # fmt: skip
         print(f"load average {os.getloadavg()[0]:.2f} after")
     finally:
         processes.stop_all()

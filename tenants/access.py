@@ -17,11 +17,13 @@ not act on is `Forbidden` (a 403).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from django.contrib.auth.models import AnonymousUser, Group, Permission
 from django.contrib.contenttypes.models import ContentType
@@ -33,7 +35,7 @@ from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
 from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from audit.context import current_request_id
-from tenants.db.base import prepared_statements
+from tenants.db.base import prepared_statements, prepared_together
 from tenants.models import Membership, Role, Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none, platform_scope
 
@@ -62,6 +64,22 @@ class GateRefused(Forbidden):
 Gate = Callable[[Any, Tenant], None]
 _gates: list[Gate] = []
 
+
+@dataclass(frozen=True)
+class GateStatement:
+    """A gate's question as one statement and its answer from the rows, given at registration (`gate_register(...,
+    asks=...)`) by a gate that asks the database exactly that: the decision then sends it together with the
+    permissions' statement, in one round trip instead of two (tenants.db `prepared_together`), both read afresh for
+    this request. `statement(actor, tenant)` gives the statement and its values (run as a prepared statement);
+    `decide(actor, tenant, rows)` raises `GateRefused` as the gate itself would."""
+
+    statement: Callable[[Any, Tenant], tuple[str, Any]]
+    decide: Callable[[Any, Tenant, list[tuple[Any, ...]]], None]
+
+
+_gate_statements: dict[Gate, GateStatement] = {}
+
+
 PATIENT_DATA_PERMISSIONS = frozenset(
     {
         "studies.view_study",
@@ -81,9 +99,11 @@ class NetworkRefused(Forbidden):
         super().__init__("This organisation cannot be reached from your network address.", code="network_refused")
 
 
-def gate_register(gate: Gate) -> None:
+def gate_register(gate: Gate, *, asks: GateStatement | None = None) -> None:
     if gate not in _gates:
         _gates.append(gate)
+    if asks is not None:
+        _gate_statements[gate] = asks
 
 
 def gates_check(actor: Any, tenant: Tenant) -> None:
@@ -92,17 +112,44 @@ def gates_check(actor: Any, tenant: Tenant) -> None:
     One request asks this for every permission check it makes; a pass is remembered on the actor object for the
     rest of that request (keyed by its correlation id), so a page asks the gates once, not once per check. Outside a
     request or task run (no correlation id) nothing is remembered."""
+    _gates_checked(actor, tenant, with_codenames=False)
+
+
+class _Codenames(NamedTuple):
+    """The tenant permissions a person held when the decision's first statement read them (`_tenant_codenames`)."""
+
+    user_id: int
+    tenant_id: int
+    codenames: frozenset[str]
+
+
+def _gates_checked(actor: Any, tenant: Tenant, *, with_codenames: bool) -> _Codenames | None:
+    """`gates_check`; with `with_codenames`, when every gate asks its question as one statement (`GateStatement`)
+    and the gates are to be asked at all, the actor's tenant permissions are read in the same round trip and
+    returned, for the rest of this one decision (None: not read, `_tenant_codenames` reads them)."""
     if not _is_person(actor):
-        return
+        return None
     request_id = current_request_id() or ""
     key = (request_id, tenant.pk)
     passed: set[tuple[str, int]] = actor.__dict__.setdefault("_gates_passed", set())
     if request_id and key in passed:
-        return
-    for gate in _gates:
-        gate(actor, tenant)
+        return None
+    codenames = None
+    forms = [_gate_statements.get(gate) for gate in _gates]
+    codenames_statement = _codenames_statement(actor, tenant) if with_codenames and _gates else None
+    if codenames_statement is not None and all(form is not None for form in forms):
+        asked = [form.statement(actor, tenant) for form in forms if form is not None]
+        *gate_rows, held = prepared_together([*asked, codenames_statement])
+        for form, rows in zip(forms, gate_rows, strict=True):
+            if form is not None:
+                form.decide(actor, tenant, rows)
+        codenames = _Codenames(actor.pk, tenant.pk, frozenset(codename for (codename,) in held))
+    else:
+        for gate in _gates:
+            gate(actor, tenant)
     if request_id:
         passed.add(key)
+    return codenames
 
 
 # The role -> tenant permission table. Minimum necessary: admins manage people and devices but see no images,
@@ -278,15 +325,16 @@ def has_perm(actor: Any, perm: str, obj: Any) -> bool:
     object permission through the tenant-wide permission that implies it, a guardian grant, or a visibility rule
     of the object's app (see `visible`). For a permission that reaches patient data, a gate's refusal
     (`GateRefused`, a 403 with its reason) is raised instead of any answer."""
+    held = None
     if perm in PATIENT_DATA_PERMISSIONS and _is_person(actor):
         tenant = _tenant_of(obj)
         scope = current_tenant_or_none()
         if tenant is not None and scope is not None and scope.pk == tenant.pk:
-            gates_check(actor, tenant)
-    return _has_perm(actor, perm, obj)
+            held = _gates_checked(actor, tenant, with_codenames=True)
+    return _has_perm(actor, perm, obj, held=held)
 
 
-def _has_perm(actor: Any, perm: str, obj: Any) -> bool:
+def _has_perm(actor: Any, perm: str, obj: Any, *, held: _Codenames | None = None) -> bool:
     if not _is_person(actor) or not _credential_allows_perm(actor, perm):
         return False
     tenant = _tenant_of(obj)
@@ -297,10 +345,12 @@ def _has_perm(actor: Any, perm: str, obj: Any) -> bool:
         return False
     app_label, _, codename = perm.rpartition(".")
     if app_label == "tenants":
+        if held is not None and (held.user_id, held.tenant_id) == (actor.pk, tenant.pk):
+            return codename in held.codenames
         return codename in _tenant_codenames(actor, tenant)
     if isinstance(obj, Tenant) or scope is None:
         return False
-    return _visible(actor, perm, type(obj).objects.filter(pk=obj.pk)).exists()
+    return _visible(actor, perm, type(obj).objects.filter(pk=obj.pk), held=held).exists()
 
 
 def _tenant_codenames(actor: Any, tenant: Tenant) -> set[str]:
@@ -309,30 +359,43 @@ def _tenant_codenames(actor: Any, tenant: Tenant) -> set[str]:
     superuser shortcut, unlike has_perm / get_perms), in one statement. Asked on every read of patient data, so
     written as SQL over guardian's generic tables rather than compiled from two querysets each time (2.5 ms of
     CPU for the ORM's two, about 0.3 ms for this; docs/BENCHMARKS.md)."""
-    group_model: Any = get_group_obj_perms_model(tenant)
-    user_model: Any = get_user_obj_perms_model(tenant)
-    if not (group_model.objects.is_generic() and user_model.objects.is_generic()):  # direct-FK tables: guardian's way
+    statement = _codenames_statement(actor, tenant)
+    if statement is None:  # direct-FK tables: guardian's way
         checker = ObjectPermissionChecker(actor)
         return set(checker.get_group_perms(tenant)) | set(checker.get_user_perms(tenant))
+    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
+        cursor.execute(*statement)
+        return {codename for (codename,) in cursor.fetchall()}
+
+
+def _codenames_statement(actor: Any, tenant: Tenant) -> tuple[str, dict[str, Any]] | None:
+    """`_tenant_codenames`'s statement and its values, or None when guardian keeps the tenant's permissions in
+    direct-FK tables (then only guardian's own code reads them)."""
+    group_model: Any = get_group_obj_perms_model(tenant)
+    user_model: Any = get_user_obj_perms_model(tenant)
+    if not (group_model.objects.is_generic() and user_model.objects.is_generic()):
+        return None
+    params = {"type": ContentType.objects.get_for_model(Tenant).pk, "pk": str(tenant.pk), "user": actor.pk}
+    return _codenames_text(group_model._meta.db_table, user_model._meta.db_table), params
+
+
+@functools.cache
+def _codenames_text(group_table: str, user_table: str) -> str:
     quote = connection.ops.quote_name
     groups = User.groups.field
     member_of, permission = quote(groups.m2m_db_table()), quote(Permission._meta.db_table)
     # Table and column names from the models' metadata; every value a parameter.
-    statement = f"""
+    return f"""
         SELECT p.codename FROM {permission} p
-          JOIN {quote(group_model._meta.db_table)} g ON g.permission_id = p.id
+          JOIN {quote(group_table)} g ON g.permission_id = p.id
           JOIN {member_of} m ON m.{quote(groups.m2m_reverse_name())} = g.group_id
          WHERE p.content_type_id = %(type)s AND g.content_type_id = %(type)s AND g.object_pk = %(pk)s
            AND m.{quote(groups.m2m_column_name())} = %(user)s
         UNION
         SELECT p.codename FROM {permission} p
-          JOIN {quote(user_model._meta.db_table)} u ON u.permission_id = p.id
+          JOIN {quote(user_table)} u ON u.permission_id = p.id
          WHERE p.content_type_id = %(type)s AND u.content_type_id = %(type)s AND u.object_pk = %(pk)s
            AND u.user_id = %(user)s"""  # noqa: S608 # nosec B608
-    params = {"type": ContentType.objects.get_for_model(Tenant).pk, "pk": str(tenant.pk), "user": actor.pk}
-    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
-        cursor.execute(statement, params)
-        return {codename for (codename,) in cursor.fetchall()}
 
 
 def require(actor: Any, perm: str, obj: Any, *, visible_perm: str | None = None) -> None:
@@ -380,21 +443,24 @@ def visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[
     would only join the answer back as `pk IN (...)` may then leave the subquery out (studies.selectors.matching).
     """
     tenant = current_tenant_or_none()
+    held = None
     if perm in PATIENT_DATA_PERMISSIONS and tenant is not None:
-        gates_check(actor, tenant)
-    return _visible(actor, perm, qs)
+        held = _gates_checked(actor, tenant, with_codenames=True)
+    return _visible(actor, perm, qs, held=held)
 
 
-def _visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[Any]:
+def _visible(
+    actor: Any, perm: str, qs: models.QuerySet[Any], *, held: _Codenames | None = None
+) -> models.QuerySet[Any]:
     if not _is_person(actor) or not _credential_allows_perm(actor, perm):
         return qs.none()
     tenant = current_tenant_or_none()
     if tenant is None:
         return qs.none()
     if perm.startswith("tenants."):
-        return qs if _has_perm(actor, perm, tenant) else qs.none()
+        return qs if _has_perm(actor, perm, tenant, held=held) else qs.none()
     implied_by = IMPLIED_BY_TENANT_PERMISSION.get(perm)
-    if implied_by is not None and _has_perm(actor, implied_by, tenant):
+    if implied_by is not None and _has_perm(actor, implied_by, tenant, held=held):
         return qs
     granted = get_objects_for_user(
         actor, perm, klass=qs, accept_global_perms=False, with_superuser=False, use_groups=True

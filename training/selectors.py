@@ -7,6 +7,7 @@ correction has superseded.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -137,6 +138,7 @@ def person_status(*, user: Any, role: str | None = None, today: date | None = No
     return [_status(r, r.latest, today) for r in requirements]  # type: ignore[attr-defined]
 
 
+@functools.cache
 def _blocking_statement() -> str:
     """The gate's one statement: for each blocking requirement of `user`'s active roles in tenant `tenant`, its
     id, set-up time and grace days and `user`'s latest expiry of its course among approved completions no
@@ -166,16 +168,29 @@ def training_block_get(*, user: Any) -> RequirementStatus | None:
     """The first blocking requirement `user` has let lapse in the current tenant, or None. The gate's question,
     asked on every read of patient data (fresh each time: nothing is remembered between calls): one statement,
     and one more only when it refuses (the requirement and its course, for the message)."""
-    today = timezone.localdate()
+    statement, params = training_block_statement(user=user)
+    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
+        cursor.execute(statement, params)
+        rows = cursor.fetchall()
+    return training_block_of(rows)
+
+
+def training_block_statement(*, user: Any) -> tuple[str, dict[str, Any]]:
+    """`training_block_get`'s one statement and its values for `user` in the current tenant, for a caller that
+    sends it with others in one round trip (tenants.access, through the gate registered by training.apps);
+    `training_block_of` reads its rows."""
     params = {
         "tenant": current_tenant().pk,
         "user": user.pk,
         "approved": Completion.Status.APPROVED,
         "active": Membership.Status.ACTIVE,
     }
-    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
-        cursor.execute(_blocking_statement(), params)
-        rows = cursor.fetchall()
+    return _blocking_statement(), params
+
+
+def training_block_of(rows: list[tuple[Any, ...]]) -> RequirementStatus | None:
+    """`training_block_get`'s answer from the rows of `training_block_statement`, read just now."""
+    today = timezone.localdate()
     for requirement_id, created_at, grace_days, latest in rows:
         start = latest if latest is not None else timezone.localdate(created_at)
         state = _state_of(latest, today)
