@@ -20,6 +20,15 @@ retrieval need more of them to be resolved: 100 resolve 0.1 ms). `--pyspy PREFIX
 is bench/orthanc.py's.
 
     .venv/bin/python -m bench.wado_cpu --db enclave_bench_vs_me --redis redis://127.0.0.1:6379/3 --index 0
+
+`--probe SPOT` (first argument) measures a server held by `--hold PATH` (SPOT is the PATH-enclave.json it wrote:
+the series' URL, headers and gunicorn's pids) instead: the series retrieved `--runs` times per round, `--rounds`
+rounds, on one keep-alive `http.client` connection, the body read into one reused 8 MiB buffer (the least a
+client can do); per round, the CPU of gunicorn's processes (user, system) and of PostgreSQL's backends on `--db`
+per retrieval, from /proc. A HUP to gunicorn's master loads changed code, so two trees can be alternated on one
+held server (discard the first round after a HUP: the new workers warm up).
+
+    .venv/bin/python -m bench.wado_cpu --probe /tmp/hold-enclave.json --db enclave_h5 --runs 60 --rounds 3
 """
 
 from __future__ import annotations
@@ -214,8 +223,79 @@ def measured(original: Any, pyspy: str | None, held: str | None = None, readers:
     return retrieve_series
 
 
+def user_system(pids: list[int]) -> tuple[float, float]:
+    stats = [f for f in map(_stat, pids) if f]
+    return sum(int(f[11]) for f in stats) / TICK, sum(int(f[12]) for f in stats) / TICK
+
+
+def _retrieve(connection: Any, target: str, headers: dict[str, str], buffer: memoryview) -> int:
+    connection.request("GET", target, headers={**headers, "Accept": orthanc.ACCEPT_DICOM})
+    response = connection.getresponse()
+    if response.status != 200:
+        raise SystemExit(f"HTTP {response.status}")
+    size = 0
+    while count := response.readinto(buffer):
+        size += count
+    return size
+
+
+def probe(argv: list[str]) -> int:
+    """`--probe SPOT`: see the module's docstring."""
+    import argparse
+    import http.client
+    from urllib.parse import urlsplit
+
+    parser = argparse.ArgumentParser(prog="bench.wado_cpu --probe")
+    parser.add_argument("spot")
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--runs", type=int, default=80)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    spot = json.loads(Path(args.spot).read_text())
+    parts = urlsplit(spot["url"])
+    pids = pids_on(parts.port or 80)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    buffer = memoryview(bytearray(8 << 20))
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=600)
+    for _ in range(3):  # warm
+        size = _retrieve(connection, target, spot["headers"], buffer)
+    for _ in range(args.rounds):
+        backends = postgres_backends(args.db, set())
+        g0 = cpu_by_pid(backends)
+        u0, s0 = user_system(pids)
+        walls = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            _retrieve(connection, target, spot["headers"], buffer)
+            walls.append(time.perf_counter() - t0)
+        u1, s1 = user_system(pids)
+        g1 = cpu_by_pid(backends)
+        n = args.runs
+        gunicorn = (u1 - u0 + s1 - s0) / n * 1000
+        postgres = postgres_seconds(g0, g1) / n * 1000
+        print(
+            json.dumps(
+                {
+                    "gunicorn_ms": round(gunicorn, 2),
+                    "user_ms": round((u1 - u0) / n * 1000, 2),
+                    "system_ms": round((s1 - s0) / n * 1000, 2),
+                    "postgres_ms": round(postgres, 2),
+                    "server_ms": round(gunicorn + postgres, 2),
+                    "bytes": size,
+                    "mb_s_median": round(size / orthanc.MB / statistics.median(walls), 1),
+                    "load": os.getloadavg()[0],
+                }
+            ),
+            flush=True,
+        )
+    connection.close()
+    return 0
+
+
 def main() -> int:
     global EXTRA
+    if sys.argv[1:2] == ["--probe"]:
+        return probe(sys.argv[2:])
     own = {"--db": "", "--redis": "", "--pyspy": "", "--hold": "", "--extra": ""}
     readers = "--readers" in sys.argv
     rest = []

@@ -39,6 +39,7 @@ import uuid
 from datetime import datetime
 from typing import NamedTuple, cast
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, storages
 from django.db import transaction
@@ -290,19 +291,26 @@ def blob_sealed_open(
     *,
     blob: Blob | BlobRef,
     sealed: bytes | memoryview,
-    data_key: bytes,
+    data_key: bytes | AESGCM,
     scratch: bytearray | None = None,
     lead: bytes = b"",
+    blob_id: str = "",
 ) -> list[bytes]:
     """The plaintext of one copy's ciphertext, as its chunks (each up to the envelope's chunk size, every one
     authenticated), or DecryptionError when a tag fails or the size is not the row's. No second SHA-256: the
     module's docstring says why the tags are the check, and `blob_sealed_check` keeps the hash for fixity.
     `scratch`, `lead`: see `envelope.decrypt_chunks` (the chunks returned never refer to `scratch`; `lead` comes
-    first, and is not counted in the size)."""
+    first, and is not counted in the size). `blob_id`: `str(blob.public_id)` when the caller has it already;
+    `data_key` may be its AESGCM, made ahead (`blob_reads_prepare`)."""
     chunks = envelope.decrypt_chunks(
-        sealed, data_key=data_key, tenant_id=blob.tenant_id, blob_id=str(blob.public_id), scratch=scratch, lead=lead
+        sealed,
+        data_key=data_key,
+        tenant_id=blob.tenant_id,
+        blob_id=blob_id or str(blob.public_id),
+        scratch=scratch,
+        lead=lead,
     )
-    if sum(len(chunk) for chunk in chunks) - len(lead) != blob.size:
+    if sum(map(len, chunks)) - len(lead) != blob.size:
         raise envelope.DecryptionError("the decrypted bytes are not the stored size")
     return chunks
 
@@ -465,23 +473,70 @@ def blob_read_chunks(
 
     `lead`: bytes returned before the plaintext, at the head of its first chunk where that costs no copy more
     (`envelope.decrypt_chunks`): `b"".join(result) == lead + plaintext`. A WADO-RS part's header, so the part
-    leaves in one write instead of a small one then the instance."""
-    try:
-        data_key = blob_data_key(blob=blob, tenant_keys=tenant_keys)
-    except (KeyUnavailable, envelope.DecryptionError) as exc:
-        logger.warning("blob %s: its key cannot be opened (%s)", blob.public_id, exc.__class__.__name__)
-        raise BlobUnreadable(f"blob {blob.public_id} is unreadable (its key cannot be opened)") from exc
+    leaves in one write instead of a small one then the instance. (`blob_reads_prepare` then
+    `blob_read_prepared`, for one blob.)"""
+    return blob_read_prepared(blob_reads_prepare([blob], tenant_keys=tenant_keys)[0], lead=lead)
+
+
+class PreparedRead(NamedTuple):
+    """What `blob_read_prepared` needs of one blob besides its bytes, made ahead by `blob_reads_prepare`."""
+
+    blob: Blob | BlobRef
+    blob_id: str  # str(blob.public_id): the chunks' associated data name it
+    aead: AESGCM | None  # AES-GCM under its data key; None when the key cannot be opened (`failure` says why)
+    failure: str
+    path: str | None  # the primary copy's file in a folder store (else None: the store is asked when read)
+
+
+def blob_reads_prepare(
+    blobs: list[Blob] | list[BlobRef] | list[Blob | BlobRef], tenant_keys: dict[tuple[int, int], bytes] | None = None
+) -> list[PreparedRead]:
+    """For each of `blobs`, in order, what reading it needs before its bytes: its data key unwrapped (its study
+    key from the process's cache, else read from its row: in the caller's tenant scope) and made into its AES-GCM,
+    its id as text and the path of its primary copy in a folder store. A key that cannot be opened is recorded,
+    not raised: `blob_read_prepared` raises BlobUnreadable for that blob when it comes to it, as
+    `blob_read_chunks` does.
+
+    Why ahead (issue 10, WADO-RS): these steps cost a few microseconds per blob one after the other, and several
+    times that each when done between two instances' reads, once the instance before has passed half a megabyte
+    through the CPU's caches and the interpreter's code and data have to come back from memory (a data key took
+    about 40 us of a gunicorn thread's CPU there against 1.2 us in a loop: docs/BENCHMARKS.md, "h5 branch,
+    session 6"). `tenant_keys`: see `blob_read`."""
+    prepared = []
+    primary = storages[PRIMARY]
+    folder = type(primary) is FileSystemStorage and "open" not in vars(primary)
+    for blob in blobs:
+        try:
+            aead, failure = AESGCM(blob_data_key(blob=blob, tenant_keys=tenant_keys)), ""
+        except (KeyUnavailable, envelope.DecryptionError) as exc:
+            aead, failure = None, exc.__class__.__name__
+        path = primary.path(blob.storage_name) if folder and blob.kind != Blob.Kind.QUARANTINE else None
+        prepared.append(PreparedRead(blob, str(blob.public_id), aead, failure, path))
+    return prepared
+
+
+def blob_read_prepared(read: PreparedRead, *, lead: bytes = b"") -> list[bytes]:
+    """`blob_read_chunks` of a blob prepared by `blob_reads_prepare`: the same copies tried in the same order (the
+    primary, then the replica), the same checks, the same BlobUnreadable. Touches no database, so it needs no
+    tenant scope of its own (the rows and keys were read in the caller's, when prepared)."""
+    blob = read.blob
+    if read.aead is None:
+        logger.warning("blob %s: its key cannot be opened (%s)", blob.public_id, read.failure)
+        raise BlobUnreadable(f"blob {blob.public_id} is unreadable (its key cannot be opened)")
     failures = []
     buffer, scratch = _read_buffers()
     sealed: bytes | memoryview | None
     for store in _stores_for(blob):
         try:
-            sealed = blob_sealed_read_into(store=store, name=blob.storage_name, buffer=buffer)
+            path = read.path if store == PRIMARY else None
+            sealed = blob_sealed_read_into(store=store, name=blob.storage_name, buffer=buffer, path=path)
             if sealed is None:  # not a folder store, or larger than the buffer
                 sealed = blob_sealed_mapped(store=store, name=blob.storage_name)
             if sealed is None:
                 sealed = blob_sealed_read(store=store, name=blob.storage_name)
-            return blob_sealed_open(blob=blob, sealed=sealed, data_key=data_key, scratch=scratch, lead=lead)
+            return blob_sealed_open(
+                blob=blob, sealed=sealed, data_key=read.aead, scratch=scratch, lead=lead, blob_id=read.blob_id
+            )
         except (OSError, envelope.DecryptionError) as exc:
             failures.append(f"{store}: {exc.__class__.__name__}")
             logger.warning("blob %s unreadable from %s (%s)", blob.public_id, store, exc.__class__.__name__)
@@ -514,16 +569,19 @@ def _read_buffers() -> tuple[memoryview, bytearray]:
     return _buffers.sealed, _buffers.plain
 
 
-def blob_sealed_read_into(*, store: str, name: str, buffer: memoryview) -> memoryview | None:
+def blob_sealed_read_into(*, store: str, name: str, buffer: memoryview, path: str | None = None) -> memoryview | None:
     """A folder store's copy read into `buffer` (a thread's own, `_read_buffers`), as a view of the bytes read, for
     a read that decrypts it at once and keeps nothing of it; None where the copy does not fit (it needs one byte
     more than its size, to see a file that grew) or the store is not a folder: the caller maps or reads it
     (`blob_sealed_mapped`, `blob_sealed_read`). A missing copy raises OSError; a file cut short gives the bytes
-    there are (its tags then fail), as `blob_sealed_read` does. The view is valid until the thread's next read."""
-    storage = storages[store]
-    if type(storage) is not FileSystemStorage or "open" in vars(storage):
-        return None
-    fd = os.open(storage.path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    there are (its tags then fail), as `blob_sealed_read` does. The view is valid until the thread's next read.
+    `path`: `storage.path(name)` of this folder store, when the caller has it already (`blob_reads_prepare`)."""
+    if path is None:
+        storage = storages[store]
+        if type(storage) is not FileSystemStorage or "open" in vars(storage):
+            return None
+        path = storage.path(name)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
         wanted = os.fstat(fd).st_size + 1  # one byte more than the size: a file that grew is seen
         if wanted > len(buffer):

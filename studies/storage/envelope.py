@@ -214,7 +214,7 @@ def decrypt_stream(read: Iterable[bytes], *, data_key: bytes, tenant_id: int, bl
 def decrypt_chunks(
     ciphertext: bytes | memoryview,
     *,
-    data_key: bytes,
+    data_key: bytes | AESGCM,
     tenant_id: int,
     blob_id: str,
     scratch: bytearray | None = None,
@@ -237,7 +237,10 @@ def decrypt_chunks(
     `lead`: bytes that go before the plaintext (a WADO-RS part's header), returned at the head of the first chunk
     (copied out of `scratch` with it, at no cost more) or, without `scratch`, as a first item of their own:
     `b"".join(result) == lead + plaintext` either way, and `lead` is returned only once every chunk has
-    authenticated. A caller writing the items out then writes a part's header and its instance in one write."""
+    authenticated. A caller writing the items out then writes a part's header and its instance in one write.
+
+    `data_key`: the blob's data key, or `AESGCM(data_key)` made by a caller that prepared it ahead (a WADO-RS
+    retrieval: studies.storage.blobs.blob_reads_prepare)."""
     view = memoryview(ciphertext)
     if len(view) < HEADER.size:
         raise DecryptionError("too short to be an encrypted blob")
@@ -247,7 +250,7 @@ def decrypt_chunks(
     body = view[HEADER.size :]
     if not body:
         raise DecryptionError("the blob ends before its final chunk")
-    aead = AESGCM(data_key)
+    aead = data_key if isinstance(data_key, AESGCM) else AESGCM(data_key)
     sealed = chunk_size + TAG_BYTES
     count = -(-len(body) // sealed)
     plain = []

@@ -3,11 +3,14 @@ instance goes as stored, and a damaged instance never gives a byte of itself."""
 
 from __future__ import annotations
 
+import io
+
 import pydicom
 import pytest
 
 from studies.dicom.synthetic import make_instance
 from studies.dicomweb.negotiation import multipart_stream
+from studies.dicomweb.wado import EXPLICIT
 from studies.models import Instance
 from studies.storage.blobs import PRIMARY, REPLICA, BlobUnreadable, blob_read, blob_sealed_put, blob_sealed_read
 from tenants.scoping import tenant_scope
@@ -240,3 +243,82 @@ def test_a_series_not_in_the_study_or_a_study_not_visible_is_the_same_404_and_a_
             refused = AuditEvent.objects.filter(event_type=EventType.INSTANCES_ACCESSED, outcome=4)
             assert [e.participants[0]["id"] for e in refused.order_by("sequence")] == uids
             assert not AuditEvent.objects.filter(event_type=EventType.INSTANCES_RETRIEVED).exists()
+
+
+def test_a_series_read_in_several_prepared_batches_is_the_same_answer_and_one_event(client, tenant_a, monkeypatch):
+    """The instances' reads are prepared (keys, paths) a batch at a time just before their parts: with batches
+    of two, the three-instance series is still the stored bytes framed as before, with its length, and one
+    retrieval event for the three."""
+    from audit.events import EventType
+    from studies.dicomweb import wado
+    from tests.studies.dicomweb.reading import events
+
+    monkeypatch.setattr(wado, "PREPARED_READS", 2)
+    stored = _series(tenant_a)
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
+    )
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)
+    expected = b"".join(
+        multipart_stream(
+            [(f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", data) for row, data in stored],
+            _boundary(response),
+        )
+    )
+    assert body == expected
+    assert int(response["Content-Length"]) == len(body)
+    (event,) = events(tenant_a, EventType.INSTANCES_RETRIEVED)
+    assert event.extra["count"] == 3
+
+
+def test_an_instance_whose_key_cannot_be_opened_in_a_later_batch_sends_nothing_of_itself(client, tenant_a, monkeypatch):
+    """A data key that does not open is found when its batch is prepared but fails only its own part, as a
+    damaged copy does: the parts before it (the first batch's included) are whole, none of its bytes go."""
+    from studies.dicomweb import wado
+    from studies.models import Blob
+
+    monkeypatch.setattr(wado, "PREPARED_READS", 2)
+    stored = _series(tenant_a)
+    broken = stored[2][0].blob
+    with tenant_scope(tenant_a):
+        wrapped = bytearray(broken.wrapped_key)
+        wrapped[-1] ^= 0x01
+        Blob.objects.filter(pk=broken.pk).update(wrapped_key=bytes(wrapped))
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
+    )
+    sent: list[bytes] = []
+    with pytest.raises(BlobUnreadable):
+        sent.extend(response.streaming_content)
+    body = b"".join(sent)
+    assert body.endswith(stored[1][1])
+    assert body.count(_boundary(response).encode()) == 2
+    assert stored[2][1][-4096:] not in body
+
+
+def test_a_series_partly_rewritten_to_the_default_syntax_reads_each_instance_once(client, tenant_a, monkeypatch):
+    """Rows rewritten to the default syntax are not prepared (each is read whole, then rewritten); the rows sent
+    as stored around them are, batch by batch. Every instance is answered, in order, in the default syntax."""
+    from studies.dicomweb import wado
+
+    monkeypatch.setattr(wado, "PREPARED_READS", 2)
+    syntaxes = [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.RLELossless, pydicom.uid.ExplicitVRLittleEndian]
+    files = [
+        make_instance(study_uid=STUDY, series_uid=SERIES, instance_number=n, transfer_syntax=syntax)
+        for n, syntax in enumerate(syntaxes, start=1)
+    ]
+    ingest_files(tenant_a, files)
+    response = client.get(f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=DICOM_MULTIPART)
+    assert response.status_code == 200
+    assert not response.has_header("Content-Length")
+    body = b"".join(response.streaming_content)
+    delimiter = f"--{_boundary(response)}".encode()
+    assert body.endswith(b"\r\n" + delimiter + b"--\r\n")
+    parts = [part.removesuffix(b"\r\n").split(b"\r\n\r\n", 1) for part in body.split(delimiter)[1:-1]]
+    assert [head.strip() for head, _ in parts] == [
+        f"Content-Type: application/dicom; transfer-syntax={EXPLICIT}".encode()
+    ] * 3
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for _, data in parts]
+    assert [ds.InstanceNumber for ds in datasets] == [1, 2, 3]
+    assert {ds.file_meta.TransferSyntaxUID for ds in datasets} == {EXPLICIT}
