@@ -13,6 +13,7 @@ hears a verdict.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -49,6 +50,7 @@ from studies.storage.blobs import (
     blob_study_key_ids,
     blob_write,
 )
+from tenants.db.base import prepared_statements
 from tenants.jobs import task_queue, task_queue_on_commit
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
@@ -380,33 +382,65 @@ def _claim_batch(item_id: int | None) -> list[int]:
     at most INGEST_BATCH_BYTES in all), each by compare-and-set: exactly one caller wins each item. The items a busy
     worker finds waiting become one batch, so batches grow with the load and an idle worker still takes a lone
     item at once. With `item_id` None: up to INGEST_BATCH_SIZE waiting items, oldest first. Returns the claimed
-    ids (maybe none)."""
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.INGEST_STALE_SECONDS)
-    claimable = Q(state=IngestItem.State.RECEIVED) | Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
-    claim = {"state": IngestItem.State.PROCESSING, "claimed_at": now, "attempts": F("attempts") + 1}
-    if item_id is not None and IngestItem.objects.filter(claimable, pk=item_id).update(**claim) != 1:
-        # Taken: most often by the batch of an earlier message, which took the items waiting with it and goes on
-        # taking them until none waits (`ingest_process`). This message costs one statement.
+    ids (maybe none), `item_id` first.
+
+    One statement (`_claim_statement`), prepared once per connection, where the ORM sent up to five (the item's
+    UPDATE, then BEGIN, a SELECT ... FOR UPDATE SKIP LOCKED, an UPDATE and COMMIT), each compiled anew: a fixed
+    cost of every batch and of the empty claim that ends a task (docs/BENCHMARKS.md, h2 branch, session 6).
+    Pipeline bookkeeping, as before: no django-auditlog entry (what each item became is its audit event)."""
+    room = settings.INGEST_BATCH_SIZE - (0 if item_id is None else 1)
+    if item_id is None and room <= 0:
         return []
-    room, budget = settings.INGEST_BATCH_SIZE - (0 if item_id is None else 1), settings.INGEST_BATCH_BYTES
-    if room <= 0:
-        return [] if item_id is None else [item_id]
-    received = IngestItem.objects.filter(state=IngestItem.State.RECEIVED)
+    now = timezone.now()
+    received, processing = IngestItem.State.RECEIVED, IngestItem.State.PROCESSING
+    tenant_id = current_tenant().pk
+    params: list[Any] = []
     if item_id is not None:
-        received = received.exclude(pk=item_id)
-    with transaction.atomic():
-        waiting = received.order_by("pk").select_for_update(skip_locked=True).values_list("pk", "size")[:room]
-        others: list[int] = []
-        total = 0
-        for pk, size in waiting:
-            if others and total + size > budget:
-                break
-            others.append(pk)
-            total += size
-        if others:
-            IngestItem.objects.filter(pk__in=others, state=IngestItem.State.RECEIVED).update(**claim)
-    return others if item_id is None else [item_id, *others]
+        stale = now - timedelta(seconds=settings.INGEST_STALE_SECONDS)
+        params += [processing, now, tenant_id, item_id, received, processing, stale]  # mine
+        params += [tenant_id, received, item_id, max(room, 0)]  # waiting
+    else:
+        params += [tenant_id, received, room]  # waiting
+    params += [processing, now, settings.INGEST_BATCH_BYTES, received]  # taken
+    with prepared_statements(), transaction.get_connection().cursor() as cursor:
+        cursor.execute(_claim_statement(first=item_id is not None), params)
+        claimed = [pk for (pk,) in cursor.fetchall()]
+    if item_id is None:
+        return sorted(claimed)
+    return [item_id, *sorted(pk for pk in claimed if pk != item_id)] if item_id in claimed else []
+
+
+@functools.cache
+def _claim_statement(*, first: bool) -> str:
+    """`_claim_batch`'s statement. With `first`, the item's own compare-and-set UPDATE (`mine`), and the waiting
+    items only if it took the item; the waiting items locked oldest first, skipping those another worker holds
+    locked (FOR UPDATE SKIP LOCKED under the LIMIT, so the skipped ones do not count against it), cut at the byte
+    budget by a running sum (a window function, which PostgreSQL does not allow beside FOR UPDATE: hence a CTE
+    between them), and set to `processing` only if still `received`. So, as with the ORM's statements: an item is
+    locked (or skipped) before it is taken and each UPDATE takes only rows still in the state it expects, so two
+    workers never take one item; a `processing` item is taken again only by its own message, and only when its
+    claim is older than INGEST_STALE_SECONDS (a claim that outlived its worker), never because it waited. Names
+    from the model's metadata, quoted; every value a parameter (the tenant's id among them: the ORM's scope,
+    written out, beside the database's row-level security)."""
+    q = transaction.get_connection().ops.quote_name
+    table = q(IngestItem._meta.db_table)
+    pk, tenant, state, size, claimed_at = q("id"), q("tenant_id"), q("state"), q("size"), q("claimed_at")
+    claim = f"{state} = %s, {claimed_at} = %s, {q('attempts')} = {table}.{q('attempts')} + 1"
+    gate = f" AND {pk} <> %s AND EXISTS (SELECT FROM mine)" if first else ""  # nosec B608
+    mine = (
+        f"mine AS (UPDATE {table} SET {claim} WHERE {tenant} = %s AND {pk} = %s AND ({state} = %s "  # noqa: S608 # nosec B608
+        f"OR ({state} = %s AND {claimed_at} < %s)) RETURNING {pk}), "
+    )
+    result = 'SELECT "id" FROM mine UNION ALL SELECT "id" FROM taken' if first else 'SELECT "id" FROM taken'
+    return (
+        f"WITH {mine if first else ''}"  # noqa: S608 # nosec B608
+        f"waiting AS (SELECT {pk}, {size} FROM {table} WHERE {tenant} = %s AND {state} = %s{gate} "
+        f"ORDER BY {pk} LIMIT %s FOR UPDATE SKIP LOCKED), "
+        f"taken AS (UPDATE {table} SET {claim} FROM (SELECT {pk}, sum({size}) OVER (ORDER BY {pk}) AS total, "
+        f"row_number() OVER (ORDER BY {pk}) AS n FROM waiting) AS w WHERE {table}.{pk} = w.{pk} "
+        f"AND (w.n = 1 OR w.total <= %s) AND {table}.{state} = %s RETURNING {table}.{pk}) "
+        f"{result}"
+    )
 
 
 @dataclass(frozen=True)
