@@ -484,8 +484,14 @@ class _Checked:
     instance: Instance | None = dataclass_field(default=None)
 
 
+# What processing reads of an item: its quarantined blob with the study key that wraps it (the key's id decides
+# whether the ciphertext is promoted as it is: `blob_promotable`; read here, not in a SELECT of its own per batch),
+# and the sender.
+_ITEM_RELATED = ("quarantine__study_key", "actor", "device")
+
+
 def _item(item_id: int) -> IngestItem:
-    return IngestItem.objects.select_related("quarantine", "actor", "device").get(pk=item_id)
+    return IngestItem.objects.select_related(*_ITEM_RELATED).get(pk=item_id)
 
 
 def ingest_process(*, item_id: int) -> IngestItem | None:
@@ -534,7 +540,7 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
 
 def _process_claimed(ids: list[int]) -> dict[int, IngestItem]:
     tenant = current_tenant()
-    items = list(IngestItem.objects.select_related("quarantine", "actor", "device").filter(pk__in=ids).order_by("pk"))
+    items = list(IngestItem.objects.select_related(*_ITEM_RELATED).filter(pk__in=ids).order_by("pk"))
     done: dict[int, IngestItem] = {}
     checked: list[_Checked] = []
     for item in items:
@@ -655,7 +661,7 @@ def _store_batch(checked: list[_Checked], tenant: Tenant) -> tuple[dict[int, Ing
     for one in again:
         done[one.item.pk] = _resolve_existing(one.item, existing[one.verdict.parsed.sop_instance_uid], one.verdict)
     if fresh:
-        _stored_events(fresh)
+        _stored_events(fresh, tenant)
     return done, later
 
 
@@ -891,8 +897,12 @@ def _counts_add(*, series: list[Series], added: dict[int, int], new_series: set[
     lock (taken first, so that the statements after it see every series committed before it).
 
     These are queryset updates, so django-auditlog records no change for them: the counts are derived from the
-    Instance rows, each of which is in the INSTANCES_STORED event of its storing."""
+    Instance rows, each of which is in the INSTANCES_STORED event of its storing. A batch into one series that
+    exists (a stream of one series: most batches) adds to both counts in one statement (`_counts_add_one`)."""
     now = timezone.now()
+    if len(series) == 1 and not new_series:
+        _counts_add_one(series=series[0], added=added[series[0].pk], now=now)
+        return
     per_study: dict[int, int] = defaultdict(int)
     studies_with_new_series: set[int] = set()
     for one in sorted(series, key=lambda s: s.pk):
@@ -920,6 +930,28 @@ def _counts_add(*, series: list[Series], added: dict[int, int], new_series: set[
         )
 
 
+def _counts_add_one(*, series: Series, added: int, now: Any) -> None:
+    """`_counts_add` for one series that exists, in one prepared statement: the series' increment (a CTE), then
+    its study's, in that order (the study's UPDATE reads the series' RETURNING), so the rows are locked series
+    first, as `_counts_add` locks them. Two ORM UPDATEs, each compiled anew, were a fixed cost of every batch
+    (docs/BENCHMARKS.md, h2 branch, session 6). Names from the models' metadata, quoted; every value a parameter
+    (the tenant's id among them: the ORM's scope, written out, beside the database's row-level security)."""
+    q = transaction.get_connection().ops.quote_name
+    count, updated, tenant, pk = q("number_of_instances"), q("updated_at"), q("tenant_id"), q("id")
+    series_table, study_table = q(Series._meta.db_table), q(Study._meta.db_table)
+    statement = (
+        f"WITH s AS (UPDATE {series_table} SET {count} = {series_table}.{count} + %s, {updated} = %s "  # noqa: S608 # nosec B608
+        f"WHERE {tenant} = %s AND {pk} = %s RETURNING {q('study_id')}) "
+        f"UPDATE {study_table} SET {count} = {study_table}.{count} + %s, {updated} = %s "
+        f"WHERE {tenant} = %s AND {pk} = (SELECT {q('study_id')} FROM s)"
+    )
+    tenant_id = current_tenant().pk
+    with prepared_statements(), transaction.get_connection().cursor() as cursor:
+        cursor.execute(statement, [added, now, tenant_id, series.pk, added, now, tenant_id])
+        if cursor.rowcount != 1:  # the series or its study is gone or hidden: never a batch counted short
+            raise Series.DoesNotExist(f"series {series.pk} or its study could not be counted")
+
+
 def study_counts_refresh(*, study_id: int) -> None:
     """Recount a study's and its series' counts and modalities from the rows, under the study's row lock: for
     repairs and for code that removes instances (ingestion only ever adds, see `_counts_add`)."""
@@ -941,7 +973,7 @@ def study_counts_refresh(*, study_id: int) -> None:
         )
 
 
-def _stored_events(fresh: list[_Checked]) -> None:
+def _stored_events(fresh: list[_Checked], tenant: Tenant) -> None:
     """One INSTANCES_STORED event (DICOM "Instances Transferred") per study and sender in the batch: the study as
     its target, the patient and the study as participants, the study's entry listing every SOP Instance UID and
     the count per SOP class (as the DICOM audit message's ParticipantObjectDescription does), and the public ids
@@ -979,6 +1011,7 @@ def _stored_events(fresh: list[_Checked]) -> None:
         audit_event_record(
             event=EventType.INSTANCES_STORED,
             actor=first.item.actor,
+            tenant=tenant,  # the batch's (and so the study's), not read again through the study's foreign key
             target=study,
             participants=participants,
             system_principal=_principal(first.item),
@@ -1101,6 +1134,7 @@ def _resolve_existing(item: IngestItem, existing: Instance, verdict: Verdict) ->
     audit_event_record(
         event=EventType.INGEST_CONFLICT,
         actor=item.actor,
+        tenant=current_tenant(),  # the item's, not read again through its foreign key
         target=existing,
         participants=_study_participants(existing),
         outcome=Outcome.MINOR_FAILURE,
@@ -1134,6 +1168,7 @@ def _reject(item: IngestItem, exc: Rejected) -> None:
         audit_event_record(
             event=EventType.INGEST_REJECTED,
             actor=item.actor,
+            tenant=current_tenant(),  # the item's, not read again through its foreign key
             target=item,
             outcome=Outcome.MINOR_FAILURE,
             outcome_description=exc.reason,

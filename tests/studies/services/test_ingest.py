@@ -719,3 +719,32 @@ def test_a_claim_never_takes_another_tenants_waiting_items(tenant_a, tenant_b):
     with tenant_scope(tenant_b):
         theirs.refresh_from_db()
         assert (theirs.state, theirs.attempts, theirs.claimed_at) == (IngestItem.State.RECEIVED, 0, None)
+
+
+def test_a_batch_into_a_series_that_exists_has_a_fixed_cost_in_statements(tenant_a):
+    """The fixed cost of a batch (docs/BENCHMARKS.md, h2 branch, session 6): for a stream into a series that exists,
+    14 statements whatever the batch's size, and one more for the claim that finds nothing left (24 before): the
+    claim in one statement, the study keys read with the items, both counts in one statement, the tenant not read
+    again for the audit event. The counts stay exact."""
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    files = make_study(series=1, instances_per_series=21)
+    statements = []
+    with tenant_scope(tenant_a), messages_lost_by_the_broker(), override_settings(INGEST_GATHER_SECONDS=0):
+        first = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=files[0])
+        assert services.ingest_process(item_id=first.pk).state == IngestItem.State.STORED  # the series exists
+        for part in (files[1:2], files[2:]):  # a batch of 1, then one of 19
+            batch = uuid.uuid4()
+            items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=f, queue=False)
+                     for f in part]  # fmt: skip
+            with CaptureQueriesContext(conn) as processed:
+                assert services.ingest_process(item_id=items[0].pk).state == IngestItem.State.STORED
+            statements.append([q["sql"] for q in processed.captured_queries])
+        series = Series.objects.select_related("study").get()
+        assert (series.number_of_instances, series.study.number_of_instances) == (21, 21)
+    for sql in statements:
+        assert len(sql) == 15
+        assert not [q for q in sql if 'FROM "tenants_tenant"' in q or 'FROM "studies_studykey"' in q]
+        assert len([q for q in sql if '"studies_study" SET' in q]) == 1  # with the series' count
+        assert len([q for q in sql if 'UPDATE "studies_ingestitem"' in q and "SKIP LOCKED" in q]) == 2  # two claims
