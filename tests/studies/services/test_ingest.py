@@ -687,7 +687,7 @@ def test_two_workers_claiming_at_once_take_each_item_exactly_once(tenant_a):
     def claim(mine: list[int]) -> None:
         try:
             start.wait()
-            with tenant_scope(tenant_a), override_settings(INGEST_BATCH_SIZE=3):
+            with tenant_scope(tenant_a):
                 while taken := ingest._claim_batch(None):
                     mine.extend(taken)
         except BaseException as exc:  # reported below, in the test's thread
@@ -696,10 +696,11 @@ def test_two_workers_claiming_at_once_take_each_item_exactly_once(tenant_a):
             connection.close()
 
     threads = [threading.Thread(target=claim, args=(claims[n],)) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with override_settings(INGEST_BATCH_SIZE=3):  # settings are process-wide: overridden here, not in the threads
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     assert not errors
     assert not set(claims[0]) & set(claims[1])
     assert sorted(claims[0] + claims[1]) == sorted(item.pk for item in items)
