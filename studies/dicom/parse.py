@@ -25,7 +25,7 @@ import pydicom
 from pydicom.datadict import dictionary_description, tag_for_keyword
 from pydicom.encaps import generate_fragmented_frames, parse_basic_offsets, parse_fragments
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pydicom.valuerep import DA, TM
 
@@ -304,7 +304,7 @@ class _Values:
             value, error = self._got[keyword]
         except KeyError:
             try:
-                value, error = self.ds.get(keyword), None
+                value, error = self._read(keyword), None
             except Exception as exc:  # raised again at each look-up, as pydicom would
                 value, error = None, exc
             self._got[keyword] = (value, error)
@@ -312,12 +312,39 @@ class _Values:
             raise error
         return value
 
+    def _read(self, keyword: str) -> Any:
+        """`Dataset.get(keyword)`, by the keyword's tag (looked up once per process): what `Dataset.__getattr__`
+        does, without its keyword look-up and tag conversion each time (about 0.1 ms of the worker's CPU per CT,
+        docs/BENCHMARKS.md, h2 branch, session 6). An element that is absent, or whose value raises AttributeError,
+        is None, as `Dataset.get` makes it; a name that is no keyword goes to `Dataset.get` itself."""
+        tag = _tag_of(keyword)
+        if tag is None:
+            return self.ds.get(keyword)
+        try:
+            return self.ds[tag].value if tag in self.ds else None
+        except AttributeError:
+            return None
+
     def __contains__(self, keyword: str) -> bool:
         try:
             return self._has[keyword]
         except KeyError:
-            has = self._has[keyword] = keyword in self.ds
+            tag = _tag_of(keyword)
+            has = self._has[keyword] = (keyword if tag is None else tag) in self.ds
             return has
+
+
+_TAGS: dict[str, BaseTag | None] = {}
+
+
+def _tag_of(keyword: str) -> BaseTag | None:
+    """The tag of a data dictionary keyword (None for a name that is none), kept once looked up."""
+    try:
+        return _TAGS[keyword]
+    except KeyError:
+        found = tag_for_keyword(keyword)
+        tag = _TAGS[keyword] = Tag(found) if found is not None else None
+        return tag
 
 
 def _validated(values: _Values, transfer_syntax: UID, limits: Limits) -> ParsedInstance:

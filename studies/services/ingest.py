@@ -396,33 +396,65 @@ def _claim_batch(item_id: int | None) -> list[int]:
     at most INGEST_BATCH_BYTES in all), each by compare-and-set: exactly one caller wins each item. The items a busy
     worker finds waiting become one batch, so batches grow with the load and an idle worker still takes a lone
     item at once. With `item_id` None: up to INGEST_BATCH_SIZE waiting items, oldest first. Returns the claimed
-    ids (maybe none)."""
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.INGEST_STALE_SECONDS)
-    claimable = Q(state=IngestItem.State.RECEIVED) | Q(state=IngestItem.State.PROCESSING, claimed_at__lt=stale)
-    claim = {"state": IngestItem.State.PROCESSING, "claimed_at": now, "attempts": F("attempts") + 1}
-    if item_id is not None and IngestItem.objects.filter(claimable, pk=item_id).update(**claim) != 1:
-        # Taken: most often by the batch of an earlier message, which took the items waiting with it and goes on
-        # taking them until none waits (`ingest_process`). This message costs one statement.
+    ids (maybe none), `item_id` first.
+
+    One statement (`_claim_statement`), prepared once per connection, where the ORM sent up to five (the item's
+    UPDATE, then BEGIN, a SELECT ... FOR UPDATE SKIP LOCKED, an UPDATE and COMMIT), each compiled anew: a fixed
+    cost of every batch and of the empty claim that ends a task (docs/BENCHMARKS.md, h2 branch, session 6).
+    Pipeline bookkeeping, as before: no django-auditlog entry (what each item became is its audit event)."""
+    room = settings.INGEST_BATCH_SIZE - (0 if item_id is None else 1)
+    if item_id is None and room <= 0:
         return []
-    room, budget = settings.INGEST_BATCH_SIZE - (0 if item_id is None else 1), settings.INGEST_BATCH_BYTES
-    if room <= 0:
-        return [] if item_id is None else [item_id]
-    received = IngestItem.objects.filter(state=IngestItem.State.RECEIVED)
+    now = timezone.now()
+    received, processing = IngestItem.State.RECEIVED, IngestItem.State.PROCESSING
+    tenant_id = current_tenant().pk
+    params: list[Any] = []
     if item_id is not None:
-        received = received.exclude(pk=item_id)
-    with transaction.atomic():
-        waiting = received.order_by("pk").select_for_update(skip_locked=True).values_list("pk", "size")[:room]
-        others: list[int] = []
-        total = 0
-        for pk, size in waiting:
-            if others and total + size > budget:
-                break
-            others.append(pk)
-            total += size
-        if others:
-            IngestItem.objects.filter(pk__in=others, state=IngestItem.State.RECEIVED).update(**claim)
-    return others if item_id is None else [item_id, *others]
+        stale = now - timedelta(seconds=settings.INGEST_STALE_SECONDS)
+        params += [processing, now, tenant_id, item_id, received, processing, stale]  # mine
+        params += [tenant_id, received, item_id, max(room, 0)]  # waiting
+    else:
+        params += [tenant_id, received, room]  # waiting
+    params += [processing, now, settings.INGEST_BATCH_BYTES, received]  # taken
+    with prepared_statements(), transaction.get_connection().cursor() as cursor:
+        cursor.execute(_claim_statement(first=item_id is not None), params)
+        claimed = [pk for (pk,) in cursor.fetchall()]
+    if item_id is None:
+        return sorted(claimed)
+    return [item_id, *sorted(pk for pk in claimed if pk != item_id)] if item_id in claimed else []
+
+
+@functools.cache
+def _claim_statement(*, first: bool) -> str:
+    """`_claim_batch`'s statement. With `first`, the item's own compare-and-set UPDATE (`mine`), and the waiting
+    items only if it took the item; the waiting items locked oldest first, skipping those another worker holds
+    locked (FOR UPDATE SKIP LOCKED under the LIMIT, so the skipped ones do not count against it), cut at the byte
+    budget by a running sum (a window function, which PostgreSQL does not allow beside FOR UPDATE: hence a CTE
+    between them), and set to `processing` only if still `received`. So, as with the ORM's statements: an item is
+    locked (or skipped) before it is taken and each UPDATE takes only rows still in the state it expects, so two
+    workers never take one item; a `processing` item is taken again only by its own message, and only when its
+    claim is older than INGEST_STALE_SECONDS (a claim that outlived its worker), never because it waited. Names
+    from the model's metadata, quoted; every value a parameter (the tenant's id among them: the ORM's scope,
+    written out, beside the database's row-level security)."""
+    q = transaction.get_connection().ops.quote_name
+    table = q(IngestItem._meta.db_table)
+    pk, tenant, state, size, claimed_at = q("id"), q("tenant_id"), q("state"), q("size"), q("claimed_at")
+    claim = f"{state} = %s, {claimed_at} = %s, {q('attempts')} = {table}.{q('attempts')} + 1"
+    gate = f" AND {pk} <> %s AND EXISTS (SELECT FROM mine)" if first else ""  # nosec B608
+    mine = (
+        f"mine AS (UPDATE {table} SET {claim} WHERE {tenant} = %s AND {pk} = %s AND ({state} = %s "  # noqa: S608 # nosec B608
+        f"OR ({state} = %s AND {claimed_at} < %s)) RETURNING {pk}), "
+    )
+    result = 'SELECT "id" FROM mine UNION ALL SELECT "id" FROM taken' if first else 'SELECT "id" FROM taken'
+    return (
+        f"WITH {mine if first else ''}"  # noqa: S608 # nosec B608
+        f"waiting AS (SELECT {pk}, {size} FROM {table} WHERE {tenant} = %s AND {state} = %s{gate} "
+        f"ORDER BY {pk} LIMIT %s FOR UPDATE SKIP LOCKED), "
+        f"taken AS (UPDATE {table} SET {claim} FROM (SELECT {pk}, sum({size}) OVER (ORDER BY {pk}) AS total, "
+        f"row_number() OVER (ORDER BY {pk}) AS n FROM waiting) AS w WHERE {table}.{pk} = w.{pk} "
+        f"AND (w.n = 1 OR w.total <= %s) AND {table}.{state} = %s RETURNING {table}.{pk}) "
+        f"{result}"
+    )
 
 
 @dataclass(frozen=True)
@@ -466,8 +498,14 @@ class _Checked:
     instance: Instance | None = dataclass_field(default=None)
 
 
+# What processing reads of an item: its quarantined blob with the study key that wraps it (the key's id decides
+# whether the ciphertext is promoted as it is: `blob_promotable`; read here, not in a SELECT of its own per batch),
+# and the sender.
+_ITEM_RELATED = ("quarantine__study_key", "actor", "device")
+
+
 def _item(item_id: int) -> IngestItem:
-    return IngestItem.objects.select_related("quarantine", "actor", "device").get(pk=item_id)
+    return IngestItem.objects.select_related(*_ITEM_RELATED).get(pk=item_id)
 
 
 def ingest_process(*, item_id: int) -> IngestItem | None:
@@ -516,7 +554,7 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
 
 def _process_claimed(ids: list[int]) -> dict[int, IngestItem]:
     tenant = current_tenant()
-    items = list(IngestItem.objects.select_related("quarantine", "actor", "device").filter(pk__in=ids).order_by("pk"))
+    items = list(IngestItem.objects.select_related(*_ITEM_RELATED).filter(pk__in=ids).order_by("pk"))
     done: dict[int, IngestItem] = {}
     checked: list[_Checked] = []
     for item in items:
@@ -637,7 +675,7 @@ def _store_batch(checked: list[_Checked], tenant: Tenant) -> tuple[dict[int, Ing
     for one in again:
         done[one.item.pk] = _resolve_existing(one.item, existing[one.verdict.parsed.sop_instance_uid], one.verdict)
     if fresh:
-        _stored_events(fresh)
+        _stored_events(fresh, tenant)
     return done, later
 
 
@@ -873,8 +911,12 @@ def _counts_add(*, series: list[Series], added: dict[int, int], new_series: set[
     lock (taken first, so that the statements after it see every series committed before it).
 
     These are queryset updates, so django-auditlog records no change for them: the counts are derived from the
-    Instance rows, each of which is in the INSTANCES_STORED event of its storing."""
+    Instance rows, each of which is in the INSTANCES_STORED event of its storing. A batch into one series that
+    exists (a stream of one series: most batches) adds to both counts in one statement (`_counts_add_one`)."""
     now = timezone.now()
+    if len(series) == 1 and not new_series:
+        _counts_add_one(series=series[0], added=added[series[0].pk], now=now)
+        return
     per_study: dict[int, int] = defaultdict(int)
     studies_with_new_series: set[int] = set()
     for one in sorted(series, key=lambda s: s.pk):
@@ -902,6 +944,28 @@ def _counts_add(*, series: list[Series], added: dict[int, int], new_series: set[
         )
 
 
+def _counts_add_one(*, series: Series, added: int, now: Any) -> None:
+    """`_counts_add` for one series that exists, in one prepared statement: the series' increment (a CTE), then
+    its study's, in that order (the study's UPDATE reads the series' RETURNING), so the rows are locked series
+    first, as `_counts_add` locks them. Two ORM UPDATEs, each compiled anew, were a fixed cost of every batch
+    (docs/BENCHMARKS.md, h2 branch, session 6). Names from the models' metadata, quoted; every value a parameter
+    (the tenant's id among them: the ORM's scope, written out, beside the database's row-level security)."""
+    q = transaction.get_connection().ops.quote_name
+    count, updated, tenant, pk = q("number_of_instances"), q("updated_at"), q("tenant_id"), q("id")
+    series_table, study_table = q(Series._meta.db_table), q(Study._meta.db_table)
+    statement = (
+        f"WITH s AS (UPDATE {series_table} SET {count} = {series_table}.{count} + %s, {updated} = %s "  # noqa: S608 # nosec B608
+        f"WHERE {tenant} = %s AND {pk} = %s RETURNING {q('study_id')}) "
+        f"UPDATE {study_table} SET {count} = {study_table}.{count} + %s, {updated} = %s "
+        f"WHERE {tenant} = %s AND {pk} = (SELECT {q('study_id')} FROM s)"
+    )
+    tenant_id = current_tenant().pk
+    with prepared_statements(), transaction.get_connection().cursor() as cursor:
+        cursor.execute(statement, [added, now, tenant_id, series.pk, added, now, tenant_id])
+        if cursor.rowcount != 1:  # the series or its study is gone or hidden: never a batch counted short
+            raise Series.DoesNotExist(f"series {series.pk} or its study could not be counted")
+
+
 def study_counts_refresh(*, study_id: int) -> None:
     """Recount a study's and its series' counts and modalities from the rows, under the study's row lock: for
     repairs and for code that removes instances (ingestion only ever adds, see `_counts_add`)."""
@@ -923,7 +987,7 @@ def study_counts_refresh(*, study_id: int) -> None:
         )
 
 
-def _stored_events(fresh: list[_Checked]) -> None:
+def _stored_events(fresh: list[_Checked], tenant: Tenant) -> None:
     """One INSTANCES_STORED event (DICOM "Instances Transferred") per study and sender in the batch: the study as
     its target, the patient and the study as participants, the study's entry listing every SOP Instance UID and
     the count per SOP class (as the DICOM audit message's ParticipantObjectDescription does), and the public ids
@@ -961,6 +1025,7 @@ def _stored_events(fresh: list[_Checked]) -> None:
         audit_event_record(
             event=EventType.INSTANCES_STORED,
             actor=first.item.actor,
+            tenant=tenant,  # the batch's (and so the study's), not read again through the study's foreign key
             target=study,
             participants=participants,
             system_principal=_principal(first.item),
@@ -1083,6 +1148,7 @@ def _resolve_existing(item: IngestItem, existing: Instance, verdict: Verdict) ->
     audit_event_record(
         event=EventType.INGEST_CONFLICT,
         actor=item.actor,
+        tenant=current_tenant(),  # the item's, not read again through its foreign key
         target=existing,
         participants=_study_participants(existing),
         outcome=Outcome.MINOR_FAILURE,
@@ -1116,6 +1182,7 @@ def _reject(item: IngestItem, exc: Rejected) -> None:
         audit_event_record(
             event=EventType.INGEST_REJECTED,
             actor=item.actor,
+            tenant=current_tenant(),  # the item's, not read again through its foreign key
             target=item,
             outcome=Outcome.MINOR_FAILURE,
             outcome_description=exc.reason,

@@ -186,9 +186,17 @@ def blob_name(*, tenant_id: int, kind: str, blob_id: uuid.UUID) -> str:
 
 
 def blob_study_key_ids(blobs: list[Blob]) -> dict[int, str]:
-    """The key ids (hashes of study UIDs) of the study keys that wrap `blobs`, by StudyKey pk: one SELECT."""
-    pks = {blob.study_key_id for blob in blobs if blob.study_key_id is not None}
-    return dict(StudyKey.objects.filter(pk__in=pks).values_list("pk", "key_id")) if pks else {}
+    """The key ids (hashes of study UIDs) of the study keys that wrap `blobs`, by StudyKey pk: those loaded with
+    the blobs (`select_related("study_key")`) as they are, the others in one SELECT."""
+    loaded: dict[int, str] = {}
+    for blob in blobs:
+        if blob.study_key_id is not None and _STUDY_KEY.is_cached(blob) and blob.study_key is not None:
+            loaded[blob.study_key_id] = blob.study_key.key_id
+    pks = {blob.study_key_id for blob in blobs if blob.study_key_id is not None} - loaded.keys()
+    return loaded | (dict(StudyKey.objects.filter(pk__in=pks).values_list("pk", "key_id")) if pks else {})
+
+
+_STUDY_KEY = Blob._meta.get_field("study_key")
 
 
 def blob_promotable(*, blob: Blob, study_instance_uid: str, key_ids: dict[int, str]) -> bool:

@@ -37,10 +37,6 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
     ("studies/services/exports.py", "export_run", "update"): (
         "the progress counter `done` every PROGRESS_EVERY instances: bookkeeping for the progress bar"
     ),
-    ("studies/services/ingest.py", "_claim_batch", "update"): (
-        "compare-and-set claim of a batch of ingest items (pipeline bookkeeping, studies.ingestitem); what each "
-        "item became is its INSTANCES_STORED / INGEST_REJECTED audit event"
-    ),
     ("studies/services/ingest.py", "_process_claimed", "update"): (
         "gives the claimed ingest items back when the malware scanner is down (bookkeeping; nothing was stored)"
     ),

@@ -505,3 +505,21 @@ def test_study_uid_peek_is_empty_where_there_is_none_or_it_cannot_be_read():
         data[:132] + b"\xff" * 40,  # garbage after the marker
     ):
         assert study_instance_uid_peek(bad) == ""
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_values_are_read_by_tag_as_pydicom_gives_them_by_keyword(syntax: str):
+    """`parse` reads each value by its keyword's tag (`_Values`), not through `Dataset.get(keyword)`: the same
+    value for every attribute it reads (present, absent, empty, a sequence, pixel data whose VR implicit syntax
+    leaves ambiguous), and a name that is no keyword still answered by pydicom."""
+    from studies.dicom.parse import _CONTENT_ATTRIBUTES, _Values
+
+    data = resaved(make_instance(transfer_syntax=syntax), AccessionNumber="", StudyDescription="x\\y")
+    keywords = [*_CONTENT_ATTRIBUTES, "PixelData", "StudyDescription", "ReferencedImageSequence", "NotAKeyword"]
+    by_tag, by_keyword = _Values(pydicom.dcmread(io.BytesIO(data))), pydicom.dcmread(io.BytesIO(data))
+    for keyword in keywords:
+        assert by_tag.get(keyword) == by_keyword.get(keyword), keyword
+        assert (keyword in by_tag) == (keyword in by_keyword), keyword
+    assert by_tag.get("PixelData") is not None
+    assert by_tag.get("NotAKeyword") is None
+    assert by_tag.get("AccessionNumber") == ""

@@ -609,3 +609,143 @@ def test_one_batch_writes_each_item_its_own_verdict_instance_and_blob_name(tenan
             assert storages["blobs"].exists(instance.blob.storage_name)
             assert blob_read(blob=instance.blob)[:128] == (b"\0" * 128 if n == 2 else blobs[n][:128])
         assert Blob.objects.filter(kind=Blob.Kind.QUARANTINE).count() == 0
+
+
+def _same_size_files(count: int) -> list[bytes]:
+    """`count` instances of one series whose files are all of one size (UIDs of one length)."""
+    study, series = "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.2"
+    files = [make_instance(study_uid=study, series_uid=series, sop_uid=f"1.2.826.0.1.3680043.10.2.{10000 + n}")
+             for n in range(count)]  # fmt: skip
+    assert len({len(f) for f in files}) == 1
+    return files
+
+
+@pytest.mark.parametrize(("budget_in_files", "batches"), [(2, [3, 2, 1]), (0.5, [2, 1, 1, 1, 1])])
+def test_a_claim_takes_the_waiting_items_oldest_first_up_to_the_byte_budget(tenant_a, budget_in_files, batches):
+    """One statement claims the message's item and the items waiting with it, oldest first, while their bytes stay
+    within INGEST_BATCH_BYTES (the message's own item aside); the first waiting item is always taken, so an item
+    larger than the budget is still a batch (of its own when nothing else is claimed with it)."""
+    files, batch = _same_size_files(6), uuid.uuid4()  # one association: one event per study and batch
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=f, queue=False)
+                 for f in files]  # fmt: skip
+        with override_settings(INGEST_BATCH_BYTES=int(budget_in_files * len(files[0])), INGEST_GATHER_SECONDS=0):
+            assert services.ingest_process(item_id=items[0].pk).state == IngestItem.State.STORED
+        events = AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED).order_by("sequence")
+        assert [e.extra["count"] for e in events] == batches
+        # Oldest first: each batch holds the items received after the previous batch's.
+        item_of = {str(i.instance.public_id): i.pk for i in IngestItem.objects.select_related("instance")}
+        taken = [sorted(item_of[public_id] for public_id in e.extra["instances"]) for e in events]
+        assert [pk for batch in taken for pk in batch] == [item.pk for item in items]
+        assert set(IngestItem.objects.values_list("attempts", flat=True)) == {1}
+
+
+@override_settings(INGEST_STALE_SECONDS=60)
+def test_a_processing_item_is_claimed_again_only_by_its_own_message_once_its_claim_is_stale(tenant_a):
+    """A claim that outlived its worker (claimed longer ago than INGEST_STALE_SECONDS) is taken again by the item's
+    own message, with one attempt more; a live claim is left to its worker, however long the item waited before
+    (its `updated_at`); and no other message's claim takes a `processing` item, stale or not, from the waiting
+    items: the sweeper hands a dead claim back as `received` first."""
+    files = make_study(series=1, instances_per_series=3)
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        dead, live, other = (services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=f,
+                                                     queue=False) for f in files)  # fmt: skip
+        now = timezone.now()
+        IngestItem.objects.filter(pk=dead.pk).update(
+            state=IngestItem.State.PROCESSING, claimed_at=now - timedelta(minutes=5), attempts=1
+        )
+        IngestItem.objects.filter(pk=live.pk).update(
+            state=IngestItem.State.PROCESSING, claimed_at=now - timedelta(seconds=10), attempts=1,
+            updated_at=now - timedelta(minutes=10),
+        )  # fmt: skip
+        # Another message: it takes the waiting item, and neither claim.
+        assert services.ingest_process(item_id=other.pk).state == IngestItem.State.STORED
+        states = dict(IngestItem.objects.values_list("pk", "state"))
+        assert (states[dead.pk], states[live.pk]) == (IngestItem.State.PROCESSING, IngestItem.State.PROCESSING)
+        # The live claim's own message: not this call's to process.
+        assert services.ingest_process(item_id=live.pk) is None
+        live.refresh_from_db()
+        assert (live.state, live.attempts) == (IngestItem.State.PROCESSING, 1)
+        # The dead claim's own message takes it again.
+        done = services.ingest_process(item_id=dead.pk)
+        assert (done.state, done.attempts) == (IngestItem.State.STORED, 2)
+
+
+def test_two_workers_claiming_at_once_take_each_item_exactly_once(tenant_a):
+    """Two workers (two database connections) claiming the same waiting items at once, batch after batch: every
+    item is claimed by one of them, none by both (FOR UPDATE SKIP LOCKED, then an UPDATE of rows still
+    `received`), each with one attempt."""
+    from studies.services import ingest
+
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=f, queue=False)
+                 for f in make_study(series=2, instances_per_series=15)]  # fmt: skip
+    claims: list[list[int]] = [[], []]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def claim(mine: list[int]) -> None:
+        try:
+            start.wait()
+            with tenant_scope(tenant_a):
+                while taken := ingest._claim_batch(None):
+                    mine.extend(taken)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim, args=(claims[n],)) for n in range(2)]
+    with override_settings(INGEST_BATCH_SIZE=3):  # settings are process-wide: overridden here, not in the threads
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+    assert not set(claims[0]) & set(claims[1])
+    assert sorted(claims[0] + claims[1]) == sorted(item.pk for item in items)
+    with tenant_scope(tenant_a):
+        assert set(IngestItem.objects.values_list("state", "attempts")) == {(IngestItem.State.PROCESSING, 1)}
+
+
+def test_a_claim_never_takes_another_tenants_waiting_items(tenant_a, tenant_b):
+    with tenant_scope(tenant_b), messages_lost_by_the_broker():
+        theirs = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=make_instance(),
+                                         queue=False)  # fmt: skip
+    with tenant_scope(tenant_a), messages_lost_by_the_broker():
+        ours = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=make_instance(),
+                                       queue=False)  # fmt: skip
+        assert services.ingest_process(item_id=ours.pk).state == IngestItem.State.STORED
+        assert services.ingest_process(item_id=theirs.pk) is None  # not an item of this scope
+    with tenant_scope(tenant_b):
+        theirs.refresh_from_db()
+        assert (theirs.state, theirs.attempts, theirs.claimed_at) == (IngestItem.State.RECEIVED, 0, None)
+
+
+def test_a_batch_into_a_series_that_exists_has_a_fixed_cost_in_statements(tenant_a):
+    """The fixed cost of a batch (docs/BENCHMARKS.md, h2 branch, session 6): for a stream into a series that exists,
+    14 statements whatever the batch's size, and one more for the claim that finds nothing left (24 before): the
+    claim in one statement, the study keys read with the items, both counts in one statement, the tenant not read
+    again for the audit event. The counts stay exact."""
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    files = make_study(series=1, instances_per_series=21)
+    statements = []
+    with tenant_scope(tenant_a), messages_lost_by_the_broker(), override_settings(INGEST_GATHER_SECONDS=0):
+        first = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=files[0])
+        assert services.ingest_process(item_id=first.pk).state == IngestItem.State.STORED  # the series exists
+        for part in (files[1:2], files[2:]):  # a batch of 1, then one of 19
+            batch = uuid.uuid4()
+            items = [services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=f, queue=False)
+                     for f in part]  # fmt: skip
+            with CaptureQueriesContext(conn) as processed:
+                assert services.ingest_process(item_id=items[0].pk).state == IngestItem.State.STORED
+            statements.append([q["sql"] for q in processed.captured_queries])
+        series = Series.objects.select_related("study").get()
+        assert (series.number_of_instances, series.study.number_of_instances) == (21, 21)
+    for sql in statements:
+        assert len(sql) == 15
+        assert not [q for q in sql if 'FROM "tenants_tenant"' in q or 'FROM "studies_studykey"' in q]
+        assert len([q for q in sql if '"studies_study" SET' in q]) == 1  # with the series' count
+        assert len([q for q in sql if 'UPDATE "studies_ingestitem"' in q and "SKIP LOCKED" in q]) == 2  # two claims
