@@ -62,7 +62,12 @@ class RequestSizeLimitMiddleware:
         except ValueError:
             length = -1
         view_class = getattr(view, "view_class", None) or getattr(view, "cls", None)
-        setting = getattr(view_class, "max_request_bytes_setting", None) or "REQUEST_MAX_BYTES"
+        by_method = getattr(view, "max_request_bytes_settings", None) or {}  # portal.web.routing.api_by_method
+        setting = (
+            by_method.get(request.method or "")
+            or getattr(view_class, "max_request_bytes_setting", None)
+            or "REQUEST_MAX_BYTES"
+        )
         limit = int(getattr(settings, setting))
         if 0 <= length <= limit:
             return None

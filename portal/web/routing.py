@@ -31,5 +31,13 @@ def api_by_method(**operations: type[TenantApi]) -> Callable[..., HttpResponse]:
     base = next(c for c in apis[0].__mro__ if issubclass(c, TenantApi) and all(issubclass(a, c) for a in apis))
     view.cls = type(name, (base,), {**members, "__module__": __name__})  # type: ignore[attr-defined]
     view.initkwargs = {}  # type: ignore[attr-defined]
+    # The body limit of each operation's class (portal.middleware.RequestSizeLimitMiddleware): the combined `cls`
+    # describes the URL and has none of its own, so without this `POST studies` (STOW-RS) was held to
+    # REQUEST_MAX_BYTES instead of DICOMWEB_STOW_MAX_REQUEST_BYTES.
+    view.max_request_bytes_settings = {  # type: ignore[attr-defined]
+        method.upper(): api.max_request_bytes_setting
+        for method, api in operations.items()
+        if getattr(api, "max_request_bytes_setting", None)
+    }
     view.csrf_exempt = True  # type: ignore[attr-defined]  # DRF's session authentication checks CSRF itself
     return view

@@ -500,3 +500,25 @@ def test_a_session_without_its_second_factor_may_not(client, tenant_a, radiologi
 
     assert response.status_code == 401
     assert items(tenant_a) == []
+
+
+@pytest.mark.parametrize("route", ["studies", "study"])
+def test_stow_bodies_are_held_to_the_stow_limit_not_the_general_one(api_client_for, tenant_a, radiologist_a, settings,
+                                                                    route):  # fmt: skip
+    # Both STOW-RS URLs share their path with a GET (QIDO-RS, WADO-RS) through api_by_method: the middleware's
+    # declared-length check must take the POST's own limit, or a study larger than REQUEST_MAX_BYTES was a 413.
+    data = make_instance()
+    url = URL if route == "studies" else f"{URL}/{stow.identify(data).study_instance_uid}"
+    settings.REQUEST_MAX_BYTES = 1000
+    settings.DICOMWEB_STOW_MAX_REQUEST_BYTES = 10 * len(data)
+    client = api_client_for(radiologist_a, tenant_a)
+
+    stored = post_parts(client, url, [data])
+    settings.DICOMWEB_STOW_MAX_REQUEST_BYTES = 1000
+    refused = post_parts(client, url, [make_instance()])
+
+    assert stored.status_code == 200, stored.content
+    assert referenced(stored.json())
+    assert refused.status_code == 413
+    assert "limit of 1000 bytes" in problem(refused)["detail"]
+    assert [item.state for item in items(tenant_a)] == [IngestItem.State.STORED]
