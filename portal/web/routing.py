@@ -35,9 +35,9 @@ def api_by_method(**operations: type[TenantApi]) -> Callable[..., HttpResponse]:
     # describes the URL and has none of its own, so without this `POST studies` (STOW-RS) was held to
     # REQUEST_MAX_BYTES instead of DICOMWEB_STOW_MAX_REQUEST_BYTES.
     view.max_request_bytes_settings = {  # type: ignore[attr-defined]
-        method.upper(): api.max_request_bytes_setting
+        method.upper(): setting
         for method, api in operations.items()
-        if getattr(api, "max_request_bytes_setting", None)
+        if (setting := getattr(api, "max_request_bytes_setting", None))
     }
     view.csrf_exempt = True  # type: ignore[attr-defined]  # DRF's session authentication checks CSRF itself
     return view
