@@ -48,6 +48,14 @@ SET_SCOPE = "SELECT set_config(%s, %s, false)"
 # Django's own transaction statements read no table: they pass as they are (and one of them may be the rollback
 # of an aborted transaction, where nothing else may run).
 TRANSACTION_CONTROL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+# Statements PostgreSQL refuses inside a transaction block, which a string of several statements is (its implicit
+# transaction): the scope's setting goes in front of them as a statement of its own. Without this, `pytest
+# --create-db` failed ("CREATE DATABASE cannot run inside a transaction block") once a failed statement had left the
+# server's setting unknown.
+_ALONE = re.compile(
+    r"\s*(?:(?:CREATE|DROP)\s+DATABASE\b|VACUUM\b|ALTER\s+SYSTEM\b|(?:CREATE|DROP|REINDEX)\b[^;]*\bCONCURRENTLY\b)",
+    re.IGNORECASE,
+)
 _SCOPE_PREFIX = "SELECT set_config('" + DATABASE_SETTING + "', {}, false); "
 
 
@@ -265,6 +273,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         raw = getattr(context.get("cursor"), "cursor", None)
         pipeline = self.connection._pipeline
         batched = not many and isinstance(sql, str) and isinstance(raw, psycopg.ClientCursor) and not pipeline
+        batched = batched and not _ALONE.match(sql)
         short = _TRANSACTION.get()
         if short is not None and (short.begin_pending or short.commit_next) and not batched:
             raise TransactionManagementError("A short transaction's statements go one by one on a client cursor.")

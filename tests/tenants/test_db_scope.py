@@ -78,3 +78,14 @@ def test_a_server_side_cursor_gets_its_scope_in_a_round_trip_of_its_own(tenant_a
         assert [m.tenant_id for m in Membership.objects.filter(user=radiologist_a).iterator(chunk_size=10)] == [
             tenant_a.pk
         ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_refused_in_a_transaction_block_gets_the_scope_as_a_statement_of_its_own(tenant_a):
+    # VACUUM, CREATE DATABASE (pytest --create-db) and the like cannot share a string with the scope's setting: a
+    # string of several statements is one implicit transaction. The setting goes first, alone, and still counts.
+    connection.ensure_connection()
+    connection.enclave_scope_sent = None  # unknown, as after a failed statement: it must be sent
+    with tenant_scope(tenant_a), connection.cursor() as cursor:
+        cursor.execute("VACUUM tenants_membership")  # the application's role does not own it: a warning, skipped
+        assert _setting() == str(tenant_a.pk)
