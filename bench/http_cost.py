@@ -48,7 +48,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ingest import (  # noqa: E402
-    GUNICORN,
     PG_SERVER,
     Processes,
     bench_cleanup,
@@ -118,22 +117,9 @@ def gunicorn_one_worker(
     """gunicorn as bench/orthanc.py starts it, with one worker (`threads` threads, `extra` more arguments, e.g.
     `--keepalive 5`); the worker's pid."""
     port = int(base.split(":")[2].split("/")[0])
-    if threads == 8 and not extra:
-        started = gunicorn_start(processes, env, base, port, token, worker_class=worker_class, workers=1)
-    else:
-        import requests
-
-        def answers(_: Any) -> bool:
-            try:
-                requests.get(f"{base}/studies?limit=1", headers={"Authorization": f"Bearer {token}"}, timeout=2)
-            except requests.RequestException:
-                return False
-            return True
-
-        argv = [GUNICORN, "portal.wsgi:application", "-c", "portal/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-                "--worker-class", worker_class, "--workers", "1", "--threads", str(threads), "--timeout", "300",
-                "--no-control-socket", *extra]  # fmt: skip
-        started = processes.start("gunicorn", argv, {**env, "PORTAL_BASE_URL": f"http://127.0.0.1:{port}"}, answers)
+    started = gunicorn_start(
+        processes, env, base, port, token, worker_class=worker_class, workers=1, threads=threads, extra=extra
+    )
     workers = children(started.process.pid)
     if len(workers) != 1:
         raise SystemExit(f"expected one gunicorn worker, found {workers}")

@@ -358,10 +358,10 @@ def listener_start(processes: Processes, env: dict[str, str]) -> tuple[Started, 
 
 def gunicorn_start(
     processes: Processes, env: dict[str, str], base: str, port: int, token: str, *, worker_class: str = "gthread",
-    workers: int = 2,
+    workers: int = 2, threads: int = 8, extra: tuple[str, ...] | list[str] = (),
 ) -> Started:  # fmt: skip
     """gunicorn as scripts/run.sh starts it (portal/gunicorn_conf.py, gthread workers that keep connections
-    alive), on a loopback port of its own; answering a search when it returns."""
+    alive), on a loopback port of its own; answering a search when it returns. `extra`: more gunicorn arguments."""
     import requests
 
     def answers(_: Started) -> bool:
@@ -372,8 +372,8 @@ def gunicorn_start(
         return True
 
     argv = [GUNICORN, "portal.wsgi:application", "-c", "portal/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-            "--worker-class", worker_class, "--workers", str(workers), "--threads", "8", "--timeout", "300",
-            "--no-control-socket"]  # fmt: skip
+            "--worker-class", worker_class, "--workers", str(workers), "--threads", str(threads), "--timeout", "300",
+            "--no-control-socket", *extra]  # fmt: skip
     return processes.start("gunicorn", argv, {**env, "PORTAL_BASE_URL": f"http://127.0.0.1:{port}"}, answers)
 
 

@@ -43,9 +43,8 @@ def _boundary(response) -> str:
     return response["Content-Type"].split("boundary=")[1]
 
 
-def test_a_series_is_the_stored_bytes_framed_as_before_with_its_exact_length(client, tenant_a):
-    stored = _series(tenant_a)
-    assert stored[1][0].blob.size > 1 << 20
+def _retrieved_and_framed(client, stored):
+    """The series retrieved (200), its body, and the stored bytes framed by the generic multipart writer."""
     response = client.get(
         f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
     )
@@ -57,6 +56,13 @@ def test_a_series_is_the_stored_bytes_framed_as_before_with_its_exact_length(cli
             _boundary(response),
         )
     )
+    return response, body, expected
+
+
+def test_a_series_is_the_stored_bytes_framed_as_before_with_its_exact_length(client, tenant_a):
+    stored = _series(tenant_a)
+    assert stored[1][0].blob.size > 1 << 20
+    response, body, expected = _retrieved_and_framed(client, stored)
     assert body == expected  # byte for byte what the generic multipart writer makes
     assert int(response["Content-Length"]) == len(body)
 
@@ -255,17 +261,7 @@ def test_a_series_read_in_several_prepared_batches_is_the_same_answer_and_one_ev
 
     monkeypatch.setattr(wado, "PREPARED_READS", 2)
     stored = _series(tenant_a)
-    response = client.get(
-        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
-    )
-    assert response.status_code == 200
-    body = b"".join(response.streaming_content)
-    expected = b"".join(
-        multipart_stream(
-            [(f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", data) for row, data in stored],
-            _boundary(response),
-        )
-    )
+    response, body, expected = _retrieved_and_framed(client, stored)
     assert body == expected
     assert int(response["Content-Length"]) == len(body)
     (event,) = events(tenant_a, EventType.INSTANCES_RETRIEVED)
