@@ -59,6 +59,18 @@ def _retrieved_and_framed(client, stored):
     return response, body, expected
 
 
+def _sent_until_unreadable(client):
+    """The series retrieved until a part cannot be read (BlobUnreadable, as the stream raises it): the response and
+    what it had sent by then."""
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
+    )
+    sent: list[bytes] = []
+    with pytest.raises(BlobUnreadable):
+        sent.extend(response.streaming_content)
+    return response, b"".join(sent)
+
+
 def test_a_series_is_the_stored_bytes_framed_as_before_with_its_exact_length(client, tenant_a):
     stored = _series(tenant_a)
     assert stored[1][0].blob.size > 1 << 20
@@ -92,13 +104,7 @@ def test_an_instance_damaged_in_both_copies_sends_nothing_of_itself(client, tena
             sealed = bytearray(blob_sealed_read(store=store, name=damaged.storage_name))
             sealed[-20] ^= 0x01
             blob_sealed_put(store=store, name=damaged.storage_name, sealed=bytes(sealed))
-    response = client.get(
-        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
-    )
-    sent: list[bytes] = []
-    with pytest.raises(BlobUnreadable):
-        sent.extend(response.streaming_content)
-    body = b"".join(sent)
+    response, body = _sent_until_unreadable(client)
     assert body.endswith(stored[damaged_at - 1][1])  # the instances before it, whole
     assert body.count(_boundary(response).encode()) == damaged_at  # and no header of the damaged one
     assert stored[damaged_at][1][cut] not in body
@@ -281,13 +287,7 @@ def test_an_instance_whose_key_cannot_be_opened_in_a_later_batch_sends_nothing_o
         wrapped = bytearray(broken.wrapped_key)
         wrapped[-1] ^= 0x01
         Blob.objects.filter(pk=broken.pk).update(wrapped_key=bytes(wrapped))
-    response = client.get(
-        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
-    )
-    sent: list[bytes] = []
-    with pytest.raises(BlobUnreadable):
-        sent.extend(response.streaming_content)
-    body = b"".join(sent)
+    response, body = _sent_until_unreadable(client)
     assert body.endswith(stored[1][1])
     assert body.count(_boundary(response).encode()) == 2
     assert stored[2][1][-4096:] not in body
