@@ -167,6 +167,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "tenants.manage_training",
             "tenants.manage_retention",
             "tenants.manage_networks",
+            "tenants.manage_export_policy",
         }
     ),
     Role.COMPLIANCE_OFFICER: frozenset(

@@ -89,6 +89,7 @@ class Tenant(models.Model):
             ("manage_training", "Manage courses and requirements, record and approve completions"),
             ("manage_retention", "Set retention policies and legal holds, approve or reject deletions"),
             ("manage_networks", "Set the address ranges the tenant may be reached from"),
+            ("manage_export_policy", "Set whether identified exports must be password-encrypted"),
         ]
 
     def __str__(self) -> str:

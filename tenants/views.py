@@ -289,10 +289,10 @@ class ExportPolicyForm(forms.Form):
 
 
 class ExportPolicyView(TenantPageView):
-    """/t/<tenant>/settings/exports/ : the tenant's export policy (`tenants.manage_networks`, the tenant
-    administrator's security settings): whether an identified export must be a password-encrypted bundle."""
+    """/t/<tenant>/settings/exports/ : the tenant's export policy (`tenants.manage_export_policy`, a tenant
+    administrator's security setting): whether an identified export must be a password-encrypted bundle."""
 
-    required_permission = "tenants.manage_networks"
+    required_permission = "tenants.manage_export_policy"
 
     def get(self, request: HttpRequest, tenant: str) -> HttpResponse:
         form = ExportPolicyForm(initial={"exports_must_be_encrypted": self.tenant.exports_must_be_encrypted})

@@ -58,9 +58,9 @@ def tenant_ingest_quota_set(*, tenant: Tenant, per_hour: int | None, per_day: in
 @transaction.atomic
 def tenant_export_policy_set(*, actor: Any, tenant: Tenant, exports_must_be_encrypted: bool) -> Tenant:
     """Make password-encrypted bundles compulsory (or not) for the tenant's identified exports. A tenant
-    administrator's security setting (`tenants.manage_networks`, checked here). Records TENANT_EXPORT_POLICY_SET
-    with the old and new values."""
-    access.require(actor, "tenants.manage_networks", tenant)
+    administrator's security setting with a permission of its own (`tenants.manage_export_policy`, checked here),
+    not the trusted networks' one. Records TENANT_EXPORT_POLICY_SET with the old and new values."""
+    access.require(actor, "tenants.manage_export_policy", tenant)
     old = tenant.exports_must_be_encrypted
     tenant.exports_must_be_encrypted = exports_must_be_encrypted
     tenant.save(update_fields=["exports_must_be_encrypted", "updated_at"])
