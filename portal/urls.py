@@ -31,13 +31,25 @@ portal_pages: list[URLPattern | URLResolver] = [
     path("t/<slug:tenant>/", include(tenant_pages)),
 ]
 
+# /health/ is a plain Django view, which drf-spectacular does not see: a post-processing hook of the served schema
+# documents it.
+HEALTH_SCHEMA_HOOK = "portal.web.schema.health_path_add"
+
 urlpatterns = [
     path("", include((portal_pages, "portal"))),
     path("accounts/", include(("portal.accounts.urls", "accounts"))),
     path("invitations/", include((tenants_urls.invitation_patterns, "invitations"))),
     path("api/v1/t/<slug:tenant>/", include((tenant_api, "api"))),
     path("dicomweb/<slug:tenant>/", include((dicomweb_patterns, "dicomweb"))),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path(
+        "api/schema/",
+        SpectacularAPIView.as_view(
+            custom_settings={
+                "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", HEALTH_SCHEMA_HOOK]
+            }
+        ),
+        name="api-schema",
+    ),
     # Swagger UI with its start script at `?script` rather than inline, so the CSP needs no 'unsafe-inline'.
     path(
         "api/docs/",

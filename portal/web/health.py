@@ -28,6 +28,30 @@ logger = logging.getLogger(__name__)
 CLOCK_ALERT_KIND = "clock_offset"
 PROBE_KEY = "enclave:health:probe"
 
+# The answer's body (Health.as_dict) as a JSON Schema, for the OpenAPI document (portal.web.schema). It names
+# the node's parts and its clock, never anything of a tenant.
+HEALTH_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "fail"], "description": "ok: every part below is ok"},
+        "database": {"type": "string", "enum": ["ok", "unreachable"], "description": "PostgreSQL"},
+        "redis": {"type": "string", "enum": ["ok", "unreachable"], "description": "Redis (broker and cache)"},
+        "clock": {
+            "type": "string",
+            "enum": ["ok", "off", "unknown"],
+            "description": "the application's clock against PostgreSQL's; unknown when PostgreSQL did not answer",
+        },
+        "clock_offset_seconds": {
+            "type": "number",
+            "nullable": True,
+            "description": "the application's clock minus PostgreSQL's; null when not measured",
+        },
+        "clock_offset_limit_seconds": {"type": "number", "description": "HEALTH_CLOCK_MAX_OFFSET_SECONDS"},
+    },
+    "required": ["status", "database", "redis", "clock", "clock_offset_seconds", "clock_offset_limit_seconds"],
+    "additionalProperties": False,
+}
+
 
 @dataclass(frozen=True)
 class Health:

@@ -93,3 +93,49 @@ def test_an_unreachable_redis_is_503():
     body = response.json()
     assert (body["status"], body["redis"], body["database"], body["clock"]) == ("fail", "unreachable", "ok", "ok")
     assert clock_alerts() == []
+
+
+# The OpenAPI schema documents /health/ (a plain Django view, added by portal.web.schema.health_path_add)
+# ------------------------------------------------------------------------------
+
+
+def _served_schema(client):
+    response = client.get("/api/schema/?format=json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_the_schema_lists_health_as_an_unauthenticated_probe_without_tenant_data(tenant_a, radiologist_a, client_for):
+    from openapi_spec_validator import validate
+
+    schema = _served_schema(client_for(radiologist_a))
+    validate(schema)  # still a valid OpenAPI document with the added path
+    operation = schema["paths"]["/health/"]["get"]
+    assert set(schema["paths"]["/health/"]) == {"get"}
+    assert operation["operationId"] == "health"
+    assert operation["security"] == [{}]  # no credentials
+    assert "no patient data" in operation["summary"]
+    assert set(operation["responses"]) == {"200", "503"}
+    body = schema["components"]["schemas"]["Health"]
+    assert set(body["properties"]) == set(body["required"]) == KEYS
+    assert body["additionalProperties"] is False  # nothing else (nothing of a tenant) may appear in the answer
+    # the paths every tenant operation has stay as they were
+    assert any(path.startswith("/api/v1/t/{tenant}/") for path in schema["paths"])
+
+
+def test_what_health_answers_is_what_the_schema_documents(radiologist_a, client_for):
+    from openapi_schema_validator import OAS30Validator
+
+    schema = _served_schema(client_for(radiologist_a))
+    operation = schema["paths"]["/health/"]["get"]
+    validator = OAS30Validator(schema["components"]["schemas"]["Health"])
+    healthy = Client().get("/health/")
+    assert healthy.status_code == 200
+    validator.validate(healthy.json())
+    assert healthy["Cache-Control"] in operation["responses"]["200"]["headers"]["Cache-Control"]["schema"]["enum"]
+    # a node whose clock is off and whose database did not answer: the 503's bodies validate too
+    validator.validate(health_check(clock=lambda: time.time() + 5.0).as_dict())
+    unmeasured = health_check().as_dict() | {"status": "fail", "database": "unreachable", "clock": "unknown"}
+    validator.validate(unmeasured | {"clock_offset_seconds": None})
+    with pytest.raises(Exception, match="tenant"):
+        validator.validate(healthy.json() | {"tenant": "north"})

@@ -129,7 +129,7 @@ def test_every_operation_answers_as_documented(world, tenant_a, admin_a, radiolo
     operations = 0
     for operation in sorted((result.ok() for result in schema.get_all_operations()), key=_order):
         operations += 1
-        real = values[operation.path]
+        real = values.get(operation.path, {})  # /health/ names no tenant and no object
         callers = [admin] + ([radiologist] if _clinical(operation) else [])
         if operation.method.lower() == "post" and "/dicomweb/" in operation.path:
             callers = [{**c, "Content-Type": STOW_CONTENT_TYPE} for c in callers]
