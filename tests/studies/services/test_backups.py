@@ -281,8 +281,10 @@ def test_the_drill_fails_without_a_backup_and_with_an_edited_manifest(tenant_a):
 
 @contextmanager
 def autovacuum_every_second() -> Iterator[None]:
-    """The server's autovacuum wakes every second (default: a minute), for as long as the block runs."""
+    """The server's autovacuum on (a CI server may run with it off: conf.d/90-ci.conf here, where this test could
+    never pass) and waking every second (default: a minute), for as long as the block runs; then as configured."""
     with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET autovacuum = on")
         conn.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
         conn.execute("SELECT pg_reload_conf()")
     try:
@@ -290,16 +292,22 @@ def autovacuum_every_second() -> Iterator[None]:
     finally:
         with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
             conn.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            conn.execute("ALTER SYSTEM RESET autovacuum")
             conn.execute("SELECT pg_reload_conf()")
 
 
-def _scratch_with_rows(rows: int) -> str:
-    """A scratch database of the owner's, as the drill makes it, with a table of `rows` rows just inserted."""
+def _scratch_with_rows(rows: int, *, slow_autovacuum: bool = False) -> str:
+    """A scratch database of the owner's, as the drill makes it, with a table of `rows` rows just inserted. With
+    `slow_autovacuum`, an autovacuum worker on that table is throttled to a page per 100 ms or slower (its own
+    cost settings), so once it has started it is still there minutes later: nothing races its end."""
     name = f"{connection.settings_dict['NAME'][:40]}_drill_{uuid.uuid4().hex[:10]}"
     with source_database().connect(autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    throttled = (
+        " WITH (autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)" if slow_autovacuum else ""
+    )
     with psycopg.connect(**{**superuser_connect_kwargs(), "dbname": name}, autocommit=True) as conn:
-        conn.execute("CREATE TABLE filler (n integer, pad text)")
+        conn.execute(f"CREATE TABLE filler (n integer, pad text){throttled}")
         conn.execute("INSERT INTO filler SELECT g, repeat('x', 100) FROM generate_series(1, %s) g", [rows])
     return name
 
@@ -313,22 +321,55 @@ def _sessions_on(name: str) -> list[tuple[str | None, str | None]]:
         return conn.execute("SELECT backend_type, usename FROM pg_stat_activity WHERE datname = %s", [name]).fetchall()
 
 
+def _autovacuum_on_filler(name: str) -> bool:
+    """An autovacuum worker is vacuuming the scratch database's throttled table (not only passing through)."""
+    with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_progress_vacuum p JOIN pg_stat_activity a USING (pid)"
+            " WHERE p.datname = %s AND a.backend_type = 'autovacuum worker' AND p.relid = %s",
+            [name, _filler_oid(name)],
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def _filler_oid(name: str) -> int:
+    with psycopg.connect(**{**superuser_connect_kwargs(), "dbname": name}, autocommit=True) as conn:
+        row = conn.execute("SELECT 'filler'::regclass::oid").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_the_scratch_database_goes_while_autovacuum_works_on_it():
     """A fresh restore wakes autovacuum on the scratch database. DROP ... WITH (FORCE) then fails for the owner of
     the tables (no superuser): "permission denied to terminate process", seen in CI on PostgreSQL 18, and the
     drill raised with its scratch database left behind. The drill's drop gets the database out from under the
-    worker, and the owner's own session still on it."""
-    with autovacuum_every_second():
-        name = _scratch_with_rows(1_000_000)
-        owners_session = psycopg.connect(**{**superuser_connect_kwargs(), "user": _owner(), "dbname": name})
-        deadline = time.monotonic() + 60
-        while ("autovacuum worker", None) not in _sessions_on(name) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ("autovacuum worker", None) in _sessions_on(name), "autovacuum did not start on the scratch database"
+    worker, and the owner's own session still on it.
 
-        assert _scratch_drop(source_database(), name) == []
-    owners_session.close()
-    assert _drill_databases() == []
+    Deterministic: the table's own autovacuum cost settings keep the worker on it (100 000 rows, about 1 800
+    pages at 100 ms or more each: minutes), so the worker seen vacuuming it is still at work when the drop runs,
+    whenever it started. Only its start is waited for (autovacuum on and its naptime 1 s meanwhile, whatever the
+    server's configuration): the wait ends as soon as it is there; its bound is only what a server whose few workers
+    are busy elsewhere may need."""
+    name = ""
+    try:
+        with autovacuum_every_second():
+            name = _scratch_with_rows(100_000, slow_autovacuum=True)
+            owners_session = psycopg.connect(**{**superuser_connect_kwargs(), "user": _owner(), "dbname": name})
+            deadline = time.monotonic() + 300
+            while not _autovacuum_on_filler(name) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _autovacuum_on_filler(name), "autovacuum did not start on the scratch database"
+            sessions = _sessions_on(name)
+            assert ("autovacuum worker", None) in sessions
+            assert ("client backend", _owner()) in sessions
+
+            assert _scratch_drop(source_database(), name) == []
+        owners_session.close()
+        assert _drill_databases() == []
+    finally:
+        if name:  # a failed run leaves no scratch database (nor its throttled worker) behind
+            with psycopg.connect(**superuser_connect_kwargs(), autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_a_scratch_database_that_will_not_go_is_a_problem_of_the_drill_not_an_error():
