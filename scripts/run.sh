@@ -7,7 +7,8 @@
 # `scripts/run.sh --dev` (`make dev`): the same with Django's development server (DEBUG, autoreload) instead of
 # gunicorn.
 #
-# Environment: WEB_PORT (8000), DICOM_PORT (11112), ENCLAVE_VAR_DIR (var/; a test gives its own); sized to the
+# Environment: WEB_PORT (8000), DICOM_PORT (11112), ENCLAVE_VAR_DIR (var/; a test gives its own), READY_SECONDS
+# (600: how long the web server and the DICOM listener may take to answer before the run gives up); sized to the
 # machine's cores (nproc): WEB_CONCURRENCY (gunicorn workers, 2 x cores + 1), DICOM_LISTENER_PROCESSES (listener
 # processes sharing the DICOM port, one per core), INGEST_CONCURRENCY (ingest worker processes, one per core).
 set -euo pipefail
@@ -21,6 +22,7 @@ export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-portal.settings.local}"
 export ENCLAVE_VAR_DIR="${ENCLAVE_VAR_DIR:-$ROOT/var}"
 export WEB_PORT="${WEB_PORT:-8000}"
 export DICOM_PORT="${DICOM_PORT:-11112}"
+READY_SECONDS="${READY_SECONDS:-600}"
 CORES="$(nproc)"
 export WEB_CONCURRENCY="${WEB_CONCURRENCY:-$((2 * CORES + 1))}"
 export DICOM_LISTENER_PROCESSES="${DICOM_LISTENER_PROCESSES:-$CORES}"
@@ -51,7 +53,8 @@ stop_all() {
   echo "Stopping Enclave: web, worker, beat, DICOM listener"
   local pid
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  # Each gets 30 s to finish what it is doing (gunicorn's graceful timeout is 10 s), then is killed.
+  # Each gets 30 s to finish what it is doing (gunicorn's graceful timeout is 25 s, not its default 10 s: on a busy
+  # machine its workers may need longer to finish and exit), then is killed.
   for _ in $(seq 1 300); do
     local alive=0
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
@@ -73,6 +76,7 @@ stop_all() {
 }
 trap 'stop_all; exit 130' INT
 trap 'stop_all; exit 143' TERM
+trap 'stop_all; exit 129' HUP  # the terminal closed
 trap 'stop_all' EXIT
 
 # 1. PostgreSQL and Redis
@@ -109,27 +113,49 @@ if [ "$MODE" = run ]; then
   # portal/gunicorn_conf.py: HTTPS when TLS_CERT / TLS_KEY are set; the access log's format (path without its
   # query string: a search's query holds patient data).
   .venv/bin/gunicorn portal.wsgi:application -c portal/gunicorn_conf.py --bind "127.0.0.1:${WEB_PORT}" \
-    --worker-class gthread --workers "$WEB_CONCURRENCY" --threads 8 --timeout 120 --graceful-timeout 10 --no-control-socket \
+    --worker-class gthread --workers "$WEB_CONCURRENCY" --threads 8 --timeout 120 --graceful-timeout 25 --no-control-socket \
     --error-logfile - --access-logfile - & pids+=($!)
 else
   "$PY" manage.py runserver "127.0.0.1:${WEB_PORT}" & pids+=($!)
 fi
 
-# 4. Ready: the sign-in page answers
-"$PY" - "$WEB_PORT" "$WEB_SCHEME" <<'EOF'
-import os, ssl, sys, time, urllib.request
-url = f"{sys.argv[2]}://127.0.0.1:{sys.argv[1]}/accounts/login/"
-context = ssl.create_default_context(cafile=os.environ.get("TLS_CA") or None) if sys.argv[2] == "https" else None
-deadline = time.monotonic() + 120
-while True:
+# 4. Ready: the sign-in page answers and the DICOM listener accepts connections (on a busy machine the processes
+# take a while to import everything: a line every 30 s says what is still awaited)
+"$PY" - "$WEB_PORT" "$WEB_SCHEME" "$DICOM_PORT" "$READY_SECONDS" <<'EOF'
+import os, socket, ssl, sys, time, urllib.request
+web_port, scheme, dicom_port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+url = f"{scheme}://127.0.0.1:{web_port}/accounts/login/"
+context = ssl.create_default_context(cafile=os.environ.get("TLS_CA") or None) if scheme == "https" else None
+
+
+def web_ready():
     try:
         with urllib.request.urlopen(url, timeout=5, context=context) as answer:
-            if answer.status == 200:
-                break
+            return answer.status == 200
     except OSError:
-        pass
-    if time.monotonic() > deadline:
-        sys.exit(f"{url} did not answer within 120 s")
+        return False
+
+
+def dicom_ready():
+    try:
+        with socket.create_connection(("127.0.0.1", dicom_port), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+start = told = time.monotonic()
+waiting = {"the web server": web_ready, f"the DICOM listener (port {dicom_port})": dicom_ready}
+while True:
+    waiting = {name: check for name, check in waiting.items() if not check()}
+    if not waiting:
+        break
+    now = time.monotonic()
+    if now - start > seconds:
+        sys.exit(f"{' and '.join(waiting)} did not answer within {seconds:.0f} s (READY_SECONDS)")
+    if now - told >= 30:
+        print(f"still starting after {now - start:.0f} s: waiting for {' and '.join(waiting)}", flush=True)
+        told = now
     time.sleep(0.2)
 EOF
 
