@@ -21,10 +21,12 @@ from celery import current_app
 from portal import gunicorn_conf
 from tenants import jobs
 name = "studies.tasks.ingest_process"
-assert name not in current_app.tasks, "registered before the worker started"
+assert not current_app.finalized, "the app was finalized before the worker started"
+assert name not in current_app._tasks, "registered before the worker started"
 assert current_app.amqp._producer_pool is None, "the producer pool was built before the worker started"
 gunicorn_conf.post_worker_init(None)
-assert name in current_app.tasks, "not registered at the worker's start"
+assert current_app.finalized, "the app's finalization is left to the first queueing"
+assert name in current_app._tasks, "not registered at the worker's start"
 assert current_app.amqp._producer_pool is not None, "the producer pool is left to the first queueing"
 import gc
 assert gc.get_freeze_count() > 100_000, "the worker did not settle (portal.web.runtime)"
