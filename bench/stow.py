@@ -102,7 +102,12 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], tmp: Path, db: str
             for _ in range(4):  # both gunicorn workers have loaded the application
                 requests.get(f"{root}/{target.tenant.slug}/studies?limit=1", headers=headers, timeout=30)
             wait_idle(lambda: groups["gunicorn"]() + groups["worker"](), timeout=30)
-            spies = _spy_start(args.spy, f"c{count}-set{i}", groups["gunicorn"]()) if args.spy else []
+            spies = (
+                _spy_start(args.spy, f"c{count}-set{i}-gunicorn", groups["gunicorn"]())
+                + _spy_start(args.spy, f"c{count}-set{i}-worker", groups["worker"]())
+                if args.spy
+                else []
+            )
             meter = CpuMeter(groups).start()
             t0, latencies = _send(f"{root}/{target.tenant.slug}/studies", headers, files, count)
             wait_final(target, len(files), args.timeout)
@@ -300,7 +305,9 @@ def main() -> int:
     parser.add_argument("--db", default="enclave_bench_stow")
     parser.add_argument("--redis", type=int, default=12)
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--spy", default="", help="end to end: py-spy each gunicorn worker into this folder")
+    parser.add_argument(
+        "--spy", default="", help="end to end: py-spy each gunicorn worker and Celery worker process into this folder"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="enclave-bench-stow-"))
     redis_url = f"redis://127.0.0.1:6379/{args.redis}"

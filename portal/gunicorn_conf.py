@@ -111,14 +111,17 @@ def pre_request(worker: Any, req: Any) -> None:
 
 
 def _tasks_register() -> bool:
-    """Every app's Celery tasks imported and registered in this worker now, at its start, instead of by the first
-    request that queues one (tenants.jobs does it then: Celery's autodiscovery and its Django fix-up's model checks,
-    1.2 s of CPU measured in one process, on the way of the first upload or STOW-RS request each worker served, in
-    the middle of a benchmark's first set). A failure here fails no start: the first queueing tries again."""
+    """Every app's Celery tasks imported and registered in this worker now, at its start, and Celery made ready to
+    send (tenants.jobs.messaging_warm: its AMQP helper, result backend and producer pool, which imports the broker's
+    transport), instead of by the first request that queues one (tenants.jobs does it then: Celery's autodiscovery
+    and its Django fix-up's model checks, 1.2 s of CPU measured in one process, and the producer pool about 0.1 s
+    more, on the way of the first upload or STOW-RS request each worker served, in the middle of a benchmark's first
+    set: the second worker's first requests came in bench.orthanc's STOW-RS set of four clients). Nothing connects
+    to the broker here. A failure here fails no start: the first queueing tries again."""
     try:
-        from celery import current_app
+        from tenants.jobs import messaging_warm
 
-        current_app.loader.import_default_modules()
+        messaging_warm()
     except Exception:  # any: logged, and left to the first queueing as before
         import logging
 

@@ -22,12 +22,14 @@ from struct import unpack_from
 from typing import Any
 
 import pydicom
+from pydicom.charset import default_encoding as _DEFAULT_ENCODING
 from pydicom.datadict import dictionary_description, tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.encaps import generate_fragmented_frames, parse_basic_offsets, parse_fragments
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import AMBIGUOUS_VR, DA, TM, VR
 
 __all__ = [
     "InvalidDicom",
@@ -316,12 +318,32 @@ class _Values:
         """`Dataset.get(keyword)`, by the keyword's tag (looked up once per process): what `Dataset.__getattr__`
         does, without its keyword look-up and tag conversion each time (about 0.1 ms of the worker's CPU per CT,
         docs/BENCHMARKS.md, h2 branch, session 6). An element that is absent, or whose value raises AttributeError,
-        is None, as `Dataset.get` makes it; a name that is no keyword goes to `Dataset.get` itself."""
+        is None, as `Dataset.get` makes it; a name that is no keyword goes to `Dataset.get` itself.
+
+        An element still raw (as read, not yet converted) is converted here as `Dataset.__getitem__` converts it
+        (`convert_raw_data_element`, with the same character set) and stored in the data set with `ds[tag] = ...`
+        as it stores it, without its three look-ups of the element again (each a `Tag()` and a dictionary look-up
+        whose key comparisons are pydicom's Python `BaseTag.__eq__`): about 0.1 ms of the worker's CPU per CT
+        (docs/BENCHMARKS.md, h1 branch, session 7). What needs more than that is left to `Dataset.__getitem__`
+        itself, which converts the raw element again: a value not read yet (deferred), a sequence (its pixel
+        representation handed down), an ambiguous VR (corrected by the data set's other values)."""
         tag = _tag_of(keyword)
         if tag is None:
             return self.ds.get(keyword)
+        ds = self.ds
         try:
-            return self.ds[tag].value if tag in self.ds else None
+            element = ds._dict.get(tag)
+            if element is None:
+                return None
+            if type(element) is RawDataElement and (element.value is not None or element.length == 0):
+                encoding = (
+                    _DEFAULT_ENCODING if tag == _CHARACTER_SET else ds.original_character_set or ds._character_set
+                )
+                converted = convert_raw_data_element(element, encoding=encoding, ds=ds)
+                if converted.VR != VR.SQ and converted.VR not in AMBIGUOUS_VR:
+                    ds[tag] = converted
+                    return converted.value
+            return ds[tag].value
         except AttributeError:
             return None
 
@@ -335,6 +357,7 @@ class _Values:
 
 
 _TAGS: dict[str, BaseTag | None] = {}
+_CHARACTER_SET = 0x00080005  # Specific Character Set: read in the default encoding, as Dataset.__getitem__ does
 
 
 def _tag_of(keyword: str) -> BaseTag | None:

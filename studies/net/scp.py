@@ -38,7 +38,6 @@ from io import BytesIO
 from typing import Any, cast
 
 from auditlog.context import set_actor
-from celery import current_app
 from django.conf import settings
 from django.db import DatabaseError, connection
 from pydicom.dataset import Dataset
@@ -77,6 +76,7 @@ from studies.net import qr, tls
 from studies.net.peer import Peer
 from studies.services import Rejected, ingest_receive, ingest_refusal_record, ingest_wake
 from tenants import access
+from tenants.jobs import messaging_warm
 from tenants.scoping import tenant_scope
 from tenants.selectors import tenant_for_called_ae
 from tenants.services import network_require
@@ -762,19 +762,6 @@ class _Context(PresentationContext):
         return made
 
 
-def _messaging_warm() -> None:
-    """Make Celery ready to send before the first association: its task registry (every app's tasks module), its
-    AMQP helper, result backend and producer pool are otherwise built at the first wake-up (`ingest_wake`), in the
-    thread of an association's first object, which waited for them (about 0.2 s of CPU measured here). Startup
-    work, not per-object work. None of it connects to the broker (a broker that is down is met at the first
-    wake-up, as before); a configuration Celery cannot load stops the listener at its start, with Celery's error,
-    instead of at its first object."""
-    app = current_app
-    app.loader.import_default_modules()
-    # Each attribute is built on first access and kept by the app (cached properties): read them now.
-    app.amqp, app.backend, app.producer_pool  # noqa: B018
-
-
 def start_listener(
     host: str | None = None, port: int | None = None, *, block: bool = False, reuse_port: bool = False
 ) -> ListenerServer:
@@ -787,7 +774,7 @@ def start_listener(
     """
     host = settings.DICOM_HOST if host is None else host
     port = settings.DICOM_PORT if port is None else port
-    _messaging_warm()
+    messaging_warm()  # Celery ready to send before the first association (tenants.jobs)
     ae = _application_entity()
     door = _Door()
     server = cast(

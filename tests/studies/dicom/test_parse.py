@@ -523,3 +523,46 @@ def test_values_are_read_by_tag_as_pydicom_gives_them_by_keyword(syntax: str):
     assert by_tag.get("PixelData") is not None
     assert by_tag.get("NotAKeyword") is None
     assert by_tag.get("AccessionNumber") == ""
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_raw_values_are_converted_and_kept_as_pydicom_converts_and_keeps_them(syntax: str):
+    """`_Values` converts a raw element itself (as `Dataset.__getitem__` does) and leaves what needs more to
+    pydicom: a sequence, an ambiguous VR (US or SS, resolved by Pixel Representation), the Specific Character Set
+    (read in the default encoding) and text in another character set. Each value is the one pydicom gives, and the
+    data set holds afterwards the same elements, VR and value, as after pydicom's own look-ups."""
+    from studies.dicom.parse import _Values
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.ReferencedSOPInstanceUID = "1.2.3.4.5"
+    data = resaved(
+        make_instance(transfer_syntax=syntax),
+        SpecificCharacterSet="ISO_IR 100",
+        PatientName="Müller^Jürgen",
+        StudyDescription="Thorax \\ Abdomen",
+        ReferencedImageSequence=Sequence([item]),
+        PixelRepresentation=1,
+        AccessionNumber="",
+    )
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.add_new(0x00280106, "SS", -5)  # Smallest Image Pixel Value: US or SS in the dictionary
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+    keywords = [
+        "SpecificCharacterSet", "PatientName", "StudyDescription", "ReferencedImageSequence",
+        "SmallestImagePixelValue", "PixelData", "AccessionNumber", "Rows", "StudyDate", "InstanceNumber",
+    ]  # fmt: skip
+    ours, theirs = _Values(pydicom.dcmread(io.BytesIO(data))), pydicom.dcmread(io.BytesIO(data))
+    for keyword in keywords:
+        assert ours.get(keyword) == theirs.get(keyword), keyword
+        assert ours.get(keyword) is ours.get(keyword), keyword  # converted once, kept
+    assert str(ours.get("PatientName")) == "Müller^Jürgen"
+    assert ours.get("SmallestImagePixelValue") == -5  # SS, by Pixel Representation
+    assert ours.get("ReferencedImageSequence")[0].ReferencedSOPInstanceUID == "1.2.3.4.5"
+    for keyword in keywords:
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        mine, pydicoms = ours.ds._dict[tag], theirs._dict[tag]
+        assert type(mine) is type(pydicoms), keyword
+        assert (mine.VR, mine.value) == (pydicoms.VR, pydicoms.value), keyword
