@@ -51,6 +51,26 @@ class StripQueryStringFilter(logging.Filter):
         return True
 
 
+# A value quoted in a message: 'x', "x", with the escapes repr() writes.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+class DicomValueFilter(logging.Filter):
+    """pydicom's logger (settings.LOGGING) quotes the value it complains about ("Invalid value for VR DA:
+    '19310704x'.", 'Value "x" is not valid for elements with a VR of DS'): a patient's name, ID or birth date in a
+    plain log. Each quoted value is withheld; which rule was broken stays. (pydicom's Python warnings of the same
+    messages are not printed: studies.apps.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # the logging call's own mistake: logging reports it when a handler formats the record
+            return True
+        record.msg = _QUOTED.sub("[value withheld]", message)
+        record.args = None
+        return True
+
+
 class RequestIdFilter(logging.Filter):
     """Adds `request_id` (empty outside a request or task) to every record. Django logs a 4xx or 5xx answer after
     the middleware has returned, outside the request's audit context: its record carries the request instead."""

@@ -1,3 +1,5 @@
+import warnings
+
 from django.apps import AppConfig
 
 
@@ -6,6 +8,12 @@ class StudiesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # pydicom warns about a value that breaks its VR's rule quoting the value, to its logger (where
+        # portal.log_filters.DicomValueFilter withholds it) and as a Python warning, printed to stderr, which a
+        # Celery worker writes to its log: a patient's birth date or name in a plain log. The warning is not printed;
+        # the logger's record says which rule was broken.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+
         from studies.access_rules import study_visibility
         from studies.models import Study
         from studies.services.shares import share_invitation_accepted

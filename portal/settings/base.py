@@ -643,6 +643,7 @@ LOGGING = {
     "filters": {
         "strip_query": {"()": "portal.log_filters.StripQueryStringFilter"},
         "request_id": {"()": "portal.log_filters.RequestIdFilter"},
+        "dicom_values": {"()": "portal.log_filters.DicomValueFilter"},
     },
     "formatters": {
         "json": {"()": "portal.log_filters.JsonFormatter"},
@@ -659,6 +660,7 @@ LOGGING = {
     "loggers": {
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "django.request": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "pydicom": {"filters": ["dicom_values"]},  # its messages quote the values they complain about
     },
 }
 

@@ -16,6 +16,7 @@ from django.test import Client
 
 from portal.log_filters import JsonFormatter, PlainFormatter, RequestIdFilter, StripQueryStringFilter
 from studies import services
+from studies.dicom.synthetic import make_instance
 from studies.models import IngestItem
 from tenants.scoping import tenant_scope
 from tests.log_guard import LogGuard
@@ -137,3 +138,73 @@ def test_the_configured_handler_writes_json_with_the_request_id(settings):
     assert entry["message"] == "GET /dicomweb/north/studies?…"
     assert entry["level"] == "WARNING"
     assert entry["time"].endswith("+00:00")  # UTC, with its offset written (SECURITY.md E8)
+
+
+BIRTH_DATE_WRITTEN_WRONG = "1931-07-04"  # a DA written with dashes: pydicom's reading validation complains, quoting it
+
+
+def _with_birth_date_written_wrong(**kw: object) -> bytes:
+    """make_instance's file with its PatientBirthDate as BIRTH_DATE_WRITTEN_WRONG (not YYYYMMDD)."""
+    import warnings
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(make_instance(**kw)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # building the test's file, not what is tested
+        ds.PatientBirthDate = BIRTH_DATE_WRITTEN_WRONG
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)  # ingestion runs on commit
+def test_a_value_pydicom_finds_invalid_is_not_quoted_in_the_log_nor_on_stderr(capfd, tenant_a):
+    """pydicom warns about a value that breaks its VR's rule quoting the value ("Invalid value for VR DA:
+    '1931-07-04'."), through its logger and as a Python warning (stderr; a Celery worker logs its stderr): a
+    patient's birth date or name in a plain log. The record keeps which rule was broken, never the value; the
+    warning is not printed."""
+    guard = LogGuard(forbidden=(BIRTH_DATE_WRITTEN_WRONG,)).install()
+    try:
+        with tenant_scope(tenant_a):
+            item = services.ingest_receive(
+                source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=_with_birth_date_written_wrong()
+            )
+            item.refresh_from_db()
+            assert item.instance is not None, item.reason  # stored as sent: the archive keeps what it was given
+    finally:
+        guard.remove()
+    captured = capfd.readouterr()
+    assert BIRTH_DATE_WRITTEN_WRONG not in captured.err + captured.out
+    assert guard.leaks() == []
+    pydicom_lines = [line for line in guard.lines if '"logger": "pydicom"' in line]
+    assert any("Invalid value for VR DA" in line for line in pydicom_lines), guard.text()[-2000:]
+
+
+VALUE_IN_A_FRESH_PROCESS = """
+import sys, django
+django.setup()
+from pydicom.dataset import Dataset
+ds = Dataset()
+ds.PatientBirthDate = sys.argv[1]  # validated as a value read is (pydicom's reading validation mode)
+print("set", len(ds.PatientBirthDate))
+"""
+
+
+def test_pydicoms_warning_quoting_a_value_is_not_printed_by_a_process_as_production_runs():
+    """A process set up as gunicorn, the listener and the workers are (django.setup(), outside pytest, whose own
+    warning capture would hide what a server prints): pydicom's warning about an invalid value, which quotes it,
+    does not reach stderr, and its logger's record withholds the value."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.test", "PYTHONWARNINGS": ""}
+    out = subprocess.run([sys.executable, "-c", VALUE_IN_A_FRESH_PROCESS, BIRTH_DATE_WRITTEN_WRONG], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    assert out.stdout.split() == ["set", str(len(BIRTH_DATE_WRITTEN_WRONG))]
+    assert BIRTH_DATE_WRITTEN_WRONG not in out.stderr + out.stdout
+    assert "Invalid value for VR DA: [value withheld]" in out.stderr, out.stderr
+    assert "UserWarning" not in out.stderr, out.stderr
