@@ -11,7 +11,7 @@ from pydicom.errors import InvalidDicomError
 
 from studies.dicom.render import RenderError, thumbnail_png
 from studies.models import Blob, Instance, Series
-from studies.storage.blobs import blob_read, blob_write
+from studies.storage.blobs import BlobUnreadable, blob_read, blob_write
 
 logger = logging.getLogger(__name__)
 
@@ -20,15 +20,36 @@ logger = logging.getLogger(__name__)
 THUMBNAIL_CANDIDATES = 20
 
 
-@transaction.atomic
 def series_thumbnail_make(*, series: Series) -> Series:
     """Render and store the series thumbnail (encrypted like every blob). Idempotent: a series that has one keeps
     it. The first instance (in instance-number order) that can be drawn is used: one without pixels, or whose
     pixels cannot be decoded, is passed over, so one bad instance never leaves its series without a thumbnail.
-    A series with nothing to draw gets none, which is not an error."""
-    series = Series.objects.select_for_update().select_related("study").get(pk=series.pk)
+    A series with nothing to draw gets none, which is not an error.
+
+    Drawn before the series row is locked, which it is only to record the thumbnail: the ingest worker's batch
+    updates the same row's counts, and waited while an instance was decrypted, decoded and drawn (py-spy of a
+    STOW-RS run, session 7: 154 samples of the worker waiting on that lock in one set). Two runs for one series
+    both draw; the second to lock finds the first's thumbnail and writes nothing."""
+    series = Series.objects.get(pk=series.pk)
     if series.thumbnail_id is not None:
         return series
+    png = _thumbnail_drawn(series)
+    if png is None:
+        return series
+    with transaction.atomic():
+        series = Series.objects.select_for_update().select_related("study").get(pk=series.pk)
+        if series.thumbnail_id is not None:
+            return series
+        # Wrapped by the study's key: a thumbnail is a picture of the patient and goes with the study.
+        series.thumbnail = blob_write(
+            kind=Blob.Kind.THUMBNAIL, data=png, study_instance_uid=series.study.study_instance_uid
+        )
+        series.save(update_fields=["thumbnail", "updated_at"])
+        return series
+
+
+def _thumbnail_drawn(series: Series) -> bytes | None:
+    """The PNG of the first of the series' instances that can be drawn (THUMBNAIL_CANDIDATES tried), or None."""
     candidates = (
         Instance.objects.filter(series=series, rows__isnull=False)
         .select_related("blob")
@@ -37,19 +58,21 @@ def series_thumbnail_make(*, series: Series) -> Series:
     for instance in candidates:
         try:
             dataset = pydicom.dcmread(io.BytesIO(blob_read(blob=instance.blob)))
-            png = thumbnail_png(dataset)
-        except (RenderError, InvalidDicomError, ValueError, AttributeError, KeyError, EOFError, OSError) as exc:
+            return thumbnail_png(dataset)
+        except (
+            BlobUnreadable,
+            RenderError,
+            InvalidDicomError,
+            ValueError,
+            AttributeError,
+            KeyError,
+            EOFError,
+            OSError,
+        ) as exc:
             logger.warning(
                 "instance %s cannot be drawn for the thumbnail of series %s (%s)",
                 instance.public_id,
                 series.public_id,
                 exc.__class__.__name__,
             )
-            continue
-        # Wrapped by the study's key: a thumbnail is a picture of the patient and goes with the study.
-        series.thumbnail = blob_write(
-            kind=Blob.Kind.THUMBNAIL, data=png, study_instance_uid=series.study.study_instance_uid
-        )
-        series.save(update_fields=["thumbnail", "updated_at"])
-        return series
-    return series
+    return None
