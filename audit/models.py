@@ -23,6 +23,24 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
+def _canonical_around_sequence(data: dict[str, Any], participants_json: str) -> tuple[str, str]:
+    """`canonical_json(data)` with the participants' value written as `participants_json` (their
+    `canonical_json`, already written), split around the value of `sequence`: the text before that value and the
+    text after it. The same bytes as json.dumps writes the whole object with sort_keys (its members in key order,
+    `,` between them, `:` after each key): the members below "participants", between it and "sequence", and above
+    "sequence" are each written by one json.dumps of their own, three calls instead of one per field."""
+
+    def members(lower: str, upper: str | None) -> str:
+        part = {name: value for name, value in data.items() if lower < name and (upper is None or name < upper)}
+        return canonical_json(part)[1:-1]
+
+    below = {name: value for name, value in data.items() if name < "participants"}
+    head = [canonical_json(below)[1:-1], f'"participants":{participants_json}', members("participants", "sequence")]
+    before = "{" + ",".join(part for part in head if part) + ',"sequence":'
+    above = members("sequence", None)
+    return before, ("," + above if above else "") + "}"
+
+
 class AuditChain(models.Model):
     """The head of one hash chain: one per tenant, and one for the platform (sign-in attempts that name no
     tenant). `audit_event_record` locks this row to append, so concurrent writers keep the chain whole."""
@@ -138,7 +156,23 @@ class AuditEvent(models.Model):
         """The hashed fields as one JSON object: keys sorted, no spaces, ASCII only (`canonical_json`).
         `participants_json`, when given, is `canonical_json(self.participants)` already written: the writer writes
         the participants once, for the hash and for the column (some 2,000 entries for a search of 1,000 studies).
-        The bytes are the same either way; the object is then put together key by key, as json.dumps does."""
+        The bytes are the same either way; the object is then put together in three parts (see
+        `_canonical_around_sequence`)."""
+        data = self._hashed_values()
+        if participants_json is None:
+            return canonical_json(data).encode()
+        before, after = _canonical_around_sequence(data, participants_json)
+        return (before + canonical_json(data["sequence"]) + after).encode()
+
+    def canonical_around_sequence(self, participants_json: str) -> tuple[str, str]:
+        """`canonical(participants_json)` as the text before the value of `sequence` and the text after it:
+        `canonical(pj) == (before + str(sequence) + after).encode()` whatever the sequence, for the writer that lets
+        PostgreSQL take the sequence (and so the hash) under the chain's lock (audit.services). ASCII only."""
+        return _canonical_around_sequence(self._hashed_values(), participants_json)
+
+    def _hashed_values(self) -> dict[str, Any]:
+        """The hashed fields' values as the canonical form writes them (times in UTC to the microsecond, UUIDs as
+        text)."""
         data: dict[str, Any] = {}
         for name in self.HASHED_FIELDS:
             value = getattr(self, name)
@@ -147,13 +181,7 @@ class AuditEvent(models.Model):
             elif name == "public_id":
                 value = str(value)
             data[name] = value
-        if participants_json is None:
-            return canonical_json(data).encode()
-        members = (
-            f"{json.dumps(name)}:{participants_json if name == 'participants' else canonical_json(data[name])}"
-            for name in sorted(data)
-        )
-        return ("{" + ",".join(members) + "}").encode()
+        return data
 
     def compute_hash(self, prev_hash: str, participants_json: str | None = None) -> str:
         return hashlib.sha256(prev_hash.encode() + b"\n" + self.canonical(participants_json)).hexdigest()

@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
@@ -39,7 +40,7 @@ from audit.models import (
 )
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
-from tenants.db.base import in_short_transaction, prepared_statements, short_transaction
+from tenants.db.base import in_short_transaction, prepared_statements
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none, platform_scope, tenant_scope
 
@@ -179,31 +180,134 @@ def audit_event_record(
 
 
 def _event_append_alone(**details: Any) -> AuditEvent | None:
-    """`_event_append` for a caller outside any transaction, in a `short_transaction` of two round trips instead
-    of four: BEGIN with the head's lock, the INSERT with COMMIT (BEGIN and COMMIT each cost the request a round trip
-    of their own, and Django's `atomic` its own CPU; docs/BENCHMARKS.md). Committed when this returns; any failure
-    rolls back and raises (the read then sends nothing). None, with nothing written, when the chain has no head
-    yet: `_chain_locked` makes it inside an `atomic` block."""
-    with short_transaction() as short:
-        chain = _chain_head_locked(AuditChain.key_for(details["tenant"]))
-        if chain is None:
-            return None  # rolled back: nothing was written
-        return _event_append(**details, chain=chain, commit=short.commit_with_next)
+    """`_event_append` for a caller outside any transaction, in one statement and one round trip
+    (`_append_statement`): the head's lock, the event's sequence and hash, the INSERT and the head's move, run by
+    PostgreSQL as the implicit transaction of that statement (with the scope's setting in front of it, tenants.db),
+    committed when it returns; any failure leaves nothing and raises (the read then sends nothing). The hash is
+    SHA-256 over the same bytes as `AuditEvent.compute_hash`: the previous hash, a newline, and the canonical text
+    written here around the sequence, which only the locked head knows (`canonical_around_sequence`); this process
+    checks it again on the answer. None, with nothing written, when the chain has no head yet: `_chain_locked`
+    makes it inside an `atomic` block."""
+    tenant = details["tenant"]
+    row = _event_row(**details, chain=None)
+    participants_json = canonical_json(details["entries"])
+    before, after = row.canonical_around_sequence(participants_json)
+    insert_params = _participants_param_written(_APPENDED_FIELDS, _append_values(row), participants_json)
+    key = AuditChain.key_for(tenant)
+    found = _append_sent(row, _append_statement(), [key, "\n" + before, after, *insert_params])
+    if found is None or found[0] is None:
+        return None  # no head: nothing was written
+    row.pk, row.chain_id, row.sequence, row.prev_hash, row.hash = found[:5]
+    row._state.adding = False
+    row._state.db = connection.alias
+    canonical = (before + str(row.sequence) + after).encode()
+    if hashlib.sha256(row.prev_hash.encode() + b"\n" + canonical).hexdigest() != row.hash:
+        # Cannot happen while the statement hashes what this process writes; if it ever did, the read stops here.
+        raise RuntimeError(f"The audit chain {key} was advanced with a hash this process does not make.")
+    return row
+
+
+def _append_sent(row: AuditEvent, statement: str, params: list[Any]) -> tuple[Any, ...] | None:
+    """Run the one statement that appends `row` to its chain (either writer's), prepared once per connection
+    (tenants.db), and return its one row."""
+    with prepared_statements(), connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        found: tuple[Any, ...] | None = cursor.fetchone()
+    return found
+
+
+# The columns PostgreSQL fills from the locked head in `_append_statement`; every other column is a parameter.
+_FROM_HEAD = {"chain_id": '"id"', "sequence": '"sequence"', "prev_hash": '"last_hash"', "hash": '"hash"'}
+
+
+def _append_values(row: AuditEvent) -> list[Any]:
+    """The INSERT's values of `row` but those `_FROM_HEAD` fills, converted as Django's insert compiler converts
+    them (`_insert_compiled`)."""
+    _, params = _insert_compiled(row)
+    return [value for field, value in zip(_INSERTED_FIELDS, params, strict=True) if field.attname not in _FROM_HEAD]
+
+
+_APPENDED_FIELDS = [field for field in AuditEvent._meta.local_concrete_fields if not field.primary_key]
+_APPENDED_FIELDS = [field for field in _APPENDED_FIELDS if field.attname not in _FROM_HEAD]
+_append_text: dict[str, str] = {}
+
+
+def _append_statement() -> str:
+    """The one statement of `_event_append_alone`: lock the chain's head by key, take the next sequence and the
+    SHA-256 of (previous hash, newline, the canonical text around the sequence), INSERT the event and move the head
+    to it. Its parameters: the key, the text before the sequence (with the newline in front), the text after it,
+    then the values of `_APPENDED_FIELDS`, each cast to its column's type without a length (so that a value too
+    long for its column fails as an INSERT's value would). It answers one row: the event's id, chain, sequence,
+    previous hash and hash, all NULL when there is no head (nothing written); it fails by itself (a division by
+    the rows written) when there is a head but the event was not stored or the head not moved, so that no event is
+    ever committed without its head nor a head without its event."""
+    text = _append_text.get(connection.alias)
+    if text is not None:
+        return text
+    quote = connection.ops.quote_name
+    head_table, event_table = quote(AuditChain._meta.db_table), quote(AuditEvent._meta.db_table)
+    columns = ", ".join(quote(field.column or field.attname) for field in _INSERTED_FIELDS)
+    values = ", ".join(
+        _FROM_HEAD[field.attname]
+        if field.attname in _FROM_HEAD
+        else "%s::" + _TYPE_LENGTH.sub("", field.db_type(connection) or "")
+        for field in _INSERTED_FIELDS
+    )
+    text = (
+        f'WITH head AS (SELECT "id", "last_sequence" + 1 AS "sequence", "last_hash" FROM {head_table} '  # noqa: S608 # nosec B608
+        'WHERE "key" = %s FOR UPDATE), '
+        'hashed AS (SELECT "id", "sequence", "last_hash", '
+        """encode(sha256(convert_to("last_hash" || %s || "sequence"::text || %s, 'UTF8')), 'hex') AS "hash" """
+        "FROM head), "
+        f"appended AS (INSERT INTO {event_table} ({columns}) SELECT {values} FROM hashed "
+        'RETURNING "id", "chain_id", "sequence", "prev_hash", "hash"), '
+        f'advanced AS (UPDATE {head_table} SET "last_sequence" = hashed."sequence", "last_hash" = hashed."hash" '
+        f'FROM hashed WHERE {head_table}."id" = hashed."id" RETURNING 1) '
+        'SELECT a."id", a."chain_id", a."sequence", a."prev_hash", a."hash", '
+        "CASE WHEN EXISTS (SELECT 1 FROM head) "
+        "THEN 1 / ((SELECT count(*) FROM appended) * (SELECT count(*) FROM advanced))::integer END "
+        "FROM (SELECT 1) AS one LEFT JOIN appended AS a ON true"
+    )
+    _append_text[connection.alias] = text
+    return text
+
+
+_TYPE_LENGTH = re.compile(r"\(.*\)")
 
 
 def _event_append(
     *, tenant: Tenant | None, event: EventType, spec: Any, ctx: Any, user: User | None, actor_username: str,
     actor_role: str, outcome: int, outcome_description: str, system_principal: str, source_address: str | None,
     target_type: str, target_id: str, entries: list[dict[str, Any]], extra: Mapping[str, Any] | None,
-    chain: AuditChain | None = None, commit: Callable[[], None] | None = None,
+    chain: AuditChain | None = None,
 ) -> AuditEvent:  # fmt: skip
-    """Append the event to `chain` (its head already locked), or to the tenant's chain locked here; `commit`, when
-    given, is called right before the one statement that appends (a `short_transaction`'s COMMIT rides with it)."""
+    """Append the event to `chain` (its head already locked), or to the tenant's chain locked here."""
     chain = chain if chain is not None else _chain_locked(tenant)
-    row = AuditEvent(
+    row = _event_row(
+        tenant=tenant, event=event, spec=spec, ctx=ctx, user=user, actor_username=actor_username,
+        actor_role=actor_role, outcome=outcome, outcome_description=outcome_description,
+        system_principal=system_principal, source_address=source_address, target_type=target_type,
+        target_id=target_id, entries=entries, extra=extra, chain=chain,
+    )  # fmt: skip
+    # The participants written as JSON once: for the hash and, as they are, for the column.
+    participants_json = canonical_json(entries)
+    row.hash = row.compute_hash(chain.last_hash, participants_json)
+    _event_insert_and_advance(row, chain, participants_json)
+    return row
+
+
+def _event_row(
+    *, tenant: Tenant | None, event: EventType, spec: Any, ctx: Any, user: User | None, actor_username: str,
+    actor_role: str, outcome: int, outcome_description: str, system_principal: str, source_address: str | None,
+    target_type: str, target_id: str, entries: list[dict[str, Any]], extra: Mapping[str, Any] | None,
+    chain: AuditChain | None,
+) -> AuditEvent:  # fmt: skip
+    """The event's row, not saved: on `chain` (its sequence and previous hash taken from it), or with neither
+    chain nor hashes, and sequence 0, when `chain` is None (`_event_append_alone`: PostgreSQL fills them in)."""
+    return AuditEvent(
         chain=chain,
         tenant=tenant,
-        sequence=chain.last_sequence + 1,
+        sequence=chain.last_sequence + 1 if chain is not None else 0,  # 0: PostgreSQL takes it under the lock
         occurred_at=timezone.now(),
         event_type=event.value,
         event_id=spec.event_id.value,
@@ -223,15 +327,8 @@ def _event_append(
         participants=entries,
         request_id=ctx.request_id,
         extra=dict(extra or {}),
-        prev_hash=chain.last_hash,
+        prev_hash=chain.last_hash if chain is not None else "",
     )
-    # The participants written as JSON once: for the hash and, as they are, for the column.
-    participants_json = canonical_json(entries)
-    row.hash = row.compute_hash(chain.last_hash, participants_json)
-    if commit is not None:
-        commit()
-    _event_insert_and_advance(row, chain, participants_json)
-    return row
 
 
 def _event_insert_and_advance(row: AuditEvent, chain: AuditChain, participants_json: str | None = None) -> None:
@@ -256,9 +353,7 @@ def _event_insert_and_advance(row: AuditEvent, chain: AuditChain, participants_j
         f"SELECT (SELECT {pk} FROM appended), "
         "1 / ((SELECT count(*) FROM appended) * (SELECT count(*) FROM advanced))::integer"
     )
-    with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
-        cursor.execute(statement, [*insert_params, row.sequence, row.hash, chain.pk])
-        found = cursor.fetchone()
+    found = _append_sent(row, statement, [*insert_params, row.sequence, row.hash, chain.pk])
     if found is None or found[0] is None:  # the head row is gone or hidden: nothing may have been appended
         raise AuditChain.DoesNotExist(f"The audit chain {chain.key} could not be advanced.")
     row.pk = found[0]

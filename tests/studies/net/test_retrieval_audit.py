@@ -31,14 +31,14 @@ from tests.studies.net.test_qr import destination as destination  # the fixture,
 def retrieval_audit_fails(monkeypatch: Any) -> None:
     """The audit insert of a retrieval fails (the database refuses it), in the listener's threads too: the one
     statement that appends an event to its chain (audit.services) raises for these events."""
-    append = audit_services._event_insert_and_advance
+    append = audit_services._append_sent
 
-    def failing_append(row: AuditEvent, chain: Any) -> None:
+    def failing_append(row: AuditEvent, statement: str, params: list[Any]) -> Any:
         if row.event_type in (EventType.INSTANCES_RETRIEVED, EventType.INSTANCES_MOVED):
             raise DatabaseError("audit insert refused (test)")
-        append(row, chain)
+        return append(row, statement, params)
 
-    monkeypatch.setattr(audit_services, "_event_insert_and_advance", failing_append)
+    monkeypatch.setattr(audit_services, "_append_sent", failing_append)
 
 
 def test_a_cget_whose_audit_cannot_be_written_sends_nothing(archive: Archive, north: Any, retrieval_audit_fails):

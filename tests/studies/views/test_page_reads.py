@@ -144,14 +144,14 @@ def test_the_page_records_the_patient_and_study_it_shows(name, request, tenant_a
 @pytest.mark.parametrize("name", list(PAGES))
 def test_a_read_that_cannot_be_recorded_shows_nothing(name, request, tenant_a, study, client_for, monkeypatch):
     _, url, client = _open(name, request, tenant_a, study, client_for)
-    append = audit_services._event_insert_and_advance  # the one statement that appends an event to its chain
+    append = audit_services._append_sent  # the one statement that appends an event to its chain
 
-    def failing_append(row: AuditEvent, chain: Any) -> None:
+    def failing_append(row: AuditEvent, statement: str, params: list[Any]) -> Any:
         if row.event_type in READ_EVENTS:
             raise DatabaseError("the audit store is down")
-        append(row, chain)
+        return append(row, statement, params)
 
-    monkeypatch.setattr(audit_services, "_event_insert_and_advance", failing_append)
+    monkeypatch.setattr(audit_services, "_append_sent", failing_append)
     client.raise_request_exception = False
 
     response = client.get(url)

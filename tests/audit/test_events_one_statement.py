@@ -1,7 +1,8 @@
-"""An event written by a caller outside any transaction (a read's Query or Retrieve event) goes in a transaction of
-its own driven by hand (tenants/db/base.py `short_transaction`): BEGIN rides with the lock of the chain's head and
-COMMIT with the INSERT, two round trips instead of four. It is committed before the writer returns; a failed write
-raises, leaves nothing and no open transaction, and the tenant scope is sent again before the next statement."""
+"""An event written by a caller outside any transaction (a read's Query or Retrieve event) is one statement and one
+round trip (audit/services.py `_event_append_alone`): PostgreSQL locks the chain's head, takes the next sequence,
+hashes the event over the same bytes as `AuditEvent.compute_hash`, inserts it and moves the head, as the implicit
+transaction of that statement. It is committed before the writer returns; a failed write raises, leaves nothing and
+no open transaction, and the tenant scope is sent again before the next statement."""
 
 from __future__ import annotations
 
@@ -35,28 +36,47 @@ def _head(tenant: Any) -> tuple[int, str]:
     return chain.last_sequence, chain.last_hash
 
 
+def _server_scope() -> str:
+    with connection.connection.cursor() as cursor:  # the driver's own cursor: no scope sent in front
+        cursor.execute("SELECT current_setting('enclave.tenant_id', true)")
+        return cursor.fetchone()[0]
+
+
 def _transaction_status() -> int:
     return connection.connection.info.transaction_status
 
 
-def test_an_event_outside_a_transaction_is_two_round_trips_and_committed(tenant_a, radiologist_a):
+def test_an_event_outside_a_transaction_is_one_round_trip_committed_and_hashed_as_verified(tenant_a, radiologist_a):
     from psycopg.pq import TransactionStatus
 
+    from audit.selectors import audit_chain_verify
+    from tests.chains import chain_of
+
     record(tenant_a, EventType.LOGOUT, actor_username="x")  # the chain's head exists
+    before = _head(tenant_a)
     calls: list[str] = []
+    extra = {"query": {"PatientName": "MÜLLER^Zoë*", "nested": [1, None, "\"q\" \u2028"]}, "count": 3}
     with _sent(calls), CaptureQueriesContext(connection) as queries:
-        event = record(tenant_a, EventType.STUDIES_QUERIED, actor=radiologist_a, actor_role="radiologist")
+        event = record(
+            tenant_a, EventType.STUDIES_QUERIED, actor=radiologist_a, actor_role="radiologist", extra=extra,
+            participants=[{"type": "study", "id": "1.2.3", "name": "Ünïcode"}, {"type": "patient", "id": "P1"}],
+        )  # fmt: skip
     assert connection.get_autocommit()
     assert not connection.in_atomic_block
     assert _transaction_status() == TransactionStatus.IDLE  # committed, nothing left open
-    assert len(calls) == 2  # the two round trips: BEGIN with the head's lock, the INSERT with COMMIT
-    assert calls[0].startswith("BEGIN; ")
-    assert calls[1].endswith("; COMMIT")
+    assert len(calls) == 1  # one round trip: the lock, the hash, the INSERT and the head's move
     written = [query["sql"] for query in queries.captured_queries]
-    assert len(written) == 2
-    assert "audit_auditchain" in written[0]
+    assert len(written) == 1
     assert "FOR UPDATE" in written[0]
-    assert written[1].startswith("WITH appended AS (INSERT INTO")
+    assert "INSERT INTO" in written[0]
+    assert (event.sequence, event.prev_hash) == (before[0] + 1, before[1])
+    # The hash PostgreSQL wrote is the one this process computes over the stored row, as verification does.
+    with tenant_scope(tenant_a):
+        stored = AuditEvent.objects.get(pk=event.pk)
+    assert stored.hash == event.hash == stored.compute_hash(stored.prev_hash)
+    assert stored.extra == extra
+    result = audit_chain_verify(chain=chain_of(tenant_a))
+    assert result.ok, result
     # Committed: another connection reads it, and the head names it.
     from django.db import connections
 
@@ -81,19 +101,21 @@ def test_a_failed_write_outside_a_transaction_leaves_nothing_and_the_scope_is_se
     record(tenant_b, EventType.LOGOUT, actor_username="x")
     before = _head(tenant_a)
     count = len(events_of(tenant_a, EventType.STUDIES_QUERIED))
-    append = audit_services._event_insert_and_advance
+    values = audit_services._append_values
 
-    def failing_append(row: AuditEvent, chain: Any, participants_json: Any = None) -> None:
-        with connection.cursor() as cursor:  # the database refuses the event, inside the short transaction
-            cursor.execute("SELECT 1 / 0")
-        append(row, chain, participants_json)
+    def refused_values(row: AuditEvent) -> list[Any]:
+        return ["not a uuid", *values(row)[1:]]  # the database refuses the event's public id
 
-    monkeypatch.setattr(audit_services, "_event_insert_and_advance", failing_append)
+    monkeypatch.setattr(audit_services, "_append_values", refused_values)
+    _head(tenant_b)  # the server holds tenant B's scope: tenant A's is sent with the statement that fails
     with pytest.raises(DatabaseError):
         record(tenant_a, EventType.STUDIES_QUERIED, actor=radiologist_a, actor_role="radiologist")
     assert _transaction_status() == TransactionStatus.IDLE  # rolled back, nothing left open
-    assert connection.enclave_scope_sent is None  # the rollback undid the scope's setting: sent again next time
-    monkeypatch.setattr(audit_services, "_event_insert_and_advance", append)
+    # What the connection takes the server's scope to be is the server's (a setting sent with the failed statement
+    # was undone with it, and is then sent again).
+    assert connection.enclave_scope_sent is None
+    assert _server_scope() == str(tenant_b.pk)
+    monkeypatch.setattr(audit_services, "_append_values", values)
     assert _head(tenant_a) == before
     assert len(events_of(tenant_a, EventType.STUDIES_QUERIED)) == count
     # The connection goes on, each scope reading only its own rows.
@@ -120,24 +142,18 @@ def test_the_first_event_of_a_chain_outside_a_transaction_makes_its_head():
     assert (head.last_sequence, head.last_hash) == (2, second.hash)
 
 
-def test_a_statement_that_stores_no_event_or_moves_no_head_fails_before_its_commit(tenant_a, radiologist_a):
-    """The INSERT and the head's UPDATE are one statement that fails when either wrote nothing, so the COMMIT
-    behind it never commits half of an append."""
+def test_a_statement_that_moves_no_head_fails_and_commits_nothing(tenant_a, radiologist_a, monkeypatch):
+    """The lock, the INSERT and the head's UPDATE are one statement that fails when either wrote nothing, so the
+    event is never committed without its head."""
     from psycopg.pq import TransactionStatus
 
     record(tenant_a, EventType.LOGOUT, actor_username="x")
     before = _head(tenant_a)
-    lock = audit_services._chain_head_locked
-
-    def elsewhere(key: str) -> Any:
-        chain = lock(key)
-        if chain is not None:
-            chain.pk = -1  # a head that is not there: the UPDATE moves nothing
-        return chain
-
-    import unittest.mock
-
-    with unittest.mock.patch.object(audit_services, "_chain_head_locked", elsewhere), pytest.raises(DatabaseError):
+    text = audit_services._append_statement()
+    elsewhere = text.replace(' WHERE "audit_auditchain"."id" = hashed."id"', ' WHERE "audit_auditchain"."id" = -1')
+    assert elsewhere != text
+    monkeypatch.setitem(audit_services._append_text, connection.alias, elsewhere)  # the UPDATE moves nothing
+    with pytest.raises(DatabaseError):
         record(tenant_a, EventType.STUDIES_QUERIED, actor=radiologist_a, actor_role="radiologist")
     assert _transaction_status() == TransactionStatus.IDLE
     assert _head(tenant_a) == before
@@ -149,21 +165,45 @@ def test_a_search_whose_query_event_cannot_be_written_answers_nothing(
 ):
     client = api_client_for(radiologist_a, tenant_a)
     client.raise_request_exception = False
-    append = audit_services._event_insert_and_advance
+    append = audit_services._append_sent  # the one statement that appends an event to its chain
 
-    def failing_append(row: AuditEvent, chain: Any, participants_json: Any = None) -> None:
+    def failing_append(row: AuditEvent, statement: str, params: list[Any]) -> Any:
         if row.event_type == EventType.STUDIES_QUERIED:
             raise DatabaseError("the audit store is down")
-        append(row, chain, participants_json)
+        return append(row, statement, params)
 
-    monkeypatch.setattr(audit_services, "_event_insert_and_advance", failing_append)
+    monkeypatch.setattr(audit_services, "_append_sent", failing_append)
     refused = client.get("/dicomweb/north/studies", HTTP_ACCEPT="application/dicom+json")
     assert refused.status_code == 500
     assert not events_of(tenant_a, EventType.STUDIES_QUERIED)
-    monkeypatch.setattr(audit_services, "_event_insert_and_advance", append)
+    monkeypatch.setattr(audit_services, "_append_sent", append)
     answered = client.get("/dicomweb/north/studies", HTTP_ACCEPT="application/dicom+json")
     assert answered.status_code == 200
     patient_ids = {item["00100020"]["Value"][0] for item in answered.json()}
     assert patient_ids
     assert not any(pid.encode() in refused.content for pid in patient_ids)
     assert len(events_of(tenant_a, EventType.STUDIES_QUERIED)) == 1
+
+
+def test_the_text_around_the_sequence_is_the_canonical_form_whatever_the_sequence(tenant_a):
+    """`canonical_around_sequence` (what PostgreSQL hashes, with the sequence between) and `canonical` (what
+    verification hashes) are the same bytes, with awkward values in every field that may hold them."""
+    import datetime
+    import uuid
+
+    from audit.models import canonical_json
+
+    participants = [{"type": "study", "id": "1.2", "name": "Zoë \"Ω\"", "detail": {"b": 1, "a": [None]}}]
+    for extra in ({}, {"z": "\u2028", "a": {"y": 1.5, "x": ["\u0000"]}}, {"sequence": 5, "participants": "x"}):
+        row = AuditEvent(
+            public_id=uuid.uuid4(), tenant=tenant_a, occurred_at=datetime.datetime.now(datetime.UTC),
+            event_type=1, event_id="110112", event_type_code="", action="E", outcome=0,
+            outcome_description="ça", actor_username="ü", actor_role="", system_principal="", source_address=None,
+            target_type="", target_id="", participants=participants, request_id="r", extra=extra,
+        )  # fmt: skip
+        participants_json = canonical_json(participants)
+        before, after = row.canonical_around_sequence(participants_json)
+        assert (before + after).isascii()
+        for sequence in (1, 9, 10, 12345678901234):
+            row.sequence = sequence
+            assert (before + str(sequence) + after).encode() == row.canonical() == row.canonical(participants_json)
