@@ -59,6 +59,52 @@ def _without_server_banner() -> None:
 _without_server_banner()
 
 
+# A WADO-RS part written from the buffer it was decrypted into (issue 10): gunicorn's Response.write takes only
+# bytes, so the body of a retrieval was copied once more, out of that buffer into a bytes object of its own (half a
+# megabyte per CT slice), only to be written and dropped. Here write also takes a memoryview, with the same
+# bookkeeping (Content-Length's cut-off, chunked framing, a body-less answer), and every request's environ says so
+# (BODY_VIEWS, studies.dicomweb.wado's key of the same name: a test checks they agree). gunicorn writes each item
+# of a body to the socket before it asks for the next, so the buffer may be reused for the next part then.
+BODY_VIEWS = "enclave.body_views"
+
+
+def _body_views() -> None:
+    from gunicorn.http import wsgi
+
+    if getattr(wsgi.Response.write, "enclave_views", False):
+        return
+    write, create = wsgi.Response.write, wsgi.create
+
+    def write_views(self: Any, arg: Any) -> None:
+        if type(arg) is not memoryview or self._omits_body:
+            write(self, arg if type(arg) is not memoryview else arg.tobytes())
+            return
+        self.send_headers()  # what gunicorn's write does with bytes (27.0.1), with a view of bytes
+        tosend = arglen = arg.nbytes
+        if self.response_length is not None:
+            if self.sent >= self.response_length:
+                return  # never more than response_length bytes
+            tosend = min(self.response_length - self.sent, tosend)
+            if tosend < arglen:
+                arg = arg[:tosend]
+        if self.chunked and tosend == 0:
+            return  # an empty chunk would end the body
+        self.sent += tosend
+        self._emit_body(arg)
+
+    def create_views(*args: Any, **kwargs: Any) -> Any:
+        response, environ = create(*args, **kwargs)
+        environ[BODY_VIEWS] = True
+        return response, environ
+
+    write_views.enclave_views = True  # type: ignore[attr-defined]
+    wsgi.Response.write = write_views  # type: ignore[method-assign]
+    wsgi.create = create_views
+
+
+_body_views()
+
+
 # A send buffer of 4 MiB set on each connection (issue 10, WADO-RS; Linux doubles it for its bookkeeping, so 8 MiB):
 # a retrieval writes each instance (0.5 MB for a CT slice) with one sendall, and with the buffer the kernel sizes by
 # itself (at most net.ipv4.tcp_wmem's maximum, 4 MiB, counted with that same overhead) the request thread sleeps

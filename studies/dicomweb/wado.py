@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -107,14 +107,29 @@ def read_instance_chunks(
 # study of any size still holds one instance at a time.
 PREPARED_READS = 32
 
+# Set in the WSGI environ by gunicorn's workers as portal/gunicorn_conf.py configures them (`_body_views`): the
+# server takes a memoryview as an item of the body and writes each item to the socket before it asks for the next,
+# so a part can go straight from the buffer its instance was decrypted into (`blob_read_prepared`'s `views`).
+BODY_VIEWS = "enclave.body_views"
+
+
+class _ViewsResponse(StreamingHttpResponse):
+    """A StreamingHttpResponse that hands a memoryview to the server as it is, where Django's would copy it into
+    bytes; only for a server that writes each item before taking the next (BODY_VIEWS): the view's buffer is
+    reused for the next part."""
+
+    def make_bytes(self, value: Any) -> Any:
+        return value if type(value) is memoryview else super().make_bytes(value)
+
 
 def dicom_multipart_response(
     instances: list[RetrievalRow],
     *,
     content_type: Callable[[RetrievalRow], str],
-    payload: Callable[[RetrievalRow, bytes, PreparedRead | None], list[bytes]],
+    payload: Callable[[RetrievalRow, bytes, PreparedRead | None], Sequence[bytes | memoryview]],
     sized: bool,
     prepare: Callable[[list[RetrievalRow]], list[PreparedRead | None]] | None = None,
+    views: bool = False,
 ) -> StreamingHttpResponse:
     """multipart/related; type="application/dicom", one part per instance, the body byte for byte as
     `negotiation.multipart_stream` frames it, written as it is made: each instance is read (and authenticated)
@@ -133,7 +148,11 @@ def dicom_multipart_response(
     so gunicorn writes the chunks to the socket as they are instead of copying each into an HTTP chunk. (The
     connection has TCP_NODELAY, portal/gunicorn_conf.py, so a small header write does not wait on a delayed
     ACK.) A part whose instance turns out unreadable part-way ends the body short, as a chunked answer would be
-    cut off: the client sees an incomplete answer, never wrong bytes."""
+    cut off: the client sees an incomplete answer, never wrong bytes.
+
+    `views`: the server writes memoryviews as they are, each before taking the next item (BODY_VIEWS), so
+    `payload` may return a view of a buffer it reuses for the next part; without it Django's response copies
+    each view into bytes as the server takes it."""
     boundary = new_boundary()
     heads = [
         (b"\r\n" if n else b"") + f"--{boundary}\r\nContent-Type: {content_type(row)}\r\n\r\n".encode("ascii")
@@ -141,7 +160,7 @@ def dicom_multipart_response(
     ]
     tail = f"\r\n--{boundary}--\r\n".encode("ascii")
 
-    def body() -> Iterator[bytes]:
+    def body() -> Iterator[bytes | memoryview]:
         for start in range(0, len(instances), PREPARED_READS):
             rows = instances[start : start + PREPARED_READS]
             reads = prepare(rows) if prepare is not None else [None] * len(rows)
@@ -152,7 +171,7 @@ def dicom_multipart_response(
                         yield chunk
         yield tail
 
-    response = StreamingHttpResponse(body())
+    response = (_ViewsResponse if views else StreamingHttpResponse)(body())
     response["Content-Type"] = f'multipart/related; type="{DICOM}"; boundary={boundary}'
     if sized:
         response["Content-Length"] = str(sum(map(len, heads)) + sum(row.blob.size for row in instances) + len(tail))
@@ -358,11 +377,16 @@ class _RetrieveApi(_ReadApi):
         def as_stored(row: RetrievalRow) -> bool:
             return syntax is None or row.transfer_syntax_uid == syntax
 
-        def transcoded(row: RetrievalRow, head: bytes = b"", read: PreparedRead | None = None) -> list[bytes]:
+        # Parts written by gunicorn straight from the buffer each instance was decrypted into (BODY_VIEWS).
+        views = bool(request.META.get(BODY_VIEWS))
+
+        def transcoded(
+            row: RetrievalRow, head: bytes = b"", read: PreparedRead | None = None
+        ) -> Sequence[bytes | memoryview]:
             if not as_stored(row):
                 return [head, frame_tools.as_explicit_little_endian(read_instance(tenant, row, tenant_keys))]
             if read is not None:
-                return blob_read_prepared(read, lead=head)
+                return blob_read_prepared(read, lead=head, views=views)
             return read_instance_chunks(tenant, row, tenant_keys, lead=head)
 
         def prepare(rows: list[RetrievalRow]) -> list[PreparedRead | None]:
@@ -399,6 +423,7 @@ class _RetrieveApi(_ReadApi):
             payload=lambda row, head, read: [head, *first] if first is not None else transcoded(row, head, read),
             sized=all(as_stored(row) for row in instances),
             prepare=prepare if first is None else None,
+            views=views,
         )
 
 

@@ -303,13 +303,15 @@ def blob_sealed_open(
     scratch: bytearray | None = None,
     lead: bytes = b"",
     blob_id: str = "",
-) -> list[bytes]:
+    views: bool = False,
+) -> list[bytes] | list[memoryview]:
     """The plaintext of one copy's ciphertext, as its chunks (each up to the envelope's chunk size, every one
     authenticated), or DecryptionError when a tag fails or the size is not the row's. No second SHA-256: the
     module's docstring says why the tags are the check, and `blob_sealed_check` keeps the hash for fixity.
     `scratch`, `lead`: see `envelope.decrypt_chunks` (the chunks returned never refer to `scratch`; `lead` comes
-    first, and is not counted in the size). `blob_id`: `str(blob.public_id)` when the caller has it already;
-    `data_key` may be its AESGCM, made ahead (`blob_reads_prepare`)."""
+    first, and is not counted in the size; `views`: a one-chunk copy as a view of `scratch`, valid until its next
+    use). `blob_id`: `str(blob.public_id)` when the caller has it already; `data_key` may be its AESGCM, made
+    ahead (`blob_reads_prepare`)."""
     chunks = envelope.decrypt_chunks(
         sealed,
         data_key=data_key,
@@ -317,6 +319,7 @@ def blob_sealed_open(
         blob_id=blob_id or str(blob.public_id),
         scratch=scratch,
         lead=lead,
+        views=views,
     )
     if sum(map(len, chunks)) - len(lead) != blob.size:
         raise envelope.DecryptionError("the decrypted bytes are not the stored size")
@@ -483,7 +486,7 @@ def blob_read_chunks(
     (`envelope.decrypt_chunks`): `b"".join(result) == lead + plaintext`. A WADO-RS part's header, so the part
     leaves in one write instead of a small one then the instance. (`blob_reads_prepare` then
     `blob_read_prepared`, for one blob.)"""
-    return blob_read_prepared(blob_reads_prepare([blob], tenant_keys=tenant_keys)[0], lead=lead)
+    return cast(list[bytes], blob_read_prepared(blob_reads_prepare([blob], tenant_keys=tenant_keys)[0], lead=lead))
 
 
 class PreparedRead(NamedTuple):
@@ -523,10 +526,14 @@ def blob_reads_prepare(
     return prepared
 
 
-def blob_read_prepared(read: PreparedRead, *, lead: bytes = b"") -> list[bytes]:
+def blob_read_prepared(read: PreparedRead, *, lead: bytes = b"", views: bool = False) -> list[bytes] | list[memoryview]:
     """`blob_read_chunks` of a blob prepared by `blob_reads_prepare`: the same copies tried in the same order (the
     primary, then the replica), the same checks, the same BlobUnreadable. Touches no database, so it needs no
-    tenant scope of its own (the rows and keys were read in the caller's, when prepared)."""
+    tenant scope of its own (the rows and keys were read in the caller's, when prepared).
+
+    `views`: a blob of one envelope chunk (a CT slice) comes back as one view of this thread's plaintext buffer,
+    `lead` then the plaintext, copied nowhere (`envelope.decrypt_chunks`), for a caller that writes it out before
+    this thread reads another blob: the next read overwrites it. A larger blob comes back as copies."""
     blob = read.blob
     if read.aead is None:
         logger.warning("blob %s: its key cannot be opened (%s)", blob.public_id, read.failure)
@@ -543,8 +550,9 @@ def blob_read_prepared(read: PreparedRead, *, lead: bytes = b"") -> list[bytes]:
             if sealed is None:
                 sealed = blob_sealed_read(store=store, name=blob.storage_name)
             return blob_sealed_open(
-                blob=blob, sealed=sealed, data_key=read.aead, scratch=scratch, lead=lead, blob_id=read.blob_id
-            )
+                blob=blob, sealed=sealed, data_key=read.aead, scratch=scratch, lead=lead, blob_id=read.blob_id,
+                views=views,
+            )  # fmt: skip
         except (OSError, envelope.DecryptionError) as exc:
             failures.append(f"{store}: {exc.__class__.__name__}")
             logger.warning("blob %s unreadable from %s (%s)", blob.public_id, store, exc.__class__.__name__)
@@ -560,6 +568,9 @@ def blob_read_prepared(read: PreparedRead, *, lead: bytes = b"") -> list[bytes]:
 # chunks: a multi-frame object) is mapped or read as before, and still decrypted chunk by chunk into the second
 # buffer, so what a thread keeps is bounded: 2 MiB, made at its first read, in the threads that read blobs.
 READ_BUFFER_BYTES = envelope.HEADER.size + envelope.DEFAULT_CHUNK + envelope.TAG_BYTES + 1
+# Room in the plaintext's buffer for a part's header before a one-chunk blob (`blob_read_prepared`'s `views`: the
+# header and the instance written from it in one write, neither copied).
+LEAD_ROOM = 4096
 
 
 class _ReadBuffers(threading.local):
@@ -573,7 +584,8 @@ _buffers = _ReadBuffers()
 def _read_buffers() -> tuple[memoryview, bytearray]:
     """This thread's buffers (the ciphertext's, the plaintext's), made at its first read."""
     if _buffers.sealed is None or _buffers.plain is None:
-        _buffers.sealed, _buffers.plain = memoryview(bytearray(READ_BUFFER_BYTES)), bytearray(envelope.DEFAULT_CHUNK)
+        _buffers.sealed = memoryview(bytearray(READ_BUFFER_BYTES))
+        _buffers.plain = bytearray(LEAD_ROOM + envelope.DEFAULT_CHUNK)
     return _buffers.sealed, _buffers.plain
 
 

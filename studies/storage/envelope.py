@@ -219,7 +219,8 @@ def decrypt_chunks(
     blob_id: str,
     scratch: bytearray | None = None,
     lead: bytes = b"",
-) -> list[bytes]:
+    views: bool = False,
+) -> list[bytes] | list[memoryview]:
     """The plaintext of a whole blob held in memory, as its chunks, every one authenticated before this returns.
 
     The same checks as `decrypt_stream` (each chunk's tag under its index, the final chunk marked final, so a
@@ -240,7 +241,13 @@ def decrypt_chunks(
     authenticated. A caller writing the items out then writes a part's header and its instance in one write.
 
     `data_key`: the blob's data key, or `AESGCM(data_key)` made by a caller that prepared it ahead (a WADO-RS
-    retrieval: studies.storage.blobs.blob_reads_prepare)."""
+    retrieval: studies.storage.blobs.blob_reads_prepare).
+
+    `views`: a blob of one chunk (a CT slice) whose `lead` and plaintext fit in `scratch` is returned as one
+    view of `scratch`, `lead` then the plaintext, copied nowhere: for a caller that writes it out before it
+    reads again (a WADO-RS part written by gunicorn straight from the buffer the chunk was decrypted into; issue
+    10). The view is valid only until `scratch` is used again. A blob of several chunks, or without room, is
+    returned as copies, as without `views`."""
     view = memoryview(ciphertext)
     if len(view) < HEADER.size:
         raise DecryptionError("too short to be an encrypted blob")
@@ -254,6 +261,18 @@ def decrypt_chunks(
     sealed = chunk_size + TAG_BYTES
     count = -(-len(body) // sealed)
     plain = []
+    start = len(lead)
+    if views and scratch is not None and count == 1 and start + len(body) - TAG_BYTES <= len(scratch):
+        out = memoryview(scratch)
+        size = len(body) - TAG_BYTES
+        try:
+            if size < 0:  # shorter than a tag: `decrypt` refuses it as InvalidTag
+                raise InvalidTag()
+            aead.decrypt_into(_nonce(prefix, 0), body, _chunk_aad(tenant_id, blob_id, 0, True), out[start:][:size])
+        except InvalidTag as exc:
+            raise DecryptionError("chunk 0 was altered, moved or cut") from exc
+        out[:start] = lead  # after the tag is checked: nothing of a damaged copy is returned
+        return [out[: start + size]]
     if scratch is not None and chunk_size <= len(scratch):
         out = memoryview(scratch)
         for index in range(count):

@@ -5,6 +5,7 @@ option is read off the worker's own socket, not inferred from timings), and no a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -46,13 +47,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def web_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+@contextlib.contextmanager
+def gunicorn_serving(application: str, ready_path: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`application` served by one gunicorn worker as `make run` configures it (portal/gunicorn_conf.py and
+    scripts/run.sh's worker options) on a free loopback port, once `ready_path` answers: its base URL and process."""
     port = _free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.test"}
     env.pop("TLS_CERT", None)
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "portal.wsgi:application", "-c", "portal/gunicorn_conf.py",
+        [str(Path(sys.executable).parent / "gunicorn"), application, "-c", "portal/gunicorn_conf.py",
          "--bind", f"127.0.0.1:{port}", "--workers", "1", *run_sh_gunicorn_options(), "--no-control-socket"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -61,7 +64,7 @@ def web_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         deadline = time.monotonic() + READY_SECONDS
         while True:
             try:
-                requests.get(f"{base}/accounts/login/", timeout=10)
+                requests.get(f"{base}{ready_path}", timeout=10)
                 break
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
                 pass
@@ -78,6 +81,12 @@ def web_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def web_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    with gunicorn_serving("portal.wsgi:application", "/accounts/login/") as served:
+        yield served
 
 
 def _children(pid: int) -> list[int]:

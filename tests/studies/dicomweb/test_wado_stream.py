@@ -10,7 +10,7 @@ import pytest
 
 from studies.dicom.synthetic import make_instance
 from studies.dicomweb.negotiation import multipart_stream
-from studies.dicomweb.wado import EXPLICIT
+from studies.dicomweb.wado import BODY_VIEWS, EXPLICIT
 from studies.models import Instance
 from studies.storage.blobs import PRIMARY, REPLICA, BlobUnreadable, blob_read, blob_sealed_put, blob_sealed_read
 from tenants.scoping import tenant_scope
@@ -43,13 +43,15 @@ def _boundary(response) -> str:
     return response["Content-Type"].split("boundary=")[1]
 
 
-def _retrieved_and_framed(client, stored):
-    """The series retrieved (200), its body, and the stored bytes framed by the generic multipart writer."""
+def _retrieved_and_framed(client, stored, *, views=False):
+    """The series retrieved (200), its body, and the stored bytes framed by the generic multipart writer. `views`:
+    as gunicorn serves it (BODY_VIEWS), each item written out (here: copied) before the next is taken."""
     response = client.get(
-        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
-    )
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*",
+        **({BODY_VIEWS: True} if views else {}),
+    )  # fmt: skip
     assert response.status_code == 200
-    body = b"".join(response.streaming_content)
+    body = b"".join([bytes(item) for item in response.streaming_content])
     expected = b"".join(
         multipart_stream(
             [(f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", data) for row, data in stored],
@@ -59,22 +61,24 @@ def _retrieved_and_framed(client, stored):
     return response, body, expected
 
 
-def _sent_until_unreadable(client):
+def _sent_until_unreadable(client, *, views=False):
     """The series retrieved until a part cannot be read (BlobUnreadable, as the stream raises it): the response and
-    what it had sent by then."""
+    what it had sent by then (`views`: as `_retrieved_and_framed`)."""
     response = client.get(
-        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
-    )
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*",
+        **({BODY_VIEWS: True} if views else {}),
+    )  # fmt: skip
     sent: list[bytes] = []
     with pytest.raises(BlobUnreadable):
-        sent.extend(response.streaming_content)
+        sent.extend(bytes(item) for item in response.streaming_content)
     return response, b"".join(sent)
 
 
-def test_a_series_is_the_stored_bytes_framed_as_before_with_its_exact_length(client, tenant_a):
+@pytest.mark.parametrize("views", [False, True])
+def test_a_series_is_the_stored_bytes_framed_as_before_with_its_exact_length(client, tenant_a, views):
     stored = _series(tenant_a)
     assert stored[1][0].blob.size > 1 << 20
-    response, body, expected = _retrieved_and_framed(client, stored)
+    response, body, expected = _retrieved_and_framed(client, stored, views=views)
     assert body == expected  # byte for byte what the generic multipart writer makes
     assert int(response["Content-Length"]) == len(body)
 
@@ -87,6 +91,7 @@ def test_an_instance_rewritten_to_the_default_syntax_goes_without_a_length(clien
     assert b"".join(response.streaming_content).count(_boundary(response).encode()) == 2
 
 
+@pytest.mark.parametrize("views", [False, True])
 @pytest.mark.parametrize(
     ("damaged_at", "cut"),
     [
@@ -94,7 +99,7 @@ def test_an_instance_rewritten_to_the_default_syntax_goes_without_a_length(clien
         (2, slice(-4096, None)),  # one envelope chunk (a CT slice): the part's header rides in front of it
     ],
 )
-def test_an_instance_damaged_in_both_copies_sends_nothing_of_itself(client, tenant_a, damaged_at, cut):
+def test_an_instance_damaged_in_both_copies_sends_nothing_of_itself(client, tenant_a, damaged_at, cut, views):
     """Damaged in its last chunk and not yet found by the fixity job: the answer stops before that instance's
     part; the parts before it are whole and right."""
     stored = _series(tenant_a)
@@ -104,7 +109,7 @@ def test_an_instance_damaged_in_both_copies_sends_nothing_of_itself(client, tena
             sealed = bytearray(blob_sealed_read(store=store, name=damaged.storage_name))
             sealed[-20] ^= 0x01
             blob_sealed_put(store=store, name=damaged.storage_name, sealed=bytes(sealed))
-    response, body = _sent_until_unreadable(client)
+    response, body = _sent_until_unreadable(client, views=views)
     assert body.endswith(stored[damaged_at - 1][1])  # the instances before it, whole
     assert body.count(_boundary(response).encode()) == damaged_at  # and no header of the damaged one
     assert stored[damaged_at][1][cut] not in body
@@ -128,6 +133,36 @@ def test_a_part_leaves_with_its_header_in_the_write_of_its_first_chunk(client, t
     assert items[3].startswith(b"\r\n" + head)
     assert items[3].endswith(stored[2][1])
     assert len(items) == 5  # and the tail
+
+
+def test_with_a_server_that_writes_views_a_ct_slice_leaves_from_the_buffer_it_was_decrypted_into(client, tenant_a):
+    """BODY_VIEWS in the environ (gunicorn as portal/gunicorn_conf.py configures it): a part of one envelope chunk
+    is one view of the thread's plaintext buffer, its header then its instance, copied nowhere, and the next read
+    reuses that buffer (so the server must write it before taking the next item, as gunicorn does); an instance
+    of several chunks still goes as copies. Without BODY_VIEWS (another server, the test client) every item is
+    bytes."""
+    stored = _series(tenant_a)
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*",
+        **{BODY_VIEWS: True},
+    )  # fmt: skip
+    items = iter(response.streaming_content)
+    first = next(items)
+    assert type(first) is memoryview
+    written = bytes(first)
+    head = f"--{_boundary(response)}\r\nContent-Type: application/dicom; transfer-syntax=".encode()
+    assert written.startswith(head)
+    assert written.endswith(stored[0][1])
+    large = [next(items), next(items)]  # the instance over 1 MiB, two chunks, read through the same buffers
+    assert all(type(item) is bytes for item in large)
+    assert bytes(first) != written  # the buffer was reused by the next read
+    third = next(items)
+    assert type(third) is memoryview
+    assert bytes(third).endswith(stored[2][1])
+    plain = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
+    )
+    assert all(type(item) is bytes for item in plain.streaming_content)
 
 
 def test_a_damaged_last_chunk_of_the_primary_copy_is_served_whole_from_the_replica(client, tenant_a):

@@ -178,3 +178,38 @@ def test_decrypt_chunks_lead_comes_first_once_every_chunk_is_authenticated(key, 
     for scratch in (bytearray(4096), None):
         with pytest.raises(env.DecryptionError):
             env.decrypt_chunks(bytes(damaged), data_key=key, tenant_id=TENANT, blob_id=BLOB, scratch=scratch, lead=lead)
+
+
+@pytest.mark.parametrize("size", [0, 5, 4000, 4096, 3 * 4096 + 5])
+def test_decrypt_chunks_views_give_a_one_chunk_blob_as_one_view_of_the_buffer(key, size):
+    """`views` (a WADO-RS part gunicorn writes from the buffer): a blob of one chunk whose lead and plaintext fit
+    in `scratch` is one view of `scratch`, the lead then the plaintext; a blob of several chunks, or one without
+    room for its lead, is copies, as without `views`; a blob that does not authenticate raises, the same checks
+    as every other way."""
+    data, lead = os.urandom(size), b"\r\n--boundary\r\nContent-Type: application/dicom\r\n\r\n"
+    sealed = env.encrypt(data, data_key=key, tenant_id=TENANT, blob_id=BLOB, chunk_size=4096)
+    scratch = bytearray(4096 + 128)
+    out = env.decrypt_chunks(
+        sealed, data_key=key, tenant_id=TENANT, blob_id=BLOB, scratch=scratch, lead=lead, views=True
+    )
+    assert b"".join(out) == lead + data
+    one_view = size <= 4096 and len(lead) + size <= len(scratch)
+    assert [type(item) for item in out] == ([memoryview] if one_view else [bytes] * max(1, -(-size // 4096)))
+    if one_view:
+        assert out[0].obj is scratch  # nothing copied: the buffer itself
+    small = bytearray(4096)  # room for the chunk, not for the lead in front of it: copies
+    tight = env.decrypt_chunks(
+        sealed, data_key=key, tenant_id=TENANT, blob_id=BLOB, scratch=small, lead=lead, views=True
+    )
+    assert b"".join(tight) == lead + data
+    assert size < 4096 - len(lead) or all(type(item) is bytes for item in tight)
+    for cut in (slice(None, -1), slice(None, env.HEADER.size + 3)):
+        damaged = bytearray(sealed)
+        damaged[-1] ^= 1
+        for bad in (bytes(damaged), sealed[cut]):
+            with pytest.raises(env.DecryptionError):
+                env.decrypt_chunks(
+                    bad, data_key=key, tenant_id=TENANT, blob_id=BLOB, scratch=scratch, lead=lead, views=True
+                )
+    with pytest.raises(env.DecryptionError):  # another blob's id
+        env.decrypt_chunks(sealed, data_key=key, tenant_id=TENANT, blob_id="other", scratch=scratch, views=True)
