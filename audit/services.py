@@ -186,10 +186,13 @@ def _event_append_alone(**details: Any) -> AuditEvent | None:
     committed when it returns; any failure leaves nothing and raises (the read then sends nothing). The hash is
     SHA-256 over the same bytes as `AuditEvent.compute_hash`: the previous hash, a newline, and the canonical text
     written here around the sequence, which only the locked head knows (`canonical_around_sequence`); this process
-    checks it again on the answer. None, with nothing written, when the chain has no head yet: `_chain_locked`
-    makes it inside an `atomic` block."""
+    checks it again on the answer. None, with nothing written, when the chain has no head yet (`_chain_locked` then
+    makes it inside an `atomic` block) or the event falls within MONTH_EDGE of the turn of a month (its time is then
+    taken under the lock, in that block)."""
     tenant = details["tenant"]
     row = _event_row(**details, chain=None)
+    if _near_month_edge(row.occurred_at):
+        return None  # written in an `atomic` block, its time taken under the chain's lock (MONTH_EDGE)
     participants_json = canonical_json(details["entries"])
     before, after = row.canonical_around_sequence(participants_json)
     insert_params = _participants_param_written(_APPENDED_FIELDS, _append_values(row), participants_json)
@@ -205,6 +208,22 @@ def _event_append_alone(**details: Any) -> AuditEvent | None:
         # Cannot happen while the statement hashes what this process writes; if it ever did, the read stops here.
         raise RuntimeError(f"The audit chain {key} was advanced with a hash this process does not make.")
     return row
+
+
+# The one statement takes the event's time before the chain's lock, where an `atomic` writer takes it under the lock:
+# two writers racing across the turn of a month could then store the later sequence with the earlier month, and that
+# month's WORM segment (`audit_segment_body`: a month's events by occurred_at, in sequence order) would hold an event
+# whose predecessor is in the next month's, a break in its chain to an outside auditor. So within this much of the
+# turn of a month an event is written the other way (two round trips more, a few minutes a month); a writer whose
+# lock wait outlasts it would have to wait this long for the lock.
+MONTH_EDGE = timedelta(minutes=5)
+
+
+def _near_month_edge(at: datetime) -> bool:
+    """Whether `at` is within MONTH_EDGE of the turn of a month (UTC, as the segments are cut)."""
+    at = at.astimezone(UTC)
+    start, end = _month_bounds(date(at.year, at.month, 1))
+    return at - start < MONTH_EDGE or end - at < MONTH_EDGE
 
 
 def _append_sent(row: AuditEvent, statement: str, params: list[Any]) -> tuple[Any, ...] | None:

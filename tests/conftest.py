@@ -203,6 +203,17 @@ def _celery_tasks_registered() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _away_from_the_turn_of_a_month(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Near the turn of a month a read's audit event takes two statements more on purpose (audit.services
+    MONTH_EDGE); tests that count a request's statements must not depend on the day the suite runs. The tests of
+    that choice (their names say month) keep the real check."""
+    if "month" not in request.node.name:
+        from audit import services as audit_services
+
+        monkeypatch.setattr(audit_services, "_near_month_edge", lambda at: False)
+
+
+@pytest.fixture(autouse=True)
 def _celery_join_flag_reset() -> None:
     """Celery's eager `apply_async` marks "inside a task" in a process-wide flag (celery._state) and restores the
     value it saw on the way in; two threads running eager tasks at once (the concurrency tests) can restore each

@@ -55,7 +55,7 @@ def test_an_event_outside_a_transaction_is_one_round_trip_committed_and_hashed_a
     record(tenant_a, EventType.LOGOUT, actor_username="x")  # the chain's head exists
     before = _head(tenant_a)
     calls: list[str] = []
-    extra = {"query": {"PatientName": "MÜLLER^Zoë*", "nested": [1, None, "\"q\" \u2028"]}, "count": 3}
+    extra = {"query": {"PatientName": "MÜLLER^Zoë*", "nested": [1, None, '"q" \u2028']}, "count": 3}
     with _sent(calls), CaptureQueriesContext(connection) as queries:
         event = record(
             tenant_a, EventType.STUDIES_QUERIED, actor=radiologist_a, actor_role="radiologist", extra=extra,
@@ -193,7 +193,7 @@ def test_the_text_around_the_sequence_is_the_canonical_form_whatever_the_sequenc
 
     from audit.models import canonical_json
 
-    participants = [{"type": "study", "id": "1.2", "name": "Zoë \"Ω\"", "detail": {"b": 1, "a": [None]}}]
+    participants = [{"type": "study", "id": "1.2", "name": 'Zoë "Ω"', "detail": {"b": 1, "a": [None]}}]
     for extra in ({}, {"z": "\u2028", "a": {"y": 1.5, "x": ["\u0000"]}}, {"sequence": 5, "participants": "x"}):
         row = AuditEvent(
             public_id=uuid.uuid4(), tenant=tenant_a, occurred_at=datetime.datetime.now(datetime.UTC),
@@ -207,3 +207,53 @@ def test_the_text_around_the_sequence_is_the_canonical_form_whatever_the_sequenc
         for sequence in (1, 9, 10, 12345678901234):
             row.sequence = sequence
             assert (before + str(sequence) + after).encode() == row.canonical() == row.canonical(participants_json)
+
+
+def test_the_turn_of_a_month_is_within_the_edge_and_the_middle_is_not():
+    from datetime import UTC, datetime, timedelta
+
+    edge = audit_services.MONTH_EDGE
+    turn = datetime(2027, 1, 1, tzinfo=UTC)
+    assert audit_services._near_month_edge(turn)
+    assert audit_services._near_month_edge(turn - edge + timedelta(seconds=1))
+    assert audit_services._near_month_edge(turn + edge - timedelta(seconds=1))
+    assert not audit_services._near_month_edge(turn - edge - timedelta(seconds=1))
+    assert not audit_services._near_month_edge(turn + edge + timedelta(seconds=1))
+    assert not audit_services._near_month_edge(datetime(2027, 1, 15, 12, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("minutes", [-2, 2])  # before and after the turn of a month
+def test_near_the_turn_of_a_month_the_event_takes_its_time_under_the_lock(tenant_a, monkeypatch, minutes):
+    """Near the turn of a month the one statement (its time taken before the lock) is not used: the event is written
+    in an atomic block whose lock comes before its time, so two writers racing across the turn cannot leave a later
+    sequence in the earlier month's WORM segment. It is recorded, hashed and verified as any other."""
+    from datetime import UTC, datetime, timedelta
+
+    from audit.selectors import audit_chain_verify
+    from tests.chains import chain_of
+
+    record(tenant_a, EventType.LOGOUT, actor_username="x")  # the chain's head exists
+    at = datetime(2027, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)
+    monkeypatch.setattr(audit_services.timezone, "now", lambda: at)
+    with CaptureQueriesContext(connection) as queries:
+        event = record(tenant_a, EventType.LOGOUT, actor_username="y")
+    written = [query["sql"] for query in queries.captured_queries]
+    assert not any("sha256(" in sql for sql in written)  # not the one statement
+    assert any("FOR UPDATE" in sql and "INSERT INTO" not in sql for sql in written)  # the lock on its own, first
+    with tenant_scope(tenant_a):
+        stored = AuditEvent.objects.get(pk=event.pk)
+    assert stored.occurred_at == at
+    assert stored.hash == stored.compute_hash(stored.prev_hash)
+    assert audit_chain_verify(chain=chain_of(tenant_a)).ok
+
+
+def test_in_the_middle_of_a_month_the_event_is_the_one_statement(tenant_a, monkeypatch):
+    from datetime import UTC, datetime
+
+    record(tenant_a, EventType.LOGOUT, actor_username="x")
+    monkeypatch.setattr(audit_services.timezone, "now", lambda: datetime(2027, 1, 15, 12, tzinfo=UTC))
+    with CaptureQueriesContext(connection) as queries:
+        record(tenant_a, EventType.LOGOUT, actor_username="y")
+    written = [query["sql"] for query in queries.captured_queries]
+    assert len(written) == 1
+    assert "sha256(" in written[0]
