@@ -40,7 +40,7 @@ from audit.models import (
 )
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
-from tenants.db.base import in_short_transaction, prepared_statements
+from tenants.db.base import prepared_statements
 from tenants.models import Tenant, TenantOwnedModel, User
 from tenants.scoping import current_tenant_or_none, platform_scope, tenant_scope
 
@@ -87,9 +87,9 @@ def _chain_locked(tenant: Tenant | None) -> AuditChain:
 def _chain_head_locked(key: str) -> AuditChain | None:
     """The chain's head row by key, `SELECT ... FOR UPDATE`, or None: what `select_for_update().get()` reads,
     written as one parameterised statement because every audited read takes it (the ORM spent about 1 ms of CPU
-    compiling it each time; docs/BENCHMARKS.md). Like the ORM, it refuses to run outside a transaction (an
-    `atomic` block or a `short_transaction`), where the lock would end with the statement."""
-    if not connection.in_atomic_block and not in_short_transaction():
+    compiling it each time; docs/BENCHMARKS.md). Like the ORM, it refuses to run outside an `atomic` block, where
+    the lock would end with the statement."""
+    if not connection.in_atomic_block:
         raise transaction.TransactionManagementError("The audit chain's head is locked only inside a transaction.")
     with prepared_statements(), connection.cursor() as cursor:  # prepared once per connection (tenants.db)
         cursor.execute(_CHAIN_HEAD_STATEMENT, [key])
@@ -364,7 +364,7 @@ def _event_insert_and_advance(row: AuditEvent, chain: AuditChain, participants_j
     head, pk = quote(AuditChain._meta.db_table), quote("id")
     # Names from the models' metadata and Django's compiled INSERT; every value a parameter. A head that is gone or
     # hidden, or an event not stored, makes the statement itself fail (a division by the zero rows it wrote), not
-    # only this function: a COMMIT sent behind it in the same string (`short_transaction`) must never commit an
+    # only this function: the statement is its own transaction when the caller has none, and must never commit an
     # event without its head, nor a head without its event.
     statement = (
         f"WITH appended AS ({insert_sql} RETURNING {pk}), "  # noqa: S608 # nosec B608

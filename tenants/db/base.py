@@ -19,12 +19,10 @@ A prepared statement lives with its server session, so what is prepared is remem
 (a pooled connection keeps its statements); the names carry a random part of their own connection, so a server
 session handed on without a reset (PgBouncer with no server_reset_query) never finds the name taken.
 
-Two ways to send fewer round trips, for the statements every request sends (docs/BENCHMARKS.md, "The fixed cost of a
+One way to send fewer round trips, for the statements every request sends (docs/BENCHMARKS.md, "The fixed cost of a
 DICOMweb request, in round trips"): `prepared_together()` sends several prepared statements in one string and
-returns each one's rows (the training gate's and the permissions' statements of one decision); `short_transaction()`
-drives a transaction by hand for a caller outside any, with its BEGIN in front of its first statement and its
-COMMIT behind its last, so that a transaction of two statements costs two round trips, not four (the audit
-writer's lock of the chain's head, then its INSERT).
+returns each one's rows (the training gate's and the permissions' statements of one decision). (A read's audit event
+needs none: it is one statement of its own, audit.services.)
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ from typing import Any, cast
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.backends.postgresql import base, operations
-from django.db.transaction import TransactionManagementError
 
 from tenants.scoping import DATABASE_SETTING, database_scope
 
@@ -72,24 +69,6 @@ _SCOPE_SENT = re.compile(r"(^|; )SELECT set_config\('" + re.escape(DATABASE_SETT
 _PREPARING: ContextVar[bool] = ContextVar("enclave_prepared_statements", default=False)
 
 
-class ShortTransaction:
-    """The state of one `short_transaction()`: whether its BEGIN is still to be sent, whether its COMMIT rides
-    behind the next statement, and whether that COMMIT has run."""
-
-    __slots__ = ("begin_pending", "commit_next", "committed")
-
-    def __init__(self) -> None:
-        self.begin_pending = True
-        self.commit_next = False
-        self.committed = False
-
-    def commit_with_next(self) -> None:
-        """Send COMMIT behind the next statement, in its round trip: it commits only if that statement succeeds
-        (an error stops the rest of the string, and the block then rolls back)."""
-        self.commit_next = True
-
-
-_TRANSACTION: ContextVar[ShortTransaction | None] = ContextVar("enclave_short_transaction", default=None)
 # At most this many statements prepared per connection; a statement past them runs as it is (a search's statement
 # differs with its keys, so their number has no bound of its own).
 PREPARED_MAX = 256
@@ -108,32 +87,6 @@ def prepared_statements() -> Iterator[None]:
         yield
     finally:
         _PREPARING.reset(token)
-
-
-@contextmanager
-def short_transaction(using: str = DEFAULT_DB_ALIAS) -> Iterator[ShortTransaction]:
-    """A transaction driven by hand for a caller outside any transaction (autocommit, no `atomic` block): BEGIN
-    rides in front of the first statement run in the block, and COMMIT behind the statement run after
-    `commit_with_next()`, each in that statement's round trip. Every statement in the block must go through
-    Django's client-side cursor (one statement each; `prepared_statements()` may be used inside) and no `atomic`
-    block may be opened in it. Leaving the block without that COMMIT having run, by an exception or otherwise,
-    sends ROLLBACK, and forgets the tenant scope the server held (the rollback undid its setting)."""
-    wrapper = cast("DatabaseWrapper", connections[using])
-    if not wrapper.get_autocommit() or wrapper.in_atomic_block or _TRANSACTION.get() is not None:
-        raise TransactionManagementError("short_transaction() is for a caller outside any transaction.")
-    state = ShortTransaction()
-    token = _TRANSACTION.set(state)
-    try:
-        yield state
-    finally:
-        _TRANSACTION.reset(token)
-        if not state.committed:
-            wrapper.short_transaction_rollback()
-
-
-def in_short_transaction() -> bool:
-    """True inside a `short_transaction()` block."""
-    return _TRANSACTION.get() is not None
 
 
 def _equalities_only(where: Any) -> bool:
@@ -274,12 +227,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         pipeline = self.connection._pipeline
         batched = not many and isinstance(sql, str) and isinstance(raw, psycopg.ClientCursor) and not pipeline
         batched = batched and not _ALONE.match(sql)
-        short = _TRANSACTION.get()
-        if short is not None and (short.begin_pending or short.commit_next) and not batched:
-            raise TransactionManagementError("A short transaction's statements go one by one on a client cursor.")
         if batched and _PREPARING.get():
             return self._prepared_execute(execute, sql, params, context, raw, scope)
-        if scope == self.enclave_scope_sent and (short is None or not (short.begin_pending or short.commit_next)):
+        if scope == self.enclave_scope_sent:
             return execute(sql, params, many, context)
         if not batched:
             with self.wrap_database_errors, self.connection.cursor() as cursor:
@@ -295,24 +245,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
         simple query protocol of Django's client-side cursors runs both in order, as one implicit transaction
         outside a transaction: if the statement fails, the setting is undone with it, so it counts as sent only
         once both have run); the cursor then on the result of the last statement, as if it had been sent alone
-        (`skipped`: statements of `sql` itself before its last). In a `short_transaction()`, its BEGIN goes in
-        front of everything and its COMMIT behind, as that transaction asks."""
-        short = _TRANSACTION.get()
-        lead = "BEGIN; " if short is not None and short.begin_pending else ""
-        tail = "; COMMIT" if short is not None and short.commit_next else ""
-        if lead:
-            skipped += 1
+        (`skipped`: statements of `sql` itself before its last)."""
         if scope == self.enclave_scope_sent:
-            result = execute(lead + sql + tail, params, False, context)
+            result = execute(sql, params, False, context)
         else:
             self.enclave_scope_sent = None
-            result = execute(lead + _SCOPE_PREFIX.format(_literal(scope)) + sql + tail, params, False, context)
+            result = execute(_SCOPE_PREFIX.format(_literal(scope)) + sql, params, False, context)
             skipped += 1
             self.enclave_scope_sent = scope
-        if short is not None:
-            short.begin_pending = False
-            if tail:
-                short.commit_next, short.committed = False, True
         for _ in range(skipped):
             raw.nextset()
         return result
@@ -346,7 +286,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 if state == "26000":
                     prepared.names.clear()
                 prepared.names.pop(body, None)
-                if self.in_atomic_block or _TRANSACTION.get() is not None:
+                if self.in_atomic_block:
                     raise
         if len(prepared.names) >= PREPARED_MAX:
             return self._scope_in_front(execute, sql, params, context, raw, scope, skipped=0)
@@ -362,21 +302,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
             raise
         prepared.names[body] = name
         return result
-
-    def short_transaction_rollback(self) -> None:
-        """ROLLBACK of a `short_transaction()` that did not commit (nothing happens on a server session outside a
-        transaction but a warning), and the scope's setting forgotten: the rollback may have undone it. A
-        connection that cannot take it is left to Django, which closes a connection whose errors made it
-        unusable."""
-        self.enclave_scope_sent = None
-        raw = self.connection
-        if raw is None or raw.closed:
-            return
-        try:
-            with self.wrap_database_errors:
-                raw.execute("ROLLBACK")
-        except DatabaseError:
-            pass  # the connection is broken: the server ends its transaction with it
 
     def prepared_together(self, statements: list[tuple[str, Any]]) -> list[list[tuple[Any, ...]]]:
         """Each statement's rows, the statements (one each, with parameters, as `prepared_statements()` takes
@@ -408,7 +333,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                         raise
                     # As `_prepared_execute`: the session lost its statements, or one may not keep its plan.
                     prepared.names.clear()
-                    if self.in_atomic_block or _TRANSACTION.get() is not None:
+                    if self.in_atomic_block:
                         raise
                     return self._prepared_one_by_one(statements)
                 rows = []
