@@ -16,8 +16,8 @@ its final state (its `updated_at`, written in the same transaction as the index)
 fails unless every instance sent is stored.
 
 Prints a table and writes var/bench/ingest-<time>.json. Every process started is stopped and the temporary data,
-database and Redis database are removed at the end. Settings: portal.settings.local with DEBUG off and
-CONN_MAX_AGE=60 (production's default).
+database and Redis database are removed at the end. Settings: portal.settings.local with DEBUG off; the
+application's connections persistent as in production (portal.settings.base.APP_CONN_MAX_AGE).
 
     .venv/bin/python -m bench.ingest [--studies 4 --series 2 --per-series 125] [--scanner builtin|clamd|both]
 """
@@ -893,8 +893,8 @@ def arguments() -> argparse.Namespace:
 
 def bench_environment(*, db_url: str, redis_url: str, var_dir: Path, log_level: str = "INFO") -> dict[str, str]:
     """The environment of a benchmark and the processes it starts: production-like local settings (DEBUG off,
-    persistent connections, fresh secrets) on the benchmark's own database and Redis database, the built-in
-    scanner unless a run sets CLAMD_ADDRESS, and none of the test suite's switches."""
+    persistent connections as the settings make them, fresh secrets) on the benchmark's own database and Redis
+    database, the built-in scanner unless a run sets CLAMD_ADDRESS, and none of the test suite's switches."""
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -902,7 +902,6 @@ def bench_environment(*, db_url: str, redis_url: str, var_dir: Path, log_level: 
         "DJANGO_DEBUG": "false",
         "ENCLAVE_VAR_DIR": str(var_dir),
         "DATABASE_URL": db_url,
-        "CONN_MAX_AGE": "60",
         "REDIS_URL": redis_url,
         "SECRET_KEY": secrets.token_urlsafe(50),
         "MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
@@ -912,6 +911,7 @@ def bench_environment(*, db_url: str, redis_url: str, var_dir: Path, log_level: 
         "LOG_LEVEL": log_level,
     }
     for key in (
+        "CONN_MAX_AGE",  # the settings' own (APP_CONN_MAX_AGE), as `make run` and production have it
         "CELERY_TASK_ALWAYS_EAGER",
         "CELERY_TASK_DEFAULT_QUEUE",
         "CELERY_SINGLE_QUEUE",

@@ -27,7 +27,7 @@ and 1,000 results, to show its share.
 
 Prints a table and writes var/bench/query-<time>.json. Every process started is stopped and the temporary data,
 database and Redis database are removed at the end. Settings as bench/ingest.py (portal.settings.local, DEBUG
-off, CONN_MAX_AGE=60).
+off, persistent connections).
 
     .venv/bin/python -m bench.query [--instances 100000 --studies 10000 ...] [--repeat 50 --warmup 5] [--keep]
 """

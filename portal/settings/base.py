@@ -76,15 +76,31 @@ def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
     return config
 
 
+# How long (seconds) the application's connections are kept open for the next request, task or association of
+# the same thread (CONN_MAX_AGE in the environment overrides it). A new connection costs a request about 30 ms: the
+# connection itself, then the statements tenants.db prepares once per connection, planned again (issue 10,
+# docs/BENCHMARKS.md: at 60 s a viewer's requests spread over gunicorn's threads found most of them expired, and
+# searches at 200,000 instances paid it at almost every request). Off beside a pool or PgBouncer (database_from_url).
+APP_CONN_MAX_AGE = 600
+
+
 def database_app(owner: dict) -> dict:
     """The application's connection (issue 14, row-level security; README "Database roles"): DATABASE_APP_URL, or
     the owner's database reached as role DATABASE_APP_USER (default: the owner's name + "_app") with password
-    DATABASE_APP_PASSWORD. That role owns nothing; every tenant-owned table's policy holds it to the scope."""
+    DATABASE_APP_PASSWORD. That role owns nothing; every tenant-owned table's policy holds it to the scope. Its
+    connections persist for APP_CONN_MAX_AGE seconds, unless a pool or PgBouncer keeps them instead."""
     app_url = env.str("DATABASE_APP_URL", default="")
     if app_url:
-        return {**database_from_url(app_url), "ENGINE": DATABASE_ENGINE}
+        return {**database_from_url(app_url, conn_max_age=APP_CONN_MAX_AGE), "ENGINE": DATABASE_ENGINE}
     user = env.str("DATABASE_APP_USER", default=f"{owner.get('USER') or 'enclave'}_app")
-    return {**owner, "USER": user, "PASSWORD": env.str("DATABASE_APP_PASSWORD", default=""), "ENGINE": DATABASE_ENGINE}
+    pooled = "pool" in owner.get("OPTIONS", {}) or env.bool("DB_PGBOUNCER", default=False)
+    return {
+        **owner,
+        "USER": user,
+        "PASSWORD": env.str("DATABASE_APP_PASSWORD", default=""),
+        "ENGINE": DATABASE_ENGINE,
+        "CONN_MAX_AGE": 0 if pooled else env.int("CONN_MAX_AGE", default=APP_CONN_MAX_AGE),
+    }
 
 
 # Django's PostgreSQL backend, carrying the tenant scope to the server's row-level security (tenants/db).

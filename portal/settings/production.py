@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import DATABASE_ENGINE, database_from_url, env, redis_cache, redis_tls_options
+from .base import APP_CONN_MAX_AGE, DATABASE_ENGINE, database_from_url, env, redis_cache, redis_tls_options
 
 ENCLAVE_ENV = "production"
 DEBUG = False
@@ -24,10 +24,14 @@ CLAMD_ADDRESS = _required("CLAMD_ADDRESS")
 ALLOWED_HOSTS = [h for h in _required("ALLOWED_HOSTS").split(",") if h]
 # Two roles (issue 14, README "Database roles"): DATABASE_URL owns the tables (migrations, backups, the restore
 # drill); DATABASE_APP_URL is the application's role, which owns nothing and is held by row-level security.
-# Persistent connections (60 s) unless DB_POOL_MAX (a pool) or DB_PGBOUNCER says otherwise (README "Past one machine").
+# Persistent connections (APP_CONN_MAX_AGE, 600 s) unless DB_POOL_MAX (a pool) or DB_PGBOUNCER says otherwise
+# (README "Past one machine").
 DATABASE_OWNER = {**database_from_url(_required("DATABASE_URL")), "ENGINE": DATABASE_ENGINE}
 DATABASES = {
-    "default": {**database_from_url(_required("DATABASE_APP_URL"), conn_max_age=60), "ENGINE": DATABASE_ENGINE}
+    "default": {
+        **database_from_url(_required("DATABASE_APP_URL"), conn_max_age=APP_CONN_MAX_AGE),
+        "ENGINE": DATABASE_ENGINE,
+    }
 }
 if DATABASES["default"].get("USER") == DATABASE_OWNER.get("USER"):
     raise ImproperlyConfigured("DATABASE_APP_URL must name the application's role, not the owner of DATABASE_URL.")

@@ -22,6 +22,9 @@ ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 # ------------------------------------------------------------------------------
 # DATABASE_URL is the owner (migrations, flush); the suite runs as the application's role under row-level security
 # (tests/conftest.py makes that role when it is missing, as the server's superuser).
+# Connections closed after each request, as the suite has always run (threads of the listener and of live servers
+# open their own); production's and `make run`'s persistent ones are tested in tests/portal/test_database_pool.py.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)  # noqa: F405
 
 # PASSWORDS: a fast hasher; tests/portal/test_settings.py checks the production list starts with Argon2
 # ------------------------------------------------------------------------------

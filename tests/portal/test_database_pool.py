@@ -121,13 +121,13 @@ def test_db_pgbouncer_turns_off_server_side_cursors_and_persistent_connections(d
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ({}, {"conn_max_age": 60, "pool": None, "no_server_side_cursors": False}),
+        ({}, {"conn_max_age": 600, "pool": None, "no_server_side_cursors": False}),
         ({"DB_POOL_MAX": "8"}, {"conn_max_age": 0, "pool": 8, "no_server_side_cursors": False}),
         ({"DB_PGBOUNCER": "true"}, {"conn_max_age": 0, "pool": None, "no_server_side_cursors": True}),
     ],
 )
 def test_production_settings_keep_persistent_connections_only_without_a_pool_or_pgbouncer(extra, expected):
-    """portal.settings.production as a process would load it: 60 s persistent connections by default, none beside
+    """portal.settings.production as a process would load it: 600 s persistent connections by default, none beside
     a pool (Django would refuse to start) or behind PgBouncer."""
     show = (
         "import json; from django.conf import settings; d = settings.DATABASES['default']; "
@@ -139,3 +139,32 @@ def test_production_settings_keep_persistent_connections_only_without_a_pool_or_
     result = _manage("shell", "-c", show, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, 600),
+        ({"CONN_MAX_AGE": "5"}, 5),
+        ({"DB_POOL_MAX": "8"}, 0),
+        ({"DB_PGBOUNCER": "true"}, 0),
+    ],
+)
+def test_make_runs_settings_keep_the_applications_connections_as_production_does(monkeypatch, extra, expected):
+    """portal.settings.local (`make run`, the benchmarks) as a process loads it: the application's connections
+    persist (APP_CONN_MAX_AGE) as production's do; before, each request connected anew and prepared its statements
+    again. None persist beside a pool or behind PgBouncer; CONN_MAX_AGE overrides."""
+    for name in ("CONN_MAX_AGE", "DB_POOL_MAX", "DB_PGBOUNCER", "DATABASE_APP_URL"):
+        monkeypatch.delenv(name, raising=False)
+    show = (
+        "from django.conf import settings; d = settings.DATABASES['default']; "
+        "print(d['USER'], d['CONN_MAX_AGE'])"
+    )
+    env = {
+        "DJANGO_SETTINGS_MODULE": "portal.settings.local",
+        "DATABASE_URL": "postgres://enclave@db.example.org:5432/enclave",
+        **extra,
+    }
+    result = _manage("shell", "-c", show, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"enclave_app {expected}"
