@@ -479,7 +479,9 @@ def _check(data: bytes) -> Verdict:
     if not result.clean:
         raise Rejected(f"Malware found by the virus scanner ({result.signature}).", failure=IngestItem.Failure.MALWARE)
     try:
-        parsed, _ = dicom_parse.parse(data, limits=ingest_limits(), hashed=False)
+        # The data set read by pydicom up to its pixel data, which the checks read off the walked file instead
+        # (without copying 0.5 MB per CT): the same verdict (studies.dicom.parse.parse, `pixels`).
+        parsed, _ = dicom_parse.parse(data, limits=ingest_limits(), hashed=False, pixels=False)
     except dicom_parse.InvalidDicom as exc:
         raise Rejected(exc.reason, failure=exc.kind) from exc
     zeroed = verdict.kind == "nonzero"
