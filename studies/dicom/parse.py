@@ -50,6 +50,9 @@ _SEQUENCE_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 _STUDY_INSTANCE_UID = 0x0020000D
 _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Their tags: where pydicom's `stop_before_pixels` stops (pydicom.filereader._at_pixel_data).
+_PIXEL_DATA_TAG_SET = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+_PIXEL_KEYWORD_OF = {0x7FE00010: "PixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE00008: "FloatPixelData"}
 _LONG_LENGTH_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
@@ -182,13 +185,21 @@ class ParsedInstance:
     content_sha256: str = ""
 
 
-def parse(data: bytes, *, limits: Limits, hashed: bool = True) -> tuple[ParsedInstance, pydicom.Dataset]:
+def parse(
+    data: bytes, *, limits: Limits, hashed: bool = True, pixels: bool = True
+) -> tuple[ParsedInstance, pydicom.Dataset]:
     """Validate `data` as one DICOM Part-10 file and return its index fields and the pydicom data set.
 
     Raises InvalidDicom for anything the archive must not store. Pixel data is never decoded here.
     With `hashed` false, `content_sha256` is left empty: every value the hash reads is still read and converted
     (so the verdict is the same), only the SHA-256 over them and the pixel data is not taken (about 0.3 ms of CPU
     per 0.5 MB CT); the ingest worker asks for it only when an instance of the same UID is already stored.
+    With `pixels` false, pydicom reads the data set only up to its pixel data (`stop_before_pixels`) when that is
+    the data set's last element, as it nearly always is, and the checks and the hash read the pixel data's value
+    off the walked buffer instead (the same bytes pydicom would give: native pixel data as a view, without the
+    0.5 MB copy of a CT, compressed pixel data as bytes); the returned data set then lacks the pixel data element.
+    The verdict and the hash are the same either way; with anything after the pixel data (trailing padding, a
+    second pixel data element), the whole data set is read as with `pixels` true.
     """
     if len(data) > limits.max_bytes:
         raise InvalidDicom(f"file too large: {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes")
@@ -201,11 +212,19 @@ def parse(data: bytes, *, limits: Limits, hashed: bool = True) -> tuple[ParsedIn
     body = view[dataset_start:]
     if transfer_syntax.is_deflated:
         body = memoryview(_inflate(body, limit=limits.max_bytes))
-    _Walker(body, implicit=transfer_syntax.is_implicit_VR, little=transfer_syntax.is_little_endian).dataset()
+    walker = _Walker(body, implicit=transfer_syntax.is_implicit_VR, little=transfer_syntax.is_little_endian)
+    walker.dataset()
+    pixel_value: tuple[int, Any] | None = None
+    if not pixels and walker.pixels is not None and not walker.after_pixels:
+        tag, start, end = walker.pixels
+        value: bytes | memoryview = body[start:end]
+        if tag == _PIXEL_DATA and transfer_syntax.is_encapsulated:
+            value = bytes(value)  # compressed pixel data is read as fragments from bytes, as pydicom gives it
+        pixel_value = (tag, value)
 
     try:
-        ds = pydicom.dcmread(BytesIO(data), force=False)
-        values = _Values(ds)
+        ds = pydicom.dcmread(BytesIO(data), force=False, stop_before_pixels=pixel_value is not None)
+        values = _Values(ds, pixels=pixel_value)
         parsed = _validated(values, transfer_syntax, limits)
         texts = _content_texts(values)
         if not hashed:
@@ -294,12 +313,24 @@ class _Values:
     pydicom keeps an element converted once it was read, so a second `get` gives the same object: the answer
     is the same; an element that fails to convert raises the same exception again, as a second `get` would."""
 
-    __slots__ = ("_got", "_has", "ds")
+    __slots__ = ("_got", "_has", "ds", "pixel_tag")
 
-    def __init__(self, ds: pydicom.Dataset) -> None:
+    def __init__(self, ds: pydicom.Dataset, *, pixels: tuple[int, Any] | None = None) -> None:
+        """`pixels`: (tag, value) of the pixel data element when `ds` was read without it (`parse`, `pixels`
+        false): looked up and tested for here as if it were in the data set."""
         self.ds = ds
         self._got: dict[str, tuple[Any, BaseException | None]] = {}
         self._has: dict[str, bool] = {}
+        self.pixel_tag: int | None = None
+        if pixels is not None:
+            self.pixel_tag, value = pixels
+            keyword = _PIXEL_KEYWORD_OF[self.pixel_tag]
+            self._got[keyword], self._has[keyword] = (value, None), True
+
+    def tags(self) -> list[BaseTag]:
+        """The data set's tags, the pixel data's among them when it was read without it."""
+        tags = list(self.ds.keys())
+        return tags if self.pixel_tag is None else [*tags, BaseTag(self.pixel_tag)]
 
     def get(self, keyword: str) -> Any:
         try:
@@ -381,7 +412,7 @@ def _validated(values: _Values, transfer_syntax: UID, limits: Limits) -> ParsedI
 
     is_image = any(keyword in values for keyword in _PIXEL_DATA_TAGS)
     if not is_image and "Image Storage" in UID(str(values.get("SOPClassUID"))).name:
-        raise _missing(ds, "PixelData", "Pixel Data")
+        raise _missing(values, "PixelData", "Pixel Data")
     rows = columns = frames = bits = samples = 0
     if is_image:
         rows, columns, frames, bits, samples = _image_geometry(values, limits)
@@ -453,6 +484,11 @@ class _Walker:
         self.buf = buf
         self.implicit = implicit
         self.endian = "<" if little else ">"
+        # The data set's first top-level pixel data element (any of _PIXEL_DATA_TAG_SET), as pydicom reads its
+        # value: (tag, where the value starts, where it ends; for an undefined length, before the sequence
+        # delimiter); and whether any element follows it (`dataset` at depth 0 sets both).
+        self.pixels: tuple[int, int, int] | None = None
+        self.after_pixels = False
 
     def header(self, pos: int) -> tuple[int, int, int]:
         """(tag, length, value position) of the element header at `pos`."""
@@ -480,14 +516,20 @@ class _Walker:
             tag, length, value = self.header(pos)
             if tag == _ITEM_END:
                 return value
+            if not depth and self.pixels is not None:
+                self.after_pixels = True
             if length == _UNDEFINED:
                 pos = self.items(value, tag, depth=depth + 1)
+                if not depth and tag in _PIXEL_DATA_TAG_SET and self.pixels is None:
+                    self.pixels = (tag, value, pos - 8)  # pydicom's value stops before the sequence delimiter
                 continue
             if value + length > end:
                 if tag == _PIXEL_DATA:
                     raise InvalidDicom(f"truncated: pixel data has {end - value} of {length} bytes")
                 raise InvalidDicom(f"truncated: the file ends inside {_element_name(tag)}")
             pos = value + length
+            if not depth and tag in _PIXEL_DATA_TAG_SET and self.pixels is None:
+                self.pixels = (tag, value, pos)
         if depth:
             raise InvalidDicom("truncated: the file ends inside a sequence item")
         return pos
@@ -562,9 +604,9 @@ def _inflate(body: memoryview, *, limit: int) -> bytes:
 # --- attributes ------------------------------------------------------------------------------------------------
 
 
-def _missing(ds: pydicom.Dataset, keyword: str, name: str) -> InvalidDicom:
+def _missing(values: _Values, keyword: str, name: str) -> InvalidDicom:
     # Elements are stored in ascending tag order, so a data set that stops before the missing tag was likely cut.
-    tags = list(ds.keys())
+    tags = values.tags()
     cut = not tags or tag_for_keyword(keyword) > max(tags)
     return InvalidDicom(f"missing required attribute {name}" + (" (the file may be truncated)" if cut else ""))
 
@@ -572,7 +614,7 @@ def _missing(ds: pydicom.Dataset, keyword: str, name: str) -> InvalidDicom:
 def _require_uid(values: _Values, keyword: str, name: str) -> None:
     value = values.get(keyword)
     if value is None or str(value).strip() == "":
-        raise _missing(values.ds, keyword, name)
+        raise _missing(values, keyword, name)
     if not UID(str(value)).is_valid:
         raise InvalidDicom(f"invalid {name}: not a valid DICOM UID")
 
@@ -597,7 +639,7 @@ def _image_geometry(values: _Values, limits: Limits) -> tuple[int, int, int, int
     numbers = []
     for keyword, name in _IMAGE_ATTRIBUTES:
         if values.get(keyword) in (None, ""):
-            raise _missing(values.ds, keyword, name)
+            raise _missing(values, keyword, name)
         value = _int(values, keyword)
         if value is None or value < 1:
             raise InvalidDicom(f"invalid {name}")
@@ -665,7 +707,8 @@ def _check_pixel_data(
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
     endianness = "<" if transfer_syntax.is_little_endian else ">"
-    stream = BytesIO(ds.PixelData)
+    pixel_data = values.get("PixelData")
+    stream = BytesIO(pixel_data)
     try:
         basic_offsets = parse_basic_offsets(stream, endianness=endianness)
         fragments, _ = parse_fragments(stream, endianness=endianness)
@@ -676,7 +719,7 @@ def _check_pixel_data(
     found = 0
     try:
         for fragments_of_frame in generate_fragmented_frames(
-            ds.PixelData,
+            pixel_data,
             number_of_frames=frames,
             extended_offsets=extended,
             endianness=endianness,
