@@ -653,7 +653,8 @@ def _store_batch(checked: list[_Checked], tenant: Tenant) -> tuple[dict[int, Ing
     """In the caller's transaction: the blobs, the index rows, the counts, the items' verdicts and the audit
     events of a batch. Returns the decided items, and the items left for later (a SOP Instance UID repeated
     within the batch)."""
-    existing = _existing_instances([one.verdict.parsed.sop_instance_uid for one in checked])
+    uids = [one.verdict.parsed.sop_instance_uid for one in checked]
+    existing = {i.sop_instance_uid: i for i in Instance.objects.filter(sop_instance_uid__in=uids)}
     fresh: list[_Checked] = []
     again: list[_Checked] = []
     later: list[_Checked] = []
@@ -678,29 +679,6 @@ def _store_batch(checked: list[_Checked], tenant: Tenant) -> tuple[dict[int, Ing
     if fresh:
         _stored_events(fresh, tenant)
     return done, later
-
-
-def _existing_instances(uids: list[str]) -> dict[str, Instance]:
-    """The current tenant's stored instances with these SOP Instance UIDs, by UID: in most batches none. First
-    their ids, by a statement written out (names from the model's metadata, quoted; every value a parameter, the
-    tenant's id among them: the ORM's scope, written out, beside the database's row-level security), then the rows
-    as objects through the ORM only for the ids found. The ORM's query compiled anew for every batch cost about
-    0.7 ms of the worker's CPU for a look-up that nearly always finds nothing (docs/BENCHMARKS.md, h4 branch,
-    session 8). A row stored by another worker after this look-up is found by its unique constraint, as before
-    (`_store_all`)."""
-    if not uids:
-        return {}
-    q = transaction.get_connection().ops.quote_name
-    statement = (
-        f"SELECT {q('id')} FROM {q(Instance._meta.db_table)} WHERE {q('tenant_id')} = %s "  # noqa: S608 # nosec B608
-        f"AND {q('sop_instance_uid')} IN ({', '.join(['%s'] * len(uids))})"
-    )
-    with transaction.get_connection().cursor() as cursor:
-        cursor.execute(statement, [current_tenant().pk, *uids])
-        found = [pk for (pk,) in cursor.fetchall()]
-    if not found:
-        return {}
-    return {i.sop_instance_uid: i for i in Instance.objects.filter(pk__in=found)}
 
 
 def _blobs_and_rows(fresh: list[_Checked], tenant: Tenant) -> None:
