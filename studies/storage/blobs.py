@@ -643,8 +643,9 @@ class BlobReadAhead:
         self._views = views
         self._submitted = 0
         self._pending = 0
-        # SimpleQueue (C, one lock each way) rather than concurrent.futures: a Future's Condition cost about 50 us
-        # of CPU per read handed over, a few ms per series.
+        # SimpleQueue (C, one lock each way) and a plain thread rather than concurrent.futures: with an executor and
+        # its Futures a series cost 2.1-5.5 ms of CPU more than without reading ahead, with these 1.0-4.0 ms
+        # (docs/BENCHMARKS.md, "h3 branch, session 8").
         self._jobs: queue.SimpleQueue[tuple[PreparedRead, bytes, bytearray] | None] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[list[bytes] | list[memoryview] | BaseException] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
