@@ -17,7 +17,7 @@ retrieval also measures, over 20 more retrievals of the same series on the same 
 `--extra N`: N measured retrievals instead of 20 (CPU is counted in ticks of 10 ms, so PostgreSQL's few ms per
 retrieval need more of them to be resolved: 100 resolve 0.1 ms). `--pyspy PREFIX` also records a py-spy profile
 (raw, folded stacks) of each gunicorn worker over 30 retrievals, written to PREFIX-<pid>.txt. Every other option
-is bench/orthanc.py's.
+is bench/orthanc.py's. `--ports LO-HI`: the servers' ports from that range (a shared machine's own range).
 
     .venv/bin/python -m bench.wado_cpu --db enclave_bench_vs_me --redis redis://127.0.0.1:6379/3 --index 0
 
@@ -292,11 +292,35 @@ def probe(argv: list[str]) -> int:
     return 0
 
 
+def ports_from(span: str) -> Any:
+    """`--ports LO-HI`: the servers' ports taken from this range (the first free one each time), where a shared
+    machine gives each person's benchmarks a range of their own, instead of any port the kernel picks."""
+    import socket
+
+    low, high = (int(p) for p in span.split("-"))
+    taken: set[int] = set()
+
+    def free_port() -> int:
+        for port in range(low, high + 1):
+            if port in taken:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            taken.add(port)
+            return port
+        raise orthanc.BenchError(f"no free port in {span}")
+
+    return free_port
+
+
 def main() -> int:
     global EXTRA
     if sys.argv[1:2] == ["--probe"]:
         return probe(sys.argv[2:])
-    own = {"--db": "", "--redis": "", "--pyspy": "", "--hold": "", "--extra": ""}
+    own = {"--db": "", "--redis": "", "--pyspy": "", "--hold": "", "--extra": "", "--ports": ""}
     readers = "--readers" in sys.argv
     rest = []
     argv = iter(sys.argv[1:])
@@ -313,6 +337,8 @@ def main() -> int:
         orthanc.REDIS_URL = own["--redis"]
     if own["--extra"]:
         EXTRA = int(own["--extra"])
+    if own["--ports"]:
+        orthanc.free_port = ports_from(own["--ports"])
     orthanc.retrieve_series = measured(orthanc.retrieve_series, own["--pyspy"] or None, own["--hold"] or None, readers)
     # Each server's retrievals one after the other (its CPU is read around them): not taking turns.
     sys.argv = [sys.argv[0], *rest, "--reads", "sequential"]

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -54,6 +55,8 @@ from studies.services.reads import (
     read_unavailable_record,
 )
 from studies.storage.blobs import (
+    READ_AHEAD,
+    BlobReadAhead,
     BlobUnreadable,
     PreparedRead,
     blob_read,
@@ -130,6 +133,7 @@ def dicom_multipart_response(
     sized: bool,
     prepare: Callable[[list[RetrievalRow]], list[PreparedRead | None]] | None = None,
     views: bool = False,
+    read_ahead: bool = False,
 ) -> StreamingHttpResponse:
     """multipart/related; type="application/dicom", one part per instance, the body byte for byte as
     `negotiation.multipart_stream` frames it, written as it is made: each instance is read (and authenticated)
@@ -152,7 +156,13 @@ def dicom_multipart_response(
 
     `views`: the server writes memoryviews as they are, each before taking the next item (BODY_VIEWS), so
     `payload` may return a view of a buffer it reuses for the next part; without it Django's response copies
-    each view into bytes as the server takes it."""
+    each view into bytes as the server takes it.
+
+    `read_ahead`: the rows `prepare` prepared a read for are read (`blob_read_prepared`, which is what `payload`
+    does with such a row) by a `BlobReadAhead`, READ_AHEAD instances ahead of the part being written, on a thread
+    of its own: reading and decrypting the next instances (which release the GIL) use the second core while this
+    thread writes to the socket. Memory stays bounded (READ_AHEAD + 1 plaintext buffers), a failed read still
+    ends the body before its part, and the thread is stopped when the body is closed."""
     boundary = new_boundary()
     heads = [
         (b"\r\n" if n else b"") + f"--{boundary}\r\nContent-Type: {content_type(row)}\r\n\r\n".encode("ascii")
@@ -160,18 +170,52 @@ def dicom_multipart_response(
     ]
     tail = f"\r\n--{boundary}--\r\n".encode("ascii")
 
-    def body() -> Iterator[bytes | memoryview]:
+    def parts() -> Iterator[tuple[bytes, RetrievalRow, PreparedRead | None]]:
         for start in range(0, len(instances), PREPARED_READS):
             rows = instances[start : start + PREPARED_READS]
             reads = prepare(rows) if prepare is not None else [None] * len(rows)
-            for head, row, read in zip(heads[start : start + PREPARED_READS], rows, reads, strict=True):
-                # Read whole before its header goes: an unreadable instance sends nothing of its part.
-                for chunk in payload(row, head, read):
-                    if chunk:  # an empty write would end a chunked answer
-                        yield chunk
+            yield from zip(heads[start : start + PREPARED_READS], rows, reads, strict=True)
+
+    def body() -> Iterator[bytes | memoryview]:
+        for head, row, read in parts():
+            # Read whole before its header goes: an unreadable instance sends nothing of its part.
+            for chunk in payload(row, head, read):
+                if chunk:  # an empty write would end a chunked answer
+                    yield chunk
         yield tail
 
-    response = (_ViewsResponse if views else StreamingHttpResponse)(body())
+    def body_read_ahead() -> Iterator[bytes | memoryview]:
+        # The prepared reads made READ_AHEAD instances ahead on a thread of the read's own while this one writes
+        # (BlobReadAhead); the rest (an instance rewritten in another syntax) here in its turn. The same order,
+        # and the same rule: an instance is taken whole (or its BlobUnreadable raised) before its header goes.
+        ahead = BlobReadAhead(views=views)
+        queue: deque[tuple[bytes, RetrievalRow, PreparedRead | None]] = deque()
+        items = parts()
+
+        def fill() -> None:
+            while ahead.pending < READ_AHEAD and len(queue) <= READ_AHEAD:
+                item = next(items, None)
+                if item is None:
+                    return
+                queue.append(item)
+                if item[2] is not None:
+                    ahead.submit(item[2], lead=item[0])
+
+        try:
+            fill()
+            while queue:
+                head, row, read = queue.popleft()
+                chunks = ahead.result() if read is not None else payload(row, head, None)
+                fill()  # the next read starts before this part is written (its buffer is not the next's)
+                for chunk in chunks:
+                    if chunk:
+                        yield chunk
+            yield tail
+        finally:
+            ahead.close()  # also when the client has gone: the server closes the body, no thread outlives it
+
+    stream = body_read_ahead() if read_ahead and prepare is not None and len(instances) > 1 else body()
+    response = (_ViewsResponse if views else StreamingHttpResponse)(stream)
     response["Content-Type"] = f'multipart/related; type="{DICOM}"; boundary={boundary}'
     if sized:
         response["Content-Length"] = str(sum(map(len, heads)) + sum(row.blob.size for row in instances) + len(tail))
@@ -424,6 +468,7 @@ class _RetrieveApi(_ReadApi):
             sized=all(as_stored(row) for row in instances),
             prepare=prepare if first is None else None,
             views=views,
+            read_ahead=True,
         )
 
 

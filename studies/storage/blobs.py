@@ -33,6 +33,7 @@ import hashlib
 import logging
 import mmap
 import os
+import queue
 import sys
 import threading
 import uuid
@@ -526,20 +527,30 @@ def blob_reads_prepare(
     return prepared
 
 
-def blob_read_prepared(read: PreparedRead, *, lead: bytes = b"", views: bool = False) -> list[bytes] | list[memoryview]:
+def blob_read_prepared(
+    read: PreparedRead,
+    *,
+    lead: bytes = b"",
+    views: bool = False,
+    buffers: tuple[memoryview, bytearray] | None = None,
+) -> list[bytes] | list[memoryview]:
     """`blob_read_chunks` of a blob prepared by `blob_reads_prepare`: the same copies tried in the same order (the
     primary, then the replica), the same checks, the same BlobUnreadable. Touches no database, so it needs no
     tenant scope of its own (the rows and keys were read in the caller's, when prepared).
 
     `views`: a blob of one envelope chunk (a CT slice) comes back as one view of this thread's plaintext buffer,
     `lead` then the plaintext, copied nowhere (`envelope.decrypt_chunks`), for a caller that writes it out before
-    this thread reads another blob: the next read overwrites it. A larger blob comes back as copies."""
+    this thread reads another blob: the next read overwrites it. A larger blob comes back as copies.
+
+    `buffers`: the (ciphertext, plaintext) buffers to read and decrypt into instead of this thread's own
+    (`BlobReadAhead`, whose thread reads into buffers its caller's thread owns); a view then refers to the given
+    plaintext buffer."""
     blob = read.blob
     if read.aead is None:
         logger.warning("blob %s: its key cannot be opened (%s)", blob.public_id, read.failure)
         raise BlobUnreadable(f"blob {blob.public_id} is unreadable (its key cannot be opened)")
     failures = []
-    buffer, scratch = _read_buffers()
+    buffer, scratch = buffers if buffers is not None else _read_buffers()
     sealed: bytes | memoryview | None
     for store in _stores_for(blob):
         try:
@@ -587,6 +598,100 @@ def _read_buffers() -> tuple[memoryview, bytearray]:
         _buffers.sealed = memoryview(bytearray(READ_BUFFER_BYTES))
         _buffers.plain = bytearray(LEAD_ROOM + envelope.DEFAULT_CHUNK)
     return _buffers.sealed, _buffers.plain
+
+
+# How many blobs `BlobReadAhead` reads and decrypts ahead of the one its caller is writing out.
+READ_AHEAD = 2
+
+
+class _AheadBuffers(threading.local):
+    sealed: memoryview | None = None  # per thread, as `_ReadBuffers`: made at the thread's first read-ahead
+    plains: list[bytearray] | None = None
+
+
+_ahead_buffers = _AheadBuffers()
+
+
+class BlobReadAhead:
+    """Reads of prepared blobs (`blob_read_prepared`, the same copies, checks and BlobUnreadable) made on a thread of
+    their own, up to `depth` blobs ahead of the one the caller is writing out, so that reading the next copies and
+    decrypting them (os.readv, AES-GCM's `decrypt_into`: both release the GIL) run on the second core while the
+    caller's thread writes the current part to the socket (issue 10, WADO-RS: docs/BENCHMARKS.md, "h3 branch,
+    session 8").
+
+    `submit(read, lead)` queues a read; `result()` returns the oldest submitted read's chunks, or raises its
+    BlobUnreadable, so a caller that takes the results in order and writes each before it takes the next sends
+    nothing of a blob that fails (nor of any after it, when it stops there). At most `depth` reads are submitted and
+    not yet taken (`submit` refuses more), so memory stays bounded whatever the number of blobs: `depth` + 1
+    plaintext buffers and one ciphertext buffer, the calling thread's own, made at its first read-ahead and reused
+    from one request to the next. With `views`, a one-chunk blob comes back as a view of one of those plaintext
+    buffers (used in turn), valid until the second `submit` after it was taken: a caller that takes a result,
+    submits one more read and writes the view out before it takes the next never sees it overwritten. `close()`
+    (idempotent) cancels what has not started and waits for the read in progress, so no thread outlives the
+    request (a client that disconnects: the server closes the body).
+
+    Touches no database (the rows and keys were read when prepared), so it needs no tenant scope, and the thread
+    holds no database connection."""
+
+    def __init__(self, *, depth: int = READ_AHEAD, views: bool = False) -> None:
+        if _ahead_buffers.sealed is None or _ahead_buffers.plains is None or len(_ahead_buffers.plains) < depth + 1:
+            _ahead_buffers.sealed = memoryview(bytearray(READ_BUFFER_BYTES))
+            _ahead_buffers.plains = [bytearray(LEAD_ROOM + envelope.DEFAULT_CHUNK) for _ in range(depth + 1)]
+        self._sealed = _ahead_buffers.sealed
+        self._plains = _ahead_buffers.plains[: depth + 1]
+        self._depth = depth
+        self._views = views
+        self._submitted = 0
+        self._pending = 0
+        # SimpleQueue (C, one lock each way) and a plain thread rather than concurrent.futures: with an executor and
+        # its Futures a series cost 2.1-5.5 ms of CPU more than without reading ahead, with these 1.0-4.0 ms
+        # (docs/BENCHMARKS.md, "h3 branch, session 8").
+        self._jobs: queue.SimpleQueue[tuple[PreparedRead, bytes, bytearray] | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[list[bytes] | list[memoryview] | BaseException] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None and not self._closed:
+            read, lead, plain = job
+            try:
+                self._results.put(blob_read_prepared(read, lead=lead, views=self._views, buffers=(self._sealed, plain)))
+            except BaseException as exc:  # handed to the caller, which raises it in its turn
+                self._results.put(exc)
+
+    def submit(self, read: PreparedRead, *, lead: bytes = b"") -> None:
+        if self._closed:
+            raise RuntimeError("this read-ahead is closed")
+        if self._pending >= self._depth:
+            raise RuntimeError("take a result before submitting more reads")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="blob-read-ahead", daemon=True)
+            self._thread.start()
+        self._jobs.put((read, lead, self._plains[self._submitted % len(self._plains)]))
+        self._submitted += 1
+        self._pending += 1
+
+    @property
+    def pending(self) -> int:
+        """Reads submitted and not yet taken."""
+        return self._pending
+
+    def result(self) -> list[bytes] | list[memoryview]:
+        if not self._pending:
+            raise RuntimeError("no read submitted")
+        self._pending -= 1
+        got = self._results.get()
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def close(self) -> None:
+        self._closed = True  # the reads not started are skipped
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+        self._pending = 0
 
 
 def blob_sealed_read_into(*, store: str, name: str, buffer: memoryview, path: str | None = None) -> memoryview | None:

@@ -4,6 +4,7 @@ instance goes as stored, and a damaged instance never gives a byte of itself."""
 from __future__ import annotations
 
 import io
+import threading
 
 import pydicom
 import pytest
@@ -12,7 +13,15 @@ from studies.dicom.synthetic import make_instance
 from studies.dicomweb.negotiation import multipart_stream
 from studies.dicomweb.wado import BODY_VIEWS, EXPLICIT
 from studies.models import Instance
-from studies.storage.blobs import PRIMARY, REPLICA, BlobUnreadable, blob_read, blob_sealed_put, blob_sealed_read
+from studies.storage.blobs import (
+    PRIMARY,
+    READ_AHEAD,
+    REPLICA,
+    BlobUnreadable,
+    blob_read,
+    blob_sealed_put,
+    blob_sealed_read,
+)
 from tenants.scoping import tenant_scope
 from tests.studies.dicomweb.reading import ingest, ingest_files
 
@@ -155,14 +164,88 @@ def test_with_a_server_that_writes_views_a_ct_slice_leaves_from_the_buffer_it_wa
     assert written.endswith(stored[0][1])
     large = [next(items), next(items)]  # the instance over 1 MiB, two chunks, read through the same buffers
     assert all(type(item) is bytes for item in large)
-    assert bytes(first) != written  # the buffer was reused by the next read
     third = next(items)
     assert type(third) is memoryview
     assert bytes(third).endswith(stored[2][1])
+    assert third.obj is not first.obj  # the reads ahead use their buffers in turn (BlobReadAhead)
     plain = client.get(
         f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
     )
     assert all(type(item) is bytes for item in plain.streaming_content)
+
+
+def _ct_series(tenant, count: int) -> list[tuple[Instance, bytes]]:
+    """`count` one-chunk instances of one series (CT slices), in retrieval order."""
+    files = [
+        make_instance(study_uid=STUDY, series_uid=SERIES, instance_number=n, rows=64, columns=64)
+        for n in range(1, count + 1)
+    ]
+    ingest_files(tenant, files)
+    with tenant_scope(tenant):
+        rows = list(Instance.objects.filter(series__series_instance_uid=SERIES).select_related("blob"))
+        rows.sort(key=lambda row: row.instance_number)
+        return [(row, blob_read(blob=row.blob)) for row in rows]
+
+
+def _ahead_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "blob-read-ahead"]
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_an_instance_altered_mid_series_stops_the_answer_before_its_part_though_read_ahead(client, tenant_a, views):
+    """The instances after the one being written are read on a thread of their own (READ_AHEAD of them): one
+    altered in both copies is found while an earlier part is still going out, and the answer still ends right
+    before its part, every part before it whole, and the thread is gone."""
+    stored = _ct_series(tenant_a, 8)
+    damaged = 5
+    with tenant_scope(tenant_a):
+        for store in (PRIMARY, REPLICA):
+            name = stored[damaged][0].blob.storage_name
+            sealed = bytearray(blob_sealed_read(store=store, name=name))
+            sealed[len(sealed) // 2] ^= 0x01
+            blob_sealed_put(store=store, name=name, sealed=bytes(sealed))
+    response, body = _sent_until_unreadable(client, views=views)
+    framed = b"".join(
+        multipart_stream(
+            [(f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", data) for row, data in stored],
+            _boundary(response),
+        )
+    )
+    assert framed.startswith(body)  # the answer's own bytes, up to
+    assert body.endswith(stored[damaged - 1][1])  # the end of the part before the damaged one, whole,
+    assert body.count(_boundary(response).encode()) == damaged  # and no header of the damaged one
+    assert not _ahead_threads()
+
+
+def test_a_client_gone_part_way_leaves_no_read_ahead_thread(client, tenant_a):
+    """The server closes the body when the client disconnects (WSGI: gunicorn calls close() in its finally): the
+    read-ahead thread is stopped and joined then, its reads not started skipped."""
+    stored = _ct_series(tenant_a, 6)
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*",
+        **{BODY_VIEWS: True},
+    )  # fmt: skip
+    items = iter(response.streaming_content)
+    assert bytes(next(items)).endswith(stored[0][1])
+    assert _ahead_threads()  # the next instances are being read meanwhile
+    response.close()
+    assert not _ahead_threads()
+
+
+def test_a_long_series_keeps_a_fixed_number_of_read_buffers(client, tenant_a):
+    """Memory flat in the length of a series: its parts come from READ_AHEAD + 1 buffers, used in turn."""
+    stored = _ct_series(tenant_a, 10)
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*",
+        **{BODY_VIEWS: True},
+    )  # fmt: skip
+    buffers, sent = set(), []
+    for item in response.streaming_content:
+        if type(item) is memoryview and item.obj is not None:
+            buffers.add(id(item.obj))
+        sent.append(bytes(item))
+    assert b"".join(sent).count(stored[9][1]) == 1
+    assert len(buffers) == READ_AHEAD + 1
 
 
 def test_a_damaged_last_chunk_of_the_primary_copy_is_served_whole_from_the_replica(client, tenant_a):

@@ -1,0 +1,163 @@
+"""BlobReadAhead (studies.storage.blobs), WADO-RS's reads of a series made on a thread of their own ahead of the part
+being written (issue 10): the same bytes and checks as `blob_read_prepared`, in order; a damaged blob raised when its
+turn comes, not before; a fixed number of buffers whatever the number of blobs; no thread left once closed."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from studies.models import Blob
+from studies.storage.blobs import (
+    PRIMARY,
+    READ_AHEAD,
+    REPLICA,
+    BlobReadAhead,
+    BlobUnreadable,
+    blob_read_prepared,
+    blob_reads_prepare,
+    blob_sealed_put,
+    blob_sealed_read,
+    blob_write,
+)
+from tenants.scoping import tenant_scope
+
+pytestmark = pytest.mark.django_db
+STUDY = "1.2.826.0.1.3680043.8.498.78"
+
+
+def _ahead_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "blob-read-ahead"]
+
+
+def _stored(tenant, sizes: list[int]) -> list[tuple[Blob, bytes]]:
+    with tenant_scope(tenant):
+        out = []
+        for size in sizes:
+            data = os.urandom(size)
+            out.append((blob_write(kind=Blob.Kind.INSTANCE, data=data, study_instance_uid=STUDY), data))
+        return out
+
+
+def _damage(tenant, blob: Blob) -> None:
+    with tenant_scope(tenant):
+        for store in (PRIMARY, REPLICA):
+            sealed = bytearray(blob_sealed_read(store=store, name=blob.storage_name))
+            sealed[-20] ^= 0x01
+            blob_sealed_put(store=store, name=blob.storage_name, sealed=bytes(sealed))
+
+
+def _read_in_turn(ahead: BlobReadAhead, reads, *, leads=None):
+    """As the WADO-RS body takes them: `depth` submitted, then take one, submit the next, use what was taken."""
+    leads = leads or [b""] * len(reads)
+    got, queued = [], iter(zip(reads, leads, strict=True))
+    for read, lead in queued:
+        ahead.submit(read, lead=lead)
+        if ahead.pending == READ_AHEAD:
+            break
+    while ahead.pending:
+        chunks = ahead.result()
+        for read, lead in queued:
+            ahead.submit(read, lead=lead)
+            break
+        got.append(b"".join(bytes(c) for c in chunks))  # written out before the next is taken
+    return got
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_reads_ahead_give_each_blob_in_order_with_its_lead(tenant_a, views):
+    stored = _stored(tenant_a, [525_000, 1, 600_000, (1 << 20) + 5, 525_001, 0, 700_000])
+    with tenant_scope(tenant_a):
+        reads = blob_reads_prepare([blob for blob, _ in stored])
+    leads = [f"head {n}".encode() for n in range(len(stored))]
+    ahead = BlobReadAhead(views=views)
+    try:
+        expected = [lead + data for lead, (_, data) in zip(leads, stored, strict=True)]
+        assert _read_in_turn(ahead, reads, leads=leads) == expected
+    finally:
+        ahead.close()
+    assert not _ahead_threads()
+
+
+def test_a_one_chunk_blob_is_a_view_of_one_of_a_fixed_set_of_buffers_used_in_turn(tenant_a):
+    """Memory stays flat: however many blobs, the views come from READ_AHEAD + 1 buffers, each view left intact
+    until the second submit after it was taken (the next part's read never overwrites the part being written)."""
+    stored = _stored(tenant_a, [300_000 + n for n in range(12)])
+    with tenant_scope(tenant_a):
+        reads = blob_reads_prepare([blob for blob, _ in stored])
+    ahead = BlobReadAhead(views=True)
+    buffers = set()
+    try:
+        for read in reads[:READ_AHEAD]:
+            ahead.submit(read)
+        for n in range(len(stored)):
+            (view,) = ahead.result()
+            assert type(view) is memoryview
+            buffers.add(id(view.obj))
+            if n + READ_AHEAD < len(reads):
+                ahead.submit(reads[n + READ_AHEAD])
+            assert bytes(view) == stored[n][1]  # still intact after the next submit
+        for read in reads[:READ_AHEAD]:
+            ahead.submit(read)
+        with pytest.raises(RuntimeError):
+            ahead.submit(reads[0])  # never more than READ_AHEAD reads waiting to be taken
+    finally:
+        ahead.close()
+    assert len(buffers) == READ_AHEAD + 1
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_a_damaged_blob_raises_in_its_turn_after_the_blobs_before_it(tenant_a, views):
+    stored = _stored(tenant_a, [525_000, 525_001, 525_002, 525_003, 525_004])
+    _damage(tenant_a, stored[2][0])
+    with tenant_scope(tenant_a):
+        reads = blob_reads_prepare([blob for blob, _ in stored])
+    ahead = BlobReadAhead(views=views)
+    taken = []
+    try:
+        for read in reads[:READ_AHEAD]:
+            ahead.submit(read)
+        for n in range(2):
+            chunks = ahead.result()
+            ahead.submit(reads[n + READ_AHEAD])  # the damaged one is read while this one is written
+            taken.append(b"".join(bytes(c) for c in chunks))
+        with pytest.raises(BlobUnreadable):
+            ahead.result()  # the damaged one raises here, in its turn
+    finally:
+        ahead.close()
+    assert taken == [stored[0][1], stored[1][1]]
+    assert not _ahead_threads()
+
+
+def test_closing_part_way_stops_the_thread_and_skips_the_reads_not_started(tenant_a):
+    stored = _stored(tenant_a, [525_000] * 4)
+    with tenant_scope(tenant_a):
+        reads = blob_reads_prepare([blob for blob, _ in stored])
+    ahead = BlobReadAhead(views=True)
+    ahead.submit(reads[0])
+    ahead.submit(reads[1])
+    assert _ahead_threads()
+    assert bytes(ahead.result()[0]) == stored[0][1]
+    ahead.close()  # the client went away with one read taken and one waiting
+    assert not _ahead_threads()
+    ahead.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        ahead.submit(reads[2])
+
+
+def test_a_read_ahead_reads_what_blob_read_prepared_reads(tenant_a):
+    """The same copies and checks: a primary damaged in its last chunk is read whole from the replica."""
+    (blob, data), *_ = _stored(tenant_a, [(1 << 20) + 7])
+    with tenant_scope(tenant_a):
+        sealed = bytearray(blob_sealed_read(store=PRIMARY, name=blob.storage_name))
+        sealed[-20] ^= 0x01
+        blob_sealed_put(store=PRIMARY, name=blob.storage_name, sealed=bytes(sealed))
+        (read,) = blob_reads_prepare([blob])
+    ahead = BlobReadAhead()
+    try:
+        ahead.submit(read)
+        assert b"".join(ahead.result()) == data == b"".join(blob_read_prepared(read))
+    finally:
+        ahead.close()
