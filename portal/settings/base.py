@@ -182,16 +182,21 @@ MIDDLEWARE = [
     "portal.middleware.DicomWebCorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "portal.middleware.SecurityHeadersMiddleware",
+    "portal.middleware.BrowserMiddleware",  # BROWSER_MIDDLEWARE here, except for a bearer-token DICOMweb read
+]
+# The middleware of browser sessions, run in BrowserMiddleware's place in MIDDLEWARE for every request but a
+# bearer-token DICOMweb read (a GET or HEAD with no cookie: portal.middleware.bearer_read), which uses none of it.
+BROWSER_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "portal.middleware.SessionTimeoutMiddleware",
     "auditlog.middleware.AuditlogMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "portal.middleware.SecurityHeadersMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
