@@ -1,8 +1,9 @@
 """Request-wide security: the client address, request ids and audit context, HTTPS only for machines, automatic
-logoff, security headers, and the browser's middleware, which a bearer-token DICOMweb read does not go through."""
+logoff, security headers, and the way past the browser's middleware for a bearer-token DICOMweb read."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -11,11 +12,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import logout
 from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import MiddlewareNotUsed
-from django.core.handlers.exception import convert_exception_to_response
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.utils.module_loading import import_string
 
 from audit.context import audit_context
 from audit.events import EventType
@@ -231,9 +230,6 @@ class DicomWebCorsMiddleware:
         return response
 
 
-BEARER_READ_KEY = "enclave.bearer_read"  # in request.META: True when BrowserMiddleware let the request past
-
-
 def bearer_read(request: HttpRequest) -> bool:
     """A machine's read of DICOMweb: a GET or HEAD under /dicomweb/ with `Authorization: Bearer <token>` (the
     form portal.web.authentication reads, which then decides on the token alone: it answers or refuses, never
@@ -246,73 +242,42 @@ def bearer_read(request: HttpRequest) -> bool:
     return len(parts) == 2 and parts[0].lower() == "bearer"
 
 
-class BrowserMiddleware:
-    """The middleware of browser sessions (settings.BROWSER_MIDDLEWARE, in that order: sessions, CSRF, Django's
-    authentication, django-otp, automatic logoff, django-auditlog's actor context, messages, django-axes), run as
-    if each were listed in MIDDLEWARE in this one's place, except for a bearer-token DICOMweb read (`bearer_read`),
-    which none of them serves: it carries no cookie, so it has no session to read, time out or verify, no CSRF
-    token to check (a safe method, and every API view is exempt: DRF checks CSRF for session authentication
-    itself) and no messages; django-axes acts only on sign-in attempts. Such a request goes straight on to the
-    view, where the bearer token is checked (DRF), then the rate limits, membership, trusted networks, tenant
-    scope and django-auditlog's actor (portal.web.api.TenantApi opens the actor's context itself when this did
-    not: portal.web.actor.actor_set). `request.user` is anonymous until DRF's authentication names the caller,
-    as AuthenticationMiddleware would have left it for a request without a session.
+_LOADING = threading.local()  # what BrowserEndMiddleware hands to BearerReadMiddleware while Django loads MIDDLEWARE
 
-    Hooks (`process_view`, `process_exception`, `process_template_response`) of the browser's middleware run in
-    the order Django would run them, and not for a bearer-token read."""
 
-    sync_capable = True
-    async_capable = False
+class BearerReadMiddleware:
+    """The browser's middleware (in MIDDLEWARE between this and `BrowserEndMiddleware`: sessions, CSRF, Django's
+    authentication, django-otp, automatic logoff, django-auditlog's context, messages, django-axes) serves every
+    request but a bearer-token DICOMweb read (`bearer_read`), which goes straight past it. Such a request carries
+    no cookie, so it has no session to read, time out or verify, no CSRF cookie (a safe method, and every API view
+    is exempt: DRF checks CSRF for session authentication itself) and no messages; django-axes acts only on
+    sign-in attempts. The bearer token is then checked in the view (DRF), and after it the rate limits,
+    membership, trusted networks, tenant scope and django-auditlog's actor (portal.web.api.TenantApi opens the
+    actor's context itself when no middleware did: portal.web.actor.actor_set). `request.user` is anonymous until
+    DRF's authentication names the caller, as AuthenticationMiddleware leaves it for a request without a session.
+    The browser's middleware stays listed in MIDDLEWARE (Django's, the admin's and django-axes' checks read it
+    there), and its `process_view` hooks (CSRF's) run for every request as before."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
-        self.view_hooks: list[Callable[..., Any]] = []
-        self.template_response_hooks: list[Callable[..., Any]] = []
-        self.exception_hooks: list[Callable[..., Any]] = []
-        handler: Callable[[HttpRequest], Any] = get_response
-        for path in reversed(settings.BROWSER_MIDDLEWARE):  # as django.core.handlers.base.load_middleware does
-            try:
-                instance = import_string(path)(handler)
-            except MiddlewareNotUsed:
-                continue
-            if hasattr(instance, "process_view"):
-                self.view_hooks.insert(0, instance.process_view)
-            if hasattr(instance, "process_template_response"):
-                self.template_response_hooks.append(instance.process_template_response)
-            if hasattr(instance, "process_exception"):
-                self.exception_hooks.append(instance.process_exception)
-            handler = convert_exception_to_response(instance)
-        self.browser = handler
+        past = getattr(_LOADING, "past_browser", None)
+        _LOADING.past_browser = None
+        if past is None:
+            raise ImproperlyConfigured("BearerReadMiddleware needs BrowserEndMiddleware after it in MIDDLEWARE.")
+        self.past_browser: Callable[[HttpRequest], HttpResponse] = past
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if bearer_read(request):
-            request.META[BEARER_READ_KEY] = True
             request.user = AnonymousUser()
-            return self.get_response(request)
-        request.META.pop(BEARER_READ_KEY, None)  # only this middleware says so
-        return self.browser(request)  # type: ignore[no-any-return]
+            return self.past_browser(request)
+        return self.get_response(request)
 
-    def process_view(self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        if request.META.get(BEARER_READ_KEY) is True:
-            return None
-        for hook in self.view_hooks:
-            response = hook(request, view, args, kwargs)
-            if response is not None:
-                return response
-        return None
 
-    def process_template_response(self, request: HttpRequest, response: Any) -> Any:
-        if request.META.get(BEARER_READ_KEY) is True:
-            return response
-        for hook in self.template_response_hooks:
-            response = hook(request, response)
-        return response
+class BrowserEndMiddleware:
+    """The end of the browser's middleware in MIDDLEWARE (see `BearerReadMiddleware`): Django loads MIDDLEWARE
+    from the last to the first, so this hands what follows it to the BearerReadMiddleware loaded next before it,
+    and takes no part in a request (MiddlewareNotUsed)."""
 
-    def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
-        if request.META.get(BEARER_READ_KEY) is True:
-            return None
-        for hook in self.exception_hooks:
-            response = hook(request, exception)
-            if response is not None:
-                return response
-        return None
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        _LOADING.past_browser = get_response
+        raise MiddlewareNotUsed

@@ -185,11 +185,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "portal.middleware.SecurityHeadersMiddleware",
-    "portal.middleware.BrowserMiddleware",  # BROWSER_MIDDLEWARE here, except for a bearer-token DICOMweb read
-]
-# The middleware of browser sessions, run in BrowserMiddleware's place in MIDDLEWARE for every request but a
-# bearer-token DICOMweb read (a GET or HEAD with no cookie: portal.middleware.bearer_read), which uses none of it.
-BROWSER_MIDDLEWARE = [
+    # The browser's middleware, from BearerReadMiddleware to BrowserEndMiddleware: a bearer-token DICOMweb read (a
+    # GET or HEAD with no cookie: portal.middleware.bearer_read) goes straight past it; every other request through.
+    "portal.middleware.BearerReadMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -197,7 +195,8 @@ BROWSER_MIDDLEWARE = [
     "portal.middleware.SessionTimeoutMiddleware",
     "auditlog.middleware.AuditlogMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
+    "axes.middleware.AxesMiddleware",  # last of them, as django-axes asks
+    "portal.middleware.BrowserEndMiddleware",  # no part in a request: marks the end of the browser's middleware
 ]
 
 # SECURITY HEADERS

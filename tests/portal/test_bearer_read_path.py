@@ -1,5 +1,6 @@
-"""A bearer-token DICOMweb read skips the browser's middleware (portal.middleware.BrowserMiddleware) and keeps every
-other check; any other request, a DICOMweb read carrying a session cookie above all, gets every check it got before."""
+"""A bearer-token DICOMweb read goes past the browser's middleware (portal.middleware.BearerReadMiddleware) and keeps
+every other check; any other request, a DICOMweb read carrying a session cookie above all, gets every check it got
+before."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.contrib.sessions.models import Session
+from django.core.exceptions import ImproperlyConfigured
 from django.test import Client, RequestFactory, override_settings
 
 from audit.events import EventType
@@ -131,4 +133,10 @@ def test_a_browser_post_still_needs_its_csrf_token(client_for, radiologist_a):
     browser = Client(enforce_csrf_checks=True)
     browser.cookies = client_for(radiologist_a).cookies
     answer = browser.post("/accounts/logout/")
-    assert answer.status_code == 403  # CsrfViewMiddleware's process_view, run through BrowserMiddleware
+    assert answer.status_code == 403  # CsrfViewMiddleware's
+
+
+def test_without_the_end_of_the_browsers_middleware_nothing_is_served(settings):
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != "portal.middleware.BrowserEndMiddleware"]
+    with pytest.raises(ImproperlyConfigured):
+        Client(HTTP_AUTHORIZATION="Bearer abc").get(SEARCH)
