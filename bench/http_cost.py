@@ -303,6 +303,7 @@ def main() -> int:
     parser.add_argument("--gunicorn-arg", action="append", default=[], help="one more argument for gunicorn")
     parser.add_argument("--db", default="enclave_h1_http")
     parser.add_argument("--redis", type=int, default=1)
+    parser.add_argument("--port", type=int, default=0, help="gunicorn's port (default: any free one)")
     parser.add_argument("--keep", action="store_true", help="keep the database (and its state file) afterwards")
     parser.add_argument("--reuse", action="store_true", help="measure a database kept by an earlier --keep run")
     parser.add_argument("--sql", action="store_true", help="each statement of one request, with EXPLAIN ANALYZE")
@@ -352,7 +353,7 @@ def main() -> int:
         if args.in_process:
             in_process_cpu(base_path=f"/dicomweb/{state['slug']}", token=state["token"], picked=state["picked"],
                            repeat=args.repeat)  # fmt: skip
-        base = f"http://127.0.0.1:{free_port()}/dicomweb/{state['slug']}"
+        base = f"http://127.0.0.1:{args.port or free_port()}/dicomweb/{state['slug']}"
         worker = gunicorn_one_worker(processes, env, worker_class=args.worker_class, base=base, token=state["token"],
                                      threads=args.threads, extra=tuple(args.gunicorn_arg))  # fmt: skip
         http_measured(base=base, token=state["token"], picked=state["picked"], worker=worker, db=args.db,

@@ -1,8 +1,9 @@
 """Request-wide security: the client address, request ids and audit context, HTTPS only for machines, automatic
-logoff, security headers."""
+logoff, security headers, and the way past the browser's middleware for a bearer-token DICOMweb read."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import logout
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
@@ -225,3 +228,56 @@ class DicomWebCorsMiddleware:
             response["Access-Control-Expose-Headers"] = self.EXPOSE_HEADERS
         response["Vary"] = ", ".join(filter(None, [response.get("Vary", ""), "Origin"]))
         return response
+
+
+def bearer_read(request: HttpRequest) -> bool:
+    """A machine's read of DICOMweb: a GET or HEAD under /dicomweb/ with `Authorization: Bearer <token>` (the
+    form portal.web.authentication reads, which then decides on the token alone: it answers or refuses, never
+    falls back to a session) and no cookie at all. Anything else, a request with a session cookie above all, is
+    not one."""
+    meta = request.META
+    if request.method not in ("GET", "HEAD") or meta.get("HTTP_COOKIE") or not request.path.startswith("/dicomweb/"):
+        return False
+    parts = meta.get("HTTP_AUTHORIZATION", "").split()
+    return len(parts) == 2 and parts[0].lower() == "bearer"
+
+
+_LOADING = threading.local()  # what BrowserEndMiddleware hands to BearerReadMiddleware while Django loads MIDDLEWARE
+
+
+class BearerReadMiddleware:
+    """The browser's middleware (in MIDDLEWARE between this and `BrowserEndMiddleware`: sessions, CSRF, Django's
+    authentication, django-otp, automatic logoff, django-auditlog's context, messages, django-axes) serves every
+    request but a bearer-token DICOMweb read (`bearer_read`), which goes straight past it. Such a request carries
+    no cookie, so it has no session to read, time out or verify, no CSRF cookie (a safe method, and every API view
+    is exempt: DRF checks CSRF for session authentication itself) and no messages; django-axes acts only on
+    sign-in attempts. The bearer token is then checked in the view (DRF), and after it the rate limits,
+    membership, trusted networks, tenant scope and django-auditlog's actor (portal.web.api.TenantApi opens the
+    actor's context itself when no middleware did: portal.web.actor.actor_set). `request.user` is anonymous until
+    DRF's authentication names the caller, as AuthenticationMiddleware leaves it for a request without a session.
+    The browser's middleware stays listed in MIDDLEWARE (Django's, the admin's and django-axes' checks read it
+    there), and its `process_view` hooks (CSRF's) run for every request as before."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        past = getattr(_LOADING, "past_browser", None)
+        _LOADING.past_browser = None
+        if past is None:
+            raise ImproperlyConfigured("BearerReadMiddleware needs BrowserEndMiddleware after it in MIDDLEWARE.")
+        self.past_browser: Callable[[HttpRequest], HttpResponse] = past
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if bearer_read(request):
+            request.user = AnonymousUser()
+            return self.past_browser(request)
+        return self.get_response(request)
+
+
+class BrowserEndMiddleware:
+    """The end of the browser's middleware in MIDDLEWARE (see `BearerReadMiddleware`): Django loads MIDDLEWARE
+    from the last to the first, so this hands what follows it to the BearerReadMiddleware loaded next before it,
+    and takes no part in a request (MiddlewareNotUsed)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        _LOADING.past_browser = get_response
+        raise MiddlewareNotUsed

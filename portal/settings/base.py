@@ -198,17 +198,21 @@ MIDDLEWARE = [
     "portal.middleware.DicomWebCorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "portal.middleware.SecurityHeadersMiddleware",
+    # The browser's middleware, from BearerReadMiddleware to BrowserEndMiddleware: a bearer-token DICOMweb read (a
+    # GET or HEAD with no cookie: portal.middleware.bearer_read) goes straight past it; every other request through.
+    "portal.middleware.BearerReadMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "portal.middleware.SessionTimeoutMiddleware",
     "auditlog.middleware.AuditlogMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "portal.middleware.SecurityHeadersMiddleware",
-    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
+    "axes.middleware.AxesMiddleware",  # last of them, as django-axes asks
+    "portal.middleware.BrowserEndMiddleware",  # no part in a request: marks the end of the browser's middleware
 ]
 
 # SECURITY HEADERS

@@ -528,11 +528,14 @@ def search_rows(qs: models.QuerySet[Any], *, offset: int = 0, limit: int, index_
         return _search_rows(lambda: list(qs[offset : offset + limit]), index_joins=index_joins)
 
 
-def _search_rows(run: Callable[[], list[Any]], *, index_joins: bool) -> list[Any]:
-    """`run()` (the search's one statement) under the search's settings (see `search_rows`)."""
+def _search_rows(run: Callable[[], list[Any]], *, index_joins: bool, generic_plan: bool = False) -> list[Any]:
+    """`run()` (the search's one statement) under the search's settings (see `search_rows`; `generic_plan`: a
+    prepared statement run by its generic plan, `_GENERIC_PLAN`)."""
     wanted = {"statement_timeout": f"{int(settings.SEARCH_STATEMENT_TIMEOUT_MS)}ms"}
     if index_joins:
         wanted |= _INDEX_JOINS
+    if generic_plan:
+        wanted |= _GENERIC_PLAN
     nested = connection.in_atomic_block
     if not nested and _batches():
         return _search_rows_batched(run, wanted=wanted)
@@ -706,6 +709,50 @@ class _Statement:
     sql: str
     slots: tuple[int, ...]  # per parameter: the shape's value at that place, or -1 for the tenant's id
     prepared: bool  # sent as a prepared statement: every condition an equality (`prepared_if_fixed`)
+    generic: bool = False  # sent prepared and run by its generic plan, never planned again (`_generic_plan_serves`)
+
+
+# Planning a search's statement for its values cost PostgreSQL more than running it for PatientName=MARTIN* (0.68
+# against 0.45 ms) and for a month of StudyDate with a modality (0.37 against 0.30 ms; docs/BENCHMARKS.md, "h2
+# branch, session 7"). Their conditions are index ranges whose bounds are parameters: a date or time range
+# (`column >= $1 AND column <= $2` on a (tenant, column) index), "starts with" a literal start (`column ~>=~ $1 AND
+# column ~<~ enclave_prefix_end($1)` on a text_pattern_ops index, its LIKE checking the rest), or a short list of
+# values (IN: a UID list, the modalities' subquery). One plan serves every value of such a statement: the index
+# range scan, whose bounds are read at execution (measured in the h1 branch, session 8: the generic plan ran
+# MARTIN*, A*, M*, *, a month, a year and every date as fast as the plans made for each, and took 0.01-0.02 ms to
+# plan instead of 0.3-0.8 ms). So such a statement is prepared once per connection and run by its generic plan
+# (plan_cache_mode, in front of the statement with the search's other settings). A pattern with no literal start
+# (`*ARTIN*`) or anything else keeps its plan made for its values, as before.
+_GENERIC_PLAN = {"plan_cache_mode": "force_generic_plan"}
+
+
+def _generic_plan_serves(where: Any) -> bool:
+    """Whether each condition of `where` (and of the subqueries it holds) is one the generic plan serves as well as
+    a plan for its values (see above): an equality (a folded name's too) or IS NULL, an IN list or subquery, a date
+    or time bound, a "starts with" bound, or a LIKE beside the "starts with" bound of the same column."""
+    from django.db.models.lookups import Exact, GreaterThanOrEqual, In, IsNull, LessThanOrEqual, Lookup
+    from django.db.models.sql import Query
+    from django.db.models.sql.where import WhereNode
+
+    ranged = [child.lhs for child in where.children if isinstance(child, _StartsAtLeast)]
+    for child in where.children:
+        if isinstance(child, WhereNode):
+            if not _generic_plan_serves(child):
+                return False
+        elif isinstance(child, Lookup) and isinstance(child.rhs, Query):
+            if child.lookup_name not in ("exact", "in") or not _generic_plan_serves(child.rhs.where):
+                return False
+        elif isinstance(child, Lookup) and hasattr(child.rhs, "resolve_expression"):
+            return False
+        elif isinstance(child, GreaterThanOrEqual | LessThanOrEqual):
+            if not isinstance(getattr(child.lhs, "output_field", None), models.DateField | models.TimeField):
+                return False
+        elif isinstance(child, _DicomLike):
+            if isinstance(child, _DicomILike) or not any(child.lhs == lhs for lhs in ranged):
+                return False
+        elif not isinstance(child, Exact | IsNull | In | _StartsAtLeast | _FoldedExact):
+            return False
+    return True
 
 
 _STATEMENTS: dict[tuple[Any, ...], _Statement | None] = {}
@@ -743,7 +790,7 @@ def _statement_compiled(
     if sorted(s for s in slots if s >= 0) != list(range(count)):
         return None
     prepared = not isinstance(prepared_if_fixed(query), nullcontext)
-    return _Statement(sql, tuple(slots), prepared)
+    return _Statement(sql, tuple(slots), prepared, generic=not prepared and _generic_plan_serves(query.where))
 
 
 def _search_values_compiled(
@@ -779,8 +826,8 @@ def _search_values_compiled(
             cursor.execute(statement.sql, params)
             return cursor.fetchall()  # type: ignore[no-any-return]
 
-    with prepared_statements() if statement.prepared else nullcontext():
-        return _search_rows(run, index_joins=True)
+    with prepared_statements() if statement.prepared or statement.generic else nullcontext():
+        return _search_rows(run, index_joins=True, generic_plan=statement.generic)
 
 
 def dicom_search(

@@ -463,10 +463,12 @@ def _prepared_searches(table: str) -> list[str]:
         return [statement for (statement,) in cursor.fetchall()]
 
 
-def test_a_search_by_exact_values_is_prepared_and_one_by_a_range_or_wildcard_is_not(qido, north):
+def test_a_search_by_exact_values_or_index_ranges_is_prepared_and_one_by_a_leading_wildcard_is_not(qido, north):
     """A search whose keys are single values (the study of `/studies/{uid}/series`, a PatientID) is sent as a
-    prepared statement of the connection (tenants.db), which PostgreSQL may plan once for every value; a range or
-    a wildcard is planned for its own values every time, as before. The answers are the same either way."""
+    prepared statement of the connection (tenants.db), which PostgreSQL may plan once for every value; so is one
+    whose keys are index ranges with parameter bounds (a name with a literal start, a date range, a list of values),
+    run by its generic plan (studies.selectors.matching `_generic_plan_serves`); a wildcard with no literal start is
+    planned for its own values every time, as before. The answers are the same either way."""
     smith = north["smith"].study_instance_uid
     for _ in range(3):
         (item,) = qido(f"studies/{smith}/series").json()
@@ -477,4 +479,6 @@ def test_a_search_by_exact_values_is_prepared_and_one_by_a_range_or_wildcard_is_
     assert patients(qido(PatientName="SMI*")) == {"P-SMITH"}
     assert qido(StudyDate="19000101-21001231").status_code == 200
     assert patients(qido(PatientID="P-SMITH\\P-JONES")) == {"P-SMITH", "P-JONES"}  # a list of values
-    assert len(_prepared_searches("studies_study")) == 1  # none of these three was prepared
+    assert len(_prepared_searches("studies_study")) == 4  # each of these three prepared, once
+    assert patients(qido(PatientName="*MITH*")) == {"P-SMITH"}
+    assert len(_prepared_searches("studies_study")) == 4  # not this one
