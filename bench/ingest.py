@@ -631,6 +631,21 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def in_process_environment(*, prefix: str, db_name: str, redis_url: str, batch: int) -> Path:
+    """A temporary folder, and this process's environment made a benchmark's (`bench_environment`, folder stores,
+    the built-in scanner, INGEST_BATCH_SIZE = `batch`), for a benchmark that runs the pipeline in its own process
+    (bench/small_cost.py, bench/worker_cost.py); Django is set up after it (`django_on_fresh_database`)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    env = bench_environment(
+        db_url=f"{PG_SERVER}/{db_name}", redis_url=redis_url, var_dir=tmp / "var", log_level="WARNING"
+    )
+    env = stores_env(env, tmp / "stores", "")
+    env["INGEST_BATCH_SIZE"] = str(batch)
+    os.environ.clear()
+    os.environ.update(env)
+    return tmp
+
+
 def stores_env(base: dict[str, str], folder: Path, clamd: str) -> dict[str, str]:
     env = dict(base)
     for name, sub in (("BLOB_STORE", "blobs"), ("REPLICA_STORE", "replica"), ("QUARANTINE_STORE", "quarantine")):

@@ -33,10 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -51,13 +49,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ingest import (  # noqa: E402  (the path above first)
-    PG_SERVER,
     bench_cleanup,
-    bench_environment,
     django_on_fresh_database,
+    in_process_environment,
     log,
     provision,
-    stores_env,
 )
 
 TABLES = ("studies_patient", "studies_study", "studies_series", "studies_instance", "studies_blob",
@@ -180,13 +176,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="enclave-small-cost-"))
-    env = bench_environment(db_url=f"{PG_SERVER}/{args.db}", redis_url=args.redis, var_dir=tmp / "var",
-                            log_level="WARNING")  # fmt: skip
-    env = stores_env(env, tmp / "stores", "")
-    env["INGEST_BATCH_SIZE"] = str(args.batch)
-    os.environ.clear()
-    os.environ.update(env)
+    tmp = in_process_environment(prefix="enclave-small-cost-", db_name=args.db, redis_url=args.redis, batch=args.batch)
     try:
         django_on_fresh_database(db_name=args.db, redis_url=args.redis)
         from auditlog.context import set_actor

@@ -22,7 +22,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,14 +32,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ingest import (  # noqa: E402  (the path above first)
-    PG_SERVER,
     bench_cleanup,
-    bench_environment,
     django_on_fresh_database,
     generate,
+    in_process_environment,
     log,
     provision,
-    stores_env,
 )
 
 
@@ -91,13 +88,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="enclave-worker-cost-"))
-    env = bench_environment(db_url=f"{PG_SERVER}/{args.db}", redis_url=args.redis, var_dir=tmp / "var",
-                            log_level="WARNING")  # fmt: skip
-    env = stores_env(env, tmp / "stores", "")
-    env["INGEST_BATCH_SIZE"] = str(args.batch)
-    os.environ.clear()
-    os.environ.update(env)
+    tmp = in_process_environment(prefix="enclave-worker-cost-", db_name=args.db, redis_url=args.redis, batch=args.batch)
     try:
         django_on_fresh_database(db_name=args.db, redis_url=args.redis)
         from auditlog.context import set_actor
