@@ -28,6 +28,7 @@ deletion in any old backup.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import logging
@@ -665,7 +666,10 @@ class BlobReadAhead:
         if self._pending >= self._depth:
             raise RuntimeError("take a result before submitting more reads")
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="blob-read-ahead", daemon=True)
+            # In a copy of the caller's context: its warnings (a damaged copy read from the other store) carry the
+            # request's id, as the same read on the request's thread would log it.
+            context = contextvars.copy_context()
+            self._thread = threading.Thread(target=context.run, args=(self._run,), name="blob-read-ahead", daemon=True)
             self._thread.start()
         self._jobs.put((read, lead, self._plains[self._submitted % len(self._plains)]))
         self._submitted += 1

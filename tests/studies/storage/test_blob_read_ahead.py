@@ -4,12 +4,16 @@ turn comes, not before; a fixed number of buffers whatever the number of blobs; 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 import pytest
 
+from audit.context import audit_context
+from portal.log_filters import RequestIdFilter
 from studies.models import Blob
+from studies.storage import blobs as blobs_module
 from studies.storage.blobs import (
     PRIMARY,
     READ_AHEAD,
@@ -145,6 +149,46 @@ def test_closing_part_way_stops_the_thread_and_skips_the_reads_not_started(tenan
     ahead.close()  # idempotent
     with pytest.raises(RuntimeError):
         ahead.submit(reads[2])
+
+
+class _Kept(logging.Handler):
+    """Keeps the records it handles, with the project's RequestIdFilter applied as they are emitted (on the
+    emitting thread, as the deployed handlers apply it)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.addFilter(RequestIdFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_damaged_copy_read_ahead_is_logged_with_the_requests_id(tenant_a):
+    """The thread runs in a copy of the caller's context: the warning of a copy that failed its checks names the
+    request it was read for (portal.log_filters.RequestIdFilter reads the audit context), as on the caller's own
+    thread."""
+    (blob, _), *_ = _stored(tenant_a, [4096])
+    with tenant_scope(tenant_a):
+        sealed = bytearray(blob_sealed_read(store=PRIMARY, name=blob.storage_name))
+        sealed[-20] ^= 0x01
+        blob_sealed_put(store=PRIMARY, name=blob.storage_name, sealed=bytes(sealed))
+        (read,) = blob_reads_prepare([blob])
+    kept = _Kept()
+    blobs_module.logger.addHandler(kept)
+    try:
+        with audit_context(request_id="req-read-ahead-1"):
+            ahead = BlobReadAhead()
+            try:
+                ahead.submit(read)
+                ahead.result()
+            finally:
+                ahead.close()
+    finally:
+        blobs_module.logger.removeHandler(kept)
+    (record,) = [r for r in kept.records if str(blob.public_id) in r.getMessage()]
+    assert record.threadName == "blob-read-ahead"
+    assert record.request_id == "req-read-ahead-1"
 
 
 def test_a_read_ahead_reads_what_blob_read_prepared_reads(tenant_a):
