@@ -17,6 +17,8 @@ requests after a warm-up:
 - with `--sql-cpu-runs N`: each SELECT of that request run N times more on one backend, and the Query event N
   times on its own, for PostgreSQL's CPU per execution (/proc of the backend);
 - with `--in-process`: the same requests through Django's test client in this process, its CPU per request;
+- with `--gap-ms N`: the client pauses N ms after each measured request (`--gap-busy`: spinning on a core instead of
+  sleeping), as bench/orthanc.py's alternating reads leave each server idle while the other answers;
 - with `--py-spy DIR`: a py-spy profile of the worker during the measured requests (`--gil`: the thread holding
   the GIL, so waits do not count).
 
@@ -74,6 +76,16 @@ def search_path(name: str, picked: dict[str, Any], i: int) -> str:
 
     path, params = scale_searches(picked)[name](i)
     return f"{path}?{urlencode(params)}" if params else path
+
+
+def _pause(seconds: float, *, busy: bool) -> None:
+    """`seconds` of idling (`busy`: of this process's CPU spinning, as another server's request would take a core)."""
+    if not busy:
+        time.sleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def _py_spy() -> str:
@@ -136,6 +148,8 @@ def http_measured(
     repeat: int,
     spy_dir: str,
     spy_gil: bool = False,
+    gap_ms: float = 0.0,
+    gap_busy: bool = False,
 ) -> dict[str, Any]:
     import requests
 
@@ -164,6 +178,8 @@ def http_measured(
                 answer = session.get(f"{base}/{search_path(name, picked, i)}", headers=headers, timeout=60)
                 _ = answer.content
                 walls.append((time.perf_counter() - t0) * 1000)
+                if gap_ms:  # the client's pause before its next request (bench.orthanc's reads take turns)
+                    _pause(gap_ms / 1000, busy=gap_busy)
             worker1, pg1 = cpu_seconds(worker), postgres_cpu(db)
             threads1 = thread_cpu_seconds(worker)
             if spy is not None:
@@ -311,6 +327,8 @@ def main() -> int:
     parser.add_argument("--in-process", action="store_true", help="the same requests through Django's test client")
     parser.add_argument("--plans", action="store_true", help="with --sql: each search's statement and plan in full")
     parser.add_argument("--py-spy", default="", help="a folder for py-spy profiles of the worker, one per search")
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="the client's pause between two measured requests")
+    parser.add_argument("--gap-busy", action="store_true", help="with --gap-ms: the pause spent spinning on a core")
     parser.add_argument("--py-spy-gil", action="store_true", help="py-spy --gil: only the thread holding the GIL")
     args = parser.parse_args()
     state_file = ROOT / "var" / "bench" / f"http_cost-{args.db}.json"
@@ -357,7 +375,8 @@ def main() -> int:
         worker = gunicorn_one_worker(processes, env, worker_class=args.worker_class, base=base, token=state["token"],
                                      threads=args.threads, extra=tuple(args.gunicorn_arg))  # fmt: skip
         http_measured(base=base, token=state["token"], picked=state["picked"], worker=worker, db=args.db,
-                      repeat=args.repeat, spy_dir=args.py_spy, spy_gil=args.py_spy_gil)  # fmt: skip
+                      repeat=args.repeat, spy_dir=args.py_spy, spy_gil=args.py_spy_gil, gap_ms=args.gap_ms,
+                      gap_busy=args.gap_busy)  # fmt: skip
         print(f"load average {os.getloadavg()[0]:.2f} after")
     finally:
         processes.stop_all()
