@@ -51,6 +51,9 @@ Enclave phase, then every Orthanc phase, as the runs before session 6 did). The 
   round (Enclave then Orthanc, Orthanc then Enclave, ...), each over its own keep-alive session. A minute of a
   shared machine that is slower falls on both, not on one: before session 6 each server's reads ran in a block
   of their own minutes apart (`--reads sequential`), and ratios moved between runs by more than the code did.
+  First, the same way, each server's lightest answer, which reads no patient data (Enclave's /health/: one
+  PostgreSQL and one Redis round trip; Orthanc's /system): the floor under every read of that server when the two
+  take turns, each idle while the other answers (bench.http_cost `--gap-ms` measures what idling costs a search).
 - Peak resident memory (VmHWM) of the listener, the worker and gunicorn (each with its children), and Orthanc.
 
 Each Enclave phase (a C-STORE or STOW-RS set) is followed by a wait until the workers have done every task it
@@ -744,11 +747,22 @@ class Server:
 def reads_alternating(
     servers: dict[str, Server], *, series: str, expected: int, retrievals: int, searches: dict[str, dict[str, str]],
     scale: dict[str, Server] | None, picked_searches: dict[str, Any], warmup: int, repeat: int, timeout: float,
+    floors: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Every read of both servers, the two taking turns request by request (`alternate`): the series retrieval
     (`retrievals` timed after one warm-up each), the small tenant's searches and the searches at scale. The same
-    figures as the sequential reads, in the same shape."""
+    figures as the sequential reads, in the same shape; with `floors` (each side's URL of an answer that reads no
+    patient data), that answer's time taken the same way first (`floor`): the least any read of that server costs
+    when the two take turns."""
     out: dict[str, dict[str, Any]] = {name: {} for name in servers}
+    if floors:
+
+        def floor(name: str) -> Any:
+            return lambda _: search_once(servers[name].session, floors[name], {})
+
+        timings = alternate({name: floor(name) for name in servers}, repeat + 3)
+        for name in servers:
+            out[name]["floor"] = search_summary(timings[name][3:])
 
     def retrieval(name: str) -> Any:
         side = servers[name]
@@ -1125,6 +1139,7 @@ def main() -> int:
                         "orthanc": other},
                     picked_searches=scale_searches(picked), warmup=args.warmup, repeat=args.repeat,
                     timeout=args.search_timeout,
+                    floors={"enclave": f"http://127.0.0.1:{web_port}/health/", "orthanc": f"{obase}/system"},
                 )  # fmt: skip
                 for name, values in reads.items():
                     figures[name].update(values)
@@ -1248,6 +1263,10 @@ def table(figures: dict[str, dict[str, Any]], index_count: int) -> tuple[list[tu
         row(label, ov["median_ms"], ev["median_ms"], (f" / {ov['p95_ms']:.0f}{marks[0]}",
                                                       f" / {ev['p95_ms']:.0f}{marks[1]}"))  # fmt: skip
 
+    if "floor" in o and "floor" in e:  # not a search: outside the searches' p95 target and its note
+        of, ef = o["floor"], e["floor"]
+        row("A request that reads nothing: Enclave /health/, Orthanc /system (ms median / p95)", of["median_ms"],
+            ef["median_ms"], (f" / {of['p95_ms']:.0f}", f" / {ef['p95_ms']:.0f}"))  # fmt: skip
     for name, value in o["qido"].items():
         search(f"QIDO-RS, small tenant: {name} (ms median / p95)", value, e["qido"][name])
     for name, value in o.get("qido_index", {}).items():

@@ -93,3 +93,40 @@ def test_both_servers_answer_every_read_in_turn_and_a_failed_search_stays_with_i
     martin = [name for name, path in seen if "MARTIN" in path]
     assert martin.count("orthanc") == 1  # its first request failed: no more asked of it
     assert martin.count("enclave") == 5
+
+
+def test_each_servers_lightest_answer_is_timed_in_turn_first_as_the_floor(archives):
+    servers, seen = archives
+    with requests.Session() as one, requests.Session() as two:
+        sides = {name: Server(session, f"http://127.0.0.1:{servers[name].server_port}", {})
+                 for name, session in (("enclave", one), ("orthanc", two))}  # fmt: skip
+        searches = {name: {"series of a study": f"{side.base}/studies/1/series"} for name, side in sides.items()}
+        floors = {"enclave": f"{sides['enclave'].base}/health/", "orthanc": f"{sides['orthanc'].base}/system"}
+
+        out = reads_alternating(sides, series="studies/1/series/2.3", expected=2, retrievals=1, searches=searches,
+                                scale=None, picked_searches={}, warmup=1, repeat=4, timeout=10,
+                                floors=floors)  # fmt: skip
+
+    for name in ("enclave", "orthanc"):
+        assert out[name]["floor"]["median_ms"] > 0
+    floor_calls = [(name, path) for name, path in seen if path in ("/health/", "/system")]
+    assert [name for name, _ in floor_calls[:8]] == ["enclave", "orthanc", "orthanc", "enclave", "enclave",
+                                                     "orthanc", "orthanc", "enclave"]  # fmt: skip
+    assert {path for name, path in floor_calls if name == "orthanc"} == {"/system"}
+    assert len(floor_calls) == 2 * (4 + 3)  # repeat + the three not counted, each side
+    assert seen.index(floor_calls[-1]) < min(i for i, (_, path) in enumerate(seen) if "series" in path)
+
+
+def test_without_floors_none_is_timed(archives):
+    servers, seen = archives
+    with requests.Session() as one, requests.Session() as two:
+        sides = {name: Server(session, f"http://127.0.0.1:{servers[name].server_port}", {})
+                 for name, session in (("enclave", one), ("orthanc", two))}  # fmt: skip
+        searches = {name: {"series of a study": f"{side.base}/studies/1/series"} for name, side in sides.items()}
+
+        out = reads_alternating(sides, series="studies/1/series/2.3", expected=2, retrievals=1, searches=searches,
+                                scale=None, picked_searches={}, warmup=1, repeat=2, timeout=10)  # fmt: skip
+
+    assert "floor" not in out["enclave"]
+    assert "floor" not in out["orthanc"]
+    assert not [path for _, path in seen if path in ("/health/", "/system")]

@@ -114,3 +114,18 @@ def test_the_waits_between_phases_are_noted_and_one_that_timed_out_is_named():
     note = next(n for n in notes if n.startswith("Enclave: each phase began once the Celery queues were empty"))
     assert "cstore_one 1.7 s (2.5 ms CPU per instance)" in note
     assert "stow1 900.2 s (2.5 ms CPU per instance), NOT drained: {'default': 3}" in note
+
+
+def test_the_floor_is_a_row_before_the_searches_when_both_servers_were_asked():
+    data = figures()
+    data["orthanc"]["floor"], data["enclave"]["floor"] = search(1.0, 1.5), search(4.0, 9.0)
+    data["enclave"]["qido"]["studies by PatientID"] = search(20, 30)
+
+    rows, notes = table(data, 20000)
+    labels = [label for label, *_ in rows]
+
+    floor = "A request that reads nothing: Enclave /health/, Orthanc /system (ms median / p95)"
+    assert rows[labels.index(floor)][1:] == ("1.0 / 2", "4.0 / 9", "4.00")
+    assert "p95 within 2x the median: every search" in notes  # the floor is no search
+    assert labels.index(floor) < labels.index("QIDO-RS, small tenant: studies by PatientID (ms median / p95)")
+    assert floor not in [label for label, *_ in table(figures(), 20000)[0]]
