@@ -21,6 +21,11 @@ def axes_username(request: HttpRequest, credentials: dict[str, Any] | None = Non
         username = request.POST.get("username")
     if not username:
         return None
+    return username_normalised(username)
+
+
+def username_normalised(username: Any) -> str:
+    """A typed user name as attempts are counted under it: without surrounding blanks, in lower case."""
     return str(username).strip().lower()
 
 

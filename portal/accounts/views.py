@@ -8,6 +8,7 @@ A session is "password-only" between the two steps: authenticated but not OTP-ve
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from datetime import timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from audit.events import EventType
 from audit.services import auth_event_record
 from portal.accounts import services
 from portal.accounts.forms import EnrolForm, LoginForm, MfaForm
-from portal.accounts.lockout import lockout_response, mfa_failure_count, sign_in_allowed
+from portal.accounts.lockout import lockout_response, mfa_failure_count, sign_in_allowed, username_normalised
 from portal.middleware import SESSION_AUTH_AT, SESSION_EXPIRED_REASON, SESSION_LAST_SEEN
 from portal.web.limits import limit_hit, limit_hit_record, limited_page
 from tenants.mfa import authenticator_get
@@ -48,6 +49,13 @@ def duration_text(delta: timedelta) -> str:
             count = seconds // size
             return f"{count} {unit}{'' if count == 1 else 's'}"
     return f"{seconds} seconds"
+
+
+def claimed_name_key(username: str) -> str:
+    """A claimed user name as the sign-in's rate-limit key: normalised as django-axes counts it ("Alice" and
+    " alice" are one name), then digested, so that whatever was typed (spaces, control characters, any script, up to
+    the form's 150 characters) makes a short, valid cache key and no typed name is kept in Redis."""
+    return "name:" + hashlib.sha256(username_normalised(username).encode()).hexdigest()[:32]
 
 
 def _safe_next(request: HttpRequest) -> str:
@@ -120,7 +128,7 @@ class LoginView(View):
             return self._render(request, form, next_url, status=400)
         # RATE_LIMITS["login"]: per claimed user name and per address, before any password is checked (django-axes
         # still locks a user name out of an address after AXES_FAILURE_LIMIT wrong ones).
-        limited = limit_hit("login", person=f"name:{form.cleaned_data['username'].lower()}",
+        limited = limit_hit("login", person=claimed_name_key(form.cleaned_data["username"]),
                             address=request.META.get("REMOTE_ADDR"))  # fmt: skip
         if limited is not None:
             limit_hit_record(limited, door="sign-in")

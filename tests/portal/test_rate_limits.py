@@ -221,3 +221,28 @@ def test_the_cache_reuses_one_redis_client_per_connection_pool():
 
     assert cache._cache.get_client(write=True) is cache._cache.get_client(write=True)
     assert cache._cache.get_client(write=True).connection_pool is cache._cache._get_connection_pool(True)
+
+
+def test_sign_in_counts_a_claimed_name_by_its_digest_whatever_was_typed(db):
+    """Any typed name (spaces, control characters, another script, the form's 150 characters) is counted under a
+    short key that names nobody, with no cache key warning; case and surrounding blanks make no new name."""
+    import warnings
+
+    import redis
+    from django.conf import settings
+    from django.core.cache import CacheKeyWarning
+
+    names = ["dr  smith\tx", "Ünïcödé-名前", "a" * 150]
+    here = [address() for _ in names]
+    with limits(login={"person": "1/day"}), warnings.catch_warnings():
+        warnings.simplefilter("error", CacheKeyWarning)
+        answers = [
+            [Client(REMOTE_ADDR=where).post("/accounts/login/", {"username": typed, "password": "x"}).status_code
+             for typed in (name, f"  {name.upper()} ")]
+            for name, where in zip(names, here, strict=True)
+        ]  # fmt: skip
+    assert answers == [[200, 429]] * 3
+    keys = [key.decode(errors="replace") for key in redis.Redis.from_url(settings.REDIS_URL).keys("*rate:login*")]
+    assert keys
+    assert all(len(key) < 200 for key in keys)
+    assert not [key for key in keys if any(part in key.lower() for part in ("smith", "名前", "aaaa"))]
