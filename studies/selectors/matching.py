@@ -44,7 +44,7 @@ from studies.dicom.query import Level
 from studies.models import Instance, Patient, Series, Study
 from studies.selectors.catalogue import INSTANCE, PATH, PATIENT, SERIES, STUDY, Attribute, Matching
 from tenants import access
-from tenants.db.base import prepared_if_fixed, prepared_statements
+from tenants.db.base import prepared_if_fixed, prepared_statements, where_all
 from tenants.scoping import current_tenant_or_none
 
 __all__ = [
@@ -730,29 +730,19 @@ def _generic_plan_serves(where: Any) -> bool:
     """Whether each condition of `where` (and of the subqueries it holds) is one the generic plan serves as well as
     a plan for its values (see above): an equality (a folded name's too) or IS NULL, an IN list or subquery, a date
     or time bound, a "starts with" bound, or a LIKE beside the "starts with" bound of the same column."""
-    from django.db.models.lookups import Exact, GreaterThanOrEqual, In, IsNull, LessThanOrEqual, Lookup
-    from django.db.models.sql import Query
-    from django.db.models.sql.where import WhereNode
+    return where_all(where, _generic_plan_serves_condition)
 
-    ranged = [child.lhs for child in where.children if isinstance(child, _StartsAtLeast)]
-    for child in where.children:
-        if isinstance(child, WhereNode):
-            if not _generic_plan_serves(child):
-                return False
-        elif isinstance(child, Lookup) and isinstance(child.rhs, Query):
-            if child.lookup_name not in ("exact", "in") or not _generic_plan_serves(child.rhs.where):
-                return False
-        elif isinstance(child, Lookup) and hasattr(child.rhs, "resolve_expression"):
-            return False
-        elif isinstance(child, GreaterThanOrEqual | LessThanOrEqual):
-            if not isinstance(getattr(child.lhs, "output_field", None), models.DateField | models.TimeField):
-                return False
-        elif isinstance(child, _DicomLike):
-            if isinstance(child, _DicomILike) or not any(child.lhs == lhs for lhs in ranged):
-                return False
-        elif not isinstance(child, Exact | IsNull | In | _StartsAtLeast | _FoldedExact):
-            return False
-    return True
+
+def _generic_plan_serves_condition(child: Any, node: Any) -> bool:
+    """`_generic_plan_serves` for one condition of `node`, neither a node nor a subquery (tenants.db's where_all)."""
+    from django.db.models.lookups import Exact, GreaterThanOrEqual, In, IsNull, LessThanOrEqual
+
+    if isinstance(child, GreaterThanOrEqual | LessThanOrEqual):
+        return isinstance(getattr(child.lhs, "output_field", None), models.DateField | models.TimeField)
+    if isinstance(child, _DicomLike):
+        ranged = (sibling.lhs for sibling in node.children if isinstance(sibling, _StartsAtLeast))
+        return not isinstance(child, _DicomILike) and any(child.lhs == lhs for lhs in ranged)
+    return isinstance(child, Exact | IsNull | In | _StartsAtLeast | _FoldedExact)
 
 
 _STATEMENTS: dict[tuple[Any, ...], _Statement | None] = {}

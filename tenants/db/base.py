@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any, cast
@@ -89,24 +89,35 @@ def prepared_statements() -> Iterator[None]:
         _PREPARING.reset(token)
 
 
-def _equalities_only(where: Any) -> bool:
-    """Whether every condition of `where` (and of the subqueries it holds) is `column = value`, `column IS [NOT]
-    NULL` or `column IN (subquery)`: a statement whose shape is fixed and whose best plan is the same for every
-    value. Anything else (a range, a list of values, a pattern, an expression) says no."""
-    from django.db.models.lookups import Exact, IsNull, Lookup
+def where_all(where: Any, leaf: Callable[[Any, Any], bool]) -> bool:
+    """Whether every condition of a query's `where` (and of the subqueries it holds) passes: a nested node by its own
+    conditions; a lookup against a subquery when it is `=` or IN and the subquery's conditions pass; a lookup whose
+    value is an expression never (its shape is not fixed); any other condition by `leaf(condition, node)`, `node`
+    being the WhereNode that holds it. The one walk for the questions asked of a statement's conditions before
+    deciding how to prepare it (`_equalities_only` here, studies.selectors.matching's generic plan)."""
+    from django.db.models.lookups import Lookup
     from django.db.models.sql import Query
     from django.db.models.sql.where import WhereNode
 
     for child in where.children:
         if isinstance(child, WhereNode):
-            if not _equalities_only(child):
+            if not where_all(child, leaf):
                 return False
         elif isinstance(child, Lookup) and isinstance(child.rhs, Query):
-            if child.lookup_name not in ("exact", "in") or not _equalities_only(child.rhs.where):
+            if child.lookup_name not in ("exact", "in") or not where_all(child.rhs.where, leaf):
                 return False
-        elif not isinstance(child, Exact | IsNull) or hasattr(child.rhs, "resolve_expression"):
+        elif (isinstance(child, Lookup) and hasattr(child.rhs, "resolve_expression")) or not leaf(child, where):
             return False
     return True
+
+
+def _equalities_only(where: Any) -> bool:
+    """Whether every condition of `where` (and of the subqueries it holds) is `column = value`, `column IS [NOT]
+    NULL` or `column IN (subquery)`: a statement whose shape is fixed and whose best plan is the same for every
+    value. Anything else (a range, a list of values, a pattern, an expression) says no."""
+    from django.db.models.lookups import Exact, IsNull
+
+    return where_all(where, lambda child, _node: isinstance(child, Exact | IsNull))
 
 
 def prepared_if_fixed(query: Any) -> AbstractContextManager[None]:
