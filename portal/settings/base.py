@@ -737,6 +737,11 @@ INGEST_BATCH_ROUNDS = env.int("INGEST_BATCH_ROUNDS", default=20)
 INGEST_GATHER_SECONDS = env.float("INGEST_GATHER_SECONDS", default=0.1)
 # The DICOM listener wakes the worker at most once per this many seconds of an association (the first object at
 # once, the later ones of the window by one message at its end), not once per object (studies.net.scp).
+# A folder store's writes (ciphertext, key files) reach the disk (fdatasync, and fsync of the folders that name
+# them) before the row that counts them commits: a sender told "stored" loses nothing to a crash of the machine
+# (studies.storage.durable). Off only in the test settings; an S3 store needs none of it.
+BLOB_SYNC = env.bool("BLOB_SYNC", default=True)
+
 INGEST_WAKE_SECONDS = env.float("INGEST_WAKE_SECONDS", default=0.1)
 
 # FIXITY, REPLICA CATCH-UP AND ORPHANS (studies.services.fixity)

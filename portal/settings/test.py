@@ -65,6 +65,9 @@ EMAIL_FILE_PATH = env.str("ENCLAVE_TEST_EMAIL_FILE_PATH", default="")
 STATIC_ROOT = Path(tempfile.mkdtemp(prefix="enclave-static-"))
 # A fresh folder per process, unless the test process hands its own to the worker and listener it starts.
 _STORE_ROOT = Path(env.str("ENCLAVE_TEST_STORE_ROOT", default="") or tempfile.mkdtemp(prefix="enclave-stores-"))
+# Tests write thousands of small blobs to throw-away folders: not synced (tests/studies/storage/test_durable.py
+# turns it on and shows what is synced).
+BLOB_SYNC = False
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tempfile.mkdtemp()}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -49,6 +49,7 @@ from django.utils import timezone
 
 from studies.models import Blob, StudyKey
 from studies.storage import envelope
+from studies.storage.durable import entries_sync, sync_on
 from studies.storage.keys import (
     KeyUnavailable,
     study_key_cache,
@@ -348,7 +349,7 @@ def _file_link(*, source: tuple[str, str], store: str, name: str, size: int) -> 
         with contextlib.suppress(FileNotFoundError):
             if os.path.samestat(source_stat, os.stat(path)):
                 return True  # linked already, by an attempt that did not commit (rename would leave the temporary)
-        _folder_make(storage, os.path.dirname(path))
+        made = _folder_make(storage, os.path.dirname(path))
         target = f"{path}.{uuid.uuid4().hex}.tmp"
         os.link(source_path, target)
     except (OSError, ValueError):  # another file system (EXDEV), no hard links, a name outside the folder
@@ -357,6 +358,8 @@ def _file_link(*, source: tuple[str, str], store: str, name: str, size: int) -> 
         if storage.file_permissions_mode is not None:
             os.chmod(target, storage.file_permissions_mode)
         os.replace(target, path)
+        if sync_on():  # the file's data was synced when it was received (`_file_put`); its new name is not yet
+            entries_sync(path, made)
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(target)
@@ -366,8 +369,20 @@ def _file_link(*, source: tuple[str, str], store: str, name: str, size: int) -> 
     return True
 
 
-def _folder_make(storage: FileSystemStorage, folder: str) -> None:
-    """The folder of a file about to be written, with the store's permissions (as `FileSystemStorage.save`)."""
+def _folder_make(storage: FileSystemStorage, folder: str) -> list[str]:
+    """The folder of a file about to be written, with the store's permissions (as `FileSystemStorage.save`); the
+    folders it had to make, outermost first (each a new entry of its parent, which
+    studies.storage.durable.entries_sync makes durable)."""
+    made: list[str] = []
+    missing = folder
+    while missing and not os.path.isdir(missing):
+        made.insert(0, missing)
+        parent = os.path.dirname(missing)
+        if parent == missing:
+            break
+        missing = parent
+    if not made:
+        return made
     if storage.directory_permissions_mode is not None:
         old_umask = os.umask(0o777 & ~storage.directory_permissions_mode)
         try:
@@ -376,6 +391,7 @@ def _folder_make(storage: FileSystemStorage, folder: str) -> None:
             os.umask(old_umask)
     else:
         os.makedirs(folder, exist_ok=True)
+    return made
 
 
 def _file_put(*, store: str, name: str, sealed: bytes, replace: bool) -> str:
@@ -392,7 +408,7 @@ def _file_put(*, store: str, name: str, sealed: bytes, replace: bool) -> str:
     if type(storage) is not FileSystemStorage or "save" in vars(storage):
         return "" if replace else storage.save(name, ContentFile(sealed))
     path = storage.path(name)
-    _folder_make(storage, os.path.dirname(path))
+    made = _folder_make(storage, os.path.dirname(path))
     target = f"{path}.{uuid.uuid4().hex}.tmp" if replace else path
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
@@ -401,13 +417,19 @@ def _file_put(*, store: str, name: str, sealed: bytes, replace: bool) -> str:
         if replace:
             raise
         return storage.save(name, ContentFile(sealed))
+    synced = sync_on()
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(sealed)
+            if synced:
+                out.flush()
+                os.fdatasync(out.fileno())
         if storage.file_permissions_mode is not None:
             os.chmod(target, storage.file_permissions_mode)
         if replace:
             os.replace(target, path)
+        if synced:
+            entries_sync(path, made)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(target)

@@ -31,6 +31,7 @@ from django.db.models import Max
 
 from studies.models import StudyKey, TenantKey
 from studies.storage import envelope
+from studies.storage.durable import stored_file_sync
 from tenants.models import Tenant
 from tenants.scoping import current_tenant
 
@@ -166,6 +167,7 @@ def _key_file_write(name: str, content: bytes, *, replica_required: bool = True)
         if saved != name:  # another writer got in between: never leave a second, unknown copy of a key
             storages[store].delete(saved)
             raise KeyUnavailable("a study key file was written concurrently")
+        stored_file_sync(storages[store], saved)  # before any blob it opens can count as stored
 
 
 def _key_file_read(name: str) -> bytes:

@@ -1,0 +1,156 @@
+"""Writes to a folder store reach the disk before they count (studies.storage.durable, settings.BLOB_SYNC): the
+file's data synced on its own descriptor before its name is given, then the folders that name it and the folders
+made for it; a promoted copy's new name; a study's key files. In the pipeline: the quarantined copy before its
+receipt is recorded (a C-STORE is answered after that), the archive's names and the replica's data before the
+instance is indexed. The test settings turn it off for speed; here it is on, with every fdatasync and fsync the
+process makes recorded (and still made)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from django.core.files.storage import storages
+from django.db import connection
+
+from studies.storage.blobs import PRIMARY, QUARANTINE, REPLICA, blob_sealed_put
+
+
+class _Syncs:
+    """Every fdatasync, fsync and SQL statement of the process, in order: (what, path or statement)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, str]] = []
+        for call in ("fdatasync", "fsync"):
+            real = getattr(os, call)
+
+            def recorded(fd: int, call: str = call, real=real) -> None:
+                self.events.append((call, os.readlink(f"/proc/self/fd/{fd}")))
+                real(fd)
+
+            monkeypatch.setattr(os, call, recorded)
+
+    def of(self, call: str) -> list[str]:
+        return [path for what, path in self.events if what == call]
+
+    def sql(self, execute, sql, params, many, context):  # a connection.execute_wrapper
+        self.events.append(("sql", sql))
+        return execute(sql, params, many, context)
+
+
+@pytest.fixture
+def syncs(monkeypatch, settings):
+    settings.BLOB_SYNC = True
+    return _Syncs(monkeypatch)
+
+
+def _new_name() -> tuple[str, str]:
+    top = f"t0/durable-{uuid.uuid4().hex[:8]}"
+    return top, f"{top}/ab/{uuid.uuid4().hex}"
+
+
+def test_a_copy_is_synced_before_its_name_is_given_then_its_folder_and_the_folders_made_for_it(syncs):
+    storage = storages[REPLICA]
+    top, name = _new_name()
+
+    blob_sealed_put(store=REPLICA, name=name, sealed=b"ciphertext")
+
+    path = storage.path(name)
+    [data] = syncs.of("fdatasync")
+    assert data.startswith(path + ".")  # synced under its temporary name, before its rename to `path`
+    assert data.endswith(".tmp")
+    folders = set(syncs.of("fsync"))
+    assert {os.path.dirname(path), storage.path(top), os.path.dirname(storage.path(top))} <= folders
+    assert all(path.startswith(folder + "/") for folder in folders)  # its own folder and those above, no other
+    assert syncs.events.index(("fdatasync", data)) < syncs.events.index(("fsync", os.path.dirname(path)))
+    with storage.open(name) as handle:
+        assert handle.read() == b"ciphertext"
+
+
+def test_a_second_copy_in_a_folder_that_exists_syncs_that_folder_alone(syncs):
+    storage = storages[REPLICA]
+    _, name = _new_name()
+    blob_sealed_put(store=REPLICA, name=name, sealed=b"first")
+    syncs.events.clear()
+
+    blob_sealed_put(store=REPLICA, name=name.rsplit("/", 1)[0] + "/" + uuid.uuid4().hex, sealed=b"second")
+
+    assert len(syncs.of("fdatasync")) == 1
+    assert syncs.of("fsync") == [os.path.dirname(storage.path(name))]
+
+
+def test_a_promoted_copys_new_name_is_synced_its_data_was_at_receipt(syncs):
+    from studies.storage.blobs import _file_link
+
+    _, source = _new_name()
+    blob_sealed_put(store=QUARANTINE, name=source, sealed=b"sealed bytes")
+    _, name = _new_name()
+    syncs.events.clear()
+
+    assert _file_link(source=(QUARANTINE, source), store=PRIMARY, name=name, size=len(b"sealed bytes"))
+
+    assert syncs.of("fdatasync") == []
+    assert os.path.dirname(storages[PRIMARY].path(name)) in syncs.of("fsync")
+
+
+def test_a_study_key_file_is_synced_in_both_stores_with_its_folders_up_to_the_store(syncs):
+    from studies.storage.keys import _key_file_write
+
+    name = f"t0/keys/{uuid.uuid4().hex[:2]}/{uuid.uuid4().hex}.v1"
+
+    _key_file_write(name, b"wrapped key")
+
+    for store in (PRIMARY, REPLICA):
+        storage = storages[store]
+        path = storage.path(name)
+        assert path in syncs.of("fdatasync")
+        folders = set(syncs.of("fsync"))
+        assert {os.path.dirname(path), storage.path("t0/keys"), storage.path("t0"), str(storage.location)} <= folders
+
+
+def test_nothing_is_synced_when_it_is_turned_off(syncs, settings):
+    from studies.storage.keys import _key_file_write
+
+    settings.BLOB_SYNC = False
+    blob_sealed_put(store=REPLICA, name=_new_name()[1], sealed=b"ciphertext")
+    _key_file_write(f"t0/keys/00/{uuid.uuid4().hex}.v1", b"wrapped key")
+
+    assert syncs.events == []
+
+
+@pytest.mark.django_db(transaction=True)  # the receipt queues processing on commit (eager in the test settings)
+def test_an_object_received_is_on_disk_before_its_receipt_and_archived_on_disk_before_it_is_indexed(syncs, tenant_a):
+    from studies import services
+    from studies.dicom.synthetic import make_instance
+    from studies.models import Blob, IngestItem, Instance
+    from tenants.scoping import tenant_scope
+
+    connection.close()  # a new connection prepares its statements anew: their text is then seen, not EXECUTE's
+    with tenant_scope(tenant_a), connection.execute_wrapper(syncs.sql):
+        item = services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=make_instance(),
+                                       filename="x.dcm")  # fmt: skip
+        item.refresh_from_db()
+        assert item.state == IngestItem.State.STORED
+        blob = Blob.objects.get(instance=Instance.objects.get())
+
+    events = syncs.events
+    quarantine_root = str(storages[QUARANTINE].location)
+    received = next(
+        i for i, (what, path) in enumerate(events) if what == "fdatasync" and path.startswith(quarantine_root)
+    )
+    receipt = next(i for i, (what, sql) in enumerate(events) if what == "sql" and "studies_ingestitem" in sql
+                   and "INSERT" in sql.upper())  # fmt: skip
+    assert received < receipt
+    indexed = next(i for i, (what, sql) in enumerate(events) if what == "sql"
+                   and sql.upper().lstrip().startswith("INSERT") and "studies_instance" in sql)  # fmt: skip
+    primary, replica = storages[PRIMARY].path(blob.storage_name), storages[REPLICA].path(blob.storage_name)
+    replica_data = [
+        i for i, (what, path) in enumerate(events) if what == "fdatasync" and path.startswith(replica + ".")
+    ]
+    archive_names = [i for i, (what, path) in enumerate(events)
+                     if what == "fsync" and path in (os.path.dirname(primary), os.path.dirname(replica))]  # fmt: skip
+    assert replica_data
+    assert replica_data[0] < indexed
+    assert len(archive_names) >= 2
+    assert max(archive_names) < indexed
