@@ -39,9 +39,11 @@ from studies import scanning
 from studies.dicom import parse as dicom_parse
 from studies.dicom import preamble as dicom_preamble
 from studies.models import Blob, IngestItem, Instance, Patient, Series, Study, StudyKey, person_name_key
+from studies.storage import durable
 from studies.storage.blobs import (
     BlobUnreadable,
     blob_delete,
+    blob_files_sync,
     blob_promotable,
     blob_promote,
     blob_read,
@@ -276,8 +278,14 @@ def ingest_quarantine(
     hint = _study_uid_hint(data) if study_instance_uid is None else study_instance_uid
     if len(hint) > 64 or not _UID.fullmatch(hint):
         hint = ""
+    # On disk when its receipt is recorded (`ingest_receive_many`), with the request's others.
     return blob_seal(
-        kind=Blob.Kind.QUARANTINE, data=data, replicate=False, study_instance_uid=hint, study_keys=study_keys
+        kind=Blob.Kind.QUARANTINE,
+        data=data,
+        replicate=False,
+        study_instance_uid=hint,
+        study_keys=study_keys,
+        sync=False,
     )
 
 
@@ -320,6 +328,7 @@ def ingest_receive_many(
     for item in items:
         # Field rules only, as in ingest_receive: the foreign keys were made or checked above.
         item.clean_fields(exclude=["tenant", "quarantine", "actor", "device", "instance"])
+    blob_files_sync([blob for blob, _ in quarantined])  # sealed with sync=False: on disk before the receipt
     _receipts_insert([(blob, item) for (blob, _), item in zip(quarantined, items, strict=True)])
     # One wake-up for them all, after the commit (at once outside a transaction: the statement committed): its
     # task claims the first item and the items waiting with it, a batch at a time (ingest_process); a lost message
@@ -620,7 +629,7 @@ def _store_all(checked: list[_Checked], tenant: Tenant) -> dict[int, IngestItem]
     first, a deadlock, any fault), store its items one by one, so that one item's trouble is its own. Items that
     repeat a SOP Instance UID of the same batch are stored after it, and so become duplicates or conflicts."""
     try:
-        with transaction.atomic():
+        with transaction.atomic(), durable.together():  # the batch's copies on disk before it commits
             done, later = _store_batch(checked, tenant)
     except Exception as exc:
         logger.warning("an ingest batch of %d items is stored item by item (%s)", len(checked), type(exc).__name__)
@@ -636,7 +645,7 @@ def _store_one(one: _Checked, tenant: Tenant) -> IngestItem:
         # Read again: a batch that rolled back left its changes on the objects in memory.
         again = _Checked(item=_item(item_id), verdict=one.verdict, sealed=one.sealed)
         try:
-            with transaction.atomic():
+            with transaction.atomic(), durable.together():
                 done, _ = _store_batch([again], tenant)
             return done[item_id]
         except IntegrityError:

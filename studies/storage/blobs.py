@@ -49,7 +49,7 @@ from django.utils import timezone
 
 from studies.models import Blob, StudyKey
 from studies.storage import envelope
-from studies.storage.durable import entries_sync, sync_on
+from studies.storage.durable import file_written, files_sync, name_given
 from studies.storage.keys import (
     KeyUnavailable,
     study_key_cache,
@@ -129,8 +129,11 @@ def blob_seal(
     replicate: bool = True,
     study_instance_uid: str = "",
     study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
+    sync: bool = True,
 ) -> Blob:
     """Encrypt `data` and write it to its store (quarantine for incoming bytes, else the primary and the replica).
+    On disk when this returns (studies.storage.durable); with `sync=False`, a quarantined copy that the receipt
+    recording it syncs with the others (`blob_files_sync`).
 
     With `study_instance_uid` (instances, thumbnails), the data key is wrapped by that study's key, so deleting
     the study's key files shreds the blob everywhere; without, by a key of the blob's own (`blob_delete` destroys
@@ -163,7 +166,7 @@ def blob_seal(
     key_version = 0
     sealed, sha256 = envelope.encrypt_and_hash(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
     name = blob_name(tenant_id=tenant.pk, kind=kind, blob_id=blob_id)
-    stored_name = _file_put(store=store, name=name, sealed=sealed, replace=False)
+    stored_name = _file_put(store=store, name=name, sealed=sealed, replace=False, sync=sync)
     blob = Blob(
         tenant=tenant,
         public_id=blob_id,
@@ -186,6 +189,18 @@ def blob_seal(
 
 def blob_name(*, tenant_id: int, kind: str, blob_id: uuid.UUID) -> str:
     return f"t{tenant_id}/{kind}/{blob_id.hex[:2]}/{blob_id.hex}"
+
+
+def blob_files_sync(blobs: list[Blob]) -> None:
+    """The copies of `blobs` sealed with `sync=False`, made durable together (their data, then their folders, each
+    once), in a folder store; before the receipt that records them commits."""
+    by_store: dict[str, list[str]] = {}
+    for blob in blobs:
+        by_store.setdefault(_stores_for(blob)[0], []).append(blob.storage_name)
+    for store, names in by_store.items():
+        storage = storages[store]
+        if type(storage) is FileSystemStorage and "save" not in vars(storage):
+            files_sync(storage.path(name) for name in names)
 
 
 def blob_study_key_ids(blobs: list[Blob]) -> dict[int, str]:
@@ -358,8 +373,7 @@ def _file_link(*, source: tuple[str, str], store: str, name: str, size: int) -> 
         if storage.file_permissions_mode is not None:
             os.chmod(target, storage.file_permissions_mode)
         os.replace(target, path)
-        if sync_on():  # the file's data was synced when it was received (`_file_put`); its new name is not yet
-            entries_sync(path, made)
+        name_given(path, made)  # its data was synced when it was received (`_file_put`); its new name is not yet
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(target)
@@ -372,7 +386,7 @@ def _file_link(*, source: tuple[str, str], store: str, name: str, size: int) -> 
 def _folder_make(storage: FileSystemStorage, folder: str) -> list[str]:
     """The folder of a file about to be written, with the store's permissions (as `FileSystemStorage.save`); the
     folders it had to make, outermost first (each a new entry of its parent, which
-    studies.storage.durable.entries_sync makes durable)."""
+    studies.storage.durable.name_given makes durable)."""
     made: list[str] = []
     missing = folder
     while missing and not os.path.isdir(missing):
@@ -394,10 +408,14 @@ def _folder_make(storage: FileSystemStorage, folder: str) -> list[str]:
     return made
 
 
-def _file_put(*, store: str, name: str, sealed: bytes, replace: bool) -> str:
+def _file_put(*, store: str, name: str, sealed: bytes, replace: bool, sync: bool = True) -> str:
     """Write `sealed` under `name` in a folder store (exactly Django's FileSystemStorage) in one write, without the
     storage API's existence checks and 64 KiB chunks: 3 of these per instance on the ingest path. The same path
     checks (`storage.path` refuses a name outside the folder) and permissions as `FileSystemStorage.save`.
+
+    `sync`: the copy is on disk, its name too, when this returns (studies.storage.durable; within its `together()`
+    when that block ends); False: its write-back only started, for a receipt that records several to sync them
+    together (`blob_files_sync`).
 
     `replace`: through a temporary file in the same folder and a rename, so the copy under `name` is either the
     old one or the whole new one; returns `name`. Otherwise the name must be new (a fresh UUID): if it is taken
@@ -417,19 +435,16 @@ def _file_put(*, store: str, name: str, sealed: bytes, replace: bool) -> str:
         if replace:
             raise
         return storage.save(name, ContentFile(sealed))
-    synced = sync_on()
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(sealed)
-            if synced:
-                out.flush()
-                os.fdatasync(out.fileno())
+            out.flush()
+            file_written(out.fileno(), path, made, sync=sync)  # studies.storage.durable: on disk before it counts
         if storage.file_permissions_mode is not None:
             os.chmod(target, storage.file_permissions_mode)
         if replace:
             os.replace(target, path)
-        if synced:
-            entries_sync(path, made)
+        name_given(path, made, sync=sync)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(target)

@@ -1,10 +1,15 @@
 """Writes to a folder store that reach the disk before they count (settings.BLOB_SYNC, on unless turned off).
 
 An object is stored once its row commits; PostgreSQL makes the row durable (its WAL is flushed at the commit), and
-this makes the ciphertext and its key files durable too before the commit: the file's data (fdatasync on its own
-descriptor), then its name and the names of the folders made for it (fsync of each folder that holds one). A sender
-told that an object was stored (a C-STORE success, a STOW-RS answer) must not lose it to a crash of the machine
-while its bytes were still in the page cache. Orthanc does the same by default (its SyncStorageArea option).
+this makes the ciphertext and its key files durable too before the commit: the file's data (fdatasync), then its
+name and the names of the folders made for it (fsync of each folder that holds one). A sender told that an object
+was stored (a C-STORE success, a STOW-RS answer) must not lose it to a crash of the machine while its bytes were
+still in the page cache. Orthanc does the same by default (its SyncStorageArea option).
+
+Many files at once: within `together()` (the worker's batch) a write only starts its write-back
+(sync_file_range) and the syncs are made when the block ends, before the caller commits, each folder once; a door
+that records several files in one receipt writes them with `sync=False` and syncs them in the receipt
+(`files_sync`). Either way the disk writes the files while the process goes on with the next.
 
 An S3 store needs none of it: an object it has accepted is stored. Only exactly Django's FileSystemStorage is
 synced here, as studies.storage.blobs writes only it by hand.
@@ -12,7 +17,11 @@ synced here, as studies.storage.blobs writes only it by hand.
 
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage, Storage
@@ -31,10 +40,98 @@ def folder_sync(folder: str) -> None:
         os.close(fd)
 
 
-def entries_sync(path: str, made: list[str]) -> None:
-    """Make the name `path` and the folders `made` for it durable: fsync of the folder that holds each new name (a
-    file's name is an entry of its folder, a new folder's name one of its parent's)."""
-    for folder in {os.path.dirname(path), *(os.path.dirname(one) for one in made)}:
+def _data_sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_back_start() -> object:
+    """sync_file_range(2) from the C library (Linux), else None: a file's write-back started without waiting."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _write_back_start()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def write_back_start(fd: int) -> None:
+    """Have the disk start writing `fd`'s dirty pages now, without waiting (a later fdatasync then waits less)."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # type: ignore[operator]
+
+
+class _Pending:
+    """The files and folders written within one `together()` block, synced when it ends."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, None] = {}
+        self.folders: dict[str, None] = {}
+
+
+_PENDING: ContextVar[_Pending | None] = ContextVar("enclave_durable_pending", default=None)
+
+
+@contextmanager
+def together() -> Iterator[None]:
+    """Within it, a folder store's writes (`file_written`, `name_given`) start their write-back and are synced
+    when the block ends without an error: every file's data, then every folder naming one, each once. The caller
+    commits what counts them after the block (an error skips the syncs: the caller's transaction rolls back)."""
+    pending = _Pending()
+    token = _PENDING.set(pending)
+    try:
+        yield
+    finally:
+        _PENDING.reset(token)
+    files_sync(pending.files, folders=pending.folders)
+
+
+def files_sync(paths: Iterable[str], *, folders: Iterable[str] = ()) -> None:
+    """The data of the files `paths`, then the folders holding them and `folders`, each once, made durable."""
+    if not sync_on():
+        return
+    paths = list(paths)
+    for path in paths:
+        _data_sync(path)
+    for folder in dict.fromkeys([*(os.path.dirname(path) for path in paths), *folders]):
+        folder_sync(folder)
+
+
+def file_written(fd: int, path: str, made: list[str], *, sync: bool = True) -> None:
+    """A file about to get the name `path` (in folders of which `made` were just made) has been written on `fd`:
+    synced now (its data), or within `together()` or with `sync=False` its write-back started, to be synced with
+    the others (`files_sync`). Its name is made durable by `name_given` once it has it."""
+    if not sync_on():
+        return
+    if sync and _PENDING.get() is None:
+        os.fdatasync(fd)
+        return
+    write_back_start(fd)
+    pending = _PENDING.get()
+    if pending is not None:
+        pending.files[path] = None
+
+
+def name_given(path: str, made: list[str], *, sync: bool = True) -> None:
+    """`path` now names a written file: its folder, and the parents of the folders `made` for it, fsynced now, or
+    within `together()` when the block ends (with `sync=False`, the folders made now and the file's own folder
+    later, by `files_sync` in the receipt)."""
+    if not sync_on():
+        return
+    pending = _PENDING.get()
+    made_parents = [os.path.dirname(folder) for folder in made]
+    if pending is not None:
+        pending.folders.update(dict.fromkeys([os.path.dirname(path), *made_parents]))
+        return
+    for folder in dict.fromkeys([*made_parents, *([os.path.dirname(path)] if sync else [])]):
         folder_sync(folder)
 
 
@@ -45,11 +142,7 @@ def stored_file_sync(storage: Storage, name: str) -> None:
     if not sync_on() or type(storage) is not FileSystemStorage:
         return
     path = storage.path(name)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    _data_sync(path)
     root = os.path.abspath(storage.location)
     folder = os.path.dirname(path)
     while True:

@@ -2,8 +2,8 @@
 file's data synced on its own descriptor before its name is given, then the folders that name it and the folders
 made for it; a promoted copy's new name; a study's key files. In the pipeline: the quarantined copy before its
 receipt is recorded (a C-STORE is answered after that), the archive's names and the replica's data before the
-instance is indexed. The test settings turn it off for speed; here it is on, with every fdatasync and fsync the
-process makes recorded (and still made)."""
+batch that indexes it commits. The test settings turn it off for speed; here it is on, with every fdatasync and
+fsync the process makes recorded (and still made)."""
 
 from __future__ import annotations
 
@@ -109,6 +109,59 @@ def test_a_study_key_file_is_synced_in_both_stores_with_its_folders_up_to_the_st
         assert {os.path.dirname(path), storage.path("t0/keys"), storage.path("t0"), str(storage.location)} <= folders
 
 
+def test_within_together_copies_start_their_write_back_and_are_synced_at_its_end_each_folder_once(syncs):
+    from studies.storage import durable
+
+    storage = storages[REPLICA]
+    _, first = _new_name()
+    second = first.rsplit("/", 1)[0] + "/" + uuid.uuid4().hex
+    with durable.together():
+        blob_sealed_put(store=REPLICA, name=first, sealed=b"one")
+        blob_sealed_put(store=REPLICA, name=second, sealed=b"two")
+        assert syncs.of("fdatasync") == []  # not yet: the disk writes them meanwhile
+
+    assert syncs.of("fdatasync") == [storage.path(first), storage.path(second)]
+    assert syncs.of("fsync").count(os.path.dirname(storage.path(first))) == 1
+
+
+def test_within_together_an_error_syncs_nothing_the_caller_rolls_back(syncs):
+    from studies.storage import durable
+
+    def failing_batch() -> None:
+        with durable.together():
+            blob_sealed_put(store=REPLICA, name=_new_name()[1], sealed=b"one")
+            raise RuntimeError("the batch failed")
+
+    with pytest.raises(RuntimeError):
+        failing_batch()
+
+    assert syncs.of("fdatasync") == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stow_requests_copies_are_synced_together_by_their_receipt_before_it_is_recorded(syncs, tenant_a):
+    from studies import services
+    from studies.dicom.synthetic import make_instance
+    from studies.models import IngestItem
+    from tenants.scoping import tenant_scope
+
+    connection.close()  # a new connection prepares its statements anew: their text is then seen
+    with tenant_scope(tenant_a), connection.execute_wrapper(syncs.sql):
+        sealed = [services.ingest_quarantine(data=make_instance()) for _ in range(2)]
+        quarantine_root = str(storages[QUARANTINE].location)
+        assert not [path for path in syncs.of("fdatasync") if path.startswith(quarantine_root)]  # not one by one
+        services.ingest_receive_many(source=IngestItem.Source.STOWRS, batch=uuid.uuid4(),
+                                     quarantined=[(blob, "part") for blob in sealed])  # fmt: skip
+
+    quarantine = storages[QUARANTINE]
+    paths = [quarantine.path(blob.storage_name) for blob in sealed]
+    assert [path for path in syncs.of("fdatasync") if path.startswith(str(quarantine.location))] == paths
+    receipt = next(i for i, (what, sql) in enumerate(syncs.events) if what == "sql" and "studies_ingestitem" in sql
+                   and "INSERT" in sql.upper())  # fmt: skip
+    assert max(syncs.events.index(("fdatasync", path)) for path in paths) < receipt
+    assert syncs.events.index(("fsync", os.path.dirname(paths[0]))) < receipt
+
+
 def test_nothing_is_synced_when_it_is_turned_off(syncs, settings):
     from studies.storage.keys import _key_file_write
 
@@ -120,13 +173,17 @@ def test_nothing_is_synced_when_it_is_turned_off(syncs, settings):
 
 
 @pytest.mark.django_db(transaction=True)  # the receipt queues processing on commit (eager in the test settings)
-def test_an_object_received_is_on_disk_before_its_receipt_and_archived_on_disk_before_it_is_indexed(syncs, tenant_a):
+def test_an_object_received_is_on_disk_before_its_receipt_and_archived_on_disk_before_it_is_indexed(
+    syncs, tenant_a, monkeypatch
+):
     from studies import services
     from studies.dicom.synthetic import make_instance
     from studies.models import Blob, IngestItem, Instance
     from tenants.scoping import tenant_scope
 
     connection.close()  # a new connection prepares its statements anew: their text is then seen, not EXECUTE's
+    commit = connection.commit
+    monkeypatch.setattr(connection, "commit", lambda: (syncs.events.append(("commit", "")), commit())[1])
     with tenant_scope(tenant_a), connection.execute_wrapper(syncs.sql):
         item = services.ingest_receive(source=IngestItem.Source.UPLOAD, batch=uuid.uuid4(), data=make_instance(),
                                        filename="x.dcm")  # fmt: skip
@@ -144,13 +201,15 @@ def test_an_object_received_is_on_disk_before_its_receipt_and_archived_on_disk_b
     assert received < receipt
     indexed = next(i for i, (what, sql) in enumerate(events) if what == "sql"
                    and sql.upper().lstrip().startswith("INSERT") and "studies_instance" in sql)  # fmt: skip
+    committed = next(i for i, (what, _) in enumerate(events) if what == "commit" and i > indexed)
     primary, replica = storages[PRIMARY].path(blob.storage_name), storages[REPLICA].path(blob.storage_name)
     replica_data = [
-        i for i, (what, path) in enumerate(events) if what == "fdatasync" and path.startswith(replica + ".")
-    ]
+        i for i, (what, path) in enumerate(events)
+        if what == "fdatasync" and (path == replica or path.startswith(replica + "."))
+    ]  # fmt: skip
     archive_names = [i for i, (what, path) in enumerate(events)
                      if what == "fsync" and path in (os.path.dirname(primary), os.path.dirname(replica))]  # fmt: skip
     assert replica_data
-    assert replica_data[0] < indexed
+    assert replica_data[0] < committed  # on disk before the batch that indexes it commits
     assert len(archive_names) >= 2
-    assert max(archive_names) < indexed
+    assert max(archive_names) < committed
