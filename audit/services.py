@@ -38,6 +38,7 @@ from audit.models import (
     WormCopy,
     canonical_json,
 )
+from studies.storage.durable import stored_file_sync
 from tenants import access
 from tenants.access import membership_current_get, tenant_list_for_user
 from tenants.db.base import prepared_statements
@@ -709,6 +710,7 @@ def audit_digests_sign(*, day: Any = None) -> int:
                 if store.exists(digest.path):
                     store.delete(digest.path)  # left by a run whose row did not commit: no row names it
                 store.save(digest.path, ContentFile(body.encode()))
+                stored_file_sync(store, digest.path)  # on disk before its row commits (studies.storage.durable)
         except IntegrityError:
             continue  # a concurrent run signed it
         written += 1

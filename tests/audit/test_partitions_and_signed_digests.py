@@ -194,6 +194,24 @@ def test_a_digest_is_a_row_and_a_file_that_the_public_key_alone_checks(tenant_a)
 
 
 @pytest.mark.django_db
+def test_a_digests_file_is_on_disk_before_its_row_commits(tenant_a, settings, monkeypatch):
+    """studies.storage.durable: the replica store's copy is synced (its data, its folders) in the row's
+    transaction, so a crash cannot leave a digest row whose file the WORM anchor and auditors then miss."""
+    import os
+
+    settings.BLOB_SYNC = True
+    synced: list[str] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
+    record(tenant_a, EventType.LOGOUT)
+
+    audit_digests_sign()
+
+    digest = platform_read(lambda: AuditDigest.objects.get(chain=chain_of(tenant_a)))
+    assert storages["replica"].path(digest.path) in synced
+
+
+@pytest.mark.django_db
 def test_digests_chain_to_the_previous_one(tenant_a):
     record(tenant_a, EventType.LOGOUT)
     assert audit_digests_sign(day=date(2026, 1, 1)) >= 1
