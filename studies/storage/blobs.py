@@ -373,7 +373,7 @@ def _file_link(*, source: tuple[str, str], store: str, name: str, size: int) -> 
         if storage.file_permissions_mode is not None:
             os.chmod(target, storage.file_permissions_mode)
         os.replace(target, path)
-        name_given(path, made)  # its data was synced when it was received (`_file_put`); its new name is not yet
+        name_given(path, made, data=False)  # its data was synced when it was received; its new name is not yet
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(target)
@@ -439,7 +439,7 @@ def _file_put(*, store: str, name: str, sealed: bytes, replace: bool, sync: bool
         with os.fdopen(fd, "wb") as out:
             out.write(sealed)
             out.flush()
-            file_written(out.fileno(), path, made, sync=sync)  # studies.storage.durable: on disk before it counts
+            file_written(out.fileno(), sync=sync)  # studies.storage.durable: on disk before it counts
         if storage.file_permissions_mode is not None:
             os.chmod(target, storage.file_permissions_mode)
         if replace:

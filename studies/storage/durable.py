@@ -105,30 +105,31 @@ def files_sync(paths: Iterable[str], *, folders: Iterable[str] = ()) -> None:
         folder_sync(folder)
 
 
-def file_written(fd: int, path: str, made: list[str], *, sync: bool = True) -> None:
-    """A file about to get the name `path` (in folders of which `made` were just made) has been written on `fd`:
-    synced now (its data), or within `together()` or with `sync=False` its write-back started, to be synced with
-    the others (`files_sync`). Its name is made durable by `name_given` once it has it."""
+def file_written(fd: int, *, sync: bool = True) -> None:
+    """A file about to be given its name has been written on `fd`: its data synced now, or within `together()` or
+    with `sync=False` its write-back started, to be synced with the others once it has its name (`name_given`,
+    `files_sync`)."""
     if not sync_on():
         return
     if sync and _PENDING.get() is None:
         os.fdatasync(fd)
-        return
-    write_back_start(fd)
-    pending = _PENDING.get()
-    if pending is not None:
-        pending.files[path] = None
+    else:
+        write_back_start(fd)
 
 
-def name_given(path: str, made: list[str], *, sync: bool = True) -> None:
-    """`path` now names a written file: its folder, and the parents of the folders `made` for it, fsynced now, or
-    within `together()` when the block ends (with `sync=False`, the folders made now and the file's own folder
-    later, by `files_sync` in the receipt)."""
+def name_given(path: str, made: list[str], *, sync: bool = True, data: bool = True) -> None:
+    """`path` now names a written file (in folders of which `made` were just made for it): its folder, and the
+    parents of the folders made, fsynced now; within `together()` recorded, with the file's data (`data`: not yet
+    synced by `file_written`), for when the block ends; with `sync=False`, the folders made now and the rest later
+    by the receipt (`files_sync`). Only a name that was given is recorded: a write that failed on the way leaves
+    nothing to sync."""
     if not sync_on():
         return
-    pending = _PENDING.get()
     made_parents = [os.path.dirname(folder) for folder in made]
+    pending = _PENDING.get()
     if pending is not None:
+        if data:
+            pending.files[path] = None
         pending.folders.update(dict.fromkeys([os.path.dirname(path), *made_parents]))
         return
     for folder in dict.fromkeys([*made_parents, *([os.path.dirname(path)] if sync else [])]):

@@ -124,6 +124,31 @@ def test_within_together_copies_start_their_write_back_and_are_synced_at_its_end
     assert syncs.of("fsync").count(os.path.dirname(storage.path(first))) == 1
 
 
+def test_within_together_a_copy_that_failed_on_the_way_leaves_nothing_to_sync(syncs, monkeypatch):
+    """A replica store that fails does not fail the batch (blob_promote carries on): its half-written copy, never
+    named, is not among the block's syncs, which then sync the others."""
+    from studies.storage import durable
+
+    storage = storages[REPLICA]
+    _, failing = _new_name()
+    _, kept = _new_name()
+    real_replace = os.replace
+
+    def replace(source, target):
+        if target == storage.path(failing):
+            raise OSError("the replica store's disk is full")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with durable.together():
+        with pytest.raises(OSError, match="disk is full"):
+            blob_sealed_put(store=REPLICA, name=failing, sealed=b"one")
+        blob_sealed_put(store=REPLICA, name=kept, sealed=b"two")
+
+    assert syncs.of("fdatasync") == [storage.path(kept)]
+    assert not storage.exists(failing)
+
+
 def test_within_together_an_error_syncs_nothing_the_caller_rolls_back(syncs):
     from studies.storage import durable
 
