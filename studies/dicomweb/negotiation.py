@@ -48,6 +48,8 @@ def accept_list(request: Request) -> list[MediaRange]:
     header = (request.query_params.get("accept") or request.META.get("HTTP_ACCEPT", "")).strip()
     if not header:
         return [MediaRange("*/*")]
+    if "," not in header and ";" not in header:  # one media range without parameters: what most clients send
+        return [MediaRange(header.lower())]
     ranges = []
     for raw in header.split(","):
         if not raw.strip():
@@ -83,10 +85,33 @@ class LenientNegotiation(DefaultContentNegotiation):
         self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
     ) -> Any:
         renderers = list(renderers)  # DRF passes a list; indexed below
+        exact = self._exact(request, renderers, format_suffix)
+        if exact is not None:
+            return exact
         try:
             return super().select_renderer(request, renderers, format_suffix)
         except exceptions.NotAcceptable:
             return renderers[0], renderers[0].media_type
+
+    def _exact(
+        self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None
+    ) -> tuple[BaseRenderer, str] | None:
+        """The renderer DRF would pick when the Accept header is one media type, without parameters or wildcards,
+        that a renderer's is exactly (`Accept: application/dicom+json`, what DICOMweb clients send), found without
+        DRF's parsing of the header and of every renderer's type; None for anything else (DRF decides). DRF's
+        answer in that case: the first renderer whose type matches, and no renderer's type can match a type other
+        than its own unless it has a wildcard (then DRF decides), nor does a format override apply."""
+        if format_suffix or self.settings.URL_FORMAT_OVERRIDE in request.query_params:
+            return None
+        header = request.META.get("HTTP_ACCEPT", "")
+        if not header or any(mark in header for mark in ",;* "):
+            return None
+        for renderer in renderers:
+            if "*" in renderer.media_type:
+                return None
+            if renderer.media_type == header:
+                return renderer, header
+        return None
 
 
 class DicomWebReadApi(DicomWebApi):
