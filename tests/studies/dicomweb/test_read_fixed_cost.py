@@ -40,6 +40,10 @@ HEADERS = [
     "application/dicom+json", "application/json", "application/dicom+xml", "image/jpeg", "*/*", "application/*",
     "application/dicom+json; q=0.5", "application/json, application/dicom+json", "APPLICATION/DICOM+JSON",
     "application/json; indent=4", " application/json", "", None,
+    'multipart/related; type="application/dicom"; transfer-syntax=*', 'multipart/related; type="image/jpeg"',
+    "image/jpeg, image/png", "application/dicom", "application/octet-stream", "text/html, */*;q=0.1",
+    "image/jpeg, application/json", "image/jpeg, APPLICATION/JSON", "multipart/related, application/*", ",,",
+    ";q=1", "image/jpeg;q=0, application/dicom+json", "application/ json", "application/dicom+json ; q=1",
 ]  # fmt: skip
 
 
@@ -47,7 +51,8 @@ HEADERS = [
 @pytest.mark.parametrize("accept", HEADERS)
 @pytest.mark.parametrize("query", ["", "?PatientID=1", "?format=json", "?accept=image/jpeg"])
 def test_the_lenient_negotiation_picks_what_drf_picks(renderers, accept, query):
-    """The same renderer and media type as DRF's own negotiation (or, where DRF refuses, the first renderer)."""
+    """The same renderer and media type as DRF's own negotiation (or, where DRF refuses, the first renderer), for
+    a search's and a retrieval's Accept headers and others."""
     request = _request(accept, query)
     picked = LenientNegotiation().select_renderer(request, renderers)
     try:
@@ -69,6 +74,15 @@ def test_one_media_type_a_renderer_has_is_picked_without_drfs_parsing():
         assert LenientNegotiation().select_renderer(_request("application/json"), renderers) == (
             renderers[1], "application/json",
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "accept", ['multipart/related; type="application/dicom"; transfer-syntax=*', "image/jpeg", "image/png, image/gif"]
+)
+def test_a_retrievals_media_types_that_no_renderer_has_give_the_first_renderer_without_drfs_parsing(accept):
+    renderers = [DicomJsonRenderer(), JSONRenderer()]
+    with mock.patch.object(DefaultContentNegotiation, "select_renderer", side_effect=AssertionError("parsed")):
+        assert LenientNegotiation().select_renderer(_request(accept), renderers) == (renderers[0], JSON)
 
 
 @pytest.mark.parametrize(
