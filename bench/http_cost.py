@@ -17,6 +17,7 @@ requests after a warm-up:
 - with `--sql-cpu-runs N`: each SELECT of that request run N times more on one backend, and the Query event N
   times on its own, for PostgreSQL's CPU per execution (/proc of the backend);
 - with `--in-process`: the same requests through Django's test client in this process, its CPU per request;
+- with `--search NAME` (repeatable): only those searches over HTTP, for more alternated runs in the same time;
 - with `--gap-ms N`: the client pauses N ms after each measured request (`--gap-busy`: spinning on a core instead of
   sleeping), as bench/orthanc.py's alternating reads leave each server idle while the other answers;
 - with `--py-spy DIR`: a py-spy profile of the worker during the measured requests (`--gil`: the thread holding
@@ -28,7 +29,7 @@ one again without building it, e.g. another tree against the same index), Redis 
 
     .venv/bin/python -m bench.http_cost [--instances 20000] [--repeat 300] [--worker-class gthread|sync] [--sql
         [--plans] [--sql-cpu-runs 300]] [--in-process] [--py-spy var/bench/spy] [--db enclave_h1_http --redis 1]
-        [--keep | --reuse]
+        [--keep | --reuse] [--gap-ms 25] [--search "PatientName=MARTIN*" --search "CT + one month"]
 """
 
 from __future__ import annotations
@@ -150,13 +151,14 @@ def http_measured(
     spy_gil: bool = False,
     gap_ms: float = 0.0,
     gap_busy: bool = False,
+    searches: tuple[str, ...] = SEARCHES,
 ) -> dict[str, Any]:
     import requests
 
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"}
     out: dict[str, Any] = {}
     with requests.Session() as session:
-        for name in SEARCHES:
+        for name in searches:
             for i in range(30):  # warm-up: every thread's connection, the worker's caches
                 answer = session.get(f"{base}/{search_path(name, picked, i)}", headers=headers, timeout=60)
                 if answer.status_code != 200 or not answer.json():
@@ -330,6 +332,8 @@ def main() -> int:
     parser.add_argument("--gap-ms", type=float, default=0.0, help="the client's pause between two measured requests")
     parser.add_argument("--gap-busy", action="store_true", help="with --gap-ms: the pause spent spinning on a core")
     parser.add_argument("--py-spy-gil", action="store_true", help="py-spy --gil: only the thread holding the GIL")
+    parser.add_argument("--search", action="append", choices=SEARCHES, default=[],
+                        help="measure only this search over HTTP (repeatable; default: all five)")  # fmt: skip
     args = parser.parse_args()
     state_file = ROOT / "var" / "bench" / f"http_cost-{args.db}.json"
     redis_url = f"redis://127.0.0.1:6379/{args.redis}"
@@ -376,7 +380,7 @@ def main() -> int:
                                      threads=args.threads, extra=tuple(args.gunicorn_arg))  # fmt: skip
         http_measured(base=base, token=state["token"], picked=state["picked"], worker=worker, db=args.db,
                       repeat=args.repeat, spy_dir=args.py_spy, spy_gil=args.py_spy_gil, gap_ms=args.gap_ms,
-                      gap_busy=args.gap_busy)  # fmt: skip
+                      gap_busy=args.gap_busy, searches=tuple(args.search) or SEARCHES)  # fmt: skip
         print(f"load average {os.getloadavg()[0]:.2f} after")
     finally:
         processes.stop_all()

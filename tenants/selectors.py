@@ -166,18 +166,37 @@ def _token_statement() -> str:
 
 def _rows_built(row: tuple[Any, ...], models_in_row: tuple[type[models.Model], ...]) -> list[Any]:
     """Model instances from one row of `_token_statement`, each field's value converted as the ORM converts it
-    (a JSONField arrives as text, for one)."""
+    (a JSONField arrives as text, for one): `Model.from_db` with each model's field names and converters worked out
+    once per process (`_row_plan`), not per field per request (a third of this function's CPU, and four times as
+    much on a worker woken after an idle gap: docs/BENCHMARKS.md, "h1 branch, session 9")."""
     built, start = [], 0
     for model in models_in_row:
-        fields = model._meta.concrete_fields
-        values = []
-        for field, value in zip(fields, row[start : start + len(fields)], strict=True):
-            for converter in field.get_db_converters(connection):
-                value = converter(value, field, connection)
-            values.append(value)
-        built.append(model.from_db(connection.alias, [field.attname for field in fields], values))
-        start += len(fields)
+        attnames, converted = _row_plan(model)
+        end = start + len(attnames)
+        values: Any = row[start:end]
+        if converted:
+            values = list(values)
+            for index, field, converters in converted:
+                value = values[index]
+                for converter in converters:
+                    value = converter(value, field, connection)
+                values[index] = value
+        built.append(model.from_db(connection.alias, attnames, values))
+        start = end
     return built
+
+
+@functools.cache
+def _row_plan(model: type[models.Model]) -> tuple[list[str], list[tuple[int, Any, list[Any]]]]:
+    """`model`'s concrete fields' attribute names in order, and (index, field, converters) of each field that has
+    converters (`Field.get_db_converters`, what the ORM's compiler asks each field for)."""
+    fields = model._meta.concrete_fields
+    converted = []
+    for index, field in enumerate(fields):
+        converters = field.get_db_converters(connection)
+        if converters:
+            converted.append((index, field, converters))
+    return [field.attname for field in fields], converted
 
 
 def invitation_list(*, actor: Any, pending_only: bool = False) -> models.QuerySet[Invitation]:

@@ -48,6 +48,8 @@ def accept_list(request: Request) -> list[MediaRange]:
     header = (request.query_params.get("accept") or request.META.get("HTTP_ACCEPT", "")).strip()
     if not header:
         return [MediaRange("*/*")]
+    if "," not in header and ";" not in header:  # one media range without parameters: what most clients send
+        return [MediaRange(header.lower())]
     ranges = []
     for raw in header.split(","):
         if not raw.strip():
@@ -83,10 +85,42 @@ class LenientNegotiation(DefaultContentNegotiation):
         self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
     ) -> Any:
         renderers = list(renderers)  # DRF passes a list; indexed below
+        exact = self._exact(request, renderers, format_suffix)
+        if exact is not None:
+            return exact
         try:
             return super().select_renderer(request, renderers, format_suffix)
         except exceptions.NotAcceptable:
             return renderers[0], renderers[0].media_type
+
+    def _exact(
+        self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None
+    ) -> tuple[BaseRenderer, str] | None:
+        """What DRF's negotiation answers, in the two cases a DICOMweb read sends, found without DRF's parsing of
+        the header and of every renderer's type; None for anything else (DRF decides):
+
+        - the header is one media type, without parameters or wildcards, that a renderer's is exactly
+          (`Accept: application/dicom+json`, a search's): DRF picks the first renderer whose type matches it, and
+          a renderer's type (none has a wildcard) matches no other type;
+        - no media range of the header names a renderer's type or a wildcard (`multipart/related; type=...`,
+          `image/jpeg`: a retrieval's): DRF finds no renderer and refuses, and this class then picks the first.
+
+        Never with a format override (`?format=`, a suffix), which DRF applies first."""
+        header = request.META.get("HTTP_ACCEPT", "")
+        if format_suffix or not header.strip() or self.settings.URL_FORMAT_OVERRIDE in request.query_params:
+            return None
+        types = {renderer.media_type.lower() for renderer in renderers}
+        if any("*" in media_type or ";" in media_type for media_type in types):
+            return None
+        if not any(mark in header for mark in ",;* \t"):
+            for renderer in renderers:
+                if renderer.media_type.lower() == header.lower():  # the first that DRF would find matching
+                    return (renderer, header) if renderer.media_type == header else None
+        for token in header.split(","):
+            media_type = token.partition(";")[0].strip().lower()
+            if "*" in media_type or media_type in types or any(space in media_type for space in " \t"):
+                return None  # a renderer may match it: DRF decides
+        return renderers[0], renderers[0].media_type
 
 
 class DicomWebReadApi(DicomWebApi):

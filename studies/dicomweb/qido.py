@@ -21,6 +21,7 @@ Resources: `/studies`, `/studies/{study}/series`, `/series`, `/studies/{study}/s
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 from collections.abc import Iterable
@@ -28,7 +29,7 @@ from typing import Any
 
 import pydicom.datadict
 from django.conf import settings
-from django.urls import reverse
+from django.urls import get_script_prefix, get_urlconf, reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
@@ -170,9 +171,8 @@ class RetrieveUrls:
     once (one `reverse` and one Host check per request instead of per result: a year of studies is hundreds)."""
 
     def __init__(self, request: Request, tenant: str) -> None:
-        placeholder = "1"  # a UID is digits and dots, which the URL pattern takes as they are
-        path = reverse("dicomweb:study", kwargs={"tenant": tenant, "study": placeholder})
-        self.prefix = f"{origin(request)}{path[: -len(placeholder)]}"
+        path = _study_path_prefix(tenant, get_urlconf(settings.ROOT_URLCONF), get_script_prefix())
+        self.prefix = origin(request) + path
 
     def url(self, study: str, series: str | None = None, instance: str | None = None) -> str:
         url = self.prefix + study
@@ -181,6 +181,17 @@ class RetrieveUrls:
         if instance:
             url += f"/instances/{instance}"
         return url
+
+
+@functools.lru_cache(maxsize=1024)
+def _study_path_prefix(tenant: str, urlconf: Any, script_prefix: str) -> str:
+    """The path of a study's WADO-RS resource up to its UID, for one tenant: `reverse` once per tenant (and URL
+    configuration and script prefix, the two things besides its arguments that `reverse` reads), not once per
+    search (0.1-0.2 ms of CPU each time, the URL resolver walked for the namespace: docs/BENCHMARKS.md, "h1 branch,
+    session 9")."""
+    placeholder = "1"  # a UID is digits and dots, which the URL pattern takes as they are
+    path = reverse("dicomweb:study", kwargs={"tenant": tenant, "study": placeholder}, urlconf=urlconf)
+    return path[: -len(placeholder)]
 
 
 # The elements every result carries, as JSON text with their tags (see `_elements`).
