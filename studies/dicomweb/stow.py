@@ -25,19 +25,14 @@ codes, which PS3.18 I.2 allows.
 
 from __future__ import annotations
 
-import contextvars
-import threading
 import time
 import uuid
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, NamedTuple
 
 import pydicom
 from django.conf import settings
-from django.db import connection
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from pydicom.uid import RE_VALID_UID
@@ -66,7 +61,6 @@ from studies.services import (
     ingest_refusal_record,
     ingest_verdicts_wait,
 )
-from studies.services.ingest import ingest_quota_take
 from tenants import access
 
 FAILURE_OUT_OF_RESOURCES = 0xA700
@@ -372,14 +366,13 @@ class StudiesStoreApi(DicomWebApi):
         results: list[PartResult] = []
         receipt = _Receipt(request, batch)
         study_keys: dict[str, tuple[StudyKey, bytes]] = {}
-        sealing = _Sealing(self, request, batch, receipt)
         try:
             for part in body:
                 result, blob = self._receive(request, part, batch=batch, study=study, study_keys=study_keys)
                 results.append(result)
-                sealing.add(result, part, blob)
+                if blob is not None:
+                    receipt.add(result, blob, f"STOW-RS part {part.index}")
         except BodyError as exc:
-            sealing.finish()
             receipt.flush()  # the parts read whole before the error are recorded, and processed
             if not exc.parts_before:
                 raise
@@ -388,7 +381,6 @@ class StudiesStoreApi(DicomWebApi):
                 "processed; sending them again is safe (the same instance is stored once).",
                 parts_before=exc.parts_before,
             ) from exc
-        sealing.finish()
         receipt.flush()
         if not results:
             raise BodyError("The body holds no part: send one application/dicom part per instance.")
@@ -412,9 +404,8 @@ class StudiesStoreApi(DicomWebApi):
         batch: uuid.UUID,
         study: str | None,
         study_keys: dict[str, tuple[StudyKey, bytes]],
-    ) -> tuple[PartResult, Blob | Future[Blob] | None]:
-        """The part sealed into quarantine (its rows are written by `_Receipt`), or being sealed on a seal thread
-        (`_Sealing`), or refused at the door."""
+    ) -> tuple[PartResult, Blob | None]:
+        """The part sealed into quarantine (its rows are written by `_Receipt`), or refused at the door."""
         result = PartResult(part=part.index, identity=identify(part.data))
         refusal: tuple[int, str] | None = None
         if part.content_type != DICOM_MEDIA_TYPE:
@@ -435,28 +426,15 @@ class StudiesStoreApi(DicomWebApi):
                 )
             )
         if refusal is None:
-            # The header was read once, by identify(): its Study Instance UID picks the key that seals the copy.
-            hint = result.identity.study_instance_uid
             try:
-                if hint and hint in study_keys:
-                    # The study's key is open (an earlier part of this request): the seal needs no database, and
-                    # runs on a seal thread while this one reads the next part. The bytes are counted against the
-                    # quota here, in the parts' order, as before.
-                    ingest_quota_take(tenant=self.tenant, size=len(part.data))
-                    return result, _seal_pool().submit(
-                        contextvars.copy_context().run, _seal_apart, data=part.data, hint=hint, study_keys=study_keys
-                    )
-                blob = ingest_quarantine(data=part.data, study_instance_uid=hint, study_keys=study_keys)
+                # The header was read once, by identify(): its Study Instance UID picks the key that seals the copy.
+                blob = ingest_quarantine(
+                    data=part.data, study_instance_uid=result.identity.study_instance_uid, study_keys=study_keys
+                )
             except Rejected as exc:
                 refusal = (FAILURE_OUT_OF_RESOURCES, exc.reason)
             else:
                 return result, blob
-        self._refuse(request, part.index, part.size, result, refusal, batch=batch)
-        return result, None
-
-    def _refuse(
-        self, request: Request, index: int, size: int, result: PartResult, refusal: tuple[int, str], *, batch: uuid.UUID
-    ) -> None:
         result.failure, result.comment = refusal
         # Refused at the door, so no IngestItem: the refusal is on the audit trail all the same (one shape for
         # the three doors, studies.services.ingest_refusal_record).
@@ -468,12 +446,13 @@ class StudiesStoreApi(DicomWebApi):
             batch=batch,
             source_address=request.META.get("REMOTE_ADDR"),
             detail={
-                "part": index,
-                "size": size,
+                "part": part.index,
+                "size": part.size,
                 "sop_instance_uid": result.identity.sop_instance_uid,
                 "study_instance_uid": result.identity.study_instance_uid,
             },
         )
+        return result, None
 
     def _verdicts(self, request: Request, batch: uuid.UUID, ids: list[int]) -> dict[int, ItemVerdict]:
         """Wait, up to DICOMWEB_STOW_WAIT_SECONDS, until the pipeline has decided on every item; then the items.
@@ -508,96 +487,6 @@ class StudiesStoreApi(DicomWebApi):
             if deadline <= time.monotonic() or all(item.state in IngestItem.FINAL_STATES for item in items.values()):
                 # A wake-up left in the list (one per batch of the worker) expires on its own: no round trip here.
                 return items
-
-
-# Sealing on threads
-# ------------------------------------------------------------------------------
-# A part's seal (`ingest_quarantine`: its SHA-256, its AES-GCM encryption and the quarantine file's write, each of
-# which releases the GIL) was a third of the request's time before its receipt, on the request's one thread, between
-# the reads of two parts. A part whose study key the request has opened already is sealed on a thread of a small
-# pool of the process while the request's thread reads and identifies the next part; the parts are then recorded in
-# their order, as before, and a refusal (the quota) is recorded on the request's thread. The first part of each
-# study, and a part without a study, are sealed on the request's thread as before (their key may have to be looked
-# up or made: the database). The seal threads make no statement (`_seal_apart`).
-
-SEAL_THREADS = 2
-# Parts read and handed to the seal threads but not yet sealed, at most: the request's memory stays bounded.
-SEAL_AHEAD = 4
-
-_seal_pool_made: ThreadPoolExecutor | None = None
-_seal_pool_lock = threading.Lock()
-
-
-def _seal_pool() -> ThreadPoolExecutor:
-    """The process's seal threads, made at its first use (after gunicorn forks its workers)."""
-    global _seal_pool_made
-    if _seal_pool_made is None:
-        with _seal_pool_lock:
-            if _seal_pool_made is None:
-                _seal_pool_made = ThreadPoolExecutor(max_workers=SEAL_THREADS, thread_name_prefix="stow-seal")
-    return _seal_pool_made
-
-
-def _no_statement(*args: Any) -> Any:
-    raise RuntimeError("a STOW-RS seal thread makes no database statement")
-
-
-def _seal_apart(*, data: bytes, hint: str, study_keys: dict[str, tuple[StudyKey, bytes]]) -> Blob:
-    """`ingest_quarantine` on a seal thread, in a copy of the request's context (its tenant scope, its request id
-    for the logs), for a part whose study key is open in `study_keys` and whose bytes the request's thread counted
-    against the quota: no look-up, so no database, and no Redis. A statement would be refused, and a connection
-    opened by one closed, so that no seal thread ever holds a database connection."""
-    try:
-        with connection.execute_wrapper(_no_statement):
-            return ingest_quarantine(data=data, study_instance_uid=hint, study_keys=study_keys, counted=True)
-    finally:
-        if connection.connection is not None:
-            connection.close()
-
-
-class _Sealing:
-    """The parts of one request in their order, sealed (a Blob), being sealed (a Future), or refused (None), handed
-    to the receipt as they are sealed, in order."""
-
-    def __init__(self, api: StudiesStoreApi, request: Request, batch: uuid.UUID, receipt: _Receipt) -> None:
-        self.api, self.request, self.batch, self.receipt = api, request, batch, receipt
-        self.waiting: deque[tuple[PartResult, int, Blob | Future[Blob] | None]] = deque()
-        self.ahead = 0
-
-    def add(self, result: PartResult, part: Part, blob: Blob | Future[Blob] | None) -> None:
-        self.waiting.append((result, part.size, blob))
-        if isinstance(blob, Future):
-            self.ahead += 1
-        self._take(wait=self.ahead > SEAL_AHEAD)
-
-    def finish(self) -> None:
-        """Every part handed to the receipt (or refused), waiting for the seals still running."""
-        self._take(wait=True, everything=True)
-
-    def _take(self, *, wait: bool, everything: bool = False) -> None:
-        while self.waiting:
-            result, size, blob = self.waiting[0]
-            if isinstance(blob, Future):
-                if not (wait or blob.done()):
-                    return
-                self.ahead -= 1
-                try:
-                    blob = blob.result()
-                except Rejected as exc:  # (the size: the parser refuses a part over it first) refused in its place
-                    blob = None
-                    self.api._refuse(
-                        self.request,
-                        result.part,
-                        size,
-                        result,
-                        (FAILURE_OUT_OF_RESOURCES, exc.reason),
-                        batch=self.batch,
-                    )
-                finally:
-                    wait = everything or self.ahead > SEAL_AHEAD
-            self.waiting.popleft()
-            if blob is not None:
-                self.receipt.add(result, blob, f"STOW-RS part {result.part}")
 
 
 class _Receipt:

@@ -258,7 +258,6 @@ def ingest_quarantine(
     data: bytes,
     study_instance_uid: str | None = None,
     study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
-    counted: bool = False,
 ) -> Blob:
     """The first half of `ingest_receive` for a door that receives several objects at once (STOW-RS): check the
     size, count the bytes against the quota, and seal `data` into the current tenant's quarantine store. Returns
@@ -266,17 +265,14 @@ def ingest_quarantine(
     ciphertext (its wrapped data key is only in the row), and if the rows are never written the orphan job
     removes it. `study_instance_uid` is the header's Study Instance UID when the door has read it already (one
     parse per object); else it is read here. `study_keys`: one dict per request, the study keys it opened (one
-    look-up per study, not per object). `counted`: the caller has counted the bytes against the quota
-    (`ingest_quota_take`) already, in the order it received the objects (STOW-RS seals some on other threads).
-    Raises `Rejected` (too large, quota)."""
+    look-up per study, not per object). Raises `Rejected` (too large, quota)."""
     tenant = current_tenant()
     if len(data) > settings.INGEST_MAX_BYTES:
         raise Rejected(
             f"The object is larger than the limit of {settings.INGEST_MAX_BYTES} bytes.",
             failure=IngestItem.Failure.TOO_LARGE,
         )
-    if not counted:
-        ingest_quota_take(tenant=tenant, size=len(data))
+    ingest_quota_take(tenant=tenant, size=len(data))
     hint = _study_uid_hint(data) if study_instance_uid is None else study_instance_uid
     if len(hint) > 64 or not _UID.fullmatch(hint):
         hint = ""
