@@ -330,6 +330,9 @@ def ingest_receive_many(
         item.clean_fields(exclude=["tenant", "quarantine", "actor", "device", "instance"])
     blob_files_sync([blob for blob, _ in quarantined])  # sealed with sync=False: on disk before the receipt
     _receipts_insert([(blob, item) for (blob, _), item in zip(quarantined, items, strict=True)])
+    # A worker that waits for its next batch (`_gather_claim`) takes them at once, before the message below reaches
+    # a worker: the signal first.
+    _received_signal(tenant_id=tenant.pk)
     # One wake-up for them all, after the commit (at once outside a transaction: the statement committed): its
     # task claims the first item and the items waiting with it, a batch at a time (ingest_process); a lost message
     # leaves them `received` for the sweeper.
@@ -545,22 +548,38 @@ def ingest_process(*, item_id: int) -> IngestItem | None:
             return None
     mine = _process_claimed(ids).get(item_id)
     taken = len(ids)
+    tenant_id = current_tenant().pk
     for _ in range(settings.INGEST_BATCH_ROUNDS - 1):
         if taken < settings.INGEST_BATCH_SIZE and settings.INGEST_GATHER_SECONDS > 0:
             # A batch short of full: the door is still sending, or done. Let its next objects gather for a moment
             # before the next claim, so that they make one batch and not many of one or two: a batch's fixed cost
             # (its claim, look-ups, counts, audit event and commit) was most of the worker's CPU per instance when
             # it kept up with one association (6-10 ms of CPU per CT instead of 5-6 ms in batches of 5 and more).
-            time.sleep(settings.INGEST_GATHER_SECONDS)
-        more = _claim_batch(None)
+            # A door that records a whole request's objects at once (STOW-RS) ends the wait when they commit.
+            more = _gather_claim(tenant_id=tenant_id, seconds=settings.INGEST_GATHER_SECONDS)
+        else:
+            more = _claim_batch(None)
         if not more:
             return mine
         _process_claimed(more)
         taken = len(more)
     waiting = IngestItem.objects.filter(state=IngestItem.State.RECEIVED).order_by("pk").values_list("pk", flat=True)
     if (next_id := waiting.first()) is not None:
-        ingest_wake(tenant_id=current_tenant().pk, item_id=next_id)
+        ingest_wake(tenant_id=tenant_id, item_id=next_id)
     return mine
+
+
+def _gather_claim(*, tenant_id: int, seconds: float) -> list[int]:
+    """The next batch after a short one: what waits once `seconds` have passed, or at once when a door signals a
+    receipt of the tenant before that (`_received_signal`: a STOW-RS request's objects, already one batch). A signal
+    whose objects another worker took, or one left from a receipt this worker has processed, finds nothing to claim:
+    the wait then goes on to the end of `seconds`. Without Redis, or with the signal lost, it is the plain wait it
+    was, and the Celery message each receipt queues still reaches a worker."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        if _received_wait(tenant_id=tenant_id, timeout=remaining) and (more := _claim_batch(None)):
+            return more
+    return _claim_batch(None)
 
 
 def _process_claimed(ids: list[int]) -> dict[int, IngestItem]:
@@ -1264,6 +1283,60 @@ def ingest_verdicts_wait(*, batch: uuid.UUID, timeout: float) -> None:
     except (RedisError, OSError) as exc:
         logger.warning("ingest verdicts wait falls back to polling (%s)", type(exc).__name__)
     time.sleep(max(0.0, timeout - (time.monotonic() - started)))
+
+
+# Receipts: a worker gathering its next batch is woken when a door records a request's objects
+# ------------------------------------------------------------------------------
+# Only a hint, as the verdicts' wake-up above: the Celery message each receipt queues is what reaches a worker, and
+# the sweeper what finds an item whose message was lost. A signal lost costs a gathering worker the rest of its
+# INGEST_GATHER_SECONDS; a signal nobody takes is one empty claim of the next gathering worker, or expires.
+
+_RECEIVED_KEY = "enclave:ingest-received:{tenant_id}"
+
+
+def _received_key(tenant_id: int) -> str:
+    return cache.make_and_validate_key(_RECEIVED_KEY.format(tenant_id=tenant_id))
+
+
+def _received_signal(*, tenant_id: int) -> None:
+    """After the receipt commits: one push for a worker gathering the tenant's next batch (`_received_wait`)."""
+    transaction.on_commit(lambda: _received_push(tenant_id))
+
+
+def _received_push(tenant_id: int) -> None:
+    try:
+        client = _redis_client()
+        if client is None:
+            return
+        key = _received_key(tenant_id)
+        # One signal at most (a second receipt before a worker takes the first needs no second wake-up), gone
+        # by itself soon after the longest gathering wait.
+        with client.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, 1)
+            pipe.ltrim(key, -1, -1)
+            pipe.pexpire(key, 1000 + math.ceil(settings.INGEST_GATHER_SECONDS * 1000))
+            pipe.execute()
+    except (RedisError, OSError) as exc:  # a gathering worker waits its INGEST_GATHER_SECONDS instead
+        logger.warning("ingest receipt signal not sent (%s)", type(exc).__name__)
+
+
+def _received_wait(*, tenant_id: int, timeout: float) -> bool:
+    """Block until a door signals a receipt of the tenant (`_received_signal`), or at most `timeout` seconds;
+    True when a signal came. Without Redis, sleeps `timeout`."""
+    if timeout <= 0:
+        return False
+    started = time.monotonic()
+    try:
+        client = _redis_client()
+        if client is not None:
+            # Under the client's socket timeout, so that a quiet wait is not taken for Redis being down.
+            # At least a millisecond: a timeout of 0 would block for ever.
+            block = max(0.001, min(timeout, settings.CACHE_REDIS_TIMEOUT_SECONDS / 2))
+            return client.blpop([_received_key(tenant_id)], timeout=block) is not None
+    except (RedisError, OSError) as exc:
+        logger.warning("ingest gathering falls back to sleeping (%s)", type(exc).__name__)
+    time.sleep(max(0.0, timeout - (time.monotonic() - started)))
+    return False
 
 
 # Sweeper

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 from contextlib import contextmanager
@@ -566,18 +567,22 @@ def test_after_a_short_batch_the_task_lets_the_streams_next_objects_gather_into_
     batch = uuid.uuid4()
     waits: list[float] = []
 
-    def door_keeps_sending(seconds: float) -> None:  # the wait, during which the association's next objects come
-        waits.append(seconds)
+    def door_keeps_sending(*, tenant_id: int, timeout: float) -> bool:  # the wait, as the association goes on
+        waits.append(timeout)
         if len(waits) == 1:
             for data in files[1:]:
                 services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=data, queue=False)
+        time.sleep(timeout)
+        return False  # the listener signals no receipt: the wait runs its course
 
     with tenant_scope(tenant_a), messages_lost_by_the_broker():
         first = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=batch, data=files[0], queue=False)
-        monkeypatch.setattr(ingest.time, "sleep", door_keeps_sending)
+        monkeypatch.setattr(ingest, "_received_wait", door_keeps_sending)
         assert services.ingest_process(item_id=first.pk).state == IngestItem.State.STORED
         monkeypatch.undo()
-        assert waits == [0.25, 0.25]  # after the batch of 1, and after the batch of 4 (then nothing waits)
+        # After the batch of 1, and after the batch of 4 (then nothing waits): each the whole gathering time.
+        assert len(waits) == 2
+        assert all(0.2 < wait <= 0.25 for wait in waits)
         assert set(IngestItem.objects.values_list("state", flat=True)) == {IngestItem.State.STORED}
         counts = sorted(e.extra["count"] for e in AuditEvent.objects.filter(event_type=EventType.INSTANCES_STORED))
         assert counts == [1, 4]
