@@ -66,12 +66,18 @@ def archives():
         server.server_close()
 
 
+def _sides(servers, one, two) -> tuple[dict[str, Server], dict[str, dict[str, str]]]:
+    """Both fake archives as `reads_alternating` takes them, over the sessions `one` and `two`, and a search each."""
+    sides = {name: Server(session, f"http://127.0.0.1:{servers[name].server_port}", {})
+             for name, session in (("enclave", one), ("orthanc", two))}  # fmt: skip
+    searches = {name: {"series of a study": f"{side.base}/studies/1/series"} for name, side in sides.items()}
+    return sides, searches
+
+
 def test_both_servers_answer_every_read_in_turn_and_a_failed_search_stays_with_its_server(archives):
     servers, seen = archives
     with requests.Session() as one, requests.Session() as two:
-        sides = {name: Server(session, f"http://127.0.0.1:{servers[name].server_port}", {})
-                 for name, session in (("enclave", one), ("orthanc", two))}  # fmt: skip
-        searches = {name: {"series of a study": f"{side.base}/studies/1/series"} for name, side in sides.items()}
+        sides, searches = _sides(servers, one, two)
         picked = {"by PatientID": lambda i: ("studies", {"PatientID": f"P{i}"}),
                   "PatientName=MARTIN*": lambda i: ("studies", {"PatientName": "MARTIN*"})}  # fmt: skip
 
@@ -98,9 +104,7 @@ def test_both_servers_answer_every_read_in_turn_and_a_failed_search_stays_with_i
 def test_each_servers_lightest_answer_is_timed_in_turn_first_as_the_floor(archives):
     servers, seen = archives
     with requests.Session() as one, requests.Session() as two:
-        sides = {name: Server(session, f"http://127.0.0.1:{servers[name].server_port}", {})
-                 for name, session in (("enclave", one), ("orthanc", two))}  # fmt: skip
-        searches = {name: {"series of a study": f"{side.base}/studies/1/series"} for name, side in sides.items()}
+        sides, searches = _sides(servers, one, two)
         floors = {"enclave": f"{sides['enclave'].base}/health/", "orthanc": f"{sides['orthanc'].base}/system"}
 
         out = reads_alternating(sides, series="studies/1/series/2.3", expected=2, retrievals=1, searches=searches,
@@ -120,9 +124,7 @@ def test_each_servers_lightest_answer_is_timed_in_turn_first_as_the_floor(archiv
 def test_without_floors_none_is_timed(archives):
     servers, seen = archives
     with requests.Session() as one, requests.Session() as two:
-        sides = {name: Server(session, f"http://127.0.0.1:{servers[name].server_port}", {})
-                 for name, session in (("enclave", one), ("orthanc", two))}  # fmt: skip
-        searches = {name: {"series of a study": f"{side.base}/studies/1/series"} for name, side in sides.items()}
+        sides, searches = _sides(servers, one, two)
 
         out = reads_alternating(sides, series="studies/1/series/2.3", expected=2, retrievals=1, searches=searches,
                                 scale=None, picked_searches={}, warmup=1, repeat=2, timeout=10)  # fmt: skip
