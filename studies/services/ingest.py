@@ -171,6 +171,7 @@ def ingest_receive(
         replicate=False,
         study_instance_uid=_study_uid_hint(data),
         study_keys=study_keys,
+        sync=False,  # its write-back runs while the receipt's statement does; synced before this returns
     )
     item = IngestItem(
         tenant=tenant,
@@ -188,6 +189,10 @@ def ingest_receive(
     # full_clean's look-ups of them (three SELECTs per received object) would prove nothing.
     item.clean_fields(exclude=["tenant", "quarantine", "actor", "device", "instance"])
     _receipt_insert(quarantine, item)
+    # On disk before the door answers (a C-STORE success follows this). A crash between the receipt and this sync
+    # leaves an item whose copy may be gone: the sender, never answered, sends it again, and the worker fails the
+    # unreadable one; a worker that takes the item meanwhile syncs the copy again before it indexes it.
+    blob_files_sync([quarantine])
     if queue:
         task_queue_on_commit("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=item.pk)
     return item

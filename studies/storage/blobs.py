@@ -49,7 +49,7 @@ from django.utils import timezone
 
 from studies.models import Blob, StudyKey
 from studies.storage import envelope
-from studies.storage.durable import file_written, files_sync, name_given
+from studies.storage.durable import file_written, files_sync, linked, name_given
 from studies.storage.keys import (
     KeyUnavailable,
     study_key_cache,
@@ -193,14 +193,15 @@ def blob_name(*, tenant_id: int, kind: str, blob_id: uuid.UUID) -> str:
 
 def blob_files_sync(blobs: list[Blob]) -> None:
     """The copies of `blobs` sealed with `sync=False`, made durable together (their data, then their folders, each
-    once), in a folder store; before the receipt that records them commits."""
+    once), in a folder store, before the door answers. A quarantined copy already gone was promoted by a worker,
+    which synced it under its archive name before committing (`blob_promote`), and removed it."""
     by_store: dict[str, list[str]] = {}
     for blob in blobs:
         by_store.setdefault(_stores_for(blob)[0], []).append(blob.storage_name)
     for store, names in by_store.items():
         storage = storages[store]
         if type(storage) is FileSystemStorage and "save" not in vars(storage):
-            files_sync(storage.path(name) for name in names)
+            files_sync((storage.path(name) for name in names), missing_ok=True)
 
 
 def blob_study_key_ids(blobs: list[Blob]) -> dict[int, str]:
@@ -373,7 +374,7 @@ def _file_link(*, source: tuple[str, str], store: str, name: str, size: int) -> 
         if storage.file_permissions_mode is not None:
             os.chmod(target, storage.file_permissions_mode)
         os.replace(target, path)
-        name_given(path, made, data=False)  # its data was synced when it was received; its new name is not yet
+        linked(path, made)  # the copy's data and its new name on disk before the caller commits
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(target)
