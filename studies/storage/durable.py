@@ -7,9 +7,11 @@ was stored (a C-STORE success, a STOW-RS answer) must not lose it to a crash of 
 still in the page cache. Orthanc does the same by default (its SyncStorageArea option).
 
 Many files at once: within `together()` (the worker's batch) a write only starts its write-back
-(sync_file_range) and the syncs are made when the block ends, before the caller commits, each folder once; a door
-that records several files in one receipt writes them with `sync=False` and syncs them in the receipt
-(`files_sync`). Either way the disk writes the files while the process goes on with the next.
+(sync_file_range) and the syncs are made when the block ends, before the caller commits, each folder once. A door
+writes its quarantined copies with `sync=False` and syncs them before it answers (studies.storage.blobs
+`blob_files_sync`): STOW-RS a request's parts together, before their receipt; C-STORE its one copy, after the
+receipt's statement. Either way the disk writes the files while the process goes on with the next. The worker
+syncs a promoted copy's data again (`linked`), so what it indexes never rests on a door's sync.
 
 An S3 store needs none of it: an object it has accepted is stored. Only exactly Django's FileSystemStorage is
 synced here, as studies.storage.blobs writes only it by hand.
@@ -48,7 +50,7 @@ def _data_sync(path: str) -> None:
         os.close(fd)
 
 
-def _write_back_start() -> object:
+def _libc_sync_file_range() -> object:
     """sync_file_range(2) from the C library (Linux), else None: a file's write-back started without waiting."""
     try:
         function = ctypes.CDLL(None, use_errno=True).sync_file_range
@@ -59,7 +61,7 @@ def _write_back_start() -> object:
     return function
 
 
-_SYNC_FILE_RANGE = _write_back_start()
+_SYNC_FILE_RANGE = _libc_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 
 
