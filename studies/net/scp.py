@@ -74,6 +74,7 @@ from devices.selectors import dicom_peer_get
 from studies.models import IngestItem, StudyKey
 from studies.net import qr, tls
 from studies.net.peer import Peer
+from studies.net.reactor import PromptRequestHandler
 from studies.services import Rejected, ingest_receive, ingest_refusal_record, ingest_wake
 from tenants import access
 from tenants.jobs import messaging_warm
@@ -142,6 +143,11 @@ class ListenerServer(ThreadedAssociationServer):
     64 x 64 objects, storescu sends 22 per second without it, 240-250 with it); this makes sure ours never adds
     the same stall.
     """
+
+    def __init__(self, *args: Any, request_handler: Any = None, **kwargs: Any) -> None:
+        # Associations woken by their events, not by pynetdicom's 1 ms polls (studies.net.reactor).
+        kwargs["request_handler"] = request_handler or PromptRequestHandler
+        super().__init__(*args, **kwargs)
 
     # Several listener processes may share one port (`manage.py dicom_listener --processes N`): each binds its own
     # socket with SO_REUSEPORT and the kernel spreads the incoming connections over them.
