@@ -26,7 +26,7 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, storages
 
-from studies.storage import envelope
+from studies.storage import durable, envelope
 from studies.storage.blobs import REPLICA
 from studies.storage.keys import master_key_for_wrapping as master_key
 
@@ -138,7 +138,12 @@ def backup_write(*, manifest: BackupManifest, dump: Path, work_dir: Path) -> Bac
         stored = store.save(manifest.dump_path, File(handle))
     if stored != manifest.dump_path:
         raise BackupError(f"backup {manifest.name} already exists")
-    store.save(manifest.manifest_path, ContentFile(manifest.to_json()))
+    # On disk in this order (a folder store, settings.BLOB_SYNC): the dump before the manifest that says it is
+    # finished, and the manifest before the caller counts the backup done and prunes the older ones, so a crash of
+    # the machine never leaves a manifest without its dump, nor the older backups pruned for one it lost.
+    durable.stored_file_sync(store, stored)
+    written = store.save(manifest.manifest_path, ContentFile(manifest.to_json()))
+    durable.stored_file_sync(store, written)
     sealed.unlink()
     return manifest
 

@@ -523,3 +523,47 @@ def test_old_key_files_go_once_no_backup_from_before_the_rotation_is_kept(tenant
     assert _every_blob_reads(tenant_a) == 6
     backups_prune(keep_daily=1)  # done once
     assert AuditEvent.unscoped_objects.filter(event_type=EventType.ROTATED_KEY_FILES_REMOVED).count() == 1
+
+
+def test_a_backup_reaches_the_disk_dump_first_then_its_manifest(tenant_a, monkeypatch, settings):
+    """With folder stores synced (settings.BLOB_SYNC, off in the test settings for speed): the dump's data is synced
+    before its manifest is written, the manifest's data and folder before `backup_write` returns (the audit event
+    and the prune of older backups come after it), so a crash never leaves a finished-looking backup without its
+    dump, nor older backups pruned for one it lost."""
+    settings.BLOB_SYNC = True
+    store = backup_store()
+    events: list[tuple[str, str]] = []
+    for call in ("fdatasync", "fsync"):
+        real = getattr(os, call)
+
+        def recorded(fd: int, call: str = call, real=real) -> None:
+            events.append((call, os.readlink(f"/proc/self/fd/{fd}")))
+            real(fd)
+
+        monkeypatch.setattr(os, call, recorded)
+    real_save = store.save
+
+    def save(name, content):
+        events.append(("save", name))
+        return real_save(name, content)
+
+    monkeypatch.setattr(store, "save", save)
+    monkeypatch.setattr(
+        "studies.services.backups.audit_event_record", lambda **kw: events.append(("audit", kw["event"]))
+    )
+
+    manifest = database_backup()
+
+    dump_path, manifest_path = store.path(manifest.dump_path), store.path(manifest.manifest_path)
+    shown = [
+        (what, target) for what, target in events if what in ("save", "audit") or target in (dump_path, manifest_path)
+    ]
+    assert shown == [
+        ("save", manifest.dump_path),
+        ("fdatasync", dump_path),
+        ("save", manifest.manifest_path),
+        ("fdatasync", manifest_path),
+        ("audit", EventType.DATABASE_BACKED_UP),
+    ]
+    between = events[events.index(("fdatasync", manifest_path)) : events.index(("audit", EventType.DATABASE_BACKED_UP))]
+    assert ("fsync", os.path.dirname(manifest_path)) in between  # the manifest's name, durable before the event
