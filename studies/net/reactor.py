@@ -5,8 +5,8 @@ sleeps `_run_loop_delay` (1 ms) before it looks at the socket and at the queue o
 association's thread sleeps 1 ms at the top of every pass before it looks for a decoded DIMSE message. A C-STORE
 meets three such sleeps on its way: its PDUs wait for the DUL to wake, its decoded message for the association's
 thread, and its response for the DUL again; about 0.5 ms each on average, 1.5 ms of an object that the listener
-otherwise handles in about 5 ms of CPU (pynetdicom's own comment on `_run_loop_delay`: "TODO: try and make this event
-based rather than running loops").
+otherwise handles in about 5 ms of CPU (pynetdicom's own comment on `_run_loop_delay` names making it event based as
+work to do).
 
 Here each sleep is the same bounded wait, ended early by the event that loop is waiting for:
 - `PromptDUL` waits in `select` on the association's socket and on a socket pair that `send_pdu` writes a byte to,
