@@ -349,14 +349,17 @@ def profiled_cstore(
     return figure
 
 
-def listener_start(processes: Processes, env: dict[str, str]) -> tuple[Started, int]:
+def listener_start(processes: Processes, env: dict[str, str], count: int = 1) -> tuple[Started, int]:
+    """`manage.py dicom_listener` with `count` processes sharing its port (scripts/run.sh starts one per core): ready
+    when it says so (with several, once every process listens: the parent's line names how many)."""
+    ready = r"DICOM listener on 127\.0\.0\.1:(\d+)" + (rf" \({count} processes" if count > 1 else "")
     listener = processes.start(
         "listener",
-        [PYTHON, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0"],
+        [PYTHON, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0", "--processes", str(count)],
         env,
-        log_says(r"DICOM listener on 127\.0\.0\.1:\d+"),
+        log_says(ready),
     )
-    return listener, int(re.findall(r"DICOM listener on 127\.0\.0\.1:(\d+)", listener.output())[0])
+    return listener, int(re.findall(ready, listener.output())[0])
 
 
 def gunicorn_start(
@@ -854,6 +857,11 @@ def arguments() -> argparse.Namespace:
         help="seconds to wait after a phase for the Celery queues to drain before the next begins",
     )  # fmt: skip
     parser.add_argument(
+        "--listener-processes", type=int, default=os.cpu_count() or 1,
+        help="DICOM listener processes sharing the port, as scripts/run.sh starts them (default: one per core, "
+        f"{os.cpu_count() or 1} here); 1: one process, as the runs before session 10",
+    )  # fmt: skip
+    parser.add_argument(
         "--one-worker", action="store_true",
         help="one Celery worker (-c 2) on every queue, as in the runs before this option (not scripts/run.sh's two)",
     )  # fmt: skip
@@ -993,7 +1001,7 @@ def main() -> int:
         # Enclave: listener and worker; C-STORE with the built-in scanner.
         cpu0 = machine_cpu()
         worker = workers_start(processes, base_env, one=args.one_worker)
-        listener, port = listener_start(processes, base_env)
+        listener, port = listener_start(processes, base_env, args.listener_processes)
         groups = enclave_cpu_groups(processes, listener, None)
         for name in ("one", "four"):
             busy0 = machine_cpu()
@@ -1037,7 +1045,7 @@ def main() -> int:
             clamd_env = {**base_env, "CLAMD_ADDRESS": clamd_start(processes, base_env)}
             clamd = processes.running["clamd"]
             worker = workers_start(processes, clamd_env, one=args.one_worker)
-            listener, port = listener_start(processes, clamd_env)
+            listener, port = listener_start(processes, clamd_env, args.listener_processes)
             figures["enclave"]["cstore_clamd"] = enclave_cstore(
                 [tmp / "dicom-clamd"], targets["clamd"], port=port, count=per_set,
                 groups=enclave_cpu_groups(processes, listener, clamd), tmp=tmp, tag="eclamd", timeout=args.timeout,
@@ -1166,6 +1174,7 @@ def main() -> int:
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
             "orthanc": version.splitlines()[0] if version else "Orthanc",
             "json": str(path.relative_to(ROOT)),
+            "listener_processes": args.listener_processes,
         }
         text = markdown(rows, notes, about)
         path.write_text(json.dumps({**about, "date": now.isoformat(timespec="seconds"), "set": {
@@ -1307,7 +1316,8 @@ def markdown(rows: list[tuple[str, str, str, str]], notes: list[str], about: dic
         f"`{about['command']}`, {about['date']}, on {m.get('nproc')} cores ({m.get('cpu')}), {m.get('ram_gb')} GB, "
         f"Debian {m.get('debian')}, PostgreSQL {m.get('postgresql')}, Redis {m.get('redis')}, {about['orthanc']}. "
         f"Load average {' / '.join(map(str, about['load_average_before']))} before, "
-        f"{' / '.join(map(str, about['load_average_after']))} after. Result: `{about['json']}`.",
+        f"{' / '.join(map(str, about['load_average_after']))} after. Enclave's DICOM listener: "
+        f"{about.get('listener_processes', 1)} process(es) sharing its port. Result: `{about['json']}`.",
         "",
         "| figure | Orthanc | Enclave | ratio |",
         "|---|---:|---:|---:|",

@@ -59,11 +59,13 @@ def test_the_markdown_names_the_machine_the_date_and_the_load():
     about = {"command": ".venv/bin/python -m bench.orthanc", "date": "2026-12-06 10:00 UTC",
              "machine": {"nproc": 2, "cpu": "EPYC", "ram_gb": 25.3, "debian": "12.11", "postgresql": "15",
                          "redis": "7"}, "orthanc": "Orthanc 1.10.1", "load_average_before": [1.0, 2.0, 3.0],
-             "load_average_after": [4.0, 5.0, 6.0], "json": "var/bench/x.json"}  # fmt: skip
+             "load_average_after": [4.0, 5.0, 6.0], "json": "var/bench/x.json",
+             "listener_processes": 2}  # fmt: skip
 
     text = markdown(rows, notes, about)
 
     assert "2026-12-06 10:00 UTC" in text
+    assert "Enclave's DICOM listener: 2 process(es) sharing its port" in text
     assert "Load average 1.0 / 2.0 / 3.0 before" in text
     assert "| C-STORE, one association (inst/s) | 100.0 | 10.0 | 0.10 |" in text
 
