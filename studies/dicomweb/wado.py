@@ -47,8 +47,7 @@ from studies.dicomweb.negotiation import (
     not_acceptable,
 )
 from studies.models import Instance, Study
-from studies.selectors.retrieval import retrieval_rows_compiled
-from studies.selectors.storage import RetrievalRow
+from studies.selectors.storage import RetrievalRow, retrieval_rows
 from studies.services.reads import (
     StudyRow,
     instances_accessed_record,
@@ -399,12 +398,10 @@ class _RetrieveApi(_ReadApi):
         self, study: str, series: str | None = None, instance: str | None = None
     ) -> tuple[StudyRow, list[RetrievalRow]]:
         """The study and instances to send, read as columns in one statement (issue 10: a series is one row per
-        instance), compiled once per shape (studies.selectors.retrieval); NotVisible recorded as a failed read, as
-        `visible_instances` records it."""
+        instance), compiled once per shape (studies.selectors.storage.retrieval_rows); NotVisible recorded as a
+        failed read, as `visible_instances` records it."""
         try:
-            return retrieval_rows_compiled(
-                actor=self.request.user, study_uid=study, series_uid=series, sop_uid=instance
-            )
+            return retrieval_rows(actor=self.request.user, study_uid=study, series_uid=series, sop_uid=instance)
         except access.NotVisible:
             read_unavailable_record(
                 actor=self.request.user, study_uid=study, resource=self.request.path,

@@ -1,5 +1,5 @@
-"""A retrieval's rows by a statement compiled once per shape (studies.selectors.retrieval): the same study and rows
-as `studies.selectors.storage.retrieval_rows` (Django's queryset) for a study, a series and an instance, the UIDs
+"""A retrieval's rows by a statement compiled once per shape (studies.selectors.storage.retrieval_rows): the same
+study and rows as Django reads with the same queryset for a study, a series and an instance, the UIDs
 of each request and never those of the request that compiled it, one statement per tenant and shape, and none for
 a caller who may see only some studies."""
 
@@ -12,10 +12,10 @@ import pytest
 
 from studies import services
 from studies.dicom.synthetic import make_instance
-from studies.models import IngestItem
-from studies.selectors import retrieval
-from studies.selectors.retrieval import retrieval_rows_compiled
-from studies.selectors.storage import retrieval_rows
+from studies.models import IngestItem, Study
+from studies.selectors import storage as retrieval
+from studies.selectors.storage import _ROW_COLUMNS, _STUDY, RetrievalRow, _rows_queryset, retrieval_rows
+from studies.storage.blobs import BlobRef
 from tenants import access
 from tenants.models import Role, Tenant
 from tenants.scoping import tenant_scope
@@ -57,10 +57,20 @@ RESOURCES = [
 ]
 
 
+def _django_rows(*, actor, study_uid, series_uid=None, sop_uid=None):
+    """The same queryset read by Django at every call (what `retrieval_rows` did before it kept statements)."""
+    visible = access.visible(actor, "studies.view_study", Study.objects.all())
+    values = list(_rows_queryset(visible, study_uid, series_uid, sop_uid))
+    if not values:
+        raise access.NotVisible()
+    assert len(values[0]) == len(_ROW_COLUMNS)
+    return values[0][:_STUDY], [RetrievalRow(r[_STUDY], r[_STUDY + 1], BlobRef(*r[_STUDY + 2 :])) for r in values]
+
+
 def _both(actor, study, series=None, sop=None):
     """The compiled statement's answer and Django's, each the study row and the rows, or NotVisible."""
     answers = []
-    for read in (retrieval_rows_compiled, retrieval_rows):
+    for read in (retrieval_rows, _django_rows):
         try:
             answers.append(read(actor=actor, study_uid=study, series_uid=series, sop_uid=sop))
         except access.NotVisible:
@@ -139,7 +149,7 @@ def test_who_sees_some_studies_never_gets_a_statement_of_the_shape(archive, tena
 
 def test_the_parameters_are_exactly_the_uids_and_the_tenant(archive, tenant_a, radiologist_a):
     with tenant_scope(tenant_a):
-        retrieval_rows_compiled(actor=radiologist_a, study_uid="1.2.3.1", series_uid="1.2.3.1.1", sop_uid="1.2.3.1.1.1")
+        retrieval_rows(actor=radiologist_a, study_uid="1.2.3.1", series_uid="1.2.3.1.1", sop_uid="1.2.3.1.1.1")
     (statement,) = retrieval._STATEMENTS.values()
     assert statement is not None
     assert statement.slots.count(-1) >= 1
