@@ -41,11 +41,11 @@ from studies.dicom import preamble as dicom_preamble
 from studies.models import Blob, IngestItem, Instance, Patient, Series, Study, StudyKey, person_name_key
 from studies.storage import durable
 from studies.storage.blobs import (
-    BlobPromotions,
     BlobUnreadable,
     blob_delete,
     blob_files_sync,
     blob_promotable,
+    blob_promote,
     blob_read,
     blob_read_sealed,
     blob_seal,
@@ -714,119 +714,96 @@ def _store_batch(checked: list[_Checked], tenant: Tenant) -> tuple[dict[int, Ing
     return done, later
 
 
-def _promotions_start(fresh: list[_Checked]) -> tuple[BlobPromotions, list[bool]]:
-    """The batch's promotable quarantined blobs (`blob_promotable`) with their promotion started (`BlobPromotions`:
-    the checked ciphertext enters the archive as it is, no decryption or encryption again; its files, a hard link
-    and the replica's copy and their syncs, written on a thread while the batch's statements run); and whether
-    each of `fresh` is one of them."""
-    key_ids = blob_study_key_ids([one.item.quarantine for one in fresh if one.item.quarantine is not None])
-    promotable: list[bool] = []
-    promoting: list[tuple[Blob, bytes]] = []
-    for one in fresh:
-        quarantine = one.item.quarantine
-        assert quarantine is not None
-        uid = one.verdict.parsed.study_instance_uid
-        promotable.append(
-            not one.verdict.preamble_zeroed
-            and blob_promotable(blob=quarantine, study_instance_uid=uid, key_ids=key_ids)
-        )
-        if promotable[-1]:
-            promoting.append((quarantine, one.sealed))
-    return BlobPromotions(promoting), promotable
-
-
 def _blobs_and_rows(fresh: list[_Checked], tenant: Tenant) -> None:
     now = timezone.now()
-    promotions, promotable = _promotions_start(fresh)
-    try:
-        released: list[Blob] = []
-        blobs: list[Blob] = []
-        for one, as_is in zip(fresh, promotable, strict=True):
-            quarantine, parsed = one.item.quarantine, one.verdict.parsed
-            assert quarantine is not None
-            if as_is:
-                blobs.append(quarantine)
-            else:
-                # Zeroed preamble (other bytes), or sealed under another key at receipt: encrypted anew.
-                blobs.append(
-                    blob_write(
-                        kind=Blob.Kind.INSTANCE, data=one.verdict.data, study_instance_uid=parsed.study_instance_uid
-                    )
-                )
-                released.append(quarantine)
-        series, new_series = _series_for(fresh, tenant)
-        instances = [
-            Instance(
-                tenant=tenant,
-                series=series[one.verdict.parsed.series_instance_uid],
-                sop_instance_uid=one.verdict.parsed.sop_instance_uid,
-                sop_class_uid=one.verdict.parsed.sop_class_uid,
-                transfer_syntax_uid=one.verdict.parsed.transfer_syntax_uid,
-                instance_number=one.verdict.parsed.instance_number,
-                rows=one.verdict.parsed.rows or None,
-                columns=one.verdict.parsed.columns or None,
-                frames=one.verdict.parsed.frames or 1,
-                size=len(one.verdict.data),
-                sha256=blob.sha256,
-                content_sha256=one.verdict.parsed.content_sha256,
-                blob=blob,
+    key_ids = blob_study_key_ids([one.item.quarantine for one in fresh if one.item.quarantine is not None])
+    promoted: list[Blob] = []
+    released: list[Blob] = []
+    blobs: list[Blob] = []
+    for one in fresh:
+        quarantine, parsed = one.item.quarantine, one.verdict.parsed
+        assert quarantine is not None
+        if not one.verdict.preamble_zeroed and blob_promotable(
+            blob=quarantine, study_instance_uid=parsed.study_instance_uid, key_ids=key_ids
+        ):
+            # The checked ciphertext enters the archive as it is: no decryption or encryption again.
+            blob_promote(blob=quarantine, sealed=one.sealed)
+            quarantine.updated_at = now
+            promoted.append(quarantine)
+            blobs.append(quarantine)
+        else:
+            # Zeroed preamble (other bytes), or sealed under another key at receipt: encrypted anew.
+            blobs.append(
+                blob_write(kind=Blob.Kind.INSTANCE, data=one.verdict.data, study_instance_uid=parsed.study_instance_uid)
             )
-            for one, blob in zip(fresh, blobs, strict=True)
-        ]
-        Instance.objects.bulk_create(instances)
-        for one, instance in zip(fresh, instances, strict=True):
-            item = one.item
-            one.instance = instance
-            item.state, item.failure, item.finished_at, item.updated_at = IngestItem.State.STORED, "", now, now
-            item.reason = "preamble zeroed" if one.verdict.preamble_zeroed else ""
-            item.instance, item.sop_instance_uid, item.quarantine = instance, instance.sop_instance_uid, None
-        # Every item's verdict in one UPDATE, with the values just set on the objects. (Not a subquery per row for its
-        # instance: under the policy and with statistics older than the tenant's rows, PostgreSQL read that through
-        # the tenant index, every instance of the tenant for each item: docs/BENCHMARKS.md, h5 branch, session 3.)
-        zeroed = [one.item.pk for one in fresh if one.verdict.preamble_zeroed]
-        instance_of = {one.item.pk: instance.pk for one, instance in zip(fresh, instances, strict=True)}
-        IngestItem.objects.filter(pk__in=[one.item.pk for one in fresh]).update(
-            state=IngestItem.State.STORED,
-            reason=_per_row(dict.fromkeys(zeroed, "preamble zeroed"), CharField(), default="") if zeroed else "",
-            failure="",
-            finished_at=now,
-            updated_at=now,
-            instance=_per_row(instance_of, BigIntegerField()),
-            sop_instance_uid=_per_row({one.item.pk: one.item.sop_instance_uid for one in fresh}, CharField()),
-            quarantine=None,
+            released.append(quarantine)
+    series, new_series = _series_for(fresh, tenant)
+    instances = [
+        Instance(
+            tenant=tenant,
+            series=series[one.verdict.parsed.series_instance_uid],
+            sop_instance_uid=one.verdict.parsed.sop_instance_uid,
+            sop_class_uid=one.verdict.parsed.sop_class_uid,
+            transfer_syntax_uid=one.verdict.parsed.transfer_syntax_uid,
+            instance_number=one.verdict.parsed.instance_number,
+            rows=one.verdict.parsed.rows or None,
+            columns=one.verdict.parsed.columns or None,
+            frames=one.verdict.parsed.frames or 1,
+            size=len(one.verdict.data),
+            sha256=blob.sha256,
+            content_sha256=one.verdict.parsed.content_sha256,
+            blob=blob,
         )
-        for quarantine in released:
-            blob_delete(blob=quarantine)
-        added: dict[int, int] = defaultdict(int)
-        for instance in instances:
-            added[instance.series_id] += 1
-        before = {one_series.pk: one_series.number_of_instances for one_series in series.values()}
-        _counts_add(series=[s for s in series.values() if s.pk in added], added=added, new_series=new_series)
-        for one_series in series.values():
-            if one_series.pk in added and _thumbnail_due(
-                one_series, before=before[one_series.pk], added=added[one_series.pk], new=one_series.pk in new_series
-            ):
-                task_queue_on_commit("studies.tasks.series_thumbnail", tenant_id=tenant.pk, series_id=one_series.pk)
-        # The promoted rows saved once their copies are written and on disk (`wait` raises a primary copy's failure).
-        promoted = promotions.wait()
-        if promoted:
-            # The promoted blobs in one UPDATE: the name per row, the replication outcome per row only when the batch
-            # has both (Django's bulk_update builds a CASE per row and field: most of a batch's Python time when every
-            # field went through it).
-            replicated = [blob.pk for blob in promoted if blob.replicated_at is not None]
-            replicated_at: Any = now if len(replicated) == len(promoted) else None
-            if replicated and replicated_at is None:
-                replicated_at = Case(
-                    When(pk__in=replicated, then=Value(now)), default=None, output_field=DateTimeField()
-                )
-            Blob.objects.filter(pk__in=[blob.pk for blob in promoted]).update(
-                kind=Blob.Kind.INSTANCE,
-                storage_name=_per_row({blob.pk: blob.storage_name for blob in promoted}, CharField()),
-                replicated_at=replicated_at,
-                updated_at=now,
-            )
-    finally:
-        promotions.close()  # no copy is written behind a batch that failed (and is stored again item by item)
+        for one, blob in zip(fresh, blobs, strict=True)
+    ]
+    Instance.objects.bulk_create(instances)
+    if promoted:
+        # The promoted blobs in one UPDATE: the name per row, the replication outcome per row only when the batch
+        # has both (Django's bulk_update builds a CASE per row and field: most of a batch's Python time when every
+        # field went through it).
+        replicated = [blob.pk for blob in promoted if blob.replicated_at is not None]
+        replicated_at: Any = now if len(replicated) == len(promoted) else None
+        if replicated and replicated_at is None:
+            replicated_at = Case(When(pk__in=replicated, then=Value(now)), default=None, output_field=DateTimeField())
+        Blob.objects.filter(pk__in=[blob.pk for blob in promoted]).update(
+            kind=Blob.Kind.INSTANCE,
+            storage_name=_per_row({blob.pk: blob.storage_name for blob in promoted}, CharField()),
+            replicated_at=replicated_at,
+            updated_at=now,
+        )
+    for one, instance in zip(fresh, instances, strict=True):
+        item = one.item
+        one.instance = instance
+        item.state, item.failure, item.finished_at, item.updated_at = IngestItem.State.STORED, "", now, now
+        item.reason = "preamble zeroed" if one.verdict.preamble_zeroed else ""
+        item.instance, item.sop_instance_uid, item.quarantine = instance, instance.sop_instance_uid, None
+    # Every item's verdict in one UPDATE, with the values just set on the objects. (Not a subquery per row for its
+    # instance: under the policy and with statistics older than the tenant's rows, PostgreSQL read that through
+    # the tenant index, every instance of the tenant for each item: docs/BENCHMARKS.md, h5 branch, session 3.)
+    zeroed = [one.item.pk for one in fresh if one.verdict.preamble_zeroed]
+    instance_of = {one.item.pk: instance.pk for one, instance in zip(fresh, instances, strict=True)}
+    IngestItem.objects.filter(pk__in=[one.item.pk for one in fresh]).update(
+        state=IngestItem.State.STORED,
+        reason=_per_row(dict.fromkeys(zeroed, "preamble zeroed"), CharField(), default="") if zeroed else "",
+        failure="",
+        finished_at=now,
+        updated_at=now,
+        instance=_per_row(instance_of, BigIntegerField()),
+        sop_instance_uid=_per_row({one.item.pk: one.item.sop_instance_uid for one in fresh}, CharField()),
+        quarantine=None,
+    )
+    for quarantine in released:
+        blob_delete(blob=quarantine)
+    added: dict[int, int] = defaultdict(int)
+    for instance in instances:
+        added[instance.series_id] += 1
+    before = {one_series.pk: one_series.number_of_instances for one_series in series.values()}
+    _counts_add(series=[s for s in series.values() if s.pk in added], added=added, new_series=new_series)
+    for one_series in series.values():
+        if one_series.pk in added and _thumbnail_due(
+            one_series, before=before[one_series.pk], added=added[one_series.pk], new=one_series.pk in new_series
+        ):
+            task_queue_on_commit("studies.tasks.series_thumbnail", tenant_id=tenant.pk, series_id=one_series.pk)
 
 
 class _PerRow(Expression):

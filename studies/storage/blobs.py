@@ -49,7 +49,7 @@ from django.utils import timezone
 
 from studies.models import Blob, StudyKey
 from studies.storage import envelope
-from studies.storage.durable import file_written, files_sync, linked, name_given, together
+from studies.storage.durable import file_written, files_sync, linked, name_given
 from studies.storage.keys import (
     KeyUnavailable,
     study_key_cache,
@@ -235,103 +235,31 @@ def blob_promote(*, blob: Blob, sealed: bytes, kind: str = Blob.Kind.INSTANCE) -
     the archive's name, and the row (the same row: the same id, the same data key, wrapped by the study's key
     since receipt) becomes a blob of `kind`. Returns the changed fields; the caller saves the row (one UPDATE, or
     one bulk_update for a batch) in the transaction that indexes it. The quarantine file goes once that commits.
-    `BlobPromotions` does the same for a batch, its files written on a thread beside the caller's statements.
 
     The archive name follows from the blob's id, so a second attempt after a worker died overwrites the first
     attempt's copies instead of leaving orphans. A replica store that fails does not fail the promotion:
     `replicated_at` stays empty and the catch-up job copies the blob, as for `blob_write`."""
-    quarantined = _promotion_start(blob=blob, kind=kind)
-    blob.replicated_at = _promoted_files_put(blob=blob, source=quarantined, sealed=sealed)
-    _quarantined_remove_on_commit([(blob.public_id, quarantined)])
-    return ["kind", "storage_name", "replicated_at", "updated_at"]
-
-
-def _promotion_start(*, blob: Blob, kind: str) -> str:
-    """The row's archive name and kind set in memory (the caller saves them); returns its quarantined name."""
     assert blob.kind == Blob.Kind.QUARANTINE
     assert blob.study_key_id is not None
     quarantined = blob.storage_name
-    blob.kind, blob.replicated_at = kind, None
-    blob.storage_name = blob_name(tenant_id=blob.tenant_id, kind=kind, blob_id=blob.public_id)
-    return quarantined
-
-
-def _promoted_files_put(*, blob: Blob, source: str, sealed: bytes) -> datetime | None:
-    """A promoted blob's copies under its archive name (`blob.storage_name`): the primary one (a hard link to the
-    quarantined file `source`, else written), then the replica's; returns when the replica's was written, None
-    when the replica store failed (logged; the catch-up job copies it). Touches no database and no tenant scope,
-    so `BlobPromotions` runs it on a thread of its own."""
-    name = blob.storage_name
-    if not _file_link(source=(QUARANTINE, source), store=PRIMARY, name=name, size=len(sealed)):
+    name = blob_name(tenant_id=blob.tenant_id, kind=kind, blob_id=blob.public_id)
+    if not _file_link(source=(QUARANTINE, quarantined), store=PRIMARY, name=name, size=len(sealed)):
         blob_sealed_put(store=PRIMARY, name=name, sealed=sealed)
+    blob.kind, blob.storage_name, blob.replicated_at = kind, name, None
     try:
         blob_sealed_put(store=REPLICA, name=name, sealed=sealed)
+        blob.replicated_at = timezone.now()
     except Exception:  # any failure of the replica store: the primary copy stands, the catch-up job copies it
         logger.warning("blob %s not replicated; the catch-up job will copy it", blob.public_id, exc_info=True)
-        return None
-    return timezone.now()
-
-
-def _quarantined_remove_on_commit(quarantined: list[tuple[uuid.UUID, str]]) -> None:
-    """The quarantined files (blob id, name) of promoted blobs removed once the caller's transaction commits."""
 
     def remove_quarantined() -> None:
-        for public_id, name in quarantined:
-            try:
-                storages[QUARANTINE].delete(name)
-            except OSError:
-                logger.warning("could not delete blob %s from %s", public_id, QUARANTINE)
+        try:
+            storages[QUARANTINE].delete(quarantined)
+        except OSError:
+            logger.warning("could not delete blob %s from %s", blob.public_id, QUARANTINE)
 
     transaction.on_commit(remove_quarantined)
-
-
-class BlobPromotions:
-    """`blob_promote` for a batch of quarantined blobs (each with its checked ciphertext), the files written on a
-    thread while the caller runs the batch's statements (issue 10, STOW-RS: the batch's hard links, replica writes
-    and their syncs were 8-9 ms of a request's wall time, serial between its statements; the writes and syncs
-    release the GIL). Made in the caller's transaction: the rows' archive names and kinds are set in memory at once
-    (they follow from the ids) and the quarantine files' removal is registered on the caller's connection, for its
-    commit; `wait()` joins the thread, raises what failed there (a primary copy not written: the caller's
-    transaction then rolls back, as with `blob_promote`), and sets each row's `replicated_at` only now that its
-    replica copy is written and on disk. The thread's writes are made durable on that thread (its own
-    `durable.together()` block, ended before `wait()` returns), so the caller saves the rows after `wait()` and
-    commits them counting copies that are on disk, as before. `close()` (idempotent, in a `finally`) waits for the
-    thread without raising, so no write goes on behind a caller that failed and retries the same names."""
-
-    def __init__(self, promotions: list[tuple[Blob, bytes]], *, kind: str = Blob.Kind.INSTANCE) -> None:
-        self._jobs = [(blob, _promotion_start(blob=blob, kind=kind), sealed) for blob, sealed in promotions]
-        _quarantined_remove_on_commit([(blob.public_id, source) for blob, source, _ in self._jobs])
-        self._replicated: list[datetime | None] = []
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if self._jobs:
-            # In a copy of the caller's context: the warnings carry the caller's log context, and the thread's own
-            # `durable.together()` block is set in the copy, apart from the caller's.
-            context = contextvars.copy_context()
-            self._thread = threading.Thread(target=context.run, args=(self._run,), name="blob-promote", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            with together():  # every copy's data, then their folders, synced once all are written
-                for blob, source, sealed in self._jobs:
-                    self._replicated.append(_promoted_files_put(blob=blob, source=source, sealed=sealed))
-        except BaseException as exc:  # raised by `wait()` on the caller's thread
-            self._error = exc
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def wait(self) -> list[Blob]:
-        """The promoted rows, their copies written and on disk, `replicated_at` set: the caller saves them."""
-        self.close()
-        if self._error is not None:
-            raise self._error
-        for (blob, _, _), replicated_at in zip(self._jobs, self._replicated, strict=True):
-            blob.replicated_at = replicated_at
-        return [blob for blob, _, _ in self._jobs]
+    return ["kind", "storage_name", "replicated_at", "updated_at"]
 
 
 def _stores_for(blob: Blob | BlobRef) -> list[str]:
