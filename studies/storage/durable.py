@@ -109,8 +109,8 @@ def files_sync(paths: Iterable[str], *, folders: Iterable[str] = (), missing_ok:
     together, the file system can commit them in one journal transaction. Here, 10 new copies of 0.53 MB and their
     folders on a disk shared with other benchmarks: median 18.5 ms one at a time, 8.7 together; with their
     write-back started when written (as `file_written` does), 8.5 and 10.6, but 35 ms against 14 at worst. End to
-    end (STOW-RS, one client) the batch's storing step fell from 43-62 to 31-44 ms: docs/BENCHMARKS.md, "h2 branch,
-    session 10"."""
+    end (STOW-RS, one client, 11 alternated runs) the batch's storing to the answer fell from a median of 53 ms to 40:
+    docs/BENCHMARKS.md, "h2 branch, session 10"."""
     if not sync_on():
         return
     paths = list(paths)
