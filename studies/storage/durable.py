@@ -133,6 +133,18 @@ _sync_pool: dict[int, ThreadPoolExecutor] = {}
 _sync_pool_lock = threading.Lock()
 
 
+def _sync_pool_forget() -> None:
+    """In a forked child: the parent's pool (its threads did not survive the fork) and a lock that a thread of the
+    parent may have held at the fork, both made anew."""
+    global _sync_pool_lock
+    _sync_pool.clear()
+    _sync_pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_sync_pool_forget)
+
+
 def _syncs_run(sync: Callable[[str], None], paths: list[str]) -> None:
     """`sync` of every one of `paths`, together on the pool's threads (one alone on the caller's), returning once
     all have ended; the first that failed is raised (the others have ended too, so nothing runs on behind the

@@ -258,6 +258,29 @@ def test_a_sync_that_fails_is_raised_after_the_others_end_and_no_folder_is_synce
     assert syncs.of("fsync") == []  # a name is made durable only after its data
 
 
+def test_a_forked_child_syncs_on_a_pool_of_its_own_even_if_the_parent_held_the_pools_lock(syncs):
+    """A gunicorn or Celery worker forked from a process that used the pool: the parent's threads are not in the
+    child, and a lock held by one of the parent's threads at the fork would never be released there."""
+    import signal
+
+    from studies.storage import durable
+
+    durable.files_sync(_written(2))  # the parent's pool, made
+    with durable._sync_pool_lock:  # held by the parent at the fork
+        pid = os.fork()
+        if pid == 0:  # the child: exits 0 once its own syncs are done; SIGALRM ends it if they hang
+            signal.alarm(20)
+            code = 1
+            try:
+                durable.files_sync(_written(3))
+                code = 0
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), "the child's syncs hung on the parent's pool or lock"
+    assert os.WEXITSTATUS(status) == 0
+
+
 def test_nothing_is_synced_when_it_is_turned_off(syncs, settings):
     from studies.storage.keys import _key_file_write
 
