@@ -19,6 +19,7 @@ bench/orthanc.py lifts them:
   database's PostgreSQL backends from /proc; each request's latency (median, p90).
 
     .venv/bin/python -m bench.stow [--clients 1,4,1,4] [--per-series 60] [--db enclave_bench_stow --redis 12]
+        [--port 18200]
     .venv/bin/python -m bench.stow --in-process [--requests 30] [--eager | --door-only] [--sql]
 
 Figures: docs/BENCHMARKS.md, "STOW-RS processed in the request" and "STOW-RS: the request's own CPU".
@@ -88,7 +89,7 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], tmp: Path, db: str
     results = []
     try:
         worker = worker_start(processes, env)
-        port = free_port()
+        port = args.port or free_port()
         root = f"http://127.0.0.1:{port}/dicomweb"
         web = gunicorn_start(processes, env, f"{root}/{targets[0].tenant.slug}", port, enclave_reader(targets[0]))
         groups: dict[str, Callable[[], list[int]]] = {
@@ -305,6 +306,7 @@ def main() -> int:
     parser.add_argument("--db", default="enclave_bench_stow")
     parser.add_argument("--redis", type=int, default=12)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--port", type=int, default=0, help="end to end: gunicorn's port (default: any free one)")
     parser.add_argument(
         "--spy", default="", help="end to end: py-spy each gunicorn worker and Celery worker process into this folder"
     )

@@ -8,6 +8,7 @@ fsync the process makes recorded (and still made)."""
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def test_within_together_copies_start_their_write_back_and_are_synced_at_its_end
         blob_sealed_put(store=REPLICA, name=second, sealed=b"two")
         assert syncs.of("fdatasync") == []  # not yet: the disk writes them meanwhile
 
-    assert syncs.of("fdatasync") == [storage.path(first), storage.path(second)]
+    assert sorted(syncs.of("fdatasync")) == sorted([storage.path(first), storage.path(second)])  # together, on threads
     assert syncs.of("fsync").count(os.path.dirname(storage.path(first))) == 1
 
 
@@ -198,11 +199,86 @@ def test_a_stow_requests_copies_are_synced_together_by_their_receipt_before_it_i
 
     quarantine = storages[QUARANTINE]
     paths = [quarantine.path(blob.storage_name) for blob in sealed]
-    assert [path for path in syncs.of("fdatasync") if path.startswith(str(quarantine.location))] == paths
+    assert sorted(path for path in syncs.of("fdatasync") if path.startswith(str(quarantine.location))) == sorted(paths)
     receipt = next(i for i, (what, sql) in enumerate(syncs.events) if what == "sql" and "studies_ingestitem" in sql
                    and "INSERT" in sql.upper())  # fmt: skip
     assert max(syncs.events.index(("fdatasync", path)) for path in paths) < receipt
     assert syncs.events.index(("fsync", os.path.dirname(paths[0]))) < receipt
+
+
+def _written(count: int) -> list[str]:
+    storage = storages[REPLICA]
+    names = [_new_name()[1] for _ in range(count)]
+    for name in names:
+        path = storage.path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Path(path).write_bytes(b"ciphertext")
+    return [storage.path(name) for name in names]
+
+
+def test_many_files_are_synced_at_once_every_files_data_before_any_folder(syncs, monkeypatch):
+    """files_sync issues its syncs together (the file system commits them at once, instead of one journal commit
+    after another): three files' fdatasyncs all wait at a barrier of three, which syncs one at a time never pass."""
+    from studies.storage import durable
+
+    paths = _written(3)
+    barrier = threading.Barrier(3, timeout=20)
+    recorded = os.fdatasync  # the fixture's, which records and then syncs
+
+    def together_fdatasync(fd: int) -> None:
+        barrier.wait()  # BrokenBarrierError (the test fails) unless all three are in a sync at once
+        recorded(fd)
+
+    monkeypatch.setattr(os, "fdatasync", together_fdatasync)
+    durable.files_sync(paths)
+
+    assert sorted(syncs.of("fdatasync")) == sorted(paths)
+    last_data = max(syncs.events.index(("fdatasync", path)) for path in paths)
+    folders = {os.path.dirname(path) for path in paths}
+    assert sorted(syncs.of("fsync")) == sorted(folders)  # each folder once
+    assert min(syncs.events.index(("fsync", folder)) for folder in folders) > last_data
+
+
+def test_a_sync_that_fails_is_raised_after_the_others_end_and_no_folder_is_synced(syncs, monkeypatch):
+    from studies.storage import durable
+
+    paths = _written(3)
+    recorded = os.fdatasync
+
+    def failing_fdatasync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == paths[1]:
+            raise OSError(5, "Input/output error")
+        recorded(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    with pytest.raises(OSError, match="Input/output error"):
+        durable.files_sync(paths)
+
+    assert sorted(syncs.of("fdatasync")) == sorted([paths[0], paths[2]])  # the others ended before it was raised
+    assert syncs.of("fsync") == []  # a name is made durable only after its data
+
+
+def test_a_forked_child_syncs_on_a_pool_of_its_own_even_if_the_parent_held_the_pools_lock(syncs):
+    """A gunicorn or Celery worker forked from a process that used the pool: the parent's threads are not in the
+    child, and a lock held by one of the parent's threads at the fork would never be released there."""
+    import signal
+
+    from studies.storage import durable
+
+    durable.files_sync(_written(2))  # the parent's pool, made
+    with durable._sync_pool_lock:  # held by the parent at the fork
+        pid = os.fork()
+        if pid == 0:  # the child: exits 0 once its own syncs are done; SIGALRM ends it if they hang
+            signal.alarm(20)
+            code = 1
+            try:
+                durable.files_sync(_written(3))
+                code = 0
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), "the child's syncs hung on the parent's pool or lock"
+    assert os.WEXITSTATUS(status) == 0
 
 
 def test_nothing_is_synced_when_it_is_turned_off(syncs, settings):
