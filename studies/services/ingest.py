@@ -44,6 +44,7 @@ from studies.storage.blobs import (
     BlobUnreadable,
     blob_delete,
     blob_files_sync,
+    blob_files_synced_meanwhile,
     blob_promotable,
     blob_promote,
     blob_read,
@@ -188,11 +189,13 @@ def ingest_receive(
     # Field rules only: the foreign keys were made or checked just above, and the public id is a fresh UUID, so
     # full_clean's look-ups of them (three SELECTs per received object) would prove nothing.
     item.clean_fields(exclude=["tenant", "quarantine", "actor", "device", "instance"])
-    _receipt_insert(quarantine, item)
-    # On disk before the door answers (a C-STORE success follows this). A crash between the receipt and this sync
-    # leaves an item whose copy may be gone: the sender, never answered, sends it again, and the worker fails the
-    # unreadable one; a worker that takes the item meanwhile syncs the copy again before it indexes it.
-    blob_files_sync([quarantine])
+    # On disk before the door answers (a C-STORE success follows this), synced on a thread while the receipt's
+    # statement runs: the copy's write-out and the commit's WAL flush wait for the disk at the same time. A crash
+    # before both have ended leaves either a copy without its receipt (the orphan job removes it) or an item whose
+    # copy may be gone: the sender, never answered, sends it again, and the worker fails the unreadable one; a
+    # worker that takes the item meanwhile syncs the copy again before it indexes it.
+    with blob_files_synced_meanwhile([quarantine]):
+        _receipt_insert(quarantine, item)
     if queue:
         task_queue_on_commit("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=item.pk)
     return item

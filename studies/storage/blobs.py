@@ -38,6 +38,7 @@ import queue
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import NamedTuple, cast
 
@@ -49,7 +50,7 @@ from django.utils import timezone
 
 from studies.models import Blob, StudyKey
 from studies.storage import envelope
-from studies.storage.durable import file_written, files_sync, linked, name_given
+from studies.storage.durable import file_written, files_sync, linked, name_given, synced_meanwhile
 from studies.storage.keys import (
     KeyUnavailable,
     study_key_cache,
@@ -202,6 +203,15 @@ def blob_files_sync(blobs: list[Blob]) -> None:
         storage = storages[store]
         if type(storage) is FileSystemStorage and "save" not in vars(storage):
             files_sync((storage.path(name) for name in names), missing_ok=True)
+
+
+@contextlib.contextmanager
+def blob_files_synced_meanwhile(blobs: list[Blob]) -> Iterator[None]:
+    """`blob_files_sync(blobs)` on a thread while the block runs (studies.storage.durable.synced_meanwhile): the
+    C-STORE's quarantined copy written out while its receipt's statement waits for PostgreSQL; the block ends once
+    both have."""
+    with synced_meanwhile(lambda: blob_files_sync(blobs)):
+        yield
 
 
 def blob_study_key_ids(blobs: list[Blob]) -> dict[int, str]:

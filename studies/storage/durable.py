@@ -145,14 +145,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_sync_pool_forget)
 
 
-def _syncs_run(sync: Callable[[str], None], paths: list[str]) -> None:
-    """`sync` of every one of `paths`, together on the pool's threads (one alone on the caller's), returning once
-    all have ended; the first that failed is raised (the others have ended too, so nothing runs on behind the
-    caller)."""
-    if len(paths) <= 1:
-        for path in paths:
-            sync(path)
-        return
+# Set on the pool's own threads: a sync made there runs on that thread, never waits for another of the pool.
+_on_pool_thread = threading.local()
+
+
+def _pool_thread_mark() -> None:
+    _on_pool_thread.yes = True
+
+
+def _pool() -> ThreadPoolExecutor:
+    """This process's pool of sync threads, made at its first use."""
     pid = os.getpid()
     pool = _sync_pool.get(pid)
     if pool is None:
@@ -160,11 +162,42 @@ def _syncs_run(sync: Callable[[str], None], paths: list[str]) -> None:
             pool = _sync_pool.get(pid)
             if pool is None:
                 _sync_pool.clear()  # the parent's pool, if any: its threads did not survive the fork
-                pool = _sync_pool[pid] = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
+                pool = _sync_pool[pid] = ThreadPoolExecutor(
+                    SYNC_THREADS, thread_name_prefix="blob-sync", initializer=_pool_thread_mark
+                )
+    return pool
+
+
+def _syncs_run(sync: Callable[[str], None], paths: list[str]) -> None:
+    """`sync` of every one of `paths`, together on the pool's threads (one alone, or any on a thread of the pool,
+    on the caller's), returning once all have ended; the first that failed is raised (the others have ended too, so
+    nothing runs on behind the caller)."""
+    if len(paths) <= 1 or getattr(_on_pool_thread, "yes", False):
+        for path in paths:
+            sync(path)
+        return
+    pool = _pool()
     futures = [pool.submit(sync, path) for path in paths]
     wait(futures)
     for future in futures:
         future.result()  # the first failure, raised
+
+
+@contextmanager
+def synced_meanwhile(sync: Callable[[], None]) -> Iterator[None]:
+    """`sync()` (a `files_sync` of files already written) on a thread of the pool while the block runs, so that the
+    disk writes the files while the block waits for something else (the C-STORE's receipt statement, whose commit
+    waits for PostgreSQL's WAL flush). The block ends once `sync` has ended, whatever the block did: nothing runs on
+    behind the caller; a failure of the block is raised first, else that of `sync`."""
+    if not sync_on():
+        yield
+        return
+    future = _pool().submit(sync)
+    try:
+        yield
+    finally:
+        wait([future])
+    future.result()
 
 
 def file_written(fd: int, *, sync: bool = True) -> None:

@@ -292,24 +292,67 @@ def test_nothing_is_synced_when_it_is_turned_off(syncs, settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_c_store_copy_is_synced_after_its_receipt_statement_and_before_the_door_answers(syncs, tenant_a):
-    """ingest_receive (the C-STORE's path: the listener answers once it returns): the copy's write-back runs while
-    the receipt's statement does, then its data and folder are synced."""
+def test_a_c_store_copy_is_synced_while_its_receipt_statement_runs_and_before_the_door_answers(
+    syncs, tenant_a, monkeypatch
+):
+    """ingest_receive (the C-STORE's path: the listener answers once it returns): the copy's data and folder are
+    synced on a thread of the pool while the receipt's statement runs, and both have ended when it returns. The
+    statement waits (up to 10 s) for the copy's sync to have begun: with the sync made before or after the
+    statement, as it was, it would wait in vain."""
+    import threading
+
     from studies import services
     from studies.dicom.synthetic import make_instance
     from studies.models import IngestItem
     from tenants.scoping import tenant_scope
 
+    sync_begun, overlapped, threads = threading.Event(), [], []
+    fdatasync = os.fdatasync  # _Syncs' recorder
+
+    quarantined = Path(storages[QUARANTINE].location)
+
+    def fdatasync_begun(fd: int) -> None:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(quarantined):  # the copy's, not a key file's
+            threads.append(threading.current_thread().name)
+            sync_begun.set()
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync_begun)
+
+    def receipt_waits(execute, sql, params, many, context):
+        if "studies_ingestitem" in sql and "INSERT" in sql.upper():
+            overlapped.append(sync_begun.wait(timeout=10))
+        return syncs.sql(execute, sql, params, many, context)
+
     connection.close()  # a new connection prepares its statements anew: their text is then seen
-    with tenant_scope(tenant_a), connection.execute_wrapper(syncs.sql):
+    with tenant_scope(tenant_a), connection.execute_wrapper(receipt_waits):
         item = services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=make_instance(),
                                        filename="x.dcm", queue=False)  # fmt: skip
-        path = storages[QUARANTINE].path(item.quarantine.storage_name)
+        returned = list(syncs.events)
+    path = storages[QUARANTINE].path(item.quarantine.storage_name)
 
-    receipt = next(i for i, (what, sql) in enumerate(syncs.events) if what == "sql" and "studies_ingestitem" in sql
-                   and "INSERT" in sql.upper())  # fmt: skip
-    assert syncs.events.index(("fdatasync", path)) > receipt
-    assert syncs.events.index(("fsync", os.path.dirname(path))) > receipt
+    assert overlapped == [True]
+    assert len(threads) == 1
+    assert threads[0].startswith("blob-sync")
+    assert ("fdatasync", path) in returned
+    assert ("fsync", os.path.dirname(path)) in returned
+
+
+def test_a_c_store_sync_that_fails_fails_the_receipt_after_its_statement(syncs, tenant_a, monkeypatch):
+    """A copy that cannot be synced is never answered as stored: ingest_receive raises (the listener answers
+    out of resources and the sender keeps the object), once the receipt's statement has ended too."""
+    from studies import services
+    from studies.dicom.synthetic import make_instance
+    from studies.models import IngestItem
+    from tenants.scoping import tenant_scope
+
+    def fdatasync_fails(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync_fails)
+    with tenant_scope(tenant_a), pytest.raises(OSError, match="Input/output error"):
+        services.ingest_receive(source=IngestItem.Source.CSTORE, batch=uuid.uuid4(), data=make_instance(),
+                                filename="x.dcm", queue=False)  # fmt: skip
 
 
 @pytest.mark.django_db(transaction=True)  # the receipt queues processing on commit (eager in the test settings)
@@ -335,9 +378,12 @@ def test_an_object_received_is_on_disk_before_it_is_answered_and_archived_before
     receipt = next(i for i, (what, sql) in enumerate(events) if what == "sql" and "studies_ingestitem" in sql
                    and "INSERT" in sql.upper())  # fmt: skip
     quarantined = Path(storages[QUARANTINE].location)
-    # The worker ran at the receipt's commit (test settings): its copy, synced below under the archive's name, had
-    # left the quarantine before the door's own sync, which passed over it (see the test above).
-    assert not [p for what, p in events[:receipt] if what == "fdatasync" and Path(p).is_relative_to(quarantined)]
+    # The door's sync of its copy (while the receipt's statement ran) ended before the worker's first statement.
+    door_synced = [
+        i for i, (what, p) in enumerate(events) if what == "fdatasync" and Path(p).is_relative_to(quarantined)
+    ]
+    assert door_synced
+    assert max(door_synced) < next(i for i, (what, _) in enumerate(events) if i > receipt and what == "sql")
     indexed = next(i for i, (what, sql) in enumerate(events) if what == "sql"
                    and sql.upper().lstrip().startswith("INSERT") and "studies_instance" in sql)  # fmt: skip
     committed = next(i for i, (what, _) in enumerate(events) if what == "commit" and i > indexed)
@@ -355,3 +401,30 @@ def test_an_object_received_is_on_disk_before_it_is_answered_and_archived_before
     assert replica_data[0] < committed  # on disk before the batch that indexes it commits
     assert len(archive_names) >= 2
     assert max(archive_names) < committed
+
+
+def test_synced_meanwhile_waits_for_its_sync_even_when_the_block_fails_and_raises_the_blocks_error_first(syncs):
+    """The block's failure goes first; the sync has ended by then (nothing runs on behind the caller); many files
+    synced from a thread of the pool are synced on that thread, never waiting for another of the pool."""
+    import threading
+
+    from studies.storage import durable
+
+    storage = storages[REPLICA]
+    names = [_new_name()[1] for _ in range(3)]
+    for name in names:
+        blob_sealed_put(store=REPLICA, name=name, sealed=b"ciphertext")
+    paths = [storage.path(name) for name in names]
+    ended, on = threading.Event(), []
+
+    def sync() -> None:
+        on.append(threading.current_thread().name)
+        durable.files_sync(paths)
+        ended.set()
+
+    with pytest.raises(ValueError, match="the block's"), durable.synced_meanwhile(sync):
+        raise ValueError("the block's")
+
+    assert ended.is_set()
+    assert on[0].startswith("blob-sync")
+    assert set(paths) <= set(syncs.of("fdatasync"))
