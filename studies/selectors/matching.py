@@ -630,7 +630,7 @@ class _SlotTime(time):
 _SLOTTED = (_SlotStr, _SlotDate, _SlotTime)
 
 
-def _slotted(value: Any, slot: int) -> Any:
+def slotted(value: Any, slot: int) -> Any:
     """`value` as a marked copy of itself (`slot`: its place among the shape's values), which Django passes into
     the compiled parameters as it is (CharField, DateField and TimeField keep a str, date or time unchanged)."""
     marked: Any
@@ -688,7 +688,7 @@ def _slotted_condition(condition: Q, counter: list[int]) -> Q:
 
     def mark(value: Any) -> Any:
         counter[0] += 1
-        return _slotted(value, counter[0] - 1)
+        return slotted(value, counter[0] - 1)
 
     children: list[Any] = []
     for child in condition.children:
@@ -705,7 +705,7 @@ def _slotted_condition(condition: Q, counter: list[int]) -> Q:
 
 
 @dataclass(frozen=True)
-class _Statement:
+class CompiledStatement:
     sql: str
     slots: tuple[int, ...]  # per parameter: the shape's value at that place, or -1 for the tenant's id
     prepared: bool  # sent as a prepared statement: every condition an equality (`prepared_if_fixed`)
@@ -745,29 +745,45 @@ def _generic_plan_serves_condition(child: Any, node: Any) -> bool:
     return isinstance(child, Exact | IsNull | In | _StartsAtLeast | _FoldedExact)
 
 
-_STATEMENTS: dict[tuple[Any, ...], _Statement | None] = {}
+_STATEMENTS: dict[tuple[Any, ...], CompiledStatement | None] = {}
 _STATEMENTS_MAX = 512  # shapes kept per process; past it the cache starts again empty
 
 
 def _statement_compiled(
     *, level: Level, condition: Q, count: int, study_uid: str | None, series_uid: str | None, fields: Sequence[str],
     offset: int, limit: int, tenant_pk: int,
-) -> _Statement | None:  # fmt: skip
+) -> CompiledStatement | None:  # fmt: skip
     """The statement of a shape (see above), compiled from one request's values marked, or None when its
     parameters are not exactly those values and the tenant's id."""
     counter = [0]
     marked = _slotted_condition(condition, counter)
-    study = _slotted(study_uid, counter[0]) if study_uid is not None else None
-    series = _slotted(series_uid, counter[0] + (study is not None)) if series_uid is not None else None
+    study = slotted(study_uid, counter[0]) if study_uid is not None else None
+    series = slotted(series_uid, counter[0] + (study is not None)) if series_uid is not None else None
     qs = _search_queryset(level, marked, None, study_uid=study, series_uid=series).values_list(*fields)
     query = qs[offset : offset + limit].query
-    compiler = query.get_compiler(using=qs.db)
+    compiled = statement_slots(query, qs.db, columns=len(fields), tenant_pk=tenant_pk)
+    if compiled is None:
+        return None
+    sql, slots = compiled
+    if sorted(s for s in slots if s >= 0) != list(range(count)):
+        return None
+    prepared = not isinstance(prepared_if_fixed(query), nullcontext)
+    return CompiledStatement(sql, slots, prepared, generic=not prepared and _generic_plan_serves(query.where))
+
+
+def statement_slots(query: Any, using: str, *, columns: int, tenant_pk: int) -> tuple[str, tuple[int, ...]] | None:
+    """`query`, built from values marked by `slotted`, compiled: its SQL and, per parameter, the marked value's slot
+    (-1: the tenant's id); None when the statement could not be sent again with other values: an empty or full
+    result, extra selects, other than `columns` columns, a column Django converts on reading, or a parameter that is
+    neither a marked value nor the tenant's id. For every statement compiled once per shape (the searches here,
+    WADO-RS's rows: studies.selectors.storage.retrieval_rows)."""
+    compiler = query.get_compiler(using=using)
     try:
         sql, params = compiler.as_sql()
     except (EmptyResultSet, FullResultSet):
         return None
     select = [selected[0] for selected in compiler.select]
-    if compiler.has_extra_select or compiler.col_count != len(fields) or compiler.get_converters(select):
+    if compiler.has_extra_select or compiler.col_count != columns or compiler.get_converters(select):
         return None
     slots: list[int] = []
     for param in params:
@@ -777,10 +793,7 @@ def _statement_compiled(
             slots.append(-1)
         else:
             return None
-    if sorted(s for s in slots if s >= 0) != list(range(count)):
-        return None
-    prepared = not isinstance(prepared_if_fixed(query), nullcontext)
-    return _Statement(sql, tuple(slots), prepared, generic=not prepared and _generic_plan_serves(query.where))
+    return sql, tuple(slots)
 
 
 def _search_values_compiled(

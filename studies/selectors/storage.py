@@ -6,11 +6,11 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
-from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.db import connection, models
 
 from audit.selectors import ReportSection
 from studies.models import Blob, Instance, Study, TenantKey
+from studies.selectors.matching import CompiledStatement, slotted, statement_slots
 from studies.storage.blobs import BLOB_COLUMNS, BlobRef
 from tenants import access
 from tenants.db.base import prepared_if_fixed, prepared_statements
@@ -34,18 +34,6 @@ class RetrievalRow(NamedTuple):
     blob: BlobRef
 
 
-class _SlotStr(str):
-    """A UID marked with its place among the shape's values (0: study, 1: series, 2: instance)."""
-
-    slot: int
-
-
-def _marked(value: str, slot: int) -> _SlotStr:
-    marked = _SlotStr(value)
-    marked.slot = slot
-    return marked
-
-
 def _rows_queryset(
     visible: models.QuerySet[Study], study_uid: str, series_uid: str | None, sop_uid: str | None
 ) -> models.QuerySet[Any]:
@@ -59,47 +47,27 @@ def _rows_queryset(
     return qs.order_by("series__series_number", "series_id", "instance_number", "pk").values_list(*_ROW_COLUMNS)
 
 
-class _Statement:
-    __slots__ = ("prepared", "slots", "sql")
-
-    def __init__(self, sql: str, slots: tuple[int, ...], prepared: bool) -> None:
-        self.sql = sql
-        self.slots = slots  # per parameter: the UID at that place (0 study, 1 series, 2 instance), -1 the tenant's id
-        self.prepared = prepared  # every condition an equality (`prepared_if_fixed`): sent as a prepared statement
-
-
-_STATEMENTS: dict[tuple[int, bool, bool], _Statement | None] = {}
+_STATEMENTS: dict[tuple[int, bool, bool], CompiledStatement | None] = {}
 _STATEMENTS_MAX = 256  # shapes kept per process (three per tenant); past it the cache starts again empty
 
 
 def _statement_compiled(
     everything: models.QuerySet[Study], uids: tuple[str, str | None, str | None], tenant_pk: int
-) -> _Statement | None:
-    """The statement of this shape, compiled from marked copies of `uids`; None when its parameters are not
-    exactly those UIDs and the tenant's id, or Django would convert a column read."""
-    study, series, sop = (None if uid is None else _marked(uid, slot) for slot, uid in enumerate(uids))
+) -> CompiledStatement | None:
+    """The statement of this shape, compiled from marked copies of `uids` (slots 0 study, 1 series, 2 instance);
+    None when its parameters are not exactly those UIDs and the tenant's id, or Django would convert a column read
+    (studies.selectors.matching.statement_slots, as the searches' statements are made)."""
+    study, series, sop = (None if uid is None else slotted(uid, slot) for slot, uid in enumerate(uids))
     assert study is not None
     qs = _rows_queryset(everything, study, series, sop)
-    compiler = qs.query.get_compiler(using=qs.db)
-    try:
-        sql, params = compiler.as_sql()
-    except (EmptyResultSet, FullResultSet):
+    compiled = statement_slots(qs.query, qs.db, columns=len(_ROW_COLUMNS), tenant_pk=tenant_pk)
+    if compiled is None:
         return None
-    select = [selected[0] for selected in compiler.select]
-    if compiler.has_extra_select or compiler.col_count != len(_ROW_COLUMNS) or compiler.get_converters(select):
-        return None
-    slots: list[int] = []
-    for param in params:
-        if isinstance(param, _SlotStr):
-            slots.append(param.slot)
-        elif type(param) is int and param == tenant_pk:
-            slots.append(-1)
-        else:
-            return None
+    sql, slots = compiled
     named = {slot for slot, uid in enumerate(uids) if uid is not None}
     if {s for s in slots if s >= 0} != named or len([s for s in slots if s >= 0]) != len(named):
         return None
-    return _Statement(sql, tuple(slots), prepared=not isinstance(prepared_if_fixed(qs.query), nullcontext))
+    return CompiledStatement(sql, slots, prepared=not isinstance(prepared_if_fixed(qs.query), nullcontext))
 
 
 def retrieval_rows(

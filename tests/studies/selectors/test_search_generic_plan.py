@@ -38,7 +38,7 @@ def _plans() -> dict[str, tuple[int, int]]:
         return {text: (generic, custom) for text, generic, custom in cursor.fetchall()}
 
 
-def _statement(**keys: str) -> matching._Statement | None:
+def _statement(**keys: str) -> matching.CompiledStatement | None:
     return next(iter(s for k, s in matching._STATEMENTS.items() if k[3] == _shape(**keys)), None)
 
 
