@@ -20,9 +20,14 @@ pynetdicom sees them). The loops are pynetdicom's (MIT licence), copied with onl
 tests/studies/net/test_reactor.py pins the source they were copied from, so an upgrade of pynetdicom that changes
 them fails that test until they are compared again.
 
-Only the listener's accepted associations use these (`PromptRequestHandler`, the handler of
-`studies.net.scp.ListenerServer`); the associations Enclave requests (C-MOVE's sub-operations, studies.net.qr) are
-pynetdicom's own.
+The association's pause point is mended too (`PromptAssociation._wait_at_checkpoint`): pynetdicom's lets a
+`send_*` method and the reactor both take the response off the DIMSE queue, and when the reactor wins, the `send_*`
+waits out its DIMSE timeout and aborts the association. This struck the C-STOREs sent to the listener by the tests'
+pynetdicom client under load (pynetdicom issue 435 reports it); C-MOVE's sub-operations meet the same race.
+
+The listener's accepted associations use these (`PromptRequestHandler`, the handler of
+`studies.net.scp.ListenerServer`), and so do the associations it requests (C-MOVE's sub-operations, through its
+application entity, a `PromptAE`).
 """
 
 from __future__ import annotations
@@ -36,17 +41,23 @@ from copy import deepcopy
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import evt
-from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom import AE, evt
+from pynetdicom._globals import DEFAULT_MAX_LENGTH, MODE_ACCEPTOR, MODE_REQUESTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
 if TYPE_CHECKING:
-    from pynetdicom.ae import ApplicationEntity
+    from ssl import SSLContext
 
-__all__ = ["PromptAssociation", "PromptDUL", "PromptRequestHandler"]
+    from pynetdicom.ae import ApplicationEntity
+    from pynetdicom.events import EventHandlerType
+    from pynetdicom.pdu_primitives import _UI
+    from pynetdicom.presentation import PresentationContext
+
+
+__all__ = ["PromptAE", "PromptAssociation", "PromptDUL", "PromptRequestHandler"]
 
 # pynetdicom's loggers, so that what these loops log reads as it did.
 _DUL_LOGGER = logging.getLogger("pynetdicom.dul")
@@ -185,8 +196,33 @@ class PromptAssociation(Association):
             if not messages.queue:
                 messages.not_empty.wait(self._reactor_wait)
 
+    def _wait_at_checkpoint(self) -> None:
+        """pynetdicom's pause point (`_is_paused = True; _reactor_checkpoint.wait(); _is_paused = False`), without
+        its race.
+
+        A `send_*` method clears the checkpoint, waits until `_is_paused` is True, sends its request and takes the
+        response off the DIMSE queue. pynetdicom's pause point leaves `_is_paused` True from before its wait until
+        after it: a `send_*` that clears the checkpoint just after the wait returned sees that stale True and goes
+        on, and the reactor's pass then takes the next message off the queue. When the response is quick, that
+        message is the response the `send_*` is waiting for: the reactor logs "Received unexpected C-STORE service
+        message" and drops it, and the `send_*` waits out its DIMSE timeout and aborts the association.
+
+        Here, having marked itself running, the reactor looks at the checkpoint once more and waits again if it was
+        cleared meanwhile. A `send_*` that saw `_is_paused` True cleared the checkpoint before that look (the
+        interpreter runs these reads and writes one at a time, in one order), so the reactor is back at its wait
+        before it touches the queue; a `send_*` that cleared it later sees False and waits for the next pause.
+        """
+        checkpoint = self._reactor_checkpoint
+        while True:
+            self._is_paused = True
+            checkpoint.wait()
+            self._is_paused = False
+            if checkpoint.is_set():
+                return
+
     def _run_reactor(self) -> None:
-        """pynetdicom 3.0.4's `Association._run_reactor`, its sleep replaced by `_wait_for_message`."""
+        """pynetdicom 3.0.4's `Association._run_reactor`, its sleep replaced by `_wait_for_message` and its pause
+        point by `_wait_at_checkpoint`."""
         self._is_paused = False
         while not self._kill:
             self._wait_for_message()
@@ -198,9 +234,7 @@ class PromptAssociation(Association):
             # We also need to be careful that the reactor actually stops
             #   before attempting DIMSE or ACSE messaging
             # Will block until `_reactor_checkpoint` is set()
-            self._is_paused = True
-            self._reactor_checkpoint.wait()
-            self._is_paused = False
+            self._wait_at_checkpoint()
 
             # Check with the DIMSE provider to see if a completely decoded
             #   message is available
@@ -289,5 +323,116 @@ class PromptRequestHandler(RequestHandler):
                 for handler in self.server._handlers[event]:
                     handler = cast(Any, handler)
                     assoc.bind(event, handler[0], handler[1])
+
+        return assoc
+
+
+class PromptAE(AE):
+    """pynetdicom's application entity whose requested associations are `PromptAssociation`s: the listener's, so
+    that C-MOVE's sub-operations (pynetdicom's Move service calls `self.ae.associate`) wait on events and are free
+    of the pause race (`PromptAssociation._wait_at_checkpoint`)."""
+
+    def associate(
+        self,
+        addr: str | tuple[str, int, int],
+        port: int,
+        contexts: list[PresentationContext] | None = None,
+        ae_title: str = "ANY-SCP",
+        max_pdu: int = DEFAULT_MAX_LENGTH,
+        ext_neg: list[_UI] | None = None,
+        bind_address: tuple[str, int] | tuple[str, int, int, int] | None = None,
+        tls_args: tuple[SSLContext, str] | None = None,
+        evt_handlers: list[EventHandlerType] | None = None,
+    ) -> Association:
+        """pynetdicom 3.0.4's `ApplicationEntity.associate` with `PromptAssociation` for `Association`."""
+        if not isinstance(addr, (str, tuple)):
+            raise TypeError("'addr' must be str or tuple[str, int, int]")
+
+        if isinstance(addr, tuple) and (
+            not isinstance(addr[0], str) or not isinstance(addr[1], int) or not isinstance(addr[2], int)
+        ):
+            raise TypeError("'addr' must be str or tuple[str, int, int]")
+
+        if not isinstance(port, int):
+            raise TypeError("'port' must be int")
+
+        remote_address = AddressInformation.from_addr_port(addr, port)
+
+        if bind_address is None:
+            bind_address = ("", 0)
+            if remote_address.address_family == socket.AF_INET6:
+                bind_address = ("::0", 0)
+
+        if not isinstance(bind_address, (tuple, list)):
+            raise TypeError("'bind_address' must be tuple[str, int] or tuple[str, int, int, int]")
+
+        if (
+            len(bind_address) not in (2, 4)
+            or not isinstance(bind_address[0], str)
+            or not isinstance(bind_address[1], int)
+        ):
+            raise TypeError("'bind_address' must be tuple[str, int] or tuple[str, int, int, int]")
+
+        if len(bind_address) == 4 and (not isinstance(bind_address[2], int) or not isinstance(bind_address[3], int)):
+            raise TypeError("'bind_address' must be tuple[str, int] or tuple[str, int, int, int]")
+
+        local_address = AddressInformation.from_tuple(bind_address)
+
+        # Association
+        assoc = PromptAssociation(self, MODE_REQUESTOR)
+
+        # Set the thread name
+        timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")  # noqa: DTZ005  # pynetdicom's name, local time
+        assoc.name = f"RequestorThread@{timestamp}"
+
+        # Setup the association's communication socket
+        sock = self._create_socket(assoc, local_address, tls_args)
+        assoc.set_socket(sock)
+
+        # Association Acceptor object -> remote AE
+        # `ae_title` validation is performed by the ServiceUser
+        assoc.acceptor.ae_title = ae_title
+        assoc.acceptor.address_info = remote_address
+
+        # Association Requestor object -> local AE
+        # Nominal address info - will get updated by AssociationSocket.connect()
+        assoc.requestor.address_info = local_address
+        assoc.requestor.ae_title = self.ae_title
+        assoc.requestor.maximum_length = max_pdu
+        assoc.requestor.implementation_class_uid = self.implementation_class_uid
+        assoc.requestor.implementation_version_name = self.implementation_version_name
+        for item in ext_neg or []:
+            assoc.requestor.add_negotiation_item(item)
+
+        # Requestor's presentation contexts
+        contexts = contexts or self.requested_contexts
+        self._validate_requested_contexts(contexts)
+
+        # PS3.8 Table 9.11, an A-ASSOCIATE-RQ must contain one or more
+        #   Presentation Context items
+        if not contexts:
+            raise RuntimeError("At least one requested presentation context is required before associating with a peer")
+
+        # Set using a copy of the original to play nicely
+        contexts = deepcopy(contexts)
+
+        # Add the context IDs
+        for ii, context in enumerate(contexts):
+            context.context_id = 2 * ii + 1
+
+        assoc.requestor.requested_contexts = contexts
+
+        # Bind events to the handlers
+        evt_handlers = evt_handlers or []
+        for evt_hh_args in evt_handlers:
+            assoc.bind(*evt_hh_args)
+
+        # Send an A-ASSOCIATE request to the peer and start negotiation
+        assoc.request()
+
+        # If the result of the negotiation was acceptance then start up
+        #   the Association thread
+        if assoc.is_established:
+            assoc.start()
 
         return assoc

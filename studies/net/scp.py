@@ -42,7 +42,6 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from pydicom.dataset import Dataset
 from pynetdicom import (
-    AE,
     ALL_TRANSFER_SYNTAXES,
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
@@ -74,7 +73,7 @@ from devices.selectors import dicom_peer_get
 from studies.models import IngestItem, StudyKey
 from studies.net import qr, tls
 from studies.net.peer import Peer
-from studies.net.reactor import PromptRequestHandler
+from studies.net.reactor import PromptAE, PromptRequestHandler
 from studies.services import Rejected, ingest_receive, ingest_refusal_record, ingest_wake
 from tenants import access
 from tenants.jobs import messaging_warm
@@ -728,8 +727,8 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
-def _application_entity() -> AE:
-    ae = AE(ae_title=settings.DICOM_AE_TITLE)
+def _application_entity() -> PromptAE:
+    ae = PromptAE(ae_title=settings.DICOM_AE_TITLE)
     ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
     ae.maximum_associations = MAXIMUM_ASSOCIATIONS
     # Admission is decided per tenant in `on_requested`, not by pynetdicom's single-title checks.

@@ -24,13 +24,13 @@ from typing import Any
 import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
-from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from studies.dicom.parse import InvalidDicom, parse
 from studies.models import IngestItem, Instance
+from studies.net.reactor import PromptAE
 from studies.net.scp import STATUS_OUT_OF_RESOURCES
 from studies.services.ingest import ingest_limits
 from tenants.scoping import tenant_scope
@@ -166,7 +166,7 @@ class _Sender:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.ae = AE(ae_title="DEMO_CT")
+        self.ae = PromptAE(ae_title="DEMO_CT")
         self.ae.add_requested_context(Verification)
         for base in bases():
             meta = pydicom.dcmread(io.BytesIO(base.data), stop_before_pixels=True).file_meta

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     CTImageStorage,
@@ -26,6 +26,7 @@ from pynetdicom.sop_class import (
 
 from studies.dicom.synthetic import make_study
 from studies.models import Instance
+from studies.net.reactor import PromptAE
 from tenants.scoping import tenant_scope
 from tests.devices.helpers import revoke
 from tests.studies.net.conftest import approved_modality
@@ -62,7 +63,7 @@ def _run(port: int, calling: str, service: str, study_uid: str, probe: bytes) ->
         received.append(event.dataset)
         return 0x0000
 
-    ae = AE(ae_title=calling)
+    ae = PromptAE(ae_title=calling)
     for context in (Verification, CTImageStorage, FIND, GET, MOVE):
         ae.add_requested_context(context)
     assoc = ae.associate(

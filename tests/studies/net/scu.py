@@ -1,4 +1,8 @@
-"""A real DICOM client for the listener tests: pynetdicom's SCU, sending Part-10 files as they are."""
+"""A real DICOM client for the listener tests: pynetdicom's SCU, sending Part-10 files as they are.
+
+Its application entity is the listener's own kind (`PromptAE`): pynetdicom's, whose association cannot lose a quick
+response to its own reactor (pynetdicom's pause race, `PromptAssociation._wait_at_checkpoint`), which had a C-STORE of
+the scale-out test wait out its 30 s DIMSE timeout under load."""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
+
+from studies.net.reactor import PromptAE
 
 
 @dataclass
@@ -24,8 +29,8 @@ class SendResult:
     comments: list[str] = field(default_factory=list)
 
 
-def _client(calling: str, files: Sequence[Path]) -> AE:
-    ae = AE(ae_title=calling)
+def _client(calling: str, files: Sequence[Path]) -> PromptAE:
+    ae = PromptAE(ae_title=calling)
     ae.add_requested_context(Verification)
     seen = set()
     for path in files:
@@ -80,7 +85,7 @@ def associate(
 
 def echo(*, port: int, calling: str, called: str, tls: ssl.SSLContext | None = None) -> int | None:
     """C-ECHO; None when no association was established. `tls`: the client's context for DICOM TLS."""
-    ae = AE(ae_title=calling)
+    ae = PromptAE(ae_title=calling)
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=(tls, "127.0.0.1") if tls else None)
     if not assoc.is_established:

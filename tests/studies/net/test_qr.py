@@ -33,6 +33,7 @@ from devices.services import device_register_approved_by_operator
 from studies.dicom.query import Level, QueryError, query_parse
 from studies.dicom.synthetic import make_study
 from studies.net.qr import MOVE_MAXIMUM_PDU_SIZE
+from studies.net.reactor import PromptAE
 from studies.selectors import like_pattern
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
@@ -118,7 +119,7 @@ class FindResult:
 def c_find(
     port: int, ds: Dataset, *, model: str = STUDY_FIND, calling: str = "DEMO_CT", called: str = "NORTH"
 ) -> FindResult:
-    ae = AE(ae_title=calling)
+    ae = PromptAE(ae_title=calling)
     ae.add_requested_context(model)
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     assert assoc.is_established
@@ -161,7 +162,7 @@ def c_get(
     calling: str = "DEMO_CT",
     called: str = "NORTH",
 ) -> GetResult:
-    ae = AE(ae_title=calling)
+    ae = PromptAE(ae_title=calling)
     ae.add_requested_context(model)
     for sop_class in (CTImageStorage, MRImageStorage):
         ae.add_requested_context(sop_class)
@@ -187,7 +188,7 @@ def c_move(
     port: int, ds: Dataset, destination: str, *, calling: str = "DEMO_CT", called: str = "NORTH"
 ) -> list[Dataset]:
     model = StudyRootQueryRetrieveInformationModelMove
-    ae = AE(ae_title=calling)
+    ae = PromptAE(ae_title=calling)
     ae.add_requested_context(model)
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     assert assoc.is_established
@@ -516,7 +517,7 @@ def test_move_destination_get_needs_an_approved_device_with_host_and_port(north,
 
 
 def test_a_device_revoked_mid_association_is_refused_at_its_next_query(archive, north, demo_ct):
-    ae = AE(ae_title="DEMO_CT")
+    ae = PromptAE(ae_title="DEMO_CT")
     ae.add_requested_context(STUDY_FIND)
     assoc = ae.associate("127.0.0.1", archive.port, ae_title="NORTH")
     assert assoc.is_established

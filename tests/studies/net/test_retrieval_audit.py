@@ -12,7 +12,6 @@ import pytest
 from django.db import DatabaseError
 from django.test import override_settings
 from pydicom import dcmread
-from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from audit import services as audit_services
@@ -21,6 +20,7 @@ from audit.models import AuditEvent, SecurityAlert
 from devices.services import device_revoke, device_suspend
 from studies.dicom.synthetic import make_study
 from studies.models import IngestItem
+from studies.net.reactor import PromptAE
 from tenants.scoping import tenant_scope
 from tests.studies.net.test_qr import Archive, c_get, c_move, events, identifier
 from tests.studies.net.test_qr import archive as archive  # the fixture, shared
@@ -95,7 +95,7 @@ def test_a_device_revoked_mid_association_is_refused_at_its_next_cstore(
         dcmread(io.BytesIO(b))
         for b in make_study(series=1, instances_per_series=2, patient_id="REV1", patient_name="REVOKED^CASE")
     )
-    ae = AE(ae_title="DEMO_CT")
+    ae = PromptAE(ae_title="DEMO_CT")
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="NORTH")
     assert assoc.is_established
@@ -145,7 +145,7 @@ def test_a_device_revoked_mid_association_is_refused_within_the_recheck_bound(
         dcmread(io.BytesIO(b))
         for b in make_study(series=1, instances_per_series=5, patient_id="REV2", patient_name="REVOKED^LATER")
     ]
-    ae = AE(ae_title="DEMO_CT")
+    ae = PromptAE(ae_title="DEMO_CT")
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="NORTH")
     assert assoc.is_established

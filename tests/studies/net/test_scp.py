@@ -14,7 +14,6 @@ from django.core.files.storage import storages
 from django.db import connection
 from django.test import override_settings
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from audit.events import EventType, Outcome
@@ -23,6 +22,7 @@ from devices.models import Device
 from devices.services import device_register
 from studies.dicom.synthetic import make_instance, make_study
 from studies.models import IngestItem, Instance, Series, Study
+from studies.net.reactor import PromptAE
 from studies.net.scp import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, stop_listener
 from studies.selectors import study_list
 from tenants.models import Role
@@ -282,7 +282,7 @@ def test_associations_give_back_their_database_connections(listener, north, demo
 
 
 def test_stopping_aborts_an_association_left_open_after_the_grace_period(listener, north, demo_ct):
-    ae = AE(ae_title="DEMO_CT")
+    ae = PromptAE(ae_title="DEMO_CT")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="NORTH")
     assert assoc.is_established

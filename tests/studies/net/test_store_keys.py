@@ -7,11 +7,11 @@ import io
 from typing import Any
 
 from pydicom import dcmread
-from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from studies.dicom.synthetic import make_study
 from studies.models import IngestItem
+from studies.net.reactor import PromptAE
 from studies.storage import blobs
 from tenants.scoping import tenant_scope
 
@@ -28,7 +28,7 @@ def test_one_association_opens_each_study_key_once(listener: Any, north: Any, de
     monkeypatch.setattr(blobs, "study_key_ensure", counted)
     first = [dcmread(io.BytesIO(b)) for b in make_study(series=1, instances_per_series=3, patient_id="KEY1")]
     second = [dcmread(io.BytesIO(b)) for b in make_study(series=1, instances_per_series=2, patient_id="KEY2")]
-    ae = AE(ae_title="DEMO_CT")
+    ae = PromptAE(ae_title="DEMO_CT")
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="NORTH")
     assert assoc.is_established
@@ -62,7 +62,7 @@ def test_an_object_that_could_not_be_quarantined_empties_the_associations_keys(
 
     monkeypatch.setattr(ingest, "blob_seal", failing_once)
     objects = [dcmread(io.BytesIO(b)) for b in make_study(series=1, instances_per_series=2, patient_id="KEY3")]
-    ae = AE(ae_title="DEMO_CT")
+    ae = PromptAE(ae_title="DEMO_CT")
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="NORTH")
     assert assoc.is_established

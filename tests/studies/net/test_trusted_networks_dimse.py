@@ -5,12 +5,12 @@ alerted; from inside, every service answers. The listener is the real one, spoke
 from __future__ import annotations
 
 import pytest
-from pynetdicom import AE
 
 from audit.events import EventType
 from audit.models import AuditEvent, SecurityAlert
 from studies.dicom.synthetic import make_instance
 from studies.models import IngestItem
+from studies.net.reactor import PromptAE
 from tenants import services
 from tenants.scoping import tenant_scope
 from tests.studies.net.scu import associate, echo, write_files
@@ -34,7 +34,7 @@ def test_from_outside_every_service_is_refused_at_association(listener, north, d
     echoed = echo(port=listener.port, calling="DEMO_CT", called="NORTH")
     [path] = write_files(tmp_path, [make_instance()])
     stored = associate(port=listener.port, calling="DEMO_CT", called="NORTH", files=[path])
-    finder = AE(ae_title="DEMO_CT")
+    finder = PromptAE(ae_title="DEMO_CT")
     finder.add_requested_context(STUDY_FIND)
     find_assoc = finder.associate("127.0.0.1", listener.port, ae_title="NORTH")
 
