@@ -123,12 +123,52 @@ class _Codenames(NamedTuple):
     codenames: frozenset[str]
 
 
+class _ReadAhead(NamedTuple):
+    """The answers of `decision_statements_ahead`'s statements for one tenant, read in this request's round trip
+    that read its bearer token (`decision_read_ahead`): each gate's rows, then the tenant permissions'."""
+
+    user_id: int
+    tenant_id: int
+    gates: tuple[Gate, ...]
+    rows: list[list[tuple[Any, ...]]]
+
+
+_READ_AHEAD = "_decision_read_ahead"
+
+
+def decision_statements_ahead(*, user: Any, tenant: Tenant) -> list[tuple[str, Any]] | None:
+    """The statements the first patient-data decision of `user` in `tenant` sends in one round trip (each gate's
+    `GateStatement`, then the tenant permissions': `_gates_checked`), for a caller that can send them in a round
+    trip it makes anyway before this request's scope is open (the bearer token's, tenants.selectors); None when the
+    decision would not ask them together. Call it inside `tenant`'s scope (a gate's statement names the scope's
+    tenant). The caller hands their answers, read in that round trip, to `decision_read_ahead`."""
+    forms = [_gate_statements.get(gate) for gate in _gates]
+    if not _gates or not _is_person(user) or not all(form is not None for form in forms):
+        return None
+    codenames_statement = _codenames_statement(user, tenant)
+    if codenames_statement is None:
+        return None
+    return [*(form.statement(user, tenant) for form in forms if form is not None), codenames_statement]
+
+
+def decision_read_ahead(*, actor: Any, tenant_id: int, rows: list[list[tuple[Any, ...]]]) -> None:
+    """Give the answers of `decision_statements_ahead`'s statements for `actor` in tenant `tenant_id`, read just
+    now in this request, to the first patient-data decision of this request's `actor` object in that tenant: it
+    decides on them (the gates' `decide` and the permissions, here as always) instead of reading them again, which
+    saves the decision's round trip (docs/BENCHMARKS.md, "h1 branch, session 11"). Used once: the decision after
+    it reads afresh, as every decision did before; an actor object lives for one request."""
+    actor.__dict__[_READ_AHEAD] = _ReadAhead(actor.pk, tenant_id, tuple(_gates), rows)
+
+
 def _gates_checked(actor: Any, tenant: Tenant, *, with_codenames: bool) -> _Codenames | None:
     """`gates_check`; with `with_codenames`, when every gate asks its question as one statement (`GateStatement`)
     and the gates are to be asked at all, the actor's tenant permissions are read in the same round trip and
-    returned, for the rest of this one decision (None: not read, `_tenant_codenames` reads them)."""
+    returned, for the rest of this one decision (None: not read, `_tenant_codenames` reads them). The first such
+    decision of a request takes the answers read with its bearer token when they are this tenant's
+    (`decision_read_ahead`)."""
     if not _is_person(actor):
         return None
+    ahead: _ReadAhead | None = actor.__dict__.pop(_READ_AHEAD, None)
     request_id = current_request_id() or ""
     key = (request_id, tenant.pk)
     passed: set[tuple[str, int]] = actor.__dict__.setdefault("_gates_passed", set())
@@ -136,10 +176,16 @@ def _gates_checked(actor: Any, tenant: Tenant, *, with_codenames: bool) -> _Code
         return None
     codenames = None
     forms = [_gate_statements.get(gate) for gate in _gates]
-    codenames_statement = _codenames_statement(actor, tenant) if with_codenames and _gates else None
-    if codenames_statement is not None and all(form is not None for form in forms):
-        asked = [form.statement(actor, tenant) for form in forms if form is not None]
-        *gate_rows, held = prepared_together([*asked, codenames_statement])
+    answers: list[list[tuple[Any, ...]]] | None = None
+    if with_codenames and ahead is not None and ahead[:3] == (actor.pk, tenant.pk, tuple(_gates)):
+        answers = ahead.rows
+    else:
+        codenames_statement = _codenames_statement(actor, tenant) if with_codenames and _gates else None
+        if codenames_statement is not None and all(form is not None for form in forms):
+            asked = [form.statement(actor, tenant) for form in forms if form is not None]
+            answers = prepared_together([*asked, codenames_statement])
+    if answers is not None:
+        *gate_rows, held = answers
         for form, rows in zip(forms, gate_rows, strict=True):
             if form is not None:
                 form.decide(actor, tenant, rows)

@@ -18,9 +18,9 @@ from django.db import connection, models
 from django.utils import timezone
 
 from tenants import access
-from tenants.db.base import prepared_statements
+from tenants.db.base import prepared_statements, prepared_together
 from tenants.models import ApiToken, Invitation, Membership, Role, Tenant, TrustedNetwork, User
-from tenants.scoping import current_tenant, platform_scope
+from tenants.scoping import current_tenant, platform_scope, tenant_scope
 
 
 def tenant_get_for_member(
@@ -112,16 +112,24 @@ def api_token_get_for_operator(*, public_id: UUID | str) -> ApiToken:
         raise access.NotVisible() from exc
 
 
-def api_token_authenticate(*, raw: str) -> ApiToken | None:
+def api_token_authenticate(*, raw: str, decision_ahead: bool = False) -> ApiToken | None:
     """The usable token whose digest matches `raw`, with its user and tenant; None otherwise.
 
-    Runs before any scope (the tenant comes from the token), so it reads unscoped.
+    Runs before any scope (the tenant comes from the token), so it reads unscoped. `decision_ahead`: the request
+    is a read of patient data (a DICOMweb search), whose first permission decision will ask the gates' and the
+    tenant permissions' statements for the token's user and tenant; when this process has seen the token before,
+    they are sent with the token's own statement, in its round trip (`_token_read_with_decision`).
     """
-    # Unscoped, as `ApiToken.unscoped_objects` and `Membership.unscoped_objects` read; prepared once per
-    # connection (tenants.db).
-    with platform_scope(), prepared_statements(), connection.cursor() as cursor:
-        cursor.execute(_token_statement(), [Membership.Status.ACTIVE, ApiToken.digest_of(raw)])
-        row = cursor.fetchone()
+    digest = ApiToken.digest_of(raw)
+    params = [Membership.Status.ACTIVE, digest]
+    owner = _TOKEN_OWNERS.get(digest) if decision_ahead else None
+    row, ahead = _token_read_with_decision(params, *owner) if owner is not None else (None, None)
+    if row is None:
+        # Unscoped, as `ApiToken.unscoped_objects` and `Membership.unscoped_objects` read; prepared once per
+        # connection (tenants.db).
+        with platform_scope(), prepared_statements(), connection.cursor() as cursor:
+            cursor.execute(_token_statement(), params)
+            row = cursor.fetchone()
     if row is None:
         return None
     read = len(row) - len(Membership._meta.concrete_fields)
@@ -132,7 +140,38 @@ def api_token_authenticate(*, raw: str) -> ApiToken | None:
     # The membership the request will ask for (the token works only for its own tenant), read in the same
     # statement: its first active one by id, as `access.membership_current_get` reads it; None when there is none.
     token.membership_read = (None if row[read] is None else _rows_built(row[read:], (Membership,))[0],)
+    if decision_ahead:
+        if ahead is not None and owner is not None and (user.pk, tenant.pk) == (owner[0].pk, owner[1].pk):
+            access.decision_read_ahead(actor=user, tenant_id=tenant.pk, rows=ahead)
+        if len(_TOKEN_OWNERS) >= _TOKEN_OWNERS_MAX:
+            _TOKEN_OWNERS.clear()
+        _TOKEN_OWNERS[digest] = (user, tenant)
     return token
+
+
+# The user and tenant of each token digest this process has authenticated with `decision_ahead` (a token's user and
+# tenant never change), for `_token_read_with_decision`: a request's first read of its token cannot know them
+# otherwise. At most this many; then forgotten all at once and learnt again.
+_TOKEN_OWNERS: dict[str, tuple[User, Tenant]] = {}
+_TOKEN_OWNERS_MAX = 1024
+
+
+def _token_read_with_decision(
+    params: list[Any], user: User, tenant: Tenant
+) -> tuple[tuple[Any, ...] | None, list[list[tuple[Any, ...]]] | None]:
+    """The token's row (`_token_statement`) and, in the same round trip, the answers of the statements of the first
+    patient-data decision (`access.decision_statements_ahead`) for `user` in `tenant`, the token's owners when this
+    process last read it (their rows then, used only for their ids): `EXECUTE token(..); EXECUTE gate(..); ...`
+    (tenants.db `prepared_together`), every statement read afresh, in one snapshot. All of it under `tenant`'s scope:
+    the token's row is one of that tenant's, so the database's row security shows it as the platform's scope
+    would; a row not found that way (None) is read again the usual way by the caller. (None, None) when the decision
+    would not send those statements together."""
+    with tenant_scope(tenant):
+        statements = access.decision_statements_ahead(user=user, tenant=tenant)
+        if statements is None:
+            return None, None
+        token_rows, *ahead = prepared_together([(_token_statement(), params), *statements])
+    return (token_rows[0] if token_rows else None), ahead
 
 
 _JOINED = (ApiToken, User, Tenant)

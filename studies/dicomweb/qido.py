@@ -310,6 +310,9 @@ def _is_dicom_attribute(name: str) -> bool:
 
 class _SearchApi(DicomWebReadApi):
     rate_limit = "search"
+    # The search's permission decision reads the gates and the tenant permissions of the token's user: sent with the
+    # bearer token's statement (portal.web.authentication, tenants.selectors), one round trip fewer.
+    DECISION_AHEAD = True
     renderer_classes = [WrittenDicomJsonRenderer, WrittenJsonRenderer]  # DicomWebApi's, sending a written answer
     level: Level = STUDY
 

@@ -1,0 +1,145 @@
+"""A DICOMweb search's permission decision read with its bearer token (docs/BENCHMARKS.md, "h1 branch, session 11"):
+once this process has seen a token, the gates' and the tenant permissions' statements of the search's decision are
+sent with the token's own statement, in its round trip, read afresh for that request; the decision is still taken
+by tenants.access on them, a lapsed training or a changed role counts at the very next request, and the answers are
+those of the statements run one by one."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from studies.models import Study
+from tenants import access
+from tenants.models import Role
+from tenants.scoping import tenant_scope
+from tenants.services import api_token_revoke, membership_change_role
+from tests.studies.dicomweb.reading import JSON, some_studies, value
+from tests.training.helpers import adopt, record, require, today
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PATIENT_ID = "00100020"
+
+
+@pytest.fixture
+def north(tenant_a):
+    return some_studies(tenant_a)
+
+
+@pytest.fixture
+def trained(tenant_a, compliance_a, radiologist_a):
+    """Tenant A requires HIPAA Security Awareness of radiologists (blocking), and radiologist A holds a current
+    completion of it."""
+    course = adopt(tenant_a, compliance_a)
+    require(tenant_a, compliance_a, course)
+    return record(tenant_a, compliance_a, radiologist_a, course, expires_on=today() + timedelta(days=300))
+
+
+def _round_trips(client: Any, path: str) -> tuple[Any, list[str]]:
+    sent: list[str] = []
+
+    def counted(execute, sql, params, many, context):
+        sent.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(counted):
+        response = client.get(path, HTTP_ACCEPT=JSON)
+    return response, sent
+
+
+def _patients(response: Any) -> set[str]:
+    if response.status_code == 204:
+        return set()
+    assert response.status_code == 200, response.content
+    return {value(item, PATIENT_ID) for item in response.json()}
+
+
+def test_a_search_sends_its_decision_with_its_token_and_answers_as_before(
+    api_client_for, radiologist_a, tenant_a, north, trained
+):
+    client = api_client_for(radiologist_a, tenant_a)
+    first, _ = _round_trips(client, "/dicomweb/north/studies?PatientName=SM*")  # the statements prepared
+    response, sent = _round_trips(client, "/dicomweb/north/studies?PatientName=SM*")
+    assert _patients(response) == _patients(first) == {"P-SMITH", "P-SMYTH"}
+    # The token's statement, the training gate's and the permissions', one string; then the search, then the
+    # Query event: three round trips (four before).
+    assert len(sent) == 3, sent
+    assert sent[0].count("EXECUTE ") == 3
+    with CaptureQueriesContext(connection) as queries:
+        client.get("/dicomweb/north/studies?PatientName=SM*", HTTP_ACCEPT=JSON)
+    shown = queries.captured_queries[0]["sql"]  # logged as written, each statement with its values
+    for table in ('"tenants_apitoken"', '"training_completion"', '"guardian_groupobjectpermission"'):
+        assert table in shown
+    assert "EXECUTE" not in shown
+
+
+def test_a_lapsed_training_refuses_the_very_next_search(api_client_for, radiologist_a, tenant_a, north, trained):
+    client = api_client_for(radiologist_a, tenant_a)
+    for _ in range(3):
+        assert client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 200
+    from training.models import Completion
+
+    with tenant_scope(tenant_a):
+        Completion.objects.filter(pk=trained.pk).update(expires_on=today() - timedelta(days=1))
+    response, sent = _round_trips(client, "/dicomweb/north/studies")
+    assert response.status_code == 403
+    assert response.json()["code"] == "training_expired"
+    assert sent[0].count("EXECUTE ") == 3  # refused on the answers read with the token
+    assert not any("studies_study" in sql for sql in sent)  # nothing of the studies read
+
+
+def test_a_changed_role_counts_at_the_very_next_search(
+    api_client_for, admin_a, radiologist_a, tenant_a, north, trained
+):
+    client = api_client_for(radiologist_a, tenant_a)
+    for _ in range(3):
+        assert _patients(client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON)) == {"P-SMITH", "P-SMYTH", "P-JONES"}
+    with tenant_scope(tenant_a):
+        membership = access.membership_current_get(user=radiologist_a, tenant=tenant_a)
+        membership_change_role(actor=admin_a, membership=membership, role=Role.REFERRING_PHYSICIAN)
+    response, sent = _round_trips(client, "/dicomweb/north/studies")
+    assert sent[0].count("EXECUTE ") == 3
+    # What a token this process has never seen gets, its decision read on its own: only the studies that name the
+    # person or are shared with them, not every study.
+    fresh = api_client_for(radiologist_a, tenant_a).get("/dicomweb/north/studies", HTTP_ACCEPT=JSON)
+    assert _patients(response) == _patients(fresh) != {"P-SMITH", "P-SMYTH", "P-JONES"}
+
+
+def test_a_revoked_token_is_refused_though_its_owners_are_known(
+    api_client_for, radiologist_a, tenant_a, north, trained
+):
+    client = api_client_for(radiologist_a, tenant_a)
+    for _ in range(2):
+        assert client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 200
+    from tenants.models import ApiToken
+
+    with tenant_scope(tenant_a):
+        token = ApiToken.objects.get(user=radiologist_a)
+        api_token_revoke(actor=radiologist_a, token=token)
+    assert client.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON).status_code == 401
+
+
+def _sees_every_study(user: Any) -> bool:
+    everything = Study.objects.all()
+    return access.visible(user, "studies.view_study", everything) is everything
+
+
+def test_answers_read_ahead_serve_one_decision_of_their_actor_and_tenant(tenant_a, tenant_b, radiologist_a, trained):
+    """The answers handed to `decision_read_ahead` are decided on by the next decision of that actor object in that
+    tenant, once; another tenant's decision, and the one after, read afresh."""
+    with tenant_scope(tenant_a):
+        statements = access.decision_statements_ahead(user=radiologist_a, tenant=tenant_a)
+        assert statements is not None
+        assert len(statements) == 2  # the training gate's, the permissions'
+        assert _sees_every_study(radiologist_a)
+        no_permissions: list[list[tuple[Any, ...]]] = [[], []]  # no blocking requirement, no tenant permission
+        access.decision_read_ahead(actor=radiologist_a, tenant_id=tenant_a.pk, rows=no_permissions)
+        assert not _sees_every_study(radiologist_a)  # decided on the answers given
+        assert _sees_every_study(radiologist_a)  # the next decision read afresh
+        access.decision_read_ahead(actor=radiologist_a, tenant_id=tenant_b.pk, rows=no_permissions)
+        assert _sees_every_study(radiologist_a)  # another tenant's answers: not these
