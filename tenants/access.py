@@ -496,19 +496,45 @@ def visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[
     return _visible(actor, perm, qs, held=held)
 
 
+def visible_unless_every(
+    actor: Any, perm: str, rows: Callable[[], models.QuerySet[Any]]
+) -> models.QuerySet[Any] | None:
+    """`visible(actor, perm, rows())` (the same decision, the gates first), or None when that would be every row of
+    `rows()` unfiltered, without calling `rows` then: for a caller that reads every row its own way in that case (a
+    search's statement compiled once per shape, studies.selectors.matching), where building the scoped queryset
+    only to find it unfiltered cost about a tenth of a cold search's CPU (docs/BENCHMARKS.md, "h1 branch,
+    session 11")."""
+    tenant = current_tenant_or_none()
+    held = None
+    if perm in PATIENT_DATA_PERMISSIONS and tenant is not None:
+        held = _gates_checked(actor, tenant, with_codenames=True)
+    if _every_row(actor, perm, held=held) is True:
+        return None
+    return _visible(actor, perm, rows(), held=held)
+
+
+def _every_row(actor: Any, perm: str, *, held: _Codenames | None) -> bool | None:
+    """What `_visible` shows of a scoped queryset: every row (True), none (False), or the rows granted one by one
+    (None)."""
+    if not _is_person(actor) or not _credential_allows_perm(actor, perm):
+        return False
+    tenant = current_tenant_or_none()
+    if tenant is None:
+        return False
+    if perm.startswith("tenants."):
+        return _has_perm(actor, perm, tenant, held=held)
+    implied_by = IMPLIED_BY_TENANT_PERMISSION.get(perm)
+    if implied_by is not None and _has_perm(actor, implied_by, tenant, held=held):
+        return True
+    return None
+
+
 def _visible(
     actor: Any, perm: str, qs: models.QuerySet[Any], *, held: _Codenames | None = None
 ) -> models.QuerySet[Any]:
-    if not _is_person(actor) or not _credential_allows_perm(actor, perm):
-        return qs.none()
-    tenant = current_tenant_or_none()
-    if tenant is None:
-        return qs.none()
-    if perm.startswith("tenants."):
-        return qs if _has_perm(actor, perm, tenant, held=held) else qs.none()
-    implied_by = IMPLIED_BY_TENANT_PERMISSION.get(perm)
-    if implied_by is not None and _has_perm(actor, implied_by, tenant, held=held):
-        return qs
+    every = _every_row(actor, perm, held=held)
+    if every is not None:
+        return qs if every else qs.none()
     granted = get_objects_for_user(
         actor, perm, klass=qs, accept_global_perms=False, with_superuser=False, use_groups=True
     )

@@ -436,10 +436,11 @@ def search_queryset(
 
 def _visibility(actor: Any) -> models.QuerySet[Study] | None:
     """The studies of the scope `actor` may see (`visible_studies`: the one permission decision), or None when
-    that is every study of the scope."""
-    everything = Study.objects.all()
-    visible = visible_studies(actor, everything)
-    return None if visible is everything else visible
+    that is every study of the scope; the scope's queryset of studies is built only when it is not
+    (`access.visible_unless_every`)."""
+    if access.device_may(actor, access.DEVICE_READ):
+        return None
+    return access.visible_unless_every(actor, "studies.view_study", Study.objects.all)
 
 
 def _search_queryset(

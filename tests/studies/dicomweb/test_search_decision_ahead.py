@@ -143,3 +143,30 @@ def test_answers_read_ahead_serve_one_decision_of_their_actor_and_tenant(tenant_
         assert _sees_every_study(radiologist_a)  # the next decision read afresh
         access.decision_read_ahead(actor=radiologist_a, tenant_id=tenant_b.pk, rows=no_permissions)
         assert _sees_every_study(radiologist_a)  # another tenant's answers: not these
+
+
+def test_every_row_is_told_without_building_the_queryset_and_the_rest_as_visible_gives_it(
+    tenant_a, make_member, radiologist_a, admin_a, north
+):
+    """`visible_unless_every`: None, the rows' queryset never built, when the decision shows every row (the search
+    then reads them by its compiled statement); otherwise the same rows as `visible` gives; no scope, no rows."""
+    from tenants.scoping import TenantScopeError
+
+    built: list[int] = []
+
+    def studies():
+        built.append(1)
+        return Study.objects.all()
+
+    referrer = make_member(tenant_a, Role.REFERRING_PHYSICIAN, "north-referrer")
+    with tenant_scope(tenant_a):
+        assert access.visible_unless_every(radiologist_a, "studies.view_study", studies) is None
+        assert built == []
+        for person in (referrer, admin_a):
+            shown = access.visible_unless_every(person, "studies.view_study", studies)
+            assert shown is not None
+            expected = access.visible(person, "studies.view_study", Study.objects.all())
+            assert sorted(shown.values_list("pk", flat=True)) == sorted(expected.values_list("pk", flat=True))
+        assert built == [1, 1]
+    with pytest.raises(TenantScopeError):
+        access.visible_unless_every(radiologist_a, "studies.view_study", studies)
