@@ -65,34 +65,7 @@ _without_server_banner()
 # bookkeeping (Content-Length's cut-off, chunked framing, a body-less answer), and every request's environ says so
 # (BODY_VIEWS, studies.dicomweb.wado's key of the same name: a test checks they agree). gunicorn writes each item
 # of a body to the socket before it asks for the next, so the buffer may be reused for the next part then.
-#
-# Fewer writes (issue 10, WADO-RS): gunicorn wrote an answer's header block in a send of its own, then each item
-# of the body in another, so every answer crossed loopback TCP as at least two sends, and the client woke for the
-# header alone before it waited again for the body. Here the header block leaves in the same `sendmsg` as the first
-# item of the body (the same bytes, gathered from where they are, none copied), and an item may also be a tuple of
-# pieces (bytes or memoryviews: BODY_VIEWS promises it too) written with one `sendmsg`: a one-instance retrieval's
-# header block, part header, instance and closing boundary go in one write instead of four, a series' last part
-# and closing boundary in one. Only where a gathered write is the same bytes on the wire: HTTP/1.1 without chunked
-# framing on a plain socket; a chunked answer, a body-less one, TLS (ssl's sockets have no sendmsg) and gunicorn's
-# HTTP/2 framing keep gunicorn's own writes, a piece at a time.
 BODY_VIEWS = "enclave.body_views"
-
-
-# The most pieces one sendmsg is given (the kernel refuses more than IOV_MAX, 1024 on Linux).
-GATHERED_MAX = 64
-
-
-def sent_gathered(sock: Any, pieces: list[Any]) -> None:
-    """`pieces` (bytes-like) written to `sock` in order, each `sendmsg` taking all that is left (GATHERED_MAX at a
-    time): a blocking socket takes them whole in one, unless a signal cuts the write short, when the rest goes in
-    the next."""
-    views = [memoryview(piece).cast("B") for piece in pieces if len(piece)]
-    while views:
-        sent = sock.sendmsg(views[:GATHERED_MAX])
-        while views and sent >= views[0].nbytes:
-            sent -= views.pop(0).nbytes
-        if sent:
-            views[0] = views[0][sent:]
 
 
 def _body_views() -> None:
@@ -100,52 +73,24 @@ def _body_views() -> None:
 
     if getattr(wsgi.Response.write, "enclave_views", False):
         return
-    write, create, emit = wsgi.Response.write, wsgi.create, wsgi.Response._emit_body
-
-    def header_block(self: Any) -> bytes:
-        """The header block as gunicorn's send_headers writes it (27.0.1), the Server line filtered the same way."""
-        lines = self.default_headers()
-        lines.extend([f"{k}: {v}\r\n" for k, v in self.headers])
-        return ("".join(lines) + "\r\n").encode("latin-1")
+    write, create = wsgi.Response.write, wsgi.create
 
     def write_views(self: Any, arg: Any) -> None:
-        if type(arg) is tuple:
-            pieces = list(arg)
-        elif type(arg) is memoryview or type(arg) is bytes:
-            pieces = [arg]
-        else:
-            write(self, arg)  # gunicorn's own, and its TypeError
+        if type(arg) is not memoryview or self._omits_body:
+            write(self, arg if type(arg) is not memoryview else arg.tobytes())
             return
-        if self._omits_body:
-            write(self, b"".join(pieces))  # gunicorn's own: the header block alone
-            return
-        tosend = sum(memoryview(piece).nbytes for piece in pieces)
+        self.send_headers()  # what gunicorn's write does with bytes (27.0.1), with a view of bytes
+        tosend = arglen = arg.nbytes
         if self.response_length is not None:
-            room = self.response_length - self.sent
-            if room <= 0:
-                self.send_headers()
+            if self.sent >= self.response_length:
                 return  # never more than response_length bytes
-            if tosend > room:
-                tosend, cut = room, []
-                for piece in pieces:
-                    view = memoryview(piece).cast("B")[:room]
-                    cut.append(view)
-                    room -= view.nbytes
-                pieces = cut
+            tosend = min(self.response_length - self.sent, tosend)
+            if tosend < arglen:
+                arg = arg[:tosend]
         if self.chunked and tosend == 0:
-            self.send_headers()
             return  # an empty chunk would end the body
         self.sent += tosend
-        if self.chunked or type(self)._emit_body is not emit or isinstance(self.sock, ssl.SSLSocket):
-            self.send_headers()
-            for piece in pieces:
-                if len(piece):
-                    self._emit_body(piece)
-            return
-        if not self.headers_sent:
-            pieces.insert(0, header_block(self))
-            self.headers_sent = True
-        sent_gathered(self.sock, pieces)
+        self._emit_body(arg)
 
     def create_views(*args: Any, **kwargs: Any) -> Any:
         response, environ = create(*args, **kwargs)

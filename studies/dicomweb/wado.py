@@ -117,12 +117,12 @@ BODY_VIEWS = "enclave.body_views"
 
 
 class _ViewsResponse(StreamingHttpResponse):
-    """A StreamingHttpResponse that hands a memoryview, or a tuple of pieces written in one write, to the server as
-    it is, where Django's would copy it into bytes; only for a server that writes each item before taking the next
-    and takes both (BODY_VIEWS): the view's buffer is reused for the next part."""
+    """A StreamingHttpResponse that hands a memoryview to the server as it is, where Django's would copy it into
+    bytes; only for a server that writes each item before taking the next (BODY_VIEWS): the view's buffer is
+    reused for the next part."""
 
     def make_bytes(self, value: Any) -> Any:
-        return value if type(value) is memoryview or type(value) is tuple else super().make_bytes(value)
+        return value if type(value) is memoryview else super().make_bytes(value)
 
 
 def dicom_multipart_response(
@@ -156,10 +156,7 @@ def dicom_multipart_response(
 
     `views`: the server writes memoryviews as they are, each before taking the next item (BODY_VIEWS), so
     `payload` may return a view of a buffer it reuses for the next part; without it Django's response copies
-    each view into bytes as the server takes it. Such a server also writes a tuple of pieces with one `sendmsg`
-    (and the answer's header block with the first item): each part then leaves as one item, whatever its pieces,
-    and the last part with the closing boundary, so a one-instance retrieval is one write and a series of n
-    instances n writes, none copied to join them.
+    each view into bytes as the server takes it.
 
     `read_ahead`: the rows `prepare` prepared a read for are read (`blob_read_prepared`, which is what `payload`
     does with such a row) by a `BlobReadAhead`, READ_AHEAD instances ahead of the part being written, on a thread
@@ -179,25 +176,15 @@ def dicom_multipart_response(
             reads = prepare(rows) if prepare is not None else [None] * len(rows)
             yield from zip(heads[start : start + PREPARED_READS], rows, reads, strict=True)
 
-    def written(pieces: Sequence[bytes | memoryview], last: bool) -> Iterator[Any]:
-        """A part's pieces as the server's items: one item with BODY_VIEWS (a tuple of several, the last part's
-        with the closing boundary), else each piece (an empty write would end a chunked answer) and the boundary
-        after the last."""
-        if views:
-            yield (*pieces, tail) if last else pieces[0] if len(pieces) == 1 else tuple(pieces)
-            return
-        yield from (piece for piece in pieces if piece)
-        if last:
-            yield tail
-
-    def body() -> Iterator[Any]:
-        if not instances:
-            yield tail
-        for n, (head, row, read) in enumerate(parts(), start=1):
+    def body() -> Iterator[bytes | memoryview]:
+        for head, row, read in parts():
             # Read whole before its header goes: an unreadable instance sends nothing of its part.
-            yield from written(payload(row, head, read), n == len(instances))
+            for chunk in payload(row, head, read):
+                if chunk:  # an empty write would end a chunked answer
+                    yield chunk
+        yield tail
 
-    def body_read_ahead() -> Iterator[Any]:
+    def body_read_ahead() -> Iterator[bytes | memoryview]:
         # The prepared reads made READ_AHEAD instances ahead on a thread of the read's own while this one writes
         # (BlobReadAhead); the rest (an instance rewritten in another syntax) here in its turn. The same order,
         # and the same rule: an instance is taken whole (or its BlobUnreadable raised) before its header goes.
@@ -220,7 +207,10 @@ def dicom_multipart_response(
                 head, row, read = queue.popleft()
                 chunks = ahead.result() if read is not None else payload(row, head, None)
                 fill()  # the next read starts before this part is written (its buffer is not the next's)
-                yield from written(chunks, not queue)
+                for chunk in chunks:
+                    if chunk:
+                        yield chunk
+            yield tail
         finally:
             ahead.close()  # also when the client has gone: the server closes the body, no thread outlives it
 

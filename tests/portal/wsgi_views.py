@@ -1,7 +1,7 @@
 """A WSGI application for tests/portal/test_gunicorn_views.py, served by a real gunicorn with
 portal/gunicorn_conf.py: its bodies are memoryviews of one buffer it overwrites before each next item, as a WADO-RS
 retrieval's parts are (studies.dicomweb.wado.BODY_VIEWS), so any item the server did not write before taking the
-next one shows up as wrong bytes; under /gathered the same bodies as tuples of pieces, each written in one write."""
+next one shows up as wrong bytes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ PIECES = [bytes([n]) * size for n, size in enumerate((1, 70_000, 3, 524_288, 17)
 
 def application(environ: dict[str, Any], start_response: Any) -> Iterator[Any]:
     path = environ["PATH_INFO"]
-    gathered = path.startswith("/gathered")  # the same body, its pieces two at a time as tuples (one sendmsg each)
-    path = path.removeprefix("/gathered")
     headers = [
         ("Content-Type", "application/octet-stream"),
         ("X-Body-Views", str(bool(environ.get("enclave.body_views")))),
@@ -32,14 +30,5 @@ def application(environ: dict[str, Any], start_response: Any) -> Iterator[Any]:
             view[: len(piece)] = piece  # the previous item's bytes overwritten
             yield view[: len(piece)] if n % 2 else piece  # views and bytes, mixed
         buffer[:] = b"\0" * len(buffer)
-
-    def body_gathered() -> Iterator[Any]:
-        for n in range(0, len(PIECES), 2):
-            view[: len(PIECES[n])] = PIECES[n]  # the previous item's bytes overwritten
-            yield (view[: len(PIECES[n])], *PIECES[n + 1 : n + 2])
-        buffer[:] = b"\0" * len(buffer)
-
-    if gathered:
-        return body_gathered()
 
     return body()

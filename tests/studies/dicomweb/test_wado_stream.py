@@ -48,12 +48,6 @@ def _series(tenant) -> list[tuple[Instance, bytes]]:
         return [(row, blob_read(blob=row.blob)) for row in rows]
 
 
-def _written(item) -> bytes:
-    """What a server writes of one item of the body: with BODY_VIEWS an item may be a tuple of pieces (one
-    `sendmsg`, portal/gunicorn_conf.py), written one after the other."""
-    return b"".join(map(bytes, item)) if type(item) is tuple else bytes(item)
-
-
 def _boundary(response) -> str:
     return response["Content-Type"].split("boundary=")[1]
 
@@ -66,7 +60,7 @@ def _retrieved_and_framed(client, stored, *, views=False):
         **({BODY_VIEWS: True} if views else {}),
     )  # fmt: skip
     assert response.status_code == 200
-    body = b"".join([_written(item) for item in response.streaming_content])
+    body = b"".join([bytes(item) for item in response.streaming_content])
     expected = b"".join(
         multipart_stream(
             [(f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", data) for row, data in stored],
@@ -85,7 +79,7 @@ def _sent_until_unreadable(client, *, views=False):
     )  # fmt: skip
     sent: list[bytes] = []
     with pytest.raises(BlobUnreadable):
-        sent.extend(_written(item) for item in response.streaming_content)
+        sent.extend(bytes(item) for item in response.streaming_content)
     return response, b"".join(sent)
 
 
@@ -154,8 +148,8 @@ def test_with_a_server_that_writes_views_a_ct_slice_leaves_from_the_buffer_it_wa
     """BODY_VIEWS in the environ (gunicorn as portal/gunicorn_conf.py configures it): a part of one envelope chunk
     is one view of the thread's plaintext buffer, its header then its instance, copied nowhere, and the next read
     reuses that buffer (so the server must write it before taking the next item, as gunicorn does); an instance
-    of several chunks still goes as copies, its chunks one item (a tuple: one write), and the last part leaves with
-    the closing boundary in its item. Without BODY_VIEWS (another server, the test client) every item is bytes."""
+    of several chunks still goes as copies. Without BODY_VIEWS (another server, the test client) every item is
+    bytes."""
     stored = _series(tenant_a)
     response = client.get(
         f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*",
@@ -168,19 +162,12 @@ def test_with_a_server_that_writes_views_a_ct_slice_leaves_from_the_buffer_it_wa
     head = f"--{_boundary(response)}\r\nContent-Type: application/dicom; transfer-syntax=".encode()
     assert written.startswith(head)
     assert written.endswith(stored[0][1])
-    large = next(items)  # the instance over 1 MiB, two chunks, read through the same buffers: one write
-    assert type(large) is tuple
-    assert [type(piece) for piece in large] == [bytes, bytes]
-    assert _written(large).endswith(stored[1][1])
-    last = next(items)  # the last part and the closing boundary: one write
-    assert type(last) is tuple
-    assert len(last) == 2
-    third, tail = last
+    large = [next(items), next(items)]  # the instance over 1 MiB, two chunks, read through the same buffers
+    assert all(type(item) is bytes for item in large)
+    third = next(items)
     assert type(third) is memoryview
     assert bytes(third).endswith(stored[2][1])
-    assert tail == f"\r\n--{_boundary(response)}--\r\n".encode()
     assert third.obj is not first.obj  # the reads ahead use their buffers in turn (BlobReadAhead)
-    assert next(items, None) is None
     plain = client.get(
         f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*"
     )
@@ -244,7 +231,7 @@ def test_a_client_gone_part_way_leaves_no_read_ahead_thread(client, tenant_a):
         **{BODY_VIEWS: True},
     )  # fmt: skip
     items = iter(response.streaming_content)
-    assert _written(next(items)).endswith(stored[0][1])
+    assert bytes(next(items)).endswith(stored[0][1])
     assert _ahead_threads() - before  # the next instances are being read meanwhile
     response.close()
     assert not _ahead_threads() - before
@@ -259,10 +246,9 @@ def test_a_long_series_keeps_a_fixed_number_of_read_buffers(client, tenant_a):
     )  # fmt: skip
     buffers, sent = set(), []
     for item in response.streaming_content:
-        for piece in item if type(item) is tuple else (item,):
-            if type(piece) is memoryview and piece.obj is not None:
-                buffers.add(id(piece.obj))
-        sent.append(_written(item))
+        if type(item) is memoryview and item.obj is not None:
+            buffers.add(id(item.obj))
+        sent.append(bytes(item))
     assert b"".join(sent).count(stored[9][1]) == 1
     assert len(buffers) == READ_AHEAD + 1
 
