@@ -171,16 +171,10 @@ def dicom_multipart_response(
     tail = f"\r\n--{boundary}--\r\n".encode("ascii")
 
     def parts() -> Iterator[tuple[bytes, RetrievalRow, PreparedRead | None]]:
-        # The first batch only as large as the reads started before the first part (READ_AHEAD + 1): the first
-        # byte does not wait for 32 data keys (0.38 ms of the 1.0 ms from the response to the first part,
-        # docs/BENCHMARKS.md, "h3 branch, session 11"); the next batch is prepared while those are read.
-        start = 0
-        while start < len(instances):
-            end = start + (READ_AHEAD + 1 if start == 0 and read_ahead else PREPARED_READS)
-            rows = instances[start:end]
+        for start in range(0, len(instances), PREPARED_READS):
+            rows = instances[start : start + PREPARED_READS]
             reads = prepare(rows) if prepare is not None else [None] * len(rows)
-            yield from zip(heads[start:end], rows, reads, strict=True)
-            start = end
+            yield from zip(heads[start : start + PREPARED_READS], rows, reads, strict=True)
 
     def body() -> Iterator[bytes | memoryview]:
         for head, row, read in parts():
@@ -208,16 +202,7 @@ def dicom_multipart_response(
                     ahead.submit(item[2], lead=item[0])
 
         try:
-            first = next(items, None)
-            fill()  # the next READ_AHEAD reads start on the read-ahead thread
-            if first is not None:
-                # The first instance read here while the thread reads the next ones: the first part does not wait
-                # for the new thread to be scheduled, to read and to hand its result over (with `views`, it comes
-                # from this thread's own buffer, written out before this thread reads again).
-                head, row, read = first
-                for chunk in payload(row, head, read):
-                    if chunk:
-                        yield chunk
+            fill()
             while queue:
                 head, row, read = queue.popleft()
                 chunks = ahead.result() if read is not None else payload(row, head, None)

@@ -238,8 +238,7 @@ def test_a_client_gone_part_way_leaves_no_read_ahead_thread(client, tenant_a):
 
 
 def test_a_long_series_keeps_a_fixed_number_of_read_buffers(client, tenant_a):
-    """Memory flat in the length of a series: its parts come from READ_AHEAD + 1 buffers, used in turn, and the first
-    part from the serving thread's own buffer."""
+    """Memory flat in the length of a series: its parts come from READ_AHEAD + 1 buffers, used in turn."""
     stored = _ct_series(tenant_a, 10)
     response = client.get(
         f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*",
@@ -251,47 +250,7 @@ def test_a_long_series_keeps_a_fixed_number_of_read_buffers(client, tenant_a):
             buffers.add(id(item.obj))
         sent.append(bytes(item))
     assert b"".join(sent).count(stored[9][1]) == 1
-    assert len(buffers) == READ_AHEAD + 2
-
-
-def test_the_first_part_is_read_by_the_serving_thread_after_only_the_first_reads_are_prepared(
-    client, tenant_a, monkeypatch
-):
-    """The first part does not wait for the read-ahead thread nor for PREPARED_READS data keys: its instance is read
-    on the thread serving the request, into that thread's own buffer, once the reads of READ_AHEAD + 1 instances are
-    prepared; the rest are prepared PREPARED_READS at a time, and the answer is the same."""
-    from studies.dicomweb import wado
-    from studies.storage.blobs import _read_buffers
-
-    batches: list[int] = []
-    prepare = wado.blob_reads_prepare
-
-    def recorded(blobs, **kwargs):
-        batches.append(len(blobs))
-        return prepare(blobs, **kwargs)
-
-    monkeypatch.setattr(wado, "blob_reads_prepare", recorded)
-    monkeypatch.setattr(wado, "PREPARED_READS", 4)
-    stored = _ct_series(tenant_a, 10)
-    response = client.get(
-        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*",
-        **{BODY_VIEWS: True},
-    )  # fmt: skip
-    items = iter(response.streaming_content)
-    first = next(items)
-    assert type(first) is memoryview
-    assert first.obj is _read_buffers()[1]  # this thread's own plaintext buffer
-    assert bytes(first).endswith(stored[0][1])
-    assert batches == [READ_AHEAD + 1]
-    rest = [bytes(item) for item in items]
-    assert batches == [READ_AHEAD + 1, 4, 3]
-    framed = b"".join(
-        multipart_stream(
-            [(f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", data) for row, data in stored],
-            _boundary(response),
-        )
-    )
-    assert bytes(first) + b"".join(rest) == framed
+    assert len(buffers) == READ_AHEAD + 1
 
 
 def test_a_damaged_last_chunk_of_the_primary_copy_is_served_whole_from_the_replica(client, tenant_a):
