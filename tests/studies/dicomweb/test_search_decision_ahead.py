@@ -170,3 +170,43 @@ def test_every_row_is_told_without_building_the_queryset_and_the_rest_as_visible
         assert built == [1, 1]
     with pytest.raises(TenantScopeError):
         access.visible_unless_every(radiologist_a, "studies.view_study", studies)
+
+
+def test_a_retrieval_sends_its_decision_with_its_token_and_a_lapsed_training_refuses_the_next(
+    api_client_for, radiologist_a, tenant_a, north, trained
+):
+    """WADO-RS reads take the same path: the series' bytes as before, one round trip fewer before them; the
+    answers are read afresh, so a training that lapses refuses the very next retrieval, nothing of it sent."""
+    from training.models import Completion
+
+    study = north["smith"]
+    with tenant_scope(tenant_a):
+        series = study.series.get()
+    path = f"/dicomweb/north/studies/{study.study_instance_uid}/series/{series.series_instance_uid}"
+    client = api_client_for(radiologist_a, tenant_a)
+
+    def retrieve() -> tuple[Any, bytes, list[str]]:
+        sent: list[str] = []
+
+        def counted(execute, sql, params, many, context):
+            sent.append(sql)
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(counted):
+            response = client.get(path, HTTP_ACCEPT='multipart/related; type="application/dicom"')
+            body = b"".join(response.streaming_content) if response.status_code == 200 else response.content
+        return response, body, sent
+
+    first, first_body, _ = retrieve()
+    assert first.status_code == 200
+    response, body, sent = retrieve()
+    assert response.status_code == 200
+    assert body.count(b"DICM") == first_body.count(b"DICM") == 1
+    assert sent[0].count("EXECUTE ") == 3  # the token's, the training gate's and the permissions' statements
+
+    with tenant_scope(tenant_a):
+        Completion.objects.filter(pk=trained.pk).update(expires_on=today() - timedelta(days=1))
+    refused, refused_body, refused_sent = retrieve()
+    assert refused.status_code == 403
+    assert b"DICM" not in refused_body
+    assert refused_sent[0].count("EXECUTE ") == 3
