@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, NamedTuple
 
 import pydicom
 from django.conf import settings
+from django.core.exceptions import EmptyResultSet, FullResultSet
+from django.db import connections
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from pydicom.uid import RE_VALID_UID
@@ -62,6 +65,7 @@ from studies.services import (
     ingest_verdicts_wait,
 )
 from tenants import access
+from tenants.db.base import prepared_if_fixed, prepared_statements
 
 FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_DOES_NOT_MATCH_SOP_CLASS = 0xA900
@@ -390,8 +394,13 @@ class StudiesStoreApi(DicomWebApi):
             if result.item_id is not None:
                 _settle(result, items.get(result.item_id))
 
+        urls: dict[str, str] = {}
+
         def study_url(uid: str) -> str:
-            return retrieve_url(request, tenant, uid)  # where the caller reached the portal, its real port
+            # Where the caller reached the portal, its real port; once per study, not once per part (a reverse()).
+            if (url := urls.get(uid)) is None:
+                url = urls[uid] = retrieve_url(request, tenant, uid)
+            return url
 
         answer, status = store_response(results, study_url=study_url, url_study=study)
         return Response(answer, status=status)
@@ -462,18 +471,20 @@ class StudiesStoreApi(DicomWebApi):
         (`ingest_verdicts_wait`, a Redis list the request blocks on), and at least every POLL_FALLBACK_SECONDS in
         case a signal is lost (Redis flushed or down, a worker killed between its commit and the push): a lost
         signal costs that wait, never a wrong answer. Polling alone (0.05 s, then steps up to
-        0.2 s) made a request wait 60-100 ms past its verdicts."""
+        0.2 s) made a request wait 60-100 ms past its verdicts.
+
+        The request's items are those of its batch (a new UUID per request, given to each of its items by
+        `_Receipt`, and to nothing else): `ids` says only whether there are any."""
         if not ids:
             return {}
         deadline = time.monotonic() + settings.DICOMWEB_STOW_WAIT_SECONDS
         # The columns the answer names, of the item and the instance, series and study it became (not the sender
-        # and device the activity list joins, not whole rows made into objects), in no order (a dict by id).
-        rows = (
-            ingest_item_list(actor=request.user, batch=batch)
-            .filter(pk__in=ids)
-            .select_related(None)
-            .order_by()
-            .values_list(*_VERDICT_COLUMNS)
+        # and device the activity list joins, not whole rows made into objects), in no order (a dict by id). The
+        # selector (the permission decision) at every request; its statement compiled once per tenant.
+        rows = _VerdictRows(
+            ingest_item_list(actor=request.user, batch=batch).select_related(None).order_by(),
+            batch=batch,
+            tenant_pk=self.tenant.pk,
         )
         while True:
             # Waited for first: the items were just recorded `received`, and a read before the worker's first
@@ -483,10 +494,83 @@ class StudiesStoreApi(DicomWebApi):
             if remaining > 0:
                 ingest_verdicts_wait(batch=batch, timeout=min(POLL_FALLBACK_SECONDS, remaining))
             # The items themselves each time (a few rows), not an EXISTS and then the rows: one query a wake-up.
-            items = {row[0]: ItemVerdict(*row) for row in rows.all()}  # .all(): a fresh read, not the cached one
+            items = {row[0]: ItemVerdict(*row) for row in rows.read()}
             if deadline <= time.monotonic() or all(item.state in IngestItem.FINAL_STATES for item in items.values()):
                 # A wake-up left in the list (one per batch of the worker) expires on its own: no round trip here.
                 return items
+
+
+# The verdicts' statement compiled once per tenant (`_VerdictRows`), or None when its shape is not one that can be sent
+# again with another batch's UUID.
+_VERDICT_STATEMENTS: dict[int, tuple[str, tuple[int, ...], bool] | None] = {}
+_VERDICT_STATEMENTS_MAX = 256  # tenants kept per process; past it the cache starts again empty
+_BATCH_SLOT, _TENANT_SLOT = 0, -1
+
+
+class _VerdictRows:
+    """The rows of a request's items (`_VERDICT_COLUMNS`), read once per wake-up.
+
+    Django built and compiled the statement (the items and their instance, series and study: three joins) at every
+    read, a few percent of a web worker's Python per STOW-RS request (py-spy `--gil`, docs/BENCHMARKS.md, "h2 branch,
+    session 11"); it is now compiled once per tenant and sent again with the request's batch, as WADO-RS's rows are
+    (studies.selectors.storage.retrieval_rows). The permission decision is still the selector's, taken for every
+    request (`ingest_item_list`: no rows for a member who may not send); only a queryset of rows, not none, uses
+    the compiled statement. Which parameter is which is not guessed: the statement is kept only when its parameters
+    are exactly the batch's UUID and the tenant's id (the scope's), and Django converts none of its columns on
+    reading; else (a shape this does not foresee) each read is Django's, as before. Its conditions are equalities
+    (`prepared_if_fixed`): prepared once per connection, so PostgreSQL no longer plans the join at every read."""
+
+    def __init__(self, items: Any, *, batch: uuid.UUID, tenant_pk: int) -> None:
+        self.columns = items.values_list(*_VERDICT_COLUMNS)
+        self.batch, self.tenant_pk = batch, tenant_pk
+        self.statement = None if items.query.is_empty() else self._statement()
+
+    def _statement(self) -> tuple[str, tuple[int, ...], bool] | None:
+        try:
+            return _VERDICT_STATEMENTS[self.tenant_pk]
+        except KeyError:
+            pass
+        statement = _verdict_statement_compiled(self.columns, batch=self.batch, tenant_pk=self.tenant_pk)
+        if len(_VERDICT_STATEMENTS) >= _VERDICT_STATEMENTS_MAX:
+            _VERDICT_STATEMENTS.clear()
+        _VERDICT_STATEMENTS[self.tenant_pk] = statement
+        return statement
+
+    def read(self) -> list[tuple[Any, ...]]:
+        if self.statement is None:
+            return list(self.columns.all())  # .all(): a fresh read, not the cached one
+        sql, slots, prepared = self.statement
+        params = [self.batch if slot == _BATCH_SLOT else self.tenant_pk for slot in slots]
+        with prepared_statements() if prepared else nullcontext(), connections[self.columns.db].cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+
+def _verdict_statement_compiled(
+    columns: Any, *, batch: uuid.UUID, tenant_pk: int
+) -> tuple[str, tuple[int, ...], bool] | None:
+    """The SQL of `columns` (a values_list over one batch's items) and, per parameter, whether it is the batch
+    (`_BATCH_SLOT`) or the tenant's id (`_TENANT_SLOT`); whether it is sent prepared. None when a parameter is
+    anything else, the columns are not `_VERDICT_COLUMNS`, or Django would convert a column read."""
+    compiler = columns.query.get_compiler(using=columns.db)
+    try:
+        sql, params = compiler.as_sql()
+    except (EmptyResultSet, FullResultSet):
+        return None
+    select = [selected[0] for selected in compiler.select]
+    if compiler.has_extra_select or compiler.col_count != len(_VERDICT_COLUMNS) or compiler.get_converters(select):
+        return None
+    slots: list[int] = []
+    for param in params:
+        if isinstance(param, uuid.UUID) and param == batch:
+            slots.append(_BATCH_SLOT)
+        elif type(param) is int and param == tenant_pk:
+            slots.append(_TENANT_SLOT)
+        else:
+            return None
+    if _BATCH_SLOT not in slots:
+        return None
+    return sql, tuple(slots), not isinstance(prepared_if_fixed(columns.query), nullcontext)
 
 
 class _Receipt:
