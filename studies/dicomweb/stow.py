@@ -502,8 +502,8 @@ class StudiesStoreApi(DicomWebApi):
 
 # The verdicts' statement compiled once per tenant (`_VerdictRows`), or None when its shape is not one that can be sent
 # again with another batch's UUID.
-_VERDICT_STATEMENTS: dict[int, tuple[str, tuple[int, ...], bool] | None] = {}
-_VERDICT_STATEMENTS_MAX = 256  # tenants kept per process; past it the cache starts again empty
+_VERDICT_STATEMENTS: dict[tuple[int, tuple[Any, ...]], tuple[str, tuple[int, ...], bool] | None] = {}
+_VERDICT_STATEMENTS_MAX = 256  # shapes kept per process (one per tenant); past it the cache starts again empty
 _BATCH_SLOT, _TENANT_SLOT = 0, -1
 
 
@@ -515,10 +515,13 @@ class _VerdictRows:
     session 11"); it is now compiled once per tenant and sent again with the request's batch, as WADO-RS's rows are
     (studies.selectors.storage.retrieval_rows). The permission decision is still the selector's, taken for every
     request (`ingest_item_list`: no rows for a member who may not send); only a queryset of rows, not none, uses
-    the compiled statement. Which parameter is which is not guessed: the statement is kept only when its parameters
-    are exactly the batch's UUID and the tenant's id (the scope's), and Django converts none of its columns on
-    reading; else (a shape this does not foresee) each read is Django's, as before. Its conditions are equalities
-    (`prepared_if_fixed`): prepared once per connection, so PostgreSQL no longer plans the join at every read."""
+    the compiled statement. A statement is kept per tenant and per shape of the queryset's conditions (`_where_shape`:
+    which column each condition tests, how; not the values), so a selector that one day filters by something more
+    (the sender, say) makes another statement, never reuses this one. Which parameter is which is not guessed: the
+    statement is kept only when its parameters are exactly the batch's UUID and the tenant's id (the scope's), and
+    Django converts none of its columns on reading; else (a shape this does not foresee) each read is Django's, as
+    before. Its conditions are equalities (`prepared_if_fixed`): prepared once per connection, so PostgreSQL no
+    longer plans the join at every read."""
 
     def __init__(self, items: Any, *, batch: uuid.UUID, tenant_pk: int) -> None:
         self.columns = items.values_list(*_VERDICT_COLUMNS)
@@ -526,14 +529,15 @@ class _VerdictRows:
         self.statement = None if items.query.is_empty() else self._statement()
 
     def _statement(self) -> tuple[str, tuple[int, ...], bool] | None:
+        key = (self.tenant_pk, _where_shape(self.columns.query.where))
         try:
-            return _VERDICT_STATEMENTS[self.tenant_pk]
+            return _VERDICT_STATEMENTS[key]
         except KeyError:
             pass
         statement = _verdict_statement_compiled(self.columns, batch=self.batch, tenant_pk=self.tenant_pk)
         if len(_VERDICT_STATEMENTS) >= _VERDICT_STATEMENTS_MAX:
             _VERDICT_STATEMENTS.clear()
-        _VERDICT_STATEMENTS[self.tenant_pk] = statement
+        _VERDICT_STATEMENTS[key] = statement
         return statement
 
     def read(self) -> list[tuple[Any, ...]]:
@@ -568,9 +572,23 @@ def _verdict_statement_compiled(
             slots.append(_TENANT_SLOT)
         else:
             return None
-    if _BATCH_SLOT not in slots:
+    if sorted(slots) != [_TENANT_SLOT, _BATCH_SLOT]:  # the scope's tenant and the batch, nothing else
         return None
     return sql, tuple(slots), not isinstance(prepared_if_fixed(columns.query), nullcontext)
+
+
+def _where_shape(node: Any) -> tuple[Any, ...]:
+    """What a queryset's conditions test, without their values: for each condition its kind, its column and its
+    lookup, nested as the conditions are (a condition on no column by its class)."""
+    shape: list[Any] = [type(node).__name__, getattr(node, "connector", ""), getattr(node, "negated", False)]
+    for child in getattr(node, "children", ()):
+        if hasattr(child, "children"):
+            shape.append(_where_shape(child))
+        else:
+            target = getattr(getattr(child, "lhs", None), "target", None)
+            column = (target.model._meta.db_table, target.column) if target is not None else repr(type(child))
+            shape.append((type(child).__name__, getattr(child, "lookup_name", ""), column))
+    return tuple(shape)
 
 
 class _Receipt:

@@ -52,7 +52,7 @@ def test_a_second_batch_is_read_by_the_statement_compiled_for_the_first(api_clie
 
     with tenant_scope(tenant_a):
         assert sorted(_rows(technologist_a, tenant_a, first).read()) == sorted(_django_rows(technologist_a, first))
-        assert stow._VERDICT_STATEMENTS.get(tenant_a.pk) is not None
+        assert [statement is not None for statement in stow._VERDICT_STATEMENTS.values()] == [True]
         expected = sorted(_django_rows(technologist_a, second))
         # Nothing compiled for the second batch: the kept statement, sent with its UUID.
         with mock.patch.object(SQLCompiler, "as_sql", side_effect=AssertionError("compiled again")):
@@ -79,4 +79,15 @@ def test_the_rows_keep_the_tenant_scope_and_the_permission_decision(
     with tenant_scope(tenant_b):
         assert _rows(outsider_b, tenant_b, batch_a).read() == []  # another tenant's batch is not in this scope
         assert len(_rows(outsider_b, tenant_b, batch_b).read()) == 3
-    assert stow._VERDICT_STATEMENTS.keys() == {tenant_a.pk, tenant_b.pk}
+    assert sorted(tenant for tenant, _ in stow._VERDICT_STATEMENTS) == sorted([tenant_a.pk, tenant_b.pk])
+
+
+def test_a_queryset_with_another_condition_gets_a_statement_of_its_own(api_client_for, tenant_a, technologist_a):
+    batch = _stored_batch(api_client_for(technologist_a, tenant_a), URL_A, tenant_a, make_study(series=1))
+    with tenant_scope(tenant_a):
+        assert len(_rows(technologist_a, tenant_a, batch).read()) > 0
+        items = ingest_item_list(actor=technologist_a, batch=batch).select_related(None).order_by()
+        # A condition more (as a selector filtering by the sender would add): never the statement kept without it.
+        narrower = stow._VerdictRows(items.filter(source=IngestItem.Source.UPLOAD), batch=batch, tenant_pk=tenant_a.pk)
+        assert narrower.read() == []  # these parts came by STOW-RS
+    assert len(stow._VERDICT_STATEMENTS) == 2
