@@ -480,7 +480,7 @@ class StudiesStoreApi(DicomWebApi):
         deadline = time.monotonic() + settings.DICOMWEB_STOW_WAIT_SECONDS
         # The columns the answer names, of the item and the instance, series and study it became (not the sender
         # and device the activity list joins, not whole rows made into objects), in no order (a dict by id). The
-        # selector (the permission decision) at every request; its statement compiled once per tenant.
+        # selector (the permission decision) at every request; its statement compiled once per tenant and shape.
         rows = _VerdictRows(
             ingest_item_list(actor=request.user, batch=batch).select_related(None).order_by(),
             batch=batch,
@@ -500,8 +500,8 @@ class StudiesStoreApi(DicomWebApi):
                 return items
 
 
-# The verdicts' statement compiled once per tenant (`_VerdictRows`), or None when its shape is not one that can be sent
-# again with another batch's UUID.
+# The verdicts' statement compiled once per tenant and shape of conditions (`_VerdictRows`), or None when it is not one
+# that can be sent again with another batch's UUID.
 _VERDICT_STATEMENTS: dict[tuple[int, tuple[Any, ...]], tuple[str, tuple[int, ...], bool] | None] = {}
 _VERDICT_STATEMENTS_MAX = 256  # shapes kept per process (one per tenant); past it the cache starts again empty
 _BATCH_SLOT, _TENANT_SLOT = 0, -1
