@@ -12,8 +12,10 @@ bench/orthanc.py lifts them:
   the worker's task in this process when the receipt commits (Celery eager), for a tree whose request hands its
   parts to the worker; `--door-only` sets DICOMWEB_STOW_WAIT_SECONDS=0, so the request answers after its receipt
   (202) and the process's CPU is the door's alone, without the worker's.
-- otherwise, end to end: gunicorn as bench/orthanc.py starts it (2 gthread workers x 8 threads) and one Celery
-  worker (-c 2), as in bench.orthanc's STOW-RS phase; for each entry of `--clients` a fresh set of
+- otherwise, end to end: gunicorn as bench/orthanc.py starts it (2 gthread workers x 8 threads) and the Celery
+  workers as its STOW-RS phase starts them (`workers_start`: the ingest queue's worker -c 2, and the default and
+  maintenance queues' worker -c 1, which draws the thumbnails; `--one-worker`: one worker -c 2 on every queue, as
+  before session 11; CPU of both counted as "worker"); for each entry of `--clients` a fresh set of
   `--per-series` x 4 series CT is sent in requests of 10 (bench.orthanc's client: a keep-alive session per client
   thread) and timed to the last instance searchable; CPU ms per instance of gunicorn, the worker and the
   database's PostgreSQL backends from /proc; each request's latency (median, p90).
@@ -57,9 +59,16 @@ from bench.ingest import (  # noqa: E402  (the path above first)
     provision,
     stores_env,
     wait_final,
-    worker_start,
 )
-from bench.orthanc import NO_RATE_LIMITS, enclave_reader, enclave_searchable_at, gunicorn_start, stow  # noqa: E402
+from bench.orthanc import (  # noqa: E402
+    NO_RATE_LIMITS,
+    enclave_reader,
+    enclave_searchable_at,
+    gunicorn_start,
+    stow,
+    worker_groups,
+    workers_start,
+)
 from bench.profile import CpuMeter, pids_of, postgres_backends, wait_idle  # noqa: E402
 
 PER_REQUEST = 10
@@ -88,13 +97,13 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], tmp: Path, db: str
     processes = Processes(tmp)
     results = []
     try:
-        worker = worker_start(processes, env)
+        workers_start(processes, env, one=args.one_worker)
         port = args.port or free_port()
         root = f"http://127.0.0.1:{port}/dicomweb"
         web = gunicorn_start(processes, env, f"{root}/{targets[0].tenant.slug}", port, enclave_reader(targets[0]))
         groups: dict[str, Callable[[], list[int]]] = {
             "gunicorn": pids_of(web),
-            "worker": pids_of(worker),
+            "worker": lambda: [pid for group in worker_groups(processes).values() for pid in group()],
             "postgres": lambda: postgres_backends(db, own),
         }
         for i, count in enumerate(clients):
@@ -307,6 +316,11 @@ def main() -> int:
     parser.add_argument("--redis", type=int, default=12)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--port", type=int, default=0, help="end to end: gunicorn's port (default: any free one)")
+    parser.add_argument(
+        "--one-worker",
+        action="store_true",
+        help="end to end: one Celery worker (-c 2) on every queue, as bench.stow ran before session 11",
+    )
     parser.add_argument(
         "--spy", default="", help="end to end: py-spy each gunicorn worker and Celery worker process into this folder"
     )

@@ -390,8 +390,13 @@ class StudiesStoreApi(DicomWebApi):
             if result.item_id is not None:
                 _settle(result, items.get(result.item_id))
 
+        urls: dict[str, str] = {}
+
         def study_url(uid: str) -> str:
-            return retrieve_url(request, tenant, uid)  # where the caller reached the portal, its real port
+            # Where the caller reached the portal, its real port; once per study, not once per part (a reverse()).
+            if (url := urls.get(uid)) is None:
+                url = urls[uid] = retrieve_url(request, tenant, uid)
+            return url
 
         answer, status = store_response(results, study_url=study_url, url_study=study)
         return Response(answer, status=status)
