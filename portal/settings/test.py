@@ -3,14 +3,36 @@
 Integration tests start a real Celery worker and switch eager mode off for themselves.
 """
 
+import atexit
 import base64
+import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from .base import *  # noqa: F403
 from .base import env, redis_cache
 
 ENCLAVE_ENV = "test"
+
+# The throw-away folders this process makes (static files, stored files, blobs) are removed when it exits, so that
+# test runs do not fill /tmp (a day of runs had left 1.5 GB). Only by the process that made them: a child forked
+# from it (a listener's process, a pool's) runs the same exit handlers, and must not take its parent's folders.
+_MAKER = os.getpid()
+
+
+def _scratch_remove(folder: Path) -> None:
+    if os.getpid() == _MAKER:
+        shutil.rmtree(folder, ignore_errors=True)  # gone already, or a file held open by a child: nothing to keep
+
+
+def _scratch(prefix: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(_scratch_remove, folder)
+    return folder
+
+
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production-0123456789abcdefghijklmnopqrstuvwxyz"  # noqa: S105
 MASTER_KEY = base64.b64encode(b"\x01" * 32).decode()
@@ -36,7 +58,7 @@ REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CACHES = {
     "default": {
         **redis_cache(REDIS_URL),  # the deployed backend (portal.web.cache) and its timeouts
-        "KEY_PREFIX": f"test-{Path(tempfile.mkdtemp(prefix='enclave-')).name}",
+        "KEY_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
     }
 }
 
@@ -62,14 +84,17 @@ EMAIL_FILE_PATH = env.str("ENCLAVE_TEST_EMAIL_FILE_PATH", default="")
 
 # STATIC: no manifest needed in tests
 # ------------------------------------------------------------------------------
-STATIC_ROOT = Path(tempfile.mkdtemp(prefix="enclave-static-"))
+STATIC_ROOT = _scratch("enclave-static-")
 # A fresh folder per process, unless the test process hands its own to the worker and listener it starts.
-_STORE_ROOT = Path(env.str("ENCLAVE_TEST_STORE_ROOT", default="") or tempfile.mkdtemp(prefix="enclave-stores-"))
+_STORE_ROOT = Path(env.str("ENCLAVE_TEST_STORE_ROOT", default="") or _scratch("enclave-stores-"))
 # Tests write thousands of small blobs to throw-away folders: not synced (tests/studies/storage/test_durable.py
 # turns it on and shows what is synced).
 BLOB_SYNC = False
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tempfile.mkdtemp()}},
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": _scratch("enclave-files-")},
+    },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "blobs": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": _STORE_ROOT / "blobs"}},
     "replica": {
