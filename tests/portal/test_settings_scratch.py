@@ -31,19 +31,19 @@ print(json.dumps({{"folders": folders, "after_child": [os.path.isdir(f) for f in
 """
 
 
-def test_the_folders_outlive_a_forked_child_and_go_with_their_maker():
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.test"}
-    env.pop("ENCLAVE_TEST_STORE_ROOT", None)
-    done = subprocess.run(
-        [sys.executable, "-c", PROGRAM.format(root=str(ROOT))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def _run(**environ: str) -> dict[str, list]:
+    """PROGRAM in a process of its own under the test settings (and `environ`); what it saw."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.test", **environ}
+    if "ENCLAVE_TEST_STORE_ROOT" not in environ:
+        env.pop("ENCLAVE_TEST_STORE_ROOT", None)
+    command = [sys.executable, "-c", PROGRAM.format(root=str(ROOT))]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_folders_outlive_a_forked_child_and_go_with_their_maker():
+    seen = _run()
     assert seen["after_child"] == [True, True, True]
     assert [Path(folder).exists() for folder in seen["folders"]] == [False, False, False]
 
@@ -51,17 +51,7 @@ def test_the_folders_outlive_a_forked_child_and_go_with_their_maker():
 def test_a_store_handed_down_by_the_environment_is_left_to_the_process_that_made_it(tmp_path):
     handed = tmp_path / "stores"
     handed.mkdir()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.test", "ENCLAVE_TEST_STORE_ROOT": str(handed)}
-    done = subprocess.run(
-        [sys.executable, "-c", PROGRAM.format(root=str(ROOT))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = _run(ENCLAVE_TEST_STORE_ROOT=str(handed))
     assert seen["folders"][2] == str(handed)
     assert handed.is_dir()
     assert (handed / "kept-until-exit").exists()
