@@ -489,11 +489,16 @@ def visible(actor: Any, perm: str, qs: models.QuerySet[Any]) -> models.QuerySet[
     When `actor` may see every row of `qs`, `qs` itself is returned (the same object, unfiltered): a caller that
     would only join the answer back as `pk IN (...)` may then leave the subquery out (studies.selectors.matching).
     """
+    return _visible(actor, perm, qs, held=_gates_for(actor, perm))
+
+
+def _gates_for(actor: Any, perm: str) -> _Codenames | None:
+    """For a permission that reaches patient data, the registered gates run (a refusal raised) and, when read
+    with them, the actor's tenant permissions for the rest of this decision (`_gates_checked`)."""
     tenant = current_tenant_or_none()
-    held = None
     if perm in PATIENT_DATA_PERMISSIONS and tenant is not None:
-        held = _gates_checked(actor, tenant, with_codenames=True)
-    return _visible(actor, perm, qs, held=held)
+        return _gates_checked(actor, tenant, with_codenames=True)
+    return None
 
 
 def visible_unless_every(
@@ -504,10 +509,7 @@ def visible_unless_every(
     search's statement compiled once per shape, studies.selectors.matching), where building the scoped queryset
     only to find it unfiltered cost about a tenth of a cold search's CPU (docs/BENCHMARKS.md, "h1 branch,
     session 11")."""
-    tenant = current_tenant_or_none()
-    held = None
-    if perm in PATIENT_DATA_PERMISSIONS and tenant is not None:
-        held = _gates_checked(actor, tenant, with_codenames=True)
+    held = _gates_for(actor, perm)
     if _every_row(actor, perm, held=held) is True:
         return None
     return _visible(actor, perm, rows(), held=held)
