@@ -43,6 +43,8 @@ fi
 echo $$ > "$VAR/run.pid"
 
 pids=()
+names=()  # "pid=what it is" for each of pids, for the start-up check
+ready_check=""  # the start-up check's pid while it runs
 embedded=0
 stopping=0
 
@@ -52,6 +54,7 @@ stop_all() {
   trap '' INT TERM
   echo "Stopping Enclave: web, worker, beat, DICOM listener"
   local pid
+  if [ -n "$ready_check" ]; then kill -TERM "$ready_check" 2>/dev/null || true; fi
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   # Each gets 30 s to finish what it is doing (gunicorn's graceful timeout is 25 s, not its default 10 s: on a busy
   # machine its workers may need longer to finish and exit), then is killed.
@@ -103,27 +106,32 @@ echo "$(date +%T) starting gunicorn, worker, beat, listener"
 # 3. What production runs. One worker for the ingest queue, one for the rest (portal/settings/base.py's routes), so
 # that a flood of images never waits behind a fixity run, nor the other way round.
 .venv/bin/celery -A portal worker -l info -c "$INGEST_CONCURRENCY" -Q ingest -n "ingest@%h" \
-  --without-gossip --without-mingle & pids+=($!)
+  --without-gossip --without-mingle & pids+=($!); names+=("$!=the Celery worker (ingest)")
 .venv/bin/celery -A portal worker -l info -c 1 -Q default,maintenance -n "worker@%h" \
-  --without-gossip --without-mingle & pids+=($!)
-.venv/bin/celery -A portal beat -l info --pidfile= & pids+=($!)
-"$PY" manage.py dicom_listener --port "$DICOM_PORT" --processes "$DICOM_LISTENER_PROCESSES" & pids+=($!)
+  --without-gossip --without-mingle & pids+=($!); names+=("$!=the Celery worker (default, maintenance)")
+.venv/bin/celery -A portal beat -l info --pidfile= & pids+=($!); names+=("$!=Celery beat")
+"$PY" manage.py dicom_listener --port "$DICOM_PORT" --processes "$DICOM_LISTENER_PROCESSES" \
+  & pids+=($!); names+=("$!=the DICOM listener")
 if [ "$MODE" = run ]; then
   # The access log names the path without its query string: a search's query holds patient data.
   # portal/gunicorn_conf.py: HTTPS when TLS_CERT / TLS_KEY are set; the access log's format (path without its
   # query string: a search's query holds patient data).
   .venv/bin/gunicorn portal.wsgi:application -c portal/gunicorn_conf.py --bind "127.0.0.1:${WEB_PORT}" \
     --worker-class gthread --workers "$WEB_CONCURRENCY" --threads 8 --timeout 120 --graceful-timeout 25 --no-control-socket \
-    --error-logfile - --access-logfile - & pids+=($!)
+    --error-logfile - --access-logfile - & pids+=($!); names+=("$!=gunicorn (the web server)")
 else
-  "$PY" manage.py runserver "127.0.0.1:${WEB_PORT}" & pids+=($!)
+  "$PY" manage.py runserver "127.0.0.1:${WEB_PORT}" & pids+=($!); names+=("$!=the development server")
 fi
 
 # 4. Ready: the sign-in page answers and the DICOM listener accepts connections (on a busy machine the processes
-# take a while to import everything: a line every 30 s says what is still awaited)
-"$PY" - "$WEB_PORT" "$WEB_SCHEME" "$DICOM_PORT" "$READY_SECONDS" <<'EOF'
+# take a while to import everything: a line every 30 s says what is still awaited). A process that ends meanwhile
+# (a port already in use, a setting it refuses) ends the check at once, with its name, rather than leaving the run
+# to wait READY_SECONDS. The check runs in the background and this shell `wait`s for it, so that a SIGTERM is
+# handled at once (bash runs a trap only between commands, and a `wait` is where it may).
+"$PY" - "$WEB_PORT" "$WEB_SCHEME" "$DICOM_PORT" "$READY_SECONDS" "${names[@]}" <<'EOF' &
 import os, socket, ssl, sys, time, urllib.request
 web_port, scheme, dicom_port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+processes = dict(item.split("=", 1) for item in sys.argv[5:])  # pid -> what it is
 url = f"{scheme}://127.0.0.1:{web_port}/accounts/login/"
 context = ssl.create_default_context(cafile=os.environ.get("TLS_CA") or None) if scheme == "https" else None
 
@@ -144,9 +152,28 @@ def dicom_ready():
         return False
 
 
+def ended():
+    """What has ended of the processes started: gone, or (Linux) a zombie that bash has not reaped yet."""
+    gone = []
+    for pid, name in processes.items():
+        try:
+            os.kill(int(pid), 0)
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    gone.append(name)
+        except ProcessLookupError:
+            gone.append(name)
+        except OSError:
+            pass  # no /proc: alive as far as kill can tell
+    return gone
+
+
 start = told = time.monotonic()
 waiting = {"the web server": web_ready, f"the DICOM listener (port {dicom_port})": dicom_ready}
 while True:
+    gone = ended()
+    if gone:
+        sys.exit(f"{' and '.join(gone)} ended during start-up; its output above says why. Stopping the others.")
     waiting = {name: check for name, check in waiting.items() if not check()}
     if not waiting:
         break
@@ -158,6 +185,9 @@ while True:
         told = now
     time.sleep(0.2)
 EOF
+ready_check=$!
+wait "$ready_check"  # its status: set -e ends the run (and the EXIT trap stops the rest) when it is not 0
+ready_check=""
 
 cat <<EOF
 
