@@ -47,7 +47,7 @@ from studies.dicomweb.negotiation import (
     not_acceptable,
 )
 from studies.models import Instance, Study
-from studies.selectors.storage import RetrievalRow, retrieval_rows
+from studies.selectors.storage import RetrievalRow, RowsReadAhead, retrieval_rows, retrieval_statement_ahead
 from studies.services.reads import (
     StudyRow,
     instances_accessed_record,
@@ -398,14 +398,35 @@ class _ReadApi(DicomWebReadApi):
 
 
 class _RetrieveApi(_ReadApi):
+    def statement_ahead(self, tenant: Tenant) -> tuple[str, list[Any]] | None:
+        """The rows statement of this retrieval, sent with the bearer token's and the decision's in their round trip
+        (portal.web.authentication; docs/BENCHMARKS.md, "h2 branch, session 12"): None for another tenant's URL (the
+        request is a 404) or a shape this process has not compiled yet."""
+        if self.kwargs.get("tenant") != tenant.slug:
+            return None
+        return retrieval_statement_ahead(
+            tenant_id=tenant.pk,
+            study_uid=self.kwargs.get("study"),
+            series_uid=self.kwargs.get("series"),
+            sop_uid=self.kwargs.get("instance"),
+        )
+
     def retrieval(
         self, study: str, series: str | None = None, instance: str | None = None
     ) -> tuple[StudyRow, list[RetrievalRow]]:
         """The study and instances to send, read as columns in one statement (issue 10: a series is one row per
-        instance), compiled once per shape (studies.selectors.storage.retrieval_rows); NotVisible recorded as a
-        failed read, as `visible_instances` records it."""
+        instance), compiled once per shape (studies.selectors.storage.retrieval_rows), or taken from its rows read
+        with the bearer token (`statement_ahead`) when the decision allows; NotVisible recorded as a failed read, as
+        `visible_instances` records it."""
+        read_ahead = getattr(self.request.auth, "read_ahead", None)
         try:
-            return retrieval_rows(actor=self.request.user, study_uid=study, series_uid=series, sop_uid=instance)
+            return retrieval_rows(
+                actor=self.request.user,
+                study_uid=study,
+                series_uid=series,
+                sop_uid=instance,
+                ahead=RowsReadAhead(*read_ahead) if read_ahead is not None else None,
+            )
         except access.NotVisible:
             read_unavailable_record(
                 actor=self.request.user, study_uid=study, resource=self.request.path,
