@@ -211,6 +211,9 @@ class ApiToken(TenantOwnedModel):
     # none) when tenants.selectors.api_token_authenticate read it with the token, for the request to use instead of
     # reading it again (tenants.selectors.tenant_get_for_member); None when it was not read so.
     membership_read: tuple[Membership | None] | None = None
+    # Not a column either: (the tenant's id, a statement and its values, its rows) when api_token_authenticate sent the
+    # request's own first statement in the token's round trip (its `statement_ahead`); None when it did not.
+    read_ahead: tuple[int, tuple[str, Any], list[tuple[Any, ...]]] | None = None
 
     class Meta:
         ordering = ["-created_at"]

@@ -8,6 +8,7 @@ Whether a person is a current member at all is the first layer of the permission
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -112,18 +113,32 @@ def api_token_get_for_operator(*, public_id: UUID | str) -> ApiToken:
         raise access.NotVisible() from exc
 
 
-def api_token_authenticate(*, raw: str, decision_ahead: bool = False) -> ApiToken | None:
+# A request's own first statement, sent in the same round trip as its token's and its decision's (`statement_ahead`
+# of `api_token_authenticate`): given the token's tenant (its scope open), the statement and its values, or None.
+StatementAhead = Callable[[Tenant], "tuple[str, Any] | None"]
+
+
+def api_token_authenticate(
+    *, raw: str, decision_ahead: bool = False, statement_ahead: StatementAhead | None = None
+) -> ApiToken | None:
     """The usable token whose digest matches `raw`, with its user and tenant; None otherwise.
 
     Runs before any scope (the tenant comes from the token), so it reads unscoped. `decision_ahead`: the request
     is a read of patient data (a DICOMweb search), whose first permission decision will ask the gates' and the
     tenant permissions' statements for the token's user and tenant; when this process has seen the token before,
     they are sent with the token's own statement, in its round trip (`_token_read_with_decision`).
+
+    `statement_ahead` (with `decision_ahead`): the statement the request will send next, whatever the decision (a
+    WADO-RS retrieval's rows), sent in that same round trip too, in the token's tenant's scope; its rows are on the
+    token as `read_ahead`, (tenant id, the statement and its values, its rows), for the request to use only as its
+    decision allows (studies.selectors.storage `retrieval_rows`). `read_ahead` is None when they were not read so.
     """
     digest = ApiToken.digest_of(raw)
     params = [Membership.Status.ACTIVE, digest]
     owner = _TOKEN_OWNERS.get(digest) if decision_ahead else None
-    row, ahead = _token_read_with_decision(params, *owner) if owner is not None else (None, None)
+    row, ahead, read_ahead = (
+        _token_read_with_decision(params, *owner, statement_ahead) if owner is not None else (None, None, None)
+    )
     if row is None:
         # Unscoped, as `ApiToken.unscoped_objects` and `Membership.unscoped_objects` read; prepared once per
         # connection (tenants.db).
@@ -140,9 +155,11 @@ def api_token_authenticate(*, raw: str, decision_ahead: bool = False) -> ApiToke
     # The membership the request will ask for (the token works only for its own tenant), read in the same
     # statement: its first active one by id, as `access.membership_current_get` reads it; None when there is none.
     token.membership_read = (None if row[read] is None else _rows_built(row[read:], (Membership,))[0],)
+    token.read_ahead = None
     if decision_ahead:
         if ahead is not None and owner is not None and (user.pk, tenant.pk) == (owner[0].pk, owner[1].pk):
             access.decision_read_ahead(actor=user, tenant_id=tenant.pk, rows=ahead)
+            token.read_ahead = read_ahead
         if len(_TOKEN_OWNERS) >= _TOKEN_OWNERS_MAX:
             _TOKEN_OWNERS.clear()
         _TOKEN_OWNERS[digest] = (user, tenant)
@@ -157,21 +174,28 @@ _TOKEN_OWNERS_MAX = 1024
 
 
 def _token_read_with_decision(
-    params: list[Any], user: User, tenant: Tenant
-) -> tuple[tuple[Any, ...] | None, list[list[tuple[Any, ...]]] | None]:
+    params: list[Any], user: User, tenant: Tenant, statement_ahead: StatementAhead | None = None
+) -> tuple[
+    tuple[Any, ...] | None,
+    list[list[tuple[Any, ...]]] | None,
+    tuple[int, tuple[str, Any], list[tuple[Any, ...]]] | None,
+]:
     """The token's row (`_token_statement`) and, in the same round trip, the answers of the statements of the first
     patient-data decision (`access.decision_statements_ahead`) for `user` in `tenant`, the token's owners when this
     process last read it (their rows then, used only for their ids): `EXECUTE token(..); EXECUTE gate(..); ...`
     (tenants.db `prepared_together`), every statement read afresh, in one snapshot. All of it under `tenant`'s scope:
     the token's row is one of that tenant's, so the database's row security shows it as the platform's scope
     would; a row not found that way (None) is read again the usual way by the caller. (None, None) when the decision
-    would not send those statements together."""
+    would not send those statements together. With `statement_ahead`, its statement last in the same string, and
+    (the tenant's id, that statement, its rows) third, else None."""
     with tenant_scope(tenant):
         statements = access.decision_statements_ahead(user=user, tenant=tenant)
         if statements is None:
-            return None, None
-        token_rows, *ahead = prepared_together([(_token_statement(), params), *statements])
-    return (token_rows[0] if token_rows else None), ahead
+            return None, None, None
+        own = statement_ahead(tenant) if statement_ahead is not None else None
+        token_rows, *ahead = prepared_together([(_token_statement(), params), *statements, *([own] if own else [])])
+    read_ahead = (tenant.pk, own, ahead.pop()) if own else None
+    return (token_rows[0] if token_rows else None), ahead, read_ahead
 
 
 _JOINED = (ApiToken, User, Tenant)

@@ -57,9 +57,14 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
                 raise _refused(address, refusal)
             return device_credential.user, device_credential
         # A view whose first permission decision reads patient data (`DECISION_AHEAD`: a DICOMweb search) has the
-        # decision's statements sent with the token's, in one round trip (tenants.selectors).
+        # decision's statements sent with the token's, in one round trip (tenants.selectors), and with them its own
+        # first statement when it names one (`statement_ahead`: a WADO-RS retrieval's rows).
         view = (getattr(request, "parser_context", None) or {}).get("view")
-        token = api_token_authenticate(raw=parts[1], decision_ahead=getattr(view, "DECISION_AHEAD", False))
+        token = api_token_authenticate(
+            raw=parts[1],
+            decision_ahead=getattr(view, "DECISION_AHEAD", False),
+            statement_ahead=getattr(view, "statement_ahead", None),
+        )
         if token is None:
             raise _refused(address, "The token is unknown, expired or revoked.")
         api_token_touch(token=token)

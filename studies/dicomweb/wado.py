@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -47,7 +47,7 @@ from studies.dicomweb.negotiation import (
     not_acceptable,
 )
 from studies.models import Instance, Study
-from studies.selectors.storage import RetrievalRow, retrieval_rows
+from studies.selectors.storage import RetrievalRow, RowsReadAhead, retrieval_rows, retrieval_statement_ahead
 from studies.services.reads import (
     StudyRow,
     instances_accessed_record,
@@ -131,6 +131,7 @@ def dicom_multipart_response(
     content_type: Callable[[RetrievalRow], str],
     payload: Callable[[RetrievalRow, bytes, PreparedRead | None], Sequence[bytes | memoryview]],
     sized: bool,
+    recorded: Callable[[], None],
     prepare: Callable[[list[RetrievalRow]], list[PreparedRead | None]] | None = None,
     views: bool = False,
     read_ahead: bool = False,
@@ -138,6 +139,9 @@ def dicom_multipart_response(
     """multipart/related; type="application/dicom", one part per instance, the body byte for byte as
     `negotiation.multipart_stream` frames it, written as it is made: each instance is read (and authenticated)
     just before its part, so one instance at most is in memory, never the study.
+
+    `recorded()` writes the read's audit event. It runs before the response exists, so nothing of the answer, not
+    even its header block, can leave before the event has committed, and if it raises nothing is sent.
 
     `payload(row, head, read)`: the part, its header `head` then the instance, as pieces to write one after the
     other, every byte of it read and authenticated before the first piece is written; `read` is what
@@ -162,7 +166,11 @@ def dicom_multipart_response(
     does with such a row) by a `BlobReadAhead`, READ_AHEAD instances ahead of the part being written, on a thread
     of its own: reading and decrypting the next instances (which release the GIL) use the second core while this
     thread writes to the socket. Memory stays bounded (READ_AHEAD + 1 plaintext buffers), a failed read still
-    ends the body before its part, and the thread is stopped when the body is closed."""
+    ends the body before its part, and the thread is stopped when the body is closed. The first reads start before
+    `recorded()` (the first PREPARED_READS prepared, the thread started, READ_AHEAD reads submitted), so that reading
+    and decrypting the first instances overlap the event's round trip and commit, the longest wait before the
+    first byte (docs/BENCHMARKS.md, "h2 branch, session 12"); if `recorded()` raises, the read-ahead is closed (its
+    thread joined, what it read dropped) before the exception goes on."""
     boundary = new_boundary()
     heads = [
         (b"\r\n" if n else b"") + f"--{boundary}\r\nContent-Type: {content_type(row)}\r\n\r\n".encode("ascii")
@@ -176,7 +184,7 @@ def dicom_multipart_response(
             reads = prepare(rows) if prepare is not None else [None] * len(rows)
             yield from zip(heads[start : start + PREPARED_READS], rows, reads, strict=True)
 
-    def body() -> Iterator[bytes | memoryview]:
+    def body() -> Generator[bytes | memoryview, None, None]:
         for head, row, read in parts():
             # Read whole before its header goes: an unreadable instance sends nothing of its part.
             for chunk in payload(row, head, read):
@@ -184,7 +192,7 @@ def dicom_multipart_response(
                     yield chunk
         yield tail
 
-    def body_read_ahead() -> Iterator[bytes | memoryview]:
+    def body_read_ahead() -> Generator[bytes | memoryview, None, None]:
         # The prepared reads made READ_AHEAD instances ahead on a thread of the read's own while this one writes
         # (BlobReadAhead); the rest (an instance rewritten in another syntax) here in its turn. The same order,
         # and the same rule: an instance is taken whole (or its BlobUnreadable raised) before its header goes.
@@ -203,6 +211,10 @@ def dicom_multipart_response(
 
         try:
             fill()
+            # Started: the first reads are under way. The caller takes this empty item (it is never sent) and
+            # writes the audit event meanwhile; as the generator has started, closing it (the event failed, or the
+            # server closes an answer it never iterated) runs the `finally` below and stops the thread.
+            yield b""
             while queue:
                 head, row, read = queue.popleft()
                 chunks = ahead.result() if read is not None else payload(row, head, None)
@@ -214,7 +226,15 @@ def dicom_multipart_response(
         finally:
             ahead.close()  # also when the client has gone: the server closes the body, no thread outlives it
 
-    stream = body_read_ahead() if read_ahead and prepare is not None and len(instances) > 1 else body()
+    ahead = read_ahead and prepare is not None and len(instances) > 1
+    stream = body_read_ahead() if ahead else body()
+    if ahead:
+        next(stream)  # the first reads started (see body_read_ahead)
+    try:
+        recorded()
+    except BaseException:
+        stream.close()
+        raise
     response = (_ViewsResponse if views else StreamingHttpResponse)(stream)
     response["Content-Type"] = f'multipart/related; type="{DICOM}"; boundary={boundary}'
     if sized:
@@ -398,14 +418,35 @@ class _ReadApi(DicomWebReadApi):
 
 
 class _RetrieveApi(_ReadApi):
+    def statement_ahead(self, tenant: Tenant) -> tuple[str, list[Any]] | None:
+        """The rows statement of this retrieval, sent with the bearer token's and the decision's in their round trip
+        (portal.web.authentication; docs/BENCHMARKS.md, "h2 branch, session 12"): None for another tenant's URL (the
+        request is a 404) or a shape this process has not compiled yet."""
+        if self.kwargs.get("tenant") != tenant.slug:
+            return None
+        return retrieval_statement_ahead(
+            tenant_id=tenant.pk,
+            study_uid=self.kwargs.get("study"),
+            series_uid=self.kwargs.get("series"),
+            sop_uid=self.kwargs.get("instance"),
+        )
+
     def retrieval(
         self, study: str, series: str | None = None, instance: str | None = None
     ) -> tuple[StudyRow, list[RetrievalRow]]:
         """The study and instances to send, read as columns in one statement (issue 10: a series is one row per
-        instance), compiled once per shape (studies.selectors.storage.retrieval_rows); NotVisible recorded as a
-        failed read, as `visible_instances` records it."""
+        instance), compiled once per shape (studies.selectors.storage.retrieval_rows), or taken from its rows read
+        with the bearer token (`statement_ahead`) when the decision allows; NotVisible recorded as a failed read, as
+        `visible_instances` records it."""
+        read_ahead = getattr(self.request.auth, "read_ahead", None)
         try:
-            return retrieval_rows(actor=self.request.user, study_uid=study, series_uid=series, sop_uid=instance)
+            return retrieval_rows(
+                actor=self.request.user,
+                study_uid=study,
+                series_uid=series,
+                sop_uid=instance,
+                ahead=RowsReadAhead(*read_ahead) if read_ahead is not None else None,
+            )
         except access.NotVisible:
             read_unavailable_record(
                 actor=self.request.user, study_uid=study, resource=self.request.path,
@@ -456,21 +497,24 @@ class _RetrieveApi(_ReadApi):
                 raise exceptions.ValidationError(
                     {"instance": [f"This instance cannot be decompressed: {exc}; ask for transfer-syntax=*."]}
                 ) from exc
-        instances_retrieved_record(
-            actor=request.user,
-            study=study_row,
-            count=len(instances),
-            resource=request.path,
-            transfer_syntax=syntax or "*",
-            source_address=self.source_address(),
-            actor_role=self.membership.role,
-        )
+
+        def recorded() -> None:
+            instances_retrieved_record(
+                actor=request.user,
+                study=study_row,
+                count=len(instances),
+                resource=request.path,
+                transfer_syntax=syntax or "*",
+                source_address=self.source_address(),
+                actor_role=self.membership.role,
+            )
 
         return dicom_multipart_response(
             instances,
             content_type=lambda row: f"{DICOM}; transfer-syntax={syntax or row.transfer_syntax_uid}",
             payload=lambda row, head, read: [head, *first] if first is not None else transcoded(row, head, read),
             sized=all(as_stored(row) for row in instances),
+            recorded=recorded,
             prepare=prepare if first is None else None,
             views=views,
             read_ahead=True,

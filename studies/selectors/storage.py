@@ -70,8 +70,39 @@ def _statement_compiled(
     return CompiledStatement(sql, slots, prepared=not isinstance(prepared_if_fixed(qs.query), nullcontext))
 
 
+class RowsReadAhead(NamedTuple):
+    """A retrieval's rows statement (`retrieval_statement_ahead`) with its values, and its rows as read in `tenant_id`'s
+    scope in a round trip the request made anyway (its bearer token's, tenants.selectors `api_token_authenticate`)."""
+
+    tenant_id: int
+    statement: tuple[str, list[Any]]
+    rows: list[tuple[Any, ...]]
+
+
+def retrieval_statement_ahead(
+    *, tenant_id: int, study_uid: str | None, series_uid: str | None = None, sop_uid: str | None = None
+) -> tuple[str, list[Any]] | None:
+    """The statement `retrieval_rows` sends for this resource when the caller may see every study of tenant
+    `tenant_id`, with its values, for a caller that can send it in a round trip it makes anyway before the decision
+    (the bearer token's): None unless this process has compiled that shape already and it is sent prepared (only a
+    prepared statement rides in such a round trip, tenants.db `prepared_together`). Its rows serve `retrieval_rows`
+    only through `RowsReadAhead`, and only when the decision says every study."""
+    uids = (study_uid, series_uid, sop_uid)
+    if type(study_uid) is not str or not all(uid is None or type(uid) is str for uid in uids):
+        return None
+    statement = _STATEMENTS.get((tenant_id, series_uid is not None, sop_uid is not None))
+    if statement is None or not statement.prepared:
+        return None
+    return statement.sql, [tenant_id if slot < 0 else uids[slot] for slot in statement.slots]
+
+
 def retrieval_rows(
-    *, actor: Any, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    *,
+    actor: Any,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    ahead: RowsReadAhead | None = None,
 ) -> tuple[tuple[int, str, str, int, str, str], list[RetrievalRow]]:
     """The study (as the audit's StudyRow) and the instances of a retrieval of DICOM objects (a study, a series of
     it, or one instance), in series and instance order, with what reading their blobs needs; NotVisible (a 404
@@ -89,28 +120,39 @@ def retrieval_rows(
     parameter must be one of them or the tenant's id, with no conversion of Django's on reading the rows; else the
     shape is remembered as not cached and built by Django every time. A statement whose conditions are all
     equalities is prepared once per connection (tenants.db): PostgreSQL planned this join at each retrieval,
-    longer than it ran it."""
-    everything = Study.objects.all()
-    visible = access.visible(actor, "studies.view_study", everything)
+    longer than it ran it.
+
+    `ahead`: the statement's rows read with the request's bearer token, in the same snapshot as the answers this
+    decision is taken on (`retrieval_statement_ahead`; one round trip fewer before the first byte). They are used
+    only when the decision is every study and they are the answer of exactly the statement and values this call
+    would send, in this tenant; otherwise they are dropped and the statement sent as before.
+
+    "Every study" is told without building the scoped queryset (`access.visible_unless_every`, as the searches tell
+    it): building it only to find it unfiltered cost about 0.2 ms of a retrieval's time before its first byte
+    (docs/BENCHMARKS.md, "h2 branch, session 12")."""
+    visible = access.visible_unless_every(actor, "studies.view_study", Study.objects.all)
     tenant = current_tenant_or_none()
     uids = (study_uid, series_uid, sop_uid)
     statement = None
-    if visible is everything and tenant is not None and all(uid is None or type(uid) is str for uid in uids):
+    if visible is None and tenant is not None and all(uid is None or type(uid) is str for uid in uids):
         key = (tenant.pk, series_uid is not None, sop_uid is not None)
         try:
             statement = _STATEMENTS[key]
         except KeyError:
-            statement = _statement_compiled(everything, uids, tenant.pk)
+            statement = _statement_compiled(Study.objects.all(), uids, tenant.pk)
             if len(_STATEMENTS) >= _STATEMENTS_MAX:
                 _STATEMENTS.clear()
             _STATEMENTS[key] = statement
     if statement is not None:
         params = [tenant.pk if slot < 0 else uids[slot] for slot in statement.slots]  # type: ignore[union-attr]
-        with prepared_statements() if statement.prepared else nullcontext(), connection.cursor() as cursor:
-            cursor.execute(statement.sql, params)
-            values = cursor.fetchall()
+        if ahead is not None and ahead.tenant_id == tenant.pk and ahead.statement == (statement.sql, params):  # type: ignore[union-attr]
+            values = ahead.rows
+        else:
+            with prepared_statements() if statement.prepared else nullcontext(), connection.cursor() as cursor:
+                cursor.execute(statement.sql, params)
+                values = cursor.fetchall()
     else:
-        columns = _rows_queryset(visible, study_uid, series_uid, sop_uid)
+        columns = _rows_queryset(Study.objects.all() if visible is None else visible, study_uid, series_uid, sop_uid)
         with prepared_if_fixed(columns.query):
             values = list(columns)
     if not values:

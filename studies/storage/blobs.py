@@ -683,11 +683,18 @@ class BlobReadAhead:
     holds no database connection."""
 
     def __init__(self, *, depth: int = READ_AHEAD, views: bool = False) -> None:
-        if _ahead_buffers.sealed is None or _ahead_buffers.plains is None or len(_ahead_buffers.plains) < depth + 1:
-            _ahead_buffers.sealed = memoryview(bytearray(READ_BUFFER_BYTES))
-            _ahead_buffers.plains = [bytearray(LEAD_ROOM + envelope.DEFAULT_CHUNK) for _ in range(depth + 1)]
-        self._sealed = _ahead_buffers.sealed
-        self._plains = _ahead_buffers.plains[: depth + 1]
+        sealed, plains = _ahead_buffers.sealed, _ahead_buffers.plains
+        if sealed is None or plains is None or len(plains) < depth + 1:
+            sealed = memoryview(bytearray(READ_BUFFER_BYTES))
+            plains = [bytearray(LEAD_ROOM + envelope.DEFAULT_CHUNK) for _ in range(depth + 1)]
+        # Taken from the thread while this read-ahead may write into them, and given back by `close()` on that
+        # thread: a read-ahead made on it before this one is closed (an answer dropped before the server took it,
+        # its body started: studies.dicomweb.wado) reads into buffers of its own, never into these.
+        _ahead_buffers.sealed = _ahead_buffers.plains = None
+        self._held: tuple[memoryview, list[bytearray]] | None = (sealed, plains)
+        self._owner = threading.get_ident()
+        self._sealed = sealed
+        self._plains = plains[: depth + 1]
         self._depth = depth
         self._views = views
         self._submitted = 0
@@ -744,6 +751,9 @@ class BlobReadAhead:
             self._thread.join()
             self._thread = None
         self._pending = 0
+        if self._held is not None and threading.get_ident() == self._owner:
+            _ahead_buffers.sealed, _ahead_buffers.plains = self._held  # for this thread's next read-ahead
+        self._held = None
 
 
 def blob_sealed_read_into(*, store: str, name: str, buffer: memoryview, path: str | None = None) -> memoryview | None:

@@ -2,7 +2,8 @@
 once this process has seen a token, the gates' and the tenant permissions' statements of the search's decision are
 sent with the token's own statement, in its round trip, read afresh for that request; the decision is still taken
 by tenants.access on them, a lapsed training or a changed role counts at the very next request, and the answers are
-those of the statements run one by one."""
+those of the statements run one by one. A WADO-RS retrieval sends its rows statement in that round trip too (below).
+"""
 
 from __future__ import annotations
 
@@ -179,34 +180,143 @@ def test_a_retrieval_sends_its_decision_with_its_token_and_a_lapsed_training_ref
     answers are read afresh, so a training that lapses refuses the very next retrieval, nothing of it sent."""
     from training.models import Completion
 
-    study = north["smith"]
-    with tenant_scope(tenant_a):
-        series = study.series.get()
-    path = f"/dicomweb/north/studies/{study.study_instance_uid}/series/{series.series_instance_uid}"
+    path = _series_path(tenant_a, north["smith"])
     client = api_client_for(radiologist_a, tenant_a)
 
     def retrieve() -> tuple[Any, bytes, list[str]]:
-        sent: list[str] = []
-
-        def counted(execute, sql, params, many, context):
-            sent.append(sql)
-            return execute(sql, params, many, context)
-
-        with connection.execute_wrapper(counted):
-            response = client.get(path, HTTP_ACCEPT='multipart/related; type="application/dicom"')
-            body = b"".join(response.streaming_content) if response.status_code == 200 else response.content
-        return response, body, sent
+        return _retrieve(client, path)
 
     first, first_body, _ = retrieve()
     assert first.status_code == 200
     response, body, sent = retrieve()
     assert response.status_code == 200
     assert body.count(b"DICM") == first_body.count(b"DICM") == 1
-    assert sent[0].count("EXECUTE ") == 3  # the token's, the training gate's and the permissions' statements
+    # The token's, the training gate's and the permissions' statements, and the retrieval's rows statement
+    # (the tests below).
+    assert sent[0].count("EXECUTE ") == 4
 
     with tenant_scope(tenant_a):
         Completion.objects.filter(pk=trained.pk).update(expires_on=today() - timedelta(days=1))
     refused, refused_body, refused_sent = retrieve()
     assert refused.status_code == 403
     assert b"DICM" not in refused_body
-    assert refused_sent[0].count("EXECUTE ") == 3
+    assert refused_sent[0].count("EXECUTE ") == 4  # its rows read with the token and dropped: refused before them
+
+
+# A retrieval's rows statement sent with its token's and its decision's (docs/BENCHMARKS.md, "h2 branch, session 12"):
+# once this process has seen the token and compiled the resource's shape, the rows are read in the token's round trip,
+# in the same snapshot as the decision's answers, and used only when that decision is every study and they are the
+# answer of exactly the statement the retrieval would send.
+
+DICOM = 'multipart/related; type="application/dicom"'
+
+
+def _series_path(tenant, study) -> str:
+    with tenant_scope(tenant):
+        series = study.series.get()
+    return f"/dicomweb/north/studies/{study.study_instance_uid}/series/{series.series_instance_uid}"
+
+
+def _retrieve(client: Any, path: str, shown: list[str] | None = None) -> tuple[Any, bytes, list[str]]:
+    """The answer, its body, and each round trip's text sent to the database meanwhile (`shown`: each as query
+    logs show it, a prepared statement as its text with its values)."""
+    sent: list[str] = []
+
+    def counted(execute, sql, params, many, context):
+        sent.append(sql)
+        return execute(sql, params, many, context)
+
+    with CaptureQueriesContext(connection) as queries, connection.execute_wrapper(counted):
+        response = client.get(path, HTTP_ACCEPT=DICOM)
+        body = b"".join(response.streaming_content) if response.status_code == 200 else response.content
+    if shown is not None:
+        shown.extend(query["sql"] for query in queries.captured_queries)
+    return response, body, sent
+
+
+def test_a_retrieval_reads_its_rows_with_its_token_and_then_writes_only_its_event(
+    api_client_for, radiologist_a, tenant_a, north, trained
+):
+    path = _series_path(tenant_a, north["smith"])
+    client = api_client_for(radiologist_a, tenant_a)
+    first, first_body, _ = _retrieve(client, path)  # the token's owners learnt, the shape compiled and prepared
+    assert first.status_code == 200
+    shown: list[str] = []
+    response, body, sent = _retrieve(client, path, shown)
+    assert response.status_code == 200
+    assert body.count(b"DICM") == first_body.count(b"DICM") == 1
+    assert len(body) == len(first_body)
+    # The token's, the training gate's, the permissions' and the rows' statements in one string, then the event:
+    # two round trips before the first byte (three before).
+    assert len(sent) == 2, shown
+    assert sent[0].count("EXECUTE ") == 4
+    assert '"studies_instance"' in shown[0]
+    assert '"audit_auditchain"' in shown[1]
+
+
+def test_rows_read_ahead_are_not_used_when_the_decision_is_not_every_study(
+    api_client_for, admin_a, radiologist_a, tenant_a, north, trained
+):
+    """A role changed between two retrievals counts at the very next one: its rows are read with the token as before,
+    but the decision (now not every study) does not use them; the answer is what a token never seen gets."""
+    path = _series_path(tenant_a, north["smith"])
+    client = api_client_for(radiologist_a, tenant_a)
+    for _ in range(2):
+        assert _retrieve(client, path)[0].status_code == 200
+    with tenant_scope(tenant_a):
+        membership = access.membership_current_get(user=radiologist_a, tenant=tenant_a)
+        membership_change_role(actor=admin_a, membership=membership, role=Role.REFERRING_PHYSICIAN)
+    response, body, sent = _retrieve(client, path)
+    assert sent[0].count("EXECUTE ") == 4  # the rows were read ahead ...
+    fresh, fresh_body, _ = _retrieve(api_client_for(radiologist_a, tenant_a), path)
+    assert (response.status_code, body.count(b"DICM")) == (fresh.status_code, fresh_body.count(b"DICM"))
+    assert response.status_code == 404  # ... and not used: smith's study does not name this referring physician
+    assert b"DICM" not in body
+
+
+def test_rows_read_ahead_serve_only_the_statement_and_tenant_they_were_read_for(
+    tenant_a, tenant_b, radiologist_a, north
+):
+    from studies.selectors.storage import RowsReadAhead, retrieval_rows, retrieval_statement_ahead
+
+    study = north["smith"]
+    with tenant_scope(tenant_a):
+        series = study.series.get()
+        uids = {"study_uid": study.study_instance_uid, "series_uid": series.series_instance_uid}
+        _, rows = retrieval_rows(actor=radiologist_a, **uids)  # the shape compiled
+        statement = retrieval_statement_ahead(tenant_id=tenant_a.pk, **uids)
+        assert statement is not None
+        sql, params = statement
+        assert tenant_a.pk in params
+        assert study.study_instance_uid in params
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            read = cursor.fetchall()
+        forged = [(*read[0][:6], "1.2.3.4", *read[0][7:])]  # rows that say something else, to see which are used
+
+        def retrieved(ahead: Any) -> str:
+            return retrieval_rows(actor=radiologist_a, **uids, ahead=ahead)[1][0].sop_instance_uid
+
+        assert retrieved(RowsReadAhead(tenant_a.pk, (sql, params), forged)) == "1.2.3.4"  # used when they match
+        assert retrieved(RowsReadAhead(tenant_b.pk, (sql, params), forged)) == rows[0].sop_instance_uid
+        other = ["9.9.9" if value == series.series_instance_uid else value for value in params]
+        assert retrieved(RowsReadAhead(tenant_a.pk, (sql, other), forged)) == rows[0].sop_instance_uid
+        assert retrieved(RowsReadAhead(tenant_a.pk, (sql + " ", params), forged)) == rows[0].sop_instance_uid
+        with pytest.raises(access.NotVisible):  # no rows read ahead for exactly this statement: nothing to send
+            retrieval_rows(actor=radiologist_a, **uids, ahead=RowsReadAhead(tenant_a.pk, (sql, params), []))
+        # No statement ahead for a shape not compiled yet, nor for a UID that is not text.
+        assert retrieval_statement_ahead(tenant_id=tenant_a.pk, **uids, sop_uid="1.2.3") is None
+        assert retrieval_statement_ahead(tenant_id=tenant_a.pk, study_uid=None) is None
+
+
+def test_a_token_used_on_another_tenants_url_reads_no_rows_ahead(
+    api_client_for, radiologist_a, tenant_a, tenant_b, north, trained
+):
+    path = _series_path(tenant_a, north["smith"])
+    client = api_client_for(radiologist_a, tenant_a)
+    for _ in range(2):
+        assert _retrieve(client, path)[0].status_code == 200
+    other = path.replace("/dicomweb/north/", f"/dicomweb/{tenant_b.slug}/")
+    response, _, sent = _retrieve(client, other)
+    assert response.status_code == 404
+    assert sent[0].count("EXECUTE ") == 3  # the token's and its decision's, no rows

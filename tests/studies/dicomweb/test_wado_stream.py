@@ -23,6 +23,7 @@ from studies.storage.blobs import (
     blob_sealed_read,
 )
 from tenants.scoping import tenant_scope
+from tests.security.test_phi_route_audit import audit_reads_refused  # noqa: F401 (a fixture)
 from tests.studies.dicomweb.reading import ingest, ingest_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -287,8 +288,12 @@ def test_a_series_costs_the_statements_of_one_instance(client, tenant_a, accept)
         assert all(data in body for row, data in stored if row.sop_instance_uid in url or url == series_url)
         return len(queries)
 
-    statements(series_url)  # the study key is opened once, then cached
-    assert statements(series_url) == statements(f"{series_url}/instances/{stored[2][0].sop_instance_uid}")
+    instance_url = f"{series_url}/instances/{stored[2][0].sop_instance_uid}"
+    # The study key is opened once, then cached; each shape's rows statement is compiled at its first retrieval,
+    # then read with the bearer token's (studies.selectors.storage.retrieval_statement_ahead).
+    statements(series_url)
+    statements(instance_url)
+    assert statements(series_url) == statements(instance_url)
 
 
 def test_the_retrieval_event_names_the_role_the_request_was_let_in_by_without_asking_again(client, tenant_a):
@@ -441,3 +446,43 @@ def test_a_series_partly_rewritten_to_the_default_syntax_reads_each_instance_onc
     datasets = [pydicom.dcmread(io.BytesIO(data)) for _, data in parts]
     assert [ds.InstanceNumber for ds in datasets] == [1, 2, 3]
     assert {ds.file_meta.TransferSyntaxUID for ds in datasets} == {EXPLICIT}
+
+
+def test_a_series_first_reads_are_under_way_while_its_audit_event_is_written(client, tenant_a, monkeypatch):
+    """The read-ahead thread is started, the first reads submitted, before the retrieval's event is written, so that
+    reading and decrypting them overlap the event's round trip and commit (docs/BENCHMARKS.md, "h2 branch, session
+    12"); the answer is the same bytes, and no thread is left."""
+    from studies.dicomweb import wado
+
+    stored = _ct_series(tenant_a, 6)
+    before = _ahead_threads()
+    reading: list[int] = []
+    record = wado.instances_retrieved_record
+
+    def recorded(**kwargs):
+        reading.append(len(_ahead_threads() - before))
+        record(**kwargs)
+
+    monkeypatch.setattr(wado, "instances_retrieved_record", recorded)
+    _, body, expected = _retrieved_and_framed(client, stored, views=True)
+    assert body == expected
+    assert reading == [1]  # one read-ahead thread at work when the event was written
+    assert not _ahead_threads() - before
+
+
+def test_a_series_whose_event_cannot_be_written_sends_nothing_and_leaves_no_thread(client, tenant_a, request):
+    """The first reads start before the event; when the audit store refuses it, the answer is an error with nothing
+    of the series (not even a 200's header block), and the read-ahead is closed: its thread joined, its reads
+    dropped."""
+    stored = _ct_series(tenant_a, 6)
+    request.getfixturevalue("audit_reads_refused")
+    client.raise_request_exception = False
+    before = _ahead_threads()
+    response = client.get(
+        f"/dicomweb/north/studies/{STUDY}/series/{SERIES}", HTTP_ACCEPT=f"{DICOM_MULTIPART}; transfer-syntax=*",
+        **{BODY_VIEWS: True},
+    )  # fmt: skip
+    assert response.status_code == 500
+    assert not response.streaming
+    assert not any(data[-256:] in response.content for _, data in stored)
+    assert not _ahead_threads() - before

@@ -155,3 +155,26 @@ def test_the_parameters_are_exactly_the_uids_and_the_tenant(archive, tenant_a, r
     assert statement.slots.count(-1) >= 1
     assert sorted(s for s in statement.slots if s >= 0) == [0, 1, 2]
     assert "1.2.3.1" not in statement.sql  # the UIDs are parameters, never written into the text
+
+
+def test_every_study_is_told_without_building_the_studies_queryset(archive, tenant_a, radiologist_a, make_member):
+    """Once a shape is compiled, a caller who sees every study gets its rows without a Study queryset being built
+    (`access.visible_unless_every`); a caller who sees some studies still gets Django's path, the same rows."""
+    manager = type(Study.objects)
+    built: list[int] = []
+    get_queryset = manager.get_queryset
+
+    def counted(self):
+        built.append(1)
+        return get_queryset(self)
+
+    referrer = referrer_make(make_member, tenant_a)
+    with tenant_scope(tenant_a):
+        retrieval_rows(actor=radiologist_a, study_uid="1.2.3.1", series_uid="1.2.3.1.1")  # the shape compiled
+        with mock.patch.object(manager, "get_queryset", counted):
+            _, rows = retrieval_rows(actor=radiologist_a, study_uid="1.2.3.1", series_uid="1.2.3.1.1")
+            assert built == []
+            assert [row.sop_instance_uid for row in rows] == ["1.2.3.1.1.1", "1.2.3.1.1.2", "1.2.3.1.1.3"]
+            theirs = _both(referrer, "1.2.3.2", "1.2.3.2.1")
+    assert built
+    assert theirs[0] == theirs[1]

@@ -205,3 +205,29 @@ def test_a_read_ahead_reads_what_blob_read_prepared_reads(tenant_a):
         assert b"".join(ahead.result()) == data == b"".join(blob_read_prepared(read))
     finally:
         ahead.close()
+
+
+def test_a_read_ahead_made_before_the_last_one_of_its_thread_is_closed_reads_into_buffers_of_its_own(tenant_a):
+    """A thread's buffers serve one read-ahead at a time: one made while another of the same thread is still open
+    (an answer dropped before the server took it, its first reads started: studies.dicomweb.wado) never writes into
+    the views the other has handed out; once both are closed, the next reuses the thread's buffers again."""
+    stored = _stored(tenant_a, [300_000 + n for n in range(5)])
+    with tenant_scope(tenant_a):
+        reads = blob_reads_prepare([blob for blob, _ in stored])
+    first, second = BlobReadAhead(views=True), BlobReadAhead(views=True)
+    try:
+        first.submit(reads[0])
+        (view,) = first.result()
+        assert _read_in_turn(second, reads[1:]) == [data for _, data in stored[1:]]
+        assert bytes(view) == stored[0][1]  # intact: the second read into other buffers
+    finally:
+        second.close()
+        first.close()
+    third = BlobReadAhead(views=True)
+    try:
+        third.submit(reads[0])
+        (again,) = third.result()
+        assert again.obj is view.obj  # the thread's buffers, given back by the first one closed on this thread
+    finally:
+        third.close()
+    assert not _ahead_threads()
