@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import json
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
-from django.db import IntegrityError, connection, models, router, transaction
+from django.db import IntegrityError, connection, connections, models, router, transaction
 from django.db.models import sql
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -108,7 +109,10 @@ _CHAIN_HEAD_STATEMENT = _chain_head_statement()
 _CHAIN_HEAD_COLUMNS = [field.attname for field in AuditChain._meta.concrete_fields]
 
 
+@functools.lru_cache(maxsize=1024)
 def _normalized_address(address: str | None) -> str | None:
+    """`address` as PostgreSQL's inet writes it back, or None for no address or not one: parsed once per address
+    and process (a pure function of its text; every event of a request's caller names the same one)."""
     if not address:
         return None
     try:
@@ -413,19 +417,22 @@ def _insert_compiled(row: AuditEvent) -> tuple[str, list[Any]]:
     this process for this database and kept when each of its placeholders is a plain `%s` (one per field), and its
     values converted field by field as the compiler converts them (`pre_save`, then `get_db_prep_save`). The
     compilation was about 0.2 ms of CPU per event, the conversions a third of that (docs/BENCHMARKS.md)."""
-    text = _insert_text.get(connection.alias)
+    alias = connection.alias
+    text = _insert_text.get(alias)
     values = [field.pre_save(row, True) for field in _INSERTED_FIELDS]
     if text is None or any(hasattr(value, "resolve_expression") for value in values):
         query = sql.InsertQuery(AuditEvent)
         query.insert_values(_INSERTED_FIELDS, [row])
-        [(text, params)] = query.get_compiler(using=connection.alias).as_sql()
+        [(text, params)] = query.get_compiler(using=alias).as_sql()
         placeholders = text.rpartition(" VALUES ")[2]
         if placeholders == "(" + ", ".join(["%s"] * len(_INSERTED_FIELDS)) + ")":
-            _insert_text[connection.alias] = text
+            _insert_text[alias] = text
         return text, list(params)
+    # The connection itself, as the compiler passes it, not `django.db.connection`: that proxy looks the
+    # connection up again (a thread-local) at each of the dozen `connection.ops` the conversions read.
+    wrapper = connections[alias]
     return text, [
-        field.get_db_prep_save(value, connection=connection)
-        for field, value in zip(_INSERTED_FIELDS, values, strict=True)
+        field.get_db_prep_save(value, connection=wrapper) for field, value in zip(_INSERTED_FIELDS, values, strict=True)
     ]
 
 

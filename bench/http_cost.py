@@ -149,6 +149,7 @@ def http_measured(
     repeat: int,
     spy_dir: str,
     spy_gil: bool = False,
+    spy_rate: int = 200,
     gap_ms: float = 0.0,
     gap_busy: bool = False,
     searches: tuple[str, ...] = SEARCHES,
@@ -167,7 +168,7 @@ def http_measured(
             if spy_dir:
                 Path(spy_dir).mkdir(parents=True, exist_ok=True)
                 spy = subprocess.Popen(
-                    [_py_spy(), "record", "--pid", str(worker), "-r", "200", *(["--gil"] if spy_gil else []),
+                    [_py_spy(), "record", "--pid", str(worker), "-r", str(spy_rate), *(["--gil"] if spy_gil else []),
                      "--format", "raw", "-o", f"{spy_dir}/{name.replace(' ', '_')}.txt"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
@@ -331,6 +332,7 @@ def main() -> int:
     parser.add_argument("--py-spy", default="", help="a folder for py-spy profiles of the worker, one per search")
     parser.add_argument("--gap-ms", type=float, default=0.0, help="the client's pause between two measured requests")
     parser.add_argument("--gap-busy", action="store_true", help="with --gap-ms: the pause spent spinning on a core")
+    parser.add_argument("--py-spy-rate", type=int, default=200, help="py-spy's samples per second")
     parser.add_argument("--py-spy-gil", action="store_true", help="py-spy --gil: only the thread holding the GIL")
     parser.add_argument("--search", action="append", choices=SEARCHES, default=[],
                         help="measure only this search over HTTP (repeatable; default: all five)")  # fmt: skip
@@ -379,7 +381,8 @@ def main() -> int:
         worker = gunicorn_one_worker(processes, env, worker_class=args.worker_class, base=base, token=state["token"],
                                      threads=args.threads, extra=tuple(args.gunicorn_arg))  # fmt: skip
         http_measured(base=base, token=state["token"], picked=state["picked"], worker=worker, db=args.db,
-                      repeat=args.repeat, spy_dir=args.py_spy, spy_gil=args.py_spy_gil, gap_ms=args.gap_ms,
+                      repeat=args.repeat, spy_dir=args.py_spy, spy_gil=args.py_spy_gil, spy_rate=args.py_spy_rate,
+                      gap_ms=args.gap_ms,
                       gap_busy=args.gap_busy, searches=tuple(args.search) or SEARCHES)  # fmt: skip
         print(f"load average {os.getloadavg()[0]:.2f} after")
     finally:

@@ -6,9 +6,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from auditlog.context import set_actor
-
 from audit.context import audit_context, current
+from portal.web.actor import actor_set
 from tenants.models import Tenant, User
 from tenants.scoping import tenant_scope
 
@@ -26,7 +25,7 @@ def task_context(*, tenant_id: int, actor_id: int | None = None, principal: str 
     request_id = current().request_id or uuid.uuid4().hex
     with tenant_scope(tenant), audit_context(system_principal=principal or "enclave:worker", request_id=request_id):
         if actor is not None:
-            with set_actor(actor):
+            with actor_set(actor, remote_addr=None):
                 yield tenant
         else:
             yield tenant
