@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from django.db import DatabaseError, transaction
 from django.db.transaction import TransactionManagementError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from audit.events import EventType, Outcome
@@ -34,6 +36,18 @@ DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 ALERT_SECONDS = 300.0
 _state = {"alerted_at": -ALERT_SECONDS}
 _lock = threading.Lock()
+
+
+def _uncounted() -> None:
+    return None
+
+
+def _given_back(pool: Any, connection: Any, *, broken: bool = False) -> None:
+    """A connection borrowed from redis-py's pool given back; closed first when a command on it failed part-way
+    (an answer may still be on its way), as redis-py's own client does."""
+    if broken:
+        connection.disconnect()
+    pool.release(connection)
 
 
 def _redis_down(operation: str, exc: BaseException) -> None:
@@ -166,8 +180,16 @@ class EmergencyRedisCache(RedisCache):
         counting is atomic and stops exactly where counting key by key would. A missing key starts at 1; its
         timeout is set again on every count (a counter named by its window lives at most `timeout` past the
         window's last request). None while Redis is unreachable: nothing was counted (see the module)."""
+        return self.incr_counters_sent(counters)()
+
+    def incr_counters_sent(self, counters: list[tuple[str, int, int]]) -> Callable[[], list[int] | None]:
+        """`incr_counters` in two halves: the script is sent now, and its answer read when the function returned is
+        called, so that what the caller does in between overlaps the round trip (portal.web.limits: a request's
+        rate limit). That function must be called once, on the thread that sent (it gives the connection back to
+        the pool). Waiting for the answer is bounded by the socket's timeout, as a command's reply is; Redis
+        unreachable when sending or reading: None, as `incr_counters`."""
         if not counters:
-            return []
+            return list
         keys = [self.make_and_validate_key(key) for key, _, _ in counters]
         args = [value for _, timeout, limit in counters for value in (int(timeout), int(limit))]
         try:
@@ -175,11 +197,40 @@ class EmergencyRedisCache(RedisCache):
             script = self.__dict__.get("_count_script")
             if script is None:  # its SHA-1 once per cache object; EVALSHA, loaded again if the server lost it
                 script = self.__dict__["_count_script"] = client.register_script(_COUNT_SCRIPT)
-            replies = script(keys=keys, args=args, client=client)
+            pool = client.connection_pool
+            connection = pool.get_connection()
         except DOWN as exc:
             _redis_down("incr_counters", exc)
-            return None
-        return [int(count) for count in replies]
+            return _uncounted
+        try:
+            connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except DOWN as exc:
+            _given_back(pool, connection, broken=True)
+            _redis_down("incr_counters", exc)
+            return _uncounted
+
+        def answer() -> list[int] | None:
+            try:
+                replies = connection.read_response()
+            except NoScriptError:  # the server lost the script (a restart, SCRIPT FLUSH): loaded and run again
+                _given_back(pool, connection)
+                try:
+                    replies = script(keys=keys, args=args, client=client)
+                except DOWN as exc:
+                    _redis_down("incr_counters", exc)
+                    return None
+            except DOWN as exc:
+                _given_back(pool, connection, broken=True)
+                _redis_down("incr_counters", exc)
+                return None
+            except BaseException:
+                _given_back(pool, connection, broken=True)
+                raise
+            else:
+                _given_back(pool, connection)
+            return [int(count) for count in replies]
+
+        return answer
 
     def clear(self) -> None:
         try:

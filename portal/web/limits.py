@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 from rest_framework.throttling import UserRateThrottle as DrfUserRateThrottle
@@ -58,39 +60,63 @@ def rate_parse(text: str) -> tuple[int, int]:
     return int(count), PERIODS[period]
 
 
+class LimitCount:
+    """One request counted against its limits: the counting sent when this is made, its answer read by `result()`
+    (the first call; the later ones give the same). Between the two the caller may do what a refused request may
+    also do (no statement, no read of patient data), which then overlaps Redis's round trip (`PolicyThrottle`)."""
+
+    __slots__ = ("_answer", "_limited", "_now", "_policy", "_windows", "action")
+
+    def __init__(self, action: str, **keys: Any) -> None:
+        self.action = action
+        self._policy = policy = settings.RATE_LIMITS.get(action, {})
+        self._now = now = time.time()
+        self._limited: Limited | None = None
+        self._windows: list[tuple[str, str, int, int, int]] = []  # kind, key, count, period, window
+        for kind in KINDS:
+            ident = keys.get(kind)
+            if ident in (None, "") or kind not in policy:
+                continue
+            count, period = rate_parse(policy[kind])
+            window = int(now // period)
+            key = f"enclave:rate:{action}:{kind}:{ident}:{period}:{window}"
+            self._windows.append((kind, key, count, period, window))
+        self._answer: Callable[[], list[int] | None] | None = (
+            _counted_sent([(key, period + 1, count) for _, key, count, period, _ in self._windows])
+            if self._windows
+            else None
+        )
+
+    def result(self) -> Limited | None:
+        """The first limit passed, else None; None too when Redis was unreachable (not counted)."""
+        answer, self._answer = self._answer, None
+        if answer is None:
+            return self._limited
+        used = answer()
+        if used is None:  # Redis unreachable: not counted (portal.web.cache, emergency mode)
+            return None
+        for (kind, _, count, period, window), hits in zip(self._windows, used, strict=False):
+            if hits > count:
+                retry_after = max(1, math.ceil((window + 1) * period - self._now))
+                self._limited = Limited(self.action, kind, self._policy[kind], retry_after, first=hits == count + 1)
+                break
+        return self._limited
+
+
 def limit_hit(action: str, **keys: Any) -> Limited | None:
     """Count one `action` under each given key (`person=`, `token=`, `address=`, `device=`; None or "" skips a
     kind) against the policy; the first limit passed is returned, else None (the kinds after it are not counted). One
     Redis round trip for all kinds (`EmergencyRedisCache.incr_counters`)."""
-    policy = settings.RATE_LIMITS.get(action, {})
-    now = time.time()
-    windows: list[tuple[str, str, int, int, int]] = []  # kind, key, count, period, window
-    for kind in KINDS:
-        ident = keys.get(kind)
-        if ident in (None, "") or kind not in policy:
-            continue
-        count, period = rate_parse(policy[kind])
-        window = int(now // period)
-        windows.append((kind, f"enclave:rate:{action}:{kind}:{ident}:{period}:{window}", count, period, window))
-    if not windows:
-        return None
-    used = _counted([(key, period + 1, count) for _, key, count, period, _ in windows])
-    if used is None:  # Redis unreachable: not counted (portal.web.cache, emergency mode)
-        return None
-    for (kind, _, count, period, window), hits in zip(windows, used, strict=False):
-        if hits > count:
-            retry_after = max(1, math.ceil((window + 1) * period - now))
-            return Limited(action, kind, policy[kind], retry_after, first=hits == count + 1)
-    return None
+    return LimitCount(action, **keys).result()
 
 
-def _counted(counters: list[tuple[str, int, int]]) -> list[int] | None:
-    """One more on each (key, timeout, limit) counter until one passes its limit: in one round trip on the
-    deployed cache, else key by key."""
-    incr_counters = getattr(cache, "incr_counters", None)
-    if incr_counters is not None:
-        result: list[int] | None = incr_counters(counters)
-        return result
+def _counted_sent(counters: list[tuple[str, int, int]]) -> Callable[[], list[int] | None]:
+    """One more on each (key, timeout, limit) counter until one passes its limit, the answer read by the function
+    returned: in one round trip on the deployed cache, sent now; else key by key, counted now."""
+    incr_counters_sent = getattr(cache, "incr_counters_sent", None)
+    if incr_counters_sent is not None:
+        answer: Callable[[], list[int] | None] = incr_counters_sent(counters)
+        return answer
     used = []
     for key, timeout, limit in counters:
         cache.add(key, 0, timeout=timeout)
@@ -101,7 +127,7 @@ def _counted(counters: list[tuple[str, int, int]]) -> list[int] | None:
             used.append(1)
         if used[-1] > limit:
             break
-    return used
+    return lambda: used
 
 
 def limit_reached(action: str, **keys: Any) -> Limited | None:
@@ -146,13 +172,17 @@ def person_key(user: Any) -> str | None:
     return str(user.pk) if getattr(user, "is_authenticated", False) and user.pk is not None else None
 
 
-def request_limit_hit(action: str, request: HttpRequest | Request, *, credential: Any = None) -> Limited | None:
-    return limit_hit(
+def request_limit_count(action: str, request: HttpRequest | Request, *, credential: Any = None) -> LimitCount:
+    return LimitCount(
         action,
         person=person_key(getattr(request, "user", None)),
         token=credential_key(credential),
         address=request.META.get("REMOTE_ADDR"),
     )
+
+
+def request_limit_hit(action: str, request: HttpRequest | Request, *, credential: Any = None) -> Limited | None:
+    return request_limit_count(action, request, credential=credential).result()
 
 
 def limited_page(request: HttpRequest, limited: Limited) -> HttpResponse:
@@ -167,10 +197,34 @@ def limited_page(request: HttpRequest, limited: Limited) -> HttpResponse:
     return response
 
 
+class RateLimited(exceptions.Throttled):
+    """DRF's Throttled (429, Retry-After) for a request whose count was answered after `PolicyThrottle` had let it
+    go on (`TenantApi` reads the answer later); `limited` says which limit, for the audit trail."""
+
+    def __init__(self, limited: Limited) -> None:
+        super().__init__(wait=limited.retry_after)
+        self.limited = limited
+
+
+def limit_refusal_record(limited: Limited, request: Request, view: Any) -> None:
+    """The first refusal of a window of an API or DICOMweb request, recorded in the chain of the tenant in the URL
+    when the caller is a member of it, else the platform's."""
+    if not limited.first:
+        return
+    tenant = Tenant.objects.filter(slug=view.kwargs.get("tenant", "")).first()
+    if tenant is not None and membership_current_get(user=request.user, tenant=tenant) is None:
+        tenant = None
+    limit_hit_record(limited, actor=request.user, tenant=tenant, door=getattr(view, "DOOR", "API"))
+
+
 class PolicyThrottle(BaseThrottle):
     """RATE_LIMITS for an API or DICOMweb view that names its action (`rate_limit = "search"`). Runs in DRF's
     `initial`, after authentication and before the tenant is opened; a refusal is DRF's Throttled (429, problem
-    document, Retry-After), recorded in the chain of the tenant in the URL when the caller is a member of it."""
+    document, Retry-After), recorded in the chain of the tenant in the URL when the caller is a member of it.
+
+    The count is sent to Redis here. A view that takes it (`limit_count_defer`: every `TenantApi`) reads the answer
+    itself, before the first statement or response that a refused request must not make, and raises `RateLimited`
+    then; any other view waits for the answer here."""
 
     def __init__(self) -> None:
         self._wait: int | None = None
@@ -179,15 +233,16 @@ class PolicyThrottle(BaseThrottle):
         action = getattr(view, "rate_limit", None)
         if not action:
             return True
-        limited = request_limit_hit(action, request, credential=request.auth)
+        count = request_limit_count(action, request, credential=request.auth)
+        deferred = getattr(view, "limit_count_defer", None)
+        if deferred is not None:
+            deferred(count)
+            return True
+        limited = count.result()
         if limited is None:
             return True
         self._wait = limited.retry_after
-        if limited.first:
-            tenant = Tenant.objects.filter(slug=view.kwargs.get("tenant", "")).first()
-            if tenant is not None and membership_current_get(user=request.user, tenant=tenant) is None:
-                tenant = None
-            limit_hit_record(limited, actor=request.user, tenant=tenant, door=getattr(view, "DOOR", "API"))
+        limit_refusal_record(limited, request, view)
         return False
 
     def wait(self) -> float | None:

@@ -313,6 +313,9 @@ class _SearchApi(DicomWebReadApi):
     # The search's permission decision reads the gates and the tenant permissions of the token's user: sent with the
     # bearer token's statement (portal.web.authentication, tenants.selectors), one round trip fewer.
     DECISION_AHEAD = True
+    # The handler parses the query and builds its statement before anything else: the rate limit's answer is read
+    # before that statement, the parsing done meanwhile (TenantApi).
+    RATE_LIMIT_READ_AT_STATEMENT = True
     renderer_classes = [WrittenDicomJsonRenderer, WrittenJsonRenderer]  # DicomWebApi's, sending a written answer
     level: Level = STUDY
 

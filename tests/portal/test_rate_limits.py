@@ -191,13 +191,13 @@ def test_every_kind_is_counted_in_one_redis_round_trip_with_an_expiry(monkeypatc
     from portal.web.limits import limit_hit
 
     sent: list[Any] = []
-    execute = redis.Redis.execute_command
+    send = redis.connection.AbstractConnection.send_command
 
     def counted(self, *args, **kwargs):
         sent.append(args[0])
-        return execute(self, *args, **kwargs)
+        return send(self, *args, **kwargs)
 
-    monkeypatch.setattr(redis.Redis, "execute_command", counted)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_command", counted)
     here, person = address(), f"p{random.getrandbits(32)}"
     with limits(search={"person": "2/day", "token": "5/day", "address": "5/day"}):
         assert limit_hit("search", person=person, token="t1", address=here) is None
