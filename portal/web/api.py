@@ -135,11 +135,10 @@ class TenantApi(APIView):
         return super().handle_exception(exc)
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._limit_count is not None:  # a handler that made no statement
+        if self._limit_count is not None:  # a handler that made no statement (its response is dropped unsent)
             try:
                 self._limit_settle()
             except RateLimited as refused:
-                response.close()
                 response = self.handle_exception(refused)
         return super().finalize_response(request, response, *args, **kwargs)
 
