@@ -247,3 +247,27 @@ def test_a_redis_that_does_not_answer_means_not_counted(api_client_for, tenant_a
         cache.close()
     assert answers == [200, 200]  # past "1/day" had they been counted
     assert SecurityAlert.unscoped_objects.filter(kind="cache_unavailable").count() == 1
+
+
+def test_a_request_past_its_limit_from_outside_the_trusted_networks_leaves_the_alert_to_the_next(
+    api_client_for, tenant_a, radiologist_a, admin_a
+):
+    """A refused network's first request from an address raises the alert (a Redis marker per address): a request
+    past its rate limit is refused for that before the network check takes the marker, so the next request from the
+    address, within its limit, is the 403 that raises the alert."""
+    from tenants import services as tenant_services
+
+    with tenant_scope(tenant_a):
+        tenant_services.trusted_network_add(actor=admin_a, tenant=tenant_a, network="192.0.2.0/24", label="ward")
+    tenant_a.refresh_from_db()
+    outside = address()
+    limited, fresh = api_client_for(radiologist_a, tenant_a), api_client_for(radiologist_a, tenant_a)
+    with override_settings(RATE_LIMITS={"search": {"token": "1/day"}}):
+        assert limited.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON, REMOTE_ADDR="192.0.2.7").status_code == 204
+        refused = limited.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON, REMOTE_ADDR=outside)
+        assert cache.get(f"enclave:network-refused:{tenant_a.pk}:{outside}") is None
+        outside_the_network = fresh.get("/dicomweb/north/studies", HTTP_ACCEPT=JSON, REMOTE_ADDR=outside)
+    assert refused.status_code == 429
+    assert outside_the_network.status_code == 403
+    with tenant_scope(tenant_a):
+        assert SecurityAlert.objects.filter(kind="untrusted_network", subject=outside).count() == 1
