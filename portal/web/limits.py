@@ -60,6 +60,23 @@ def rate_parse(text: str) -> tuple[int, int]:
     return int(count), PERIODS[period]
 
 
+_Window = tuple[str, str, int, int, int]  # kind, Redis key, limit, period, window
+
+
+def _windows(action: str, policy: dict[str, str], now: float, keys: dict[str, Any]) -> list[_Window]:
+    """The counters of `action` for the given keys at `now`, in KINDS order: (kind, Redis key, limit, period, window);
+    a kind without a key or without a limit in `policy` is left out."""
+    windows = []
+    for kind in KINDS:
+        ident = keys.get(kind)
+        if ident in (None, "") or kind not in policy:
+            continue
+        count, period = rate_parse(policy[kind])
+        window = int(now // period)
+        windows.append((kind, f"enclave:rate:{action}:{kind}:{ident}:{period}:{window}", count, period, window))
+    return windows
+
+
 class LimitCount:
     """One request counted against its limits: the counting sent when this is made, its answer read by `result()`
     (the first call; the later ones give the same). Between the two the caller may do what a refused request may
@@ -72,15 +89,7 @@ class LimitCount:
         self._policy = policy = settings.RATE_LIMITS.get(action, {})
         self._now = now = time.time()
         self._limited: Limited | None = None
-        self._windows: list[tuple[str, str, int, int, int]] = []  # kind, key, count, period, window
-        for kind in KINDS:
-            ident = keys.get(kind)
-            if ident in (None, "") or kind not in policy:
-                continue
-            count, period = rate_parse(policy[kind])
-            window = int(now // period)
-            key = f"enclave:rate:{action}:{kind}:{ident}:{period}:{window}"
-            self._windows.append((kind, key, count, period, window))
+        self._windows = _windows(action, policy, now, keys)
         self._answer: Callable[[], list[int] | None] | None = (
             _counted_sent([(key, period + 1, count) for _, key, count, period, _ in self._windows])
             if self._windows
@@ -135,13 +144,8 @@ def limit_reached(action: str, **keys: Any) -> Limited | None:
     (a refusal found this way is never the window's first: that one was recorded when it was counted)."""
     policy = settings.RATE_LIMITS.get(action, {})
     now = time.time()
-    for kind in KINDS:
-        ident = keys.get(kind)
-        if ident in (None, "") or kind not in policy:
-            continue
-        count, period = rate_parse(policy[kind])
-        window = int(now // period)
-        used = cache.get(f"enclave:rate:{action}:{kind}:{ident}:{period}:{window}") or 0
+    for kind, key, count, period, window in _windows(action, policy, now, keys):
+        used = cache.get(key) or 0
         if used > count:
             return Limited(action, kind, policy[kind], max(1, math.ceil((window + 1) * period - now)), first=False)
     return None
