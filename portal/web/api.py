@@ -89,13 +89,14 @@ class TenantApi(APIView):
             raise NotFound() from exc
         if getattr(request.auth, "tenant_id", tenant.pk) != tenant.pk:
             raise NotFound()  # a token works only for its own tenant: elsewhere it is as if nothing were there
-        # The tenant's trusted networks, before anything of it is read (a 403, recorded, that names no range). A
-        # refusal takes the address's alert marker (Redis) before its first statement: a request past its rate
-        # limit is refused for that first, and leaves the marker to a request within it.
+        # The tenant's trusted networks, before anything of it is read (a 403, recorded, that names no range),
+        # decided once here; only a refused request goes on to `network_require`, which records it. Its refusal
+        # takes the address's alert marker (Redis) before its first statement: a request past its rate limit is
+        # refused for that first, and leaves the marker to a request within it.
         address = request.META.get("REMOTE_ADDR")
         if not access.network_allows(tenant, address):
             self._limit_settle()
-        network_require(tenant=tenant, address=address, door=self.DOOR, actor=request.user)
+            network_require(tenant=tenant, address=address, door=self.DOOR, actor=request.user)
         self.tenant, self.membership = tenant, membership
         request.tenant = tenant  # type: ignore[attr-defined]
         request.membership = membership  # type: ignore[attr-defined]
