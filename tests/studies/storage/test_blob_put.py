@@ -74,3 +74,87 @@ def test_a_link_that_cannot_be_made_or_a_file_of_another_size_is_left_to_the_wri
     assert not blobs._file_link(source=(blobs.QUARANTINE, source), store=PRIMARY, name=name, size=12)
     assert not storages[PRIMARY].exists(name)
     storages[blobs.QUARANTINE].delete(source)
+
+
+def _pages_cached(path: str) -> int:
+    """How many of the file's pages are in the page cache (mincore(2) of a shared read-only mapping of it)."""
+    import ctypes
+    import mmap
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+    size = os.path.getsize(path)
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, vector) == 0, ctypes.get_errno()
+            return sum(byte & 1 for byte in vector.raw)
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 530_017, (1 << 20) + 5, 3 << 20])
+def test_a_replica_copy_is_written_whole_past_the_page_cache_and_a_primary_copy_through_it(size):
+    """Issue 10: the replica's copy (read only by the fixity and catch-up jobs, and on a failover) is written with
+    O_DIRECT, in whole blocks from an aligned buffer, the last padded and the file then cut to its size; the
+    primary's, which the reads serve, stays cached."""
+    import os
+
+    from studies.storage.blobs import REPLICA
+
+    sealed = os.urandom(size)
+    name = f"t0/test/{uuid.uuid4().hex[:8]}/{uuid.uuid4().hex}"
+    blob_sealed_put(store=REPLICA, name=name, sealed=sealed)
+    blob_sealed_put(store=PRIMARY, name=name, sealed=sealed)
+    replica, primary = storages[REPLICA], storages[PRIMARY]
+    assert _pages_cached(replica.path(name)) == 0
+    assert _pages_cached(primary.path(name)) > 0
+    for storage in (replica, primary):
+        assert os.path.getsize(storage.path(name)) == size
+        with storage.open(name) as handle:
+            assert handle.read() == sealed
+        storage.delete(name)
+
+
+def test_a_replica_copy_on_a_file_system_without_direct_writes_is_written_as_usual(monkeypatch):
+    """A file system that refuses O_DIRECT (the flag refused, or its first aligned write refused with EINVAL)
+    gets the copy through the page cache, whole: nothing half-written, no error."""
+    import errno
+    import fcntl
+    import os
+
+    from studies.storage import blobs
+
+    real_fcntl, real_pwrite = fcntl.fcntl, os.pwrite
+
+    def no_direct_flag(fd: int, command: int, *args: int) -> int:
+        if command == fcntl.F_SETFL and args and args[0] & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fcntl(fd, command, *args)
+
+    def no_direct_write(fd: int, data: object, offset: int) -> int:
+        if real_fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    sealed = os.urandom(70_001)
+    for patch in ((blobs.fcntl, "fcntl", no_direct_flag), (blobs.os, "pwrite", no_direct_write)):
+        with monkeypatch.context() as patched:
+            patched.setattr(*patch)
+            name = f"t0/test/{uuid.uuid4().hex[:8]}/{uuid.uuid4().hex}"
+            blob_sealed_put(store=blobs.REPLICA, name=name, sealed=sealed)
+        replica = storages[blobs.REPLICA]
+        with replica.open(name) as handle:
+            assert handle.read() == sealed
+        assert _pages_cached(replica.path(name)) > 0  # written through the page cache
+        replica.delete(name)
