@@ -448,14 +448,11 @@ def _file_put(*, store: str, name: str, sealed: bytes, replace: bool, sync: bool
             raise
         return storage.save(name, ContentFile(sealed))
     try:
-        if store == REPLICA and _direct_write(fd, sealed):
-            file_written(fd, sync=sync)
-            os.close(fd)
-        else:
-            with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as out:  # closed whatever fails below
+            if not (store == REPLICA and _direct_write(fd, sealed)):
                 out.write(sealed)
                 out.flush()
-                file_written(out.fileno(), sync=sync)  # studies.storage.durable: on disk before it counts
+            file_written(fd, sync=sync)  # studies.storage.durable: on disk before it counts
         if storage.file_permissions_mode is not None:
             os.chmod(target, storage.file_permissions_mode)
         if replace:
@@ -489,8 +486,9 @@ def _direct_write(fd: int, sealed: bytes) -> bool:
 
     Why (issue 10): the replica copy is read only by the fixity and catch-up jobs and on a failover, so caching it
     only takes memory; and on this virtual machine a page the page cache takes anew costs far more than its copy
-    (the host backs it again at its first touch: 0.53 MB into a new file took 0.12-0.25 ms of CPU quiet, about 1 ms
-    under the STOW-RS load, against 0.015 ms into pages already cached; docs/BENCHMARKS.md, session 14). The pieces
+    (the host backs it again at its first touch: 0.53 MB into a new file took about 0.12 ms of CPU quiet, its
+    creation aside, and about 1 ms under the STOW-RS load, against 0.015 ms into pages already cached;
+    docs/BENCHMARKS.md, session 14). The pieces
     are whole blocks of DIRECT_ALIGN bytes, the last padded with zeros; the file is then cut to its size. Its
     durability is as for any copy (`file_written`, then the name): fdatasync writes the size and the blocks'
     allocation, and flushes the disk's cache."""

@@ -158,3 +158,22 @@ def test_a_replica_copy_on_a_file_system_without_direct_writes_is_written_as_usu
             assert handle.read() == sealed
         assert _pages_cached(replica.path(name)) > 0  # written through the page cache
         replica.delete(name)
+
+
+def test_a_replica_copy_whose_sync_fails_leaves_no_file_and_no_open_descriptor(monkeypatch):
+    """A failure after the direct write (here the sync) removes the temporary file and closes its descriptor."""
+    import os
+
+    from studies.storage import blobs
+
+    def failing_sync(fd: int, *, sync: bool = True) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(blobs, "file_written", failing_sync)
+    name = f"t0/test/{uuid.uuid4().hex[:8]}/{uuid.uuid4().hex}"
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="Input/output error"):
+        blob_sealed_put(store=blobs.REPLICA, name=name, sealed=os.urandom(9_000))
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    folder = os.path.dirname(storages[blobs.REPLICA].path(name))
+    assert os.listdir(folder) == []
