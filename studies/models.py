@@ -300,6 +300,9 @@ class IngestItem(TenantOwnedModel):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["tenant", "state", "-created_at"], name="studies_ingest_tenant_state"),
+            # The worker's claim (`_claim_batch`): a tenant's waiting items read oldest id first off this index, a
+            # batch's worth, instead of every waiting item read and sorted (docs/BENCHMARKS.md, session 14).
+            models.Index(fields=["tenant", "state", "id"], name="studies_ingest_claim"),
             models.Index(fields=["tenant", "batch"], name="studies_ingest_tenant_batch"),
             models.Index(fields=["state", "updated_at"], name="studies_ingest_sweep"),
         ]

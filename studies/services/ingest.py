@@ -455,7 +455,12 @@ def _claim_statement(*, first: bool) -> str:
     workers never take one item; a `processing` item is taken again only by its own message, and only when its
     claim is older than INGEST_STALE_SECONDS (a claim that outlived its worker), never because it waited. Names
     from the model's metadata, quoted; every value a parameter (the tenant's id among them: the ORM's scope,
-    written out, beside the database's row-level security)."""
+    written out, beside the database's row-level security).
+
+    The items taken are named to the UPDATE as an array of ids (`id = ANY(ARRAY(...))`, found by the primary key),
+    not joined to it: planned on statistics older than a backlog (a new tenant's first load, autovacuum not yet
+    come by), the join read every waiting item of the tenant once per item taken, 100 ms per claim of 50 with
+    2,000 waiting, its cost growing with the square of the backlog (docs/BENCHMARKS.md, session 14)."""
     q = transaction.get_connection().ops.quote_name
     table = q(IngestItem._meta.db_table)
     pk, tenant, state, size, claimed_at = q("id"), q("tenant_id"), q("state"), q("size"), q("claimed_at")
@@ -470,9 +475,9 @@ def _claim_statement(*, first: bool) -> str:
         f"WITH {mine if first else ''}"  # noqa: S608 # nosec B608
         f"waiting AS (SELECT {pk}, {size} FROM {table} WHERE {tenant} = %s AND {state} = %s{gate} "
         f"ORDER BY {pk} LIMIT %s FOR UPDATE SKIP LOCKED), "
-        f"taken AS (UPDATE {table} SET {claim} FROM (SELECT {pk}, sum({size}) OVER (ORDER BY {pk}) AS total, "
-        f"row_number() OVER (ORDER BY {pk}) AS n FROM waiting) AS w WHERE {table}.{pk} = w.{pk} "
-        f"AND (w.n = 1 OR w.total <= %s) AND {table}.{state} = %s RETURNING {table}.{pk}) "
+        f"taken AS (UPDATE {table} SET {claim} WHERE {table}.{pk} = ANY(ARRAY(SELECT w.{pk} FROM (SELECT {pk}, "
+        f"sum({size}) OVER (ORDER BY {pk}) AS total, row_number() OVER (ORDER BY {pk}) AS n FROM waiting) AS w "
+        f"WHERE w.n = 1 OR w.total <= %s)) AND {table}.{state} = %s RETURNING {table}.{pk}) "
         f"{result}"
     )
 
