@@ -651,7 +651,7 @@ CELERY_TASK_ROUTES = {} if env.bool("CELERY_SINGLE_QUEUE", default=False) else c
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "portal.beat:Scheduler"  # django-celery-beat's database scheduler (portal/beat.py)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # LOGGING: JSON lines with the request id; no patient data, tokens or query strings; no forged lines (E9)
