@@ -288,11 +288,14 @@ def test_a_read_of_a_study_the_caller_cannot_see_is_recorded_as_a_failure(
 
 
 def _prepared_retrievals() -> list[str]:
+    """The connection's prepared statements that read instances by their study (the retrieval's; a thumbnail's,
+    prepared on the same connection when the test's instances were stored, reads them by their series)."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s", ['%FROM "studies_instance"%']
+            "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s AND statement LIKE %s",
+            ['%FROM "studies_instance"%', '%"study_instance_uid" = $%'],
         )
         return [statement for (statement,) in cursor.fetchall()]
 
