@@ -7,6 +7,7 @@ import logging
 
 import pydicom
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from pydicom.errors import InvalidDicomError
 
@@ -61,14 +62,19 @@ def series_thumbnail_make(*, series: Series) -> Series:
         return series
 
 
+def thumbnail_candidates(series: Series) -> QuerySet[Instance]:
+    """The instances tried for `series`' thumbnail, in order, with their blobs."""
+    return (
+        Instance.objects.filter(series=series, rows__isnull=False)
+        .select_related("blob")
+        .order_by("instance_number", "pk")[:THUMBNAIL_CANDIDATES]
+    )
+
+
 def _thumbnail_drawn(series: Series) -> bytes | None:
     """The PNG of the first of the series' instances that can be drawn (THUMBNAIL_CANDIDATES tried), or None."""
     with prepared_statements():
-        candidates = list(
-            Instance.objects.filter(series=series, rows__isnull=False)
-            .select_related("blob")
-            .order_by("instance_number", "pk")[:THUMBNAIL_CANDIDATES]
-        )
+        candidates = list(thumbnail_candidates(series))
     for instance in candidates:
         try:
             dataset = pydicom.dcmread(io.BytesIO(blob_read(blob=instance.blob)))
