@@ -49,6 +49,10 @@ UNTRACKED_WRITES: dict[tuple[str, str, str], str] = {
         "(studies.ingestitem and studies.blob are pipeline bookkeeping, not tracked); the storing is the "
         "INSTANCES_STORED audit event"
     ),
+    ("studies/services/thumbnails.py", "series_thumbnail_make", "update"): (
+        "the series' thumbnail, a picture drawn by the pipeline from an instance already stored (bookkeeping as the "
+        "worker's counts are, issue 10; its Blob row is not tracked either): no person changes it"
+    ),
     ("tenants/services/recertification.py", "recertification_open", "bulk_create"): (
         "the items of a new access review, one per current membership, in one INSERT: creating them changes no "
         "one's access; the campaign's opening is the RECERTIFICATION_OPENED audit event and each decision on an "
