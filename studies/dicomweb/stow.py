@@ -25,6 +25,7 @@ codes, which PS3.18 I.2 allows.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ from studies.services import (
     ingest_refusal_record,
     ingest_verdicts_wait,
 )
+from studies.storage import durable
 from tenants import access
 
 FAILURE_OUT_OF_RESOURCES = 0xA700
@@ -72,6 +74,8 @@ FAILURE_PROCESSING = 0x0110
 FAILURE_DUPLICATE_SOP_INSTANCE = 0x0111
 WARNING_COERCION = 0xB000
 WARNING_STILL_PROCESSING = 0xB00F
+
+logger = logging.getLogger(__name__)
 
 # The longest a request waits between two reads of its items when no wake-up comes (`StudiesStoreApi._verdicts`).
 POLL_FALLBACK_SECONDS = 0.5
@@ -368,7 +372,9 @@ class StudiesStoreApi(DicomWebApi):
         study_keys: dict[str, tuple[StudyKey, bytes]] = {}
         try:
             for part in body:
-                result, blob = self._receive(request, part, batch=batch, study=study, study_keys=study_keys)
+                result, blob = self._receive(
+                    request, part, batch=batch, study=study, study_keys=study_keys, behind=receipt.behind
+                )
                 results.append(result)
                 if blob is not None:
                     receipt.add(result, blob, f"STOW-RS part {part.index}")
@@ -381,6 +387,9 @@ class StudiesStoreApi(DicomWebApi):
                 "processed; sending them again is safe (the same instance is stored once).",
                 parts_before=exc.parts_before,
             ) from exc
+        except BaseException:
+            receipt.abandon()  # any other failure: no copy goes on being written behind the request
+            raise
         receipt.flush()
         if not results:
             raise BodyError("The body holds no part: send one application/dicom part per instance.")
@@ -409,6 +418,7 @@ class StudiesStoreApi(DicomWebApi):
         batch: uuid.UUID,
         study: str | None,
         study_keys: dict[str, tuple[StudyKey, bytes]],
+        behind: durable.Behind,
     ) -> tuple[PartResult, Blob | None]:
         """The part sealed into quarantine (its rows are written by `_Receipt`), or refused at the door."""
         result = PartResult(part=part.index, identity=identify(part.data))
@@ -434,7 +444,10 @@ class StudiesStoreApi(DicomWebApi):
             try:
                 # The header was read once, by identify(): its Study Instance UID picks the key that seals the copy.
                 blob = ingest_quarantine(
-                    data=part.data, study_instance_uid=result.identity.study_instance_uid, study_keys=study_keys
+                    data=part.data,
+                    study_instance_uid=result.identity.study_instance_uid,
+                    study_keys=study_keys,
+                    behind=behind,
                 )
             except Rejected as exc:
                 refusal = (FAILURE_OUT_OF_RESOURCES, exc.reason)
@@ -500,13 +513,17 @@ class _Receipt:
     error (the parts before it were received whole), and every INGEST_BATCH_SIZE parts or INGEST_BATCH_BYTES, so
     that the worker meets them as one batch and a long request is processed as it arrives. (Recording them in
     smaller groups as they are read, so that the worker starts sooner, measured worse: each group is a worker batch
-    of its own, whose fixed cost outweighed the overlap; docs/BENCHMARKS.md "STOW-RS pipelined within a request".)"""
+    of its own, whose fixed cost outweighed the overlap; docs/BENCHMARKS.md "STOW-RS pipelined within a request".)
+
+    `behind`: the parts' quarantined copies are written on threads while the request reads the next parts
+    (`durable.Behind`), and every write has ended before their receipt is recorded."""
 
     def __init__(self, request: Request, batch: uuid.UUID) -> None:
         self.request = request
         self.batch = batch
         self.pending: list[tuple[PartResult, Blob, str]] = []
         self.pending_bytes = 0
+        self.behind = durable.Behind()
 
     def add(self, result: PartResult, blob: Blob, filename: str) -> None:
         self.pending.append((result, blob, filename))
@@ -515,6 +532,7 @@ class _Receipt:
             self.flush()
 
     def flush(self) -> None:
+        self.behind.wait()  # the copies written (a failed write raised) before anything records them
         if not self.pending:
             return
         items = ingest_receive_many(
@@ -527,6 +545,14 @@ class _Receipt:
         for (result, _, _), item in zip(self.pending, items, strict=True):
             result.item_id = item.pk
         self.pending, self.pending_bytes = [], 0
+
+    def abandon(self) -> None:
+        """The request failed: its copies' writes ended (their files, never recorded, are the orphan job's); a
+        write that failed too is logged, not raised over the request's own failure."""
+        try:
+            self.behind.wait()
+        except Exception as exc:
+            logger.warning("a STOW-RS part's quarantined copy was not written (%s)", type(exc).__name__)
 
 
 class StudyStoreApi(StudiesStoreApi):

@@ -43,7 +43,6 @@ from studies.storage import durable
 from studies.storage.blobs import (
     BlobUnreadable,
     blob_delete,
-    blob_files_sync,
     blob_files_synced_meanwhile,
     blob_promotable,
     blob_promote,
@@ -268,6 +267,7 @@ def ingest_quarantine(
     data: bytes,
     study_instance_uid: str | None = None,
     study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
+    behind: durable.Behind | None = None,
 ) -> Blob:
     """The first half of `ingest_receive` for a door that receives several objects at once (STOW-RS): check the
     size, count the bytes against the quota, and seal `data` into the current tenant's quarantine store. Returns
@@ -275,7 +275,8 @@ def ingest_quarantine(
     ciphertext (its wrapped data key is only in the row), and if the rows are never written the orphan job
     removes it. `study_instance_uid` is the header's Study Instance UID when the door has read it already (one
     parse per object); else it is read here. `study_keys`: one dict per request, the study keys it opened (one
-    look-up per study, not per object). Raises `Rejected` (too large, quota)."""
+    look-up per study, not per object). `behind`: the copy is written on a thread while the door reads on
+    (`durable.Behind`); the door waits for it before the receipt. Raises `Rejected` (too large, quota)."""
     tenant = current_tenant()
     if len(data) > settings.INGEST_MAX_BYTES:
         raise Rejected(
@@ -294,6 +295,7 @@ def ingest_quarantine(
         study_instance_uid=hint,
         study_keys=study_keys,
         sync=False,
+        behind=behind,
     )
 
 
@@ -336,15 +338,18 @@ def ingest_receive_many(
     for item in items:
         # Field rules only, as in ingest_receive: the foreign keys were made or checked above.
         item.clean_fields(exclude=["tenant", "quarantine", "actor", "device", "instance"])
-    blob_files_sync([blob for blob, _ in quarantined])  # sealed with sync=False: on disk before the receipt
-    _receipts_insert([(blob, item) for (blob, _), item in zip(quarantined, items, strict=True)])
-    # A worker that waits for its next batch (`_gather_claim`) takes them at once, before the message below reaches
-    # a worker: the signal first.
-    _received_signal(tenant_id=tenant.pk)
-    # One wake-up for them all, after the commit (at once outside a transaction: the statement committed): its
-    # task claims the first item and the items waiting with it, a batch at a time (ingest_process); a lost message
-    # leaves them `received` for the sweeper.
-    task_queue_on_commit("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=items[0].pk)
+    # Sealed with sync=False: on disk before this returns (the door answers after it), synced on threads while the
+    # receipt's statement runs and the worker is woken, as a C-STORE's copy is (`ingest_receive`): a worker may take
+    # the items before the syncs end, and syncs a promoted copy again before it indexes it (`blob_promote`).
+    with blob_files_synced_meanwhile([blob for blob, _ in quarantined]):
+        _receipts_insert([(blob, item) for (blob, _), item in zip(quarantined, items, strict=True)])
+        # A worker that waits for its next batch (`_gather_claim`) takes them at once, before the message below
+        # reaches a worker: the signal first.
+        _received_signal(tenant_id=tenant.pk)
+        # One wake-up for them all, after the commit (at once outside a transaction: the statement committed): its
+        # task claims the first item and the items waiting with it, a batch at a time (ingest_process); a lost
+        # message leaves them `received` for the sweeper.
+        task_queue_on_commit("studies.tasks.ingest_process", tenant_id=tenant.pk, item_id=items[0].pk)
     return items
 
 

@@ -51,7 +51,7 @@ from django.utils import timezone
 
 from studies.models import Blob, StudyKey
 from studies.storage import envelope
-from studies.storage.durable import file_written, files_sync, linked, name_given, synced_meanwhile
+from studies.storage.durable import Behind, file_written, files_sync, linked, name_given, synced_meanwhile
 from studies.storage.keys import (
     KeyUnavailable,
     study_key_cache,
@@ -132,10 +132,12 @@ def blob_seal(
     study_instance_uid: str = "",
     study_keys: dict[str, tuple[StudyKey, bytes]] | None = None,
     sync: bool = True,
+    behind: Behind | None = None,
 ) -> Blob:
     """Encrypt `data` and write it to its store (quarantine for incoming bytes, else the primary and the replica).
     On disk when this returns (studies.storage.durable); with `sync=False`, a quarantined copy that the receipt
-    recording it syncs with the others (`blob_files_sync`).
+    recording it syncs with the others (`blob_files_sync`); with `behind` too, a copy written on a thread while the
+    caller goes on (`durable.Behind`): the row is not to be recorded before `behind.wait()` has returned.
 
     With `study_instance_uid` (instances, thumbnails), the data key is wrapped by that study's key, so deleting
     the study's key files shreds the blob everywhere; without, by a key of the blob's own (`blob_delete` destroys
@@ -168,7 +170,8 @@ def blob_seal(
     key_version = 0
     sealed, sha256 = envelope.encrypt_and_hash(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
     name = blob_name(tenant_id=tenant.pk, kind=kind, blob_id=blob_id)
-    stored_name = _file_put(store=store, name=name, sealed=sealed, replace=False, sync=sync)
+    written_behind = behind is not None and not sync and store == QUARANTINE
+    stored_name = name if written_behind else _file_put(store=store, name=name, sealed=sealed, replace=False, sync=sync)
     blob = Blob(
         tenant=tenant,
         public_id=blob_id,
@@ -180,6 +183,14 @@ def blob_seal(
         key_version=key_version,
         study_key=study_key_row,
     )
+    if written_behind:
+        assert behind is not None
+
+        def write() -> None:
+            # The name the store gave (a fresh UUID's: taken only if the store already holds that very name).
+            blob.storage_name = _file_put(store=store, name=name, sealed=sealed, replace=False, sync=False)
+
+        behind.submit(write)
     if replicate and store == PRIMARY:
         try:
             _file_put(store=REPLICA, name=stored_name, sealed=sealed, replace=False)

@@ -20,11 +20,12 @@ synced here, as studies.storage.blobs writes only it by hand.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -181,6 +182,43 @@ def _syncs_run(sync: Callable[[str], None], paths: list[str]) -> None:
     wait(futures)
     for future in futures:
         future.result()  # the first failure, raised
+
+
+class Behind:
+    """Writes a caller hands to the pool's threads so that it goes on meanwhile, at most `limit` at a time (a write
+    past them waits for the oldest), all ended by `wait()` before anything counts them: a STOW-RS request's
+    quarantined copies, each written while the request reads, identifies and encrypts the next part, and waited for
+    before the receipt syncs and records them.
+
+    Why (issue 10): on this virtual machine a copy written into new page-cache pages costs about 1.2-1.6 ms of CPU
+    per 0.53 MB under load, in the kernel's copy of the `write` (the host backs each new page at its first touch),
+    and a request wrote its ten parts one after the other between their encryptions. The kernel's copy holds no
+    interpreter lock, so on a second core it runs beside the request's Python (docs/BENCHMARKS.md, session 16).
+
+    The writes run in the caller's context: within `together()` they would be synced with the block's other files.
+
+    `wait()` raises the first write that failed, after every write has ended: nothing runs on behind the caller.
+    A thread of the pool (a sync made there) writes at once, on its own thread."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit = max(1, limit)
+        self.futures: list[Future[None]] = []
+
+    def submit(self, write: Callable[[], None]) -> None:
+        if getattr(_on_pool_thread, "yes", False):
+            write()
+            return
+        running = [future for future in self.futures if not future.done()]
+        if len(running) >= self.limit:
+            wait(running[: len(running) - self.limit + 1])
+        # In the caller's context: a write within `together()` is synced when that block ends, as the caller's own.
+        self.futures.append(_pool().submit(contextvars.copy_context().run, write))
+
+    def wait(self) -> None:
+        futures, self.futures = self.futures, []
+        wait(futures)
+        for future in futures:
+            future.result()  # the first failure, raised
 
 
 @contextmanager

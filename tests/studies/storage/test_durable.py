@@ -183,27 +183,138 @@ def test_within_together_an_error_syncs_nothing_the_caller_rolls_back(syncs):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_stow_requests_copies_are_synced_together_by_their_receipt_before_it_is_recorded(syncs, tenant_a):
+def test_a_stow_requests_copies_are_synced_together_while_their_receipt_is_recorded_and_before_it_returns(
+    syncs, tenant_a, monkeypatch
+):
+    """ingest_receive_many (STOW-RS: the request answers after it returns): the parts' copies, written without a
+    sync each, are synced together on the pool's threads while the receipt's statement runs, as a C-STORE's copy
+    is, and every sync has ended when it returns. Each copy's sync is held until the statement has run (up to
+    5 s): with the syncs made before the statement, as they were until session 16, the statement never runs
+    while they wait, and they go on without it (`held` False)."""
     from studies import services
     from studies.dicom.synthetic import make_instance
     from studies.models import IngestItem
     from tenants.scoping import tenant_scope
 
-    connection.close()  # a new connection prepares its statements anew: their text is then seen
-    with tenant_scope(tenant_a), connection.execute_wrapper(syncs.sql):
-        sealed = [services.ingest_quarantine(data=make_instance()) for _ in range(2)]
-        quarantine_root = str(storages[QUARANTINE].location)
-        assert not [path for path in syncs.of("fdatasync") if path.startswith(quarantine_root)]  # not one by one
-        services.ingest_receive_many(source=IngestItem.Source.STOWRS, batch=uuid.uuid4(),
-                                     quarantined=[(blob, "part") for blob in sealed])  # fmt: skip
-
     quarantine = storages[QUARANTINE]
+    root = Path(quarantine.location)
+    statement_ran, threads, held = threading.Event(), [], []
+    fdatasync = os.fdatasync  # _Syncs' recorder
+
+    def fdatasync_held(fd: int) -> None:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(root):  # a copy's, not a key file's
+            threads.append(threading.current_thread().name)
+            held.append(statement_ran.wait(timeout=5))
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync_held)
+
+    def receipt_waits(execute, sql, params, many, context):
+        try:
+            return syncs.sql(execute, sql, params, many, context)
+        finally:
+            if "studies_ingestitem" in sql and "INSERT" in sql.upper():
+                statement_ran.set()
+
+    connection.close()  # a new connection prepares its statements anew: their text is then seen
+    with tenant_scope(tenant_a):
+        sealed = [services.ingest_quarantine(data=make_instance()) for _ in range(2)]
+        assert not [path for path in syncs.of("fdatasync") if Path(path).is_relative_to(root)]  # not one by one
+        with connection.execute_wrapper(receipt_waits):
+            services.ingest_receive_many(source=IngestItem.Source.STOWRS, batch=uuid.uuid4(),
+                                         quarantined=[(blob, "part") for blob in sealed])  # fmt: skip
+        returned = list(syncs.events)
+
     paths = [quarantine.path(blob.storage_name) for blob in sealed]
-    assert sorted(path for path in syncs.of("fdatasync") if path.startswith(str(quarantine.location))) == sorted(paths)
-    receipt = next(i for i, (what, sql) in enumerate(syncs.events) if what == "sql" and "studies_ingestitem" in sql
-                   and "INSERT" in sql.upper())  # fmt: skip
-    assert max(syncs.events.index(("fdatasync", path)) for path in paths) < receipt
-    assert syncs.events.index(("fsync", os.path.dirname(paths[0]))) < receipt
+    assert held == [True, True]  # both syncs were under way while the statement ran, and ended after it
+    assert len(threads) == 2
+    assert all(thread.startswith("blob-sync") for thread in threads)
+    assert sorted(path for what, path in returned if what == "fdatasync" and Path(path).is_relative_to(root)) == sorted(
+        paths
+    )
+    assert ("fsync", os.path.dirname(paths[0])) in returned
+
+
+def test_behind_writes_on_the_pools_threads_while_the_caller_goes_on_and_wait_ends_them_all():
+    from studies.storage import durable
+
+    release, threads, done = threading.Event(), [], []
+
+    def write(number: int) -> None:
+        threads.append(threading.current_thread().name)
+        release.wait(timeout=10)
+        done.append(number)
+
+    behind = durable.Behind(limit=3)
+    behind.submit(lambda: write(1))
+    behind.submit(lambda: write(2))
+    assert done == []  # the caller goes on while both are written
+    release.set()
+    behind.wait()
+
+    assert sorted(done) == [1, 2]
+    assert all(thread.startswith("blob-sync") for thread in threads)
+
+
+def test_behind_runs_at_most_its_limit_of_writes_at_once():
+    import time
+
+    from studies.storage import durable
+
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def write() -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+
+    behind = durable.Behind(limit=2)
+    for _ in range(6):
+        behind.submit(write)
+        assert running[0] <= 2
+    behind.wait()
+
+    assert most[0] == 2
+
+
+def test_behind_raises_the_first_failure_once_every_write_has_ended():
+    import time
+
+    from studies.storage import durable
+
+    ended = []
+
+    def fails() -> None:
+        raise OSError(28, "No space left on device")
+
+    def slow() -> None:
+        time.sleep(0.05)
+        ended.append("slow")
+
+    behind = durable.Behind(limit=3)
+    behind.submit(fails)
+    behind.submit(slow)
+    with pytest.raises(OSError, match="No space left"):
+        behind.wait()
+    assert ended == ["slow"]
+    behind.wait()  # nothing left: the failure was raised once
+
+
+def test_behind_writes_in_the_callers_context_so_within_together_they_are_synced_at_its_end(syncs):
+    from studies.storage import durable
+
+    storage = storages[REPLICA]
+    _, name = _new_name()
+    with durable.together():
+        behind = durable.Behind()
+        behind.submit(lambda: blob_sealed_put(store=REPLICA, name=name, sealed=b"ciphertext"))
+        behind.wait()
+        assert syncs.of("fdatasync") == []  # recorded for the block's end, not synced on the thread
+
+    assert syncs.of("fdatasync") == [storage.path(name)]
 
 
 def _written(count: int) -> list[str]:
