@@ -340,7 +340,9 @@ def ingest_receive_many(
         item.clean_fields(exclude=["tenant", "quarantine", "actor", "device", "instance"])
     # Sealed with sync=False: on disk before this returns (the door answers after it), synced on threads while the
     # receipt's statement runs and the worker is woken, as a C-STORE's copy is (`ingest_receive`): a worker may take
-    # the items before the syncs end, and syncs a promoted copy again before it indexes it (`blob_promote`).
+    # the items before the syncs end, and syncs a promoted copy again before it indexes it (`blob_promote`). A sync
+    # that fails raises once the block ends: the request is not answered as stored, its receipt stands (the worker
+    # processes it; the same instance sent again is stored once).
     with blob_files_synced_meanwhile([blob for blob, _ in quarantined]):
         _receipts_insert([(blob, item) for (blob, _), item in zip(quarantined, items, strict=True)])
         # A worker that waits for its next batch (`_gather_claim`) takes them at once, before the message below

@@ -9,10 +9,10 @@ still in the page cache. Orthanc does the same by default (its SyncStorageArea o
 Many files at once: within `together()` (the worker's batch) a write only starts its write-back
 (sync_file_range) and the syncs are made when the block ends, before the caller commits, each folder once, several
 at a time on threads (`files_sync`). A door writes its quarantined copies with `sync=False` and syncs them before
-it answers (studies.storage.blobs `blob_files_sync`): STOW-RS a request's parts together, before their receipt;
-C-STORE its one copy on a thread of the pool while the receipt's statement runs (`synced_meanwhile`). Either way
-the disk writes the files while the process goes on with the next. The worker syncs a promoted copy's data again
-(`linked`), so what it indexes never rests on a door's sync.
+it answers (studies.storage.blobs `blob_files_sync`), on threads of the pool while the receipt's statement runs
+(`synced_meanwhile`): STOW-RS a request's parts together (each part's copy written on a thread as the next is read,
+`Behind`), C-STORE its one copy. Either way the disk writes the files while the process goes on with the next. The
+worker syncs a promoted copy's data again (`linked`), so what it indexes never rests on a door's sync.
 
 An S3 store needs none of it: an object it has accepted is stored. Only exactly Django's FileSystemStorage is
 synced here, as studies.storage.blobs writes only it by hand.

@@ -235,6 +235,26 @@ def test_a_stow_requests_copies_are_synced_together_while_their_receipt_is_recor
     assert ("fsync", os.path.dirname(paths[0])) in returned
 
 
+def test_a_stow_requests_sync_that_fails_fails_the_call_after_its_receipt_is_recorded(syncs, tenant_a, monkeypatch):
+    """As a C-STORE's: a copy that cannot be synced is never answered as stored (ingest_receive_many raises, so the
+    request fails), once the receipt's statement has ended; the receipt stands for the worker."""
+    from studies import services
+    from studies.dicom.synthetic import make_instance
+    from studies.models import IngestItem
+    from tenants.scoping import tenant_scope
+
+    def fdatasync_fails(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with tenant_scope(tenant_a):
+        sealed = [services.ingest_quarantine(data=make_instance()) for _ in range(2)]
+        monkeypatch.setattr(os, "fdatasync", fdatasync_fails)
+        with pytest.raises(OSError, match="Input/output error"):
+            services.ingest_receive_many(source=IngestItem.Source.STOWRS, batch=uuid.uuid4(),
+                                         quarantined=[(blob, "part") for blob in sealed])  # fmt: skip
+        assert IngestItem.objects.filter(quarantine__in=sealed).count() == 2
+
+
 def test_behind_writes_on_the_pools_threads_while_the_caller_goes_on_and_wait_ends_them_all():
     from studies.storage import durable
 
