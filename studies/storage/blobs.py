@@ -124,6 +124,11 @@ def blob_write(
     return blob
 
 
+# The largest copy `blob_seal` writes behind its caller (`durable.Behind`): a STOW-RS request holds at most the
+# Behind's limit of them (3) in memory beyond the part it reads, 24 MiB, not 3 of INGEST_MAX_BYTES.
+BEHIND_MAX_BYTES = 8 << 20
+
+
 def blob_seal(
     *,
     kind: str,
@@ -170,7 +175,8 @@ def blob_seal(
     key_version = 0
     sealed, sha256 = envelope.encrypt_and_hash(data, data_key=data_key, tenant_id=tenant.pk, blob_id=str(blob_id))
     name = blob_name(tenant_id=tenant.pk, kind=kind, blob_id=blob_id)
-    written_behind = behind is not None and not sync and store == QUARANTINE
+    # A large copy is written at once as before: the ones behind are held in memory until written (BEHIND_MAX_BYTES).
+    written_behind = behind is not None and not sync and store == QUARANTINE and len(sealed) <= BEHIND_MAX_BYTES
     stored_name = name if written_behind else _file_put(store=store, name=name, sealed=sealed, replace=False, sync=sync)
     blob = Blob(
         tenant=tenant,

@@ -101,3 +101,20 @@ def test_a_copy_that_cannot_be_written_fails_the_request_with_nothing_recorded_a
     with tenant_scope(tenant_a):
         assert not IngestItem.objects.exists()
         assert not Blob.objects.exists()
+
+
+def test_a_copy_larger_than_behind_max_bytes_is_written_at_once_on_the_requests_thread(
+    api_client_for, tenant_a, radiologist_a, monkeypatch
+):
+    """What waits to be written is held in memory: a part over BEHIND_MAX_BYTES is written before the next is read,
+    so a request of large parts holds no more than it did."""
+    files = make_study(series=1, instances_per_series=2)
+    monkeypatch.setattr(blobs, "BEHIND_MAX_BYTES", min(len(data) for data in files) - 1)
+    timeline = _Timeline(monkeypatch)
+    client = api_client_for(radiologist_a, tenant_a)
+
+    with connection.execute_wrapper(timeline.sql):
+        response = post_parts(client, URL, files)
+
+    assert response.status_code == 200, response.content
+    assert [thread for _, _, thread in timeline.writes] == [threading.current_thread().name] * 2
